@@ -1,0 +1,33 @@
+"""A trainable array with its gradient, the unit optimizers work on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Parameter:
+    """A named trainable array (`value`) and the gradient of the loss w.r.t. it (`grad`).
+
+    Args:
+        name: dotted, PyTorch-style name inside its model, e.g. ``"0.weight"``.
+        value: the array, on the model's backend.
+        grad: the gradient, same shape and backend as ``value``; ``None`` until
+            a backward pass fills it.
+        regularized: whether weight penalties apply (weights yes, biases no).
+    """
+
+    __slots__ = ("name", "value", "grad", "regularized")
+
+    def __init__(self, name: str, value: Any, grad: Any = None, regularized: bool = False) -> None:
+        self.name = name
+        self.value = value
+        self.grad = grad
+        self.regularized = regularized
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the value."""
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape})"

@@ -1,0 +1,63 @@
+"""Shared fixtures: every test that takes `backend` runs once per installed backend."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backend import backend_status
+
+# (spec, the dtype tests use by default there). array_api_strict runs twice: float64 on
+# its CPU device, float32 on a second device, which catches a creation call without device=.
+BACKEND_CASES = [
+    ("numpy", "float64"),
+    ("array_api_strict", "float64"),
+    ("array_api_strict:device1", "float32"),
+    ("torch", "float64"),
+    ("jax", "float64"),
+    ("cupy", "float64"),
+]
+
+
+def _selected_cases():
+    only = os.environ.get("NNX_TEST_BACKEND")
+    if not only:
+        return BACKEND_CASES
+    return [case for case in BACKEND_CASES if case[0].split(":")[0] == only]
+
+
+def _case_param(spec: str, dtype: str):
+    ok, why = backend_status(spec)
+    marks = [] if ok else [pytest.mark.skip(reason=f"{spec} not available: {why}")]
+    return pytest.param((spec, dtype), id=spec, marks=marks)
+
+
+_PARAMS = [_case_param(spec, dtype) for spec, dtype in _selected_cases()]
+
+
+@pytest.fixture(params=_PARAMS)
+def backend_case(request):
+    """(Backend, default test dtype) for each installed backend."""
+    spec, dtype = request.param
+    return nnx.get_backend(spec), dtype
+
+
+@pytest.fixture
+def backend(backend_case):
+    """Each installed backend in turn."""
+    return backend_case[0]
+
+
+@pytest.fixture
+def dtype(backend_case):
+    """The dtype tests on this backend use when they don't need float64."""
+    return backend_case[1]
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy generator for test data."""
+    return np.random.default_rng(12345)
