@@ -1,0 +1,166 @@
+"""Training bookkeeping: the History record and the metrics `fit` and `evaluate` report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from array_api_compat import device as array_device
+
+
+class History:
+    """Per-epoch logs of a `fit` call, Keras style: ``history.history["loss"][-1]``.
+
+    `epoch` lists the epoch indices trained; `interrupted` is True when the run
+    was stopped by Ctrl-C.
+    """
+
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.epoch: list[int] = []
+        self.interrupted = False
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        """Record one epoch's logs."""
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        if key not in self.history:
+            raise KeyError(f"{key!r} was not recorded; recorded: {sorted(self.history)}")
+        return self.history[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.history
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    def __repr__(self) -> str:
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+# -- metrics ----------------------------------------------------------------
+# Each metric maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
+# y_true is either class indices (n,) for multi-class outputs or has y_pred's shape.
+
+def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
+    return y_pred > (0.0 if from_logits else 0.5)
+
+
+def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, int]:
+    """Predicted and true class indices, and the number of classes."""
+    n_out = y_pred.shape[-1]
+    if n_out == 1:
+        pred = xp.astype(_binary_labels(xp, y_pred, from_logits)[:, 0], xp.int64)
+        true = xp.astype(xp.reshape(y_true, (-1,)) > 0.5, xp.int64)
+        return true, pred, 2
+    pred = xp.argmax(y_pred, axis=-1)
+    true = xp.argmax(y_true, axis=-1) if y_true.ndim == 2 else xp.astype(y_true, pred.dtype)
+    return true, pred, n_out
+
+
+def accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Fraction of samples whose predicted class (threshold 0.5, or argmax) is right."""
+    true, pred, _ = _class_pairs(xp, y_true, y_pred, from_logits)
+    return xp.mean(xp.astype(true == pred, y_pred.dtype))
+
+
+def _confusion_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
+    """True positives, predicted positives and actual positives per class (the positive class for binary)."""
+    true, pred, n_classes = _class_pairs(xp, y_true, y_pred, from_logits)
+    dtype = y_pred.dtype
+    device = array_device(y_pred)
+    classes = xp.arange(1 if y_pred.shape[-1] == 1 else 0, n_classes, device=device)
+    true_hot = xp.astype(true[:, None] == classes, dtype)
+    pred_hot = xp.astype(pred[:, None] == classes, dtype)
+    return xp.sum(true_hot * pred_hot, axis=0), xp.sum(pred_hot, axis=0), xp.sum(true_hot, axis=0)
+
+
+def _safe_ratio(xp: Any, num: Any, den: Any) -> Any:
+    # scikit-learn's zero_division=0: an empty denominator scores 0, not NaN.
+    return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
+
+
+def precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Precision of the positive class (binary) or its macro average over classes."""
+    tp, predicted, _ = _confusion_counts(xp, y_true, y_pred, from_logits)
+    return xp.mean(_safe_ratio(xp, tp, predicted))
+
+
+def recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Recall of the positive class (binary) or its macro average over classes."""
+    tp, _, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
+    return xp.mean(_safe_ratio(xp, tp, actual))
+
+
+def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """F1 score of the positive class (binary) or its macro average over classes."""
+    tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
+    return xp.mean(_safe_ratio(xp, 2.0 * tp, predicted + actual))
+
+
+def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    return xp.reshape(y_true, y_pred.shape), y_pred
+
+
+def mse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Mean squared error over all elements."""
+    y_true, y_pred = _regression_pair(xp, y_true, y_pred)
+    return xp.mean((y_pred - y_true) ** 2)
+
+
+def mae(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Mean absolute error over all elements."""
+    y_true, y_pred = _regression_pair(xp, y_true, y_pred)
+    return xp.mean(xp.abs(y_pred - y_true))
+
+
+def rmse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Root mean squared error over all elements."""
+    return xp.sqrt(mse(xp, y_true, y_pred))
+
+
+def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Coefficient of determination, averaged uniformly over outputs (scikit-learn's default)."""
+    y_true, y_pred = _regression_pair(xp, y_true, y_pred)
+    ss_res = xp.sum((y_true - y_pred) ** 2, axis=0)
+    ss_tot = xp.sum((y_true - xp.mean(y_true, axis=0)) ** 2, axis=0)
+    # A constant target scores 1 when predicted exactly and 0 otherwise, as in scikit-learn.
+    per_output = xp.where(ss_tot > 0, 1.0 - ss_res / xp.where(ss_tot > 0, ss_tot, 1.0),
+                          xp.where(ss_res > 0, 0.0, 1.0))
+    return xp.mean(per_output)
+
+
+Metric = Callable[..., Any]
+METRICS: dict[str, Metric] = {
+    "accuracy": accuracy, "acc": accuracy,
+    "precision": precision, "recall": recall, "f1": f1,
+    "mse": mse, "mae": mae, "rmse": rmse, "r2": r2,
+}
+
+
+def resolve_metrics(metrics: Any) -> dict[str, Metric]:
+    """Turn a list of names or ``(name, function)`` pairs into a name -> metric dict."""
+    if metrics is None:
+        return {}
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    resolved: dict[str, Metric] = {}
+    for item in metrics:
+        if isinstance(item, str):
+            key = item.lower()
+            if key not in METRICS:
+                raise ValueError(f"unknown metric {item!r}; valid names: {sorted(METRICS)}")
+            resolved["accuracy" if key == "acc" else key] = METRICS[key]
+        elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
+            resolved[str(item[0])] = item[1]
+        else:
+            raise TypeError(f"metrics entries must be names or (name, function) pairs, got {item!r}")
+    return resolved
+
+
+def batch_slices(n_samples: int, batch_size: int) -> list[slice]:
+    """Consecutive batches covering n_samples; the last may be smaller."""
+    return [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
