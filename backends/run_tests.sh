@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run the test suite against one backend: bash backends/run_tests.sh torch [pytest args...]
+# Tests that take the `backend` fixture run only on that backend; backend-free tests run too.
+set -euo pipefail
+if [ $# -lt 1 ]; then
+  echo "usage: $0 numpy|array_api_strict|torch|jax|cupy [pytest args...]" >&2
+  exit 2
+fi
+name=$1
+shift
+case "$name" in
+  numpy|array_api_strict|torch|jax|cupy) ;;
+  *) echo "unknown backend '$name'; valid: numpy array_api_strict torch jax cupy" >&2; exit 2 ;;
+esac
+cd "$(dirname "$0")/.."
+python -c "import sys, nnx.backend as b; ok, why = b.backend_status('$name'); print('$name:', why); sys.exit(0 if ok else 3)"
+NNX_TEST_BACKEND="$name" exec python -m pytest "$@"
