@@ -92,7 +92,8 @@ class Backend:
         another non-NumPy library raises `TypeError` naming both backends.
         """
         target = None if dtype is None else self.float_dtype(dtype)
-        if self.owns(x):
+        # NumPy arrays take the host path even on the numpy backend, so the dtype check below applies there too
+        if self.owns(x) and self.name != "numpy":
             if str(array_api_compat.device(x)) != str(self.device):
                 x = self._device_move(x)
             if target is not None and x.dtype != target:
@@ -126,7 +127,9 @@ class Backend:
         if self.name == "torch":
             import torch
 
-            return torch.as_tensor(np.ascontiguousarray(host), device=self.device)
+            # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+            host = host if host.flags.c_contiguous else np.ascontiguousarray(host)
+            return torch.as_tensor(host, device=self.device)
         if self.name == "jax":
             import jax
 
@@ -140,8 +143,8 @@ class Backend:
 
     def to_host(self, x: Any) -> np.ndarray:
         """A NumPy copy (or view, on the numpy backend) of a backend array."""
-        if self.name == "numpy":
-            return np.asarray(x)
+        if self.name == "numpy" or isinstance(x, (np.ndarray, np.generic)):
+            return np.asarray(x)  # host arrays are accepted everywhere, as in `asarray`
         if self.name == "torch":
             return x.detach().cpu().numpy()
         if self.name == "cupy":
@@ -344,6 +347,15 @@ _LOADERS = {
 _CACHE: dict[str, Backend] = {}
 
 
+def _device_label(name: str, device: Any) -> str:
+    """The label after the colon in a spec for `device`, so that `get_backend(backend.spec)` round-trips."""
+    if name == "array_api_strict":
+        return device._device  # str() gives "array_api_strict.Device('device1')", which no loader parses
+    if name == "cupy":
+        return str(device.id)  # str() gives "<CUDA Device 1>"
+    return str(device)  # torch "cuda:1", jax "cuda:0"
+
+
 def get_backend(spec: Any = "numpy") -> Backend:
     """Resolve a backend from a name (``"cupy:1"``), a namespace module, an array or a `Backend`."""
     if isinstance(spec, Backend):
@@ -360,7 +372,7 @@ def get_backend(spec: Any = "numpy") -> Backend:
         backend = get_backend(name)
         device = array_api_compat.device(spec)
         if str(device) != str(backend.device):
-            backend = Backend(name, backend.xp, device, str(device))
+            backend = Backend(name, backend.xp, device, _device_label(name, device))
         return backend
     key = spec.strip()
     if key in _CACHE:
