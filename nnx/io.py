@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -105,32 +108,100 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise CheckpointError(f"{path}: holds a pickled object array; nnx never unpickles, refusing") from exc
-        raise CheckpointError(f"{path}: not a readable nnx checkpoint ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a readable nnx checkpoint, truncated or not an .npz ({exc})") from exc
+    arrays = _read_npz(path)
     if CONFIG_KEY not in arrays:
         raise CheckpointError(f"{path}: not an nnx checkpoint (no {CONFIG_KEY} entry)")
+    raw = arrays.pop(CONFIG_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"{path}: its config entry is not a byte string (dtype {raw.dtype}, shape {raw.shape})")
     try:
-        config = json.loads(arrays.pop(CONFIG_KEY).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        config = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: its config is not valid JSON ({exc})") from exc
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nnx checkpoint (format {config.get('format')!r})"
                               if isinstance(config, dict) else f"{path}: config is not a JSON object")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an int, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer nnx (format {config['format_version']}); upgrade nnx")
     return config, arrays
+
+
+# Everything the zip and .npy readers can raise on a damaged or hostile file.
+_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+                ValueError, KeyError, OverflowError, SyntaxError, struct.error, UnicodeDecodeError)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, read as plain data.
+
+    Unlike `np.load`, every entry must be a .npy of a non-object dtype, and its header
+    must not claim more bytes than the entry holds, so a hostile file can neither
+    smuggle in a pickle nor make us allocate memory it does not back with data.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise CheckpointError(f"{path}: entry {name!r} is not a .npy array")
+                key = name[:-4]
+                if key in arrays:
+                    raise CheckpointError(f"{path}: entry {name!r} appears twice")
+                with zf.open(info) as fp:
+                    version = np.lib.format.read_magic(fp)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+                    else:
+                        raise CheckpointError(f"{path}: entry {name!r} has unsupported .npy version {version}")
+                    if dtype.hasobject:
+                        raise CheckpointError(f"{path}: entry {name!r} holds a pickled object array; "
+                                              "nnx never unpickles, refusing")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if nbytes > info.file_size:
+                        raise CheckpointError(f"{path}: entry {name!r} claims shape {shape} ({nbytes} bytes) but "
+                                              f"holds only {info.file_size} bytes")
+                    data = fp.read(nbytes)
+                if len(data) != nbytes:
+                    raise CheckpointError(f"{path}: entry {name!r} is truncated ({len(data)} of {nbytes} bytes)")
+                arr = np.frombuffer(data, dtype=dtype)
+                arrays[key] = np.array(np.reshape(arr, shape, order="F" if fortran else "C"), copy=True)
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as exc:
+        raise CheckpointError(f"{path}: not a readable nnx checkpoint, truncated or not an .npz "
+                              f"({type(exc).__name__}: {exc})") from exc
+    return arrays
+
+
+def _check_dense_sizes(path: Path, layers: list, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a config whose Dense sizes the file's weights do not back, before any layer allocates.
+
+    Without this a few bytes of JSON naming Dense(10**6, 10**6) would make `load` allocate terabytes.
+    """
+    for i, layer in enumerate(layers):
+        if not (isinstance(layer, dict) and layer.get("type") == "Dense"):
+            continue
+        want = (layer.get("in_features"), layer.get("out_features"))
+        for name, shape in (("weight", want), ("bias", want[1:])):
+            arr = arrays.get(f"{PARAM_PREFIX}{i}.{name}")
+            if arr is None:
+                raise CheckpointError(f"{path}: layer {i} is a Dense layer but the file has no {i}.{name} array")
+            if tuple(arr.shape) != shape:
+                raise CheckpointError(f"{path}: array '{PARAM_PREFIX}{i}.{name}' has shape {tuple(arr.shape)} "
+                                      f"but its config needs {shape}")
 
 
 def _choose_backend(path: Path, saved: str, backend: Any) -> Any:
     if backend is not None:
         return backend
+    if not isinstance(saved, str):
+        raise CheckpointError(f"{path}: config names its backend as {saved!r}, not a backend name")
     ok, why = backend_status(saved)
     if ok:
         return saved
@@ -145,12 +216,21 @@ def load_model(path: str | os.PathLike, backend: Any = None, dtype: Any = None) 
     from .model import Sequential, rebuild_optimizer
 
     path = Path(path)
+    if backend is not None:
+        backend = get_backend(backend)  # the caller's mistake, reported as such before the file is read
+    if dtype is not None:
+        get_backend("numpy").float_dtype(dtype)
     config, arrays = read_checkpoint(path)
+    model_config = config.get("model")
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list):
+        raise CheckpointError(f"{path}: config has no model description (a 'model' object with a 'layers' list)")
+    _check_dense_sizes(path, model_config["layers"], arrays)
     try:
-        model_config = config["model"]
         target = _choose_backend(path, model_config.get("backend", "numpy"), backend)
         model = Sequential.from_config(model_config, backend=target, dtype=dtype)
-    except (KeyError, TypeError) as exc:
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: config is incomplete or malformed ({exc!r})") from exc
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
@@ -165,19 +245,32 @@ def load_model(path: str | os.PathLike, backend: Any = None, dtype: Any = None) 
             raise CheckpointError(f"{path}: array {key!r} has shape {arr.shape} but its config needs {shape}")
         if arr.dtype.kind != "f":
             raise CheckpointError(f"{path}: array {key!r} has dtype {arr.dtype}, expected a float dtype")
-    model.load_state_dict({k[len(PARAM_PREFIX):]: arrays[k] for k in expected})
-    training = config.get("training", {})
     try:
-        model.epochs_trained = int(training.get("epochs_trained", 0))
+        model.load_state_dict({k[len(PARAM_PREFIX):]: arrays[k] for k in expected})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    training = config.get("training", {})
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{path}: training state must be a JSON object, got {type(training).__name__}")
+    try:
+        epochs = training.get("epochs_trained", 0)
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs_trained must be an int >= 0, got {epochs!r}")
+        model.epochs_trained = epochs
         if training.get("loss") is not None:
             model.loss = get_loss(training["loss"])
         if "shuffle_rng" in training:
             model.shuffle_rng.bit_generator.state = training["shuffle_rng"]
-        if "dropout_rng" in training and get_backend(target).name == config.get("trained_on", "").split(":")[0]:
+        if "dropout_rng" in training and get_backend(target).name == str(config.get("trained_on", "")).split(":")[0]:
             model.dropout_rng.set_state(training["dropout_rng"])
         if "optimizer" in training:
             state = _from_json_tree(training["optimizer"], arrays, str(path))
+            if not isinstance(state, dict):
+                raise TypeError(f"optimizer state must be an object, got {type(state).__name__}")
             model.optimizer = rebuild_optimizer(state, model.parameters())
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: training state is malformed ({exc})") from exc
+    except CheckpointError:
+        raise
+    # RuntimeError: torch rejects a malformed generator state with it.
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: training state is malformed ({type(exc).__name__}: {exc})") from exc
     return model
