@@ -84,12 +84,14 @@ class Backend:
         """Whether `x` is an array of this backend's library."""
         return backend_name_of(x) == self.name
 
-    def asarray(self, x: Any, dtype: Any = None, argname: str = "X") -> Any:
+    def asarray(self, x: Any, dtype: Any = None, argname: str = "X", copy: bool = False) -> Any:
         """Put `x` on this backend, cast to `dtype` when given.
 
         NumPy arrays, Python scalars and lists are always accepted and moved; an
         array of this backend on another device is moved to ours; an array from
-        another non-NumPy library raises `TypeError` naming both backends.
+        another non-NumPy library raises `TypeError` naming both backends. The
+        result may share memory with `x` unless `copy=True` (needed for anything
+        that will be updated in place, such as parameters).
         """
         target = None if dtype is None else self.float_dtype(dtype)
         # NumPy arrays take the host path even on the numpy backend, so the dtype check below applies there too
@@ -97,8 +99,8 @@ class Backend:
             if str(array_api_compat.device(x)) != str(self.device):
                 x = self._device_move(x)
             if target is not None and x.dtype != target:
-                x = self.xp.astype(x, target)
-            return x
+                return self.xp.astype(x, target)
+            return self.xp.asarray(x, copy=True) if copy else x
         other = backend_name_of(x)
         if other not in (None, "numpy"):
             raise TypeError(
@@ -108,8 +110,8 @@ class Backend:
         host = np.asarray(x)
         if host.dtype.kind not in "biuf":
             raise TypeError(f"{argname} must hold numbers, got dtype {host.dtype}")
-        if dtype is not None:
-            host = host.astype(dtype_name(dtype), copy=False)
+        if dtype is not None or copy:
+            host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, copy=copy)
         return self._from_host(host)
 
     def _device_move(self, x: Any) -> Any:

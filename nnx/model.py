@@ -86,7 +86,7 @@ class Sequential:
             raise ValueError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
         new_values = {}
         for name, p in params.items():
-            value = self.backend.asarray(state[name], dtype=self.dtype, argname=f"state_dict[{name!r}]")
+            value = self.backend.asarray(state[name], dtype=self.dtype, argname=f"state_dict[{name!r}]", copy=True)
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects {p.shape}")
             new_values[name] = value
@@ -357,7 +357,9 @@ class Sequential:
         self.stop_training = False
         slices = batch_slices(n, batch_size or n)
         _, _, from_logits = self._fused_output(loss_fn)
-        cb.on_train_begin({"epochs": epochs, "steps": len(slices), "metrics": list(metric_fns)})
+        # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
+        cb.on_train_begin({"epochs": epochs, "steps": len(slices), "metrics": list(metric_fns),
+                           "validation": val is not None})
         try:
             for _ in range(epochs):
                 epoch = self.epochs_trained
@@ -376,20 +378,23 @@ class Sequential:
                     if metric_fns:
                         outputs.append(Z)
                     cb.on_batch_end(b, {"loss": value, "size": part.stop - part.start})
+                    if self.stop_training:
+                        break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
                 losses = be.to_host(xp.stack(batch_losses))
-                if check_finite:
+                if check_finite and not self.stop_training:  # a stopping callback has handled it
                     _raise_if_not_finite(losses, epoch)
-                weights = [s.stop - s.start for s in slices]
-                logs = {"loss": float(sum(w * float(v) for w, v in zip(weights, losses, strict=True)) / n)}
+                weights = [s.stop - s.start for s in slices[:len(batch_losses)]]
+                n_seen = sum(weights)
+                logs = {"loss": float(sum(w * float(v) for w, v in zip(weights, losses, strict=True)) / n_seen)}
                 if metric_fns:
                     Z_all = xp.concat(outputs, axis=0)
-                    logs.update(self._metric_values(metric_fns, ys, Z_all, from_logits))
+                    logs.update(self._metric_values(metric_fns, ys[:n_seen, ...], Z_all, from_logits))
                 if val is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(val[0], val[1], loss_fn,
                                                                            metric_fns, None).items()})
                 self.epochs_trained += 1
-                history.append(epoch, logs)
                 cb.on_epoch_end(epoch, logs)
+                history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
                 if self.stop_training:
                     break
         except KeyboardInterrupt:
