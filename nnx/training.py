@@ -83,22 +83,32 @@ def _safe_ratio(xp: Any, num: Any, den: Any) -> Any:
     return xp.where(den > 0, num / xp.where(den > 0, den, 1.0), 0.0)
 
 
+def _macro(xp: Any, per_class: Any, predicted: Any, actual: Any) -> Any:
+    """Mean over the classes that occur in y_true or y_pred, as scikit-learn's average="macro".
+
+    A class the model has an output for but that appears in neither is left out; in the
+    binary case the single (positive) class scores 0 when absent, as with average="binary".
+    """
+    present = xp.astype((predicted + actual) > 0, per_class.dtype)
+    return xp.sum(per_class * present) / xp.maximum(xp.sum(present), xp.ones_like(xp.sum(present)))
+
+
 def precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of the positive class (binary) or its macro average over classes."""
-    tp, predicted, _ = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return xp.mean(_safe_ratio(xp, tp, predicted))
+    tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
+    return _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual)
 
 
 def recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of the positive class (binary) or its macro average over classes."""
-    tp, _, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return xp.mean(_safe_ratio(xp, tp, actual))
+    tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
+    return _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual)
 
 
 def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return xp.mean(_safe_ratio(xp, 2.0 * tp, predicted + actual))
+    return _macro(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual), predicted, actual)
 
 
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
@@ -128,8 +138,9 @@ def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     ss_res = xp.sum((y_true - y_pred) ** 2, axis=0)
     ss_tot = xp.sum((y_true - xp.mean(y_true, axis=0)) ** 2, axis=0)
     # A constant target scores 1 when predicted exactly and 0 otherwise, as in scikit-learn.
-    per_output = xp.where(ss_tot > 0, 1.0 - ss_res / xp.where(ss_tot > 0, ss_tot, 1.0),
-                          xp.where(ss_res > 0, 0.0, 1.0))
+    # (the standard's where takes at most one Python scalar, hence the array for the inner one)
+    exact = xp.astype(ss_res == 0, ss_res.dtype)
+    per_output = xp.where(ss_tot > 0, 1.0 - ss_res / xp.where(ss_tot > 0, ss_tot, 1.0), exact)
     return xp.mean(per_output)
 
 

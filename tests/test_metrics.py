@@ -1,0 +1,134 @@
+"""Metrics by name: every one against scikit-learn, on every backend, directly and through fit/evaluate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import nnx
+from nnx import training
+
+CLASSIFICATION = ("accuracy", "precision", "recall", "f1")
+REGRESSION = ("mse", "mae", "rmse", "r2")
+
+
+def _sk_classification(name, true, pred, average):
+    if name == "accuracy":
+        return skm.accuracy_score(true, pred)
+    fn = {"precision": skm.precision_score, "recall": skm.recall_score, "f1": skm.f1_score}[name]
+    return fn(true, pred, average=average, zero_division=0)
+
+
+def _sk_regression(name, true, pred):
+    if name == "mse":
+        return skm.mean_squared_error(true, pred)
+    if name == "mae":
+        return skm.mean_absolute_error(true, pred)
+    if name == "rmse":
+        return np.sqrt(skm.mean_squared_error(true, pred))
+    return skm.r2_score(true, pred)
+
+
+def _value(backend, name, y_true, y_pred, from_logits=False):
+    out = training.METRICS[name](backend.xp, y_true, y_pred, from_logits)
+    assert out.ndim == 0
+    return backend.to_float(out)
+
+
+# Each test loops over cases inside instead of parametrizing them: the shapes stay the same,
+# so JAX compiles each operation once per test instead of once per case.
+N = 40
+
+
+def test_binary_metrics_match_sklearn(backend, dtype):
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        true = rng.integers(0, 2, N)
+        if seed == 3:
+            true[:] = 0  # no positives at all: zero_division=0 territory
+        prob = rng.random((N, 1))
+        logits = np.log(prob) - np.log1p(-prob)
+        y_true = backend.asarray(true.astype(float)[:, None], dtype=dtype)
+        for name in CLASSIFICATION:
+            expected = _sk_classification(name, true, (prob[:, 0] > 0.5).astype(int), "binary")
+            got = _value(backend, name, y_true, backend.asarray(prob, dtype=dtype))
+            assert got == pytest.approx(expected, abs=1e-6), (seed, name)
+            # logits: the threshold moves to 0
+            got = _value(backend, name, y_true, backend.asarray(logits, dtype=dtype), from_logits=True)
+            assert got == pytest.approx(expected, abs=1e-6), (seed, name, "logits")
+
+
+def test_multiclass_metrics_match_sklearn_macro(backend, dtype):
+    k = 5
+    for seed in range(4):
+        rng = np.random.default_rng(100 + seed)
+        true = rng.integers(0, k, N)
+        scores = rng.normal(size=(N, k))
+        if seed >= 2:
+            true[true == 4] = 0  # a class nobody has...
+            scores[:, 4] = -10.0  # ...and nobody predicts: macro averages leave it out, as scikit-learn does
+        if seed == 3:
+            scores[:, 3] = 10.0  # one class predicted always: precision's zero_division cases
+        pred = scores.argmax(axis=1)
+        y_scores = backend.asarray(scores, dtype=dtype)
+        for name in CLASSIFICATION:
+            expected = _sk_classification(name, true, pred, "macro")
+            got = _value(backend, name, backend.asarray(true), y_scores)
+            assert got == pytest.approx(expected, abs=1e-6), (seed, name)
+            one_hot = np.eye(k)[true]
+            got = _value(backend, name, backend.asarray(one_hot, dtype=dtype), y_scores)
+            assert got == pytest.approx(expected, abs=1e-6), (seed, name, "one-hot")
+
+
+def test_regression_metrics_match_sklearn(backend, dtype):
+    rng = np.random.default_rng(7)
+    for outputs in (1, 3):
+        true = rng.normal(size=(N, outputs))
+        pred = true + 0.3 * rng.normal(size=true.shape)
+        for name in REGRESSION:
+            expected = _sk_regression(name, true, pred)
+            got = _value(backend, name, backend.asarray(true, dtype=dtype), backend.asarray(pred, dtype=dtype))
+            assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), (outputs, name)
+            if outputs == 1:  # y given flat, as fit accepts it for one output
+                flat = backend.asarray(true[:, 0], dtype=dtype)
+                got = _value(backend, name, flat, backend.asarray(pred, dtype=dtype))
+                assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), (name, "flat")
+
+
+def test_r2_constant_target_matches_sklearn(backend, dtype):
+    true = np.array([[2.0, 1.0], [2.0, 2.0], [2.0, 3.0]])
+    for pred in (true.copy(), true + np.array([[0.5, 0.0]])):
+        expected = skm.r2_score(true, pred)
+        got = _value(backend, "r2", backend.asarray(true, dtype=dtype), backend.asarray(pred, dtype=dtype))
+        assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_fit_and_evaluate_report_metrics_by_name(backend, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(N, 4))
+    y = rng.integers(0, 3, N)
+    model = nnx.Sequential(nnx.Dense(4, 8), nnx.Tanh(), nnx.Dense(8, 3), nnx.Softmax(),
+                           backend=backend, dtype=dtype, seed=0)
+    names = ["acc", "precision", "recall", "f1"]
+    history = model.fit(X, y, epochs=2, batch_size=None, metrics=names, validation_data=(X, y))
+    assert set(history.history) == {"loss", "accuracy", "precision", "recall", "f1",
+                                     "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"}
+    result = model.evaluate(X, y, metrics=names)
+    pred = backend.to_host(model.predict(X)).argmax(axis=1)
+    for name in CLASSIFICATION:
+        assert result[name] == pytest.approx(_sk_classification(name, y, pred, "macro"), abs=1e-6)
+        assert history[f"val_{name}"][-1] == pytest.approx(result[name], abs=1e-6)
+
+    reg = nnx.Sequential(nnx.Dense(4, 2), backend=backend, dtype=dtype, seed=0)
+    Y = rng.normal(size=(N, 2))
+    result = reg.evaluate(X, Y, metrics=list(REGRESSION))
+    P = backend.to_host(reg.predict(X))
+    for name in REGRESSION:
+        assert result[name] == pytest.approx(_sk_regression(name, Y, P), rel=1e-5, abs=1e-6)
+    assert result["mse"] == pytest.approx(result["loss"], rel=1e-6)
+
+
+def test_unknown_metric_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown metric 'auc'.*accuracy"):
+        training.resolve_metrics(["auc"])
