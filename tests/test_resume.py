@@ -1,0 +1,162 @@
+"""Resume is exact: stop after epoch k, save, load, train the rest -> the weights of an uninterrupted run.
+
+The checkpoint carries the weights, the optimizer state, the shuffle and dropout
+RNG states and the epoch counter; `fit(epochs=n)` runs n more epochs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+
+EPOCHS = 5
+TOL = 1e-12
+
+
+def _data(task: str):
+    gen = np.random.default_rng(7)
+    X = gen.normal(size=(37, 4))  # 37 is not a multiple of the batch size: a short last batch
+    if task == "regression":
+        y = X @ gen.normal(size=(4, 2)) + 0.1 * gen.normal(size=(37, 2))
+    elif task == "binary":
+        y = (X[:, 0] + X[:, 1] > 0).astype(float)
+    else:
+        y = np.argmax(X[:, :3], axis=1)
+    return X, y
+
+
+def _model(backend, task: str, seed: int = 11) -> nnx.Sequential:
+    head = {"regression": [nnx.Dense(6, 2)],
+            "binary": [nnx.Dense(6, 1), nnx.Sigmoid()],
+            "multiclass": [nnx.Dense(6, 3), nnx.Softmax()]}[task]
+    return nnx.Sequential(nnx.Dense(4, 8), nnx.Tanh(), nnx.Dropout(0.3), nnx.Dense(8, 6), nnx.LeakyReLU(0.1),
+                          nnx.Dropout(0.2), *head, backend=backend, dtype="float64", seed=seed,
+                          regularizer=nnx.regularizers.L2(1e-3))
+
+
+OPTIMIZERS = {
+    "adam": lambda params: nnx.optim.Adam(params, lr=0.01),
+    "sgd_momentum": lambda params: nnx.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda params: nnx.optim.RMSprop(params, lr=0.01, momentum=0.5, centered=True),
+    "adamw_amsgrad": lambda params: nnx.optim.AdamW(params, lr=0.01, amsgrad=True),
+}
+
+
+class StopAfter(Callback):
+    """Saves a checkpoint and stops the run at the end of epoch `k` (0-based k-1)."""
+
+    def __init__(self, k: int, path) -> None:
+        self.k, self.path = k, path
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.k:
+            self.model.save(self.path)
+            self.model.stop_training = True
+
+
+def _host_weights(model) -> dict[str, np.ndarray]:
+    return {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+
+
+def _assert_same(a: dict, b: dict, tol: float = TOL) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=tol, err_msg=name)
+
+
+def _fit_kwargs(task, X, y):
+    loss = {"regression": "mse", "binary": "bce", "multiclass": "cross_entropy"}[task]
+    return dict(loss=loss, batch_size=8, metrics=["mse" if task == "regression" else "accuracy"],
+                validation_data=(X[:10], y[:10]))
+
+
+# Every optimizer on regression; Adam and SGD momentum on every task.
+CASES = [("regression", name) for name in sorted(OPTIMIZERS)] + [
+    (task, name) for task in ("binary", "multiclass") for name in ("adam", "sgd_momentum")]
+
+
+@pytest.mark.parametrize(("task", "opt_name"), CASES)
+def test_resume_matches_uninterrupted_run(backend, tmp_path, task, opt_name):
+    X, y = _data(task)
+    kwargs = _fit_kwargs(task, X, y)
+
+    full = _model(backend, task)
+    full_hist = full.fit(X, y, optimizer=OPTIMIZERS[opt_name](full.parameters()), epochs=EPOCHS, **kwargs)
+    assert full.epochs_trained == EPOCHS
+
+    for k in (1, 3):
+        ckpt = tmp_path / f"{task}-{opt_name}-{k}.npz"
+        part = _model(backend, task)
+        part_hist = part.fit(X, y, optimizer=OPTIMIZERS[opt_name](part.parameters()), epochs=EPOCHS,
+                             callbacks=[StopAfter(k, ckpt)], **kwargs)
+        assert len(part_hist) == k and part.epochs_trained == k
+        # Train the stopped model further in memory first: the checkpoint must not follow it.
+        part.fit(X, y, epochs=1, **kwargs)
+
+        resumed = nnx.load(ckpt)
+        assert resumed.backend == full.backend and resumed.epochs_trained == k
+        assert type(resumed.optimizer) is type(full.optimizer)
+        hist = resumed.fit(X, y, epochs=EPOCHS - k, **kwargs)
+        assert resumed.epochs_trained == EPOCHS
+        assert hist.epoch == list(range(k, EPOCHS))
+        _assert_same(_host_weights(resumed), _host_weights(full))
+        # The losses reported after resuming are the uninterrupted run's, epoch by epoch.
+        np.testing.assert_allclose(part_hist["loss"] + hist["loss"], full_hist["loss"], rtol=0, atol=TOL)
+        np.testing.assert_allclose(hist["val_loss"], full_hist["val_loss"][k:], rtol=0, atol=TOL)
+
+
+def test_resume_twice_and_by_optimizer_name(backend, tmp_path):
+    """Two interruptions in one run; the resumed fit names its optimizer again (state continues)."""
+    X, y = _data("binary")
+    kwargs = _fit_kwargs("binary", X, y)
+    full = _model(backend, "binary")
+    full.fit(X, y, optimizer="adam", lr=0.02, epochs=EPOCHS, **kwargs)
+
+    model = _model(backend, "binary")
+    model.fit(X, y, optimizer="adam", lr=0.02, epochs=2, **kwargs)
+    model.save(tmp_path / "a.npz")
+    model = nnx.load(tmp_path / "a.npz")
+    model.fit(X, y, optimizer="adam", lr=0.02, epochs=2, **kwargs)
+    model.save(tmp_path / "b.npz")
+    model = nnx.load(tmp_path / "b.npz")
+    model.fit(X, y, optimizer="adam", lr=0.02, epochs=1, **kwargs)
+    assert model.epochs_trained == EPOCHS
+    _assert_same(_host_weights(model), _host_weights(full))
+
+
+def test_resume_in_memory_equals_split_fit_calls(backend):
+    """fit(epochs=a) then fit(epochs=b) on one model is fit(epochs=a+b): counters and RNGs carry over."""
+    X, y = _data("multiclass")
+    kwargs = _fit_kwargs("multiclass", X, y)
+    full = _model(backend, "multiclass")
+    full.fit(X, y, optimizer="sgd", lr=0.1, epochs=EPOCHS, **kwargs)
+    split = _model(backend, "multiclass")
+    split.fit(X, y, optimizer="sgd", lr=0.1, epochs=2, **kwargs)
+    split.fit(X, y, optimizer="sgd", lr=0.1, epochs=EPOCHS - 2, **kwargs)
+    _assert_same(_host_weights(split), _host_weights(full))
+
+
+def test_checkpoint_holds_everything_resume_needs(backend, tmp_path):
+    """The loaded model's optimizer state, RNG states and counters equal the saved model's."""
+    X, y = _data("regression")
+    model = _model(backend, "regression")
+    model.fit(X, y, optimizer=nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=2,
+              **_fit_kwargs("regression", X, y))
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz")
+    assert loaded.epochs_trained == model.epochs_trained == 2
+    assert loaded.seed == model.seed
+    assert loaded.shuffle_rng.bit_generator.state == model.shuffle_rng.bit_generator.state
+    assert loaded.dropout_rng.get_state() == model.dropout_rng.get_state()
+    saved, restored = model.optimizer.state_dict(), loaded.optimizer.state_dict()
+    assert saved["step"] == restored["step"] and saved["hyperparams"] == restored["hyperparams"]
+    for i, entry in saved["state"].items():
+        for key, arr in entry.items():
+            np.testing.assert_array_equal(model.backend.to_host(arr), loaded.backend.to_host(restored["state"][i][key]))
+    assert loaded.loss.get_config() == model.loss.get_config()
+    # Without the optimizer the weights still load, and a fresh optimizer is made by the next fit.
+    model.save(tmp_path / "w.npz", include_optimizer=False)
+    assert nnx.load(tmp_path / "w.npz").optimizer is None
