@@ -1,0 +1,312 @@
+"""Loss functions: a value and the gradient of exactly that value w.r.t. the predictions.
+
+Every loss reduces by the mean over all elements (PyTorch's ``reduction="mean"``;
+for `CrossEntropy` that is the mean over samples, like ``torch.nn.CrossEntropyLoss``).
+
+Checking inputs comes in two parts. Shapes and dtypes are metadata, so they are
+always checked (a ``(n,)`` target against ``(n, 1)`` predictions is reshaped,
+never broadcast to ``(n, n)``). Checks that read values (class indices in range,
+BCE targets in [0, 1]) make the host wait for the device, so they run only when
+``check=True``, the default; a training loop validates once and then passes
+``check=False``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import array_api_compat
+
+from .activations import log_softmax, sigmoid, softmax, softplus
+from .backend import backend_name_of, get_backend
+
+__all__ = [
+    "LOSSES",
+    "MAE",
+    "MSE",
+    "BinaryCrossEntropy",
+    "CrossEntropy",
+    "Loss",
+    "get_loss",
+]
+
+
+def _clip_eps(xp: Any, dtype: Any) -> float:
+    # Per-dtype clipping bound for probabilities: large enough that 1 - eps is
+    # still below 1 in `dtype` (so log(1 - p) and 1 / (p (1 - p)) stay finite),
+    # small enough not to bias the loss: 1.19e-7 in float32, 1e-15 in float64.
+    return max(float(xp.finfo(dtype).eps), 1e-15)
+
+
+def _host_all(y_pred: Any, flag: Any) -> bool:
+    # The one place a loss waits for the device; only reached when check=True.
+    return bool(get_backend(y_pred).to_host(flag))
+
+
+class Loss:
+    """Base class: ``loss(y_true, y_pred)`` is a 0-d array, ``loss.gradient`` its gradient w.r.t. ``y_pred``.
+
+    Subclasses implement `_prepare` (validate and bring ``y_true`` to the shape
+    and dtype the math needs) and `_compute` (the value and, when asked, the
+    gradient, sharing intermediate work).
+    """
+
+    name = "loss"
+
+    def __call__(self, y_true: Any, y_pred: Any, check: bool = True) -> Any:
+        """The mean loss, a 0-d array on ``y_pred``'s device."""
+        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
+        return self._compute(xp, y_true, y_pred, grad=False)[0]
+
+    def gradient(self, y_true: Any, y_pred: Any, check: bool = True) -> Any:
+        """Gradient of the value of ``self(y_true, y_pred)`` w.r.t. ``y_pred``, shaped like ``y_pred``."""
+        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
+        return self._compute(xp, y_true, y_pred, grad=True)[1]
+
+    def value_and_grad(self, y_true: Any, y_pred: Any, check: bool = True) -> tuple[Any, Any]:
+        """``(value, gradient)`` in one pass, sharing the work the two have in common."""
+        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
+        return self._compute(xp, y_true, y_pred, grad=True)
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+    # -- shared plumbing ----------------------------------------------------
+    def _inputs(self, y_true: Any, y_pred: Any, check: bool) -> tuple[Any, Any, Any]:
+        if not array_api_compat.is_array_api_obj(y_pred):
+            raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
+        xp = array_api_compat.array_namespace(y_pred)
+        if not xp.isdtype(y_pred.dtype, "real floating"):
+            raise TypeError(f"y_pred must have a real floating dtype, got {y_pred.dtype}")
+        if (
+            not array_api_compat.is_array_api_obj(y_true)
+            or backend_name_of(y_true) != backend_name_of(y_pred)
+            or str(array_api_compat.device(y_true)) != str(array_api_compat.device(y_pred))
+        ):
+            # NumPy arrays, lists and scalars are moved to y_pred's backend and
+            # device; an array of another non-NumPy library raises TypeError.
+            y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
+        if xp.isdtype(y_true.dtype, "complex floating"):
+            raise TypeError(f"y_true must hold real numbers, got dtype {y_true.dtype}")
+        y_true = self._prepare(xp, y_true, y_pred, check)
+        return xp, y_true, y_pred
+
+    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        raise NotImplementedError
+
+    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _same_shape(xp: Any, y_true: Any, y_pred: Any) -> Any:
+        """``y_true`` reshaped to ``y_pred``'s shape and cast to its dtype, or ValueError."""
+        t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
+        if t_shape != p_shape:
+            # Only the (n,) <-> (n, 1) case is repaired: broadcasting it would
+            # silently give an (n, n) loss.
+            squeezed_t = t_shape[:-1] if t_shape[-1:] == (1,) else t_shape
+            squeezed_p = p_shape[:-1] if p_shape[-1:] == (1,) else p_shape
+            if len(t_shape) + len(p_shape) == 3 and squeezed_t == squeezed_p:
+                y_true = xp.reshape(y_true, p_shape)
+            else:
+                raise ValueError(
+                    f"y_true and y_pred must have the same shape, got y_true {t_shape} and y_pred {p_shape}"
+                )
+        if y_true.dtype != y_pred.dtype:
+            y_true = xp.astype(y_true, y_pred.dtype)
+        return y_true
+
+
+class MSE(Loss):
+    """Mean squared error, mean((y_pred - y_true)**2) over all elements."""
+
+    name = "mse"
+
+    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        return self._same_shape(xp, y_true, y_pred)
+
+    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        diff = y_pred - y_true
+        value = xp.mean(diff * diff)
+        g = diff * (2 / math.prod(y_pred.shape)) if grad else None
+        return value, g
+
+
+class MAE(Loss):
+    """Mean absolute error, mean(|y_pred - y_true|); its gradient uses sign(0) = 0."""
+
+    name = "mae"
+
+    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        return self._same_shape(xp, y_true, y_pred)
+
+    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        diff = y_pred - y_true
+        value = xp.mean(xp.abs(diff))
+        g = xp.sign(diff) * (1 / math.prod(y_pred.shape)) if grad else None
+        return value, g
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy, averaged over all elements.
+
+    Args:
+        from_logits: ``y_pred`` holds logits z (the stable form
+            ``max(z, 0) - y z + log1p(exp(-|z|))`` is used, exact at extreme
+            logits) instead of probabilities p. Probabilities are clipped to
+            ``[eps, 1 - eps]`` with a per-dtype eps (1.19e-7 in float32, 1e-15
+            in float64), so p exactly 0 or 1 gives a finite loss and gradient;
+            the gradient is that of the formula at the clipped p, so a saturated
+            prediction is still pushed back.
+
+    ``y_true`` holds targets in [0, 1] (soft labels allowed), shaped like ``y_pred``.
+    """
+
+    name = "bce"
+
+    def __init__(self, from_logits: bool = False) -> None:
+        self.from_logits = bool(from_logits)
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
+        return {"name": self.name, "from_logits": self.from_logits}
+
+    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        y_true = self._same_shape(xp, y_true, y_pred)
+        if check and not _host_all(y_pred, xp.all((y_true >= 0) & (y_true <= 1))):
+            raise ValueError("y_true for binary cross-entropy must lie in [0, 1] (and not be NaN)")
+        return y_true
+
+    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        scale = 1 / math.prod(y_pred.shape)
+        if self.from_logits:
+            value = xp.mean(softplus(y_pred) - y_true * y_pred)
+            g = (sigmoid(y_pred) - y_true) * scale if grad else None
+            return value, g
+        eps = _clip_eps(xp, y_pred.dtype)
+        p = xp.clip(y_pred, eps, 1 - eps)
+        one_minus_p = 1 - p
+        value = -xp.mean(y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p))
+        g = (p - y_true) / (p * one_minus_p) * scale if grad else None
+        return value, g
+
+
+class CrossEntropy(Loss):
+    """Categorical cross-entropy for ``(batch, classes)`` predictions, averaged over samples.
+
+    Args:
+        from_logits: ``y_pred`` holds logits (a stable log-softmax is used; the
+            default, like ``torch.nn.CrossEntropyLoss``) instead of probabilities,
+            which are clipped below at a per-dtype eps before the log.
+
+    ``y_true`` is either integer class indices of shape ``(batch,)`` (or
+    ``(batch, 1)``; float dtypes holding whole numbers are accepted too), or
+    one-hot / probability rows of shape ``(batch, classes)``.
+    """
+
+    name = "cross_entropy"
+
+    def __init__(self, from_logits: bool = True) -> None:
+        self.from_logits = bool(from_logits)
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
+        return {"name": self.name, "from_logits": self.from_logits}
+
+    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        p_shape, t_shape = tuple(y_pred.shape), tuple(y_true.shape)
+        if len(p_shape) != 2:
+            raise ValueError(f"y_pred for cross-entropy must be 2-D (batch, classes), got shape {p_shape}")
+        n, n_classes = p_shape
+        if t_shape == p_shape:
+            return y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)
+        if t_shape == (n, 1):
+            y_true = xp.reshape(y_true, (n,))
+        elif t_shape != (n,):
+            raise ValueError(
+                f"y_true for cross-entropy must be class indices of shape ({n},) or one-hot rows of shape "
+                f"{p_shape}, got y_true {t_shape} and y_pred {p_shape}"
+            )
+        integer = xp.isdtype(y_true.dtype, "integral")
+        if not (integer or xp.isdtype(y_true.dtype, "real floating")):
+            raise ValueError(f"y_true class indices must be integers, got dtype {y_true.dtype}")
+        if check:
+            in_range = (y_true >= 0) & (y_true < n_classes)
+            whole = in_range if integer else in_range & (xp.floor(y_true) == y_true)
+            if not _host_all(y_pred, xp.all(whole)):
+                # Failure path only: a second look to say which rule was broken.
+                if not _host_all(y_pred, xp.all(in_range)):
+                    raise ValueError(
+                        f"y_true class indices must lie in [0, {n_classes}) for y_pred with {n_classes} classes"
+                    )
+                raise ValueError("y_true class indices must be integers, got non-integer values")
+        if not integer:
+            y_true = xp.astype(y_true, xp.int64)
+        classes = xp.arange(n_classes, dtype=y_true.dtype, device=array_api_compat.device(y_pred))
+        # One-hot by comparison: portable (no scatter, no in-place writes) and
+        # exact, since 0 * a finite log-probability is 0.
+        return xp.astype(y_true[:, None] == classes, y_pred.dtype)
+
+    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        scale = 1 / y_pred.shape[0]
+        if self.from_logits:
+            value = -xp.sum(y_true * log_softmax(y_pred, axis=1)) * scale
+            if not grad:
+                return value, None
+            # Rows of soft targets need not sum to 1; the general gradient is
+            # softmax * sum(t) - t, which is softmax - t for one-hot rows.
+            total = xp.sum(y_true, axis=1, keepdims=True)
+            return value, (softmax(y_pred, axis=1) * total - y_true) * scale
+        p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
+        value = -xp.sum(y_true * xp.log(p)) * scale
+        g = -(y_true / p) * scale if grad else None
+        return value, g
+
+
+LOSSES: dict[str, Callable[..., Loss]] = {
+    "mse": MSE,
+    "mean_squared_error": MSE,
+    "mae": MAE,
+    "mean_absolute_error": MAE,
+    "bce": BinaryCrossEntropy,
+    "binary_crossentropy": BinaryCrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce_with_logits": functools.partial(BinaryCrossEntropy, from_logits=True),
+    "cross_entropy": CrossEntropy,
+    "ce": CrossEntropy,
+    "categorical_crossentropy": CrossEntropy,
+    "sparse_categorical_crossentropy": CrossEntropy,
+}
+"""Lower-case name -> factory returning a fresh `Loss` (keyword arguments override the defaults)."""
+
+
+def get_loss(spec: Any) -> Loss:
+    """A `Loss` from an instance (returned as is), a `Loss` subclass, a name in `LOSSES` or a `get_config` dict."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Loss):
+        return spec()
+    if isinstance(spec, dict):
+        config = dict(spec)
+        name = config.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"a loss config needs a 'name' string, got {spec!r}")
+        return _by_name(name, config)
+    if isinstance(spec, str):
+        return _by_name(spec, {})
+    raise TypeError(f"loss must be a Loss, a Loss class, a name or a config dict, got {type(spec).__name__}")
+
+
+def _by_name(name: str, kwargs: dict[str, Any]) -> Loss:
+    key = name.strip().lower()
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}")
+    return LOSSES[key](**kwargs)

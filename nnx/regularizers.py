@@ -1,0 +1,173 @@
+"""Weight penalties added to the loss: L1, L2 and their sum, ElasticNet.
+
+A regularizer maps a weight array to a 0-d penalty and its gradient. It applies
+to weights only; the model decides which parameters that is (never biases).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+
+__all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
+
+DEFAULT_STRENGTH = 1e-4
+"""Strength used when a regularizer is given by name (``"l2"``) or class, without arguments."""
+
+
+def _strength(value: Any, argname: str) -> float:
+    # bool is a numbers.Real too, but L2(True) is a mistake rather than a strength.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{argname} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{argname} must be finite and >= 0, got {value!r}")
+    return value
+
+
+class Regularizer:
+    """Base class: ``penalty(W)`` is a 0-d array added to the loss, ``gradient(W)`` its gradient w.r.t. ``W``."""
+
+    name = "regularizer"
+
+    def penalty(self, W: Any) -> Any:
+        """The penalty for weights `W`, a 0-d array of `W`'s dtype."""
+        raise NotImplementedError
+
+    def gradient(self, W: Any) -> Any:
+        """Gradient of `penalty` w.r.t. `W`, shaped like `W`."""
+        raise NotImplementedError
+
+    def __call__(self, W: Any) -> Any:
+        """Same as `penalty`."""
+        return self.penalty(W)
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class L1(Regularizer):
+    """Lasso penalty ``l * sum(|W|)``; gradient ``l * sign(W)`` (0 at W = 0).
+
+    Args:
+        l: strength, finite and >= 0.
+    """
+
+    name = "l1"
+
+    def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
+        self.l = _strength(l, "l")
+
+    def penalty(self, W: Any) -> Any:
+        """``l * sum(|W|)`` as a 0-d array."""
+        xp = array_api_compat.array_namespace(W)
+        return self.l * xp.sum(xp.abs(W))
+
+    def gradient(self, W: Any) -> Any:
+        """``l * sign(W)``."""
+        xp = array_api_compat.array_namespace(W)
+        return self.l * xp.sign(W)
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
+        return {"name": self.name, "l": self.l}
+
+
+class L2(Regularizer):
+    """Ridge / weight-decay penalty ``l / 2 * sum(W**2)``; gradient ``l * W``.
+
+    Args:
+        l: strength, finite and >= 0.
+    """
+
+    name = "l2"
+
+    def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
+        self.l = _strength(l, "l")
+
+    def penalty(self, W: Any) -> Any:
+        """``l / 2 * sum(W**2)`` as a 0-d array."""
+        xp = array_api_compat.array_namespace(W)
+        return (self.l / 2) * xp.sum(W * W)
+
+    def gradient(self, W: Any) -> Any:
+        """``l * W``."""
+        return self.l * W
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
+        return {"name": self.name, "l": self.l}
+
+
+class ElasticNet(Regularizer):
+    """Sum of `L1` and `L2`: ``l1 * sum(|W|) + l2 / 2 * sum(W**2)``.
+
+    Args:
+        l1: L1 strength, finite and >= 0.
+        l2: L2 strength, finite and >= 0.
+    """
+
+    name = "elasticnet"
+
+    def __init__(self, l1: float = DEFAULT_STRENGTH, l2: float = DEFAULT_STRENGTH) -> None:
+        self.l1 = _strength(l1, "l1")
+        self.l2 = _strength(l2, "l2")
+
+    def penalty(self, W: Any) -> Any:
+        """``l1 * sum(|W|) + l2 / 2 * sum(W**2)`` as a 0-d array."""
+        xp = array_api_compat.array_namespace(W)
+        return self.l1 * xp.sum(xp.abs(W)) + (self.l2 / 2) * xp.sum(W * W)
+
+    def gradient(self, W: Any) -> Any:
+        """``l1 * sign(W) + l2 * W``."""
+        xp = array_api_compat.array_namespace(W)
+        return self.l1 * xp.sign(W) + self.l2 * W
+
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
+        return {"name": self.name, "l1": self.l1, "l2": self.l2}
+
+
+REGULARIZERS: dict[str, type[Regularizer]] = {
+    "l1": L1,
+    "l2": L2,
+    "elasticnet": ElasticNet,
+    "elastic_net": ElasticNet,
+}
+"""Lower-case name -> regularizer class (constructed with `DEFAULT_STRENGTH` when named)."""
+
+
+def get_regularizer(spec: Any) -> Regularizer | None:
+    """A `Regularizer` from None (-> None), an instance (as is), a class or a name in `REGULARIZERS`
+    (default strength `DEFAULT_STRENGTH` = 1e-4), or a `get_config` dict."""
+    if spec is None or isinstance(spec, Regularizer):
+        return spec
+    if isinstance(spec, type) and issubclass(spec, Regularizer):
+        return spec()
+    if isinstance(spec, dict):
+        config = dict(spec)
+        name = config.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"a regularizer config needs a 'name' string, got {spec!r}")
+        return _by_name(name, config)
+    if isinstance(spec, str):
+        return _by_name(spec, {})
+    raise TypeError(
+        f"regularizer must be None, a Regularizer, a Regularizer class, a name or a config dict, "
+        f"got {type(spec).__name__}"
+    )
+
+
+def _by_name(name: str, kwargs: dict[str, Any]) -> Regularizer:
+    key = name.strip().lower()
+    if key not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; valid names: {sorted(REGULARIZERS)}")
+    return REGULARIZERS[key](**kwargs)

@@ -1,0 +1,264 @@
+"""Activation functions and derivatives: values against torch, gradients against finite
+differences, and finite, accurate, warning-free results at extreme inputs on every backend."""
+
+from __future__ import annotations
+
+import warnings
+
+import array_api_compat
+import mpmath
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnx import activations as A
+from nnx.gradcheck import numerical_gradient, relative_error
+
+ALPHA = 0.2  # a non-default slope, so a forgotten `alpha` argument shows
+
+# name -> (nnx function of x, torch reference of a float64 tensor)
+FUNCTIONS = {
+    "sigmoid": (A.sigmoid, torch.sigmoid),
+    "tanh": (A.tanh, torch.tanh),
+    "relu": (A.relu, F.relu),
+    "leaky_relu": (lambda x: A.leaky_relu(x, ALPHA), lambda t: F.leaky_relu(t, ALPHA)),
+    "softplus": (A.softplus, F.softplus),
+    "log_sigmoid": (A.log_sigmoid, F.logsigmoid),
+    "identity": (A.identity, lambda t: t),
+    "softmax": (A.softmax, lambda t: F.softmax(t, dim=-1)),
+    "log_softmax": (A.log_softmax, lambda t: F.log_softmax(t, dim=-1)),
+}
+
+# name -> (function, derivative), elementwise only
+DERIVATIVES = {
+    "sigmoid": (A.sigmoid, A.sigmoid_derivative),
+    "tanh": (A.tanh, A.tanh_derivative),
+    "relu": (A.relu, A.relu_derivative),
+    "leaky_relu": (lambda x: A.leaky_relu(x, ALPHA), lambda x: A.leaky_relu_derivative(x, ALPHA)),
+    "softplus": (A.softplus, A.softplus_derivative),
+    "identity": (A.identity, A.identity_derivative),
+}
+
+
+def _points(rng, shape=(3, 4)):
+    """Random points in [-3, 3] kept at least 0.1 away from the kink at 0."""
+    x = rng.uniform(0.1, 3.0, size=shape)
+    return x * rng.choice([-1.0, 1.0], size=shape)
+
+
+# -- values ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_values_match_torch(backend, rng, name):
+    fn, ref = FUNCTIONS[name]
+    x = rng.normal(scale=3.0, size=(4, 5))
+    got = backend.to_host(fn(backend.asarray(x, dtype="float64")))
+    want = ref(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_dtype_shape_and_device_preserved(backend, dtype, name):
+    fn = FUNCTIONS[name][0]
+    x = backend.asarray(np.linspace(-2.0, 2.0, 6).reshape(2, 3), dtype=dtype)
+    y = fn(x)
+    assert y.dtype == x.dtype
+    assert tuple(y.shape) == (2, 3)
+    assert backend.owns(y)
+    assert str(array_api_compat.device(y)) == str(backend.device)
+
+
+@pytest.mark.parametrize("name", sorted(DERIVATIVES))
+def test_derivative_dtype_and_device_preserved(backend, dtype, name):
+    x = backend.asarray(np.linspace(-2.0, 2.0, 6).reshape(2, 3), dtype=dtype)
+    d = DERIVATIVES[name][1](x)
+    assert d.dtype == x.dtype
+    assert tuple(d.shape) == (2, 3)
+    assert str(array_api_compat.device(d)) == str(backend.device)
+
+
+def test_softmax_axis(backend, rng):
+    x = rng.normal(size=(3, 4))
+    xb = backend.asarray(x, dtype="float64")
+    for axis in (0, 1, -1):
+        got = backend.to_host(A.softmax(xb, axis=axis))
+        np.testing.assert_allclose(got, F.softmax(torch.from_numpy(x), dim=axis).numpy(), rtol=1e-12)
+        np.testing.assert_allclose(got.sum(axis=axis), 1.0, rtol=1e-12)
+        got_log = backend.to_host(A.log_softmax(xb, axis=axis))
+        np.testing.assert_allclose(got_log, F.log_softmax(torch.from_numpy(x), dim=axis).numpy(), rtol=1e-12)
+
+
+def test_kinks_follow_pytorch(backend):
+    x = backend.asarray(np.array([-1.0, 0.0, 1.0]), dtype="float64")
+    np.testing.assert_array_equal(backend.to_host(A.relu_derivative(x)), [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(backend.to_host(A.leaky_relu_derivative(x, ALPHA)), [ALPHA, ALPHA, 1.0])
+    np.testing.assert_array_equal(backend.to_host(A.leaky_relu_derivative(x)), [0.01, 0.01, 1.0])
+    np.testing.assert_array_equal(backend.to_host(A.identity_derivative(x)), [1.0, 1.0, 1.0])
+    assert A.identity(x) is x
+
+
+def test_activations_registry():
+    assert set(A.ACTIVATIONS) == {"sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity"}
+    for fn, deriv in A.ACTIVATIONS.values():
+        assert callable(fn) and callable(deriv)
+    assert A.ACTIVATIONS["sigmoid"] == (A.sigmoid, A.sigmoid_derivative)
+
+
+# -- gradients -----------------------------------------------------------------
+
+def _gradcheck(backend, rng, fn, analytic, x):
+    """Compare `analytic` with the finite-difference gradient of sum(fn(x) * w), evaluated on `backend`."""
+    w = rng.normal(size=x.shape)
+    w_b = backend.asarray(w, dtype="float64")
+    xp = backend.xp
+
+    def scalar(x_host):
+        return backend.to_float(xp.sum(fn(backend.asarray(x_host, dtype="float64")) * w_b))
+
+    numeric = numerical_gradient(scalar, x)
+    got = backend.to_host(analytic(backend.asarray(x, dtype="float64"), w_b))
+    assert relative_error(got, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(DERIVATIVES))
+def test_derivative_gradcheck(backend, rng, name):
+    fn, deriv = DERIVATIVES[name]
+    _gradcheck(backend, rng, fn, lambda x, w: deriv(x) * w, _points(rng))
+
+
+@pytest.mark.parametrize("axis", [0, -1])
+def test_softmax_vjp_gradcheck(backend, rng, axis):
+    x = rng.normal(size=(3, 4))
+    _gradcheck(backend, rng, lambda x: A.softmax(x, axis=axis),
+               lambda x, w: A.softmax_vjp(A.softmax(x, axis=axis), w, axis=axis), x)
+
+
+def test_log_sigmoid_gradient_is_sigmoid_of_minus_x(backend, rng):
+    _gradcheck(backend, rng, A.log_sigmoid, lambda x, w: A.sigmoid(-x) * w, _points(rng))
+
+
+@pytest.mark.parametrize("name", sorted(DERIVATIVES))
+def test_derivative_matches_torch_autograd(backend, rng, name):
+    fn, deriv = DERIVATIVES[name]
+    torch_fn = dict(FUNCTIONS, identity=(None, lambda t: t * 1.0))[name][1]
+    x = _points(rng)
+    t = torch.from_numpy(x).requires_grad_(True)
+    torch_fn(t).sum().backward()
+    got = backend.to_host(deriv(backend.asarray(x, dtype="float64")))
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_vjp_matches_torch_autograd(backend, rng):
+    x, dY = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    t = torch.from_numpy(x).requires_grad_(True)
+    F.softmax(t, dim=-1).backward(torch.from_numpy(dY))
+    y = A.softmax(backend.asarray(x, dtype="float64"))
+    got = backend.to_host(A.softmax_vjp(y, backend.asarray(dY, dtype="float64")))
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+
+# -- extremes ------------------------------------------------------------------
+
+EXTREMES = np.array([-1e4, -1e3, -100.0, -30.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 5.0, 30.0, 100.0, 1e3, 1e4])
+SOFTMAX_ROWS = np.array([
+    [-1e4, 0.0, 1e4],
+    [1e4, 9999.0, 9998.0],
+    [-1e4, -9999.0, -1e4],
+    [1e3, -1e3, 0.0],
+])
+
+# Reference values in 60-digit arithmetic (mpmath), rounded once to float64.
+_MP_ELEMENTWISE = {
+    "sigmoid": lambda x: 1 / (1 + mpmath.exp(-x)),
+    "sigmoid_derivative": lambda x: mpmath.exp(-x) / (1 + mpmath.exp(-x)) ** 2,
+    "tanh": mpmath.tanh,
+    "tanh_derivative": lambda x: mpmath.sech(x) ** 2,
+    "relu": lambda x: max(x, 0),
+    "relu_derivative": lambda x: mpmath.mpf(1 if x > 0 else 0),
+    "leaky_relu": lambda x: x if x > 0 else ALPHA * x,
+    "leaky_relu_derivative": lambda x: mpmath.mpf(1 if x > 0 else ALPHA),
+    "softplus": lambda x: mpmath.log1p(mpmath.exp(x)),
+    "softplus_derivative": lambda x: 1 / (1 + mpmath.exp(-x)),
+    "log_sigmoid": lambda x: -mpmath.log1p(mpmath.exp(-x)),
+    "identity": lambda x: x,
+    "identity_derivative": lambda x: mpmath.mpf(1),
+}
+_NNX_ELEMENTWISE = {
+    "sigmoid": A.sigmoid,
+    "sigmoid_derivative": A.sigmoid_derivative,
+    "tanh": A.tanh,
+    "tanh_derivative": A.tanh_derivative,
+    "relu": A.relu,
+    "relu_derivative": A.relu_derivative,
+    "leaky_relu": lambda x: A.leaky_relu(x, ALPHA),
+    "leaky_relu_derivative": lambda x: A.leaky_relu_derivative(x, ALPHA),
+    "softplus": A.softplus,
+    "softplus_derivative": A.softplus_derivative,
+    "log_sigmoid": A.log_sigmoid,
+    "identity": A.identity,
+    "identity_derivative": A.identity_derivative,
+}
+
+
+def _mp_softmax_rows(rows, log):
+    out = []
+    for row in rows:
+        m = max(row)
+        total = mpmath.fsum(mpmath.exp(v - m) for v in row)
+        out.append([(v - m - mpmath.log(total)) if log else mpmath.exp(v - m) / total for v in row])
+    return out
+
+
+def _reference(name, x):
+    """float64 reference for inputs `x` (already rounded to the dtype under test)."""
+    with mpmath.workdps(60):
+        if name in ("softmax", "log_softmax"):
+            rows = [[mpmath.mpf(float(v)) for v in row] for row in x]
+            return np.array(_mp_softmax_rows(rows, log=name == "log_softmax"), dtype=np.float64)
+        f = _MP_ELEMENTWISE[name]
+        return np.array([float(f(mpmath.mpf(float(v)))) for v in x], dtype=np.float64)
+
+
+def _tolerances(dtype):
+    # A few ulps relative; absolute only below the smallest normal number, where
+    # the dtype itself cannot hold relative accuracy.
+    info = np.finfo(dtype)
+    return {"rtol": 16 * float(info.eps), "atol": float(info.tiny)}
+
+
+def _evaluate_quietly(fn, x):
+    """fn(x) with every warning and every NumPy overflow/invalid/divide-by-zero turned into an error."""
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        return fn(x)
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(_NNX_ELEMENTWISE))
+def test_elementwise_extremes_finite_accurate_no_warnings(backend, test_dtype, name):
+    x_host = EXTREMES.astype(test_dtype)
+    got = backend.to_host(_evaluate_quietly(_NNX_ELEMENTWISE[name], backend.asarray(x_host, dtype=test_dtype)))
+    assert got.dtype == np.dtype(test_dtype)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got.astype(np.float64), _reference(name, x_host), **_tolerances(test_dtype))
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_extremes_finite_accurate_no_warnings(backend, test_dtype, name):
+    x_host = SOFTMAX_ROWS.astype(test_dtype)
+    fn = getattr(A, name)
+    got = backend.to_host(_evaluate_quietly(fn, backend.asarray(x_host, dtype=test_dtype)))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got.astype(np.float64), _reference(name, x_host), **_tolerances(test_dtype))
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_softmax_vjp_extremes_finite(backend, test_dtype):
+    x = backend.asarray(SOFTMAX_ROWS, dtype=test_dtype)
+    dY = backend.asarray(np.ones_like(SOFTMAX_ROWS) * 1e3, dtype=test_dtype)
+    got = backend.to_host(_evaluate_quietly(lambda x: A.softmax_vjp(A.softmax(x), dY), x))
+    assert np.all(np.isfinite(got))
+    # A constant upstream gradient is orthogonal to the softmax Jacobian's range.
+    np.testing.assert_allclose(got, 0.0, atol=1e-3 if test_dtype == "float32" else 1e-9)

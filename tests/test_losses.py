@@ -1,0 +1,360 @@
+"""Losses: values and gradients against torch, finite-difference gradient checks on every
+backend, exact results at extreme logits, and the input checks."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import array_api_compat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnx import losses as L
+from nnx.gradcheck import numerical_gradient, relative_error
+
+N, C = 4, 3
+
+
+def _case_data(case, rng):
+    """(loss, y_true on the host, y_pred on the host, torch loss of (y_true, y_pred tensor)) for a case."""
+    reg_true, reg_pred = rng.normal(size=(N, 2)), rng.normal(size=(N, 2))
+    bin_true = rng.uniform(size=(N, 2))  # soft targets exercise the general formula
+    probs = rng.uniform(0.1, 0.9, size=(N, 2))
+    logits = rng.normal(scale=2.0, size=(N, C))
+    labels = np.array([0, 2, 1, 2])
+    one_hot = np.eye(C)[labels]
+    soft = rng.dirichlet(np.ones(C), size=N)
+    row_probs = rng.dirichlet(np.ones(C) * 3, size=N)
+
+    def torch_ce_probs(t, p):
+        return -(t * torch.log(p)).sum(dim=1).mean()
+
+    cases = {
+        "mse": (L.MSE(), reg_true, reg_pred, lambda t, p: F.mse_loss(p, t)),
+        "mae": (L.MAE(), reg_true, reg_pred, lambda t, p: F.l1_loss(p, t)),
+        "bce_probs": (L.BinaryCrossEntropy(), bin_true, probs, lambda t, p: F.binary_cross_entropy(p, t)),
+        "bce_logits": (L.BinaryCrossEntropy(from_logits=True), bin_true, reg_pred,
+                       lambda t, p: F.binary_cross_entropy_with_logits(p, t)),
+        "ce_logits_int": (L.CrossEntropy(), labels, logits, lambda t, p: F.cross_entropy(p, t)),
+        "ce_logits_onehot": (L.CrossEntropy(), one_hot, logits, lambda t, p: F.cross_entropy(p, t)),
+        "ce_logits_soft": (L.CrossEntropy(), soft, logits, lambda t, p: F.cross_entropy(p, t)),
+        # rows that do not sum to 1 (e.g. sample weights folded into the targets)
+        "ce_logits_unnormalized": (L.CrossEntropy(), soft * rng.uniform(0.5, 2.0, size=(N, 1)), logits,
+                                   lambda t, p: F.cross_entropy(p, t)),
+        "ce_probs_int": (L.CrossEntropy(from_logits=False), labels, row_probs,
+                         lambda t, p: F.nll_loss(torch.log(p), t)),
+        "ce_probs_onehot": (L.CrossEntropy(from_logits=False), one_hot, row_probs, torch_ce_probs),
+    }
+    return cases[case]
+
+
+CASES = ["mse", "mae", "bce_probs", "bce_logits", "ce_logits_int", "ce_logits_onehot", "ce_logits_soft",
+         "ce_logits_unnormalized", "ce_probs_int", "ce_probs_onehot"]
+
+
+def _true_on(backend, y_true):
+    """Targets on the backend: integer labels keep an integer dtype, the rest become float64."""
+    if y_true.dtype.kind in "iu":
+        return backend.asarray(y_true)
+    return backend.asarray(y_true, dtype="float64")
+
+
+def _quietly(fn, *args):
+    """fn(*args) with every warning and every NumPy overflow/invalid/divide-by-zero turned into an error."""
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        return fn(*args)
+
+
+# -- against torch ---------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES)
+def test_value_and_gradient_match_torch(backend, rng, case):
+    loss, y_true, y_pred, torch_loss = _case_data(case, rng)
+    t_pred = torch.from_numpy(y_pred).requires_grad_(True)
+    want = torch_loss(torch.from_numpy(y_true), t_pred)
+    want.backward()
+
+    yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype="float64")
+    value = loss(yt, yp)
+    assert tuple(value.shape) == ()
+    np.testing.assert_allclose(backend.to_float(value), want.item(), rtol=1e-12)
+    grad = backend.to_host(loss.gradient(yt, yp))
+    np.testing.assert_allclose(grad, t_pred.grad.numpy(), rtol=1e-10, atol=1e-15)
+
+    v2, g2 = loss.value_and_grad(yt, yp)
+    assert backend.to_float(v2) == backend.to_float(value)
+    np.testing.assert_array_equal(backend.to_host(g2), grad)
+    v3, g3 = loss.value_and_grad(yt, yp, check=False)
+    assert backend.to_float(v3) == backend.to_float(value)
+    np.testing.assert_array_equal(backend.to_host(g3), grad)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcheck(backend, rng, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    if case == "mae":
+        # Keep every difference away from MAE's kink at 0.
+        y_pred = y_true + np.where(rng.uniform(size=y_true.shape) < 0.5, -1.0, 1.0) * rng.uniform(0.1, 1.0,
+                                                                                                     y_true.shape)
+    yt = _true_on(backend, y_true)
+
+    def scalar(pred_host):
+        return backend.to_float(loss(yt, backend.asarray(pred_host, dtype="float64"), check=False))
+
+    numeric = numerical_gradient(scalar, y_pred)
+    analytic = backend.to_host(loss.gradient(yt, backend.asarray(y_pred, dtype="float64")))
+    assert analytic.shape == y_pred.shape
+    assert relative_error(analytic, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dtype_and_device_follow_y_pred(backend, dtype, rng, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    # float64 (or integer) targets must not promote float32 predictions.
+    yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype=dtype)
+    value, grad = loss.value_and_grad(yt, yp)
+    assert value.dtype == yp.dtype and grad.dtype == yp.dtype
+    assert tuple(grad.shape) == tuple(yp.shape)
+    assert str(array_api_compat.device(grad)) == str(backend.device)
+    assert str(array_api_compat.device(value)) == str(backend.device)
+
+
+def test_numpy_targets_are_moved_to_the_backend(backend, dtype, rng):
+    y_pred = rng.normal(size=(N, C))
+    labels = np.array([0, 2, 1, 2])
+    got = L.CrossEntropy()(labels, backend.asarray(y_pred, dtype=dtype))
+    want = F.cross_entropy(torch.from_numpy(y_pred), torch.from_numpy(labels)).item()
+    assert backend.owns(got)
+    np.testing.assert_allclose(backend.to_float(got), want, rtol=1e-5)
+    got = L.MSE()([[1.0], [2.0]], backend.asarray(np.array([[1.0], [4.0]]), dtype=dtype))
+    assert backend.to_float(got) == 2.0
+
+
+def test_mae_gradient_sign_zero(backend):
+    y = backend.asarray(np.array([1.0, 2.0, 3.0, 4.0]), dtype="float64")
+    p = backend.asarray(np.array([1.0, 3.0, 2.0, 4.0]), dtype="float64")
+    np.testing.assert_array_equal(backend.to_host(L.MAE().gradient(y, p)), [0.0, 0.25, -0.25, 0.0])
+
+
+def test_column_targets_are_reshaped_not_broadcast(backend, dtype, rng):
+    y = rng.uniform(size=(5,))
+    p = rng.uniform(0.1, 0.9, size=(5, 1))
+    for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(), L.BinaryCrossEntropy(from_logits=True)):
+        flat_v, flat_g = loss.value_and_grad(backend.asarray(y, dtype=dtype), backend.asarray(p, dtype=dtype))
+        col_v, col_g = loss.value_and_grad(backend.asarray(y[:, None], dtype=dtype), backend.asarray(p, dtype=dtype))
+        assert tuple(flat_g.shape) == (5, 1)
+        assert backend.to_float(flat_v) == backend.to_float(col_v)
+        np.testing.assert_array_equal(backend.to_host(flat_g), backend.to_host(col_g))
+        # and the other way round: (n, 1) targets against (n,) predictions
+        v, g = loss.value_and_grad(backend.asarray(y[:, None], dtype=dtype), backend.asarray(p[:, 0], dtype=dtype))
+        assert tuple(g.shape) == (5,)
+        assert backend.to_float(v) == backend.to_float(col_v)
+
+
+def test_ce_column_of_labels(backend, rng):
+    logits = backend.asarray(rng.normal(size=(N, C)), dtype="float64")
+    labels = np.array([0, 2, 1, 2])
+    flat = L.CrossEntropy()(backend.asarray(labels), logits)
+    col = L.CrossEntropy()(backend.asarray(labels[:, None]), logits)
+    assert backend.to_float(flat) == backend.to_float(col)
+
+
+def test_ce_float_labels_holding_integers(backend, rng):
+    logits = backend.asarray(rng.normal(size=(N, C)), dtype="float64")
+    labels = np.array([0, 2, 1, 2])
+    as_int = L.CrossEntropy().value_and_grad(backend.asarray(labels), logits)
+    as_float = L.CrossEntropy().value_and_grad(backend.asarray(labels, dtype="float64"), logits)
+    assert backend.to_float(as_int[0]) == backend.to_float(as_float[0])
+    np.testing.assert_array_equal(backend.to_host(as_int[1]), backend.to_host(as_float[1]))
+
+
+# -- extremes ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_bce_from_logits_exact_at_extreme_logits(backend, test_dtype):
+    loss = L.BinaryCrossEntropy(from_logits=True)
+    z = np.array([1000.0, -1000.0, 1e4, -1e4, 1000.0, -1000.0])
+    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    value, grad = _quietly(loss.value_and_grad, backend.asarray(y, dtype=test_dtype),
+                           backend.asarray(z, dtype=test_dtype))
+    # Per element: 1000, 1000, 1e4, 1e4, 0, 0 (to rounding).
+    np.testing.assert_allclose(backend.to_float(value), (2000.0 + 2e4) / 6, rtol=1e-6 if test_dtype == "float32"
+                               else 1e-14)
+    np.testing.assert_allclose(backend.to_host(grad), np.array([1, -1, 1, -1, 0, 0]) / 6, rtol=1e-6, atol=0)
+
+    single = loss(backend.asarray(np.array([0.0]), dtype=test_dtype), backend.asarray(np.array([1000.0]),
+                                                                                      dtype=test_dtype))
+    assert backend.to_float(single) == 1000.0
+    single = loss(backend.asarray(np.array([1.0]), dtype=test_dtype), backend.asarray(np.array([-1000.0]),
+                                                                                      dtype=test_dtype))
+    assert backend.to_float(single) == 1000.0
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_ce_from_logits_exact_at_large_gaps(backend, test_dtype):
+    logits = np.array([[1000.0, 0.0, 0.0], [0.0, 1000.0, -1000.0], [1e4, -1e4, 0.0], [-1e4, 0.0, 1e4]])
+    labels = np.array([1, 1, 1, 2])
+    # Per row: log(e^1000 + 2) - 0 = 1000, 0, 2e4, 0.
+    want = (1000.0 + 0.0 + 2e4 + 0.0) / 4
+    for y_true in (backend.asarray(labels), backend.asarray(np.eye(3)[labels], dtype=test_dtype)):
+        value, grad = _quietly(L.CrossEntropy().value_and_grad, y_true, backend.asarray(logits, dtype=test_dtype))
+        assert backend.to_float(value) == want
+        g = backend.to_host(grad)
+        assert np.all(np.isfinite(g))
+        np.testing.assert_allclose(g[0], [0.25, -0.25, 0.0], atol=1e-7)
+        np.testing.assert_allclose(g[1], [0.0, 0.0, 0.0], atol=1e-7)
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_bce_on_exact_zero_and_one_probabilities(backend, test_dtype):
+    p = np.array([0.0, 1.0, 0.0, 1.0])
+    y = np.array([1.0, 0.0, 0.0, 1.0])
+    loss = L.BinaryCrossEntropy()
+    value, grad = _quietly(loss.value_and_grad, backend.asarray(y, dtype=test_dtype),
+                           backend.asarray(p, dtype=test_dtype))
+    v, g = backend.to_float(value), backend.to_host(grad)
+    assert np.isfinite(v) and np.all(np.isfinite(g))
+    # Wrong saturated predictions cost -log(eps)/n each, right ones almost nothing.
+    assert 2 * 15 / 4 < v < 2 * 40 / 4
+    assert g[0] < 0 < g[1]
+    assert abs(g[2]) < 1 and abs(g[3]) < 1
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_ce_on_zero_probabilities_finite(backend, test_dtype):
+    p = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
+    value, grad = _quietly(L.CrossEntropy(from_logits=False).value_and_grad, backend.asarray(np.array([0, 1])),
+                           backend.asarray(p, dtype=test_dtype))
+    assert np.isfinite(backend.to_float(value)) and np.all(np.isfinite(backend.to_host(grad)))
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", ["mse", "mae", "bce_logits", "ce_logits_int", "ce_logits_onehot"])
+def test_huge_inputs_finite_no_warnings(backend, rng, test_dtype, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    y_pred = np.sign(y_pred) * 1e4
+    if case in ("mse", "mae"):
+        y_true = -y_true * 1e4
+    yt = backend.asarray(y_true) if y_true.dtype.kind in "iu" else backend.asarray(y_true, dtype=test_dtype)
+    value, grad = _quietly(loss.value_and_grad, yt, backend.asarray(y_pred, dtype=test_dtype))
+    assert np.isfinite(backend.to_float(value)) and np.all(np.isfinite(backend.to_host(grad)))
+
+
+# -- input checks ----------------------------------------------------------------------
+
+def test_shape_mismatch_names_both_shapes(backend):
+    yp = backend.asarray(np.zeros((4, 2)), dtype="float64")
+    for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(), L.BinaryCrossEntropy(from_logits=True)):
+        for bad in (np.zeros((4,)), np.zeros((2, 4)), np.zeros((4, 2, 1))):
+            with pytest.raises(ValueError, match=r"y_true .*\(.*\).*y_pred \(4, 2\)"):
+                loss(backend.asarray(bad, dtype="float64"), yp)
+            with pytest.raises(ValueError, match=r"y_true .*y_pred"):
+                loss.gradient(backend.asarray(bad, dtype="float64"), yp, check=False)
+    with pytest.raises(ValueError, match=r"y_true \(3,\) and y_pred \(4, 1\)"):
+        L.MSE()(backend.asarray(np.zeros(3), dtype="float64"), backend.asarray(np.zeros((4, 1)), dtype="float64"))
+
+
+def test_ce_shape_mismatch(backend):
+    logits = backend.asarray(np.zeros((4, 3)), dtype="float64")
+    for bad in (np.zeros(5, dtype=np.int64), np.zeros((4, 2)), np.zeros((3, 3))):
+        with pytest.raises(ValueError, match=r"y_true .*y_pred \(4, 3\)"):
+            L.CrossEntropy()(backend.asarray(bad), logits)
+    with pytest.raises(ValueError, match=r"y_pred .*2-D.*\(4,\)"):
+        L.CrossEntropy()(backend.asarray(np.zeros(4, dtype=np.int64)),
+                         backend.asarray(np.zeros(4), dtype="float64"))
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_ce_class_index_out_of_range(backend, from_logits):
+    logits = backend.asarray(np.full((3, 3), 1 / 3), dtype="float64")
+    loss = L.CrossEntropy(from_logits=from_logits)
+    for bad in ([0, 1, 3], [0, -1, 2]):
+        with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\)"):
+            loss(backend.asarray(np.array(bad)), logits)
+        with pytest.raises(ValueError, match=r"\[0, 3\)"):
+            loss.value_and_grad(backend.asarray(np.array(bad)), logits)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        loss.gradient(backend.asarray(np.array([0.0, 1.0, 3.0]), dtype="float64"), logits)
+
+
+def test_ce_non_integer_class_targets(backend):
+    logits = backend.asarray(np.zeros((3, 3)), dtype="float64")
+    with pytest.raises(ValueError, match="must be integers, got non-integer values"):
+        L.CrossEntropy()(backend.asarray(np.array([0.0, 1.5, 2.0]), dtype="float64"), logits)
+    with pytest.raises(ValueError, match="must be integers, got dtype"):
+        L.CrossEntropy()(backend.asarray(np.array([True, False, True])), logits)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_bce_targets_outside_unit_interval(backend, from_logits):
+    loss = L.BinaryCrossEntropy(from_logits=from_logits)
+    yp = backend.asarray(np.full((3, 1), 0.5), dtype="float64")
+    for bad in ([0.0, 1.5, 1.0], [0.0, -0.1, 1.0], [0.0, np.nan, 1.0]):
+        yt = backend.asarray(np.array(bad)[:, None], dtype="float64")
+        with pytest.raises(ValueError, match=r"y_true .*\[0, 1\]"):
+            loss(yt, yp)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            loss.gradient(yt, yp)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            loss.value_and_grad(yt, yp)
+
+
+def test_check_false_skips_value_checks(backend):
+    # The unchecked path reads no values (no device sync), so bad values pass silently.
+    yp = backend.asarray(np.full((2, 1), 0.5), dtype="float64")
+    L.BinaryCrossEntropy().value_and_grad(backend.asarray(np.array([[2.0], [0.0]]), dtype="float64"), yp,
+                                          check=False)
+
+
+def test_non_floating_predictions_raise_type_error(backend):
+    ints = backend.asarray(np.array([[1, 0], [0, 1]]))
+    for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(), L.CrossEntropy()):
+        with pytest.raises(TypeError, match="y_pred must have a real floating dtype"):
+            loss(ints, ints)
+        with pytest.raises(TypeError, match="y_pred"):
+            loss.value_and_grad(ints, ints, check=False)
+    with pytest.raises(TypeError, match="y_pred must be an array"):
+        L.MSE()([1.0], [1.0])
+
+
+# -- registry and config -----------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "cls", "from_logits"), [
+    ("mse", L.MSE, None), ("mean_squared_error", L.MSE, None),
+    ("mae", L.MAE, None), ("MEAN_ABSOLUTE_ERROR", L.MAE, None),
+    ("bce", L.BinaryCrossEntropy, False), ("binary_crossentropy", L.BinaryCrossEntropy, False),
+    ("Binary_Cross_Entropy", L.BinaryCrossEntropy, False), ("bce_with_logits", L.BinaryCrossEntropy, True),
+    ("cross_entropy", L.CrossEntropy, True), ("CE", L.CrossEntropy, True),
+    ("categorical_crossentropy", L.CrossEntropy, True), ("sparse_categorical_crossentropy", L.CrossEntropy, True),
+])
+def test_get_loss_by_name(name, cls, from_logits):
+    loss = L.get_loss(name)
+    assert type(loss) is cls
+    if from_logits is not None:
+        assert loss.from_logits is from_logits
+    assert name.lower() in L.LOSSES
+
+
+def test_get_loss_instances_classes_and_configs():
+    loss = L.BinaryCrossEntropy(from_logits=True)
+    assert L.get_loss(loss) is loss
+    assert type(L.get_loss(L.MAE)) is L.MAE
+    for original in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(), L.BinaryCrossEntropy(from_logits=True),
+                     L.CrossEntropy(), L.CrossEntropy(from_logits=False)):
+        config = json.loads(json.dumps(original.get_config()))
+        rebuilt = L.get_loss(config)
+        assert type(rebuilt) is type(original)
+        assert rebuilt.get_config() == original.get_config()
+        assert isinstance(original.name, str)
+        assert type(original).__name__ in repr(original)
+
+
+def test_get_loss_unknown_names_list_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown loss 'hinge'.*'bce'.*'mse'"):
+        L.get_loss("hinge")
+    with pytest.raises(TypeError, match="loss must be"):
+        L.get_loss(3)

@@ -1,0 +1,114 @@
+"""Regularizers: penalties against a NumPy reference, finite-difference gradient checks on
+every backend, strength validation and the name registry."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import array_api_compat
+import numpy as np
+import pytest
+
+from nnx import regularizers as R
+from nnx.gradcheck import numerical_gradient, relative_error
+
+# regularizer -> (penalty, gradient) on host NumPy arrays
+REFERENCES = {
+    "l1": (R.L1(0.3), lambda W: 0.3 * np.abs(W).sum(), lambda W: 0.3 * np.sign(W)),
+    "l2": (R.L2(0.3), lambda W: 0.15 * (W**2).sum(), lambda W: 0.3 * W),
+    "elasticnet": (R.ElasticNet(0.3, 0.7), lambda W: 0.3 * np.abs(W).sum() + 0.35 * (W**2).sum(),
+                   lambda W: 0.3 * np.sign(W) + 0.7 * W),
+}
+
+
+def _weights(rng, shape=(3, 4)):
+    """Random weights kept at least 0.1 away from L1's kink at 0."""
+    return rng.uniform(0.1, 2.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_penalty_and_gradient_match_reference(backend, rng, name):
+    reg, penalty, gradient = REFERENCES[name]
+    W = _weights(rng)
+    Wb = backend.asarray(W, dtype="float64")
+    value = reg.penalty(Wb)
+    assert tuple(value.shape) == ()
+    np.testing.assert_allclose(backend.to_float(value), penalty(W), rtol=1e-13)
+    np.testing.assert_allclose(backend.to_float(reg(Wb)), penalty(W), rtol=1e-13)
+    np.testing.assert_allclose(backend.to_host(reg.gradient(Wb)), gradient(W), rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+@pytest.mark.parametrize("shape", [(3, 4), (5,)])
+def test_gradcheck(backend, rng, name, shape):
+    reg = REFERENCES[name][0]
+    W = _weights(rng, shape)
+
+    def scalar(W_host):
+        return backend.to_float(reg.penalty(backend.asarray(W_host, dtype="float64")))
+
+    numeric = numerical_gradient(scalar, W)
+    analytic = backend.to_host(reg.gradient(backend.asarray(W, dtype="float64")))
+    assert relative_error(analytic, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_dtype_and_device_preserved(backend, dtype, rng, name):
+    reg = REFERENCES[name][0]
+    W = backend.asarray(_weights(rng), dtype=dtype)
+    for out in (reg.penalty(W), reg.gradient(W)):
+        assert out.dtype == W.dtype
+        assert str(array_api_compat.device(out)) == str(backend.device)
+
+
+def test_l1_gradient_is_zero_at_zero(backend):
+    W = backend.asarray(np.array([-2.0, 0.0, 3.0]), dtype="float64")
+    np.testing.assert_array_equal(backend.to_host(R.L1(0.5).gradient(W)), [-0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(backend.to_host(R.ElasticNet(0.5, 0.0).gradient(W)), [-0.5, 0.0, 0.5])
+
+
+def test_zero_strength_is_allowed(backend):
+    W = backend.asarray(np.ones((2, 2)), dtype="float64")
+    for reg in (R.L1(0), R.L2(0.0), R.ElasticNet(0, 0)):
+        assert backend.to_float(reg.penalty(W)) == 0.0
+        np.testing.assert_array_equal(backend.to_host(reg.gradient(W)), 0.0)
+
+
+@pytest.mark.parametrize("bad", [-1e-3, math.inf, -math.inf, math.nan])
+def test_invalid_strength_names_the_argument(bad):
+    with pytest.raises(ValueError, match=r"^l must be finite and >= 0"):
+        R.L1(bad)
+    with pytest.raises(ValueError, match=r"^l must be finite and >= 0"):
+        R.L2(bad)
+    with pytest.raises(ValueError, match=r"^l1 must be finite and >= 0"):
+        R.ElasticNet(bad, 0.1)
+    with pytest.raises(ValueError, match=r"^l2 must be finite and >= 0"):
+        R.ElasticNet(0.1, bad)
+
+
+def test_non_numeric_strength_is_a_type_error():
+    with pytest.raises(TypeError, match="^l must be a real number"):
+        R.L2("0.1")
+    with pytest.raises(TypeError, match="^l1 must be a real number"):
+        R.ElasticNet(True, 0.1)
+    assert R.L2(np.float32(0.5)).l == 0.5
+
+
+def test_get_regularizer():
+    assert R.get_regularizer(None) is None
+    reg = R.L1(0.2)
+    assert R.get_regularizer(reg) is reg
+    for name, cls in [("l1", R.L1), ("L2", R.L2), ("ElasticNet", R.ElasticNet), ("elastic_net", R.ElasticNet)]:
+        made = R.get_regularizer(name)
+        assert type(made) is cls
+        assert all(v == R.DEFAULT_STRENGTH == 1e-4 for k, v in made.get_config().items() if k != "name")
+    assert type(R.get_regularizer(R.L2)) is R.L2
+    for original in (R.L1(0.1), R.L2(0.2), R.ElasticNet(0.3, 0.4)):
+        config = json.loads(json.dumps(original.get_config()))
+        assert R.get_regularizer(config).get_config() == original.get_config()
+        assert type(original).__name__ in repr(original)
+    with pytest.raises(ValueError, match=r"unknown regularizer 'l3'.*'elasticnet'.*'l1'.*'l2'"):
+        R.get_regularizer("l3")
+    with pytest.raises(TypeError, match="regularizer must be"):
+        R.get_regularizer(0.1)
