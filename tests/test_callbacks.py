@@ -1,0 +1,410 @@
+"""Callbacks: stopping, checkpoints, schedules, logs, the progress bar and the gradient analyzer."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import (
+    GRADIENT_STATS,
+    Callback,
+    CosineDecay,
+    CSVLogger,
+    EarlyStopping,
+    ExponentialDecay,
+    GradientAnalyzer,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ProgressBar,
+    StepDecay,
+    TerminateOnNaN,
+)
+
+# One data shape and batch size everywhere, so JAX compiles each operation once for the file.
+N, BATCH = 32, 8
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(float)
+    return X, y
+
+
+def make_model(backend="numpy", dtype="float64"):
+    return nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(),
+                          backend=backend, dtype=dtype, seed=0)
+
+
+class Recorder(Callback):
+    """Host copies of the weights after every epoch (and optionally every step's gradients)."""
+
+    def __init__(self, grads=False):
+        self.weights, self.grads, self.want_grads = [], [], grads
+
+    def on_batch_end(self, batch, logs=None):
+        if self.want_grads:
+            be = self.model.backend
+            self.grads.append({p.name: be.to_host(p.grad).copy() for p in self.model.parameters()})
+
+    def on_epoch_end(self, epoch, logs=None):
+        be = self.model.backend
+        self.weights.append({k: be.to_host(v).copy() for k, v in self.model.state_dict().items()})
+
+
+def host_weights(model):
+    return {k: model.backend.to_host(v).copy() for k, v in model.state_dict().items()}
+
+
+# -- monitored names are checked before the first epoch ------------------------------------------
+
+@pytest.mark.parametrize("make_cb, fit_kwargs, match", [
+    (lambda: EarlyStopping(), {}, r"'val_loss'.*validation_data.*recorded: \['loss'\]"),
+    (lambda: EarlyStopping("val_f1"), {"validation_split": 0.25, "metrics": ["accuracy"]},
+     r"'val_f1'.*add 'f1' to fit's metrics.*'val_accuracy'"),
+    (lambda: EarlyStopping("accuracy"), {"validation_split": 0.25}, r"'accuracy'.*recorded: \['loss', 'val_loss'\]"),
+    (lambda: ModelCheckpoint("m.npz", monitor="val_accuracy", save_best_only=True), {"metrics": ["accuracy"]},
+     r"ModelCheckpoint monitors 'val_accuracy'"),
+    (lambda: ModelCheckpoint("m-{val_loss:.2f}.npz"), {}, r"uses \{val_loss\}.*available"),
+])
+def test_unrecorded_monitor_fails_at_train_begin(data, tmp_path, monkeypatch, make_cb, fit_kwargs, match):
+    monkeypatch.chdir(tmp_path)
+    model = make_model()
+    before = host_weights(model)
+    with pytest.raises(ValueError, match=match):
+        model.fit(*data, epochs=5, batch_size=BATCH, callbacks=[make_cb()], **fit_kwargs)
+    assert model.epochs_trained == 0  # nothing ran
+    for name, value in host_weights(model).items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_callbacks_must_be_callback_instances(data):
+    with pytest.raises(TypeError, match="Callback instances"):
+        make_model().fit(*data, callbacks=[lambda epoch: None])
+
+
+# -- EarlyStopping ----------------------------------------------------------------------------
+
+class Scripted(Callback):
+    """Overwrites the monitored value with a scripted sequence, to test the stopping rule exactly."""
+
+    def __init__(self, key, values):
+        self.key, self.values = key, list(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.key] = self.values[epoch]
+
+
+@pytest.mark.parametrize("values, patience, min_delta, mode, stop_at, best_epoch", [
+    ([5, 4, 4.5, 4.2, 3, 3], 2, 0.0, "min", 3, 1),  # two epochs without a new minimum
+    ([5, 4, 3.95, 3.9, 3.85, 3.8], 2, 0.1, "min", 3, 1),  # small gains under min_delta don't count
+    ([5, 4, 3.95, 3.9, 3.85, 3.8], 2, 0.0, "min", None, 5),
+    ([0.5, 0.6, 0.55, 0.7, 0.7, 0.65], 2, 0.0, "auto", 5, 3),  # "accuracy" is maximised in auto mode
+    ([5, 6, 7, 8, 9, 10], 0, 0.0, "max", None, 5),
+    ([5, 6, 7, 8, 9, 10], 0, 0.0, "min", 1, 0),  # patience 0 stops at the first non-improvement
+])
+def test_early_stopping_rule(data, values, patience, min_delta, mode, stop_at, best_epoch):
+    es = EarlyStopping("accuracy", patience=patience, min_delta=min_delta, mode=mode)
+    model = make_model()
+    history = model.fit(*data, epochs=6, batch_size=BATCH, metrics=["accuracy"],
+                        callbacks=[Scripted("accuracy", values), es])
+    assert es.stopped_epoch == stop_at
+    assert len(history) == (6 if stop_at is None else stop_at + 1)
+    assert es.best_epoch == best_epoch
+    assert es.best == values[best_epoch]
+
+
+def test_early_stopping_restores_best_weights(backend, dtype, data):
+    values = [0.9, 0.5, 0.7, 0.8, 0.6, 0.6]  # best at epoch 1
+    recorder = Recorder()
+    es = EarlyStopping("val_loss", patience=3, restore_best_weights=True)
+    model = make_model(backend, dtype)
+    model.fit(*data, epochs=6, batch_size=BATCH, validation_data=data,
+              callbacks=[Scripted("val_loss", values), recorder, es])
+    assert es.stopped_epoch == 4 and es.best_epoch == 1
+    restored = host_weights(model)
+    for name, value in recorder.weights[1].items():
+        np.testing.assert_array_equal(restored[name], value)
+    assert not np.array_equal(restored["0.weight"], recorder.weights[-1]["0.weight"])
+
+
+def test_early_stopping_resets_between_fits(data):
+    es = EarlyStopping("loss", patience=0)
+    model = make_model()
+    model.fit(*data, epochs=2, callbacks=[Scripted("loss", [1.0, 2.0]), es])
+    assert es.stopped_epoch == 1
+    model.fit(*data, epochs=2, callbacks=[Scripted("loss", [0, 0, 3.0, 2.0]), es])
+    assert es.stopped_epoch is None and es.best == 2.0
+
+
+def test_early_stopping_argument_checks():
+    with pytest.raises(ValueError, match="patience"):
+        EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match="mode"):
+        EarlyStopping(mode="maximum")
+
+
+# -- TerminateOnNaN ----------------------------------------------------------------------------
+
+class Poison(Callback):
+    """Makes the weights NaN after a given step, so the next step's loss is NaN."""
+
+    def __init__(self, epoch, batch):
+        self.at = (epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            p = self.model.parameters()[0]
+            p.value = p.value * float("nan")
+
+
+def test_terminate_on_nan_stops_at_the_bad_step(backend, dtype, data, capsys):
+    stop = TerminateOnNaN()
+    recorder = Recorder()
+    model = make_model(backend, dtype)
+    history = model.fit(*data, epochs=5, batch_size=BATCH, metrics=["accuracy"],
+                        callbacks=[Poison(1, 1), stop, recorder])
+    assert (stop.stopped_epoch, stop.stopped_batch) == (1, 2)
+    assert model.epochs_trained == 2 and len(history) == 2  # the cut epoch is still logged
+    assert math.isnan(history["loss"][-1])
+    assert "TerminateOnNaN" in capsys.readouterr().err
+    with pytest.raises(FloatingPointError, match="epoch 2, batch 2"):  # without it, fit's own check fires
+        make_model(backend, dtype).fit(*data, epochs=5, batch_size=BATCH, callbacks=[Poison(2, 1)])
+
+
+# -- ModelCheckpoint ---------------------------------------------------------------------------
+
+def test_model_checkpoint_every_epoch_with_formatted_names(backend, dtype, data, tmp_path):
+    ckpt = ModelCheckpoint(tmp_path / "ck" / "m-{epoch:02d}-{loss:.3f}.npz")
+    recorder = Recorder()
+    model = make_model(backend, dtype)
+    history = model.fit(*data, epochs=3, batch_size=BATCH, callbacks=[ckpt, recorder])
+    assert [p.split("/")[-1] for p in ckpt.saved] == [f"m-{e + 1:02d}-{history['loss'][e]:.3f}.npz"
+                                                      for e in range(3)]
+    loaded = nnx.load(ckpt.saved[1], backend="numpy")
+    for name, value in host_weights(loaded).items():
+        np.testing.assert_allclose(value, recorder.weights[1][name], rtol=1e-6)
+    assert loaded.epochs_trained == 2 and loaded.optimizer is not None
+
+
+def test_model_checkpoint_best_only(data, tmp_path):
+    path = tmp_path / "best.npz"
+    ckpt = ModelCheckpoint(path, monitor="val_loss", save_best_only=True, include_optimizer=False)
+    recorder = Recorder()
+    model = make_model()
+    model.fit(*data, epochs=5, batch_size=BATCH, validation_data=data,
+              callbacks=[Scripted("val_loss", [3, 1, 2, 0.5, 0.7]), ckpt, recorder])
+    assert ckpt.saved == [str(path)] * 3 and ckpt.best == 0.5
+    loaded = nnx.load(path)
+    assert loaded.optimizer is None and loaded.epochs_trained == 4
+    for name, value in host_weights(loaded).items():
+        np.testing.assert_array_equal(value, recorder.weights[3][name])
+
+
+def test_model_checkpoint_save_freq(data, tmp_path):
+    ckpt = ModelCheckpoint(tmp_path / "m{epoch}.npz", save_freq=2)
+    make_model().fit(*data, epochs=5, callbacks=[ckpt])
+    assert [p.split("/")[-1] for p in ckpt.saved] == ["m2.npz", "m4.npz"]
+
+
+# -- learning-rate schedules ----------------------------------------------------------------------
+
+def test_schedules_formulas():
+    step = StepDecay(step_size=3, gamma=0.5)
+    assert [step(e, 0.1) for e in range(7)] == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025])
+    assert step(7, 123.0) == pytest.approx(0.025)  # the base stays the first rate seen
+    expo = ExponentialDecay(0.9, decay_epochs=2, initial_lr=1.0)
+    assert expo(3, 5.0) == pytest.approx(0.9 ** 1.5)
+    assert ExponentialDecay(0.9, 2, staircase=True, initial_lr=1.0)(3, 5.0) == pytest.approx(0.9)
+    cos = CosineDecay(decay_epochs=10, min_lr=0.01, initial_lr=1.0)
+    assert cos(0, 1.0) == pytest.approx(1.0)
+    assert cos(5, 1.0) == pytest.approx(0.505)
+    assert cos(10, 1.0) == pytest.approx(0.01) and cos(50, 1.0) == pytest.approx(0.01)
+    warm = CosineDecay(decay_epochs=4, warmup_epochs=2, min_lr=1e-3, initial_lr=1.0)
+    assert warm(0, 1.0) == pytest.approx(0.5) and warm(1, 1.0) == pytest.approx(1.0)
+    assert warm(2, 1.0) == pytest.approx(1.0)
+    assert "StepDecay(" in repr(step) and "gamma=0.5" in repr(step)
+    with pytest.raises(ValueError, match="step_size"):
+        StepDecay(0)
+    with pytest.raises(ValueError, match="decay_rate"):
+        ExponentialDecay(-1.0)
+
+
+def test_scheduler_sets_optimizer_lr_and_logs_it(backend, dtype, data):
+    model = make_model(backend, dtype)
+    seen = []
+
+    class Peek(Callback):
+        def on_batch_begin(self, batch, logs=None):
+            if batch == 0:
+                seen.append(self.model.optimizer.lr)
+
+    history = model.fit(*data, optimizer="sgd", lr=0.1, epochs=4, batch_size=BATCH,
+                        callbacks=[StepDecay(2, gamma=0.1), Peek()])
+    assert seen == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    assert history["lr"] == pytest.approx(seen)
+    # a schedule counts the model's epochs, also in a second fit call; given its base rate it
+    # continues where the first left off (without, its base would be the already decayed 0.01)
+    schedule = LearningRateScheduler(StepDecay(2, 0.1, initial_lr=0.1))
+    history = model.fit(*data, epochs=2, batch_size=BATCH, callbacks=[schedule])
+    assert history["lr"] == pytest.approx([0.001, 0.001])
+
+
+def test_scheduler_with_a_plain_function_and_bad_values(data):
+    model = make_model()
+    history = model.fit(*data, optimizer="adam", lr=0.01, epochs=3,
+                        callbacks=[LearningRateScheduler(lambda epoch, lr: lr * 0.5)])
+    assert history["lr"] == pytest.approx([0.005, 0.0025, 0.00125])
+    with pytest.raises(ValueError, match="returned -1.*epoch 3"):
+        model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: -1)])
+    with pytest.raises(TypeError, match="callable"):
+        LearningRateScheduler(0.1)
+
+
+# -- CSVLogger --------------------------------------------------------------------------------------
+
+def test_csv_logger_writes_and_appends(data, tmp_path):
+    path = tmp_path / "logs" / "train.csv"
+    model = make_model()
+    history = model.fit(*data, epochs=2, metrics=["accuracy"], callbacks=[CSVLogger(path)])
+    lines = path.read_text().splitlines()
+    assert lines[0] == "epoch,loss,accuracy"
+    assert len(lines) == 3
+    epoch, loss, acc = lines[2].split(",")
+    assert int(epoch) == 1 and float(loss) == history["loss"][1] and float(acc) == history["accuracy"][1]
+    model.fit(*data, epochs=1, metrics=["accuracy"], callbacks=[CSVLogger(path, append=True)])
+    lines = path.read_text().splitlines()
+    assert len(lines) == 4 and lines[3].startswith("2,")
+    model.fit(*data, epochs=1, callbacks=[CSVLogger(path, separator=";")])
+    assert path.read_text().splitlines() == ["epoch;loss", f"3;{model.history['loss'][0]!r}"]
+
+
+# -- ProgressBar ------------------------------------------------------------------------------------------
+
+def test_progress_plain_line_per_epoch(data):
+    out = io.StringIO()
+    make_model().fit(*data, epochs=3, batch_size=BATCH, metrics=["accuracy"], validation_data=data,
+                     callbacks=[ProgressBar(use_tqdm=False, file=out)])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("epoch 1/3 - ")
+    for key in ("loss: ", "accuracy: ", "val_loss: ", "val_accuracy: "):
+        assert key in lines[2]
+
+
+def test_verbose_turns_on_the_progress_bar(data, capsys):
+    make_model().fit(*data, epochs=2, verbose=1)
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "epoch 2/2" in text and "loss" in text
+
+
+def test_progress_tqdm_shows_live_loss_without_syncing_each_step(backend, dtype, data, monkeypatch):
+    pytest.importorskip("tqdm")
+    be = make_model(backend, dtype).backend
+    calls = []
+    original = be.to_float
+    monkeypatch.setattr(be, "to_float", lambda x: calls.append(1) or original(x))
+
+    out = io.StringIO()
+    bar = ProgressBar(use_tqdm=True, file=out, refresh_interval=0.0)  # refresh at every step
+    make_model(backend, dtype).fit(*data, epochs=2, batch_size=BATCH, metrics=["accuracy"], callbacks=[bar])
+    text = out.getvalue()
+    assert "epoch 1/2" in text and "epoch 2/2" in text and "loss: " in text and "accuracy: " in text
+    live = len(calls)
+    assert live >= 2 * (N // BATCH)
+
+    calls.clear()
+    quiet = ProgressBar(use_tqdm=True, file=io.StringIO(), refresh_interval=3600.0)
+    make_model(backend, dtype).fit(*data, epochs=2, batch_size=BATCH, callbacks=[quiet])
+    assert len(calls) == 0  # the display never refreshed, so the host never waited on a step's loss
+
+
+# -- GradientAnalyzer -----------------------------------------------------------------------------------
+
+def test_gradient_analyzer_statistics_match_the_gradients(backend, dtype, data):
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dropout(0.25), nnx.Dense(4, 3), nnx.ReLU(),
+                           nnx.Dense(3, 1), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=1)
+    analyzer = GradientAnalyzer(warn=False)
+    recorder = Recorder(grads=True)
+    model.fit(*data, epochs=2, batch_size=BATCH, callbacks=[analyzer, recorder])
+    assert analyzer.layer_names == ["0:Dense(2, 4)", "3:Dense(4, 3)", "5:Dense(3, 1)"]
+    hist = analyzer.history()
+    assert set(hist) == set(GRADIENT_STATS)
+    steps = 2 * (N // BATCH)
+    assert analyzer.steps == steps and analyzer.step_epochs == [0] * 4 + [1] * 4
+    for stat in hist.values():
+        assert isinstance(stat, np.ndarray) and stat.shape == (steps, 3)
+    rtol = 1e-5 if dtype == "float32" else 1e-10
+    for s, grads in enumerate(recorder.grads):
+        for j, prefix in enumerate(("0.", "3.", "5.")):
+            for kind in ("weight", "bias"):
+                g = np.abs(grads[prefix + kind])
+                np.testing.assert_allclose(hist[f"{kind}_mean"][s, j], g.mean(), rtol=rtol)
+                np.testing.assert_allclose(hist[f"{kind}_max"][s, j], g.max(), rtol=rtol)
+                np.testing.assert_allclose(hist[f"{kind}_norm"][s, j], np.sqrt((g ** 2).sum()), rtol=rtol,
+                                           atol=1e-30)
+
+
+def test_gradient_analyzer_moves_to_host_once_per_epoch(backend, dtype, data, monkeypatch):
+    be = make_model(backend, dtype).backend
+    calls = []
+    original = be.to_host
+    monkeypatch.setattr(be, "to_host", lambda x: calls.append(1) or original(x))
+    make_model(backend, dtype).fit(*data, epochs=3, batch_size=BATCH)
+    without = len(calls)
+    calls.clear()
+    make_model(backend, dtype).fit(*data, epochs=3, batch_size=BATCH, callbacks=[GradientAnalyzer()])
+    assert len(calls) - without == 3
+
+
+def test_gradient_analyzer_warns_naming_layer_and_epoch(data):
+    model = make_model()
+    vanish = GradientAnalyzer(vanish_threshold=10.0, explode_threshold=1e6)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(*data, epochs=3, batch_size=BATCH, callbacks=[vanish])
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    # one warning per layer on entering the state; every epoch is kept in `events`
+    assert len(messages) == 2
+    assert any(re.search(r"layer 0:Dense\(2, 4\) are vanishing at epoch 0: mean \|weight gradient\| = "
+                         r"[0-9.e-]+, below the threshold 10", m) for m in messages)
+    assert len([e for e in vanish.events if e["kind"] == "vanishing"]) == 6
+
+    explode = GradientAnalyzer(vanish_threshold=1e-30, explode_threshold=1e-12)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[explode])
+    messages = [str(w.message) for w in record]
+    assert any(re.search(r"layer 2:Dense\(4, 1\) are exploding at epoch 3.*1e-12", m) for m in messages)
+
+    quiet = GradientAnalyzer(vanish_threshold=10.0, explode_threshold=1e6, warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[quiet])
+    assert quiet.events
+
+
+def test_gradient_analyzer_accumulates_over_fits_and_resets(data):
+    model = make_model()
+    analyzer = GradientAnalyzer()
+    model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[analyzer])
+    model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[analyzer])
+    assert analyzer.history()["weight_max"].shape == (2 * N // BATCH, 2)
+    assert analyzer.step_epochs[-1] == 1
+    make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[analyzer])  # another model: start over
+    assert analyzer.steps == N // BATCH
+    analyzer.reset()
+    assert analyzer.history()["weight_max"].shape == (0, 0)
+    with pytest.raises(ValueError, match="below"):
+        GradientAnalyzer(vanish_threshold=1.0, explode_threshold=0.5)
