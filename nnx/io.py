@@ -85,6 +85,9 @@ def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = Tr
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give the checkpoint the mode a plain open() would,
+        # or keep the mode of the file it replaces
+        os.chmod(tmp_name, _file_mode(path))
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, **arrays)
             handle.flush()
@@ -93,6 +96,33 @@ def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = Tr
     except BaseException:
         _remove_quietly(tmp_name)
         raise
+    _fsync_dir(path.parent)
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits for a new file at `path`: the existing file's, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable: on POSIX a rename reaches the disk only when its directory is synced."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename itself has happened
+    finally:
+        os.close(fd)
 
 
 def _remove_quietly(name: str) -> None:

@@ -1,0 +1,201 @@
+"""Portable checkpoints: one .npz that moves between backends, keeps the optimizer, and is written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backend import backend_status
+from nnx.io import CONFIG_KEY, CheckpointError
+
+CHAIN = [name for name in ("numpy", "torch", "jax", "array_api_strict") if backend_status(name)[0]]
+
+
+def _data():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(24, 3))
+    return X, X @ rng.normal(size=(3, 2))
+
+
+def _model(backend="numpy", dtype="float64"):
+    return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 2), backend=backend, dtype=dtype, seed=2)
+
+
+def _weights(model):
+    return {k: model.backend.to_host(v).copy() for k, v in model.state_dict().items()}
+
+
+def _config(path):
+    with zipfile.ZipFile(path) as zf:
+        raw = zf.read(CONFIG_KEY + ".npy")
+    return json.loads(raw[raw.index(b"\n") + 1:].decode())  # past the .npy header
+
+
+def test_round_trip_numpy_torch_jax_strict(tmp_path):
+    if len(CHAIN) < 2:
+        pytest.skip("needs at least two backends")
+    X, y = _data()
+    model = _model(CHAIN[0])
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=3, batch_size=8)
+    reference, expected = _weights(model), model.backend.to_host(model.predict(X))
+    opt_state = model.optimizer.state_dict()
+    source_backend = model.backend
+    for i in range(len(CHAIN)):
+        path = tmp_path / f"hop{i}.npz"
+        model.save(path)
+        config = _config(path)
+        assert config["trained_on"] == model.backend.spec and config["nnx_version"] == nnx.__version__
+        assert config["model"]["dtype"] == "float64" and len(config["model"]["layers"]) == 3
+        nxt = CHAIN[(i + 1) % len(CHAIN)]
+        model = nnx.load(path, backend=nxt)
+        assert model.backend.name == nxt and model.epochs_trained == 3
+        for k, v in _weights(model).items():
+            np.testing.assert_array_equal(v, reference[k])  # plain float64 copies: bit for bit
+        np.testing.assert_allclose(model.backend.to_host(model.predict(X)), expected, rtol=1e-12, atol=1e-12)
+        state = model.optimizer.state_dict()
+        assert state["type"] == opt_state["type"] and state["step"] == opt_state["step"]
+        for idx, slots in opt_state["state"].items():
+            for slot, value in slots.items():
+                np.testing.assert_array_equal(model.backend.to_host(state["state"][idx][slot]),
+                                              source_backend.to_host(value))
+
+
+def test_optimizer_state_carries_training_on_to_another_backend(backend, tmp_path):
+    """Train on NumPy, save, continue on `backend`: the same weights as never stopping on NumPy."""
+    X, y = _data()
+    straight = _model()
+    straight.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=4, batch_size=8)
+    first = _model()
+    first.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=8)
+    first.save(tmp_path / "half.npz")
+    resumed = nnx.load(tmp_path / "half.npz", backend=backend)
+    resumed.fit(X, y, epochs=2, batch_size=8)  # loss and optimizer come from the file
+    for k, v in _weights(resumed).items():
+        np.testing.assert_allclose(v, _weights(straight)[k], rtol=0, atol=1e-10, err_msg=k)
+
+    # without the optimizer state Adam starts over, and the trajectory differs
+    first.save(tmp_path / "weights_only.npz", include_optimizer=False)
+    fresh = nnx.load(tmp_path / "weights_only.npz", backend=backend)
+    assert fresh.optimizer is None and "optimizer" not in _config(tmp_path / "weights_only.npz")["training"]
+    fresh.fit(X, y, optimizer="adam", lr=0.01, epochs=2, batch_size=8)
+    assert not np.allclose(_weights(fresh)["0.weight"], _weights(straight)["0.weight"], atol=1e-10)
+
+
+def test_load_with_another_dtype(tmp_path):
+    model = _model(dtype="float64")
+    model.save(tmp_path / "m.npz")
+    small = nnx.load(tmp_path / "m.npz", dtype="float32")
+    assert small.dtype == "float32"
+    for k, v in _weights(small).items():
+        assert v.dtype == np.float32
+        np.testing.assert_allclose(v, _weights(model)[k], rtol=1e-6)
+
+
+def test_model_to_chain_leaves_each_original_untouched():
+    X, y = _data()
+    model = _model(CHAIN[0])
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=1, batch_size=8)
+    reference = _weights(model)
+    for name in CHAIN[1:]:
+        moved = model.to(name)
+        assert moved is not model and moved.backend.name == name and moved.optimizer is not None
+        moved.fit(X, y, epochs=1, batch_size=8)  # changes only the copy
+        for k, v in _weights(model).items():
+            np.testing.assert_array_equal(v, reference[k])
+        model, reference = moved, _weights(moved)
+
+
+# -- errors name the file and the problem --------------------------------------------------------
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "good.npz"
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, loss="mse", epochs=1)
+    model.save(path)
+    return path
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.npz"
+    with pytest.raises(FileNotFoundError, match="nope.npz.*no such checkpoint"):
+        nnx.load(path)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.3, 0.9])
+def test_truncated_file(good, keep):
+    data = good.read_bytes()
+    good.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"good\.npz: .*(truncated|not an \.npz)"):
+        nnx.load(good)
+
+
+@pytest.mark.parametrize("kind", ["text", "foreign_npz", "npy", "pickle_free_json"])
+def test_foreign_files(tmp_path, kind):
+    path = tmp_path / f"{kind}.npz"
+    if kind == "text":
+        path.write_text("hello, this is not a checkpoint\n")
+        match = r"text\.npz: not a readable nnx checkpoint"
+    elif kind == "foreign_npz":
+        np.savez(path, a=np.arange(3.0), b=np.eye(2))
+        match = r"foreign_npz\.npz: not an nnx checkpoint \(no __config__"
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.arange(4.0))
+        match = r"npy\.npz: not a readable nnx checkpoint"
+    else:
+        cfg = np.frombuffer(json.dumps({"format": "something-else"}).encode(), dtype=np.uint8)
+        np.savez(path, **{CONFIG_KEY: cfg})
+        match = r"pickle_free_json\.npz: not an nnx checkpoint \(format 'something-else'\)"
+    with pytest.raises(CheckpointError, match=match):
+        nnx.load(path)
+
+
+def test_arrays_that_do_not_match_the_config_are_named(good, tmp_path):
+    with np.load(good, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    entries["param/2.weight"] = np.zeros((5, 3))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **entries)
+    with pytest.raises(CheckpointError, match=r"bad\.npz: array 'param/2\.weight' has shape \(5, 3\).*\(5, 2\)"):
+        nnx.load(bad)
+
+
+# -- atomic writes ----------------------------------------------------------------------------------
+
+def test_a_crash_while_saving_keeps_the_old_checkpoint(good, monkeypatch):
+    before = good.read_bytes()
+    real_savez = np.savez
+
+    def crash_halfway(handle, **arrays):
+        real_savez(handle, **arrays)
+        handle.truncate(handle.tell() // 2)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(np, "savez", crash_halfway)
+    with pytest.raises(OSError, match="simulated"):
+        _model().save(good)
+    monkeypatch.undo()
+    assert good.read_bytes() == before  # the good file was never touched
+    assert sorted(p.name for p in good.parent.iterdir()) == ["good.npz"]  # and no temporary file is left
+    nnx.load(good)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
+    path = tmp_path / "m.npz"
+    old = os.umask(0o022)
+    try:
+        _model().save(path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of a temporary file
+    path.chmod(0o640)
+    _model().save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
