@@ -1,0 +1,464 @@
+"""Sequential on every backend: reproducibility across backends, training, and the model's contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.losses import MSE, CrossEntropy
+from nnx.regularizers import L1, L2
+
+NUMPY = nnx.get_backend("numpy")
+
+
+def _host_state(model) -> dict[str, np.ndarray]:
+    return {k: model.backend.to_host(v).copy() for k, v in model.state_dict().items()}
+
+
+def _assert_states_close(a: dict, b: dict, atol: float) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=atol, err_msg=k)
+
+
+def _small(backend, dtype="float64", seed=0, **kwargs):
+    return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 2), backend=backend, dtype=dtype,
+                          seed=seed, **kwargs)
+
+
+# -- same seed, same start ------------------------------------------------------------
+
+def _init_model(backend, dtype, seed):
+    return nnx.Sequential(nnx.Dense(4, 8, init="he"), nnx.ReLU(), nnx.Dropout(0.1),
+                          nnx.Dense(8, 6, init="glorot"), nnx.Sigmoid(), nnx.Dense(6, 3, init="normal"),
+                          backend=backend, dtype=dtype, seed=seed)
+
+
+def test_same_seed_identical_initial_weights_float64(backend):
+    ref = _host_state(_init_model(NUMPY, "float64", 42))
+    got = _host_state(_init_model(backend, "float64", 42))
+    _assert_states_close(got, ref, atol=1e-12)
+    for k in ref:
+        assert got[k].dtype == np.float64
+        np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_same_seed_identical_initial_weights_float32(backend):
+    ref = _host_state(_init_model(NUMPY, "float64", 42))
+    got = _host_state(_init_model(backend, "float32", 42))
+    for k in ref:
+        assert got[k].dtype == np.float32
+        np.testing.assert_array_equal(got[k], ref[k].astype(np.float32))
+
+
+def test_different_seeds_differ(backend, dtype):
+    a = _host_state(_init_model(backend, dtype, 1))
+    b = _host_state(_init_model(backend, dtype, 2))
+    for k in a:
+        if k.endswith("weight"):
+            assert not np.array_equal(a[k], b[k]), k
+        else:
+            np.testing.assert_array_equal(a[k], 0.0)  # biases start at zero
+
+
+def test_seed_none_draws_one_and_keeps_it(backend, dtype):
+    model = _small(backend, dtype, seed=None)
+    assert isinstance(model.seed, int) and model.seed >= 0
+    again = _small(backend, dtype, seed=model.seed)
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, _host_state(again)[k])
+
+
+# -- the same fit on every backend ----------------------------------------------------------
+
+N_FIT = 23  # batch_size 5 does not divide it
+
+
+def _fit_data():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((N_FIT, 3))
+    y_reg = np.stack([np.sin(X[:, 0]) + X[:, 1], X[:, 2] * X[:, 0]], axis=1)
+    y_cls = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0.5)
+    return X, y_reg, y_cls
+
+
+def _fit(backend, optimizer: str, task: str, epochs: int = 4):
+    X, y_reg, y_cls = _fit_data()
+    if task == "regression":
+        model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 2),
+                               backend=backend, dtype="float64", seed=21)
+        y, loss = y_reg, "mse"
+    else:
+        model = nnx.Sequential(nnx.Dense(3, 5, regularizer=L1(1e-3)), nnx.Sigmoid(), nnx.Dense(5, 3),
+                               nnx.Softmax(), backend=backend, dtype="float64", seed=21, regularizer=L2(1e-2))
+        y, loss = y_cls, CrossEntropy(from_logits=False)
+    if optimizer == "sgd":
+        opt = nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    else:
+        opt = nnx.optim.Adam(model.parameters(), lr=0.02)
+    history = model.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=5, shuffle=True,
+                        metrics=["accuracy"] if task == "classification" else ["mae"])
+    return model, history
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_same_fit_same_weights_on_every_backend(backend, optimizer, task):
+    ref_model, ref_hist = _fit(NUMPY, optimizer, task)
+    model, hist = _fit(backend, optimizer, task)
+    ref = _host_state(ref_model)
+    _assert_states_close(_host_state(model), ref, atol=1e-9)
+    # training moved the weights, so the agreement is not the trivial one
+    start = _host_state(nnx.Sequential.from_config(ref_model.get_config(), backend="numpy"))
+    assert max(np.abs(ref[k] - start[k]).max() for k in ref) > 1e-2
+    assert list(hist.history) == list(ref_hist.history)
+    for key in ref_hist.history:
+        np.testing.assert_allclose(hist[key], ref_hist[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+def test_same_fit_twice_is_identical(backend):
+    a, ha = _fit(backend, "adam", "classification", epochs=3)
+    b, hb = _fit(backend, "adam", "classification", epochs=3)
+    for k, v in _host_state(a).items():
+        np.testing.assert_array_equal(v, _host_state(b)[k])
+    assert ha.history == hb.history
+
+
+def test_fit_with_dropout_is_reproducible_on_one_backend(backend, dtype):
+    X, y, _ = _fit_data()
+
+    def run():
+        model = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dropout(0.3), nnx.Dense(5, 2),
+                               backend=backend, dtype=dtype, seed=9)
+        model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=5)
+        return _host_state(model)
+
+    first, second = run(), run()
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k])
+
+
+def test_shuffle_changes_the_trajectory():
+    X, y, _ = _fit_data()
+    a = _small(NUMPY)
+    b = _small(NUMPY)
+    a.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=2, batch_size=5, shuffle=True)
+    b.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=2, batch_size=5, shuffle=False)
+    assert any(not np.allclose(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+# -- XOR ---------------------------------------------------------------------------------
+
+def test_xor_learned_on_every_backend(backend, dtype):
+    X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+    y = np.array([0, 1, 1, 0], dtype=np.float64)
+    model = nnx.Sequential(nnx.Dense(2, 8, init="glorot"), nnx.Tanh(), nnx.Dense(8, 1, init="glorot"),
+                           nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=100, batch_size=None,
+                        metrics=["accuracy"])
+    assert history["accuracy"][-1] == 1.0
+    assert history["loss"][-1] < 0.1 < history["loss"][0]
+    probs = model.backend.to_host(model.predict(X))[:, 0]
+    np.testing.assert_array_equal(probs > 0.5, y == 1)
+    assert model.evaluate(X, y, metrics=["accuracy"])["accuracy"] == 1.0
+
+
+# -- forward, predict, backward ---------------------------------------------------------------
+
+def test_predict_equals_forward_inference(backend, dtype):
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dropout(0.5), nnx.Dense(5, 2),
+                           backend=backend, dtype=dtype, seed=1)
+    X = _fit_data()[0]
+    p = model.backend.to_host(model.predict(X))
+    np.testing.assert_array_equal(p, model.backend.to_host(model.forward(X, training=False)))
+    np.testing.assert_array_equal(p, model.backend.to_host(model(X)))
+    np.testing.assert_allclose(p, model.backend.to_host(model.predict(X, batch_size=5)), rtol=1e-6, atol=1e-12)
+    # training mode applies dropout, so it differs
+    assert not np.array_equal(p, model.backend.to_host(model.forward(X, training=True)))
+
+
+def test_predictions_on_the_models_backend(backend, dtype):
+    model = _small(backend, dtype)
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    for out in (model.predict(X), model(X), model.predict(backend.asarray(X))):
+        assert backend.owns(out)
+        assert nnx.get_backend(out) == backend
+        assert out.dtype == backend.float_dtype(dtype)
+        assert tuple(out.shape) == (4, 2)
+
+
+def test_default_dtype_float32_and_float64_on_request(backend):
+    X = np.random.default_rng(0).standard_normal((4, 3))  # float64 input
+    m32 = nnx.Sequential(nnx.Dense(3, 2), backend=backend, seed=0)
+    assert m32.dtype == "float32"
+    assert all(p.value.dtype == backend.xp.float32 for p in m32.parameters())
+    assert m32.predict(X).dtype == backend.xp.float32
+    m64 = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+    assert m64.dtype == "float64"
+    assert all(p.value.dtype == backend.xp.float64 for p in m64.parameters())
+    assert m64.predict(X.astype(np.float32)).dtype == backend.xp.float64
+    m = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype=np.float64, seed=0)
+    assert m.dtype == "float64"
+    # training keeps the dtype
+    m32.fit(X, np.zeros((4, 2)), loss="mse", epochs=1)
+    assert all(p.value.dtype == backend.xp.float32 for p in m32.parameters())
+
+
+def test_backward_fills_grads_including_regularizers(backend):
+    """p.grad after model.backward is the gradient of loss + penalty (layer and model regularizers)."""
+    from nnx.gradcheck import numerical_gradient
+
+    model = nnx.Sequential(nnx.Dense(3, 5, regularizer=L1(0.05)), nnx.Tanh(), nnx.Dense(5, 2),
+                           nnx.Sigmoid(), backend=backend, dtype="float64", seed=2, regularizer=L2(0.3))
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((5, 3))
+    y = backend.asarray(rng.random((5, 2)), dtype="float64")
+    loss = MSE()
+    for p in model.parameters():
+        assert p.grad is None
+    Y = model.forward(X, training=True)
+    _, dY = loss.value_and_grad(y, Y)
+    dX = model.backward(dY)
+    assert tuple(dX.shape) == (5, 3)
+    assert backend.owns(dX)
+
+    def objective() -> float:
+        return backend.to_float(loss(y, model.forward(X)) + model.penalty())
+
+    analytic = {p.name: backend.to_host(p.grad) for p in model.parameters()}
+    for p in model.parameters():
+        original = p.value
+
+        def at(w, p=p):
+            p.value = backend.asarray(w, dtype="float64")
+            return objective()
+
+        numeric = numerical_gradient(at, backend.to_host(original))
+        p.value = original
+        np.testing.assert_allclose(analytic[p.name], numeric, rtol=1e-6, atol=1e-8, err_msg=p.name)
+    # the penalty really is in there: without it the weight gradients differ
+    plain = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 2), nnx.Sigmoid(),
+                           backend=backend, dtype="float64", seed=2)
+    plain.backward(loss.gradient(y, plain.forward(X, training=True)))
+    assert not np.allclose(backend.to_host(plain.parameters()[0].grad), analytic["0.weight"])
+    np.testing.assert_allclose(backend.to_host(plain.parameters()[1].grad), analytic["0.bias"], rtol=1e-12)
+    numeric_dX = numerical_gradient(lambda x: backend.to_float(loss(y, model.forward(x))), X)
+    np.testing.assert_allclose(backend.to_host(dX), numeric_dX, rtol=1e-6, atol=1e-8)
+
+
+def test_backward_accepts_numpy_dY(backend, dtype):
+    model = _small(backend, dtype)
+    model.forward(np.ones((2, 3)), training=True)
+    dX = model.backward(np.ones((2, 2)))
+    assert backend.owns(dX)
+    assert all(backend.owns(p.grad) and tuple(p.grad.shape) == p.shape for p in model.parameters())
+
+
+# -- state_dict, to, save/load -------------------------------------------------------------
+
+def test_parameters_and_state_dict_names(backend, dtype):
+    model = nnx.Sequential([nnx.Dense(3, 4), nnx.ReLU(), nnx.Dropout(0.2), nnx.Dense(4, 2), nnx.Softmax()],
+                           backend=backend, dtype=dtype, seed=0)
+    names = ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert [p.name for p in model.parameters()] == names
+    state = model.state_dict()
+    assert list(state) == names
+    assert [tuple(v.shape) for v in state.values()] == [(3, 4), (4,), (4, 2), (2,)]
+    assert all(backend.owns(v) for v in state.values())
+    assert model.in_features == 3 and model.out_features == 2
+    assert "Dense(in_features=3" in repr(model) and backend.spec in repr(model)
+
+
+def test_load_state_dict_accepts_numpy_and_backend_arrays(backend, dtype):
+    source = _small(NUMPY, "float64", seed=5)
+    target = _small(backend, dtype, seed=6)
+    target.load_state_dict(_host_state(source))
+    for k, v in _host_state(target).items():
+        assert v.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(v, _host_state(source)[k].astype(dtype))
+    other = _small(backend, dtype, seed=7)
+    other.load_state_dict(target.state_dict())
+    for k, v in _host_state(other).items():
+        np.testing.assert_array_equal(v, _host_state(target)[k])
+    X = np.random.default_rng(0).standard_normal((3, 3))
+    np.testing.assert_allclose(backend.to_host(target.predict(X)), source.predict(X),
+                               rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("2.bias"), r"missing \['2.bias'\], unexpected \[\]"),
+    (lambda s: s.update({"9.weight": np.zeros((1, 1))}), r"missing \[\], unexpected \['9.weight'\]"),
+    (lambda s: s.update({"2.weight": np.zeros((5, 3))}), r"state_dict\['2.weight'\] has shape \(5, 3\), "
+                                                         r"the model expects \(5, 2\)"),
+    (lambda s: s.update({"0.bias": np.zeros((1, 5))}), r"state_dict\['0.bias'\] has shape \(1, 5\)"),
+])
+def test_load_state_dict_rejects_bad_dicts_and_leaves_model_unchanged(backend, dtype, change, message):
+    model = _small(backend, dtype, seed=1)
+    before = _host_state(model)
+    state = _host_state(_small(NUMPY, "float64", seed=2))
+    change(state)
+    with pytest.raises(ValueError, match=message):
+        model.load_state_dict(state)
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_to_other_backend(backend, dtype):
+    X, y, _ = _fit_data()
+    source = _small(NUMPY, "float64", seed=3)
+    source.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=5)
+    before = _host_state(source)
+    moved = source.to(backend)
+    assert moved is not source
+    assert moved.backend == backend and source.backend == NUMPY
+    assert moved.dtype == "float64"
+    assert all(backend.owns(v) for v in moved.state_dict().values())
+    np.testing.assert_allclose(backend.to_host(moved.predict(X)), source.predict(X), rtol=1e-12, atol=1e-12)
+    assert moved.epochs_trained == source.epochs_trained == 2
+    # training continues identically (optimizer state and shuffle stream moved along) ...
+    moved.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=5)
+    # ... while the original stays as it was
+    for k, v in _host_state(source).items():
+        np.testing.assert_array_equal(v, before[k])
+    source.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=5)
+    _assert_states_close(_host_state(moved), _host_state(source), atol=1e-9)
+    # and back, in another dtype
+    back = moved.to("numpy", dtype=dtype)
+    assert back.backend == NUMPY and back.dtype == dtype
+    assert moved.backend == backend and moved.dtype == "float64"
+
+
+def test_save_load_roundtrip(backend, dtype, tmp_path):
+    X, y, _ = _fit_data()
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dropout(0.2), nnx.Dense(5, 2),
+                           backend=backend, dtype=dtype, seed=4, regularizer=L2(1e-3))
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=5)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = nnx.load(path)
+    assert loaded.backend == backend and loaded.dtype == dtype
+    assert loaded.epochs_trained == 2
+    assert [type(a) for a in loaded.layers] == [type(a) for a in model.layers]
+    for k, v in _host_state(loaded).items():
+        np.testing.assert_array_equal(v, _host_state(model)[k])
+    np.testing.assert_array_equal(backend.to_host(loaded.predict(X)), backend.to_host(model.predict(X)))
+    # resuming from the file follows the same trajectory as carrying on in memory
+    loaded.fit(X, y, epochs=1, batch_size=5)
+    model.fit(X, y, epochs=1, batch_size=5)
+    _assert_states_close(_host_state(loaded), _host_state(model), atol=1e-6 if dtype == "float32" else 1e-12)
+    # and it loads on another backend
+    on_numpy = nnx.load(path, backend="numpy", dtype="float64")
+    assert on_numpy.backend == NUMPY and on_numpy.dtype == "float64"
+
+
+# -- fit: History, validation, labels -----------------------------------------------------------
+
+def _classifier(backend, dtype, seed=0):
+    return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 3), backend=backend, dtype=dtype, seed=seed)
+
+
+def test_history_records_loss_metrics_and_validation(backend, dtype):
+    X, _, y = _fit_data()
+    Xv, yv = X[:7] + 0.1, y[:7]
+    model = _classifier(backend, dtype)
+    history = model.fit(X, y, loss="cross_entropy", epochs=3, batch_size=5, metrics=["accuracy", "f1"],
+                        validation_data=(Xv, yv))
+    assert isinstance(history, nnx.History)
+    assert len(history) == 3 and history.epoch == [0, 1, 2]
+    assert set(history.history) == {"loss", "accuracy", "f1", "val_loss", "val_accuracy", "val_f1"}
+    for key, values in history.history.items():
+        assert len(values) == 3 and all(isinstance(v, float) and np.isfinite(v) for v in values), key
+    assert all(0.0 <= a <= 1.0 for a in history["accuracy"])
+    assert history["loss"][-1] < history["loss"][0]
+    # validation is measured with the weights at the end of each epoch
+    final = model.evaluate(Xv, yv, metrics=["accuracy", "f1"])
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=tol)
+    assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"], rel=tol)
+    assert model.history is history
+    with pytest.raises(KeyError, match=r"'val_mae' was not recorded"):
+        history["val_mae"]
+    # a second fit continues the epoch count
+    assert model.fit(X, y, epochs=2, batch_size=5).epoch == [3, 4]
+    assert model.epochs_trained == 5
+
+
+def test_validation_split_holds_out_the_end(backend, dtype):
+    X, y, _ = _fit_data()  # 23 samples: 0.25 holds out the last 5
+    model = _small(backend, dtype, seed=2)
+    history = model.fit(X, y, loss="mse", epochs=2, batch_size=5, validation_split=0.25, metrics=["mae"])
+    assert set(history.history) == {"loss", "mae", "val_loss", "val_mae"}
+    final = model.evaluate(X[-5:], y[-5:], metrics=["mae"])
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=tol)
+    assert history["val_mae"][-1] == pytest.approx(final["mae"], rel=tol)
+    # the same as training on the first 18 with validation_data
+    other = _small(backend, dtype, seed=2)
+    h2 = other.fit(X[:-5], y[:-5], loss="mse", epochs=2, batch_size=5, validation_data=(X[-5:], y[-5:]),
+                   metrics=["mae"])
+    for key in history.history:
+        np.testing.assert_allclose(history[key], h2[key], rtol=tol)
+
+
+def test_cross_entropy_integer_and_one_hot_labels_agree(backend, dtype):
+    X, _, y = _fit_data()
+    one_hot = np.eye(3)[y]
+    runs = []
+    for labels in (y, one_hot, y.astype(np.float64)):
+        model = _classifier(backend, dtype, seed=8)
+        history = model.fit(X, labels, loss="cross_entropy", optimizer="sgd", lr=0.1, epochs=3, batch_size=5,
+                            metrics=["accuracy"])
+        runs.append((history, _host_state(model)))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for history, state in runs[1:]:
+        np.testing.assert_allclose(history["loss"], runs[0][0]["loss"], rtol=tol)
+        assert history["accuracy"] == runs[0][0]["accuracy"]
+        _assert_states_close(state, runs[0][1], atol=tol)
+
+
+def test_softmax_output_with_cross_entropy_probabilities(backend, dtype):
+    X, _, y = _fit_data()
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 3), nnx.Softmax(),
+                           backend=backend, dtype=dtype, seed=0)
+    history = model.fit(X, y, epochs=10, batch_size=5, lr=0.05, metrics=["accuracy"])  # loss picked: CE
+    assert isinstance(model.loss, CrossEntropy)
+    assert history["loss"][-1] < history["loss"][0]
+    probs = backend.to_host(model.predict(X))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    ce = -np.mean(np.log(probs[np.arange(N_FIT), y]))
+    assert model.evaluate(X, y)["loss"] == pytest.approx(ce, rel=1e-4 if dtype == "float32" else 1e-10)
+
+
+def test_evaluate_includes_penalty(backend, dtype):
+    X, y, _ = _fit_data()
+    model = _small(backend, dtype, seed=1, regularizer=L2(0.5))
+    out = model.evaluate(X, y, loss="mse", metrics=["mse"])
+    pred = backend.to_host(model.predict(X))
+    mse = float(np.mean((pred - y) ** 2))
+    penalty = sum(0.25 * float(np.sum(v ** 2)) for k, v in _host_state(model).items() if k.endswith("weight"))
+    rel = 1e-5 if dtype == "float32" else 1e-12
+    assert out["mse"] == pytest.approx(mse, rel=rel)
+    assert out["loss"] == pytest.approx(mse + penalty, rel=rel)
+
+
+def test_fit_accepts_backend_arrays_and_1d_targets(backend, dtype):
+    X, y, _ = _fit_data()
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dense(5, 1), backend=backend, dtype=dtype, seed=0)
+    history = model.fit(backend.asarray(X), backend.asarray(y[:, 0]), loss="mae", epochs=2, batch_size=5)
+    assert len(history["loss"]) == 2
+    reference = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dense(5, 1), backend=backend, dtype=dtype,
+                               seed=0)
+    reference.fit(X, y[:, :1], loss="mae", epochs=2, batch_size=5)
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, _host_state(reference)[k])
+
+
+def test_epochs_zero_trains_nothing(backend, dtype):
+    X, y, _ = _fit_data()
+    model = _small(backend, dtype)
+    before = _host_state(model)
+    history = model.fit(X, y, loss="mse", epochs=0)
+    assert len(history) == 0
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])
