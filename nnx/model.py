@@ -13,7 +13,7 @@ from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from .optim import OPTIMIZERS, Optimizer, get_optimizer
 from .parameter import Parameter
 from .regularizers import Regularizer, get_regularizer
-from .training import History, batch_slices, resolve_metrics
+from .training import History, InterruptGuard, batch_slices, resolve_metrics
 
 
 class Sequential:
@@ -360,6 +360,7 @@ class Sequential:
         # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": len(slices), "metrics": list(metric_fns),
                            "validation": val is not None})
+        guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
         try:
             for _ in range(epochs):
                 epoch = self.epochs_trained
@@ -373,7 +374,9 @@ class Sequential:
                 for b, part in enumerate(slices):
                     cb.on_batch_begin(b, {"size": part.stop - part.start})
                     value, Z, _ = self._loss_and_grads(Xs[part, ...], ys[part, ...], loss_fn)
+                    guard.in_step = True
                     opt.step()
+                    guard.end_step()
                     batch_losses.append(value)
                     if metric_fns:
                         outputs.append(Z)
@@ -400,6 +403,8 @@ class Sequential:
         except KeyboardInterrupt:
             # Ctrl-C between steps: the weights are those of the last finished step; hand back what we have.
             history.interrupted = True
+        finally:
+            guard.uninstall()
         cb.on_train_end({"history": history})
         return history
 

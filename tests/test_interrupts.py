@@ -1,0 +1,399 @@
+"""Interrupts and failed writes lose nothing.
+
+* Ctrl-C (SIGINT) during `fit` leaves the weights of the last completed optimizer step,
+  never a half-applied update, and `fit` returns its history with `interrupted=True`.
+* `model.save` and `ModelCheckpoint` files are never partial: a write that fails midway
+  leaves the previous file intact and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt",
+                                reason="needs POSIX signals delivered with os.kill")
+
+FAULTS: dict[str, int] = {}
+
+
+def _fault(kind: str) -> None:
+    FAULTS[kind] = FAULTS.get(kind, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts():
+    yield
+    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
+    if target:
+        import json
+
+        with open(target, "a") as handle:
+            handle.write(json.dumps({"file": "test_interrupts", "faults": FAULTS}) + "\n")
+
+
+def _data(n: int = 48):
+    gen = np.random.default_rng(3)
+    X = gen.normal(size=(n, 5))
+    return X, (X[:, :1] - X[:, 1:2] > 0).astype(float)
+
+
+def _model(backend, depth: int = 3, seed: int = 5) -> nnx.Sequential:
+    layers = [nnx.Dense(5, 6), nnx.Tanh()]
+    for _ in range(depth - 2):
+        layers += [nnx.Dense(6, 6), nnx.ReLU(), nnx.Dropout(0.1)]
+    layers += [nnx.Dense(6, 1), nnx.Sigmoid()]
+    return nnx.Sequential(*layers, backend=backend, dtype="float64", seed=seed)
+
+
+def _host(model) -> list[np.ndarray]:
+    return [np.array(model.backend.to_host(p.value), copy=True) for p in model.parameters()]
+
+
+class Recorder(Callback):
+    """Host copies of every parameter after each optimizer step (index = steps taken - 1)."""
+
+    def __init__(self) -> None:
+        self.after_step: list[list[np.ndarray]] = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.after_step.append(_host(self.model))
+
+
+def _reference(backend, optimizer, epochs, **kw) -> list[list[np.ndarray]]:
+    X, y = _data()
+    model = _model(backend, **kw)
+    rec = Recorder()
+    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=epochs, batch_size=8, callbacks=[rec])
+    return rec.after_step
+
+
+def _assert_weights(model, expected: list[np.ndarray]) -> None:
+    for p, want in zip(model.parameters(), expected, strict=True):
+        np.testing.assert_array_equal(model.backend.to_host(p.value), want, err_msg=p.name)
+
+
+# -- KeyboardInterrupt during fit --------------------------------------------------------
+
+class RaiseAt(Callback):
+    def __init__(self, step: int, hook: str = "on_batch_end") -> None:
+        self.step, self.hook, self.count = step, hook, 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.count += 1
+        if self.hook == "on_batch_end" and self.count == self.step:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.hook == "on_epoch_end" and epoch + 1 == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_keyboard_interrupt_from_callback(backend, optimizer):
+    _fault("KeyboardInterrupt in on_batch_end")
+    ref = _reference(backend, optimizer, epochs=3)
+    X, y = _data()
+    model = _model(backend)
+    history = model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=3, batch_size=8,
+                        callbacks=[RaiseAt(9)])  # step 9 = batch 3 of epoch 2
+    assert history.interrupted
+    assert history.epoch == [0] and len(history["loss"]) == 1, "completed epochs are reported"
+    assert model.epochs_trained == 1
+    assert model.optimizer.step_count == 9
+    _assert_weights(model, ref[8])
+    # Training continues from there: the optimizer state is consistent.
+    more = model.fit(X, y, epochs=1, batch_size=8)
+    assert not more.interrupted and model.epochs_trained == 2
+
+
+def test_keyboard_interrupt_at_epoch_end(backend):
+    _fault("KeyboardInterrupt in on_epoch_end")
+    ref = _reference(backend, "adam", epochs=2)
+    X, y = _data()
+    model = _model(backend)
+    history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=3, batch_size=8,
+                        callbacks=[RaiseAt(2, "on_epoch_end")])
+    assert history.interrupted and history.epoch == [0]
+    _assert_weights(model, ref[11])
+
+
+def _signal_inside_step(model, at_step: int, after_param: int = 0):
+    """Patch the optimizer so that a real SIGINT arrives right after parameter `after_param`
+    of step `at_step` was updated, that is, in the middle of the step."""
+    opt = model.optimizer
+    original = opt._update
+
+    def update(i, p, g, t):
+        original(i, p, g, t)
+        if opt.step_count == at_step and i == after_param:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    opt._update = update
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("after_param", [0, 3])
+def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, after_param):
+    _fault("SIGINT inside optimizer step")
+    ref = _reference(backend, optimizer, epochs=2)
+    X, y = _data()
+    model = _model(backend)
+    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=1, batch_size=8)  # 6 steps
+    _signal_inside_step(model, at_step=9, after_param=after_param)
+    history = model.fit(X, y, epochs=1, batch_size=8)
+    assert history.interrupted
+    # The step in flight was completed, every parameter of it, and nothing after it ran.
+    assert model.optimizer.step_count == 9
+    assert model.optimizer._param_steps == [9] * len(model.parameters())
+    _assert_weights(model, ref[8])
+
+
+def test_sigint_handler_is_restored(backend):
+    X, y = _data()
+    before = signal.getsignal(signal.SIGINT)
+    model = _model(backend)
+    model.fit(X, y, loss="bce", epochs=1, batch_size=8)
+    assert signal.getsignal(signal.SIGINT) is before
+    model.fit(X, y, epochs=2, batch_size=8, callbacks=[RaiseAt(3)])
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(ValueError):
+        model.fit(X, y, epochs=-1)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_custom_sigint_handler_still_sees_the_signal():
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        X, y = _data()
+        model = _model("numpy")
+        model.fit(X, y, loss="bce", epochs=1, batch_size=8)
+        _signal_inside_step(model, at_step=8)
+        history = model.fit(X, y, epochs=2, batch_size=8)
+        # The user's handler ran once (after the step); it did not raise, so training went on.
+        assert calls == [signal.SIGINT]
+        assert not history.interrupted and model.epochs_trained == 3
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_fit_in_a_worker_thread():
+    # Signal handlers can only be installed from the main thread; fit must still run elsewhere.
+    X, y = _data()
+    model = _model("numpy")
+    errors = []
+
+    def work():
+        try:
+            model.fit(X, y, loss="bce", epochs=2, batch_size=8)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(60)
+    assert not errors and model.epochs_trained == 2
+
+
+def test_sigint_from_a_timer_thread_lands_between_steps(backend):
+    """Real Ctrl-C at arbitrary moments: the weights always equal those after some whole step."""
+    ref = None
+    X, y = _data()
+    gen = np.random.default_rng(0)
+    for trial in range(6):
+        _fault("SIGINT from a timer thread")
+        model = _model(backend, depth=6)
+        model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=1, batch_size=8)  # warm up (JIT etc.)
+        delay = float(gen.uniform(0.005, 0.15))
+        timer = threading.Timer(delay, os.kill, args=(os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            history = model.fit(X, y, epochs=5000, batch_size=8)
+        finally:
+            timer.cancel()
+            timer.join()
+        assert history.interrupted, f"trial {trial}: the run ended before the signal"
+        steps = model.optimizer.step_count
+        if ref is None or len(ref) < steps:
+            ref = _reference(backend, "adam", epochs=steps // 6 + 2, depth=6)
+        assert model.optimizer._param_steps == [steps] * len(model.parameters())
+        _assert_weights(model, ref[steps - 1])
+
+
+# -- never a partial file ------------------------------------------------------------------
+
+def _tmp_leftovers(directory) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name.endswith(".tmp") or name.startswith("."))
+
+
+def _trained(backend="numpy") -> nnx.Sequential:
+    X, y = _data()
+    model = _model(backend)
+    model.fit(X, y, loss="bce", epochs=1, batch_size=8)
+    return model
+
+
+class _FailingWriter:
+    """A file object that writes `budget` bytes, then raises `exc`."""
+
+    def __init__(self, handle, budget: int, exc: BaseException) -> None:
+        self._handle, self._budget, self._exc = handle, budget, exc
+
+    def write(self, data):
+        data = bytes(data)
+        if len(data) > self._budget:
+            self._handle.write(data[:self._budget])
+            self._budget = 0
+            raise self._exc
+        self._budget -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+        return False
+
+
+def _inject(monkeypatch, where: str, exc: BaseException, budget: int = 0) -> None:
+    import nnx.io
+
+    if where == "write":
+        real_fdopen = os.fdopen
+        monkeypatch.setattr(nnx.io.os, "fdopen",
+                            lambda fd, *a, **k: _FailingWriter(real_fdopen(fd, *a, **k), budget, exc))
+    elif where == "savez":
+        real_savez = np.savez
+
+        def savez(handle, *args, **kwargs):
+            handle.write(b"PK\x03\x04" + b"\0" * budget)  # some bytes of a zip, then the failure
+            raise exc
+
+        monkeypatch.setattr(nnx.io.np, "savez", savez)
+        assert real_savez is not None
+    elif where == "fsync":
+        def fsync(fd):
+            raise exc
+
+        monkeypatch.setattr(nnx.io.os, "fsync", fsync)
+    elif where == "replace":
+        def replace(src, dst):
+            raise exc
+
+        monkeypatch.setattr(nnx.io.os, "replace", replace)
+    else:
+        raise AssertionError(where)
+
+
+WRITE_FAULTS = [("write", 0), ("write", 64), ("write", 1000), ("write", 5000), ("savez", 10), ("savez", 3000),
+                ("fsync", 0), ("replace", 0)]
+
+
+@pytest.mark.parametrize("exc_type", [OSError, KeyboardInterrupt])
+@pytest.mark.parametrize(("where", "budget"), WRITE_FAULTS)
+def test_save_failing_midway_keeps_previous_file(tmp_path, monkeypatch, where, budget, exc_type):
+    _fault(f"save: {where} raises {exc_type.__name__}")
+    model = _trained()
+    path = tmp_path / "model.npz"
+    model.save(path)
+    good = path.read_bytes()
+    model.fit(*_data(), epochs=1, batch_size=8)  # the next save would write different weights
+    with monkeypatch.context() as patch:
+        _inject(patch, where, exc_type("injected fault"), budget)
+        with pytest.raises(exc_type, match="injected fault"):
+            model.save(path)
+    assert path.read_bytes() == good, "the previous checkpoint was damaged"
+    assert _tmp_leftovers(tmp_path) == [], "a temporary file was left behind"
+    assert nnx.load(path).epochs_trained == 1
+    # and the first save to a new path leaves nothing at all
+    with monkeypatch.context() as patch:
+        _inject(patch, where, exc_type("injected fault"), budget)
+        with pytest.raises(exc_type):
+            model.save(tmp_path / "fresh.npz")
+    assert sorted(os.listdir(tmp_path)) == ["model.npz"]
+
+
+def _checkpoint_class():
+    cls = getattr(nnx.callbacks, "ModelCheckpoint", None)
+    if cls is None:
+        pytest.skip("nnx.callbacks.ModelCheckpoint is not there yet")
+    return cls
+
+
+@pytest.mark.parametrize(("where", "budget"), [("write", 700), ("savez", 100), ("replace", 0)])
+def test_model_checkpoint_write_failing_midway(tmp_path, monkeypatch, where, budget):
+    _fault(f"ModelCheckpoint: {where} raises OSError")
+    ModelCheckpoint = _checkpoint_class()
+    X, y = _data()
+    model = _model("numpy")
+    path = tmp_path / "ckpt.npz"
+    saves = {"n": 0}
+    import nnx.io
+
+    real_save = nnx.io.save_model
+
+    def save_model(*args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:  # the second epoch's save fails halfway
+            with monkeypatch.context() as patch:
+                _inject(patch, where, OSError("disk full (injected)"), budget)
+                return real_save(*args, **kwargs)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(nnx.io, "save_model", save_model)
+    with pytest.raises(OSError, match="injected"):
+        model.fit(X, y, loss="bce", epochs=3, batch_size=8, callbacks=[ModelCheckpoint(path, monitor="loss")])
+    assert _tmp_leftovers(tmp_path) == []
+    restored = nnx.load(path)
+    assert restored.epochs_trained == 1, "the checkpoint of epoch 1 survived intact"
+
+
+def test_sigint_during_checkpoint_write(tmp_path, monkeypatch):
+    """Ctrl-C while ModelCheckpoint writes: fit returns interrupted, the last good checkpoint survives."""
+    _fault("ModelCheckpoint: SIGINT during the write")
+    ModelCheckpoint = _checkpoint_class()
+    X, y = _data()
+    model = _model("numpy")
+    path = tmp_path / "ckpt.npz"
+    writes = {"n": 0}
+    real_fdopen = os.fdopen
+
+    class SignallingWriter(_FailingWriter):
+        def write(self, data):
+            writes["n"] += 1
+            if saves_done["n"] == 2 and writes["n"] > 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self._handle.write(data)
+
+    saves_done = {"n": 0}
+
+    class Counter(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            saves_done["n"] = epoch
+            writes["n"] = 0
+
+    import nnx.io
+
+    monkeypatch.setattr(nnx.io.os, "fdopen", lambda fd, *a, **k: SignallingWriter(real_fdopen(fd, *a, **k), 0, None))
+    history = model.fit(X, y, loss="bce", epochs=4, batch_size=8,
+                        callbacks=[Counter(), ModelCheckpoint(path, monitor="loss")])
+    assert history.interrupted
+    assert _tmp_leftovers(tmp_path) == []
+    assert nnx.load(path).epochs_trained == 2
