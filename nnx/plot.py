@@ -1,0 +1,274 @@
+"""Figures for training: activations, loss and metric history, gradient history, decision boundaries.
+
+matplotlib is imported only when a function here runs (install the ``plot`` extra).
+Without a display (no ``DISPLAY``/``WAYLAND_DISPLAY`` on Linux, or ``MPLBACKEND``
+unset in CI), the non-interactive Agg backend is selected before pyplot loads,
+so every function works headless. Each returns the matplotlib ``Figure``; save it
+with ``fig.savefig("out.png")`` and release it with ``matplotlib.pyplot.close(fig)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_activations", "plot_decision_boundary", "plot_gradients", "plot_history"]
+
+
+def _pyplot() -> Any:
+    """pyplot, with the Agg backend chosen first when no display is available."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("nnx.plot needs matplotlib: pip install 'nnx-mlp[plot]'") from exc
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and _headless():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _headless() -> bool:
+    if sys.platform.startswith("linux") or "bsd" in sys.platform:
+        return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return False  # macOS and Windows always have a window system
+
+
+def _figure(n_panels: int, width: float = 4.2, height: float = 3.4, sharex: bool = False) -> tuple[Any, list]:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, n_panels, figsize=(width * n_panels, height), squeeze=False, sharex=sharex)
+    return fig, list(axes[0])
+
+
+# -- activations ----------------------------------------------------------------------------
+
+def plot_activations(names: Sequence[str] = ("sigmoid", "tanh", "relu", "leaky_relu"),
+                     x_range: tuple[float, float] = (-5.0, 5.0), num: int = 401) -> Any:
+    """Activation functions (left) and their derivatives (right) over `x_range`.
+
+    Args:
+        names: keys of `nnx.activations.ACTIVATIONS` (sigmoid, tanh, relu, leaky_relu, softplus, identity).
+        x_range: the (low, high) interval of inputs.
+        num: points per curve.
+    """
+    from .activations import ACTIVATIONS
+
+    if isinstance(names, str):
+        names = (names,)
+    unknown = [n for n in names if n not in ACTIVATIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown activation(s) {unknown}; valid names: {sorted(ACTIVATIONS)}")
+    low, high = (float(v) for v in x_range)
+    if not low < high:
+        raise ValueError(f"x_range must be (low, high) with low < high, got {x_range!r}")
+    x = np.linspace(low, high, num)
+    fig, (ax_f, ax_d) = _figure(2)
+    for name in names:
+        fn, deriv = ACTIVATIONS[name]
+        line, = ax_f.plot(x, np.asarray(fn(x)), label=name)
+        ax_d.plot(x, np.asarray(deriv(x)), color=line.get_color(), label=f"{name}'")
+    ax_f.set(title="activation", xlabel="x", ylabel="f(x)")
+    ax_d.set(title="derivative", xlabel="x", ylabel="f'(x)")
+    for ax in (ax_f, ax_d):
+        ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+        ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# -- history --------------------------------------------------------------------------------------
+
+def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
+    """Loss and metrics per epoch, training (solid) against validation (dashed), one panel each.
+
+    Args:
+        history: the `History` that `fit` returns, or a dict name -> list of values
+            (``history.history``, Keras style).
+        metrics: names to draw (the ``val_`` partner is added when recorded); None draws
+            the loss and every recorded training metric.
+    """
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, dict) or not logs:
+        raise ValueError("history must be a History or a non-empty dict of name -> per-epoch values")
+    epochs = getattr(history, "epoch", None)
+    available = [k for k in logs if not k.startswith("val_")]
+    available += [k[4:] for k in logs if k.startswith("val_") and k[4:] not in available]
+    if metrics is None:
+        names = sorted(available, key=lambda k: (k != "loss", k == "lr"))
+    else:
+        names = [metrics] if isinstance(metrics, str) else list(metrics)
+        missing = [m for m in names if m not in available]
+        if missing or not names:
+            raise ValueError(f"history has no {missing}; recorded: {sorted(logs)}")
+    fig, axes = _figure(len(names), sharex=True)
+    for ax, name in zip(axes, names, strict=True):
+        for key, style, label in ((name, "-", "train"), (f"val_{name}", "--", "validation")):
+            if key not in logs:
+                continue
+            values = np.asarray(logs[key], dtype=float)
+            x = np.asarray(epochs) + 1 if epochs is not None and len(epochs) == values.size \
+                else np.arange(1, values.size + 1)
+            ax.plot(x, values, style, marker="." if values.size < 30 else None, label=label)
+        ax.set(title=name, xlabel="epoch")
+        if name == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# -- gradients ---------------------------------------------------------------------------------------
+
+_STAT_TITLES = {"mean": "mean |gradient|", "max": "max |gradient|", "norm": "gradient L2 norm"}
+
+
+def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "max", "norm"),
+                   layer_names: Sequence[str] | None = None) -> Any:
+    """Per-layer gradient magnitude over training steps, on a log scale.
+
+    Args:
+        analyzer_or_history: a `nnx.callbacks.GradientAnalyzer` after training, or the dict its
+            `history()` returns (name -> array of shape (steps, layers)).
+        stats: which of "mean", "max", "norm" to draw, one panel each; weights are solid lines,
+            biases dashed, one colour per layer.
+        layer_names: legend labels (default: the analyzer's `layer_names`, else "layer i").
+
+    With an analyzer, its vanish/explode thresholds are drawn as grey lines and epoch
+    boundaries as faint vertical lines.
+    """
+    analyzer = analyzer_or_history if hasattr(analyzer_or_history, "history") and \
+        callable(analyzer_or_history.history) else None
+    hist = analyzer.history() if analyzer is not None else analyzer_or_history
+    if not isinstance(hist, dict) or "weight_mean" not in hist:
+        raise TypeError("plot_gradients needs a GradientAnalyzer or the dict from its history(), "
+                        f"got {type(analyzer_or_history).__name__}")
+    if isinstance(stats, str):
+        stats = (stats,)
+    bad = [s for s in stats if s not in _STAT_TITLES]
+    if bad or not stats:
+        raise ValueError(f"unknown gradient statistic(s) {bad}; valid: {list(_STAT_TITLES)}")
+    steps, n_layers = np.shape(hist["weight_mean"])
+    if steps == 0:
+        raise ValueError("no gradient history yet: train with the GradientAnalyzer among the callbacks first")
+    if layer_names is None:
+        layer_names = getattr(analyzer, "layer_names", None) or [f"layer {j}" for j in range(n_layers)]
+    plt = _pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    fig, axes = _figure(len(stats), width=4.6, sharex=True)
+    x = np.arange(1, steps + 1)
+    for ax, stat in zip(axes, stats, strict=True):
+        for j, name in enumerate(layer_names):
+            color = colors[j % len(colors)]
+            for kind, style in (("weight", "-"), ("bias", "--")):
+                values = np.asarray(hist[f"{kind}_{stat}"], dtype=float)[:, j]
+                # zeros (a dead layer) cannot be drawn on a log axis; leave gaps instead
+                shown = np.where(values > 0, values, np.nan)
+                ax.plot(x, shown, style, color=color, linewidth=1.2,
+                        label=f"{name} {kind}" if kind == "weight" else f"{name} bias")
+        if analyzer is not None:
+            ax.axhline(analyzer.explode_threshold, color="0.5", linestyle=":", linewidth=1)
+            if stat == "mean":
+                ax.axhline(analyzer.vanish_threshold, color="0.5", linestyle=":", linewidth=1)
+            _epoch_lines(ax, getattr(analyzer, "step_epochs", []))
+        ax.set_yscale("log")
+        ax.set(title=_STAT_TITLES[stat], xlabel="step")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _epoch_lines(ax: Any, step_epochs: Sequence[int]) -> None:
+    epochs = np.asarray(step_epochs)
+    if epochs.size < 2:
+        return
+    starts = np.flatnonzero(np.diff(epochs)) + 1.5  # between the last step of one epoch and the next
+    if starts.size <= 50:  # more would only paint the panel grey
+        for s in starts:
+            ax.axvline(s, color="0.9", linewidth=0.8, zorder=0)
+
+
+# -- decision boundary ---------------------------------------------------------------------------------
+
+def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, margin: float = 0.5,
+                           ax: Any = None) -> Any:
+    """The regions a classifier with 2 input features assigns to each class, with the data on top.
+
+    Args:
+        model: an `nnx.Sequential` (one sigmoid output or several class scores), or any object
+            with `predict_proba` / `predict` taking a NumPy (n, 2) array, e.g. `nnx.sklearn.MLPClassifier`.
+        X: the (n, 2) points to draw.
+        y: their labels (0/1, class indices, or the classifier's labels).
+        resolution: grid points per axis.
+        margin: padding around the data, in data units.
+        ax: draw into this Axes instead of a new figure.
+
+    Binary models are shaded by the probability of class 1 with the 0.5 contour drawn;
+    multi-class models by the predicted class.
+    """
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"plot_decision_boundary needs X of shape (n, 2), got {X.shape}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an int >= 2, got {resolution!r}")
+    (x0, y0), (x1, y1) = X.min(axis=0) - margin, X.max(axis=0) + margin
+    gx, gy = np.meshgrid(np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    scores, classes = _scores(model, grid)
+
+    if ax is None:
+        fig, (ax,) = _figure(1, width=5.0, height=4.4)
+    else:
+        fig = ax.figure
+    if scores.shape[1] == 1:
+        prob = scores[:, 0].reshape(gx.shape)
+        filled = ax.contourf(gx, gy, prob, levels=np.linspace(0.0, 1.0, 11), cmap="RdBu_r", alpha=0.6)
+        ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.2)
+        fig.colorbar(filled, ax=ax, label="P(class 1)")
+        color_index = _label_index(y, classes)
+        ax.scatter(X[:, 0], X[:, 1], c=color_index, cmap="RdBu_r", vmin=0, vmax=1, edgecolors="k", s=22)
+    else:
+        k = scores.shape[1]
+        region = scores.argmax(axis=1).reshape(gx.shape)
+        ax.contourf(gx, gy, region, levels=np.arange(k + 1) - 0.5, cmap="tab10", vmin=0, vmax=9, alpha=0.35)
+        ax.scatter(X[:, 0], X[:, 1], c=_label_index(y, classes), cmap="tab10", vmin=0, vmax=9,
+                   edgecolors="k", s=22)
+    ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x1", ylabel="x2", title="decision boundary")
+    return fig
+
+
+def _scores(model: Any, grid: np.ndarray) -> tuple[np.ndarray, Any]:
+    """(n, 1) probability of class 1, or (n, k) class scores, as NumPy; and the label values if known."""
+    classes = getattr(model, "classes_", None)
+    if hasattr(model, "predict_proba"):
+        proba = np.asarray(model.predict_proba(grid), dtype=float)
+        return (proba[:, 1:2] if proba.shape[1] == 2 else proba), classes
+    out = model.predict(grid)
+    backend = getattr(model, "backend", None)
+    out = backend.to_host(out) if backend is not None else np.asarray(out)
+    out = np.asarray(out, dtype=float)
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.shape[1] == 1 and (out.min() < 0.0 or out.max() > 1.0):  # logits, not probabilities
+        out = 1.0 / (1.0 + np.exp(-out))
+    return out, classes
+
+
+def _label_index(y: np.ndarray, classes: Any) -> np.ndarray:
+    """Labels as 0..k-1 for colouring: via the classifier's classes_ when it has them."""
+    y = np.ravel(y)
+    if classes is not None:
+        return np.searchsorted(np.asarray(classes), y)
+    if y.dtype.kind in "biuf":
+        return y.astype(float)
+    return np.unique(y, return_inverse=True)[1]

@@ -1,0 +1,159 @@
+"""nnx.plot: every function returns a Figure, draws what it says, and works without a display."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+import nnx  # noqa: E402
+from nnx import plot  # noqa: E402
+from nnx.callbacks import GradientAnalyzer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _xor(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(n, 2))
+    return X, (X[:, 0] * X[:, 1] > 0).astype(float)
+
+
+def test_headless_import_uses_agg_and_saves_png(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    script = (
+        "import matplotlib, sys; from nnx import plot\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'imported eagerly'\n"
+        f"fig = plot.plot_activations(); fig.savefig({str(tmp_path / 'a.png')!r})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "agg"
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _curves(ax):
+    """The labelled data lines of an Axes (not the zero and threshold guides)."""
+    return [line for line in ax.get_lines() if not line.get_label().startswith("_")]
+
+
+def test_plot_activations_draws_functions_and_derivatives():
+    from matplotlib.figure import Figure
+
+    fig = plot.plot_activations(x_range=(-3, 3))
+    assert isinstance(fig, Figure)
+    ax_f, ax_d = fig.axes
+    assert [line.get_label() for line in _curves(ax_f)] == ["sigmoid", "tanh", "relu", "leaky_relu"]
+    x, s = _curves(ax_f)[0].get_data()
+    assert x[0] == -3 and x[-1] == 3
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-x)), rtol=1e-12)
+    _, ds = _curves(ax_d)[0].get_data()
+    np.testing.assert_allclose(ds, s * (1 - s), rtol=1e-9, atol=1e-15)
+    _, drelu = _curves(ax_d)[2].get_data()
+    assert set(np.unique(drelu)) == {0.0, 1.0}
+    assert len(_curves(plot.plot_activations(names=["softplus"]).axes[0])) == 1
+    with pytest.raises(ValueError, match="unknown activation.*'swish'.*valid names"):
+        plot.plot_activations(names=["swish"])
+    with pytest.raises(ValueError, match="low < high"):
+        plot.plot_activations(x_range=(1, -1))
+
+
+def test_plot_history_train_against_validation():
+    X, y = _xor()
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(), seed=0)
+    history = model.fit(X, y, epochs=3, metrics=["accuracy"], validation_split=0.25,
+                        callbacks=[nnx.callbacks.StepDecay(1, 0.5)])
+    fig = plot.plot_history(history)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["loss", "accuracy", "lr"]
+    loss_ax = fig.axes[0]
+    assert [line.get_label() for line in loss_ax.get_lines()] == ["train", "validation"]
+    np.testing.assert_allclose(loss_ax.get_lines()[1].get_ydata(), history["val_loss"])
+    np.testing.assert_array_equal(loss_ax.get_lines()[0].get_xdata(), [1, 2, 3])
+    assert fig.axes[2].get_yscale() == "log"
+    # a plain dict works, and metrics picks panels
+    fig = plot.plot_history(history.history, metrics=["accuracy"])
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy"]
+    with pytest.raises(ValueError, match=r"history has no \['f1'\]"):
+        plot.plot_history(history, metrics=["f1"])
+    with pytest.raises(ValueError, match="non-empty"):
+        plot.plot_history({})
+
+
+def test_plot_gradients_from_analyzer_and_from_arrays():
+    X, y = _xor()
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.ReLU(), nnx.Dense(4, 4), nnx.Tanh(), nnx.Dense(4, 1),
+                           nnx.Sigmoid(), seed=0)
+    analyzer = GradientAnalyzer()
+    with pytest.raises(ValueError, match="no gradient history"):
+        analyzer.plot()
+    model.fit(X, y, epochs=2, batch_size=16, callbacks=[analyzer])
+    fig = analyzer.plot()
+    assert [ax.get_title() for ax in fig.axes] == ["mean |gradient|", "max |gradient|", "gradient L2 norm"]
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    data_lines = _curves(ax)
+    assert len(data_lines) == 6  # 3 layers x (weight, bias)
+    assert data_lines[0].get_label() == "0:Dense(2, 4) weight"
+    np.testing.assert_allclose(data_lines[0].get_ydata(), analyzer.history()["weight_mean"][:, 0])
+
+    fig = plot.plot_gradients(analyzer.history(), stats="norm")
+    assert len(fig.axes) == 1
+    assert _curves(fig.axes[0])[0].get_label() == "layer 0 weight"
+    with pytest.raises(ValueError, match="unknown gradient statistic"):
+        plot.plot_gradients(analyzer, stats=["median"])
+    with pytest.raises(TypeError, match="GradientAnalyzer"):
+        plot.plot_gradients([1, 2, 3])
+
+
+def test_plot_decision_boundary_xor(backend, dtype):
+    X, y = _xor(seed=1)
+    model = nnx.Sequential(nnx.Dense(2, 8), nnx.Tanh(), nnx.Dense(8, 1), nnx.Sigmoid(),
+                           backend=backend, dtype=dtype, seed=0)
+    model.fit(X, y, optimizer="adam", lr=0.05, epochs=5, batch_size=None)
+    fig = plot.plot_decision_boundary(model, X, y, resolution=40)
+    ax = fig.axes[0]
+    assert ax.get_title() == "decision boundary"
+    assert len(ax.collections) >= 2  # the shaded regions and the points
+    assert len(fig.axes) == 2  # with a colour bar for P(class 1)
+
+
+def test_plot_decision_boundary_multiclass_and_sklearn_style_models():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    y = np.argmax(np.column_stack([X[:, 0], X[:, 1], -X[:, 0] - X[:, 1]]), axis=1)
+    model = nnx.Sequential(nnx.Dense(2, 3), nnx.Softmax(), seed=0)
+    model.fit(X, y, epochs=2)
+    fig = plot.plot_decision_boundary(model, X, y, resolution=30)
+    assert len(fig.axes) == 1
+
+    class Proba:  # anything with predict_proba and classes_, such as nnx.sklearn.MLPClassifier
+        classes_ = np.array(["no", "yes"])
+
+        def predict_proba(self, Z):
+            p = 1 / (1 + np.exp(-Z[:, 0]))
+            return np.column_stack([1 - p, p])
+
+    labels = np.where(X[:, 0] > 0, "yes", "no")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    assert plot.plot_decision_boundary(Proba(), X, labels, resolution=20, ax=ax) is fig
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        plot.plot_decision_boundary(model, np.zeros((5, 3)), np.zeros(5))
