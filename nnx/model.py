@@ -153,7 +153,7 @@ class Sequential:
             raise ValueError(f"{argname} has {X.shape[1]} features but the model expects {self.in_features}")
         return X
 
-    def _prepare_y(self, y: Any, loss: Loss, n_rows: int, argname: str = "y") -> Any:
+    def _prepare_y(self, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
         self._check_origin(y, argname)
         xp = self.xp
         if isinstance(loss, CrossEntropy):
@@ -183,7 +183,7 @@ class Sequential:
                 raise ValueError(f"{argname} must have shape ({n_rows}, {self.out_features}) to match the "
                                  f"model's outputs, got {tuple(y.shape)}")
         if y.shape[0] != n_rows:
-            raise ValueError(f"X has {n_rows} samples but {argname} has {y.shape[0]}")
+            raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
         return y
 
     def _all_true(self, condition: Any) -> bool:
@@ -340,7 +340,7 @@ class Sequential:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             Xv = self._prepare_X(validation_data[0], "validation X")
-            val = (Xv, self._prepare_y(validation_data[1], loss_fn, Xv.shape[0], "validation y"))
+            val = (Xv, self._prepare_y(validation_data[1], loss_fn, Xv.shape[0], "validation y", "validation X"))
             self._check_finite(val[0], "validation X")
             self._check_finite(val[1], "validation y")
 

@@ -1,0 +1,363 @@
+"""Bad input to the core (issue 2's list): clear ValueError/TypeError naming the argument and the values."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import nnx
+
+AVAILABLE = nnx.available_backends()
+NON_NUMPY = [name for name in AVAILABLE if name != "numpy"]
+
+
+def _regressor(backend="numpy", dtype="float64", **kwargs):
+    return nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 2), backend=backend, dtype=dtype, seed=0,
+                          **kwargs)
+
+
+def _classifier(backend="numpy", dtype="float64"):
+    return nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
+
+
+def _data(n=6):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, 3)), rng.standard_normal((n, 2))
+
+
+def _foreign(name, shape):
+    return nnx.get_backend(name).asarray(np.ones(shape), dtype="float64")
+
+
+def _host_state(model):
+    return {k: model.backend.to_host(v).copy() for k, v in model.state_dict().items()}
+
+
+# -- architecture -----------------------------------------------------------------------
+
+def test_layer_sizes_that_do_not_chain():
+    with pytest.raises(ValueError, match=r"layer 2: Dense\(5, 1\) expects 5 input features but the layer "
+                                         r"before it gives 4"):
+        nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(5, 1))
+    with pytest.raises(ValueError, match=r"layer 3: Dense\(2, 2\) expects 2 .* gives 6"):
+        nnx.Sequential(nnx.Dense(3, 6), nnx.Tanh(), nnx.Dropout(0.1), nnx.Dense(2, 2))
+
+
+@pytest.mark.parametrize("args, exc, message", [
+    ((0, 3), ValueError, r"in_features must be > 0, got 0"),
+    ((3, 0), ValueError, r"out_features must be > 0, got 0"),
+    ((-2, 3), ValueError, r"in_features must be > 0, got -2"),
+    ((3, -1), ValueError, r"out_features must be > 0, got -1"),
+    ((2.0, 3), TypeError, r"in_features must be an int, got float 2.0"),
+    ((3, "4"), TypeError, r"out_features must be an int, got str '4'"),
+    ((True, 3), TypeError, r"in_features must be an int, got bool True"),
+])
+def test_dense_sizes(args, exc, message):
+    with pytest.raises(exc, match=message):
+        nnx.Dense(*args)
+
+
+@pytest.mark.parametrize("rate", [1.0, 1.5, -0.1, float("nan"), float("inf"), "0.5", None, True])
+def test_dropout_rate_outside_unit_interval(rate):
+    with pytest.raises(ValueError, match=rf"Dropout rate must be a number in \[0, 1\), got {re.escape(repr(rate))}"):
+        nnx.Dropout(rate)
+
+
+def test_dropout_rate_edges_accepted():
+    assert nnx.Dropout(0.0).rate == 0.0
+    assert nnx.Dropout(0.999).rate == 0.999
+
+
+@pytest.mark.parametrize("alpha", [-0.1, float("nan"), float("inf"), "0.1"])
+def test_leaky_relu_alpha(alpha):
+    message = rf"LeakyReLU alpha must be a finite number >= 0, got {re.escape(repr(alpha))}"
+    with pytest.raises(ValueError, match=message):
+        nnx.LeakyReLU(alpha)
+
+
+@pytest.mark.parametrize("dtype, shown", [("int32", "int32"), ("int64", "int64"), (np.int64, "int64"),
+                                          ("float16", "float16"), ("bool", "bool"), ("complex64", "complex64"),
+                                          ("float", "float")])
+def test_model_dtype_must_be_float32_or_float64(backend, dtype, shown):
+    with pytest.raises(ValueError, match=rf"dtype must be one of \('float32', 'float64'\), got '{shown}'"):
+        nnx.Sequential(nnx.Dense(2, 2), backend=backend, dtype=dtype)
+
+
+def test_backend_integer_dtype_object_rejected(backend):
+    with pytest.raises(ValueError, match=r"got 'int32'"):
+        nnx.Sequential(nnx.Dense(2, 2), backend=backend, dtype=backend.xp.int32)
+
+
+def test_unknown_backend_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown backend 'tensorflow'; valid names: \['numpy', "
+                                         r"'array_api_strict', 'torch', 'jax', 'cupy'\]"):
+        nnx.Sequential(nnx.Dense(2, 2), backend="tensorflow")
+
+
+def test_unavailable_backend_says_why():
+    if "cupy" in AVAILABLE:
+        pytest.skip("cupy runs here")
+    with pytest.raises(nnx.BackendUnavailableError, match=r"backend 'cupy' cannot run here: cupy is not installed"):
+        nnx.Sequential(nnx.Dense(2, 2), backend="cupy")
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"init": "zeros"}, ValueError, r"unknown init 'zeros'; valid names: \[.*'glorot'.*'he'"),
+    ({"regularizer": "l3"}, ValueError, r"unknown regularizer 'l3'; valid names: \[.*'l1', 'l2'\]"),
+])
+def test_unknown_init_and_regularizer_names(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        nnx.Dense(2, 2, **kwargs)
+
+
+def test_sequential_construction_errors():
+    with pytest.raises(ValueError, match=r"Sequential needs at least one layer"):
+        nnx.Sequential()
+    with pytest.raises(TypeError, match=r"layer 1 must be an nnx Layer, got str"):
+        nnx.Sequential(nnx.Dense(2, 2), "relu")
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int or None, got -1"):
+        nnx.Sequential(nnx.Dense(2, 2), seed=-1)
+    with pytest.raises(ValueError, match=r"seed must be a non-negative int or None, got 1.5"):
+        nnx.Sequential(nnx.Dense(2, 2), seed=1.5)
+
+
+# -- data shapes -------------------------------------------------------------------------------
+
+def test_x_feature_count_vs_model(backend, dtype):
+    model = _regressor(backend, dtype)
+    X, y = _data()
+    bad = np.ones((6, 5))
+    with pytest.raises(ValueError, match=r"X has 5 features but the model expects 3"):
+        model.predict(bad)
+    with pytest.raises(ValueError, match=r"X has 5 features but the model expects 3"):
+        model(bad)
+    with pytest.raises(ValueError, match=r"X has 5 features but the model expects 3"):
+        model.fit(bad, y)
+    with pytest.raises(ValueError, match=r"X has 5 features but the model expects 3"):
+        model.evaluate(bad, y)
+    with pytest.raises(ValueError, match=r"validation X has 5 features but the model expects 3"):
+        model.fit(X, y, validation_data=(bad, y))
+    with pytest.raises(ValueError, match=r"X must be 2-D \(samples, features\), got shape \(3,\)"):
+        model.predict(np.ones(3))
+    with pytest.raises(ValueError, match=r"X must be 2-D \(samples, features\), got shape \(2, 2, 3\)"):
+        model.predict(np.ones((2, 2, 3)))
+
+
+def test_x_vs_y_rows(backend, dtype):
+    model = _regressor(backend, dtype)
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"X has 6 samples but y has 5"):
+        model.fit(X, y[:5])
+    with pytest.raises(ValueError, match=r"X has 6 samples but y has 7"):
+        model.evaluate(X, np.ones((7, 2)))
+    with pytest.raises(ValueError, match=r"validation X has 4 samples but validation y has 3"):
+        model.fit(X, y, validation_data=(X[:4], y[:3]))
+    classifier = _classifier(backend, dtype)
+    with pytest.raises(ValueError, match=r"X has 6 samples but y has 4"):
+        classifier.fit(X, np.array([0, 1, 2, 0]), loss="cross_entropy")
+
+
+def test_y_width_vs_model_outputs(backend, dtype):
+    model = _regressor(backend, dtype)
+    X, _ = _data()
+    with pytest.raises(ValueError, match=r"y must have shape \(6, 2\) to match the model's outputs, got \(6, 3\)"):
+        model.fit(X, np.ones((6, 3)))
+    with pytest.raises(ValueError, match=r"y must have shape \(6, 2\) to match the model's outputs, got \(6,\)"):
+        model.fit(X, np.ones(6))
+    with pytest.raises(ValueError, match=r"y one-hot rows must have shape \(6, 3\), got \(6, 4\)"):
+        _classifier(backend, dtype).fit(X, np.eye(4)[[0, 1, 2, 3, 0, 1]], loss="cross_entropy")
+
+
+@pytest.mark.parametrize("where, value", [("X", np.nan), ("X", np.inf), ("y", np.nan), ("y", -np.inf)])
+def test_non_finite_data_passed_to_fit(backend, dtype, where, value):
+    model = _regressor(backend, dtype)
+    X, y = _data()
+    before = _host_state(model)
+    arrays = {"X": X.copy(), "y": y.copy()}
+    arrays[where][2, 1] = value
+    with pytest.raises(ValueError, match=rf"^{where} contains NaN or inf values"):
+        model.fit(arrays["X"], arrays["y"], epochs=1)
+    with pytest.raises(ValueError, match=rf"^validation {where} contains NaN or inf values"):
+        model.fit(X, y, validation_data=(arrays["X"], arrays["y"]), epochs=1)
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])  # rejected before any step
+
+
+def test_non_numeric_data(backend, dtype):
+    model = _regressor(backend, dtype)
+    with pytest.raises(TypeError, match=r"X must hold numbers, got dtype <U1"):
+        model.fit(np.full((6, 3), "a"), np.ones((6, 2)))
+    with pytest.raises(TypeError, match=r"y must hold numbers, got dtype object"):
+        model.fit(np.ones((6, 3)), np.array([[None, 1.0]] * 6, dtype=object))
+
+
+# -- class indices ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, 2, 3, 0, 1], r"y has class indices in \[0, 3\] but the model has 3 outputs \(valid: 0\.\.2\)"),
+    ([0, 1, -1, 2, 0, 1], r"y has class indices in \[-1, 2\] but the model has 3 outputs \(valid: 0\.\.2\)"),
+    ([0, 1, 7, 2, 0, -4], r"y has class indices in \[-4, 7\]"),
+])
+def test_class_indices_out_of_range(backend, dtype, labels, message):
+    model = _classifier(backend, dtype)
+    X, _ = _data()
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, np.array(labels), loss="cross_entropy")
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(X, np.array(labels), loss="cross_entropy")
+    with pytest.raises(ValueError, match=message.replace("y has", "validation y has")):
+        model.fit(X, np.array([0, 1, 2, 0, 1, 2]), loss="cross_entropy", validation_data=(X, np.array(labels)))
+
+
+def test_class_indices_must_be_integers(backend, dtype):
+    model = _classifier(backend, dtype)
+    X, _ = _data()
+    with pytest.raises(ValueError, match=r"y holds class indices but has non-integer values"):
+        model.fit(X, np.array([0, 1, 0.5, 2, 0, 1]), loss="cross_entropy")
+
+
+# -- names of losses, optimizers, metrics -----------------------------------------------------
+
+def test_unknown_loss_lists_valid_ones():
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"unknown loss 'hinge'; valid names: \[.*'bce'.*'cross_entropy'.*'mse'"):
+        _regressor().fit(X, y, loss="hinge")
+    with pytest.raises(TypeError, match=r"loss must be a Loss, a Loss class, a name or a config dict, got int"):
+        _regressor().fit(X, y, loss=3)
+
+
+def test_unknown_optimizer_lists_valid_ones():
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'; valid names: \[.*'adam'.*'sgd'\]"):
+        _regressor().fit(X, y, optimizer="adamx")
+    with pytest.raises(TypeError, match=r"optimizer must be a name, an Optimizer class or an Optimizer, got int"):
+        _regressor().fit(X, y, optimizer=1)
+
+
+def test_optimizer_from_another_model():
+    X, y = _data()
+    other = _regressor()
+    with pytest.raises(ValueError, match=r"optimizer was built on another model's parameters"):
+        _regressor().fit(X, y, optimizer=nnx.optim.SGD(other.parameters(), lr=0.1))
+
+
+def test_unknown_metric_lists_valid_ones():
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"unknown metric 'auc'; valid names: \[.*'accuracy'.*'mse'"):
+        _regressor().fit(X, y, metrics=["auc"])
+
+
+# -- numbers out of range ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", "momentum", "adamw", "adagrad"])
+@pytest.mark.parametrize("lr", [0, -0.01, float("nan"), float("inf")])
+def test_learning_rate_must_be_positive(optimizer, lr):
+    X, y = _data()
+    model = _regressor()
+    message = rf"lr must be a finite number in \(0, inf\), got {re.escape(repr(float(lr)))}"
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, y, optimizer=optimizer, lr=lr)
+    cls = nnx.optim.OPTIMIZERS[optimizer]
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \(0, inf\)"):
+        cls(model.parameters(), lr=lr)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"epochs": -1}, ValueError, r"epochs must be >= 0, got -1"),
+    ({"epochs": 1.5}, TypeError, r"epochs must be an int, got float 1.5"),
+    ({"batch_size": 0}, ValueError, r"batch_size must be > 0, got 0"),
+    ({"batch_size": -4}, ValueError, r"batch_size must be > 0, got -4"),
+    ({"batch_size": 2.0}, TypeError, r"batch_size must be an int, got float 2.0"),
+    ({"validation_split": 1.0}, ValueError, r"validation_split must be in \[0, 1\), got 1.0"),
+    ({"validation_split": -0.2}, ValueError, r"validation_split must be in \[0, 1\), got -0.2"),
+    ({"validation_split": 0.1}, ValueError, r"validation_split=0.1 leaves 6 training and 0 validation samples "
+                                            r"out of 6"),
+    ({"validation_data": (np.ones((2, 3)),)}, TypeError, r"validation_data must be a pair \(X_val, y_val\)"),
+])
+def test_fit_argument_ranges(kwargs, exc, message):
+    X, y = _data()
+    with pytest.raises(exc, match=message):
+        _regressor().fit(X, y, **kwargs)
+
+
+def test_fit_and_evaluate_on_no_samples():
+    with pytest.raises(ValueError, match=r"X has 0 samples; fit needs at least one"):
+        _regressor().fit(np.ones((0, 3)), np.ones((0, 2)))
+    with pytest.raises(ValueError, match=r"cannot evaluate on 0 samples"):
+        _regressor().evaluate(np.ones((0, 3)), np.ones((0, 2)))
+
+
+def test_predict_batch_size():
+    with pytest.raises(ValueError, match=r"batch_size must be > 0, got 0"):
+        _regressor().predict(np.ones((4, 3)), batch_size=0)
+
+
+# -- arrays from another backend ----------------------------------------------------------------
+
+@pytest.mark.parametrize("other", NON_NUMPY)
+def test_array_from_another_backend_names_both(backend, dtype, other):
+    if other == backend.name:
+        pytest.skip("same backend")
+    model = _regressor(backend, dtype)
+    X, y = _data()
+    fX, fy = _foreign(other, (6, 3)), _foreign(other, (6, 2))
+    both = rf"is a {other} array but this model runs on the {backend.name} backend"
+    with pytest.raises(TypeError, match=rf"^X {both}"):
+        model.predict(fX)
+    with pytest.raises(TypeError, match=rf"^X {both}"):
+        model.forward(fX, training=True)
+    with pytest.raises(TypeError, match=rf"^X {both}"):
+        model.fit(fX, y)
+    with pytest.raises(TypeError, match=rf"^y {both}"):
+        model.fit(X, fy)
+    with pytest.raises(TypeError, match=rf"^y {both}"):
+        model.evaluate(X, fy)
+    with pytest.raises(TypeError, match=rf"^validation X {both}"):
+        model.fit(X, y, validation_data=(fX, y))
+    model.forward(X, training=True)
+    with pytest.raises(TypeError, match=rf"^dY {both}"):
+        model.backward(_foreign(other, (6, 2)))
+    before = _host_state(model)
+    state = {k: nnx.get_backend(other).asarray(v) for k, v in before.items()}
+    with pytest.raises(TypeError, match=rf"state_dict\['0.weight'\] {both}"):
+        model.load_state_dict(state)
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+# -- training that blows up ----------------------------------------------------------------------
+
+def _diverging(backend, dtype, **kwargs):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((10, 2)) * 10
+    y = rng.standard_normal((10, 1))
+    model = nnx.Sequential(nnx.Dense(2, 1), backend=backend, dtype=dtype, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's overflow warnings are expected here
+        return model, model.fit(X, y, loss="mse", optimizer="sgd", lr=1.0, epochs=60, batch_size=4, **kwargs)
+
+
+def test_non_finite_training_loss_raises_naming_epoch_and_batch(backend, dtype):
+    with pytest.raises(FloatingPointError, match=r"training loss became (inf|nan) at epoch \d+, batch \d+; .*"
+                                                 r"check_finite=False") as info:
+        _diverging(backend, dtype)
+    epoch, batch = map(int, re.search(r"epoch (\d+), batch (\d+)", str(info.value)).groups())
+    assert 0 < epoch < 60 and 0 <= batch < 3
+    # the same run without the check: the history shows the loss was finite before that epoch
+    model, history = _diverging(backend, dtype, check_finite=False)
+    assert len(history) == 60
+    assert all(np.isfinite(history["loss"][:epoch]))
+    assert not np.isfinite(history["loss"][epoch])
+
+
+def test_non_finite_training_loss_same_place_on_every_backend(backend):
+    """Divergence is part of the trajectory, so it happens at the same step as on numpy."""
+    messages = []
+    for be in ("numpy", backend):
+        with pytest.raises(FloatingPointError) as info:
+            _diverging(be, "float64")
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
