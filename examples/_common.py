@@ -45,6 +45,6 @@ def save_figure(fig, args: argparse.Namespace, name: str) -> None:
     """Write `fig` to OUT/name as a small PNG and close it."""
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / name
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     print(f"figure: {path}")
