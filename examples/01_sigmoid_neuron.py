@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 from _common import parse_args, plt, save_figure
-from nnx.plot import plot_decision_boundary
 
 import nnx
+from nnx.plot import plot_decision_boundary
 
 args = parse_args(__doc__)
 

@@ -9,9 +9,9 @@ of four units the network bends its decision boundary around the corners.
 
 import numpy as np
 from _common import parse_args, save_figure
-from nnx.plot import plot_decision_boundary, plot_history
 
 import nnx
+from nnx.plot import plot_decision_boundary, plot_history
 
 args = parse_args(__doc__)
 

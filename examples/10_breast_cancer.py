@@ -13,12 +13,12 @@ of malignant tumours that are caught.
 
 import numpy as np
 from _common import parse_args, plt, save_figure
-from nnx.plot import plot_history
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 import nnx
+from nnx.plot import plot_history
 
 args = parse_args(__doc__)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 from _common import parse_args, plt, save_figure
-from nnx.plot import plot_history
 from sklearn.datasets import fetch_california_housing, load_diabetes
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 import nnx
+from nnx.plot import plot_history
 
 args = parse_args(__doc__, lambda p: p.add_argument(
     "--data", type=Path, help="a CSV file with a header row; the last column is the target"))
