@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from typing import Any
 
 from .backend import Backend, backend_name_of, dtype_name, get_backend, host_rng
@@ -269,7 +270,19 @@ class Sequential:
             last = self.layers[-1]
             loss = "bce" if isinstance(last, Sigmoid) else CrossEntropy(from_logits=False) \
                 if isinstance(last, Softmax) else "mse"
-        return get_loss(loss)
+        resolved = get_loss(loss)
+        last = self.layers[-1]
+        pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
+        if pair is not None and type(resolved) is pair and resolved.from_logits:
+            # The output layer already gives probabilities; reading them as logits would apply the
+            # activation twice. A name follows the model (Keras's "categorical_crossentropy" means
+            # probabilities); an explicit from_logits=True instance is kept, with a warning as Keras gives.
+            if isinstance(loss, str):
+                return pair(from_logits=False)
+            warnings.warn(f"{resolved!r} treats the outputs as logits, but the model ends in "
+                          f"{type(last).__name__}, so they are probabilities; pass from_logits=False",
+                          stacklevel=3)
+        return resolved
 
     def _resolve_optimizer(self, optimizer: Any, lr: float | None) -> Optimizer:
         if isinstance(optimizer, Optimizer):

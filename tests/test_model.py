@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -460,5 +462,56 @@ def test_epochs_zero_trains_nothing(backend, dtype):
     before = _host_state(model)
     history = model.fit(X, y, loss="mse", epochs=0)
     assert len(history) == 0
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "categorical_crossentropy", "sparse_categorical_crossentropy", "ce"])
+def test_loss_names_read_a_softmax_output_as_probabilities(backend, dtype, name):
+    """Keras's categorical_crossentropy on a Softmax model means probabilities; never apply softmax twice."""
+    X, _, y = _fit_data()
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 3), nnx.Softmax(),
+                           backend=backend, dtype=dtype, seed=0)
+    probs = backend.to_host(model.predict(X))
+    ce = -np.mean(np.log(probs[np.arange(N_FIT), y]))
+    assert model.evaluate(X, y, loss=name)["loss"] == pytest.approx(ce, rel=1e-4 if dtype == "float32" else 1e-10)
+    model.fit(X, y, loss=name, epochs=1, batch_size=5)
+    assert isinstance(model.loss, CrossEntropy) and not model.loss.from_logits
+
+
+@pytest.mark.parametrize("name", ["bce", "bce_with_logits"])
+def test_loss_names_read_a_sigmoid_output_as_probabilities(backend, dtype, name):
+    X, _, y = _fit_data()
+    y = (y > 0).astype(np.float64)
+    model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 1), nnx.Sigmoid(),
+                           backend=backend, dtype=dtype, seed=0)
+    p = backend.to_host(model.predict(X))[:, 0].astype(np.float64)
+    bce = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert model.evaluate(X, y, loss=name)["loss"] == pytest.approx(bce, rel=1e-4 if dtype == "float32" else 1e-10)
+
+
+def test_explicit_logits_loss_on_probability_output_warns():
+    X, _, y = _fit_data()
+    model = nnx.Sequential(nnx.Dense(3, 3), nnx.Softmax(), dtype="float64", seed=0)
+    with pytest.warns(UserWarning, match=r"treats the outputs as logits, but the model ends in Softmax"):
+        model.fit(X, y, loss=CrossEntropy(from_logits=True), epochs=1)
+    logits = nnx.Sequential(nnx.Dense(3, 3), dtype="float64", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        logits.fit(X, y, loss="cross_entropy", epochs=1)  # raw outputs with a logits loss: no warning
+
+
+def test_loaded_and_moved_models_never_write_into_the_callers_arrays(backend, dtype):
+    X, y, _ = _fit_data()
+    model = _small(backend, dtype, seed=0)
+    given = {k: np.full(tuple(v.shape), 0.5) for k, v in model.state_dict().items()}
+    model.load_state_dict(given)
+    model.fit(X, y, loss="mse", epochs=1, batch_size=5)
+    for k, v in given.items():
+        np.testing.assert_array_equal(v, 0.5, err_msg=k)
+    # nor does a copy made with .to() on the same backend share weights with the original
+    twin = model.to(backend)
+    before = _host_state(model)
+    twin.fit(X, y, loss="mse", epochs=1, batch_size=5)
     for k, v in _host_state(model).items():
         np.testing.assert_array_equal(v, before[k])
