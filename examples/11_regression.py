@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import parse_args, plt, save_figure
+from matplotlib.ticker import EngFormatter
 from sklearn.datasets import fetch_california_housing, load_diabetes
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -90,8 +91,11 @@ fig, ax = plt.subplots(figsize=(4.5, 4.2))
 ax.scatter(y_test, predicted, s=8, alpha=0.5)
 low, high = min(y_test.min(), predicted.min()), max(y_test.max(), predicted.max())
 ax.plot([low, high], [low, high], color="k", lw=1, label="perfect prediction")
-ax.set(xlabel=f"true value {unit}".strip(), ylabel=f"predicted {unit}".strip(),
-       title=f"{name.split(' (')[0]}: RMSE {unit}{rmse:,.4g}, R2 {r2:.2f}")
+in_unit = f" ({unit})" if unit else ""
+ax.set(xlabel=f"true value{in_unit}", ylabel=f"predicted{in_unit}",
+       title=f"{name.split(' (')[0]}: RMSE {unit}{rmse:,.2f}, R2 {r2:.2f}")
+for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_formatter(EngFormatter())  # 200 k rather than 200000
 ax.legend(loc="upper left")
 fig.tight_layout()
 save_figure(fig, args, "11_regression_predictions.png")
