@@ -21,9 +21,9 @@ import nnx
 
 args = parse_args(__doc__)
 
-X, y = make_moons(n_samples=300 if args.quick else 1000, noise=0.2, random_state=0)
+X, y = make_moons(n_samples=200 if args.quick else 1000, noise=0.2, random_state=0)
 X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=0.2, random_state=0)
-epochs = 5 if args.quick else 40
+epochs = 3 if args.quick else 40
 
 
 class EpochTimer(nnx.callbacks.Callback):

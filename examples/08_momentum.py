@@ -19,7 +19,7 @@ from nnx.optim import SGD, Adam, Momentum
 args = parse_args(__doc__)
 
 X, y = make_moons(n_samples=300 if args.quick else 1000, noise=0.2, random_state=1)
-epochs = 10 if args.quick else 60
+epochs = 6 if args.quick else 60
 
 OPTIMIZERS = {
     "SGD": lambda params: SGD(params, lr=0.05),

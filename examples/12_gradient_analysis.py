@@ -46,7 +46,7 @@ over_training, first_epoch = {}, {}
 for name, model in NETWORKS.items():
     # warn=False: the table below reports the same thing, and warnings would clutter the output
     analyzer = GradientAnalyzer(warn=False)
-    history = model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=5 if args.quick else 40,
+    history = model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=3 if args.quick else 40,
                         batch_size=32, metrics=["accuracy"], callbacks=[analyzer])
     stats = analyzer.history()["weight_mean"]  # mean |weight gradient|, shape (steps, layers)
     steps_per_epoch = -(-X.shape[0] // 32)
