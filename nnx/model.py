@@ -201,6 +201,8 @@ class Sequential:
         Y = self._prepare_X(X)
         for layer in self.layers:
             Y = layer.forward(Y, training)
+        if training:
+            self._train_output_shape = tuple(Y.shape)  # what `backward` checks dY against
         return Y
 
     __call__ = forward
@@ -211,6 +213,13 @@ class Sequential:
         Regularizer gradients are included, so `p.grad` is the gradient of loss + penalty.
         """
         dY = self.backend.asarray(dY, dtype=self.dtype, argname="dY")
+        expected = getattr(self, "_train_output_shape", None)
+        if expected is None:
+            raise RuntimeError("backward needs a forward(X, training=True) first; each such forward is "
+                               "backpropagated once (training=False keeps nothing to backpropagate)")
+        if tuple(dY.shape) != expected:
+            raise ValueError(f"dY has shape {tuple(dY.shape)} but the last forward's output has shape {expected}")
+        self._train_output_shape = None
         return self._backward(dY, len(self.layers), need_dX=True)
 
     def _backward(self, dY: Any, n_layers: int, need_dX: bool) -> Any:

@@ -45,6 +45,8 @@ def _model_cases():
         ("softmax-mse", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3), nnx.Softmax()], "mse", "reg3"),
         ("softmax-ce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3), nnx.Softmax()],
          nnx.losses.CrossEntropy(from_logits=False), "classes3"),
+        ("logits-ce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3)], "cross_entropy", "classes3"),
+        ("logits-bce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1)], "bce_with_logits", "binary"),
         ("identity", lambda: [nnx.Dense(3, 4), nnx.Identity(), nnx.Dense(4, 2), nnx.Identity()], "mse", "reg"),
         ("dropout", lambda: [nnx.Dense(3, 6), nnx.Tanh(), nnx.Dropout(0.5), nnx.Dense(6, 2)], "mse", "reg"),
         ("deep-mixed", lambda: [nnx.Dense(3, 4, init="glorot"), nnx.Sigmoid(), nnx.Dropout(0.3),

@@ -515,3 +515,55 @@ def test_loaded_and_moved_models_never_write_into_the_callers_arrays(backend, dt
     twin.fit(X, y, loss="mse", epochs=1, batch_size=5)
     for k, v in _host_state(model).items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_backward_needs_a_training_forward(backend, dtype):
+    model = _small(backend, dtype)
+    X = np.ones((4, 3))
+    with pytest.raises(RuntimeError, match=r"backward needs a forward\(X, training=True\) first"):
+        model.backward(np.ones((4, 2)))
+    model.forward(X)  # inference keeps nothing
+    with pytest.raises(RuntimeError, match=r"backward needs a forward\(X, training=True\) first"):
+        model.backward(np.ones((4, 2)))
+    model.forward(X, training=True)
+    with pytest.raises(ValueError, match=r"dY has shape \(5, 2\) but the last forward's output has shape \(4, 2\)"):
+        model.backward(np.ones((5, 2)))
+    model.predict(np.ones((7, 3)))  # inference in between does not disturb the cached pass
+    model.backward(np.ones((4, 2)))
+    with pytest.raises(RuntimeError, match=r"backpropagated once"):
+        model.backward(np.ones((4, 2)))
+
+
+def test_reported_training_loss_includes_the_penalty(backend):
+    X, y, _ = _fit_data()
+    model = _small(backend, "float64", seed=1, regularizer=L2(2.0))
+    expected = model.evaluate(X, y, loss="mse")["loss"]
+    penalty = backend.to_float(model.penalty())
+    assert penalty > 0.1 * expected  # large enough to matter
+    # a vanishing step leaves the weights as they were, so the epoch's loss is the loss at the start
+    history = model.fit(X, y, loss="mse", optimizer="sgd", lr=1e-15, epochs=1, batch_size=5, shuffle=True)
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_evaluate_in_batches_matches_whole(backend, dtype):
+    X, _, y = _fit_data()
+    model = _classifier(backend, dtype, seed=3)
+    whole = model.evaluate(X, y, loss="cross_entropy", metrics=["accuracy", "precision"])
+    batched = model.evaluate(X, y, loss="cross_entropy", metrics=["accuracy", "precision"], batch_size=5)
+    assert set(whole) == {"loss", "accuracy", "precision"}
+    for key in whole:
+        assert batched[key] == pytest.approx(whole[key], rel=1e-5 if dtype == "float32" else 1e-12)
+
+
+def test_model_on_a_backend_taken_from_an_array_saves_and_loads_there(tmp_path):
+    device1 = nnx.get_backend("array_api_strict:device1")
+    x = device1.asarray(np.ones((2, 3)))
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=x, seed=0)
+    assert model.backend == device1
+    model.save(tmp_path / "m.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot run here, loading on numpy" fallback
+        loaded = nnx.load(tmp_path / "m.npz")
+    assert loaded.backend == device1
+    np.testing.assert_array_equal(device1.to_host(loaded.predict(np.ones((2, 3)))),
+                                  device1.to_host(model.predict(np.ones((2, 3)))))
