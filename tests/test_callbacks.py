@@ -333,21 +333,22 @@ def test_progress_tqdm_shows_live_loss_without_syncing_each_step(backend, dtype,
 # -- GradientAnalyzer -----------------------------------------------------------------------------------
 
 def test_gradient_analyzer_statistics_match_the_gradients(backend, dtype, data):
-    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dropout(0.25), nnx.Dense(4, 3), nnx.ReLU(),
-                           nnx.Dense(3, 1), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=1)
+    # make_model's shapes (JAX reuses what it compiled) plus dropout, so layer indices skip a layer
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dropout(0.25), nnx.Dense(4, 1), nnx.Sigmoid(),
+                           backend=backend, dtype=dtype, seed=1)
     analyzer = GradientAnalyzer(warn=False)
     recorder = Recorder(grads=True)
     model.fit(*data, epochs=2, batch_size=BATCH, callbacks=[analyzer, recorder])
-    assert analyzer.layer_names == ["0:Dense(2, 4)", "3:Dense(4, 3)", "5:Dense(3, 1)"]
+    assert analyzer.layer_names == ["0:Dense(2, 4)", "3:Dense(4, 1)"]
     hist = analyzer.history()
     assert set(hist) == set(GRADIENT_STATS)
     steps = 2 * (N // BATCH)
     assert analyzer.steps == steps and analyzer.step_epochs == [0] * 4 + [1] * 4
     for stat in hist.values():
-        assert isinstance(stat, np.ndarray) and stat.shape == (steps, 3)
+        assert isinstance(stat, np.ndarray) and stat.shape == (steps, 2)
     rtol = 1e-5 if dtype == "float32" else 1e-10
     for s, grads in enumerate(recorder.grads):
-        for j, prefix in enumerate(("0.", "3.", "5.")):
+        for j, prefix in enumerate(("0.", "3.")):
             for kind in ("weight", "bias"):
                 g = np.abs(grads[prefix + kind])
                 np.testing.assert_allclose(hist[f"{kind}_mean"][s, j], g.mean(), rtol=rtol)

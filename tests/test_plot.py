@@ -123,10 +123,10 @@ def test_plot_gradients_from_analyzer_and_from_arrays():
 
 
 def test_plot_decision_boundary_xor(backend, dtype):
-    X, y = _xor(seed=1)
-    model = nnx.Sequential(nnx.Dense(2, 8), nnx.Tanh(), nnx.Dense(8, 1), nnx.Sigmoid(),
+    X, y = _xor(n=32, seed=1)  # the shapes test_callbacks uses, so JAX reuses its compiled operations
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(),
                            backend=backend, dtype=dtype, seed=0)
-    model.fit(X, y, optimizer="adam", lr=0.05, epochs=5, batch_size=None)
+    model.fit(X, y, optimizer="adam", lr=0.05, epochs=5, batch_size=8)
     fig = plot.plot_decision_boundary(model, X, y, resolution=40)
     ax = fig.axes[0]
     assert ax.get_title() == "decision boundary"
