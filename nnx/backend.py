@@ -8,6 +8,7 @@ device synchronisation. The rest of nnx only sees a `Backend`.
 from __future__ import annotations
 
 import importlib
+import os
 import types
 from typing import Any
 
@@ -49,13 +50,23 @@ class Backend:
         xp: the array-API namespace used for all math.
         device: the device arrays are created on.
         device_label: the part after the colon in the spec, e.g. ``"cuda:0"``.
+        fastpath: the backend's optional in-place fast paths (`nnx.fastpath.FastPath`), or None
+            where only the portable array-API code runs (JAX, array_api_strict, or
+            ``NNX_FASTPATH=0`` in the environment).
     """
 
-    def __init__(self, name: str, xp: Any, device: Any, device_label: str | None = None) -> None:
+    def __init__(self, name: str, xp: Any, device: Any, device_label: str | None = None,
+                 fastpath: Any = None) -> None:
         self.name = name
         self.xp = xp
         self.device = device
         self.device_label = device_label
+        self.fastpath = fastpath
+
+    def with_fastpath(self, enabled: bool) -> Backend:
+        """This backend with its fast paths on (where the library has them) or off, e.g. to compare."""
+        fastpath = _make_fastpath(self.name) if enabled else None
+        return Backend(self.name, self.xp, self.device, self.device_label, fastpath)
 
     @property
     def spec(self) -> str:
@@ -284,11 +295,20 @@ def backend_name_of(x: Any) -> str | None:
 
 # -- constructing backends ----------------------------------------------------
 
+def _make_fastpath(name: str) -> Any:
+    """The fast paths for a library whose arrays have views and ``out=``; None for the others."""
+    if name not in ("numpy", "cupy") or os.environ.get("NNX_FASTPATH", "1").strip() == "0":
+        return None
+    from .fastpath import FastPath, Kernels
+
+    return FastPath(Kernels(importlib.import_module(name)))
+
+
 def _load_numpy(label: str | None) -> Backend:
     if label not in (None, "cpu"):
         raise ValueError(f"numpy has only the 'cpu' device, got {label!r}")
     xp = np if hasattr(np, "__array_api_version__") else importlib.import_module("array_api_compat.numpy")
-    return Backend("numpy", xp, "cpu", None)
+    return Backend("numpy", xp, "cpu", None, _make_fastpath("numpy"))
 
 
 def _load_strict(label: str | None) -> Backend:
@@ -336,7 +356,7 @@ def _load_cupy(label: str | None) -> Backend:
         raise BackendUnavailableError(f"backend 'cupy' cannot run here: no usable CUDA device ({exc})") from exc
     if index >= count:
         raise BackendUnavailableError(f"backend 'cupy:{index}' cannot run here: {count} CUDA device(s) found")
-    return Backend("cupy", xp, cupy.cuda.Device(index), label)
+    return Backend("cupy", xp, cupy.cuda.Device(index), label, _make_fastpath("cupy"))
 
 
 _LOADERS = {
@@ -374,7 +394,7 @@ def get_backend(spec: Any = "numpy") -> Backend:
         backend = get_backend(name)
         device = array_api_compat.device(spec)
         if str(device) != str(backend.device):
-            backend = Backend(name, backend.xp, device, _device_label(name, device))
+            backend = Backend(name, backend.xp, device, _device_label(name, device), backend.fastpath)
         return backend
     key = spec.strip()
     if key in _CACHE:

@@ -379,6 +379,10 @@ class Sequential:
         self.stop_training = False
         slices = batch_slices(n, batch_size or n)
         _, _, from_logits = self._fused_output(loss_fn)
+        # the backend's buffered step where it has one (NumPy, CuPy); the same gradients either way
+        fast_step = None if be.fastpath is None else be.fastpath.train_step(self, loss_fn)
+        # A shuffled copy of a big X would double what training holds in memory: gather each batch instead.
+        gather = shuffle and n * math.prod(X_d.shape[1:]) * xp.finfo(X_d.dtype).bits // 8 > _COPY_LIMIT
         # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": len(slices), "metrics": list(metric_fns),
                            "validation": val is not None})
@@ -389,13 +393,18 @@ class Sequential:
                 cb.on_epoch_begin(epoch, {})
                 if shuffle:
                     perm = be.asarray(self.shuffle_rng.permutation(n), argname="permutation")
-                    Xs, ys = xp.take(X_d, perm, axis=0), xp.take(y_d, perm, axis=0)
+                    Xs = X_d if gather else xp.take(X_d, perm, axis=0)
+                    ys = xp.take(y_d, perm, axis=0)
                 else:
                     Xs, ys = X_d, y_d
                 batch_losses, outputs = [], []
                 for b, part in enumerate(slices):
                     cb.on_batch_begin(b, {"size": part.stop - part.start})
-                    value, Z, _ = self._loss_and_grads(Xs[part, ...], ys[part, ...], loss_fn)
+                    Xb = xp.take(X_d, perm[part], axis=0) if gather else Xs[part, ...]
+                    if fast_step is not None:
+                        value, Z, _ = fast_step(Xb, ys[part, ...])
+                    else:
+                        value, Z, _ = self._loss_and_grads(Xb, ys[part, ...], loss_fn)
                     guard.in_step = True
                     opt.step()
                     guard.end_step()
@@ -479,6 +488,10 @@ class Sequential:
         if metric_fns:
             result.update(self._metric_values(metric_fns, y, Z, from_logits))
         return result
+
+
+# Bytes of training data above which fit gathers each shuffled batch instead of copying X once an epoch.
+_COPY_LIMIT = 16 * 2**20
 
 
 def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:

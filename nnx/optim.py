@@ -131,9 +131,16 @@ class Optimizer:
         raise NotImplementedError
 
     # -- public API -------------------------------------------------------------
+    # The backend's fast path (False until looked up) and the single update over all parameters it
+    # builds when they and their gradients are views of flat buffers (nnx.fastpath.FusedUpdate).
+    _fastpath: Any = False
+    _fused: Any = None
+
     def step(self) -> None:
         """Update every parameter whose `grad` is not None, from that gradient."""
         self.step_count += 1
+        if self._fused_step():
+            return
         steps = self._param_steps
         for i, p in enumerate(self.params):
             g = p.grad
@@ -141,6 +148,23 @@ class Optimizer:
                 continue
             steps[i] += 1
             self._update(i, p, g, steps[i])
+
+    def _fused_step(self) -> bool:
+        """One update over all parameters at once, when the backend's fast path finds them laid out flat.
+
+        The fused update re-checks before every step that nothing was rebound since it was
+        built; otherwise `step` takes the per-parameter loop, with the same result.
+        """
+        fused = self._fused
+        if fused is None or not fused.ready(self):
+            fastpath = self._fastpath
+            if fastpath is False:
+                fastpath = self._fastpath = get_backend(self.params[0].value).fastpath
+            fused = self._fused = None if fastpath is None else fastpath.fuse(self)
+            if fused is None:
+                return False
+        fused.run(self)
+        return True
 
     def zero_grad(self) -> None:
         """Set every parameter's `grad` to None (torch's ``set_to_none=True``)."""

@@ -1,0 +1,233 @@
+"""The backend fast paths (nnx/fastpath.py) give the portable path's results.
+
+Each test builds two identical models, one on the backend with its fast paths and
+one on the same backend with them switched off (`Backend.with_fastpath(False)`),
+and compares gradients, weights and optimizer state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import optim
+
+
+def _fast_backend(backend):
+    if backend.fastpath is None:
+        pytest.skip(f"{backend.name} has no fast path (portable only)")
+    return backend
+
+
+def _tol(dtype):
+    return {"rtol": 1e-12, "atol": 1e-14} if dtype == "float64" else {"rtol": 2e-6, "atol": 1e-7}
+
+
+def _host(model, x):
+    return model.backend.to_host(x)
+
+
+MODELS = {
+    "relu_ce": (lambda: [nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 7), nnx.ReLU(), nnx.Dense(7, 3)],
+                "cross_entropy", "classes"),
+    "softmax_ce": (lambda: [nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), nnx.Softmax()],
+                   "cross_entropy", "classes"),
+    "onehot_ce": (lambda: [nnx.Dense(6, 5), nnx.ReLU(), nnx.Dense(5, 3)], "cross_entropy", "onehot"),
+    "sigmoid_bce": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.Dense(8, 4), nnx.Tanh(), nnx.Dense(4, 1),
+                             nnx.Sigmoid()], "bce", "binary"),
+    "logits_bce": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.Dense(8, 1)], "bce_with_logits", "binary"),
+    "leaky_mse": (lambda: [nnx.Dense(6, 8), nnx.LeakyReLU(0.1), nnx.Dense(8, 2)], "mse", "regression"),
+    "relu_out_mse": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.Dense(8, 2), nnx.ReLU()], "mse", "regression"),
+    "identity_mae": (lambda: [nnx.Dense(6, 8), nnx.Identity(), nnx.ReLU(), nnx.Dense(8, 2)], "mae", "regression"),
+    "dropout": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.Dropout(0.3), nnx.Dense(8, 3)], "cross_entropy",
+                "classes"),
+}
+
+
+def _data(kind, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6))
+    if kind == "classes":
+        y = rng.integers(0, 3, n)
+    elif kind == "onehot":
+        y = np.eye(3)[rng.integers(0, 3, n)]
+    elif kind == "binary":
+        y = (rng.random((n, 1)) > 0.5).astype(float)
+    else:
+        y = rng.standard_normal((n, 2))
+    return X, y
+
+
+def _pair(backend, dtype, name, seed=3):
+    make, loss, kind = MODELS[name]
+    fast = nnx.Sequential(*make(), backend=backend, dtype=dtype, seed=seed)
+    slow = nnx.Sequential(*make(), backend=backend.with_fastpath(False), dtype=dtype, seed=seed)
+    return fast, slow, loss, kind
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_train_step_matches_portable_step(backend, dtype, name):
+    _fast_backend(backend)
+    fast, slow, loss_name, kind = _pair(backend, dtype, name)
+    X, y = _data(kind)
+    loss = fast._resolve_loss(loss_name)
+    step = backend.fastpath.train_step(fast, loss)
+    assert step is not None
+    for lo, hi in ((0, 16), (16, 32), (32, 40)):  # two full batches and a short one, reusing buffers
+        Xf, yf = fast._prepare_X(X[lo:hi]), fast._prepare_y(y[lo:hi], loss, hi - lo)
+        Xs, ys = slow._prepare_X(X[lo:hi]), slow._prepare_y(y[lo:hi], loss, hi - lo)
+        v_fast, Z_fast, _ = step(Xf, yf)
+        v_slow, Z_slow, _ = slow._loss_and_grads(Xs, ys, loss)
+        np.testing.assert_allclose(float(_host(fast, v_fast)), float(_host(slow, v_slow)), **_tol(dtype))
+        np.testing.assert_allclose(_host(fast, Z_fast), _host(slow, Z_slow), **_tol(dtype))
+        for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
+            assert pf.name == ps.name
+            np.testing.assert_allclose(_host(fast, pf.grad), _host(slow, ps.grad), **_tol(dtype),
+                                       err_msg=pf.name)
+
+
+def test_outputs_are_fresh_arrays_every_step(backend, dtype):
+    _fast_backend(backend)
+    fast, _, loss_name, kind = _pair(backend, dtype, "relu_ce")
+    X, y = _data(kind)
+    loss = fast._resolve_loss(loss_name)
+    step = backend.fastpath.train_step(fast, loss)
+    first = step(fast._prepare_X(X[:16]), fast._prepare_y(y[:16], loss, 16))[1]
+    kept = _host(fast, first).copy()
+    step(fast._prepare_X(X[16:32]), fast._prepare_y(y[16:32], loss, 16))
+    np.testing.assert_array_equal(_host(fast, first), kept)
+
+
+OPTIMIZERS = [
+    ("sgd", {"lr": 0.05}),
+    ("sgd", {"lr": 0.05, "momentum": 0.9}),
+    ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+    ("momentum", {"lr": 0.05, "momentum": 0.8}),
+    ("adam", {"lr": 0.01}),
+    ("adam", {"lr": 0.01, "amsgrad": True}),
+    ("adamw", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
+    ("adagrad", {"lr": 0.05}),
+]
+
+
+@pytest.mark.parametrize("name", ["relu_ce", "sigmoid_bce", "leaky_mse", "dropout"])
+@pytest.mark.parametrize("opt_name,kwargs", OPTIMIZERS)
+def test_fit_matches_portable_fit(backend, dtype, name, opt_name, kwargs):
+    _fast_backend(backend)
+    fast, slow, loss, kind = _pair(backend, dtype, name)
+    X, y = _data(kind)
+    runs = []
+    for model in (fast, slow):
+        opt = optim.get_optimizer(opt_name, model.parameters(), **kwargs)
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=3, batch_size=16, metrics=["mae"]
+                            if kind == "regression" else ["accuracy"])
+        runs.append((model, opt, history))
+    (mf, of, hf), (ms, os_, hs) = runs
+    assert of._fused is not None, "the fast path was not taken"
+    assert os_._fused is None
+    for pf, ps in zip(mf.parameters(), ms.parameters(), strict=True):
+        np.testing.assert_allclose(_host(mf, pf.value), _host(ms, ps.value), **_tol(dtype), err_msg=pf.name)
+    np.testing.assert_allclose(hf["loss"], hs["loss"], **_tol(dtype))
+    sf, ss = of.state_dict(), os_.state_dict()
+    assert sf["step"] == ss["step"] and sf["param_steps"] == ss["param_steps"]
+    assert sf["state"].keys() == ss["state"].keys()
+    for i, entry in sf["state"].items():
+        for key, arr in entry.items():
+            np.testing.assert_allclose(_host(mf, arr), _host(ms, ss["state"][i][key]), **_tol(dtype))
+
+
+def test_parameters_are_flat_views_and_training_continues_after_rebinding(backend, dtype):
+    _fast_backend(backend)
+    fast, slow, loss, kind = _pair(backend, dtype, "relu_ce")
+    X, y = _data(kind)
+    before = {k: _host(fast, v).copy() for k, v in fast.state_dict().items()}
+    opt_f = optim.SGD(fast.parameters(), lr=0.05, momentum=0.9)
+    opt_s = optim.SGD(slow.parameters(), lr=0.05, momentum=0.9)
+    fast.fit(X, y, loss=loss, optimizer=opt_f, epochs=0)  # lays the parameters out flat, trains nothing
+    for k, v in fast.state_dict().items():
+        np.testing.assert_array_equal(_host(fast, v), before[k])
+    fast.fit(X, y, loss=loss, optimizer=opt_f, epochs=1, batch_size=16)
+    slow.fit(X, y, loss=loss, optimizer=opt_s, epochs=1, batch_size=16)
+    roots = {id(backend.fastpath.kernels.root(p.value)) for p in fast.parameters()}
+    assert len(roots) == 1, "parameters should share one flat buffer"
+
+    # Rebind everything the fused update relies on: parameters, gradients and optimizer state.
+    fast.load_state_dict({k: _host(fast, v) for k, v in fast.state_dict().items()})
+    opt_f.load_state_dict(opt_f.state_dict())
+    for model, opt in ((fast, opt_f), (slow, opt_s)):
+        Xd = model._prepare_X(X[:16])
+        lossf = model._resolve_loss(loss)
+        model._loss_and_grads(Xd, model._prepare_y(y[:16], lossf, 16), lossf)  # portable grads
+        opt.step()  # per-parameter loop: nothing is flat any more
+        model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)  # flat again
+    for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
+        np.testing.assert_allclose(_host(fast, pf.value), _host(slow, ps.value), **_tol(dtype))
+
+
+def test_optimizer_on_a_subset_of_parameters(backend, dtype):
+    _fast_backend(backend)
+    fast, slow, loss, kind = _pair(backend, dtype, "relu_ce")
+    X, y = _data(kind)
+    for model in (fast, slow):
+        opt = optim.Adam(model.parameters()[2:4], lr=0.01)  # the middle layer only
+        model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)
+    for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
+        np.testing.assert_allclose(_host(fast, pf.value), _host(slow, ps.value), **_tol(dtype))
+
+
+def test_regularized_models_take_the_portable_step(backend, dtype):
+    _fast_backend(backend)
+    model = nnx.Sequential(nnx.Dense(6, 4, regularizer="l2"), nnx.ReLU(), nnx.Dense(4, 1),
+                           backend=backend, dtype=dtype, seed=0)
+    assert backend.fastpath.train_step(model, model._resolve_loss("mse")) is None
+    model = nnx.Sequential(nnx.Dense(6, 4), nnx.ReLU(), nnx.Dense(4, 1), backend=backend, dtype=dtype, seed=0,
+                           regularizer="l2")
+    assert backend.fastpath.train_step(model, model._resolve_loss("mse")) is None
+
+
+def test_fastpath_switch(backend):
+    off = backend.with_fastpath(False)
+    assert off.fastpath is None and off == backend
+    on = backend.with_fastpath(True)
+    assert (on.fastpath is None) == (backend.name not in ("numpy", "cupy"))
+
+
+def test_portable_only_backends_have_no_fastpath():
+    assert nnx.get_backend("numpy").fastpath is not None or __import__("os").environ.get("NNX_FASTPATH") == "0"
+    for name in ("array_api_strict", "jax", "torch"):
+        if name in nnx.available_backends():
+            assert nnx.get_backend(name).fastpath is None
+
+
+class _CountSyncs(nnx.callbacks.Callback):
+    """Counts Backend.to_host calls inside each epoch (between its begin and end hooks)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.calls = 0
+        self.per_epoch = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = self.calls
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.per_epoch.append(self.calls - self.start)
+
+
+@pytest.mark.parametrize("name", ["relu_ce", "sigmoid_bce", "dropout"])
+def test_fit_waits_for_the_device_once_per_epoch(backend, dtype, monkeypatch, name):
+    make, loss, kind = MODELS[name]
+    model = nnx.Sequential(*make(), backend=backend, dtype=dtype, seed=0)
+    counter = _CountSyncs(backend)
+    original = type(backend).to_host
+
+    def counting(self, x):
+        counter.calls += 1
+        return original(self, x)
+
+    monkeypatch.setattr(type(backend), "to_host", counting)
+    X, y = _data(kind)
+    model.fit(X, y, loss=loss, optimizer="sgd", epochs=3, batch_size=8, callbacks=[counter])
+    assert counter.per_epoch == [1, 1, 1]
