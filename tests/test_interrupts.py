@@ -125,34 +125,46 @@ def test_keyboard_interrupt_at_epoch_end(backend):
     _assert_weights(model, ref[11])
 
 
-def _signal_inside_step(model, at_step: int, after_param: int = 0):
-    """Patch the optimizer so that a real SIGINT arrives right after parameter `after_param`
-    of step `at_step` was updated, that is, in the middle of the step."""
-    opt = model.optimizer
+def _signal_inside_step(opt, model, at_step: int, before_param: int = 0):
+    """Patch the optimizer so that a real SIGINT arrives inside step `at_step`, just before parameter
+    `before_param` is updated (parameters before it already are). Where a backend's fast path updates
+    all parameters as one flat buffer, the signal arrives just before that update."""
     original = opt._update
+    mine = {id(p) for p in model.parameters()}
 
     def update(i, p, g, t):
+        if opt.step_count == at_step and (i == before_param or id(p) not in mine):
+            os.kill(os.getpid(), signal.SIGINT)  # Python raises it at the next bytecode, in this step
         original(i, p, g, t)
-        if opt.step_count == at_step and i == after_param:
-            os.kill(os.getpid(), signal.SIGINT)
 
     opt._update = update
 
 
+OPTIMIZERS = {"adam": lambda ps: nnx.optim.Adam(ps, lr=0.05), "sgd": lambda ps: nnx.optim.SGD(ps, lr=0.05)}
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-@pytest.mark.parametrize("after_param", [0, 3])
-def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, after_param):
+@pytest.mark.parametrize("before_param", [0, 3])
+@pytest.mark.parametrize("hooked", ["before_first_step", "after_first_epoch"])
+def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, before_param, hooked):
+    """A SIGINT inside the step: the step still completes for every parameter (and the step
+    counters), then fit returns interrupted. Hooking after the first epoch keeps a backend's
+    fused flat update (the numpy fast path) in play; hooking before forces per-parameter updates."""
     _fault("SIGINT inside optimizer step")
     ref = _reference(backend, optimizer, epochs=2)
     X, y = _data()
     model = _model(backend)
-    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=1, batch_size=8)  # 6 steps
-    _signal_inside_step(model, at_step=9, after_param=after_param)
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    if hooked == "before_first_step":
+        _signal_inside_step(opt, model, at_step=9, before_param=before_param)
+    model.fit(X, y, loss="bce", optimizer=opt, epochs=1, batch_size=8)  # 6 steps
+    if hooked == "after_first_epoch":
+        _signal_inside_step(opt, model, at_step=9, before_param=before_param)
     history = model.fit(X, y, epochs=1, batch_size=8)
     assert history.interrupted
     # The step in flight was completed, every parameter of it, and nothing after it ran.
-    assert model.optimizer.step_count == 9
-    assert model.optimizer._param_steps == [9] * len(model.parameters())
+    assert opt.step_count == 9
+    assert opt._param_steps == [9] * len(model.parameters())
     _assert_weights(model, ref[8])
 
 
@@ -180,7 +192,7 @@ def test_custom_sigint_handler_still_sees_the_signal():
         X, y = _data()
         model = _model("numpy")
         model.fit(X, y, loss="bce", epochs=1, batch_size=8)
-        _signal_inside_step(model, at_step=8)
+        _signal_inside_step(model.optimizer, model, at_step=8)
         history = model.fit(X, y, epochs=2, batch_size=8)
         # The user's handler ran once (after the step); it did not raise, so training went on.
         assert calls == [signal.SIGINT]
