@@ -8,11 +8,12 @@ same numbers, and is taken only when a check says it applies:
 - `FlatParams` keeps a model's parameters as consecutive views of one flat
   buffer (and their gradients in a second one), so an optimizer can update all
   of them with one array operation per term instead of one per parameter.
-- `FusedUpdate` is that single update. Before every step it checks by identity
-  that each parameter, gradient and state array is still the view it laid out;
-  if anything was rebound (a loaded state dict, a gradient computed by the
-  portable path) the optimizer falls back to its per-parameter loop. Results
-  never depend on the aliasing being there, only the speed does.
+- `FusedUpdate` is that single update, applied chunk by chunk so that the
+  temporaries an update rule makes stay small (and in cache). Before every step
+  it checks by identity that each parameter, gradient and state array is still
+  the view it laid out; if anything was rebound (a loaded state dict, a gradient
+  computed by the portable path) the optimizer falls back to its per-parameter
+  loop. Results never depend on the aliasing being there, only the speed does.
 - `TrainStep` is the forward/loss/backward pass of a `Sequential` with buffers
   kept from step to step: matmuls write with ``out=``, ReLU works in place,
   gradients land directly in the flat gradient buffer and the first layer's
@@ -28,6 +29,8 @@ log-probabilities instead of a one-hot product (same value up to rounding).
 
 from __future__ import annotations
 
+import weakref
+from operator import is_
 from typing import Any
 
 __all__ = ["FastPath", "FlatParams", "FusedUpdate", "TrainStep"]
@@ -43,6 +46,8 @@ class Kernels:
     def __init__(self, module: Any) -> None:
         self.m = module
         self._numpy = module.__name__ == "numpy"
+        # sum(array, axis, dtype, out): NumPy's ufunc reduction skips np.sum's Python wrapper (same result)
+        self.sum = module.add.reduce if self._numpy else module.sum
 
     def ptr(self, x: Any) -> int:
         """Address of the first element."""
@@ -70,14 +75,29 @@ class FastPath:
 
     def __init__(self, kernels: Kernels) -> None:
         self.kernels = kernels
+        # one step per model, kept while the model lives, so buffers survive from one fit call to the next
+        self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def flat_params(self, params: list[Any]) -> FlatParams:
         """`params` laid out as consecutive views of one flat buffer (see `FlatParams.adopt`)."""
         return FlatParams.adopt(self.kernels, params)
 
     def train_step(self, model: Any, loss: Any) -> TrainStep | None:
-        """A buffered training step for `model` and `loss`, or None when the portable one must run."""
-        return TrainStep.build(self, model, loss)
+        """A buffered training step for `model` and `loss`, or None when the portable one must run.
+
+        The step of an earlier call is reused when the model's layers, parameters and the
+        loss are the same; parameters rebound since then are copied back into the flat buffer.
+        """
+        plan = TrainStep.plan(model, loss)
+        if plan is None:
+            return None
+        step = self._steps.get(model)
+        if step is not None and step.signature == plan[-1]:
+            step.flat.restore()
+            return step
+        step = TrainStep(self, model, *plan)
+        self._steps[model] = step
+        return step
 
     def fuse(self, optimizer: Any) -> FusedUpdate | None:
         """A single update over the optimizer's parameters, or None when they are not laid out flat."""
@@ -95,11 +115,11 @@ def _flat_run(k: Kernels, arrays: list[Any]) -> tuple[Any, int, int] | None:
     if owner.ndim != 1 or not k.contiguous(owner) or owner.dtype != first.dtype:
         return None
     item = owner.itemsize
-    gap = k.ptr(first) - k.ptr(owner)
+    base_ptr = k.ptr(owner)
+    gap = k.ptr(first) - base_ptr
     if gap < 0 or gap % item:
         return None
     start = pos = gap // item
-    base_ptr = k.ptr(owner)
     for a in arrays:
         if (a is None or a.base is None or a.dtype != owner.dtype or not k.contiguous(a)
                 or k.root(a) is not owner or k.ptr(a) != base_ptr + pos * item):
@@ -145,51 +165,58 @@ class FlatParams:
             return flat
         first = params[0].value
         total = sum(p.value.size for p in params)
-        values = k.m.empty((total,), dtype=first.dtype)
-        flat = cls(k, params, values)
-        for p, view in zip(params, flat.value_views, strict=True):
-            view[...] = p.value
-            p.value = view
+        flat = cls(k, params, k.m.empty((total,), dtype=first.dtype))
+        flat.restore()
         return flat
 
-    def intact(self) -> bool:
-        """Whether every parameter still holds its view (nothing rebound it since)."""
-        return all(p.value is v for p, v in zip(self.params, self.value_views, strict=True))
+    def restore(self) -> None:
+        """Copy any parameter rebound since (e.g. by ``load_state_dict``) into its view and rebind it back."""
+        for p, view in zip(self.params, self.value_views, strict=True):
+            if p.value is not view:
+                view[...] = p.value
+                p.value = view
 
 
 # -- one optimizer update over all parameters ------------------------------------------------------
 
+_CHUNK = 1 << 18  # elements per piece of the fused update: 1 MiB of float32, so temporaries stay in cache
+
+
 class _FlatParam:
-    """Stands in for a `Parameter` when the optimizer updates the flat buffer."""
+    """Stands in for a `Parameter` when the optimizer updates (a piece of) the flat buffer."""
 
     __slots__ = ("name", "value", "grad", "regularized")
 
-    def __init__(self, value: Any, grad: Any) -> None:
+    def __init__(self) -> None:
         self.name = "<flat>"
-        self.value = value
-        self.grad = grad
+        self.value = None
+        self.grad = None
         self.regularized = False
 
 
 class FusedUpdate:
-    """An optimizer's update applied once to the flat run of its parameters.
+    """An optimizer's update applied to the flat run of its parameters, in a few large pieces.
 
     Every optimizer in `nnx.optim` is elementwise, so its per-parameter rule applied
-    to the concatenation equals the rule applied to each parameter. The per-parameter
-    state (``optimizer.state[i]``) becomes views of flat state buffers, so
-    ``state_dict`` and ``load_state_dict`` see exactly what they saw before.
+    to pieces of the concatenation equals the rule applied to each parameter. The
+    per-parameter state (``optimizer.state[i]``) becomes views of flat state buffers,
+    so ``state_dict`` and ``load_state_dict`` see exactly what they saw before.
     """
 
     def __init__(self, k: Kernels, optimizer: Any, values: Any, grads: Any) -> None:
         self.k = k
-        self.params = optimizer.params
+        self.params = list(optimizer.params)
         self.value_views = [p.value for p in self.params]
         self.grad_views = [p.grad for p in self.params]
-        self.flat = _FlatParam(values, grads)
-        self.values = values
-        self.grads = grads
+        self.size = values.shape[0]
+        self.bounds = [(a, min(a + _CHUNK, self.size)) for a in range(0, self.size, _CHUNK)]
+        self.chunks = [(values[a:b], grads[a:b]) for a, b in self.bounds]
+        self.flat = _FlatParam()
         self.flat_state: dict[str, Any] | None = None
-        self.state_views: list[dict[str, Any]] | None = None
+        self.chunk_states: list[dict[str, Any]] = []
+        self.state_index: list[tuple[int, str]] = []
+        self.state_views: list[Any] = []
+        self.state_dict_obj: Any = None
 
     @classmethod
     def build(cls, k: Kernels, optimizer: Any) -> FusedUpdate | None:
@@ -223,72 +250,89 @@ class FusedUpdate:
         keys = tuple(state[0])
         if any(tuple(state[i]) != keys for i in range(n)):
             return False
-        flat_state = {key: self.k.m.empty(self.values.shape, dtype=self.values.dtype) for key in keys}
-        self._install(optimizer, flat_state, copy=True)
+        like = state[0][keys[0]] if keys else self.chunks[0][0]
+        self._lay_out({key: self.k.m.empty((self.size,), dtype=like.dtype) for key in keys})
+        self._install(optimizer, copy=True)
         return True
 
-    def _install(self, optimizer: Any, flat_state: dict[str, Any], copy: bool) -> None:
+    def _lay_out(self, flat_state: dict[str, Any]) -> None:
+        self.flat_state = flat_state
+        self.chunk_states = [{key: flat[a:b] for key, flat in flat_state.items()} for a, b in self.bounds]
+
+    def _install(self, optimizer: Any, copy: bool) -> None:
+        """Per-parameter views of the flat state into ``optimizer.state`` (copying the old values in)."""
         m = self.k.m
-        views: list[dict[str, Any]] = []
+        state = optimizer.state
+        self.state_index, self.state_views = [], []
         pos = 0
         for i, p in enumerate(self.params):
             size, shape = p.value.size, tuple(p.value.shape)
             entry = {}
-            for key, flat in flat_state.items():
+            for key, flat in self.flat_state.items():
                 view = m.reshape(flat[pos:pos + size], shape)
                 if copy:
-                    view[...] = optimizer.state[i][key]
+                    view[...] = state[i][key]
                 entry[key] = view
-            views.append(entry)
+                self.state_index.append((i, key))
+                self.state_views.append(view)
+            state[i] = entry
             pos += size
-        for i, entry in enumerate(views):
-            optimizer.state[i] = dict(entry)
-        self.flat_state = flat_state
-        self.state_views = views
+        self.state_dict_obj = state
 
     def ready(self, optimizer: Any) -> bool:
         """Whether every parameter, gradient and state array is still the view laid out."""
-        for p, v, g in zip(self.params, self.value_views, self.grad_views, strict=True):
-            if p.value is not v or p.grad is not g:
-                return False
-        if self.state_views is None:
-            return not optimizer.state
+        if "_update" in vars(optimizer):
+            return False  # a per-parameter hook was installed since: it must see every parameter
+        params = self.params
+        if not all(map(is_, [p.value for p in params], self.value_views)):
+            return False
+        if not all(map(is_, [p.grad for p in params], self.grad_views)):
+            return False
         state = optimizer.state
-        for i, views in enumerate(self.state_views):
-            entry = state.get(i)
-            if entry is None or len(entry) != len(views):
-                return False
-            for key, view in views.items():
-                if entry.get(key) is not view:
-                    return False
-        return True
+        if self.flat_state is None:
+            return not state
+        if state is not self.state_dict_obj:
+            return False  # replaced wholesale, e.g. by load_state_dict
+        try:
+            current = [state[i][key] for i, key in self.state_index]
+        except (KeyError, TypeError):
+            return False
+        return all(map(is_, current, self.state_views))
 
     def run(self, optimizer: Any) -> None:
-        """Apply the optimizer's rule once to the flat buffers and count the step for every parameter."""
+        """Apply the optimizer's rule to the flat buffers, piece by piece, and count the step for every parameter."""
         steps = optimizer._param_steps
         t = steps[0] + 1
-        saved = optimizer.state
-        # a copy of the dict, so that a rule rebinding an entry can be told from one updating in place
-        optimizer.state = {} if self.flat_state is None else {0: dict(self.flat_state)}
         flat = self.flat
-        flat.value, flat.grad = self.values, self.grads
+        fresh = self.flat_state is None  # the first update: the rule creates its state
+        saved = optimizer.state
         try:
-            optimizer._update(0, flat, self.grads, t)
-            new_state = optimizer.state.get(0)
+            for c, (values, grads) in enumerate(self.chunks):
+                # a copy of the dict, so that a rule rebinding an entry can be told from one updating in place
+                optimizer.state = {} if fresh else {0: dict(self.chunk_states[c])}
+                flat.value, flat.grad = values, grads
+                optimizer._update(0, flat, grads, t)
+                if flat.value is not values:
+                    values[...] = flat.value  # a rule that rebinds instead of updating in place
+                new = optimizer.state.get(0)
+                if new is None:
+                    continue
+                if self.flat_state is None:
+                    m = self.k.m
+                    self._lay_out({key: m.empty((self.size,), dtype=arr.dtype) for key, arr in new.items()})
+                views = self.chunk_states[c]
+                for key, arr in new.items():
+                    if arr is not views[key]:
+                        views[key][...] = arr
+        except BaseException:
+            if fresh:
+                self.flat_state, self.chunk_states = None, []
+            raise
         finally:
             optimizer.state = saved
-        for i in range(len(steps)):
-            steps[i] = t
-        if flat.value is not self.values:
-            self.values[...] = flat.value  # a rule that rebinds instead of updating in place
-        if new_state is None:
-            return
-        if self.flat_state is None:
-            self._install(optimizer, new_state, copy=False)
-            return
-        for key, arr in new_state.items():
-            if arr is not self.flat_state[key]:
-                self.flat_state[key][...] = arr
+        steps[:] = [t] * len(steps)
+        if fresh and self.flat_state is not None:
+            self._install(optimizer, copy=False)
 
 
 # -- the training step ------------------------------------------------------------------------------
@@ -306,27 +350,30 @@ class TrainStep:
     every step (fit may keep them for metrics); intermediate buffers are not.
     """
 
-    def __init__(self, fastpath: FastPath, model: Any, ops: list[tuple[int, Any]], n_run: int,
-                 head: Any, head_kind: int) -> None:
+    def __init__(self, fastpath: FastPath, model: Any, ops: list[tuple[int, Any]], head: Any, head_kind: int,
+                 signature: tuple) -> None:
         self.k = fastpath.kernels
-        self.model = model
         self.ops = ops
-        self.n_run = n_run
         self.head = head
         self.head_kind = head_kind
+        self.signature = signature
         self.flat = fastpath.flat_params(model.parameters())
         grads = iter(self.flat.grad_views)
-        # per Dense op: (layer, weight Parameter, bias Parameter, weight grad view, bias grad view)
-        self.dense = {}
+        # per op: (kind, index, layer, weight Parameter, bias Parameter, weight grad view, bias grad view)
+        self.plan: list[tuple] = []
         for i, (kind, layer) in enumerate(ops):
             if kind == _DENSE:
-                self.dense[i] = (layer, layer.weight, layer.bias, next(grads), next(grads))
-        self.last_dense = max(self.dense) if self.dense else -1
+                self.plan.append((kind, i, layer, layer.weight, layer.bias, next(grads), next(grads)))
+            else:
+                self.plan.append((kind, i, layer, None, None, None, None))
+        self.backward_plan = self.plan[::-1]
+        dense = [i for i, (kind, _) in enumerate(ops) if kind == _DENSE]
+        self.last_dense = dense[-1] if dense else -1
         self._buffers: dict[int, dict] = {}
 
-    @classmethod
-    def build(cls, fastpath: FastPath, model: Any, loss: Any) -> TrainStep | None:
-        """The step for `model` and `loss`, or None when some part needs the portable path."""
+    @staticmethod
+    def plan(model: Any, loss: Any) -> tuple | None:
+        """(ops, head, head kind, signature) for `model` and `loss`, or None when the portable step must run."""
         from .layers import Dense, ReLU
         from .losses import MSE, BinaryCrossEntropy, CrossEntropy
 
@@ -356,7 +403,9 @@ class TrainStep:
             kind = _HEAD_CE_LOGITS
         elif type(head) is MSE:
             kind = _HEAD_MSE
-        return cls(fastpath, model, ops, n_run, head, kind)
+        config = head.get_config() if hasattr(head, "get_config") else {}
+        signature = (tuple(map(id, model.layers)), tuple(map(id, params)), n_run, type(head), repr(config), kind)
+        return ops, head, kind, signature
 
     def _buffers_for(self, X: Any) -> dict:
         n = X.shape[0]
@@ -366,7 +415,9 @@ class TrainStep:
         if len(self._buffers) >= 4:
             self._buffers.clear()  # a caller cycling through batch sizes: don't hoard memory
         m, dtype = self.k.m, X.dtype
-        out, dx, mask = {}, {}, {}
+        out: list[Any] = [None] * len(self.ops)
+        dx: list[Any] = [None] * len(self.ops)
+        mask: list[Any] = [None] * len(self.ops)
         for i, (kind, layer) in enumerate(self.ops):
             if kind == _DENSE:
                 if i != self.last_dense:
@@ -381,45 +432,41 @@ class TrainStep:
 
     def __call__(self, X: Any, y: Any) -> tuple[Any, Any, None]:
         m = self.k.m
+        matmul, add, k_sum = m.matmul, m.add, self.k.sum
         bufs = self._buffers_for(X)
         out, dx, mask = bufs["out"], bufs["dx"], bufs["mask"]
-        dense = self.dense
-        ops = self.ops
-        inputs = [None] * len(ops)
+        inputs = [None] * len(self.ops)
         Z = X
-        for i, (kind, layer) in enumerate(ops):
+        for kind, i, layer, wp, bp, _, _ in self.plan:
             if kind == _DENSE:
                 inputs[i] = Z
-                _, wp, bp, _, _ = dense[i]
-                buf = out.get(i)
-                Z = m.matmul(Z, wp.value, out=buf) if buf is not None else m.matmul(Z, wp.value)
-                m.add(Z, bp.value, out=Z)
+                buf = out[i]
+                Z = matmul(Z, wp.value) if buf is None else matmul(Z, wp.value, out=buf)
+                add(Z, bp.value, out=Z)
             elif kind == _RELU:
                 m.maximum(Z, 0, out=Z)
                 inputs[i] = Z
             else:
                 Z = layer.forward(Z, True)
         value, dY = self._head(Z, y, bufs)
-        for i in range(len(ops) - 1, -1, -1):
-            kind, layer = ops[i]
+        for kind, i, layer, wp, bp, gw, gb in self.backward_plan:
             if kind == _DENSE:
-                _, wp, bp, gw, gb = dense[i]
-                Xi = inputs[i]
-                m.matmul(Xi.T, dY, out=gw)
-                m.sum(dY, axis=0, out=gb)
-                wp.grad, bp.grad = gw, gb
-                if i > 0:
-                    dY = m.matmul(dY, wp.value.T, out=dx[i])
+                matmul(inputs[i].T, dY, out=gw)
+                k_sum(dY, 0, None, gb)
+                wp.grad = gw
+                bp.grad = gb
+                if i:
+                    dY = matmul(dY, wp.value.T, out=dx[i])
             elif kind == _RELU:
-                mk = mask[i]
-                m.greater(inputs[i], 0, out=mk)
+                mk = m.greater(inputs[i], 0, out=mask[i])
                 m.multiply(dY, mk, out=dY)
             else:
                 dY = layer.backward(dY, need_dX=i > 0)
         return value, Z, None
 
     def _head(self, Z: Any, y: Any, bufs: dict) -> tuple[Any, Any]:
-        m, kind = self.k.m, self.head_kind
+        k, kind = self.k, self.head_kind
+        m = k.m
         if kind == _HEAD_CE_LOGITS and y.ndim == 1 and Z.ndim == 2:
             n = Z.shape[0]
             P = bufs["head"]
@@ -427,27 +474,29 @@ class TrainStep:
                 P = bufs["head"] = m.empty(Z.shape, dtype=Z.dtype)
             rows = bufs["rows"]
             m.subtract(Z, m.max(Z, axis=1, keepdims=True), out=P)
-            picked = m.sum(P[rows, y])
+            picked = k.sum(P[rows, y], None)
             m.exp(P, out=P)
             total = m.sum(P, axis=1, keepdims=True)
             scale = 1 / n
-            value = (m.sum(m.log(total)) - picked) * scale
+            value = (k.sum(m.log(total), None) - picked) * scale
+            # the portable gradient (softmax * 1 - onehot) * scale, operation for operation
             m.divide(P, total, out=P)
             P[rows, y] -= 1
             m.multiply(P, scale, out=P)
             return value, P
         if kind == _HEAD_BCE_LOGITS and y.shape == Z.shape:
-            # the portable softplus and sigmoid share exp(-|z|); computed once here, same rounding
+            # the portable softplus and sigmoid share exp(-|z|); computed once here, with the same rounding
+            scale = 1 / Z.size
             e = m.exp(-m.abs(Z))
-            value = m.mean(m.maximum(Z, 0) + m.log1p(e) - y * Z)
-            one_e = 1 + e
-            sig = m.where(Z >= 0, 1 / one_e, e / one_e)
-            g = sig - y
-            m.multiply(g, 1 / Z.size, out=g)
+            value = k.sum(m.maximum(Z, 0) + m.log1p(e) - y * Z, None) * scale
+            g = m.where(Z >= 0, 1, e)
+            m.divide(g, 1 + e, out=g)
+            m.subtract(g, y, out=g)
+            m.multiply(g, scale, out=g)
             return value, g
         if kind == _HEAD_MSE and y.shape == Z.shape:
             diff = Z - y
-            value = m.mean(diff * diff)
+            value = k.sum(diff * diff, None) * (1 / Z.size)
             m.multiply(diff, 2 / Z.size, out=diff)
             return value, diff
         return self.head.value_and_grad(y, Z, check=False)

@@ -112,10 +112,13 @@ OPTIMIZERS = [
 ]
 
 
+@pytest.mark.parametrize("chunk", [None, 7], ids=["one_piece", "pieces_of_7"])
 @pytest.mark.parametrize("name", ["relu_ce", "sigmoid_bce", "leaky_mse", "dropout"])
 @pytest.mark.parametrize("opt_name,kwargs", OPTIMIZERS)
-def test_fit_matches_portable_fit(backend, dtype, name, opt_name, kwargs):
+def test_fit_matches_portable_fit(backend, dtype, name, opt_name, kwargs, chunk, monkeypatch):
     _fast_backend(backend)
+    if chunk is not None:  # the fused update works piece by piece; make pieces end mid-parameter
+        monkeypatch.setattr("nnx.fastpath._CHUNK", chunk)
     fast, slow, loss, kind = _pair(backend, dtype, name)
     X, y = _data(kind)
     runs = []
@@ -164,6 +167,20 @@ def test_parameters_are_flat_views_and_training_continues_after_rebinding(backen
         model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)  # flat again
     for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
         np.testing.assert_allclose(_host(fast, pf.value), _host(slow, ps.value), **_tol(dtype))
+
+
+def test_train_step_is_reused_across_fit_calls(backend, dtype):
+    _fast_backend(backend)
+    fast, slow, loss, kind = _pair(backend, dtype, "relu_ce")
+    X, y = _data(kind)
+    opt = optim.SGD(fast.parameters(), lr=0.05, momentum=0.9)
+    fast.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=16)
+    step, fused = backend.fastpath.train_step(fast, fast._resolve_loss(loss)), opt._fused
+    fast.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=16)
+    assert backend.fastpath.train_step(fast, fast._resolve_loss(loss)) is step
+    assert opt._fused is fused, "the fused update should survive from one fit call to the next"
+    fast.layers[0].regularizer = nnx.regularizers.L2(1e-3)  # the model changed: no buffered step
+    assert backend.fastpath.train_step(fast, fast._resolve_loss(loss)) is None
 
 
 def test_optimizer_on_a_subset_of_parameters(backend, dtype):
