@@ -118,7 +118,10 @@ class Backend:
                 f"{argname} is a {other} array but this model runs on the {self.name} backend; "
                 f"pass a NumPy array or a {self.name} array (model.to({other!r}) moves the model)"
             )
-        host = np.asarray(x)
+        try:
+            host = np.asarray(x)
+        except (ValueError, TypeError) as exc:  # ragged nesting, objects NumPy cannot make an array of
+            raise TypeError(f"{argname} must be an array of numbers, got {type(x).__name__} ({exc})") from None
         if host.dtype.kind not in "biuf":
             raise TypeError(f"{argname} must hold numbers, got dtype {host.dtype}")
         if dtype is not None or copy:
@@ -171,7 +174,7 @@ class Backend:
         return float(self.to_host(x))
 
     # -- randomness and timing -------------------------------------------
-    def rng(self, seed: int) -> "DeviceRNG":
+    def rng(self, seed: int) -> DeviceRNG:
         """A random stream on this device for dropout masks, seeded reproducibly."""
         return DeviceRNG(self, seed)
 
@@ -324,9 +327,19 @@ def _load_strict(label: str | None) -> Backend:
 def _load_torch(label: str | None) -> Backend:
     torch = importlib.import_module("torch")
     xp = importlib.import_module("array_api_compat.torch")
-    device = torch.device(label or "cpu")
+    try:
+        device = torch.device(label or "cpu")
+    except RuntimeError as exc:  # torch's message lists the device types it knows
+        raise ValueError(f"backend 'torch:{label}' names no torch device: {exc}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BackendUnavailableError("backend 'torch:cuda' cannot run here: torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BackendUnavailableError(f"backend 'torch:{label}' cannot run here: "
+                                      f"{torch.cuda.device_count()} CUDA device(s) found")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BackendUnavailableError("backend 'torch:mps' cannot run here: torch sees no MPS device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise BackendUnavailableError(f"backend 'torch:{label}': nnx runs torch on cpu, cuda or mps devices")
     return Backend("torch", xp, device, label)
 
 
@@ -336,7 +349,17 @@ def _load_jax(label: str | None) -> Backend:
     jax.config.update("jax_enable_x64", True)
     xp = importlib.import_module("jax.numpy")
     platform, _, index = (label or "").partition(":")
-    devices = jax.devices(platform) if platform else jax.devices()
+    if index and not index.isdigit():
+        raise ValueError(f"backend 'jax:{label}': the device index must be a number, got {index!r}")
+    try:
+        devices = jax.devices(platform) if platform else jax.devices()
+    except RuntimeError as exc:  # JAX raises RuntimeError both for unknown and for absent platforms
+        if platform.lower() in ("cpu", "gpu", "cuda", "rocm", "tpu", "metal"):
+            raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {exc}") from None
+        raise ValueError(f"backend 'jax:{label}' names no JAX platform: {exc}") from None
+    if int(index or 0) >= len(devices):
+        raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {len(devices)} "
+                                      f"{platform or 'default'} device(s) found")
     return Backend("jax", xp, devices[int(index or 0)], label)
 
 

@@ -7,6 +7,7 @@ compared with), reached through the backend seam like any other.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,8 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     """
     from .losses import get_loss
 
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
     checked = model.to(model.backend, dtype="float64")
     backend = checked.backend
     loss_fn = get_loss(loss)

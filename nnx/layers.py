@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from . import activations as act
@@ -58,11 +59,12 @@ class Layer:
 
 
 def _check_size(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral: sizes computed with NumPy (np.int64) are ints too; stored as int for the JSON config
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
-    return value
+    return int(value)
 
 
 class Dense(Layer):
@@ -132,7 +134,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5) -> None:
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
         self._rng: Any = None
@@ -143,7 +145,9 @@ class Dropout(Layer):
         self._rng = model_rng
 
     def forward(self, X: Any, training: bool = False) -> Any:
-        if not training or self.rate == 0.0:
+        if not training:
+            return X  # keep the mask: an inference pass between forward and backward must not change the gradient
+        if self.rate == 0.0:
             self._mask = None
             return X
         self._mask = self._rng.uniform(tuple(X.shape), self.dtype) >= self.rate
@@ -219,7 +223,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha < 0:
             raise ValueError(f"LeakyReLU alpha must be a finite number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
 

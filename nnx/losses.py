@@ -41,6 +41,13 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
     return max(float(xp.finfo(dtype).eps), 1e-15)
 
 
+def _flag(name: str, value: Any) -> bool:
+    # bool("no") is True: a string or None here is a mistake, not a flag
+    if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _host_all(y_pred: Any, flag: Any) -> bool:
     # The one place a loss waits for the device; only reached when check=True.
     return bool(get_backend(y_pred).to_host(flag))
@@ -94,8 +101,11 @@ class Loss:
             # NumPy arrays, lists and scalars are moved to y_pred's backend and
             # device; an array of another non-NumPy library raises TypeError.
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
-        if xp.isdtype(y_true.dtype, "complex floating"):
+        if not xp.isdtype(y_true.dtype, ("bool", "integral", "real floating")):
             raise TypeError(f"y_true must hold real numbers, got dtype {y_true.dtype}")
+        if math.prod(y_pred.shape) == 0:
+            # the mean over no elements is 0/0: refuse rather than return NaN (or divide by zero)
+            raise ValueError(f"y_pred is empty (shape {tuple(y_pred.shape)}); a loss needs at least one element")
         y_true = self._prepare(xp, y_true, y_pred, check)
         return xp, y_true, y_pred
 
@@ -173,7 +183,7 @@ class BinaryCrossEntropy(Loss):
     name = "bce"
 
     def __init__(self, from_logits: bool = False) -> None:
-        self.from_logits = bool(from_logits)
+        self.from_logits = _flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
@@ -215,7 +225,7 @@ class CrossEntropy(Loss):
     name = "cross_entropy"
 
     def __init__(self, from_logits: bool = True) -> None:
-        self.from_logits = bool(from_logits)
+        self.from_logits = _flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from .backend import Backend, backend_name_of, dtype_name, get_backend, host_rng
@@ -37,8 +39,11 @@ class Sequential:
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} must be an nnx Layer, got {type(layer).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        # torch and JAX seed their device generators with a signed 64-bit int
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be a non-negative int or None, got {seed!r} (below 2**63 for torch and JAX)")
+        seed = None if seed is None else int(seed)
         self.backend: Backend = get_backend(backend)
         self.xp = self.backend.xp
         self.backend.float_dtype(dtype)  # rejects integer and unknown dtypes with a clear message
@@ -80,9 +85,11 @@ class Sequential:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy arrays (NumPy or this backend's) into the parameters, checking names and shapes."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict must be a dict of parameter name -> array, got {type(state).__name__}")
         params = {p.name: p for p in self.parameters()}
         missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
+        unexpected = sorted(set(state) - set(params), key=repr)
         if missing or unexpected:
             raise ValueError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
         new_values = {}
@@ -90,6 +97,7 @@ class Sequential:
             value = self.backend.asarray(state[name], dtype=self.dtype, argname=f"state_dict[{name!r}]", copy=True)
             if tuple(value.shape) != p.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects {p.shape}")
+            self._check_finite(value, f"state_dict[{name!r}]")  # NaN weights would make every output NaN
             new_values[name] = value
         # all checked before any is assigned, so a bad entry never leaves a half-loaded model
         for name, p in params.items():
@@ -185,6 +193,10 @@ class Sequential:
                                  f"model's outputs, got {tuple(y.shape)}")
         if y.shape[0] != n_rows:
             raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
+        # training never checks values (check=False in the step), so check once here: targets outside
+        # [0, 1] would make BCE unbounded below and training silently chase them
+        if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not self._all_true((y >= 0) & (y <= 1)):
+            raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN)")
         return y
 
     def _all_true(self, condition: Any) -> bool:
@@ -369,7 +381,11 @@ class Sequential:
         self.loss = loss_fn
         opt = self._resolve_optimizer(optimizer, lr)
         self.optimizer = opt
-        cbs = list(callbacks or [])
+        try:
+            cbs = list(callbacks or [])
+        except TypeError:
+            raise TypeError(f"callbacks must be a list of nnx.callbacks.Callback, got {type(callbacks).__name__}") \
+                from None
         if verbose and not any(isinstance(cb, ProgressBar) for cb in cbs):
             cbs.append(ProgressBar(epochs))
         cb = CallbackList(cbs)
@@ -448,9 +464,10 @@ class Sequential:
     def predict(self, X: Any, batch_size: int | None = None) -> Any:
         """Outputs for X in inference mode (dropout off), as an array on this model's backend."""
         X_d = self._prepare_X(X)
+        if batch_size is not None:
+            _check_positive_int("batch_size", batch_size)
         if batch_size is None or X_d.shape[0] <= batch_size:
             return self._infer(X_d)
-        _check_positive_int("batch_size", batch_size)
         parts = [self._infer(X_d[s, ...]) for s in batch_slices(X_d.shape[0], batch_size)]
         return self.xp.concat(parts, axis=0)
 
@@ -463,8 +480,12 @@ class Sequential:
                  batch_size: int | None = None) -> dict[str, float]:
         """Loss (with the regularization penalty, as `fit` reports it) and metrics on (X, y)."""
         loss_fn = self._resolve_loss(loss)
+        if batch_size is not None:
+            _check_positive_int("batch_size", batch_size)
         X_d = self._prepare_X(X)
         y_d = self._prepare_y(y, loss_fn, X_d.shape[0])
+        self._check_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
+        self._check_finite(y_d, "y")
         return self._evaluate(X_d, y_d, loss_fn, resolve_metrics(metrics), batch_size)
 
     def _evaluate(self, X: Any, y: Any, loss_fn: Loss, metric_fns: dict, batch_size: int | None) -> dict:
@@ -495,7 +516,7 @@ _COPY_LIMIT = 16 * 2**20
 
 
 def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")

@@ -138,8 +138,12 @@ class Optimizer:
 
     def step(self) -> None:
         """Update every parameter whose `grad` is not None, from that gradient."""
+        fused = self._fused
+        ready = fused is not None and fused.ready(self)
+        if not ready:  # a ready fused update holds the very gradient arrays it laid out: nothing to check
+            self._check_grads()
         self.step_count += 1
-        if self._fused_step():
+        if self._fused_step(ready):
             return
         steps = self._param_steps
         for i, p in enumerate(self.params):
@@ -149,14 +153,28 @@ class Optimizer:
             steps[i] += 1
             self._update(i, p, g, steps[i])
 
-    def _fused_step(self) -> bool:
+    def _check_grads(self) -> None:
+        """Every gradient an array like its value, before any parameter moves: a bad one never
+        half-applies a step, or broadcasts silently into the wrong shape."""
+        for p in self.params:
+            g, v = p.grad, p.value
+            if g is None:
+                continue
+            if type(g) is not type(v):
+                raise TypeError(f"the grad of parameter {getattr(p, 'name', '?')!r} is a {type(g).__name__}, "
+                                f"not an array like its value ({type(v).__name__})")
+            if g.shape != v.shape or g.dtype != v.dtype:
+                raise ValueError(f"the grad of parameter {getattr(p, 'name', '?')!r} has shape {tuple(g.shape)} "
+                                 f"and dtype {g.dtype}; its value has shape {tuple(v.shape)} and dtype {v.dtype}")
+
+    def _fused_step(self, ready: bool = False) -> bool:
         """One update over all parameters at once, when the backend's fast path finds them laid out flat.
 
         The fused update re-checks before every step that nothing was rebound since it was
         built; otherwise `step` takes the per-parameter loop, with the same result.
         """
         fused = self._fused
-        if fused is None or not fused.ready(self):
+        if not ready:
             fastpath = self._fastpath
             if fastpath is False:
                 fastpath = self._fastpath = get_backend(self.params[0].value).fastpath
@@ -228,6 +246,9 @@ class Optimizer:
         if state_dict["type"] != kind:
             raise ValueError(f"state_dict is for a {state_dict['type']} optimizer, not a {kind}")
 
+        if not isinstance(state_dict["hyperparams"], dict) or not isinstance(state_dict["state"], dict):
+            raise TypeError("state_dict 'hyperparams' and 'state' must be dicts, got "
+                            f"{type(state_dict['hyperparams']).__name__} and {type(state_dict['state']).__name__}")
         hp = dict(state_dict["hyperparams"])
         expected, given = set(self._hyper_names), set(hp)
         if expected != given:
@@ -243,6 +264,8 @@ class Optimizer:
         n = len(self.params)
         param_steps = state_dict.get("param_steps")
         if param_steps is not None:
+            if not isinstance(param_steps, (list, tuple)):
+                raise TypeError(f"state_dict param_steps must be a list of ints, got {type(param_steps).__name__}")
             if len(param_steps) != n:
                 raise ValueError(f"state_dict is for {len(param_steps)} parameters but this optimizer has {n}")
             if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in param_steps):
@@ -260,6 +283,8 @@ class Optimizer:
                 raise ValueError(f"state_dict has state for parameter {i} but this optimizer has {n} parameters")
             p = self.params[i]
             label = f"parameter {i} ({getattr(p, 'name', '?')!r})"
+            if not isinstance(entry, dict):
+                raise TypeError(f"state_dict state for {label} must be a dict of arrays, got {type(entry).__name__}")
             if set(entry) != keys:
                 raise ValueError(
                     f"state_dict state for {label} must have the arrays {sorted(keys)}, got {sorted(entry)}"
@@ -395,7 +420,7 @@ class Adam(Optimizer):
         params: the parameters to update.
         lr: learning rate (> 0).
         betas: decay rates of the first and second moment estimates, each in [0, 1).
-        eps: added to the denominator for stability (>= 0).
+        eps: added to the denominator for stability (> 0).
         weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
         amsgrad: normalise by the running maximum of the second moment.
     """
@@ -412,7 +437,8 @@ class Adam(Optimizer):
         return {
             **Optimizer._check(hp),
             "betas": _betas(hp["betas"]),
-            "eps": _number("eps", hp["eps"]),
+            # eps = 0 divides 0 by 0 wherever a gradient entry has always been 0 (a dead unit): NaN
+            "eps": _number("eps", hp["eps"], low_open=True),
             "weight_decay": _number("weight_decay", hp["weight_decay"]),
             "amsgrad": _flag("amsgrad", hp["amsgrad"]),
         }
@@ -455,7 +481,7 @@ class AdamW(Adam):
         params: the parameters to update.
         lr: learning rate (> 0).
         betas: decay rates of the first and second moment estimates, each in [0, 1).
-        eps: added to the denominator for stability (>= 0).
+        eps: added to the denominator for stability (> 0).
         weight_decay: decoupled weight decay coefficient (>= 0).
         amsgrad: normalise by the running maximum of the second moment.
     """
@@ -474,7 +500,7 @@ class RMSprop(Optimizer):
         params: the parameters to update.
         lr: learning rate (> 0).
         alpha: smoothing constant of the squared-gradient average, in [0, 1).
-        eps: added to the denominator for stability (>= 0).
+        eps: added to the denominator for stability (> 0).
         weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
         momentum: momentum factor in [0, 1).
         centered: normalise by an estimate of the gradient's variance instead of its second moment.
@@ -490,7 +516,7 @@ class RMSprop(Optimizer):
         return {
             **Optimizer._check(hp),
             "alpha": _number("alpha", hp["alpha"], 0.0, 1.0),
-            "eps": _number("eps", hp["eps"]),
+            "eps": _number("eps", hp["eps"], low_open=True),
             "weight_decay": _number("weight_decay", hp["weight_decay"]),
             "momentum": _number("momentum", hp["momentum"], 0.0, 1.0),
             "centered": _flag("centered", hp["centered"]),
@@ -543,7 +569,7 @@ class Adagrad(Optimizer):
         lr_decay: the step's rate is ``lr / (1 + (t-1)*lr_decay)`` at a parameter's t-th update (>= 0).
         weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
         initial_accumulator_value: starting value of the sum of squared gradients (>= 0).
-        eps: added to the denominator for stability (>= 0).
+        eps: added to the denominator for stability (> 0).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
@@ -558,7 +584,7 @@ class Adagrad(Optimizer):
             "lr_decay": _number("lr_decay", hp["lr_decay"]),
             "weight_decay": _number("weight_decay", hp["weight_decay"]),
             "initial_accumulator_value": _number("initial_accumulator_value", hp["initial_accumulator_value"]),
-            "eps": _number("eps", hp["eps"]),
+            "eps": _number("eps", hp["eps"], low_open=True),
         }
 
     @classmethod

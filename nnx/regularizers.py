@@ -6,6 +6,7 @@ to weights only; the model decides which parameters that is (never biases).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any
@@ -26,6 +27,21 @@ def _strength(value: Any, argname: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{argname} must be finite and >= 0, got {value!r}")
     return value
+
+
+def _weights_arg(method: Any) -> Any:
+    """A TypeError from the array code (W is no real array) becomes one that names W."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, W: Any) -> Any:
+        try:
+            return method(self, W)
+        except TypeError as exc:
+            dtype = getattr(W, "dtype", None)
+            raise TypeError(f"{type(self).__name__}.{method.__name__}: W must be a real array, got "
+                            f"{type(W).__name__}{'' if dtype is None else f' of dtype {dtype}'} ({exc})") from None
+
+    return wrapper
 
 
 class Regularizer:
@@ -66,11 +82,13 @@ class L1(Regularizer):
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
         self.l = _strength(l, "l")
 
+    @_weights_arg
     def penalty(self, W: Any) -> Any:
         """``l * sum(|W|)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
         return self.l * xp.sum(xp.abs(W))
 
+    @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l * sign(W)``."""
         xp = array_api_compat.array_namespace(W)
@@ -93,11 +111,13 @@ class L2(Regularizer):
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
         self.l = _strength(l, "l")
 
+    @_weights_arg
     def penalty(self, W: Any) -> Any:
         """``l / 2 * sum(W**2)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
         return (self.l / 2) * xp.sum(W * W)
 
+    @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l * W``."""
         return self.l * W
@@ -121,11 +141,13 @@ class ElasticNet(Regularizer):
         self.l1 = _strength(l1, "l1")
         self.l2 = _strength(l2, "l2")
 
+    @_weights_arg
     def penalty(self, W: Any) -> Any:
         """``l1 * sum(|W|) + l2 / 2 * sum(W**2)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
         return self.l1 * xp.sum(xp.abs(W)) + (self.l2 / 2) * xp.sum(W * W)
 
+    @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l1 * sign(W) + l2 * W``."""
         xp = array_api_compat.array_namespace(W)

@@ -160,6 +160,11 @@ def resolve_metrics(metrics: Any) -> dict[str, Metric]:
         return {}
     if isinstance(metrics, str):
         metrics = [metrics]
+    try:
+        metrics = list(metrics)
+    except TypeError:
+        raise TypeError(f"metrics must be a list of names or (name, function) pairs, "
+                        f"got {type(metrics).__name__} {metrics!r}") from None
     resolved: dict[str, Metric] = {}
     for item in metrics:
         if isinstance(item, str):
