@@ -471,6 +471,8 @@ class Adam(Optimizer):
         bc1 = 1.0 - beta1**t
         bc2_sqrt = math.sqrt(1.0 - beta2**t)
         step_size = lr / bc1
+        if bc2_sqrt * step_size == 0.0:
+            return  # an lr so small (~1e-300) that the step underflows to nothing; 1/0 below otherwise
         p.value -= m / (xp.sqrt(v) * (1.0 / (bc2_sqrt * step_size)) + self.eps / step_size)
 
 

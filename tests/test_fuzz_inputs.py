@@ -687,11 +687,11 @@ def test_hypothesis_junk_into_fit_predict_evaluate(backend, dtype):
 
         def ok(result):
             if isinstance(result, nnx.History):
-                assert all(np.isfinite(result["loss"]))
+                assert all(np.isfinite(result.history.get("loss", [])))  # epochs=0 records nothing
             elif isinstance(result, dict):
                 assert all(math.isfinite(v) for v in result.values())
 
-        with np.errstate(all="ignore"):
-            contract(f"hypothesis {where}", call, names, ok=ok)
+        with np.errstate(all="ignore"):  # FloatingPointError: fit's documented answer to a diverging loss
+            contract(f"hypothesis {where}", call, names, ok=ok, also=(FloatingPointError,))
 
     check()
