@@ -50,9 +50,9 @@ class Backend:
         xp: the array-API namespace used for all math.
         device: the device arrays are created on.
         device_label: the part after the colon in the spec, e.g. ``"cuda:0"``.
-        fastpath: the backend's optional in-place fast paths (`nnx.fastpath.FastPath`), or None
-            where only the portable array-API code runs (JAX, array_api_strict, or
-            ``NNX_FASTPATH=0`` in the environment).
+        fastpath: the backend's optional in-place fast paths (`nnx.fastpath.FastPath`, or the
+            library's module name to build one from on first use), or None where only the
+            portable array-API code runs (JAX, array_api_strict, or ``NNX_FASTPATH=0``).
     """
 
     def __init__(self, name: str, xp: Any, device: Any, device_label: str | None = None,
@@ -61,7 +61,17 @@ class Backend:
         self.xp = xp
         self.device = device
         self.device_label = device_label
-        self.fastpath = fastpath
+        self._fastpath = fastpath
+
+    @property
+    def fastpath(self) -> Any:
+        """The `nnx.fastpath.FastPath` of this backend, or None (loaded on first use, so `import nnx` stays lean)."""
+        fastpath = self._fastpath
+        if isinstance(fastpath, str):
+            from .fastpath import FastPath, Kernels
+
+            fastpath = self._fastpath = FastPath(Kernels(importlib.import_module(fastpath)))
+        return fastpath
 
     def with_fastpath(self, enabled: bool) -> Backend:
         """This backend with its fast paths on (where the library has them) or off, e.g. to compare."""
@@ -298,13 +308,14 @@ def backend_name_of(x: Any) -> str | None:
 
 # -- constructing backends ----------------------------------------------------
 
-def _make_fastpath(name: str) -> Any:
-    """The fast paths for a library whose arrays have views and ``out=``; None for the others."""
+def _make_fastpath(name: str) -> str | None:
+    """Whether a library's arrays have views and ``out=`` for the fast paths: its module name, or None.
+
+    `Backend.fastpath` builds the `FastPath` from the name when it is first asked for.
+    """
     if name not in ("numpy", "cupy") or os.environ.get("NNX_FASTPATH", "1").strip() == "0":
         return None
-    from .fastpath import FastPath, Kernels
-
-    return FastPath(Kernels(importlib.import_module(name)))
+    return name
 
 
 def _load_numpy(label: str | None) -> Backend:
@@ -417,7 +428,7 @@ def get_backend(spec: Any = "numpy") -> Backend:
         backend = get_backend(name)
         device = array_api_compat.device(spec)
         if str(device) != str(backend.device):
-            backend = Backend(name, backend.xp, device, _device_label(name, device), backend.fastpath)
+            backend = Backend(name, backend.xp, device, _device_label(name, device), backend._fastpath)
         return backend
     key = spec.strip()
     if key in _CACHE:
