@@ -26,7 +26,7 @@ case "${1:-}" in
 esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-OUT=${OUT:-benchmarks/gpu_results}
+if [ $DRY = 1 ]; then OUT=${OUT:-${TMPDIR:-/tmp}/nnx-gpu-check-dry-run}; else OUT=${OUT:-benchmarks/gpu_results}; fi
 REPEATS=${REPEATS:-3}
 SHAPES=${SHAPES:-medium,large,wide}
 mkdir -p "$OUT"
@@ -139,13 +139,13 @@ else
 fi
 
 # -- 4. summary (last) ---------------------------------------------------------------------------
-echo
-echo "================ nnx GPU check$([ $DRY = 1 ] && echo ' (DRY RUN)') ================"
-for row in "${SUMMARY[@]}"; do
-  printf '%-10s %s\n' "${row%%|*}" "${row#*|}"
-done
-if [ -f "$OUT/results.json" ] && [ $bench_rc = 0 ]; then
-  "$PY" - "$OUT/results.json" <<'EOF'
+summary() {
+  echo "================ nnx GPU check$([ $DRY = 1 ] && echo ' (DRY RUN)') ================"
+  for row in "${SUMMARY[@]}"; do
+    printf '%-10s %s\n' "${row%%|*}" "${row#*|}"
+  done
+  if [ -f "$OUT/results.json" ] && [ $bench_rc = 0 ]; then
+    "$PY" - "$OUT/results.json" <<'EOF'
 import json, sys
 
 report = json.load(open(sys.argv[1]))
@@ -165,6 +165,9 @@ if g:
     print(f"\nGEMMs of {g['shape']}: {g['gemm_rate_gflops']:.0f} GFLOP/s alone; nnx step {g['nnx_step_s'] * 1e3:.2f} ms "
           f"vs GEMMs {g['gemm_set_s'] * 1e3:.2f} ms -> step/GEMMs {g['ratio']:.3f}")
 EOF
-fi
-[ $DRY = 1 ] && echo "(dry run: figures from the CPU at tiny size say nothing about a GPU)"
+  fi
+  if [ $DRY = 1 ]; then echo "(dry run: figures from the CPU at tiny size say nothing about a GPU)"; fi
+}
+echo
+summary | tee "$OUT/summary.txt"
 exit $FAILED
