@@ -154,7 +154,9 @@ class Backend:
             import torch
 
             # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
-            host = host if host.flags.c_contiguous else np.ascontiguousarray(host)
+            # torch cannot share a read-only buffer (np.load, broadcast views): copy those
+            if not (host.flags.c_contiguous and host.flags.writeable):
+                host = np.array(host, order="C", copy=True)
             return torch.as_tensor(host, device=self.device)
         if self.name == "jax":
             import jax
