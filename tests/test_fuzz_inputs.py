@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from tally import write_counts
 
 import nnx
 from nnx import losses, optim, regularizers
@@ -40,10 +41,7 @@ def _tally(kind: str) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
-    if target:
-        with open(target, "a") as handle:
-            handle.write(json.dumps({"file": "test_fuzz_inputs", "calls": CALLS}) + "\n")
+    write_counts({"file": "test_fuzz_inputs", "calls": CALLS})
 
 
 @contextmanager

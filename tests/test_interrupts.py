@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 import pytest
+from tally import write_counts
 
 import nnx
 from nnx.callbacks import Callback
@@ -31,12 +32,7 @@ def _fault(kind: str) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
-    if target:
-        import json
-
-        with open(target, "a") as handle:
-            handle.write(json.dumps({"file": "test_interrupts", "faults": FAULTS}) + "\n")
+    write_counts({"file": "test_interrupts", "faults": FAULTS})
 
 
 def _data(n: int = 48):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tally import write_counts
 
 import nnx
 from nnx.io import CONFIG_KEY, CheckpointError
@@ -291,10 +292,7 @@ def _count(name: str, n: int = 1) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
-    if target:
-        with open(target, "a") as handle:
-            handle.write(json.dumps({"file": "test_malicious_files", "counts": COUNTS}) + "\n")
+    write_counts({"file": "test_malicious_files", "counts": COUNTS})
 
 
 def _assert_clean_refusal_or_model(path: Path) -> None:

@@ -16,13 +16,13 @@ property and backend and appended as JSON to the file named by NNX_HYPOTHESIS_CO
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tally import write_counts
 
 import nnx
 from nnx import regularizers
@@ -63,10 +63,7 @@ def _count(prop: str, backend) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def _report_counts():
     yield
-    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
-    if target:
-        with open(target, "a") as handle:
-            handle.write(json.dumps({"file": "test_properties", "examples": COUNTS}) + "\n")
+    write_counts({"file": "test_properties", "examples": COUNTS})
 
 
 def _run(backend, test, factor: float = 1.0) -> None:

@@ -10,12 +10,12 @@ not as one noisy number.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 
 import numpy as np
 import pytest
+from tally import write_counts
 
 import nnx
 from nnx.callbacks import Callback
@@ -49,10 +49,7 @@ class RSSProbe(Callback):
 
 
 def _report(name: str, **numbers) -> None:
-    target = os.environ.get("NNX_HYPOTHESIS_COUNTS")
-    if target:
-        with open(target, "a") as handle:
-            handle.write(json.dumps({"file": "test_soak", "test": name, **numbers}) + "\n")
+    write_counts({"file": "test_soak", "test": name, **numbers})
 
 
 def _check_flat(samples: list[tuple[int, int]], warmup_steps: int, label: str, max_slope: float) -> dict:
