@@ -124,9 +124,10 @@ class Backend:
             return self.xp.asarray(x, copy=True) if copy else x
         other = backend_name_of(x)
         if other not in (None, "numpy"):
+            accepted = "a NumPy array" if self.name == "numpy" else f"a NumPy array or a {self.name} array"
             raise TypeError(
                 f"{argname} is a {other} array but this model runs on the {self.name} backend; "
-                f"pass a NumPy array or a {self.name} array (model.to({other!r}) moves the model)"
+                f"pass {accepted} (model.to({other!r}) moves the model)"
             )
         try:
             host = np.asarray(x)

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from .backend import Backend, backend_name_of, dtype_name, get_backend, host_rng
+from .backend import Backend, dtype_name, get_backend, host_rng
 from .callbacks import Callback, CallbackList, ProgressBar
 from .layers import Dense, Layer, Sigmoid, Softmax, layer_from_config
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
@@ -145,16 +145,7 @@ class Sequential:
         save_model(self, path, include_optimizer=include_optimizer)
 
     # -- input handling ------------------------------------------------------
-    def _check_origin(self, x: Any, argname: str) -> None:
-        other = backend_name_of(x)
-        if other not in (None, "numpy", self.backend.name):
-            raise TypeError(
-                f"{argname} is a {other} array but this model runs on the {self.backend.name} backend; "
-                f"pass a NumPy array or a {self.backend.name} array (model.to({other!r}) moves the model)"
-            )
-
     def _prepare_X(self, X: Any, argname: str = "X") -> Any:
-        self._check_origin(X, argname)
         X = self.backend.asarray(X, dtype=self.dtype, argname=argname)
         if X.ndim != 2:
             raise ValueError(f"{argname} must be 2-D (samples, features), got shape {tuple(X.shape)}")
@@ -163,7 +154,6 @@ class Sequential:
         return X
 
     def _prepare_y(self, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
-        self._check_origin(y, argname)
         xp = self.xp
         if isinstance(loss, CrossEntropy):
             y = self.backend.asarray(y, argname=argname)
