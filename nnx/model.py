@@ -482,7 +482,6 @@ class Sequential:
         if X.shape[0] == 0:
             raise ValueError("cannot evaluate on 0 samples")
         n_run, head_loss, from_logits = self._fused_output(loss_fn)
-        Z = X
         parts = batch_slices(X.shape[0], batch_size or X.shape[0])
         outs = []
         for part in parts:
@@ -491,7 +490,7 @@ class Sequential:
                 Zp = layer.forward(Zp, False)
             outs.append(Zp)
         Z = outs[0] if len(outs) == 1 else self.xp.concat(outs, axis=0)
-        value, _ = head_loss.value_and_grad(y, Z, check=False)
+        value = head_loss(y, Z, check=False)
         reg = self.penalty()
         if reg is not None:
             value = value + reg
