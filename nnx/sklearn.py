@@ -468,6 +468,12 @@ class _BaseMLP(BaseEstimator):
                 self._optimizer_ = rebuild_optimizer(portable["optimizer"], model.parameters())
                 model.optimizer = self._optimizer_
 
+    def _check_solver(self) -> bool:
+        """partial_fit exists only for the stochastic solvers, as in scikit-learn."""
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
+                                 "not stochastic.")
+        return True
 
 def _to_host_tree(tree: Any, be: Any) -> Any:
     if isinstance(tree, dict):
@@ -479,7 +485,6 @@ def _to_host_tree(tree: Any, be: Any) -> Any:
 
 def _dense(X: Any) -> Any:
     return X.toarray() if hasattr(X, "toarray") else X
-
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by nnx on any backend, with scikit-learn's interface.
@@ -593,13 +598,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._partial_classes = None
         return self._fit(X, y)
 
-    def _check_solver(self) -> bool:
-        if self.solver not in _STOCHASTIC:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
-                                 "not stochastic.")
-        return True
-
-    @available_if(_check_solver)
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
         """One epoch over (X, y); the first call needs `classes`, every label that will ever appear."""
         if not hasattr(self, "model_"):
@@ -667,13 +666,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Train on X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_targets)."""
         return self._fit(X, y)
 
-    def _check_solver(self) -> bool:
-        if self.solver not in _STOCHASTIC:
-            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
-                                 "not stochastic.")
-        return True
-
-    @available_if(_check_solver)
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch over (X, y), continuing from the current weights."""
         return self._fit(X, y, incremental=True)
