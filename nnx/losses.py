@@ -3,6 +3,13 @@
 Every loss reduces by the mean over all elements (PyTorch's ``reduction="mean"``;
 for `CrossEntropy` that is the mean over samples, like ``torch.nn.CrossEntropyLoss``).
 
+Per-row weights follow Keras (``reduction="sum_over_batch_size"``): with
+``sample_weight=w`` the value is ``sum_i w_i * l_i / n``, where ``l_i`` is row i's
+loss (`Loss.per_sample`: the mean over the row's elements, or the row's
+cross-entropy) and ``n`` the number of rows, so ``w = 1`` gives the unweighted
+mean. Normalising by ``sum(w)`` instead (scikit-learn's "a weight of 2 is the row
+repeated") is the caller's choice: pass ``w * n / sum(w)``.
+
 Checking inputs comes in two parts. Shapes and dtypes are metadata, so they are
 always checked (a ``(n,)`` target against ``(n, 1)`` predictions is reshaped,
 never broadcast to ``(n, n)``). Checks that read values (class indices in range,
@@ -21,7 +28,7 @@ from typing import Any
 import array_api_compat
 
 from .activations import log_softmax, sigmoid, softmax, softplus
-from .backend import backend_name_of, get_backend
+from .backends import backend_name_of, get_backend
 
 __all__ = [
     "LOSSES",
@@ -58,25 +65,40 @@ class Loss:
 
     Subclasses implement `_prepare` (validate and bring ``y_true`` to the shape
     and dtype the math needs) and `_compute` (the value and, when asked, the
-    gradient, sharing intermediate work).
+    gradient, sharing intermediate work). A loss that is the mean of per-row
+    losses also implements `_rows` (the ``(n,)`` row losses and the gradient of
+    their mean), which is what `per_sample` and ``sample_weight`` need.
     """
 
     name = "loss"
 
-    def __call__(self, y_true: Any, y_pred: Any, check: bool = True) -> Any:
-        """The mean loss, a 0-d array on ``y_pred``'s device."""
-        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
-        return self._compute(xp, y_true, y_pred, grad=False)[0]
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
+        """The mean loss (or ``sum_i w_i l_i / n`` with ``sample_weight``), a 0-d array on ``y_pred``'s device."""
+        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
+        if w is None:
+            return self._compute(xp, y_true, y_pred, grad=False)[0]
+        return self._weighted(xp, y_true, y_pred, w, grad=False)[0]
 
-    def gradient(self, y_true: Any, y_pred: Any, check: bool = True) -> Any:
-        """Gradient of the value of ``self(y_true, y_pred)`` w.r.t. ``y_pred``, shaped like ``y_pred``."""
-        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
-        return self._compute(xp, y_true, y_pred, grad=True)[1]
+    def gradient(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
+        """Gradient of ``self(y_true, y_pred, sample_weight)`` w.r.t. ``y_pred``, shaped like ``y_pred``."""
+        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
+        if w is None:
+            return self._compute(xp, y_true, y_pred, grad=True)[1]
+        return self._weighted(xp, y_true, y_pred, w, grad=True)[1]
 
-    def value_and_grad(self, y_true: Any, y_pred: Any, check: bool = True) -> tuple[Any, Any]:
+    def value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *,
+                       check: bool = True) -> tuple[Any, Any]:
         """``(value, gradient)`` in one pass, sharing the work the two have in common."""
-        xp, y_true, y_pred = self._inputs(y_true, y_pred, check)
-        return self._compute(xp, y_true, y_pred, grad=True)
+        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
+        if w is None:
+            return self._compute(xp, y_true, y_pred, grad=True)
+        return self._weighted(xp, y_true, y_pred, w, grad=True)
+
+    def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
+        """Row i's loss l_i for every row, shape ``(n,)``; the loss's value is their mean."""
+        xp, y_true, y_pred, _ = self._inputs(y_true, y_pred, check, None)
+        self._need_rows(y_pred, "per_sample")
+        return self._rows(xp, y_true, y_pred, grad=False)[0]
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
@@ -87,7 +109,7 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
     # -- shared plumbing ----------------------------------------------------
-    def _inputs(self, y_true: Any, y_pred: Any, check: bool) -> tuple[Any, Any, Any]:
+    def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
         xp = array_api_compat.array_namespace(y_pred)
@@ -107,13 +129,67 @@ class Loss:
             # the mean over no elements is 0/0: refuse rather than return NaN (or divide by zero)
             raise ValueError(f"y_pred is empty (shape {tuple(y_pred.shape)}); a loss needs at least one element")
         y_true = self._prepare(xp, y_true, y_pred, check)
-        return xp, y_true, y_pred
+        w = None if sample_weight is None else self._sample_weight(xp, sample_weight, y_pred, check)
+        return xp, y_true, y_pred, w
+
+    def _sample_weight(self, xp: Any, sample_weight: Any, y_pred: Any, check: bool) -> Any:
+        """``sample_weight`` as an ``(n,)`` array in ``y_pred``'s dtype on its device, or ValueError/TypeError."""
+        self._need_rows(y_pred, "sample_weight")
+        if isinstance(sample_weight, (bool, str)):
+            # loss(y, p, False) from code written before sample_weight existed, or a typo
+            raise TypeError(f"sample_weight must be an array of shape (n,) or None, got {sample_weight!r}"
+                            " (check is keyword-only: check=False)")
+        w = get_backend(y_pred).asarray(sample_weight, argname="sample_weight")
+        if not xp.isdtype(w.dtype, ("integral", "real floating")):
+            raise TypeError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
+        n = y_pred.shape[0]
+        if tuple(w.shape) != (n,):
+            raise ValueError(
+                f"sample_weight must have shape ({n},), one weight per row of y_pred {tuple(y_pred.shape)}, "
+                f"got shape {tuple(w.shape)}"
+            )
+        if w.dtype != y_pred.dtype:
+            w = xp.astype(w, y_pred.dtype)
+        if check and not _host_all(y_pred, xp.all(xp.isfinite(w) & (w >= 0))):
+            if not _host_all(y_pred, xp.all(xp.isfinite(w))):
+                raise ValueError("sample_weight must be finite, got NaN or infinite weights")
+            raise ValueError("sample_weight must be non-negative, got negative weights")
+        return w
+
+    def _need_rows(self, y_pred: Any, what: str) -> None:
+        if y_pred.ndim == 0:
+            raise ValueError(f"{what} needs y_pred with a leading row axis, got a 0-d y_pred")
+        if type(self)._rows is Loss._rows:
+            raise NotImplementedError(
+                f"{type(self).__name__} does not support {what}: implement _rows(xp, y_true, y_pred, grad) "
+                "returning the (n,) per-row losses (whose mean is the loss) and the gradient of that mean"
+            )
+
+    def _weighted(self, xp: Any, y_true: Any, y_pred: Any, w: Any, grad: bool) -> tuple[Any, Any]:
+        # value = sum_i w_i l_i / n. The unweighted value is mean_i l_i, so the weighted
+        # gradient is the unweighted one with row i scaled by w_i.
+        rows, g = self._rows(xp, y_true, y_pred, grad)
+        value = xp.sum(w * rows) / y_pred.shape[0]
+        if g is not None:
+            g = g * xp.reshape(w, (y_pred.shape[0],) + (1,) * (y_pred.ndim - 1))
+        return value, g
 
     def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         raise NotImplementedError
 
     def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        """``(l, g)``: the ``(n,)`` per-row losses whose mean is the loss, and that mean's gradient (or None)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _row_mean(xp: Any, elementwise: Any) -> Any:
+        """Mean over every axis but the first: ``(n, ...) -> (n,)``; a 1-D array is its own row mean."""
+        if elementwise.ndim == 1:
+            return elementwise
+        return xp.mean(xp.reshape(elementwise, (elementwise.shape[0], -1)), axis=1)
 
     @staticmethod
     def _same_shape(xp: Any, y_true: Any, y_pred: Any) -> Any:
@@ -149,6 +225,11 @@ class MSE(Loss):
         g = diff * (2 / math.prod(y_pred.shape)) if grad else None
         return value, g
 
+    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        diff = y_pred - y_true
+        g = diff * (2 / math.prod(y_pred.shape)) if grad else None
+        return self._row_mean(xp, diff * diff), g
+
 
 class MAE(Loss):
     """Mean absolute error, mean(|y_pred - y_true|); its gradient uses sign(0) = 0."""
@@ -163,6 +244,11 @@ class MAE(Loss):
         value = xp.mean(xp.abs(diff))
         g = xp.sign(diff) * (1 / math.prod(y_pred.shape)) if grad else None
         return value, g
+
+    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        diff = y_pred - y_true
+        g = xp.sign(diff) * (1 / math.prod(y_pred.shape)) if grad else None
+        return self._row_mean(xp, xp.abs(diff)), g
 
 
 class BinaryCrossEntropy(Loss):
@@ -207,6 +293,17 @@ class BinaryCrossEntropy(Loss):
         value = -xp.mean(y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p))
         g = (p - y_true) / (p * one_minus_p) * scale if grad else None
         return value, g
+
+    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        scale = 1 / math.prod(y_pred.shape)
+        if self.from_logits:
+            g = (sigmoid(y_pred) - y_true) * scale if grad else None
+            return self._row_mean(xp, softplus(y_pred) - y_true * y_pred), g
+        eps = _clip_eps(xp, y_pred.dtype)
+        p = xp.clip(y_pred, eps, 1 - eps)
+        one_minus_p = 1 - p
+        g = (p - y_true) / (p * one_minus_p) * scale if grad else None
+        return -self._row_mean(xp, y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p)), g
 
 
 class CrossEntropy(Loss):
@@ -279,6 +376,18 @@ class CrossEntropy(Loss):
         value = -xp.sum(y_true * xp.log(p)) * scale
         g = -(y_true / p) * scale if grad else None
         return value, g
+
+    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+        scale = 1 / y_pred.shape[0]
+        if self.from_logits:
+            rows = -xp.sum(y_true * log_softmax(y_pred, axis=1), axis=1)
+            if not grad:
+                return rows, None
+            total = xp.sum(y_true, axis=1, keepdims=True)
+            return rows, (softmax(y_pred, axis=1) * total - y_true) * scale
+        p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
+        g = -(y_true / p) * scale if grad else None
+        return -xp.sum(y_true * xp.log(p), axis=1), g
 
 
 LOSSES: dict[str, Callable[..., Loss]] = {

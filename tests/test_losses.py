@@ -358,3 +358,154 @@ def test_get_loss_unknown_names_list_valid_ones():
         L.get_loss("hinge")
     with pytest.raises(TypeError, match="loss must be"):
         L.get_loss(3)
+
+
+# -- sample weights (Keras's meaning: sum_i w_i l_i / n) ------------------------------------
+
+_TORCH_ROWS = {
+    "mse": lambda t, p: F.mse_loss(p, t, reduction="none").mean(dim=1),
+    "mae": lambda t, p: F.l1_loss(p, t, reduction="none").mean(dim=1),
+    "bce_probs": lambda t, p: F.binary_cross_entropy(p, t, reduction="none").mean(dim=1),
+    "bce_logits": lambda t, p: F.binary_cross_entropy_with_logits(p, t, reduction="none").mean(dim=1),
+    "ce_logits_int": lambda t, p: F.cross_entropy(p, t, reduction="none"),
+    "ce_logits_onehot": lambda t, p: F.cross_entropy(p, t, reduction="none"),
+    "ce_logits_soft": lambda t, p: F.cross_entropy(p, t, reduction="none"),
+    "ce_logits_unnormalized": lambda t, p: F.cross_entropy(p, t, reduction="none"),
+    "ce_probs_int": lambda t, p: F.nll_loss(torch.log(p), t, reduction="none"),
+    "ce_probs_onehot": lambda t, p: -(t * torch.log(p)).sum(dim=1),
+}
+
+
+def _weights(rng):
+    w = rng.uniform(0.0, 3.0, size=N)
+    w[1] = 0.0  # a zero weight must remove its row's contribution, gradient included
+    return w
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weighted_value_gradient_and_per_sample_match_torch(backend, rng, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    w = _weights(rng)
+    t_pred = torch.from_numpy(y_pred).requires_grad_(True)
+    rows = _TORCH_ROWS[case](torch.from_numpy(y_true), t_pred)
+    want = (torch.from_numpy(w) * rows).sum() / N  # Keras's sum_over_batch_size
+    want.backward()
+
+    yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype="float64")
+    per_sample = loss.per_sample(yt, yp)
+    assert tuple(per_sample.shape) == (N,)
+    np.testing.assert_allclose(backend.to_host(per_sample), rows.detach().numpy(), rtol=1e-12)
+    # the unweighted loss is the mean of the per-sample losses
+    np.testing.assert_allclose(backend.to_host(per_sample).mean(), backend.to_float(loss(yt, yp)), rtol=1e-12)
+
+    for sw in (w, backend.asarray(w, dtype="float64")):  # NumPy or backend weights
+        value = loss(yt, yp, sample_weight=sw)
+        assert tuple(value.shape) == ()
+        np.testing.assert_allclose(backend.to_float(value), want.item(), rtol=1e-12)
+        grad = backend.to_host(loss.gradient(yt, yp, sample_weight=sw))
+        np.testing.assert_allclose(grad, t_pred.grad.numpy(), rtol=1e-10, atol=1e-15)
+        assert np.all(grad[1] == 0)
+        v2, g2 = loss.value_and_grad(yt, yp, sw, check=False)
+        assert backend.to_float(v2) == backend.to_float(value)
+        np.testing.assert_array_equal(backend.to_host(g2), grad)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weighted_gradcheck(backend, rng, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    if case == "mae":
+        y_pred = y_true + np.where(rng.uniform(size=y_true.shape) < 0.5, -1.0, 1.0) * rng.uniform(0.1, 1.0,
+                                                                                                     y_true.shape)
+    yt = _true_on(backend, y_true)
+    w = backend.asarray(_weights(rng), dtype="float64")
+
+    def scalar(pred_host):
+        return backend.to_float(loss(yt, backend.asarray(pred_host, dtype="float64"), w, check=False))
+
+    numeric = numerical_gradient(scalar, y_pred)
+    analytic = backend.to_host(loss.gradient(yt, backend.asarray(y_pred, dtype="float64"), w))
+    assert analytic.shape == y_pred.shape
+    assert relative_error(analytic, numeric) < 1e-6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weights_keep_dtype_and_device_of_y_pred(backend, dtype, rng, case):
+    loss, y_true, y_pred, _ = _case_data(case, rng)
+    yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype=dtype)
+    for sw in (_weights(rng), np.arange(N), backend.asarray(_weights(rng), dtype="float64")):
+        value, grad = loss.value_and_grad(yt, yp, sample_weight=sw)
+        assert value.dtype == yp.dtype and grad.dtype == yp.dtype and tuple(grad.shape) == tuple(yp.shape)
+        assert str(array_api_compat.device(value)) == str(backend.device)
+        assert str(array_api_compat.device(grad)) == str(backend.device)
+        per_sample = loss.per_sample(yt, yp)
+        assert per_sample.dtype == yp.dtype and str(array_api_compat.device(per_sample)) == str(backend.device)
+
+
+def test_unit_weights_equal_the_unweighted_loss(backend, rng):
+    for case in CASES:
+        loss, y_true, y_pred, _ = _case_data(case, rng)
+        yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype="float64")
+        v, g = loss.value_and_grad(yt, yp)
+        vw, gw = loss.value_and_grad(yt, yp, sample_weight=np.ones(N))
+        np.testing.assert_allclose(backend.to_float(vw), backend.to_float(v), rtol=1e-14)
+        np.testing.assert_array_equal(backend.to_host(gw), backend.to_host(g))  # times 1.0 is exact
+
+
+def test_rows_of_1d_and_3d_predictions(backend, rng):
+    w = np.array([1.0, 0.0, 2.0])
+    for shape in ((3,), (3, 1), (3, 2, 4)):
+        y, p = rng.normal(size=shape), rng.normal(size=shape)
+        for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(from_logits=True)):
+            yb = backend.asarray(np.clip(y, 0, 1) if loss.name == "bce" else y, dtype="float64")
+            pb = backend.asarray(p, dtype="float64")
+            rows = backend.to_host(loss.per_sample(yb, pb))
+            assert rows.shape == (3,)
+            np.testing.assert_allclose(rows.mean(), backend.to_float(loss(yb, pb)), rtol=1e-13)
+            np.testing.assert_allclose(backend.to_float(loss(yb, pb, w)), (w * rows).sum() / 3, rtol=1e-13)
+    # (n,) targets against (n, 1) predictions: one weight per row, not per element of a broadcast
+    y, p = rng.normal(size=(3,)), rng.normal(size=(3, 1))
+    g = backend.to_host(L.MSE().gradient(backend.asarray(y, dtype="float64"), backend.asarray(p, dtype="float64"), w))
+    np.testing.assert_allclose(g[:, 0], 2 * w * (p[:, 0] - y) / 3, rtol=1e-13)
+
+
+def test_bad_sample_weights_name_the_argument(backend):
+    loss = L.MSE()
+    y = backend.asarray(np.zeros((4, 2)), dtype="float64")
+    for bad in (np.ones(3), np.ones((4, 1)), np.ones((4, 2)), np.ones(()), [1.0] * 5):
+        with pytest.raises(ValueError, match=r"sample_weight must have shape \(4,\).*got shape"):
+            loss(y, y, sample_weight=bad)
+        with pytest.raises(ValueError, match="sample_weight"):
+            loss.value_and_grad(y, y, bad, check=False)  # shapes are metadata: always checked
+    for bad, match in (([1.0, -1.0, 1.0, 1.0], "non-negative"), ([1.0, np.nan, 1.0, 1.0], "finite"),
+                       ([1.0, np.inf, 1.0, 1.0], "finite")):
+        for method in (loss, loss.gradient, loss.value_and_grad):
+            with pytest.raises(ValueError, match=f"sample_weight must be {match}"):
+                method(y, y, sample_weight=np.array(bad))
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # inf * 0 = nan: garbage in, garbage out
+            loss.value_and_grad(y, y, np.array(bad), check=False)  # values are read only when check=True
+    for bad in (False, True, "balanced"):
+        with pytest.raises(TypeError, match="sample_weight .*keyword-only"):
+            loss(y, y, bad)
+    with pytest.raises(TypeError, match="sample_weight must hold"):
+        loss(y, y, sample_weight=np.array(["a", "b", "c", "d"]))
+    with pytest.raises(ValueError, match="0-d y_pred"):
+        loss(backend.asarray(np.array(1.0), dtype="float64"), backend.asarray(np.array(1.0), dtype="float64"),
+             sample_weight=np.ones(1))
+
+
+def test_custom_loss_without_rows_says_what_to_implement(backend):
+    class Cube(L.Loss):
+        def _prepare(self, xp, y_true, y_pred, check):
+            return self._same_shape(xp, y_true, y_pred)
+
+        def _compute(self, xp, y_true, y_pred, grad):
+            d = y_pred - y_true
+            return xp.mean(d ** 3), (3 * d ** 2 / d.size if grad else None)
+
+    y = backend.asarray(np.ones((3, 1)), dtype="float64")
+    assert backend.to_float(Cube()(y, y)) == 0.0
+    with pytest.raises(NotImplementedError, match="Cube does not support sample_weight: implement _rows"):
+        Cube()(y, y, sample_weight=np.ones(3))
+    with pytest.raises(NotImplementedError, match="per_sample"):
+        Cube().per_sample(y, y)
