@@ -65,7 +65,7 @@ def _devices(name: str) -> list[str]:
 
 def backend_report(name: str) -> dict[str, Any]:
     """Version, devices and whether `name` runs here (with the reason when it does not)."""
-    from .backend import backend_status
+    from .backends import backend_status
 
     entry: dict[str, Any] = {"name": name, "version": _version(name), "devices": [], "runs": False, "why": ""}
     try:
@@ -144,8 +144,8 @@ def _numpy_build_blas() -> list[dict[str, Any]]:
 
 def collect_info() -> dict[str, Any]:
     """Everything `python -m nnx info` reports, as a JSON-serialisable dict."""
-    from . import __version__
-    from .backend import BACKEND_NAMES
+    from ._version import __version__
+    from .backends import BACKEND_NAMES
 
     backends = [backend_report(name) for name in BACKEND_NAMES]
     return {

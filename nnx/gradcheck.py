@@ -11,8 +11,8 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from .backend import get_backend
-from .parameter import Parameter
+from .backends import get_backend
+from .layers.parameter import Parameter
 
 _host = get_backend("numpy").xp
 
@@ -77,13 +77,13 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     checked = model.to(model.backend, dtype="float64")
     backend = checked.backend
     loss_fn = get_loss(loss)
-    X_d = checked._prepare_X(X)
-    y_d = checked._prepare_y(y, loss_fn, X_d.shape[0])
+    X_d = checked.prepare_inputs(X)
+    y_d = checked.prepare_targets(y, loss_fn, X_d.shape[0])
     rng_state = checked.dropout_rng.get_state()
 
     def loss_at(X_now: Any) -> tuple[Any, Any]:
         checked.dropout_rng.set_state(rng_state)  # the same dropout mask at every evaluation
-        value, _, dX = checked._loss_and_grads(X_now, y_d, loss_fn, need_dX=True)
+        value, _, dX = checked.loss_and_grads(X_now, y_d, loss_fn, need_dX=True)
         return value, dX
 
     value, dX = loss_at(X_d)

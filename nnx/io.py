@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .backend import backend_name_of, backend_status, get_backend
+from ._version import __version__
+from .backends import backend_name_of, backend_status, get_backend
+from .losses import get_loss
+from .optim import rebuild_optimizer
+from .registry import UnknownNameError
 
 FORMAT = "nnx-checkpoint"
 FORMAT_VERSION = 1
@@ -209,24 +212,6 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _check_dense_sizes(path: Path, layers: list, arrays: dict[str, np.ndarray]) -> None:
-    """Refuse a config whose Dense sizes the file's weights do not back, before any layer allocates.
-
-    Without this a few bytes of JSON naming Dense(10**6, 10**6) would make `load` allocate terabytes.
-    """
-    for i, layer in enumerate(layers):
-        if not (isinstance(layer, dict) and layer.get("type") == "Dense"):
-            continue
-        want = (layer.get("in_features"), layer.get("out_features"))
-        for name, shape in (("weight", want), ("bias", want[1:])):
-            arr = arrays.get(f"{PARAM_PREFIX}{i}.{name}")
-            if arr is None:
-                raise CheckpointError(f"{path}: layer {i} is a Dense layer but the file has no {i}.{name} array")
-            if tuple(arr.shape) != shape:
-                raise CheckpointError(f"{path}: array '{PARAM_PREFIX}{i}.{name}' has shape {tuple(arr.shape)} "
-                                      f"but its config needs {shape}")
-
-
 def _choose_backend(path: Path, saved: str, backend: Any) -> Any:
     if backend is not None:
         return backend
@@ -240,11 +225,13 @@ def _choose_backend(path: Path, saved: str, backend: Any) -> Any:
     return "numpy"
 
 
-def load_model(path: str | os.PathLike, backend: Any = None, dtype: Any = None) -> Any:
-    """Rebuild a saved model on `backend` (default: where it was trained, else numpy)."""
-    from .losses import get_loss
-    from .model import Sequential, rebuild_optimizer
+def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: Any = None) -> Any:
+    """Rebuild a saved model on `backend` (default: where it was trained, else numpy).
 
+    `build(config, backend=, dtype=, arrays=)` makes the model (``Sequential.from_config``); each
+    layer checks the file's arrays against the shapes it asks for before anything is allocated,
+    so a few bytes of JSON naming a huge layer cannot make `load` allocate terabytes.
+    """
     path = Path(path)
     if backend is not None:
         backend = get_backend(backend)  # the caller's mistake, reported as such before the file is read
@@ -254,30 +241,28 @@ def load_model(path: str | os.PathLike, backend: Any = None, dtype: Any = None) 
     model_config = config.get("model")
     if not isinstance(model_config, dict) or not isinstance(model_config.get("layers"), list):
         raise CheckpointError(f"{path}: config has no model description (a 'model' object with a 'layers' list)")
-    _check_dense_sizes(path, model_config["layers"], arrays)
+    state = {k[len(PARAM_PREFIX):]: v for k, v in arrays.items() if k.startswith(PARAM_PREFIX)}
+    for key, arr in state.items():
+        if arr.dtype.kind != "f":
+            raise CheckpointError(f"{path}: array {PARAM_PREFIX + key!r} has dtype {arr.dtype}, expected a float dtype")
     try:
         target = _choose_backend(path, model_config.get("backend", "numpy"), backend)
-        model = Sequential.from_config(model_config, backend=target, dtype=dtype)
+        model = build(model_config, backend=target, dtype=dtype, arrays=state)
     except CheckpointError:
         raise
+    except UnknownNameError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: config is incomplete or malformed ({exc!r})") from exc
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    expected = {PARAM_PREFIX + p.name: p.shape for p in model.parameters()}
-    present = {k for k in arrays if k.startswith(PARAM_PREFIX)}
-    if present != set(expected):
-        raise CheckpointError(f"{path}: weights do not match its config: missing "
-                              f"{sorted(set(expected) - present)}, unexpected {sorted(present - set(expected))}")
-    for key, shape in expected.items():
-        arr = arrays[key]
-        if arr.shape != shape:
-            raise CheckpointError(f"{path}: array {key!r} has shape {arr.shape} but its config needs {shape}")
-        if arr.dtype.kind != "f":
-            raise CheckpointError(f"{path}: array {key!r} has dtype {arr.dtype}, expected a float dtype")
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise CheckpointError(f"{path}: holds arrays its config does not create: {unexpected}")
     try:
-        model.load_state_dict({k[len(PARAM_PREFIX):]: arrays[k] for k in expected})
-    except (TypeError, ValueError) as exc:
+        for name, arr in state.items():
+            model.require_finite(model.backend.asarray(arr), f"array {PARAM_PREFIX + name!r}")
+    except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     training = config.get("training", {})
     if not isinstance(training, dict):

@@ -21,7 +21,16 @@ from typing import Any
 
 import array_api_compat
 
-from nnx.backend import dtype_name, get_backend
+from .backends import Backend, dtype_name, get_backend
+from .registry import Registry
+
+OPTIMIZERS = Registry(
+    "optimizer",
+    "A subclass of nnx.optim.Optimizer registers itself under its lower-case class name when its module is "
+    "imported: import that module before loading.",
+    normalize=str.lower,
+)
+"""Lower-case name -> optimizer class; every `Optimizer` subclass adds itself when defined."""
 
 __all__ = [
     "Optimizer",
@@ -116,6 +125,11 @@ class Optimizer:
         # gradient does not advance its own bias corrections or learning-rate decay.
         self._param_steps: list[int] = [0] * len(self.params)
         self._xps: list[Any] = [None] * len(self.params)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            OPTIMIZERS.add(cls.__name__, cls)
 
     # -- what subclasses provide ------------------------------------------------
     @classmethod
@@ -607,14 +621,6 @@ class Adagrad(Optimizer):
         p.value -= (clr * g) / (xp.sqrt(s) + self.eps)
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    "sgd": SGD,
-    "momentum": Momentum,
-    "adam": Adam,
-    "adamw": AdamW,
-    "rmsprop": RMSprop,
-    "adagrad": Adagrad,
-}
 
 
 def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any], **kwargs: Any) -> Optimizer:
@@ -628,8 +634,24 @@ def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any]
     if isinstance(spec, type) and issubclass(spec, Optimizer):
         return spec(params, **kwargs)
     if isinstance(spec, str):
-        cls = OPTIMIZERS.get(spec.strip().lower())
-        if cls is None:
-            raise ValueError(f"unknown optimizer {spec!r}; valid names: {sorted(OPTIMIZERS)}")
-        return cls(params, **kwargs)
+        return OPTIMIZERS.get(spec.strip())(params, **kwargs)
     raise TypeError(f"optimizer must be a name, an Optimizer class or an Optimizer, got {type(spec).__name__}")
+
+
+def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = None) -> Optimizer:
+    """An optimizer of the type in `state`, on `params`, carrying that state (arrays may be anywhere)."""
+    opt = OPTIMIZERS.get(str(state.get("type", "")))(params, **state.get("hyperparams", {}))
+    if source is not None:
+        state = _state_to_host(state, source)
+    opt.load_state_dict(state)
+    return opt
+
+
+def _state_to_host(state: Any, source: Backend) -> Any:
+    if isinstance(state, dict):
+        return {k: _state_to_host(v, source) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_state_to_host(v, source) for v in state)
+    if source.owns(state):
+        return source.to_host(state)
+    return state

@@ -1,51 +1,19 @@
-"""Training bookkeeping: the History record and the metrics `fit` and `evaluate` report."""
+"""Metrics `fit` and `evaluate` report: each maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
+
+y_true is either class indices (n,) for multi-class outputs or has y_pred's shape.
+A user's metric is a function of the same signature, passed as ``(name, fn)`` or
+registered by name with `register_metric`.
+"""
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from array_api_compat import device as array_device
 
+from .registry import Registry
 
-class History:
-    """Per-epoch logs of a `fit` call, Keras style: ``history.history["loss"][-1]``.
-
-    `epoch` lists the epoch indices trained; `interrupted` is True when the run
-    was stopped by Ctrl-C.
-    """
-
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
-        self.epoch: list[int] = []
-        self.interrupted = False
-
-    def append(self, epoch: int, logs: dict[str, float]) -> None:
-        """Record one epoch's logs."""
-        self.epoch.append(epoch)
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-
-    def __getitem__(self, key: str) -> list[float]:
-        if key not in self.history:
-            raise KeyError(f"{key!r} was not recorded; recorded: {sorted(self.history)}")
-        return self.history[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.history
-
-    def __len__(self) -> int:
-        return len(self.epoch)
-
-    def __repr__(self) -> str:
-        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
-
-
-# -- metrics ----------------------------------------------------------------
-# Each metric maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
-# y_true is either class indices (n,) for multi-class outputs or has y_pred's shape.
 
 def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
     return y_pred > (0.0 if from_logits else 0.5)
@@ -147,11 +115,25 @@ def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
 
 
 Metric = Callable[..., Any]
-METRICS: dict[str, Metric] = {
-    "accuracy": accuracy, "acc": accuracy,
-    "precision": precision, "recall": recall, "f1": f1,
-    "mse": mse, "mae": mae, "rmse": rmse, "r2": r2,
-}
+METRICS = Registry(
+    "metric",
+    "Pass a custom metric to fit as a (name, function) pair, or register it once with "
+    "@nnx.metrics.register_metric(\"name\").",
+    normalize=str.lower,
+)
+for _name, _fn in {"accuracy": accuracy, "acc": accuracy, "precision": precision, "recall": recall, "f1": f1,
+                   "mse": mse, "mae": mae, "rmse": rmse, "r2": r2}.items():
+    METRICS.add(_name, _fn)
+
+
+def register_metric(name: str) -> Callable[[Metric], Metric]:
+    """Decorator: make ``fn(xp, y_true, y_pred, from_logits) -> 0-d array`` usable by name in `fit`'s `metrics`."""
+    def decorate(fn: Metric) -> Metric:
+        if not callable(fn):
+            raise TypeError(f"register_metric({name!r}) needs a function, got {type(fn).__name__}")
+        METRICS.add(name, fn)
+        return fn
+    return decorate
 
 
 def resolve_metrics(metrics: Any) -> dict[str, Metric]:
@@ -169,72 +151,9 @@ def resolve_metrics(metrics: Any) -> dict[str, Metric]:
     for item in metrics:
         if isinstance(item, str):
             key = item.lower()
-            if key not in METRICS:
-                raise ValueError(f"unknown metric {item!r}; valid names: {sorted(METRICS)}")
-            resolved["accuracy" if key == "acc" else key] = METRICS[key]
+            resolved["accuracy" if key == "acc" else key] = METRICS.get(key)
         elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
             resolved[str(item[0])] = item[1]
         else:
             raise TypeError(f"metrics entries must be names or (name, function) pairs, got {item!r}")
     return resolved
-
-
-def batch_slices(n_samples: int, batch_size: int) -> list[slice]:
-    """Consecutive batches covering n_samples; the last may be smaller."""
-    return [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
-
-
-class InterruptGuard:
-    """Defers Ctrl-C (SIGINT) that arrives inside an optimizer step until the step is complete.
-
-    `fit` installs it for the whole run, in the main thread only (Python runs signal
-    handlers nowhere else), and restores the previous handler afterwards. Outside a step
-    the previous handler runs at once, so forward passes and callbacks stay interruptible;
-    inside one (``in_step`` True) the signal is remembered and handed on by `end_step`.
-    This costs two attribute writes per step and no copies of the weights.
-    """
-
-    def __init__(self) -> None:
-        self.in_step = False
-        self._pending: tuple[int, Any] | None = None
-        self._previous: Any = None
-        self._installed = False
-
-    def install(self) -> InterruptGuard:
-        """Take over SIGINT if this is the main thread; elsewhere do nothing."""
-        if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.getsignal(signal.SIGINT)
-                signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
-            except (ValueError, OSError):  # an embedding that does not let Python own signals
-                self._installed = False
-        return self
-
-    def uninstall(self) -> None:
-        """Give SIGINT back to the handler that had it before `install`."""
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
-        self.in_step = False
-
-    def end_step(self) -> None:
-        """Leave the step; a SIGINT that arrived during it is delivered now."""
-        self.in_step = False
-        if self._pending is not None:
-            signum, frame = self._pending
-            self._pending = None
-            self._dispatch(signum, frame)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.in_step:
-            self._pending = (signum, frame)
-        else:
-            self._dispatch(signum, frame)
-
-    def _dispatch(self, signum: int, frame: Any) -> None:
-        previous = self._previous
-        if callable(previous):  # signal.default_int_handler raises KeyboardInterrupt
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt

@@ -31,3 +31,26 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+class Buffer:
+    """A named array a layer keeps but does not train, such as BatchNorm's running mean.
+
+    Buffers are saved, loaded and moved with the model (they appear in
+    ``state_dict()``), and optimizers and regularizers never see them. A layer
+    updates one by rebinding ``buffer.value`` (JAX arrays are immutable).
+    """
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the value."""
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.name!r}, shape={self.shape})"

@@ -1,0 +1,12 @@
+"""Layers: the `Layer` base class and its public extension API, and the built-in layers."""
+
+from .activation import ACTIVATION_LAYERS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .base import LAYERS, BuildContext, Layer, layer_from_config
+from .dense import Dense
+from .dropout import Dropout
+from .parameter import Buffer, Parameter
+
+__all__ = [
+    "ACTIVATION_LAYERS", "LAYERS", "Buffer", "BuildContext", "Dense", "Dropout", "Identity", "Layer",
+    "LeakyReLU", "Parameter", "ReLU", "Sigmoid", "Softmax", "Tanh", "layer_from_config",
+]

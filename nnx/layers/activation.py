@@ -1,0 +1,117 @@
+"""Activation layers: elementwise (Sigmoid, Tanh, ReLU, LeakyReLU, Identity) and Softmax over the last axis."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .. import activations as act
+from .base import Layer
+
+
+class _Activation(Layer):
+    """An elementwise activation; subclasses set `_forward` and the backward rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: Any = None
+
+
+class Sigmoid(_Activation):
+    """Logistic sigmoid, 1 / (1 + exp(-x)), computed without overflow."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = act.sigmoid(X)
+        if training:
+            self._cache = Y
+        return Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        Y, self._cache = self._cache, None
+        return dY * (Y * (1.0 - Y))
+
+
+class Tanh(_Activation):
+    """Hyperbolic tangent."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = self.xp.tanh(X)
+        if training:
+            self._cache = Y
+        return Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        Y, self._cache = self._cache, None
+        return dY * (1.0 - Y * Y)
+
+
+class ReLU(_Activation):
+    """Rectified linear unit, max(x, 0); its derivative at 0 is taken as 0, as in PyTorch."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = self.xp.maximum(X, 0.0)
+        if training:
+            self._cache = Y
+        return Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        Y, self._cache = self._cache, None
+        return self.xp.where(Y > 0.0, dY, 0.0)
+
+
+class LeakyReLU(_Activation):
+    """Leaky ReLU: x for x > 0, alpha * x otherwise.
+
+    Args:
+        alpha: slope for negative inputs, >= 0.
+    """
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"LeakyReLU alpha must be a finite number >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        if training:
+            self._cache = X
+        return act.leaky_relu(X, self.alpha)
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        X, self._cache = self._cache, None
+        return self.xp.where(X > 0.0, dY, self.alpha * dY)
+
+    def get_config(self) -> dict:
+        return {"type": "LeakyReLU", "alpha": self.alpha}
+
+
+class Softmax(_Activation):
+    """Softmax over the feature axis; pair it with `CrossEntropy(from_logits=False)`."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = act.softmax(X, axis=-1)
+        if training:
+            self._cache = Y
+        return Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        Y, self._cache = self._cache, None
+        return act.softmax_vjp(Y, dY, axis=-1)
+
+
+class Identity(_Activation):
+    """Passes its input through; useful as an explicit linear output."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        return X
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        return dY
+
+
+ACTIVATION_LAYERS: dict[str, type[Layer]] = {
+    "sigmoid": Sigmoid, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU,
+    "leaky_relu": LeakyReLU, "softmax": Softmax, "identity": Identity, "linear": Identity,
+}
+"""Activation names (as scikit-learn and Keras spell them) -> layer class."""

@@ -1,0 +1,294 @@
+"""The `Layer` base class: the public API every layer, built-in or a user's, is written against.
+
+A layer is constructed with plain Python arguments and bound to a model's
+backend later: `Sequential` calls `attach`, which hands it a `BuildContext`
+and the per-sample input shape, and the layer's `build` creates its
+parameters and buffers through `add_parameter` / `add_buffer`. Those two
+calls are also where a checkpoint's arrays come in at load time (checked
+against the shapes the layer asks for, before anything is allocated).
+
+Subclasses register themselves under their class name when they are
+defined, and remember the arguments they were constructed with, so a user's
+layer can be saved, loaded and moved between backends with no extra code as
+long as those arguments are JSON values.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..init import INITIALIZERS
+from ..registry import Registry
+from .parameter import Buffer, Parameter
+
+LAYERS = Registry(
+    "layer",
+    "A subclass of nnx.Layer registers itself under its class name when its module is imported: import "
+    "the module that defines it before loading, or pass `name=` in the class statement "
+    "(`class MyLayer(nnx.Layer, name=\"mylib.MyLayer\")`) if two classes share a name.",
+)
+
+Shape = tuple[int, ...]
+
+
+class BuildContext:
+    """What a model hands its layers when binding them: backend, dtype, random streams, names.
+
+    Args:
+        backend: the model's `Backend`.
+        dtype: the model's float dtype name (``"float32"``).
+        init_rng: host NumPy generator for initial values (identical on every backend).
+        rng: the model's device random stream for stochastic layers (dropout).
+        prefix: prepended to parameter and buffer names (``"0."``).
+        provided: host arrays by full name to use instead of initialising (a checkpoint), or None.
+    """
+
+    def __init__(self, backend: Any, dtype: str, init_rng: Any, rng: Any, prefix: str = "",
+                 provided: Mapping[str, Any] | None = None) -> None:
+        self.backend = backend
+        self.dtype = dtype
+        self.init_rng = init_rng
+        self.rng = rng
+        self.prefix = prefix
+        self.provided = provided
+
+    def initial_value(self, name: str, shape: Shape, init: Any) -> Any:
+        """The array for a new parameter or buffer: from `provided` when loading, else from `init`."""
+        full = self.prefix + name
+        if self.provided is not None:
+            host = self.provided.get(full)
+            if host is None:
+                raise ValueError(f"the saved arrays have no {full!r}, which the layer creates with shape {shape}")
+            if tuple(host.shape) != shape:
+                raise ValueError(f"the saved array {full!r} has shape {tuple(host.shape)} but the layer "
+                                 f"creates it with shape {shape}")
+            return self.backend.asarray(host, dtype=self.dtype, argname=full, copy=True)
+        xp, device = self.backend.xp, self.backend.device
+        dtype = self.backend.float_dtype(self.dtype)
+        if init == "zeros":
+            return xp.zeros(shape, dtype=dtype, device=device)
+        if init == "ones":
+            return xp.ones(shape, dtype=dtype, device=device)
+        if isinstance(init, numbers.Real) and not isinstance(init, bool):
+            return xp.full(shape, float(init), dtype=dtype, device=device)
+        if isinstance(init, str):
+            fn = INITIALIZERS.get(init.lower())
+            if fn is None:
+                raise ValueError(f"unknown init {init!r} for {full!r}; valid: zeros, ones, a number, a "
+                                 f"callable (rng, shape) -> array, or one of {sorted(INITIALIZERS)}")
+            fan_out = shape[-1] if shape else 1
+            fan_in = math.prod(shape[:-1]) if len(shape) > 1 else fan_out
+            host = fn(self.init_rng, fan_in, fan_out)
+        elif callable(init):
+            host = init(self.init_rng, shape)
+        else:
+            raise TypeError(f"init for {full!r} must be a name, a number or a callable (rng, shape) -> array, "
+                            f"got {type(init).__name__}")
+        value = self.backend.asarray(host, dtype=self.dtype, argname=f"init of {full!r}", copy=True)
+        value = self.backend.xp.reshape(value, shape)
+        return value
+
+
+class Layer:
+    """One step of a `Sequential` model: `forward` maps X to Y, `backward` maps dY to dX.
+
+    To write a layer, subclass this, create arrays in `build` with `add_parameter`
+    (trained) and `add_buffer` (kept, not trained), and implement `forward` and
+    `backward` with the namespace `self.xp`. Override `output_shape` when the
+    layer changes the per-sample shape, and `get_config` only when a constructor
+    argument is not a JSON value. See the custom-layer guide in ``docs/``.
+
+    Class keyword ``name=`` registers the class under another name than its own.
+    """
+
+    registered_name: str = "Layer"
+    regularizer: Any = None
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+        if name is None and cls.__name__.startswith("_"):
+            return  # private helper bases are not saved by name
+        cls.registered_name = name or cls.__name__
+        LAYERS.add(cls.registered_name, cls)
+
+    def __init__(self) -> None:
+        self.context: BuildContext | None = None
+        self.backend: Any = None
+        self.xp: Any = None
+        self.dtype: Any = None
+        self.input_shape: Shape | None = None
+        self._params: dict[str, Parameter] = {}
+        self._buffers: dict[str, Buffer] = {}
+
+    # -- binding to a model --------------------------------------------------------
+    def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
+        """Bind to a backend, build the arrays for `input_shape` (per sample, or None if unknown); returns the output shape."""
+        if getattr(self, "context", None) is not None:
+            raise ValueError(f"{self!r} already belongs to a model; build each model from new layer objects")
+        output = self.output_shape(input_shape)
+        self.context = context
+        self.backend, self.xp, self.dtype = context.backend, context.backend.xp, context.dtype
+        self.input_shape = input_shape
+        self._params, self._buffers = {}, {}
+        self.build(input_shape)
+        return output
+
+    def expected_input_shape(self) -> Shape | None:
+        """The sample shape this layer needs when it comes first (None: it takes what it gets)."""
+        return None
+
+    def build(self, input_shape: Shape | None) -> None:
+        """Create parameters and buffers for inputs of per-sample shape `input_shape` (None if unknown)."""
+
+    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+        """Per-sample output shape for a per-sample input shape (None: unknown); raise ValueError if it can't take it."""
+        return input_shape
+
+    def add_parameter(self, name: str, shape: Shape, init: Any = "zeros", regularized: bool = False) -> Parameter:
+        """Create a trained array named ``<prefix><name>``.
+
+        Args:
+            name: the attribute-like name (``"weight"``); unique within the layer.
+            shape: its shape.
+            init: ``"zeros"``, ``"ones"``, a number, a name in `nnx.init.INITIALIZERS`
+                (fans from the shape), or ``callable(rng, shape) -> array`` drawing from
+                the host generator, so every backend starts from the same numbers.
+            regularized: whether weight penalties (L1/L2) apply to it.
+        """
+        shape = self._new_name_and_shape(name, shape)
+        value = self._require_context().initial_value(name, shape, init)
+        param = Parameter(self.context.prefix + name, value, regularized=regularized)
+        self._params[name] = param
+        return param
+
+    def add_buffer(self, name: str, shape: Shape, init: Any = "zeros") -> Buffer:
+        """Create an array that is saved, loaded and moved with the model but never trained (see `add_parameter`)."""
+        shape = self._new_name_and_shape(name, shape)
+        value = self._require_context().initial_value(name, shape, init)
+        buffer = Buffer(self.context.prefix + name, value)
+        self._buffers[name] = buffer
+        return buffer
+
+    def _require_context(self) -> BuildContext:
+        if self.context is None:
+            raise RuntimeError(f"{type(self).__name__}: parameters and buffers are created in build(), once the "
+                               "layer is part of a model")
+        return self.context
+
+    def _new_name_and_shape(self, name: str, shape: Any) -> Shape:
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{type(self).__name__}: array names must be non-empty strings without dots, got {name!r}")
+        if name in self._params or name in self._buffers:
+            raise ValueError(f"{type(self).__name__} already has an array named {name!r}")
+        try:
+            shape = tuple(int(s) for s in shape)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}.{name}: shape must be a tuple of ints, got {shape!r}") from None
+        if any(s <= 0 for s in shape):
+            raise ValueError(f"{type(self).__name__}.{name}: every size must be > 0, got {shape}")
+        return shape
+
+    # -- what the model reads ----------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        """The layer's trained arrays, in creation order."""
+        return list(self._params.values())
+
+    def buffers(self) -> list[Buffer]:
+        """The layer's untrained arrays (e.g. running statistics), in creation order."""
+        return list(self._buffers.values())
+
+    @property
+    def rng(self) -> Any:
+        """The model's device random stream (`nnx.backends.DeviceRNG`) for stochastic layers."""
+        return self._require_context().rng
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        """Output for a batch; with `training=True`, also keep what `backward` needs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(X, training)")
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        """Fill each parameter's `grad` from dL/dY and return dL/dX (None allowed when `need_dX` is False)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(dY, need_dX)")
+
+    # -- configuration -------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """JSON-serialisable constructor arguments, with the registered class name under ``"type"``.
+
+        The default returns the arguments the layer was constructed with; override it (and
+        `from_config`) when one of them is not a JSON value.
+        """
+        args = getattr(self, "_init_args", {})
+        for key, value in args.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{type(self).__name__}: constructor argument {key}={value!r} is not a JSON value, so the "
+                    "layer cannot be saved or rebuilt; override get_config() and from_config()"
+                ) from None
+        return {"type": type(self).registered_name, **args}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        """A new, unbuilt layer from `get_config()` output."""
+        return cls(**{k: v for k, v in config.items() if k != "type"})
+
+    def __repr__(self) -> str:
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+        except TypeError:
+            args = "..."
+        return f"{type(self).__name__}({args})"
+
+
+def _recording_init(init: Callable) -> Callable:
+    """Wrap a layer's __init__ so the outermost call records its arguments for the default `get_config`."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Layer, *args: Any, **kwargs: Any) -> None:
+        outermost = "_init_args" not in self.__dict__
+        if outermost:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{type(self).__name__}(): {exc}") from None
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for key, param in list(signature.parameters.items())[1:]:
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(bound.arguments.get(key, {}))
+                elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
+                    recorded[key] = bound.arguments[key]
+            self.__dict__["_init_args"] = recorded
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+def layer_from_config(config: Any) -> Layer:
+    """Rebuild a layer from `Layer.get_config()` output; an unregistered type raises `UnknownNameError`."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
+    cls = LAYERS.get(config.get("type"))
+    try:
+        return cls.from_config(config)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for layer {config.get('type')}: {exc}") from exc
+
+
+def check_size(name: str, value: Any) -> int:
+    """`value` as a positive int (NumPy integers included), else TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return int(value)

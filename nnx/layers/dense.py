@@ -1,0 +1,65 @@
+"""Dense: the fully connected layer, ``Y = X @ weight + bias``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..init import get_initializer
+from ..regularizers import Regularizer, get_regularizer
+from .base import Layer, Shape, check_size
+
+
+class Dense(Layer):
+    """Fully connected layer, ``Y = X @ weight + bias`` on ``(batch, in_features)`` inputs.
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        init: weight initializer name (see `nnx.init.INITIALIZERS`); biases start at zero.
+        regularizer: penalty on this layer's weight (`nnx.regularizers`), or None.
+    """
+
+    def __init__(self, in_features: int, out_features: int, init: str = "he",
+                 regularizer: Regularizer | str | None = None) -> None:
+        super().__init__()
+        self.in_features = check_size("in_features", in_features)
+        self.out_features = check_size("out_features", out_features)
+        get_initializer(init)
+        self.init = init
+        self.regularizer = get_regularizer(regularizer)
+        self._X: Any = None
+
+    def expected_input_shape(self) -> Shape:
+        return (self.in_features,)
+
+    def output_shape(self, input_shape: Shape | None) -> Shape:
+        if input_shape is not None and tuple(input_shape) != (self.in_features,):
+            hint = "; put a Flatten before it" if len(input_shape) > 1 else ""
+            raise ValueError(f"Dense({self.in_features}, {self.out_features}) expects samples of shape "
+                             f"({self.in_features},) but gets {tuple(input_shape)}{hint}")
+        return (self.out_features,)
+
+    def build(self, input_shape: Shape | None) -> None:
+        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), self.init,
+                                         regularized=True)
+        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        if training:
+            self._X = X
+        return X @ self.weight.value + self.bias.value
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        W = self.weight.value
+        grad_W = self._X.T @ dY
+        if self.regularizer is not None:
+            grad_W = grad_W + self.regularizer.gradient(W)
+        self.weight.grad = grad_W
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        self._X = None
+        return dY @ W.T if need_dX else None
+
+    def get_config(self) -> dict:
+        reg = None if self.regularizer is None else self.regularizer.get_config()
+        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,
+                "init": self.init, "regularizer": reg}

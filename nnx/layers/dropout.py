@@ -1,0 +1,42 @@
+"""Dropout: inverted dropout, active only in training."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training zero each unit with probability `rate`, scale the rest by 1/(1-rate).
+
+    Args:
+        rate: drop probability in [0, 1); identity at inference.
+    """
+
+    def __init__(self, rate: float = 0.5) -> None:
+        super().__init__()
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self._mask: Any = None
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        if not training:
+            return X  # keep the mask: an inference pass between forward and backward must not change the gradient
+        if self.rate == 0.0:
+            self._mask = None
+            return X
+        self._mask = self.rng.uniform(tuple(X.shape), self.dtype) >= self.rate
+        return self.xp.where(self._mask, X * (1.0 / (1.0 - self.rate)), 0.0)
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        if self._mask is None:
+            return dY
+        dX = self.xp.where(self._mask, dY * (1.0 / (1.0 - self.rate)), 0.0)
+        self._mask = None
+        return dX
+
+    def get_config(self) -> dict:
+        return {"type": "Dropout", "rate": self.rate}

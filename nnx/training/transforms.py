@@ -1,0 +1,178 @@
+"""Gradient transforms: the stage between backward and the optimizer update.
+
+A transform sees the parameters after backward has filled ``p.grad`` and may
+rebind those gradients (clip them, average them over processes, add them up
+over several batches). It returns whether the update should run this step:
+accumulation says no until it has gathered its batches. Transforms rebind
+``p.grad`` rather than write into it, so they are correct on JAX too; the
+in-place forms used here only mutate arrays the step itself just made.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import array_api_compat
+
+from ..layers.parameter import Parameter
+from .callbacks import Callback
+
+
+class GradientTransform:
+    """Base class: `apply` rewrites ``p.grad`` of `params` and says whether to update now.
+
+    `rows` is the number of samples behind this step's gradients (accumulation
+    weights batches by it). `flush` is called at the end of an epoch; a transform
+    holding gradients back returns True there to have them applied.
+    """
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        """Transform the gradients in place of ``p.grad``; return False to skip this step's update."""
+        raise NotImplementedError
+
+    def flush(self, params: list[Parameter]) -> bool:
+        """End of epoch: put any held-back gradients into ``p.grad`` and return True to apply them."""
+        return False
+
+    def reset(self) -> None:
+        """Forget held-back gradients (a new fit, or after a failed step)."""
+
+    def state_dict(self) -> dict:
+        """Progress to save with a checkpoint (nothing for stateless transforms)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict` output."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def _positive(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class ClipByNorm(GradientTransform):
+    """Scale all gradients together so their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`).
+
+    The scale ``min(1, max_norm / (norm + 1e-6))`` is computed and applied on the
+    device, so clipping never makes the host wait.
+    """
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm = _positive("ClipByNorm", "max_norm", max_norm)
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        grads = [p for p in params if p.grad is not None]
+        if not grads:
+            return True
+        xp = array_api_compat.array_namespace(grads[0].grad)
+        total = None
+        for p in grads:
+            part = xp.sum(p.grad * p.grad)
+            total = part if total is None else total + part
+        scale = xp.minimum(self.max_norm / (xp.sqrt(total) + 1e-6), xp.ones_like(total))
+        for p in grads:
+            p.grad = p.grad * scale
+        return True
+
+
+class ClipByValue(GradientTransform):
+    """Clip every gradient element into ``[-clip_value, clip_value]`` (torch's `clip_grad_value_`)."""
+
+    def __init__(self, clip_value: float) -> None:
+        self.clip_value = _positive("ClipByValue", "clip_value", clip_value)
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        for p in params:
+            if p.grad is not None:
+                xp = array_api_compat.array_namespace(p.grad)
+                p.grad = xp.clip(p.grad, -self.clip_value, self.clip_value)
+        return True
+
+
+class Accumulate(GradientTransform):
+    """Add up the gradients of `steps` batches and update once, as one batch `steps` times larger would.
+
+    Each batch's gradient is a mean over its rows, so the sum is weighted by rows and
+    divided by the total: a shorter last batch counts for what it holds. At the end
+    of an epoch what has been gathered is applied (`flush`), so the epoch's last
+    update is exactly the last large batch.
+    """
+
+    def __init__(self, steps: int) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"Accumulate: steps must be an int >= 1, got {steps!r}")
+        self.steps = int(steps)
+        self._sums: list[Any] | None = None
+        self._rows = 0
+        self._count = 0
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        if self.steps == 1:
+            return True
+        if self._sums is None:
+            self._sums = [None if p.grad is None else p.grad * float(rows) for p in params]
+        else:
+            self._sums = [s if p.grad is None else (p.grad * float(rows) if s is None else s + p.grad * float(rows))
+                          for s, p in zip(self._sums, params, strict=True)]
+        self._rows += rows
+        self._count += 1
+        if self._count < self.steps:
+            return False
+        return self.flush(params)
+
+    def flush(self, params: list[Parameter]) -> bool:
+        if self._sums is None:
+            return False
+        scale = 1.0 / self._rows
+        for p, s in zip(params, self._sums, strict=True):
+            p.grad = None if s is None else s * scale
+        self.reset()
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Batches gathered since the last update."""
+        return self._count
+
+    def reset(self) -> None:
+        self._sums, self._rows, self._count = None, 0, 0
+
+
+class CallbackHook(GradientTransform):
+    """Hands the gradients to every callback's ``on_gradients(grads)`` before the update.
+
+    `grads` maps parameter names to gradients; a callback may return a dict of
+    replacements (same names and shapes), which the update then uses.
+    """
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        self._callbacks = [cb for cb in callbacks
+                           if getattr(type(cb), "on_gradients", Callback.on_gradients) is not Callback.on_gradients]
+
+    def active(self) -> bool:
+        """Whether any callback overrides ``on_gradients`` (otherwise the stage is skipped)."""
+        return bool(self._callbacks)
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        by_name = {p.name: p for p in params}
+        for cb in self._callbacks:
+            replaced = cb.on_gradients({p.name: p.grad for p in params})
+            if replaced is None:
+                continue
+            if not isinstance(replaced, dict) or not set(replaced) <= set(by_name):
+                raise ValueError(f"{type(cb).__name__}.on_gradients must return None or a dict of parameter "
+                                 f"name -> gradient, got {type(replaced).__name__}")
+            for name, grad in replaced.items():
+                p = by_name[name]
+                if tuple(grad.shape) != p.shape:
+                    raise ValueError(f"{type(cb).__name__}.on_gradients returned shape {tuple(grad.shape)} for "
+                                     f"{name!r}, which has shape {p.shape}")
+                p.grad = grad
+        return True
