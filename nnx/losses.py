@@ -7,8 +7,10 @@ Per-row weights follow Keras (``reduction="sum_over_batch_size"``): with
 ``sample_weight=w`` the value is ``sum_i w_i * l_i / n``, where ``l_i`` is row i's
 loss (`Loss.per_sample`: the mean over the row's elements, or the row's
 cross-entropy) and ``n`` the number of rows, so ``w = 1`` gives the unweighted
-mean. Normalising by ``sum(w)`` instead (scikit-learn's "a weight of 2 is the row
-repeated") is the caller's choice: pass ``w * n / sum(w)``.
+mean. ``reduction="mean_with_sample_weight"`` (also Keras's name) divides by
+``sum(w)`` instead, per call: what scikit-learn means by sample weights, where a
+weight of 2 is the row repeated in every batch it lands in. Without weights the
+two reductions are the same mean.
 
 Checking inputs comes in two parts. Shapes and dtypes are metadata, so they are
 always checked (a ``(n,)`` target against ``(n, 1)`` predictions is reshaped,
@@ -32,6 +34,7 @@ from .backends import backend_name_of, get_backend
 
 __all__ = [
     "LOSSES",
+    "REDUCTIONS",
     "MAE",
     "MSE",
     "BinaryCrossEntropy",
@@ -39,6 +42,10 @@ __all__ = [
     "Loss",
     "get_loss",
 ]
+
+
+REDUCTIONS = ("sum_over_batch_size", "mean_with_sample_weight")
+"""How weighted row losses are averaged: divided by the number of rows, or by the sum of the weights."""
 
 
 def _clip_eps(xp: Any, dtype: Any) -> float:
@@ -68,9 +75,20 @@ class Loss:
     gradient, sharing intermediate work). A loss that is the mean of per-row
     losses also implements `_rows` (the ``(n,)`` row losses and the gradient of
     their mean), which is what `per_sample` and ``sample_weight`` need.
+
+    Args:
+        reduction: ``"sum_over_batch_size"`` (weighted row losses summed, divided by
+            the number of rows) or ``"mean_with_sample_weight"`` (divided by the sum
+            of the weights); the same without weights.
     """
 
     name = "loss"
+    reduction = "sum_over_batch_size"  # the default also for subclasses whose __init__ skips ours
+
+    def __init__(self, reduction: str = "sum_over_batch_size") -> None:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        self.reduction = reduction
 
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
         """The mean loss (or ``sum_i w_i l_i / n`` with ``sample_weight``), a 0-d array on ``y_pred``'s device."""
@@ -102,7 +120,11 @@ class Loss:
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name}
+        return {"name": self.name, **self._reduction_config()}
+
+    def _reduction_config(self) -> dict[str, Any]:
+        # only a non-default reduction is written, so existing configs and files stay as they were
+        return {} if self.reduction == "sum_over_batch_size" else {"reduction": self.reduction}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
@@ -168,10 +190,15 @@ class Loss:
     def _weighted(self, xp: Any, y_true: Any, y_pred: Any, w: Any, grad: bool) -> tuple[Any, Any]:
         # value = sum_i w_i l_i / n. The unweighted value is mean_i l_i, so the weighted
         # gradient is the unweighted one with row i scaled by w_i.
+        n = y_pred.shape[0]
         rows, g = self._rows(xp, y_true, y_pred, grad)
-        value = xp.sum(w * rows) / y_pred.shape[0]
+        if self.reduction == "mean_with_sample_weight":
+            # sum(w l) / sum(w), and 0 rather than 0/0 for a batch whose weights are all zero (as Keras)
+            total = xp.sum(w)
+            w = w * (n / (total + xp.astype(total == 0, total.dtype)))
+        value = xp.sum(w * rows) / n
         if g is not None:
-            g = g * xp.reshape(w, (y_pred.shape[0],) + (1,) * (y_pred.ndim - 1))
+            g = g * xp.reshape(w, (n,) + (1,) * (y_pred.ndim - 1))
         return value, g
 
     def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
@@ -212,7 +239,11 @@ class Loss:
 
 
 class MSE(Loss):
-    """Mean squared error, mean((y_pred - y_true)**2) over all elements."""
+    """Mean squared error, mean((y_pred - y_true)**2) over all elements.
+
+    Args:
+        reduction: how ``sample_weight`` is averaged (see the module docstring).
+    """
 
     name = "mse"
 
@@ -232,7 +263,11 @@ class MSE(Loss):
 
 
 class MAE(Loss):
-    """Mean absolute error, mean(|y_pred - y_true|); its gradient uses sign(0) = 0."""
+    """Mean absolute error, mean(|y_pred - y_true|); its gradient uses sign(0) = 0.
+
+    Args:
+        reduction: how ``sample_weight`` is averaged (see the module docstring).
+    """
 
     name = "mae"
 
@@ -262,18 +297,20 @@ class BinaryCrossEntropy(Loss):
             in float64), so p exactly 0 or 1 gives a finite loss and gradient;
             the gradient is that of the formula at the clipped p, so a saturated
             prediction is still pushed back.
+        reduction: how ``sample_weight`` is averaged (see the module docstring).
 
     ``y_true`` holds targets in [0, 1] (soft labels allowed), shaped like ``y_pred``.
     """
 
     name = "bce"
 
-    def __init__(self, from_logits: bool = False) -> None:
+    def __init__(self, from_logits: bool = False, reduction: str = "sum_over_batch_size") -> None:
+        super().__init__(reduction)
         self.from_logits = _flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name, "from_logits": self.from_logits}
+        return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
     def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         y_true = self._same_shape(xp, y_true, y_pred)
@@ -313,6 +350,7 @@ class CrossEntropy(Loss):
         from_logits: ``y_pred`` holds logits (a stable log-softmax is used; the
             default, like ``torch.nn.CrossEntropyLoss``) instead of probabilities,
             which are clipped below at a per-dtype eps before the log.
+        reduction: how ``sample_weight`` is averaged (see the module docstring).
 
     ``y_true`` is either integer class indices of shape ``(batch,)`` (or
     ``(batch, 1)``; float dtypes holding whole numbers are accepted too), or
@@ -321,12 +359,13 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
 
-    def __init__(self, from_logits: bool = True) -> None:
+    def __init__(self, from_logits: bool = True, reduction: str = "sum_over_batch_size") -> None:
+        super().__init__(reduction)
         self.from_logits = _flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name, "from_logits": self.from_logits}
+        return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
     def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         p_shape, t_shape = tuple(y_pred.shape), tuple(y_true.shape)

@@ -382,13 +382,21 @@ def _weights(rng):
     return w
 
 
+def _with_reduction(loss, reduction):
+    """A copy of `loss` with another reduction, built from its config as a user would."""
+    return L.get_loss({**loss.get_config(), "reduction": reduction})
+
+
+@pytest.mark.parametrize("reduction", L.REDUCTIONS)
 @pytest.mark.parametrize("case", CASES)
-def test_weighted_value_gradient_and_per_sample_match_torch(backend, rng, case):
+def test_weighted_value_gradient_and_per_sample_match_torch(backend, rng, case, reduction):
     loss, y_true, y_pred, _ = _case_data(case, rng)
+    loss = _with_reduction(loss, reduction)
     w = _weights(rng)
     t_pred = torch.from_numpy(y_pred).requires_grad_(True)
     rows = _TORCH_ROWS[case](torch.from_numpy(y_true), t_pred)
-    want = (torch.from_numpy(w) * rows).sum() / N  # Keras's sum_over_batch_size
+    # Keras's sum_over_batch_size divides by the rows, mean_with_sample_weight by the weights
+    want = (torch.from_numpy(w) * rows).sum() / (N if reduction == "sum_over_batch_size" else w.sum())
     want.backward()
 
     yt, yp = _true_on(backend, y_true), backend.asarray(y_pred, dtype="float64")
@@ -410,9 +418,11 @@ def test_weighted_value_gradient_and_per_sample_match_torch(backend, rng, case):
         np.testing.assert_array_equal(backend.to_host(g2), grad)
 
 
+@pytest.mark.parametrize("reduction", L.REDUCTIONS)
 @pytest.mark.parametrize("case", CASES)
-def test_weighted_gradcheck(backend, rng, case):
+def test_weighted_gradcheck(backend, rng, case, reduction):
     loss, y_true, y_pred, _ = _case_data(case, rng)
+    loss = _with_reduction(loss, reduction)
     if case == "mae":
         y_pred = y_true + np.where(rng.uniform(size=y_true.shape) < 0.5, -1.0, 1.0) * rng.uniform(0.1, 1.0,
                                                                                                      y_true.shape)
@@ -509,3 +519,29 @@ def test_custom_loss_without_rows_says_what_to_implement(backend):
         Cube()(y, y, sample_weight=np.ones(3))
     with pytest.raises(NotImplementedError, match="per_sample"):
         Cube().per_sample(y, y)
+
+
+def test_mean_with_sample_weight(backend, rng):
+    y, p = rng.normal(size=(N, 2)), rng.normal(size=(N, 2))
+    yb, pb = backend.asarray(y, dtype="float64"), backend.asarray(p, dtype="float64")
+    loss = L.MSE(reduction="mean_with_sample_weight")
+    assert loss.get_config() == {"name": "mse", "reduction": "mean_with_sample_weight"}
+    assert "reduction" not in L.MSE().get_config()  # the default is not written: old configs stay valid
+    # without weights both reductions are the plain mean, bit for bit
+    v, g = loss.value_and_grad(yb, pb)
+    v0, g0 = L.MSE().value_and_grad(yb, pb)
+    assert backend.to_float(v) == backend.to_float(v0)
+    np.testing.assert_array_equal(backend.to_host(g), backend.to_host(g0))
+    # a weight of 2 is the row repeated, and scaling all weights changes nothing
+    w = np.array([2.0, 1.0, 0.0, 1.0])
+    repeated = L.MSE()(backend.asarray(np.repeat(y, [2, 1, 0, 1], axis=0), dtype="float64"),
+                       backend.asarray(np.repeat(p, [2, 1, 0, 1], axis=0), dtype="float64"))
+    np.testing.assert_allclose(backend.to_float(loss(yb, pb, w)), backend.to_float(repeated), rtol=1e-14)
+    np.testing.assert_allclose(backend.to_float(loss(yb, pb, 7.5 * w)), backend.to_float(repeated), rtol=1e-14)
+    # all-zero weights: 0, not 0/0 (as Keras)
+    v, g = loss.value_and_grad(yb, pb, np.zeros(N))
+    assert backend.to_float(v) == 0.0 and np.all(backend.to_host(g) == 0.0)
+    with pytest.raises(ValueError, match=r"reduction must be one of \['sum_over_batch_size', 'mean_with_sample"):
+        L.CrossEntropy(reduction="mean")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        L.get_loss({"name": "mae", "reduction": "sum"})
