@@ -421,12 +421,13 @@ class Sequential:
         kwargs = {} if lr is None else {"lr": lr}
         return get_optimizer(name, self.parameters(), **kwargs)
 
-    def fit(self, X: Any, y: Any, loss: Any = None, optimizer: Any = None, lr: float | None = None,
+    def fit(self, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
             epochs: int = 1, batch_size: int | None = 32, validation_data: tuple | None = None,
             validation_split: float = 0.0, metrics: Any = None, callbacks: list | None = None,
             verbose: int = 0, shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
             class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
-            accumulate: int = 1, gradient_transforms: list | None = None) -> History:
+            accumulate: int = 1, gradient_transforms: list | None = None, steps_per_epoch: int | None = None,
+            validation_steps: int | None = None, prefetch: Any = True) -> History:
         """Mini-batch training; returns a `History` of per-epoch loss and metrics.
 
         Args:
@@ -456,12 +457,19 @@ class Sequential:
                 the same as batches `accumulate` times larger.
             gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
                 and before clipping (distributed training adds its all-reduce here).
+            steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
+                epoch; a generator then continues where it stopped, a list is re-read each epoch.
+                X may also be a `np.memmap` or array-like read batch by batch (h5py, ...).
+            validation_steps: batches per validation pass when validation_data is an iterable of batches.
+            prefetch: prepare the next batch from a memmap or iterable in a background thread while
+                the step runs (True, False, or how many batches ahead).
         """
         return loop.fit(self, X, y, loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
                         validation_data=validation_data, validation_split=validation_split, metrics=metrics,
                         callbacks=callbacks, verbose=verbose, shuffle=shuffle, check_finite=check_finite,
                         sample_weight=sample_weight, class_weight=class_weight, clip_norm=clip_norm,
-                        clip_value=clip_value, accumulate=accumulate, gradient_transforms=gradient_transforms)
+                        clip_value=clip_value, accumulate=accumulate, gradient_transforms=gradient_transforms,
+                        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps, prefetch=prefetch)
 
     def metric_values(self, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
         """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
@@ -470,11 +478,19 @@ class Sequential:
         return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, X: Any, batch_size: int | None = None) -> Any:
-        """Outputs for X in inference mode (dropout off), as an array on this model's backend."""
-        X_d = self.prepare_inputs(X)
+    def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True) -> Any:
+        """Outputs for X in inference mode (dropout off), as an array on this model's backend.
+
+        X may also be a `np.memmap` or array-like read batch by batch (h5py, ...), or an iterable of
+        X batches or (X, ...) tuples (`steps` of them when given); `prefetch` prepares the next batch
+        in a background thread for those.
+        """
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
+        source = loop.inference_source(self, X, None, None, None, batch_size, steps, prefetch)
+        if source is not None:
+            return loop.predict_batches(self, source)
+        X_d = self.prepare_inputs(X)
         n = len(self.layers)
         if batch_size is None or X_d.shape[0] <= batch_size:
             return self.forward_to_head(X_d, n, training=False)
@@ -482,12 +498,22 @@ class Sequential:
                  for s in batch_slices(X_d.shape[0], batch_size)]
         return self.xp.concat(parts, axis=0)
 
-    def evaluate(self, X: Any, y: Any, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
-                 sample_weight: Any = None) -> dict[str, float]:
-        """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics."""
+    def evaluate(self, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
+                 sample_weight: Any = None, steps: int | None = None, prefetch: Any = True) -> dict[str, float]:
+        """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
+
+        X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...), or X alone an
+        iterable of (X, y) / (X, y, sample_weight) batches (`steps` of them when given).
+        """
         loss_fn = self.resolve_loss(loss)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
+        source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch)
+        if source is not None:
+            return loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics))
+        if y is None:
+            raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
+                            "of (X, y) or (X, y, sample_weight) tuples")
         X_d = self.prepare_inputs(X)
         y_d = self.prepare_targets(y, loss_fn, X_d.shape[0])
         w_d = self.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])

@@ -1,15 +1,36 @@
-"""Where training batches come from: arrays held on the device, shuffled each epoch with the model's host RNG.
+"""Where training batches come from: device arrays, host arrays bigger than memory, or iterables of batches.
 
 A batch source yields ``(X, y, sample_weight or None)`` per step, already on
-the model's backend and validated, and knows how many samples and steps an
-epoch has when it can. `fit` only iterates over `epoch()`.
+the model's backend and validated, and knows how many steps an epoch has when
+it can (``steps``, else None). `fit`, `evaluate` and `predict` only iterate
+over `epoch()`.
+
+- `ArrayBatches`: arrays already on the device (NumPy arrays in memory go here,
+  as fast as before).
+- `HostBatches`: a `np.memmap` or any array-like with ``shape`` and row
+  indexing (an h5py dataset, ...): each batch's rows are gathered on the host
+  in the order of the same permutation `ArrayBatches` draws, so the batches
+  equal in-memory training on the same data, and moved to the device one at
+  a time.
+- `IterableBatches`: a list, a re-iterable object or a one-shot generator of
+  ``(X, y)`` / ``(X, y, sample_weight)`` batches (or of X batches for predict).
+
+The last two validate every batch through the model's ``prepare_*`` methods and
+prepare batch k+1 in a background thread while step k runs (`prefetched`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
+
+from ..backends import backend_name_of
 
 # Bytes of training data above which an epoch gathers each shuffled batch instead of copying X once.
 COPY_LIMIT = 16 * 2**20
@@ -62,3 +83,295 @@ class ArrayBatches:
 
 def _rows(a: Any, part: slice) -> Any:
     return None if a is None else a[part, ...]
+
+
+# -- what kind of data is it -------------------------------------------------------------------
+def is_out_of_core(data: Any) -> bool:
+    """Whether `data` is read batch by batch on the host: a `np.memmap`, or an array-like that is no library's array.
+
+    NumPy arrays in memory, lists, and arrays of a backend library are not; an
+    object with ``shape`` and ``__getitem__`` (an h5py or zarr dataset) is. A pandas
+    object indexes columns with ``[]``, so it is read whole, as before.
+    """
+    if isinstance(data, np.memmap):
+        return True
+    if data is None or isinstance(data, (np.ndarray, np.generic, list, tuple, str, bytes, int, float)):
+        return False
+    if backend_name_of(data) is not None or hasattr(data, "iloc"):
+        return False
+    return hasattr(data, "shape") and hasattr(data, "__getitem__")
+
+
+def is_batch_iterable(data: Any) -> bool:
+    """Whether `data` (given without y) is an iterable of batches rather than one array."""
+    if data is None or hasattr(data, "shape") or isinstance(data, (str, bytes)):
+        return False
+    return hasattr(data, "__iter__")
+
+
+def n_rows(data: Any, argname: str) -> int:
+    """Rows of a host array-like (its ``shape[0]``, else ``len``)."""
+    shape = getattr(data, "shape", None)
+    try:
+        return int(shape[0]) if shape is not None else len(data)
+    except (TypeError, IndexError):
+        raise TypeError(f"{argname} must be an array with a batch axis, got {type(data).__name__}") from None
+
+
+def gather_rows(data: Any, rows: Any) -> np.ndarray:
+    """Rows of a host array-like as a NumPy array: a slice, or an index array taken in exactly its order.
+
+    Array-likes such as h5py datasets only read increasing indices, so those are read
+    sorted and put back in the permutation's order: the batch is the same either way.
+    """
+    if isinstance(rows, slice):
+        return np.asarray(data[rows])
+    if isinstance(data, np.ndarray):
+        return np.asarray(np.take(data, rows, axis=0))
+    order = np.argsort(rows, kind="stable")
+    block = np.asarray(data[rows[order]])
+    out = np.empty_like(block)
+    out[order] = block
+    return out
+
+
+def prefetch_depth(prefetch: Any) -> int:
+    """Batches prepared ahead: True is 1, False is 0, or an int >= 0."""
+    if isinstance(prefetch, bool):
+        return int(prefetch)
+    if not isinstance(prefetch, int) or prefetch < 0:
+        raise ValueError(f"prefetch must be True, False or an int >= 0 (batches prepared ahead), got {prefetch!r}")
+    return prefetch
+
+
+class BatchPreparer:
+    """Checks one host batch and puts it on the device through the model's ``prepare_*`` methods.
+
+    Args:
+        model: the `Sequential`.
+        loss: the `Loss` targets are checked against; None for inputs only (predict).
+        class_weight: {class: weight} multiplied into each batch's sample weights, or None.
+        check_finite: refuse NaN/inf in X and y (as `fit` and `evaluate` do for arrays).
+    """
+
+    def __init__(self, model: Any, loss: Any = None, class_weight: Any = None, check_finite: bool = True) -> None:
+        self.model, self.loss, self.class_weight, self.check_finite = model, loss, class_weight, check_finite
+
+    def __call__(self, X: Any, y: Any, w: Any, where: str) -> tuple[Any, Any, Any]:
+        model = self.model
+        X_d = model.prepare_inputs(X, f"X of {where}")
+        rows = int(X_d.shape[0])
+        if rows == 0:
+            raise ValueError(f"X of {where} has 0 samples; every batch needs at least one")
+        if self.check_finite:
+            model.require_finite(X_d, f"X of {where}")
+        if self.loss is None:
+            return X_d, None, None
+        if y is None:
+            raise ValueError(f"{where} has no targets: batches must be (X, y) or (X, y, sample_weight)")
+        y_d = model.prepare_targets(y, self.loss, rows, f"y of {where}", f"X of {where}")
+        if self.check_finite:
+            model.require_finite(y_d, f"y of {where}")
+        w_d = model.prepare_sample_weight(w, self.class_weight, y_d, self.loss, rows, f"sample_weight of {where}")
+        return X_d, y_d, w_d
+
+
+class HostBatches:
+    """Batches gathered from host array-likes (memmap, h5py, ...) and moved to the device one at a time.
+
+    Args:
+        model: the `Sequential` (its shuffle RNG draws the same permutation `ArrayBatches` would).
+        X, y, sample_weight: host array-likes with the same number of rows; y and sample_weight may be None.
+        batch_size: rows per step (the last step may be smaller).
+        shuffle: a new permutation each epoch.
+        prepare: the `BatchPreparer` every batch goes through.
+        prefetch: batches prepared ahead in a background thread (0: none).
+        rows: the (start, stop) range of rows used (validation_split holds out the end).
+    """
+
+    def __init__(self, model: Any, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool,
+                 prepare: BatchPreparer, prefetch: int = 1, rows: tuple[int, int] | None = None,
+                 name: str = "X") -> None:
+        n = n_rows(X, name)
+        for arg, label in ((y, "y"), (sample_weight, "sample_weight")):
+            if arg is not None and n_rows(arg, label) != n:
+                raise ValueError(f"{name} has {n} samples but {label} has {n_rows(arg, label)}")
+        self.model, self.prepare, self.depth, self.shuffle = model, prepare, prefetch, shuffle
+        self.X, self.y, self.w = X, _host(model, y, "y"), _host(model, sample_weight, "sample_weight")
+        self.start, self.stop = rows if rows is not None else (0, n)
+        self.n_samples = self.stop - self.start
+        if self.n_samples <= 0:
+            raise ValueError(f"{name} has 0 samples; at least one is needed")
+        self.slices = batch_slices(self.n_samples, batch_size)
+        self.steps = len(self.slices)
+        self.name = name
+
+    def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
+        """This epoch's batches, in order (the permutation is drawn now, in the calling thread)."""
+        perm = self.model.shuffle_rng.permutation(self.n_samples) + self.start if self.shuffle else None
+
+        def produce() -> Iterator[tuple[Any, Any, Any]]:
+            for b, part in enumerate(self.slices):
+                rows = slice(part.start + self.start, part.stop + self.start) if perm is None else perm[part]
+                yield self.prepare(gather_rows(self.X, rows), _gather(self.y, rows), _gather(self.w, rows),
+                                   f"batch {b}")
+
+        return prefetched(produce(), self.depth)
+
+
+class IterableBatches:
+    """Batches from an iterable: re-iterated each epoch, or continued where it stopped if it is one-shot.
+
+    Args:
+        data: a list or re-iterable of batches, or a one-shot iterator (a generator).
+        prepare: the `BatchPreparer` every batch goes through.
+        steps: batches per epoch; None runs until the iterable ends.
+        prefetch: batches prepared ahead in a background thread (0: none).
+        targets: batches are (X, y) / (X, y, sample_weight); False: X or (X, ...) whose first item is used.
+        name: the argument's name in error messages ("X", "validation_data").
+    """
+
+    def __init__(self, data: Any, prepare: BatchPreparer, steps: int | None = None, prefetch: int = 1,
+                 targets: bool = True, name: str = "X") -> None:
+        try:
+            self.one_shot = iter(data) is data
+        except TypeError:
+            raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}") from None
+        self.data, self.prepare, self.depth, self.targets, self.name = data, prepare, prefetch, targets, name
+        self.limit = steps
+        self.steps = steps if steps is not None or self.one_shot or not hasattr(data, "__len__") else len(data)
+        self._epoch = 0
+        self._last: int | None = None  # batches the previous epoch got
+
+    def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
+        """This epoch's batches: the iterable afresh, or the one-shot iterator from where it stopped."""
+        epoch, last = self._epoch, self._last
+        self._epoch += 1
+        source = self.data if self.one_shot else iter(self.data)
+        if self.limit is not None:
+            source = itertools.islice(source, self.limit)
+
+        def produce() -> Iterator[tuple[Any, Any, Any]]:
+            count = 0
+            for count, item in enumerate(source, start=1):
+                where = f"batch {count - 1}" + (f" of {self.name}" if self.name != "X" else "")
+                X, y, w = self._unpack(item, where)
+                yield self.prepare(X, y, w, where)
+            self._last = count
+            if count == 0:
+                raise ValueError(self._empty_message(epoch, last))
+
+        return prefetched(produce(), self.depth)
+
+    def _unpack(self, item: Any, where: str) -> tuple[Any, Any, Any]:
+        if not self.targets:
+            return (item[0] if isinstance(item, tuple) else item), None, None
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            got = f"a tuple of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+            raise TypeError(f"{where} must be a tuple (X, y) or (X, y, sample_weight), got {got}")
+        return item[0], item[1], item[2] if len(item) == 3 else None
+
+    def _empty_message(self, epoch: int, last: int | None) -> str:
+        if self.one_shot and epoch > 0:
+            return (f"{self.name} is a one-shot iterator (e.g. a generator) and is exhausted: it yielded no batches "
+                    f"for pass {epoch + 1} (the pass before got {last}). Pass a re-iterable (a list of batches, or "
+                    "an object whose __iter__ starts over), or a generator that never ends with steps_per_epoch= "
+                    "(validation_steps= for validation_data)")
+        return f"{self.name} yielded no batches; at least one is needed"
+
+
+def _host(model: Any, data: Any, argname: str) -> Any:
+    """y or sample_weight next to a host X: kept as a host array-like (a backend's own array is brought to the host)."""
+    if data is None or isinstance(data, np.ndarray) or is_out_of_core(data):
+        return data
+    if model.backend.owns(data):
+        return model.backend.to_host(data)
+    return np.asarray(model.backend.to_host(model.backend.asarray(data, argname=argname)))
+
+
+def _gather(data: Any, rows: Any) -> Any:
+    return None if data is None else gather_rows(data, rows)
+
+
+# -- prefetch ------------------------------------------------------------------------------------
+POLL_S = 0.05  # how often a blocked producer or consumer looks whether the other side gave up
+JOIN_S = 5.0  # how long closing waits for the producer to finish the batch it is preparing
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`source`'s items, produced up to `depth` ahead by a background thread (depth 0: in this thread).
+
+    An exception in the producer is raised here with its own type; closing the
+    returned generator (an error or Ctrl-C in the consumer, an early stop) stops
+    the producer after the item it is working on.
+    """
+    if depth <= 0:
+        yield from source
+        return
+    worker = _Prefetcher(source, depth)
+    try:
+        yield from worker.items()
+    finally:
+        worker.close()
+
+
+class _Prefetcher:
+    def __init__(self, source: Iterator[Any], depth: int) -> None:
+        self._source = source
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nnx-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put((_ITEM, item)):
+                    break
+            else:
+                self._put((_END, None))
+        except BaseException as exc:  # handed to the consumer, which raises it with its own type
+            self._put((_ERROR, exc))
+        finally:
+            close: Callable[[], None] | None = getattr(self._source, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: S110 - the consumer has the error that matters
+                    pass
+
+    def _put(self, message: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def items(self) -> Iterator[Any]:
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=POLL_S)  # a timeout keeps Ctrl-C deliverable
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the batch prefetch thread ended without handing over a batch") from None
+                continue
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(JOIN_S)

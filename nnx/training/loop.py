@@ -8,13 +8,25 @@ it is applied, Ctrl-C ends the run between steps, and every callback's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 from ..metrics import resolve_metrics
 from .callbacks import Callback, CallbackList, ProgressBar
-from .data import ArrayBatches, batch_slices
+from .data import (
+    ArrayBatches,
+    BatchPreparer,
+    HostBatches,
+    IterableBatches,
+    batch_slices,
+    is_batch_iterable,
+    is_out_of_core,
+    n_rows,
+    prefetch_depth,
+)
 from .history import History
 from .interrupts import InterruptGuard
 from .step import NonFiniteStep, TrainStep
@@ -38,7 +50,8 @@ def build_transforms(clip_norm: float | None, clip_value: float | None, accumula
         transforms.append(Accumulate(accumulate))
     for t in extra or []:
         if not isinstance(t, GradientTransform):
-            raise TypeError(f"gradient_transforms entries must be nnx.training.GradientTransform, got {type(t).__name__}")
+            raise TypeError("gradient_transforms entries must be nnx.training.GradientTransform, "
+                            f"got {type(t).__name__}")
         transforms.append(t)
     if clip_norm is not None:
         transforms.append(ClipByNorm(clip_norm))
@@ -60,12 +73,13 @@ def _callbacks(callbacks: Any, verbose: int, epochs: int) -> list[Callback]:
     return cbs
 
 
-def fit(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, lr: float | None = None,
-        epochs: int = 1, batch_size: int | None = 32, validation_data: tuple | None = None,
+def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any = None, lr: float | None = None,
+        epochs: int = 1, batch_size: int | None = 32, validation_data: Any = None,
         validation_split: float = 0.0, metrics: Any = None, callbacks: Any = None, verbose: int = 0,
         shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
         class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
-        accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None) -> History:
+        accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
+        steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True) -> History:
     """Train `model`; see `Sequential.fit` for the arguments."""
     loss_fn = model.resolve_loss(loss)
     metric_fns = resolve_metrics(metrics)
@@ -74,34 +88,53 @@ def fit(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, 
         check_positive_int("batch_size", batch_size)
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    X_d = model.prepare_inputs(X)
-    n = X_d.shape[0]
-    if n == 0:
-        raise ValueError("X has 0 samples; fit needs at least one")
-    y_d = model.prepare_targets(y, loss_fn, n)
-    w_d = model.prepare_sample_weight(sample_weight, class_weight, y_d, loss_fn, n)
-    model.require_finite(X_d, "X")
-    model.require_finite(y_d, "y")
-    if validation_split:
-        n_val = int(math.floor(n * validation_split))
-        if n_val == 0 or n_val == n:
-            raise ValueError(f"validation_split={validation_split} leaves {n - n_val} training and "
-                             f"{n_val} validation samples out of {n}")
-        validation_data = (X_d[n - n_val:, ...], y_d[n - n_val:, ...])
-        X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
-        w_d = None if w_d is None else w_d[:n, ...]
-    val = None
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
-            raise TypeError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight)")
-        Xv = model.prepare_inputs(validation_data[0], "validation X")
-        yv = model.prepare_targets(validation_data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
-        wv = model.prepare_sample_weight(validation_data[2] if len(validation_data) == 3 else None, None, yv,
-                                         loss_fn, Xv.shape[0], "validation sample_weight")
-        model.require_finite(Xv, "validation X")
-        model.require_finite(yv, "validation y")
-        val = (Xv, yv, wv)
-
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+        if value is not None:
+            check_positive_int(name, value)
+    depth = prefetch_depth(prefetch)
+    val_rows = None
+    batches: Any
+    if y is None and is_batch_iterable(X):
+        if sample_weight is not None:
+            raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
+                             "(X, y, sample_weight) batches instead")
+        if validation_split:
+            raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
+        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth)
+    elif y is None:
+        raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
+                        "(a list or a generator) of (X, y) or (X, y, sample_weight) tuples")
+    elif steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch applies to an iterable of batches; with arrays an epoch is one "
+                         "pass over them (batch_size sets the steps)")
+    elif is_out_of_core(X):
+        n = n_rows(X, "X")
+        n_train = n - _held_out(n, validation_split)
+        batches = HostBatches(model, X, y, sample_weight, batch_size or n, shuffle,
+                              BatchPreparer(model, loss_fn, class_weight), depth, rows=(0, n_train))
+        if n_train < n:
+            val_rows = HostBatches(model, X, y, None, batch_size or n, False,
+                                   BatchPreparer(model, loss_fn), depth, rows=(n_train, n))
+    else:
+        X_d = model.prepare_inputs(X)
+        n = X_d.shape[0]
+        if n == 0:
+            raise ValueError("X has 0 samples; fit needs at least one")
+        y_d = model.prepare_targets(y, loss_fn, n)
+        w_d = model.prepare_sample_weight(sample_weight, class_weight, y_d, loss_fn, n)
+        model.require_finite(X_d, "X")
+        model.require_finite(y_d, "y")
+        if validation_split:
+            n_val = _held_out(n, validation_split)
+            validation_data = (X_d[n - n_val:, ...], y_d[n - n_val:, ...])
+            X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
+            w_d = None if w_d is None else w_d[:n, ...]
+        batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
+    val = None  # () -> the validation logs
+    if val_rows is not None:
+        val = lambda: evaluate_batches(model, val_rows, loss_fn, metric_fns)  # noqa: E731
+    elif validation_data is not None:
+        val = _validation(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth)
     model.loss = loss_fn
     opt = model.optimizer = model.resolve_optimizer(optimizer, lr)
     cbs = _callbacks(callbacks, verbose, epochs)
@@ -110,7 +143,6 @@ def fit(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, 
     cb.set_model(model)
     history = model.history = History()
     model.stop_training = False
-    batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
     step = TrainStep(model, loss_fn, opt, transforms, check_finite)
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
@@ -120,8 +152,7 @@ def fit(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, 
         for _ in range(epochs):
             logs = _run_epoch(model, step, batches, cb, guard, metric_fns)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in evaluate_arrays(model, *val, loss_fn, metric_fns,
-                                                                        None).items()})
+                logs.update({f"val_{k}": v for k, v in val().items()})
             epoch = model.epochs_trained
             model.epochs_trained += 1
             cb.on_epoch_end(epoch, logs)
@@ -141,14 +172,55 @@ def fit(model: Any, X: Any, y: Any, *, loss: Any = None, optimizer: Any = None, 
     return history
 
 
-def _run_epoch(model: Any, step: TrainStep, batches: ArrayBatches, cb: CallbackList, guard: InterruptGuard,
+def _held_out(n: int, validation_split: float) -> int:
+    """Rows validation_split holds out from the end of n."""
+    n_val = int(math.floor(n * validation_split))
+    if validation_split and (n_val == 0 or n_val == n):
+        raise ValueError(f"validation_split={validation_split} leaves {n - n_val} training and "
+                         f"{n_val} validation samples out of {n}")
+    return n_val
+
+
+def _validation(model: Any, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
+                metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
+    """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
+    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
+    if not arrays:
+        if not is_batch_iterable(data):
+            raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
+                            "sample_weight), or an iterable of such batches")
+        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data")
+        return lambda: evaluate_batches(model, source, loss_fn, metric_fns)
+    if steps is not None:
+        raise ValueError("validation_steps applies to validation_data given as an iterable of batches")
+    w = data[2] if len(data) == 3 else None
+    if is_out_of_core(data[0]):
+        n = n_rows(data[0], "validation X")
+        host = HostBatches(model, data[0], data[1], w, batch_size or n, False, BatchPreparer(model, loss_fn),
+                           depth, name="validation X")
+        return lambda: evaluate_batches(model, host, loss_fn, metric_fns)
+    Xv = model.prepare_inputs(data[0], "validation X")
+    yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
+    wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
+    model.require_finite(Xv, "validation X")
+    model.require_finite(yv, "validation y")
+    return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
+
+
+def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
                metric_fns: dict) -> dict[str, float]:
     """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics)."""
+    with contextlib.closing(batches.epoch()) as source:  # closing stops a prefetch thread on any way out
+        return _epoch_steps(model, step, source, cb, guard, metric_fns)
+
+
+def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
+                 metric_fns: dict) -> dict[str, float]:
     xp, be = model.xp, model.backend
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, rows, outputs, targets = [], [], [], []
-    for b, (Xb, yb, wb) in enumerate(batches.epoch()):
+    for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0])
         cb.on_batch_begin(b, {"size": size})
         value, Z = step.forward_loss(Xb, yb, wb)
@@ -201,3 +273,80 @@ def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns
     if metric_fns:
         result.update(model.metric_values(metric_fns, y, Z, from_logits))
     return result
+
+
+def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict) -> dict[str, float]:
+    """Loss (penalty included) and metrics over a batch source: the row-weighted mean of the batch losses.
+
+    Each batch's loss is a mean over its rows (weighted ones with Keras's meaning, sum(w * loss) / rows),
+    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once.
+    Metrics see every batch's outputs and targets together, as they do for arrays.
+    """
+    xp = model.xp
+    n_run, head, from_logits = model.output_head(loss_fn)
+    values, rows, outputs, targets = [], [], [], []
+    with contextlib.closing(batches.epoch()) as source:
+        for Xb, yb, wb in source:
+            Z = model.forward_to_head(Xb, n_run, training=False)
+            values.append(head(yb, Z, check=False) if wb is None else head(yb, Z, check=False, sample_weight=wb))
+            rows.append(int(Xb.shape[0]))
+            if metric_fns:
+                outputs.append(Z)
+                targets.append(yb)
+    host = model.backend.to_host(xp.stack(values))
+    value = sum(r * float(v) for r, v in zip(rows, host, strict=True)) / sum(rows)
+    penalty = model.penalty()
+    result = {"loss": value if penalty is None else value + model.backend.to_float(penalty)}
+    if metric_fns:
+        result.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
+                                          from_logits))
+    return result
+
+
+def predict_batches(model: Any, batches: Any) -> Any:
+    """Inference outputs of every batch of a source, concatenated on the model's backend."""
+    n = len(model.layers)
+    with contextlib.closing(batches.epoch()) as source:
+        parts = [model.forward_to_head(Xb, n, training=False) for Xb, _, _ in source]
+    return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
+
+
+def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
+                     steps: int | None, prefetch: Any) -> Any:
+    """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
+
+    predict takes X batches or (X, ...) tuples; a list counts as batches when its items are tuples or arrays
+    of one more axis than a sample, else it is one array (a nested list), as before.
+    """
+    depth = prefetch_depth(prefetch)
+    if steps is not None:
+        check_positive_int("steps", steps)
+    targets = loss_fn is not None
+    if is_out_of_core(X):
+        if steps is not None:
+            raise ValueError("steps applies to an iterable of batches")
+        n = n_rows(X, "X")
+        return HostBatches(model, X, y, sample_weight if targets else None, batch_size or n, False,
+                           BatchPreparer(model, loss_fn, check_finite=targets), depth)
+    if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
+        if steps is not None:
+            raise ValueError("steps applies to an iterable of batches")
+        return None
+    if sample_weight is not None:
+        raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
+                         "(X, y, sample_weight) batches instead")
+    return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=targets), steps, depth, targets=targets)
+
+
+def _list_of_batches(model: Any, X: Any) -> bool:
+    if not isinstance(X, (list, tuple)):
+        return True
+    if not X:
+        return False
+    first = X[0]
+    if isinstance(first, tuple):
+        return True
+    ndim = getattr(first, "ndim", None)
+    if ndim is None:
+        return False
+    return ndim >= 2 if model.input_shape is None else ndim == len(model.input_shape) + 1
