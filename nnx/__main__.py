@@ -7,25 +7,23 @@ it runs here (and if not, why); ``--json`` prints the same as one JSON object.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
 import json
 import platform
 import sys
 from typing import Any
 
-# Distributions that provide each backend, first match wins (CuPy ships per CUDA version).
-_DISTRIBUTIONS = {
-    "numpy": ("numpy",),
-    "array_api_strict": ("array-api-strict",),
-    "torch": ("torch",),
-    "jax": ("jax",),
-    "cupy": ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy-rocm-6-0", "cupy-rocm-5-0"),
-}
+
+def _adapter(name: str) -> Any:
+    """The adapter class of backend `name` (its module, not its library, is imported)."""
+    from .backends.registry import adapter_class
+
+    return adapter_class(name)
 
 
 def _version(name: str) -> str | None:
-    for dist in _DISTRIBUTIONS.get(name, (name,)):
+    """The installed version of the distribution providing backend `name` (its adapter lists the candidates)."""
+    for dist in _adapter(name).distributions or (name,):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -33,51 +31,22 @@ def _version(name: str) -> str | None:
     return None
 
 
-def _devices(name: str) -> list[str]:
-    """What the library itself reports; empty when it does not import or sees nothing."""
-    if name == "numpy":
-        return ["cpu"]
-    if name == "array_api_strict":
-        xp = importlib.import_module("array_api_strict")
-        return [getattr(d, "_device", str(d)) for d in xp.__array_namespace_info__().devices()]
-    if name == "torch":
-        torch = importlib.import_module("torch")
-        found = ["cpu"]
-        if torch.cuda.is_available():
-            found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            found.append("mps")
-        return found
-    if name == "jax":
-        jax = importlib.import_module("jax")
-        return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
-    if name == "cupy":
-        cupy = importlib.import_module("cupy")
-        found = []
-        for i in range(cupy.cuda.runtime.getDeviceCount()):
-            props = cupy.cuda.runtime.getDeviceProperties(i)
-            label = props.get("name", b"")
-            found.append(f"{i} ({label.decode() if isinstance(label, bytes) else label})")
-        return found
-    return []
-
-
 def backend_report(name: str) -> dict[str, Any]:
     """Version, devices and whether `name` runs here (with the reason when it does not)."""
-    from .backends import backend_status
+    from . import backends  # looked up at call time, so a test can replace backend_status
 
+    backend_status = backends.backend_status
     entry: dict[str, Any] = {"name": name, "version": _version(name), "devices": [], "runs": False, "why": ""}
     try:
-        entry["devices"] = _devices(name)
+        entry["devices"] = _adapter(name).devices()  # what the library itself reports
     except Exception as exc:  # a missing or broken install: report it, don't crash the report
         entry["devices_error"] = f"{type(exc).__name__}: {exc}"
     ok, why = backend_status(name)
     entry["runs"], entry["why"] = ok, ("" if ok else why)
-    if ok and name in ("torch", "jax"):  # the GPU is what people usually want to know about
+    spec = _adapter(name).gpu_spec
+    if ok and spec:  # the GPU is what people usually want to know about
         gpus = [d for d in entry["devices"] if d.startswith(("cuda", "gpu", "rocm"))]
         if gpus:
-            spec = "torch:cuda" if name == "torch" else "jax:gpu"
             gpu_ok, gpu_why = backend_status(spec)
             entry["gpu"] = {"spec": spec, "runs": gpu_ok, "why": "" if gpu_ok else gpu_why}
     return entry

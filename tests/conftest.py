@@ -8,14 +8,17 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import backend_status
+from nnx.backends import backend_status
 
 # (spec, the dtype tests use by default there). array_api_strict runs twice: float64 on
 # its CPU device, float32 on a second device, which catches a creation call without device=.
+# It runs a third time through the generic adapter (DLPack, host RNG, no fast path), as a
+# library nnx has no adapter for would.
 BACKEND_CASES = [
     ("numpy", "float64"),
     ("array_api_strict", "float64"),
     ("array_api_strict:device1", "float32"),
+    ("generic:array_api_strict", "float64"),
     ("torch", "float64"),
     ("jax", "float64"),
     ("cupy", "float64"),
@@ -32,7 +35,8 @@ def _selected_cases():
 def _case_param(spec: str, dtype: str):
     ok, why = backend_status(spec)
     marks = [] if ok else [pytest.mark.skip(reason=f"{spec} not available: {why}")]
-    return pytest.param((spec, dtype), id=spec, marks=marks)
+    case_id = spec.replace(":", "-", 1) if spec.startswith("generic:") else spec  # "generic-array_api_strict"
+    return pytest.param((spec, dtype), id=case_id, marks=marks)
 
 
 _PARAMS = [_case_param(spec, dtype) for spec, dtype in _selected_cases()]

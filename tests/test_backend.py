@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import BACKEND_NAMES, Backend, backend_status, host_rng
+from nnx.backends import BACKEND_NAMES, Backend, backend_status, host_rng
+from nnx.backends.names import article
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AVAILABLE = nnx.available_backends()
@@ -213,11 +214,23 @@ def test_asarray_rejects_non_numbers(backend):
 
 @pytest.mark.parametrize("other", NON_NUMPY)
 def test_asarray_from_other_backend_names_both(backend, other):
-    if other == backend.name:
-        pytest.skip("same backend")
     foreign = _array_of(other)
-    with pytest.raises(TypeError, match=rf"X is a {other} array but this model runs on the {backend.name} backend"):
+    if backend.owns(foreign):
+        pytest.skip("same library")
+    accepted = "a NumPy array" if backend.name == "numpy" else f"a NumPy array or {article(backend.name)} array"
+    with pytest.raises(TypeError, match=rf"X is {article(other)} array but this model runs on the {backend.name} "
+                                        rf"backend; pass {accepted} \("):
         backend.asarray(foreign)
+
+
+def test_messages_read_grammatically():
+    assert article("array_api_strict") == "an array_api_strict"
+    assert article("torch") == "a torch"
+    assert article("NumPy") == "a NumPy"
+    strict = _array_of("array_api_strict")
+    with pytest.raises(TypeError, match=r"^X is an array_api_strict array but this model runs on the numpy "
+                                        r"backend; pass a NumPy array \(model.to\('array_api_strict'\)"):
+        nnx.get_backend("numpy").asarray(strict)
 
 
 def test_float_dtype(backend):

@@ -71,14 +71,14 @@ def test_train_step_matches_portable_step(backend, dtype, name):
     _fast_backend(backend)
     fast, slow, loss_name, kind = _pair(backend, dtype, name)
     X, y = _data(kind)
-    loss = fast._resolve_loss(loss_name)
+    loss = fast.resolve_loss(loss_name)
     step = backend.fastpath.train_step(fast, loss)
     assert step is not None
     for lo, hi in ((0, 16), (16, 32), (32, 40)):  # two full batches and a short one, reusing buffers
-        Xf, yf = fast._prepare_X(X[lo:hi]), fast._prepare_y(y[lo:hi], loss, hi - lo)
-        Xs, ys = slow._prepare_X(X[lo:hi]), slow._prepare_y(y[lo:hi], loss, hi - lo)
+        Xf, yf = fast.prepare_inputs(X[lo:hi]), fast.prepare_targets(y[lo:hi], loss, hi - lo)
+        Xs, ys = slow.prepare_inputs(X[lo:hi]), slow.prepare_targets(y[lo:hi], loss, hi - lo)
         v_fast, Z_fast, _ = step(Xf, yf)
-        v_slow, Z_slow, _ = slow._loss_and_grads(Xs, ys, loss)
+        v_slow, Z_slow, _ = slow.loss_and_grads(Xs, ys, loss)
         np.testing.assert_allclose(float(_host(fast, v_fast)), float(_host(slow, v_slow)), **_tol(dtype))
         np.testing.assert_allclose(_host(fast, Z_fast), _host(slow, Z_slow), **_tol(dtype))
         for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
@@ -91,11 +91,11 @@ def test_outputs_are_fresh_arrays_every_step(backend, dtype):
     _fast_backend(backend)
     fast, _, loss_name, kind = _pair(backend, dtype, "relu_ce")
     X, y = _data(kind)
-    loss = fast._resolve_loss(loss_name)
+    loss = fast.resolve_loss(loss_name)
     step = backend.fastpath.train_step(fast, loss)
-    first = step(fast._prepare_X(X[:16]), fast._prepare_y(y[:16], loss, 16))[1]
+    first = step(fast.prepare_inputs(X[:16]), fast.prepare_targets(y[:16], loss, 16))[1]
     kept = _host(fast, first).copy()
-    step(fast._prepare_X(X[16:32]), fast._prepare_y(y[16:32], loss, 16))
+    step(fast.prepare_inputs(X[16:32]), fast.prepare_targets(y[16:32], loss, 16))
     np.testing.assert_array_equal(_host(fast, first), kept)
 
 
@@ -118,7 +118,7 @@ OPTIMIZERS = [
 def test_fit_matches_portable_fit(backend, dtype, name, opt_name, kwargs, chunk, monkeypatch):
     _fast_backend(backend)
     if chunk is not None:  # the fused update works piece by piece; make pieces end mid-parameter
-        monkeypatch.setattr("nnx.fastpath._CHUNK", chunk)
+        monkeypatch.setattr("nnx.backends.numpy_fast._CHUNK", chunk)
     fast, slow, loss, kind = _pair(backend, dtype, name)
     X, y = _data(kind)
     runs = []
@@ -160,9 +160,9 @@ def test_parameters_are_flat_views_and_training_continues_after_rebinding(backen
     fast.load_state_dict({k: _host(fast, v) for k, v in fast.state_dict().items()})
     opt_f.load_state_dict(opt_f.state_dict())
     for model, opt in ((fast, opt_f), (slow, opt_s)):
-        Xd = model._prepare_X(X[:16])
-        lossf = model._resolve_loss(loss)
-        model._loss_and_grads(Xd, model._prepare_y(y[:16], lossf, 16), lossf)  # portable grads
+        Xd = model.prepare_inputs(X[:16])
+        lossf = model.resolve_loss(loss)
+        model.loss_and_grads(Xd, model.prepare_targets(y[:16], lossf, 16), lossf)  # portable grads
         opt.step()  # per-parameter loop: nothing is flat any more
         model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)  # flat again
     for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
@@ -175,12 +175,12 @@ def test_train_step_is_reused_across_fit_calls(backend, dtype):
     X, y = _data(kind)
     opt = optim.SGD(fast.parameters(), lr=0.05, momentum=0.9)
     fast.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=16)
-    step, fused = backend.fastpath.train_step(fast, fast._resolve_loss(loss)), opt._fused
+    step, fused = backend.fastpath.train_step(fast, fast.resolve_loss(loss)), opt._fused
     fast.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=16)
-    assert backend.fastpath.train_step(fast, fast._resolve_loss(loss)) is step
+    assert backend.fastpath.train_step(fast, fast.resolve_loss(loss)) is step
     assert opt._fused is fused, "the fused update should survive from one fit call to the next"
     fast.layers[0].regularizer = nnx.regularizers.L2(1e-3)  # the model changed: no buffered step
-    assert backend.fastpath.train_step(fast, fast._resolve_loss(loss)) is None
+    assert backend.fastpath.train_step(fast, fast.resolve_loss(loss)) is None
 
 
 def test_optimizer_on_a_subset_of_parameters(backend, dtype):
@@ -198,10 +198,10 @@ def test_regularized_models_take_the_portable_step(backend, dtype):
     _fast_backend(backend)
     model = nnx.Sequential(nnx.Dense(6, 4, regularizer="l2"), nnx.ReLU(), nnx.Dense(4, 1),
                            backend=backend, dtype=dtype, seed=0)
-    assert backend.fastpath.train_step(model, model._resolve_loss("mse")) is None
+    assert backend.fastpath.train_step(model, model.resolve_loss("mse")) is None
     model = nnx.Sequential(nnx.Dense(6, 4), nnx.ReLU(), nnx.Dense(4, 1), backend=backend, dtype=dtype, seed=0,
                            regularizer="l2")
-    assert backend.fastpath.train_step(model, model._resolve_loss("mse")) is None
+    assert backend.fastpath.train_step(model, model.resolve_loss("mse")) is None
 
 
 def test_fastpath_switch(backend):

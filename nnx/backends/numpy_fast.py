@@ -1,25 +1,34 @@
-"""Optional fast paths for backends whose arrays have views and ``out=`` (NumPy, CuPy).
+"""The optional fast path of the NumPy and CuPy adapters (one API, so one module serves both).
 
-The portable core never imports this module: a `Backend` owns a `FastPath` (or
-None, for JAX and array_api_strict) and the core reaches it only through
-``backend.fastpath``. Everything here has a portable twin that computes the
-same numbers, and is taken only when a check says it applies:
+The portable core never imports this module: the numpy and cupy adapters build a
+`FastPath` on first use, and the core reaches it only as ``backend.fastpath``.
+Everything here has a portable twin that computes the same numbers, and is taken
+only for what it was told it can handle (see "Declarations" below):
 
-- `FlatParams` keeps a model's parameters as consecutive views of one flat
-  buffer (and their gradients in a second one), so an optimizer can update all
-  of them with one array operation per term instead of one per parameter.
+- `FlatParams` keeps a model's parameters as consecutive views of one flat buffer,
+  and gives every step a fresh flat gradient buffer with per-parameter views, so that
+  ``p.grad`` is a new array after each step (as on every backend) while an optimizer
+  can still update all parameters with one array operation per term.
 - `FusedUpdate` is that single update, applied chunk by chunk so that the
   temporaries an update rule makes stay small (and in cache). Before every step
-  it checks by identity that each parameter, gradient and state array is still
-  the view it laid out; if anything was rebound (a loaded state dict, a gradient
-  computed by the portable path) the optimizer falls back to its per-parameter
-  loop. Results never depend on the aliasing being there, only the speed does.
+  it checks by identity that each parameter, gradient and state array is the view
+  it expects; if anything was rebound (a loaded state dict, a gradient computed by
+  the portable path) the optimizer falls back to its per-parameter loop.
 - `TrainStep` is the forward/loss/backward pass of a `Sequential` with buffers
   kept from step to step: matmuls write with ``out=``, ReLU works in place,
-  gradients land directly in the flat gradient buffer and the first layer's
-  input gradient is never computed. Layers it has no kernel for run their own
-  portable ``forward``/``backward``; models with regularizers use the portable
-  step altogether.
+  gradients land directly in the step's flat gradient buffer and the first layer's
+  input gradient is never computed. Layers without a kernel here run their own
+  ``forward``/``backward``; a model where such a layer has parameters, or with
+  regularizers, takes the portable step altogether.
+
+Declarations: what the fast paths handle is listed here by exact class (a subclass may
+change the math, so it is not covered until listed itself): the optimizers whose update
+is elementwise with the hyper-parameters that update reads, the layers with a kernel
+and the loss heads with a kernel, each with the constructor arguments the kernel
+computes (an object whose ``get_config()`` differs from that of one built from those
+arguments alone has an option the kernel ignores). The classes are looked up by their
+public names on first use, so importing this module imports no layer, loss or
+optimizer module.
 
 Differences from the portable path, by design: ReLU's backward multiplies by the
 mask instead of selecting (``where``), which agrees for every finite gradient
@@ -29,12 +38,76 @@ log-probabilities instead of a one-hot product (same value up to rounding).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import weakref
 from operator import is_
 from typing import Any
 
 __all__ = ["FastPath", "FlatParams", "FusedUpdate", "TrainStep"]
 
+# -- declarations ----------------------------------------------------------------------------------
+
+_DENSE, _RELU, _OTHER = 0, 1, 2
+_HEAD_GENERIC, _HEAD_BCE_LOGITS, _HEAD_CE_LOGITS, _HEAD_MSE = 0, 1, 2, 3
+
+# optimizer class name in nnx.optim -> the hyper-parameters its elementwise update reads
+_ELEMENTWISE_OPTIMIZERS = {
+    "SGD": ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
+    "Momentum": ("lr", "momentum"),
+    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
+    "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
+    "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
+}
+# layer class name in nnx.layers -> (kernel, the constructor arguments of a layer the kernel computes)
+_LAYER_KERNELS = {
+    "Dense": (_DENSE, lambda layer: {"in_features": layer.in_features, "out_features": layer.out_features,
+                                     "init": layer.init}),
+    "ReLU": (_RELU, lambda layer: {}),
+}
+# loss class name in nnx.losses -> (kernel, the constructor arguments of the loss the kernel computes)
+_HEAD_KERNELS = {
+    "BinaryCrossEntropy": (_HEAD_BCE_LOGITS, {"from_logits": True}),
+    "CrossEntropy": (_HEAD_CE_LOGITS, {"from_logits": True}),
+    "MSE": (_HEAD_MSE, {}),
+}
+
+
+@functools.cache
+def _declared() -> tuple[dict, dict, dict]:
+    """The declarations keyed by class object, resolved once through nnx's public modules."""
+    optim, layers, losses = (importlib.import_module(f"nnx.{name}") for name in ("optim", "layers", "losses"))
+    return ({getattr(optim, n): frozenset(hp) for n, hp in _ELEMENTWISE_OPTIMIZERS.items()},
+            {getattr(layers, n): decl for n, decl in _LAYER_KERNELS.items()},
+            {getattr(losses, n): decl for n, decl in _HEAD_KERNELS.items()})
+
+
+def elementwise(optimizer: Any) -> bool:
+    """Whether `optimizer`'s update is declared elementwise: its exact class and every hyper-parameter it has."""
+    names = _declared()[0].get(type(optimizer))
+    return names is not None and set(optimizer.hyperparams) <= names
+
+
+def layer_kernel(layer: Any) -> int:
+    """The kernel declared for `layer` (`_DENSE`, `_RELU`), or `_OTHER`: it runs its own forward/backward."""
+    decl = _declared()[1].get(type(layer))
+    if decl is None:
+        return _OTHER
+    kernel, args = decl
+    return kernel if layer.get_config() == type(layer)(**args(layer)).get_config() else _OTHER
+
+
+def head_kernel(head: Any) -> int:
+    """The loss kernel declared for `head`, or `_HEAD_GENERIC`: its own ``value_and_grad``."""
+    decl = _declared()[2].get(type(head))
+    if decl is None:
+        return _HEAD_GENERIC
+    kernel, args = decl
+    return kernel if head.get_config() == type(head)(**args).get_config() else _HEAD_GENERIC
+
+
+# -- the library's operations ---------------------------------------------------------------------
 
 class Kernels:
     """The NumPy-style operations the fast paths need, for `numpy` or `cupy` (one API).
@@ -45,13 +118,8 @@ class Kernels:
 
     def __init__(self, module: Any) -> None:
         self.m = module
-        self._numpy = module.__name__ == "numpy"
         # sum(array, axis, dtype, out): NumPy's ufunc reduction skips np.sum's Python wrapper (same result)
-        self.sum = module.add.reduce if self._numpy else module.sum
-
-    def ptr(self, x: Any) -> int:
-        """Address of the first element."""
-        return x.__array_interface__["data"][0] if self._numpy else x.data.ptr
+        self.sum = module.add.reduce if module.__name__ == "numpy" else module.sum
 
     @staticmethod
     def root(x: Any) -> Any:
@@ -60,21 +128,16 @@ class Kernels:
             x = x.base
         return x
 
-    @staticmethod
-    def contiguous(x: Any) -> bool:
-        """Whether `x` is C-contiguous."""
-        return bool(x.flags.c_contiguous)
-
 
 class FastPath:
-    """The fast paths a backend offers; reached as ``backend.fastpath``.
+    """The fast paths of a NumPy-API library; reached as ``backend.fastpath``.
 
     Args:
-        kernels: the `Kernels` of the backend's library.
+        module: the library module (``numpy`` or ``cupy``).
     """
 
-    def __init__(self, kernels: Kernels) -> None:
-        self.kernels = kernels
+    def __init__(self, module: Any) -> None:
+        self.kernels = Kernels(module)
         # one step per model, kept while the model lives, so buffers survive from one fit call to the next
         self._steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -100,56 +163,42 @@ class FastPath:
         return step
 
     def fuse(self, optimizer: Any) -> FusedUpdate | None:
-        """A single update over the optimizer's parameters, or None when they are not laid out flat."""
+        """A single update over the optimizer's parameters, or None when it cannot give the same result."""
         return FusedUpdate.build(self.kernels, optimizer)
 
 
 # -- flat parameters -------------------------------------------------------------------------------
 
-def _flat_run(k: Kernels, arrays: list[Any]) -> tuple[Any, int, int] | None:
-    """(owner, start, stop) when `arrays` are consecutive C-contiguous views of one 1-D owner."""
-    first = arrays[0]
-    if first is None or first.base is None:
-        return None
-    owner = k.root(first)
-    if owner.ndim != 1 or not k.contiguous(owner) or owner.dtype != first.dtype:
-        return None
-    item = owner.itemsize
-    base_ptr = k.ptr(owner)
-    gap = k.ptr(first) - base_ptr
-    if gap < 0 or gap % item:
-        return None
-    start = pos = gap // item
-    for a in arrays:
-        if (a is None or a.base is None or a.dtype != owner.dtype or not k.contiguous(a)
-                or k.root(a) is not owner or k.ptr(a) != base_ptr + pos * item):
-            return None
-        pos += a.size
-    if pos > owner.size:
-        return None
-    return owner, start, pos
+# the live FlatParams by the id of their value buffer, so that an optimizer finds the layout its parameters
+# are in (each FlatParams holds its buffer, so the id cannot be reused while the entry exists)
+_FLATS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class FlatParams:
-    """Parameter values (and a gradient buffer) as consecutive views of two flat arrays.
+    """Parameter values as consecutive views of one flat array, and a fresh flat gradient array per step.
 
     Attributes:
-        values, grads: the flat buffers.
-        value_views, grad_views: per parameter, the views of each in the parameter's shape.
+        values: the flat value buffer; ``value_views`` its per-parameter views in their shapes.
+        grads: the current step's flat gradient buffer (None before the first); ``grad_views`` its views.
+        offsets: where each parameter starts in the flat buffers, and the total size last.
     """
 
     def __init__(self, k: Kernels, params: list[Any], values: Any) -> None:
-        m = k.m
+        self.k = k
         self.params = list(params)
         self.values = values
-        self.grads = m.zeros(values.shape, dtype=values.dtype)
-        self.value_views, self.grad_views = [], []
-        pos = 0
+        self.offsets = [0]
+        self.value_views = []
+        self._layout = []
         for p in params:
-            shape, size = tuple(p.value.shape), p.value.size
-            self.value_views.append(m.reshape(values[pos:pos + size], shape))
-            self.grad_views.append(m.reshape(self.grads[pos:pos + size], shape))
-            pos += size
+            start, shape = self.offsets[-1], tuple(p.value.shape)
+            stop = start + p.value.size
+            self.offsets.append(stop)
+            self._layout.append((start, stop, shape if len(shape) != 1 else None))
+            self.value_views.append(values[start:stop].reshape(shape))
+        self.grads: Any = None
+        self.grad_views: list[Any] = []
+        _FLATS[id(values)] = self
 
     @classmethod
     def adopt(cls, k: Kernels, params: list[Any]) -> FlatParams:
@@ -157,15 +206,15 @@ class FlatParams:
 
         Copying rebinds each ``p.value`` to a view holding the same numbers.
         """
-        run = _flat_run(k, [p.value for p in params])
-        if run is not None and run[1] == 0 and run[2] == run[0].size:
-            flat = cls(k, params, run[0])
-            # keep the existing view objects, so identity checks elsewhere still hold
-            flat.value_views = [p.value for p in params]
+        current = _FLATS.get(id(k.root(params[0].value)))
+        if current is not None and len(current.params) == len(params) \
+                and all(map(is_, current.params, params)) \
+                and all(map(is_, [p.value for p in params], current.value_views)):
+            flat = cls(k, params, current.values)
+            flat.value_views = list(current.value_views)  # the same view objects, so identity checks still hold
             return flat
         first = params[0].value
-        total = sum(p.value.size for p in params)
-        flat = cls(k, params, k.m.empty((total,), dtype=first.dtype))
+        flat = cls(k, params, k.m.empty((sum(p.value.size for p in params),), dtype=first.dtype))
         flat.restore()
         return flat
 
@@ -175,6 +224,13 @@ class FlatParams:
             if p.value is not view:
                 view[...] = p.value
                 p.value = view
+
+    def new_grads(self) -> list[Any]:
+        """A fresh flat gradient buffer for this step; returns its per-parameter views (uninitialised)."""
+        grads = self.grads = self.k.m.empty(self.values.shape, dtype=self.values.dtype)
+        self.grad_views = views = [grads[a:b] if shape is None else grads[a:b].reshape(shape)
+                                   for a, b, shape in self._layout]
+        return views
 
 
 # -- one optimizer update over all parameters ------------------------------------------------------
@@ -197,21 +253,27 @@ class _FlatParam:
 class FusedUpdate:
     """An optimizer's update applied to the flat run of its parameters, in a few large pieces.
 
-    Every optimizer in `nnx.optim` is elementwise, so its per-parameter rule applied
-    to pieces of the concatenation equals the rule applied to each parameter. The
-    per-parameter state (``optimizer.state[i]``) becomes views of flat state buffers,
-    so ``state_dict`` and ``load_state_dict`` see exactly what they saw before.
+    Built only for optimizers declared elementwise (`elementwise`), whose per-parameter
+    rule applied to pieces of the concatenation equals the rule applied to each
+    parameter. The per-parameter state (``optimizer.state[i]``) becomes views of flat
+    state buffers, so ``state_dict`` and ``load_state_dict`` see what they saw before.
+    The gradients are read from the flat buffer of the current step (`FlatParams.grads`).
     """
 
-    def __init__(self, k: Kernels, optimizer: Any, values: Any, grads: Any) -> None:
+    def __init__(self, k: Kernels, optimizer: Any, flat: FlatParams, first: int) -> None:
         self.k = k
         self.params = list(optimizer.params)
-        self.value_views = [p.value for p in self.params]
-        self.grad_views = [p.grad for p in self.params]
-        self.size = values.shape[0]
+        self.flat = flat
+        last = first + len(self.params)
+        self.views = (first, last)
+        self.whole = first == 0 and last == len(flat.params)
+        self.value_views = flat.value_views[first:last]
+        self.start, self.stop = flat.offsets[first], flat.offsets[last]
+        self.size = self.stop - self.start
         self.bounds = [(a, min(a + _CHUNK, self.size)) for a in range(0, self.size, _CHUNK)]
-        self.chunks = [(values[a:b], grads[a:b]) for a, b in self.bounds]
-        self.flat = _FlatParam()
+        values = flat.values[self.start:self.stop]
+        self.value_chunks = [values[a:b] for a, b in self.bounds]
+        self.param = _FlatParam()
         self.flat_state: dict[str, Any] | None = None
         self.chunk_states: list[dict[str, Any]] = []
         self.state_index: list[tuple[int, str]] = []
@@ -220,20 +282,29 @@ class FusedUpdate:
 
     @classmethod
     def build(cls, k: Kernels, optimizer: Any) -> FusedUpdate | None:
+        """The fused update for `optimizer`, or None where its per-parameter loop must run."""
         params = optimizer.params
-        grads = [p.grad for p in params]
-        if grads[0] is None or grads[0].base is None:
+        if not params:
+            return None
+        grad = params[0].grad
+        if grad is None or grad.base is None:
             return None  # fresh gradients from the portable path: the common "no" answers first
-        if "_update" in vars(optimizer):
-            return None  # a per-parameter hook was installed on this instance: keep calling it per parameter
+        if "_update" in vars(optimizer) or not elementwise(optimizer):
+            return None  # a per-parameter hook on this instance, or an update not declared elementwise
         steps = optimizer._param_steps
         if any(s != steps[0] for s in steps):
             return None  # parameters at different update counts need their own bias corrections
-        vrun = _flat_run(k, [p.value for p in params])
-        grun = _flat_run(k, grads)
-        if vrun is None or grun is None or vrun[2] - vrun[1] != grun[2] - grun[1]:
+        flat = _FLATS.get(id(k.root(params[0].value)))
+        if flat is None or flat.grads is None:
+            return None  # not laid out by a training step, or no step has made gradients yet
+        first = next((j for j, p in enumerate(flat.params) if p is params[0]), None)
+        if first is None or first + len(params) > len(flat.params):
             return None
-        fused = cls(k, optimizer, vrun[0][vrun[1]:vrun[2]], grun[0][grun[1]:grun[2]])
+        if not (all(map(is_, flat.params[first:first + len(params)], params))
+                and all(map(is_, [p.value for p in params], flat.value_views[first:]))
+                and all(map(is_, [p.grad for p in params], flat.grad_views[first:]))):
+            return None
+        fused = cls(k, optimizer, flat, first)
         if not fused._adopt_state(optimizer):
             return None
         return fused
@@ -250,7 +321,7 @@ class FusedUpdate:
         keys = tuple(state[0])
         if any(tuple(state[i]) != keys for i in range(n)):
             return False
-        like = state[0][keys[0]] if keys else self.chunks[0][0]
+        like = state[0][keys[0]] if keys else self.value_chunks[0]
         self._lay_out({key: self.k.m.empty((self.size,), dtype=like.dtype) for key in keys})
         self._install(optimizer, copy=True)
         return True
@@ -261,7 +332,6 @@ class FusedUpdate:
 
     def _install(self, optimizer: Any, copy: bool) -> None:
         """Per-parameter views of the flat state into ``optimizer.state`` (copying the old values in)."""
-        m = self.k.m
         state = optimizer.state
         self.state_index, self.state_views = [], []
         pos = 0
@@ -269,7 +339,7 @@ class FusedUpdate:
             size, shape = p.value.size, tuple(p.value.shape)
             entry = {}
             for key, flat in self.flat_state.items():
-                view = m.reshape(flat[pos:pos + size], shape)
+                view = flat[pos:pos + size].reshape(shape)
                 if copy:
                     view[...] = state[i][key]
                 entry[key] = view
@@ -280,13 +350,14 @@ class FusedUpdate:
         self.state_dict_obj = state
 
     def ready(self, optimizer: Any) -> bool:
-        """Whether every parameter, gradient and state array is still the view laid out."""
+        """Whether every parameter, gradient and state array is still the view this update expects."""
         if "_update" in vars(optimizer):
             return False  # a per-parameter hook was installed since: it must see every parameter
         params = self.params
         if not all(map(is_, [p.value for p in params], self.value_views)):
             return False
-        if not all(map(is_, [p.grad for p in params], self.grad_views)):
+        grad_views = self.flat.grad_views if self.whole else self.flat.grad_views[self.views[0]:self.views[1]]
+        if not all(map(is_, [p.grad for p in params], grad_views)):
             return False
         state = optimizer.state
         if self.flat_state is None:
@@ -303,23 +374,24 @@ class FusedUpdate:
         """Apply the optimizer's rule to the flat buffers, piece by piece, and count the step for every parameter."""
         steps = optimizer._param_steps
         t = steps[0] + 1
-        flat = self.flat
+        param = self.param
         fresh = self.flat_state is None  # the first update: the rule creates its state
+        grads_all = self.flat.grads if self.whole else self.flat.grads[self.start:self.stop]
         saved = optimizer.state
         try:
-            for c, (values, grads) in enumerate(self.chunks):
+            for c, (a, b) in enumerate(self.bounds):
+                values, grads = self.value_chunks[c], grads_all[a:b]
                 # a copy of the dict, so that a rule rebinding an entry can be told from one updating in place
                 optimizer.state = {} if fresh else {0: dict(self.chunk_states[c])}
-                flat.value, flat.grad = values, grads
-                optimizer._update(0, flat, grads, t)
-                if flat.value is not values:
-                    values[...] = flat.value  # a rule that rebinds instead of updating in place
+                param.value, param.grad = values, grads
+                optimizer._update(0, param, grads, t)
+                if param.value is not values:
+                    values[...] = param.value  # a rule that rebinds instead of updating in place
                 new = optimizer.state.get(0)
                 if new is None:
                     continue
                 if self.flat_state is None:
-                    m = self.k.m
-                    self._lay_out({key: m.empty((self.size,), dtype=arr.dtype) for key, arr in new.items()})
+                    self._lay_out({key: self.k.m.empty((self.size,), dtype=arr.dtype) for key, arr in new.items()})
                 views = self.chunk_states[c]
                 for key, arr in new.items():
                     if arr is not views[key]:
@@ -330,6 +402,7 @@ class FusedUpdate:
             raise
         finally:
             optimizer.state = saved
+            param.value = param.grad = None  # hold no step's arrays between steps
         steps[:] = [t] * len(steps)
         if fresh and self.flat_state is not None:
             self._install(optimizer, copy=False)
@@ -337,16 +410,12 @@ class FusedUpdate:
 
 # -- the training step ------------------------------------------------------------------------------
 
-_DENSE, _RELU, _OTHER = 0, 1, 2
-_HEAD_GENERIC, _HEAD_BCE_LOGITS, _HEAD_CE_LOGITS, _HEAD_MSE = 0, 1, 2, 3
-
-
 class TrainStep:
     """Forward, loss and backward of a `Sequential` in training mode, with buffers reused across steps.
 
-    Calling it as ``step(X, y)`` returns what ``Sequential._loss_and_grads`` returns:
-    ``(loss value, outputs, None)``, and leaves each Dense parameter's gradient in
-    ``p.grad`` as a view of the flat gradient buffer. The outputs are a fresh array
+    Calling it as ``step(X, y)`` returns ``(loss value, outputs, None)`` as
+    ``Sequential.loss_and_grads`` does, and leaves each parameter's gradient in ``p.grad``
+    as a view of this step's fresh flat gradient buffer. The outputs are a fresh array
     every step (fit may keep them for metrics); intermediate buffers are not.
     """
 
@@ -358,12 +427,13 @@ class TrainStep:
         self.head_kind = head_kind
         self.signature = signature
         self.flat = fastpath.flat_params(model.parameters())
-        grads = iter(self.flat.grad_views)
-        # per op: (kind, index, layer, weight Parameter, bias Parameter, weight grad view, bias grad view)
+        # per op: (kind, index, layer, weight Parameter, bias Parameter, weight grad index, bias grad index)
         self.plan: list[tuple] = []
+        j = 0
         for i, (kind, layer) in enumerate(ops):
             if kind == _DENSE:
-                self.plan.append((kind, i, layer, layer.weight, layer.bias, next(grads), next(grads)))
+                self.plan.append((kind, i, layer, layer.weight, layer.bias, j, j + 1))
+                j += 2
             else:
                 self.plan.append((kind, i, layer, None, None, None, None))
         self.backward_plan = self.plan[::-1]
@@ -374,37 +444,26 @@ class TrainStep:
     @staticmethod
     def plan(model: Any, loss: Any) -> tuple | None:
         """(ops, head, head kind, signature) for `model` and `loss`, or None when the portable step must run."""
-        from .layers import Dense, ReLU
-        from .losses import MSE, BinaryCrossEntropy, CrossEntropy
-
         if getattr(model, "regularizer", None) is not None:
             return None
-        n_run, head, _ = model._fused_output(loss)
+        n_run, head, _ = model.output_head(loss)
         ops: list[tuple[int, Any]] = []
         params = []
         for layer in model.layers[:n_run]:
-            if type(layer) is Dense:
-                if layer.regularizer is not None:
-                    return None
-                ops.append((_DENSE, layer))
+            kind = layer_kernel(layer)
+            if kind == _DENSE:
                 params += [layer.weight, layer.bias]
-            elif type(layer) is ReLU and ops and ops[-1][0] == _DENSE:
-                ops.append((_RELU, layer))  # in place on the Dense output buffer, which the step owns
-            else:
-                ops.append((_OTHER, layer))
+            elif kind == _RELU and not (ops and ops[-1][0] == _DENSE):
+                kind = _OTHER  # the kernel works in place on the Dense output buffer, which the step owns
+            ops.append((kind, layer))
         for layer in model.layers[n_run:]:
             params += layer.parameters()
-        if params != model.parameters() or not params:
-            return None  # some other layer has parameters: its gradients would not land flat
-        kind = _HEAD_GENERIC
-        if type(head) is BinaryCrossEntropy and head.from_logits:
-            kind = _HEAD_BCE_LOGITS
-        elif type(head) is CrossEntropy and head.from_logits:
-            kind = _HEAD_CE_LOGITS
-        elif type(head) is MSE:
-            kind = _HEAD_MSE
-        config = head.get_config() if hasattr(head, "get_config") else {}
-        signature = (tuple(map(id, model.layers)), tuple(map(id, params)), n_run, type(head), repr(config), kind)
+        everything = model.parameters()
+        if not params or len(params) != len(everything) or not all(map(is_, params, everything)):
+            return None  # a layer without a kernel has parameters: its gradients would not land flat
+        kind = head_kernel(head)
+        signature = (tuple(map(id, model.layers)), tuple(kind for kind, _ in ops), tuple(map(id, params)), n_run,
+                     type(head), repr(head.get_config()), kind)
         return ops, head, kind, signature
 
     def _buffers_for(self, X: Any) -> dict:
@@ -449,8 +508,10 @@ class TrainStep:
             else:
                 Z = layer.forward(Z, True)
         value, dY = self._head(Z, y, bufs)
-        for kind, i, layer, wp, bp, gw, gb in self.backward_plan:
+        grads = self.flat.new_grads()  # fresh every step: a p.grad someone kept is never overwritten
+        for kind, i, layer, wp, bp, jw, jb in self.backward_plan:
             if kind == _DENSE:
+                gw, gb = grads[jw], grads[jb]
                 matmul(inputs[i].T, dY, out=gw)
                 k_sum(dY, 0, None, gb)
                 wp.grad = gw

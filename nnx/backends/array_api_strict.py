@@ -1,0 +1,46 @@
+"""The array_api_strict adapter: the standard and nothing more, on its CPU device and its test devices.
+
+Running the suite here is how nnx catches NumPy-only calls and creation calls without
+``device=``; its extra devices (``"array_api_strict:device1"``) behave like a second GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from .base import Backend, import_library
+
+
+class ArrayApiStrictBackend(Backend):
+    """array_api_strict on one of its devices (``"array_api_strict"``, ``"array_api_strict:device1"``)."""
+
+    name = "array_api_strict"
+    distributions = ("array-api-strict",)
+
+    @classmethod
+    def load(cls, label: str | None) -> ArrayApiStrictBackend:
+        xp = import_library("array_api_strict", cls.name, "pip install array-api-strict")
+        if label is None:
+            return cls(xp, xp.Device("CPU_DEVICE"))
+        devices = {d._device: d for d in xp.__array_namespace_info__().devices()}
+        if label not in devices:
+            raise ValueError(f"array_api_strict has devices {sorted(devices)}, got {label!r}")
+        return cls(xp, devices[label], label)
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        xp = importlib.import_module("array_api_strict")
+        return [getattr(d, "_device", str(d)) for d in xp.__array_namespace_info__().devices()]
+
+    def from_host(self, host: np.ndarray) -> Any:
+        return self.xp.asarray(host, device=self.device)
+
+    def _to_host(self, x: Any) -> np.ndarray:
+        # NumPy reads only arrays on the CPU device
+        return np.asarray(x.to_device(self.xp.Device("CPU_DEVICE")))
+
+    def _device_label(self, device: Any) -> str:
+        return device._device  # str() gives "array_api_strict.Device('device1')", which `load` does not parse

@@ -1,0 +1,81 @@
+"""The JAX adapter: immutable arrays on a JAX device, with dropout from counter-based keys.
+
+JAX is put in 64-bit mode when the backend loads, since nnx models carry an explicit
+dtype and JAX would otherwise turn float64 into float32 without a word. The library is
+imported only inside functions (``import jax`` here is the library: imports are absolute).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from .base import Backend, BackendUnavailableError, import_library
+from .rng import DeviceRNG
+
+_PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal")
+
+
+class JaxBackend(Backend):
+    """jax.numpy on one device (``"jax"``: the default device, ``"jax:cpu"``, ``"jax:gpu:1"``)."""
+
+    name = "jax"
+    distributions = ("jax",)
+    gpu_spec = "jax:gpu"
+
+    @classmethod
+    def load(cls, label: str | None) -> JaxBackend:
+        jax = import_library("jax", cls.name, 'pip install "nnx-mlp[jax]"')
+        jax.config.update("jax_enable_x64", True)
+        xp = importlib.import_module("jax.numpy")
+        platform, _, index = (label or "").partition(":")
+        if index and not index.isdigit():
+            raise ValueError(f"backend 'jax:{label}': the device index must be a number, got {index!r}")
+        try:
+            devices = jax.devices(platform) if platform else jax.devices()
+        except RuntimeError as exc:  # JAX raises RuntimeError both for unknown and for absent platforms
+            if platform.lower() in _PLATFORMS:
+                raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {exc}") from None
+            raise ValueError(f"backend 'jax:{label}' names no JAX platform: {exc}") from None
+        if int(index or 0) >= len(devices):
+            raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {len(devices)} "
+                                          f"{platform or 'default'} device(s) found")
+        return cls(xp, devices[int(index or 0)], label)
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        jax = importlib.import_module("jax")
+        return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
+
+    def from_host(self, host: np.ndarray) -> Any:
+        import jax
+
+        return jax.device_put(host, self.device)
+
+    def _to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def _move(self, x: Any) -> Any:
+        import jax
+
+        return jax.device_put(x, self.device)
+
+    def rng(self, seed: int) -> JaxRNG:
+        return JaxRNG(self, seed)
+
+    def synchronize(self, x: Any = None) -> None:
+        if x is not None:
+            x.block_until_ready()
+
+
+class JaxRNG(DeviceRNG):
+    """A fresh key per draw, folded from ``(seed, counter)``: the state is those two ints."""
+
+    def _draw(self, shape: tuple[int, ...], label: str) -> Any:
+        import jax
+
+        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.counter)
+        with jax.default_device(self.backend.device):
+            return jax.random.uniform(key, shape, dtype=getattr(self.backend.xp, label))

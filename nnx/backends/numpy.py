@@ -1,0 +1,43 @@
+"""The NumPy adapter: the host itself is the device, and the NumPy-API fast path is on by default."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from .base import Backend
+
+
+class NumpyBackend(Backend):
+    """NumPy on the CPU (``"numpy"``); its arrays are the host arrays every backend accepts."""
+
+    name = "numpy"
+    distributions = ("numpy",)
+
+    @classmethod
+    def load(cls, label: str | None) -> NumpyBackend:
+        if label not in (None, "cpu"):
+            raise ValueError(f"numpy has only the 'cpu' device, got {label!r}")
+        # NumPy 2 is an array-API namespace itself; older releases need array_api_compat's wrapper
+        xp = np if hasattr(np, "__array_api_version__") else importlib.import_module("array_api_compat.numpy")
+        return cls(xp, "cpu")
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        return ["cpu"]
+
+    def owns(self, x: Any) -> bool:
+        return isinstance(x, (np.ndarray, np.generic))
+
+    def from_host(self, host: np.ndarray) -> np.ndarray:
+        return host
+
+    def _to_host(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def _build_fastpath(self) -> Any:
+        from .numpy_fast import FastPath
+
+        return FastPath(np)

@@ -1,0 +1,143 @@
+"""The one registry of backends: names, aliases and module names mapped to adapter classes.
+
+Adding a backend is one adapter module plus one `register_backend` line (below, for the
+built-ins, or in the user's own code). Adapters are registered by ``"module:Class"`` so
+that registering imports nothing: the adapter module, and its library, load when the
+backend is first asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from typing import Any
+
+import array_api_compat
+
+from .base import Backend, BackendUnavailableError
+from .generic import PREFIX as GENERIC
+from .generic import GenericBackend, generic_backend, is_namespace
+from .names import backend_for_module, backend_name_of, claim_modules
+
+# name -> the adapter class, or "module:Class" naming it until it is first needed
+_ENTRIES: dict[str, type[Backend] | str] = {}
+_ALIASES: dict[str, str] = {}
+_CACHE: dict[str, Backend] = {}
+
+
+def register_backend(name: str, adapter: type[Backend] | str, aliases: tuple[str, ...] = (),
+                     module_names: tuple[str, ...] = ()) -> None:
+    """Make backend `name` known to `get_backend`.
+
+    Args:
+        name: the backend's name; arrays of its library report it (`backend_name_of`).
+        adapter: the `Backend` subclass, or ``"package.module:Class"`` to import on first use.
+        aliases: other names `get_backend` accepts for it (``"np"``).
+        module_names: namespace modules, and top packages of array types, that belong to it
+            (``"torch"``, ``"array_api_compat.torch"``), so that namespaces and arrays resolve to it.
+    """
+    if name == GENERIC or ":" in name:
+        raise ValueError(f"backend name {name!r} is reserved or contains ':'")
+    _ENTRIES[name] = adapter
+    for alias in aliases:
+        _ALIASES[alias] = name
+    claim_modules(name, (name, *module_names))
+    for key in [k for k in _CACHE if k.partition(":")[0] in (name, *aliases)]:
+        del _CACHE[key]  # a re-registration replaces what was loaded before
+
+
+def adapter_class(name: str) -> type[Backend]:
+    """The adapter class registered for backend `name` (importing its module, not its library)."""
+    name = _ALIASES.get(name, name)
+    adapter = _ENTRIES[name]
+    if isinstance(adapter, str):
+        module, _, cls = adapter.partition(":")
+        adapter = _ENTRIES[name] = getattr(importlib.import_module(module), cls)
+    return adapter
+
+
+def backend_names() -> tuple[str, ...]:
+    """Every registered backend name, built-ins first, in registration order."""
+    return tuple(_ENTRIES)
+
+
+def get_backend(spec: Any = "numpy") -> Backend:
+    """Resolve a backend from a name (``"cupy:1"``), a namespace module, an array or a `Backend`.
+
+    ``"generic:<module>"`` runs any array-API library through the generic adapter
+    (`nnx.backends.generic`); so do namespaces and arrays no registered backend claims.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if isinstance(spec, types.ModuleType):
+        return _from_namespace(spec)
+    if not isinstance(spec, str):
+        return _from_array(spec)
+    key = spec.strip()
+    backend = _CACHE.get(key)
+    if backend is not None:
+        return backend
+    name, _, label = key.partition(":")
+    name = _ALIASES.get(name, name)
+    if name != GENERIC and name not in _ENTRIES:
+        raise ValueError(f"unknown backend {spec!r}; valid names: {list(_ENTRIES)} "
+                         f"(or '{GENERIC}:<module>' for another array API library)")
+    try:
+        adapter = GenericBackend if name == GENERIC else adapter_class(name)
+        backend = adapter.load(label or None)
+    except ImportError as exc:  # an adapter's own checks say how to install; this is a failure deeper down
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {exc}") from exc
+    _CACHE[key] = backend
+    return backend
+
+
+def _from_namespace(module: types.ModuleType) -> Backend:
+    name = backend_for_module(module.__name__)
+    if name is not None:
+        return get_backend(name)
+    if is_namespace(module):
+        return generic_backend(module)
+    raise ValueError(f"unknown array namespace {module.__name__!r}; known backends: {list(_ENTRIES)}")
+
+
+def _from_array(x: Any) -> Backend:
+    name = backend_name_of(x)
+    if name is None:
+        raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__}")
+    device = array_api_compat.device(x)
+    if name in _ENTRIES:
+        backend = get_backend(name)
+    else:
+        backend = generic_backend(array_api_compat.array_namespace(x), device)
+    return backend if str(device) == str(backend.device) else backend.on_device(device)
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """Whether a backend imports and runs an operation here, and if not, why."""
+    try:
+        be = get_backend(name)
+        xp = be.xp
+        total = xp.sum(xp.ones((4,), dtype=xp.float32, device=be.device))
+        if be.to_float(total) != 4.0:
+            return False, "a test sum gave a wrong result"
+    except Exception as exc:  # any failure means "does not run here", and we report why
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, "ok"
+
+
+def available_backends() -> list[str]:
+    """Names of the registered backends that import and run an operation on this machine."""
+    return [name for name in _ENTRIES if backend_status(name)[0]]
+
+
+# -- the built-in adapters, one module each -------------------------------------------------------
+register_backend("numpy", "nnx.backends.numpy:NumpyBackend", aliases=("np",),
+                 module_names=("array_api_compat.numpy",))
+register_backend("array_api_strict", "nnx.backends.array_api_strict:ArrayApiStrictBackend", aliases=("strict",))
+register_backend("torch", "nnx.backends.torch:TorchBackend", aliases=("pytorch",),
+                 module_names=("array_api_compat.torch",))
+register_backend("jax", "nnx.backends.jax:JaxBackend", aliases=("jax.numpy",), module_names=("jax.numpy", "jaxlib"))
+register_backend("cupy", "nnx.backends.cupy:CupyBackend", aliases=("cp",), module_names=("array_api_compat.cupy",))
+
+#: the built-in backends, in the order `available_backends` lists them
+BACKEND_NAMES = backend_names()

@@ -1,0 +1,73 @@
+"""Random streams: the host generator behind initialisation and shuffling, and the device streams for dropout.
+
+`DeviceRNG` is the interface a backend's ``rng(seed)`` returns. `HostRNG` draws from a
+host PCG64 stream and moves the numbers to the device; it serves every backend whose
+library has no generator nnx uses (NumPy, array_api_strict, the generic adapter).
+Libraries with their own generator subclass `DeviceRNG` next to their adapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .names import dtype_name
+
+
+def host_rng(seed: int | None) -> np.random.Generator:
+    """The host random generator behind initialisation and shuffling, identical on every backend."""
+    return np.random.default_rng(seed)
+
+
+class DeviceRNG:
+    """Uniform random numbers on a backend's device, with a JSON-serialisable state.
+
+    Args:
+        backend: the `Backend` whose device the numbers are made on.
+        seed: the stream's seed (an int).
+
+    Every state holds ``"seed"`` and ``"counter"`` (draws so far); subclasses add what
+    their generator needs to resume exactly.
+    """
+
+    def __init__(self, backend: Any, seed: int) -> None:
+        self.backend = backend
+        self.seed = int(seed)
+        self.counter = 0
+
+    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        """An array of `shape` with values uniform in [0, 1)."""
+        self.counter += 1
+        return self._draw(tuple(shape), dtype_name(dtype))
+
+    def _draw(self, shape: tuple[int, ...], label: str) -> Any:
+        raise NotImplementedError
+
+    def get_state(self) -> dict:
+        """A JSON-serialisable snapshot of the stream."""
+        return {"seed": self.seed, "counter": self.counter}
+
+    def set_state(self, state: dict) -> None:
+        """Restore a snapshot taken by `get_state`."""
+        self.seed = int(state["seed"])
+        self.counter = int(state["counter"])
+
+
+class HostRNG(DeviceRNG):
+    """A host PCG64 stream whose draws are moved to the device (state key ``"pcg64"``)."""
+
+    def __init__(self, backend: Any, seed: int) -> None:
+        super().__init__(backend, seed)
+        self._gen = np.random.default_rng(self.seed)
+
+    def _draw(self, shape: tuple[int, ...], label: str) -> Any:
+        return self.backend.from_host(self._gen.random(shape, dtype=np.dtype(label)))
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "pcg64": self._gen.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        if "pcg64" in state:
+            self._gen.bit_generator.state = state["pcg64"]

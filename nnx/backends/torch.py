@@ -1,0 +1,104 @@
+"""The PyTorch adapter: CPU, CUDA and MPS devices, with dropout drawn from a `torch.Generator`.
+
+Like every adapter module it imports its library only inside functions, so that
+``import nnx`` stays free of torch; inside this package ``import torch`` is the
+library (imports are absolute), never this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from .base import Backend, BackendUnavailableError, import_library
+from .rng import DeviceRNG
+
+
+class TorchBackend(Backend):
+    """PyTorch through array_api_compat on one device (``"torch"``, ``"torch:cuda:1"``, ``"torch:mps"``)."""
+
+    name = "torch"
+    distributions = ("torch",)
+    gpu_spec = "torch:cuda"
+
+    @classmethod
+    def load(cls, label: str | None) -> TorchBackend:
+        torch = import_library("torch", cls.name, 'pip install "nnx-mlp[torch]"')
+        xp = importlib.import_module("array_api_compat.torch")
+        try:
+            device = torch.device(label or "cpu")
+        except RuntimeError as exc:  # torch's message lists the device types it knows
+            raise ValueError(f"backend 'torch:{label}' names no torch device: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("backend 'torch:cuda' cannot run here: torch sees no CUDA device")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise BackendUnavailableError(f"backend 'torch:{label}' cannot run here: "
+                                          f"{torch.cuda.device_count()} CUDA device(s) found")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise BackendUnavailableError("backend 'torch:mps' cannot run here: torch sees no MPS device")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise BackendUnavailableError(f"backend 'torch:{label}': nnx runs torch on cpu, cuda or mps devices")
+        return cls(xp, device, label)
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        torch = importlib.import_module("torch")
+        found = ["cpu"]
+        if torch.cuda.is_available():
+            found += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            found.append("mps")
+        return found
+
+    def from_host(self, host: np.ndarray) -> Any:
+        import torch
+
+        # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+        # torch cannot share a read-only buffer (np.load, broadcast views): copy those
+        if not (host.flags.c_contiguous and host.flags.writeable):
+            host = np.array(host, order="C", copy=True)
+        return torch.as_tensor(host, device=self.device)
+
+    def _to_host(self, x: Any) -> np.ndarray:
+        return x.detach().cpu().numpy()
+
+    def _move(self, x: Any) -> Any:
+        return x.to(self.device)
+
+    def rng(self, seed: int) -> TorchRNG:
+        return TorchRNG(self, seed)
+
+    def synchronize(self, x: Any = None) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+
+class TorchRNG(DeviceRNG):
+    """A `torch.Generator` on the backend's device (state key ``"torch"``: its bytes as a list)."""
+
+    def __init__(self, backend: TorchBackend, seed: int) -> None:
+        import torch
+
+        super().__init__(backend, seed)
+        self._gen = torch.Generator(device=backend.device)
+        self._gen.manual_seed(self.seed)
+
+    def _draw(self, shape: tuple[int, ...], label: str) -> Any:
+        import torch
+
+        return torch.rand(shape, generator=self._gen, dtype=getattr(torch, label), device=self.backend.device)
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "torch": self._gen.get_state().tolist()}
+
+    def set_state(self, state: dict) -> None:
+        import torch
+
+        super().set_state(state)
+        if "torch" in state:
+            self._gen.set_state(torch.tensor(state["torch"], dtype=torch.uint8))
