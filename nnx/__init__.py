@@ -4,16 +4,19 @@ The same model code trains on NumPy, CuPy, PyTorch, JAX or array_api_strict;
 the backend is chosen per model when it is constructed.
 """
 
-from ._version import __version__
 from . import activations, callbacks, init, losses, metrics, optim, regularizers, training
+from ._version import __version__
 from .backends import Backend, BackendUnavailableError, available_backends, get_backend
 from .gradcheck import check_gradients
 from .layers import (
+    BatchNorm,
     Buffer,
     Dense,
     Dropout,
+    Flatten,
     Identity,
     Layer,
+    LayerNorm,
     LeakyReLU,
     Parameter,
     ReLU,
@@ -26,10 +29,10 @@ from .training import History
 from .training.callbacks import GradientAnalyzer
 
 __all__ = [
-    "Backend", "BackendUnavailableError", "Buffer", "Dense", "Dropout", "GradientAnalyzer", "History", "Identity",
-    "Layer", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid", "Softmax", "Tanh", "activations",
-    "available_backends", "callbacks", "check_gradients", "get_backend", "init", "load", "losses", "metrics",
-    "optim", "regularizers", "training", "__version__",
+    "Backend", "BackendUnavailableError", "BatchNorm", "Buffer", "Dense", "Dropout", "Flatten", "GradientAnalyzer",
+    "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid",
+    "Softmax", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend", "init",
+    "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
 ]
 
 

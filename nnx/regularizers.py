@@ -13,6 +13,8 @@ from typing import Any
 
 import array_api_compat
 
+from .registry import Registry, UnknownNameError
+
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
 DEFAULT_STRENGTH = 1e-4
@@ -44,10 +46,32 @@ def _weights_arg(method: Any) -> Any:
     return wrapper
 
 
+REGULARIZERS = Registry(
+    "regularizer",
+    "A subclass of nnx.regularizers.Regularizer registers itself under its `name` class attribute (default: its "
+    "lower-case class name) when its module is imported: import that module before loading.",
+    normalize=lambda name: name.strip().lower(),
+)
+"""Lower-case name -> regularizer class; every `Regularizer` subclass adds itself when defined
+(constructed with `DEFAULT_STRENGTH` when named without arguments)."""
+
+
 class Regularizer:
-    """Base class: ``penalty(W)`` is a 0-d array added to the loss, ``gradient(W)`` its gradient w.r.t. ``W``."""
+    """Base class: ``penalty(W)`` is a 0-d array added to the loss, ``gradient(W)`` its gradient w.r.t. ``W``.
+
+    A subclass registers itself under its ``name`` class attribute (its lower-case class
+    name when it sets none), so ``get_regularizer("name")`` and saved models find it.
+    Override `get_config` to add the constructor arguments next to ``"name"``.
+    """
 
     name = "regularizer"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower()
+        if not cls.__name__.startswith("_"):
+            REGULARIZERS.add(cls.name, cls)
 
     def penalty(self, W: Any) -> Any:
         """The penalty for weights `W`, a 0-d array of `W`'s dtype."""
@@ -158,13 +182,7 @@ class ElasticNet(Regularizer):
         return {"name": self.name, "l1": self.l1, "l2": self.l2}
 
 
-REGULARIZERS: dict[str, type[Regularizer]] = {
-    "l1": L1,
-    "l2": L2,
-    "elasticnet": ElasticNet,
-    "elastic_net": ElasticNet,
-}
-"""Lower-case name -> regularizer class (constructed with `DEFAULT_STRENGTH` when named)."""
+REGULARIZERS.add("elastic_net", ElasticNet)
 
 
 def get_regularizer(spec: Any) -> Regularizer | None:
@@ -189,7 +207,7 @@ def get_regularizer(spec: Any) -> Regularizer | None:
 
 
 def _by_name(name: str, kwargs: dict[str, Any]) -> Regularizer:
-    key = name.strip().lower()
-    if key not in REGULARIZERS:
-        raise ValueError(f"unknown regularizer {name!r}; valid names: {sorted(REGULARIZERS)}")
-    return REGULARIZERS[key](**kwargs)
+    if name not in REGULARIZERS:
+        raise UnknownNameError(f"unknown regularizer {name!r}; valid names: {REGULARIZERS.names()}. "
+                               f"{REGULARIZERS.how_to_register}")
+    return REGULARIZERS.get(name)(**kwargs)

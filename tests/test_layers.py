@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import host_rng
+from nnx.backends import host_rng
 from nnx.gradcheck import numerical_gradient
-from nnx.layers import LAYERS, layer_from_config
+from nnx.layers import LAYERS, BuildContext, layer_from_config
 from nnx.regularizers import L1, L2, ElasticNet
 
 TOL = 1e-6
@@ -22,8 +22,9 @@ def _norm_rel(analytic, numeric) -> float:
     return 0.0 if scale == 0 else float(np.linalg.norm(a - n) / scale)
 
 
-def _build(layer, backend, dtype="float64", seed=0):
-    layer.build(backend, dtype, host_rng(seed), "0.", backend.rng(seed))
+def _build(layer, backend, dtype="float64", seed=0, input_shape=None):
+    context = BuildContext(backend, dtype, host_rng(seed), backend.rng(seed), "0.")
+    layer.attach(context, input_shape)
     return layer
 
 
@@ -51,6 +52,11 @@ def _model_cases():
         ("dropout", lambda: [nnx.Dense(3, 6), nnx.Tanh(), nnx.Dropout(0.5), nnx.Dense(6, 2)], "mse", "reg"),
         ("deep-mixed", lambda: [nnx.Dense(3, 4, init="glorot"), nnx.Sigmoid(), nnx.Dropout(0.3),
                                 nnx.Dense(4, 4), nnx.LeakyReLU(0.2), nnx.Dense(4, 1)], "mae", "reg1"),
+        ("batchnorm", lambda: [nnx.Dense(3, 4), nnx.BatchNorm(), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
+        ("batchnorm-first", lambda: [nnx.BatchNorm(3), nnx.Dense(3, 2)], "mse", "reg"),
+        ("layernorm", lambda: [nnx.Dense(3, 4), nnx.LayerNorm(), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
+        ("layernorm-first", lambda: [nnx.LayerNorm(3), nnx.Dense(3, 2)], "mse", "reg"),
+        ("flatten", lambda: [nnx.Flatten(), nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
     ]
 
 
@@ -122,6 +128,11 @@ def _layer_cases():
         ("leaky_relu", lambda: nnx.LeakyReLU(0.15)),
         ("softmax", nnx.Softmax),
         ("identity", nnx.Identity),
+        ("batchnorm", lambda: nnx.BatchNorm(3, momentum=0.3)),
+        ("batchnorm-inferred", nnx.BatchNorm),
+        ("layernorm", lambda: nnx.LayerNorm(3)),
+        ("layernorm-inferred", nnx.LayerNorm),
+        ("flatten", nnx.Flatten),
     ]
 
 
@@ -129,17 +140,19 @@ def _layer_cases():
 def test_layer_gradients_against_finite_differences(backend, case):
     """L = sum(layer(X) * G) (+ the layer's weight penalty): dL/dX and dL/dparams vs central differences."""
     _, make = case
-    layer = _build(make(), backend)
+    layer = _build(make(), backend, input_shape=(3,))
     xp = backend.xp
     rng = np.random.default_rng(7)
+    for p in layer.parameters():  # away from the ones/zeros a norm layer starts at, so every term is tested
+        p.value = backend.asarray(rng.standard_normal(p.shape), dtype="float64")
     X_host = rng.standard_normal((5, 3))
     out_shape = (5, 4) if isinstance(layer, nnx.Dense) else (5, 3)
     G = backend.asarray(rng.standard_normal(out_shape), dtype="float64")
-    rng_state = layer._rng.get_state() if isinstance(layer, nnx.Dropout) else None
+    rng_state = layer.rng.get_state() if isinstance(layer, nnx.Dropout) else None
 
     def loss(X):
         if rng_state is not None:
-            layer._rng.set_state(rng_state)  # the same dropout mask every time
+            layer.rng.set_state(rng_state)  # the same dropout mask every time
         value = xp.sum(layer.forward(X, training=True) * G)
         if layer.regularizer is not None:
             value = value + layer.regularizer.penalty(layer.weight.value)
@@ -266,15 +279,17 @@ def test_dropout_masks_change_between_steps(backend, dtype):
 
 def test_layer_config_roundtrip():
     layers = [nnx.Dense(3, 4, init="glorot", regularizer=L2(0.1)), nnx.Dropout(0.25), nnx.Sigmoid(),
-              nnx.Tanh(), nnx.ReLU(), nnx.LeakyReLU(0.3), nnx.Softmax(), nnx.Identity()]
+              nnx.Tanh(), nnx.ReLU(), nnx.LeakyReLU(0.3), nnx.Softmax(), nnx.Identity(),
+              nnx.BatchNorm(4, momentum=0.2, eps=1e-3), nnx.LayerNorm((2, 3), eps=1e-6), nnx.Flatten()]
     for layer in layers:
         config = layer.get_config()
         rebuilt = layer_from_config(config)
         assert type(rebuilt) is type(layer)
         assert rebuilt.get_config() == config
-    assert set(LAYERS) == {"Dense", "Dropout", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity"}
+    assert set(LAYERS) >= {"Dense", "Dropout", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity",
+                           "BatchNorm", "LayerNorm", "Flatten"}
     assert repr(nnx.Dense(2, 3)).startswith("Dense(in_features=2, out_features=3")
-    with pytest.raises(ValueError, match=r"unknown layer type 'Conv2d'; known layers: \[.*'Dense'"):
+    with pytest.raises(ValueError, match=r"unknown layer 'Conv2d': nnx knows \[.*'Dense'.*registers itself"):
         layer_from_config({"type": "Conv2d"})
     with pytest.raises(ValueError, match=r"bad arguments for layer Dense"):
         layer_from_config({"type": "Dense", "in_features": 2})

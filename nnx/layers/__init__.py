@@ -4,9 +4,12 @@ from .activation import ACTIVATION_LAYERS, Identity, LeakyReLU, ReLU, Sigmoid, S
 from .base import LAYERS, BuildContext, Layer, layer_from_config
 from .dense import Dense
 from .dropout import Dropout
+from .normalization import BatchNorm, LayerNorm
 from .parameter import Buffer, Parameter
+from .shape import Flatten
 
 __all__ = [
-    "ACTIVATION_LAYERS", "LAYERS", "Buffer", "BuildContext", "Dense", "Dropout", "Identity", "Layer",
-    "LeakyReLU", "Parameter", "ReLU", "Sigmoid", "Softmax", "Tanh", "layer_from_config",
+    "ACTIVATION_LAYERS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "Flatten",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Sigmoid", "Softmax", "Tanh",
+    "layer_from_config",
 ]

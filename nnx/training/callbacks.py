@@ -630,7 +630,15 @@ GRADIENT_STATS = ("weight_mean", "weight_max", "weight_norm", "bias_mean", "bias
 
 
 class GradientAnalyzer(Callback):
-    """Per Dense layer and per step: mean |g|, max |g| and L2 norm of the weight and bias gradients.
+    """Per layer with parameters and per step: mean |g|, max |g| and L2 norm of its weight and bias gradients.
+
+    Every layer that has trained parameters gets a column, built-in or a user's. Its
+    "weight" statistics cover all of its parameters except the one named ``bias``
+    (for `Dense` that is its weight matrix; for a layer with several such parameters,
+    the statistics of all their entries together), and its "bias" statistics cover the
+    parameter named ``bias`` (zeros when the layer has none). `layer_names` labels the
+    columns ``"<index>:<Class>(<shape of its first parameter>)"``, e.g. ``"0:Dense(2, 4)"``,
+    and `parameter_names` lists which parameters feed each column.
 
     Args:
         vanish_threshold: warn when a layer's mean |weight gradient| over an epoch falls below it.
@@ -667,7 +675,8 @@ class GradientAnalyzer(Callback):
         self._pending: list[Any] = []  # device arrays (layers * 6,), one per step of the current epoch
         self._pending_epochs: list[int] = []
         self._state: dict[tuple[str, str], bool] = {}
-        self._layers: list[Any] = []
+        self._layers: list[Any] = []  # (weight-like parameters, bias or None) per column
+        self.parameter_names: list[list[str]] = []
 
     def set_model(self, model: Any) -> None:
         super().set_model(model)
@@ -676,16 +685,16 @@ class GradientAnalyzer(Callback):
         self._model_id = id(model)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        from ..layers import Dense
-
-        layers = [(i, layer) for i, layer in enumerate(self.model.layers) if isinstance(layer, Dense)]
+        layers = [(i, layer) for i, layer in enumerate(self.model.layers) if layer.parameters()]
         if not layers:
-            raise ValueError("GradientAnalyzer needs a model with at least one Dense layer")
-        names = [f"{i}:Dense({layer.in_features}, {layer.out_features})" for i, layer in layers]
+            raise ValueError("GradientAnalyzer needs a model with at least one layer that has parameters")
+        names = [_column_name(i, layer) for i, layer in layers]
         if self.layer_names and names != self.layer_names:
             self.reset()
         self.layer_names = names
-        self._layers = [layer for _, layer in layers]
+        self._layers = [_split_bias(layer) for _, layer in layers]
+        self.parameter_names = [[p.name for p in weights] + ([] if bias is None else [bias.name])
+                                for weights, bias in self._layers]
         self._pending, self._pending_epochs = [], []
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -694,9 +703,9 @@ class GradientAnalyzer(Callback):
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         xp = self.model.xp
         values = []
-        for layer in self._layers:
-            for param in (layer.weight, layer.bias):
-                values.extend(_grad_stats(xp, param.grad, param.value))
+        for weights, bias in self._layers:
+            values.extend(_group_stats(xp, weights))
+            values.extend(_group_stats(xp, [] if bias is None else [bias], like=weights[0]))
         self._pending.append(xp.stack(values))
         self._pending_epochs.append(self._epoch)
 
@@ -760,6 +769,37 @@ class GradientAnalyzer(Callback):
         from ..plot import plot_gradients
 
         return plot_gradients(self, **kwargs)
+
+
+def _column_name(index: int, layer: Any) -> str:
+    """``"0:Dense(2, 4)"``: the layer's index, class and the shape of its first parameter."""
+    shape = layer.parameters()[0].shape
+    return f"{index}:{type(layer).__name__}({', '.join(map(str, shape))})"
+
+
+def _split_bias(layer: Any) -> tuple[list[Any], Any]:
+    """A layer's parameters as (the weight-like ones, the one named ``bias`` or None)."""
+    weights, bias = [], None
+    for p in layer.parameters():
+        if bias is None and p.name.rsplit(".", 1)[-1] == "bias":
+            bias = p
+        else:
+            weights.append(p)
+    if not weights:  # a layer whose only parameter is a bias: its statistics go in the weight columns
+        weights, bias = [bias], None
+    return weights, bias
+
+
+def _group_stats(xp: Any, params: list[Any], like: Any = None) -> list[Any]:
+    """`_grad_stats` over all entries of several parameters' gradients together (zeros for none)."""
+    if not params:
+        return _grad_stats(xp, None, like.value)
+    if len(params) == 1:
+        return _grad_stats(xp, params[0].grad, params[0].value)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return _grad_stats(xp, None, params[0].value)
+    return _grad_stats(xp, xp.concat([xp.reshape(g, (-1,)) for g in grads]), params[0].value)
 
 
 def _grad_stats(xp: Any, grad: Any, value: Any) -> list[Any]:

@@ -1,0 +1,209 @@
+"""Normalization layers: BatchNorm (batch statistics, running estimates as buffers) and LayerNorm.
+
+Both are written only against the public `Layer` API (`add_parameter`,
+`add_buffer`, `output_shape`, `forward`/`backward` in `self.xp`), exactly as a
+user's layer would be, and both have exact analytic backward passes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .base import Layer, Shape, check_size
+
+
+def _check_eps(owner: str, eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{owner} eps must be a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+class BatchNorm(Layer):
+    """Batch normalization over the batch axis for ``(batch, features)`` input (torch.nn.BatchNorm1d).
+
+    In training, each feature is normalised with the batch mean and the biased batch
+    variance, and the running estimates are updated as
+    ``running = (1 - momentum) * running + momentum * batch_statistic`` (the variance
+    estimate uses the unbiased batch variance). At inference the running estimates are
+    used. The output is ``weight * x_hat + bias``; ``weight`` starts at ones, ``bias`` at
+    zeros, and neither is regularized. ``running_mean`` and ``running_var`` are buffers:
+    saved, loaded and moved with the model, never trained.
+
+    Args:
+        num_features: features per sample; None takes it from the input shape.
+        momentum: weight of the newest batch in the running estimates, in [0, 1].
+        eps: added to the variance before the square root, > 0.
+    """
+
+    def __init__(self, num_features: int | None = None, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = None if num_features is None else check_size("num_features", num_features)
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
+        self.momentum = float(momentum)
+        self.eps = _check_eps("BatchNorm", eps)
+        self._cache: Any = None
+
+    def expected_input_shape(self) -> Shape | None:
+        return None if self.num_features is None else (self.num_features,)
+
+    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+        if input_shape is None:
+            return None if self.num_features is None else (self.num_features,)
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 1:
+            raise ValueError(f"BatchNorm normalises (batch, features) input, but gets samples of shape "
+                             f"{input_shape}; put a Flatten before it")
+        if self.num_features is not None and input_shape != (self.num_features,):
+            raise ValueError(f"BatchNorm({self.num_features}) expects samples of shape ({self.num_features},) "
+                             f"but gets {input_shape}")
+        return input_shape
+
+    def build(self, input_shape: Shape | None) -> None:
+        if self.num_features is None:
+            if input_shape is None:
+                raise ValueError("BatchNorm() needs num_features when the input shape is not known; give "
+                                 "BatchNorm(num_features) or the model's input_shape")
+            self.num_features = int(input_shape[0])
+        shape = (self.num_features,)
+        self.weight = self.add_parameter("weight", shape, "ones", regularized=False)
+        self.bias = self.add_parameter("bias", shape, "zeros", regularized=False)
+        self.running_mean = self.add_buffer("running_mean", shape, "zeros")
+        self.running_var = self.add_buffer("running_var", shape, "ones")
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        xp = self.xp
+        if X.ndim != 2 or X.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm({self.num_features}) expects input of shape (batch, {self.num_features}), "
+                             f"got {tuple(X.shape)}")
+        if not training:
+            inv = 1.0 / xp.sqrt(self.running_var.value + self.eps)
+            return (X - self.running_mean.value) * (inv * self.weight.value) + self.bias.value
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"BatchNorm in training needs more than one sample per batch, got a batch of {n}")
+        mean = xp.mean(X, axis=0)
+        centered = X - mean
+        var = xp.mean(centered * centered, axis=0)
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        X_hat = centered * inv
+        m = self.momentum
+        # rebinding, never writing in place: JAX arrays are immutable, and a held state_dict must not change
+        self.running_mean.value = (1.0 - m) * self.running_mean.value + m * mean
+        self.running_var.value = (1.0 - m) * self.running_var.value + (m * n / (n - 1)) * var
+        self._cache = (X_hat, inv)
+        return X_hat * self.weight.value + self.bias.value
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        if self._cache is None:
+            raise RuntimeError("BatchNorm.backward needs a forward(X, training=True) first")
+        xp = self.xp
+        X_hat, inv = self._cache
+        self._cache = None
+        sum_dY = xp.sum(dY, axis=0)
+        sum_dY_xhat = xp.sum(dY * X_hat, axis=0)
+        self.weight.grad = sum_dY_xhat
+        self.bias.grad = sum_dY
+        if not need_dX:
+            return None
+        n = dY.shape[0]
+        # d/dX of w * (X - mean) / std with the batch mean and variance depending on X:
+        # dX = w * inv * (dY - mean(dY) - X_hat * mean(dY * X_hat))
+        return (self.weight.value * inv) * (dY - sum_dY / n - X_hat * (sum_dY_xhat / n))
+
+    def get_config(self) -> dict:
+        # the resolved feature count, so a saved model rebuilds even where the input shape is unknown
+        return {"type": type(self).registered_name, "num_features": self.num_features,
+                "momentum": self.momentum, "eps": self.eps}
+
+
+class LayerNorm(Layer):
+    """Layer normalization over the trailing axes of each sample (torch.nn.LayerNorm).
+
+    Each sample is normalised with its own mean and biased variance over the last
+    ``len(normalized_shape)`` axes, then scaled by ``weight`` (ones) and shifted by
+    ``bias`` (zeros), both of shape ``normalized_shape``. Training and inference
+    behave the same; there are no buffers.
+
+    Args:
+        normalized_shape: the trailing shape normalised over, an int for the last axis;
+            None takes the last axis of the input shape.
+        eps: added to the variance before the square root, > 0.
+    """
+
+    def __init__(self, normalized_shape: int | tuple[int, ...] | None = None, eps: float = 1e-5) -> None:
+        super().__init__()
+        if normalized_shape is None:
+            self.normalized_shape: Shape | None = None
+        elif isinstance(normalized_shape, (list, tuple)):
+            if not normalized_shape:
+                raise ValueError("LayerNorm normalized_shape must not be empty")
+            self.normalized_shape = tuple(check_size("normalized_shape", s) for s in normalized_shape)
+        else:
+            self.normalized_shape = (check_size("normalized_shape", normalized_shape),)
+        self.eps = _check_eps("LayerNorm", eps)
+        self._cache: Any = None
+
+    def expected_input_shape(self) -> Shape | None:
+        return self.normalized_shape
+
+    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+        if input_shape is None:
+            return None
+        input_shape = tuple(input_shape)
+        ns = self.normalized_shape
+        if ns is not None and input_shape[len(input_shape) - len(ns):] != ns:
+            raise ValueError(f"LayerNorm{ns} normalises over trailing axes of shape {ns}, but gets samples "
+                             f"of shape {input_shape}")
+        return input_shape
+
+    def build(self, input_shape: Shape | None) -> None:
+        if self.normalized_shape is None:
+            if not input_shape:
+                raise ValueError("LayerNorm() needs normalized_shape when the input shape is not known; give "
+                                 "LayerNorm(normalized_shape) or the model's input_shape")
+            self.normalized_shape = (int(input_shape[-1]),)
+        self.weight = self.add_parameter("weight", self.normalized_shape, "ones", regularized=False)
+        self.bias = self.add_parameter("bias", self.normalized_shape, "zeros", regularized=False)
+
+    def _axes(self, X: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(normalised axes, the leading axes the parameter gradients sum over)."""
+        k = len(self.normalized_shape)
+        if X.ndim <= k or tuple(X.shape[X.ndim - k:]) != self.normalized_shape:
+            trailing = ", ".join(map(str, self.normalized_shape))
+            raise ValueError(f"LayerNorm expects input of shape (batch, ..., {trailing}), got {tuple(X.shape)}")
+        return tuple(range(X.ndim - k, X.ndim)), tuple(range(X.ndim - k))
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        xp = self.xp
+        axes, _ = self._axes(X)
+        mean = xp.mean(X, axis=axes, keepdims=True)
+        centered = X - mean
+        var = xp.mean(centered * centered, axis=axes, keepdims=True)
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        X_hat = centered * inv
+        if training:
+            self._cache = (X_hat, inv)
+        return X_hat * self.weight.value + self.bias.value
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        if self._cache is None:
+            raise RuntimeError("LayerNorm.backward needs a forward(X, training=True) first")
+        xp = self.xp
+        X_hat, inv = self._cache
+        self._cache = None
+        axes, leading = self._axes(dY)
+        self.weight.grad = xp.sum(dY * X_hat, axis=leading)
+        self.bias.grad = xp.sum(dY, axis=leading)
+        if not need_dX:
+            return None
+        g = dY * self.weight.value  # dL/dX_hat
+        # dX = inv * (g - mean(g) - X_hat * mean(g * X_hat)), the means over the normalised axes
+        return inv * (g - xp.mean(g, axis=axes, keepdims=True)
+                      - X_hat * xp.mean(g * X_hat, axis=axes, keepdims=True))
+
+    def get_config(self) -> dict:
+        shape = None if self.normalized_shape is None else list(self.normalized_shape)
+        return {"type": type(self).registered_name, "normalized_shape": shape, "eps": self.eps}
