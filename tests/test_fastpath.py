@@ -1,8 +1,10 @@
-"""The backend fast paths (nnx/fastpath.py) give the portable path's results.
+"""The backend fast paths (nnx/backends/numpy_fast.py) give the portable path's results.
 
 Each test builds two identical models, one on the backend with its fast paths and
 one on the same backend with them switched off (`Backend.with_fastpath(False)`),
-and compares gradients, weights and optimizer state.
+and compares gradients, weights and optimizer state. What the fast path was not told
+it can handle (an optimizer subclass, a custom loss, a custom layer) must run the
+portable code and give exactly its numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import pytest
 
 import nnx
 from nnx import optim
+from nnx.backends import numpy_fast
 
 
 def _fast_backend(backend):
@@ -248,3 +251,177 @@ def test_fit_waits_for_the_device_once_per_epoch(backend, dtype, monkeypatch, na
     X, y = _data(kind)
     model.fit(X, y, loss=loss, optimizer="sgd", epochs=3, batch_size=8, callbacks=[counter])
     assert counter.per_epoch == [1, 1, 1]
+
+
+# -- declarations: only what the fast path was told it handles ---------------------------------------
+
+class LarsSGD(optim.SGD):
+    """SGD scaled per parameter by ||p|| / ||g||, LARS-style: not elementwise, so it cannot be fused."""
+
+    def _update(self, i, p, g, t):
+        xp = self._xp(i)
+        ratio = xp.sqrt(xp.sum(p.value * p.value)) / (xp.sqrt(xp.sum(g * g)) + 1e-12)
+        p.value -= self.lr * ratio * g
+
+
+class TripledMSE(nnx.losses.MSE):
+    """MSE times three: a subclass of a loss the fast path has a kernel for, with another value."""
+
+    def _compute(self, xp, y_true, y_pred, grad):
+        value, g = super()._compute(xp, y_true, y_pred, grad)
+        return 3 * value, None if g is None else 3 * g
+
+
+class FastpathTestSoftsign(nnx.Layer):
+    """A user's parameter-free layer: the fast step runs its own forward and backward."""
+
+    def forward(self, X, training=False):
+        if training:
+            self._X = X
+        return X / (1 + self.xp.abs(X))
+
+    def backward(self, dY, need_dX=True):
+        d = 1 + self.xp.abs(self._X)
+        return dY / (d * d)
+
+
+class FastpathTestScale(nnx.Layer):
+    """A user's layer with a parameter (one scale per feature): the whole step must be portable."""
+
+    def __init__(self, features):
+        super().__init__()
+        self.features = features
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", (self.features,), "ones")
+
+    def forward(self, X, training=False):
+        if training:
+            self._X = X
+        return X * self.scale.value
+
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.sum(dY * self._X, axis=0)
+        return dY * self.scale.value
+
+
+class FastpathTestDense(nnx.Dense):
+    """A Dense subclass that shifts its output: not declared, so not computed by the Dense kernel."""
+
+    def forward(self, X, training=False):
+        return super().forward(X, training) + 0.25
+
+
+def _fit_both(backend, dtype, make, loss, kind, optimizer, epochs=2, **kwargs):
+    """(fast model, portable model, fast optimizer) after the same fit."""
+    X, y = _data(kind)
+    out = []
+    for be in (backend, backend.with_fastpath(False)):
+        model = nnx.Sequential(*make(), backend=be, dtype=dtype, seed=3)
+        opt = optimizer(model.parameters(), **kwargs)
+        model.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=16)
+        out += [model, opt]
+    return out[0], out[2], out[1]
+
+
+def _assert_same_weights(fast, slow, exact=True, **tol):
+    for pf, ps in zip(fast.parameters(), slow.parameters(), strict=True):
+        a, b = _host(fast, pf.value), _host(slow, ps.value)
+        if exact:
+            np.testing.assert_array_equal(a, b, err_msg=pf.name)
+        else:
+            np.testing.assert_allclose(a, b, err_msg=pf.name, **tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_non_elementwise_optimizer_subclass_runs_its_own_update(backend, dtype, monkeypatch):
+    _fast_backend(backend)
+    make = MODELS["dropout"][0]
+    fast, slow, opt = _fit_both(backend, dtype, make, "cross_entropy", "classes", LarsSGD, lr=0.05)
+    assert opt._fused is None, "an optimizer subclass is not declared elementwise: no fused update"
+    _assert_same_weights(fast, slow)
+    # the test has teeth: fused over the flat buffer, LARS's norms would be of everything at once
+    monkeypatch.setattr(numpy_fast, "elementwise", lambda optimizer: True)
+    forced, _, forced_opt = _fit_both(backend, dtype, make, "cross_entropy", "classes", LarsSGD, lr=0.05)
+    assert forced_opt._fused is not None
+    assert max(float(np.max(np.abs(_host(forced, a.value) - _host(slow, b.value))))
+               for a, b in zip(forced.parameters(), slow.parameters(), strict=True)) > 1e-3
+
+
+def test_an_optimizer_with_an_undeclared_hyperparameter_is_not_fused(backend, dtype):
+    _fast_backend(backend)
+    model = nnx.Sequential(*MODELS["relu_ce"][0](), backend=backend, dtype=dtype, seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    assert numpy_fast.elementwise(opt)
+    opt._hyper_names = (*opt._hyper_names, "trust_coefficient")
+    opt.trust_coefficient = 0.01
+    assert not numpy_fast.elementwise(opt)
+
+
+def test_custom_loss_subclass_is_respected(backend, dtype):
+    _fast_backend(backend)
+    make = MODELS["leaky_mse"][0]
+    fast, slow, _ = _fit_both(backend, dtype, make, TripledMSE(), "regression", optim.SGD, lr=0.02, momentum=0.9)
+    step = backend.fastpath.train_step(fast, TripledMSE())
+    assert step is not None and step.head_kind == numpy_fast._HEAD_GENERIC
+    _assert_same_weights(fast, slow, exact=False, **_tol(dtype))
+    plain, _, _ = _fit_both(backend, dtype, make, "mse", "regression", optim.SGD, lr=0.02, momentum=0.9)
+    assert not np.allclose(_host(fast, fast.parameters()[0].value), _host(plain, plain.parameters()[0].value))
+
+
+def test_declared_kinds_are_by_exact_class_and_options():
+    assert numpy_fast.head_kernel(nnx.losses.MSE()) == numpy_fast._HEAD_MSE
+    assert numpy_fast.head_kernel(nnx.losses.CrossEntropy(from_logits=True)) == numpy_fast._HEAD_CE_LOGITS
+    assert numpy_fast.head_kernel(nnx.losses.CrossEntropy(from_logits=False)) == numpy_fast._HEAD_GENERIC
+    assert numpy_fast.head_kernel(TripledMSE()) == numpy_fast._HEAD_GENERIC
+    assert numpy_fast.head_kernel(nnx.losses.MAE()) == numpy_fast._HEAD_GENERIC
+    assert numpy_fast.layer_kernel(nnx.Dense(3, 4)) == numpy_fast._DENSE
+    assert numpy_fast.layer_kernel(nnx.Dense(3, 4, init="glorot")) == numpy_fast._DENSE
+    assert numpy_fast.layer_kernel(nnx.Dense(3, 4, regularizer="l2")) == numpy_fast._OTHER
+    assert numpy_fast.layer_kernel(FastpathTestDense(3, 4)) == numpy_fast._OTHER
+    assert numpy_fast.layer_kernel(nnx.ReLU()) == numpy_fast._RELU
+    assert numpy_fast.layer_kernel(nnx.LeakyReLU(0.1)) == numpy_fast._OTHER
+
+
+CUSTOM_LAYER_MODELS = {
+    "softsign": lambda: [nnx.Dense(6, 8), FastpathTestSoftsign(), nnx.Dense(8, 5), nnx.ReLU(), nnx.Dense(5, 3)],
+    "scale": lambda: [nnx.Dense(6, 8), nnx.ReLU(), FastpathTestScale(8), nnx.Dense(8, 3)],
+    "dense_subclass": lambda: [nnx.Dense(6, 8), nnx.ReLU(), FastpathTestDense(8, 5), nnx.Dense(5, 3)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CUSTOM_LAYER_MODELS))
+def test_custom_layer_between_dense_layers_gives_the_portable_result(backend, dtype, name):
+    _fast_backend(backend)
+    make = CUSTOM_LAYER_MODELS[name]
+    fast, slow, opt = _fit_both(backend, dtype, make, "cross_entropy", "classes", optim.Adam, lr=0.01, epochs=3)
+    step = backend.fastpath.train_step(fast, fast.resolve_loss("cross_entropy"))
+    if name == "softsign":  # no parameters: the buffered step runs it through its own forward/backward
+        assert step is not None and opt._fused is not None
+        _assert_same_weights(fast, slow, exact=False, **_tol(dtype))
+    else:  # parameters the step has no kernel for: the portable step and update throughout
+        assert step is None and opt._fused is None
+        _assert_same_weights(fast, slow)
+
+
+FLOAT32_CASES = {
+    "ce_dropout": (lambda: [nnx.Dense(6, 16), nnx.ReLU(), nnx.Dropout(0.25), nnx.Dense(16, 8), nnx.ReLU(),
+                            nnx.Dense(8, 3)], "cross_entropy", "classes"),
+    "bce_dropout": (lambda: [nnx.Dense(6, 16), nnx.ReLU(), nnx.Dropout(0.25), nnx.Dense(16, 1), nnx.Sigmoid()],
+                    "bce", "binary"),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_name,kwargs", [("sgd", {"lr": 0.05, "momentum": 0.9}), ("adam", {"lr": 0.01})],
+                         ids=["sgd_momentum", "adam"])
+@pytest.mark.parametrize("case", sorted(FLOAT32_CASES))
+def test_fast_and_portable_agree_over_epochs_in_both_dtypes(backend, case, opt_name, kwargs, dtype):
+    _fast_backend(backend)
+    make, loss, kind = FLOAT32_CASES[case]
+    fast, slow, opt = _fit_both(backend, dtype, make, loss, kind, optim.OPTIMIZERS[opt_name],
+                                epochs=6, **kwargs)
+    assert opt._fused is not None, "the fast path was not taken"
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-11, "atol": 1e-13}
+    _assert_same_weights(fast, slow, exact=False, **tol)
+    assert fast.history["loss"][-1] == pytest.approx(slow.history["loss"][-1], rel=tol["rtol"])

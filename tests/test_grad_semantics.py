@@ -1,0 +1,50 @@
+"""``p.grad`` after each step is a fresh array, on every backend, with the fast path on and off.
+
+A callback that keeps ``p.grad`` from step k (to log it, average it, plot it) must find the
+same values there after step k+1: JAX arrays cannot change, so no backend may reuse a
+gradient buffer from one step to the next.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+class _KeepGrads(nnx.callbacks.Callback):
+    """Holds every parameter's `grad` after each batch, with a host copy of its values at that moment."""
+
+    def __init__(self):
+        self.kept = []
+
+    def on_batch_end(self, batch, logs=None):
+        be = self.model.backend
+        for p in self.model.parameters():
+            self.kept.append((p.name, p.grad, np.array(be.to_host(p.grad), copy=True)))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fastpath_on", "fastpath_off"])
+@pytest.mark.parametrize("loss", ["cross_entropy", "bce"])
+def test_grads_a_callback_keeps_do_not_change_later(backend, dtype, fast, loss):
+    be = backend.with_fastpath(fast)
+    classes = 3 if loss == "cross_entropy" else 1
+    layers = [nnx.Dense(5, 7), nnx.ReLU(), nnx.Dropout(0.2), nnx.Dense(7, classes)]
+    if loss == "bce":
+        layers.append(nnx.Sigmoid())
+    model = nnx.Sequential(*layers, backend=be, dtype=dtype, seed=1)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((48, 5))
+    y = rng.integers(0, 3, 48) if loss == "cross_entropy" else (rng.random((48, 1)) > 0.5).astype(float)
+    keep = _KeepGrads()
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16, callbacks=[keep])
+    if fast and backend.fastpath is not None:
+        assert opt._fused is not None, "the fast path was not taken"
+    n_params = len(model.parameters())
+    assert len(keep.kept) == 6 * n_params
+    for name, grad, values in keep.kept:
+        np.testing.assert_array_equal(be.to_host(grad), values, err_msg=f"{name} changed after its step")
+    for k in range(n_params, len(keep.kept)):  # each step's grad is a new array, not last step's rebound
+        assert keep.kept[k][1] is not keep.kept[k - n_params][1]
