@@ -21,7 +21,7 @@ import nnx
 args = parse_args(__doc__)
 other = args.backend
 if other == "numpy":
-    other = next(name for name in ("torch", "jax", "cupy", "array_api_strict") if nnx.backend.backend_status(name)[0])
+    other = next(name for name in ("torch", "jax", "cupy", "array_api_strict") if nnx.backends.backend_status(name)[0])
 
 X, y = make_moons(n_samples=300 if args.quick else 1000, noise=0.2, random_state=0)
 epochs = 5 if args.quick else 50

@@ -258,7 +258,7 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
         raise CheckpointError(f"{path}: {exc}") from exc
     unexpected = sorted(set(state) - set(model.state_dict()))
     if unexpected:
-        raise CheckpointError(f"{path}: holds arrays its config does not create: {unexpected}")
+        raise CheckpointError(f"{path}: weights do not match its config: unexpected arrays {unexpected}")
     try:
         for name, arr in state.items():
             model.require_finite(model.backend.asarray(arr), f"array {PARAM_PREFIX + name!r}")

@@ -151,7 +151,7 @@ def resolve_metrics(metrics: Any) -> dict[str, Metric]:
     for item in metrics:
         if isinstance(item, str):
             key = item.lower()
-            resolved["accuracy" if key == "acc" else key] = METRICS.get(key)
+            resolved["accuracy" if key == "acc" else key] = METRICS.lookup(key)
         elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
             resolved[str(item[0])] = item[1]
         else:

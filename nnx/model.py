@@ -67,14 +67,16 @@ class Sequential:
         init_rng = host_rng((self.seed, 0))
         self.shuffle_rng = host_rng((self.seed, 1))
         self.dropout_rng = self.backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
-        shape = _sample_shape(input_shape) if input_shape is not None else self.layers[0].expected_input_shape()
+        # only a shape the caller gave is part of the config; one taken from the first layer follows that layer
+        self._given_input_shape = None if input_shape is None else _sample_shape(input_shape)
+        shape = self._given_input_shape or self.layers[0].expected_input_shape()
         self.input_shape: Shape | None = shape
         for i, layer in enumerate(self.layers):
             context = BuildContext(self.backend, self.dtype, init_rng, self.dropout_rng, f"{i}.", _provided)
             try:
                 shape = layer.attach(context, shape)
             except ValueError as exc:
-                raise ValueError(f"layer {i} ({type(layer).__name__}): {exc}") from None
+                raise ValueError(f"layer {i}: {exc}") from None
         self.output_shape: Shape | None = shape
 
     # -- shapes -------------------------------------------------------------------
@@ -136,7 +138,7 @@ class Sequential:
             "seed": self.seed,
             "regularizer": None if self.regularizer is None else self.regularizer.get_config(),
             "backend": self.backend.spec,
-            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "input_shape": None if self._given_input_shape is None else list(self._given_input_shape),
         }
 
     @classmethod
@@ -196,9 +198,11 @@ class Sequential:
     def prepare_inputs(self, X: Any, argname: str = "X") -> Any:
         """`X` on this backend in the model's dtype, checked against the model's sample shape."""
         X = self.backend.asarray(X, dtype=self.dtype, argname=argname)
-        if X.ndim < 2:
-            raise ValueError(f"{argname} must have a batch axis and at least one feature axis, "
-                             f"got shape {tuple(X.shape)}")
+        flat = self.input_shape is not None and len(self.input_shape) == 1
+        if X.ndim < 2 or (flat and X.ndim != 2):
+            want = "2-D (samples, features)" if flat or self.input_shape is None \
+                else f"shaped (samples, {', '.join(map(str, self.input_shape))})"
+            raise ValueError(f"{argname} must be {want}, got shape {tuple(X.shape)}")
         if self.input_shape is not None and tuple(X.shape[1:]) != self.input_shape:
             if len(self.input_shape) == 1 and X.ndim == 2:
                 raise ValueError(f"{argname} has {X.shape[1]} features but the model expects {self.input_shape[0]}")
@@ -415,7 +419,7 @@ class Sequential:
                 current.lr = lr
             return current
         name = "adam" if optimizer is None else optimizer
-        if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS.get(name) \
+        if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
                 and (lr is None or lr == current.lr):
             return current  # a second fit() call continues with the same optimizer state
         kwargs = {} if lr is None else {"lr": lr}

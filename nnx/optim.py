@@ -634,13 +634,13 @@ def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any]
     if isinstance(spec, type) and issubclass(spec, Optimizer):
         return spec(params, **kwargs)
     if isinstance(spec, str):
-        return OPTIMIZERS.get(spec.strip())(params, **kwargs)
+        return OPTIMIZERS.lookup(spec.strip())(params, **kwargs)
     raise TypeError(f"optimizer must be a name, an Optimizer class or an Optimizer, got {type(spec).__name__}")
 
 
 def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = None) -> Optimizer:
     """An optimizer of the type in `state`, on `params`, carrying that state (arrays may be anywhere)."""
-    opt = OPTIMIZERS.get(str(state.get("type", "")))(params, **state.get("hyperparams", {}))
+    opt = OPTIMIZERS.lookup(str(state.get("type", "")))(params, **state.get("hyperparams", {}))
     if source is not None:
         state = _state_to_host(state, source)
     opt.load_state_dict(state)

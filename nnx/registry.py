@@ -8,6 +8,7 @@ imported because a file names it (a checkpoint must not be able to run code).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 
@@ -15,8 +16,8 @@ class UnknownNameError(ValueError):
     """A config or file names a class (or function) that was never registered."""
 
 
-class Registry:
-    """Names of one kind of building block, e.g. every `Layer` subclass.
+class Registry(Mapping):
+    """Names of one kind of building block, e.g. every `Layer` subclass; a read-only mapping of name -> entry.
 
     Args:
         kind: what the entries are, for messages (``"layer"``).
@@ -41,20 +42,28 @@ class Registry:
             )
         self._entries[key] = entry
 
-    def get(self, name: Any) -> Any:
+    def lookup(self, name: Any) -> Any:
         """The entry registered under `name`; an unknown name raises `UnknownNameError` saying how to register it."""
         key = self._normalize(name) if isinstance(name, str) else name
         if not isinstance(key, str) or key not in self._entries:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}: nnx knows {sorted(self._entries)}. {self.how_to_register}"
+                f"unknown {self.kind} {name!r}; valid names: {sorted(self._entries)}. {self.how_to_register}"
             )
         return self._entries[key]
+
+    def __getitem__(self, name: str) -> Any:
+        if not isinstance(name, str):
+            raise KeyError(name)
+        return self._entries[self._normalize(name)]
 
     def __contains__(self, name: Any) -> bool:
         return isinstance(name, str) and self._normalize(name) in self._entries
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

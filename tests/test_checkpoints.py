@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backend import backend_status
+from nnx.backends import backend_status
 from nnx.io import CONFIG_KEY, CheckpointError
 
 CHAIN = [name for name in ("numpy", "torch", "jax", "array_api_strict") if backend_status(name)[0]]
@@ -163,7 +163,7 @@ def test_arrays_that_do_not_match_the_config_are_named(good, tmp_path):
     entries["param/2.weight"] = np.zeros((5, 3))
     bad = tmp_path / "bad.npz"
     np.savez(bad, **entries)
-    with pytest.raises(CheckpointError, match=r"bad\.npz: array 'param/2\.weight' has shape \(5, 3\).*\(5, 2\)"):
+    with pytest.raises(CheckpointError, match=r"bad\.npz: .*array '2\.weight' has shape \(5, 3\).*\(5, 2\)"):
         nnx.load(bad)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nnx.backend import backend_status
+from nnx.backends import backend_status
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = sorted(p.name for p in EXAMPLES.glob("[0-9][0-9]_*.py"))

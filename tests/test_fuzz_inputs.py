@@ -28,7 +28,7 @@ from tally import write_counts
 
 import nnx
 from nnx import losses, optim, regularizers
-from nnx.backend import BackendUnavailableError
+from nnx.backends import BackendUnavailableError
 
 SCALE = float(os.environ.get("NNX_HYPOTHESIS_SCALE", "1"))
 CALLS: dict[str, int] = {}

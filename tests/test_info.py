@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nnx
 from nnx.__main__ import collect_info, format_info, main
-from nnx.backend import BACKEND_NAMES, backend_status
+from nnx.backends import BACKEND_NAMES, backend_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_info_json_and_help(capsys):
 def test_info_explains_a_backend_that_cannot_run(monkeypatch):
     from nnx import __main__ as cli
 
-    monkeypatch.setattr("nnx.backend.backend_status", lambda name: (False, "BackendUnavailableError: backend "
+    monkeypatch.setattr("nnx.backends.backend_status", lambda name: (False, "BackendUnavailableError: backend "
                                                                     f"'{name}' cannot run here: no GPU (test)"))
     text = cli.format_info(cli.collect_info())
     assert "does not run here: no GPU (test)" in text

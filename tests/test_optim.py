@@ -20,7 +20,7 @@ from nnx.optim import (
     RMSprop,
     get_optimizer,
 )
-from nnx.parameter import Parameter
+from nnx.layers import Parameter
 
 torch = pytest.importorskip("torch")
 

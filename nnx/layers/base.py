@@ -278,7 +278,7 @@ def layer_from_config(config: Any) -> Layer:
     """Rebuild a layer from `Layer.get_config()` output; an unregistered type raises `UnknownNameError`."""
     if not isinstance(config, Mapping):
         raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
-    cls = LAYERS.get(config.get("type"))
+    cls = LAYERS.lookup(config.get("type"))
     try:
         return cls.from_config(config)
     except TypeError as exc:

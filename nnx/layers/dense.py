@@ -33,10 +33,12 @@ class Dense(Layer):
         return (self.in_features,)
 
     def output_shape(self, input_shape: Shape | None) -> Shape:
-        if input_shape is not None and tuple(input_shape) != (self.in_features,):
-            hint = "; put a Flatten before it" if len(input_shape) > 1 else ""
-            raise ValueError(f"Dense({self.in_features}, {self.out_features}) expects samples of shape "
-                             f"({self.in_features},) but gets {tuple(input_shape)}{hint}")
+        if input_shape is not None and len(input_shape) != 1:
+            raise ValueError(f"Dense({self.in_features}, {self.out_features}) takes flat samples (batch, features) "
+                             f"but gets samples of shape {tuple(input_shape)}; put a Flatten before it")
+        if input_shape is not None and input_shape[0] != self.in_features:
+            raise ValueError(f"Dense({self.in_features}, {self.out_features}) expects {self.in_features} input "
+                             f"features but the layer before it gives {input_shape[0]}")
         return (self.out_features,)
 
     def build(self, input_shape: Shape | None) -> None:

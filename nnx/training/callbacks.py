@@ -241,13 +241,15 @@ class EarlyStopping(Callback):
 class TerminateOnNaN(Callback):
     """Stop training at the first step whose loss is NaN or infinite.
 
-    It converts every step's loss to a Python float, which makes the host wait
-    for the device once per step; on a GPU that costs throughput. `fit`'s own
-    `check_finite` (on by default) checks once per epoch instead and raises; this
-    callback stops quietly at the bad step and lets `fit` return its History.
+    `fit`'s own `check_finite` (on by default) raises at such a step; with this
+    callback the step is still refused (nothing is updated) but training stops
+    quietly and `fit` returns its History. It declares that with
+    ``handles_non_finite = True``, which any callback may set.
 
     After training, `stopped_epoch` and `stopped_batch` say where it stopped.
     """
+
+    handles_non_finite = True
 
     def __init__(self) -> None:
         self.stopped_epoch: int | None = None
