@@ -17,7 +17,15 @@ Differences from scikit-learn, on purpose:
 * `alpha` is the L2 strength as in scikit-learn: the penalty ``alpha / 2 * ||W||^2``
   divided by the number of samples in a step. nnx applies one penalty for the whole
   model, so the divisor is the nominal batch size (the last, shorter batch of an
-  epoch is regularised as if it were full) and the full data set for ``"lbfgs"``.
+  epoch is regularised as if it were full) and the full data set for ``"lbfgs"``;
+  with `sample_weight`, the nominal batch's weight (batch size times the mean weight),
+  where scikit-learn divides by each batch's own sum of weights.
+
+`sample_weight` has scikit-learn's meaning, as in its own MLP: a weight of 2 is the
+row repeated. Each step's loss is the weighted mean over its batch (divided by the
+batch's sum of weights), so full-batch training ("lbfgs", or a batch that holds all
+samples) on weighted rows is the same as on repeated rows; early stopping splits the
+weights with the rows and scores the held-out part with its weights.
 * Biases start at zero (scikit-learn draws them); weights are Glorot-uniform like it.
 * ``"lbfgs"`` runs SciPy's L-BFGS-B on the host, with loss and gradients computed
   on the backend and moved together once per evaluation.
@@ -36,17 +44,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import layers as L
-from .backend import get_backend
+from .backends import get_backend
 from .callbacks import Callback
-from .losses import BinaryCrossEntropy, CrossEntropy
-from .model import Sequential, rebuild_optimizer
-from .optim import SGD, Adam, get_optimizer
+from .losses import MSE, BinaryCrossEntropy, CrossEntropy
+from .model import Sequential
+from .optim import SGD, Adam, get_optimizer, rebuild_optimizer
 from .regularizers import L2
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -80,7 +88,7 @@ class _Monitor(Callback):
         if est.verbose:
             print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
         if self.validation is not None:
-            score = est._score_model(*self.validation)
+            score = est._score_model(*self.validation)  # (X_val, y_val, sample_weight_val)
             est.validation_scores_.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
@@ -251,18 +259,24 @@ class _BaseMLP(BaseEstimator):
         head = {"logistic": L.Sigmoid, "softmax": L.Softmax}.get(self.out_activation_)
         if head is not None:
             layers.append(head())
-        # scikit-learn's penalty is alpha/2 * ||W||^2 / n_step on top of its own loss; nnx's L2(l) is
-        # l/2 * ||W||^2 on top of nnx's loss, which is `_loss_scale` times scikit-learn's.
-        strength = self.alpha / batch * self._loss_scale()
         return Sequential(*layers, backend=self.backend, dtype=self.dtype, seed=seed,
-                          regularizer=L2(strength) if strength > 0 else None)
+                          regularizer=self._regularizer(batch, 1.0))
+
+    def _regularizer(self, batch: int, mean_weight: float) -> L2 | None:
+        """The L2 penalty for steps of `batch` rows whose weights average `mean_weight`."""
+        # scikit-learn's penalty is alpha/2 * ||W||^2 / (the step's sum of weights, its row count
+        # without weights) on top of its own loss; nnx's L2(l) is l/2 * ||W||^2 on top of nnx's
+        # loss, which is `_loss_scale` times scikit-learn's.
+        strength = self.alpha / (batch * mean_weight) * self._loss_scale()
+        return L2(strength) if strength > 0 else None
 
     def _loss_scale(self) -> float:
         """nnx's loss divided by scikit-learn's, for this estimator's output."""
         return 1.0
 
     def _loss(self) -> Any:
-        return "mse"
+        # the reduction only matters with weights: the weighted mean of each batch, as scikit-learn
+        return MSE(reduction="mean_with_sample_weight")
 
     def _optimizer(self, model: Sequential) -> Any:
         params = model.parameters()
@@ -274,10 +288,12 @@ class _BaseMLP(BaseEstimator):
         return get_optimizer(self.solver, params, lr=self.learning_rate_init)
 
     # -- training ---------------------------------------------------------------------------------
-    def _fit(self, X: Any, y: Any, incremental: bool = False) -> _BaseMLP:
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> _BaseMLP:
         self._check_params()
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
         X, y = self._validate_X(X, reset=first, y=y)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X.shape[0])
         y_model = self._encode_targets(y, first=first, incremental=incremental)
         if X.shape[0] < 1:
             raise ValueError("fit needs at least one sample")
@@ -317,12 +333,26 @@ class _BaseMLP(BaseEstimator):
         if not incremental:
             self._no_improvement_count = 0
         if self.solver == "lbfgs":
-            self._fit_lbfgs(X, y_model)
+            self._fit_lbfgs(X, y_model, sample_weight)
         else:
-            self._fit_stochastic(X, y, y_model, rng, batch, incremental)
+            self._fit_stochastic(X, y, y_model, sample_weight, rng, batch, incremental)
         return self
 
-    def _fit_stochastic(self, X: Any, y: Any, y_model: Any, rng: Any, batch: int, incremental: bool) -> None:
+    @staticmethod
+    def _unit_mean(sample_weight: np.ndarray | None, what: str) -> tuple[np.ndarray | None, float]:
+        """(weights divided by their mean, that mean); (None, 1.0) without weights."""
+        if sample_weight is None:
+            return None, 1.0
+        mean = float(np.mean(sample_weight))
+        if not mean > 0:
+            raise ValueError(f"The sample weights of the {what} are all zero; there is nothing to fit. Give some "
+                             "of them a non-zero weight or use a different random_state / validation_fraction.")
+        # The loss divides each batch by its sum of weights, so this scaling changes no step; it keeps the
+        # weights near 1 in float32, and a full batch is right even where a loss divides by the row count.
+        return sample_weight / mean, mean
+
+    def _fit_stochastic(self, X: Any, y: Any, y_model: Any, sample_weight: Any, rng: Any, batch: int,
+                        incremental: bool) -> None:
         model = self.model_
         if self._optimizer_ is None or not (incremental or self.warm_start):
             self._optimizer_ = self._optimizer(model)
@@ -331,19 +361,25 @@ class _BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.early_stopping:
             stratify = y if self._is_classifier and np.ndim(y) == 1 else None
-            X, X_val, y_model, y_val_model, _, y_val = train_test_split(
-                X, y_model, y, random_state=rng, test_size=self.validation_fraction, stratify=stratify)
+            arrays = (X, y_model, y) if sample_weight is None else (X, y_model, y, sample_weight)
+            parts = train_test_split(*arrays, random_state=rng, test_size=self.validation_fraction,
+                                     stratify=stratify)
+            X, X_val, y_model, _, _, y_val = parts[:6]
+            sample_weight, w_val = (None, None) if sample_weight is None else parts[6:]
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                                  "of your dataset.")
-            validation = (X_val, y_val)
+            validation = (X_val, y_val, w_val)
             batch = self._batch(X.shape[0])
+        sample_weight, mean_weight = self._unit_mean(sample_weight, "training set")
+        model.regularizer = self._regularizer(batch, mean_weight)
         monitor = _Monitor(self, X.shape[0], validation)
         self._best_state = None
         epochs = 1 if incremental else self.max_iter
+        weights = {} if sample_weight is None else {"sample_weight": sample_weight}
         try:
             model.fit(X, y_model, loss=self._loss(), optimizer=self._optimizer_, epochs=epochs,
-                      batch_size=batch, shuffle=bool(self.shuffle), callbacks=[monitor])
+                      batch_size=batch, shuffle=bool(self.shuffle), callbacks=[monitor], **weights)
         except FloatingPointError as exc:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              f"values and need to be preprocessed. ({exc})") from exc
@@ -354,14 +390,18 @@ class _BaseMLP(BaseEstimator):
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                           "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
 
-    def _fit_lbfgs(self, X: Any, y_model: Any) -> None:
+    def _fit_lbfgs(self, X: Any, y_model: Any, sample_weight: Any) -> None:
         from scipy.optimize import minimize
 
         model = self.model_
         be, xp = model.backend, model.xp
-        loss_fn = model._resolve_loss(self._loss())
-        X_d = model._prepare_X(X)
-        y_d = model._prepare_y(y_model, loss_fn, X_d.shape[0])
+        loss_fn = model.resolve_loss(self._loss())
+        X_d = model.prepare_inputs(X)
+        y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
+        sample_weight, mean_weight = self._unit_mean(sample_weight, "training set")
+        w_d = None if sample_weight is None else be.asarray(sample_weight, dtype=model.dtype,
+                                                             argname="sample_weight")
+        model.regularizer = self._regularizer(X_d.shape[0], mean_weight)
         params = model.parameters()
         shapes = [p.shape for p in params]
         sizes = [math.prod(s) for s in shapes]
@@ -374,7 +414,7 @@ class _BaseMLP(BaseEstimator):
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             set_flat(theta)
-            value, _, _ = model._loss_and_grads(X_d, y_d, loss_fn)
+            value, _, _ = model.loss_and_grads(X_d, y_d, loss_fn, sample_weight=w_d)
             parts = [xp.reshape(xp.astype(value, X_d.dtype), (1,))] + [xp.reshape(p.grad, (-1,)) for p in params]
             host = np.asarray(be.to_host(xp.concat(parts)), dtype=np.float64)  # one transfer per evaluation
             return float(host[0]), host[1:]
@@ -406,7 +446,7 @@ class _BaseMLP(BaseEstimator):
     def _n_model_outputs(self, y_model: Any) -> int:
         return 1 if y_model.ndim == 1 else y_model.shape[1]
 
-    def _score_model(self, X: Any, y: Any) -> float:
+    def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         raise NotImplementedError
 
     # -- inference ------------------------------------------------------------------------------
@@ -485,6 +525,28 @@ def _to_host_tree(tree: Any, be: Any) -> Any:
 
 def _dense(X: Any) -> Any:
     return X.toarray() if hasattr(X, "toarray") else X
+
+
+def _check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
+    """`sample_weight` as a new float64 array of shape (n_samples,), or ValueError naming what is wrong.
+
+    A number weighs every row alike. Weights must be finite and >= 0, and not all zero (there would be
+    nothing to fit): the rules of scikit-learn's estimators.
+    """
+    if isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
+        sample_weight = np.full(n_samples, float(sample_weight))
+    # a copy, so that nothing here can write into the caller's array
+    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, copy=True, input_name="sample_weight")
+    if w.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D with one weight per sample, shape ({n_samples},), "
+                         f"got a {w.ndim}-D array of shape {w.shape}")
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight has shape {w.shape}, expected ({n_samples},): one weight per sample")
+    if np.any(w < 0):
+        raise ValueError("sample_weight must be >= 0, got negative weights")
+    if not np.any(w):
+        raise ValueError("Sample weights must contain at least one non-zero number; all sample_weight are zero.")
+    return w
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by nnx on any backend, with scikit-learn's interface.
@@ -570,17 +632,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return len(self.classes_) if self._multiclass() else (1 if y_model.ndim == 1 else y_model.shape[1])
 
     def _loss(self) -> Any:
-        return CrossEntropy(from_logits=False) if self.out_activation_ == "softmax" else BinaryCrossEntropy()
+        # the reduction only matters with weights: the weighted mean of each batch, as scikit-learn
+        if self.out_activation_ == "softmax":
+            return CrossEntropy(from_logits=False, reduction="mean_with_sample_weight")
+        return BinaryCrossEntropy(reduction="mean_with_sample_weight")
 
     def _loss_scale(self) -> float:
         # scikit-learn sums the binary log-loss over labels; nnx's BCE averages over them
         return 1.0 / self.n_outputs_ if getattr(self, "_multilabel", False) else 1.0
 
-    def _score_model(self, X: Any, y: Any) -> float:
-        pred = self._labels(self._proba_raw(X))
-        if self._multilabel:
-            return float(np.mean(np.all(pred == y, axis=1)))  # subset accuracy, as score() computes it
-        return float(np.mean(pred == y))
+    def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        from sklearn.metrics import accuracy_score
+
+        # subset accuracy for multi-label targets, as score() computes it
+        return float(accuracy_score(y, self._labels(self._proba_raw(X)), sample_weight=sample_weight))
 
     def _proba_raw(self, X: Any) -> np.ndarray:
         model = self.model_
@@ -593,14 +658,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return self.classes_[(out[:, 0] > 0.5).astype(int)]
         return self.classes_[np.argmax(out, axis=1)]
 
-    def fit(self, X: Any, y: Any) -> MLPClassifier:
-        """Train on X (n_samples, n_features) and labels y (n_samples,) or indicators (n_samples, n_labels)."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
+        """Train on X (n_samples, n_features) and labels y (n_samples,) or indicators (n_samples, n_labels).
+
+        `sample_weight` (n_samples,) weighs the rows, scikit-learn's way: a weight of 2 is the row repeated.
+        """
         self._partial_classes = None
-        return self._fit(X, y)
+        return self._fit(X, y, sample_weight)
 
     @available_if(_BaseMLP._check_solver)
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One epoch over (X, y); the first call needs `classes`, every label that will ever appear."""
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None) -> MLPClassifier:
+        """One epoch over (X, y), rows weighted by `sample_weight`; the first call needs `classes`, every label."""
         if not hasattr(self, "model_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -608,7 +676,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first call to partial_fit "
                              f"(classes_ = {list(self.classes_)}).")
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (or label indicators for multi-label targets), as NumPy."""
@@ -656,20 +724,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         # over samples; nnx's MSE averages over both, which is 2 / n_targets times that
         return 2.0 / self.n_outputs_
 
-    def _score_model(self, X: Any, y: Any) -> float:
+    def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         from sklearn.metrics import r2_score
 
         pred = np.asarray(self.model_.backend.to_host(self.model_.predict(X)))
-        return float(r2_score(y, pred.reshape(np.shape(y))))
+        return float(r2_score(y, pred.reshape(np.shape(y)), sample_weight=sample_weight))
 
-    def fit(self, X: Any, y: Any) -> MLPRegressor:
-        """Train on X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_targets)."""
-        return self._fit(X, y)
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """Train on X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_targets).
+
+        `sample_weight` (n_samples,) weighs the rows, scikit-learn's way: a weight of 2 is the row repeated.
+        """
+        return self._fit(X, y, sample_weight)
 
     @available_if(_BaseMLP._check_solver)
-    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
-        """One epoch over (X, y), continuing from the current weights."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """One epoch over (X, y), rows weighted by `sample_weight`, continuing from the current weights."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions as NumPy: shape (n_samples,) when fitted on a 1-D y, else (n_samples, n_targets)."""
