@@ -31,6 +31,15 @@ import array_api_compat
 
 from .activations import log_softmax, sigmoid, softmax, softplus
 from .backends import backend_name_of, get_backend
+from .registry import Registry
+
+LOSSES = Registry(
+    "loss",
+    "A subclass of nnx.losses.Loss registers itself under its `name` (default: its lower-case class name) "
+    "when its module is imported: import that module before loading.",
+    normalize=lambda name: name.strip().lower(),
+)
+"""Lower-case name -> `Loss` class or factory; every subclass adds itself when defined, aliases follow."""
 
 __all__ = [
     "LOSSES",
@@ -84,6 +93,14 @@ class Loss:
 
     name = "loss"
     reduction = "sum_over_batch_size"  # the default also for subclasses whose __init__ skips ours
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__name__.startswith("_"):
+            return
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower()
+        LOSSES.add(cls.name, cls)
 
     def __init__(self, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in REDUCTIONS:
@@ -429,7 +446,7 @@ class CrossEntropy(Loss):
         return -xp.sum(y_true * xp.log(p), axis=1), g
 
 
-LOSSES: dict[str, Callable[..., Loss]] = {
+_ALIASES: dict[str, Callable[..., Loss]] = {
     "mse": MSE,
     "mean_squared_error": MSE,
     "mae": MAE,
@@ -443,7 +460,8 @@ LOSSES: dict[str, Callable[..., Loss]] = {
     "categorical_crossentropy": CrossEntropy,
     "sparse_categorical_crossentropy": CrossEntropy,
 }
-"""Lower-case name -> factory returning a fresh `Loss` (keyword arguments override the defaults)."""
+for _alias, _factory in _ALIASES.items():
+    LOSSES.add(_alias, _factory)
 
 
 def get_loss(spec: Any) -> Loss:
@@ -464,7 +482,4 @@ def get_loss(spec: Any) -> Loss:
 
 
 def _by_name(name: str, kwargs: dict[str, Any]) -> Loss:
-    key = name.strip().lower()
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}")
-    return LOSSES[key](**kwargs)
+    return LOSSES.lookup(name)(**kwargs)
