@@ -1,0 +1,453 @@
+"""The training step's stages, tested through `fit` on every backend (numpy with its fast path on and off).
+
+* A divergence loses nothing: FloatingPointError names the epoch and batch and is raised before
+  that step is applied; weights and optimizer state are those of the last finite step; every
+  callback's ``on_train_end`` ran; `fit` continues at a lower learning rate.
+* ``on_train_end`` runs on every way out of `fit`.
+* Clipping equals torch's ``clip_grad_norm_`` / ``clip_grad_value_``; ``accumulate=k`` equals a
+  batch k times larger; the ``on_gradients`` hook sees the gradients before the update and can
+  replace them.
+* Sample and class weights have Keras's meaning: sum(w_i * l_i) / rows.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback, CSVLogger
+from nnx.training import ClipByNorm, ClipByValue
+
+TOL = 1e-10
+
+# the poisoned and diverging runs overflow on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+
+
+@pytest.fixture(params=["fast", "portable"])
+def be(request, backend):
+    """Each backend; those with a fast path (numpy, cupy) once with it and once without."""
+    if request.param == "fast":
+        if backend.fastpath is None:
+            pytest.skip(f"{backend.spec} has no fast path here")
+        return backend
+    return backend.with_fastpath(False)
+
+
+def _data(n: int = 40, d: int = 4, seed: int = 0):
+    gen = np.random.default_rng(seed)
+    X = gen.normal(size=(n, d))
+    y = X @ gen.normal(size=(d,)) + 0.1 * gen.normal(size=n)
+    return X, y
+
+
+def _model(backend, dtype: str = "float64", seed: int = 3, out: int = 1, head=None) -> nnx.Sequential:
+    layers = [nnx.Dense(4, 8), nnx.ReLU(), nnx.Dense(8, 6), nnx.Tanh(), nnx.Dense(6, out)]
+    if head is not None:
+        layers.append(head())
+    return nnx.Sequential(*layers, backend=backend, dtype=dtype, seed=seed)
+
+
+def _host(be, x):
+    return np.array(be.to_host(x), copy=True)
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k: _host(model.backend, v) for k, v in model.state_dict().items()}
+
+
+def _opt_state(model) -> dict:
+    sd = model.optimizer.state_dict()
+    return {"step": sd["step"], "param_steps": list(sd["param_steps"]),
+            "state": {i: {k: _host(model.backend, v) for k, v in entry.items()} for i, entry in sd["state"].items()}}
+
+
+def _assert_weights(a: dict, b: dict, tol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=tol, err_msg=name)
+
+
+def _assert_opt_state(a: dict, b: dict, tol: float = 0.0) -> None:
+    assert a["step"] == b["step"] and a["param_steps"] == b["param_steps"]
+    assert a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        assert a["state"][i].keys() == b["state"][i].keys()
+        for k in a["state"][i]:
+            np.testing.assert_allclose(a["state"][i][k], b["state"][i][k], rtol=0, atol=tol, err_msg=f"{i}.{k}")
+
+
+class Snapshots(Callback):
+    """Host copies of the weights and optimizer state at the start and after every batch."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict] = []
+        self.opt: list[dict | None] = []
+
+    def _take(self) -> None:
+        self.weights.append(_weights(self.model))
+        self.opt.append(None if self.model.optimizer is None else _opt_state(self.model))
+
+    def on_train_begin(self, logs=None):
+        self._take()
+
+    def on_batch_end(self, batch, logs=None):
+        self._take()
+
+
+class Ends(Callback):
+    """Counts on_train_end calls; optionally raises from one hook."""
+
+    def __init__(self, raise_in: str | None = None, exc: BaseException | None = None, at: int = 1) -> None:
+        self.ends = 0
+        self.raise_in, self.exc, self.at, self.batches = raise_in, exc, at, 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.batches += 1
+        if self.raise_in == "on_batch_end" and self.batches == self.at:
+            raise self.exc
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.raise_in == "on_epoch_end":
+            raise self.exc
+
+    def on_train_end(self, logs=None):
+        self.ends += 1
+        if self.raise_in == "on_train_end":
+            raise self.exc
+
+
+# -- a divergence loses nothing ----------------------------------------------------------------
+
+def _huge(dtype: str) -> float:
+    return 1e30 if dtype == "float32" else 1e200  # finite in the dtype; its square is not
+
+
+DIVERGENCES = [("poison_batch", "sgd"), ("poison_batch", "adam"), ("lr", "sgd"), ("lr", "sgd_momentum")]
+
+
+@pytest.mark.parametrize(("how", "optimizer"), DIVERGENCES)
+def test_divergence_keeps_the_last_finite_step(be, dtype, tmp_path, how, optimizer):
+    X, y = _data()
+    model = _model(be, dtype)
+    opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9) if optimizer == "sgd_momentum" else optimizer
+    model.fit(X, y, loss="mse", optimizer=opt, lr=0.01, epochs=2, batch_size=8)
+    good = model.evaluate(X, y)["loss"]
+    snaps, ends, csv = Snapshots(), Ends(), CSVLogger(tmp_path / "log.csv")
+    if how == "poison_batch":
+        bad = y.copy()
+        bad[21] = _huge(dtype)  # row 21 is in batch 2 (batch_size 8, no shuffle)
+        with pytest.raises(FloatingPointError, match=r"epoch 2, batch 2\b") as info:
+            model.fit(X, bad, epochs=1, batch_size=8, shuffle=False, callbacks=[snaps, ends, csv])
+        assert len(snaps.weights) == 3  # the start, and batches 0 and 1
+    else:
+        # lr=10 on badly scaled targets: the weights grow geometrically until a step overflows
+        with pytest.raises(FloatingPointError, match=r"epoch \d+, batch \d+") as info:
+            model.fit(X, y * 1e3, lr=10.0, epochs=500, batch_size=8, callbacks=[snaps, ends, csv])
+        epoch, batch = map(int, re.search(r"epoch (\d+), batch (\d+)", str(info.value)).groups())
+        assert (epoch - 2) * 5 + batch + 1 == len(snaps.weights), "the message names the failing step"
+        assert len(snaps.weights) > 2, "it diverged over several steps"
+    # Nothing of the failing step was applied: weights and optimizer state are the last finite step's.
+    _assert_weights(_weights(model), snaps.weights[-1])
+    _assert_opt_state(_opt_state(model), snaps.opt[-1])
+    assert all(np.isfinite(w).all() for w in snaps.weights[-1].values())
+    assert ends.ends == 1 and csv._file is None, "every callback's on_train_end ran (the CSV file is closed)"
+    # fit continues from there at a lower learning rate, with the same optimizer and its state.
+    steps = model.optimizer.step_count
+    cont = Snapshots()
+    if how == "poison_batch":
+        hist = model.fit(X, y, lr=1e-3, epochs=2, batch_size=8, callbacks=[cont])
+        assert np.isfinite(hist["loss"]).all() and hist["loss"][-1] < 2 * good + 1.0
+        assert all(np.isfinite(w).all() for w in _weights(model).values())
+    else:
+        # The last finite step of a geometric divergence sits at the edge of overflow (the next batch's
+        # loss overflows at any lr), so only check that the next fit starts there with the same optimizer.
+        model.fit(X, y * 1e3, lr=1e-6, epochs=1, batch_size=8, callbacks=[cont], check_finite=False)
+    _assert_weights(cont.weights[0], snaps.weights[-1])
+    _assert_opt_state(cont.opt[0], snaps.opt[-1])
+    assert model.optimizer.step_count == steps + len(cont.weights) - 1
+
+
+def test_check_finite_false_keeps_going(be, dtype):
+    X, y = _data()
+    model = _model(be, dtype)
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, epochs=1, batch_size=8)
+    bad = y.copy()
+    bad[3] = _huge(dtype)
+    hist = model.fit(X, bad, epochs=2, batch_size=8, check_finite=False)
+    assert model.epochs_trained == 3 and len(hist["loss"]) == 2
+    assert not np.isfinite(hist["loss"]).all()
+
+
+def test_nonfinite_step_with_accumulation_drops_the_held_back_batches(be, dtype):
+    X, y = _data()
+    model = _model(be, dtype)
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=1, batch_size=8)
+    snaps = Snapshots()
+    bad = y.copy()
+    bad[26] = _huge(dtype)  # batch 3: the second of an accumulation group of 2
+    with pytest.raises(FloatingPointError, match=r"epoch 1, batch 3\b"):
+        model.fit(X, bad, epochs=1, batch_size=8, accumulate=2, shuffle=False, callbacks=[snaps])
+    _assert_weights(_weights(model), snaps.weights[2])  # after batch 1: the one completed update
+    _assert_opt_state(_opt_state(model), snaps.opt[2])
+    assert model.optimizer.step_count == 5 + 1
+    hist = model.fit(X, y, lr=1e-3, epochs=1, batch_size=8, accumulate=2)
+    assert np.isfinite(hist["loss"]).all() and model.optimizer.step_count == 6 + 3
+
+
+# -- on_train_end on every exit ----------------------------------------------------------------
+
+EXITS = {
+    "normal": (None, None, None),
+    "callback_error": ("on_batch_end", RuntimeError("boom"), RuntimeError),
+    "epoch_end_error": ("on_epoch_end", ValueError("bad epoch"), ValueError),
+    "keyboard_interrupt": ("on_batch_end", KeyboardInterrupt(), None),
+    "nonfinite": (None, None, FloatingPointError),
+}
+
+
+@pytest.mark.parametrize("exit_kind", sorted(EXITS))
+def test_on_train_end_runs_on_every_exit(be, dtype, tmp_path, exit_kind):
+    raise_in, exc, expected = EXITS[exit_kind]
+    X, y = _data()
+    if exit_kind == "nonfinite":
+        y = y.copy()
+        y[10] = _huge(dtype)
+    model = _model(be, dtype)
+    first, raiser, last = Ends(), Ends(raise_in, exc, at=3), Ends()
+    csv = CSVLogger(tmp_path / "log.csv")
+    kwargs = dict(loss="mse", epochs=2, batch_size=8, shuffle=False, callbacks=[first, raiser, csv, last])
+    if expected is None:
+        hist = model.fit(X, y, **kwargs)
+        assert hist.interrupted == (exit_kind == "keyboard_interrupt")
+    else:
+        with pytest.raises(expected):
+            model.fit(X, y, **kwargs)
+    assert (first.ends, raiser.ends, last.ends) == (1, 1, 1)
+    assert csv._file is None
+
+
+@pytest.mark.parametrize("during", ["normal", "nonfinite"])
+def test_a_failing_on_train_end_does_not_skip_the_others(be, dtype, tmp_path, during):
+    X, y = _data()
+    if during == "nonfinite":
+        y = y.copy()
+        y[10] = _huge(dtype)
+    model = _model(be, dtype)
+    first, raiser, last = Ends(), Ends("on_train_end", OSError("cannot close")), Ends()
+    csv = CSVLogger(tmp_path / "log.csv")
+    with pytest.raises((OSError, FloatingPointError)):
+        model.fit(X, y, loss="mse", epochs=1, batch_size=8, callbacks=[first, raiser, csv, last])
+    assert (first.ends, raiser.ends, last.ends) == (1, 1, 1)
+    assert csv._file is None
+
+
+# -- clipping ----------------------------------------------------------------------------------
+
+def _one_sgd_step(be, clip: dict):
+    """(weights before, gradients, weights after one full-batch SGD step of fit with `clip`)."""
+    X, y = _data(n=24)
+    model = _model(be, "float64")
+    loss = model.resolve_loss("mse")
+    model.loss_and_grads(model.prepare_inputs(X), model.prepare_targets(y, loss, 24), loss)
+    grads = {p.name: _host(be, p.grad) for p in model.parameters()}
+    before = _weights(model)
+    model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.5), epochs=1, batch_size=None,
+              **clip)
+    return before, grads, _weights(model)
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])
+def test_clip_norm_equals_torch_clip_grad_norm(be, max_norm):
+    torch = pytest.importorskip("torch")
+    before, grads, after = _one_sgd_step(be, {"clip_norm": max_norm})
+    tensors = [torch.tensor(g) for g in grads.values()]
+    for t in tensors:
+        t.grad = t.clone()
+    torch.nn.utils.clip_grad_norm_(tensors, max_norm)
+    expected = {name: before[name] - 0.5 * t.grad.numpy() for name, t in zip(grads, tensors, strict=True)}
+    _assert_weights(after, expected, 1e-12)
+    if max_norm > 1e3:  # unclipped: the plain step
+        _assert_weights(after, {k: before[k] - 0.5 * grads[k] for k in grads}, 1e-12)
+
+
+@pytest.mark.parametrize("clip_value", [0.01, 1e6])
+def test_clip_value_equals_torch_clip_grad_value(be, clip_value):
+    torch = pytest.importorskip("torch")
+    before, grads, after = _one_sgd_step(be, {"clip_value": clip_value})
+    tensors = [torch.tensor(g) for g in grads.values()]
+    for t in tensors:
+        t.grad = t.clone()
+    torch.nn.utils.clip_grad_value_(tensors, clip_value)
+    expected = {name: before[name] - 0.5 * t.grad.numpy() for name, t in zip(grads, tensors, strict=True)}
+    _assert_weights(after, expected, 1e-12)
+
+
+def test_clip_transforms_directly(backend, dtype):
+    """The transforms on hand-made gradients (float32 too: no promotion to float64)."""
+    torch = pytest.importorskip("torch")
+    model = _model(backend, dtype)
+    gen = np.random.default_rng(1)
+    host = [gen.normal(size=p.shape) * 3 for p in model.parameters()]
+    for clip, ref in ((ClipByNorm(0.7), lambda ts: torch.nn.utils.clip_grad_norm_(ts, 0.7)),
+                      (ClipByValue(0.2), lambda ts: torch.nn.utils.clip_grad_value_(ts, 0.2))):
+        for p, g in zip(model.parameters(), host, strict=True):
+            p.grad = backend.asarray(g, dtype=model.dtype)
+        assert clip.apply(model.parameters(), 8) is True
+        tensors = [torch.tensor(g) for g in host]
+        for t in tensors:
+            t.grad = t.clone()
+        ref(tensors)
+        tol = 1e-6 if dtype == "float32" else 1e-12
+        for p, t in zip(model.parameters(), tensors, strict=True):
+            assert p.grad.dtype == p.value.dtype, type(clip).__name__
+            np.testing.assert_allclose(_host(backend, p.grad), t.grad.numpy(), rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="max_norm"):
+        ClipByNorm(0)
+    with pytest.raises(ValueError, match="clip_value"):
+        ClipByValue(float("nan"))
+
+
+# -- accumulation ------------------------------------------------------------------------------
+
+OPTS = {
+    "sgd_momentum": lambda ps: nnx.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "adam": lambda ps: nnx.optim.Adam(ps, lr=0.01),
+}
+
+
+@pytest.mark.parametrize(("n", "b", "k"), [(48, 8, 3), (50, 8, 3), (45, 7, 2)])
+@pytest.mark.parametrize("opt", sorted(OPTS))
+def test_accumulate_equals_a_larger_batch(be, opt, n, b, k):
+    X, y = _data(n=n)
+    small, large = _model(be), _model(be)
+    h_small = small.fit(X, y, loss="mse", optimizer=OPTS[opt](small.parameters()), epochs=3, batch_size=b,
+                        accumulate=k)
+    h_large = large.fit(X, y, loss="mse", optimizer=OPTS[opt](large.parameters()), epochs=3, batch_size=k * b)
+    _assert_weights(_weights(small), _weights(large), TOL)
+    _assert_opt_state(_opt_state(small), _opt_state(large), TOL)
+    assert small.optimizer.step_count == 3 * -(-n // (k * b))
+    np.testing.assert_allclose(h_small["loss"], h_large["loss"], rtol=TOL)
+
+
+@pytest.mark.parametrize("extra", [{"clip_norm": 0.05}, {"clip_value": 0.02}, {"weighted": True}])
+def test_accumulate_equals_a_larger_batch_with_clipping_and_weights(be, extra):
+    X, y = _data(n=45)
+    kwargs = dict(extra)
+    if kwargs.pop("weighted", False):
+        kwargs["sample_weight"] = np.random.default_rng(5).uniform(0, 3, size=45)
+    small, large = _model(be), _model(be)
+    small.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=4, accumulate=3, **kwargs)
+    large.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=12, **kwargs)
+    _assert_weights(_weights(small), _weights(large), TOL)
+    _assert_opt_state(_opt_state(small), _opt_state(large), TOL)
+
+
+# -- the on_gradients hook ---------------------------------------------------------------------
+
+class GradSpy(Callback):
+    def __init__(self, replace=None) -> None:
+        self.replace = replace
+        self.seen: list[dict] = []
+        self.weights_then: list[dict] = []
+        self.weights_before: list[dict] = []
+
+    def on_batch_begin(self, batch, logs=None):
+        self.weights_before.append(_weights(self.model))
+
+    def on_gradients(self, grads):
+        self.seen.append({k: _host(self.model.backend, g) for k, g in grads.items()})
+        self.weights_then.append(_weights(self.model))
+        return None if self.replace is None else self.replace(grads)
+
+
+def test_on_gradients_sees_gradients_before_the_update(be, dtype):
+    X, y = _data()
+    model = _model(be, dtype)
+    spy = GradSpy()
+    model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=16,
+              callbacks=[spy])
+    assert len(spy.seen) == 3
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    for i in range(3):
+        _assert_weights(spy.weights_then[i], spy.weights_before[i])  # not yet updated
+        after = spy.weights_before[i + 1] if i < 2 else _weights(model)
+        names = list(spy.seen[i])
+        assert set(names) == set(after)
+        for name in names:  # and the update used exactly these gradients
+            np.testing.assert_allclose(after[name], spy.weights_before[i][name] - 0.1 * spy.seen[i][name],
+                                       rtol=0, atol=tol)
+
+
+def test_on_gradients_can_replace_them(be, dtype):
+    X, y = _data()
+    model = _model(be, dtype)
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=16)
+    before = _weights(model)
+    xp = model.xp
+    spy = GradSpy(replace=lambda grads: {k: xp.zeros_like(g) for k, g in grads.items()})
+    model.fit(X, y, epochs=2, batch_size=16, callbacks=[spy])
+    _assert_weights(_weights(model), before)
+    assert len(spy.seen) == 6
+
+
+def test_on_gradients_sees_clipped_gradients_and_rejects_bad_shapes(be, dtype):
+    X, y = _data()
+    model = _model(be, dtype)
+    spy = GradSpy()
+    model.fit(X, y, loss="mse", epochs=1, batch_size=16, clip_value=1e-3, callbacks=[spy])
+    assert all(np.abs(g).max() <= 1e-3 for seen in spy.seen for g in seen.values())
+    bad = GradSpy(replace=lambda grads: {"0.weight": grads["0.weight"][:2, :2]})
+    with pytest.raises(ValueError, match="0.weight"):
+        model.fit(X, y, epochs=1, batch_size=16, callbacks=[bad])
+
+
+# -- sample and class weights ------------------------------------------------------------------
+
+def test_sample_weight_of_ones_is_no_weights(be):
+    X, y = _data()
+    a, b = _model(be), _model(be)
+    ha = a.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=8, sample_weight=np.ones(40))
+    hb = b.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=8)
+    _assert_weights(_weights(a), _weights(b), 1e-12)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
+
+
+def test_weight_two_is_a_duplicated_row_rescaled_by_rows(be):
+    """Keras: loss = sum(w_i l_i) / n. Weight 2 on row 0 vs row 0 twice (n + 1 rows): the same
+    numerator, so with full batches the weighted loss and gradient are (n + 1) / n times the duplicated
+    ones, and SGD at lr equals SGD at lr * (n + 1) / n on the duplicated data."""
+    X, y = _data(n=20)
+    n = 20
+    w = np.ones(n)
+    w[0] = 2
+    Xd, yd = np.concatenate([X, X[:1]]), np.concatenate([y, y[:1]])
+    a, b = _model(be), _model(be)
+    ratio = (n + 1) / n
+    assert a.evaluate(X, y, loss="mse", sample_weight=w)["loss"] == pytest.approx(
+        b.evaluate(Xd, yd, loss="mse")["loss"] * ratio, rel=1e-12)
+    ha = a.fit(X, y, loss="mse", optimizer="sgd", lr=0.05, epochs=3, batch_size=None, sample_weight=w)
+    hb = b.fit(Xd, yd, loss="mse", optimizer="sgd", lr=0.05 * ratio, epochs=3, batch_size=None)
+    _assert_weights(_weights(a), _weights(b), 1e-12)
+    np.testing.assert_allclose(ha["loss"], np.asarray(hb["loss"]) * ratio, rtol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_class_weight_equals_the_matching_sample_weight(be, task):
+    X, _ = _data()
+    if task == "binary":
+        y = (X[:, 0] > 0).astype(float)
+        cw, head, out, loss = {0: 1, 1: 3}, nnx.Sigmoid, 1, "bce"
+        sw = np.where(y == 1, 3.0, 1.0)
+    else:
+        y = np.argmax(X[:, :3], axis=1)
+        cw, head, out, loss = {0: 1, 1: 3, 2: 0.5}, nnx.Softmax, 3, "cross_entropy"
+        sw = np.array([cw[int(c)] for c in y], dtype=float)
+    a, b = _model(be, out=out, head=head), _model(be, out=out, head=head)
+    ha = a.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=2, batch_size=8, class_weight=cw)
+    hb = b.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=2, batch_size=8, sample_weight=sw)
+    _assert_weights(_weights(a), _weights(b), 1e-12)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
