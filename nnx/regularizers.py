@@ -13,7 +13,7 @@ from typing import Any
 
 import array_api_compat
 
-from .registry import Registry, UnknownNameError
+from .registry import Registry
 
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
@@ -207,7 +207,4 @@ def get_regularizer(spec: Any) -> Regularizer | None:
 
 
 def _by_name(name: str, kwargs: dict[str, Any]) -> Regularizer:
-    if name not in REGULARIZERS:
-        raise UnknownNameError(f"unknown regularizer {name!r}; valid names: {REGULARIZERS.names()}. "
-                               f"{REGULARIZERS.how_to_register}")
-    return REGULARIZERS.get(name)(**kwargs)
+    return REGULARIZERS.lookup(name)(**kwargs)

@@ -289,7 +289,7 @@ def test_layer_config_roundtrip():
     assert set(LAYERS) >= {"Dense", "Dropout", "Sigmoid", "Tanh", "ReLU", "LeakyReLU", "Softmax", "Identity",
                            "BatchNorm", "LayerNorm", "Flatten"}
     assert repr(nnx.Dense(2, 3)).startswith("Dense(in_features=2, out_features=3")
-    with pytest.raises(ValueError, match=r"unknown layer 'Conv2d': nnx knows \[.*'Dense'.*registers itself"):
+    with pytest.raises(ValueError, match=r"unknown layer 'Conv2d'; valid names: \[.*'Dense'.*registers itself"):
         layer_from_config({"type": "Conv2d"})
     with pytest.raises(ValueError, match=r"bad arguments for layer Dense"):
         layer_from_config({"type": "Dense", "in_features": 2})
