@@ -274,9 +274,8 @@ class _BaseMLP(BaseEstimator):
         """nnx's loss divided by scikit-learn's, for this estimator's output."""
         return 1.0
 
-    def _loss(self) -> Any:
-        # the reduction only matters with weights: the weighted mean of each batch, as scikit-learn
-        return MSE(reduction="mean_with_sample_weight")
+    def _loss(self, weighted: bool = False) -> Any:
+        return MSE(reduction=_reduction(weighted))
 
     def _optimizer(self, model: Sequential) -> Any:
         params = model.parameters()
@@ -378,7 +377,7 @@ class _BaseMLP(BaseEstimator):
         epochs = 1 if incremental else self.max_iter
         weights = {} if sample_weight is None else {"sample_weight": sample_weight}
         try:
-            model.fit(X, y_model, loss=self._loss(), optimizer=self._optimizer_, epochs=epochs,
+            model.fit(X, y_model, loss=self._loss(sample_weight is not None), optimizer=self._optimizer_, epochs=epochs,
                       batch_size=batch, shuffle=bool(self.shuffle), callbacks=[monitor], **weights)
         except FloatingPointError as exc:
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
@@ -395,7 +394,7 @@ class _BaseMLP(BaseEstimator):
 
         model = self.model_
         be, xp = model.backend, model.xp
-        loss_fn = model.resolve_loss(self._loss())
+        loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
         X_d = model.prepare_inputs(X)
         y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
         sample_weight, mean_weight = self._unit_mean(sample_weight, "training set")
@@ -527,6 +526,12 @@ def _dense(X: Any) -> Any:
     return X.toarray() if hasattr(X, "toarray") else X
 
 
+def _reduction(weighted: bool) -> str:
+    # With weights, each batch's loss is its weighted mean, as in scikit-learn. Without, the default
+    # reduction gives the same value and keeps the losses that backends' fast paths know.
+    return "mean_with_sample_weight" if weighted else "sum_over_batch_size"
+
+
 def _check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     """`sample_weight` as a new float64 array of shape (n_samples,), or ValueError naming what is wrong.
 
@@ -631,11 +636,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _n_model_outputs(self, y_model: Any) -> int:
         return len(self.classes_) if self._multiclass() else (1 if y_model.ndim == 1 else y_model.shape[1])
 
-    def _loss(self) -> Any:
-        # the reduction only matters with weights: the weighted mean of each batch, as scikit-learn
+    def _loss(self, weighted: bool = False) -> Any:
         if self.out_activation_ == "softmax":
-            return CrossEntropy(from_logits=False, reduction="mean_with_sample_weight")
-        return BinaryCrossEntropy(reduction="mean_with_sample_weight")
+            return CrossEntropy(from_logits=False, reduction=_reduction(weighted))
+        return BinaryCrossEntropy(reduction=_reduction(weighted))
 
     def _loss_scale(self) -> float:
         # scikit-learn sums the binary log-loss over labels; nnx's BCE averages over them

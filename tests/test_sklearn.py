@@ -441,3 +441,19 @@ def test_bad_sample_weights_fail_naming_them(bad, match):
             break
     else:
         pytest.fail("no split put the weighted row in the validation part")
+
+
+def test_sample_weight_on_every_backend(backend, dtype):
+    """Weighted rows equal repeated rows on every backend, NumPy weights in, NumPy out."""
+    X, _, y, w = _weighted_data(seed=5, n=30)
+    # L-BFGS (weights on the device, the loss called directly) where float64 makes it comparable, else Adam
+    # (weights through model.fit); see test_sample_weight_equals_repetition
+    solver, tol = ("lbfgs", 1e-9) if dtype == "float64" else ("adam", 2e-4)
+    params = dict(hidden_layer_sizes=(5,), solver=solver, max_iter=15, learning_rate_init=0.01, random_state=0,
+                  backend=backend.spec, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        weighted = MLPClassifier(**params).fit(X, y, sample_weight=w)
+        repeated = MLPClassifier(**params).fit(np.repeat(X, w, axis=0), np.repeat(y, w))
+    assert weighted.model_.backend == backend
+    np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), rtol=tol, atol=tol)
