@@ -167,6 +167,38 @@ def test_fit_from_endless_generator_with_steps_per_epoch(backend, dtype):
     _assert_same_weights(a, b, dtype)
 
 
+class Reader:
+    """A re-iterable source (as a file reader would be): every `iter()` starts over; no len()."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        yield from self.batches
+
+
+def test_re_iterable_object_is_read_afresh_each_epoch(backend, dtype):
+    X, y = _data()
+    reader, rec = Reader(_batches(X, y, 16)), Recorder()
+    a, b = _model(backend, dtype), _model(backend, dtype)
+    a.fit(_batches(X, y, 16), loss="bce", epochs=3)
+    b.fit(reader, loss="bce", epochs=3, callbacks=[rec])
+    assert reader.passes == 3 and rec.begin["steps"] is None and rec.batches == 30
+    _assert_same_weights(a, b, dtype)
+
+
+def test_validation_data_as_memmaps(backend, dtype, tmp_path):
+    X, y = _data()
+    Xv, yv = _data(60, seed=1)
+    mv, myv = _memmap(tmp_path, "xv.dat", Xv), _memmap(tmp_path, "yv.dat", yv)
+    kw = dict(loss="bce", epochs=2, batch_size=16, metrics=["accuracy"])
+    ha = _model(backend, dtype).fit(X, y, validation_data=(Xv, yv), **kw)
+    hb = _model(backend, dtype).fit(X, y, validation_data=(mv, myv), **kw)
+    np.testing.assert_allclose(hb["val_loss"], ha["val_loss"], rtol=1e-9 if dtype == "float64" else 1e-5)
+    assert hb["val_accuracy"] == ha["val_accuracy"]
+
+
 def test_one_shot_generator_without_steps_ends_the_epoch(backend, dtype):
     X, y = _data()
     rec = Recorder()
