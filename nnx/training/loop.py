@@ -217,6 +217,7 @@ def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guar
 def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
                  metric_fns: dict) -> dict[str, float]:
     xp, be = model.xp, model.backend
+    handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, rows, outputs, targets = [], [], [], []
@@ -225,7 +226,16 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         cb.on_batch_begin(b, {"size": size})
         value, Z = step.forward_loss(Xb, yb, wb)
         step.backward()
-        if not step.check(value):
+        finite = step.check(value)
+        if not finite and handles_non_finite:
+            # a callback that stops on NaN (TerminateOnNaN) sees the bad loss; nothing is updated
+            step.reset()
+            losses.append(value)
+            rows.append(size)
+            cb.on_batch_end(b, {"loss": value, "size": size})
+            model.stop_training = True
+            break
+        if not finite:
             raise NonFiniteStep(
                 f"training loss or gradients became NaN or infinite at epoch {epoch}, batch {b}; the weights "
                 "and optimizer state are those after the last finite step. Lower the learning rate, clip the "
