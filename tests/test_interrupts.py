@@ -164,6 +164,72 @@ def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, before_pa
     _assert_weights(model, ref[8])
 
 
+# -- SIGINT while gradients are being accumulated ----------------------------------------------
+
+class SigintAt(Callback):
+    """Sends a real SIGINT to this process from on_batch_end of the `at`-th batch (1-based, over epochs)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.count = at, 0
+
+    def on_batch_end(self, batch, logs=None):
+        self.count += 1
+        if self.count == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+ACCUMULATE = 3  # 6 batches of 8 per epoch: 2 updates
+
+
+def _accumulated_reference(backend, optimizer, epochs, **fit) -> list[list[np.ndarray]]:
+    X, y = _data()
+    model = _model(backend)
+    rec = Recorder()
+    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=epochs, batch_size=8, accumulate=ACCUMULATE,
+              callbacks=[rec], **fit)
+    return rec.after_step  # indexed by batch, not by update
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("at", [2, 4, 5, 11])
+def test_sigint_mid_accumulation_never_applies_half_a_step(backend, optimizer, at):
+    """Interrupted after some of the k batches of an update (at=2, 5, 11: after k-1 of k): the batches
+    gathered so far are dropped, the weights are the last completed update's, and the next fit starts
+    a fresh accumulation."""
+    _fault("SIGINT mid-accumulation")
+    ref = _accumulated_reference(backend, optimizer, epochs=2, clip_norm=0.5)
+    X, y = _data()
+    model = _model(backend)
+    history = model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=2, batch_size=8,
+                        accumulate=ACCUMULATE, clip_norm=0.5, callbacks=[SigintAt(at)])
+    assert history.interrupted
+    updates = at // ACCUMULATE
+    assert model.optimizer.step_count == updates
+    assert model.optimizer._param_steps == [updates] * len(model.parameters())
+    if updates:
+        _assert_weights(model, ref[updates * ACCUMULATE - 1])
+    else:
+        _assert_weights(model, _host(_model(backend)))
+    # Nothing half-gathered survives into the next run: one more epoch is exactly 2 more updates.
+    model.fit(X, y, epochs=1, batch_size=8, accumulate=ACCUMULATE)
+    assert model.optimizer.step_count == updates + 2
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_sigint_inside_an_accumulated_update(backend, optimizer):
+    """A SIGINT inside the optimizer step of an accumulated update: that update completes, then fit stops."""
+    _fault("SIGINT inside an accumulated update")
+    ref = _accumulated_reference(backend, optimizer, epochs=2)
+    X, y = _data()
+    model = _model(backend)
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    _signal_inside_step(opt, model, at_step=3, before_param=3)
+    history = model.fit(X, y, loss="bce", optimizer=opt, epochs=2, batch_size=8, accumulate=ACCUMULATE)
+    assert history.interrupted
+    assert opt.step_count == 3 and opt._param_steps == [3] * len(model.parameters())
+    _assert_weights(model, ref[3 * ACCUMULATE - 1])
+
+
 def test_sigint_handler_is_restored(backend):
     X, y = _data()
     before = signal.getsignal(signal.SIGINT)

@@ -331,3 +331,28 @@ def test_same_seed_same_result(backend, dtype):
         np.testing.assert_array_equal(f1, f2)
 
     _run(backend, check)
+
+
+def test_accumulate_with_clipping_equals_a_larger_batch(backend):
+    """fit(batch_size=b, accumulate=k) == fit(batch_size=k*b) under random clipping settings (float64;
+    no dropout, whose masks depend on the batch shapes drawn)."""
+    @given(arch=architectures(backend), n=_rows(backend, 1, 20), data_seed=st.integers(0, 2**16),
+           b=st.integers(1, 5), k=st.integers(1, 4), clip_norm=st.sampled_from([None, 1e-2, 0.5, 1e3]),
+           clip_value=st.sampled_from([None, 1e-3, 0.1]), optimizer=st.sampled_from(["adam", "sgd", "rmsprop"]))
+    def check(arch, n, data_seed, b, k, clip_norm, clip_value, optimizer):
+        _count("accumulate + clip == larger batch", backend)
+        arch = dict(arch, layers=[spec for spec in arch["layers"] if spec[0] != "dropout"])
+        X, y = make_data(arch, n, data_seed)
+        runs = []
+        for batch, acc in ((b, k), (b * k, 1)):
+            model = build(arch, backend, "float64")
+            history = model.fit(X, y, loss=make_loss(arch), optimizer=optimizer, lr=1e-2, epochs=2,
+                                batch_size=batch, accumulate=acc, clip_norm=clip_norm, clip_value=clip_value)
+            runs.append((_host_state(model), history["loss"], model.optimizer.step_count))
+        (w1, l1, s1), (w2, l2, s2) = runs
+        assert s1 == s2 == 2 * -(-n // (b * k))
+        for name in w1:
+            np.testing.assert_allclose(w1[name], w2[name], rtol=1e-9, atol=1e-11, err_msg=name)
+        np.testing.assert_allclose(l1, l2, rtol=1e-9, atol=1e-12)
+
+    _run(backend, check, factor=0.5)
