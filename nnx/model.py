@@ -12,8 +12,8 @@ from typing import Any
 from .backends import Backend, dtype_name, get_backend, host_rng
 from .layers import BuildContext, Layer, Sigmoid, Softmax, layer_from_config
 from .layers.parameter import Buffer, Parameter
-from .metrics import resolve_metrics
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
+from .metrics import resolve_metrics
 from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
 from .training import loop

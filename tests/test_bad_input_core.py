@@ -341,8 +341,8 @@ def _diverging(backend, dtype, **kwargs):
 
 
 def test_non_finite_training_loss_raises_naming_epoch_and_batch(backend, dtype):
-    with pytest.raises(FloatingPointError, match=r"training loss or gradients became NaN or infinite at epoch \d+, batch \d+; .*"
-                                                 r"check_finite=False") as info:
+    with pytest.raises(FloatingPointError, match=r"training loss or gradients became NaN or infinite at epoch \d+, "
+                                                 r"batch \d+; .*check_finite=False") as info:
         _diverging(backend, dtype)
     epoch, batch = map(int, re.search(r"epoch (\d+), batch (\d+)", str(info.value)).groups())
     assert 0 < epoch < 60 and 0 <= batch < 3

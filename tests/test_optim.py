@@ -9,6 +9,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
+from nnx.layers import Parameter
 from nnx.optim import (
     OPTIMIZERS,
     SGD,
@@ -20,7 +21,6 @@ from nnx.optim import (
     RMSprop,
     get_optimizer,
 )
-from nnx.layers import Parameter
 
 torch = pytest.importorskip("torch")
 

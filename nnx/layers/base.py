@@ -130,7 +130,7 @@ class Layer:
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
-        """Bind to a backend, build the arrays for `input_shape` (per sample, or None if unknown); returns the output shape."""
+        """Bind to a backend and build the arrays for `input_shape` (per sample; None if unknown); return the output shape."""
         if getattr(self, "context", None) is not None:
             raise ValueError(f"{self!r} already belongs to a model; build each model from new layer objects")
         output = self.output_shape(input_shape)
@@ -149,7 +149,7 @@ class Layer:
         """Create parameters and buffers for inputs of per-sample shape `input_shape` (None if unknown)."""
 
     def output_shape(self, input_shape: Shape | None) -> Shape | None:
-        """Per-sample output shape for a per-sample input shape (None: unknown); raise ValueError if it can't take it."""
+        """The per-sample output shape for a per-sample input shape (None: unknown); ValueError if it can't take it."""
         return input_shape
 
     def add_parameter(self, name: str, shape: Shape, init: Any = "zeros", regularized: bool = False) -> Parameter:
