@@ -130,7 +130,7 @@ class Layer:
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
-        """Bind to a backend and build the arrays for `input_shape` (per sample; None if unknown); return the output shape."""
+        """Bind to a backend, build the arrays for per-sample `input_shape` (None: unknown); return the output shape."""
         if getattr(self, "context", None) is not None:
             raise ValueError(f"{self!r} already belongs to a model; build each model from new layer objects")
         output = self.output_shape(input_shape)
