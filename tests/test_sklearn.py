@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import unittest
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from tally import write_counts  # noqa: E402
 
 import nnx  # noqa: E402
 from nnx.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
@@ -71,12 +73,36 @@ def _check_name(check):
     return getattr(check, "func", check).__name__
 
 
+# outcome -> [estimator:check], for the closing tally (NNX_HYPOTHESIS_COUNTS, see tests/tally.py)
+CHECK_OUTCOMES: dict[str, list[str]] = {"passed": [], "failed": [], "skipped": []}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_check_outcomes():
+    yield
+    counts = {k: len(v) for k, v in CHECK_OUTCOMES.items()}
+    weights = {k: sum(any(c.endswith(":" + w) for w in SAMPLE_WEIGHT_CHECKS) for c in v)
+               for k, v in CHECK_OUTCOMES.items()}
+    write_counts({"file": "test_sklearn", "check_estimator": {"run": sum(counts.values()), **counts, "xfailed": 0},
+                  "sample_weight_checks": weights, "not_passed": CHECK_OUTCOMES["failed"] + CHECK_OUTCOMES["skipped"]})
+
+
 @parametrize_with_checks(_ESTIMATORS)
 def test_sklearn_estimator_checks(estimator, check):
-    estimator = clone(estimator).set_params(**_CHECK_PARAMS.get(_check_name(check), {}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        check(estimator)
+    name = _check_name(check)
+    label = f"{type(estimator).__name__}:{name}"
+    estimator = clone(estimator).set_params(**_CHECK_PARAMS.get(name, {}))
+    outcome = "failed"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            check(estimator)
+        outcome = "passed"
+    except unittest.SkipTest:
+        outcome = "skipped"  # scikit-learn's own skips (pandas missing, SCIPY_ARRAY_API unset, ...)
+        raise
+    finally:
+        CHECK_OUTCOMES[outcome].append(label)
 
 
 def test_every_sample_weight_check_is_collected():
