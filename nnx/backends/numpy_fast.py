@@ -95,7 +95,7 @@ def layer_kernel(layer: Any) -> int:
     if decl is None:
         return _OTHER
     kernel, args = decl
-    return kernel if layer.get_config() == type(layer)(**args(layer)).get_config() else _OTHER
+    return kernel if layer.get_config() == _reference_config(type(layer), **args(layer)) else _OTHER
 
 
 def head_kernel(head: Any) -> int:
@@ -104,7 +104,16 @@ def head_kernel(head: Any) -> int:
     if decl is None:
         return _HEAD_GENERIC
     kernel, args = decl
-    return kernel if head.get_config() == type(head)(**args).get_config() else _HEAD_GENERIC
+    return kernel if head.get_config() == _reference_config(type(head), **args) else _HEAD_GENERIC
+
+
+@functools.lru_cache(maxsize=256)
+def _reference_config(cls: type, **args: Any) -> dict:
+    """``cls(**args).get_config()``: the configuration of an object with only the arguments a kernel handles.
+
+    Cached, since every `fit` call plans its step again. Callers only compare the result.
+    """
+    return cls(**args).get_config()
 
 
 # -- the library's operations ---------------------------------------------------------------------
@@ -194,8 +203,10 @@ class FlatParams:
             start, shape = self.offsets[-1], tuple(p.value.shape)
             stop = start + p.value.size
             self.offsets.append(stop)
-            self._layout.append((start, stop, shape if len(shape) != 1 else None))
+            # (the slice, the shape to give it or None for 1-D): what new_grads cuts from each fresh buffer
+            self._layout.append((slice(start, stop), shape if len(shape) != 1 else None))
             self.value_views.append(values[start:stop].reshape(shape))
+        self._empty, self._size, self._dtype = k.m.empty, values.shape[0], values.dtype
         self.grads: Any = None
         self.grad_views: list[Any] = []
         _FLATS[id(values)] = self
@@ -227,9 +238,9 @@ class FlatParams:
 
     def new_grads(self) -> list[Any]:
         """A fresh flat gradient buffer for this step; returns its per-parameter views (uninitialised)."""
-        grads = self.grads = self.k.m.empty(self.values.shape, dtype=self.values.dtype)
-        self.grad_views = views = [grads[a:b] if shape is None else grads[a:b].reshape(shape)
-                                   for a, b, shape in self._layout]
+        grads = self.grads = self._empty(self._size, self._dtype)  # positional: NumPy parses them faster
+        self.grad_views = views = [grads[cut] if shape is None else grads[cut].reshape(shape)
+                                   for cut, shape in self._layout]
         return views
 
 

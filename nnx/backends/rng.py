@@ -48,6 +48,13 @@ class DeviceRNG:
         """A JSON-serialisable snapshot of the stream."""
         return {"seed": self.seed, "counter": self.counter}
 
+    def accepts(self, state: Any) -> bool:
+        """Whether `state` is a snapshot of a stream of this kind (another backend's may be another kind)."""
+        return isinstance(state, dict) and "seed" in state and "counter" in state and not (self._foreign & set(state))
+
+    # keys of other kinds' states: a stream restores only a snapshot of its own kind
+    _foreign = frozenset({"pcg64", "torch"})
+
     def set_state(self, state: dict) -> None:
         """Restore a snapshot taken by `get_state`."""
         self.seed = int(state["seed"])
@@ -64,8 +71,13 @@ class HostRNG(DeviceRNG):
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:
         return self.backend.from_host(self._gen.random(shape, dtype=np.dtype(label)))
 
+    _foreign = frozenset({"torch"})
+
     def get_state(self) -> dict:
         return {**super().get_state(), "pcg64": self._gen.bit_generator.state}
+
+    def accepts(self, state: Any) -> bool:
+        return super().accepts(state) and "pcg64" in state
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)

@@ -93,8 +93,13 @@ class TorchRNG(DeviceRNG):
 
         return torch.rand(shape, generator=self._gen, dtype=getattr(torch, label), device=self.backend.device)
 
+    _foreign = frozenset({"pcg64"})
+
     def get_state(self) -> dict:
         return {**super().get_state(), "torch": self._gen.get_state().tolist()}
+
+    def accepts(self, state: Any) -> bool:
+        return super().accepts(state) and "torch" in state
 
     def set_state(self, state: dict) -> None:
         import torch
