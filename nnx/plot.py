@@ -136,8 +136,8 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
     Args:
         analyzer_or_history: a `nnx.callbacks.GradientAnalyzer` after training, or the dict its
             `history()` returns (name -> array of shape (steps, layers)).
-        stats: which of "mean", "max", "norm" to draw, one panel each; weights are solid lines,
-            biases dashed, one colour per layer.
+        stats: which of "mean", "max", "norm" to draw, one panel each; weights (every parameter
+            but the bias) are solid lines, biases dashed, one colour per layer with parameters.
         layer_names: legend labels (default: the analyzer's `layer_names`, else "layer i").
 
     With an analyzer, its vanish/explode thresholds are drawn as grey lines and epoch
@@ -163,10 +163,16 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     fig, axes = _figure(len(stats), width=4.6, sharex=True)
     x = np.arange(1, steps + 1)
+    # a layer without a bias (known from the analyzer) gets no dashed line and no legend entry for one
+    owned = getattr(analyzer, "parameter_names", None) or []
+    has_bias = [j >= len(owned) or any(n.rsplit(".", 1)[-1] == "bias" for n in owned[j])
+                for j in range(len(layer_names))]
     for ax, stat in zip(axes, stats, strict=True):
         for j, name in enumerate(layer_names):
             color = colors[j % len(colors)]
             for kind, style in (("weight", "-"), ("bias", "--")):
+                if kind == "bias" and not has_bias[j]:
+                    continue
                 values = np.asarray(hist[f"{kind}_{stat}"], dtype=float)[:, j]
                 # zeros (a dead layer) cannot be drawn on a log axis; leave gaps instead
                 shown = np.where(values > 0, values, np.nan)

@@ -214,7 +214,7 @@ def test_gradient_analyzer_plot_and_summary_see_the_custom_layer(backend, guide)
 
     fig = analyzer.plot()
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
-    assert "1:CenteredTanh(5) weight" in labels
+    assert "1:CenteredTanh(5) weight" in labels and "1:CenteredTanh(5) bias" not in labels
     plt.close(fig)
     summary = model.summary()
     assert "1: CenteredTanh" in summary and "(batch, 5)" in summary
