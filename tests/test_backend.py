@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backends import BACKEND_NAMES, Backend, backend_status, host_rng
+from nnx.backends import (
+    BACKEND_NAMES,
+    Backend,
+    backend_status,
+    generic_backend,
+    host_rng,
+    names,
+    register_backend,
+    registry,
+)
 from nnx.backends.names import article
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -303,7 +312,9 @@ def _run_python(code: str) -> str:
 def test_import_nnx_imports_no_gpu_library():
     out = _run_python(
         "import sys, nnx\n"
-        "heavy = [m for m in ('torch', 'jax', 'jaxlib', 'cupy', 'matplotlib') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'jax', 'jaxlib', 'cupy', 'array_api_strict', 'matplotlib',\n"
+        "                     'nnx.backends.torch', 'nnx.backends.jax', 'nnx.backends.cupy',\n"
+        "                     'nnx.backends.array_api_strict', 'nnx.backends.numpy_fast') if m in sys.modules]\n"
         "print(heavy)\n"
     )
     assert out.strip() == "[]", f"import nnx pulled in {out.strip()}"
@@ -316,3 +327,139 @@ def test_import_nnx_is_quick():
     seconds = min(float(_run_python(code)) for _ in range(3))
     print(f"import nnx took {seconds:.3f} s (best of 3)")
     assert seconds < 1.0
+
+
+# -- the registry and the adapters ------------------------------------------------------
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made in a test are undone after it."""
+    for module, table in ((registry, "_ENTRIES"), (registry, "_ALIASES"), (registry, "_CACHE"), (names, "_MODULES")):
+        monkeypatch.setattr(module, table, dict(getattr(module, table)))
+
+
+class _CountingStrict(Backend):
+    """A new backend in a few lines: array_api_strict under another name, counting what it moves in."""
+
+    name = "counting"
+    moved = 0
+
+    @classmethod
+    def load(cls, label):
+        import array_api_strict
+
+        return cls(array_api_strict, array_api_strict.Device("CPU_DEVICE"))
+
+    def owns(self, x):
+        return type(x).__module__.startswith("array_api_strict")
+
+    def from_host(self, host):
+        type(self).moved += 1
+        return self.xp.asarray(host, device=self.device)
+
+    def _to_host(self, x):
+        return np.asarray(x)
+
+
+def test_a_new_backend_is_one_class_and_one_registration(scratch_registry):
+    register_backend("counting", f"{__name__}:_CountingStrict", aliases=("cnt",))
+    be = nnx.get_backend("cnt")
+    assert isinstance(be, _CountingStrict) and be.spec == "counting" and nnx.get_backend("counting") is be
+    assert "counting" in nnx.available_backends()
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 1), backend="counting", seed=0)
+    X = np.random.default_rng(0).standard_normal((16, 3))
+    model.fit(X, X[:, :1], loss="mse", optimizer="sgd", epochs=2, batch_size=8)
+    reference = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 1), backend="array_api_strict", seed=0)
+    reference.fit(X, X[:, :1], loss="mse", optimizer="sgd", epochs=2, batch_size=8)
+    np.testing.assert_allclose(be.to_host(model.predict(X)), reference.backend.to_host(reference.predict(X)),
+                               rtol=1e-6)
+    assert _CountingStrict.moved > 0
+
+
+def test_register_backend_refuses_reserved_names():
+    with pytest.raises(ValueError, match="reserved"):
+        register_backend("generic", f"{__name__}:_CountingStrict")
+    with pytest.raises(ValueError, match="contains ':'"):
+        register_backend("a:b", f"{__name__}:_CountingStrict")
+
+
+def test_generic_adapter_specs():
+    import array_api_strict
+
+    be = nnx.get_backend("generic:array_api_strict")
+    assert type(be).__name__ == "GenericBackend" and be.fastpath is None
+    assert be.name == "array_api_strict" and be.spec == "generic:array_api_strict" and be.xp is array_api_strict
+    assert be == nnx.get_backend("array_api_strict")  # same library and device: interchangeable arrays
+    assert nnx.get_backend(be.spec) is be
+    dev1 = nnx.get_backend("generic:array_api_strict:1")
+    assert dev1.device == array_api_strict.Device("device1") and nnx.get_backend(dev1.spec) == dev1
+    x = dev1.asarray(np.arange(3.0))
+    assert x.device == dev1.device
+    np.testing.assert_array_equal(dev1.to_host(x), np.arange(3.0))
+    assert generic_backend(array_api_strict) == be
+
+
+@pytest.mark.parametrize("spec, error, message", [
+    ("generic", ValueError, r"needs a namespace module: 'generic:<module>'"),
+    ("generic:json", ValueError, r"module 'json' is not an array API namespace"),
+    ("generic:no_such_library_here", nnx.BackendUnavailableError,
+     r"'generic:no_such_library_here' cannot run here: No module named"),
+    ("generic:array_api_strict:9", ValueError, r"the device must be an index below 5"),
+])
+def test_generic_adapter_errors(spec, error, message):
+    with pytest.raises(error, match=message):
+        nnx.get_backend(spec)
+
+
+def test_a_library_nnx_has_never_heard_of_trains_through_the_generic_adapter(scratch_registry):
+    import array_api_strict
+
+    # forget array_api_strict: for nnx it is now an unknown library that follows the standard
+    del registry._ENTRIES["array_api_strict"], registry._ALIASES["strict"]
+    registry._CACHE.clear()
+    for module in [m for m, name in names._MODULES.items() if name == "array_api_strict"]:
+        del names._MODULES[module]
+    be = nnx.get_backend(array_api_strict)
+    assert type(be).__name__ == "GenericBackend" and be.name == "array_api_strict"
+    x = array_api_strict.asarray([1.0, 2.0], device=array_api_strict.Device("device1"))
+    assert nnx.get_backend(x).device == x.device
+    X = np.random.default_rng(1).standard_normal((24, 4))
+    y = (X[:, 0] > 0).astype(float)
+    runs = []
+    for spec in (array_api_strict, "numpy"):
+        model = nnx.Sequential(nnx.Dense(4, 6), nnx.Tanh(), nnx.Dropout(0.1), nnx.Dense(6, 1), nnx.Sigmoid(),
+                               backend=spec, dtype="float64", seed=2)
+        history = model.fit(X, y, loss="bce", optimizer="adam", epochs=3, batch_size=8)
+        runs.append((history["loss"], model.backend.to_host(model.predict(X))))
+    # host PCG64 dropout on both: the same masks, the same numbers
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-10)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("module, library, install", [
+    ("torch", "torch", r'pip install "nnx-mlp\[torch\]"'),
+    ("jax", "jax", r'pip install "nnx-mlp\[jax\]"'),
+    ("cupy", "cupy", r'pip install "nnx-mlp\[cupy12\]" \(CUDA 12\) or pip install "nnx-mlp\[cupy13\]" \(CUDA 13\)'),
+    ("array_api_strict", "array_api_strict", r"pip install array-api-strict"),
+])
+def test_a_missing_library_says_how_to_install_it(monkeypatch, module, library, install):
+    monkeypatch.setitem(sys.modules, library, None)  # import fails as if it were not installed
+    adapter = registry.adapter_class(module)
+    with pytest.raises(nnx.BackendUnavailableError,
+                       match=rf"backend '{module}' cannot run here: {library} is not installed .*{install}"):
+        adapter.load(None)
+
+
+def test_device_rng_accepts_only_its_own_kind_of_state(backend):
+    state = backend.rng(1).get_state()
+    assert backend.rng(2).accepts(state)
+    assert nnx.get_backend("numpy").rng(2).accepts(state) == ("pcg64" in state)
+    assert not backend.rng(2).accepts({"seed": 1})
+    assert not backend.rng(2).accepts([1, 2])
+
+
+def test_on_device_keeps_the_adapter():
+    cpu = nnx.get_backend("array_api_strict")
+    other = cpu.on_device(nnx.get_backend("array_api_strict:device2").device)
+    assert type(other) is type(cpu) and other.spec == "array_api_strict:device2"
+    assert nnx.get_backend(other.spec) == other and cpu.spec == "array_api_strict"
