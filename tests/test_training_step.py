@@ -451,3 +451,42 @@ def test_class_weight_equals_the_matching_sample_weight(be, task):
     hb = b.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=2, batch_size=8, sample_weight=sw)
     _assert_weights(_weights(a), _weights(b), 1e-12)
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
+
+
+# -- TrainStep.check itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_check_sees_a_bad_element_of_any_gradient(be, dtype, bad):
+    """Each gradient (first, middle, last; fast path: views of one flat buffer) and the loss."""
+    from nnx.training import TrainStep
+
+    X, y = _data(n=16)
+    model = _model(be, dtype)
+    loss = model.resolve_loss("mse")
+    step = TrainStep(model, loss, nnx.optim.SGD(model.parameters(), lr=0.1))
+    Xd, yd = model.prepare_inputs(X), model.prepare_targets(y, loss, 16)
+    xp = model.xp
+    for where in ["loss", *range(len(model.parameters()))]:
+        value, _ = step.forward_loss(Xd, yd)
+        step.backward()
+        assert step.check(value) is True
+        if where == "loss":
+            value = value + bad
+        else:
+            p = model.parameters()[where]
+            host = _host(be, p.grad)
+            host.reshape(-1)[host.size // 2] = bad
+            if isinstance(p.grad, np.ndarray) and p.grad.flags.writeable:
+                p.grad[...] = host  # in place: on the fast path, into the flat buffer
+            else:
+                p.grad = be.asarray(host, dtype=model.dtype)
+        assert step.check(value) is False, where
+    # Finite gradients whose sum overflows are not refused.
+    value, _ = step.forward_loss(Xd, yd)
+    step.backward()
+    big = 1e38 if dtype == "float32" else 1e308
+    for p in model.parameters():
+        p.grad = xp.full(p.grad.shape, big, dtype=p.grad.dtype, device=be.device)
+    assert step.check(value) is True
+    step.check_finite = False
+    assert step.check(value + float("nan")) is True
