@@ -490,3 +490,17 @@ def test_check_sees_a_bad_element_of_any_gradient(be, dtype, bad):
     assert step.check(value) is True
     step.check_finite = False
     assert step.check(value + float("nan")) is True
+
+
+def test_on_gradients_replacements_are_moved_to_the_model(be, dtype):
+    """A hook may hand back NumPy float64 arrays: they are moved and cast, the weights keep their dtype."""
+    X, y = _data()
+    model = _model(be, dtype)
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=16)
+    before = _weights(model)
+    spy = GradSpy(replace=lambda grads: {k: np.ones(tuple(g.shape)) for k, g in grads.items()})
+    model.fit(X, y, epochs=1, batch_size=40, callbacks=[spy])
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    _assert_weights(_weights(model), {k: v - 0.1 for k, v in before.items()}, tol)
+    assert all(p.value.dtype == model.parameters()[0].value.dtype for p in model.parameters())
+    assert str(_host(be, model.parameters()[0].value).dtype) == dtype

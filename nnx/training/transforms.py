@@ -169,10 +169,16 @@ class CallbackHook(GradientTransform):
             if not isinstance(replaced, dict) or not set(replaced) <= set(by_name):
                 raise ValueError(f"{type(cb).__name__}.on_gradients must return None or a dict of parameter "
                                  f"name -> gradient, got {type(replaced).__name__}")
+            backend = getattr(getattr(cb, "model", None), "backend", None)
             for name, grad in replaced.items():
                 p = by_name[name]
-                if tuple(grad.shape) != p.shape:
-                    raise ValueError(f"{type(cb).__name__}.on_gradients returned shape {tuple(grad.shape)} for "
-                                     f"{name!r}, which has shape {p.shape}")
+                if tuple(getattr(grad, "shape", ())) != p.shape:
+                    raise ValueError(f"{type(cb).__name__}.on_gradients returned shape "
+                                     f"{tuple(getattr(grad, 'shape', ()))} for {name!r}, which has shape {p.shape}")
+                if backend is not None:
+                    # a NumPy array (or another dtype) is moved and cast like any input, so the update
+                    # neither fails on torch/JAX nor promotes a float32 model's weights
+                    grad = backend.asarray(grad, dtype=p.value.dtype,
+                                           argname=f"{type(cb).__name__}.on_gradients()[{name!r}]")
                 p.grad = grad
         return True
