@@ -80,9 +80,12 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     X_d = checked.prepare_inputs(X)
     y_d = checked.prepare_targets(y, loss_fn, X_d.shape[0])
     rng_state = checked.dropout_rng.get_state()
+    buffers = [(b, b.value) for b in checked.buffers()]
 
     def loss_at(X_now: Any) -> tuple[Any, Any]:
         checked.dropout_rng.set_state(rng_state)  # the same dropout mask at every evaluation
+        for b, value in buffers:  # and the same running statistics, for layers whose training pass reads them
+            b.value = value
         value, _, dX = checked.loss_and_grads(X_now, y_d, loss_fn, need_dX=True)
         return value, dX
 
