@@ -89,6 +89,32 @@ def measure(repeats: int, fast: bool = True, backend_name: str = "numpy") -> dic
             "fast": be.fastpath is not None, "min_on": min(times["on"]), "min_off": min(times["off"])}
 
 
+def direct(number: int = 2000, repeat: int = 15) -> dict:
+    """Best-of-`repeat` seconds of one `TrainStep.check` on a batch of the small shape (fast path): robust
+    to a busy machine, unlike epoch times; times steps per epoch, it is the check's share of an epoch."""
+    import timeit
+
+    from nnx.training import TrainStep
+
+    shape = bench_train.SHAPES["small"]
+    X, y, _ = bench_train.make_data(shape)
+    be = nnx.get_backend("numpy")
+    layers: list[Any] = []
+    for fan_in, fan_out in zip(shape.sizes[:-1], shape.sizes[1:], strict=True):
+        layers += [nnx.Dense(fan_in, fan_out), nnx.ReLU()]
+    layers[-1] = nnx.Sigmoid()
+    model = nnx.Sequential(*layers, backend=be, dtype="float32", seed=bench_train.SEED)
+    loss = model.resolve_loss("bce")
+    step = TrainStep(model, loss, nnx.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9))
+    Xb = model.prepare_inputs(X[:shape.batch])
+    yb = model.prepare_targets(y[:shape.batch], loss, shape.batch)
+    value, _ = step.forward_loss(Xb, yb)
+    step.backward()
+
+    return {"check": min(timeit.repeat(lambda: step.check(value), number=number, repeat=repeat)) / number,
+            "steps": shape.steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=301)
@@ -97,6 +123,10 @@ def main() -> None:
     rows = [measure(args.repeats, True)]
     if args.portable:
         rows.append(measure(max(args.repeats // 3, 11), False))
+    d = direct()
+    share = d["check"] * d["steps"] / rows[0]["min_off"]
+    print(f"direct: one check {d['check'] * 1e6:.2f} us (best of 15) x {d['steps']} steps = {share * 100:.2f}% "
+          f"of the fastest unchecked epoch")
     for r in rows:
         print(f"fast path {'on ' if r['fast'] else 'off'}: check on {r['on'] * 1e3:.3f} ms, "
               f"off {r['off'] * 1e3:.3f} ms "
