@@ -65,7 +65,12 @@ def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = Tr
 
     The file is written beside its destination under a temporary name and renamed
     into place, so an interrupted save never replaces a good checkpoint with a broken one.
+    After a data-parallel `fit` only rank 0 writes (every rank holds the same model); other
+    ranks that read the file should wait for it with ``comm.barrier()``.
     """
+    comm = getattr(model, "distributed", None)
+    if comm is not None and comm.rank != 0:
+        return
     path = Path(path)
     arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict().items()}
     training: dict[str, Any] = {

@@ -79,7 +79,8 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
         class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
-        steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True) -> History:
+        steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
+        distributed: Any = None) -> History:
     """Train `model`; see `Sequential.fit` for the arguments."""
     loss_fn = model.resolve_loss(loss)
     metric_fns = resolve_metrics(metrics)
@@ -130,6 +131,9 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
             X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
             w_d = None if w_d is None else w_d[:n, ...]
         batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
+    dp = _data_parallel(model, distributed)
+    if dp is not None:
+        batches = dp.shard(batches)  # batch_size is the global batch; this rank computes its slice
     val = None  # () -> the validation logs
     if val_rows is not None:
         val = lambda: evaluate_batches(model, val_rows, loss_fn, metric_fns)  # noqa: E731
@@ -137,8 +141,9 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         val = _validation(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth)
     model.loss = loss_fn
     opt = model.optimizer = model.resolve_optimizer(optimizer, lr)
-    cbs = _callbacks(callbacks, verbose, epochs)
-    transforms = build_transforms(clip_norm, clip_value, accumulate, gradient_transforms, cbs)
+    cbs = _callbacks(callbacks, verbose if dp is None or dp.is_root else 0, epochs)
+    extra = gradient_transforms if dp is None else [dp.transform, *(gradient_transforms or [])]
+    transforms = build_transforms(clip_norm, clip_value, accumulate, extra, cbs)
     cb = CallbackList(cbs)
     cb.set_model(model)
     history = model.history = History()
@@ -146,11 +151,13 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     step = TrainStep(model, loss_fn, opt, transforms, check_finite)
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
+        if dp is not None:
+            dp.begin()
         # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None})
         for _ in range(epochs):
-            logs = _run_epoch(model, step, batches, cb, guard, metric_fns)
+            logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp)
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in val().items()})
             epoch = model.epochs_trained
@@ -168,8 +175,24 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         raise
     finally:
         guard.uninstall()
+        if dp is not None:
+            dp.end()
         cb.on_train_end({"history": history})
     return history
+
+
+def _data_parallel(model: Any, distributed: Any) -> Any:
+    """The data-parallel parts of this fit for communicator `distributed` (None alone or without one)."""
+    model.distributed = None
+    if distributed is None:
+        return None
+    from ..distributed.parallel import DataParallelFit
+
+    dp = DataParallelFit(model, distributed)  # checks the type, also for a world of one
+    if distributed.size == 1:
+        return None
+    model.distributed = distributed  # rank 0 writes the checkpoints (nnx.io.save_model)
+    return dp
 
 
 def _held_out(n: int, validation_split: float) -> int:
@@ -208,25 +231,27 @@ def _validation(model: Any, data: Any, steps: int | None, batch_size: int | None
 
 
 def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
-               metric_fns: dict) -> dict[str, float]:
+               metric_fns: dict, dp: Any = None) -> dict[str, float]:
     """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics)."""
     with contextlib.closing(batches.epoch()) as source:  # closing stops a prefetch thread on any way out
-        return _epoch_steps(model, step, source, cb, guard, metric_fns)
+        return _epoch_steps(model, step, source, cb, guard, metric_fns, dp)
 
 
 def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
-                 metric_fns: dict) -> dict[str, float]:
+                 metric_fns: dict, dp: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, rows, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
-        size = int(Xb.shape[0])
+        size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
         cb.on_batch_begin(b, {"size": size})
         value, Z = step.forward_loss(Xb, yb, wb)
         step.backward()
         finite = step.check(value)
+        if dp is not None and step.check_finite:
+            finite = dp.agree(finite)  # every rank refuses the step (and raises) together
         if not finite and handles_non_finite:
             # a callback that stops on NaN (TerminateOnNaN) sees the bad loss; nothing is updated
             step.reset()
@@ -248,8 +273,8 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         losses.append(value)
         rows.append(size)
         if metric_fns:
-            outputs.append(Z)
-            targets.append(yb)
+            outputs.append(Z if size else None)
+            targets.append(yb if size else None)
         cb.on_batch_end(b, {"loss": value, "size": size})
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
@@ -259,6 +284,10 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         guard.end_step()
     host = be.to_host(xp.stack(losses))
     n_seen = sum(rows)
+    if dp is not None:
+        dp.end_epoch()
+        weighted = float(sum(r * float(v) for r, v in zip(rows, host, strict=True)))
+        return dp.epoch_logs(weighted, n_seen, metric_fns, targets, outputs, step.from_logits)
     logs = {"loss": float(sum(r * float(v) for r, v in zip(rows, host, strict=True)) / n_seen)}
     if metric_fns:
         logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),

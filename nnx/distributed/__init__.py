@@ -1,0 +1,25 @@
+"""Data-parallel training on the engines clusters run: MPI (mpi4py), NCCL (CuPy), torch.distributed.
+
+    from nnx import distributed as dist
+    comm = dist.init()          # the MPI world under mpiexec/srun, torch's group under torchrun, else size 1
+    model.fit(X, y, batch_size=256, distributed=comm)   # batch_size is the global batch
+
+See docs/distributed.md for launching and for what equals single-process training.
+"""
+
+from .comm import (
+    Communicator,
+    MPICommunicator,
+    NCCLCommunicator,
+    SingleProcess,
+    TorchCommunicator,
+    init,
+    launched_by_mpi,
+)
+from .parallel import AverageGradients, DataParallelFit, GlobalBatchDropout, rank_rows, shared_buffer
+
+__all__ = [
+    "AverageGradients", "Communicator", "DataParallelFit", "GlobalBatchDropout", "MPICommunicator",
+    "NCCLCommunicator", "SingleProcess", "TorchCommunicator", "init", "launched_by_mpi", "rank_rows",
+    "shared_buffer",
+]

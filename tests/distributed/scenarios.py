@@ -1,0 +1,190 @@
+"""Data-parallel scenarios run on every rank of one job; each rank writes what it saw to OUT/rank{r}.json.
+
+    mpiexec -n 3 python -m mpi4py tests/distributed/scenarios.py OUT --backends numpy,torch --resume CKPT --fault
+    torchrun --nproc_per_node=2 tests/distributed/scenarios.py OUT --backends torch,numpy --engine torch
+
+Every scenario trains the same model twice: with ``distributed=comm`` on all ranks, and alone in
+this process on the same global batches (the reference). The pytest side (tests/test_distributed.py)
+compares the two and checks that every rank reports the same. ``--save CKPT`` leaves a checkpoint
+written by rank 0 after two epochs; ``--resume CKPT`` continues it on this job's ranks and compares
+with four uninterrupted single-process epochs. ``--fault`` ends the job: rank 1 raises mid-training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import nnx
+from nnx import distributed as dist
+from nnx.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from nnx.distributed.parallel import AverageGradients
+
+
+def data(n: int = 101, features: int = 6, classes: int = 3, seed: int = 0):
+    """Small classification data; 101 rows in batches of 20 leave a last batch of 1 (empty slices)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 1).astype(np.int64)
+    return X, y % classes
+
+
+def build(backend: str, kind: str) -> nnx.Sequential:
+    layers = {
+        "mlp": [nnx.Dense(6, 16), nnx.ReLU(), nnx.Dense(16, 3), nnx.Softmax()],
+        "dropout": [nnx.Dense(6, 16), nnx.ReLU(), nnx.Dropout(0.3), nnx.Dense(16, 3), nnx.Softmax()],
+        "batchnorm": [nnx.Dense(6, 16), nnx.BatchNorm(16), nnx.ReLU(), nnx.Dense(16, 3), nnx.Softmax()],
+    }[kind]
+    reg = "l2" if kind == "mlp" else None
+    return nnx.Sequential(*layers, backend=backend, dtype="float64", seed=7, regularizer=reg)
+
+
+# name -> (model kind, fit arguments); regularized "mlp" runs the portable step, "dropout" the NumPy fast path
+SCENARIOS = {
+    "sgd_momentum_dropout_clipnorm": ("dropout", {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                  "clip_norm": 0.5, "batch_size": 20, "epochs": 3}),
+    "adam_l2_clipvalue_accumulate": ("mlp", {"optimizer": "adam", "lr": 0.01, "clip_value": 0.05,
+                                             "accumulate": 2, "batch_size": 20, "epochs": 3}),
+}
+# BatchNorm normalises each rank's slice with that slice's statistics (as torch DDP without SyncBatchNorm):
+# N ranks on global batches of 10*N rows equal one process on batches of 10 accumulated N at a time
+# (SGD: Adam would turn the rounding noise in the gradient of the bias before BatchNorm, which is 0
+# in exact arithmetic, into steps of size lr)
+BATCHNORM = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 3, "n": 120}
+
+
+def run_fit(backend: str, kind: str, args: dict, comm=None, **extra):
+    model = build(backend, kind)
+    kw = dict(args)
+    momentum = kw.pop("momentum", None)
+    n = kw.pop("n", 101)
+    if momentum is not None:
+        kw["optimizer"] = nnx.optim.SGD(model.parameters(), lr=kw.pop("lr"), momentum=momentum)
+    X, y = data(n)
+    Xv, yv = data(40, seed=1)
+    hist = model.fit(X, y, loss="cross_entropy", metrics=["accuracy"], validation_data=(Xv, yv),
+                     distributed=comm, **kw, **extra)
+    return model, hist
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {k: np.asarray(model.backend.to_host(v), dtype=np.float64) for k, v in model.state_dict().items()}
+
+
+def digest(w: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(w):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(w[k]).tobytes())
+    return h.hexdigest()
+
+
+def compare(model, hist, ref, ref_hist, trained_only: bool = False) -> dict:
+    """How far a distributed fit is from its reference; `trained_only` leaves out buffers and validation."""
+    a, b = weights(model), weights(ref)
+    names = [k for k in a if not (trained_only and "running" in k)]
+    param_diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in names)
+    keys = sorted(k for k in set(hist.history) | set(ref_hist.history) if not (trained_only and "val_" in k))
+    hist_diff = 0.0
+    for k in keys:
+        u, v = np.asarray(hist.history.get(k, [])), np.asarray(ref_hist.history.get(k, []))
+        if u.shape != v.shape:
+            hist_diff = float("inf")
+            break
+        if u.size:
+            hist_diff = max(hist_diff, float(np.max(np.abs(u - v))))
+    return {"param_diff": param_diff, "hist_diff": hist_diff, "digest": digest(a),
+            "history": {k: list(map(float, v)) for k, v in hist.history.items()}, "epochs": len(hist.epoch)}
+
+
+class FailOn(Callback):
+    """Raises on one rank at the end of one epoch (the fault scenario)."""
+
+    def __init__(self, rank: int, epoch: int, stamp: Path, me: int) -> None:
+        self.rank, self.at, self.stamp, self.me = rank, epoch, stamp, me
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at and self.me == self.rank:
+            self.stamp.write_text(str(time.time()))
+            raise RuntimeError(f"injected failure on rank {self.rank} at epoch {epoch}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--backends", default="numpy")
+    parser.add_argument("--engine", default=None)
+    parser.add_argument("--controls", default="numpy", help="backends that also run the negative control "
+                        "and early stopping")
+    parser.add_argument("--save", type=Path)
+    parser.add_argument("--resume", type=Path)
+    parser.add_argument("--fault", action="store_true")
+    opts = parser.parse_args()
+    comm = dist.init(opts.engine)
+    results: dict = {"rank": comm.rank, "size": comm.size, "engine": comm.engine, "scenarios": {}}
+    available = set(nnx.available_backends())
+    for backend in opts.backends.split(","):
+        if backend not in available:
+            results["scenarios"][f"{backend}/skipped"] = {"skipped": True}
+            continue
+        for name, (kind, args) in SCENARIOS.items():
+            model, hist = run_fit(backend, kind, args, comm)
+            ref, ref_hist = run_fit(backend, kind, args)
+            results["scenarios"][f"{backend}/{name}"] = compare(model, hist, ref, ref_hist)
+        model, hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10 * comm.size), comm)
+        ref, ref_hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10, accumulate=comm.size))
+        results["scenarios"][f"{backend}/sgd_batchnorm_per_slice"] = compare(model, hist, ref, ref_hist, True)
+        if backend not in opts.controls.split(","):
+            continue
+        # the negative control: the same fit with the all-reduce removed must not match
+        original = AverageGradients.apply
+        AverageGradients.apply = lambda self, params, rows: (self.reset(), True)[1]
+        try:
+            model, hist = run_fit(backend, *SCENARIOS["sgd_momentum_dropout_clipnorm"], comm)
+        finally:
+            AverageGradients.apply = original
+        ref, ref_hist = run_fit(backend, *SCENARIOS["sgd_momentum_dropout_clipnorm"])
+        results["scenarios"][f"{backend}/negative_control"] = compare(model, hist, ref, ref_hist)
+        # early stopping: identical logs make every rank stop at the same epoch as one process would
+        stop = dict(SCENARIOS["adam_l2_clipvalue_accumulate"][1], epochs=30)
+        model, hist = run_fit(backend, "mlp", stop, comm,
+                              callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05)])
+        ref, ref_hist = run_fit(backend, "mlp", stop,
+                                callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05)])
+        results["scenarios"][f"{backend}/early_stopping"] = compare(model, hist, ref, ref_hist)
+    if opts.save is not None or opts.resume is not None:
+        args = dict(SCENARIOS["sgd_momentum_dropout_clipnorm"][1], epochs=4)
+        ref, ref_hist = run_fit("numpy", "dropout", args)
+        if opts.save is not None:  # two epochs here, checkpointed by rank 0 only
+            ckpt_args = dict(args, epochs=2)
+            model, hist = run_fit("numpy", "dropout", ckpt_args, comm, callbacks=[ModelCheckpoint(opts.save)])
+            comm.barrier()
+            results["saved"] = {"exists": opts.save.exists(), "epochs": len(hist.epoch)}
+        if opts.resume is not None:  # two more epochs on this job's ranks
+            X, y = data()
+            Xv, yv = data(40, seed=1)
+            model = nnx.load(opts.resume)
+            hist = model.fit(X, y, epochs=2, batch_size=args["batch_size"], clip_norm=args["clip_norm"],
+                             metrics=["accuracy"], validation_data=(Xv, yv), distributed=comm)
+            tail = type(ref_hist)()
+            for e, k in enumerate(ref_hist.epoch[2:]):
+                tail.append(k, {name: v[2 + e] for name, v in ref_hist.history.items()})
+            results["resumed"] = compare(model, hist, ref, tail)
+    out = opts.out / f"rank{comm.rank}.json"
+    out.write_text(json.dumps(results))
+    comm.barrier()
+    if opts.fault:
+        ckpt = opts.out / "fault.npz"
+        run_fit("numpy", "mlp", dict(SCENARIOS["adam_l2_clipvalue_accumulate"][1], epochs=50), comm,
+                callbacks=[ModelCheckpoint(ckpt), FailOn(1, 2, opts.out / "fault_time", comm.rank)])
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
