@@ -360,9 +360,9 @@ class Sequential:
         """
         last = self.layers[-1]
         if type(last) is Sigmoid and type(loss) is BinaryCrossEntropy and not loss.from_logits:
-            return len(self.layers) - 1, BinaryCrossEntropy(from_logits=True), True
+            return len(self.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
         if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
-            return len(self.layers) - 1, CrossEntropy(from_logits=True), True
+            return len(self.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
         from_logits = getattr(loss, "from_logits", False) and not isinstance(last, (Sigmoid, Softmax))
         return len(self.layers), loss, from_logits
 
