@@ -334,7 +334,8 @@ def test_import_nnx_is_quick():
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registrations made in a test are undone after it."""
-    for module, table in ((registry, "_ENTRIES"), (registry, "_ALIASES"), (registry, "_CACHE"), (names, "_MODULES")):
+    for module, table in ((registry, "_ENTRIES"), (registry, "_ALIASES"), (registry, "_CACHE"),
+                          (registry, "_GENERIC_CACHE"), (names, "_MODULES")):
         monkeypatch.setattr(module, table, dict(getattr(module, table)))
 
 

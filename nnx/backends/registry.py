@@ -23,6 +23,7 @@ from .names import backend_for_module, backend_name_of, claim_modules
 _ENTRIES: dict[str, type[Backend] | str] = {}
 _ALIASES: dict[str, str] = {}
 _CACHE: dict[str, Backend] = {}
+_GENERIC_CACHE: dict[tuple[str, str], Backend] = {}  # (namespace module name, device) -> generic adapter
 
 
 def register_backend(name: str, adapter: type[Backend] | str, aliases: tuple[str, ...] = (),
@@ -99,7 +100,7 @@ def _from_namespace(module: types.ModuleType) -> Backend:
     if name is not None:
         return get_backend(name)
     if is_namespace(module):
-        return generic_backend(module)
+        return _generic(module, None)
     raise ValueError(f"unknown array namespace {module.__name__!r}; known backends: {list(_ENTRIES)}")
 
 
@@ -108,11 +109,20 @@ def _from_array(x: Any) -> Backend:
     if name is None:
         raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__}")
     device = array_api_compat.device(x)
-    if name in _ENTRIES:
-        backend = get_backend(name)
-    else:
-        backend = generic_backend(array_api_compat.array_namespace(x), device)
+    if name not in _ENTRIES:
+        return _generic(array_api_compat.array_namespace(x), device)
+    backend = get_backend(name)
     return backend if str(device) == str(backend.device) else backend.on_device(device)
+
+
+def _generic(xp: types.ModuleType, device: Any) -> Backend:
+    """The generic adapter for a namespace no adapter claims, made once per namespace and device."""
+    key = (xp.__name__, str(device))
+    backend = _GENERIC_CACHE.get(key)
+    if backend is None or backend.xp is not xp:
+        backend = _GENERIC_CACHE[key] = generic_backend(xp, device)
+    return backend
+
 
 
 def backend_status(name: str) -> tuple[bool, str]:
