@@ -1,0 +1,205 @@
+"""Data-parallel training with real processes: mpiexec -n 2 and -n 3 (mpi4py), torchrun with gloo.
+
+Each job runs tests/distributed/scenarios.py on every rank; the ranks write what they saw to
+JSON files that the tests below check. Jobs start once per session (module fixtures) under a
+timeout, with one BLAS/OpenMP thread per rank so that 3 ranks fit on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import distributed as dist
+
+HERE = Path(__file__).parent
+SCRIPT = HERE / "distributed" / "scenarios.py"
+BIN = Path(sys.executable).parent
+TOL = 1e-10  # float64: N ranks against one process on the same global batches
+BACKENDS = [b for b in ("numpy", "array_api_strict", "torch", "jax") if b in nnx.available_backends()]
+EQUIVALENCE = ("sgd_momentum_dropout_clipnorm", "adam_l2_clipvalue_accumulate", "sgd_batchnorm_per_slice")
+
+
+def _tool(name: str) -> str | None:
+    """The venv's launcher first (CI installs mpich into the venv), else the one on PATH."""
+    local = BIN / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
+def _mpi_ready() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return _tool("mpiexec") is not None
+
+
+needs_mpi = pytest.mark.skipif(not _mpi_ready(), reason="mpi4py or mpiexec not installed (pip install mpich mpi4py)")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    env.pop("NNX_FASTPATH", None)
+    return env
+
+
+def _run(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=HERE.parent)
+    return proc, time.time()
+
+
+def _ranks(out: Path, size: int) -> list[dict]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(size)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """mpiexec -n 2 over every installed backend; leaves a checkpoint written by rank 0 after 2 epochs."""
+    out = tmp_path_factory.mktemp("mpi2")
+    proc, _ = _run([_tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
+                    "--backends", ",".join(BACKENDS), "--save", str(out / "ckpt.npz")], timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, _ranks(out, 2)
+
+
+@pytest.fixture(scope="module")
+def three_ranks(two_ranks, tmp_path_factory):
+    """mpiexec -n 3: resumes the 2-rank checkpoint, then rank 1 raises mid-training (the job must abort)."""
+    out = tmp_path_factory.mktemp("mpi3")
+    proc, ended = _run([_tool("mpiexec"), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
+                        "--backends", "numpy,array_api_strict", "--resume", str(two_ranks[0] / "ckpt.npz"),
+                        "--fault"], timeout=120)
+    return out, proc, ended
+
+
+def _check_equivalence(ranks: list[dict], backends: list[str]) -> None:
+    for backend in backends:
+        for name in EQUIVALENCE:
+            key = f"{backend}/{name}"
+            for r in ranks:
+                got = r["scenarios"][key]
+                assert got["param_diff"] <= TOL, (key, r["rank"], got["param_diff"])
+                assert got["hist_diff"] <= TOL, (key, r["rank"], got["hist_diff"])
+            # every rank ends with the same weights, bit for bit, and logs the same History
+            assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
+            assert all(r["scenarios"][key]["history"] == ranks[0]["scenarios"][key]["history"] for r in ranks), key
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_ranks_equal_one_process(two_ranks, backend):
+    """SGD+momentum with dropout and clip_norm, Adam with L2, clip_value and accumulation, BatchNorm per slice."""
+    _check_equivalence(two_ranks[1], [backend])
+
+
+@needs_mpi
+def test_three_ranks_equal_one_process_and_resume_from_two(three_ranks):
+    out, proc, _ = three_ranks
+    ranks = _ranks(out, 3)
+    assert [r["size"] for r in ranks] == [3, 3, 3] and all(r["engine"] == "mpi" for r in ranks)
+    _check_equivalence(ranks, [b for b in ("numpy", "array_api_strict") if b in BACKENDS])
+    # two epochs on 2 ranks, saved by rank 0, then two on 3 ranks == four epochs in one process
+    for r in ranks:
+        assert r["resumed"]["param_diff"] <= TOL and r["resumed"]["hist_diff"] <= TOL, r["resumed"]
+
+
+@needs_mpi
+def test_negative_control_without_allreduce_differs(two_ranks):
+    """With the all-reduce removed the same comparison fails: the equivalence tests would catch it."""
+    ranks = two_ranks[1]
+    for r in ranks:
+        assert r["scenarios"]["numpy/negative_control"]["param_diff"] > 1e-3
+    assert len({r["scenarios"]["numpy/negative_control"]["digest"] for r in ranks}) == 2
+
+
+@needs_mpi
+def test_early_stopping_stops_every_rank_together(two_ranks):
+    ranks = two_ranks[1]
+    got = [r["scenarios"]["numpy/early_stopping"] for r in ranks]
+    assert 1 < got[0]["epochs"] < 30  # it did stop early
+    assert all(g["epochs"] == got[0]["epochs"] and g["history"] == got[0]["history"] for g in got)
+    assert got[0]["hist_diff"] <= TOL  # at the epoch a single process stops
+
+
+@needs_mpi
+def test_rank_zero_writes_the_checkpoint(two_ranks):
+    out, ranks = two_ranks
+    assert all(r["saved"] == {"exists": True, "epochs": 2} for r in ranks)
+    model = nnx.load(out / "ckpt.npz")
+    assert model.epochs_trained == 2
+    assert not list(out.glob(".ckpt.npz.*"))  # no temporary file left by a second writer
+
+
+@needs_mpi
+def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_ranks):
+    out, proc, ended = three_ranks
+    assert proc.returncode != 0
+    assert "injected failure on rank 1 at epoch 2" in proc.stderr + proc.stdout
+    raised = float((out / "fault_time").read_text())
+    assert ended - raised < 10, f"the job took {ended - raised:.1f} s to end after a rank raised"
+    model = nnx.load(out / "fault.npz")
+    assert model.epochs_trained in (2, 3)  # rank 0 saved epochs 0..1 (maybe 2) before the abort
+
+
+@pytest.mark.skipif("torch" not in nnx.available_backends() or _tool("torchrun") is None,
+                    reason="torch (with torchrun) not installed")
+def test_torchrun_gloo_equals_one_process(tmp_path):
+    """The torch.distributed engine (gloo): torch tensors reduced in place, NumPy arrays through torch."""
+    proc, _ = _run([_tool("torchrun"), "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
+                    "--backends", "torch,numpy", "--controls", "torch"], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = _ranks(tmp_path, 2)
+    assert all(r["engine"] == "torch" and r["size"] == 2 for r in ranks)
+    _check_equivalence(ranks, ["torch", "numpy"])
+    assert all(r["scenarios"]["torch/negative_control"]["param_diff"] > 1e-3 for r in ranks)
+
+
+# -- in this process ------------------------------------------------------------------------------
+def test_init_without_a_launcher_is_a_single_process():
+    comm = dist.init()
+    assert (comm.rank, comm.size) == (0, 1)
+    x = np.arange(4.0)
+    assert comm.allreduce(x, op="mean") is x and comm.broadcast(x) is x
+
+
+def test_rank_rows_cover_the_batch_contiguously():
+    for rows in range(0, 12):
+        for size in (1, 2, 3, 5):
+            parts = [dist.rank_rows(rows, r, size) for r in range(size)]
+            assert parts[0][0] == 0 and parts[-1][1] == rows
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+            assert max(b - a for a, b in parts) - min(b - a for a, b in parts) <= 1
+
+
+def test_fit_with_a_world_of_one_equals_plain_fit():
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+
+    def run(**kw):
+        m = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float64", seed=3)
+        return m, m.fit(X, y, epochs=2, batch_size=8, optimizer="sgd", lr=0.1, **kw)
+
+    a, ha = run()
+    b, hb = run(distributed=dist.init())
+    assert ha.history == hb.history
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+
+
+def test_fit_rejects_a_non_communicator():
+    m = nnx.Sequential(nnx.Dense(2, 1), seed=0)
+    with pytest.raises(TypeError, match="distributed must be an nnx.distributed communicator"):
+        m.fit(np.zeros((4, 2)), np.zeros(4), distributed="mpi")
