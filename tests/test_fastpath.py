@@ -236,8 +236,9 @@ class _CountSyncs(nnx.callbacks.Callback):
         self.per_epoch.append(self.calls - self.start)
 
 
+@pytest.mark.parametrize("check_finite", [False, True], ids=["unchecked", "checked"])
 @pytest.mark.parametrize("name", ["relu_ce", "sigmoid_bce", "dropout"])
-def test_fit_waits_for_the_device_once_per_epoch(backend, dtype, monkeypatch, name):
+def test_fit_waits_for_the_device_once_per_epoch(backend, dtype, monkeypatch, name, check_finite):
     make, loss, kind = MODELS[name]
     model = nnx.Sequential(*make(), backend=backend, dtype=dtype, seed=0)
     counter = _CountSyncs(backend)
@@ -249,8 +250,12 @@ def test_fit_waits_for_the_device_once_per_epoch(backend, dtype, monkeypatch, na
 
     monkeypatch.setattr(type(backend), "to_host", counting)
     X, y = _data(kind)
-    model.fit(X, y, loss=loss, optimizer="sgd", epochs=3, batch_size=8, callbacks=[counter])
-    assert counter.per_epoch == [1, 1, 1]
+    model.fit(X, y, loss=loss, optimizer="sgd", epochs=3, batch_size=8, callbacks=[counter],
+              check_finite=check_finite)
+    if not check_finite or backend.name == "numpy":  # NumPy's numbers are on the host: nothing to wait for
+        assert counter.per_epoch == [1, 1, 1]
+    else:  # refusing a non-finite step before it is applied reads one number per step (5 steps an epoch)
+        assert counter.per_epoch == [1 + 5] * 3
 
 
 # -- declarations: only what the fast path was told it handles ---------------------------------------
