@@ -1,5 +1,7 @@
 """Command line: ``python -m nnx info`` reports the nnx version, each backend and the BLAS in use.
 
+``python -m nnx`` without a subcommand prints the same report.
+
 For every backend it prints the installed version, the devices it sees and whether
 it runs here (and if not, why); ``--json`` prints the same as one JSON object.
 """
@@ -174,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     info_parser = sub.add_parser("info", help="nnx version, backends (version, devices, status) and BLAS")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     info = collect_info()
+    if args.command is None:  # `info` is what a bare `python -m nnx` is run for; say how to get the rest
+        print(format_info(info))
+        print("\n(this is `python -m nnx info`; add --json for one JSON object, --help for every command)")
+        return 0
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
