@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -149,6 +150,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     history = model.history = History()
     model.stop_training = False
     step = TrainStep(model, loss_fn, opt, transforms, check_finite)
+    failing = False
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
         if dp is not None:
@@ -172,13 +174,26 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         history.interrupted = True
     except BaseException:
         step.reset()
+        failing = True
         raise
     finally:
         guard.uninstall()
         if dp is not None:
             dp.end()
-        cb.on_train_end({"history": history})
+        _train_end(cb, history, failing)
     return history
+
+
+def _train_end(cb: CallbackList, history: History, failing: bool) -> None:
+    """Every callback's on_train_end; when fit is already failing, a callback's error must not hide fit's."""
+    try:
+        cb.on_train_end({"history": history})
+    except Exception as exc:
+        if not failing:
+            raise
+        # fit's own error is on its way out and stays the one the caller sees; this one is reported beside it
+        warnings.warn(f"a callback's on_train_end failed while fit was stopping on an error: {exc!r}",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _data_parallel(model: Any, distributed: Any) -> Any:
