@@ -18,7 +18,7 @@ from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
 from .training import loop
 from .training.data import batch_slices
-from .training.history import History
+from .training.history import History, Logs
 from .training.loop import check_positive_int
 
 Shape = tuple[int, ...]
@@ -510,6 +510,8 @@ class Sequential:
                  sample_weight: Any = None, steps: int | None = None, prefetch: Any = True) -> dict[str, float]:
         """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
 
+        A dict of name -> float; it prints rounded to 4 significant digits, its values are not rounded.
+
         X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...), or X alone an
         iterable of (X, y) / (X, y, sample_weight) batches (`steps` of them when given).
         """
@@ -518,7 +520,7 @@ class Sequential:
             check_positive_int("batch_size", batch_size)
         source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch)
         if source is not None:
-            return loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics))
+            return Logs(loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics)))
         if y is None:
             raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                             "of (X, y) or (X, y, sample_weight) tuples")
@@ -527,7 +529,7 @@ class Sequential:
         w_d = self.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
         self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
         self.require_finite(y_d, "y")
-        return loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size)
+        return Logs(loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size))
 
 
 def _sample_shape(shape: Any) -> Shape:

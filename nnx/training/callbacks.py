@@ -25,6 +25,8 @@ from typing import Any
 
 import array_api_compat
 
+from .history import format_value
+
 # Names whose larger values are better, for mode="auto".
 _HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "r2", "auc")
 
@@ -161,7 +163,8 @@ def _copy_state(model: Any) -> dict[str, Any]:
 
 
 def _format_logs(logs: dict) -> str:
-    return " - ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in logs.items())
+    """One line of epoch logs, values rounded for display (NumPy and device scalars too)."""
+    return " - ".join(f"{k}: {format_value(v)}" for k, v in logs.items())
 
 
 # -- stopping ------------------------------------------------------------------------

@@ -1,6 +1,32 @@
-"""History: the per-epoch record a `fit` call returns."""
+"""History: the per-epoch record a `fit` call returns, and `Logs`, the dict `evaluate` returns.
+
+Both keep full precision; only their printed forms round (4 significant digits), so
+``print(model.evaluate(X, y))`` shows ``0.936``, not ``0.9359999895095825``.
+"""
 
 from __future__ import annotations
+
+import numbers
+from typing import Any
+
+DISPLAY_DIGITS = 4
+
+
+def format_value(value: Any, digits: int = DISPLAY_DIGITS) -> str:
+    """`value` as printed in a report: real non-integers to `digits` significant digits, anything else as is."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return f"{float(value):.{digits}g}"
+    return str(value)
+
+
+class Logs(dict):
+    """A plain ``dict`` of metric name -> value whose printed form rounds the values (the values don't change)."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: {format_value(v) if isinstance(v, numbers.Real) else repr(v)}"
+                               for k, v in self.items()) + "}"
+
+    __str__ = __repr__
 
 
 class History:
@@ -33,4 +59,5 @@ class History:
         return len(self.epoch)
 
     def __repr__(self) -> str:
-        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+        last = ", ".join(f"{k}={format_value(v[-1])}" for k, v in self.history.items() if v)
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)}" + (f", last: {last})" if last else ")")
