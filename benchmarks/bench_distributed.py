@@ -1,6 +1,8 @@
 """Data-parallel scaling on CPUs: 1 rank x 1 thread, 2 ranks x 1 thread (mpiexec), 1 rank x 2 threads.
 
-    python benchmarks/bench_distributed.py [--epochs 3] [--markdown]
+    python benchmarks/bench_distributed.py [--epochs 3]
+    python benchmarks/bench_distributed.py --engine nccl --backend cupy     # one GPU, NCCL world of one
+    torchrun --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch --backend torch:cuda
 
 The medium shape (784-256-128-10, float32, SGD with momentum, global batch 128) on synthetic
 data; each configuration is a fresh process (or MPI job) with its BLAS thread count fixed by
@@ -26,17 +28,17 @@ BATCH = 128
 STEPS = 100  # global batches per epoch
 
 
-def worker(epochs: int) -> None:
+def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> None:
     import nnx
     from nnx import distributed as dist
 
-    comm = dist.init()
+    comm = dist.init(engine)
     rng = np.random.default_rng(0)
     n = BATCH * STEPS
     X = rng.normal(size=(n, SHAPE[0])).astype(np.float32)
     y = rng.integers(0, SHAPE[-1], size=n)
     model = nnx.Sequential(nnx.Dense(SHAPE[0], SHAPE[1]), nnx.ReLU(), nnx.Dense(SHAPE[1], SHAPE[2]), nnx.ReLU(),
-                           nnx.Dense(SHAPE[2], SHAPE[3]), nnx.Softmax(), seed=0)
+                           nnx.Dense(SHAPE[2], SHAPE[3]), nnx.Softmax(), backend=backend, seed=0)
     opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     timers = {"allreduce": 0.0, "agree": 0.0, "calls": 0}
     reduce, agree = comm.allreduce, dist.DataParallelFit.agree
@@ -56,7 +58,12 @@ def worker(epochs: int) -> None:
 
     comm.allreduce = timed_reduce
     dist.DataParallelFit.agree = timed_agree
-    kw = {"distributed": comm} if comm.size > 1 else {}
+    # a world of one still runs the engine's collective when it is forced (the GPU check's NCCL runs)
+    kw = {"distributed": comm} if comm.size > 1 or engine else {}
+    if engine and comm.size == 1:
+        be = model.backend
+        probe = comm.allreduce(be.asarray(np.ones(3, dtype=np.float32)))
+        assert np.array_equal(be.to_host(probe), np.ones(3)), "all-reduce over a world of one changed the values"
     model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=BATCH, **kw)  # warm-up
     comm.barrier()
     timers.update(allreduce=0.0, agree=0.0, calls=0)
@@ -66,7 +73,8 @@ def worker(epochs: int) -> None:
     elapsed = time.perf_counter() - start
     steps = epochs * STEPS
     if comm.rank == 0:
-        print(json.dumps({"ranks": comm.size, "samples_per_s": epochs * n / elapsed, "step_ms": 1e3 * elapsed / steps,
+        print(json.dumps({"ranks": comm.size, "engine": comm.engine, "backend": backend,
+                          "samples_per_s": epochs * n / elapsed, "step_ms": 1e3 * elapsed / steps,
                           "allreduce_ms": 1e3 * (timers["allreduce"] - timers["agree"]) / steps,
                           "agree_ms": 1e3 * timers["agree"] / steps}))
 
@@ -90,10 +98,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--markdown", action="store_true", help="print a RESULTS.md table")
+    parser.add_argument("--engine", default=None, help="force an engine (nccl, torch) in a single run")
+    parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
     args = parser.parse_args()
-    if args.worker:
-        worker(args.epochs)
+    if args.worker or args.engine:
+        worker(args.epochs, args.engine, args.backend)
         return
     rows = [run(1, 1, args.epochs), run(2, 1, args.epochs), run(1, 2, args.epochs)]
     base = rows[0]["samples_per_s"]

@@ -12,6 +12,8 @@
 #    GPU) at the medium, large and wide (8192-unit) shapes, timing with device synchronisation
 #    (Backend.synchronize / torch.cuda.synchronize) and checking that no training step
 #    synchronises the device (cupyx.allow_synchronize(False) around every step);
+# 3b. runs data-parallel training over a world of one GPU with CuPy's NCCL and with torch.distributed's
+#    NCCL (benchmarks/bench_distributed.py --engine ...), which still runs each engine's collective;
 # 4. prints a summary table. Results land in $OUT (default benchmarks/gpu_results/).
 #
 # Environment: PYTHON (default python3), OUT, REPEATS (timed epochs per shape, default 3),
@@ -136,6 +138,41 @@ elif [ $bench_rc != 0 ]; then
   FAILED=1
 else
   record "benchmark" "ok: $OUT/RESULTS.md"
+fi
+
+# -- 3b. data parallel: CuPy's NCCL and torch.distributed's NCCL, world size 1 (the collective still runs) ------
+# (dry run: the same runs with nnx's single-process engine on numpy and torch.distributed's gloo on the CPU)
+dp_run() {  # name, command...
+  local name=$1; shift
+  if "$@" > "$OUT/dp_$name.log" 2>&1; then
+    record "dp $name" "$(tail -n 1 "$OUT/dp_$name.log")"
+  else
+    tail -n 20 "$OUT/dp_$name.log"
+    record "dp $name" "FAILED, see $OUT/dp_$name.log"
+    FAILED=1
+  fi
+}
+TORCHRUN="$(dirname "$(command -v "$PY")")/torchrun"
+[ -x "$TORCHRUN" ] || TORCHRUN=torchrun
+if [ $DRY = 1 ]; then
+  note "data parallel (dry run: single engine on numpy, torch.distributed gloo on CPU)"
+  dp_run "cupy-nccl" "$PY" benchmarks/bench_distributed.py --engine single --backend numpy --epochs 1
+  [ $TORCH_CUDA = 1 ] && dp_run "torch-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py \
+    --engine torch --backend torch --epochs 1
+else
+  if [ -n "$BACKEND" ]; then
+    note "data parallel: CuPy NCCL, world size 1"
+    dp_run "cupy-nccl" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 3
+  else
+    record "dp cupy-nccl" "skipped (no cupy)"
+  fi
+  if [ $TORCH_CUDA = 1 ]; then
+    note "data parallel: torch.distributed NCCL, world size 1"
+    dp_run "torch-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
+      --backend torch:cuda --epochs 3
+  else
+    record "dp torch-nccl" "skipped (torch sees no GPU)"
+  fi
 fi
 
 # -- 4. summary (last) ---------------------------------------------------------------------------

@@ -105,8 +105,6 @@ class Communicator:
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         """`x` reduced over all processes with `op` ("sum", "mean", "max", "min"); use the returned array."""
         _check_op(op)
-        if self.size == 1:
-            return x
         done = self._device_allreduce(x, "sum" if op == "mean" else op)
         if done is None:
             view = _torch_cpu_view(x)
@@ -127,8 +125,6 @@ class Communicator:
     def broadcast(self, x: Any, root: int = 0) -> Any:
         """`x` as process `root` holds it, on every process; use the returned array."""
         self._check_root(root)
-        if self.size == 1:
-            return x
         done = self._device_broadcast(x, root)
         if done is not None:
             return done
@@ -150,6 +146,14 @@ class Communicator:
 
 class SingleProcess(Communicator):
     """One process: every collective returns its input (a script run without a launcher)."""
+
+    def allreduce(self, x: Any, op: str = "sum") -> Any:
+        _check_op(op)
+        return x
+
+    def broadcast(self, x: Any, root: int = 0) -> Any:
+        self._check_root(root)
+        return x
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
         pass
@@ -267,14 +271,14 @@ class TorchCommunicator(Communicator):
 
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         _check_op(op)
-        if self.size == 1 or backend_name_of(x) != "torch" or self._ready(x):
+        if backend_name_of(x) != "torch" or self._ready(x):
             return super().allreduce(x, op)  # other libraries' arrays go through the host (_host_allreduce)
         # a tensor the group cannot reduce where it is (a CPU tensor under NCCL): a staged copy
         return super().allreduce(x.to(self._staging_device()).contiguous(), op).to(x.device)
 
     def broadcast(self, x: Any, root: int = 0) -> Any:
         self._check_root(root)
-        if self.size == 1 or backend_name_of(x) != "torch" or self._ready(x):
+        if backend_name_of(x) != "torch" or self._ready(x):
             return super().broadcast(x, root)
         return super().broadcast(x.to(self._staging_device()).contiguous(), root).to(x.device)
 
@@ -393,7 +397,10 @@ def init(engine: str | None = None) -> Communicator:
         return MPICommunicator()
     if engine == "nccl":
         return NCCLCommunicator(MPICommunicator() if launched_by_mpi() else None)
-    if engine == "torch" or _torch_group_ready():
+    if engine == "torch":
+        _torch_group_ready()  # initialises the group under torchrun
+        return TorchCommunicator()
+    if _torch_group_ready():
         return TorchCommunicator()
     if launched_by_mpi():
         try:

@@ -203,9 +203,9 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
         return None
     from ..distributed.parallel import DataParallelFit
 
-    dp = DataParallelFit(model, distributed)  # checks the type, also for a world of one
-    if distributed.size == 1:
-        return None
+    dp = DataParallelFit(model, distributed)  # checks the type, also for a single process
+    if distributed.engine == "single":
+        return None  # (a world of one on a real engine still runs its collectives: the GPU check uses that)
     model.distributed = distributed  # rank 0 writes the checkpoints (nnx.io.save_model)
     return dp
 
