@@ -194,6 +194,17 @@ class Sequential:
 
         save_model(self, path, include_optimizer=include_optimizer)
 
+    def to_onnx(self, path: Any, opset: int = 17) -> None:
+        """Write the inference pass as an ONNX graph to `path`, atomically (needs the ``onnx`` extra).
+
+        Input ``"input"``, output ``"output"``, both with a dynamic first axis ``"batch"``, in
+        the model's dtype; dropout is the identity and BatchNorm uses its running statistics.
+        A layer without an exporter raises `NotImplementedError` naming it. See docs/export.md.
+        """
+        from .onnx import export
+
+        export(self, path, opset=opset)
+
     # -- input handling ---------------------------------------------------------------
     def prepare_inputs(self, X: Any, argname: str = "X") -> Any:
         """`X` on this backend in the model's dtype, checked against the model's sample shape."""

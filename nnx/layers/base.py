@@ -21,11 +21,14 @@ import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..init import INITIALIZERS
 from ..registry import Registry
 from .parameter import Buffer, Parameter
+
+if TYPE_CHECKING:
+    from ..onnx import OnnxGraph
 
 LAYERS = Registry(
     "layer",
@@ -217,6 +220,21 @@ class Layer:
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         """Fill each parameter's `grad` from dL/dY and return dL/dX (None allowed when `need_dX` is False)."""
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dY, need_dX)")
+
+    # -- export --------------------------------------------------------------------------
+    def to_onnx(self, graph: OnnxGraph, X: str) -> str:
+        """Add this layer's inference computation to an ONNX graph; return the name of its output tensor.
+
+        `X` names the input tensor (batch axis first, in the model's dtype). Add nodes
+        with ``graph.add_node(op_type, [inputs], **attributes)`` and constants with
+        ``graph.add_initializer(self.weight)``; `Sequential.to_onnx` calls this for each
+        layer in order. A layer that does not override it cannot be exported: see
+        "Exporting to ONNX" in docs/custom_layers.md.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no ONNX exporter: give the class a `to_onnx(self, graph, X) -> str` "
+            "method that adds its inference nodes and returns the output's name (docs/custom_layers.md, "
+            "\"Exporting to ONNX\")")
 
     # -- configuration -------------------------------------------------------------------
     def get_config(self) -> dict:

@@ -61,6 +61,9 @@ class Dense(Layer):
         self._X = None
         return dY @ W.T if need_dX else None
 
+    def to_onnx(self, graph: Any, X: str) -> str:
+        return graph.add_node("Gemm", [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias)])
+
     def get_config(self) -> dict:
         reg = None if self.regularizer is None else self.regularizer.get_config()
         return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,

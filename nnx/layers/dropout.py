@@ -38,5 +38,8 @@ class Dropout(Layer):
         self._mask = None
         return dX
 
+    def to_onnx(self, graph: Any, X: str) -> str:
+        return X  # an inference graph: dropout is the identity
+
     def get_config(self) -> dict:
         return {"type": "Dropout", "rate": self.rate}

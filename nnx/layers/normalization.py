@@ -113,6 +113,15 @@ class BatchNorm(Layer):
         # dX = w * inv * (dY - mean(dY) - X_hat * mean(dY * X_hat))
         return (self.weight.value * inv) * (dY - sum_dY / n - X_hat * (sum_dY_xhat / n))
 
+    def to_onnx(self, graph: Any, X: str) -> str:
+        # inference mode: normalise with the running statistics; (batch, features) is ONNX's (N, C).
+        # The epsilon attribute is a 32-bit float, so eps is added to the variance in the model's dtype
+        # instead, as forward does (exact in float64 too).
+        var = graph.add_node("Add", [graph.add_initializer(self.running_var), graph.add_initializer(self.eps, "eps")])
+        inputs = [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias),
+                  graph.add_initializer(self.running_mean), var]
+        return graph.add_node("BatchNormalization", inputs, epsilon=0.0)
+
     def get_config(self) -> dict:
         # the resolved feature count, so a saved model rebuilds even where the input shape is unknown
         return {"type": type(self).registered_name, "num_features": self.num_features,
@@ -203,6 +212,25 @@ class LayerNorm(Layer):
         # dX = inv * (g - mean(g) - X_hat * mean(g * X_hat)), the means over the normalised axes
         return inv * (g - xp.mean(g, axis=axes, keepdims=True)
                       - X_hat * xp.mean(g * X_hat, axis=axes, keepdims=True))
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        # spelled out in two passes as forward computes it: onnxruntime's LayerNormalization takes the
+        # variance as E[x^2] - E[x]^2, which loses float32 digits when a sample's mean is large next to its
+        # spread (an error of 5e-4 at mean 100, spread 1)
+        axes = list(range(-len(self.normalized_shape), 0))
+
+        def mean(T: str) -> str:
+            if graph.opset >= 18:  # ReduceMean takes its axes as an input from opset 18 on
+                return graph.add_node("ReduceMean", [T, graph.add_initializer(axes, "axes", dtype="int64")])
+            return graph.add_node("ReduceMean", [T], axes=axes)
+
+        centered = graph.add_node("Sub", [X, mean(X)])
+        var = mean(graph.add_node("Mul", [centered, centered]))
+        std = graph.add_node("Sqrt", [graph.add_node("Add", [var, graph.add_initializer(self.eps, "eps")])])
+        inv = graph.add_node("Div", [graph.add_initializer(1.0, "one"), std])
+        X_hat = graph.add_node("Mul", [centered, inv])
+        scaled = graph.add_node("Mul", [X_hat, graph.add_initializer(self.weight)])
+        return graph.add_node("Add", [scaled, graph.add_initializer(self.bias)], name="LayerNorm")
 
     def get_config(self) -> dict:
         shape = None if self.normalized_shape is None else list(self.normalized_shape)

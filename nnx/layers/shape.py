@@ -39,3 +39,6 @@ class Flatten(Layer):
             raise RuntimeError("Flatten.backward needs a forward(X, training=True) first")
         shape, self._shape = self._shape, None
         return self.xp.reshape(dY, shape) if need_dX else None
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        return graph.add_node("Flatten", [X], axis=1)

@@ -1,0 +1,237 @@
+"""ONNX export: `Sequential.to_onnx` writes a model's inference pass as an ONNX graph.
+
+The graph has one input named ``"input"`` and one output named ``"output"``. Their
+first axis is the symbolic batch dimension ``"batch"`` (any number of rows); the
+other axes are the model's per-sample input and output shapes when the model knows
+them. Tensors are in the model's dtype (float32 or float64); parameters and buffers
+become initializers under their `state_dict` names (``"0.weight"``,
+``"2.running_mean"``), pulled to the host from whichever backend the model is on.
+
+Every layer writes its own nodes through the public hook `Layer.to_onnx(graph, X)`,
+built-in layers included. `OnnxGraph` is the small builder such a hook receives.
+A layer whose class has no exporter makes the export fail before anything is
+written, with an error naming the layer.
+
+The `onnx` package is imported only when a graph is built (install the ``onnx``
+extra: ``pip install "nnx-mlp[onnx]"``), so ``import nnx`` never needs it.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .layers.base import Layer
+from .layers.parameter import Buffer, Parameter
+
+__all__ = ["BATCH_DIM", "DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "OnnxGraph", "build_model",
+           "export", "missing_exporters"]
+
+INPUT_NAME = "input"
+"""Name of the graph's input: the batch, shaped ``(batch, *model.input_shape)``."""
+OUTPUT_NAME = "output"
+"""Name of the graph's output: what `model.predict` returns, shaped ``(batch, *model.output_shape)``."""
+BATCH_DIM = "batch"
+"""The symbolic name of the first (batch) axis of the input and the output."""
+MIN_OPSET = 17
+"""Oldest ONNX opset written: the first with LayerNormalization."""
+DEFAULT_OPSET = 17
+"""The opset `to_onnx` writes unless told otherwise (onnxruntime has run it since 1.14)."""
+
+GUIDE = "docs/custom_layers.md, section \"Exporting to ONNX\""
+
+_INSTALL = 'pip install "nnx-mlp[onnx]"  (or: pip install onnx onnxruntime)'
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"ONNX export needs the onnx package, which is not installed: {_INSTALL}") from exc
+    return onnx
+
+
+class OnnxGraph:
+    """The ONNX graph under construction, as a layer's `to_onnx(graph, X)` sees it.
+
+    A layer's exporter adds nodes that compute its inference output from the tensor
+    named `X` and returns the name of that output. Tensor names are strings; the
+    builder makes every name it hands out unique, prefixed with the current layer's
+    index (``"3.Gemm"``).
+
+    Attributes:
+        dtype: the model's float dtype name, ``"float32"`` or ``"float64"``; every float
+            tensor in the graph has it.
+        opset: the ONNX opset version being written (at least `MIN_OPSET`).
+        prefix: the current layer's name prefix (``"3."``), as in its parameter names.
+        backend: the model's `Backend` (to pull arrays to the host with ``backend.to_host``).
+    """
+
+    def __init__(self, dtype: str, opset: int, backend: Any) -> None:
+        self.dtype = dtype
+        self.opset = opset
+        self.backend = backend
+        self.prefix = ""
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._names: set[str] = {INPUT_NAME, OUTPUT_NAME}
+        self._onnx = _import_onnx()
+
+    def unique_name(self, hint: str) -> str:
+        """A tensor name not used yet: ``prefix + hint``, with ``_1``, ``_2``, ... appended if taken."""
+        return self._claim(self.prefix + hint)
+
+    def _claim(self, base: str) -> str:
+        name, k = base, 0
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    def add_initializer(self, value: Any, name: str | None = None, dtype: str | None = None) -> str:
+        """Store a constant tensor in the graph and return its name.
+
+        Args:
+            value: an `nnx.Parameter` or `nnx.Buffer` (stored under its own full name,
+                ``"0.weight"``), an array on the model's backend or on the host, or a
+                Python number or nested list.
+            name: the name hint (prefixed and made unique); by default the parameter's
+                name, else ``"const"``.
+            dtype: ``None`` for the model's float dtype, or a NumPy dtype name such as
+                ``"int64"`` (shapes and axes that ops like Reshape take as inputs).
+        """
+        if isinstance(value, (Parameter, Buffer)):
+            unique = self._claim(value.name) if name is None else self.unique_name(name)
+            value = value.value
+        else:
+            unique = self.unique_name(name or "const")
+        if isinstance(value, (numbers.Number, list, tuple)):
+            host = np.asarray(value)
+        else:
+            host = self.backend.to_host(value)
+        host = np.ascontiguousarray(host, dtype=np.dtype(dtype or self.dtype))
+        self.initializers.append(self._onnx.numpy_helper.from_array(host, unique))
+        return unique
+
+    def add_node(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, name: str | None = None,
+                 domain: str = "", **attributes: Any) -> Any:
+        """Add one ONNX operator and return its output's name (a tuple of names when `n_outputs` > 1).
+
+        Args:
+            op_type: the operator, as the ONNX operator list spells it (``"Gemm"``, ``"Tanh"``).
+            inputs: names of its input tensors in order; ``""`` skips an optional input.
+            n_outputs: how many outputs to name.
+            name: hint for the node's and output's name (default: `op_type`).
+            domain: the operator set's domain; ``""`` is the standard one.
+            **attributes: the operator's attributes (``axis=-1``, ``alpha=0.1``). ONNX
+                float attributes are 32-bit: give a float64 model's exact constants as
+                initializer inputs instead.
+        """
+        if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, str) for i in inputs):
+            raise TypeError(f"{op_type}: inputs must be a list of tensor names (str), got {inputs!r}")
+        base = self.unique_name(name or op_type)
+        outputs = [base] + [self.unique_name(f"{name or op_type}_out{k}") for k in range(1, n_outputs)]
+        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), outputs, name=base,
+                                                      domain=domain or None, **attributes))
+        return outputs[0] if n_outputs == 1 else tuple(outputs)
+
+
+def missing_exporters(model: Any) -> list[str]:
+    """``"<index> (<class>)"`` for each layer of `model` whose class has no `to_onnx` of its own."""
+    return [f"{i} ({type(layer).__name__})" for i, layer in enumerate(model.layers)
+            if getattr(type(layer), "to_onnx", None) is Layer.to_onnx]
+
+
+def _check_opset(opset: Any, onnx: Any) -> int:
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(f"opset must be an int from {MIN_OPSET} to {newest} (the newest this onnx package knows), "
+                         f"got {opset!r}")
+    return int(opset)
+
+
+def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
+    """The `onnx.ModelProto` of `model`'s inference pass (see the module docstring for its names).
+
+    Raises:
+        NotImplementedError: a layer's class has no ONNX exporter (the message names it).
+        ImportError: the onnx package is not installed.
+    """
+    missing = missing_exporters(model)
+    if missing:
+        which = ", ".join(missing)
+        raise NotImplementedError(
+            f"cannot export to ONNX: layer {which} has no ONNX exporter. Give the class a "
+            f"`to_onnx(self, graph, X) -> str` method that adds its inference nodes and returns the output's "
+            f"name; see {GUIDE}")
+    onnx = _import_onnx()
+    opset = _check_opset(opset, onnx)
+    helper = onnx.helper
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
+    graph = OnnxGraph(model.dtype, opset, model.backend)
+    X = INPUT_NAME
+    for i, layer in enumerate(model.layers):
+        graph.prefix = f"{i}."
+        Y = layer.to_onnx(graph, X)
+        if not isinstance(Y, str) or not Y:
+            raise TypeError(f"{type(layer).__name__}.to_onnx must return the name of its output tensor (a str), "
+                            f"got {Y!r}")
+        X = Y
+    graph.prefix = ""
+    graph.nodes.append(helper.make_node("Identity", [X], [OUTPUT_NAME], name="output"))
+
+    def value_info(name: str, shape: Any) -> Any:
+        dims = None if shape is None else [BATCH_DIM, *(int(s) for s in shape)]
+        return helper.make_tensor_value_info(name, elem, dims)
+
+    body = helper.make_graph(graph.nodes, "nnx.Sequential", [value_info(INPUT_NAME, model.input_shape)],
+                             [value_info(OUTPUT_NAME, model.output_shape)], graph.initializers)
+    imports = [helper.make_opsetid("", opset)]
+    domains = {n.domain for n in graph.nodes} - {""}
+    imports += [helper.make_opsetid(d, 1) for d in sorted(domains)]
+    from ._version import __version__
+
+    proto = helper.make_model(body, opset_imports=imports, producer_name="nnx", producer_version=__version__,
+                              doc_string=f"nnx Sequential ({model.dtype}) exported for inference")
+    # the oldest IR version that carries this opset, so older runtimes can read the file
+    proto.ir_version = helper.find_min_ir_version_for(imports)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
+    """Write `build_model(model, opset)` to `path`, atomically: a temporary file beside it, renamed into place.
+
+    A failure at any point (a layer without an exporter, a full disk) leaves `path`
+    as it was. After a data-parallel `fit` only rank 0 writes, as with `save`.
+    """
+    comm = getattr(model, "distributed", None)
+    if comm is not None and comm.rank != 0:
+        return
+    proto = build_model(model, opset)
+    if proto.ByteSize() >= 2**31:
+        raise ValueError("the model is too large for a single ONNX file (protobuf's 2 GiB limit)")
+    data = proto.SerializeToString()
+    from .io import _file_mode, _fsync_dir, _remove_quietly
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp_name, _file_mode(path))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        _remove_quietly(tmp_name)
+        raise
+    _fsync_dir(path.parent)

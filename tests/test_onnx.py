@@ -1,0 +1,241 @@
+"""ONNX export: onnxruntime reproduces `model.predict` for every layer type, dtype and backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nnx
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+import nnx.onnx  # noqa: E402  (after the skips: it needs nothing, but the tests need both)
+
+# Largest |onnx - nnx| allowed, relative to |nnx| elementwise; an output below 1% of the largest one
+# counts as 1% of it, since such values come out of a cancellation (a sum of terms of both signs, a
+# feature near its mean) whose rounding depends on the order of the operations, not on the export.
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+FLOOR = 1e-2
+MAX_ERRORS: dict[str, float] = {"float32": 0.0, "float64": 0.0}
+NORMWISE: dict[str, float] = {"float32": 0.0, "float64": 0.0}
+
+
+def run_onnx(path, X, dtype):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+    return session.run([nnx.onnx.OUTPUT_NAME], {nnx.onnx.INPUT_NAME: np.asarray(X, dtype=dtype)})[0]
+
+
+def assert_matches(model, path, X):
+    """onnxruntime on `path` gives `model.predict(X)` within RTOL[model.dtype]; returns the relative error."""
+    expected = np.asarray(model.backend.to_host(model.predict(X)))
+    got = run_onnx(path, X, model.dtype)
+    assert got.dtype == np.dtype(model.dtype) and got.shape == expected.shape
+    rtol = RTOL[model.dtype]
+    scale = float(np.max(np.abs(expected)))
+    err = float(np.max(np.abs(got - expected) / np.maximum(np.abs(expected), FLOOR * scale)))
+    MAX_ERRORS[model.dtype] = max(MAX_ERRORS[model.dtype], err)
+    NORMWISE[model.dtype] = max(NORMWISE[model.dtype], float(np.max(np.abs(got - expected))) / scale)
+    assert err <= rtol, f"relative error {err:.3g} > {rtol:g} ({model.dtype})"
+    return err
+
+
+def train(model, X, epochs=3, loss="mse", y=None, seed=0):
+    if y is None:
+        out = (X.shape[0], *model.output_shape)
+        y = np.random.default_rng(seed).uniform(0.0, 1.0, out)
+    model.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=epochs, batch_size=16, verbose=0)
+    return model
+
+
+# one model per layer type: (layers, input_shape)
+LAYER_CASES = {
+    "dense": lambda: ([nnx.Dense(6, 4)], None),
+    "sigmoid": lambda: ([nnx.Dense(6, 4), nnx.Sigmoid()], None),
+    "tanh": lambda: ([nnx.Dense(6, 4), nnx.Tanh()], None),
+    "relu": lambda: ([nnx.Dense(6, 4), nnx.ReLU()], None),
+    "leaky_relu": lambda: ([nnx.Dense(6, 4), nnx.LeakyReLU(0.13)], None),
+    "softmax": lambda: ([nnx.Dense(6, 4), nnx.Softmax()], None),
+    "identity": lambda: ([nnx.Dense(6, 4), nnx.Identity()], None),
+    "dropout": lambda: ([nnx.Dense(6, 4), nnx.Dropout(0.3)], None),
+    "batchnorm": lambda: ([nnx.Dense(6, 4), nnx.BatchNorm(momentum=0.3)], None),
+    "layernorm": lambda: ([nnx.Dense(6, 4), nnx.LayerNorm(eps=1e-3)], None),
+    "layernorm_2d": lambda: ([nnx.LayerNorm((2, 3)), nnx.Flatten(), nnx.Dense(6, 4)], (2, 3)),
+    "flatten": lambda: ([nnx.Flatten(), nnx.Dense(6, 4)], (2, 3)),
+}
+
+
+def mixed_model(backend="numpy", dtype="float32", n_in=6, n_out=3):
+    return nnx.Sequential(
+        nnx.Dense(n_in, 16), nnx.BatchNorm(), nnx.ReLU(), nnx.Dropout(0.2),
+        nnx.Dense(16, 8), nnx.LayerNorm(), nnx.Tanh(), nnx.Dense(8, 8), nnx.LeakyReLU(0.05),
+        nnx.Dense(8, 8), nnx.Sigmoid(), nnx.Identity(), nnx.Dense(8, n_out), nnx.Softmax(),
+        backend=backend, dtype=dtype, seed=3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_each_layer_type_matches_predict(case, dtype, tmp_path):
+    layers, input_shape = LAYER_CASES[case]()
+    model = nnx.Sequential(*layers, dtype=dtype, seed=1, input_shape=input_shape)
+    rng = np.random.default_rng(7)
+    X = 2.0 * rng.standard_normal((40, *model.input_shape)) + 0.5
+    train(model, X)  # trained weights, and for BatchNorm running statistics away from 0 and 1
+    path = tmp_path / f"{case}.onnx"
+    model.to_onnx(path)
+    assert_matches(model, path, X)
+    assert_matches(model, path, rng.standard_normal((9, *model.input_shape)))
+
+
+def test_batchnorm_uses_running_statistics(tmp_path):
+    model = nnx.Sequential(nnx.BatchNorm(3), dtype="float64", seed=0)
+    model.layers[0].running_mean.value = model.backend.asarray(np.array([1.0, -2.0, 0.5]), dtype="float64")
+    model.layers[0].running_var.value = model.backend.asarray(np.array([4.0, 0.25, 9.0]), dtype="float64")
+    model.to_onnx(tmp_path / "bn.onnx")
+    X = np.random.default_rng(0).standard_normal((5, 3))
+    assert_matches(model, tmp_path / "bn.onnx", X)
+    proto = onnx.load(os.fspath(tmp_path / "bn.onnx"))
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    np.testing.assert_array_equal(stored["0.running_var"], [4.0, 0.25, 9.0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_trained_classifier_on_real_data(dtype, tmp_path):
+    datasets = pytest.importorskip("sklearn.datasets")
+    X, y = datasets.load_breast_cancer(return_X_y=True)
+    X = (X - X.mean(axis=0)) / X.std(axis=0)
+    model = mixed_model(dtype=dtype, n_in=30, n_out=2)
+    model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.01, epochs=8, batch_size=64, verbose=0)
+    path = tmp_path / "cancer.onnx"
+    model.to_onnx(path)
+    assert_matches(model, path, X)
+    accuracy = np.mean(np.argmax(run_onnx(path, X, dtype), axis=1) == y)
+    assert accuracy > 0.9
+
+
+def test_trained_on_each_backend(backend, dtype, tmp_path):
+    """Weights come to the host from any backend; the graph is in the model's dtype."""
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((48, 6))
+    model = mixed_model(backend=backend, dtype=dtype)
+    train(model, X, epochs=2)
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    assert_matches(model, path, X)
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    proto = onnx.load(os.fspath(path))
+    assert all(t.data_type == elem for t in proto.graph.initializer if t.name.endswith(("weight", "bias")))
+
+
+def test_dynamic_batch_and_names(tmp_path):
+    model = mixed_model(dtype="float32")
+    train(model, np.random.default_rng(1).standard_normal((32, 6)))
+    path = tmp_path / "m.onnx"
+    model.to_onnx(path)
+    proto = onnx.load(os.fspath(path))
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert (inp.name, out.name) == ("input", "output")
+    in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    out_dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert in_dims == ["batch", 6] and out_dims == ["batch", 3]
+    rng = np.random.default_rng(2)
+    for n in (1, 7):
+        assert_matches(model, path, rng.standard_normal((n, 6)))
+
+
+def test_opset_choice(tmp_path):
+    model = nnx.Sequential(nnx.Dense(4, 5), nnx.LayerNorm(), nnx.Sigmoid(), dtype="float64", seed=0)
+    X = np.random.default_rng(0).standard_normal((6, 4))
+    model.to_onnx(tmp_path / "m18.onnx", opset=18)  # ReduceMean takes its axes as an input from 18 on
+    assert_matches(model, tmp_path / "m18.onnx", X)
+    assert onnx.load(os.fspath(tmp_path / "m18.onnx")).opset_import[0].version == 18
+    with pytest.raises(ValueError, match="opset"):
+        model.to_onnx(tmp_path / "old.onnx", opset=12)
+    assert not (tmp_path / "old.onnx").exists()
+
+
+class NoExporter(nnx.Layer):
+    def forward(self, X, training=False):
+        return 2.0 * X
+
+    def backward(self, dY, need_dX=True):
+        return 2.0 * dY
+
+
+def test_layer_without_exporter_is_named_and_nothing_is_written(tmp_path):
+    model = nnx.Sequential(nnx.Dense(3, 2), NoExporter(), seed=0)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous file")
+    with pytest.raises(NotImplementedError) as info:
+        model.to_onnx(path)
+    message = str(info.value)
+    assert "layer 1 (NoExporter)" in message and "to_onnx" in message and "custom_layers.md" in message
+    assert path.read_bytes() == b"previous file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(NotImplementedError, match="NoExporter"):
+        NoExporter().to_onnx(None, "input")
+
+
+class CenteredTanh(nnx.Layer):
+    """The guide's example layer (docs/custom_layers.md), with its exporter."""
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = float(momentum)
+        self._cache = None
+
+    def build(self, input_shape):
+        (features,) = input_shape
+        self.scale = self.add_parameter("scale", (features,), init="ones")
+        self.running_mean = self.add_buffer("running_mean", (features,), init="zeros")
+
+    def forward(self, X, training=False):
+        xp = self.xp
+        if not training:
+            return self.scale.value * xp.tanh(X - self.running_mean.value)
+        mean = xp.mean(X, axis=0)
+        T = xp.tanh(X - mean)
+        m = self.momentum
+        self.running_mean.value = (1.0 - m) * self.running_mean.value + m * mean
+        self._cache = T
+        return self.scale.value * T
+
+    def backward(self, dY, need_dX=True):
+        xp = self.xp
+        T, self._cache = self._cache, None
+        self.scale.grad = xp.sum(dY * T, axis=0)
+        if not need_dX:
+            return None
+        dZ = dY * self.scale.value * (1.0 - T * T)
+        return dZ - xp.mean(dZ, axis=0)
+
+    def to_onnx(self, graph, X):
+        centered = graph.add_node("Sub", [X, graph.add_initializer(self.running_mean)])
+        return graph.add_node("Mul", [graph.add_initializer(self.scale), graph.add_node("Tanh", [centered])])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_custom_layer_with_exporter_round_trips(dtype, tmp_path):
+    model = nnx.Sequential(nnx.Dense(3, 5), CenteredTanh(), nnx.Dense(5, 1), dtype=dtype, seed=0)
+    X = np.random.default_rng(4).standard_normal((30, 3))
+    train(model, X)
+    assert float(np.max(np.abs(model.backend.to_host(model.layers[1].running_mean.value)))) > 0
+    model.to_onnx(tmp_path / "c.onnx")
+    assert_matches(model, tmp_path / "c.onnx", X)
+    names = {t.name for t in onnx.load(os.fspath(tmp_path / "c.onnx")).graph.initializer}
+    assert {"1.scale", "1.running_mean"} <= names
+
+
+def test_import_nnx_does_not_import_onnx():
+    code = "import sys, nnx; m = nnx.Sequential(nnx.Dense(2, 1)); assert 'onnx' not in sys.modules, 'onnx imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_report_max_errors():
+    """Not a check: prints the largest relative errors seen (run with -s), for the record."""
+    print(f"\nonnxruntime vs predict, max relative error: {MAX_ERRORS}; max |diff| / max |output|: {NORMWISE}")
