@@ -107,6 +107,15 @@ class Backend:
     def synchronize(self, x: Any = None) -> None:
         """Wait until queued device work (or the work producing `x`) is done; for timing."""
 
+    @property
+    def arrays_on_host(self) -> bool:
+        """Whether arrays live in host memory, so reading a number from one waits for no device.
+
+        The training step reads its finite check every step where this holds, and keeps it
+        on the device (one read per epoch) where it does not.
+        """
+        return True
+
     # -- identity -----------------------------------------------------------
     @property
     def spec(self) -> str:

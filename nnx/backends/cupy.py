@@ -60,6 +60,10 @@ class CupyBackend(Backend):
     def _device_label(self, device: Any) -> str:
         return str(device.id)  # str() gives "<CUDA Device 1>"
 
+    @property
+    def arrays_on_host(self) -> bool:
+        return False
+
     def rng(self, seed: int) -> CupyRNG:
         return CupyRNG(self, seed)
 

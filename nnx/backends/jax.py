@@ -62,6 +62,10 @@ class JaxBackend(Backend):
 
         return jax.device_put(x, self.device)
 
+    @property
+    def arrays_on_host(self) -> bool:
+        return self.device.platform == "cpu"
+
     def rng(self, seed: int) -> JaxRNG:
         return JaxRNG(self, seed)
 

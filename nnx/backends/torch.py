@@ -68,6 +68,10 @@ class TorchBackend(Backend):
     def _move(self, x: Any) -> Any:
         return x.to(self.device)
 
+    @property
+    def arrays_on_host(self) -> bool:
+        return self.device.type == "cpu"
+
     def rng(self, seed: int) -> TorchRNG:
         return TorchRNG(self, seed)
 

@@ -276,11 +276,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             model.stop_training = True
             break
         if not finite:
-            raise NonFiniteStep(
-                f"training loss or gradients became NaN or infinite at epoch {epoch}, batch {b}; the weights "
-                "and optimizer state are those after the last finite step. Lower the learning rate, clip the "
-                "gradients (clip_norm=...), scale the inputs, or pass check_finite=False to keep going"
-            )
+            raise _non_finite(epoch, b)
         if step.transform(size):
             guard.in_step = True
             step.update()
@@ -297,6 +293,9 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         guard.in_step = True
         step.update()
         guard.end_step()
+    refused = step.end_epoch()  # a deferred (on-device) check is read here, once per epoch
+    if refused is not None:
+        raise _non_finite(epoch, refused)
     host = be.to_host(xp.stack(losses))
     n_seen = sum(rows)
     if dp is not None:
@@ -308,6 +307,14 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
                                         step.from_logits))
     return logs
+
+
+def _non_finite(epoch: int, batch: int) -> NonFiniteStep:
+    return NonFiniteStep(
+        f"training loss or gradients became NaN or infinite at epoch {epoch}, batch {batch}; the weights "
+        "and optimizer state are those after the last finite step. Lower the learning rate, clip the "
+        "gradients (clip_norm=...), scale the inputs, or pass check_finite=False to keep going"
+    )
 
 
 def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,

@@ -8,6 +8,11 @@ path may do both in one buffered pass. Each transform may rebind ``p.grad`` or
 hold the update back (accumulation). `check` refuses a step whose loss or
 gradients are not finite *before* anything is updated, so a diverging run
 keeps the weights and optimizer state of its last finite step.
+
+Where arrays live in host memory the check reads one number per step. On an
+accelerator it never makes the host wait: the verdict stays on the device,
+`update` applies a step only where every step so far was finite (a selection
+on the device), and `end_epoch` reads the verdict once, with the epoch's losses.
 """
 
 from __future__ import annotations
@@ -15,13 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from ..layers.parameter import Parameter
 from .transforms import GradientTransform
-
-# numbers already on the host: reading them waits for no device
-_HOST_TYPES = (float, np.ndarray, np.generic)
 
 
 class NonFiniteStep(FloatingPointError):
@@ -37,10 +37,12 @@ class TrainStep:
         optimizer: the `Optimizer` over ``model.parameters()``.
         transforms: `GradientTransform` stages applied in order after backward.
         check_finite: refuse non-finite steps (see `check`).
+        defer_check: keep the verdict on the device (see the module docstring); by default
+            where the backend's arrays are not in host memory.
     """
 
     def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
-                 check_finite: bool = True) -> None:
+                 check_finite: bool = True, defer_check: bool | None = None) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -52,11 +54,13 @@ class TrainStep:
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
         self._fast_grads = False  # whether the last forward_loss left p.grad as views of the fast flat buffer
-        self._flat = getattr(self._fast, "flat", None)
-        self._ones: Any = None
-        kernels = getattr(self._fast, "k", None)
-        self._flat_on_host = getattr(getattr(kernels, "m", None), "__name__", "") == "numpy"
-
+        on_host = model.backend.arrays_on_host
+        self.deferred = check_finite and (not on_host if defer_check is None else bool(defer_check))
+        self._steps = 0  # steps checked this epoch
+        self._ok: Any = None  # deferred: device flag, every step so far this epoch was finite
+        self._first_bad: Any = None  # deferred: device index of the first refused step
+        self._verdict: Any = None  # deferred: this step's flag, consumed by update
+        self._updates: list[tuple[int, int, list[int], set]] = []  # deferred: host counters before each update
     # -- stages ------------------------------------------------------------------------------
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
@@ -90,65 +94,94 @@ class TrainStep:
         return True
 
     def check(self, value: Any) -> bool:
-        """Whether the loss and every gradient are finite: one reduction and one read of one number per step.
+        """Whether the loss and every gradient are finite (True while the verdict is deferred).
 
-        The sum of the gradients is finite when none of their elements is NaN or
-        infinite, unless finite gradients overflow it: a non-finite sum is therefore
-        confirmed element by element (only then), so a large but finite step is never refused.
-        On a fast path whose gradients are views of one flat buffer, that buffer is
-        summed at once. A NumPy number is read directly (no device to wait for); a
-        device array's costs one `Backend.to_float` per step.
+        The sum of the gradients is finite when none of their elements is NaN or infinite,
+        unless finite gradients overflow it, so a non-finite sum is confirmed element by
+        element before a step is refused. The backend's fast path sums its one flat
+        gradient buffer at once.
         """
         if not self.check_finite:
             return True
-        total = self._flat_total(value) if self._fast_grads and self._flat is not None else None
+        index, self._steps = self._steps, self._steps + 1
+        if self.deferred:
+            self._defer(value, index)
+            return True
+        total = self._fast.gradient_total(value, self.params) if self._fast_grads else None
         if total is None:
             xp = self.model.xp
             total = value
             for p in self.params:
                 if p.grad is not None:
                     total = total + xp.sum(p.grad)
-        elif self._flat_on_host:
-            if math.isfinite(total):  # NumPy scalar: read without a copy or a sync
-                return True
-            return self._all_finite(value)
-        if math.isfinite(float(total) if isinstance(total, _HOST_TYPES) else self.model.backend.to_float(total)):
+        if math.isfinite(total):  # a host number (arrays_on_host): reading it waits for nothing
             return True
         return self._all_finite(value)
 
-    def _flat_total(self, value: Any) -> Any:
-        """value + the sum of the fast path's flat gradient buffer, or None when ``p.grad`` are not its views.
-
-        The fast pass writes every gradient into one fresh buffer and binds ``p.grad`` to
-        its views in parameter order; checking the first and last binding confirms that
-        layout for this step at a fraction of comparing all of them.
-        """
-        flat = self._flat
-        grads = flat.grads
-        if grads is None:
-            return None
-        views, params = flat.grad_views, self.params
-        if len(views) != len(params) or params[0].grad is not views[0] or params[-1].grad is not views[-1]:
-            return None
-        # A dot product with ones is the sum through BLAS: a third of a ufunc reduction's cost at the
-        # small shape, where this check is a few percent of a step. The ones are made on the first
-        # step (dot(None) raises TypeError) and again when the layout's size changes (ValueError).
-        try:
-            return value + grads.dot(self._ones)
-        except (TypeError, ValueError):
-            self._ones = self._fast.k.m.ones(grads.shape, dtype=grads.dtype)
-            return value + grads.dot(self._ones)
+    def _finite_flags(self, value: Any) -> list[Any]:
+        xp = self.model.xp
+        return [xp.all(xp.isfinite(a)) for a in [value, *(p.grad for p in self.params if p.grad is not None)]]
 
     def _all_finite(self, value: Any) -> bool:
         """The exact check, element by element (after a non-finite sum, to tell overflow from NaN/inf)."""
-        xp, be = self.model.xp, self.model.backend
-        arrays = [xp.reshape(xp.asarray(value), (1,))] + [xp.reshape(p.grad, (-1,)) for p in self.params
-                                                          if p.grad is not None]
-        return all(bool(be.to_host(xp.all(xp.isfinite(a)))) for a in arrays)
+        be = self.model.backend
+        return all(bool(be.to_host(flag)) for flag in self._finite_flags(value))
+
+    def _defer(self, value: Any, index: int) -> None:
+        """Fold this step's verdict into the epoch's, on the device; remember where the first bad step was."""
+        xp = self.model.xp
+        ok = None
+        for flag in self._finite_flags(value):
+            ok = flag if ok is None else ok & flag
+        device = self.model.backend.device
+        here = xp.asarray(index, dtype=xp.int64, device=device)
+        if self._ok is None:
+            self._ok = ok
+            self._first_bad = xp.where(ok, xp.asarray(-1, dtype=xp.int64, device=device), here)
+        else:
+            self._first_bad = xp.where(self._ok & ~ok, here, self._first_bad)
+            self._ok = self._ok & ok
+        self._verdict = self._ok
+
+    def end_epoch(self) -> int | None:
+        """The index of the epoch's first non-finite step, or None; one read, for deferred checks only."""
+        self._steps = 0
+        if not self.deferred or self._ok is None:
+            return None
+        first = int(self.model.backend.to_host(self._first_bad))
+        updates, self._updates = self._updates, []
+        self._ok = self._first_bad = self._verdict = None
+        if first < 0:
+            return None
+        # the device kept the arrays of the last finite step; put the host's counters back to match
+        refused = [u for u in updates if u[0] >= first]
+        if refused:
+            _, count, param_steps, had_state = refused[0]
+            opt = self.optimizer
+            opt.step_count, opt._param_steps[:] = count, param_steps
+            for i in set(opt.state) - had_state:
+                del opt.state[i]
+        return first
 
     def update(self) -> None:
-        """Apply the optimizer to ``p.grad``."""
+        """Apply the optimizer to ``p.grad`` (deferred: only where every step so far was finite)."""
+        keep = self._verdict
+        if keep is None:
+            self.optimizer.step()
+            return
+        xp = self.model.xp
+        before = [(p, xp.asarray(p.value, copy=True)) for p in self.params]
+        state = self.optimizer.state
+        saved = {i: {key: xp.asarray(arr, copy=True) for key, arr in entry.items()} for i, entry in state.items()}
+        self._updates.append((self._steps - 1, self.optimizer.step_count, list(self.optimizer._param_steps),
+                              set(state)))
         self.optimizer.step()
+        for p, old in before:
+            p.value = _select(xp, keep, p.value, old)
+        for i, entry in state.items():
+            for key, arr in entry.items():
+                old = saved.get(i, {}).get(key)
+                entry[key] = _select(xp, keep, arr, xp.zeros_like(arr) if old is None else old)
 
     def flush(self) -> bool:
         """End of epoch: held-back gradients go through the later transforms; True when an update is due."""
@@ -161,3 +194,16 @@ class TrainStep:
         """Drop anything the transforms hold back (after an interrupted or failed step)."""
         for t in self.transforms:
             t.reset()
+        self._steps = 0
+        self._ok = self._first_bad = self._verdict = None
+        self._updates = []
+
+
+def _select(xp: Any, keep: Any, new: Any, old: Any) -> Any:
+    """`new` where `keep` (a 0-d device flag) holds, else `old`, written into `new` where arrays are mutable."""
+    merged = xp.where(keep, new, old)
+    try:
+        new[...] = merged  # keeps views (a fast path's flat buffers) bound
+    except (TypeError, ValueError):  # immutable arrays (JAX): rebind
+        return merged
+    return new

@@ -1,0 +1,126 @@
+"""The finite check kept on the device (accelerators): same training, same refusal, no read per step.
+
+On this CPU-only machine the deferred mode is forced by making the backend report
+that its arrays are not in host memory, which is what cupy, torch:cuda and jax:gpu report.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+
+# the poisoned batches overflow on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+
+
+@pytest.fixture
+def on_device(backend, monkeypatch):
+    """The backend as if its arrays lived on an accelerator."""
+    monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: False))
+    return backend
+
+
+class Snapshots(Callback):
+    """Weights and optimizer state after every step, and how often the host read an array during steps."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.states = {}
+        self.reads = 0
+        self._counting = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_begin(self, batch, logs=None):
+        self._counting = True
+
+    def on_batch_end(self, batch, logs=None):
+        self._counting = False
+        host = self.backend.to_host
+        weights = {k: np.array(host(v)) for k, v in self.model.state_dict().items()}
+        opt = self.model.optimizer
+        state = {f"{i}.{k}": np.array(host(a)) for i, e in opt.state.items() for k, a in e.items()}
+        self.states[(self.epoch, batch)] = (weights, state, opt.step_count, list(opt._param_steps))
+
+
+def _model(backend, seed=0):
+    return nnx.Sequential(nnx.Dense(3, 6), nnx.Tanh(), nnx.Dense(6, 1), backend=backend, dtype="float64", seed=seed)
+
+
+def _data(rng, n=40):
+    return rng.standard_normal((n, 3)), rng.standard_normal((n, 1))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_deferred_training_equals_checked_training(backend, rng, optimizer, monkeypatch):
+    X, y = _data(rng)
+    kwargs = dict(optimizer=optimizer, lr=0.05, epochs=3, batch_size=8)
+    if optimizer == "sgd":
+        kwargs["optimizer"] = nnx.optim.SGD
+    plain = _model(backend)
+    plain.fit(X, y, **{**kwargs, "optimizer": _optimizer(plain, optimizer)})
+    monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: False))
+    deferred = _model(backend)
+    deferred.fit(X, y, **{**kwargs, "optimizer": _optimizer(deferred, optimizer)})
+    for name, value in plain.state_dict().items():
+        np.testing.assert_allclose(backend.to_host(deferred.state_dict()[name]), backend.to_host(value),
+                                   rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def _optimizer(model, name):
+    if name == "sgd":
+        return nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return nnx.optim.Adam(model.parameters(), lr=0.05)
+
+
+@pytest.mark.parametrize("bad", [(0, 2), (1, 0), (1, 3)])
+def test_deferred_refusal_keeps_the_last_finite_step(on_device, rng, bad):
+    X, y = _data(rng)
+    epoch, batch = bad
+    model = _model(on_device)
+    model.fit(X, y, optimizer="adam", lr=0.01, epochs=epoch, batch_size=8, shuffle=False)  # before the bad one
+    y_bad = y.copy()
+    y_bad[batch * 8 + 3, 0] = 1e300  # this batch's squared error overflows
+    snaps = Snapshots(on_device)
+    before = (dict(model.state_dict()), None)
+    with pytest.raises(FloatingPointError, match=rf"at epoch {epoch}, batch {batch};"):
+        model.fit(X, y_bad, epochs=2, batch_size=8, shuffle=False, callbacks=[snaps])
+    if batch == 0:
+        expect_weights = {k: on_device.to_host(v) for k, v in before[0].items()}
+        expect = None
+    else:
+        expect_weights, state, count, param_steps = snaps.states[(epoch, batch - 1)]
+        expect = (state, count, param_steps)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(on_device.to_host(value), expect_weights[name], err_msg=name)
+    opt = model.optimizer
+    if expect is not None:
+        state, count, param_steps = expect
+        got = {f"{i}.{k}": on_device.to_host(a) for i, e in opt.state.items() for k, a in e.items()}
+        assert set(got) == set(state)
+        for key in state:
+            np.testing.assert_array_equal(got[key], state[key], err_msg=key)
+        assert (opt.step_count, opt._param_steps) == (count, param_steps)
+    # and training goes on from there
+    model.fit(X, y, epochs=1, batch_size=8)
+    assert all(np.isfinite(on_device.to_host(v)).all() for v in model.state_dict().values())
+
+
+def test_deferred_check_reads_nothing_during_steps(on_device, rng, monkeypatch):
+    snaps = Snapshots(on_device)
+    original = on_device.to_host
+
+    def counting(x):
+        if snaps._counting:
+            snaps.reads += 1
+        return original(x)
+
+    monkeypatch.setattr(on_device, "to_host", counting)
+    monkeypatch.setattr(on_device, "to_float", lambda x: float(counting(x)))
+    X, y = _data(rng)
+    _model(on_device).fit(X, y, epochs=2, batch_size=8, callbacks=[snaps])
+    assert snaps.reads == 0
