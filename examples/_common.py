@@ -20,7 +20,10 @@ if (ROOT / "nnx" / "__init__.py").exists() and str(ROOT) not in sys.path:
 import nnx  # noqa: E402
 
 BACKENDS = ["numpy", "cupy", "torch", "jax", "array_api_strict"]
-FIGURES = Path(__file__).resolve().parent / "figures"
+# Figures go to an ignored folder, so running an example never dirties the checkout. The gallery
+# in examples/figures (shown by the READMEs) is regenerated on purpose: --out examples/figures.
+OUT = Path(__file__).resolve().parent / "out"
+GALLERY = Path(__file__).resolve().parent / "figures"
 
 
 def parse_args(description: str, add_arguments=None) -> argparse.Namespace:
@@ -30,7 +33,9 @@ def parse_args(description: str, add_arguments=None) -> argparse.Namespace:
     parser.add_argument("--backend", default="numpy",
                         help=f"array library to run on: {' | '.join(BACKENDS)} (default numpy)")
     parser.add_argument("--quick", action="store_true", help="a short run that finishes in seconds")
-    parser.add_argument("--out", type=Path, default=FIGURES, help=f"folder for the PNG figures (default {FIGURES})")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="folder for the PNG figures (default examples/out, ignored by git; "
+                             "--out examples/figures regenerates the committed gallery)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args()
