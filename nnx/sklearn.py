@@ -1,36 +1,27 @@
 """scikit-learn estimators backed by nnx: `MLPClassifier` and `MLPRegressor`.
 
-They take the parameters of scikit-learn's own `sklearn.neural_network` estimators
-where those mean the same thing, plus `backend`, `dtype` and `dropout`. Input and
-output are NumPy arrays whatever the backend, so ``MLPClassifier(backend="cupy")``
-drops into a `Pipeline` or `GridSearchCV` unchanged; the data is moved to the
-device once per `fit`/`predict`. The trained network is the `model_` attribute,
-an `nnx.Sequential`.
+They take the parameters of scikit-learn's own `sklearn.neural_network` estimators,
+plus `backend`, `dtype` and `dropout`, and reproduce its numbers: the same initial
+weights and intercepts drawn from `random_state`, the same shuffles and batches,
+scikit-learn's loss scale (half squared error; log-loss summed over labels), its L2
+term ``alpha / 2 * ||W||^2`` divided by each batch's size (or sum of weights), its
+own SGD and Adam (`SklearnSGD`, `SklearnAdam`) with its learning-rate schedules, and
+its bookkeeping of `loss_curve_`, `n_iter_`, `t_` and convergence. In float64 (the
+default for float64 data, as in scikit-learn) `coefs_`, `intercepts_` and
+`loss_curve_` equal scikit-learn's to rounding; docs/sklearn.md says where and why
+they can still differ.
 
-Differences from scikit-learn, on purpose:
+Input and output are NumPy arrays by default, whatever the backend, so
+``MLPClassifier(backend="cupy")`` drops into a `Pipeline` unchanged. With
+scikit-learn's array-API dispatch on (``SCIPY_ARRAY_API=1`` and
+``sklearn.config_context(array_api_dispatch=True)``), data stays in its namespace
+and on its device: the network runs on the nnx backend of `X` (unless `backend`
+names another) and `predict`/`predict_proba` return arrays of `X`'s kind. The
+trained network is the `model_` attribute, an `nnx.Sequential`.
 
-* The regression loss is the mean squared error, scikit-learn's "half squared error"
-  doubled, so `loss_curve_` reads twice as large; `alpha` is rescaled so that the
-  objective (and so the fitted model) is the one scikit-learn's gradients minimise
-  (for several targets that is the half squared error summed over targets). Likewise
-  for multi-label targets, where scikit-learn sums the log-loss over labels.
-* `alpha` is the L2 strength as in scikit-learn: the penalty ``alpha / 2 * ||W||^2``
-  divided by the number of samples in a step. nnx applies one penalty for the whole
-  model, so the divisor is the nominal batch size (the last, shorter batch of an
-  epoch is regularised as if it were full) and the full data set for ``"lbfgs"``;
-  with `sample_weight`, the nominal batch's weight (batch size times the mean weight),
-  where scikit-learn divides by each batch's own sum of weights.
-
-`sample_weight` has scikit-learn's meaning, as in its own MLP: a weight of 2 is the
-row repeated. Each step's loss is the weighted mean over its batch (divided by the
-batch's sum of weights), so full-batch training ("lbfgs", or a batch that holds all
-samples) on weighted rows is the same as on repeated rows; early stopping splits the
-weights with the rows and scores the held-out part with its weights.
-* Biases start at zero (scikit-learn draws them); weights are Glorot-uniform like it.
-* ``"lbfgs"`` runs SciPy's L-BFGS-B on the host, with loss and gradients computed
-  on the backend and moved together once per evaluation.
-* `solver` also accepts the other nnx optimizers (``"rmsprop"``, ``"adamw"``,
-  ``"adagrad"``, ``"momentum"``), driven by `learning_rate_init`.
+Beyond scikit-learn: `solver` also accepts the other nnx optimizers (``"rmsprop"``,
+``"adamw"``, ``"adagrad"``, ``"momentum"``), driven by `learning_rate_init`, and
+`dropout` adds inverted dropout after every hidden activation.
 """
 
 from __future__ import annotations
@@ -38,26 +29,29 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Iterable
 from typing import Any
 
+import array_api_compat
 import numpy as np
+from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_array, check_random_state, gen_batches
+from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
 from . import layers as L
 from .backends import get_backend
-from .callbacks import Callback
 from .losses import MSE, BinaryCrossEntropy, CrossEntropy
 from .model import Sequential
-from .optim import SGD, Adam, get_optimizer, rebuild_optimizer
-from .regularizers import L2
+from .optim import Optimizer, get_optimizer, rebuild_optimizer
+from .training import GradientTransform, TrainStep
 
-__all__ = ["MLPClassifier", "MLPRegressor"]
+__all__ = ["MLPClassifier", "MLPRegressor", "SklearnAdam", "SklearnSGD"]
 
 _ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "relu": L.ReLU,
                 "leaky_relu": L.LeakyReLU}
@@ -66,60 +60,108 @@ _SOLVERS = (*_STOCHASTIC, "lbfgs")
 _ROW_BLOCK = 32
 
 
-class _Monitor(Callback):
-    """scikit-learn's per-epoch bookkeeping inside nnx's fit: loss curve, stopping, lr schedules."""
+# -- scikit-learn's optimizers, as nnx optimizers ------------------------------------------------------------
 
-    def __init__(self, est: _BaseMLP, n_train: int, validation: tuple | None) -> None:
-        self.est = est
-        self.n_train = n_train
-        self.validation = validation
-        self.converged = False
+class SklearnSGD(Optimizer):
+    """scikit-learn's `SGDOptimizer` update: ``v = momentum*v - lr*g``; ``p += v`` (Nesterov: ``momentum*v - lr*g``).
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        est, model = self.est, self.model
-        loss = float(logs["loss"])
-        est.n_iter_ += 1
-        est.t_ += self.n_train
-        est.loss_curve_.append(loss)
-        est.loss_ = loss
-        opt = model.optimizer
-        if est.solver == "sgd" and est.learning_rate == "invscaling":
-            opt.lr = est.learning_rate_init / (est.t_ + 1) ** est.power_t
-        if est.verbose:
-            print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
-        if self.validation is not None:
-            score = est._score_model(*self.validation)  # (X_val, y_val, sample_weight_val)
-            est.validation_scores_.append(score)
-            if est.verbose:
-                print(f"Validation score: {score:f}")
-            if score < est.best_validation_score_ + est.tol:
-                est._no_improvement_count += 1
-            else:
-                est._no_improvement_count = 0
-            if score > est.best_validation_score_:
-                est.best_validation_score_ = score
-                est._best_state = {k: model.xp.asarray(v, copy=True) for k, v in model.state_dict().items()}
-        else:
-            if loss > est.best_loss_ - est.tol:
-                est._no_improvement_count += 1
-            else:
-                est._no_improvement_count = 0
-            if loss < est.best_loss_:
-                est.best_loss_ = loss
-        if est._no_improvement_count > est.n_iter_no_change:
-            what = "Validation score" if self.validation is not None else "Training loss"
-            msg = (f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change} "
-                   "consecutive epochs.")
-            if est.solver == "sgd" and est.learning_rate == "adaptive" and opt.lr > 1e-6:
-                opt.lr = opt.lr / 5.0
-                est._no_improvement_count = 0
-                if est.verbose:
-                    print(f"{msg} Setting learning rate to {opt.lr:f}")
-                return
-            if est.verbose:
-                print(f"{msg} Stopping.")
-            self.converged = True
-            model.stop_training = True
+    Args:
+        params: the parameters to update.
+        lr: learning rate (> 0); scikit-learn's schedules set `lr` between epochs.
+        momentum: momentum in [0, 1].
+        nesterov: use Nesterov's momentum.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True) -> None:
+        super().__init__(params, lr, momentum=momentum, nesterov=nesterov)
+
+    @classmethod
+    def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        return {**Optimizer._check(hp), "momentum": float(hp["momentum"]), "nesterov": bool(hp["nesterov"])}
+
+    @classmethod
+    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
+        return ("velocity",)
+
+    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
+        st = self.state.get(i)
+        if st is None:
+            st = self.state[i] = {"velocity": self._xp(i).zeros_like(p.value)}
+        # the operations, in their order, of scikit-learn's SGDOptimizer._get_updates
+        update = self.momentum * st["velocity"] - self.lr * g
+        st["velocity"] = update
+        if self.nesterov:
+            update = self.momentum * update - self.lr * g
+        p.value += update
+
+
+class SklearnAdam(Optimizer):
+    """scikit-learn's `AdamOptimizer` update, which differs from torch's Adam in where eps enters.
+
+    ``lr_t = lr * sqrt(1 - beta2**t) / (1 - beta1**t)``; ``p -= lr_t * m / (sqrt(v) + eps)``
+    (torch adds eps to ``sqrt(v / (1 - beta2**t))`` instead).
+
+    Args:
+        params: the parameters to update.
+        lr: learning rate (> 0).
+        betas: decay rates of the first and second moments, each in [0, 1).
+        eps: added to ``sqrt(v)`` (> 0).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, lr, betas=betas, eps=eps)
+
+    @classmethod
+    def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        b1, b2 = (float(b) for b in hp["betas"])
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must lie in [0, 1), got {hp['betas']!r}")
+        eps = float(hp["eps"])
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {hp['eps']!r}")
+        return {**Optimizer._check(hp), "betas": (b1, b2), "eps": eps}
+
+    @classmethod
+    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
+        return ("m", "v")
+
+    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
+        xp = self._xp(i)
+        beta_1, beta_2 = self.betas
+        st = self.state.get(i)
+        if st is None:
+            st = self.state[i] = {"m": xp.zeros_like(p.value), "v": xp.zeros_like(p.value)}
+        # the operations, in their order, of scikit-learn's AdamOptimizer._get_updates
+        m = st["m"] = beta_1 * st["m"] + (1 - beta_1) * g
+        v = st["v"] = beta_2 * st["v"] + (1 - beta_2) * (g * g)
+        lr_t = self.lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        p.value += -lr_t * m / (xp.sqrt(v) + self.eps)
+
+
+class _SklearnObjective(GradientTransform):
+    """Turns nnx's gradient of its mean loss into scikit-learn's: a scale, and the L2 term of this batch.
+
+    scikit-learn's weight gradient is ``(A.T @ delta + alpha * W) / s`` with ``s`` the batch's
+    row count (or sum of weights): the loss's own gradient times `scale`, plus ``alpha / s * W``.
+    `divisor` is set to ``s`` before each step.
+    """
+
+    def __init__(self, scale: float, alpha: float) -> None:
+        self.scale = float(scale)
+        self.alpha = float(alpha)
+        self.divisor = 1.0
+
+    def apply(self, params: list[Any], rows: int) -> bool:
+        decay = self.alpha / self.divisor
+        for p in params:
+            if p.grad is None:
+                continue
+            g = p.grad * self.scale if self.scale != 1.0 else p.grad
+            if decay and p.regularized:
+                g = g + decay * p.value
+            p.grad = g
+        return True
 
 
 class _BaseMLP(BaseEstimator):
@@ -134,7 +176,7 @@ class _BaseMLP(BaseEstimator):
                  warm_start: bool = False, momentum: float = 0.9, nesterovs_momentum: bool = True,
                  early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
-                 backend: Any = "numpy", dtype: str = "float32", dropout: float = 0.0) -> None:
+                 backend: Any = None, dtype: str | None = None, dropout: float = 0.0) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -166,6 +208,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True  # accepted and densified: an MLP multiplies dense matrices anyway
+        tags.array_api_support = True
         return tags
 
     # -- parameter checks (in fit, as scikit-learn wants: __init__ only stores) ----------------
@@ -220,19 +263,30 @@ class _BaseMLP(BaseEstimator):
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
                                               and not isinstance(self.batch_size, bool) and self.batch_size >= 1)):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.dtype not in (None, "float32", "float64"):
+            raise ValueError(f"dtype must be None (the data's), 'float32' or 'float64', got {self.dtype!r}")
         if self.solver == "lbfgs" and self.dropout > 0:
             raise ValueError("dropout needs a stochastic solver; 'lbfgs' needs a deterministic objective")
-        get_backend(self.backend)  # unknown or unavailable backends fail here, naming themselves
+        if self.backend is not None:
+            get_backend(self.backend)  # unknown or unavailable backends fail here, naming themselves
 
     # -- data -----------------------------------------------------------------------------
     def _validate_X(self, X: Any, reset: bool, y: Any = "no_validation") -> Any:
-        kwargs = dict(accept_sparse=True, dtype=(np.float64, np.float32), reset=reset)
+        """X validated (kept in its namespace under array-API dispatch, else NumPy), and y as NumPy."""
+        io = _io_of(X)
+        dtype = (np.float64, np.float32) if io is None else (io[0].float64, io[0].float32)
+        kwargs = dict(accept_sparse=True, dtype=dtype, reset=reset)
         if isinstance(y, str) and y == "no_validation":
+            return _dense(validate_data(self, X, **kwargs))
+        y = _host(y)  # labels and targets are small: read on the host once (label encoding needs them there)
+        if io is None:
+            X, y = validate_data(self, X, y, multi_output=True, y_numeric=not self._is_classifier, **kwargs)
+        else:
             X = validate_data(self, X, **kwargs)
-            return _dense(X)
-        X, y = validate_data(self, X, y, multi_output=True, y_numeric=not self._is_classifier, **kwargs)
+            y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+            if not self._is_classifier and y.dtype.kind == "O":
+                y = y.astype(np.float64)
+            check_consistent_length(X, y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return _dense(X), y
@@ -242,67 +296,82 @@ class _BaseMLP(BaseEstimator):
             return min(200, n)
         if self.batch_size > n:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                          stacklevel=3)
+                          stacklevel=4)
         return int(np.clip(self.batch_size, 1, n))
 
     # -- network ------------------------------------------------------------------------------
-    def _build(self, n_features: int, n_outputs: int, seed: int, batch: int) -> Sequential:
+    def _build(self, X: Any, n_outputs: int, rs: np.random.RandomState, io: Any) -> Sequential:
+        """The network, with scikit-learn's initial weights and intercepts drawn from `rs`, in its order."""
+        dtype = self.dtype or ("float32" if str(X.dtype).endswith("float32") else "float64")
+        backend = self.backend if self.backend is not None else (get_backend(X) if io is not None else "numpy")
         act = _ACTIVATIONS[self.activation]
+        units = [X.shape[1], *self._hidden_sizes(), n_outputs]
         layers: list[L.Layer] = []
-        width = n_features
-        for size in self._hidden_sizes():
-            layers += [L.Dense(width, size, init="glorot_uniform"), act()]
-            if self.dropout > 0:
-                layers.append(L.Dropout(self.dropout))
-            width = size
-        layers.append(L.Dense(width, n_outputs, init="glorot_uniform"))
+        dense: list[int] = []
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:], strict=True)):
+            dense.append(len(layers))
+            layers.append(L.Dense(fan_in, fan_out, init="glorot_uniform"))
+            if i < len(units) - 2:
+                layers.append(act())
+                if self.dropout > 0:
+                    layers.append(L.Dropout(self.dropout))
         head = {"logistic": L.Sigmoid, "softmax": L.Softmax}.get(self.out_activation_)
         if head is not None:
             layers.append(head())
-        return Sequential(*layers, backend=self.backend, dtype=self.dtype, seed=seed,
-                          regularizer=self._regularizer(batch, 1.0))
+        # scikit-learn's _init_coef: Glorot-uniform bounds (sqrt(2/...) for logistic units), weights
+        # then intercepts, layer by layer, drawn in float64 and cast to the data's dtype
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        state = {}
+        for index, fan_in, fan_out in zip(dense, units[:-1], units[1:], strict=True):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            state[f"{index}.weight"] = rs.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
+            state[f"{index}.bias"] = rs.uniform(-bound, bound, fan_out).astype(dtype)
+        # dropout's own stream (scikit-learn has none), drawn after everything scikit-learn draws at init
+        seed = int(rs.randint(np.iinfo(np.int32).max)) if self.dropout > 0 else 0
+        model = Sequential(*layers, backend=backend, dtype=dtype, seed=seed)
+        model.load_state_dict(state)
+        return model
 
-    def _regularizer(self, batch: int, mean_weight: float) -> L2 | None:
-        """The L2 penalty for steps of `batch` rows whose weights average `mean_weight`."""
-        # scikit-learn's penalty is alpha/2 * ||W||^2 / (the step's sum of weights, its row count
-        # without weights) on top of its own loss; nnx's L2(l) is l/2 * ||W||^2 on top of nnx's
-        # loss, which is `_loss_scale` times scikit-learn's.
-        strength = self.alpha / (batch * mean_weight) * self._loss_scale()
-        return L2(strength) if strength > 0 else None
-
-    def _loss_scale(self) -> float:
-        """nnx's loss divided by scikit-learn's, for this estimator's output."""
-        return 1.0
+    def _on_model(self, a: Any) -> Any:
+        """`a` as a batch on the model's backend, in its dtype (moved through the host from another library)."""
+        model = self.model_
+        if not isinstance(a, np.ndarray) and not model.backend.owns(a):
+            a = _host(a)
+        return model.prepare_inputs(a)
 
     def _loss(self, weighted: bool = False) -> Any:
         return MSE(reduction=_reduction(weighted))
 
+    def _scales(self) -> tuple[float, float]:
+        """(scikit-learn's loss / nnx's loss, scikit-learn's gradient / nnx's gradient) for this output."""
+        return 1.0, 1.0
+
     def _optimizer(self, model: Sequential) -> Any:
         params = model.parameters()
         if self.solver == "adam":
-            return Adam(params, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+            return SklearnAdam(params, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
         if self.solver == "sgd":
-            return SGD(params, lr=self.learning_rate_init, momentum=self.momentum,
-                       nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
+            return SklearnSGD(params, lr=self.learning_rate_init, momentum=self.momentum,
+                              nesterov=bool(self.nesterovs_momentum))
         return get_optimizer(self.solver, params, lr=self.learning_rate_init)
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> _BaseMLP:
         self._check_params()
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
+        io = _io_of(X)
         X, y = self._validate_X(X, reset=first, y=y)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X.shape[0])
+            sample_weight = _check_sample_weight(_host(sample_weight), X.shape[0])
         y_model = self._encode_targets(y, first=first, incremental=incremental)
         if X.shape[0] < 1:
             raise ValueError("fit needs at least one sample")
-        rng = check_random_state(self.random_state)
-        batch = self._batch(X.shape[0]) if self.solver != "lbfgs" else X.shape[0]
+        rs = check_random_state(self.random_state)  # afresh on every call, as scikit-learn does
         if first:
-            self.n_outputs_ = n_outputs = self._n_model_outputs(y_model)
+            self.n_outputs_ = self._n_model_outputs(y_model)
             self.n_layers_ = len(self._hidden_sizes()) + 2
-            seed = int(rng.randint(np.iinfo(np.int32).max))
-            self.model_ = self._build(X.shape[1], n_outputs, seed, batch)
+            self._fit_io = io
+            self.model_ = self._build(X, self.n_outputs_, rs, io)
             self.n_iter_ = 0
             self.t_ = 0
             self._optimizer_ = None
@@ -310,7 +379,7 @@ class _BaseMLP(BaseEstimator):
             for name in ("loss_curve_", "validation_scores_", "best_validation_score_", "best_loss_"):
                 self.__dict__.pop(name, None)  # a refit with another solver must not keep stale curves
             # like scikit-learn, only the stochastic solvers keep curves
-            if self.solver != "lbfgs" and self.early_stopping and not incremental:
+            if self.solver != "lbfgs" and self.early_stopping:
                 self.loss_curve_, self.validation_scores_, self.best_validation_score_, self.best_loss_ = \
                     [], [], -np.inf, None
             elif self.solver != "lbfgs":
@@ -327,94 +396,179 @@ class _BaseMLP(BaseEstimator):
                     self.best_validation_score_ = -np.inf
             elif self.best_loss_ is None:
                 self.best_loss_ = np.inf
+        X_d = self._on_model(X)
         if self.solver == "lbfgs":
-            self.t_ += X.shape[0]
-        if not incremental:
-            self._no_improvement_count = 0
-        if self.solver == "lbfgs":
-            self._fit_lbfgs(X, y_model, sample_weight)
+            self._fit_lbfgs(X_d, y_model, sample_weight)
         else:
-            self._fit_stochastic(X, y, y_model, sample_weight, rng, batch, incremental)
+            self._fit_stochastic(X_d, y, y_model, sample_weight, rs, incremental)
         return self
 
-    @staticmethod
-    def _unit_mean(sample_weight: np.ndarray | None, what: str) -> tuple[np.ndarray | None, float]:
-        """(weights divided by their mean, that mean); (None, 1.0) without weights."""
-        if sample_weight is None:
-            return None, 1.0
-        mean = float(np.mean(sample_weight))
-        if not mean > 0:
-            raise ValueError(f"The sample weights of the {what} are all zero; there is nothing to fit. Give some "
-                             "of them a non-zero weight or use a different random_state / validation_fraction.")
-        # The loss divides each batch by its sum of weights, so this scaling changes no step; it keeps the
-        # weights near 1 in float32, and a full batch is right even where a loss divides by the row count.
-        return sample_weight / mean, mean
-
-    def _fit_stochastic(self, X: Any, y: Any, y_model: Any, sample_weight: Any, rng: Any, batch: int,
-                        incremental: bool) -> None:
+    def _fit_stochastic(self, X_d: Any, y: Any, y_model: Any, sample_weight: np.ndarray | None,
+                        rs: np.random.RandomState, incremental: bool) -> None:
+        """scikit-learn's `_fit_stochastic`, step for step, on the model's backend."""
         model = self.model_
-        if self._optimizer_ is None or not (incremental or self.warm_start):
+        be, xp = model.backend, model.xp
+        if self._optimizer_ is None or not incremental:  # a fit (warm or not) starts a new optimizer
             self._optimizer_ = self._optimizer(model)
-        validation = None
+        opt = self._optimizer_
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
+        y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
+        w = sample_weight
+        validation = None
         if self.early_stopping:
-            stratify = y if self._is_classifier and np.ndim(y) == 1 else None
-            arrays = (X, y_model, y) if sample_weight is None else (X, y_model, y, sample_weight)
-            parts = train_test_split(*arrays, random_state=rng, test_size=self.validation_fraction,
-                                     stratify=stratify)
-            X, X_val, y_model, _, _, y_val = parts[:6]
-            sample_weight, w_val = (None, None) if sample_weight is None else parts[6:]
-            if X_val.shape[0] < 2:
+            # scikit-learn stratifies on its binarized targets when they have one column
+            stratify = np.reshape(y_model, (-1, 1)) if self._is_classifier and self.n_outputs_ == 1 else None
+            train, val = train_test_split(np.arange(X_d.shape[0]), random_state=rs,
+                                          test_size=self.validation_fraction, stratify=stratify)
+            if val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                                  "of your dataset.")
-            validation = (X_val, y_val, w_val)
-            batch = self._batch(X.shape[0])
-        sample_weight, mean_weight = self._unit_mean(sample_weight, "training set")
-        model.regularizer = self._regularizer(batch, mean_weight)
-        monitor = _Monitor(self, X.shape[0], validation)
+            train_d, val_d = be.asarray(train), be.asarray(val)
+            validation = (xp.take(X_d, val_d, axis=0), np.asarray(y)[val], None if w is None else w[val])
+            X_d, y_d = xp.take(X_d, train_d, axis=0), xp.take(y_d, train_d, axis=0)
+            w = None if w is None else w[train]
+            if w is not None and not np.any(w):
+                raise ValueError("The sample weights of the training set are all zero; there is nothing to fit. "
+                                 "Give some of them a non-zero weight or use a different random_state / "
+                                 "validation_fraction.")
+        n = X_d.shape[0]
+        batch = self._batch(n)
+        w_d = None if w is None else be.asarray(w, dtype=model.dtype, argname="sample_weight")
+        value_scale, grad_scale = self._scales()
+        objective = _SklearnObjective(grad_scale, self.alpha)
+        step = TrainStep(model, loss_fn, opt, transforms=[objective], check_finite=False)
+        model.optimizer, model.loss = opt, loss_fn
+        weights = [p for p in model.parameters() if p.regularized]
+        half_alpha = 0.5 * self.alpha
         self._best_state = None
-        epochs = 1 if incremental else self.max_iter
-        weights = {} if sample_weight is None else {"sample_weight": sample_weight}
-        try:
-            model.fit(X, y_model, loss=self._loss(sample_weight is not None), optimizer=self._optimizer_, epochs=epochs,
-                      batch_size=batch, shuffle=bool(self.shuffle), callbacks=[monitor], **weights)
-        except FloatingPointError as exc:
-            raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
-                             f"values and need to be preprocessed. ({exc})") from exc
+        sample_idx = np.arange(n)
+        self.n_iter_ = 0  # scikit-learn counts the epochs of this call only (t_ keeps counting samples)
+        for _ in range(self.max_iter):
+            X_e, y_e, w_e, w_host = X_d, y_d, w_d, w
+            if self.shuffle:
+                sample_idx = sk_shuffle(sample_idx, random_state=rs)
+                perm = be.asarray(sample_idx)
+                X_e, y_e = xp.take(X_d, perm, axis=0), xp.take(y_d, perm, axis=0)
+                if w is not None:
+                    w_e, w_host = xp.take(w_d, perm, axis=0), w[sample_idx]
+            total = None
+            for part in gen_batches(n, batch):
+                lo, hi = part.start, part.stop
+                divisor = float(hi - lo) if w_host is None else float(w_host[lo:hi].sum())
+                value, _ = step.forward_loss(X_e[lo:hi, ...], y_e[lo:hi, ...],
+                                             None if w_e is None else w_e[lo:hi])
+                if value_scale != 1.0:
+                    value = value * value_scale
+                if half_alpha:
+                    squares = None
+                    for p in weights:  # from the weights before this step, as scikit-learn's loss is
+                        s = xp.sum(p.value * p.value)
+                        squares = s if squares is None else squares + s
+                    value = value + half_alpha * squares / divisor
+                step.backward()
+                objective.divisor = divisor
+                step.transform(hi - lo)
+                step.update()
+                term = value * (hi - lo)
+                total = term if total is None else total + term
+            loss = be.to_float(total) / n  # the one read per epoch
+            if not math.isfinite(loss):
+                raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
+                                 "values and need to be preprocessed.")
+            self.n_iter_ += 1
+            self.loss_ = loss
+            self.t_ += n
+            self.loss_curve_.append(loss)
+            if self.verbose:
+                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+            self._update_no_improvement_count(validation)
+            if self.solver == "sgd" and self.learning_rate == "invscaling":
+                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+            if self._no_improvement_count > self.n_iter_no_change:
+                what = "Validation score" if validation is not None else "Training loss"
+                msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
+                       "consecutive epochs.")
+                if self.solver == "sgd" and self.learning_rate == "adaptive":
+                    if opt.lr <= 1e-6:
+                        if self.verbose:
+                            print(f"{msg} Learning rate too small. Stopping.")
+                        break
+                    opt.lr = opt.lr / 5.0
+                    self._no_improvement_count = 0
+                    if self.verbose:
+                        print(f"{msg} Setting learning rate to {opt.lr:f}")
+                else:
+                    if self.verbose:
+                        print(f"{msg} Stopping.")
+                    break
+            if incremental:
+                break
+            if self.n_iter_ == self.max_iter:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
         if self.early_stopping and self._best_state is not None:
             model.load_state_dict(self._best_state)
         self._best_state = None
-        if not incremental and not monitor.converged and len(model.history) == self.max_iter:
-            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                          "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
 
-    def _fit_lbfgs(self, X: Any, y_model: Any, sample_weight: Any) -> None:
+    def _update_no_improvement_count(self, validation: tuple | None) -> None:
+        if validation is not None:
+            score = self._score_model(*validation)  # (X_val, y_val, sample_weight_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                xp = self.model_.xp
+                self._best_state = {k: xp.asarray(v, copy=True) for k, v in self.model_.state_dict().items()}
+        else:
+            loss = self.loss_curve_[-1]
+            if loss > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if loss < self.best_loss_:
+                self.best_loss_ = loss
+
+    def _fit_lbfgs(self, X_d: Any, y_model: Any, sample_weight: np.ndarray | None) -> None:
+        """SciPy's L-BFGS-B on scikit-learn's objective and its packing (all weights, then all intercepts)."""
         from scipy.optimize import minimize
 
         model = self.model_
         be, xp = model.backend, model.xp
         loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
-        X_d = model.prepare_inputs(X)
         y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
-        sample_weight, mean_weight = self._unit_mean(sample_weight, "training set")
         w_d = None if sample_weight is None else be.asarray(sample_weight, dtype=model.dtype,
                                                              argname="sample_weight")
-        model.regularizer = self._regularizer(X_d.shape[0], mean_weight)
-        params = model.parameters()
-        shapes = [p.shape for p in params]
+        divisor = float(X_d.shape[0]) if sample_weight is None else float(sample_weight.sum())
+        value_scale, grad_scale = self._scales()
+        objective_transform = _SklearnObjective(grad_scale, self.alpha)
+        objective_transform.divisor = divisor
+        layers = self._dense_layers()
+        params = [layer.weight for layer in layers] + [layer.bias for layer in layers]
+        shapes = [tuple(p.value.shape) for p in params]
         sizes = [math.prod(s) for s in shapes]
 
         def set_flat(theta: np.ndarray) -> None:
             start = 0
             for p, shape, size in zip(params, shapes, sizes, strict=True):
-                p.value = be.asarray(theta[start:start + size].reshape(shape), dtype=model.dtype)
+                p.value = be.asarray(theta[start:start + size].reshape(shape), dtype=model.dtype, copy=True)
                 start += size
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             set_flat(theta)
             value, _, _ = model.loss_and_grads(X_d, y_d, loss_fn, sample_weight=w_d)
-            parts = [xp.reshape(xp.astype(value, X_d.dtype), (1,))] + [xp.reshape(p.grad, (-1,)) for p in params]
+            value = xp.astype(value, X_d.dtype) * value_scale
+            if self.alpha:
+                for layer in layers:
+                    value = value + 0.5 * self.alpha * xp.sum(layer.weight.value * layer.weight.value) / divisor
+            objective_transform.apply(params, X_d.shape[0])
+            parts = [xp.reshape(value, (1,))] + [xp.reshape(p.grad, (-1,)) for p in params]
             host = np.asarray(be.to_host(xp.concat(parts)), dtype=np.float64)  # one transfer per evaluation
             return float(host[0]), host[1:]
 
@@ -427,13 +581,13 @@ class _BaseMLP(BaseEstimator):
         if not np.all(np.isfinite(result.x)):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain large "
                              "values and need to be preprocessed.")
-        self.n_iter_ += int(result.nit)
+        self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
         model.loss = loss_fn
         if result.status != 0:
             warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
                           f"{result.message}. Increase the number of iterations (max_iter) or scale the data.",
-                          ConvergenceWarning, stacklevel=3)
+                          ConvergenceWarning, stacklevel=4)
 
     # -- hooks the subclasses fill in -----------------------------------------------------------
     def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:
@@ -449,43 +603,70 @@ class _BaseMLP(BaseEstimator):
         raise NotImplementedError
 
     # -- inference ------------------------------------------------------------------------------
-    def _forward(self, X: Any) -> np.ndarray:
-        """The network's outputs for X as NumPy, in X's float dtype (float32 stays float32, else float64)."""
+    def _check_namespace(self, X: Any, io: Any, method: str) -> None:
+        """Under array-API dispatch, X must come from the namespace and device the estimator was fitted on."""
+        if not get_config()["array_api_dispatch"]:
+            return
+        fitted = getattr(self, "_fit_io", None)
+        if isinstance(fitted, str):  # unpickled: the fit's namespace is not known any more
+            return
+        if io is None and fitted is None:
+            return
+        if io is not None and fitted is not None and io[0] is fitted[0] and str(io[1]) == str(fitted[1]):
+            return
+        raise ValueError(f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace and the "
+                         f"same device as those passed to fit(). fit() got {_describe(fitted)}, {method}() got "
+                         f"{_describe(io)}.")
+
+    def _forward(self, X: Any, method: str) -> Any:
+        """The network's outputs for X, in X's float dtype: NumPy, or X's namespace and device under dispatch."""
         check_is_fitted(self, "model_")
+        io = _io_of(X)
+        self._check_namespace(X, io, method)
         X = self._validate_X(X, reset=False)
+        model = self.model_
+        if io is not None:
+            return _to_namespace(model.predict(self._on_model(X)), io, X.dtype)
         n = X.shape[0]
         # Pad to whole blocks of rows: BLAS picks its kernels by matrix shape, and in float32 a
         # sample's prediction could otherwise change in the last bits with the batch it came in.
         padded = -(-n // _ROW_BLOCK) * _ROW_BLOCK
         if padded != n:
             X = np.concatenate([X, np.zeros((padded - n, X.shape[1]), dtype=X.dtype)])
-        model = self.model_
         return np.asarray(model.backend.to_host(model.predict(X)), dtype=X.dtype)[:n]
 
     @property
-    def coefs_(self) -> list[np.ndarray]:
-        """The weight matrices, layer by layer, as NumPy arrays (scikit-learn's layout: (in, out))."""
-        return [np.array(layer.backend.to_host(layer.weight.value)) for layer in self._dense_layers()]
+    def coefs_(self) -> list[Any]:
+        """The weight matrices, layer by layer (scikit-learn's layout: (in, out)); NumPy, or the fit's namespace."""
+        return [self._fitted_array(layer.weight.value) for layer in self._dense_layers()]
 
     @property
-    def intercepts_(self) -> list[np.ndarray]:
-        """The bias vectors, layer by layer, as NumPy arrays."""
-        return [np.array(layer.backend.to_host(layer.bias.value)) for layer in self._dense_layers()]
+    def intercepts_(self) -> list[Any]:
+        """The bias vectors, layer by layer; NumPy, or the namespace the estimator was fitted in."""
+        return [self._fitted_array(layer.bias.value) for layer in self._dense_layers()]
+
+    def _fitted_array(self, value: Any) -> Any:
+        io = getattr(self, "_fit_io", None)
+        if isinstance(io, tuple):
+            return _to_namespace(value, io, None)
+        return np.array(self.model_.backend.to_host(value))
 
     def _dense_layers(self) -> list[Any]:
         return [layer for layer in self.model_.layers if isinstance(layer, L.Dense)]
 
     # -- pickling: backend objects hold modules, so the network travels as plain NumPy ----------
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state = dict(state)
+        state = dict(super().__getstate__())
         model = state.pop("model_", None)
         optimizer = state.pop("_optimizer_", None)
         state.pop("_best_state", None)
+        if isinstance(state.get("_fit_io"), tuple):
+            state["_fit_io"] = "unknown"  # a namespace module does not pickle
         if model is not None:
             be = model.backend
             state["_model_portable"] = {
                 "config": model.get_config(),
+                "backend": be.spec,
                 "weights": {k: np.array(be.to_host(v)) for k, v in model.state_dict().items()},
                 "epochs_trained": model.epochs_trained,
                 "shuffle_rng": model.shuffle_rng.bit_generator.state,
@@ -497,7 +678,8 @@ class _BaseMLP(BaseEstimator):
         portable = state.pop("_model_portable", None)
         super().__setstate__(state)
         if portable is not None:
-            model = Sequential.from_config(portable["config"], backend=self.backend)
+            backend = portable.get("backend", self.backend if self.backend is not None else "numpy")
+            model = Sequential.from_config(portable["config"], backend=backend)
             model.load_state_dict(portable["weights"])
             model.epochs_trained = portable["epochs_trained"]
             model.shuffle_rng.bit_generator.state = portable["shuffle_rng"]
@@ -513,6 +695,38 @@ class _BaseMLP(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
                                  "not stochastic.")
         return True
+
+
+def _io_of(X: Any) -> tuple[Any, Any] | None:
+    """(namespace, device) of X when array-API dispatch is on and X is a non-NumPy array, else None."""
+    if not get_config()["array_api_dispatch"] or isinstance(X, np.ndarray):
+        return None
+    if not array_api_compat.is_array_api_obj(X) or array_api_compat.is_numpy_array(X):
+        return None
+    return array_api_compat.array_namespace(X), array_api_compat.device(X)
+
+
+def _describe(io: Any) -> str:
+    return "NumPy or array-like input" if io is None else f"{io[0].__name__} arrays on device {io[1]}"
+
+
+def _host(a: Any) -> Any:
+    """A non-NumPy array as NumPy (through its nnx backend); anything else unchanged."""
+    if a is None or isinstance(a, np.ndarray) or not array_api_compat.is_array_api_obj(a) \
+            or array_api_compat.is_numpy_array(a):
+        return a
+    return np.asarray(get_backend(a).to_host(a))
+
+
+def _to_namespace(a: Any, io: tuple[Any, Any], dtype: Any) -> Any:
+    """`a` (a backend array) as a new array of namespace `io[0]` on device `io[1]`, cast to `dtype` when given."""
+    xp, device = io
+    if array_api_compat.array_namespace(a) is xp and str(array_api_compat.device(a)) == str(device):
+        out = xp.asarray(a, copy=True)
+    else:
+        out = xp.asarray(_host(a), device=device)
+    return out if dtype is None or out.dtype == dtype else xp.astype(out, dtype)
+
 
 def _to_host_tree(tree: Any, be: Any) -> Any:
     if isinstance(tree, dict):
@@ -554,36 +768,38 @@ def _check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     return w
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
-    """Multi-layer perceptron classifier trained by nnx on any backend, with scikit-learn's interface.
+    """Multi-layer perceptron classifier trained by nnx on any backend, with scikit-learn's interface and numbers.
 
     Binary problems get one sigmoid output, multi-class problems a softmax over the
     classes, multi-label indicator targets one sigmoid per label; the loss is the
-    cross-entropy of those. Labels may be of any type (`classes_` holds them sorted).
+    log-loss of those. Labels may be of any type (`classes_` holds them sorted, as NumPy).
 
     Args:
         hidden_layer_sizes: units per hidden layer, e.g. ``(100,)`` or ``(64, 32)``.
         activation: hidden activation: "identity", "logistic", "tanh", "relu" (or "leaky_relu").
         solver: "adam", "sgd", "lbfgs", or another nnx optimizer name ("rmsprop", "adamw", ...).
-        alpha: L2 strength, scikit-learn's meaning (see the module docstring).
+        alpha: L2 strength: ``alpha / 2 * ||W||^2`` divided by each batch's size (or sum of weights).
         batch_size: samples per step; "auto" is min(200, n_samples).
         learning_rate: "constant", "invscaling" or "adaptive" schedule (solver="sgd" only).
         learning_rate_init: the (initial) step size.
         power_t: exponent of the "invscaling" schedule.
         max_iter: epochs (stochastic solvers) or iterations ("lbfgs").
         shuffle: reshuffle the samples every epoch.
-        random_state: seeds weights, shuffling, dropout and the early-stopping split.
+        random_state: draws the initial weights, the early-stopping split and the shuffles, in scikit-learn's
+            order (and then dropout's seed).
         tol: improvement below which an epoch counts as "no improvement".
         verbose: print the loss every epoch.
         warm_start: continue from the previous fit's weights.
         momentum, nesterovs_momentum: SGD momentum.
-        early_stopping: hold out `validation_fraction` (stratified) and stop when its accuracy
+        early_stopping: hold out `validation_fraction` (stratified for one output) and stop when its accuracy
             stalls for `n_iter_no_change` epochs; the best epoch's weights are kept.
         validation_fraction: fraction held out for early stopping.
         beta_1, beta_2, epsilon: Adam's parameters.
         n_iter_no_change: epochs without improvement > `tol` before stopping.
         max_fun: most loss evaluations for "lbfgs".
-        backend: the nnx backend to train on ("numpy", "torch", "jax", "cupy", "array_api_strict", ...).
-        dtype: "float32" or "float64".
+        backend: the nnx backend to train on ("numpy", "torch", "jax", "cupy", "array_api_strict", ...); None:
+            X's own under array-API dispatch, else "numpy".
+        dtype: "float32" or "float64"; None (default): X's float dtype, as scikit-learn computes.
         dropout: inverted-dropout rate after every hidden activation (stochastic solvers).
     """
 
@@ -606,7 +822,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif not getattr(self, "_multilabel", False) or Y.shape[1] != len(self.classes_):
                 raise ValueError(f"y has {Y.shape[1]} labels but the estimator was fitted on {self.classes_}")
             self.out_activation_ = "logistic"
-            return Y.astype(self.dtype)
+            return Y.astype(np.float64)
         if kind not in ("binary", "multiclass"):
             raise ValueError(f"Unknown label type: {kind!r}")
         y = np.asarray(y)
@@ -628,7 +844,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"contains only one class: {self.classes_[0]!r}")
         self.out_activation_ = "logistic" if len(self.classes_) == 2 else "softmax"
         index = np.searchsorted(self.classes_, y)
-        return index.astype(self.dtype) if len(self.classes_) == 2 else index.astype(np.int64)
+        return index.astype(np.float64) if len(self.classes_) == 2 else index.astype(np.int64)
 
     def _multiclass(self) -> bool:
         return len(self.classes_) > 2 and not self._multilabel
@@ -641,9 +857,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return CrossEntropy(from_logits=False, reduction=_reduction(weighted))
         return BinaryCrossEntropy(reduction=_reduction(weighted))
 
-    def _loss_scale(self) -> float:
+    def _scales(self) -> tuple[float, float]:
         # scikit-learn sums the binary log-loss over labels; nnx's BCE averages over them
-        return 1.0 / self.n_outputs_ if getattr(self, "_multilabel", False) else 1.0
+        k = float(self.n_outputs_) if getattr(self, "_multilabel", False) else 1.0
+        return k, k
 
     def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         from sklearn.metrics import accuracy_score
@@ -655,12 +872,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         model = self.model_
         return np.asarray(model.backend.to_host(model.predict(X)))
 
-    def _labels(self, out: np.ndarray) -> np.ndarray:
+    def _labels(self, out: Any) -> Any:
+        if isinstance(out, np.ndarray):
+            if self._multilabel:
+                return (out > 0.5).astype(int)
+            if out.shape[1] == 1:
+                return self.classes_[(out[:, 0] > 0.5).astype(int)]
+            return self.classes_[np.argmax(out, axis=1)]
+        xp = array_api_compat.array_namespace(out)
         if self._multilabel:
-            return (out > 0.5).astype(int)
-        if out.shape[1] == 1:
-            return self.classes_[(out[:, 0] > 0.5).astype(int)]
-        return self.classes_[np.argmax(out, axis=1)]
+            return xp.astype(out > 0.5, xp.int64)
+        index = xp.astype(out[:, 0] > 0.5, xp.int64) if out.shape[1] == 1 else xp.argmax(out, axis=1)
+        if self.classes_.dtype.kind not in "biuf":  # labels such as strings exist only in NumPy
+            return self.classes_[_host(index)]
+        return xp.take(xp.asarray(self.classes_, device=array_api_compat.device(out)), index, axis=0)
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPClassifier:
         """Train on X (n_samples, n_features) and labels y (n_samples,) or indicators (n_samples, n_labels).
@@ -676,34 +901,42 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if not hasattr(self, "model_"):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
-            self._partial_classes = unique_labels(classes)
-        elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
+            self._partial_classes = unique_labels(_host(classes))
+        elif classes is not None and not np.array_equal(unique_labels(_host(classes)), self.classes_):
             raise ValueError(f"`classes={list(classes)}` is not the same as on the first call to partial_fit "
                              f"(classes_ = {list(self.classes_)}).")
         return self._fit(X, y, sample_weight, incremental=True)
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels (or label indicators for multi-label targets), as NumPy."""
-        return self._labels(self._forward(X))
+    def predict(self, X: Any) -> Any:
+        """Predicted labels (or label indicators for multi-label targets): NumPy, or X's kind under dispatch."""
+        return self._labels(self._forward(X, "predict"))
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any) -> Any:
         """Class probabilities, shape (n_samples, n_classes), columns in `classes_` order."""
-        out = self._forward(X)
+        return self._proba(self._forward(X, "predict_proba"))
+
+    def _proba(self, out: Any) -> Any:
         if out.shape[1] == 1 and not self._multilabel:
-            return np.hstack([1.0 - out, out])
+            if isinstance(out, np.ndarray):
+                return np.hstack([1.0 - out, out])
+            xp = array_api_compat.array_namespace(out)
+            return xp.concat([1.0 - out, out], axis=1)
         return out
 
-    def predict_log_proba(self, X: Any) -> np.ndarray:
+    def predict_log_proba(self, X: Any) -> Any:
         """The log of `predict_proba`."""
-        with np.errstate(divide="ignore"):
-            return np.log(self.predict_proba(X))
+        proba = self._proba(self._forward(X, "predict_log_proba"))
+        if isinstance(proba, np.ndarray):
+            with np.errstate(divide="ignore"):
+                return np.log(proba)
+        return array_api_compat.array_namespace(proba).log(proba)
 
 
 class MLPRegressor(RegressorMixin, _BaseMLP):
-    """Multi-layer perceptron regressor trained by nnx on any backend, with scikit-learn's interface.
+    """Multi-layer perceptron regressor trained by nnx on any backend, with scikit-learn's interface and numbers.
 
-    A linear output layer with one unit per target and the mean squared error;
-    several targets (y of shape (n_samples, n_targets)) are fitted jointly.
+    A linear output layer with one unit per target and scikit-learn's half squared
+    error; several targets (y of shape (n_samples, n_targets)) are fitted jointly.
     Parameters as in `MLPClassifier`; with `early_stopping` the held-out score is R^2.
     """
 
@@ -713,7 +946,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return tags
 
     def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:
-        y = np.asarray(y, dtype=self.dtype)
+        y = np.asarray(y, dtype=np.float64)
         if first:
             self._y_ndim = y.ndim
             self.out_activation_ = "identity"
@@ -723,10 +956,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                 raise ValueError(f"y has {width} targets but the estimator was fitted on {self.n_outputs_}")
         return y
 
-    def _loss_scale(self) -> float:
-        # scikit-learn's gradient is that of half the squared error summed over targets and averaged
-        # over samples; nnx's MSE averages over both, which is 2 / n_targets times that
-        return 2.0 / self.n_outputs_
+    def _scales(self) -> tuple[float, float]:
+        # scikit-learn reports half the mean squared error, and steps along the gradient of half the
+        # squared error summed over targets (averaged over samples): n_targets / 2 times nnx MSE's
+        return 0.5, self.n_outputs_ / 2.0
 
     def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         from sklearn.metrics import r2_score
@@ -746,7 +979,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """One epoch over (X, y), rows weighted by `sample_weight`, continuing from the current weights."""
         return self._fit(X, y, sample_weight, incremental=True)
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Predictions as NumPy: shape (n_samples,) when fitted on a 1-D y, else (n_samples, n_targets)."""
-        out = self._forward(X)
+    def predict(self, X: Any) -> Any:
+        """Predictions: shape (n_samples,) when fitted on a 1-D y, else (n_samples, n_targets)."""
+        out = self._forward(X, "predict")
         return out[:, 0] if self._y_ndim == 1 else out
