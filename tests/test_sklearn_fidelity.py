@@ -1,0 +1,215 @@
+"""nnx.sklearn against scikit-learn's own MLP: same hyper-parameters and random_state, same numbers.
+
+In float64 (the default for float64 data, as in scikit-learn) the stochastic solvers reproduce
+scikit-learn's initial weights and intercepts, shuffles, batches, loss scale, L2 term, SGD/Adam updates,
+learning-rate schedules and bookkeeping, so `coefs_`, `intercepts_` and `loss_curve_` agree to rounding
+(~1e-14 measured; asserted at 1e-6). docs/sklearn.md lists what can still differ.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.datasets import make_blobs, make_classification, make_regression  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier  # noqa: E402
+from sklearn.neural_network import MLPRegressor as SkMLPRegressor  # noqa: E402
+from sklearn.preprocessing import StandardScaler, scale  # noqa: E402
+from sklearn.utils.estimator_checks import check_estimator  # noqa: E402
+
+from nnx.sklearn import MLPClassifier, MLPRegressor, SklearnAdam, SklearnSGD  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+              pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")]
+
+RTOL = 1e-6
+
+
+def _data(kind):
+    if kind == "regression":
+        X, y = make_regression(n_samples=120, n_features=6, noise=5.0, random_state=0)
+        return X, y / y.std()
+    if kind == "two_targets":
+        X, Y = make_regression(n_samples=120, n_features=5, n_targets=2, noise=1.0, random_state=3)
+        return X, Y / Y.std(axis=0)
+    if kind == "binary":
+        return make_classification(n_samples=120, n_features=6, random_state=1)
+    if kind == "multiclass":
+        return make_blobs(n_samples=120, n_features=5, centers=4, random_state=2)
+    X, y = make_blobs(n_samples=120, n_features=5, centers=3, random_state=4)  # multilabel
+    return X, np.column_stack([y == 0, y != 1, X[:, 0] > 0]).astype(int)
+
+
+def _pair(kind):
+    return (MLPRegressor, SkMLPRegressor) if kind in ("regression", "two_targets") else \
+        (MLPClassifier, SkMLPClassifier)
+
+
+def _max_rel(ours, ref):
+    ours = np.concatenate([np.ravel(a) for a in ours])
+    ref = np.concatenate([np.ravel(a) for a in ref])
+    return float(np.max(np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-12)))
+
+
+def _assert_same(ours, ref, curves=True):
+    assert ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_
+    assert ours.out_activation_ == ref.out_activation_ and ours.n_outputs_ == ref.n_outputs_
+    assert [c.dtype for c in ours.coefs_] == [c.dtype for c in ref.coefs_]
+    assert _max_rel(ours.coefs_, ref.coefs_) < RTOL
+    assert _max_rel(ours.intercepts_, ref.intercepts_) < RTOL
+    if curves:
+        np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=RTOL)
+        assert ours.best_loss_ == pytest.approx(ref.best_loss_, rel=RTOL) if ref.best_loss_ is not None \
+            else ours.best_loss_ is None
+
+
+SOLVERS = [
+    ("sgd", {}),
+    ("sgd", {"nesterovs_momentum": False, "momentum": 0.5}),
+    ("sgd", {"learning_rate": "invscaling", "learning_rate_init": 0.05}),
+    ("sgd", {"learning_rate": "adaptive", "tol": 1e-2, "n_iter_no_change": 2}),
+    ("adam", {}),
+    ("adam", {"beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-6, "activation": "tanh"}),
+    ("adam", {"activation": "logistic", "batch_size": 17, "shuffle": False}),
+]
+
+
+@pytest.mark.parametrize("kind", ["regression", "two_targets", "binary", "multiclass", "multilabel"])
+@pytest.mark.parametrize("solver, extra", SOLVERS, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={w}" for k, w in v.items()) or "default")
+def test_stochastic_solvers_reproduce_sklearn(kind, solver, extra):
+    X, y = _data(kind)
+    ours_cls, ref_cls = _pair(kind)
+    params = dict(hidden_layer_sizes=(7, 5), solver=solver, alpha=1e-3, batch_size=32, max_iter=25,
+                  learning_rate_init=0.01, random_state=0)
+    params.update(extra)
+    ours = ours_cls(**params).fit(X, y)
+    ref = ref_cls(**params).fit(X, y)
+    _assert_same(ours, ref)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-6, atol=1e-9)
+    if ours_cls is MLPClassifier:
+        np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_initial_weights_and_intercepts_are_sklearns(kind):
+    """One partial_fit step from scikit-learn's init: the init is drawn the same (weights *and* intercepts)."""
+    X, y = _data(kind)
+    ours_cls, ref_cls = _pair(kind)
+    for activation in ("relu", "logistic"):  # logistic units get the sqrt(2/...) bound
+        params = dict(hidden_layer_sizes=(4,), activation=activation, solver="sgd", learning_rate_init=1e-300,
+                      momentum=0.0, max_iter=1, random_state=3)
+        ours, ref = ours_cls(**params).fit(X, y), ref_cls(**params).fit(X, y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, ref.coefs_ + ref.intercepts_, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_early_stopping_warm_start_and_partial_fit_follow_sklearn(kind):
+    X, y = _data(kind)
+    ours_cls, ref_cls = _pair(kind)
+    es = dict(hidden_layer_sizes=(6,), solver="adam", early_stopping=True, validation_fraction=0.2,
+              n_iter_no_change=3, max_iter=60, learning_rate_init=0.02, random_state=1)
+    ours, ref = ours_cls(**es).fit(X, y), ref_cls(**es).fit(X, y)
+    _assert_same(ours, ref)
+    np.testing.assert_allclose(ours.validation_scores_, ref.validation_scores_, rtol=RTOL)
+    assert ours.best_validation_score_ == pytest.approx(ref.best_validation_score_, rel=RTOL)
+
+    warm = dict(hidden_layer_sizes=(6,), solver="sgd", warm_start=True, max_iter=4, random_state=2)
+    ours, ref = ours_cls(**warm), ref_cls(**warm)
+    for _ in range(3):
+        ours.fit(X, y)
+        ref.fit(X, y)
+    _assert_same(ours, ref)
+
+    # a RandomState instance goes on drawing across calls (an int starts afresh each call): both kinds
+    for seed in (np.random.RandomState(5), 5):
+        inc = dict(hidden_layer_sizes=(6,), solver="adam", learning_rate_init=0.01)
+        ours = ours_cls(random_state=seed, **inc)
+        ref = ref_cls(random_state=seed if isinstance(seed, int) else np.random.RandomState(5), **inc)
+        first = {"classes": np.unique(y)} if ours_cls is MLPClassifier else {}
+        ours.partial_fit(X[:60], y[:60], **first)
+        ref.partial_fit(X[:60], y[:60], **first)
+        for _ in range(3):
+            ours.partial_fit(X, y)
+            ref.partial_fit(X, y)
+        _assert_same(ours, ref)
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_sample_weight_follows_sklearn(kind):
+    X, y = _data(kind)
+    w = np.random.default_rng(0).uniform(0.0, 3.0, size=X.shape[0])
+    ours_cls, ref_cls = _pair(kind)
+    params = dict(hidden_layer_sizes=(5,), solver="sgd", alpha=0.01, batch_size=25, max_iter=15,
+                  learning_rate_init=0.01, random_state=0)
+    _assert_same(ours_cls(**params).fit(X, y, sample_weight=w), ref_cls(**params).fit(X, y, sample_weight=w))
+
+
+@pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
+def test_lbfgs_follows_sklearn_until_rounding_branches(kind):
+    """L-BFGS: SciPy on both sides, on the same objective and packing, from the same init.
+
+    The two gradients differ in the last bits (another summation order), and L-BFGS's line
+    searches can turn that into another path after enough iterations (a ReLU changing side,
+    a step accepted on one side and not the other). 15 iterations stay on one path here.
+    """
+    X, y = _data(kind)
+    ours_cls, ref_cls = _pair(kind)
+    params = dict(hidden_layer_sizes=(7, 5), solver="lbfgs", alpha=1e-3, max_iter=15, random_state=0)
+    ours, ref = ours_cls(**params).fit(X, y), ref_cls(**params).fit(X, y)
+    assert ours.n_iter_ == ref.n_iter_ and ours.t_ == ref.t_ == 0
+    assert ours.loss_ == pytest.approx(ref.loss_, rel=1e-9)
+    assert _max_rel(ours.coefs_, ref.coefs_) < 1e-6
+    assert _max_rel(ours.intercepts_, ref.intercepts_) < 1e-6
+
+
+def test_float32_data_computes_in_float32_like_sklearn():
+    X, y = _data("binary")
+    X32 = X.astype(np.float32)
+    params = dict(hidden_layer_sizes=(6,), max_iter=10, random_state=0)
+    ours, ref = MLPClassifier(**params).fit(X32, y), SkMLPClassifier(**params).fit(X32, y)
+    assert ours.model_.dtype == "float32" and ours.coefs_[0].dtype == ref.coefs_[0].dtype == np.float32
+    np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=1e-4)  # float32 rounding, not 1e-6
+    assert MLPClassifier(**params).fit(X, y).model_.dtype == "float64"
+    assert MLPClassifier(dtype="float32", **params).fit(X, y).model_.dtype == "float32"
+
+
+def test_sklearn_optimizers_are_nnx_optimizers():
+    """SklearnSGD / SklearnAdam are ordinary nnx optimizers: registered, state_dict round trip, not fast-pathed."""
+    import nnx
+    from nnx.backends import numpy_fast
+
+    model = nnx.Sequential(nnx.Dense(3, 2), backend="numpy", dtype="float64", seed=0)
+    for cls in (SklearnSGD, SklearnAdam):
+        opt = nnx.optim.get_optimizer(cls.__name__.lower(), model.parameters())
+        assert type(opt) is cls and not numpy_fast.elementwise(opt)
+
+
+def test_issue_symptom_regressor_scores_like_sklearn_on_check_data():
+    """check_regressors_train's data: MLPRegressor(max_iter=20) scores what scikit-learn's does (0.68, was 0.46)."""
+    X, y = make_regression(n_samples=200, n_features=10, n_informative=1, bias=5.0, noise=20, random_state=42)
+    X = StandardScaler().fit_transform(X)  # check_regressors_train's data, prepared as it does
+    y = scale(y)
+    ours = MLPRegressor(max_iter=20, random_state=0).fit(X, y)
+    ref = SkMLPRegressor(max_iter=20, random_state=0).fit(X, y)
+    assert ref.score(X, y) > 0.6  # 0.68; nnx scored 0.46 before it followed scikit-learn
+    assert ours.score(X, y) == pytest.approx(ref.score(X, y), rel=1e-9)
+    _assert_same(ours, ref)
+
+
+@pytest.mark.parametrize("Estimator", [MLPRegressor, MLPClassifier])
+def test_check_estimator_passes_with_sklearns_defaults_and_max_iter_20(Estimator):
+    """The checks scikit-learn's own MLP passes at max_iter=20 pass here too (the issue's failing three included)."""
+    outcomes = check_estimator(Estimator(max_iter=20), on_fail=None)
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    assert not failed, [(o["check_name"], str(o["exception"])[:200]) for o in failed]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        names = {o["check_name"] for o in outcomes if o["status"] == "passed"}
+    assert {"check_regressors_train" if Estimator is MLPRegressor else "check_classifiers_train"} <= names
