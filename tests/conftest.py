@@ -65,3 +65,38 @@ def dtype(backend_case):
 def rng():
     """A seeded NumPy generator for test data."""
     return np.random.default_rng(12345)
+
+
+# -- what `python -m pytest` prints -------------------------------------------------------------
+
+# Modules that feed NaN, inf and huge values on purpose: NumPy's "overflow"/"invalid value"
+# RuntimeWarnings are the inputs doing their job there, and would bury the summary. Elsewhere
+# they still show (and tests/test_examples.py turns them into errors).
+PROVOKES_FLOAT_WARNINGS = {"test_fuzz_inputs.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in PROVOKES_FLOAT_WARNINGS:
+            item.add_marker(pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"))
+            item.add_marker(pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"))
+            item.add_marker(pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Skip reasons grouped with counts, most frequent first (instead of one SKIPPED line per test)."""
+    if "s" in (config.option.reportchars or "") or "a" in (config.option.reportchars or ""):
+        return  # -rs / -ra asked for the per-test lines: pytest prints them
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    total, kinds = sum(reasons.values()), len(reasons)
+    terminalreporter.section(f"skipped: {total} test{'s' * (total != 1)}, {kinds} reason{'s' * (kinds != 1)} "
+                             "(-rs lists each test)")
+    for reason, count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        terminalreporter.write_line(f"{count:5d}  {reason}")
