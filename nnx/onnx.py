@@ -151,7 +151,7 @@ def missing_exporters(model: Any) -> list[str]:
 
 def _check_opset(opset: Any, onnx: Any) -> int:
     newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= opset <= newest:
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= int(opset) <= newest:
         raise ValueError(f"opset must be an int from {MIN_OPSET} to {newest} (the newest this onnx package knows), "
                          f"got {opset!r}")
     return int(opset)
@@ -171,6 +171,9 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
             f"cannot export to ONNX: layer {which} has no ONNX exporter. Give the class a "
             f"`to_onnx(self, graph, X) -> str` method that adds its inference nodes and returns the output's "
             f"name; see {GUIDE}")
+    if model.input_shape is None or model.output_shape is None:
+        raise ValueError("cannot export to ONNX a model that does not know its sample shapes (an ONNX graph's input "
+                         "and output need them); build it with Sequential(..., input_shape=<one sample's shape>)")
     onnx = _import_onnx()
     opset = _check_opset(opset, onnx)
     helper = onnx.helper
@@ -188,8 +191,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     graph.nodes.append(helper.make_node("Identity", [X], [OUTPUT_NAME], name="output"))
 
     def value_info(name: str, shape: Any) -> Any:
-        dims = None if shape is None else [BATCH_DIM, *(int(s) for s in shape)]
-        return helper.make_tensor_value_info(name, elem, dims)
+        return helper.make_tensor_value_info(name, elem, [BATCH_DIM, *(int(s) for s in shape)])
 
     body = helper.make_graph(graph.nodes, "nnx.Sequential", [value_info(INPUT_NAME, model.input_shape)],
                              [value_info(OUTPUT_NAME, model.output_shape)], graph.initializers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,11 +47,11 @@ def assert_matches(model, path, X):
     return err
 
 
-def train(model, X, epochs=3, loss="mse", y=None, seed=0):
+def train(model, X, epochs=3, loss="mse", y=None, seed=0, batch_size=16):
     if y is None:
         out = (X.shape[0], *model.output_shape)
         y = np.random.default_rng(seed).uniform(0.0, 1.0, out)
-    model.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=epochs, batch_size=16, verbose=0)
+    model.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=epochs, batch_size=batch_size, verbose=0)
     return model
 
 
@@ -123,7 +125,7 @@ def test_trained_on_each_backend(backend, dtype, tmp_path):
     rng = np.random.default_rng(11)
     X = rng.standard_normal((48, 6))
     model = mixed_model(backend=backend, dtype=dtype)
-    train(model, X, epochs=2)
+    train(model, X, epochs=2, batch_size=48)  # two steps: JAX traces each new shape anew
     path = tmp_path / "m.onnx"
     model.to_onnx(path)
     assert_matches(model, path, X)
@@ -148,80 +150,59 @@ def test_dynamic_batch_and_names(tmp_path):
         assert_matches(model, path, rng.standard_normal((n, 6)))
 
 
-def test_opset_choice(tmp_path):
+def test_opset_choice_and_bad_arguments(tmp_path):
     model = nnx.Sequential(nnx.Dense(4, 5), nnx.LayerNorm(), nnx.Sigmoid(), dtype="float64", seed=0)
     X = np.random.default_rng(0).standard_normal((6, 4))
     model.to_onnx(tmp_path / "m18.onnx", opset=18)  # ReduceMean takes its axes as an input from 18 on
     assert_matches(model, tmp_path / "m18.onnx", X)
     assert onnx.load(os.fspath(tmp_path / "m18.onnx")).opset_import[0].version == 18
+    with pytest.raises(ValueError, match="input_shape"):
+        nnx.Sequential(nnx.Tanh()).to_onnx(tmp_path / "shapeless.onnx")
     with pytest.raises(ValueError, match="opset"):
         model.to_onnx(tmp_path / "old.onnx", opset=12)
     assert not (tmp_path / "old.onnx").exists()
 
 
-class NoExporter(nnx.Layer):
-    def forward(self, X, training=False):
-        return 2.0 * X
-
-    def backward(self, dY, need_dX=True):
-        return 2.0 * dY
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "custom_layers.md"
 
 
-def test_layer_without_exporter_is_named_and_nothing_is_written(tmp_path):
-    model = nnx.Sequential(nnx.Dense(3, 2), NoExporter(), seed=0)
+@pytest.fixture(scope="module")
+def guide():
+    """The guide's code (its CenteredTanh, and check_onnx_export), as tests/test_extension.py loads it."""
+    from test_extension import _guide_module
+
+    return _guide_module()
+
+
+@pytest.fixture
+def guide_exporter(guide, monkeypatch):
+    """The guide's `to_onnx` fragment, added to its CenteredTanh as the guide says to."""
+    section = GUIDE.read_text(encoding="utf-8").split("## Exporting to ONNX", 1)[1]
+    fragment = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(textwrap.dedent(fragment), namespace)  # noqa: S102 - our own documentation
+    monkeypatch.setattr(guide.CenteredTanh, "to_onnx", namespace["to_onnx"], raising=False)
+    return guide
+
+
+def test_layer_without_exporter_is_named_and_nothing_is_written(guide, tmp_path):
+    model = nnx.Sequential(nnx.Dense(3, 2), guide.CenteredTanh(), seed=0)
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous file")
     with pytest.raises(NotImplementedError) as info:
         model.to_onnx(path)
     message = str(info.value)
-    assert "layer 1 (NoExporter)" in message and "to_onnx" in message and "custom_layers.md" in message
+    assert "layer 1 (CenteredTanh)" in message and "to_onnx" in message and "custom_layers.md" in message
     assert path.read_bytes() == b"previous file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
-    with pytest.raises(NotImplementedError, match="NoExporter"):
-        NoExporter().to_onnx(None, "input")
-
-
-class CenteredTanh(nnx.Layer):
-    """The guide's example layer (docs/custom_layers.md), with its exporter."""
-
-    def __init__(self, momentum: float = 0.1) -> None:
-        super().__init__()
-        self.momentum = float(momentum)
-        self._cache = None
-
-    def build(self, input_shape):
-        (features,) = input_shape
-        self.scale = self.add_parameter("scale", (features,), init="ones")
-        self.running_mean = self.add_buffer("running_mean", (features,), init="zeros")
-
-    def forward(self, X, training=False):
-        xp = self.xp
-        if not training:
-            return self.scale.value * xp.tanh(X - self.running_mean.value)
-        mean = xp.mean(X, axis=0)
-        T = xp.tanh(X - mean)
-        m = self.momentum
-        self.running_mean.value = (1.0 - m) * self.running_mean.value + m * mean
-        self._cache = T
-        return self.scale.value * T
-
-    def backward(self, dY, need_dX=True):
-        xp = self.xp
-        T, self._cache = self._cache, None
-        self.scale.grad = xp.sum(dY * T, axis=0)
-        if not need_dX:
-            return None
-        dZ = dY * self.scale.value * (1.0 - T * T)
-        return dZ - xp.mean(dZ, axis=0)
-
-    def to_onnx(self, graph, X):
-        centered = graph.add_node("Sub", [X, graph.add_initializer(self.running_mean)])
-        return graph.add_node("Mul", [graph.add_initializer(self.scale), graph.add_node("Tanh", [centered])])
+    with pytest.raises(NotImplementedError, match="CenteredTanh"):
+        guide.CenteredTanh().to_onnx(None, "input")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_custom_layer_with_exporter_round_trips(dtype, tmp_path):
-    model = nnx.Sequential(nnx.Dense(3, 5), CenteredTanh(), nnx.Dense(5, 1), dtype=dtype, seed=0)
+def test_custom_layer_with_the_guides_exporter_round_trips(guide_exporter, dtype, tmp_path):
+    guide = guide_exporter
+    model = nnx.Sequential(nnx.Dense(3, 5), guide.CenteredTanh(), nnx.Dense(5, 1), dtype=dtype, seed=0)
     X = np.random.default_rng(4).standard_normal((30, 3))
     train(model, X)
     assert float(np.max(np.abs(model.backend.to_host(model.layers[1].running_mean.value)))) > 0
@@ -229,6 +210,7 @@ def test_custom_layer_with_exporter_round_trips(dtype, tmp_path):
     assert_matches(model, tmp_path / "c.onnx", X)
     names = {t.name for t in onnx.load(os.fspath(tmp_path / "c.onnx")).graph.initializer}
     assert {"1.scale", "1.running_mean"} <= names
+    guide.check_onnx_export(model, X, path=os.fspath(tmp_path / "guide.onnx"))  # the guide's own check
 
 
 def test_import_nnx_does_not_import_onnx():

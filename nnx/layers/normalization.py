@@ -217,6 +217,8 @@ class LayerNorm(Layer):
         # spelled out in two passes as forward computes it: onnxruntime's LayerNormalization takes the
         # variance as E[x^2] - E[x]^2, which loses float32 digits when a sample's mean is large next to its
         # spread (an error of 5e-4 at mean 100, spread 1)
+        if self.normalized_shape is None:
+            raise RuntimeError("LayerNorm.to_onnx needs a layer that is part of a model")
         axes = list(range(-len(self.normalized_shape), 0))
 
         def mean(T: str) -> str:
