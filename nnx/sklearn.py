@@ -907,6 +907,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                              f"(classes_ = {list(self.classes_)}).")
         return self._fit(X, y, sample_weight, incremental=True)
 
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (subset accuracy for multi-label targets) of `predict(X)` against `y`, as a float.
+
+        Counted on the host in float64: under dispatch, scikit-learn's `accuracy_score` on torch integer
+        labels averages in torch's default float32 (0.9 reads 0.8999999762).
+        """
+        from sklearn.metrics import accuracy_score
+
+        return float(accuracy_score(_host(y), _host(self.predict(X)), sample_weight=_host(sample_weight)))
+
     def predict(self, X: Any) -> Any:
         """Predicted labels (or label indicators for multi-label targets): NumPy, or X's kind under dispatch."""
         return self._labels(self._forward(X, "predict"))
