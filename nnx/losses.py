@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat
 
@@ -152,6 +152,7 @@ class Loss:
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
         xp = array_api_compat.array_namespace(y_pred)
+        y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):
             raise TypeError(f"y_pred must have a real floating dtype, got {y_pred.dtype}")
         if (
@@ -162,6 +163,7 @@ class Loss:
             # NumPy arrays, lists and scalars are moved to y_pred's backend and
             # device; an array of another non-NumPy library raises TypeError.
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
+        y_true = cast(Any, y_true)
         if not xp.isdtype(y_true.dtype, ("bool", "integral", "real floating")):
             raise TypeError(f"y_true must hold real numbers, got dtype {y_true.dtype}")
         if math.prod(y_pred.shape) == 0:

@@ -7,7 +7,7 @@ import numbers
 import secrets
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
 from .layers import BuildContext, Layer, Sigmoid, Softmax, layer_from_config
@@ -234,7 +234,7 @@ class Sequential:
                     y = xp.astype(y, xp.int64)
                 elif not xp.isdtype(y.dtype, "integral"):
                     raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
-                n_classes = self.out_features
+                n_classes = cast(int, self.out_features)  # known once the model is built
                 if y.shape[0] and not self._all_true((y >= 0) & (y < n_classes)):
                     lo, hi = self.backend.to_host(xp.min(y)), self.backend.to_host(xp.max(y))
                     raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
@@ -281,12 +281,12 @@ class Sequential:
         xp = self.xp
         if not isinstance(class_weight, Mapping):
             raise TypeError(f"class_weight must be a dict of class -> weight, got {type(class_weight).__name__}")
-        n_classes = 2 if self.out_features == 1 else self.out_features
+        n_classes = 2 if self.out_features == 1 else cast(int, self.out_features)
         table = [1.0] * n_classes
         for key, weight in class_weight.items():
-            if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_classes:
+            if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_classes:  # pyright: ignore[reportOperatorIssue]
                 raise ValueError(f"class_weight keys must be class indices 0..{n_classes - 1}, got {key!r}")
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:  # pyright: ignore[reportOperatorIssue]
                 raise ValueError(f"class_weight[{key}] must be a number >= 0, got {weight!r}")
             table[int(key)] = float(weight)
         if isinstance(loss, CrossEntropy) and y.ndim == 1:
@@ -406,7 +406,7 @@ class Sequential:
                 if isinstance(last, Softmax) else "mse"
         resolved = get_loss(loss)
         pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
-        if pair is not None and type(resolved) is pair and resolved.from_logits:
+        if pair is not None and type(resolved) is pair and cast(Any, resolved).from_logits:
             # The output layer already gives probabilities; reading them as logits would apply the
             # activation twice. A name follows the model (Keras's "categorical_crossentropy" means
             # probabilities); an explicit from_logits=True instance is kept, with a warning as Keras gives.

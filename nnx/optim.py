@@ -349,6 +349,13 @@ class SGD(Optimizer):
         maximize: ascend instead of descend.
     """
 
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    momentum: float
+    dampening: float
+    nesterov: bool
+    weight_decay: float
+    maximize: bool
+
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False) -> None:
         super().__init__(params, lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -405,6 +412,9 @@ class Momentum(Optimizer):
         momentum: momentum factor ``mu`` in [0, 1).
     """
 
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    momentum: float
+
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__(params, lr, momentum=momentum)
 
@@ -441,6 +451,12 @@ class Adam(Optimizer):
 
     # AdamW sets this: decay the weights directly instead of adding to the gradient.
     _decoupled = False
+
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    amsgrad: bool
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False) -> None:
@@ -522,6 +538,13 @@ class RMSprop(Optimizer):
         centered: normalise by an estimate of the gradient's variance instead of its second moment.
     """
 
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False) -> None:
         super().__init__(params, lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
@@ -587,6 +610,12 @@ class Adagrad(Optimizer):
         initial_accumulator_value: starting value of the sum of squared gradients (>= 0).
         eps: added to the denominator for stability (> 0).
     """
+
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    lr_decay: float
+    weight_decay: float
+    initial_accumulator_value: float
+    eps: float
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -158,7 +158,7 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
     if steps == 0:
         raise ValueError("no gradient history yet: train with the GradientAnalyzer among the callbacks first")
     if layer_names is None:
-        layer_names = getattr(analyzer, "layer_names", None) or [f"layer {j}" for j in range(n_layers)]
+        layer_names = cast(list[str], getattr(analyzer, "layer_names", None) or [f"layer {j}" for j in range(n_layers)])
     plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     fig, axes = _figure(len(stats), width=4.6, sharex=True)

@@ -5,6 +5,10 @@ The library is imported only inside functions (``import cupy`` here is the libra
 imports are absolute), so that ``import nnx`` needs no GPU.
 """
 
+# Without CuPy installed, pyright resolves `import cupy` to this very module and reports
+# cupy.cuda, cupy.asarray, ... as unknown attributes.
+# pyright: reportAttributeAccessIssue=false
+
 from __future__ import annotations
 
 import importlib

@@ -42,7 +42,7 @@ import functools
 import importlib
 import weakref
 from operator import is_
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["FastPath", "FlatParams", "FusedUpdate", "TrainStep"]
 
@@ -160,7 +160,7 @@ class FastPath:
         The step of an earlier call is reused when the model's layers, parameters and the
         loss are the same; parameters rebound since then are copied back into the flat buffer.
         """
-        plan = TrainStep.plan(model, loss)
+        plan = TrainStep.plan(model, loss)  # pyright: ignore[reportCallIssue] - the static method, not an instance's plan
         if plan is None:
             return None
         step = self._steps.get(model)
@@ -349,7 +349,7 @@ class FusedUpdate:
         for i, p in enumerate(self.params):
             size, shape = p.value.size, tuple(p.value.shape)
             entry = {}
-            for key, flat in self.flat_state.items():
+            for key, flat in cast(dict, self.flat_state).items():  # laid out before it is installed
                 view = flat[pos:pos + size].reshape(shape)
                 if copy:
                     view[...] = state[i][key]
@@ -454,7 +454,7 @@ class TrainStep:
         self._ones: Any = None
 
     @staticmethod
-    def plan(model: Any, loss: Any) -> tuple | None:
+    def plan(model: Any, loss: Any) -> tuple | None:  # pyright: ignore[reportRedeclaration] - instances shadow it
         """(ops, head, head kind, signature) for `model` and `loss`, or None when the portable step must run."""
         if getattr(model, "regularizer", None) is not None:
             return None

@@ -8,6 +8,7 @@ Libraries with their own generator subclass `DeviceRNG` next to their adapter.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from .names import dtype_name
 
 
-def host_rng(seed: int | None) -> np.random.Generator:
+def host_rng(seed: int | Sequence[int] | None) -> np.random.Generator:
     """The host random generator behind initialisation and shuffling, identical on every backend."""
     return np.random.default_rng(seed)
 

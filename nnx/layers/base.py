@@ -167,16 +167,18 @@ class Layer:
             regularized: whether weight penalties (L1/L2) apply to it.
         """
         shape = self._new_name_and_shape(name, shape)
-        value = self._require_context().initial_value(name, shape, init)
-        param = Parameter(self.context.prefix + name, value, regularized=regularized)
+        context = self._require_context()
+        value = context.initial_value(name, shape, init)
+        param = Parameter(context.prefix + name, value, regularized=regularized)
         self._params[name] = param
         return param
 
     def add_buffer(self, name: str, shape: Shape, init: Any = "zeros") -> Buffer:
         """Create an array that is saved, loaded and moved with the model but never trained (see `add_parameter`)."""
         shape = self._new_name_and_shape(name, shape)
-        value = self._require_context().initial_value(name, shape, init)
-        buffer = Buffer(self.context.prefix + name, value)
+        context = self._require_context()
+        value = context.initial_value(name, shape, init)
+        buffer = Buffer(context.prefix + name, value)
         self._buffers[name] = buffer
         return buffer
 

@@ -21,7 +21,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat
 
@@ -132,6 +132,7 @@ def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
     names = recorded_names(logs)
     if names is None or monitor in names:
         return
+    logs = cast(dict, logs)  # names were found, so there are logs
     hint = ""
     if monitor.startswith("val_") and not logs.get("validation"):
         hint = " (val_ metrics need validation_data or validation_split in fit)"
@@ -237,7 +238,7 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
             if self.verbose:
-                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1} "
+                print(f"EarlyStopping: restored the weights of epoch {cast(int, self.best_epoch) + 1} "
                       f"({self.monitor} = {self.best:.4g})", flush=True)
 
 
@@ -385,7 +386,7 @@ class CSVLogger(Callback):
             self.keys = list(logs)
             self._writer.writerow(["epoch", *self.keys])
         self._writer.writerow([epoch, *(_csv_value(logs.get(k, "")) for k in self.keys)])
-        self._file.flush()
+        self._file.flush()  # pyright: ignore[reportOptionalMemberAccess] - on_train_begin() opened it
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self._file is not None:
