@@ -8,8 +8,8 @@ adapter by itself for a namespace module or an array that no adapter claims.
 
 Everything goes through the standard: host arrays come in with ``xp.from_dlpack`` and go
 out with ``np.from_dlpack`` (each falling back to ``asarray`` where a library cannot
-exchange), dropout draws from a host PCG64 stream moved to the device, there is no fast
-path and nothing to synchronise.
+exchange), dropout draws from a host PCG64 stream moved to the device, DLPack says
+whether the device is the host, there is no fast path and nothing to synchronise.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .names import backend_name_of
 
 PREFIX = "generic"
 
+_DLPACK_CPU = 1  # kDLCPU, DLPack's device type for host memory
 # what a library may raise when it cannot exchange an array through DLPack
 _NO_DLPACK = (AttributeError, BufferError, NotImplementedError, RuntimeError, TypeError, ValueError)
 
@@ -55,7 +56,16 @@ def generic_backend(xp: types.ModuleType, device: Any = None) -> GenericBackend:
     # name the backend after the library its arrays report, so `owns` and the messages agree
     probe = xp.zeros((), device=device) if device is not None else xp.zeros(())
     backend.name = backend_name_of(probe) or xp.__name__.split(".")[0]
+    backend._on_host = _dlpack_on_cpu(probe)
     return backend
+
+
+def _dlpack_on_cpu(x: Any) -> bool:
+    """Whether DLPack places `x` in CPU memory (device type 1); False when the library cannot say."""
+    try:
+        return int(x.__dlpack_device__()[0]) == _DLPACK_CPU
+    except _NO_DLPACK:
+        return False
 
 
 class GenericBackend(Backend):
@@ -83,6 +93,12 @@ class GenericBackend(Backend):
             raise ValueError(f"backend 'generic:{label}': the device must be an index below {len(devices)} "
                              f"into {module}'s devices {[str(d) for d in devices]}, got {index!r}")
         return generic_backend(xp, devices[int(index)])
+
+    _on_host = False
+
+    @property
+    def arrays_on_host(self) -> bool:
+        return self._on_host
 
     @property
     def spec(self) -> str:
