@@ -28,9 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-
-from ..backends import backend_name_of
+from ..backends.host import gather_rows, host_companion
 
 # Bytes of training data above which an epoch gathers each shuffled batch instead of copying X once.
 COPY_LIMIT = 16 * 2**20
@@ -86,22 +84,6 @@ def _rows(a: Any, part: slice) -> Any:
 
 
 # -- what kind of data is it -------------------------------------------------------------------
-def is_out_of_core(data: Any) -> bool:
-    """Whether `data` is read batch by batch on the host: a `np.memmap`, or an array-like that is no library's array.
-
-    NumPy arrays in memory, lists, and arrays of a backend library are not; an
-    object with ``shape`` and ``__getitem__`` (an h5py or zarr dataset) is. A pandas
-    object indexes columns with ``[]``, so it is read whole, as before.
-    """
-    if isinstance(data, np.memmap):
-        return True
-    if data is None or isinstance(data, (np.ndarray, np.generic, list, tuple, str, bytes, int, float)):
-        return False
-    if backend_name_of(data) is not None or hasattr(data, "iloc"):
-        return False
-    return hasattr(data, "shape") and hasattr(data, "__getitem__")
-
-
 def is_batch_iterable(data: Any) -> bool:
     """Whether `data` (given without y) is an iterable of batches rather than one array."""
     if data is None or hasattr(data, "shape") or isinstance(data, (str, bytes)):
@@ -116,23 +98,6 @@ def n_rows(data: Any, argname: str) -> int:
         return int(shape[0]) if shape is not None else len(data)
     except (TypeError, IndexError):
         raise TypeError(f"{argname} must be an array with a batch axis, got {type(data).__name__}") from None
-
-
-def gather_rows(data: Any, rows: Any) -> np.ndarray:
-    """Rows of a host array-like as a NumPy array: a slice, or an index array taken in exactly its order.
-
-    Array-likes such as h5py datasets only read increasing indices, so those are read
-    sorted and put back in the permutation's order: the batch is the same either way.
-    """
-    if isinstance(rows, slice):
-        return np.asarray(data[rows])
-    if isinstance(data, np.ndarray):
-        return np.asarray(np.take(data, rows, axis=0))
-    order = np.argsort(rows, kind="stable")
-    block = np.asarray(data[rows[order]])
-    out = np.empty_like(block)
-    out[order] = block
-    return out
 
 
 def prefetch_depth(prefetch: Any) -> int:
@@ -197,7 +162,7 @@ class HostBatches:
             if arg is not None and n_rows(arg, label) != n:
                 raise ValueError(f"{name} has {n} samples but {label} has {n_rows(arg, label)}")
         self.model, self.prepare, self.depth, self.shuffle = model, prepare, prefetch, shuffle
-        self.X, self.y, self.w = X, _host(model, y, "y"), _host(model, sample_weight, "sample_weight")
+        self.X, self.y, self.w = X, host_companion(model, y, "y"), host_companion(model, sample_weight, "sample_weight")
         self.start, self.stop = rows if rows is not None else (0, n)
         self.n_samples = self.stop - self.start
         if self.n_samples <= 0:
@@ -278,15 +243,6 @@ class IterableBatches:
                     "an object whose __iter__ starts over), or a generator that never ends with steps_per_epoch= "
                     "(validation_steps= for validation_data)")
         return f"{self.name} yielded no batches; at least one is needed"
-
-
-def _host(model: Any, data: Any, argname: str) -> Any:
-    """y or sample_weight next to a host X: kept as a host array-like (a backend's own array is brought to the host)."""
-    if data is None or isinstance(data, np.ndarray) or is_out_of_core(data):
-        return data
-    if model.backend.owns(data):
-        return model.backend.to_host(data)
-    return np.asarray(model.backend.to_host(model.backend.asarray(data, argname=argname)))
 
 
 def _gather(data: Any, rows: Any) -> Any:

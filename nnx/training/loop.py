@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.host import is_out_of_core
 from ..metrics import resolve_metrics
 from .callbacks import Callback, CallbackList, ProgressBar
 from .data import (
@@ -24,7 +25,6 @@ from .data import (
     IterableBatches,
     batch_slices,
     is_batch_iterable,
-    is_out_of_core,
     n_rows,
     prefetch_depth,
 )

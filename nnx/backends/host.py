@@ -1,0 +1,55 @@
+"""Data that stays on the host until a batch is needed: memmaps and other array-likes, read row by row.
+
+The training data sources use these to tell such data from arrays that go to
+the device whole, and to gather a batch's rows in a given order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .names import backend_name_of
+
+
+def is_out_of_core(data: Any) -> bool:
+    """Whether `data` is read batch by batch on the host: a `np.memmap`, or an array-like that is no library's array.
+
+    NumPy arrays in memory, lists, and arrays of a backend library are not; an
+    object with ``shape`` and ``__getitem__`` (an h5py or zarr dataset) is. A pandas
+    object indexes columns with ``[]``, so it is read whole, as before.
+    """
+    if isinstance(data, np.memmap):
+        return True
+    if data is None or isinstance(data, (np.ndarray, np.generic, list, tuple, str, bytes, int, float)):
+        return False
+    if backend_name_of(data) is not None or hasattr(data, "iloc"):
+        return False
+    return hasattr(data, "shape") and hasattr(data, "__getitem__")
+
+
+def gather_rows(data: Any, rows: Any) -> np.ndarray:
+    """Rows of a host array-like as a NumPy array: a slice, or an index array taken in exactly its order.
+
+    Array-likes such as h5py datasets only read increasing indices, so those are read
+    sorted and put back in the permutation's order: the batch is the same either way.
+    """
+    if isinstance(rows, slice):
+        return np.asarray(data[rows])
+    if isinstance(data, np.ndarray):
+        return np.asarray(np.take(data, rows, axis=0))
+    order = np.argsort(rows, kind="stable")
+    block = np.asarray(data[rows[order]])
+    out = np.empty_like(block)
+    out[order] = block
+    return out
+
+
+def host_companion(model: Any, data: Any, argname: str) -> Any:
+    """y or sample_weight next to a host X: kept as a host array-like (a backend's own array is brought to the host)."""
+    if data is None or isinstance(data, np.ndarray) or is_out_of_core(data):
+        return data
+    if model.backend.owns(data):
+        return model.backend.to_host(data)
+    return np.asarray(model.backend.to_host(model.backend.asarray(data, argname=argname)))
