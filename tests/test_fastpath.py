@@ -211,14 +211,18 @@ def test_fastpath_switch(backend):
     off = backend.with_fastpath(False)
     assert off.fastpath is None and off == backend
     on = backend.with_fastpath(True)
-    assert (on.fastpath is None) == (backend.name not in ("numpy", "cupy"))
+    if backend.name in ("numpy", "cupy", "torch"):  # (JAX's compiled step is its own engineer's to declare)
+        assert on.fastpath is not None
+    elif backend.name == "array_api_strict":
+        assert on.fastpath is None
 
 
 def test_portable_only_backends_have_no_fastpath():
     assert nnx.get_backend("numpy").fastpath is not None or __import__("os").environ.get("NNX_FASTPATH") == "0"
-    for name in ("array_api_strict", "jax", "torch"):
-        if name in nnx.available_backends():
-            assert nnx.get_backend(name).fastpath is None
+    if "torch" in nnx.available_backends():
+        assert nnx.get_backend("torch").fastpath is not None or __import__("os").environ.get("NNX_FASTPATH") == "0"
+    if "array_api_strict" in nnx.available_backends():
+        assert nnx.get_backend("array_api_strict").fastpath is None
 
 
 class _CountSyncs(nnx.callbacks.Callback):

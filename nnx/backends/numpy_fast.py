@@ -129,12 +129,26 @@ class Kernels:
         self.m = module
         # sum(array, axis, dtype, out): NumPy's ufunc reduction skips np.sum's Python wrapper (same result)
         self.sum = module.add.reduce if module.__name__ == "numpy" else module.sum
+        # dot(a, b, out) of 2-D arrays: the same BLAS call as matmul, with about 0.8 us less overhead in NumPy
+        self.dot = module.dot
+        # max(array, axis, dtype, out, keepdims), in sum's positional order (np.max's wrapper costs ~2 us)
+        self.max = module.maximum.reduce if module.__name__ == "numpy" else module.max
 
     @staticmethod
-    def root(x: Any) -> Any:
+    def base(x: Any) -> Any:
+        """The array `x` is a view of, or None when it owns its memory."""
+        return x.base
+
+    @staticmethod
+    def numel(x: Any) -> int:
+        """The number of elements of `x`."""
+        return x.size
+
+    def root(self, x: Any) -> Any:
         """The array that owns `x`'s memory (`x` itself when it owns it)."""
-        while x.base is not None:
-            x = x.base
+        base = self.base
+        while base(x) is not None:
+            x = base(x)
         return x
 
 
@@ -144,6 +158,8 @@ class FastPath:
     Args:
         module: the library module (``numpy`` or ``cupy``).
     """
+
+    step_class: type[TrainStep]  # TrainStep, set below; another library's fast path may subclass it
 
     def __init__(self, module: Any) -> None:
         self.kernels = Kernels(module)
@@ -167,7 +183,7 @@ class FastPath:
         if step is not None and step.signature == plan[-1]:
             step.flat.restore()
             return step
-        step = TrainStep(self, model, *plan)
+        step = self.step_class(self, model, *plan)
         self._steps[model] = step
         return step
 
@@ -201,7 +217,7 @@ class FlatParams:
         self._layout = []
         for p in params:
             start, shape = self.offsets[-1], tuple(p.value.shape)
-            stop = start + p.value.size
+            stop = start + k.numel(p.value)
             self.offsets.append(stop)
             # (the slice, the shape to give it or None for 1-D): what new_grads cuts from each fresh buffer
             self._layout.append((slice(start, stop), shape if len(shape) != 1 else None))
@@ -225,7 +241,7 @@ class FlatParams:
             flat.value_views = list(current.value_views)  # the same view objects, so identity checks still hold
             return flat
         first = params[0].value
-        flat = cls(k, params, k.m.empty((sum(p.value.size for p in params),), dtype=first.dtype))
+        flat = cls(k, params, k.m.empty((sum(k.numel(p.value) for p in params),), dtype=first.dtype))
         flat.restore()
         return flat
 
@@ -298,7 +314,7 @@ class FusedUpdate:
         if not params:
             return None
         grad = params[0].grad
-        if grad is None or grad.base is None:
+        if grad is None or k.base(grad) is None:
             return None  # fresh gradients from the portable path: the common "no" answers first
         if "_update" in vars(optimizer) or not elementwise(optimizer):
             return None  # a per-parameter hook on this instance, or an update not declared elementwise
@@ -347,7 +363,7 @@ class FusedUpdate:
         self.state_index, self.state_views = [], []
         pos = 0
         for i, p in enumerate(self.params):
-            size, shape = p.value.size, tuple(p.value.shape)
+            size, shape = self.k.numel(p.value), tuple(p.value.shape)
             entry = {}
             for key, flat in cast(dict, self.flat_state).items():  # laid out before it is installed
                 view = flat[pos:pos + size].reshape(shape)
@@ -497,25 +513,27 @@ class TrainStep:
                     dx[i] = m.empty((n, layer.in_features), dtype=dtype)
             elif kind == _RELU:
                 mask[i] = m.empty((n, self.ops[i - 1][1].out_features), dtype=bool)
-        bufs = {"out": out, "dx": dx, "mask": mask, "rows": m.arange(n), "head": None}
+        # zero of the batch's dtype: a Python 0 costs NumPy a scalar conversion per call (same result)
+        bufs = {"out": out, "dx": dx, "mask": mask, "rows": m.arange(n), "head": None,
+                "zero": m.zeros((), dtype=dtype) if m.__name__ != "numpy" else dtype.type(0)}
         self._buffers[n] = bufs
         return bufs
 
     def __call__(self, X: Any, y: Any) -> tuple[Any, Any, None]:
         m = self.k.m
-        matmul, add, k_sum = m.matmul, m.add, self.k.sum
+        dot, add, k_sum, maximum = self.k.dot, m.add, self.k.sum, m.maximum
         bufs = self._buffers_for(X)
-        out, dx, mask = bufs["out"], bufs["dx"], bufs["mask"]
+        out, dx, mask, zero = bufs["out"], bufs["dx"], bufs["mask"], bufs["zero"]
         inputs = [None] * len(self.ops)
         Z = X
         for kind, i, layer, wp, bp, _, _ in self.plan:
             if kind == _DENSE:
                 inputs[i] = Z
                 buf = out[i]
-                Z = matmul(Z, wp.value) if buf is None else matmul(Z, wp.value, out=buf)
+                Z = dot(Z, wp.value) if buf is None else dot(Z, wp.value, buf)
                 add(Z, bp.value, out=Z)
             elif kind == _RELU:
-                m.maximum(Z, 0, out=Z)
+                maximum(Z, zero, out=Z)
                 inputs[i] = Z
             else:
                 Z = layer.forward(Z, True)
@@ -524,14 +542,14 @@ class TrainStep:
         for kind, i, layer, wp, bp, jw, jb in self.backward_plan:
             if kind == _DENSE:
                 gw, gb = grads[jw], grads[jb]
-                matmul(inputs[i].T, dY, out=gw)
+                dot(inputs[i].T, dY, gw)
                 k_sum(dY, 0, None, gb)
                 wp.grad = gw
                 bp.grad = gb
                 if i:
-                    dY = matmul(dY, wp.value.T, out=dx[i])
+                    dY = dot(dY, wp.value.T, dx[i])
             elif kind == _RELU:
-                mk = m.greater(inputs[i], 0, out=mask[i])
+                mk = m.greater(inputs[i], zero, out=mask[i])
                 m.multiply(dY, mk, out=dY)
             else:
                 dY = layer.backward(dY, need_dX=i > 0)
@@ -563,10 +581,10 @@ class TrainStep:
             if P is None or P.shape != Z.shape:
                 P = bufs["head"] = m.empty(Z.shape, dtype=Z.dtype)
             rows = bufs["rows"]
-            m.subtract(Z, m.max(Z, axis=1, keepdims=True), out=P)
+            m.subtract(Z, k.max(Z, 1, None, None, True), out=P)
             picked = k.sum(P[rows, y], None)
             m.exp(P, out=P)
-            total = m.sum(P, axis=1, keepdims=True)
+            total = k.sum(P, 1, None, None, True)
             scale = 1 / n
             value = (k.sum(m.log(total), None) - picked) * scale
             # the portable gradient (softmax * 1 - onehot) * scale, operation for operation
@@ -576,11 +594,19 @@ class TrainStep:
             return value, P
         if kind == _HEAD_BCE_LOGITS and y.shape == Z.shape:
             # the portable softplus and sigmoid share exp(-|z|); computed once here, with the same rounding
+            # (the same operations as before, on fewer temporaries and without Python-number conversions)
             scale = 1 / Z.size
-            e = m.exp(-m.abs(Z))
-            value = k.sum(m.maximum(Z, 0) + m.log1p(e) - y * Z, None) * scale
-            g = m.where(Z >= 0, 1, e)
-            m.divide(g, 1 + e, out=g)
+            zero = bufs["zero"]
+            e = m.abs(Z)
+            m.negative(e, out=e)
+            m.exp(e, out=e)
+            t = m.maximum(Z, zero)
+            m.add(t, m.log1p(e), out=t)
+            m.subtract(t, m.multiply(y, Z), out=t)
+            value = k.sum(t, None) * scale
+            g = m.where(m.greater_equal(Z, zero), zero + 1, e)
+            m.add(e, 1, out=e)
+            m.divide(g, e, out=g)
             m.subtract(g, y, out=g)
             m.multiply(g, scale, out=g)
             return value, g
@@ -590,3 +616,6 @@ class TrainStep:
             m.multiply(diff, 2 / Z.size, out=diff)
             return value, diff
         return self.head.value_and_grad(y, Z, check=False)
+
+
+FastPath.step_class = TrainStep
