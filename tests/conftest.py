@@ -29,6 +29,8 @@ def _selected_cases():
     only = os.environ.get("NNX_TEST_BACKEND")
     if not only:
         return BACKEND_CASES
+    if ":" in only and not only.startswith("generic:"):  # a device spec ("torch:cuda", "jax:gpu"): its library's dtype
+        return [(only, dtype) for spec, dtype in BACKEND_CASES if spec == only.split(":")[0]]
     return [case for case in BACKEND_CASES if case[0].split(":")[0] == only]
 
 
