@@ -231,7 +231,7 @@ def test_unknown_loss_lists_valid_ones():
 
 def test_unknown_optimizer_lists_valid_ones():
     X, y = _data()
-    with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'; valid names: \[.*'adam'.*'sgd'\]"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adamx'; valid names: \[.*'adam'.*'sgd'.*\]"):
         _regressor().fit(X, y, optimizer="adamx")
     with pytest.raises(TypeError, match=r"optimizer must be a name, an Optimizer class or an Optimizer, got int"):
         _regressor().fit(X, y, optimizer=1)

@@ -302,8 +302,10 @@ def test_lr_change_between_steps(backend):
 
 def test_get_optimizer():
     params = [Parameter("w", np.zeros(3))]
-    assert set(OPTIMIZERS) == {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad"}
-    for name, cls in OPTIMIZERS.items():
+    builtins = {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad"}
+    assert builtins <= set(OPTIMIZERS)  # subclasses defined elsewhere (nnx.sklearn, users) register too
+    for name in builtins:
+        cls = OPTIMIZERS[name]
         for spelling in (name, name.upper(), name.capitalize()):
             opt = get_optimizer(spelling, params, lr=0.3)
             assert type(opt) is cls and opt.lr == 0.3
