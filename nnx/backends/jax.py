@@ -66,6 +66,11 @@ class JaxBackend(Backend):
     def arrays_on_host(self) -> bool:
         return self.device.platform == "cpu"
 
+    def _build_fastpath(self) -> Any:
+        from .jax_fast import FastPath  # the whole training step compiled with jax.jit
+
+        return FastPath()
+
     def rng(self, seed: int) -> JaxRNG:
         return JaxRNG(self, seed)
 

@@ -256,15 +256,21 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
                  metric_fns: dict, dp: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
+    compiled = step.compiled is not None
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, rows, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
         cb.on_batch_begin(b, {"size": size})
-        value, Z = step.forward_loss(Xb, yb, wb)
-        step.backward()
-        finite = step.check(value)
+        if compiled:  # every stage in one compiled call; it updates only a finite step
+            guard.in_step = True
+            value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
+            guard.end_step()
+        else:
+            value, Z = step.forward_loss(Xb, yb, wb)
+            step.backward()
+            finite = step.check(value)
         if dp is not None and step.check_finite:
             finite = dp.agree(finite)  # every rank refuses the step (and raises) together
         if not finite and handles_non_finite:
@@ -277,7 +283,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             break
         if not finite:
             raise _non_finite(epoch, b)
-        if step.transform(size):
+        if not compiled and step.transform(size):
             guard.in_step = True
             step.update()
             guard.end_step()

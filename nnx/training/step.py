@@ -13,6 +13,9 @@ Where arrays live in host memory the check reads one number per step. On an
 accelerator it never makes the host wait: the verdict stays on the device,
 `update` applies a step only where every step so far was finite (a selection
 on the device), and `end_epoch` reads the verdict once, with the epoch's losses.
+
+A backend may compile the whole step (JAX: `nnx.backends.jax_fast`); then `run`
+does every stage in one call, with the check deferred in the same way.
 """
 
 from __future__ import annotations
@@ -50,7 +53,11 @@ class TrainStep:
         self.check_finite = check_finite
         self.params: list[Parameter] = model.parameters()
         fastpath = model.backend.fastpath
-        self._fast = None if fastpath is None else fastpath.train_step(model, loss)
+        # a backend that compiles the whole step (JAX) offers `compiled_step`; None where it was not declared
+        compile_step = getattr(fastpath, "compiled_step", None)
+        self.compiled: Any = None if compile_step is None else compile_step(model, loss, optimizer, self.transforms,
+                                                                            check_finite)
+        self._fast: Any = None if fastpath is None or self.compiled is not None else fastpath.train_step(model, loss)
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
         self._fast_grads = False  # whether the last forward_loss left p.grad as views of the fast flat buffer
@@ -62,6 +69,16 @@ class TrainStep:
         self._verdict: Any = None  # deferred: this step's flag, consumed by update
         self._updates: list[tuple[int, int, list[int], set]] = []  # deferred: host counters before each update
     # -- stages ------------------------------------------------------------------------------
+    def run(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:
+        """Every stage in one call of the compiled step (only where `compiled` is not None).
+
+        Returns (loss incl. penalty, head outputs, finite). The check is deferred as on an
+        accelerator (`end_epoch` reads it); `read_check` reads this step's verdict now, for a
+        callback that handles non-finite steps itself. A refused step updates nothing.
+        """
+        self._steps += 1
+        return self.compiled(X, y, sample_weight, read_check and self.check_finite)
+
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
         if self._fast is not None and sample_weight is None:
@@ -130,7 +147,7 @@ class TrainStep:
     def _defer(self, value: Any, index: int) -> None:
         """Fold this step's verdict into the epoch's, on the device; remember where the first bad step was."""
         xp = self.model.xp
-        ok = None
+        ok: Any = None
         for flag in self._finite_flags(value):
             ok = flag if ok is None else ok & flag
         device = self.model.backend.device
@@ -146,6 +163,8 @@ class TrainStep:
     def end_epoch(self) -> int | None:
         """The index of the epoch's first non-finite step, or None; one read, for deferred checks only."""
         self._steps = 0
+        if self.compiled is not None:
+            return self.compiled.end_epoch()
         if not self.deferred or self._ok is None:
             return None
         first = int(self.model.backend.to_host(self._first_bad))
@@ -197,6 +216,8 @@ class TrainStep:
         self._steps = 0
         self._ok = self._first_bad = self._verdict = None
         self._updates = []
+        if self.compiled is not None:
+            self.compiled.reset()
 
 
 def _select(xp: Any, keep: Any, new: Any, old: Any) -> Any:

@@ -1,0 +1,191 @@
+"""JAX's compiled training step (nnx/backends/jax_fast.py) against the uncompiled JAX path.
+
+The compiled step must give the numbers of the portable stages run op by op (to float
+rounding), draw the same dropout masks, compile a bounded number of programs however
+many epochs run, refuse a diverging step as the portable path does, and leave to the
+portable stages whatever it was not declared to handle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backends import backend_status
+
+ok, why = backend_status("jax")
+pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+
+N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
+
+
+def _data(kind: str, n: int = N, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6))
+    if kind == "bce":
+        y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.float64)
+    elif kind == "ce":
+        y = np.argmax(X[:, :3], axis=1)
+    else:
+        y = X[:, :2] @ np.array([[1.0, -0.5], [0.3, 2.0]])
+    return X, y
+
+
+def _model(fast: bool, head: str, dtype: str, reg: bool = True, layer: type = nnx.Dense):
+    be = nnx.get_backend("jax").with_fastpath(fast)
+    out = {"bce": 1, "ce": 3, "mse": 2}[head]
+    layers = [layer(6, 8, regularizer=nnx.regularizers.L2(1e-3) if reg else None), nnx.ReLU(),
+              nnx.BatchNorm(), nnx.Dropout(0.25), nnx.Dense(8, out), nnx.Tanh(), nnx.Dense(out, out)]
+    layers += {"bce": [nnx.Sigmoid()], "ce": [nnx.Softmax()], "mse": []}[head]
+    return nnx.Sequential(*layers, backend=be, dtype=dtype, seed=3)
+
+
+def _train(fast: bool, optimizer, head: str = "bce", dtype: str = "float64", epochs: int = 3, **fit):
+    X, y = _data(head)
+    model = _model(fast, head, dtype)
+    opt = optimizer(model.parameters())
+    loss = {"bce": "bce", "ce": "cross_entropy", "mse": "mse"}[head]
+    history = model.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=BATCH, **fit)
+    return model, history
+
+
+def _compiled(model):
+    return model.backend.fastpath._steps.get(model)
+
+
+def _assert_same(a, b, tol: float) -> None:
+    """Parameters, gradients, buffers, optimizer state and counters of two trained models agree to `tol`."""
+    def close(x, y, what):
+        x, y = np.asarray(x), np.asarray(y)
+        scale = max(1.0, float(np.max(np.abs(y))))
+        assert np.max(np.abs(x - y)) <= tol * scale, f"{what}: {np.max(np.abs(x - y))}"
+
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        close(p.value, q.value, p.name)
+        close(p.grad, q.grad, f"{p.name} grad")
+    for p, q in zip(a.buffers(), b.buffers(), strict=True):
+        close(p.value, q.value, p.name)
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert (sa["step"], sa["param_steps"]) == (sb["step"], sb["param_steps"])
+    assert sa["state"].keys() == sb["state"].keys()
+    for i in sa["state"]:
+        for k in sa["state"][i]:
+            close(sa["state"][i][k], sb["state"][i][k], f"state {i} {k}")
+    assert a.dropout_rng.counter == b.dropout_rng.counter
+
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda ps: nnx.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "sgd_nesterov": lambda ps: nnx.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    "momentum": lambda ps: nnx.optim.Momentum(ps, lr=0.05, momentum=0.8),
+    "adam": lambda ps: nnx.optim.Adam(ps, lr=0.01, weight_decay=1e-3),
+    "adamw_amsgrad": lambda ps: nnx.optim.AdamW(ps, lr=0.01, amsgrad=True),
+    "rmsprop": lambda ps: nnx.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+    "adagrad": lambda ps: nnx.optim.Adagrad(ps, lr=0.05, lr_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_compiled_equals_uncompiled_float64(name):
+    # dropout, BatchNorm, L2, global-norm clipping and sample weights all inside the compiled step
+    w = np.linspace(0.2, 2.0, N)
+    a, ha = _train(True, OPTIMIZERS[name], clip_norm=0.5, sample_weight=w)
+    assert _compiled(a) is not None
+    b, hb = _train(False, OPTIMIZERS[name], clip_norm=0.5, sample_weight=w)
+    _assert_same(a, b, 1e-12)
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("head", ["bce", "ce", "mse"])
+def test_compiled_equals_uncompiled_float32_heads(head):
+    a, ha = _train(True, OPTIMIZERS["adam"], head=head, dtype="float32", clip_value=0.1)
+    b, hb = _train(False, OPTIMIZERS["adam"], head=head, dtype="float32", clip_value=0.1)
+    assert a.parameters()[0].value.dtype == b.parameters()[0].value.dtype
+    _assert_same(a, b, 1e-5)
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-5)
+
+
+def test_compilations_bounded_across_epochs_and_fits():
+    X, y = _data("bce")
+    model = _model(True, "bce", "float32")
+    opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    schedule = nnx.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.9**epoch)
+    model.fit(X, y, loss="bce", optimizer=opt, epochs=4, batch_size=BATCH, callbacks=[schedule])
+    step = _compiled(model)
+    # the first step (no optimizer state yet), full batches, the partial last batch: three programs
+    assert step.traces == 3
+    model.fit(X, y, loss="bce", optimizer=opt, epochs=3, batch_size=BATCH, callbacks=[schedule])
+    assert _compiled(model) is step and step.traces == 3  # a later fit, a changing lr: nothing recompiles
+
+
+def test_divergence_refused_like_the_uncompiled_path():
+    X, y = _data("mse")
+    y[40:] *= 1e200  # the squared error of the second batch on overflows
+    results = []
+    for fast in (True, False):
+        model = _model(fast, "mse", "float64", reg=False)
+        opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model.fit(X[:40], y[:40], loss="mse", optimizer=opt, epochs=1, batch_size=BATCH, shuffle=False)
+        with pytest.raises(FloatingPointError) as info:
+            model.fit(X, y, loss="mse", optimizer=opt, epochs=2, batch_size=BATCH, shuffle=False)
+        results.append((model, str(info.value)))
+    (a, msg_a), (b, msg_b) = results
+    assert "epoch 1, batch 1" in msg_a and msg_a == msg_b
+    _assert_same_weights(a, b)
+    assert a.optimizer.step_count == b.optimizer.step_count
+
+
+def _assert_same_weights(a, b):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert np.all(np.isfinite(np.asarray(p.value)))
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+    for p, q in zip(a.buffers(), b.buffers(), strict=True):
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+
+
+def test_terminate_on_nan_stops_at_the_same_batch():
+    X, y = _data("mse")
+    y[50:] *= 1e200
+    results = []
+    for fast in (True, False):
+        model = _model(fast, "mse", "float64", reg=False)
+        stop = nnx.callbacks.TerminateOnNaN()
+        model.fit(X, y, loss="mse", optimizer="adam", epochs=2, batch_size=BATCH, shuffle=False, callbacks=[stop])
+        results.append((model, (stop.stopped_epoch, stop.stopped_batch)))
+    (a, where_a), (b, where_b) = results
+    assert where_a == where_b == (0, 1)
+    _assert_same_weights(a, b)
+    assert a.optimizer.state_dict()["step"] == b.optimizer.state_dict()["step"] == 1
+
+
+class MyDense(nnx.Dense):
+    """A user's subclass: the compiled step was not told about it."""
+
+
+def test_undeclared_parts_fall_back_and_still_train():
+    X, y = _data("bce")
+    for kwargs in ({"layer": MyDense}, {}):
+        model = _model(True, "bce", "float64", **kwargs)
+        fit = {} if kwargs else {"accumulate": 2}
+        history = model.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH, **fit)
+        assert _compiled(model) is None
+        assert np.all(np.isfinite(history.history["loss"]))
+
+    class Hook(nnx.callbacks.Callback):
+        def on_gradients(self, grads):
+            return None
+
+    model = _model(True, "bce", "float64")
+    model.fit(X, y, loss="bce", optimizer="sgd", epochs=1, batch_size=BATCH, callbacks=[Hook()])
+    assert _compiled(model) is None
+
+
+def test_custom_layer_model_matches_uncompiled_builtin():
+    # the fallback is the portable step itself: the same numbers as a model the compiled step never saw
+    X, y = _data("bce")
+    a = _model(True, "bce", "float64", layer=MyDense)
+    b = _model(False, "bce", "float64")
+    for m in (a, b):
+        m.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH)
+    _assert_same(a, b, 1e-12)
