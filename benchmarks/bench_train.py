@@ -1010,9 +1010,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sweep", action="store_true", help="skip the batch-size sweep and plot")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child")
     p.add_argument("--no-ablation", action="store_true", help="skip the fast-paths on/off comparison")
+    p.add_argument("--no-gemm", action="store_true", help="skip the GEMMs-alone measurement")
     p.add_argument("--check-sync", action="store_true",
                    help="on CuPy, fail any nnx training step that synchronises the device (cupyx.allow_synchronize)")
-    p.add_argument("--import-runs", type=int, help="fresh interpreters for the import time (default 15)")
+    p.add_argument("--import-runs", type=int, help="fresh interpreters for the import time (default 15; 0 skips it)")
     p.add_argument("--rerender", type=Path, metavar="RESULTS_JSON",
                    help="only rewrite RESULTS.md next to this results.json (no measuring)")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # measure only; write JSON here
@@ -1033,7 +1034,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.gemm_shape, args.gemm_repeats = "tiny_ce", 3
         args.ablation = [("tiny_ce", SHAPES["tiny_ce"].samples, 2)]
         args.sweep, args.sweep_shape, args.sweep_repeats = [8, 16, 32], SHAPES["tiny_ce"], 2
-        args.import_runs = args.import_runs or 2
+        args.import_runs = 2 if args.import_runs is None else args.import_runs
         args.memory_shape = ("tiny_ce", SHAPES["tiny_ce"].samples)
     else:
         big = [s for s in ("large", "wide") if s in args.shape_list]
@@ -1046,11 +1047,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep = [16, 32, 64, 128, 256, 512, 1024]
         args.sweep_shape = SHAPES["medium"].with_samples(2_048 if args.quick else 8_192)
         args.sweep_repeats = 2 if args.quick else 3
-        args.import_runs = args.import_runs or 15
+        args.import_runs = 15 if args.import_runs is None else args.import_runs
         mem_shape = "large" if "large" in args.shape_list else args.shape_list[-1]
         args.memory_shape = (mem_shape, args.shape_objs[mem_shape].samples)
     if args.no_ablation:
         args.ablation = []
+    if args.no_gemm:
+        args.gemm_shape = None
     if args.no_sweep:
         args.sweep = []
     return args

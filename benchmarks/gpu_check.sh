@@ -7,17 +7,19 @@
 # 1. reads the driver's CUDA major version (nvidia-smi) and makes sure CuPy imports: when it does
 #    not, installs the cupy extra for that major (pip install -e ".[cupy12]" or ".[cupy13]") if pip
 #    can reach an index, and otherwise goes on with what is there;
-# 2. runs the test suite on the cupy backend (bash backends/run_tests.sh cupy -q);
-# 3. runs benchmarks/bench_train.py with nnx on CuPy against PyTorch on CUDA (when torch sees the
-#    GPU) at the medium, large and wide (8192-unit) shapes, timing with device synchronisation
-#    (Backend.synchronize / torch.cuda.synchronize) and checking that no training step
-#    synchronises the device (cupyx.allow_synchronize(False) around every step);
+# 2. runs the whole test suite on cupy, torch:cuda and jax:gpu (NNX_TEST_BACKEND=<spec>), each where it works;
+# 3. runs benchmarks/bench_train.py for nnx on each of them against its library's native loop: CuPy and
+#    torch:cuda against torch.nn + torch.optim on CUDA, jax:gpu against a hand-written jax.jit step, at
+#    the large and wide (8192-unit) shapes, timing with device synchronisation and checking (CuPy) that
+#    no training step synchronises the device (cupyx.allow_synchronize(False) around every step);
 # 3b. runs data-parallel training over a world of one GPU with CuPy's NCCL and with torch.distributed's
 #    NCCL (benchmarks/bench_distributed.py --engine ...), which still runs each engine's collective;
-# 4. prints a summary table. Results land in $OUT (default benchmarks/gpu_results/).
+# 4. prints a summary table and writes it as one section, "## GPU check (benchmarks/gpu_check.sh)", to
+#    $OUT/RESULTS.md and (not in a dry run) into benchmarks/RESULTS.md, replacing an earlier one.
+#    Results land in $OUT (default benchmarks/gpu_results/).
 #
 # Environment: PYTHON (default python3), OUT, REPEATS (timed epochs per shape, default 3),
-# SHAPES (default medium,large,wide), TEST_ARGS (extra pytest arguments).
+# SHAPES (default large,wide), TEST_ARGS (extra pytest arguments).
 set -uo pipefail
 
 DRY=0
@@ -30,7 +32,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ $DRY = 1 ]; then OUT=${OUT:-${TMPDIR:-/tmp}/nnx-gpu-check-dry-run}; else OUT=${OUT:-benchmarks/gpu_results}; fi
 REPEATS=${REPEATS:-3}
-SHAPES=${SHAPES:-medium,large,wide}
+SHAPES=${SHAPES:-large,wide}
 mkdir -p "$OUT"
 declare -a SUMMARY=()
 FAILED=0
@@ -92,52 +94,77 @@ elif "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 record "torch" "$([ $TORCH_CUDA = 1 ] && "$PY" -c 'import torch; print("torch", torch.__version__, "on", "'"$TORCH_DEVICE"'")' || echo "not available on the GPU: nnx runs alone")"
 
-# -- 2. the test suite on cupy ------------------------------------------------------------------
+# -- 2. the test suite on cupy, torch:cuda and jax:gpu ---------------------------------------------
+# NNX_TEST_BACKEND names a backend spec; tests/conftest.py runs the backend-parametrized tests on it alone.
+spec_ok() { "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" >/dev/null 2>&1; }
 if [ $DRY = 1 ]; then
-  note "tests (dry run: the fast-path and backend tests on numpy)"
-  bash backends/run_tests.sh numpy -q -p no:cacheprovider tests/test_fastpath.py tests/test_backend.py ${TEST_ARGS:-} \
-    > "$OUT/tests.log" 2>&1
-  rc=$?
-elif [ -n "$BACKEND" ]; then
-  note "tests on cupy"
-  bash backends/run_tests.sh cupy -q -p no:cacheprovider ${TEST_ARGS:-} > "$OUT/tests.log" 2>&1
-  rc=$?
+  SPECS="torch:cpu"; TESTS="tests/test_fastpath.py tests/test_backend.py"
+  note "tests (dry run: the fast-path and backend tests on torch:cpu, a device spec as on the GPU)"
 else
-  rc=-1
+  SPECS="cupy torch:cuda jax:gpu"; TESTS=""
 fi
-if [ "$rc" = -1 ]; then
-  record "tests" "skipped (no cupy)"
+TEST_SUMMARY="" TESTS_RUN=0 TESTS_FAILED=0
+for spec in $SPECS; do
+  log="$OUT/tests_${spec//:/-}.log"
+  if ! spec_ok "$spec"; then
+    TEST_SUMMARY+="${spec}: not available; "
+    continue
+  fi
+  note "tests on $spec"
+  # shellcheck disable=SC2086
+  NNX_TEST_BACKEND="$spec" "$PY" -m pytest -q -p no:cacheprovider $TESTS ${TEST_ARGS:-} > "$log" 2>&1
+  rc=$?
+  TESTS_RUN=1
+  tail -n 3 "$log"
+  [ "$rc" = 0 ] || TESTS_FAILED=1
+  TEST_SUMMARY+="${spec}: $([ "$rc" = 0 ] || echo "FAILED rc $rc, ")$(tail -n 1 "$log" | tr -d '=' | sed 's/^ *//'); "
+done
+if [ $TESTS_RUN = 0 ]; then
+  record "tests" "skipped (no GPU backend available): $TEST_SUMMARY"
 else
-  tail -n 3 "$OUT/tests.log"
-  [ "$rc" = 0 ] || FAILED=1
-  record "tests" "$([ "$rc" = 0 ] && echo passed || echo "FAILED (rc $rc)"): $(tail -n 1 "$OUT/tests.log" | tr -d '=' | sed 's/^ *//')"
+  [ $TESTS_FAILED = 0 ] || FAILED=1
+  record "tests" "$([ $TESTS_FAILED = 0 ] && echo passed || echo FAILED): $TEST_SUMMARY"
 fi
 
-# -- 3. the benchmark ---------------------------------------------------------------------------
-FRAMEWORKS=nnx
-[ $TORCH_CUDA = 1 ] && FRAMEWORKS=nnx,torch
-bench_rc=-1
+# -- 3. the speed table: nnx on each GPU backend against its own library's native loop ---------------
+# cupy and torch:cuda against torch.nn + torch.optim on CUDA; jax:gpu against a hand-written jax.jit step.
+BENCH_DIRS=""
+bench() {  # name, nnx backend, peer framework, extra args...
+  local name=$1 backend=$2 peer=$3; shift 3
+  local dir="$OUT/bench_$name"
+  mkdir -p "$dir"
+  note "benchmark: nnx on $backend vs $peer ($name)"
+  if [ $DRY = 1 ]; then
+    "$PY" benchmarks/bench_train.py --tiny --shapes tiny_ce --repeats 2 --backend "$backend" --frameworks "nnx,$peer" \
+      --check-sync --no-unset --no-memory --no-sweep --no-ablation --no-gemm --import-runs 0 --out "$dir" "$@" \
+      2> "$dir/bench.log"
+  else
+    "$PY" benchmarks/bench_train.py --shapes "$SHAPES" --repeats "$REPEATS" --backend "$backend" \
+      --frameworks "nnx,$peer" --threads "$(nproc)" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
+      --import-runs 0 --out "$dir" "$@" 2> "$dir/bench.log"
+  fi
+  local rc=$?
+  if [ $rc != 0 ]; then
+    tail -n 20 "$dir/bench.log"
+    record "benchmark" "$name FAILED (rc $rc), see $dir/bench.log"
+    FAILED=1
+  else
+    record "benchmark" "ok: $name, $dir/RESULTS.md"
+    BENCH_DIRS+=" $dir"
+  fi
+}
 if [ $DRY = 1 ]; then
-  note "benchmark (dry run: tiny shape, nnx on numpy, PyTorch on CPU)"
-  "$PY" benchmarks/bench_train.py --tiny --shapes tiny_ce --backend "$BACKEND" --torch-device "$TORCH_DEVICE" \
-    --frameworks "$FRAMEWORKS" --check-sync --no-unset --no-memory --no-sweep --no-ablation --import-runs 1 \
-    --out "$OUT" 2> "$OUT/bench.log"
-  bench_rc=$?
-elif [ -n "$BACKEND" ]; then
-  note "benchmark: nnx on $BACKEND vs PyTorch on $TORCH_DEVICE, shapes $SHAPES"
-  "$PY" benchmarks/bench_train.py --shapes "$SHAPES" --repeats "$REPEATS" --backend "$BACKEND" \
-    --torch-device "$TORCH_DEVICE" --frameworks "$FRAMEWORKS" --threads "$(nproc)" --check-sync --no-unset \
-    --no-memory --no-sweep --no-ablation --import-runs 3 --out "$OUT" 2> "$OUT/bench.log"
-  bench_rc=$?
-fi
-if [ $bench_rc = -1 ]; then
-  record "benchmark" "skipped (no cupy)"
-elif [ $bench_rc != 0 ]; then
-  tail -n 20 "$OUT/bench.log"
-  record "benchmark" "FAILED (rc $bench_rc), see $OUT/bench.log"
-  FAILED=1
+  bench numpy numpy torch --torch-device cpu
+  bench torch torch torch --torch-device cpu
+  if "$PY" -c "import jax" >/dev/null 2>&1; then bench jax jax jax --jax-device cpu
+  else record "benchmark" "jax skipped (jax not installed)"; fi
 else
-  record "benchmark" "ok: $OUT/RESULTS.md"
+  if [ -n "$BACKEND" ]; then bench cupy cupy "$([ $TORCH_CUDA = 1 ] && echo torch || echo nnx)" --torch-device cuda
+  else record "benchmark" "cupy skipped (no cupy)"; fi
+  if [ $TORCH_CUDA = 1 ]; then bench torch torch:cuda torch --torch-device cuda
+  else record "benchmark" "torch skipped (torch sees no GPU)"; fi
+  if spec_ok jax:gpu; then bench jax jax:gpu jax --jax-device gpu
+  else record "benchmark" "jax skipped (jax sees no GPU)"; fi
 fi
 
 # -- 3b. data parallel: CuPy's NCCL and torch.distributed's NCCL, world size 1 (the collective still runs) ------
@@ -175,36 +202,68 @@ else
   fi
 fi
 
-# -- 4. summary (last) ---------------------------------------------------------------------------
+# -- 4. summary (last) and the RESULTS.md section ---------------------------------------------------------
 summary() {
   echo "================ nnx GPU check$([ $DRY = 1 ] && echo ' (DRY RUN)') ================"
   for row in "${SUMMARY[@]}"; do
     printf '%-10s %s\n' "${row%%|*}" "${row#*|}"
   done
-  if [ -f "$OUT/results.json" ] && [ $bench_rc = 0 ]; then
-    "$PY" - "$OUT/results.json" <<'EOF'
+  if [ -n "$BENCH_DIRS" ]; then
+    # shellcheck disable=SC2086
+    "$PY" - $BENCH_DIRS <<'EOF'
 import json, sys
+from pathlib import Path
 
-report = json.load(open(sys.argv[1]))
-variant = next(iter(report["variants"].values()))
-print(f"\n{'shape':<8} {'nnx epoch':>11} {'torch epoch':>12} {'nnx/torch':>10} {'nnx samples/s':>14}  syncs/epoch  sync in step")
-for name, s in variant["shapes"].items():
-    r = s["results"]
-    nnx_s = r["nnx"]["median"]
-    torch_s = r.get("torch", {}).get("median")
-    ratio = f"{nnx_s / torch_s:.3f}" if torch_s else "-"
-    torch_txt = f"{torch_s * 1e3:.1f} ms" if torch_s else "-"
-    check = s.get("sync_check") or "-"
-    print(f"{name:<8} {nnx_s * 1e3:>8.1f} ms {torch_txt:>12} {ratio:>10} {s['samples'] / nnx_s:>14,.0f}  "
-          f"{s.get('nnx_syncs_per_epoch')!s:>11}  {check}")
-g = variant.get("gemm")
-if g:
-    print(f"\nGEMMs of {g['shape']}: {g['gemm_rate_gflops']:.0f} GFLOP/s alone; nnx step {g['nnx_step_s'] * 1e3:.2f} ms "
-          f"vs GEMMs {g['gemm_set_s'] * 1e3:.2f} ms -> step/GEMMs {g['ratio']:.3f}")
+print(f"\n{'nnx on':<11} {'vs':<6} {'shape':<8} {'nnx epoch':>11} {'peer epoch':>11} {'nnx/peer':>9} {'nnx samples/s':>14}"
+      "  syncs/epoch  sync in step")
+for d in sys.argv[1:]:
+    report = json.loads((Path(d) / "results.json").read_text())
+    variant = next(iter(report["variants"].values()))
+    for name, s in variant["shapes"].items():
+        r = s["results"]
+        peer = next((k for k in r if k != "nnx"), None)
+        nnx_s = r["nnx"]["median"]
+        peer_s = r[peer]["median"] if peer else None
+        ratio = f"{nnx_s / peer_s:.3f}" if peer_s else "-"
+        peer_txt = f"{peer_s * 1e3:.1f} ms" if peer_s else "-"
+        print(f"{report['backend']:<11} {peer or '-':<6} {name:<8} {nnx_s * 1e3:>8.1f} ms {peer_txt:>11} {ratio:>9} "
+              f"{s['samples'] / nnx_s:>14,.0f}  {s.get('nnx_syncs_per_epoch')!s:>11}  {s.get('sync_check') or '-'}")
+    g = variant.get("gemm")
+    if g:
+        print(f"  GEMMs of {g['shape']} on {report['backend']}: {g['gemm_rate_gflops']:.0f} GFLOP/s alone; nnx step "
+              f"{g['nnx_step_s'] * 1e3:.2f} ms vs GEMMs {g['gemm_set_s'] * 1e3:.2f} ms -> step/GEMMs {g['ratio']:.3f}")
 EOF
   fi
   if [ $DRY = 1 ]; then echo "(dry run: figures from the CPU at tiny size say nothing about a GPU)"; fi
 }
 echo
 summary | tee "$OUT/summary.txt"
+{
+  echo "## GPU check (benchmarks/gpu_check.sh)"
+  echo
+  echo "Written by \`bash benchmarks/gpu_check.sh$([ $DRY = 1 ] && echo ' --dry-run')\` on $(date -u '+%Y-%m-%d %H:%M UTC');"
+  echo "details in \`$OUT/\` (tests_*.log, bench_*/RESULTS.md, dp_*.log). Each nnx epoch is timed against"
+  echo "its own library's native loop in the same process, alternating, with device synchronisation."
+  echo
+  echo '```'
+  cat "$OUT/summary.txt"
+  echo '```'
+} > "$OUT/RESULTS.md"
+if [ $DRY = 0 ]; then  # replace (or add) this section of benchmarks/RESULTS.md
+  "$PY" - "$OUT/RESULTS.md" benchmarks/RESULTS.md <<'EOF'
+import sys
+from pathlib import Path
+
+section, target = Path(sys.argv[1]).read_text().rstrip() + "\n", Path(sys.argv[2])
+text = target.read_text() if target.exists() else ""
+head = "## GPU check (benchmarks/gpu_check.sh)"
+if head in text:
+    before, rest = text.split(head, 1)
+    nxt = rest.find("\n## ")
+    text = before + section + (rest[nxt:] if nxt >= 0 else "")
+else:
+    text = text.rstrip() + "\n\n" + section
+target.write_text(text)
+EOF
+fi
 exit $FAILED
