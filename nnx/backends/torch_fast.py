@@ -19,6 +19,7 @@ below native torch eager, and compiling costs seconds per shape and dtype.
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Any
 
 from .numpy_fast import _DENSE, _HEAD_BCE_LOGITS, _HEAD_CE_LOGITS, _HEAD_MSE, _RELU, FastPath, Kernels, TrainStep
@@ -189,8 +190,8 @@ class TorchTrainStep(TrainStep):
         """As `numpy_fast.TrainStep.gradient_total`; a 0-d tensor (read with ``math.isfinite`` on the CPU)."""
         flat = self.flat
         grads, views = flat.grads, flat.grad_views
-        if grads is None or len(views) != len(params) or params[0].grad is not views[0] \
-                or params[-1].grad is not views[-1]:
+        # every binding checked: a gradient rebound to a new tensor (not written in place) must be summed itself
+        if grads is None or len(views) != len(params) or not all(map(is_, [p.grad for p in params], views)):
             return None
         return value + grads.sum()
 
