@@ -281,7 +281,7 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
             model.loss = get_loss(training["loss"])
         if "shuffle_rng" in training:
             model.shuffle_rng.bit_generator.state = training["shuffle_rng"]
-        if "dropout_rng" in training and get_backend(target).name == str(config.get("trained_on", "")).split(":")[0]:
+        if "dropout_rng" in training and model.dropout_rng.accepts(training["dropout_rng"]):
             model.dropout_rng.set_state(training["dropout_rng"])
         if "optimizer" in training:
             state = _from_json_tree(training["optimizer"], arrays, str(path))
