@@ -223,6 +223,10 @@ def _validation(model: Any, data: Any, steps: int | None, batch_size: int | None
                 metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
     """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
     arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
+    looks_like_arrays = isinstance(data, tuple) and any(hasattr(item, "shape") for item in data)
+    if looks_like_arrays and not arrays:
+        raise TypeError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight), "
+                        f"got a tuple of {len(data)}")
     if not arrays:
         if not is_batch_iterable(data):
             raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
