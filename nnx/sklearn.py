@@ -30,7 +30,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import array_api_compat
 import numpy as np
@@ -50,6 +50,9 @@ from .losses import MSE, BinaryCrossEntropy, CrossEntropy
 from .model import Sequential
 from .optim import Optimizer, get_optimizer, rebuild_optimizer
 from .training import GradientTransform, TrainStep
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SklearnAdam", "SklearnSGD"]
 
@@ -71,6 +74,10 @@ class SklearnSGD(Optimizer):
         momentum: momentum in [0, 1].
         nesterov: use Nesterov's momentum.
     """
+
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    momentum: float
+    nesterov: bool
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, nesterov: bool = True) -> None:
         super().__init__(params, lr, momentum=momentum, nesterov=nesterov)
@@ -107,6 +114,10 @@ class SklearnAdam(Optimizer):
         betas: decay rates of the first and second moments, each in [0, 1).
         eps: added to ``sqrt(v)`` (> 0).
     """
+
+    # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
+    betas: tuple[float, float]
+    eps: float
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -168,6 +179,7 @@ class _BaseMLP(BaseEstimator):
     """Shared parameters, validation, network construction and training of the two estimators."""
 
     _is_classifier = False
+    out_activation_: str  # set by the subclasses' target encoding in fit (declared here for type checkers)
 
     def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
                  alpha: float = 0.0001, batch_size: Any = "auto", learning_rate: str = "constant",
@@ -230,6 +242,7 @@ class _BaseMLP(BaseEstimator):
                    high_open: bool = False) -> None:
             value = getattr(self, name)
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            value = cast(float, value)  # a real number wherever `ok` still holds (numbers.Real declares no `>`)
             ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
             if not ok:
                 interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
@@ -261,7 +274,8 @@ class _BaseMLP(BaseEstimator):
         integer("n_iter_no_change", 1)
         integer("max_fun", 1)
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
-                                              and not isinstance(self.batch_size, bool) and self.batch_size >= 1)):
+                                              and not isinstance(self.batch_size, bool)
+                                              and cast(int, self.batch_size) >= 1)):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
         if self.dtype not in (None, "float32", "float64"):
             raise ValueError(f"dtype must be None (the data's), 'float32' or 'float64', got {self.dtype!r}")
@@ -275,7 +289,7 @@ class _BaseMLP(BaseEstimator):
         """X validated (kept in its namespace under array-API dispatch, else NumPy), and y as NumPy."""
         io = _io_of(X)
         dtype = (np.float64, np.float32) if io is None else (io[0].float64, io[0].float32)
-        kwargs = dict(accept_sparse=True, dtype=dtype, reset=reset)
+        kwargs: dict[str, Any] = dict(accept_sparse=True, dtype=dtype, reset=reset)
         if isinstance(y, str) and y == "no_validation":
             return _dense(validate_data(self, X, **kwargs))
         y = _host(y)  # labels and targets are small: read on the host once (label encoding needs them there)
@@ -283,7 +297,8 @@ class _BaseMLP(BaseEstimator):
             X, y = validate_data(self, X, y, multi_output=True, y_numeric=not self._is_classifier, **kwargs)
         else:
             X = validate_data(self, X, **kwargs)
-            y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+            # scikit-learn leaves dtype unannotated: pyright infers `str` from its default "numeric"
+            y = check_array(y, ensure_2d=False, dtype=None, input_name="y")  # pyright: ignore[reportArgumentType]
             if not self._is_classifier and y.dtype.kind == "O":
                 y = y.astype(np.float64)
             check_consistent_length(X, y)
@@ -356,7 +371,7 @@ class _BaseMLP(BaseEstimator):
         return get_optimizer(self.solver, params, lr=self.learning_rate_init)
 
     # -- training ---------------------------------------------------------------------------------
-    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> _BaseMLP:
+    def _fit(self, X: Any, y: Any, sample_weight: Any = None, incremental: bool = False) -> Self:
         self._check_params()
         first = not hasattr(self, "model_") or not (self.warm_start or incremental)
         io = _io_of(X)
@@ -422,7 +437,8 @@ class _BaseMLP(BaseEstimator):
             stratify = np.reshape(y_model, (-1, 1)) if self._is_classifier and self.n_outputs_ == 1 else None
             train, val = train_test_split(np.arange(X_d.shape[0]), random_state=rs,
                                           test_size=self.validation_fraction, stratify=stratify)
-            if val.shape[0] < 2:
+            # scikit-learn types train_test_split's result as a list; with one array in, its items are arrays
+            if val.shape[0] < 2:  # pyright: ignore[reportAttributeAccessIssue]
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size "
                                  "of your dataset.")
             train_d, val_d = be.asarray(train), be.asarray(val)
@@ -462,7 +478,7 @@ class _BaseMLP(BaseEstimator):
                 if value_scale != 1.0:
                     value = value * value_scale
                 if half_alpha:
-                    squares = None
+                    squares: Any = None
                     for p in weights:  # from the weights before this step, as scikit-learn's loss is
                         s = xp.sum(p.value * p.value)
                         squares = s if squares is None else squares + s
@@ -515,20 +531,20 @@ class _BaseMLP(BaseEstimator):
     def _update_no_improvement_count(self, validation: tuple | None) -> None:
         if validation is not None:
             score = self._score_model(*validation)  # (X_val, y_val, sample_weight_val)
-            self.validation_scores_.append(score)
+            cast(list, self.validation_scores_).append(score)  # early stopping: fit made it a list
             if self.verbose:
                 print(f"Validation score: {score:f}")
-            if score < self.best_validation_score_ + self.tol:
+            if score < cast(float, self.best_validation_score_) + self.tol:  # early stopping: fit set it
                 self._no_improvement_count += 1
             else:
                 self._no_improvement_count = 0
-            if score > self.best_validation_score_:
+            if score > cast(float, self.best_validation_score_):
                 self.best_validation_score_ = score
                 xp = self.model_.xp
                 self._best_state = {k: xp.asarray(v, copy=True) for k, v in self.model_.state_dict().items()}
         else:
             loss = self.loss_curve_[-1]
-            if loss > self.best_loss_ - self.tol:
+            if loss > cast(float, self.best_loss_) - self.tol:  # without early stopping: fit set it
                 self._no_improvement_count += 1
             else:
                 self._no_improvement_count = 0
@@ -755,7 +771,9 @@ def _check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     if isinstance(sample_weight, numbers.Real) and not isinstance(sample_weight, bool):
         sample_weight = np.full(n_samples, float(sample_weight))
     # a copy, so that nothing here can write into the caller's array
-    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, copy=True, input_name="sample_weight")
+    # scikit-learn leaves dtype unannotated: pyright infers `str` from its default "numeric"
+    w = check_array(sample_weight, ensure_2d=False, dtype=np.float64, copy=True,  # pyright: ignore[reportArgumentType]
+                    input_name="sample_weight")
     if w.ndim != 1:
         raise ValueError(f"sample_weight must be 1-D with one weight per sample, shape ({n_samples},), "
                          f"got a {w.ndim}-D array of shape {w.shape}")

@@ -324,7 +324,7 @@ class NCCLCommunicator(Communicator):
     engine = "nccl"
 
     def __init__(self, host: Communicator | None = None) -> None:
-        from cupyx import distributed as cdist
+        from cupyx import distributed as cdist  # pyright: ignore[reportMissingImports]  # optional GPU library
 
         self.host = SingleProcess() if host is None else host
         self.rank, self.size = self.host.rank, self.host.size

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 from .base import Layer, Shape, check_size
 
@@ -179,9 +179,10 @@ class LayerNorm(Layer):
 
     def _axes(self, X: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(normalised axes, the leading axes the parameter gradients sum over)."""
-        k = len(self.normalized_shape)
-        if X.ndim <= k or tuple(X.shape[X.ndim - k:]) != self.normalized_shape:
-            trailing = ", ".join(map(str, self.normalized_shape))
+        ns = cast(Shape, self.normalized_shape)  # set by __init__ or build, before any forward/backward
+        k = len(ns)
+        if X.ndim <= k or tuple(X.shape[X.ndim - k:]) != ns:
+            trailing = ", ".join(map(str, ns))
             raise ValueError(f"LayerNorm expects input of shape (batch, ..., {trailing}), got {tuple(X.shape)}")
         return tuple(range(X.ndim - k, X.ndim)), tuple(range(X.ndim - k))
 
