@@ -192,23 +192,31 @@ class CompiledStep:
         self.transforms = list(transforms)
         self._host_scalars = type(optimizer) in _declared()["host_scalars"]
         self._keys = optimizer._state_keys(optimizer.hyperparams)
-        self._hyper = _hyper(optimizer)
+        self._hyper_names = tuple(k for k in optimizer.hyperparams if k != "lr")
+        self._hyper_values = tuple(getattr(optimizer, k) for k in self._hyper_names)
+        self._lr: float | None = None
+        self._lr_device: Any = None
 
     # -- the epoch's deferred verdict ------------------------------------------------------------
+    # The step's small integers travel as one int64 vector (each 0-d input or output of a program costs
+    # about as much as a small matmul on a CPU): t, the dropout counter, the step's index in the epoch,
+    # whether every step of the epoch so far was finite (1/0) and the index of the first that was not (-1).
+    _T, _COUNTER, _INDEX, _OK, _FIRST_BAD = range(5)
+
     def reset(self) -> None:
         """Forget the epoch's verdict (a new epoch, or after a refused or interrupted step)."""
         self._index = 0
-        self._ok: Any = None
-        self._first_bad: Any = None
+        self._expect: tuple | None = None  # the host counters (t, dropout counter) the device carry matches
+        self._carry: Any = None
         self._start: tuple | None = None
 
     def end_epoch(self) -> int | None:
         """The index of the epoch's first non-finite step (one read), or None; counters put back to match."""
-        first_bad, start = self._first_bad, self._start
+        carry, start = self._carry, self._start
         self.reset()
-        if first_bad is None or start is None:
+        if carry is None or start is None or not self.check_finite:
             return None
-        first = int(self.jax.device_get(first_bad))
+        first = int(self.jax.device_get(carry)[self._FIRST_BAD])
         if first < 0:
             return None
         self._restore(start, first)
@@ -232,27 +240,30 @@ class CompiledStep:
         non-finite steps itself); otherwise it is True and `end_epoch` tells.
         """
         opt, jnp = self.optimizer, self.jnp
-        if _hyper(opt) != self._hyper:  # a callback changed a hyper-parameter the program holds as a constant
-            self._hyper = _hyper(opt)
+        hyper = tuple(getattr(opt, k) for k in self._hyper_names)
+        if hyper != self._hyper_values:  # a callback changed a hyper-parameter the program holds as a constant
+            self._hyper_values = hyper
             self._jit = self.jax.jit(self._pure)
-        params, n_params = self.params, len(self.params)
+        params = self.params
         steps = opt._param_steps
-        t = steps[0] + 1
-        index = self._index
-        if index == 0:
+        t, counter = steps[0] + 1, self.rng.counter
+        if self._index == 0:
             self._start = (opt.step_count, list(steps), set(opt.state))
-            if self.check_finite:
-                self._ok = jnp.asarray(True, device=self.device)
-                self._first_bad = jnp.asarray(-1, dtype=jnp.int64, device=self.device)
-        self._index = index + 1
+            self._carry = self._put(jnp.asarray([t, counter, 0, 1, -1], dtype=jnp.int64))
+        elif (t, counter) != self._expect:  # something moved the host counters mid-epoch: send them
+            self._carry = self._carry.at[:2].set(jnp.asarray([t, counter], dtype=jnp.int64))
+        lr = opt.lr
+        if lr != self._lr:
+            self._lr, self._lr_device = lr, self._put(jnp.asarray(lr))  # weakly typed, as a Python float traces
+        self._index += 1
         state = opt.state
         had_state = set(state) if read_check else None
         keys = self._keys
-        states = tuple(tuple(state[i][k] for k in keys) if i in state else () for i in range(n_params))
-        scalars = self._adam_scalars(t) if self._host_scalars else ()
+        states = tuple(tuple(state[i][k] for k in keys) if i in state else () for i in range(len(params)))
+        scalars = self._put(jnp.asarray(self._adam_scalars(t), dtype=jnp.float64)) if self._host_scalars else None
         out = self._jit(tuple(p.value for p in params), states, tuple(b.value for b in self.buffers),
-                        opt.lr, t, scalars, self.rng.counter, X, y, sample_weight, self._ok, self._first_bad, index)
-        values, new_states, bufs, grads, value, Z, ok, first_bad, ok_now = out
+                        self._lr_device, self._carry, scalars, X, y, sample_weight)
+        values, new_states, bufs, grads, value, Z, self._carry = out
         for p, v, g in zip(params, values, grads, strict=True):
             p.value, p.grad = v, g
         for b, v in zip(self.buffers, bufs, strict=True):
@@ -263,33 +274,38 @@ class CompiledStep:
         opt.step_count += 1
         steps[:] = [s + 1 for s in steps]
         self.rng.counter += self._draws or 0
-        self._ok, self._first_bad = ok, first_bad
-        if not read_check or ok_now is None or bool(ok_now):
+        self._expect = (t + 1, self.rng.counter)
+        if not read_check or not self.check_finite or int(self.jax.device_get(self._carry)[self._OK]):
             return value, Z, True
         # refused, and a callback stops on it: the program kept every array; the counters follow
         opt.step_count -= 1
         steps[:] = [s - 1 for s in steps]
         for i in set(state) - (had_state or set()):
             del state[i]
+        self._expect = None
         return value, Z, False
 
-    def _adam_scalars(self, t: int) -> tuple[float, float, bool]:
-        """Adam's per-step host floats, computed as `nnx.optim.Adam._update` computes them."""
+    def _put(self, x: Any) -> Any:
+        return self.jax.device_put(x, self.device)
+
+    def _adam_scalars(self, t: int) -> tuple[float, float, float]:
+        """Adam's per-step host floats, computed as `nnx.optim.Adam._update` computes them (and 1.0: no step)."""
         opt = self.optimizer
         beta1, beta2 = opt.betas
         bc1 = 1.0 - beta1**t
         bc2_sqrt = math.sqrt(1.0 - beta2**t)
         step_size = opt.lr / bc1
         if bc2_sqrt * step_size == 0.0:
-            return 1.0, 1.0, True  # the step underflows to nothing: `_update` returns without moving p
-        return 1.0 / (bc2_sqrt * step_size), opt.eps / step_size, False
+            return 1.0, 1.0, 1.0  # the step underflows to nothing: `_update` returns without moving p
+        return 1.0 / (bc2_sqrt * step_size), opt.eps / step_size, 0.0
 
     # -- the traced function ------------------------------------------------------------------
-    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, t: Any, scalars: tuple, counter: Any,
-              X: Any, y: Any, w: Any, ok_in: Any, first_bad: Any, index: Any) -> tuple:
-        """The step as a pure function of its inputs (runs only while JAX traces it)."""
+    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, scalars: Any,
+              X: Any, y: Any, w: Any) -> tuple:
+        """The step as a pure function of its inputs (runs only while JAX traces it); see `reset` for `carry`."""
         jnp = self.jnp
         self.traces += 1
+        t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
         model, opt, rng = self._model(), self.optimizer, self.rng
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], opt.state, opt._lr,
@@ -351,8 +367,10 @@ class CompiledStep:
             raise RuntimeError(f"the compiled step drew {draws[0]} dropout masks, a previous trace {self._draws}")
         self._draws = draws[0]
         if ok_now is None:
-            return new_values, new_states, new_bufs, grads, value, Z, None, None, None
+            carry = carry.at[:3].add(jnp.asarray([1, draws[0], 1], dtype=carry.dtype))
+            return new_values, new_states, new_bufs, grads, value, Z, carry
         # the deferred check: apply only while every step of the epoch so far, this one included, was finite
+        ok_in = carry[self._OK] != 0
         keep = ok_in & ok_now
         new_values = tuple(jnp.where(keep, new, old) for new, old in zip(new_values, values, strict=True))
         new_states = tuple(
@@ -362,13 +380,16 @@ class CompiledStep:
         # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
         # step's forward counts and later ones do not
         new_bufs = tuple(jnp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
-        first_bad = jnp.where(ok_in & ~ok_now, jnp.asarray(index, dtype=first_bad.dtype), first_bad)
-        return new_values, new_states, new_bufs, grads, value, Z, keep, first_bad, ok_now
+        first_bad = jnp.where(ok_in & ~ok_now, index, carry[self._FIRST_BAD])
+        carry = jnp.stack([t + 1, counter + draws[0], index + 1, keep.astype(carry.dtype), first_bad])
+        return new_values, new_states, new_bufs, grads, value, Z, carry
 
     def _adam_update(self, i: int, p: Any, g: Any, scalars: tuple) -> None:
         """`nnx.optim.Adam._update` (and AdamW's), operation for operation, on the host floats of `_adam_scalars`."""
         jnp, opt = self.jnp, self.optimizer
-        inv_denominator, eps_term, underflow = scalars
+        # host floats, rounded to the model's dtype as Python floats are where the eager update uses them
+        inv_denominator, eps_term = (self.jnp.astype(scalars[k], p.value.dtype) for k in (0, 1))
+        underflow = scalars[2] != 0
         lr, (beta1, beta2), wd = opt.lr, opt.betas, opt.weight_decay
         st = opt.state.get(i)
         if st is None:
