@@ -88,6 +88,8 @@ class TorchFastPath(FastPath):
 class TorchTrainStep(TrainStep):
     """`numpy_fast.TrainStep` with torch's kernels: same plan, buffers and results, torch calls."""
 
+    k: TorchKernels  # the fast path of a torch backend hands its steps torch's kernels
+
     def _buffers_for(self, X: Any) -> dict:
         n = X.shape[0]
         bufs = self._buffers.get(n)
