@@ -189,9 +189,16 @@ class CompiledStep:
         self._jit = jax.jit(self._pure)
         self.reset()
 
+    def _live_model(self) -> Any:
+        """The model this step belongs to (the step lives only as long as its model)."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this compiled step no longer exists")
+        return model
+
     def rebind(self, loss: Any, optimizer: Any, transforms: list[Any]) -> None:
         """Use these (equally configured) objects from now on, e.g. those of a later fit."""
-        model = self._model()
+        model = self._live_model()
         self.n_run, self.head, _ = model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
@@ -311,7 +318,7 @@ class CompiledStep:
         jnp = self.jnp
         self.traces += 1
         t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
-        model, opt, rng = self._model(), self.optimizer, self.rng
+        model, opt, rng = self._live_model(), self.optimizer, self.rng
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], opt.state, opt._lr,
                  rng.counter)
