@@ -7,7 +7,9 @@
 - `shard`: the batch source yields this rank's contiguous slice of every global batch;
 - the `AverageGradients` stage (after accumulation, before clipping) turns each rank's
   mean gradient over its slice into the mean over the global batch, with one collective;
-- `agree`: the per-step finite check, so every rank refuses (and raises) together;
+- `gradients_finite`: the finite check after the all-reduce: a rank whose own step was not finite
+  poisons the buffer it all-reduces (`AverageGradients.poison`), so every rank sees it and refuses
+  (and raises) together, with no collective of its own;
 - `epoch_logs`: the epoch's loss and metrics over every rank's rows, the same on every rank;
 - `end_epoch`: rank 0's buffers (BatchNorm's running statistics) to every rank.
 
@@ -75,6 +77,11 @@ class AverageGradients(GradientTransform):
         self.comm = comm
         self._local = 0
         self._global = 0
+        self._poisoned = False
+
+    def poison(self) -> None:
+        """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
+        self._poisoned = True
 
     def add_rows(self, local: int, total: int) -> None:
         """Count one batch: `local` of its `total` rows were computed here."""
@@ -87,7 +94,8 @@ class AverageGradients(GradientTransform):
         grads = [p for p in params if p.grad is not None]
         if not grads or total == 0:
             return True
-        share = local / total
+        share = local / total if not self._poisoned else float("nan")
+        self._poisoned = False
         buf = shared_buffer([p.grad for p in grads])
         if buf is not None:
             if share != 1.0:
@@ -106,6 +114,7 @@ class AverageGradients(GradientTransform):
 
     def reset(self) -> None:
         self._local = self._global = 0
+        self._poisoned = False
 
     def __repr__(self) -> str:
         return f"AverageGradients({self.comm!r})"
@@ -218,10 +227,11 @@ class DataParallelFit:
         for b in self.model.buffers():
             b.value = self.comm.broadcast(b.value, root=0)
 
-    def agree(self, finite: bool) -> bool:
-        """True when the step is finite on every rank (a non-finite step on one rank stops all)."""
-        flag = np.array([1.0 if finite else 0.0])
-        return bool(self.comm.allreduce(flag, op="min")[0] == 1.0)
+    def gradients_finite(self) -> bool:
+        """Whether the all-reduced gradients are finite: the same answer on every rank, read without a collective."""
+        xp, be = self.model.xp, self.model.backend
+        return all(bool(be.to_host(xp.all(xp.isfinite(p.grad)))) for p in self.model.parameters()
+                   if p.grad is not None)
 
     def epoch_logs(self, weighted_loss: float, rows: int, metric_fns: dict, targets: list[Any], outputs: list[Any],
                    from_logits: bool) -> dict[str, float]:

@@ -275,8 +275,16 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             value, Z = step.forward_loss(Xb, yb, wb)
             step.backward()
             finite = step.check(value)
+        due = False
         if dp is not None and step.check_finite:
-            finite = dp.agree(finite)  # every rank refuses the step (and raises) together
+            # one collective per step: a rank's non-finite step poisons the gradient all-reduce, and
+            # every rank then refuses the update (and raises) together
+            if not finite:
+                dp.transform.poison()
+            due = step.transform(size)
+            finite = not due or dp.gradients_finite()
+        elif finite and not compiled:
+            due = step.transform(size)
         if not finite and handles_non_finite:
             # a callback that stops on NaN (TerminateOnNaN) sees the bad loss; nothing is updated
             step.reset()
@@ -287,7 +295,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             break
         if not finite:
             raise _non_finite(epoch, b)
-        if not compiled and step.transform(size):
+        if due:
             guard.in_step = True
             step.update()
             guard.end_step()
@@ -300,6 +308,8 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
+        if dp is not None and step.check_finite and not dp.gradients_finite():
+            raise _non_finite(epoch, len(losses) - 1)
         guard.in_step = True
         step.update()
         guard.end_step()

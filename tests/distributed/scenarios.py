@@ -103,6 +103,21 @@ def compare(model, hist, ref, ref_hist, trained_only: bool = False) -> dict:
             "history": {k: list(map(float, v)) for k, v in hist.history.items()}, "epochs": len(hist.epoch)}
 
 
+class PoisonOn(Callback):
+    """Makes one rank's weights NaN before one step: only that rank's step is not finite."""
+
+    def __init__(self, rank: int, epoch: int, batch: int, me: int) -> None:
+        self.rank, self.at, self.me = rank, (epoch, batch), me
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == self.at and self.me == self.rank:
+            p = self.model.parameters()[0]
+            p.value = p.value * float("nan")
+
+
 class FailOn(Callback):
     """Raises on one rank at the end of one epoch (the fault scenario)."""
 
@@ -158,6 +173,13 @@ def main() -> None:
         ref, ref_hist = run_fit(backend, "mlp", stop,
                                 callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05)])
         results["scenarios"][f"{backend}/early_stopping"] = compare(model, hist, ref, ref_hist)
+        # a step that is not finite on one rank only: every rank refuses it and raises, at the same batch
+        try:
+            run_fit(backend, "dropout", SCENARIOS["sgd_momentum_dropout_clipnorm"][1], comm,
+                    callbacks=[PoisonOn(comm.size - 1, 1, 2, comm.rank)])
+            results["scenarios"][f"{backend}/one_rank_not_finite"] = {"raised": None}
+        except FloatingPointError as exc:
+            results["scenarios"][f"{backend}/one_rank_not_finite"] = {"raised": str(exc)}
     if opts.save is not None or opts.resume is not None:
         args = dict(SCENARIOS["sgd_momentum_dropout_clipnorm"][1], epochs=4)
         ref, ref_hist = run_fit("numpy", "dropout", args)
