@@ -50,7 +50,7 @@ class JaxBackend(Backend):
         return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
 
     def from_host(self, host: np.ndarray) -> Any:
-        import jax
+        jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
         return jax.device_put(host, self.device)
 
@@ -58,7 +58,7 @@ class JaxBackend(Backend):
         return np.asarray(x)
 
     def _move(self, x: Any) -> Any:
-        import jax
+        jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
         return jax.device_put(x, self.device)
 
@@ -83,7 +83,7 @@ class JaxRNG(DeviceRNG):
     """A fresh key per draw, folded from ``(seed, counter)``: the state is those two ints."""
 
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:
-        import jax
+        jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
         key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.counter)
         with jax.default_device(self.backend.device):

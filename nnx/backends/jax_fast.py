@@ -172,8 +172,8 @@ class CompiledStep:
 
     def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool,
                  signature: tuple) -> None:
-        import jax
-        import jax.numpy as jnp
+        jax = importlib.import_module("jax")  # the library (pyright would resolve this adapter package's jax.py)
+        jnp = importlib.import_module("jax.numpy")
 
         self.jax, self.jnp = jax, jnp
         self.signature = signature
