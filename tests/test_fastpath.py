@@ -20,6 +20,9 @@ from nnx.backends import numpy_fast
 def _fast_backend(backend):
     if backend.fastpath is None:
         pytest.skip(f"{backend.name} has no fast path (portable only)")
+    if getattr(backend.fastpath, "compiled_step", None) is not None:
+        pytest.skip(f"{backend.name} has no NumPy-style fast path (train_step/fuse/flat buffers): "
+                    "JAX compiles the whole step instead; see tests/test_jax_compiled.py")
     return backend
 
 

@@ -40,7 +40,8 @@ def test_grads_a_callback_keeps_do_not_change_later(backend, dtype, fast, loss):
     keep = _KeepGrads()
     opt = nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16, callbacks=[keep])
-    if fast and backend.fastpath is not None:
+    numpy_style = backend.fastpath is not None and getattr(backend.fastpath, "compiled_step", None) is None
+    if fast and numpy_style:  # JAX compiles the whole step instead of fusing the optimizer's update
         assert opt._fused is not None, "the fast path was not taken"
     n_params = len(model.parameters())
     assert len(keep.kept) == 6 * n_params

@@ -71,9 +71,12 @@ def _reference(backend, optimizer, epochs, **kw) -> list[list[np.ndarray]]:
     return rec.after_step
 
 
-def _assert_weights(model, expected: list[np.ndarray]) -> None:
+def _assert_weights(model, expected: list[np.ndarray], exact: bool = True) -> None:
     for p, want in zip(model.parameters(), expected, strict=True):
-        np.testing.assert_array_equal(model.backend.to_host(p.value), want, err_msg=p.name)
+        if exact:
+            np.testing.assert_array_equal(model.backend.to_host(p.value), want, err_msg=p.name)
+        else:
+            np.testing.assert_allclose(model.backend.to_host(p.value), want, rtol=1e-12, atol=1e-15, err_msg=p.name)
 
 
 # -- KeyboardInterrupt during fit --------------------------------------------------------
@@ -161,7 +164,10 @@ def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, before_pa
     # The step in flight was completed, every parameter of it, and nothing after it ran.
     assert opt.step_count == 9
     assert opt._param_steps == [9] * len(model.parameters())
-    _assert_weights(model, ref[8])
+    # Where the backend compiles the whole step (JAX), the hooked optimizer makes fit fall back to the
+    # portable stages while the reference ran compiled: the two agree to rounding, not bit for bit.
+    compiled = getattr(backend.fastpath, "compiled_step", None) is not None
+    _assert_weights(model, ref[8], exact=not compiled)
 
 
 # -- SIGINT while gradients are being accumulated ----------------------------------------------
