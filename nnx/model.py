@@ -234,6 +234,8 @@ class Sequential:
                     y = xp.astype(y, xp.int64)
                 elif not xp.isdtype(y.dtype, "integral"):
                     raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
+                elif y.dtype != xp.int64:
+                    y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
                 n_classes = cast(int, self.out_features)  # known once the model is built
                 if y.shape[0] and not self._all_true((y >= 0) & (y < n_classes)):
                     lo, hi = self.backend.to_host(xp.min(y)), self.backend.to_host(xp.max(y))

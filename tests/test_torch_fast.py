@@ -87,10 +87,10 @@ def test_step_is_torch_kernels_and_grads_are_fresh():
 
 
 def test_subclassed_layer_runs_portable_code():
-    class MyDense(nnx.Dense):
+    class TorchSubclassedDense(nnx.Dense):
         pass
 
     be = _backend()
-    model = nnx.Sequential(MyDense(7, 3), backend=be, dtype="float64", seed=0)
+    model = nnx.Sequential(TorchSubclassedDense(7, 3), backend=be, dtype="float64", seed=0)
     step = be.fastpath.train_step(model, model.resolve_loss("mse"))
     assert step is None or all(kind != torch_fast._DENSE for kind, _ in step.ops)
