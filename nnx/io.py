@@ -90,14 +90,22 @@ def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = Tr
         "training": training,
     }
     arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))
+
+
+def write_atomically(path: Path, write: Any) -> None:
+    """Call ``write(binary handle)`` on a temporary file beside `path`, then rename it into place.
+
+    An interrupted or failed write never replaces a good file with a broken one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp makes the file private (0600); give the checkpoint the mode a plain open() would,
+        # mkstemp makes the file private (0600); give it the mode a plain open() would,
         # or keep the mode of the file it replaces
         os.chmod(tmp_name, _file_mode(path))
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

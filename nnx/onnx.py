@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numbers
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -221,19 +220,6 @@ def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> N
     if proto.ByteSize() >= 2**31:
         raise ValueError("the model is too large for a single ONNX file (protobuf's 2 GiB limit)")
     data = proto.SerializeToString()
-    from .io import _file_mode, _fsync_dir, _remove_quietly
+    from .io import write_atomically
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, _file_mode(path))
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        _remove_quietly(tmp_name)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(Path(path), lambda handle: handle.write(data))
