@@ -42,6 +42,8 @@ import math
 import weakref
 from typing import Any
 
+from .optimizer_rules import BUILTIN_OPTIMIZER_HYPERPARAMS
+
 __all__ = ["CompiledStep", "FastPath"]
 
 # -- declarations ----------------------------------------------------------------------------------
@@ -51,16 +53,6 @@ _LAYERS = ("Dense", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "Softmax", "Identity
 _LOSSES = ("MSE", "MAE", "BinaryCrossEntropy", "CrossEntropy")
 _REGULARIZERS = ("L1", "L2", "ElasticNet")
 _TRANSFORMS = ("ClipByNorm", "ClipByValue")
-# optimizer class name in nnx.optim -> the hyper-parameters its update reads (all of them constants of the
-# program except lr, which is an input)
-_OPTIMIZERS = {
-    "SGD": ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
-    "Momentum": ("lr", "momentum"),
-    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
-    "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
-}
 # Adam and AdamW fold host floats of t into their update (math.sqrt, a test for an update that underflows),
 # which a traced t cannot reach: the step computes those numbers on the host as `_update` does and runs the
 # rule below on them. The other optimizers' own `_update` runs in the trace.
@@ -77,7 +69,7 @@ def _declared() -> dict[str, frozenset]:
         "losses": frozenset(getattr(mods["losses"], n) for n in _LOSSES),
         "regularizers": frozenset(getattr(mods["regularizers"], n) for n in _REGULARIZERS),
         "transforms": frozenset(getattr(mods["training.transforms"], n) for n in _TRANSFORMS),
-        "optimizers": frozenset(getattr(mods["optim"], n) for n in _OPTIMIZERS),
+        "optimizers": frozenset(getattr(mods["optim"], n) for n in BUILTIN_OPTIMIZER_HYPERPARAMS),
         "host_scalars": frozenset(getattr(mods["optim"], n) for n in _HOST_SCALARS),
         "rng": frozenset({mods["backends.jax"].JaxRNG}),
     }
@@ -100,7 +92,7 @@ def plan(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> tuple 
     if any(name in getattr(obj, "__dict__", {}) for obj, names in patched for name in names):
         return None
     if type(optimizer) not in d["optimizers"] or not set(optimizer.hyperparams) <= set(
-            _OPTIMIZERS[type(optimizer).__name__]):
+            BUILTIN_OPTIMIZER_HYPERPARAMS[type(optimizer).__name__]):
         return None
     if type(model.dropout_rng) not in d["rng"]:
         return None

@@ -44,6 +44,8 @@ import weakref
 from operator import is_
 from typing import Any, cast
 
+from .optimizer_rules import BUILTIN_OPTIMIZER_HYPERPARAMS
+
 __all__ = ["FastPath", "FlatParams", "FusedUpdate", "TrainStep"]
 
 # -- declarations ----------------------------------------------------------------------------------
@@ -51,15 +53,6 @@ __all__ = ["FastPath", "FlatParams", "FusedUpdate", "TrainStep"]
 _DENSE, _RELU, _OTHER = 0, 1, 2
 _HEAD_GENERIC, _HEAD_BCE_LOGITS, _HEAD_CE_LOGITS, _HEAD_MSE = 0, 1, 2, 3
 
-# optimizer class name in nnx.optim -> the hyper-parameters its elementwise update reads
-_ELEMENTWISE_OPTIMIZERS = {
-    "SGD": ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize"),
-    "Momentum": ("lr", "momentum"),
-    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad"),
-    "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
-    "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"),
-}
 # layer class name in nnx.layers -> (kernel, the constructor arguments of a layer the kernel computes)
 _LAYER_KERNELS = {
     "Dense": (_DENSE, lambda layer: {"in_features": layer.in_features, "out_features": layer.out_features,
@@ -78,7 +71,7 @@ _HEAD_KERNELS = {
 def _declared() -> tuple[dict, dict, dict]:
     """The declarations keyed by class object, resolved once through nnx's public modules."""
     optim, layers, losses = (importlib.import_module(f"nnx.{name}") for name in ("optim", "layers", "losses"))
-    return ({getattr(optim, n): frozenset(hp) for n, hp in _ELEMENTWISE_OPTIMIZERS.items()},
+    return ({getattr(optim, n): frozenset(hp) for n, hp in BUILTIN_OPTIMIZER_HYPERPARAMS.items()},
             {getattr(layers, n): decl for n, decl in _LAYER_KERNELS.items()},
             {getattr(losses, n): decl for n, decl in _HEAD_KERNELS.items()})
 
