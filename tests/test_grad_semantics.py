@@ -1,8 +1,8 @@
 """``p.grad`` after each step is a fresh array, on every backend, with the fast path on and off.
 
 A callback that keeps ``p.grad`` from step k (to log it, average it, plot it) must find the
-same values there after step k+1: JAX arrays cannot change, so no backend may reuse a
-gradient buffer from one step to the next.
+same values there after step k+1: JAX arrays cannot change, so no backend may write again
+a gradient buffer that anyone still holds, whole or in part.
 """
 
 from __future__ import annotations
@@ -49,3 +49,31 @@ def test_grads_a_callback_keeps_do_not_change_later(backend, dtype, fast, loss):
         np.testing.assert_array_equal(be.to_host(grad), values, err_msg=f"{name} changed after its step")
     for k in range(n_params, len(keep.kept)):  # each step's grad is a new array, not last step's rebound
         assert keep.kept[k][1] is not keep.kept[k - n_params][1]
+
+
+class _KeepSlices(nnx.callbacks.Callback):
+    """Holds only a slice of each gradient (a view on NumPy), never the gradient array itself."""
+
+    def __init__(self):
+        self.kept = []
+
+    def on_batch_end(self, batch, logs=None):
+        be = self.model.backend
+        for p in self.model.parameters():
+            part = p.grad[:1, ...]
+            self.kept.append((p.name, part, np.array(be.to_host(part), copy=True)))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fastpath_on", "fastpath_off"])
+def test_a_kept_view_of_a_grad_does_not_change_later(backend, dtype, fast):
+    # the NumPy fast path writes its gradient buffer again only when nobody holds any part of it
+    be = backend.with_fastpath(fast)
+    model = nnx.Sequential(nnx.Dense(5, 7), nnx.ReLU(), nnx.Dense(7, 3), backend=be, dtype=dtype, seed=1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((48, 5)), rng.integers(0, 3, 48)
+    keep = _KeepSlices()
+    model.fit(X, y, loss="cross_entropy", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+              epochs=2, batch_size=16, callbacks=[keep])
+    assert len(keep.kept) == 6 * len(model.parameters())
+    for name, part, values in keep.kept:
+        np.testing.assert_array_equal(be.to_host(part), values, err_msg=f"a slice of {name}'s grad changed")

@@ -6,9 +6,10 @@ Everything here has a portable twin that computes the same numbers, and is taken
 only for what it was told it can handle (see "Declarations" below):
 
 - `FlatParams` keeps a model's parameters as consecutive views of one flat buffer,
-  and gives every step a fresh flat gradient buffer with per-parameter views, so that
-  ``p.grad`` is a new array after each step (as on every backend) while an optimizer
-  can still update all parameters with one array operation per term.
+  and gradients in one flat buffer with per-parameter views, so that an optimizer
+  can update all parameters with one array operation per term. A ``p.grad`` someone
+  kept is never written again (as on every backend): the buffer is reused only while
+  reference counts show that nothing outside holds it, else each step gets a fresh one.
 - `FusedUpdate` is that single update, applied chunk by chunk so that the
   temporaries an update rule makes stay small (and in cache). Before every step
   it checks by identity that each parameter, gradient and state array is the view
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
 import weakref
 from operator import is_
 from typing import Any, cast
@@ -126,6 +128,9 @@ class Kernels:
         self.dot = module.dot
         # max(array, axis, dtype, out, keepdims), in sum's positional order (np.max's wrapper costs ~2 us)
         self.max = module.maximum.reduce if module.__name__ == "numpy" else module.max
+        # NumPy views hold a Python reference to the array that owns their memory, so reference counts
+        # see every view of a buffer anyone made (torch's and CuPy's are not relied on here)
+        self.counts_views = module.__name__ == "numpy"
 
     @staticmethod
     def base(x: Any) -> Any:
@@ -193,7 +198,7 @@ _FLATS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class FlatParams:
-    """Parameter values as consecutive views of one flat array, and a fresh flat gradient array per step.
+    """Parameter values as consecutive views of one flat array, and a flat gradient array (see `new_grads`).
 
     Attributes:
         values: the flat value buffer; ``value_views`` its per-parameter views in their shapes.
@@ -216,8 +221,10 @@ class FlatParams:
             self._layout.append((slice(start, stop), shape if len(shape) != 1 else None))
             self.value_views.append(values[start:stop].reshape(shape))
         self._empty, self._size, self._dtype = k.m.empty, values.shape[0], values.dtype
+        self._reuse = k.counts_views
         self.grads: Any = None
         self.grad_views: list[Any] = []
+        self._own_holders = (0, 0)  # `_holders` when only nnx refers to the buffer (see `new_grads`)
         _FLATS[id(values)] = self
 
     @classmethod
@@ -246,11 +253,27 @@ class FlatParams:
                 p.value = view
 
     def new_grads(self) -> list[Any]:
-        """A fresh flat gradient buffer for this step; returns its per-parameter views (uninitialised)."""
-        grads = self.grads = self._empty(self._size, self._dtype)  # positional: NumPy parses them faster
-        self.grad_views = views = [grads[cut] if shape is None else grads[cut].reshape(shape)
-                                   for cut, shape in self._layout]
-        return views
+        """This step's flat gradient buffer; returns its per-parameter views (uninitialised).
+
+        On NumPy, last step's buffer is written again only when nothing but the parameters'
+        ``p.grad`` holds it or its views (reference counts say so); a gradient anyone kept, or
+        a view or DLPack export of it, makes this step allocate a fresh buffer, so a kept array
+        never changes. Elsewhere every step allocates one.
+        """
+        if self.grads is not None and self._reuse:
+            base, views = self._holders()
+            if base <= self._own_holders[0] and views <= self._own_holders[1]:
+                return self.grad_views
+        self.grads = self._empty(self._size, self._dtype)  # positional: NumPy parses them faster
+        self.grad_views = [self.grads[cut] if shape is None else self.grads[cut].reshape(shape)
+                           for cut, shape in self._layout]
+        base, views = self._holders()
+        self._own_holders = (base, views + 1)  # + each view's p.grad, which the caller binds
+        return self.grad_views
+
+    def _holders(self) -> tuple[int, int]:
+        """References to the gradient buffer, and the most to any one of its views."""
+        return sys.getrefcount(self.grads), max(map(sys.getrefcount, self.grad_views), default=0)
 
 
 # -- one optimizer update over all parameters ------------------------------------------------------
@@ -435,7 +458,7 @@ class TrainStep:
 
     Calling it as ``step(X, y)`` returns ``(loss value, outputs, None)`` as
     ``Sequential.loss_and_grads`` does, and leaves each parameter's gradient in ``p.grad``
-    as a view of this step's fresh flat gradient buffer. The outputs are a fresh array
+    as a view of this step's flat gradient buffer (`FlatParams.new_grads`). The outputs are a fresh array
     every step (fit may keep them for metrics); intermediate buffers are not.
     """
 
@@ -531,7 +554,7 @@ class TrainStep:
             else:
                 Z = layer.forward(Z, True)
         value, dY = self._head(Z, y, bufs)
-        grads = self.flat.new_grads()  # fresh every step: a p.grad someone kept is never overwritten
+        grads = self.flat.new_grads()  # a p.grad someone kept is never overwritten
         for kind, i, layer, wp, bp, jw, jb in self.backward_plan:
             if kind == _DENSE:
                 gw, gb = grads[jw], grads[jb]

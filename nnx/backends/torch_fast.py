@@ -2,11 +2,12 @@
 
 What it handles, and how it decides, is `nnx.backends.numpy_fast`'s: the same declarations by exact
 class (layers, loss heads, elementwise optimizers), the same flat parameter buffer with a fresh flat
-gradient buffer per step (`FlatParams`), the same single optimizer update over that buffer
-(`FusedUpdate`, which runs the optimizer's own portable rule on the flat pieces, with torch's
-in-place operators). Only the training step's arithmetic is torch's here: `TorchTrainStep` calls
-torch functions directly (no array-API wrapper between), writes matmuls with ``out=``, applies ReLU
-in place and keeps its intermediate buffers from step to step, on the model's device.
+gradient buffer per step (`FlatParams`: reference counts do not see torch views, so none is reused),
+the same single optimizer update over that buffer (`FusedUpdate`, which runs the optimizer's own
+portable rule on the flat pieces, with torch's in-place operators). Only the training step's
+arithmetic is torch's here: `TorchTrainStep` calls torch functions directly (no array-API
+wrapper between), writes matmuls with ``out=``, applies ReLU in place and keeps its intermediate
+buffers from step to step, on the model's device.
 
 It computes the portable path's numbers operation for operation: ``X @ W`` then ``+ b`` (not a fused
 ``addmm``, whose accumulation order differs), ReLU's backward as ``where(x > 0, dY, 0)`` written into
@@ -60,6 +61,7 @@ class TorchKernels(Kernels):
         self.m = _TorchOps(torch, device)
         self.torch = torch
         self.device = device
+        self.counts_views = False  # a torch view holds its base in C++, unseen by Python's reference counts
 
     @staticmethod
     def base(x: Any) -> Any:
