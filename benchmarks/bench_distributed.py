@@ -41,7 +41,7 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> No
                            nnx.Dense(SHAPE[2], SHAPE[3]), nnx.Softmax(), backend=backend, seed=0)
     opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     timers = {"allreduce": 0.0, "check": 0.0, "calls": 0}
-    reduce, check = comm.allreduce, dist.DataParallelFit.gradients_finite
+    reduce, check = comm.allreduce, nnx.training.TrainStep.gradients_finite
 
     def timed_reduce(x, op="sum"):
         t = time.perf_counter()
@@ -57,7 +57,7 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> No
         return out
 
     comm.allreduce = timed_reduce
-    dist.DataParallelFit.gradients_finite = timed_check
+    nnx.training.TrainStep.gradients_finite = timed_check
     # a world of one still runs the engine's collective when it is forced (the GPU check's NCCL runs)
     kw = {"distributed": comm} if comm.size > 1 or engine else {}
     if engine and comm.size == 1:

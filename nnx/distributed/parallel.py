@@ -4,12 +4,13 @@
 
 - `begin`: rank 0's parameters, buffers and random streams go to every rank, and dropout
   draws the global batch's mask (see `GlobalBatchDropout`);
-- `shard`: the batch source yields this rank's contiguous slice of every global batch;
+- `shard`: the batch source yields this rank's contiguous slice of every global batch (gathering
+  only those rows where it can);
 - the `AverageGradients` stage (after accumulation, before clipping) turns each rank's
   mean gradient over its slice into the mean over the global batch, with one collective;
-- `gradients_finite`: the finite check after the all-reduce: a rank whose own step was not finite
-  poisons the buffer it all-reduces (`AverageGradients.poison`), so every rank sees it and refuses
-  (and raises) together, with no collective of its own;
+- the finite check after the all-reduce (`TrainStep.gradients_finite`): a rank whose own step was
+  not finite poisons the buffer it all-reduces (`AverageGradients.poison`), so every rank sees it
+  and refuses (and raises) together, with no collective of its own;
 - `epoch_logs`: the epoch's loss and metrics over every rank's rows, the same on every rank;
 - `end_epoch`: rank 0's buffers (BatchNorm's running statistics) to every rank.
 
@@ -164,23 +165,45 @@ class ShardedBatches:
         self.steps = source.steps
 
     def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
-        """This epoch's slices, one per global batch."""
-        rank, size = self.parallel.comm.rank, self.parallel.comm.size
-        it = self.source.epoch()
+        """This epoch's slices, one per global batch.
+
+        A source that knows its batches' sizes (``slices``: arrays, memmaps) gathers only this
+        rank's rows; an iterable's batches arrive whole and are cut here.
+        """
+        slices = getattr(self.source, "slices", None)
+        if slices is not None:
+            it = self.source.epoch(window=self.window)
+            totals: Iterator[int] = (part.stop - part.start for part in slices)
+        else:
+            it = self.source.epoch()
+            totals = iter(())
         try:
             for Xb, yb, wb in it:
-                total = int(Xb.shape[0])
-                start, stop = rank_rows(total, rank, size)
-                local = stop - start
-                if local == 0:  # one row with weight 0, so that every stream advances as on the others
-                    start, stop = 0, 1
-                self.parallel.batch(start, stop, total, local)
-                part = slice(start, stop)
-                yield Xb[part, ...], None if yb is None else yb[part, ...], None if wb is None else wb[part, ...]
+                total = next(totals) if slices is not None else int(Xb.shape[0])
+                part = self.window(total)
+                self.parallel.batch(part.start, part.stop, total, self.local_rows(total))
+                if slices is None:
+                    Xb, yb, wb = Xb[part, ...], _cut(yb, part), _cut(wb, part)
+                yield Xb, yb, wb
         finally:
             close = getattr(it, "close", None)
             if close is not None:
                 close()
+
+    def local_rows(self, total: int) -> int:
+        """Rows of a global batch of `total` that this rank computes (0 when the world is bigger)."""
+        start, stop = rank_rows(total, self.parallel.comm.rank, self.parallel.comm.size)
+        return stop - start
+
+    def window(self, total: int) -> slice:
+        """This rank's rows of a global batch of `total`; one row (weighted 0) where its share is empty,
+        so that every stream advances as on the others."""
+        start, stop = rank_rows(total, self.parallel.comm.rank, self.parallel.comm.size)
+        return slice(start, stop) if stop > start else slice(0, 1)
+
+
+def _cut(a: Any, part: slice) -> Any:
+    return None if a is None else a[part, ...]
 
 
 class DataParallelFit:
@@ -226,12 +249,6 @@ class DataParallelFit:
         """Rank 0's buffers on every rank (as torch DDP's broadcast_buffers); ranks computed them on their slices."""
         for b in self.model.buffers():
             b.value = self.comm.broadcast(b.value, root=0)
-
-    def gradients_finite(self) -> bool:
-        """Whether the all-reduced gradients are finite: the same answer on every rank, read without a collective."""
-        xp, be = self.model.xp, self.model.backend
-        return all(bool(be.to_host(xp.all(xp.isfinite(p.grad)))) for p in self.model.parameters()
-                   if p.grad is not None)
 
     def epoch_logs(self, weighted_loss: float, rows: int, metric_fns: dict, targets: list[Any], outputs: list[Any],
                    from_logits: bool) -> dict[str, float]:

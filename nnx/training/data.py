@@ -30,6 +30,9 @@ from typing import Any
 
 from ..backends.host import gather_rows, host_companion
 
+# Which rows of a batch of n rows to keep: a data-parallel rank's slice (a pure function of n).
+Window = Callable[[int], slice]
+
 # Bytes of training data above which an epoch gathers each shuffled batch instead of copying X once.
 COPY_LIMIT = 16 * 2**20
 
@@ -61,12 +64,13 @@ class ArrayBatches:
         # A shuffled copy of a big X would double what training holds in memory: gather each batch instead.
         self._gather = shuffle and self.n_samples * math.prod(X.shape[1:]) * xp.finfo(X.dtype).bits // 8 > COPY_LIMIT
 
-    def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
-        """This epoch's batches, in order."""
+    def epoch(self, window: Window | None = None) -> Iterator[tuple[Any, Any, Any]]:
+        """This epoch's batches, in order; `window` keeps only those rows of each (a data-parallel rank's slice)."""
         xp, be = self.model.xp, self.model.backend
         X, y, w = self.X, self.y, self.w
+        parts = self.slices if window is None else [_within(part, window) for part in self.slices]
         if not self.shuffle:
-            for part in self.slices:
+            for part in parts:
                 yield X[part, ...], _rows(y, part), _rows(w, part)
             return
         perm = be.asarray(self.model.shuffle_rng.permutation(self.n_samples), argname="permutation")
@@ -74,13 +78,19 @@ class ArrayBatches:
             X = xp.take(X, perm, axis=0)
         y = None if y is None else xp.take(y, perm, axis=0)
         w = None if w is None else xp.take(w, perm, axis=0)
-        for part in self.slices:
+        for part in parts:
             Xb = xp.take(self.X, perm[part], axis=0) if self._gather else X[part, ...]
             yield Xb, _rows(y, part), _rows(w, part)
 
 
 def _rows(a: Any, part: slice) -> Any:
     return None if a is None else a[part, ...]
+
+
+def _within(part: slice, window: Window) -> slice:
+    """The rows of batch `part` that `window` keeps, as a slice of the whole data."""
+    keep = window(part.stop - part.start)
+    return slice(part.start + keep.start, part.start + keep.stop)
 
 
 # -- what kind of data is it -------------------------------------------------------------------
@@ -171,12 +181,16 @@ class HostBatches:
         self.steps = len(self.slices)
         self.name = name
 
-    def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
-        """This epoch's batches, in order (the permutation is drawn now, in the calling thread)."""
+    def epoch(self, window: Window | None = None) -> Iterator[tuple[Any, Any, Any]]:
+        """This epoch's batches, in order (the permutation is drawn now, in the calling thread).
+
+        `window` keeps only those rows of each batch, so a data-parallel rank reads only its slice.
+        """
         perm = self.model.shuffle_rng.permutation(self.n_samples) + self.start if self.shuffle else None
+        parts = self.slices if window is None else [_within(part, window) for part in self.slices]
 
         def produce() -> Iterator[tuple[Any, Any, Any]]:
-            for b, part in enumerate(self.slices):
+            for b, part in enumerate(parts):
                 rows = slice(part.start + self.start, part.stop + self.start) if perm is None else perm[part]
                 yield self.prepare(gather_rows(self.X, rows), _gather(self.y, rows), _gather(self.w, rows),
                                    f"batch {b}")

@@ -282,7 +282,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             if not finite:
                 dp.transform.poison()
             due = step.transform(size)
-            finite = not due or dp.gradients_finite()
+            finite = not due or step.gradients_finite()
         elif finite and not compiled:
             due = step.transform(size)
         if not finite and handles_non_finite:
@@ -308,7 +308,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
-        if dp is not None and step.check_finite and not dp.gradients_finite():
+        if dp is not None and step.check_finite and not step.gradients_finite():
             raise _non_finite(epoch, len(losses) - 1)
         guard.in_step = True
         step.update()

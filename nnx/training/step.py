@@ -124,6 +124,20 @@ class TrainStep:
         if self.deferred:
             self._defer(value, index)
             return True
+        if math.isfinite(self._total(value)):  # a host number (arrays_on_host): reading it waits for nothing
+            return True
+        return self._all_finite(value)
+
+    def gradients_finite(self) -> bool:
+        """Whether every gradient is finite, read now (data-parallel training asks after the all-reduce)."""
+        be = self.model.backend
+        zero = self.model.xp.asarray(0.0, device=be.device)
+        if math.isfinite(float(be.to_host(self._total(zero)))):
+            return True
+        return all(bool(be.to_host(flag)) for flag in self._finite_flags(None))
+
+    def _total(self, value: Any) -> Any:
+        """`value` plus the sum of every gradient: finite exactly when all are, barring overflow."""
         total = self._fast.gradient_total(value, self.params) if self._fast_grads else None
         if total is None:
             xp = self.model.xp
@@ -131,13 +145,13 @@ class TrainStep:
             for p in self.params:
                 if p.grad is not None:
                     total = total + xp.sum(p.grad)
-        if math.isfinite(total):  # a host number (arrays_on_host): reading it waits for nothing
-            return True
-        return self._all_finite(value)
+        return total
 
     def _finite_flags(self, value: Any) -> list[Any]:
+        """One device flag per array: `value` (unless None) and every gradient."""
         xp = self.model.xp
-        return [xp.all(xp.isfinite(a)) for a in [value, *(p.grad for p in self.params if p.grad is not None)]]
+        arrays = [p.grad for p in self.params if p.grad is not None]
+        return [xp.all(xp.isfinite(a)) for a in ([] if value is None else [value]) + arrays]
 
     def _all_finite(self, value: Any) -> bool:
         """The exact check, element by element (after a non-finite sum, to tell overflow from NaN/inf)."""
