@@ -83,6 +83,11 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             cb.set_model(model)
 
+    def uses(self, hook: str) -> bool:
+        """Whether any callback here overrides `hook` (fit skips building logs for a per-batch hook nobody uses)."""
+        base = getattr(Callback, hook)
+        return any(getattr(getattr(cb, hook), "__func__", None) is not base for cb in self.callbacks)
+
     def on_train_begin(self, logs: dict | None = None) -> None:
         for cb in self.callbacks:
             cb.on_train_begin(logs)

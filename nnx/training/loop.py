@@ -261,12 +261,14 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     compiled = step.compiled is not None
+    batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, rows, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
-        cb.on_batch_begin(b, {"size": size})
+        if batch_begin:
+            cb.on_batch_begin(b, {"size": size})
         if compiled:  # every stage in one compiled call; it updates only a finite step
             guard.in_step = True
             value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
@@ -304,7 +306,8 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         if metric_fns:
             outputs.append(Z if size else None)
             targets.append(yb if size else None)
-        cb.on_batch_end(b, {"loss": value, "size": size})
+        if batch_end:
+            cb.on_batch_end(b, {"loss": value, "size": size})
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
