@@ -28,13 +28,14 @@ BATCH = 128
 STEPS = 100  # global batches per epoch
 
 
-def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> None:
+def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch: int = BATCH) -> None:
     import nnx
     from nnx import distributed as dist
 
     comm = dist.init(engine)
     rng = np.random.default_rng(0)
     n = BATCH * STEPS
+    steps = n // batch
     X = rng.normal(size=(n, SHAPE[0])).astype(np.float32)
     y = rng.integers(0, SHAPE[-1], size=n)
     model = nnx.Sequential(nnx.Dense(SHAPE[0], SHAPE[1]), nnx.ReLU(), nnx.Dense(SHAPE[1], SHAPE[2]), nnx.ReLU(),
@@ -64,14 +65,14 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> No
         be = model.backend
         probe = comm.allreduce(be.asarray(np.ones(3, dtype=np.float32)))
         assert np.array_equal(be.to_host(probe), np.ones(3)), "all-reduce over a world of one changed the values"
-    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=BATCH, **kw)  # warm-up
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=batch, **kw)  # warm-up
     comm.barrier()
     timers.update(allreduce=0.0, check=0.0, calls=0)
     start = time.perf_counter()
-    model.fit(X, y, epochs=epochs, batch_size=BATCH, **kw)
+    model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
     comm.barrier()
     elapsed = time.perf_counter() - start
-    steps = epochs * STEPS
+    steps *= epochs
     if comm.rank == 0:
         print(json.dumps({"ranks": comm.size, "engine": comm.engine, "backend": backend,
                           "samples_per_s": epochs * n / elapsed, "step_ms": 1e3 * elapsed / steps,
@@ -79,11 +80,11 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy") -> No
                           "check_ms": 1e3 * timers["check"] / steps}))
 
 
-def run(ranks: int, threads: int, epochs: int) -> dict:
+def run(ranks: int, threads: int, epochs: int, batch: int = BATCH) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs)]
+    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs), "--batch", str(batch)]
     if ranks > 1:
         mpiexec = BIN / "mpiexec"
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "mpi4py",
@@ -91,6 +92,7 @@ def run(ranks: int, threads: int, epochs: int) -> dict:
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=900)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["threads"] = threads
+    result["batch"] = batch
     return result
 
 
@@ -100,11 +102,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--engine", default=None, help="force an engine (nccl, torch) in a single run")
     parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
+    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker or args.engine:
-        worker(args.epochs, args.engine, args.backend)
+        worker(args.epochs, args.engine, args.backend, args.batch)
         return
     rows = [run(1, 1, args.epochs), run(2, 1, args.epochs), run(1, 2, args.epochs)]
+    half = run(1, 1, args.epochs, BATCH // 2)  # what each of 2 ranks computes, alone and with no communication
     base = rows[0]["samples_per_s"]
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"OPENBLAS_CORETYPE={coretype or 'unset'}; medium {'-'.join(map(str, SHAPE))}, float32, SGD momentum, "
@@ -116,6 +120,10 @@ def main() -> None:
         check = f"{r['check_ms']:.3f}" if r["ranks"] > 1 else "-"
         print(f"| {r['ranks']} x {r['threads']} | {r['samples_per_s']:,.0f} | {r['samples_per_s'] / base:.2f}x | "
               f"{r['step_ms']:.2f} | {reduce} | {check} |")
+    ceiling = 2 * half["samples_per_s"] / base
+    print(f"\nOne rank's share alone (1 x 1, batch {BATCH // 2}, no communication): {half['step_ms']:.2f} ms a step, "
+          f"against {rows[0]['step_ms']:.2f} ms at batch {BATCH}. Two ranks can therefore reach at most "
+          f"{ceiling:.2f}x of 1 x 1 on this machine, with a free all-reduce.")
 
 
 if __name__ == "__main__":
