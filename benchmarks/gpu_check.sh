@@ -112,7 +112,9 @@ for spec in $SPECS; do
   fi
   note "tests on $spec"
   # shellcheck disable=SC2086
-  NNX_TEST_BACKEND="$spec" "$PY" -m pytest -q -p no:cacheprovider $TESTS ${TEST_ARGS:-} > "$log" 2>&1
+  # 4 workers share the GPU; JAX would otherwise give each of them 75% of its memory up front
+  NNX_TEST_BACKEND="$spec" XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -q -n "${TEST_WORKERS:-4}" \
+    -p no:cacheprovider $TESTS ${TEST_ARGS:-} > "$log" 2>&1
   rc=$?
   TESTS_RUN=1
   tail -n 3 "$log"

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
-import numpy as np
-import pytest
+# JAX compiles one program per model layout; the suite builds many small models with the same
+# layouts, so each test process keeps JAX's compilation cache on disk for its run and compiles each
+# program once. Set before JAX is imported; a cache the caller configured is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="nnx-test-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
-import nnx
-from nnx.backends import backend_status
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import nnx  # noqa: E402
+from nnx.backends import backend_status  # noqa: E402
 
 # (spec, the dtype tests use by default there). array_api_strict runs twice: float64 on
 # its CPU device, float32 on a second device, which catches a creation call without device=.

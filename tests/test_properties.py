@@ -330,7 +330,7 @@ def test_same_seed_same_result(backend, dtype):
         np.testing.assert_array_equal(np.array(l1), np.array(l2))
         np.testing.assert_array_equal(f1, f2)
 
-    _run(backend, check)
+    _run(backend, check, factor=0.5 if backend.name == "jax" else 1.0)  # JAX compiles every new architecture
 
 
 def test_accumulate_with_clipping_equals_a_larger_batch(backend):

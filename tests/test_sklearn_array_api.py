@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.Convergence
 def test_array_api_suite_in_a_subprocess():
     pytest.importorskip("array_api_strict")
     env = dict(os.environ, SCIPY_ARRAY_API="1", NNX_SKLEARN_ARRAY_API_CHILD="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-rs"]
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-n", "0", "-p", "no:cacheprovider", "-rs"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[1])
     out = proc.stdout + proc.stderr
