@@ -434,3 +434,22 @@ def test_fast_and_portable_agree_over_epochs_in_both_dtypes(backend, case, opt_n
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1e-11, "atol": 1e-13}
     _assert_same_weights(fast, slow, exact=False, **tol)
     assert fast.history["loss"][-1] == pytest.approx(slow.history["loss"][-1], rel=tol["rtol"])
+
+
+@pytest.mark.parametrize("where", ["first", "in_rows", "tail"])
+def test_finite_check_sums_big_gradient_buffers_by_rows(backend, dtype, where, monkeypatch):
+    """Past _SUM_WIDTH gradients, the check sums rows of the flat buffer plus its tail: each part is seen."""
+    _fast_backend(backend)
+    monkeypatch.setattr(numpy_fast, "_SUM_WIDTH", 16)  # 166 gradients: 10 rows of 16 and a tail of 6
+    fast, _, loss_name, kind = _pair(backend, dtype, "relu_ce")
+    X, y = _data(kind)
+    loss = fast.resolve_loss(loss_name)
+    step = nnx.training.TrainStep(fast, loss, optim.SGD(fast.parameters(), lr=0.1))
+    value, _ = step.forward_loss(fast.prepare_inputs(X[:16]), fast.prepare_targets(y[:16], loss, 16))
+    grads = backend.fastpath.train_step(fast, loss).flat.grads
+    total = float(_host(fast, value)) + float(_host(fast, grads).astype(np.float64).sum())
+    np.testing.assert_allclose(float(_host(fast, step._total(value))), total, rtol=1e-5)
+    assert step.check(value)
+    index = {"first": 0, "in_rows": 40, "tail": grads.shape[0] - 1}[where]
+    grads[index] = float("nan")
+    assert not step.check(value)

@@ -278,6 +278,7 @@ class FlatParams:
 
 # -- one optimizer update over all parameters ------------------------------------------------------
 
+_SUM_WIDTH = 4096  # gradients summed per row by the finite check's dot (16 KiB of float32: stays in L1)
 _CHUNK = 1 << 18  # elements per piece of the fused update: 1 MiB of float32, so temporaries stay in cache
 
 
@@ -572,21 +573,25 @@ class TrainStep:
         return value, Z, None
 
     def gradient_total(self, value: Any, params: list[Any]) -> Any:
-        """`value` plus the sum of every gradient, in one reduction, or None when ``p.grad`` are not this step's views.
+        """`value` plus the sum of every gradient, or None when ``p.grad`` are not this step's views.
 
-        The finite check of `nnx.training.TrainStep` reads this one number per step. A dot
-        product with ones is the sum through BLAS, a third of a ufunc reduction's cost at
-        small shapes. Checking the first and last binding confirms the layout for this step.
+        The finite check of `nnx.training.TrainStep` reads this one number per step, so it is
+        kept lean: checking the first and last binding confirms the layout for this step, and
+        the sum runs through BLAS (a dot with ones: a third of a ufunc reduction's cost at small
+        shapes). A big buffer is summed as rows of `_SUM_WIDTH` against a short vector of ones,
+        so that only the gradients travel through the cache, not a second buffer as big.
         """
-        flat = self.flat
-        grads, views = flat.grads, flat.grad_views
-        if grads is None or len(views) != len(params) or params[0].grad is not views[0] \
-                or params[-1].grad is not views[-1]:
+        views = self.flat.grad_views
+        if len(views) != len(params) or params[0].grad is not views[0] or params[-1].grad is not views[-1]:
             return None
-        ones = self._ones
-        if ones is None or ones.shape != grads.shape or ones.dtype != grads.dtype:
-            ones = self._ones = self.k.m.ones(grads.shape, dtype=grads.dtype)
-        return value + grads.dot(ones)
+        grads, ones = self.flat.grads, self._ones
+        if ones is None:
+            ones = self._ones = self.k.m.ones(min(grads.shape[0], _SUM_WIDTH), dtype=grads.dtype)
+        size = grads.shape[0]
+        if size <= _SUM_WIDTH:
+            return value + grads.dot(ones)
+        cut = size - size % _SUM_WIDTH
+        return value + grads[:cut].reshape(cut // _SUM_WIDTH, _SUM_WIDTH).dot(ones).sum() + self.k.sum(grads[cut:], 0)
 
     def _head(self, Z: Any, y: Any, bufs: dict) -> tuple[Any, Any]:
         k, kind = self.k, self.head_kind

@@ -120,11 +120,16 @@ class TrainStep:
         """
         if not self.check_finite:
             return True
-        index, self._steps = self._steps, self._steps + 1
         if self.deferred:
+            index, self._steps = self._steps, self._steps + 1
             self._defer(value, index)
             return True
-        if math.isfinite(self._total(value)):  # a host number (arrays_on_host): reading it waits for nothing
+        # a host number (arrays_on_host): reading it waits for nothing
+        if self._fast_grads:  # the common case, kept short: it runs every step
+            total = self._fast.gradient_total(value, self.params)
+            if total is not None and math.isfinite(total):
+                return True
+        elif math.isfinite(self._total(value)):
             return True
         return self._all_finite(value)
 
