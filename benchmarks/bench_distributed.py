@@ -102,17 +102,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--engine", default=None, help="force an engine (nccl, torch) in a single run")
     parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
-    parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"global batch (default {BATCH}, the medium shape's)")
     args = parser.parse_args()
     if args.worker or args.engine:
         worker(args.epochs, args.engine, args.backend, args.batch)
         return
-    rows = [run(1, 1, args.epochs), run(2, 1, args.epochs), run(1, 2, args.epochs)]
-    half = run(1, 1, args.epochs, BATCH // 2)  # what each of 2 ranks computes, alone and with no communication
+    batch = args.batch
+    rows = [run(1, 1, args.epochs, batch), run(2, 1, args.epochs, batch), run(1, 2, args.epochs, batch)]
+    half = run(1, 1, args.epochs, batch // 2)  # what each of 2 ranks computes, alone and with no communication
     base = rows[0]["samples_per_s"]
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"OPENBLAS_CORETYPE={coretype or 'unset'}; medium {'-'.join(map(str, SHAPE))}, float32, SGD momentum, "
-          f"global batch {BATCH}, {STEPS} steps/epoch, {args.epochs} timed epochs")
+          f"global batch {batch}, {BATCH * STEPS // batch} steps/epoch, {args.epochs} timed epochs")
     print("| ranks x threads | samples/s | vs 1x1 | step (ms) | all-reduce per step (ms) | finite check (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -121,8 +122,8 @@ def main() -> None:
         print(f"| {r['ranks']} x {r['threads']} | {r['samples_per_s']:,.0f} | {r['samples_per_s'] / base:.2f}x | "
               f"{r['step_ms']:.2f} | {reduce} | {check} |")
     ceiling = 2 * half["samples_per_s"] / base
-    print(f"\nOne rank's share alone (1 x 1, batch {BATCH // 2}, no communication): {half['step_ms']:.2f} ms a step, "
-          f"against {rows[0]['step_ms']:.2f} ms at batch {BATCH}. Two ranks can therefore reach at most "
+    print(f"\nOne rank's share alone (1 x 1, batch {batch // 2}, no communication): {half['step_ms']:.2f} ms a step, "
+          f"against {rows[0]['step_ms']:.2f} ms at batch {batch}. Two ranks can therefore reach at most "
           f"{ceiling:.2f}x of 1 x 1 on this machine, with a free all-reduce.")
 
 
