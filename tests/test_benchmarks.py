@@ -42,7 +42,9 @@ def test_bench_train_tiny(tmp_path):
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, TEST_ARGS="-k test_fastpath_switch")
+    # the dry run's tests are two: one process runs them sooner than starting pytest-xdist workers
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, TEST_ARGS="-k test_fastpath_switch",
+               TEST_WORKERS="0")
     res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
                          text=True, timeout=900, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

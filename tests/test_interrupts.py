@@ -35,6 +35,18 @@ def _report_counts():
     write_counts({"file": "test_interrupts", "faults": FAULTS})
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises_keyboard_interrupt():
+    """Python's own Ctrl-C handling for each test, as in an interactive run.
+
+    A process started in the background by a non-interactive shell (``pytest &`` in a script)
+    inherits SIGINT ignored, and the SIGINTs these tests send would then never arrive.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _data(n: int = 48):
     gen = np.random.default_rng(3)
     X = gen.normal(size=(n, 5))
