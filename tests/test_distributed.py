@@ -117,6 +117,17 @@ def test_three_ranks_equal_one_process_and_resume_from_two(three_ranks):
 
 
 @needs_mpi
+@pytest.mark.parametrize("source", ["gathered", "host", "iterable"])
+def test_every_batch_source_gives_the_one_process_result(two_ranks, source):
+    """Arrays gathered per batch and host array-likes read only each rank's rows; iterables are cut per rank."""
+    ranks = two_ranks[1]
+    key = f"numpy/source_{source}"
+    for r in ranks:
+        assert r["scenarios"][key]["param_diff"] <= TOL and r["scenarios"][key]["hist_diff"] <= TOL, (r["rank"], key)
+    assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
+
+
+@needs_mpi
 def test_negative_control_without_allreduce_differs(two_ranks):
     """With the all-reduce removed the same comparison fails: the equivalence tests would catch it."""
     ranks = two_ranks[1]

@@ -103,6 +103,41 @@ def compare(model, hist, ref, ref_hist, trained_only: bool = False) -> dict:
             "history": {k: list(map(float, v)) for k, v in hist.history.items()}, "epochs": len(hist.epoch)}
 
 
+class HostRows:
+    """A host array-like that is not a NumPy array (as an h5py dataset): `fit` reads it batch by batch."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, rows):
+        return self.a[rows]
+
+
+def fit_from(backend: str, source: str, comm=None):
+    """The "dropout" model fed by one kind of batch source; each rank reads only its rows where it can."""
+    import nnx.training.data as data_module
+
+    model = build(backend, "dropout")
+    X, y = data()
+    kw = dict(loss="cross_entropy", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=2,
+              distributed=comm)
+    if source == "iterable":  # batches arrive whole on every rank and are cut there
+        return model, model.fit([(X[i:i + 20], y[i:i + 20]) for i in range(0, len(X), 20)], **kw)
+    if source == "host":
+        return model, model.fit(HostRows(X), HostRows(y), batch_size=20, **kw)
+    limit, data_module.COPY_LIMIT = data_module.COPY_LIMIT, 0  # "gathered": each batch gathered from X
+    try:
+        return model, model.fit(X, y, batch_size=20, **kw)
+    finally:
+        data_module.COPY_LIMIT = limit
+
+
+SOURCES = ("gathered", "host", "iterable")
+
+
 class PoisonOn(Callback):
     """Makes one rank's weights NaN before one step: only that rank's step is not finite."""
 
@@ -173,6 +208,10 @@ def main() -> None:
         ref, ref_hist = run_fit(backend, "mlp", stop,
                                 callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05)])
         results["scenarios"][f"{backend}/early_stopping"] = compare(model, hist, ref, ref_hist)
+        for source in SOURCES:
+            model, hist = fit_from(backend, source, comm)
+            ref, ref_hist = fit_from(backend, source)
+            results["scenarios"][f"{backend}/source_{source}"] = compare(model, hist, ref, ref_hist)
         # a step that is not finite on one rank only: every rank refuses it and raises, at the same batch
         try:
             run_fit(backend, "dropout", SCENARIOS["sgd_momentum_dropout_clipnorm"][1], comm,
