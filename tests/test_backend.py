@@ -464,3 +464,14 @@ def test_on_device_keeps_the_adapter():
     other = cpu.on_device(nnx.get_backend("array_api_strict:device2").device)
     assert type(other) is type(cpu) and other.spec == "array_api_strict:device2"
     assert nnx.get_backend(other.spec) == other and cpu.spec == "array_api_strict"
+
+
+def test_split_rows_equals_slicing(backend, dtype):
+    """`Backend.split_rows` (one operation on JAX) gives the blocks that slicing would."""
+    host = np.arange(23 * 3, dtype=np.float64).reshape(23, 3)
+    x = backend.asarray(host, dtype=dtype)
+    sizes = [8, 8, 7]
+    blocks = backend.split_rows(x, sizes)
+    assert len(blocks) == 3
+    for block, (start, stop) in zip(blocks, [(0, 8), (8, 16), (16, 23)], strict=True):
+        np.testing.assert_array_equal(backend.to_host(block), host[start:stop].astype(dtype))

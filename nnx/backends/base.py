@@ -107,6 +107,18 @@ class Backend:
     def synchronize(self, x: Any = None) -> None:
         """Wait until queued device work (or the work producing `x`) is done; for timing."""
 
+    def split_rows(self, x: Any, sizes: list[int]) -> list[Any]:
+        """`x` cut into consecutive blocks of rows of these sizes (summing to its rows).
+
+        An epoch's batches come from here. Slicing is one operation per block; a library
+        whose every operation is a dispatch (JAX) cuts them all in one.
+        """
+        out, start = [], 0
+        for size in sizes:
+            out.append(x[start:start + size, ...])
+            start += size
+        return out
+
     @property
     def arrays_on_host(self) -> bool:
         """Whether arrays live in host memory, so reading a number from one waits for no device.

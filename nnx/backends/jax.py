@@ -78,6 +78,11 @@ class JaxBackend(Backend):
         if x is not None:
             x.block_until_ready()
 
+    def split_rows(self, x: Any, sizes: list[int]) -> list[Any]:
+        # one dispatch for the epoch instead of one eager slice (~40 us on a CPU) per batch
+        lax = importlib.import_module("jax.lax")
+        return list(lax.split(x, sizes, axis=0))
+
 
 class JaxRNG(DeviceRNG):
     """A fresh key per draw, folded from ``(seed, counter)``: the state is those two ints."""

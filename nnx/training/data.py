@@ -61,30 +61,51 @@ class ArrayBatches:
         self.steps = len(self.slices)
         self.shuffle = shuffle
         xp = model.xp
+        small = self.n_samples * math.prod(X.shape[1:]) * xp.finfo(X.dtype).bits // 8 <= COPY_LIMIT
         # A shuffled copy of a big X would double what training holds in memory: gather each batch instead.
-        self._gather = shuffle and self.n_samples * math.prod(X.shape[1:]) * xp.finfo(X.dtype).bits // 8 > COPY_LIMIT
+        self._gather = shuffle and not small
+        # Cutting every batch at once (`Backend.split_rows`) holds the epoch's batches together: small data only.
+        self._split = small
 
     def epoch(self, window: Window | None = None) -> Iterator[tuple[Any, Any, Any]]:
         """This epoch's batches, in order; `window` keeps only those rows of each (a data-parallel rank's slice)."""
         xp, be = self.model.xp, self.model.backend
         X, y, w = self.X, self.y, self.w
         parts = self.slices if window is None else [_within(part, window) for part in self.slices]
-        if not self.shuffle:
-            for part in parts:
-                yield X[part, ...], _rows(y, part), _rows(w, part)
-            return
-        perm = be.asarray(self.model.shuffle_rng.permutation(self.n_samples), argname="permutation")
-        if not self._gather:
-            X = xp.take(X, perm, axis=0)
-        y = None if y is None else xp.take(y, perm, axis=0)
-        w = None if w is None else xp.take(w, perm, axis=0)
-        for part in parts:
-            Xb = xp.take(self.X, perm[part], axis=0) if self._gather else X[part, ...]
-            yield Xb, _rows(y, part), _rows(w, part)
+        perm = None
+        if self.shuffle:
+            perm = be.asarray(self.model.shuffle_rng.permutation(self.n_samples), argname="permutation")
+            if not self._gather:
+                X = xp.take(X, perm, axis=0)
+            y = None if y is None else xp.take(y, perm, axis=0)
+            w = None if w is None else xp.take(w, perm, axis=0)
+        # where the parts cover the rows in order, every batch is cut at once (`Backend.split_rows`);
+        # X only when small, since its batches are then held together
+        covered = window is None
+        rows = self._pieces(perm if self._gather else X, parts, covered and (self._gather or self._split))
+        ys, ws = self._pieces(y, parts, covered), self._pieces(w, parts, covered)
+        for b in range(len(parts)):
+            Xb = xp.take(self.X, rows[b], axis=0) if self._gather else rows[b]
+            yield Xb, None if ys is None else ys[b], None if ws is None else ws[b]
+
+    def _pieces(self, a: Any, parts: list[slice], at_once: bool) -> Any:
+        """`a`'s rows of each part, indexed by batch (None for None): cut in one operation where
+        allowed, else sliced part by part when asked for."""
+        if a is None:
+            return None
+        if at_once:
+            return self.model.backend.split_rows(a, [part.stop - part.start for part in parts])
+        return _LazyRows(a, parts)
 
 
-def _rows(a: Any, part: slice) -> Any:
-    return None if a is None else a[part, ...]
+class _LazyRows:
+    """``a[parts[b]]`` made when batch b is asked for, so that a big array is never cut all at once."""
+
+    def __init__(self, a: Any, parts: list[slice]) -> None:
+        self.a, self.parts = a, parts
+
+    def __getitem__(self, b: int) -> Any:
+        return self.a[self.parts[b], ...]
 
 
 def _within(part: slice, window: Window) -> slice:
