@@ -86,7 +86,7 @@ def measure(repeats: int, fast: bool = True, backend_name: str = "numpy") -> dic
     # paired: each round's on/off ratio, so slow stretches of the shared machine hit both
     paired = statistics.median(a / b for a, b in zip(times["on"], times["off"], strict=True))
     return {"on": on, "off": off, "ratio": on / off, "paired_ratio": paired, "repeats": repeats,
-            "fast": be.fastpath is not None, "min_on": min(times["on"]), "min_off": min(times["off"])}
+            "fast": be.fastpath_enabled, "min_on": min(times["on"]), "min_off": min(times["off"])}
 
 
 def direct(number: int = 2000, repeat: int = 15) -> dict:

@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} {'-'.join(map(str, sizes))}, {n} samples, batch {b} | {res['nnx']['epoch'] * 1e3:.2f} ms "
               f"| {res['jit']['epoch'] * 1e3:.2f} ms | **{res['ratio']:.2f}** ({lo:.2f}-{hi:.2f}) "
               f"| {res['ratio_cpu']:.2f} | {res['ratio_fit']:.2f} |", flush=True)
-        steps = nnx_runner.model.backend.fastpath._steps.get(nnx_runner.model)
+        from nnx.training.compiled import compiled_step_of
+
+        steps = compiled_step_of(nnx_runner.model)
         print(f"<!-- {name}: losses nnx {res['nnx']['loss']:.6f} jit {res['jit']['loss']:.6f}; "
               f"nnx compilations {getattr(steps, 'traces', None)} -->", flush=True)
     return 0

@@ -44,7 +44,7 @@ class Snapshots(Callback):
         weights = {k: np.array(host(v)) for k, v in self.model.state_dict().items()}
         opt = self.model.optimizer
         state = {f"{i}.{k}": np.array(host(a)) for i, e in opt.state.items() for k, a in e.items()}
-        self.states[(self.epoch, batch)] = (weights, state, opt.step_count, list(opt._param_steps))
+        self.states[(self.epoch, batch)] = (weights, state, opt.step_count, list(opt.param_steps))
 
 
 def _model(backend, seed=0):
@@ -104,7 +104,7 @@ def test_deferred_refusal_keeps_the_last_finite_step(on_device, rng, bad):
         assert set(got) == set(state)
         for key in state:
             np.testing.assert_array_equal(got[key], state[key], err_msg=key)
-        assert (opt.step_count, opt._param_steps) == (count, param_steps)
+        assert (opt.step_count, opt.param_steps) == (count, param_steps)
     # and training goes on from there
     model.fit(X, y, epochs=1, batch_size=8)
     assert all(np.isfinite(on_device.to_host(v)).all() for v in model.state_dict().values())

@@ -13,6 +13,7 @@ import pytest
 
 import nnx
 from nnx.backends import backend_status
+from nnx.training.compiled import compiled_step_of
 
 ok, why = backend_status("jax")
 pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
@@ -51,7 +52,7 @@ def _train(fast: bool, optimizer, head: str = "bce", dtype: str = "float64", epo
 
 
 def _compiled(model):
-    return model.backend.fastpath._steps.get(model)
+    return compiled_step_of(model)
 
 
 def _assert_same(a, b, tol: float) -> None:

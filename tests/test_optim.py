@@ -426,7 +426,7 @@ def test_load_state_dict_errors(backend):
         Adam(_params(backend)).load_state_dict({"type": "Adam", "hyperparams": sd["hyperparams"], "step": 1})
 
 
-def test_load_state_dict_without_param_steps(backend):
+def test_load_state_dict_withoutparam_steps(backend):
     """A snapshot without per-parameter counts (e.g. written by an older saver) still loads."""
     opt = _trained(backend)
     sd = opt.state_dict()

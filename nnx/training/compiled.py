@@ -34,7 +34,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["CompiledStep", "compile_step"]
+__all__ = ["CompiledStep", "compile_step", "compiled_step_of"]
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -84,6 +84,11 @@ def _hyper(optimizer: Any) -> tuple:
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs
 _STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_step_of(model: Any) -> CompiledStep | None:
+    """The compiled step kept for `model` (its programs and trace count), or None."""
+    return _STEPS.get(model)
 
 
 def compile_step(model: Any, loss: Any, optimizer: Any, transforms: list[Any],

@@ -132,26 +132,34 @@ class FlatUpdate:
         self._grad_sources = grads
         return self.grads
 
-    def run(self) -> None:
-        """Apply the rule once to the flat buffers, and count the step as `Optimizer.step` does."""
+    def run(self, keep: Any = None) -> bool:
+        """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False when
+        the optimizer's state has holes (some parameters have state, others not) and nothing was done.
+
+        `keep`, a 0-d device flag (the deferred finite check), selects on the device between
+        the rule's results and the buffers as they were; None applies the step.
+        """
         opt, xp = self.optimizer, self.xp
         if self.values is None or not self._in_place():
             self._gather_values()
             self.state = None
         if self.state is None and not self._gather_state():
             self.values = None  # the per-parameter loop runs this step; gather again next time
-            opt.step()
-            return
+            return False
         grads = [p.grad for p in opt.params]
         if self.grads is None or any(g is not s for g, s in zip(grads, self._grad_sources, strict=True)):
             self.gather_grads()
         t = opt.param_steps[0] + 1
         assert self.state is not None
+        opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
         new_values, new_state = opt.update(xp, self.values, self.grads, self.state, t, opt.lr)
+        if keep is not None:
+            new_values = xp.where(keep, new_values, self.values)
+            new_state = {k: xp.where(keep, arr, self.state[k]) for k, arr in new_state.items()}
         self.grads, self._grad_sources = None, []
         self._store(new_values, new_state)
-        opt.step_count += 1
         opt.param_steps[:] = [t] * len(opt.param_steps)
+        return True
 
     def _store(self, new_values: Any, new_state: dict[str, Any]) -> None:
         """Write the rule's results into the flat buffers (rebinding the views where arrays are immutable)."""

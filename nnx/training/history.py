@@ -33,13 +33,15 @@ class History:
     """Per-epoch logs of a `fit` call, Keras style: ``history.history["loss"][-1]``.
 
     `epoch` lists the epoch indices trained; `interrupted` is True when the run
-    was stopped by Ctrl-C.
+    was stopped by Ctrl-C; `execution` says how the training step ran (``"compiled"``,
+    ``"flat"``: one optimizer update over flat buffers, or ``"plain"``).
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
         self.interrupted = False
+        self.execution = "plain"
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:
         """Record one epoch's logs."""

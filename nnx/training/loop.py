@@ -150,6 +150,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     history = model.history = History()
     model.stop_training = False
     step = TrainStep(model, loss_fn, opt, transforms, check_finite)
+    history.execution = step.execution
     failing = False
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:

@@ -73,6 +73,11 @@ class TrainStep:
         self._first_bad: Any = None  # deferred: device index of the first refused step
         self._verdict: Any = None  # deferred: this step's flag, consumed by update
         self._updates: list[tuple[int, int, list[int], set]] = []  # deferred: host counters before each update
+    @property
+    def execution(self) -> str:
+        """How the step runs: ``"compiled"`` (one program), ``"flat"`` (one update over flat buffers) or ``"plain"``."""
+        return "compiled" if self.compiled is not None else "flat" if self.flat is not None else "plain"
+
     # -- stages ------------------------------------------------------------------------------
     def run(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:
         """Every stage in one call of the compiled step (only where `compiled` is not None).
@@ -175,14 +180,18 @@ class TrainStep:
         ok: Any = None
         for flag in self._finite_flags(value):
             ok = flag if ok is None else ok & flag
-        device = self.model.backend.device
-        here = xp.asarray(index, dtype=xp.int64, device=device)
         if self._ok is None:
-            self._ok = ok
+            # the step index lives on the device and counts there: building it from a host int each step
+            # would copy it synchronously (torch:cuda), defeating the deferred check
+            device = self.model.backend.device
+            here = xp.asarray(index, dtype=xp.int64, device=device)
             self._first_bad = xp.where(ok, xp.asarray(-1, dtype=xp.int64, device=device), here)
+            self._ok = ok
         else:
+            here = self._here + 1
             self._first_bad = xp.where(self._ok & ~ok, here, self._first_bad)
             self._ok = self._ok & ok
+        self._here = here
         self._verdict = self._ok
 
     def end_epoch(self) -> int | None:
@@ -210,30 +219,26 @@ class TrainStep:
     def update(self) -> None:
         """Apply the optimizer to ``p.grad`` (deferred: only where every step so far was finite)."""
         keep = self._verdict
-        if keep is None:
-            self._apply()
-            return
-        xp = self.model.xp
         opt = self.optimizer
-        before = [(p, xp.asarray(p.value, copy=True)) for p in self.params]
-        state = opt.state
-        saved = {i: {key: xp.asarray(arr, copy=True) for key, arr in entry.items()} for i, entry in state.items()}
-        self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(state)))
-        self._apply()
-        state = opt.state  # the flat update may have installed its views
+        flat = self.flat
+        if keep is not None:
+            self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(opt.state)))
+        if flat is not None and flat.applies() and flat.run(keep):
+            return  # with `keep`, it selected on the device between the rule's results and the buffers
+        if keep is None:
+            opt.step()
+            return
+        # A rule is pure, so the arrays before the step stay as they were: holding them costs no copy.
+        xp = self.model.xp
+        before = [(p, p.value) for p in self.params]
+        saved = {i: dict(entry) for i, entry in opt.state.items()}
+        opt.step()
         for p, old in before:
-            p.value = _select(xp, keep, p.value, old)
-        for i, entry in state.items():
+            p.value = xp.where(keep, p.value, old)
+        for i, entry in opt.state.items():
             for key, arr in entry.items():
                 old = saved.get(i, {}).get(key)
-                entry[key] = _select(xp, keep, arr, xp.zeros_like(arr) if old is None else old)
-
-    def _apply(self) -> None:
-        flat = self.flat
-        if flat is not None and flat.applies():
-            flat.run()
-        else:
-            self.optimizer.step()
+                entry[key] = xp.where(keep, arr, xp.zeros_like(arr) if old is None else old)
 
     def flush(self) -> bool:
         """End of epoch: held-back gradients go through the later transforms; True when an update is due."""
@@ -252,12 +257,3 @@ class TrainStep:
         if self.compiled is not None:
             self.compiled.reset()
 
-
-def _select(xp: Any, keep: Any, new: Any, old: Any) -> Any:
-    """`new` where `keep` (a 0-d device flag) holds, else `old`, written into `new` where arrays are mutable."""
-    merged = xp.where(keep, new, old)
-    try:
-        new[...] = merged  # keeps views (a fast path's flat buffers) bound
-    except (TypeError, ValueError):  # immutable arrays (JAX): rebind
-        return merged
-    return new

@@ -28,6 +28,10 @@ class GradientTransform:
     holding gradients back returns True there to have them applied.
     """
 
+    traceable = False
+    """True for a transform that only does arithmetic on ``p.grad`` (no host state, no I/O), so that a
+    compiled step may trace it; anything else runs the step's plain stages."""
+
     def apply(self, params: list[Parameter], rows: int) -> bool:
         """Transform the gradients in place of ``p.grad``; return False to skip this step's update."""
         raise NotImplementedError
@@ -64,6 +68,8 @@ class ClipByNorm(GradientTransform):
     device, so clipping never makes the host wait.
     """
 
+    traceable = True  # arithmetic on the gradients only: a compiled step may include it
+
     def __init__(self, max_norm: float) -> None:
         self.max_norm = _positive("ClipByNorm", "max_norm", max_norm)
 
@@ -84,6 +90,8 @@ class ClipByNorm(GradientTransform):
 
 class ClipByValue(GradientTransform):
     """Clip every gradient element into ``[-clip_value, clip_value]`` (torch's `clip_grad_value_`)."""
+
+    traceable = True  # arithmetic on the gradients only: a compiled step may include it
 
     def __init__(self, clip_value: float) -> None:
         self.clip_value = _positive("ClipByValue", "clip_value", clip_value)

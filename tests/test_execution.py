@@ -1,0 +1,266 @@
+"""Derived executions give the plain loop's numbers, for built-ins and for a user's code alike.
+
+`fit` runs the training step plainly, with the optimizer's elementwise rule applied once
+over flat buffers, or (JAX) as one compiled program traced from the model's own code. Each
+test trains two identical models, one with derived executions on and one with them off
+(`Backend.with_fastpath(False)`), and compares weights, optimizer state and losses: to
+1e-12 in float64 and 1e-5 in float32, with the same NaN/inf behaviour. Which execution ran
+is read from `History.execution`; nothing here reads private state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import optim
+
+
+def _tol(dtype):
+    return {"rtol": 1e-12, "atol": 1e-14} if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _derived(backend) -> str:
+    return "compiled" if backend.can_compile else "flat"
+
+
+# -- a user's layer, loss and optimizer, written with the public API only ------------------------
+
+class ExecUserDense(nnx.Layer):
+    """``X @ W + b`` as a user writes it."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.X: Any = None
+
+    def build(self, input_shape):
+        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), "glorot", regularized=True)
+        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X = X
+        return X @ self.weight.value + self.bias.value
+
+    def backward(self, dY, need_dX=True):
+        self.weight.grad = self.X.T @ dY
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        return dY @ self.weight.value.T if need_dX else None
+
+    def get_config(self):
+        return {"type": "ExecUserDense", "in_features": self.in_features, "out_features": self.out_features}
+
+
+class ExecUserAdam(optim.Optimizer):
+    """torch's Adam written as a user's pure rule."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, eps=eps)
+
+    def init_state(self, xp, value):
+        return {"m": xp.zeros_like(value), "v": xp.zeros_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        m = self.beta1 * state["m"] + (1.0 - self.beta1) * grad
+        v = self.beta2 * state["v"] + (1.0 - self.beta2) * (grad * grad)
+        denom = xp.sqrt(v) / (1.0 - self.beta2**step) ** 0.5 + self.eps
+        return value - (lr / (1.0 - self.beta1**step)) * (m / denom), {"m": m, "v": v}
+
+
+class ExecUserNormalizedSGD(optim.Optimizer):
+    """Steps by the gradient divided by its parameter's norm: NOT elementwise, so it runs parameter by parameter."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad / (xp.sqrt(xp.sum(grad * grad)) + 1e-12), state
+
+
+class ExecUserSquaredLoss(nnx.losses.Loss):
+    """Half the squared error per row, written with the public `rows` API."""
+
+    def rows(self, xp, y_true, y_pred):
+        diff = y_pred - y_true
+        n = y_pred.shape[0]
+        return 0.5 * xp.sum(diff * diff, axis=1), diff / n
+
+
+# -- models and data -----------------------------------------------------------------------------
+
+MODELS = {
+    "relu_ce": (lambda: [nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3)], "cross_entropy", "classes"),
+    "softmax_ce": (lambda: [nnx.Dense(6, 9), nnx.Tanh(), nnx.Dense(9, 3), nnx.Softmax()], "cross_entropy",
+                   "classes"),
+    "sigmoid_bce_l2": (lambda: [nnx.Dense(6, 8, regularizer="l2"), nnx.LeakyReLU(0.1), nnx.Dense(8, 1),
+                                nnx.Sigmoid()], "bce", "binary"),
+    # BatchNorm after the activation: right after a Dense it makes that bias's gradient rounding noise,
+    # which Adam's normalisation turns into steps of random sign (chaotic, whatever the execution)
+    "dropout_batchnorm": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.BatchNorm(), nnx.Dropout(0.3),
+                                   nnx.Dense(8, 3)], "cross_entropy", "classes"),
+    "user_dense_user_loss": (lambda: [ExecUserDense(6, 8), nnx.ReLU(), ExecUserDense(8, 2)],
+                             ExecUserSquaredLoss(), "regression"),
+}
+
+
+def _data(kind, n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 6))
+    if kind == "classes":
+        y = rng.integers(0, 3, n)
+    elif kind == "binary":
+        y = (rng.random((n, 1)) > 0.5).astype(float)
+    else:
+        y = rng.standard_normal((n, 2))
+    return X, y
+
+
+def _train(backend, dtype, name, opt_name, kwargs, fast, epochs=3, **fit):
+    make, loss, kind = MODELS[name]
+    model = nnx.Sequential(*make(), backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+    opt = (optim.get_optimizer(opt_name, model.parameters(), **kwargs) if isinstance(opt_name, str)
+           else opt_name(model.parameters(), **kwargs))
+    X, y = _data(kind)
+    history = model.fit(X, y, loss=loss, optimizer=opt, epochs=epochs, batch_size=16, **fit)
+    return model, opt, history
+
+
+def _assert_same(a, b, dtype):
+    (ma, oa, ha), (mb, ob, hb) = a, b
+    for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+        np.testing.assert_allclose(ma.backend.to_host(pa.value), mb.backend.to_host(pb.value), **_tol(dtype),
+                                   err_msg=pa.name)
+    for ba, bb in zip(ma.buffers(), mb.buffers(), strict=True):
+        np.testing.assert_allclose(ma.backend.to_host(ba.value), mb.backend.to_host(bb.value), **_tol(dtype))
+    np.testing.assert_allclose(ha["loss"], hb["loss"], **_tol(dtype))
+    sa, sb = oa.state_dict(), ob.state_dict()
+    assert (sa["step"], sa["param_steps"]) == (sb["step"], sb["param_steps"])
+    assert sa["state"].keys() == sb["state"].keys()
+    for i, entry in sa["state"].items():
+        assert entry.keys() == sb["state"][i].keys()
+        for key, arr in entry.items():
+            np.testing.assert_allclose(ma.backend.to_host(arr), mb.backend.to_host(sb["state"][i][key]),
+                                       **_tol(dtype), err_msg=f"state {i} {key}")
+
+
+OPTIMIZERS = [
+    ("sgd", {"lr": 0.05}),
+    ("sgd", {"lr": 0.05, "momentum": 0.9, "dampening": 0.2, "weight_decay": 1e-3}),
+    ("sgd", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": False}),
+    ("momentum", {"lr": 0.05, "momentum": 0.8}),
+    ("adam", {"lr": 0.01, "weight_decay": 1e-3}),
+    ("adam", {"lr": 0.01, "amsgrad": True}),
+    ("adamw", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
+    ("adagrad", {"lr": 0.05, "lr_decay": 0.01}),
+    ("lion", {"lr": 0.005, "weight_decay": 0.1}),
+    (ExecUserAdam, {"lr": 0.01}),
+]
+
+
+@pytest.mark.parametrize("opt_name,kwargs", OPTIMIZERS, ids=lambda v: v if isinstance(v, str) else
+                         getattr(v, "__name__", "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict)
+                                 else str(v)))
+def test_every_optimizer_rule_gives_the_plain_loops_numbers(backend, dtype, opt_name, kwargs):
+    derived = _train(backend, dtype, "dropout_batchnorm", opt_name, kwargs, fast=True)
+    plain = _train(backend, dtype, "dropout_batchnorm", opt_name, kwargs, fast=False)
+    assert derived[2].execution == _derived(backend) and plain[2].execution == "plain"
+    _assert_same(derived, plain, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_gives_the_plain_loops_numbers(backend, dtype, name):
+    derived = _train(backend, dtype, name, ExecUserAdam, {"lr": 0.01}, fast=True, clip_norm=1.0)
+    plain = _train(backend, dtype, name, ExecUserAdam, {"lr": 0.01}, fast=False, clip_norm=1.0)
+    assert derived[2].execution == _derived(backend), "a user's layer, loss and optimizer get the derived speed"
+    _assert_same(derived, plain, dtype)
+
+
+def test_sample_weights_and_accumulation_give_the_plain_loops_numbers(backend, dtype):
+    X, y = _data("classes")
+    w = np.linspace(0.5, 2.0, len(X))
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 5), nnx.ReLU(), nnx.Dense(5, 3), backend=backend.with_fastpath(fast),
+                               dtype=dtype, seed=1)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        h = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=8, sample_weight=w,
+                      accumulate=2)
+        runs.append((model, opt, h))
+    _assert_same(runs[0], runs[1], dtype)
+
+
+def test_a_rule_that_is_not_elementwise_runs_per_parameter(backend, dtype):
+    derived = _train(backend, dtype, "relu_ce", ExecUserNormalizedSGD, {"lr": 0.05}, fast=True)
+    plain = _train(backend, dtype, "relu_ce", ExecUserNormalizedSGD, {"lr": 0.05}, fast=False)
+    assert derived[2].execution == ("compiled" if backend.can_compile else "plain")
+    _assert_same(derived, plain, dtype)
+
+
+def test_flat_update_follows_rebinding_and_reloaded_state(backend, dtype):
+    """Parameters or optimizer state replaced between fits (load_state_dict) are what the next step starts from."""
+    runs = []
+    for fast in (True, False):
+        model, opt, _ = _train(backend, dtype, "relu_ce", "adam", {"lr": 0.01}, fast=fast, epochs=1)
+        model.load_state_dict({k: model.backend.to_host(v) for k, v in model.state_dict().items()})
+        opt.load_state_dict(opt.state_dict())
+        X, y = _data("classes", seed=1)
+        h = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16)
+        runs.append((model, opt, h))
+    _assert_same(runs[0], runs[1], dtype)
+
+
+def test_an_optimizer_over_some_parameters(backend, dtype):
+    runs = []
+    for fast in (True, False):
+        make, loss, kind = MODELS["relu_ce"]
+        model = nnx.Sequential(*make(), backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+        opt = optim.Adam(model.parameters()[2:], lr=0.01)  # the last layer only
+        X, y = _data(kind)
+        runs.append((model, opt, model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)))
+    _assert_same(runs[0], runs[1], dtype)
+
+
+def test_a_non_finite_step_is_refused_alike(backend, dtype):
+    """A run that overflows into inf and NaN (through ReLU's backward too) is refused at the same batch, with the
+    same weights, in every execution."""
+    X, y = _data("classes", n=48)
+    lr = 1e200 if dtype == "float64" else 1e30  # finite steps whose products overflow a step or two later
+    outcomes = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 5), nnx.ReLU(), nnx.Dense(5, 3), backend=backend.with_fastpath(fast),
+                               dtype=dtype, seed=1)
+        opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        with pytest.raises(FloatingPointError) as info:
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=16, shuffle=False)
+        outcomes.append((str(info.value).split(":")[0], [model.backend.to_host(p.value) for p in model.parameters()],
+                         opt.state_dict()["param_steps"]))
+    assert outcomes[0][0] == outcomes[1][0] and outcomes[0][2] == outcomes[1][2]
+    for a, b in zip(outcomes[0][1], outcomes[1][1], strict=True):
+        np.testing.assert_allclose(a, b, **_tol(dtype))
+
+
+def test_kept_parameter_and_grad_arrays_follow_the_documented_semantics(backend, dtype):
+    """``state_dict`` returns copies; a kept ``p.grad`` never changes later (the flat update gathers fresh ones)."""
+    model, opt, _ = _train(backend, dtype, "relu_ce", "adam", {"lr": 0.01}, fast=True, epochs=1)
+    snapshot = model.state_dict()
+    kept = {k: np.array(model.backend.to_host(v), copy=True) for k, v in snapshot.items()}
+    grads = [(p.grad, np.array(model.backend.to_host(p.grad), copy=True)) for p in model.parameters()]
+    X, y = _data("classes", seed=2)
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
+    for k, v in snapshot.items():
+        np.testing.assert_array_equal(model.backend.to_host(v), kept[k])
+    for g, values in grads:
+        np.testing.assert_array_equal(model.backend.to_host(g), values)
+
+
+def test_the_switch(backend):
+    off = backend.with_fastpath(False)
+    assert not off.fastpath_enabled and off == backend
+    assert backend.with_fastpath(True).fastpath_enabled or __import__("os").environ.get("NNX_FASTPATH") == "0"
