@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import array_api_compat
 
-from .activations import log_softmax, sigmoid, softmax, softplus
+from .activations import sigmoid, softplus
 from .backends import backend_name_of, get_backend
 from .registry import Registry
 
@@ -426,11 +426,15 @@ class CrossEntropy(Loss):
         """Each row's cross-entropy, and its gradient divided by the number of rows."""
         scale = 1 / y_pred.shape[0]
         if self.from_logits:
-            rows = -xp.sum(y_true * log_softmax(y_pred, axis=1), axis=1)
+            # log_softmax and softmax (nnx.activations' formulas) share the shifted exponentials
+            z = y_pred - xp.max(y_pred, axis=1, keepdims=True)
+            e = xp.exp(z)
+            e_sum = xp.sum(e, axis=1, keepdims=True)  # >= 1, since the shifted maximum is 0: its log is finite
+            rows = -xp.sum(y_true * (z - xp.log(e_sum)), axis=1)
             # Rows of soft targets need not sum to 1; the general gradient is
             # softmax * sum(t) - t, which is softmax - t for one-hot rows.
             total = xp.sum(y_true, axis=1, keepdims=True)
-            return rows, (softmax(y_pred, axis=1) * total - y_true) * scale
+            return rows, (e / e_sum * total - y_true) * scale
         p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
         return -xp.sum(y_true * xp.log(p), axis=1), -(y_true / p) * scale
 
