@@ -126,7 +126,7 @@ class Loss:
             cls.name = cls.__name__.lower()
         LOSSES.add(cls.name, cls)
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Loss:
+    def __new__(cls, *args: Any, **kwargs: Any):  # no return annotation: inferred as the subclass itself
         # Checked when a loss is made, not when its class is defined, so that a module holding an old
         # loss still imports and only the code that uses it fails.
         removed = [name for name in _REMOVED_HOOKS if any(name in k.__dict__ for k in cls.__mro__)]
