@@ -109,6 +109,10 @@ class Loss:
     - `prepare` (optional) validates ``y_true`` and brings it to the form `rows`
       needs; the default asks for ``y_pred``'s shape and casts to its dtype.
 
+    ``rows`` always forms both results, so a value-only call (``loss(...)``,
+    `per_sample`) also pays for the gradient's few elementwise operations (a
+    compiled step drops them).
+
     Args:
         reduction: ``"sum_over_batch_size"`` (weighted row losses summed, divided by
             the number of rows) or ``"mean_with_sample_weight"`` (divided by the sum
