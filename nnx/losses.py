@@ -1,16 +1,20 @@
 """Loss functions: a value and the gradient of exactly that value w.r.t. the predictions.
 
-Every loss reduces by the mean over all elements (PyTorch's ``reduction="mean"``;
-for `CrossEntropy` that is the mean over samples, like ``torch.nn.CrossEntropyLoss``).
+A loss is the mean of per-row losses ``l_i`` (one row per sample). Every loss is
+written once, as `Loss.rows` (the row losses and the gradient of their mean); the
+base class derives the value, the gradient, `Loss.per_sample` and both weighted
+reductions from it. Built-in losses average over all elements (PyTorch's
+``reduction="mean"``: row i's loss is the mean over its elements), except
+`CrossEntropy`, whose row loss is the row's cross-entropy (the mean over samples,
+like ``torch.nn.CrossEntropyLoss``).
 
 Per-row weights follow Keras (``reduction="sum_over_batch_size"``): with
-``sample_weight=w`` the value is ``sum_i w_i * l_i / n``, where ``l_i`` is row i's
-loss (`Loss.per_sample`: the mean over the row's elements, or the row's
-cross-entropy) and ``n`` the number of rows, so ``w = 1`` gives the unweighted
-mean. ``reduction="mean_with_sample_weight"`` (also Keras's name) divides by
-``sum(w)`` instead, per call: what scikit-learn means by sample weights, where a
-weight of 2 is the row repeated in every batch it lands in. Without weights the
-two reductions are the same mean.
+``sample_weight=w`` the value is ``sum_i w_i * l_i / n``, where ``n`` is the
+number of rows, so ``w = 1`` gives the unweighted mean.
+``reduction="mean_with_sample_weight"`` (also Keras's name) divides by ``sum(w)``
+instead, per call: what scikit-learn means by sample weights, where a weight of 2
+is the row repeated in every batch it lands in. Without weights the two
+reductions are the same mean.
 
 Checking inputs comes in two parts. Shapes and dtypes are metadata, so they are
 always checked (a ``(n,)`` target against ``(n, 1)`` predictions is reshaped,
@@ -29,7 +33,7 @@ from typing import Any, cast
 
 import array_api_compat
 
-from .activations import log_softmax, sigmoid, softmax, softplus
+from .activations import sigmoid, softplus
 from .backends import backend_name_of, get_backend
 from .registry import Registry
 
@@ -50,11 +54,25 @@ __all__ = [
     "CrossEntropy",
     "Loss",
     "get_loss",
+    "row_mean",
 ]
 
 
 REDUCTIONS = ("sum_over_batch_size", "mean_with_sample_weight")
 """How weighted row losses are averaged: divided by the number of rows, or by the sum of the weights."""
+
+# The extension hooks of nnx 0.2; a subclass that still defines one would be silently ignored.
+_REMOVED_HOOKS = ("_prepare", "_compute", "_rows")
+
+
+def row_mean(xp: Any, elementwise: Any) -> Any:
+    """Mean over every axis but the first, ``(n, ...) -> (n,)``: the row losses of an elementwise loss."""
+    if elementwise.ndim == 1:
+        return elementwise
+    n = elementwise.shape[0]
+    if math.prod(elementwise.shape[1:]) == 1:
+        return xp.reshape(elementwise, (n,))  # one element per row (a single output): no reduction needed
+    return xp.mean(xp.reshape(elementwise, (n, -1)), axis=1)
 
 
 def _clip_eps(xp: Any, dtype: Any) -> float:
@@ -72,18 +90,28 @@ def _flag(name: str, value: Any) -> bool:
 
 
 def _host_all(y_pred: Any, flag: Any) -> bool:
-    # The one place a loss waits for the device; only reached when check=True.
+    # The one place a built-in loss waits for the device; only reached when check=True.
     return bool(get_backend(y_pred).to_host(flag))
 
 
 class Loss:
     """Base class: ``loss(y_true, y_pred)`` is a 0-d array, ``loss.gradient`` its gradient w.r.t. ``y_pred``.
 
-    Subclasses implement `_prepare` (validate and bring ``y_true`` to the shape
-    and dtype the math needs) and `_compute` (the value and, when asked, the
-    gradient, sharing intermediate work). A loss that is the mean of per-row
-    losses also implements `_rows` (the ``(n,)`` row losses and the gradient of
-    their mean), which is what `per_sample` and ``sample_weight`` need.
+    A loss is written with two public methods, and the base class derives
+    everything else (``__call__``, `gradient`, `value_and_grad`, `per_sample`,
+    ``sample_weight`` and both reductions) from them:
+
+    - `rows` (required) returns ``(l, g)``: ``l`` of shape ``(n,)``, row i's loss,
+      which depends on row i of ``y_pred`` only; and ``g``, shaped like ``y_pred``,
+      the gradient of the *mean* ``sum(l) / n`` w.r.t. ``y_pred``. The value is
+      ``sum(l) / n`` with gradient ``g``; with weights it is ``sum(w * l) / n``
+      with gradient ``g`` scaled row by row by ``w``.
+    - `prepare` (optional) validates ``y_true`` and brings it to the form `rows`
+      needs; the default asks for ``y_pred``'s shape and casts to its dtype.
+
+    ``rows`` always forms both results, so a value-only call (``loss(...)``,
+    `per_sample`) also pays for the gradient's few elementwise operations (a
+    compiled step drops them).
 
     Args:
         reduction: ``"sum_over_batch_size"`` (weighted row losses summed, divided by
@@ -102,38 +130,75 @@ class Loss:
             cls.name = cls.__name__.lower()
         LOSSES.add(cls.name, cls)
 
+    def __new__(cls, *args: Any, **kwargs: Any):  # no return annotation: inferred as the subclass itself
+        # Checked when a loss is made, not when its class is defined, so that a module holding an old
+        # loss still imports and only the code that uses it fails.
+        removed = [name for name in _REMOVED_HOOKS if any(name in k.__dict__ for k in cls.__mro__)]
+        if removed:
+            raise TypeError(
+                f"{cls.__name__} defines {', '.join(removed)}, which nnx no longer calls: write the loss as "
+                "rows(xp, y_true, y_pred) -> (per-row losses (n,), gradient of their mean w.r.t. y_pred) and, "
+                "where targets need validating or encoding, prepare(xp, y_true, y_pred, check) -> y_true"
+            )
+        return super().__new__(cls)
+
     def __init__(self, reduction: str = "sum_over_batch_size") -> None:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
         self.reduction = reduction
 
+    # -- the extension API ----------------------------------------------------
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """``(l, g)``: row losses of shape ``(n,)`` and the gradient of ``sum(l) / n`` w.r.t. ``y_pred``.
+
+        ``y_true`` is what `prepare` returned; ``y_pred`` has at least one axis and
+        a real floating dtype. Both results must be in ``y_pred``'s dtype.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement rows(xp, y_true, y_pred) returning the (n,) per-row losses "
+            "(whose mean is the loss) and the gradient of that mean w.r.t. y_pred"
+        )
+
+    def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        """``y_true`` as `rows` needs it: here reshaped to ``y_pred``'s shape and cast to its dtype, or ValueError.
+
+        Only the ``(n,)`` against ``(n, 1)`` case is reshaped (broadcasting it would
+        silently give an ``(n, n)`` loss). An override checks shapes and dtypes
+        always, and values (which makes the host wait for the device) only when
+        ``check`` is True.
+        """
+        t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
+        if t_shape != p_shape:
+            squeezed_t = t_shape[:-1] if t_shape[-1:] == (1,) else t_shape
+            squeezed_p = p_shape[:-1] if p_shape[-1:] == (1,) else p_shape
+            if len(t_shape) + len(p_shape) == 3 and squeezed_t == squeezed_p:
+                y_true = xp.reshape(y_true, p_shape)
+            else:
+                raise ValueError(
+                    f"y_true and y_pred must have the same shape, got y_true {t_shape} and y_pred {p_shape}"
+                )
+        if y_true.dtype != y_pred.dtype:
+            y_true = xp.astype(y_true, y_pred.dtype)
+        return y_true
+
+    # -- what the base class derives from them ---------------------------------
     def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
         """The mean loss (or ``sum_i w_i l_i / n`` with ``sample_weight``), a 0-d array on ``y_pred``'s device."""
-        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
-        if w is None:
-            return self._compute(xp, y_true, y_pred, grad=False)[0]
-        return self._weighted(xp, y_true, y_pred, w, grad=False)[0]
+        return self._reduce(*self._inputs(y_true, y_pred, check, sample_weight))[0]
 
     def gradient(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
         """Gradient of ``self(y_true, y_pred, sample_weight)`` w.r.t. ``y_pred``, shaped like ``y_pred``."""
-        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
-        if w is None:
-            return self._compute(xp, y_true, y_pred, grad=True)[1]
-        return self._weighted(xp, y_true, y_pred, w, grad=True)[1]
+        return self._reduce(*self._inputs(y_true, y_pred, check, sample_weight))[1]
 
     def value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *,
                        check: bool = True) -> tuple[Any, Any]:
         """``(value, gradient)`` in one pass, sharing the work the two have in common."""
-        xp, y_true, y_pred, w = self._inputs(y_true, y_pred, check, sample_weight)
-        if w is None:
-            return self._compute(xp, y_true, y_pred, grad=True)
-        return self._weighted(xp, y_true, y_pred, w, grad=True)
+        return self._reduce(*self._inputs(y_true, y_pred, check, sample_weight))
 
     def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
         """Row i's loss l_i for every row, shape ``(n,)``; the loss's value is their mean."""
         xp, y_true, y_pred, _ = self._inputs(y_true, y_pred, check, None)
-        self._need_rows(y_pred, "per_sample")
-        return self._rows(xp, y_true, y_pred, grad=False)[0]
+        return self._rows_checked(xp, y_true, y_pred)[0]
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
@@ -148,6 +213,34 @@ class Loss:
         return f"{type(self).__name__}({args})"
 
     # -- shared plumbing ----------------------------------------------------
+    def _reduce(self, xp: Any, y_true: Any, y_pred: Any, w: Any) -> tuple[Any, Any]:
+        # value = sum_i w_i l_i / n. `rows` gives the gradient of mean_i l_i, so the
+        # weighted gradient is that one with row i scaled by w_i: no second formula.
+        n = y_pred.shape[0]
+        rows, g = self._rows_checked(xp, y_true, y_pred)
+        if w is None:
+            return xp.sum(rows) / n, g
+        if self.reduction == "mean_with_sample_weight":
+            # sum(w l) / sum(w), and 0 rather than 0/0 for a batch whose weights are all zero (as Keras)
+            total = xp.sum(w)
+            w = w * (n / (total + xp.astype(total == 0, total.dtype)))
+        return xp.sum(w * rows) / n, g * xp.reshape(w, (n,) + (1,) * (y_pred.ndim - 1))
+
+    def _rows_checked(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        rows, g = self.rows(xp, y_true, y_pred)
+        # metadata only: a wrong shape would broadcast in the reductions, a wrong dtype promote a float32 model
+        if rows.shape != (y_pred.shape[0],) or g.shape != y_pred.shape:
+            raise ValueError(
+                f"{type(self).__name__}.rows must return row losses of shape ({y_pred.shape[0]},) and a gradient "
+                f"of y_pred's shape {tuple(y_pred.shape)}, got {tuple(rows.shape)} and {tuple(g.shape)}"
+            )
+        if rows.dtype != y_pred.dtype or g.dtype != y_pred.dtype:
+            raise TypeError(
+                f"{type(self).__name__}.rows must return arrays of y_pred's dtype {y_pred.dtype}, "
+                f"got {rows.dtype} and {g.dtype}"
+            )
+        return rows, g
+
     def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
@@ -155,6 +248,8 @@ class Loss:
         y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):
             raise TypeError(f"y_pred must have a real floating dtype, got {y_pred.dtype}")
+        if y_pred.ndim == 0:
+            raise ValueError("a loss needs y_pred with a leading row axis (one row per sample), got a 0-d y_pred")
         if (
             not array_api_compat.is_array_api_obj(y_true)
             or backend_name_of(y_true) != backend_name_of(y_pred)
@@ -169,13 +264,12 @@ class Loss:
         if math.prod(y_pred.shape) == 0:
             # the mean over no elements is 0/0: refuse rather than return NaN (or divide by zero)
             raise ValueError(f"y_pred is empty (shape {tuple(y_pred.shape)}); a loss needs at least one element")
-        y_true = self._prepare(xp, y_true, y_pred, check)
+        y_true = self.prepare(xp, y_true, y_pred, check)
         w = None if sample_weight is None else self._sample_weight(xp, sample_weight, y_pred, check)
         return xp, y_true, y_pred, w
 
     def _sample_weight(self, xp: Any, sample_weight: Any, y_pred: Any, check: bool) -> Any:
         """``sample_weight`` as an ``(n,)`` array in ``y_pred``'s dtype on its device, or ValueError/TypeError."""
-        self._need_rows(y_pred, "sample_weight")
         if isinstance(sample_weight, (bool, str)):
             # loss(y, p, False) from code written before sample_weight existed, or a typo
             raise TypeError(f"sample_weight must be an array of shape (n,) or None, got {sample_weight!r}"
@@ -197,65 +291,6 @@ class Loss:
             raise ValueError("sample_weight must be non-negative, got negative weights")
         return w
 
-    def _need_rows(self, y_pred: Any, what: str) -> None:
-        if y_pred.ndim == 0:
-            raise ValueError(f"{what} needs y_pred with a leading row axis, got a 0-d y_pred")
-        if type(self)._rows is Loss._rows:
-            raise NotImplementedError(
-                f"{type(self).__name__} does not support {what}: implement _rows(xp, y_true, y_pred, grad) "
-                "returning the (n,) per-row losses (whose mean is the loss) and the gradient of that mean"
-            )
-
-    def _weighted(self, xp: Any, y_true: Any, y_pred: Any, w: Any, grad: bool) -> tuple[Any, Any]:
-        # value = sum_i w_i l_i / n. The unweighted value is mean_i l_i, so the weighted
-        # gradient is the unweighted one with row i scaled by w_i.
-        n = y_pred.shape[0]
-        rows, g = self._rows(xp, y_true, y_pred, grad)
-        if self.reduction == "mean_with_sample_weight":
-            # sum(w l) / sum(w), and 0 rather than 0/0 for a batch whose weights are all zero (as Keras)
-            total = xp.sum(w)
-            w = w * (n / (total + xp.astype(total == 0, total.dtype)))
-        value = xp.sum(w * rows) / n
-        if g is not None:
-            g = g * xp.reshape(w, (n,) + (1,) * (y_pred.ndim - 1))
-        return value, g
-
-    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        raise NotImplementedError
-
-    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        raise NotImplementedError
-
-    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        """``(l, g)``: the ``(n,)`` per-row losses whose mean is the loss, and that mean's gradient (or None)."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _row_mean(xp: Any, elementwise: Any) -> Any:
-        """Mean over every axis but the first: ``(n, ...) -> (n,)``; a 1-D array is its own row mean."""
-        if elementwise.ndim == 1:
-            return elementwise
-        return xp.mean(xp.reshape(elementwise, (elementwise.shape[0], -1)), axis=1)
-
-    @staticmethod
-    def _same_shape(xp: Any, y_true: Any, y_pred: Any) -> Any:
-        """``y_true`` reshaped to ``y_pred``'s shape and cast to its dtype, or ValueError."""
-        t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
-        if t_shape != p_shape:
-            # Only the (n,) <-> (n, 1) case is repaired: broadcasting it would
-            # silently give an (n, n) loss.
-            squeezed_t = t_shape[:-1] if t_shape[-1:] == (1,) else t_shape
-            squeezed_p = p_shape[:-1] if p_shape[-1:] == (1,) else p_shape
-            if len(t_shape) + len(p_shape) == 3 and squeezed_t == squeezed_p:
-                y_true = xp.reshape(y_true, p_shape)
-            else:
-                raise ValueError(
-                    f"y_true and y_pred must have the same shape, got y_true {t_shape} and y_pred {p_shape}"
-                )
-        if y_true.dtype != y_pred.dtype:
-            y_true = xp.astype(y_true, y_pred.dtype)
-        return y_true
-
 
 class MSE(Loss):
     """Mean squared error, mean((y_pred - y_true)**2) over all elements.
@@ -266,19 +301,10 @@ class MSE(Loss):
 
     name = "mse"
 
-    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        return self._same_shape(xp, y_true, y_pred)
-
-    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """Row means of the squared differences, and ``2 (y_pred - y_true) / size``."""
         diff = y_pred - y_true
-        value = xp.mean(diff * diff)
-        g = diff * (2 / math.prod(y_pred.shape)) if grad else None
-        return value, g
-
-    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        diff = y_pred - y_true
-        g = diff * (2 / math.prod(y_pred.shape)) if grad else None
-        return self._row_mean(xp, diff * diff), g
+        return row_mean(xp, diff * diff), diff * (2 / math.prod(y_pred.shape))
 
 
 class MAE(Loss):
@@ -290,19 +316,10 @@ class MAE(Loss):
 
     name = "mae"
 
-    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        return self._same_shape(xp, y_true, y_pred)
-
-    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """Row means of the absolute differences, and ``sign(y_pred - y_true) / size``."""
         diff = y_pred - y_true
-        value = xp.mean(xp.abs(diff))
-        g = xp.sign(diff) * (1 / math.prod(y_pred.shape)) if grad else None
-        return value, g
-
-    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        diff = y_pred - y_true
-        g = xp.sign(diff) * (1 / math.prod(y_pred.shape)) if grad else None
-        return self._row_mean(xp, xp.abs(diff)), g
+        return row_mean(xp, xp.abs(diff)), xp.sign(diff) * (1 / math.prod(y_pred.shape))
 
 
 class BinaryCrossEntropy(Loss):
@@ -331,35 +348,23 @@ class BinaryCrossEntropy(Loss):
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
         return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
-    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        y_true = self._same_shape(xp, y_true, y_pred)
+    def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        """``y_true`` shaped like ``y_pred`` in its dtype; with ``check``, ValueError unless it lies in [0, 1]."""
+        y_true = super().prepare(xp, y_true, y_pred, check)
         if check and not _host_all(y_pred, xp.all((y_true >= 0) & (y_true <= 1))):
             raise ValueError("y_true for binary cross-entropy must lie in [0, 1] (and not be NaN)")
         return y_true
 
-    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """Row means of the elementwise cross-entropy, and its gradient divided by the number of elements."""
         scale = 1 / math.prod(y_pred.shape)
         if self.from_logits:
-            value = xp.mean(softplus(y_pred) - y_true * y_pred)
-            g = (sigmoid(y_pred) - y_true) * scale if grad else None
-            return value, g
+            return row_mean(xp, softplus(y_pred) - y_true * y_pred), (sigmoid(y_pred) - y_true) * scale
         eps = _clip_eps(xp, y_pred.dtype)
         p = xp.clip(y_pred, eps, 1 - eps)
         one_minus_p = 1 - p
-        value = -xp.mean(y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p))
-        g = (p - y_true) / (p * one_minus_p) * scale if grad else None
-        return value, g
-
-    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        scale = 1 / math.prod(y_pred.shape)
-        if self.from_logits:
-            g = (sigmoid(y_pred) - y_true) * scale if grad else None
-            return self._row_mean(xp, softplus(y_pred) - y_true * y_pred), g
-        eps = _clip_eps(xp, y_pred.dtype)
-        p = xp.clip(y_pred, eps, 1 - eps)
-        one_minus_p = 1 - p
-        g = (p - y_true) / (p * one_minus_p) * scale if grad else None
-        return -self._row_mean(xp, y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p)), g
+        rows = -row_mean(xp, y_true * xp.log(p) + (1 - y_true) * xp.log(one_minus_p))
+        return rows, (p - y_true) / (p * one_minus_p) * scale
 
 
 class CrossEntropy(Loss):
@@ -386,7 +391,8 @@ class CrossEntropy(Loss):
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
         return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
-    def _prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+    def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
+        """``y_true`` as rows of ``y_pred``'s shape and dtype; class indices become one-hot rows."""
         p_shape, t_shape = tuple(y_pred.shape), tuple(y_true.shape)
         if len(p_shape) != 2:
             raise ValueError(f"y_pred for cross-entropy must be 2-D (batch, classes), got shape {p_shape}")
@@ -420,32 +426,21 @@ class CrossEntropy(Loss):
         # exact, since 0 * a finite log-probability is 0.
         return xp.astype(y_true[:, None] == classes, y_pred.dtype)
 
-    def _compute(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """Each row's cross-entropy, and its gradient divided by the number of rows."""
         scale = 1 / y_pred.shape[0]
         if self.from_logits:
-            value = -xp.sum(y_true * log_softmax(y_pred, axis=1)) * scale
-            if not grad:
-                return value, None
+            # log_softmax and softmax (nnx.activations' formulas) share the shifted exponentials
+            z = y_pred - xp.max(y_pred, axis=1, keepdims=True)
+            e = xp.exp(z)
+            e_sum = xp.sum(e, axis=1, keepdims=True)  # >= 1, since the shifted maximum is 0: its log is finite
+            rows = -xp.sum(y_true * (z - xp.log(e_sum)), axis=1)
             # Rows of soft targets need not sum to 1; the general gradient is
             # softmax * sum(t) - t, which is softmax - t for one-hot rows.
             total = xp.sum(y_true, axis=1, keepdims=True)
-            return value, (softmax(y_pred, axis=1) * total - y_true) * scale
+            return rows, (e / e_sum * total - y_true) * scale
         p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
-        value = -xp.sum(y_true * xp.log(p)) * scale
-        g = -(y_true / p) * scale if grad else None
-        return value, g
-
-    def _rows(self, xp: Any, y_true: Any, y_pred: Any, grad: bool) -> tuple[Any, Any]:
-        scale = 1 / y_pred.shape[0]
-        if self.from_logits:
-            rows = -xp.sum(y_true * log_softmax(y_pred, axis=1), axis=1)
-            if not grad:
-                return rows, None
-            total = xp.sum(y_true, axis=1, keepdims=True)
-            return rows, (softmax(y_pred, axis=1) * total - y_true) * scale
-        p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
-        g = -(y_true / p) * scale if grad else None
-        return -xp.sum(y_true * xp.log(p), axis=1), g
+        return -xp.sum(y_true * xp.log(p), axis=1), -(y_true / p) * scale
 
 
 _ALIASES: dict[str, Callable[..., Loss]] = {

@@ -504,21 +504,27 @@ def test_bad_sample_weights_name_the_argument(backend):
              sample_weight=np.ones(1))
 
 
-def test_custom_loss_without_rows_says_what_to_implement(backend):
+def test_a_loss_written_with_the_removed_private_hooks_is_refused_naming_the_fix():
+    # nnx 0.2's hooks (_prepare, _compute, _rows) are no longer called: a subclass still defining one
+    # would silently compute its base's loss, so making it raises instead.
     class Cube(L.Loss):
         def _prepare(self, xp, y_true, y_pred, check):
-            return self._same_shape(xp, y_true, y_pred)
+            return y_true
 
         def _compute(self, xp, y_true, y_pred, grad):
             d = y_pred - y_true
             return xp.mean(d ** 3), (3 * d ** 2 / d.size if grad else None)
 
-    y = backend.asarray(np.ones((3, 1)), dtype="float64")
-    assert backend.to_float(Cube()(y, y)) == 0.0
-    with pytest.raises(NotImplementedError, match="Cube does not support sample_weight: implement _rows"):
-        Cube()(y, y, sample_weight=np.ones(3))
-    with pytest.raises(NotImplementedError, match="per_sample"):
-        Cube().per_sample(y, y)
+    with pytest.raises(TypeError, match=r"Cube defines _prepare, _compute, which nnx no longer calls: write the "
+                                        r"loss as rows\(xp, y_true, y_pred\)"):
+        Cube()
+
+    class ThirdMSE(L.MSE):
+        def _rows(self, xp, y_true, y_pred, grad):
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match=r"ThirdMSE defines _rows.*prepare\(xp, y_true, y_pred, check\)"):
+        ThirdMSE()
 
 
 def test_mean_with_sample_weight(backend, rng):

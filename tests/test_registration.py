@@ -19,9 +19,9 @@ from nnx.registry import UnknownNameError
 class HalfMSE(MSE):
     """Half the mean squared error (scikit-learn's scale), defined outside nnx."""
 
-    def _rows(self, xp, y_true, y_pred, grad):
-        rows, dZ = super()._rows(xp, y_true, y_pred, grad)
-        return rows * 0.5, None if dZ is None else dZ * 0.5
+    def rows(self, xp, y_true, y_pred):
+        rows, dZ = super().rows(xp, y_true, y_pred)
+        return rows * 0.5, dZ * 0.5
 
 
 class SignSGD(SGD):
