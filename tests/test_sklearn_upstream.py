@@ -14,8 +14,9 @@ import os
 
 import pytest
 
-sklearn = pytest.importorskip("sklearn")
+pytest.importorskip("sklearn")
 
+import sklearn  # noqa: E402
 import sklearn.neural_network  # noqa: E402
 
 import nnx.sklearn  # noqa: E402
