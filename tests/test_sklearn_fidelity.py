@@ -9,6 +9,7 @@ learning-rate schedules and bookkeeping, so `coefs_`, `intercepts_` and `loss_cu
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,7 +228,7 @@ def test_poisson_loss_follows_sklearn(solver, extra):
     X, y = _poisson_data()
     weighted = extra.pop("weighted", False) if extra else False
     w = np.random.default_rng(1).uniform(0.5, 2.0, size=X.shape[0]) if weighted else None
-    params = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, alpha=1e-3, max_iter=20,
+    params: dict[str, Any] = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, alpha=1e-3, max_iter=20,
                   learning_rate_init=0.01, random_state=0, **extra)
     ours = MLPRegressor(**params).fit(X, y, sample_weight=w)
     ref = SkMLPRegressor(**params).fit(X, y, sample_weight=w)
@@ -238,7 +239,8 @@ def test_poisson_loss_follows_sklearn(solver, extra):
 
 def test_poisson_loss_with_lbfgs_follows_sklearn():
     X, y = _poisson_data()
-    params = dict(loss="poisson", hidden_layer_sizes=(4,), solver="lbfgs", alpha=1e-3, max_iter=15, random_state=0)
+    params: dict[str, Any] = dict(loss="poisson", hidden_layer_sizes=(4,), solver="lbfgs", alpha=1e-3, max_iter=15,
+                                  random_state=0)
     ours, ref = MLPRegressor(**params).fit(X, y), SkMLPRegressor(**params).fit(X, y)
     assert ours.n_iter_ == ref.n_iter_ and ours.loss_ == pytest.approx(ref.loss_, rel=1e-9)
     assert _max_rel(ours.coefs_, ref.coefs_) < 1e-6
@@ -250,7 +252,7 @@ def test_multilabel_partial_fit_from_the_first_call_follows_sklearn():
     from sklearn.datasets import make_multilabel_classification
 
     X, Y = make_multilabel_classification(n_samples=50, random_state=0, return_indicator=True)
-    params = dict(solver="sgd", hidden_layer_sizes=8, random_state=0, activation="logistic", alpha=1e-5,
+    params: dict[str, Any] = dict(solver="sgd", hidden_layer_sizes=8, random_state=0, activation="logistic", alpha=1e-5,
                   learning_rate_init=0.2)
     ours, ref = MLPClassifier(**params), SkMLPClassifier(**params)
     for _ in range(5):
@@ -264,8 +266,8 @@ def test_multilabel_partial_fit_from_the_first_call_follows_sklearn():
 def test_diverging_run_with_early_stopping_follows_sklearn():
     """nan validation scores are recorded, training goes on, and the best finite weights are restored."""
     X, y = make_regression(n_samples=150, n_features=4, noise=1.0, random_state=0)
-    params = dict(hidden_layer_sizes=20, activation="identity", solver="sgd", learning_rate_init=1.0, max_iter=12,
-                  early_stopping=True, random_state=0)
+    params: dict[str, Any] = dict(hidden_layer_sizes=20, activation="identity", solver="sgd", learning_rate_init=1.0,
+                                  max_iter=12, early_stopping=True, random_state=0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         ours, ref = MLPRegressor(**params).fit(X, y), SkMLPRegressor(**params).fit(X, y)
@@ -289,7 +291,7 @@ def test_assigned_weights_then_partial_fit_follow_sklearn():
     rng = np.random.default_rng(0)
     coefs = [rng.normal(size=(6, 3)), rng.normal(size=(3, 1))]
     intercepts = [rng.normal(size=3), rng.normal(size=1)]
-    params = dict(hidden_layer_sizes=3, solver="sgd", learning_rate_init=0.05, random_state=1)
+    params: dict[str, Any] = dict(hidden_layer_sizes=3, solver="sgd", learning_rate_init=0.05, random_state=1)
     ours, ref = MLPClassifier(**params), SkMLPClassifier(**params)
     for est in (ours, ref):
         est.coefs_ = [c.copy() for c in coefs]
@@ -322,7 +324,7 @@ def test_fitted_weights_are_views_that_write_through_or_refuse():
                                            ("sgd", {"learning_rate": "adaptive", "tol": 0.5}), ("adam", {})])
 def test_optimizer_learning_rate_view_follows_sklearn(solver, extra):
     X, y = _data("binary")
-    params = dict(hidden_layer_sizes=4, solver=solver, max_iter=30, random_state=0, **extra)
+    params: dict[str, Any] = dict(hidden_layer_sizes=4, solver=solver, max_iter=30, random_state=0, **extra)
     ours, ref = MLPClassifier(**params).fit(X, y), SkMLPClassifier(**params).fit(X, y)
     assert ours._optimizer.learning_rate == pytest.approx(ref._optimizer.learning_rate, rel=1e-12)
     assert ours.n_iter_ == ref.n_iter_
@@ -330,7 +332,8 @@ def test_optimizer_learning_rate_view_follows_sklearn(solver, extra):
 
 def test_n_iter_no_change_inf_and_warm_started_early_stopping_follow_sklearn():
     X, y = _data("multiclass")
-    params = dict(hidden_layer_sizes=5, solver="sgd", tol=1e9, n_iter_no_change=np.inf, max_iter=15, random_state=0)
+    params: dict[str, Any] = dict(hidden_layer_sizes=5, solver="sgd", tol=1e9, n_iter_no_change=np.inf, max_iter=15,
+                                  random_state=0)
     ours, ref = MLPClassifier(**params).fit(X, y), SkMLPClassifier(**params).fit(X, y)
     assert ours.n_iter_ == ref.n_iter_ == 15 and ours._no_improvement_count == ref._no_improvement_count == 14
     _assert_same(ours, ref)

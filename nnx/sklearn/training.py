@@ -130,7 +130,7 @@ class MLPTraining(MLPBase):
         be, xp = model.backend, model.xp
         if getattr(self, "_optimizer_", None) is None or not incremental:  # a fit (warm or not) starts a new one
             self._optimizer_ = self._new_optimizer(model)
-        opt = self._optimizer_
+        opt: Any = self._optimizer_
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
