@@ -299,6 +299,18 @@ def test_bad_parameters_fail_in_fit_naming_them(params, match):
         clf.fit(X, y)
 
 
+def test_poisson_head_gradients_on_every_backend(backend):
+    """The exp output layer and the half Poisson deviance of loss="poisson": backprop equals central differences."""
+    from nnx.sklearn.poisson import Exp, HalfPoissonDeviance
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    y = rng.poisson(1.5, size=(6, 2)).astype(float)  # zeros included: y log(y / mu) is 0 there
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2), Exp(), backend=backend.spec,
+                           dtype="float64", seed=0)
+    assert nnx.check_gradients(model, X, y, HalfPoissonDeviance()) < 1e-6
+
+
 def test_regressor_refuses_an_unknown_loss():
     X, y = _blobs(n=20)
     with pytest.raises(ValueError, match=r"loss must be one of \['squared_error', 'poisson'\], got 'huber'"):

@@ -59,11 +59,11 @@ class HalfPoissonDeviance(Loss):
 
     def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
         """Row i's loss, summed over outputs, shape ``(n,)``."""
-        xp, y, mu = self._arrays(y_true, y_pred)
-        return xp.sum(self._elements(xp, y, mu), axis=1)
-
-    def _arrays(self, y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
         xp = array_api_compat.array_namespace(y_pred)
+        return self.rows(xp, y_true, y_pred)[0]
+
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """``(l, g)``: the ``(n,)`` row losses (summed over outputs) and their mean's gradient w.r.t. ``y_pred``."""
         if y_pred.ndim != 2:
             raise ValueError(f"y_pred must have shape (n_samples, n_outputs), got {tuple(y_pred.shape)}")
         y = get_backend(y_pred).asarray(y_true, dtype=y_pred.dtype, argname="y_true")
@@ -72,28 +72,22 @@ class HalfPoissonDeviance(Loss):
         if tuple(y.shape) != tuple(y_pred.shape):
             raise ValueError(f"y_true and y_pred must have the same shape, got y_true {tuple(y.shape)} and "
                              f"y_pred {tuple(y_pred.shape)}")
-        return xp, y, y_pred
-
-    @staticmethod
-    def _elements(xp: Any, y: Any, mu: Any) -> Any:
         # scipy's xlogy(y, y / mu): 0 where y == 0
         positive = y > 0
-        ratio = xp.where(positive, y, xp.ones_like(y)) / mu
-        return xp.where(positive, y * xp.log(ratio), xp.zeros_like(y)) - y + mu
+        ratio = xp.where(positive, y, xp.ones_like(y)) / y_pred
+        elements = xp.where(positive, y * xp.log(ratio), xp.zeros_like(y)) - y + y_pred
+        return xp.sum(elements, axis=1), (1.0 - y / y_pred) / y_pred.shape[0]
 
     def _value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any, grad: bool) -> tuple[Any, Any]:
-        xp, y, mu = self._arrays(y_true, y_pred)
-        rows = xp.sum(self._elements(xp, y, mu), axis=1)
-        n = mu.shape[0]
+        xp = array_api_compat.array_namespace(y_pred)
+        rows, g = self.rows(xp, y_true, y_pred)
+        n = y_pred.shape[0]
         if sample_weight is None:
-            value = xp.sum(rows) / n
-            row_scale: Any = 1.0 / n
-        else:
-            w = get_backend(y_pred).asarray(sample_weight, dtype=y_pred.dtype, argname="sample_weight")
-            total: Any = n
-            if self.reduction == "mean_with_sample_weight":
-                total = xp.sum(w)
-                total = total + xp.astype(total == 0, total.dtype)  # a batch of zero weights counts 0, not 0/0
-            value = xp.sum(w * rows) / total
-            row_scale = xp.reshape(w / total, (n, 1))
-        return value, ((1.0 - y / mu) * row_scale if grad else None)
+            return xp.sum(rows) / n, (g if grad else None)
+        w = get_backend(y_pred).asarray(sample_weight, dtype=y_pred.dtype, argname="sample_weight")
+        total: Any = n
+        if self.reduction == "mean_with_sample_weight":
+            total = xp.sum(w)
+            total = total + xp.astype(total == 0, total.dtype)  # a batch of zero weights counts 0, not 0/0
+        # the mean's gradient times n is each row's own; weighted, row i counts w_i / total
+        return xp.sum(w * rows) / total, (g * xp.reshape(w * (n / total), (n, 1)) if grad else None)
