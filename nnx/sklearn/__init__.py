@@ -3,7 +3,8 @@
 They take the parameters of scikit-learn's own `sklearn.neural_network` estimators,
 plus `backend`, `dtype` and `dropout`, and reproduce its numbers: the same initial
 weights and intercepts drawn from `random_state`, the same shuffles and batches,
-scikit-learn's loss scale (half squared error; log-loss summed over labels), its L2
+scikit-learn's losses and their scale (half squared error, or half the Poisson
+deviance with a log link for ``loss="poisson"``; log-loss summed over labels), its L2
 term ``alpha / 2 * ||W||^2`` divided by each batch's size (or sum of weights), its
 own SGD and Adam (`SklearnSGD`, `SklearnAdam`) with its learning-rate schedules, and
 its bookkeeping of `loss_curve_`, `n_iter_`, `t_` and convergence. In float64 (the

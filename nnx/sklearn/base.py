@@ -170,7 +170,7 @@ class MLPBase(BaseEstimator):
             return min(200, n)
         if self.batch_size > n:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
-                          stacklevel=4)
+                          stacklevel=5)  # the caller of fit/partial_fit
         return int(np.clip(self.batch_size, 1, n))
 
     # -- network ------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
     Binary problems get one sigmoid output, multi-class problems a softmax over the
     classes, multi-label indicator targets one sigmoid per label; the loss is the
     log-loss of those. Labels may be of any type (`classes_` holds them sorted, as NumPy).
+    A single class is fitted as scikit-learn fits it: one sigmoid unit, `predict` always
+    returns that class and `predict_proba` has two columns.
 
     Args:
         hidden_layer_sizes: units per hidden layer, e.g. ``(100,)`` or ``(64, 32)``.
