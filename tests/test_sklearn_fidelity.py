@@ -313,6 +313,14 @@ def test_fitted_weights_are_views_that_write_through_or_refuse():
     np.testing.assert_array_equal(clf.predict_proba(X)[:, 1], 1.0 / (1.0 + np.exp(-2.0)))
     with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape \(3, 1\), got \(4, 1\)"):
         clf.coefs_[1] = np.zeros((4, 1))
+    # an item assigned after a fit is where partial_fit continues from, as in scikit-learn
+    W = np.random.default_rng(0).normal(size=(6, 3))
+    ours = MLPClassifier(hidden_layer_sizes=3, solver="sgd", max_iter=5, random_state=0).fit(X, y)
+    ref = SkMLPClassifier(hidden_layer_sizes=3, solver="sgd", max_iter=5, random_state=0).fit(X, y)
+    ours.coefs_[0], ref.coefs_[0] = W, W.copy()
+    ours.partial_fit(X, y)
+    ref.partial_fit(X, y)
+    _assert_same(ours, ref)
     unfitted = MLPClassifier(hidden_layer_sizes=3, warm_start=True)
     unfitted.coefs_ = [np.zeros((5, 3)), np.zeros((3, 1))]
     unfitted.intercepts_ = [np.zeros(3), np.zeros(1)]
