@@ -1,15 +1,21 @@
-"""Optimizers in PyTorch style, written once against the array API standard.
+"""Optimizers in PyTorch style outside, one pure rule inside.
 
-Each optimizer updates a list of `Parameter` objects from their `grad` with the
-update rule `torch.optim` documents for it. Hyper-parameters are plain Python
-numbers (the learning rate `lr` may be changed between steps by a scheduler);
-per-parameter state (moment estimates, momentum buffers) lives on the
-parameter's backend and device and is created at the parameter's first update.
+Each optimizer is a pure function, its whole extension API:
 
-Correctness never relies on in-place mutation: every update rebinds
-`p.value` and the state entries (augmented assignment rebinds on JAX and
-mutates in place elsewhere, which is safe because the optimizer is the only
-owner of its state arrays and never writes into `p.grad`).
+    init_state(xp, value) -> dict of arrays shaped like value
+    update(xp, value, grad, state, step, lr) -> (new value, new state)
+
+`step` counts a parameter's updates from 1 and `lr` is the current learning rate;
+under a compiler both may be traced arrays, so a rule does arithmetic on them and
+never branches on them (branching on its own hyper-parameters is fine). A rule
+never mutates its inputs. `Optimizer.step`, `state_dict`, schedules, the divergence
+rollback, the flat-buffer and compiled executions of `nnx.training` and the sharded
+update across ranks are all ordinary callers of `update`. A rule that declares
+``elementwise = True`` (each output element reads only the same element of its
+inputs) may be applied to any slice of the parameters, e.g. their concatenation.
+
+The built-in rules are the update rules `torch.optim` documents; Lion is written
+with the public API only, as a user's optimizer would be.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ __all__ = [
     "AdamW",
     "RMSprop",
     "Adagrad",
+    "Lion",
     "OPTIMIZERS",
     "get_optimizer",
 ]
@@ -100,18 +107,21 @@ def _copy(x: Any) -> Any:
 # -- base class ------------------------------------------------------------------
 
 class Optimizer:
-    """Base class: holds the parameters, the hyper-parameters and per-parameter state.
+    """Base class: the parameters, the hyper-parameters and per-parameter state, updated by one pure rule.
 
     Args:
         params: the `Parameter` objects to update (e.g. ``model.parameters()``).
         lr: learning rate, a finite number > 0; stored in the mutable attribute `lr`.
-        **hyperparams: the subclass's other hyper-parameters, validated by `_check`.
+        **hyperparams: the subclass's other hyper-parameters, stored as attributes of the same names.
 
-    Subclasses implement `_check(hyperparams) -> dict` (validate and normalise),
-    `_state_keys(hyperparams) -> tuple` (the arrays kept per parameter) and
-    `_update(i, p, g, t)` (one update of parameter `i` from gradient `g` at its
-    `t`-th update).
+    Subclasses implement `init_state` and `update` (see the module docstring) and set
+    `elementwise`. ``state[i]`` holds parameter i's state dict and ``param_steps[i]``
+    how often it was updated (a parameter skipped for lack of a gradient does not
+    advance its own bias corrections, as in torch).
     """
+
+    elementwise: bool = False
+    """Whether `update` treats every element on its own, so it may run on any slice of the parameters."""
 
     def __init__(self, params: Iterable[Any], lr: float, **hyperparams: Any) -> None:
         self.params: list[Any] = _param_list(params)
@@ -121,9 +131,7 @@ class Optimizer:
         self._hyper_names: tuple[str, ...] = ("lr", *hyperparams)
         self.state: dict[int, dict[str, Any]] = {}
         self.step_count: int = 0
-        # Per-parameter update counts, as torch keeps them: a parameter skipped for lack of a
-        # gradient does not advance its own bias corrections or learning-rate decay.
-        self._param_steps: list[int] = [0] * len(self.params)
+        self.param_steps: list[int] = [0] * len(self.params)
         self._xps: list[Any] = [None] * len(self.params)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -131,45 +139,43 @@ class Optimizer:
         if not cls.__name__.startswith("_"):
             OPTIMIZERS.add(cls.__name__, cls)
 
-    # -- what subclasses provide ------------------------------------------------
+    # -- the rule ---------------------------------------------------------------
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        """The state of a parameter before its first update: a dict of arrays shaped like `value`."""
+        return {}
+
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        """``(new value, new state)`` after the `step`-th update (from 1) with learning rate `lr`; pure."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update(xp, value, grad, state, step, lr)")
+
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        # Zero passes here (a schedule may anneal to it); constructors reject it.
-        return {"lr": _number("lr", hp["lr"])}
-
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ()
-
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        raise NotImplementedError
+        # Zero passes here (a schedule may anneal to it); constructors reject it. Other hyper-parameters
+        # pass unchanged: a subclass validates its own by overriding this.
+        return {**hp, "lr": _number("lr", hp["lr"])}
 
     # -- public API -------------------------------------------------------------
-    # The backend's fast path (False until looked up) and the single update over all parameters it
-    # builds when they and their gradients are views of flat buffers (nnx.fastpath.FusedUpdate).
-    _fastpath: Any = False
-    _fused: Any = None
-
     def step(self) -> None:
         """Update every parameter whose `grad` is not None, from that gradient."""
-        fused = self._fused
-        ready = fused is not None and fused.ready(self)
-        if not ready:  # a ready fused update holds the very gradient arrays it laid out: nothing to check
-            self._check_grads()
+        self.check_grads()
         self.step_count += 1
-        if self._fused_step(ready):
-            return
-        steps = self._param_steps
+        steps, state = self.param_steps, self.state
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
-            steps[i] += 1
-            self._update(i, p, g, steps[i])
+            xp = self._xp(i)
+            current = state.get(i)
+            if current is None:
+                current = self.init_state(xp, p.value)
+            t = steps[i] + 1
+            p.value, state[i] = self.update(xp, p.value, g, current, t, self._lr)
+            steps[i] = t
 
-    def _check_grads(self) -> None:
-        """Every gradient an array like its value, before any parameter moves: a bad one never
-        half-applies a step, or broadcasts silently into the wrong shape."""
+    def check_grads(self) -> None:
+        """Raise unless every gradient is an array like its value: checked before any parameter moves, so a
+        bad one never half-applies a step or broadcasts silently into the wrong shape."""
         for p in self.params:
             g, v = p.grad, p.value
             if g is None:
@@ -180,23 +186,6 @@ class Optimizer:
             if g.shape != v.shape or g.dtype != v.dtype:
                 raise ValueError(f"the grad of parameter {getattr(p, 'name', '?')!r} has shape {tuple(g.shape)} "
                                  f"and dtype {g.dtype}; its value has shape {tuple(v.shape)} and dtype {v.dtype}")
-
-    def _fused_step(self, ready: bool = False) -> bool:
-        """One update over all parameters at once, when the backend's fast path finds them laid out flat.
-
-        The fused update re-checks before every step that nothing was rebound since it was
-        built; otherwise `step` takes the per-parameter loop, with the same result.
-        """
-        fused = self._fused
-        if not ready:
-            fastpath = self._fastpath
-            if fastpath is False:
-                fastpath = self._fastpath = get_backend(self.params[0].value).fastpath
-            fused = self._fused = None if fastpath is None else fastpath.fuse(self)
-            if fused is None:
-                return False
-        fused.run(self)
-        return True
 
     def zero_grad(self) -> None:
         """Set every parameter's `grad` to None (torch's ``set_to_none=True``)."""
@@ -239,7 +228,7 @@ class Optimizer:
             "type": type(self).__name__,
             "hyperparams": self.hyperparams,
             "step": self.step_count,
-            "param_steps": list(self._param_steps),
+            "param_steps": list(self.param_steps),
             # Copies, so the snapshot does not follow later in-place updates on NumPy/torch.
             "state": {str(i): {k: _copy(v) for k, v in st.items()} for i, st in sorted(self.state.items())},
         }
@@ -285,10 +274,30 @@ class Optimizer:
             if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in param_steps):
                 raise ValueError(f"state_dict param_steps must be non-negative ints, got {param_steps!r}")
 
-        keys = set(self._state_keys(hp))
+        # the state's keys as the rule makes them under the snapshot's hyper-parameters
+        saved_hp = {name: getattr(self, name) for name in self._hyper_names}
+        for name, value in hp.items():
+            setattr(self, name, value)
+        try:
+            new_state = self._loaded_state(state_dict["state"])
+        except BaseException:
+            for name, value in saved_hp.items():
+                setattr(self, name, value)
+            raise
+        self.step_count = int(step)
+        if param_steps is None:
+            # Older snapshots: every parameter with state was updated at every step.
+            self.param_steps = [self.step_count if i in new_state else 0 for i in range(n)]
+        else:
+            self.param_steps = [int(s) for s in param_steps]
+        self.state = new_state
+        self._xps = [None] * n
 
+    def _loaded_state(self, entries: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        """The snapshot's state arrays on the parameters' backends, each checked against what `init_state` makes."""
+        n = len(self.params)
         new_state: dict[int, dict[str, Any]] = {}
-        for key, entry in state_dict["state"].items():
+        for key, entry in entries.items():
             try:
                 i = int(key)
             except (TypeError, ValueError):
@@ -299,39 +308,35 @@ class Optimizer:
             label = f"parameter {i} ({getattr(p, 'name', '?')!r})"
             if not isinstance(entry, dict):
                 raise TypeError(f"state_dict state for {label} must be a dict of arrays, got {type(entry).__name__}")
-            if set(entry) != keys:
+            template = self.init_state(self._xp(i), p.value)
+            if set(entry) != set(template):
                 raise ValueError(
-                    f"state_dict state for {label} must have the arrays {sorted(keys)}, got {sorted(entry)}"
+                    f"state_dict state for {label} must have the arrays {sorted(template)}, got {sorted(entry)}"
                 )
             backend = get_backend(p.value)
-            dtype = dtype_name(p.value.dtype)
-            shape = tuple(p.value.shape)
             arrays = {}
             for name, arr in entry.items():
-                arr = backend.asarray(arr, dtype=dtype, argname=f"state_dict state {name!r} for {label}")
-                if tuple(arr.shape) != shape:
+                like = template[name]
+                argname = f"state_dict state {name!r} for {label}"
+                arr = backend.asarray(arr, dtype=dtype_name(like.dtype), argname=argname)
+                if tuple(arr.shape) != tuple(like.shape):
                     raise ValueError(
                         f"state_dict state {name!r} for {label} has shape {tuple(arr.shape)}, "
-                        f"expected the parameter's shape {shape}"
+                        f"expected {tuple(like.shape)}"
                     )
-                # asarray may share memory with the caller's array; the copy keeps in-place updates ours.
+                # asarray may share memory with the caller's array; the copy keeps the snapshot independent.
                 arrays[name] = _copy(arr)
             new_state[i] = arrays
-
-        for name, value in hp.items():
-            setattr(self, name, value)
-        self.step_count = int(step)
-        if param_steps is None:
-            # Older snapshots: every parameter with state was updated at every step.
-            self._param_steps = [self.step_count if i in new_state else 0 for i in range(n)]
-        else:
-            self._param_steps = [int(s) for s in param_steps]
-        self.state = new_state
-        self._xps = [None] * n
+        return new_state
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({len(self.params)} params, {args})"
+
+
+def _zeros(xp: Any, value: Any, *keys: str) -> dict[str, Any]:
+    """A state dict of zero arrays shaped like `value`, one per key."""
+    return {key: xp.zeros_like(value) for key in keys}
 
 
 # -- the optimizers --------------------------------------------------------------
@@ -348,6 +353,8 @@ class SGD(Optimizer):
         weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
         maximize: ascend instead of descend.
     """
+
+    elementwise = True
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     momentum: float
@@ -378,29 +385,22 @@ class SGD(Optimizer):
             )
         return out
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("momentum_buffer",) if hp["momentum"] != 0 else ()
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        return _zeros(xp, value, "momentum_buffer") if self.momentum != 0 else {}
 
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        if self.maximize:
-            g = -g
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        g = -grad if self.maximize else grad
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p.value
+            g = g + self.weight_decay * value
         mu = self.momentum
-        if mu != 0:
-            st = self.state.get(i)
-            if st is None:
-                # torch starts the buffer at the gradient itself: no dampening on the first step.
-                buf = _copy(g)
-                self.state[i] = {"momentum_buffer": buf}
-            else:
-                buf = st["momentum_buffer"]
-                buf *= mu
-                buf += g if self.dampening == 0 else (1.0 - self.dampening) * g
-                st["momentum_buffer"] = buf
-            g = g + mu * buf if self.nesterov else buf
-        p.value -= self.lr * g
+        if mu == 0:
+            return value - lr * g, state
+        # torch starts the buffer at the gradient itself: no dampening on the first step (the buffer is 0 then)
+        fresh = g if self.dampening == 0 else (1.0 - self.dampening * (step > 1)) * g
+        buf = mu * state["momentum_buffer"] + fresh
+        g = g + mu * buf if self.nesterov else buf
+        return value - lr * g, {"momentum_buffer": buf}
 
 
 class Momentum(Optimizer):
@@ -412,6 +412,8 @@ class Momentum(Optimizer):
         momentum: momentum factor ``mu`` in [0, 1).
     """
 
+    elementwise = True
+
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     momentum: float
 
@@ -422,19 +424,13 @@ class Momentum(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {**Optimizer._check(hp), "momentum": _number("momentum", hp["momentum"], 0.0, 1.0)}
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("velocity",)
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        return _zeros(xp, value, "velocity")
 
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"velocity": self._xp(i).zeros_like(p.value)}
-        v = st["velocity"]
-        v *= self.momentum
-        v -= self.lr * g
-        st["velocity"] = v
-        p.value += v
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        v = self.momentum * state["velocity"] - lr * grad
+        return value + v, {"velocity": v}
 
 
 class Adam(Optimizer):
@@ -449,8 +445,9 @@ class Adam(Optimizer):
         amsgrad: normalise by the running maximum of the second moment.
     """
 
-    # AdamW sets this: decay the weights directly instead of adding to the gradient.
-    _decoupled = False
+    elementwise = True
+    decoupled_weight_decay = False
+    """AdamW sets this: decay the weights directly instead of adding the decay to the gradient."""
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     betas: tuple[float, float]
@@ -473,37 +470,30 @@ class Adam(Optimizer):
             "amsgrad": _flag("amsgrad", hp["amsgrad"]),
         }
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if hp["amsgrad"] else ("exp_avg", "exp_avg_sq")
-
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        xp = self._xp(i)
-        lr, (beta1, beta2), wd = self.lr, self.betas, self.weight_decay
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {k: xp.zeros_like(p.value) for k in self._state_keys(self.hyperparams)}
-        if wd != 0:
-            if self._decoupled:
-                p.value *= 1.0 - lr * wd
-            else:
-                g = g + wd * p.value
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        m += (1.0 - beta1) * (g - m)
-        v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        st["exp_avg"], st["exp_avg_sq"] = m, v
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         if self.amsgrad:
-            v = st["max_exp_avg_sq"] = xp.maximum(st["max_exp_avg_sq"], v)
-        # Bias corrections are host floats. The step size lr/bc1 is folded into the denominator
-        # (as torch's capturable path does), which saves one array operation:
-        # p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)  ==  p -= m / (sqrt(v)*c + eps*bc1/lr)
-        bc1 = 1.0 - beta1**t
-        bc2_sqrt = math.sqrt(1.0 - beta2**t)
-        step_size = lr / bc1
-        if bc2_sqrt * step_size == 0.0:
-            return  # an lr so small (~1e-300) that the step underflows to nothing; 1/0 below otherwise
-        p.value -= m / (xp.sqrt(v) * (1.0 / (bc2_sqrt * step_size)) + self.eps / step_size)
+            return _zeros(xp, value, "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+        return _zeros(xp, value, "exp_avg", "exp_avg_sq")
+
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        beta1, beta2 = self.betas
+        wd, g = self.weight_decay, grad
+        if wd != 0:
+            if self.decoupled_weight_decay:
+                value = value * (1.0 - lr * wd)
+            else:
+                g = g + wd * value
+        m = state["exp_avg"]
+        m = m + (1.0 - beta1) * (g - m)  # torch's lerp
+        v = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * (g * g)
+        new = {"exp_avg": m, "exp_avg_sq": v}
+        if self.amsgrad:
+            v = new["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
+        # torch's documented form; ** 0.5 rather than math.sqrt, so a traced step works too
+        bias2_sqrt = (1.0 - beta2**step) ** 0.5
+        step_size = lr / (1.0 - beta1**step)
+        return value - step_size * (m / (xp.sqrt(v) / bias2_sqrt + self.eps)), new
 
 
 class AdamW(Adam):
@@ -518,7 +508,7 @@ class AdamW(Adam):
         amsgrad: normalise by the running maximum of the second moment.
     """
 
-    _decoupled = True
+    decoupled_weight_decay = True
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False) -> None:
@@ -537,6 +527,8 @@ class RMSprop(Optimizer):
         momentum: momentum factor in [0, 1).
         centered: normalise by an estimate of the gradient's variance instead of its second moment.
     """
+
+    elementwise = True
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     alpha: float
@@ -561,42 +553,31 @@ class RMSprop(Optimizer):
             "centered": _flag("centered", hp["centered"]),
         }
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         keys = ("square_avg",)
-        if hp["momentum"] > 0:
+        if self.momentum > 0:
             keys += ("momentum_buffer",)
-        if hp["centered"]:
-            keys += ("grad_avg",)
-        return keys
-
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        xp = self._xp(i)
-        alpha = self.alpha
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {k: xp.zeros_like(p.value) for k in self._state_keys(self.hyperparams)}
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p.value
-        sq = st["square_avg"]
-        sq *= alpha
-        sq += (1.0 - alpha) * (g * g)
-        st["square_avg"] = sq
         if self.centered:
-            ga = st["grad_avg"]
-            ga += (1.0 - alpha) * (g - ga)
-            st["grad_avg"] = ga
+            keys += ("grad_avg",)
+        return _zeros(xp, value, *keys)
+
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        alpha, g = self.alpha, grad
+        if self.weight_decay != 0:
+            g = g + self.weight_decay * value
+        sq = alpha * state["square_avg"] + (1.0 - alpha) * (g * g)
+        new = {"square_avg": sq}
+        if self.centered:
+            ga = state["grad_avg"]
+            ga = new["grad_avg"] = ga + (1.0 - alpha) * (g - ga)
             avg = xp.sqrt(sq - ga * ga) + self.eps
         else:
             avg = xp.sqrt(sq) + self.eps
         if self.momentum > 0:
-            buf = st["momentum_buffer"]
-            buf *= self.momentum
-            buf += g / avg
-            st["momentum_buffer"] = buf
-            p.value -= self.lr * buf
-        else:
-            p.value -= (self.lr * g) / avg
+            buf = new["momentum_buffer"] = self.momentum * state["momentum_buffer"] + g / avg
+            return value - lr * buf, new
+        return value - (lr * g) / avg, new
 
 
 class Adagrad(Optimizer):
@@ -610,6 +591,8 @@ class Adagrad(Optimizer):
         initial_accumulator_value: starting value of the sum of squared gradients (>= 0).
         eps: added to the denominator for stability (> 0).
     """
+
+    elementwise = True
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     lr_decay: float
@@ -632,24 +615,56 @@ class Adagrad(Optimizer):
             "eps": _number("eps", hp["eps"], low_open=True),
         }
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("sum",)
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        return {"sum": xp.full_like(value, self.initial_accumulator_value)}
 
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        xp = self._xp(i)
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"sum": xp.full_like(p.value, self.initial_accumulator_value)}
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        g = grad
         if self.weight_decay != 0:
-            g = g + self.weight_decay * p.value
-        clr = self.lr / (1.0 + (t - 1) * self.lr_decay)
-        s = st["sum"]
-        s += g * g
-        st["sum"] = s
-        p.value -= (clr * g) / (xp.sqrt(s) + self.eps)
+            g = g + self.weight_decay * value
+        clr = lr / (1.0 + (step - 1) * self.lr_decay)
+        s = state["sum"] + g * g
+        return value - (clr * g) / (xp.sqrt(s) + self.eps), {"sum": s}
 
 
+class Lion(Optimizer):
+    """Lion (Chen et al., 2023): the sign of an interpolated momentum, written with the public rule API only.
+
+    Args:
+        params: the parameters to update.
+        lr: learning rate (> 0; typically 3-10x smaller than Adam's).
+        beta1: interpolation between momentum and gradient for the update's sign, in [0, 1).
+        beta2: decay of the momentum, in [0, 1).
+        weight_decay: decoupled weight decay coefficient (>= 0).
+    """
+
+    elementwise = True
+
+    beta1: float
+    beta2: float
+    weight_decay: float
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-4, beta1: float = 0.9, beta2: float = 0.99,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay)
+
+    @classmethod
+    def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
+        return {**Optimizer._check(hp), "beta1": _number("beta1", hp["beta1"], 0.0, 1.0),
+                "beta2": _number("beta2", hp["beta2"], 0.0, 1.0),
+                "weight_decay": _number("weight_decay", hp["weight_decay"])}
+
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        return {"m": xp.zeros_like(value)}
+
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        m = state["m"]
+        direction = xp.sign(self.beta1 * m + (1.0 - self.beta1) * grad)
+        if self.weight_decay != 0:
+            value = value * (1.0 - lr * self.weight_decay)
+        return value - lr * direction, {"m": self.beta2 * m + (1.0 - self.beta2) * grad}
 
 
 def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any], **kwargs: Any) -> Optimizer:

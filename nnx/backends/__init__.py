@@ -7,7 +7,6 @@ and one adapter module per library.
     numpy.py, cupy.py, torch.py, jax.py, array_api_strict.py
                          one adapter per library: loader, host<->device transfer, RNG stream, device sync
     generic.py           any other array-API library, through DLPack (``"generic:<module>"``)
-    numpy_fast.py        the optional fast path the numpy and cupy adapters declare
 
 The adapter modules carry their library's name: imports are absolute, so ``import torch`` in
 ``nnx/backends/torch.py`` is the library, and each adapter imports its library only inside

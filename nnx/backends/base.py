@@ -3,7 +3,7 @@
 A `Backend` is an array namespace bound to one device. The core does its math with
 ``backend.xp`` and asks the backend only for what the array API standard leaves out:
 moving arrays to and from the host, random numbers, device synchronisation, dtype
-objects, and an optional fast path. Each library's adapter is a subclass in its own
+objects, and the library's compiler where it has one. Each library's adapter is a subclass in its own
 module (``nnx/backends/<library>.py``) that fills in the hooks marked below; the shared
 checks (dtypes, foreign arrays, device moves) live here once.
 """
@@ -48,11 +48,11 @@ class Backend:
         xp: the array-API namespace used for all math.
         device: the device arrays are created on.
         device_label: the part after the colon in the spec (``"cuda:0"``), None for the default device.
-        fastpath: whether to offer the library's fast path (`fastpath`), where it has one.
+        fastpath: whether `fit` may derive faster executions here (`fastpath_enabled`).
 
     A subclass sets `name` and `distributions`, implements `load`, `from_host` and
     `_to_host`, and overrides `rng`, `synchronize`, `devices`, `_move`, `_device_label`
-    or `_build_fastpath` where its library differs from the defaults.
+    or `can_compile`/`jit`/`trace_errors` where its library differs from the defaults.
     """
 
     #: the backend's name, as `get_backend` takes it; arrays of this backend report it (`backend_name_of`)
@@ -67,7 +67,6 @@ class Backend:
         self.device = device
         self.device_label = device_label
         self._fastpath_on = bool(fastpath) and fastpath_allowed()
-        self._fastpath: Any = None
 
     # -- what an adapter provides ----------------------------------------------
     @classmethod
@@ -95,10 +94,6 @@ class Backend:
     def _device_label(self, device: Any) -> str:
         """The spec label (after the colon) that `load` turns back into `device`."""
         return str(device)
-
-    def _build_fastpath(self) -> Any:
-        """The library's fast path (see `fastpath`), or None where it has none."""
-        return None
 
     def rng(self, seed: int) -> DeviceRNG:
         """A random stream on this device for dropout masks, seeded reproducibly."""
@@ -148,30 +143,36 @@ class Backend:
         """This backend on another device of the same library."""
         other = copy.copy(self)
         other.device, other.device_label = device, self._device_label(device)
-        other._fastpath = None
         return other
 
-    # -- fast path ------------------------------------------------------------
+    # -- derived execution ------------------------------------------------------
     @property
-    def fastpath(self) -> Any:
-        """The library's optional fast path (e.g. `nnx.backends.numpy_fast.FastPath`), or None.
+    def fastpath_enabled(self) -> bool:
+        """Whether `fit` may derive a faster execution from the model's own code on this backend.
 
-        Built on first use, so that ``import nnx`` does not load it.
+        That is the flat-buffer update of an elementwise optimizer rule and, where the library
+        compiles (`can_compile`), the whole step as one program. Every way gives the plain
+        loop's numbers; `with_fastpath(False)` runs the plain loop, e.g. to compare.
         """
-        if not self._fastpath_on:
-            return None
-        fastpath = self._fastpath
-        if fastpath is None:
-            fastpath = self._fastpath = self._build_fastpath()
-            self._fastpath_on = fastpath is not None
-        return fastpath
+        return self._fastpath_on
 
     def with_fastpath(self, enabled: bool) -> Backend:
-        """This backend with its fast path on (where the library has one) or off, e.g. to compare."""
+        """This backend with derived executions on or off (see `fastpath_enabled`)."""
         other = copy.copy(self)
         other._fastpath_on = bool(enabled) and fastpath_allowed()
-        other._fastpath = None
         return other
+
+    @property
+    def can_compile(self) -> bool:
+        """Whether `jit` compiles a pure function of arrays into one program (JAX)."""
+        return False
+
+    def jit(self, fn: Any) -> Any:
+        """`fn`, a pure function of arrays (and tuples and dicts of them), compiled by the library."""
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
+    trace_errors: tuple[type[BaseException], ...] = ()
+    """What the library raises when traced code needs a concrete value (an ``if`` on an array, ``float(x)``)."""
 
     # -- dtypes -------------------------------------------------------------
     def float_dtype(self, dtype: Any) -> Any:

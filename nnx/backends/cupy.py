@@ -1,4 +1,4 @@
-"""The CuPy adapter: NVIDIA GPUs, with the NumPy-API fast path and counter-based dropout streams.
+"""The CuPy adapter: NVIDIA GPUs, with counter-based dropout streams.
 
 CuPy ships one wheel per CUDA major version, hence two extras (``cupy12``, ``cupy13``).
 The library is imported only inside functions (``import cupy`` here is the library:
@@ -76,12 +76,6 @@ class CupyBackend(Backend):
 
         cupy.cuda.Device(self.device.id).synchronize()
 
-    def _build_fastpath(self) -> Any:
-        import cupy
-
-        from .numpy_fast import FastPath
-
-        return FastPath(cupy)
 
 
 class CupyRNG(DeviceRNG):

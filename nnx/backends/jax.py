@@ -66,10 +66,20 @@ class JaxBackend(Backend):
     def arrays_on_host(self) -> bool:
         return self.device.platform == "cpu"
 
-    def _build_fastpath(self) -> Any:
-        from .jax_fast import FastPath  # the whole training step compiled with jax.jit
+    @property
+    def can_compile(self) -> bool:
+        return True
 
-        return FastPath()
+    def jit(self, fn: Any) -> Any:
+        jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
+
+        return jax.jit(fn)
+
+    @property
+    def trace_errors(self) -> tuple[type[BaseException], ...]:  # pyright: ignore[reportIncompatibleVariableOverride]
+        errors = importlib.import_module("jax.errors")
+        return (errors.ConcretizationTypeError, errors.TracerArrayConversionError,
+                errors.TracerIntegerConversionError, errors.TracerBoolConversionError)
 
     def rng(self, seed: int) -> JaxRNG:
         return JaxRNG(self, seed)
@@ -86,6 +96,9 @@ class JaxBackend(Backend):
 
 class JaxRNG(DeviceRNG):
     """A fresh key per draw, folded from ``(seed, counter)``: the state is those two ints."""
+
+    traceable_counter = True
+    """Draws are a function of `counter` alone, so a compiled step may bind a traced counter."""
 
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it

@@ -1,4 +1,4 @@
-"""The NumPy adapter: the host itself is the device, and the NumPy-API fast path is on by default."""
+"""The NumPy adapter: the host itself is the device."""
 
 from __future__ import annotations
 
@@ -36,8 +36,3 @@ class NumpyBackend(Backend):
 
     def _to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
-
-    def _build_fastpath(self) -> Any:
-        from .numpy_fast import FastPath
-
-        return FastPath(np)

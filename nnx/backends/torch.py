@@ -75,15 +75,6 @@ class TorchBackend(Backend):
     def rng(self, seed: int) -> TorchRNG:
         return TorchRNG(self, seed)
 
-    def _build_fastpath(self) -> Any:
-        if self.device.type not in ("cpu", "cuda"):
-            return None  # the fast path has only been checked on these
-        import torch
-
-        from .torch_fast import TorchFastPath
-
-        return TorchFastPath(torch, self.device)
-
     def synchronize(self, x: Any = None) -> None:
         if self.device.type == "cuda":
             import torch

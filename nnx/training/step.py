@@ -3,9 +3,8 @@
     forward_loss  ->  backward  ->  check  ->  transform (accumulate, all-reduce, clip, hooks)  ->  update
 
 `forward_loss` and `backward` run the model up to its loss head (a final
-Sigmoid/Softmax is folded into the loss) and fill ``p.grad``; a backend's fast
-path may do both in one buffered pass. Each transform may rebind ``p.grad`` or
-hold the update back (accumulation). `check` refuses a step whose loss or
+Sigmoid/Softmax is folded into the loss) and fill ``p.grad``. Each transform may
+rebind ``p.grad`` or hold the update back (accumulation). `check` refuses a step whose loss or
 gradients are not finite *before* anything is updated, so a diverging run
 keeps the weights and optimizer state of its last finite step.
 
@@ -14,8 +13,15 @@ accelerator it never makes the host wait: the verdict stays on the device,
 `update` applies a step only where every step so far was finite (a selection
 on the device), and `end_epoch` reads the verdict once, with the epoch's losses.
 
-A backend may compile the whole step (JAX: `nnx.backends.jax_fast`); then `run`
-does every stage in one call, with the check deferred in the same way.
+How the stages run is derived from the backend's capabilities and the objects'
+declarations, never from their classes, and every way gives the plain loop's numbers:
+- on a backend with a compiler (JAX), the whole step is one compiled program traced
+  from the model's own code (`nnx.training.compiled`); `run` does every stage in one
+  call, with the check deferred in the same way;
+- elsewhere, an optimizer whose rule is ``elementwise`` updates all parameters in one
+  call over flat buffers (`nnx.training.flat`), and the finite check sums the one
+  flat gradient buffer that update gathers;
+- otherwise `Optimizer.step` updates parameter by parameter.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import math
 from typing import Any
 
 from ..layers.parameter import Parameter
+from .compiled import compile_step
+from .flat import FlatUpdate
 from .transforms import GradientTransform
 
 
@@ -52,15 +60,12 @@ class TrainStep:
         self.transforms = list(transforms or [])
         self.check_finite = check_finite
         self.params: list[Parameter] = model.parameters()
-        fastpath = model.backend.fastpath
-        # a backend that compiles the whole step (JAX) offers `compiled_step`; None where it was not declared
-        compile_step = getattr(fastpath, "compiled_step", None)
-        self.compiled: Any = None if compile_step is None else compile_step(model, loss, optimizer, self.transforms,
-                                                                            check_finite)
-        self._fast: Any = None if fastpath is None or self.compiled is not None else fastpath.train_step(model, loss)
+        be = model.backend
+        self.compiled: Any = compile_step(model, loss, optimizer, self.transforms, check_finite)
+        derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
+        self.flat: FlatUpdate | None = FlatUpdate(optimizer, model.xp) if derive_flat else None
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
-        self._fast_grads = False  # whether the last forward_loss left p.grad as views of the fast flat buffer
         on_host = model.backend.arrays_on_host
         self.deferred = check_finite and (not on_host if defer_check is None else bool(defer_check))
         self._steps = 0  # steps checked this epoch
@@ -77,16 +82,20 @@ class TrainStep:
         callback that handles non-finite steps itself. A refused step updates nothing.
         """
         self._steps += 1
-        return self.compiled(X, y, sample_weight, read_check and self.check_finite)
+        try:
+            return self.compiled(X, y, sample_weight, read_check and self.check_finite)
+        except self.model.backend.trace_errors:
+            if self.compiled.traces > 1:
+                raise  # it traced before: this is the model's own error, not a limit of tracing
+            self.compiled.broken = True  # the model's code needs concrete values: the plain stages run
+            self.compiled = None
+            self._steps -= 1
+            value, Z = self.forward_loss(X, y, sample_weight)
+            self.backward()
+            return value, Z, self.check(value)
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
-        if self._fast is not None and sample_weight is None:
-            value, Z, _ = self._fast(X, y)  # forward, loss and backward in one buffered pass
-            self._dZ = None
-            self._fast_grads = True
-            return value, Z
-        self._fast_grads = False
         Z = self.model.forward_to_head(X, self.n_run, training=True)
         if sample_weight is None:
             value, self._dZ = self.head.value_and_grad(y, Z, check=False)
@@ -98,7 +107,7 @@ class TrainStep:
         return value, Z
 
     def backward(self) -> None:
-        """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned (a no-op after the fast pass)."""
+        """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
         if self._dZ is not None:
             dZ, self._dZ = self._dZ, None
             self.model.backward_from_head(dZ, self.n_run, need_dX=False)
@@ -115,8 +124,8 @@ class TrainStep:
 
         The sum of the gradients is finite when none of their elements is NaN or infinite,
         unless finite gradients overflow it, so a non-finite sum is confirmed element by
-        element before a step is refused. The backend's fast path sums its one flat
-        gradient buffer at once.
+        element before a step is refused. With the flat update, the one flat gradient
+        buffer it gathers is summed at once.
         """
         if not self.check_finite:
             return True
@@ -125,11 +134,7 @@ class TrainStep:
             self._defer(value, index)
             return True
         # a host number (arrays_on_host): reading it waits for nothing
-        if self._fast_grads:  # the common case, kept short: it runs every step
-            total = self._fast.gradient_total(value, self.params)
-            if total is not None and math.isfinite(total):
-                return True
-        elif math.isfinite(self._total(value)):
+        if math.isfinite(self._total(value)):
             return True
         return self._all_finite(value)
 
@@ -143,13 +148,14 @@ class TrainStep:
 
     def _total(self, value: Any) -> Any:
         """`value` plus the sum of every gradient: finite exactly when all are, barring overflow."""
-        total = self._fast.gradient_total(value, self.params) if self._fast_grads else None
-        if total is None:
-            xp = self.model.xp
-            total = value
-            for p in self.params:
-                if p.grad is not None:
-                    total = total + xp.sum(p.grad)
+        xp = self.model.xp
+        flat = self.flat
+        if flat is not None and flat.applies():
+            return value + xp.sum(flat.gather_grads())
+        total = value
+        for p in self.params:
+            if p.grad is not None:
+                total = total + xp.sum(p.grad)
         return total
 
     def _finite_flags(self, value: Any) -> list[Any]:
@@ -196,7 +202,7 @@ class TrainStep:
         if refused:
             _, count, param_steps, had_state = refused[0]
             opt = self.optimizer
-            opt.step_count, opt._param_steps[:] = count, param_steps
+            opt.step_count, opt.param_steps[:] = count, param_steps
             for i in set(opt.state) - had_state:
                 del opt.state[i]
         return first
@@ -205,21 +211,29 @@ class TrainStep:
         """Apply the optimizer to ``p.grad`` (deferred: only where every step so far was finite)."""
         keep = self._verdict
         if keep is None:
-            self.optimizer.step()
+            self._apply()
             return
         xp = self.model.xp
+        opt = self.optimizer
         before = [(p, xp.asarray(p.value, copy=True)) for p in self.params]
-        state = self.optimizer.state
+        state = opt.state
         saved = {i: {key: xp.asarray(arr, copy=True) for key, arr in entry.items()} for i, entry in state.items()}
-        self._updates.append((self._steps - 1, self.optimizer.step_count, list(self.optimizer._param_steps),
-                              set(state)))
-        self.optimizer.step()
+        self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(state)))
+        self._apply()
+        state = opt.state  # the flat update may have installed its views
         for p, old in before:
             p.value = _select(xp, keep, p.value, old)
         for i, entry in state.items():
             for key, arr in entry.items():
                 old = saved.get(i, {}).get(key)
                 entry[key] = _select(xp, keep, arr, xp.zeros_like(arr) if old is None else old)
+
+    def _apply(self) -> None:
+        flat = self.flat
+        if flat is not None and flat.applies():
+            flat.run()
+        else:
+            self.optimizer.step()
 
     def flush(self) -> bool:
         """End of epoch: held-back gradients go through the later transforms; True when an update is due."""

@@ -1,0 +1,305 @@
+"""The whole training step as one compiled program, on a backend with a compiler (JAX).
+
+Eager dispatch costs far more than the arithmetic of a small network's step. On a
+backend whose adapter offers ``jit``, the step -- the layers' own ``forward`` and
+``backward``, the loss's ``value_and_grad``, the regularizers, traceable gradient
+transforms, the finite check and the optimizer's own pure rule -- is traced once per
+input shape into one function
+
+    (parameter values, optimizer state, buffers, lr, counters, batch)
+        -> (new values, new state, new buffers, gradients, loss, outputs, counters)
+
+and compiled. Nothing is declared by class: any layer written with ``xp`` traces,
+a user's included. Tracing binds traced values through public attributes only
+(``p.value``, ``b.value``, the dropout stream's ``counter``) and restores them
+afterwards; the optimizer is called through its rule, ``update(xp, value, grad,
+state, step, lr)``, with the learning rate and the update count as traced inputs,
+so a schedule never recompiles. Hyper-parameters, layer settings and the loss are
+constants of the program; when one changes, the step is traced again.
+
+What cannot be traced runs the plain stages instead: a method replaced on one
+object (a test's or a user's hook, which may count calls or raise), a gradient
+transform that keeps host state (accumulation, callbacks, averaging across
+processes), a dropout stream whose draws are not a function of its counter, and a
+layer whose code needs concrete values (the first trace raises the adapter's
+``trace_errors``; the step then runs plain for good).
+
+The finite check is the deferred one of `nnx.training.TrainStep`, inside the
+program: a step applies only while every step of the epoch so far was finite,
+and the host reads the verdict once per epoch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+__all__ = ["CompiledStep", "compile_step"]
+
+# methods whose replacement on one object (not its class) keeps that object out of a compiled program
+_HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
+             "layer": ("forward", "backward")}
+
+
+def _replaced(obj: Any, names: tuple[str, ...]) -> bool:
+    return any(name in getattr(obj, "__dict__", {}) for name in names)
+
+
+def _config(obj: Any) -> str:
+    """What an object's settings are, as constants of the program depend on them."""
+    if obj is None:
+        return "None"
+    get = getattr(obj, "get_config", None)
+    return repr(get()) if get is not None else repr(sorted(vars(obj).items()))
+
+
+def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> bool:
+    """Whether the step of these objects can be one program (see the module docstring)."""
+    if _replaced(optimizer, _HOOKABLE["optimizer"]) or _replaced(loss, _HOOKABLE["loss"]):
+        return False
+    if any(_replaced(layer, _HOOKABLE["layer"]) for layer in model.layers):
+        return False
+    if not all(getattr(t, "traceable", False) for t in transforms):
+        return False
+    if not getattr(model.dropout_rng, "traceable_counter", False):
+        return False
+    params = model.parameters()
+    if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
+        return False  # the optimizer must update exactly the model's parameters, each once
+    return True
+
+
+def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
+    """What the program is a function of besides its inputs; a different signature needs another program."""
+    return (tuple(map(id, model.layers)), tuple(_config(layer) for layer in model.layers),
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), _config(model.regularizer),
+            type(loss), _config(loss), type(optimizer), _hyper(optimizer),
+            tuple((type(t), _config(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
+
+
+def _hyper(optimizer: Any) -> tuple:
+    """The optimizer's hyper-parameters that are constants of the program (all but lr)."""
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optimizer.hyperparams.items() if k != "lr")
+
+
+# one compiled step per model, kept while the model lives, so a later fit reuses its programs
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_step(model: Any, loss: Any, optimizer: Any, transforms: list[Any],
+                 check_finite: bool) -> CompiledStep | None:
+    """The compiled step for these objects, or None where the backend has no compiler or they cannot trace."""
+    be = model.backend
+    if not be.fastpath_enabled or not be.can_compile or not traceable(model, loss, optimizer, transforms):
+        return None
+    sig = signature(model, loss, optimizer, transforms, check_finite)
+    step = _STEPS.get(model)
+    if step is None or step.signature != sig or step.broken:
+        step = CompiledStep(model, loss, optimizer, transforms, check_finite, sig)
+        _STEPS[model] = step
+    else:
+        step.rebind(loss, optimizer, transforms)
+    return step
+
+
+class CompiledStep:
+    """One training step of a model as a compiled program; see the module docstring.
+
+    Calling it runs forward, loss, backward, the transforms, the finite check and the
+    update for one batch and writes the results into the parameters, buffers, gradients
+    and optimizer state. It keeps the epoch's deferred verdict (`end_epoch`, `reset`).
+
+    Attributes:
+        traces: how many times the step was traced (compiled) so far.
+        broken: set when the model's code could not be traced; the caller runs the plain stages.
+    """
+
+    # The step's small integers travel as one int64 vector (each 0-d input or output of a program costs
+    # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index
+    # in the epoch, whether every step of the epoch so far was finite (1/0) and the first that was not (-1).
+    _T, _COUNTER, _INDEX, _OK, _FIRST_BAD = range(5)
+
+    def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool,
+                 sig: tuple) -> None:
+        self.signature = sig
+        self._model = weakref.ref(model)  # kept per model: a strong reference would keep it alive
+        self.backend = model.backend
+        self.xp = model.xp
+        self.params = model.parameters()
+        self.buffers = model.buffers()
+        self.rng = model.dropout_rng
+        self.check_finite = bool(check_finite)
+        self.traces = 0
+        self.broken = False
+        self._draws: int | None = None
+        self._traces_read = 0
+        self.rebind(loss, optimizer, transforms)
+        self._jit = self.backend.jit(self._pure)
+        self.reset()
+
+    def _live_model(self) -> Any:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this compiled step no longer exists")
+        return model
+
+    def rebind(self, loss: Any, optimizer: Any, transforms: list[Any]) -> None:
+        """Use these (equally configured) objects from now on, e.g. those of a later fit."""
+        self.n_run, self.head, _ = self._live_model().output_head(loss)
+        self.optimizer = optimizer
+        self.transforms = list(transforms)
+        self._hyper_values = _hyper(optimizer)
+        self._lr: float | None = None
+        self._lr_device: Any = None
+
+    # -- the epoch's deferred verdict ------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the epoch's verdict (a new epoch, or after a refused or interrupted step)."""
+        self._index = 0
+        self._expect: tuple | None = None  # the host counters (t, dropout counter) the device carry matches
+        self._carry: Any = None
+        self._start: tuple | None = None
+
+    def end_epoch(self) -> int | None:
+        """The index of the epoch's first non-finite step (one read), or None; counters put back to match."""
+        carry, start = self._carry, self._start
+        self.reset()
+        if carry is None or start is None or not self.check_finite:
+            return None
+        first = int(self.backend.to_host(carry)[self._FIRST_BAD])
+        if first < 0:
+            return None
+        self._restore(start, first)
+        return first
+
+    def _restore(self, start: tuple, updates: int) -> None:
+        """The optimizer's host counters as after `updates` steps from `start` (the device kept those arrays)."""
+        opt = self.optimizer
+        count, param_steps, had_state = start
+        opt.step_count = count + updates
+        opt.param_steps[:] = [s + updates for s in param_steps]
+        if updates == 0:
+            for i in set(opt.state) - had_state:
+                del opt.state[i]
+
+    def _ints(self, values: list[int]) -> Any:
+        xp = self.xp
+        return xp.asarray(values, dtype=xp.int64, device=self.backend.device)
+
+    # -- one step -----------------------------------------------------------------------------
+    def __call__(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:
+        """Run one step; returns (loss incl. penalty, head outputs, finite).
+
+        `finite` is read from the device only with `read_check` (a callback handles
+        non-finite steps itself); otherwise it is True and `end_epoch` tells.
+        """
+        opt, xp = self.optimizer, self.xp
+        hyper = _hyper(opt)
+        if hyper != self._hyper_values:  # a callback changed a hyper-parameter the program holds as a constant
+            self._hyper_values = hyper
+            self._jit = self.backend.jit(self._pure)
+        params = self.params
+        steps = opt.param_steps
+        t, counter = steps[0] + 1, self.rng.counter
+        if self._index == 0:
+            self._start = (opt.step_count, list(steps), set(opt.state))
+            self._carry = self._ints([t, counter, 0, 1, -1])
+        elif (t, counter) != self._expect:  # something moved the host counters mid-epoch: send them
+            self._carry = xp.concat([self._ints([t, counter]), self._carry[2:]])
+        lr = opt.lr
+        if lr != self._lr:
+            self._lr, self._lr_device = lr, xp.asarray(lr, device=self.backend.device)  # weakly typed
+        state = opt.state
+        had_state = set(state) if read_check else None
+        states = tuple(state[i] if i in state else opt.init_state(xp, p.value) for i, p in enumerate(params))
+        traces = self.traces
+        out = self._jit(tuple(p.value for p in params), states, tuple(b.value for b in self.buffers),
+                        self._lr_device, self._carry, X, y, sample_weight)
+        values, new_states, bufs, grads, value, Z, carry = out
+        if self.traces != traces or self._draws is None:  # a new program: how many masks it draws, read once
+            self._draws = int(self.backend.to_host(carry)[self._COUNTER]) - counter
+        self._carry = carry
+        self._index += 1
+        for p, v, g in zip(params, values, grads, strict=True):
+            p.value, p.grad = v, g
+        for b, v in zip(self.buffers, bufs, strict=True):
+            b.value = v
+        for i, st in enumerate(new_states):
+            state[i] = dict(st)
+        opt.step_count += 1
+        steps[:] = [s + 1 for s in steps]
+        self.rng.counter += self._draws
+        self._expect = (t + 1, self.rng.counter)
+        if not read_check or not self.check_finite or int(self.backend.to_host(carry)[self._OK]):
+            return value, Z, True
+        # refused, and a callback stops on it: the program kept every array; the counters follow
+        opt.step_count -= 1
+        steps[:] = [s - 1 for s in steps]
+        for i in set(state) - (had_state or set()):
+            del state[i]
+        self._expect = None
+        return value, Z, False
+
+    # -- the traced function ------------------------------------------------------------------
+    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
+        """The step as a pure function of its inputs (runs only while the compiler traces it)."""
+        xp = self.xp
+        self.traces += 1
+        t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
+        model, opt, rng = self._live_model(), self.optimizer, self.rng
+        params, buffers = self.params, self.buffers
+        saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
+        try:
+            for p, v in zip(params, values, strict=True):
+                p.value, p.grad = v, None
+            for b, v in zip(buffers, bufs, strict=True):
+                b.value = v
+            rng.counter = counter  # the stream draws from (seed, counter): a traced counter, fresh masks each step
+            # forward + loss, backward: `nnx.training.TrainStep.forward_loss` and `backward`
+            Z = model.forward_to_head(X, self.n_run, training=True)
+            if w is None:
+                value, dZ = self.head.value_and_grad(y, Z, check=False)
+            else:
+                value, dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=w)
+            penalty = model.penalty()
+            if penalty is not None:
+                value = value + penalty
+            model.backward_from_head(dZ, self.n_run, need_dX=False)
+            new_counter = rng.counter
+            new_bufs = tuple(b.value for b in buffers)
+            ok_now = None
+            if self.check_finite:  # `TrainStep.check`, before the transforms
+                ok_now = xp.all(xp.isfinite(value))
+                for p in params:
+                    ok_now = ok_now & xp.all(xp.isfinite(p.grad))
+            rows = int(X.shape[0])
+            for transform in self.transforms:
+                transform.apply(params, rows)
+            grads = tuple(p.grad for p in params)
+            # the optimizer's own rule, with the update count in the parameters' dtype so that its
+            # arithmetic on Python floats stays in that dtype
+            step = xp.astype(t, values[0].dtype)
+            updated = [opt.update(xp, v, g, st, step, lr) for v, g, st in zip(values, grads, states, strict=True)]
+            new_values = tuple(u[0] for u in updated)
+            new_states = tuple(u[1] for u in updated)
+        finally:
+            for p, (v, g) in zip(params, saved[0], strict=True):
+                p.value, p.grad = v, g
+            for b, v in zip(buffers, saved[1], strict=True):
+                b.value = v
+            rng.counter = saved[2]
+        if ok_now is None:
+            carry = xp.concat([xp.stack([t + 1, new_counter, index + 1]), carry[3:]])
+            return new_values, new_states, new_bufs, grads, value, Z, carry
+        # the deferred check: apply only while every step of the epoch so far, this one included, was finite
+        ok_in = carry[self._OK] != 0
+        keep = ok_in & ok_now
+        new_values = tuple(xp.where(keep, new, old) for new, old in zip(new_values, values, strict=True))
+        new_states = tuple({k: xp.where(keep, arr, states[i][k]) for k, arr in st.items()}
+                           for i, st in enumerate(new_states))
+        # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
+        # step's forward counts and later ones do not
+        new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
+        first_bad = xp.where(ok_in & ~ok_now, index, carry[self._FIRST_BAD])
+        carry = xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad])
+        return new_values, new_states, new_bufs, grads, value, Z, carry
