@@ -182,14 +182,19 @@ def test_float32_data_computes_in_float32_like_sklearn():
 
 
 def test_sklearn_optimizers_are_nnx_optimizers():
-    """SklearnSGD / SklearnAdam are ordinary nnx optimizers: registered, state_dict round trip, not fast-pathed."""
+    """SklearnSGD / SklearnAdam are ordinary nnx optimizers: registered, elementwise rules, state_dict round trip."""
     import nnx
-    from nnx.backends import numpy_fast
 
     model = nnx.Sequential(nnx.Dense(3, 2), backend="numpy", dtype="float64", seed=0)
     for cls in (SklearnSGD, SklearnAdam):
         opt = nnx.optim.get_optimizer(cls.__name__.lower(), model.parameters())
-        assert type(opt) is cls and not numpy_fast.elementwise(opt)
+        assert type(opt) is cls and opt.elementwise
+        for p in model.parameters():
+            p.grad = p.value * 0 + 1
+        opt.step()
+        again = nnx.optim.get_optimizer(cls.__name__.lower(), model.parameters())
+        again.load_state_dict(opt.state_dict())
+        assert again.state_dict()["param_steps"] == [1, 1]
 
 
 def test_issue_symptom_regressor_scores_like_sklearn_on_check_data():

@@ -21,6 +21,7 @@ class SklearnSGD(Optimizer):
         nesterov: use Nesterov's momentum.
     """
 
+    elementwise = True  # each element's update reads only that element
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     momentum: float
     nesterov: bool
@@ -32,20 +33,17 @@ class SklearnSGD(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {**Optimizer._check(hp), "momentum": float(hp["momentum"]), "nesterov": bool(hp["nesterov"])}
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("velocity",)
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        """scikit-learn's velocities, zero."""
+        return {"velocity": xp.zeros_like(value)}
 
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"velocity": self._xp(i).zeros_like(p.value)}
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        """One step of scikit-learn's rule: (new value, new state)."""
         # the operations, in their order, of scikit-learn's SGDOptimizer._get_updates
-        update = self.momentum * st["velocity"] - self.lr * g
-        st["velocity"] = update
-        if self.nesterov:
-            update = self.momentum * update - self.lr * g
-        p.value += update
+        velocity = self.momentum * state["velocity"] - lr * grad
+        update = self.momentum * velocity - lr * grad if self.nesterov else velocity
+        return value + update, {"velocity": velocity}
 
 
 class SklearnAdam(Optimizer):
@@ -61,6 +59,7 @@ class SklearnAdam(Optimizer):
         eps: added to ``sqrt(v)`` (> 0).
     """
 
+    elementwise = True  # each element's update reads only that element
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     betas: tuple[float, float]
     eps: float
@@ -79,21 +78,19 @@ class SklearnAdam(Optimizer):
             raise ValueError(f"eps must be > 0, got {hp['eps']!r}")
         return {**Optimizer._check(hp), "betas": (b1, b2), "eps": eps}
 
-    @classmethod
-    def _state_keys(cls, hp: dict[str, Any]) -> tuple[str, ...]:
-        return ("m", "v")
+    def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
+        """scikit-learn's first and second moments, zero."""
+        return {"m": xp.zeros_like(value), "v": xp.zeros_like(value)}
 
-    def _update(self, i: int, p: Any, g: Any, t: int) -> None:
-        xp = self._xp(i)
+    def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
+               lr: Any) -> tuple[Any, dict[str, Any]]:
+        """One step of scikit-learn's rule: (new value, new state); `step` counts from 1."""
         beta_1, beta_2 = self.betas
-        st = self.state.get(i)
-        if st is None:
-            st = self.state[i] = {"m": xp.zeros_like(p.value), "v": xp.zeros_like(p.value)}
         # the operations, in their order, of scikit-learn's AdamOptimizer._get_updates
-        m = st["m"] = beta_1 * st["m"] + (1 - beta_1) * g
-        v = st["v"] = beta_2 * st["v"] + (1 - beta_2) * (g * g)
-        lr_t = self.lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t)
-        p.value += -lr_t * m / (xp.sqrt(v) + self.eps)
+        m = beta_1 * state["m"] + (1 - beta_1) * grad
+        v = beta_2 * state["v"] + (1 - beta_2) * (grad * grad)
+        lr_t = lr * (1 - beta_2**step) ** 0.5 / (1 - beta_1**step)  # arithmetic only: step may be traced
+        return value + -lr_t * m / (xp.sqrt(v) + self.eps), {"m": m, "v": v}
 
 
 class OptimizerView:
