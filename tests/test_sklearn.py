@@ -195,10 +195,23 @@ def test_binary_labels_of_any_type_and_multilabel():
     ml = MLPClassifier(hidden_layer_sizes=(8,), max_iter=80, learning_rate_init=0.05, random_state=0).fit(X, Y)
     assert ml.predict(X).shape == (90, 3) and set(np.unique(ml.predict(X))) <= {0, 1}
     assert ml.predict_proba(X).shape == (90, 3) and ml.score(X, Y) > 0.8
-    with pytest.raises(ValueError, match="only one class"):
-        MLPClassifier().fit(X, np.zeros(90))
     with pytest.raises(ValueError, match="Unknown label type"):
         MLPClassifier().fit(X, np.linspace(0, 1, 90))
+
+
+def test_single_class_is_fitted_as_in_sklearn():
+    """One class in y: scikit-learn fits one logistic unit towards its binarizer's 0 and always predicts the class."""
+    X, _ = _blobs(classes=2)
+    y = np.full(90, "only")
+    ours = MLPClassifier(hidden_layer_sizes=(5,), max_iter=20, random_state=0).fit(X, y)
+    theirs = SkMLPClassifier(hidden_layer_sizes=(5,), max_iter=20, random_state=0).fit(X, y)
+    assert list(ours.classes_) == list(theirs.classes_) == ["only"]
+    assert ours.n_outputs_ == theirs.n_outputs_ == 1 and ours.out_activation_ == theirs.out_activation_
+    assert (ours.predict(X) == "only").all()
+    proba = ours.predict_proba(X)
+    assert proba.shape == theirs.predict_proba(X).shape == (90, 2)
+    np.testing.assert_allclose(proba, theirs.predict_proba(X), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)
 
 
 def test_alpha_means_what_it_means_in_sklearn():
@@ -273,7 +286,8 @@ def test_warm_start_partial_fit_and_lbfgs():
     ({"solver": "newton"}, "solver must be one of"),
     ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes must be > 0"),
     ({"batch_size": 0}, "batch_size must be 'auto' or an int >= 1"),
-    ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \(0.0, 1.0\)"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \[0.0, 1.0\)"),
+    ({"n_iter_no_change": 2.5}, "n_iter_no_change must be an int >= 1 or inf"),
     ({"dtype": "float16"}, "dtype must be None \\(the data's\\), 'float32' or 'float64'"),
     ({"dropout": 1.0}, "dropout must be a number"),
     ({"backend": "tensorflow"}, "unknown backend 'tensorflow'"),
@@ -283,6 +297,66 @@ def test_bad_parameters_fail_in_fit_naming_them(params, match):
     clf = MLPClassifier(**params)  # scikit-learn's rule: __init__ only stores
     with pytest.raises(ValueError, match=match):
         clf.fit(X, y)
+
+
+def test_poisson_head_gradients_on_every_backend(backend):
+    """The exp output layer and the half Poisson deviance of loss="poisson": backprop equals central differences."""
+    from nnx.sklearn.poisson import Exp, HalfPoissonDeviance
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    y = rng.poisson(1.5, size=(6, 2)).astype(float)  # zeros included: y log(y / mu) is 0 there
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2), Exp(), backend=backend.spec,
+                           dtype="float64", seed=0)
+    assert nnx.check_gradients(model, X, y, HalfPoissonDeviance()) < 1e-6
+
+
+def test_regressor_refuses_an_unknown_loss():
+    X, y = _blobs(n=20)
+    with pytest.raises(ValueError, match=r"loss must be one of \['squared_error', 'poisson'\], got 'huber'"):
+        MLPRegressor(loss="huber").fit(X, y.astype(float))
+
+
+def _values_sklearn_accepts(constraint):
+    """Values at the closed ends and inside of one of scikit-learn's parameter constraints."""
+    from sklearn.utils._param_validation import Interval, Options, StrOptions, generate_valid_param, make_constraint
+
+    constraint = make_constraint(constraint)
+    values = [generate_valid_param(constraint)]
+    if isinstance(constraint, Interval):
+        values += [end for end, closed in ((constraint.left, constraint.closed in ("left", "both")),
+                                           (constraint.right, constraint.closed in ("right", "both")))
+                   if closed and end is not None]
+    elif isinstance(constraint, (Options, StrOptions)):
+        values += sorted(constraint.options, key=str)
+    return values
+
+
+@pytest.mark.parametrize("Estimator, SkEstimator", [(MLPClassifier, SkMLPClassifier), (MLPRegressor, SkMLPRegressor)])
+def test_every_parameter_value_sklearn_accepts_is_accepted(Estimator, SkEstimator):
+    """Each value scikit-learn's own constraints accept, at both closed ends of its intervals, fits here too."""
+    pytest.importorskip("sklearn.utils._param_validation")
+    X, y = _blobs(n=30, classes=2)
+    y = y if Estimator is MLPClassifier else y.astype(float)
+    base = dict(hidden_layer_sizes=(3,), max_iter=2, random_state=0)
+    tried = 0
+    for name, constraints in SkEstimator._parameter_constraints.items():
+        for constraint in constraints:
+            for value in _values_sklearn_accepts(constraint):
+                Estimator(**{**base, name: value}).fit(X, y)
+                tried += 1
+    assert tried > 40
+
+
+def test_signatures_follow_the_installed_sklearn():
+    """The same parameters in the same positions as scikit-learn's (MLPRegressor(loss, hidden_layer_sizes, ...))."""
+    import inspect
+
+    for ours, theirs in ((MLPClassifier, SkMLPClassifier), (MLPRegressor, SkMLPRegressor)):
+        mine = [(p.name, p.kind, p.default) for p in inspect.signature(ours).parameters.values()]
+        sk = [(p.name, p.kind, p.default) for p in inspect.signature(theirs).parameters.values()]
+        assert mine[:len(sk)] == sk
+        assert [name for name, _, _ in mine[len(sk):]] == ["backend", "dtype", "dropout"]
 
 
 def test_unfitted_and_dropout_and_sgd_schedules():

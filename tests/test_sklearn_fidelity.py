@@ -9,6 +9,7 @@ learning-rate schedules and bookkeeping, so `coefs_`, `intercepts_` and `loss_cu
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,3 +219,143 @@ def test_check_estimator_passes_with_sklearns_defaults_and_max_iter_20(Estimator
         warnings.simplefilter("ignore", ConvergenceWarning)
         names = {o["check_name"] for o in outcomes if o["status"] == "passed"}
     assert {"check_regressors_train" if Estimator is MLPRegressor else "check_classifiers_train"} <= names
+
+
+def _poisson_data():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 1.0, size=(120, 3))
+    return X, rng.poisson(np.exp(X @ np.array([0.8, -0.5, 0.3]) + 0.5)).astype(float)
+
+
+@pytest.mark.parametrize("solver, extra", [("sgd", {}), ("adam", {"batch_size": 32}), ("adam", {"weighted": True})])
+def test_poisson_loss_follows_sklearn(solver, extra):
+    """loss="poisson": an exp output (log link) and half the Poisson deviance, scikit-learn's numbers."""
+    X, y = _poisson_data()
+    weighted = extra.pop("weighted", False) if extra else False
+    w = np.random.default_rng(1).uniform(0.5, 2.0, size=X.shape[0]) if weighted else None
+    params: dict[str, Any] = dict(loss="poisson", hidden_layer_sizes=(5,), solver=solver, alpha=1e-3, max_iter=20,
+                  learning_rate_init=0.01, random_state=0, **extra)
+    ours = MLPRegressor(**params).fit(X, y, sample_weight=w)
+    ref = SkMLPRegressor(**params).fit(X, y, sample_weight=w)
+    assert ours.out_activation_ == "exp"
+    _assert_same(ours, ref)
+    np.testing.assert_allclose(ours.predict(X), ref.predict(X), rtol=1e-6)
+
+
+def test_poisson_loss_with_lbfgs_follows_sklearn():
+    X, y = _poisson_data()
+    params: dict[str, Any] = dict(loss="poisson", hidden_layer_sizes=(4,), solver="lbfgs", alpha=1e-3, max_iter=15,
+                                  random_state=0)
+    ours, ref = MLPRegressor(**params).fit(X, y), SkMLPRegressor(**params).fit(X, y)
+    assert ours.n_iter_ == ref.n_iter_ and ours.loss_ == pytest.approx(ref.loss_, rel=1e-9)
+    assert _max_rel(ours.coefs_, ref.coefs_) < 1e-6
+    with pytest.raises(ValueError, match="loss='poisson' needs targets y >= 0"):
+        MLPRegressor(loss="poisson").fit(X, y - 1.0)
+
+
+def test_multilabel_partial_fit_from_the_first_call_follows_sklearn():
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=50, random_state=0, return_indicator=True)
+    params: dict[str, Any] = dict(solver="sgd", hidden_layer_sizes=8, random_state=0, activation="logistic", alpha=1e-5,
+                  learning_rate_init=0.2)
+    ours, ref = MLPClassifier(**params), SkMLPClassifier(**params)
+    for _ in range(5):
+        ours.partial_fit(X, Y, classes=[0, 1, 2, 3, 4])
+        ref.partial_fit(X, Y, classes=[0, 1, 2, 3, 4])
+    _assert_same(ours, ref)
+    np.testing.assert_array_equal(ours.classes_, ref.classes_)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+
+
+def test_diverging_run_with_early_stopping_follows_sklearn():
+    """nan validation scores are recorded, training goes on, and the best finite weights are restored."""
+    X, y = make_regression(n_samples=150, n_features=4, noise=1.0, random_state=0)
+    params: dict[str, Any] = dict(hidden_layer_sizes=20, activation="identity", solver="sgd", learning_rate_init=1.0,
+                                  max_iter=12, early_stopping=True, random_state=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ours, ref = MLPRegressor(**params).fit(X, y), SkMLPRegressor(**params).fit(X, y)
+    assert np.isnan(ref.validation_scores_[-1]) and ref.n_iter_ == 12
+    np.testing.assert_allclose(ours.validation_scores_, ref.validation_scores_, rtol=RTOL)  # nan where nan
+    np.testing.assert_allclose(ours.loss_curve_, ref.loss_curve_, rtol=RTOL)
+    assert ours.n_iter_ == ref.n_iter_ and ours.best_validation_score_ == pytest.approx(ref.best_validation_score_)
+    assert _max_rel(ours.coefs_, ref.coefs_) < RTOL and _max_rel(ours.intercepts_, ref.intercepts_) < RTOL
+    # without a validation set nothing restores finite weights: the same error as scikit-learn's
+    params.update(early_stopping=False)
+    for cls in (MLPRegressor, SkMLPRegressor):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+                cls(**params).fit(X, y)
+
+
+def test_assigned_weights_then_partial_fit_follow_sklearn():
+    """coefs_/intercepts_ assigned on an unfitted estimator are where partial_fit continues from."""
+    X, y = _data("binary")
+    rng = np.random.default_rng(0)
+    coefs = [rng.normal(size=(6, 3)), rng.normal(size=(3, 1))]
+    intercepts = [rng.normal(size=3), rng.normal(size=1)]
+    params: dict[str, Any] = dict(hidden_layer_sizes=3, solver="sgd", learning_rate_init=0.05, random_state=1)
+    ours, ref = MLPClassifier(**params), SkMLPClassifier(**params)
+    for est in (ours, ref):
+        est.coefs_ = [c.copy() for c in coefs]
+        est.intercepts_ = [b.copy() for b in intercepts]
+        est.n_outputs_, est.n_layers_, est.out_activation_ = 1, 3, "logistic"
+        est.t_, est.n_iter_, est.best_loss_, est.loss_curve_, est._no_improvement_count = 0, 0, np.inf, [], 0
+        for _ in range(3):
+            est.partial_fit(X, y, classes=[0, 1])
+    _assert_same(ours, ref)
+
+
+def test_fitted_weights_are_views_that_write_through_or_refuse():
+    X, y = _data("binary")
+    clf = MLPClassifier(hidden_layer_sizes=3, max_iter=5, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="read-only"):
+        clf.coefs_[0][0, 0] = 1.0  # an in-place edit of a copy would silently miss the network
+    clf.coefs_[1] = np.zeros((3, 1))
+    clf.intercepts_ = [np.zeros(3), np.full(1, 2.0)]
+    np.testing.assert_array_equal(clf.predict_proba(X)[:, 1], 1.0 / (1.0 + np.exp(-2.0)))
+    with pytest.raises(ValueError, match=r"coefs_\[1\] must have shape \(3, 1\), got \(4, 1\)"):
+        clf.coefs_[1] = np.zeros((4, 1))
+    # an item assigned after a fit is where partial_fit continues from, as in scikit-learn
+    W = np.random.default_rng(0).normal(size=(6, 3))
+    ours = MLPClassifier(hidden_layer_sizes=3, solver="sgd", max_iter=5, random_state=0).fit(X, y)
+    ref = SkMLPClassifier(hidden_layer_sizes=3, solver="sgd", max_iter=5, random_state=0).fit(X, y)
+    ours.coefs_[0], ref.coefs_[0] = W, W.copy()
+    ours.partial_fit(X, y)
+    ref.partial_fit(X, y)
+    _assert_same(ours, ref)
+    unfitted = MLPClassifier(hidden_layer_sizes=3, warm_start=True)
+    unfitted.coefs_ = [np.zeros((5, 3)), np.zeros((3, 1))]
+    unfitted.intercepts_ = [np.zeros(3), np.zeros(1)]
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(5, 3\) but the network for 6 features"):
+        unfitted.fit(X, y)
+
+
+@pytest.mark.parametrize("solver, extra", [("sgd", {"learning_rate": "invscaling", "power_t": 0.25}),
+                                           ("sgd", {"learning_rate": "adaptive", "tol": 0.5}), ("adam", {})])
+def test_optimizer_learning_rate_view_follows_sklearn(solver, extra):
+    X, y = _data("binary")
+    params: dict[str, Any] = dict(hidden_layer_sizes=4, solver=solver, max_iter=30, random_state=0, **extra)
+    ours, ref = MLPClassifier(**params).fit(X, y), SkMLPClassifier(**params).fit(X, y)
+    assert ours._optimizer.learning_rate == pytest.approx(ref._optimizer.learning_rate, rel=1e-12)
+    assert ours.n_iter_ == ref.n_iter_
+
+
+def test_n_iter_no_change_inf_and_warm_started_early_stopping_follow_sklearn():
+    X, y = _data("multiclass")
+    params: dict[str, Any] = dict(hidden_layer_sizes=5, solver="sgd", tol=1e9, n_iter_no_change=np.inf, max_iter=15,
+                                  random_state=0)
+    ours, ref = MLPClassifier(**params).fit(X, y), SkMLPClassifier(**params).fit(X, y)
+    assert ours.n_iter_ == ref.n_iter_ == 15 and ours._no_improvement_count == ref._no_improvement_count == 14
+    _assert_same(ours, ref)
+    # a warm start keeps the best weights and score of the fits before it, as scikit-learn's _best_coefs
+    params = dict(hidden_layer_sizes=5, warm_start=True, early_stopping=True, max_iter=8, learning_rate_init=0.05,
+                  random_state=0)
+    ours, ref = MLPClassifier(**params), SkMLPClassifier(**params)
+    for max_iter in (8, 4, 12):
+        ours.set_params(max_iter=max_iter).fit(X, y)
+        ref.set_params(max_iter=max_iter).fit(X, y)
+        _assert_same(ours, ref)
+        np.testing.assert_allclose(ours.validation_scores_, ref.validation_scores_, rtol=RTOL)

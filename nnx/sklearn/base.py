@@ -1,0 +1,445 @@
+"""What the two estimators share: parameters and their checks, data validation, the network, inference, weights."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import warnings
+from typing import Any, cast
+
+import numpy as np
+from sklearn import get_config
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
+
+from .. import layers as L
+from ..backends import get_backend
+from ..losses import MSE
+from ..model import Sequential
+from ..optim import get_optimizer, rebuild_optimizer
+from .arrays import dense, describe, host, io_of, reduction, to_host_tree, to_namespace
+from .optimizers import OptimizerView, SklearnAdam, SklearnSGD
+from .poisson import Exp
+
+ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "relu": L.ReLU,
+               "leaky_relu": L.LeakyReLU}
+STOCHASTIC = ("sgd", "adam", "rmsprop", "adamw", "adagrad", "momentum")
+SOLVERS = (*STOCHASTIC, "lbfgs")
+_OUTPUT_LAYERS = {"logistic": L.Sigmoid, "softmax": L.Softmax, "exp": Exp}
+_ROW_BLOCK = 32
+_ARRAYS = {"coefs_": "weight", "intercepts_": "bias"}
+
+
+class MLPBase(BaseEstimator):
+    """Shared parameters, their checks, data validation, network, inference and pickling of the two estimators."""
+
+    _is_classifier = False
+    out_activation_: str  # set by the subclasses' target encoding in fit (declared here for type checkers)
+
+    def __init__(self, hidden_layer_sizes: Any = (100,), activation: str = "relu", *, solver: str = "adam",
+                 alpha: float = 0.0001, batch_size: Any = "auto", learning_rate: str = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Any = None, tol: float = 1e-4, verbose: bool = False,
+                 warm_start: bool = False, momentum: float = 0.9, nesterovs_momentum: bool = True,
+                 early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: Any = 10, max_fun: int = 15000,
+                 backend: Any = None, dtype: str | None = None, dropout: float = 0.0) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.backend = backend
+        self.dtype = dtype
+        self.dropout = dropout
+
+    # -- tags -------------------------------------------------------------------------
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # accepted and densified: an MLP multiplies dense matrices anyway
+        tags.array_api_support = True
+        return tags
+
+    # -- parameter checks (in fit, as scikit-learn wants: __init__ only stores) ----------------
+    def _hidden_sizes(self) -> list[int]:
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral) and not isinstance(sizes, bool):
+            sizes = [sizes]
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise ValueError(f"hidden_layer_sizes must be an int or a sequence of ints, got {sizes!r}") from None
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0:
+                raise ValueError(f"hidden_layer_sizes must be > 0, got {self.hidden_layer_sizes!r}")
+        return [int(s) for s in sizes]
+
+    def _check_params(self) -> None:
+        def number(name: str, low: float, high: float = math.inf, low_open: bool = False,
+                   high_open: bool = False) -> None:
+            value = getattr(self, name)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            value = cast(float, value)  # a real number wherever `ok` still holds (numbers.Real declares no `>`)
+            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+
+        def integer(name: str, low: int, or_inf: bool = False) -> None:
+            value = getattr(self, name)
+            if or_inf and isinstance(value, numbers.Real) and not isinstance(value, bool) and value == math.inf:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}{' or inf' if or_inf else ''}, got {value!r}")
+
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive', "
+                             f"got {self.learning_rate!r}")
+        number("alpha", 0.0)
+        number("learning_rate_init", 0.0, low_open=True)
+        number("power_t", 0.0)
+        number("tol", 0.0)
+        number("momentum", 0.0, 1.0)
+        number("validation_fraction", 0.0, 1.0, high_open=True)
+        number("beta_1", 0.0, 1.0, high_open=True)
+        number("beta_2", 0.0, 1.0, high_open=True)
+        number("epsilon", 0.0, low_open=True)
+        number("dropout", 0.0, 1.0, high_open=True)
+        integer("max_iter", 1)
+        integer("n_iter_no_change", 1, or_inf=True)
+        integer("max_fun", 1)
+        if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
+                                              and not isinstance(self.batch_size, bool)
+                                              and cast(int, self.batch_size) >= 1)):
+            raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
+        if self.dtype not in (None, "float32", "float64"):
+            raise ValueError(f"dtype must be None (the data's), 'float32' or 'float64', got {self.dtype!r}")
+        if self.solver == "lbfgs" and self.dropout > 0:
+            raise ValueError("dropout needs a stochastic solver; 'lbfgs' needs a deterministic objective")
+        if self.backend is not None:
+            get_backend(self.backend)  # unknown or unavailable backends fail here, naming themselves
+
+    # -- data -----------------------------------------------------------------------------
+    def _validate_X(self, X: Any, reset: bool, y: Any = "no_validation") -> Any:
+        """X validated (kept in its namespace under array-API dispatch, else NumPy), and y as NumPy."""
+        io = io_of(X)
+        dtype = (np.float64, np.float32) if io is None else (io[0].float64, io[0].float32)
+        kwargs: dict[str, Any] = dict(accept_sparse=True, dtype=dtype, reset=reset)
+        if isinstance(y, str) and y == "no_validation":
+            return dense(validate_data(self, X, **kwargs))
+        y = host(y)  # labels and targets are small: read on the host once (label encoding needs them there)
+        if io is None:
+            X, y = validate_data(self, X, y, multi_output=True, y_numeric=not self._is_classifier, **kwargs)
+        else:
+            X = validate_data(self, X, **kwargs)
+            # scikit-learn leaves dtype unannotated: pyright infers `str` from its default "numeric"
+            y = check_array(y, ensure_2d=False, dtype=None, input_name="y")  # pyright: ignore[reportArgumentType]
+            if not self._is_classifier and y.dtype.kind == "O":
+                y = y.astype(np.float64)
+            check_consistent_length(X, y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return dense(X), y
+
+    def _batch(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped",
+                          stacklevel=5)  # the caller of fit/partial_fit
+        return int(np.clip(self.batch_size, 1, n))
+
+    # -- network ------------------------------------------------------------------------------
+    def _build(self, X: Any, n_outputs: int, rs: np.random.RandomState, io: Any, assigned: bool) -> Sequential:
+        """The network with scikit-learn's initial weights drawn from `rs` in its order, or the assigned ones.
+
+        `assigned`: take `coefs_` and `intercepts_` as the user set them on the unfitted estimator
+        (scikit-learn continues from those in `partial_fit` and warm starts) and draw nothing.
+        """
+        dtype = self.dtype or ("float32" if str(X.dtype).endswith("float32") else "float64")
+        backend = self.backend if self.backend is not None else (get_backend(X) if io is not None else "numpy")
+        act = ACTIVATIONS[self.activation]
+        units = [X.shape[1], *self._hidden_sizes(), n_outputs]
+        layers: list[L.Layer] = []
+        dense_at: list[int] = []
+        for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:], strict=True)):
+            dense_at.append(len(layers))
+            layers.append(L.Dense(fan_in, fan_out, init="glorot_uniform"))
+            if i < len(units) - 2:
+                layers.append(act())
+                if self.dropout > 0:
+                    layers.append(L.Dropout(self.dropout))
+        head = _OUTPUT_LAYERS.get(self.out_activation_)
+        if head is not None:
+            layers.append(head())
+        state = self._assigned_state(units, dense_at) if assigned else {}
+        # scikit-learn's _init_coef: Glorot-uniform bounds (sqrt(2/...) for logistic units), weights
+        # then intercepts, layer by layer, drawn in float64 and cast to the data's dtype
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for index, fan_in, fan_out in zip(dense_at, units[:-1], units[1:], strict=True):
+            if assigned:
+                continue
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            state[f"{index}.weight"] = rs.uniform(-bound, bound, (fan_in, fan_out))
+            state[f"{index}.bias"] = rs.uniform(-bound, bound, fan_out)
+        # dropout's own stream (scikit-learn has none), drawn after everything scikit-learn draws at init
+        seed = int(rs.randint(np.iinfo(np.int32).max)) if self.dropout > 0 else 0
+        model = Sequential(*layers, backend=backend, dtype=dtype, seed=seed)
+        model.load_state_dict({k: v.astype(dtype) for k, v in state.items()})
+        return model
+
+    def _assigned_state(self, units: list[int], dense_at: list[int]) -> dict[str, np.ndarray]:
+        """The assigned `coefs_`/`intercepts_` as a state dict for a network of `units`, or ValueError on a misfit."""
+        arrays = {name: self.__dict__.get("_assigned_" + name) for name in _ARRAYS}
+        missing = [name for name, value in arrays.items() if value is None]
+        if missing:
+            raise ValueError(f"{missing[0]} must be assigned too: continuing from assigned weights needs both "
+                             "coefs_ and intercepts_")
+        state: dict[str, np.ndarray] = {}
+        for name, which in _ARRAYS.items():
+            given = list(cast(Any, arrays[name]))
+            if len(given) != len(dense_at):
+                raise ValueError(f"{name} has {len(given)} arrays but hidden_layer_sizes="
+                                 f"{self.hidden_layer_sizes!r} makes a network of {len(dense_at)} layers")
+            for i, (index, a) in enumerate(zip(dense_at, given, strict=True)):
+                want = (units[i], units[i + 1]) if which == "weight" else (units[i + 1],)
+                value = np.asarray(host(a), dtype=np.float64)
+                if value.shape != want:
+                    raise ValueError(f"{name}[{i}] has shape {value.shape} but the network for "
+                                     f"{units[0]} features, hidden_layer_sizes={self.hidden_layer_sizes!r} and "
+                                     f"{units[-1]} outputs needs {want}")
+                state[f"{index}.{which}"] = value
+        return state
+
+    def _on_model(self, a: Any) -> Any:
+        """`a` as a batch on the model's backend, in its dtype (moved through the host from another library)."""
+        model = self.model_
+        if not isinstance(a, np.ndarray) and not model.backend.owns(a):
+            a = host(a)
+        return model.prepare_inputs(a)
+
+    def _loss(self, weighted: bool = False) -> Any:
+        return MSE(reduction=reduction(weighted))
+
+    def _scales(self) -> tuple[float, float]:
+        """(scikit-learn's loss / nnx's loss, scikit-learn's gradient / nnx's gradient) for this output."""
+        return 1.0, 1.0
+
+    def _new_optimizer(self, model: Sequential) -> Any:
+        params = model.parameters()
+        if self.solver == "adam":
+            return SklearnAdam(params, lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon)
+        if self.solver == "sgd":
+            return SklearnSGD(params, lr=self.learning_rate_init, momentum=self.momentum,
+                              nesterov=bool(self.nesterovs_momentum))
+        return get_optimizer(self.solver, params, lr=self.learning_rate_init)
+
+    # -- hooks the subclasses fill in -----------------------------------------------------------
+    def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:
+        raise NotImplementedError
+
+    def _multiclass(self) -> bool:
+        return False
+
+    def _n_model_outputs(self, y_model: Any) -> int:
+        return 1 if y_model.ndim == 1 else y_model.shape[1]
+
+    def _score_model(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        raise NotImplementedError
+
+    # -- inference ------------------------------------------------------------------------------
+    def _check_namespace(self, X: Any, io: Any, method: str) -> None:
+        """Under array-API dispatch, X must come from the namespace and device the estimator was fitted on."""
+        if not get_config()["array_api_dispatch"]:
+            return
+        fitted = getattr(self, "_fit_io", None)
+        if isinstance(fitted, str):  # unpickled: the fit's namespace is not known any more
+            return
+        if io is None and fitted is None:
+            return
+        if io is not None and fitted is not None and io[0] is fitted[0] and str(io[1]) == str(fitted[1]):
+            return
+        raise ValueError(f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace and the "
+                         f"same device as those passed to fit(). fit() got {describe(fitted)}, {method}() got "
+                         f"{describe(io)}.")
+
+    def _forward(self, X: Any, method: str) -> Any:
+        """The network's outputs for X, in X's float dtype: NumPy, or X's namespace and device under dispatch."""
+        check_is_fitted(self, "model_")
+        io = io_of(X)
+        self._check_namespace(X, io, method)
+        X = self._validate_X(X, reset=False)
+        model = self.model_
+        if io is not None:
+            return to_namespace(model.predict(self._on_model(X)), io, X.dtype)
+        n = X.shape[0]
+        # Pad to whole blocks of rows: BLAS picks its kernels by matrix shape, and in float32 a
+        # sample's prediction could otherwise change in the last bits with the batch it came in.
+        padded = -(-n // _ROW_BLOCK) * _ROW_BLOCK
+        if padded != n:
+            X = np.concatenate([X, np.zeros((padded - n, X.shape[1]), dtype=X.dtype)])
+        return np.asarray(model.backend.to_host(model.predict(X)), dtype=X.dtype)[:n]
+
+    # -- the weights under scikit-learn's names ---------------------------------------------------
+    @property
+    def coefs_(self) -> list[Any]:
+        """The weight matrices, layer by layer (scikit-learn's layout: (in, out)); NumPy, or the fit's namespace.
+
+        Assigning the list, or one item of it, writes into the network; before the first fit the
+        assigned list is kept as given and `partial_fit` or a warm start continues from it.
+        """
+        return self._arrays("coefs_")
+
+    @coefs_.setter
+    def coefs_(self, value: Any) -> None:
+        self._assign("coefs_", value)
+
+    @property
+    def intercepts_(self) -> list[Any]:
+        """The bias vectors, layer by layer; NumPy, or the fit's namespace. Assignable as `coefs_` is."""
+        return self._arrays("intercepts_")
+
+    @intercepts_.setter
+    def intercepts_(self, value: Any) -> None:
+        self._assign("intercepts_", value)
+
+    def _arrays(self, name: str) -> list[Any]:
+        if "model_" not in self.__dict__:
+            assigned = self.__dict__.get("_assigned_" + name)
+            if assigned is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return assigned
+        which = _ARRAYS[name]
+        return _LayerArrays(self, name, [self._fitted_array(getattr(layer, which).value)
+                                         for layer in self._dense_layers()])
+
+    def _assign(self, name: str, value: Any) -> None:
+        if "model_" not in self.__dict__:
+            self.__dict__["_assigned_" + name] = value  # kept as given: scikit-learn's tests fill it in item by item
+            return
+        arrays = list(value)
+        if len(arrays) != len(self._dense_layers()):
+            raise ValueError(f"{name} must hold {len(self._dense_layers())} arrays, one per layer, got {len(arrays)}")
+        for i, a in enumerate(arrays):
+            self._set_layer_array(name, i, a)
+
+    def _set_layer_array(self, name: str, i: int, value: Any) -> None:
+        """Write `value` into layer i's weight (`coefs_`) or bias (`intercepts_`), checking its shape."""
+        model = self.model_
+        layers = self._dense_layers()
+        if not -len(layers) <= i < len(layers):
+            raise IndexError(f"{name} has {len(layers)} arrays, got index {i}")
+        which = _ARRAYS[name]
+        shape = tuple(getattr(layers[i], which).value.shape)
+        value = np.asarray(host(value))
+        if value.shape != shape:
+            raise ValueError(f"{name}[{i}] must have shape {shape}, got {value.shape}")
+        state = model.state_dict()
+        state[f"{model.layers.index(layers[i])}.{which}"] = value
+        model.load_state_dict(state)
+
+    def _fitted_array(self, value: Any) -> Any:
+        io = getattr(self, "_fit_io", None)
+        if isinstance(io, tuple):
+            return to_namespace(value, io, None)
+        out = np.array(self.model_.backend.to_host(value))
+        out.flags.writeable = False  # a copy: an in-place edit would silently miss the network, so it raises
+        return out
+
+    def _dense_layers(self) -> list[Any]:
+        return [layer for layer in self.model_.layers if isinstance(layer, L.Dense)]
+
+    @property
+    def _optimizer(self) -> OptimizerView:
+        """scikit-learn's `_optimizer` attribute, read-only: ``_optimizer.learning_rate`` (stochastic solvers)."""
+        optimizer = self.__dict__.get("_optimizer_")
+        if optimizer is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute '_optimizer' (it exists after a "
+                                 "fit with a stochastic solver)")
+        return OptimizerView(optimizer)
+
+    # -- pickling: backend objects hold modules, so the network travels as plain NumPy ----------
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        optimizer = state.pop("_optimizer_", None)
+        if isinstance(state.get("_fit_io"), tuple):
+            state["_fit_io"] = "unknown"  # a namespace module does not pickle
+        if model is not None:
+            be = model.backend
+            if state.get("_best_state") is not None:
+                state["_best_state"] = to_host_tree(state["_best_state"], be)
+            state["_model_portable"] = {
+                "config": model.get_config(),
+                "backend": be.spec,
+                "weights": {k: np.array(be.to_host(v)) for k, v in model.state_dict().items()},
+                "epochs_trained": model.epochs_trained,
+                "shuffle_rng": model.shuffle_rng.bit_generator.state,
+                "optimizer": None if optimizer is None else to_host_tree(optimizer.state_dict(), be),
+            }
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        portable = state.pop("_model_portable", None)
+        super().__setstate__(state)
+        if portable is not None:
+            backend = portable.get("backend", self.backend if self.backend is not None else "numpy")
+            model = Sequential.from_config(portable["config"], backend=backend)
+            model.load_state_dict(portable["weights"])
+            model.epochs_trained = portable["epochs_trained"]
+            model.shuffle_rng.bit_generator.state = portable["shuffle_rng"]
+            self.model_ = model
+            self._optimizer_ = None
+            if portable["optimizer"] is not None:
+                self._optimizer_ = rebuild_optimizer(portable["optimizer"], model.parameters())
+                model.optimizer = self._optimizer_
+
+    def _check_solver(self) -> bool:
+        """partial_fit exists only for the stochastic solvers, as in scikit-learn."""
+        if self.solver not in STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
+                                 "not stochastic.")
+        return True
+
+
+class _LayerArrays(list):
+    """`coefs_` or `intercepts_` of a fitted estimator: assigning an item writes that layer's array into the network."""
+
+    def __init__(self, owner: MLPBase, name: str, arrays: list[Any]) -> None:
+        super().__init__(arrays)
+        self._owner = owner
+        self._name = name
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            raise TypeError(f"assign {self._name}[i] one layer at a time, or the whole {self._name} list")
+        i = operator.index(index)
+        self._owner._set_layer_array(self._name, i, value)
+        super().__setitem__(i, self._owner._arrays(self._name)[i])
+
+    def __reduce__(self) -> Any:
+        return list, (list(self),)  # pickled and copied as the plain list it shows, without the estimator

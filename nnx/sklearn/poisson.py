@@ -1,0 +1,93 @@
+"""`MLPRegressor(loss="poisson")`: an exp output (the log link) and scikit-learn's half Poisson deviance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from .. import layers as L
+from ..backends import get_backend
+from ..losses import Loss
+
+
+class Exp(L.Layer, name="nnx.sklearn.Exp"):
+    """Elementwise exp: the inverse of the log link, so the network predicts a positive mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: Any = None
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = self.xp.exp(X)
+        if training:
+            self._cache = Y
+        return Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        Y, self._cache = self._cache, None
+        return dY * Y
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        return graph.add_node("Exp", [X])
+
+
+class HalfPoissonDeviance(Loss):
+    """scikit-learn's "poisson" loss of predicted means ``mu > 0``: ``sum_k mean_i (y log(y / mu) - y + mu)``.
+
+    Summed over outputs and averaged over rows (weighted: ``sum_i w_i l_i / sum_i w_i`` with
+    ``reduction="mean_with_sample_weight"``), as `sklearn.neural_network`'s ``poisson_loss``.
+
+    Args:
+        reduction: ``"sum_over_batch_size"`` or ``"mean_with_sample_weight"``, as for every nnx loss.
+    """
+
+    name = "nnx.sklearn.half_poisson_deviance"
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
+        """The loss, a 0-d array on ``y_pred``'s device."""
+        return self._value_and_grad(y_true, y_pred, sample_weight, grad=False)[0]
+
+    def gradient(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
+        """Gradient of the loss w.r.t. ``y_pred``, shaped like ``y_pred``."""
+        return self._value_and_grad(y_true, y_pred, sample_weight, grad=True)[1]
+
+    def value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *,
+                       check: bool = True) -> tuple[Any, Any]:
+        """``(value, gradient)`` in one pass."""
+        return self._value_and_grad(y_true, y_pred, sample_weight, grad=True)
+
+    def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
+        """Row i's loss, summed over outputs, shape ``(n,)``."""
+        xp = array_api_compat.array_namespace(y_pred)
+        return self.rows(xp, y_true, y_pred)[0]
+
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """``(l, g)``: the ``(n,)`` row losses (summed over outputs) and their mean's gradient w.r.t. ``y_pred``."""
+        if y_pred.ndim != 2:
+            raise ValueError(f"y_pred must have shape (n_samples, n_outputs), got {tuple(y_pred.shape)}")
+        y = get_backend(y_pred).asarray(y_true, dtype=y_pred.dtype, argname="y_true")
+        if y.ndim == 1:
+            y = xp.reshape(y, (-1, 1))
+        if tuple(y.shape) != tuple(y_pred.shape):
+            raise ValueError(f"y_true and y_pred must have the same shape, got y_true {tuple(y.shape)} and "
+                             f"y_pred {tuple(y_pred.shape)}")
+        # scipy's xlogy(y, y / mu): 0 where y == 0
+        positive = y > 0
+        ratio = xp.where(positive, y, xp.ones_like(y)) / y_pred
+        elements = xp.where(positive, y * xp.log(ratio), xp.zeros_like(y)) - y + y_pred
+        return xp.sum(elements, axis=1), (1.0 - y / y_pred) / y_pred.shape[0]
+
+    def _value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any, grad: bool) -> tuple[Any, Any]:
+        xp = array_api_compat.array_namespace(y_pred)
+        rows, g = self.rows(xp, y_true, y_pred)
+        n = y_pred.shape[0]
+        if sample_weight is None:
+            return xp.sum(rows) / n, (g if grad else None)
+        w = get_backend(y_pred).asarray(sample_weight, dtype=y_pred.dtype, argname="sample_weight")
+        total: Any = n
+        if self.reduction == "mean_with_sample_weight":
+            total = xp.sum(w)
+            total = total + xp.astype(total == 0, total.dtype)  # a batch of zero weights counts 0, not 0/0
+        # the mean's gradient times n is each row's own; weighted, row i counts w_i / total
+        return xp.sum(w * rows) / total, (g * xp.reshape(w * (n / total), (n, 1)) if grad else None)
