@@ -63,8 +63,3 @@ class Dense(Layer):
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return graph.add_node("Gemm", [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias)])
-
-    def get_config(self) -> dict:
-        reg = None if self.regularizer is None else self.regularizer.get_config()
-        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,
-                "init": self.init, "regularizer": reg}
