@@ -63,3 +63,9 @@ class Dense(Layer):
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return graph.add_node("Gemm", [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias)])
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if "regularizer" in config:  # the live one: a regularizer set after construction is part of the model
+            config["regularizer"] = None if self.regularizer is None else self.regularizer.get_config()
+        return config
