@@ -38,7 +38,7 @@ BUILT_INS = {
     "Residual": (nnx.Residual, None),
     "Sequential": (nnx.Sequential, None),
 }
-SUBCLASSES = {name: type(f"My{name}", (base,), {"__doc__": f"A subclass of {name}."})
+SUBCLASSES = {name: type(f"Subclassed{name}", (base,), {"__doc__": f"A subclass of {name}."})
               for name, (base, _) in BUILT_INS.items()}
 
 
@@ -57,7 +57,7 @@ def _host(model, value):
 @pytest.mark.parametrize("name", list(BUILT_INS))
 def test_a_subclass_of_each_built_in_layer_keeps_its_class(backend, dtype, name, tmp_path):
     layer = _instance(name)
-    assert layer.get_config()["type"] == f"My{name}"
+    assert layer.get_config()["type"] == f"Subclassed{name}"
     model = nnx.Sequential(nnx.Dense(3, 4), layer, nnx.Dense(4, 2), backend=backend, dtype=dtype, seed=0)
     X = np.random.default_rng(0).standard_normal((8, 3))
     model.fit(X, np.zeros((8, 2)), loss="mse", epochs=1, batch_size=4)
