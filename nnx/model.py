@@ -387,8 +387,15 @@ class Sequential(_Chain):
             return len(self.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
         if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
             return len(self.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
-        from_logits = getattr(loss, "from_logits", False) and not isinstance(last, (Sigmoid, Softmax))
+        from_logits = getattr(loss, "from_logits", False) and not isinstance(self.output_layer(), (Sigmoid, Softmax))
         return len(self.layers), loss, from_logits
+
+    def output_layer(self) -> Layer:
+        """The layer whose output the model returns: the last one, inside nested `Sequential`s too."""
+        last = self.layers[-1]
+        while isinstance(last, Sequential):
+            last = last.layers[-1]
+        return last
 
     def loss_and_grads(self, X: Any, y: Any, loss: Loss, sample_weight: Any = None,
                        need_dX: bool = False) -> tuple[Any, Any, Any]:
@@ -411,7 +418,7 @@ class Sequential(_Chain):
     # -- training ------------------------------------------------------------------------
     def resolve_loss(self, loss: Any) -> Loss:
         """The `Loss` for a fit/evaluate argument: None reuses the last one or picks it from the output layer."""
-        last = self.layers[-1]
+        last = self.output_layer()
         if loss is None:
             if self.loss is not None:
                 return self.loss

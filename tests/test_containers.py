@@ -292,3 +292,13 @@ def test_gradient_analyzer_and_its_plot_see_layers_inside_containers():
     fig = analyzer.plot()
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "1.gate.0:Dense(5, 5) weight" in labels
+
+
+def test_the_output_layer_is_found_inside_a_nested_model():
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Sequential(nnx.Dense(4, 1), nnx.Sigmoid()), seed=0)
+    assert type(model.output_layer()) is nnx.Sigmoid
+    assert model.resolve_loss(None).get_config() == nnx.losses.BinaryCrossEntropy().get_config()
+    with pytest.warns(UserWarning, match=r"treats the outputs as logits, but the model ends in Sigmoid"):
+        model.resolve_loss(nnx.losses.BinaryCrossEntropy(from_logits=True))
+    residual_last = nnx.Sequential(nnx.Dense(2, 2), nnx.Residual(nnx.Dense(2, 2), nnx.Sigmoid()), seed=0)
+    assert type(residual_last.output_layer()) is nnx.Residual  # X + sigmoid(.) is not a probability
