@@ -43,7 +43,7 @@ class Sequential(_Chain):
 
     def __init__(self, *layers: Layer, backend: Any = "numpy", dtype: Any = "float32",
                  seed: int | None = None, regularizer: Regularizer | str | None = None,
-                 input_shape: Any = None, _provided: Mapping[str, Any] | None = None) -> None:
+                 input_shape: Any = None, _provided: Mapping[str, Any] | None = None, _bind: bool = True) -> None:
         super().__init__(*layers)
         # torch and JAX seed their device generators with a signed 64-bit int
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
@@ -65,6 +65,8 @@ class Sequential(_Chain):
         self.dropout_rng = model_backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
         # only a shape the caller gave is part of the config; one taken from the first layer follows that layer
         self._given_input_shape = None if input_shape is None else _sample_shape(input_shape)
+        if not _bind:
+            return  # a layer read from a config: built by the model it joins, from that model's arrays
         context = BuildContext(model_backend, dtype_name(dtype), init_rng, self.dropout_rng, "", _provided)
         super().attach(context, self._given_input_shape or self.expected_input_shape())
         for layer in (self, *(sub for _, sub in self.named_layers())):
@@ -152,7 +154,8 @@ class Sequential(_Chain):
         With `arrays` (host arrays by state name) each layer takes its values from
         there, checked against the shapes it asks for, instead of initialising them.
         A config naming a subclass of `Sequential` (``"type"``) rebuilds that class;
-        one without a type (older files) rebuilds `cls`.
+        one without a type (older files) rebuilds `cls`. A layer's config (a nested model:
+        no backend) gives an unbuilt model, built by the model it joins.
         """
         if config.get("type") is not None:
             found = LAYERS.lookup(config["type"])
@@ -163,7 +166,8 @@ class Sequential(_Chain):
         return cls(*layers, backend=backend or config.get("backend", "numpy"),
                    dtype=dtype or config.get("dtype", "float32"), seed=config.get("seed"),
                    regularizer=get_regularizer(config.get("regularizer")),
-                   input_shape=config.get("input_shape"), _provided=arrays)
+                   input_shape=config.get("input_shape"), _provided=arrays,
+                   _bind="backend" in config or backend is not None)
 
     def summary(self) -> str:
         """A table of layers, their output shapes and parameter counts (also printed by ``print(model.summary())``)."""
