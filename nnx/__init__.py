@@ -20,6 +20,7 @@ from .layers import (
     LeakyReLU,
     Parameter,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -30,7 +31,7 @@ from .training.callbacks import GradientAnalyzer
 
 __all__ = [
     "Backend", "BackendUnavailableError", "BatchNorm", "Buffer", "Dense", "Dropout", "Flatten", "GradientAnalyzer",
-    "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Sequential", "Sigmoid",
+    "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid",
     "Softmax", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend", "init",
     "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
 ]

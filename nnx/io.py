@@ -267,6 +267,8 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
         raise CheckpointError(f"{path}: {exc}") from exc
     except (KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointError(f"{path}: config is incomplete or malformed ({exc!r})") from exc
+    except RecursionError:
+        raise CheckpointError(f"{path}: config nests layers inside layers too deeply to rebuild") from None
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     unexpected = sorted(set(state) - set(model.state_dict()))

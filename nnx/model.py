@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
-from .layers import BuildContext, Layer, Sigmoid, Softmax, layer_from_config
-from .layers.parameter import Buffer, Parameter
+from .layers import LAYERS, BuildContext, Layer, Sigmoid, Softmax, layer_from_config
+from .layers.containers import _Chain
+from .layers.parameter import Parameter
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from .metrics import resolve_metrics
 from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
@@ -24,60 +25,67 @@ from .training.loop import check_positive_int
 Shape = tuple[int, ...]
 
 
-class Sequential:
-    """Layers applied in order, on one backend, in one float dtype.
+class Sequential(_Chain):
+    """Layers applied in order, on one backend, in one float dtype; itself a layer, so models nest.
 
     Args:
-        *layers: `Layer` instances (or one list of them).
+        *layers: `Layer` instances (or one list of them), containers included.
         backend: anything `nnx.get_backend` accepts: ``"numpy"``, ``"cupy:1"``, a namespace, an array.
         dtype: ``"float32"`` (default) or ``"float64"``; inputs are cast once at the boundary.
         seed: seeds initialisation, shuffling and dropout, each from its own stream; None draws one.
         regularizer: a penalty applied to every regularized weight (biases are never penalised).
         input_shape: the shape of one sample, e.g. ``(28, 28)``; by default the first layer's
             (a `Dense` knows its ``(in_features,)``), else unknown until data arrives.
+
+    Placed inside another model, a `Sequential` is rebuilt there as one of its layers: it takes
+    that model's backend, dtype and random streams, and its arrays are named by path (``"2.0.weight"``).
     """
 
     def __init__(self, *layers: Layer, backend: Any = "numpy", dtype: Any = "float32",
                  seed: int | None = None, regularizer: Regularizer | str | None = None,
-                 input_shape: Any = None, _provided: Mapping[str, Any] | None = None) -> None:
-        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
-            layers = tuple(layers[0])
-        if not layers:
-            raise ValueError("Sequential needs at least one layer")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} must be an nnx Layer, got {type(layer).__name__}")
+                 input_shape: Any = None, _provided: Mapping[str, Any] | None = None, _bind: bool = True) -> None:
+        super().__init__(*layers)
         # torch and JAX seed their device generators with a signed 64-bit int
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                                  or not 0 <= seed < 2**63):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r} (below 2**63 for torch and JAX)")
-        self.backend: Backend = get_backend(backend)
-        self.xp = self.backend.xp
-        self.backend.float_dtype(dtype)  # rejects integer and unknown dtypes with a clear message
-        self.dtype = dtype_name(dtype)
+        model_backend: Backend = get_backend(backend)
+        model_backend.float_dtype(dtype)  # rejects integer and unknown dtypes with a clear message
         self.seed = secrets.randbits(32) if seed is None else int(seed)
         self.regularizer = get_regularizer(regularizer)
-        self.layers = list(layers)
         self.optimizer: Optimizer | None = None
         self.loss: Loss | None = None
         self.history: History | None = None
         self.epochs_trained = 0
         self.stop_training = False
+        self.nested = False
         # independent streams of one seed: initial values, the shuffle, and dropout never share a state
         init_rng = host_rng((self.seed, 0))
         self.shuffle_rng = host_rng((self.seed, 1))
-        self.dropout_rng = self.backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
+        self.dropout_rng = model_backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
         # only a shape the caller gave is part of the config; one taken from the first layer follows that layer
         self._given_input_shape = None if input_shape is None else _sample_shape(input_shape)
-        shape = self._given_input_shape or self.layers[0].expected_input_shape()
-        self.input_shape: Shape | None = shape
-        for i, layer in enumerate(self.layers):
-            context = BuildContext(self.backend, self.dtype, init_rng, self.dropout_rng, f"{i}.", _provided)
-            try:
-                shape = layer.attach(context, shape)
-            except ValueError as exc:
-                raise ValueError(f"layer {i}: {exc}") from None
-        self.output_shape: Shape | None = shape
+        if not _bind:
+            return  # a layer read from a config: built by the model it joins, from that model's arrays
+        context = BuildContext(model_backend, dtype_name(dtype), init_rng, self.dropout_rng, "", _provided)
+        super().attach(context, self._given_input_shape or self.expected_input_shape())
+        for layer in (self, *(sub for _, sub in self.named_layers())):
+            cast(BuildContext, layer.context).provided = None  # a loaded model does not keep the file's arrays
+
+    def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
+        """Rebuild this model as a layer of another: its backend, dtype and streams; new arrays named by path."""
+        if self.optimizer is not None or self.epochs_trained:
+            raise ValueError("a trained Sequential cannot be placed inside another model: it would be rebuilt with "
+                             "new weights there; nest a new Sequential and copy the weights with load_state_dict")
+        if input_shape is None:
+            input_shape = self._given_input_shape
+        elif self._given_input_shape is not None and tuple(input_shape) != self._given_input_shape:
+            raise ValueError(f"Sequential(input_shape={self._given_input_shape}) gets samples of shape "
+                             f"{tuple(input_shape)}")
+        self.detach()
+        self.nested = True
+        self.dropout_rng = context.rng
+        return super().attach(context, input_shape)
 
     # -- shapes -------------------------------------------------------------------
     @property
@@ -88,17 +96,9 @@ class Sequential:
     @property
     def out_features(self) -> int | None:
         """Size of the last output axis, or None when not known."""
-        return self.output_shape[-1] if self.output_shape else None
+        return self.output_sample_shape[-1] if self.output_sample_shape else None
 
     # -- state --------------------------------------------------------------------
-    def parameters(self) -> list[Parameter]:
-        """All trainable parameters in layer order."""
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def buffers(self) -> list[Buffer]:
-        """All untrained arrays (e.g. running statistics) in layer order."""
-        return [b for layer in self.layers for b in layer.buffers()]
-
     def state_dict(self) -> dict[str, Any]:
         """Name -> a copy of every parameter and buffer (``"0.weight"``, ``"1.running_mean"``), on this backend.
 
@@ -131,14 +131,19 @@ class Sequential:
                 target.grad = None
 
     def get_config(self) -> dict:
-        """JSON-serialisable description that rebuilds the architecture."""
+        """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""
+        reg = None if self.regularizer is None else self.regularizer.get_config()
+        shape = None if self._given_input_shape is None else list(self._given_input_shape)
+        if self.nested:
+            return {**super().get_config(), "regularizer": reg, "input_shape": shape}
         return {
+            "type": type(self).registered_name,
             "layers": [layer.get_config() for layer in self.layers],
             "dtype": self.dtype,
             "seed": self.seed,
-            "regularizer": None if self.regularizer is None else self.regularizer.get_config(),
+            "regularizer": reg,
             "backend": self.backend.spec,
-            "input_shape": None if self._given_input_shape is None else list(self._given_input_shape),
+            "input_shape": shape,
         }
 
     @classmethod
@@ -148,22 +153,30 @@ class Sequential:
 
         With `arrays` (host arrays by state name) each layer takes its values from
         there, checked against the shapes it asks for, instead of initialising them.
+        A config naming a subclass of `Sequential` (``"type"``) rebuilds that class;
+        one without a type (older files) rebuilds `cls`. A layer's config (a nested model:
+        no backend) gives an unbuilt model, built by the model it joins.
         """
+        if config.get("type") is not None:
+            found = LAYERS.lookup(config["type"])
+            if not (isinstance(found, type) and issubclass(found, Sequential)):
+                raise ValueError(f"a model config must name Sequential or a subclass of it, got {config['type']!r}")
+            cls = found
         layers = [layer_from_config(c) for c in config["layers"]]
         return cls(*layers, backend=backend or config.get("backend", "numpy"),
                    dtype=dtype or config.get("dtype", "float32"), seed=config.get("seed"),
                    regularizer=get_regularizer(config.get("regularizer")),
-                   input_shape=config.get("input_shape"), _provided=arrays)
+                   input_shape=config.get("input_shape"), _provided=arrays,
+                   _bind="backend" in config or backend is not None)
 
     def summary(self) -> str:
         """A table of layers, their output shapes and parameter counts (also printed by ``print(model.summary())``)."""
         rows = [("layer", "output shape", "params")]
-        shape = self.input_shape
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
+        for path, layer in self.named_layers():  # a sub-layer under its container, indented, named by path
+            shape = layer.output_sample_shape
             count = sum(math.prod(p.shape) for p in layer.parameters())
             shown = "?" if shape is None else str(("batch", *shape)).replace("'", "")
-            rows.append((f"{i}: {type(layer).__name__}", shown, f"{count:,}"))
+            rows.append((f"{'  ' * path.count('.')}{path}: {type(layer).__name__}", shown, f"{count:,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         total = sum(math.prod(p.shape) for p in self.parameters())
@@ -172,14 +185,13 @@ class Sequential:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        inner = ",\n  ".join(repr(layer) for layer in self.layers)
-        return f"Sequential(\n  {inner}\n) on {self.backend.spec}, {self.dtype}"
+        return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"
 
     # -- moving and saving ------------------------------------------------------------
     def to(self, backend: Any, dtype: Any = None) -> Sequential:
         """A copy of this model (weights, buffers, optimizer, training counters) on another backend or dtype."""
         host = {name: self.backend.to_host(v) for name, v in self.state_dict().items()}
-        other = Sequential.from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
+        other = type(self).from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
                                        arrays=host)
         other.epochs_trained = self.epochs_trained
         other.loss = self.loss
@@ -194,16 +206,21 @@ class Sequential:
 
         save_model(self, path, include_optimizer=include_optimizer)
 
-    def to_onnx(self, path: Any, opset: int = 17) -> None:
+    def to_onnx(self, path: Any, opset: Any = 17) -> Any:
         """Write the inference pass as an ONNX graph to `path`, atomically (needs the ``onnx`` extra).
 
         Input ``"input"``, output ``"output"``, both with a dynamic first axis ``"batch"``, in
         the model's dtype; dropout is the identity and BatchNorm uses its running statistics.
         A layer without an exporter raises `NotImplementedError` naming it. See docs/export.md.
+        Given an `nnx.onnx.OnnxGraph` and a tensor name instead, it is the layer hook
+        `Layer.to_onnx(graph, X)`: it adds its layers' nodes and returns the output's name.
         """
-        from .onnx import export
+        from .onnx import OnnxGraph, export
 
+        if isinstance(path, OnnxGraph):
+            return super().to_onnx(path, opset)
         export(self, path, opset=opset)
+        return None
 
     # -- input handling ---------------------------------------------------------------
     def prepare_inputs(self, X: Any, argname: str = "X") -> Any:
@@ -224,7 +241,7 @@ class Sequential:
     def prepare_targets(self, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
         """`y` on this backend as `loss` needs it: class indices or one-hot for cross-entropy, else the output shape."""
         xp = self.xp
-        out = self.output_shape
+        out = self.output_sample_shape
         if isinstance(loss, CrossEntropy):
             y = self.backend.asarray(y, argname=argname)
             if y.ndim == 1:
@@ -314,6 +331,8 @@ class Sequential:
     # -- forward and backward -------------------------------------------------------------
     def forward(self, X: Any, training: bool = False) -> Any:
         """Run every layer; `training=True` enables dropout and keeps what `backward` needs."""
+        if self.nested:  # a layer of another model: X is already prepared
+            return self.forward_to_head(X, len(self.layers), training)
         Y = self.forward_to_head(self.prepare_inputs(X), len(self.layers), training)
         if training:
             self._train_output_shape = tuple(Y.shape)  # what `backward` checks dY against
@@ -327,11 +346,13 @@ class Sequential:
             X = layer.forward(X, training)
         return X
 
-    def backward(self, dY: Any) -> Any:
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
         """Backpropagate dL/dY from the last `forward(training=True)`; fills `p.grad` and returns dL/dX.
 
         Regularizer gradients are included, so `p.grad` is the gradient of loss + penalty.
         """
+        if self.nested:
+            return self.backward_from_head(dY, len(self.layers), need_dX)
         dY = self.backend.asarray(dY, dtype=self.dtype, argname="dY")
         expected = getattr(self, "_train_output_shape", None)
         if expected is None:
@@ -355,14 +376,8 @@ class Sequential:
     def penalty(self) -> Any:
         """The regularization term added to the loss (0-d array), or None when there is none."""
         total = None
-        for layer in self.layers:
-            for p in layer.parameters():
-                if not p.regularized:
-                    continue
-                for reg in (layer.regularizer, self.regularizer):
-                    if reg is not None:
-                        term = reg.penalty(p.value)
-                        total = term if total is None else total + term
+        for term in _penalty_terms(self, ()):
+            total = term if total is None else total + term
         return total
 
     def output_head(self, loss: Loss) -> tuple[int, Loss, bool]:
@@ -376,8 +391,15 @@ class Sequential:
             return len(self.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
         if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
             return len(self.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
-        from_logits = getattr(loss, "from_logits", False) and not isinstance(last, (Sigmoid, Softmax))
+        from_logits = getattr(loss, "from_logits", False) and not isinstance(self.output_layer(), (Sigmoid, Softmax))
         return len(self.layers), loss, from_logits
+
+    def output_layer(self) -> Layer:
+        """The layer whose output the model returns: the last one, inside nested `Sequential`s too."""
+        last = self.layers[-1]
+        while isinstance(last, Sequential):
+            last = last.layers[-1]
+        return last
 
     def loss_and_grads(self, X: Any, y: Any, loss: Loss, sample_weight: Any = None,
                        need_dX: bool = False) -> tuple[Any, Any, Any]:
@@ -400,7 +422,7 @@ class Sequential:
     # -- training ------------------------------------------------------------------------
     def resolve_loss(self, loss: Any) -> Loss:
         """The `Loss` for a fit/evaluate argument: None reuses the last one or picks it from the output layer."""
-        last = self.layers[-1]
+        last = self.output_layer()
         if loss is None:
             if self.loss is not None:
                 return self.loss
@@ -543,6 +565,18 @@ class Sequential:
         self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
         self.require_finite(y_d, "y")
         return Logs(loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size))
+
+
+def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:
+    """Each regularized weight's penalties: its layer's regularizer, then those of the models around it."""
+    if isinstance(layer, Sequential) and layer.regularizer is not None:
+        enclosing = (layer.regularizer, *enclosing)  # a model's regularizer covers every weight inside it
+    own = () if isinstance(layer, Sequential) or layer.regularizer is None else (layer.regularizer,)
+    terms = [reg.penalty(p.value) for p in layer.parameters(recurse=False) if p.regularized
+             for reg in (*own, *enclosing)]
+    for _, sub in layer.named_layers(recurse=False):
+        terms += _penalty_terms(sub, enclosing)
+    return terms
 
 
 def _sample_shape(shape: Any) -> Shape:

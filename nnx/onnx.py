@@ -35,7 +35,7 @@ __all__ = ["BATCH_DIM", "DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME
 INPUT_NAME = "input"
 """Name of the graph's input: the batch, shaped ``(batch, *model.input_shape)``."""
 OUTPUT_NAME = "output"
-"""Name of the graph's output: what `model.predict` returns, shaped ``(batch, *model.output_shape)``."""
+"""Name of the graph's output: what `model.predict` returns, shaped ``(batch, *model.output_sample_shape)``."""
 BATCH_DIM = "batch"
 """The symbolic name of the first (batch) axis of the input and the output."""
 MIN_OPSET = 17
@@ -143,8 +143,8 @@ class OnnxGraph:
 
 
 def missing_exporters(model: Any) -> list[str]:
-    """``"<index> (<class>)"`` for each layer of `model` whose class has no `to_onnx` of its own."""
-    return [f"{i} ({type(layer).__name__})" for i, layer in enumerate(model.layers)
+    """``"<path> (<class>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``) whose class has no `to_onnx`."""
+    return [f"{path} ({type(layer).__name__})" for path, layer in model.named_layers()
             if getattr(type(layer), "to_onnx", None) is Layer.to_onnx]
 
 
@@ -170,7 +170,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
             f"cannot export to ONNX: layer {which} has no ONNX exporter. Give the class a "
             f"`to_onnx(self, graph, X) -> str` method that adds its inference nodes and returns the output's "
             f"name; see {GUIDE}")
-    if model.input_shape is None or model.output_shape is None:
+    if model.input_shape is None or model.output_sample_shape is None:
         raise ValueError("cannot export to ONNX a model that does not know its sample shapes (an ONNX graph's input "
                          "and output need them); build it with Sequential(..., input_shape=<one sample's shape>)")
     onnx = _import_onnx()
@@ -178,22 +178,14 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     helper = onnx.helper
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
     graph = OnnxGraph(model.dtype, opset, model.backend)
-    X = INPUT_NAME
-    for i, layer in enumerate(model.layers):
-        graph.prefix = f"{i}."
-        Y = layer.to_onnx(graph, X)
-        if not isinstance(Y, str) or not Y:
-            raise TypeError(f"{type(layer).__name__}.to_onnx must return the name of its output tensor (a str), "
-                            f"got {Y!r}")
-        X = Y
-    graph.prefix = ""
+    X = model.to_onnx(graph, INPUT_NAME)  # each layer adds its nodes, a container's under their paths
     graph.nodes.append(helper.make_node("Identity", [X], [OUTPUT_NAME], name="output"))
 
     def value_info(name: str, shape: Any) -> Any:
         return helper.make_tensor_value_info(name, elem, [BATCH_DIM, *(int(s) for s in shape)])
 
     body = helper.make_graph(graph.nodes, "nnx.Sequential", [value_info(INPUT_NAME, model.input_shape)],
-                             [value_info(OUTPUT_NAME, model.output_shape)], graph.initializers)
+                             [value_info(OUTPUT_NAME, model.output_sample_shape)], graph.initializers)
     imports = [helper.make_opsetid("", opset)]
     domains = {n.domain for n in graph.nodes} - {""}
     imports += [helper.make_opsetid(d, 1) for d in sorted(domains)]

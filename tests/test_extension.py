@@ -84,6 +84,7 @@ def _randomize(model, rng):
 def test_the_guide_defines_what_it_promises(guide):
     assert issubclass(guide.CenteredTanh, nnx.Layer)
     assert LAYERS["CenteredTanh"] is guide.CenteredTanh
+    assert LAYERS["GatedResidual"] is guide.GatedResidual
     assert REGULARIZERS["log_penalty"] is guide.LogPenalty
     assert nnx.losses.LOSSES["logcosh"] is guide.LogCosh
     assert nnx.optim.OPTIMIZERS["signdescent"] is guide.SignDescent
@@ -168,6 +169,27 @@ def test_custom_blocks_train_with_fit(guide, name):
     assert "worst_error" in hist.history
     more = model.fit(X, y, optimizer=guide.SignDescent(model.parameters(), lr=1e-3), epochs=2, batch_size=16)
     assert np.all(np.isfinite(more["loss"])) and isinstance(model.optimizer, guide.SignDescent)
+
+
+def test_the_guides_block_trains_checks_saves_moves_and_exports(backend, guide, tmp_path):
+    X, y = _data(48)
+    model = nnx.Sequential(nnx.Dense(3, 6), guide.GatedResidual(6), nnx.Dense(6, 2), backend=backend,
+                           dtype="float64", seed=0)
+    assert "1.gate.0.weight" in model.state_dict()
+    rng = np.random.default_rng(5)
+    assert nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2))) < 1e-6
+    hist = model.fit(X, y, optimizer="adam", lr=0.02, epochs=20, batch_size=16)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    pred = _host(model, model.predict(X))
+    model.save(tmp_path / "block.npz")
+    loaded = nnx.load(tmp_path / "block.npz").to(backend)
+    assert isinstance(loaded.layers[1], guide.GatedResidual)
+    np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), pred)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model.to_onnx(tmp_path / "block.onnx")
+    session = ort.InferenceSession(str(tmp_path / "block.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": X})[0], pred, rtol=1e-12, atol=1e-12)
 
 
 def test_custom_regularizer_saved_and_loaded_by_name(guide, tmp_path):

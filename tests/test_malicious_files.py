@@ -165,6 +165,27 @@ def test_config_naming_huge_layers_does_not_allocate(tmp_path, good_file):
     _refused(_write(tmp_path / "huge.npz", entries, config), "shape")
 
 
+def test_config_naming_huge_layers_inside_a_container_does_not_allocate(tmp_path, good_file):
+    # a nested model read from a file is built only by the model around it, from the file's arrays
+    entries = _entries(good_file)
+    config = _config(entries)
+    dense = {"type": "Dense", "init": "he", "regularizer": None}
+    huge = [{**dense, "in_features": 4, "out_features": 10**12}, {**dense, "in_features": 10**12, "out_features": 4}]
+    config["model"]["layers"][1] = {"type": "Sequential", "layers": huge, "regularizer": None, "input_shape": None}
+    _refused(_write(tmp_path / "huge_nested.npz", entries, config), r"the saved arrays have no '1.0.weight'")
+
+
+def test_config_nesting_too_deeply_is_refused(tmp_path, good_file):
+    entries = _entries(good_file)
+    config = _config(entries)
+    config["model"]["layers"][1] = "DEEP"
+    depth = 300  # JSON reads it; rebuilding it layer by layer would exceed Python's recursion limit
+    deep = '{"type": "Residual", "layers": [' * depth + '{"type": "Tanh"}' + "]}" * depth
+    text = json.dumps(config).replace('"DEEP"', deep)
+    entries[CONFIG_KEY] = np.frombuffer(text.encode(), dtype=np.uint8)
+    _refused(_write(tmp_path / "deep.npz", entries), "too deeply")
+
+
 def test_npy_header_claiming_more_data_than_present(tmp_path):
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})

@@ -371,7 +371,11 @@ def test_history_records_loss_metrics_and_validation(backend, dtype):
     assert set(history.history) == {"loss", "accuracy", "f1", "val_loss", "val_accuracy", "val_f1"}
     for key, values in history.history.items():
         assert len(values) == 3 and all(isinstance(v, float) and np.isfinite(v) for v in values), key
-    assert all(0.0 <= a <= 1.0 for a in history["accuracy"])
+    # each epoch's accuracy is a count of right answers over all rows of its batches ...
+    assert all(a * len(y) == pytest.approx(round(a * len(y)), abs=1e-4) for a in history["accuracy"])
+    # ... and the last validation accuracy is the share of rows the final weights classify right
+    right = np.argmax(np.asarray(backend.to_host(model.predict(Xv))), axis=1) == yv
+    assert history["val_accuracy"][-1] == pytest.approx(np.mean(right), abs=1e-6 if dtype == "float32" else 1e-12)
     assert history["loss"][-1] < history["loss"][0]
     # validation is measured with the weights at the end of each epoch
     final = model.evaluate(Xv, yv, metrics=["accuracy", "f1"])

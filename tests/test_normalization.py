@@ -174,7 +174,7 @@ def test_batchnorm_errors(backend):
 
 def test_flatten_shapes(backend, dtype):
     model = nnx.Sequential(nnx.Flatten(), nnx.Dense(12, 4), input_shape=(3, 4), backend=backend, dtype=dtype, seed=0)
-    assert model.input_shape == (3, 4) and model.output_shape == (4,)
+    assert model.input_shape == (3, 4) and model.output_sample_shape == (4,)
     X = np.random.default_rng(0).standard_normal((5, 3, 4))
     Y = model.predict(X)
     W = _host(model, model.layers[1].weight.value)

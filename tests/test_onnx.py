@@ -49,7 +49,7 @@ def assert_matches(model, path, X):
 
 def train(model, X, epochs=3, loss="mse", y=None, seed=0, batch_size=16):
     if y is None:
-        out = (X.shape[0], *model.output_shape)
+        out = (X.shape[0], *model.output_sample_shape)
         y = np.random.default_rng(seed).uniform(0.0, 1.0, out)
     model.fit(X, y, loss=loss, optimizer="adam", lr=0.01, epochs=epochs, batch_size=batch_size, verbose=0)
     return model

@@ -22,8 +22,6 @@ from nnx.optim import (
     get_optimizer,
 )
 
-torch = pytest.importorskip("torch")
-
 STEPS = 60
 SHAPES = {"w": (4, 3), "b": (3,)}
 
@@ -105,6 +103,7 @@ def _case_id(case):
 
 
 def _run_against_torch(backend, cls, torch_name, kwargs, steps=STEPS, skip=None, lr_at=None):
+    torch = pytest.importorskip("torch")
     params = _params(backend)
     opt = cls(params, **kwargs)
     tparams = [torch.tensor(INIT[name], dtype=torch.float64) for name in SHAPES]

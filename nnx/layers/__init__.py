@@ -2,6 +2,7 @@
 
 from .activation import ACTIVATION_LAYERS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from .base import LAYERS, BuildContext, Layer, layer_from_config
+from .containers import Residual
 from .dense import Dense
 from .dropout import Dropout
 from .normalization import BatchNorm, LayerNorm
@@ -10,6 +11,6 @@ from .shape import Flatten
 
 __all__ = [
     "ACTIVATION_LAYERS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "Flatten",
-    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Sigmoid", "Softmax", "Tanh",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sigmoid", "Softmax", "Tanh",
     "layer_from_config",
 ]

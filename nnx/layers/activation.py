@@ -106,9 +106,6 @@ class LeakyReLU(_Activation):
         scaled = graph.add_node("Mul", [X, graph.add_initializer(self.alpha, "alpha")])
         return graph.add_node("Where", [positive, X, scaled], name="LeakyRelu")
 
-    def get_config(self) -> dict:
-        return {"type": "LeakyReLU", "alpha": self.alpha}
-
 
 class Softmax(_Activation):
     """Softmax over the feature axis; pair it with `CrossEntropy(from_logits=False)`."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..init import INITIALIZERS
 from ..registry import Registry
+from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ class BuildContext:
         self.rng = rng
         self.prefix = prefix
         self.provided = provided
+
+    def child(self, name: str) -> BuildContext:
+        """The context for a sub-layer called `name`: the same model, names prefixed ``<prefix><name>.``."""
+        return BuildContext(self.backend, self.dtype, self.init_rng, self.rng, f"{self.prefix}{name}.", self.provided)
 
     def initial_value(self, name: str, shape: Shape, init: Any) -> Any:
         """The array for a new parameter or buffer: from `provided` when loading, else from `init`."""
@@ -105,7 +110,10 @@ class Layer:
     (trained) and `add_buffer` (kept, not trained), and implement `forward` and
     `backward` with the namespace `self.xp`. Override `output_shape` when the
     layer changes the per-sample shape, and `get_config` only when a constructor
-    argument is not a JSON value. See the custom-layer guide in ``docs/``.
+    argument is not a JSON value. A block made of other layers holds them with
+    `add_layer`; their arrays are named by path (``"mlp.0.weight"``) and everything
+    that walks a model (saving, `to()`, gradient checks, summaries) reaches them.
+    See the custom-layer guide in ``docs/``.
 
     Class keyword ``name=`` registers the class under another name than its own.
     """
@@ -128,8 +136,11 @@ class Layer:
         self.xp: Any = None
         self.dtype: Any = None
         self.input_shape: Shape | None = None
+        self.output_sample_shape: Shape | None = None
         self._params: dict[str, Parameter] = {}
         self._buffers: dict[str, Buffer] = {}
+        self._layers: dict[str, Layer] = {}
+        self._declared_layers: dict[str, tuple[Layer, Shape | None]] = {}
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
@@ -140,9 +151,21 @@ class Layer:
         self.context = context
         self.backend, self.xp, self.dtype = context.backend, context.backend.xp, context.dtype
         self.input_shape = input_shape
-        self._params, self._buffers = {}, {}
+        self._params, self._buffers, self._layers = {}, {}, {}
+        for name, (layer, shape) in self._declared_layers.items():
+            self._attach_layer(name, layer, shape)
         self.build(input_shape)
+        self.output_sample_shape = output
         return output
+
+    def detach(self) -> None:
+        """Unbind this layer and its sub-layers from their model, dropping their arrays, so it can join another."""
+        for layer in self._layers.values():
+            layer.detach()
+        self.context = None
+        self.backend = self.xp = self.dtype = None
+        self.input_shape = self.output_sample_shape = None
+        self._params, self._buffers, self._layers = {}, {}, {}
 
     def expected_input_shape(self) -> Shape | None:
         """The sample shape this layer needs when it comes first (None: it takes what it gets)."""
@@ -182,6 +205,37 @@ class Layer:
         self._buffers[name] = buffer
         return buffer
 
+    def add_layer(self, name: str, layer: Layer, input_shape: Shape | None = None) -> Layer:
+        """Hold `layer` as a sub-layer called `name`; its arrays are named ``<name>.<array>``. Returns `layer`.
+
+        Called in `__init__`, the sub-layer is built when this layer joins a model, before
+        `build`; called in `build`, it is built at once. `input_shape` is the per-sample shape
+        it receives (None: it takes what it gets, as `Dense` does). Its parameters and buffers
+        become part of this layer's; `forward` and `backward` call its own.
+        """
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{type(self).__name__}: sub-layer names must be non-empty strings without dots, "
+                             f"got {name!r}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{type(self).__name__}.add_layer({name!r}): expected an nnx Layer, got "
+                            f"{type(layer).__name__}")
+        if name in self._layers or name in self._declared_layers or name in self._params or name in self._buffers:
+            raise ValueError(f"{type(self).__name__} already has a sub-layer or array named {name!r}")
+        if layer is self or any(layer is held for held, _ in self._declared_layers.values()) \
+                or any(layer is held for held in self._layers.values()):
+            raise ValueError(f"{type(self).__name__}.add_layer({name!r}): this layer object is already held here; "
+                             "create a new one for each place it is used")
+        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        if self.context is None:
+            self._declared_layers[name] = (layer, shape)
+        else:
+            self._attach_layer(name, layer, shape)
+        return layer
+
+    def _attach_layer(self, name: str, layer: Layer, input_shape: Shape | None) -> None:
+        layer.attach(self._require_context().child(name), input_shape)
+        self._layers[name] = layer
+
     def _require_context(self) -> BuildContext:
         if self.context is None:
             raise RuntimeError(f"{type(self).__name__}: parameters and buffers are created in build(), once the "
@@ -191,8 +245,8 @@ class Layer:
     def _new_name_and_shape(self, name: str, shape: Any) -> Shape:
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"{type(self).__name__}: array names must be non-empty strings without dots, got {name!r}")
-        if name in self._params or name in self._buffers:
-            raise ValueError(f"{type(self).__name__} already has an array named {name!r}")
+        if name in self._params or name in self._buffers or name in self._layers or name in self._declared_layers:
+            raise ValueError(f"{type(self).__name__} already has an array or sub-layer named {name!r}")
         try:
             shape = tuple(int(s) for s in shape)
         except TypeError:
@@ -202,13 +256,27 @@ class Layer:
         return shape
 
     # -- what the model reads ----------------------------------------------------------
-    def parameters(self) -> list[Parameter]:
-        """The layer's trained arrays, in creation order."""
-        return list(self._params.values())
+    def parameters(self, recurse: bool = True) -> list[Parameter]:
+        """The layer's trained arrays in creation order, then (with `recurse`) its sub-layers', in order."""
+        own = list(self._params.values())
+        return own + [p for layer in self._layers.values() for p in layer.parameters()] if recurse else own
 
-    def buffers(self) -> list[Buffer]:
-        """The layer's untrained arrays (e.g. running statistics), in creation order."""
-        return list(self._buffers.values())
+    def buffers(self, recurse: bool = True) -> list[Buffer]:
+        """The layer's untrained arrays (e.g. running statistics), then (with `recurse`) its sub-layers'."""
+        own = list(self._buffers.values())
+        return own + [b for layer in self._layers.values() for b in layer.buffers()] if recurse else own
+
+    def named_layers(self, recurse: bool = True) -> list[tuple[str, Layer]]:
+        """The sub-layers with their paths (``"2"``, ``"2.0"``), parents first; only direct ones without `recurse`.
+
+        Sub-layers are known once the layer is built (part of a model).
+        """
+        found: list[tuple[str, Layer]] = []
+        for name, layer in self._layers.items():
+            found.append((name, layer))
+            if recurse:
+                found.extend((f"{name}.{path}", sub) for path, sub in layer.named_layers())
+        return found
 
     @property
     def rng(self) -> Any:
@@ -242,10 +310,11 @@ class Layer:
     def get_config(self) -> dict:
         """JSON-serialisable constructor arguments, with the registered class name under ``"type"``.
 
-        The default returns the arguments the layer was constructed with; override it (and
-        `from_config`) when one of them is not a JSON value.
+        The default returns the arguments the layer was constructed with (a regularizer as
+        its config, which `nnx.regularizers.get_regularizer` takes back; NumPy numbers as
+        Python ones); override it (and `from_config`) when one of them is not a JSON value.
         """
-        args = getattr(self, "_init_args", {})
+        args = {key: _json_value(value) for key, value in getattr(self, "_init_args", {}).items()}
         for key, value in args.items():
             try:
                 json.dumps(value)
@@ -269,6 +338,17 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def _json_value(value: Any) -> Any:
+    """A constructor argument as saved: a regularizer as its config, a NumPy number as a Python one."""
+    if isinstance(value, Regularizer):
+        return value.get_config()
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
+        return float(value)
+    return value
+
+
 def _recording_init(init: Callable) -> Callable:
     """Wrap a layer's __init__ so the outermost call records its arguments for the default `get_config`."""
     signature = inspect.signature(init)
@@ -286,8 +366,8 @@ def _recording_init(init: Callable) -> Callable:
             for key, param in list(signature.parameters.items())[1:]:
                 if param.kind is inspect.Parameter.VAR_KEYWORD:
                     recorded.update(bound.arguments.get(key, {}))
-                elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
-                    recorded[key] = bound.arguments[key]
+                elif param.kind is not inspect.Parameter.VAR_POSITIONAL and not key.startswith("_"):
+                    recorded[key] = bound.arguments[key]  # an underscored argument is internal, not config
             self.__dict__["_init_args"] = recorded
         init(self, *args, **kwargs)
 

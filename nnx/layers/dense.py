@@ -65,6 +65,7 @@ class Dense(Layer):
         return graph.add_node("Gemm", [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias)])
 
     def get_config(self) -> dict:
-        reg = None if self.regularizer is None else self.regularizer.get_config()
-        return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features,
-                "init": self.init, "regularizer": reg}
+        config = super().get_config()
+        if "regularizer" in config:  # the live one: a regularizer set after construction is part of the model
+            config["regularizer"] = None if self.regularizer is None else self.regularizer.get_config()
+        return config

@@ -40,6 +40,3 @@ class Dropout(Layer):
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return X  # an inference graph: dropout is the identity
-
-    def get_config(self) -> dict:
-        return {"type": "Dropout", "rate": self.rate}

@@ -643,7 +643,8 @@ GRADIENT_STATS = ("weight_mean", "weight_max", "weight_norm", "bias_mean", "bias
 class GradientAnalyzer(Callback):
     """Per layer with parameters and per step: mean |g|, max |g| and L2 norm of its weight and bias gradients.
 
-    Every layer that has trained parameters gets a column, built-in or a user's. Its
+    Every layer that has trained parameters of its own gets a column, built-in or a user's,
+    at any depth inside containers (named by path, ``"2.0:Dense(8, 8)"``). Its
     "weight" statistics cover all of its parameters except the one named ``bias``
     (for `Dense` that is its weight matrix; for a layer with several such parameters,
     the statistics of all their entries together), and its "bias" statistics cover the
@@ -696,10 +697,10 @@ class GradientAnalyzer(Callback):
         self._model_id = id(model)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        layers = [(i, layer) for i, layer in enumerate(self.model.layers) if layer.parameters()]
+        layers = [(path, layer) for path, layer in self.model.named_layers() if layer.parameters(recurse=False)]
         if not layers:
             raise ValueError("GradientAnalyzer needs a model with at least one layer that has parameters")
-        names = [_column_name(i, layer) for i, layer in layers]
+        names = [_column_name(path, layer) for path, layer in layers]
         if self.layer_names and names != self.layer_names:
             self.reset()
         self.layer_names = names
@@ -782,16 +783,16 @@ class GradientAnalyzer(Callback):
         return plot_gradients(self, **kwargs)
 
 
-def _column_name(index: int, layer: Any) -> str:
-    """``"0:Dense(2, 4)"``: the layer's index, class and the shape of its first parameter."""
-    shape = layer.parameters()[0].shape
-    return f"{index}:{type(layer).__name__}({', '.join(map(str, shape))})"
+def _column_name(path: str, layer: Any) -> str:
+    """``"0:Dense(2, 4)"``: the layer's path in the model, class and the shape of its first parameter."""
+    shape = layer.parameters(recurse=False)[0].shape
+    return f"{path}:{type(layer).__name__}({', '.join(map(str, shape))})"
 
 
 def _split_bias(layer: Any) -> tuple[list[Any], Any]:
-    """A layer's parameters as (the weight-like ones, the one named ``bias`` or None)."""
+    """A layer's own parameters as (the weight-like ones, the one named ``bias`` or None)."""
     weights, bias = [], None
-    for p in layer.parameters():
+    for p in layer.parameters(recurse=False):
         if bias is None and p.name.rsplit(".", 1)[-1] == "bias":
             bias = p
         else:

@@ -1,0 +1,119 @@
+"""Layers that hold layers: a chain applied in order (the base of `Sequential`) and `Residual`, ``X + f(X)``.
+
+Both hold their layers through the public `Layer.add_layer`, under the names
+``"0"``, ``"1"``, ..., so a `Residual` at position 2 of a model names its first
+layer's weight ``"2.0.weight"``, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .base import Layer, Shape, layer_from_config
+
+
+class _Chain(Layer):
+    """Layers applied in order; shapes are checked link by link when the chain is built."""
+
+    def __init__(self, *layers: Layer) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError(f"{type(self).__name__} needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} must be an nnx Layer, got {type(layer).__name__}")
+        self.layers: list[Layer] = list(layers)
+
+    def expected_input_shape(self) -> Shape | None:
+        return self.layers[0].expected_input_shape()
+
+    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+        shape = self.expected_input_shape() if input_shape is None else input_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+        return shape
+
+    def build(self, input_shape: Shape | None) -> None:
+        shape = self.expected_input_shape() if input_shape is None else input_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                self.add_layer(str(i), layer, shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i}: {exc}") from None
+            shape = layer.output_sample_shape
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        for layer in self.layers:
+            X = layer.forward(X, training)
+        return X
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        for i in range(len(self.layers) - 1, -1, -1):
+            dY = self.layers[i].backward(dY, need_dX=need_dX or i > 0)
+        return dY
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        outer = graph.prefix
+        for i, layer in enumerate(self.layers):
+            graph.prefix = f"{outer}{i}."
+            Y = layer.to_onnx(graph, X)
+            if not isinstance(Y, str) or not Y:
+                raise TypeError(f"{type(layer).__name__}.to_onnx must return the name of its output tensor (a str), "
+                                f"got {Y!r}")
+            X = Y
+        graph.prefix = outer
+        return X
+
+    def get_config(self) -> dict:
+        return {"type": type(self).registered_name, "layers": [layer.get_config() for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Layer:
+        return cls(*_layers_from(config))
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(repr(layer) for layer in self.layers).replace("\n", "\n  ")
+        return f"{type(self).__name__}(\n  {inner}\n)"
+
+
+def _layers_from(config: Mapping[str, Any]) -> list[Layer]:
+    layers = config.get("layers")
+    if not isinstance(layers, list):
+        raise ValueError(f"a {config.get('type', 'container')} config needs a 'layers' list, got {layers!r}")
+    return [layer_from_config(c) for c in layers]
+
+
+class Residual(_Chain):
+    """A skip connection, ``X + f(X)``, where f applies `layers` in order and must keep the sample shape.
+
+    Args:
+        *layers: the layers of f (or one list of them); their arrays are named ``"0.weight"``, ...
+    """
+
+    def output_shape(self, input_shape: Shape | None) -> Shape | None:
+        shape = self.expected_input_shape() if input_shape is None else input_shape
+        out = super().output_shape(input_shape)
+        if shape is not None and out is not None and tuple(out) != tuple(shape):
+            raise ValueError(f"Residual adds its input to its layers' output, so they must keep the sample shape, "
+                             f"but input {tuple(shape)} gives output {tuple(out)}")
+        return shape if shape is not None else out
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        Y = super().forward(X, training)
+        if tuple(Y.shape) != tuple(X.shape):
+            raise ValueError(f"Residual adds its input to its layers' output, but input shape {tuple(X.shape)} "
+                             f"gives output shape {tuple(Y.shape)}")
+        return X + Y
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        dX = super().backward(dY, need_dX)
+        return dY + dX if need_dX else None
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        return graph.add_node("Add", [X, super().to_onnx(graph, X)], name="Residual")

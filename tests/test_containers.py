@@ -1,0 +1,304 @@
+"""Layers that hold layers: nested Sequential, Residual and a user's block built with `add_layer`.
+
+On every backend each of them trains with `fit`, passes `check_gradients` (which also
+catches a backward bug planted inside a block), survives save -> load -> `to()` with the
+same predictions, and exports to ONNX with the outputs of `predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import GradientAnalyzer
+from nnx.io import CONFIG_KEY
+
+
+class GatedSkip(nnx.Layer):
+    """``X + tanh(X W1 + b1) * sigmoid(X W2 + b2)``: a block of two built-in stacks held with `add_layer`."""
+
+    def __init__(self, features: int, planted_bug: bool = False) -> None:
+        super().__init__()
+        self.features = features
+        self.planted_bug = planted_bug
+        self.value = self.add_layer("value", nnx.Sequential(nnx.Dense(features, features), nnx.Tanh()))
+        self.gate = self.add_layer("gate", nnx.Sequential(nnx.Dense(features, features), nnx.Sigmoid()))
+        self._cache = None
+
+    def expected_input_shape(self):
+        return (self.features,)
+
+    def forward(self, X, training=False):
+        V, G = self.value.forward(X, training), self.gate.forward(X, training)
+        if training:
+            self._cache = (V, G)
+        return X + V * G
+
+    def backward(self, dY, need_dX=True):
+        V, G = self._cache
+        self._cache = None
+        dG = dY * V * (0.5 if self.planted_bug else 1.0)
+        dX = self.value.backward(dY * G) + self.gate.backward(dG)
+        return dY + dX if need_dX else None
+
+    def to_onnx(self, graph, X):
+        product = graph.add_node("Mul", [self.value.to_onnx(graph, X), self.gate.to_onnx(graph, X)])
+        return graph.add_node("Add", [X, product])
+
+
+def residual_mlp(backend, dtype, depth=3, seed=0, **kwargs):
+    blocks = [nnx.Residual(nnx.Dense(8, 8), nnx.Tanh()) for _ in range(depth)]
+    return nnx.Sequential(nnx.Dense(3, 8), *blocks, nnx.Dense(8, 2), backend=backend, dtype=dtype, seed=seed,
+                          **kwargs)
+
+
+def nested_sequential(backend, dtype, seed=0, **kwargs):
+    inner = nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh(), nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh()))
+    return nnx.Sequential(nnx.Dense(3, 6), nnx.Tanh(), inner, nnx.Dense(6, 2), backend=backend, dtype=dtype,
+                          seed=seed, **kwargs)
+
+
+def gated_blocks(backend, dtype, seed=0, planted_bug=False, **kwargs):
+    return nnx.Sequential(nnx.Dense(3, 5), GatedSkip(5, planted_bug=planted_bug), nnx.Dense(5, 2),
+                          backend=backend, dtype=dtype, seed=seed, **kwargs)
+
+
+BUILDERS = {"residual_mlp": residual_mlp, "nested_sequential": nested_sequential, "user_block": gated_blocks}
+
+
+def _data(n=48, seed=3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    return X, np.tanh(X @ rng.standard_normal((3, 2)))
+
+
+def _host(model, value):
+    return np.array(model.backend.to_host(value))
+
+
+def _randomize(model, rng, scale=0.5):
+    for p in model.parameters():
+        p.value = model.backend.asarray(scale * rng.standard_normal(p.shape), dtype=model.dtype)
+
+
+# -- names, structure -----------------------------------------------------------------------------
+
+def test_arrays_are_named_by_path():
+    assert list(residual_mlp("numpy", "float64", depth=2).state_dict()) == [
+        "0.weight", "0.bias", "1.0.weight", "1.0.bias", "2.0.weight", "2.0.bias", "3.weight", "3.bias"]
+    assert list(nested_sequential("numpy", "float64").state_dict()) == [
+        "0.weight", "0.bias", "2.0.weight", "2.0.bias", "2.2.0.weight", "2.2.0.bias", "3.weight", "3.bias"]
+    assert list(gated_blocks("numpy", "float64").state_dict()) == [
+        "0.weight", "0.bias", "1.value.0.weight", "1.value.0.bias", "1.gate.0.weight", "1.gate.0.bias",
+        "2.weight", "2.bias"]
+
+
+def test_sequential_and_residual_are_layers_and_walk_their_tree():
+    model = nested_sequential("numpy", "float64")
+    assert isinstance(model, nnx.Layer) and isinstance(nnx.Residual(nnx.Tanh()), nnx.Layer)
+    paths = [path for path, _ in model.named_layers()]
+    assert paths == ["0", "1", "2", "2.0", "2.1", "2.2", "2.2.0", "2.2.1", "3"]
+    assert [path for path, _ in model.named_layers(recurse=False)] == ["0", "1", "2", "3"]
+    inner = model.layers[2]
+    assert inner.nested and inner.backend is model.backend and inner.dtype == "float64"
+    assert [p.name for p in inner.parameters()] == ["2.0.weight", "2.0.bias", "2.2.0.weight", "2.2.0.bias"]
+
+
+def test_nested_initial_weights_follow_the_outer_seed():
+    a, b = nested_sequential("numpy", "float64", seed=5), nested_sequential("numpy", "float64", seed=5)
+    for name, value in a.state_dict().items():
+        np.testing.assert_array_equal(value, b.state_dict()[name])
+
+
+def test_summary_shows_each_sub_layer_by_path():
+    text = residual_mlp("numpy", "float32", depth=1).summary()
+    assert "1: Residual" in text and "  1.0: Dense" in text and "  1.1: Tanh" in text
+    assert "trainable parameters: 122;" in text  # 3*8+8 + 8*8+8 + 8*2+2
+
+
+# -- shape checks and misuse -------------------------------------------------------------------------
+
+def test_residual_checks_the_shapes_when_built():
+    with pytest.raises(ValueError, match=r"Residual .* input \(4,\) gives output \(3,\)"):
+        nnx.Sequential(nnx.Dense(2, 4), nnx.Residual(nnx.Dense(4, 3)))
+
+
+def test_residual_checks_the_shapes_at_run_time_when_unknown():
+    model = nnx.Sequential(nnx.Residual(nnx.Flatten()), seed=0)  # sample shape unknown until data arrives
+    with pytest.raises(ValueError, match=r"input shape \(4, 2, 3\) gives output shape \(4, 6\)"):
+        model.predict(np.zeros((4, 2, 3)))
+
+
+def test_a_trained_model_cannot_be_nested():
+    inner = nnx.Sequential(nnx.Dense(3, 2), seed=0)
+    X, y = _data(8)
+    inner.fit(X, y, epochs=1)
+    with pytest.raises(ValueError, match=r"a trained Sequential cannot be placed inside another model"):
+        nnx.Sequential(inner)
+
+
+def test_add_layer_refuses_bad_names_and_objects():
+    block = nnx.Layer()
+    dense = nnx.Dense(2, 2)
+    block.add_layer("a", dense)
+    with pytest.raises(ValueError, match=r"already has a sub-layer or array named 'a'"):
+        block.add_layer("a", nnx.Dense(2, 2))
+    with pytest.raises(ValueError, match=r"already held here"):
+        block.add_layer("b", dense)
+    with pytest.raises(ValueError, match=r"without dots, got 'x.y'"):
+        block.add_layer("x.y", nnx.Dense(2, 2))
+    with pytest.raises(TypeError, match=r"expected an nnx Layer, got str"):
+        block.add_layer("c", "relu")
+
+
+def test_one_layer_object_in_two_places_is_refused():
+    dense = nnx.Dense(4, 4)
+    with pytest.raises(ValueError, match=r"already belongs to a model"):
+        nnx.Sequential(nnx.Residual(dense), nnx.Residual(dense))
+
+
+# -- every backend: fit, gradients, save/load/to, ONNX ------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_containers_train_with_fit(backend, dtype, kind):
+    X, y = _data()
+    model = BUILDERS[kind](backend, dtype)
+    first = model.evaluate(X, y, loss="mse")["loss"]
+    history = model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=15, batch_size=16)
+    assert history.history["loss"][-1] < 0.5 * first
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_containers_pass_check_gradients(backend, kind):
+    rng = np.random.default_rng(0)
+    model = BUILDERS[kind](backend, "float64", regularizer=nnx.regularizers.L2(0.1))
+    _randomize(model, rng)
+    X = rng.standard_normal((5, 3))
+    assert nnx.check_gradients(model, X, rng.standard_normal((5, 2)), "mse") < 1e-6
+
+
+def test_a_nested_models_regularizer_counts_in_loss_and_gradient(backend):
+    rng = np.random.default_rng(1)
+    inner = nnx.Sequential(nnx.Dense(4, 4, regularizer="l1"), nnx.Tanh(), regularizer=nnx.regularizers.L2(0.3))
+    model = nnx.Sequential(nnx.Dense(3, 4), inner, nnx.Dense(4, 2), backend=backend, dtype="float64", seed=0)
+    _randomize(model, rng)
+    W = _host(model, model.layers[1].layers[0].weight.value)
+    expected = 0.3 / 2 * np.sum(W**2) + 1e-4 * np.sum(np.abs(W))
+    assert float(model.backend.to_float(model.penalty())) == pytest.approx(expected, rel=1e-12)
+    assert nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2))) < 1e-6
+
+
+def test_check_gradients_catches_a_bug_planted_in_a_users_block(backend):
+    rng = np.random.default_rng(2)
+    model = gated_blocks(backend, "float64", planted_bug=True)
+    _randomize(model, rng)
+    assert nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2))) > 1e-3
+
+
+def test_check_gradients_catches_a_bug_planted_in_a_residual(backend, monkeypatch):
+    def drops_the_skip(self, dY, need_dX=True):
+        return nnx.layers.containers._Chain.backward(self, dY, need_dX)
+
+    monkeypatch.setattr(nnx.Residual, "backward", drops_the_skip)
+    rng = np.random.default_rng(3)
+    model = residual_mlp(backend, "float64", depth=1)
+    _randomize(model, rng)
+    assert nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2))) > 1e-3
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_containers_survive_save_load_to(backend, dtype, kind, tmp_path):
+    X, y = _data()
+    model = BUILDERS[kind](backend, dtype)
+    model.fit(X, y, loss="mse", epochs=2, batch_size=16)
+    pred = _host(model, model.predict(X))
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz", backend=backend)
+    assert [type(layer) for _, layer in loaded.named_layers()] == [type(layer) for _, layer in model.named_layers()]
+    np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), pred)
+    moved = loaded.to(backend)
+    np.testing.assert_array_equal(_host(moved, moved.predict(X)), pred)
+    on_numpy = moved.to("numpy")
+    np.testing.assert_allclose(np.asarray(on_numpy.predict(X)), pred, rtol=1e-5, atol=1e-6)
+    # training continues identically from the loaded optimizer state
+    model.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+    loaded.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+    np.testing.assert_allclose(_host(loaded, loaded.predict(X)), _host(model, model.predict(X)), rtol=1e-6,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_containers_export_to_onnx(backend, dtype, kind, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    X, y = _data()
+    model = BUILDERS[kind](backend, dtype)
+    model.fit(X, y, loss="mse", epochs=1, batch_size=16)
+    model.to_onnx(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"input": X.astype(model.dtype)})
+    tol = {"rtol": 1e-5, "atol": 1e-6} if model.dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
+    np.testing.assert_allclose(out, _host(model, model.predict(X)), **tol)
+
+
+def test_onnx_names_a_missing_exporter_by_path(tmp_path):
+    pytest.importorskip("onnx")
+
+    class NoExport(nnx.Layer):
+        def forward(self, X, training=False):
+            return X
+
+    model = nnx.Sequential(nnx.Dense(2, 2), nnx.Residual(nnx.Tanh(), NoExport()), seed=0)
+    with pytest.raises(NotImplementedError, match=r"layer 1.1 \(NoExport\) has no ONNX exporter"):
+        model.to_onnx(tmp_path / "m.onnx")
+
+
+# -- files written before containers -------------------------------------------------------------------
+
+def test_a_flat_file_without_a_model_type_still_loads(tmp_path):
+    X, _ = _data(6)
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 2), seed=0)
+    model.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as npz:
+        arrays = dict(npz)
+    config = json.loads(arrays[CONFIG_KEY].tobytes())
+    del config["model"]["type"]  # as files from before containers were written
+    arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with zipfile.ZipFile(tmp_path / "old.npz") as zf:
+        assert "param/0.weight.npy" in zf.namelist()
+    old = nnx.load(tmp_path / "old.npz")
+    assert type(old) is nnx.Sequential
+    np.testing.assert_array_equal(old.predict(X), model.predict(X))
+
+
+# -- callbacks and plots walk the tree ----------------------------------------------------------------------
+
+def test_gradient_analyzer_and_its_plot_see_layers_inside_containers():
+    X, y = _data()
+    model = gated_blocks("numpy", "float64")
+    analyzer = GradientAnalyzer(warn=False)
+    model.fit(X, y, loss="mse", epochs=2, batch_size=16, callbacks=[analyzer])
+    assert analyzer.layer_names == ["0:Dense(3, 5)", "1.value.0:Dense(5, 5)", "1.gate.0:Dense(5, 5)",
+                                    "2:Dense(5, 2)"]
+    assert analyzer.parameter_names[1] == ["1.value.0.weight", "1.value.0.bias"]
+    assert analyzer.history()["weight_mean"].shape == (6, 4)
+    assert np.all(analyzer.history()["weight_mean"] > 0)
+    pytest.importorskip("matplotlib")
+    fig = analyzer.plot()
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "1.gate.0:Dense(5, 5) weight" in labels
+
+
+def test_the_output_layer_is_found_inside_a_nested_model():
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Sequential(nnx.Dense(4, 1), nnx.Sigmoid()), seed=0)
+    assert type(model.output_layer()) is nnx.Sigmoid
+    assert model.resolve_loss(None).get_config() == nnx.losses.BinaryCrossEntropy().get_config()
+    with pytest.warns(UserWarning, match=r"treats the outputs as logits, but the model ends in Sigmoid"):
+        model.resolve_loss(nnx.losses.BinaryCrossEntropy(from_logits=True))
+    residual_last = nnx.Sequential(nnx.Dense(2, 2), nnx.Residual(nnx.Dense(2, 2), nnx.Sigmoid()), seed=0)
+    assert type(residual_last.output_layer()) is nnx.Residual  # X + sigmoid(.) is not a probability
