@@ -34,8 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 COVERED_ELSEWHERE = {
-    "docs/custom_layers.md": "its blocks are fragments of one module; tests/test_extension.py runs them "
-                             "on every backend",
     "docs/distributed.md": "it needs a launcher (mpiexec, torchrun); tests/test_distributed.py runs "
                            "data-parallel fit under one",
 }
