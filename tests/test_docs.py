@@ -11,6 +11,8 @@ names), in a temporary working directory. A block is not run when:
 - it imports a module that is not installed (``onnx``, ``mpi4py``, ...): the rest of
   the page is skipped, with the reason.
 
+A page must leave nothing behind in the temporary folder (``tempfile.gettempdir()``).
+
 Pages whose code another test already runs in its proper setting are listed in
 COVERED_ELSEWHERE with that test; every other page is run, so a new page is tested
 by default. ``mkdocs build --strict`` runs when mkdocs, mkdocs-material and
@@ -24,6 +26,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,7 +105,11 @@ def test_every_page_with_code_is_run_or_covered():
 @pytest.mark.slow
 @pytest.mark.parametrize("page", RUN_PAGES, ids=_rel)
 def test_page_code_runs(page, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # snippets save files (model.save("x.npz")): never into the checkout
+    work, temp = tmp_path / "cwd", tmp_path / "temp"
+    work.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(work)  # snippets save files (model.save("x.npz")): never into the checkout
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # what a snippet leaves in the temp folder shows
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {"__name__": "__docs__"}
     skipped = []
@@ -124,6 +131,8 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
             raise AssertionError(f"the block at {where} failed: {type(exc).__name__}: {exc}\n{code}") from exc
     if skipped:
         print("not run:", *skipped, sep="\n  ")
+    left = sorted(p.name for p in temp.iterdir())
+    assert not left, f"{_rel(page)} leaves {left} in the temporary folder; clean up (tempfile.TemporaryDirectory)"
 
 
 def test_readme_links_stay_inside_the_repository():
