@@ -1,14 +1,16 @@
-"""Every optional feature has a pip extra named after it, and the README names the extras it relies on."""
+"""Every optional feature has a pip extra named after it (``pip install "nnx-mlp[sklearn]"``, ...)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_optional_features_have_extras():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     wanted = {"sklearn": "scikit-learn", "mpi": "mpi4py", "onnx": "onnx", "plot": "matplotlib", "progress": "tqdm",
               "torch": "torch", "jax": "jax"}
