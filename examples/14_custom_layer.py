@@ -75,7 +75,7 @@ model = network(CenteredTanh())
 err = nnx.check_gradients(model, X[:8], y[:8], loss="bce")
 print(f"check_gradients: largest relative error {err:.1e} (below 1e-6 means the backward is right)")
 assert err < 1e-6, err
-print(model.summary())
+model.summary()
 
 # 2. training, next to the same network with a plain Tanh
 analyzer = GradientAnalyzer(warn=False)

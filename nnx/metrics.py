@@ -1,6 +1,6 @@
 """Metrics `fit` and `evaluate` report: each maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
 
-y_true is either class indices (n,) for multi-class outputs or has y_pred's shape.
+y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape.
 A user's metric is a function of the same signature, passed as ``(name, fn)`` or
 registered by name with `register_metric`.
 """
@@ -27,7 +27,10 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
         true = xp.astype(xp.reshape(y_true, (-1,)) > 0.5, xp.int64)
         return true, pred, 2
     pred = xp.argmax(y_pred, axis=-1)
-    true = xp.argmax(y_true, axis=-1) if y_true.ndim == 2 else xp.astype(y_true, pred.dtype)
+    if y_true.ndim == 2 and y_true.shape[-1] == n_out:
+        true = xp.argmax(y_true, axis=-1)  # one-hot rows
+    else:
+        true = xp.astype(xp.reshape(y_true, (-1,)), pred.dtype)  # class indices, (n,) or (n, 1)
     return true, pred, n_out
 
 

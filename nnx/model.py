@@ -6,7 +6,7 @@ import math
 import numbers
 import secrets
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
@@ -21,6 +21,7 @@ from .training import loop
 from .training.data import batch_slices
 from .training.history import History, Logs
 from .training.loop import check_positive_int
+from .training.loss_fit import check_loss_fits
 
 Shape = tuple[int, ...]
 
@@ -169,8 +170,13 @@ class Sequential(_Chain):
                    input_shape=config.get("input_shape"), _provided=arrays,
                    _bind="backend" in config or backend is not None)
 
-    def summary(self) -> str:
-        """A table of layers, their output shapes and parameter counts (also printed by ``print(model.summary())``)."""
+    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
+        """Print a table of layers, their output shapes and parameter counts.
+
+        Args:
+            print_fn: what receives the table as one string (default `print`; e.g. a logger's
+                ``info``, or ``lines.append`` to keep it).
+        """
         rows = [("layer", "output shape", "params")]
         for path, layer in self.named_layers():  # a sub-layer under its container, indented, named by path
             shape = layer.output_sample_shape
@@ -182,7 +188,7 @@ class Sequential(_Chain):
         total = sum(math.prod(p.shape) for p in self.parameters())
         frozen = sum(math.prod(b.shape) for b in self.buffers())
         lines.append(f"trainable parameters: {total:,}; buffers: {frozen:,}; {self.backend.spec}, {self.dtype}")
-        return "\n".join(lines)
+        print_fn("\n".join(lines))
 
     def __repr__(self) -> str:
         return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"
@@ -244,6 +250,8 @@ class Sequential(_Chain):
         out = self.output_sample_shape
         if isinstance(loss, CrossEntropy):
             y = self.backend.asarray(y, argname=argname)
+            if y.ndim == 2 and y.shape[1] == 1 and self.out_features != 1:
+                y = xp.reshape(y, (-1,))  # a column of class indices, as (n, 1) labels come
             if y.ndim == 1:
                 if xp.isdtype(y.dtype, "real floating"):
                     if not self._all_true(y == xp.round(y)):
@@ -261,7 +269,8 @@ class Sequential(_Chain):
             else:
                 y = self.backend.asarray(y, dtype=self.dtype, argname=argname)
                 if tuple(y.shape) != (n_rows, self.out_features):
-                    raise ValueError(f"{argname} one-hot rows must have shape ({n_rows}, {self.out_features}), "
+                    raise ValueError(f"{argname} for cross-entropy must be class indices of shape ({n_rows},) or "
+                                     f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {self.out_features}), "
                                      f"got {tuple(y.shape)}")
         else:
             y = self.backend.asarray(y, dtype=self.dtype, argname=argname)
@@ -521,19 +530,24 @@ class Sequential(_Chain):
         return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True) -> Any:
+    def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
+                check_finite: bool = True) -> Any:
         """Outputs for X in inference mode (dropout off), as an array on this model's backend.
 
         X may also be a `np.memmap` or array-like read batch by batch (h5py, ...), or an iterable of
         X batches or (X, ...) tuples (`steps` of them when given); `prefetch` prepares the next batch
-        in a background thread for those.
+        in a background thread for those. `check_finite` refuses X holding NaN or inf with a
+        ValueError, as `fit` and `evaluate` do (one reduction and one host read per call or batch);
+        False skips it.
         """
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
-        source = loop.inference_source(self, X, None, None, None, batch_size, steps, prefetch)
+        source = loop.inference_source(self, X, None, None, None, batch_size, steps, prefetch, check_finite)
         if source is not None:
             return loop.predict_batches(self, source)
         X_d = self.prepare_inputs(X)
+        if check_finite:
+            self.require_finite(X_d, "X")  # NaN in, NaN out would look like a prediction
         n = len(self.layers)
         if batch_size is None or X_d.shape[0] <= batch_size:
             return self.forward_to_head(X_d, n, training=False)
@@ -542,29 +556,35 @@ class Sequential(_Chain):
         return self.xp.concat(parts, axis=0)
 
     def evaluate(self, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
-                 sample_weight: Any = None, steps: int | None = None, prefetch: Any = True) -> dict[str, float]:
+                 sample_weight: Any = None, steps: int | None = None, prefetch: Any = True,
+                 check_finite: bool = True) -> dict[str, float]:
         """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
 
         A dict of name -> float; it prints rounded to 4 significant digits, its values are not rounded.
 
         X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...), or X alone an
         iterable of (X, y) / (X, y, sample_weight) batches (`steps` of them when given).
+        `check_finite` refuses X or y holding NaN or inf with a ValueError; False skips it. A loss that
+        does not fit the model's outputs (see `fit`) raises ValueError.
         """
         loss_fn = self.resolve_loss(loss)
+        look_at_outputs = check_loss_fits(self, loss_fn)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
-        source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch)
+        source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
         if source is not None:
-            return Logs(loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics)))
+            return Logs(loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
         if y is None:
             raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                             "of (X, y) or (X, y, sample_weight) tuples")
         X_d = self.prepare_inputs(X)
         y_d = self.prepare_targets(y, loss_fn, X_d.shape[0])
         w_d = self.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
-        self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
-        self.require_finite(y_d, "y")
-        return Logs(loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size))
+        if check_finite:
+            self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
+            self.require_finite(y_d, "y")
+        return Logs(loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
+                                         look_at_outputs))
 
 
 def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:

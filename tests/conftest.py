@@ -7,6 +7,16 @@ import os
 import shutil
 import tempfile
 
+# Everything a test run puts in the temporary folder (pytest's tmp_path, the JAX cache below, what
+# scikit-learn's checks, torchrun and torch leave there) goes into one folder of this run, removed when
+# it ends, so $TMPDIR is as clean afterwards as before. pytest-xdist workers and the subprocesses tests
+# start inherit it through TMPDIR; only the first process (the one that starts the others) makes it.
+if "NNX_TEST_TMPDIR" not in os.environ:
+    _run_tmp = tempfile.mkdtemp(prefix="nnx-tests-")
+    atexit.register(shutil.rmtree, _run_tmp, ignore_errors=True)
+    os.environ.update(NNX_TEST_TMPDIR=_run_tmp, TMPDIR=_run_tmp)
+    tempfile.tempdir = None  # tempfile reads TMPDIR again
+
 # JAX compiles one program per model layout; the suite builds many small models with the same
 # layouts, so each test process keeps JAX's compilation cache on disk for its run and compiles each
 # program once. Set before JAX is imported; a cache the caller configured is left alone.

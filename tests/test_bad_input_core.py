@@ -167,7 +167,8 @@ def test_y_width_vs_model_outputs(backend, dtype):
         model.fit(X, np.ones((6, 3)))
     with pytest.raises(ValueError, match=r"y must have shape \(6, 2\) to match the model's outputs, got \(6,\)"):
         model.fit(X, np.ones(6))
-    with pytest.raises(ValueError, match=r"y one-hot rows must have shape \(6, 3\), got \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"y for cross-entropy must be class indices of shape \(6,\) or \(6, 1\), "
+                                         r"or one-hot rows of shape \(6, 3\), got \(6, 4\)"):
         _classifier(backend, dtype).fit(X, np.eye(4)[[0, 1, 2, 3, 0, 1]], loss="cross_entropy")
 
 
@@ -345,7 +346,8 @@ def test_non_finite_training_loss_raises_naming_epoch_and_batch(backend, dtype):
                                                  r"batch \d+; .*check_finite=False") as info:
         _diverging(backend, dtype)
     epoch, batch = map(int, re.search(r"epoch (\d+), batch (\d+)", str(info.value)).groups())
-    assert 0 < epoch < 60 and 0 <= batch < 3
+    assert 1 < epoch <= 60 and 1 <= batch <= 3  # counted from 1, as people count
+    epoch -= 1  # the index of that epoch in the history
     # the same run without the check: the history shows the loss was finite before that epoch
     model, history = _diverging(backend, dtype, check_finite=False)
     assert len(history) == 60

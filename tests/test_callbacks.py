@@ -177,8 +177,9 @@ def test_terminate_on_nan_stops_at_the_bad_step(backend, dtype, data, capsys):
     assert (stop.stopped_epoch, stop.stopped_batch) == (1, 2)
     assert model.epochs_trained == 2 and len(history) == 2  # the cut epoch is still logged
     assert math.isnan(history["loss"][-1])
-    assert "TerminateOnNaN" in capsys.readouterr().err
-    with pytest.raises(FloatingPointError, match="epoch 2, batch 2"):  # without it, fit's own check fires
+    # the attributes are 0-based indices; what people read counts from 1
+    assert "TerminateOnNaN: loss is nan at epoch 2, batch 3; stopping" in capsys.readouterr().err
+    with pytest.raises(FloatingPointError, match="epoch 3, batch 3;"):  # without it, fit's own check fires
         make_model(backend, dtype).fit(*data, epochs=5, batch_size=BATCH, callbacks=[Poison(2, 1)])
 
 
@@ -265,7 +266,7 @@ def test_scheduler_with_a_plain_function_and_bad_values(data):
     history = model.fit(*data, optimizer="adam", lr=0.01, epochs=3,
                         callbacks=[LearningRateScheduler(lambda epoch, lr: lr * 0.5)])
     assert history["lr"] == pytest.approx([0.005, 0.0025, 0.00125])
-    with pytest.raises(ValueError, match="returned -1.*epoch 3"):
+    with pytest.raises(ValueError, match="returned -1 at epoch 4;"):  # the 4th epoch of the model, counted from 1
         model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: -1)])
     with pytest.raises(TypeError, match="callable"):
         LearningRateScheduler(0.1)
@@ -281,15 +282,53 @@ def test_csv_logger_writes_and_appends(data, tmp_path):
     assert lines[0] == "epoch,loss,accuracy"
     assert len(lines) == 3
     epoch, loss, acc = lines[2].split(",")
-    assert int(epoch) == 1 and float(loss) == history["loss"][1] and float(acc) == history["accuracy"][1]
+    assert int(epoch) == 2 and float(loss) == history["loss"][1] and float(acc) == history["accuracy"][1]
     model.fit(*data, epochs=1, metrics=["accuracy"], callbacks=[CSVLogger(path, append=True)])
     lines = path.read_text().splitlines()
-    assert len(lines) == 4 and lines[3].startswith("2,")
+    assert len(lines) == 4 and lines[3].startswith("3,")
     model.fit(*data, epochs=1, callbacks=[CSVLogger(path, separator=";")])
-    assert path.read_text().splitlines() == ["epoch;loss", f"3;{model.history['loss'][0]!r}"]
+    assert path.read_text().splitlines() == ["epoch;loss", f"4;{model.history['loss'][0]!r}"]
+
+
+def test_csv_logger_listed_before_the_scheduler_still_logs_lr(data, tmp_path):
+    path = tmp_path / "log.csv"
+    model = make_model()
+    history = model.fit(*data, epochs=3, batch_size=BATCH,
+                        callbacks=[CSVLogger(path), LearningRateScheduler(StepDecay(1, gamma=0.5, initial_lr=0.1))])
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows[0] == ["epoch", "loss", "lr"]
+    assert [float(r[2]) for r in rows[1:]] == history["lr"] == [0.1, 0.05, 0.025]
+
+
+# -- epochs as people count them ----------------------------------------------------------------------------
+
+def test_early_stopping_prints_the_epochs_its_attributes_index(data, capsys):
+    values = iter([0.9, 0.5, 0.7, 0.8, 0.6, 0.6])
+
+    class Feed(Callback):
+        adds_logs = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["loss"] = next(values)  # run before EarlyStopping, listed first, since it adds to the logs
+
+    stop = EarlyStopping("loss", patience=2, restore_best_weights=True, verbose=1)
+    history = make_model().fit(*data, epochs=6, batch_size=BATCH, callbacks=[stop, Feed()])
+    out = capsys.readouterr().out
+    assert (stop.stopped_epoch, stop.best_epoch) == (3, 1) and history.epoch == [0, 1, 2, 3]  # indices
+    assert f"stopping at epoch {stop.stopped_epoch + 1}" in out and "stopping at epoch 4" in out
+    assert f"restored the weights of epoch {stop.best_epoch + 1} " in out and "epoch 2 " in out
 
 
 # -- ProgressBar ------------------------------------------------------------------------------------------
+
+def test_progress_into_a_pipe_or_file_writes_one_line_per_epoch(data):
+    pytest.importorskip("tqdm")
+    out = io.StringIO()  # not a terminal, as a pipe or a log file
+    make_model().fit(*data, epochs=3, batch_size=BATCH, callbacks=[ProgressBar(file=out)])
+    lines = out.getvalue().splitlines()
+    assert [line.split(" - ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "\r" not in out.getvalue()
+
 
 def test_progress_plain_line_per_epoch(data):
     out = io.StringIO()
@@ -379,7 +418,7 @@ def test_gradient_analyzer_warns_naming_layer_and_epoch(data):
     messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
     # one warning per layer on entering the state; every epoch is kept in `events`
     assert len(messages) == 2
-    assert any(re.search(r"layer 0:Dense\(2, 4\) are vanishing at epoch 0: mean \|weight gradient\| = "
+    assert any(re.search(r"layer 0:Dense\(2, 4\) are vanishing at epoch 1: mean \|weight gradient\| = "
                          r"[0-9.e-]+, below the threshold 10", m) for m in messages)
     assert len([e for e in vanish.events if e["kind"] == "vanishing"]) == 6
 
@@ -388,7 +427,7 @@ def test_gradient_analyzer_warns_naming_layer_and_epoch(data):
         warnings.simplefilter("always")
         model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[explode])
     messages = [str(w.message) for w in record]
-    assert any(re.search(r"layer 2:Dense\(4, 1\) are exploding at epoch 3.*1e-12", m) for m in messages)
+    assert any(re.search(r"layer 2:Dense\(4, 1\) are exploding at epoch 4.*1e-12", m) for m in messages)
 
     quiet = GradientAnalyzer(vanish_threshold=10.0, explode_threshold=1e6, warn=False)
     with warnings.catch_warnings():

@@ -87,7 +87,7 @@ def test_deferred_refusal_keeps_the_last_finite_step(on_device, rng, bad):
     y_bad[batch * 8 + 3, 0] = 1e300  # this batch's squared error overflows
     snaps = Snapshots(on_device)
     before = (dict(model.state_dict()), None)
-    with pytest.raises(FloatingPointError, match=rf"at epoch {epoch}, batch {batch};"):
+    with pytest.raises(FloatingPointError, match=rf"at epoch {epoch + 1}, batch {batch + 1};"):
         model.fit(X, y_bad, epochs=2, batch_size=8, shuffle=False, callbacks=[snaps])
     if batch == 0:
         expect_weights = {k: on_device.to_host(v) for k, v in before[0].items()}

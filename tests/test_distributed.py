@@ -140,7 +140,7 @@ def test_negative_control_without_allreduce_differs(two_ranks):
 def test_a_step_not_finite_on_one_rank_is_refused_by_every_rank(two_ranks):
     """The poisoned all-reduce carries one rank's non-finite step to all: they raise together, no extra collective."""
     messages = [r["scenarios"]["numpy/one_rank_not_finite"]["raised"] for r in two_ranks[1]]
-    assert all(m is not None and "at epoch 1, batch 2;" in m for m in messages), messages
+    assert all(m is not None and "at epoch 2, batch 3;" in m for m in messages), messages
 
 
 @needs_mpi

@@ -79,6 +79,16 @@ def test_every_topic_has_a_script():
     assert [s[:2] for s in SCRIPTS] == [f"{i:02d}" for i in range(1, len(SCRIPTS) + 1)]
 
 
+def test_the_examples_readme_lists_every_script():
+    listed = re.findall(r"^\| \[`(\d\d_\w+\.py)`\]", (EXAMPLES / "README.md").read_text(encoding="utf-8"), re.M)
+    assert listed == SCRIPTS, f"examples/README.md lists {listed}, the folder holds {SCRIPTS}"
+    count = re.search(r"(\w+) scripts in \[`examples/`\]", (EXAMPLES.parent / "README.md").read_text(encoding="utf-8"))
+    assert count is not None and count.group(1).lower() == NUMBER_WORDS[len(SCRIPTS)], count
+
+
+NUMBER_WORDS = {13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen", 17: "seventeen", 18: "eighteen"}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_example_runs_and_writes_figures(runs, script, backend):

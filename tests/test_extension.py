@@ -238,7 +238,9 @@ def test_gradient_analyzer_plot_and_summary_see_the_custom_layer(backend, guide)
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "1:CenteredTanh(5) weight" in labels and "1:CenteredTanh(5) bias" not in labels
     plt.close(fig)
-    summary = model.summary()
+    shown: list[str] = []
+    model.summary(print_fn=shown.append)
+    summary = "\n".join(shown)
     assert "1: CenteredTanh" in summary and "(batch, 5)" in summary
     assert "trainable parameters: 47; buffers: 5" in summary
 

@@ -280,7 +280,9 @@ def test_save_load_round_trips_exactly(backend, dtype, tmp_path_factory):
         for k, v in _host_state(back).items():
             np.testing.assert_array_equal(v, before[k], err_msg=f"{k} back from {target}")
 
-    _run(backend, check)
+    # JAX compiles a whole training epoch for every new architecture and optimizer (~35 s an example on
+    # 2 busy cores, the suite's slowest test); the file format is the same code on every backend
+    _run(backend, check, factor=0.5 if backend.name == "jax" else 1.0)
 
 
 def test_state_dict_round_trips_and_does_not_alias(backend, dtype):

@@ -26,7 +26,10 @@ import nnx  # noqa: E402
 from nnx.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 # Short max_iter keeps these quick; that the optimizer "hasn't converged" is expected, not news.
-pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+              # scikit-learn's estimator checks feed a DOK sparse matrix on purpose, and its own validation
+              # says it cannot look for NaN there: a note about the check's input, not about nnx
+              pytest.mark.filterwarnings("ignore:Can't check dok sparse matrix for nan or inf:UserWarning")]
 
 
 @pytest.fixture(autouse=True)
@@ -388,6 +391,9 @@ def _weighted_data(seed=0, n=40):
     return X, y_reg, y_clf, w
 
 
+# batch_size=200 is larger than the weighted data on purpose (one batch holds every row), and
+# scikit-learn's own warning about clipping it, which nnx repeats, says exactly that
+@pytest.mark.filterwarnings("ignore:Got `batch_size` less than 1 or larger than sample size:UserWarning")
 @pytest.mark.parametrize("solver", ["lbfgs", "adam", "sgd"])
 @pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
 def test_sample_weight_equals_repetition(Estimator, solver):

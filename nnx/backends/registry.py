@@ -79,6 +79,7 @@ def get_backend(spec: Any = "numpy") -> Backend:
     if backend is not None:
         return backend
     name, _, label = key.partition(":")
+    name = name.lower()  # "NumPy", "Torch:cuda": names are case-insensitive, device labels and modules are not
     name = _ALIASES.get(name, name)
     if name != GENERIC and name not in _ENTRIES:
         raise ValueError(f"unknown backend {spec!r}; valid names: {list(_ENTRIES)} "

@@ -7,6 +7,13 @@ device, ``size``), ``on_epoch_end`` (logs: floats; what a callback adds to them
 is recorded in the History), and ``on_train_end``, which runs on every exit (an error or Ctrl-C included). Setting
 ``model.stop_training = True`` stops after the current step.
 
+The ``epoch`` the hooks receive is an index counting from 0 over the model's whole
+training (``model.epochs_trained`` before the epoch); what is printed for people
+counts from 1 ("epoch 1" is the first), as the progress bar does.
+Callbacks that add entries to the epoch logs (``adds_logs = True``, e.g.
+`LearningRateScheduler`'s ``"lr"``) get ``on_epoch_end`` before the others, so a
+`CSVLogger` or `EarlyStopping` listed before them still sees those entries.
+
 Callbacks that watch a metric (`EarlyStopping`, `ModelCheckpoint`) check at the
 start of training that it will be recorded and raise `ValueError` otherwise.
 """
@@ -39,6 +46,7 @@ class Callback:
     """
 
     model: Any = None
+    adds_logs: bool = False  # True: on_epoch_end writes into the logs, so it runs before the other callbacks'
 
     def set_model(self, model: Any) -> None:
         """Attach the model being trained."""
@@ -108,7 +116,8 @@ class CallbackList(Callback):
             cb.on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        for cb in self.callbacks:
+        # the callbacks that add to the logs first, so every reader sees them whatever the list's order
+        for cb in sorted(self.callbacks, key=lambda c: not c.adds_logs):
             cb.on_epoch_end(epoch, logs)
 
     def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
@@ -187,8 +196,10 @@ class EarlyStopping(Callback):
         baseline: a value the monitored quantity must beat within `patience` epochs.
         verbose: 1 prints a line when stopping.
 
-    After training, `stopped_epoch` is the epoch at which it stopped (None if it did
-    not), `best` the best value and `best_epoch` its epoch.
+    After training, `stopped_epoch` is the index of the epoch at which it stopped (None
+    if it did not), `best` the best value and `best_epoch` the index of its epoch. Both
+    are 0-based indices, like the ``epoch`` the hooks receive and `History.epoch`; the
+    epoch people count (and ``verbose=1`` prints) is the index + 1.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
@@ -255,7 +266,8 @@ class TerminateOnNaN(Callback):
     quietly and `fit` returns its History. It declares that with
     ``handles_non_finite = True``, which any callback may set.
 
-    After training, `stopped_epoch` and `stopped_batch` say where it stopped.
+    After training, `stopped_epoch` and `stopped_batch` say where it stopped, as 0-based
+    indices (the message it prints counts both from 1).
     """
 
     handles_non_finite = True
@@ -279,7 +291,7 @@ class TerminateOnNaN(Callback):
         if not math.isfinite(loss):
             self.stopped_epoch, self.stopped_batch = self._epoch, batch
             self.model.stop_training = True
-            print(f"TerminateOnNaN: loss is {loss} at epoch {self._epoch}, batch {batch}; stopping",
+            print(f"TerminateOnNaN: loss is {loss} at epoch {self._epoch + 1}, batch {batch + 1}; stopping",
                   file=sys.stderr, flush=True)
 
 
@@ -351,7 +363,7 @@ class ModelCheckpoint(Callback):
 
 
 class CSVLogger(Callback):
-    """Write one CSV row per epoch: the epoch index, then every epoch-log value.
+    """Write one CSV row per epoch: the epoch number (from 1, as printed), then every epoch-log value.
 
     Args:
         path: the CSV file.
@@ -390,7 +402,7 @@ class CSVLogger(Callback):
         if self.keys is None:
             self.keys = list(logs)
             self._writer.writerow(["epoch", *self.keys])
-        self._writer.writerow([epoch, *(_csv_value(logs.get(k, "")) for k in self.keys)])
+        self._writer.writerow([epoch + 1, *(_csv_value(logs.get(k, "")) for k in self.keys)])
         self._file.flush()  # pyright: ignore[reportOptionalMemberAccess] - on_train_begin() opened it
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -414,8 +426,11 @@ class LearningRateScheduler(Callback):
             `ExponentialDecay`, `CosineDecay`.
         verbose: 1 prints the rate when it changes.
 
-    The rate used in each epoch is added to the epoch logs (and so the History) as ``"lr"``.
+    The rate used in each epoch is added to the epoch logs (and so the History and any
+    `CSVLogger`, wherever it is in the callbacks list) as ``"lr"``.
     """
+
+    adds_logs = True
 
     def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
         if not callable(schedule):
@@ -430,7 +445,7 @@ class LearningRateScheduler(Callback):
         old = float(optimizer.lr)
         new = self.schedule(epoch, old)
         if isinstance(new, bool) or not isinstance(new, (int, float)) or not math.isfinite(new) or new <= 0:
-            raise ValueError(f"learning-rate schedule {self.schedule!r} returned {new!r} at epoch {epoch}; "
+            raise ValueError(f"learning-rate schedule {self.schedule!r} returned {new!r} at epoch {epoch + 1}; "
                              "it must return a finite number > 0")
         optimizer.lr = float(new)
         if self.verbose and new != old:
@@ -551,11 +566,12 @@ class CosineDecay(Schedule):
 # -- progress -----------------------------------------------------------------------------------
 
 class ProgressBar(Callback):
-    """Live training progress: a tqdm bar per epoch when tqdm is installed, else one line per epoch.
+    """Live training progress: a tqdm bar per epoch on a terminal when tqdm is installed, else one line per epoch.
 
     Args:
         epochs: epochs in this run (default: taken from fit).
-        use_tqdm: True/False to force; None uses tqdm when it imports.
+        use_tqdm: True/False to force; None uses tqdm when it imports and writes to a terminal
+            (into a pipe or a file a bar is redrawn as new lines, so one plain line per epoch is written).
         file: where to write (tqdm default: stderr; plain lines: stdout).
         refresh_interval: seconds between live loss updates.
 
@@ -580,7 +596,7 @@ class ProgressBar(Callback):
         self._steps = logs.get("steps")
         self._run_epoch = 0
         self._tqdm = None
-        if self.use_tqdm is not False:
+        if self.use_tqdm or (self.use_tqdm is None and _is_terminal(self.file or sys.stderr)):
             try:
                 from tqdm.auto import tqdm
             except ImportError:
@@ -633,6 +649,14 @@ class ProgressBar(Callback):
         if self._bar is not None:  # stopped mid-epoch (TerminateOnNaN, Ctrl-C)
             self._bar.close()
             self._bar = None
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if callable(isatty) else False
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
 
 
 # -- gradient analysis -------------------------------------------------------------------------
@@ -760,7 +784,7 @@ class GradientAnalyzer(Callback):
                 if self.warn and not was:
                     what = "max |gradient|" if kind == "exploding" else "mean |weight gradient|"
                     side = "above" if kind == "exploding" else "below"
-                    warnings.warn(f"GradientAnalyzer: gradients of layer {name} are {kind} at epoch {epoch}: "
+                    warnings.warn(f"GradientAnalyzer: gradients of layer {name} are {kind} at epoch {epoch + 1}: "
                                   f"{what} = {value:.3g}, {side} the threshold {limit:g}",
                                   RuntimeWarning, stacklevel=2)
 

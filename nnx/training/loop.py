@@ -30,6 +30,7 @@ from .data import (
 )
 from .history import History
 from .interrupts import InterruptGuard
+from .loss_fit import check_loss_fits, check_outputs
 from .step import NonFiniteStep, TrainStep
 from .transforms import Accumulate, CallbackHook, ClipByNorm, ClipByValue, GradientTransform
 
@@ -84,6 +85,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         distributed: Any = None) -> History:
     """Train `model`; see `Sequential.fit` for the arguments."""
     loss_fn = model.resolve_loss(loss)
+    look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)
     check_positive_int("epochs", epochs, allow_zero=True)
     if batch_size is not None:
@@ -132,6 +134,10 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
             X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
             w_d = None if w_d is None else w_d[:n, ...]
         batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
+        if look_at_outputs:  # the same rows on every rank, so every rank decides alike
+            check_outputs(model, loss_fn, model.forward_to_head(X_d[:batch_size or n, ...], len(model.layers),
+                                                                 training=False))
+            look_at_outputs = False
     dp = _data_parallel(model, distributed)
     if dp is not None:
         batches = dp.shard(batches)  # batch_size is the global batch; this rank computes its slice
@@ -159,8 +165,12 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None})
+        # batches read one by one are looked at in the first step, before it is applied; with several
+        # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
+        look_at_outputs = look_at_outputs and dp is None
         for _ in range(epochs):
-            logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp)
+            logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, loss_fn if look_at_outputs else None)
+            look_at_outputs = False
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in val().items()})
             epoch = model.epochs_trained
@@ -251,14 +261,17 @@ def _validation(model: Any, data: Any, steps: int | None, batch_size: int | None
 
 
 def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
-               metric_fns: dict, dp: Any = None) -> dict[str, float]:
-    """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics)."""
+               metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
+    """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics).
+
+    With `check_loss` (a `Loss`), the first batch's outputs are checked to fit it before the first step.
+    """
     with contextlib.closing(batches.epoch()) as source:  # closing stops a prefetch thread on any way out
-        return _epoch_steps(model, step, source, cb, guard, metric_fns, dp)
+        return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
 
 
 def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
-                 metric_fns: dict, dp: Any = None) -> dict[str, float]:
+                 metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     compiled = step.compiled is not None
@@ -268,6 +281,8 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
     losses, rows, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
+        if check_loss is not None and b == 0:
+            check_outputs(model, check_loss, model.forward_to_head(Xb, len(model.layers), training=False))
         if batch_begin:
             cb.on_batch_begin(b, {"size": size})
         if compiled:  # every stage in one compiled call; it updates only a finite step
@@ -334,22 +349,28 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
 
 
 def _non_finite(epoch: int, batch: int) -> NonFiniteStep:
+    """The error for a refused step, at 0-based `epoch` and `batch`; people read them counted from 1."""
     return NonFiniteStep(
-        f"training loss or gradients became NaN or infinite at epoch {epoch}, batch {batch}; the weights "
+        f"training loss or gradients became NaN or infinite at epoch {epoch + 1}, batch {batch + 1}; the weights "
         "and optimizer state are those after the last finite step. Lower the learning rate, clip the "
         "gradients (clip_norm=...), scale the inputs, or pass check_finite=False to keep going"
     )
 
 
 def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,
-                    batch_size: int | None) -> dict[str, float]:
-    """Loss (penalty included, weighted when `w` is given) and metrics of prepared device arrays."""
+                    batch_size: int | None, look_at_outputs: bool = False) -> dict[str, float]:
+    """Loss (penalty included, weighted when `w` is given) and metrics of prepared device arrays.
+
+    `look_at_outputs`: check that the outputs fit `loss_fn` (see `check_loss_fits`) before using them.
+    """
     if X.shape[0] == 0:
         raise ValueError("cannot evaluate on 0 samples")
     n_run, head, from_logits = model.output_head(loss_fn)
     parts = batch_slices(X.shape[0], batch_size or X.shape[0])
     outs = [model.forward_to_head(X[part, ...], n_run, training=False) for part in parts]
     Z = outs[0] if len(outs) == 1 else model.xp.concat(outs, axis=0)
+    if look_at_outputs:
+        check_outputs(model, loss_fn, Z, "the data")  # an undecided model is never folded: Z are its outputs
     value = head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
     penalty = model.penalty()
     if penalty is not None:
@@ -360,12 +381,14 @@ def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns
     return result
 
 
-def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict) -> dict[str, float]:
+def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict,
+                     look_at_outputs: bool = False) -> dict[str, float]:
     """Loss (penalty included) and metrics over a batch source: the row-weighted mean of the batch losses.
 
     Each batch's loss is a mean over its rows (weighted ones with Keras's meaning, sum(w * loss) / rows),
     so weighting by rows gives the value `evaluate_arrays` computes on all rows at once.
     Metrics see every batch's outputs and targets together, as they do for arrays.
+    `look_at_outputs`: check that the first batch's outputs fit `loss_fn` (see `check_loss_fits`).
     """
     xp = model.xp
     n_run, head, from_logits = model.output_head(loss_fn)
@@ -373,6 +396,8 @@ def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict) -
     with contextlib.closing(batches.epoch()) as source:
         for Xb, yb, wb in source:
             Z = model.forward_to_head(Xb, n_run, training=False)
+            if look_at_outputs and not values:
+                check_outputs(model, loss_fn, Z)
             values.append(head(yb, Z, check=False) if wb is None else head(yb, Z, check=False, sample_weight=wb))
             rows.append(int(Xb.shape[0]))
             if metric_fns:
@@ -397,11 +422,12 @@ def predict_batches(model: Any, batches: Any) -> Any:
 
 
 def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
-                     steps: int | None, prefetch: Any) -> Any:
+                     steps: int | None, prefetch: Any, check_finite: bool = True) -> Any:
     """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
 
     predict takes X batches or (X, ...) tuples; a list counts as batches when its items are tuples or arrays
-    of one more axis than a sample, else it is one array (a nested list), as before.
+    of one more axis than a sample, else it is one array (a nested list), as before. `check_finite` refuses
+    NaN/inf in every batch.
     """
     depth = prefetch_depth(prefetch)
     if steps is not None:
@@ -412,7 +438,7 @@ def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: An
             raise ValueError("steps applies to an iterable of batches")
         n = n_rows(X, "X")
         return HostBatches(model, X, y, sample_weight if targets else None, batch_size or n, False,
-                           BatchPreparer(model, loss_fn, check_finite=targets), depth)
+                           BatchPreparer(model, loss_fn, check_finite=check_finite), depth)
     if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
         if steps is not None:
             raise ValueError("steps applies to an iterable of batches")
@@ -420,7 +446,7 @@ def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: An
     if sample_weight is not None:
         raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
                          "(X, y, sample_weight) batches instead")
-    return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=targets), steps, depth, targets=targets)
+    return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=check_finite), steps, depth, targets=targets)
 
 
 def _list_of_batches(model: Any, X: Any) -> bool:
