@@ -57,7 +57,7 @@ def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> b
     """Whether the step of these objects can be one program (see the module docstring)."""
     if _replaced(optimizer, _HOOKABLE["optimizer"]) or _replaced(loss, _HOOKABLE["loss"]):
         return False
-    if any(_replaced(layer, _HOOKABLE["layer"]) for layer in model.layers):
+    if any(_replaced(layer, _HOOKABLE["layer"]) for _, layer in model.named_layers()):
         return False
     if not all(getattr(t, "traceable", False) for t in transforms):
         return False
