@@ -17,3 +17,17 @@ def test_optional_features_have_extras():
     for extra, package in wanted.items():
         assert extra in extras, f'pip install "nnx-mlp[{extra}]" is missing from pyproject.toml'
         assert any(req.startswith(package) for req in extras[extra]), (extra, extras[extra])
+
+
+def test_nnx_sklearn_without_scikit_learn_names_the_extra():
+    """A missing optional package is named with its pip line, not a bare 'No module named ...'."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['sklearn'] = None\n"
+            "import importlib.util, importlib.machinery\n"
+            "real = importlib.util.find_spec\n"
+            "importlib.util.find_spec = lambda name, *a: None if name == 'sklearn' else real(name, *a)\n"
+            "try:\n    import nnx.sklearn\nexcept ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert 'pip install "nnx-mlp[sklearn]"' in out.stdout, out.stdout + out.stderr

@@ -25,8 +25,13 @@ Beyond scikit-learn: `solver` also accepts the other nnx optimizers (``"rmsprop"
 `dropout` adds inverted dropout after every hidden activation.
 """
 
-from .classifier import MLPClassifier
-from .optimizers import SklearnAdam, SklearnSGD
-from .regressor import MLPRegressor
+import importlib.util
+
+if importlib.util.find_spec("sklearn") is None:
+    raise ImportError('nnx.sklearn needs scikit-learn, which is not installed: pip install "nnx-mlp[sklearn]"')
+
+from .classifier import MLPClassifier  # noqa: E402
+from .optimizers import SklearnAdam, SklearnSGD  # noqa: E402
+from .regressor import MLPRegressor  # noqa: E402
 
 __all__ = ["MLPClassifier", "MLPRegressor", "SklearnAdam", "SklearnSGD"]
