@@ -143,7 +143,8 @@ STEP=""
 # -- 1. installs -----------------------------------------------------------------------------------------------
 STEP="install"
 works() {  # spec -> exit 0 when nnx runs a sum on it
-  "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" >/dev/null 2>&1
+  timeout -k 5 60 "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" \
+    >/dev/null 2>&1
 }
 PIP=("$PY" -m pip install -q)
 [ -n "${WHEELHOUSE:-}" ] && PIP+=(--no-index --find-links "$WHEELHOUSE")
@@ -153,6 +154,7 @@ install() {  # name, spec, timeout, pip arguments...
     record "install" "$name: would run, unless $spec works: pip install $*"
     return
   fi
+  if [ "$(left)" -lt 10 ]; then record "install" "$name: SKIPPED (out of time)"; return; fi
   if works "$spec"; then record "install" "$name: already works"; return; fi
   if [ -z "${WHEELHOUSE:-}" ] && ! timeout 15 "$PY" -m pip download -q --no-deps -d "$OUT/pip-probe" pip \
       >/dev/null 2>&1; then
@@ -234,6 +236,7 @@ if [ $DRY = 1 ]; then SHAPES="tiny_bce tiny_ce"; else SHAPES="small medium large
 BENCH_SPECS=$READY
 [ $DRY = 1 ] && BENCH_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -v '^jax' | tr '\n' ' ')  # JAX compiles for long on a CPU
 BENCH_END=$(( $(elapsed) + 200 ))
+[ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
 for shape in $SHAPES; do
   for spec in $BENCH_SPECS; do
     case $spec in
@@ -301,6 +304,7 @@ STEP=""
 STEP="tests"
 TEST_SPECS=$READY
 [ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
+[ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
 for spec in $TEST_SPECS; do
   log="$OUT/tests_${spec//:/-}.log"
   ids="$OUT/tests_${spec//:/-}.ids"
