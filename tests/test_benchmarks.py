@@ -106,3 +106,26 @@ def test_gpu_check_killed_halfway_still_leaves_a_summary(tmp_path):
     assert _rows(text, "end") and "something FAILED" in _rows(text, "end")[0], text
     assert "INTERRUPTED" in (tmp_path / "RESULTS.md").read_text()
     assert proc.returncode != 0
+
+
+def test_bench_distributed_times_a_finished_allreduce_and_releases_the_communicator(monkeypatch, capsys):
+    """Each timed all-reduce waits for the device (NCCL returns once launched); the communicator is closed after."""
+    spec = importlib.util.spec_from_file_location("bench_distributed", ROOT / "benchmarks" / "bench_distributed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import nnx
+    from nnx import distributed as dist
+
+    comm = dist.SingleProcess()
+    events = []
+    real_allreduce = comm.allreduce
+    comm.allreduce = lambda x, op="sum": events.append("reduce") or real_allreduce(x, op)
+    comm.close = lambda: events.append("close")
+    monkeypatch.setattr(dist, "init", lambda engine=None: comm)
+    monkeypatch.setattr(type(nnx.get_backend("numpy")), "synchronize", lambda self, x=None: events.append("sync"))
+    bench.worker(1, engine="single", backend="numpy", batch=64, global_steps=2)
+    reduces = [i for i, e in enumerate(events) if e == "reduce"]
+    assert reduces and all(events[i + 1] == "sync" for i in reduces), events  # every reduction timed to its end
+    assert events[-1] == "close"
+    assert "allreduce" not in vars(comm), "the timing wrapper (which holds comm itself) was left on the communicator"
+    assert '"ranks": 1' in capsys.readouterr().out
