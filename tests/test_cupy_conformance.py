@@ -266,3 +266,50 @@ def test_a_process_with_an_nccl_world_of_one_exits(who, limit, tmp_path):
         assert not hung and proc.returncode == 0, f"never exited (cupyx's store kept it alive): {err[-2000:]}"
     else:
         assert hung, "cupyx alone now exits: NCCLCommunicator's stop of the store may no longer be needed"
+
+
+def test_an_nccl_rank_under_mpi_makes_gpu_local_rank_current(standin):
+    """Issue 22 item 4 for CuPy: rank 3 of 4 on its host drives GPU 3 (the bare name "cupy" then means it)."""
+    pytest.importorskip("mpi4py")
+    from nnx.distributed import MPICommunicator, NCCLCommunicator
+
+    host = MPICommunicator.__new__(MPICommunicator)  # a world of 8 ranks as MPI would report it, no job needed
+    host.rank, host.size, host.local_rank, host.local_size = 7, 8, 3, 4
+    cupy_standin.Device.count = 4
+    try:
+        comm = NCCLCommunicator(host=host)
+        assert cupy_standin.Device.current == 3 and comm.local_rank == 3
+        assert nnx.get_backend("cupy").spec == "cupy:3"
+        assert comm.group.impl.stopped == 0  # bootstrapped over MPI: no store was started, none to stop
+        host.local_size = 5  # five ranks on a host with four GPUs: NCCL would refuse; nnx says why first
+        with pytest.raises(RuntimeError, match="5 ranks run on this host but it has 4 GPU"):
+            NCCLCommunicator(host=host)
+    finally:
+        cupy_standin.Device.count = 2
+
+
+NO_MPI_LIBRARY = textwrap.dedent("""
+    import sys
+    class NoMPI:  # mpi4py.MPI as it fails to load without an MPI library (mpi4py 4 raises RuntimeError)
+        def find_spec(self, name, path=None, target=None):
+            if name == "mpi4py.MPI":
+                raise RuntimeError("cannot load MPI library")
+    sys.meta_path.insert(0, NoMPI())
+    from nnx.distributed.comm import _cupyx_distributed
+    try:
+        _cupyx_distributed(need_mpi=True)
+    except ImportError as exc:
+        print("over MPI:", exc)
+    print("without MPI:", _cupyx_distributed(need_mpi=False).init_process_group.__name__)
+""")
+
+
+def test_cupyx_imports_where_mpi4py_finds_no_mpi_library(tmp_path):
+    """cupyx catches only ImportError from mpi4py; without a launcher nnx hides the broken mpi4py from it."""
+    pytest.importorskip("mpi4py")
+    script = tmp_path / "no_mpi.py"
+    script.write_text(NO_MPI_LIBRARY)
+    res = subprocess.run([sys.executable, "-W", "ignore", str(script)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path])))
+    assert "over MPI: mpi4py is installed but cannot load an MPI library" in res.stdout, res.stderr[-3000:]
+    assert "without MPI: init_process_group" in res.stdout, res.stderr[-3000:]
