@@ -359,7 +359,7 @@ class NCCLCommunicator(Communicator):
     def close(self) -> None:
         """Stop NCCL's rendezvous store, if it still runs (idempotent; also runs at exit)."""
         group, self.group = getattr(self, "group", None), None
-        if group is not None and not store_stopped(group):
+        if group is not None and not _store_stopped(group):
             group.stop()
 
     def device_allreduce(self, x: Any, op: str) -> Any:
@@ -405,7 +405,7 @@ class NCCLCommunicator(Communicator):
         return self.host.allgather_object(obj)
 
 
-def store_stopped(group: Any) -> bool:
+def _store_stopped(group: Any) -> bool:
     """Whether a cupyx group has no rendezvous store process left running (MPI-bootstrapped ones never had one)."""
     process = getattr(getattr(group, "_store", None), "_process", None)
     return process is None or not process.is_alive()
