@@ -14,7 +14,7 @@
 #   1  installs, each only when missing and pip reaches an index (or WHEELHOUSE=dir):
 #        cupy:  pip install ".[cupy12]"  (cupy-cuda12x[ctk] + nvidia-nccl-cu12)       120
 #        torch: pip install torch --index-url https://download.pytorch.org/whl/cu128  150
-#        jax:   pip install "jax[cuda12]"                                            120           390
+#        jax:   pip install "jax[cuda12]"  (jax[cuda13], cupy13, cu130 for a CUDA 13 driver)  120   390
 #   2  probe per backend (cupy, torch:cuda, jax:gpu): an elementwise kernel, a matmul
 #      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
 #   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
@@ -135,8 +135,8 @@ else
   SPECS="cupy torch:cuda jax:gpu"
 fi
 case "${CUDA_MAJOR:-12}" in
-  12) CUPY_EXTRA=cupy12 TORCH_INDEX=cu128 ;;
-  *) CUPY_EXTRA=cupy13 TORCH_INDEX=cu130 ;;  # CUDA 13 and newer drivers run CUDA 13 wheels
+  12) CUPY_EXTRA=cupy12 TORCH_INDEX=cu128 JAX_EXTRA=cuda12 ;;
+  *) CUPY_EXTRA=cupy13 TORCH_INDEX=cu130 JAX_EXTRA=cuda13 ;;  # CUDA 13 and newer drivers run CUDA 13 wheels
 esac
 STEP=""
 
@@ -167,7 +167,7 @@ install() {  # name, spec, timeout, pip arguments...
 }
 install cupy "${SPECS%% *}" 120 -e ".[${CUPY_EXTRA}]"
 install torch torch:cuda 150 torch --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}"
-install jax jax:gpu 120 "jax[cuda12]"
+install jax jax:gpu 120 "jax[${JAX_EXTRA}]"
 STEP=""
 
 # -- 2. probes: real work on each backend ----------------------------------------------------------------------
