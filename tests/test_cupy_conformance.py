@@ -5,7 +5,8 @@ Two ways, both generic, so they cover code written after them:
   ``cdist.init_process_group(...)``) must name something CuPy has, with arguments its signature takes;
 - dynamically, the CuPy adapter, its RNG, host transfer, the fast path and training, and the NCCL
   communicator's setup and teardown run against tests/cupy_standin.py: NumPy behind every real signature.
-Skipped where CuPy is not installed (``pip install cupy-cuda12x`` imports without a GPU).
+Skipped where CuPy is not installed: ``pip install ".[cupy-check]"`` (imports without a GPU), then run this
+file alone (with CuPy importable, scikit-learn's array-API estimator checks would try it and fail without a GPU).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ with warnings.catch_warnings():
     # without the CUDA toolkit wheels (cupy-cuda12x[ctk]) and NCCL, importing cupyx warns that their
     # libraries are missing; that is this test's situation by design (no GPU), not a fault
     warnings.simplefilter("ignore", UserWarning)
-    pytest.importorskip("cupy", reason="CuPy is not installed (pip install cupy-cuda12x; no GPU needed)")
+    pytest.importorskip("cupy", reason='CuPy is not installed (pip install ".[cupy-check]"; no GPU needed)')
     import cupy  # noqa: E402
     import cupyx.distributed  # noqa: E402, F401  # the real package, for its signatures
 
