@@ -7,7 +7,8 @@
 The medium shape (784-256-128-10, float32, SGD with momentum, global batch 128) on synthetic
 data; each configuration is a fresh process (or MPI job) with its BLAS thread count fixed by
 environment variables. Reports samples/s, the speed-up over 1 rank x 1 thread, and the time
-per step spent in the gradient all-reduce and in the finite check that follows it (no collective of its own).
+per step spent in the gradient all-reduce (to its completion on the device) and in the finite check that
+follows it (no collective of its own).
 """
 
 from __future__ import annotations
@@ -22,19 +23,24 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parent.parent
+if (ROOT / "nnx" / "__init__.py").exists() and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
 BIN = Path(sys.executable).parent
 SHAPE = (784, 256, 128, 10)
 BATCH = 128
 STEPS = 100  # global batches per epoch
 
 
-def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch: int = BATCH) -> None:
+def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch: int = BATCH,
+           global_steps: int = STEPS) -> None:
     import nnx
     from nnx import distributed as dist
 
     comm = dist.init(engine)
     rng = np.random.default_rng(0)
-    n = BATCH * STEPS
+    n = BATCH * global_steps
     steps = n // batch
     X = rng.normal(size=(n, SHAPE[0])).astype(np.float32)
     y = rng.integers(0, SHAPE[-1], size=n)
@@ -42,11 +48,12 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
                            nnx.Dense(SHAPE[2], SHAPE[3]), nnx.Softmax(), backend=backend, seed=0)
     opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     timers = {"allreduce": 0.0, "check": 0.0, "calls": 0}
-    reduce, check = comm.allreduce, nnx.training.TrainStep.gradients_finite
+    reduce, check, sync = comm.allreduce, nnx.training.TrainStep.gradients_finite, model.backend.synchronize
 
     def timed_reduce(x, op="sum"):
         t = time.perf_counter()
         out = reduce(x, op)
+        sync()  # NCCL and NCCL-backed torch collectives return once launched: time the finished reduction
         timers["allreduce"] += time.perf_counter() - t
         timers["calls"] += 1
         return out
@@ -59,19 +66,27 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
 
     comm.allreduce = timed_reduce
     nnx.training.TrainStep.gradients_finite = timed_check
-    # a world of one still runs the engine's collective when it is forced (the GPU check's NCCL runs)
-    kw = {"distributed": comm} if comm.size > 1 or engine else {}
-    if engine and comm.size == 1:
-        be = model.backend
-        probe = comm.allreduce(be.asarray(np.ones(3, dtype=np.float32)))
-        assert np.array_equal(be.to_host(probe), np.ones(3)), "all-reduce over a world of one changed the values"
-    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=batch, **kw)  # warm-up
-    comm.barrier()
-    timers.update(allreduce=0.0, check=0.0, calls=0)
-    start = time.perf_counter()
-    model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
-    comm.barrier()
-    elapsed = time.perf_counter() - start
+    try:
+        # a world of one still runs the engine's collective when it is forced (the GPU check's NCCL runs)
+        kw = {"distributed": comm} if comm.size > 1 or engine else {}
+        if engine and comm.size == 1:
+            be = model.backend
+            probe = comm.allreduce(be.asarray(np.ones(3, dtype=np.float32)))
+            assert np.array_equal(be.to_host(probe), np.ones(3)), "all-reduce over a world of one changed the values"
+        model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=batch, **kw)  # warm-up
+        comm.barrier()
+        timers.update(allreduce=0.0, check=0.0, calls=0)
+        start = time.perf_counter()
+        model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
+        sync()
+        comm.barrier()
+        elapsed = time.perf_counter() - start
+    finally:
+        # the wrapper holds comm's own bound method: drop it, so no cycle keeps the communicator (and
+        # NCCL's rendezvous store) alive, and close the communicator before the interpreter exits
+        del comm.allreduce
+        nnx.training.TrainStep.gradients_finite = check
+        comm.close()
     steps *= epochs
     if comm.rank == 0:
         print(json.dumps({"ranks": comm.size, "engine": comm.engine, "backend": backend,
@@ -103,9 +118,10 @@ def main() -> None:
     parser.add_argument("--engine", default=None, help="force an engine (nccl, torch) in a single run")
     parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"global batch (default {BATCH}, the medium shape's)")
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"steps of batch {BATCH} per epoch (default {STEPS})")
     args = parser.parse_args()
     if args.worker or args.engine:
-        worker(args.epochs, args.engine, args.backend, args.batch)
+        worker(args.epochs, args.engine, args.backend, args.batch, args.steps)
         return
     batch = args.batch
     rows = [run(1, 1, args.epochs, batch), run(2, 1, args.epochs, batch), run(1, 2, args.epochs, batch)]

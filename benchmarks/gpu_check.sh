@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# One prepared check of nnx on a machine with an NVIDIA GPU; prints a short table last.
+# One prepared check of nnx on a machine with one NVIDIA GPU, sized to finish in one 10-minute run
+# (written for an H200 with 16 cores). The summary grows after every step and is completed on exit,
+# also when the run is killed, so a timeout loses nothing that finished.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
-#   bash benchmarks/gpu_check.sh --dry-run  # anywhere: the same steps on NumPy / PyTorch CPU at tiny size
+#   bash benchmarks/gpu_check.sh --dry-run  # anywhere: the same steps on the CPU at tiny size; installs only printed
 #
-# 1. reads the driver's CUDA major version (nvidia-smi) and makes sure CuPy imports: when it does
-#    not, installs the cupy extra for that major (pip install -e ".[cupy12]" or ".[cupy13]") if pip
-#    can reach an index, and otherwise goes on with what is there;
-# 2. runs the whole test suite on cupy, torch:cuda and jax:gpu (NNX_TEST_BACKEND=<spec>), each where it works;
-# 3. runs benchmarks/bench_train.py for nnx on each of them against its library's native loop: CuPy and
-#    torch:cuda against torch.nn + torch.optim on CUDA, jax:gpu against a hand-written jax.jit step, at
-#    the large and wide (8192-unit) shapes, timing with device synchronisation and checking (CuPy) that
-#    no training step synchronises the device (cupyx.allow_synchronize(False) around every step);
-# 3b. runs data-parallel training over a world of one GPU with CuPy's NCCL and with torch.distributed's
-#    NCCL (benchmarks/bench_distributed.py --engine ...), which still runs each engine's collective;
-# 4. prints a summary table and writes it as one section, "## GPU check (benchmarks/gpu_check.sh)", to
-#    $OUT/RESULTS.md and (not in a dry run) into benchmarks/RESULTS.md, replacing an earlier one.
-#    Results land in $OUT (default benchmarks/gpu_results/).
+# Time budget, in seconds. New work starts only while the run is under TOTAL (default 540); a command
+# gets the smaller of its own timeout and what is left, and one that would get under 10 s is skipped.
 #
-# Environment: PYTHON (default python3), OUT, REPEATS (timed epochs per shape, default 3),
-# SHAPES (default large,wide), TEST_ARGS (extra pytest arguments).
+#   step                                                                      timeout each   step at most
+#   0  driver: nvidia-smi, the CUDA major it runs                                     10            10
+#   1  installs, each only when missing and pip reaches an index (or WHEELHOUSE=dir):
+#        cupy:  pip install ".[cupy12]"  (cupy-cuda12x[ctk] + nvidia-nccl-cu12)       120
+#        torch: pip install torch --index-url https://download.pytorch.org/whl/cu128  150
+#        jax:   pip install "jax[cuda12]"  (jax[cuda13], cupy13, cu130 for a CUDA 13 driver)  120   390
+#   2  probe per backend (cupy, torch:cuda, jax:gpu): an elementwise kernel, a matmul
+#      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
+#   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
+#      native loop (bench_train.py), one process per shape and backend                60           200
+#   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
+#      NCCL all-reduce on the GPU); torchrun 2 ranks sharing the GPU (gloo: one GPU cannot
+#      hold two NCCL ranks, so their CUDA tensors are staged through the host)       60           150
+#   5  the backend-parametrized tests only, per GPU spec                           what is left
+#
+# Results land in $OUT (default benchmarks/gpu_results/): summary.txt, RESULTS.md, tests_*.log,
+# bench_*/, dp_*.log. Not in a dry run, RESULTS.md's section replaces "## GPU check" in benchmarks/RESULTS.md.
+# Environment: PYTHON (default python3), OUT, TOTAL, WHEELHOUSE, REPEATS (timed epochs, default 3),
+# TEST_WORKERS (default 8), TEST_FILES and TEST_ARGS (narrow step 5).
 set -uo pipefail
 
 DRY=0
@@ -31,233 +39,67 @@ esac
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ $DRY = 1 ]; then OUT=${OUT:-${TMPDIR:-/tmp}/nnx-gpu-check-dry-run}; else OUT=${OUT:-benchmarks/gpu_results}; fi
+TOTAL=${TOTAL:-540}
 REPEATS=${REPEATS:-3}
-SHAPES=${SHAPES:-large,wide}
 mkdir -p "$OUT"
-declare -a SUMMARY=()
+SUMMARY="$OUT/summary.txt"
+START=$SECONDS
 FAILED=0
+STEP=""
+echo "================ nnx GPU check$([ $DRY = 1 ] && echo ' (DRY RUN)') $(date -u '+%Y-%m-%d %H:%M UTC') ================" \
+  > "$SUMMARY"
+
 note() { echo "== $*"; }
-record() { SUMMARY+=("$1|$2"); }
+elapsed() { echo $((SECONDS - START)); }
+record() { printf '%-10s %s  [%s s]\n' "$1" "$2" "$(elapsed)" | tee -a "$SUMMARY"; }  # a row, on disk at once
+left() { echo $((TOTAL - (SECONDS - START))); }
+budget() {  # the seconds a command may take: its own timeout, or what is left of the run
+  local want=$1 rest
+  rest=$(left)
+  [ "$rest" -lt "$want" ] && want=$rest
+  echo "$want"
+}
+run_for() {  # seconds, command...: the command under a timeout; 124 when it ran out of time
+  local secs=$1; shift
+  if [ "$secs" -lt 10 ]; then return 125; fi
+  timeout -k 5 "$secs" "$@"
+}
+outcome() {  # rc -> words
+  case $1 in
+    0) echo "ok" ;;
+    124|137) echo "TIMED OUT" ;;
+    125) echo "SKIPPED (out of time)" ;;
+    *) echo "FAILED (rc $1)" ;;
+  esac
+}
 
-# -- 1. driver, CUDA and CuPy ---------------------------------------------------------------------
-if [ $DRY = 1 ]; then
-  note "dry run: no GPU used; nnx runs on numpy, PyTorch on its CPU, at tiny size"
-  BACKEND=numpy TORCH_DEVICE=cpu
-  CUDA_MAJOR=12
-  record "driver" "dry run (assumed CUDA 12)"
-else
-  if ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "nvidia-smi not found: this script needs an NVIDIA GPU (use --dry-run elsewhere)" >&2
-    exit 3
-  fi
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  CUDA_MAJOR=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n1)
-  note "driver supports CUDA ${CUDA_MAJOR:-unknown}"
-  record "driver" "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1), CUDA ${CUDA_MAJOR:-?}"
-  BACKEND=cupy TORCH_DEVICE=cuda
-fi
-
-EXTRA="" PKG=""
-case "${CUDA_MAJOR:-}" in
-  12) EXTRA=cupy12 PKG=cupy-cuda12x ;;
-  13|14|15) EXTRA=cupy13 PKG=cupy-cuda13x ;;  # the newest wheel; newer drivers run CUDA 13 code
-esac
-
-cupy_ok() { "$PY" -c "import cupy, sys; sys.exit(0 if cupy.cuda.runtime.getDeviceCount() > 0 else 1)" >/dev/null 2>&1; }
-if [ $DRY = 1 ]; then
-  note "would run, only if cupy does not import: $PY -m pip install -e \".[${EXTRA}]\""
-  record "cupy" "dry run: install step skipped"
-elif cupy_ok; then
-  record "cupy" "$("$PY" -c 'import cupy; print("cupy", cupy.__version__, "(already installed)")')"
-else
-  if [ -z "$EXTRA" ]; then
-    note "no cupy extra for CUDA ${CUDA_MAJOR:-?}; using what is installed"
-  elif timeout 30 "$PY" -m pip index versions "$PKG" >/dev/null 2>&1; then
-    note "installing the ${EXTRA} extra ($PKG)"
-    timeout 900 "$PY" -m pip install -q -e ".[${EXTRA}]" || note "pip install failed; going on with what is installed"
-  else
-    note "pip cannot reach a package index; using what is installed"
-  fi
-  if cupy_ok; then
-    record "cupy" "$("$PY" -c 'import cupy; print("cupy", cupy.__version__, "(installed now)")')"
-  else
-    record "cupy" "NOT AVAILABLE: the cupy tests and benchmark are skipped"
-    BACKEND=""
-  fi
-fi
-
-TORCH_CUDA=0
-if [ $DRY = 1 ]; then
-  "$PY" -c "import torch" >/dev/null 2>&1 && TORCH_CUDA=1
-elif "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
-  TORCH_CUDA=1
-fi
-record "torch" "$([ $TORCH_CUDA = 1 ] && "$PY" -c 'import torch; print("torch", torch.__version__, "on", "'"$TORCH_DEVICE"'")' || echo "not available on the GPU: nnx runs alone")"
-
-# -- 2. the test suite on cupy, torch:cuda and jax:gpu ---------------------------------------------
-# NNX_TEST_BACKEND names a backend spec; tests/conftest.py runs the backend-parametrized tests on it alone.
-spec_ok() { "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" >/dev/null 2>&1; }
-if [ $DRY = 1 ]; then
-  SPECS="torch:cpu"; TESTS="tests/test_fastpath.py tests/test_backend.py"
-  note "tests (dry run: the fast-path and backend tests on torch:cpu, a device spec as on the GPU)"
-else
-  SPECS="cupy torch:cuda jax:gpu"; TESTS=""
-fi
-TEST_SUMMARY="" TESTS_RUN=0 TESTS_FAILED=0
-for spec in $SPECS; do
-  log="$OUT/tests_${spec//:/-}.log"
-  if ! spec_ok "$spec"; then
-    TEST_SUMMARY+="${spec}: not available; "
-    continue
-  fi
-  note "tests on $spec"
-  # shellcheck disable=SC2086
-  # 4 workers share the GPU; JAX would otherwise give each of them 75% of its memory up front
-  NNX_TEST_BACKEND="$spec" XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" -m pytest -q -n "${TEST_WORKERS:-4}" \
-    -p no:cacheprovider $TESTS ${TEST_ARGS:-} > "$log" 2>&1
-  rc=$?
-  TESTS_RUN=1
-  tail -n 3 "$log"
-  [ "$rc" = 0 ] || TESTS_FAILED=1
-  TEST_SUMMARY+="${spec}: $([ "$rc" = 0 ] || echo "FAILED rc $rc, ")$(tail -n 1 "$log" | tr -d '=' | sed 's/^ *//'); "
-done
-if [ $TESTS_RUN = 0 ]; then
-  record "tests" "skipped (no GPU backend available): $TEST_SUMMARY"
-else
-  [ $TESTS_FAILED = 0 ] || FAILED=1
-  record "tests" "$([ $TESTS_FAILED = 0 ] && echo passed || echo FAILED): $TEST_SUMMARY"
-fi
-
-# -- 3. the speed table: nnx on each GPU backend against its own library's native loop ---------------
-# cupy and torch:cuda against torch.nn + torch.optim on CUDA; jax:gpu against a hand-written jax.jit step.
-BENCH_DIRS=""
-bench() {  # name, nnx backend, peer framework, extra args...
-  local name=$1 backend=$2 peer=$3; shift 3
-  local dir="$OUT/bench_$name"
-  mkdir -p "$dir"
-  note "benchmark: nnx on $backend vs $peer ($name)"
-  if [ $DRY = 1 ]; then
-    "$PY" benchmarks/bench_train.py --tiny --shapes tiny_ce --repeats 2 --backend "$backend" --frameworks "nnx,$peer" \
-      --check-sync --no-unset --no-memory --no-sweep --no-ablation --no-gemm --import-runs 0 --out "$dir" "$@" \
-      2> "$dir/bench.log"
-  else
-    "$PY" benchmarks/bench_train.py --shapes "$SHAPES" --repeats "$REPEATS" --backend "$backend" \
-      --frameworks "nnx,$peer" --threads "$(nproc)" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
-      --import-runs 0 --out "$dir" "$@" 2> "$dir/bench.log"
-  fi
+finish() {  # on every exit: close the summary, write the RESULTS.md section
   local rc=$?
-  if [ $rc != 0 ]; then
-    tail -n 20 "$dir/bench.log"
-    record "benchmark" "$name FAILED (rc $rc), see $dir/bench.log"
-    FAILED=1
-  else
-    record "benchmark" "ok: $name, $dir/RESULTS.md"
-    BENCH_DIRS+=" $dir"
-  fi
-}
-if [ $DRY = 1 ]; then
-  bench numpy numpy torch --torch-device cpu
-  bench torch torch torch --torch-device cpu
-  if "$PY" -c "import jax" >/dev/null 2>&1; then bench jax jax jax --jax-device cpu
-  else record "benchmark" "jax skipped (jax not installed)"; fi
-else
-  if [ -n "$BACKEND" ]; then bench cupy cupy "$([ $TORCH_CUDA = 1 ] && echo torch || echo nnx)" --torch-device cuda
-  else record "benchmark" "cupy skipped (no cupy)"; fi
-  if [ $TORCH_CUDA = 1 ]; then bench torch torch:cuda torch --torch-device cuda
-  else record "benchmark" "torch skipped (torch sees no GPU)"; fi
-  if spec_ok jax:gpu; then bench jax jax:gpu jax --jax-device gpu
-  else record "benchmark" "jax skipped (jax sees no GPU)"; fi
-fi
-
-# -- 3b. data parallel: CuPy's NCCL and torch.distributed's NCCL, world size 1 (the collective still runs) ------
-# (dry run: the same runs with nnx's single-process engine on numpy and torch.distributed's gloo on the CPU)
-dp_run() {  # name, command...
-  local name=$1; shift
-  if "$@" > "$OUT/dp_$name.log" 2>&1; then
-    record "dp $name" "$(tail -n 1 "$OUT/dp_$name.log")"
-  else
-    tail -n 20 "$OUT/dp_$name.log"
-    record "dp $name" "FAILED, see $OUT/dp_$name.log"
+  trap - EXIT TERM INT
+  if [ -n "$STEP" ]; then
+    record "$STEP" "INTERRUPTED (exit $rc) after $(elapsed) s; the rows above are what finished"
     FAILED=1
   fi
-}
-TORCHRUN="$(dirname "$(command -v "$PY")")/torchrun"
-[ -x "$TORCHRUN" ] || TORCHRUN=torchrun
-if [ $DRY = 1 ]; then
-  note "data parallel (dry run: single engine on numpy, torch.distributed gloo on CPU)"
-  dp_run "cupy-nccl" "$PY" benchmarks/bench_distributed.py --engine single --backend numpy --epochs 1
-  [ $TORCH_CUDA = 1 ] && dp_run "torch-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py \
-    --engine torch --backend torch --epochs 1
-else
-  if [ -n "$BACKEND" ]; then
-    note "data parallel: CuPy NCCL, world size 1"
-    dp_run "cupy-nccl" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 3
-  else
-    record "dp cupy-nccl" "skipped (no cupy)"
-  fi
-  if [ $TORCH_CUDA = 1 ]; then
-    note "data parallel: torch.distributed NCCL, world size 1"
-    dp_run "torch-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
-      --backend torch:cuda --epochs 3
-  else
-    record "dp torch-nccl" "skipped (torch sees no GPU)"
-  fi
-fi
-
-# -- 4. summary (last) and the RESULTS.md section ---------------------------------------------------------
-summary() {
-  echo "================ nnx GPU check$([ $DRY = 1 ] && echo ' (DRY RUN)') ================"
-  for row in "${SUMMARY[@]}"; do
-    printf '%-10s %s\n' "${row%%|*}" "${row#*|}"
-  done
-  if [ -n "$BENCH_DIRS" ]; then
-    # shellcheck disable=SC2086
-    "$PY" - $BENCH_DIRS <<'EOF'
-import json, sys
-from pathlib import Path
-
-print(f"\n{'nnx on':<11} {'vs':<6} {'shape':<8} {'nnx epoch':>11} {'peer epoch':>11} {'nnx/peer':>9} {'nnx samples/s':>14}"
-      "  syncs/epoch  sync in step")
-for d in sys.argv[1:]:
-    report = json.loads((Path(d) / "results.json").read_text())
-    variant = next(iter(report["variants"].values()))
-    for name, s in variant["shapes"].items():
-        r = s["results"]
-        peer = next((k for k in r if k != "nnx"), None)
-        nnx_s = r["nnx"]["median"]
-        peer_s = r[peer]["median"] if peer else None
-        ratio = f"{nnx_s / peer_s:.3f}" if peer_s else "-"
-        peer_txt = f"{peer_s * 1e3:.1f} ms" if peer_s else "-"
-        print(f"{report['backend']:<11} {peer or '-':<6} {name:<8} {nnx_s * 1e3:>8.1f} ms {peer_txt:>11} {ratio:>9} "
-              f"{s['samples'] / nnx_s:>14,.0f}  {s.get('nnx_syncs_per_epoch')!s:>11}  {s.get('sync_check') or '-'}")
-    g = variant.get("gemm")
-    if g:
-        print(f"  GEMMs of {g['shape']} on {report['backend']}: {g['gemm_rate_gflops']:.0f} GFLOP/s alone; nnx step "
-              f"{g['nnx_step_s'] * 1e3:.2f} ms vs GEMMs {g['gemm_set_s'] * 1e3:.2f} ms -> step/GEMMs {g['ratio']:.3f}")
-EOF
-  fi
-  if [ $DRY = 1 ]; then echo "(dry run: figures from the CPU at tiny size say nothing about a GPU)"; fi
-}
-echo
-summary | tee "$OUT/summary.txt"
-{
-  echo "## GPU check (benchmarks/gpu_check.sh)"
-  echo
-  echo "Written by \`bash benchmarks/gpu_check.sh$([ $DRY = 1 ] && echo ' --dry-run')\` on $(date -u '+%Y-%m-%d %H:%M UTC');"
-  echo "details in \`$OUT/\` (tests_*.log, bench_*/RESULTS.md, dp_*.log). Each nnx epoch is timed against"
-  echo "its own library's native loop in the same process, alternating, with device synchronisation."
-  echo
-  echo '```'
-  cat "$OUT/summary.txt"
-  echo '```'
-} > "$OUT/RESULTS.md"
-if [ $DRY = 0 ]; then  # replace (or add) this section of benchmarks/RESULTS.md
-  "$PY" - "$OUT/RESULTS.md" benchmarks/RESULTS.md <<'EOF'
+  record "end" "$(elapsed) s of the ${TOTAL} s budget; $([ $FAILED = 0 ] && echo 'all passed' || echo 'something FAILED')"
+  [ $DRY = 1 ] && echo "(dry run: figures from the CPU at tiny size say nothing about a GPU)" >> "$SUMMARY"
+  {
+    echo "## GPU check (benchmarks/gpu_check.sh)"
+    echo
+    echo "Written by \`bash benchmarks/gpu_check.sh$([ $DRY = 1 ] && echo ' --dry-run')\`; details in \`$OUT/\`"
+    echo "(tests_*.log, bench_*/RESULTS.md, dp_*.log). Each nnx epoch is timed against its own library's native"
+    echo "loop in the same process, alternating, with device synchronisation."
+    echo
+    echo '```'
+    cat "$SUMMARY"
+    echo '```'
+  } > "$OUT/RESULTS.md"
+  if [ $DRY = 0 ] && [ -f benchmarks/RESULTS.md ]; then
+    "$PY" - "$OUT/RESULTS.md" benchmarks/RESULTS.md <<'EOF' || true
 import sys
 from pathlib import Path
 
 section, target = Path(sys.argv[1]).read_text().rstrip() + "\n", Path(sys.argv[2])
-text = target.read_text() if target.exists() else ""
+text = target.read_text()
 head = "## GPU check (benchmarks/gpu_check.sh)"
 if head in text:
     before, rest = text.split(head, 1)
@@ -267,5 +109,228 @@ else:
     text = text.rstrip() + "\n\n" + section
 target.write_text(text)
 EOF
+  fi
+  echo
+  cat "$SUMMARY"
+  exit $([ $FAILED = 0 ] && echo "$rc" || echo 1)
+}
+trap finish EXIT
+trap 'exit 143' TERM INT
+
+# -- 0. driver -------------------------------------------------------------------------------------------------
+STEP="driver"
+if [ $DRY = 1 ]; then
+  note "dry run: no GPU used; nnx runs on numpy, torch and jax on the CPU, at tiny size"
+  CUDA_MAJOR=12
+  record "driver" "dry run (assumed CUDA 12)"
+  SPECS="numpy torch jax"   # stand-ins for cupy, torch:cuda, jax:gpu
+else
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    record "driver" "nvidia-smi not found: this script needs an NVIDIA GPU (use --dry-run elsewhere)"
+    STEP=""
+    exit 3
+  fi
+  CUDA_MAJOR=$(timeout 10 nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n1)
+  record "driver" "$(timeout 10 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -n1), CUDA ${CUDA_MAJOR:-?}"
+  SPECS="cupy torch:cuda jax:gpu"
 fi
-exit $FAILED
+case "${CUDA_MAJOR:-12}" in
+  12) CUPY_EXTRA=cupy12 TORCH_INDEX=cu128 JAX_EXTRA=cuda12 ;;
+  *) CUPY_EXTRA=cupy13 TORCH_INDEX=cu130 JAX_EXTRA=cuda13 ;;  # CUDA 13 and newer drivers run CUDA 13 wheels
+esac
+STEP=""
+
+# -- 1. installs -----------------------------------------------------------------------------------------------
+STEP="install"
+works() {  # spec -> exit 0 when nnx runs a sum on it
+  timeout -k 5 60 "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" \
+    >/dev/null 2>&1
+}
+PIP=("$PY" -m pip install -q)
+[ -n "${WHEELHOUSE:-}" ] && PIP+=(--no-index --find-links "$WHEELHOUSE")
+install() {  # name, spec, timeout, pip arguments...
+  local name=$1 spec=$2 secs=$3; shift 3
+  if [ $DRY = 1 ]; then
+    record "install" "$name: would run, unless $spec works: pip install $*"
+    return
+  fi
+  if [ "$(left)" -lt 10 ]; then record "install" "$name: SKIPPED (out of time)"; return; fi
+  if works "$spec"; then record "install" "$name: already works"; return; fi
+  if [ -z "${WHEELHOUSE:-}" ] && ! timeout 15 "$PY" -m pip download -q --no-deps -d "$OUT/pip-probe" pip \
+      >/dev/null 2>&1; then
+    record "install" "$name: not installed, and pip reaches no index (set WHEELHOUSE=dir of wheels)"
+    return
+  fi
+  run_for "$(budget "$secs")" "${PIP[@]}" "$@" > "$OUT/install_$name.log" 2>&1
+  local rc=$?
+  record "install" "$name: pip $(outcome $rc)$(works "$spec" && echo ', works now' || echo ', still not usable')"
+}
+install cupy "${SPECS%% *}" 120 -e ".[${CUPY_EXTRA}]"
+install torch torch:cuda 150 torch --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}"
+install jax jax:gpu 120 "jax[${JAX_EXTRA}]"
+STEP=""
+
+# -- 2. probes: real work on each backend ----------------------------------------------------------------------
+STEP="probe"
+READY=""
+for spec in $SPECS; do
+  run_for "$(budget 30)" "$PY" - "$spec" > "$OUT/probe_${spec//:/-}.log" 2>&1 <<'EOF'
+import sys
+
+import numpy as np
+
+import nnx
+
+spec = sys.argv[1]
+be = nnx.get_backend(spec)  # raises, naming the cause and the install line, where it cannot run
+xp = be.xp
+A = np.random.default_rng(0).normal(size=(1024, 1024)).astype(np.float32)
+x = be.asarray(A)
+kernel = be.to_host(xp.exp(xp.tanh(x)) * 2.0 + 1.0)   # an elementwise kernel (CuPy compiles it with NVRTC)
+matmul = be.to_host(xp.matmul(x, x))                  # cuBLAS / XLA's GEMM
+mask = be.to_host(be.rng(0).uniform((256, 256), "float32"))  # the dropout stream (cuRAND on CuPy)
+be.synchronize()
+assert np.allclose(kernel, np.exp(np.tanh(A)) * 2.0 + 1.0, rtol=1e-4), "elementwise kernel is wrong"
+assert np.allclose(matmul, A @ A, rtol=1e-3, atol=1e-2), "matmul is wrong"
+assert 0.45 < float(mask.mean()) < 0.55 and mask.min() >= 0 and mask.max() < 1, "dropout draws are wrong"
+extra = ""
+if spec.startswith("cupy"):
+    from cupy.cuda import nccl
+
+    assert nccl.available, "NCCL is not loadable (pip install nvidia-nccl-cu12, in the cupy12 extra)"
+    extra = ", NCCL loads"
+print(f"{be.spec} on {be.device}: kernel, 1024x1024 matmul and dropout draw match NumPy{extra}")
+EOF
+  rc=$?
+  if [ $rc = 0 ]; then
+    READY+=" $spec"
+    record "probe" "$spec: $(tail -n 1 "$OUT/probe_${spec//:/-}.log")"
+  else
+    record "probe" "$spec: $(outcome $rc): $(grep -v '^\s*$' "$OUT/probe_${spec//:/-}.log" | tail -n 1)"
+    FAILED=1
+  fi
+done
+STEP=""
+
+# -- 3. benchmarks, small to wide -------------------------------------------------------------------------------
+STEP="benchmark"
+bench_table() {  # dir -> the rows of its results.json, for the summary
+  "$PY" - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+
+report = json.loads((Path(sys.argv[1]) / "results.json").read_text())
+for variant in report["variants"].values():
+    for name, s in variant["shapes"].items():
+        r = s["results"]
+        peer = next((k for k in r if k != "nnx"), None)
+        nnx_s, peer_s = r["nnx"]["median"], (r[peer]["median"] if peer else None)
+        ratio = f"{nnx_s / peer_s:.3f}" if peer_s else "-"
+        print(f"{report['backend']} vs {peer or '-'}, {name}: nnx {nnx_s * 1e3:.1f} ms/epoch, "
+              f"peer {peer_s * 1e3 if peer_s else float('nan'):.1f} ms, nnx/peer {ratio}, "
+              f"{s['samples'] / nnx_s:,.0f} samples/s, syncs/epoch {s.get('nnx_syncs_per_epoch')}, "
+              f"{s.get('sync_check') or 'sync not checked'}")
+EOF
+}
+if [ $DRY = 1 ]; then SHAPES="tiny_bce tiny_ce"; else SHAPES="small medium large wide"; fi
+BENCH_SPECS=$READY
+[ $DRY = 1 ] && BENCH_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -v '^jax' | tr '\n' ' ')  # JAX compiles for long on a CPU
+BENCH_END=$(( $(elapsed) + 200 ))
+[ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
+for shape in $SHAPES; do
+  for spec in $BENCH_SPECS; do
+    case $spec in
+      cupy|numpy) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
+      torch*) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
+      jax*) peer=jax; extra=(--jax-device "$([ $DRY = 1 ] && echo cpu || echo gpu)") ;;
+    esac
+    dir="$OUT/bench_${spec//:/-}_$shape"
+    mkdir -p "$dir"
+    secs=$(budget 60)
+    [ $((BENCH_END - $(elapsed))) -lt "$secs" ] && secs=$((BENCH_END - $(elapsed)))
+    if [ $DRY = 1 ]; then size=(--tiny --repeats 2 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
+    run_for "$secs" "$PY" benchmarks/bench_train.py "${size[@]}" --shapes "$shape" --backend "$spec" \
+      --frameworks "nnx,$peer" "${extra[@]}" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
+      --import-runs 0 --out "$dir" > "$dir/bench.log" 2>&1
+    rc=$?
+    if [ $rc = 0 ]; then
+      while IFS= read -r row; do record "benchmark" "ok: $row"; done < <(bench_table "$dir")
+    else
+      record "benchmark" "$spec $shape: $(outcome $rc), see $dir/bench.log"
+      [ $rc = 125 ] || FAILED=1
+    fi
+  done
+done
+STEP=""
+
+# -- 4. data parallel on one GPU --------------------------------------------------------------------------------
+STEP="parallel"
+TORCHRUN="$(dirname "$(command -v "$PY")")/torchrun"
+[ -x "$TORCHRUN" ] || TORCHRUN=torchrun
+dp_run() {  # name, command...
+  local name=$1; shift
+  run_for "$(budget 60)" "$@" > "$OUT/dp_$name.log" 2>&1
+  local rc=$?
+  if [ $rc = 0 ]; then
+    record "parallel" "$name: $(grep '^{' "$OUT/dp_$name.log" | tail -n 1)"
+  else
+    record "parallel" "$name: $(outcome $rc), see $OUT/dp_$name.log"
+    [ $rc = 125 ] || FAILED=1
+  fi
+}
+if [ $DRY = 1 ]; then
+  dp_run "single-numpy" "$PY" benchmarks/bench_distributed.py --engine single --backend numpy --epochs 1 --steps 4
+  dp_run "torchrun-1" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
+    --backend torch --epochs 1 --steps 4
+  dp_run "torchrun-2-gloo" "$TORCHRUN" --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
+    --backend torch --epochs 1 --steps 4
+else
+  case " $READY " in
+    *" cupy "*) dp_run "cupy-nccl-1" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 2 ;;
+    *) record "parallel" "cupy-nccl-1: skipped (cupy did not pass its probe)" ;;
+  esac
+  case " $READY " in
+    *" torch:cuda "*)
+      dp_run "torchrun-1-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
+        --backend torch:cuda --epochs 2
+      dp_run "torchrun-2-gloo" "$TORCHRUN" --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
+        --backend torch:cuda --epochs 1 ;;
+    *) record "parallel" "torchrun: skipped (torch:cuda did not pass its probe)" ;;
+  esac
+fi
+STEP=""
+
+# -- 5. the backend-parametrized tests, per GPU spec -----------------------------------------------------------
+STEP="tests"
+TEST_SPECS=$READY
+[ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
+[ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
+for spec in $TEST_SPECS; do
+  log="$OUT/tests_${spec//:/-}.log"
+  ids="$OUT/tests_${spec//:/-}.ids"
+  # collect with NNX_TEST_BACKEND=spec, keep the tests parametrized with that backend case
+  NNX_TEST_BACKEND="$spec" run_for "$(budget 60)" "$PY" -m pytest --collect-only -q -p no:cacheprovider -n 0 \
+    ${TEST_FILES:-} ${TEST_ARGS:-} 2>/dev/null | "$PY" -c "
+import re, sys
+case = re.escape(sys.argv[1])
+for line in sys.stdin:
+    m = re.search(r'\[(.*)\]\s*$', line.strip())
+    if '::' in line and m and re.search(rf'(^|-){case}(-|$)', m.group(1)):
+        print(line.strip())" "$spec" > "$ids"
+  count=$(wc -l < "$ids")
+  if [ "$count" = 0 ]; then
+    record "tests" "$spec: no backend-parametrized test collected"
+    FAILED=1
+    continue
+  fi
+  secs=$(budget 600)
+  note "tests on $spec: $count, $secs s"
+  # workers share the GPU; JAX would otherwise give each of them 75% of its memory up front
+  NNX_TEST_BACKEND="$spec" XLA_PYTHON_CLIENT_PREALLOCATE=false run_for "$secs" xargs -a "$ids" -d '\n' \
+    "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" > "$log" 2>&1
+  rc=$?
+  last=$(grep -E '(passed|failed|error)' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')
+  record "tests" "$spec: $count collected; $(outcome $rc)${last:+: $last}"
+  [ $rc = 0 ] || FAILED=1
+done
+STEP=""

@@ -148,8 +148,12 @@ def test_torch_cuda_unavailable_says_why():
 
     if torch.cuda.is_available():
         pytest.skip("torch sees a GPU here")
-    with pytest.raises(nnx.BackendUnavailableError, match=r"torch:cuda.*no CUDA device"):
-        nnx.get_backend("torch:cuda")
+    # the installed wheel decides the cause: a CPU-only build names the CUDA wheel index, a CUDA build the driver
+    cause = r"CPU-only build; install the CUDA build with: pip install torch --index-url" if torch.version.cuda \
+        is None else r"no NVIDIA driver or GPU|driver"
+    for spec in ("torch:cuda", "torch:cuda:1"):  # the device index stays in the name
+        with pytest.raises(nnx.BackendUnavailableError, match=rf"'{spec}' cannot run here: .*({cause})"):
+            nnx.get_backend(spec)
 
 
 def test_available_backends():
@@ -440,7 +444,8 @@ def test_a_library_nnx_has_never_heard_of_trains_through_the_generic_adapter(scr
 @pytest.mark.parametrize("module, library, install", [
     ("torch", "torch", r'pip install "nnx-mlp\[torch\]"'),
     ("jax", "jax", r'pip install "nnx-mlp\[jax\]"'),
-    ("cupy", "cupy", r'pip install "nnx-mlp\[cupy12\]" \(CUDA 12\) or pip install "nnx-mlp\[cupy13\]" \(CUDA 13\)'),
+    ("cupy", "cupy", r'pip install "nnx-mlp\[cupy12\]" \(CUDA 12 driver\) or pip install "nnx-mlp\[cupy13\]" '
+                     r'\(CUDA 13 driver\)'),
     ("array_api_strict", "array_api_strict", r"pip install array-api-strict"),
 ])
 def test_a_missing_library_says_how_to_install_it(monkeypatch, module, library, install):

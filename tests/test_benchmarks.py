@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,18 +42,90 @@ def test_bench_train_tiny(tmp_path):
         assert (tmp_path / "samples_per_s_vs_batch.png").stat().st_size > 0
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def _dry_run_env(out: Path) -> dict[str, str]:
+    # step 5 narrowed to one backend-parametrized test, in this process (no pytest-xdist workers to start)
+    return dict(os.environ, OUT=str(out), PYTHON=sys.executable, TEST_FILES="tests/test_backend.py",
+                TEST_ARGS="-k test_device_rng_draws", TEST_WORKERS="0")
+
+
+def _rows(summary: str, step: str) -> list[str]:
+    return [line[11:] for line in summary.splitlines() if line.startswith(f"{step:<10} ")]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_dry_run(tmp_path):
-    # the dry run's tests are two: one process runs them sooner than starting pytest-xdist workers
-    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, TEST_ARGS="-k test_fastpath_switch",
-               TEST_WORKERS="0")
-    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
-                         text=True, timeout=900, cwd=ROOT, env=env)
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    text = script.read_text()
+    for budget in ("Time budget", "TOTAL", "timeout each", "what is left"):  # the budget table heads the script
+        assert budget in text.split("set -uo pipefail")[0], budget
+    res = subprocess.run(["bash", str(script), "--dry-run"], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                         env=_dry_run_env(tmp_path))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    summary = res.stdout[res.stdout.index("nnx GPU check (DRY RUN)"):]
-    assert "tests      passed" in summary
-    assert "benchmark  ok" in summary
-    assert "tiny_ce" in summary and "nnx/peer" in summary
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "nnx GPU check (DRY RUN)" in summary
+    # the steps in their order: installs, probes, benchmarks small to wide, data parallel, then the tests
+    steps = [line.split()[0] for line in summary.splitlines()[1:] if line and not line.startswith("(")]
+    order = ["driver", "install", "probe", "benchmark", "parallel", "tests", "end"]
+    assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == order, steps
+    assert all("would run" in row for row in _rows(summary, "install"))
+    assert any("pip install jax[cuda12]" in row for row in _rows(summary, "install"))
+    assert all("kernel, 1024x1024 matmul and dropout draw match NumPy" in row for row in _rows(summary, "probe"))
+    bench = _rows(summary, "benchmark")
+    assert all(row.startswith("ok: ") for row in bench) and len(bench) == 4
+    assert [row.split(",")[1].split(":")[0].strip() for row in bench] == ["tiny_bce"] * 2 + ["tiny_ce"] * 2
     for backend in ("numpy", "torch"):  # nnx on each against its native loop
-        assert f"\n{backend} " in summary, backend
+        assert any(row.startswith(f"ok: {backend} vs ") for row in bench), backend
+    parallel = _rows(summary, "parallel")
+    assert len(parallel) == 3 and all('"ranks"' in row for row in parallel), parallel
+    tests = _rows(summary, "tests")
+    assert len(tests) == 1 and tests[0].startswith("torch: 1 collected; ok: 1 passed"), summary
+    assert "all passed" in _rows(summary, "end")[0]
     assert (tmp_path / "RESULTS.md").exists()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_check_killed_halfway_still_leaves_a_summary(tmp_path):
+    """A run killed in the middle (as a time limit does) keeps every finished row and says where it stopped."""
+    proc = subprocess.Popen(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=ROOT,
+                            env=_dry_run_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    summary = tmp_path / "summary.txt"
+    try:
+        deadline = time.monotonic() + 300
+        while not (summary.exists() and "probe " in summary.read_text()):  # killed in step 2 or 3
+            assert proc.poll() is None and time.monotonic() < deadline, "the dry run never reached its probes"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = summary.read_text()
+    assert "install    " in text and "probe      " in text, text  # what finished is there
+    assert "INTERRUPTED" in text, text
+    assert _rows(text, "end") and "something FAILED" in _rows(text, "end")[0], text
+    assert "INTERRUPTED" in (tmp_path / "RESULTS.md").read_text()
+    assert proc.returncode != 0
+
+
+def test_bench_distributed_times_a_finished_allreduce_and_releases_the_communicator(monkeypatch, capsys):
+    """Each timed all-reduce waits for the device (NCCL returns once launched); the communicator is closed after."""
+    spec = importlib.util.spec_from_file_location("bench_distributed", ROOT / "benchmarks" / "bench_distributed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import nnx
+    from nnx import distributed as dist
+
+    comm = dist.SingleProcess()
+    events = []
+    real_allreduce = comm.allreduce
+    comm.allreduce = lambda x, op="sum": events.append("reduce") or real_allreduce(x, op)
+    comm.close = lambda: events.append("close")
+    monkeypatch.setattr(dist, "init", lambda engine=None: comm)
+    monkeypatch.setattr(type(nnx.get_backend("numpy")), "synchronize", lambda self, x=None: events.append("sync"))
+    bench.worker(1, engine="single", backend="numpy", batch=64, global_steps=2)
+    reduces = [i for i, e in enumerate(events) if e == "reduce"]
+    assert reduces and all(events[i + 1] == "sync" for i in reduces), events  # every reduction timed to its end
+    assert events[-1] == "close"
+    assert "allreduce" not in vars(comm), "the timing wrapper (which holds comm itself) was left on the communicator"
+    assert '"ranks": 1' in capsys.readouterr().out

@@ -75,6 +75,14 @@ class Backend:
         raise NotImplementedError
 
     @classmethod
+    def default_label(cls) -> str | None:
+        """The device label the bare name means right now, where that changes (CuPy: the current GPU); else None.
+
+        `get_backend` resolves a bare name through it on every call instead of caching one device.
+        """
+        return None
+
+    @classmethod
     def devices(cls) -> list[str]:
         """The devices the library reports here (for ``python -m nnx info``); imports the library."""
         return []

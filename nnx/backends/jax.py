@@ -8,14 +8,30 @@ imported only inside functions (``import jax`` here is the library: imports are 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 import numpy as np
 
 from .base import Backend, BackendUnavailableError, import_library
+from .nvidia import JAX_CUDA_INSTALL, driver_cuda_version, gpu_cause
 from .rng import DeviceRNG
 
 _PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal")
+_CUDA_PLUGINS = {12: "jax_cuda12_plugin", 13: "jax_cuda13_plugin"}
+
+
+def cuda_plugin_installed() -> int | None:
+    """The CUDA major of jaxlib's installed CUDA plugin (``jax[cuda12]`` brings one), None for CPU-only JAX."""
+    return next((major for major, name in _CUDA_PLUGINS.items() if importlib.util.find_spec(name)), None)
+
+
+def gpu_unavailable(spec: str, error: Exception, plugin: int | None, driver: tuple[int, int] | None) -> str:
+    """Why `spec` cannot run: no CUDA plugin installed, or no driver or GPU for the one that is."""
+    if plugin is None:
+        return (f"backend {spec!r} cannot run here: the installed JAX runs on CPUs only; "
+                f"install its CUDA build with: {JAX_CUDA_INSTALL}")
+    return f"backend {spec!r} cannot run here: {gpu_cause((plugin, 0), driver)} (JAX says: {error})"
 
 
 class JaxBackend(Backend):
@@ -36,6 +52,9 @@ class JaxBackend(Backend):
         try:
             devices = jax.devices(platform) if platform else jax.devices()
         except RuntimeError as exc:  # JAX raises RuntimeError both for unknown and for absent platforms
+            if platform.lower() in ("gpu", "cuda"):
+                raise BackendUnavailableError(gpu_unavailable(f"jax:{label}", exc, cuda_plugin_installed(),
+                                                              driver_cuda_version())) from None
             if platform.lower() in _PLATFORMS:
                 raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {exc}") from None
             raise ValueError(f"backend 'jax:{label}' names no JAX platform: {exc}") from None
@@ -87,6 +106,12 @@ class JaxBackend(Backend):
     def synchronize(self, x: Any = None) -> None:
         if x is not None:
             x.block_until_ready()
+            return
+        # JAX has no device-wide wait: wait on every live array of this device, so queued work is done
+        jax = importlib.import_module("jax")
+        live = [a for a in jax.live_arrays(self.device.platform) if self.device in a.devices()]
+        jax.block_until_ready(live)
+        jax.effects_barrier()  # and on computations run only for their effects
 
     def split_rows(self, x: Any, sizes: list[int]) -> list[Any]:
         # one dispatch for the epoch instead of one eager slice (~40 us on a CPU) per batch

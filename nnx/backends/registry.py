@@ -84,15 +84,21 @@ def get_backend(spec: Any = "numpy") -> Backend:
     if name != GENERIC and name not in _ENTRIES:
         raise ValueError(f"unknown backend {spec!r}; valid names: {list(_ENTRIES)} "
                          f"(or '{GENERIC}:<module>' for another array API library)")
+    try:
+        adapter = GenericBackend if name == GENERIC else adapter_class(name)
+    except ImportError as exc:  # a user's adapter module that does not import
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {exc}") from exc
+    current = None if label else adapter.default_label()  # a bare name that follows the current device
+    label = label or current or ""
     canonical = f"{name}:{label}" if label else name  # an alias gets the very backend its name does
     backend = _CACHE.get(canonical)
     if backend is None:
         try:
-            adapter = GenericBackend if name == GENERIC else adapter_class(name)
             backend = _CACHE[canonical] = adapter.load(label or None)
         except ImportError as exc:  # an adapter's own checks say how to install; this is a failure deeper down
             raise BackendUnavailableError(f"backend {name!r} cannot run here: {exc}") from exc
-    _CACHE[key] = backend
+    if current is None:
+        _CACHE[key] = backend
     return backend
 
 

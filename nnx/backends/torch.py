@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 
 from .base import Backend, BackendUnavailableError, import_library
+from .nvidia import driver_cuda_version, gpu_cause, parse_cuda, torch_cuda_install
 from .rng import DeviceRNG
+
+
+def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
+    """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA."""
+    if built_cuda is None:
+        return (f"backend {spec!r} cannot run here: the installed torch {version} is a CPU-only build; "
+                f"install the CUDA build with: {torch_cuda_install(driver)}")
+    cause = gpu_cause(parse_cuda(built_cuda), driver)
+    return f"backend {spec!r} cannot run here: torch {version} is built for CUDA {built_cuda}, but {cause}"
 
 
 class TorchBackend(Backend):
@@ -32,7 +42,8 @@ class TorchBackend(Backend):
         except RuntimeError as exc:  # torch's message lists the device types it knows
             raise ValueError(f"backend 'torch:{label}' names no torch device: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError("backend 'torch:cuda' cannot run here: torch sees no CUDA device")
+            raise BackendUnavailableError(cuda_unavailable(f"torch:{label}", torch.__version__, torch.version.cuda,
+                                                           driver_cuda_version()))
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise BackendUnavailableError(f"backend 'torch:{label}' cannot run here: "
                                           f"{torch.cuda.device_count()} CUDA device(s) found")

@@ -18,6 +18,8 @@ returned array.
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import os
 import sys
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..backends import backend_name_of, get_backend
+from .local import gpu_for_rank, group_devices, import_mpi, limit_threads, local_placement, torch_group_choice
 
 OPS = ("sum", "mean", "max", "min")
 
@@ -69,11 +72,15 @@ class Communicator:
         rank: this process's index, 0 .. size-1.
         size: how many processes take part.
         engine: the engine's name ("single", "mpi", "torch", "nccl").
+        local_rank, local_size: this rank's place among the ranks on its host (its GPU, its share of cores).
     """
 
     rank: int = 0
     size: int = 1
     engine: str = "single"
+    #: this rank's index among the ranks on its host, and how many ranks its host runs
+    local_rank: int = 0
+    local_size: int = 1
 
     # -- what an engine provides (host NumPy arrays, reduced in place) ---------------------------
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
@@ -96,6 +103,9 @@ class Communicator:
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         """A picklable Python object from `root`, on every process."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the engine started (NCCL's rendezvous store); idempotent. Nothing to do for most engines."""
 
     def allgather_object(self, obj: Any) -> list[Any]:
         """Every process's `obj`, in rank order, on every process."""
@@ -181,14 +191,14 @@ class MPICommunicator(Communicator):
     engine = "mpi"
 
     def __init__(self, comm: Any = None) -> None:
-        from mpi4py import MPI
-
+        MPI = import_mpi()
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
         self._nccl: Any = None
+        self.local_rank, self.local_size = local_placement(mpi_comm=self.comm)
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
@@ -244,10 +254,12 @@ class TorchCommunicator(Communicator):
         self.rank = tdist.get_rank()
         self.size = tdist.get_world_size()
         self.group_backend = str(tdist.get_backend())
+        self._devices = group_devices(self.group_backend)  # the tensor device types the group reduces in place
+        self.local_rank, self.local_size = local_placement()
         self._ops = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}
 
     def _staging_device(self) -> Any:
-        if self.group_backend == "nccl":
+        if "cpu" not in self._devices:
             return self.torch.device("cuda", self.torch.cuda.current_device())
         return self.torch.device("cpu")
 
@@ -255,7 +267,7 @@ class TorchCommunicator(Communicator):
         """Whether the group can reduce tensor `x` itself (in place)."""
         if backend_name_of(x) != "torch" or not x.is_contiguous():
             return False
-        return x.device.type == ("cuda" if self.group_backend == "nccl" else "cpu")
+        return x.device.type in self._devices
 
     def _device_allreduce(self, x: Any, op: str) -> Any:
         if not self._ready(x):
@@ -318,19 +330,37 @@ class NCCLCommunicator(Communicator):
         host: the communicator that bootstraps NCCL and reduces host values (an `MPICommunicator`
             under mpiexec; None: `SingleProcess`, which with world size 1 still runs NCCL's collective).
 
-    Untested without a GPU: written to the documented `cupyx.distributed` API.
+    Under MPI each rank first makes GPU ``local_rank`` current (one GPU per rank, as NCCL
+    requires), so the bare backend name ``"cupy"`` means that GPU on every rank. Checked on the
+    CPU against CuPy's real signatures (tests/test_cupy_conformance.py); `close` ends it.
     """
 
     engine = "nccl"
 
     def __init__(self, host: Communicator | None = None) -> None:
-        from cupyx import distributed as cdist  # pyright: ignore[reportMissingImports]  # optional GPU library
-
         self.host = SingleProcess() if host is None else host
         self.rank, self.size = self.host.rank, self.host.size
+        self.local_rank, self.local_size = self.host.local_rank, self.host.local_size
+        over_mpi = isinstance(self.host, MPICommunicator)
+        cdist = _cupyx_distributed(need_mpi=over_mpi)
+        cupy = importlib.import_module("cupy")
+
+        if over_mpi:
+            count = cupy.cuda.runtime.getDeviceCount()
+            cupy.cuda.Device(gpu_for_rank(self.local_rank, self.local_size, count)).use()
         # NCCL needs a unique id shared by every rank: over MPI when there is an MPI world, else its TCP store
-        self.group = cdist.init_process_group(self.size, self.rank, backend="nccl",
-                                              use_mpi=isinstance(self.host, MPICommunicator))
+        self.group: Any = cdist.init_process_group(self.size, self.rank, backend="nccl", use_mpi=over_mpi)
+        if not over_mpi:
+            # world size 1: the store has handed out the id. Its process is not a daemon and cupyx's
+            # exit hook turns its stop() into a no-op, so left running it would keep Python from exiting.
+            self.group.stop()
+        atexit.register(self.close)  # registered after cupyx's hook, so it runs before it
+
+    def close(self) -> None:
+        """Stop NCCL's rendezvous store, if it still runs (idempotent; also runs at exit)."""
+        group, self.group = getattr(self, "group", None), None
+        if group is not None and not _store_stopped(group):
+            group.stop()
 
     def device_allreduce(self, x: Any, op: str) -> Any:
         """A CuPy array reduced in place by NCCL (runs even with world size 1)."""
@@ -375,6 +405,31 @@ class NCCLCommunicator(Communicator):
         return self.host.allgather_object(obj)
 
 
+def _store_stopped(group: Any) -> bool:
+    """Whether a cupyx group has no rendezvous store process left running (MPI-bootstrapped ones never had one)."""
+    process = getattr(getattr(group, "_store", None), "_process", None)
+    return process is None or not process.is_alive()
+
+
+def _cupyx_distributed(need_mpi: bool) -> Any:
+    """``cupyx.distributed``, importable even where mpi4py is installed but finds no MPI library.
+
+    cupyx catches only ImportError from ``from mpi4py import MPI``; mpi4py 4 raises RuntimeError
+    without an MPI library. Without a launcher NCCL needs no MPI, so mpi4py is then hidden from cupyx.
+    """
+    try:
+        import_mpi()
+    except ImportError:
+        if need_mpi:
+            raise
+        sys.modules.setdefault("mpi4py.MPI", None)  # type: ignore[assignment]  # cupyx then runs without MPI
+    try:
+        from cupyx import distributed as cdist  # pyright: ignore[reportMissingImports]  # optional GPU library
+    except ImportError as exc:
+        raise ImportError(f"the NCCL engine needs CuPy ({exc}): pip install \"nnx-mlp[cupy12]\"") from exc
+    return cdist
+
+
 def launched_by_mpi() -> bool:
     """Whether a process launcher (mpiexec, srun) started this process, judged from its environment."""
     return any(name in os.environ for name in MPI_ENV) or "mpi4py.MPI" in sys.modules
@@ -385,12 +440,24 @@ def init(engine: str | None = None) -> Communicator:
 
     Args:
         engine: None picks: torch.distributed when its group is initialised (or the job was started
-            by torchrun, which initialises it: NCCL with CUDA, else gloo), the MPI world when a
-            launcher started more than one process, else `SingleProcess`. "mpi", "torch", "nccl"
-            (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
+            by torchrun, which initialises it: gloo for CPU tensors, plus NCCL for CUDA tensors with
+            each rank bound to GPU ``LOCAL_RANK`` when the host has a GPU per rank), the MPI world
+            when a launcher started more than one process, else `SingleProcess`. "mpi", "torch",
+            "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
+
+    Under a launcher, each rank's BLAS and OpenMP threads are limited to its share of the host's
+    cores (``cores // ranks on the host``, at least 1), unless the thread variables are set
+    (`nnx.distributed.local.limit_threads`).
     """
     if engine not in (None, "mpi", "torch", "nccl", "single"):
         raise ValueError(f"engine must be None, 'mpi', 'torch', 'nccl' or 'single', got {engine!r}")
+    comm = _pick(engine)
+    if not isinstance(comm, SingleProcess):
+        limit_threads(comm.local_size)
+    return comm
+
+
+def _pick(engine: str | None) -> Communicator:
     if engine == "single":
         return SingleProcess()
     if engine == "mpi":
@@ -403,11 +470,7 @@ def init(engine: str | None = None) -> Communicator:
     if _torch_group_ready():
         return TorchCommunicator()
     if launched_by_mpi():
-        try:
-            comm = MPICommunicator()
-        except ImportError as exc:
-            raise ImportError("this process was started by an MPI launcher but mpi4py is not installed; "
-                              'pip install "nnx-mlp[mpi]"') from exc
+        comm = MPICommunicator()
         if comm.size > 1:
             return comm
     return SingleProcess()
@@ -425,5 +488,10 @@ def _torch_group_ready() -> bool:
     if not tdist.is_initialized() and under_torchrun:
         import torch
 
-        tdist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        local_rank, local_size = local_placement()
+        cuda = torch.cuda.is_available()
+        backend, device = torch_group_choice(cuda, local_rank, local_size, torch.cuda.device_count() if cuda else 0)
+        if device is not None:
+            torch.cuda.set_device(device)  # before the group: NCCL takes the current device as this rank's
+        tdist.init_process_group(backend=backend)
     return tdist.is_initialized()
