@@ -52,8 +52,10 @@ for name, residual in (("plain", False), ("residual", True)):
     losses[name] = history["loss"]
     steps = -(-X.shape[0] // 32)
     first_epoch[name] = analyzer.history()["weight_mean"][:steps].mean(axis=0)
+    table: list[str] = []
+    model.summary(print_fn=table.append)
     print(f"{name:>8s}: loss {losses[name][0]:.4f} -> {losses[name][-1]:.4f} after {len(history)} epochs "
-          f"({model.summary().splitlines()[-1]})")
+          f"({table[0].splitlines()[-1]})")
 
 print(f"\nvariance of the targets (the loss of always predicting their mean): {float(np.var(y)):.4f}")
 print("mean |weight gradient| in the first epoch, the first Dense against the last:")

@@ -115,7 +115,9 @@ def test_nested_initial_weights_follow_the_outer_seed():
 
 
 def test_summary_shows_each_sub_layer_by_path():
-    text = residual_mlp("numpy", "float32", depth=1).summary()
+    lines: list[str] = []
+    residual_mlp("numpy", "float32", depth=1).summary(print_fn=lines.append)
+    text = "\n".join(lines)
     assert "1: Residual" in text and "  1.0: Dense" in text and "  1.1: Tanh" in text
     assert "trainable parameters: 122;" in text  # 3*8+8 + 8*8+8 + 8*2+2
 

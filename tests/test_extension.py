@@ -87,7 +87,7 @@ def test_the_guide_defines_what_it_promises(guide):
     assert LAYERS["GatedResidual"] is guide.GatedResidual
     assert REGULARIZERS["log_penalty"] is guide.LogPenalty
     assert nnx.losses.LOSSES["logcosh"] is guide.LogCosh
-    assert nnx.optim.OPTIMIZERS["signdescent"] is guide.SignDescent
+    assert nnx.optim.OPTIMIZERS["mylion"] is guide.MyLion
     assert nnx.metrics.METRICS["worst_error"] is guide.worst_error
 
 
@@ -167,8 +167,8 @@ def test_custom_blocks_train_with_fit(guide, name):
                      metrics=["worst_error"])
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert "worst_error" in hist.history
-    more = model.fit(X, y, optimizer=guide.SignDescent(model.parameters(), lr=1e-3), epochs=2, batch_size=16)
-    assert np.all(np.isfinite(more["loss"])) and isinstance(model.optimizer, guide.SignDescent)
+    more = model.fit(X, y, optimizer=guide.MyLion(model.parameters(), lr=1e-3), epochs=2, batch_size=16)
+    assert np.all(np.isfinite(more["loss"])) and isinstance(model.optimizer, guide.MyLion)
 
 
 def test_the_guides_block_trains_checks_saves_moves_and_exports(backend, guide, tmp_path):

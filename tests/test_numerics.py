@@ -153,23 +153,32 @@ def test_cross_entropy_at_extreme_logits_through_the_model(backend, test_dtype, 
 
 @pytest.mark.parametrize("test_dtype", DTYPES)
 def test_bce_on_probabilities_exactly_zero_and_one(backend, test_dtype):
-    """An unfused output (Identity after Sigmoid, or a plain linear output) that hits 0 or 1 exactly."""
-    linear = nnx.Sequential(nnx.Dense(1, 1), backend=backend, dtype=test_dtype, seed=0)
-    _set(linear, w0=[[1.0]], b0=[0.0])
+    """Probabilities of exactly 0 or 1: from the loss directly, and from an unfused output (Identity after a
+    Sigmoid) in evaluate and fit. (A plain linear output is refused with BCE: tests/test_loss_fit.py.)"""
+    y = np.array([1.0, 0.0])  # p = 0 with target 1, p = 1 with target 0
+    loss = nnx.losses.BinaryCrossEntropy()
+    p = backend.asarray(np.array([0.0, 1.0]), dtype=test_dtype)
+    with no_fp_warnings():
+        value, grad = loss.value_and_grad(y, p)
+    assert np.isfinite(float(_host_be(backend, value))) and float(_host_be(backend, value)) > 10
+    assert np.all(np.isfinite(_host_be(backend, grad)))
     saturated = nnx.Sequential(nnx.Dense(1, 1), nnx.Sigmoid(), nnx.Identity(), backend=backend, dtype=test_dtype)
     _set(saturated, w0=[[1000.0]], b0=[0.0])
-    y = np.array([1.0, 0.0])  # p = 0 with target 1, p = 1 with target 0
-    for model, X in ((linear, np.array([[0.0], [1.0]])), (saturated, np.array([[-1.0], [1.0]]))):
-        p = _host(model, model.predict(X))[:, 0]
-        assert set(p.tolist()) == {0.0, 1.0}
-        with no_fp_warnings():
-            value = model.evaluate(X, y, loss="bce")["loss"]
-            history = model.fit(X, y, loss="bce", optimizer="sgd", lr=1e-3, epochs=2, batch_size=2)
-        assert np.isfinite(value) and value > 10, "a confident wrong prediction costs a lot, finitely"
-        assert all(np.isfinite(history["loss"]))
-        for param in model.parameters():
-            assert np.all(np.isfinite(_host(model, param.value)))
-            assert np.all(np.isfinite(_host(model, param.grad)))
+    model, X = saturated, np.array([[-1.0], [1.0]])
+    p = _host(model, model.predict(X))[:, 0]
+    assert set(p.tolist()) == {0.0, 1.0}
+    with no_fp_warnings():
+        value = model.evaluate(X, y, loss="bce")["loss"]
+        history = model.fit(X, y, loss="bce", optimizer="sgd", lr=1e-3, epochs=2, batch_size=2)
+    assert np.isfinite(value) and value > 10, "a confident wrong prediction costs a lot, finitely"
+    assert all(np.isfinite(history["loss"]))
+    for param in model.parameters():
+        assert np.all(np.isfinite(_host(model, param.value)))
+        assert np.all(np.isfinite(_host(model, param.grad)))
+
+
+def _host_be(backend, x):
+    return np.asarray(backend.to_host(x))
 
 
 # -- whole float32 training runs, warnings as errors ------------------------------------

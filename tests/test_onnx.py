@@ -179,9 +179,10 @@ def guide_exporter(guide, monkeypatch):
     """The guide's `to_onnx` fragment, added to its CenteredTanh as the guide says to."""
     section = GUIDE.read_text(encoding="utf-8").split("## Exporting to ONNX", 1)[1]
     fragment = section.split("```python\n", 1)[1].split("```", 1)[0]
-    namespace: dict = {}
+    namespace: dict = dict(vars(guide))
     exec(textwrap.dedent(fragment), namespace)  # noqa: S102 - our own documentation
-    monkeypatch.setattr(guide.CenteredTanh, "to_onnx", namespace["to_onnx"], raising=False)
+    exporter = namespace["ExportableCenteredTanh"].to_onnx  # the guide's subclass that adds the exporter
+    monkeypatch.setattr(guide.CenteredTanh, "to_onnx", exporter, raising=False)
     return guide
 
 

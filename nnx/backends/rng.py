@@ -36,10 +36,14 @@ class DeviceRNG:
         self.backend = backend
         self.seed = int(seed)
         self.counter = 0
+        # draws made through this object, always a Python int: a compiled step binds a traced `counter`
+        # and reads here how many masks one step draws (not part of the saved state)
+        self.draws = 0
 
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An array of `shape` with values uniform in [0, 1)."""
         self.counter += 1
+        self.draws += 1
         return self._draw(tuple(shape), dtype_name(dtype))
 
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:

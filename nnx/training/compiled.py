@@ -217,12 +217,9 @@ class CompiledStep:
         state = opt.state
         had_state = set(state) if read_check else None
         states = tuple(state[i] if i in state else opt.init_state(xp, p.value) for i, p in enumerate(params))
-        traces = self.traces
         out = self._jit(tuple(p.value for p in params), states, tuple(b.value for b in self.buffers),
                         self._lr_device, self._carry, X, y, sample_weight)
         values, new_states, bufs, grads, value, Z, carry = out
-        if self.traces != traces or self._draws is None:  # a new program: how many masks it draws, read once
-            self._draws = int(self.backend.to_host(carry)[self._COUNTER]) - counter
         self._carry = carry
         self._index += 1
         for p, v, g in zip(params, values, grads, strict=True):
@@ -233,7 +230,7 @@ class CompiledStep:
             state[i] = dict(st)
         opt.step_count += 1
         steps[:] = [s + 1 for s in steps]
-        self.rng.counter += self._draws
+        self.rng.counter += self._draws or 0
         self._expect = (t + 1, self.rng.counter)
         if not read_check or not self.check_finite or int(self.backend.to_host(carry)[self._OK]):
             return value, Z, True
@@ -254,6 +251,7 @@ class CompiledStep:
         model, opt, rng = self._live_model(), self.optimizer, self.rng
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
+        draws_before = rng.draws
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = v, None
@@ -271,6 +269,7 @@ class CompiledStep:
                 value = value + penalty
             model.backward_from_head(dZ, self.n_run, need_dX=False)
             new_counter = rng.counter
+            drawn = rng.draws - draws_before  # a Python int: the same for every call of this program
             new_bufs = tuple(b.value for b in buffers)
             ok_now = None
             if self.check_finite:  # `TrainStep.check`, before the transforms
@@ -293,6 +292,9 @@ class CompiledStep:
             for b, v in zip(buffers, saved[1], strict=True):
                 b.value = v
             rng.counter = saved[2]
+        if self._draws is not None and self._draws != drawn:
+            raise RuntimeError(f"the compiled step drew {drawn} dropout masks, a previous trace {self._draws}")
+        self._draws = drawn
         if ok_now is None:
             carry = xp.concat([xp.stack([t + 1, new_counter, index + 1]), carry[3:]])
             return new_values, new_states, new_bufs, grads, value, Z, carry

@@ -17,7 +17,7 @@ from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
 # exact types: a subclass may change what its forward returns, so its outputs are looked at instead
 PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
 UNBOUNDED_OUTPUTS = (Dense, Identity, ReLU, LeakyReLU, Tanh, BatchNorm, LayerNorm)
-RANGE_KEEPING = (Dropout, Flatten)  # at inference they pass on the range of the layer before
+RANGE_KEEPING = (Dropout, Flatten, Identity)  # at inference they pass on the range of the layer before
 
 
 def reads_probabilities(loss: Loss) -> bool:
@@ -26,7 +26,7 @@ def reads_probabilities(loss: Loss) -> bool:
 
 
 def output_layer(model: Any) -> Any:
-    """The last layer that sets the range of the model's outputs (trailing Dropout and Flatten skipped)."""
+    """The last layer that sets the range of the model's outputs (trailing Dropout, Flatten and Identity skipped)."""
     for layer in reversed(model.layers):
         if type(layer) not in RANGE_KEEPING:
             return layer
