@@ -124,3 +124,30 @@ def test_deferred_check_reads_nothing_during_steps(on_device, rng, monkeypatch):
     X, y = _data(rng)
     _model(on_device).fit(X, y, epochs=2, batch_size=8, callbacks=[snaps])
     assert snaps.reads == 0
+
+
+class _CountingNamespace:
+    """The backend's namespace, counting arrays made from Python numbers while a step runs."""
+
+    def __init__(self, xp, snaps):
+        self._xp, self._snaps, self.made = xp, snaps, 0
+
+    def __getattr__(self, name):
+        return getattr(self._xp, name)
+
+    def asarray(self, obj, *args, **kwargs):
+        if self._snaps._counting and isinstance(obj, (int, float)):
+            self.made += 1  # on torch:cuda or CuPy, a synchronous host-to-device copy
+        return self._xp.asarray(obj, *args, **kwargs)
+
+
+def test_deferred_check_sends_no_host_number_to_the_device_per_step(on_device, rng, monkeypatch):
+    """Issue 22 item 5: the step's index counts on the device; only an epoch's first step starts it from the host."""
+    snaps = Snapshots(on_device)
+    counting = _CountingNamespace(on_device.xp, snaps)
+    monkeypatch.setattr(on_device, "xp", counting)
+    X, y = _data(rng)
+    epochs = 2
+    _model(on_device).fit(X, y, epochs=epochs, batch_size=8, callbacks=[snaps])
+    # an epoch's first step sends its index and the "none yet" marker; later steps (5 an epoch here) send none
+    assert counting.made <= 2 * epochs, f"{counting.made} host numbers went to the device in {epochs} epochs"
