@@ -151,9 +151,23 @@ class EpochTimer(nnx.callbacks.Callback):
         self.max_syncs = max(self.max_syncs, self.syncs - self._start_syncs)
 
 
+class _TorchSyncErrors:
+    """``torch.cuda.set_sync_debug_mode("error")`` for the duration of a ``with`` block."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+
+    def __enter__(self) -> None:
+        self.torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.torch.cuda.set_sync_debug_mode("default")
+
+
 class StepSyncGuard(nnx.callbacks.Callback):
     """Fails a step that synchronises the device: on CuPy, every step runs under
-    ``cupyx.allow_synchronize(False)`` (from the batch-begin to the batch-end hook)."""
+    ``cupyx.allow_synchronize(False)``, on torch:cuda under ``torch.cuda.set_sync_debug_mode("error")``
+    (from the batch-begin to the batch-end hook)."""
 
     def __init__(self, backend: Any) -> None:
         self.active = False
@@ -167,6 +181,12 @@ class StepSyncGuard(nnx.callbacks.Callback):
             self.active = self._allow is not None
             self.note = "no sync in any step (cupyx.allow_synchronize(False))" if self.active else \
                 "not checked: this CuPy has no cupyx.allow_synchronize"
+        elif backend.name == "torch" and str(backend.device).startswith("cuda"):
+            import torch
+
+            self._allow = lambda allowed: _TorchSyncErrors(torch)
+            self.active = True
+            self.note = 'no sync in any step (torch.cuda.set_sync_debug_mode("error"))'
 
     def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.active:
@@ -1016,7 +1036,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ablation", action="store_true", help="skip the fast-paths on/off comparison")
     p.add_argument("--no-gemm", action="store_true", help="skip the GEMMs-alone measurement")
     p.add_argument("--check-sync", action="store_true",
-                   help="on CuPy, fail any nnx training step that synchronises the device (cupyx.allow_synchronize)")
+                   help="on CuPy and torch:cuda, fail any nnx training step that synchronises the device "
+                        "(cupyx.allow_synchronize, torch.cuda.set_sync_debug_mode)")
     p.add_argument("--import-runs", type=int, help="fresh interpreters for the import time (default 15; 0 skips it)")
     p.add_argument("--rerender", type=Path, metavar="RESULTS_JSON",
                    help="only rewrite RESULTS.md next to this results.json (no measuring)")
