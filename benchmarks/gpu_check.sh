@@ -280,9 +280,9 @@ dp_run() {  # name, command...
 }
 if [ $DRY = 1 ]; then
   dp_run "single-numpy" "$PY" benchmarks/bench_distributed.py --engine single --backend numpy --epochs 1 --steps 4
-  dp_run "torchrun-1" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
+  dp_run "torchrun-1" "$TORCHRUN" --standalone --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
     --backend torch --epochs 1 --steps 4
-  dp_run "torchrun-2-gloo" "$TORCHRUN" --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
+  dp_run "torchrun-2-gloo" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
     --backend torch --epochs 1 --steps 4
 else
   case " $READY " in
@@ -291,9 +291,9 @@ else
   esac
   case " $READY " in
     *" torch:cuda "*)
-      dp_run "torchrun-1-nccl" "$TORCHRUN" --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
+      dp_run "torchrun-1-nccl" "$TORCHRUN" --standalone --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
         --backend torch:cuda --epochs 2
-      dp_run "torchrun-2-gloo" "$TORCHRUN" --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
+      dp_run "torchrun-2-gloo" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
         --backend torch:cuda --epochs 1 ;;
     *) record "parallel" "torchrun: skipped (torch:cuda did not pass its probe)" ;;
   esac

@@ -176,7 +176,7 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_rank
                     reason="torch (with torchrun) not installed")
 def test_torchrun_gloo_equals_one_process(tmp_path):
     """The torch.distributed engine (gloo): torch tensors reduced in place, NumPy arrays through torch."""
-    proc, _ = _run([_tool("torchrun"), "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
+    proc, _ = _run([_tool("torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
                     "--backends", "torch,numpy", "--controls", "torch"], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = _ranks(tmp_path, 2)

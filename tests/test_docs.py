@@ -122,7 +122,9 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(work)  # snippets save files (model.save("x.npz")): never into the checkout
     monkeypatch.setattr(tempfile, "tempdir", str(temp))  # what a snippet leaves in the temp folder shows
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    namespace: dict = {"__name__": "__docs__"}
+    # the page's classes register under this module, as tests/test_extension.py loads the guide (nnx_docs_<page>),
+    # so the two runs of one page redefine its classes instead of colliding in one test process
+    namespace: dict = {"__name__": f"nnx_docs_{page.stem}"}
     skipped = []
     for line, code, reason in _blocks(page):
         where = f"{_rel(page)}:{line}"

@@ -100,7 +100,7 @@ def test_a_sequential_subclass_comes_back_as_itself(backend, dtype, tmp_path):
 
 
 def test_loss_regularizer_and_optimizer_subclasses_keep_their_class(tmp_path):
-    class HalfMSE(nnx.losses.MSE):
+    class SubclassHalfMSE(nnx.losses.MSE):
         """MSE under another name."""
 
     class StrongL2(nnx.regularizers.L2):
@@ -111,9 +111,9 @@ def test_loss_regularizer_and_optimizer_subclasses_keep_their_class(tmp_path):
 
     model = nnx.Sequential(nnx.Dense(3, 2, regularizer=StrongL2(1e-3)), seed=0, regularizer=StrongL2(1e-2))
     X = np.random.default_rng(3).standard_normal((8, 3))
-    model.fit(X, np.zeros((8, 2)), loss=HalfMSE(), optimizer=SlowAdam(model.parameters()), epochs=1)
+    model.fit(X, np.zeros((8, 2)), loss=SubclassHalfMSE(), optimizer=SlowAdam(model.parameters()), epochs=1)
     model.save(tmp_path / "m.npz")
     for other in (nnx.load(tmp_path / "m.npz"), model.to("numpy")):
-        assert type(other.loss) is HalfMSE
+        assert type(other.loss) is SubclassHalfMSE
         assert type(other.optimizer) is SlowAdam
         assert type(other.regularizer) is StrongL2 and type(other.layers[0].regularizer) is StrongL2

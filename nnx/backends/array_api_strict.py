@@ -25,6 +25,7 @@ class ArrayApiStrictBackend(Backend):
         xp = import_library("array_api_strict", cls.name, "pip install array-api-strict")
         if label is None:
             return cls(xp, xp.Device("CPU_DEVICE"))
+        # array_api_strict's Device has no public name; `_device` is the label its repr shows
         devices = {d._device: d for d in xp.__array_namespace_info__().devices()}
         if label not in devices:
             raise ValueError(f"array_api_strict has devices {sorted(devices)}, got {label!r}")

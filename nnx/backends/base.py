@@ -167,7 +167,7 @@ class Backend:
     def with_fastpath(self, enabled: bool) -> Backend:
         """This backend with derived executions on or off (see `fastpath_enabled`)."""
         other = copy.copy(self)
-        other._fastpath_on = bool(enabled) and fastpath_allowed()
+        other._fastpath_on = bool(enabled) and fastpath_allowed()  # a copy of this object, of this class
         return other
 
     @property

@@ -42,6 +42,7 @@ def on_device(xp: Any, device: Any) -> types.ModuleType:
     for name in CREATION:
         if hasattr(xp, name):
             setattr(namespace, name, _created_on(getattr(xp, name), device))
+    # a module object this function just made, not another object's state: the unwrapped namespace
     namespace._unbound = xp  # pyright: ignore[reportAttributeAccessIssue]
     return namespace
 

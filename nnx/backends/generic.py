@@ -52,6 +52,7 @@ def generic_backend(xp: types.ModuleType, device: Any = None) -> GenericBackend:
         device = default
     backend = GenericBackend(xp, device)
     if str(device) != str(default):
+        # the factory of GenericBackend, in its module: it sets up the object it just created
         backend.device_label = backend._device_label(device)
     # name the backend after the library its arrays report, so `owns` and the messages agree
     probe = xp.zeros((), device=device) if device is not None else xp.zeros(())
