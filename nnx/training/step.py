@@ -66,6 +66,9 @@ class TrainStep:
         self.flat: FlatUpdate | None = FlatUpdate(optimizer, model.xp) if derive_flat else None
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
+        # whether any regularizer applies: walking the layer tree for it every step costs more than a small
+        # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
+        self.penalized = model.penalty() is not None
         on_host = model.backend.arrays_on_host
         self.deferred = check_finite and (not on_host if defer_check is None else bool(defer_check))
         self._steps = 0  # steps checked this epoch
@@ -106,7 +109,7 @@ class TrainStep:
             value, self._dZ = self.head.value_and_grad(y, Z, check=False)
         else:
             value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
-        penalty = self.model.penalty()
+        penalty = self.model.penalty() if self.penalized else None
         if penalty is not None:
             value = value + penalty
         return value, Z
