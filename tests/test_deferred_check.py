@@ -130,7 +130,7 @@ class _CountingNamespace:
     """The backend's namespace, counting arrays made from Python numbers while a step runs."""
 
     def __init__(self, xp, snaps):
-        self._xp, self._snaps, self.made = xp, snaps, 0
+        self._xp, self._snaps, self.made, self.copies = xp, snaps, 0, 0
 
     def __getattr__(self, name):
         return getattr(self._xp, name)
@@ -138,6 +138,8 @@ class _CountingNamespace:
     def asarray(self, obj, *args, **kwargs):
         if self._snaps._counting and isinstance(obj, (int, float)):
             self.made += 1  # on torch:cuda or CuPy, a synchronous host-to-device copy
+        if self._snaps._counting and kwargs.get("copy"):
+            self.copies += 1
         return self._xp.asarray(obj, *args, **kwargs)
 
 
@@ -151,3 +153,6 @@ def test_deferred_check_sends_no_host_number_to_the_device_per_step(on_device, r
     _model(on_device).fit(X, y, epochs=epochs, batch_size=8, callbacks=[snaps])
     # an epoch's first step sends its index and the "none yet" marker; later steps (5 an epoch here) send none
     assert counting.made <= 2 * epochs, f"{counting.made} host numbers went to the device in {epochs} epochs"
+    # issue 22 item 10: a deferred update selects between the rule's results and the old arrays; the rule is
+    # pure, so nothing is copied to keep the old ones
+    assert counting.copies == 0, f"{counting.copies} arrays copied during the steps"
