@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,33 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from launchers import needs_mpi, tool
 
 import nnx
 from nnx import distributed as dist
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "distributed" / "scenarios.py"
-BIN = Path(sys.executable).parent
 TOL = 1e-10  # float64: N ranks against one process on the same global batches
 BACKENDS = [b for b in ("numpy", "array_api_strict", "torch", "jax") if b in nnx.available_backends()]
 EQUIVALENCE = ("sgd_momentum_dropout_clipnorm", "adam_l2_clipvalue_accumulate", "sgd_batchnorm_per_slice")
 
 
-def _tool(name: str) -> str | None:
-    """The venv's launcher first (CI installs mpich into the venv), else the one on PATH."""
-    local = BIN / name
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def _mpi_ready() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return _tool("mpiexec") is not None
-
-
-needs_mpi = pytest.mark.skipif(not _mpi_ready(), reason="mpi4py or mpiexec not installed (pip install mpich mpi4py)")
 
 
 def _env() -> dict[str, str]:
@@ -69,7 +53,7 @@ def _ranks(out: Path, size: int) -> list[dict]:
 def two_ranks(tmp_path_factory):
     """mpiexec -n 2 over every installed backend; leaves a checkpoint written by rank 0 after 2 epochs."""
     out = tmp_path_factory.mktemp("mpi2")
-    proc, _ = _run([_tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
+    proc, _ = _run([tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
                     "--backends", ",".join(BACKENDS), "--save", str(out / "ckpt.npz")], timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, _ranks(out, 2)
@@ -79,7 +63,7 @@ def two_ranks(tmp_path_factory):
 def three_ranks(two_ranks, tmp_path_factory):
     """mpiexec -n 3: resumes the 2-rank checkpoint, then rank 1 raises mid-training (the job must abort)."""
     out = tmp_path_factory.mktemp("mpi3")
-    proc, ended = _run([_tool("mpiexec"), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
+    proc, ended = _run([tool("mpiexec"), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
                         "--backends", "numpy,array_api_strict", "--resume", str(two_ranks[0] / "ckpt.npz"),
                         "--fault"], timeout=120)
     return out, proc, ended
@@ -172,11 +156,11 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_rank
     assert model.epochs_trained in (2, 3)  # rank 0 saved epochs 0..1 (maybe 2) before the abort
 
 
-@pytest.mark.skipif("torch" not in nnx.available_backends() or _tool("torchrun") is None,
+@pytest.mark.skipif("torch" not in nnx.available_backends() or tool("torchrun") is None,
                     reason="torch (with torchrun) not installed")
 def test_torchrun_gloo_equals_one_process(tmp_path):
     """The torch.distributed engine (gloo): torch tensors reduced in place, NumPy arrays through torch."""
-    proc, _ = _run([_tool("torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
+    proc, _ = _run([tool("torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
                     "--backends", "torch,numpy", "--controls", "torch"], timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = _ranks(tmp_path, 2)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from launchers import needs_mpi, tool
 
 from nnx.distributed import comm as comm_module
 from nnx.distributed.local import (
@@ -30,23 +30,7 @@ from nnx.distributed.local import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
-
-def _tool(name: str) -> str | None:
-    local = BIN / name
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def _mpi_ready() -> bool:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return False
-    return _tool("mpiexec") is not None
-
-
-needs_mpi = pytest.mark.skipif(not _mpi_ready(), reason="mpi4py or mpiexec not installed (pip install mpich mpi4py)")
 
 
 # -- the arithmetic ---------------------------------------------------------------------------------------------
@@ -175,7 +159,7 @@ def test_mpiexec_ranks_limit_their_threads_unless_the_user_did(tmp_path, user_th
     env = _unset_env()
     if user_threads:
         env["OMP_NUM_THREADS"] = user_threads
-    res = subprocess.run([_tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(tmp_path)],
+    res = subprocess.run([tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -209,6 +193,6 @@ def test_the_documented_mpi_recipe_with_thread_variables_unset_is_not_slower_tha
     """
     example = [str(ROOT / "examples" / "16_data_parallel.py"), "--quick", "--out", str(tmp_path)]
     one = min(_fit_seconds([sys.executable, *example]) for _ in range(2))
-    two = min(_fit_seconds([_tool("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *example])
+    two = min(_fit_seconds([tool("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *example])
               for _ in range(2))
     assert two <= one * 1.1 + 0.1, f"2 ranks took {two:.1f} s against {one:.1f} s for one process"

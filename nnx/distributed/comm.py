@@ -389,6 +389,7 @@ class NCCLCommunicator(Communicator):
         self._check_root(root)
         return self.device_broadcast(x, root) if backend_name_of(x) == "cupy" else self.host.broadcast(x, root)
 
+    # host buffers go through the communicator this one wraps: the same class hierarchy's hook, delegated
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
         self.host._host_allreduce(buf, op)
 
