@@ -34,7 +34,19 @@ __all__ = [
 ]
 
 
+_NAMESPACE_OF_TYPE: dict[type, Any] = {}
+
+
 def _ns(*arrays: Any) -> Any:
+    """The arrays' namespace. One array's namespace follows from its type alone, so that is looked up
+    once per type: these functions run several times a training step, where the full lookup costs as
+    much as a small array operation."""
+    if len(arrays) == 1:
+        kind = type(arrays[0])
+        xp = _NAMESPACE_OF_TYPE.get(kind)
+        if xp is None:
+            xp = _NAMESPACE_OF_TYPE[kind] = array_api_compat.array_namespace(arrays[0])
+        return xp
     return array_api_compat.array_namespace(*arrays)
 
 

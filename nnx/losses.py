@@ -33,7 +33,6 @@ from typing import Any, cast
 
 import array_api_compat
 
-from .activations import sigmoid, softplus
 from .backends import backend_name_of, get_backend
 from .registry import Registry
 
@@ -194,6 +193,17 @@ class Loss:
                        check: bool = True) -> tuple[Any, Any]:
         """``(value, gradient)`` in one pass, sharing the work the two have in common."""
         return self._reduce(*self._inputs(y_true, y_pred, check, sample_weight))
+
+    def value_and_grad_prepared(self, xp: Any, y_true: Any, y_pred: Any, sample_weight: Any = None) -> tuple[Any, Any]:
+        """`value_and_grad` for inputs a caller already checked: the training step's path.
+
+        ``y_true`` and ``y_pred`` are arrays of namespace `xp` on one device, ``y_pred``
+        real floating with a row axis, and ``sample_weight`` None or ``(n,)`` in
+        ``y_pred``'s dtype. Only `prepare`'s shape and dtype alignment runs (without
+        value checks), not the input checks that cost a small network's step as much
+        as its arithmetic.
+        """
+        return self._reduce(xp, self.prepare(xp, y_true, y_pred, False), y_pred, sample_weight)
 
     def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
         """Row i's loss l_i for every row, shape ``(n,)``; the loss's value is their mean."""
@@ -359,7 +369,12 @@ class BinaryCrossEntropy(Loss):
         """Row means of the elementwise cross-entropy, and its gradient divided by the number of elements."""
         scale = 1 / math.prod(y_pred.shape)
         if self.from_logits:
-            return row_mean(xp, softplus(y_pred) - y_true * y_pred), (sigmoid(y_pred) - y_true) * scale
+            # softplus(z) - y z and sigmoid(z) - y, sharing exp(-|z|): it lies in (0, 1], so nothing overflows,
+            # and each is computed exactly as `softplus` and `sigmoid` compute it
+            e = xp.exp(-xp.abs(y_pred))
+            rows = row_mean(xp, xp.maximum(y_pred, 0) + xp.log1p(e) - y_true * y_pred)
+            probability = xp.where(y_pred >= 0, 1.0, e) / (1 + e)
+            return rows, (probability - y_true) * scale
         eps = _clip_eps(xp, y_pred.dtype)
         p = xp.clip(y_pred, eps, 1 - eps)
         one_minus_p = 1 - p

@@ -122,6 +122,11 @@ class Backend:
             start += size
         return out
 
+    def concat_flat(self, arrays: list[Any]) -> Any:
+        """The arrays raveled and joined into one new 1-D array (the flat-buffer update gathers with it)."""
+        xp = self.xp
+        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
+
     @property
     def arrays_on_host(self) -> bool:
         """Whether arrays live in host memory, so reading a number from one waits for no device.

@@ -18,6 +18,7 @@ what the objects hold. Gradients are gathered into a fresh buffer each step; a
 
 from __future__ import annotations
 
+from operator import is_
 from typing import Any
 
 __all__ = ["FlatUpdate"]
@@ -37,15 +38,16 @@ class FlatUpdate:
 
     Args:
         optimizer: an optimizer whose class declares ``elementwise = True``.
-        xp: the parameters' array namespace.
+        backend: the parameters' backend (its namespace, and how it joins arrays into one).
 
     `applies` says whether this step can run flat (every parameter has a gradient and
     all were updated equally often); `run` then does the step, as `Optimizer.step` would.
     """
 
-    def __init__(self, optimizer: Any, xp: Any) -> None:
+    def __init__(self, optimizer: Any, backend: Any) -> None:
         self.optimizer = optimizer
-        self.xp = xp
+        self.xp = backend.xp
+        self._concat = backend.concat_flat
         params = optimizer.params
         self.shapes = [tuple(p.value.shape) for p in params]
         self.bounds: list[tuple[int, int]] = []
@@ -61,6 +63,8 @@ class FlatUpdate:
         self.value_views: list[Any] = []
         self.state: dict[str, Any] | None = None  # the flat state buffers, once the rule made state
         self.state_views: list[dict[str, Any]] = []
+        self._state_keys: tuple[str, ...] = ()
+        self._state_order: list[Any] = []  # every state view, parameter by parameter, key by key
         self.grads: Any = None  # this step's gathered gradients
         self._grad_sources: list[Any] = []
         self.mutable = True
@@ -69,10 +73,6 @@ class FlatUpdate:
     def _views(self, flat: Any) -> list[Any]:
         xp = self.xp
         return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(self.bounds, self.shapes, strict=True)]
-
-    def _concat(self, arrays: list[Any]) -> Any:
-        xp = self.xp
-        return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
     def _gather_values(self) -> None:
         params = self.optimizer.params
@@ -100,29 +100,34 @@ class FlatUpdate:
         assert self.state is not None
         per_key = {k: self._views(flat) for k, flat in self.state.items()}
         self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
+        self._state_keys = tuple(per_key)
+        self._state_order = [views[k] for views in self.state_views for k in self._state_keys]
         opt = self.optimizer
         opt.state = {i: dict(views) for i, views in enumerate(self.state_views)}
 
     def _in_place(self) -> bool:
         """Whether the objects still hold this layout's views (nothing was rebound since the last step)."""
         opt = self.optimizer
-        if any(p.value is not v for p, v in zip(opt.params, self.value_views, strict=True)):
+        if not all(map(is_, [p.value for p in opt.params], self.value_views)):
             return False
         if self.state is None:
             return True
-        state = opt.state
-        for i, views in enumerate(self.state_views):
-            entry = state.get(i)
-            if entry is None or len(entry) != len(views) or any(entry.get(k) is not v for k, v in views.items()):
+        keys, n_keys = self._state_keys, len(self._state_keys)
+        try:
+            entries = [opt.state[i] for i in range(len(self.shapes))]
+            if any(len(entry) != n_keys for entry in entries):
                 return False
-        return True
+            held = [entry[k] for entry in entries for k in keys]
+        except KeyError:
+            return False
+        return all(map(is_, held, self._state_order))
 
     # -- the step -------------------------------------------------------------------------------
     def applies(self) -> bool:
         """Whether this step can run flat: every parameter has a gradient and the same update count."""
         opt = self.optimizer
         steps = opt.param_steps
-        return all(p.grad is not None for p in opt.params) and all(s == steps[0] for s in steps)
+        return (not steps or steps.count(steps[0]) == len(steps)) and not any(p.grad is None for p in opt.params)
 
     def gather_grads(self) -> Any:
         """This step's gradients as one fresh flat array (kept for `run` while ``p.grad`` stays the same)."""
@@ -146,8 +151,7 @@ class FlatUpdate:
         if self.state is None and not self._gather_state():
             self.values = None  # the per-parameter loop runs this step; gather again next time
             return False
-        grads = [p.grad for p in opt.params]
-        if self.grads is None or any(g is not s for g, s in zip(grads, self._grad_sources, strict=True)):
+        if self.grads is None or not all(map(is_, [p.grad for p in opt.params], self._grad_sources)):
             self.gather_grads()
         t = opt.param_steps[0] + 1
         assert self.state is not None

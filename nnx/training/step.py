@@ -63,9 +63,10 @@ class TrainStep:
         be = model.backend
         self.compiled: Any = compile_step(model, loss, optimizer, self.transforms, check_finite)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
-        self.flat: FlatUpdate | None = FlatUpdate(optimizer, model.xp) if derive_flat else None
+        self.flat: FlatUpdate | None = FlatUpdate(optimizer, be) if derive_flat else None
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
+        self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
         self.penalized = model.penalty() is not None
@@ -105,9 +106,10 @@ class TrainStep:
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
         Z = self.model.forward_to_head(X, self.n_run, training=True)
-        if sample_weight is None:
-            value, self._dZ = self.head.value_and_grad(y, Z, check=False)
-        else:
+        if self.checked_inputs:
+            value, self._dZ = self.head.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
+        else:  # the first batch goes through every input check; the data source prepares the rest alike
+            self.checked_inputs = True
             value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
         penalty = self.model.penalty() if self.penalized else None
         if penalty is not None:
