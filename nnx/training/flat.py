@@ -18,6 +18,7 @@ what the objects hold. Gradients are gathered into a fresh buffer each step; a
 
 from __future__ import annotations
 
+from itertools import repeat
 from operator import is_
 from typing import Any
 
@@ -115,7 +116,7 @@ class FlatUpdate:
         keys, n_keys = self._state_keys, len(self._state_keys)
         try:
             entries = [opt.state[i] for i in range(len(self.shapes))]
-            if any(len(entry) != n_keys for entry in entries):
+            if [len(entry) for entry in entries].count(n_keys) != len(entries):
                 return False
             held = [entry[k] for entry in entries for k in keys]
         except KeyError:
@@ -127,7 +128,9 @@ class FlatUpdate:
         """Whether this step can run flat: every parameter has a gradient and the same update count."""
         opt = self.optimizer
         steps = opt.param_steps
-        return (not steps or steps.count(steps[0]) == len(steps)) and not any(p.grad is None for p in opt.params)
+        if steps and steps.count(steps[0]) != len(steps):
+            return False
+        return not any(map(is_, [p.grad for p in opt.params], repeat(None)))
 
     def gather_grads(self) -> Any:
         """This step's gradients as one fresh flat array (kept for `run` while ``p.grad`` stays the same)."""
