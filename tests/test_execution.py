@@ -264,3 +264,42 @@ def test_the_switch(backend):
     off = backend.with_fastpath(False)
     assert not off.fastpath_enabled and off == backend
     assert backend.with_fastpath(True).fastpath_enabled or __import__("os").environ.get("NNX_FASTPATH") == "0"
+
+
+@pytest.mark.parametrize("opt_name,kwargs", OPTIMIZERS, ids=lambda v: v if isinstance(v, str) else
+                         getattr(v, "__name__", "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict)
+                                 else str(v)))
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "deferred"])
+def test_the_flat_update_in_slices_gives_one_calls_numbers_bit_for_bit(backend, dtype, opt_name, kwargs, deferred):
+    """On a CPU the rule runs over slices of the flat buffers (`FlatUpdate.piece`); elementwise, any slicing
+    gives the numbers of one call over everything, also where the deferred check refuses a step."""
+    from nnx.training.step import TrainStep
+
+    X, y = _data("classes", n=16)
+    runs = []
+    for piece in (None, 7):  # 7 cuts every parameter and the buffers' end unevenly
+        make, loss, _ = MODELS["relu_ce"]
+        model = nnx.Sequential(*make(), backend=backend, dtype=dtype, seed=3)
+        opt = (optim.get_optimizer(opt_name, model.parameters(), **kwargs) if isinstance(opt_name, str)
+               else opt_name(model.parameters(), **kwargs))
+        step = TrainStep(model, model.resolve_loss(loss), opt, defer_check=deferred)
+        if step.flat is None:
+            pytest.skip(f"{backend.spec} runs the step {step.execution}, not with the flat update")
+        Xd, yd = model.prepare_inputs(X), model.prepare_targets(y, step.loss, len(X))
+        for i in range(4):
+            value, _ = step.forward_loss(Xd, yd)
+            step.backward()
+            if deferred and i == 2:  # a NaN gradient: the deferred check keeps the buffers of step 2
+                model.parameters()[0].grad = model.parameters()[0].grad * float("nan")
+            step.check(value)
+            step.flat.piece = piece
+            step.update()
+        step.end_epoch()
+        runs.append(([model.backend.to_host(p.value) for p in model.parameters()], opt.state_dict()))
+    (values_a, state_a), (values_b, state_b) = runs
+    for a, b in zip(values_a, values_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert state_a["step"] == state_b["step"]
+    for i, entry in state_a["state"].items():
+        for key, arr in entry.items():
+            np.testing.assert_array_equal(model.backend.to_host(arr), model.backend.to_host(state_b["state"][i][key]))

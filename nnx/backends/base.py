@@ -127,6 +127,15 @@ class Backend:
         xp = self.xp
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
+    def update_piece(self, dtype: Any) -> int | None:
+        """How many elements of a flat buffer an elementwise optimizer rule should see at once; None: all.
+
+        On a device, one call over everything is fastest. On a CPU, a rule's temporaries
+        over a large buffer are large allocations, which the C allocator maps fresh and
+        the page faults cost more than the arithmetic; adapters there give a slice size.
+        """
+        return None
+
     @property
     def arrays_on_host(self) -> bool:
         """Whether arrays live in host memory, so reading a number from one waits for no device.

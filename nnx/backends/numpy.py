@@ -9,6 +9,10 @@ import numpy as np
 
 from .base import Backend
 
+# A rule's temporaries over a slice this size stay under glibc's mmap threshold (128 KiB), so the
+# allocator reuses them instead of mapping fresh pages: 6x faster for Adam over 235k parameters.
+UPDATE_PIECE_BYTES = 96 * 1024
+
 
 class NumpyBackend(Backend):
     """NumPy on the CPU (``"numpy"``); its arrays are the host arrays every backend accepts."""
@@ -40,3 +44,6 @@ class NumpyBackend(Backend):
     def concat_flat(self, arrays: list[Any]) -> np.ndarray:
         # the ndarray method: the namespace's reshape costs ten times as much on a small array
         return np.concatenate([a.reshape(-1) for a in arrays])
+
+    def update_piece(self, dtype: Any) -> int:
+        return UPDATE_PIECE_BYTES // np.dtype(dtype).itemsize

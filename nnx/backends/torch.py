@@ -16,6 +16,10 @@ from .base import Backend, BackendUnavailableError, import_library
 from .nvidia import driver_cuda_version, gpu_cause, parse_cuda, torch_cuda_install
 from .rng import DeviceRNG
 
+# As for NumPy (see its adapter), but each torch operation costs more to dispatch, so the slices are
+# larger: measured best for Adam over 235k parameters, 8x faster than one call over all of them.
+UPDATE_PIECE_BYTES = 256 * 1024
+
 
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
     """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA."""
@@ -88,6 +92,12 @@ class TorchBackend(Backend):
     @property
     def arrays_on_host(self) -> bool:
         return self.device.type == "cpu"
+
+    def update_piece(self, dtype: Any) -> int | None:
+        if self.device.type != "cpu":
+            return None  # one kernel launch per operation over everything
+        return UPDATE_PIECE_BYTES // dtype.itemsize
+
 
     def rng(self, seed: int) -> TorchRNG:
         return TorchRNG(self, seed)

@@ -43,12 +43,15 @@ class FlatUpdate:
 
     `applies` says whether this step can run flat (every parameter has a gradient and
     all were updated equally often); `run` then does the step, as `Optimizer.step` would.
+    `piece`, set from the backend (`Backend.update_piece`) when the buffers are gathered,
+    is how many elements the rule sees per call; None means all of them in one call.
     """
 
     def __init__(self, optimizer: Any, backend: Any) -> None:
         self.optimizer = optimizer
-        self.xp = backend.xp
+        self.backend, self.xp = backend, backend.xp
         self._concat = backend.concat_flat
+        self.piece: int | None = None  # elements of the flat buffers the rule sees at once (None: all)
         params = optimizer.params
         self.shapes = [tuple(p.value.shape) for p in params]
         self.bounds: list[tuple[int, int]] = []
@@ -78,6 +81,7 @@ class FlatUpdate:
     def _gather_values(self) -> None:
         params = self.optimizer.params
         self.values = self._concat([p.value for p in params])
+        self.piece = self.backend.update_piece(self.values.dtype)
         self.value_views = self._views(self.values)
         for p, view in zip(params, self.value_views, strict=True):
             p.value = view
@@ -147,7 +151,7 @@ class FlatUpdate:
         `keep`, a 0-d device flag (the deferred finite check), selects on the device between
         the rule's results and the buffers as they were; None applies the step.
         """
-        opt, xp = self.optimizer, self.xp
+        opt = self.optimizer
         if self.values is None or not self._in_place():
             self._gather_values()
             self.state = None
@@ -159,13 +163,46 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        new_values, new_state = opt.update(xp, self.values, self.grads, self.state, t, opt.lr)
-        if keep is not None:
-            new_values = xp.where(keep, new_values, self.values)
-            new_state = {k: xp.where(keep, arr, self.state[k]) for k, arr in new_state.items()}
+        if not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
+            new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
+            self._store(new_values, new_state)
         self.grads, self._grad_sources = None, []
-        self._store(new_values, new_state)
         opt.param_steps[:] = [t] * len(opt.param_steps)
+        return True
+
+    def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:
+        """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
+        xp = self.xp
+        new_values, new_state = self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
+        if keep is not None:
+            new_values = xp.where(keep, new_values, values)
+            new_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
+        return new_values, new_state
+
+    def _run_in_pieces(self, t: int, keep: Any) -> bool:
+        """The rule over consecutive slices of `piece` elements, each written back before the next; False
+        (nothing written) when the buffers cannot be written in place or the rule changes the state's keys.
+
+        Elementwise, the slices give the numbers of one call bit for bit; their temporaries stay
+        small enough for the allocator to reuse and for the cache to hold (see `Backend.update_piece`).
+        """
+        assert self.state is not None and self.piece is not None
+        if not self.mutable:
+            return False
+        piece = self.piece
+        for start in range(0, self.size, piece):
+            stop = min(start + piece, self.size)
+            state = {k: flat[start:stop] for k, flat in self.state.items()}
+            new_values, new_state = self._rule(self.values[start:stop], self.grads[start:stop], state, t, keep)
+            if start == 0 and set(new_state) != set(state):
+                return False
+            written = _write(self.values[start:stop], new_values)
+            if start == 0 and not written:
+                self.mutable = False
+                return False
+            if not (written and all([_write(state[k], arr) for k, arr in new_state.items()])):
+                raise RuntimeError(f"{type(self.optimizer).__name__}'s flat buffers refused a write in the middle "
+                                   "of a step; the parameters hold a partial update")
         return True
 
     def _store(self, new_values: Any, new_state: dict[str, Any]) -> None:
