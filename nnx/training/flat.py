@@ -43,6 +43,8 @@ class FlatUpdate:
     all were updated equally often); `run` then does the step, as `Optimizer.step` would.
     """
 
+    execution = "flat"
+
     def __init__(self, optimizer: Any, xp: Any) -> None:
         self.optimizer = optimizer
         self.xp = xp
