@@ -2,6 +2,7 @@
 
     python benchmarks/bench_distributed.py [--epochs 3]
     python benchmarks/bench_distributed.py --sharded [--repeat 3]    # ZeRO-1 against the all-reduce, batch 128 and 512
+    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py --components   # its parts: rule, collectives
     python benchmarks/bench_distributed.py --engine nccl --backend cupy     # one GPU, NCCL world of one
     torchrun --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch --backend torch:cuda
 
@@ -118,6 +119,46 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
                           **{f"{k}_ms": 1e3 * timers[k] / steps for k in ("reduce_scatter", "allgather", "update")}}))
 
 
+def components(reps: int = 200) -> None:
+    """Under mpiexec: the sharded step's parts alone, median and best of `reps` (ms), printed by rank 0.
+
+    The optimizer's rule (SGD with momentum) over all parameters and over this rank's slice, and the
+    collectives on the medium shape's flat float32 buffer: the all-reduce of the unsharded step, the
+    reduce-scatter and all-gather of the sharded one, and the one-number all-reduce of its finite check.
+    """
+    import nnx
+    from nnx import distributed as dist
+
+    comm = dist.init("mpi")
+    n = sum(a * b + b for a, b in zip(SHAPE[:-1], SHAPE[1:], strict=True))
+    counts = [b - a for a, b in (dist.rank_rows(n, r, comm.size) for r in range(comm.size))]
+    lo, hi = dist.rank_rows(n, comm.rank, comm.size)
+    xp = nnx.get_backend("numpy").xp
+    rng = np.random.default_rng(comm.rank)
+    grad = rng.normal(size=n).astype(np.float32)
+    value = rng.normal(size=n).astype(np.float32)
+    opt = nnx.optim.SGD([nnx.layers.parameter.Parameter("flat", value)], lr=0.01, momentum=0.9)
+    state = opt.init_state(xp, value)
+    parts = {
+        "rule over all parameters": lambda: opt.update(xp, value, grad, state, 2, 0.01),
+        "rule over this rank's slice": lambda: opt.update(xp, value[lo:hi], grad[lo:hi],
+                                                          {k: a[lo:hi] for k, a in state.items()}, 2, 0.01),
+        "all-reduce (unsharded)": lambda: comm.allreduce(grad.copy()),
+        "reduce-scatter": lambda: comm.reduce_scatter(grad, counts),
+        "all-gather": lambda: comm.allgather(value, counts),
+        "finite flag all-reduce": lambda: comm.allreduce(np.zeros(1)),
+    }
+    for name, fn in parts.items():
+        times = []
+        comm.barrier()
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        if comm.rank == 0:
+            print(f"| {name} | {1e3 * float(np.median(times)):.3f} | {1e3 * min(times):.3f} |", flush=True)
+
+
 def run(ranks: int, threads: int, epochs: int, batch: int = BATCH, shard: bool = False) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -146,7 +187,11 @@ def main() -> None:
     parser.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sharded", action="store_true", help="compare the sharded update (ZeRO-1) at batch 128, 512")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the --sharded comparison (best is kept)")
+    parser.add_argument("--components", action="store_true", help="(under mpiexec) the sharded step's parts alone")
     args = parser.parse_args()
+    if args.components:
+        components()
+        return
     if args.worker or args.engine:
         worker(args.epochs, args.engine, args.backend, args.batch, args.steps, args.shard)
         return
@@ -186,6 +231,7 @@ def sharded_comparison(epochs: int, repeat: int) -> None:
         for _ in range(repeat):
             for name, (ranks, shard) in configs.items():
                 runs[name].append(run(ranks, 1, epochs, batch, shard))
+        half = max((run(1, 1, epochs, batch // 2) for _ in range(repeat)), key=lambda r: r["samples_per_s"])
         best = {name: max(rs, key=lambda r: r["samples_per_s"]) for name, rs in runs.items()}
         base = best["1 x 1"]["samples_per_s"]
         for name, r in best.items():
@@ -194,6 +240,9 @@ def sharded_comparison(epochs: int, repeat: int) -> None:
                     for k in ("allreduce_ms", "reduce_scatter_ms", "allgather_ms", "update_ms")]
             print(f"| {batch} | {name} | {r['samples_per_s']:,.0f} | {every} | {r['samples_per_s'] / base:.2f}x | "
                   f"{r['step_ms']:.2f} | {' | '.join(cols)} |", flush=True)
+        print(f"| {batch} | ceiling: 1 x 1 at batch {batch // 2}, no communication, twice its rate | "
+              f"{2 * half['samples_per_s']:,.0f} | | {2 * half['samples_per_s'] / base:.2f}x | {half['step_ms']:.2f} "
+              f"| - | - | - | {half['update_ms']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
