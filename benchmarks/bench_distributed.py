@@ -1,6 +1,8 @@
 """Data-parallel scaling on CPUs: 1 rank x 1 thread, 2 ranks x 1 thread (mpiexec), 1 rank x 2 threads.
 
     python benchmarks/bench_distributed.py [--epochs 3]
+    python benchmarks/bench_distributed.py --sharded [--repeat 3]    # ZeRO-1 against the all-reduce, batch 128 and 512
+    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py --components   # its parts: rule, collectives
     python benchmarks/bench_distributed.py --engine nccl --backend cupy     # one GPU, NCCL world of one
     torchrun --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch --backend torch:cuda
 
@@ -9,6 +11,12 @@ data; each configuration is a fresh process (or MPI job) with its BLAS thread co
 environment variables. Reports samples/s, the speed-up over 1 rank x 1 thread, and the time
 per step spent in the gradient all-reduce (to its completion on the device) and in the finite check that
 follows it (no collective of its own).
+
+``--sharded`` compares, at global batch 128 and 512, 1 rank x 1 thread with 2 ranks x 1 thread
+all-reducing the gradients and 2 ranks x 1 thread sharding the optimizer update
+(``DataParallel(comm, shard_update=True)``: reduce-scatter, the rule on each rank's half, all-gather).
+The three run in turn, `--repeat` times, and the best of each is reported (a shared machine's
+noise only slows a run down), with where the sharded step's time goes.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ STEPS = 100  # global batches per epoch
 
 
 def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch: int = BATCH,
-           global_steps: int = STEPS) -> None:
+           global_steps: int = STEPS, shard: bool = False) -> None:
     import nnx
     from nnx import distributed as dist
 
@@ -47,8 +55,9 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
     model = nnx.Sequential(nnx.Dense(SHAPE[0], SHAPE[1]), nnx.ReLU(), nnx.Dense(SHAPE[1], SHAPE[2]), nnx.ReLU(),
                            nnx.Dense(SHAPE[2], SHAPE[3]), nnx.Softmax(), backend=backend, seed=0)
     opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    timers = {"allreduce": 0.0, "check": 0.0, "calls": 0}
+    timers = {"allreduce": 0.0, "check": 0.0, "calls": 0, "reduce_scatter": 0.0, "allgather": 0.0, "update": 0.0}
     reduce, check, sync = comm.allreduce, nnx.training.TrainStep.gradients_finite, model.backend.synchronize
+    scatter, gather, update = comm.reduce_scatter, comm.allgather, nnx.training.TrainStep.update
 
     def timed_reduce(x, op="sum"):
         t = time.perf_counter()
@@ -58,6 +67,15 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
         timers["calls"] += 1
         return out
 
+    def timed(name, fn):
+        def call(*args):
+            t = time.perf_counter()
+            out = fn(*args)
+            sync()
+            timers[name] += time.perf_counter() - t
+            return out
+        return call
+
     def timed_check(self):
         t = time.perf_counter()
         out = check(self)
@@ -65,17 +83,21 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
         return out
 
     comm.allreduce = timed_reduce
+    comm.reduce_scatter = timed("reduce_scatter", scatter)
+    comm.allgather = timed("allgather", gather)
     nnx.training.TrainStep.gradients_finite = timed_check
+    nnx.training.TrainStep.update = timed("update", update)  # the rule (on the slice) and the all-gather
     try:
         # a world of one still runs the engine's collective when it is forced (the GPU check's NCCL runs)
-        kw = {"distributed": comm} if comm.size > 1 or engine else {}
+        how = dist.DataParallel(comm, shard_update=True) if shard else comm
+        kw = {"distributed": how} if comm.size > 1 or engine else {}
         if engine and comm.size == 1:
             be = model.backend
             probe = comm.allreduce(be.asarray(np.ones(3, dtype=np.float32)))
             assert np.array_equal(be.to_host(probe), np.ones(3)), "all-reduce over a world of one changed the values"
         model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=batch, **kw)  # warm-up
         comm.barrier()
-        timers.update(allreduce=0.0, check=0.0, calls=0)
+        timers.update(allreduce=0.0, check=0.0, calls=0, reduce_scatter=0.0, allgather=0.0, update=0.0)
         start = time.perf_counter()
         model.fit(X, y, epochs=epochs, batch_size=batch, **kw)
         sync()
@@ -84,22 +106,65 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
     finally:
         # the wrapper holds comm's own bound method: drop it, so no cycle keeps the communicator (and
         # NCCL's rendezvous store) alive, and close the communicator before the interpreter exits
-        del comm.allreduce
+        del comm.allreduce, comm.reduce_scatter, comm.allgather
         nnx.training.TrainStep.gradients_finite = check
+        nnx.training.TrainStep.update = update
         comm.close()
     steps *= epochs
     if comm.rank == 0:
         print(json.dumps({"ranks": comm.size, "engine": comm.engine, "backend": backend,
                           "samples_per_s": epochs * n / elapsed, "step_ms": 1e3 * elapsed / steps,
                           "allreduce_ms": 1e3 * timers["allreduce"] / steps,
-                          "check_ms": 1e3 * timers["check"] / steps}))
+                          "check_ms": 1e3 * timers["check"] / steps, "shard": shard,
+                          **{f"{k}_ms": 1e3 * timers[k] / steps for k in ("reduce_scatter", "allgather", "update")}}))
 
 
-def run(ranks: int, threads: int, epochs: int, batch: int = BATCH) -> dict:
+def components(reps: int = 200) -> None:
+    """Under mpiexec: the sharded step's parts alone, median and best of `reps` (ms), printed by rank 0.
+
+    The optimizer's rule (SGD with momentum) over all parameters and over this rank's slice, and the
+    collectives on the medium shape's flat float32 buffer: the all-reduce of the unsharded step, the
+    reduce-scatter and all-gather of the sharded one, and the one-number all-reduce of its finite check.
+    """
+    import nnx
+    from nnx import distributed as dist
+
+    comm = dist.init("mpi")
+    n = sum(a * b + b for a, b in zip(SHAPE[:-1], SHAPE[1:], strict=True))
+    counts = [b - a for a, b in (dist.rank_rows(n, r, comm.size) for r in range(comm.size))]
+    lo, hi = dist.rank_rows(n, comm.rank, comm.size)
+    xp = nnx.get_backend("numpy").xp
+    rng = np.random.default_rng(comm.rank)
+    grad = rng.normal(size=n).astype(np.float32)
+    value = rng.normal(size=n).astype(np.float32)
+    opt = nnx.optim.SGD([nnx.layers.parameter.Parameter("flat", value)], lr=0.01, momentum=0.9)
+    state = opt.init_state(xp, value)
+    parts = {
+        "rule over all parameters": lambda: opt.update(xp, value, grad, state, 2, 0.01),
+        "rule over this rank's slice": lambda: opt.update(xp, value[lo:hi], grad[lo:hi],
+                                                          {k: a[lo:hi] for k, a in state.items()}, 2, 0.01),
+        "all-reduce (unsharded)": lambda: comm.allreduce(grad.copy()),
+        "reduce-scatter": lambda: comm.reduce_scatter(grad, counts),
+        "all-gather": lambda: comm.allgather(value, counts),
+        "finite flag all-reduce": lambda: comm.allreduce(np.zeros(1)),
+    }
+    for name, fn in parts.items():
+        times = []
+        comm.barrier()
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        if comm.rank == 0:
+            print(f"| {name} | {1e3 * float(np.median(times)):.3f} | {1e3 * min(times):.3f} |", flush=True)
+
+
+def run(ranks: int, threads: int, epochs: int, batch: int = BATCH, shard: bool = False) -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs), "--batch", str(batch)]
+    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs), "--batch", str(batch),
+           *(["--shard"] if shard else [])]
     if ranks > 1:
         mpiexec = BIN / "mpiexec"
         cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, "-m", "mpi4py",
@@ -119,9 +184,19 @@ def main() -> None:
     parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"global batch (default {BATCH}, the medium shape's)")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"steps of batch {BATCH} per epoch (default {STEPS})")
+    parser.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sharded", action="store_true", help="compare the sharded update (ZeRO-1) at batch 128, 512")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the --sharded comparison (best is kept)")
+    parser.add_argument("--components", action="store_true", help="(under mpiexec) the sharded step's parts alone")
     args = parser.parse_args()
+    if args.components:
+        components()
+        return
     if args.worker or args.engine:
-        worker(args.epochs, args.engine, args.backend, args.batch, args.steps)
+        worker(args.epochs, args.engine, args.backend, args.batch, args.steps, args.shard)
+        return
+    if args.sharded:
+        sharded_comparison(args.epochs, args.repeat)
         return
     batch = args.batch
     rows = [run(1, 1, args.epochs, batch), run(2, 1, args.epochs, batch), run(1, 2, args.epochs, batch)]
@@ -141,6 +216,33 @@ def main() -> None:
     print(f"\nOne rank's share alone (1 x 1, batch {batch // 2}, no communication): {half['step_ms']:.2f} ms a step, "
           f"against {rows[0]['step_ms']:.2f} ms at batch {batch}. Two ranks can therefore reach at most "
           f"{ceiling:.2f}x of 1 x 1 on this machine, with a free all-reduce.")
+
+
+def sharded_comparison(epochs: int, repeat: int) -> None:
+    """1 x 1, 2 x 1 all-reduce and 2 x 1 sharded, in turn `repeat` times at batch 128 and 512; the best of each."""
+    configs = {"1 x 1": (1, False), "2 x 1 all-reduce": (2, False), "2 x 1 sharded": (2, True)}
+    print(f"medium {'-'.join(map(str, SHAPE))}, float32, SGD momentum, MPI, {epochs} timed epochs of "
+          f"{BATCH * STEPS} rows, best of {repeat} alternated runs")
+    print("| global batch | ranks x threads | samples/s (best) | all runs | vs 1 x 1 | step (ms) | all-reduce (ms) "
+          "| reduce-scatter (ms) | all-gather (ms) | update incl. all-gather (ms) |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for batch in (128, 512):
+        runs: dict[str, list[dict]] = {name: [] for name in configs}
+        for _ in range(repeat):
+            for name, (ranks, shard) in configs.items():
+                runs[name].append(run(ranks, 1, epochs, batch, shard))
+        half = max((run(1, 1, epochs, batch // 2) for _ in range(repeat)), key=lambda r: r["samples_per_s"])
+        best = {name: max(rs, key=lambda r: r["samples_per_s"]) for name, rs in runs.items()}
+        base = best["1 x 1"]["samples_per_s"]
+        for name, r in best.items():
+            every = ", ".join(f"{x['samples_per_s']:,.0f}" for x in runs[name])
+            cols = [f"{r[k]:.3f}" if r["ranks"] > 1 or k == "update_ms" else "-"
+                    for k in ("allreduce_ms", "reduce_scatter_ms", "allgather_ms", "update_ms")]
+            print(f"| {batch} | {name} | {r['samples_per_s']:,.0f} | {every} | {r['samples_per_s'] / base:.2f}x | "
+                  f"{r['step_ms']:.2f} | {' | '.join(cols)} |", flush=True)
+        print(f"| {batch} | ceiling: 1 x 1 at batch {batch // 2}, no communication, twice its rate | "
+              f"{2 * half['samples_per_s']:,.0f} | | {2 * half['samples_per_s'] / base:.2f}x | {half['step_ms']:.2f} "
+              f"| - | - | - | {half['update_ms']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -514,6 +514,8 @@ class Sequential(_Chain):
             distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
                 `batch_size` is the global batch, each rank computes its slice and gradients are
                 averaged; equal to single-process training up to rounding (docs/distributed.md).
+                ``nnx.distributed.DataParallel(comm, shard_update=True)`` also shards the optimizer
+                update across the ranks (ZeRO-1).
         """
         return loop.fit(self, X, y, loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
                         validation_data=validation_data, validation_split=validation_split, metrics=metrics,

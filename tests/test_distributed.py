@@ -24,6 +24,7 @@ from nnx import distributed as dist
 HERE = Path(__file__).parent
 SCRIPT = HERE / "distributed" / "scenarios.py"
 TOL = 1e-10  # float64: N ranks against one process on the same global batches
+SHARD_TOL = 1e-12  # float64: the sharded update against the all-reduce on the same ranks
 BACKENDS = [b for b in ("numpy", "array_api_strict", "torch", "jax") if b in nnx.available_backends()]
 EQUIVALENCE = ("sgd_momentum_dropout_clipnorm", "adam_l2_clipvalue_accumulate", "sgd_batchnorm_per_slice")
 
@@ -54,32 +55,64 @@ def two_ranks(tmp_path_factory):
     """mpiexec -n 2 over every installed backend; leaves a checkpoint written by rank 0 after 2 epochs."""
     out = tmp_path_factory.mktemp("mpi2")
     proc, _ = _run([tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
-                    "--backends", ",".join(BACKENDS), "--save", str(out / "ckpt.npz")], timeout=150)
+                    "--backends", ",".join(BACKENDS), "--save", str(out / "ckpt.npz")], timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, _ranks(out, 2)
 
 
 @pytest.fixture(scope="module")
 def three_ranks(two_ranks, tmp_path_factory):
-    """mpiexec -n 3: resumes the 2-rank checkpoint, then rank 1 raises mid-training (the job must abort)."""
+    """mpiexec -n 3: resumes the 2-rank checkpoint, saves a sharded one, then rank 1 raises mid-training
+    (the job must abort)."""
     out = tmp_path_factory.mktemp("mpi3")
     proc, ended = _run([tool("mpiexec"), "-n", "3", sys.executable, "-m", "mpi4py", str(SCRIPT), str(out),
                         "--backends", "numpy,array_api_strict", "--resume", str(two_ranks[0] / "ckpt.npz"),
-                        "--fault"], timeout=120)
+                        "--save-sharded", str(out / "sharded.npz"), "--fault"], timeout=240)
     return out, proc, ended
+
+
+@pytest.fixture(scope="module")
+def sharded_resumed(three_ranks, tmp_path_factory):
+    """The 3-rank sharded checkpoint continued sharded by 2 ranks (mpiexec -n 2) and by one process."""
+    ckpt = three_ranks[0] / "sharded.npz"
+    got = {}
+    for ranks in (1, 2):
+        out = tmp_path_factory.mktemp(f"resume{ranks}")
+        launch = [tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py"] if ranks == 2 else [sys.executable]
+        proc, _ = _run([*launch, str(SCRIPT), str(out), "--backends", "", "--resume-sharded", str(ckpt)],
+                       timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        got[ranks] = _ranks(out, ranks)
+    return got
 
 
 def _check_equivalence(ranks: list[dict], backends: list[str]) -> None:
     for backend in backends:
         for name in EQUIVALENCE:
-            key = f"{backend}/{name}"
+            _check_same(ranks, f"{backend}/{name}")
+
+
+def _check_same(ranks: list[dict], key: str) -> None:
+    for r in ranks:
+        got = r["scenarios"][key]
+        assert got["param_diff"] <= TOL, (key, r["rank"], got["param_diff"])
+        assert got["hist_diff"] <= TOL, (key, r["rank"], got["hist_diff"])
+    # every rank ends with the same weights, bit for bit, and logs the same History
+    assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
+    assert all(r["scenarios"][key]["history"] == ranks[0]["scenarios"][key]["history"] for r in ranks), key
+
+
+def _check_sharded(ranks: list[dict], backends: list[str]) -> None:
+    """The sharded update equals one process, and the all-reduce run to 1e-12, weights and optimizer state."""
+    for backend in backends:
+        for name in ("sgd_momentum_dropout_clipnorm", "adam_l2_clipvalue_accumulate"):
+            key = f"{backend}/sharded_{name}"
+            _check_same(ranks, key)
             for r in ranks:
                 got = r["scenarios"][key]
-                assert got["param_diff"] <= TOL, (key, r["rank"], got["param_diff"])
-                assert got["hist_diff"] <= TOL, (key, r["rank"], got["hist_diff"])
-            # every rank ends with the same weights, bit for bit, and logs the same History
-            assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
-            assert all(r["scenarios"][key]["history"] == ranks[0]["scenarios"][key]["history"] for r in ranks), key
+                assert got["execution"] == "sharded", (key, got["execution"])
+                assert got["vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["vs_unsharded"])
+                assert got["state_vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["state_vs_unsharded"])
 
 
 @needs_mpi
@@ -87,6 +120,42 @@ def _check_equivalence(ranks: list[dict], backends: list[str]) -> None:
 def test_two_ranks_equal_one_process(two_ranks, backend):
     """SGD+momentum with dropout and clip_norm, Adam with L2, clip_value and accumulation, BatchNorm per slice."""
     _check_equivalence(two_ranks[1], [backend])
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sharded_update_on_two_ranks_equals_the_all_reduce(two_ranks, backend):
+    """ZeRO-1 on 2 ranks, 163 parameters (uneven slices): clip_norm's global norm, clip_value, accumulation."""
+    _check_sharded(two_ranks[1], [backend])
+
+
+@needs_mpi
+def test_sharded_update_on_three_ranks_equals_the_all_reduce(three_ranks):
+    _check_sharded(_ranks(three_ranks[0], 3), [b for b in ("numpy", "array_api_strict") if b in BACKENDS])
+
+
+@needs_mpi
+@pytest.mark.parametrize("size", [2, 3])
+def test_a_sharded_step_not_finite_on_one_rank_is_refused_with_the_whole_state_kept(two_ranks, three_ranks, size):
+    """Every rank raises at the same batch; the optimizer state is whole and that of the last finite step."""
+    ranks = two_ranks[1] if size == 2 else _ranks(three_ranks[0], 3)
+    got = [r["scenarios"]["numpy/sharded_one_rank_not_finite"] for r in ranks]
+    assert all(g["raised"] is not None and "at epoch 2, batch 3;" in g["raised"] for g in got), got
+    assert all(g["state_diff"] <= SHARD_TOL and g["steps"][0] == g["steps"][1] for g in got), got
+    assert len({g["digest"] for g in got}) == 1
+
+
+@needs_mpi
+def test_a_sharded_checkpoint_holds_the_whole_state_and_resumes_on_one_or_two_ranks(three_ranks, sharded_resumed):
+    """Written by rank 0 of 3 sharded ranks after 2 epochs; continued for 2 more on 1 process and on 2 sharded
+    ranks, it equals 4 epochs in one process."""
+    for r in _ranks(three_ranks[0], 3):
+        assert r["saved_sharded"]["execution"] == "sharded"
+        assert r["saved_sharded"]["state_diff"] <= TOL, r["saved_sharded"]
+    for ranks, results in sharded_resumed.items():
+        for r in results:
+            got = r["resumed_sharded"]
+            assert got["param_diff"] <= TOL and got["hist_diff"] <= TOL and got["state_diff"] <= TOL, (ranks, got)
 
 
 @needs_mpi
@@ -161,11 +230,12 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_rank
 def test_torchrun_gloo_equals_one_process(tmp_path):
     """The torch.distributed engine (gloo): torch tensors reduced in place, NumPy arrays through torch."""
     proc, _ = _run([tool("torchrun"), "--standalone", "--nproc_per_node=2", str(SCRIPT), str(tmp_path),
-                    "--backends", "torch,numpy", "--controls", "torch"], timeout=120)
+                    "--backends", "torch,numpy", "--controls", "torch"], timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = _ranks(tmp_path, 2)
     assert all(r["engine"] == "torch" and r["size"] == 2 for r in ranks)
     _check_equivalence(ranks, ["torch", "numpy"])
+    _check_sharded(ranks, ["torch", "numpy"])  # gloo: reduce-scatter as an all-reduce, padded all-gather
     assert all(r["scenarios"]["torch/negative_control"]["param_diff"] > 1e-3 for r in ranks)
 
 
@@ -205,3 +275,79 @@ def test_fit_rejects_a_non_communicator():
     m = nnx.Sequential(nnx.Dense(2, 1), seed=0)
     with pytest.raises(TypeError, match="distributed must be an nnx.distributed communicator"):
         m.fit(np.zeros((4, 2)), np.zeros(4), distributed="mpi")
+
+
+class WorldOfOne(dist.SingleProcess):
+    """A single process that `fit` treats as a real engine, so the data-parallel stages run in this process."""
+
+    engine = "test"
+
+
+class NotElementwiseSGD(nnx.optim.SGD):
+    """SGD declaring a rule that is not elementwise (as a rule mixing elements would)."""
+
+    elementwise = False
+
+
+def _tiny(seed=3):
+    return nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float64", seed=seed)
+
+
+def test_reduce_scatter_and_allgather_of_a_single_process():
+    comm = dist.init()
+    x = np.arange(5.0)
+    assert comm.reduce_scatter(x, [5]) is x and comm.allgather(x, [5]) is x
+    with pytest.raises(ValueError, match="counts must be 1 non-negative ints"):
+        comm.reduce_scatter(x, [2, 3])
+    with pytest.raises(ValueError, match="flat"):
+        comm.allgather(np.zeros((2, 2)), [4])
+
+
+def test_sharded_fit_in_a_world_of_one_equals_plain_fit():
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+    a, b = _tiny(), _tiny()
+    ha = a.fit(X, y, epochs=2, batch_size=8, optimizer="adam", lr=0.01, clip_norm=0.3)
+    hb = b.fit(X, y, epochs=2, batch_size=8, optimizer="adam", lr=0.01, clip_norm=0.3,
+               distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+    assert hb.execution == "sharded"
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=0, atol=1e-12)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(v, b.state_dict()[k], rtol=0, atol=1e-12)
+
+
+def test_sharded_update_refuses_a_rule_that_is_not_elementwise():
+    m = _tiny()
+    with pytest.raises(ValueError, match="NotElementwiseSGD declares elementwise = False"):
+        m.fit(np.zeros((4, 4)), np.zeros(4), optimizer=NotElementwiseSGD(m.parameters(), lr=0.1),
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+
+
+def test_sharded_update_refuses_a_transform_that_needs_whole_gradients():
+    class Hook(nnx.callbacks.Callback):
+        def on_gradients(self, grads):
+            return None
+
+    with pytest.raises(ValueError, match="cannot run CallbackHook after the gradient average"):
+        _tiny().fit(np.zeros((4, 4)), np.zeros(4), callbacks=[Hook()],
+                    distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+
+
+def test_data_parallel_checks_its_arguments():
+    with pytest.raises(TypeError, match="comm must be an nnx.distributed communicator"):
+        dist.DataParallel("mpi")
+    with pytest.raises(TypeError, match="shard_update must be True or False"):
+        dist.DataParallel(dist.init(), shard_update=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_a_window_of_rows_is_cut_from_the_whole_batch_draw(backend_name):
+    """``DeviceRNG.rows``: a rank's dropout draw is its rows of the draw one process makes for the batch."""
+    be = nnx.get_backend(backend_name)
+    whole, part = be.rng(5), be.rng(5)
+    part.rows = (2, 5, 8)
+    expected = be.to_host(whole.uniform((8, 3), "float64"))[2:5]
+    np.testing.assert_array_equal(be.to_host(part.uniform((3, 3), "float64")), expected)
+    assert part.get_state() == whole.get_state()
+    part.rows = None
+    assert tuple(part.uniform((3, 3), "float64").shape) == (3, 3)

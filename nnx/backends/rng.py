@@ -39,12 +39,20 @@ class DeviceRNG:
         # draws made through this object, always a Python int: a compiled step binds a traced `counter`
         # and reads here how many masks one step draws (not part of the saved state)
         self.draws = 0
+        self.rows: tuple[int, int, int] | None = None
+        """``(start, stop, total)``: a draw for rows start..stop of a batch of `total` rows is cut from
+        the draw for the whole batch, so that data-parallel ranks each see their rows of the mask one
+        process would draw; None (the default) draws exactly what is asked."""
 
     def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        """An array of `shape` with values uniform in [0, 1)."""
+        """An array of `shape` with values uniform in [0, 1) (the rows of a whole batch's draw, see `rows`)."""
         self.counter += 1
         self.draws += 1
-        return self._draw(tuple(shape), dtype_name(dtype))
+        shape, window = tuple(shape), self.rows
+        if window is None or not shape or shape[0] != window[1] - window[0]:
+            return self._draw(shape, dtype_name(dtype))
+        start, stop, total = window
+        return self._draw((total, *shape[1:]), dtype_name(dtype))[start:stop, ...]
 
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:
         raise NotImplementedError

@@ -3,10 +3,12 @@
     from nnx import distributed as dist
     comm = dist.init()          # the MPI world under mpiexec/srun, torch's group under torchrun, else size 1
     model.fit(X, y, batch_size=256, distributed=comm)   # batch_size is the global batch
+    model.fit(X, y, batch_size=256, distributed=dist.DataParallel(comm, shard_update=True))  # ZeRO-1
 
 See docs/distributed.md for launching and for what equals single-process training.
 """
 
+from .average import AverageGradients, rank_rows
 from .comm import (
     Communicator,
     MPICommunicator,
@@ -16,10 +18,11 @@ from .comm import (
     init,
     launched_by_mpi,
 )
-from .parallel import AverageGradients, DataParallelFit, GlobalBatchDropout, rank_rows, shared_buffer
+from .parallel import DataParallel, DataParallelFit
+from .sharded import ShardedUpdate
 
 __all__ = [
-    "AverageGradients", "Communicator", "DataParallelFit", "GlobalBatchDropout", "MPICommunicator",
-    "NCCLCommunicator", "SingleProcess", "TorchCommunicator", "init", "launched_by_mpi", "rank_rows",
-    "shared_buffer",
+    "AverageGradients", "Communicator", "DataParallel", "DataParallelFit", "MPICommunicator",
+    "NCCLCommunicator", "ShardedUpdate", "SingleProcess", "TorchCommunicator", "init", "launched_by_mpi",
+    "rank_rows",
 ]

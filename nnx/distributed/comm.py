@@ -1,4 +1,4 @@
-"""Communicators: one interface (rank, size, barrier, broadcast, allreduce) over the engines clusters run.
+"""Communicators: one interface (rank, size, barrier, broadcast, allreduce, reduce-scatter, all-gather) over engines.
 
 - `SingleProcess`: size 1, every collective is the identity; what `init` gives without a launcher.
 - `MPICommunicator`: mpi4py's ``COMM_WORLD`` under ``mpiexec``/``srun``. NumPy arrays are reduced
@@ -13,7 +13,9 @@
 Every engine is imported only when a communicator using it is made, so ``import nnx`` imports
 none of them. Collectives take and return backend arrays: where the library's arrays are
 mutable the result is the same array, reduced in place; JAX's are rebuilt, so always use the
-returned array.
+returned array. `reduce_scatter` and `allgather` work on a flat array cut into one contiguous part
+per rank (``counts``, uneven allowed): together they are an all-reduce, with the sharded optimizer
+update (ZeRO-1) between them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,26 @@ def _check_op(op: str) -> str:
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     return op
+
+
+def offsets(counts: list[int]) -> list[int]:
+    """Where each rank's part of a flat array starts, for parts of `counts` elements laid end to end."""
+    out, start = [], 0
+    for c in counts:
+        out.append(start)
+        start += c
+    return out
+
+
+def _check_counts(x: Any, counts: Any, size: int) -> list[int]:
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != 1:
+        raise ValueError(f"x must be a flat (1-D) array, got shape {shape}")
+    counts = [int(c) for c in counts]
+    if len(counts) != size or any(c < 0 for c in counts) or sum(counts) != shape[0]:
+        raise ValueError(f"counts must be {size} non-negative ints (one per rank) summing to x's length "
+                         f"{shape[0]}, got {counts}")
+    return counts
 
 
 def _host_buffer(x: Any) -> tuple[np.ndarray, Any]:
@@ -96,6 +118,21 @@ class Communicator:
     def _device_broadcast(self, x: Any, root: int) -> Any:
         return None
 
+    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        """Sum `buf` over processes and leave this rank's part (``counts[rank]`` elements) in `out`."""
+        raise NotImplementedError
+
+    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
+        """Fill every rank's part of `buf` (laid out by `counts`) from that rank, in place."""
+        raise NotImplementedError
+
+    def _device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        """The engine's own reduce-scatter of a device array, or None to go through the host."""
+        return None
+
+    def _device_allgather(self, x: Any, counts: list[int]) -> Any:
+        return None
+
     def barrier(self) -> None:
         """Wait until every process reaches this call."""
         raise NotImplementedError
@@ -146,6 +183,43 @@ class Communicator:
         self._host_broadcast(buf, root)
         return buf if backend is None else backend.from_host(buf)
 
+    def reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        """This rank's part of the sum over processes of the flat array `x`, as a new array.
+
+        `x` is cut into one contiguous part per rank, ``counts[r]`` elements for rank r in rank
+        order (uneven counts are fine); rank r gets the sum of everyone's part r.
+        """
+        counts = _check_counts(x, counts, self.size)
+        done = self._device_reduce_scatter(x, counts)
+        if done is not None:
+            return done
+        view = _torch_cpu_view(x)
+        if view is not None:
+            buf, backend = view, get_backend(x)
+        else:
+            buf, backend = _host_buffer(x)
+        out = np.empty(counts[self.rank], dtype=buf.dtype)
+        self._host_reduce_scatter(buf, out, counts)
+        return out if backend is None else backend.from_host(out)
+
+    def allgather(self, x: Any, counts: list[int]) -> Any:
+        """The flat array `x` with every rank's part filled in from that rank; use the returned array.
+
+        `x` is laid out as in `reduce_scatter`; this rank's part is sent, the others are received
+        (in place where the library's arrays are mutable).
+        """
+        counts = _check_counts(x, counts, self.size)
+        done = self._device_allgather(x, counts)
+        if done is not None:
+            return done
+        view = _torch_cpu_view(x)
+        if view is not None:
+            self._host_allgather(view, counts)
+            return x
+        buf, backend = _host_buffer(x)
+        self._host_allgather(buf, counts)
+        return buf if backend is None else backend.from_host(buf)
+
     def _check_root(self, root: int) -> None:
         if not isinstance(root, int) or not 0 <= root < self.size:
             raise ValueError(f"root must be a rank in 0..{self.size - 1}, got {root!r}")
@@ -165,10 +239,24 @@ class SingleProcess(Communicator):
         self._check_root(root)
         return x
 
+    def reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        _check_counts(x, counts, 1)
+        return x
+
+    def allgather(self, x: Any, counts: list[int]) -> Any:
+        _check_counts(x, counts, 1)
+        return x
+
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
         pass
 
     def _host_broadcast(self, buf: np.ndarray, root: int) -> None:
+        pass
+
+    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        out[...] = buf
+
+    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
         pass
 
     def barrier(self) -> None:
@@ -205,6 +293,22 @@ class MPICommunicator(Communicator):
 
     def _host_broadcast(self, buf: np.ndarray, root: int) -> None:
         self.comm.Bcast(buf, root=root)
+
+    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        self.comm.Reduce_scatter(buf, out, recvcounts=counts, op=self.MPI.SUM)
+
+    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
+        self.comm.Allgatherv(self.MPI.IN_PLACE, [buf, (counts, offsets(counts))])
+
+    def _device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_reduce_scatter(x, counts)
+
+    def _device_allgather(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_allgather(x, counts)
 
     def _device_allreduce(self, x: Any, op: str) -> Any:
         if backend_name_of(x) != "cupy":
@@ -280,6 +384,48 @@ class TorchCommunicator(Communicator):
             return None
         self.tdist.broadcast(x, src=root)
         return x
+
+    def _group_reduce_scatter(self, t: Any, counts: list[int]) -> Any:
+        """This rank's part of the sum of tensor `t` (on a device the group reduces).
+
+        gloo has no reduce-scatter: an all-reduce of a copy, of which this rank keeps its part.
+        """
+        total = t.clone()
+        self.tdist.all_reduce(total, op=self._ops["sum"])
+        start = offsets(counts)[self.rank]
+        return total[start:start + counts[self.rank]]
+
+    def _group_allgather(self, t: Any, counts: list[int]) -> None:
+        """Every rank's part of tensor `t` filled in, in place; all_gather needs equal sizes, so parts are padded."""
+        width, starts = max(counts), offsets(counts)
+        mine = t.new_zeros(width)
+        start, count = starts[self.rank], counts[self.rank]
+        mine[:count] = t[start:start + count]
+        parts = [t.new_empty(width) for _ in range(self.size)]
+        self.tdist.all_gather(parts, mine)
+        for r, (a, c) in enumerate(zip(starts, counts, strict=True)):
+            if r != self.rank:
+                t[a:a + c] = parts[r][:c]
+
+    def _device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        return self._group_reduce_scatter(x, counts) if self._ready(x) else None
+
+    def _device_allgather(self, x: Any, counts: list[int]) -> Any:
+        if not self._ready(x):
+            return None
+        self._group_allgather(x, counts)
+        return x
+
+    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        staged = self.torch.from_numpy(buf).to(self._staging_device())
+        out[...] = self._group_reduce_scatter(staged, counts).cpu().numpy()
+
+    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
+        t = self.torch.from_numpy(buf)
+        staged = t.to(self._staging_device())
+        self._group_allgather(staged, counts)
+        if staged is not t:
+            t.copy_(staged.cpu())
 
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         _check_op(op)
@@ -372,6 +518,30 @@ class NCCLCommunicator(Communicator):
         self.group.broadcast(x, root)
         return x
 
+    def device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        """This rank's part of the NCCL sum of a flat CuPy array; NCCL's parts are equal, so they are padded."""
+        cupy = importlib.import_module("cupy")
+        width, starts = max(counts), offsets(counts)
+        padded = cupy.zeros(self.size * width, dtype=x.dtype)
+        for r, (a, c) in enumerate(zip(starts, counts, strict=True)):
+            padded[r * width:r * width + c] = x[a:a + c]
+        out = cupy.empty(width, dtype=x.dtype)
+        self.group.reduce_scatter(padded, out, width)
+        return out[:counts[self.rank]]
+
+    def device_allgather(self, x: Any, counts: list[int]) -> Any:
+        """A flat CuPy array with every rank's part filled in by NCCL, in place (parts padded to equal size)."""
+        cupy = importlib.import_module("cupy")
+        width, starts = max(counts), offsets(counts)
+        mine = cupy.zeros(width, dtype=x.dtype)
+        start, count = starts[self.rank], counts[self.rank]
+        mine[:count] = x[start:start + count]
+        out = cupy.empty(self.size * width, dtype=x.dtype)
+        self.group.all_gather(mine, out, width)
+        for r, (a, c) in enumerate(zip(starts, counts, strict=True)):
+            x[a:a + c] = out[r * width:r * width + c]
+        return x
+
     def _device_allreduce(self, x: Any, op: str) -> Any:
         return self.device_allreduce(x, op) if backend_name_of(x) == "cupy" else None
 
@@ -389,12 +559,15 @@ class NCCLCommunicator(Communicator):
         self._check_root(root)
         return self.device_broadcast(x, root) if backend_name_of(x) == "cupy" else self.host.broadcast(x, root)
 
-    # host buffers go through the communicator this one wraps: the same class hierarchy's hook, delegated
-    def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
-        self.host._host_allreduce(buf, op)
+    def reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return self.host.reduce_scatter(x, counts)
+        return self.device_reduce_scatter(x, _check_counts(x, counts, self.size))
 
-    def _host_broadcast(self, buf: np.ndarray, root: int) -> None:
-        self.host._host_broadcast(buf, root)
+    def allgather(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return self.host.allgather(x, counts)
+        return self.device_allgather(x, _check_counts(x, counts, self.size))
 
     def barrier(self) -> None:
         self.host.barrier()

@@ -2,8 +2,9 @@
 
 `fit(..., distributed=comm)` builds one `DataParallelFit` and asks it, at fixed points:
 
-- `begin`: rank 0's parameters, buffers and random streams go to every rank, and dropout
-  draws the global batch's mask (see `GlobalBatchDropout`);
+- `begin`: rank 0's parameters, buffers and random streams go to every rank; each step, the
+  dropout stream draws the global batch's mask and hands this rank its rows (``DeviceRNG.rows``):
+  N ranks give the single-process masks exactly, at the cost of drawing N times the numbers;
 - `shard`: the batch source yields this rank's contiguous slice of every global batch (gathering
   only those rows where it can);
 - the `AverageGradients` stage (after accumulation, before clipping) turns each rank's
@@ -13,6 +14,10 @@
   and refuses (and raises) together, with no collective of its own;
 - `epoch_logs`: the epoch's loss and metrics over every rank's rows, the same on every rank;
 - `end_epoch`: rank 0's buffers (BatchNorm's running statistics) to every rank.
+
+With ``DataParallel(comm, shard_update=True)`` the average and the optimizer update are sharded
+(ZeRO-1, `nnx.distributed.sharded.ShardedUpdate`): a reduce-scatter, the rule on this rank's slice,
+an all-gather of the parameters.
 
 Why the average is exact: every loss nnx reports is a mean over rows (or over elements,
 a fixed number per row), and a regularizer's gradient is added to every rank's gradient.
@@ -27,128 +32,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from ..backends import backend_name_of
-from ..layers.parameter import Parameter
+from ..training.step import TrainStep
 from ..training.transforms import GradientTransform
+from .average import AverageGradients, rank_rows
 from .comm import Communicator
-
-
-def rank_rows(rows: int, rank: int, size: int) -> tuple[int, int]:
-    """The (start, stop) of `rank`'s contiguous share of `rows`; the first ``rows % size`` ranks get one more."""
-    base, extra = divmod(rows, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
-def shared_buffer(grads: list[Any]) -> Any:
-    """The one flat NumPy/CuPy buffer that `grads` are consecutive views of, or None.
-
-    The NumPy fast path gives every step a fresh flat gradient buffer with a view per
-    parameter; reducing that buffer in place is one collective and keeps the views the
-    fused optimizer update checks by identity.
-    """
-    if not grads or backend_name_of(grads[0]) not in ("numpy", "cupy"):
-        return None
-    root = grads[0].base
-    if root is None or root.ndim != 1 or not root.flags.c_contiguous:
-        return None
-    total = 0
-    for g in grads:
-        if g.base is not root:
-            return None
-        total += g.size
-    return root if total == root.size else None
-
-
-class AverageGradients(GradientTransform):
-    """The gradient stage of data-parallel training: the global batch's mean gradient on every rank.
-
-    Args:
-        comm: the `Communicator` across which gradients are averaged.
-
-    The batch source tells it each batch's local and global row counts (`add_rows`); when the
-    update is due it scales this rank's gradients by its share of the rows and all-reduces them
-    in one collective (in place on the fast path's flat buffer, else on one concatenated array).
-    """
-
-    def __init__(self, comm: Communicator) -> None:
-        self.comm = comm
-        self._local = 0
-        self._global = 0
-        self._poisoned = False
-
-    def poison(self) -> None:
-        """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
-        self._poisoned = True
-
-    def add_rows(self, local: int, total: int) -> None:
-        """Count one batch: `local` of its `total` rows were computed here."""
-        self._local += local
-        self._global += total
-
-    def apply(self, params: list[Parameter], rows: int) -> bool:
-        local, total = self._local, self._global
-        self._local = self._global = 0
-        grads = [p for p in params if p.grad is not None]
-        if not grads or total == 0:
-            return True
-        share = local / total if not self._poisoned else float("nan")
-        self._poisoned = False
-        buf = shared_buffer([p.grad for p in grads])
-        if buf is not None:
-            if share != 1.0:
-                buf *= share
-            self.comm.allreduce(buf)
-            return True
-        xp = array_api_compat.array_namespace(grads[0].grad)
-        flat = xp.concat([xp.reshape(p.grad, (-1,)) for p in grads]) * share
-        flat = self.comm.allreduce(flat)
-        start = 0
-        for p in grads:
-            stop = start + int(np.prod(p.shape))
-            p.grad = xp.reshape(flat[start:stop], p.shape)
-            start = stop
-        return True
-
-    def reset(self) -> None:
-        self._local = self._global = 0
-        self._poisoned = False
-
-    def __repr__(self) -> str:
-        return f"AverageGradients({self.comm!r})"
-
-
-class GlobalBatchDropout:
-    """Makes a rank's dropout mask the rows of the global batch's mask that its slice holds.
-
-    Single-process training draws one mask for the whole batch. Every rank shares the same
-    stream, so each draws that whole mask and keeps its rows: N ranks give the single-process
-    answer exactly, at the cost of drawing N times the random numbers. Installed on the model's
-    dropout stream for the duration of a fit.
-    """
-
-    def __init__(self, rng: Any) -> None:
-        self.rng = rng
-        self.window: tuple[int, int, int] | None = None  # (start, stop, global rows) of this step's slice
-        self._draw = rng.uniform
-
-    def uniform(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        window = self.window
-        if window is None or not shape or shape[0] != window[1] - window[0]:
-            return self._draw(shape, dtype)
-        start, stop, total = window
-        whole = self._draw((total, *shape[1:]), dtype)
-        return whole[start:stop, ...]
-
-    def install(self) -> None:
-        self.rng.uniform = self.uniform
-
-    def uninstall(self) -> None:
-        if vars(self.rng).get("uniform") == self.uniform:
-            del self.rng.uniform
+from .sharded import ShardedUpdate
 
 
 class ShardedBatches:
@@ -206,17 +96,50 @@ def _cut(a: Any, part: slice) -> Any:
     return None if a is None else a[part, ...]
 
 
-class DataParallelFit:
-    """The data-parallel parts of one `fit` call on communicator `comm` (see the module docstring)."""
+class DataParallel:
+    """How `fit(distributed=...)` trains across processes: the communicator, and whether the update is sharded.
 
-    def __init__(self, model: Any, comm: Communicator) -> None:
+    Args:
+        comm: the `Communicator` of the job (``nnx.distributed.init()``).
+        shard_update: shard the optimizer update across the ranks (ZeRO-1): a reduce-scatter of the
+            gradients, the optimizer's rule on this rank's slice of the parameters, an all-gather of
+            the parameters. It needs an ``elementwise`` optimizer and, after the average, only
+            shardable transforms (``clip_norm``, ``clip_value``); anything else raises a ValueError
+            when `fit` starts. False (the default) all-reduces the gradients and updates every parameter
+            on every rank. ``fit(distributed=comm)`` is ``DataParallel(comm)``.
+    """
+
+    def __init__(self, comm: Communicator, shard_update: bool = False) -> None:
         if not isinstance(comm, Communicator):
-            raise TypeError(f"distributed must be an nnx.distributed communicator (nnx.distributed.init()), "
+            raise TypeError(f"DataParallel: comm must be an nnx.distributed communicator (nnx.distributed.init()), "
                             f"got {type(comm).__name__}")
-        self.model = model
+        if not isinstance(shard_update, bool):
+            raise TypeError(f"DataParallel: shard_update must be True or False, got {shard_update!r}")
         self.comm = comm
-        self.transform = AverageGradients(comm)
-        self.dropout = GlobalBatchDropout(model.dropout_rng)
+        self.shard_update = shard_update
+
+    def __repr__(self) -> str:
+        return f"DataParallel({self.comm!r}, shard_update={self.shard_update})"
+
+
+class DataParallelFit:
+    """The data-parallel parts of one `fit` call (see the module docstring).
+
+    Args:
+        model: the model being trained.
+        distributed: a `Communicator` or a `DataParallel`.
+    """
+
+    def __init__(self, model: Any, distributed: Any) -> None:
+        if isinstance(distributed, Communicator):
+            distributed = DataParallel(distributed)
+        if not isinstance(distributed, DataParallel):
+            raise TypeError(f"distributed must be an nnx.distributed communicator (nnx.distributed.init()) or "
+                            f"nnx.distributed.DataParallel, got {type(distributed).__name__}")
+        self.model = model
+        self.comm = comm = distributed.comm
+        self.shard_update = distributed.shard_update
+        self.transform: AverageGradients = ShardedUpdate(comm) if self.shard_update else AverageGradients(comm)
         self.local_rows = 0
         self.is_root = comm.rank == 0
 
@@ -224,10 +147,27 @@ class DataParallelFit:
         """`batches` cut to this rank's slices."""
         return ShardedBatches(batches, self)
 
+    def train_step(self, loss: Any, optimizer: Any, transforms: list[GradientTransform], check_finite: bool) -> Any:
+        """The fit's `TrainStep`; sharded, the transforms after the average run on each rank's slice inside it."""
+        if not self.shard_update:
+            return TrainStep(self.model, loss, optimizer, transforms, check_finite)
+        at = next(i for i, t in enumerate(transforms) if t is self.transform)
+        sharded = self.transform
+        assert isinstance(sharded, ShardedUpdate)
+        sharded.bind(optimizer, self.model.backend, transforms[at + 1:], check_finite)
+        return TrainStep(self.model, loss, optimizer, transforms[:at + 1], check_finite, flat_update=sharded)
+
+    def gradients_finite(self, step: Any) -> bool:
+        """Whether the averaged gradients of this step are finite, the same verdict on every rank."""
+        sharded = self.transform
+        if isinstance(sharded, ShardedUpdate):
+            return sharded.finite
+        return step.gradients_finite()
+
     def batch(self, start: int, stop: int, total: int, local: int) -> None:
         """Record the slice of the step about to run."""
         self.local_rows = local
-        self.dropout.window = (start, stop, total)
+        self.model.dropout_rng.rows = (start, stop, total)
         self.transform.add_rows(local, total)
 
     def begin(self) -> None:
@@ -238,17 +178,18 @@ class DataParallelFit:
         streams = comm.broadcast_object((model.shuffle_rng.bit_generator.state, model.dropout_rng.get_state()))
         model.shuffle_rng.bit_generator.state = streams[0]
         model.dropout_rng.set_state(streams[1])
-        self.dropout.install()
 
     def end(self) -> None:
-        """Undo `begin`'s change to the dropout stream."""
-        self.dropout.window = None
-        self.dropout.uninstall()
+        """The dropout stream draws as asked again."""
+        self.model.dropout_rng.rows = None
 
     def end_epoch(self) -> None:
-        """Rank 0's buffers on every rank (as torch DDP's broadcast_buffers); ranks computed them on their slices."""
+        """Rank 0's buffers on every rank (as torch DDP's broadcast_buffers; ranks computed them on their
+        slices) and, sharded, every rank's slice of the optimizer state, so that a checkpoint holds all of it."""
         for b in self.model.buffers():
             b.value = self.comm.broadcast(b.value, root=0)
+        if isinstance(self.transform, ShardedUpdate):
+            self.transform.gather_state()
 
     def epoch_logs(self, weighted_loss: float, rows: int, metric_fns: dict, targets: list[Any], outputs: list[Any],
                    from_logits: bool) -> dict[str, float]:

@@ -47,6 +47,8 @@ class FlatUpdate:
     is how many elements the rule sees per call; None means all of them in one call.
     """
 
+    execution = "flat"
+
     def __init__(self, optimizer: Any, backend: Any) -> None:
         self.optimizer = optimizer
         self.backend, self.xp = backend, backend.xp

@@ -155,7 +155,8 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     cb.set_model(model)
     history = model.history = History()
     model.stop_training = False
-    step = TrainStep(model, loss_fn, opt, transforms, check_finite)
+    step = TrainStep(model, loss_fn, opt, transforms, check_finite) if dp is None else \
+        dp.train_step(loss_fn, opt, transforms, check_finite)
     history.execution = step.execution
     failing = False
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
@@ -215,9 +216,9 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     from ..distributed.parallel import DataParallelFit
 
     dp = DataParallelFit(model, distributed)  # checks the type, also for a single process
-    if distributed.engine == "single":
+    if dp.comm.engine == "single":
         return None  # (a world of one on a real engine still runs its collectives: the GPU check uses that)
-    model.distributed = distributed  # rank 0 writes the checkpoints (nnx.io.save_model)
+    model.distributed = dp.comm  # rank 0 writes the checkpoints (nnx.io.save_model)
     return dp
 
 
@@ -300,7 +301,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
             if not finite:
                 dp.transform.poison()
             due = step.transform(size)
-            finite = not due or step.gradients_finite()
+            finite = not due or dp.gradients_finite(step)
         elif finite and not compiled:
             due = step.transform(size)
         if not finite and handles_non_finite:
@@ -327,7 +328,7 @@ def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, gua
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
-        if dp is not None and step.check_finite and not step.gradients_finite():
+        if dp is not None and step.check_finite and not dp.gradients_finite(step):
             raise _non_finite(epoch, len(losses) - 1)
         guard.in_step = True
         step.update()

@@ -50,10 +50,12 @@ class TrainStep:
         check_finite: refuse non-finite steps (see `check`).
         defer_check: keep the verdict on the device (see the module docstring); by default
             where the backend's arrays are not in host memory.
+        flat_update: the update over flat buffers to use instead of deriving one (the sharded update
+            across ranks, `nnx.distributed.ShardedUpdate`); it has `FlatUpdate`'s `applies`, `gather_grads`, `run`.
     """
 
     def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
-                 check_finite: bool = True, defer_check: bool | None = None) -> None:
+                 check_finite: bool = True, defer_check: bool | None = None, flat_update: Any = None) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -63,7 +65,8 @@ class TrainStep:
         be = model.backend
         self.compiled: Any = compile_step(model, loss, optimizer, self.transforms, check_finite)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
-        self.flat: FlatUpdate | None = FlatUpdate(optimizer, be) if derive_flat else None
+        self.flat: Any = flat_update if flat_update is not None else (
+            FlatUpdate(optimizer, be) if derive_flat else None)
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
@@ -79,8 +82,9 @@ class TrainStep:
         self._updates: list[tuple[int, int, list[int], set]] = []  # deferred: host counters before each update
     @property
     def execution(self) -> str:
-        """How the step runs: ``"compiled"`` (one program), ``"flat"`` (one update over flat buffers) or ``"plain"``."""
-        return "compiled" if self.compiled is not None else "flat" if self.flat is not None else "plain"
+        """How the step runs: ``"compiled"`` (one program), ``"flat"`` (one update over flat buffers),
+        ``"sharded"`` (the same across ranks, each on its slice) or ``"plain"``."""
+        return "compiled" if self.compiled is not None else self.flat.execution if self.flat is not None else "plain"
 
     # -- stages ------------------------------------------------------------------------------
     def run(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:

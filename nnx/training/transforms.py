@@ -32,9 +32,21 @@ class GradientTransform:
     """True for a transform that only does arithmetic on ``p.grad`` (no host state, no I/O), so that a
     compiled step may trace it; anything else runs the step's plain stages."""
 
+    shardable = False
+    """True for a transform that `apply_flat` can run on one slice of the concatenated gradients (one
+    rank's shard under the sharded update across ranks, ``nnx.distributed.DataParallel(shard_update=True)``)."""
+
     def apply(self, params: list[Parameter], rows: int) -> bool:
         """Transform the gradients in place of ``p.grad``; return False to skip this step's update."""
         raise NotImplementedError
+
+    def apply_flat(self, xp: Any, grad: Any, total: Any) -> Any:
+        """This transform on `grad`, one flat slice of all gradients concatenated; returns the new slice.
+
+        `total(x)` sums a small array over every slice (across ranks), for what needs the whole
+        gradient (a global norm). Only for transforms that declare `shardable`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} needs the gradients per parameter (shardable = False)")
 
     def flush(self, params: list[Parameter]) -> bool:
         """End of epoch: put any held-back gradients into ``p.grad`` and return True to apply them."""
@@ -69,9 +81,14 @@ class ClipByNorm(GradientTransform):
     """
 
     traceable = True  # arithmetic on the gradients only: a compiled step may include it
+    shardable = True  # a slice needs only the global sum of squares, one scalar summed over the slices
 
     def __init__(self, max_norm: float) -> None:
         self.max_norm = _positive("ClipByNorm", "max_norm", max_norm)
+
+    def scale(self, xp: Any, sum_sq: Any) -> Any:
+        """The factor every gradient is multiplied by, given the sum of squares of all of them (a 0-d array)."""
+        return xp.minimum(self.max_norm / (xp.sqrt(sum_sq) + 1e-6), xp.ones_like(sum_sq))
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         grads = [p for p in params if p.grad is not None]
@@ -82,19 +99,26 @@ class ClipByNorm(GradientTransform):
         for p in grads:
             part = xp.sum(p.grad * p.grad)
             total = part if total is None else total + part
-        scale = xp.minimum(self.max_norm / (xp.sqrt(total) + 1e-6), xp.ones_like(total))
+        scale = self.scale(xp, total)
         for p in grads:
             p.grad = p.grad * scale
         return True
+
+    def apply_flat(self, xp: Any, grad: Any, total: Any) -> Any:
+        return grad * self.scale(xp, total(xp.sum(grad * grad)))
 
 
 class ClipByValue(GradientTransform):
     """Clip every gradient element into ``[-clip_value, clip_value]`` (torch's `clip_grad_value_`)."""
 
     traceable = True  # arithmetic on the gradients only: a compiled step may include it
+    shardable = True  # element by element
 
     def __init__(self, clip_value: float) -> None:
         self.clip_value = _positive("ClipByValue", "clip_value", clip_value)
+
+    def apply_flat(self, xp: Any, grad: Any, total: Any) -> Any:
+        return xp.clip(grad, -self.clip_value, self.clip_value)
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         for p in params:

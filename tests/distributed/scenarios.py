@@ -2,12 +2,18 @@
 
     mpiexec -n 3 python -m mpi4py tests/distributed/scenarios.py OUT --backends numpy,torch --resume CKPT --fault
     torchrun --nproc_per_node=2 tests/distributed/scenarios.py OUT --backends torch,numpy --engine torch
+    mpiexec -n 2 python -m mpi4py tests/distributed/scenarios.py OUT --backends "" --resume-sharded CKPT
 
 Every scenario trains the same model twice: with ``distributed=comm`` on all ranks, and alone in
 this process on the same global batches (the reference). The pytest side (tests/test_distributed.py)
 compares the two and checks that every rank reports the same. ``--save CKPT`` leaves a checkpoint
 written by rank 0 after two epochs; ``--resume CKPT`` continues it on this job's ranks and compares
 with four uninterrupted single-process epochs. ``--fault`` ends the job: rank 1 raises mid-training.
+
+Every scenario also runs with the optimizer update sharded (``DataParallel(comm, shard_update=True)``)
+and is compared with the same run unsharded and with one process. The model has 163 parameters, so
+the slices are uneven on 2 and 3 ranks. ``--save-sharded CKPT`` leaves a checkpoint of a sharded fit
+(two epochs); ``--resume-sharded CKPT`` continues it sharded on this job's ranks (one process: plain).
 """
 
 from __future__ import annotations
@@ -59,6 +65,10 @@ SCENARIOS = {
 BATCHNORM = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 3, "n": 120}
 
 
+# the checkpoint scenario of the sharded update: Adam (two state arrays per parameter) with accumulation
+SHARDED_CKPT = dict(SCENARIOS["adam_l2_clipvalue_accumulate"][1], epochs=4)
+
+
 def run_fit(backend: str, kind: str, args: dict, comm=None, **extra):
     model = build(backend, kind)
     kw = dict(args)
@@ -75,6 +85,23 @@ def run_fit(backend: str, kind: str, args: dict, comm=None, **extra):
 
 def weights(model) -> dict[str, np.ndarray]:
     return {k: np.asarray(model.backend.to_host(v), dtype=np.float64) for k, v in model.state_dict().items()}
+
+
+def opt_state(model) -> dict[str, np.ndarray]:
+    """The optimizer's state arrays on the host, by ``"<parameter index>/<name>"``."""
+    sd = model.optimizer.state_dict()
+    return {f"{i}/{k}": np.asarray(model.backend.to_host(v), dtype=np.float64)
+            for i, entry in sd["state"].items() for k, v in entry.items()}
+
+
+def max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    if set(a) != set(b):
+        return float("inf")
+    return max((float(np.max(np.abs(a[k] - b[k]))) for k in a if a[k].size), default=0.0)
+
+
+def sharded(comm):
+    return dist.DataParallel(comm, shard_update=True)
 
 
 def digest(w: dict[str, np.ndarray]) -> str:
@@ -175,11 +202,13 @@ def main() -> None:
     parser.add_argument("--save", type=Path)
     parser.add_argument("--resume", type=Path)
     parser.add_argument("--fault", action="store_true")
+    parser.add_argument("--save-sharded", type=Path)
+    parser.add_argument("--resume-sharded", type=Path)
     opts = parser.parse_args()
     comm = dist.init(opts.engine)
     results: dict = {"rank": comm.rank, "size": comm.size, "engine": comm.engine, "scenarios": {}}
     available = set(nnx.available_backends())
-    for backend in opts.backends.split(","):
+    for backend in filter(None, opts.backends.split(",")):
         if backend not in available:
             results["scenarios"][f"{backend}/skipped"] = {"skipped": True}
             continue
@@ -187,6 +216,13 @@ def main() -> None:
             model, hist = run_fit(backend, kind, args, comm)
             ref, ref_hist = run_fit(backend, kind, args)
             results["scenarios"][f"{backend}/{name}"] = compare(model, hist, ref, ref_hist)
+            # the same fit with the update sharded: against one process, and against the all-reduce run
+            shard, shard_hist = run_fit(backend, kind, args, sharded(comm))
+            got = compare(shard, shard_hist, ref, ref_hist)
+            got["vs_unsharded"] = compare(shard, shard_hist, model, hist)["param_diff"]
+            got["state_vs_unsharded"] = max_diff(opt_state(shard), opt_state(model))
+            got["execution"] = shard_hist.execution
+            results["scenarios"][f"{backend}/sharded_{name}"] = got
         model, hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10 * comm.size), comm)
         ref, ref_hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10, accumulate=comm.size))
         results["scenarios"][f"{backend}/sgd_batchnorm_per_slice"] = compare(model, hist, ref, ref_hist, True)
@@ -219,6 +255,23 @@ def main() -> None:
             results["scenarios"][f"{backend}/one_rank_not_finite"] = {"raised": None}
         except FloatingPointError as exc:
             results["scenarios"][f"{backend}/one_rank_not_finite"] = {"raised": str(exc)}
+        # the same, sharded: every rank refuses together and the optimizer holds the whole state of the
+        # last finite step, as unsharded
+        states = {}
+        for label, how in (("unsharded", comm), ("sharded", sharded(comm))):
+            model = build(backend, "dropout")
+            try:
+                X, y = data()
+                model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.01, batch_size=20, epochs=3,
+                          clip_norm=0.5, distributed=how, callbacks=[PoisonOn(comm.size - 1, 1, 2, comm.rank)])
+                raised = None
+            except FloatingPointError as exc:
+                raised = str(exc)
+            states[label] = (raised, opt_state(model), model.optimizer.state_dict()["step"])
+        results["scenarios"][f"{backend}/sharded_one_rank_not_finite"] = {
+            "raised": states["sharded"][0], "state_diff": max_diff(states["sharded"][1], states["unsharded"][1]),
+            "steps": [states["sharded"][2], states["unsharded"][2]],
+            "digest": digest(states["sharded"][1])}
     if opts.save is not None or opts.resume is not None:
         args = dict(SCENARIOS["sgd_momentum_dropout_clipnorm"][1], epochs=4)
         ref, ref_hist = run_fit("numpy", "dropout", args)
@@ -237,6 +290,29 @@ def main() -> None:
             for e, k in enumerate(ref_hist.epoch[2:]):
                 tail.append(k, {name: v[2 + e] for name, v in ref_hist.history.items()})
             results["resumed"] = compare(model, hist, ref, tail)
+    if opts.save_sharded is not None:  # two epochs sharded on this job's ranks, checkpointed by rank 0
+        X, y = data()
+        model, hist = run_fit("numpy", "mlp", dict(SHARDED_CKPT, epochs=2), sharded(comm),
+                              callbacks=[ModelCheckpoint(opts.save_sharded)])
+        comm.barrier()
+        ref, _ = run_fit("numpy", "mlp", dict(SHARDED_CKPT, epochs=2))
+        # the file holds every rank's slice of the state: the one-process state after the same two epochs
+        results["saved_sharded"] = {"state_diff": max_diff(opt_state(nnx.load(opts.save_sharded)), opt_state(ref)),
+                                    "execution": hist.execution}
+    if opts.resume_sharded is not None:  # two more epochs, sharded on this job's ranks (or one process)
+        X, y = data()
+        Xv, yv = data(40, seed=1)
+        ref, ref_hist = run_fit("numpy", "mlp", SHARDED_CKPT)
+        model = nnx.load(opts.resume_sharded)
+        args = SHARDED_CKPT
+        hist = model.fit(X, y, epochs=2, batch_size=args["batch_size"], clip_value=args["clip_value"],
+                         accumulate=args["accumulate"], metrics=["accuracy"], validation_data=(Xv, yv),
+                         distributed=sharded(comm))
+        tail = type(ref_hist)()
+        for e, k in enumerate(ref_hist.epoch[2:]):
+            tail.append(k, {name: v[2 + e] for name, v in ref_hist.history.items()})
+        results["resumed_sharded"] = compare(model, hist, ref, tail)
+        results["resumed_sharded"]["state_diff"] = max_diff(opt_state(model), opt_state(ref))
     out = opts.out / f"rank{comm.rank}.json"
     out.write_text(json.dumps(results))
     comm.barrier()

@@ -1,0 +1,76 @@
+"""The gradient average of data-parallel training, and how a batch (or a flat array) is cut between ranks."""
+
+from __future__ import annotations
+
+import array_api_compat
+import numpy as np
+
+from ..layers.parameter import Parameter
+from ..training.transforms import GradientTransform
+from .comm import Communicator
+
+
+def rank_rows(rows: int, rank: int, size: int) -> tuple[int, int]:
+    """The (start, stop) of `rank`'s contiguous share of `rows`; the first ``rows % size`` ranks get one more."""
+    base, extra = divmod(rows, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class AverageGradients(GradientTransform):
+    """The gradient stage of data-parallel training: the global batch's mean gradient on every rank.
+
+    Args:
+        comm: the `Communicator` across which gradients are averaged.
+
+    The batch source tells it each batch's local and global row counts (`add_rows`); when the
+    update is due it scales this rank's gradients by its share of the rows and all-reduces them
+    in one collective on one concatenated array.
+    """
+
+    def __init__(self, comm: Communicator) -> None:
+        self.comm = comm
+        self._local_rows = 0
+        self._global_rows = 0
+        self._poisoned = False
+
+    def poison(self) -> None:
+        """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
+        self._poisoned = True
+
+    def add_rows(self, local: int, total: int) -> None:
+        """Count one batch: `local` of its `total` rows were computed here."""
+        self._local_rows += local
+        self._global_rows += total
+
+    def take_share(self) -> float | None:
+        """This rank's share of the rows counted since the last update (NaN when poisoned), and start over;
+        None when no rows were counted (on every rank alike: nothing to reduce)."""
+        local, total = self._local_rows, self._global_rows
+        poisoned = self._poisoned
+        self.reset()
+        if total == 0:
+            return None
+        return float("nan") if poisoned else local / total
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        share = self.take_share()
+        grads = [p for p in params if p.grad is not None]
+        if not grads or share is None:
+            return True
+        xp = array_api_compat.array_namespace(grads[0].grad)
+        flat = xp.concat([xp.reshape(p.grad, (-1,)) for p in grads]) * share
+        flat = self.comm.allreduce(flat)
+        start = 0
+        for p in grads:
+            stop = start + int(np.prod(p.shape))
+            p.grad = xp.reshape(flat[start:stop], p.shape)
+            start = stop
+        return True
+
+    def reset(self) -> None:
+        self._local_rows = self._global_rows = 0
+        self._poisoned = False
+
+    def __repr__(self) -> str:
+        return f"AverageGradients({self.comm!r})"

@@ -1,0 +1,239 @@
+"""The sharded optimizer update across ranks (ZeRO-1): each rank updates its own slice of the parameters.
+
+An all-reduce is a reduce-scatter followed by an all-gather. With ``shard_update=True`` the optimizer's
+rule runs between the two, on this rank's contiguous slice of all parameters concatenated:
+
+1. the gradients, each rank's scaled by its share of the global batch, are concatenated and
+   reduce-scattered: this rank receives its slice of the global batch's mean gradient;
+2. the transforms after the average (clipping) run on the slice (`GradientTransform.apply_flat`;
+   a global norm sums one scalar over the ranks), then the finite check (one flag summed over the ranks);
+3. the optimizer's ``elementwise`` rule updates the slice of the flat parameter buffer and the same
+   slice of each flat state buffer;
+4. the parameters are all-gathered, so every rank holds all of them again.
+
+The bytes moved are those of one all-reduce; the rule's work is divided by the ranks. The slices
+are `rank_rows` of the flat size, so they may be uneven. Every rank keeps full-size state buffers
+but updates only its slice of them; the whole state is all-gathered at every epoch's end and before
+a refused (non-finite) step is reported, so ``optimizer.state_dict()`` (and a checkpoint) holds the
+full state then, and loads on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..layers.parameter import Parameter
+from ..training.transforms import GradientTransform
+from .average import AverageGradients, rank_rows
+from .comm import Communicator, offsets
+
+
+def _write(target: Any, source: Any) -> bool:
+    """Copy `source` into `target` in place; False where the library's arrays are immutable."""
+    try:
+        target[...] = source
+    except (TypeError, ValueError, AttributeError, NotImplementedError):
+        return False
+    return True
+
+
+class ShardedUpdate(AverageGradients):
+    """The gradient average and the optimizer update of data-parallel training, sharded over the ranks.
+
+    Args:
+        comm: the `Communicator` of the ranks.
+
+    `bind` gives it the fit's optimizer and the transforms that follow the average; the training step
+    then calls it as its gradient stage (`apply`) and as its update over flat buffers (`applies`,
+    `gather_grads`, `run`), like `nnx.training.flat.FlatUpdate`.
+    """
+
+    execution = "sharded"
+
+    def __init__(self, comm: Communicator) -> None:
+        super().__init__(comm)
+        self.optimizer: Any = None
+        self.backend: Any = None
+        self.later: list[GradientTransform] = []
+        self.check_finite = True
+        self.finite = True  # the last step's verdict, the same on every rank
+        self.counts: list[int] = []
+        self.start = self.stop = 0
+        self.values: Any = None  # the flat parameter buffer the parameters are views of
+        self.value_views: list[Any] = []
+        self.state: dict[str, Any] | None = None  # flat state buffers the optimizer's state arrays are views of
+        self.state_views: list[dict[str, Any]] = []
+        self.mutable = True
+        self.grad_shard: Any = None  # this step's slice of the averaged, transformed gradient
+        self._local: Any = None  # this step's own gradients, concatenated
+        self._sources: list[Any] = []
+
+    def bind(self, optimizer: Any, backend: Any, later: list[GradientTransform], check_finite: bool) -> None:
+        """Use `optimizer` (its rule must be elementwise) and run `later` (shardable transforms) on the slice."""
+        if not getattr(optimizer, "elementwise", False):
+            raise ValueError(f"shard_update=True needs an optimizer whose rule is elementwise; "
+                             f"{type(optimizer).__name__} declares elementwise = False. Use "
+                             f"DataParallel(comm, shard_update=False) (the all-reduce) for it")
+        for t in later:
+            if not getattr(t, "shardable", False):
+                raise ValueError(f"shard_update=True cannot run {type(t).__name__} after the gradient average: "
+                                 "it needs every parameter's whole gradient, and each rank holds only its slice "
+                                 "(shardable transforms: clip_norm, clip_value). Use shard_update=False with it")
+        self.optimizer, self.backend, self.later = optimizer, backend, list(later)
+        self.check_finite = check_finite
+        self.shapes = [tuple(p.value.shape) for p in optimizer.params]
+        self.bounds: list[tuple[int, int]] = []
+        start = 0
+        for shape in self.shapes:
+            size = math.prod(int(d) for d in shape)
+            self.bounds.append((start, start + size))
+            start += size
+        ranks = [rank_rows(start, r, self.comm.size) for r in range(self.comm.size)]
+        self.counts = [b - a for a, b in ranks]
+        self.start, self.stop = ranks[self.comm.rank]
+        self.values, self.state = None, None
+
+    # -- the gradient stage ---------------------------------------------------------------------
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        share = self.take_share()
+        if share is None:
+            return True
+        flat = self.gather_grads()
+        self._local, self._sources = None, []
+        if share != 1.0:
+            flat *= share  # a fresh array: the concatenation
+        shard = self.comm.reduce_scatter(flat, self.counts)
+        xp = self.backend.xp
+        for t in self.later:
+            shard = t.apply_flat(xp, shard, self.comm.allreduce)
+        self.grad_shard = shard
+        self.finite = not self.check_finite or self._all_finite(shard)
+        if not self.finite:
+            self.gather_state()  # the step is refused on every rank: leave the whole state of the last one
+        return True
+
+    def _all_finite(self, shard: Any) -> bool:
+        """Whether every rank's slice is finite: a local verdict, one flag summed over the ranks."""
+        xp, be = self.backend.xp, self.backend
+        ok = math.isfinite(be.to_float(xp.sum(shard))) or bool(be.to_host(xp.all(xp.isfinite(shard))))
+        bad = self.comm.allreduce(np.asarray([0.0 if ok else 1.0]))
+        return float(bad[0]) == 0.0
+
+    def reset(self) -> None:
+        super().reset()
+        self.grad_shard, self._local, self._sources = None, None, []
+        self.finite = True
+
+    # -- the update stage (what TrainStep asks of an update over flat buffers) -----------------------
+    def applies(self) -> bool:
+        """Always: every step of a sharded fit runs here (a missing gradient is an error in `gather_grads`)."""
+        return True
+
+    def gather_grads(self) -> Any:
+        """This rank's own gradients, concatenated into one fresh flat array (kept while ``p.grad`` stays)."""
+        opt = self.optimizer
+        grads = [p.grad for p in opt.params]
+        if self._local is not None and all(g is s for g, s in zip(grads, self._sources, strict=True)):
+            return self._local
+        for p, g in zip(opt.params, grads, strict=True):
+            if g is None:
+                raise ValueError(f"shard_update=True needs a gradient for every parameter; {p.name!r} has none")
+        opt.check_grads()
+        xp = self.backend.xp
+        self._local = xp.concat([xp.reshape(g, (-1,)) for g in grads])
+        self._sources = grads
+        return self._local
+
+    def run(self, keep: Any = None) -> bool:
+        """Apply the rule to this rank's slice and all-gather the parameters; `keep` as in `FlatUpdate.run`."""
+        opt, xp = self.optimizer, self.backend.xp
+        steps = opt.param_steps
+        if any(s != steps[0] for s in steps):
+            raise ValueError(f"shard_update=True needs every parameter updated equally often, got {steps}")
+        self._layout()
+        assert self.state is not None
+        a, b = self.start, self.stop
+        t = steps[0] + 1
+        opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
+        old_values = self.values[a:b]
+        old_state = {k: arr[a:b] for k, arr in self.state.items()}
+        new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
+        if keep is not None:
+            new_values = xp.where(keep, new_values, old_values)
+            new_state = {k: xp.where(keep, arr, old_state[k]) for k, arr in new_state.items()}
+        self.grad_shard = None
+        values = self._put(self.values, new_values)
+        state = {k: self._put(arr, new_state[k]) for k, arr in self.state.items()}
+        values = self.comm.allgather(values, self.counts)
+        if values is not self.values or any(state[k] is not arr for k, arr in self.state.items()):
+            self._install(values, state)  # immutable arrays (JAX): new buffers, new views
+        opt.param_steps[:] = [t] * len(opt.param_steps)
+        return True
+
+    def gather_state(self) -> None:
+        """Every rank's slice of the optimizer state on every rank (a collective: all ranks call it together)."""
+        if self.state is None or not self._state_in_place():
+            return  # the optimizer's state was replaced since (load_state_dict): it is whole already
+        state = {k: self.comm.allgather(arr, self.counts) for k, arr in self.state.items()}
+        if any(state[k] is not arr for k, arr in self.state.items()):
+            self._install(self.values, state)
+
+    # -- the flat layout ------------------------------------------------------------------------
+    def _put(self, flat: Any, part: Any) -> Any:
+        """`flat` with this rank's slice replaced by `part` (in place where the arrays are mutable)."""
+        a, b = self.start, self.stop
+        if self.mutable and _write(flat[a:b], part):
+            return flat
+        self.mutable = False
+        xp = self.backend.xp
+        return xp.concat([flat[:a], xp.astype(part, flat.dtype), flat[b:]])
+
+    def _views(self, flat: Any) -> list[Any]:
+        xp = self.backend.xp
+        return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(self.bounds, self.shapes, strict=True)]
+
+    def _install(self, values: Any, state: dict[str, Any]) -> None:
+        """Bind the parameters and the optimizer's state to views of these flat buffers."""
+        opt = self.optimizer
+        if values is not self.values or not self.value_views:
+            self.values, self.value_views = values, self._views(values)
+            for p, view in zip(opt.params, self.value_views, strict=True):
+                p.value = view
+        self.state = dict(state)
+        per_key = {k: self._views(flat) for k, flat in self.state.items()}
+        self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
+        opt.state = {i: dict(views) for i, views in enumerate(self.state_views)}
+
+    def _state_in_place(self) -> bool:
+        state = self.optimizer.state
+        for i, views in enumerate(self.state_views):
+            entry = state.get(i)
+            if entry is None or len(entry) != len(views) or any(entry.get(k) is not v for k, v in views.items()):
+                return False
+        return True
+
+    def _layout(self) -> None:
+        """Gather the parameters and the state into flat buffers again where anything was rebound since."""
+        opt, xp = self.optimizer, self.backend.xp
+        values = self.values
+        if values is None or any(p.value is not v for p, v in zip(opt.params, self.value_views, strict=True)):
+            values = xp.concat([xp.reshape(p.value, (-1,)) for p in opt.params])
+            self.value_views = []
+        elif self.state is not None and self._state_in_place():
+            return
+        n = len(opt.params)
+        have = [i for i in range(n) if i in opt.state]
+        if not have:
+            state = opt.init_state(xp, values)
+        elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
+            state = {k: xp.concat([xp.reshape(opt.state[i][k], (-1,)) for i in range(n)]) for k in opt.state[0]}
+        else:
+            raise ValueError("shard_update=True needs optimizer state for every parameter or for none; "
+                             f"this optimizer has state for parameters {have} of {n}")
+        self._install(values, state)
+
+    def __repr__(self) -> str:
+        return f"ShardedUpdate({self.comm!r}, slices={self.counts}, offsets={offsets(self.counts)})"
