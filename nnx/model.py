@@ -17,7 +17,7 @@ from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from .metrics import resolve_metrics
 from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import loop
+from .training import loop, targets
 from .training.data import batch_slices
 from .training.history import History, Logs
 from .training.loop import check_positive_int
@@ -244,49 +244,7 @@ class Sequential(_Chain):
                              f"{self.input_shape}")
         return X
 
-    def prepare_targets(self, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
-        """`y` on this backend as `loss` needs it: class indices or one-hot for cross-entropy, else the output shape."""
-        xp = self.xp
-        out = self.output_sample_shape
-        if isinstance(loss, CrossEntropy):
-            y = self.backend.asarray(y, argname=argname)
-            if y.ndim == 2 and y.shape[1] == 1 and self.out_features != 1:
-                y = xp.reshape(y, (-1,))  # a column of class indices, as (n, 1) labels come
-            if y.ndim == 1:
-                if xp.isdtype(y.dtype, "real floating"):
-                    if not self._all_true(y == xp.round(y)):
-                        raise ValueError(f"{argname} holds class indices but has non-integer values")
-                    y = xp.astype(y, xp.int64)
-                elif not xp.isdtype(y.dtype, "integral"):
-                    raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
-                elif y.dtype != xp.int64:
-                    y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
-                n_classes = cast(int, self.out_features)  # known once the model is built
-                if y.shape[0] and not self._all_true((y >= 0) & (y < n_classes)):
-                    lo, hi = self.backend.to_host(xp.min(y)), self.backend.to_host(xp.max(y))
-                    raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
-                                     f"{n_classes} outputs (valid: 0..{n_classes - 1})")
-            else:
-                y = self.backend.asarray(y, dtype=self.dtype, argname=argname)
-                if tuple(y.shape) != (n_rows, self.out_features):
-                    raise ValueError(f"{argname} for cross-entropy must be class indices of shape ({n_rows},) or "
-                                     f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {self.out_features}), "
-                                     f"got {tuple(y.shape)}")
-        else:
-            y = self.backend.asarray(y, dtype=self.dtype, argname=argname)
-            if y.ndim == 1 and out == (1,):
-                y = xp.reshape(y, (-1, 1))
-            if y.ndim < 2 or (out is not None and tuple(y.shape[1:]) != out):
-                want = f"({n_rows}, {', '.join(map(str, out))})" if out is not None else "(n, ...)"
-                raise ValueError(f"{argname} must have shape {want} to match the model's outputs, "
-                                 f"got {tuple(y.shape)}")
-        if y.shape[0] != n_rows:
-            raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
-        # training never checks values (check=False in the step), so check once here: targets outside
-        # [0, 1] would make BCE unbounded below and training silently chase them
-        if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not self._all_true((y >= 0) & (y <= 1)):
-            raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN)")
-        return y
+    prepare_targets = targets.prepare_targets
 
     def prepare_sample_weight(self, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
                               n_rows: int, argname: str = "sample_weight") -> Any:
