@@ -17,7 +17,7 @@ from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from .metrics import resolve_metrics
 from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import loop, targets
+from .training import loop, targets, weights
 from .training.data import batch_slices
 from .training.history import History, Logs
 from .training.loop import check_positive_int
@@ -245,46 +245,7 @@ class Sequential(_Chain):
         return X
 
     prepare_targets = targets.prepare_targets
-
-    def prepare_sample_weight(self, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
-                              n_rows: int, argname: str = "sample_weight") -> Any:
-        """Per-row weights on this backend (None when neither is given): `sample_weight` times `class_weight[y]`."""
-        xp = self.xp
-        w = None
-        if sample_weight is not None:
-            w = self.backend.asarray(sample_weight, dtype=self.dtype, argname=argname)
-            if tuple(w.shape) != (n_rows,):
-                raise ValueError(f"{argname} must have shape ({n_rows},), one weight per sample, "
-                                 f"got {tuple(w.shape)}")
-            if n_rows and not self._all_true(xp.isfinite(w) & (w >= 0)):
-                raise ValueError(f"{argname} must be finite and >= 0")
-        if class_weight is not None:
-            cw = self._class_weight_rows(class_weight, y, loss)
-            w = cw if w is None else w * cw
-        return w
-
-    def _class_weight_rows(self, class_weight: Mapping, y: Any, loss: Loss) -> Any:
-        xp = self.xp
-        if not isinstance(class_weight, Mapping):
-            raise TypeError(f"class_weight must be a dict of class -> weight, got {type(class_weight).__name__}")
-        n_classes = 2 if self.out_features == 1 else cast(int, self.out_features)
-        table = [1.0] * n_classes
-        for key, weight in class_weight.items():
-            if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_classes:  # pyright: ignore[reportOperatorIssue]
-                raise ValueError(f"class_weight keys must be class indices 0..{n_classes - 1}, got {key!r}")
-            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:  # pyright: ignore[reportOperatorIssue]
-                raise ValueError(f"class_weight[{key}] must be a number >= 0, got {weight!r}")
-            table[int(key)] = float(weight)
-        if isinstance(loss, CrossEntropy) and y.ndim == 1:
-            classes = y
-        elif self.out_features == 1:
-            classes = xp.astype(xp.reshape(y, (-1,)) > 0.5, xp.int64)
-        elif y.ndim == 2:
-            classes = xp.argmax(y, axis=1)
-        else:
-            raise ValueError("class_weight needs class targets: indices, one-hot rows or 0/1 labels")
-        weights = self.backend.asarray(table, dtype=self.dtype, argname="class_weight")
-        return xp.take(weights, classes, axis=0)
+    prepare_sample_weight = weights.prepare_sample_weight
 
     def _all_true(self, condition: Any) -> bool:
         return bool(self.backend.to_host(self.xp.all(condition)))
