@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -13,11 +12,11 @@ from .backends import Backend, dtype_name, get_backend, host_rng
 from .layers import LAYERS, BuildContext, Layer, Sigmoid, Softmax, layer_from_config
 from .layers.containers import _Chain
 from .layers.parameter import Parameter
-from .losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
+from .losses import BinaryCrossEntropy, CrossEntropy, Loss
 from .metrics import resolve_metrics
-from .optim import OPTIMIZERS, Optimizer, get_optimizer, rebuild_optimizer
+from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import loop, targets, weights
+from .training import loop, resolve, targets, weights
 from .training.data import batch_slices
 from .training.history import History, Logs
 from .training.loop import check_positive_int
@@ -246,6 +245,8 @@ class Sequential(_Chain):
 
     prepare_targets = targets.prepare_targets
     prepare_sample_weight = weights.prepare_sample_weight
+    resolve_loss = resolve.resolve_loss
+    resolve_optimizer = resolve.resolve_optimizer
 
     def _all_true(self, condition: Any) -> bool:
         return bool(self.backend.to_host(self.xp.all(condition)))
@@ -348,46 +349,6 @@ class Sequential(_Chain):
         return value, Z, dX
 
     # -- training ------------------------------------------------------------------------
-    def resolve_loss(self, loss: Any) -> Loss:
-        """The `Loss` for a fit/evaluate argument: None reuses the last one or picks it from the output layer."""
-        last = self.output_layer()
-        if loss is None:
-            if self.loss is not None:
-                return self.loss
-            loss = "bce" if isinstance(last, Sigmoid) else CrossEntropy(from_logits=False) \
-                if isinstance(last, Softmax) else "mse"
-        resolved = get_loss(loss)
-        pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
-        if pair is not None and type(resolved) is pair and cast(Any, resolved).from_logits:
-            # The output layer already gives probabilities; reading them as logits would apply the
-            # activation twice. A name follows the model (Keras's "categorical_crossentropy" means
-            # probabilities); an explicit from_logits=True instance is kept, with a warning as Keras gives.
-            if isinstance(loss, str):
-                return pair(from_logits=False)
-            warnings.warn(f"{resolved!r} treats the outputs as logits, but the model ends in "
-                          f"{type(last).__name__}, so they are probabilities; pass from_logits=False",
-                          stacklevel=4)
-        return resolved
-
-    def resolve_optimizer(self, optimizer: Any, lr: float | None) -> Optimizer:
-        """The `Optimizer` for a fit argument; a name matching the current optimizer keeps its state."""
-        if isinstance(optimizer, Optimizer):
-            mine = {id(p) for p in self.parameters()}
-            if not {id(p) for p in optimizer.params} <= mine:
-                raise ValueError("optimizer was built on another model's parameters; pass model.parameters()")
-            return optimizer
-        current = self.optimizer
-        if current is not None and optimizer is None:
-            if lr is not None:
-                current.lr = lr
-            return current
-        name = "adam" if optimizer is None else optimizer
-        if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
-                and (lr is None or lr == current.lr):
-            return current  # a second fit() call continues with the same optimizer state
-        kwargs = {} if lr is None else {"lr": lr}
-        return get_optimizer(name, self.parameters(), **kwargs)
-
     def fit(self, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
             epochs: int = 1, batch_size: int | None = 32, validation_data: tuple | None = None,
             validation_split: float = 0.0, metrics: Any = None, callbacks: list | None = None,

@@ -13,7 +13,7 @@ def all_true(model: Any, condition: Any) -> bool:
 
 
 def prepare_targets(model: Any, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
-    """`y` on the model's backend as `loss`: class indices or one-hot for cross-entropy, else shaped as outputs."""
+    """`y` on the model's backend, encoded for `loss`: class indices or one-hot for cross-entropy, else as outputs."""
     xp = model.xp
     out = model.output_sample_shape
     if isinstance(loss, CrossEntropy):
