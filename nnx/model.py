@@ -16,7 +16,7 @@ from .losses import BinaryCrossEntropy, CrossEntropy, Loss
 from .metrics import resolve_metrics
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import loop, resolve, targets, weights
+from .training import evaluation, loop, resolve, targets, weights
 from .training.data import batch_slices
 from .training.history import History, Logs
 from .training.loop import check_positive_int
@@ -247,6 +247,7 @@ class Sequential(_Chain):
     prepare_sample_weight = weights.prepare_sample_weight
     resolve_loss = resolve.resolve_loss
     resolve_optimizer = resolve.resolve_optimizer
+    metric_values = evaluation.metric_values
 
     def _all_true(self, condition: Any) -> bool:
         return bool(self.backend.to_host(self.xp.all(condition)))
@@ -403,12 +404,6 @@ class Sequential(_Chain):
                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps, prefetch=prefetch,
                         distributed=distributed)
 
-    def metric_values(self, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
-        """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
-        values = [fn(self.xp, y, Z, from_logits) for fn in metric_fns.values()]
-        host = self.backend.to_host(self.xp.stack([self.xp.astype(v, Z.dtype) for v in values]))
-        return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
-
     # -- inference ---------------------------------------------------------------------------
     def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
                 check_finite: bool = True) -> Any:
@@ -424,7 +419,7 @@ class Sequential(_Chain):
             check_positive_int("batch_size", batch_size)
         source = loop.inference_source(self, X, None, None, None, batch_size, steps, prefetch, check_finite)
         if source is not None:
-            return loop.predict_batches(self, source)
+            return evaluation.predict_batches(self, source)
         X_d = self.prepare_inputs(X)
         if check_finite:
             self.require_finite(X_d, "X")  # NaN in, NaN out would look like a prediction
@@ -453,7 +448,7 @@ class Sequential(_Chain):
             check_positive_int("batch_size", batch_size)
         source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
         if source is not None:
-            return Logs(loop.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
+            return Logs(evaluation.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
         if y is None:
             raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                             "of (X, y) or (X, y, sample_weight) tuples")
@@ -463,7 +458,7 @@ class Sequential(_Chain):
         if check_finite:
             self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
             self.require_finite(y_d, "y")
-        return Logs(loop.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
+        return Logs(evaluation.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
                                          look_at_outputs))
 
 
