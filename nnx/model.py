@@ -16,10 +16,10 @@ from .losses import BinaryCrossEntropy, CrossEntropy, Loss
 from .metrics import resolve_metrics
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import evaluation, loop, resolve, targets, weights
+from .training import evaluation, loop, resolve, sources, targets, weights
+from .training.arguments import check_positive_int
 from .training.data import batch_slices
 from .training.history import History, Logs
-from .training.loop import check_positive_int
 from .training.loss_fit import check_loss_fits
 
 Shape = tuple[int, ...]
@@ -417,7 +417,7 @@ class Sequential(_Chain):
         """
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
-        source = loop.inference_source(self, X, None, None, None, batch_size, steps, prefetch, check_finite)
+        source = sources.inference_source(self, X, None, None, None, batch_size, steps, prefetch, check_finite)
         if source is not None:
             return evaluation.predict_batches(self, source)
         X_d = self.prepare_inputs(X)
@@ -446,7 +446,7 @@ class Sequential(_Chain):
         look_at_outputs = check_loss_fits(self, loss_fn)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
-        source = loop.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
+        source = sources.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
         if source is not None:
             return Logs(evaluation.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
         if y is None:
