@@ -350,59 +350,7 @@ class Sequential(_Chain):
         return value, Z, dX
 
     # -- training ------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
-            epochs: int = 1, batch_size: int | None = 32, validation_data: tuple | None = None,
-            validation_split: float = 0.0, metrics: Any = None, callbacks: list | None = None,
-            verbose: int = 0, shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
-            class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
-            accumulate: int = 1, gradient_transforms: list | None = None, steps_per_epoch: int | None = None,
-            validation_steps: int | None = None, prefetch: Any = True, distributed: Any = None) -> History:
-        """Mini-batch training; returns a `History` of per-epoch loss and metrics.
-
-        Args:
-            X, y: training data (NumPy or this backend's arrays); y as class indices or one-hot for
-                cross-entropy, else shaped like the outputs ((n,) is accepted for one output).
-            loss: a `Loss` or name; None reuses the last one, or picks bce/cross-entropy/mse
-                from the output layer.
-            optimizer: an `Optimizer` or name (default "adam"); a name matching the model's
-                current optimizer continues with its state.
-            lr: learning rate for an optimizer created by name (or a new rate for the current one).
-            epochs: epochs to run in this call (counting continues in `epochs_trained`).
-            batch_size: samples per step; None for full batch.
-            validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
-            validation_split: fraction in [0, 1) of the data (taken from the end) held out instead.
-            metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
-            callbacks: `nnx.callbacks.Callback` instances.
-            verbose: 1 prints loss and metrics each epoch.
-            shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
-            check_finite: refuse a step whose loss or gradients are NaN/inf, before it is applied,
-                with FloatingPointError naming epoch and batch.
-            sample_weight: per-sample weights (n,): each batch's loss is sum(w * per-sample loss) / rows,
-                as in Keras.
-            class_weight: {class index: weight}, multiplied into the sample weights.
-            clip_norm: clip the gradients' global L2 norm to this value before each update.
-            clip_value: clip every gradient element into [-clip_value, clip_value].
-            accumulate: update once every `accumulate` batches with their row-weighted mean gradient,
-                the same as batches `accumulate` times larger.
-            gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
-                and before clipping (distributed training adds its all-reduce here).
-            steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
-                epoch; a generator then continues where it stopped, a list is re-read each epoch.
-                X may also be a `np.memmap` or array-like read batch by batch (h5py, ...).
-            validation_steps: batches per validation pass when validation_data is an iterable of batches.
-            prefetch: prepare the next batch from a memmap or iterable in a background thread while
-                the step runs (True, False, or how many batches ahead).
-            distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
-                `batch_size` is the global batch, each rank computes its slice and gradients are
-                averaged; equal to single-process training up to rounding (docs/distributed.md).
-        """
-        return loop.fit(self, X, y, loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
-                        validation_data=validation_data, validation_split=validation_split, metrics=metrics,
-                        callbacks=callbacks, verbose=verbose, shuffle=shuffle, check_finite=check_finite,
-                        sample_weight=sample_weight, class_weight=class_weight, clip_norm=clip_norm,
-                        clip_value=clip_value, accumulate=accumulate, gradient_transforms=gradient_transforms,
-                        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps, prefetch=prefetch,
-                        distributed=distributed)
+    fit = loop.fit
 
     # -- inference ---------------------------------------------------------------------------
     def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,

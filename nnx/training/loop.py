@@ -56,7 +56,7 @@ def _callbacks(callbacks: Any, verbose: int, epochs: int) -> list[Callback]:
     return cbs
 
 
-def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any = None, lr: float | None = None,
+def fit(model: Any, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
         epochs: int = 1, batch_size: int | None = 32, validation_data: Any = None,
         validation_split: float = 0.0, metrics: Any = None, callbacks: Any = None, verbose: int = 0,
         shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
@@ -64,7 +64,46 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
         steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
         distributed: Any = None) -> History:
-    """Train `model`; see `Sequential.fit` for the arguments."""
+    """Mini-batch training; returns a `History` of per-epoch loss and metrics.
+
+    Args:
+        model: the model to train (``self`` when called as ``model.fit(...)``).
+        X, y: training data (NumPy or this backend's arrays); y as class indices or one-hot for
+            cross-entropy, else shaped like the outputs ((n,) is accepted for one output).
+        loss: a `Loss` or name; None reuses the last one, or picks bce/cross-entropy/mse
+            from the output layer.
+        optimizer: an `Optimizer` or name (default "adam"); a name matching the model's
+            current optimizer continues with its state.
+        lr: learning rate for an optimizer created by name (or a new rate for the current one).
+        epochs: epochs to run in this call (counting continues in `epochs_trained`).
+        batch_size: samples per step; None for full batch.
+        validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
+        validation_split: fraction in [0, 1) of the data (taken from the end) held out instead.
+        metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
+        callbacks: `nnx.callbacks.Callback` instances.
+        verbose: 1 prints loss and metrics each epoch.
+        shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
+        check_finite: refuse a step whose loss or gradients are NaN/inf, before it is applied,
+            with FloatingPointError naming epoch and batch.
+        sample_weight: per-sample weights (n,): each batch's loss is sum(w * per-sample loss) / rows,
+            as in Keras.
+        class_weight: {class index: weight}, multiplied into the sample weights.
+        clip_norm: clip the gradients' global L2 norm to this value before each update.
+        clip_value: clip every gradient element into [-clip_value, clip_value].
+        accumulate: update once every `accumulate` batches with their row-weighted mean gradient,
+            the same as batches `accumulate` times larger.
+        gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
+            and before clipping (distributed training adds its all-reduce here).
+        steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
+            epoch; a generator then continues where it stopped, a list is re-read each epoch.
+            X may also be a `np.memmap` or array-like read batch by batch (h5py, ...).
+        validation_steps: batches per validation pass when validation_data is an iterable of batches.
+        prefetch: prepare the next batch from a memmap or iterable in a background thread while
+            the step runs (True, False, or how many batches ahead).
+        distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
+            `batch_size` is the global batch, each rank computes its slice and gradients are
+            averaged; equal to single-process training up to rounding (docs/distributed.md).
+    """
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)

@@ -28,7 +28,7 @@ def resolve_loss(model: Any, loss: Any) -> Loss:
             return pair(from_logits=False)
         warnings.warn(f"{resolved!r} treats the outputs as logits, but the model ends in "
                       f"{type(last).__name__}, so they are probabilities; pass from_logits=False",
-                      stacklevel=4)
+                      stacklevel=3)
     return resolved
 
 
