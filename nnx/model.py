@@ -13,14 +13,10 @@ from .layers import LAYERS, BuildContext, Layer, Sigmoid, Softmax, layer_from_co
 from .layers.containers import _Chain
 from .layers.parameter import Parameter
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss
-from .metrics import resolve_metrics
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import evaluation, loop, resolve, sources, targets, weights
-from .training.arguments import check_positive_int
-from .training.data import batch_slices
-from .training.history import History, Logs
-from .training.loss_fit import check_loss_fits
+from .training import evaluation, inference, loop, resolve, targets, weights
+from .training.history import History
 
 Shape = tuple[int, ...]
 
@@ -351,64 +347,10 @@ class Sequential(_Chain):
 
     # -- training ------------------------------------------------------------------------
     fit = loop.fit
+    predict = inference.predict
+    evaluate = inference.evaluate
 
     # -- inference ---------------------------------------------------------------------------
-    def predict(self, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
-                check_finite: bool = True) -> Any:
-        """Outputs for X in inference mode (dropout off), as an array on this model's backend.
-
-        X may also be a `np.memmap` or array-like read batch by batch (h5py, ...), or an iterable of
-        X batches or (X, ...) tuples (`steps` of them when given); `prefetch` prepares the next batch
-        in a background thread for those. `check_finite` refuses X holding NaN or inf with a
-        ValueError, as `fit` and `evaluate` do (one reduction and one host read per call or batch);
-        False skips it.
-        """
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        source = sources.inference_source(self, X, None, None, None, batch_size, steps, prefetch, check_finite)
-        if source is not None:
-            return evaluation.predict_batches(self, source)
-        X_d = self.prepare_inputs(X)
-        if check_finite:
-            self.require_finite(X_d, "X")  # NaN in, NaN out would look like a prediction
-        n = len(self.layers)
-        if batch_size is None or X_d.shape[0] <= batch_size:
-            return self.forward_to_head(X_d, n, training=False)
-        parts = [self.forward_to_head(X_d[s, ...], n, training=False)
-                 for s in batch_slices(X_d.shape[0], batch_size)]
-        return self.xp.concat(parts, axis=0)
-
-    def evaluate(self, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
-                 sample_weight: Any = None, steps: int | None = None, prefetch: Any = True,
-                 check_finite: bool = True) -> dict[str, float]:
-        """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
-
-        A dict of name -> float; it prints rounded to 4 significant digits, its values are not rounded.
-
-        X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...), or X alone an
-        iterable of (X, y) / (X, y, sample_weight) batches (`steps` of them when given).
-        `check_finite` refuses X or y holding NaN or inf with a ValueError; False skips it. A loss that
-        does not fit the model's outputs (see `fit`) raises ValueError.
-        """
-        loss_fn = self.resolve_loss(loss)
-        look_at_outputs = check_loss_fits(self, loss_fn)
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        source = sources.inference_source(self, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
-        if source is not None:
-            return Logs(evaluation.evaluate_batches(self, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
-        if y is None:
-            raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
-                            "of (X, y) or (X, y, sample_weight) tuples")
-        X_d = self.prepare_inputs(X)
-        y_d = self.prepare_targets(y, loss_fn, X_d.shape[0])
-        w_d = self.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
-        if check_finite:
-            self.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
-            self.require_finite(y_d, "y")
-        return Logs(evaluation.evaluate_arrays(self, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
-                                         look_at_outputs))
-
 
 def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:
     """Each regularized weight's penalties: its layer's regularizer, then those of the models around it."""
