@@ -9,13 +9,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
-from .layers import LAYERS, BuildContext, Layer, Sigmoid, Softmax, layer_from_config
+from .layers import LAYERS, BuildContext, Layer, layer_from_config
 from .layers.containers import _Chain
 from .layers.parameter import Parameter
-from .losses import BinaryCrossEntropy, CrossEntropy, Loss
+from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import evaluation, inference, loop, resolve, targets, weights
+from .training import evaluation, head, inference, loop, resolve, targets, weights
 from .training.history import History
 
 Shape = tuple[int, ...]
@@ -306,19 +306,8 @@ class Sequential(_Chain):
             total = term if total is None else total + term
         return total
 
-    def output_head(self, loss: Loss) -> tuple[int, Loss, bool]:
-        """How many layers run before the loss, the loss applied there, and whether it sees logits.
-
-        A final Sigmoid with BCE (or Softmax with cross-entropy) is folded into the loss
-        computed from logits: exact where probabilities saturate, and one step cheaper.
-        """
-        last = self.layers[-1]
-        if type(last) is Sigmoid and type(loss) is BinaryCrossEntropy and not loss.from_logits:
-            return len(self.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
-        if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
-            return len(self.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
-        from_logits = getattr(loss, "from_logits", False) and not isinstance(self.output_layer(), (Sigmoid, Softmax))
-        return len(self.layers), loss, from_logits
+    output_head = head.output_head
+    loss_and_grads = head.loss_and_grads
 
     def output_layer(self) -> Layer:
         """The layer whose output the model returns: the last one, inside nested `Sequential`s too."""
@@ -326,24 +315,6 @@ class Sequential(_Chain):
         while isinstance(last, Sequential):
             last = last.layers[-1]
         return last
-
-    def loss_and_grads(self, X: Any, y: Any, loss: Loss, sample_weight: Any = None,
-                       need_dX: bool = False) -> tuple[Any, Any, Any]:
-        """One training-mode forward and backward on prepared arrays: (loss incl. penalty, head outputs, dL/dX).
-
-        The portable path, for tools that need the plain gradient (gradient checks, L-BFGS).
-        """
-        n_run, head, _ = self.output_head(loss)
-        Z = self.forward_to_head(X, n_run, training=True)
-        if sample_weight is None:
-            value, dZ = head.value_and_grad(y, Z, check=False)
-        else:
-            value, dZ = head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
-        reg = self.penalty()
-        if reg is not None:
-            value = value + reg
-        dX = self.backward_from_head(dZ, n_run, need_dX)
-        return value, Z, dX
 
     # -- training ------------------------------------------------------------------------
     fit = loop.fit
