@@ -15,7 +15,7 @@ from .layers.parameter import Parameter
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
-from .training import evaluation, head, inference, loop, resolve, targets, weights
+from .training import evaluation, head, inference, inputs, loop, resolve, targets, weights
 from .training.history import History
 
 Shape = tuple[int, ...]
@@ -224,35 +224,13 @@ class Sequential(_Chain):
         return None
 
     # -- input handling ---------------------------------------------------------------
-    def prepare_inputs(self, X: Any, argname: str = "X") -> Any:
-        """`X` on this backend in the model's dtype, checked against the model's sample shape."""
-        X = self.backend.asarray(X, dtype=self.dtype, argname=argname)
-        flat = self.input_shape is not None and len(self.input_shape) == 1
-        if X.ndim < 2 or (flat and X.ndim != 2):
-            want = "2-D (samples, features)" if flat or self.input_shape is None \
-                else f"shaped (samples, {', '.join(map(str, self.input_shape))})"
-            raise ValueError(f"{argname} must be {want}, got shape {tuple(X.shape)}")
-        if self.input_shape is not None and tuple(X.shape[1:]) != self.input_shape:
-            if len(self.input_shape) == 1 and X.ndim == 2:
-                raise ValueError(f"{argname} has {X.shape[1]} features but the model expects {self.input_shape[0]}")
-            raise ValueError(f"{argname} has samples of shape {tuple(X.shape[1:])} but the model expects "
-                             f"{self.input_shape}")
-        return X
-
+    prepare_inputs = inputs.prepare_inputs
+    require_finite = inputs.require_finite
     prepare_targets = targets.prepare_targets
     prepare_sample_weight = weights.prepare_sample_weight
     resolve_loss = resolve.resolve_loss
     resolve_optimizer = resolve.resolve_optimizer
     metric_values = evaluation.metric_values
-
-    def _all_true(self, condition: Any) -> bool:
-        return bool(self.backend.to_host(self.xp.all(condition)))
-
-    def require_finite(self, arr: Any, argname: str) -> None:
-        """Raise ValueError naming `argname` when a float array holds NaN or inf."""
-        xp = self.xp
-        if xp.isdtype(arr.dtype, "real floating") and not self._all_true(xp.isfinite(arr)):
-            raise ValueError(f"{argname} contains NaN or inf values")
 
     # -- forward and backward -------------------------------------------------------------
     def forward(self, X: Any, training: bool = False) -> Any:

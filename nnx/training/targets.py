@@ -5,11 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
-
-
-def all_true(model: Any, condition: Any) -> bool:
-    """Whether every element of a boolean array on the model's backend is true (one host read)."""
-    return bool(model.backend.to_host(model.xp.all(condition)))
+from .inputs import all_true
 
 
 def prepare_targets(model: Any, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:

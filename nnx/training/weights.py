@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from ..losses import CrossEntropy, Loss
-from .targets import all_true
+from .inputs import all_true
 
 
 def prepare_sample_weight(model: Any, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
