@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
@@ -15,6 +14,7 @@ from .layers.parameter import Parameter
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
+from .summary import summary as layer_table
 from .training import evaluation, head, inference, inputs, loop, resolve, targets, weights
 from .training.history import History
 
@@ -165,25 +165,7 @@ class Sequential(_Chain):
                    input_shape=config.get("input_shape"), _provided=arrays,
                    _bind="backend" in config or backend is not None)
 
-    def summary(self, print_fn: Callable[[str], Any] = print) -> None:
-        """Print a table of layers, their output shapes and parameter counts.
-
-        Args:
-            print_fn: what receives the table as one string (default `print`; e.g. a logger's
-                ``info``, or ``lines.append`` to keep it).
-        """
-        rows = [("layer", "output shape", "params")]
-        for path, layer in self.named_layers():  # a sub-layer under its container, indented, named by path
-            shape = layer.output_sample_shape
-            count = sum(math.prod(p.shape) for p in layer.parameters())
-            shown = "?" if shape is None else str(("batch", *shape)).replace("'", "")
-            rows.append((f"{'  ' * path.count('.')}{path}: {type(layer).__name__}", shown, f"{count:,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        total = sum(math.prod(p.shape) for p in self.parameters())
-        frozen = sum(math.prod(b.shape) for b in self.buffers())
-        lines.append(f"trainable parameters: {total:,}; buffers: {frozen:,}; {self.backend.spec}, {self.dtype}")
-        print_fn("\n".join(lines))
+    summary = layer_table
 
     def __repr__(self) -> str:
         return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"
