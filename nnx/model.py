@@ -60,7 +60,7 @@ class Sequential(_Chain):
         self.shuffle_rng = host_rng((self.seed, 1))
         self.dropout_rng = model_backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
         # only a shape the caller gave is part of the config; one taken from the first layer follows that layer
-        self._given_input_shape = None if input_shape is None else _sample_shape(input_shape)
+        self._given_input_shape = None if input_shape is None else inputs.sample_shape(input_shape)
         if not _bind:
             return  # a layer read from a config: built by the model it joins, from that model's arrays
         context = BuildContext(model_backend, dtype_name(dtype), init_rng, self.dropout_rng, "", _provided)
@@ -112,14 +112,7 @@ class Sequential(_Chain):
         unexpected = sorted(set(state) - set(targets), key=repr)
         if missing or unexpected:
             raise ValueError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
-        new_values = {}
-        for name, target in targets.items():
-            value = self.backend.asarray(state[name], dtype=self.dtype, argname=f"state_dict[{name!r}]", copy=True)
-            if tuple(value.shape) != target.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects "
-                                 f"{target.shape}")
-            self.require_finite(value, f"state_dict[{name!r}]")  # NaN weights would make every output NaN
-            new_values[name] = value
+        new_values = inputs.state_values(self, state, targets)
         # all checked before any is assigned, so a bad entry never leaves a half-loaded model
         for name, target in targets.items():
             target.value = new_values[name]
@@ -294,14 +287,3 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
         terms += _penalty_terms(sub, enclosing)
     return terms
 
-
-def _sample_shape(shape: Any) -> Shape:
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a tuple of ints (one sample's shape), got {shape!r}") from None
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty tuple of sizes > 0, got {shape}")
-    return shape

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -31,3 +33,29 @@ def require_finite(model: Any, arr: Any, argname: str) -> None:
     xp = model.xp
     if xp.isdtype(arr.dtype, "real floating") and not all_true(model, xp.isfinite(arr)):
         raise ValueError(f"{argname} contains NaN or inf values")
+
+
+def state_values(model: Any, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:
+    """The arrays of a state dict on the model's backend, each checked against its target's shape and for NaN/inf."""
+    new_values = {}
+    for name, target in targets.items():
+        value = model.backend.asarray(state[name], dtype=model.dtype, argname=f"state_dict[{name!r}]", copy=True)
+        if tuple(value.shape) != target.shape:
+            raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects "
+                             f"{target.shape}")
+        model.require_finite(value, f"state_dict[{name!r}]")  # NaN weights would make every output NaN
+        new_values[name] = value
+    return new_values
+
+
+def sample_shape(shape: Any) -> tuple[int, ...]:
+    """`input_shape` (an int or a tuple of sizes > 0) as the shape of one sample, else TypeError/ValueError."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a tuple of ints (one sample's shape), got {shape!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of sizes > 0, got {shape}")
+    return shape
