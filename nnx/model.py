@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
-import secrets
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -41,13 +39,9 @@ class Sequential(_Chain):
                  seed: int | None = None, regularizer: Regularizer | str | None = None,
                  input_shape: Any = None, _provided: Mapping[str, Any] | None = None, _bind: bool = True) -> None:
         super().__init__(*layers)
-        # torch and JAX seed their device generators with a signed 64-bit int
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or not 0 <= seed < 2**63):
-            raise ValueError(f"seed must be a non-negative int or None, got {seed!r} (below 2**63 for torch and JAX)")
         model_backend: Backend = get_backend(backend)
         model_backend.float_dtype(dtype)  # rejects integer and unknown dtypes with a clear message
-        self.seed = secrets.randbits(32) if seed is None else int(seed)
+        self.seed = inputs.model_seed(seed)
         self.regularizer = get_regularizer(regularizer)
         self.optimizer: Optimizer | None = None
         self.loss: Loss | None = None
@@ -158,8 +152,6 @@ class Sequential(_Chain):
                    input_shape=config.get("input_shape"), _provided=arrays,
                    _bind="backend" in config or backend is not None)
 
-    summary = layer_table
-
     def __repr__(self) -> str:
         return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"
 
@@ -197,15 +189,6 @@ class Sequential(_Chain):
             return super().to_onnx(path, opset)
         export(self, path, opset=opset)
         return None
-
-    # -- input handling ---------------------------------------------------------------
-    prepare_inputs = inputs.prepare_inputs
-    require_finite = inputs.require_finite
-    prepare_targets = targets.prepare_targets
-    prepare_sample_weight = weights.prepare_sample_weight
-    resolve_loss = resolve.resolve_loss
-    resolve_optimizer = resolve.resolve_optimizer
-    metric_values = evaluation.metric_values
 
     # -- forward and backward -------------------------------------------------------------
     def forward(self, X: Any, training: bool = False) -> Any:
@@ -259,9 +242,6 @@ class Sequential(_Chain):
             total = term if total is None else total + term
         return total
 
-    output_head = head.output_head
-    loss_and_grads = head.loss_and_grads
-
     def output_layer(self) -> Layer:
         """The layer whose output the model returns: the last one, inside nested `Sequential`s too."""
         last = self.layers[-1]
@@ -269,12 +249,22 @@ class Sequential(_Chain):
             last = last.layers[-1]
         return last
 
-    # -- training ------------------------------------------------------------------------
+    # -- what the model is used for: units of nnx/training (and nnx/summary.py), kept as methods ----------
+    # Each is a function of the model written once there (help() shows its signature and arguments).
     fit = loop.fit
     predict = inference.predict
     evaluate = inference.evaluate
+    summary = layer_table
+    prepare_inputs = inputs.prepare_inputs
+    require_finite = inputs.require_finite
+    prepare_targets = targets.prepare_targets
+    prepare_sample_weight = weights.prepare_sample_weight
+    resolve_loss = resolve.resolve_loss
+    resolve_optimizer = resolve.resolve_optimizer
+    output_head = head.output_head
+    loss_and_grads = head.loss_and_grads
+    metric_values = evaluation.metric_values
 
-    # -- inference ---------------------------------------------------------------------------
 
 def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:
     """Each regularized weight's penalties: its layer's regularizer, then those of the models around it."""

@@ -1,8 +1,9 @@
-"""Input checks at the model's boundary: `X` on its backend in its dtype and sample shape, and no NaN or inf."""
+"""Input checks at the model's boundary: data on its backend, dtype and shape, and finite; its state and seed."""
 
 from __future__ import annotations
 
 import numbers
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,3 +60,12 @@ def sample_shape(shape: Any) -> tuple[int, ...]:
     if not shape or any(s <= 0 for s in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of sizes > 0, got {shape}")
     return shape
+
+
+def model_seed(seed: Any) -> int:
+    """The model's seed: `seed` checked (an int in [0, 2**63)), or a fresh random one for None."""
+    # torch and JAX seed their device generators with a signed 64-bit int
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r} (below 2**63 for torch and JAX)")
+    return secrets.randbits(32) if seed is None else int(seed)
