@@ -48,6 +48,7 @@ class Sequential(_Chain):
         self.history: History | None = None
         self.epochs_trained = 0
         self.stop_training = False
+        self.distributed: Any = None  # the communicator of a data-parallel fit (rank 0 writes checkpoints)
         self.nested = False
         # independent streams of one seed: initial values, the shuffle, and dropout never share a state
         init_rng = host_rng((self.seed, 0))

@@ -6,8 +6,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .protocols import Model
 
-def summary(model: Any, print_fn: Callable[[str], Any] = print) -> None:
+
+def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
     """Print a table of layers, their output shapes and parameter counts.
 
     Args:

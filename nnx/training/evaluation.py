@@ -5,18 +5,19 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ..protocols import Model
 from .data import batch_slices
 from .loss_fit import check_outputs
 
 
-def metric_values(model: Any, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
+def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
     """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
     values = [fn(model.xp, y, Z, from_logits) for fn in metric_fns.values()]
     host = model.backend.to_host(model.xp.stack([model.xp.astype(v, Z.dtype) for v in values]))
     return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
 
-def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,
+def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,
                     batch_size: int | None, look_at_outputs: bool = False) -> dict[str, float]:
     """Loss (penalty included, weighted when `w` is given) and metrics of prepared device arrays.
 
@@ -40,7 +41,7 @@ def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns
     return result
 
 
-def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict,
+def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
                      look_at_outputs: bool = False) -> dict[str, float]:
     """Loss (penalty included) and metrics over a batch source: the row-weighted mean of the batch losses.
 
@@ -72,7 +73,7 @@ def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict,
     return result
 
 
-def predict_batches(model: Any, batches: Any) -> Any:
+def predict_batches(model: Model, batches: Any) -> Any:
     """Inference outputs of every batch of a source, concatenated on the model's backend."""
     n = len(model.layers)
     with contextlib.closing(batches.epoch()) as source:

@@ -6,9 +6,10 @@ from typing import Any
 
 from ..layers import Sigmoid, Softmax
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
+from ..protocols import Model
 
 
-def output_head(model: Any, loss: Loss) -> tuple[int, Loss, bool]:
+def output_head(model: Model, loss: Loss) -> tuple[int, Loss, bool]:
     """How many layers run before the loss, the loss applied there, and whether it sees logits.
 
     A final Sigmoid with BCE (or Softmax with cross-entropy) is folded into the loss
@@ -23,7 +24,7 @@ def output_head(model: Any, loss: Loss) -> tuple[int, Loss, bool]:
     return len(model.layers), loss, from_logits
 
 
-def loss_and_grads(model: Any, X: Any, y: Any, loss: Loss, sample_weight: Any = None,
+def loss_and_grads(model: Model, X: Any, y: Any, loss: Loss, sample_weight: Any = None,
                    need_dX: bool = False) -> tuple[Any, Any, Any]:
     """One training-mode forward and backward on prepared arrays: (loss incl. penalty, head outputs, dL/dX).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import resolve_metrics
+from ..protocols import Model
 from .arguments import check_positive_int
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, predict_batches
@@ -13,7 +14,7 @@ from .loss_fit import check_loss_fits
 from .sources import inference_source
 
 
-def predict(model: Any, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
+def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
             check_finite: bool = True) -> Any:
     """Outputs for X in inference mode (dropout off), as an array on this model's backend.
 
@@ -39,7 +40,7 @@ def predict(model: Any, X: Any, batch_size: int | None = None, steps: int | None
     return model.xp.concat(parts, axis=0)
 
 
-def evaluate(model: Any, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
+def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
              sample_weight: Any = None, steps: int | None = None, prefetch: Any = True,
              check_finite: bool = True) -> dict[str, float]:
     """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.

@@ -7,13 +7,15 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from ..protocols import Model
 
-def all_true(model: Any, condition: Any) -> bool:
+
+def all_true(model: Model, condition: Any) -> bool:
     """Whether every element of a boolean array on the model's backend is true (one host read)."""
     return bool(model.backend.to_host(model.xp.all(condition)))
 
 
-def prepare_inputs(model: Any, X: Any, argname: str = "X") -> Any:
+def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
     """`X` on the model's backend in its dtype, checked against the model's sample shape."""
     X = model.backend.asarray(X, dtype=model.dtype, argname=argname)
     flat = model.input_shape is not None and len(model.input_shape) == 1
@@ -29,14 +31,14 @@ def prepare_inputs(model: Any, X: Any, argname: str = "X") -> Any:
     return X
 
 
-def require_finite(model: Any, arr: Any, argname: str) -> None:
+def require_finite(model: Model, arr: Any, argname: str) -> None:
     """Raise ValueError naming `argname` when a float array holds NaN or inf."""
     xp = model.xp
     if xp.isdtype(arr.dtype, "real floating") and not all_true(model, xp.isfinite(arr)):
         raise ValueError(f"{argname} contains NaN or inf values")
 
 
-def state_values(model: Any, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:
+def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:
     """The arrays of a state dict on the model's backend, each checked against its target's shape and for NaN/inf."""
     new_values = {}
     for name, target in targets.items():
@@ -62,7 +64,7 @@ def sample_shape(shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def model_seed(seed: Any) -> int:
+def model_seed(seed: int | None) -> int:
     """The model's seed: `seed` checked (an int in [0, 2**63)), or a fresh random one for None."""
     # torch and JAX seed their device generators with a signed 64-bit int
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)

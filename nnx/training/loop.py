@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 from ..metrics import resolve_metrics
+from ..protocols import Model
 from .arguments import check_positive_int
 from .callbacks import Callback, CallbackList, ProgressBar
 from .data import prefetch_depth
@@ -56,7 +57,7 @@ def _callbacks(callbacks: Any, verbose: int, epochs: int) -> list[Callback]:
     return cbs
 
 
-def fit(model: Any, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
+def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
         epochs: int = 1, batch_size: int | None = 32, validation_data: Any = None,
         validation_split: float = 0.0, metrics: Any = None, callbacks: Any = None, verbose: int = 0,
         shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
@@ -202,7 +203,7 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     return dp
 
 
-def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
+def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
                metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics).
 
@@ -212,7 +213,7 @@ def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guar
         return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
 
 
-def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
+def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
                  metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)

@@ -8,9 +8,10 @@ from typing import Any, cast
 from ..layers import Sigmoid, Softmax
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from ..optim import OPTIMIZERS, Optimizer, get_optimizer
+from ..protocols import Model
 
 
-def resolve_loss(model: Any, loss: Any) -> Loss:
+def resolve_loss(model: Model, loss: Any) -> Loss:
     """The `Loss` for a fit/evaluate argument: None reuses the last one or picks it from the output layer."""
     last = model.output_layer()
     if loss is None:
@@ -32,7 +33,7 @@ def resolve_loss(model: Any, loss: Any) -> Loss:
     return resolved
 
 
-def resolve_optimizer(model: Any, optimizer: Any, lr: float | None) -> Optimizer:
+def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimizer:
     """The `Optimizer` for a fit argument; a name matching the current optimizer keeps its state."""
     if isinstance(optimizer, Optimizer):
         mine = {id(p) for p in model.parameters()}

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends.host import is_out_of_core
+from ..protocols import Model
 from .arguments import check_positive_int
 from .data import ArrayBatches, BatchPreparer, HostBatches, IterableBatches, is_batch_iterable, n_rows, prefetch_depth
 from .evaluation import evaluate_arrays, evaluate_batches
 from .loss_fit import check_outputs
 
 
-def training_source(model: Any, X: Any, y: Any, sample_weight: Any, class_weight: Any, loss_fn: Any,
+def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weight: Any, loss_fn: Any,
                     batch_size: int | None, shuffle: bool, validation_split: float, validation_data: Any,
                     steps_per_epoch: int | None, depth: int, look_at_outputs: bool) -> tuple[Any, Any, Any, bool]:
     """What `fit` reads: (its batches, the held-out rows of host arrays or None, validation_data, look_at_outputs).
@@ -80,7 +81,7 @@ def _held_out(n: int, validation_split: float) -> int:
     return n_val
 
 
-def validation_source(model: Any, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
+def validation_source(model: Model, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
                 metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
     """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
     arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
@@ -110,7 +111,7 @@ def validation_source(model: Any, data: Any, steps: int | None, batch_size: int 
     return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
 
 
-def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
+def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
                      steps: int | None, prefetch: Any, check_finite: bool = True) -> Any:
     """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
 
@@ -138,7 +139,7 @@ def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: An
     return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=check_finite), steps, depth, targets=targets)
 
 
-def _list_of_batches(model: Any, X: Any) -> bool:
+def _list_of_batches(model: Model, X: Any) -> bool:
     if not isinstance(X, (list, tuple)):
         return True
     if not X:

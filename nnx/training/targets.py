@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
+from ..protocols import Model
 from .inputs import all_true
 
 
-def prepare_targets(model: Any, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
+def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
     """`y` on the model's backend, encoded for `loss`: class indices or one-hot for cross-entropy, else as outputs."""
     xp = model.xp
     out = model.output_sample_shape

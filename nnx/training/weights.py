@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from ..losses import CrossEntropy, Loss
+from ..protocols import Model
 from .inputs import all_true
 
 
-def prepare_sample_weight(model: Any, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
+def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
                           n_rows: int, argname: str = "sample_weight") -> Any:
     """Per-row weights on the model's backend (None when neither is given): `sample_weight` times `class_weight[y]`."""
     xp = model.xp
@@ -28,7 +29,7 @@ def prepare_sample_weight(model: Any, sample_weight: Any, class_weight: Mapping 
     return w
 
 
-def _class_weight_rows(model: Any, class_weight: Mapping, y: Any, loss: Loss) -> Any:
+def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) -> Any:
     xp = model.xp
     if not isinstance(class_weight, Mapping):
         raise TypeError(f"class_weight must be a dict of class -> weight, got {type(class_weight).__name__}")

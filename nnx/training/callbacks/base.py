@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...protocols import Model
+
 
 class Callback:
     """Base class: override any hook. `self.model` is set before training starts.
@@ -12,10 +14,10 @@ class Callback:
     hook forces a device sync unless it converts them; epoch logs hold floats.
     """
 
-    model: Any = None
+    model: Any = None  # a user's callback may call any public method of its model (predict, evaluate, ...)
     adds_logs: bool = False  # True: on_epoch_end writes into the logs, so it runs before the other callbacks'
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: Model) -> None:
         """Attach the model being trained."""
         self.model = model
 
@@ -54,7 +56,7 @@ class CallbackList(Callback):
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: Model) -> None:
         for cb in self.callbacks:
             cb.set_model(model)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import array_api_compat
 
+from ...protocols import Model
 from .base import Callback
 from .schedules import _positive
 
@@ -63,7 +64,7 @@ class GradientAnalyzer(Callback):
         self._layers: list[Any] = []  # (weight-like parameters, bias or None) per column
         self.parameter_names: list[list[str]] = []
 
-    def set_model(self, model: Any) -> None:
+    def set_model(self, model: Model) -> None:
         super().set_model(model)
         if self._model_id is not None and self._model_id != id(model):
             self.reset()

@@ -6,11 +6,12 @@ import math
 import sys
 from typing import Any, cast
 
+from ...protocols import Model
 from .base import Callback
 from .monitor import check_monitor, improved, resolve_mode
 
 
-def _copy_state(model: Any) -> dict[str, Any]:
+def _copy_state(model: Model) -> dict[str, Any]:
     """Device-side copies of the weights: optimizers update in place on some backends."""
     xp = model.xp
     return {name: xp.asarray(value, copy=True) for name, value in model.state_dict().items()}
