@@ -2,7 +2,9 @@
 
 A report, not a test: run ``python benchmarks/count_any.py`` (``--all`` lists every module,
 ``--names`` counts the parameter names annotated ``Any``, e.g. how many ``model: Any``).
-An annotation counts once however often it names `Any` (``dict[str, Any]`` is one).
+An annotation counts once however often it names `Any` (``dict[str, Any]`` is one). Annotations
+naming `nnx.protocols.Array` (an array of some namespace: the one `Any` the array API forces) are
+counted apart.
 """
 
 from __future__ import annotations
@@ -31,30 +33,31 @@ def annotations(tree: ast.AST) -> list[tuple[str, ast.expr]]:
     return found
 
 
-def mentions_any(annotation: ast.expr) -> bool:
-    """Whether an annotation names `Any` (also inside a string annotation)."""
+def mentions_any(annotation: ast.expr, name: str = "Any") -> bool:
+    """Whether an annotation names `name` (also inside a string annotation)."""
     if isinstance(annotation, ast.Constant) and isinstance(annotation.value, str):
         try:
             annotation = ast.parse(annotation.value, mode="eval").body
         except SyntaxError:
-            return "Any" in annotation.value
-    return any(isinstance(n, ast.Name) and n.id == "Any" or isinstance(n, ast.Attribute) and n.attr == "Any"
+            return name in annotation.value
+    return any(isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name
                for n in ast.walk(annotation))
 
 
-def count(package: Path = PACKAGE) -> tuple[collections.Counter, collections.Counter, int]:
-    """(Any annotations per module, Any annotations per name, all annotations)."""
+def count(package: Path = PACKAGE) -> tuple[collections.Counter, collections.Counter, int, int]:
+    """(Any annotations per module, Any annotations per name, all annotations, annotations naming Array)."""
     per_module: collections.Counter = collections.Counter()
     per_name: collections.Counter = collections.Counter()
-    total = 0
+    total = arrays = 0
     for path in sorted(package.rglob("*.py")):
         found = annotations(ast.parse(path.read_text(encoding="utf-8")))
         total += len(found)
+        arrays += sum(mentions_any(annotation, "Array") for _, annotation in found)
         for name, annotation in found:
             if mentions_any(annotation):
                 per_module[str(path.relative_to(package.parent))] += 1
                 per_name[name] += 1
-    return per_module, per_name, total
+    return per_module, per_name, total, arrays
 
 
 def main() -> None:
@@ -62,8 +65,9 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="list every module, not the 15 with most")
     parser.add_argument("--names", action="store_true", help="also count by parameter name")
     options = parser.parse_args()
-    per_module, per_name, total = count()
-    print(f"annotations mentioning Any in nnx/: {sum(per_module.values())} of {total}")
+    per_module, per_name, total, arrays = count()
+    print(f"annotations mentioning Any in nnx/: {sum(per_module.values())} of {total} "
+          f"(and {arrays} naming Array, the Any the array API forces)")
     print(f"model: Any {per_name['model']}")
     for module, n in per_module.most_common(None if options.all else 15):
         print(f"  {n:4d}  {module}")
