@@ -18,7 +18,8 @@ report gives medians. Besides epoch times it measures:
 - ``import nnx`` time (fresh interpreters, best of N);
 - samples/s against batch size, plotted for the three libraries.
 
-It writes RESULTS.md, results.json and a PNG to --out (default: benchmarks/).
+It writes RESULTS.md, results.json and a PNG to --out (default: benchmarks/runs/; benchmarks/RESULTS.md
+is the hand-kept report, which quotes these runs).
 
     python benchmarks/bench_train.py                 # the full run (about 20-40 minutes on 2 cores)
     python benchmarks/bench_train.py --quick         # smaller data, fewer repeats
@@ -1020,8 +1021,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_true", help="tiny shapes, seconds; the test runs this")
     p.add_argument("--shapes", help=f"comma list among {', '.join(SHAPES)} (default small,medium,large)")
     p.add_argument("--repeats", type=int, help="timed epochs per library and shape (default: per shape)")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                   help="folder for RESULTS.md, results.json and the plot (default benchmarks/)")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "runs",
+                   help="folder for RESULTS.md, results.json and the plot (default benchmarks/runs/)")
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS/OpenMP threads for every library (default 1: on a shared machine more threads "
                         "than idle cores make multithreaded BLAS stall)")

@@ -19,6 +19,7 @@ from ._version import __version__
 from .backends import backend_name_of, backend_status, get_backend
 from .losses import get_loss
 from .optim import rebuild_optimizer
+from .protocols import Model
 from .registry import UnknownNameError
 
 FORMAT = "nnx-checkpoint"
@@ -60,7 +61,7 @@ def _from_json_tree(tree: Any, arrays: Any, path: str) -> Any:
     return tree
 
 
-def save_model(model: Any, path: str | os.PathLike, include_optimizer: bool = True) -> None:
+def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = True) -> None:
     """Write `model` to `path` (one .npz): weights, config and, if asked, optimizer and RNG state.
 
     The file is written beside its destination under a temporary name and renamed

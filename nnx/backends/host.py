@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..protocols import Model
 from .names import backend_name_of
 
 
@@ -46,7 +47,7 @@ def gather_rows(data: Any, rows: Any) -> np.ndarray:
     return out
 
 
-def host_companion(model: Any, data: Any, argname: str) -> Any:
+def host_companion(model: Model, data: Any, argname: str) -> Any:
     """y or sample_weight next to a host X: kept as a host array-like (a backend's own array is brought to the host)."""
     if data is None or isinstance(data, np.ndarray) or is_out_of_core(data):
         return data

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backends.host import gather_rows, host_companion
+from ..protocols import Model
 
 # Which rows of a batch of n rows to keep: a data-parallel rank's slice (a pure function of n).
 Window = Callable[[int], slice]
@@ -53,7 +54,7 @@ class ArrayBatches:
         shuffle: draw a new permutation each epoch (the same on every backend).
     """
 
-    def __init__(self, model: Any, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool) -> None:
+    def __init__(self, model: Model, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool) -> None:
         self.model = model
         self.X, self.y, self.w = X, y, sample_weight
         self.n_samples = int(X.shape[0])
@@ -150,7 +151,7 @@ class BatchPreparer:
         check_finite: refuse NaN/inf in X and y (as `fit` and `evaluate` do for arrays).
     """
 
-    def __init__(self, model: Any, loss: Any = None, class_weight: Any = None, check_finite: bool = True) -> None:
+    def __init__(self, model: Model, loss: Any = None, class_weight: Any = None, check_finite: bool = True) -> None:
         self.model, self.loss, self.class_weight, self.check_finite = model, loss, class_weight, check_finite
 
     def __call__(self, X: Any, y: Any, w: Any, where: str) -> tuple[Any, Any, Any]:
@@ -185,7 +186,7 @@ class HostBatches:
         rows: the (start, stop) range of rows used (validation_split holds out the end).
     """
 
-    def __init__(self, model: Any, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool,
+    def __init__(self, model: Model, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool,
                  prepare: BatchPreparer, prefetch: int = 1, rows: tuple[int, int] | None = None,
                  name: str = "X") -> None:
         n = n_rows(X, name)

@@ -9,39 +9,21 @@ it is applied, Ctrl-C ends the run between steps, and every callback's
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 import warnings
-from collections.abc import Callable
 from typing import Any
 
-from ..backends.host import is_out_of_core
 from ..metrics import resolve_metrics
+from ..protocols import Model
+from .arguments import check_positive_int
 from .callbacks import Callback, CallbackList, ProgressBar
-from .data import (
-    ArrayBatches,
-    BatchPreparer,
-    HostBatches,
-    IterableBatches,
-    batch_slices,
-    is_batch_iterable,
-    n_rows,
-    prefetch_depth,
-)
+from .data import prefetch_depth
+from .evaluation import evaluate_batches
 from .history import History
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
+from .sources import training_source, validation_source
 from .step import NonFiniteStep, TrainStep
 from .transforms import Accumulate, CallbackHook, ClipByNorm, ClipByValue, GradientTransform
-
-
-def check_positive_int(name: str, value: Any, allow_zero: bool = False) -> int:
-    """`value` as an int > 0 (or >= 0), else TypeError/ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return int(value)
 
 
 def build_transforms(clip_norm: float | None, clip_value: float | None, accumulate: int,
@@ -75,7 +57,7 @@ def _callbacks(callbacks: Any, verbose: int, epochs: int) -> list[Callback]:
     return cbs
 
 
-def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any = None, lr: float | None = None,
+def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = None, lr: float | None = None,
         epochs: int = 1, batch_size: int | None = 32, validation_data: Any = None,
         validation_split: float = 0.0, metrics: Any = None, callbacks: Any = None, verbose: int = 0,
         shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
@@ -83,7 +65,48 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
         steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
         distributed: Any = None) -> History:
-    """Train `model`; see `Sequential.fit` for the arguments."""
+    """Mini-batch training; returns a `History` of per-epoch loss and metrics.
+
+    Args:
+        model: the model to train (``self`` when called as ``model.fit(...)``).
+        X, y: training data (NumPy or this backend's arrays); y as class indices or one-hot for
+            cross-entropy, else shaped like the outputs ((n,) is accepted for one output).
+        loss: a `Loss` or name; None reuses the last one, or picks bce/cross-entropy/mse
+            from the output layer.
+        optimizer: an `Optimizer` or name (default "adam"); a name matching the model's
+            current optimizer continues with its state.
+        lr: learning rate for an optimizer created by name (or a new rate for the current one).
+        epochs: epochs to run in this call (counting continues in `epochs_trained`).
+        batch_size: samples per step; None for full batch.
+        validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
+        validation_split: fraction in [0, 1) of the data (taken from the end) held out instead.
+        metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
+        callbacks: `nnx.callbacks.Callback` instances.
+        verbose: 1 prints loss and metrics each epoch.
+        shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
+        check_finite: refuse a step whose loss or gradients are NaN/inf, before it is applied,
+            with FloatingPointError naming epoch and batch.
+        sample_weight: per-sample weights (n,): each batch's loss is sum(w * per-sample loss) / rows,
+            as in Keras.
+        class_weight: {class index: weight}, multiplied into the sample weights.
+        clip_norm: clip the gradients' global L2 norm to this value before each update.
+        clip_value: clip every gradient element into [-clip_value, clip_value].
+        accumulate: update once every `accumulate` batches with their row-weighted mean gradient,
+            the same as batches `accumulate` times larger.
+        gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
+            and before clipping (distributed training adds its all-reduce here).
+        steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
+            epoch; a generator then continues where it stopped, a list is re-read each epoch.
+            X may also be a `np.memmap` or array-like read batch by batch (h5py, ...).
+        validation_steps: batches per validation pass when validation_data is an iterable of batches.
+        prefetch: prepare the next batch from a memmap or iterable in a background thread while
+            the step runs (True, False, or how many batches ahead).
+        distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
+            `batch_size` is the global batch, each rank computes its slice and gradients are
+            averaged; equal to single-process training up to rounding (docs/distributed.md).
+                ``nnx.distributed.DataParallel(comm, shard_update=True)`` also shards the optimizer
+                update across the ranks (ZeRO-1).
+    """
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)
@@ -96,48 +119,9 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         if value is not None:
             check_positive_int(name, value)
     depth = prefetch_depth(prefetch)
-    val_rows = None
-    batches: Any
-    if y is None and is_batch_iterable(X):
-        if sample_weight is not None:
-            raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
-                             "(X, y, sample_weight) batches instead")
-        if validation_split:
-            raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
-        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth)
-    elif y is None:
-        raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
-                        "(a list or a generator) of (X, y) or (X, y, sample_weight) tuples")
-    elif steps_per_epoch is not None:
-        raise ValueError("steps_per_epoch applies to an iterable of batches; with arrays an epoch is one "
-                         "pass over them (batch_size sets the steps)")
-    elif is_out_of_core(X):
-        n = n_rows(X, "X")
-        n_train = n - _held_out(n, validation_split)
-        batches = HostBatches(model, X, y, sample_weight, batch_size or n, shuffle,
-                              BatchPreparer(model, loss_fn, class_weight), depth, rows=(0, n_train))
-        if n_train < n:
-            val_rows = HostBatches(model, X, y, None, batch_size or n, False,
-                                   BatchPreparer(model, loss_fn), depth, rows=(n_train, n))
-    else:
-        X_d = model.prepare_inputs(X)
-        n = X_d.shape[0]
-        if n == 0:
-            raise ValueError("X has 0 samples; fit needs at least one")
-        y_d = model.prepare_targets(y, loss_fn, n)
-        w_d = model.prepare_sample_weight(sample_weight, class_weight, y_d, loss_fn, n)
-        model.require_finite(X_d, "X")
-        model.require_finite(y_d, "y")
-        if validation_split:
-            n_val = _held_out(n, validation_split)
-            validation_data = (X_d[n - n_val:, ...], y_d[n - n_val:, ...])
-            X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
-            w_d = None if w_d is None else w_d[:n, ...]
-        batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
-        if look_at_outputs:  # the same rows on every rank, so every rank decides alike
-            check_outputs(model, loss_fn, model.forward_to_head(X_d[:batch_size or n, ...], len(model.layers),
-                                                                 training=False))
-            look_at_outputs = False
+    batches, val_rows, validation_data, look_at_outputs = training_source(
+        model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,
+        steps_per_epoch, depth, look_at_outputs)
     dp = _data_parallel(model, distributed)
     if dp is not None:
         batches = dp.shard(batches)  # batch_size is the global batch; this rank computes its slice
@@ -145,7 +129,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     if val_rows is not None:
         val = lambda: evaluate_batches(model, val_rows, loss_fn, metric_fns)  # noqa: E731
     elif validation_data is not None:
-        val = _validation(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth)
+        val = validation_source(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth)
     model.loss = loss_fn
     opt = model.optimizer = model.resolve_optimizer(optimizer, lr)
     cbs = _callbacks(callbacks, verbose if dp is None or dp.is_root else 0, epochs)
@@ -222,46 +206,7 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     return dp
 
 
-def _held_out(n: int, validation_split: float) -> int:
-    """Rows validation_split holds out from the end of n."""
-    n_val = int(math.floor(n * validation_split))
-    if validation_split and (n_val == 0 or n_val == n):
-        raise ValueError(f"validation_split={validation_split} leaves {n - n_val} training and "
-                         f"{n_val} validation samples out of {n}")
-    return n_val
-
-
-def _validation(model: Any, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
-                metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
-    """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
-    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
-    looks_like_arrays = isinstance(data, tuple) and any(hasattr(item, "shape") for item in data)
-    if looks_like_arrays and not arrays:
-        raise TypeError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight), "
-                        f"got a tuple of {len(data)}")
-    if not arrays:
-        if not is_batch_iterable(data):
-            raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
-                            "sample_weight), or an iterable of such batches")
-        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data")
-        return lambda: evaluate_batches(model, source, loss_fn, metric_fns)
-    if steps is not None:
-        raise ValueError("validation_steps applies to validation_data given as an iterable of batches")
-    w = data[2] if len(data) == 3 else None
-    if is_out_of_core(data[0]):
-        n = n_rows(data[0], "validation X")
-        host = HostBatches(model, data[0], data[1], w, batch_size or n, False, BatchPreparer(model, loss_fn),
-                           depth, name="validation X")
-        return lambda: evaluate_batches(model, host, loss_fn, metric_fns)
-    Xv = model.prepare_inputs(data[0], "validation X")
-    yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
-    wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
-    model.require_finite(Xv, "validation X")
-    model.require_finite(yv, "validation y")
-    return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
-
-
-def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
+def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
                metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics).
 
@@ -271,7 +216,7 @@ def _run_epoch(model: Any, step: TrainStep, batches: Any, cb: CallbackList, guar
         return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
 
 
-def _epoch_steps(model: Any, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
+def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
                  metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
@@ -358,107 +303,3 @@ def _non_finite(epoch: int, batch: int) -> NonFiniteStep:
     )
 
 
-def evaluate_arrays(model: Any, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,
-                    batch_size: int | None, look_at_outputs: bool = False) -> dict[str, float]:
-    """Loss (penalty included, weighted when `w` is given) and metrics of prepared device arrays.
-
-    `look_at_outputs`: check that the outputs fit `loss_fn` (see `check_loss_fits`) before using them.
-    """
-    if X.shape[0] == 0:
-        raise ValueError("cannot evaluate on 0 samples")
-    n_run, head, from_logits = model.output_head(loss_fn)
-    parts = batch_slices(X.shape[0], batch_size or X.shape[0])
-    outs = [model.forward_to_head(X[part, ...], n_run, training=False) for part in parts]
-    Z = outs[0] if len(outs) == 1 else model.xp.concat(outs, axis=0)
-    if look_at_outputs:
-        check_outputs(model, loss_fn, Z, "the data")  # an undecided model is never folded: Z are its outputs
-    value = head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
-    penalty = model.penalty()
-    if penalty is not None:
-        value = value + penalty
-    result = {"loss": model.backend.to_float(value)}
-    if metric_fns:
-        result.update(model.metric_values(metric_fns, y, Z, from_logits))
-    return result
-
-
-def evaluate_batches(model: Any, batches: Any, loss_fn: Any, metric_fns: dict,
-                     look_at_outputs: bool = False) -> dict[str, float]:
-    """Loss (penalty included) and metrics over a batch source: the row-weighted mean of the batch losses.
-
-    Each batch's loss is a mean over its rows (weighted ones with Keras's meaning, sum(w * loss) / rows),
-    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once.
-    Metrics see every batch's outputs and targets together, as they do for arrays.
-    `look_at_outputs`: check that the first batch's outputs fit `loss_fn` (see `check_loss_fits`).
-    """
-    xp = model.xp
-    n_run, head, from_logits = model.output_head(loss_fn)
-    values, rows, outputs, targets = [], [], [], []
-    with contextlib.closing(batches.epoch()) as source:
-        for Xb, yb, wb in source:
-            Z = model.forward_to_head(Xb, n_run, training=False)
-            if look_at_outputs and not values:
-                check_outputs(model, loss_fn, Z)
-            values.append(head(yb, Z, check=False) if wb is None else head(yb, Z, check=False, sample_weight=wb))
-            rows.append(int(Xb.shape[0]))
-            if metric_fns:
-                outputs.append(Z)
-                targets.append(yb)
-    host = model.backend.to_host(xp.stack(values))
-    value = sum(r * float(v) for r, v in zip(rows, host, strict=True)) / sum(rows)
-    penalty = model.penalty()
-    result = {"loss": value if penalty is None else value + model.backend.to_float(penalty)}
-    if metric_fns:
-        result.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
-                                          from_logits))
-    return result
-
-
-def predict_batches(model: Any, batches: Any) -> Any:
-    """Inference outputs of every batch of a source, concatenated on the model's backend."""
-    n = len(model.layers)
-    with contextlib.closing(batches.epoch()) as source:
-        parts = [model.forward_to_head(Xb, n, training=False) for Xb, _, _ in source]
-    return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)
-
-
-def inference_source(model: Any, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
-                     steps: int | None, prefetch: Any, check_finite: bool = True) -> Any:
-    """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
-
-    predict takes X batches or (X, ...) tuples; a list counts as batches when its items are tuples or arrays
-    of one more axis than a sample, else it is one array (a nested list), as before. `check_finite` refuses
-    NaN/inf in every batch.
-    """
-    depth = prefetch_depth(prefetch)
-    if steps is not None:
-        check_positive_int("steps", steps)
-    targets = loss_fn is not None
-    if is_out_of_core(X):
-        if steps is not None:
-            raise ValueError("steps applies to an iterable of batches")
-        n = n_rows(X, "X")
-        return HostBatches(model, X, y, sample_weight if targets else None, batch_size or n, False,
-                           BatchPreparer(model, loss_fn, check_finite=check_finite), depth)
-    if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
-        if steps is not None:
-            raise ValueError("steps applies to an iterable of batches")
-        return None
-    if sample_weight is not None:
-        raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
-                         "(X, y, sample_weight) batches instead")
-    return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=check_finite), steps, depth, targets=targets)
-
-
-def _list_of_batches(model: Any, X: Any) -> bool:
-    if not isinstance(X, (list, tuple)):
-        return True
-    if not X:
-        return False
-    first = X[0]
-    if isinstance(first, tuple):
-        return True
-    ndim = getattr(first, "ndim", None)
-    if ndim is None:
-        return False
-    return ndim >= 2 if model.input_shape is None else ndim == len(model.input_shape) + 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..layers import BatchNorm, Dense, Dropout, Flatten, Identity, LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
+from ..protocols import Model
 
 # exact types: a subclass may change what its forward returns, so its outputs are looked at instead
 PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
@@ -25,7 +26,7 @@ def reads_probabilities(loss: Loss) -> bool:
     return isinstance(loss, (BinaryCrossEntropy, CrossEntropy)) and not loss.from_logits
 
 
-def output_layer(model: Any) -> Any:
+def output_layer(model: Model) -> Any:
     """The last layer that sets the range of the model's outputs (trailing Dropout, Flatten and Identity skipped)."""
     for layer in reversed(model.layers):
         if type(layer) not in RANGE_KEEPING:
@@ -41,7 +42,7 @@ def _instead(loss: Loss) -> str:
             "(nnx.losses.CrossEntropy(from_logits=True)) to read the outputs as logits")
 
 
-def check_loss_fits(model: Any, loss: Loss) -> bool:
+def check_loss_fits(model: Model, loss: Loss) -> bool:
     """Raise ValueError when `loss` cannot fit the model's outputs; True when only the outputs can tell.
 
     Decided from the model's shape and its last layer's type where they tell; when they do
@@ -64,7 +65,7 @@ def check_loss_fits(model: Any, loss: Loss) -> bool:
     return True
 
 
-def check_outputs(model: Any, loss: Loss, Y: Any, what: str = "the first batch") -> None:
+def check_outputs(model: Model, loss: Loss, Y: Any, what: str = "the first batch") -> None:
     """Raise ValueError when outputs `Y` (of `what`) that `loss` reads as probabilities leave [0, 1].
 
     NaN is left to the finite checks.

@@ -30,6 +30,7 @@ import math
 from typing import Any
 
 from ..layers.parameter import Parameter
+from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step
 from .flat import FlatUpdate
 from .transforms import GradientTransform
@@ -54,8 +55,9 @@ class TrainStep:
             across ranks, `nnx.distributed.ShardedUpdate`); it has `FlatUpdate`'s `applies`, `gather_grads`, `run`.
     """
 
-    def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
-                 check_finite: bool = True, defer_check: bool | None = None, flat_update: Any = None) -> None:
+    def __init__(self, model: Model, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
+                 check_finite: bool = True, defer_check: bool | None = None,
+                 flat_update: FlatExecution | None = None) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -63,9 +65,9 @@ class TrainStep:
         self.check_finite = check_finite
         self.params: list[Parameter] = model.parameters()
         be = model.backend
-        self.compiled: Any = compile_step(model, loss, optimizer, self.transforms, check_finite)
+        self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
-        self.flat: Any = flat_update if flat_update is not None else (
+        self.flat: FlatExecution | None = flat_update if flat_update is not None else (
             FlatUpdate(optimizer, be) if derive_flat else None)
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         self._dZ: Any = None
@@ -94,13 +96,16 @@ class TrainStep:
         accelerator (`end_epoch` reads it); `read_check` reads this step's verdict now, for a
         callback that handles non-finite steps itself. A refused step updates nothing.
         """
+        compiled = self.compiled
+        if compiled is None:
+            raise RuntimeError("TrainStep.run needs a compiled step (execution 'compiled'); run the stages instead")
         self._steps += 1
         try:
-            return self.compiled(X, y, sample_weight, read_check and self.check_finite)
+            return compiled(X, y, sample_weight, read_check and self.check_finite)
         except self.model.backend.trace_errors:
-            if self.compiled.traces > 1:
+            if compiled.traces > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
-            self.compiled.broken = True  # the model's code needs concrete values: the plain stages run
+            compiled.broken = True  # the model's code needs concrete values: the plain stages run
             self.compiled = None
             self._steps -= 1
             value, Z = self.forward_loss(X, y, sample_weight)

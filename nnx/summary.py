@@ -1,0 +1,30 @@
+"""`summary`: a printed table of a model's layers (nested ones under their container), shapes and sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .protocols import Model
+
+
+def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
+    """Print a table of layers, their output shapes and parameter counts.
+
+    Args:
+        print_fn: what receives the table as one string (default `print`; e.g. a logger's
+            ``info``, or ``lines.append`` to keep it).
+    """
+    rows = [("layer", "output shape", "params")]
+    for path, layer in model.named_layers():  # a sub-layer under its container, indented, named by path
+        shape = layer.output_sample_shape
+        count = sum(math.prod(p.shape) for p in layer.parameters())
+        shown = "?" if shape is None else str(("batch", *shape)).replace("'", "")
+        rows.append((f"{'  ' * path.count('.')}{path}: {type(layer).__name__}", shown, f"{count:,}"))
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    total = sum(math.prod(p.shape) for p in model.parameters())
+    frozen = sum(math.prod(b.shape) for b in model.buffers())
+    lines.append(f"trainable parameters: {total:,}; buffers: {frozen:,}; {model.backend.spec}, {model.dtype}")
+    print_fn("\n".join(lines))

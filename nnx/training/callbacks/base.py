@@ -1,0 +1,98 @@
+"""The `Callback` hooks `fit` calls, and `CallbackList`, which calls a list of them in order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...protocols import Model
+
+
+class Callback:
+    """Base class: override any hook. `self.model` is set before training starts.
+
+    Batch logs hold device arrays (``logs["loss"]`` is a 0-d array) so that no
+    hook forces a device sync unless it converts them; epoch logs hold floats.
+    """
+
+    model: Any = None  # a user's callback may call any public method of its model (predict, evaluate, ...)
+    adds_logs: bool = False  # True: on_epoch_end writes into the logs, so it runs before the other callbacks'
+
+    def set_model(self, model: Model) -> None:
+        """Attach the model being trained."""
+        self.model = model
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Before the first epoch."""
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        """After the last epoch, also after an interrupt or early stop."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Before each epoch."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """After each epoch, with its loss and metrics (and validation ones)."""
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        """Before each training step."""
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        """After each optimizer step; parameter gradients are still in place."""
+
+    def on_gradients(self, grads: dict[str, Any]) -> dict[str, Any] | None:
+        """Before each optimizer update, after clipping: parameter name -> gradient.
+
+        Return None to only look, or a dict of replacement gradients (same names and shapes).
+        """
+        return None
+
+
+class CallbackList(Callback):
+    """Fans each hook out to a list of callbacks, in order."""
+
+    def __init__(self, callbacks: list[Callback] | None = None) -> None:
+        self.callbacks = list(callbacks or [])
+        for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
+
+    def set_model(self, model: Model) -> None:
+        for cb in self.callbacks:
+            cb.set_model(model)
+
+    def uses(self, hook: str) -> bool:
+        """Whether any callback here overrides `hook` (fit skips building logs for a per-batch hook nobody uses)."""
+        base = getattr(Callback, hook)
+        return any(getattr(getattr(cb, hook), "__func__", None) is not base for cb in self.callbacks)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_train_begin(logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # every callback gets to close its files and bars, even when one of them fails
+        first_error: BaseException | None = None
+        for cb in self.callbacks:
+            try:
+                cb.on_train_end(logs)
+            except BaseException as exc:  # noqa: B036 - re-raised below, after the others ran
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        # the callbacks that add to the logs first, so every reader sees them whatever the list's order
+        for cb in sorted(self.callbacks, key=lambda c: not c.adds_logs):
+            cb.on_epoch_end(epoch, logs)
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        for cb in self.callbacks:
+            cb.on_batch_end(batch, logs)

@@ -1,0 +1,51 @@
+"""What a monitored epoch-log name means: whether it will be recorded, and which way is better."""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+# Names whose larger values are better, for mode="auto".
+_HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "r2", "auc")
+
+
+def recorded_names(logs: dict | None) -> list[str] | None:
+    """The epoch-log names a `fit` run will record, from its ``on_train_begin`` logs (None if unknown)."""
+    if not logs or "metrics" not in logs:
+        return None
+    names = ["loss", *logs["metrics"]]
+    if logs.get("validation"):
+        names += [f"val_{name}" for name in names]
+    return names
+
+
+def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
+    """Raise ValueError when `monitor` is not among the names this run records."""
+    names = recorded_names(logs)
+    if names is None or monitor in names:
+        return
+    logs = cast(dict, logs)  # names were found, so there are logs
+    hint = ""
+    if monitor.startswith("val_") and not logs.get("validation"):
+        hint = " (val_ metrics need validation_data or validation_split in fit)"
+    elif monitor not in ("loss", "val_loss") and monitor.removeprefix("val_") not in logs["metrics"]:
+        hint = f" (add {monitor.removeprefix('val_')!r} to fit's metrics)"
+    raise ValueError(f"{owner} monitors {monitor!r}, which this fit does not record{hint}; "
+                     f"recorded: {names}")
+
+
+def resolve_mode(owner: str, mode: str, monitor: str) -> str:
+    """`mode` checked, with ``"auto"`` made ``"max"`` for names where larger is better, else ``"min"``."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    base = monitor.removeprefix("val_").lower()
+    return "max" if base in _HIGHER_IS_BETTER or base.endswith("accuracy") else "min"
+
+
+def improved(current: float, best: float, mode: str, min_delta: float) -> bool:
+    """Whether `current` beats `best` by more than `min_delta` in direction `mode` (never when not finite)."""
+    if not math.isfinite(current):
+        return False
+    return current < best - min_delta if mode == "min" else current > best + min_delta

@@ -1,0 +1,155 @@
+"""Learning-rate schedules: `LearningRateScheduler` for any function, and the built-in decays."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .base import Callback
+
+
+class LearningRateScheduler(Callback):
+    """Set the optimizer's learning rate at the start of every epoch.
+
+    Args:
+        schedule: a callable ``(epoch, lr) -> new_lr`` (epoch counts from 0 over the model's
+            whole training, lr is the current rate), e.g. one of `StepDecay`,
+            `ExponentialDecay`, `CosineDecay`.
+        verbose: 1 prints the rate when it changes.
+
+    The rate used in each epoch is added to the epoch logs (and so the History and any
+    `CSVLogger`, wherever it is in the callbacks list) as ``"lr"``.
+    """
+
+    adds_logs = True
+
+    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+        if not callable(schedule):
+            raise TypeError(f"schedule must be callable as (epoch, lr) -> lr, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
+        old = float(optimizer.lr)
+        new = self.schedule(epoch, old)
+        if isinstance(new, bool) or not isinstance(new, (int, float)) or not math.isfinite(new) or new <= 0:
+            raise ValueError(f"learning-rate schedule {self.schedule!r} returned {new!r} at epoch {epoch + 1}; "
+                             "it must return a finite number > 0")
+        optimizer.lr = float(new)
+        if self.verbose and new != old:
+            print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None and getattr(self.model, "optimizer", None) is not None:
+            logs["lr"] = float(self.model.optimizer.lr)
+
+
+class Schedule(LearningRateScheduler):
+    """Base of the built-in schedules: callable as ``(epoch, lr) -> lr``, and usable directly as a callback.
+
+    The base rate is `initial_lr` when given, else the optimizer's rate the first time
+    the schedule is called (later calls, also in later `fit` calls, keep that base).
+    """
+
+    def __init__(self, initial_lr: float | None = None, verbose: int = 0) -> None:
+        if initial_lr is not None and not (isinstance(initial_lr, (int, float)) and initial_lr > 0):
+            raise ValueError(f"initial_lr must be a number > 0 or None, got {initial_lr!r}")
+        super().__init__(self, verbose)
+        self.initial_lr = None if initial_lr is None else float(initial_lr)
+        self._base = self.initial_lr
+
+    def __call__(self, epoch: int, lr: float) -> float:
+        if self._base is None:
+            self._base = float(lr)
+        return self.rate(epoch, self._base)
+
+    def rate(self, epoch: int, base: float) -> float:
+        """The rate for `epoch` given the base rate."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if not k.startswith("_") and k not in ("schedule", "verbose", "model"))
+        return f"{type(self).__name__}({fields})"
+
+
+def _positive(owner: str, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner} {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+class StepDecay(Schedule):
+    """``base * gamma ** (epoch // step_size)``: multiply the rate by `gamma` every `step_size` epochs.
+
+    Args:
+        step_size: epochs between drops.
+        gamma: the factor applied at each drop.
+        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+    """
+
+    def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None) -> None:
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepDecay step_size must be an int >= 1, got {step_size!r}")
+        super().__init__(initial_lr)
+        self.step_size = step_size
+        self.gamma = _positive("StepDecay", "gamma", gamma)
+
+    def rate(self, epoch: int, base: float) -> float:
+        return base * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialDecay(Schedule):
+    """``base * decay_rate ** (epoch / decay_epochs)`` (floored exponent when `staircase`).
+
+    Args:
+        decay_rate: factor per `decay_epochs` epochs, e.g. 0.96.
+        decay_epochs: epochs over which the rate is multiplied by `decay_rate`.
+        staircase: decay in whole steps instead of continuously.
+        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+    """
+
+    def __init__(self, decay_rate: float, decay_epochs: float = 1, staircase: bool = False,
+                 initial_lr: float | None = None) -> None:
+        super().__init__(initial_lr)
+        self.decay_rate = _positive("ExponentialDecay", "decay_rate", decay_rate)
+        self.decay_epochs = _positive("ExponentialDecay", "decay_epochs", decay_epochs)
+        self.staircase = staircase
+
+    def rate(self, epoch: int, base: float) -> float:
+        exponent = epoch / self.decay_epochs
+        return base * self.decay_rate ** (math.floor(exponent) if self.staircase else exponent)
+
+
+class CosineDecay(Schedule):
+    """Cosine annealing from the base rate to `min_lr` over `decay_epochs`, then `min_lr`.
+
+    ``min_lr + (base - min_lr) * (1 + cos(pi * min(epoch, decay_epochs) / decay_epochs)) / 2``
+
+    Args:
+        decay_epochs: epochs to reach `min_lr`.
+        min_lr: the final rate (> 0, since optimizers reject a zero rate).
+        warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first.
+        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+    """
+
+    def __init__(self, decay_epochs: int, min_lr: float = 1e-6, warmup_epochs: int = 0,
+                 initial_lr: float | None = None) -> None:
+        if isinstance(decay_epochs, bool) or not isinstance(decay_epochs, int) or decay_epochs < 1:
+            raise ValueError(f"CosineDecay decay_epochs must be an int >= 1, got {decay_epochs!r}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"CosineDecay warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        super().__init__(initial_lr)
+        self.decay_epochs = decay_epochs
+        self.min_lr = _positive("CosineDecay", "min_lr", min_lr)
+        self.warmup_epochs = warmup_epochs
+
+    def rate(self, epoch: int, base: float) -> float:
+        if epoch < self.warmup_epochs:
+            return base * (epoch + 1) / self.warmup_epochs
+        t = min(epoch - self.warmup_epochs, self.decay_epochs) / self.decay_epochs
+        return self.min_lr + (base - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))

@@ -1,0 +1,128 @@
+"""Callbacks that stop training: `EarlyStopping` on a plateau, `TerminateOnNaN` on a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any, cast
+
+from ...protocols import Model
+from .base import Callback
+from .monitor import check_monitor, improved, resolve_mode
+
+
+def _copy_state(model: Model) -> dict[str, Any]:
+    """Device-side copies of the weights: optimizers update in place on some backends."""
+    xp = model.xp
+    return {name: xp.asarray(value, copy=True) for name, value in model.state_dict().items()}
+
+
+class EarlyStopping(Callback):
+    """Stop training when a monitored quantity has stopped improving.
+
+    Args:
+        monitor: epoch-log name to watch (``"val_loss"``, ``"loss"``, ``"val_accuracy"``, ...).
+        patience: epochs without improvement after which training stops.
+        min_delta: smallest change that counts as an improvement.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/f1/r2, else min).
+        restore_best_weights: when training ends, put back the weights of the best epoch.
+        baseline: a value the monitored quantity must beat within `patience` epochs.
+        verbose: 1 prints a line when stopping.
+
+    After training, `stopped_epoch` is the index of the epoch at which it stopped (None
+    if it did not), `best` the best value and `best_epoch` the index of its epoch. Both
+    are 0-based indices, like the ``epoch`` the hooks receive and `History.epoch`; the
+    epoch people count (and ``verbose=1`` prints) is the index + 1.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best_weights: bool = False, baseline: float | None = None,
+                 verbose: int = 0) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping patience must be an int >= 0, got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
+            raise ValueError(f"EarlyStopping min_delta must be a finite number, got {min_delta!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = abs(float(min_delta))
+        self.mode = resolve_mode("EarlyStopping", mode, monitor)
+        self.restore_best_weights = restore_best_weights
+        self.baseline = baseline
+        self.verbose = verbose
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
+        self.best = math.inf if self.mode == "min" else -math.inf
+        if self.baseline is not None:
+            self.best = float(self.baseline)
+        self.best_weights: dict[str, Any] | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        check_monitor("EarlyStopping", self.monitor, logs)
+        self._reset()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in the epoch logs; "
+                             f"logged: {sorted(logs)}")
+        current = float(logs[self.monitor])
+        if improved(current, self.best, self.mode, self.min_delta):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = _copy_state(self.model)
+            return
+        self.wait += 1
+        if self.wait >= max(self.patience, 1):
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"EarlyStopping: {self.monitor} did not improve for {self.wait} epoch(s); "
+                      f"stopping at epoch {epoch + 1}", flush=True)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)
+            if self.verbose:
+                print(f"EarlyStopping: restored the weights of epoch {cast(int, self.best_epoch) + 1} "
+                      f"({self.monitor} = {self.best:.4g})", flush=True)
+
+
+class TerminateOnNaN(Callback):
+    """Stop training at the first step whose loss is NaN or infinite.
+
+    `fit`'s own `check_finite` (on by default) raises at such a step; with this
+    callback the step is still refused (nothing is updated) but training stops
+    quietly and `fit` returns its History. It declares that with
+    ``handles_non_finite = True``, which any callback may set.
+
+    After training, `stopped_epoch` and `stopped_batch` say where it stopped, as 0-based
+    indices (the message it prints counts both from 1).
+    """
+
+    handles_non_finite = True
+
+    def __init__(self) -> None:
+        self.stopped_epoch: int | None = None
+        self.stopped_batch: int | None = None
+        self._epoch = 0
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.stopped_epoch = self.stopped_batch = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch
+
+    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get("loss")
+        if value is None:
+            return
+        loss = self.model.backend.to_float(value)
+        if not math.isfinite(loss):
+            self.stopped_epoch, self.stopped_batch = self._epoch, batch
+            self.model.stop_training = True
+            print(f"TerminateOnNaN: loss is {loss} at epoch {self._epoch + 1}, batch {batch + 1}; stopping",
+                  file=sys.stderr, flush=True)

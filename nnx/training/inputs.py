@@ -1,0 +1,73 @@
+"""Input checks at the model's boundary: data on its backend, dtype and shape, and finite; its state and seed."""
+
+from __future__ import annotations
+
+import numbers
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from ..protocols import Model
+
+
+def all_true(model: Model, condition: Any) -> bool:
+    """Whether every element of a boolean array on the model's backend is true (one host read)."""
+    return bool(model.backend.to_host(model.xp.all(condition)))
+
+
+def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
+    """`X` on the model's backend in its dtype, checked against the model's sample shape."""
+    X = model.backend.asarray(X, dtype=model.dtype, argname=argname)
+    flat = model.input_shape is not None and len(model.input_shape) == 1
+    if X.ndim < 2 or (flat and X.ndim != 2):
+        want = "2-D (samples, features)" if flat or model.input_shape is None \
+            else f"shaped (samples, {', '.join(map(str, model.input_shape))})"
+        raise ValueError(f"{argname} must be {want}, got shape {tuple(X.shape)}")
+    if model.input_shape is not None and tuple(X.shape[1:]) != model.input_shape:
+        if len(model.input_shape) == 1 and X.ndim == 2:
+            raise ValueError(f"{argname} has {X.shape[1]} features but the model expects {model.input_shape[0]}")
+        raise ValueError(f"{argname} has samples of shape {tuple(X.shape[1:])} but the model expects "
+                         f"{model.input_shape}")
+    return X
+
+
+def require_finite(model: Model, arr: Any, argname: str) -> None:
+    """Raise ValueError naming `argname` when a float array holds NaN or inf."""
+    xp = model.xp
+    if xp.isdtype(arr.dtype, "real floating") and not all_true(model, xp.isfinite(arr)):
+        raise ValueError(f"{argname} contains NaN or inf values")
+
+
+def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:
+    """The arrays of a state dict on the model's backend, each checked against its target's shape and for NaN/inf."""
+    new_values = {}
+    for name, target in targets.items():
+        value = model.backend.asarray(state[name], dtype=model.dtype, argname=f"state_dict[{name!r}]", copy=True)
+        if tuple(value.shape) != target.shape:
+            raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects "
+                             f"{target.shape}")
+        model.require_finite(value, f"state_dict[{name!r}]")  # NaN weights would make every output NaN
+        new_values[name] = value
+    return new_values
+
+
+def sample_shape(shape: Any) -> tuple[int, ...]:
+    """`input_shape` (an int or a tuple of sizes > 0) as the shape of one sample, else TypeError/ValueError."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a tuple of ints (one sample's shape), got {shape!r}") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of sizes > 0, got {shape}")
+    return shape
+
+
+def model_seed(seed: int | None) -> int:
+    """The model's seed: `seed` checked (an int in [0, 2**63)), or a fresh random one for None."""
+    # torch and JAX seed their device generators with a signed 64-bit int
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r} (below 2**63 for torch and JAX)")
+    return secrets.randbits(32) if seed is None else int(seed)

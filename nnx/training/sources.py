@@ -1,0 +1,153 @@
+"""Data-source selection: which batch source `fit`, its validation, `predict` and `evaluate` read for their input.
+
+Arrays in memory, host arrays read batch by batch (`np.memmap`, h5py, ...), or an iterable
+of batches; each becomes a source from `nnx.training.data`, prepared on the model's backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ..backends.host import is_out_of_core
+from ..protocols import Model
+from .arguments import check_positive_int
+from .data import ArrayBatches, BatchPreparer, HostBatches, IterableBatches, is_batch_iterable, n_rows, prefetch_depth
+from .evaluation import evaluate_arrays, evaluate_batches
+from .loss_fit import check_outputs
+
+
+def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weight: Any, loss_fn: Any,
+                    batch_size: int | None, shuffle: bool, validation_split: float, validation_data: Any,
+                    steps_per_epoch: int | None, depth: int, look_at_outputs: bool) -> tuple[Any, Any, Any, bool]:
+    """What `fit` reads: (its batches, the held-out rows of host arrays or None, validation_data, look_at_outputs).
+
+    Arrays are prepared and checked here; `validation_split` holds rows out from the end (of arrays they
+    become `validation_data`); `look_at_outputs` stays True when the first batch's outputs must still be
+    checked to fit the loss (see `check_loss_fits`).
+    """
+    val_rows = None
+    batches: Any
+    if y is None and is_batch_iterable(X):
+        if sample_weight is not None:
+            raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
+                             "(X, y, sample_weight) batches instead")
+        if validation_split:
+            raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
+        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth)
+    elif y is None:
+        raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
+                        "(a list or a generator) of (X, y) or (X, y, sample_weight) tuples")
+    elif steps_per_epoch is not None:
+        raise ValueError("steps_per_epoch applies to an iterable of batches; with arrays an epoch is one "
+                         "pass over them (batch_size sets the steps)")
+    elif is_out_of_core(X):
+        n = n_rows(X, "X")
+        n_train = n - _held_out(n, validation_split)
+        batches = HostBatches(model, X, y, sample_weight, batch_size or n, shuffle,
+                              BatchPreparer(model, loss_fn, class_weight), depth, rows=(0, n_train))
+        if n_train < n:
+            val_rows = HostBatches(model, X, y, None, batch_size or n, False,
+                                   BatchPreparer(model, loss_fn), depth, rows=(n_train, n))
+    else:
+        X_d = model.prepare_inputs(X)
+        n = X_d.shape[0]
+        if n == 0:
+            raise ValueError("X has 0 samples; fit needs at least one")
+        y_d = model.prepare_targets(y, loss_fn, n)
+        w_d = model.prepare_sample_weight(sample_weight, class_weight, y_d, loss_fn, n)
+        model.require_finite(X_d, "X")
+        model.require_finite(y_d, "y")
+        if validation_split:
+            n_val = _held_out(n, validation_split)
+            validation_data = (X_d[n - n_val:, ...], y_d[n - n_val:, ...])
+            X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
+            w_d = None if w_d is None else w_d[:n, ...]
+        batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
+        if look_at_outputs:  # the same rows on every rank, so every rank decides alike
+            check_outputs(model, loss_fn, model.forward_to_head(X_d[:batch_size or n, ...], len(model.layers),
+                                                                 training=False))
+            look_at_outputs = False
+    return batches, val_rows, validation_data, look_at_outputs
+
+
+def _held_out(n: int, validation_split: float) -> int:
+    """Rows validation_split holds out from the end of n."""
+    n_val = int(math.floor(n * validation_split))
+    if validation_split and (n_val == 0 or n_val == n):
+        raise ValueError(f"validation_split={validation_split} leaves {n - n_val} training and "
+                         f"{n_val} validation samples out of {n}")
+    return n_val
+
+
+def validation_source(model: Model, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
+                metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
+    """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
+    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
+    looks_like_arrays = isinstance(data, tuple) and any(hasattr(item, "shape") for item in data)
+    if looks_like_arrays and not arrays:
+        raise TypeError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight), "
+                        f"got a tuple of {len(data)}")
+    if not arrays:
+        if not is_batch_iterable(data):
+            raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
+                            "sample_weight), or an iterable of such batches")
+        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data")
+        return lambda: evaluate_batches(model, source, loss_fn, metric_fns)
+    if steps is not None:
+        raise ValueError("validation_steps applies to validation_data given as an iterable of batches")
+    w = data[2] if len(data) == 3 else None
+    if is_out_of_core(data[0]):
+        n = n_rows(data[0], "validation X")
+        host = HostBatches(model, data[0], data[1], w, batch_size or n, False, BatchPreparer(model, loss_fn),
+                           depth, name="validation X")
+        return lambda: evaluate_batches(model, host, loss_fn, metric_fns)
+    Xv = model.prepare_inputs(data[0], "validation X")
+    yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
+    wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
+    model.require_finite(Xv, "validation X")
+    model.require_finite(yv, "validation y")
+    return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
+
+
+def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
+                     steps: int | None, prefetch: Any, check_finite: bool = True) -> Any:
+    """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
+
+    predict takes X batches or (X, ...) tuples; a list counts as batches when its items are tuples or arrays
+    of one more axis than a sample, else it is one array (a nested list), as before. `check_finite` refuses
+    NaN/inf in every batch.
+    """
+    depth = prefetch_depth(prefetch)
+    if steps is not None:
+        check_positive_int("steps", steps)
+    targets = loss_fn is not None
+    if is_out_of_core(X):
+        if steps is not None:
+            raise ValueError("steps applies to an iterable of batches")
+        n = n_rows(X, "X")
+        return HostBatches(model, X, y, sample_weight if targets else None, batch_size or n, False,
+                           BatchPreparer(model, loss_fn, check_finite=check_finite), depth)
+    if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
+        if steps is not None:
+            raise ValueError("steps applies to an iterable of batches")
+        return None
+    if sample_weight is not None:
+        raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "
+                         "(X, y, sample_weight) batches instead")
+    return IterableBatches(X, BatchPreparer(model, loss_fn, check_finite=check_finite), steps, depth, targets=targets)
+
+
+def _list_of_batches(model: Model, X: Any) -> bool:
+    if not isinstance(X, (list, tuple)):
+        return True
+    if not X:
+        return False
+    first = X[0]
+    if isinstance(first, tuple):
+        return True
+    ndim = getattr(first, "ndim", None)
+    if ndim is None:
+        return False
+    return ndim >= 2 if model.input_shape is None else ndim == len(model.input_shape) + 1

@@ -1,0 +1,54 @@
+"""Target encoding: `y` on the model's backend in the form its loss reads (class indices, one-hot, outputs' shape)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
+from ..protocols import Model
+from .inputs import all_true
+
+
+def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
+    """`y` on the model's backend, encoded for `loss`: class indices or one-hot for cross-entropy, else as outputs."""
+    xp = model.xp
+    out = model.output_sample_shape
+    if isinstance(loss, CrossEntropy):
+        y = model.backend.asarray(y, argname=argname)
+        if y.ndim == 2 and y.shape[1] == 1 and model.out_features != 1:
+            y = xp.reshape(y, (-1,))  # a column of class indices, as (n, 1) labels come
+        if y.ndim == 1:
+            if xp.isdtype(y.dtype, "real floating"):
+                if not all_true(model, y == xp.round(y)):
+                    raise ValueError(f"{argname} holds class indices but has non-integer values")
+                y = xp.astype(y, xp.int64)
+            elif not xp.isdtype(y.dtype, "integral"):
+                raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
+            elif y.dtype != xp.int64:
+                y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
+            n_classes = cast(int, model.out_features)  # known once the model is built
+            if y.shape[0] and not all_true(model, (y >= 0) & (y < n_classes)):
+                lo, hi = model.backend.to_host(xp.min(y)), model.backend.to_host(xp.max(y))
+                raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
+                                 f"{n_classes} outputs (valid: 0..{n_classes - 1})")
+        else:
+            y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
+            if tuple(y.shape) != (n_rows, model.out_features):
+                raise ValueError(f"{argname} for cross-entropy must be class indices of shape ({n_rows},) or "
+                                 f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {model.out_features}), "
+                                 f"got {tuple(y.shape)}")
+    else:
+        y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
+        if y.ndim == 1 and out == (1,):
+            y = xp.reshape(y, (-1, 1))
+        if y.ndim < 2 or (out is not None and tuple(y.shape[1:]) != out):
+            want = f"({n_rows}, {', '.join(map(str, out))})" if out is not None else "(n, ...)"
+            raise ValueError(f"{argname} must have shape {want} to match the model's outputs, "
+                             f"got {tuple(y.shape)}")
+    if y.shape[0] != n_rows:
+        raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
+    # training never checks values (check=False in the step), so check once here: targets outside
+    # [0, 1] would make BCE unbounded below and training silently chase them
+    if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, (y >= 0) & (y <= 1)):
+        raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN)")
+    return y
