@@ -272,9 +272,9 @@ def test_a_process_with_an_nccl_world_of_one_exits(who, limit, tmp_path):
 def test_an_nccl_rank_under_mpi_makes_gpu_local_rank_current(standin, monkeypatch):
     """Issue 22 item 4 for CuPy: rank 3 of 4 on its host drives GPU 3 (the bare name "cupy" then means it)."""
     from nnx.distributed import MPICommunicator, NCCLCommunicator
-    from nnx.distributed import comm as comm_module
+    from nnx.distributed import nccl as nccl_module
 
-    monkeypatch.setattr(comm_module, "import_mpi", lambda: None)  # no MPI_Init in this test process
+    monkeypatch.setattr(nccl_module, "import_mpi", lambda: None)  # no MPI_Init in this test process
 
     host = MPICommunicator.__new__(MPICommunicator)  # a world of 8 ranks as MPI would report it, no job needed
     host.rank, host.size, host.local_rank, host.local_size = 7, 8, 3, 4
@@ -298,7 +298,7 @@ NO_MPI_LIBRARY = textwrap.dedent("""
             if name == "mpi4py.MPI":
                 raise RuntimeError("cannot load MPI library")
     sys.meta_path.insert(0, NoMPI())
-    from nnx.distributed.comm import _cupyx_distributed
+    from nnx.distributed.nccl import _cupyx_distributed
     try:
         _cupyx_distributed(need_mpi=True)
     except ImportError as exc:

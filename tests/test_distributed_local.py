@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from launchers import needs_mpi, tool
 
-from nnx.distributed import comm as comm_module
+from nnx.distributed import launch as launch_module
 from nnx.distributed.local import (
     THREAD_VARS,
     gpu_for_rank,
@@ -102,7 +102,7 @@ def test_torchrun_init_sets_the_device_before_the_group(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
     monkeypatch.setattr(tdist, "is_initialized", lambda: bool(calls) and calls[-1][0] == "init")
     monkeypatch.setattr(tdist, "init_process_group", lambda backend: calls.append(("init", backend)))
-    assert comm_module._torch_group_ready()
+    assert launch_module._torch_group_ready()
     assert calls == [("set_device", 1), ("init", "cpu:gloo,cuda:nccl")]
 
 

@@ -9,15 +9,10 @@ See docs/distributed.md for launching and for what equals single-process trainin
 """
 
 from .average import AverageGradients, rank_rows
-from .comm import (
-    Communicator,
-    MPICommunicator,
-    NCCLCommunicator,
-    SingleProcess,
-    TorchCommunicator,
-    init,
-    launched_by_mpi,
-)
+from .comm import Communicator, SingleProcess, TorchCommunicator
+from .launch import init, launched_by_mpi
+from .mpi import MPICommunicator
+from .nccl import NCCLCommunicator
 from .parallel import DataParallel, DataParallelFit
 from .sharded import ShardedUpdate
 

@@ -20,16 +20,12 @@ update (ZeRO-1) between them.
 
 from __future__ import annotations
 
-import atexit
-import importlib
-import os
-import sys
 from typing import Any
 
 import numpy as np
 
 from ..backends import backend_name_of, get_backend
-from .local import gpu_for_rank, group_devices, import_mpi, limit_threads, local_placement, torch_group_choice
+from .local import group_devices, local_placement
 
 OPS = ("sum", "mean", "max", "min")
 
@@ -40,7 +36,7 @@ MPI_ENV = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK
 TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID",)
 
 
-def _check_op(op: str) -> str:
+def check_op(op: str) -> str:
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     return op
@@ -55,7 +51,7 @@ def offsets(counts: list[int]) -> list[int]:
     return out
 
 
-def _check_counts(x: Any, counts: Any, size: int) -> list[int]:
+def check_counts(x: Any, counts: Any, size: int) -> list[int]:
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) != 1:
         raise ValueError(f"x must be a flat (1-D) array, got shape {shape}")
@@ -66,7 +62,7 @@ def _check_counts(x: Any, counts: Any, size: int) -> list[int]:
     return counts
 
 
-def _host_buffer(x: Any) -> tuple[np.ndarray, Any]:
+def host_buffer(x: Any) -> tuple[np.ndarray, Any]:
     """A writable, contiguous NumPy array holding `x` and the backend to rebuild the result on (None: NumPy)."""
     if isinstance(x, np.ndarray):
         # reduced in place when MPI can use its memory as it is; else on a contiguous copy
@@ -77,7 +73,7 @@ def _host_buffer(x: Any) -> tuple[np.ndarray, Any]:
     return np.array(backend.to_host(x), copy=True, order="C"), backend
 
 
-def _torch_cpu_view(x: Any) -> np.ndarray | None:
+def torch_cpu_view(x: Any) -> np.ndarray | None:
     """A NumPy view of a contiguous torch CPU tensor's memory (None for anything else)."""
     if backend_name_of(x) != "torch" or x.device.type != "cpu" or not x.is_contiguous() or x.requires_grad:
         return None
@@ -151,15 +147,15 @@ class Communicator:
     # -- the public collectives -----------------------------------------------------------------
     def allreduce(self, x: Any, op: str = "sum") -> Any:
         """`x` reduced over all processes with `op` ("sum", "mean", "max", "min"); use the returned array."""
-        _check_op(op)
+        check_op(op)
         done = self._device_allreduce(x, "sum" if op == "mean" else op)
         if done is None:
-            view = _torch_cpu_view(x)
+            view = torch_cpu_view(x)
             if view is not None:
                 self._host_allreduce(view, "sum" if op == "mean" else op)
                 done = x
             else:
-                buf, backend = _host_buffer(x)
+                buf, backend = host_buffer(x)
                 self._host_allreduce(buf, "sum" if op == "mean" else op)
                 done = buf if backend is None else backend.from_host(buf)
         if op == "mean":
@@ -175,11 +171,11 @@ class Communicator:
         done = self._device_broadcast(x, root)
         if done is not None:
             return done
-        view = _torch_cpu_view(x)
+        view = torch_cpu_view(x)
         if view is not None:
             self._host_broadcast(view, root)
             return x
-        buf, backend = _host_buffer(x)
+        buf, backend = host_buffer(x)
         self._host_broadcast(buf, root)
         return buf if backend is None else backend.from_host(buf)
 
@@ -189,15 +185,15 @@ class Communicator:
         `x` is cut into one contiguous part per rank, ``counts[r]`` elements for rank r in rank
         order (uneven counts are fine); rank r gets the sum of everyone's part r.
         """
-        counts = _check_counts(x, counts, self.size)
+        counts = check_counts(x, counts, self.size)
         done = self._device_reduce_scatter(x, counts)
         if done is not None:
             return done
-        view = _torch_cpu_view(x)
+        view = torch_cpu_view(x)
         if view is not None:
             buf, backend = view, get_backend(x)
         else:
-            buf, backend = _host_buffer(x)
+            buf, backend = host_buffer(x)
         out = np.empty(counts[self.rank], dtype=buf.dtype)
         self._host_reduce_scatter(buf, out, counts)
         return out if backend is None else backend.from_host(out)
@@ -208,15 +204,15 @@ class Communicator:
         `x` is laid out as in `reduce_scatter`; this rank's part is sent, the others are received
         (in place where the library's arrays are mutable).
         """
-        counts = _check_counts(x, counts, self.size)
+        counts = check_counts(x, counts, self.size)
         done = self._device_allgather(x, counts)
         if done is not None:
             return done
-        view = _torch_cpu_view(x)
+        view = torch_cpu_view(x)
         if view is not None:
             self._host_allgather(view, counts)
             return x
-        buf, backend = _host_buffer(x)
+        buf, backend = host_buffer(x)
         self._host_allgather(buf, counts)
         return buf if backend is None else backend.from_host(buf)
 
@@ -232,7 +228,7 @@ class SingleProcess(Communicator):
     """One process: every collective returns its input (a script run without a launcher)."""
 
     def allreduce(self, x: Any, op: str = "sum") -> Any:
-        _check_op(op)
+        check_op(op)
         return x
 
     def broadcast(self, x: Any, root: int = 0) -> Any:
@@ -240,11 +236,11 @@ class SingleProcess(Communicator):
         return x
 
     def reduce_scatter(self, x: Any, counts: list[int]) -> Any:
-        _check_counts(x, counts, 1)
+        check_counts(x, counts, 1)
         return x
 
     def allgather(self, x: Any, counts: list[int]) -> Any:
-        _check_counts(x, counts, 1)
+        check_counts(x, counts, 1)
         return x
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
@@ -267,74 +263,6 @@ class SingleProcess(Communicator):
 
     def allgather_object(self, obj: Any) -> list[Any]:
         return [obj]
-
-
-class MPICommunicator(Communicator):
-    """mpi4py's communicator (``MPI.COMM_WORLD`` by default) as a `Communicator`.
-
-    Args:
-        comm: an mpi4py ``Comm``; None uses ``MPI.COMM_WORLD``.
-    """
-
-    engine = "mpi"
-
-    def __init__(self, comm: Any = None) -> None:
-        MPI = import_mpi()
-        self.MPI = MPI
-        self.comm = MPI.COMM_WORLD if comm is None else comm
-        self.rank = self.comm.Get_rank()
-        self.size = self.comm.Get_size()
-        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
-        self._nccl: Any = None
-        self.local_rank, self.local_size = local_placement(mpi_comm=self.comm)
-
-    def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
-
-    def _host_broadcast(self, buf: np.ndarray, root: int) -> None:
-        self.comm.Bcast(buf, root=root)
-
-    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
-        self.comm.Reduce_scatter(buf, out, recvcounts=counts, op=self.MPI.SUM)
-
-    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
-        self.comm.Allgatherv(self.MPI.IN_PLACE, [buf, (counts, offsets(counts))])
-
-    def _device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
-        if backend_name_of(x) != "cupy":
-            return None
-        return self.nccl().device_reduce_scatter(x, counts)
-
-    def _device_allgather(self, x: Any, counts: list[int]) -> Any:
-        if backend_name_of(x) != "cupy":
-            return None
-        return self.nccl().device_allgather(x, counts)
-
-    def _device_allreduce(self, x: Any, op: str) -> Any:
-        if backend_name_of(x) != "cupy":
-            return None
-        return self.nccl().device_allreduce(x, op)
-
-    def _device_broadcast(self, x: Any, root: int) -> Any:
-        if backend_name_of(x) != "cupy":
-            return None
-        return self.nccl().device_broadcast(x, root)
-
-    def nccl(self) -> NCCLCommunicator:
-        """The NCCL communicator for CuPy arrays, bootstrapped over this MPI world on first use."""
-        if self._nccl is None:
-            self._nccl = NCCLCommunicator(host=self)
-        return self._nccl
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
-
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        self._check_root(root)
-        return self.comm.bcast(obj, root=root)
-
-    def allgather_object(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
 
 
 class TorchCommunicator(Communicator):
@@ -428,7 +356,7 @@ class TorchCommunicator(Communicator):
             t.copy_(staged.cpu())
 
     def allreduce(self, x: Any, op: str = "sum") -> Any:
-        _check_op(op)
+        check_op(op)
         if backend_name_of(x) != "torch" or self._ready(x):
             return super().allreduce(x, op)  # other libraries' arrays go through the host (_host_allreduce)
         # a tensor the group cannot reduce where it is (a CPU tensor under NCCL): a staged copy
@@ -467,205 +395,3 @@ class TorchCommunicator(Communicator):
         out: list[Any] = [None] * self.size
         self.tdist.all_gather_object(out, obj)
         return out
-
-
-class NCCLCommunicator(Communicator):
-    """CuPy's NCCL (`cupyx.distributed`) for CuPy arrays; a host communicator for everything else.
-
-    Args:
-        host: the communicator that bootstraps NCCL and reduces host values (an `MPICommunicator`
-            under mpiexec; None: `SingleProcess`, which with world size 1 still runs NCCL's collective).
-
-    Under MPI each rank first makes GPU ``local_rank`` current (one GPU per rank, as NCCL
-    requires), so the bare backend name ``"cupy"`` means that GPU on every rank. Checked on the
-    CPU against CuPy's real signatures (tests/test_cupy_conformance.py); `close` ends it.
-    """
-
-    engine = "nccl"
-
-    def __init__(self, host: Communicator | None = None) -> None:
-        self.host = SingleProcess() if host is None else host
-        self.rank, self.size = self.host.rank, self.host.size
-        self.local_rank, self.local_size = self.host.local_rank, self.host.local_size
-        over_mpi = isinstance(self.host, MPICommunicator)
-        cdist = _cupyx_distributed(need_mpi=over_mpi)
-        cupy = importlib.import_module("cupy")
-
-        if over_mpi:
-            count = cupy.cuda.runtime.getDeviceCount()
-            cupy.cuda.Device(gpu_for_rank(self.local_rank, self.local_size, count)).use()
-        # NCCL needs a unique id shared by every rank: over MPI when there is an MPI world, else its TCP store
-        self.group: Any = cdist.init_process_group(self.size, self.rank, backend="nccl", use_mpi=over_mpi)
-        if not over_mpi:
-            # world size 1: the store has handed out the id. Its process is not a daemon and cupyx's
-            # exit hook turns its stop() into a no-op, so left running it would keep Python from exiting.
-            self.group.stop()
-        atexit.register(self.close)  # registered after cupyx's hook, so it runs before it
-
-    def close(self) -> None:
-        """Stop NCCL's rendezvous store, if it still runs (idempotent; also runs at exit)."""
-        group, self.group = getattr(self, "group", None), None
-        if group is not None and not _store_stopped(group):
-            group.stop()
-
-    def device_allreduce(self, x: Any, op: str) -> Any:
-        """A CuPy array reduced in place by NCCL (runs even with world size 1)."""
-        self.group.all_reduce(x, x, op)
-        return x
-
-    def device_broadcast(self, x: Any, root: int) -> Any:
-        """A CuPy array broadcast in place by NCCL."""
-        self.group.broadcast(x, root)
-        return x
-
-    def device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
-        """This rank's part of the NCCL sum of a flat CuPy array; NCCL's parts are equal, so they are padded."""
-        cupy = importlib.import_module("cupy")
-        width, starts = max(counts), offsets(counts)
-        padded = cupy.zeros(self.size * width, dtype=x.dtype)
-        for r, (a, c) in enumerate(zip(starts, counts, strict=True)):
-            padded[r * width:r * width + c] = x[a:a + c]
-        out = cupy.empty(width, dtype=x.dtype)
-        self.group.reduce_scatter(padded, out, width)
-        return out[:counts[self.rank]]
-
-    def device_allgather(self, x: Any, counts: list[int]) -> Any:
-        """A flat CuPy array with every rank's part filled in by NCCL, in place (parts padded to equal size)."""
-        cupy = importlib.import_module("cupy")
-        width, starts = max(counts), offsets(counts)
-        mine = cupy.zeros(width, dtype=x.dtype)
-        start, count = starts[self.rank], counts[self.rank]
-        mine[:count] = x[start:start + count]
-        out = cupy.empty(self.size * width, dtype=x.dtype)
-        self.group.all_gather(mine, out, width)
-        for r, (a, c) in enumerate(zip(starts, counts, strict=True)):
-            x[a:a + c] = out[r * width:r * width + c]
-        return x
-
-    def _device_allreduce(self, x: Any, op: str) -> Any:
-        return self.device_allreduce(x, op) if backend_name_of(x) == "cupy" else None
-
-    def _device_broadcast(self, x: Any, root: int) -> Any:
-        return self.device_broadcast(x, root) if backend_name_of(x) == "cupy" else None
-
-    def allreduce(self, x: Any, op: str = "sum") -> Any:
-        _check_op(op)
-        if backend_name_of(x) != "cupy":
-            return self.host.allreduce(x, op)
-        x = self.device_allreduce(x, "sum" if op == "mean" else op)
-        return x / self.size if op == "mean" else x
-
-    def broadcast(self, x: Any, root: int = 0) -> Any:
-        self._check_root(root)
-        return self.device_broadcast(x, root) if backend_name_of(x) == "cupy" else self.host.broadcast(x, root)
-
-    def reduce_scatter(self, x: Any, counts: list[int]) -> Any:
-        if backend_name_of(x) != "cupy":
-            return self.host.reduce_scatter(x, counts)
-        return self.device_reduce_scatter(x, _check_counts(x, counts, self.size))
-
-    def allgather(self, x: Any, counts: list[int]) -> Any:
-        if backend_name_of(x) != "cupy":
-            return self.host.allgather(x, counts)
-        return self.device_allgather(x, _check_counts(x, counts, self.size))
-
-    def barrier(self) -> None:
-        self.host.barrier()
-
-    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
-        return self.host.broadcast_object(obj, root)
-
-    def allgather_object(self, obj: Any) -> list[Any]:
-        return self.host.allgather_object(obj)
-
-
-def _store_stopped(group: Any) -> bool:
-    """Whether a cupyx group has no rendezvous store process left running (MPI-bootstrapped ones never had one)."""
-    process = getattr(getattr(group, "_store", None), "_process", None)
-    return process is None or not process.is_alive()
-
-
-def _cupyx_distributed(need_mpi: bool) -> Any:
-    """``cupyx.distributed``, importable even where mpi4py is installed but finds no MPI library.
-
-    cupyx catches only ImportError from ``from mpi4py import MPI``; mpi4py 4 raises RuntimeError
-    without an MPI library. Without a launcher NCCL needs no MPI, so mpi4py is then hidden from cupyx.
-    """
-    try:
-        import_mpi()
-    except ImportError:
-        if need_mpi:
-            raise
-        sys.modules.setdefault("mpi4py.MPI", None)  # type: ignore[assignment]  # cupyx then runs without MPI
-    try:
-        from cupyx import distributed as cdist  # pyright: ignore[reportMissingImports]  # optional GPU library
-    except ImportError as exc:
-        raise ImportError(f"the NCCL engine needs CuPy ({exc}): pip install \"nnx-mlp[cupy12]\"") from exc
-    return cdist
-
-
-def launched_by_mpi() -> bool:
-    """Whether a process launcher (mpiexec, srun) started this process, judged from its environment."""
-    return any(name in os.environ for name in MPI_ENV) or "mpi4py.MPI" in sys.modules
-
-
-def init(engine: str | None = None) -> Communicator:
-    """The communicator for this job: torch.distributed's group, the MPI world, or a single process.
-
-    Args:
-        engine: None picks: torch.distributed when its group is initialised (or the job was started
-            by torchrun, which initialises it: gloo for CPU tensors, plus NCCL for CUDA tensors with
-            each rank bound to GPU ``LOCAL_RANK`` when the host has a GPU per rank), the MPI world
-            when a launcher started more than one process, else `SingleProcess`. "mpi", "torch",
-            "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
-
-    Under a launcher, each rank's BLAS and OpenMP threads are limited to its share of the host's
-    cores (``cores // ranks on the host``, at least 1), unless the thread variables are set
-    (`nnx.distributed.local.limit_threads`).
-    """
-    if engine not in (None, "mpi", "torch", "nccl", "single"):
-        raise ValueError(f"engine must be None, 'mpi', 'torch', 'nccl' or 'single', got {engine!r}")
-    comm = _pick(engine)
-    if not isinstance(comm, SingleProcess):
-        limit_threads(comm.local_size)
-    return comm
-
-
-def _pick(engine: str | None) -> Communicator:
-    if engine == "single":
-        return SingleProcess()
-    if engine == "mpi":
-        return MPICommunicator()
-    if engine == "nccl":
-        return NCCLCommunicator(MPICommunicator() if launched_by_mpi() else None)
-    if engine == "torch":
-        _torch_group_ready()  # initialises the group under torchrun
-        return TorchCommunicator()
-    if _torch_group_ready():
-        return TorchCommunicator()
-    if launched_by_mpi():
-        comm = MPICommunicator()
-        if comm.size > 1:
-            return comm
-    return SingleProcess()
-
-
-def _torch_group_ready() -> bool:
-    """Whether torch.distributed has a group, initialising it under torchrun (never imports torch otherwise)."""
-    under_torchrun = any(name in os.environ for name in TORCHRUN_ENV)
-    if "torch" not in sys.modules and not under_torchrun:
-        return False
-    import torch.distributed as tdist
-
-    if not tdist.is_available():
-        return False
-    if not tdist.is_initialized() and under_torchrun:
-        import torch
-
-        local_rank, local_size = local_placement()
-        cuda = torch.cuda.is_available()
-        backend, device = torch_group_choice(cuda, local_rank, local_size, torch.cuda.device_count() if cuda else 0)
-        if device is not None:
-            torch.cuda.set_device(device)  # before the group: NCCL takes the current device as this rank's
-        tdist.init_process_group(backend=backend)
-    return tdist.is_initialized()

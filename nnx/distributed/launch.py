@@ -1,0 +1,78 @@
+"""`init`: the communicator for this job, picked from how it was launched (torchrun, mpiexec, or alone)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .comm import MPI_ENV, TORCHRUN_ENV, Communicator, SingleProcess, TorchCommunicator
+from .local import limit_threads, local_placement, torch_group_choice
+from .mpi import MPICommunicator
+from .nccl import NCCLCommunicator
+
+
+def launched_by_mpi() -> bool:
+    """Whether a process launcher (mpiexec, srun) started this process, judged from its environment."""
+    return any(name in os.environ for name in MPI_ENV) or "mpi4py.MPI" in sys.modules
+
+
+def init(engine: str | None = None) -> Communicator:
+    """The communicator for this job: torch.distributed's group, the MPI world, or a single process.
+
+    Args:
+        engine: None picks: torch.distributed when its group is initialised (or the job was started
+            by torchrun, which initialises it: gloo for CPU tensors, plus NCCL for CUDA tensors with
+            each rank bound to GPU ``LOCAL_RANK`` when the host has a GPU per rank), the MPI world
+            when a launcher started more than one process, else `SingleProcess`. "mpi", "torch",
+            "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
+
+    Under a launcher, each rank's BLAS and OpenMP threads are limited to its share of the host's
+    cores (``cores // ranks on the host``, at least 1), unless the thread variables are set
+    (`nnx.distributed.local.limit_threads`).
+    """
+    if engine not in (None, "mpi", "torch", "nccl", "single"):
+        raise ValueError(f"engine must be None, 'mpi', 'torch', 'nccl' or 'single', got {engine!r}")
+    comm = _pick(engine)
+    if not isinstance(comm, SingleProcess):
+        limit_threads(comm.local_size)
+    return comm
+
+
+def _pick(engine: str | None) -> Communicator:
+    if engine == "single":
+        return SingleProcess()
+    if engine == "mpi":
+        return MPICommunicator()
+    if engine == "nccl":
+        return NCCLCommunicator(MPICommunicator() if launched_by_mpi() else None)
+    if engine == "torch":
+        _torch_group_ready()  # initialises the group under torchrun
+        return TorchCommunicator()
+    if _torch_group_ready():
+        return TorchCommunicator()
+    if launched_by_mpi():
+        comm = MPICommunicator()
+        if comm.size > 1:
+            return comm
+    return SingleProcess()
+
+
+def _torch_group_ready() -> bool:
+    """Whether torch.distributed has a group, initialising it under torchrun (never imports torch otherwise)."""
+    under_torchrun = any(name in os.environ for name in TORCHRUN_ENV)
+    if "torch" not in sys.modules and not under_torchrun:
+        return False
+    import torch.distributed as tdist
+
+    if not tdist.is_available():
+        return False
+    if not tdist.is_initialized() and under_torchrun:
+        import torch
+
+        local_rank, local_size = local_placement()
+        cuda = torch.cuda.is_available()
+        backend, device = torch_group_choice(cuda, local_rank, local_size, torch.cuda.device_count() if cuda else 0)
+        if device is not None:
+            torch.cuda.set_device(device)  # before the group: NCCL takes the current device as this rank's
+        tdist.init_process_group(backend=backend)
+    return tdist.is_initialized()

@@ -1,0 +1,80 @@
+"""The MPI engine: mpi4py's ``COMM_WORLD`` under ``mpiexec``/``srun``, with NCCL for CuPy arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backends import backend_name_of
+from .comm import Communicator, offsets
+from .local import import_mpi, local_placement
+from .nccl import NCCLCommunicator
+
+
+class MPICommunicator(Communicator):
+    """mpi4py's communicator (``MPI.COMM_WORLD`` by default) as a `Communicator`.
+
+    Args:
+        comm: an mpi4py ``Comm``; None uses ``MPI.COMM_WORLD``.
+    """
+
+    engine = "mpi"
+
+    def __init__(self, comm: Any = None) -> None:
+        MPI = import_mpi()
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self._ops = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        self._nccl: Any = None
+        self.local_rank, self.local_size = local_placement(mpi_comm=self.comm)
+
+    def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
+
+    def _host_broadcast(self, buf: np.ndarray, root: int) -> None:
+        self.comm.Bcast(buf, root=root)
+
+    def _host_reduce_scatter(self, buf: np.ndarray, out: np.ndarray, counts: list[int]) -> None:
+        self.comm.Reduce_scatter(buf, out, recvcounts=counts, op=self.MPI.SUM)
+
+    def _host_allgather(self, buf: np.ndarray, counts: list[int]) -> None:
+        self.comm.Allgatherv(self.MPI.IN_PLACE, [buf, (counts, offsets(counts))])
+
+    def _device_reduce_scatter(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_reduce_scatter(x, counts)
+
+    def _device_allgather(self, x: Any, counts: list[int]) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_allgather(x, counts)
+
+    def _device_allreduce(self, x: Any, op: str) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_allreduce(x, op)
+
+    def _device_broadcast(self, x: Any, root: int) -> Any:
+        if backend_name_of(x) != "cupy":
+            return None
+        return self.nccl().device_broadcast(x, root)
+
+    def nccl(self) -> NCCLCommunicator:
+        """The NCCL communicator for CuPy arrays, bootstrapped over this MPI world on first use."""
+        if self._nccl is None:
+            self._nccl = NCCLCommunicator(host=self)
+        return self._nccl
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        self._check_root(root)
+        return self.comm.bcast(obj, root=root)
+
+    def allgather_object(self, obj: Any) -> list[Any]:
+        return self.comm.allgather(obj)
