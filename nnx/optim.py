@@ -28,15 +28,14 @@ from typing import Any
 import array_api_compat
 
 from .backends import Backend, dtype_name, get_backend
-from .registry import Registry
+from .registry import CONFIG_KEY, Registry, class_name, lookup_key
 
 OPTIMIZERS = Registry(
     "optimizer",
-    "A subclass of nnx.optim.Optimizer registers itself under its lower-case class name when its module is "
-    "imported: import that module before loading.",
-    normalize=str.lower,
+    "A subclass of nnx.optim.Optimizer registers itself under its class name (or the `name=` of its class "
+    "statement) when its module is imported: import that module before loading.",
 )
-"""Lower-case name -> optimizer class; every `Optimizer` subclass adds itself when defined."""
+"""Name (any case) -> optimizer class; every `Optimizer` subclass adds itself when defined."""
 
 __all__ = [
     "Optimizer",
@@ -134,10 +133,15 @@ class Optimizer:
         self.param_steps: list[int] = [0] * len(self.params)
         self._xps: list[Any] = [None] * len(self.params)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    registered_name: str = "Optimizer"
+    """The name the class is registered and saved under (`nnx.registry`): its class name, or ``name=``."""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            OPTIMIZERS.add(cls.__name__, cls)
+        if cls.__name__.startswith("_") and name is None:
+            return
+        cls.registered_name = class_name(cls, name)
+        OPTIMIZERS.add(cls.registered_name, cls)
 
     # -- the rule ---------------------------------------------------------------
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -225,7 +229,7 @@ class Optimizer:
         ``"step"`` only for parameters that were skipped for lack of a gradient).
         """
         return {
-            "type": type(self).__name__,
+            CONFIG_KEY: type(self).registered_name,
             "hyperparams": self.hyperparams,
             "step": self.step_count,
             "param_steps": list(self.param_steps),
@@ -242,12 +246,13 @@ class Optimizer:
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = [k for k in ("type", "hyperparams", "step", "state") if k not in state_dict]
+        missing = [k for k in (CONFIG_KEY, "hyperparams", "step", "state") if k not in state_dict]
         if missing:
             raise ValueError(f"state_dict is missing the key(s) {missing}")
-        kind = type(self).__name__
-        if state_dict["type"] != kind:
-            raise ValueError(f"state_dict is for a {state_dict['type']} optimizer, not a {kind}")
+        kind = type(self).registered_name
+        saved = state_dict[CONFIG_KEY]
+        if not isinstance(saved, str) or lookup_key(saved) != lookup_key(kind):
+            raise ValueError(f"state_dict is for a {saved} optimizer, not a {kind}")
 
         if not isinstance(state_dict["hyperparams"], dict) or not isinstance(state_dict["state"], dict):
             raise TypeError("state_dict 'hyperparams' and 'state' must be dicts, got "
@@ -684,7 +689,7 @@ def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any]
 
 def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = None) -> Optimizer:
     """An optimizer of the type in `state`, on `params`, carrying that state (arrays may be anywhere)."""
-    opt = OPTIMIZERS.lookup(str(state.get("type", "")))(params, **state.get("hyperparams", {}))
+    opt = OPTIMIZERS.lookup(str(state.get(CONFIG_KEY, "")))(params, **state.get("hyperparams", {}))
     if source is not None:
         state = _state_to_host(state, source)
     opt.load_state_dict(state)

@@ -102,13 +102,13 @@ def test_get_regularizer():
     for name, cls in [("l1", R.L1), ("L2", R.L2), ("ElasticNet", R.ElasticNet), ("elastic_net", R.ElasticNet)]:
         made = R.get_regularizer(name)
         assert type(made) is cls
-        assert all(v == R.DEFAULT_STRENGTH == 1e-4 for k, v in made.get_config().items() if k != "name")
+        assert all(v == R.DEFAULT_STRENGTH == 1e-4 for k, v in made.get_config().items() if k != "type")
     assert type(R.get_regularizer(R.L2)) is R.L2
     for original in (R.L1(0.1), R.L2(0.2), R.ElasticNet(0.3, 0.4)):
         config = json.loads(json.dumps(original.get_config()))
         assert R.get_regularizer(config).get_config() == original.get_config()
         assert type(original).__name__ in repr(original)
-    with pytest.raises(ValueError, match=r"unknown regularizer 'l3'.*'elasticnet'.*'l1'.*'l2'"):
+    with pytest.raises(ValueError, match=r"unknown regularizer 'l3'.*'ElasticNet'.*'L1'.*'L2'"):
         R.get_regularizer("l3")
     with pytest.raises(TypeError, match="regularizer must be"):
         R.get_regularizer(0.1)

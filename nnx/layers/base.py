@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..init import INITIALIZERS
-from ..registry import Registry
+from ..registry import CONFIG_KEY, Registry, class_name, config_type
 from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
 
@@ -35,7 +35,7 @@ LAYERS = Registry(
     "layer",
     "A subclass of nnx.Layer registers itself under its class name when its module is imported: import "
     "the module that defines it before loading, or pass `name=` in the class statement "
-    "(`class MyLayer(nnx.Layer, name=\"mylib.MyLayer\")`) if two classes share a name.",
+    "(`class MyLayer(nnx.Layer, name=\"mylib.MyLayer\")`) if two classes share a name (in any case).",
 )
 
 Shape = tuple[int, ...]
@@ -127,7 +127,7 @@ class Layer:
             cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
         if name is None and cls.__name__.startswith("_"):
             return  # private helper bases are not saved by name
-        cls.registered_name = name or cls.__name__
+        cls.registered_name = class_name(cls, name)
         LAYERS.add(cls.registered_name, cls)
 
     def __init__(self) -> None:
@@ -323,16 +323,16 @@ class Layer:
                     f"{type(self).__name__}: constructor argument {key}={value!r} is not a JSON value, so the "
                     "layer cannot be saved or rebuilt; override get_config() and from_config()"
                 ) from None
-        return {"type": type(self).registered_name, **args}
+        return {CONFIG_KEY: type(self).registered_name, **args}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
         """A new, unbuilt layer from `get_config()` output."""
-        return cls(**{k: v for k, v in config.items() if k != "type"})
+        return cls(**config_type(config, "layer")[1])
 
     def __repr__(self) -> str:
         try:
-            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
         except TypeError:
             args = "..."
         return f"{type(self).__name__}({args})"
@@ -377,12 +377,13 @@ def _recording_init(init: Callable) -> Callable:
 def layer_from_config(config: Any) -> Layer:
     """Rebuild a layer from `Layer.get_config()` output; an unregistered type raises `UnknownNameError`."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
-    cls = LAYERS.lookup(config.get("type"))
+        raise ValueError(f"a layer config must be a dict with a {CONFIG_KEY!r}, got {config!r}")
+    name, _ = config_type(config, "layer")
+    cls = LAYERS.lookup(name)
     try:
         return cls.from_config(config)
     except TypeError as exc:
-        raise ValueError(f"bad arguments for layer {config.get('type')}: {exc}") from exc
+        raise ValueError(f"bad arguments for layer {name}: {exc}") from exc
 
 
 def check_size(name: str, value: Any) -> int:

@@ -11,6 +11,7 @@ import math
 import numbers
 from typing import Any, cast
 
+from ..registry import CONFIG_KEY
 from .base import Layer, Shape, check_size
 
 
@@ -124,7 +125,7 @@ class BatchNorm(Layer):
 
     def get_config(self) -> dict:
         # the resolved feature count, so a saved model rebuilds even where the input shape is unknown
-        return {"type": type(self).registered_name, "num_features": self.num_features,
+        return {CONFIG_KEY: type(self).registered_name, "num_features": self.num_features,
                 "momentum": self.momentum, "eps": self.eps}
 
 
@@ -237,4 +238,4 @@ class LayerNorm(Layer):
 
     def get_config(self) -> dict:
         shape = None if self.normalized_shape is None else list(self.normalized_shape)
-        return {"type": type(self).registered_name, "normalized_shape": shape, "eps": self.eps}
+        return {CONFIG_KEY: type(self).registered_name, "normalized_shape": shape, "eps": self.eps}
