@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import array_api_compat
 
+from . import _validate as check
 from .activations import sigmoid, softplus
 from .backends import backend_name_of, get_backend
 from .registry import CONFIG_KEY, Registry, class_name, config_type
@@ -79,13 +80,6 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
     # still below 1 in `dtype` (so log(1 - p) and 1 / (p (1 - p)) stay finite),
     # small enough not to bias the loss: 1.19e-7 in float32, 1e-15 in float64.
     return max(float(xp.finfo(dtype).eps), 1e-15)
-
-
-def _flag(name: str, value: Any) -> bool:
-    # bool("no") is True: a string or None here is a mistake, not a flag
-    if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _host_all(y_pred: Any, flag: Any) -> bool:
@@ -143,9 +137,7 @@ class Loss:
         return super().__new__(cls)
 
     def __init__(self, reduction: str = "sum_over_batch_size") -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = check.one_of("reduction", reduction, REDUCTIONS)
 
     # -- the extension API ----------------------------------------------------
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
@@ -336,7 +328,7 @@ class BinaryCrossEntropy(Loss):
 
     def __init__(self, from_logits: bool = False, reduction: str = "sum_over_batch_size") -> None:
         super().__init__(reduction)
-        self.from_logits = _flag("from_logits", from_logits)
+        self.from_logits = check.flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
@@ -377,7 +369,7 @@ class CrossEntropy(Loss):
 
     def __init__(self, from_logits: bool = True, reduction: str = "sum_over_batch_size") -> None:
         super().__init__(reduction)
-        self.from_logits = _flag("from_logits", from_logits)
+        self.from_logits = check.flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""

@@ -20,13 +20,13 @@ with the public API only, as a user's optimizer would be.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
 
 import array_api_compat
 
+from . import _validate as check
 from .backends import Backend, dtype_name, get_backend
 from .registry import CONFIG_KEY, Registry, class_name, lookup_key
 
@@ -51,27 +51,7 @@ __all__ = [
 ]
 
 
-# -- argument checks -----------------------------------------------------------
-
-def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, *,
-            low_open: bool = False, high_open: bool = True) -> float:
-    """`value` as a float after checking it is a finite real in the given interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
+# -- argument checks (the shared ones are in nnx._validate) ---------------------
 
 def _betas(value: Any) -> tuple[float, float]:
     if isinstance(value, str) or not isinstance(value, Iterable):
@@ -79,7 +59,7 @@ def _betas(value: Any) -> tuple[float, float]:
     pair = tuple(value)
     if len(pair) != 2:
         raise ValueError(f"betas must be a pair of numbers, got {len(pair)} values: {value!r}")
-    return (_number("betas[0]", pair[0], 0.0, 1.0), _number("betas[1]", pair[1], 0.0, 1.0))
+    return (check.probability("betas[0]", pair[0]), check.probability("betas[1]", pair[1]))
 
 
 def _param_list(params: Iterable[Any]) -> list[Any]:
@@ -124,7 +104,7 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Any], lr: float, **hyperparams: Any) -> None:
         self.params: list[Any] = _param_list(params)
-        _number("lr", lr, 0.0, low_open=True)
+        check.positive("lr", lr)
         for name, value in self._check({"lr": lr, **hyperparams}).items():
             setattr(self, name, value)
         self._hyper_names: tuple[str, ...] = ("lr", *hyperparams)
@@ -157,7 +137,7 @@ class Optimizer:
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         # Zero passes here (a schedule may anneal to it); constructors reject it. Other hyper-parameters
         # pass unchanged: a subclass validates its own by overriding this.
-        return {**hp, "lr": _number("lr", hp["lr"])}
+        return {**hp, "lr": check.non_negative("lr", hp["lr"])}
 
     # -- public API -------------------------------------------------------------
     def step(self) -> None:
@@ -204,7 +184,7 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         # A NumPy scalar times an array_api_strict array gives a NumPy array, so keep a Python float.
-        self._lr = _number("lr", value)
+        self._lr = check.non_negative("lr", value)
 
     def _xp(self, i: int) -> Any:
         # array_namespace costs about a microsecond per call; look it up once per parameter.
@@ -377,11 +357,11 @@ class SGD(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         out = {
             **Optimizer._check(hp),
-            "momentum": _number("momentum", hp["momentum"], 0.0, 1.0),
-            "dampening": _number("dampening", hp["dampening"], 0.0, 1.0, high_open=False),
-            "nesterov": _flag("nesterov", hp["nesterov"]),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "maximize": _flag("maximize", hp["maximize"]),
+            "momentum": check.probability("momentum", hp["momentum"]),
+            "dampening": check.real("dampening", hp["dampening"], 0.0, 1.0),
+            "nesterov": check.flag("nesterov", hp["nesterov"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "maximize": check.flag("maximize", hp["maximize"]),
         }
         if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError(
@@ -427,7 +407,7 @@ class Momentum(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "momentum": _number("momentum", hp["momentum"], 0.0, 1.0)}
+        return {**Optimizer._check(hp), "momentum": check.probability("momentum", hp["momentum"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         return _zeros(xp, value, "velocity")
@@ -470,9 +450,9 @@ class Adam(Optimizer):
             **Optimizer._check(hp),
             "betas": _betas(hp["betas"]),
             # eps = 0 divides 0 by 0 wherever a gradient entry has always been 0 (a dead unit): NaN
-            "eps": _number("eps", hp["eps"], low_open=True),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "amsgrad": _flag("amsgrad", hp["amsgrad"]),
+            "eps": check.positive("eps", hp["eps"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "amsgrad": check.flag("amsgrad", hp["amsgrad"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -551,11 +531,11 @@ class RMSprop(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
             **Optimizer._check(hp),
-            "alpha": _number("alpha", hp["alpha"], 0.0, 1.0),
-            "eps": _number("eps", hp["eps"], low_open=True),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "momentum": _number("momentum", hp["momentum"], 0.0, 1.0),
-            "centered": _flag("centered", hp["centered"]),
+            "alpha": check.probability("alpha", hp["alpha"]),
+            "eps": check.positive("eps", hp["eps"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "momentum": check.probability("momentum", hp["momentum"]),
+            "centered": check.flag("centered", hp["centered"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -614,10 +594,11 @@ class Adagrad(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
             **Optimizer._check(hp),
-            "lr_decay": _number("lr_decay", hp["lr_decay"]),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "initial_accumulator_value": _number("initial_accumulator_value", hp["initial_accumulator_value"]),
-            "eps": _number("eps", hp["eps"], low_open=True),
+            "lr_decay": check.non_negative("lr_decay", hp["lr_decay"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "initial_accumulator_value": check.non_negative("initial_accumulator_value",
+                                                            hp["initial_accumulator_value"]),
+            "eps": check.positive("eps", hp["eps"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -656,9 +637,9 @@ class Lion(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "beta1": _number("beta1", hp["beta1"], 0.0, 1.0),
-                "beta2": _number("beta2", hp["beta2"], 0.0, 1.0),
-                "weight_decay": _number("weight_decay", hp["weight_decay"])}
+        return {**Optimizer._check(hp), "beta1": check.probability("beta1", hp["beta1"]),
+                "beta2": check.probability("beta2", hp["beta2"]),
+                "weight_decay": check.non_negative("weight_decay", hp["weight_decay"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         return {"m": xp.zeros_like(value)}

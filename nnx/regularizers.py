@@ -7,28 +7,17 @@ to weights only; the model decides which parameters that is (never biases).
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import Any
 
 import array_api_compat
 
+from . import _validate as check
 from .registry import CONFIG_KEY, Registry, class_name, config_type
 
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
 DEFAULT_STRENGTH = 1e-4
 """Strength used when a regularizer is given by name (``"l2"``) or class, without arguments."""
-
-
-def _strength(value: Any, argname: str) -> float:
-    # bool is a numbers.Real too, but L2(True) is a mistake rather than a strength.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argname} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argname} must be finite and >= 0, got {value!r}")
-    return value
 
 
 def _weights_arg(method: Any) -> Any:
@@ -103,7 +92,7 @@ class L1(Regularizer):
     """
 
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = _strength(l, "l")
+        self.l = check.non_negative("l", l)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -130,7 +119,7 @@ class L2(Regularizer):
     """
 
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = _strength(l, "l")
+        self.l = check.non_negative("l", l)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -157,8 +146,8 @@ class ElasticNet(Regularizer):
     """
 
     def __init__(self, l1: float = DEFAULT_STRENGTH, l2: float = DEFAULT_STRENGTH) -> None:
-        self.l1 = _strength(l1, "l1")
-        self.l2 = _strength(l2, "l2")
+        self.l1 = check.non_negative("l1", l1)
+        self.l2 = check.non_negative("l2", l2)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:

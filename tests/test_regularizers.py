@@ -77,20 +77,20 @@ def test_zero_strength_is_allowed(backend):
 
 @pytest.mark.parametrize("bad", [-1e-3, math.inf, -math.inf, math.nan])
 def test_invalid_strength_names_the_argument(bad):
-    with pytest.raises(ValueError, match=r"^l must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"^l must be a finite number >= 0"):
         R.L1(bad)
-    with pytest.raises(ValueError, match=r"^l must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"^l must be a finite number >= 0"):
         R.L2(bad)
-    with pytest.raises(ValueError, match=r"^l1 must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"^l1 must be a finite number >= 0"):
         R.ElasticNet(bad, 0.1)
-    with pytest.raises(ValueError, match=r"^l2 must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"^l2 must be a finite number >= 0"):
         R.ElasticNet(0.1, bad)
 
 
 def test_non_numeric_strength_is_a_type_error():
-    with pytest.raises(TypeError, match="^l must be a real number"):
+    with pytest.raises(TypeError, match="^l must be a finite number >= 0, got '0.1' of type str"):
         R.L2("0.1")
-    with pytest.raises(TypeError, match="^l1 must be a real number"):
+    with pytest.raises(TypeError, match="^l1 must be a finite number >= 0, got True of type bool"):
         R.ElasticNet(True, 0.1)
     assert R.L2(np.float32(0.5)).l == 0.5
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
+from .. import _validate as check
 from .. import activations as act
 from .base import Layer
 
@@ -85,9 +84,7 @@ class LeakyReLU(_Activation):
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"LeakyReLU alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check.non_negative("LeakyReLU alpha", alpha)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         if training:

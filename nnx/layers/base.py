@@ -125,6 +125,11 @@ class Layer:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+        # every layer's backward, a user's included, fails the same clear way before a training forward
+        if "forward" in cls.__dict__:
+            cls.forward = _noting_training_forward(cls.forward)  # type: ignore[method-assign]
+        if "backward" in cls.__dict__:
+            cls.backward = _needing_training_forward(cls.backward)  # type: ignore[method-assign]
         if name is None and cls.__name__.startswith("_"):
             return  # private helper bases are not saved by name
         cls.registered_name = class_name(cls, name)
@@ -141,6 +146,7 @@ class Layer:
         self._buffers: dict[str, Buffer] = {}
         self._layers: dict[str, Layer] = {}
         self._declared_layers: dict[str, tuple[Layer, Shape | None]] = {}
+        self._ran_training_forward = False  # set by forward(X, training=True); backward needs it
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
@@ -152,6 +158,7 @@ class Layer:
         self.backend, self.xp, self.dtype = context.backend, context.backend.xp, context.dtype
         self.input_shape = input_shape
         self._params, self._buffers, self._layers = {}, {}, {}
+        self._ran_training_forward = False
         for name, (layer, shape) in self._declared_layers.items():
             self._attach_layer(name, layer, shape)
         self.build(input_shape)
@@ -166,6 +173,7 @@ class Layer:
         self.backend = self.xp = self.dtype = None
         self.input_shape = self.output_sample_shape = None
         self._params, self._buffers, self._layers = {}, {}, {}
+        self._ran_training_forward = False
 
     def expected_input_shape(self) -> Shape | None:
         """The sample shape this layer needs when it comes first (None: it takes what it gets)."""
@@ -374,6 +382,31 @@ def _recording_init(init: Callable) -> Callable:
     return wrapper
 
 
+def _noting_training_forward(forward: Callable) -> Callable:
+    """Wrap a layer's forward so that a call with ``training=True`` is remembered for `backward`."""
+
+    @functools.wraps(forward)
+    def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if training:
+            self._ran_training_forward = True
+        return forward(self, X, training, *args, **kwargs)
+
+    return wrapper
+
+
+def _needing_training_forward(backward: Callable) -> Callable:
+    """Wrap a layer's backward so that it raises one clear error when no training forward came before it."""
+
+    @functools.wraps(backward)
+    def wrapper(self: Layer, dY: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_ran_training_forward", False):
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward(X, training=True) first: backward "
+                               "uses what that forward keeps (training=False keeps nothing)")
+        return backward(self, dY, *args, **kwargs)
+
+    return wrapper
+
+
 def layer_from_config(config: Any) -> Layer:
     """Rebuild a layer from `Layer.get_config()` output; an unregistered type raises `UnknownNameError`."""
     if not isinstance(config, Mapping):
@@ -384,12 +417,3 @@ def layer_from_config(config: Any) -> Layer:
         return cls.from_config(config)
     except TypeError as exc:
         raise ValueError(f"bad arguments for layer {name}: {exc}") from exc
-
-
-def check_size(name: str, value: Any) -> int:
-    """`value` as a positive int (NumPy integers included), else TypeError/ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return int(value)
