@@ -23,6 +23,7 @@ from .layers import (
     Residual,
     Sigmoid,
     Softmax,
+    Softplus,
     Tanh,
 )
 from .model import Sequential
@@ -32,8 +33,8 @@ from .training.callbacks import GradientAnalyzer
 __all__ = [
     "Backend", "BackendUnavailableError", "BatchNorm", "Buffer", "Dense", "Dropout", "Flatten", "GradientAnalyzer",
     "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid",
-    "Softmax", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend", "init",
-    "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
+    "Softmax", "Softplus", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend",
+    "init", "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
 ]
 
 

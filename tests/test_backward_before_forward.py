@@ -14,6 +14,7 @@ BUILT_INS = {
     "LeakyReLU": lambda: nnx.LeakyReLU(0.1),
     "ReLU": nnx.ReLU,
     "Sigmoid": nnx.Sigmoid,
+    "Softplus": nnx.Softplus,
     "Tanh": nnx.Tanh,
     "Softmax": nnx.Softmax,
     "Identity": nnx.Identity,

@@ -1,6 +1,6 @@
 """Layers: the `Layer` base class and its public extension API, and the built-in layers."""
 
-from .activation import ACTIVATION_LAYERS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activation import ACTIVATIONS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .base import LAYERS, BuildContext, Layer, layer_from_config
 from .containers import Residual
 from .dense import Dense
@@ -10,7 +10,8 @@ from .parameter import Buffer, Parameter
 from .shape import Flatten
 
 __all__ = [
-    "ACTIVATION_LAYERS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "Flatten",
-    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sigmoid", "Softmax", "Tanh",
+    "ACTIVATIONS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "Flatten",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sigmoid", "Softmax", "Softplus",
+    "Tanh",
     "layer_from_config",
 ]

@@ -1,7 +1,14 @@
-"""Activation layers: elementwise (Sigmoid, Tanh, ReLU, LeakyReLU, Identity) and Softmax over the last axis."""
+"""Activation layers: elementwise (Sigmoid, Tanh, ReLU, LeakyReLU, Softplus, Identity) and Softmax over the last axis.
+
+`ACTIVATIONS` is nnx's one table of activation names (as scikit-learn and Keras
+spell them) -> layer class. An elementwise layer class names its function and
+derivative (`function`, `derivative`, from `nnx.activations`), so a plot or an
+estimator that takes an activation by name finds everything through the table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import _validate as check
@@ -10,7 +17,12 @@ from .base import Layer
 
 
 class _Activation(Layer):
-    """An elementwise activation; subclasses set `_forward` and the backward rule."""
+    """An activation layer; an elementwise one sets `function` and `derivative` (None for Softmax)."""
+
+    function: Callable[..., Any] | None = None
+    """The activation as a plain function of an array (`nnx.activations`)."""
+    derivative: Callable[..., Any] | None = None
+    """Its derivative w.r.t. the input, elementwise."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -19,6 +31,8 @@ class _Activation(Layer):
 
 class Sigmoid(_Activation):
     """Logistic sigmoid, 1 / (1 + exp(-x)), computed without overflow."""
+
+    function, derivative = staticmethod(act.sigmoid), staticmethod(act.sigmoid_derivative)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = act.sigmoid(X)
@@ -44,6 +58,8 @@ class Sigmoid(_Activation):
 class Tanh(_Activation):
     """Hyperbolic tangent."""
 
+    function, derivative = staticmethod(act.tanh), staticmethod(act.tanh_derivative)
+
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = self.xp.tanh(X)
         if training:
@@ -60,6 +76,8 @@ class Tanh(_Activation):
 
 class ReLU(_Activation):
     """Rectified linear unit, max(x, 0); its derivative at 0 is taken as 0, as in PyTorch."""
+
+    function, derivative = staticmethod(act.relu), staticmethod(act.relu_derivative)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = self.xp.maximum(X, 0.0)
@@ -81,6 +99,8 @@ class LeakyReLU(_Activation):
     Args:
         alpha: slope for negative inputs, >= 0.
     """
+
+    function, derivative = staticmethod(act.leaky_relu), staticmethod(act.leaky_relu_derivative)
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
@@ -104,6 +124,28 @@ class LeakyReLU(_Activation):
         return graph.add_node("Where", [positive, X, scaled], name="LeakyRelu")
 
 
+class Softplus(_Activation):
+    """Softplus, log(1 + exp(x)), computed without overflow; a smooth ReLU."""
+
+    function, derivative = staticmethod(act.softplus), staticmethod(act.softplus_derivative)
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        if training:
+            self._cache = X
+        return act.softplus(X)
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        X, self._cache = self._cache, None
+        return dY * act.sigmoid(X)
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        # max(x, 0) + log(1 + exp(-|x|)), as forward computes it: no exp of a large positive number
+        tail = graph.add_node("Exp", [graph.add_node("Neg", [graph.add_node("Abs", [X])])])
+        log1p = graph.add_node("Log", [graph.add_node("Add", [graph.add_initializer(1.0, "one"), tail])])
+        relu = graph.add_node("Relu", [X])
+        return graph.add_node("Add", [relu, log1p], name="Softplus")
+
+
 class Softmax(_Activation):
     """Softmax over the feature axis; pair it with `CrossEntropy(from_logits=False)`."""
 
@@ -124,6 +166,8 @@ class Softmax(_Activation):
 class Identity(_Activation):
     """Passes its input through; useful as an explicit linear output."""
 
+    function, derivative = staticmethod(act.identity), staticmethod(act.identity_derivative)
+
     def forward(self, X: Any, training: bool = False) -> Any:
         return X
 
@@ -134,8 +178,8 @@ class Identity(_Activation):
         return X
 
 
-ACTIVATION_LAYERS: dict[str, type[Layer]] = {
-    "sigmoid": Sigmoid, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU,
-    "leaky_relu": LeakyReLU, "softmax": Softmax, "identity": Identity, "linear": Identity,
+ACTIVATIONS: dict[str, type[_Activation]] = {
+    "sigmoid": Sigmoid, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
+    "softplus": Softplus, "softmax": Softmax, "identity": Identity, "linear": Identity,
 }
-"""Activation names (as scikit-learn and Keras spell them) -> layer class."""
+"""Activation names (as scikit-learn and Keras spell them) -> layer class: nnx's one table of them."""

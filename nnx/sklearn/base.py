@@ -24,11 +24,9 @@ from .arrays import dense, describe, host, io_of, reduction, to_host_tree, to_na
 from .optimizers import OptimizerView, SklearnAdam, SklearnSGD
 from .poisson import Exp
 
-ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "relu": L.ReLU,
-               "leaky_relu": L.LeakyReLU}
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu")  # scikit-learn's, and leaky_relu
 STOCHASTIC = ("sgd", "adam", "rmsprop", "adamw", "adagrad", "momentum")
 SOLVERS = (*STOCHASTIC, "lbfgs")
-_OUTPUT_LAYERS = {"logistic": L.Sigmoid, "softmax": L.Softmax, "exp": Exp}
 _ROW_BLOCK = 32
 _ARRAYS = {"coefs_": "weight", "intercepts_": "bias"}
 
@@ -96,7 +94,7 @@ class MLPBase(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _check_params(self) -> None:
-        check.one_of("activation", self.activation, sorted(ACTIVATIONS))
+        check.one_of("activation", self.activation, sorted(HIDDEN_ACTIVATIONS))
         check.one_of("solver", self.solver, SOLVERS)
         check.one_of("learning_rate", self.learning_rate, ("constant", "invscaling", "adaptive"))
         for name in ("alpha", "power_t", "tol"):
@@ -160,7 +158,7 @@ class MLPBase(BaseEstimator):
         """
         dtype = self.dtype or ("float32" if str(X.dtype).endswith("float32") else "float64")
         backend = self.backend if self.backend is not None else (get_backend(X) if io is not None else "numpy")
-        act = ACTIVATIONS[self.activation]
+        act = L.ACTIVATIONS[self.activation]
         units = [X.shape[1], *self._hidden_sizes(), n_outputs]
         layers: list[L.Layer] = []
         dense_at: list[int] = []
@@ -171,9 +169,10 @@ class MLPBase(BaseEstimator):
                 layers.append(act())
                 if self.dropout > 0:
                     layers.append(L.Dropout(self.dropout))
-        head = _OUTPUT_LAYERS.get(self.out_activation_)
-        if head is not None:
-            layers.append(head())
+        if self.out_activation_ == "exp":  # the Poisson regressor's output, not an activation of nnx's table
+            layers.append(Exp())
+        elif self.out_activation_ != "identity":
+            layers.append(L.ACTIVATIONS[self.out_activation_]())
         state = self._assigned_state(units, dense_at) if assigned else {}
         # scikit-learn's _init_coef: Glorot-uniform bounds (sqrt(2/...) for logistic units), weights
         # then intercepts, layer by layer, drawn in float64 and cast to the data's dtype
