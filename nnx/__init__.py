@@ -8,6 +8,7 @@ from . import activations, callbacks, init, losses, metrics, optim, regularizers
 from ._version import __version__
 from .backends import Backend, BackendUnavailableError, available_backends, get_backend
 from .gradcheck import check_gradients
+from .io import load_model
 from .layers import (
     BatchNorm,
     Buffer,
@@ -40,6 +41,4 @@ __all__ = [
 
 def load(path, backend=None, dtype=None) -> Sequential:
     """Rebuild a model saved with `Sequential.save`, on `backend` (default: the one it was saved from)."""
-    from .io import load_model
-
     return load_model(path, Sequential.from_config, backend=backend, dtype=dtype)

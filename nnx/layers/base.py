@@ -20,16 +20,13 @@ import inspect
 import json
 import math
 import numbers
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from ..init import INITIALIZERS
 from ..registry import CONFIG_KEY, Registry, class_name, config_type
 from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
-
-if TYPE_CHECKING:
-    from ..onnx import OnnxGraph
 
 LAYERS = Registry(
     "layer",
@@ -39,6 +36,32 @@ LAYERS = Registry(
 )
 
 Shape = tuple[int, ...]
+
+
+class ExportGraph(Protocol):
+    """What a layer's `to_onnx` uses of the ONNX graph under construction (`nnx.onnx.OnnxGraph` is one).
+
+    Declared here, beside the hook, so that layers never import the exporter: `nnx.onnx`
+    depends on layers, never the other way round.
+    """
+
+    dtype: str
+    opset: int
+    prefix: str
+    backend: Any
+
+    def unique_name(self, hint: str) -> str:
+        """A tensor name not used yet, from `hint`."""
+        ...
+
+    def add_initializer(self, value: Any, name: str | None = None, dtype: str | None = None) -> str:
+        """Store a constant (a parameter, buffer, array or number) and return its name."""
+        ...
+
+    def add_node(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, name: str | None = None,
+                 domain: str = "", **attributes: Any) -> Any:
+        """Add one operator and return its output's name (a tuple of names for several outputs)."""
+        ...
 
 
 class BuildContext:
@@ -300,7 +323,7 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dY, need_dX)")
 
     # -- export --------------------------------------------------------------------------
-    def to_onnx(self, graph: OnnxGraph, X: str) -> str:
+    def to_onnx(self, graph: ExportGraph, X: str) -> str:
         """Add this layer's inference computation to an ONNX graph; return the name of its output tensor.
 
         `X` names the input tensor (batch axis first, in the model's dtype). Add nodes

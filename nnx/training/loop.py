@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends.host import is_out_of_core
+from ..distributed.parallel import DataParallelFit
 from ..metrics import resolve_metrics
 from .callbacks import Callback, CallbackList, ProgressBar
 from .data import (
@@ -212,8 +213,6 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     model.distributed = None
     if distributed is None:
         return None
-    from ..distributed.parallel import DataParallelFit
-
     dp = DataParallelFit(model, distributed)  # checks the type, also for a single process
     if distributed.engine == "single":
         return None  # (a world of one on a real engine still runs its collectives: the GPU check uses that)
