@@ -57,3 +57,10 @@ def test_backward_before_a_training_forward_raises_one_clear_error(backend, name
         layer.backward(X)
     layer.forward(X, training=True)
     assert tuple(layer.backward(X).shape) == (3, 4)
+
+
+def test_a_model_called_in_training_mode_may_backpropagate(backend):
+    model = nnx.Sequential(nnx.Dense(4, 2), nnx.Tanh(), backend=backend, dtype="float64", seed=0)
+    X = np.ones((3, 4))
+    model(X, training=True)  # `__call__` is `forward`, the same training forward
+    assert tuple(model.backward(np.ones((3, 2))).shape) == (3, 4)

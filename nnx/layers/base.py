@@ -150,7 +150,10 @@ class Layer:
             cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
         # every layer's backward, a user's included, fails the same clear way before a training forward
         if "forward" in cls.__dict__:
-            cls.forward = _noting_training_forward(cls.forward)  # type: ignore[method-assign]
+            plain = cls.__dict__["forward"]
+            cls.forward = _noting_training_forward(plain)  # type: ignore[method-assign]
+            if cls.__dict__.get("__call__") is plain:  # `__call__ = forward` in the class body
+                cls.__call__ = cls.forward  # type: ignore[method-assign]
         if "backward" in cls.__dict__:
             cls.backward = _needing_training_forward(cls.backward)  # type: ignore[method-assign]
         if name is None and cls.__name__.startswith("_"):
