@@ -8,6 +8,7 @@ from . import activations, callbacks, init, losses, metrics, optim, regularizers
 from ._version import __version__
 from .backends import Backend, BackendUnavailableError, available_backends, get_backend
 from .gradcheck import check_gradients
+from .io import load_model
 from .layers import (
     BatchNorm,
     Buffer,
@@ -23,6 +24,7 @@ from .layers import (
     Residual,
     Sigmoid,
     Softmax,
+    Softplus,
     Tanh,
 )
 from .model import Sequential
@@ -32,13 +34,11 @@ from .training.callbacks import GradientAnalyzer
 __all__ = [
     "Backend", "BackendUnavailableError", "BatchNorm", "Buffer", "Dense", "Dropout", "Flatten", "GradientAnalyzer",
     "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid",
-    "Softmax", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend", "init",
-    "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
+    "Softmax", "Softplus", "Tanh", "activations", "available_backends", "callbacks", "check_gradients", "get_backend",
+    "init", "load", "losses", "metrics", "optim", "regularizers", "training", "__version__",
 ]
 
 
 def load(path, backend=None, dtype=None) -> Sequential:
     """Rebuild a model saved with `Sequential.save`, on `backend` (default: the one it was saved from)."""
-    from .io import load_model
-
     return load_model(path, Sequential.from_config, backend=backend, dtype=dtype)

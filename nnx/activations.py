@@ -1,20 +1,20 @@
 """Activation functions and their derivatives, written once against the array API.
 
 Every function takes an array of any shape and returns an array of the same
-shape, dtype and device. They are arranged to stay finite and accurate for
+shape, dtype and device. (The one table of activation names is
+`nnx.layers.ACTIVATIONS`, name -> layer class; each layer class names its function
+and derivative here.) They are arranged to stay finite and accurate for
 inputs up to about ±1e4 in float32 and float64 without overflow warnings: no
 `exp` ever sees a positive argument, and softmax is shifted by its maximum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
 
 __all__ = [
-    "ACTIVATIONS",
     "identity",
     "identity_derivative",
     "leaky_relu",
@@ -150,16 +150,3 @@ def softmax_vjp(y: Any, dY: Any, axis: int = -1) -> Any:
     """Backward of `softmax`: the gradient w.r.t. its input, given its output `y` and upstream `dY`."""
     xp = _ns(y, dY)
     return y * (dY - xp.sum(dY * y, axis=axis, keepdims=True))
-
-
-# Elementwise activations only: softmax couples its inputs, so it has a VJP
-# (`softmax_vjp`) rather than an elementwise derivative.
-ACTIVATIONS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
-    "sigmoid": (sigmoid, sigmoid_derivative),
-    "tanh": (tanh, tanh_derivative),
-    "relu": (relu, relu_derivative),
-    "leaky_relu": (leaky_relu, leaky_relu_derivative),
-    "softplus": (softplus, softplus_derivative),
-    "identity": (identity, identity_derivative),
-}
-"""Name -> (function, derivative w.r.t. the input) for the elementwise activations."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import get_backend
 from .layers.parameter import Parameter
+from .losses import get_loss
 
 _host = get_backend("numpy").xp
 
@@ -70,8 +71,6 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     array is ||analytic - numeric|| / (||analytic|| + ||numeric||); below ~1e-6 is
     correct, above ~1e-3 is a bug.
     """
-    from .losses import get_loss
-
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
     checked = model.to(model.backend, dtype="float64")

@@ -33,16 +33,16 @@ from typing import Any, cast
 
 import array_api_compat
 
+from . import _validate as check
 from .backends import backend_name_of, get_backend
-from .registry import Registry
+from .registry import CONFIG_KEY, Registry, class_name, config_type
 
 LOSSES = Registry(
     "loss",
-    "A subclass of nnx.losses.Loss registers itself under its `name` (default: its lower-case class name) "
-    "when its module is imported: import that module before loading.",
-    normalize=lambda name: name.strip().lower(),
+    "A subclass of nnx.losses.Loss registers itself under its class name (or the `name=` of its class "
+    "statement) when its module is imported: import that module before loading.",
 )
-"""Lower-case name -> `Loss` class or factory; every subclass adds itself when defined, aliases follow."""
+"""Name (any case) -> `Loss` class or factory; every subclass adds itself when defined, aliases follow."""
 
 __all__ = [
     "LOSSES",
@@ -81,13 +81,6 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
     return max(float(xp.finfo(dtype).eps), 1e-15)
 
 
-def _flag(name: str, value: Any) -> bool:
-    # bool("no") is True: a string or None here is a mistake, not a flag
-    if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
 def _host_all(y_pred: Any, flag: Any) -> bool:
     # The one place a built-in loss waits for the device; only reached when check=True.
     return bool(get_backend(y_pred).to_host(flag))
@@ -118,15 +111,16 @@ class Loss:
             of the weights); the same without weights.
     """
 
-    name = "loss"
+    name = "Loss"
+    """The name the class is registered and saved under (`nnx.registry`): its class name, or ``name=``."""
     reduction = "sum_over_batch_size"  # the default also for subclasses whose __init__ skips ours
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__name__.startswith("_"):
+        if cls.__name__.startswith("_") and name is None:
             return
-        if "name" not in cls.__dict__:
-            cls.name = cls.__name__.lower()
+        # a `name = "..."` in the class body (how losses were named before ``name=``) still counts
+        cls.name = class_name(cls, name if name is not None else cls.__dict__.get("name"))
         LOSSES.add(cls.name, cls)
 
     def __new__(cls, *args: Any, **kwargs: Any):  # no return annotation: inferred as the subclass itself
@@ -142,9 +136,7 @@ class Loss:
         return super().__new__(cls)
 
     def __init__(self, reduction: str = "sum_over_batch_size") -> None:
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = check.one_of("reduction", reduction, REDUCTIONS)
 
     # -- the extension API ----------------------------------------------------
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
@@ -211,15 +203,15 @@ class Loss:
         return self._rows_checked(xp, y_true, y_pred)[0]
 
     def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name, **self._reduction_config()}
+        """A JSON-able description, the registered name under ``"type"``; ``get_loss(config)`` rebuilds the loss."""
+        return {CONFIG_KEY: self.name, **self._reduction_config()}
 
     def _reduction_config(self) -> dict[str, Any]:
         # only a non-default reduction is written, so existing configs and files stay as they were
         return {} if self.reduction == "sum_over_batch_size" else {"reduction": self.reduction}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
         return f"{type(self).__name__}({args})"
 
     # -- shared plumbing ----------------------------------------------------
@@ -309,8 +301,6 @@ class MSE(Loss):
         reduction: how ``sample_weight`` is averaged (see the module docstring).
     """
 
-    name = "mse"
-
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
         """Row means of the squared differences, and ``2 (y_pred - y_true) / size``."""
         diff = y_pred - y_true
@@ -323,8 +313,6 @@ class MAE(Loss):
     Args:
         reduction: how ``sample_weight`` is averaged (see the module docstring).
     """
-
-    name = "mae"
 
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
         """Row means of the absolute differences, and ``sign(y_pred - y_true) / size``."""
@@ -348,15 +336,13 @@ class BinaryCrossEntropy(Loss):
     ``y_true`` holds targets in [0, 1] (soft labels allowed), shaped like ``y_pred``.
     """
 
-    name = "bce"
-
     def __init__(self, from_logits: bool = False, reduction: str = "sum_over_batch_size") -> None:
         super().__init__(reduction)
-        self.from_logits = _flag("from_logits", from_logits)
+        self.from_logits = check.flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
+        return {CONFIG_KEY: self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         """``y_true`` shaped like ``y_pred`` in its dtype; with ``check``, ValueError unless it lies in [0, 1]."""
@@ -396,15 +382,13 @@ class CrossEntropy(Loss):
     one-hot / probability rows of shape ``(batch, classes)``.
     """
 
-    name = "cross_entropy"
-
     def __init__(self, from_logits: bool = True, reduction: str = "sum_over_batch_size") -> None:
         super().__init__(reduction)
-        self.from_logits = _flag("from_logits", from_logits)
+        self.from_logits = check.flag("from_logits", from_logits)
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {"name": self.name, "from_logits": self.from_logits, **self._reduction_config()}
+        return {CONFIG_KEY: self.name, "from_logits": self.from_logits, **self._reduction_config()}
 
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         """``y_true`` as rows of ``y_pred``'s shape and dtype; class indices become one-hot rows."""
@@ -459,9 +443,7 @@ class CrossEntropy(Loss):
 
 
 _ALIASES: dict[str, Callable[..., Loss]] = {
-    "mse": MSE,
     "mean_squared_error": MSE,
-    "mae": MAE,
     "mean_absolute_error": MAE,
     "bce": BinaryCrossEntropy,
     "binary_crossentropy": BinaryCrossEntropy,
@@ -483,11 +465,7 @@ def get_loss(spec: Any) -> Loss:
     if isinstance(spec, type) and issubclass(spec, Loss):
         return spec()
     if isinstance(spec, dict):
-        config = dict(spec)
-        name = config.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"a loss config needs a 'name' string, got {spec!r}")
-        return _by_name(name, config)
+        return _by_name(*config_type(spec, "loss"))
     if isinstance(spec, str):
         return _by_name(spec, {})
     raise TypeError(f"loss must be a Loss, a Loss class, a name or a config dict, got {type(spec).__name__}")

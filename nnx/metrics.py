@@ -122,7 +122,6 @@ METRICS = Registry(
     "metric",
     "Pass a custom metric to fit as a (name, function) pair, or register it once with "
     "@nnx.metrics.register_metric(\"name\").",
-    normalize=str.lower,
 )
 for _name, _fn in {"accuracy": accuracy, "acc": accuracy, "precision": precision, "recall": recall, "f1": f1,
                    "mse": mse, "mae": mae, "rmse": rmse, "r2": r2}.items():

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
+from .io import write_atomically
 from .layers.base import Layer
 from .layers.parameter import Buffer, Parameter
 
@@ -189,8 +191,6 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     imports = [helper.make_opsetid("", opset)]
     domains = {n.domain for n in graph.nodes} - {""}
     imports += [helper.make_opsetid(d, 1) for d in sorted(domains)]
-    from ._version import __version__
-
     proto = helper.make_model(body, opset_imports=imports, producer_name="nnx", producer_version=__version__,
                               doc_string=f"nnx Sequential ({model.dtype}) exported for inference")
     # the oldest IR version that carries this opset, so older runtimes can read the file
@@ -212,6 +212,4 @@ def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> N
     if proto.ByteSize() >= 2**31:
         raise ValueError("the model is too large for a single ONNX file (protobuf's 2 GiB limit)")
     data = proto.SerializeToString()
-    from .io import write_atomically
-
     write_atomically(Path(path), lambda handle: handle.write(data))

@@ -20,23 +20,22 @@ with the public API only, as a user's optimizer would be.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
 
 import array_api_compat
 
+from . import _validate as check
 from .backends import Backend, dtype_name, get_backend
-from .registry import Registry
+from .registry import CONFIG_KEY, Registry, class_name, lookup_key
 
 OPTIMIZERS = Registry(
     "optimizer",
-    "A subclass of nnx.optim.Optimizer registers itself under its lower-case class name when its module is "
-    "imported: import that module before loading.",
-    normalize=str.lower,
+    "A subclass of nnx.optim.Optimizer registers itself under its class name (or the `name=` of its class "
+    "statement) when its module is imported: import that module before loading.",
 )
-"""Lower-case name -> optimizer class; every `Optimizer` subclass adds itself when defined."""
+"""Name (any case) -> optimizer class; every `Optimizer` subclass adds itself when defined."""
 
 __all__ = [
     "Optimizer",
@@ -52,27 +51,7 @@ __all__ = [
 ]
 
 
-# -- argument checks -----------------------------------------------------------
-
-def _number(name: str, value: Any, low: float = 0.0, high: float = math.inf, *,
-            low_open: bool = False, high_open: bool = True) -> float:
-    """`value` as a float after checking it is a finite real in the given interval."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value!r}")
-    return value
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
+# -- argument checks (the shared ones are in nnx._validate) ---------------------
 
 def _betas(value: Any) -> tuple[float, float]:
     if isinstance(value, str) or not isinstance(value, Iterable):
@@ -80,7 +59,7 @@ def _betas(value: Any) -> tuple[float, float]:
     pair = tuple(value)
     if len(pair) != 2:
         raise ValueError(f"betas must be a pair of numbers, got {len(pair)} values: {value!r}")
-    return (_number("betas[0]", pair[0], 0.0, 1.0), _number("betas[1]", pair[1], 0.0, 1.0))
+    return (check.probability("betas[0]", pair[0]), check.probability("betas[1]", pair[1]))
 
 
 def _param_list(params: Iterable[Any]) -> list[Any]:
@@ -125,7 +104,7 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Any], lr: float, **hyperparams: Any) -> None:
         self.params: list[Any] = _param_list(params)
-        _number("lr", lr, 0.0, low_open=True)
+        check.positive("lr", lr)
         for name, value in self._check({"lr": lr, **hyperparams}).items():
             setattr(self, name, value)
         self._hyper_names: tuple[str, ...] = ("lr", *hyperparams)
@@ -134,10 +113,15 @@ class Optimizer:
         self.param_steps: list[int] = [0] * len(self.params)
         self._xps: list[Any] = [None] * len(self.params)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    registered_name: str = "Optimizer"
+    """The name the class is registered and saved under (`nnx.registry`): its class name, or ``name=``."""
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            OPTIMIZERS.add(cls.__name__, cls)
+        if cls.__name__.startswith("_") and name is None:
+            return
+        cls.registered_name = class_name(cls, name)
+        OPTIMIZERS.add(cls.registered_name, cls)
 
     # -- the rule ---------------------------------------------------------------
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -153,7 +137,7 @@ class Optimizer:
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         # Zero passes here (a schedule may anneal to it); constructors reject it. Other hyper-parameters
         # pass unchanged: a subclass validates its own by overriding this.
-        return {**hp, "lr": _number("lr", hp["lr"])}
+        return {**hp, "lr": check.non_negative("lr", hp["lr"])}
 
     # -- public API -------------------------------------------------------------
     def step(self) -> None:
@@ -200,7 +184,7 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         # A NumPy scalar times an array_api_strict array gives a NumPy array, so keep a Python float.
-        self._lr = _number("lr", value)
+        self._lr = check.non_negative("lr", value)
 
     def _xp(self, i: int) -> Any:
         # array_namespace costs about a microsecond per call; look it up once per parameter.
@@ -225,7 +209,7 @@ class Optimizer:
         ``"step"`` only for parameters that were skipped for lack of a gradient).
         """
         return {
-            "type": type(self).__name__,
+            CONFIG_KEY: type(self).registered_name,
             "hyperparams": self.hyperparams,
             "step": self.step_count,
             "param_steps": list(self.param_steps),
@@ -242,12 +226,13 @@ class Optimizer:
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        missing = [k for k in ("type", "hyperparams", "step", "state") if k not in state_dict]
+        missing = [k for k in (CONFIG_KEY, "hyperparams", "step", "state") if k not in state_dict]
         if missing:
             raise ValueError(f"state_dict is missing the key(s) {missing}")
-        kind = type(self).__name__
-        if state_dict["type"] != kind:
-            raise ValueError(f"state_dict is for a {state_dict['type']} optimizer, not a {kind}")
+        kind = type(self).registered_name
+        saved = state_dict[CONFIG_KEY]
+        if not isinstance(saved, str) or lookup_key(saved) != lookup_key(kind):
+            raise ValueError(f"state_dict is for a {saved} optimizer, not a {kind}")
 
         if not isinstance(state_dict["hyperparams"], dict) or not isinstance(state_dict["state"], dict):
             raise TypeError("state_dict 'hyperparams' and 'state' must be dicts, got "
@@ -372,11 +357,11 @@ class SGD(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         out = {
             **Optimizer._check(hp),
-            "momentum": _number("momentum", hp["momentum"], 0.0, 1.0),
-            "dampening": _number("dampening", hp["dampening"], 0.0, 1.0, high_open=False),
-            "nesterov": _flag("nesterov", hp["nesterov"]),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "maximize": _flag("maximize", hp["maximize"]),
+            "momentum": check.probability("momentum", hp["momentum"]),
+            "dampening": check.real("dampening", hp["dampening"], 0.0, 1.0),
+            "nesterov": check.flag("nesterov", hp["nesterov"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "maximize": check.flag("maximize", hp["maximize"]),
         }
         if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
             raise ValueError(
@@ -422,7 +407,7 @@ class Momentum(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "momentum": _number("momentum", hp["momentum"], 0.0, 1.0)}
+        return {**Optimizer._check(hp), "momentum": check.probability("momentum", hp["momentum"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         return _zeros(xp, value, "velocity")
@@ -465,9 +450,9 @@ class Adam(Optimizer):
             **Optimizer._check(hp),
             "betas": _betas(hp["betas"]),
             # eps = 0 divides 0 by 0 wherever a gradient entry has always been 0 (a dead unit): NaN
-            "eps": _number("eps", hp["eps"], low_open=True),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "amsgrad": _flag("amsgrad", hp["amsgrad"]),
+            "eps": check.positive("eps", hp["eps"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "amsgrad": check.flag("amsgrad", hp["amsgrad"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -546,11 +531,11 @@ class RMSprop(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
             **Optimizer._check(hp),
-            "alpha": _number("alpha", hp["alpha"], 0.0, 1.0),
-            "eps": _number("eps", hp["eps"], low_open=True),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "momentum": _number("momentum", hp["momentum"], 0.0, 1.0),
-            "centered": _flag("centered", hp["centered"]),
+            "alpha": check.probability("alpha", hp["alpha"]),
+            "eps": check.positive("eps", hp["eps"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "momentum": check.probability("momentum", hp["momentum"]),
+            "centered": check.flag("centered", hp["centered"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -609,10 +594,11 @@ class Adagrad(Optimizer):
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
             **Optimizer._check(hp),
-            "lr_decay": _number("lr_decay", hp["lr_decay"]),
-            "weight_decay": _number("weight_decay", hp["weight_decay"]),
-            "initial_accumulator_value": _number("initial_accumulator_value", hp["initial_accumulator_value"]),
-            "eps": _number("eps", hp["eps"], low_open=True),
+            "lr_decay": check.non_negative("lr_decay", hp["lr_decay"]),
+            "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
+            "initial_accumulator_value": check.non_negative("initial_accumulator_value",
+                                                            hp["initial_accumulator_value"]),
+            "eps": check.positive("eps", hp["eps"]),
         }
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -651,9 +637,9 @@ class Lion(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "beta1": _number("beta1", hp["beta1"], 0.0, 1.0),
-                "beta2": _number("beta2", hp["beta2"], 0.0, 1.0),
-                "weight_decay": _number("weight_decay", hp["weight_decay"])}
+        return {**Optimizer._check(hp), "beta1": check.probability("beta1", hp["beta1"]),
+                "beta2": check.probability("beta2", hp["beta2"]),
+                "weight_decay": check.non_negative("weight_decay", hp["weight_decay"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         return {"m": xp.zeros_like(value)}
@@ -684,7 +670,7 @@ def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any]
 
 def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = None) -> Optimizer:
     """An optimizer of the type in `state`, on `params`, carrying that state (arrays may be anywhere)."""
-    opt = OPTIMIZERS.lookup(str(state.get("type", "")))(params, **state.get("hyperparams", {}))
+    opt = OPTIMIZERS.lookup(str(state.get(CONFIG_KEY, "")))(params, **state.get("hyperparams", {}))
     if source is not None:
         state = _state_to_host(state, source)
     opt.load_state_dict(state)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
+
+from .layers import ACTIVATIONS
 
 __all__ = ["plot_activations", "plot_decision_boundary", "plot_gradients", "plot_history"]
 
@@ -51,24 +53,25 @@ def plot_activations(names: Sequence[str] = ("sigmoid", "tanh", "relu", "leaky_r
     """Activation functions (left) and their derivatives (right) over `x_range`.
 
     Args:
-        names: keys of `nnx.activations.ACTIVATIONS` (sigmoid, tanh, relu, leaky_relu, softplus, identity).
+        names: elementwise activations in `nnx.layers.ACTIVATIONS` (sigmoid, tanh, relu, leaky_relu,
+            softplus, identity, and the aliases logistic and linear).
         x_range: the (low, high) interval of inputs.
         num: points per curve.
     """
-    from .activations import ACTIVATIONS
-
+    elementwise = {name: cls for name, cls in ACTIVATIONS.items() if cls.derivative is not None}
     if isinstance(names, str):
         names = (names,)
-    unknown = [n for n in names if n not in ACTIVATIONS]
+    unknown = [n for n in names if n not in elementwise]
     if unknown or not names:
-        raise ValueError(f"unknown activation(s) {unknown}; valid names: {sorted(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation(s) {unknown}; valid names: {sorted(elementwise)}")
     low, high = (float(v) for v in x_range)
     if not low < high:
         raise ValueError(f"x_range must be (low, high) with low < high, got {x_range!r}")
     x = np.linspace(low, high, num)
     fig, (ax_f, ax_d) = _figure(2)
     for name in names:
-        fn, deriv = ACTIVATIONS[name]
+        cls = elementwise[name]
+        fn, deriv = cast(Callable[..., Any], cls.function), cast(Callable[..., Any], cls.derivative)
         line, = ax_f.plot(x, np.asarray(fn(x)), label=name)
         ax_d.plot(x, np.asarray(deriv(x)), color=line.get_color(), label=f"{name}'")
     ax_f.set(title="activation", xlabel="x", ylabel="f(x)")

@@ -7,28 +7,17 @@ to weights only; the model decides which parameters that is (never biases).
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from typing import Any
 
 import array_api_compat
 
-from .registry import Registry
+from . import _validate as check
+from .registry import CONFIG_KEY, Registry, class_name, config_type
 
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
 DEFAULT_STRENGTH = 1e-4
 """Strength used when a regularizer is given by name (``"l2"``) or class, without arguments."""
-
-
-def _strength(value: Any, argname: str) -> float:
-    # bool is a numbers.Real too, but L2(True) is a mistake rather than a strength.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{argname} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{argname} must be finite and >= 0, got {value!r}")
-    return value
 
 
 def _weights_arg(method: Any) -> Any:
@@ -48,30 +37,31 @@ def _weights_arg(method: Any) -> Any:
 
 REGULARIZERS = Registry(
     "regularizer",
-    "A subclass of nnx.regularizers.Regularizer registers itself under its `name` class attribute (default: its "
-    "lower-case class name) when its module is imported: import that module before loading.",
-    normalize=lambda name: name.strip().lower(),
+    "A subclass of nnx.regularizers.Regularizer registers itself under its class name (or the `name=` of its "
+    "class statement) when its module is imported: import that module before loading.",
 )
-"""Lower-case name -> regularizer class; every `Regularizer` subclass adds itself when defined
+"""Name (any case) -> regularizer class; every `Regularizer` subclass adds itself when defined
 (constructed with `DEFAULT_STRENGTH` when named without arguments)."""
 
 
 class Regularizer:
     """Base class: ``penalty(W)`` is a 0-d array added to the loss, ``gradient(W)`` its gradient w.r.t. ``W``.
 
-    A subclass registers itself under its ``name`` class attribute (its lower-case class
-    name when it sets none), so ``get_regularizer("name")`` and saved models find it.
-    Override `get_config` to add the constructor arguments next to ``"name"``.
+    A subclass registers itself under its class name (or ``name=`` in its class
+    statement), so ``get_regularizer("name")`` and saved models find it, in any case.
+    Override `get_config` to add the constructor arguments next to ``"type"``.
     """
 
-    name = "regularizer"
+    name = "Regularizer"
+    """The name the class is registered and saved under (`nnx.registry`): its class name, or ``name=``."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            cls.name = cls.__name__.lower()
-        if not cls.__name__.startswith("_"):
-            REGULARIZERS.add(cls.name, cls)
+        if cls.__name__.startswith("_") and name is None:
+            return
+        # a `name = "..."` in the class body (how regularizers were named before ``name=``) still counts
+        cls.name = class_name(cls, name if name is not None else cls.__dict__.get("name"))
+        REGULARIZERS.add(cls.name, cls)
 
     def penalty(self, W: Any) -> Any:
         """The penalty for weights `W`, a 0-d array of `W`'s dtype."""
@@ -87,10 +77,10 @@ class Regularizer:
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {"name": self.name}
+        return {CONFIG_KEY: self.name}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
         return f"{type(self).__name__}({args})"
 
 
@@ -101,10 +91,8 @@ class L1(Regularizer):
         l: strength, finite and >= 0.
     """
 
-    name = "l1"
-
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = _strength(l, "l")
+        self.l = check.non_negative("l", l)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -120,7 +108,7 @@ class L1(Regularizer):
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {"name": self.name, "l": self.l}
+        return {CONFIG_KEY: self.name, "l": self.l}
 
 
 class L2(Regularizer):
@@ -130,10 +118,8 @@ class L2(Regularizer):
         l: strength, finite and >= 0.
     """
 
-    name = "l2"
-
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = _strength(l, "l")
+        self.l = check.non_negative("l", l)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -148,7 +134,7 @@ class L2(Regularizer):
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {"name": self.name, "l": self.l}
+        return {CONFIG_KEY: self.name, "l": self.l}
 
 
 class ElasticNet(Regularizer):
@@ -159,11 +145,9 @@ class ElasticNet(Regularizer):
         l2: L2 strength, finite and >= 0.
     """
 
-    name = "elasticnet"
-
     def __init__(self, l1: float = DEFAULT_STRENGTH, l2: float = DEFAULT_STRENGTH) -> None:
-        self.l1 = _strength(l1, "l1")
-        self.l2 = _strength(l2, "l2")
+        self.l1 = check.non_negative("l1", l1)
+        self.l2 = check.non_negative("l2", l2)
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -179,7 +163,7 @@ class ElasticNet(Regularizer):
 
     def get_config(self) -> dict[str, Any]:
         """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {"name": self.name, "l1": self.l1, "l2": self.l2}
+        return {CONFIG_KEY: self.name, "l1": self.l1, "l2": self.l2}
 
 
 REGULARIZERS.add("elastic_net", ElasticNet)
@@ -193,11 +177,7 @@ def get_regularizer(spec: Any) -> Regularizer | None:
     if isinstance(spec, type) and issubclass(spec, Regularizer):
         return spec()
     if isinstance(spec, dict):
-        config = dict(spec)
-        name = config.pop("name", None)
-        if not isinstance(name, str):
-            raise ValueError(f"a regularizer config needs a 'name' string, got {spec!r}")
-        return _by_name(name, config)
+        return _by_name(*config_type(spec, "regularizer"))
     if isinstance(spec, str):
         return _by_name(spec, {})
     raise TypeError(

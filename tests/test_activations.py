@@ -9,6 +9,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
+import nnx
 from nnx import activations as A
 from nnx.gradcheck import numerical_gradient, relative_error
 
@@ -103,11 +104,17 @@ def test_kinks_follow_pytorch(backend):
     assert A.identity(x) is x
 
 
-def test_activations_registry():
-    assert set(A.ACTIVATIONS) == {"sigmoid", "tanh", "relu", "leaky_relu", "softplus", "identity"}
-    for fn, deriv in A.ACTIVATIONS.values():
-        assert callable(fn) and callable(deriv)
-    assert A.ACTIVATIONS["sigmoid"] == (A.sigmoid, A.sigmoid_derivative)
+def test_one_activation_table_names_layers_and_their_functions():
+    table = nnx.layers.ACTIVATIONS
+    assert set(table) == {"sigmoid", "logistic", "tanh", "relu", "leaky_relu", "softplus", "softmax", "identity",
+                          "linear"}
+    assert table["logistic"] is nnx.Sigmoid and table["linear"] is nnx.Identity and table["softmax"] is nnx.Softmax
+    for name, cls in table.items():
+        assert issubclass(cls, nnx.Layer)
+        if cls is not nnx.Softmax:  # softmax couples its inputs: a VJP, no elementwise derivative
+            assert callable(cls.function) and callable(cls.derivative), name
+    assert (nnx.Sigmoid.function, nnx.Sigmoid.derivative) == (A.sigmoid, A.sigmoid_derivative)
+    assert (nnx.Softplus.function, nnx.Softplus.derivative) == (A.softplus, A.softplus_derivative)
 
 
 # -- gradients -----------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_the_static_check_refuses_a_call_cupy_would():
 
 # -- the code paths, on the stand-in ----------------------------------------------------------------------------
 def test_the_standin_refuses_issue_22_item_1s_call(standin):
-    """numpy_fast's ``max(Z, 1, None, None, True)`` (NumPy's maximum.reduce order) fails on CuPy 14: here too."""
+    """``max(Z, 1, None, None, True)`` (NumPy's maximum.reduce order, issue 22 item 1) fails on CuPy 14: here too."""
     cp = standin[0]["cupy"]
     Z = np.ones((4, 3))
     with pytest.raises(TypeError, match="too many positional arguments"):
@@ -188,19 +188,9 @@ def test_rng_keeps_one_generator_and_resumes_from_its_state(standin):
     assert isinstance(rng, CupyRNG)
 
 
-_ITEM_1_IN_FAST_PATH = "max(Z, 1, None, None, True)" in (
-    (ROOT / "nnx" / "backends" / "numpy_fast.py").read_text() if (ROOT / "nnx" / "backends" / "numpy_fast.py").exists()
-    else "")
-
-
 @pytest.mark.parametrize("loss, head", [("bce", "sigmoid"), ("mse", "identity"), ("cross_entropy", "softmax")])
 @pytest.mark.parametrize("fastpath", [True, False], ids=["fastpath", "portable"])
-def test_training_on_the_standin_calls_cupy_only_as_cupy_allows(standin, loss, head, fastpath, request):
-    if fastpath and loss == "cross_entropy" and _ITEM_1_IN_FAST_PATH:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, raises=TypeError,
-            reason="issue 22 item 1: numpy_fast.py's max(Z, 1, None, None, True), which CuPy refuses; "
-                   "the lead's new core replaces that file"))
+def test_training_on_the_standin_calls_cupy_only_as_cupy_allows(standin, loss, head, fastpath):
     be = _backend(standin[1]).with_fastpath(fastpath)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 5)).astype(np.float32)

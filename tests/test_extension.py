@@ -193,7 +193,7 @@ def test_the_guides_block_trains_checks_saves_moves_and_exports(backend, guide, 
 
 
 def test_custom_regularizer_saved_and_loaded_by_name(guide, tmp_path):
-    reg = get_regularizer({"name": "log_penalty", "l": 0.25})
+    reg = get_regularizer({"type": "log_penalty", "l": 0.25})
     assert isinstance(reg, guide.LogPenalty) and reg.l == 0.25
     model = nnx.Sequential(nnx.Dense(3, 4, regularizer=guide.LogPenalty(0.5)), nnx.Tanh(), nnx.Dense(4, 1),
                            regularizer=guide.LogPenalty(0.125), dtype="float64", seed=0)
@@ -209,8 +209,8 @@ def test_a_regularizer_subclass_registers_itself():
         def penalty(self, W):
             return 0.0
 
-    assert Quartic.name == "quartic" and REGULARIZERS["Quartic"] is Quartic
-    REGULARIZERS._entries.pop("quartic")
+    assert Quartic.name == "Quartic" and REGULARIZERS["quartic"] is Quartic
+    REGULARIZERS.remove("Quartic")
     with pytest.raises(ValueError, match=r"unknown regularizer 'quartic'.*registers itself"):
         get_regularizer("quartic")
 
@@ -273,7 +273,7 @@ def test_gradient_analyzer_combines_several_weight_like_parameters(guide):
         np.testing.assert_allclose(hist["weight_max"][-1, 1], np.abs(grads).max(), rtol=1e-12)
         np.testing.assert_allclose(hist["weight_norm"][-1, 1], np.linalg.norm(grads), rtol=1e-12)
     finally:
-        LAYERS._entries.pop("Bilinear", None)
+        LAYERS.remove("Bilinear")
 
 
 # -- clear errors --------------------------------------------------------------------------
@@ -281,12 +281,12 @@ def test_gradient_analyzer_combines_several_weight_like_parameters(guide):
 def test_loading_an_unregistered_layer_names_it_and_the_fix(guide, tmp_path):
     model = _model(guide, "numpy")
     model.save(tmp_path / "m.npz")
-    entry = LAYERS._entries.pop("CenteredTanh")
+    entry = LAYERS.remove("CenteredTanh")
     try:
         with pytest.raises(CheckpointError, match=r"unknown layer 'CenteredTanh'.*import the module that defines it"):
             nnx.load(tmp_path / "m.npz")
     finally:
-        LAYERS._entries["CenteredTanh"] = entry
+        LAYERS.add("CenteredTanh", entry)
     assert isinstance(nnx.load(tmp_path / "m.npz").layers[1], guide.CenteredTanh)
 
 
@@ -331,4 +331,4 @@ def test_a_non_json_constructor_argument_fails_at_save_time(tmp_path):
             model.save(tmp_path / "gated.npz")
         assert not (tmp_path / "gated.npz").exists()
     finally:
-        LAYERS._entries.pop("Gated", None)
+        LAYERS.remove("Gated")

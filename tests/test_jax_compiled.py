@@ -1,4 +1,4 @@
-"""JAX's compiled training step (nnx/backends/jax_fast.py) against the uncompiled JAX path.
+"""JAX's compiled training step (nnx/training/compiled.py) against the uncompiled JAX path.
 
 The compiled step must give the numbers of the portable stages run op by op (to float
 rounding), draw the same dropout masks, compile a bounded number of programs however

@@ -62,6 +62,7 @@ LAYER_CASES = {
     "tanh": lambda: ([nnx.Dense(6, 4), nnx.Tanh()], None),
     "relu": lambda: ([nnx.Dense(6, 4), nnx.ReLU()], None),
     "leaky_relu": lambda: ([nnx.Dense(6, 4), nnx.LeakyReLU(0.13)], None),
+    "softplus": lambda: ([nnx.Dense(6, 4), nnx.Softplus()], None),
     "softmax": lambda: ([nnx.Dense(6, 4), nnx.Softmax()], None),
     "identity": lambda: ([nnx.Dense(6, 4), nnx.Identity()], None),
     "dropout": lambda: ([nnx.Dense(6, 4), nnx.Dropout(0.3)], None),

@@ -289,10 +289,10 @@ def test_warm_start_partial_fit_and_lbfgs():
     ({"solver": "newton"}, "solver must be one of"),
     ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes must be > 0"),
     ({"batch_size": 0}, "batch_size must be 'auto' or an int >= 1"),
-    ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \[0.0, 1.0\)"),
-    ({"n_iter_no_change": 2.5}, "n_iter_no_change must be an int >= 1 or inf"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be a finite number in \[0, 1\)"),
+    ({"n_iter_no_change": 2.5}, r"n_iter_no_change \(an int or inf\) must be an int, got float 2.5"),
     ({"dtype": "float16"}, "dtype must be None \\(the data's\\), 'float32' or 'float64'"),
-    ({"dropout": 1.0}, "dropout must be a number"),
+    ({"dropout": 1.0}, "dropout must be a finite number in \\[0, 1\\)"),
     ({"backend": "tensorflow"}, "unknown backend 'tensorflow'"),
 ])
 def test_bad_parameters_fail_in_fit_naming_them(params, match):

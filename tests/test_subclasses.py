@@ -29,6 +29,7 @@ BUILT_INS = {
     "LeakyReLU": (nnx.LeakyReLU, (0.2,)),
     "ReLU": (nnx.ReLU, ()),
     "Sigmoid": (nnx.Sigmoid, ()),
+    "Softplus": (nnx.Softplus, ()),
     "Tanh": (nnx.Tanh, ()),
     "Softmax": (nnx.Softmax, ()),
     "Identity": (nnx.Identity, ()),

@@ -1,7 +1,7 @@
 """Layers: the `Layer` base class and its public extension API, and the built-in layers."""
 
-from .activation import ACTIVATION_LAYERS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
-from .base import LAYERS, BuildContext, Layer, layer_from_config
+from .activation import ACTIVATIONS, Identity, LeakyReLU, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from .base import LAYERS, BuildContext, ExportGraph, Layer, layer_from_config
 from .containers import Residual
 from .dense import Dense
 from .dropout import Dropout
@@ -10,7 +10,7 @@ from .parameter import Buffer, Parameter
 from .shape import Flatten
 
 __all__ = [
-    "ACTIVATION_LAYERS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "Flatten",
-    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sigmoid", "Softmax", "Tanh",
-    "layer_from_config",
+    "ACTIVATIONS", "LAYERS", "BatchNorm", "Buffer", "BuildContext", "Dense", "Dropout", "ExportGraph", "Flatten",
+    "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sigmoid", "Softmax", "Softplus",
+    "Tanh", "layer_from_config",
 ]

@@ -1,17 +1,28 @@
-"""Activation layers: elementwise (Sigmoid, Tanh, ReLU, LeakyReLU, Identity) and Softmax over the last axis."""
+"""Activation layers: elementwise (Sigmoid, Tanh, ReLU, LeakyReLU, Softplus, Identity) and Softmax over the last axis.
+
+`ACTIVATIONS` is nnx's one table of activation names (as scikit-learn and Keras
+spell them) -> layer class. An elementwise layer class names its function and
+derivative (`function`, `derivative`, from `nnx.activations`), so a plot or an
+estimator that takes an activation by name finds everything through the table.
+"""
 
 from __future__ import annotations
 
-import math
-import numbers
+from collections.abc import Callable
 from typing import Any
 
+from .. import _validate as check
 from .. import activations as act
 from .base import Layer
 
 
 class _Activation(Layer):
-    """An elementwise activation; subclasses set `_forward` and the backward rule."""
+    """An activation layer; an elementwise one sets `function` and `derivative` (None for Softmax)."""
+
+    function: Callable[..., Any] | None = None
+    """The activation as a plain function of an array (`nnx.activations`)."""
+    derivative: Callable[..., Any] | None = None
+    """Its derivative w.r.t. the input, elementwise."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -20,6 +31,8 @@ class _Activation(Layer):
 
 class Sigmoid(_Activation):
     """Logistic sigmoid, 1 / (1 + exp(-x)), computed without overflow."""
+
+    function, derivative = staticmethod(act.sigmoid), staticmethod(act.sigmoid_derivative)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = act.sigmoid(X)
@@ -45,6 +58,8 @@ class Sigmoid(_Activation):
 class Tanh(_Activation):
     """Hyperbolic tangent."""
 
+    function, derivative = staticmethod(act.tanh), staticmethod(act.tanh_derivative)
+
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = self.xp.tanh(X)
         if training:
@@ -61,6 +76,8 @@ class Tanh(_Activation):
 
 class ReLU(_Activation):
     """Rectified linear unit, max(x, 0); its derivative at 0 is taken as 0, as in PyTorch."""
+
+    function, derivative = staticmethod(act.relu), staticmethod(act.relu_derivative)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         Y = self.xp.maximum(X, 0.0)
@@ -83,11 +100,11 @@ class LeakyReLU(_Activation):
         alpha: slope for negative inputs, >= 0.
     """
 
+    function, derivative = staticmethod(act.leaky_relu), staticmethod(act.leaky_relu_derivative)
+
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"LeakyReLU alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check.non_negative("LeakyReLU alpha", alpha)
 
     def forward(self, X: Any, training: bool = False) -> Any:
         if training:
@@ -105,6 +122,28 @@ class LeakyReLU(_Activation):
         positive = graph.add_node("Greater", [X, graph.add_initializer(0.0, "zero")])
         scaled = graph.add_node("Mul", [X, graph.add_initializer(self.alpha, "alpha")])
         return graph.add_node("Where", [positive, X, scaled], name="LeakyRelu")
+
+
+class Softplus(_Activation):
+    """Softplus, log(1 + exp(x)), computed without overflow; a smooth ReLU."""
+
+    function, derivative = staticmethod(act.softplus), staticmethod(act.softplus_derivative)
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        if training:
+            self._cache = X
+        return act.softplus(X)
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        X, self._cache = self._cache, None
+        return dY * act.sigmoid(X)
+
+    def to_onnx(self, graph: Any, X: str) -> str:
+        # max(x, 0) + log(1 + exp(-|x|)), as forward computes it: no exp of a large positive number
+        tail = graph.add_node("Exp", [graph.add_node("Neg", [graph.add_node("Abs", [X])])])
+        log1p = graph.add_node("Log", [graph.add_node("Add", [graph.add_initializer(1.0, "one"), tail])])
+        relu = graph.add_node("Relu", [X])
+        return graph.add_node("Add", [relu, log1p], name="Softplus")
 
 
 class Softmax(_Activation):
@@ -127,6 +166,8 @@ class Softmax(_Activation):
 class Identity(_Activation):
     """Passes its input through; useful as an explicit linear output."""
 
+    function, derivative = staticmethod(act.identity), staticmethod(act.identity_derivative)
+
     def forward(self, X: Any, training: bool = False) -> Any:
         return X
 
@@ -137,8 +178,8 @@ class Identity(_Activation):
         return X
 
 
-ACTIVATION_LAYERS: dict[str, type[Layer]] = {
-    "sigmoid": Sigmoid, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU,
-    "leaky_relu": LeakyReLU, "softmax": Softmax, "identity": Identity, "linear": Identity,
+ACTIVATIONS: dict[str, type[_Activation]] = {
+    "sigmoid": Sigmoid, "logistic": Sigmoid, "tanh": Tanh, "relu": ReLU, "leaky_relu": LeakyReLU,
+    "softplus": Softplus, "softmax": Softmax, "identity": Identity, "linear": Identity,
 }
-"""Activation names (as scikit-learn and Keras spell them) -> layer class."""
+"""Activation names (as scikit-learn and Keras spell them) -> layer class: nnx's one table of them."""

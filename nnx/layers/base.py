@@ -20,25 +20,48 @@ import inspect
 import json
 import math
 import numbers
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from ..init import INITIALIZERS
-from ..registry import Registry
+from ..registry import CONFIG_KEY, Registry, class_name, config_type
 from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
-
-if TYPE_CHECKING:
-    from ..onnx import OnnxGraph
 
 LAYERS = Registry(
     "layer",
     "A subclass of nnx.Layer registers itself under its class name when its module is imported: import "
     "the module that defines it before loading, or pass `name=` in the class statement "
-    "(`class MyLayer(nnx.Layer, name=\"mylib.MyLayer\")`) if two classes share a name.",
+    "(`class MyLayer(nnx.Layer, name=\"mylib.MyLayer\")`) if two classes share a name (in any case).",
 )
 
 Shape = tuple[int, ...]
+
+
+class ExportGraph(Protocol):
+    """What a layer's `to_onnx` uses of the ONNX graph under construction (`nnx.onnx.OnnxGraph` is one).
+
+    Declared here, beside the hook, so that layers never import the exporter: `nnx.onnx`
+    depends on layers, never the other way round.
+    """
+
+    dtype: str
+    opset: int
+    prefix: str
+    backend: Any
+
+    def unique_name(self, hint: str) -> str:
+        """A tensor name not used yet, from `hint`."""
+        ...
+
+    def add_initializer(self, value: Any, name: str | None = None, dtype: str | None = None) -> str:
+        """Store a constant (a parameter, buffer, array or number) and return its name."""
+        ...
+
+    def add_node(self, op_type: str, inputs: Sequence[str], n_outputs: int = 1, name: str | None = None,
+                 domain: str = "", **attributes: Any) -> Any:
+        """Add one operator and return its output's name (a tuple of names for several outputs)."""
+        ...
 
 
 class BuildContext:
@@ -125,9 +148,17 @@ class Layer:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
             cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+        # every layer's backward, a user's included, fails the same clear way before a training forward
+        if "forward" in cls.__dict__:
+            plain = cls.__dict__["forward"]
+            cls.forward = _noting_training_forward(plain)  # type: ignore[method-assign]
+            if cls.__dict__.get("__call__") is plain:  # `__call__ = forward` in the class body
+                cls.__call__ = cls.forward  # type: ignore[method-assign]
+        if "backward" in cls.__dict__:
+            cls.backward = _needing_training_forward(cls.backward)  # type: ignore[method-assign]
         if name is None and cls.__name__.startswith("_"):
             return  # private helper bases are not saved by name
-        cls.registered_name = name or cls.__name__
+        cls.registered_name = class_name(cls, name)
         LAYERS.add(cls.registered_name, cls)
 
     def __init__(self) -> None:
@@ -141,6 +172,7 @@ class Layer:
         self._buffers: dict[str, Buffer] = {}
         self._layers: dict[str, Layer] = {}
         self._declared_layers: dict[str, tuple[Layer, Shape | None]] = {}
+        self._ran_training_forward = False  # set by forward(X, training=True); backward needs it
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
@@ -152,6 +184,7 @@ class Layer:
         self.backend, self.xp, self.dtype = context.backend, context.backend.xp, context.dtype
         self.input_shape = input_shape
         self._params, self._buffers, self._layers = {}, {}, {}
+        self._ran_training_forward = False
         for name, (layer, shape) in self._declared_layers.items():
             self._attach_layer(name, layer, shape)
         self.build(input_shape)
@@ -166,6 +199,7 @@ class Layer:
         self.backend = self.xp = self.dtype = None
         self.input_shape = self.output_sample_shape = None
         self._params, self._buffers, self._layers = {}, {}, {}
+        self._ran_training_forward = False
 
     def expected_input_shape(self) -> Shape | None:
         """The sample shape this layer needs when it comes first (None: it takes what it gets)."""
@@ -292,7 +326,7 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dY, need_dX)")
 
     # -- export --------------------------------------------------------------------------
-    def to_onnx(self, graph: OnnxGraph, X: str) -> str:
+    def to_onnx(self, graph: ExportGraph, X: str) -> str:
         """Add this layer's inference computation to an ONNX graph; return the name of its output tensor.
 
         `X` names the input tensor (batch axis first, in the model's dtype). Add nodes
@@ -323,16 +357,16 @@ class Layer:
                     f"{type(self).__name__}: constructor argument {key}={value!r} is not a JSON value, so the "
                     "layer cannot be saved or rebuilt; override get_config() and from_config()"
                 ) from None
-        return {"type": type(self).registered_name, **args}
+        return {CONFIG_KEY: type(self).registered_name, **args}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
         """A new, unbuilt layer from `get_config()` output."""
-        return cls(**{k: v for k, v in config.items() if k != "type"})
+        return cls(**config_type(config, "layer")[1])
 
     def __repr__(self) -> str:
         try:
-            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "type")
+            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
         except TypeError:
             args = "..."
         return f"{type(self).__name__}({args})"
@@ -374,21 +408,38 @@ def _recording_init(init: Callable) -> Callable:
     return wrapper
 
 
+def _noting_training_forward(forward: Callable) -> Callable:
+    """Wrap a layer's forward so that a call with ``training=True`` is remembered for `backward`."""
+
+    @functools.wraps(forward)
+    def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
+        if training:
+            self._ran_training_forward = True
+        return forward(self, X, training, *args, **kwargs)
+
+    return wrapper
+
+
+def _needing_training_forward(backward: Callable) -> Callable:
+    """Wrap a layer's backward so that it raises one clear error when no training forward came before it."""
+
+    @functools.wraps(backward)
+    def wrapper(self: Layer, dY: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_ran_training_forward", False):
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward(X, training=True) first: backward "
+                               "uses what that forward keeps (training=False keeps nothing)")
+        return backward(self, dY, *args, **kwargs)
+
+    return wrapper
+
+
 def layer_from_config(config: Any) -> Layer:
     """Rebuild a layer from `Layer.get_config()` output; an unregistered type raises `UnknownNameError`."""
     if not isinstance(config, Mapping):
-        raise ValueError(f"a layer config must be a dict with a 'type', got {config!r}")
-    cls = LAYERS.lookup(config.get("type"))
+        raise ValueError(f"a layer config must be a dict with a {CONFIG_KEY!r}, got {config!r}")
+    name, _ = config_type(config, "layer")
+    cls = LAYERS.lookup(name)
     try:
         return cls.from_config(config)
     except TypeError as exc:
-        raise ValueError(f"bad arguments for layer {config.get('type')}: {exc}") from exc
-
-
-def check_size(name: str, value: Any) -> int:
-    """`value` as a positive int (NumPy integers included), else TypeError/ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return int(value)
+        raise ValueError(f"bad arguments for layer {name}: {exc}") from exc

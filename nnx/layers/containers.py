@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..registry import CONFIG_KEY
 from .base import Layer, Shape, layer_from_config
 
 
@@ -71,7 +72,7 @@ class _Chain(Layer):
         return X
 
     def get_config(self) -> dict:
-        return {"type": type(self).registered_name, "layers": [layer.get_config() for layer in self.layers]}
+        return {CONFIG_KEY: type(self).registered_name, "layers": [layer.get_config() for layer in self.layers]}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
@@ -85,7 +86,7 @@ class _Chain(Layer):
 def _layers_from(config: Mapping[str, Any]) -> list[Layer]:
     layers = config.get("layers")
     if not isinstance(layers, list):
-        raise ValueError(f"a {config.get('type', 'container')} config needs a 'layers' list, got {layers!r}")
+        raise ValueError(f"a {config.get(CONFIG_KEY, 'container')} config needs a 'layers' list, got {layers!r}")
     return [layer_from_config(c) for c in layers]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _validate as check
 from ..init import get_initializer
 from ..regularizers import Regularizer, get_regularizer
-from .base import Layer, Shape, check_size
+from .base import Layer, Shape
 
 
 class Dense(Layer):
@@ -22,8 +23,8 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, init: str = "he",
                  regularizer: Regularizer | str | None = None) -> None:
         super().__init__()
-        self.in_features = check_size("in_features", in_features)
-        self.out_features = check_size("out_features", out_features)
+        self.in_features = check.positive_int("in_features", in_features)
+        self.out_features = check.positive_int("out_features", out_features)
         get_initializer(init)
         self.init = init
         self.regularizer = get_regularizer(regularizer)

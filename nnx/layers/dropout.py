@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+from .. import _validate as check
 from .base import Layer
 
 
@@ -17,9 +17,7 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5) -> None:
         super().__init__()
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
-            raise ValueError(f"Dropout rate must be a number in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = check.probability("Dropout rate", rate)
         self._mask: Any = None
 
     def forward(self, X: Any, training: bool = False) -> Any:

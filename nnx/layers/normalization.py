@@ -7,17 +7,11 @@ user's layer would be, and both have exact analytic backward passes.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, cast
 
-from .base import Layer, Shape, check_size
-
-
-def _check_eps(owner: str, eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"{owner} eps must be a finite number > 0, got {eps!r}")
-    return float(eps)
+from .. import _validate as check
+from ..registry import CONFIG_KEY
+from .base import Layer, Shape
 
 
 class BatchNorm(Layer):
@@ -39,11 +33,9 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int | None = None, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.num_features = None if num_features is None else check_size("num_features", num_features)
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
-        self.eps = _check_eps("BatchNorm", eps)
+        self.num_features = None if num_features is None else check.positive_int("num_features", num_features)
+        self.momentum = check.real("BatchNorm momentum", momentum, 0.0, 1.0)
+        self.eps = check.positive("BatchNorm eps", eps)
         self._cache: Any = None
 
     def expected_input_shape(self) -> Shape | None:
@@ -124,7 +116,7 @@ class BatchNorm(Layer):
 
     def get_config(self) -> dict:
         # the resolved feature count, so a saved model rebuilds even where the input shape is unknown
-        return {"type": type(self).registered_name, "num_features": self.num_features,
+        return {CONFIG_KEY: type(self).registered_name, "num_features": self.num_features,
                 "momentum": self.momentum, "eps": self.eps}
 
 
@@ -149,10 +141,10 @@ class LayerNorm(Layer):
         elif isinstance(normalized_shape, (list, tuple)):
             if not normalized_shape:
                 raise ValueError("LayerNorm normalized_shape must not be empty")
-            self.normalized_shape = tuple(check_size("normalized_shape", s) for s in normalized_shape)
+            self.normalized_shape = tuple(check.positive_int("normalized_shape", s) for s in normalized_shape)
         else:
-            self.normalized_shape = (check_size("normalized_shape", normalized_shape),)
-        self.eps = _check_eps("LayerNorm", eps)
+            self.normalized_shape = (check.positive_int("normalized_shape", normalized_shape),)
+        self.eps = check.positive("LayerNorm eps", eps)
         self._cache: Any = None
 
     def expected_input_shape(self) -> Shape | None:
@@ -237,4 +229,4 @@ class LayerNorm(Layer):
 
     def get_config(self) -> dict:
         shape = None if self.normalized_shape is None else list(self.normalized_shape)
-        return {"type": type(self).registered_name, "normalized_shape": shape, "eps": self.eps}
+        return {CONFIG_KEY: type(self).registered_name, "normalized_shape": shape, "eps": self.eps}

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, column_or_1d, validate_data
 
+from .. import _validate as check
 from .. import layers as L
 from ..backends import get_backend
 from ..losses import MSE
@@ -23,11 +24,9 @@ from .arrays import dense, describe, host, io_of, reduction, to_host_tree, to_na
 from .optimizers import OptimizerView, SklearnAdam, SklearnSGD
 from .poisson import Exp
 
-ACTIVATIONS = {"identity": L.Identity, "logistic": L.Sigmoid, "tanh": L.Tanh, "relu": L.ReLU,
-               "leaky_relu": L.LeakyReLU}
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu")  # scikit-learn's, and leaky_relu
 STOCHASTIC = ("sgd", "adam", "rmsprop", "adamw", "adagrad", "momentum")
 SOLVERS = (*STOCHASTIC, "lbfgs")
-_OUTPUT_LAYERS = {"logistic": L.Sigmoid, "softmax": L.Softmax, "exp": Exp}
 _ROW_BLOCK = 32
 _ARRAYS = {"coefs_": "weight", "intercepts_": "bias"}
 
@@ -95,43 +94,20 @@ class MLPBase(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _check_params(self) -> None:
-        def number(name: str, low: float, high: float = math.inf, low_open: bool = False,
-                   high_open: bool = False) -> None:
-            value = getattr(self, name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            value = cast(float, value)  # a real number wherever `ok` still holds (numbers.Real declares no `>`)
-            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-                raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-
-        def integer(name: str, low: int, or_inf: bool = False) -> None:
-            value = getattr(self, name)
-            if or_inf and isinstance(value, numbers.Real) and not isinstance(value, bool) and value == math.inf:
-                return
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}{' or inf' if or_inf else ''}, got {value!r}")
-
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {list(SOLVERS)}, got {self.solver!r}")
-        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
-            raise ValueError(f"learning_rate must be 'constant', 'invscaling' or 'adaptive', "
-                             f"got {self.learning_rate!r}")
-        number("alpha", 0.0)
-        number("learning_rate_init", 0.0, low_open=True)
-        number("power_t", 0.0)
-        number("tol", 0.0)
-        number("momentum", 0.0, 1.0)
-        number("validation_fraction", 0.0, 1.0, high_open=True)
-        number("beta_1", 0.0, 1.0, high_open=True)
-        number("beta_2", 0.0, 1.0, high_open=True)
-        number("epsilon", 0.0, low_open=True)
-        number("dropout", 0.0, 1.0, high_open=True)
-        integer("max_iter", 1)
-        integer("n_iter_no_change", 1, or_inf=True)
-        integer("max_fun", 1)
+        check.one_of("activation", self.activation, sorted(HIDDEN_ACTIVATIONS))
+        check.one_of("solver", self.solver, SOLVERS)
+        check.one_of("learning_rate", self.learning_rate, ("constant", "invscaling", "adaptive"))
+        for name in ("alpha", "power_t", "tol"):
+            check.non_negative(name, getattr(self, name))
+        for name in ("learning_rate_init", "epsilon"):
+            check.positive(name, getattr(self, name))
+        for name in ("validation_fraction", "beta_1", "beta_2", "dropout"):
+            check.probability(name, getattr(self, name))
+        check.real("momentum", self.momentum, 0.0, 1.0)
+        check.positive_int("max_iter", self.max_iter)
+        check.positive_int("max_fun", self.max_fun)
+        if self.n_iter_no_change != math.inf:
+            check.positive_int("n_iter_no_change (an int or inf)", self.n_iter_no_change)
         if not (self.batch_size == "auto" or (isinstance(self.batch_size, numbers.Integral)
                                               and not isinstance(self.batch_size, bool)
                                               and cast(int, self.batch_size) >= 1)):
@@ -182,7 +158,7 @@ class MLPBase(BaseEstimator):
         """
         dtype = self.dtype or ("float32" if str(X.dtype).endswith("float32") else "float64")
         backend = self.backend if self.backend is not None else (get_backend(X) if io is not None else "numpy")
-        act = ACTIVATIONS[self.activation]
+        act = L.ACTIVATIONS[self.activation]
         units = [X.shape[1], *self._hidden_sizes(), n_outputs]
         layers: list[L.Layer] = []
         dense_at: list[int] = []
@@ -193,9 +169,10 @@ class MLPBase(BaseEstimator):
                 layers.append(act())
                 if self.dropout > 0:
                     layers.append(L.Dropout(self.dropout))
-        head = _OUTPUT_LAYERS.get(self.out_activation_)
-        if head is not None:
-            layers.append(head())
+        if self.out_activation_ == "exp":  # the Poisson regressor's output, not an activation of nnx's table
+            layers.append(Exp())
+        elif self.out_activation_ != "identity":
+            layers.append(L.ACTIVATIONS[self.out_activation_]())
         state = self._assigned_state(units, dense_at) if assigned else {}
         # scikit-learn's _init_coef: Glorot-uniform bounds (sqrt(2/...) for logistic units), weights
         # then intercepts, layer by layer, drawn in float64 and cast to the data's dtype

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from .. import _validate as check
 from ..optim import Optimizer
 
 __all__ = ["SklearnAdam", "SklearnSGD"]
@@ -31,7 +32,8 @@ class SklearnSGD(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "momentum": float(hp["momentum"]), "nesterov": bool(hp["nesterov"])}
+        return {**Optimizer._check(hp), "momentum": check.real("momentum", hp["momentum"], 0.0, 1.0),
+                "nesterov": check.flag("nesterov", hp["nesterov"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         """scikit-learn's velocities, zero."""
@@ -70,13 +72,9 @@ class SklearnAdam(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        b1, b2 = (float(b) for b in hp["betas"])
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {hp['betas']!r}")
-        eps = float(hp["eps"])
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {hp['eps']!r}")
-        return {**Optimizer._check(hp), "betas": (b1, b2), "eps": eps}
+        b1, b2 = hp["betas"]
+        return {**Optimizer._check(hp), "betas": (check.probability("betas[0]", b1), check.probability("betas[1]", b2)),
+                "eps": check.positive("eps", hp["eps"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         """scikit-learn's first and second moments, zero."""

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.base import RegressorMixin
 from sklearn.utils.metaestimators import available_if
 
+from .. import _validate as check
 from ..losses import MSE
 from .arrays import reduction
 from .poisson import HalfPoissonDeviance
@@ -53,8 +54,7 @@ class MLPRegressor(RegressorMixin, MLPTraining):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if self.loss not in _LOSSES:
-            raise ValueError(f"loss must be one of {list(_LOSSES)}, got {self.loss!r}")
+        check.one_of("loss", self.loss, _LOSSES)
 
     def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:
         y = np.asarray(y, dtype=np.float64)

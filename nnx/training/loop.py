@@ -12,6 +12,7 @@ import contextlib
 import warnings
 from typing import Any
 
+from ..distributed.parallel import DataParallelFit
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .arguments import check_positive_int
@@ -197,8 +198,6 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     model.distributed = None
     if distributed is None:
         return None
-    from ..distributed.parallel import DataParallelFit
-
     dp = DataParallelFit(model, distributed)  # checks the type, also for a single process
     if dp.comm.engine == "single":
         return None  # (a world of one on a real engine still runs its collectives: the GPU check uses that)

@@ -10,12 +10,11 @@ in-place forms used here only mutate arrays the step itself just made.
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import array_api_compat
 
+from .. import _validate as check
 from ..layers.parameter import Parameter
 from .callbacks import Callback
 
@@ -67,12 +66,6 @@ class GradientTransform:
         return f"{type(self).__name__}({args})"
 
 
-def _positive(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
 class ClipByNorm(GradientTransform):
     """Scale all gradients together so their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`).
 
@@ -84,7 +77,7 @@ class ClipByNorm(GradientTransform):
     shardable = True  # a slice needs only the global sum of squares, one scalar summed over the slices
 
     def __init__(self, max_norm: float) -> None:
-        self.max_norm = _positive("ClipByNorm", "max_norm", max_norm)
+        self.max_norm = check.positive("ClipByNorm: max_norm", max_norm)
 
     def scale(self, xp: Any, sum_sq: Any) -> Any:
         """The factor every gradient is multiplied by, given the sum of squares of all of them (a 0-d array)."""
@@ -115,7 +108,7 @@ class ClipByValue(GradientTransform):
     shardable = True  # element by element
 
     def __init__(self, clip_value: float) -> None:
-        self.clip_value = _positive("ClipByValue", "clip_value", clip_value)
+        self.clip_value = check.positive("ClipByValue: clip_value", clip_value)
 
     def apply_flat(self, xp: Any, grad: Any, total: Any) -> Any:
         return xp.clip(grad, -self.clip_value, self.clip_value)
@@ -138,9 +131,7 @@ class Accumulate(GradientTransform):
     """
 
     def __init__(self, steps: int) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"Accumulate: steps must be an int >= 1, got {steps!r}")
-        self.steps = int(steps)
+        self.steps = check.positive_int("Accumulate: steps", steps)
         self._sums: list[Any] | None = None
         self._rows = 0
         self._count = 0
