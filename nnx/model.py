@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
+from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
 from .layers.containers import _Chain
 from .layers.parameter import Parameter
@@ -250,8 +251,7 @@ class Sequential(_Chain):
             last = last.layers[-1]
         return last
 
-    # -- what the model is used for: units of nnx/training (and nnx/summary.py), kept as methods ----------
-    # Each is a function of the model written once there (help() shows its signature and arguments).
+    # -- what the model is used for: functions of the model written once in nnx/training (and summary.py) --
     fit = loop.fit
     predict = inference.predict
     evaluate = inference.evaluate
@@ -265,6 +265,10 @@ class Sequential(_Chain):
     output_head = head.output_head
     loss_and_grads = head.loss_and_grads
     metric_values = evaluation.metric_values
+
+    def data_parallel(self, distributed: Any) -> DataParallelFit:
+        """A fit's data-parallel parts over `distributed`; here, so `nnx.training` never imports `nnx.distributed`."""
+        return DataParallelFit(self, distributed)
 
 
 def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:

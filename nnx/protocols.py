@@ -140,6 +140,8 @@ class Model(Protocol):
 
     def metric_values(self, metric_fns: dict, y: Array, Z: Array, from_logits: bool) -> dict[str, float]: ...
 
+    def data_parallel(self, distributed: Any) -> Any: ...
+
 
 class CompiledExecution(Protocol):
     """A step run as one compiled program (JAX): every stage in one call, the finite check deferred."""

@@ -12,7 +12,6 @@ import contextlib
 import warnings
 from typing import Any
 
-from ..distributed.parallel import DataParallelFit
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .arguments import check_positive_int
@@ -198,7 +197,7 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
     model.distributed = None
     if distributed is None:
         return None
-    dp = DataParallelFit(model, distributed)  # checks the type, also for a single process
+    dp = model.data_parallel(distributed)  # checks the type, also for a single process
     if dp.comm.engine == "single":
         return None  # (a world of one on a real engine still runs its collectives: the GPU check uses that)
     model.distributed = dp.comm  # rank 0 writes the checkpoints (nnx.io.save_model)
