@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _validate as check
 from ..metrics import resolve_metrics
 from ..protocols import Model
-from .arguments import check_positive_int
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, predict_batches
 from .history import Logs
@@ -25,7 +25,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     False skips it.
     """
     if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
+        check.positive_int("batch_size", batch_size)
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
     if source is not None:
         return predict_batches(model, source)
@@ -55,7 +55,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)
     if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
+        check.positive_int("batch_size", batch_size)
     source = inference_source(model, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
     if source is not None:
         return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics), look_at_outputs))

@@ -12,9 +12,9 @@ import contextlib
 import warnings
 from typing import Any
 
+from .. import _validate as check
 from ..metrics import resolve_metrics
 from ..protocols import Model
-from .arguments import check_positive_int
 from .callbacks import Callback, CallbackList, ProgressBar
 from .data import prefetch_depth
 from .evaluation import evaluate_batches
@@ -30,7 +30,7 @@ def build_transforms(clip_norm: float | None, clip_value: float | None, accumula
                         extra: list[GradientTransform] | None, callbacks: list[Callback]) -> list[GradientTransform]:
     """The gradient stage `fit` builds: accumulation, then `extra` (e.g. a cross-process average), clipping, hooks."""
     transforms: list[GradientTransform] = []
-    if check_positive_int("accumulate", accumulate) > 1:
+    if check.positive_int("accumulate", accumulate) > 1:
         transforms.append(Accumulate(accumulate))
     for t in extra or []:
         if not isinstance(t, GradientTransform):
@@ -110,14 +110,14 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)
-    check_positive_int("epochs", epochs, allow_zero=True)
+    check.integer("epochs", epochs, low=0)
     if batch_size is not None:
-        check_positive_int("batch_size", batch_size)
+        check.positive_int("batch_size", batch_size)
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
-            check_positive_int(name, value)
+            check.positive_int(name, value)
     depth = prefetch_depth(prefetch)
     batches, val_rows, validation_data, look_at_outputs = training_source(
         model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,

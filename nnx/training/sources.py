@@ -10,9 +10,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .. import _validate as check
 from ..backends.host import is_out_of_core
 from ..protocols import Model
-from .arguments import check_positive_int
 from .data import ArrayBatches, BatchPreparer, HostBatches, IterableBatches, is_batch_iterable, n_rows, prefetch_depth
 from .evaluation import evaluate_arrays, evaluate_batches
 from .loss_fit import check_outputs
@@ -121,7 +121,7 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
     """
     depth = prefetch_depth(prefetch)
     if steps is not None:
-        check_positive_int("steps", steps)
+        check.positive_int("steps", steps)
     targets = loss_fn is not None
     if is_out_of_core(X):
         if steps is not None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import array_api_compat
 
+from ... import _validate as check
 from ...protocols import Model
 from .base import Callback
-from .schedules import _positive
 
 GRADIENT_STATS = ("weight_mean", "weight_max", "weight_norm", "bias_mean", "bias_max", "bias_norm")
 
@@ -43,8 +43,8 @@ class GradientAnalyzer(Callback):
     """
 
     def __init__(self, vanish_threshold: float = 1e-7, explode_threshold: float = 1e3, warn: bool = True) -> None:
-        self.vanish_threshold = _positive("GradientAnalyzer", "vanish_threshold", vanish_threshold)
-        self.explode_threshold = _positive("GradientAnalyzer", "explode_threshold", explode_threshold)
+        self.vanish_threshold = check.positive("GradientAnalyzer vanish_threshold", vanish_threshold)
+        self.explode_threshold = check.positive("GradientAnalyzer explode_threshold", explode_threshold)
         if self.vanish_threshold >= self.explode_threshold:
             raise ValueError(f"GradientAnalyzer vanish_threshold ({vanish_threshold}) must be below "
                              f"explode_threshold ({explode_threshold})")

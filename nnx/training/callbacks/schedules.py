@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
+from ... import _validate as check
 from .base import Callback
 
 
@@ -77,11 +77,6 @@ class Schedule(LearningRateScheduler):
         return f"{type(self).__name__}({fields})"
 
 
-def _positive(owner: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{owner} {name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
 
 class StepDecay(Schedule):
     """``base * gamma ** (epoch // step_size)``: multiply the rate by `gamma` every `step_size` epochs.
@@ -97,7 +92,7 @@ class StepDecay(Schedule):
             raise ValueError(f"StepDecay step_size must be an int >= 1, got {step_size!r}")
         super().__init__(initial_lr)
         self.step_size = step_size
-        self.gamma = _positive("StepDecay", "gamma", gamma)
+        self.gamma = check.positive("StepDecay gamma", gamma)
 
     def rate(self, epoch: int, base: float) -> float:
         return base * self.gamma ** (epoch // self.step_size)
@@ -116,8 +111,8 @@ class ExponentialDecay(Schedule):
     def __init__(self, decay_rate: float, decay_epochs: float = 1, staircase: bool = False,
                  initial_lr: float | None = None) -> None:
         super().__init__(initial_lr)
-        self.decay_rate = _positive("ExponentialDecay", "decay_rate", decay_rate)
-        self.decay_epochs = _positive("ExponentialDecay", "decay_epochs", decay_epochs)
+        self.decay_rate = check.positive("ExponentialDecay decay_rate", decay_rate)
+        self.decay_epochs = check.positive("ExponentialDecay decay_epochs", decay_epochs)
         self.staircase = staircase
 
     def rate(self, epoch: int, base: float) -> float:
@@ -145,7 +140,7 @@ class CosineDecay(Schedule):
             raise ValueError(f"CosineDecay warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         super().__init__(initial_lr)
         self.decay_epochs = decay_epochs
-        self.min_lr = _positive("CosineDecay", "min_lr", min_lr)
+        self.min_lr = check.positive("CosineDecay min_lr", min_lr)
         self.warmup_epochs = warmup_epochs
 
     def rate(self, epoch: int, base: float) -> float:
