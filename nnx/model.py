@@ -475,7 +475,8 @@ class Sequential(_Chain):
             verbose: int = 0, shuffle: bool = True, check_finite: bool = True, sample_weight: Any = None,
             class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
             accumulate: int = 1, gradient_transforms: list | None = None, steps_per_epoch: int | None = None,
-            validation_steps: int | None = None, prefetch: Any = True, distributed: Any = None) -> History:
+            validation_steps: int | None = None, prefetch: Any = True, distributed: Any = None,
+            chunk_batches: int | None = None) -> History:
         """Mini-batch training; returns a `History` of per-epoch loss and metrics.
 
         Args:
@@ -514,6 +515,8 @@ class Sequential(_Chain):
             distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
                 `batch_size` is the global batch, each rank computes its slice and gradients are
                 averaged; equal to single-process training up to rounding (docs/distributed.md).
+            chunk_batches: on a backend with a compiler, batches per compiled program when the data is
+                read batch by batch (memmap, iterable); default from a memory budget (docs/training.md).
         """
         return loop.fit(self, X, y, loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
                         validation_data=validation_data, validation_split=validation_split, metrics=metrics,
@@ -521,7 +524,7 @@ class Sequential(_Chain):
                         sample_weight=sample_weight, class_weight=class_weight, clip_norm=clip_norm,
                         clip_value=clip_value, accumulate=accumulate, gradient_transforms=gradient_transforms,
                         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps, prefetch=prefetch,
-                        distributed=distributed)
+                        distributed=distributed, chunk_batches=chunk_batches)
 
     def metric_values(self, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
         """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""

@@ -581,6 +581,9 @@ class ProgressBar(Callback):
     At the end of each epoch it shows every epoch-log value (metrics, validation).
     """
 
+    batch_hooks_display_only = True
+    """Its per-batch hook only draws: a fit that runs whole epochs as one program shows whole epochs."""
+
     def __init__(self, epochs: int | None = None, use_tqdm: bool | None = None, file: Any = None,
                  refresh_interval: float = 0.1) -> None:
         self.epochs = epochs

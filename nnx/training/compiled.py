@@ -34,7 +34,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["CompiledStep", "compile_step", "compiled_step_of"]
+__all__ = ["CompiledStep", "compile_step", "compiled_step_of", "untraceable_reason"]
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -55,18 +55,27 @@ def _config(obj: Any) -> str:
 
 def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> bool:
     """Whether the step of these objects can be one program (see the module docstring)."""
-    if _replaced(optimizer, _HOOKABLE["optimizer"]) or _replaced(loss, _HOOKABLE["loss"]):
-        return False
-    if any(_replaced(layer, _HOOKABLE["layer"]) for _, layer in model.named_layers()):
-        return False
-    if not all(getattr(t, "traceable", False) for t in transforms):
-        return False
+    return untraceable_reason(model, loss, optimizer, transforms) is None
+
+
+def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> str | None:
+    """Why the step of these objects cannot be one program, in words; None when it can."""
+    if _replaced(optimizer, _HOOKABLE["optimizer"]):
+        return f"a method of the optimizer {type(optimizer).__name__} is replaced on the object"
+    if _replaced(loss, _HOOKABLE["loss"]):
+        return f"a method of the loss {type(loss).__name__} is replaced on the object"
+    for path, layer in model.named_layers():
+        if _replaced(layer, _HOOKABLE["layer"]):
+            return f"forward or backward of layer {path!r} ({type(layer).__name__}) is replaced on the object"
+    for t in transforms:
+        if not getattr(t, "traceable", False):
+            return f"the gradient transform {type(t).__name__} keeps host state or calls back between batches"
     if not getattr(model.dropout_rng, "traceable_counter", False):
-        return False
+        return "the dropout stream's draws are not a function of its counter"
     params = model.parameters()
     if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
-        return False  # the optimizer must update exactly the model's parameters, each once
-    return True
+        return "the optimizer does not update exactly the model's parameters, each once"
+    return None
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:

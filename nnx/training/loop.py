@@ -28,6 +28,7 @@ from .data import (
     n_rows,
     prefetch_depth,
 )
+from .epoch import plan
 from .history import History
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
@@ -82,12 +83,14 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
         steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
-        distributed: Any = None) -> History:
+        distributed: Any = None, chunk_batches: int | None = None) -> History:
     """Train `model`; see `Sequential.fit` for the arguments."""
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)
     check_positive_int("epochs", epochs, allow_zero=True)
+    if chunk_batches is not None:
+        check_positive_int("chunk_batches", chunk_batches)
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
@@ -157,6 +160,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
     model.stop_training = False
     step = TrainStep(model, loss_fn, opt, transforms, check_finite)
     history.execution = step.execution
+    program = plan(history, step, batches, cbs, dp, chunk_batches, verbose)  # whole epochs as programs, or None
     failing = False
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
@@ -169,7 +173,12 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None
         for _ in range(epochs):
-            logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, loss_fn if look_at_outputs else None)
+            check_loss = loss_fn if look_at_outputs else None
+            if program is not None and step.compiled is not None:
+                logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c: (
+                    _run_epoch(model, step, batches, c, guard, metric_fns, dp)), history)
+            else:
+                logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
             look_at_outputs = False
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in val().items()})
