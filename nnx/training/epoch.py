@@ -25,7 +25,6 @@ a callback that handles non-finite steps itself, accumulation, distributed train
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +140,7 @@ class EpochProgram:
         self.chunk_batches: int | None = None
         self._programs: dict[tuple, Any] = {}
         self._hyper: tuple | None = None
+        self._guard: Any = None  # the fit's `InterruptGuard`, set by `run_epoch`
 
     # -- the programs ----------------------------------------------------------------------------
     def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
@@ -225,8 +225,14 @@ class EpochProgram:
         params = step.params
         lr = xp.asarray(opt.lr, device=step.backend.device)  # weakly typed, as the per-step program gets it
         states = tuple(opt.state[i] if i in opt.state else opt.init_state(xp, p.value) for i, p in enumerate(params))
-        values, new_states, bufs, grads, ints, losses, Z, targets = program(
-            tuple(p.value for p in params), states, tuple(b.value for b in step.buffers), lr, ints, *data)
+        guard = self._guard  # Ctrl-C lands between programs, never inside a write-back
+        guard.in_step = True
+        try:
+            values, new_states, bufs, grads, ints, losses, Z, targets = program(
+                tuple(p.value for p in params), states, tuple(b.value for b in step.buffers), lr, ints, *data)
+        except BaseException:
+            guard.in_step = False
+            raise
         for p, v, g in zip(params, values, grads, strict=True):
             p.value, p.grad = v, g
         for b, v in zip(step.buffers, bufs, strict=True):
@@ -236,6 +242,7 @@ class EpochProgram:
         opt.step_count += n_steps
         opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
         step.rng.counter += (step._draws or 0) * n_steps
+        guard.end_step()
         return ints, losses, Z, targets
 
     def _begin(self) -> tuple[Any, tuple]:
@@ -250,11 +257,18 @@ class EpochProgram:
         model = batches.model
         batch = batches.slices[0].stop - batches.slices[0].start
         perm = None
+        shuffled = model.shuffle_rng.bit_generator.state
         if batches.shuffle:  # the permutation every backend draws, from the model's shuffle stream
             perm = model.backend.asarray(model.shuffle_rng.permutation(batches.n_samples), argname="permutation")
         program = self._program(("arrays", batch, outputs), lambda: self._arrays_fn(batch, outputs))
         ints, start = self._begin()
-        ints, losses, Z, targets = self._call(program, ints, batches.steps, batches.X, batches.y, batches.w, perm)
+        try:
+            ints, losses, Z, targets = self._call(program, ints, batches.steps, batches.X, batches.y, batches.w, perm)
+        except model.backend.trace_errors:
+            if self.compiles > 1:
+                raise  # it traced before: this is the model's own error, not a limit of tracing
+            model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
+            raise _NotTraced(batches) from None
         self.step._carry, self.step._start = ints, start  # `CompiledStep.end_epoch` reads the verdict
         return losses, [s.stop - s.start for s in batches.slices], Z, targets
 
@@ -262,6 +276,7 @@ class EpochProgram:
         """One epoch over a batch source, k batches of one shape per program."""
         step = self.step
         xp = step.xp
+        model = step._live_model()
         ints, start = self._begin()
         losses, rows, Zs, targets = [], [], [], []
         group: list[tuple[Any, Any, Any]] = []
@@ -270,10 +285,17 @@ class EpochProgram:
         def key(item: tuple[Any, Any, Any]) -> tuple:
             return tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in item)
 
-        def flush() -> Any:
+        def flush(taken: list[tuple[Any, Any, Any]]) -> None:
+            """Run the group; `taken`: the batch after it, already taken from the source."""
             stack = [None if group[0][j] is None else xp.stack([item[j] for item in group]) for j in range(3)]
             program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs))
-            out, loss, Z, _ = self._call(program, ints_now[0], len(group), *stack)
+            first = self.compiles == 0
+            try:
+                out, loss, Z, _ = self._call(program, ints_now[0], len(group), *stack)
+            except model.backend.trace_errors:
+                if not first:
+                    raise  # it traced before: this is the model's own error, not a limit of tracing
+                raise _NotTraced(_Resumed(group + taken, source)) from None
             ints_now[0] = out
             losses.append(loss)
             rows.extend(int(item[0].shape[0]) for item in group)
@@ -283,19 +305,25 @@ class EpochProgram:
             group.clear()
 
         ints_now = [ints]
-        with contextlib.closing(batches.epoch()) as source:
+        source = batches.epoch()
+        handed_over = False  # to the per-step loop, with the batches taken so far, when the first program fails
+        try:
             for b, item in enumerate(source):
                 if check_loss is not None and b == 0:
-                    check_outputs(step._live_model(), check_loss,
-                                  step._live_model().forward_to_head(item[0], len(step._live_model().layers),
-                                                                     training=False))
+                    check_outputs(model, check_loss, model.forward_to_head(item[0], len(model.layers), training=False))
                 if limit is None:
                     limit = max(1, CHUNK_BUDGET // max(1, sum(_nbytes(a) for a in item if a is not None)))
                 if group and (key(item) != key(group[0]) or len(group) >= limit):
-                    flush()
+                    flush([item])
                 group.append(item)
             if group:
-                flush()
+                flush([])
+        except _NotTraced:
+            handed_over = True
+            raise
+        finally:
+            if not handed_over:
+                source.close()
         step._carry, step._start = ints_now[0], start
         loss = losses[0] if len(losses) == 1 else xp.concat(losses)
         if not outputs:
@@ -304,35 +332,30 @@ class EpochProgram:
 
     def run_epoch(self, train: Any, batches: Any, cb: CallbackList, guard: Any, metric_fns: dict,
                   check_loss: Any, non_finite: Callable[[int, int], BaseException],
-                  per_step: Callable[[CallbackList], dict], history: Any) -> dict[str, float]:
+                  per_step: Callable[[CallbackList, Any], dict], history: Any) -> dict[str, float]:
         """One epoch of `fit` (`train`: its `TrainStep`); returns the epoch's logs.
 
         Raises what `non_finite(epoch, batch)` makes for a refused step. When the first program
         cannot be traced (the model's code needs concrete values), the step runs plain from now
-        on and this epoch runs through `per_step`.
+        on and this epoch runs through ``per_step(callbacks, batches)`` over the same batches.
         """
         model = train.model
         epoch = model.epochs_trained
         cb.on_epoch_begin(epoch, {})
         outputs = bool(metric_fns)
-        first = self.compiles == 0
-        guard.in_step = True
+        self._guard = guard
         try:
             if isinstance(batches, ArrayBatches):
                 losses, rows, Z, targets = self.run_arrays(batches, outputs)
             else:
                 losses, rows, Z, targets = self.run_chunks(batches, outputs, check_loss)
-        except model.backend.trace_errors:
-            guard.end_step()
-            if not first:
-                raise  # it traced before: this is the model's own error, not a limit of tracing
+        except _NotTraced as exc:
             self.step.broken = True
             train.compiled = None
             self.step.reset()
             history.execution, history.execution_mode = train.execution, "step"
             history.execution_reason = "the model's code needs concrete values (it did not trace)"
-            return per_step(_Begun(cb.callbacks))
-        guard.end_step()
+            return per_step(_Begun(cb.callbacks), exc.batches)
         refused = self.step.end_epoch()
         if refused is not None:
             raise non_finite(epoch, refused)
@@ -342,6 +365,29 @@ class EpochProgram:
         if outputs:
             logs.update(model.metric_values(metric_fns, targets, Z, train.from_logits))
         return logs
+
+
+class _NotTraced(Exception):
+    """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
+
+    def __init__(self, batches: Any) -> None:
+        super().__init__("the model's code needs concrete values")
+        self.batches = batches
+
+
+class _Resumed:
+    """A batch source for the rest of an epoch: the batches already taken, then the open source's others."""
+
+    def __init__(self, taken: list[Any], source: Any) -> None:
+        self.taken, self.source = taken, source
+
+    def epoch(self) -> Any:
+        """The batches, once; closing it closes the source."""
+        try:
+            yield from self.taken
+            yield from self.source
+        finally:
+            self.source.close()
 
 
 def _nbytes(a: Any) -> int:

@@ -175,8 +175,8 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         for _ in range(epochs):
             check_loss = loss_fn if look_at_outputs else None
             if program is not None and step.compiled is not None:
-                logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c: (
-                    _run_epoch(model, step, batches, c, guard, metric_fns, dp)), history)
+                logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c, src: (
+                    _run_epoch(model, step, src, c, guard, metric_fns, dp)), history)
             else:
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
             look_at_outputs = False
