@@ -175,9 +175,13 @@ class EpochProgram:
         def stacked(a: Any, full: int) -> Any:
             return None if a is None else xp.reshape(a[:full * batch, ...], (full, batch) + tuple(a.shape[1:]))
 
-        def epoch(values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, X: Any, y: Any, w: Any,
+        def epoch(values: tuple, states: tuple, bufs: tuple, lr: Any, t: Any, counter: Any, X: Any, y: Any, w: Any,
                   perm: Any) -> tuple:
             self.compiles += 1
+            # the counters come in as two host ints (no host-to-device copy of a built vector): the step's
+            # carry (see `CompiledStep`) is made here
+            ints = xp.stack([xp.astype(xp.asarray(t), xp.int64), xp.astype(xp.asarray(counter), xp.int64)]
+                            + [xp.asarray(v, dtype=xp.int64) for v in (0, 1, -1)])
             if perm is not None:
                 X, y = xp.take(X, perm, axis=0), xp.take(y, perm, axis=0)
                 w = None if w is None else xp.take(w, perm, axis=0)
@@ -215,7 +219,7 @@ class EpochProgram:
         return chunk
 
     # -- running them -------------------------------------------------------------------------
-    def _call(self, program: Any, ints: Any, n_steps: int, *data: Any) -> tuple[Any, Any, Any, Any]:
+    def _call(self, program: Any, counters: tuple, n_steps: int, *data: Any) -> tuple[Any, Any, Any, Any]:
         """Run `program` from the live parameters, state and counters and write its results back.
 
         Returns (the device counters after it, the steps' losses, their outputs, their targets).
@@ -223,13 +227,13 @@ class EpochProgram:
         step = self.step
         opt, xp = step.optimizer, step.xp
         params = step.params
-        lr = xp.asarray(opt.lr, device=step.backend.device)  # weakly typed, as the per-step program gets it
+        lr = float(opt.lr)  # a Python float is a weakly typed input, as the per-step program's lr
         states = tuple(opt.state[i] if i in opt.state else opt.init_state(xp, p.value) for i, p in enumerate(params))
         guard = self._guard  # Ctrl-C lands between programs, never inside a write-back
         guard.in_step = True
         try:
             values, new_states, bufs, grads, ints, losses, Z, targets = program(
-                tuple(p.value for p in params), states, tuple(b.value for b in step.buffers), lr, ints, *data)
+                tuple(p.value for p in params), states, tuple(b.value for b in step.buffers), lr, *counters, *data)
         except BaseException:
             guard.in_step = False
             raise
@@ -245,12 +249,12 @@ class EpochProgram:
         guard.end_step()
         return ints, losses, Z, targets
 
-    def _begin(self) -> tuple[Any, tuple]:
-        """The device counters an epoch starts from, and the host counters to roll back to."""
+    def _begin(self) -> tuple[tuple[int, int], tuple]:
+        """The update count and dropout counter an epoch starts from, and the host counters to roll back to."""
         step = self.step
         opt = step.optimizer
         start = (opt.step_count, list(opt.param_steps), set(opt.state))
-        return step._ints([opt.param_steps[0] + 1, step.rng.counter, 0, 1, -1]), start
+        return (opt.param_steps[0] + 1, step.rng.counter), start
 
     def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], Any, Any]:
         """One epoch over device arrays; returns (losses, rows per step, outputs, targets)."""
@@ -261,9 +265,10 @@ class EpochProgram:
         if batches.shuffle:  # the permutation every backend draws, from the model's shuffle stream
             perm = model.backend.asarray(model.shuffle_rng.permutation(batches.n_samples), argname="permutation")
         program = self._program(("arrays", batch, outputs), lambda: self._arrays_fn(batch, outputs))
-        ints, start = self._begin()
+        counters, start = self._begin()
         try:
-            ints, losses, Z, targets = self._call(program, ints, batches.steps, batches.X, batches.y, batches.w, perm)
+            ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
+                                                  perm)
         except model.backend.trace_errors:
             if self.compiles > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
@@ -277,7 +282,8 @@ class EpochProgram:
         step = self.step
         xp = step.xp
         model = step._live_model()
-        ints, start = self._begin()
+        (t, counter), start = self._begin()
+        ints = step._ints([t, counter, 0, 1, -1])  # carried from chunk to chunk
         losses, rows, Zs, targets = [], [], [], []
         group: list[tuple[Any, Any, Any]] = []
         limit = self.chunk_batches
@@ -291,7 +297,7 @@ class EpochProgram:
             program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs))
             first = self.compiles == 0
             try:
-                out, loss, Z, _ = self._call(program, ints_now[0], len(group), *stack)
+                out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
             except model.backend.trace_errors:
                 if not first:
                     raise  # it traced before: this is the model's own error, not a limit of tracing
