@@ -223,10 +223,45 @@ def test_fallback_to_per_step_is_automatic_and_says_why(make, named):
         assert named in history.execution_reason
 
 
-def test_accumulation_and_untraceable_code_run_step_by_step_with_the_same_numbers():
-    a = _fit(True, accumulate=2)
-    assert a[1].execution_mode == "step" and "Accumulate" in a[1].execution_reason
-    _assert_same(a, _fit(False, accumulate=2), 1e-12)
+def test_accumulation_inside_the_epoch_program():
+    # 70 rows in batches of 16: updates after batches 2 and 4, and the fifth (6 rows) applied at the epoch's end
+    kw = {"accumulate": 2, "clip_norm": 0.5, "sample_weight": np.linspace(0.2, 2.0, N), "batch_size": 16}
+    X, y = _data()
+    runs = []
+    for fast in (True, False):
+        model = _model(fast)
+        opt = nnx.optim.Adam(model.parameters(), lr=0.01)
+        runs.append((model, model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, **kw)))
+    assert runs[0][1].execution_mode == "epoch" and runs[0][1].execution == "compiled"
+    assert runs[0][0].optimizer.step_count == 9
+    _assert_same(runs[0], runs[1], 1e-12)
+
+
+def test_accumulation_refuses_a_diverging_step_like_the_plain_loop():
+    X, y = _data()
+    results = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dense(4, 3),
+                               backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
+        opt = nnx.optim.SGD(model.parameters(), lr=1e200, momentum=0.9)
+        with pytest.raises(FloatingPointError) as info:
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=8, accumulate=2)
+        results.append((model, str(info.value)))
+    (a, msg_a), (b, msg_b) = results
+    assert msg_a == msg_b
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+    assert a.optimizer.state_dict()["param_steps"] == b.optimizer.state_dict()["param_steps"]
+
+
+def test_untraceable_code_runs_step_by_step_with_the_same_numbers(tmp_path):
+    X, y = _data()
+    Xm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=X.shape)
+    Xm[:] = X
+    model = _model(True)
+    history = model.fit(Xm, y, loss="cross_entropy", optimizer="adam", epochs=1, batch_size=16, accumulate=2)
+    assert history.execution_mode == "step" and "accumulation over data read batch by batch" in \
+        history.execution_reason
     c = _fit(True, first=lambda: nnx.Sequential(nnx.Dense(5, 8), Untraceable()), epochs=2)
     assert c[1].execution_mode == "step" and "did not trace" in c[1].execution_reason
     assert c[1].execution == "plain"

@@ -582,7 +582,8 @@ class ProgressBar(Callback):
     """
 
     batch_hooks_display_only = True
-    """Its per-batch hook only draws: a fit that runs whole epochs as one program shows whole epochs."""
+    """Its per-batch hook only draws: a fit that runs each epoch as one program hands it the epoch's batches
+    (their losses) after the program, instead of running step by step for it."""
 
     def __init__(self, epochs: int | None = None, use_tqdm: bool | None = None, file: Any = None,
                  refresh_interval: float = 0.1) -> None:

@@ -29,10 +29,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import accumulated
 from .callbacks import Callback, CallbackList
-from .compiled import CompiledStep, _hyper, untraceable_reason
+from .compiled import CompiledStep, _hyper, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
+from .transforms import Accumulate
 
 __all__ = ["CHUNK_BUDGET", "EpochProgram", "epoch_program_of", "mode_of", "plan"]
 
@@ -64,39 +66,57 @@ def per_batch_reason(callbacks: list[Any]) -> str | None:
     return None
 
 
-def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> tuple[str, str]:
-    """How `fit` runs its epochs: ``("epoch" | "chunks" | "step", why)``.
+def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> tuple[str, str, Any, int]:
+    """How `fit` runs its epochs: ``("epoch" | "chunks" | "step", why, compiled step, batches per update)``.
 
     `step` is the fit's `TrainStep`; per step when it is not compiled, when a callback needs
-    the host between batches, or for distributed training.
+    the host between batches, or for distributed training. Accumulation, which the per-step
+    program leaves to the host, is gathered inside an epoch program.
     """
     model = step.model
     be = model.backend
     if distributed is not None:
-        return "step", "distributed training runs step by step (the gradient all-reduce sits between batches)"
-    if step.compiled is None:
+        return "step", "distributed training runs step by step (the gradient all-reduce sits between batches)", None, 1
+    compiled, k = step.compiled, 1
+    transforms = step.transforms
+    if compiled is None and be.can_compile and be.fastpath_enabled and transforms and \
+            isinstance(transforms[0], Accumulate) and untraceable_reason(model, step.loss, step.optimizer,
+                                                                        transforms[1:]) is None:
+        if not isinstance(batches, ArrayBatches):
+            return "step", "accumulation over data read batch by batch runs step by step", None, 1
+        if per_batch_reason(callbacks) is None:
+            compiled = compile_step(model, step.loss, step.optimizer, transforms[1:], step.check_finite)
+            k = transforms[0].steps
+    if compiled is None:
         if not be.can_compile:
-            return "step", f"backend {be.spec!r} has no compiler"
+            return "step", f"backend {be.spec!r} has no compiler", None, 1
         if not be.fastpath_enabled:
-            return "step", "derived executions are off (backend.with_fastpath(False))"
-        why = untraceable_reason(model, step.loss, step.optimizer, step.transforms)
-        return "step", why or "the model's code needs concrete values (it did not trace)"
+            return "step", "derived executions are off (backend.with_fastpath(False))", None, 1
+        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms)
+        return "step", why or "the model's code needs concrete values (it did not trace)", None, 1
     why = per_batch_reason(callbacks)
     if why is not None:
-        return "step", why
+        return "step", why, None, 1
     if isinstance(batches, ArrayBatches):
-        return "epoch", "each epoch is one compiled program (shuffle, steps, finite check on the device)"
-    return "chunks", "data read batch by batch: chunks of k batches, each one compiled program"
+        return "epoch", "each epoch is one compiled program (shuffle, steps, finite check on the device)", compiled, k
+    return "chunks", "data read batch by batch: chunks of k batches, each one compiled program", compiled, k
 
 
 def plan(history: Any, step: Any, batches: Any, callbacks: list[Any], distributed: Any,
          chunk_batches: int | None, verbose: int) -> EpochProgram | None:
     """Decide how `fit` runs its epochs, record it in `history` (``verbose >= 2`` prints it); the program or None."""
-    mode, why = mode_of(step, batches, callbacks, distributed)
+    mode, why, compiled, k = mode_of(step, batches, callbacks, distributed)
     history.execution_mode, history.execution_reason = mode, why
+    if compiled is not None:
+        history.execution = "compiled"
     if verbose >= 2:
-        print(f"fit: {'per-step' if mode == 'step' else mode} execution ({step.execution} step): {why}", flush=True)
-    return None if mode == "step" else epoch_program(step.model, step.compiled, chunk_batches)
+        print(f"fit: {'per-step' if mode == 'step' else mode} execution ({history.execution} step): {why}",
+              flush=True)
+    if compiled is None:
+        return None
+    program = epoch_program(step.model, compiled, chunk_batches)
+    program.accumulate = k
+    return program
 
 
 class _Begun(CallbackList):
@@ -138,6 +158,7 @@ class EpochProgram:
         self.step = step
         self.compiles = 0
         self.chunk_batches: int | None = None
+        self.accumulate = 1  # batches per update (`fit(accumulate=k)`), gathered inside the program
         self._programs: dict[tuple, Any] = {}
         self._hyper: tuple | None = None
         self._guard: Any = None  # the fit's `InterruptGuard`, set by `run_epoch`
@@ -153,20 +174,27 @@ class EpochProgram:
             program = self._programs[key] = self.step.backend.jit(make())
         return program
 
-    def _steps(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, Xs: Any, ys: Any, ws: Any,
-               outputs: bool) -> tuple:
+    def _steps(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, Xs: Any, ys: Any,
+               ws: Any, outputs: bool) -> tuple:
         """The scan of the traced step over stacked batches (leading axis: the step)."""
         xp, step = self.step.xp, self.step
 
         def body(carry: tuple, batch: tuple) -> tuple:
-            vals, sts, bfs, _, its = carry
-            Xb, yb, wb = batch
-            new_vals, new_sts, new_bfs, grads, value, Z, new_its = step._pure(vals, sts, bfs, lr, its, Xb, yb, wb)
-            return (new_vals, tuple(dict(s) for s in new_sts), new_bfs, grads, new_its), (value, Z if outputs else None)
+            vals, sts, bfs, _, its, acc = carry
+            new_vals, new_sts, new_bfs, grads, value, Z, new_its, acc = self._one(vals, sts, bfs, lr, its, acc, *batch)
+            return ((new_vals, tuple(dict(s) for s in new_sts), new_bfs, grads, new_its, acc),
+                    (value, Z if outputs else None))
 
         zeros = tuple(xp.zeros_like(v) for v in values)
-        carry = (values, tuple(dict(s) for s in states), bufs, zeros, ints)
+        carry = (values, tuple(dict(s) for s in states), bufs, zeros, ints, acc)
         return step.backend.scan(body, carry, (Xs, ys, ws))
+
+    def _one(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, X: Any, y: Any,
+             w: Any) -> tuple:
+        """One traced step; `acc` is what accumulation carries (empty without it)."""
+        if self.accumulate == 1:
+            return (*self.step._pure(values, states, bufs, lr, ints, X, y, w), acc)
+        return accumulated.step(self.step, self.accumulate, values, states, bufs, lr, ints, acc, X, y, w)
 
     def _arrays_fn(self, batch: int, outputs: bool) -> Callable[..., tuple]:
         """The epoch over device arrays: gather by the permutation, full batches in a loop, then the partial one."""
@@ -189,18 +217,22 @@ class EpochProgram:
             full = n // batch
             losses, Zs = [], []
             grads: Any = None
+            acc = () if self.accumulate == 1 else accumulated.start(step, values)
             if full:
-                (values, states, bufs, grads, ints), (value, Z) = self._steps(
-                    values, states, bufs, lr, ints, stacked(X, full), stacked(y, full), stacked(w, full), outputs)
+                (values, states, bufs, grads, ints, acc), (value, Z) = self._steps(
+                    values, states, bufs, lr, ints, acc, stacked(X, full), stacked(y, full), stacked(w, full), outputs)
                 losses.append(value)
                 if outputs:
                     Zs.append(xp.reshape(Z, (full * batch,) + tuple(Z.shape[2:])))
             if n > full * batch:
                 rest = slice(full * batch, n)
-                values, states, bufs, grads, value, Z, ints = step._pure(
-                    values, states, bufs, lr, ints, X[rest, ...], y[rest, ...], None if w is None else w[rest, ...])
+                values, states, bufs, grads, value, Z, ints, acc = self._one(
+                    values, states, bufs, lr, ints, acc, X[rest, ...], y[rest, ...],
+                    None if w is None else w[rest, ...])
                 losses.append(xp.reshape(value, (1,)))
                 Zs.append(Z)
+            if self.accumulate > 1:  # the epoch's last, shorter group of batches
+                values, states, grads, ints = accumulated.flush(step, values, states, grads, ints, acc, lr)
             loss = losses[0] if len(losses) == 1 else xp.concat(losses)
             Z_all = (Zs[0] if len(Zs) == 1 else xp.concat(Zs, axis=0)) if outputs else None
             return values, states, bufs, grads, ints, loss, Z_all, y if outputs else None
@@ -212,8 +244,8 @@ class EpochProgram:
 
         def chunk(values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, Xs: Any, ys: Any, ws: Any) -> tuple:
             self.compiles += 1
-            (values, states, bufs, grads, ints), (loss, Z) = self._steps(values, states, bufs, lr, ints, Xs, ys, ws,
-                                                                         outputs)
+            (values, states, bufs, grads, ints, _), (loss, Z) = self._steps(values, states, bufs, lr, ints, (), Xs, ys,
+                                                                            ws, outputs)
             return values, states, bufs, grads, ints, loss, Z, None
 
         return chunk
@@ -243,8 +275,9 @@ class EpochProgram:
             b.value = v
         for i, st in enumerate(new_states):
             opt.state[i] = dict(st)
-        opt.step_count += n_steps
-        opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
+        if self.accumulate == 1:  # else the updates are counted on the device (`_end_epoch` reads them)
+            opt.step_count += n_steps
+            opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
         step.rng.counter += (step._draws or 0) * n_steps
         guard.end_step()
         return ints, losses, Z, targets
@@ -264,7 +297,8 @@ class EpochProgram:
         shuffled = model.shuffle_rng.bit_generator.state
         if batches.shuffle:  # the permutation every backend draws, from the model's shuffle stream
             perm = model.backend.asarray(model.shuffle_rng.permutation(batches.n_samples), argname="permutation")
-        program = self._program(("arrays", batch, outputs), lambda: self._arrays_fn(batch, outputs))
+        key = ("arrays", batch, outputs, self.accumulate)
+        program = self._program(key, lambda: self._arrays_fn(batch, outputs))
         counters, start = self._begin()
         try:
             ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
@@ -362,15 +396,32 @@ class EpochProgram:
             history.execution, history.execution_mode = train.execution, "step"
             history.execution_reason = "the model's code needs concrete values (it did not trace)"
             return per_step(_Begun(cb.callbacks), exc.batches)
-        refused = self.step.end_epoch()
+        refused = self._end_epoch()
         if refused is not None:
             raise non_finite(epoch, refused)
         host = model.backend.to_host(losses)
+        _replay(cb.callbacks, rows, host)
         n_seen = sum(rows)
         logs = {"loss": float(sum(r * float(v) for r, v in zip(rows, host, strict=True)) / n_seen)}
         if outputs:
             logs.update(model.metric_values(metric_fns, targets, Z, train.from_logits))
         return logs
+
+
+    def _end_epoch(self) -> int | None:
+        """The epoch's first refused step, or None; with accumulation the optimizer's counters follow the
+        updates the device counted."""
+        step = self.step
+        if self.accumulate == 1:
+            return step.end_epoch()
+        carry, start = step._carry, step._start
+        step.reset()
+        if carry is None or start is None:
+            return None
+        host = step.backend.to_host(carry)
+        step._restore(start, int(host[step._T]) - (start[1][0] + 1))
+        first = int(host[step._FIRST_BAD])
+        return first if step.check_finite and first >= 0 else None
 
 
 class _NotTraced(Exception):
@@ -394,6 +445,15 @@ class _Resumed:
             yield from self.source
         finally:
             self.source.close()
+
+
+def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
+    """The epoch's batches, after its program, to callbacks whose per-batch hook only draws (a progress bar)."""
+    display = [cb for cb in callbacks
+               if getattr(cb, "batch_hooks_display_only", False) and _overrides(cb, "on_batch_end")]
+    for b, (size, value) in enumerate(zip(rows, losses, strict=True)) if display else ():
+        for cb in display:
+            cb.on_batch_end(b, {"loss": float(value), "size": size})
 
 
 def _nbytes(a: Any) -> int:

@@ -174,7 +174,7 @@ def fit(model: Any, X: Any, y: Any = None, *, loss: Any = None, optimizer: Any =
         look_at_outputs = look_at_outputs and dp is None
         for _ in range(epochs):
             check_loss = loss_fn if look_at_outputs else None
-            if program is not None and step.compiled is not None:
+            if program is not None and not program.step.broken:
                 logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c, src: (
                     _run_epoch(model, step, src, c, guard, metric_fns, dp)), history)
             else:
