@@ -18,9 +18,12 @@ rule, traced) becomes the body of a loop the compiler runs (``backend.scan``):
 Programs are cached by the compiler per input shape, so one epoch layout compiles
 once whatever the number of epochs; `EpochProgram.compiles` counts the traces.
 
-What needs the host between batches keeps the per-step loop (`mode_of` says which
-and why): a callback with a per-batch hook, ``on_gradients`` (and `GradientAnalyzer`),
-a callback that handles non-finite steps itself, accumulation, distributed training.
+Accumulation (``fit(accumulate=k)``) is gathered inside the epoch program
+(`nnx.training.accumulated`). A progress bar, whose per-batch hook only draws, is handed
+the epoch's batch losses after the program. What needs the host between batches keeps
+the per-step loop (`mode_of` says which and why): a callback with a per-batch hook,
+``on_gradients`` (and `GradientAnalyzer`), a callback that handles non-finite steps
+itself, distributed training, accumulation over data read batch by batch.
 """
 
 from __future__ import annotations
