@@ -165,6 +165,7 @@ class EpochProgram:
         self._programs: dict[tuple, Any] = {}
         self._hyper: tuple | None = None
         self._guard: Any = None  # the fit's `InterruptGuard`, set by `run_epoch`
+        self._chunked = False  # whether this epoch runs chunks (else one program)
 
     # -- the programs ----------------------------------------------------------------------------
     def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
@@ -282,7 +283,8 @@ class EpochProgram:
             opt.step_count += n_steps
             opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
         step.rng.counter += (step._draws or 0) * n_steps
-        guard.end_step()
+        if self._chunked:  # a chunk's counters are complete here; an epoch's once `_end_epoch` has read its verdict
+            guard.end_step()
         return ints, losses, Z, targets
 
     def _begin(self) -> tuple[tuple[int, int], tuple]:
@@ -387,8 +389,9 @@ class EpochProgram:
         cb.on_epoch_begin(epoch, {})
         outputs = bool(metric_fns)
         self._guard = guard
+        self._chunked = not isinstance(batches, ArrayBatches)
         try:
-            if isinstance(batches, ArrayBatches):
+            if not self._chunked:
                 losses, rows, Z, targets = self.run_arrays(batches, outputs)
             else:
                 losses, rows, Z, targets = self.run_chunks(batches, outputs, check_loss)
@@ -399,7 +402,11 @@ class EpochProgram:
             history.execution, history.execution_mode = train.execution, "step"
             history.execution_reason = "the model's code needs concrete values (it did not trace)"
             return per_step(_Begun(cb.callbacks), exc.batches)
-        refused = self._end_epoch()
+        try:
+            refused = self._end_epoch()
+        finally:
+            if not self._chunked:
+                guard.end_step()  # a Ctrl-C during the program lands here, with the counters matching the weights
         if refused is not None:
             raise non_finite(epoch, refused)
         host = model.backend.to_host(losses)
