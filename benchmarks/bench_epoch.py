@@ -156,7 +156,7 @@ class JaxScanRun:
         self.jax, self.epochs = jax, epochs
 
     def __call__(self) -> float:
-        value = None
+        value: Any = 0.0
         for _ in range(self.epochs):
             self.key, sub = self.jax.random.split(self.key)
             self.state, value = self.epoch(self.state, sub, self.X, self.y)
@@ -277,7 +277,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--shapes", default="small,medium")
     parser.add_argument("--contenders", default="nnx_epoch,nnx_step,nnx_numpy,jax_scan,jax_jit")
     parser.add_argument("--device", default="cpu", help="JAX platform for nnx and the hand-written loops")

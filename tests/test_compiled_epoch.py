@@ -155,7 +155,7 @@ def test_chunks_of_batches_from_a_memmap_and_an_iterable(tmp_path):
     Xm[:] = X
     plain = _fit(False, epochs=2, metrics=["accuracy"])
     for chunk in (None, 1, 2):  # the budget's k (every batch), one batch a program, two
-        kw = {"chunk_batches": chunk} if chunk else {}
+        kw: dict[str, Any] = {"chunk_batches": chunk} if chunk else {}
         model = _model(True)
         opt = nnx.optim.Adam(model.parameters(), lr=0.01)
         history = model.fit(Xm, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=BATCH,

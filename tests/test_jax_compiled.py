@@ -119,7 +119,7 @@ def test_compilations_bounded_across_epochs_and_fits():
     step = _compiled(model)
     # the step traced twice, for full batches and for the partial last one (both in one epoch program; the
     # first step's optimizer state is made by the rule's init_state before the call, so it needs no trace of its own)
-    assert step.traces == 2
+    assert step is not None and step.traces == 2
     model.fit(X, y, loss="bce", optimizer=opt, epochs=3, batch_size=BATCH, callbacks=[schedule])
     assert _compiled(model) is step and step.traces == 2  # a later fit, a changing lr: nothing recompiles
 
