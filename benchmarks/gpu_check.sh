@@ -19,6 +19,8 @@
 #      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
 #   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
 #      native loop (bench_train.py), one process per shape and backend                60           200
+#   3b compiled epochs (bench_epoch.py): nnx on jax:gpu, each epoch one program, against nnx per step
+#      and a torch CUDA eager loop, at small, medium and large                              90            90
 #   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
 #      NCCL all-reduce on the GPU); torchrun 2 ranks sharing the GPU (gloo: one GPU cannot
 #      hold two NCCL ranks, so their CUDA tensors are staged through the host)       60           150
@@ -261,6 +263,48 @@ for shape in $SHAPES; do
     fi
   done
 done
+STEP=""
+
+# -- 3b. compiled epochs: jax:gpu one program an epoch, against per step and torch CUDA eager --------------------
+STEP="epochs"
+JAX_SPEC=$(echo "$READY" | tr ' ' '\n' | grep '^jax' | head -n1)
+TORCH_READY=$(echo "$READY" | tr ' ' '\n' | grep -c '^torch')
+if [ -z "$JAX_SPEC" ]; then
+  record "epochs" "skipped: no JAX backend passed its probe"
+else
+  dir="$OUT/bench_epochs"
+  mkdir -p "$dir"
+  contenders="nnx_epoch,nnx_step"
+  [ "$TORCH_READY" -gt 0 ] && contenders+=",torch"
+  if [ $DRY = 1 ]; then
+    epoch_args=(--device cpu --torch-device cpu --shapes tiny --repeats 2 --epochs 2)
+  else
+    epoch_args=(--device gpu --torch-device cuda --shapes small,medium,large --repeats "$REPEATS")
+  fi
+  run_for "$(budget 90)" "$PY" benchmarks/bench_epoch.py "${epoch_args[@]}" --contenders "$contenders" \
+    --out "$dir" > "$dir/bench.log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    while IFS= read -r row; do record "epochs" "ok: $row"; done < <("$PY" - "$dir" <<'EOF'
+import json, sys
+from pathlib import Path
+
+report = json.loads((Path(sys.argv[1]) / "results.json").read_text())
+for s in report["shapes"]:
+    c = s["contenders"]
+    epoch = c["nnx_epoch"]["median_ms"]
+    parts = [f"{name} {r['median_ms']:.2f} ms ({r['nnx_epoch_over_this']:.2f}x)" for name, r in c.items()
+             if name != "nnx_epoch"]
+    print(f"jax:{report['device']} {s['shape']} ({'-'.join(map(str, s['sizes']))}, batch {s['batch']}): "
+          f"nnx epoch program {epoch:.2f} ms/epoch ({s['rows'] / (epoch / 1e3):,.0f} samples/s); "
+          + ", ".join(parts) + " [per-round ratio nnx_epoch/other]")
+EOF
+)
+  else
+    record "epochs" "$(outcome $rc), see $dir/bench.log"
+    [ $rc = 125 ] || FAILED=1
+  fi
+fi
 STEP=""
 
 # -- 4. data parallel on one GPU --------------------------------------------------------------------------------

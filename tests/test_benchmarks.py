@@ -65,7 +65,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert "nnx GPU check (DRY RUN)" in summary
     # the steps in their order: installs, probes, benchmarks small to wide, data parallel, then the tests
     steps = [line.split()[0] for line in summary.splitlines()[1:] if line and not line.startswith("(")]
-    order = ["driver", "install", "probe", "benchmark", "parallel", "tests", "end"]
+    order = ["driver", "install", "probe", "benchmark", "epochs", "parallel", "tests", "end"]
     assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == order, steps
     assert all("would run" in row for row in _rows(summary, "install"))
     assert any("pip install jax[cuda12]" in row for row in _rows(summary, "install"))
@@ -75,6 +75,9 @@ def test_gpu_check_dry_run(tmp_path):
     assert [row.split(",")[1].split(":")[0].strip() for row in bench] == ["tiny_bce"] * 2 + ["tiny_ce"] * 2
     for backend in ("numpy", "torch"):  # nnx on each against its native loop
         assert any(row.startswith(f"ok: {backend} vs ") for row in bench), backend
+    epochs = _rows(summary, "epochs")  # compiled epochs against per step and torch eager (CPU stand-ins)
+    assert len(epochs) == 1 and epochs[0].startswith("ok: jax:cpu tiny") and "nnx_step" in epochs[0], epochs
+    assert "torch" in epochs[0], epochs
     parallel = _rows(summary, "parallel")
     assert len(parallel) == 3 and all('"ranks"' in row for row in parallel), parallel
     tests = _rows(summary, "tests")

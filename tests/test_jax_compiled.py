@@ -3,7 +3,10 @@
 The compiled step must give the numbers of the portable stages run op by op (to float
 rounding), draw the same dropout masks, compile a bounded number of programs however
 many epochs run, refuse a diverging step as the portable path does, and leave to the
-portable stages whatever it was not declared to handle.
+portable stages whatever it cannot trace. Without per-batch callbacks `fit` runs the
+step as the body of one program per epoch (nnx/training/epoch.py); the tests with
+``TerminateOnNaN`` or ``on_gradients`` run it step by step, and tests/test_compiled_epoch.py
+compares the two modes.
 """
 
 from __future__ import annotations
@@ -114,9 +117,9 @@ def test_compilations_bounded_across_epochs_and_fits():
     schedule = nnx.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.9**epoch)
     model.fit(X, y, loss="bce", optimizer=opt, epochs=4, batch_size=BATCH, callbacks=[schedule])
     step = _compiled(model)
-    # full batches and the partial last batch: two programs (the first step's optimizer state is made by the
-    # rule's init_state before the call, so it needs no program of its own)
-    assert step.traces == 2
+    # the step traced twice, for full batches and for the partial last one (both in one epoch program; the
+    # first step's optimizer state is made by the rule's init_state before the call, so it needs no trace of its own)
+    assert step is not None and step.traces == 2
     model.fit(X, y, loss="bce", optimizer=opt, epochs=3, batch_size=BATCH, callbacks=[schedule])
     assert _compiled(model) is step and step.traces == 2  # a later fit, a changing lr: nothing recompiles
 
@@ -171,7 +174,8 @@ def test_a_users_layer_compiles_and_host_state_falls_back():
     history = model.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH)
     assert history.execution == "compiled" and _compiled(model) is not None, "a user's layer traces like a built-in"
     model = _model(True, "bce", "float64")
-    history = model.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH, accumulate=2)
+    stop = nnx.callbacks.TerminateOnNaN()  # step by step: the per-step program leaves accumulation to the host
+    history = model.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH, accumulate=2, callbacks=[stop])
     assert history.execution != "compiled" and _compiled(model) is None  # accumulation keeps host state
     assert np.all(np.isfinite(history.history["loss"]))
 

@@ -193,6 +193,13 @@ class Backend:
         """`fn`, a pure function of arrays (and tuples and dicts of them), compiled by the library."""
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 
+    def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
+        """``lax.scan``: `body(carry, x) -> (carry, y)` over the leading axis of `xs`, inside a compiled program.
+
+        Returns the final carry and the stacked ``y``s; only where `can_compile`.
+        """
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
     trace_errors: tuple[type[BaseException], ...] = ()
     """What the library raises when traced code needs a concrete value (an ``if`` on an array, ``float(x)``)."""
 

@@ -94,6 +94,10 @@ class JaxBackend(Backend):
 
         return jax.jit(fn)
 
+    def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
+        lax = importlib.import_module("jax.lax")
+        return lax.scan(body, carry, xs)
+
     @property
     def trace_errors(self) -> tuple[type[BaseException], ...]:  # pyright: ignore[reportIncompatibleVariableOverride]
         errors = importlib.import_module("jax.errors")

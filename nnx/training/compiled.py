@@ -34,7 +34,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["CompiledStep", "compile_step", "compiled_step_of"]
+__all__ = ["CompiledStep", "compile_step", "compiled_step_of", "untraceable_reason"]
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -55,18 +55,27 @@ def _config(obj: Any) -> str:
 
 def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> bool:
     """Whether the step of these objects can be one program (see the module docstring)."""
-    if _replaced(optimizer, _HOOKABLE["optimizer"]) or _replaced(loss, _HOOKABLE["loss"]):
-        return False
-    if any(_replaced(layer, _HOOKABLE["layer"]) for _, layer in model.named_layers()):
-        return False
-    if not all(getattr(t, "traceable", False) for t in transforms):
-        return False
+    return untraceable_reason(model, loss, optimizer, transforms) is None
+
+
+def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> str | None:
+    """Why the step of these objects cannot be one program, in words; None when it can."""
+    if _replaced(optimizer, _HOOKABLE["optimizer"]):
+        return f"a method of the optimizer {type(optimizer).__name__} is replaced on the object"
+    if _replaced(loss, _HOOKABLE["loss"]):
+        return f"a method of the loss {type(loss).__name__} is replaced on the object"
+    for path, layer in model.named_layers():
+        if _replaced(layer, _HOOKABLE["layer"]):
+            return f"forward or backward of layer {path!r} ({type(layer).__name__}) is replaced on the object"
+    for t in transforms:
+        if not getattr(t, "traceable", False):
+            return f"the gradient transform {type(t).__name__} keeps host state or calls back between batches"
     if not getattr(model.dropout_rng, "traceable_counter", False):
-        return False
+        return "the dropout stream's draws are not a function of its counter"
     params = model.parameters()
     if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
-        return False  # the optimizer must update exactly the model's parameters, each once
-    return True
+        return "the optimizer does not update exactly the model's parameters, each once"
+    return None
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
@@ -242,13 +251,13 @@ class CompiledStep:
         self._expect = None
         return value, Z, False
 
-    # -- the traced function ------------------------------------------------------------------
-    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
-        """The step as a pure function of its inputs (runs only while the compiler traces it)."""
+    # -- the step's stages, traced (each binds traced values through public attributes and puts them back) --
+    def gradients(self, values: tuple, bufs: tuple, counter: Any, X: Any, y: Any, w: Any) -> tuple:
+        """Forward, loss and backward: (loss incl. penalty, head outputs, gradients, buffers, dropout counter,
+        finite flag or None without the check)."""
         xp = self.xp
         self.traces += 1
-        t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
-        model, opt, rng = self._live_model(), self.optimizer, self.rng
+        model, rng = self._live_model(), self.rng
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
         draws_before = rng.draws
@@ -271,30 +280,57 @@ class CompiledStep:
             new_counter = rng.counter
             drawn = rng.draws - draws_before  # a Python int: the same for every call of this program
             new_bufs = tuple(b.value for b in buffers)
+            grads = tuple(p.grad for p in params)
             ok_now = None
             if self.check_finite:  # `TrainStep.check`, before the transforms
                 ok_now = xp.all(xp.isfinite(value))
-                for p in params:
-                    ok_now = ok_now & xp.all(xp.isfinite(p.grad))
-            rows = int(X.shape[0])
-            for transform in self.transforms:
-                transform.apply(params, rows)
-            grads = tuple(p.grad for p in params)
-            # the optimizer's own rule, with the update count in the parameters' dtype so that its
-            # arithmetic on Python floats stays in that dtype
-            step = xp.astype(t, values[0].dtype)
-            updated = [opt.update(xp, v, g, st, step, lr) for v, g, st in zip(values, grads, states, strict=True)]
-            new_values = tuple(u[0] for u in updated)
-            new_states = tuple(u[1] for u in updated)
+                for g in grads:
+                    ok_now = ok_now & xp.all(xp.isfinite(g))
         finally:
-            for p, (v, g) in zip(params, saved[0], strict=True):
-                p.value, p.grad = v, g
-            for b, v in zip(buffers, saved[1], strict=True):
-                b.value = v
-            rng.counter = saved[2]
+            self._put_back(saved)
         if self._draws is not None and self._draws != drawn:
             raise RuntimeError(f"the compiled step drew {drawn} dropout masks, a previous trace {self._draws}")
         self._draws = drawn
+        return value, Z, grads, new_bufs, new_counter, ok_now
+
+    def transformed(self, values: tuple, grads: tuple, rows: int, transforms: list[Any]) -> tuple:
+        """`grads` through the traceable gradient transforms (clipping, ...)."""
+        if not transforms:
+            return grads
+        params = self.params
+        saved = ([(p.value, p.grad) for p in params], [b.value for b in self.buffers], self.rng.counter)
+        try:
+            for p, v, g in zip(params, values, grads, strict=True):
+                p.value, p.grad = v, g
+            for transform in transforms:
+                transform.apply(params, rows)
+            return tuple(p.grad for p in params)
+        finally:
+            self._put_back(saved)
+
+    def updated(self, values: tuple, grads: tuple, states: tuple, t: Any, lr: Any) -> tuple[tuple, tuple]:
+        """The optimizer's own rule on every parameter: (new values, new states)."""
+        # the update count in the parameters' dtype, so that the rule's arithmetic on Python floats stays in it
+        step = self.xp.astype(t, values[0].dtype)
+        opt = self.optimizer
+        updated = [opt.update(self.xp, v, g, st, step, lr) for v, g, st in zip(values, grads, states, strict=True)]
+        return tuple(u[0] for u in updated), tuple(u[1] for u in updated)
+
+    def _put_back(self, saved: tuple) -> None:
+        for p, (v, g) in zip(self.params, saved[0], strict=True):
+            p.value, p.grad = v, g
+        for b, v in zip(self.buffers, saved[1], strict=True):
+            b.value = v
+        self.rng.counter = saved[2]
+
+    # -- the traced function ------------------------------------------------------------------
+    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
+        """The step as a pure function of its inputs (runs only while the compiler traces it)."""
+        xp = self.xp
+        t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
+        value, Z, grads, new_bufs, new_counter, ok_now = self.gradients(values, bufs, counter, X, y, w)
+        grads = self.transformed(values, grads, int(X.shape[0]), self.transforms)
+        new_values, new_states = self.updated(values, grads, states, t, lr)
         if ok_now is None:
             carry = xp.concat([xp.stack([t + 1, new_counter, index + 1]), carry[3:]])
             return new_values, new_states, new_bufs, grads, value, Z, carry

@@ -34,7 +34,9 @@ class History:
 
     `epoch` lists the epoch indices trained; `interrupted` is True when the run
     was stopped by Ctrl-C; `execution` says how the training step ran (``"compiled"``,
-    ``"flat"``: one optimizer update over flat buffers, or ``"plain"``).
+    ``"flat"``: one optimizer update over flat buffers, or ``"plain"``); `execution_mode` how the
+    epochs ran (``"epoch"``: each one compiled program, ``"chunks"``: chunks of batches as programs,
+    ``"step"``: step by step) and `execution_reason` why.
     """
 
     def __init__(self) -> None:
@@ -42,6 +44,8 @@ class History:
         self.epoch: list[int] = []
         self.interrupted = False
         self.execution = "plain"
+        self.execution_mode = "step"
+        self.execution_reason = ""
 
     def append(self, epoch: int, logs: dict[str, float]) -> None:
         """Record one epoch's logs."""

@@ -17,6 +17,7 @@ from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
 from .data import prefetch_depth
+from .epoch import plan
 from .evaluation import evaluate_batches
 from .history import History
 from .interrupts import InterruptGuard
@@ -64,7 +65,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
         steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
-        distributed: Any = None) -> History:
+        distributed: Any = None, chunk_batches: int | None = None) -> History:
     """Mini-batch training; returns a `History` of per-epoch loss and metrics.
 
     Args:
@@ -104,13 +105,17 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         distributed: a communicator from `nnx.distributed.init()`: data-parallel training where
             `batch_size` is the global batch, each rank computes its slice and gradients are
             averaged; equal to single-process training up to rounding (docs/distributed.md).
-                ``nnx.distributed.DataParallel(comm, shard_update=True)`` also shards the optimizer
-                update across the ranks (ZeRO-1).
+            ``nnx.distributed.DataParallel(comm, shard_update=True)`` also shards the optimizer
+            update across the ranks (ZeRO-1).
+        chunk_batches: on a backend with a compiler, batches per compiled program when the data is
+            read batch by batch (memmap, iterable); default from a memory budget (docs/training.md).
     """
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics)
     check.integer("epochs", epochs, low=0)
+    if chunk_batches is not None:
+        check.positive_int("chunk_batches", chunk_batches)
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
     if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
@@ -142,6 +147,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     step = TrainStep(model, loss_fn, opt, transforms, check_finite) if dp is None else \
         dp.train_step(loss_fn, opt, transforms, check_finite)
     history.execution = step.execution
+    program = plan(history, step, batches, cbs, dp, chunk_batches, verbose)  # whole epochs as programs, or None
     failing = False
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
@@ -154,7 +160,12 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None
         for _ in range(epochs):
-            logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, loss_fn if look_at_outputs else None)
+            check_loss = loss_fn if look_at_outputs else None
+            if program is not None and not program.step.broken:
+                logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c, src: (
+                    _run_epoch(model, step, src, c, guard, metric_fns, dp)), history)
+            else:
+                logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
             look_at_outputs = False
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in val().items()})

@@ -31,6 +31,10 @@ class ProgressBar(Callback):
     At the end of each epoch it shows every epoch-log value (metrics, validation).
     """
 
+    batch_hooks_display_only = True
+    """Its per-batch hook only draws: a fit that runs each epoch as one program hands it the epoch's batches
+    (their losses) after the program, instead of running step by step for it."""
+
     def __init__(self, epochs: int | None = None, use_tqdm: bool | None = None, file: Any = None,
                  refresh_interval: float = 0.1) -> None:
         self.epochs = epochs

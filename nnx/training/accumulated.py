@@ -1,0 +1,75 @@
+"""Gradient accumulation inside a compiled epoch: ``fit(accumulate=k)`` as one program.
+
+The stages are those of `nnx.training.Accumulate` and `TrainStep`, traced: each batch's
+gradient is added up weighted by its rows; every k-th batch the row-weighted mean goes
+through the later transforms (clipping) and the optimizer's rule, and at the end of the
+epoch what was gathered is applied, so the numbers are the step-by-step loop's. The
+update count advances only with an applied update, so the host learns from the carry
+how many updates the epoch made (`CompiledStep.end_epoch`'s counters follow it).
+
+The carry of a step is ``(gradient sums, rows so far, batches so far)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .compiled import CompiledStep
+
+__all__ = ["flush", "start", "step"]
+
+_T, _COUNTER, _INDEX, _OK, _FIRST_BAD = range(5)  # `CompiledStep`'s carry of small integers
+
+
+def start(cs: CompiledStep, values: tuple) -> tuple:
+    """Nothing gathered yet."""
+    xp = cs.xp
+    zero = xp.asarray(0, dtype=xp.int64)
+    return tuple(xp.zeros_like(v) for v in values), zero, zero
+
+
+def _apply(cs: CompiledStep, values: tuple, states: tuple, acc: tuple, rows: int, t: Any, lr: Any,
+           go: Any) -> tuple:
+    """The gathered mean through the later transforms and the rule, kept where `go`: (values, states, t, mean)."""
+    xp = cs.xp
+    sums, seen, _ = acc
+    # `Accumulate.flush` scales by 1.0 / rows as a Python float, which meets the gradients in their dtype
+    scale = xp.astype(1.0 / xp.astype(seen, xp.float64), values[0].dtype)
+    mean = cs.transformed(values, tuple(s * scale for s in sums), rows, cs.transforms)
+    new_values, new_states = cs.updated(values, mean, states, t, lr)
+    values = tuple(xp.where(go, new, old) for new, old in zip(new_values, values, strict=True))
+    states = tuple({k: xp.where(go, arr, states[i][k]) for k, arr in st.items()} for i, st in enumerate(new_states))
+    return values, states, t + xp.astype(go, t.dtype), mean
+
+
+def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple,
+         X: Any, y: Any, w: Any) -> tuple:
+    """One batch: gather its gradient, update on every k-th; returns `CompiledStep._pure`'s outputs and the carry."""
+    xp = cs.xp
+    t, counter, index = ints[_T], ints[_COUNTER], ints[_INDEX]
+    value, Z, grads, new_bufs, new_counter, ok_now = cs.gradients(values, bufs, counter, X, y, w)
+    rows = int(X.shape[0])
+    sums, seen, count = acc
+    acc = (tuple(s + g * float(rows) for s, g in zip(sums, grads, strict=True)), seen + rows, count + 1)
+    due = acc[2] == k
+    ok_in = ints[_OK] != 0
+    keep = ok_in if ok_now is None else ok_in & ok_now
+    values, states, t, mean = _apply(cs, values, states, acc, rows, t, lr, due & keep)
+    grads = tuple(xp.where(due, m, g) for m, g in zip(mean, grads, strict=True))  # as `p.grad` is left
+    zero = xp.zeros_like(acc[1])
+    acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, zero, acc[1]),
+           xp.where(due, zero, acc[2]))
+    if ok_now is not None:  # buffers as `CompiledStep._pure` leaves them: the refused step's forward counts
+        new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
+    first_bad = ints[_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[_FIRST_BAD])
+    ints = xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad])
+    return values, states, new_bufs, grads, value, Z, ints, acc
+
+
+def flush(cs: CompiledStep, values: tuple, states: tuple, grads: tuple, ints: Any, acc: tuple, lr: Any) -> tuple:
+    """The end of the epoch: apply what was gathered since the last update; (values, states, grads, ints)."""
+    xp = cs.xp
+    pending = acc[2] > 0
+    values, states, t, mean = _apply(cs, values, states, acc, 0, ints[_T], lr, pending & (ints[_OK] != 0))
+    grads = tuple(xp.where(pending, m, g) for m, g in zip(mean, grads, strict=True))
+    return values, states, grads, xp.concat([xp.reshape(t, (1,)), ints[1:]])

@@ -1,0 +1,473 @@
+"""A whole epoch (or a chunk of k batches) of the compiled step as one program, on a backend with a compiler.
+
+Per-step execution pays the host a call per batch: dispatching a program, writing its
+results back, reading nothing. For a small network that is most of the time. Here the
+step of `nnx.training.compiled` (the model's own layer code and the optimizer's own
+rule, traced) becomes the body of a loop the compiler runs (``backend.scan``):
+
+- arrays already on the device (`ArrayBatches`): one program per epoch. The epoch's
+  permutation is drawn on the host from the model's shuffle stream, exactly as every
+  other backend draws it, and passed in; the program gathers the rows, cuts the
+  batches, runs every step (dropout's counter, the finite check and the rollback
+  select carried on the device) and a partial last batch after the loop, in the same
+  program. The losses (and outputs, for metrics) come back once per epoch.
+- data read batch by batch (memmaps, iterables): consecutive batches of one shape are
+  stacked into chunks of k and each chunk runs as one program. k comes from a memory
+  budget (`CHUNK_BUDGET` bytes of batches) unless ``fit(chunk_batches=k)`` sets it.
+
+Programs are cached by the compiler per input shape, so one epoch layout compiles
+once whatever the number of epochs; `EpochProgram.compiles` counts the traces.
+
+Accumulation (``fit(accumulate=k)``) is gathered inside the epoch program
+(`nnx.training.accumulated`). A progress bar, whose per-batch hook only draws, is handed
+the epoch's batch losses after the program. What needs the host between batches keeps
+the per-step loop (`mode_of` says which and why): a callback with a per-batch hook,
+``on_gradients`` (and `GradientAnalyzer`), a callback that handles non-finite steps
+itself, distributed training, accumulation over data read batch by batch.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import accumulated
+from .callbacks import Callback, CallbackList
+from .compiled import CompiledStep, _hyper, compile_step, untraceable_reason
+from .data import ArrayBatches
+from .loss_fit import check_outputs
+from .transforms import Accumulate
+
+__all__ = ["CHUNK_BUDGET", "EpochProgram", "epoch_program_of", "mode_of", "plan"]
+
+CHUNK_BUDGET = 64 * 2**20
+"""Bytes of stacked batches one chunk program may take on the device (data read batch by batch)."""
+
+# per-batch hooks that need the host between steps; a callback may declare `batch_hooks_display_only`
+# (a progress bar), which then only sees whole epochs
+_BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_gradients")
+
+MODES = ("epoch", "chunks", "step")
+
+
+def _overrides(cb: Any, hook: str) -> bool:
+    return getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
+
+
+def per_batch_reason(callbacks: list[Any]) -> str | None:
+    """Why these callbacks need the host between batches, or None."""
+    for cb in callbacks:
+        name = type(cb).__name__
+        if getattr(cb, "handles_non_finite", False):
+            return f"callback {name} handles non-finite steps itself, batch by batch"
+        if getattr(cb, "batch_hooks_display_only", False):
+            continue
+        for hook in _BATCH_HOOKS:
+            if _overrides(cb, hook):
+                return f"callback {name} overrides {hook}"
+    return None
+
+
+def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> tuple[str, str, Any, int]:
+    """How `fit` runs its epochs: ``("epoch" | "chunks" | "step", why, compiled step, batches per update)``.
+
+    `step` is the fit's `TrainStep`; per step when it is not compiled, when a callback needs
+    the host between batches, or for distributed training. Accumulation, which the per-step
+    program leaves to the host, is gathered inside an epoch program.
+    """
+    model = step.model
+    be = model.backend
+    if distributed is not None:
+        return "step", "distributed training runs step by step (the gradient all-reduce sits between batches)", None, 1
+    compiled, k = step.compiled, 1
+    transforms = step.transforms
+    if compiled is None and be.can_compile and be.fastpath_enabled and transforms and \
+            isinstance(transforms[0], Accumulate) and untraceable_reason(model, step.loss, step.optimizer,
+                                                                        transforms[1:]) is None:
+        if not isinstance(batches, ArrayBatches):
+            return "step", "accumulation over data read batch by batch runs step by step", None, 1
+        if per_batch_reason(callbacks) is None:
+            compiled = compile_step(model, step.loss, step.optimizer, transforms[1:], step.check_finite)
+            k = transforms[0].steps
+    if compiled is None:
+        if not be.can_compile:
+            return "step", f"backend {be.spec!r} has no compiler", None, 1
+        if not be.fastpath_enabled:
+            return "step", "derived executions are off (backend.with_fastpath(False))", None, 1
+        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms)
+        return "step", why or "the model's code needs concrete values (it did not trace)", None, 1
+    why = per_batch_reason(callbacks)
+    if why is not None:
+        return "step", why, None, 1
+    if isinstance(batches, ArrayBatches):
+        return "epoch", "each epoch is one compiled program (shuffle, steps, finite check on the device)", compiled, k
+    return "chunks", "data read batch by batch: chunks of k batches, each one compiled program", compiled, k
+
+
+def plan(history: Any, step: Any, batches: Any, callbacks: list[Any], distributed: Any,
+         chunk_batches: int | None, verbose: int) -> EpochProgram | None:
+    """Decide how `fit` runs its epochs, record it in `history` (``verbose >= 2`` prints it); the program or None."""
+    mode, why, compiled, k = mode_of(step, batches, callbacks, distributed)
+    history.execution_mode, history.execution_reason = mode, why
+    if compiled is not None:
+        history.execution = "compiled"
+    if verbose >= 2:
+        print(f"fit: {'per-step' if mode == 'step' else mode} execution ({history.execution} step): {why}",
+              flush=True)
+    if compiled is None:
+        return None
+    program = epoch_program(step.model, compiled, chunk_batches)
+    program.accumulate = k
+    return program
+
+
+class _Begun(CallbackList):
+    """The fit's callbacks for an epoch whose ``on_epoch_begin`` already ran."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        pass
+
+
+# one program set per model, kept while its compiled step is the model's
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def epoch_program_of(model: Any) -> EpochProgram | None:
+    """The epoch programs kept for `model` (with their trace count), or None."""
+    return _PROGRAMS.get(model)
+
+
+def epoch_program(model: Any, step: CompiledStep, chunk_batches: int | None) -> EpochProgram:
+    """The `EpochProgram` over `model`'s compiled `step`, reused while that step is."""
+    program = _PROGRAMS.get(model)
+    if program is None or program.step is not step:
+        program = EpochProgram(step)
+        _PROGRAMS[model] = program
+    program.chunk_batches = chunk_batches
+    return program
+
+
+class EpochProgram:
+    """Epochs (or chunks of batches) of a `CompiledStep` as single compiled programs; see the module docstring.
+
+    Attributes:
+        step: the `CompiledStep` whose traced step is the loop's body.
+        compiles: how many programs were traced so far (one per epoch layout and batch shape).
+        chunk_batches: batches per chunk for data read batch by batch (None: from `CHUNK_BUDGET`).
+    """
+
+    def __init__(self, step: CompiledStep) -> None:
+        self.step = step
+        self.compiles = 0
+        self.chunk_batches: int | None = None
+        self.accumulate = 1  # batches per update (`fit(accumulate=k)`), gathered inside the program
+        self._programs: dict[tuple, Any] = {}
+        self._hyper: tuple | None = None
+        self._guard: Any = None  # the fit's `InterruptGuard`, set by `run_epoch`
+        self._chunked = False  # whether this epoch runs chunks (else one program)
+
+    # -- the programs ----------------------------------------------------------------------------
+    def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
+        hyper = _hyper(self.step.optimizer)
+        if hyper != self._hyper:  # a callback changed a hyper-parameter the programs hold as a constant
+            self._programs.clear()
+            self._hyper = hyper
+        program = self._programs.get(key)
+        if program is None:
+            program = self._programs[key] = self.step.backend.jit(make())
+        return program
+
+    def _steps(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, Xs: Any, ys: Any,
+               ws: Any, outputs: bool) -> tuple:
+        """The scan of the traced step over stacked batches (leading axis: the step)."""
+        xp, step = self.step.xp, self.step
+
+        def body(carry: tuple, batch: tuple) -> tuple:
+            vals, sts, bfs, _, its, acc = carry
+            new_vals, new_sts, new_bfs, grads, value, Z, new_its, acc = self._one(vals, sts, bfs, lr, its, acc, *batch)
+            return ((new_vals, tuple(dict(s) for s in new_sts), new_bfs, grads, new_its, acc),
+                    (value, Z if outputs else None))
+
+        zeros = tuple(xp.zeros_like(v) for v in values)
+        carry = (values, tuple(dict(s) for s in states), bufs, zeros, ints, acc)
+        return step.backend.scan(body, carry, (Xs, ys, ws))
+
+    def _one(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, X: Any, y: Any,
+             w: Any) -> tuple:
+        """One traced step; `acc` is what accumulation carries (empty without it)."""
+        if self.accumulate == 1:
+            return (*self.step._pure(values, states, bufs, lr, ints, X, y, w), acc)
+        return accumulated.step(self.step, self.accumulate, values, states, bufs, lr, ints, acc, X, y, w)
+
+    def _arrays_fn(self, batch: int, outputs: bool) -> Callable[..., tuple]:
+        """The epoch over device arrays: gather by the permutation, full batches in a loop, then the partial one."""
+        xp, step = self.step.xp, self.step
+
+        def stacked(a: Any, full: int) -> Any:
+            return None if a is None else xp.reshape(a[:full * batch, ...], (full, batch) + tuple(a.shape[1:]))
+
+        def epoch(values: tuple, states: tuple, bufs: tuple, lr: Any, t: Any, counter: Any, X: Any, y: Any, w: Any,
+                  perm: Any) -> tuple:
+            self.compiles += 1
+            # the counters come in as two host ints (no host-to-device copy of a built vector): the step's
+            # carry (see `CompiledStep`) is made here
+            ints = xp.stack([xp.astype(xp.asarray(t), xp.int64), xp.astype(xp.asarray(counter), xp.int64)]
+                            + [xp.asarray(v, dtype=xp.int64) for v in (0, 1, -1)])
+            if perm is not None:
+                X, y = xp.take(X, perm, axis=0), xp.take(y, perm, axis=0)
+                w = None if w is None else xp.take(w, perm, axis=0)
+            n = int(X.shape[0])
+            full = n // batch
+            losses, Zs = [], []
+            grads: Any = None
+            acc = () if self.accumulate == 1 else accumulated.start(step, values)
+            if full:
+                (values, states, bufs, grads, ints, acc), (value, Z) = self._steps(
+                    values, states, bufs, lr, ints, acc, stacked(X, full), stacked(y, full), stacked(w, full), outputs)
+                losses.append(value)
+                if outputs:
+                    Zs.append(xp.reshape(Z, (full * batch,) + tuple(Z.shape[2:])))
+            if n > full * batch:
+                rest = slice(full * batch, n)
+                values, states, bufs, grads, value, Z, ints, acc = self._one(
+                    values, states, bufs, lr, ints, acc, X[rest, ...], y[rest, ...],
+                    None if w is None else w[rest, ...])
+                losses.append(xp.reshape(value, (1,)))
+                Zs.append(Z)
+            if self.accumulate > 1:  # the epoch's last, shorter group of batches
+                values, states, grads, ints = accumulated.flush(step, values, states, grads, ints, acc, lr)
+            loss = losses[0] if len(losses) == 1 else xp.concat(losses)
+            Z_all = (Zs[0] if len(Zs) == 1 else xp.concat(Zs, axis=0)) if outputs else None
+            return values, states, bufs, grads, ints, loss, Z_all, y if outputs else None
+
+        return epoch
+
+    def _chunk_fn(self, outputs: bool) -> Callable[..., tuple]:
+        """A chunk of stacked batches of one shape."""
+
+        def chunk(values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, Xs: Any, ys: Any, ws: Any) -> tuple:
+            self.compiles += 1
+            (values, states, bufs, grads, ints, _), (loss, Z) = self._steps(values, states, bufs, lr, ints, (), Xs, ys,
+                                                                            ws, outputs)
+            return values, states, bufs, grads, ints, loss, Z, None
+
+        return chunk
+
+    # -- running them -------------------------------------------------------------------------
+    def _call(self, program: Any, counters: tuple, n_steps: int, *data: Any) -> tuple[Any, Any, Any, Any]:
+        """Run `program` from the live parameters, state and counters and write its results back.
+
+        Returns (the device counters after it, the steps' losses, their outputs, their targets).
+        """
+        step = self.step
+        opt, xp = step.optimizer, step.xp
+        params = step.params
+        lr = float(opt.lr)  # a Python float is a weakly typed input, as the per-step program's lr
+        states = tuple(opt.state[i] if i in opt.state else opt.init_state(xp, p.value) for i, p in enumerate(params))
+        guard = self._guard  # Ctrl-C lands between programs, never inside a write-back
+        guard.in_step = True
+        try:
+            values, new_states, bufs, grads, ints, losses, Z, targets = program(
+                tuple(p.value for p in params), states, tuple(b.value for b in step.buffers), lr, *counters, *data)
+        except BaseException:
+            guard.in_step = False
+            raise
+        for p, v, g in zip(params, values, grads, strict=True):
+            p.value, p.grad = v, g
+        for b, v in zip(step.buffers, bufs, strict=True):
+            b.value = v
+        for i, st in enumerate(new_states):
+            opt.state[i] = dict(st)
+        if self.accumulate == 1:  # else the updates are counted on the device (`_end_epoch` reads them)
+            opt.step_count += n_steps
+            opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
+        step.rng.counter += (step._draws or 0) * n_steps
+        if self._chunked:  # a chunk's counters are complete here; an epoch's once `_end_epoch` has read its verdict
+            guard.end_step()
+        return ints, losses, Z, targets
+
+    def _begin(self) -> tuple[tuple[int, int], tuple]:
+        """The update count and dropout counter an epoch starts from, and the host counters to roll back to."""
+        step = self.step
+        opt = step.optimizer
+        start = (opt.step_count, list(opt.param_steps), set(opt.state))
+        return (opt.param_steps[0] + 1, step.rng.counter), start
+
+    def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], Any, Any]:
+        """One epoch over device arrays; returns (losses, rows per step, outputs, targets)."""
+        model = batches.model
+        batch = batches.slices[0].stop - batches.slices[0].start
+        perm = None
+        shuffled = model.shuffle_rng.bit_generator.state
+        if batches.shuffle:  # the permutation every backend draws, from the model's shuffle stream
+            perm = model.backend.asarray(model.shuffle_rng.permutation(batches.n_samples), argname="permutation")
+        key = ("arrays", batch, outputs, self.accumulate)
+        program = self._program(key, lambda: self._arrays_fn(batch, outputs))
+        counters, start = self._begin()
+        try:
+            ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
+                                                  perm)
+        except model.backend.trace_errors:
+            if self.compiles > 1:
+                raise  # it traced before: this is the model's own error, not a limit of tracing
+            model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
+            raise _NotTraced(batches) from None
+        self.step._carry, self.step._start = ints, start  # `CompiledStep.end_epoch` reads the verdict
+        return losses, [s.stop - s.start for s in batches.slices], Z, targets
+
+    def run_chunks(self, batches: Any, outputs: bool, check_loss: Any) -> tuple[Any, list[int], Any, Any]:
+        """One epoch over a batch source, k batches of one shape per program."""
+        step = self.step
+        xp = step.xp
+        model = step._live_model()
+        (t, counter), start = self._begin()
+        ints = step._ints([t, counter, 0, 1, -1])  # carried from chunk to chunk
+        losses, rows, Zs, targets = [], [], [], []
+        group: list[tuple[Any, Any, Any]] = []
+        limit = self.chunk_batches
+
+        def key(item: tuple[Any, Any, Any]) -> tuple:
+            return tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in item)
+
+        def flush(taken: list[tuple[Any, Any, Any]]) -> None:
+            """Run the group; `taken`: the batch after it, already taken from the source."""
+            stack = [None if group[0][j] is None else xp.stack([item[j] for item in group]) for j in range(3)]
+            program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs))
+            first = self.compiles == 0
+            try:
+                out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
+            except model.backend.trace_errors:
+                if not first:
+                    raise  # it traced before: this is the model's own error, not a limit of tracing
+                raise _NotTraced(_Resumed(group + taken, source)) from None
+            ints_now[0] = out
+            losses.append(loss)
+            rows.extend(int(item[0].shape[0]) for item in group)
+            if outputs:
+                Zs.append(xp.reshape(Z, (-1,) + tuple(Z.shape[2:])))
+                targets.extend(item[1] for item in group)
+            group.clear()
+
+        ints_now = [ints]
+        source = batches.epoch()
+        handed_over = False  # to the per-step loop, with the batches taken so far, when the first program fails
+        try:
+            for b, item in enumerate(source):
+                if check_loss is not None and b == 0:
+                    check_outputs(model, check_loss, model.forward_to_head(item[0], len(model.layers), training=False))
+                if limit is None:
+                    limit = max(1, CHUNK_BUDGET // max(1, sum(_nbytes(a) for a in item if a is not None)))
+                if group and (key(item) != key(group[0]) or len(group) >= limit):
+                    flush([item])
+                group.append(item)
+            if group:
+                flush([])
+        except _NotTraced:
+            handed_over = True
+            raise
+        finally:
+            if not handed_over:
+                source.close()
+        step._carry, step._start = ints_now[0], start
+        loss = losses[0] if len(losses) == 1 else xp.concat(losses)
+        if not outputs:
+            return loss, rows, None, None
+        return loss, rows, xp.concat(Zs, axis=0), xp.concat(targets, axis=0)
+
+    def run_epoch(self, train: Any, batches: Any, cb: CallbackList, guard: Any, metric_fns: dict,
+                  check_loss: Any, non_finite: Callable[[int, int], BaseException],
+                  per_step: Callable[[CallbackList, Any], dict], history: Any) -> dict[str, float]:
+        """One epoch of `fit` (`train`: its `TrainStep`); returns the epoch's logs.
+
+        Raises what `non_finite(epoch, batch)` makes for a refused step. When the first program
+        cannot be traced (the model's code needs concrete values), the step runs plain from now
+        on and this epoch runs through ``per_step(callbacks, batches)`` over the same batches.
+        """
+        model = train.model
+        epoch = model.epochs_trained
+        cb.on_epoch_begin(epoch, {})
+        outputs = bool(metric_fns)
+        self._guard = guard
+        self._chunked = not isinstance(batches, ArrayBatches)
+        try:
+            if not self._chunked:
+                losses, rows, Z, targets = self.run_arrays(batches, outputs)
+            else:
+                losses, rows, Z, targets = self.run_chunks(batches, outputs, check_loss)
+        except _NotTraced as exc:
+            self.step.broken = True
+            train.compiled = None
+            self.step.reset()
+            history.execution, history.execution_mode = train.execution, "step"
+            history.execution_reason = "the model's code needs concrete values (it did not trace)"
+            return per_step(_Begun(cb.callbacks), exc.batches)
+        try:
+            refused = self._end_epoch()
+        finally:
+            if not self._chunked:
+                guard.end_step()  # a Ctrl-C during the program lands here, with the counters matching the weights
+        if refused is not None:
+            raise non_finite(epoch, refused)
+        host = model.backend.to_host(losses)
+        _replay(cb.callbacks, rows, host)
+        n_seen = sum(rows)
+        logs = {"loss": float(sum(r * float(v) for r, v in zip(rows, host, strict=True)) / n_seen)}
+        if outputs:
+            logs.update(model.metric_values(metric_fns, targets, Z, train.from_logits))
+        return logs
+
+
+    def _end_epoch(self) -> int | None:
+        """The epoch's first refused step, or None; with accumulation the optimizer's counters follow the
+        updates the device counted."""
+        step = self.step
+        if self.accumulate == 1:
+            return step.end_epoch()
+        carry, start = step._carry, step._start
+        step.reset()
+        if carry is None or start is None:
+            return None
+        host = step.backend.to_host(carry)
+        step._restore(start, int(host[step._T]) - (start[1][0] + 1))
+        first = int(host[step._FIRST_BAD])
+        return first if step.check_finite and first >= 0 else None
+
+
+class _NotTraced(Exception):
+    """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
+
+    def __init__(self, batches: Any) -> None:
+        super().__init__("the model's code needs concrete values")
+        self.batches = batches
+
+
+class _Resumed:
+    """A batch source for the rest of an epoch: the batches already taken, then the open source's others."""
+
+    def __init__(self, taken: list[Any], source: Any) -> None:
+        self.taken, self.source = taken, source
+
+    def epoch(self) -> Any:
+        """The batches, once; closing it closes the source."""
+        try:
+            yield from self.taken
+            yield from self.source
+        finally:
+            self.source.close()
+
+
+def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
+    """The epoch's batches, after its program, to callbacks whose per-batch hook only draws (a progress bar)."""
+    display = [cb for cb in callbacks
+               if getattr(cb, "batch_hooks_display_only", False) and _overrides(cb, "on_batch_end")]
+    for b, (size, value) in enumerate(zip(rows, losses, strict=True)) if display else ():
+        for cb in display:
+            cb.on_batch_end(b, {"loss": float(value), "size": size})
+
+
+def _nbytes(a: Any) -> int:
+    size = 1
+    for d in a.shape:
+        size *= int(d)
+    return size * int(getattr(a.dtype, "itemsize", 8))

@@ -1,0 +1,278 @@
+"""Whole epochs (and chunks of batches) as one compiled program on JAX give the step-by-step numbers.
+
+`fit` on a backend with a compiler runs each epoch as one program when no callback needs
+the host between batches (`History.execution_mode == "epoch"`), chunks of k batches for
+data read batch by batch (`"chunks"`), and step by step otherwise, saying why
+(`History.execution_reason`). Every mode gives the plain loop's numbers (1e-12 in float64,
+1e-5 in float32), raises on divergence at the same epoch and batch with the same weights,
+and compiles once per (model layout, batch shape), never once per epoch.
+Shapes are tiny: the compiles dominate the time of these tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backends import backend_status
+from nnx.training.epoch import epoch_program_of
+
+ok, why = backend_status("jax")
+pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+
+N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
+
+
+def _data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 5))
+    return X, np.argmax(X[:, :3], axis=1)
+
+
+class UserDense(nnx.Layer):
+    """``X @ W + b`` written as a user writes a layer, with the public API only."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.X: Any = None
+
+    def build(self, input_shape):
+        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), "glorot", regularized=True)
+        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X = X
+        return X @ self.weight.value + self.bias.value
+
+    def backward(self, dY, need_dX=True):
+        self.weight.grad = self.X.T @ dY
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        return dY @ self.weight.value.T if need_dX else None
+
+    def get_config(self):
+        return {"type": "UserDense", "in_features": self.in_features, "out_features": self.out_features}
+
+
+class Untraceable(nnx.Layer):
+    """A user's layer whose code needs a concrete value (a Python ``if`` on an array): it cannot be traced."""
+
+    def forward(self, X, training=False):
+        return X * 2.0 if float(self.xp.sum(X)) > -1e300 else X
+
+    def backward(self, dY, need_dX=True):
+        return dY * 2.0
+
+
+class PerBatch(nnx.callbacks.Callback):
+    """Looks at every batch: the fit runs step by step."""
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+def _model(fast: bool, dtype: str = "float64", first: Any = None, reg: bool = True):
+    be = nnx.get_backend("jax").with_fastpath(fast)
+    first = first or nnx.Dense(5, 8, regularizer=nnx.regularizers.L2(1e-3) if reg else None)
+    return nnx.Sequential(first, nnx.ReLU(), nnx.BatchNorm(), nnx.Dropout(0.25), nnx.Dense(8, 3),
+                          backend=be, dtype=dtype, seed=3)
+
+
+def _fit(fast: bool, dtype: str = "float64", optimizer: Any = None, first: Any = None, epochs: int = 3,
+         data: Any = None, **kw):
+    X, y = _data()
+    model = _model(fast, dtype, first() if first else None)
+    opt = (optimizer or (lambda ps: nnx.optim.Adam(ps, lr=0.01)))(model.parameters())
+    if data is not None:
+        history = model.fit(data(X, y), loss="cross_entropy", optimizer=opt, epochs=epochs, **kw)
+    else:
+        history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=epochs, batch_size=BATCH, **kw)
+    return model, history
+
+
+def _assert_same(a, b, tol: float) -> None:
+    """Parameters, gradients, buffers, optimizer state, counters and the losses of two fits agree to `tol`."""
+    (ma, ha), (mb, hb) = a, b
+
+    def close(x, y, what):
+        x, y = np.asarray(x), np.asarray(y)
+        assert np.max(np.abs(x - y)) <= tol * max(1.0, float(np.max(np.abs(y)))), what
+
+    for p, q in zip(ma.parameters(), mb.parameters(), strict=True):
+        close(p.value, q.value, p.name)
+        close(p.grad, q.grad, f"{p.name} grad")
+    for p, q in zip(ma.buffers(), mb.buffers(), strict=True):
+        close(p.value, q.value, p.name)
+    sa, sb = ma.optimizer.state_dict(), mb.optimizer.state_dict()
+    assert (sa["step"], sa["param_steps"]) == (sb["step"], sb["param_steps"])
+    for i in sa["state"]:
+        for k in sa["state"][i]:
+            close(sa["state"][i][k], sb["state"][i][k], f"state {i} {k}")
+    assert ma.dropout_rng.counter == mb.dropout_rng.counter
+    assert ha.history.keys() == hb.history.keys()
+    for key in ha.history:
+        np.testing.assert_allclose(ha.history[key], hb.history[key], rtol=tol, atol=tol)
+
+
+def test_an_epoch_program_gives_the_step_by_step_numbers_float64():
+    # dropout, BatchNorm, L2, clipping, sample weights, metrics, a partial last batch and a user's layer,
+    # against the plain loop and against the compiled step run batch by batch
+    w = np.linspace(0.2, 2.0, N)
+    kw = {"clip_norm": 0.5, "sample_weight": w, "metrics": ["accuracy"], "first": lambda: UserDense(5, 8)}
+    epoch = _fit(True, **kw)
+    assert epoch[1].execution_mode == "epoch" and epoch[1].execution == "compiled", epoch[1].execution_reason
+    plain = _fit(False, **kw)
+    assert plain[1].execution_mode == "step" and "with_fastpath(False)" in plain[1].execution_reason
+    _assert_same(epoch, plain, 1e-12)
+    per_step = _fit(True, callbacks=[PerBatch()], **kw)
+    assert per_step[1].execution_mode == "step" and "PerBatch overrides on_batch_end" in per_step[1].execution_reason
+    _assert_same(epoch, per_step, 1e-12)
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda ps: nnx.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    lambda ps: nnx.optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+    lambda ps: nnx.optim.Lion(ps, lr=0.005, weight_decay=0.1),
+], ids=["sgd_nesterov", "rmsprop", "lion"])
+def test_an_epoch_program_gives_the_step_by_step_numbers_float32(optimizer):
+    # (every optimizer in float64 against the plain loop: tests/test_jax_compiled.py, now run as epoch programs)
+    a = _fit(True, "float32", optimizer, clip_value=0.1)
+    b = _fit(False, "float32", optimizer, clip_value=0.1)
+    assert a[1].execution_mode == "epoch"
+    _assert_same(a, b, 1e-5)
+
+
+def test_chunks_of_batches_from_a_memmap_and_an_iterable(tmp_path):
+    X, y = _data()
+    Xm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=X.shape)
+    Xm[:] = X
+    plain = _fit(False, epochs=2, metrics=["accuracy"])
+    for chunk in (None, 1, 2):  # the budget's k (every batch), one batch a program, two
+        kw: dict[str, Any] = {"chunk_batches": chunk} if chunk else {}
+        model = _model(True)
+        opt = nnx.optim.Adam(model.parameters(), lr=0.01)
+        history = model.fit(Xm, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=BATCH,
+                            metrics=["accuracy"], **kw)
+        assert history.execution_mode == "chunks", history.execution_reason
+        _assert_same((model, history), plain, 1e-12)
+    batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]  # 4 of 16 rows and one of 6
+    a = _fit(True, data=lambda X, y: batches, chunk_batches=3)
+    assert a[1].execution_mode == "chunks"
+    _assert_same(a, _fit(False, data=lambda X, y: batches), 1e-12)
+
+
+def test_divergence_raises_at_the_same_epoch_and_batch_with_the_same_weights():
+    X, y = _data()
+    results = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dense(4, 3),
+                               backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
+        opt = nnx.optim.SGD(model.parameters(), lr=1e200, momentum=0.9)  # finite steps that overflow later
+        with pytest.raises(FloatingPointError) as info:
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=16)
+        results.append((model, str(info.value)))
+    (a, msg_a), (b, msg_b) = results
+    assert msg_a == msg_b and "epoch 1, batch" in msg_a
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert np.all(np.isfinite(np.asarray(p.value)))
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert (sa["step"], sa["param_steps"]) == (sb["step"], sb["param_steps"])
+
+
+def test_one_compile_per_layout_and_batch_shape_never_per_epoch():
+    X, y = _data()
+    model = _model(True, "float32")
+    opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    schedule = nnx.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.9**epoch)  # lr is an input
+    history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=4, batch_size=BATCH, callbacks=[schedule])
+    assert history.execution_mode == "epoch"
+    program = epoch_program_of(model)
+    assert program is not None and program.compiles == 1  # full batches and the partial one: one program
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=BATCH, callbacks=[schedule])
+    assert epoch_program_of(model) is program and program.compiles == 1  # a later fit compiles nothing
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16)
+    assert program.compiles == 2  # another batch shape: one more
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16, metrics=["accuracy"])
+    assert program.compiles == 3  # the outputs come back for the metrics: one more, once
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=16, metrics=["accuracy"])
+    assert program.compiles == 3
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda: nnx.callbacks.GradientAnalyzer(), "GradientAnalyzer overrides on_batch_end"),
+    (lambda: nnx.callbacks.TerminateOnNaN(), "TerminateOnNaN handles non-finite steps"),
+    (lambda: type("Look", (nnx.callbacks.Callback,), {"on_gradients": lambda self, g: None})(),
+     "Look overrides on_gradients"),
+], ids=["analyzer", "terminate_on_nan", "on_gradients"])
+def test_fallback_to_per_step_is_automatic_and_says_why(make, named):
+    X, y = _data()
+    model = _model(True)
+    history = model.fit(X, y, loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=BATCH, callbacks=[make()])
+    assert history.execution_mode == "step" and named in history.execution_reason
+
+
+def test_accumulation_inside_the_epoch_program():
+    # 70 rows in batches of 16: updates after batches 2 and 4, and the fifth (6 rows) applied at the epoch's end
+    kw = {"accumulate": 2, "clip_norm": 0.5, "sample_weight": np.linspace(0.2, 2.0, N), "batch_size": 16}
+    X, y = _data()
+    runs = []
+    for fast in (True, False):
+        model = _model(fast)
+        opt = nnx.optim.Adam(model.parameters(), lr=0.01)
+        runs.append((model, model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, **kw)))
+    assert runs[0][1].execution_mode == "epoch" and runs[0][1].execution == "compiled"
+    assert runs[0][0].optimizer.step_count == 9
+    _assert_same(runs[0], runs[1], 1e-12)
+
+
+def test_accumulation_refuses_a_diverging_step_like_the_plain_loop():
+    X, y = _data()
+    results = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dense(4, 3),
+                               backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
+        opt = nnx.optim.SGD(model.parameters(), lr=1e200, momentum=0.9)
+        with pytest.raises(FloatingPointError) as info:
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=8, accumulate=2)
+        results.append((model, str(info.value)))
+    (a, msg_a), (b, msg_b) = results
+    assert msg_a == msg_b
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+    assert a.optimizer.state_dict()["param_steps"] == b.optimizer.state_dict()["param_steps"]
+
+
+def test_untraceable_code_runs_step_by_step_with_the_same_numbers(tmp_path):
+    X, y = _data()
+    Xm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=X.shape)
+    Xm[:] = X
+    model = _model(True)
+    history = model.fit(Xm, y, loss="cross_entropy", optimizer="adam", epochs=1, batch_size=16, accumulate=2)
+    assert history.execution_mode == "step" and "accumulation over data read batch by batch" in \
+        history.execution_reason
+    c = _fit(True, first=lambda: nnx.Sequential(nnx.Dense(5, 8), Untraceable()), epochs=2)
+    assert c[1].execution_mode == "step" and "did not trace" in c[1].execution_reason
+    assert c[1].execution == "plain"
+    _assert_same(c, _fit(False, first=lambda: nnx.Sequential(nnx.Dense(5, 8), Untraceable()), epochs=2), 1e-12)
+    # from a one-shot generator: the batches the failed first chunk took are trained on, not lost
+    X, y = _data()
+    batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]
+    kw = {"first": lambda: nnx.Sequential(nnx.Dense(5, 8), Untraceable()), "epochs": 1}
+    d = _fit(True, data=lambda X, y: iter(batches), chunk_batches=2, **kw)
+    assert d[1].execution_mode == "step"
+    _assert_same(d, _fit(False, data=lambda X, y: iter(batches), **kw), 1e-12)
+
+
+def test_verbose_2_prints_the_mode(capsys):
+    X, y = _data()
+    model = _model(True)
+    model.fit(X, y, loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=2)
+    assert "fit: epoch execution (compiled step)" in capsys.readouterr().out
