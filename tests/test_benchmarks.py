@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # runs the benchmark scripts in subprocesses
 def test_bench_train_tiny(tmp_path):
     script = ROOT / "benchmarks" / "bench_train.py"
     res = subprocess.run([sys.executable, str(script), "--tiny", "--out", str(tmp_path)], capture_output=True,
@@ -52,6 +53,7 @@ def _rows(summary: str, step: str) -> list[str]:
     return [line[11:] for line in summary.splitlines() if line.startswith(f"{step:<10} ")]
 
 
+@pytest.mark.slow  # runs the benchmark scripts in subprocesses
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_dry_run(tmp_path):
     script = ROOT / "benchmarks" / "gpu_check.sh"
@@ -86,6 +88,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert (tmp_path / "RESULTS.md").exists()
 
 
+@pytest.mark.slow  # runs the benchmark scripts in subprocesses
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_killed_halfway_still_leaves_a_summary(tmp_path):
     """A run killed in the middle (as a time limit does) keeps every finished row and says where it stopped."""

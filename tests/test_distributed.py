@@ -115,6 +115,7 @@ def _check_sharded(ranks: list[dict], backends: list[str]) -> None:
                 assert got["state_vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["state_vs_unsharded"])
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_ranks_equal_one_process(two_ranks, backend):
@@ -122,6 +123,7 @@ def test_two_ranks_equal_one_process(two_ranks, backend):
     _check_equivalence(two_ranks[1], [backend])
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sharded_update_on_two_ranks_equals_the_all_reduce(two_ranks, backend):
@@ -169,6 +171,7 @@ def test_three_ranks_equal_one_process_and_resume_from_two(three_ranks):
         assert r["resumed"]["param_diff"] <= TOL and r["resumed"]["hist_diff"] <= TOL, r["resumed"]
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 @pytest.mark.parametrize("source", ["gathered", "host", "iterable"])
 def test_every_batch_source_gives_the_one_process_result(two_ranks, source):
@@ -180,6 +183,7 @@ def test_every_batch_source_gives_the_one_process_result(two_ranks, source):
     assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_negative_control_without_allreduce_differs(two_ranks):
     """With the all-reduce removed the same comparison fails: the equivalence tests would catch it."""
@@ -189,6 +193,7 @@ def test_negative_control_without_allreduce_differs(two_ranks):
     assert len({r["scenarios"]["numpy/negative_control"]["digest"] for r in ranks}) == 2
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_a_step_not_finite_on_one_rank_is_refused_by_every_rank(two_ranks):
     """The poisoned all-reduce carries one rank's non-finite step to all: they raise together, no extra collective."""
@@ -196,6 +201,7 @@ def test_a_step_not_finite_on_one_rank_is_refused_by_every_rank(two_ranks):
     assert all(m is not None and "at epoch 2, batch 3;" in m for m in messages), messages
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_early_stopping_stops_every_rank_together(two_ranks):
     ranks = two_ranks[1]
@@ -205,6 +211,7 @@ def test_early_stopping_stops_every_rank_together(two_ranks):
     assert got[0]["hist_diff"] <= TOL  # at the epoch a single process stops
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_rank_zero_writes_the_checkpoint(two_ranks):
     out, ranks = two_ranks
@@ -214,6 +221,7 @@ def test_rank_zero_writes_the_checkpoint(two_ranks):
     assert not list(out.glob(".ckpt.npz.*"))  # no temporary file left by a second writer
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_ranks):
     out, proc, ended = three_ranks
@@ -225,6 +233,7 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_checkpoint_loads(three_rank
     assert model.epochs_trained in (2, 3)  # rank 0 saved epochs 0..1 (maybe 2) before the abort
 
 
+@pytest.mark.slow  # starts MPI or torchrun jobs
 @pytest.mark.skipif("torch" not in nnx.available_backends() or tool("torchrun") is None,
                     reason="torch (with torchrun) not installed")
 def test_torchrun_gloo_equals_one_process(tmp_path):

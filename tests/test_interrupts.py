@@ -304,6 +304,24 @@ def test_fit_in_a_worker_thread():
     assert not errors and model.epochs_trained == 2
 
 
+class SigintAfter(Callback):
+    """Sends this process SIGINT from a timer thread `delay` seconds after training begins.
+
+    Started from on_train_begin, so the signal cannot arrive while fit is still preparing its data (a slow,
+    loaded machine would otherwise let it land before fit handles Ctrl-C, and stop the whole test run)."""
+
+    def __init__(self, delay: float) -> None:
+        self.timer = threading.Timer(delay, os.kill, args=(os.getpid(), signal.SIGINT))
+
+    def on_train_begin(self, logs=None):
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        if self.timer.is_alive():
+            self.timer.join()
+
+
 def test_sigint_from_a_timer_thread_lands_between_steps(backend):
     """Real Ctrl-C at arbitrary moments: the weights always equal those after some whole step."""
     ref = None
@@ -313,14 +331,11 @@ def test_sigint_from_a_timer_thread_lands_between_steps(backend):
         _fault("SIGINT from a timer thread")
         model = _model(backend, depth=6)
         model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=1, batch_size=8)  # warm up (JIT etc.)
-        delay = float(gen.uniform(0.005, 0.15))
-        timer = threading.Timer(delay, os.kill, args=(os.getpid(), signal.SIGINT))
-        timer.start()
+        ctrl_c = SigintAfter(float(gen.uniform(0.005, 0.15)))
         try:
-            history = model.fit(X, y, epochs=5000, batch_size=8)
+            history = model.fit(X, y, epochs=5000, batch_size=8, callbacks=[ctrl_c])
         finally:
-            timer.cancel()
-            timer.join()
+            ctrl_c.stop()
         assert history.interrupted, f"trial {trial}: the run ended before the signal"
         steps = model.optimizer.step_count
         if ref is None or len(ref) < steps:

@@ -31,8 +31,11 @@ from nnx.losses import BinaryCrossEntropy, CrossEntropy
 SCALE = float(os.environ.get("NNX_HYPOTHESIS_SCALE", "1"))
 
 # Examples per property on each backend: eager JAX compiles every new shape, and
-# array_api_strict and torch pay ~0.5 ms per tiny op, so they get fewer.
-EXAMPLES = {"numpy": 25, "array_api_strict": 8, "torch": 10, "jax": 6, "cupy": 8}
+# array_api_strict and torch pay ~0.5 ms per tiny op, so they get fewer. Every property runs on
+# all seven backend cases (array_api_strict three times) with one shared strategy, so one run draws
+# about 30 architectures per property in all, and each backend meets several; more examples made
+# this file a sixth of the suite's time (the save/load one loads onto JAX, which compiles each).
+EXAMPLES = {"numpy": 12, "array_api_strict": 4, "torch": 5, "jax": 3, "cupy": 8}
 # Finite differences cost two forward passes per parameter: cap the parameter count there.
 GRADCHECK_MAX_PARAMS = {"numpy": 1200, "array_api_strict": 200, "torch": 250, "jax": 150, "cupy": 200}
 # Eager JAX compiles each operation for each new shape (~0.1 s apiece, ~10 s for a new model), so
