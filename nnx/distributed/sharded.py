@@ -26,18 +26,10 @@ from typing import Any
 import numpy as np
 
 from ..layers.parameter import Parameter
+from ..training.flat import write_in_place
 from ..training.transforms import GradientTransform
 from .average import AverageGradients, rank_rows
 from .comm import Communicator, offsets
-
-
-def _write(target: Any, source: Any) -> bool:
-    """Copy `source` into `target` in place; False where the library's arrays are immutable."""
-    try:
-        target[...] = source
-    except (TypeError, ValueError, AttributeError, NotImplementedError):
-        return False
-    return True
 
 
 class ShardedUpdate(AverageGradients):
@@ -185,7 +177,7 @@ class ShardedUpdate(AverageGradients):
     def _put(self, flat: Any, part: Any) -> Any:
         """`flat` with this rank's slice replaced by `part` (in place where the arrays are mutable)."""
         a, b = self.start, self.stop
-        if self.mutable and _write(flat[a:b], part):
+        if self.mutable and write_in_place(flat[a:b], part):
             return flat
         self.mutable = False
         xp = self.backend.xp

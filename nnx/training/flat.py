@@ -22,10 +22,10 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
-__all__ = ["FlatUpdate"]
+__all__ = ["FlatUpdate", "write_in_place"]
 
 
-def _write(target: Any, source: Any) -> bool:
+def write_in_place(target: Any, source: Any) -> bool:
     """Copy `source` into `target` in place; False where the library's arrays are immutable."""
     try:
         target[...] = source
@@ -198,11 +198,11 @@ class FlatUpdate:
             new_values, new_state = self._rule(self.values[start:stop], self.grads[start:stop], state, t, keep)
             if start == 0 and set(new_state) != set(state):
                 return False
-            written = _write(self.values[start:stop], new_values)
+            written = write_in_place(self.values[start:stop], new_values)
             if start == 0 and not written:
                 self.mutable = False
                 return False
-            if not (written and all([_write(state[k], arr) for k, arr in new_state.items()])):
+            if not (written and all([write_in_place(state[k], arr) for k, arr in new_state.items()])):
                 raise RuntimeError(f"{type(self.optimizer).__name__}'s flat buffers refused a write in the middle "
                                    "of a step; the parameters hold a partial update")
         return True
@@ -211,10 +211,10 @@ class FlatUpdate:
         """Write the rule's results into the flat buffers (rebinding the views where arrays are immutable)."""
         assert self.state is not None
         if self.mutable and set(new_state) == set(self.state):
-            ok = new_values is self.values or _write(self.values, new_values)
+            ok = new_values is self.values or write_in_place(self.values, new_values)
             if ok:
                 for k, arr in new_state.items():
-                    if arr is not self.state[k] and not _write(self.state[k], arr):
+                    if arr is not self.state[k] and not write_in_place(self.state[k], arr):
                         ok = False
                         break
             if ok:
