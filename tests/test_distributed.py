@@ -248,6 +248,28 @@ def test_torchrun_gloo_equals_one_process(tmp_path):
     assert all(r["scenarios"]["torch/negative_control"]["param_diff"] > 1e-3 for r in ranks)
 
 
+TAKES_DOWN_ITS_GROUP = """
+import atexit
+import torch.distributed as tdist
+from nnx import distributed as dist
+
+atexit.register(lambda: print("initialized at exit:", tdist.is_initialized()))  # runs after nnx's hook
+comm = dist.init()
+print("engine:", comm.engine, comm.size)
+"""
+
+
+@pytest.mark.skipif("torch" not in nnx.available_backends(), reason="torch not installed")
+def test_the_group_init_makes_under_torchrun_is_taken_down_at_exit(tmp_path):
+    """Left to the interpreter's exit, gloo's threads could abort the process after its work was done."""
+    env = dict(os.environ, TORCHELASTIC_RUN_ID="test", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+               LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000))
+    proc = subprocess.run([sys.executable, "-c", TAKES_DOWN_ITS_GROUP], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "engine: torch 1" in proc.stdout and "initialized at exit: False" in proc.stdout, proc.stdout
+
+
 # -- in this process ------------------------------------------------------------------------------
 def test_init_without_a_launcher_is_a_single_process():
     comm = dist.init()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
+from typing import Any
 
 from .comm import MPI_ENV, TORCHRUN_ENV, Communicator, SingleProcess, TorchCommunicator
 from .local import limit_threads, local_placement, torch_group_choice
@@ -75,4 +77,12 @@ def _torch_group_ready() -> bool:
         if device is not None:
             torch.cuda.set_device(device)  # before the group: NCCL takes the current device as this rank's
         tdist.init_process_group(backend=backend)
+        # the group nnx made, nnx takes down: left to the interpreter's exit, gloo's threads are destroyed
+        # while joinable and the process aborts ("terminate called without an active exception")
+        atexit.register(_destroy_group, tdist)
     return tdist.is_initialized()
+
+
+def _destroy_group(tdist: Any) -> None:
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
