@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compiled import CompiledStep
+from .compiled import CARRY_COUNTER, CARRY_FIRST_BAD, CARRY_INDEX, CARRY_OK, CARRY_T, CompiledStep
 
 __all__ = ["flush", "start", "step"]
-
-_T, _COUNTER, _INDEX, _OK, _FIRST_BAD = range(5)  # `CompiledStep`'s carry of small integers
-
 
 def start(cs: CompiledStep, values: tuple) -> tuple:
     """Nothing gathered yet."""
@@ -44,24 +41,24 @@ def _apply(cs: CompiledStep, values: tuple, states: tuple, acc: tuple, rows: int
 
 def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple,
          X: Any, y: Any, w: Any) -> tuple:
-    """One batch: gather its gradient, update on every k-th; returns `CompiledStep._pure`'s outputs and the carry."""
+    """One batch: gather its gradient, update on every k-th; returns `CompiledStep.pure`'s outputs and the carry."""
     xp = cs.xp
-    t, counter, index = ints[_T], ints[_COUNTER], ints[_INDEX]
+    t, counter, index = ints[CARRY_T], ints[CARRY_COUNTER], ints[CARRY_INDEX]
     value, Z, grads, new_bufs, new_counter, ok_now = cs.gradients(values, bufs, counter, X, y, w)
     rows = int(X.shape[0])
     sums, seen, count = acc
     acc = (tuple(s + g * float(rows) for s, g in zip(sums, grads, strict=True)), seen + rows, count + 1)
     due = acc[2] == k
-    ok_in = ints[_OK] != 0
+    ok_in = ints[CARRY_OK] != 0
     keep = ok_in if ok_now is None else ok_in & ok_now
     values, states, t, mean = _apply(cs, values, states, acc, rows, t, lr, due & keep)
     grads = tuple(xp.where(due, m, g) for m, g in zip(mean, grads, strict=True))  # as `p.grad` is left
     zero = xp.zeros_like(acc[1])
     acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, zero, acc[1]),
            xp.where(due, zero, acc[2]))
-    if ok_now is not None:  # buffers as `CompiledStep._pure` leaves them: the refused step's forward counts
+    if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: the refused step's forward counts
         new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
-    first_bad = ints[_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[_FIRST_BAD])
+    first_bad = ints[CARRY_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[CARRY_FIRST_BAD])
     ints = xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad])
     return values, states, new_bufs, grads, value, Z, ints, acc
 
@@ -70,6 +67,6 @@ def flush(cs: CompiledStep, values: tuple, states: tuple, grads: tuple, ints: An
     """The end of the epoch: apply what was gathered since the last update; (values, states, grads, ints)."""
     xp = cs.xp
     pending = acc[2] > 0
-    values, states, t, mean = _apply(cs, values, states, acc, 0, ints[_T], lr, pending & (ints[_OK] != 0))
+    values, states, t, mean = _apply(cs, values, states, acc, 0, ints[CARRY_T], lr, pending & (ints[CARRY_OK] != 0))
     grads = tuple(xp.where(pending, m, g) for m, g in zip(mean, grads, strict=True))
     return values, states, grads, xp.concat([xp.reshape(t, (1,)), ints[1:]])

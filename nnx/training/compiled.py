@@ -34,7 +34,14 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["CompiledStep", "compile_step", "compiled_step_of", "untraceable_reason"]
+__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
+           "compiled_step_of", "hyper_constants", "untraceable_reason"]
+
+# The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
+# about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
+# epoch, whether every step of the epoch so far was finite (1/0) and the first that was not (-1). These are
+# their positions.
+CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD = range(5)
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -82,11 +89,11 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
     """What the program is a function of besides its inputs; a different signature needs another program."""
     return (tuple(map(id, model.layers)), tuple(_config(layer) for layer in model.layers),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), _config(model.regularizer),
-            type(loss), _config(loss), type(optimizer), _hyper(optimizer),
+            type(loss), _config(loss), type(optimizer), hyper_constants(optimizer),
             tuple((type(t), _config(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
 
 
-def _hyper(optimizer: Any) -> tuple:
+def hyper_constants(optimizer: Any) -> tuple:
     """The optimizer's hyper-parameters that are constants of the program (all but lr)."""
     return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optimizer.hyperparams.items() if k != "lr")
 
@@ -128,11 +135,6 @@ class CompiledStep:
         broken: set when the model's code could not be traced; the caller runs the plain stages.
     """
 
-    # The step's small integers travel as one int64 vector (each 0-d input or output of a program costs
-    # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index
-    # in the epoch, whether every step of the epoch so far was finite (1/0) and the first that was not (-1).
-    _T, _COUNTER, _INDEX, _OK, _FIRST_BAD = range(5)
-
     def __init__(self, model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool,
                  sig: tuple) -> None:
         self.signature = sig
@@ -146,23 +148,29 @@ class CompiledStep:
         self.traces = 0
         self.broken = False
         self._draws: int | None = None
-        self._traces_read = 0
         self.rebind(loss, optimizer, transforms)
-        self._jit = self.backend.jit(self._pure)
+        self._jit = self.backend.jit(self.pure)
         self.reset()
 
-    def _live_model(self) -> Any:
+    @property
+    def model(self) -> Any:
+        """The model this step trains (held weakly: the step is kept per model)."""
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this compiled step no longer exists")
         return model
 
+    @property
+    def draws_per_step(self) -> int:
+        """Dropout masks one step draws (known once the step has been traced; 0 before)."""
+        return self._draws or 0
+
     def rebind(self, loss: Any, optimizer: Any, transforms: list[Any]) -> None:
         """Use these (equally configured) objects from now on, e.g. those of a later fit."""
-        self.n_run, self.head, _ = self._live_model().output_head(loss)
+        self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
-        self._hyper_values = _hyper(optimizer)
+        self._hyper_values = hyper_constants(optimizer)
         self._lr: float | None = None
         self._lr_device: Any = None
 
@@ -174,17 +182,37 @@ class CompiledStep:
         self._carry: Any = None
         self._start: tuple | None = None
 
-    def end_epoch(self) -> int | None:
-        """The index of the epoch's first non-finite step (one read), or None; counters put back to match."""
+    def host_counters(self) -> tuple:
+        """The optimizer's host counters now, as `hold_verdict` takes them to roll back to."""
+        opt = self.optimizer
+        return opt.step_count, list(opt.param_steps), set(opt.state)
+
+    def start_carry(self, t: int, counter: int) -> Any:
+        """The carry an epoch's first step takes: update count `t`, dropout `counter`, nothing refused yet."""
+        xp = self.xp
+        return xp.asarray([t, counter, 0, 1, -1], dtype=xp.int64, device=self.backend.device)
+
+    def hold_verdict(self, carry: Any, start: tuple) -> None:
+        """Keep an epoch program's final carry for `end_epoch`; `start`: `host_counters` before the epoch."""
+        self._carry, self._start = carry, start
+
+    def end_epoch(self, updates_on_device: bool = False) -> int | None:
+        """The index of the epoch's first non-finite step (one read), or None; counters put back to match.
+
+        With `updates_on_device` (accumulation, which updates on only some steps) the optimizer's
+        host counters follow the number of updates the device counted.
+        """
         carry, start = self._carry, self._start
         self.reset()
-        if carry is None or start is None or not self.check_finite:
+        if carry is None or start is None or not (self.check_finite or updates_on_device):
             return None
-        first = int(self.backend.to_host(carry)[self._FIRST_BAD])
-        if first < 0:
-            return None
-        self._restore(start, first)
-        return first
+        host = self.backend.to_host(carry)
+        first = int(host[CARRY_FIRST_BAD]) if self.check_finite else -1
+        if updates_on_device:
+            self._restore(start, int(host[CARRY_T]) - (start[1][0] + 1))
+        elif first >= 0:
+            self._restore(start, first)
+        return first if first >= 0 else None
 
     def _restore(self, start: tuple, updates: int) -> None:
         """The optimizer's host counters as after `updates` steps from `start` (the device kept those arrays)."""
@@ -196,10 +224,6 @@ class CompiledStep:
             for i in set(opt.state) - had_state:
                 del opt.state[i]
 
-    def _ints(self, values: list[int]) -> Any:
-        xp = self.xp
-        return xp.asarray(values, dtype=xp.int64, device=self.backend.device)
-
     # -- one step -----------------------------------------------------------------------------
     def __call__(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:
         """Run one step; returns (loss incl. penalty, head outputs, finite).
@@ -208,18 +232,18 @@ class CompiledStep:
         non-finite steps itself); otherwise it is True and `end_epoch` tells.
         """
         opt, xp = self.optimizer, self.xp
-        hyper = _hyper(opt)
+        hyper = hyper_constants(opt)
         if hyper != self._hyper_values:  # a callback changed a hyper-parameter the program holds as a constant
             self._hyper_values = hyper
-            self._jit = self.backend.jit(self._pure)
+            self._jit = self.backend.jit(self.pure)
         params = self.params
         steps = opt.param_steps
         t, counter = steps[0] + 1, self.rng.counter
         if self._index == 0:
-            self._start = (opt.step_count, list(steps), set(opt.state))
-            self._carry = self._ints([t, counter, 0, 1, -1])
+            self._start = self.host_counters()
+            self._carry = self.start_carry(t, counter)
         elif (t, counter) != self._expect:  # something moved the host counters mid-epoch: send them
-            self._carry = xp.concat([self._ints([t, counter]), self._carry[2:]])
+            self._carry = xp.concat([self.start_carry(t, counter)[:2], self._carry[2:]])
         lr = opt.lr
         if lr != self._lr:
             self._lr, self._lr_device = lr, xp.asarray(lr, device=self.backend.device)  # weakly typed
@@ -241,7 +265,7 @@ class CompiledStep:
         steps[:] = [s + 1 for s in steps]
         self.rng.counter += self._draws or 0
         self._expect = (t + 1, self.rng.counter)
-        if not read_check or not self.check_finite or int(self.backend.to_host(carry)[self._OK]):
+        if not read_check or not self.check_finite or int(self.backend.to_host(carry)[CARRY_OK]):
             return value, Z, True
         # refused, and a callback stops on it: the program kept every array; the counters follow
         opt.step_count -= 1
@@ -257,7 +281,7 @@ class CompiledStep:
         finite flag or None without the check)."""
         xp = self.xp
         self.traces += 1
-        model, rng = self._live_model(), self.rng
+        model, rng = self.model, self.rng
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
         draws_before = rng.draws
@@ -324,10 +348,13 @@ class CompiledStep:
         self.rng.counter = saved[2]
 
     # -- the traced function ------------------------------------------------------------------
-    def _pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
-        """The step as a pure function of its inputs (runs only while the compiler traces it)."""
+    def pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
+        """The step as a pure function of its inputs, to trace (alone, or as a loop's body).
+
+        Returns (new values, new states, new buffers, gradients, loss, head outputs, new carry).
+        """
         xp = self.xp
-        t, counter, index = carry[self._T], carry[self._COUNTER], carry[self._INDEX]
+        t, counter, index = carry[CARRY_T], carry[CARRY_COUNTER], carry[CARRY_INDEX]
         value, Z, grads, new_bufs, new_counter, ok_now = self.gradients(values, bufs, counter, X, y, w)
         grads = self.transformed(values, grads, int(X.shape[0]), self.transforms)
         new_values, new_states = self.updated(values, grads, states, t, lr)
@@ -335,7 +362,7 @@ class CompiledStep:
             carry = xp.concat([xp.stack([t + 1, new_counter, index + 1]), carry[3:]])
             return new_values, new_states, new_bufs, grads, value, Z, carry
         # the deferred check: apply only while every step of the epoch so far, this one included, was finite
-        ok_in = carry[self._OK] != 0
+        ok_in = carry[CARRY_OK] != 0
         keep = ok_in & ok_now
         new_values = tuple(xp.where(keep, new, old) for new, old in zip(new_values, values, strict=True))
         new_states = tuple({k: xp.where(keep, arr, states[i][k]) for k, arr in st.items()}
@@ -343,6 +370,6 @@ class CompiledStep:
         # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
         # step's forward counts and later ones do not
         new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
-        first_bad = xp.where(ok_in & ~ok_now, index, carry[self._FIRST_BAD])
+        first_bad = xp.where(ok_in & ~ok_now, index, carry[CARRY_FIRST_BAD])
         carry = xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad])
         return new_values, new_states, new_bufs, grads, value, Z, carry

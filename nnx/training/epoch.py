@@ -34,7 +34,7 @@ from typing import Any
 
 from . import accumulated
 from .callbacks import Callback, CallbackList
-from .compiled import CompiledStep, _hyper, compile_step, untraceable_reason
+from .compiled import CompiledStep, compile_step, hyper_constants, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
 from .transforms import Accumulate
@@ -169,7 +169,7 @@ class EpochProgram:
 
     # -- the programs ----------------------------------------------------------------------------
     def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
-        hyper = _hyper(self.step.optimizer)
+        hyper = hyper_constants(self.step.optimizer)
         if hyper != self._hyper:  # a callback changed a hyper-parameter the programs hold as a constant
             self._programs.clear()
             self._hyper = hyper
@@ -197,7 +197,7 @@ class EpochProgram:
              w: Any) -> tuple:
         """One traced step; `acc` is what accumulation carries (empty without it)."""
         if self.accumulate == 1:
-            return (*self.step._pure(values, states, bufs, lr, ints, X, y, w), acc)
+            return (*self.step.pure(values, states, bufs, lr, ints, X, y, w), acc)
         return accumulated.step(self.step, self.accumulate, values, states, bufs, lr, ints, acc, X, y, w)
 
     def _arrays_fn(self, batch: int, outputs: bool) -> Callable[..., tuple]:
@@ -279,20 +279,18 @@ class EpochProgram:
             b.value = v
         for i, st in enumerate(new_states):
             opt.state[i] = dict(st)
-        if self.accumulate == 1:  # else the updates are counted on the device (`_end_epoch` reads them)
+        if self.accumulate == 1:  # else the updates are counted on the device (`CompiledStep.end_epoch` reads them)
             opt.step_count += n_steps
             opt.param_steps[:] = [s + n_steps for s in opt.param_steps]
-        step.rng.counter += (step._draws or 0) * n_steps
-        if self._chunked:  # a chunk's counters are complete here; an epoch's once `_end_epoch` has read its verdict
+        step.rng.counter += step.draws_per_step * n_steps
+        if self._chunked:  # a chunk's counters are complete here; an epoch's once `end_epoch` has read its verdict
             guard.end_step()
         return ints, losses, Z, targets
 
     def _begin(self) -> tuple[tuple[int, int], tuple]:
         """The update count and dropout counter an epoch starts from, and the host counters to roll back to."""
         step = self.step
-        opt = step.optimizer
-        start = (opt.step_count, list(opt.param_steps), set(opt.state))
-        return (opt.param_steps[0] + 1, step.rng.counter), start
+        return (step.optimizer.param_steps[0] + 1, step.rng.counter), step.host_counters()
 
     def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], Any, Any]:
         """One epoch over device arrays; returns (losses, rows per step, outputs, targets)."""
@@ -313,16 +311,16 @@ class EpochProgram:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
             model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
             raise _NotTraced(batches) from None
-        self.step._carry, self.step._start = ints, start  # `CompiledStep.end_epoch` reads the verdict
+        self.step.hold_verdict(ints, start)
         return losses, [s.stop - s.start for s in batches.slices], Z, targets
 
     def run_chunks(self, batches: Any, outputs: bool, check_loss: Any) -> tuple[Any, list[int], Any, Any]:
         """One epoch over a batch source, k batches of one shape per program."""
         step = self.step
         xp = step.xp
-        model = step._live_model()
+        model = step.model
         (t, counter), start = self._begin()
-        ints = step._ints([t, counter, 0, 1, -1])  # carried from chunk to chunk
+        ints = step.start_carry(t, counter)  # carried from chunk to chunk
         losses, rows, Zs, targets = [], [], [], []
         group: list[tuple[Any, Any, Any]] = []
         limit = self.chunk_batches
@@ -369,7 +367,7 @@ class EpochProgram:
         finally:
             if not handed_over:
                 source.close()
-        step._carry, step._start = ints_now[0], start
+        step.hold_verdict(ints_now[0], start)
         loss = losses[0] if len(losses) == 1 else xp.concat(losses)
         if not outputs:
             return loss, rows, None, None
@@ -403,7 +401,7 @@ class EpochProgram:
             history.execution_reason = "the model's code needs concrete values (it did not trace)"
             return per_step(_Begun(cb.callbacks), exc.batches)
         try:
-            refused = self._end_epoch()
+            refused = self.step.end_epoch(updates_on_device=self.accumulate > 1)
         finally:
             if not self._chunked:
                 guard.end_step()  # a Ctrl-C during the program lands here, with the counters matching the weights
@@ -417,21 +415,6 @@ class EpochProgram:
             logs.update(model.metric_values(metric_fns, targets, Z, train.from_logits))
         return logs
 
-
-    def _end_epoch(self) -> int | None:
-        """The epoch's first refused step, or None; with accumulation the optimizer's counters follow the
-        updates the device counted."""
-        step = self.step
-        if self.accumulate == 1:
-            return step.end_epoch()
-        carry, start = step._carry, step._start
-        step.reset()
-        if carry is None or start is None:
-            return None
-        host = step.backend.to_host(carry)
-        step._restore(start, int(host[step._T]) - (start[1][0] + 1))
-        first = int(host[step._FIRST_BAD])
-        return first if step.check_finite and first >= 0 else None
 
 
 class _NotTraced(Exception):
