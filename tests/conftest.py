@@ -26,6 +26,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
+# Most of the suite's JAX time is XLA compiling small programs, each run a few times; XLA's optimising
+# passes cost more there than they win, and they do not change the numbers (no fast-math on the CPU).
+# The tests of the compiled numbers themselves turn them back on (the `jax_optimized` fixture), so what
+# users run is tested there. A value the caller set is left alone.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -64,6 +70,17 @@ def _case_param(spec: str, dtype: str):
 
 
 _PARAMS = [_case_param(spec, dtype) for spec, dtype in _selected_cases()]
+
+
+@pytest.fixture
+def jax_optimized():
+    """XLA's optimising passes on for this test, as users compile (the suite turns most of them off)."""
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(params=_PARAMS)

@@ -21,7 +21,8 @@ from nnx.backends import backend_status
 from nnx.training.epoch import epoch_program_of
 
 ok, why = backend_status("jax")
-pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+# the compiled numbers as users get them: with the XLA optimisations the rest of the suite turns off
+pytestmark = [pytest.mark.skipif(not ok, reason=f"jax not available: {why}"), pytest.mark.usefixtures("jax_optimized")]
 
 N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
 
