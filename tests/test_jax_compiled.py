@@ -19,8 +19,8 @@ from nnx.backends import backend_status
 from nnx.training.compiled import compiled_step_of
 
 ok, why = backend_status("jax")
-# the compiled numbers as users get them: with the XLA optimisations the rest of the suite turns off
-pytestmark = [pytest.mark.skipif(not ok, reason=f"jax not available: {why}"), pytest.mark.usefixtures("jax_optimized")]
+# (tests/test_compiled_epoch.py checks the numbers with XLA optimising, as users compile)
+pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
 
 N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
 
