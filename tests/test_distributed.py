@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from launchers import needs_mpi, tool
+from launchers import needs_mpi, run_job, tool
 
 import nnx
 from nnx import distributed as dist
@@ -42,7 +42,7 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=HERE.parent)
+    proc = run_job(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=HERE.parent)
     return proc, time.time()
 
 

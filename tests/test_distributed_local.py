@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from launchers import needs_mpi, tool
+from launchers import needs_mpi, run_job, tool
 
 from nnx.distributed import launch as launch_module
 from nnx.distributed.local import (
@@ -159,8 +159,8 @@ def test_mpiexec_ranks_limit_their_threads_unless_the_user_did(tmp_path, user_th
     env = _unset_env()
     if user_threads:
         env["OMP_NUM_THREADS"] = user_threads
-    res = subprocess.run([tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(tmp_path)],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    res = run_job([tool("mpiexec"), "-n", "2", sys.executable, "-m", "mpi4py", str(script), str(tmp_path)],
+                  capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["local"] for r in ranks] == [[0, 2], [1, 2]]
@@ -174,7 +174,7 @@ def test_mpiexec_ranks_limit_their_threads_unless_the_user_did(tmp_path, user_th
 
 def _fit_seconds(cmd: list[str]) -> float:
     """Run examples/16_data_parallel.py (--quick) and read the seconds its fit took from rank 0's line."""
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=_unset_env())
+    res = run_job(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=_unset_env())
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     match = re.search(r"^([0-9.]+) s; loss", res.stdout, re.M)
     assert match, res.stdout[-2000:]
