@@ -73,9 +73,9 @@ def _fit_kwargs(task, X, y):
                 validation_data=(X[:10], y[:10]))
 
 
-# Every optimizer on regression; Adam and SGD momentum on every task.
-CASES = [("regression", name) for name in sorted(OPTIMIZERS)] + [
-    (task, name) for task in ("binary", "multiclass") for name in ("adam", "sgd_momentum")]
+# Every optimizer on regression; each other task with one of them (the head and the optimizer's state
+# are saved by separate code, so their cross product repeats the same checks).
+CASES = [("regression", name) for name in sorted(OPTIMIZERS)] + [("binary", "adam"), ("multiclass", "sgd_momentum")]
 
 
 @pytest.mark.parametrize(("task", "opt_name"), CASES)
@@ -162,8 +162,8 @@ def test_checkpoint_holds_everything_resume_needs(backend, tmp_path):
     assert nnx.load(tmp_path / "w.npz").optimizer is None
 
 
-@pytest.mark.parametrize("opt_name", ["adam", "sgd_momentum"])
-@pytest.mark.parametrize("clip", [{"clip_norm": 0.3}, {"clip_value": 0.05}])
+@pytest.mark.parametrize(("opt_name", "clip"), [("adam", {"clip_norm": 0.3}), ("sgd_momentum", {"clip_value": 0.05})],
+                         ids=["adam-clip_norm", "sgd_momentum-clip_value"])
 def test_resume_is_exact_with_accumulation_and_clipping(backend, tmp_path, opt_name, clip):
     """2 epochs, save, load, 2 more == 4 straight, with accumulate=3 over batches of 4 (37 rows: 10 batches,
     the last update gathers a single short batch) and clipping after the accumulation."""
