@@ -20,6 +20,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -49,6 +50,18 @@ def standin(monkeypatch):
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setitem(sys.modules, "array_api_compat.cupy", xp)
+    # a stand-in array is a NumPy array underneath, for which array_api_compat names NumPy's namespace and
+    # the device "cpu"; for a CuPy array it names its CuPy namespace and `cupy.cuda.Device`, which code
+    # passes on as `device=` (the stand-in's arrays are on the current device)
+    numpy_device, numpy_namespace = array_api_compat.device, array_api_compat.array_namespace
+
+    def namespace(*arrays: object, **kwargs: object) -> object:
+        standin = any(isinstance(a, cupy_standin.StandinArray) for a in arrays)
+        return xp if standin else numpy_namespace(*arrays, **kwargs)
+
+    monkeypatch.setattr(array_api_compat, "device", lambda x: cupy_standin.Device()
+                        if isinstance(x, cupy_standin.StandinArray) else numpy_device(x))
+    monkeypatch.setattr(array_api_compat, "array_namespace", namespace)
     return modules, xp
 
 

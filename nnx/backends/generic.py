@@ -57,7 +57,7 @@ def generic_backend(xp: types.ModuleType, device: Any = None) -> GenericBackend:
     # name the backend after the library its arrays report, so `owns` and the messages agree
     probe = xp.zeros((), device=device) if device is not None else xp.zeros(())
     backend.name = backend_name_of(probe) or xp.__name__.split(".")[0]
-    backend._on_host = _dlpack_on_cpu(probe)
+    backend._on_host = _dlpack_on_cpu(probe)  # the factory again, setting up what it created
     return backend
 
 
