@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from user_code import UserDense
 
 import nnx
 from nnx.backends import backend_status
@@ -31,35 +32,6 @@ def _data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 5))
     return X, np.argmax(X[:, :3], axis=1)
-
-
-class UserDense(nnx.Layer):
-    """``X @ W + b`` written as a user writes a layer, with the public API only."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.X: Any = None
-
-    def build(self, input_shape):
-        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), "glorot", regularized=True)
-        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
-
-    def output_shape(self, input_shape):
-        return (self.out_features,)
-
-    def forward(self, X, training=False):
-        if training:
-            self.X = X
-        return X @ self.weight.value + self.bias.value
-
-    def backward(self, dY, need_dX=True):
-        self.weight.grad = self.X.T @ dY
-        self.bias.grad = self.xp.sum(dY, axis=0)
-        return dY @ self.weight.value.T if need_dX else None
-
-    def get_config(self):
-        return {"type": "UserDense", "in_features": self.in_features, "out_features": self.out_features}
 
 
 class Untraceable(nnx.Layer):

@@ -10,10 +10,9 @@ is read from `History.execution`; nothing here reads private state.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
+from user_code import UserDense
 
 import nnx
 from nnx import optim
@@ -28,35 +27,6 @@ def _derived(backend) -> str:
 
 
 # -- a user's layer, loss and optimizer, written with the public API only ------------------------
-
-class ExecUserDense(nnx.Layer):
-    """``X @ W + b`` as a user writes it."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.X: Any = None
-
-    def build(self, input_shape):
-        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), "glorot", regularized=True)
-        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
-
-    def output_shape(self, input_shape):
-        return (self.out_features,)
-
-    def forward(self, X, training=False):
-        if training:
-            self.X = X
-        return X @ self.weight.value + self.bias.value
-
-    def backward(self, dY, need_dX=True):
-        self.weight.grad = self.X.T @ dY
-        self.bias.grad = self.xp.sum(dY, axis=0)
-        return dY @ self.weight.value.T if need_dX else None
-
-    def get_config(self):
-        return {"type": "ExecUserDense", "in_features": self.in_features, "out_features": self.out_features}
-
 
 class ExecUserAdam(optim.Optimizer):
     """torch's Adam written as a user's pure rule."""
@@ -104,7 +74,7 @@ MODELS = {
     # which Adam's normalisation turns into steps of random sign (chaotic, whatever the execution)
     "dropout_batchnorm": (lambda: [nnx.Dense(6, 8), nnx.ReLU(), nnx.BatchNorm(), nnx.Dropout(0.3),
                                    nnx.Dense(8, 3)], "cross_entropy", "classes"),
-    "user_dense_user_loss": (lambda: [ExecUserDense(6, 8), nnx.ReLU(), ExecUserDense(8, 2)],
+    "user_dense_user_loss": (lambda: [UserDense(6, 8), nnx.ReLU(), UserDense(8, 2)],
                              ExecUserSquaredLoss(), "regression"),
 }
 

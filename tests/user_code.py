@@ -1,0 +1,36 @@
+"""A user's layer as the tests that compare executions use it: written with the public API only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nnx
+
+
+class UserDense(nnx.Layer):
+    """``X @ W + b`` written as a user writes a layer: the built-in Dense's math, none of its code."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.X: Any = None
+
+    def build(self, input_shape):
+        self.weight = self.add_parameter("weight", (self.in_features, self.out_features), "glorot", regularized=True)
+        self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X = X
+        return X @ self.weight.value + self.bias.value
+
+    def backward(self, dY, need_dX=True):
+        self.weight.grad = self.X.T @ dY
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        return dY @ self.weight.value.T if need_dX else None
+
+    def get_config(self):
+        return {"type": "UserDense", "in_features": self.in_features, "out_features": self.out_features}
