@@ -416,7 +416,6 @@ class EpochProgram:
         return logs
 
 
-
 class _NotTraced(Exception):
     """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
 
