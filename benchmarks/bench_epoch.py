@@ -48,14 +48,10 @@ CONTENDERS = ("nnx_epoch", "nnx_step", "nnx_numpy", "jax_scan", "jax_jit", "torc
 
 
 def make_data(name: str) -> tuple[Any, Any]:
-    import numpy as np
+    from bench_jax import synthetic_data  # the per-step benchmark's data, at this script's shapes
 
     sizes, n, _, loss = SHAPES[name]
-    rng = np.random.default_rng(SEED)
-    X = rng.standard_normal((n, sizes[0]), dtype=np.float32)
-    logits = X @ rng.standard_normal((sizes[0], sizes[-1]), dtype=np.float32)
-    y = (logits[:, 0] > 0).astype(np.float32) if loss == "bce" else np.argmax(logits, axis=1).astype(np.int64)
-    return X, y
+    return synthetic_data(sizes, n, loss, SEED)
 
 
 # -- nnx -----------------------------------------------------------------------------------------

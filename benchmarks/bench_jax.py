@@ -39,10 +39,15 @@ REPEATS = {"small": 31, "medium": 5, "tiny": 3}
 
 
 def make_data(name: str) -> tuple[Any, Any]:
+    sizes, n, _, loss = SHAPES[name]
+    return synthetic_data(sizes, n, loss, SEED)
+
+
+def synthetic_data(sizes: tuple[int, ...], n: int, loss: str, seed: int) -> tuple[Any, Any]:
+    """`n` rows of float32 features and targets a linear map of them decides (0/1 for bce, classes for ce)."""
     import numpy as np
 
-    sizes, n, _, loss = SHAPES[name]
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, sizes[0]), dtype=np.float32)
     logits = X @ rng.standard_normal((sizes[0], sizes[-1]), dtype=np.float32)
     y = (logits[:, 0] > 0).astype(np.float32) if loss == "bce" else np.argmax(logits, axis=1).astype(np.int64)
