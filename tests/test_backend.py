@@ -480,3 +480,17 @@ def test_split_rows_equals_slicing(backend, dtype):
     assert len(blocks) == 3
     for block, (start, stop) in zip(blocks, [(0, 8), (8, 16), (16, 23)], strict=True):
         np.testing.assert_array_equal(backend.to_host(block), host[start:stop].astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "uint8", "float16", "float32", "float64"])
+def test_numpy_adapters_sum_is_numpys_sum(dtype):
+    """The NumPy adapter's namespace sums with the ufunc reduction: the same values, dtypes and shapes as np.sum."""
+    xp = nnx.get_backend("numpy").xp
+    x = (np.arange(24).reshape(2, 3, 4) % 5).astype(dtype)
+    for kwargs in ({}, {"axis": 0}, {"axis": -1}, {"axis": (0, 2)}, {"keepdims": True},
+                   {"axis": 1, "keepdims": True}, {"dtype": np.float64}):
+        got, want = xp.sum(x, **kwargs), np.sum(x, **kwargs)
+        assert type(got) is type(want) and got.dtype == want.dtype and np.shape(got) == np.shape(want), kwargs
+        assert np.array_equal(got, want), kwargs
+    assert xp.sum(x[0, 0, 0]) == np.sum(x[0, 0, 0])  # a 0-d input
+    assert xp.add is np.add and xp.mean is np.mean  # every other name is NumPy's own

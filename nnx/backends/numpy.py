@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import types
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,20 @@ from .base import Backend
 # A rule's temporaries over a slice this size stay under glibc's mmap threshold (128 KiB), so the
 # allocator reuses them instead of mapping fresh pages: 6x faster for Adam over 235k parameters.
 UPDATE_PIECE_BYTES = 96 * 1024
+
+
+def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+    """The array API's ``sum`` as NumPy's ufunc reduction: `np.sum`'s Python wrapper costs about 2 us a
+    call, more than the sums of a small network's step themselves (five a step). Same results and dtypes."""
+    return np.add.reduce(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+
+def namespace() -> types.ModuleType:
+    """NumPy's namespace with `sum` above; every other name is NumPy's own object."""
+    xp = types.ModuleType(np.__name__, np.__doc__)
+    xp.__dict__.update({k: v for k, v in vars(np).items() if k not in ("__name__", "__doc__")})
+    xp.sum = sum  # pyright: ignore[reportAttributeAccessIssue]
+    return xp
 
 
 class NumpyBackend(Backend):
@@ -25,7 +40,7 @@ class NumpyBackend(Backend):
         if label not in (None, "cpu"):
             raise ValueError(f"numpy has only the 'cpu' device, got {label!r}")
         # NumPy 2 is an array-API namespace itself; older releases need array_api_compat's wrapper
-        xp = np if hasattr(np, "__array_api_version__") else importlib.import_module("array_api_compat.numpy")
+        xp = namespace() if hasattr(np, "__array_api_version__") else importlib.import_module("array_api_compat.numpy")
         return cls(xp, "cpu")
 
     @classmethod
