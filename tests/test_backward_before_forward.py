@@ -64,3 +64,24 @@ def test_a_model_called_in_training_mode_may_backpropagate(backend):
     X = np.ones((3, 4))
     model(X, training=True)  # `__call__` is `forward`, the same training forward
     assert tuple(model.backward(np.ones((3, 2))).shape) == (3, 4)
+
+
+class Halving(nnx.Layer):
+    """A user's layer whose backward names its second argument its own way and takes one more."""
+
+    def forward(self, X, training=False):
+        return X / 2
+
+    def backward(self, grad, input_grad=True, scale=1.0):
+        return grad / 2 * scale if input_grad else None
+
+
+def test_the_checking_wrappers_pass_every_argument_through():
+    layer = nnx.Sequential(Halving(), backend="numpy", input_shape=(2,)).layers[0]
+    X = np.ones((1, 2))
+    layer.forward(X, training=True)
+    assert layer.backward(X)[0, 0] == 0.5  # need_dX left to the layer's own default
+    assert layer.backward(X, False) is None and layer.backward(X, need_dX=False) is None
+    assert layer.backward(X, True, 4.0)[0, 0] == 2.0 and layer.backward(X, scale=4.0)[0, 0] == 2.0
+    assert layer.backward(X, input_grad=True, scale=4.0)[0, 0] == 2.0
+    assert layer.forward(X, True)[0, 0] == layer.forward(X, training=True)[0, 0] == 0.5

@@ -415,20 +415,29 @@ def _noting_training_forward(forward: Callable) -> Callable:
     def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
         if training:
             self._ran_training_forward = True
-        return forward(self, X, training, *args, **kwargs)
+        if args or kwargs:
+            return forward(self, X, training, *args, **kwargs)
+        return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
 
     return wrapper
+
+
+_NOT_GIVEN = object()  # backward's need_dX left to the layer's own default
 
 
 def _needing_training_forward(backward: Callable) -> Callable:
     """Wrap a layer's backward so that it raises one clear error when no training forward came before it."""
 
     @functools.wraps(backward)
-    def wrapper(self: Layer, dY: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Layer, dY: Any, need_dX: Any = _NOT_GIVEN, *args: Any, **kwargs: Any) -> Any:
         if not getattr(self, "_ran_training_forward", False):
             raise RuntimeError(f"{type(self).__name__}.backward needs a forward(X, training=True) first: backward "
                                "uses what that forward keeps (training=False keeps nothing)")
-        return backward(self, dY, *args, **kwargs)
+        if need_dX is _NOT_GIVEN:
+            return backward(self, dY, *args, **kwargs)
+        if args or kwargs:
+            return backward(self, dY, need_dX, *args, **kwargs)
+        return backward(self, dY, need_dX)  # a plain call, as in forward's wrapper
 
     return wrapper
 
