@@ -1,20 +1,51 @@
-"""Inference passes over prepared data: the loss and metrics of arrays or of a batch source, and predictions."""
+"""Inference passes over prepared data: the loss and metrics of arrays or of a batch source, and predictions.
+
+Each pass is written once, as functions of the model and arrays that `inference_program` runs as
+compiled programs where the backend compiles (JAX), and op by op elsewhere.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
+from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
 
 
+def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
+    """Inference outputs of the first `n_run` layers, as a function of a prepared batch."""
+    return inference_program(model, ("outputs", n_run), lambda m, X: m.forward_to_head(X, n_run, training=False))
+
+
+def _metric_vector(xp: Any, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> Any:
+    return xp.stack([xp.astype(fn(xp, y, Z, from_logits), Z.dtype) for fn in metric_fns.values()])
+
+
+def _head_key(head: Any) -> tuple:
+    return type(head), repr(head.get_config())
+
+
+def _metrics_key(metric_fns: dict) -> tuple:
+    # by identity: a metric may be any callable, hashable or not; the program holds them, so no id is reused
+    return tuple((name, id(fn)) for name, fn in metric_fns.items())
+
+
 def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
     """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
-    values = [fn(model.xp, y, Z, from_logits) for fn in metric_fns.values()]
-    host = model.backend.to_host(model.xp.stack([model.xp.astype(v, Z.dtype) for v in values]))
+    vector = inference_program(model, ("metrics", _metrics_key(metric_fns), from_logits),
+                               lambda m, y, Z: _metric_vector(m.xp, metric_fns, y, Z, from_logits))
+    host = model.backend.to_host(vector(y, Z))
     return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
+
+
+def _penalty(model: Model) -> float | None:
+    """The regularization penalty as a Python float, or None without one."""
+    penalty = inference_program(model, ("penalty",), lambda m: m.penalty())()
+    return None if penalty is None else model.backend.to_float(penalty)
 
 
 def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_fns: dict,
@@ -26,19 +57,28 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
     if X.shape[0] == 0:
         raise ValueError("cannot evaluate on 0 samples")
     n_run, head, from_logits = model.output_head(loss_fn)
-    parts = batch_slices(X.shape[0], batch_size or X.shape[0])
-    outs = [model.forward_to_head(X[part, ...], n_run, training=False) for part in parts]
-    Z = outs[0] if len(outs) == 1 else model.xp.concat(outs, axis=0)
-    if look_at_outputs:
-        check_outputs(model, loss_fn, Z, "the data")  # an undecided model is never folded: Z are its outputs
-    value = head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
-    penalty = model.penalty()
-    if penalty is not None:
-        value = value + penalty
-    result = {"loss": model.backend.to_float(value)}
-    if metric_fns:
-        result.update(model.metric_values(metric_fns, y, Z, from_logits))
-    return result
+    parts = tuple((s.start, s.stop) for s in batch_slices(X.shape[0], batch_size or X.shape[0]))
+
+    def outputs(m: Model, X: Any) -> Any:
+        outs = [m.forward_to_head(X[a:b, ...], n_run, training=False) for a, b in parts]
+        return outs[0] if len(outs) == 1 else m.xp.concat(outs, axis=0)
+
+    def scores(m: Model, X: Any, y: Any, w: Any) -> Any:
+        """The loss (penalty included) and then each metric, as one vector: one host transfer for all."""
+        xp, Z = m.xp, outputs(m, X)
+        value = head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
+        penalty = m.penalty()
+        if penalty is not None:
+            value = value + penalty
+        value = xp.reshape(xp.astype(value, Z.dtype), (1,))
+        return xp.concat([value, _metric_vector(xp, metric_fns, y, Z, from_logits)]) if metric_fns else value
+
+    if look_at_outputs:  # an undecided model is never folded: Z are its outputs
+        Z = inference_program(model, ("outputs", n_run, parts), outputs)(X)
+        check_outputs(model, loss_fn, Z, "the data")
+    key = ("evaluate", n_run, parts, _head_key(head), _metrics_key(metric_fns), from_logits)
+    host = model.backend.to_host(inference_program(model, key, scores)(X, y, w))
+    return {"loss": float(host[0]), **{name: float(v) for name, v in zip(metric_fns, host[1:], strict=True)}}
 
 
 def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
@@ -52,21 +92,27 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
     """
     xp = model.xp
     n_run, head, from_logits = model.output_head(loss_fn)
+
+    def batch_loss(m: Model, X: Any, y: Any, w: Any) -> tuple[Any, Any]:
+        Z = m.forward_to_head(X, n_run, training=False)
+        return (head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)), Z
+
+    scores = inference_program(model, ("batch", n_run, _head_key(head)), batch_loss)
     values, rows, outputs, targets = [], [], [], []
     with contextlib.closing(batches.epoch()) as source:
         for Xb, yb, wb in source:
-            Z = model.forward_to_head(Xb, n_run, training=False)
+            value, Z = scores(Xb, yb, wb)
             if look_at_outputs and not values:
                 check_outputs(model, loss_fn, Z)
-            values.append(head(yb, Z, check=False) if wb is None else head(yb, Z, check=False, sample_weight=wb))
+            values.append(value)
             rows.append(int(Xb.shape[0]))
             if metric_fns:
                 outputs.append(Z)
                 targets.append(yb)
     host = model.backend.to_host(xp.stack(values))
     value = sum(r * float(v) for r, v in zip(rows, host, strict=True)) / sum(rows)
-    penalty = model.penalty()
-    result = {"loss": value if penalty is None else value + model.backend.to_float(penalty)}
+    penalty = _penalty(model)
+    result = {"loss": value if penalty is None else value + penalty}
     if metric_fns:
         result.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
                                           from_logits))
@@ -75,7 +121,7 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
 
 def predict_batches(model: Model, batches: Any) -> Any:
     """Inference outputs of every batch of a source, concatenated on the model's backend."""
-    n = len(model.layers)
+    forward = head_outputs(model, len(model.layers))
     with contextlib.closing(batches.epoch()) as source:
-        parts = [model.forward_to_head(Xb, n, training=False) for Xb, _, _ in source]
+        parts = [forward(Xb) for Xb, _, _ in source]
     return parts[0] if len(parts) == 1 else model.xp.concat(parts, axis=0)

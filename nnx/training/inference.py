@@ -8,7 +8,7 @@ from .. import _validate as check
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .data import batch_slices
-from .evaluation import evaluate_arrays, evaluate_batches, predict_batches
+from .evaluation import evaluate_arrays, evaluate_batches, head_outputs, predict_batches
 from .history import Logs
 from .loss_fit import check_loss_fits
 from .sources import inference_source
@@ -32,11 +32,10 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     X_d = model.prepare_inputs(X)
     if check_finite:
         model.require_finite(X_d, "X")  # NaN in, NaN out would look like a prediction
-    n = len(model.layers)
+    forward = head_outputs(model, len(model.layers))
     if batch_size is None or X_d.shape[0] <= batch_size:
-        return model.forward_to_head(X_d, n, training=False)
-    parts = [model.forward_to_head(X_d[s, ...], n, training=False)
-             for s in batch_slices(X_d.shape[0], batch_size)]
+        return forward(X_d)
+    parts = [forward(X_d[s, ...]) for s in batch_slices(X_d.shape[0], batch_size)]
     return model.xp.concat(parts, axis=0)
 
 

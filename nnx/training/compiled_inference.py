@@ -1,0 +1,104 @@
+"""Inference as compiled programs on a backend with a compiler (JAX): predict, evaluate, validation.
+
+Run op by op, JAX dispatches every operation of a forward pass, a loss and each metric
+on its own, and compiles each one the first time it meets a new shape: a validation
+pass of a small model was dozens of compiles and dispatches. Here such a pass is one
+program per model and input shape, traced from the model's own code as the training
+step is (`nnx.training.compiled`): the parameter and buffer values are the program's
+inputs, bound through ``p.value`` and ``b.value`` while tracing and put back after.
+
+Nothing changes for a model the compiler cannot take: where a layer's ``forward`` is
+replaced on the object (a hook that counts or raises) or its code needs concrete values
+(the first trace raises the adapter's ``trace_errors``), the pass runs op by op, as on
+every other backend, and gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ..protocols import Model
+
+__all__ = ["inference_program"]
+
+# per model: (the model's signature, {what the program computes: the compiled program, or None once it failed})
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _model_signature(model: Model) -> tuple:
+    """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters."""
+    return (tuple(map(id, model.layers)), tuple(repr(layer.get_config()) for layer in model.layers),
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())),
+            None if model.regularizer is None else repr(model.regularizer.get_config()))
+
+
+def _compilable(model: Model) -> bool:
+    be = model.backend
+    if not (be.fastpath_enabled and be.can_compile):
+        return False
+    # a forward replaced on one object (a test's or a user's hook) must run each call, not once while tracing
+    return not any("forward" in vars(layer) for _, layer in model.named_layers())
+
+
+def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(model, *arrays)``, which computes from `model` in inference mode, as a function of the arrays:
+    one compiled program where the backend compiles, else `fn` op by op.
+
+    `key` names what `fn` computes, its settings included: one program is kept per model and key, and
+    compiled once per input shape. `fn` must not hold the model itself (it is kept while the model lives).
+    A program whose trace fails is not tried again.
+    """
+    if not _compilable(model):
+        return lambda *arrays: fn(model, *arrays)
+    signature = _model_signature(model)
+    held = _PROGRAMS.get(model)
+    if held is None or held[0] != signature:
+        held = _PROGRAMS[model] = (signature, {})
+    programs = held[1]
+    if key not in programs:
+        programs[key] = _Program(model, fn)
+    program = programs[key]
+    if program is None:
+        return lambda *arrays: fn(model, *arrays)
+
+    def run(*arrays: Any) -> Any:
+        try:
+            return program(*arrays)
+        except model.backend.trace_errors:
+            if program.traces > 1:
+                raise  # it traced before: the error is the model's own
+            programs[key] = None
+            return fn(model, *arrays)
+
+    return run
+
+
+class _Program:
+    """`fn` compiled with the model's parameter and buffer values as inputs."""
+
+    def __init__(self, model: Model, fn: Callable[..., Any]) -> None:
+        self._model = weakref.ref(model)  # kept per model: a strong reference would keep it alive
+        self.params, self.buffers = model.parameters(), model.buffers()
+        self.fn = fn
+        self.traces = 0
+        self._jit = model.backend.jit(self._pure)
+
+    def __call__(self, *arrays: Any) -> Any:
+        return self._jit(tuple(p.value for p in self.params), tuple(b.value for b in self.buffers), *arrays)
+
+    def _pure(self, values: tuple, bufs: tuple, *arrays: Any) -> Any:
+        self.traces += 1
+        saved = ([p.value for p in self.params], [b.value for b in self.buffers])
+        try:
+            for p, v in zip(self.params, values, strict=True):
+                p.value = v
+            for b, v in zip(self.buffers, bufs, strict=True):
+                b.value = v
+            return self.fn(self._model(), *arrays)
+        finally:
+            for p, v in zip(self.params, saved[0], strict=True):
+                p.value = v
+            for b, v in zip(self.buffers, saved[1], strict=True):
+                b.value = v

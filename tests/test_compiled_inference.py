@@ -1,0 +1,129 @@
+"""predict, evaluate and validation as compiled programs on JAX: the op-by-op numbers, one trace per shape,
+the weights as inputs (never constants), and op by op wherever the compiler cannot take the model."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.training import compiled_inference
+
+pytest.importorskip("jax")
+
+
+def _data(rows=40, features=5, classes=3):
+    gen = np.random.default_rng(0)
+    X = gen.normal(size=(rows, features))
+    return X, gen.integers(0, classes, size=rows), gen.uniform(0.5, 2.0, size=rows)
+
+
+def _model(backend, dtype="float64"):
+    return nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.Tanh(), nnx.Dropout(0.3), nnx.Dense(8, 3),
+                          nnx.Softmax(), backend=backend, dtype=dtype, seed=3, regularizer=nnx.regularizers.L2(1e-2))
+
+
+def _programs(model):
+    held = compiled_inference._PROGRAMS.get(model)
+    return {} if held is None else held[1]
+
+
+def _op_by_op_copy(model):
+    """The same model with the same weights and buffers, on JAX run op by op."""
+    reference = nnx.Sequential.from_config(model.get_config(), backend=nnx.get_backend("jax").with_fastpath(False))
+    reference.load_state_dict(model.state_dict())
+    return reference
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_compiled_inference_gives_the_op_by_op_numbers(dtype, rtol):
+    X, y, w = _data()
+    model = _model("jax", dtype)
+    history = model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.05, epochs=2, batch_size=16,
+                        metrics=["accuracy"], validation_data=(X[:12], y[:12]), verbose=0)
+    reference = _op_by_op_copy(model)
+
+    def batches(with_weights):
+        return [(X[i:i + 16], y[i:i + 16]) + ((w[i:i + 16],) if with_weights else ()) for i in range(0, 40, 16)]
+
+    for m in (model, reference):
+        assert m.backend.fastpath_enabled == (m is model)
+    for kwargs in ({"X": X, "y": y, "sample_weight": w, "batch_size": 16}, {"X": X, "y": y},
+                   {"X": batches(True)}, {"X": batches(False)}):
+        got, want = (m.evaluate(loss="cross_entropy", metrics=["accuracy"], **kwargs) for m in (model, reference))
+        assert got["loss"] == pytest.approx(want["loss"], rel=rtol) and got["accuracy"] == want["accuracy"]
+    # the last epoch's validation ran on these weights, in the program evaluate uses
+    assert history["val_loss"][-1] == model.evaluate(X[:12], y[:12], loss="cross_entropy")["loss"]
+    assert history["val_loss"][-1] == pytest.approx(reference.evaluate(X[:12], y[:12], loss="cross_entropy")["loss"],
+                                                    rel=rtol)
+    for got, want in ((model.predict(X, batch_size=16), reference.predict(X, batch_size=16)),
+                      (model.predict(batches(False)), reference.predict(batches(False)))):
+        np.testing.assert_allclose(model.backend.to_host(got), reference.backend.to_host(want), rtol=rtol,
+                                   atol=rtol)
+    assert _programs(model) and not _programs(reference)
+
+
+def test_one_trace_per_shape_and_the_weights_are_inputs():
+    X, y, _ = _data()
+    model = _model("jax")
+    model.fit(X, y, loss="cross_entropy", epochs=1, batch_size=16, verbose=0)
+    first = model.evaluate(X, y, loss="cross_entropy")["loss"]
+    program = _programs(model)[next(k for k in _programs(model) if k[0] == "evaluate")]
+    assert program.traces == 1
+    assert model.evaluate(X, y, loss="cross_entropy")["loss"] == first and program.traces == 1  # no new trace
+    model.fit(X, y, loss="cross_entropy", epochs=3, batch_size=16, verbose=0)  # new weights, same program
+    after = model.evaluate(X, y, loss="cross_entropy")["loss"]
+    assert after != first and program.traces == 1
+    assert after == pytest.approx(_op_by_op_copy(model).evaluate(X, y, loss="cross_entropy")["loss"], rel=1e-12)
+    model.predict(X)
+    outputs = _programs(model)[("outputs", len(model.layers))]
+    model.predict(X[:7])
+    assert outputs.traces == 2  # a new shape traces once more
+
+
+def test_a_replaced_forward_runs_at_every_call():
+    X, y, _ = _data()
+    model = _model("jax")
+    dense = model.layers[0]
+    calls = []
+    plain = dense.forward
+    dense.forward = lambda X, training=False: calls.append(training) or plain(X, training)
+    model.predict(X)
+    model.predict(X)
+    assert calls == [False, False]
+    assert not _programs(model)
+
+
+class Concrete(nnx.Layer):
+    """A user's layer whose forward needs concrete values (a Python float of the data)."""
+
+    def forward(self, X, training=False):
+        return X * float(self.xp.max(X))
+
+    def backward(self, dY, need_dX=True):
+        raise NotImplementedError
+
+
+def test_a_layer_that_needs_concrete_values_runs_op_by_op():
+    X, y, _ = _data()
+    model = nnx.Sequential(nnx.Dense(5, 3), Concrete(), backend="jax", dtype="float64", seed=0)
+    reference = nnx.Sequential(nnx.Dense(5, 3), Concrete(), backend=nnx.get_backend("jax").with_fastpath(False),
+                               dtype="float64", seed=0)
+    for _ in range(2):  # the failed trace is not tried again
+        got = model.backend.to_host(model.predict(X))
+        np.testing.assert_array_equal(got, reference.backend.to_host(reference.predict(X)))
+    assert all(program is None for program in _programs(model).values())
+
+
+def test_the_programs_do_not_keep_the_model_alive():
+    X, y, _ = _data()
+    model = _model("jax")
+    model.evaluate(X, y, loss="cross_entropy", metrics=["accuracy"])
+    assert _programs(model)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
