@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "nnx"
 DOC = ROOT / "docs" / "architecture.md"
 LONG_LINES = 600
-NAME_WIDTH = 24
+NAME_WIDTH = 26
 
 
 def first_sentence(path: Path) -> str:
