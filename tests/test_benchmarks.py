@@ -44,9 +44,10 @@ def test_bench_train_tiny(tmp_path):
 
 
 def _dry_run_env(out: Path) -> dict[str, str]:
-    # step 5 narrowed to one backend-parametrized test, in this process (no pytest-xdist workers to start)
-    return dict(os.environ, OUT=str(out), PYTHON=sys.executable, TEST_FILES="tests/test_backend.py",
-                TEST_ARGS="-k test_device_rng_draws", TEST_WORKERS="0")
+    # step 5 narrowed to one backend-parametrized test, in this process (no pytest-xdist workers to start), from a
+    # module that imports only the backend under test (test_backend.py imports every installed one to collect)
+    return dict(os.environ, OUT=str(out), PYTHON=sys.executable, TEST_FILES="tests/test_layers.py",
+                TEST_ARGS="-k test_dropout_masks_change_between_steps", TEST_WORKERS="0")
 
 
 def _rows(summary: str, step: str) -> list[str]:
