@@ -88,7 +88,7 @@ for name, candidate in (("CenteredTanh", model), ("Tanh", network(nnx.Tanh()))):
     print(f"{name:>12}: loss {history['loss'][-1]:.4f}, training accuracy {results[name]:.3f}")
 
 # 3. save, load on another backend, move back: the running mean travels with the weights
-other = "torch" if args.backend != "torch" and "torch" in nnx.available_backends() else "numpy"
+other = "torch" if args.backend != "torch" and nnx.backends.backend_status("torch")[0] else "numpy"
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "centered.npz"
     model.save(path)
