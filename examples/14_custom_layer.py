@@ -62,7 +62,7 @@ class CenteredTanh(nnx.Layer):
 
 args = parse_args(__doc__)
 X, y = make_moons(n_samples=300 if args.quick else 1000, noise=0.2, random_state=0)
-EPOCHS = 40 if args.quick else 200
+EPOCHS = 10 if args.quick else 200
 
 
 def network(hidden):
