@@ -680,11 +680,19 @@ def blas_info() -> list[dict]:
 
 
 def versions() -> dict:
+    """The libraries' versions; one this run did not import is read from its installed metadata instead
+    (importing JAX or scikit-learn only to name its version took seconds)."""
+    from importlib import metadata
+
     out = {"python": platform.python_version()}
+    dists = metadata.packages_distributions()
     for module in ("nnx", "numpy", "torch", "sklearn", "threadpoolctl", "array_api_compat", "cupy", "jax"):
         try:
-            out[module] = __import__(module).__version__
-        except Exception:  # not installed, or no GPU for cupy
+            if module in sys.modules:
+                out[module] = sys.modules[module].__version__
+            elif dists.get(module):
+                out[module] = metadata.version(dists[module][0])
+        except Exception:  # no version to report
             continue
     return out
 

@@ -19,6 +19,7 @@
 #      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
 #   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
 #      native loop (bench_train.py), one process per shape and backend                60           200
+#      (--dry-run: one process per backend for both tiny shapes)
 #   3b compiled epochs (bench_epoch.py): nnx on jax:gpu, each epoch one program, against nnx per step
 #      and a torch CUDA eager loop, at small, medium and large                              90            90
 #   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
@@ -216,14 +217,16 @@ STEP=""
 
 # -- 3. benchmarks, small to wide -------------------------------------------------------------------------------
 STEP="benchmark"
-bench_table() {  # dir -> the rows of its results.json, for the summary
-  "$PY" - "$1" <<'EOF'
+bench_table() {  # dir [shape] -> the rows of its results.json (of that shape only, if given), for the summary
+  "$PY" - "$1" "${2:-}" <<'EOF'
 import json, sys
 from pathlib import Path
 
 report = json.loads((Path(sys.argv[1]) / "results.json").read_text())
 for variant in report["variants"].values():
     for name, s in variant["shapes"].items():
+        if sys.argv[2] and name != sys.argv[2]:
+            continue
         r = s["results"]
         peer = next((k for k in r if k != "nnx"), None)
         nnx_s, peer_s = r["nnx"]["median"], (r[peer]["median"] if peer else None)
@@ -239,30 +242,48 @@ BENCH_SPECS=$READY
 [ $DRY = 1 ] && BENCH_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -v '^jax' | tr '\n' ' ')  # JAX compiles for long on a CPU
 BENCH_END=$(( $(elapsed) + 200 ))
 [ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
-for shape in $SHAPES; do
-  for spec in $BENCH_SPECS; do
-    case $spec in
-      cupy|numpy) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
-      torch*) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
-      jax*) peer=jax; extra=(--jax-device "$([ $DRY = 1 ] && echo cpu || echo gpu)") ;;
-    esac
-    dir="$OUT/bench_${spec//:/-}_$shape"
-    mkdir -p "$dir"
-    secs=$(budget 60)
-    [ $((BENCH_END - $(elapsed))) -lt "$secs" ] && secs=$((BENCH_END - $(elapsed)))
-    if [ $DRY = 1 ]; then size=(--tiny --repeats 2 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
-    run_for "$secs" "$PY" benchmarks/bench_train.py "${size[@]}" --shapes "$shape" --backend "$spec" \
-      --frameworks "nnx,$peer" "${extra[@]}" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
-      --import-runs 0 --out "$dir" > "$dir/bench.log" 2>&1
-    rc=$?
-    if [ $rc = 0 ]; then
-      while IFS= read -r row; do record "benchmark" "ok: $row"; done < <(bench_table "$dir")
-    else
-      record "benchmark" "$spec $shape: $(outcome $rc), see $dir/bench.log"
-      [ $rc = 125 ] || FAILED=1
-    fi
+bench_run() {  # spec, shapes (comma list): one bench_train.py process into $OUT/bench_<spec>_<shapes>; rc 0 when it wrote
+  local spec=$1 shapes=$2 dir secs rc peer extra size
+  case $spec in
+    cupy|numpy) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
+    torch*) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
+    jax*) peer=jax; extra=(--jax-device "$([ $DRY = 1 ] && echo cpu || echo gpu)") ;;
+  esac
+  dir="$OUT/bench_${spec//:/-}_${shapes//,/-}"
+  mkdir -p "$dir"
+  secs=$(budget 60)
+  [ $((BENCH_END - $(elapsed))) -lt "$secs" ] && secs=$((BENCH_END - $(elapsed)))
+  if [ $DRY = 1 ]; then size=(--tiny --repeats 2 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
+  run_for "$secs" "$PY" benchmarks/bench_train.py "${size[@]}" --shapes "$shapes" --backend "$spec" \
+    --frameworks "nnx,$peer" "${extra[@]}" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
+    --import-runs 0 --out "$dir" > "$dir/bench.log" 2>&1
+  rc=$?
+  if [ $rc != 0 ]; then
+    record "benchmark" "$spec $shapes: $(outcome $rc), see $dir/bench.log"
+    [ $rc = 125 ] || FAILED=1
+  fi
+  return $rc
+}
+if [ $DRY = 1 ]; then
+  # one process per backend for both tiny shapes (a process is seconds of imports, the epochs milliseconds);
+  # the rows still go shape by shape, as in the real run
+  DONE=""
+  for spec in $BENCH_SPECS; do bench_run "$spec" "${SHAPES// /,}" && DONE+=" $spec"; done
+  for shape in $SHAPES; do
+    for spec in $DONE; do
+      while IFS= read -r row; do record "benchmark" "ok: $row"; done \
+        < <(bench_table "$OUT/bench_${spec//:/-}_${SHAPES// /-}" "$shape")
+    done
   done
-done
+else
+  for shape in $SHAPES; do
+    for spec in $BENCH_SPECS; do
+      if bench_run "$spec" "$shape"; then
+        while IFS= read -r row; do record "benchmark" "ok: $row"; done < <(bench_table "$OUT/bench_${spec//:/-}_$shape")
+      fi
+    done
+  done
+fi
 STEP=""
 
 # -- 3b. compiled epochs: jax:gpu one program an epoch, against per step and torch CUDA eager --------------------

@@ -29,7 +29,10 @@ pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.Convergence
 @pytest.mark.skipif(CHILD, reason="this is the child")
 def test_array_api_suite_in_a_subprocess():
     pytest.importorskip("array_api_strict")
-    env = dict(os.environ, SCIPY_ARRAY_API="1", NNX_SKLEARN_ARRAY_API_CHILD="1", OMP_NUM_THREADS="1")
+    # NNX_TEST_BACKEND: the child's tests choose their backends themselves, so conftest's `backend` cases need
+    # not import and probe every installed library (JAX alone took seconds of the child's start)
+    env = dict(os.environ, SCIPY_ARRAY_API="1", NNX_SKLEARN_ARRAY_API_CHILD="1", OMP_NUM_THREADS="1",
+               NNX_TEST_BACKEND="numpy")
     cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-n", "0", "-p", "no:cacheprovider", "-rs"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parents[1])
