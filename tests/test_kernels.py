@@ -7,7 +7,7 @@ import pytest
 
 import nnx
 from nnx.kernels import update_kernel
-from nnx.training.flat import FlatUpdate
+from nnx.training import flat
 
 torch = pytest.importorskip("torch")
 
@@ -31,10 +31,10 @@ def _grads(gen, n, steps, bad):
     return grads
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("bad", [False, True], ids=["finite", "nan_inf"])
 @pytest.mark.parametrize("name", sorted(ADAMS))
-def test_torch_adam_kernel_gives_the_rules_numbers(name, bad, dtype, rtol):
+def test_torch_adam_kernel_gives_the_rules_numbers(name, bad, dtype):
     gen = np.random.default_rng(0)
     be = nnx.get_backend("torch")
     xp, n, steps = be.xp, 64, 6
@@ -50,29 +50,36 @@ def test_torch_adam_kernel_gives_the_rules_numbers(name, bad, dtype, rtol):
         kernel(opt, value, grad, state, t, opt.lr)
         for got, want in [(value, rule_value)] + [(state[k], rule_state[k]) for k in rule_state]:
             got, want = be.to_host(got), be.to_host(want)
-            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))  # NaN and inf where the rule has them
-            np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
-            np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
-            finite = np.isfinite(want)
-            np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=rtol)  # values of order 1
+            np.testing.assert_array_equal(got, want)  # the rule's operations in its order: bit for bit
     assert set(state) == set(rule_state)
 
 
 def test_the_kernel_applies_only_where_declared():
     torch_be, numpy_be = nnx.get_backend("torch"), nnx.get_backend("numpy")
 
-    class MyAdam(nnx.optim.Adam):
-        pass
+    class _MyAdam(nnx.optim.Adam):  # private name: not registered, so other tests never see it
+        """A user's Adam: the same math, but a subclass may change it."""
 
     assert update_kernel(nnx.optim.Adam(_params()), torch_be) is not None
     assert update_kernel(nnx.optim.AdamW(_params()), torch_be) is not None
     assert update_kernel(nnx.optim.Adam(_params()), numpy_be) is None  # one backend
-    assert update_kernel(MyAdam(_params()), torch_be) is None  # one exact class: a subclass may change the math
+    assert update_kernel(_MyAdam(_params()), torch_be) is None  # one exact class: a subclass may change the math
     assert update_kernel(nnx.optim.Adam(_params(), amsgrad=True), torch_be) is None  # settings it does not compute
     assert update_kernel(nnx.optim.SGD(_params(), lr=0.1), torch_be) is None
+    hooked = nnx.optim.Adam(_params())
+    hooked.update = lambda *args: nnx.optim.Adam.update(hooked, *args)  # a rule replaced on the object runs
+    assert update_kernel(hooked, torch_be) is None
 
 
-def test_the_flat_update_runs_the_kernel_and_gives_the_per_parameter_numbers():
+def test_the_flat_update_runs_the_kernel_and_gives_the_per_parameter_numbers(monkeypatch):
+    ran = []
+
+    def counting(optimizer, backend):
+        kernel = update_kernel(optimizer, backend)
+        ran.append(kernel is not None)
+        return kernel
+
+    monkeypatch.setattr(flat, "update_kernel", counting)
     gen = np.random.default_rng(1)
     X, y = gen.normal(size=(64, 6)), gen.normal(size=(64, 1))
     runs = {}
@@ -83,6 +90,6 @@ def test_the_flat_update_runs_the_kernel_and_gives_the_per_parameter_numbers():
         history = model.fit(X, y, loss="mse", optimizer=opt, epochs=3, batch_size=16, verbose=0)
         assert history.execution == mode
         runs[mode] = {k: np.asarray(be.to_host(v)) for k, v in model.state_dict().items()}
-    assert FlatUpdate(nnx.optim.AdamW(_params(), lr=0.01), nnx.get_backend("torch")).kernel is not None
+    assert ran and all(ran)  # 12 flat steps, each through the kernel
     for k, want in runs["plain"].items():
-        np.testing.assert_allclose(runs["flat"][k], want, rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(runs["flat"][k], want)

@@ -76,8 +76,6 @@ class FlatUpdate:
         self.grads: Any = None  # this step's gathered gradients
         self._grad_sources: list[Any] = []
         self.mutable = True
-        # a fused in-place update declared for this optimizer's exact class on this backend (`nnx.kernels`)
-        self.kernel = update_kernel(optimizer, backend)
 
     # -- layout ---------------------------------------------------------------------------------
     def _views(self, flat: Any) -> list[Any]:
@@ -169,8 +167,11 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        if keep is None and self.kernel is not None and self.mutable:
-            self._run_kernel(t)
+        # a fused in-place update declared for the optimizer's exact class here (`nnx.kernels`); asked each
+        # step, since a setting it does not cover or a rule replaced on the object may come at any time
+        kernel = update_kernel(opt, self.backend) if keep is None and self.mutable else None
+        if kernel is not None:
+            self._run_kernel(kernel, t)
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
@@ -187,10 +188,10 @@ class FlatUpdate:
             new_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
         return new_values, new_state
 
-    def _run_kernel(self, t: int) -> None:
+    def _run_kernel(self, kernel: Any, t: int) -> None:
         """The declared kernel, writing into the buffers slice by slice (see `_run_in_pieces`)."""
-        assert self.state is not None and self.kernel is not None
-        opt, piece, kernel = self.optimizer, self.piece or self.size, self.kernel
+        assert self.state is not None
+        opt, piece = self.optimizer, self.piece or self.size
         for start in range(0, self.size, piece):
             stop = min(start + piece, self.size)
             kernel(opt, self.values[start:stop], self.grads[start:stop],
