@@ -22,8 +22,6 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
-from ..kernels import update_kernel
-
 __all__ = ["FlatUpdate", "write_in_place"]
 
 
@@ -167,12 +165,7 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        # a fused in-place update declared for the optimizer's exact class here (`nnx.kernels`); asked each
-        # step, since a setting it does not cover or a rule replaced on the object may come at any time
-        kernel = update_kernel(opt, self.backend) if keep is None and self.mutable else None
-        if kernel is not None:
-            self._run_kernel(kernel, t)
-        elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
+        if not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
         self.grads, self._grad_sources = None, []
@@ -187,15 +180,6 @@ class FlatUpdate:
             new_values = xp.where(keep, new_values, values)
             new_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
         return new_values, new_state
-
-    def _run_kernel(self, kernel: Any, t: int) -> None:
-        """The declared kernel, writing into the buffers slice by slice (see `_run_in_pieces`)."""
-        assert self.state is not None
-        opt, piece = self.optimizer, self.piece or self.size
-        for start in range(0, self.size, piece):
-            stop = min(start + piece, self.size)
-            kernel(opt, self.values[start:stop], self.grads[start:stop],
-                        {k: flat[start:stop] for k, flat in self.state.items()}, t, opt.lr)
 
     def _run_in_pieces(self, t: int, keep: Any) -> bool:
         """The rule over consecutive slices of `piece` elements, each written back before the next; False
