@@ -42,8 +42,8 @@ def _op_by_op_copy(model):
 def test_compiled_inference_gives_the_op_by_op_numbers(dtype, rtol):
     X, y, w = _data()
     model = _model("jax", dtype)
-    history = model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.05, epochs=2, batch_size=16,
-                        metrics=["accuracy"], validation_data=(X[:12], y[:12]), verbose=0)
+    history = model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.05, epochs=1, batch_size=16,
+                        metrics=["accuracy"], validation_data=(X[:8], y[:8]), verbose=0)
     reference = _op_by_op_copy(model)
 
     def batches(with_weights):
@@ -56,8 +56,8 @@ def test_compiled_inference_gives_the_op_by_op_numbers(dtype, rtol):
         got, want = (m.evaluate(loss="cross_entropy", metrics=["accuracy"], **kwargs) for m in (model, reference))
         assert got["loss"] == pytest.approx(want["loss"], rel=rtol) and got["accuracy"] == want["accuracy"]
     # the last epoch's validation ran on these weights, in the program evaluate uses
-    assert history["val_loss"][-1] == model.evaluate(X[:12], y[:12], loss="cross_entropy")["loss"]
-    assert history["val_loss"][-1] == pytest.approx(reference.evaluate(X[:12], y[:12], loss="cross_entropy")["loss"],
+    assert history["val_loss"][-1] == model.evaluate(X[:8], y[:8], loss="cross_entropy")["loss"]
+    assert history["val_loss"][-1] == pytest.approx(reference.evaluate(X[:8], y[:8], loss="cross_entropy")["loss"],
                                                     rel=rtol)
     for got, want in ((model.predict(X, batch_size=16), reference.predict(X, batch_size=16)),
                       (model.predict(batches(False)), reference.predict(batches(False)))):
@@ -74,7 +74,7 @@ def test_one_trace_per_shape_and_the_weights_are_inputs():
     program = _programs(model)[next(k for k in _programs(model) if k[0] == "evaluate")]
     assert program.traces == 1
     assert model.evaluate(X, y, loss="cross_entropy")["loss"] == first and program.traces == 1  # no new trace
-    model.fit(X, y, loss="cross_entropy", epochs=3, batch_size=16, verbose=0)  # new weights, same program
+    model.fit(X, y, loss="cross_entropy", epochs=1, batch_size=16, verbose=0)  # new weights, same program
     after = model.evaluate(X, y, loss="cross_entropy")["loss"]
     assert after != first and program.traces == 1
     assert after == pytest.approx(_op_by_op_copy(model).evaluate(X, y, loss="cross_entropy")["loss"], rel=1e-12)
