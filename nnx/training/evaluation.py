@@ -25,6 +25,11 @@ def _metric_vector(xp: Any, metric_fns: dict, y: Any, Z: Any, from_logits: bool)
     return xp.stack([xp.astype(fn(xp, y, Z, from_logits), Z.dtype) for fn in metric_fns.values()])
 
 
+def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
+    """The loss of head outputs `Z` against `y`, weighted when `w` is given (a loss may take no weights)."""
+    return head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
+
+
 def _head_key(head: Any) -> tuple:
     return type(head), repr(head.get_config())
 
@@ -66,7 +71,7 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
     def scores(m: Model, X: Any, y: Any, w: Any) -> Any:
         """The loss (penalty included) and then each metric, as one vector: one host transfer for all."""
         xp, Z = m.xp, outputs(m, X)
-        value = head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)
+        value = _head_loss(head, y, Z, w)
         penalty = m.penalty()
         if penalty is not None:
             value = value + penalty
@@ -95,7 +100,7 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
 
     def batch_loss(m: Model, X: Any, y: Any, w: Any) -> tuple[Any, Any]:
         Z = m.forward_to_head(X, n_run, training=False)
-        return (head(y, Z, check=False) if w is None else head(y, Z, check=False, sample_weight=w)), Z
+        return _head_loss(head, y, Z, w), Z
 
     scores = inference_program(model, ("batch", n_run, _head_key(head)), batch_loss)
     values, rows, outputs, targets = [], [], [], []
