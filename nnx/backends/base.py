@@ -193,6 +193,16 @@ class Backend:
         """`fn`, a pure function of arrays (and tuples and dicts of them), compiled by the library."""
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 
+    def compile(self, fn: Any, args: tuple) -> Any:
+        """`fn` traced and compiled ahead of time for `args`: a callable for arguments of the same structure,
+        shapes and dtypes, raising TypeError for others (`nnx.training.shared_programs`); only where `can_compile`."""
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
+    def program_signature(self, args: tuple) -> tuple:
+        """What a program `compile` makes for `args` is specific to: the arguments' structure, shapes and
+        dtypes, and the library's settings that change compiled code."""
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         """``lax.scan``: `body(carry, x) -> (carry, y)` over the leading axis of `xs`, inside a compiled program.
 

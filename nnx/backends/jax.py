@@ -19,6 +19,9 @@ from .rng import DeviceRNG
 
 _PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal")
 _CUDA_PLUGINS = {12: "jax_cuda12_plugin", 13: "jax_cuda13_plugin"}
+# JAX settings that change what a traced and compiled program computes or how it is optimised
+_PROGRAM_SETTINGS = ("jax_enable_x64", "jax_disable_most_optimizations", "jax_default_matmul_precision",
+                     "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion", "jax_debug_nans", "jax_debug_infs")
 
 
 def cuda_plugin_installed() -> int | None:
@@ -93,6 +96,20 @@ class JaxBackend(Backend):
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
         return jax.jit(fn)
+
+    def compile(self, fn: Any, args: tuple) -> Any:
+        jax = importlib.import_module("jax")
+
+        return jax.jit(fn).trace(*args).lower().compile()
+
+    def program_signature(self, args: tuple) -> tuple:
+        jax = importlib.import_module("jax")
+        leaves, structure = jax.tree_util.tree_flatten(args)
+        config = jax.config
+        # a setting with a context manager is read as an attribute (it may differ per thread), the others by name
+        settings = tuple(getattr(config, name) if hasattr(config, name) else config.read(name)
+                         for name in _PROGRAM_SETTINGS if name in config.values)
+        return settings, structure, tuple(jax.typeof(leaf) for leaf in leaves)
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         lax = importlib.import_module("jax.lax")

@@ -34,6 +34,8 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from .shared_programs import SharedProgram, definition, settings_key
+
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
            "compiled_step_of", "hyper_constants", "untraceable_reason"]
 
@@ -149,7 +151,7 @@ class CompiledStep:
         self.broken = False
         self._draws: int | None = None
         self.rebind(loss, optimizer, transforms)
-        self._jit = self.backend.jit(self.pure)
+        self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.reset()
 
     @property
@@ -173,6 +175,28 @@ class CompiledStep:
         self._hyper_values = hyper_constants(optimizer)
         self._lr: float | None = None
         self._lr_device: Any = None
+
+    # -- sharing programs with equally defined models (`nnx.training.shared_programs`) -----------
+    def definition(self) -> tuple | None:
+        """What this step's programs compute besides their inputs (None: they are this model's alone)."""
+        model = definition(self.model)
+        settings = settings_key(self.head, self.transforms, type(self.optimizer), hyper_constants(self.optimizer))
+        if model is None or settings is None:
+            return None
+        return model, self.n_run, settings, self.check_finite
+
+    def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """What tracing the step teaches: how often it was traced, the dropout masks one step draws."""
+        return {"traces": self.traces}, {"draws": self._draws}
+
+    def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
+        """Take a program traced from an equally defined model (its trace count and dropout draws)."""
+        self.traces += counts.get("traces", 0)
+        draws = values.get("draws")
+        if draws is not None:
+            if self._draws is not None and self._draws != draws:
+                raise RuntimeError(f"a shared program draws {draws} dropout masks a step, this step {self._draws}")
+            self._draws = draws
 
     # -- the epoch's deferred verdict ------------------------------------------------------------
     def reset(self) -> None:
@@ -235,7 +259,7 @@ class CompiledStep:
         hyper = hyper_constants(opt)
         if hyper != self._hyper_values:  # a callback changed a hyper-parameter the program holds as a constant
             self._hyper_values = hyper
-            self._jit = self.backend.jit(self.pure)
+            self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         params = self.params
         steps = opt.param_steps
         t, counter = steps[0] + 1, self.rng.counter

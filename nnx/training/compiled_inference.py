@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
+from .shared_programs import SharedProgram, definition
 
 __all__ = ["inference_program"]
 
@@ -58,7 +59,7 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
         held = _PROGRAMS[model] = (signature, {})
     programs = held[1]
     if key not in programs:
-        programs[key] = _Program(model, fn)
+        programs[key] = _Program(model, key, fn)
     program = programs[key]
     if program is None:
         return lambda *arrays: fn(model, *arrays)
@@ -78,12 +79,24 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
 class _Program:
     """`fn` compiled with the model's parameter and buffer values as inputs."""
 
-    def __init__(self, model: Model, fn: Callable[..., Any]) -> None:
+    def __init__(self, model: Model, key: tuple, fn: Callable[..., Any]) -> None:
         self._model = weakref.ref(model)  # kept per model: a strong reference would keep it alive
         self.params, self.buffers = model.parameters(), model.buffers()
-        self.fn = fn
+        self.key, self.fn = key, fn
         self.traces = 0
-        self._jit = model.backend.jit(self._pure)
+        self._jit = SharedProgram(model.backend, self._pure, self.definition, self)
+
+    def definition(self) -> tuple | None:
+        """What this program computes besides its inputs (None: it is this model's alone)."""
+        model = self._model()
+        held = None if model is None else definition(model)
+        return None if held is None else (held, self.key)
+
+    def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
+        return {"traces": self.traces}, {}
+
+    def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
+        self.traces += counts.get("traces", 0)
 
     def __call__(self, *arrays: Any) -> Any:
         return self._jit(tuple(p.value for p in self.params), tuple(b.value for b in self.buffers), *arrays)

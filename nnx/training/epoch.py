@@ -37,6 +37,7 @@ from .callbacks import Callback, CallbackList
 from .compiled import CompiledStep, compile_step, hyper_constants, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
+from .shared_programs import SharedProgram
 from .transforms import Accumulate
 
 __all__ = ["CHUNK_BUDGET", "EpochProgram", "epoch_program_of", "mode_of", "plan"]
@@ -175,8 +176,24 @@ class EpochProgram:
             self._hyper = hyper
         program = self._programs.get(key)
         if program is None:
-            program = self._programs[key] = self.step.backend.jit(make())
+            program = self._programs[key] = SharedProgram(self.step.backend, make(), lambda: self._definition(key),
+                                                          self)
         return program
+
+    def _definition(self, key: tuple) -> tuple | None:
+        """What the program `key` computes besides its inputs (None: it is this model's alone)."""
+        step = self.step.definition()
+        return None if step is None else (step, key, self.accumulate)
+
+    def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """What tracing an epoch teaches: the program count, and the step's own facts (`CompiledStep`)."""
+        counts, values = self.step.trace_facts()
+        return {**counts, "compiles": self.compiles}, values
+
+    def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
+        """Take an epoch program traced from an equally defined model."""
+        self.compiles += counts.get("compiles", 0)
+        self.step.adopt_facts(counts, values)
 
     def _steps(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, Xs: Any, ys: Any,
                ws: Any, outputs: bool) -> tuple:

@@ -14,6 +14,7 @@ from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
+from .shared_programs import ById
 
 
 def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
@@ -35,8 +36,8 @@ def _head_key(head: Any) -> tuple:
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
-    # by identity: a metric may be any callable, hashable or not; the program holds them, so no id is reused
-    return tuple((name, id(fn)) for name, fn in metric_fns.items())
+    # by identity: a metric may be any callable, hashable or not; the key holds them, so no id is reused
+    return tuple((name, ById(fn)) for name, fn in metric_fns.items())
 
 
 def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:

@@ -1,0 +1,210 @@
+"""Compiled programs shared by models of one definition, within a process.
+
+A compiled program of nnx (a training step, an epoch, an inference pass) takes the
+parameter, buffer and optimizer-state values as inputs; what it computes is fixed by
+the model's *definition*: the layers' classes and settings, how they nest, which
+parameters they hold, the loss, the optimizer's rule and hyper-parameters. A second
+model of the same definition (the next fold of a cross-validation, a resumed
+checkpoint, a fresh estimator) therefore needs no new trace: it takes the program
+the first one compiled, as ``jax.jit`` reuses a program for a function it has seen.
+
+The definition is read from the objects' public settings and plain attributes
+(`definition`). Where an object holds something that is not a plain value -- an
+array that is not a parameter or buffer, an object nnx cannot describe -- the program
+may have captured it as a constant, so that model's programs are its own, compiled
+for it alone, as before. Each shared entry also keeps what tracing taught the owner
+(`ProgramOwner`): the dropout draws of a step, the trace counters.
+"""
+
+from __future__ import annotations
+
+import types
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..layers.base import BuildContext, Layer
+from ..layers.parameter import Buffer, Parameter
+
+__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "definition", "describe"]
+
+# (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
+_TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
+TABLE_SIZE = 512  # programs kept, least recently used dropped first
+
+
+def clear() -> None:
+    """Forget every shared program (each model compiles its own again, e.g. to compare)."""
+    _TABLE.clear()
+
+
+class Unshareable(Exception):
+    """Raised inside `describe` for a value a program could capture as a constant (or nnx cannot tell)."""
+
+
+class ById:
+    """A key part that is equal only to itself: an object by identity, kept alive while the key lives."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ById) and other.obj is self.obj
+
+
+_PLAIN = (type(None), bool, int, str, bytes)
+# what `Layer` notes for its own checks between calls: not a setting, and a trace never reads it
+_BOOKKEEPING = frozenset({"_ran_training_forward"})
+
+
+def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = None) -> Any:
+    """A hashable description of `value` as far as a traced program can depend on it.
+
+    `params` maps ``id`` of each of the model's parameters and buffers to its position (those
+    are the program's inputs). Raises `Unshareable` for an array or an object it cannot describe.
+    """
+    if isinstance(value, _PLAIN):
+        return type(value), value
+    if isinstance(value, (float, complex)):
+        return type(value), repr(value)  # repr: keeps -0.0 apart from 0.0 and makes NaN equal to itself
+    if isinstance(value, (Parameter, Buffer)):
+        position = params.get(id(value))
+        if position is None:
+            raise Unshareable(f"{value!r} is not one of the model's own")
+        return type(value), position, getattr(value, "regularized", None)
+    seen = {} if seen is None else seen
+    if isinstance(value, (tuple, list)):
+        return type(value), tuple(describe(v, params, seen) for v in value)
+    if isinstance(value, dict):
+        return dict, tuple((describe(k, params, seen), describe(v, params, seen)) for k, v in value.items())
+    if isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
+        return ById(value)
+    if isinstance(value, types.ModuleType):
+        return types.ModuleType, value.__name__
+    if isinstance(value, BuildContext):  # the rest (host generator, a checkpoint's arrays) only builds
+        return BuildContext, value.dtype, value.prefix, value.backend.spec
+    if isinstance(value, Layer):
+        if id(value) in seen:  # a layer met before (held twice, or a cycle): where it was first met
+            return "seen", seen[id(value)]
+        seen[id(value)] = len(seen)
+        settings = {k: v for k, v in vars(value).items() if k not in _BOOKKEEPING}
+        return type(value), describe(settings, params, seen)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # an array (of any library) that is not an input
+        raise Unshareable(f"a {type(value).__name__} held by the model")
+    spec = getattr(value, "spec", None)
+    if isinstance(spec, str) and hasattr(value, "xp"):  # a Backend
+        return "backend", spec
+    if _attributes_are_its_state(type(value)):  # a loss, a regularizer, a gradient transform
+        return type(value), describe(vars(value), params, seen)
+    raise Unshareable(f"a {type(value).__name__} held by the model")
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a `class` statement (not one written in C)
+
+
+def _attributes_are_its_state(cls: type) -> bool:
+    """Whether an instance of `cls` keeps all it knows in its ``__dict__``: a Python class without slots.
+
+    A class written in C (``functools.partial``, a bound method) keeps its state out of sight.
+    """
+    for klass in cls.__mro__[:-1]:  # all but `object`
+        own = klass.__dict__
+        if not klass.__flags__ & _HEAP_TYPE or own.get("__slots__"):
+            return False
+        if "__new__" in own and not isinstance(own["__new__"], staticmethod):  # a constructor written in C
+            return False
+    return True
+
+
+def definition(model: Any) -> tuple | None:
+    """The model's definition as a program sees it, or None where it cannot be told from plain settings.
+
+    A model class of the user's own may keep anything in its attributes, so its programs stay its own.
+    """
+    if not type(model).__module__.startswith("nnx."):
+        return None
+    inputs = model.parameters() + model.buffers()
+    params = {id(p): i for i, p in enumerate(inputs)}
+    if len(params) != len(inputs):
+        return None
+    try:
+        layers = tuple(describe(layer, params) for layer in model.layers)
+        regularizer = describe(model.regularizer, params)
+    except (Unshareable, RecursionError):
+        return None
+    return type(model), model.backend.spec, str(model.dtype), layers, regularizer, model.dropout_rng.seed
+
+
+def settings_key(*objects: Any) -> tuple | None:
+    """`describe` of each object (a loss, an optimizer's hyper-parameters, ...), or None where one cannot be told."""
+    try:
+        return tuple(describe(obj, {}) for obj in objects)
+    except (Unshareable, RecursionError):
+        return None
+
+
+class ProgramOwner(Protocol):
+    """The object whose traced function a `SharedProgram` compiles: it says what tracing taught it."""
+
+    def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
+        """(counters a trace increases, values a trace sets), as they stand now."""
+        ...
+
+    def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
+        """Take a program traced elsewhere: add `counts` (a trace's increases) and set `values`."""
+        ...
+
+
+class SharedProgram:
+    """`fn` compiled once per input signature and definition, shared with every owner of the same definition.
+
+    Args:
+        backend: a backend that compiles (`Backend.can_compile`).
+        fn: the pure function to compile (traced from this owner's objects on a miss).
+        key: the owner's definition key now, or None when its programs must be its own.
+        owner: what the trace of `fn` teaches (see `ProgramOwner`).
+    """
+
+    def __init__(self, backend: Any, fn: Callable[..., Any], key: Callable[[], tuple | None],
+                 owner: ProgramOwner) -> None:
+        self.backend, self.fn, self.key, self.owner = backend, fn, key, owner
+        self._mine: list[Any] = []  # the programs this owner took, most recent first
+        self._own: Any = None  # the library's own jit of `fn`, once the definition cannot be shared
+
+    def __call__(self, *args: Any) -> Any:
+        if self._own is not None:
+            return self._own(*args)
+        for program in self._mine:
+            try:
+                return program(*args)
+            except TypeError:  # compiled for other shapes or dtypes: the library checks before running
+                continue
+        return self._take(args)(*args)
+
+    def _take(self, args: tuple) -> Any:
+        """The program for `args`: from the table, or traced and compiled here (and put in the table)."""
+        owner_key = self.key()
+        if owner_key is None:
+            self._own = self.backend.jit(self.fn)
+            return self._own
+        key = (self.backend.program_signature(args), owner_key)
+        entry = _TABLE.get(key)
+        if entry is not None:
+            _TABLE.move_to_end(key)
+            program, counts, values = entry
+            self.owner.adopt_facts(counts, values)
+        else:
+            counts_before, _ = self.owner.trace_facts()
+            program = self.backend.compile(self.fn, args)
+            counts_after, values = self.owner.trace_facts()
+            counts = {k: counts_after[k] - counts_before[k] for k in counts_after}
+            _TABLE[key] = (program, counts, values)
+            while len(_TABLE) > TABLE_SIZE:
+                _TABLE.popitem(last=False)
+        self._mine.insert(0, program)
+        return program

@@ -1,0 +1,150 @@
+"""Models of one definition share their compiled programs (JAX); a model that may hold constants does not."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.training import shared_programs
+from nnx.training.compiled import compiled_step_of
+from nnx.training.epoch import epoch_program_of
+
+pytest.importorskip("jax")
+
+
+class Scaled(nnx.Layer):
+    """A user's layer with a plain setting kept in an attribute; counts how often its forward runs."""
+
+    calls = 0
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, X, training=False):
+        type(self).calls += 1  # once per trace when compiled, once per call op by op
+        return X * self.factor
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.factor if need_dX else None
+
+
+class Shifted(nnx.Layer):
+    """A user's layer holding an array that is neither a parameter nor a buffer: a trace captures it."""
+
+    def __init__(self, shift: float) -> None:
+        super().__init__()
+        self.shift_by = shift
+        self.shift = None
+
+    def build(self, input_shape) -> None:
+        self.shift = self.xp.full(input_shape, self.shift_by, dtype=self.backend.float_dtype(self.dtype),
+                                  device=self.backend.device)
+
+    def forward(self, X, training=False):
+        return X + self.shift
+
+    def backward(self, dY, need_dX=True):
+        return dY if need_dX else None
+
+
+def _data():
+    gen = np.random.default_rng(3)
+    X = gen.normal(size=(37, 4))
+    return X, (X[:, 0] - X[:, 1] > 0).astype(float)
+
+
+def _model(*middle, seed: int = 5) -> nnx.Sequential:
+    return nnx.Sequential(nnx.Dense(4, 6), nnx.Tanh(), *middle, nnx.Dropout(0.25), nnx.Dense(6, 1), nnx.Sigmoid(),
+                          backend="jax", dtype="float64", seed=seed)
+
+
+def _fit(model, epochs: int = 2):
+    X, y = _data()
+    return model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=epochs, batch_size=8, metrics=["accuracy"],
+                     validation_data=(X[:10], y[:10]), verbose=0)
+
+
+def _weights(model) -> dict:
+    return {k: np.asarray(model.backend.to_host(v)) for k, v in model.state_dict().items()}
+
+
+def test_a_model_of_the_same_definition_takes_the_programs_without_tracing():
+    shared_programs.clear()
+    first = _model(Scaled(2.0))
+    first_history = _fit(first)
+    traced = Scaled.calls
+    second = _model(Scaled(2.0))
+    second_history = _fit(second)
+    assert Scaled.calls == traced  # nothing traced again: the epoch, validation and metrics programs were taken
+    assert second_history.execution_mode == "epoch"
+    np.testing.assert_array_equal(second_history["loss"], first_history["loss"])
+    np.testing.assert_array_equal(second_history["val_accuracy"], first_history["val_accuracy"])
+    for name, value in _weights(first).items():
+        np.testing.assert_array_equal(_weights(second)[name], value, err_msg=name)
+    # what tracing taught the first model's step, the second one's knows too
+    assert compiled_step_of(second).traces == compiled_step_of(first).traces
+    assert compiled_step_of(second).draws_per_step == compiled_step_of(first).draws_per_step == 1
+    assert epoch_program_of(second).compiles == epoch_program_of(first).compiles
+
+
+def test_the_dropout_stream_goes_on_after_a_taken_program():
+    """The masks a step draws are known without a trace: later epochs draw new masks, as the first model's do."""
+    shared_programs.clear()
+    first, second = _model(), _model()
+    _fit(first)
+    _fit(second)
+    _fit(first, epochs=1)
+    _fit(second, epochs=1)
+    assert second.dropout_rng.counter == first.dropout_rng.counter > 0
+    for name, value in _weights(first).items():
+        np.testing.assert_array_equal(_weights(second)[name], value, err_msg=name)
+
+
+def test_a_different_plain_setting_is_a_different_program():
+    shared_programs.clear()
+    X, _ = _data()
+    _fit(_model(Scaled(2.0)))
+    traced = Scaled.calls
+    other = _model(Scaled(3.0))
+    _fit(other)
+    assert Scaled.calls > traced  # its own trace
+    on_numpy = other.to("numpy")
+    np.testing.assert_allclose(other.backend.to_host(other.predict(X)), on_numpy.predict(X), rtol=1e-12)
+
+
+def test_a_layer_holding_an_array_keeps_its_programs_to_itself():
+    shared_programs.clear()
+    X, _ = _data()
+    models = [_model(Shifted(shift)) for shift in (0.0, 1.5)]
+    assert all(shared_programs.definition(m) is None for m in models)
+    for m in models:
+        _fit(m, epochs=1)
+        expected = m.to("numpy").predict(X)
+        np.testing.assert_allclose(m.backend.to_host(m.predict(X)), expected, rtol=1e-12)
+
+
+def test_a_user_model_class_and_another_seed_are_other_definitions():
+    class MyModel(nnx.Sequential):
+        """A model class of the user's own may keep anything in its attributes."""
+
+    assert shared_programs.definition(MyModel(nnx.Dense(4, 1), backend="jax")) is None
+    assert shared_programs.definition(_model(Scaled(2.0))) == shared_programs.definition(_model(Scaled(2.0)))
+    assert shared_programs.definition(_model(Scaled(2.0))) != shared_programs.definition(_model(Scaled(2.0), seed=6))
+
+
+def test_a_shared_program_does_not_keep_its_first_model_alive():
+    shared_programs.clear()
+    first = _model(Scaled(2.0))
+    _fit(first, epochs=1)
+    traced = Scaled.calls
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None
+    _fit(_model(Scaled(2.0)), epochs=1)
+    assert Scaled.calls == traced  # the program outlived the model it was traced from
