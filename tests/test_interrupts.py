@@ -19,8 +19,10 @@ from tally import write_counts
 import nnx
 from nnx.callbacks import Callback
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt",
-                                reason="needs POSIX signals delivered with os.kill")
+# the interrupted runs (whole epochs as one program) are compared bit for bit with references run step by step
+pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt",
+                                 reason="needs POSIX signals delivered with os.kill"),
+              pytest.mark.usefixtures("jax_default_emitters")]
 
 FAULTS: dict[str, int] = {}
 

@@ -148,3 +148,34 @@ def test_a_shared_program_does_not_keep_its_first_model_alive():
     assert gone() is None
     _fit(_model(Scaled(2.0)), epochs=1)
     assert Scaled.calls == traced  # the program outlived the model it was traced from
+
+
+class ScaledMSE(nnx.losses.MSE):
+    """A user's loss with a constant its config does not name."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def rows(self, xp, y_true, y_pred):
+        losses, grad = super().rows(xp, y_true, y_pred)
+        return losses * self.scale, grad * self.scale
+
+
+def test_losses_that_differ_outside_their_config_are_evaluated_each_with_its_own():
+    shared_programs.clear()
+    X, y = _data()
+    model = _model()
+    values = [model.evaluate(X, y, loss=ScaledMSE(scale))["loss"] for scale in (1.0, 3.0)]
+    assert values[1] == pytest.approx(3 * values[0], rel=1e-12)
+
+
+def test_programs_compiled_under_other_xla_options_are_not_taken(monkeypatch):
+    from nnx.backends import jax as jax_adapter
+
+    shared_programs.clear()
+    _fit(_model(Scaled(2.0)), epochs=1)
+    traced = Scaled.calls
+    monkeypatch.setitem(jax_adapter.COMPILER_OPTIONS, "xla_cpu_enable_fast_min_max", False)
+    _fit(_model(Scaled(2.0)), epochs=1)
+    assert Scaled.calls > traced

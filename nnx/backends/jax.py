@@ -19,6 +19,10 @@ from .rng import DeviceRNG
 
 _PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal")
 _CUDA_PLUGINS = {12: "jax_cuda12_plugin", 13: "jax_cuda13_plugin"}
+# XLA options for the programs nnx compiles (`JaxBackend.jit`, `JaxBackend.compile`): an option's name without
+# its "--" and its value, e.g. {"xla_cpu_use_fusion_emitters": False} to compile small CPU programs faster.
+# Empty: XLA's defaults. A program compiled under other options is never reused (see `program_signature`).
+COMPILER_OPTIONS: dict[str, Any] = {}
 # JAX settings that change what a traced and compiled program computes or how it is optimised
 _PROGRAM_SETTINGS = ("jax_enable_x64", "jax_disable_most_optimizations", "jax_default_matmul_precision",
                      "jax_numpy_rank_promotion", "jax_numpy_dtype_promotion", "jax_debug_nans", "jax_debug_infs")
@@ -95,12 +99,12 @@ class JaxBackend(Backend):
     def jit(self, fn: Any) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
-        return jax.jit(fn)
+        return jax.jit(fn, compiler_options=dict(COMPILER_OPTIONS) or None)
 
     def compile(self, fn: Any, args: tuple) -> Any:
         jax = importlib.import_module("jax")
 
-        return jax.jit(fn).trace(*args).lower().compile()
+        return jax.jit(fn).trace(*args).lower().compile(compiler_options=dict(COMPILER_OPTIONS) or None)
 
     def program_signature(self, args: tuple) -> tuple:
         jax = importlib.import_module("jax")
@@ -109,7 +113,7 @@ class JaxBackend(Backend):
         # a setting with a context manager is read as an attribute (it may differ per thread), the others by name
         settings = tuple(getattr(config, name) if hasattr(config, name) else config.read(name)
                          for name in _PROGRAM_SETTINGS if name in config.values)
-        return settings, structure, tuple(jax.typeof(leaf) for leaf in leaves)
+        return settings, tuple(sorted(COMPILER_OPTIONS.items())), structure, tuple(jax.typeof(leaf) for leaf in leaves)
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         lax = importlib.import_module("jax.lax")

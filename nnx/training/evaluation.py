@@ -14,7 +14,7 @@ from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
-from .shared_programs import ById
+from .shared_programs import ById, settings_key
 
 
 def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
@@ -32,7 +32,9 @@ def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
 
 
 def _head_key(head: Any) -> tuple:
-    return type(head), repr(head.get_config())
+    """The loss's class and attributes (its math's constants); the object itself where they are not plain."""
+    settings = settings_key(head)
+    return settings if settings is not None else (ById(head),)
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
