@@ -41,6 +41,18 @@ def gpu_unavailable(spec: str, error: Exception, plugin: int | None, driver: tup
     return f"backend {spec!r} cannot run here: {gpu_cause((plugin, 0), driver)} (JAX says: {error})"
 
 
+def _options() -> dict[str, Any]:
+    """The keyword that passes `COMPILER_OPTIONS` to ``jax.jit`` or ``compile``; none while it is empty."""
+    return {"compiler_options": dict(COMPILER_OPTIONS)} if COMPILER_OPTIONS else {}
+
+
+def _input_type(leaf: Any) -> tuple:
+    """What a compiled program needs of one input: an array's shape, dtype and weak typing; a Python number's type."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), str(leaf.dtype), bool(getattr(leaf, "weak_type", False))
+    return (type(leaf),)
+
+
 class JaxBackend(Backend):
     """jax.numpy on one device (``"jax"``: the default device, ``"jax:cpu"``, ``"jax:gpu:1"``)."""
 
@@ -99,12 +111,12 @@ class JaxBackend(Backend):
     def jit(self, fn: Any) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
-        return jax.jit(fn, compiler_options=dict(COMPILER_OPTIONS) or None)
+        return jax.jit(fn, **_options())
 
     def compile(self, fn: Any, args: tuple) -> Any:
         jax = importlib.import_module("jax")
 
-        return jax.jit(fn).trace(*args).lower().compile(compiler_options=dict(COMPILER_OPTIONS) or None)
+        return jax.jit(fn).lower(*args).compile(**_options())
 
     def program_signature(self, args: tuple) -> tuple:
         jax = importlib.import_module("jax")
@@ -113,7 +125,7 @@ class JaxBackend(Backend):
         # a setting with a context manager is read as an attribute (it may differ per thread), the others by name
         settings = tuple(getattr(config, name) if hasattr(config, name) else config.read(name)
                          for name in _PROGRAM_SETTINGS if name in config.values)
-        return settings, tuple(sorted(COMPILER_OPTIONS.items())), structure, tuple(jax.typeof(leaf) for leaf in leaves)
+        return settings, tuple(sorted(COMPILER_OPTIONS.items())), structure, tuple(map(_input_type, leaves))
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         lax = importlib.import_module("jax.lax")
