@@ -179,3 +179,18 @@ def test_programs_compiled_under_other_xla_options_are_not_taken(monkeypatch):
     monkeypatch.setitem(jax_adapter.COMPILER_OPTIONS, "xla_cpu_enable_fast_min_max", False)
     _fit(_model(Scaled(2.0)), epochs=1)
     assert Scaled.calls > traced
+
+
+def test_many_input_shapes_each_trace_once_and_give_the_op_by_op_numbers():
+    shared_programs.clear()
+    X, _ = _data()
+    model = _model(Scaled(2.0))
+    sizes = range(1, 2 * shared_programs.RECENT + 2)
+    first = [model.backend.to_host(model.predict(X[:n])) for n in sizes]
+    traced = Scaled.calls
+    again = [model.backend.to_host(model.predict(X[:n])) for n in reversed(sizes)]
+    assert Scaled.calls == traced  # an older shape is looked up, not traced again
+    on_numpy = model.to("numpy")
+    for n, a, b in zip(sizes, first, reversed(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, on_numpy.predict(X[:n]), rtol=1e-12)

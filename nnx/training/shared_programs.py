@@ -31,6 +31,7 @@ __all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "definition", "desc
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
 TABLE_SIZE = 512  # programs kept, least recently used dropped first
+RECENT = 4  # programs an owner tries by calling them before it looks its inputs' signature up
 
 
 def clear() -> None:
@@ -173,38 +174,46 @@ class SharedProgram:
     def __init__(self, backend: Any, fn: Callable[..., Any], key: Callable[[], tuple | None],
                  owner: ProgramOwner) -> None:
         self.backend, self.fn, self.key, self.owner = backend, fn, key, owner
-        self._mine: list[Any] = []  # the programs this owner took, most recent first
+        self._programs: dict[tuple, Any] = {}  # this owner's programs by input signature, as ``jax.jit`` keeps them
+        self._recent: list[Any] = []  # the last few of them, tried first: most calls repeat a recent shape
         self._own: Any = None  # the library's own jit of `fn`, once the definition cannot be shared
 
     def __call__(self, *args: Any) -> Any:
         if self._own is not None:
             return self._own(*args)
-        for program in self._mine:
+        for program in self._recent:
             try:
                 return program(*args)
             except TypeError:  # compiled for other shapes or dtypes: the library checks before running
                 continue
-        return self._take(args)(*args)
+        signature = self.backend.program_signature(args)
+        program = self._programs.get(signature)
+        if program is None:
+            program = self._take(signature, args)
+            if program is self._own:
+                return program(*args)
+            self._programs[signature] = program
+        self._recent = [program] + [p for p in self._recent if p is not program][:RECENT - 1]
+        return program(*args)
 
-    def _take(self, args: tuple) -> Any:
+    def _take(self, signature: tuple, args: tuple) -> Any:
         """The program for `args`: from the table, or traced and compiled here (and put in the table)."""
         owner_key = self.key()
         if owner_key is None:
             self._own = self.backend.jit(self.fn)
             return self._own
-        key = (self.backend.program_signature(args), owner_key)
+        key = (signature, owner_key)
         entry = _TABLE.get(key)
         if entry is not None:
             _TABLE.move_to_end(key)
             program, counts, values = entry
             self.owner.adopt_facts(counts, values)
-        else:
-            counts_before, _ = self.owner.trace_facts()
-            program = self.backend.compile(self.fn, args)
-            counts_after, values = self.owner.trace_facts()
-            counts = {k: counts_after[k] - counts_before[k] for k in counts_after}
-            _TABLE[key] = (program, counts, values)
-            while len(_TABLE) > TABLE_SIZE:
-                _TABLE.popitem(last=False)
-        self._mine.insert(0, program)
+            return program
+        counts_before, _ = self.owner.trace_facts()
+        program = self.backend.compile(self.fn, args)
+        counts_after, values = self.owner.trace_facts()
+        counts = {k: counts_after[k] - counts_before[k] for k in counts_after}
+        _TABLE[key] = (program, counts, values)
+        while len(_TABLE) > TABLE_SIZE:
+            _TABLE.popitem(last=False)
         return program
