@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "definition", "describe"]
+__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "definition", "describe", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
