@@ -122,8 +122,12 @@ class Backend:
             start += size
         return out
 
-    def concat_flat(self, arrays: list[Any]) -> Any:
-        """The arrays raveled and joined into one new 1-D array (the flat-buffer update gathers with it)."""
+    def concat_flat(self, arrays: list[Any], out: Any = None) -> Any:
+        """The arrays raveled and joined into one 1-D array (the flat-buffer update gathers with it).
+
+        `out`, a 1-D array of the joined length and dtype on the same device, is written and
+        returned where the library can write into it (no fresh allocation each step); a new array otherwise.
+        """
         xp = self.xp
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
@@ -133,6 +137,17 @@ class Backend:
         On a device, one call over everything is fastest. On a CPU, a rule's temporaries
         over a large buffer are large allocations, which the C allocator maps fresh and
         the page faults cost more than the arithmetic; adapters there give a slice size.
+        """
+        return None
+
+    def out_functions(self) -> dict[str, Any] | None:
+        """The library's functions that write their result into a given array, ``fn(*args, out=array)``.
+
+        Keys are the namespace's elementwise function names and the Python operators
+        ``+ - * / > >= < <= == !=`` plus ``neg`` and ``abs`` (``-x``, ``abs(x)``); each must
+        compute exactly what the operator on the library's arrays, or the namespace's function
+        of that name, computes. The flat update replays an elementwise optimizer rule with
+        them (`nnx.training.replay`). None where the library has none or its arrays are immutable.
         """
         return None
 

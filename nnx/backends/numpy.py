@@ -21,6 +21,12 @@ def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = Fals
     return np.add.reduce(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
 
+# the ufunc each Python operator on an ndarray calls
+OPERATOR_UFUNCS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide", ">": "greater",
+                   ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal", "!=": "not_equal",
+                   "neg": "negative", "abs": "absolute"}
+
+
 def namespace() -> types.ModuleType:
     """NumPy's namespace with `sum` above; every other name is NumPy's own object."""
     xp = types.ModuleType(np.__name__, np.__doc__)
@@ -56,9 +62,13 @@ class NumpyBackend(Backend):
     def _to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def concat_flat(self, arrays: list[Any]) -> np.ndarray:
+    def concat_flat(self, arrays: list[Any], out: Any = None) -> np.ndarray:
         # the ndarray method: the namespace's reshape costs ten times as much on a small array
-        return np.concatenate([a.reshape(-1) for a in arrays])
+        return np.concatenate([a.reshape(-1) for a in arrays], out=out)
 
     def update_piece(self, dtype: Any) -> int:
         return UPDATE_PIECE_BYTES // np.dtype(dtype).itemsize
+
+    def out_functions(self) -> dict[str, Any]:
+        ufuncs = {name: fn for name, fn in vars(np).items() if isinstance(fn, np.ufunc) and fn.nout == 1}
+        return {**ufuncs, **{op: getattr(np, name) for op, name in OPERATOR_UFUNCS.items()}}

@@ -21,6 +21,13 @@ from .rng import DeviceRNG
 UPDATE_PIECE_BYTES = 256 * 1024
 
 
+# the function each Python operator on a tensor calls, and the namespace functions that are torch's own
+OPERATOR_FUNCTIONS = {"+": "add", "-": "sub", "*": "mul", "/": "div", ">": "gt", ">=": "ge", "<": "lt",
+                      "<=": "le", "==": "eq", "!=": "ne", "neg": "neg", "abs": "abs"}
+OUT_FUNCTIONS = ("abs", "sqrt", "exp", "expm1", "log", "log1p", "square", "negative", "sin", "cos", "tanh",
+                 "floor", "ceil", "trunc", "logical_and", "logical_or", "logical_not")
+
+
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
     """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA."""
     if built_cuda is None:
@@ -83,11 +90,11 @@ class TorchBackend(Backend):
     def _move(self, x: Any) -> Any:
         return x.to(self.device)
 
-    def concat_flat(self, arrays: list[Any]) -> Any:
+    def concat_flat(self, arrays: list[Any], out: Any = None) -> Any:
         import torch
 
         # the Tensor method: the compat namespace's reshape wraps it in Python
-        return torch.cat([a.reshape(-1) for a in arrays])
+        return torch.cat([a.reshape(-1) for a in arrays], out=out)
 
     @property
     def arrays_on_host(self) -> bool:
@@ -98,6 +105,12 @@ class TorchBackend(Backend):
             return None  # one kernel launch per operation over everything
         return UPDATE_PIECE_BYTES // dtype.itemsize
 
+    def out_functions(self) -> dict[str, Any]:
+        import torch
+
+        # the replay uses a namespace function only where it *is* this torch function
+        return {**{name: getattr(torch, name) for name in OUT_FUNCTIONS},
+                **{op: getattr(torch, name) for op, name in OPERATOR_FUNCTIONS.items()}}
 
     def rng(self, seed: int) -> TorchRNG:
         return TorchRNG(self, seed)

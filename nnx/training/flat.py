@@ -12,8 +12,11 @@ state key; every step the rule's results are written back into those buffers, so
 the views stay valid and ``state_dict`` sees them. Before each step the views are
 checked by identity; anything rebound since (``load_state_dict``, a user's
 assignment) is gathered into the buffers again, so the update always starts from
-what the objects hold. Gradients are gathered into a fresh buffer each step; a
-``p.grad`` someone kept is never written.
+what the objects hold. Gradients are gathered each step into a buffer of this object's
+own; a ``p.grad`` someone kept is never written.
+
+Where the backend writes into given arrays (`Backend.out_functions`), the rule is
+replayed into the buffers (`nnx.training.replay`) instead of being called on them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 from itertools import repeat
 from operator import is_
 from typing import Any
+
+from . import replay
 
 __all__ = ["FlatUpdate", "write_in_place"]
 
@@ -72,8 +77,11 @@ class FlatUpdate:
         self._state_keys: tuple[str, ...] = ()
         self._state_order: list[Any] = []  # every state view, parameter by parameter, key by key
         self.grads: Any = None  # this step's gathered gradients
+        self._grad_buffer: Any = None  # the array they are gathered into, reused while the layout holds
         self._grad_sources: list[Any] = []
         self.mutable = True
+        out_functions = backend.out_functions() if self.size >= replay.MIN_ELEMENTS else None
+        self.replay = replay.RuleReplay(optimizer, self.xp, out_functions) if out_functions else None
 
     # -- layout ---------------------------------------------------------------------------------
     def _views(self, flat: Any) -> list[Any]:
@@ -83,6 +91,7 @@ class FlatUpdate:
     def _gather_values(self) -> None:
         params = self.optimizer.params
         self.values = self._concat([p.value for p in params])
+        self._grad_buffer = None
         self.piece = self.backend.update_piece(self.values.dtype)
         self.value_views = self._views(self.values)
         for p, view in zip(params, self.value_views, strict=True):
@@ -142,7 +151,8 @@ class FlatUpdate:
         """This step's gradients as one fresh flat array (kept for `run` while ``p.grad`` stays the same)."""
         self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
         grads = [p.grad for p in self.optimizer.params]
-        self.grads = self._concat(grads)
+        # into last step's buffer, which only this object holds: a fresh one each step costs page faults
+        self.grads = self._grad_buffer = self._concat(grads, out=self._grad_buffer)
         self._grad_sources = grads
         return self.grads
 
@@ -165,12 +175,24 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        if not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
+        if keep is None and self._replayed(t):
+            pass
+        elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
         self.grads, self._grad_sources = None, []
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
+
+    def _replayed(self, t: int) -> bool:
+        """The rule replayed into the buffers (`RuleReplay`); False, nothing written, where it cannot be."""
+        if self.replay is None or not self.mutable:
+            return False
+        assert self.state is not None
+        if self.replay.apply(self.values, self.grads, self.state, t, self.optimizer.lr):
+            return True
+        self.replay = None  # this rule does something a recording cannot replay: plainly from now on
+        return False
 
     def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""

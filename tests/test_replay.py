@@ -1,0 +1,229 @@
+"""The replayed optimizer rule (`nnx.training.replay`) writes the plain call's numbers bit for bit.
+
+Where a backend writes into given arrays (`Backend.out_functions`), the flat update records
+an elementwise rule each step and replays it into its buffers. These tests call a rule
+plainly and replayed on the same arrays (NaN, inf and signed zeros among them) and compare
+the bits; a rule the recording cannot replay must leave every array untouched and report it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_execution import OPTIMIZERS, _assert_same, _train
+
+import nnx
+from nnx import optim
+from nnx.training import replay
+from nnx.training.replay import RuleReplay
+
+
+class ScalarsOnTheLeft(optim.Optimizer):
+    """Python numbers before the array in every operator, a comparison and the namespace's where."""
+
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"s": xp.zeros_like(value) + 0.25}
+
+    def update(self, xp, value, grad, state, step, lr):
+        damp = 1.0 - state["s"]
+        shrink = 2.0 / (1.0 + grad * grad)
+        signed = xp.where(grad > 0.0, damp, -damp)
+        return value - lr * shrink * signed + abs(-grad) * 0.0, {"s": 0.5 - damp * 0.1}
+
+
+class ReadsOldStateLate(optim.Optimizer):
+    """Reads its old state after computing the new one, so the new one must not overwrite it early."""
+
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"m": xp.ones_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        m = 0.9 * state["m"] + grad
+        return value - lr * (m + state["m"]) / xp.sqrt(xp.abs(m) + 1.0), {"m": m}
+
+
+class OneResultTwice(optim.Optimizer):
+    """Returns one array as the new value and as its state, and keeps another state entry unchanged."""
+
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"last": xp.zeros_like(value), "fixed": xp.ones_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        new = value - lr * grad * state["fixed"]
+        return new, {"last": new, "fixed": state["fixed"]}
+
+
+RULES = [(optim.get_optimizer, (name,), kwargs) for name, kwargs in OPTIMIZERS if isinstance(name, str)] + [
+    (cls, (), {"lr": 0.01}) for cls in (ScalarsOnTheLeft, ReadsOldStateLate, OneResultTwice)
+] + [(name, (), kwargs) for name, kwargs in OPTIMIZERS if not isinstance(name, str)]
+
+
+def _ids(rule):
+    make, args, kwargs = rule
+    name = args[0] if args else make.__name__
+    return "-".join([name, *[f"{k}={v}" for k, v in kwargs.items() if k != "lr"]])
+
+
+def _bits(backend, x):
+    """The numbers' bits (signed zeros differ), every NaN as one pattern: a kernel's NaN payload may differ
+    between a vectorised body and its scalar tail, so slicing alone changes it."""
+    host = np.array(backend.to_host(x), copy=True)
+    host[np.isnan(host)] = np.nan
+    return host.view(np.uint64 if host.dtype == np.float64 else np.uint32)
+
+
+def _arrays(backend, dtype, n=37, seed=0):
+    """A parameter's value and gradient with NaN, inf, -inf, 0 and -0 among ordinary numbers."""
+    rng = np.random.default_rng(seed)
+    value, grad = rng.standard_normal(n), rng.standard_normal(n)
+    grad[[1, 4, 9, 16]] = [np.nan, np.inf, -np.inf, -0.0]
+    value[[2, 5]] = [0.0, -0.0]
+    return backend.from_host(value.astype(dtype)), backend.from_host(grad.astype(dtype))
+
+
+def _copy(backend, x):
+    return backend.from_host(np.array(backend.to_host(x), copy=True))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=_ids)
+@pytest.mark.parametrize("piece", [None, 5], ids=["whole", "in-slices"])
+def test_a_replayed_rule_writes_the_plain_calls_bits(backend, dtype, rule, piece):
+    out = backend.out_functions()
+    if out is None:  # an immutable or compiled library: the flat update calls the rule plainly
+        assert backend.name in ("jax", "array_api_strict", "generic"), backend.spec
+        return
+    make, args, kwargs = rule
+    xp = backend.xp
+    value, grad = _arrays(backend, dtype)
+    opt = make(*args, [nnx.Parameter("w", value)], **kwargs)
+    recorded = RuleReplay(opt, xp, out)
+    state = opt.init_state(xp, value)
+    for step in (1, 2, 3):
+        written_value = _copy(backend, value)
+        written_state = {k: _copy(backend, arr) for k, arr in state.items()}
+        with np.errstate(all="ignore"):  # NaN and inf on purpose
+            plain_value, plain_state = opt.update(xp, value, grad, state, step, opt.lr)
+            applied = recorded.apply(written_value, grad, written_state, step, opt.lr,
+                                     *(() if piece is None else (piece,)))
+        assert applied, f"{type(opt).__name__} was not replayed"
+        np.testing.assert_array_equal(_bits(backend, written_value), _bits(backend, plain_value))
+        assert written_state.keys() == plain_state.keys()
+        for key, arr in plain_state.items():
+            np.testing.assert_array_equal(_bits(backend, written_state[key]), _bits(backend, arr), err_msg=key)
+        value, state = written_value, written_state
+        grad = grad * 0.5
+
+
+class ReadsANumber(optim.Optimizer):
+    elementwise = True
+
+    def update(self, xp, value, grad, state, step, lr):
+        scale = float(xp.max(xp.abs(grad)))
+        return value - lr * grad / scale, state
+
+
+class Branches(optim.Optimizer):
+    elementwise = True
+
+    def update(self, xp, value, grad, state, step, lr):
+        return (value - lr * grad if grad[0] > 0 else value), state
+
+
+class HoldsAnArray(optim.Optimizer):
+    elementwise = True
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - self.scale * grad, state
+
+
+class MakesAnArray(optim.Optimizer):
+    elementwise = True
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - xp.full_like(value, lr) * grad, state
+
+
+class AddsAKey(optim.Optimizer):
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"a": xp.zeros_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad, {"a": state["a"] + grad, "b": grad * 2.0}
+
+
+class Swaps(optim.Optimizer):
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"a": xp.zeros_like(value), "b": xp.ones_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad, {"a": state["b"], "b": state["a"]}
+
+
+@pytest.mark.parametrize("make", [ReadsANumber, Branches, HoldsAnArray, MakesAnArray, AddsAKey, Swaps],
+                         ids=lambda c: c.__name__)
+def test_a_rule_the_recording_cannot_replay_is_reported_and_nothing_is_written(backend, dtype, make):
+    out = backend.out_functions()
+    if out is None:
+        return
+    xp = backend.xp
+    value, grad = _arrays(backend, dtype)
+    opt = make([nnx.Parameter("w", value)], lr=0.1)
+    opt.scale = _copy(backend, value)  # an array of the optimizer's own (HoldsAnArray reads it)
+    state = opt.init_state(xp, value)
+    before = [_bits(backend, value), *[_bits(backend, arr) for arr in state.values()]]
+    assert not RuleReplay(opt, xp, out).apply(value, grad, state, 1, opt.lr)
+    after = [_bits(backend, value), *[_bits(backend, arr) for arr in state.values()]]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_read_only_buffer_is_refused_before_anything_is_written():
+    backend = nnx.get_backend("numpy")
+    value, grad = _arrays(backend, "float64")
+    opt = optim.Adam([nnx.Parameter("w", value)])
+    state = opt.init_state(backend.xp, value)
+    state["exp_avg_sq"].flags.writeable = False
+    before = value.copy()
+    assert not RuleReplay(opt, backend.xp, backend.out_functions()).apply(value, grad, state, 1, opt.lr)
+    np.testing.assert_array_equal(value, before)
+    assert not state["exp_avg"].any()
+
+
+@pytest.mark.parametrize("opt_name,kwargs", OPTIMIZERS[3:6] + OPTIMIZERS[-1:],
+                         ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", "kw"))
+def test_fit_with_the_replayed_rule_gives_the_plain_loops_numbers(backend, dtype, opt_name, kwargs, monkeypatch):
+    """Training replays the rule once its parameters reach `MIN_ELEMENTS` (here: any size)."""
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    fast = _train(backend, dtype, "relu_ce", opt_name, kwargs, True)
+    plain = _train(backend, dtype, "relu_ce", opt_name, kwargs, False)
+    _assert_same(fast, plain, dtype)
+
+
+def test_the_flat_update_replays_from_min_elements_on(backend, dtype, monkeypatch):
+    from nnx.training.step import TrainStep
+
+    for threshold, replays in ((10**9, False), (0, backend.out_functions() is not None)):
+        monkeypatch.setattr(replay, "MIN_ELEMENTS", threshold)
+        model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
+        step = TrainStep(model, model.resolve_loss("mse"), optim.Adam(model.parameters()))
+        if step.flat is None:
+            assert backend.can_compile  # JAX compiles the step instead
+            return
+        X = model.prepare_inputs(np.ones((5, 4)))
+        y = model.prepare_targets(np.ones((5, 3)), step.loss, 5)
+        for _ in range(2):
+            value, _ = step.forward_loss(X, y)
+            step.backward()
+            step.check(value)
+            step.update()
+        assert (step.flat.replay is not None) == replays
