@@ -121,6 +121,8 @@ def test_a_replayed_rule_writes_the_plain_calls_bits(backend, dtype, rule, piece
 
 
 class ReadsANumber(optim.Optimizer):
+    """Reads an array's value in Python."""
+
     elementwise = True
 
     def update(self, xp, value, grad, state, step, lr):
@@ -129,6 +131,8 @@ class ReadsANumber(optim.Optimizer):
 
 
 class Branches(optim.Optimizer):
+    """Branches on an element of the gradient."""
+
     elementwise = True
 
     def update(self, xp, value, grad, state, step, lr):
@@ -136,6 +140,8 @@ class Branches(optim.Optimizer):
 
 
 class HoldsAnArray(optim.Optimizer):
+    """Multiplies by an array of its own."""
+
     elementwise = True
 
     def update(self, xp, value, grad, state, step, lr):
@@ -143,6 +149,8 @@ class HoldsAnArray(optim.Optimizer):
 
 
 class MakesAnArray(optim.Optimizer):
+    """Makes an array with a function that is not elementwise."""
+
     elementwise = True
 
     def update(self, xp, value, grad, state, step, lr):
@@ -150,6 +158,8 @@ class MakesAnArray(optim.Optimizer):
 
 
 class AddsAKey(optim.Optimizer):
+    """Returns a state key it was not given."""
+
     elementwise = True
 
     def init_state(self, xp, value):
@@ -160,6 +170,8 @@ class AddsAKey(optim.Optimizer):
 
 
 class Swaps(optim.Optimizer):
+    """Returns each state entry under the other's key."""
+
     elementwise = True
 
     def init_state(self, xp, value):

@@ -43,7 +43,7 @@ def require_finite(model: Model, arr: Any, argname: str) -> None:
     xp = model.xp
     if not xp.isdtype(arr.dtype, "real floating"):
         return
-    if math.isfinite(model.backend.to_float(xp.sum(arr))) or all_true(model, xp.isfinite(arr)):
+    if math.isfinite(float(model.backend.to_host(xp.sum(arr)))) or all_true(model, xp.isfinite(arr)):
         return
     raise ValueError(f"{argname} contains NaN or inf values")
 
