@@ -156,7 +156,7 @@ class _Plan:
     __slots__ = ("steps", "scratch", "copies")
 
     def __init__(self, steps: list[tuple], scratch: list[Any], copies: list[tuple[int, int]]) -> None:
-        self.steps = steps  # (function, operand refs, scratch slot or destination input or None, out=?) per op
+        self.steps = steps  # (out= function or None: run as written, op name, operand refs, where it writes) per op
         self.scratch = scratch  # dtype per scratch slot
         self.copies = copies  # (source ref, destination input) written once every operation ran
 
@@ -178,6 +178,7 @@ class RuleReplay:
                           if name in FUNCTIONS and getattr(xp, name, None) is fn})
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[tuple, list[Any]] = {}  # (piece length, dtype per slot) -> buffers
+        self._checked: list[Any] = []  # the destination arrays last found writable, flat and alike in shape
 
     def apply(self, values: Any, grads: Any, state: dict[str, Any], step: int, lr: Any,
               piece: int = PIECE_ELEMENTS) -> bool:
@@ -186,6 +187,7 @@ class RuleReplay:
         keys = tuple(state)
         inputs = [values, grads, *[state[k] for k in keys]]
         try:
+            self._check_buffers(inputs)
             recording, outputs = self._record(inputs, keys, step, lr)
             key = (tuple(recording.ops), outputs, tuple(map(type, recording.consts)), keys,
                    tuple([x.dtype for x in inputs]))
@@ -210,6 +212,19 @@ class RuleReplay:
             raise RuntimeError(f"{type(self.optimizer).__name__}'s replayed rule failed in the middle of a step; "
                                f"the parameters hold a partial update: {exc}") from exc
         return True
+
+    def _check_buffers(self, inputs: list[Any]) -> None:
+        """Unreplayable unless every array is 1-D of one length and the destinations take writes (each new
+        destination is written with its own contents once, before any step writes it)."""
+        shape = tuple(inputs[0].shape)
+        if len(shape) != 1 or any(tuple(x.shape) != shape for x in inputs):
+            raise Unreplayable("buffers that are not 1-D of one length")
+        dests = [inputs[0], *inputs[2:]]
+        if len(dests) == len(self._checked) and all(map(operator.is_, dests, self._checked)):
+            return
+        for d in dests:  # a read-only (NumPy) or self-overlapping (torch's expand) array refuses this
+            d[...] = d
+        self._checked = dests
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, inputs: list[Any], keys: tuple[str, ...], step: int, lr: Any) -> tuple[_Recording, tuple]:
@@ -245,10 +260,6 @@ class RuleReplay:
             probe.append(out)
         # destinations: output i goes to input 0 (values) or 2 + k (state); grads (input 1) is never one
         dests = [0, *range(2, n_in)]
-        if any(tuple(x.shape) != tuple(inputs[0].shape) for x in inputs):
-            raise Unreplayable("buffers of different shapes")
-        for d in dests:  # a read-only or self-overlapping buffer refuses this before any step writes it
-            inputs[d][...] = inputs[d]
         if any(r < n_in and r != d for r, d in zip(outputs, dests, strict=True)):
             raise Unreplayable("a result that is another input unchanged")
         if any(probe[r].dtype != inputs[d].dtype for r, d in zip(outputs, dests, strict=True)):
