@@ -137,3 +137,18 @@ def test_bench_distributed_times_a_finished_allreduce_and_releases_the_communica
     assert events[-1] == "close"
     assert "allreduce" not in vars(comm), "the timing wrapper (which holds comm itself) was left on the communicator"
     assert '"ranks": 1' in capsys.readouterr().out
+
+
+def test_bench_torch_steps_reports_every_stage_of_both_steps(monkeypatch, capsys):
+    """A tiny run of the stage-by-stage comparison against native torch: both rows, four stages, the ratio."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("bench_torch_steps", ROOT / "benchmarks" / "bench_torch_steps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["bench_torch_steps.py", "--shape", "small", "--optimizer", "adam",
+                                      "--rounds", "1", "--steps", "2"])
+    bench.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("| native torch |", "| nnx |"))]
+    assert len(rows) == 2 and all(len(row.split("|")) == 8 for row in rows), out
+    assert "nnx / native torch, whole step: " in out and "(execution: flat)" in out
