@@ -347,6 +347,33 @@ def test_sharded_fit_in_a_world_of_one_equals_plain_fit():
         np.testing.assert_allclose(v, b.state_dict()[k], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_the_sharded_update_with_the_replayed_rule_equals_plain_fit(optimizer, monkeypatch):
+    """From `replay.MIN_ELEMENTS` parameters in a rank's slice (here: any) the rule is replayed into the slices."""
+    from nnx.training import replay
+
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    applied = []  # what each replay reported: True means the rule ran replayed
+    real_apply = replay.RuleReplay.apply
+    monkeypatch.setattr(replay.RuleReplay, "apply", lambda self, *args: applied.append(real_apply(self, *args))
+                        or applied[-1])
+    X = np.random.default_rng(1).normal(size=(30, 4))
+    y = (X[:, 1] > 0).astype(float)
+    a, b = _tiny(), _tiny()
+    ha = a.fit(X, y, epochs=2, batch_size=8, optimizer=optimizer, lr=0.01)
+    flat_steps = len(applied)
+    hb = b.fit(X, y, epochs=2, batch_size=8, optimizer=optimizer, lr=0.01,
+               distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+    assert hb.execution == "sharded"
+    assert flat_steps == 8 and len(applied) == 16 and all(applied), applied  # 4 steps an epoch, each replayed
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=0, atol=1e-12)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(v, b.state_dict()[k], rtol=0, atol=1e-12)
+    for i, entry in a.optimizer.state_dict()["state"].items():
+        for key, arr in entry.items():
+            np.testing.assert_allclose(arr, b.optimizer.state_dict()["state"][i][key], rtol=0, atol=1e-12)
+
+
 def test_sharded_update_refuses_a_rule_that_is_not_elementwise():
     m = _tiny()
     with pytest.raises(ValueError, match="NotElementwiseSGD declares elementwise = False"):

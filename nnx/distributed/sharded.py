@@ -8,7 +8,8 @@ rule runs between the two, on this rank's contiguous slice of all parameters con
 2. the transforms after the average (clipping) run on the slice (`GradientTransform.apply_flat`;
    a global norm sums one scalar over the ranks), then the finite check (one flag summed over the ranks);
 3. the optimizer's ``elementwise`` rule updates the slice of the flat parameter buffer and the same
-   slice of each flat state buffer;
+   slice of each flat state buffer (replayed into them, as the flat update does, where
+   `nnx.training.replay` applies);
 4. the parameters are all-gathered, so every rank holds all of them again.
 
 The bytes moved are those of one all-reduce; the rule's work is divided by the ranks. The slices
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..layers.parameter import Parameter
+from ..training import replay
 from ..training.flat import write_in_place
 from ..training.transforms import GradientTransform
 from .average import AverageGradients, rank_rows
@@ -60,6 +62,8 @@ class ShardedUpdate(AverageGradients):
         self.state_views: list[dict[str, Any]] = []
         self.mutable = True
         self.grad_shard: Any = None  # this step's slice of the averaged, transformed gradient
+        self.replay: replay.RuleReplay | None = None  # the rule replayed into the slices (`nnx.training.replay`)
+        self.shard: tuple[Any, dict[str, Any]] = (None, {})  # this rank's slices of the value and state buffers
         self._local: Any = None  # this step's own gradients, concatenated
         self._sources: list[Any] = []
 
@@ -87,6 +91,8 @@ class ShardedUpdate(AverageGradients):
         self.counts = [b - a for a, b in ranks]
         self.start, self.stop = ranks[self.comm.rank]
         self.values, self.state = None, None
+        out_functions = backend.out_functions() if self.stop - self.start >= replay.MIN_ELEMENTS else None
+        self.replay = replay.RuleReplay(optimizer, backend.xp, out_functions) if out_functions else None
 
     # -- the gradient stage ---------------------------------------------------------------------
     def apply(self, params: list[Parameter], rows: int) -> bool:
@@ -147,23 +153,34 @@ class ShardedUpdate(AverageGradients):
             raise ValueError(f"shard_update=True needs every parameter updated equally often, got {steps}")
         self._layout()
         assert self.state is not None
-        a, b = self.start, self.stop
         t = steps[0] + 1
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        old_values = self.values[a:b]
-        old_state = {k: arr[a:b] for k, arr in self.state.items()}
-        new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
-        if keep is not None:
-            new_values = xp.where(keep, new_values, old_values)
-            new_state = {k: xp.where(keep, arr, old_state[k]) for k, arr in new_state.items()}
+        old_values, old_state = self.shard
+        if keep is None and self._replayed(t):
+            values, state = self.values, self.state  # the slices were written in place
+        else:
+            new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
+            if keep is not None:
+                new_values = xp.where(keep, new_values, old_values)
+                new_state = {k: xp.where(keep, arr, old_state[k]) for k, arr in new_state.items()}
+            values = self._put(self.values, new_values)
+            state = {k: self._put(arr, new_state[k]) for k, arr in self.state.items()}
         self.grad_shard = None
-        values = self._put(self.values, new_values)
-        state = {k: self._put(arr, new_state[k]) for k, arr in self.state.items()}
         values = self.comm.allgather(values, self.counts)
         if values is not self.values or any(state[k] is not arr for k, arr in self.state.items()):
             self._install(values, state)  # immutable arrays (JAX): new buffers, new views
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
+
+    def _replayed(self, t: int) -> bool:
+        """The rule replayed into this rank's slices, as `FlatUpdate` does; False, nothing written, where not."""
+        if self.replay is None or not self.mutable:
+            return False
+        values, state = self.shard
+        if self.replay.apply(values, self.grad_shard, state, t, self.optimizer.lr):
+            return True
+        self.replay = None  # the rule cannot be replayed: plainly from now on
+        return False
 
     def gather_state(self) -> None:
         """Every rank's slice of the optimizer state on every rank (a collective: all ranks call it together)."""
@@ -195,6 +212,8 @@ class ShardedUpdate(AverageGradients):
             for p, view in zip(opt.params, self.value_views, strict=True):
                 p.value = view
         self.state = dict(state)
+        a, b = self.start, self.stop
+        self.shard = (self.values[a:b], {k: arr[a:b] for k, arr in self.state.items()})
         per_key = {k: self._views(flat) for k, flat in self.state.items()}
         self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
         opt.state = {i: dict(views) for i, views in enumerate(self.state_views)}
