@@ -355,8 +355,8 @@ def test_the_sharded_update_with_the_replayed_rule_equals_plain_fit(optimizer, m
     monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
     applied = []  # what each replay reported: True means the rule ran replayed
     real_apply = replay.RuleReplay.apply
-    monkeypatch.setattr(replay.RuleReplay, "apply", lambda self, *args: applied.append(real_apply(self, *args))
-                        or applied[-1])
+    monkeypatch.setattr(replay.RuleReplay, "apply", lambda self, *args, **kwargs: applied.append(
+        real_apply(self, *args, **kwargs)) or applied[-1])
     X = np.random.default_rng(1).normal(size=(30, 4))
     y = (X[:, 1] > 0).astype(float)
     a, b = _tiny(), _tiny()

@@ -4,6 +4,8 @@ Where a backend writes into given arrays (`Backend.out_functions`), the flat upd
 an elementwise rule each step and replays it into its buffers. These tests call a rule
 plainly and replayed on the same arrays (NaN, inf and signed zeros among them) and compare
 the bits; a rule the recording cannot replay must leave every array untouched and report it.
+The test optimizers' names start with an underscore, which keeps them out of nnx's registry
+(other tests run every registered optimizer).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from nnx.training import replay
 from nnx.training.replay import RuleReplay
 
 
-class ScalarsOnTheLeft(optim.Optimizer):
+class _ScalarsOnTheLeft(optim.Optimizer):
     """Python numbers before the array in every operator, a comparison and the namespace's where."""
 
     elementwise = True
@@ -33,7 +35,7 @@ class ScalarsOnTheLeft(optim.Optimizer):
         return value - lr * shrink * signed + abs(-grad) * 0.0, {"s": 0.5 - damp * 0.1}
 
 
-class ReadsOldStateLate(optim.Optimizer):
+class _ReadsOldStateLate(optim.Optimizer):
     """Reads its old state after computing the new one, so the new one must not overwrite it early."""
 
     elementwise = True
@@ -46,7 +48,7 @@ class ReadsOldStateLate(optim.Optimizer):
         return value - lr * (m + state["m"]) / xp.sqrt(xp.abs(m) + 1.0), {"m": m}
 
 
-class OneResultTwice(optim.Optimizer):
+class _OneResultTwice(optim.Optimizer):
     """Returns one array as the new value and as its state, and keeps another state entry unchanged."""
 
     elementwise = True
@@ -60,13 +62,13 @@ class OneResultTwice(optim.Optimizer):
 
 
 RULES = [(optim.get_optimizer, (name,), kwargs) for name, kwargs in OPTIMIZERS if isinstance(name, str)] + [
-    (cls, (), {"lr": 0.01}) for cls in (ScalarsOnTheLeft, ReadsOldStateLate, OneResultTwice)
+    (cls, (), {"lr": 0.01}) for cls in (_ScalarsOnTheLeft, _ReadsOldStateLate, _OneResultTwice)
 ] + [(name, (), kwargs) for name, kwargs in OPTIMIZERS if not isinstance(name, str)]
 
 
 def _ids(rule):
     make, args, kwargs = rule
-    name = args[0] if args else make.__name__
+    name = args[0] if args else make.__name__.lstrip("_")
     return "-".join([name, *[f"{k}={v}" for k, v in kwargs.items() if k != "lr"]])
 
 
@@ -120,7 +122,39 @@ def test_a_replayed_rule_writes_the_plain_calls_bits(backend, dtype, rule, piece
         grad = grad * 0.5
 
 
-class ReadsANumber(optim.Optimizer):
+@pytest.mark.parametrize("rule", [r for r in RULES if _ids(r) in ("adam-weight_decay=0.001", "sgd", "OneResultTwice",
+                                                                    "ScalarsOnTheLeft")], ids=_ids)
+@pytest.mark.parametrize("verdict", [True, False], ids=["kept", "refused"])
+def test_a_deferred_verdict_selects_as_the_plain_where_does(backend, dtype, rule, verdict):
+    """With the deferred finite check's 0-d flag, each result or the old array is written, as
+    ``xp.where(keep, new, old)`` would; where the backend cannot select in place, nothing is written."""
+    out = backend.out_functions()
+    if out is None:
+        return
+    make, args, kwargs = rule
+    xp = backend.xp
+    value, _ = _arrays(backend, dtype)
+    grad = backend.from_host(np.linspace(-1.0, 1.0, 37).astype(dtype))  # finite: the flag is what decides
+    opt = make(*args, [nnx.Parameter("w", value)], **kwargs)
+    state = {k: arr + 0.25 for k, arr in opt.init_state(xp, value).items()}
+    keep = xp.asarray(verdict, device=backend.device)
+    new_value, new_state = opt.update(xp, value, grad, state, 1, opt.lr)
+    plain_value = xp.where(keep, new_value, value)
+    plain_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
+    written_value = _copy(backend, value)
+    written_state = {k: _copy(backend, arr) for k, arr in state.items()}
+    applied = RuleReplay(opt, xp, out).apply(written_value, grad, written_state, 1, opt.lr, keep=keep)
+    if "where" not in out:  # NumPy: no out= where (and its flat update never defers the check)
+        assert not applied
+        plain_value, plain_state = value, state
+    else:
+        assert applied
+    np.testing.assert_array_equal(_bits(backend, written_value), _bits(backend, plain_value))
+    for key, arr in plain_state.items():
+        np.testing.assert_array_equal(_bits(backend, written_state[key]), _bits(backend, arr), err_msg=key)
+
+
+class _ReadsANumber(optim.Optimizer):
     """Reads an array's value in Python."""
 
     elementwise = True
@@ -130,7 +164,7 @@ class ReadsANumber(optim.Optimizer):
         return value - lr * grad / scale, state
 
 
-class Branches(optim.Optimizer):
+class _Branches(optim.Optimizer):
     """Branches on an element of the gradient."""
 
     elementwise = True
@@ -139,7 +173,7 @@ class Branches(optim.Optimizer):
         return (value - lr * grad if grad[0] > 0 else value), state
 
 
-class HoldsAnArray(optim.Optimizer):
+class _HoldsAnArray(optim.Optimizer):
     """Multiplies by an array of its own."""
 
     elementwise = True
@@ -148,7 +182,7 @@ class HoldsAnArray(optim.Optimizer):
         return value - self.scale * grad, state
 
 
-class MakesAnArray(optim.Optimizer):
+class _MakesAnArray(optim.Optimizer):
     """Makes an array with a function that is not elementwise."""
 
     elementwise = True
@@ -157,7 +191,7 @@ class MakesAnArray(optim.Optimizer):
         return value - xp.full_like(value, lr) * grad, state
 
 
-class AddsAKey(optim.Optimizer):
+class _AddsAKey(optim.Optimizer):
     """Returns a state key it was not given."""
 
     elementwise = True
@@ -169,7 +203,7 @@ class AddsAKey(optim.Optimizer):
         return value - lr * grad, {"a": state["a"] + grad, "b": grad * 2.0}
 
 
-class Swaps(optim.Optimizer):
+class _Swaps(optim.Optimizer):
     """Returns each state entry under the other's key."""
 
     elementwise = True
@@ -181,8 +215,8 @@ class Swaps(optim.Optimizer):
         return value - lr * grad, {"a": state["b"], "b": state["a"]}
 
 
-@pytest.mark.parametrize("make", [ReadsANumber, Branches, HoldsAnArray, MakesAnArray, AddsAKey, Swaps],
-                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("make", [_ReadsANumber, _Branches, _HoldsAnArray, _MakesAnArray, _AddsAKey, _Swaps],
+                         ids=lambda c: c.__name__.lstrip("_"))
 def test_a_rule_the_recording_cannot_replay_is_reported_and_nothing_is_written(backend, dtype, make):
     out = backend.out_functions()
     if out is None:
@@ -190,7 +224,7 @@ def test_a_rule_the_recording_cannot_replay_is_reported_and_nothing_is_written(b
     xp = backend.xp
     value, grad = _arrays(backend, dtype)
     opt = make([nnx.Parameter("w", value)], lr=0.1)
-    opt.scale = _copy(backend, value)  # an array of the optimizer's own (HoldsAnArray reads it)
+    opt.scale = _copy(backend, value)  # an array of the optimizer's own (_HoldsAnArray reads it)
     state = opt.init_state(xp, value)
     before = [_bits(backend, value), *[_bits(backend, arr) for arr in state.values()]]
     assert not RuleReplay(opt, xp, out).apply(value, grad, state, 1, opt.lr)
@@ -252,3 +286,47 @@ def test_the_flat_update_replays_from_min_elements_on(backend, dtype, monkeypatc
             step.check(value)
             step.update()
         assert (step.flat.replay is not None) == replays
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked", "deferred"])
+def test_steps_replayed_and_called_plainly_agree_bit_for_bit(backend, dtype, deferred, monkeypatch):
+    """The training step with the replay and without it, a refused (NaN) step among them."""
+    from nnx.training.step import TrainStep
+
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    applied = []  # what each replay reported
+    real_apply = RuleReplay.apply
+    monkeypatch.setattr(RuleReplay, "apply", lambda self, *args, **kwargs: applied.append(
+        real_apply(self, *args, **kwargs)) or applied[-1])
+    X = np.random.default_rng(2).standard_normal((16, 6))
+    y = np.arange(16) % 3
+    runs = []
+    for replayed in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), backend=backend, dtype=dtype, seed=3)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        step = TrainStep(model, model.resolve_loss("cross_entropy"), opt, defer_check=deferred)
+        if step.flat is None:
+            assert backend.can_compile
+            return
+        if not replayed:
+            step.flat.replay = None
+        Xd, yd = model.prepare_inputs(X), model.prepare_targets(y, step.loss, len(X))
+        for i in range(4):
+            value, _ = step.forward_loss(Xd, yd)
+            step.backward()
+            if i == 2:  # a NaN gradient: the step is refused (read now, or selected on the device if deferred)
+                model.parameters()[0].grad = model.parameters()[0].grad * float("nan")
+            if step.check(value):
+                step.update()
+        step.end_epoch()
+        runs.append(([_bits(backend, p.value) for p in model.parameters()], opt.state_dict()))
+        if replayed:  # replayed where the backend writes in place, and with a deferred verdict where it selects
+            out = backend.out_functions() or {}
+            steps = (3 if not deferred else 4) if out and (not deferred or "where" in out) else 0
+            assert applied == [True] * steps, applied
+    (values_a, state_a), (values_b, state_b) = runs
+    for a, b in zip(values_a, values_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for i, entry in state_a["state"].items():
+        for key, arr in entry.items():
+            np.testing.assert_array_equal(_bits(backend, arr), _bits(backend, state_b["state"][i][key]))

@@ -147,7 +147,8 @@ class Backend:
         ``+ - * / > >= < <= == !=`` plus ``neg`` and ``abs`` (``-x``, ``abs(x)``); each must
         compute exactly what the operator on the library's arrays, or the namespace's function
         of that name, computes. The flat update replays an elementwise optimizer rule with
-        them (`nnx.training.replay`). None where the library has none or its arrays are immutable.
+        them (`nnx.training.replay`); ``where``, if given, also selects a deferred finite
+        check's verdict in place. None where the library has none or its arrays are immutable.
         """
         return None
 

@@ -25,7 +25,7 @@ UPDATE_PIECE_BYTES = 256 * 1024
 OPERATOR_FUNCTIONS = {"+": "add", "-": "sub", "*": "mul", "/": "div", ">": "gt", ">=": "ge", "<": "lt",
                       "<=": "le", "==": "eq", "!=": "ne", "neg": "neg", "abs": "abs"}
 OUT_FUNCTIONS = ("abs", "sqrt", "exp", "expm1", "log", "log1p", "square", "negative", "sin", "cos", "tanh",
-                 "floor", "ceil", "trunc", "logical_and", "logical_or", "logical_not")
+                 "floor", "ceil", "trunc", "logical_and", "logical_or", "logical_not", "where")
 
 
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:

@@ -156,7 +156,7 @@ class ShardedUpdate(AverageGradients):
         t = steps[0] + 1
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
         old_values, old_state = self.shard
-        if keep is None and self._replayed(t):
+        if self._replayed(t, keep):
             values, state = self.values, self.state  # the slices were written in place
         else:
             new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
@@ -172,12 +172,12 @@ class ShardedUpdate(AverageGradients):
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
 
-    def _replayed(self, t: int) -> bool:
+    def _replayed(self, t: int, keep: Any) -> bool:
         """The rule replayed into this rank's slices, as `FlatUpdate` does; False, nothing written, where not."""
-        if self.replay is None or not self.mutable:
+        if self.replay is None or not self.mutable or (keep is not None and not self.replay.selects):
             return False
         values, state = self.shard
-        if self.replay.apply(values, self.grad_shard, state, t, self.optimizer.lr):
+        if self.replay.apply(values, self.grad_shard, state, t, self.optimizer.lr, keep=keep):
             return True
         self.replay = None  # the rule cannot be replayed: plainly from now on
         return False

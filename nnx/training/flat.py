@@ -175,7 +175,7 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        if keep is None and self._replayed(t):
+        if self._replayed(t, keep):
             pass
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
@@ -184,12 +184,12 @@ class FlatUpdate:
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
 
-    def _replayed(self, t: int) -> bool:
+    def _replayed(self, t: int, keep: Any) -> bool:
         """The rule replayed into the buffers (`RuleReplay`); False, nothing written, where it cannot be."""
-        if self.replay is None or not self.mutable:
+        if self.replay is None or not self.mutable or (keep is not None and not self.replay.selects):
             return False
         assert self.state is not None
-        if self.replay.apply(self.values, self.grads, self.state, t, self.optimizer.lr):
+        if self.replay.apply(self.values, self.grads, self.state, t, self.optimizer.lr, keep=keep):
             return True
         self.replay = None  # this rule does something a recording cannot replay: plainly from now on
         return False

@@ -176,24 +176,37 @@ class RuleReplay:
         # an xp function only where the backend's out= function is the namespace's own object
         self._out.update({"xp." + name: fn for name, fn in out_functions.items()
                           if name in FUNCTIONS and getattr(xp, name, None) is fn})
+        # the select of the deferred finite check: the namespace's where as the backend writes it
+        self._select = out_functions.get("where")
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[tuple, list[Any]] = {}  # (piece length, dtype per slot) -> buffers
         self._checked: list[Any] = []  # the destination arrays last found writable, flat and alike in shape
 
+    @property
+    def selects(self) -> bool:
+        """Whether `apply` takes a deferred verdict (`keep`): the backend writes ``where`` into a given array."""
+        return self._select is not None
+
     def apply(self, values: Any, grads: Any, state: dict[str, Any], step: int, lr: Any,
-              piece: int = PIECE_ELEMENTS) -> bool:
+              piece: int = PIECE_ELEMENTS, keep: Any = None) -> bool:
         """Write the rule's new values and state into `values` and `state`'s arrays in place, over slices of
-        at most `piece` elements; False, with nothing written, where the rule cannot be replayed."""
+        at most `piece` elements; False, with nothing written, where the rule cannot be replayed.
+
+        `keep`, a 0-d boolean array (the deferred finite check), selects on the device between the rule's
+        results and the arrays as they were, as ``xp.where(keep, new, old)`` would; None writes the results.
+        """
         keys = tuple(state)
         inputs = [values, grads, *[state[k] for k in keys]]
         try:
+            if keep is not None and not self.selects:
+                raise Unreplayable("no out= where to select with")
             self._check_buffers(inputs)
             recording, outputs = self._record(inputs, keys, step, lr)
             key = (tuple(recording.ops), outputs, tuple(map(type, recording.consts)), keys,
-                   tuple([x.dtype for x in inputs]))
+                   tuple([x.dtype for x in inputs]), keep is None)
             plan = self._plans.get(key)
             if plan is None:
-                plan = self._plan(recording, outputs, inputs)
+                plan = self._plan(recording, outputs, inputs, selecting=keep is not None)
                 if len(self._plans) >= MAX_PLANS:
                     self._plans.clear()
                 self._plans[key] = plan
@@ -207,7 +220,7 @@ class RuleReplay:
                 stop = min(start + piece, size)
                 part = [x[start:stop] for x in inputs]
                 slots = scratch if stop - start == piece else [b[:stop - start] for b in scratch]
-                self._run(plan, part, slots, recording.consts)
+                self._run(plan, part, slots, recording.consts, keep)
         except Exception as exc:
             raise RuntimeError(f"{type(self.optimizer).__name__}'s replayed rule failed in the middle of a step; "
                                f"the parameters hold a partial update: {exc}") from exc
@@ -249,8 +262,12 @@ class RuleReplay:
             return getattr(self.xp, name[3:])(*args)
         return OPERATORS[name](*args)
 
-    def _plan(self, recording: _Recording, outputs: tuple[int, ...], inputs: list[Any]) -> _Plan:
-        """Dtypes from the operations run on one element each, then buffers by the operands' last reads."""
+    def _plan(self, recording: _Recording, outputs: tuple[int, ...], inputs: list[Any], selecting: bool) -> _Plan:
+        """Dtypes from the operations run on one element each, then buffers by the operands' last reads.
+
+        `selecting` (a deferred check's step): no result goes straight into its destination, since the
+        old contents are selected between at the end; each result stays in a scratch buffer until then.
+        """
         n_in, ops, consts = recording.n_inputs, recording.ops, recording.consts
         probe = [x[:1] for x in inputs]
         for name, refs in ops:
@@ -293,7 +310,7 @@ class RuleReplay:
             dtype = probe[ref].dtype
             target = None
             for r, d in zip(outputs, dests, strict=True):
-                if r == ref and last_read[d] <= j and dtype == inputs[d].dtype:
+                if r == ref and not selecting and last_read[d] <= j and dtype == inputs[d].dtype:
                     target = ("input", d)
                     claimed[ref] = d
                     break
@@ -320,7 +337,7 @@ class RuleReplay:
         return buffers
 
     # -- replay -----------------------------------------------------------------------------------
-    def _run(self, plan: _Plan, inputs: list[Any], slots: list[Any], consts: list[Any]) -> None:
+    def _run(self, plan: _Plan, inputs: list[Any], slots: list[Any], consts: list[Any], keep: Any) -> None:
         vals = inputs + [None] * len(plan.steps)
         n_in = len(inputs)
         for j, (fn, name, refs, target) in enumerate(plan.steps):
@@ -331,5 +348,9 @@ class RuleReplay:
             out = slots[target[1]] if target[0] == "slot" else inputs[target[1]]
             fn(*args, out=out)
             vals[n_in + j] = out
-        for r, d in plan.copies:
-            inputs[d][...] = vals[r]
+        if keep is None:
+            for r, d in plan.copies:
+                inputs[d][...] = vals[r]
+            return
+        for r, d in plan.copies:  # every result not already its destination (a state entry kept as it was)
+            self._select(keep, vals[r], inputs[d], out=inputs[d])
