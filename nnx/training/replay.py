@@ -352,5 +352,7 @@ class RuleReplay:
             for r, d in plan.copies:
                 inputs[d][...] = vals[r]
             return
+        select = self._select
+        assert select is not None  # `apply` refuses a verdict otherwise
         for r, d in plan.copies:  # every result not already its destination (a state entry kept as it was)
-            self._select(keep, vals[r], inputs[d], out=inputs[d])
+            select(keep, vals[r], inputs[d], out=inputs[d])
