@@ -250,6 +250,24 @@ def test_a_read_only_buffer_is_refused_before_anything_is_written():
     np.testing.assert_array_equal(state["exp_avg"], before[1])
 
 
+def test_arrays_that_record_gradients_are_refused_before_anything_is_written():
+    """torch refuses out= functions on tensors that require grad: such arrays run the rule plainly."""
+    torch = pytest.importorskip("torch")
+    backend = nnx.get_backend("torch")
+    for recording in ("values", "grads"):
+        value, grad = _arrays(backend, "float32")
+        grad = torch.nan_to_num(grad, posinf=1.0, neginf=-1.0)
+        opt = optim.Adam([nnx.Parameter("w", value)])
+        state = opt.init_state(backend.xp, value)
+        if recording == "values":
+            value = (value * 1.0).requires_grad_()
+        else:
+            grad = grad.requires_grad_()
+        before = value.detach().clone()
+        assert not RuleReplay(opt, backend.xp, backend.out_functions()).apply(value, grad, state, 1, opt.lr)
+        assert torch.equal(value.detach(), before) and not state["exp_avg"].any()
+
+
 def test_buffers_of_other_shapes_are_refused():
     backend = nnx.get_backend("numpy")
     value, grad = _arrays(backend, "float64")

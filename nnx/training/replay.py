@@ -180,7 +180,8 @@ class RuleReplay:
         self._select = out_functions.get("where")
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[tuple, list[Any]] = {}  # (piece length, dtype per slot) -> buffers
-        self._checked: list[Any] = []  # the destination arrays last found writable, flat and alike in shape
+        self._checked: list[Any] = []  # the destinations last found writable and open to out= functions
+        self._checked_grads: Any = None  # the gradients last found open to them
 
     @property
     def selects(self) -> bool:
@@ -227,17 +228,22 @@ class RuleReplay:
         return True
 
     def _check_buffers(self, inputs: list[Any]) -> None:
-        """Unreplayable unless every array is 1-D of one length and the destinations take writes (each new
-        destination is written with its own contents once, before any step writes it)."""
+        """Unreplayable unless every array is 1-D of one length, the destinations take writes and every array
+        is read and written by out= functions (torch refuses those on arrays that record gradients). Each new
+        array is tried once, before any step writes: a destination with its own contents, elements times 1."""
         shape = tuple(inputs[0].shape)
         if len(shape) != 1 or any(tuple(x.shape) != shape for x in inputs):
             raise Unreplayable("buffers that are not 1-D of one length")
-        dests = [inputs[0], *inputs[2:]]
-        if len(dests) == len(self._checked) and all(map(operator.is_, dests, self._checked)):
-            return
-        for d in dests:  # a read-only (NumPy) or self-overlapping (torch's expand) array refuses this
-            d[...] = d
-        self._checked = dests
+        times = self._out["*"]
+        dests, grads = [inputs[0], *inputs[2:]], inputs[1]
+        if not (len(dests) == len(self._checked) and all(map(operator.is_, dests, self._checked))):
+            for x in dests:
+                x[...] = x  # a read-only (NumPy) or self-overlapping (torch's expand) array refuses this
+                times(x[:1], 1, out=x[:1])  # x * 1 is x, NaN and signed zeros included
+            self._checked = dests
+        if grads is not self._checked_grads:  # only read (the sharded update's are new each step)
+            times(grads[:1], 1, out=self.xp.empty_like(grads[:1]))
+            self._checked_grads = grads
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, inputs: list[Any], keys: tuple[str, ...], step: int, lr: Any) -> tuple[_Recording, tuple]:
