@@ -148,7 +148,8 @@ class FlatUpdate:
         return not any(map(is_, [p.grad for p in opt.params], repeat(None)))
 
     def gather_grads(self) -> Any:
-        """This step's gradients as one fresh flat array (kept for `run` while ``p.grad`` stays the same)."""
+        """This step's gradients as one flat array (kept for `run` while ``p.grad`` stays the same); the same
+        array each step where the library writes into one, so hold on to its values by copying them."""
         self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
         grads = [p.grad for p in self.optimizer.params]
         # into last step's buffer, which only this object holds: a fresh one each step costs page faults
