@@ -156,7 +156,8 @@ class ShardedUpdate(AverageGradients):
         t = steps[0] + 1
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
         old_values, old_state = self.shard
-        if self._replayed(t, keep):
+        if self.replay is not None and self.mutable and \
+                self.replay.apply(old_values, self.grad_shard, old_state, t, opt.lr, keep=keep):
             values, state = self.values, self.state  # the slices were written in place
         else:
             new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
@@ -171,16 +172,6 @@ class ShardedUpdate(AverageGradients):
             self._install(values, state)  # immutable arrays (JAX): new buffers, new views
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
-
-    def _replayed(self, t: int, keep: Any) -> bool:
-        """The rule replayed into this rank's slices, as `FlatUpdate` does; False, nothing written, where not."""
-        if self.replay is None or not self.mutable or (keep is not None and not self.replay.selects):
-            return False
-        values, state = self.shard
-        if self.replay.apply(values, self.grad_shard, state, t, self.optimizer.lr, keep=keep):
-            return True
-        self.replay = None  # the rule cannot be replayed: plainly from now on
-        return False
 
     def gather_state(self) -> None:
         """Every rank's slice of the optimizer state on every rank (a collective: all ranks call it together)."""

@@ -176,24 +176,15 @@ class FlatUpdate:
         t = opt.param_steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
-        if self._replayed(t, keep):
-            pass
+        if self.replay is not None and self.mutable and \
+                self.replay.apply(self.values, self.grads, self.state, t, opt.lr, keep=keep):
+            pass  # the rule was replayed into the buffers
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
         self.grads, self._grad_sources = None, []
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
-
-    def _replayed(self, t: int, keep: Any) -> bool:
-        """The rule replayed into the buffers (`RuleReplay`); False, nothing written, where it cannot be."""
-        if self.replay is None or not self.mutable or (keep is not None and not self.replay.selects):
-            return False
-        assert self.state is not None
-        if self.replay.apply(self.values, self.grads, self.state, t, self.optimizer.lr, keep=keep):
-            return True
-        self.replay = None  # this rule does something a recording cannot replay: plainly from now on
-        return False
 
     def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""

@@ -14,7 +14,9 @@ own), so the numbers are the plain call's bit for bit, NaN and inf included; an
 operation without an ``out=`` function runs as written. A rule that does anything else
 while recorded (reads an array's value in Python, calls a function outside the
 elementwise set, mixes in an array of its own) is not replayed: `apply` returns False
-before anything is written, and the caller runs the rule plainly.
+before anything is written, and from then on, and the caller runs the rule plainly.
+With a deferred finite check's verdict (``keep``), every result stays in scratch until
+``where(keep, new, old)`` is written into the buffers, as the plain path selects.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ class RuleReplay:
                           if name in FUNCTIONS and getattr(xp, name, None) is fn})
         # the select of the deferred finite check: the namespace's where as the backend writes it
         self._select = out_functions.get("where")
+        self.failed = False  # set once the rule could not be replayed: `apply` refuses from then on
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[tuple, list[Any]] = {}  # (piece length, dtype per slot) -> buffers
         self._checked: list[Any] = []  # the destinations last found writable and open to out= functions
@@ -196,11 +199,11 @@ class RuleReplay:
         `keep`, a 0-d boolean array (the deferred finite check), selects on the device between the rule's
         results and the arrays as they were, as ``xp.where(keep, new, old)`` would; None writes the results.
         """
+        if self.failed or (keep is not None and not self.selects):
+            return False  # (a backend without an out= where still replays the steps it checks at once)
         keys = tuple(state)
         inputs = [values, grads, *[state[k] for k in keys]]
         try:
-            if keep is not None and not self.selects:
-                raise Unreplayable("no out= where to select with")
             self._check_buffers(inputs)
             recording, outputs = self._record(inputs, keys, step, lr)
             key = (tuple(recording.ops), outputs, tuple(map(type, recording.consts)), keys,
@@ -212,6 +215,7 @@ class RuleReplay:
                     self._plans.clear()
                 self._plans[key] = plan
         except Exception:  # noqa: BLE001 - whatever the recording met, the plain call runs (and raises, if it must)
+            self.failed = True
             return False
         size = values.shape[0]
         piece = min(piece, size)
