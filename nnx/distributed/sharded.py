@@ -91,8 +91,7 @@ class ShardedUpdate(AverageGradients):
         self.counts = [b - a for a, b in ranks]
         self.start, self.stop = ranks[self.comm.rank]
         self.values, self.state = None, None
-        out_functions = backend.out_functions() if self.stop - self.start >= replay.MIN_ELEMENTS else None
-        self.replay = replay.RuleReplay(optimizer, backend.xp, out_functions) if out_functions else None
+        self.replay = replay.for_update(optimizer, backend, self.stop - self.start)
 
     # -- the gradient stage ---------------------------------------------------------------------
     def apply(self, params: list[Parameter], rows: int) -> bool:

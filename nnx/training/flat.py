@@ -80,8 +80,7 @@ class FlatUpdate:
         self._grad_buffer: Any = None  # the array they are gathered into, reused while the layout holds
         self._grad_sources: list[Any] = []
         self.mutable = True
-        out_functions = backend.out_functions() if self.size >= replay.MIN_ELEMENTS else None
-        self.replay = replay.RuleReplay(optimizer, self.xp, out_functions) if out_functions else None
+        self.replay = replay.for_update(optimizer, backend, self.size)
 
     # -- layout ---------------------------------------------------------------------------------
     def _views(self, flat: Any) -> list[Any]:

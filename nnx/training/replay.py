@@ -24,7 +24,7 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-__all__ = ["MIN_ELEMENTS", "RuleReplay", "Unreplayable"]
+__all__ = ["MIN_ELEMENTS", "RuleReplay", "Unreplayable", "for_update"]
 
 # Python operators the stand-in arrays record, by the key `Backend.out_functions` gives them
 OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow,
@@ -48,6 +48,13 @@ PIECE_ELEMENTS = 1 << 18
 # Below this many parameters recording the rule costs more than the plain call's temporaries (Adam: 73 against
 # 13 us on NumPy at 641 parameters; about even at 64k; 527 against 792 us at 235k).
 MIN_ELEMENTS = 1 << 17
+
+
+def for_update(optimizer: Any, backend: Any, size: int) -> RuleReplay | None:
+    """The replay for an update of `size` parameters at a time on `backend`: None where the backend has no
+    out= functions or the update is under `MIN_ELEMENTS` (the flat and the sharded update both ask here)."""
+    out_functions = backend.out_functions() if size >= MIN_ELEMENTS else None
+    return RuleReplay(optimizer, backend.xp, out_functions) if out_functions else None
 
 
 class Unreplayable(Exception):
