@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from .backends import Backend, dtype_name, get_backend, host_rng
@@ -204,9 +204,13 @@ class Sequential(_Chain):
 
     __call__ = forward
 
-    def forward_to_head(self, X: Any, n_layers: int, training: bool) -> Any:
-        """The output of the first `n_layers` layers for a prepared batch (see `output_head`)."""
-        for layer in self.layers[:n_layers]:
+    def forward_to_head(self, X: Any, n_layers: int, training: bool, runners: Sequence[Any] | None = None) -> Any:
+        """The output of the first `n_layers` layers for a prepared batch (see `output_head`).
+
+        `runners`, when given, run those layers instead: one per layer, each the layer itself or a
+        kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`.
+        """
+        for layer in self.layers[:n_layers] if runners is None else runners:
             X = layer.forward(X, training)
         return X
 
@@ -227,10 +231,12 @@ class Sequential(_Chain):
         self._train_output_shape = None
         return self.backward_from_head(dY, len(self.layers), need_dX=True)
 
-    def backward_from_head(self, dY: Any, n_layers: int, need_dX: bool) -> Any:
-        """Backpropagate through the first `n_layers` layers, adding the model-wide regularizer's gradient."""
+    def backward_from_head(self, dY: Any, n_layers: int, need_dX: bool, runners: Sequence[Any] | None = None) -> Any:
+        """Backpropagate through the first `n_layers` layers (or the `runners` of `forward_to_head`),
+        adding the model-wide regularizer's gradient."""
+        layers = self.layers if runners is None else runners
         for i in range(n_layers - 1, -1, -1):
-            dY = self.layers[i].backward(dY, need_dX=need_dX or i > 0)
+            dY = layers[i].backward(dY, need_dX=need_dX or i > 0)
         if self.regularizer is not None:
             for p in self.parameters():
                 if p.regularized and p.grad is not None:

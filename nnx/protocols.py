@@ -9,7 +9,7 @@ and optimizers' values here (they live on higher floors).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 Array = Any  # an array of some array-API namespace: the standard gives it no static type
@@ -115,9 +115,11 @@ class Model(Protocol):
 
     def save(self, path: Any, include_optimizer: bool = True) -> None: ...
 
-    def forward_to_head(self, X: Array, n_layers: int, training: bool) -> Array: ...
+    def forward_to_head(self, X: Array, n_layers: int, training: bool,
+                        runners: Sequence[Any] | None = None) -> Array: ...
 
-    def backward_from_head(self, dY: Array, n_layers: int, need_dX: bool) -> Array: ...
+    def backward_from_head(self, dY: Array, n_layers: int, need_dX: bool,
+                           runners: Sequence[Any] | None = None) -> Array: ...
 
     def penalty(self) -> Array: ...
 

@@ -22,6 +22,8 @@ declarations, never from their classes, and every way gives the plain loop's num
   call over flat buffers (`nnx.training.flat`), and the finite check sums the one
   flat gradient buffer that update gathers;
 - otherwise `Optimizer.step` updates parameter by parameter.
+Outside a compiled step, a layer with a kernel declared for its exact class on this
+backend (`nnx.kernels`) is run by that kernel, which gives the layer's own numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..kernels import layer_runners
 from ..layers.parameter import Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step
@@ -70,6 +73,8 @@ class TrainStep:
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
             FlatUpdate(optimizer, be) if derive_flat else None)
         self.n_run, self.head, self.from_logits = model.output_head(loss)
+        # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
+        self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
         self._dZ: Any = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
@@ -114,7 +119,7 @@ class TrainStep:
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
-        Z = self.model.forward_to_head(X, self.n_run, training=True)
+        Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
         if self.checked_inputs:
             value, self._dZ = self.head.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         else:  # the first batch goes through every input check; the data source prepares the rest alike
@@ -129,7 +134,7 @@ class TrainStep:
         """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
         if self._dZ is not None:
             dZ, self._dZ = self._dZ, None
-            self.model.backward_from_head(dZ, self.n_run, need_dX=False)
+            self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)
 
     def transform(self, rows: int) -> bool:
         """Run the gradient transforms; False when one holds the update back (accumulating)."""
