@@ -152,3 +152,17 @@ def test_bench_torch_steps_reports_every_stage_of_both_steps(monkeypatch, capsys
     rows = [line for line in out.splitlines() if line.startswith(("| native torch |", "| nnx |"))]
     assert len(rows) == 2 and all(len(row.split("|")) == 8 for row in rows), out
     assert "nnx / native torch, whole step: " in out and "(execution: flat)" in out
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_bench_against_times_each_checkout_in_its_own_process(capsys):
+    """A tiny run against this very checkout: each process imports nnx from its tree, one row per tree."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("bench_against", ROOT / "benchmarks" / "bench_against.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main([str(ROOT), "--shape", "tiny_bce", "--processes", "1", "--epochs", "2"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| this checkout |") or line.startswith(f"| {ROOT} |")]
+    assert len(rows) == 2 and all(len(row.split("|")) == 6 for row in rows), out
+    assert f"this checkout / {ROOT}: " in out
