@@ -13,6 +13,15 @@ torch = pytest.importorskip("torch")
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-300, -1e-300, 2.5, -2.5]
 
 
+@pytest.fixture
+def torch_backend(backend_case):
+    """Each torch device the suite runs on (``NNX_TEST_BACKEND=torch:cuda`` for a GPU); the kernels here are torch's."""
+    be, _ = backend_case
+    if be.name != "torch":
+        pytest.skip("the kernels tested here are declared for torch")
+    return be
+
+
 def _layer(cls, backend):
     layer = cls()
     nnx.Sequential(nnx.Dense(3, 3), layer, backend=backend, dtype="float64")  # builds and binds it
@@ -27,15 +36,15 @@ def _same(got, want):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_torch_relu_kernel_gives_the_layers_numbers_bit_for_bit(dtype):
-    layer = _layer(nnx.ReLU, "torch")
-    (kernel,) = layer_runners([layer], nnx.get_backend("torch"))
+def test_torch_relu_kernel_gives_the_layers_numbers_bit_for_bit(torch_backend, dtype):
+    layer = _layer(nnx.ReLU, torch_backend)
+    (kernel,) = layer_runners([layer], torch_backend)
     assert kernel is not layer
     gen = np.random.default_rng(0)
     n = len(SPECIAL)
     X, dY = gen.normal(size=(n * n, 3)) * 3, gen.normal(size=(n * n, 3))
     X[:, 0], dY[:, 0] = np.repeat(SPECIAL, n), np.tile(SPECIAL, n)  # every special input meets every gradient
-    X_t, dY_t = (torch.tensor(a, dtype=getattr(torch, dtype)) for a in (X, dY))
+    X_t, dY_t = (torch.tensor(a, dtype=getattr(torch, dtype), device=torch_backend.device) for a in (X, dY))
     _same(kernel.forward(X_t, training=True), layer.forward(X_t, training=True))
     _same(kernel.backward(dY_t), layer.backward(dY_t))
     _same(kernel.forward(X_t), layer.forward(X_t))  # inference keeps nothing
@@ -61,7 +70,7 @@ def test_kernels_run_only_where_declared():
         assert layer_runners([layer], torch_be if layer.backend.name == "torch" else layer.backend) == [layer]
 
 
-def test_a_torch_fit_runs_the_kernel_and_gives_the_plain_loops_numbers():
+def test_a_torch_fit_runs_the_kernel_and_gives_the_plain_loops_numbers(torch_backend):
     gen = np.random.default_rng(1)
     X, y = gen.normal(size=(64, 5)), gen.integers(0, 3, 64)
     X[:8] *= 1e3  # large activations, many exact zeros after the ReLU
@@ -74,7 +83,7 @@ def test_a_torch_fit_runs_the_kernel_and_gives_the_plain_loops_numbers():
                             epochs=3, batch_size=16, verbose=0)
         return model, history
 
-    be = nnx.get_backend("torch")
+    be = torch_backend
     derived, history = fit(be)
     plain, _ = fit(be.with_fastpath(False))
     assert history.execution == "flat"
