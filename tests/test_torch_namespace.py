@@ -1,0 +1,83 @@
+"""The torch adapter's namespace gives array_api_compat's results where it skips compat's wrappers.
+
+`maximum`, `minimum` and `matmul` go straight to torch where the operands already agree (a
+Python number beside a floating tensor, two tensors of one dtype); every result must be the
+one compat's own function gives: the same dtype, device and bits (NaN and signed zeros too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import nnx
+
+torch = pytest.importorskip("torch")
+compat = pytest.importorskip("array_api_compat.torch")
+
+VALUES = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-300, -2.5, 3.0]
+
+
+def _xp():
+    return nnx.get_backend("torch").xp
+
+
+def _same(got, want):
+    assert got.dtype == want.dtype and got.device == want.device and got.shape == want.shape
+    got, want = got.detach().cpu(), want.detach().cpu()
+    if got.dtype.is_floating_point:  # bits, so that NaN and the sign of zero count
+        bits = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+                torch.float64: torch.int64}[got.dtype]
+        assert torch.equal(got.view(bits), want.view(bits))
+    else:
+        assert torch.equal(got, want)
+
+
+def _operand_pairs():
+    for dtype in (torch.float64, torch.float32, torch.float16):
+        a = torch.tensor(VALUES, dtype=dtype)
+        for number in (0, 0.0, -0.0, 2, -1.5, math.nan, math.inf):
+            yield a, number
+            yield number, a
+            yield torch.tensor(-0.0, dtype=dtype), number  # a 0-d tensor
+        yield a, torch.tensor(VALUES[::-1], dtype=dtype)
+    ints = torch.tensor([-3, 0, 4])
+    yield ints, 2  # compat's own path: not a floating tensor
+    yield ints, 1.5
+    yield torch.tensor(VALUES), True  # a bool is not a number here
+    yield torch.tensor(VALUES, dtype=torch.float32), torch.tensor(1.0, dtype=torch.float64)  # mixed dtypes
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_maximum_and_minimum_give_compats_results(name):
+    xp = _xp()
+    for x1, x2 in _operand_pairs():
+        try:
+            want = getattr(compat, name)(x1, x2)
+        except (TypeError, RuntimeError) as exc:
+            with pytest.raises(type(exc)):
+                getattr(xp, name)(x1, x2)
+            continue
+        _same(getattr(xp, name)(x1, x2), want)
+
+
+def test_matmul_gives_compats_results():
+    xp = _xp()
+    gen = torch.Generator().manual_seed(0)
+    shapes = [((3, 4), (4, 5)), ((4,), (4, 2)), ((2, 3), (3,)), ((2, 3, 4), (4, 2))]
+    for (s1, s2) in shapes:
+        for d1, d2 in [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                       (torch.float32, torch.float64), (torch.int64, torch.int64)]:
+            x1 = (torch.randn(s1, generator=gen) * 4).to(d1)
+            x2 = (torch.randn(s2, generator=gen) * 4).to(d2)
+            _same(xp.matmul(x1, x2), compat.matmul(x1, x2))
+
+
+def test_every_other_name_is_compats_own_object():
+    xp = _xp()
+    assert xp.__name__ == compat.__name__
+    mine = {"maximum", "minimum", "matmul"}
+    for name, value in vars(compat).items():
+        if name not in mine and name not in ("__name__", "__doc__"):
+            assert getattr(xp, name) is value, name
