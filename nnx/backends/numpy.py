@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend
+from .base import Backend, namespace_with
 
 # A rule's temporaries over a slice this size stay under glibc's mmap threshold (128 KiB), so the
 # allocator reuses them instead of mapping fresh pages: 6x faster for Adam over 235k parameters.
@@ -29,10 +29,7 @@ OPERATOR_UFUNCS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide", 
 
 def namespace() -> types.ModuleType:
     """NumPy's namespace with `sum` above; every other name is NumPy's own object."""
-    xp = types.ModuleType(np.__name__, np.__doc__)
-    xp.__dict__.update({k: v for k, v in vars(np).items() if k not in ("__name__", "__doc__")})
-    xp.sum = sum  # pyright: ignore[reportAttributeAccessIssue]
-    return xp
+    return namespace_with(np, sum=sum)
 
 
 class NumpyBackend(Backend):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendUnavailableError, import_library
+from .base import Backend, BackendUnavailableError, import_library, namespace_with
 from .nvidia import driver_cuda_version, gpu_cause, parse_cuda, torch_cuda_install
 from .rng import DeviceRNG
 
@@ -41,8 +41,6 @@ def namespace(torch: Any) -> types.ModuleType:
     (values, dtype, device); every other call, and every other name, is compat's own object.
     """
     compat = importlib.import_module("array_api_compat.torch")
-    xp = types.ModuleType(compat.__name__, compat.__doc__)
-    xp.__dict__.update({k: v for k, v in vars(compat).items() if k not in ("__name__", "__doc__")})
     tensor = torch.Tensor
 
     def with_number(fast: Any, general: Any) -> Any:
@@ -63,10 +61,8 @@ def namespace(torch: Any) -> types.ModuleType:
         return compat.matmul(x1, x2, **kwargs)
 
     matmul.__doc__ = compat.matmul.__doc__
-    xp.maximum = with_number(torch.maximum, compat.maximum)  # pyright: ignore[reportAttributeAccessIssue]
-    xp.minimum = with_number(torch.minimum, compat.minimum)  # pyright: ignore[reportAttributeAccessIssue]
-    xp.matmul = matmul  # pyright: ignore[reportAttributeAccessIssue]
-    return xp
+    return namespace_with(compat, maximum=with_number(torch.maximum, compat.maximum),
+                          minimum=with_number(torch.minimum, compat.minimum), matmul=matmul)
 
 
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
