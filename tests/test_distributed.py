@@ -131,6 +131,25 @@ def test_sharded_update_on_two_ranks_equals_the_all_reduce(two_ranks, backend):
     _check_sharded(two_ranks[1], [backend])
 
 
+def _check_collectives(ranks: list[dict]) -> None:
+    for r in ranks:
+        assert r["collectives"]["failures"] == [], (r["rank"], r["collectives"]["failures"])
+    assert len({r["collectives"]["digest"] for r in ranks}) == 1  # every rank holds the same bits
+
+
+@pytest.mark.slow  # starts MPI or torchrun jobs
+@needs_mpi
+def test_collectives_on_two_ranks_equal_the_sums_worked_out_on_one(two_ranks):
+    """allreduce, reduce_scatter, allgather: NumPy and torch, float32 and float64, uneven blocks, below and
+    above the size from which the ranks pass blocks around a ring (`nnx.distributed.ring`)."""
+    _check_collectives(two_ranks[1])
+
+
+@needs_mpi
+def test_collectives_on_three_ranks_equal_the_sums_worked_out_on_one(three_ranks):
+    _check_collectives(_ranks(three_ranks[0], 3))
+
+
 @needs_mpi
 def test_sharded_update_on_three_ranks_equals_the_all_reduce(three_ranks):
     _check_sharded(_ranks(three_ranks[0], 3), [b for b in ("numpy", "array_api_strict") if b in BACKENDS])

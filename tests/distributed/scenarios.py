@@ -14,6 +14,7 @@ Every scenario also runs with the optimizer update sharded (``DataParallel(comm,
 and is compared with the same run unsharded and with one process. The model has 163 parameters, so
 the slices are uneven on 2 and 3 ranks. ``--save-sharded CKPT`` leaves a checkpoint of a sharded fit
 (two epochs); ``--resume-sharded CKPT`` continues it sharded on this job's ranks (one process: plain).
+Under MPI every job first checks the collectives themselves against sums worked out on one rank.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from nnx import distributed as dist
 from nnx.backends import backend_status
 from nnx.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from nnx.distributed.parallel import AverageGradients
+from nnx.distributed.ring import MIN_BLOCK_BYTES
 
 
 def data(n: int = 101, features: int = 6, classes: int = 3, seed: int = 0):
@@ -193,6 +195,53 @@ class FailOn(Callback):
             raise RuntimeError(f"injected failure on rank {self.rank} at epoch {epoch}")
 
 
+def rank_values(rank: int, n: int, dtype: str, whole: bool = True) -> np.ndarray:
+    """Rank `rank`'s buffer: whole numbers, so that a sum in any order is exact, or fractions."""
+    rng = np.random.default_rng(1000 + rank)
+    values = rng.integers(-1000, 1000, n).astype(dtype) if whole else rng.standard_normal(n).astype(dtype)
+    values[rank % n] = np.nan if not whole else values[rank % n]
+    return values
+
+
+def collectives(comm, backends: list[str]) -> dict:
+    """allreduce, reduce_scatter and allgather against the sums worked out here, below and above the size
+    from which MPI's ranks exchange blocks around a ring, with uneven blocks; the failures, and a digest
+    of an allreduce of fractions (with a NaN) that every rank must share bit for bit."""
+    failures = []
+    size, rank = comm.size, comm.rank
+    for dtype in ("float32", "float64"):
+        ring = MIN_BLOCK_BYTES // np.dtype(dtype).itemsize  # elements of the smallest block the ring takes
+        for n in (7 * size + 3, ring * size + 2 * size - 1):
+            mine = rank_values(rank, n, dtype)
+            every = [rank_values(r, n, dtype) for r in range(size)]
+            counts = [n // size + (1 if r < n % size else 0) for r in range(size)]
+            counts[0], counts[-1] = counts[0] + 1, counts[-1] - 1  # uneven the other way too
+            start = sum(counts[:rank])
+            for backend in ["numpy", *[b for b in backends if b == "torch"]]:
+                be = nnx.get_backend(backend)
+                label = f"{backend}/{dtype}/{n}"
+                got = be.to_host(comm.allreduce(be.asarray(mine.copy()), "sum"))
+                if not np.array_equal(got, np.sum(every, axis=0)):
+                    failures.append(f"{label} allreduce sum")
+                got = be.to_host(comm.allreduce(be.asarray(mine.copy()), "max"))
+                if not np.array_equal(got, np.max(every, axis=0)):
+                    failures.append(f"{label} allreduce max")
+                x = be.asarray(mine.copy())
+                part = be.to_host(comm.reduce_scatter(x, counts))
+                if not np.array_equal(part, np.sum(every, axis=0)[start:start + counts[rank]]):
+                    failures.append(f"{label} reduce_scatter")
+                if not np.array_equal(be.to_host(x), mine):
+                    failures.append(f"{label} reduce_scatter changed its input")
+                holes = np.full(n, -1.0, dtype=dtype)
+                holes[start:start + counts[rank]] = mine[start:start + counts[rank]]
+                got = be.to_host(comm.allgather(be.asarray(holes), counts))
+                if not np.array_equal(got, np.concatenate([every[r][sum(counts[:r]):sum(counts[:r + 1])]
+                                                           for r in range(size)])):
+                    failures.append(f"{label} allgather")
+    fractions = comm.allreduce(rank_values(rank, 3 * MIN_BLOCK_BYTES, "float64", whole=False), "sum")
+    return {"failures": failures, "digest": hashlib.sha256(fractions.tobytes()).hexdigest()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -208,6 +257,8 @@ def main() -> None:
     opts = parser.parse_args()
     comm = dist.init(opts.engine)
     results: dict = {"rank": comm.rank, "size": comm.size, "engine": comm.engine, "scenarios": {}}
+    if comm.engine == "mpi":
+        results["collectives"] = collectives(comm, opts.backends.split(","))
     for backend in filter(None, opts.backends.split(",")):
         # only the backends asked for: available_backends() would import torch and JAX on every rank of every job
         if not backend_status(backend)[0]:
