@@ -22,7 +22,6 @@ from nnx.distributed.local import (
     THREAD_VARS,
     gpu_for_rank,
     group_devices,
-    host_cores,
     limit_threads,
     local_placement,
     threads_per_rank,
@@ -172,27 +171,25 @@ def test_mpiexec_ranks_limit_their_threads_unless_the_user_did(tmp_path, user_th
             assert r["omp"] == share and r["pools"] == [int(share)], r
 
 
-def _fit_seconds(cmd: list[str]) -> float:
-    """Run examples/16_data_parallel.py (--quick) and read the seconds its fit took from rank 0's line."""
+def _recipe_result(cmd: list[str]) -> tuple[float, float]:
+    """Run examples/16_data_parallel.py (--quick) and read the loss and validation accuracy rank 0 printed."""
     res = run_job(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=_unset_env())
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    match = re.search(r"^([0-9.]+) s; loss", res.stdout, re.M)
+    match = re.search(r"^[0-9.]+ s; loss ([0-9.]+), val_accuracy ([0-9.]+)", res.stdout, re.M)
     assert match, res.stdout[-2000:]
-    return float(match.group(1))
+    return float(match.group(1)), float(match.group(2))
 
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.skipif(host_cores() < 2, reason="two ranks can only beat one process with two cores to share")
-def test_the_documented_mpi_recipe_with_thread_variables_unset_is_not_slower_than_one_process(tmp_path):
+def test_the_documented_mpi_recipe_with_thread_variables_unset_gives_the_one_process_numbers(tmp_path):
     """``mpiexec -n 2 python -m mpi4py examples/16_data_parallel.py``, thread variables unset, as a user runs it.
 
-    Before each rank limited its threads, the two BLAS pools fought over the cores and the
-    recipe took 22-50x as long as one process. Best of two runs each, so one hiccup on a
-    shared machine does not decide it.
+    Its speed (before each rank limited its threads, the two BLAS pools fought over the cores and
+    the recipe took 22-50x as long as one process) is measured by benchmarks/bench_distributed.py,
+    and the limit itself by the probe test above; here the recipe must run and train as one process does.
     """
     example = [str(ROOT / "examples" / "16_data_parallel.py"), "--quick", "--out", str(tmp_path)]
-    one = min(_fit_seconds([sys.executable, *example]) for _ in range(2))
-    two = min(_fit_seconds([tool("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *example])
-              for _ in range(2))
-    assert two <= one * 1.1 + 0.1, f"2 ranks took {two:.1f} s against {one:.1f} s for one process"
+    one = _recipe_result([sys.executable, *example])
+    two = _recipe_result([tool("mpiexec") or "mpiexec", "-n", "2", sys.executable, "-m", "mpi4py", *example])
+    assert two == pytest.approx(one, abs=2e-4), f"2 ranks: loss, val_accuracy {two}; one process: {one}"
