@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import types
 from typing import Any
 
@@ -21,6 +22,45 @@ def sum(x: Any, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = Fals
     return np.add.reduce(x, axis=axis, dtype=dtype, keepdims=keepdims)
 
 
+# From this many elements a select between a float array and zero is a bitwise AND with a mask: two passes
+# that NumPy runs 2-3x faster than its `where` (ReLU's backward at 128 x 256 float32: 10-22 against 33-49 us);
+# below it `where` wins (4.7 against 6.6 us at 32 x 16).
+BITWISE_SELECT_MIN = 4096
+# the signed integer of a float's width: -True is all ones in it
+MASK_INTS = {"f": np.int32, "d": np.int64}
+
+
+def where(condition: Any, x1: Any, x2: Any, /) -> Any:
+    """The array API's ``where``; a select between a float32/float64 array and zero, ``where(c, x, 0)`` or
+    ``where(c, 0, x)`` (ReLU's backward), is done bitwise: the same bits, NaN payloads and signed zeros included."""
+    selected = _select_against_zero(condition, x1, x2)
+    return np.where(condition, x1, x2) if selected is None else selected
+
+
+def _is_plain_zero(x: Any) -> bool:
+    return type(x) in (int, float) and x == 0 and math.copysign(1.0, x) > 0  # not bool, not -0.0
+
+
+def _select_against_zero(condition: Any, x1: Any, x2: Any) -> Any:
+    """``where(condition, x1, x2)`` as ``x & mask`` where one of x1, x2 is +0 and the other an array of the
+    condition's shape; None where that does not apply (or does not pay)."""
+    if type(condition) is not np.ndarray or condition.dtype != np.bool_ or condition.size < BITWISE_SELECT_MIN:
+        return None
+    if _is_plain_zero(x2):
+        x, kept_where = x1, True
+    elif _is_plain_zero(x1):
+        x, kept_where = x2, False
+    else:
+        return None
+    ints = MASK_INTS.get(x.dtype.char) if type(x) is np.ndarray else None
+    if ints is None or x.shape != condition.shape:
+        return None
+    # all ones where x is kept, zeros where the result is +0; the casts read any nonzero byte as True
+    mask = np.negative(condition, dtype=ints) if kept_where else np.subtract(condition, 1, dtype=ints)
+    np.bitwise_and(mask, x.view(ints), out=mask)
+    return mask.view(x.dtype)
+
+
 # the ufunc each Python operator on an ndarray calls
 OPERATOR_UFUNCS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide", ">": "greater",
                    ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal", "!=": "not_equal",
@@ -28,8 +68,8 @@ OPERATOR_UFUNCS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide", 
 
 
 def namespace() -> types.ModuleType:
-    """NumPy's namespace with `sum` above; every other name is NumPy's own object."""
-    return namespace_with(np, sum=sum)
+    """NumPy's namespace with `sum` and `where` above; every other name is NumPy's own object."""
+    return namespace_with(np, sum=sum, where=where)
 
 
 class NumpyBackend(Backend):
