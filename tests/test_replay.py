@@ -61,8 +61,24 @@ class _OneResultTwice(optim.Optimizer):
         return new, {"last": new, "fixed": state["fixed"]}
 
 
+class _IntermediateOutlivesItsResult(optim.Optimizer):
+    """Steps toward a new state and value in their own buffers, one of them read after that state is made."""
+
+    elementwise = True
+
+    def init_state(self, xp, value):
+        return {"m": xp.ones_like(value) * 0.5}
+
+    def update(self, xp, value, grad, state, step, lr):
+        half = 0.5 * state["m"]  # may not take m's buffer: it is read after the new m exists
+        m = half + grad
+        stepped = value - lr * (m + half)  # may take the value's buffer on the way to the new value
+        return stepped * 0.5 + stepped * 0.5, {"m": m}
+
+
 RULES = [(optim.get_optimizer, (name,), kwargs) for name, kwargs in OPTIMIZERS if isinstance(name, str)] + [
-    (cls, (), {"lr": 0.01}) for cls in (_ScalarsOnTheLeft, _ReadsOldStateLate, _OneResultTwice)
+    (cls, (), {"lr": 0.01})
+    for cls in (_ScalarsOnTheLeft, _ReadsOldStateLate, _OneResultTwice, _IntermediateOutlivesItsResult)
 ] + [(name, (), kwargs) for name, kwargs in OPTIMIZERS if not isinstance(name, str)]
 
 

@@ -311,6 +311,20 @@ class RuleReplay:
         home: dict[int, tuple[str, int]] = {}  # node ref -> ("slot", i) or ("input", i)
         slots: list[Any] = []
         free: list[int] = []
+        result_for = {d: r for r, d in zip(outputs, dests, strict=True)}  # destination -> the node it receives
+        held: dict[int, int] = {}  # destination input -> the node its buffer holds now (absent: its old contents)
+        is_output = set(outputs)
+
+        def takes(d: int, ref: int, j: int) -> bool:
+            """Whether destination `d`'s buffer may receive node `ref` (computed by operation j): nothing in it
+            is read after j, and `d`'s own result, if it comes later, can still be written there."""
+            if selecting or probe[ref].dtype != inputs[d].dtype or last_read[d] > j:
+                return False
+            if d in held and last_read[held[d]] > j:
+                return False
+            own = result_for[d]
+            return own == ref or (ref not in is_output and own > ref and last_read[ref] <= own - n_in)
+
         for j, (name, refs) in enumerate(ops):
             ref = n_in + j
             fn = self._out.get(name)
@@ -325,13 +339,15 @@ class RuleReplay:
                 steps.append((None, name, refs, None))
                 continue
             dtype = probe[ref].dtype
-            target = None
-            for r, d in zip(outputs, dests, strict=True):
-                if r == ref and not selecting and last_read[d] <= j and dtype == inputs[d].dtype:
-                    target = ("input", d)
+            # a destination whose old contents are dead: its own result, or an intermediate on the way to it
+            # (an update such as buf = mu * buf + g then runs in place, sparing the cache a scratch buffer)
+            d = next((d for d in dests if takes(d, ref, j)), None)
+            if d is not None:
+                target: tuple[str, int] = ("input", d)
+                held[d] = ref
+                if result_for[d] == ref:
                     claimed[ref] = d
-                    break
-            if target is None:
+            else:
                 slot = next((s for s in free if slots[s] == dtype), None)
                 if slot is None:
                     slots.append(dtype)
