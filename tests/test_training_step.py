@@ -535,3 +535,58 @@ def test_on_gradients_replacements_are_moved_to_the_model(be, dtype):
     _assert_weights(_weights(model), {k: v - 0.1 for k, v in before.items()}, tol)
     assert all(p.value.dtype == model.parameters()[0].value.dtype for p in model.parameters())
     assert str(_host(be, model.parameters()[0].value).dtype) == dtype
+
+
+class _EveryOtherStep(nnx.Layer):
+    """Scales its input by a trained factor, and gives the factor a gradient on every other backward only."""
+
+    def build(self, input_shape):
+        self.factor = self.add_parameter("factor", (1,), "ones")
+        self.calls = 0
+
+    def forward(self, X, training=False):
+        if training:
+            self._X = X
+        return X * self.factor.value
+
+    def backward(self, dY, need_dX=True):
+        self.calls += 1
+        if self.calls % 2 == 1:
+            self.factor.grad = self.xp.reshape(self.xp.sum(dY * self._X), (1,))
+        return dY * self.factor.value
+
+
+def test_a_parameter_the_backward_leaves_alone_keeps_its_value(be, dtype):
+    """Each backward starts from no gradients (as torch's zero_grad): last step's is not applied again."""
+    X, y = _data()
+    layer = _EveryOtherStep()
+    model = nnx.Sequential(nnx.Dense(4, 1), layer, backend=be, dtype=dtype, seed=0)
+    seen = []
+
+    class Record(Callback):
+        def on_batch_end(self, batch, logs=None):
+            seen.append((float(be.to_host(layer.factor.value)[0]), layer.factor.grad is None))
+
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, batch_size=10, epochs=1, shuffle=False,
+              callbacks=[Record()])
+    assert [none for _, none in seen] == [False, True, False, True]
+    values = [value for value, _ in seen]
+    assert values[1] == values[0] and values[3] == values[2] and values[1] != values[2]
+
+
+def test_a_layer_that_keeps_python_state_trains_alike_everywhere(backend):
+    """A compiled program would run the counter's code once, when traced: such a step runs plainly instead,
+    with the whole epoch or batch by batch, and gives NumPy's numbers."""
+    X, y = _data()
+    finals = {}
+    for be, callbacks in (("numpy", []), (backend, []), (backend, [Callback()])):
+        layer = _EveryOtherStep()
+        model = nnx.Sequential(nnx.Dense(4, 1), layer, backend=be, dtype="float64", seed=0)
+        history = model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, batch_size=10, epochs=2, shuffle=False,
+                            callbacks=callbacks)
+        finals[(str(be), len(callbacks))] = float(np.asarray(model.backend.to_host(layer.factor.value))[0])
+        assert layer.calls == 8  # every batch's backward ran once, none in a trace
+        if model.backend.can_compile:
+            assert history.execution == "plain" and "'calls'" in history.execution_reason, history.execution_reason
+    reference = finals.pop(("numpy", 0))
+    assert all(abs(v - reference) <= 1e-12 for v in finals.values()), finals

@@ -51,6 +51,11 @@ def fastpath_allowed() -> bool:
     return os.environ.get("NNX_FASTPATH", "1").strip() != "0"
 
 
+class TraceRefused(Exception):
+    """Raised while tracing a step when nnx finds its code cannot be one program (the compiler would not
+    notice): every adapter's `trace_errors` include it, so the step runs op by op instead."""
+
+
 class Backend:
     """An array namespace bound to one device; subclass it to adapt a library.
 
@@ -132,12 +137,8 @@ class Backend:
             start += size
         return out
 
-    def concat_flat(self, arrays: list[Any], out: Any = None) -> Any:
-        """The arrays raveled and joined into one 1-D array (the flat-buffer update gathers with it).
-
-        `out`, a 1-D array of the joined length and dtype on the same device, is written and
-        returned where the library can write into it (no fresh allocation each step); a new array otherwise.
-        """
+    def concat_flat(self, arrays: list[Any]) -> Any:
+        """The arrays raveled and joined into one new 1-D array (the flat-buffer update gathers with it)."""
         xp = self.xp
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
@@ -236,8 +237,9 @@ class Backend:
         """
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 
-    trace_errors: tuple[type[BaseException], ...] = ()
-    """What the library raises when traced code needs a concrete value (an ``if`` on an array, ``float(x)``)."""
+    trace_errors: tuple[type[BaseException], ...] = (TraceRefused,)
+    """What the library raises when traced code needs a concrete value (an ``if`` on an array, ``float(x)``),
+    and `TraceRefused`."""
 
     # -- dtypes -------------------------------------------------------------
     def float_dtype(self, dtype: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendUnavailableError, import_library
+from .base import Backend, BackendUnavailableError, TraceRefused, import_library
 from .nvidia import JAX_CUDA_INSTALL, driver_cuda_version, gpu_cause
 from .rng import DeviceRNG
 
@@ -135,7 +135,7 @@ class JaxBackend(Backend):
     def trace_errors(self) -> tuple[type[BaseException], ...]:  # pyright: ignore[reportIncompatibleVariableOverride]
         errors = importlib.import_module("jax.errors")
         return (errors.ConcretizationTypeError, errors.TracerArrayConversionError,
-                errors.TracerIntegerConversionError, errors.TracerBoolConversionError)
+                errors.TracerIntegerConversionError, errors.TracerBoolConversionError, TraceRefused)
 
     def rng(self, seed: int) -> JaxRNG:
         return JaxRNG(self, seed)

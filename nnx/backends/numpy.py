@@ -99,9 +99,9 @@ class NumpyBackend(Backend):
     def _to_host(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def concat_flat(self, arrays: list[Any], out: Any = None) -> np.ndarray:
+    def concat_flat(self, arrays: list[Any]) -> np.ndarray:
         # the ndarray method: the namespace's reshape costs ten times as much on a small array
-        return np.concatenate([a.reshape(-1) for a in arrays], out=out)
+        return np.concatenate([a.reshape(-1) for a in arrays])
 
     def update_piece(self, dtype: Any) -> int:
         return UPDATE_PIECE_BYTES // np.dtype(dtype).itemsize

@@ -127,11 +127,11 @@ class TorchBackend(Backend):
     def _move(self, x: Any) -> Any:
         return x.to(self.device)
 
-    def concat_flat(self, arrays: list[Any], out: Any = None) -> Any:
+    def concat_flat(self, arrays: list[Any]) -> Any:
         import torch
 
         # the Tensor method: the compat namespace's reshape wraps it in Python
-        return torch.cat([a.reshape(-1) for a in arrays], out=out)
+        return torch.cat([a.reshape(-1) for a in arrays])
 
     @property
     def arrays_on_host(self) -> bool:

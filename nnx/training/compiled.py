@@ -20,9 +20,11 @@ constants of the program; when one changes, the step is traced again.
 What cannot be traced runs the plain stages instead: a method replaced on one
 object (a test's or a user's hook, which may count calls or raise), a gradient
 transform that keeps host state (accumulation, callbacks, averaging across
-processes), a dropout stream whose draws are not a function of its counter, and a
+processes), a dropout stream whose draws are not a function of its counter, a
 layer whose code needs concrete values (the first trace raises the adapter's
-``trace_errors``; the step then runs plain for good).
+``trace_errors``; the step then runs plain for good), and a layer whose step
+changes a plain Python attribute (a counter, a flag): a program would run that
+code once, when traced, so the first trace raises `TraceRefused` instead.
 
 The finite check is the deferred one of `nnx.training.TrainStep`, inside the
 program: a step applies only while every step of the epoch so far was finite,
@@ -34,6 +36,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+from ..backends.base import TraceRefused
 from .shared_programs import SharedProgram, definition, settings_key
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
@@ -85,6 +88,38 @@ def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[A
     if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
         return "the optimizer does not update exactly the model's parameters, each once"
     return None
+
+
+_PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
+# what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
+_LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
+
+
+def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every layer's plain Python attributes (numbers, strings, flags, None): what a traced step cannot carry."""
+    return [(path, {k: v for k, v in vars(layer).items()
+                    if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING})
+            for path, layer in model.named_layers()]
+
+
+def _changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """The first layer attribute a traced step changed, in words; None when none did."""
+    for (path, old), (_, new) in zip(before, after, strict=True):
+        for key in sorted(set(old) | set(new)):
+            # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
+            if repr(old.get(key)) != repr(new.get(key)):
+                return f"layer {path!r} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
+    return None
+
+
+def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
+    """Put every layer's plain attributes back as `python_state` found them (undoing a refused trace)."""
+    for (_, old), (_, layer) in zip(before, model.named_layers(), strict=True):
+        attributes = vars(layer)
+        for key in [k for k, v in attributes.items() if isinstance(v, _PLAIN_STATE) and k not in old
+                    and k not in _LAYER_BOOKKEEPING]:
+            del attributes[key]
+        attributes.update(old)
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
@@ -309,6 +344,7 @@ class CompiledStep:
         params, buffers = self.params, self.buffers
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
         draws_before = rng.draws
+        state_before = python_state(model)
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = v, None
@@ -336,6 +372,10 @@ class CompiledStep:
                     ok_now = ok_now & xp.all(xp.isfinite(g))
         finally:
             self._put_back(saved)
+        changed = _changed_state(state_before, python_state(model))
+        if changed is not None:
+            _restore_state(model, state_before)  # the plain step that runs instead starts from where it was
+            raise TraceRefused(f"the step changes Python state a compiled program would not: {changed}")
         if self._draws is not None and self._draws != drawn:
             raise RuntimeError(f"the compiled step drew {drawn} dropout masks, a previous trace {self._draws}")
         self._draws = drawn

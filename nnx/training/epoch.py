@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.base import TraceRefused
 from . import accumulated
 from .callbacks import Callback, CallbackList
 from .compiled import CompiledStep, compile_step, hyper_constants, untraceable_reason
@@ -323,11 +324,11 @@ class EpochProgram:
         try:
             ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
                                                   perm)
-        except model.backend.trace_errors:
+        except model.backend.trace_errors as exc:
             if self.compiles > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
             model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
-            raise _NotTraced(batches) from None
+            raise _NotTraced(batches, exc) from None
         self.step.hold_verdict(ints, start)
         return losses, [s.stop - s.start for s in batches.slices], Z, targets
 
@@ -352,10 +353,10 @@ class EpochProgram:
             first = self.compiles == 0
             try:
                 out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
-            except model.backend.trace_errors:
+            except model.backend.trace_errors as exc:
                 if not first:
                     raise  # it traced before: this is the model's own error, not a limit of tracing
-                raise _NotTraced(_Resumed(group + taken, source)) from None
+                raise _NotTraced(_Resumed(group + taken, source), exc) from None
             ints_now[0] = out
             losses.append(loss)
             rows.extend(int(item[0].shape[0]) for item in group)
@@ -415,7 +416,7 @@ class EpochProgram:
             train.compiled = None
             self.step.reset()
             history.execution, history.execution_mode = train.execution, "step"
-            history.execution_reason = "the model's code needs concrete values (it did not trace)"
+            history.execution_reason = str(exc)
             return per_step(_Begun(cb.callbacks), exc.batches)
         try:
             refused = self.step.end_epoch(updates_on_device=self.accumulate > 1)
@@ -436,8 +437,10 @@ class EpochProgram:
 class _NotTraced(Exception):
     """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
 
-    def __init__(self, batches: Any) -> None:
-        super().__init__("the model's code needs concrete values")
+    def __init__(self, batches: Any, cause: BaseException) -> None:
+        # nnx's own refusal says why; the compiler's errors all mean the code needs concrete values
+        super().__init__(str(cause) if isinstance(cause, TraceRefused) else "the model's code needs concrete values "
+                         "(it did not trace)")
         self.batches = batches
 
 

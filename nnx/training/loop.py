@@ -230,7 +230,6 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
                  metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     xp, be = model.xp, model.backend
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
-    compiled = step.compiled is not None
     batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
@@ -241,7 +240,10 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             check_outputs(model, check_loss, model.forward_to_head(Xb, len(model.layers), training=False))
         if batch_begin:
             cb.on_batch_begin(b, {"size": size})
-        if compiled:  # every stage in one compiled call; it updates only a finite step
+        # every stage in one compiled call, which updates only a finite step; read each batch, since a first
+        # trace that fails runs that batch's stages plainly and leaves the rest of the fit to them
+        compiled = step.compiled is not None
+        if compiled:
             guard.in_step = True
             value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
             guard.end_step()

@@ -191,7 +191,6 @@ class RuleReplay:
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[tuple, list[Any]] = {}  # (piece length, dtype per slot) -> buffers
         self._checked: list[Any] = []  # the destinations last found writable and open to out= functions
-        self._checked_grads: Any = None  # the gradients last found open to them
 
     @property
     def selects(self) -> bool:
@@ -241,7 +240,8 @@ class RuleReplay:
     def _check_buffers(self, inputs: list[Any]) -> None:
         """Unreplayable unless every array is 1-D of one length, the destinations take writes and every array
         is read and written by out= functions (torch refuses those on arrays that record gradients). Each new
-        array is tried once, before any step writes: a destination with its own contents, elements times 1."""
+        destination is tried once, the gradients every step, before anything is written: a destination with its
+        own contents, elements times 1."""
         shape = tuple(inputs[0].shape)
         if len(shape) != 1 or any(tuple(x.shape) != shape for x in inputs):
             raise Unreplayable("buffers that are not 1-D of one length")
@@ -252,9 +252,9 @@ class RuleReplay:
                 x[...] = x  # a read-only (NumPy) or self-overlapping (torch's expand) array refuses this
                 times(x[:1], 1, out=x[:1])  # x * 1 is x, NaN and signed zeros included
             self._checked = dests
-        if grads is not self._checked_grads:  # only read (the sharded update's are new each step)
-            times(grads[:1], 1, out=self.xp.empty_like(grads[:1]))
-            self._checked_grads = grads
+        # only read, and new each step: tried every step (one element), and not held, so that the step's
+        # gradients are freed with the step
+        times(grads[:1], 1, out=self.xp.empty_like(grads[:1]))
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, inputs: list[Any], keys: tuple[str, ...], step: int, lr: Any) -> tuple[_Recording, tuple]:

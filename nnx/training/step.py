@@ -72,6 +72,8 @@ class TrainStep:
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
             FlatUpdate(optimizer, be) if derive_flat else None)
+        if isinstance(self.flat, FlatUpdate):
+            self.flat.lay_out()  # now, while no gradients are held
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
         self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
@@ -134,6 +136,10 @@ class TrainStep:
         """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
         if self._dZ is not None:
             dZ, self._dZ = self._dZ, None
+            # last step's gradients go first, as torch's zero_grad does: a parameter the backward leaves alone
+            # has none (the optimizer skips it) instead of a stale one, and the memory they held is free again
+            for p in self.params:
+                p.grad = None
             self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)
 
     def transform(self, rows: int) -> bool:
