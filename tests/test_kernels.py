@@ -29,7 +29,7 @@ def _layer(cls, backend):
 
 
 def _same(got, want):
-    got, want = np.asarray(got.cpu()), np.asarray(want.cpu())
+    got, want = (np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in (got, want))
     np.testing.assert_array_equal(got, want)  # NaN where NaN, inf where inf
     numbers = ~np.isnan(want)  # a NaN's sign bit means nothing
     np.testing.assert_array_equal(np.signbit(got[numbers]), np.signbit(want[numbers]))  # each zero's sign
@@ -89,3 +89,83 @@ def test_a_torch_fit_runs_the_kernel_and_gives_the_plain_loops_numbers(torch_bac
     assert history.execution == "flat"
     for a, b in zip(derived.parameters(), plain.parameters(), strict=True):
         np.testing.assert_allclose(be.to_host(a.value), be.to_host(b.value), rtol=1e-12, atol=1e-14)
+
+
+@pytest.fixture
+def dense_backend(backend_case):
+    """The backends a Dense kernel is declared for (numpy, torch), on each device the suite runs."""
+    be, _ = backend_case
+    if be.name not in ("numpy", "torch"):
+        pytest.skip("Dense kernels are declared for numpy and torch")
+    return be
+
+
+def _host_bits(be, x):
+    return np.array(be.to_host(x), copy=True)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf in the products
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("regularizer", [None, "l2"])
+@pytest.mark.parametrize("bias_at", [None, 16, 13], ids=["new-arrays", "offered-aligned", "offered-unaligned"])
+def test_dense_kernels_give_the_layers_numbers_bit_for_bit(dense_backend, dtype, regularizer, bias_at):
+    """Bit for bit with the layer, whether the gradients are new arrays or land in offered views.
+
+    The weight's view starts the buffer; the bias's starts 16 elements in (64 bytes or more past
+    it) or 13 (off every 64-byte boundary, where torch's products would not give a new tensor's bits).
+    """
+    be = dense_backend
+    layer = nnx.Dense(4, 3, regularizer=regularizer)
+    nnx.Sequential(layer, backend=be, dtype=dtype, seed=0)
+    (kernel,) = layer_runners([layer], be)
+    assert kernel is not layer
+    gen = np.random.default_rng(0)
+    n = len(SPECIAL)
+    X, dY = gen.normal(size=(n, 4)) * 3, gen.normal(size=(n, 3))
+    X[:, 0], dY[:, 1] = SPECIAL, SPECIAL[::-1]  # NaN, inf and signed zeros in the input and the gradient
+    X, dY = be.asarray(X, dtype=dtype), be.asarray(dY, dtype=dtype)
+    want_Y = layer.forward(X, training=True)
+    want_dX = layer.backward(dY)
+    want = [_host_bits(be, p.grad) for p in (layer.weight, layer.bias)]
+    buffer = None
+    if bias_at is not None:
+        xp = be.xp
+        buffer = xp.full((bias_at + 3,), 7.0, dtype=be.float_dtype(dtype), device=be.device)
+        kernel.destinations = {layer.weight: xp.reshape(buffer[:12], (4, 3)), layer.bias: buffer[bias_at:]}
+    _same(kernel.forward(X, training=True), want_Y)
+    _same(kernel.backward(dY), want_dX)
+    for p, w in zip((layer.weight, layer.bias), want, strict=True):
+        np.testing.assert_array_equal(_host_bits(be, p.grad), w)
+    if bias_at is not None:
+        # written where offered, except a weight gradient that a regularizer's term makes a new array, and on
+        # torch a bias off the allocator's alignment
+        got = _host_bits(be, buffer)
+        unwritten = be.name == "torch" and bias_at == 13
+        want_bias = np.full(3, 7.0, dtype=got.dtype) if unwritten else want[1]
+        np.testing.assert_array_equal(got[bias_at:], want_bias)
+        if regularizer is None:
+            np.testing.assert_array_equal(got[:12], want[0].reshape(-1))
+    assert kernel.destinations is None  # an offer holds for one step
+    _same(kernel.forward(X), layer.forward(X))  # inference keeps nothing
+
+
+def test_a_gradient_kept_from_an_earlier_step_is_never_written(dense_backend, monkeypatch):
+    """With the offered buffers in use (any size here), each step's gradients land in a new buffer."""
+    from nnx.training import replay
+
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    gen = np.random.default_rng(2)
+    X, y = gen.normal(size=(32, 5)), gen.normal(size=(32, 1))
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 1), backend=dense_backend, dtype="float64",
+                           seed=1)
+    kept = []
+
+    class Keep(nnx.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            kept.append([(p.grad, _host_bits(dense_backend, p.grad)) for p in model.parameters()])
+
+    history = model.fit(X, y, loss="mse", optimizer="adam", epochs=2, batch_size=8, callbacks=[Keep()])
+    assert history.execution == "flat"
+    for step in kept:
+        for grad, copy in step:
+            np.testing.assert_array_equal(_host_bits(dense_backend, grad), copy)

@@ -9,7 +9,9 @@ the object, runs its own code.
 A kernel runs one layer inside the training step (`nnx.training.step.TrainStep`). It is
 built once per step object around the layer and has the layer's ``forward(X, training)``
 and ``backward(dY, need_dX)``; it reads only the layer's public attributes, writes only
-its parameters' ``grad``, and keeps what its backward needs itself.
+its parameters' ``grad``, and keeps what its backward needs itself. A kernel that can write
+a gradient into a given array (`gradient_writers`) writes it where the step offers
+(`nnx.training.flat.FlatUpdate.offer_grads`), which spares the step gathering it.
 """
 
 from __future__ import annotations
@@ -18,19 +20,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..layers.activation import ReLU
-from . import torch_relu
+from ..layers.dense import Dense
+from . import numpy_dense, torch_dense, torch_relu
+from .dense import DenseKernel
 
-__all__ = ["layer_runners"]
+__all__ = ["gradient_writers", "layer_runners"]
 
 # (exact layer class, backend name) -> the kernel's constructor, called with the layer
 _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
     (ReLU, "torch"): torch_relu.ReLUKernel,
+    (Dense, "numpy"): numpy_dense.NumpyDenseKernel,
+    (Dense, "torch"): torch_dense.TorchDenseKernel,
 }
 
 
 def layer_runners(layers: Sequence[Any], backend: Any) -> list[Any]:
     """What runs each of `layers` in a training step on `backend`: its declared kernel, or the layer itself."""
     return [_runner(layer, backend.name) for layer in layers]
+
+
+def gradient_writers(runners: Sequence[Any]) -> list[Any]:
+    """The kernels among `runners` that write gradients where a step offers them (their ``destinations``)."""
+    return [r for r in runners if isinstance(r, DenseKernel)]
 
 
 def _runner(layer: Any, backend_name: str) -> Any:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..kernels import layer_runners
+from ..kernels import gradient_writers, layer_runners
 from ..layers.parameter import Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step
@@ -77,6 +77,9 @@ class TrainStep:
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
         self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
+        # the kernels among them that write their gradients where the flat update offers (no gathering then)
+        self.offering = self.flat if isinstance(self.flat, FlatUpdate) else None
+        self.grad_writers = gradient_writers(self.runners) if self.offering and self.runners else []
         self._dZ: Any = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
@@ -140,6 +143,10 @@ class TrainStep:
             # has none (the optimizer skips it) instead of a stale one, and the memory they held is free again
             for p in self.params:
                 p.grad = None
+            if self.offering is not None and self.grad_writers:
+                offer = self.offering.offer_grads()  # after the clearing: last step's buffer may be reused
+                for kernel in self.grad_writers:
+                    kernel.destinations = offer
             self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)
 
     def transform(self, rows: int) -> bool:

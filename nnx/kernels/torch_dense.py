@@ -1,0 +1,46 @@
+"""Dense on torch: the layer's products and sums, with its gradients written where offered.
+
+``torch.matmul`` and ``torch.sum`` take an ``out=`` tensor. A product's bits depend on where
+its result lies: into a view 8 bytes past a 64-byte boundary, ``X.T @ dY`` of a (16, 9) and
+a (16, 3) float64 array differed from the call without ``out=`` in the last bit (227 of 720
+shapes and offsets tried), and at every 64-byte-aligned offset it agreed. So a result is
+written into an offered array only where that array starts as the allocator would start a
+new one: at 64 bytes on the CPU, 256 on CUDA. See `nnx.kernels.dense` for the offers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .dense import DenseKernel
+
+# where torch's allocators start a new tensor's memory, by device type (CUDA's caching allocator: 512)
+ALLOCATOR_ALIGNMENT = {"cpu": 64, "cuda": 256}
+
+
+def _writable(out: Any, like: Any) -> bool:
+    """Whether a result of `like`'s dtype and device may go into `out` with the bits of a new tensor."""
+    if out is None or out.dtype != like.dtype or out.device != like.device:
+        return False
+    alignment = ALLOCATOR_ALIGNMENT.get(out.device.type)
+    return alignment is not None and out.data_ptr() % alignment == 0
+
+
+class TorchDenseKernel(DenseKernel):
+    """Runs one `nnx.Dense` in a training step on torch (see the module docstring)."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__(layer)
+        # the library itself: this kernel is declared for the torch backend only, which has imported it
+        self._torch = importlib.import_module("torch")
+
+    def product(self, a: Any, b: Any, out: Any = None) -> Any:
+        if a.dtype != b.dtype or not _writable(out, a):
+            return a @ b
+        return self._torch.matmul(a, b, out=out)
+
+    def column_sum(self, dY: Any, out: Any = None) -> Any:
+        if not _writable(out, dY):
+            return self._torch.sum(dY, dim=0)
+        return self._torch.sum(dY, dim=0, out=out)
