@@ -48,7 +48,7 @@ class AverageGradients(GradientTransform):
         None when no rows were counted (on every rank alike: nothing to reduce)."""
         local, total = self._local_rows, self._global_rows
         poisoned = self._poisoned
-        self.reset()
+        AverageGradients.reset(self)  # the counts alone: a subclass's reset also forgets this step's gradients
         if total == 0:
             return None
         return float("nan") if poisoned else local / total

@@ -3,8 +3,9 @@
 An all-reduce is a reduce-scatter followed by an all-gather. With ``shard_update=True`` the optimizer's
 rule runs between the two, on this rank's contiguous slice of all parameters concatenated:
 
-1. the gradients, each rank's scaled by its share of the global batch, are concatenated and
-   reduce-scattered: this rank receives its slice of the global batch's mean gradient;
+1. the gradients, each rank's scaled by its share of the global batch, are concatenated (or taken
+   as they lie, where the layers wrote them into a flat buffer the update offered: `offer_grads`)
+   and reduce-scattered: this rank receives its slice of the global batch's mean gradient;
 2. the transforms after the average (clipping) run on the slice (`GradientTransform.apply_flat`;
    a global norm sums one scalar over the ranks), then the finite check (one flag summed over the ranks);
 3. the optimizer's ``elementwise`` rule updates the slice of the flat parameter buffer and the same
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..layers.parameter import Parameter
 from ..training import replay
-from ..training.flat import write_in_place
+from ..training.flat import offer_grads, taken_offer, write_in_place
 from ..training.transforms import GradientTransform
 from .average import AverageGradients, rank_rows
 from .comm import Communicator, offsets
@@ -42,7 +43,7 @@ class ShardedUpdate(AverageGradients):
 
     `bind` gives it the fit's optimizer and the transforms that follow the average; the training step
     then calls it as its gradient stage (`apply`) and as its update over flat buffers (`applies`,
-    `gather_grads`, `run`), like `nnx.training.flat.FlatUpdate`.
+    `offer_grads`, `gather_grads`, `run`), like `nnx.training.flat.FlatUpdate`.
     """
 
     execution = "sharded"
@@ -56,6 +57,8 @@ class ShardedUpdate(AverageGradients):
         self.finite = True  # the last step's verdict, the same on every rank
         self.counts: list[int] = []
         self.start = self.stop = 0
+        self.shapes: list[tuple[int, ...]] = []  # the parameters' shapes, and their bounds in the flat buffers
+        self.bounds: list[tuple[int, int]] = []
         self.values: Any = None  # the flat parameter buffer the parameters are views of
         self.value_views: list[Any] = []
         self.state: dict[str, Any] | None = None  # flat state buffers the optimizer's state arrays are views of
@@ -66,6 +69,8 @@ class ShardedUpdate(AverageGradients):
         self.shard: tuple[Any, dict[str, Any]] = (None, {})  # this rank's slices of the value and state buffers
         self._local: Any = None  # this step's own gradients, concatenated
         self._sources: list[Any] = []
+        self._offered: tuple[Any, list[Any]] | None = None  # this step's offered gradient buffer and its views
+        self._offered_taken: Any = None  # that buffer, once the gradients were found written into it
 
     def bind(self, optimizer: Any, backend: Any, later: list[GradientTransform], check_finite: bool) -> None:
         """Use `optimizer` (its rule must be elementwise) and run `later` (shardable transforms) on the slice."""
@@ -81,7 +86,7 @@ class ShardedUpdate(AverageGradients):
         self.optimizer, self.backend, self.later = optimizer, backend, list(later)
         self.check_finite = check_finite
         self.shapes = [tuple(p.value.shape) for p in optimizer.params]
-        self.bounds: list[tuple[int, int]] = []
+        self.bounds = []
         start = 0
         for shape in self.shapes:
             size = math.prod(int(d) for d in shape)
@@ -98,10 +103,14 @@ class ShardedUpdate(AverageGradients):
         share = self.take_share()
         if share is None:
             return True
-        flat = self.gather_grads()
-        self._local, self._sources = None, []
+        flat = self.gather_grads()  # gathered once a step: the finite check may have asked first
+        owned = self._offered_taken is not flat  # the concatenation, not the buffer the gradients are views of
+        self._local, self._sources, self._offered_taken = None, [], None
         if share != 1.0:
-            flat *= share  # a fresh array: the concatenation
+            if owned:
+                flat *= share  # a fresh array: the concatenation
+            else:
+                flat = flat * share  # leave p.grad (views of the offered buffer) as the backward wrote it
         shard = self.comm.reduce_scatter(flat, self.counts)
         xp = self.backend.xp
         for t in self.later:
@@ -121,7 +130,7 @@ class ShardedUpdate(AverageGradients):
 
     def reset(self) -> None:
         super().reset()
-        self.grad_shard, self._local, self._sources = None, None, []
+        self.grad_shard, self._local, self._sources, self._offered_taken = None, None, [], None
         self.finite = True
 
     # -- the update stage (what TrainStep asks of an update over flat buffers) -----------------------
@@ -140,9 +149,20 @@ class ShardedUpdate(AverageGradients):
                 raise ValueError(f"shard_update=True needs a gradient for every parameter; {p.name!r} has none")
         opt.check_grads()
         xp = self.backend.xp
-        self._local = xp.concat([xp.reshape(g, (-1,)) for g in grads])
+        offered, self._offered = self._offered, None
+        self._offered_taken = taken = taken_offer(offered, grads)
+        self._local = xp.concat([xp.reshape(g, (-1,)) for g in grads]) if taken is None else taken
         self._sources = grads
         return self._local
+
+    def offer_grads(self) -> dict[Any, Any] | None:
+        """Where this step's own gradients may be written, as `nnx.training.flat.FlatUpdate.offer_grads` offers
+        them (from `replay.MIN_ELEMENTS` parameters in all): the reduce-scatter then starts from that buffer."""
+        size = self.bounds[-1][1] if self.bounds else 0
+        if size < replay.MIN_ELEMENTS or not self.mutable:
+            return None
+        self._offered = offer_grads(self.optimizer.params, size, self._views, self.backend)
+        return None if self._offered is None else dict(zip(self.optimizer.params, self._offered[1], strict=True))
 
     def run(self, keep: Any = None) -> bool:
         """Apply the rule to this rank's slice and all-gather the parameters; `keep` as in `FlatUpdate.run`."""

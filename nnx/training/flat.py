@@ -25,13 +25,14 @@ replayed into the buffers (`nnx.training.replay`) instead of being called on the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import repeat
 from operator import is_
 from typing import Any
 
 from . import replay
 
-__all__ = ["FlatUpdate", "write_in_place"]
+__all__ = ["FlatUpdate", "offer_grads", "taken_offer", "write_in_place"]
 
 
 def write_in_place(target: Any, source: Any) -> bool:
@@ -41,6 +42,29 @@ def write_in_place(target: Any, source: Any) -> bool:
     except (TypeError, ValueError, AttributeError, NotImplementedError):
         return False
     return True
+
+
+def offer_grads(params: list[Any], size: int, views_of: Callable[[Any], list[Any]],
+                backend: Any) -> tuple[Any, list[Any]] | None:
+    """A new flat buffer of `size` elements for this step's gradients, and `views_of` it, one per parameter;
+    None where the parameters differ in dtype.
+
+    A layer kernel may write a gradient into its view (`nnx.kernels.dense`); when every ``p.grad`` is
+    its view after the backward, the buffer is the gathered gradients as it is (`taken_offer`). It is new
+    each step, so a gradient kept from an earlier step stays as it was.
+    """
+    dtype = params[0].value.dtype
+    if any(p.value.dtype != dtype for p in params):
+        return None
+    buffer = backend.xp.empty((size,), dtype=dtype, device=backend.device)
+    return buffer, views_of(buffer)
+
+
+def taken_offer(offered: tuple[Any, list[Any]] | None, grads: list[Any]) -> Any:
+    """The offered buffer where every gradient in `grads` was written into its view of it, else None."""
+    if offered is None or not all(map(is_, grads, offered[1])):
+        return None
+    return offered[0]
 
 
 class FlatUpdate:
@@ -165,32 +189,20 @@ class FlatUpdate:
         return not any(map(is_, [p.grad for p in opt.params], repeat(None)))
 
     def offer_grads(self) -> dict[Any, Any] | None:
-        """Where this step's gradients may be written: per parameter, a view of one new flat buffer. None
-        under `replay.MIN_ELEMENTS` parameters (making the views costs more than the copy they spare), where
-        the buffers proved immutable, or where the parameters differ in dtype.
-
-        When every ``p.grad`` is its offered view after the backward, `gather_grads` takes the buffer as it
-        is. It is new each step, so a gradient kept from an earlier step stays as it was.
-        """
-        params = self.optimizer.params
-        dtype = params[0].value.dtype
-        if self.replay is None or not self.mutable or any(p.value.dtype != dtype for p in params):
+        """Where this step's gradients may be written (the module's `offer_grads`); None under `replay.MIN_ELEMENTS`
+        parameters (making the views costs more than the copy they spare) or where the buffers proved immutable."""
+        if self.replay is None or not self.mutable:
             return None
-        buffer = self.xp.empty((self.size,), dtype=dtype, device=self.backend.device)
-        views = self._views(buffer)
-        self._offered = (buffer, views)
-        return dict(zip(params, views, strict=True))
+        self._offered = offer_grads(self.optimizer.params, self.size, self._views, self.backend)
+        return None if self._offered is None else dict(zip(self.optimizer.params, self._offered[1], strict=True))
 
     def gather_grads(self) -> Any:
         """This step's gradients as one new flat array, kept for `run` while ``p.grad`` stays the same."""
         self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
         grads = [p.grad for p in self.optimizer.params]
         offered, self._offered = self._offered, None
-        if offered is not None and all(map(is_, grads, offered[1])):
-            self.grads = offered[0]  # every gradient was written where it was offered: nothing to gather
-            self._grad_sources = grads
-            return self.grads
-        self.grads = self._concat(grads)
+        taken = taken_offer(offered, grads)
+        self.grads = self._concat(grads) if taken is None else taken
         self._grad_sources = grads
         return self.grads
 

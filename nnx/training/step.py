@@ -55,7 +55,8 @@ class TrainStep:
         defer_check: keep the verdict on the device (see the module docstring); by default
             where the backend's arrays are not in host memory.
         flat_update: the update over flat buffers to use instead of deriving one (the sharded update
-            across ranks, `nnx.distributed.ShardedUpdate`); it has `FlatUpdate`'s `applies`, `gather_grads`, `run`.
+            across ranks, `nnx.distributed.ShardedUpdate`); it has `FlatUpdate`'s `applies`, `offer_grads`,
+            `gather_grads`, `run`.
     """
 
     def __init__(self, model: Model, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
@@ -78,8 +79,7 @@ class TrainStep:
         # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
         self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
         # the kernels among them that write their gradients where the flat update offers (no gathering then)
-        self.offering = self.flat if isinstance(self.flat, FlatUpdate) else None
-        self.grad_writers = gradient_writers(self.runners) if self.offering and self.runners else []
+        self.grad_writers = gradient_writers(self.runners) if self.flat is not None and self.runners else []
         self._dZ: Any = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
@@ -143,8 +143,9 @@ class TrainStep:
             # has none (the optimizer skips it) instead of a stale one, and the memory they held is free again
             for p in self.params:
                 p.grad = None
-            if self.offering is not None and self.grad_writers:
-                offer = self.offering.offer_grads()  # after the clearing: last step's buffer may be reused
+            if self.grad_writers:
+                assert self.flat is not None
+                offer = self.flat.offer_grads()  # after the clearing: last step's buffer may be reused
                 for kernel in self.grad_writers:
                     kernel.destinations = offer
             self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)

@@ -32,8 +32,10 @@ import nnx
 from nnx import distributed as dist
 from nnx.backends import backend_status
 from nnx.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from nnx.distributed import sharded as sharded_module
 from nnx.distributed.parallel import AverageGradients
 from nnx.distributed.ring import MIN_BLOCK_BYTES
+from nnx.training import replay
 
 
 def data(n: int = 101, features: int = 6, classes: int = 3, seed: int = 0):
@@ -183,6 +185,42 @@ class PoisonOn(Callback):
             p.value = p.value * float("nan")
 
 
+class KeepGrads(Callback):
+    """Every step's gradients on this rank, as the model holds them when the batch ends (host copies)."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, np.ndarray]] = []
+
+    def on_batch_end(self, batch, logs=None):
+        be = self.model.backend
+        self.steps.append({f"{i}": np.array(be.to_host(p.grad), dtype=np.float64, copy=True)
+                           for i, p in enumerate(self.model.parameters()) if p.grad is not None})
+
+
+def sharded_with_offers(backend: str, kind: str, args: dict, comm) -> dict:
+    """The sharded fit with the gradient buffer offered at any size (`replay.MIN_ELEMENTS` 0: the replay and the
+    Dense kernels' writing into the offered views run too), against the same fit as it runs by default."""
+    runs = {}
+    taken = []
+    real_taken = sharded_module.taken_offer
+    sharded_module.taken_offer = lambda offered, grads: taken.append(real_taken(offered, grads)) or taken[-1]
+    try:
+        for label, threshold in (("default", replay.MIN_ELEMENTS), ("offered", 0)):
+            saved, replay.MIN_ELEMENTS = replay.MIN_ELEMENTS, threshold
+            keep = KeepGrads()
+            try:
+                model, _ = run_fit(backend, kind, args, sharded(comm), callbacks=[keep])
+            finally:
+                replay.MIN_ELEMENTS = saved
+            runs[label] = (weights(model), opt_state(model), keep.steps)
+    finally:
+        sharded_module.taken_offer = real_taken
+    (w_a, s_a, g_a), (w_b, s_b, g_b) = runs["default"], runs["offered"]
+    return {"param_diff": max_diff(w_b, w_a), "state_diff": max_diff(s_b, s_a),
+            "grad_diff": max((max_diff(a, b) for a, b in zip(g_a, g_b, strict=True)), default=0.0),
+            "steps": [len(g_a), len(g_b)], "taken": sum(t is not None for t in taken)}
+
+
 class FailOn(Callback):
     """Raises on one rank at the end of one epoch (the fault scenario)."""
 
@@ -275,6 +313,7 @@ def main() -> None:
             got["state_vs_unsharded"] = max_diff(opt_state(shard), opt_state(model))
             got["execution"] = shard_hist.execution
             results["scenarios"][f"{backend}/sharded_{name}"] = got
+            results["scenarios"][f"{backend}/sharded_offered_{name}"] = sharded_with_offers(backend, kind, args, comm)
         model, hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10 * comm.size), comm)
         ref, ref_hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10, accumulate=comm.size))
         results["scenarios"][f"{backend}/sgd_batchnorm_per_slice"] = compare(model, hist, ref, ref_hist, True)
