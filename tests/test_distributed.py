@@ -113,15 +113,14 @@ def _check_sharded(ranks: list[dict], backends: list[str]) -> None:
                 assert got["execution"] == "sharded", (key, got["execution"])
                 assert got["vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["vs_unsharded"])
                 assert got["state_vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["state_vs_unsharded"])
-                # the gradient buffer offered to the Dense kernels (numpy, torch) changes no bit, and the gradients
-                # the model holds after each step are this rank's own, as the backward wrote them
-                offered = r["scenarios"][f"{backend}/sharded_offered_{name}"]
-                assert offered["param_diff"] == offered["state_diff"] == offered["grad_diff"] == 0.0, (key, offered)
-                assert offered["steps"][0] == offered["steps"][1] > 0, (key, offered)
-                # taken where Dense kernels run and write every gradient (the Adam scenario's L2 term and accumulation
-                # make new gradient arrays, which are gathered as before)
-                writes = backend in ("numpy", "torch") and name == "sgd_momentum_dropout_clipnorm"
-                assert (offered["taken"] > 0) == writes, (key, offered)
+        if backend in ("numpy", "torch"):
+            # the gradient buffer offered to the Dense kernels changes no bit, and the gradients the model holds
+            # after each step are this rank's own, as the backward wrote them
+            for r in ranks:
+                offered = r["scenarios"][f"{backend}/sharded_offered"]
+                assert offered["param_diff"] == offered["state_diff"] == offered["grad_diff"] == 0.0, offered
+                assert offered["steps"][0] == offered["steps"][1] > 0, offered
+                assert offered["taken"] > 0, offered  # the kernels wrote every gradient where it was offered
 
 
 @pytest.mark.slow  # starts MPI or torchrun jobs
