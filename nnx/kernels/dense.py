@@ -1,7 +1,8 @@
 """What the Dense kernels share: the layer's math, with its gradients written where the step offers them.
 
-From `nnx.training.replay.MIN_ELEMENTS` parameters on, the flat update offers, each step, a
-view per parameter of one new flat buffer (`nnx.training.flat.FlatUpdate.offer_grads`). A
+From `nnx.training.replay.MIN_ELEMENTS` parameters on, the flat update (and the sharded one
+across ranks) offers, each step, a view per parameter of one new flat buffer
+(`nnx.training.flat.offer_grads`). A
 kernel writes each gradient there (a product or a sum with ``out=``), and the step needs no
 copy to gather them: on the large network (6.3M parameters) that copy is 25 MiB a step and,
 while it runs, a second copy of every gradient in memory. The buffer is new each step, so
