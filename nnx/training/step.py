@@ -215,10 +215,12 @@ class TrainStep:
             ok = flag if ok is None else ok & flag
         if self._ok is None:
             # the step index lives on the device and counts there: building it from a host int each step
-            # would copy it synchronously (torch:cuda), defeating the deferred check
+            # would copy it synchronously (torch:cuda), defeating the deferred check. `full` fills it on the
+            # device; `asarray` of a Python int copies it from host memory, which torch:cuda waits for
+            # (seen on an H200: set_sync_debug_mode("error") raised here, at each epoch's first step)
             device = self.model.backend.device
-            here = xp.asarray(index, dtype=xp.int64, device=device)
-            self._first_bad = xp.where(ok, xp.asarray(-1, dtype=xp.int64, device=device), here)
+            here = xp.full((), index, dtype=xp.int64, device=device)
+            self._first_bad = xp.where(ok, xp.full((), -1, dtype=xp.int64, device=device), here)
             self._ok = ok
         else:
             here = self._here + 1
