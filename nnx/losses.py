@@ -246,7 +246,9 @@ class Loss:
     def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
-        xp = array_api_compat.array_namespace(y_pred)
+        # the backend adapter's namespace, as the training step's later batches use: array_api_compat's torch
+        # `maximum(x, 0)` copies the 0 from host memory, which torch:cuda waits for (seen on an H200)
+        xp = get_backend(y_pred).xp
         y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):
             raise TypeError(f"y_pred must have a real floating dtype, got {y_pred.dtype}")

@@ -33,6 +33,7 @@ with warnings.catch_warnings():
     import cupyx.distributed  # noqa: E402, F401  # the real package, for its signatures
 
 import nnx  # noqa: E402
+from nnx.backends import registry  # noqa: E402
 from nnx.backends.cupy import CupyBackend, CupyRNG, on_device  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -62,6 +63,11 @@ def standin(monkeypatch):
     monkeypatch.setattr(array_api_compat, "device", lambda x: cupy_standin.Device()
                         if isinstance(x, cupy_standin.StandinArray) else numpy_device(x))
     monkeypatch.setattr(array_api_compat, "array_namespace", namespace)
+    # and nnx resolves a stand-in array to a CuPy backend on the current device, as it resolves a CuPy
+    # array (its own lookup sees a NumPy subclass): code that takes its namespace from an array meets the stand-in
+    from_array = registry._from_array
+    monkeypatch.setattr(registry, "_from_array", lambda x: _backend(xp, cupy_standin.Device.current)
+                        if isinstance(x, cupy_standin.StandinArray) else from_array(x))
     return modules, xp
 
 

@@ -81,3 +81,23 @@ def test_every_other_name_is_compats_own_object():
     for name, value in vars(compat).items():
         if name not in mine and name not in ("__name__", "__doc__"):
             assert getattr(xp, name) is value, name
+
+
+@pytest.mark.parametrize("loss, head, classes", [("bce", nnx.Sigmoid, 1), ("cross_entropy", nnx.Softmax, 3),
+                                                 ("mse", nnx.Identity, 1), ("mae", nnx.Identity, 1)])
+def test_a_fits_first_batch_makes_no_tensor_from_a_python_number(monkeypatch, loss, head, classes):
+    """The loss's input-checked path (a fit's first batch) computes with the adapter's namespace too.
+
+    compat's `maximum(x, 0)` makes the 0 a tensor with ``torch.asarray(0, device=...)``: a copy from host
+    memory, which torch:cuda waits for at every fit's first step (found on a GPU). On the CPU the same call
+    is visible: no `torch.asarray` of a Python number may run while training.
+    """
+    made = []
+    asarray = torch.asarray
+    monkeypatch.setattr(torch, "asarray", lambda obj, *a, **k: (made.append(obj) if isinstance(
+        obj, (int, float)) else None, asarray(obj, *a, **k))[1])
+    X = torch.linspace(-2, 2, 48, dtype=torch.float64).reshape(16, 3)
+    y = torch.arange(16) % classes if classes > 1 else (X[:, :1] > 0).to(torch.float64)
+    model = nnx.Sequential(nnx.Dense(3, classes), head(), backend="torch", dtype="float64", seed=0)
+    model.fit(X, y, loss=loss, optimizer="sgd", epochs=1, batch_size=8, verbose=0)
+    assert made == []
