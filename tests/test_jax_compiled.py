@@ -197,3 +197,44 @@ def test_custom_layer_model_matches_uncompiled_builtin():
     for m in (a, b):
         m.fit(X, y, loss="bce", optimizer="adam", epochs=2, batch_size=BATCH)
     _assert_same(a, b, 1e-12)
+
+
+def _products(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "dot_general" in line]
+
+
+def test_programs_multiply_in_full_float32_unless_the_user_sets_a_precision():
+    """JAX's default lets a GPU round float32 products to TensorFloat-32; nnx's programs ask for float32,
+    as torch and CuPy compute, and keep a precision the user sets (read where JAX reads it: at tracing)."""
+    import jax
+
+    be = nnx.get_backend("jax")
+    x = be.asarray(np.ones((4, 4), np.float32))
+
+    def program(a):
+        return (a @ a).sum() + be.xp.matmul(a, a.T).sum()
+
+    products = _products(be.jit(program).lower(x).as_text())
+    assert len(products) == 2 and all("HIGHEST" in line for line in products), products
+    assert float(be.compile(program, (x,))(x)) == 128.0
+    with jax.default_matmul_precision("bfloat16"):
+        products = _products(be.jit(program).lower(x).as_text())
+    assert len(products) == 2 and all("DEFAULT" in line for line in products), products
+
+
+def test_a_compiled_fit_traces_the_models_products_at_float32():
+    import jax
+
+    seen = []
+
+    class Probe(nnx.Dense):
+        def forward(self, X, training=False):
+            seen.append(jax.config.jax_default_matmul_precision)
+            return super().forward(X, training)
+
+    X, y = _data("bce")
+    model = nnx.Sequential(Probe(6, 4), nnx.ReLU(), nnx.Dense(4, 1), nnx.Sigmoid(), backend="jax",
+                           dtype="float32", seed=0)
+    model.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=BATCH, verbose=0)
+    assert _compiled(model) is not None
+    assert seen and set(seen) == {"float32"}, seen
