@@ -25,7 +25,8 @@
 #   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
 #      NCCL all-reduce on the GPU); torchrun 2 ranks sharing the GPU (gloo: one GPU cannot
 #      hold two NCCL ranks, so their CUDA tensors are staged through the host)       60           150
-#   5  the backend-parametrized tests only, per GPU spec                           what is left
+#   5  the backend-parametrized tests only, per GPU spec (a file that does not collect is
+#      named, with the last import it finished, and the others run)              what is left
 #
 # Results land in $OUT (default benchmarks/gpu_results/): summary.txt, RESULTS.md, tests_*.log,
 # bench_*/, dp_*.log. Not in a dry run, RESULTS.md's section replaces "## GPU check" in benchmarks/RESULTS.md.
@@ -190,7 +191,8 @@ xp = be.xp
 A = np.random.default_rng(0).normal(size=(1024, 1024)).astype(np.float32)
 x = be.asarray(A)
 kernel = be.to_host(xp.exp(xp.tanh(x)) * 2.0 + 1.0)   # an elementwise kernel (CuPy compiles it with NVRTC)
-matmul = be.to_host(xp.matmul(x, x))                  # cuBLAS / XLA's GEMM
+product = be.jit(xp.matmul) if be.can_compile else xp.matmul  # JAX: as nnx's programs multiply (float32)
+matmul = be.to_host(product(x, x))                    # cuBLAS / XLA's GEMM
 mask = be.to_host(be.rng(0).uniform((256, 256), "float32"))  # the dropout stream (cuRAND on CuPy)
 be.synchronize()
 assert np.allclose(kernel, np.exp(np.tanh(A)) * 2.0 + 1.0, rtol=1e-4), "elementwise kernel is wrong"
@@ -370,18 +372,55 @@ STEP="tests"
 TEST_SPECS=$READY
 [ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
 [ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
-for spec in $TEST_SPECS; do
-  log="$OUT/tests_${spec//:/-}.log"
-  ids="$OUT/tests_${spec//:/-}.ids"
-  # collect with NNX_TEST_BACKEND=spec, keep the tests parametrized with that backend case
-  NNX_TEST_BACKEND="$spec" run_for "$(budget 60)" "$PY" -m pytest --collect-only -q -p no:cacheprovider -n 0 \
-    ${TEST_FILES:-} ${TEST_ARGS:-} 2>/dev/null | "$PY" -c "
+last_words() {  # log: its last non-empty line, cut short
+  local line
+  line=$(grep -v '^\s*$' "$1" | tail -n 1 | cut -c1-200)
+  echo "${line:-no output}"
+}
+keep_cases() {  # spec < collect-only output > the ids of the tests parametrized with that backend case
+  "$PY" -c "
 import re, sys
 case = re.escape(sys.argv[1])
 for line in sys.stdin:
     m = re.search(r'\[(.*)\]\s*$', line.strip())
     if '::' in line and m and re.search(rf'(^|-){case}(-|$)', m.group(1)):
-        print(line.strip())" "$spec" > "$ids"
+        print(line.strip())" "$1"
+}
+collect() {  # secs spec log files...: collect-only with NNX_TEST_BACKEND=spec into log; pytest's exit status
+  local secs=$1 spec=$2 log=$3; shift 3
+  NNX_TEST_BACKEND="$spec" run_for "$secs" "$PY" -m pytest --collect-only -q -p no:cacheprovider -n 0 \
+    "$@" ${TEST_ARGS:-} > "$log" 2>&1
+}
+export -f collect run_for
+export PY TEST_ARGS
+for spec in $TEST_SPECS; do
+  tag=${spec//:/-}
+  log="$OUT/tests_$tag.log"
+  ids="$OUT/tests_$tag.ids"
+  # collect with NNX_TEST_BACKEND=spec, keep the tests parametrized with that backend case
+  collect "$(budget 60)" "$spec" "$OUT/collect_$tag.log" ${TEST_FILES:-}
+  rc=$?
+  keep_cases "$spec" < "$OUT/collect_$tag.log" > "$ids"
+  if [ $rc != 0 ]; then
+    # a file that cannot be collected here must not cost the others their run: collect file by file (in
+    # parallel), keep what collects, and name each file that does not with the end of its output; its imports
+    # (python -X importtime) tell where a process that exits without a word stopped
+    record "tests" "$spec: collection $(outcome $rc): $(last_words "$OUT/collect_$tag.log"); file by file"
+    mkdir -p "$OUT/collect_$tag"
+    # shellcheck disable=SC2016  # expanded by the inner shell
+    secs=$(budget 60)
+    ls ${TEST_FILES:-tests/test_*.py} | xargs -P "${TEST_WORKERS:-8}" -I{} bash -c \
+      'collect "$0" "$1" "$2/$(basename "$3" .py).log" "$3" || echo "$3 $?" >> "$2/failed"' \
+      "$secs" "$spec" "$OUT/collect_$tag" {}
+    cat "$OUT/collect_$tag"/*.log | keep_cases "$spec" > "$ids"
+    while read -r file frc; do
+      flog="$OUT/collect_$tag/$(basename "$file" .py).log"
+      NNX_TEST_BACKEND="$spec" run_for "$(budget 30)" "$PY" -X importtime -m pytest --collect-only -q \
+        -p no:cacheprovider -n 0 "$file" > "$flog.imports" 2>&1
+      record "tests" "$spec: $file: $(outcome "$frc"): $(last_words "$flog"); last import finished: $(grep 'import time:' "$flog.imports" | tail -n 1 | sed 's/.*|//')"
+      FAILED=1
+    done < <(sort "$OUT/collect_$tag/failed" 2>/dev/null)
+  fi
   count=$(wc -l < "$ids")
   if [ "$count" = 0 ]; then
     record "tests" "$spec: no backend-parametrized test collected"
