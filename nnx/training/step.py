@@ -89,7 +89,7 @@ class TrainStep:
         self.deferred = check_finite and (not on_host if defer_check is None else bool(defer_check))
         self._steps = 0  # steps checked this epoch
         self._ok: Any = None  # deferred: device flag, every step so far this epoch was finite
-        self._first_bad: Any = None  # deferred: device index of the first refused step
+        self._flags: list[tuple[int, Any]] = []  # deferred: (step index, its own device flag), read on a refusal
         self._verdict: Any = None  # deferred: this step's flag, consumed by update
         self._updates: list[tuple[int, int, list[int], set]] = []  # deferred: host counters before each update
     @property
@@ -202,45 +202,55 @@ class TrainStep:
         arrays = [p.grad for p in self.params if p.grad is not None]
         return [xp.all(xp.isfinite(a)) for a in ([] if value is None else [value]) + arrays]
 
+    def _step_flag(self, value: Any) -> Any:
+        """One device flag: `value` and every gradient are finite, element by element.
+
+        With the flat update the gradients are one buffer, which the update reads next: two operations over it
+        instead of two per parameter, each a kernel launch on a device.
+        """
+        xp = self.model.xp
+        flat = self.flat
+        if flat is not None and flat.applies():
+            return xp.isfinite(value) & xp.all(xp.isfinite(flat.gather_grads()))
+        ok: Any = None
+        for flag in self._finite_flags(value):
+            ok = flag if ok is None else ok & flag
+        return ok
+
     def _all_finite(self, value: Any) -> bool:
         """The exact check, element by element (after a non-finite sum, to tell overflow from NaN/inf)."""
         be = self.model.backend
         return all(bool(be.to_host(flag)) for flag in self._finite_flags(value))
 
     def _defer(self, value: Any, index: int) -> None:
-        """Fold this step's verdict into the epoch's, on the device; remember where the first bad step was."""
-        xp = self.model.xp
-        ok: Any = None
-        for flag in self._finite_flags(value):
-            ok = flag if ok is None else ok & flag
-        if self._ok is None:
-            # the step index lives on the device and counts there: building it from a host int each step
-            # would copy it synchronously (torch:cuda), defeating the deferred check. `full` fills it on the
-            # device; `asarray` of a Python int copies it from host memory, which torch:cuda waits for
-            # (seen on an H200: set_sync_debug_mode("error") raised here, at each epoch's first step)
-            device = self.model.backend.device
-            here = xp.full((), index, dtype=xp.int64, device=device)
-            self._first_bad = xp.where(ok, xp.full((), -1, dtype=xp.int64, device=device), here)
-            self._ok = ok
-        else:
-            here = self._here + 1
-            self._first_bad = xp.where(self._ok & ~ok, here, self._first_bad)
-            self._ok = self._ok & ok
-        self._here = here
+        """Fold this step's verdict into the epoch's, on the device; keep the step's own flag for `end_epoch`.
+
+        One operation a step beyond the flag itself: nothing is built from a host number (on torch:cuda
+        that is a copy the device waits for), and the first bad step is looked up only after a refusal.
+        """
+        ok = self._step_flag(value)
+        self._flags.append((index, ok))
+        self._ok = ok if self._ok is None else self._ok & ok
         self._verdict = self._ok
 
     def end_epoch(self) -> int | None:
-        """The index of the epoch's first non-finite step, or None; one read, for deferred checks only."""
+        """The index of the epoch's first non-finite step, or None; one read, for deferred checks only
+        (a second after a refusal, to find the step)."""
         self._steps = 0
         if self.compiled is not None:
             return self.compiled.end_epoch()
         if not self.deferred or self._ok is None:
             return None
-        first = int(self.model.backend.to_host(self._first_bad))
-        updates, self._updates = self._updates, []
-        self._ok = self._first_bad = self._verdict = None
-        if first < 0:
+        be = self.model.backend
+        finite = bool(be.to_host(self._ok))
+        flags, updates = self._flags, self._updates
+        self._ok = self._verdict = None
+        self._flags, self._updates = [], []
+        if finite:
             return None
+        xp = self.model.xp
+        good = be.to_host(xp.stack([flag for _, flag in flags]))
+        first = next(index for k, (index, _) in enumerate(flags) if not bool(good[k]))
         # the device kept the arrays of the last finite step; put the host's counters back to match
         refused = [u for u in updates if u[0] >= first]
         if refused:
@@ -287,8 +297,8 @@ class TrainStep:
         for t in self.transforms:
             t.reset()
         self._steps = 0
-        self._ok = self._first_bad = self._verdict = None
-        self._updates = []
+        self._ok = self._verdict = None
+        self._flags, self._updates = [], []
         if self.compiled is not None:
             self.compiled.reset()
 
