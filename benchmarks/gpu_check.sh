@@ -22,6 +22,8 @@
 #      (--dry-run: one process per backend for both tiny shapes)
 #   3b compiled epochs (bench_epoch.py): nnx on jax:gpu, each epoch one program, against nnx per step
 #      and a torch CUDA eager loop, at small, medium and large                              90            90
+#   3c one profiled epoch of nnx and of native torch at large, per torch/CuPy spec
+#      (benchmarks/profile_step.py: wall time, GPU kernel time, the top kernels)         45            90
 #   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
 #      NCCL all-reduce on the GPU); torchrun 2 ranks sharing the GPU (gloo: one GPU cannot
 #      hold two NCCL ranks, so their CUDA tensors are staged through the host)       60           150
@@ -75,6 +77,12 @@ outcome() {  # rc -> words
     125) echo "SKIPPED (out of time)" ;;
     *) echo "FAILED (rc $1)" ;;
   esac
+}
+
+last_words() {  # log: its last non-empty line, cut short
+  local line
+  line=$(grep -v '^\s*$' "$1" | tail -n 1 | cut -c1-200)
+  echo "${line:-no output}"
 }
 
 finish() {  # on every exit: close the summary, write the RESULTS.md section
@@ -330,6 +338,23 @@ EOF
 fi
 STEP=""
 
+# -- 3c. where the large shape's epoch goes: one profiled epoch of nnx and of native torch per GPU spec --------
+STEP="profile"
+PROFILE_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -E '^(torch|cupy)' | tr '\n' ' ')
+for spec in $PROFILE_SPECS; do
+  log="$OUT/profile_${spec//:/-}.log"
+  if [ $DRY = 1 ]; then size=(--shape tiny_ce); else size=(--shape large); fi
+  (cd benchmarks && run_for "$(budget 45)" "$PY" profile_step.py --backend "$spec" "${size[@]}") > "$log" 2>&1
+  rc=$?
+  if [ $rc = 0 ]; then
+    while IFS= read -r row; do record "profile" "$spec: $row"; done < <(grep -E '^(==|nnx|torch)' "$log" | grep -v '^== ')
+  else
+    record "profile" "$spec: $(outcome $rc): $(last_words "$log")"
+    [ $rc = 125 ] || FAILED=1
+  fi
+done
+STEP=""
+
 # -- 4. data parallel on one GPU --------------------------------------------------------------------------------
 STEP="parallel"
 TORCHRUN="$(dirname "$(command -v "$PY")")/torchrun"
@@ -372,11 +397,6 @@ STEP="tests"
 TEST_SPECS=$READY
 [ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
 [ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
-last_words() {  # log: its last non-empty line, cut short
-  local line
-  line=$(grep -v '^\s*$' "$1" | tail -n 1 | cut -c1-200)
-  echo "${line:-no output}"
-}
 keep_cases() {  # spec < collect-only output > the ids of the tests parametrized with that backend case
   "$PY" -c "
 import re, sys

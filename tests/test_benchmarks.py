@@ -67,9 +67,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     summary = (tmp_path / "summary.txt").read_text()
     assert "nnx GPU check (DRY RUN)" in summary
-    # the steps in their order: installs, probes, benchmarks small to wide, data parallel, then the tests
+    # the steps in their order: installs, probes, benchmarks small to wide, compiled epochs, the profiled
+    # epochs, data parallel, then the tests
     steps = [line.split()[0] for line in summary.splitlines()[1:] if line and not line.startswith("(")]
-    order = ["driver", "install", "probe", "benchmark", "epochs", "parallel", "tests", "end"]
+    order = ["driver", "install", "probe", "benchmark", "epochs", "profile", "parallel", "tests", "end"]
     assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == order, steps
     assert all("would run" in row for row in _rows(summary, "install"))
     assert any("pip install jax[cuda12]" in row for row in _rows(summary, "install"))
@@ -82,6 +83,9 @@ def test_gpu_check_dry_run(tmp_path):
     epochs = _rows(summary, "epochs")  # compiled epochs against per step and torch eager (CPU stand-ins)
     assert len(epochs) == 1 and epochs[0].startswith("ok: jax:cpu tiny") and "nnx_step" in epochs[0], epochs
     assert "torch" in epochs[0], epochs
+    profile = _rows(summary, "profile")  # one profiled epoch of nnx and of native torch (the CPU's operators)
+    assert [row.split(":")[1].strip() for row in profile] == ["nnx", "torch"], profile
+    assert all("ms wall (profiled)" in row and "6 steps" in row for row in profile), profile
     parallel = _rows(summary, "parallel")
     assert len(parallel) == 3 and all('"ranks"' in row for row in parallel), parallel
     tests = _rows(summary, "tests")
