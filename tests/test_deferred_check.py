@@ -6,6 +6,8 @@ that its arrays are not in host memory, which is what cupy, torch:cuda and jax:g
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,45 @@ def test_deferred_refusal_keeps_the_last_finite_step(on_device, rng, bad):
     # and training goes on from there
     model.fit(X, y, epochs=1, batch_size=8)
     assert all(np.isfinite(on_device.to_host(v)).all() for v in model.state_dict().values())
+
+
+class GradientPoison(nnx.Layer):
+    """The identity forward; its backward makes the gradient NaN at one call, so the loss stays finite."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, X, training=False):
+        return X
+
+    def backward(self, dY, need_dX=True):
+        self.calls += 1
+        return dY * math.nan if self.calls == self.at else dY
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_deferred_refusal_of_a_gradient_that_is_not_finite_under_a_finite_loss(on_device, rng, optimizer):
+    """The check reads the gradients, not only the loss: here only the first layer's gradients are NaN."""
+    be = on_device.with_fastpath(False) if on_device.name == "jax" else on_device  # JAX would trace the counter
+    X, y = _data(rng)
+    poison = GradientPoison(at=3)
+    model = nnx.Sequential(nnx.Dense(3, 6), nnx.Tanh(), poison, nnx.Dense(6, 1), backend=be, dtype="float64",
+                           seed=0)
+    snaps = Snapshots(be)
+    with pytest.raises(FloatingPointError, match="at epoch 1, batch 3;"):
+        model.fit(X, y, optimizer=optimizer, lr=0.01, epochs=1, batch_size=8, shuffle=False, callbacks=[snaps])
+    weights, state, count, param_steps = snaps.states[(0, 1)]
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(be.to_host(value), weights[name], err_msg=name)
+    opt = model.optimizer
+    assert (opt.step_count, opt.param_steps) == (count, param_steps)
+    for key, arr in state.items():
+        i, k = key.split(".", 1)
+        np.testing.assert_array_equal(be.to_host(opt.state[int(i)][k]), arr, err_msg=key)
 
 
 def test_deferred_check_reads_nothing_during_steps(on_device, rng, monkeypatch):

@@ -401,6 +401,31 @@ def test_the_sharded_update_with_the_replayed_rule_equals_plain_fit(optimizer, m
             np.testing.assert_allclose(arr, b.optimizer.state_dict()["state"][i][key], rtol=0, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_data_parallel_fit_with_the_deferred_check_equals_plain_fit(shard, monkeypatch):
+    """On a GPU the finite check stays on the device (flat: one flag over the gathered gradients, which the
+    all-reduce or the reduce-scatter then takes); forced here by making NumPy report device arrays."""
+    X = np.random.default_rng(2).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+    a, b = _tiny(), _tiny()
+    ha = a.fit(X, y, epochs=2, batch_size=8, optimizer="adam", lr=0.01)
+    monkeypatch.setattr(type(b.backend), "arrays_on_host", property(lambda self: False))
+    hb = b.fit(X, y, epochs=2, batch_size=8, optimizer="adam", lr=0.01,
+               distributed=dist.DataParallel(WorldOfOne(), shard_update=shard))
+    assert hb.execution == ("sharded" if shard else "flat")
+    np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=0, atol=1e-12)
+    for k, v in a.state_dict().items():
+        np.testing.assert_allclose(v, b.state_dict()[k], rtol=0, atol=1e-12)
+    X[5] = 1e308  # the first batch's products overflow: a non-finite step, refused on every path, naming its batch
+    before = {k: np.array(v) for k, v in b.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="epoch 3, batch 1;"):
+        b.fit(X, y, epochs=1, batch_size=8, shuffle=False, optimizer="adam", lr=0.01,
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=shard))
+    for k, v in before.items():
+        np.testing.assert_array_equal(b.state_dict()[k], v, err_msg=k)
+
+
 def test_sharded_update_refuses_a_rule_that_is_not_elementwise():
     m = _tiny()
     with pytest.raises(ValueError, match="NotElementwiseSGD declares elementwise = False"):
