@@ -34,7 +34,7 @@ from typing import Any, cast
 import array_api_compat
 
 from . import _validate as check
-from .backends import backend_name_of, get_backend
+from .backends import backend_name_of, get_backend, loaded_namespace
 from .registry import CONFIG_KEY, Registry, class_name, config_type
 
 LOSSES = Registry(
@@ -246,9 +246,9 @@ class Loss:
     def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
-        # the backend adapter's namespace, as the training step's later batches use: array_api_compat's torch
-        # `maximum(x, 0)` copies the 0 from host memory, which torch:cuda waits for (seen on an H200)
-        xp = get_backend(y_pred).xp
+        # the loaded backend adapter's namespace, as the training step's later batches use: array_api_compat's
+        # torch `maximum(x, 0)` copies the 0 from host memory, which torch:cuda waits for (seen on an H200)
+        xp = loaded_namespace(y_pred)
         y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):
             raise TypeError(f"y_pred must have a real floating dtype, got {y_pred.dtype}")

@@ -4,6 +4,8 @@ backend, exact results at extreme logits, and the input checks."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import array_api_compat
@@ -558,3 +560,18 @@ def test_mean_with_sample_weight(backend, rng):
         L.CrossEntropy(reduction="mean")
     with pytest.raises(ValueError, match="reduction must be one of"):
         L.get_loss({"type": "mae", "reduction": "sum"})
+
+
+def test_a_loss_called_on_jax_arrays_leaves_jax_as_it_was():
+    """A loss computes with the namespace of a backend already loaded, array_api_compat's otherwise:
+    loading nnx's JAX backend turns on JAX's 64-bit mode, which computing a loss must not do. (Its value
+    checks, ``check=True`` on BCE and cross-entropy, read their verdict through the backend.)"""
+    pytest.importorskip("jax")
+    code = ("import jax, jax.numpy as jnp, nnx\n"
+            "y, p = jnp.zeros((3, 1)), jnp.ones((3, 1))\n"
+            "values = [nnx.losses.MSE()(y, p), nnx.losses.MAE()(y, p),\n"
+            "          nnx.losses.BinaryCrossEntropy(from_logits=True)(y, p, check=False)]\n"
+            "assert not jax.config.jax_enable_x64, 'a loss call turned on 64-bit mode'\n"
+            "assert all(v.dtype == jnp.float32 for v in values) and jnp.ones(2).dtype == jnp.float32\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

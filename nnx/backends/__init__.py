@@ -17,10 +17,11 @@ functions, so that ``import nnx`` loads none of them. Adding a backend is one ad
 from .base import Backend, BackendUnavailableError
 from .generic import generic_backend
 from .names import backend_name_of, dtype_name
-from .registry import BACKEND_NAMES, available_backends, backend_status, get_backend, register_backend
+from .registry import BACKEND_NAMES, available_backends, backend_status, get_backend, loaded_namespace, register_backend
 from .rng import DeviceRNG, host_rng
 
 __all__ = [
     "BACKEND_NAMES", "Backend", "BackendUnavailableError", "DeviceRNG", "available_backends", "backend_name_of",
-    "backend_status", "dtype_name", "generic_backend", "get_backend", "host_rng", "register_backend",
+    "backend_status", "dtype_name", "generic_backend", "get_backend", "host_rng", "loaded_namespace",
+    "register_backend",
 ]

@@ -122,6 +122,19 @@ def _from_array(x: Any) -> Backend:
     return backend if str(device) == str(backend.device) else backend.on_device(device)
 
 
+def loaded_namespace(x: Any) -> Any:
+    """The namespace nnx computes array `x` with: its backend adapter's where that backend is loaded (as a
+    model on it loads it), array_api_compat's otherwise.
+
+    Only a loaded adapter is used, since loading one has effects (JAX's 64-bit mode) that a function
+    merely given arrays, such as a loss called on them, must not have.
+    """
+    name = backend_name_of(x)
+    if name in _ENTRIES and any(key.partition(":")[0] == name for key in _CACHE):
+        return _from_array(x).xp
+    return array_api_compat.array_namespace(x)
+
+
 def _generic(xp: types.ModuleType, device: Any) -> Backend:
     """The generic adapter for a namespace no adapter claims, made once per namespace and device."""
     key = (xp.__name__, str(device))
