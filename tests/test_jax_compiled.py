@@ -238,3 +238,13 @@ def test_a_compiled_fit_traces_the_models_products_at_float32():
     model.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=BATCH, verbose=0)
     assert _compiled(model) is not None
     assert seen and set(seen) == {"float32"}, seen
+
+
+def test_a_program_compiled_at_another_precision_is_not_reused(monkeypatch):
+    from nnx.backends import jax as jax_adapter
+
+    be = nnx.get_backend("jax")
+    args = (be.asarray(np.ones((4, 4), np.float32)),)
+    before = be.program_signature(args)
+    monkeypatch.setattr(jax_adapter, "MATMUL_PRECISION", "bfloat16")
+    assert be.program_signature(args) != before

@@ -151,7 +151,8 @@ class JaxBackend(Backend):
         # a setting with a context manager is read as an attribute (it may differ per thread), the others by name
         settings = tuple(getattr(config, name) if hasattr(config, name) else config.read(name)
                          for name in _PROGRAM_SETTINGS if name in config.values)
-        return settings, tuple(sorted(COMPILER_OPTIONS.items())), structure, tuple(map(_input_type, leaves))
+        return (settings, MATMUL_PRECISION, tuple(sorted(COMPILER_OPTIONS.items())), structure,
+                tuple(map(_input_type, leaves)))
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         lax = importlib.import_module("jax.lax")
