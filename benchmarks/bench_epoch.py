@@ -104,7 +104,7 @@ def _jax_parts(name: str, device: str) -> tuple[Any, ...]:
     def loss_fn(p: Any, xb: Any, yb: Any) -> Any:
         h = xb
         for i, (W, b) in enumerate(p):
-            h = h @ W + b
+            h = jnp.matmul(h, W, precision="highest") + b  # full float32, as nnx's programs multiply
             if i < len(p) - 1:
                 h = jax.nn.relu(h)
         if loss == "bce":

@@ -112,7 +112,8 @@ class JitRunner:
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:
             h = xb
             for i in range(n_layers):
-                h = h @ params[2 * i] + params[2 * i + 1]
+                # full float32, as nnx's programs multiply (JAX's default may use TensorFloat-32 on a GPU)
+                h = jnp.matmul(h, params[2 * i], precision="highest") + params[2 * i + 1]
                 if i < n_layers - 1:
                     h = jax.nn.relu(h)
             if loss == "bce":

@@ -366,7 +366,8 @@ class JaxRunner:
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:
             h = xb
             for j in range(0, len(params), 2):
-                h = h @ params[j] + params[j + 1]
+                # full float32, as nnx's programs multiply (JAX's default may use TensorFloat-32 on a GPU)
+                h = jnp.matmul(h, params[j], precision="highest") + params[j + 1]
                 if j + 2 < len(params):
                     h = jnp.maximum(h, 0)
             if bce:

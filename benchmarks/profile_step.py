@@ -12,6 +12,7 @@ names the extra work. On a CPU (``--device cpu``) the operators' own times are l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ import bench_train as bt
 def profile_epoch(runner: Any, on_gpu: bool, top: int) -> str:
     """One warm epoch of `runner` under torch's profiler, summarised."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     runner.epoch()  # warm: compiled kernels, allocator pools, the first fit's checks
@@ -32,10 +34,15 @@ def profile_epoch(runner: Any, on_gpu: bool, top: int) -> str:
             torch.cuda.synchronize()
     wall = time.perf_counter() - start
     steps = -(-runner.shape.samples // runner.shape.batch)
-    events = prof.key_averages()
-    # `self_device_time_total` in torch >= 2.4, `self_cuda_time_total` before
-    key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    if not on_gpu:
+    events = list(prof.key_averages())
+    if on_gpu:
+        # the kernels themselves: an operator's event also carries the time of the kernels it launched
+        events = [e for e in events if e.device_type == DeviceType.CUDA]
+        if not events:
+            return f"{runner.label}: {wall * 1e3:.1f} ms wall (profiled); the profiler recorded no GPU kernels"
+        # `self_device_time_total` in torch >= 2.4, `self_cuda_time_total` before
+        key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    else:
         key = "self_cpu_time_total"
     busy = sum(getattr(e, key) for e in events) / 1e3  # microseconds -> ms
     lines = [f"{runner.label}: {wall * 1e3:.1f} ms wall (profiled), {busy:.1f} ms "
@@ -54,8 +61,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=0, help="rows of data (default: the shape's)")
     parser.add_argument("--top", type=int, default=12, help="kernels listed per runner")
     args = parser.parse_args()
-    import dataclasses
-
     shape = bt.SHAPES[args.shape]
     if args.samples:
         shape = dataclasses.replace(shape, samples=args.samples)
