@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -36,8 +37,21 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # 27 s). Its arithmetic is not bit for bit the newer one's, and two programs of different shapes (an epoch
 # and a step) may round differently under it; the tests that compare such programs bit for bit take the
 # `jax_default_emitters` fixture, which compiles nnx's programs as users do. A flag the caller set is left alone.
+# XLA removed that flag in jaxlib 0.11, and an XLA that does not know a flag in XLA_FLAGS aborts the process
+# without a word when JAX starts it, so the flag is only given to the jaxlib versions that have it.
 _CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+
+
+def _has_classic_emitters() -> bool:
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("jaxlib").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) < (0, 11)
+
+
+HAS_CLASSIC_EMITTERS = _has_classic_emitters()
+if HAS_CLASSIC_EMITTERS and "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CLASSIC_EMITTERS}".strip()
 
 import numpy as np  # noqa: E402
@@ -86,7 +100,8 @@ def jax_default_emitters():
     from nnx.backends import jax as jax_adapter
 
     before = dict(jax_adapter.COMPILER_OPTIONS)
-    jax_adapter.COMPILER_OPTIONS["xla_cpu_use_fusion_emitters"] = True
+    if HAS_CLASSIC_EMITTERS:  # a later XLA has only the default one, and no such option
+        jax_adapter.COMPILER_OPTIONS["xla_cpu_use_fusion_emitters"] = True
     yield
     jax_adapter.COMPILER_OPTIONS.clear()
     jax_adapter.COMPILER_OPTIONS.update(before)
