@@ -120,15 +120,14 @@ def test_a_replayed_rule_writes_the_plain_calls_bits(backend, dtype, rule, piece
     xp = backend.xp
     value, grad = _arrays(backend, dtype)
     opt = make(*args, [nnx.Parameter("w", value)], **kwargs)
-    recorded = RuleReplay(opt, xp, out)
+    recorded = RuleReplay(opt, xp, out, piece)
     state = opt.init_state(xp, value)
     for step in (1, 2, 3):
         written_value = _copy(backend, value)
         written_state = {k: _copy(backend, arr) for k, arr in state.items()}
         with np.errstate(all="ignore"):  # NaN and inf on purpose
             plain_value, plain_state = opt.update(xp, value, grad, state, step, opt.lr)
-            applied = recorded.apply(written_value, grad, written_state, step, opt.lr,
-                                     *(() if piece is None else (piece,)))
+            applied = recorded.apply(written_value, grad, written_state, step, opt.lr)
         assert applied, f"{type(opt).__name__} was not replayed"
         np.testing.assert_array_equal(_bits(backend, written_value), _bits(backend, plain_value))
         assert written_state.keys() == plain_state.keys()
@@ -320,6 +319,34 @@ def test_the_flat_update_replays_from_min_elements_on(backend, dtype, monkeypatc
             step.check(value)
             step.update()
         assert (step.flat.replay is not None) == replays
+
+
+@pytest.mark.parametrize("on_host", [True, False], ids=["host", "device"])
+def test_the_replay_slices_in_host_memory_and_runs_at_once_on_a_device(backend, dtype, on_host, monkeypatch):
+    """In host memory the rule is replayed over slices of `PIECE_ELEMENTS` (cache-sized); on a device, where each
+    slice costs a kernel launch per operation, over all parameters in one call (the device is a stand-in here:
+    the backend reports arrays outside host memory)."""
+    from nnx.training.step import TrainStep
+
+    if backend.out_functions() is None:
+        return  # no replay: the rule is called plainly
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(replay, "PIECE_ELEMENTS", 7)
+    monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: on_host))
+    runs = []
+    real_run = RuleReplay._run
+    monkeypatch.setattr(RuleReplay, "_run", lambda self, *args: runs.append(len(args[1][0])) or real_run(self, *args))
+    model = nnx.Sequential(nnx.Dense(6, 5), backend=backend, dtype=dtype, seed=0)  # 35 parameters
+    step = TrainStep(model, model.resolve_loss("mse"), optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                     defer_check=False)
+    X = model.prepare_inputs(np.ones((4, 6)))
+    y = model.prepare_targets(np.ones((4, 5)), step.loss, 4)
+    value, _ = step.forward_loss(X, y)
+    step.backward()
+    step.check(value)
+    step.update()
+    step.end_epoch()
+    assert runs == ([7, 7, 7, 7, 7] if on_host else [35])
 
 
 @pytest.mark.parametrize("deferred", [False, True], ids=["checked", "deferred"])

@@ -41,9 +41,11 @@ FUNCTIONS = frozenset({
 })
 CONSTANT_TYPES = (int, float, bool)
 MAX_PLANS = 16  # distinct recorded structures kept (a rule that branches on the step has a few)
-# Elements replayed per call. Without temporaries, one call over a medium network's 235k parameters is
-# about fastest (slices of 64k took 20-50% longer); over millions, slices this size beat one call on NumPy
-# (9 against 17 ms for 4M parameters) and bound each scratch buffer (1 MiB in float32).
+# Elements replayed per call in host memory. Without temporaries, one call over a medium network's 235k
+# parameters is about fastest (slices of 64k took 20-50% longer); over millions, slices this size beat one
+# call on NumPy (9 against 17 ms for 4M parameters) and bound each scratch buffer (1 MiB in float32). On a
+# device every slice is one kernel launch per operation, so the rule runs over everything at once there
+# (sliced, torch on an H200 launched 150 small kernels a step for 6.3M parameters under SGD with momentum).
 PIECE_ELEMENTS = 1 << 18
 # Below this many parameters recording the rule costs more than the plain call's temporaries (Adam: 73 against
 # 13 us on NumPy at 641 parameters; about even at 64k; 527 against 792 us at 235k).
@@ -54,7 +56,9 @@ def for_update(optimizer: Any, backend: Any, size: int) -> RuleReplay | None:
     """The replay for an update of `size` parameters at a time on `backend`: None where the backend has no
     out= functions or the update is under `MIN_ELEMENTS` (the flat and the sharded update both ask here)."""
     out_functions = backend.out_functions() if size >= MIN_ELEMENTS else None
-    return RuleReplay(optimizer, backend.xp, out_functions) if out_functions else None
+    if not out_functions:
+        return None
+    return RuleReplay(optimizer, backend.xp, out_functions, PIECE_ELEMENTS if backend.arrays_on_host else None)
 
 
 class Unreplayable(Exception):
@@ -177,10 +181,12 @@ class RuleReplay:
         optimizer: an optimizer whose class declares ``elementwise = True``.
         xp: the namespace the rule is given.
         out_functions: the backend's out= functions (`Backend.out_functions`).
+        piece: the most elements replayed per call (None: all at once).
     """
 
-    def __init__(self, optimizer: Any, xp: Any, out_functions: dict[str, Any]) -> None:
-        self.optimizer, self.xp = optimizer, xp
+    def __init__(self, optimizer: Any, xp: Any, out_functions: dict[str, Any],
+                 piece: int | None = PIECE_ELEMENTS) -> None:
+        self.optimizer, self.xp, self.piece = optimizer, xp, piece
         self._out = {name: fn for name, fn in out_functions.items() if name in OPERATORS}
         # an xp function only where the backend's out= function is the namespace's own object
         self._out.update({"xp." + name: fn for name, fn in out_functions.items()
@@ -198,7 +204,7 @@ class RuleReplay:
         return self._select is not None
 
     def apply(self, values: Any, grads: Any, state: dict[str, Any], step: int, lr: Any,
-              piece: int = PIECE_ELEMENTS, keep: Any = None) -> bool:
+              keep: Any = None) -> bool:
         """Write the rule's new values and state into `values` and `state`'s arrays in place, over slices of
         at most `piece` elements; False, with nothing written, where the rule cannot be replayed.
 
@@ -224,7 +230,7 @@ class RuleReplay:
             self.failed = True
             return False
         size = values.shape[0]
-        piece = min(piece, size)
+        piece = size if self.piece is None else min(self.piece, size)
         scratch = self._buffers(plan, piece, values)
         try:
             for start in range(0, size, piece):
