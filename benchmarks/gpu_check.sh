@@ -459,6 +459,15 @@ for spec in $TEST_SPECS; do
   NNX_TEST_BACKEND="$spec" XLA_PYTHON_CLIENT_PREALLOCATE=false run_for "$secs" xargs -a "$ids" -d '\n' \
     "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" > "$log" 2>&1
   rc=$?
+  if grep -qE 'workers \[0 items\]|no tests ran' "$log"; then
+    # on the H200 (pytest 9.1, xdist 3.8) the workers once collected none of the ids that one process
+    # collected, without an error; the tests then run in one process, one after the other
+    mv "$log" "${log%.log}_workers.log"
+    record "tests" "$spec: the pytest-xdist workers collected no test; in one process instead"
+    NNX_TEST_BACKEND="$spec" run_for "$(budget 600)" xargs -a "$ids" -d '\n' \
+      "$PY" -m pytest -q -p no:cacheprovider -n 0 > "$log" 2>&1
+    rc=$?
+  fi
   last=$(grep -E '(passed|failed|error)' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')
   record "tests" "$spec: $count collected; $(outcome $rc)${last:+: $last}"
   [ $rc = 0 ] || FAILED=1
