@@ -33,7 +33,8 @@
 # Results land in $OUT (default benchmarks/gpu_results/): summary.txt, RESULTS.md, tests_*.log,
 # bench_*/, dp_*.log. Not in a dry run, RESULTS.md's section replaces "## GPU check" in benchmarks/RESULTS.md.
 # Environment: PYTHON (default python3), OUT, TOTAL, WHEELHOUSE, REPEATS (timed epochs, default 3),
-# TEST_WORKERS (default 8), TEST_FILES and TEST_ARGS (narrow step 5).
+# TEST_WORKERS (default 8), TEST_FILES and TEST_ARGS (narrow step 5), STEPS (which of the steps after the probes
+# run, default "benchmark epochs profile parallel tests"; e.g. STEPS=tests gives step 5 the whole budget).
 set -uo pipefail
 
 DRY=0
@@ -70,6 +71,9 @@ run_for() {  # seconds, command...: the command under a timeout; 124 when it ran
   if [ "$secs" -lt 10 ]; then return 125; fi
   timeout -k 5 "$secs" "$@"
 }
+STEPS=${STEPS:-benchmark epochs profile parallel tests}
+wants() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }  # step name -> whether STEPS names it
+not_asked() { record "$1" "not run: STEPS=\"$STEPS\""; }
 outcome() {  # rc -> words
   case $1 in
     0) echo "ok" ;;
@@ -250,8 +254,9 @@ EOF
 if [ $DRY = 1 ]; then SHAPES="tiny_bce tiny_ce"; else SHAPES="small medium large wide"; fi
 BENCH_SPECS=$READY
 [ $DRY = 1 ] && BENCH_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -v '^jax' | tr '\n' ' ')  # JAX compiles for long on a CPU
+wants benchmark || { BENCH_SPECS=""; not_asked benchmark; }
 BENCH_END=$(( $(elapsed) + 200 ))
-[ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
+wants benchmark && [ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
 bench_run() {  # spec, shapes (comma list): one bench_train.py process into $OUT/bench_<spec>_<shapes>; rc 0 when it wrote
   local spec=$1 shapes=$2 dir secs rc peer extra size
   case $spec in
@@ -300,7 +305,9 @@ STEP=""
 STEP="epochs"
 JAX_SPEC=$(echo "$READY" | tr ' ' '\n' | grep '^jax' | head -n1)
 TORCH_READY=$(echo "$READY" | tr ' ' '\n' | grep -c '^torch')
-if [ -z "$JAX_SPEC" ]; then
+if ! wants epochs; then
+  not_asked epochs
+elif [ -z "$JAX_SPEC" ]; then
   record "epochs" "skipped: no JAX backend passed its probe"
 else
   dir="$OUT/bench_epochs"
@@ -341,6 +348,7 @@ STEP=""
 # -- 3c. where the large shape's epoch goes: one profiled epoch of nnx and of native torch per GPU spec --------
 STEP="profile"
 PROFILE_SPECS=$(echo "$READY" | tr ' ' '\n' | grep -E '^(torch|cupy)' | tr '\n' ' ')
+wants profile || { PROFILE_SPECS=""; not_asked profile; }
 for spec in $PROFILE_SPECS; do
   log="$OUT/profile_${spec//:/-}.log"
   if [ $DRY = 1 ]; then size=(--shape tiny_ce); else size=(--shape large); fi
@@ -370,7 +378,9 @@ dp_run() {  # name, command...
     [ $rc = 125 ] || FAILED=1
   fi
 }
-if [ $DRY = 1 ]; then
+if ! wants parallel; then
+  not_asked parallel
+elif [ $DRY = 1 ]; then
   dp_run "single-numpy" "$PY" benchmarks/bench_distributed.py --engine single --backend numpy --epochs 1 --steps 4
   dp_run "torchrun-1" "$TORCHRUN" --standalone --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
     --backend torch --epochs 1 --steps 4
@@ -396,7 +406,8 @@ STEP=""
 STEP="tests"
 TEST_SPECS=$READY
 [ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
-[ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
+wants tests || { TEST_SPECS=""; not_asked tests; }
+wants tests && [ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
 keep_cases() {  # spec < collect-only output > the ids of the tests parametrized with that backend case
   "$PY" -c "
 import re, sys
