@@ -62,6 +62,18 @@ def test_maximum_and_minimum_give_compats_results(name):
         _same(getattr(xp, name)(x1, x2), want)
 
 
+def test_a_number_kept_as_a_tensor_serves_autograd_after_inference_mode():
+    """`maximum` and `minimum` keep the 0-d tensors they make of Python numbers; one first made under
+    `torch.inference_mode` must still be usable where autograd records (an inference tensor is refused there)."""
+    xp = _xp()
+    with torch.inference_mode():
+        xp.maximum(torch.ones(2), 0.375)
+    w = torch.tensor([0.0, 1.0], requires_grad=True)
+    xp.maximum(w, 0.375).sum().backward()
+    assert w.grad.tolist() == [0.0, 1.0]
+    assert xp.maximum(torch.tensor([-1.0]), 0.375) is not xp.maximum(torch.tensor([-1.0]), 0.375)  # new results
+
+
 def test_matmul_gives_compats_results():
     xp = _xp()
     gen = torch.Generator().manual_seed(0)
