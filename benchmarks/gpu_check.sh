@@ -471,8 +471,9 @@ for spec in $TEST_SPECS; do
     "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" > "$log" 2>&1
   rc=$?
   if grep -qE 'workers \[0 items\]|no tests ran' "$log"; then
-    # on the H200 (pytest 9.1, xdist 3.8) the workers once collected none of the ids that one process
-    # collected, without an error; the tests then run in one process, one after the other
+    # each worker collects the ids on its own, and one id it cannot find ends its collection with nothing and
+    # no word (an id that existed only in the whole suite's collection did so on the H200); one process
+    # runs what it finds and names what it does not
     mv "$log" "${log%.log}_workers.log"
     record "tests" "$spec: the pytest-xdist workers collected no test; in one process instead"
     NNX_TEST_BACKEND="$spec" run_for "$(budget 600)" xargs -a "$ids" -d '\n' \

@@ -1,8 +1,10 @@
-"""The repository's conftest.py asks for pytest-xdist workers once, from the controlling process."""
+"""The suite's own setup: the repository's conftest.py asks for pytest-xdist workers once, from the
+controlling process, and the suite's test ids do not depend on the order its modules are collected in."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -11,8 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("xdist")
 
 ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 
@@ -26,6 +26,7 @@ def test_report_parent():
 
 
 def test_workers_do_not_start_workers_of_their_own(tmp_path: Path) -> None:
+    pytest.importorskip("xdist")
     shutil.copy(ROOT_CONFTEST, tmp_path / "conftest.py")
     (tmp_path / "test_parent.py").write_text(REPORTS_PARENT)
     parents = tmp_path / "parents.txt"
@@ -45,3 +46,24 @@ def test_workers_do_not_start_workers_of_their_own(tmp_path: Path) -> None:
             os.killpg(outer.pid, signal.SIGKILL)  # the workers too, however deep they went
     assert outer.returncode == 0, output
     assert parents.read_text().split() == [str(outer.pid)], output
+
+
+def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in() -> None:
+    """Each pytest-xdist worker collects the ids it is given on its own; an id that exists only after some
+    other module was imported (a parametrization over a registry that test modules add to) is missing
+    there, and the workers then collect nothing at all, without an error (seen on a GPU machine)."""
+    tests = Path(__file__).resolve().parent
+    files = sorted(str(f) for f in tests.glob("test_*.py"))
+    env = {**os.environ, "NNX_TEST_BACKEND": "numpy"}  # one backend case: the ids' other parts are what count
+    in_process = ["-n", "0"] if importlib.util.find_spec("xdist") else []
+    collections = [subprocess.Popen([sys.executable, "-m", "pytest", "--collect-only", "-q", *in_process, "-p",
+                                     "no:cacheprovider", *order], cwd=tests.parent, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                   for order in (files, files[::-1])]
+    ids = []
+    for proc in collections:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output[-2000:]
+        ids.append({line for line in output.splitlines() if "::" in line})
+    forward, backward = ids
+    assert forward == backward, f"only in one order: {sorted(forward ^ backward)[:10]}"
