@@ -72,6 +72,12 @@ run_for() {  # seconds, command...: the command under a timeout; 124 when it ran
   timeout -k 5 "$secs" "$@"
 }
 STEPS=${STEPS:-benchmark epochs profile parallel tests}
+for word in $STEPS; do
+  case $word in
+    benchmark|epochs|profile|parallel|tests) ;;
+    *) echo "STEPS: no step '$word'; name steps among: benchmark epochs profile parallel tests" >&2; exit 2 ;;
+  esac
+done
 wants() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }  # step name -> whether STEPS names it
 not_asked() { record "$1" "not run: STEPS=\"$STEPS\""; }
 outcome() {  # rc -> words
@@ -408,57 +414,49 @@ TEST_SPECS=$READY
 [ $DRY = 1 ] && TEST_SPECS=$(echo "$READY" | tr ' ' '\n' | grep '^torch' | tr '\n' ' ')  # one spec shows the step
 wants tests || { TEST_SPECS=""; not_asked tests; }
 wants tests && [ -z "${TEST_SPECS// /}" ] && record "tests" "none: no backend passed its probe"
-keep_cases() {  # spec < collect-only output > the ids of the tests parametrized with that backend case
-  "$PY" -c "
-import re, sys
-case = re.escape(sys.argv[1])
-for line in sys.stdin:
-    m = re.search(r'\[(.*)\]\s*$', line.strip())
-    if '::' in line and m and re.search(rf'(^|-){case}(-|$)', m.group(1)):
-        print(line.strip())" "$1"
-}
-collect() {  # secs spec log files...: collect-only with NNX_TEST_BACKEND=spec into log; pytest's exit status
+collect() {  # secs spec log files...: collect-only of the tests parametrized with spec, into log; pytest's status
   local secs=$1 spec=$2 log=$3; shift 3
-  NNX_TEST_BACKEND="$spec" run_for "$secs" "$PY" -m pytest --collect-only -q -p no:cacheprovider -n 0 \
-    "$@" ${TEST_ARGS:-} > "$log" 2>&1
+  NNX_TEST_BACKEND="$spec" NNX_TEST_ONLY_BACKEND_CASES=1 run_for "$secs" "$PY" -m pytest --collect-only -q \
+    -p no:cacheprovider -n 0 "$@" ${TEST_ARGS:-} > "$log" 2>&1
 }
 export -f collect run_for
 export PY TEST_ARGS
 for spec in $TEST_SPECS; do
   tag=${spec//:/-}
   log="$OUT/tests_$tag.log"
-  ids="$OUT/tests_$tag.ids"
-  # collect with NNX_TEST_BACKEND=spec, keep the tests parametrized with that backend case
+  targets="$OUT/tests_$tag.targets"  # what pytest is given, one a line: folders, files or test ids
+  printf '%s\n' ${TEST_FILES:-tests} > "$targets"
+  # tests/conftest.py keeps only the tests parametrized with this backend case (NNX_TEST_ONLY_BACKEND_CASES):
+  # the workers select them from whole files, as one process does, rather than each looking up given ids
   collect "$(budget 60)" "$spec" "$OUT/collect_$tag.log" ${TEST_FILES:-}
   rc=$?
   [ $rc = 5 ] && rc=0  # pytest's "no tests collected"
-  keep_cases "$spec" < "$OUT/collect_$tag.log" > "$ids"
+  count=$(grep -c '::' "$OUT/collect_$tag.log")
   if [ $rc != 0 ]; then
     # a file that cannot be collected here must not cost the others their run: collect file by file (in
     # parallel), keep what collects, and name each file that does not with the end of its output; its imports
     # (python -X importtime) tell where a process that exits without a word stopped
     record "tests" "$spec: collection $(outcome $rc): $(last_words "$OUT/collect_$tag.log"); file by file"
     mkdir -p "$OUT/collect_$tag"
-    # shellcheck disable=SC2016  # expanded by the inner shell
-    secs=$(budget 60)
     # what was named, one by one: a folder as its test files, a file or a test id as it is
     for entry in ${TEST_FILES:-tests}; do
       if [ -d "$entry" ]; then find "$entry" -name 'test_*.py'; else echo "$entry"; fi
-    done | sort -u > "$OUT/collect_$tag/files"
+    done | sort -u > "$targets"
+    secs=$(budget 60)
     # shellcheck disable=SC2016  # expanded by the inner shell
-    run_for "$(budget 120)" xargs -a "$OUT/collect_$tag/files" -P "${TEST_WORKERS:-8}" -I{} bash -c \
+    run_for "$(budget 120)" xargs -a "$targets" -P "${TEST_WORKERS:-8}" -I{} bash -c \
       'collect "$0" "$1" "$2/$(echo "$3" | tr "/:[]" "____").log" "$3"; rc=$?; [ $rc = 0 ] || [ $rc = 5 ] || echo "$3 $rc" >> "$2/failed"' \
       "$secs" "$spec" "$OUT/collect_$tag" {}
-    cat "$OUT/collect_$tag"/*.log | keep_cases "$spec" > "$ids"
+    count=$(cat "$OUT/collect_$tag"/*.log | grep -c '::')
     while read -r file frc; do
       flog="$OUT/collect_$tag/$(echo "$file" | tr "/:[]" "____").log"
       NNX_TEST_BACKEND="$spec" run_for "$(budget 30)" "$PY" -X importtime -m pytest --collect-only -q \
         -p no:cacheprovider -n 0 "$file" > "$flog.imports" 2>&1 < /dev/null
       record "tests" "$spec: $file: $(outcome "$frc"): $(last_words "$flog"); last import finished: $(grep 'import time:' "$flog.imports" | tail -n 1 | sed 's/.*|//')"
       FAILED=1
+      grep -vxF "$file" "$targets" > "$targets.left"; mv "$targets.left" "$targets"
     done < <(sort "$OUT/collect_$tag/failed" 2>/dev/null)
   fi
-  count=$(wc -l < "$ids")
   if [ "$count" = 0 ]; then
     record "tests" "$spec: no backend-parametrized test collected"
     FAILED=1
@@ -467,20 +465,11 @@ for spec in $TEST_SPECS; do
   secs=$(budget 600)
   note "tests on $spec: $count, $secs s"
   # workers share the GPU; JAX would otherwise give each of them 75% of its memory up front
-  NNX_TEST_BACKEND="$spec" XLA_PYTHON_CLIENT_PREALLOCATE=false run_for "$secs" xargs -a "$ids" -d '\n' \
-    "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" > "$log" 2>&1
+  NNX_TEST_BACKEND="$spec" NNX_TEST_ONLY_BACKEND_CASES=1 XLA_PYTHON_CLIENT_PREALLOCATE=false run_for "$secs" \
+    xargs -a "$targets" -d '\n' "$PY" -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-8}" ${TEST_ARGS:-} \
+    > "$log" 2>&1
   rc=$?
-  if grep -qE 'workers \[0 items\]|no tests ran' "$log"; then
-    # each worker collects the ids on its own, and one id it cannot find ends its collection with nothing and
-    # no word (an id that existed only in the whole suite's collection did so on the H200); one process
-    # runs what it finds and names what it does not
-    mv "$log" "${log%.log}_workers.log"
-    record "tests" "$spec: the pytest-xdist workers collected no test; in one process instead"
-    NNX_TEST_BACKEND="$spec" run_for "$(budget 600)" xargs -a "$ids" -d '\n' \
-      "$PY" -m pytest -q -p no:cacheprovider -n 0 > "$log" 2>&1
-    rc=$?
-  fi
-  last=$(grep -E '(passed|failed|error)' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')
+  last=$(grep -iE '(passed|failed|error|no tests ran)' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')
   record "tests" "$spec: $count collected; $(outcome $rc)${last:+: $last}"
   [ $rc = 0 ] || FAILED=1
 done

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 
@@ -157,6 +158,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"))
+    only = os.environ.get("NNX_TEST_BACKEND") if os.environ.get("NNX_TEST_ONLY_BACKEND_CASES") == "1" else None
+    if only:
+        _keep_backend_cases(config, items, only)
+
+
+def _keep_backend_cases(config, items, spec):
+    """Deselect every test not parametrized with `spec` (a part of its parameter id, as in ``[torch:cuda-relu]``):
+    what a GPU run asks for. Selected here rather than by passing ids, since each pytest-xdist worker collects
+    on its own and would collect nothing, without a word, if one id were missing there."""
+    part = re.compile(rf"(^|-){re.escape(spec.replace(':', '-', 1) if spec.startswith('generic:') else spec)}(-|$)")
+    kept, dropped = [], []
+    for item in items:
+        (kept if hasattr(item, "callspec") and part.search(item.callspec.id) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -61,9 +61,14 @@ def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in() -> None:
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                    for order in (files, files[::-1])]
     ids = []
-    for proc in collections:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output[-2000:]
-        ids.append({line for line in output.splitlines() if "::" in line})
+    try:
+        for proc in collections:
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output[-2000:]
+            ids.append({line for line in output.splitlines() if "::" in line})
+    finally:
+        for proc in collections:
+            proc.kill()  # nothing, where it has ended
+            proc.wait()
     forward, backward = ids
     assert forward == backward, f"only in one order: {sorted(forward ^ backward)[:10]}"

@@ -74,6 +74,19 @@ def test_a_number_kept_as_a_tensor_serves_autograd_after_inference_mode():
     assert xp.maximum(torch.tensor([-1.0]), 0.375) is not xp.maximum(torch.tensor([-1.0]), 0.375)  # new results
 
 
+def test_a_number_met_while_torch_traces_is_not_kept_for_later_calls():
+    """`torch.export` runs the namespace on fake tensors: a 0-d tensor made there must not serve later calls."""
+    xp = _xp()
+
+    class Clamp(torch.nn.Module):
+        def forward(self, x):
+            return xp.maximum(x, 0.8125)
+
+    torch.export.export(Clamp(), (torch.zeros(3),))
+    out = xp.maximum(torch.zeros(3), 0.8125)
+    assert type(out) is torch.Tensor and out.tolist() == [0.8125] * 3
+
+
 def test_matmul_gives_compats_results():
     xp = _xp()
     gen = torch.Generator().manual_seed(0)

@@ -49,17 +49,25 @@ def namespace(torch: Any) -> types.ModuleType:
 
     def scalar(value: int | float, like: Any) -> Any:
         """`value` as a 0-d tensor of `like`'s dtype and device. Each new one is a tensor creation (1.3 us on the
-        CPU) and, on a GPU, a kernel launch, so the few a step uses (a loss's ``maximum(z, 0)``) are kept."""
-        if value != value:  # NaN: not a dictionary key that finds itself
+        CPU) and, on a GPU, a kernel launch, so the few a step uses (a loss's ``maximum(z, 0)``) are kept.
+
+        Not kept, nor taken from the kept ones: NaN (no key finds itself), and anything made while torch traces
+        or captures: a fake or traced tensor (`torch.export`, `make_fx`, `torch.compile`) or a CUDA graph's
+        recorded fill would be handed to later, ordinary calls."""
+        if value != value or type(like) is not tensor or torch.compiler.is_compiling() or \
+                (like.is_cuda and torch.cuda.is_current_stream_capturing()):
             return torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
         sign = math.copysign(1.0, value) if type(value) is float else 0  # 0.0 and -0.0 apart
         key = (type(value), value, sign, like.dtype, like.device)
         kept = scalars.get(key)
         if kept is None:
+            with torch.inference_mode(False):  # usable where autograd records too (an inference tensor is not)
+                kept = torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
+            if type(kept) is not tensor:  # a mode that makes fake tensors, around a real `like`
+                return kept
             if len(scalars) >= MAX_KEPT_SCALARS:
                 scalars.clear()
-            with torch.inference_mode(False):  # usable where autograd records too (an inference tensor is not)
-                kept = scalars[key] = torch.scalar_tensor(value, dtype=like.dtype, device=like.device)
+            scalars[key] = kept
         return kept
 
     def with_number(fast: Any, general: Any) -> Any:
