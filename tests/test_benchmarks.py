@@ -94,6 +94,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert (tmp_path / "RESULTS.md").exists()
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_refuses_a_step_it_does_not_have(tmp_path):
+    """A misspelt STEPS word would otherwise run only the probes and end with "all passed"."""
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT, env=dict(_dry_run_env(tmp_path), STEPS="tests test"))
+    assert res.returncode == 2 and "no step 'test'" in res.stderr, res.stdout + res.stderr
+
+
 @pytest.mark.slow  # runs the benchmark scripts in subprocesses
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_killed_halfway_still_leaves_a_summary(tmp_path):
