@@ -85,11 +85,15 @@ def _selected_cases():
     return [case for case in BACKEND_CASES if case[0].split(":")[0] == only]
 
 
+def _case_id(spec: str) -> str:
+    """A backend case's part of a test id: the spec, with generic's colon a dash ("generic-array_api_strict")."""
+    return spec.replace(":", "-", 1) if spec.startswith("generic:") else spec
+
+
 def _case_param(spec: str, dtype: str):
     ok, why = backend_status(spec)
     marks = [] if ok else [pytest.mark.skip(reason=f"{spec} not available: {why}")]
-    case_id = spec.replace(":", "-", 1) if spec.startswith("generic:") else spec  # "generic-array_api_strict"
-    return pytest.param((spec, dtype), id=case_id, marks=marks)
+    return pytest.param((spec, dtype), id=_case_id(spec), marks=marks)
 
 
 _PARAMS = [_case_param(spec, dtype) for spec, dtype in _selected_cases()]
@@ -167,7 +171,7 @@ def _keep_backend_cases(config, items, spec):
     """Deselect every test not parametrized with `spec` (a part of its parameter id, as in ``[torch:cuda-relu]``):
     what a GPU run asks for. Selected here rather than by passing ids, since each pytest-xdist worker collects
     on its own and would collect nothing, without a word, if one id were missing there."""
-    part = re.compile(rf"(^|-){re.escape(spec.replace(':', '-', 1) if spec.startswith('generic:') else spec)}(-|$)")
+    part = re.compile(rf"(^|-){re.escape(_case_id(spec))}(-|$)")
     kept, dropped = [], []
     for item in items:
         (kept if hasattr(item, "callspec") and part.search(item.callspec.id) else dropped).append(item)
