@@ -166,6 +166,20 @@ def test_bench_torch_steps_reports_every_stage_of_both_steps(monkeypatch, capsys
     assert "nnx / native torch, whole step: " in out and "(execution: flat)" in out
 
 
+def test_bench_numpy_floor_runs_nnx_operations_bit_for_bit(monkeypatch, capsys):
+    """A tiny run of nnx's step against its operations written out bare: every stage, and the same final bits
+    (the bare step is only a floor while it runs exactly nnx's operations)."""
+    spec = importlib.util.spec_from_file_location("bench_numpy_floor", ROOT / "benchmarks" / "bench_numpy_floor.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["bench_numpy_floor.py", "--rounds", "1", "--steps", "20"])
+    bench.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and line.count("|") == 5]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [*bench.STAGES, "step"], out
+    assert "final weights: the same bits in both" in out
+
+
 @pytest.mark.slow  # two fresh interpreters
 def test_bench_against_times_each_checkout_in_its_own_process(capsys):
     """A tiny run against this very checkout: each process imports nnx from its tree, one row per tree."""
