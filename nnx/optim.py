@@ -381,9 +381,13 @@ class SGD(Optimizer):
         mu = self.momentum
         if mu == 0:
             return value - lr * g, state
-        # torch starts the buffer at the gradient itself: no dampening on the first step (the buffer is 0 then)
-        fresh = g if self.dampening == 0 else (1.0 - self.dampening * (step > 1)) * g
-        buf = mu * state["momentum_buffer"] + fresh
+        previous = state.get("momentum_buffer")
+        if previous is None:
+            buf = g  # momentum switched on after steps without it: torch starts a new buffer at the gradient
+        else:
+            # torch starts the buffer at the gradient itself: no dampening on the first step (the buffer is 0 then)
+            fresh = g if self.dampening == 0 else (1.0 - self.dampening * (step > 1)) * g
+            buf = mu * previous + fresh
         g = g + mu * buf if self.nesterov else buf
         return value - lr * g, {"momentum_buffer": buf}
 

@@ -199,3 +199,17 @@ def test_deferred_check_sends_no_host_number_to_the_device_per_step(on_device, r
     # issue 22 item 10: a deferred update selects between the rule's results and the old arrays; the rule is
     # pure, so nothing is copied to keep the old ones
     assert counting.copies == 0, f"{counting.copies} arrays copied during the steps"
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["per-step", "deferred"])
+def test_terminate_on_nan_stops_quietly_under_either_check(backend, rng, deferred, monkeypatch):
+    """A callback that handles a non-finite step (TerminateOnNaN) stops the fit where the per-step check would,
+    with nothing updated by the bad step: the deferred check reads its verdict each step for it."""
+    X, y = _data(rng, n=32)
+    y[20, 0] = 1e200  # batch 3 of 4: an infinite loss
+    if deferred:
+        monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: False))
+    model = _model(backend)
+    stop = nnx.callbacks.TerminateOnNaN()
+    model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=8, shuffle=False, callbacks=[stop])
+    assert stop.stopped_batch == 2 and model.optimizer.step_count == 2

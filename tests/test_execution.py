@@ -166,6 +166,83 @@ def test_sample_weights_and_accumulation_give_the_plain_loops_numbers(backend, d
     _assert_same(runs[0], runs[1], dtype)
 
 
+def test_float32_updates_are_the_plain_loops_to_float_tolerance(backend):
+    """The updates themselves (not only the weights, which hide them) agree in float32: Adam's bias corrections
+    are computed in double precision on the host, and a compiled step once rounded beta2 ** t to float32, which
+    moved each update by up to 7e-4 of itself at beta2 = 0.99999."""
+    make, loss, kind = MODELS["relu_ce"]
+    start = [backend.to_host(p.value) for p in nnx.Sequential(*make(), backend=backend, dtype="float32",
+                                                               seed=3).parameters()]
+    runs = [_train(backend, "float32", "relu_ce", "adam", {"lr": 0.01, "betas": (0.9, 0.99999)}, fast=fast, epochs=1)
+            for fast in (True, False)]
+    for a, b, s0 in zip(runs[0][0].parameters(), runs[1][0].parameters(), start, strict=True):
+        np.testing.assert_allclose(backend.to_host(a.value) - s0, backend.to_host(b.value) - s0, rtol=2e-5, atol=1e-7)
+
+
+class FrozenBiasDense(nnx.Dense):
+    """A user's Dense that does not train its bias: its backward leaves the bias without a gradient."""
+
+    def backward(self, dY, need_dX=True):
+        dX = super().backward(dY, need_dX)
+        self.bias.grad = None
+        return dX
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_a_parameter_left_without_a_gradient_is_skipped_alike(backend, dtype, check_finite):
+    """A parameter whose gradient the backward leaves None is skipped by the optimizer (its update count stays)
+    in every execution; a compiled step, which would update every parameter, runs the plain stages instead."""
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 5), nnx.Tanh(), FrozenBiasDense(5, 3),
+                               backend=backend.with_fastpath(fast), dtype=dtype, seed=1)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        X, y = _data("classes")
+        runs.append((model, opt, model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16,
+                                           check_finite=check_finite)))
+    assert runs[0][1].param_steps[-1] == 0
+    # the flat layout holds zero state for every parameter from the start; the plain loop makes a parameter's
+    # state at its first update, so the skipped bias has zeros there and none here: the same numbers
+    derived_state = runs[0][1].state_dict()["state"]
+    for key in set(derived_state) - set(runs[1][1].state_dict()["state"]):
+        for arr in derived_state[key].values():
+            np.testing.assert_array_equal(runs[0][0].backend.to_host(arr), 0)
+        for run in runs:
+            run[1].state.pop(int(key), None)
+    _assert_same(*runs, dtype)
+
+
+def test_parameters_updated_unequally_often_keep_their_own_counts(backend, dtype):
+    """After the last layer was updated alone (its update counts ahead of the others'), every execution gives
+    each parameter the bias correction of its own count, as the plain loop and torch.optim do."""
+    runs = []
+    for fast in (True, False):
+        make, loss, kind = MODELS["relu_ce"]
+        model = nnx.Sequential(*make(), backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+        opt = optim.Adam(model.parameters(), lr=0.01)
+        head = model.parameters()[2:]
+        for _ in range(3):  # a warm-up of the head: the others have no gradient, so the optimizer skips them
+            for p in head:
+                p.grad = model.backend.asarray(np.full(p.shape, 0.1), dtype=dtype)
+            opt.step()
+        X, y = _data(kind)
+        runs.append((model, opt, model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)))
+    assert runs[0][1].param_steps[0] + 3 == runs[0][1].param_steps[-1]
+    _assert_same(*runs, dtype)
+
+
+def test_a_step_hooked_on_the_optimizer_runs_at_every_update(backend):
+    """A hook put on the optimizer object's `step` (or a subclass's own `step`) is what fit calls: the derived
+    executions, which stand in for `Optimizer.step`, leave such an optimizer to its own step."""
+    model = nnx.Sequential(nnx.Dense(6, 5), nnx.Tanh(), nnx.Dense(5, 3), backend=backend, dtype="float64", seed=1)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    calls, step = [], opt.step
+    opt.step = lambda: (calls.append(1), step())
+    X, y = _data("classes")
+    model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
+    assert len(calls) == opt.step_count == 3
+
+
 def test_a_rule_that_is_not_elementwise_runs_per_parameter(backend, dtype):
     derived = _train(backend, dtype, "relu_ce", ExecUserNormalizedSGD, {"lr": 0.05}, fast=True)
     plain = _train(backend, dtype, "relu_ce", ExecUserNormalizedSGD, {"lr": 0.05}, fast=False)
@@ -195,6 +272,70 @@ def test_an_optimizer_over_some_parameters(backend, dtype):
         X, y = _data(kind)
         runs.append((model, opt, model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=16)))
     _assert_same(runs[0], runs[1], dtype)
+
+
+class HalveInPlace(nnx.training.GradientTransform):
+    """A user's transform that writes into ``p.grad`` instead of rebinding it (where arrays are writable)."""
+
+    def apply(self, params, rows):
+        for p in params:
+            p.grad[...] = p.grad * 0.5
+        return True
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_a_transform_that_writes_into_the_gradients_in_place_is_honoured(backend, dtype, check_finite):
+    """The finite check gathers the gradients before the transforms run; the flat update must still use what a
+    transform then wrote into ``p.grad`` in place (it used the check's stale copy)."""
+    if backend.can_compile:
+        pytest.skip("JAX arrays are immutable: a transform there rebinds p.grad")
+    runs = [_train(backend, dtype, "relu_ce", "sgd", {"lr": 0.05, "momentum": 0.9}, fast=fast,
+                   gradient_transforms=[HalveInPlace()], check_finite=check_finite) for fast in (True, False)]
+    assert runs[0][2].execution == "flat"
+    _assert_same(*runs, dtype)
+
+
+class SwitchAfterFirstEpoch(nnx.callbacks.Callback):
+    """A user's schedule of a hyper-parameter that adds or drops optimizer state (momentum on, amsgrad off)."""
+
+    def __init__(self, **change):
+        self.change = change
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            for name, value in self.change.items():
+                setattr(self.model.optimizer, name, value)
+
+
+@pytest.mark.parametrize("opt_name,kwargs,change", [
+    ("sgd", {"lr": 0.05, "dampening": 0.3}, {"momentum": 0.9}),  # torch starts the new buffer at the gradient
+    ("adam", {"lr": 0.01, "amsgrad": True}, {"amsgrad": False}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True}, {"momentum": 0.0, "centered": False}),
+], ids=["sgd-momentum-on", "adam-amsgrad-off", "rmsprop-momentum-centered-off"])
+def test_a_hyper_parameter_that_changes_the_state_keys_mid_fit(backend, dtype, opt_name, kwargs, change):
+    """Every execution follows the plain loop when a callback turns optimizer state on or off between epochs
+    (JAX's epoch program cannot carry the change: that epoch runs step by step, the next compiles again)."""
+    runs = [_train(backend, dtype, "relu_ce", opt_name, kwargs, fast=fast, callbacks=[SwitchAfterFirstEpoch(**change)])
+            for fast in (True, False)]
+    assert runs[0][2].execution == _derived(backend)
+    _assert_same(*runs, dtype)
+
+
+def test_momentum_switched_on_starts_its_buffer_as_torch_does(backend):
+    """SGD whose momentum becomes non-zero after some steps starts the buffer at that step's gradient, as
+    torch.optim.SGD does (it makes the buffer when it first needs one, with no dampening)."""
+    model = nnx.Sequential(nnx.Dense(2, 1), backend=backend, dtype="float64", seed=0)
+    opt = optim.SGD(model.parameters(), lr=0.05, dampening=0.5)
+    start = [np.asarray(model.backend.to_host(p.value)) for p in model.parameters()]
+    for step in range(3):
+        if step == 1:
+            opt.momentum = 0.9
+        for p in model.parameters():
+            p.grad = model.backend.asarray(np.ones(p.shape), dtype="float64")
+        opt.step()
+    # -0.05 (no momentum), -0.05 (a new buffer: the gradient), -0.07 (buffer 0.9 * 1 + (1 - 0.5) * 1 = 1.4)
+    for p, before in zip(model.parameters(), start, strict=True):
+        np.testing.assert_allclose(model.backend.to_host(p.value), before - 0.17, rtol=1e-12)
 
 
 # The overflow into inf and NaN is the condition under test: NumPy (and array_api_strict, which runs on it)

@@ -56,6 +56,11 @@ class TraceRefused(Exception):
     notice): every adapter's `trace_errors` include it, so the step runs op by op instead."""
 
 
+class CarryChanged(Exception):
+    """Raised by `Backend.scan` when the body returns its carry in another structure than it took (an optimizer's
+    state gained or lost a key, after a callback changed a hyper-parameter): such an epoch runs step by step."""
+
+
 class Backend:
     """An array namespace bound to one device; subclass it to adapt a library.
 
@@ -233,7 +238,8 @@ class Backend:
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         """``lax.scan``: `body(carry, x) -> (carry, y)` over the leading axis of `xs`, inside a compiled program.
 
-        Returns the final carry and the stacked ``y``s; only where `can_compile`.
+        Returns the final carry and the stacked ``y``s; only where `can_compile`. Raises `CarryChanged` when
+        `body` returns its carry in another structure than it took.
         """
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 

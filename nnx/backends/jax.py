@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendUnavailableError, TraceRefused, import_library
+from .base import Backend, BackendUnavailableError, CarryChanged, TraceRefused, import_library
 from .nvidia import JAX_CUDA_INSTALL, driver_cuda_version, gpu_cause
 from .rng import DeviceRNG
 
@@ -155,8 +155,15 @@ class JaxBackend(Backend):
                 tuple(map(_input_type, leaves)))
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
-        lax = importlib.import_module("jax.lax")
-        return lax.scan(body, carry, xs)
+        jax = importlib.import_module("jax")
+        try:
+            return jax.lax.scan(body, carry, xs)
+        except TypeError:
+            first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+            out, _ = jax.eval_shape(body, carry, first)
+            if jax.tree.structure(out) != jax.tree.structure(carry):
+                raise CarryChanged("the loop's carry changed structure in its body") from None
+            raise
 
     @property
     def trace_errors(self) -> tuple[type[BaseException], ...]:  # pyright: ignore[reportIncompatibleVariableOverride]

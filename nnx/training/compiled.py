@@ -131,8 +131,12 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
 
 
 def hyper_constants(optimizer: Any) -> tuple:
-    """The optimizer's hyper-parameters that are constants of the program (all but lr)."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optimizer.hyperparams.items() if k != "lr")
+    """What of the optimizer the programs hold as constants: its hyper-parameters but lr, and how far each
+    parameter's update count is from the first's (0, unless some were updated without the others)."""
+    steps = optimizer.param_steps
+    offsets = tuple(s - steps[0] for s in steps) if steps else ()
+    hyper = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optimizer.hyperparams.items() if k != "lr")
+    return (*hyper, ("update count offsets", offsets))
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs
@@ -365,6 +369,9 @@ class CompiledStep:
             drawn = rng.draws - draws_before  # a Python int: the same for every call of this program
             new_bufs = tuple(b.value for b in buffers)
             grads = tuple(p.grad for p in params)
+            skipped = [p.name for p in params if p.grad is None]
+            if skipped:  # the plain loop's optimizer skips them; one program updates every parameter
+                raise TraceRefused(f"the backward leaves {', '.join(skipped)} without a gradient")
             ok_now = None
             if self.check_finite:  # `TrainStep.check`, before the transforms
                 ok_now = xp.all(xp.isfinite(value))
@@ -398,10 +405,15 @@ class CompiledStep:
 
     def updated(self, values: tuple, grads: tuple, states: tuple, t: Any, lr: Any) -> tuple[tuple, tuple]:
         """The optimizer's own rule on every parameter: (new values, new states)."""
-        # the update count in the parameters' dtype, so that the rule's arithmetic on Python floats stays in it
-        step = self.xp.astype(t, values[0].dtype)
         opt = self.optimizer
-        updated = [opt.update(self.xp, v, g, st, step, lr) for v, g, st in zip(values, grads, states, strict=True)]
+        steps = opt.param_steps
+        # Each parameter's own update count, as the plain loop keeps it: the traced count of the first plus a
+        # constant of the program (`hyper_constants`). It is made a float as JAX types a Python float (weakly):
+        # the rule's arithmetic on it and on Python floats (Adam's beta2 ** t) runs in double precision, as on
+        # the host, and meets the parameters in their dtype as a Python number does (a count in the parameters'
+        # dtype rounded float32 Adam's bias corrections).
+        updated = [opt.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
+                   for v, g, st, s in zip(values, grads, states, steps, strict=True)]
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)
 
     def _put_back(self, saved: tuple) -> None:
@@ -429,8 +441,8 @@ class CompiledStep:
         ok_in = carry[CARRY_OK] != 0
         keep = ok_in & ok_now
         new_values = tuple(xp.where(keep, new, old) for new, old in zip(new_values, values, strict=True))
-        new_states = tuple({k: xp.where(keep, arr, states[i][k]) for k, arr in st.items()}
-                           for i, st in enumerate(new_states))
+        new_states = tuple({k: xp.where(keep, arr, states[i][k] if k in states[i] else xp.zeros_like(arr))
+                            for k, arr in st.items()} for i, st in enumerate(new_states))
         # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
         # step's forward counts and later ones do not
         new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))

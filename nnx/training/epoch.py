@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..backends.base import TraceRefused
+from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import Callback, CallbackList
 from .compiled import CompiledStep, compile_step, hyper_constants, untraceable_reason
@@ -324,6 +324,9 @@ class EpochProgram:
         try:
             ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
                                                   perm)
+        except CarryChanged:
+            model.shuffle_rng.bit_generator.state = shuffled
+            raise _StateChanged(batches) from None
         except model.backend.trace_errors as exc:
             if self.compiles > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
@@ -353,6 +356,10 @@ class EpochProgram:
             first = self.compiles == 0
             try:
                 out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
+            except CarryChanged:
+                if losses:
+                    raise  # the state's keys changed inside the epoch, with no callback between its programs
+                raise _StateChanged(_Resumed(group + taken, source)) from None
             except model.backend.trace_errors as exc:
                 if not first:
                     raise  # it traced before: this is the model's own error, not a limit of tracing
@@ -398,7 +405,8 @@ class EpochProgram:
 
         Raises what `non_finite(epoch, batch)` makes for a refused step. When the first program
         cannot be traced (the model's code needs concrete values), the step runs plain from now
-        on and this epoch runs through ``per_step(callbacks, batches)`` over the same batches.
+        on and this epoch runs through ``per_step(callbacks, batches)`` over the same batches; when
+        the optimizer's state changed its keys, only this epoch does.
         """
         model = train.model
         epoch = model.epochs_trained
@@ -408,9 +416,12 @@ class EpochProgram:
         self._chunked = not isinstance(batches, ArrayBatches)
         try:
             if not self._chunked:
-                losses, rows, Z, targets = self.run_arrays(batches, outputs)
+                losses, rows, weights, Z, targets = self.run_arrays(batches, outputs)
             else:
-                losses, rows, Z, targets = self.run_chunks(batches, outputs, check_loss)
+                losses, rows, weights, Z, targets = self.run_chunks(batches, outputs, check_loss)
+        except _StateChanged as exc:
+            self.step.reset()
+            return per_step(_Begun(cb.callbacks), exc.batches)
         except _NotTraced as exc:
             self.step.broken = True
             train.compiled = None
@@ -441,6 +452,16 @@ class _NotTraced(Exception):
         # nnx's own refusal says why; the compiler's errors all mean the code needs concrete values
         super().__init__(str(cause) if isinstance(cause, TraceRefused) else "the model's code needs concrete values "
                          "(it did not trace)")
+        self.batches = batches
+
+
+class _StateChanged(_NotTraced):
+    """The optimizer's state changed its keys (a callback turned a hyper-parameter such as amsgrad or momentum on or
+    off), which one program's loop cannot carry: this epoch runs step by step, each step compiled, and the next
+    epoch compiles its program for the new keys."""
+
+    def __init__(self, batches: Any) -> None:
+        Exception.__init__(self, "the optimizer's state changed its keys")
         self.batches = batches
 
 

@@ -30,9 +30,16 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
+from ..optim import Optimizer
 from . import replay
 
 __all__ = ["FlatUpdate", "offer_grads", "taken_offer", "write_in_place"]
+
+
+def own_step(optimizer: Any) -> bool:
+    """Whether `optimizer.step` is `Optimizer.step`, which the flat update stands in for; a step replaced on the
+    object (a hook) or overridden by its class may do more, so it runs as written, parameter by parameter."""
+    return "step" not in vars(optimizer) and type(optimizer).step is Optimizer.step
 
 
 def write_in_place(target: Any, source: Any) -> bool:
@@ -206,6 +213,10 @@ class FlatUpdate:
         self._grad_sources = grads
         return self.grads
 
+    def forget_grads(self) -> None:
+        """Drop the gradients gathered so far this step; `run` gathers what ``p.grad`` holds then."""
+        self.grads, self._grad_sources = None, []
+
     def run(self, keep: Any = None) -> bool:
         """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False when
         the optimizer's state has holes (some parameters have state, others not) and nothing was done.
@@ -227,7 +238,7 @@ class FlatUpdate:
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
-        self.grads, self._grad_sources = None, []
+        self.forget_grads()
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
 
@@ -237,7 +248,10 @@ class FlatUpdate:
         new_values, new_state = self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
         if keep is not None:
             new_values = xp.where(keep, new_values, values)
-            new_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
+            # a key the rule adds (momentum switched on) has no old array: a refused step leaves zeros, as
+            # `TrainStep.update` does parameter by parameter
+            new_state = {k: xp.where(keep, arr, state[k] if k in state else xp.zeros_like(arr))
+                         for k, arr in new_state.items()}
         return new_values, new_state
 
     def _run_in_pieces(self, t: int, keep: Any) -> bool:

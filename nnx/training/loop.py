@@ -250,7 +250,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         else:
             value, Z = step.forward_loss(Xb, yb, wb)
             step.backward()
-            finite = step.check(value)
+            finite = step.check(value, read=handles_non_finite)
         due = False
         if dp is not None and step.check_finite:
             # one collective per step: a rank's non-finite step poisons the gradient all-reduce, and

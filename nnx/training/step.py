@@ -35,7 +35,7 @@ from ..kernels import gradient_writers, layer_runners
 from ..layers.parameter import Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step
-from .flat import FlatUpdate
+from .flat import FlatUpdate, own_step
 from .transforms import GradientTransform
 
 
@@ -70,7 +70,8 @@ class TrainStep:
         self.params: list[Parameter] = model.parameters()
         be = model.backend
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
-        derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False)
+        derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
+            and own_step(optimizer)
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
             FlatUpdate(optimizer, be) if derive_flat else None)
         if isinstance(self.flat, FlatUpdate):
@@ -155,22 +156,27 @@ class TrainStep:
         for t in self.transforms:
             if not t.apply(self.params, rows):
                 return False
+        if self.transforms and isinstance(self.flat, FlatUpdate):
+            # the finite check gathered the gradients before the transforms, and one (a user's, or a callback's
+            # on_gradients) may have written into p.grad in place: the update gathers what p.grad holds now
+            self.flat.forget_grads()
         return True
 
-    def check(self, value: Any) -> bool:
+    def check(self, value: Any, read: bool = False) -> bool:
         """Whether the loss and every gradient are finite (True while the verdict is deferred).
 
         The sum of the gradients is finite when none of their elements is NaN or infinite,
         unless finite gradients overflow it, so a non-finite sum is confirmed element by
         element before a step is refused. With the flat update, the one flat gradient
-        buffer it gathers is summed at once.
+        buffer it gathers is summed at once. `read` reads a deferred verdict now, for a
+        callback that handles non-finite steps itself (`TerminateOnNaN` stops quietly).
         """
         if not self.check_finite:
             return True
         if self.deferred:
             index, self._steps = self._steps, self._steps + 1
             self._defer(value, index)
-            return True
+            return not read or bool(self.model.backend.to_host(self._verdict))
         # a host number (arrays_on_host): reading it waits for nothing
         if math.isfinite(self._total(value)):
             return True
