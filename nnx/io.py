@@ -18,7 +18,7 @@ import numpy as np
 from ._version import __version__
 from .backends import backend_name_of, backend_status, get_backend
 from .losses import get_loss
-from .optim import rebuild_optimizer
+from .optim import Optimizer, rebuild_optimizer
 from .protocols import Model
 from .registry import UnknownNameError
 
@@ -79,6 +79,7 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         "loss": None if model.loss is None else model.loss.get_config(),
         "shuffle_rng": model.shuffle_rng.bit_generator.state,
         "dropout_rng": model.dropout_rng.get_state(),
+        "callbacks": model.callback_state,
     }
     if include_optimizer and model.optimizer is not None:
         training["optimizer"] = _to_json_tree(model.optimizer.state_dict(), arrays, STATE_PREFIX + "optimizer/")
@@ -100,7 +101,8 @@ def write_atomically(path: Path, write: Any) -> None:
     An interrupted or failed write never replaces a good file with a broken one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a short name of its own: `path.name` plus a suffix could pass the 255-byte limit that `path.name` meets
+    fd, tmp_name = tempfile.mkstemp(prefix=".nnx-", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would,
         # or keep the mode of the file it replaces
@@ -216,8 +218,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                     data = fp.read(nbytes)
                 if len(data) != nbytes:
                     raise CheckpointError(f"{path}: entry {name!r} is truncated ({len(data)} of {nbytes} bytes)")
-                arr = np.frombuffer(data, dtype=dtype)
-                arrays[key] = np.array(np.reshape(arr, shape, order="F" if fortran else "C"), copy=True)
+                arr = np.reshape(np.frombuffer(data, dtype=dtype), shape, order="F" if fortran else "C")
+                # native byte order (a file from a big-endian host): the values are kept, and every backend takes it
+                arrays[key] = np.array(arr, dtype=dtype.newbyteorder("="), copy=True)
     except CheckpointError:
         raise
     except _READ_ERRORS as exc:
@@ -294,14 +297,30 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
             model.shuffle_rng.bit_generator.state = training["shuffle_rng"]
         if "dropout_rng" in training and model.dropout_rng.accepts(training["dropout_rng"]):
             model.dropout_rng.set_state(training["dropout_rng"])
+        if "callbacks" in training:
+            if not isinstance(training["callbacks"], dict):
+                raise TypeError(f"callback state must be an object, got {type(training['callbacks']).__name__}")
+            model.callback_state = training["callbacks"]
         if "optimizer" in training:
             state = _from_json_tree(training["optimizer"], arrays, str(path))
             if not isinstance(state, dict):
                 raise TypeError(f"optimizer state must be an object, got {type(state).__name__}")
-            model.optimizer = rebuild_optimizer(state, model.parameters())
+            optimizer = rebuild_optimizer(state, model.parameters())
+            _require_finite_state(path, model, optimizer)
+            model.optimizer = optimizer
     except CheckpointError:
         raise
     # RuntimeError: torch rejects a malformed generator state with it.
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"{path}: training state is malformed ({type(exc).__name__}: {exc})") from exc
     return model
+
+
+def _require_finite_state(path: Path, model: Model, optimizer: Optimizer) -> None:
+    """Refuse NaN or inf in the optimizer's state, as in the weights: the next step would write it into them."""
+    for i, entry in sorted(optimizer.state.items()):
+        for key, value in entry.items():
+            try:
+                model.require_finite(value, f"optimizer state {key!r} of parameter {optimizer.params[i].name!r}")
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc}") from exc

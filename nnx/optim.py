@@ -20,6 +20,7 @@ with the public API only, as a user's optimizer would be.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -28,7 +29,7 @@ import array_api_compat
 
 from . import _validate as check
 from .backends import Backend, dtype_name, get_backend
-from .registry import CONFIG_KEY, Registry, class_name, lookup_key
+from .registry import CONFIG_KEY, Registry, lookup_key, register
 
 OPTIMIZERS = Registry(
     "optimizer",
@@ -102,6 +103,10 @@ class Optimizer:
     elementwise: bool = False
     """Whether `update` treats every element on its own, so it may run on any slice of the parameters."""
 
+    initial_lr: float | None = None
+    """The rate a learning-rate schedule decays from (torch's ``initial_lr``): set by the first schedule that
+    runs on this optimizer, and kept by `state_dict`, so a resumed fit's schedule decays from it again."""
+
     def __init__(self, params: Iterable[Any], lr: float, **hyperparams: Any) -> None:
         self.params: list[Any] = _param_list(params)
         check.positive("lr", lr)
@@ -118,10 +123,7 @@ class Optimizer:
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__name__.startswith("_") and name is None:
-            return
-        cls.registered_name = class_name(cls, name)
-        OPTIMIZERS.add(cls.registered_name, cls)
+        register(OPTIMIZERS, cls, name, "registered_name")
 
     # -- the rule ---------------------------------------------------------------
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -203,16 +205,22 @@ class Optimizer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot: type, hyper-parameters, step count and copies of the state arrays.
+        """A snapshot: type, hyper-parameters, step count, schedule base (`initial_lr`), copies of the state arrays.
 
-        ``"param_steps"`` holds each parameter's own update count (they differ from
-        ``"step"`` only for parameters that were skipped for lack of a gradient).
+        ``"state"`` and ``"param_steps"`` are indexed by position in `params`;
+        ``"param_names"`` names the parameter at each position (``"2.weight"``), so a
+        model's optimizer over some of its parameters, or in another order, can be
+        rebuilt over the same ones (`rebuild_optimizer`). ``"param_steps"`` holds each
+        parameter's own update count (they differ from ``"step"`` only for parameters
+        that were skipped for lack of a gradient).
         """
         return {
             CONFIG_KEY: type(self).registered_name,
             "hyperparams": self.hyperparams,
             "step": self.step_count,
+            "param_names": [getattr(p, "name", None) for p in self.params],
             "param_steps": list(self.param_steps),
+            "initial_lr": self.initial_lr,
             # Copies, so the snapshot does not follow later in-place updates on NumPy/torch.
             "state": {str(i): {k: _copy(v) for k, v in st.items()} for i, st in sorted(self.state.items())},
         }
@@ -222,7 +230,9 @@ class Optimizer:
 
         Everything is checked before anything changes: the optimizer type, the
         hyper-parameter names and values, the number of parameters and the shape
-        of every state array. A mismatch raises `ValueError` naming it.
+        of every state array. A mismatch raises `ValueError` naming it. Entries are
+        matched by position, as in torch; `rebuild_optimizer` matches them by name.
+        A snapshot without ``"initial_lr"`` (older than it) leaves no schedule base.
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
@@ -250,6 +260,9 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"state_dict step must be a non-negative int, got {step!r}")
         n = len(self.params)
+        names = _param_names(state_dict.get("param_names"))
+        if names is not None and len(names) != n:
+            raise ValueError(f"state_dict is for {len(names)} parameters but this optimizer has {n}")
         param_steps = state_dict.get("param_steps")
         if param_steps is not None:
             if not isinstance(param_steps, (list, tuple)):
@@ -258,6 +271,9 @@ class Optimizer:
                 raise ValueError(f"state_dict is for {len(param_steps)} parameters but this optimizer has {n}")
             if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in param_steps):
                 raise ValueError(f"state_dict param_steps must be non-negative ints, got {param_steps!r}")
+        initial_lr = state_dict.get("initial_lr")
+        if initial_lr is not None:
+            initial_lr = check.positive("state_dict initial_lr", initial_lr)
 
         # the state's keys as the rule makes them under the snapshot's hyper-parameters
         saved_hp = {name: getattr(self, name) for name in self._hyper_names}
@@ -275,6 +291,7 @@ class Optimizer:
             self.param_steps = [self.step_count if i in new_state else 0 for i in range(n)]
         else:
             self.param_steps = [int(s) for s in param_steps]
+        self.initial_lr = initial_lr
         self.state = new_state
         self._xps = [None] * n
 
@@ -317,6 +334,18 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({len(self.params)} params, {args})"
+
+
+def _param_names(names: Any) -> list[str | None] | None:
+    """A snapshot's ``"param_names"``, checked to be a list of names (None in snapshots older than them).
+
+    An entry is None for a parameter without a name (an object with only ``value`` and ``grad``).
+    """
+    if names is None:
+        return None
+    if not isinstance(names, (list, tuple)) or not all(n is None or isinstance(n, str) for n in names):
+        raise TypeError(f"state_dict param_names must be a list of parameter names, got {names!r}")
+    return list(names)
 
 
 def _zeros(xp: Any, value: Any, *keys: str) -> dict[str, Any]:
@@ -673,12 +702,54 @@ def get_optimizer(spec: str | type[Optimizer] | Optimizer, params: Iterable[Any]
 
 
 def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = None) -> Optimizer:
-    """An optimizer of the type in `state`, on `params`, carrying that state (arrays may be anywhere)."""
-    opt = OPTIMIZERS.lookup(str(state.get(CONFIG_KEY, "")))(params, **state.get("hyperparams", {}))
+    """An optimizer of the type in `state`, carrying that state (arrays may be anywhere), over the
+    parameters among `params` (a model's) that the state names, in its order.
+
+    A state without ``"param_names"`` (written before they were recorded) is over all
+    `params` in order. The class is built from the saved hyper-parameters its own
+    ``__init__`` takes (a subclass may fix some of its base's); `load_state_dict` then
+    restores every saved value, including any changed after construction (lr by a schedule).
+    """
+    cls = OPTIMIZERS.lookup(str(state.get(CONFIG_KEY, "")))
+    hyperparams = state.get("hyperparams", {})
+    if not isinstance(hyperparams, dict):
+        raise TypeError(f"optimizer hyperparams must be an object, got {type(hyperparams).__name__}")
+    opt = cls(_named_params(state.get("param_names"), params), **_init_arguments(cls, hyperparams))
     if source is not None:
         state = _state_to_host(state, source)
     opt.load_state_dict(state)
     return opt
+
+
+def _named_params(names: Any, params: list[Any]) -> list[Any]:
+    """The parameters among `params` that `names` names, in that order; all of them when `names` is None."""
+    names = _param_names(names)
+    if names is None:
+        return params
+    by_name = {p.name: p for p in params}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise ValueError(f"the optimizer state is for parameters {unknown}, which the model does not have")
+    return [by_name[name] for name in names]
+
+
+def _init_arguments(cls: type[Optimizer], hyperparams: dict[str, Any]) -> dict[str, Any]:
+    """The saved hyper-parameters that ``cls.__init__`` accepts by keyword, after its `params`.
+
+    A required argument that is not among them (one the optimizer does not keep as a
+    hyper-parameter) cannot be rebuilt: that is a TypeError naming it.
+    """
+    accepted = list(inspect.signature(cls.__init__).parameters.values())[2:]  # after self, params
+    if any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted):
+        return dict(hyperparams)
+    keywords = [a for a in accepted if a.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                  inspect.Parameter.KEYWORD_ONLY)]
+    unsaved = [a.name for a in keywords if a.default is inspect.Parameter.empty and a.name not in hyperparams]
+    if unsaved:
+        raise TypeError(f"{cls.__name__}.__init__ needs {unsaved}, which are not among its saved hyper-parameters "
+                        f"{sorted(hyperparams)}: give them defaults, or pass them on to Optimizer.__init__ "
+                        "as hyper-parameters, so that a saved optimizer can be rebuilt")
+    return {a.name: hyperparams[a.name] for a in keywords if a.name in hyperparams}
 
 
 def _state_to_host(state: Any, source: Backend) -> Any:

@@ -17,11 +17,21 @@ Layers, losses, optimizers, regularizers and metrics follow one rule:
 Subclasses of the built-in bases add themselves when they are defined, so a
 user's class is known as soon as its module is imported; nothing is ever
 imported because a file names it (a checkpoint must not be able to run code).
+A class whose name starts with ``_`` is registered only under a ``name=``: the
+name it would inherit is its parent's, and a file saved under it would load as
+the parent, so reading that name raises instead (`register`).
+
+Layers and losses remember the arguments they were constructed with
+(`recording_init`), so their default config needs no code of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import inspect
+import json
+import numbers
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 CONFIG_KEY = "type"
@@ -120,6 +130,107 @@ def class_name(cls: type, given: str | None) -> str:
     if given is not None and (not isinstance(given, str) or not given.strip()):
         raise TypeError(f"{cls.__name__}: name= must be a non-empty string, got {given!r}")
     return given if given is not None else cls.__name__
+
+
+def register(registry: Registry, cls: type, given: str | None, attribute: str) -> None:
+    """Register `cls` under `given` (its class statement's ``name=``) or its own name, kept in `attribute`.
+
+    A class whose name starts with ``_`` and that is given no name is not registered (nnx's private
+    bases are never saved), and its `attribute` raises when read (`Unregistered`).
+    """
+    if given is None and cls.__name__.startswith("_"):
+        setattr(cls, attribute, Unregistered(registry.kind))
+        return
+    name = class_name(cls, given)
+    setattr(cls, attribute, name)
+    registry.add(name, cls)
+
+
+class Unregistered:
+    """The saved name of a class registered under none: reading it raises `TypeError` saying how to name it.
+
+    Without it the class would inherit its parent's name, and a file saved under that
+    name would load as the parent, silently predicting something else.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __get__(self, obj: Any, owner: type) -> str:
+        cls = owner.__name__
+        raise TypeError(
+            f"{cls} cannot be saved: a {self.kind} class whose name starts with '_' is not registered, and under "
+            f"its parent's name it would load as the parent. Give it a public name, or one in its class "
+            f"statement: class {cls}(..., name=\"mylib.{cls.lstrip('_') or 'Name'}\")"
+        )
+
+
+def recording_init(init: Callable) -> Callable:
+    """Wrap an __init__ so that the outermost call records its arguments (`recorded_args`) for the default config.
+
+    A subclass's __init__ calls its parent's, so only the first call records: what the
+    object was constructed with, defaults included. An underscored argument is internal, not config.
+    """
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        if "_init_args" not in self.__dict__:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{type(self).__name__}(): {exc}") from None
+            bound.apply_defaults()
+            recorded: dict[str, Any] = {}
+            for key, param in list(signature.parameters.items())[1:]:
+                if param.kind is inspect.Parameter.VAR_KEYWORD:
+                    recorded.update(bound.arguments.get(key, {}))
+                elif param.kind is not inspect.Parameter.VAR_POSITIONAL and not key.startswith("_"):
+                    recorded[key] = bound.arguments[key]
+            self.__dict__["_init_args"] = recorded
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+def recorded_args(obj: Any) -> dict[str, Any]:
+    """The arguments `obj` was constructed with, as `recording_init` recorded them (a new dict; empty if none)."""
+    return dict(obj.__dict__.get("_init_args", {}))
+
+
+def json_arguments(obj: Any, kind: str, args: Mapping[str, Any], fix: str) -> dict[str, Any]:
+    """`args` as a config holds them (NumPy numbers as Python ones); TypeError naming one that is not JSON.
+
+    `fix` tells the user what to override instead (``"override get_config()"``).
+    """
+    plain = {key: _python_number(value) for key, value in args.items()}
+    for key, value in plain.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{type(obj).__name__}: constructor argument {key}={value!r} is not a JSON value, so the {kind} "
+                f"cannot be saved or rebuilt; {fix}"
+            ) from None
+    return plain
+
+
+def config_repr(obj: Any) -> str:
+    """``Class(arg=value, ...)`` from the object's config; ``Class(...)`` when it cannot write one."""
+    try:
+        args = ", ".join(f"{k}={v!r}" for k, v in obj.get_config().items() if k != CONFIG_KEY)
+    except TypeError:
+        args = "..."
+    return f"{type(obj).__name__}({args})"
+
+
+def _python_number(value: Any) -> Any:
+    """A NumPy integer or float as the Python number (JSON writes only those); anything else as it is."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
+        return float(value)
+    return value
 
 
 def _origin(entry: Any) -> str:

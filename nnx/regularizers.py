@@ -12,7 +12,7 @@ from typing import Any
 import array_api_compat
 
 from . import _validate as check
-from .registry import CONFIG_KEY, Registry, class_name, config_type
+from .registry import CONFIG_KEY, Registry, config_repr, config_type, register
 
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
@@ -57,11 +57,8 @@ class Regularizer:
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__name__.startswith("_") and name is None:
-            return
         # a `name = "..."` in the class body (how regularizers were named before ``name=``) still counts
-        cls.name = class_name(cls, name if name is not None else cls.__dict__.get("name"))
-        REGULARIZERS.add(cls.name, cls)
+        register(REGULARIZERS, cls, name if name is not None else cls.__dict__.get("name"), "name")
 
     def penalty(self, W: Any) -> Any:
         """The penalty for weights `W`, a 0-d array of `W`'s dtype."""
@@ -80,8 +77,7 @@ class Regularizer:
         return {CONFIG_KEY: self.name}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
-        return f"{type(self).__name__}({args})"
+        return config_repr(self)
 
 
 class L1(Regularizer):

@@ -110,6 +110,83 @@ def test_model_to_chain_leaves_each_original_untouched():
         model, reference = moved, _weights(moved)
 
 
+
+def _rewrite(path, out, config=None, array=None):
+    """A copy of the checkpoint at `path` written to `out` by np.savez, with its config and arrays changed."""
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    if config is not None:
+        entries[CONFIG_KEY] = np.frombuffer(json.dumps(config(_config(path))).encode(), dtype=np.uint8)
+    if array is not None:
+        entries = {k: v if k == CONFIG_KEY else array(v) for k, v in entries.items()}
+    np.savez(out, **entries)
+    return out
+
+
+# which parameters an optimizer updates, in which order
+OPTIMIZED = {
+    "head_only": lambda model: model.layers[2].parameters(),  # fine-tuning the last layer
+    "head_first": lambda model: [*model.parameters()[2:], *model.parameters()[:2]],
+}
+
+
+@pytest.mark.parametrize("choice", sorted(OPTIMIZED))
+def test_an_optimizer_over_some_parameters_in_any_order_resumes_exactly(backend, tmp_path, choice):
+    """The file names the parameter of every state entry: load and to() rebuild the optimizer over those."""
+    X, y = _data()
+    straight = _model(backend)
+    straight.fit(X, y, loss="mse", optimizer=nnx.optim.Adam(OPTIMIZED[choice](straight), lr=0.01), epochs=4,
+                 batch_size=8)
+    first = _model(backend)
+    first.fit(X, y, loss="mse", optimizer=nnx.optim.Adam(OPTIMIZED[choice](first), lr=0.01), epochs=2, batch_size=8)
+    first.save(tmp_path / "half.npz")
+    names = [p.name for p in first.optimizer.params]
+    for resumed in (nnx.load(tmp_path / "half.npz"), first.to(backend)):
+        own = {p.name: p for p in resumed.parameters()}
+        assert [p.name for p in resumed.optimizer.params] == names
+        assert all(p is own[p.name] for p in resumed.optimizer.params)
+        resumed.fit(X, y, epochs=2, batch_size=8)
+        for k, v in _weights(resumed).items():
+            np.testing.assert_allclose(v, _weights(straight)[k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_a_file_whose_optimizer_state_names_no_parameters_loads_by_position(backend, tmp_path):
+    """Files written before the state named its parameters map it onto the model's parameters in order."""
+    X, y = _data()
+    straight = _model(backend)
+    straight.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=4, batch_size=8)
+    first = _model(backend)
+    first.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=2, batch_size=8)
+    first.save(tmp_path / "half.npz")
+
+    def unnamed(config):
+        del config["training"]["optimizer"]["param_names"]
+        return config
+
+    resumed = nnx.load(_rewrite(tmp_path / "half.npz", tmp_path / "old.npz", config=unnamed))
+    assert [p.name for p in resumed.optimizer.params] == [p.name for p in resumed.parameters()]
+    resumed.fit(X, y, epochs=2, batch_size=8)
+    for k, v in _weights(resumed).items():
+        np.testing.assert_allclose(v, _weights(straight)[k], rtol=0, atol=1e-10, err_msg=k)
+
+
+def test_big_endian_arrays_load_on_every_backend(backend, tmp_path):
+    """np.savez on a big-endian host (s390x) keeps that byte order; loading gives the values in native order."""
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=1, batch_size=8)
+    model.save(tmp_path / "native.npz")
+    path = _rewrite(tmp_path / "native.npz", tmp_path / "big.npz", array=lambda v: v.astype(v.dtype.newbyteorder(">")))
+    loaded = nnx.load(path, backend=backend)
+    for k, v in _weights(loaded).items():
+        assert v.dtype.isnative
+        np.testing.assert_array_equal(v, _weights(model)[k])
+    saved, restored = model.optimizer.state_dict()["state"], loaded.optimizer.state_dict()["state"]
+    for i, slots in saved.items():
+        for slot, value in slots.items():
+            np.testing.assert_array_equal(loaded.backend.to_host(restored[i][slot]), value)
+    loaded.fit(X, y, epochs=1, batch_size=8)
+
 # -- errors name the file and the problem --------------------------------------------------------
 
 @pytest.fixture
@@ -199,3 +276,11 @@ def test_saved_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
     path.chmod(0o640)
     _model().save(path)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_long_file_name_saves_and_leaves_no_temporary_file(tmp_path):
+    """A 250-byte name is valid (the limit is 255), so the temporary name beside it must be short."""
+    path = tmp_path / ("m" * 246 + ".npz")
+    _model().save(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    nnx.load(path)

@@ -139,6 +139,18 @@ def test_weight_with_integer_dtype(tmp_path, good_file):
     _refused(_write(tmp_path / "dtype.npz", entries), "dtype")
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_optimizer_state_is_refused(backend, tmp_path, good_file, bad):
+    # The next step would write it into the weights, as a NaN weight would be: refused, naming where it is.
+    entries = _entries(good_file)
+    entries["state/optimizer/state/2/exp_avg_sq"] = np.full_like(entries["state/optimizer/state/2/exp_avg_sq"], bad)
+    path = _write(tmp_path / "state.npz", entries)
+    with pytest.raises(CheckpointError, match=r"state\.npz: optimizer state 'exp_avg_sq' of parameter '3\.weight' "
+                                              r"contains NaN or inf"):
+        nnx.load(path, backend=backend)
+
+
 def test_missing_and_extra_weights(tmp_path, good_file):
     entries = _entries(good_file)
     del entries["param/3.bias"]

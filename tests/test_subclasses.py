@@ -22,6 +22,20 @@ class WiderModel(nnx.Sequential):
     """A user's model class: `nnx.load` and `to()` must give it back, not a plain Sequential."""
 
 
+class FixedAdam(nnx.optim.Adam):
+    """Adam with the betas fixed: its constructor takes fewer hyper-parameters than it saves."""
+
+    def __init__(self, params, lr=1e-3):
+        super().__init__(params, lr, betas=(0.8, 0.9))
+
+
+class ScaledSGD(nnx.optim.SGD):
+    """SGD built from an argument that is not one of its hyper-parameters (`scale` has no default)."""
+
+    def __init__(self, params, scale):
+        super().__init__(params, lr=0.01 * scale)
+
+
 # each built-in layer, a subclass of it that changes nothing but its name, and where it fits in a model
 BUILT_INS = {
     "Dense": (nnx.Dense, (4, 4)),
@@ -118,3 +132,117 @@ def test_loss_regularizer_and_optimizer_subclasses_keep_their_class(tmp_path):
         assert type(other.loss) is SubclassHalfMSE
         assert type(other.optimizer) is SlowAdam
         assert type(other.regularizer) is StrongL2 and type(other.layers[0].regularizer) is StrongL2
+
+
+def test_an_optimizer_subclass_that_fixes_some_settings_loads_moves_and_resumes(backend, tmp_path):
+    """Rebuilt from what its own __init__ takes; the saved values (lr changed since) restored exactly."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((24, 3))
+    y = X @ rng.standard_normal((3, 2))
+
+    def half(model):  # two epochs, then a lower lr set on the optimizer, as a schedule does
+        model.fit(X, y, loss="mse", optimizer=FixedAdam(model.parameters(), lr=0.05), epochs=2, batch_size=8)
+        model.optimizer.lr = 0.02
+
+    straight = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2), backend=backend, dtype="float64", seed=0)
+    half(straight)
+    straight.fit(X, y, epochs=2, batch_size=8)
+    first = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2), backend=backend, dtype="float64", seed=0)
+    half(first)
+    first.save(tmp_path / "m.npz")
+    for resumed in (nnx.load(tmp_path / "m.npz"), first.to(backend)):
+        assert type(resumed.optimizer) is FixedAdam
+        assert resumed.optimizer.hyperparams == first.optimizer.hyperparams and resumed.optimizer.lr == 0.02
+        resumed.fit(X, y, epochs=2, batch_size=8)
+        for k, v in resumed.state_dict().items():
+            np.testing.assert_allclose(_host(resumed, v), _host(straight, straight.state_dict()[k]), rtol=0,
+                                       atol=1e-10, err_msg=k)
+
+
+def test_an_optimizer_whose_init_needs_an_unsaved_argument_is_refused_by_name(tmp_path):
+    model = nnx.Sequential(nnx.Dense(3, 1), seed=0)
+    X = np.random.default_rng(3).standard_normal((8, 3))
+    model.fit(X, X[:, :1], optimizer=ScaledSGD(model.parameters(), scale=2.0), epochs=1)
+    model.save(tmp_path / "m.npz")
+    with pytest.raises(nnx.io.CheckpointError, match=r"m\.npz: .*ScaledSGD.*'scale'"):
+        nnx.load(tmp_path / "m.npz")
+    with pytest.raises(TypeError, match=r"ScaledSGD.*'scale'"):
+        model.to("numpy")
+
+
+# -- a class whose name starts with "_" is not registered: it must not be saved under its parent's name ----------
+
+class _DoubledTanh(nnx.Tanh):
+    """2 * tanh(x) under a private name: loaded as its parent Tanh, it would predict half as much."""
+
+    def forward(self, X, training=False):
+        return 2.0 * super().forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        return super().backward(2.0 * dY, need_dX)
+
+
+class _HalfMSE(nnx.losses.MSE):
+    """Half the MSE under a private name."""
+
+    def rows(self, xp, y_true, y_pred):
+        rows, dZ = super().rows(xp, y_true, y_pred)
+        return 0.5 * rows, 0.5 * dZ
+
+
+class _SlowSGD(nnx.optim.SGD):
+    """SGD under a private name."""
+
+
+class _HalfL2(nnx.regularizers.L2):
+    """L2 under a private name."""
+
+
+class _NamedDoubledTanh(_DoubledTanh, name="test_subclasses.DoubledTanh"):
+    """The same layer, named in its class statement: saved and loaded as itself."""
+
+
+def _private_cases(**model_args):
+    """(a model, its fit arguments, the private class they use) for each kind of building block."""
+    layer = nnx.Sequential(nnx.Dense(3, 4), _DoubledTanh(), nnx.Dense(4, 1), **model_args)
+    loss, optimizer = (nnx.Sequential(nnx.Dense(3, 1), **model_args) for _ in range(2))
+    regularized = nnx.Sequential(nnx.Dense(3, 1, regularizer=_HalfL2(0.1)), **model_args)
+    return [(layer, {}, "_DoubledTanh"), (loss, {"loss": _HalfMSE()}, "_HalfMSE"),
+            (optimizer, {"optimizer": _SlowSGD(optimizer.parameters(), lr=0.1)}, "_SlowSGD"),
+            (regularized, {}, "_HalfL2")]
+
+
+def test_a_private_subclass_trains_but_is_never_saved_as_its_parent(backend, tmp_path):
+    X = np.random.default_rng(5).standard_normal((8, 3))
+    for model, fit_args, name in _private_cases(backend=backend, dtype="float64", seed=0):
+        model.fit(X, X[:, :1], epochs=2, batch_size=4, **fit_args)  # every execution, compiled ones included
+        model.predict(X)
+        path = tmp_path / f"{name}.npz"
+        with pytest.raises(TypeError, match=rf"{name} cannot be saved.*class {name}\(\.\.\., name="):
+            model.save(path)
+        assert not path.exists()
+        if name == "_HalfMSE":  # `to` hands the loss object itself over: nothing is rebuilt by name
+            assert model.to("numpy").loss is model.loss
+            continue
+        with pytest.raises(TypeError, match=rf"{name} cannot be saved"):
+            model.to("numpy")
+
+
+def test_a_private_subclass_named_in_its_class_statement_is_saved_as_itself(backend, tmp_path):
+    X = np.random.default_rng(6).standard_normal((8, 3))
+    model = nnx.Sequential(nnx.Dense(3, 4), _NamedDoubledTanh(), nnx.Dense(4, 1), backend=backend, dtype="float64",
+                           seed=0)
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz")
+    assert type(loaded.layers[1]) is _NamedDoubledTanh
+    np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), _host(model, model.predict(X)))
+
+
+def test_every_class_of_nnx_is_saved_under_a_name_that_loads_it():
+    kinds = [(nnx.layers.LAYERS, "registered_name"), (nnx.losses.LOSSES, "name"),
+             (nnx.optim.OPTIMIZERS, "registered_name"), (nnx.regularizers.REGULARIZERS, "name")]
+    for registry, attribute in kinds:
+        for name in registry.names():
+            entry = registry[name]
+            if isinstance(entry, type) and entry.__module__.startswith("nnx."):
+                assert registry[getattr(entry, attribute)] is entry, name

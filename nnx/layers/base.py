@@ -16,15 +16,22 @@ long as those arguments are JSON values.
 from __future__ import annotations
 
 import functools
-import inspect
-import json
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..init import INITIALIZERS
-from ..registry import CONFIG_KEY, Registry, class_name, config_type
+from ..registry import (
+    CONFIG_KEY,
+    Registry,
+    config_repr,
+    config_type,
+    json_arguments,
+    recorded_args,
+    recording_init,
+    register,
+)
 from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
 
@@ -138,7 +145,8 @@ class Layer:
     that walks a model (saving, `to()`, gradient checks, summaries) reaches them.
     See the custom-layer guide in ``docs/``.
 
-    Class keyword ``name=`` registers the class under another name than its own.
+    Class keyword ``name=`` registers the class under another name than its own; a class
+    whose name starts with ``_`` is registered, and so can be saved, only with one.
     """
 
     registered_name: str = "Layer"
@@ -147,7 +155,7 @@ class Layer:
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _recording_init(cls.__init__)  # type: ignore[method-assign]
+            cls.__init__ = recording_init(cls.__init__)  # type: ignore[method-assign]
         # every layer's backward, a user's included, fails the same clear way before a training forward
         if "forward" in cls.__dict__:
             plain = cls.__dict__["forward"]
@@ -156,10 +164,7 @@ class Layer:
                 cls.__call__ = cls.forward  # type: ignore[method-assign]
         if "backward" in cls.__dict__:
             cls.backward = _needing_training_forward(cls.backward)  # type: ignore[method-assign]
-        if name is None and cls.__name__.startswith("_"):
-            return  # private helper bases are not saved by name
-        cls.registered_name = class_name(cls, name)
-        LAYERS.add(cls.registered_name, cls)
+        register(LAYERS, cls, name, "registered_name")
 
     def __init__(self) -> None:
         self.context: BuildContext | None = None
@@ -348,16 +353,9 @@ class Layer:
         its config, which `nnx.regularizers.get_regularizer` takes back; NumPy numbers as
         Python ones); override it (and `from_config`) when one of them is not a JSON value.
         """
-        args = {key: _json_value(value) for key, value in getattr(self, "_init_args", {}).items()}
-        for key, value in args.items():
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"{type(self).__name__}: constructor argument {key}={value!r} is not a JSON value, so the "
-                    "layer cannot be saved or rebuilt; override get_config() and from_config()"
-                ) from None
-        return {CONFIG_KEY: type(self).registered_name, **args}
+        args = {key: _regularizer_config(value) for key, value in recorded_args(self).items()}
+        name = type(self).registered_name
+        return {CONFIG_KEY: name, **json_arguments(self, "layer", args, "override get_config() and from_config()")}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
@@ -365,47 +363,12 @@ class Layer:
         return cls(**config_type(config, "layer")[1])
 
     def __repr__(self) -> str:
-        try:
-            args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
-        except TypeError:
-            args = "..."
-        return f"{type(self).__name__}({args})"
+        return config_repr(self)
 
 
-def _json_value(value: Any) -> Any:
-    """A constructor argument as saved: a regularizer as its config, a NumPy number as a Python one."""
-    if isinstance(value, Regularizer):
-        return value.get_config()
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
-        return float(value)
-    return value
-
-
-def _recording_init(init: Callable) -> Callable:
-    """Wrap a layer's __init__ so the outermost call records its arguments for the default `get_config`."""
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def wrapper(self: Layer, *args: Any, **kwargs: Any) -> None:
-        outermost = "_init_args" not in self.__dict__
-        if outermost:
-            try:
-                bound = signature.bind(self, *args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{type(self).__name__}(): {exc}") from None
-            bound.apply_defaults()
-            recorded: dict[str, Any] = {}
-            for key, param in list(signature.parameters.items())[1:]:
-                if param.kind is inspect.Parameter.VAR_KEYWORD:
-                    recorded.update(bound.arguments.get(key, {}))
-                elif param.kind is not inspect.Parameter.VAR_POSITIONAL and not key.startswith("_"):
-                    recorded[key] = bound.arguments[key]  # an underscored argument is internal, not config
-            self.__dict__["_init_args"] = recorded
-        init(self, *args, **kwargs)
-
-    return wrapper
+def _regularizer_config(value: Any) -> Any:
+    """A constructor argument as saved: a regularizer as its config (`get_regularizer` takes it back)."""
+    return value.get_config() if isinstance(value, Regularizer) else value
 
 
 def _noting_training_forward(forward: Callable) -> Callable:

@@ -37,7 +37,7 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
-from .shared_programs import SharedProgram, definition, settings_key
+from .shared_programs import SharedProgram, config_key, definition, settings_key
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
            "compiled_step_of", "hyper_constants", "untraceable_reason"]
@@ -55,14 +55,6 @@ _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_
 
 def _replaced(obj: Any, names: tuple[str, ...]) -> bool:
     return any(name in getattr(obj, "__dict__", {}) for name in names)
-
-
-def _config(obj: Any) -> str:
-    """What an object's settings are, as constants of the program depend on them."""
-    if obj is None:
-        return "None"
-    get = getattr(obj, "get_config", None)
-    return repr(get()) if get is not None else repr(sorted(vars(obj).items()))
 
 
 def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> bool:
@@ -124,10 +116,10 @@ def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
     """What the program is a function of besides its inputs; a different signature needs another program."""
-    return (tuple(map(id, model.layers)), tuple(_config(layer) for layer in model.layers),
-            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), _config(model.regularizer),
-            type(loss), _config(loss), type(optimizer), hyper_constants(optimizer),
-            tuple((type(t), _config(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
+    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers),
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer),
+            type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
+            tuple((type(t), config_key(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
 
 
 def hyper_constants(optimizer: Any) -> tuple:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
-from .shared_programs import SharedProgram, definition
+from .shared_programs import SharedProgram, config_key, definition
 
 __all__ = ["inference_program"]
 
@@ -30,9 +30,8 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _model_signature(model: Model) -> tuple:
     """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters."""
-    return (tuple(map(id, model.layers)), tuple(repr(layer.get_config()) for layer in model.layers),
-            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())),
-            None if model.regularizer is None else repr(model.regularizer.get_config()))
+    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers),
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer))
 
 
 def _compilable(model: Model) -> bool:

@@ -47,7 +47,9 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         return current
     name = "adam" if optimizer is None else optimizer
     if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
-            and (lr is None or lr == current.lr):
-        return current  # a second fit() call continues with the same optimizer state
+            and (lr is None or lr in (current.lr, current.initial_lr)):
+        # a second fit() call continues with the same optimizer state; so does a resumed one given the rate it
+        # started from, which a schedule has since decayed (the schedule goes on from `initial_lr`)
+        return current
     kwargs = {} if lr is None else {"lr": lr}
     return get_optimizer(name, model.parameters(), **kwargs)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "definition", "describe", "settings_key"]
+__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "config_key", "definition", "describe", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -147,6 +147,24 @@ def settings_key(*objects: Any) -> tuple | None:
         return tuple(describe(obj, {}) for obj in objects)
     except (Unshareable, RecursionError):
         return None
+
+
+def config_key(obj: Any) -> Any:
+    """What an object's settings are, as constants of a program depend on them: its config, as text.
+
+    An object that cannot write a config (a constructor argument that is not a JSON value,
+    a class registered under no name) still trains and predicts: it is told apart by
+    identity instead, as its default config (the constructor's arguments) would.
+    """
+    if obj is None:
+        return "None"
+    get = getattr(obj, "get_config", None)
+    if get is None:
+        return repr(sorted(vars(obj).items()))
+    try:
+        return repr(get())
+    except TypeError:
+        return ById(obj)
 
 
 class ProgramOwner(Protocol):

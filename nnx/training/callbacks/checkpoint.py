@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
+from typing import Any
 
 from .base import Callback
 from .monitor import check_monitor, improved, recorded_names, resolve_mode
+
+STATE_KEY = "ModelCheckpoint"
+"""Where checkpoints keep their state in ``model.callback_state``: the last saved epoch's logs, the bests so far."""
 
 
 class ModelCheckpoint(Callback):
@@ -17,13 +22,19 @@ class ModelCheckpoint(Callback):
             e.g. ``"ckpt/model-{epoch:03d}-{val_loss:.3f}.npz"``.
         monitor: the quantity that decides "best" when `save_best_only`.
         save_best_only: only save when `monitor` improved (then a fixed filepath always
-            holds the best model so far).
+            holds the best model so far, also across a fit resumed from a checkpoint).
         mode: ``"min"``, ``"max"`` or ``"auto"``, as in `EarlyStopping`.
         include_optimizer: also store optimizer state, so training can resume exactly.
         save_freq: save every this many epochs (ignored with `save_best_only`).
         verbose: 1 prints a line per save.
 
     `saved` lists the paths written, in order; `best` is the best monitored value.
+
+    Before each save, the epoch's logs and the best so far go into ``model.callback_state``,
+    which the file keeps and `nnx.load` restores. A later `fit` of the model, or of one
+    loaded from any of its checkpoints, starts `best` from there, so a resumed run keeps the
+    best file of the uninterrupted one (whatever the order of the checkpoints that write the
+    files). A fresh model starts from nothing.
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
@@ -43,6 +54,7 @@ class ModelCheckpoint(Callback):
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.save_best_only:
             check_monitor("ModelCheckpoint", self.monitor, logs)
+            self.best = self._best_so_far()
         names = recorded_names(logs)
         if names is not None:
             try:  # a placeholder naming something never logged should fail now, not at the first save
@@ -67,8 +79,47 @@ class ModelCheckpoint(Callback):
         elif (epoch + 1) % self.save_freq:
             return
         path = self.filepath.format(epoch=epoch + 1, **logs)
+        self._record(logs)
         self.model.save(path, include_optimizer=self.include_optimizer)
         self.saved.append(path)
         if self.verbose:
             extra = f" ({self.monitor} = {self.best:.4g})" if self.save_best_only else ""
             print(f"ModelCheckpoint: saved {path}{extra}", flush=True)
+
+    @property
+    def _best_key(self) -> str:
+        """Where this callback's best is recorded: its mode and monitor, as two checkpoints may differ in them."""
+        return f"{self.mode} {self.monitor}"
+
+    def _record(self, logs: dict) -> None:
+        """Put the epoch's logs, and the best so far when tracking one, where the next file written keeps them."""
+        state = self.model.callback_state.setdefault(STATE_KEY, {})
+        state["logs"] = {k: float(v) for k, v in logs.items() if isinstance(v, numbers.Real)}
+        if self.save_best_only:
+            state.setdefault("bests", {})[self._best_key] = self.best
+
+    def _best_so_far(self) -> float:
+        """The best of `best`, the model's recorded best and the monitored value of its last saved epoch.
+
+        That epoch's value counts too: a checkpoint written before this one's turn in that
+        epoch holds the best of the epochs before it only.
+        """
+        state = _recorded(self.model.callback_state, STATE_KEY)
+        best = self.best
+        for value in (_recorded(state, "bests").get(self._best_key), _recorded(state, "logs").get(self.monitor)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"ModelCheckpoint: the model's recorded checkpoint state holds {value!r} for "
+                                 f"{self.monitor!r}, not a number")
+            if improved(float(value), best, self.mode, 0.0):
+                best = float(value)
+        return best
+
+
+def _recorded(state: dict, key: str) -> dict[str, Any]:
+    """Part `key` of recorded checkpoint state ({} when absent); ValueError when not a dict (a damaged file)."""
+    part = state.get(key, {})
+    if not isinstance(part, dict):
+        raise ValueError(f"ModelCheckpoint: the model's recorded checkpoint state {key!r} is {part!r}, not an object")
+    return part

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from ... import _validate as check
+from ...protocols import Model
 from .base import Callback
 
 
@@ -30,6 +31,12 @@ class LearningRateScheduler(Callback):
         self.schedule = schedule
         self.verbose = verbose
 
+    def set_model(self, model: Model) -> None:
+        """Attach the model, also to a schedule that is itself a callback (it reads the optimizer's base rate)."""
+        super().set_model(model)
+        if isinstance(self.schedule, Callback) and self.schedule is not self:
+            self.schedule.set_model(model)
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
@@ -51,8 +58,11 @@ class LearningRateScheduler(Callback):
 class Schedule(LearningRateScheduler):
     """Base of the built-in schedules: callable as ``(epoch, lr) -> lr``, and usable directly as a callback.
 
-    The base rate is `initial_lr` when given, else the optimizer's rate the first time
-    the schedule is called (later calls, also in later `fit` calls, keep that base).
+    The base rate is `initial_lr` when given. Else, in `fit`, it is the optimizer's
+    `initial_lr`: its rate when a schedule first ran on it, kept in its state and so in
+    checkpoints, as torch keeps it; a later `fit`, or one resumed from a checkpoint, decays
+    from the same base as one uninterrupted run. Called by hand, outside `fit`, the base is
+    the first rate it is given.
     """
 
     def __init__(self, initial_lr: float | None = None, verbose: int = 0) -> None:
@@ -60,12 +70,23 @@ class Schedule(LearningRateScheduler):
             raise ValueError(f"initial_lr must be a number > 0 or None, got {initial_lr!r}")
         super().__init__(self, verbose)
         self.initial_lr = None if initial_lr is None else float(initial_lr)
-        self._base = self.initial_lr
+        self._base: float | None = None  # the first rate given, for calls by hand
 
     def __call__(self, epoch: int, lr: float) -> float:
+        return self.rate(epoch, self._base_rate(lr))
+
+    def _base_rate(self, lr: float) -> float:
+        """`initial_lr`, else the optimizer's (set to `lr` when none is yet), else the first `lr` seen."""
+        if self.initial_lr is not None:
+            return self.initial_lr
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None:
+            if optimizer.initial_lr is None:
+                optimizer.initial_lr = float(lr)
+            return optimizer.initial_lr
         if self._base is None:
             self._base = float(lr)
-        return self.rate(epoch, self._base)
+        return self._base
 
     def rate(self, epoch: int, base: float) -> float:
         """The rate for `epoch` given the base rate."""
@@ -84,7 +105,7 @@ class StepDecay(Schedule):
     Args:
         step_size: epochs between drops.
         gamma: the factor applied at each drop.
-        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+        initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
     """
 
     def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None) -> None:
@@ -105,7 +126,7 @@ class ExponentialDecay(Schedule):
         decay_rate: factor per `decay_epochs` epochs, e.g. 0.96.
         decay_epochs: epochs over which the rate is multiplied by `decay_rate`.
         staircase: decay in whole steps instead of continuously.
-        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+        initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
     """
 
     def __init__(self, decay_rate: float, decay_epochs: float = 1, staircase: bool = False,
@@ -129,7 +150,7 @@ class CosineDecay(Schedule):
         decay_epochs: epochs to reach `min_lr`.
         min_lr: the final rate (> 0, since optimizers reject a zero rate).
         warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first.
-        initial_lr: the base rate (default: the optimizer's rate at the first epoch).
+        initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
     """
 
     def __init__(self, decay_epochs: int, min_lr: float = 1e-6, warmup_epochs: int = 0,
