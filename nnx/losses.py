@@ -13,8 +13,9 @@ Per-row weights follow Keras (``reduction="sum_over_batch_size"``): with
 number of rows, so ``w = 1`` gives the unweighted mean.
 ``reduction="mean_with_sample_weight"`` (also Keras's name) divides by ``sum(w)``
 instead, per call: what scikit-learn means by sample weights, where a weight of 2
-is the row repeated in every batch it lands in. Without weights the two
-reductions are the same mean.
+is the row repeated in every batch it lands in (`fit` and `evaluate` combine
+batches by their sums of weights then, which gives one call's value over all the
+rows). Without weights the two reductions are the same mean.
 
 Checking inputs comes in two parts. Shapes and dtypes are metadata, so they are
 always checked (a ``(n,)`` target against ``(n, 1)`` predictions is reshaped,
@@ -35,7 +36,16 @@ import array_api_compat
 
 from . import _validate as check
 from .backends import backend_name_of, get_backend, loaded_namespace
-from .registry import CONFIG_KEY, Registry, class_name, config_type
+from .registry import (
+    CONFIG_KEY,
+    Registry,
+    config_repr,
+    config_type,
+    json_arguments,
+    recorded_args,
+    recording_init,
+    register,
+)
 
 LOSSES = Registry(
     "loss",
@@ -81,6 +91,22 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
     return max(float(xp.finfo(dtype).eps), 1e-15)
 
 
+def _normalized(xp: Any, w: Any, n: int) -> Any:
+    """``w * n / sum(w)``, so that ``sum(w l) / n`` is ``sum(w l) / sum(w)``; 0 where every weight is 0 (as Keras).
+
+    The weights are divided by their largest first: their sum then lies in [1, n], so neither it nor
+    ``n / sum`` overflows, whatever the weights' size. Both are first scaled (exactly) by a power of two
+    that brings the largest near 1, as a compiler may divide through a reciprocal (XLA on a CPU), which
+    for a divisor above 2**126 in float32 lies below the normal numbers and is flushed to 0.
+    """
+    largest = xp.max(w)
+    scale = 2.0**-64 * xp.astype(largest > 1, w.dtype) + 2.0**64 * xp.astype(largest <= 1, w.dtype)
+    largest = largest * scale
+    w = w * scale / (largest + xp.astype(largest == 0, largest.dtype))
+    total = xp.sum(w)
+    return w * (n / (total + xp.astype(total == 0, total.dtype)))
+
+
 def _host_all(y_pred: Any, flag: Any) -> bool:
     # The one place a built-in loss waits for the device; only reached when check=True.
     return bool(get_backend(y_pred).to_host(flag))
@@ -105,6 +131,10 @@ class Loss:
     `per_sample`) also pays for the gradient's few elementwise operations (a
     compiled step drops them).
 
+    A loss remembers the arguments it was constructed with, as a layer does, so a
+    loss with constructor arguments is saved and rebuilt by `get_loss` with no
+    code of its own, as long as they are JSON values.
+
     Args:
         reduction: ``"sum_over_batch_size"`` (weighted row losses summed, divided by
             the number of rows) or ``"mean_with_sample_weight"`` (divided by the sum
@@ -117,11 +147,10 @@ class Loss:
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__name__.startswith("_") and name is None:
-            return
+        if "__init__" in cls.__dict__:
+            cls.__init__ = recording_init(cls.__init__)  # type: ignore[method-assign]
         # a `name = "..."` in the class body (how losses were named before ``name=``) still counts
-        cls.name = class_name(cls, name if name is not None else cls.__dict__.get("name"))
-        LOSSES.add(cls.name, cls)
+        register(LOSSES, cls, name if name is not None else cls.__dict__.get("name"), "name")
 
     def __new__(cls, *args: Any, **kwargs: Any):  # no return annotation: inferred as the subclass itself
         # Checked when a loss is made, not when its class is defined, so that a module holding an old
@@ -135,6 +164,7 @@ class Loss:
             )
         return super().__new__(cls)
 
+    @recording_init
     def __init__(self, reduction: str = "sum_over_batch_size") -> None:
         self.reduction = check.one_of("reduction", reduction, REDUCTIONS)
 
@@ -160,9 +190,8 @@ class Loss:
         """
         t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
         if t_shape != p_shape:
-            squeezed_t = t_shape[:-1] if t_shape[-1:] == (1,) else t_shape
-            squeezed_p = p_shape[:-1] if p_shape[-1:] == (1,) else p_shape
-            if len(t_shape) + len(p_shape) == 3 and squeezed_t == squeezed_p:
+            n = p_shape[0]
+            if {t_shape, p_shape} == {(n,), (n, 1)}:
                 y_true = xp.reshape(y_true, p_shape)
             else:
                 raise ValueError(
@@ -203,16 +232,22 @@ class Loss:
         return self._rows_checked(xp, y_true, y_pred)[0]
 
     def get_config(self) -> dict[str, Any]:
-        """A JSON-able description, the registered name under ``"type"``; ``get_loss(config)`` rebuilds the loss."""
-        return {CONFIG_KEY: self.name, **self._reduction_config()}
+        """The registered name under ``"type"`` beside the constructor arguments; ``get_loss(config)`` rebuilds it.
 
-    def _reduction_config(self) -> dict[str, Any]:
-        # only a non-default reduction is written, so existing configs and files stay as they were
-        return {} if self.reduction == "sum_over_batch_size" else {"reduction": self.reduction}
+        The arguments are those the loss was constructed with; override this when one of
+        them is not a JSON value. ``reduction`` is written only when it is not the default,
+        so configs and files from before stay as they were.
+        """
+        args = recorded_args(self)
+        if "reduction" in args:
+            del args["reduction"]
+            if self.reduction != "sum_over_batch_size":
+                args["reduction"] = self.reduction
+        fix = "override get_config() to write it as JSON values the constructor takes back"
+        return {CONFIG_KEY: self.name, **json_arguments(self, "loss", args, fix)}
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != CONFIG_KEY)
-        return f"{type(self).__name__}({args})"
+        return config_repr(self)
 
     # -- shared plumbing ----------------------------------------------------
     def _reduce(self, xp: Any, y_true: Any, y_pred: Any, w: Any) -> tuple[Any, Any]:
@@ -223,9 +258,7 @@ class Loss:
         if w is None:
             return xp.sum(rows) / n, g
         if self.reduction == "mean_with_sample_weight":
-            # sum(w l) / sum(w), and 0 rather than 0/0 for a batch whose weights are all zero (as Keras)
-            total = xp.sum(w)
-            w = w * (n / (total + xp.astype(total == 0, total.dtype)))
+            w = _normalized(xp, w, n)
         return xp.sum(w * rows) / n, g * xp.reshape(w, (n,) + (1,) * (y_pred.ndim - 1))
 
     def _rows_checked(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
@@ -342,10 +375,6 @@ class BinaryCrossEntropy(Loss):
         super().__init__(reduction)
         self.from_logits = check.flag("from_logits", from_logits)
 
-    def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {CONFIG_KEY: self.name, "from_logits": self.from_logits, **self._reduction_config()}
-
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         """``y_true`` shaped like ``y_pred`` in its dtype; with ``check``, ValueError unless it lies in [0, 1]."""
         y_true = super().prepare(xp, y_true, y_pred, check)
@@ -388,10 +417,6 @@ class CrossEntropy(Loss):
         super().__init__(reduction)
         self.from_logits = check.flag("from_logits", from_logits)
 
-    def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_loss(config)`` rebuilds the loss."""
-        return {CONFIG_KEY: self.name, "from_logits": self.from_logits, **self._reduction_config()}
-
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
         """``y_true`` as rows of ``y_pred``'s shape and dtype; class indices become one-hot rows."""
         p_shape, t_shape = tuple(y_pred.shape), tuple(y_true.shape)
@@ -399,7 +424,12 @@ class CrossEntropy(Loss):
             raise ValueError(f"y_pred for cross-entropy must be 2-D (batch, classes), got shape {p_shape}")
         n, n_classes = p_shape
         if t_shape == p_shape:
-            return y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)
+            y_true = y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)
+            # a negative entry makes the loss unbounded below (entries above 1 only weight a row)
+            if check and not _host_all(y_pred, xp.all(y_true >= 0)):
+                raise ValueError("y_true for cross-entropy must be class indices, or one-hot or probability rows "
+                                 "with entries >= 0 (and not NaN): a negative entry makes the loss unbounded below")
+            return y_true
         if t_shape == (n, 1):
             y_true = xp.reshape(y_true, (n,))
         elif t_shape != (n,):
@@ -440,7 +470,9 @@ class CrossEntropy(Loss):
             # softmax * sum(t) - t, which is softmax - t for one-hot rows.
             total = xp.sum(y_true, axis=1, keepdims=True)
             return rows, (e / e_sum * total - y_true) * scale
-        p = xp.clip(y_pred, _clip_eps(xp, y_pred.dtype), 1.0)
+        # clipped below only: Dropout after a Softmax scales probabilities above 1 in training, and the
+        # loss reads those as they are, with the gradient of exactly that value
+        p = xp.maximum(y_pred, _clip_eps(xp, y_pred.dtype))
         return -xp.sum(y_true * xp.log(p), axis=1), -(y_true / p) * scale
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -16,6 +17,7 @@ from .regularizers import Regularizer, get_regularizer
 from .summary import summary as layer_table
 from .training import evaluation, head, inference, inputs, loop, resolve, targets, weights
 from .training.history import History
+from .training.loss_fit import RANGE_KEEPING
 
 Shape = tuple[int, ...]
 
@@ -48,6 +50,8 @@ class Sequential(_Chain):
         self.loss: Loss | None = None
         self.history: History | None = None
         self.epochs_trained = 0
+        # what callbacks keep for a later fit (ModelCheckpoint's best so far), JSON; checkpoints hold it
+        self.callback_state: dict[str, Any] = {}
         self.stop_training = False
         self.distributed: Any = None  # the communicator of a data-parallel fit (rank 0 writes checkpoints)
         self.nested = False
@@ -164,6 +168,7 @@ class Sequential(_Chain):
         other = type(self).from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
                                        arrays=host)
         other.epochs_trained = self.epochs_trained
+        other.callback_state = copy.deepcopy(self.callback_state)
         other.loss = self.loss
         other.shuffle_rng.bit_generator.state = self.shuffle_rng.bit_generator.state
         if self.optimizer is not None:
@@ -251,11 +256,15 @@ class Sequential(_Chain):
         return total
 
     def output_layer(self) -> Layer:
-        """The layer whose output the model returns: the last one, inside nested `Sequential`s too."""
-        last = self.layers[-1]
-        while isinstance(last, Sequential):
-            last = last.layers[-1]
-        return last
+        """The layer that sets the range of the model's outputs, which decides how a loss reads them.
+
+        The last layer, looked for inside nested `Sequential`s too, passing over those that keep the
+        range of the layer before (`RANGE_KEEPING`: Dropout, Flatten, Identity); a container that
+        changes its input's range (`Residual`: X + f(X)) is itself the answer. A model of range-keeping
+        layers only gives its last one.
+        """
+        leaves = _last_first(self)
+        return next((layer for layer in leaves if type(layer) not in RANGE_KEEPING), leaves[0])
 
     # -- what the model is used for: functions of the model written once in nnx/training (and summary.py) --
     fit = loop.fit
@@ -275,6 +284,14 @@ class Sequential(_Chain):
     def data_parallel(self, distributed: Any) -> DataParallelFit:
         """A fit's data-parallel parts over `distributed`; here, so `nnx.training` never imports `nnx.distributed`."""
         return DataParallelFit(self, distributed)
+
+
+def _last_first(model: Sequential) -> list[Layer]:
+    """The model's layers from the last to the first, nested `Sequential`s opened in place."""
+    leaves: list[Layer] = []
+    for layer in reversed(model.layers):
+        leaves += _last_first(layer) if isinstance(layer, Sequential) else [layer]
+    return leaves
 
 
 def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any]:

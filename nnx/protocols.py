@@ -65,6 +65,7 @@ class Model(Protocol):
     optimizer: Any  # the `Optimizer` of the last fit, or None
     history: Any  # the `History` of the last fit, or None
     epochs_trained: int
+    callback_state: dict[str, Any]  # JSON state callbacks keep with the model for a later or resumed fit
     stop_training: bool
     distributed: Any  # the communicator of a data-parallel fit, or None
 
@@ -134,7 +135,7 @@ class Model(Protocol):
     def prepare_sample_weight(self, sample_weight: Any, class_weight: Mapping | None, y: Array, loss: Any,
                               n_rows: int, argname: str = "sample_weight") -> Array: ...
 
-    def require_finite(self, arr: Array, argname: str) -> None: ...
+    def require_finite(self, arr: Array, argname: str, given: Any = None) -> None: ...
 
     def resolve_loss(self, loss: Any) -> Any: ...
 

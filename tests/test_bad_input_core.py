@@ -176,6 +176,55 @@ def test_y_width_vs_model_outputs(backend, dtype):
         _classifier(backend, dtype).fit(X, np.eye(4)[[0, 1, 2, 3, 0, 1]], loss="cross_entropy")
 
 
+class _Squeeze(nnx.Layer):
+    """A user's layer: (batch, 1) -> (batch,), so one sample's output has shape ()."""
+
+    def output_shape(self, input_shape):
+        return None if input_shape is None else ()
+
+    def forward(self, X, training=False):
+        return self.xp.reshape(X, (X.shape[0],))
+
+    def backward(self, dY, need_dX=True):
+        return self.xp.reshape(dY, (dY.shape[0], 1))
+
+
+class _Unknown(nnx.Layer):
+    """A user's layer that does not say its output shape."""
+
+    def output_shape(self, input_shape):
+        return None
+
+    def forward(self, X, training=False):
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.parametrize("last", [_Squeeze, _Unknown])
+def test_y_for_outputs_of_shape_one_or_unknown(backend, dtype, last):
+    """A model whose outputs are (n,) (sample shape ()) or of unknown shape takes y as (n,) or (n, 1), as the
+    loss does; a y that cannot match is refused, by shape where the shape is known, else by the loss."""
+    X, _ = _data()
+    y = np.linspace(-1.0, 1.0, 6)
+    model = nnx.Sequential(nnx.Dense(3, 1), last(), backend=backend, dtype=dtype, seed=0)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for target in (y, y[:, None]):
+        history = model.fit(X, target, loss="mse", epochs=2, batch_size=4)
+        want = model.backend.to_float(nnx.losses.MSE()(y, model.predict(X)))
+        assert model.evaluate(X, target)["loss"] == pytest.approx(want, rel=tol)
+        assert np.isfinite(history.history["loss"]).all()
+    if last is _Squeeze:
+        with pytest.raises(ValueError, match=r"y must have shape \(6,\) to match the model's outputs, got \(6, 2\)"):
+            model.fit(X, np.ones((6, 2)))
+    else:
+        with pytest.raises(ValueError, match=r"y_true and y_pred must have the same shape, got y_true \(4, 2\)"):
+            model.fit(X, np.ones((6, 2)), batch_size=4)
+    with pytest.raises(ValueError, match=r"X has 6 samples but y has 5"):
+        model.fit(X, y[:5])
+
+
 @pytest.mark.parametrize("where, value", [("X", np.nan), ("X", np.inf), ("y", np.nan), ("y", -np.inf)])
 def test_non_finite_data_passed_to_fit(backend, dtype, where, value):
     model = _regressor(backend, dtype)
@@ -189,6 +238,32 @@ def test_non_finite_data_passed_to_fit(backend, dtype, where, value):
         model.fit(X, y, validation_data=(arrays["X"], arrays["y"]), epochs=1)
     for k, v in _host_state(model).items():
         np.testing.assert_array_equal(v, before[k])  # rejected before any step
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_data_that_overflows_the_models_dtype_says_so(backend):
+    """A finite float64 value beyond float32's range becomes inf in the cast to a float32 model: the message
+    says that, not that the data holds NaN or inf."""
+    model = _regressor(backend, "float32")
+    X, y = _data()
+    big_X, big_y = X.copy(), y.copy()
+    big_X[1, 2], big_y[3, 0] = 1e300, -1e39
+    message = r"^{} has values beyond the range of the model's dtype float32 \(\+-3\.403e\+38\)"
+    with pytest.raises(ValueError, match=message.format("X")):
+        model.fit(big_X, y)
+    with pytest.raises(ValueError, match=message.format("y")):
+        model.fit(X, big_y)
+    with pytest.raises(ValueError, match=message.format("validation X")):
+        model.fit(X, y, validation_data=(big_X, y))
+    with pytest.raises(ValueError, match=message.format("X of batch 0")):
+        model.fit([(big_X, y)])
+    with pytest.raises(ValueError, match=message.format("X")):
+        model.evaluate(big_X, y)
+    with pytest.raises(ValueError, match=message.format("X")):
+        model.predict(big_X)
+    big_X[1, 2] = np.inf  # an inf given as such is still called that
+    with pytest.raises(ValueError, match=r"^X contains NaN or inf values"):
+        model.fit(big_X, y)
 
 
 def test_non_numeric_data(backend, dtype):
@@ -222,6 +297,28 @@ def test_class_indices_must_be_integers(backend, dtype):
     X, _ = _data()
     with pytest.raises(ValueError, match=r"y holds class indices but has non-integer values"):
         model.fit(X, np.array([0, 1, 0.5, 2, 0, 1]), loss="cross_entropy")
+
+
+def test_negative_class_probabilities_are_refused_before_training(backend, dtype):
+    """One-hot or probability rows with a negative entry make cross-entropy unbounded below (fit would chase
+    it): refused like BCE targets outside [0, 1], for arrays, validation data and batches."""
+    model = _classifier(backend, dtype)
+    X, _ = _data()
+    before = _host_state(model)
+    Y = np.eye(3)[[0, 1, 2, 0, 1, 2]]
+    bad = Y.copy()
+    bad[2, 0] = -1.0
+    message = r"^y for cross-entropy must be class indices, or one-hot or probability rows with entries >= 0"
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, bad, loss="cross_entropy")
+    with pytest.raises(ValueError, match=message.replace("y for", "validation y for")):
+        model.fit(X, Y, loss="cross_entropy", validation_data=(X, bad))
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(X, bad, loss="cross_entropy")
+    for k, v in _host_state(model).items():
+        np.testing.assert_array_equal(v, before[k])  # rejected before any step
+    with pytest.raises(ValueError, match=message.replace("y for", "y of batch 1 for")):  # batches as they come
+        model.fit([(X[:3], Y[:3]), (X[3:], bad[3:] - 2 * Y[3:])], loss="cross_entropy")
 
 
 # -- names of losses, optimizers, metrics -----------------------------------------------------

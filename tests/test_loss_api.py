@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -48,6 +49,29 @@ class SignLogistic(L.Loss):
         margin = -y_true * y_pred
         per_row = L.row_mean(xp, xp.logaddexp(xp.zeros_like(margin), margin))
         return per_row, -y_true * nnx.activations.sigmoid(margin) / math.prod(y_pred.shape)
+
+
+class SparseLogits(L.Loss):
+    """Cross-entropy from logits with class-index targets, one-hot encoded in `prepare`: a user's sparse loss."""
+
+    name = "test_sparse_logits"
+
+    def prepare(self, xp, y_true, y_pred, check):
+        n, k = y_pred.shape
+        if tuple(y_true.shape) not in ((n,), (n, 1)):
+            raise ValueError(f"y_true for test_sparse_logits must be class indices of shape ({n},), "
+                             f"got {tuple(y_true.shape)}")
+        y_true = xp.reshape(y_true, (n,))
+        if check and not bool(xp.all((y_true >= 0) & (y_true < k))):
+            raise ValueError("class index out of range")
+        classes = xp.arange(k, dtype=xp.int64, device=array_api_compat.device(y_pred))
+        return xp.astype(xp.astype(y_true, xp.int64)[:, None] == classes, y_pred.dtype)
+
+    def rows(self, xp, y_true, y_pred):
+        z = y_pred - xp.max(y_pred, axis=1, keepdims=True)
+        e = xp.exp(z)
+        s = xp.sum(e, axis=1, keepdims=True)
+        return -xp.sum(y_true * (z - xp.log(s)), axis=1), (e / s - y_true) / y_pred.shape[0]
 
 
 def _pseudo_huber_rows(t, p, delta):
@@ -126,6 +150,28 @@ def test_prepare_encodes_targets_and_the_result_equals_the_built_in(backend, dty
         SignLogistic()(backend.asarray(np.zeros((8, 2)), dtype=dtype), z, check=False)
 
 
+def test_a_user_loss_whose_prepare_encodes_class_indices_trains_as_the_built_in(backend, dtype, rng):
+    """The docs put target encoding in `prepare`: fit hands such a loss y as given (here class indices, not
+    the outputs' shape), and it trains and evaluates as the built-in cross-entropy does."""
+    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    results = []
+    for loss, target in ((L.CrossEntropy(), y), (SparseLogits(), y), (SparseLogits(), y[:, None].astype(float))):
+        model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
+        history = model.fit(X, target, loss=loss, epochs=2, batch_size=8, validation_split=0.25,
+                            metrics=["accuracy"])
+        results.append((history.history, model.evaluate(X, target, loss=loss)["loss"]))
+    for history, value in results[1:]:
+        for key, want in results[0][0].items():
+            np.testing.assert_allclose(history[key], want, rtol=tol, err_msg=key)
+        assert value == pytest.approx(results[0][1], rel=tol)
+    model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
+    with pytest.raises(ValueError, match=r"y_true for test_sparse_logits must be class indices of shape \(8,\)"):
+        model.fit(X, np.eye(3)[y], loss=SparseLogits(), batch_size=8)  # the loss's own check, on the first batch
+    with pytest.raises(ValueError, match=r"X has 20 samples but y has 19"):
+        model.fit(X, y[:19], loss=SparseLogits())
+
+
 @pytest.mark.slow
 def test_a_user_loss_trains_in_fit_with_and_without_weights(backend, dtype, rng):
     X = rng.normal(size=(64, 3))
@@ -149,6 +195,66 @@ def test_a_saved_user_loss_comes_back_with_its_settings(tmp_path, rng):
     model.save(tmp_path / "m.npz")
     loaded = nnx.load(tmp_path / "m.npz").loss
     assert isinstance(loaded, PseudoHuber) and loaded.delta == 0.25
+
+
+class Huber(L.Loss, name="test_huber"):
+    """Huber's loss with its `delta`, written without get_config: the argument is recorded and saved by itself."""
+
+    def __init__(self, delta: float = 1.0) -> None:
+        super().__init__()
+        self.delta = delta
+
+    def rows(self, xp, y_true, y_pred):
+        d = y_pred - y_true
+        a = xp.abs(d)
+        quad = xp.clip(a, 0.0, self.delta)
+        per_row = L.row_mean(xp, 0.5 * quad * quad + self.delta * (a - quad))
+        return per_row, xp.clip(d, -self.delta, self.delta) / math.prod(y_pred.shape)
+
+
+class ScaledMSE(L.Loss, name="test_scaled_mse"):
+    """MSE times what `scale` returns: a constructor argument that is not a JSON value."""
+
+    def __init__(self, scale) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def rows(self, xp, y_true, y_pred):
+        diff = y_pred - y_true
+        return L.row_mean(xp, self.scale() * diff * diff), diff * (2 * self.scale() / math.prod(y_pred.shape))
+
+
+def test_a_loss_with_constructor_arguments_is_saved_and_rebuilt_with_them(backend, tmp_path, rng):
+    assert Huber(delta=0.1).get_config() == {"type": "test_huber", "delta": 0.1}
+    assert L.get_loss(Huber(delta=0.1).get_config()).delta == 0.1
+    X = rng.normal(size=(32, 3))
+    y = X[:, :1] ** 2
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    model.fit(X, y, loss=Huber(delta=0.1), epochs=2, batch_size=8)
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz")
+    assert type(loaded.loss) is Huber and loaded.loss.delta == 0.1
+    model.fit(X, y, epochs=2, batch_size=8)
+    loaded.fit(X, y, epochs=2, batch_size=8)  # the loaded loss trains as the one it was saved from
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(backend.to_host(loaded.state_dict()[name]), backend.to_host(value), rtol=0,
+                                   atol=1e-12, err_msg=name)
+    # the built-ins write what they wrote before recording, so files written before load alike
+    assert L.MSE().get_config() == {"type": "MSE"}
+    assert L.MAE(reduction="mean_with_sample_weight").get_config() == {"type": "MAE",
+                                                                       "reduction": "mean_with_sample_weight"}
+    assert L.BinaryCrossEntropy().get_config() == {"type": "BinaryCrossEntropy", "from_logits": False}
+    assert L.get_loss("bce_with_logits").get_config() == {"type": "BinaryCrossEntropy", "from_logits": True}
+    assert L.CrossEntropy(from_logits=False).get_config() == {"type": "CrossEntropy", "from_logits": False}
+
+
+def test_a_loss_with_an_argument_that_is_not_json_trains_but_is_not_saved(backend, tmp_path, rng):
+    X = rng.normal(size=(16, 3))
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    model.fit(X, X[:, :1], loss=ScaledMSE(lambda: 0.5), epochs=2, batch_size=8)
+    assert "ScaledMSE(...)" == repr(model.loss)
+    with pytest.raises(TypeError, match=r"ScaledMSE: constructor argument scale=.* is not a JSON value.*get_config"):
+        model.save(tmp_path / "m.npz")
 
 
 def test_a_loss_without_rows_says_what_to_implement(backend):

@@ -99,3 +99,36 @@ def test_fitting_losses_pass_untouched(backend, dtype, rng):
                          ([nnx.Dense(8, 2), nnx.Softmax()], None), ([nnx.Dense(8, 2)], "cross_entropy")):
         model = _model(backend, dtype, *layers)
         model.fit(X, y if loss != "mse" else y.astype(float), loss=loss, epochs=1)
+
+
+# the layers after Dense(8, 3): a Softmax followed by layers that keep its range
+TAILS = {"Dropout": lambda: [nnx.Softmax(), nnx.Dropout(0.5)], "Identity": lambda: [nnx.Softmax(), nnx.Identity()],
+         "Flatten": lambda: [nnx.Softmax(), nnx.Flatten()],
+         "nested": lambda: [nnx.Sequential(nnx.Softmax()), nnx.Identity(), nnx.Sequential(nnx.Dropout(0.5))]}
+
+
+@pytest.mark.parametrize("tail", sorted(TAILS))
+def test_a_softmax_before_range_keeping_layers_gives_probabilities(backend, dtype, rng, tail):
+    """Softmax then Dropout/Identity/Flatten (also inside a nested model): loss="ce" and loss=None both read
+    the outputs as probabilities, as without the tail, and the loss reads the model's actual outputs (in
+    training Dropout's scaled ones), never a softmax of probabilities."""
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    model = _model(backend, dtype, nnx.Dense(8, 3), *TAILS[tail]())
+    probabilities = nnx.losses.CrossEntropy(from_logits=False).get_config()
+    assert type(model.output_layer()) is nnx.Softmax
+    assert model.resolve_loss(None).get_config() == probabilities
+    assert model.resolve_loss("ce").get_config() == probabilities
+    with pytest.warns(UserWarning, match="treats the outputs as logits, but the model ends in Softmax"):
+        model.resolve_loss(nnx.losses.CrossEntropy(from_logits=True))
+    history = model.fit(X, y, loss="ce", epochs=2, batch_size=8)
+    assert model.loss.get_config() == probabilities and np.isfinite(history.history["loss"]).all()
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    true_ce = model.backend.to_float(nnx.losses.CrossEntropy(from_logits=False)(y, model.predict(X)))
+    assert model.evaluate(X, y)["loss"] == pytest.approx(true_ce, rel=tol)
+    # training: the loss of the outputs the model gave (Dropout's zeros and 1/(1-rate) scaling included)
+    X_d, loss = model.prepare_inputs(X), model.loss
+    value, Z, _ = model.loss_and_grads(X_d, model.prepare_targets(y, loss, 40), loss)
+    assert tuple(Z.shape) == (40, 3)
+    assert model.backend.to_float(value) == pytest.approx(model.backend.to_float(loss(y, Z)), rel=tol)
+    if tail in ("Dropout", "nested"):
+        assert np.any(model.backend.to_host(Z) == 0)

@@ -163,6 +163,20 @@ def test_column_targets_are_reshaped_not_broadcast(backend, dtype, rng):
         assert backend.to_float(v) == backend.to_float(col_v)
 
 
+def test_a_one_row_batch_is_reshaped_like_any_other(backend):
+    """(1,) targets against (1, 1) predictions (and the other way round) are the (n,) / (n, 1) case with n = 1."""
+    for t_shape, p_shape in (((1,), (1, 1)), ((1, 1), (1,))):
+        for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(from_logits=True)):
+            value, grad = loss.value_and_grad(backend.asarray(np.ones(t_shape), dtype="float64"),
+                                              backend.asarray(np.full(p_shape, 3.0), dtype="float64"))
+            assert tuple(grad.shape) == p_shape
+            one = loss.value_and_grad(backend.asarray(np.ones(p_shape), dtype="float64"),
+                                      backend.asarray(np.full(p_shape, 3.0), dtype="float64"))
+            assert backend.to_float(value) == backend.to_float(one[0])
+    with pytest.raises(ValueError, match=r"y_true \(1,\) and y_pred \(2, 1\)"):
+        L.MSE()(backend.asarray(np.zeros(1), dtype="float64"), backend.asarray(np.zeros((2, 1)), dtype="float64"))
+
+
 def test_ce_column_of_labels(backend, rng):
     logits = backend.asarray(rng.normal(size=(N, C)), dtype="float64")
     labels = np.array([0, 2, 1, 2])
@@ -178,6 +192,24 @@ def test_ce_float_labels_holding_integers(backend, rng):
     as_float = L.CrossEntropy().value_and_grad(backend.asarray(labels, dtype="float64"), logits)
     assert backend.to_float(as_int[0]) == backend.to_float(as_float[0])
     np.testing.assert_array_equal(backend.to_host(as_int[1]), backend.to_host(as_float[1]))
+
+
+def test_ce_on_probabilities_reads_scaled_ones_as_they_are(backend):
+    """A Softmax followed by Dropout gives, in training, probabilities scaled by 1/(1-rate) (some above 1) or
+    zeroed: the loss is -sum(t log p) of exactly those (only p below eps is clipped), with its exact gradient."""
+    p = np.array([[1.25, 0.0, 0.5], [0.2, 1.6, 0.0], [0.0, 0.4, 1.1]])
+    t = np.array([[0.7, 0.1, 0.2], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+    loss = L.CrossEntropy(from_logits=False)
+    yt, yp = backend.asarray(t, dtype="float64"), backend.asarray(p, dtype="float64")
+    expected = -(t * np.log(np.maximum(p, 1e-15))).sum(axis=1).mean()
+    assert backend.to_float(loss(yt, yp)) == pytest.approx(expected, rel=1e-13)
+
+    def scalar(pred_host):
+        return backend.to_float(loss(yt, backend.asarray(pred_host, dtype="float64"), check=False))
+
+    analytic = backend.to_host(loss.gradient(yt, yp))
+    above = p > 0.1  # away from the clipped zeros, where the finite difference would step across eps
+    assert relative_error(analytic[above], numerical_gradient(scalar, p)[above]) < 1e-7
 
 
 # -- extremes ----------------------------------------------------------------------
@@ -309,6 +341,21 @@ def test_bce_targets_outside_unit_interval(backend, from_logits):
             loss.gradient(yt, yp)
         with pytest.raises(ValueError, match=r"\[0, 1\]"):
             loss.value_and_grad(yt, yp)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_ce_target_rows_with_negative_entries(backend, from_logits):
+    """A row like [-1, 1, 0] makes cross-entropy unbounded below; such rows (and NaN) are refused where BCE
+    refuses targets outside [0, 1]. Rows that do not sum to 1 (weights folded in) stay accepted."""
+    loss = L.CrossEntropy(from_logits=from_logits)
+    yp = backend.asarray(np.full((2, 3), 1 / 3), dtype="float64")
+    for bad in ([[-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0], [np.nan, 0.0, 1.0]]):
+        yt = backend.asarray(np.array(bad), dtype="float64")
+        for call in (loss, loss.gradient, loss.value_and_grad):
+            with pytest.raises(ValueError, match=r"^y_true for cross-entropy must be .* entries >= 0 \(and not NaN\)"):
+                call(yt, yp)
+        loss(yt, yp, check=False)  # the unchecked path reads no values
+    loss(backend.asarray(np.array([[0.0, 2.0, 0.5], [0.0, 0.0, 1.0]]), dtype="float64"), yp)
 
 
 def test_check_false_skips_value_checks(backend):
@@ -560,6 +607,23 @@ def test_mean_with_sample_weight(backend, rng):
         L.CrossEntropy(reduction="mean")
     with pytest.raises(ValueError, match="reduction must be one of"):
         L.get_loss({"type": "mae", "reduction": "sum"})
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_mean_with_sample_weight_of_extreme_weights(backend, test_dtype, rng):
+    """Equal weights give the plain mean however large (their sum overflows) or small (subnormal) they are."""
+    y, p = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    yb, pb = backend.asarray(y, dtype=test_dtype), backend.asarray(p, dtype=test_dtype)
+    loss = L.MSE(reduction="mean_with_sample_weight")
+    plain_v, plain_g = (backend.to_host(a) for a in loss.value_and_grad(yb, pb))
+    finfo = np.finfo(test_dtype)
+    for weight in (float(finfo.max) / 2, float(finfo.smallest_subnormal) * 2):
+        w = backend.asarray(np.full(4, weight), dtype=test_dtype)
+        if not np.all(backend.to_host(w / w) == 1):
+            continue  # the backend's arithmetic cannot say w / w = 1 (XLA on a CPU flushes subnormals to 0)
+        v, g = _quietly(loss.value_and_grad, yb, pb, w)
+        np.testing.assert_allclose(backend.to_host(v), plain_v, rtol=4 * finfo.eps)
+        np.testing.assert_allclose(backend.to_host(g), plain_g, rtol=4 * finfo.eps)
 
 
 def test_a_loss_called_on_jax_arrays_leaves_jax_as_it_was():

@@ -407,6 +407,24 @@ def test_validation_split_holds_out_the_end(backend, dtype):
         np.testing.assert_allclose(history[key], h2[key], rtol=tol)
 
 
+def test_validation_split_keeps_the_held_out_rows_sample_weight(backend, dtype):
+    """As in Keras, validation_split splits sample_weight with X and y: the held-out rows are scored with their
+    weights (class_weight, a training setting, is not applied to them), as validation_data=(X, y, w) would."""
+    X, _, y = _fit_data()  # the last 5 of 23 are held out
+    w = np.linspace(0.0, 3.0, N_FIT)
+    kw = dict(loss="cross_entropy", epochs=2, batch_size=5, metrics=["accuracy"])
+    split = _classifier(backend, dtype, seed=2).fit(X, y, sample_weight=w, class_weight={0: 2.0}, validation_split=0.25,
+                                                    **kw)
+    given = _classifier(backend, dtype, seed=2).fit(X[:-5], y[:-5], sample_weight=w[:-5], class_weight={0: 2.0},
+                                                    validation_data=(X[-5:], y[-5:], w[-5:]), **kw)
+    unweighted = _classifier(backend, dtype, seed=2).fit(X[:-5], y[:-5], sample_weight=w[:-5], class_weight={0: 2.0},
+                                                         validation_data=(X[-5:], y[-5:]), **kw)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for key in given.history:
+        np.testing.assert_allclose(split[key], given[key], rtol=tol, err_msg=key)
+    assert abs(split["val_loss"][-1] - unweighted["val_loss"][-1]) > 1e-3
+
+
 def test_cross_entropy_integer_and_one_hot_labels_agree(backend, dtype):
     X, _, y = _fit_data()
     one_hot = np.eye(3)[y]

@@ -199,6 +199,18 @@ def test_validation_data_as_memmaps(backend, dtype, tmp_path):
     assert hb["val_accuracy"] == ha["val_accuracy"]
 
 
+def test_validation_split_of_memmaps_keeps_the_held_out_rows_sample_weight(backend, dtype, tmp_path):
+    X, y = _data()  # 0.2 holds out the last 30 of 150
+    w = np.linspace(0.0, 3.0, X.shape[0])
+    mx, my, mw = _memmap(tmp_path, "x.dat", X), _memmap(tmp_path, "y.dat", y), _memmap(tmp_path, "w.dat", w)
+    kw = dict(loss="bce", epochs=2, batch_size=16, metrics=["accuracy"])
+    split = _model(backend, dtype).fit(mx, my, sample_weight=mw, validation_split=0.2, **kw)
+    given = _model(backend, dtype).fit(X[:120], y[:120], sample_weight=w[:120],
+                                       validation_data=(X[120:], y[120:], w[120:]), **kw)
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(split[key], given[key], rtol=1e-9 if dtype == "float64" else 1e-5, err_msg=key)
+
+
 def test_one_shot_generator_without_steps_ends_the_epoch(backend, dtype):
     X, y = _data()
     rec = Recorder()

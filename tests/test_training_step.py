@@ -377,6 +377,32 @@ def test_accumulate_equals_a_larger_batch_with_clipping_and_weights(be, extra):
     _assert_opt_state(_opt_state(small), _opt_state(large), TOL)
 
 
+def test_mean_with_sample_weight_over_batches_equals_one_call_over_the_rows(be):
+    """Under reduction="mean_with_sample_weight" each batch's loss is divided by its own sum of weights, so
+    batches combine weighted by those sums: evaluate over batches equals one call over all the rows,
+    accumulate=k equals the k-times-larger batch (a group whose weights are all 0 included), and fit's epoch
+    loss at a vanishing step is the one call's value."""
+    X, y = _data(n=20)
+    w = np.array([0.0] * 10 + [5.0] * 5 + [1e-3] * 5)
+    loss = nnx.losses.MSE(reduction="mean_with_sample_weight")
+    model = _model(be)
+    one_call = be.to_float(loss(y, model.predict(X), sample_weight=w))
+    assert model.evaluate(X, y, loss=loss, sample_weight=w)["loss"] == pytest.approx(one_call, rel=1e-12)
+    batches = [(X[i:i + 5], y[i:i + 5], w[i:i + 5]) for i in range(0, 20, 5)]
+    assert model.evaluate(batches, loss=loss)["loss"] == pytest.approx(one_call, rel=1e-12)
+    for data in ((X, y), (batches, None)):  # arrays, and batches read one by one (chunks of them under JAX)
+        history = _model(be).fit(*data, loss=loss, sample_weight=w if data[1] is not None else None,
+                                 optimizer="sgd", lr=1e-15, batch_size=5)
+        assert history["loss"][0] == pytest.approx(one_call, rel=1e-9)
+    small, large = _model(be), _model(be)
+    h_small = small.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=5,
+                        accumulate=2, shuffle=False)
+    h_large = large.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=10,
+                        shuffle=False)
+    _assert_weights(_weights(small), _weights(large), TOL)
+    np.testing.assert_allclose(h_small["loss"], h_large["loss"], rtol=1e-9)
+
+
 # -- the on_gradients hook ---------------------------------------------------------------------
 
 class GradSpy(Callback):

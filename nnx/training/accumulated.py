@@ -7,7 +7,9 @@ epoch what was gathered is applied, so the numbers are the step-by-step loop's. 
 update count advances only with an applied update, so the host learns from the carry
 how many updates the epoch made (`CompiledStep.end_epoch`'s counters follow it).
 
-The carry of a step is ``(gradient sums, rows so far, batches so far)``.
+The carry of a step is ``(gradient sums, rows so far, batches so far)``; under the loss reduction
+``mean_with_sample_weight`` with weights, batches count by their sums of weights instead of their rows
+(`nnx.training.weights.batch_weight`), and the carry holds the weight so far.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from __future__ import annotations
 from typing import Any
 
 from .compiled import CARRY_COUNTER, CARRY_FIRST_BAD, CARRY_INDEX, CARRY_OK, CARRY_T, CompiledStep
+from .transforms import inverse_total
+from .weights import batch_weight, counts_by_weight
 
 __all__ = ["flush", "start", "step"]
 
-def start(cs: CompiledStep, values: tuple) -> tuple:
-    """Nothing gathered yet."""
+def start(cs: CompiledStep, values: tuple, w: Any) -> tuple:
+    """Nothing gathered yet, for batches weighted by `w` (the epoch's sample weights, or None)."""
     xp = cs.xp
     zero = xp.asarray(0, dtype=xp.int64)
-    return tuple(xp.zeros_like(v) for v in values), zero, zero
+    seen = xp.zeros((), dtype=w.dtype) if counts_by_weight(cs.head, w) else zero
+    return tuple(xp.zeros_like(v) for v in values), seen, zero
 
 
 def _apply(cs: CompiledStep, values: tuple, states: tuple, acc: tuple, rows: int, t: Any, lr: Any,
@@ -30,8 +35,10 @@ def _apply(cs: CompiledStep, values: tuple, states: tuple, acc: tuple, rows: int
     """The gathered mean through the later transforms and the rule, kept where `go`: (values, states, t, mean)."""
     xp = cs.xp
     sums, seen, _ = acc
-    # `Accumulate.flush` scales by 1.0 / rows as a Python float, which meets the gradients in their dtype
-    scale = xp.astype(1.0 / xp.astype(seen, xp.float64), values[0].dtype)
+    # `Accumulate.flush` scales by 1.0 / rows as a Python float, which meets the gradients in their dtype,
+    # or by `inverse_total` of the weights
+    scale = xp.astype(1.0 / xp.astype(seen, xp.float64), values[0].dtype) if xp.isdtype(seen.dtype, "integral") \
+        else inverse_total(seen)
     mean = cs.transformed(values, tuple(s * scale for s in sums), rows, cs.transforms)
     new_values, new_states = cs.updated(values, mean, states, t, lr)
     values = tuple(xp.where(go, new, old) for new, old in zip(new_values, values, strict=True))
@@ -46,16 +53,16 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     t, counter, index = ints[CARRY_T], ints[CARRY_COUNTER], ints[CARRY_INDEX]
     value, Z, grads, new_bufs, new_counter, ok_now = cs.gradients(values, bufs, counter, X, y, w)
     rows = int(X.shape[0])
+    weight = batch_weight(xp, cs.head, rows, w)
     sums, seen, count = acc
-    acc = (tuple(s + g * float(rows) for s, g in zip(sums, grads, strict=True)), seen + rows, count + 1)
+    acc = (tuple(s + g * weight for s, g in zip(sums, grads, strict=True)), seen + weight, count + 1)
     due = acc[2] == k
     ok_in = ints[CARRY_OK] != 0
     keep = ok_in if ok_now is None else ok_in & ok_now
     values, states, t, mean = _apply(cs, values, states, acc, rows, t, lr, due & keep)
     grads = tuple(xp.where(due, m, g) for m, g in zip(mean, grads, strict=True))  # as `p.grad` is left
-    zero = xp.zeros_like(acc[1])
-    acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, zero, acc[1]),
-           xp.where(due, zero, acc[2]))
+    acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, xp.zeros_like(acc[1]), acc[1]),
+           xp.where(due, xp.zeros_like(acc[2]), acc[2]))
     if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: the refused step's forward counts
         new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
     first_bad = ints[CARRY_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[CARRY_FIRST_BAD])

@@ -161,14 +161,14 @@ class BatchPreparer:
         if rows == 0:
             raise ValueError(f"X of {where} has 0 samples; every batch needs at least one")
         if self.check_finite:
-            model.require_finite(X_d, f"X of {where}")
+            model.require_finite(X_d, f"X of {where}", X)
         if self.loss is None:
             return X_d, None, None
         if y is None:
             raise ValueError(f"{where} has no targets: batches must be (X, y) or (X, y, sample_weight)")
         y_d = model.prepare_targets(y, self.loss, rows, f"y of {where}", f"X of {where}")
         if self.check_finite:
-            model.require_finite(y_d, f"y of {where}")
+            model.require_finite(y_d, f"y of {where}", y)
         w_d = model.prepare_sample_weight(w, self.class_weight, y_d, self.loss, rows, f"sample_weight of {where}")
         return X_d, y_d, w_d
 

@@ -40,6 +40,7 @@ from .data import ArrayBatches
 from .loss_fit import check_outputs
 from .shared_programs import SharedProgram
 from .transforms import Accumulate
+from .weights import average, batch_weight, counts_by_weight, host_values
 
 __all__ = ["CHUNK_BUDGET", "EpochProgram", "epoch_program_of", "mode_of", "plan"]
 
@@ -239,7 +240,7 @@ class EpochProgram:
             full = n // batch
             losses, Zs = [], []
             grads: Any = None
-            acc = () if self.accumulate == 1 else accumulated.start(step, values)
+            acc = () if self.accumulate == 1 else accumulated.start(step, values, w)
             if full:
                 (values, states, bufs, grads, ints, acc), (value, Z) = self._steps(
                     values, states, bufs, lr, ints, acc, stacked(X, full), stacked(y, full), stacked(w, full), outputs)
@@ -310,8 +311,8 @@ class EpochProgram:
         step = self.step
         return (step.optimizer.param_steps[0] + 1, step.rng.counter), step.host_counters()
 
-    def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], Any, Any]:
-        """One epoch over device arrays; returns (losses, rows per step, outputs, targets)."""
+    def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], list[Any], Any, Any]:
+        """One epoch over device arrays; returns (losses, rows and `batch_weight` per step, outputs, targets)."""
         model = batches.model
         batch = batches.slices[0].stop - batches.slices[0].start
         perm = None
@@ -333,16 +334,26 @@ class EpochProgram:
             model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
             raise _NotTraced(batches, exc) from None
         self.step.hold_verdict(ints, start)
-        return losses, [s.stop - s.start for s in batches.slices], Z, targets
+        rows = [s.stop - s.start for s in batches.slices]
+        return losses, rows, self._batch_weights(batches, perm, rows), Z, targets
 
-    def run_chunks(self, batches: Any, outputs: bool, check_loss: Any) -> tuple[Any, list[int], Any, Any]:
+    def _batch_weights(self, batches: ArrayBatches, perm: Any, rows: list[int]) -> list[Any]:
+        """Each batch's `batch_weight` in the epoch's order: its rows, or its sum of weights."""
+        step = self.step
+        if not counts_by_weight(step.head, batches.w):
+            return list(rows)
+        xp = step.xp
+        w = batches.w if perm is None else xp.take(batches.w, perm, axis=0)
+        return [batch_weight(xp, step.head, r, w[s, ...]) for r, s in zip(rows, batches.slices, strict=True)]
+
+    def run_chunks(self, batches: Any, outputs: bool, check_loss: Any) -> tuple[Any, list[int], list[Any], Any, Any]:
         """One epoch over a batch source, k batches of one shape per program."""
         step = self.step
         xp = step.xp
         model = step.model
         (t, counter), start = self._begin()
         ints = step.start_carry(t, counter)  # carried from chunk to chunk
-        losses, rows, Zs, targets = [], [], [], []
+        losses, rows, weights, Zs, targets = [], [], [], [], []
         group: list[tuple[Any, Any, Any]] = []
         limit = self.chunk_batches
 
@@ -367,6 +378,7 @@ class EpochProgram:
             ints_now[0] = out
             losses.append(loss)
             rows.extend(int(item[0].shape[0]) for item in group)
+            weights.extend(batch_weight(xp, step.head, int(X.shape[0]), w) for X, _, w in group)
             if outputs:
                 Zs.append(xp.reshape(Z, (-1,) + tuple(Z.shape[2:])))
                 targets.extend(item[1] for item in group)
@@ -395,8 +407,8 @@ class EpochProgram:
         step.hold_verdict(ints_now[0], start)
         loss = losses[0] if len(losses) == 1 else xp.concat(losses)
         if not outputs:
-            return loss, rows, None, None
-        return loss, rows, xp.concat(Zs, axis=0), xp.concat(targets, axis=0)
+            return loss, rows, weights, None, None
+        return loss, rows, weights, xp.concat(Zs, axis=0), xp.concat(targets, axis=0)
 
     def run_epoch(self, train: Any, batches: Any, cb: CallbackList, guard: Any, metric_fns: dict,
                   check_loss: Any, non_finite: Callable[[int, int], BaseException],
@@ -436,10 +448,9 @@ class EpochProgram:
                 guard.end_step()  # a Ctrl-C during the program lands here, with the counters matching the weights
         if refused is not None:
             raise non_finite(epoch, refused)
-        host = model.backend.to_host(losses)
+        host, host_weights = host_values(model, losses, weights)
         _replay(cb.callbacks, rows, host)
-        n_seen = sum(rows)
-        logs = {"loss": float(sum(r * float(v) for r, v in zip(rows, host, strict=True)) / n_seen)}
+        logs = {"loss": average(host, host_weights)}
         if outputs:
             logs.update(model.metric_values(metric_fns, targets, Z, train.from_logits))
         return logs

@@ -15,6 +15,7 @@ from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
 from .shared_programs import ById, settings_key
+from .weights import average, batch_weight, host_values
 
 
 def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
@@ -91,10 +92,12 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
 
 def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
                      look_at_outputs: bool = False) -> dict[str, float]:
-    """Loss (penalty included) and metrics over a batch source: the row-weighted mean of the batch losses.
+    """Loss (penalty included) and metrics over a batch source: the mean of the batch losses, weighted.
 
     Each batch's loss is a mean over its rows (weighted ones with Keras's meaning, sum(w * loss) / rows),
-    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once.
+    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once; under
+    ``mean_with_sample_weight`` a batch divides by its sum of weights, which is then what it counts for
+    (`batch_weight`).
     Metrics see every batch's outputs and targets together, as they do for arrays.
     `look_at_outputs`: check that the first batch's outputs fit `loss_fn` (see `check_loss_fits`).
     """
@@ -106,19 +109,18 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
         return _head_loss(head, y, Z, w), Z
 
     scores = inference_program(model, ("batch", n_run, _head_key(head)), batch_loss)
-    values, rows, outputs, targets = [], [], [], []
+    values, weights, outputs, targets = [], [], [], []
     with contextlib.closing(batches.epoch()) as source:
         for Xb, yb, wb in source:
             value, Z = scores(Xb, yb, wb)
             if look_at_outputs and not values:
                 check_outputs(model, loss_fn, Z)
             values.append(value)
-            rows.append(int(Xb.shape[0]))
+            weights.append(batch_weight(xp, head, int(Xb.shape[0]), wb))
             if metric_fns:
                 outputs.append(Z)
                 targets.append(yb)
-    host = model.backend.to_host(xp.stack(values))
-    value = sum(r * float(v) for r, v in zip(rows, host, strict=True)) / sum(rows)
+    value = average(*host_values(model, xp.stack(values), weights))
     penalty = _penalty(model)
     result = {"loss": value if penalty is None else value + penalty}
     if metric_fns:

@@ -13,14 +13,17 @@ def output_head(model: Model, loss: Loss) -> tuple[int, Loss, bool]:
     """How many layers run before the loss, the loss applied there, and whether it sees logits.
 
     A final Sigmoid with BCE (or Softmax with cross-entropy) is folded into the loss
-    computed from logits: exact where probabilities saturate, and one step cheaper.
+    computed from logits: exact where probabilities saturate, and one step cheaper. Only
+    the model's last layer is folded: a layer after it (Dropout scales the probabilities
+    in training) or around it (a nested model) is run, and the loss reads what it gives.
     """
-    last = model.layers[-1]
-    if type(last) is Sigmoid and type(loss) is BinaryCrossEntropy and not loss.from_logits:
-        return len(model.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
-    if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
-        return len(model.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
-    from_logits = getattr(loss, "from_logits", False) and not isinstance(model.output_layer(), (Sigmoid, Softmax))
+    last = model.output_layer()
+    if last is model.layers[-1]:
+        if type(last) is Sigmoid and type(loss) is BinaryCrossEntropy and not loss.from_logits:
+            return len(model.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
+        if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
+            return len(model.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
+    from_logits = getattr(loss, "from_logits", False) and not isinstance(last, (Sigmoid, Softmax))
     return len(model.layers), loss, from_logits
 
 

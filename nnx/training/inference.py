@@ -31,7 +31,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
         return predict_batches(model, source)
     X_d = model.prepare_inputs(X)
     if check_finite:
-        model.require_finite(X_d, "X")  # NaN in, NaN out would look like a prediction
+        model.require_finite(X_d, "X", X)  # NaN in, NaN out would look like a prediction
     forward = head_outputs(model, len(model.layers))
     if batch_size is None or X_d.shape[0] <= batch_size:
         return forward(X_d)
@@ -65,7 +65,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     y_d = model.prepare_targets(y, loss_fn, X_d.shape[0])
     w_d = model.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
     if check_finite:
-        model.require_finite(X_d, "X")  # a NaN loss from NaN data would look like a result
-        model.require_finite(y_d, "y")
+        model.require_finite(X_d, "X", X)  # a NaN loss from NaN data would look like a result
+        model.require_finite(y_d, "y", y)
     return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
                                 look_at_outputs))

@@ -32,20 +32,34 @@ def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
     return X
 
 
-def require_finite(model: Model, arr: Any, argname: str) -> None:
+def require_finite(model: Model, arr: Any, argname: str, given: Any = None) -> None:
     """Raise ValueError naming `argname` when a float array holds NaN or inf.
 
     The array's sum is finite when every element is, unless finite elements overflow
     it, so one pass without a mask answers; a non-finite sum is confirmed element by
     element (the training step checks its gradients the same way). For a large X this
     is several times cheaper than ``all(isfinite(X))``, and `fit` checks X on every call.
+    `given`, the data `arr` was cast from, tells an inf the cast made from a finite value
+    beyond the model's dtype (read only then).
     """
     xp = model.xp
     if not xp.isdtype(arr.dtype, "real floating"):
         return
     if math.isfinite(float(model.backend.to_host(xp.sum(arr)))) or all_true(model, xp.isfinite(arr)):
         return
+    if given is not None and _finite_before_the_cast(model, given, arr):
+        raise ValueError(f"{argname} has values beyond the range of the model's dtype {model.dtype} "
+                         f"(+-{float(xp.finfo(arr.dtype).max):.4g}), which overflow to inf in the cast; scale "
+                         "them, or build the model with dtype=\"float64\"")
     raise ValueError(f"{argname} contains NaN or inf values")
+
+
+def _finite_before_the_cast(model: Model, given: Any, arr: Any) -> bool:
+    """Whether `given` is finite floating data of another dtype than `arr`, the model's cast of it."""
+    xp = model.xp
+    source = model.backend.asarray(given)
+    return xp.isdtype(source.dtype, "real floating") and source.dtype != arr.dtype \
+        and all_true(model, xp.isfinite(source))
 
 
 def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:

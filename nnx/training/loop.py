@@ -25,6 +25,7 @@ from .loss_fit import check_loss_fits, check_outputs
 from .sources import training_source, validation_source
 from .step import NonFiniteStep, TrainStep
 from .transforms import Accumulate, CallbackHook, ClipByNorm, ClipByValue, GradientTransform
+from .weights import average, batch_weight, host_values
 
 
 def build_transforms(clip_norm: float | None, clip_value: float | None, accumulate: int,
@@ -92,8 +93,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         class_weight: {class index: weight}, multiplied into the sample weights.
         clip_norm: clip the gradients' global L2 norm to this value before each update.
         clip_value: clip every gradient element into [-clip_value, clip_value].
-        accumulate: update once every `accumulate` batches with their row-weighted mean gradient,
-            the same as batches `accumulate` times larger.
+        accumulate: update once every `accumulate` batches with their row-weighted mean gradient
+            (weighted by their sums of weights under ``mean_with_sample_weight``), the same as
+            batches `accumulate` times larger.
         gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
             and before clipping (distributed training adds its all-reduce here).
         steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
@@ -218,7 +220,7 @@ def _data_parallel(model: Any, distributed: Any) -> Any:
 
 def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, guard: InterruptGuard,
                metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
-    """One pass over the batches; returns the epoch's logs (mean loss weighted by rows, metrics).
+    """One pass over the batches; returns the epoch's logs (mean loss weighted by `batch_weight`, metrics).
 
     With `check_loss` (a `Loss`), the first batch's outputs are checked to fit it before the first step.
     """
@@ -233,9 +235,10 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
-    losses, rows, outputs, targets = [], [], [], []
+    losses, weights, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
+        weight = size if dp is not None else batch_weight(xp, step.head, size, wb)  # what the batch counts for
         if check_loss is not None and b == 0:
             check_outputs(model, check_loss, model.forward_to_head(Xb, len(model.layers), training=False))
         if batch_begin:
@@ -260,12 +263,12 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             due = step.transform(size)
             finite = not due or dp.gradients_finite(step)
         elif finite and not compiled:
-            due = step.transform(size)
+            due = step.transform(weight)
         if not finite and handles_non_finite:
             # a callback that stops on NaN (TerminateOnNaN) sees the bad loss; nothing is updated
             step.reset()
             losses.append(value)
-            rows.append(size)
+            weights.append(weight)
             cb.on_batch_end(b, {"loss": value, "size": size})
             model.stop_training = True
             break
@@ -276,7 +279,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             step.update()
             guard.end_step()
         losses.append(value)
-        rows.append(size)
+        weights.append(weight)
         if metric_fns:
             outputs.append(Z if size else None)
             targets.append(yb if size else None)
@@ -293,13 +296,12 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     refused = step.end_epoch()  # a deferred (on-device) check is read here, once per epoch
     if refused is not None:
         raise _non_finite(epoch, refused)
-    host = be.to_host(xp.stack(losses))
-    n_seen = sum(rows)
     if dp is not None:
         dp.end_epoch()
-        weighted = float(sum(r * float(v) for r, v in zip(rows, host, strict=True)))
-        return dp.epoch_logs(weighted, n_seen, metric_fns, targets, outputs, step.from_logits)
-    logs = {"loss": float(sum(r * float(v) for r, v in zip(rows, host, strict=True)) / n_seen)}
+        host = be.to_host(xp.stack(losses))
+        weighted = float(sum(r * float(v) for r, v in zip(weights, host, strict=True)))
+        return dp.epoch_logs(weighted, sum(weights), metric_fns, targets, outputs, step.from_logits)
+    logs = {"loss": average(*host_values(model, xp.stack(losses), weights))}
     if metric_fns:
         logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
                                         step.from_logits))

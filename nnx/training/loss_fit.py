@@ -18,20 +18,13 @@ from ..protocols import Model
 # exact types: a subclass may change what its forward returns, so its outputs are looked at instead
 PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
 UNBOUNDED_OUTPUTS = (Dense, Identity, ReLU, LeakyReLU, Tanh, BatchNorm, LayerNorm)
-RANGE_KEEPING = (Dropout, Flatten, Identity)  # at inference they pass on the range of the layer before
+RANGE_KEEPING = (Dropout, Flatten, Identity)
+"""Layers that pass on the range of the layer before at inference; `Sequential.output_layer` looks past them."""
 
 
 def reads_probabilities(loss: Loss) -> bool:
     """Whether `loss` takes the model's outputs as probabilities in [0, 1]."""
     return isinstance(loss, (BinaryCrossEntropy, CrossEntropy)) and not loss.from_logits
-
-
-def output_layer(model: Model) -> Any:
-    """The last layer that sets the range of the model's outputs (trailing Dropout, Flatten and Identity skipped)."""
-    for layer in reversed(model.layers):
-        if type(layer) not in RANGE_KEEPING:
-            return layer
-    return model.layers[-1]
 
 
 def _instead(loss: Loss) -> str:
@@ -55,7 +48,7 @@ def check_loss_fits(model: Model, loss: Loss) -> bool:
             "output per class")
     if not reads_probabilities(loss):
         return False
-    last = output_layer(model)
+    last = model.output_layer()
     if type(last) in PROBABILITY_OUTPUTS:
         return False
     if type(last) in UNBOUNDED_OUTPUTS:
@@ -76,5 +69,5 @@ def check_outputs(model: Model, loss: Loss, Y: Any, what: str = "the first batch
     lo, hi = (float(model.backend.to_host(f(Y))) for f in (xp.min, xp.max))
     raise ValueError(
         f"loss {loss!r} reads the model's outputs as probabilities in [0, 1], but the outputs of {what} "
-        f"range over [{lo:.4g}, {hi:.4g}] (the model ends in {type(output_layer(model)).__name__}); "
+        f"range over [{lo:.4g}, {hi:.4g}] (the model ends in {type(model.output_layer()).__name__}); "
         f"{_instead(loss)}")

@@ -47,8 +47,8 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         n_train = n - _held_out(n, validation_split)
         batches = HostBatches(model, X, y, sample_weight, batch_size or n, shuffle,
                               BatchPreparer(model, loss_fn, class_weight), depth, rows=(0, n_train))
-        if n_train < n:
-            val_rows = HostBatches(model, X, y, None, batch_size or n, False,
+        if n_train < n:  # scored with their sample weights, as Keras splits them (class_weight is for training)
+            val_rows = HostBatches(model, X, y, sample_weight, batch_size or n, False,
                                    BatchPreparer(model, loss_fn), depth, rows=(n_train, n))
     else:
         X_d = model.prepare_inputs(X)
@@ -56,14 +56,17 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         if n == 0:
             raise ValueError("X has 0 samples; fit needs at least one")
         y_d = model.prepare_targets(y, loss_fn, n)
-        w_d = model.prepare_sample_weight(sample_weight, class_weight, y_d, loss_fn, n)
-        model.require_finite(X_d, "X")
-        model.require_finite(y_d, "y")
+        w_d = model.prepare_sample_weight(sample_weight, None, y_d, loss_fn, n)
+        model.require_finite(X_d, "X", X)
+        model.require_finite(y_d, "y", y)
         if validation_split:
+            # the held-out rows keep their sample weights, as Keras splits them; class_weight is for training
             n_val = _held_out(n, validation_split)
-            validation_data = (X_d[n - n_val:, ...], y_d[n - n_val:, ...])
+            validation_data = tuple(a[n - n_val:, ...] for a in (X_d, y_d, w_d) if a is not None)
             X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
             w_d = None if w_d is None else w_d[:n, ...]
+        if class_weight is not None:
+            w_d = model.prepare_sample_weight(w_d, class_weight, y_d, loss_fn, n)
         batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
         if look_at_outputs:  # the same rows on every rank, so every rank decides alike
             check_outputs(model, loss_fn, model.forward_to_head(X_d[:batch_size or n, ...], len(model.layers),
@@ -106,8 +109,8 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
     Xv = model.prepare_inputs(data[0], "validation X")
     yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
     wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
-    model.require_finite(Xv, "validation X")
-    model.require_finite(yv, "validation y")
+    model.require_finite(Xv, "validation X", data[0])
+    model.require_finite(yv, "validation y", data[1])
     return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
 
 

@@ -10,45 +10,84 @@ from .inputs import all_true
 
 
 def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
-    """`y` on the model's backend, encoded for `loss`: class indices or one-hot for cross-entropy, else as outputs."""
-    xp = model.xp
-    out = model.output_sample_shape
+    """`y` on the model's backend, in the form `loss` reads: class indices or one-hot rows for cross-entropy,
+    as given for a loss with its own `prepare` (which encodes and checks them), else shaped like the outputs."""
     if isinstance(loss, CrossEntropy):
-        y = model.backend.asarray(y, argname=argname)
-        if y.ndim == 2 and y.shape[1] == 1 and model.out_features != 1:
-            y = xp.reshape(y, (-1,))  # a column of class indices, as (n, 1) labels come
-        if y.ndim == 1:
-            if xp.isdtype(y.dtype, "real floating"):
-                if not all_true(model, y == xp.round(y)):
-                    raise ValueError(f"{argname} holds class indices but has non-integer values")
-                y = xp.astype(y, xp.int64)
-            elif not xp.isdtype(y.dtype, "integral"):
-                raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
-            elif y.dtype != xp.int64:
-                y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
-            n_classes = cast(int, model.out_features)  # known once the model is built
-            if y.shape[0] and not all_true(model, (y >= 0) & (y < n_classes)):
-                lo, hi = model.backend.to_host(xp.min(y)), model.backend.to_host(xp.max(y))
-                raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
-                                 f"{n_classes} outputs (valid: 0..{n_classes - 1})")
-        else:
-            y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
-            if tuple(y.shape) != (n_rows, model.out_features):
-                raise ValueError(f"{argname} for cross-entropy must be class indices of shape ({n_rows},) or "
-                                 f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {model.out_features}), "
-                                 f"got {tuple(y.shape)}")
+        y = _class_targets(model, y, n_rows, argname)
+    elif _encodes_targets(loss):
+        y = _given_targets(model, y, argname)
     else:
-        y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
-        if y.ndim == 1 and out == (1,):
-            y = xp.reshape(y, (-1, 1))
-        if y.ndim < 2 or (out is not None and tuple(y.shape[1:]) != out):
-            want = f"({n_rows}, {', '.join(map(str, out))})" if out is not None else "(n, ...)"
-            raise ValueError(f"{argname} must have shape {want} to match the model's outputs, "
-                             f"got {tuple(y.shape)}")
+        y = _output_targets(model, y, n_rows, argname)
     if y.shape[0] != n_rows:
         raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
     # training never checks values (check=False in the step), so check once here: targets outside
     # [0, 1] would make BCE unbounded below and training silently chase them
     if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, (y >= 0) & (y <= 1)):
         raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN)")
+    # and a negative entry in a row of class probabilities would make cross-entropy unbounded below
+    if isinstance(loss, CrossEntropy) and y.ndim == 2 and y.shape[0] and not all_true(model, y >= 0):
+        raise ValueError(f"{argname} for cross-entropy must be class indices, or one-hot or probability rows "
+                         "with entries >= 0 (and not NaN): a negative entry makes the loss unbounded below")
+    return y
+
+
+def _encodes_targets(loss: Loss) -> bool:
+    """Whether `loss` brings its own `prepare` (where the docs put target encoding): it then gets y as given."""
+    return type(loss).prepare not in (Loss.prepare, BinaryCrossEntropy.prepare)
+
+
+def _given_targets(model: Model, y: Any, argname: str) -> Any:
+    """`y` on the model's backend as given, floats in the model's dtype (cast once, as every input)."""
+    y = model.backend.asarray(y, argname=argname)
+    if model.xp.isdtype(y.dtype, "real floating"):
+        y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
+    if y.ndim == 0:
+        raise ValueError(f"{argname} must have one row per sample, got a 0-d array")
+    return y
+
+
+def _class_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
+    """`y` for cross-entropy: int64 class indices in range, or one-hot / probability rows in the model's dtype."""
+    xp = model.xp
+    y = model.backend.asarray(y, argname=argname)
+    if y.ndim == 2 and y.shape[1] == 1 and model.out_features != 1:
+        y = xp.reshape(y, (-1,))  # a column of class indices, as (n, 1) labels come
+    if y.ndim != 1:
+        y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
+        if tuple(y.shape) != (n_rows, model.out_features):
+            raise ValueError(f"{argname} for cross-entropy must be class indices of shape ({n_rows},) or "
+                             f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {model.out_features}), "
+                             f"got {tuple(y.shape)}")
+        return y
+    if xp.isdtype(y.dtype, "real floating"):
+        if not all_true(model, y == xp.round(y)):
+            raise ValueError(f"{argname} holds class indices but has non-integer values")
+        y = xp.astype(y, xp.int64)
+    elif not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
+    elif y.dtype != xp.int64:
+        y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
+    n_classes = cast(int, model.out_features)  # known once the model is built
+    if y.shape[0] and not all_true(model, (y >= 0) & (y < n_classes)):
+        lo, hi = model.backend.to_host(xp.min(y)), model.backend.to_host(xp.max(y))
+        raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
+                         f"{n_classes} outputs (valid: 0..{n_classes - 1})")
+    return y
+
+
+def _output_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
+    """`y` in the model's dtype, shaped like the outputs; (n,) and (n, 1) both fit one value per sample.
+
+    Where the model does not know its output shape, the loss aligns y with the outputs it gets.
+    """
+    xp = model.xp
+    out = model.output_sample_shape
+    y = model.backend.asarray(y, dtype=model.dtype, argname=argname)
+    if y.ndim == 1 and out == (1,):
+        y = xp.reshape(y, (-1, 1))
+    elif y.ndim == 2 and y.shape[1] == 1 and out == ():
+        y = xp.reshape(y, (-1,))
+    if y.ndim == 0 or (out is not None and tuple(y.shape[1:]) != out):
+        want = str((n_rows, *out)) if out is not None else "(n, ...)"
+        raise ValueError(f"{argname} must have shape {want} to match the model's outputs, got {tuple(y.shape)}")
     return y

@@ -22,9 +22,11 @@ from .callbacks import Callback
 class GradientTransform:
     """Base class: `apply` rewrites ``p.grad`` of `params` and says whether to update now.
 
-    `rows` is the number of samples behind this step's gradients (accumulation
-    weights batches by it). `flush` is called at the end of an epoch; a transform
-    holding gradients back returns True there to have them applied.
+    `rows` is the number of samples behind this step's gradients, which accumulation
+    weights batches by: an int, or under the loss reduction ``"mean_with_sample_weight"``
+    the batch's sum of weights (a 0-d array, read without waiting for the device), as
+    a weight of 2 counts the row twice there. `flush` is called at the end of an epoch;
+    a transform holding gradients back returns True there to have them applied.
     """
 
     traceable = False
@@ -125,9 +127,10 @@ class Accumulate(GradientTransform):
     """Add up the gradients of `steps` batches and update once, as one batch `steps` times larger would.
 
     Each batch's gradient is a mean over its rows, so the sum is weighted by rows and
-    divided by the total: a shorter last batch counts for what it holds. At the end
-    of an epoch what has been gathered is applied (`flush`), so the epoch's last
-    update is exactly the last large batch.
+    divided by the total: a shorter last batch counts for what it holds (under
+    ``mean_with_sample_weight``, by its sum of weights, which its gradient divides by).
+    At the end of an epoch what has been gathered is applied (`flush`), so the epoch's
+    last update is exactly the last large batch.
     """
 
     def __init__(self, steps: int) -> None:
@@ -140,9 +143,9 @@ class Accumulate(GradientTransform):
         if self.steps == 1:
             return True
         if self._sums is None:
-            self._sums = [None if p.grad is None else p.grad * float(rows) for p in params]
+            self._sums = [None if p.grad is None else p.grad * rows for p in params]
         else:
-            self._sums = [s if p.grad is None else (p.grad * float(rows) if s is None else s + p.grad * float(rows))
+            self._sums = [s if p.grad is None else (p.grad * rows if s is None else s + p.grad * rows)
                           for s, p in zip(self._sums, params, strict=True)]
         self._rows += rows
         self._count += 1
@@ -153,7 +156,7 @@ class Accumulate(GradientTransform):
     def flush(self, params: list[Parameter]) -> bool:
         if self._sums is None:
             return False
-        scale = 1.0 / self._rows
+        scale = inverse_total(self._rows)
         for p, s in zip(params, self._sums, strict=True):
             p.grad = None if s is None else s * scale
         self.reset()
@@ -166,6 +169,15 @@ class Accumulate(GradientTransform):
 
     def reset(self) -> None:
         self._sums, self._rows, self._count = None, 0, 0
+
+
+def inverse_total(total: Any) -> Any:
+    """1 / `total` (rows, or a 0-d array of summed weights), and 0 for weights that sum to 0: their batches'
+    gradients are 0, as one call over those rows gives (never 0/0)."""
+    if isinstance(total, int):
+        return 1.0 / total
+    xp = array_api_compat.array_namespace(total)
+    return xp.astype(total != 0, total.dtype) / (total + xp.astype(total == 0, total.dtype))
 
 
 class CallbackHook(GradientTransform):

@@ -1,4 +1,8 @@
-"""Per-row training weights: a `sample_weight` vector times the weight `class_weight` gives each row's class."""
+"""Per-row training weights (`sample_weight` times the `class_weight` of each row's class), and what a batch counts for.
+
+A batch's loss and gradient count among batches by its rows, or by its sum of weights where the
+loss divides by that (`batch_weight`): combined so, batches give one call's value over their rows.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +55,35 @@ def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) 
         raise ValueError("class_weight needs class targets: indices, one-hot rows or 0/1 labels")
     weights = model.backend.asarray(table, dtype=model.dtype, argname="class_weight")
     return xp.take(weights, classes, axis=0)
+
+
+def counts_by_weight(loss: Loss, w: Any) -> bool:
+    """Whether a batch weighted by `w` counts among batches by its sum of weights, not its rows: under
+    ``mean_with_sample_weight``, whose value (and gradient) divides by that sum."""
+    return w is not None and loss.reduction == "mean_with_sample_weight"
+
+
+def batch_weight(xp: Any, loss: Loss, rows: int, w: Any) -> Any:
+    """What a batch's loss (and gradient) counts for among batches: its rows, or its sum of weights (a 0-d
+    array) where it `counts_by_weight`; either way the weighted mean of the batches' values (and gradients)
+    is one call's over all their rows."""
+    return xp.sum(w) if counts_by_weight(loss, w) else rows
+
+
+def host_values(model: Model, values: Any, weights: list[Any]) -> tuple[list[float], list[float]]:
+    """Batch values (a 1-D device array) and their `batch_weight`s as host numbers, read in one transfer."""
+    xp = model.xp
+    on_device = [w for w in weights if not isinstance(w, int)]
+    host = [float(v) for v in model.backend.to_host(xp.concat([values, xp.stack(on_device)]) if on_device else values)]
+    n = int(values.shape[0])
+    read = iter(host[n:])
+    return host[:n], [float(w) if isinstance(w, int) else next(read) for w in weights]
+
+
+def average(values: list[float], weights: list[float]) -> float:
+    """``sum(w v) / sum(w)``; the plain mean where the weights sum to 0 (every row weighted 0), which is then
+    what the batches gave alike (0 for the loss, or the penalty where it is included)."""
+    total = sum(weights)
+    if total == 0:
+        return sum(values) / len(values)
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / total
