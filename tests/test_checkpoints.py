@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import zipfile
 
 import numpy as np
@@ -284,3 +285,22 @@ def test_a_long_file_name_saves_and_leaves_no_temporary_file(tmp_path):
     _model().save(path)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
     nnx.load(path)
+
+
+def test_a_torch_generator_state_from_another_device_type_is_not_restored(tmp_path):
+    """A checkpoint written with torch on a GPU holds CUDA's 16-byte generator state; torch on the CPU (5,056 bytes)
+    loads the file with its dropout stream as seeded, instead of refusing the whole file."""
+    pytest.importorskip("torch")
+    X = np.random.default_rng(0).standard_normal((32, 3))
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Dropout(0.2), nnx.Dense(4, 1), seed=0, backend="torch")
+    model.fit(X, X[:, :1], epochs=1)
+    model.save(tmp_path / "cpu.npz")
+    with np.load(tmp_path / "cpu.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    config = json.loads(arrays["__config__"].tobytes())
+    config["training"]["dropout_rng"]["torch"] = list(struct.pack("<Qq", 12345, 64))  # CUDA's layout: seed, offset
+    arrays["__config__"] = np.frombuffer(json.dumps(config).encode(), np.uint8)
+    np.savez(tmp_path / "gpu.npz", **arrays)
+    loaded = nnx.load(tmp_path / "gpu.npz", backend="torch")
+    np.testing.assert_array_equal(loaded.backend.to_host(loaded.parameters()[0].value),
+                                  model.backend.to_host(model.parameters()[0].value))

@@ -207,7 +207,10 @@ class TorchRNG(DeviceRNG):
         return {**super().get_state(), "torch": self._gen.get_state().tolist()}
 
     def accepts(self, state: Any) -> bool:
-        return super().accepts(state) and "torch" in state
+        # a generator's state is its device type's own (5,056 bytes on the CPU, 16 with CUDA): a checkpoint from
+        # another device type loads with this stream as seeded, as one from another backend does
+        return super().accepts(state) and isinstance(state.get("torch"), list) and \
+            len(state["torch"]) == len(self._gen.get_state())
 
     def set_state(self, state: dict) -> None:
         import torch
