@@ -297,6 +297,9 @@ def test_class_indices_must_be_integers(backend, dtype):
     X, _ = _data()
     with pytest.raises(ValueError, match=r"y holds class indices but has non-integer values"):
         model.fit(X, np.array([0, 1, 0.5, 2, 0, 1]), loss="cross_entropy")
+    for bad in (np.inf, -np.inf, np.nan):  # not an index (inf once printed as -9223372036854775808)
+        with pytest.raises(ValueError, match=r"y holds class indices but has NaN or infinite values"):
+            model.fit(X, np.array([0, 1, bad, 2, 0, 1]), loss="cross_entropy")
 
 
 def test_negative_class_probabilities_are_refused_before_training(backend, dtype):

@@ -60,6 +60,8 @@ def _class_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
                              f"got {tuple(y.shape)}")
         return y
     if xp.isdtype(y.dtype, "real floating"):
+        if not all_true(model, xp.isfinite(y)):  # inf would become a meaningless index in the message below
+            raise ValueError(f"{argname} holds class indices but has NaN or infinite values")
         if not all_true(model, y == xp.round(y)):
             raise ValueError(f"{argname} holds class indices but has non-integer values")
         y = xp.astype(y, xp.int64)
