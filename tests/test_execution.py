@@ -200,15 +200,7 @@ def test_a_parameter_left_without_a_gradient_is_skipped_alike(backend, dtype, ch
         X, y = _data("classes")
         runs.append((model, opt, model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16,
                                            check_finite=check_finite)))
-    assert runs[0][1].param_steps[-1] == 0
-    # the flat layout holds zero state for every parameter from the start; the plain loop makes a parameter's
-    # state at its first update, so the skipped bias has zeros there and none here: the same numbers
-    derived_state = runs[0][1].state_dict()["state"]
-    for key in set(derived_state) - set(runs[1][1].state_dict()["state"]):
-        for arr in derived_state[key].values():
-            np.testing.assert_array_equal(runs[0][0].backend.to_host(arr), 0)
-        for run in runs:
-            run[1].state.pop(int(key), None)
+    assert runs[0][1].param_steps[-1] == 0 and 3 not in runs[0][1].state  # never updated: no state, as in torch
     _assert_same(*runs, dtype)
 
 

@@ -130,12 +130,15 @@ class FlatUpdate:
         for p, view in zip(params, self.value_views, strict=True):
             p.value = view
 
-    def _gather_state(self) -> bool:
-        """Flat state buffers from ``optimizer.state`` (or the rule's initial state); False if it has holes."""
+    def _gather_state(self, create: bool) -> bool:
+        """Flat state buffers from ``optimizer.state`` (or, with `create`, the rule's initial state); False if it
+        has holes. Without state and without `create` nothing is made yet (True)."""
         opt, xp = self.optimizer, self.xp
         n = len(opt.params)
         have = [i for i in range(n) if i in opt.state]
         if not have:
+            if not create:
+                return True
             self.state = opt.init_state(xp, self.values)
         elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
             keys = tuple(opt.state[0])
@@ -171,17 +174,19 @@ class FlatUpdate:
             return False
         return all(map(is_, held, self._state_order))
 
-    def lay_out(self) -> bool:
+    def lay_out(self, create_state: bool = True) -> bool:
         """Gather the values and the optimizer's state into the flat buffers where the objects no longer hold
         them (or never did); False, with nothing gathered, when the state has holes.
 
         The training step calls it once before its first backward, so that the values are copied while no
-        gradients are held: the copy then adds nothing to the peak memory of training.
+        gradients are held: the copy then adds nothing to the peak memory of training. It passes
+        ``create_state=False``: a rule's initial state is made at the first flat update, so a parameter
+        never updated has none, as in the plain loop (and torch).
         """
         if self.values is None or not self._in_place():
             self._gather_values()
             self.state = None
-        if self.state is None and not self._gather_state():
+        if self.state is None and not self._gather_state(create_state):
             self.values = None
             return False
         return True

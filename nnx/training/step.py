@@ -75,7 +75,7 @@ class TrainStep:
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
             FlatUpdate(optimizer, be) if derive_flat else None)
         if isinstance(self.flat, FlatUpdate):
-            self.flat.lay_out()  # now, while no gradients are held
+            self.flat.lay_out(create_state=False)  # now, while no gradients are held
         self.n_run, self.head, self.from_logits = model.output_head(loss)
         # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
         self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
