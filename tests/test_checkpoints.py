@@ -287,9 +287,11 @@ def test_a_long_file_name_saves_and_leaves_no_temporary_file(tmp_path):
     nnx.load(path)
 
 
-def test_a_torch_generator_state_from_another_device_type_is_not_restored(tmp_path):
+@pytest.mark.parametrize("recorded", [True, False], ids=["device-recorded", "older-file"])
+def test_a_torch_generator_state_from_another_device_type_is_not_restored(tmp_path, recorded):
     """A checkpoint written with torch on a GPU holds CUDA's 16-byte generator state; torch on the CPU (5,056 bytes)
-    loads the file with its dropout stream as seeded, instead of refusing the whole file."""
+    loads the file with its dropout stream as seeded, instead of refusing the whole file. The device type is
+    recorded with the state; a file from before that is told by the state's size."""
     pytest.importorskip("torch")
     X = np.random.default_rng(0).standard_normal((32, 3))
     model = nnx.Sequential(nnx.Dense(3, 4), nnx.Dropout(0.2), nnx.Dense(4, 1), seed=0, backend="torch")
@@ -299,6 +301,10 @@ def test_a_torch_generator_state_from_another_device_type_is_not_restored(tmp_pa
         arrays = {k: z[k] for k in z.files}
     config = json.loads(arrays["__config__"].tobytes())
     config["training"]["dropout_rng"]["torch"] = list(struct.pack("<Qq", 12345, 64))  # CUDA's layout: seed, offset
+    if recorded:
+        config["training"]["dropout_rng"]["torch_device"] = "cuda"
+    else:
+        del config["training"]["dropout_rng"]["torch_device"]
     arrays["__config__"] = np.frombuffer(json.dumps(config).encode(), np.uint8)
     np.savez(tmp_path / "gpu.npz", **arrays)
     loaded = nnx.load(tmp_path / "gpu.npz", backend="torch")

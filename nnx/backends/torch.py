@@ -186,6 +186,18 @@ class TorchBackend(Backend):
             torch.cuda.synchronize(self.device)
 
 
+# the size of a torch generator's state by device type, for files that did not record the type
+STATE_BYTES = {5056: "cpu", 16: "cuda"}
+
+
+def _device_type(state: dict) -> str | None:
+    """The device type whose generator made `state` (recorded, or told by its size); None when unknown."""
+    recorded = state.get("torch_device")
+    if isinstance(recorded, str):
+        return recorded
+    return STATE_BYTES.get(len(state["torch"])) if isinstance(state["torch"], list) else None
+
+
 class TorchRNG(DeviceRNG):
     """A `torch.Generator` on the backend's device (state key ``"torch"``: its bytes as a list)."""
 
@@ -204,13 +216,13 @@ class TorchRNG(DeviceRNG):
     _foreign = frozenset({"pcg64"})
 
     def get_state(self) -> dict:
-        return {**super().get_state(), "torch": self._gen.get_state().tolist()}
+        return {**super().get_state(), "torch": self._gen.get_state().tolist(), "torch_device": self._gen.device.type}
 
     def accepts(self, state: Any) -> bool:
-        # a generator's state is its device type's own (5,056 bytes on the CPU, 16 with CUDA): a checkpoint from
-        # another device type loads with this stream as seeded, as one from another backend does
-        return super().accepts(state) and isinstance(state.get("torch"), list) and \
-            len(state["torch"]) == len(self._gen.get_state())
+        # A generator's state is its device type's own: one from another device type (a checkpoint trained on a
+        # GPU, loaded on a CPU) is not restored, and the file loads with this stream as seeded, as one from
+        # another backend does. A state of no known size is taken, so that `set_state` refuses it.
+        return super().accepts(state) and "torch" in state and _device_type(state) in (None, self._gen.device.type)
 
     def set_state(self, state: dict) -> None:
         import torch
