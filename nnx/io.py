@@ -155,6 +155,8 @@ def _remove_quietly(name: str) -> None:
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """The config and arrays of a checkpoint, validated as data only (nothing is unpickled or run)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     arrays = _read_npz(path)

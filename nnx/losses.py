@@ -312,7 +312,7 @@ class Loss:
             raise TypeError(f"sample_weight must be an array of shape (n,) or None, got {sample_weight!r}"
                             " (check is keyword-only: check=False)")
         w = get_backend(y_pred).asarray(sample_weight, argname="sample_weight")
-        if not xp.isdtype(w.dtype, ("integral", "real floating")):
+        if not xp.isdtype(w.dtype, ("bool", "integral", "real floating")):  # a bool mask weighs rows 1 or 0, as in fit
             raise TypeError(f"sample_weight must hold real numbers, got dtype {w.dtype}")
         n = y_pred.shape[0]
         if tuple(w.shape) != (n,):

@@ -204,6 +204,8 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.npz"
     with pytest.raises(FileNotFoundError, match="nope.npz.*no such checkpoint"):
         nnx.load(path)
+    with pytest.raises(IsADirectoryError, match="is a folder, not a checkpoint file"):
+        nnx.load(tmp_path)
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.9])

@@ -583,6 +583,18 @@ def test_a_loss_written_with_the_removed_private_hooks_is_refused_naming_the_fix
         ThirdMSE()
 
 
+def test_a_bool_mask_weighs_rows_as_zero_one_weights(backend):
+    """A boolean mask is accepted as sample_weight (fit accepts it too) and weighs its rows 1 or 0."""
+    loss = L.MSE()
+    y = backend.asarray(np.arange(8.0).reshape(4, 2), dtype="float64")
+    p = backend.asarray(np.ones((4, 2)), dtype="float64")
+    mask = np.array([True, False, True, True])
+    value, grad = loss.value_and_grad(y, p, mask)
+    value01, grad01 = loss.value_and_grad(y, p, mask.astype(float))
+    assert float(backend.to_host(value)) == float(backend.to_host(value01))
+    np.testing.assert_array_equal(backend.to_host(grad), backend.to_host(grad01))
+
+
 def test_mean_with_sample_weight(backend, rng):
     y, p = rng.normal(size=(N, 2)), rng.normal(size=(N, 2))
     yb, pb = backend.asarray(y, dtype="float64"), backend.asarray(p, dtype="float64")
