@@ -103,6 +103,10 @@ class Optimizer:
     elementwise: bool = False
     """Whether `update` treats every element on its own, so it may run on any slice of the parameters."""
 
+    nonnegative_state: tuple[str, ...] = ()
+    """State arrays that never hold a negative value (averages or sums of squares): `load_state_dict` refuses a snapshot
+    where one does, since the rule's square root of it would turn the parameters to NaN at the next step."""
+
     initial_lr: float | None = None
     """The rate a learning-rate schedule decays from (torch's ``initial_lr``): set by the first schedule that
     runs on this optimizer, and kept by `state_dict`, so a resumed fit's schedule decays from it again."""
@@ -326,6 +330,9 @@ class Optimizer:
                         f"state_dict state {name!r} for {label} has shape {tuple(arr.shape)}, "
                         f"expected {tuple(like.shape)}"
                     )
+                if name in self.nonnegative_state and bool(backend.xp.any(arr < 0)):
+                    raise ValueError(f"{argname} holds negative values; it accumulates squares, "
+                                     "so the snapshot is corrupt or not from this optimizer")
                 # asarray may share memory with the caller's array; the copy keeps the snapshot independent.
                 arrays[name] = _copy(arr)
             new_state[i] = arrays
@@ -464,6 +471,7 @@ class Adam(Optimizer):
     """
 
     elementwise = True
+    nonnegative_state = ("exp_avg_sq", "max_exp_avg_sq")
     decoupled_weight_decay = False
     """AdamW sets this: decay the weights directly instead of adding the decay to the gradient."""
 
@@ -547,6 +555,7 @@ class RMSprop(Optimizer):
     """
 
     elementwise = True
+    nonnegative_state = ("square_avg",)
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     alpha: float
@@ -611,6 +620,7 @@ class Adagrad(Optimizer):
     """
 
     elementwise = True
+    nonnegative_state = ("sum",)
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     lr_decay: float

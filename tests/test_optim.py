@@ -432,6 +432,22 @@ def test_load_state_dict_errors(backend):
         Adam(_params(backend)).load_state_dict({"type": "Adam", "hyperparams": sd["hyperparams"], "step": 1})
 
 
+@pytest.mark.parametrize("cls, kwargs, key", [
+    (Adam, {"amsgrad": True}, "max_exp_avg_sq"),
+    (RMSprop, {}, "square_avg"),
+    (Adagrad, {}, "sum"),
+])
+def test_load_state_dict_refuses_negative_squares(backend, cls, kwargs, key):
+    """A second moment below zero would make the next step's square root NaN: the snapshot is refused."""
+    sd = _trained(backend, cls, **kwargs).state_dict()
+    bad = dict(sd, state={k: dict(v) for k, v in sd["state"].items()})
+    bad["state"]["1"][key] = -np.ones((3,))
+    opt = cls(_params(backend), **kwargs)
+    with pytest.raises(ValueError, match=rf"{key}.*'b'.*negative"):
+        opt.load_state_dict(bad)
+    assert opt.state == {}
+
+
 def test_load_state_dict_withoutparam_steps(backend):
     """A snapshot without per-parameter counts (e.g. written by an older saver) still loads."""
     opt = _trained(backend)
