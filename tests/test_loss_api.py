@@ -166,10 +166,15 @@ def test_a_user_loss_whose_prepare_encodes_class_indices_trains_as_the_built_in(
             np.testing.assert_allclose(history[key], want, rtol=tol, err_msg=key)
         assert value == pytest.approx(results[0][1], rel=tol)
     model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
-    with pytest.raises(ValueError, match=r"y_true for test_sparse_logits must be class indices of shape \(8,\)"):
-        model.fit(X, np.eye(3)[y], loss=SparseLogits(), batch_size=8)  # the loss's own check, on the first batch
+    with pytest.raises(ValueError, match=r"y_true for test_sparse_logits must be class indices of shape \(20,\)"):
+        model.fit(X, np.eye(3)[y], loss=SparseLogits(), batch_size=8)  # the loss's own check, before training
     with pytest.raises(ValueError, match=r"X has 20 samples but y has 19"):
         model.fit(X, y[:19], loss=SparseLogits())
+    # fit checks the targets' values once with the loss's own prepare(check=True), as it does a built-in's
+    with pytest.raises(ValueError, match="class index out of range"):
+        model.fit(X, np.where(y == 2, 5, y), loss=SparseLogits(), batch_size=8)
+    with pytest.raises(ValueError, match="class index out of range"):
+        model.evaluate(X, np.where(y == 2, -1, y), loss=SparseLogits())
 
 
 @pytest.mark.slow

@@ -20,6 +20,8 @@ def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str 
         y = _output_targets(model, y, n_rows, argname)
     if y.shape[0] != n_rows:
         raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
+    if _encodes_targets(loss):
+        _check_with_own_prepare(model, y, loss)
     # training never checks values (check=False in the step), so check once here: targets outside
     # [0, 1] would make BCE unbounded below and training silently chase them
     if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, (y >= 0) & (y <= 1)):
@@ -34,6 +36,20 @@ def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str 
 def _encodes_targets(loss: Loss) -> bool:
     """Whether `loss` brings its own `prepare` (where the docs put target encoding): it then gets y as given."""
     return type(loss).prepare not in (Loss.prepare, BinaryCrossEntropy.prepare)
+
+
+def _check_with_own_prepare(model: Model, y: Any, loss: Loss) -> None:
+    """Run the loss's own `prepare` once over all targets with ``check=True`` (training passes False per batch).
+
+    The outputs it is shown are a zero-strided view of one zero row, so the check costs no memory; where the
+    model cannot tell its output shape yet, only the per-batch shape checks run.
+    """
+    out = model.output_sample_shape
+    if out is None or not y.shape[0]:
+        return
+    xp = model.xp
+    row = xp.zeros((1, *out), dtype=model.backend.float_dtype(model.dtype), device=model.backend.device)
+    loss.prepare(xp, y, xp.broadcast_to(row, (y.shape[0], *out)), True)
 
 
 def _given_targets(model: Model, y: Any, argname: str) -> Any:
