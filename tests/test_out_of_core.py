@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -425,3 +426,23 @@ def test_interrupt_during_memmap_training_returns_history(tmp_path):
     history = m.fit(mx, y, loss="bce", batch_size=8, epochs=3, callbacks=[CtrlC()])
     assert history.interrupted
     assert _no_prefetch_threads()
+
+
+def test_steps_beyond_what_the_iterable_holds_warn():
+    """Keras warns when the input runs out before steps_per_epoch / steps; a short epoch must not pass silently."""
+    X, y = _data()
+    batches = _batches(X, y, 50)  # 3 batches
+    m, rec = _model("numpy", "float64"), Recorder()
+    with pytest.warns(UserWarning, match=r"X ran out after 3 of the 5 batches steps_per_epoch asks for"):
+        m.fit(batches, loss="bce", epochs=1, steps_per_epoch=5, callbacks=[rec], prefetch=False)
+    assert rec.batches == 3
+    with pytest.warns(UserWarning, match=r"validation_data ran out after 3 of the 4 batches validation_steps"):
+        m.fit(X, y, loss="bce", validation_data=batches, validation_steps=4)
+    with pytest.warns(UserWarning, match=r"X ran out after 3 of the 4 batches steps asks for"):
+        m.evaluate(iter(batches), steps=4)
+    with pytest.warns(UserWarning, match=r"X ran out after 3 of the 7 batches steps asks for"):
+        assert m.predict([b[0] for b in batches], steps=7).shape == (150, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.fit(batches, loss="bce", epochs=1, steps_per_epoch=3)  # exactly enough: no warning
+        m.evaluate(batches)

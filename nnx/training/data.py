@@ -21,10 +21,12 @@ prepare batch k+1 in a background thread while step k runs (`prefetched`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -230,16 +232,17 @@ class IterableBatches:
         prefetch: batches prepared ahead in a background thread (0: none).
         targets: batches are (X, y) / (X, y, sample_weight); False: X or (X, ...) whose first item is used.
         name: the argument's name in error messages ("X", "validation_data").
+        steps_name: the argument that set `steps`, named when the iterable runs out before them.
     """
 
     def __init__(self, data: Any, prepare: BatchPreparer, steps: int | None = None, prefetch: int = 1,
-                 targets: bool = True, name: str = "X") -> None:
+                 targets: bool = True, name: str = "X", steps_name: str = "steps") -> None:
         try:
             self.one_shot = iter(data) is data
         except TypeError:
             raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}") from None
         self.data, self.prepare, self.depth, self.targets, self.name = data, prepare, prefetch, targets, name
-        self.limit = steps
+        self.limit, self.steps_name = steps, steps_name
         self.steps = steps if steps is not None or self.one_shot or not hasattr(data, "__len__") else len(data)
         self._epoch = 0
         self._last: int | None = None  # batches the previous epoch got
@@ -262,7 +265,21 @@ class IterableBatches:
             if count == 0:
                 raise ValueError(self._empty_message(epoch, last))
 
-        return prefetched(produce(), self.depth)
+        return self._counted(prefetched(produce(), self.depth))
+
+    def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
+        """`items`, with a warning (in the consumer's thread) when they end before the `limit` asked for:
+        a pass with fewer batches than `steps_per_epoch` says must not go unnoticed (Keras warns too)."""
+        count = 0
+        with contextlib.closing(items):  # closing this generator stops the prefetch thread at once
+            for count, item in enumerate(items, start=1):  # noqa: B007 - count is read after the loop
+                yield item
+        if self.limit is not None and count < self.limit:
+            one_shot = " (a one-shot iterator continues where the last pass stopped)" if self.one_shot else ""
+            warnings.warn(f"{self.name} ran out after {count} of the {self.limit} batches {self.steps_name} asks "
+                          f"for{one_shot}; this pass used {count}. Give an iterable that holds at least "
+                          f"{self.steps_name} batches per pass, or a smaller {self.steps_name}",
+                          UserWarning, stacklevel=2)
 
     def _unpack(self, item: Any, where: str) -> tuple[Any, Any, Any]:
         if not self.targets:

@@ -35,7 +35,8 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
                              "(X, y, sample_weight) batches instead")
         if validation_split:
             raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
-        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth)
+        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth,
+                                  steps_name="steps_per_epoch")
     elif y is None:
         raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
                         "(a list or a generator) of (X, y) or (X, y, sample_weight) tuples")
@@ -96,7 +97,8 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
         if not is_batch_iterable(data):
             raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
                             "sample_weight), or an iterable of such batches")
-        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data")
+        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data",
+                                 steps_name="validation_steps")
         return lambda: evaluate_batches(model, source, loss_fn, metric_fns)
     if steps is not None:
         raise ValueError("validation_steps applies to validation_data given as an iterable of batches")
