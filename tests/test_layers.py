@@ -310,3 +310,36 @@ def test_initializers_scale(init):
     }[init]
     assert abs(W.std() / expected_std - 1) < 0.03
     assert abs(W.mean()) < 0.01 * max(expected_std, 0.1)
+
+
+class FanProbe(nnx.Layer):
+    """A layer holding one parameter of any shape, to read the initializers' fans off it."""
+
+    def __init__(self, shape, init):
+        super().__init__()
+        self.shape, self.init = tuple(shape), init
+
+    def build(self, input_shape):
+        self.w = self.add_parameter("w", self.shape, self.init)
+
+    def forward(self, X, training=False):
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.parametrize("shape, init, expected_std", [
+    # a kernel laid out (..., in, out): the receptive field counts in both fans, as Keras and torch.nn.init count it
+    ((3, 3, 16, 32), "glorot_normal", np.sqrt(2 / (9 * 16 + 9 * 32))),
+    ((3, 3, 16, 32), "glorot", np.sqrt(2 / (9 * 16 + 9 * 32))),
+    ((3, 3, 16, 32), "he", np.sqrt(2 / (9 * 16))),
+    ((5, 64, 8), "lecun", np.sqrt(1 / (5 * 64))),
+    ((400,), "he", np.sqrt(2 / 400)),  # one axis: fan_in = fan_out = its size (Keras)
+    ((400,), "glorot_normal", np.sqrt(2 / 800)),
+])
+def test_initializer_fans_of_other_shapes(shape, init, expected_std):
+    layer = _build(FanProbe(shape, init), nnx.get_backend("numpy"))
+    W = layer.w.value
+    assert W.shape == shape
+    assert abs(W.std() / expected_std - 1) < 0.1

@@ -16,12 +16,11 @@ long as those arguments are JSON values.
 from __future__ import annotations
 
 import functools
-import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ..init import INITIALIZERS
+from ..init import INITIALIZERS, fans
 from ..registry import (
     CONFIG_KEY,
     Registry,
@@ -120,9 +119,9 @@ class BuildContext:
             if fn is None:
                 raise ValueError(f"unknown init {init!r} for {full!r}; valid: zeros, ones, a number, a "
                                  f"callable (rng, shape) -> array, or one of {sorted(INITIALIZERS)}")
-            fan_out = shape[-1] if shape else 1
-            fan_in = math.prod(shape[:-1]) if len(shape) > 1 else fan_out
-            host = fn(self.init_rng, fan_in, fan_out)
+            fan_in, fan_out = fans(shape)
+            # a matrix is drawn as (fan_in, fan_out) itself; any other shape is asked for by name
+            host = fn(self.init_rng, fan_in, fan_out) if len(shape) == 2 else fn(self.init_rng, fan_in, fan_out, shape)
         elif callable(init):
             host = init(self.init_rng, shape)
         else:
@@ -224,8 +223,9 @@ class Layer:
             name: the attribute-like name (``"weight"``); unique within the layer.
             shape: its shape.
             init: ``"zeros"``, ``"ones"``, a number, a name in `nnx.init.INITIALIZERS`
-                (fans from the shape), or ``callable(rng, shape) -> array`` drawing from
-                the host generator, so every backend starts from the same numbers.
+                (fans from the shape by `nnx.init.fans`, as Keras counts them), or
+                ``callable(rng, shape) -> array`` drawing from the host generator, so every
+                backend starts from the same numbers.
             regularized: whether weight penalties (L1/L2) apply to it.
         """
         shape = self._new_name_and_shape(name, shape)
