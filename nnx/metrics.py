@@ -1,6 +1,9 @@
 """Metrics `fit` and `evaluate` report: each maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
 
 y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape.
+With a binary cross-entropy loss, every output is a label of its own (multi-label indicator
+targets): `fit` and `evaluate` then score ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"``
+per label, as scikit-learn scores multi-label targets (see `resolve_metrics`).
 A user's metric is a function of the same signature, passed as ``(name, fn)`` or
 registered by name with `register_metric`.
 """
@@ -12,6 +15,7 @@ from typing import Any
 
 from array_api_compat import device as array_device
 
+from .losses import BinaryCrossEntropy
 from .registry import Registry
 
 
@@ -84,6 +88,44 @@ def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     return _macro(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual), predicted, actual)
 
 
+def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
+    """True positives, predicted positives and actual positives per output, each output a yes/no label."""
+    dtype = y_pred.dtype
+    true = xp.astype(xp.reshape(y_true, y_pred.shape) > 0.5, dtype)
+    pred = xp.astype(_binary_labels(xp, y_pred, from_logits), dtype)
+    return xp.sum(true * pred, axis=0), xp.sum(pred, axis=0), xp.sum(true, axis=0)
+
+
+def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
+    true = xp.reshape(y_true, y_pred.shape) > 0.5
+    right = xp.all(true == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
+    return xp.mean(xp.astype(right, y_pred.dtype))
+
+
+def _label_mean(xp: Any, per_label: Any) -> Any:
+    # every label counts, present or not, as in scikit-learn's average="macro" of multi-label targets
+    return xp.mean(xp.reshape(per_label, (-1,)))
+
+
+def label_precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Precision of each label (output thresholded at 0.5), averaged over the labels."""
+    tp, predicted, _ = _label_counts(xp, y_true, y_pred, from_logits)
+    return _label_mean(xp, _safe_ratio(xp, tp, predicted))
+
+
+def label_recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """Recall of each label (output thresholded at 0.5), averaged over the labels."""
+    tp, _, actual = _label_counts(xp, y_true, y_pred, from_logits)
+    return _label_mean(xp, _safe_ratio(xp, tp, actual))
+
+
+def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+    """F1 score of each label (output thresholded at 0.5), averaged over the labels."""
+    tp, predicted, actual = _label_counts(xp, y_true, y_pred, from_logits)
+    return _label_mean(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual))
+
+
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     return xp.reshape(y_true, y_pred.shape), y_pred
 
@@ -127,6 +169,10 @@ for _name, _fn in {"accuracy": accuracy, "acc": accuracy, "precision": precision
                    "mse": mse, "mae": mae, "rmse": rmse, "r2": r2}.items():
     METRICS.add(_name, _fn)
 
+# the built-in class metrics as they score outputs that are each a label of their own (a BCE loss)
+_PER_LABEL: dict[Any, Metric] = {accuracy: label_accuracy, precision: label_precision, recall: label_recall,
+                                 f1: label_f1}
+
 
 def register_metric(name: str) -> Callable[[Metric], Metric]:
     """Decorator: make ``fn(xp, y_true, y_pred, from_logits) -> 0-d array`` usable by name in `fit`'s `metrics`."""
@@ -138,8 +184,15 @@ def register_metric(name: str) -> Callable[[Metric], Metric]:
     return decorate
 
 
-def resolve_metrics(metrics: Any) -> dict[str, Metric]:
-    """Turn a list of names or ``(name, function)`` pairs into a name -> metric dict."""
+def resolve_metrics(metrics: Any, loss: Any = None) -> dict[str, Metric]:
+    """Turn a list of names or ``(name, function)`` pairs into a name -> metric dict.
+
+    `loss`: the loss the metrics go with. With a `BinaryCrossEntropy` every output is a yes/no label,
+    so ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"`` score the labels (subset accuracy,
+    averages over the labels) instead of taking an argmax over the outputs as for one-hot classes;
+    with one output both give the binary scores.
+    """
+    per_label = isinstance(loss, BinaryCrossEntropy)
     if metrics is None:
         return {}
     if isinstance(metrics, str):
@@ -153,7 +206,8 @@ def resolve_metrics(metrics: Any) -> dict[str, Metric]:
     for item in metrics:
         if isinstance(item, str):
             key = item.lower()
-            resolved["accuracy" if key == "acc" else key] = METRICS.lookup(key)
+            fn = METRICS.lookup(key)
+            resolved["accuracy" if key == "acc" else key] = _PER_LABEL.get(fn, fn) if per_label else fn
         elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
             resolved[str(item[0])] = item[1]
         else:

@@ -138,3 +138,29 @@ def test_fit_and_evaluate_report_metrics_by_name(backend, dtype):
 def test_unknown_metric_names_the_valid_ones():
     with pytest.raises(ValueError, match="unknown metric 'auc'.*accuracy"):
         training.resolve_metrics(["auc"])
+
+
+def test_multilabel_metrics_with_bce_match_sklearn(backend, dtype):
+    """With a binary cross-entropy loss each output is its own yes/no label (multi-label indicator targets):
+    accuracy is scikit-learn's subset accuracy and precision/recall/f1 average over the labels, not an argmax
+    over the outputs as for one-hot classes (which scored these targets as a 3-class problem)."""
+    skm = _sklearn_metrics()
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(N, 4))
+    Y = (rng.random((N, 3)) < 0.5).astype(float)
+    Y[:, 2] = 0.0  # a label nobody has: it still counts in scikit-learn's multi-label average
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    result = model.evaluate(X, Y, loss="bce", metrics=list(CLASSIFICATION))
+    P = (backend.to_host(model.predict(X)) > 0.5).astype(int)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(Y, P), abs=1e-6)
+    for name in ("precision", "recall", "f1"):
+        assert result[name] == pytest.approx(_sk_classification(name, Y, P, "macro"), abs=1e-6), name
+    history = model.fit(X, Y, loss="bce", epochs=1, batch_size=None, metrics=["accuracy"], validation_data=(X, Y))
+    P = (backend.to_host(model.predict(X)) > 0.5).astype(int)
+    assert history["val_accuracy"][-1] == pytest.approx(skm.accuracy_score(Y, P), abs=1e-6)
+    # one output with a BCE loss: the same numbers as the binary metrics
+    fns = training.resolve_metrics(list(CLASSIFICATION), nnx.losses.BinaryCrossEntropy())
+    y1, p1 = backend.asarray(Y[:, :1], dtype=dtype), backend.asarray(rng.random((N, 1)), dtype=dtype)
+    for name in CLASSIFICATION:
+        assert backend.to_float(fns[name](backend.xp, y1, p1, False)) == pytest.approx(
+            _value(backend, name, y1, p1), abs=1e-6), name

@@ -57,7 +57,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
         check.positive_int("batch_size", batch_size)
     source = inference_source(model, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
     if source is not None:
-        return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics), look_at_outputs))
+        return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics, loss_fn), look_at_outputs))
     if y is None:
         raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                         "of (X, y) or (X, y, sample_weight) tuples")
@@ -67,5 +67,5 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     if check_finite:
         model.require_finite(X_d, "X", X)  # a NaN loss from NaN data would look like a result
         model.require_finite(y_d, "y", y)
-    return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics), batch_size,
+    return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics, loss_fn), batch_size,
                                 look_at_outputs))

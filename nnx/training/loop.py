@@ -114,7 +114,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     """
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
-    metric_fns = resolve_metrics(metrics)
+    metric_fns = resolve_metrics(metrics, loss_fn)
     check.integer("epochs", epochs, low=0)
     check.integer("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
     if chunk_batches is not None:
