@@ -144,6 +144,25 @@ def test_early_stopping_resets_between_fits(data):
     assert es.stopped_epoch is None and es.best == 2.0
 
 
+@pytest.mark.parametrize("values, stop_at, best_epoch", [
+    ([0.6, 0.9, 0.7, 0.8, 0.5], 1, 0),  # never beats the baseline: stops after patience epochs, keeps the best
+    ([0.9, 0.4, 0.7, 0.3, 0.35], None, 3),  # beats it at epoch 1: from there the plain rule
+])
+def test_early_stopping_baseline_still_restores_the_best_epoch(data, values, stop_at, best_epoch):
+    """Keras: "If no epoch improves on baseline, training will run for patience epochs and restore
+    weights from the best epoch in that set"; the baseline decides when to stop, not which epoch is best."""
+    recorder = Recorder()
+    es = EarlyStopping("val_loss", patience=2, baseline=0.5, restore_best_weights=True)
+    model = make_model()
+    model.fit(*data, epochs=5, batch_size=BATCH, validation_data=data,
+              callbacks=[Scripted("val_loss", values), recorder, es])
+    assert es.stopped_epoch == stop_at
+    assert es.best_epoch == best_epoch and es.best == values[best_epoch]
+    restored = host_weights(model)
+    for name, value in recorder.weights[best_epoch].items():
+        np.testing.assert_array_equal(restored[name], value)
+
+
 def test_early_stopping_argument_checks():
     with pytest.raises(ValueError, match="patience"):
         EarlyStopping(patience=-1)

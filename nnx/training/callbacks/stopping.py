@@ -26,7 +26,8 @@ class EarlyStopping(Callback):
         min_delta: smallest change that counts as an improvement.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/f1/r2, else min).
         restore_best_weights: when training ends, put back the weights of the best epoch.
-        baseline: a value the monitored quantity must beat within `patience` epochs.
+        baseline: a value the monitored quantity must beat within `patience` epochs; epochs that
+            do not beat it count towards `patience` even when they improve on the best so far.
         verbose: 1 prints a line when stopping.
 
     After training, `stopped_epoch` is the index of the epoch at which it stopped (None
@@ -56,8 +57,6 @@ class EarlyStopping(Callback):
         self.stopped_epoch: int | None = None
         self.best_epoch: int | None = None
         self.best = math.inf if self.mode == "min" else -math.inf
-        if self.baseline is not None:
-            self.best = float(self.baseline)
         self.best_weights: dict[str, Any] | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -71,10 +70,14 @@ class EarlyStopping(Callback):
                              f"logged: {sorted(logs)}")
         current = float(logs[self.monitor])
         if improved(current, self.best, self.mode, self.min_delta):
-            self.best, self.best_epoch, self.wait = current, epoch, 0
+            # the best epoch is kept whether or not it beats the baseline, as Keras keeps it: with a
+            # baseline never beaten, training still ends on the weights of the best epoch it saw
+            self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = _copy_state(self.model)
-            return
+            if self.baseline is None or improved(current, float(self.baseline), self.mode, self.min_delta):
+                self.wait = 0
+                return
         self.wait += 1
         if self.wait >= max(self.patience, 1):
             self.stopped_epoch = epoch
