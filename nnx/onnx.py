@@ -144,10 +144,30 @@ class OnnxGraph:
         return outputs[0] if n_outputs == 1 else tuple(outputs)
 
 
+def _defined_by(cls: type, method: str) -> type | None:
+    """The class in `cls`'s method resolution order whose own body defines `method`."""
+    return next((c for c in cls.__mro__ if method in vars(c)), None)
+
+
+def _no_exporter(layer: Any) -> str | None:
+    """Why `layer`'s class cannot export its inference pass, or None when it can."""
+    cls = type(layer)
+    exporter = _defined_by(cls, "to_onnx")
+    if exporter is None or exporter is Layer:
+        return cls.__name__
+    forward = _defined_by(cls, "forward")
+    if forward is not None and forward is not exporter and issubclass(forward, exporter):
+        # an exporter written for another forward would export the parent's computation, silently
+        return (f"{cls.__name__}: its class overrides forward but inherits to_onnx from {exporter.__name__}, "
+                "which exports that class's forward")
+    return None
+
+
 def missing_exporters(model: Any) -> list[str]:
-    """``"<path> (<class>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``) whose class has no `to_onnx`."""
-    return [f"{path} ({type(layer).__name__})" for path, layer in model.named_layers()
-            if getattr(type(layer), "to_onnx", None) is Layer.to_onnx]
+    """``"<path> (<why>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``), the model included, whose
+    class has no `to_onnx`, or has one only from a parent class whose `forward` it overrides."""
+    layers = [("model", model), *model.named_layers()]
+    return [f"{path} ({why})" for path, layer in layers if (why := _no_exporter(layer)) is not None]
 
 
 def _check_opset(opset: Any, onnx: Any) -> int:
@@ -169,7 +189,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     if missing:
         which = ", ".join(missing)
         raise NotImplementedError(
-            f"cannot export to ONNX: layer {which} has no ONNX exporter. Give the class a "
+            f"cannot export to ONNX: layer {which} has no ONNX exporter of its own. Give the class a "
             f"`to_onnx(self, graph, X) -> str` method that adds its inference nodes and returns the output's "
             f"name; see {GUIDE}")
     if model.input_shape is None or model.output_sample_shape is None:

@@ -201,6 +201,37 @@ def test_layer_without_exporter_is_named_and_nothing_is_written(guide, tmp_path)
         guide.CenteredTanh().to_onnx(None, "input")
 
 
+class Doubled(nnx.Dense):
+    """A Dense whose forward is not Dense's: the inherited exporter would write plain Dense."""
+
+    def forward(self, X, training=False):
+        return 2.0 * super().forward(X, training)
+
+
+class DoubledWithExporter(Doubled):
+    def to_onnx(self, graph, X):
+        return graph.add_node("Mul", [super().to_onnx(graph, X), graph.add_initializer(2.0, "two")])
+
+
+class DoubledModel(nnx.Sequential):
+    def forward(self, X, training=False):
+        return 2.0 * super().forward(X, training)
+
+
+def test_subclass_overriding_forward_needs_its_own_exporter(tmp_path):
+    """A subclass that changes forward but inherits to_onnx is refused, not exported as its parent's graph."""
+    path = tmp_path / "m.onnx"
+    model = nnx.Sequential(nnx.Tanh(), nnx.Residual(Doubled(4, 4)), seed=0, input_shape=(4,))
+    with pytest.raises(NotImplementedError, match=r"layer 1\.0 \(Doubled: .*overrides forward.*Dense"):
+        model.to_onnx(path)
+    with pytest.raises(NotImplementedError, match=r"DoubledModel.*overrides forward"):
+        DoubledModel(nnx.Dense(4, 4), seed=0).to_onnx(path)
+    assert not path.exists()
+    model = nnx.Sequential(DoubledWithExporter(4, 2), nnx.Sigmoid(), dtype="float64", seed=0)
+    model.to_onnx(path)
+    assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_custom_layer_with_the_guides_exporter_round_trips(guide_exporter, dtype, tmp_path):
     guide = guide_exporter
