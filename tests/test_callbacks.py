@@ -231,6 +231,19 @@ def test_model_checkpoint_best_only(data, tmp_path):
         np.testing.assert_array_equal(value, recorder.weights[3][name])
 
 
+def test_model_checkpoint_best_only_reused_on_a_fresh_model_starts_from_nothing(data, tmp_path):
+    """The best so far belongs to the model (its callback_state), not to the callback object: a callback
+    reused for a new model must save that model's best, not wait for it to beat the previous model."""
+    path = tmp_path / "best.npz"
+    ckpt = ModelCheckpoint(path, save_best_only=True, include_optimizer=False)
+    make_model().fit(*data, epochs=2, validation_data=data, callbacks=[Scripted("val_loss", [0.5, 0.3]), ckpt])
+    recorder, fresh = Recorder(), make_model()
+    fresh.fit(*data, epochs=3, validation_data=data, callbacks=[Scripted("val_loss", [0.6, 0.4, 0.45]), ckpt, recorder])
+    assert ckpt.saved[2:] == [str(path)] * 2 and ckpt.best == 0.4
+    for name, value in host_weights(nnx.load(path)).items():
+        np.testing.assert_array_equal(value, recorder.weights[1][name])
+
+
 def test_model_checkpoint_save_freq(data, tmp_path):
     ckpt = ModelCheckpoint(tmp_path / "m{epoch}.npz", save_freq=2)
     make_model().fit(*data, epochs=5, callbacks=[ckpt])

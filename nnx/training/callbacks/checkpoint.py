@@ -99,13 +99,15 @@ class ModelCheckpoint(Callback):
             state.setdefault("bests", {})[self._best_key] = self.best
 
     def _best_so_far(self) -> float:
-        """The best of `best`, the model's recorded best and the monitored value of its last saved epoch.
+        """The better of the model's recorded best and the monitored value of its last saved epoch.
 
         That epoch's value counts too: a checkpoint written before this one's turn in that
-        epoch holds the best of the epochs before it only.
+        epoch holds the best of the epochs before it only. What this callback saw in an earlier
+        fit does not count: that may have been another model (every best it saved for this one
+        is recorded in the model).
         """
         state = _recorded(self.model.callback_state, STATE_KEY)
-        best = self.best
+        best = math.inf if self.mode == "min" else -math.inf
         for value in (_recorded(state, "bests").get(self._best_key), _recorded(state, "logs").get(self.monitor)):
             if value is None:
                 continue
