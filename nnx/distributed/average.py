@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import array_api_compat
 import numpy as np
 
@@ -25,33 +27,53 @@ class AverageGradients(GradientTransform):
 
     The batch source tells it each batch's local and global row counts (`add_rows`); when the
     update is due it scales this rank's gradients by its share of the rows and all-reduces them
-    in one collective on one concatenated array.
+    in one collective on one concatenated array. Under the loss reduction ``mean_with_sample_weight``
+    each rank's gradient is a mean over its slice's sum of weights, so the share is that sum over the
+    global batch's (one number summed over the ranks first); where the global batch's weights sum to
+    0 the shares are by rows.
     """
 
     def __init__(self, comm: Communicator) -> None:
         self.comm = comm
         self._local_rows = 0
         self._global_rows = 0
+        self._local_weight: Any = None  # this rank's sum of weights since the last update (a 0-d array), or None
         self._poisoned = False
 
     def poison(self) -> None:
         """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
         self._poisoned = True
 
-    def add_rows(self, local: int, total: int) -> None:
-        """Count one batch: `local` of its `total` rows were computed here."""
+    def add_rows(self, local: int, total: int, weight: Any = None) -> None:
+        """Count one batch: `local` of its `total` rows were computed here, with sum of weights `weight`
+        (a 0-d array) where the batch counts by its weights (`nnx.training.weights.counts_by_weight`)."""
         self._local_rows += local
         self._global_rows += total
+        if weight is not None:
+            self._local_weight = weight if self._local_weight is None else self._local_weight + weight
 
-    def take_share(self) -> float | None:
-        """This rank's share of the rows counted since the last update (NaN when poisoned), and start over;
-        None when no rows were counted (on every rank alike: nothing to reduce)."""
-        local, total = self._local_rows, self._global_rows
+    def take_share(self) -> Any:
+        """This rank's share of the rows (or of the weights) counted since the last update (NaN when poisoned),
+        and start over; None when no rows were counted (on every rank alike: nothing to reduce).
+
+        A share of the weights is a 0-d array, found with one all-reduce of this rank's sum of weights
+        (on the device, nothing read on the host); a share of the rows, a float.
+        """
+        local, total, weight = self._local_rows, self._global_rows, self._local_weight
         poisoned = self._poisoned
         AverageGradients.reset(self)  # the counts alone: a subclass's reset also forgets this step's gradients
         if total == 0:
             return None
-        return float("nan") if poisoned else local / total
+        if poisoned:
+            return float("nan")
+        if weight is None:
+            return local / total
+        xp = array_api_compat.array_namespace(weight)
+        everyone = self.comm.allreduce(xp.stack([weight]))[0]  # a new array: the collective may work in place
+        some = everyone != 0
+        # weights that sum to 0 over the global batch leave each rank's loss 0 (and the penalty): shares by rows
+        by_weight = weight / xp.where(some, everyone, xp.ones_like(everyone))
+        return xp.where(some, by_weight, xp.full_like(weight, local / total))
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         share = self.take_share()
@@ -70,6 +92,7 @@ class AverageGradients(GradientTransform):
 
     def reset(self) -> None:
         self._local_rows = self._global_rows = 0
+        self._local_weight = None
         self._poisoned = False
 
     def __repr__(self) -> str:

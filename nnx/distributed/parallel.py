@@ -23,8 +23,10 @@ Why the average is exact: every loss nnx reports is a mean over rows (or over el
 a fixed number per row), and a regularizer's gradient is added to every rank's gradient.
 A rank with ``n_r`` of the global batch's ``N`` rows scales its gradient by ``n_r / N``
 and the sum over ranks is the gradient of the global batch, penalty included, whatever
-way ``N`` splits. A rank whose slice is empty (a last batch smaller than the world) runs
-one row of the batch with weight 0, so its random streams advance as everyone else's.
+way ``N`` splits. Under ``mean_with_sample_weight`` a rank's loss is a mean over its slice's
+sum of weights ``W_r`` instead, and it scales by ``W_r / W`` (``W`` summed over the ranks: one
+number). A rank whose slice is empty (a last batch smaller than the world) runs one row of the
+batch with weight 0, so its random streams advance as everyone else's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 
 from ..training.step import TrainStep
 from ..training.transforms import GradientTransform
+from ..training.weights import counts_by_weight
 from .average import AverageGradients, rank_rows
 from .comm import Communicator
 from .sharded import ShardedUpdate
@@ -71,9 +74,9 @@ class ShardedBatches:
             for Xb, yb, wb in it:
                 total = next(totals) if slices is not None else int(Xb.shape[0])
                 part = self.window(total)
-                self.parallel.batch(part.start, part.stop, total, self.local_rows(total))
                 if slices is None:
                     Xb, yb, wb = Xb[part, ...], _cut(yb, part), _cut(wb, part)
+                self.parallel.batch(part.start, part.stop, total, self.local_rows(total), wb)
                 yield Xb, yb, wb
         finally:
             close = getattr(it, "close", None)
@@ -141,6 +144,8 @@ class DataParallelFit:
         self.shard_update = distributed.shard_update
         self.transform: AverageGradients = ShardedUpdate(comm) if self.shard_update else AverageGradients(comm)
         self.local_rows = 0
+        self.local_weight: Any = 0  # what this rank's slice of the batch counts for (`batch`)
+        self.loss: Any = None  # the fit's loss, told by `train_step`
         self.is_root = comm.rank == 0
 
     def shard(self, batches: Any) -> ShardedBatches:
@@ -149,6 +154,7 @@ class DataParallelFit:
 
     def train_step(self, loss: Any, optimizer: Any, transforms: list[GradientTransform], check_finite: bool) -> Any:
         """The fit's `TrainStep`; sharded, the transforms after the average run on each rank's slice inside it."""
+        self.loss = loss
         if not self.shard_update:
             return TrainStep(self.model, loss, optimizer, transforms, check_finite)
         at = next(i for i, t in enumerate(transforms) if t is self.transform)
@@ -164,11 +170,22 @@ class DataParallelFit:
             return sharded.finite
         return step.gradients_finite()
 
-    def batch(self, start: int, stop: int, total: int, local: int) -> None:
-        """Record the slice of the step about to run."""
+    def batch(self, start: int, stop: int, total: int, local: int, weights: Any = None) -> None:
+        """Record the slice of the step about to run: rows `start`:`stop` of `total`, `local` of them this rank's
+        (0: a placeholder row), weighted by `weights` (this slice's, or None).
+
+        The slice counts for its rows, or for its sum of weights where the loss divides by that
+        (`nnx.training.weights.counts_by_weight`); a placeholder for nothing.
+        """
         self.local_rows = local
         self.model.dropout_rng.rows = (start, stop, total)
-        self.transform.add_rows(local, total)
+        if counts_by_weight(self.loss, weights):
+            xp = self.model.xp
+            self.local_weight = xp.sum(weights) if local else xp.sum(weights) * 0
+            self.transform.add_rows(local, total, self.local_weight)
+        else:
+            self.local_weight = local
+            self.transform.add_rows(local, total)
 
     def begin(self) -> None:
         """Every rank starts from rank 0's weights, buffers and random streams."""
@@ -191,28 +208,32 @@ class DataParallelFit:
         if isinstance(self.transform, ShardedUpdate):
             self.transform.gather_state()
 
-    def epoch_logs(self, weighted_loss: float, rows: int, metric_fns: dict, targets: list[Any], outputs: list[Any],
-                   from_logits: bool) -> dict[str, float]:
-        """The epoch's loss (row-weighted over every rank) and metrics (over every rank's outputs, in batch order).
+    def epoch_logs(self, values: list[float], weights: list[float], metric_fns: dict, targets: list[Any],
+                   outputs: list[Any], from_logits: bool) -> dict[str, float]:
+        """The epoch's loss (its batches' `values` weighted by what this rank's slices counted for, over every
+        rank) and metrics (over every rank's outputs, in batch order).
 
-        Gathered and summed in rank order on every rank, so every History is bit-for-bit the same.
+        Gathered and summed in rank order on every rank, so every History is bit-for-bit the same. Where
+        every weight was 0 the loss is the plain mean of rank 0's values, as one process's (its slices are
+        never placeholders, and every rank's value of a batch is then its penalty alone).
         """
         be = self.model.backend
-        mine = (weighted_loss, rows,
+        weighted = float(sum(w * v for w, v in zip(weights, values, strict=True)))
+        mine = (weighted, float(sum(weights)), sum(values) / max(len(values), 1),
                 [None if t is None else be.to_host(t) for t in targets] if metric_fns else None,
                 [None if z is None else be.to_host(z) for z in outputs] if metric_fns else None)
         everyone = self.comm.allgather_object(mine)
         total = sum(part[0] for part in everyone)
         n = sum(part[1] for part in everyone)
-        logs = {"loss": total / n}
+        logs = {"loss": total / n if n else everyone[0][2]}
         if metric_fns:
             # batch b's rows are rank 0's slice, then rank 1's, ...: the single-process order
             y_parts, z_parts = [], []
-            for b in range(max(len(part[2]) for part in everyone)):
+            for b in range(max(len(part[3]) for part in everyone)):
                 for part in everyone:
-                    if b < len(part[2]) and part[2][b] is not None:
-                        y_parts.append(part[2][b])
-                        z_parts.append(part[3][b])
+                    if b < len(part[3]) and part[3][b] is not None:
+                        y_parts.append(part[3][b])
+                        z_parts.append(part[4][b])
             y = be.asarray(np.concatenate(y_parts, axis=0), argname="targets")
             Z = be.asarray(np.concatenate(z_parts, axis=0), argname="outputs")
             logs.update(self.model.metric_values(metric_fns, y, Z, from_logits))

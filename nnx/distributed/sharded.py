@@ -106,7 +106,7 @@ class ShardedUpdate(AverageGradients):
         flat = self.gather_grads()  # gathered once a step: the finite check may have asked first
         owned = self._offered_taken is not flat  # the concatenation, not the buffer the gradients are views of
         self._local, self._sources, self._offered_taken = None, [], None
-        if share != 1.0:
+        if not isinstance(share, float) or share != 1.0:  # a share of the weights is a 0-d array
             if owned:
                 flat *= share  # a fresh array: the concatenation
             else:

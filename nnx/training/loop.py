@@ -230,7 +230,7 @@ def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, gu
 
 def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
                  metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
-    xp, be = model.xp, model.backend
+    xp = model.xp
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
     epoch = model.epochs_trained
@@ -238,7 +238,8 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     losses, weights, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
-        weight = size if dp is not None else batch_weight(xp, step.head, size, wb)  # what the batch counts for
+        # what the batch (this rank's slice) counts for
+        weight = batch_weight(xp, step.head, size, wb) if dp is None else dp.local_weight
         if check_loss is not None and b == 0:
             check_outputs(model, check_loss, model.forward_to_head(Xb, len(model.layers), training=False))
         if batch_begin:
@@ -260,7 +261,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             # every rank then refuses the update (and raises) together
             if not finite:
                 dp.transform.poison()
-            due = step.transform(size)
+            due = step.transform(weight)
             finite = not due or dp.gradients_finite(step)
         elif finite and not compiled:
             due = step.transform(weight)
@@ -296,12 +297,11 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     refused = step.end_epoch()  # a deferred (on-device) check is read here, once per epoch
     if refused is not None:
         raise _non_finite(epoch, refused)
+    values, counts = host_values(model, xp.stack(losses), weights)
     if dp is not None:
         dp.end_epoch()
-        host = be.to_host(xp.stack(losses))
-        weighted = float(sum(r * float(v) for r, v in zip(weights, host, strict=True)))
-        return dp.epoch_logs(weighted, sum(weights), metric_fns, targets, outputs, step.from_logits)
-    logs = {"loss": average(*host_values(model, xp.stack(losses), weights))}
+        return dp.epoch_logs(values, counts, metric_fns, targets, outputs, step.from_logits)
+    logs = {"loss": average(values, counts)}
     if metric_fns:
         logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
                                         step.from_logits))
