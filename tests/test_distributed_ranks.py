@@ -65,3 +65,14 @@ def test_mean_with_sample_weight_on_ranks_equals_one_process(backend, shard, siz
         for g in got:
             _assert_close(g, ref)
 
+
+
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_accumulation_flushing_a_last_batch_smaller_than_the_world(shard):
+    """21 rows in batches of 10, accumulate=2: the epoch's last update is the 1-row batch alone, which leaves the
+    other ranks only a placeholder row (0 rows accumulated); they must add nothing, not divide by 0."""
+    X, y = _data(21)
+    kw = dict(epochs=2, batch_size=10, accumulate=2)
+    ref = _fit("numpy", X, y, **kw)
+    for g in run_ranks(3, lambda comm: _fit("numpy", X, y, dist.DataParallel(comm, shard), **kw)):
+        _assert_close(g, ref)

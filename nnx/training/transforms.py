@@ -173,9 +173,10 @@ class Accumulate(GradientTransform):
 
 def inverse_total(total: Any) -> Any:
     """1 / `total` (rows, or a 0-d array of summed weights), and 0 for weights that sum to 0: their batches'
-    gradients are 0, as one call over those rows gives (never 0/0)."""
+    gradients are 0, as one call over those rows gives (never 0/0). No rows (a data-parallel rank whose slices
+    of the accumulated batches were all empty placeholders, each counted for 0 rows) gives 0 too."""
     if isinstance(total, int):
-        return 1.0 / total
+        return 1.0 / total if total else 0.0
     xp = array_api_compat.array_namespace(total)
     return xp.astype(total != 0, total.dtype) / (total + xp.astype(total == 0, total.dtype))
 
