@@ -380,6 +380,22 @@ def test_unfitted_and_dropout_and_sgd_schedules():
         assert sgd.model_.optimizer.lr < 0.01  # the schedule lowered the rate
 
 
+def test_nnx_solvers_take_the_estimators_optimizer_parameters():
+    """momentum drives solver="momentum", and beta_1/beta_2/epsilon drive "adamw" (epsilon also "rmsprop" and
+    "adagrad"), as they drive scikit-learn's sgd and adam; they were accepted and then ignored."""
+    X, y = _blobs()
+    kw = dict(hidden_layer_sizes=(4,), max_iter=5, learning_rate_init=0.05, random_state=0)
+    momentum = MLPClassifier(solver="momentum", momentum=0.3, **kw).fit(X, y)
+    # Momentum's rule is scikit-learn's SGD without Nesterov: the same weights
+    sgd = MLPClassifier(solver="sgd", momentum=0.3, nesterovs_momentum=False, **kw).fit(X, y)
+    for a, b in zip(momentum.coefs_, sgd.coefs_, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    adamw = MLPClassifier(solver="adamw", beta_1=0.5, beta_2=0.9, epsilon=1e-3, **kw).fit(X, y)
+    assert adamw.model_.optimizer.betas == (0.5, 0.9) and adamw.model_.optimizer.eps == 1e-3
+    for solver in ("rmsprop", "adagrad"):
+        assert MLPClassifier(solver=solver, epsilon=1e-3, **kw).fit(X, y).model_.optimizer.eps == 1e-3
+
+
 # -- sample weights: scikit-learn's meaning, a weight of 2 is the row repeated ---------------------------------
 
 def _weighted_data(seed=0, n=40):

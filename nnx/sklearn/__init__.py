@@ -21,7 +21,8 @@ names another) and `predict`/`predict_proba` return arrays of `X`'s kind. The
 trained network is the `model_` attribute, an `nnx.Sequential`.
 
 Beyond scikit-learn: `solver` also accepts the other nnx optimizers (``"rmsprop"``,
-``"adamw"``, ``"adagrad"``, ``"momentum"``), driven by `learning_rate_init`, and
+``"adamw"``, ``"adagrad"``, ``"momentum"``), driven by `learning_rate_init` (and `momentum`,
+`beta_1`, `beta_2`, `epsilon` where they apply), and
 `dropout` adds inverted dropout after every hidden activation.
 """
 

@@ -233,7 +233,12 @@ class MLPBase(BaseEstimator):
         if self.solver == "sgd":
             return SklearnSGD(params, lr=self.learning_rate_init, momentum=self.momentum,
                               nesterov=bool(self.nesterovs_momentum))
-        return get_optimizer(self.solver, params, lr=self.learning_rate_init)
+        # the estimator's optimizer parameters that mean the same for nnx's own solvers
+        options: dict[str, Any] = {"momentum": {"momentum": self.momentum},
+                                   "adamw": {"betas": (self.beta_1, self.beta_2), "eps": self.epsilon},
+                                   "rmsprop": {"eps": self.epsilon},
+                                   "adagrad": {"eps": self.epsilon}}.get(self.solver, {})
+        return get_optimizer(self.solver, params, lr=self.learning_rate_init, **options)
 
     # -- hooks the subclasses fill in -----------------------------------------------------------
     def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:

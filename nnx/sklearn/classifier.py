@@ -40,11 +40,11 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
         tol: improvement below which an epoch counts as "no improvement".
         verbose: print the loss every epoch.
         warm_start: continue from the previous fit's weights.
-        momentum, nesterovs_momentum: SGD momentum.
+        momentum, nesterovs_momentum: SGD momentum (`momentum` also drives solver "momentum").
         early_stopping: hold out `validation_fraction` (stratified for one output) and stop when its accuracy
             stalls for `n_iter_no_change` epochs; the best epoch's weights are kept.
         validation_fraction: fraction held out for early stopping.
-        beta_1, beta_2, epsilon: Adam's parameters.
+        beta_1, beta_2, epsilon: Adam's parameters, and AdamW's (`epsilon` also RMSprop's and Adagrad's).
         n_iter_no_change: epochs without improvement > `tol` before stopping.
         max_fun: most loss evaluations for "lbfgs".
         backend: the nnx backend to train on ("numpy", "torch", "jax", "cupy", "array_api_strict", ...); None:
