@@ -163,7 +163,11 @@ class Sequential(_Chain):
 
     # -- moving and saving ------------------------------------------------------------
     def to(self, backend: Any, dtype: Any = None) -> Sequential:
-        """A copy of this model (weights, buffers, optimizer, training counters) on another backend or dtype."""
+        """A copy of this model (weights, buffers, optimizer, training counters) on another backend or dtype.
+
+        The random streams go along as a checkpoint keeps them: the shuffle always, dropout's where the
+        other backend's stream is of the same kind (elsewhere its masks start from the model's seed).
+        """
         host = {name: self.backend.to_host(v) for name, v in self.state_dict().items()}
         other = type(self).from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
                                        arrays=host)
@@ -171,6 +175,9 @@ class Sequential(_Chain):
         other.callback_state = copy.deepcopy(self.callback_state)
         other.loss = self.loss
         other.shuffle_rng.bit_generator.state = self.shuffle_rng.bit_generator.state
+        dropout_state = self.dropout_rng.get_state()
+        if other.dropout_rng.accepts(dropout_state):  # a stream of the same kind goes on, as from a checkpoint
+            other.dropout_rng.set_state(dropout_state)
         if self.optimizer is not None:
             other.optimizer = rebuild_optimizer(self.optimizer.state_dict(), other.parameters(), self.backend)
         return other

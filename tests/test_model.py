@@ -331,6 +331,17 @@ def test_to_other_backend(backend, dtype):
     assert moved.backend == backend and moved.dtype == "float64"
 
 
+def test_to_the_same_backend_carries_the_dropout_stream(backend, dtype):
+    # as a checkpoint does: the copy goes on with the masks the original would draw next, not from the seed again
+    X, y, _ = _fit_data()
+    source = nnx.Sequential(nnx.Dense(3, 5), nnx.Dropout(0.5), nnx.Dense(5, 2), backend=backend, dtype=dtype, seed=3)
+    source.fit(X, y, loss="mse", optimizer="sgd", lr=0.05, epochs=1, batch_size=10)
+    copy = source.to(backend)
+    source.fit(X, y, epochs=1, batch_size=10)
+    copy.fit(X, y, epochs=1, batch_size=10)
+    _assert_states_close(_host_state(copy), _host_state(source), atol=0)
+
+
 def test_save_load_roundtrip(backend, dtype, tmp_path):
     X, y, _ = _fit_data()
     model = nnx.Sequential(nnx.Dense(3, 5), nnx.ReLU(), nnx.Dropout(0.2), nnx.Dense(5, 2),
