@@ -343,3 +343,13 @@ def test_initializer_fans_of_other_shapes(shape, init, expected_std):
     W = layer.w.value
     assert W.shape == shape
     assert abs(W.std() / expected_std - 1) < 0.1
+
+
+def test_callable_init_of_another_shape_is_refused():
+    """An init callable that returns the transposed matrix was reshaped into the parameter, scrambling it."""
+    backend = nnx.get_backend("numpy")
+    with pytest.raises(ValueError, match=r"init of '0.w' returned shape \(4, 3\), but the parameter has shape "
+                                         r"\(3, 4\)"):
+        _build(FanProbe((3, 4), lambda rng, shape: rng.normal(size=shape[::-1])), backend)
+    layer = _build(FanProbe((3, 4), lambda rng, shape: np.arange(12.0).reshape(shape)), backend)
+    np.testing.assert_array_equal(layer.w.value, np.arange(12.0).reshape(3, 4))

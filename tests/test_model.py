@@ -141,6 +141,19 @@ def test_fit_with_dropout_is_reproducible_on_one_backend(backend, dtype):
         np.testing.assert_array_equal(first[k], second[k])
 
 
+def test_fit_lr_sets_the_rate_of_an_optimizer_passed_in():
+    # lr was ignored beside an optimizer object: the run went on at the object's rate without a word
+    X, y, _ = _fit_data()
+    by_name, given = _small(NUMPY), _small(NUMPY)
+    by_name.fit(X, y, loss="mse", optimizer="sgd", lr=0.05, epochs=1, batch_size=10)
+    given.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(given.parameters(), lr=0.5), lr=0.05, epochs=1,
+              batch_size=10)
+    assert given.optimizer.lr == 0.05
+    _assert_states_close(_host_state(given), _host_state(by_name), atol=0)
+    with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got 0"):
+        given.fit(X, y, optimizer=nnx.optim.SGD(given.parameters()), lr=0)
+
+
 def test_shuffle_changes_the_trajectory():
     X, y, _ = _fit_data()
     a = _small(NUMPY)

@@ -128,7 +128,9 @@ class BuildContext:
             raise TypeError(f"init for {full!r} must be a name, a number or a callable (rng, shape) -> array, "
                             f"got {type(init).__name__}")
         value = self.backend.asarray(host, dtype=self.dtype, argname=f"init of {full!r}", copy=True)
-        value = self.backend.xp.reshape(value, shape)
+        if tuple(value.shape) != shape:  # reshaped, a transposed draw would land scrambled
+            raise ValueError(f"init of {full!r} returned shape {tuple(value.shape)}, but the parameter has shape "
+                             f"{shape}")
         return value
 
 

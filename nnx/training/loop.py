@@ -75,16 +75,16 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             cross-entropy, else shaped like the outputs ((n,) is accepted for one output).
         loss: a `Loss` or name; None reuses the last one, or picks bce/cross-entropy/mse
             from the output layer.
-        optimizer: an `Optimizer` or name (default "adam"); a name matching the model's
-            current optimizer continues with its state.
-        lr: learning rate for an optimizer created by name (or a new rate for the current one).
+        optimizer: an `Optimizer` or name (default "adam"); None, or a name matching the model's
+            current optimizer, continues with its state (a name with another `lr` makes a new one).
+        lr: learning rate for an optimizer created by name, or a new rate for the one passed or kept.
         epochs: epochs to run in this call (counting continues in `epochs_trained`).
         batch_size: samples per step; None for full batch.
         validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
         validation_split: fraction in [0, 1) of the data (taken from the end) held out instead.
         metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
         callbacks: `nnx.callbacks.Callback` instances.
-        verbose: 1 prints loss and metrics each epoch.
+        verbose: 1 prints loss and metrics each epoch; 2 also says how the epochs run (`History.execution_mode`).
         shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
         check_finite: refuse a step whose loss or gradients are NaN/inf, before it is applied,
             with FloatingPointError naming epoch and batch.

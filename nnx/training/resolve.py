@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, cast
 
+from .. import _validate as check
 from ..layers import Sigmoid, Softmax
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from ..optim import OPTIMIZERS, Optimizer, get_optimizer
@@ -34,16 +35,21 @@ def resolve_loss(model: Model, loss: Any) -> Loss:
 
 
 def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimizer:
-    """The `Optimizer` for a fit argument; a name matching the current optimizer keeps its state."""
+    """The `Optimizer` for a fit argument; a name matching the current optimizer keeps its state.
+
+    `lr` is the rate of an optimizer made by name, or the new rate of the one given or kept.
+    """
     if isinstance(optimizer, Optimizer):
         mine = {id(p) for p in model.parameters()}
         if not {id(p) for p in optimizer.params} <= mine:
             raise ValueError("optimizer was built on another model's parameters; pass model.parameters()")
+        if lr is not None:
+            optimizer.lr = check.positive("lr", lr)
         return optimizer
     current = model.optimizer
     if current is not None and optimizer is None:
         if lr is not None:
-            current.lr = lr
+            current.lr = check.positive("lr", lr)
         return current
     name = "adam" if optimizer is None else optimizer
     if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
