@@ -10,6 +10,7 @@ registered by name with `register_metric`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,12 @@ from .registry import Registry
 
 def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
     return y_pred > (0.0 if from_logits else 0.5)
+
+
+def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
+    """`score`, or NaN where an output is NaN: such an output has no class (a threshold would file it under
+    class 0, an argmax under whatever index the backend picks), so the score would only look like one."""
+    return xp.where(xp.any(xp.isnan(y_pred)), math.nan, score)
 
 
 def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, int]:
@@ -41,7 +48,7 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
 def accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose predicted class (threshold 0.5, or argmax) is right."""
     true, pred, _ = _class_pairs(xp, y_true, y_pred, from_logits)
-    return xp.mean(xp.astype(true == pred, y_pred.dtype))
+    return _unless_nan(xp, y_pred, xp.mean(xp.astype(true == pred, y_pred.dtype)))
 
 
 def _confusion_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
@@ -73,19 +80,19 @@ def _macro(xp: Any, per_class: Any, predicted: Any, actual: Any) -> Any:
 def precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual)
+    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual))
 
 
 def recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual)
+    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual))
 
 
 def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _macro(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual), predicted, actual)
+    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual), predicted, actual))
 
 
 def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
@@ -100,7 +107,7 @@ def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False)
     """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
     true = xp.reshape(y_true, y_pred.shape) > 0.5
     right = xp.all(true == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
-    return xp.mean(xp.astype(right, y_pred.dtype))
+    return _unless_nan(xp, y_pred, xp.mean(xp.astype(right, y_pred.dtype)))
 
 
 def _label_mean(xp: Any, per_label: Any) -> Any:
@@ -111,19 +118,19 @@ def _label_mean(xp: Any, per_label: Any) -> Any:
 def label_precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of each label (output thresholded at 0.5), averaged over the labels."""
     tp, predicted, _ = _label_counts(xp, y_true, y_pred, from_logits)
-    return _label_mean(xp, _safe_ratio(xp, tp, predicted))
+    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, predicted)))
 
 
 def label_recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of each label (output thresholded at 0.5), averaged over the labels."""
     tp, _, actual = _label_counts(xp, y_true, y_pred, from_logits)
-    return _label_mean(xp, _safe_ratio(xp, tp, actual))
+    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, actual)))
 
 
 def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of each label (output thresholded at 0.5), averaged over the labels."""
     tp, predicted, actual = _label_counts(xp, y_true, y_pred, from_logits)
-    return _label_mean(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual))
+    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual)))
 
 
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:

@@ -164,3 +164,25 @@ def test_multilabel_metrics_with_bce_match_sklearn(backend, dtype):
     for name in CLASSIFICATION:
         assert backend.to_float(fns[name](backend.xp, y1, p1, False)) == pytest.approx(
             _value(backend, name, y1, p1), abs=1e-6), name
+
+
+def test_class_metrics_of_nan_outputs_are_nan(backend, dtype):
+    """A NaN output has no class: the score is NaN, as regression metrics and the loss are, not a count that
+    files it under class 0 (a threshold) or under whichever index the backend's argmax picks for NaN."""
+    rng = np.random.default_rng(9)
+    binary = rng.random((N, 1))
+    binary[3, 0] = np.nan
+    scores = rng.normal(size=(N, 3))
+    scores[5, 1] = np.nan
+    labels = rng.random((N, 3))
+    labels[7, 2] = np.nan
+    cases = [(binary, (rng.random((N, 1)) < 0.5).astype(float), None),
+             (scores, rng.integers(0, 3, N).astype(float), None),
+             (labels, (rng.random((N, 3)) < 0.5).astype(float), nnx.losses.BinaryCrossEntropy())]
+    for y_pred, y_true, loss in cases:
+        fns = training.resolve_metrics(list(CLASSIFICATION), loss)
+        for name, fn in fns.items():
+            for from_logits in (False, True):
+                out = fn(backend.xp, backend.asarray(y_true, dtype=dtype), backend.asarray(y_pred, dtype=dtype),
+                         from_logits)
+                assert np.isnan(backend.to_float(out)), (name, y_pred.shape, loss, from_logits)
