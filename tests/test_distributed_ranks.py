@@ -76,3 +76,57 @@ def test_accumulation_flushing_a_last_batch_smaller_than_the_world(shard):
     ref = _fit("numpy", X, y, **kw)
     for g in run_ranks(3, lambda comm: _fit("numpy", X, y, dist.DataParallel(comm, shard), **kw)):
         _assert_close(g, ref)
+
+
+def _on_rank(comm, rank: int, value, otherwise):
+    return value if comm.rank == rank else otherwise
+
+
+# what a rank's fit may get wrong that the others do not: each made the ranks' collectives pair up wrongly (a hang,
+# or another rank's error), or trained silently on overlapping slices or with weights drifting apart
+RANK_MISMATCHES = {
+    "rows": (lambda c: dict(X=_data(20 - c.rank)[0], y=_data(20 - c.rank)[1]), "data as fit starts"),
+    "batches": (lambda c: dict(X=_data(20 + 10 * c.rank)[0], y=_data(20 + 10 * c.rank)[1]), "data as fit starts"),
+    "dtype": (lambda c: dict(dtype=_on_rank(c, 1, "float32", "float64")), "dtype as fit starts"),
+    "lr": (lambda c: dict(lr=_on_rank(c, 1, 0.2, 0.1)), "optimizer as fit starts"),
+    "clip_norm": (lambda c: dict(clip_norm=_on_rank(c, 1, 0.01, None)), "gradient stage as fit starts"),
+    "sample_weight": (lambda c: dict(sample_weight=_on_rank(c, 0, np.linspace(0, 2, 20), None)),
+                      "weights as fit starts"),
+    "shuffle": (lambda c: dict(shuffle=c.rank == 0), "data as fit starts"),
+    "shard_update": (lambda c: dict(shard=c.rank == 0), "shard_update as fit starts"),
+    "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),
+    "EarlyStopping on rank 0 only": (
+        lambda c: dict(callbacks=[nnx.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=0)]
+                       if c.rank == 0 else []), "stop_training after the callbacks of epoch 2"),
+    "a schedule on rank 0 only": (lambda c: dict(callbacks=[nnx.callbacks.StepDecay(1, 0.5)] if c.rank == 0 else []),
+                                  "learning rate after the callbacks of epoch 2"),
+    "iterable batches": (lambda c: dict(X=[_data(10 + c.rank, seed=b) for b in range(2)], y=None, batch_size=None),
+                         "other sizes this epoch"),
+}
+
+
+@pytest.mark.parametrize("case", list(RANK_MISMATCHES))
+def test_ranks_running_different_fits_raise_the_same_error_everywhere(case):
+    """Each rank's own fit arguments are compared once as fit starts (one collective), the stop decision and the
+    learning rate after each epoch's callbacks, and the global batch sizes with the epoch's logs."""
+    make, message = RANK_MISMATCHES[case]
+    errors = []
+
+    def rank(comm):
+        kw = dict(X=_data(20)[0], y=_data(20)[1], batch_size=10, epochs=3, optimizer="sgd", lr=0.1)
+        kw.update(make(comm))
+        model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(),
+                               dtype=kw.pop("dtype", "float64"), seed=3)
+        if kw.pop("resumed", False):
+            model.fit(kw["X"], kw["y"], epochs=1, optimizer="sgd")
+        shard = kw.pop("shard", False)
+        try:
+            model.fit(kw.pop("X"), kw.pop("y"), distributed=dist.DataParallel(comm, shard), **kw)
+        except ValueError as exc:
+            errors.append(str(exc))
+            return
+        errors.append(None)
+
+    run_ranks(2, rank)
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert errors[0] is not None and message in errors[0], errors[0]

@@ -99,6 +99,13 @@ def _cut(a: Any, part: slice) -> Any:
     return None if a is None else a[part, ...]
 
 
+def _describe(t: GradientTransform) -> tuple:
+    """A gradient transform as the ranks compare it: its class and its public numbers and names."""
+    settings = sorted((k, v) for k, v in vars(t).items()
+                      if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
+    return (type(t).__name__, settings)
+
+
 class DataParallel:
     """How `fit(distributed=...)` trains across processes: the communicator, and whether the update is sharded.
 
@@ -145,16 +152,22 @@ class DataParallelFit:
         self.transform: AverageGradients = ShardedUpdate(comm) if self.shard_update else AverageGradients(comm)
         self.local_rows = 0
         self.local_weight: Any = 0  # what this rank's slice of the batch counts for (`batch`)
-        self.loss: Any = None  # the fit's loss, told by `train_step`
+        self.totals: list[int] = []  # this epoch's global batch sizes, as this rank's source gave them
+        self.batches: Any = None  # the sharded source (`shard`)
+        # the fit's loss, gradient stage and finite check, told by `train_step`
+        self.loss: Any = None
+        self.transforms: list[GradientTransform] = []
+        self.check_finite = True
         self.is_root = comm.rank == 0
 
     def shard(self, batches: Any) -> ShardedBatches:
         """`batches` cut to this rank's slices."""
-        return ShardedBatches(batches, self)
+        self.batches = ShardedBatches(batches, self)
+        return self.batches
 
     def train_step(self, loss: Any, optimizer: Any, transforms: list[GradientTransform], check_finite: bool) -> Any:
         """The fit's `TrainStep`; sharded, the transforms after the average run on each rank's slice inside it."""
-        self.loss = loss
+        self.loss, self.transforms, self.check_finite = loss, list(transforms), check_finite
         if not self.shard_update:
             return TrainStep(self.model, loss, optimizer, transforms, check_finite)
         at = next(i for i, t in enumerate(transforms) if t is self.transform)
@@ -178,6 +191,7 @@ class DataParallelFit:
         (`nnx.training.weights.counts_by_weight`); a placeholder for nothing.
         """
         self.local_rows = local
+        self.totals.append(total)
         self.model.dropout_rng.rows = (start, stop, total)
         if counts_by_weight(self.loss, weights):
             xp = self.model.xp
@@ -187,14 +201,59 @@ class DataParallelFit:
             self.local_weight = local
             self.transform.add_rows(local, total)
 
-    def begin(self) -> None:
-        """Every rank starts from rank 0's weights, buffers and random streams."""
+    def begin(self, epochs: int) -> None:
+        """Check that every rank runs the same fit (`agree`), then start every rank from rank 0's weights, buffers
+        and random streams."""
+        self.agree("as fit starts", self.facts(epochs))
         model, comm = self.model, self.comm
         for a in [*model.parameters(), *model.buffers()]:
             a.value = comm.broadcast(a.value, root=0)
         streams = comm.broadcast_object((model.shuffle_rng.bit_generator.state, model.dropout_rng.get_state()))
         model.shuffle_rng.bit_generator.state = streams[0]
         model.dropout_rng.set_state(streams[1])
+
+    def facts(self, epochs: int) -> dict[str, Any]:
+        """What every rank's fit must share, or the ranks' collectives would pair up wrongly (a hang, or
+        slices cut from batches of other sizes) or their weights drift apart without a word."""
+        model, opt = self.model, self.model.optimizer
+        source = getattr(self.batches, "source", None)
+        prepare = getattr(source, "prepare", None)
+        slices = getattr(source, "slices", None)
+        return {
+            "backend": model.backend.name,
+            "dtype": str(model.dtype),
+            "parameter shapes": [tuple(int(d) for d in p.shape) for p in model.parameters()],
+            "epochs trained": model.epochs_trained,
+            "epochs": epochs,
+            "loss": repr(self.loss),
+            "optimizer": (type(opt).__name__, repr(sorted(opt.hyperparams.items()))),
+            "optimizer steps and state": (opt.step_count, sorted((int(i), sorted(st)) for i, st in opt.state.items())),
+            "data": (type(source).__name__, getattr(source, "n_samples", None), getattr(source, "steps", None),
+                     None if not slices else slices[0].stop - slices[0].start, getattr(source, "shuffle", None)),
+            "weights": (getattr(source, "w", None) is not None,
+                        getattr(prepare, "class_weight", None) is not None),
+            "gradient stage": [_describe(t) for t in self.transforms if t is not self.transform],
+            "check_finite": self.check_finite,
+            "shard_update": self.shard_update,
+        }
+
+    def agree(self, what: str, facts: dict[str, Any]) -> None:
+        """Raise the same ValueError on every rank where the ranks' `facts` differ (one collective)."""
+        everyone = self.comm.allgather_object(facts)
+        for name in facts:
+            values = [part.get(name) for part in everyone]
+            if any(v != values[0] for v in values):
+                told = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+                raise ValueError(f"data-parallel fit: the ranks differ in {name} {what} ({told}). Every rank must "
+                                 "run the same fit: the same model, data, arguments, optimizer state and callbacks")
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """After the epoch's callbacks: every rank must stop together and keep one learning rate (a callback that
+        ran on some ranks only, such as EarlyStopping or ReduceLROnPlateau, would leave the others waiting or
+        training on other weights)."""
+        opt = self.model.optimizer
+        self.agree(f"after the callbacks of epoch {epoch + 1}",
+                   {"stop_training": bool(self.model.stop_training), "learning rate": float(opt.lr)})
 
     def end(self) -> None:
         """The dropout stream draws as asked again."""
@@ -219,10 +278,16 @@ class DataParallelFit:
         """
         be = self.model.backend
         weighted = float(sum(w * v for w, v in zip(weights, values, strict=True)))
+        totals, self.totals = self.totals, []
         mine = (weighted, float(sum(weights)), sum(values) / max(len(values), 1),
                 [None if t is None else be.to_host(t) for t in targets] if metric_fns else None,
-                [None if z is None else be.to_host(z) for z in outputs] if metric_fns else None)
+                [None if z is None else be.to_host(z) for z in outputs] if metric_fns else None, totals)
         everyone = self.comm.allgather_object(mine)
+        if any(part[5] != totals for part in everyone):
+            told = "; ".join(f"rank {r}: {part[5]}" for r, part in enumerate(everyone))
+            raise ValueError(f"data-parallel fit: the ranks' batches had other sizes this epoch (global rows per "
+                             f"batch, {told}), so their slices overlapped or missed rows. Every rank must read the "
+                             "same batches")
         total = sum(part[0] for part in everyone)
         n = sum(part[1] for part in everyone)
         logs = {"loss": total / n if n else everyone[0][2]}

@@ -155,7 +155,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
         if dp is not None:
-            dp.begin()
+            dp.begin(epochs)
         # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None})
@@ -176,6 +176,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             model.epochs_trained += 1
             cb.on_epoch_end(epoch, logs)
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
+            if dp is not None:
+                dp.end_of_epoch(epoch)  # every rank stops together, at one learning rate
             if model.stop_training:
                 break
     except KeyboardInterrupt:
