@@ -396,6 +396,24 @@ def test_nnx_solvers_take_the_estimators_optimizer_parameters():
         assert MLPClassifier(solver=solver, epsilon=1e-3, **kw).fit(X, y).model_.optimizer.eps == 1e-3
 
 
+@pytest.mark.parametrize("change", [{"activation": "tanh"}, {"hidden_layer_sizes": (4,)}, {"dropout": 0.2}])
+def test_continuing_a_network_that_no_longer_matches_the_parameters_is_refused(change):
+    """warm_start and partial_fit continue the fitted network; a changed architecture was ignored without a word."""
+    X, y = _blobs()
+    kw = dict(hidden_layer_sizes=(3,), max_iter=2, random_state=0, warm_start=True)
+    clf = MLPClassifier(**kw).fit(X, y)
+    before = [c.copy() for c in clf.coefs_]
+    clf.set_params(**change)
+    name = next(iter(change))
+    for resume in (lambda: clf.fit(X, y), lambda: clf.partial_fit(X, y)):
+        with pytest.raises(ValueError, match=f"{name}=.*does not match the fitted network"):
+            resume()
+    for a, b in zip(clf.coefs_, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    clf.set_params(warm_start=False).fit(X, y)  # a new network follows the parameters
+    clf.set_params(warm_start=True).fit(X, y)  # and is continued
+
+
 # -- sample weights: scikit-learn's meaning, a weight of 2 is the row repeated ---------------------------------
 
 def _weighted_data(seed=0, n=40):

@@ -189,6 +189,29 @@ class MLPBase(BaseEstimator):
         model.load_state_dict({k: v.astype(dtype) for k, v in state.items()})
         return model
 
+    def _check_continuation(self) -> None:
+        """ValueError when hidden_layer_sizes, activation or dropout no longer describe the fitted network.
+
+        A warm start or `partial_fit` continues `model_` as it was built; a changed parameter would
+        otherwise be ignored without a word.
+        """
+        layers = self.model_.layers
+        dense = [layer for layer in layers if isinstance(layer, L.Dense)]
+        fitted: dict[str, Any] = {"hidden_layer_sizes": [layer.out_features for layer in dense[:-1]]}
+        wanted: dict[str, Any] = {"hidden_layer_sizes": self._hidden_sizes()}
+        if len(dense) > 1:  # a network without hidden layers has no hidden activation to change
+            fitted["activation"] = type(layers[layers.index(dense[0]) + 1])
+            wanted["activation"] = L.ACTIVATIONS[self.activation]
+        rates = [layer.rate for layer in layers if isinstance(layer, L.Dropout)]
+        fitted["dropout"], wanted["dropout"] = (rates[0] if rates else 0.0), float(self.dropout)
+        for name, value in fitted.items():
+            if value != wanted[name]:
+                was = next(n for n in HIDDEN_ACTIVATIONS if L.ACTIVATIONS[n] is value) if name == "activation" \
+                    else value
+                raise ValueError(f"{name}={getattr(self, name)!r} does not match the fitted network ({name} "
+                                 f"{was!r}), which warm_start and partial_fit continue; set it back, or fit "
+                                 "with warm_start=False to train a new network")
+
     def _assigned_state(self, units: list[int], dense_at: list[int]) -> dict[str, np.ndarray]:
         """The assigned `coefs_`/`intercepts_` as a state dict for a network of `units`, or ValueError on a misfit."""
         arrays = {name: self.__dict__.get("_assigned_" + name) for name in _ARRAYS}

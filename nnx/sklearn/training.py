@@ -56,6 +56,8 @@ class MLPTraining(MLPBase):
         has_weights = "model_" in self.__dict__ or any(f"_assigned_{n}" in self.__dict__
                                                        for n in ("coefs_", "intercepts_"))
         first = not has_weights or not (self.warm_start or incremental)
+        if not first and "model_" in self.__dict__:
+            self._check_continuation()
         io = io_of(X)
         X, y = self._validate_X(X, reset=first, y=y)
         if sample_weight is not None:
