@@ -446,3 +446,14 @@ def test_steps_beyond_what_the_iterable_holds_warn():
         warnings.simplefilter("error")
         m.fit(batches, loss="bce", epochs=1, steps_per_epoch=3)  # exactly enough: no warning
         m.evaluate(batches)
+
+
+def test_validation_data_and_validation_split_together_are_refused(tmp_path):
+    """fit used the split and dropped validation_data without a word (Keras documents the opposite)."""
+    X, y = _data()
+    Xv, yv = _data(60, seed=1)
+    for data in ((X, y), (_memmap(tmp_path, "x.dat", X), y)):
+        m = _model("numpy", "float64")
+        with pytest.raises(ValueError, match=r"validation_data or validation_split, not both"):
+            m.fit(*data, loss="bce", validation_data=(Xv, yv), validation_split=0.2)
+        assert m.epochs_trained == 0

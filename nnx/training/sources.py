@@ -27,6 +27,10 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
     become `validation_data`); `look_at_outputs` stays True when the first batch's outputs must still be
     checked to fit the loss (see `check_loss_fits`).
     """
+    if validation_split and validation_data is not None:
+        # one would be dropped without a word (Keras lets validation_data win; which one was meant is a guess)
+        raise ValueError(f"pass validation_data or validation_split, not both: validation_split={validation_split} "
+                         "would hold out rows of X while validation_data is given")
     val_rows = None
     batches: Any
     if y is None and is_batch_iterable(X):
