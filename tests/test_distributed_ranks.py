@@ -130,3 +130,22 @@ def test_ranks_running_different_fits_raise_the_same_error_everywhere(case):
     run_ranks(2, rank)
     assert len(errors) == 2 and errors[0] == errors[1], errors
     assert errors[0] is not None and message in errors[0], errors[0]
+
+
+def test_a_csv_log_given_to_every_rank_is_written_once(tmp_path):
+    """Every rank logs the same epochs: rank 0 writes the file (as `model.save` does), not every rank into it (a run
+    continued with ``append=True`` got every row once per rank)."""
+    path = tmp_path / "log.csv"
+    X, y = _data(20)
+    _model().fit(X, y, batch_size=10, epochs=1, callbacks=[nnx.callbacks.CSVLogger(path)])
+
+    def rank(comm):
+        model = _model()
+        model.fit(X, y, batch_size=10, epochs=2, distributed=comm,
+                  callbacks=[nnx.callbacks.CSVLogger(path, append=True)])
+        return model.history["loss"]
+
+    losses = run_ranks(2, rank)[0]
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",") == ["epoch", "loss"] and len(lines) == 4, lines
+    assert [float(line.split(",")[1]) for line in lines[2:]] == losses

@@ -19,7 +19,8 @@ class CSVLogger(Callback):
         separator: the field delimiter.
 
     The columns are fixed by the first epoch logged; later extra keys are ignored.
-    Each row is flushed, so the file is readable while training runs.
+    Each row is flushed, so the file is readable while training runs. In a data-parallel `fit`
+    only rank 0 writes (every rank logs the same epochs), as `model.save` does.
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
@@ -30,9 +31,16 @@ class CSVLogger(Callback):
         self._file: Any = None
         self._writer: Any = None
 
+    def _writes(self) -> bool:
+        """False on the ranks other than 0 of a data-parallel fit, whose rows rank 0 writes."""
+        comm = getattr(self.model, "distributed", None)
+        return comm is None or comm.rank == 0
+
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.keys = None
+        if not self._writes():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.append and self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as f:
                 header = next(csv.reader(f, delimiter=self.separator), None)
@@ -45,6 +53,8 @@ class CSVLogger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        if not self._writes():
+            return
         if self._file is None:
             self.on_train_begin()
         if self.keys is None:
