@@ -212,6 +212,15 @@ def test_every_batch_source_gives_the_one_process_result(two_ranks, source):
 
 @pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
+@pytest.mark.parametrize("how", ["unsharded", "sharded"])
+def test_mean_with_sample_weight_on_two_and_three_ranks_equals_one_process(two_ranks, three_ranks, how):
+    """The ranks' gradients weighed by their slices' sums of weights (uneven, one slice 0), not by rows."""
+    for ranks in (two_ranks[1], _ranks(three_ranks[0], 3)):
+        _check_same(ranks, f"numpy/mean_with_sample_weight_{how}")
+
+
+@pytest.mark.slow  # starts MPI or torchrun jobs
+@needs_mpi
 def test_negative_control_without_allreduce_differs(two_ranks):
     """With the all-reduce removed the same comparison fails: the equivalence tests would catch it."""
     ranks = two_ranks[1]
@@ -272,6 +281,8 @@ def test_torchrun_gloo_equals_one_process(tmp_path):
     assert all(r["engine"] == "torch" and r["size"] == 2 for r in ranks)
     _check_equivalence(ranks, ["torch", "numpy"])
     _check_sharded(ranks, ["torch", "numpy"])  # gloo: reduce-scatter as an all-reduce, padded all-gather
+    for how in ("unsharded", "sharded"):
+        _check_same(ranks, f"torch/mean_with_sample_weight_{how}")
     assert all(r["scenarios"]["torch/negative_control"]["param_diff"] > 1e-3 for r in ranks)
 
 

@@ -175,6 +175,19 @@ def fit_from(backend: str, source: str, comm=None):
 SOURCES = ("gathered", "host", "iterable")
 
 
+def weighted_fit(backend: str, comm=None):
+    """The "mlp" model (L2) under ``mean_with_sample_weight``, the first rows weighing far less than the rest and
+    one batch slice weighing 0, with accumulation; the last batch of 1 row leaves the other ranks a placeholder."""
+    model = build(backend, "mlp")
+    X, y = data()
+    w = np.random.default_rng(5).uniform(0.0, 3.0, size=len(X))
+    w[:40] *= 0.05
+    w[60:70] = 0.0
+    loss = nnx.losses.CrossEntropy(reduction="mean_with_sample_weight")
+    return model, model.fit(X, y, loss=loss, sample_weight=w, optimizer="adam", lr=0.01, batch_size=20, epochs=2,
+                            accumulate=2, shuffle=False, metrics=["accuracy"], distributed=comm)
+
+
 class PoisonOn(Callback):
     """Makes one rank's weights NaN before one step: only that rank's step is not finite."""
 
@@ -342,6 +355,12 @@ def main() -> None:
         ref, ref_hist = run_fit(backend, "mlp", stop,
                                 callbacks=[EarlyStopping(monitor="val_loss", patience=1, min_delta=0.05)])
         results["scenarios"][f"{backend}/early_stopping"] = compare(model, hist, ref, ref_hist)
+        # mean_with_sample_weight with weights that fall unevenly on the ranks: each rank's gradient is weighed by its
+        # slice's sum of weights, all-reduced and sharded
+        for label, how in (("unsharded", comm), ("sharded", sharded(comm))):
+            model, hist = weighted_fit(backend, how)
+            ref, ref_hist = weighted_fit(backend)
+            results["scenarios"][f"{backend}/mean_with_sample_weight_{label}"] = compare(model, hist, ref, ref_hist)
         for source in SOURCES:
             model, hist = fit_from(backend, source, comm)
             ref, ref_hist = fit_from(backend, source)
