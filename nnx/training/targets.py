@@ -12,15 +12,16 @@ from .inputs import all_true
 def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str = "y", x_argname: str = "X") -> Any:
     """`y` on the model's backend, in the form `loss` reads: class indices or one-hot rows for cross-entropy,
     as given for a loss with its own `prepare` (which encodes and checks them), else shaped like the outputs."""
+    own_prepare = not isinstance(loss, CrossEntropy) and _encodes_targets(loss)
     if isinstance(loss, CrossEntropy):
         y = _class_targets(model, y, n_rows, argname)
-    elif _encodes_targets(loss):
+    elif own_prepare:
         y = _given_targets(model, y, argname)
     else:
         y = _output_targets(model, y, n_rows, argname)
     if y.shape[0] != n_rows:
         raise ValueError(f"{x_argname} has {n_rows} samples but {argname} has {y.shape[0]}")
-    if _encodes_targets(loss):
+    if own_prepare:
         _check_with_own_prepare(model, y, loss)
     # training never checks values (check=False in the step), so check once here: targets outside
     # [0, 1] would make BCE unbounded below and training silently chase them
