@@ -344,6 +344,19 @@ def test_to_other_backend(backend, dtype):
     assert moved.backend == backend and moved.dtype == "float64"
 
 
+def test_a_float32_copy_of_weights_beyond_float32_is_refused(backend, tmp_path):
+    # to() and load(dtype=) cast the arrays; a finite float64 weight past float32's range became inf silently
+    model = _small(NUMPY, "float64", seed=3)
+    state = _host_state(model)
+    state["2.weight"][0, 0] = 1e300
+    model.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"'2.weight' has values up to 1e\+300, beyond the range of float32"):
+        model.to(backend, dtype="float32")
+    model.save(tmp_path / "wide.npz")
+    with pytest.raises(nnx.io.CheckpointError, match=r"'2.weight' has values up to 1e\+300, beyond the range"):
+        nnx.load(tmp_path / "wide.npz", backend=backend, dtype="float32")
+
+
 def test_to_the_same_backend_carries_the_dropout_stream(backend, dtype):
     # as a checkpoint does: the copy goes on with the masks the original would draw next, not from the seed again
     X, y, _ = _fit_data()

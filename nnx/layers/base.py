@@ -16,9 +16,12 @@ long as those arguments are JSON values.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
+
+import array_api_compat
 
 from ..init import INITIALIZERS, fans
 from ..registry import (
@@ -105,6 +108,7 @@ class BuildContext:
             if tuple(host.shape) != shape:
                 raise ValueError(f"the saved array {full!r} has shape {tuple(host.shape)} but the layer "
                                  f"creates it with shape {shape}")
+            self._require_in_range(full, host)
             return self.backend.asarray(host, dtype=self.dtype, argname=full, copy=True)
         xp, device = self.backend.xp, self.backend.device
         dtype = self.backend.float_dtype(self.dtype)
@@ -132,6 +136,18 @@ class BuildContext:
             raise ValueError(f"init of {full!r} returned shape {tuple(value.shape)}, but the parameter has shape "
                              f"{shape}")
         return value
+
+    def _require_in_range(self, full: str, host: Any) -> None:
+        """ValueError when a wider float array (float64 into a float32 model) holds finite values its cast makes inf."""
+        finfo = self.backend.xp.finfo(self.backend.float_dtype(self.dtype))
+        if getattr(host.dtype, "itemsize", 0) <= finfo.bits // 8 or math.prod(host.shape) == 0:
+            return
+        hxp = array_api_compat.array_namespace(host)
+        largest = float(hxp.max(hxp.abs(host)))
+        if float(finfo.max) < largest < math.inf:  # NaN and inf are the file's own, refused where it is read
+            raise ValueError(f"the saved array {full!r} has values up to {largest:.4g}, beyond the range of "
+                             f"{self.dtype} (+-{float(finfo.max):.4g}), which would turn them into inf; keep the "
+                             f"model's dtype float64")
 
 
 class Layer:
