@@ -149,3 +149,28 @@ def test_a_csv_log_given_to_every_rank_is_written_once(tmp_path):
     lines = path.read_text().splitlines()
     assert lines[0].split(",") == ["epoch", "loss"] and len(lines) == 4, lines
     assert [float(line.split(",")[1]) for line in lines[2:]] == losses
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_a_step_not_finite_while_accumulating_is_named_as_one_process_names_it(shard):
+    """One process refuses the batch whose step is not finite; the ranks learn of it at the update it would join
+    (the all-reduce carries it), and must still name that batch, not the update's, and keep the same weights."""
+    X, y = _data(40)
+    X[25] = 1e308  # the third batch overflows on the rank computing row 25
+    kw = dict(batch_size=10, epochs=1, shuffle=False, accumulate=4)
+
+    def run(comm=None):
+        model = _model()
+        try:
+            model.fit(X, y, distributed=None if comm is None else dist.DataParallel(comm, shard), **kw)
+        except FloatingPointError as exc:
+            return str(exc).split(";")[0], _host(model)
+        return None, _host(model)
+
+    message, weights = run()
+    assert message is not None and message.endswith("at epoch 1, batch 3")
+    for got_message, got_weights in run_ranks(2, run):
+        assert got_message == message
+        for k, v in weights.items():
+            np.testing.assert_array_equal(got_weights[k], v, err_msg=k)

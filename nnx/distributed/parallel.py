@@ -153,6 +153,7 @@ class DataParallelFit:
         self.local_rows = 0
         self.local_weight: Any = 0  # what this rank's slice of the batch counts for (`batch`)
         self.totals: list[int] = []  # this epoch's global batch sizes, as this rank's source gave them
+        self.first_bad: int | None = None  # the first batch whose step was not finite on this rank (`poison`)
         self.batches: Any = None  # the sharded source (`shard`)
         # the fit's loss, gradient stage and finite check, told by `train_step`
         self.loss: Any = None
@@ -175,6 +176,18 @@ class DataParallelFit:
         assert isinstance(sharded, ShardedUpdate)
         sharded.bind(optimizer, self.model.backend, transforms[at + 1:], check_finite)
         return TrainStep(self.model, loss, optimizer, transforms[:at + 1], check_finite, flat_update=sharded)
+
+    def poison(self, batch: int) -> None:
+        """This rank's step at `batch` was not finite: the next all-reduce carries that to every rank."""
+        self.transform.poison()
+        if self.first_bad is None:
+            self.first_bad = batch
+
+    def first_refused(self, batch: int) -> int:
+        """The batch to name when the update due at `batch` is refused: the first any rank found not finite on its
+        own (with accumulation, a batch before the update), else `batch`. A collective, on the refusal only."""
+        mine = batch if self.first_bad is None else self.first_bad
+        return int(self.comm.allreduce(np.asarray([mine], dtype=np.int64), op="min")[0])
 
     def gradients_finite(self, step: Any) -> bool:
         """Whether the averaged gradients of this step are finite, the same verdict on every rank."""

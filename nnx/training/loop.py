@@ -262,7 +262,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             # one collective per step: a rank's non-finite step poisons the gradient all-reduce, and
             # every rank then refuses the update (and raises) together
             if not finite:
-                dp.transform.poison()
+                dp.poison(b)
             due = step.transform(weight)
             finite = not due or dp.gradients_finite(step)
         elif finite and not compiled:
@@ -276,7 +276,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             model.stop_training = True
             break
         if not finite:
-            raise _non_finite(epoch, b)
+            raise _non_finite(epoch, b if dp is None else dp.first_refused(b))
         if due:
             guard.in_step = True
             step.update()
@@ -292,7 +292,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
         if dp is not None and step.check_finite and not dp.gradients_finite(step):
-            raise _non_finite(epoch, len(losses) - 1)
+            raise _non_finite(epoch, dp.first_refused(len(losses) - 1))
         guard.in_step = True
         step.update()
         guard.end_step()
