@@ -319,6 +319,18 @@ def test_load_state_dict_rejects_bad_dicts_and_leaves_model_unchanged(backend, d
         np.testing.assert_array_equal(v, before[k])
 
 
+def test_load_state_dict_names_values_beyond_the_models_dtype(backend):
+    # they were reported as "NaN or inf", which the given float64 array does not hold
+    model = _small(backend, "float32", seed=1)
+    state = _host_state(_small(NUMPY, "float64", seed=2))
+    state["0.weight"][1, 1] = 1e300
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's own note on the overflowing cast
+        with pytest.raises(ValueError, match=r"state_dict\['0.weight'\] has values beyond the range of the "
+                                             r"model's dtype float32"):
+            model.load_state_dict(state)
+
+
 def test_to_other_backend(backend, dtype):
     X, y, _ = _fit_data()
     source = _small(NUMPY, "float64", seed=3)

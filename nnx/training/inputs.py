@@ -70,7 +70,8 @@ def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, A
         if tuple(value.shape) != target.shape:
             raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects "
                              f"{target.shape}")
-        model.require_finite(value, f"state_dict[{name!r}]")  # NaN weights would make every output NaN
+        # NaN weights would make every output NaN; the given array tells an inf the cast made
+        model.require_finite(value, f"state_dict[{name!r}]", state[name])
         new_values[name] = value
     return new_values
 
