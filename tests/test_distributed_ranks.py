@@ -174,3 +174,18 @@ def test_a_step_not_finite_while_accumulating_is_named_as_one_process_names_it(s
         assert got_message == message
         for k, v in weights.items():
             np.testing.assert_array_equal(got_weights[k], v, err_msg=k)
+
+
+def test_a_callback_that_only_looks_at_gradients_may_run_on_rank_0_alone():
+    """`GradientAnalyzer` on rank 0 only changes no gradient: the ranks do not refuse to train for it."""
+    X, y = _data(20)
+
+    def rank(comm):
+        model = _model()
+        callbacks = [nnx.callbacks.GradientAnalyzer()] if comm.rank == 0 else []
+        model.fit(X, y, batch_size=10, epochs=2, distributed=comm, callbacks=callbacks)
+        return _host(model)
+
+    a, b = run_ranks(2, rank)
+    for k, v in a.items():
+        np.testing.assert_array_equal(b[k], v, err_msg=k)
