@@ -230,6 +230,7 @@ class Sequential(_Chain):
         """Backpropagate dL/dY from the last `forward(training=True)`; fills `p.grad` and returns dL/dX.
 
         Regularizer gradients are included, so `p.grad` is the gradient of loss + penalty.
+        `need_dX=False` lets the first layer skip computing dL/dX; the return value may then be None.
         """
         if self.nested:
             return self.backward_from_head(dY, len(self.layers), need_dX)
@@ -241,7 +242,7 @@ class Sequential(_Chain):
         if tuple(dY.shape) != expected:
             raise ValueError(f"dY has shape {tuple(dY.shape)} but the last forward's output has shape {expected}")
         self._train_output_shape = None
-        return self.backward_from_head(dY, len(self.layers), need_dX=True)
+        return self.backward_from_head(dY, len(self.layers), need_dX)
 
     def backward_from_head(self, dY: Any, n_layers: int, need_dX: bool, runners: Sequence[Any] | None = None) -> Any:
         """Backpropagate through the first `n_layers` layers (or the `runners` of `forward_to_head`),

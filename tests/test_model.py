@@ -270,6 +270,27 @@ def test_backward_accepts_numpy_dY(backend, dtype):
     assert all(backend.owns(p.grad) and tuple(p.grad.shape) == p.shape for p in model.parameters())
 
 
+def test_backward_need_dX_false_spares_the_first_layers_input_gradient():
+    # the argument was ignored: the first layer was always asked for dX, which nobody reads
+    asked = []
+
+    class Spy(nnx.Layer):
+        def forward(self, X, training=False):
+            return X
+
+        def backward(self, dY, need_dX=True):
+            asked.append(need_dX)
+            return dY if need_dX else None
+
+    model = nnx.Sequential(Spy(), nnx.Dense(3, 2), input_shape=(3,), seed=0)
+    model.forward(np.ones((2, 3)), training=True)
+    assert model.backward(np.ones((2, 2)), need_dX=False) is None
+    assert model.parameters()[0].grad is not None
+    model.forward(np.ones((2, 3)), training=True)
+    assert model.backward(np.ones((2, 2))) is not None
+    assert asked == [False, True]
+
+
 # -- state_dict, to, save/load -------------------------------------------------------------
 
 def test_parameters_and_state_dict_names(backend, dtype):
