@@ -13,7 +13,6 @@ from typing import Any
 
 from .backends import get_backend
 from .layers.parameter import Parameter
-from .losses import get_loss
 
 _host = get_backend("numpy").xp
 
@@ -67,7 +66,8 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
 
     Works on a float64 copy of `model` on its own backend; every parameter (and,
     with `inputs=True`, the input X) is checked, through the same loss path `fit`
-    uses (regularizer penalties and a fixed dropout mask included). The error per
+    uses (a loss name read as `fit` reads it, a final Sigmoid/Softmax folded into it,
+    regularizer penalties and a fixed dropout mask included). The error per
     array is ||analytic - numeric|| / (||analytic|| + ||numeric||); below ~1e-6 is
     correct, above ~1e-3 is a bug.
     """
@@ -75,7 +75,7 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
     checked = model.to(model.backend, dtype="float64")
     backend = checked.backend
-    loss_fn = get_loss(loss)
+    loss_fn = checked.resolve_loss(loss)  # a name means what it means to fit ("ce" after Softmax: probabilities)
     X_d = checked.prepare_inputs(X)
     y_d = checked.prepare_targets(y, loss_fn, X_d.shape[0])
     rng_state = checked.dropout_rng.get_state()

@@ -659,3 +659,22 @@ def test_model_on_a_backend_taken_from_an_array_saves_and_loads_there(tmp_path):
     assert loaded.backend == device1
     np.testing.assert_array_equal(device1.to_host(loaded.predict(np.ones((2, 3)))),
                                   device1.to_host(model.predict(np.ones((2, 3)))))
+
+
+@pytest.mark.parametrize("last, name", [(nnx.Softmax, "cross_entropy"), (nnx.Sigmoid, "bce_with_logits")])
+def test_check_gradients_reads_a_loss_name_as_fit_does(monkeypatch, last, name):
+    # a name read as logits after Softmax/Sigmoid checked the activation applied twice, a loss fit never computes
+    seen = []
+    real = nnx.Sequential.loss_and_grads
+
+    def spy(self, X, y, loss, *args, **kwargs):
+        seen.append(loss)
+        return real(self, X, y, loss, *args, **kwargs)
+
+    monkeypatch.setattr(nnx.Sequential, "loss_and_grads", spy)
+    model = nnx.Sequential(nnx.Dense(3, 2), last(), seed=0)
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    y = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert nnx.check_gradients(model, X, y, loss=name, inputs=False) < 1e-6
+    assert seen and all(loss.get_config() == model.resolve_loss(name).get_config() for loss in seen)
+    assert not seen[0].from_logits
