@@ -40,5 +40,10 @@ __all__ = [
 
 
 def load(path, backend=None, dtype=None) -> Sequential:
-    """Rebuild a model saved with `Sequential.save`, on `backend` (default: the one it was saved from)."""
+    """Rebuild a model saved with `Sequential.save`, with its optimizer (if saved), random streams and counters.
+
+    `backend` defaults to the one it was saved from (numpy, with a warning, where that one cannot
+    run here); `dtype` (``"float32"`` or ``"float64"``) casts it, else it keeps the saved dtype.
+    A damaged or foreign file raises `nnx.io.CheckpointError`; nothing in it is unpickled.
+    """
     return load_model(path, Sequential.from_config, backend=backend, dtype=dtype)

@@ -32,7 +32,8 @@ class Sequential(_Chain):
         seed: seeds initialisation, shuffling and dropout, each from its own stream; None draws one.
         regularizer: a penalty applied to every regularized weight (biases are never penalised).
         input_shape: the shape of one sample, e.g. ``(28, 28)``; by default the first layer's
-            (a `Dense` knows its ``(in_features,)``), else unknown until data arrives.
+            (a `Dense` knows its ``(in_features,)``), else unknown: the model takes any sample shape its
+            layers accept and does not learn one from data (ONNX export needs it).
 
     Placed inside another model, a `Sequential` is rebuilt there as one of its layers: it takes
     that model's backend, dtype and random streams, and its arrays are named by path (``"2.0.weight"``).
