@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .layers import ACTIVATIONS
+from .layers import ACTIVATIONS, Sigmoid, Softmax
 
 __all__ = ["plot_activations", "plot_decision_boundary", "plot_gradients", "plot_history"]
 
@@ -219,8 +219,9 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
         margin: padding around the data, in data units.
         ax: draw into this Axes instead of a new figure.
 
-    Binary models are shaded by the probability of class 1 with the 0.5 contour drawn;
-    multi-class models by the predicted class.
+    Binary models are shaded by the probability of class 1 with the 0.5 contour drawn (one output
+    is a probability after a final Sigmoid, logits where the model's loss reads logits, else judged
+    by its range); multi-class models by the predicted class.
     """
     X = np.asarray(X, dtype=float)
     y = np.asarray(y)
@@ -268,9 +269,20 @@ def _scores(model: Any, grid: np.ndarray) -> tuple[np.ndarray, Any]:
     out = np.asarray(out, dtype=float)
     if out.ndim == 1:
         out = out[:, None]
-    if out.shape[1] == 1 and (out.min() < 0.0 or out.max() > 1.0):  # logits, not probabilities
+    if out.shape[1] == 1 and _reads_logits(model, out):
         out = 1.0 / (1.0 + np.exp(-out))
     return out, classes
+
+
+def _reads_logits(model: Any, out: np.ndarray) -> bool:
+    """Whether one output column holds logits: as the model's layers and loss say, else by its range."""
+    last = model.output_layer() if callable(getattr(model, "output_layer", None)) else None
+    if isinstance(last, (Sigmoid, Softmax)):
+        return False
+    from_logits = getattr(getattr(model, "loss", None), "from_logits", None)
+    if isinstance(from_logits, bool):  # how fit read the outputs (a layer of one's own may give probabilities)
+        return from_logits
+    return bool(out.min() < 0.0 or out.max() > 1.0)  # unknown: only values outside [0, 1] are surely logits
 
 
 def _label_index(y: np.ndarray, classes: Any) -> np.ndarray:

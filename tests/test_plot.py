@@ -157,3 +157,14 @@ def test_plot_decision_boundary_multiclass_and_sklearn_style_models():
     assert plot.plot_decision_boundary(Proba(), X, labels, resolution=20, ax=ax) is fig
     with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
         plot.plot_decision_boundary(model, np.zeros((5, 3)), np.zeros(5))
+
+
+def test_plot_decision_boundary_reads_a_logit_output_as_logits_whatever_its_range():
+    # logits that all fell in [0, 1] were drawn as probabilities: a boundary at logit 0.5, where P is 0.62
+    model = nnx.Sequential(nnx.Dense(2, 1), seed=0)
+    model.load_state_dict({"0.weight": np.array([[0.05], [0.0]]), "0.bias": np.array([0.5])})
+    X = np.random.default_rng(0).uniform(-3, 3, (20, 2))
+    model.fit(X, np.ones(20), loss=nnx.losses.BinaryCrossEntropy(from_logits=True), optimizer="sgd", lr=1e-9)
+    fig = plot.plot_decision_boundary(model, X, np.ones(20), resolution=20)
+    boundary = fig.axes[0].collections[1]  # the P = 0.5 contour: nowhere in view, P > 0.57 everywhere
+    assert [float(v) for v in boundary.levels] == [0.5] and all(len(p.vertices) == 0 for p in boundary.get_paths())
