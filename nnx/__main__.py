@@ -172,16 +172,20 @@ def _reason(why: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nnx``."""
     parser = argparse.ArgumentParser(prog="python -m nnx", description="nnx command line tools")
+    parser.add_argument("--json", action="store_true", dest="bare_json", help="without a command: `info --json`")
     sub = parser.add_subparsers(dest="command")
     info_parser = sub.add_parser("info", help="nnx version, backends (version, devices, status) and BLAS")
     info_parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args(argv)
     info = collect_info()
+    if args.command is None and args.bare_json:
+        print(json.dumps(info, indent=2))
+        return 0
     if args.command is None:  # `info` is what a bare `python -m nnx` is run for; say how to get the rest
         print(format_info(info))
         print("\n(this is `python -m nnx info`; add --json for one JSON object, --help for every command)")
         return 0
-    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    print(json.dumps(info, indent=2) if args.json or args.bare_json else format_info(info))
     return 0
 
 

@@ -63,3 +63,11 @@ def test_info_explains_a_backend_that_cannot_run(monkeypatch):
                                                                     f"'{name}' cannot run here: no GPU (test)"))
     text = cli.format_info(cli.collect_info())
     assert "does not run here: no GPU (test)" in text
+
+
+def test_bare_command_takes_the_json_flag_its_hint_names(capsys):
+    # `python -m nnx` ends with "add --json for one JSON object"; `python -m nnx --json` was a usage error
+    assert main([]) == 0
+    assert "add --json" in capsys.readouterr().out
+    assert main(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nnx"] == nnx.__version__
