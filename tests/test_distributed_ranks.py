@@ -189,3 +189,43 @@ def test_a_callback_that_only_looks_at_gradients_may_run_on_rank_0_alone():
     a, b = run_ranks(2, rank)
     for k, v in a.items():
         np.testing.assert_array_equal(b[k], v, err_msg=k)
+
+
+class InfiniteLossOnMarkedRows(nnx.losses.Loss):
+    """Squared error whose value is infinite on rows with a target above 1, while its gradient stays finite."""
+
+    name = "test_infinite_loss_on_marked_rows"
+
+    def rows(self, xp, y_true, y_pred):
+        d = y_pred - y_true
+        per_row = xp.where(y_true[:, 0] > 1, xp.inf, nnx.losses.row_mean(xp, d * d))
+        return per_row, 2 * d / (y_pred.shape[0] * y_pred.shape[1])
+
+
+# NumPy posing as a device library warns of the inf and NaN the device check makes on purpose
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_a_loss_not_finite_on_one_rank_under_the_device_check_stops_every_rank(shard, monkeypatch):
+    """On an accelerator the finite check stays on the device (deferred); a rank whose loss alone is not finite
+    (its gradients are) must still refuse the step on every rank, at that batch, as one process does, not update
+    apart from the others and raise alone at the end of the epoch while they wait."""
+    backend = nnx.get_backend("numpy")
+    monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: False))
+    X, y = _data(40)
+    y[25] = 5.0  # the third batch's loss is infinite on the rank computing row 25
+    kw = dict(loss=InfiniteLossOnMarkedRows(), batch_size=10, epochs=2, shuffle=False)
+
+    def run(comm=None):
+        model = _model()
+        try:
+            model.fit(X, y, distributed=None if comm is None else dist.DataParallel(comm, shard), **kw)
+        except FloatingPointError as exc:
+            return str(exc).split(";")[0], _host(model)
+        return None, _host(model)
+
+    message, weights = run()
+    assert message is not None and message.endswith("at epoch 1, batch 3")
+    for got_message, got_weights in run_ranks(2, run):
+        assert got_message == message
+        for k, v in weights.items():
+            np.testing.assert_allclose(got_weights[k], v, rtol=0, atol=TOL, err_msg=k)

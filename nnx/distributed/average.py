@@ -39,10 +39,17 @@ class AverageGradients(GradientTransform):
         self._global_rows = 0
         self._local_weight: Any = None  # this rank's sum of weights since the last update (a 0-d array), or None
         self._poisoned = False
+        self._device_ok: Any = None  # the deferred finite check's flag as 1.0 or 0.0 (a 0-d array), or None
 
     def poison(self) -> None:
         """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
         self._poisoned = True
+
+    def poison_unless(self, ok: Any) -> None:
+        """Under the deferred (on-device) finite check: `ok`, 1.0 while this rank's steps were finite and 0.0
+        after one was not (a 0-d array in the gradients' dtype), poisons the next all-reduce where it is 0,
+        with nothing read on the host."""
+        self._device_ok = ok
 
     def add_rows(self, local: int, total: int, weight: Any = None) -> None:
         """Count one batch: `local` of its `total` rows were computed here, with sum of weights `weight`
@@ -59,15 +66,19 @@ class AverageGradients(GradientTransform):
         A share of the weights is a 0-d array, found with one all-reduce of this rank's sum of weights
         (on the device, nothing read on the host); a share of the rows, a float.
         """
-        local, total, weight = self._local_rows, self._global_rows, self._local_weight
+        local, total, weight, ok = self._local_rows, self._global_rows, self._local_weight, self._device_ok
         poisoned = self._poisoned
         AverageGradients.reset(self)  # the counts alone: a subclass's reset also forgets this step's gradients
         if total == 0:
             return None
         if poisoned:
             return float("nan")
-        if weight is None:
-            return local / total
+        share = self._share_of_weight(local, total, weight) if weight is not None else local / total
+        # a rank whose own step was not finite scales by 1/0: its gradients, and so everyone's sum, are not finite
+        return share if ok is None else share / ok
+
+    def _share_of_weight(self, local: int, total: int, weight: Any) -> Any:
+        """This rank's sum of weights over the global batch's (one all-reduce); by rows where that is 0."""
         xp = array_api_compat.array_namespace(weight)
         everyone = self.comm.allreduce(xp.stack([weight]))[0]  # a new array: the collective may work in place
         some = everyone != 0
@@ -94,6 +105,7 @@ class AverageGradients(GradientTransform):
         self._local_rows = self._global_rows = 0
         self._local_weight = None
         self._poisoned = False
+        self._device_ok = None
 
     def __repr__(self) -> str:
         return f"AverageGradients({self.comm!r})"

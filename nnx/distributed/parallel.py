@@ -183,6 +183,13 @@ class DataParallelFit:
         if self.first_bad is None:
             self.first_bad = batch
 
+    def poison_unless(self, ok: Any) -> None:
+        """Under the deferred (on-device) finite check: `ok`, the device flag of this rank's steps so far this
+        epoch, poisons the next all-reduce where it is False, so every rank refuses the update together (a rank
+        whose loss alone is not finite would otherwise update apart from the others and raise alone)."""
+        model = self.model
+        self.transform.poison_unless(model.xp.astype(ok, model.backend.float_dtype(model.dtype)))
+
     def first_refused(self, batch: int) -> int:
         """The batch to name when the update due at `batch` is refused: the first any rank found not finite on its
         own (with accumulation, a batch before the update), else `batch`. A collective, on the refusal only."""

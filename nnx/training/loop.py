@@ -263,6 +263,8 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             # every rank then refuses the update (and raises) together
             if not finite:
                 dp.poison(b)
+            elif step.deferred:
+                dp.poison_unless(step.verdict)
             due = step.transform(weight)
             finite = not due or dp.gradients_finite(step)
         elif finite and not compiled:

@@ -182,6 +182,11 @@ class TrainStep:
             return True
         return self._all_finite(value)
 
+    @property
+    def verdict(self) -> Any:
+        """The deferred check's device flag: True while every step so far this epoch was finite (None before)."""
+        return self._verdict
+
     def gradients_finite(self) -> bool:
         """Whether every gradient is finite, read now (data-parallel training asks after the all-reduce)."""
         be = self.model.backend
