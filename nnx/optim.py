@@ -21,6 +21,7 @@ with the public API only, as a user's optimizer would be.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -330,7 +331,8 @@ class Optimizer:
                         f"state_dict state {name!r} for {label} has shape {tuple(arr.shape)}, "
                         f"expected {tuple(like.shape)}"
                     )
-                if name in self.nonnegative_state and bool(backend.xp.any(arr < 0)):
+                # finite negatives: NaN and inf are the finite check's to name (`nnx.load` runs it on every state)
+                if name in self.nonnegative_state and bool(backend.xp.any((arr < 0) & (arr > -math.inf))):
                     raise ValueError(f"{argname} holds negative values; it accumulates squares, "
                                      "so the snapshot is corrupt or not from this optimizer")
                 # asarray may share memory with the caller's array; the copy keeps the snapshot independent.
