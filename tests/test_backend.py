@@ -494,3 +494,32 @@ def test_numpy_adapters_sum_is_numpys_sum(dtype):
         assert np.array_equal(got, want), kwargs
     assert xp.sum(x[0, 0, 0]) == np.sum(x[0, 0, 0])  # a 0-d input
     assert xp.add is np.add and xp.mean is np.mean  # every other name is NumPy's own
+
+
+# -- arrays of the model's own library that it must not take as they are -----------------------
+
+def test_a_torch_tensor_that_requires_grad_does_not_pull_autograd_into_the_model():
+    """nnx computes its own gradients: a tensor with requires_grad (a user's autograd input, an nn.Parameter)
+    is read as data, so the weights and outputs stay plain tensors, as the same data as a NumPy array gives."""
+    torch = pytest.importorskip("torch")
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    y = X[:, :1] * 2.0
+    runs = []
+    for wrap in (lambda a: a, lambda a: torch.tensor(a, dtype=torch.float32, requires_grad=True)):
+        model = nnx.Sequential(nnx.Dense(3, 1), backend="torch", dtype="float32", seed=0)
+        model.fit(wrap(X), wrap(y), loss="mse", optimizer="adam", epochs=2, batch_size=4, verbose=0)
+        out = model.predict(wrap(X))
+        assert not out.requires_grad and all(not p.value.requires_grad for p in model.parameters())
+        runs.append(out.numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    model = nnx.Sequential(nnx.Dense(3, 1), backend="torch", dtype="float32", seed=0)
+    model.load_state_dict({k: torch.nn.Parameter(v + 1.0) for k, v in model.state_dict().items()})
+    assert all(p.value.requires_grad is False and p.value.grad_fn is None for p in model.parameters())
+    model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, verbose=0)  # in-place updates of plain tensors
+
+
+def test_a_torch_tensor_on_the_meta_device_is_refused_by_name():
+    torch = pytest.importorskip("torch")
+    model = nnx.Sequential(nnx.Dense(3, 1), backend="torch", dtype="float32", seed=0)
+    with pytest.raises(ValueError, match=r"X is a torch tensor on the 'meta' device, which holds no values"):
+        model.predict(torch.empty((2, 3), device="meta"))

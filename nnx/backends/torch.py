@@ -139,6 +139,23 @@ class TorchBackend(Backend):
             found.append("mps")
         return found
 
+    def asarray(self, x: Any, dtype: Any = None, argname: str = "X", copy: bool = False) -> Any:
+        """As `Backend.asarray`; a tensor is read as data, without its autograd history.
+
+        nnx computes its own gradients. A tensor that requires grad (a user's autograd input, an
+        ``nn.Parameter``) would otherwise make torch record every operation on it: weights updated from
+        it would turn into non-leaf tensors carrying the graph of every step, and outputs would hold it.
+        A tensor on the 'meta' device has shape and dtype but no values to read.
+        """
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            if x.device.type == "meta":
+                raise ValueError(f"{argname} is a torch tensor on the 'meta' device, which holds no values")
+            if x.requires_grad:
+                x = x.detach()
+        return super().asarray(x, dtype=dtype, argname=argname, copy=copy)
+
     def from_host(self, host: np.ndarray) -> Any:
         import torch
 
