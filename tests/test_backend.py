@@ -523,3 +523,15 @@ def test_a_torch_tensor_on_the_meta_device_is_refused_by_name():
     model = nnx.Sequential(nnx.Dense(3, 1), backend="torch", dtype="float32", seed=0)
     with pytest.raises(ValueError, match=r"X is a torch tensor on the 'meta' device, which holds no values"):
         model.predict(torch.empty((2, 3), device="meta"))
+
+
+def test_complex_arrays_of_the_backend_are_refused_as_numpy_ones_are(backend):
+    """A cast to the model's float dtype would drop the imaginary part (torch and JAX only warn)."""
+    host = np.ones((2, 3)) + 1j
+    own = backend.xp.asarray(backend.from_host(host))
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    for given in (host, own):
+        with pytest.raises(TypeError, match=r"X must hold real numbers, got dtype .*complex128"):
+            model.predict(given)
+        with pytest.raises(TypeError, match=r"y must hold real numbers, got dtype .*complex128"):
+            model.fit(np.ones((2, 3)), given[:, :1], loss="mse", epochs=1, verbose=0)

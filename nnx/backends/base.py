@@ -23,6 +23,11 @@ from .names import FLOAT_DTYPES, article, backend_name_of, dtype_name
 from .rng import DeviceRNG, HostRNG
 
 
+def _numbers(complex_given: bool) -> str:
+    """What an input must hold, as a message says it: "real numbers" where complex ones were given."""
+    return "real numbers" if complex_given else "numbers"
+
+
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for that cannot run on this machine."""
 
@@ -273,6 +278,10 @@ class Backend:
         host_array = isinstance(x, (np.ndarray, np.generic))
         # NumPy arrays take the host path even on the numpy backend, so the dtype check below applies there too
         if not host_array and self.owns(x):
+            # as for host arrays below: a cast would drop an imaginary part (torch and JAX only warn)
+            if not self.xp.isdtype(x.dtype, ("bool", "integral", "real floating")):
+                raise TypeError(f"{argname} must hold {_numbers(self.xp.isdtype(x.dtype, 'complex floating'))}, "
+                                f"got dtype {x.dtype}")
             if str(array_api_compat.device(x)) != str(self.device):
                 x = self._move(x)
             if target is not None and x.dtype != target:
@@ -289,7 +298,7 @@ class Backend:
         except (ValueError, TypeError) as exc:  # ragged nesting, objects NumPy cannot make an array of
             raise TypeError(f"{argname} must be an array of numbers, got {type(x).__name__} ({exc})") from None
         if host.dtype.kind not in "biuf":
-            raise TypeError(f"{argname} must hold numbers, got dtype {host.dtype}")
+            raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}")
         if dtype is not None or copy:
             host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, copy=copy)
         return self.from_host(host)
