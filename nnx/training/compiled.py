@@ -369,6 +369,11 @@ class CompiledStep:
                 ok_now = xp.all(xp.isfinite(value))
                 for g in grads:
                     ok_now = ok_now & xp.all(xp.isfinite(g))
+        except BaseException:
+            # a trace given up half way (refused, or code that needs concrete values) ran the layers' Python
+            # once: the plain step that runs instead starts from their attributes as they were
+            _restore_state(model, state_before)
+            raise
         finally:
             self._put_back(saved)
         changed = _changed_state(state_before, python_state(model))

@@ -1,0 +1,65 @@
+"""Unusual but legitimate user code under the derived executions: each gives the plain loop's numbers or error.
+
+Each test trains two identical models, one with the derived executions on (flat buffers, the
+replayed rule, JAX's compiled step and epochs) and one with them off
+(`Backend.with_fastpath(False)`), and compares them, as tests/test_execution.py does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import nnx
+from nnx import optim
+
+
+def _tol(dtype):
+    return {"rtol": 1e-12, "atol": 1e-14} if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 6)), rng.integers(0, 3, n)
+
+
+def _train(backend, dtype, fast, make_opt, layers=None, epochs=3, **fit):
+    layers = layers() if layers is not None else [nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3)]
+    model = nnx.Sequential(*layers, backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+    opt = make_opt(model.parameters())
+    X, y = _data()
+    history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=epochs, batch_size=16, **fit)
+    return model, opt, history
+
+
+def _assert_same(a, b, dtype):
+    (ma, oa, ha), (mb, ob, hb) = a, b
+    for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
+        np.testing.assert_allclose(ma.backend.to_host(pa.value), mb.backend.to_host(pb.value), **_tol(dtype),
+                                   err_msg=pa.name)
+    np.testing.assert_allclose(ha["loss"], hb["loss"], **_tol(dtype))
+    assert oa.param_steps == ob.param_steps
+
+
+class EveryOtherBias(nnx.Dense):
+    """A user's Dense that trains its bias on every second step only, counted in a Python attribute."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        self.calls = 0
+
+    def backward(self, dY, need_dX=True):
+        dX = super().backward(dY, need_dX)
+        self.calls += 1
+        if self.calls % 2 == 1:
+            self.bias.grad = None
+        return dX
+
+
+def test_a_step_refused_by_the_compiler_leaves_the_layers_python_state_as_it_was(backend, dtype):
+    """JAX tries to trace the step, finds the bias without a gradient and runs the plain stages instead; the
+    attempt had run the layer's backward once, whose counter then stayed one ahead (the bias trained on the
+    other steps than in the plain loop)."""
+    runs = [_train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01),
+                   layers=lambda: [EveryOtherBias(6, 9), nnx.ReLU(), nnx.Dense(9, 3)]) for fast in (True, False)]
+    assert runs[0][0].layers[0].calls == runs[1][0].layers[0].calls == 9
+    _assert_same(*runs, dtype)
