@@ -535,3 +535,22 @@ def test_complex_arrays_of_the_backend_are_refused_as_numpy_ones_are(backend):
             model.predict(given)
         with pytest.raises(TypeError, match=r"y must hold real numbers, got dtype .*complex128"):
             model.fit(np.ones((2, 3)), given[:, :1], loss="mse", epochs=1, verbose=0)
+
+
+def test_a_float64_jax_model_refuses_to_run_once_64_bit_mode_is_off():
+    """Loading the JAX backend turns 64-bit mode on (docs/backends.md); code that turns it off again would make
+    a float64 model compute in float32 with only JAX's warning, then fail in fit with an unrelated message."""
+    jax = pytest.importorskip("jax")
+    model = nnx.Sequential(nnx.Dense(3, 1), backend="jax", dtype="float64", seed=0)
+    X = np.ones((2, 3))
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(ValueError, match=r"float64 on the jax backend needs JAX's 64-bit mode.*jax_enable_x64"):
+            model.predict(X)
+        with pytest.raises(ValueError, match=r"float64 on the jax backend needs JAX's 64-bit mode"):
+            nnx.Sequential(nnx.Dense(3, 1), backend="jax", dtype="float64", seed=0)
+        model32 = nnx.Sequential(nnx.Dense(3, 1), backend="jax", dtype="float32", seed=0)
+        assert model32.predict(X).dtype == model32.xp.float32  # float32 needs no 64-bit mode
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert model.predict(X).dtype == model.xp.float64

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .base import Backend, BackendUnavailableError, CarryChanged, TraceRefused, import_library
+from .names import dtype_name
 from .nvidia import JAX_CUDA_INSTALL, driver_cuda_version, gpu_cause
 from .rng import DeviceRNG
 
@@ -112,6 +113,19 @@ class JaxBackend(Backend):
     def devices(cls) -> list[str]:
         jax = importlib.import_module("jax")
         return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
+
+    def float_dtype(self, dtype: Any) -> Any:
+        """As `Backend.float_dtype`; float64 only while JAX's 64-bit mode is on.
+
+        `load` turns it on, but code may turn it off again: JAX would then make every float64 array
+        float32 with a warning, and a float64 model would compute in float32 until something fails.
+        """
+        resolved = super().float_dtype(dtype)
+        if dtype_name(dtype) == "float64" and not importlib.import_module("jax").config.jax_enable_x64:
+            raise ValueError("float64 on the jax backend needs JAX's 64-bit mode, which nnx turned on when the "
+                             "backend loaded and which is off now; turn it back on with "
+                             "jax.config.update('jax_enable_x64', True), or use dtype='float32'")
+        return resolved
 
     def from_host(self, host: np.ndarray) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
