@@ -20,10 +20,11 @@ with the public API only, as a user's optimizer would be.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import array_api_compat
@@ -83,6 +84,12 @@ def _param_list(params: Iterable[Any]) -> list[Any]:
 def _copy(x: Any) -> Any:
     """A fresh array equal to `x`, so that later in-place updates cannot reach the caller's array."""
     return array_api_compat.array_namespace(x).asarray(x, copy=True)
+
+
+# what an optimizer keeps beside its settings: parameters, their state, update counts, caches and the rate
+# (an argument of the rule), and a schedule's base rate
+_BOOKKEEPING = frozenset({"params", "state", "step_count", "param_steps", "_xps", "_hyper_names", "_lr", "_traced_lr",
+                          "initial_lr"})
 
 
 # -- base class ------------------------------------------------------------------
@@ -183,15 +190,34 @@ class Optimizer:
         for p in self.params:
             p.grad = None
 
+    _traced_lr: Any = None  # the traced rate while a compiler traces the rule (`rate_for_tracing`)
+
     @property
     def lr(self) -> float:
         """The learning rate; a scheduler may set it between steps (stored as a Python float)."""
-        return self._lr
+        traced = self._traced_lr
+        return self._lr if traced is None else traced
 
     @lr.setter
     def lr(self, value: float) -> None:
         # A NumPy scalar times an array_api_strict array gives a NumPy array, so keep a Python float.
         self._lr = check.non_negative("lr", value)
+
+    def rule_constants(self) -> dict[str, Any]:
+        """What `update` may read of this optimizer besides its arguments: the hyper-parameters but `lr` (an
+        argument) and any other attribute, such as a setting a subclass keeps itself; not the parameters, their
+        state or the update counts. A compiled program holds these as constants, traced again when one changes."""
+        return {k: v for k, v in vars(self).items() if k not in _BOOKKEEPING}
+
+    @contextlib.contextmanager
+    def rate_for_tracing(self, lr: Any) -> Iterator[None]:
+        """While a compiler traces `update`: ``self.lr`` reads `lr`, the traced rate the rule is given, so a rule
+        that reads the attribute instead of its argument follows a schedule as it does in `step`."""
+        self._traced_lr = lr
+        try:
+            yield
+        finally:
+            del self._traced_lr
 
     def _xp(self, i: int) -> Any:
         # array_namespace costs about a microsecond per call; look it up once per parameter.

@@ -8,6 +8,7 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import nnx
 from nnx import optim
@@ -62,4 +63,50 @@ def test_a_step_refused_by_the_compiler_leaves_the_layers_python_state_as_it_was
     runs = [_train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01),
                    layers=lambda: [EveryOtherBias(6, 9), nnx.ReLU(), nnx.Dense(9, 3)]) for fast in (True, False)]
     assert runs[0][0].layers[0].calls == runs[1][0].layers[0].calls == 9
+    _assert_same(*runs, dtype)
+
+
+class RateFromAttribute(optim.Optimizer):
+    """SGD whose rule reads ``self.lr`` rather than its `lr` argument, and keeps `scale` as a plain attribute
+    (not passed to ``Optimizer.__init__`` as a hyper-parameter)."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05, scale=1.0):
+        super().__init__(params, lr)
+        self.scale = scale
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - self.lr * self.scale * grad, state
+
+
+class Anneal(nnx.callbacks.Callback):
+    """Halves the rate after every batch or epoch; sets the optimizer's `scale` to 3 from the second epoch."""
+
+    def __init__(self, per_batch):
+        self.per_batch = per_batch
+
+    def on_batch_end(self, batch, logs=None):
+        if self.per_batch:
+            self.model.optimizer.lr = self.model.optimizer.lr * 0.5
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.optimizer.lr = self.model.optimizer.lr * 0.5
+        self.model.optimizer.scale = 3.0
+
+
+@pytest.mark.parametrize("per_batch", [False, True], ids=["epochs", "batches"])
+def test_a_rule_that_reads_its_optimizers_attributes_follows_their_changes(backend, dtype, per_batch):
+    """A compiled program held ``self.lr`` and a setting kept outside the hyper-parameters as constants of its
+    first trace: a schedule (per epoch or per batch) and a callback's change of the setting were ignored."""
+    runs = [_train(backend, dtype, fast, RateFromAttribute, callbacks=[Anneal(per_batch)]) for fast in (True, False)]
+    assert runs[0][1].lr == runs[1][1].lr == 0.05 * 0.5 ** (12 if per_batch else 3)
+    _assert_same(*runs, dtype)
+
+
+def test_models_whose_optimizers_differ_in_a_plain_setting_do_not_share_a_program(backend, dtype):
+    """Compiled programs are shared by models of one definition; a setting the optimizer keeps as a plain attribute
+    is part of it (the second model trained with the first one's scale)."""
+    _train(backend, dtype, True, lambda ps: RateFromAttribute(ps, scale=1.0))
+    runs = [_train(backend, dtype, fast, lambda ps: RateFromAttribute(ps, scale=2.0)) for fast in (True, False)]
     _assert_same(*runs, dtype)

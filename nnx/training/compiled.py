@@ -37,7 +37,7 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
-from .shared_programs import SharedProgram, config_key, definition, settings_key
+from .shared_programs import ById, SharedProgram, Unshareable, config_key, definition, describe, settings_key
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
            "compiled_step_of", "hyper_constants", "untraceable_reason"]
@@ -123,12 +123,21 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
 
 
 def hyper_constants(optimizer: Any) -> tuple:
-    """What of the optimizer the programs hold as constants: its hyper-parameters but lr, and how far each
-    parameter's update count is from the first's (0, unless some were updated without the others)."""
+    """What of the optimizer the programs hold as constants: whatever its rule may read of it but lr (its
+    hyper-parameters and any setting a subclass keeps as a plain attribute, `Optimizer.rule_constants`), and how
+    far each parameter's update count is from the first's (0, unless some were updated without the others)."""
     steps = optimizer.param_steps
     offsets = tuple(s - steps[0] for s in steps) if steps else ()
-    hyper = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in optimizer.hyperparams.items() if k != "lr")
-    return (*hyper, ("update count offsets", offsets))
+    settings = sorted(optimizer.rule_constants().items(), key=lambda item: item[0])
+    return (*[(k, _constant(v)) for k, v in settings], ("update count offsets", offsets))
+
+
+def _constant(value: Any) -> Any:
+    """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity."""
+    try:
+        return describe(value, {})
+    except (Unshareable, RecursionError):
+        return ById(value)
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs
@@ -409,8 +418,9 @@ class CompiledStep:
         # the rule's arithmetic on it and on Python floats (Adam's beta2 ** t) runs in double precision, as on
         # the host, and meets the parameters in their dtype as a Python number does (a count in the parameters'
         # dtype rounded float32 Adam's bias corrections).
-        updated = [opt.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
-                   for v, g, st, s in zip(values, grads, states, steps, strict=True)]
+        with opt.rate_for_tracing(lr):  # a rule that reads self.lr gets the program's rate too, not a constant
+            updated = [opt.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
+                       for v, g, st, s in zip(values, grads, states, steps, strict=True)]
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)
 
     def _put_back(self, saved: tuple) -> None:

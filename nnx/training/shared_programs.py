@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SharedProgram", "clear", "config_key", "definition", "describe", "settings_key"]
+__all__ = ["ById", "ProgramOwner", "SharedProgram", "Unshareable", "clear", "config_key", "definition", "describe",
+           "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -71,6 +72,8 @@ def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = N
     """
     if isinstance(value, _PLAIN):
         return type(value), value
+    if isinstance(value, ById):  # already described by identity (`nnx.training.compiled.hyper_constants`)
+        return value
     if isinstance(value, (float, complex)):
         return type(value), repr(value)  # repr: keeps -0.0 apart from 0.0 and makes NaN equal to itself
     if isinstance(value, (Parameter, Buffer)):
