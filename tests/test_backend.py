@@ -554,3 +554,27 @@ def test_a_float64_jax_model_refuses_to_run_once_64_bit_mode_is_off():
     finally:
         jax.config.update("jax_enable_x64", True)
     assert model.predict(X).dtype == model.xp.float64
+
+
+def test_a_masked_array_with_masked_entries_is_refused_not_read_under_its_mask(backend):
+    """NumPy, torch and scikit-learn read the values under a mask (often a fill value such as 1e20, as netCDF
+    files give): the model would train on them. A masked array with nothing masked is an ordinary array."""
+    data = np.arange(12.0).reshape(4, 3)
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    want = backend.to_host(model.predict(data))
+    np.testing.assert_array_equal(backend.to_host(model.predict(np.ma.masked_array(data, mask=False))), want)
+    masked = np.ma.masked_array(data, mask=np.zeros_like(data, dtype=bool))
+    masked[1, 1] = np.ma.masked
+    masked.data[1, 1] = 1e20
+
+    class Dataset:  # read batch by batch, as h5py and netCDF4 variables are; netCDF4 returns masked arrays
+        shape = masked.shape
+
+        def __getitem__(self, rows):
+            return masked[rows]
+
+    for given, argname in ((masked, "X"), (Dataset(), "X of batch 0")):
+        with pytest.raises(ValueError, match=rf"{argname} is a masked array with 1 masked entry"):
+            model.predict(given)
+    with pytest.raises(ValueError, match=r"y is a masked array with 1 masked entry"):
+        model.fit(data, masked[:, :1] * 0 + masked[:, 1:2], loss="mse", epochs=1, verbose=0)

@@ -293,6 +293,11 @@ class Backend:
                 f"{argname} is {article(other)} array but this model runs on the {self.name} backend; "
                 f"pass {self._accepted()} (model.to({other!r}) moves the model)"
             )
+        if isinstance(x, np.ma.MaskedArray) and np.ma.count_masked(x):
+            # np.asarray (as torch and scikit-learn) reads the values under the mask: often a fill value
+            hidden = int(np.ma.count_masked(x))
+            raise ValueError(f"{argname} is a masked array with {hidden} masked entr{'y' if hidden == 1 else 'ies'}, "
+                             "whose values are not data; fill them (x.filled(value)) or leave those rows out")
         try:
             host = np.asarray(x)
         except (ValueError, TypeError) as exc:  # ragged nesting, objects NumPy cannot make an array of

@@ -37,14 +37,20 @@ def gather_rows(data: Any, rows: Any) -> np.ndarray:
     sorted and put back in the permutation's order: the batch is the same either way.
     """
     if isinstance(rows, slice):
-        return np.asarray(data[rows])
+        return _rows_read(data[rows])
     if isinstance(data, np.ndarray):
-        return np.asarray(np.take(data, rows, axis=0))
+        return _rows_read(np.take(data, rows, axis=0))
     order = np.argsort(rows, kind="stable")
-    block = np.asarray(data[rows[order]])
+    block = _rows_read(data[rows[order]])
     out = np.empty_like(block)
     out[order] = block
     return out
+
+
+def _rows_read(block: Any) -> np.ndarray:
+    """Rows read from a host array-like as a NumPy array; a masked array (netCDF4 gives them) keeps its mask,
+    so that `Backend.asarray` can refuse the values under it."""
+    return block if isinstance(block, np.ma.MaskedArray) else np.asarray(block)
 
 
 def host_companion(model: Model, data: Any, argname: str) -> Any:
