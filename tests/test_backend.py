@@ -578,3 +578,16 @@ def test_a_masked_array_with_masked_entries_is_refused_not_read_under_its_mask(b
             model.predict(given)
     with pytest.raises(ValueError, match=r"y is a masked array with 1 masked entry"):
         model.fit(data, masked[:, :1] * 0 + masked[:, 1:2], loss="mse", epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("host_dtype", ["float16", "longdouble"])
+def test_float16_and_long_double_inputs_work_where_the_library_lacks_them(backend, host_dtype):
+    """Neither is an array-API dtype (array_api_strict refuses both, torch long double): class targets and the
+    finite check, which read an input before the cast to the model's dtype, failed with the library's message."""
+    X = np.arange(12.0).reshape(4, 3).astype(host_dtype)
+    model = nnx.Sequential(nnx.Dense(3, 2), nnx.Softmax(), backend=backend, dtype="float64", seed=0)
+    model.fit(X, np.array([0, 1, 1, 0], dtype=host_dtype), loss="ce", epochs=1, verbose=0)
+    assert backend.to_host(backend.asarray(np.ones(2, dtype=host_dtype))).dtype.name in ("float32", "float64")
+    X[0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"X contains NaN or inf values"):
+        model.predict(X)

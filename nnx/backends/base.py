@@ -266,7 +266,8 @@ class Backend:
         return backend_name_of(x) == self.name
 
     def asarray(self, x: Any, dtype: Any = None, argname: str = "X", copy: bool = False) -> Any:
-        """Put `x` on this backend, cast to `dtype` when given.
+        """Put `x` on this backend, cast to `dtype` when given (else NumPy's float16 and long double become
+        float32 and float64, which every library has).
 
         NumPy arrays, Python scalars and lists are always accepted and moved; an
         array of this backend on another device is moved to ours; an array from
@@ -304,6 +305,10 @@ class Backend:
             raise TypeError(f"{argname} must be an array of numbers, got {type(x).__name__} ({exc})") from None
         if host.dtype.kind not in "biuf":
             raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}")
+        if dtype is None and host.dtype.kind == "f" and host.dtype.name not in FLOAT_DTYPES:
+            # float16 and long double are no array-API dtypes (array_api_strict refuses both, torch long double):
+            # read without a cast (class targets, the finite check), they become float32 and float64
+            dtype = "float32" if host.dtype.itemsize < 4 else "float64"
         if dtype is not None or copy:
             host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, copy=copy)
         return self.from_host(host)
