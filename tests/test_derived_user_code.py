@@ -110,3 +110,28 @@ def test_models_whose_optimizers_differ_in_a_plain_setting_do_not_share_a_progra
     _train(backend, dtype, True, lambda ps: RateFromAttribute(ps, scale=1.0))
     runs = [_train(backend, dtype, fast, lambda ps: RateFromAttribute(ps, scale=2.0)) for fast in (True, False)]
     _assert_same(*runs, dtype)
+
+
+class CountingMomentum(optim.Optimizer):
+    """An elementwise rule whose state holds a 0-d count beside a buffer shaped like the parameter."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr)
+
+    def init_state(self, xp, value):
+        return {"m": xp.zeros_like(value), "n": xp.zeros((), dtype=value.dtype, device=value.device)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        n = state["n"] + 1.0
+        m = 0.9 * state["m"] + grad
+        return value - lr * m / n, {"m": m, "n": n}
+
+
+def test_an_elementwise_rule_with_a_0d_state_runs_per_parameter(backend, dtype):
+    """The flat update sliced the rule's 0-d state as if it were shaped like the parameters (IndexError); a
+    state no flat buffer can hold leaves the step to `Optimizer.step`, parameter by parameter."""
+    runs = [_train(backend, dtype, fast, CountingMomentum) for fast in (True, False)]
+    _assert_same(*runs, dtype)
+    assert [int(runs[0][0].backend.to_host(s["n"])) for s in runs[0][1].state.values()] == [9] * 4

@@ -74,6 +74,12 @@ def taken_offer(offered: tuple[Any, list[Any]] | None, grads: list[Any]) -> Any:
     return offered[0]
 
 
+def _shape(x: Any) -> tuple[int, ...] | None:
+    """The shape of an array (None for a Python number), as a tuple of ints."""
+    shape = getattr(x, "shape", None)
+    return None if shape is None else tuple(int(d) for d in shape)
+
+
 class FlatUpdate:
     """One call of `optimizer.update` over the concatenation of its parameters.
 
@@ -81,8 +87,9 @@ class FlatUpdate:
         optimizer: an optimizer whose class declares ``elementwise = True``.
         backend: the parameters' backend (its namespace, and how it joins arrays into one).
 
-    `applies` says whether this step can run flat (every parameter has a gradient and
-    all were updated equally often); `run` then does the step, as `Optimizer.step` would.
+    `applies` says whether this step can run flat (every parameter has a gradient, all were
+    updated equally often, and the rule's state is shaped like the parameters, as `init_state`
+    promises); `run` then does the step, as `Optimizer.step` would.
     `piece`, set from the backend (`Backend.update_piece`) when the buffers are gathered,
     is how many elements the rule sees per call; None means all of them in one call.
     """
@@ -115,6 +122,9 @@ class FlatUpdate:
         self._grad_sources: list[Any] = []
         self._offered: tuple[Any, list[Any]] | None = None  # this step's offered buffer and its views
         self.mutable = True
+        # False once the rule's state proved not shaped like the parameters (a 0-d count): no slice of a flat
+        # buffer can hold it, so `Optimizer.step` runs every step, parameter by parameter
+        self.suited = True
         self.replay = replay.for_update(optimizer, backend, self.size)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -139,9 +149,16 @@ class FlatUpdate:
         if not have:
             if not create:
                 return True
-            self.state = opt.init_state(xp, self.values)
+            state = opt.init_state(xp, self.values)
+            if not all(_shape(arr) == (self.size,) for arr in state.values()):
+                self.suited = False
+                return False
+            self.state = state
         elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
             keys = tuple(opt.state[0])
+            if not all(_shape(opt.state[i][k]) == self.shapes[i] for i in range(n) for k in keys):
+                self.suited = False
+                return False
             self.state = {k: self._concat([opt.state[i][k] for i in range(n)]) for k in keys}
         else:
             return False  # some parameters have state and others not: the per-parameter loop handles that
@@ -196,7 +213,7 @@ class FlatUpdate:
         """Whether this step can run flat: every parameter has a gradient and the same update count."""
         opt = self.optimizer
         steps = opt.param_steps
-        if steps and steps.count(steps[0]) != len(steps):
+        if not self.suited or steps and steps.count(steps[0]) != len(steps):
             return False
         return not any(map(is_, [p.grad for p in opt.params], repeat(None)))
 
