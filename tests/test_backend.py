@@ -591,3 +591,21 @@ def test_float16_and_long_double_inputs_work_where_the_library_lacks_them(backen
     X[0, 0] = np.inf
     with pytest.raises(ValueError, match=r"X contains NaN or inf values"):
         model.predict(X)
+
+
+def test_sparse_matrices_are_refused_by_name(backend):
+    """A scipy.sparse matrix was taken for an array-like read batch by batch ('X of batch 0 must hold numbers,
+    got dtype object'); a sparse torch tensor predicted but failed in fit inside torch."""
+    sparse = pytest.importorskip("scipy.sparse")
+    X = np.eye(4, 3)
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    for make in (sparse.csr_matrix, sparse.coo_array):
+        with pytest.raises(TypeError, match=r"X is a scipy.sparse \w+; nnx computes on dense arrays: pass X.toarray"):
+            model.predict(make(X))
+        with pytest.raises(TypeError, match=r"y is a scipy.sparse \w+; .* pass y.toarray\(\)"):
+            model.fit(X, make(X[:, :1]), loss="mse", epochs=1, verbose=0)
+    if backend.name == "torch":
+        import torch
+
+        with pytest.raises(TypeError, match=r"X is a sparse torch tensor \(torch.sparse_coo\); .* pass X.to_dense\(\)"):
+            model.fit(torch.tensor(X).to_sparse(), X[:, :1], loss="mse", epochs=1, verbose=0)

@@ -19,7 +19,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .names import FLOAT_DTYPES, article, backend_name_of, dtype_name
+from .names import FLOAT_DTYPES, article, backend_name_of, dtype_name, is_scipy_sparse
 from .rng import DeviceRNG, HostRNG
 
 
@@ -294,6 +294,9 @@ class Backend:
                 f"{argname} is {article(other)} array but this model runs on the {self.name} backend; "
                 f"pass {self._accepted()} (model.to({other!r}) moves the model)"
             )
+        if is_scipy_sparse(x):  # NumPy would make it a 0-d object array
+            raise TypeError(f"{argname} is a scipy.sparse {type(x).__name__}; nnx computes on dense arrays: "
+                            f"pass {argname}.toarray()")
         if isinstance(x, np.ma.MaskedArray) and np.ma.count_masked(x):
             # np.asarray (as torch and scikit-learn) reads the values under the mask: often a fill value
             hidden = int(np.ma.count_masked(x))

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..protocols import Model
-from .names import backend_name_of
+from .names import backend_name_of, is_scipy_sparse
 
 
 def is_out_of_core(data: Any) -> bool:
@@ -19,13 +19,14 @@ def is_out_of_core(data: Any) -> bool:
 
     NumPy arrays in memory, lists, and arrays of a backend library are not; an
     object with ``shape`` and ``__getitem__`` (an h5py or zarr dataset) is. A pandas
-    object indexes columns with ``[]``, so it is read whole, as before.
+    object indexes columns with ``[]``, so it is read whole, as before; so is a scipy.sparse matrix,
+    which `Backend.asarray` refuses by name.
     """
     if isinstance(data, np.memmap):
         return True
     if data is None or isinstance(data, (np.ndarray, np.generic, list, tuple, str, bytes, int, float)):
         return False
-    if backend_name_of(data) is not None or hasattr(data, "iloc"):
+    if backend_name_of(data) is not None or hasattr(data, "iloc") or is_scipy_sparse(data):
         return False
     return hasattr(data, "shape") and hasattr(data, "__getitem__")
 

@@ -45,6 +45,11 @@ def backend_name_of(x: Any) -> str | None:
     return None
 
 
+def is_scipy_sparse(x: Any) -> bool:
+    """Whether `x` is a scipy.sparse matrix or array (told by its module: scipy is not imported for it)."""
+    return type(x).__module__.startswith("scipy.sparse")
+
+
 def dtype_name(dtype: Any) -> str:
     """Canonical name (``"float32"``) for a dtype given as a string, NumPy dtype or namespace dtype."""
     if isinstance(dtype, str):

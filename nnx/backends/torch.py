@@ -145,13 +145,16 @@ class TorchBackend(Backend):
         nnx computes its own gradients. A tensor that requires grad (a user's autograd input, an
         ``nn.Parameter``) would otherwise make torch record every operation on it: weights updated from
         it would turn into non-leaf tensors carrying the graph of every step, and outputs would hold it.
-        A tensor on the 'meta' device has shape and dtype but no values to read.
+        A tensor on the 'meta' device has shape and dtype but no values to read; a sparse one is refused.
         """
         import torch
 
         if isinstance(x, torch.Tensor):
             if x.device.type == "meta":
                 raise ValueError(f"{argname} is a torch tensor on the 'meta' device, which holds no values")
+            if x.layout != torch.strided:  # some operations take it, others fail inside torch
+                raise TypeError(f"{argname} is a sparse torch tensor ({x.layout}); nnx computes on dense arrays: "
+                                f"pass {argname}.to_dense()")
             if x.requires_grad:
                 x = x.detach()
         return super().asarray(x, dtype=dtype, argname=argname, copy=copy)
