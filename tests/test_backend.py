@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import types
@@ -609,3 +610,27 @@ def test_sparse_matrices_are_refused_by_name(backend):
 
         with pytest.raises(TypeError, match=r"X is a sparse torch tensor \(torch.sparse_coo\); .* pass X.to_dense\(\)"):
             model.fit(torch.tensor(X).to_sparse(), X[:, :1], loss="mse", epochs=1, verbose=0)
+
+
+def test_the_generic_adapter_refuses_a_namespace_without_the_functions_nnx_calls():
+    """A library of an older standard (no ``isdtype``, 2022.12; no ``maximum``/``clip``, 2023.12) failed with an
+    AttributeError at the first call that needed one, in the middle of fit; now when the backend is made."""
+    import array_api_strict
+
+    old = types.ModuleType("old_array_library")
+    old.__dict__.update({k: v for k, v in vars(array_api_strict).items()
+                         if k not in ("__name__", "isdtype", "maximum", "clip")})
+    old.__array_api_version__ = "2021.12"
+    with pytest.raises(ValueError, match=r"'old_array_library' \(array API 2021.12\) lacks clip, isdtype, maximum, "
+                                         r"which nnx calls"):
+        generic_backend(old)
+
+
+def test_the_generic_adapters_list_holds_every_namespace_name_nnx_calls():
+    """`generic.NAMESPACE_NEEDS` is what `generic_backend` checks a namespace for: every ``xp.<name>`` in nnx."""
+    from nnx.backends import generic
+
+    used = set()
+    for path in (REPO_ROOT / "nnx").rglob("*.py"):
+        used |= set(re.findall(r"\bxp\.([a-z][a-z0-9_]*)\b", path.read_text()))
+    assert used <= set(generic.NAMESPACE_NEEDS), sorted(used - set(generic.NAMESPACE_NEEDS))

@@ -31,6 +31,17 @@ _DLPACK_CPU = 1  # kDLCPU, DLPack's device type for host memory
 _NO_DLPACK = (AttributeError, BufferError, NotImplementedError, RuntimeError, TypeError, ValueError)
 
 
+#: the namespace's functions, dtypes and constants that nnx's own code calls (``xp.<name>``); a library of an
+#: older standard lacks some (``isdtype`` is 2022.12, ``maximum``, ``minimum`` and ``clip`` are 2023.12)
+NAMESPACE_NEEDS = ("abs", "all", "any", "arange", "argmax", "asarray", "astype", "broadcast_to", "clip", "concat",
+                   "empty", "empty_like", "exp", "finfo", "float32", "float64", "floor", "from_dlpack", "full",
+                   "full_like", "inf", "int64", "isdtype", "isfinite", "isnan", "log", "log1p", "max", "maximum",
+                   "mean", "min", "minimum", "ones", "ones_like", "reshape", "round", "sign", "sqrt", "stack", "sum",
+                   "take", "tanh", "where", "zeros", "zeros_like")
+# what nnx copes without (`GenericBackend.from_host` falls back to asarray)
+_OPTIONAL = ("from_dlpack",)
+
+
 def is_namespace(module: Any) -> bool:
     """Whether `module` looks like an array-API namespace (it declares the standard's version)."""
     return hasattr(module, "__array_api_version__") and hasattr(module, "asarray")
@@ -46,6 +57,11 @@ def generic_backend(xp: types.ModuleType, device: Any = None) -> GenericBackend:
     if not is_namespace(xp):
         raise ValueError(f"{getattr(xp, '__name__', xp)!r} is not an array API namespace "
                          "(it has no __array_api_version__)")
+    missing = [name for name in NAMESPACE_NEEDS if name not in _OPTIONAL and not hasattr(xp, name)]
+    if missing:
+        raise ValueError(f"{getattr(xp, '__name__', xp)!r} (array API {xp.__array_api_version__}) lacks "
+                         f"{', '.join(missing)}, which nnx calls; nnx needs the namespace of the 2023.12 standard "
+                         "or later")
     info = getattr(xp, "__array_namespace_info__", None)
     default = info().default_device() if info is not None else None
     if device is None:
