@@ -43,3 +43,16 @@ def test_class_metrics_read_every_form_of_class_targets(backend, dtype, rng, nam
     values = {form: float(backend.to_host(fn(xp, backend.asarray(y), scores, True)))
               for form, y in _three_forms(rng, n=40).items()}
     assert values["(n, 1)"] == pytest.approx(values["(n,)"]) and values["one-hot"] == pytest.approx(values["(n,)"])
+
+
+@pytest.mark.parametrize("labels, shown", [
+    (np.array([0, 1, 2**64 - 1], dtype=np.uint64), r"\[0, 18446744073709551615\]"),
+    (np.array([0.0, 1.0, 1e20]), r"\[0, 100000000000000000000\]"),
+    (np.array([0.0, -3e19, 2.0]), r"\[-30000000000000000000, 2\]"),
+])
+def test_class_indices_beyond_int64_are_named_as_given(backend, labels, shown):
+    """The cast to int64 came before the range check: a uint64 index beyond int64 was reported as -1, and a
+    float one beyond it as whatever the cast made of it (which on some backends may even land in range)."""
+    model = nnx.Sequential(nnx.Dense(2, 3), backend=backend, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=rf"y has class indices in {shown} but the model has 3 outputs"):
+        model.fit(np.ones((3, 2)), labels, loss="cross_entropy", epochs=1, verbose=0)

@@ -76,20 +76,28 @@ def _class_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
                              f"({n_rows}, 1), or one-hot rows of shape ({n_rows}, {model.out_features}), "
                              f"got {tuple(y.shape)}")
         return y
+    n_classes = cast(int, model.out_features)  # known once the model is built
+    given = y
     if xp.isdtype(y.dtype, "real floating"):
         if not all_true(model, xp.isfinite(y)):  # inf would become a meaningless index in the message below
             raise ValueError(f"{argname} holds class indices but has NaN or infinite values")
         if not all_true(model, y == xp.round(y)):
             raise ValueError(f"{argname} holds class indices but has non-integer values")
-        y = xp.astype(y, xp.int64)
+        # checked before the cast: a float beyond int64's range has no defined int64
+        in_range = all_true(model, (y >= 0) & (y < n_classes))
+        if in_range:
+            y = xp.astype(y, xp.int64)
     elif not xp.isdtype(y.dtype, "integral"):
         raise TypeError(f"{argname} must hold class indices or one-hot rows, got dtype {y.dtype}")
-    elif y.dtype != xp.int64:
-        y = xp.astype(y, xp.int64)  # torch reads uint8/bool index tensors as masks
-    n_classes = cast(int, model.out_features)  # known once the model is built
-    if y.shape[0] and not all_true(model, (y >= 0) & (y < n_classes)):
-        lo, hi = model.backend.to_host(xp.min(y)), model.backend.to_host(xp.max(y))
-        raise ValueError(f"{argname} has class indices in [{lo}, {hi}] but the model has "
+    else:
+        if y.dtype != xp.int64:
+            # torch reads uint8/bool index tensors as masks (and compares no uint64); a uint64 index beyond
+            # int64 turns negative here, so the check refuses it
+            y = xp.astype(y, xp.int64)
+        in_range = all_true(model, (y >= 0) & (y < n_classes))
+    if y.shape[0] and not in_range:
+        host = model.backend.to_host(given)  # the values as given, for the message
+        raise ValueError(f"{argname} has class indices in [{int(host.min())}, {int(host.max())}] but the model has "
                          f"{n_classes} outputs (valid: 0..{n_classes - 1})")
     return y
 
