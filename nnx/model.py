@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -180,6 +181,7 @@ class Sequential(_Chain):
         if other.dropout_rng.accepts(dropout_state):  # a stream of the same kind goes on, as from a checkpoint
             other.dropout_rng.set_state(dropout_state)
         if self.optimizer is not None:
+            _require_state_in_range(self.optimizer, self.backend, other.dtype)
             other.optimizer = rebuild_optimizer(self.optimizer.state_dict(), other.parameters(), self.backend)
         return other
 
@@ -314,3 +316,22 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
         terms += _penalty_terms(sub, enclosing)
     return terms
 
+
+def _require_state_in_range(optimizer: Optimizer, backend: Backend, dtype: str) -> None:
+    """ValueError when an optimizer state array holds finite values that the cast to `dtype` would make inf.
+
+    `to()` checks its weights where the copy's layers are built; Adam's second moment in a float64 model can
+    exceed float32 where a weight does not, and an inf there freezes that parameter without a word.
+    """
+    xp = backend.xp
+    limit = float(xp.finfo(backend.float_dtype(dtype)).max)
+    for i, entry in sorted(optimizer.state.items()):
+        for key, value in entry.items():
+            if not xp.isdtype(value.dtype, "real floating") or float(xp.finfo(value.dtype).max) <= limit \
+                    or math.prod(value.shape) == 0:
+                continue
+            largest = backend.to_float(xp.max(xp.abs(value)))
+            if limit < largest < math.inf:
+                raise ValueError(f"optimizer state {key!r} of parameter {optimizer.params[i].name!r} has values up "
+                                 f"to {largest:.4g}, beyond the range of {dtype} (+-{limit:.4g}), which would turn "
+                                 f"them into inf; keep the model's dtype {dtype_name(value.dtype)}")
