@@ -8,7 +8,8 @@ Each optimizer is a pure function, its whole extension API:
 `step` counts a parameter's updates from 1 and `lr` is the current learning rate;
 under a compiler both may be traced arrays, so a rule does arithmetic on them and
 never branches on them (branching on its own hyper-parameters is fine). A rule
-never mutates its inputs. `Optimizer.step`, `state_dict`, schedules, the divergence
+never mutates its inputs, and returns arrays of the dtypes and shapes it was given
+(every caller checks it: `check_rule_result`). `Optimizer.step`, `state_dict`, schedules, the divergence
 rollback, the flat-buffer and compiled executions of `nnx.training` and the sharded
 update across ranks are all ordinary callers of `update`. A rule that declares
 ``elementwise = True`` (each output element reads only the same element of its
@@ -51,6 +52,7 @@ __all__ = [
     "Lion",
     "OPTIMIZERS",
     "get_optimizer",
+    "check_rule_result",
 ]
 
 
@@ -168,7 +170,9 @@ class Optimizer:
             if current is None:
                 current = self.init_state(xp, p.value)
             t = steps[i] + 1
-            p.value, state[i] = self.update(xp, p.value, g, current, t, self._lr)
+            new_value, new_state = self.update(xp, p.value, g, current, t, self._lr)
+            check_rule_result(self, p, p.value, new_value, current, new_state)
+            p.value, state[i] = new_value, new_state
             steps[i] = t
 
     def check_grads(self) -> None:
@@ -369,6 +373,57 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({len(self.params)} params, {args})"
+
+
+def _dtype_and_shape(x: Any) -> tuple[Any, tuple[int, ...]] | None:
+    dtype, shape = getattr(x, "dtype", None), getattr(x, "shape", None)
+    return None if dtype is None or shape is None else (dtype, tuple(shape))
+
+
+def check_rule_result(optimizer: Optimizer, what: Any, value: Any, new_value: Any, state: dict[str, Any],
+                      new_state: Any) -> None:
+    """Raise TypeError unless `update` kept the dtype and shape of `value` and of each state array it was given.
+
+    Every caller of the rule (`Optimizer.step`, the flat and the compiled executions) checks the same, so a rule
+    that promotes a float32 model to float64 (a float64 constant such as ``xp.asarray(lr)``) is named where it
+    happens instead of turning one model into two dtypes, or being cast back by an execution that writes into
+    buffers of the parameters' dtype. `what` is the `Parameter`, or words naming the arrays.
+    """
+    try:  # the common case, quickly: every array as it was (a step of a small network checks a dozen)
+        if value.dtype == new_value.dtype and value.shape == new_value.shape and all(
+                key not in state or state[key].dtype == arr.dtype and state[key].shape == arr.shape
+                for key, arr in new_state.items()):
+            return
+    except AttributeError:
+        pass  # something that is not an array: told apart below
+    name = type(optimizer).__name__
+    if not isinstance(what, str):
+        what = f"parameter {getattr(what, 'name', '?')!r}"
+    had = _dtype_and_shape(value)
+    got = _dtype_and_shape(new_value)
+    if got != had:
+        raise TypeError(f"{name}.update returned a new value {_described(got, new_value)} for {what}, which is "
+                        f"{_described(had, value)}: a rule keeps its arrays' dtypes and shapes (use Python numbers "
+                        "for constants: a float64 array promotes a float32 model)")
+    if not isinstance(new_state, dict):
+        raise TypeError(f"{name}.update returned a state of type {type(new_state).__name__} for {what}; "
+                        "it must return a dict of arrays")
+    for key, arr in new_state.items():
+        old = state.get(key)
+        if old is None:
+            continue  # a key the rule adds (momentum switched on)
+        had, got = _dtype_and_shape(old), _dtype_and_shape(arr)
+        if had is not None and got != had:
+            raise TypeError(f"{name}.update returned its state {key!r} {_described(got, arr)} for {what}, "
+                            f"where it was {_described(had, old)}: a rule keeps its arrays' dtypes and shapes "
+                            "(use Python numbers for constants)")
+
+
+def _described(dtype_and_shape: tuple[Any, tuple[int, ...]] | None, x: Any) -> str:
+    if dtype_and_shape is None:
+        return f"of type {type(x).__name__}"
+    dtype, shape = dtype_and_shape
+    return f"of dtype {dtype_name(dtype)} and shape {shape}"
 
 
 def _param_names(names: Any) -> list[str | None] | None:

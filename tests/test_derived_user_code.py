@@ -135,3 +135,33 @@ def test_an_elementwise_rule_with_a_0d_state_runs_per_parameter(backend, dtype):
     runs = [_train(backend, dtype, fast, CountingMomentum) for fast in (True, False)]
     _assert_same(*runs, dtype)
     assert [int(runs[0][0].backend.to_host(s["n"])) for s in runs[0][1].state.values()] == [9] * 4
+
+
+class PromotingSGD(optim.Optimizer):
+    """SGD that turns a float32 model's parameters (or its state) into float64 arrays."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05, in_state=False):
+        super().__init__(params, lr, in_state=in_state)
+
+    def init_state(self, xp, value):
+        return {"m": xp.zeros_like(value)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        if self.in_state:
+            return value - lr * grad, {"m": xp.astype(state["m"], xp.float64) * 0.9 + grad}
+        return value - lr * xp.astype(grad, xp.float64), state
+
+
+@pytest.mark.parametrize("in_state", [False, True], ids=["value", "state"])
+def test_a_rule_that_changes_an_arrays_dtype_is_named_in_every_execution(backend, in_state):
+    """The plain loop turned the float32 parameters into float64 (a model of two dtypes; torch then failed in the
+    next forward), the flat update cast them back into its float32 buffers, JAX's epoch program failed to carry
+    them: now every execution raises the same TypeError naming the rule and the dtypes."""
+    messages = []
+    for fast in (True, False):
+        with pytest.raises(TypeError, match=r"PromotingSGD\.update returned .*float64.* float32") as info:
+            _train(backend, "float32", fast, lambda ps: PromotingSGD(ps, in_state=in_state), epochs=1)
+        messages.append(str(info.value).split(" and shape")[0])  # the flat update sees one flat array
+    assert messages[0] == messages[1]

@@ -37,6 +37,7 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
+from ..optim import check_rule_result
 from .shared_programs import ById, SharedProgram, Unshareable, config_key, definition, describe, settings_key
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
@@ -421,6 +422,8 @@ class CompiledStep:
         with opt.rate_for_tracing(lr):  # a rule that reads self.lr gets the program's rate too, not a constant
             updated = [opt.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
                        for v, g, st, s in zip(values, grads, states, steps, strict=True)]
+        for p, v, st, (new_value, new_state) in zip(self.params, values, states, updated, strict=True):
+            check_rule_result(opt, p, v, new_value, st, new_state)
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)
 
     def _put_back(self, saved: tuple) -> None:

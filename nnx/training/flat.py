@@ -30,7 +30,7 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
-from ..optim import Optimizer
+from ..optim import Optimizer, check_rule_result
 from . import replay
 
 __all__ = ["FlatUpdate", "offer_grads", "taken_offer", "write_in_place"]
@@ -268,6 +268,7 @@ class FlatUpdate:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
         xp = self.xp
         new_values, new_state = self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
+        check_rule_result(self.optimizer, "the parameters' flat buffer", values, new_values, state, new_state)
         if keep is not None:
             new_values = xp.where(keep, new_values, values)
             # a key the rule adds (momentum switched on) has no old array: a refused step leaves zeros, as
