@@ -378,7 +378,8 @@ def test_learning_rate_must_be_positive(optimizer, lr):
     ({"batch_size": 2.0}, TypeError, r"batch_size must be an int, got float 2.0"),
     ({"validation_split": 1.0}, ValueError, r"validation_split must be in \[0, 1\), got 1.0"),
     ({"validation_split": -0.2}, ValueError, r"validation_split must be in \[0, 1\), got -0.2"),
-    ({"validation_split": 0.1}, ValueError, r"validation_split=0.1 leaves 6 training and 0 validation samples "
+    # as Keras: the first floor(6 * 0.1) rows train, so 0.9 leaves none (and any split under 1 holds one out)
+    ({"validation_split": 0.9}, ValueError, r"validation_split=0.9 leaves 0 training and 6 validation samples "
                                             r"out of 6"),
     ({"validation_data": (np.ones((2, 3)),)}, TypeError, r"validation_data must be a pair \(X_val, y_val\)"),
 ])

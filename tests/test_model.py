@@ -473,17 +473,17 @@ def test_history_records_loss_metrics_and_validation(backend, dtype):
 
 
 def test_validation_split_holds_out_the_end(backend, dtype):
-    X, y, _ = _fit_data()  # 23 samples: 0.25 holds out the last 5
+    X, y, _ = _fit_data()  # 23 samples: 0.25 holds out the last 6, as Keras does (it trains on floor(23 * 0.75))
     model = _small(backend, dtype, seed=2)
     history = model.fit(X, y, loss="mse", epochs=2, batch_size=5, validation_split=0.25, metrics=["mae"])
     assert set(history.history) == {"loss", "mae", "val_loss", "val_mae"}
-    final = model.evaluate(X[-5:], y[-5:], metrics=["mae"])
+    final = model.evaluate(X[-6:], y[-6:], metrics=["mae"])
     tol = 1e-5 if dtype == "float32" else 1e-12
     assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=tol)
     assert history["val_mae"][-1] == pytest.approx(final["mae"], rel=tol)
-    # the same as training on the first 18 with validation_data
+    # the same as training on the first 17 with validation_data
     other = _small(backend, dtype, seed=2)
-    h2 = other.fit(X[:-5], y[:-5], loss="mse", epochs=2, batch_size=5, validation_data=(X[-5:], y[-5:]),
+    h2 = other.fit(X[:-6], y[:-6], loss="mse", epochs=2, batch_size=5, validation_data=(X[-6:], y[-6:]),
                    metrics=["mae"])
     for key in history.history:
         np.testing.assert_allclose(history[key], h2[key], rtol=tol)
@@ -492,15 +492,15 @@ def test_validation_split_holds_out_the_end(backend, dtype):
 def test_validation_split_keeps_the_held_out_rows_sample_weight(backend, dtype):
     """As in Keras, validation_split splits sample_weight with X and y: the held-out rows are scored with their
     weights (class_weight, a training setting, is not applied to them), as validation_data=(X, y, w) would."""
-    X, _, y = _fit_data()  # the last 5 of 23 are held out
+    X, _, y = _fit_data()  # the last 6 of 23 are held out
     w = np.linspace(0.0, 3.0, N_FIT)
     kw = dict(loss="cross_entropy", epochs=2, batch_size=5, metrics=["accuracy"])
     split = _classifier(backend, dtype, seed=2).fit(X, y, sample_weight=w, class_weight={0: 2.0}, validation_split=0.25,
                                                     **kw)
-    given = _classifier(backend, dtype, seed=2).fit(X[:-5], y[:-5], sample_weight=w[:-5], class_weight={0: 2.0},
-                                                    validation_data=(X[-5:], y[-5:], w[-5:]), **kw)
-    unweighted = _classifier(backend, dtype, seed=2).fit(X[:-5], y[:-5], sample_weight=w[:-5], class_weight={0: 2.0},
-                                                         validation_data=(X[-5:], y[-5:]), **kw)
+    given = _classifier(backend, dtype, seed=2).fit(X[:-6], y[:-6], sample_weight=w[:-6], class_weight={0: 2.0},
+                                                    validation_data=(X[-6:], y[-6:], w[-6:]), **kw)
+    unweighted = _classifier(backend, dtype, seed=2).fit(X[:-6], y[:-6], sample_weight=w[:-6], class_weight={0: 2.0},
+                                                         validation_data=(X[-6:], y[-6:]), **kw)
     tol = 1e-5 if dtype == "float32" else 1e-12
     for key in given.history:
         np.testing.assert_allclose(split[key], given[key], rtol=tol, err_msg=key)

@@ -81,7 +81,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         epochs: epochs to run in this call (counting continues in `epochs_trained`).
         batch_size: samples per step; None for full batch.
         validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
-        validation_split: fraction in [0, 1) of the data (taken from the end) held out instead.
+        validation_split: fraction in [0, 1) of the data (taken from the end) held out instead; as in Keras,
+            the first ``floor(n * (1 - validation_split))`` rows train.
         metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
         callbacks: `nnx.callbacks.Callback` instances.
         verbose: 1 prints loss and metrics each epoch; 2 also says how the epochs run (`History.execution_mode`).

@@ -81,8 +81,9 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
 
 
 def _held_out(n: int, validation_split: float) -> int:
-    """Rows validation_split holds out from the end of n."""
-    n_val = int(math.floor(n * validation_split))
+    """Rows validation_split holds out from the end of n: Keras's split, which keeps the first
+    ``floor(n * (1 - validation_split))`` rows for training (23 rows at 0.25 hold out 6, not 5)."""
+    n_val = n - int(math.floor(n * (1.0 - validation_split)))
     if validation_split and (n_val == 0 or n_val == n):
         raise ValueError(f"validation_split={validation_split} leaves {n - n_val} training and "
                          f"{n_val} validation samples out of {n}")
