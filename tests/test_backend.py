@@ -634,3 +634,15 @@ def test_the_generic_adapters_list_holds_every_namespace_name_nnx_calls():
     for path in (REPO_ROOT / "nnx").rglob("*.py"):
         used |= set(re.findall(r"\bxp\.([a-z][a-z0-9_]*)\b", path.read_text()))
     assert used <= set(generic.NAMESPACE_NEEDS), sorted(used - set(generic.NAMESPACE_NEEDS))
+
+
+def test_a_transposed_weight_in_load_state_dict_is_named_as_such():
+    """State dicts share torch's names ("0.weight"), but torch.nn.Linear keeps its weight as (out, in) and Dense as
+    (in, out): a torch weight loads only transposed (a square one would load either way, so the docs say it)."""
+    model = nnx.Sequential(nnx.Dense(3, 2), backend="numpy", dtype="float64", seed=0)
+    state = {k: np.asarray(v) for k, v in model.state_dict().items()}
+    state["0.weight"] = state["0.weight"].T
+    with pytest.raises(ValueError, match=r"state_dict\['0.weight'\] has shape \(2, 3\), the model expects \(3, 2\): "
+                                         r"its transpose \(torch.nn.Linear keeps \(out_features, in_features\), "
+                                         r"nnx.Dense \(in_features, out_features\)\)"):
+        model.load_state_dict(state)

@@ -68,8 +68,12 @@ def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, A
     for name, target in targets.items():
         value = model.backend.asarray(state[name], dtype=model.dtype, argname=f"state_dict[{name!r}]", copy=True)
         if tuple(value.shape) != target.shape:
+            # the names are torch's, the layout of a weight is not
+            transposed = value.ndim == 2 and tuple(value.shape[::-1]) == target.shape
+            hint = (": its transpose (torch.nn.Linear keeps (out_features, in_features), nnx.Dense "
+                    "(in_features, out_features))") if transposed else ""
             raise ValueError(f"state_dict[{name!r}] has shape {tuple(value.shape)}, the model expects "
-                             f"{target.shape}")
+                             f"{target.shape}{hint}")
         # NaN weights would make every output NaN; the given array tells an inf the cast made
         model.require_finite(value, f"state_dict[{name!r}]", state[name])
         new_values[name] = value
