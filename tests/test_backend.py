@@ -646,3 +646,15 @@ def test_a_transposed_weight_in_load_state_dict_is_named_as_such():
                                          r"its transpose \(torch.nn.Linear keeps \(out_features, in_features\), "
                                          r"nnx.Dense \(in_features, out_features\)\)"):
         model.load_state_dict(state)
+
+
+def test_a_dataframe_of_mixed_columns_is_refused_with_the_conversion_to_make():
+    """pd.get_dummies gives bool columns beside float ones: NumPy makes that an object array, refused; the
+    message says how to make it numbers (scikit-learn converts it, Keras fails on it)."""
+    pd = pytest.importorskip("pandas")
+    X = pd.get_dummies(pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"], "c": [0.5, 1.5]}))
+    model = nnx.Sequential(nnx.Dense(4, 1), backend="numpy", dtype="float64", seed=0)
+    with pytest.raises(TypeError, match=r"X must hold numbers, got dtype object \(a DataFrame whose columns are of "
+                                        r"different kinds gives one; pass X.to_numpy\(dtype=float\)\)"):
+        model.predict(X)
+    assert model.predict(X.to_numpy(dtype=float)).shape == (2, 1)

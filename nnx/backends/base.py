@@ -307,7 +307,10 @@ class Backend:
         except (ValueError, TypeError) as exc:  # ragged nesting, objects NumPy cannot make an array of
             raise TypeError(f"{argname} must be an array of numbers, got {type(x).__name__} ({exc})") from None
         if host.dtype.kind not in "biuf":
-            raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}")
+            # pd.get_dummies puts bool columns beside float ones, which NumPy makes an object array
+            hint = (f" (a DataFrame whose columns are of different kinds gives one; "
+                    f"pass {argname}.to_numpy(dtype=float))" if host.dtype == object and hasattr(x, "iloc") else "")
+            raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}{hint}")
         if dtype is None and host.dtype.kind == "f" and host.dtype.name not in FLOAT_DTYPES:
             # float16 and long double are no array-API dtypes (array_api_strict refuses both, torch long double):
             # read without a cast (class targets, the finite check), they become float32 and float64
