@@ -396,7 +396,8 @@ def test_nnx_solvers_take_the_estimators_optimizer_parameters():
         assert MLPClassifier(solver=solver, epsilon=1e-3, **kw).fit(X, y).model_.optimizer.eps == 1e-3
 
 
-@pytest.mark.parametrize("change", [{"activation": "tanh"}, {"hidden_layer_sizes": (4,)}, {"dropout": 0.2}])
+@pytest.mark.parametrize("change", [{"activation": "tanh"}, {"hidden_layer_sizes": (4,)}, {"dropout": 0.2},
+                                    {"backend": "array_api_strict"}, {"dtype": "float32"}])
 def test_continuing_a_network_that_no_longer_matches_the_parameters_is_refused(change):
     """warm_start and partial_fit continue the fitted network; a changed architecture was ignored without a word."""
     X, y = _blobs()

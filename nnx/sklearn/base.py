@@ -190,7 +190,8 @@ class MLPBase(BaseEstimator):
         return model
 
     def _check_continuation(self) -> None:
-        """ValueError when hidden_layer_sizes, activation or dropout no longer describe the fitted network.
+        """ValueError when hidden_layer_sizes, activation, dropout, backend or dtype no longer describe the
+        fitted network.
 
         A warm start or `partial_fit` continues `model_` as it was built; a changed parameter would
         otherwise be ignored without a word.
@@ -204,10 +205,15 @@ class MLPBase(BaseEstimator):
             wanted["activation"] = L.ACTIVATIONS[self.activation]
         rates = [layer.rate for layer in layers if isinstance(layer, L.Dropout)]
         fitted["dropout"], wanted["dropout"] = (rates[0] if rates else 0.0), float(self.dropout)
+        # None follows the data at a first fit; a value given later must be where the network is
+        if self.backend is not None:
+            fitted["backend"], wanted["backend"] = self.model_.backend, get_backend(self.backend)
+        if self.dtype is not None:
+            fitted["dtype"], wanted["dtype"] = self.model_.dtype, self.dtype
         for name, value in fitted.items():
             if value != wanted[name]:
                 was = next(n for n in HIDDEN_ACTIVATIONS if L.ACTIVATIONS[n] is value) if name == "activation" \
-                    else value
+                    else value.spec if name == "backend" else value
                 raise ValueError(f"{name}={getattr(self, name)!r} does not match the fitted network ({name} "
                                  f"{was!r}), which warm_start and partial_fit continue; set it back, or fit "
                                  "with warm_start=False to train a new network")
