@@ -165,3 +165,33 @@ def test_a_rule_that_changes_an_arrays_dtype_is_named_in_every_execution(backend
             _train(backend, "float32", fast, lambda ps: PromotingSGD(ps, in_state=in_state), epochs=1)
         messages.append(str(info.value).split(" and shape")[0])  # the flat update sees one flat array
     assert messages[0] == messages[1]
+
+
+class HostNoise(nnx.Layer):
+    """Gaussian noise in training, drawn from a NumPy generator the layer keeps (not the model's stream)."""
+
+    def __init__(self, std=0.5, seed=0):
+        super().__init__()
+        self.std = std
+        self.generator = np.random.default_rng(seed)
+
+    def forward(self, X, training=False):
+        if not training:
+            return X
+        return X + self.std * self.backend.asarray(self.generator.standard_normal(tuple(X.shape)), dtype=self.dtype)
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+    def get_config(self):
+        return {"type": "HostNoise", "std": self.std}
+
+
+def test_a_layer_drawing_from_its_own_host_generator_gets_fresh_draws_every_step(backend, dtype):
+    """JAX's compiled programs drew the noise once, when traced, and added that same constant at every step; a
+    layer that draws on the host runs its own code step by step, from the generator's state before the trace."""
+    layers = lambda: [nnx.Dense(6, 9), HostNoise(), nnx.ReLU(), nnx.Dense(9, 3)]  # noqa: E731
+    runs = [_train(backend, dtype, fast, lambda ps: optim.SGD(ps, lr=0.05), layers=layers) for fast in (True, False)]
+    _assert_same(*runs, dtype)
+    if backend.can_compile:
+        assert "random generator 'generator'" in runs[0][2].execution_reason

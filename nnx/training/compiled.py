@@ -23,8 +23,9 @@ transform that keeps host state (accumulation, callbacks, averaging across
 processes), a dropout stream whose draws are not a function of its counter, a
 layer whose code needs concrete values (the first trace raises the adapter's
 ``trace_errors``; the step then runs plain for good), and a layer whose step
-changes a plain Python attribute (a counter, a flag): a program would run that
-code once, when traced, so the first trace raises `TraceRefused` instead.
+changes a plain Python attribute (a counter, a flag) or draws from a host random
+generator it keeps: a program would run that code once, when traced, so the first
+trace raises `TraceRefused` instead (and puts those attributes back as they were).
 
 The finite check is the deferred one of `nnx.training.TrainStep`, inside the
 program: a step applies only while every step of the epoch so far was finite,
@@ -33,6 +34,7 @@ and the host reads the verdict once per epoch.
 
 from __future__ import annotations
 
+import random
 import weakref
 from typing import Any
 
@@ -89,10 +91,56 @@ _LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
 
 
 def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every layer's plain Python attributes (numbers, strings, flags, None): what a traced step cannot carry."""
-    return [(path, {k: v for k, v in vars(layer).items()
-                    if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING})
-            for path, layer in model.named_layers()]
+    """Every layer's plain Python attributes (numbers, strings, flags, None) and the state of every host random
+    generator it keeps: what a traced step cannot carry."""
+    found = []
+    for path, layer in model.named_layers():
+        attributes = {}
+        for k, v in vars(layer).items():
+            if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
+                attributes[k] = v
+            else:
+                drawn = _HostGenerator.of(v)
+                if drawn is not None:
+                    attributes[k] = drawn
+        found.append((path, attributes))
+    return found
+
+
+class _HostGenerator:
+    """A host random generator a layer keeps (NumPy's Generator or RandomState, Python's random.Random), with
+    its state when `python_state` looked: a draw from it while traced would be one constant of the program."""
+
+    __slots__ = ("generator", "state")
+
+    def __init__(self, generator: Any, state: Any) -> None:
+        self.generator, self.state = generator, state
+
+    @classmethod
+    def of(cls, value: Any) -> _HostGenerator | None:
+        """`value` with its state if it is a host random generator, else None."""
+        if isinstance(value, random.Random):
+            return cls(value, value.getstate())
+        bit_generator = getattr(value, "bit_generator", None)  # NumPy's Generator
+        if bit_generator is not None and hasattr(bit_generator, "state"):
+            return cls(value, bit_generator.state)
+        if callable(getattr(value, "get_state", None)) and callable(getattr(value, "set_state", None)) \
+                and hasattr(value, "standard_normal"):  # NumPy's RandomState
+            return cls(value, value.get_state())
+        return None
+
+    def restore(self) -> None:
+        """Put the generator back in the state it had when looked at."""
+        generator = self.generator
+        if isinstance(generator, random.Random):
+            generator.setstate(self.state)
+        elif hasattr(generator, "bit_generator"):
+            generator.bit_generator.state = self.state
+        else:
+            generator.set_state(self.state)
+
+    def __repr__(self) -> str:
+        return repr(self.state)
 
 
 def _changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
@@ -101,18 +149,27 @@ def _changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[s
         for key in sorted(set(old) | set(new)):
             # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
             if repr(old.get(key)) != repr(new.get(key)):
+                if isinstance(old.get(key), _HostGenerator):
+                    return (f"layer {path!r} draws from its own random generator {key!r} on the host, which a "
+                            "program would draw once (use the model's stream, `self.rng`)")
                 return f"layer {path!r} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
     return None
 
 
 def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
-    """Put every layer's plain attributes back as `python_state` found them (undoing a refused trace)."""
+    """Put every layer's plain attributes and host generators back as `python_state` found them (undoing a
+    refused trace)."""
     for (_, old), (_, layer) in zip(before, model.named_layers(), strict=True):
         attributes = vars(layer)
         for key in [k for k, v in attributes.items() if isinstance(v, _PLAIN_STATE) and k not in old
                     and k not in _LAYER_BOOKKEEPING]:
             del attributes[key]
-        attributes.update(old)
+        for key, value in old.items():
+            if isinstance(value, _HostGenerator):
+                value.restore()
+                attributes[key] = value.generator
+            else:
+                attributes[key] = value
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
