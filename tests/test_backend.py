@@ -658,3 +658,19 @@ def test_a_dataframe_of_mixed_columns_is_refused_with_the_conversion_to_make():
                                         r"different kinds gives one; pass X.to_numpy\(dtype=float\)\)"):
         model.predict(X)
     assert model.predict(X.to_numpy(dtype=float)).shape == (2, 1)
+
+
+def test_asking_which_backends_run_leaves_jax_in_the_mode_it_was(scratch_registry):
+    """available_backends() (and backend_status) loaded JAX's adapter to try it, and loading it turns on JAX's
+    64-bit mode for the whole process: a query made the user's own JAX code compute in float64."""
+    jax = pytest.importorskip("jax")
+    for key in [k for k in registry._CACHE if k.partition(":")[0] == "jax"]:
+        del registry._CACHE[key]  # as in a process where no model has used JAX yet
+    jax.config.update("jax_enable_x64", False)
+    try:
+        assert "jax" in nnx.available_backends() and backend_status("jax") == (True, "ok")
+        assert not jax.config.jax_enable_x64, "asking what runs here turned on JAX's 64-bit mode"
+        model = nnx.Sequential(nnx.Dense(2, 1), backend="jax", dtype="float64", seed=0)  # loading it does
+        assert jax.config.jax_enable_x64 and model.predict(np.ones((1, 2))).dtype == model.xp.float64
+    finally:
+        jax.config.update("jax_enable_x64", True)

@@ -112,6 +112,19 @@ class Backend:
         """The devices the library reports here (for ``python -m nnx info``); imports the library."""
         return []
 
+    @classmethod
+    def process_settings(cls) -> Any:
+        """The library's process-wide settings that `load` changes (JAX: its 64-bit mode), as they are now.
+
+        `backend_status` puts them back (`restore_process_settings`) after trying a backend that was not
+        loaded, so that asking what runs here changes nothing. None where `load` changes none.
+        """
+        return None
+
+    @classmethod
+    def restore_process_settings(cls, settings: Any) -> None:
+        """Put back settings `process_settings` returned."""
+
     def from_host(self, host: np.ndarray) -> Any:
         """A NumPy array on this backend's device, unchecked (`asarray` is the checked entry point)."""
         raise NotImplementedError

@@ -114,6 +114,18 @@ class JaxBackend(Backend):
         jax = importlib.import_module("jax")
         return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
 
+    @classmethod
+    def process_settings(cls) -> Any:
+        try:
+            return importlib.import_module("jax").config.jax_enable_x64
+        except ImportError:  # `load` says how to install it
+            return None
+
+    @classmethod
+    def restore_process_settings(cls, settings: Any) -> None:
+        if settings is not None:
+            importlib.import_module("jax").config.update("jax_enable_x64", settings)
+
     def float_dtype(self, dtype: Any) -> Any:
         """As `Backend.float_dtype`; float64 only while JAX's 64-bit mode is on.
 

@@ -146,7 +146,13 @@ def _generic(xp: types.ModuleType, device: Any) -> Backend:
 
 
 def backend_status(name: str) -> tuple[bool, str]:
-    """Whether a backend imports and runs an operation here, and if not, why."""
+    """Whether a backend imports and runs an operation here, and if not, why.
+
+    Trying a backend that is not loaded yet leaves it unloaded, and the library's process-wide settings
+    as they were (loading JAX's turns on its 64-bit mode): asking changes nothing.
+    """
+    adapter = _adapter_of(name)
+    before, cached = (adapter.process_settings(), set(_CACHE)) if adapter is not None else (None, set())
     try:
         be = get_backend(name)
         xp = be.xp
@@ -155,11 +161,31 @@ def backend_status(name: str) -> tuple[bool, str]:
             return False, "a test sum gave a wrong result"
     except Exception as exc:  # any failure means "does not run here", and we report why
         return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        if adapter is not None and adapter.process_settings() != before:
+            for key in set(_CACHE) - cached:  # what this call loaded, which would run without those settings
+                del _CACHE[key]
+            adapter.restore_process_settings(before)
     return True, "ok"
 
 
+def _adapter_of(spec: str) -> type[Backend] | None:
+    """The adapter class a backend spec names; None where it names none (or its module does not import)."""
+    name = spec.strip().partition(":")[0].lower()
+    name = _ALIASES.get(name, name)
+    if name not in _ENTRIES:
+        return None
+    try:
+        return adapter_class(name)
+    except ImportError:
+        return None
+
+
 def available_backends() -> list[str]:
-    """Names of the registered backends that import and run an operation on this machine."""
+    """Names of the registered backends that import and run an operation on this machine.
+
+    Asking loads none of them for good and changes no library's settings (see `backend_status`).
+    """
     return [name for name in _ENTRIES if backend_status(name)[0]]
 
 
