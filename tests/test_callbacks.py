@@ -481,3 +481,17 @@ def test_gradient_analyzer_accumulates_over_fits_and_resets(data):
     assert analyzer.history()["weight_max"].shape == (0, 0)
     with pytest.raises(ValueError, match="below"):
         GradientAnalyzer(vanish_threshold=1.0, explode_threshold=0.5)
+
+
+def test_auto_mode_refuses_a_name_it_cannot_read_the_direction_of():
+    """As in Keras: mode="auto" on a custom metric's name raises, where guessing "min" would keep the worst epoch
+    of a score like AUC; the known names keep their directions."""
+    for make in (lambda **kw: EarlyStopping("val_auroc", **kw),
+                 lambda **kw: ModelCheckpoint("m.npz", "val_auroc", save_best_only=True, **kw)):
+        with pytest.raises(ValueError, match=r"'val_auroc' is better larger or smaller: pass mode='max' or mode='min'"):
+            make()
+        assert make(mode="max").mode == "max"
+    for name, mode in (("val_loss", "min"), ("rmse", "min"), ("val_bce_loss", "min"), ("val_auc", "max"),
+                       ("binary_accuracy", "max"), ("r2", "max")):
+        assert EarlyStopping(name).mode == mode
+    ModelCheckpoint("m.npz", "val_auroc")  # saved every epoch: the direction is not used

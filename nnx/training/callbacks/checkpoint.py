@@ -23,7 +23,7 @@ class ModelCheckpoint(Callback):
         monitor: the quantity that decides "best" when `save_best_only`.
         save_best_only: only save when `monitor` improved (then a fixed filepath always
             holds the best model so far, also across a fit resumed from a checkpoint).
-        mode: ``"min"``, ``"max"`` or ``"auto"``, as in `EarlyStopping`.
+        mode: ``"min"``, ``"max"`` or ``"auto"``, as in `EarlyStopping` (read only with `save_best_only`).
         include_optimizer: also store optimizer state, so training can resume exactly.
         save_freq: save every this many epochs (ignored with `save_best_only`).
         verbose: 1 prints a line per save.
@@ -44,7 +44,7 @@ class ModelCheckpoint(Callback):
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.save_best_only = save_best_only
-        self.mode = resolve_mode("ModelCheckpoint", mode, monitor)
+        self.mode = resolve_mode("ModelCheckpoint", mode, monitor, used=save_best_only)
         self.include_optimizer = include_optimizer
         self.save_freq = save_freq
         self.verbose = verbose

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import cast
 
-# Names whose larger values are better, for mode="auto".
+# Names whose larger values are better, and those whose smaller ones are, for mode="auto".
 _HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "r2", "auc")
+_LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
 
 
 def recorded_names(logs: dict | None) -> list[str] | None:
@@ -34,14 +35,24 @@ def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
                      f"recorded: {names}")
 
 
-def resolve_mode(owner: str, mode: str, monitor: str) -> str:
-    """`mode` checked, with ``"auto"`` made ``"max"`` for names where larger is better, else ``"min"``."""
+def resolve_mode(owner: str, mode: str, monitor: str, used: bool = True) -> str:
+    """`mode` checked, with ``"auto"`` made ``"max"`` or ``"min"`` for the names nnx knows the direction of.
+
+    Any other name (a custom metric) raises, as in Keras: guessing "min" for an AUC-like score would keep
+    the worst epoch without a word. Where the direction is not `used` (a checkpoint saved every epoch),
+    such a name reads as "min".
+    """
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":
         return mode
     base = monitor.removeprefix("val_").lower()
-    return "max" if base in _HIGHER_IS_BETTER or base.endswith("accuracy") else "min"
+    if base in _HIGHER_IS_BETTER or base.endswith("accuracy"):
+        return "max"
+    if base in _LOWER_IS_BETTER or base.endswith("loss") or not used:
+        return "min"
+    raise ValueError(f"{owner} cannot tell whether {monitor!r} is better larger or smaller: pass mode='max' "
+                     "or mode='min'")
 
 
 def improved(current: float, best: float, mode: str, min_delta: float) -> bool:

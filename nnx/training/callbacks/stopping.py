@@ -24,7 +24,8 @@ class EarlyStopping(Callback):
         monitor: epoch-log name to watch (``"val_loss"``, ``"loss"``, ``"val_accuracy"``, ...).
         patience: epochs without improvement after which training stops.
         min_delta: smallest change that counts as an improvement.
-        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/f1/r2, else min).
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/f1/r2/auc, min for
+            loss/mse/mae/rmse; another name, a custom metric's, needs ``"min"`` or ``"max"``).
         restore_best_weights: when training ends, put back the weights of the best epoch.
         baseline: a value the monitored quantity must beat within `patience` epochs; epochs that
             do not beat it count towards `patience` even when they improve on the best so far.
