@@ -229,3 +229,37 @@ def test_a_loss_not_finite_on_one_rank_under_the_device_check_stops_every_rank(s
         assert got_message == message
         for k, v in weights.items():
             np.testing.assert_allclose(got_weights[k], v, rtol=0, atol=TOL, err_msg=k)
+
+
+class CountingSGD(nnx.optim.Optimizer, name="test_counting_sgd_ranks"):
+    """An elementwise rule whose state holds a 0-d count: no slice of a flat buffer can hold it."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr)
+
+    def init_state(self, xp, value):
+        return {"n": xp.zeros((), dtype=value.dtype)}
+
+    def update(self, xp, value, grad, state, step, lr):
+        n = state["n"] + 1.0
+        return value - lr * grad / n, {"n": n}
+
+
+def test_the_sharded_update_names_a_rule_whose_state_is_not_shaped_like_the_parameters():
+    """shard_update=True splits the rule's state with the parameters; a 0-d count cannot be split, and the step
+    must say so (it crashed with an IndexError on every rank), while the all-reduce trains as one process."""
+    X, y = _data(20)
+
+    def run(comm, shard):
+        model = _model()
+        return model.fit(X, y, batch_size=10, epochs=2, optimizer=CountingSGD(model.parameters()),
+                         distributed=dist.DataParallel(comm, shard)).history["loss"]
+
+    with pytest.raises(ValueError, match=r"needs an optimizer whose state is shaped like the parameters.*'n'.*\(\)"):
+        run_ranks(2, lambda comm: run(comm, True))
+    model = _model()
+    one = model.fit(X, y, batch_size=10, epochs=2, optimizer=CountingSGD(model.parameters())).history["loss"]
+    for losses in run_ranks(2, lambda comm: run(comm, False)):
+        np.testing.assert_allclose(losses, one, rtol=0, atol=TOL)

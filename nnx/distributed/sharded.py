@@ -249,12 +249,26 @@ class ShardedUpdate(AverageGradients):
         have = [i for i in range(n) if i in opt.state]
         if not have:
             state = opt.init_state(xp, values)
+            self._require_shaped(state, (int(values.shape[0]),), "the parameters joined")
         elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
+            for i, p in enumerate(opt.params):
+                self._require_shaped(opt.state[i], tuple(p.value.shape), repr(p.name))
             state = {k: xp.concat([xp.reshape(opt.state[i][k], (-1,)) for i in range(n)]) for k in opt.state[0]}
         else:
             raise ValueError("shard_update=True needs optimizer state for every parameter or for none; "
                              f"this optimizer has state for parameters {have} of {n}")
         self._install(values, state)
+
+    def _require_shaped(self, state: dict[str, Any], shape: tuple[int, ...], of: str) -> None:
+        """ValueError unless every state array has `shape`, its parameters' (`init_state`'s promise): a 0-d count
+        cannot be cut into the ranks' slices."""
+        for key, arr in state.items():
+            got = getattr(arr, "shape", None)
+            if got is None or tuple(int(d) for d in got) != shape:
+                raise ValueError(f"shard_update=True needs an optimizer whose state is shaped like the parameters, "
+                                 f"to cut it into the ranks' slices; {type(self.optimizer).__name__}'s state {key!r} "
+                                 f"for {of} has shape {None if got is None else tuple(got)}, not {shape}. "
+                                 "Use shard_update=False, or keep such a value as a hyper-parameter")
 
     def __repr__(self) -> str:
         return f"ShardedUpdate({self.comm!r}, slices={self.counts}, offsets={offsets(self.counts)})"
