@@ -213,7 +213,7 @@ def resolve_metrics(metrics: Any, loss: Any = None) -> dict[str, Metric]:
     for item in metrics:
         if isinstance(item, str):
             key = item.lower()
-            fn = METRICS.lookup(key)
+            fn: Metric = METRICS.lookup(key)
             resolved["accuracy" if key == "acc" else key] = _PER_LABEL.get(fn, fn) if per_label else fn
         elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
             resolved[str(item[0])] = item[1]

@@ -27,7 +27,7 @@ import math
 import queue
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ..backends.host import gather_rows, host_companion
@@ -267,7 +267,7 @@ class IterableBatches:
 
         return self._counted(prefetched(produce(), self.depth))
 
-    def _counted(self, items: Iterator[Any]) -> Iterator[Any]:
+    def _counted(self, items: Generator[Any, None, None]) -> Iterator[Any]:
         """`items`, with a warning (in the consumer's thread) when they end before the `limit` asked for:
         a pass with fewer batches than `steps_per_epoch` says must not go unnoticed (Keras warns too)."""
         count = 0
@@ -309,7 +309,7 @@ JOIN_S = 5.0  # how long closing waits for the producer to finish the batch it i
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
-def prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+def prefetched(source: Iterator[Any], depth: int) -> Generator[Any, None, None]:
     """`source`'s items, produced up to `depth` ahead by a background thread (depth 0: in this thread).
 
     An exception in the producer is raised here with its own type; closing the
