@@ -9,7 +9,8 @@ Each optimizer is a pure function, its whole extension API:
 under a compiler both may be traced arrays, so a rule does arithmetic on them and
 never branches on them (branching on its own hyper-parameters is fine). A rule
 never mutates its inputs, and returns arrays of the dtypes and shapes it was given
-(every caller checks it: `check_rule_result`). `Optimizer.step`, `state_dict`, schedules, the divergence
+(`check_rule_result`: `step` every time, the flat update once its buffers are laid out, a compiler at
+each trace). `Optimizer.step`, `state_dict`, schedules, the divergence
 rollback, the flat-buffer and compiled executions of `nnx.training` and the sharded
 update across ranks are all ordinary callers of `update`. A rule that declares
 ``elementwise = True`` (each output element reads only the same element of its
