@@ -440,6 +440,10 @@ class CrossEntropy(Loss):
         integer = xp.isdtype(y_true.dtype, "integral")
         if not (integer or xp.isdtype(y_true.dtype, "real floating")):
             raise ValueError(f"y_true class indices must be integers, got dtype {y_true.dtype}")
+        if integer and y_true.dtype != xp.int64:
+            # before comparing with the class count and an arange of the classes: in uint8, class 261 of 300
+            # wraps onto 5 (a second 1 in the one-hot row); a uint64 index beyond int64 turns negative, refused
+            y_true = xp.astype(y_true, xp.int64)
         if check:
             in_range = (y_true >= 0) & (y_true < n_classes)
             whole = in_range if integer else in_range & (xp.floor(y_true) == y_true)

@@ -330,6 +330,23 @@ def test_ce_non_integer_class_targets(backend):
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
+def test_ce_narrow_integer_class_targets(backend, rng, from_logits):
+    """uint8 class indices (as image labels come) against more than 256 classes: one-hot by comparison with an
+    arange in the targets' dtype wrapped class 261 onto 5 (NumPy: a second 1 in the row, a wrong loss) or
+    refused valid indices as out of range (torch, JAX, array_api_strict)."""
+    torch, F = _torch()
+    logits = rng.normal(size=(3, 300))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([5, 10, 255], dtype=np.uint8)
+    y_pred = logits if from_logits else probs
+    loss = L.CrossEntropy(from_logits=from_logits)
+    expected = F.nll_loss(torch.log_softmax(torch.tensor(logits), dim=1), torch.tensor(labels.astype(np.int64)))
+    for check in (True, False):
+        value = loss(backend.asarray(labels), backend.asarray(y_pred, dtype="float64"), check=check)
+        assert abs(float(backend.to_host(value)) - float(expected)) < 1e-10
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
 def test_bce_targets_outside_unit_interval(backend, from_logits):
     loss = L.BinaryCrossEntropy(from_logits=from_logits)
     yp = backend.asarray(np.full((3, 1), 0.5), dtype="float64")
