@@ -429,6 +429,33 @@ def test_gradient_analyzer_statistics_match_the_gradients(backend, dtype, data):
                                            atol=1e-30)
 
 
+def test_gradient_analyzer_records_each_batch_gradient_before_accumulation_and_clipping(backend, data):
+    """Every row is one batch's gradient as backward left it: clipping would hide the explosions the analyzer is
+    there to show, and under accumulate=2 every second row was the mean of two batches, a clipped one too."""
+    X, y = data
+
+    def rows(fit_X, fit_y, **kwargs):
+        analyzer = GradientAnalyzer(warn=False)
+        make_model(backend).fit(fit_X, fit_y, epochs=1, batch_size=BATCH, shuffle=False, optimizer="sgd",
+                                callbacks=[analyzer], **kwargs)
+        return analyzer.history()["weight_max"]
+
+    plain = rows(X[:BATCH], y[:BATCH])[0]
+    second = rows(X[BATCH:2 * BATCH], y[BATCH:2 * BATCH])[0]  # the second batch's gradient at the initial weights
+    clipped = rows(X, y, clip_value=1e-4)
+    np.testing.assert_allclose(clipped[0], plain, rtol=1e-10)
+    assert clipped.max() > 1e-3
+    np.testing.assert_allclose(rows(X, y, clip_norm=1e-4)[0], plain, rtol=1e-10)
+    accumulated = rows(X[:2 * BATCH], y[:2 * BATCH], accumulate=2, clip_norm=1e-4)
+    np.testing.assert_allclose(accumulated, np.stack([plain, second]), rtol=1e-10)
+
+
+def test_gradient_analyzer_warns_of_exploding_gradients_that_clipping_caps(data):
+    with pytest.warns(RuntimeWarning, match="exploding"):
+        make_model().fit(*data, epochs=1, batch_size=BATCH, clip_norm=1e-6,
+                         callbacks=[GradientAnalyzer(vanish_threshold=1e-30, explode_threshold=1e-5)])
+
+
 def test_gradient_analyzer_moves_to_host_once_per_epoch(backend, dtype, data, monkeypatch):
     be = make_model(backend, dtype).backend
     calls = []

@@ -176,14 +176,19 @@ def test_a_step_not_finite_while_accumulating_is_named_as_one_process_names_it(s
             np.testing.assert_array_equal(got_weights[k], v, err_msg=k)
 
 
-def test_a_callback_that_only_looks_at_gradients_may_run_on_rank_0_alone():
-    """`GradientAnalyzer` on rank 0 only changes no gradient: the ranks do not refuse to train for it."""
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_a_callback_that_only_looks_at_gradients_may_run_on_rank_0_alone(shard):
+    """`GradientAnalyzer` on rank 0 only changes no gradient: the ranks do not refuse to train for it (its
+    ``on_backward`` runs in front of the average, sharded or not)."""
     X, y = _data(20)
 
     def rank(comm):
         model = _model()
         callbacks = [nnx.callbacks.GradientAnalyzer()] if comm.rank == 0 else []
-        model.fit(X, y, batch_size=10, epochs=2, distributed=comm, callbacks=callbacks)
+        model.fit(X, y, batch_size=10, epochs=2, distributed=nnx.distributed.DataParallel(comm, shard_update=shard),
+                  callbacks=callbacks, clip_norm=1.0)
+        if callbacks:
+            assert callbacks[0].steps == 4
         return _host(model)
 
     a, b = run_ranks(2, rank)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..training.step import TrainStep
-from ..training.transforms import CallbackHook, GradientTransform
+from ..training.transforms import CallbackHook, CallbackLook, GradientTransform
 from ..training.weights import counts_by_weight
 from .average import AverageGradients, rank_rows
 from .comm import Communicator
@@ -252,9 +252,10 @@ class DataParallelFit:
                      None if not slices else slices[0].stop - slices[0].start, getattr(source, "shuffle", None)),
             "weights": (getattr(source, "w", None) is not None,
                         getattr(prepare, "class_weight", None) is not None),
-            # callbacks' on_gradients left out: one that only looks (GradientAnalyzer) may run on rank 0 alone
+            # callbacks' on_backward and on_gradients left out: one that only looks (GradientAnalyzer) may run on
+            # rank 0 alone
             "gradient stage": [_describe(t) for t in self.transforms
-                               if t is not self.transform and not isinstance(t, CallbackHook)],
+                               if t is not self.transform and not isinstance(t, (CallbackHook, CallbackLook))],
             "check_finite": self.check_finite,
             "shard_update": self.shard_update,
         }

@@ -22,7 +22,7 @@ Accumulation (``fit(accumulate=k)``) is gathered inside the epoch program
 (`nnx.training.accumulated`). A progress bar, whose per-batch hook only draws, is handed
 the epoch's batch losses after the program. What needs the host between batches keeps
 the per-step loop (`mode_of` says which and why): a callback with a per-batch hook,
-``on_gradients`` (and `GradientAnalyzer`), a callback that handles non-finite steps
+``on_backward`` or ``on_gradients`` (and `GradientAnalyzer`), a callback that handles non-finite steps
 itself, distributed training, accumulation over data read batch by batch.
 """
 
@@ -49,7 +49,7 @@ CHUNK_BUDGET = 64 * 2**20
 
 # per-batch hooks that need the host between steps; a callback may declare `batch_hooks_display_only`
 # (a progress bar), which then only sees whole epochs
-_BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_gradients")
+_BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 
 MODES = ("epoch", "chunks", "step")
 

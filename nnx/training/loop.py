@@ -24,13 +24,14 @@ from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
 from .sources import training_source, validation_source
 from .step import NonFiniteStep, TrainStep
-from .transforms import Accumulate, CallbackHook, ClipByNorm, ClipByValue, GradientTransform
+from .transforms import Accumulate, CallbackHook, CallbackLook, ClipByNorm, ClipByValue, GradientTransform
 from .weights import average, batch_weight, host_values
 
 
 def build_transforms(clip_norm: float | None, clip_value: float | None, accumulate: int,
                         extra: list[GradientTransform] | None, callbacks: list[Callback]) -> list[GradientTransform]:
-    """The gradient stage `fit` builds: accumulation, then `extra` (e.g. a cross-process average), clipping, hooks."""
+    """The gradient stage `fit` builds: accumulation, then `extra` (e.g. a cross-process average), clipping, hooks;
+    in front of them, where there are any, the callbacks' ``on_backward`` (without them `_epoch_steps` calls it)."""
     transforms: list[GradientTransform] = []
     if check.positive_int("accumulate", accumulate) > 1:
         transforms.append(Accumulate(accumulate))
@@ -46,6 +47,9 @@ def build_transforms(clip_norm: float | None, clip_value: float | None, accumula
     hook = CallbackHook(callbacks)
     if hook.active():
         transforms.append(hook)
+    look = CallbackLook(callbacks)
+    if transforms and look.active():
+        transforms.insert(0, look)
     return transforms
 
 
@@ -236,6 +240,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     xp = model.xp
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
+    # without gradient transforms, p.grad after the step is the batch's gradient: on_backward is called here
+    # (with them, `CallbackLook` calls it before the first, and the step may still be one compiled program)
+    look = cb.uses("on_backward") and not any(isinstance(t, CallbackLook) for t in step.transforms)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, weights, outputs, targets = [], [], [], []
@@ -258,6 +265,8 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             value, Z = step.forward_loss(Xb, yb, wb)
             step.backward()
             finite = step.check(value, read=handles_non_finite)
+        if look:
+            cb.on_backward()
         due = False
         if dp is not None and step.check_finite:
             # one collective per step: a rank's non-finite step poisons the gradient all-reduce, and

@@ -181,6 +181,25 @@ def inverse_total(total: Any) -> Any:
     return xp.astype(total != 0, total.dtype) / (total + xp.astype(total == 0, total.dtype))
 
 
+class CallbackLook(GradientTransform):
+    """Calls every callback's ``on_backward()`` while ``p.grad`` holds the batch's gradient, before the other
+    transforms (so the first stage, where there are any: `GradientAnalyzer` then records the gradients that
+    backward computed, not the clipped ones or a mean of several batches)."""
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        self._callbacks = [cb for cb in callbacks
+                           if getattr(type(cb), "on_backward", Callback.on_backward) is not Callback.on_backward]
+
+    def active(self) -> bool:
+        """Whether any callback overrides ``on_backward`` (otherwise the stage is left out)."""
+        return bool(self._callbacks)
+
+    def apply(self, params: list[Parameter], rows: int) -> bool:
+        for cb in self._callbacks:
+            cb.on_backward()
+        return True
+
+
 class CallbackHook(GradientTransform):
     """Hands the gradients to every callback's ``on_gradients(grads)`` before the update.
 

@@ -3,7 +3,9 @@
 `fit` calls, in order: ``on_train_begin(logs)`` (logs: ``epochs``, ``steps``,
 ``metrics`` and ``validation``), then per epoch ``on_epoch_begin``, per step
 ``on_batch_begin``/``on_batch_end`` (logs: ``loss`` as a 0-d array on the
-device, ``size``), ``on_epoch_end`` (logs: floats; what a callback adds to them
+device, ``size``), with ``on_backward()`` (the batch's gradients, before the gradient
+transforms) and ``on_gradients(grads)`` (those the update applies) between them,
+``on_epoch_end`` (logs: floats; what a callback adds to them
 is recorded in the History), and ``on_train_end``, which runs on every exit (an error or Ctrl-C included). Setting
 ``model.stop_training = True`` stops after the current step.
 

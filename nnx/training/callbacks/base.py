@@ -39,6 +39,12 @@ class Callback:
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """After each optimizer step; parameter gradients are still in place."""
 
+    def on_backward(self) -> None:
+        """After each batch's backward pass, before the gradient transforms (accumulation, the average across
+        ranks, clipping, ``on_gradients``): every ``p.grad`` holds this batch's gradient (under data-parallel
+        training, of this rank's slice). Only to look: the transforms and the update read ``p.grad`` next.
+        """
+
     def on_gradients(self, grads: dict[str, Any]) -> dict[str, Any] | None:
         """Before each optimizer update, after clipping: parameter name -> gradient.
 
@@ -96,3 +102,7 @@ class CallbackList(Callback):
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
         for cb in self.callbacks:
             cb.on_batch_end(batch, logs)
+
+    def on_backward(self) -> None:
+        for cb in self.callbacks:
+            cb.on_backward()

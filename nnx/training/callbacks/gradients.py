@@ -17,6 +17,11 @@ GRADIENT_STATS = ("weight_mean", "weight_max", "weight_norm", "bias_mean", "bias
 class GradientAnalyzer(Callback):
     """Per layer with parameters and per step: mean |g|, max |g| and L2 norm of its weight and bias gradients.
 
+    Each step's statistics are of the gradients backward computed for that batch, before
+    the gradient transforms: not clipped (``clip_norm``/``clip_value`` would hide the
+    explosions it is there to show), one row per batch under ``accumulate`` (not the mean the
+    update applies), and under data-parallel training the rank's own slice of the batch.
+
     Every layer that has trained parameters of its own gets a column, built-in or a user's,
     at any depth inside containers (named by path, ``"2.0:Dense(8, 8)"``). Its
     "weight" statistics cover all of its parameters except the one named ``bias``
@@ -60,6 +65,7 @@ class GradientAnalyzer(Callback):
         self._chunks: list[Any] = []  # host arrays (steps, layers, 6), one per epoch
         self._pending: list[Any] = []  # device arrays (layers * 6,), one per step of the current epoch
         self._pending_epochs: list[int] = []
+        self._batch: Any = None  # this batch's statistics, taken by on_backward before the gradient transforms
         self._state: dict[tuple[str, str], bool] = {}
         self._layers: list[Any] = []  # (weight-like parameters, bias or None) per column
         self.parameter_names: list[list[str]] = []
@@ -81,19 +87,28 @@ class GradientAnalyzer(Callback):
         self._layers = [_split_bias(layer) for _, layer in layers]
         self.parameter_names = [[p.name for p in weights] + ([] if bias is None else [bias.name])
                                 for weights, bias in self._layers]
-        self._pending, self._pending_epochs = [], []
+        self._pending, self._pending_epochs, self._batch = [], [], None
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch = epoch
 
+    def on_backward(self) -> None:
+        self._batch = self._stats()
+
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # a step refused as not finite (TerminateOnNaN) skips the transforms: p.grad is still the batch's own
+        stats, self._batch = (self._stats() if self._batch is None else self._batch), None
+        self._pending.append(stats)
+        self._pending_epochs.append(self._epoch)
+
+    def _stats(self) -> Any:
+        """The statistics of the gradients ``p.grad`` holds now, one device array (layers * 6,)."""
         xp = self.model.xp
         values = []
         for weights, bias in self._layers:
             values.extend(_group_stats(xp, weights))
             values.extend(_group_stats(xp, [] if bias is None else [bias], like=weights[0]))
-        self._pending.append(xp.stack(values))
-        self._pending_epochs.append(self._epoch)
+        return xp.stack(values)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._flush(epoch)
