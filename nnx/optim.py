@@ -455,7 +455,9 @@ class SGD(Optimizer):
         momentum: momentum factor in [0, 1).
         dampening: dampening of the momentum in [0, 1].
         nesterov: use Nesterov momentum (needs momentum > 0 and dampening == 0).
-        weight_decay: L2 penalty coefficient (>= 0), added to the gradient.
+        weight_decay: L2 penalty coefficient (>= 0): ``weight_decay * p`` is added to the gradient of every
+            parameter, biases included, and is not in the reported loss (`nnx.regularizers.L2` skips biases
+            and is; docs/training.md).
         maximize: ascend instead of descend.
     """
 

@@ -110,6 +110,9 @@ class L1(Regularizer):
 class L2(Regularizer):
     """Ridge / weight-decay penalty ``l / 2 * sum(W**2)``; gradient ``l * W``.
 
+    Keras's ``L2(l)`` is ``l * sum(W**2)``, twice this one at the same ``l``. Unlike an optimizer's
+    ``weight_decay``, it leaves biases alone and is part of the loss `fit` reports.
+
     Args:
         l: strength, finite and >= 0.
     """

@@ -112,3 +112,26 @@ def test_get_regularizer():
         R.get_regularizer("l3")
     with pytest.raises(TypeError, match="regularizer must be"):
         R.get_regularizer(0.1)
+
+
+def test_l2_and_sgd_weight_decay_differ_as_documented():
+    """One SGD step: `L2(l)` and ``weight_decay=l`` move a weight alike; only weight_decay decays the biases, and
+    only L2 is in the reported loss (docs/training.md)."""
+    import nnx
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(8, 3)), rng.normal(size=(8, 1))
+
+    def one_step(regularizer, weight_decay):
+        model = nnx.Sequential(nnx.Dense(3, 1), seed=0, dtype="float64", regularizer=regularizer)
+        model.load_state_dict({**model.state_dict(), "0.bias": np.array([0.3])})  # a bias that decay can move
+        start = {k: np.asarray(v).copy() for k, v in model.state_dict().items()}
+        opt = nnx.optim.SGD(model.parameters(), lr=0.1, weight_decay=weight_decay)
+        loss = model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=None, shuffle=False)["loss"][0]
+        return start, {k: np.asarray(v) for k, v in model.state_dict().items()}, loss
+
+    start, penalized, penalized_loss = one_step(R.L2(0.5), 0.0)
+    _, decayed, decayed_loss = one_step(None, 0.5)
+    np.testing.assert_allclose(penalized["0.weight"], decayed["0.weight"], rtol=1e-13)
+    np.testing.assert_allclose(decayed["0.bias"] - penalized["0.bias"], -0.1 * 0.5 * start["0.bias"], rtol=1e-12)
+    np.testing.assert_allclose(penalized_loss - decayed_loss, 0.25 * np.sum(start["0.weight"] ** 2), rtol=1e-12)
