@@ -376,10 +376,18 @@ class BinaryCrossEntropy(Loss):
         self.from_logits = check.flag("from_logits", from_logits)
 
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        """``y_true`` shaped like ``y_pred`` in its dtype; with ``check``, ValueError unless it lies in [0, 1]."""
+        """``y_true`` shaped like ``y_pred`` in its dtype; with ``check``, ValueError unless it lies in [0, 1].
+
+        Probabilities (``from_logits=False``) outside [0, 1] are refused too, as torch's
+        ``binary_cross_entropy`` refuses them: clipped, 1.5 or inf would give a finite, meaningless loss.
+        NaN predictions are left to propagate.
+        """
         y_true = super().prepare(xp, y_true, y_pred, check)
         if check and not _host_all(y_pred, xp.all((y_true >= 0) & (y_true <= 1))):
             raise ValueError("y_true for binary cross-entropy must lie in [0, 1] (and not be NaN)")
+        if check and not self.from_logits and _host_all(y_pred, xp.any((y_pred < 0) | (y_pred > 1))):
+            raise ValueError("y_pred for binary cross-entropy with from_logits=False holds probabilities, which "
+                             "must lie in [0, 1]; got values outside it (pass from_logits=True for logits)")
         return y_true
 
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
@@ -418,10 +426,17 @@ class CrossEntropy(Loss):
         self.from_logits = check.flag("from_logits", from_logits)
 
     def prepare(self, xp: Any, y_true: Any, y_pred: Any, check: bool) -> Any:
-        """``y_true`` as rows of ``y_pred``'s shape and dtype; class indices become one-hot rows."""
+        """``y_true`` as rows of ``y_pred``'s shape and dtype; class indices become one-hot rows.
+
+        With ``check`` and ``from_logits=False``, negative predictions are refused (not probabilities).
+        """
         p_shape, t_shape = tuple(y_pred.shape), tuple(y_true.shape)
         if len(p_shape) != 2:
             raise ValueError(f"y_pred for cross-entropy must be 2-D (batch, classes), got shape {p_shape}")
+        if check and not self.from_logits and _host_all(y_pred, xp.any(y_pred < 0)):
+            # above 1 is accepted (Dropout after Softmax in training); below 0 was clipped to eps without a word
+            raise ValueError("y_pred for cross-entropy with from_logits=False holds probabilities, which must be "
+                             ">= 0; got negative values (pass from_logits=True for logits)")
         n, n_classes = p_shape
         if t_shape == p_shape:
             y_true = y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)

@@ -360,6 +360,29 @@ def test_bce_targets_outside_unit_interval(backend, from_logits):
             loss.value_and_grad(yt, yp)
 
 
+def test_probability_predictions_outside_their_range(backend):
+    """BCE on probabilities clipped a prediction of 1.5, -0.1 or inf into [eps, 1 - eps] and returned a finite
+    loss (torch's binary_cross_entropy refuses such inputs); cross-entropy on probabilities did the same with a
+    negative one (above 1 stays accepted: Dropout after Softmax). Refused when checking; NaN propagates."""
+    bce, ce = L.BinaryCrossEntropy(), L.CrossEntropy(from_logits=False)
+    yt = backend.asarray(np.array([[0.0], [1.0], [1.0]]), dtype="float64")
+    for bad in (1.5, -0.1, np.inf, -np.inf):
+        yp = backend.asarray(np.array([[0.5], [bad], [0.9]]), dtype="float64")
+        for call in (bce, bce.gradient, bce.value_and_grad):
+            with pytest.raises(ValueError, match=r"^y_pred for binary cross-entropy .* \[0, 1\]"):
+                call(yt, yp)
+        assert np.isfinite(float(backend.to_host(bce(yt, yp, check=False))))  # the unchecked path reads no values
+    nan = backend.asarray(np.array([[0.5], [np.nan], [0.9]]), dtype="float64")
+    assert np.isnan(float(backend.to_host(bce(yt, nan))))
+    labels = backend.asarray(np.array([0, 1]))
+    for bad in (-0.1, -np.inf):
+        yp = backend.asarray(np.array([[0.5, 0.5], [bad, 1.1]]), dtype="float64")
+        for call in (ce, ce.gradient, ce.value_and_grad):
+            with pytest.raises(ValueError, match=r"^y_pred for cross-entropy .* >= 0"):
+                call(labels, yp)
+    ce(labels, backend.asarray(np.array([[0.5, 0.5], [0.0, 1.25]]), dtype="float64"))
+
+
 @pytest.mark.parametrize("from_logits", [True, False])
 def test_ce_target_rows_with_negative_entries(backend, from_logits):
     """A row like [-1, 1, 0] makes cross-entropy unbounded below; such rows (and NaN) are refused where BCE
