@@ -484,7 +484,8 @@ class CrossEntropy(Loss):
             z = y_pred - xp.max(y_pred, axis=1, keepdims=True)
             e = xp.exp(z)
             e_sum = xp.sum(e, axis=1, keepdims=True)  # >= 1, since the shifted maximum is 0: its log is finite
-            rows = -xp.sum(y_true * (z - xp.log(e_sum)), axis=1)
+            # a class masked by a -inf logit adds 0 where its target is 0 (as torch's class-index loss), not 0 * -inf
+            rows = -xp.sum(y_true * xp.where(y_true == 0, 0.0, z - xp.log(e_sum)), axis=1)
             # Rows of soft targets need not sum to 1; the general gradient is
             # softmax * sum(t) - t, which is softmax - t for one-hot rows.
             total = xp.sum(y_true, axis=1, keepdims=True)

@@ -250,6 +250,31 @@ def test_ce_from_logits_exact_at_large_gaps(backend, test_dtype):
 
 
 @pytest.mark.parametrize("test_dtype", ["float32", "float64"])
+def test_ce_from_logits_with_masked_classes(backend, test_dtype):
+    """A logit of -inf masks a class (action masks, padded vocabularies): its probability is 0 and, where its
+    target is 0, it adds nothing, as in torch's cross_entropy with class indices. 0 * -inf made the value NaN
+    (while the gradient stayed finite), so fit stopped on a loss that is finite; a target on it costs inf."""
+    torch, F = _torch()
+    inf = np.inf
+    logits = np.array([[0.0, -inf, 1.0], [2.0, 0.0, -inf]])
+    labels = np.array([0, 1])
+    z = torch.tensor(logits, requires_grad=True)
+    expected = F.cross_entropy(z, torch.tensor(labels))
+    expected_grad, = torch.autograd.grad(expected, z)
+    tol = 1e-6 if test_dtype == "float32" else 1e-13
+    for y_true in (backend.asarray(labels), backend.asarray(np.eye(3)[labels], dtype=test_dtype)):
+        value, grad = _quietly(L.CrossEntropy().value_and_grad, y_true, backend.asarray(logits, dtype=test_dtype))
+        assert backend.to_float(value) == pytest.approx(expected.item(), rel=tol)
+        np.testing.assert_allclose(backend.to_host(grad), expected_grad.numpy(), rtol=tol, atol=tol)
+    on_masked = _quietly(L.CrossEntropy(), backend.asarray(np.array([1])),
+                         backend.asarray(logits[:1], dtype=test_dtype))
+    assert backend.to_float(on_masked) == inf
+    nan_row = _quietly(L.CrossEntropy(), backend.asarray(np.array([0])),
+                       backend.asarray(np.array([[np.nan, 0.0, 1.0]]), dtype=test_dtype))
+    assert np.isnan(backend.to_float(nan_row))
+
+
+@pytest.mark.parametrize("test_dtype", ["float32", "float64"])
 def test_bce_on_exact_zero_and_one_probabilities(backend, test_dtype):
     p = np.array([0.0, 1.0, 0.0, 1.0])
     y = np.array([1.0, 0.0, 0.0, 1.0])
