@@ -96,13 +96,14 @@ def relu_derivative(x: Any) -> Any:
 def leaky_relu(x: Any, alpha: float = 0.01) -> Any:
     """Leaky ReLU: x where x > 0, else alpha * x."""
     xp = _ns(x)
-    return xp.where(x > 0, x, alpha * x)
+    # a Python float: a NumPy float64 slope would promote a float32 x on NumPy and JAX
+    return xp.where(x > 0, x, float(alpha) * x)
 
 
 def leaky_relu_derivative(x: Any, alpha: float = 0.01) -> Any:
     """Derivative of `leaky_relu`: 1 where x > 0, else alpha (alpha at the kink, like PyTorch)."""
     xp = _ns(x)
-    return xp.where(x > 0, xp.ones_like(x), xp.full_like(x, alpha))
+    return xp.where(x > 0, xp.ones_like(x), xp.full_like(x, float(alpha)))
 
 
 def softplus(x: Any) -> Any:

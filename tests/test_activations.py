@@ -83,6 +83,17 @@ def test_derivative_dtype_and_device_preserved(backend, dtype, name):
     assert str(array_api_compat.device(d)) == str(backend.device)
 
 
+@pytest.mark.parametrize("alpha", [np.float64(0.2), np.float32(0.2)], ids=["np.float64", "np.float32"])
+def test_leaky_relu_with_a_numpy_scalar_slope_keeps_the_dtype(backend, dtype, alpha):
+    """A slope read from a config or a NumPy array: alpha * x promoted a float32 x to float64 on NumPy and JAX
+    (a float64 activation in a float32 model) and raised TypeError on array_api_strict."""
+    x = backend.asarray(np.array([-2.0, 0.0, 3.0]), dtype=dtype)
+    y, d = A.leaky_relu(x, alpha), A.leaky_relu_derivative(x, alpha)
+    assert y.dtype == x.dtype and d.dtype == x.dtype
+    np.testing.assert_allclose(backend.to_host(y), [-2 * float(alpha), 0.0, 3.0], rtol=1e-6)
+    np.testing.assert_allclose(backend.to_host(d), [float(alpha), float(alpha), 1.0], rtol=1e-6)
+
+
 def test_softmax_axis(backend, rng):
     torch, F = _torch()
     x = rng.normal(size=(3, 4))
