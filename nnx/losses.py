@@ -365,7 +365,9 @@ class BinaryCrossEntropy(Loss):
             ``[eps, 1 - eps]`` with a per-dtype eps (1.19e-7 in float32, 1e-15
             in float64), so p exactly 0 or 1 gives a finite loss and gradient;
             the gradient is that of the formula at the clipped p, so a saturated
-            prediction is still pushed back.
+            prediction is still pushed back. (torch's ``binary_cross_entropy``
+            clamps the log at -100 instead: a wrong p of exactly 0 or 1 costs 100
+            there, -log(eps) here, about 15.9 in float32 and 34.5 in float64.)
         reduction: how ``sample_weight`` is averaged (see the module docstring).
 
     ``y_true`` holds targets in [0, 1] (soft labels allowed), shaped like ``y_pred``.
