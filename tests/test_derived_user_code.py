@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_execution import _assert_same  # weights, buffers, loss history and optimizer state
 
 import nnx
 from nnx import optim
-
-
-def _tol(dtype):
-    return {"rtol": 1e-12, "atol": 1e-14} if dtype == "float64" else {"rtol": 1e-5, "atol": 1e-6}
 
 
 def _data(n=40, seed=0):
@@ -30,15 +27,6 @@ def _train(backend, dtype, fast, make_opt, layers=None, epochs=3, **fit):
     X, y = _data()
     history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=epochs, batch_size=16, **fit)
     return model, opt, history
-
-
-def _assert_same(a, b, dtype):
-    (ma, oa, ha), (mb, ob, hb) = a, b
-    for pa, pb in zip(ma.parameters(), mb.parameters(), strict=True):
-        np.testing.assert_allclose(ma.backend.to_host(pa.value), mb.backend.to_host(pb.value), **_tol(dtype),
-                                   err_msg=pa.name)
-    np.testing.assert_allclose(ha["loss"], hb["loss"], **_tol(dtype))
-    assert oa.param_steps == ob.param_steps
 
 
 class EveryOtherBias(nnx.Dense):
