@@ -181,18 +181,26 @@ def inverse_total(total: Any) -> Any:
     return xp.astype(total != 0, total.dtype) / (total + xp.astype(total == 0, total.dtype))
 
 
-class CallbackLook(GradientTransform):
+class _CallbackStage(GradientTransform):
+    """A stage that calls the callbacks whose class overrides the `Callback` method named `hook`."""
+
+    hook = ""
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        base = getattr(Callback, self.hook)
+        self._callbacks = [cb for cb in callbacks if getattr(type(cb), self.hook, base) is not base]
+
+    def active(self) -> bool:
+        """Whether any callback overrides the hook (otherwise `fit` leaves the stage out)."""
+        return bool(self._callbacks)
+
+
+class CallbackLook(_CallbackStage):
     """Calls every callback's ``on_backward()`` while ``p.grad`` holds the batch's gradient, before the other
     transforms (so the first stage, where there are any: `GradientAnalyzer` then records the gradients that
     backward computed, not the clipped ones or a mean of several batches)."""
 
-    def __init__(self, callbacks: list[Any]) -> None:
-        self._callbacks = [cb for cb in callbacks
-                           if getattr(type(cb), "on_backward", Callback.on_backward) is not Callback.on_backward]
-
-    def active(self) -> bool:
-        """Whether any callback overrides ``on_backward`` (otherwise the stage is left out)."""
-        return bool(self._callbacks)
+    hook = "on_backward"
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         for cb in self._callbacks:
@@ -200,20 +208,14 @@ class CallbackLook(GradientTransform):
         return True
 
 
-class CallbackHook(GradientTransform):
+class CallbackHook(_CallbackStage):
     """Hands the gradients to every callback's ``on_gradients(grads)`` before the update.
 
     `grads` maps parameter names to gradients; a callback may return a dict of
     replacements (same names and shapes), which the update then uses.
     """
 
-    def __init__(self, callbacks: list[Any]) -> None:
-        self._callbacks = [cb for cb in callbacks
-                           if getattr(type(cb), "on_gradients", Callback.on_gradients) is not Callback.on_gradients]
-
-    def active(self) -> bool:
-        """Whether any callback overrides ``on_gradients`` (otherwise the stage is skipped)."""
-        return bool(self._callbacks)
+    hook = "on_gradients"
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         by_name = {p.name: p for p in params}
