@@ -163,7 +163,10 @@ class CompiledExecution(Protocol):
 class FlatExecution(Protocol):
     """An elementwise rule applied once over all parameters gathered into flat buffers."""
 
-    execution: str  # how History names it: "flat", or "sharded" across ranks
+    @property
+    def execution(self) -> str:
+        """How History names it: "flat", "sharded" across ranks, or "plain" where the rule proved unsuited."""
+        ...
 
     def applies(self) -> bool: ...
 

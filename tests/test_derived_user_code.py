@@ -123,6 +123,8 @@ def test_an_elementwise_rule_with_a_0d_state_runs_per_parameter(backend, dtype):
     runs = [_train(backend, dtype, fast, CountingMomentum) for fast in (True, False)]
     _assert_same(*runs, dtype)
     assert [int(runs[0][0].backend.to_host(s["n"])) for s in runs[0][1].state.values()] == [9] * 4
+    # and the history says so (it said "flat")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")
 
 
 class PromotingSGD(optim.Optimizer):

@@ -94,8 +94,6 @@ class FlatUpdate:
     is how many elements the rule sees per call; None means all of them in one call.
     """
 
-    execution = "flat"
-
     def __init__(self, optimizer: Any, backend: Any) -> None:
         self.optimizer = optimizer
         self.backend, self.xp = backend, backend.xp
@@ -129,6 +127,12 @@ class FlatUpdate:
         # dtypes and shapes are fixed until then, and so are those the rule computes from them
         self._rule_checked = False
         self.replay = replay.for_update(optimizer, backend, self.size)
+
+    @property
+    def execution(self) -> str:
+        """``"flat"``, or ``"plain"`` once the rule's state proved unsuited to flat buffers (every step then runs
+        `Optimizer.step`, parameter by parameter)."""
+        return "flat" if self.suited else "plain"
 
     # -- layout ---------------------------------------------------------------------------------
     def _views(self, flat: Any) -> list[Any]:

@@ -174,6 +174,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                     _run_epoch(model, step, src, c, guard, metric_fns, dp)), history)
             else:
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
+                history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
             look_at_outputs = False
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in val().items()})
