@@ -72,6 +72,8 @@ class Sequential(_Chain):
 
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
         """Rebuild this model as a layer of another: its backend, dtype and streams; new arrays named by path."""
+        if self.nested and self.context is not None:  # rebuilt, it would re-initialise or share its holder's weights
+            raise ValueError(f"{self!r} already belongs to a model; build each model from new layer objects")
         if self.optimizer is not None or self.epochs_trained:
             raise ValueError("a trained Sequential cannot be placed inside another model: it would be rebuilt with "
                              "new weights there; nest a new Sequential and copy the weights with load_state_dict")

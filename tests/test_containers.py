@@ -163,6 +163,21 @@ def test_one_layer_object_in_two_places_is_refused():
         nnx.Sequential(nnx.Residual(dense), nnx.Residual(dense))
 
 
+def test_a_nested_model_cannot_join_a_second_place():
+    """A model placed inside another belongs to it: a second place would share or re-initialise its weights."""
+    X = np.ones((2, 3))
+    inner = nnx.Sequential(nnx.Dense(3, 3))
+    first = nnx.Sequential(inner, seed=0)
+    before = first.predict(X)
+    with pytest.raises(ValueError, match=r"already belongs to a model"):
+        nnx.Sequential(inner, seed=1)
+    np.testing.assert_array_equal(first.predict(X), before)  # the first model keeps its weights
+    assert [p.name for p in first.parameters()] == ["0.0.weight", "0.0.bias"]
+    twice = nnx.Sequential(nnx.Dense(3, 3))
+    with pytest.raises(ValueError, match=r"already belongs to a model"):
+        nnx.Sequential(nnx.Residual(twice), nnx.Residual(twice))
+
+
 # -- every backend: fit, gradients, save/load/to, ONNX ------------------------------------------------
 
 @pytest.mark.parametrize("kind", list(BUILDERS))
