@@ -353,3 +353,28 @@ def test_callable_init_of_another_shape_is_refused():
         _build(FanProbe((3, 4), lambda rng, shape: rng.normal(size=shape[::-1])), backend)
     layer = _build(FanProbe((3, 4), lambda rng, shape: np.arange(12.0).reshape(shape)), backend)
     np.testing.assert_array_equal(layer.w.value, np.arange(12.0).reshape(3, 4))
+
+
+def test_settings_set_after_construction_are_used_moved_and_saved(backend, tmp_path):
+    """A Dropout rate or LeakyReLU slope set on the layer after construction is the one that predict and fit
+    run (a compiled program too), and that `to()` and save/load keep. Their configs held the constructor's
+    values, so JAX kept running the program compiled before the change, and copies went back to the old ones."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 4))
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(3, 4), nnx.LeakyReLU(0.1), nnx.Dropout(0.3),
+                               backend=backend.with_fastpath(fast), dtype="float64", seed=0)
+        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=4, verbose=0)
+        model.predict(X)  # programs compiled with the first settings
+        model.layers[1].alpha, model.layers[2].rate = 0.9, 0.0
+        W, b = (backend.to_host(p.value) for p in model.layers[0].parameters())
+        Z = X @ W + b
+        np.testing.assert_allclose(backend.to_host(model.predict(X)), np.where(Z > 0, Z, 0.9 * Z), rtol=1e-12)
+        model.save(tmp_path / "m.npz")
+        for copy in (model.to(backend), nnx.load(tmp_path / "m.npz")):
+            assert (copy.layers[1].alpha, copy.layers[2].rate) == (0.9, 0.0)
+        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=4, verbose=0)
+        runs.append([backend.to_host(p.value) for p in model.parameters()])
+    for derived, plain in zip(*runs, strict=True):
+        np.testing.assert_allclose(derived, plain, rtol=1e-12, atol=1e-14)

@@ -123,6 +123,12 @@ class LeakyReLU(_Activation):
         scaled = graph.add_node("Mul", [X, graph.add_initializer(self.alpha, "alpha")])
         return graph.add_node("Where", [positive, X, scaled], name="LeakyRelu")
 
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if "alpha" in config:  # the live slope: one set after construction is what copies, files and programs get
+            config["alpha"] = self.alpha
+        return config
+
 
 class Softplus(_Activation):
     """Softplus, log(1 + exp(x)), computed without overflow; a smooth ReLU."""

@@ -38,3 +38,9 @@ class Dropout(Layer):
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return X  # an inference graph: dropout is the identity
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        if "rate" in config:  # the live rate: one set after construction is what copies, files and programs get
+            config["rate"] = self.rate
+        return config
