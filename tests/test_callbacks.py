@@ -304,6 +304,18 @@ def test_scheduler_with_a_plain_function_and_bad_values(data):
         LearningRateScheduler(0.1)
 
 
+def test_scheduler_accepts_a_numpy_or_0d_rate_and_names_a_wrong_type(data):
+    """A schedule's NumPy float32 or 0-d array rate is a rate (Keras takes them); a string is named as a type."""
+    model = make_model()
+    history = model.fit(*data, optimizer="sgd", lr=0.1, epochs=2,
+                        callbacks=[LearningRateScheduler(lambda epoch, lr: lr * np.float32(0.5))])
+    assert history["lr"] == pytest.approx([0.05, 0.025])
+    history = model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: np.asarray(0.01))])
+    assert history["lr"] == [0.01] and type(model.optimizer.lr) is float
+    with pytest.raises(TypeError, match="returned '0.1'.*str"):
+        model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: "0.1")])
+
+
 # -- CSVLogger --------------------------------------------------------------------------------------
 
 def test_csv_logger_writes_and_appends(data, tmp_path):

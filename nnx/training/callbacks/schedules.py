@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
+from typing import Any
 
 from ... import _validate as check
 from ...protocols import Model
@@ -42,17 +44,34 @@ class LearningRateScheduler(Callback):
         if optimizer is None:
             raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
         old = float(optimizer.lr)
-        new = self.schedule(epoch, old)
-        if isinstance(new, bool) or not isinstance(new, (int, float)) or not math.isfinite(new) or new <= 0:
-            raise ValueError(f"learning-rate schedule {self.schedule!r} returned {new!r} at epoch {epoch + 1}; "
+        returned = self.schedule(epoch, old)
+        new = _rate(returned)
+        if new is None:
+            raise TypeError(f"learning-rate schedule {self.schedule!r} returned {returned!r} of type "
+                            f"{type(returned).__name__} at epoch {epoch + 1}; it must return a number")
+        if not math.isfinite(new) or new <= 0:
+            raise ValueError(f"learning-rate schedule {self.schedule!r} returned {returned!r} at epoch {epoch + 1}; "
                              "it must return a finite number > 0")
-        optimizer.lr = float(new)
+        optimizer.lr = new
         if self.verbose and new != old:
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None and getattr(self.model, "optimizer", None) is not None:
             logs["lr"] = float(self.model.optimizer.lr)
+
+
+def _rate(value: Any) -> float | None:
+    """A schedule's result as a Python float: a real number (a NumPy float32 too) or a 0-d array, as Keras takes
+    them; None for anything else (a bool, a string, an array of several rates)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real) or getattr(value, "shape", None) == ():
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 class Schedule(LearningRateScheduler):
