@@ -316,6 +316,20 @@ def test_scheduler_accepts_a_numpy_or_0d_rate_and_names_a_wrong_type(data):
         model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: "0.1")])
 
 
+@pytest.mark.parametrize("how", ["kept", "passed", "by name"])
+def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
+    """fit(lr=...) on a model whose optimizer a schedule already decayed: the schedule decays from the new rate,
+    whether the optimizer is kept, passed or named (a name with another rate makes a new one)."""
+    model = make_model()
+    model.fit(*data, optimizer="sgd", lr=0.1, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    optimizer = {"kept": None, "passed": model.optimizer, "by name": "sgd"}[how]
+    history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    assert history["lr"] == pytest.approx([0.01, 0.01])  # epochs 3 and 4 of the model: 0.02 * 0.5
+    # the rate the schedule started from keeps its state and its base, as a resumed script passes it
+    history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    assert history["lr"] == pytest.approx([0.005, 0.005])
+
+
 # -- CSVLogger --------------------------------------------------------------------------------------
 
 def test_csv_logger_writes_and_appends(data, tmp_path):

@@ -81,7 +81,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             from the output layer.
         optimizer: an `Optimizer` or name (default "adam"); None, or a name matching the model's
             current optimizer, continues with its state (a name with another `lr` makes a new one).
-        lr: learning rate for an optimizer created by name, or a new rate for the one passed or kept.
+        lr: learning rate for an optimizer created by name, or a new rate for the one passed or kept
+            (a learning-rate schedule then decays from it).
         epochs: epochs to run in this call (counting continues in `epochs_trained`).
         batch_size: samples per step; None for full batch.
         validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.

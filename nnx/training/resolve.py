@@ -44,12 +44,12 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         if not {id(p) for p in optimizer.params} <= mine:
             raise ValueError("optimizer was built on another model's parameters; pass model.parameters()")
         if lr is not None:
-            optimizer.lr = check.positive("lr", lr)
+            _set_rate(optimizer, lr)
         return optimizer
     current = model.optimizer
     if current is not None and optimizer is None:
         if lr is not None:
-            current.lr = check.positive("lr", lr)
+            _set_rate(current, lr)
         return current
     name = "adam" if optimizer is None else optimizer
     if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
@@ -59,3 +59,12 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         return current
     kwargs = {} if lr is None else {"lr": lr}
     return get_optimizer(name, model.parameters(), **kwargs)
+
+
+def _set_rate(optimizer: Optimizer, lr: float) -> None:
+    """Give a passed or kept optimizer the rate fit was given. Unless it is the rate a schedule started from
+    (a resumed script passes that one again), it is also the base of the next schedule, as it is for an
+    optimizer made by name: a schedule would otherwise put the old base's rate back at the next epoch."""
+    optimizer.lr = check.positive("lr", lr)
+    if optimizer.initial_lr is not None and optimizer.lr != optimizer.initial_lr:
+        optimizer.initial_lr = None
