@@ -126,7 +126,7 @@ class LeakyReLU(_Activation):
     def get_config(self) -> dict:
         config = super().get_config()
         if "alpha" in config:  # the live slope: one set after construction is what copies, files and programs get
-            config["alpha"] = self.alpha
+            config["alpha"] = float(self.alpha)
         return config
 
 

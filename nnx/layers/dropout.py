@@ -42,5 +42,5 @@ class Dropout(Layer):
     def get_config(self) -> dict:
         config = super().get_config()
         if "rate" in config:  # the live rate: one set after construction is what copies, files and programs get
-            config["rate"] = self.rate
+            config["rate"] = float(self.rate)
         return config
