@@ -102,6 +102,9 @@ RANK_MISMATCHES = {
                                   "learning rate after the callbacks of epoch 2"),
     "iterable batches": (lambda c: dict(X=[_data(10 + c.rank, seed=b) for b in range(2)], y=None, batch_size=None),
                          "other sizes this epoch"),
+    "an iterable that ends early on one rank": (
+        lambda c: dict(X=iter([_data(10, seed=b) for b in range(2 + c.rank)]), y=None, batch_size=None),
+        "batch 2, rank 0: ended; rank 1: 10"),
 }
 
 
@@ -130,6 +133,28 @@ def test_ranks_running_different_fits_raise_the_same_error_everywhere(case):
     run_ranks(2, rank)
     assert len(errors) == 2 and errors[0] == errors[1], errors
     assert errors[0] is not None and message in errors[0], errors[0]
+
+
+def test_a_rank_whose_batches_fail_to_read_stops_every_rank():
+    """An iterable that raised on one rank left the others waiting in their next collective; now that rank raises
+    its own error and the others a RuntimeError naming it, at the same batch."""
+    def batches(rank):
+        for b in range(3):
+            if rank == 1 and b == 1:
+                raise OSError("disk gone")
+            yield _data(10, seed=b)
+
+    def rank(comm):
+        model = _model()
+        try:
+            model.fit(batches(comm.rank), distributed=dist.DataParallel(comm), epochs=1, optimizer="sgd")
+        except (OSError, RuntimeError) as exc:
+            return type(exc).__name__, str(exc)
+        return None
+
+    (kind0, msg0), (kind1, msg1) = run_ranks(2, rank)
+    assert (kind0, kind1) == ("RuntimeError", "OSError") and msg1 == "disk gone"
+    assert "rank 1 failed reading batch 1" in msg0 and "disk gone" in msg0, msg0
 
 
 def test_a_csv_log_given_to_every_rank_is_written_once(tmp_path):

@@ -31,6 +31,7 @@ batch with weight 0, so its random streams advance as everyone else's.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,23 +62,33 @@ class ShardedBatches:
         """This epoch's slices, one per global batch.
 
         A source that knows its batches' sizes (``slices``: arrays, memmaps) gathers only this
-        rank's rows; an iterable's batches arrive whole and are cut here.
+        rank's rows; an iterable's batches arrive whole and are cut here, each after the ranks agreed
+        that they all got it, of one size (`DataParallelFit.agree_on_batch`).
         """
         slices = getattr(self.source, "slices", None)
-        if slices is not None:
-            it = self.source.epoch(window=self.window)
-            totals: Iterator[int] = (part.stop - part.start for part in slices)
-        else:
-            it = self.source.epoch()
-            totals = iter(())
+        it = self.source.epoch(window=self.window) if slices is not None else self.source.epoch()
         try:
-            for Xb, yb, wb in it:
-                total = next(totals) if slices is not None else int(Xb.shape[0])
-                part = self.window(total)
-                if slices is None:
-                    Xb, yb, wb = Xb[part, ...], _cut(yb, part), _cut(wb, part)
-                self.parallel.batch(part.start, part.stop, total, self.local_rows(total), wb)
-                yield Xb, yb, wb
+            if slices is not None:
+                for (Xb, yb, wb), part in zip(it, slices, strict=True):
+                    total = part.stop - part.start
+                    window = self.window(total)
+                    self.parallel.batch(window.start, window.stop, total, self.local_rows(total), wb)
+                    yield Xb, yb, wb
+                return
+            for index in itertools.count():
+                try:
+                    Xb, yb, wb = next(it)
+                    got: int | BaseException | None = int(Xb.shape[0])
+                except StopIteration:
+                    got = None
+                except Exception as exc:  # every rank must hear of it, or the others wait in the next collective
+                    got = exc
+                if not self.parallel.agree_on_batch(index, got):
+                    return
+                assert isinstance(got, int)
+                part = self.window(got)
+                self.parallel.batch(part.start, part.stop, got, self.local_rows(got), _cut(wb, part))
+                yield Xb[part, ...], _cut(yb, part), _cut(wb, part)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -202,6 +213,30 @@ class DataParallelFit:
         if isinstance(sharded, ShardedUpdate):
             return sharded.finite
         return step.gradients_finite()
+
+    def agree_on_batch(self, index: int, got: int | BaseException | None) -> bool:
+        """Whether every rank's iterable gave batch `index` (`got`: its rows, None where it ended, the exception
+        reading it raised); False where every one ended. One collective per batch, for batches that arrive whole.
+
+        Where the ranks differ, each raises (the rank whose read failed, its own exception) instead of leaving the
+        others waiting in a collective it never joins, or cutting slices from batches of other sizes.
+        """
+        everyone = self.comm.allgather_object(repr(got) if isinstance(got, BaseException) else got)
+        if isinstance(got, BaseException):
+            raise got
+        failed = [(r, part) for r, part in enumerate(everyone) if isinstance(part, str)]
+        if failed:
+            rank, error = failed[0]
+            raise RuntimeError(f"data-parallel fit: rank {rank} failed reading batch {index} of its data ({error}); "
+                               "every rank stops")
+        if all(part is None for part in everyone):
+            return False
+        if any(part != everyone[0] for part in everyone):
+            told = "; ".join(f"rank {r}: {'ended' if part is None else part}" for r, part in enumerate(everyone))
+            raise ValueError(f"data-parallel fit: the ranks' batches had other sizes this epoch (global rows of "
+                             f"batch {index}, {told}); nothing of it was trained. Every rank must read the same "
+                             "batches, as many on each")
+        return True
 
     def batch(self, start: int, stop: int, total: int, local: int, weights: Any = None) -> None:
         """Record the slice of the step about to run: rows `start`:`stop` of `total`, `local` of them this rank's
