@@ -273,6 +273,17 @@ def test_schedules_formulas():
         ExponentialDecay(-1.0)
 
 
+def test_schedule_arguments_are_checked():
+    """A string for a flag, a bool or inf for a rate are refused; NumPy ints and floats are numbers."""
+    assert StepDecay(np.int64(2), initial_lr=np.float32(0.5))(3, 1.0) == pytest.approx(0.05)
+    assert CosineDecay(np.int64(4), warmup_epochs=np.int64(1), initial_lr=1.0)(0, 1.0) == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="staircase"):
+        ExponentialDecay(0.5, decay_epochs=2, staircase="no")  # truthy: it would floor the exponent
+    for bad in (True, float("inf"), 0.0, "0.1"):
+        with pytest.raises(ValueError, match="initial_lr"):
+            StepDecay(2, initial_lr=bad)
+
+
 def test_scheduler_sets_optimizer_lr_and_logs_it(backend, dtype, data):
     model = make_model(backend, dtype)
     seen = []

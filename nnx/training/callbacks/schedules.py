@@ -85,10 +85,8 @@ class Schedule(LearningRateScheduler):
     """
 
     def __init__(self, initial_lr: float | None = None, verbose: int = 0) -> None:
-        if initial_lr is not None and not (isinstance(initial_lr, (int, float)) and initial_lr > 0):
-            raise ValueError(f"initial_lr must be a number > 0 or None, got {initial_lr!r}")
         super().__init__(self, verbose)
-        self.initial_lr = None if initial_lr is None else float(initial_lr)
+        self.initial_lr = None if initial_lr is None else check.positive("initial_lr", initial_lr)
         self._base: float | None = None  # the first rate given, for calls by hand
 
     def __call__(self, epoch: int, lr: float) -> float:
@@ -128,10 +126,8 @@ class StepDecay(Schedule):
     """
 
     def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None) -> None:
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"StepDecay step_size must be an int >= 1, got {step_size!r}")
         super().__init__(initial_lr)
-        self.step_size = step_size
+        self.step_size = check.positive_int("StepDecay step_size", step_size)
         self.gamma = check.positive("StepDecay gamma", gamma)
 
     def rate(self, epoch: int, base: float) -> float:
@@ -153,7 +149,7 @@ class ExponentialDecay(Schedule):
         super().__init__(initial_lr)
         self.decay_rate = check.positive("ExponentialDecay decay_rate", decay_rate)
         self.decay_epochs = check.positive("ExponentialDecay decay_epochs", decay_epochs)
-        self.staircase = staircase
+        self.staircase = check.flag("ExponentialDecay staircase", staircase)
 
     def rate(self, epoch: int, base: float) -> float:
         exponent = epoch / self.decay_epochs
@@ -174,14 +170,10 @@ class CosineDecay(Schedule):
 
     def __init__(self, decay_epochs: int, min_lr: float = 1e-6, warmup_epochs: int = 0,
                  initial_lr: float | None = None) -> None:
-        if isinstance(decay_epochs, bool) or not isinstance(decay_epochs, int) or decay_epochs < 1:
-            raise ValueError(f"CosineDecay decay_epochs must be an int >= 1, got {decay_epochs!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"CosineDecay warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         super().__init__(initial_lr)
-        self.decay_epochs = decay_epochs
+        self.decay_epochs = check.positive_int("CosineDecay decay_epochs", decay_epochs)
         self.min_lr = check.positive("CosineDecay min_lr", min_lr)
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs = check.integer("CosineDecay warmup_epochs", warmup_epochs, low=0)
 
     def rate(self, epoch: int, base: float) -> float:
         if epoch < self.warmup_epochs:
