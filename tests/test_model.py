@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -411,6 +412,21 @@ def test_to_the_same_backend_carries_the_dropout_stream(backend, dtype):
     source.fit(X, y, epochs=1, batch_size=10)
     copy.fit(X, y, epochs=1, batch_size=10)
     _assert_states_close(_host_state(copy), _host_state(source), atol=0)
+
+
+def test_deepcopy_gives_an_independent_model_that_trains_the_same(backend, dtype):
+    # as torch's copy.deepcopy(model): its own weights, buffers, optimizer state and streams; the backend is shared
+    X, y, _ = _fit_data()
+    source = nnx.Sequential(nnx.Dense(3, 5), nnx.Residual(nnx.Dense(5, 5), nnx.Dropout(0.5)), nnx.BatchNorm(),
+                            nnx.Dense(5, 2), backend=backend, dtype=dtype, seed=3)
+    source.fit(X, y, loss="mse", optimizer="adam", lr=0.05, epochs=1, batch_size=10)
+    copied = copy.deepcopy(source)
+    assert copied.backend is source.backend and copied.optimizer.params == copied.parameters()
+    before = _host_state(source)
+    copied.fit(X, y, epochs=1, batch_size=10)
+    _assert_states_close(_host_state(source), before, atol=0)  # training the copy leaves the original alone
+    source.fit(X, y, epochs=1, batch_size=10)
+    _assert_states_close(_host_state(copied), _host_state(source), atol=0)
 
 
 def test_save_load_roundtrip(backend, dtype, tmp_path):

@@ -15,6 +15,7 @@ long as those arguments are JSON values.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import numbers
@@ -195,6 +196,21 @@ class Layer:
         self._layers: dict[str, Layer] = {}
         self._declared_layers: dict[str, tuple[Layer, Shape | None]] = {}
         self._ran_training_forward = False  # set by forward(X, training=True); backward needs it
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Layer:
+        """An independent copy (`copy.deepcopy`): its own arrays, sub-layers, optimizer state and random streams.
+
+        The backend and its namespace are shared, as a device is: a module cannot be copied, and the
+        copy computes where the original does. An optimizer's parameters become the copy's.
+        """
+        backend = getattr(self, "backend", None)
+        if backend is not None:
+            memo.setdefault(id(backend), backend)
+            memo.setdefault(id(backend.xp), backend.xp)
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update({key: copy.deepcopy(value, memo) for key, value in vars(self).items()})
+        return copied
 
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
