@@ -11,7 +11,7 @@ from .backends import Backend, dtype_name, get_backend, host_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
 from .layers.containers import _Chain
-from .layers.parameter import Parameter
+from .layers.parameter import Buffer, Parameter
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer
@@ -102,16 +102,26 @@ class Sequential(_Chain):
     def state_dict(self) -> dict[str, Any]:
         """Name -> a copy of every parameter and buffer (``"0.weight"``, ``"1.running_mean"``), on this backend.
 
-        Copies on every backend: a held state dict never follows later training.
+        Copies on every backend: a held state dict never follows later training. Names are within
+        this model: a nested one's are those a standalone copy of it has (torch's ``model[2].state_dict()``).
         """
         xp = self.xp
-        return {a.name: xp.asarray(a.value, copy=True) for a in [*self.parameters(), *self.buffers()]}
+        return {name: xp.asarray(a.value, copy=True) for name, a in self._arrays_by_name().items()}
+
+    def _arrays_by_name(self) -> dict[str, Parameter | Buffer]:
+        """Every parameter and buffer by its name within this model (without a nested model's path)."""
+        return {self._local_name(a.name): a for a in [*self.parameters(), *self.buffers()]}
+
+    def _local_name(self, name: Any) -> Any:
+        """An array's name within this model: a nested model's path prefix (``"2."``) taken off."""
+        prefix = cast(BuildContext, self.context).prefix
+        return name[len(prefix):] if isinstance(name, str) and name.startswith(prefix) else name
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy arrays (NumPy or this backend's) into parameters and buffers, checking names, shapes and values."""
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a dict of name -> array, got {type(state).__name__}")
-        targets = {a.name: a for a in [*self.parameters(), *self.buffers()]}
+        targets = self._arrays_by_name()
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets), key=repr)
         if missing or unexpected:
@@ -184,14 +194,19 @@ class Sequential(_Chain):
             other.dropout_rng.set_state(dropout_state)
         if self.optimizer is not None:
             _require_state_in_range(self.optimizer, self.backend, other.dtype)
-            other.optimizer = rebuild_optimizer(self.optimizer.state_dict(), other.parameters(), self.backend)
+            state = self.optimizer.state_dict()
+            state["param_names"] = [self._local_name(name) for name in state["param_names"]]
+            other.optimizer = rebuild_optimizer(state, other.parameters(), self.backend)
         return other
 
     def save(self, path: Any, include_optimizer: bool = True) -> None:
-        """Write weights, buffers and config (and optimizer/RNG state) to one `.npz`, atomically."""
+        """Write weights, buffers and config (and optimizer/RNG state) to one `.npz`, atomically.
+
+        A nested model is written as a standalone copy of itself, which `nnx.load` rebuilds.
+        """
         from .io import save_model
 
-        save_model(self, path, include_optimizer=include_optimizer)
+        save_model(self.to(self.backend) if self.nested else self, path, include_optimizer=include_optimizer)
 
     def to_onnx(self, path: Any, opset: Any = 17) -> Any:
         """Write the inference pass as an ONNX graph to `path`, atomically (needs the ``onnx`` extra).

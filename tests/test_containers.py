@@ -248,6 +248,27 @@ def test_containers_survive_save_load_to(backend, dtype, kind, tmp_path):
                                atol=1e-7)
 
 
+def test_a_nested_model_saves_moves_and_copies_its_weights_on_its_own(backend, tmp_path):
+    """As torch's ``model[2].state_dict()``: a nested model's arrays are named within it, so it round-trips alone."""
+    X = np.tile(_data()[0], 2)  # six features, as the nested model takes
+    model = nested_sequential(backend, "float64")
+    inner = model.layers[2]
+    pred = _host(inner, inner.predict(X))
+    names = ["0.weight", "0.bias", "2.0.weight", "2.0.bias"]
+    assert list(inner.state_dict()) == names
+    fresh = nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh(), nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh()),
+                           backend=backend, dtype="float64")
+    fresh.load_state_dict(inner.state_dict())
+    inner.save(tmp_path / "inner.npz")  # it wrote a file that no load could read
+    for alone in (fresh, inner.to(backend), nnx.load(tmp_path / "inner.npz")):
+        assert not alone.nested and alone.dtype == "float64"
+        np.testing.assert_array_equal(_host(alone, alone.predict(X)), pred)
+    inner.fit(X, np.zeros_like(X), loss="mse", optimizer="adam", epochs=1)
+    assert [p.name for p in inner.to(backend).optimizer.params] == names
+    inner.load_state_dict(fresh.state_dict())  # and back into the model that holds it
+    np.testing.assert_array_equal(_host(model, model.state_dict()["2.0.weight"]),
+                                  _host(fresh, fresh.state_dict()["0.weight"]))
+
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_containers_export_to_onnx(backend, dtype, kind, tmp_path):
     pytest.importorskip("onnx")
