@@ -327,6 +327,19 @@ def test_scheduler_accepts_a_numpy_or_0d_rate_and_names_a_wrong_type(data):
         model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: "0.1")])
 
 
+def test_scheduler_takes_a_keras_schedule_of_the_epoch_alone(data):
+    """Keras's LearningRateScheduler also calls ``schedule(epoch)``; a callable taking neither form is refused
+    when the callback is made, not with Python's argument-count error at the first epoch."""
+    model = make_model()
+    history = model.fit(*data, optimizer="sgd", lr=0.1, epochs=3,
+                        callbacks=[LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)])
+    assert history["lr"] == pytest.approx([0.1, 0.05, 0.025])
+    with pytest.raises(TypeError, match=r"\(epoch, lr\) -> lr or \(epoch\) -> lr"):
+        LearningRateScheduler(lambda: 0.1)
+    with pytest.raises(TypeError, match="epoch"):
+        LearningRateScheduler(lambda epoch, lr, extra: lr)
+
+
 @pytest.mark.parametrize("how", ["kept", "passed", "by name"])
 def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     """fit(lr=...) on a model whose optimizer a schedule already decayed: the schedule decays from the new rate,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -18,7 +19,7 @@ class LearningRateScheduler(Callback):
     Args:
         schedule: a callable ``(epoch, lr) -> new_lr`` (epoch counts from 0 over the model's
             whole training, lr is the current rate), e.g. one of `StepDecay`,
-            `ExponentialDecay`, `CosineDecay`.
+            `ExponentialDecay`, `CosineDecay`; or ``(epoch) -> new_lr``, which Keras also takes.
         verbose: 1 prints the rate when it changes.
 
     The rate used in each epoch is added to the epoch logs (and so the History and any
@@ -32,6 +33,7 @@ class LearningRateScheduler(Callback):
             raise TypeError(f"schedule must be callable as (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
         self.verbose = verbose
+        self._epoch_only = _takes_epoch_only(schedule)
 
     def set_model(self, model: Model) -> None:
         """Attach the model, also to a schedule that is itself a callback (it reads the optimizer's base rate)."""
@@ -44,7 +46,7 @@ class LearningRateScheduler(Callback):
         if optimizer is None:
             raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
         old = float(optimizer.lr)
-        returned = self.schedule(epoch, old)
+        returned = self.schedule(epoch) if self._epoch_only else self.schedule(epoch, old)
         new = _rate(returned)
         if new is None:
             raise TypeError(f"learning-rate schedule {self.schedule!r} returned {returned!r} of type "
@@ -59,6 +61,28 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None and getattr(self.model, "optimizer", None) is not None:
             logs["lr"] = float(self.model.optimizer.lr)
+
+
+def _takes_epoch_only(schedule: Callable[..., Any]) -> bool:
+    """Whether `schedule` is called as ``(epoch)`` rather than ``(epoch, lr)``; a TypeError when it takes neither,
+    so the mistake shows when the callback is made rather than as an argument count at the first epoch."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):
+        return False  # a callable whose signature Python does not tell (some builtins): called as (epoch, lr)
+
+    def binds(*args: Any) -> bool:
+        try:
+            signature.bind(*args)
+        except TypeError:
+            return False
+        return True
+
+    if binds(0, 0.1):
+        return False
+    if binds(0):
+        return True
+    raise TypeError(f"schedule must be callable as (epoch, lr) -> lr or (epoch) -> lr; {schedule!r} takes {signature}")
 
 
 def _rate(value: Any) -> float | None:
