@@ -16,6 +16,7 @@ from nnx.optim import (
     Adagrad,
     Adam,
     AdamW,
+    Lion,
     Momentum,
     Optimizer,
     RMSprop,
@@ -171,6 +172,32 @@ def test_momentum_matches_reference(backend):
             np.testing.assert_allclose(ours[name], ref[name], rtol=1e-9, atol=1e-9, err_msg=f"{name} at step {t}")
 
 
+def test_lion_matches_reference(backend):
+    """Lion (Chen et al., 2023, Algorithm 2; torch has none): a reference written from the paper, with a parameter
+    skipped on some steps and the rate changed between steps (decoupled decay uses the step's rate)."""
+    beta1, beta2, wd = 0.8, 0.95, 0.3
+    params = _params(backend)
+    opt = Lion(params, lr=0.01, beta1=beta1, beta2=beta2, weight_decay=wd)
+    ref = {name: INIT[name].copy() for name in SHAPES}
+    m = {name: np.zeros(shape) for name, shape in SHAPES.items()}
+    skip = lambda name, t: name == "b" and t % 3 == 1  # noqa: E731
+    for t in range(1, 31):
+        lr = 0.01 * (1.0 + 0.5 * math.cos(0.3 * t))
+        opt.lr = lr
+        _set_grads(backend, params, t, skip)
+        opt.step()
+        for name in SHAPES:
+            if skip(name, t):
+                continue
+            g = _grad(name, ref[name], t)
+            ref[name] = ref[name] - lr * (np.sign(beta1 * m[name] + (1 - beta1) * g) + wd * ref[name])
+            m[name] = beta2 * m[name] + (1 - beta2) * g
+        ours = _host(backend, params)
+        for name in SHAPES:
+            np.testing.assert_allclose(ours[name], ref[name], rtol=1e-12, atol=1e-12, err_msg=f"{name} at step {t}")
+    assert opt.state_dict()["param_steps"] == [30, 20]
+
+
 def _np(backend, a):
     return a if isinstance(a, np.ndarray) else backend.to_host(a)
 
@@ -183,6 +210,7 @@ ROUND_TRIP_CASES = [
     (AdamW, {"lr": 0.05, "betas": (0.8, 0.99)}),
     (RMSprop, {"lr": 0.01, "centered": True, "momentum": 0.5}),
     (Adagrad, {"lr": 0.1, "lr_decay": 0.05, "initial_accumulator_value": 0.1}),
+    (Lion, {"lr": 0.01, "beta1": 0.8, "weight_decay": 0.1}),
 ]
 
 
