@@ -288,3 +288,18 @@ def test_softmax_vjp_extremes_finite(backend, test_dtype):
     assert np.all(np.isfinite(got))
     # A constant upstream gradient is orthogonal to the softmax Jacobian's range.
     np.testing.assert_allclose(got, 0.0, atol=1e-3 if test_dtype == "float32" else 1e-9)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "plain"])
+def test_relu_backward_passes_the_gradient_where_its_input_is_nan_as_torch_does(backend, dtype, fast):
+    """torch's ReLU backward zeroes the gradient where the output is <= 0, so a NaN input passes it on; nnx gave 0
+    there (its select kept the gradient where the output is > 0), on every backend and in the torch kernel."""
+    torch, F = _torch()
+    x = np.array([[np.nan, -1.0, 0.0, -0.0, 2.0, np.inf, -np.inf]])
+    dy = np.array([[3.0, 3.0, 3.0, 3.0, 3.0, np.nan, 3.0]])
+    t = torch.tensor(x, requires_grad=True)
+    F.relu(t).backward(torch.tensor(dy))
+    model = nnx.Sequential(nnx.ReLU(), backend=backend.with_fastpath(fast), dtype=dtype)
+    model.forward(model.backend.asarray(x, dtype=dtype), training=True)
+    got = backend.to_host(model.backward(model.backend.asarray(dy, dtype=dtype)))
+    np.testing.assert_array_equal(got, t.grad.numpy().astype(got.dtype))

@@ -87,7 +87,8 @@ class ReLU(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         Y, self._cache = self._cache, None
-        return self.xp.where(Y > 0.0, dY, 0.0)
+        # zero where the output is <= 0, as torch's backward: where it is NaN (a NaN input) the gradient passes
+        return self.xp.where(Y <= 0.0, 0.0, dY)
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return graph.add_node("Relu", [X])
