@@ -185,3 +185,53 @@ def test_a_layer_drawing_from_its_own_host_generator_gets_fresh_draws_every_step
     _assert_same(*runs, dtype)
     if backend.can_compile:
         assert "random generator 'generator'" in runs[0][2].execution_reason
+
+
+class ScaledBySetting(nnx.Layer):
+    """A user's layer with a plain setting, ``X * scale``: its config is the constructor's argument."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, X, training=False):
+        return X * self.scale
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.scale
+
+
+class ChangeSettings(nnx.callbacks.Callback):
+    """Doubles the user layer's scale and turns dropout off, after every batch or epoch."""
+
+    def __init__(self, per_batch):
+        self.per_batch = per_batch
+
+    def _change(self):
+        self.model.layers[2].scale *= 2.0
+        self.model.layers[3].rate = 0.0
+
+    def on_batch_end(self, batch, logs=None):
+        if self.per_batch:
+            self._change()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._change()
+
+
+@pytest.mark.parametrize("per_batch", [False, True], ids=["epochs", "batches"])
+def test_a_layer_setting_changed_between_calls_is_what_the_next_program_uses(backend, dtype, per_batch):
+    """A compiled program held a layer's plain settings as constants of its first trace, and was kept while the
+    layer's config stayed the same: a user's layer keeps its settings outside its config, so a setting changed by
+    a callback, or between two fits or predicts, was ignored (and a step without dropout still counted a mask)."""
+    layers = lambda: [nnx.Dense(6, 9), nnx.Tanh(), ScaledBySetting(1.0), nnx.Dropout(0.4), nnx.Dense(9, 3)]  # noqa: E731
+    runs = []
+    for fast in (True, False):
+        model, opt, history = _train(backend, dtype, fast, lambda ps: optim.SGD(ps, lr=0.01), layers=layers,
+                                     epochs=2, callbacks=[ChangeSettings(per_batch)])
+        model.layers[2].scale = 0.5
+        predicted = backend.to_host(model.predict(_data()[0]))
+        model.fit(*_data(), loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
+        runs.append(((model, opt, history), predicted))
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5 if dtype == "float32" else 1e-12)
+    _assert_same(runs[0][0], runs[1][0], dtype)

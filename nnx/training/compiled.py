@@ -40,7 +40,16 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..optim import check_rule_result
-from .shared_programs import ById, SharedProgram, Unshareable, config_key, definition, describe, settings_key
+from .shared_programs import (
+    ById,
+    SharedProgram,
+    Unshareable,
+    config_key,
+    definition,
+    describe,
+    layer_settings,
+    settings_key,
+)
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
            "compiled_step_of", "hyper_constants", "untraceable_reason"]
@@ -174,7 +183,7 @@ def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
     """What the program is a function of besides its inputs; a different signature needs another program."""
-    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers),
+    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer),
             type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
             tuple((type(t), config_key(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
@@ -270,9 +279,19 @@ class CompiledStep:
         self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
-        self._hyper_values = hyper_constants(optimizer)
+        self._hyper_values = self.constants()
         self._lr: float | None = None
         self._lr_device: Any = None
+
+    def constants(self) -> tuple:
+        """What a callback may change between steps that the programs hold as constants: the optimizer's
+        hyper-parameters (`hyper_constants`) and the layers' settings (`layer_settings`)."""
+        return hyper_constants(self.optimizer), layer_settings(self.model)
+
+    def forget_draws(self) -> None:
+        """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate
+        set to 0 draws none)."""
+        self._draws = None
 
     # -- sharing programs with equally defined models (`nnx.training.shared_programs`) -----------
     def definition(self) -> tuple | None:
@@ -354,10 +373,11 @@ class CompiledStep:
         non-finite steps itself); otherwise it is True and `end_epoch` tells.
         """
         opt, xp = self.optimizer, self.xp
-        hyper = hyper_constants(opt)
-        if hyper != self._hyper_values:  # a callback changed a hyper-parameter the program holds as a constant
+        hyper = self.constants()
+        if hyper != self._hyper_values:  # a callback changed a hyper-parameter or layer setting the program holds
             self._hyper_values = hyper
             self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
+            self.forget_draws()
         params = self.params
         steps = opt.param_steps
         t, counter = steps[0] + 1, self.rng.counter

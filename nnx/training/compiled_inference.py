@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
-from .shared_programs import SharedProgram, config_key, definition
+from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
 
@@ -30,7 +30,7 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _model_signature(model: Model) -> tuple:
     """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters."""
-    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers),
+    return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer))
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import Callback, CallbackList
-from .compiled import CompiledStep, compile_step, hyper_constants, untraceable_reason
+from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
 from .shared_programs import SharedProgram
@@ -172,10 +172,11 @@ class EpochProgram:
 
     # -- the programs ----------------------------------------------------------------------------
     def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
-        hyper = hyper_constants(self.step.optimizer)
-        if hyper != self._hyper:  # a callback changed a hyper-parameter the programs hold as a constant
+        hyper = self.step.constants()
+        if hyper != self._hyper:  # a callback changed a hyper-parameter or layer setting the programs hold
             self._programs.clear()
             self._hyper = hyper
+            self.step.forget_draws()
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = SharedProgram(self.step.backend, make(), lambda: self._definition(key),

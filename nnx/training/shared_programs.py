@@ -27,7 +27,7 @@ from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
 __all__ = ["ById", "ProgramOwner", "SharedProgram", "Unshareable", "clear", "config_key", "definition", "describe",
-           "settings_key"]
+           "layer_settings", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -62,6 +62,8 @@ class ById:
 _PLAIN = (type(None), bool, int, str, bytes)
 # what `Layer` notes for its own checks between calls: not a setting, and a trace never reads it
 _BOOKKEEPING = frozenset({"_ran_training_forward"})
+# what every `Layer` keeps for its model (binding, tables of its arrays and sub-layers): set when it is built
+_LAYER_OWN = frozenset(vars(Layer()))
 
 
 def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = None) -> Any:
@@ -142,6 +144,30 @@ def definition(model: Any) -> tuple | None:
     except (Unshareable, RecursionError):
         return None
     return type(model), model.backend.spec, str(model.dtype), layers, regularizer, model.dropout_rng.seed
+
+
+def layer_settings(model: Any) -> tuple:
+    """Every layer's settings as they stand: the attributes of its own class that describe as constants
+    (numbers, strings, flags, containers of them), passing over None, arrays, sub-layers and objects
+    `describe` cannot tell, and what `Layer` itself keeps (fixed while the parameters are the same).
+
+    A program holds them fixed, so a setting changed after it was compiled needs another program; a config
+    may not show the change (a user's layer keeps its settings in plain attributes, its config the
+    constructor's arguments).
+    """
+    found = []
+    for path, layer in model.named_layers():
+        for key, value in vars(layer).items():
+            if key in _LAYER_OWN or value is None or isinstance(value, (Layer, Parameter, Buffer, dict)):
+                continue  # None and arrays: caches between calls; parameters are inputs; sub-layers have their paths
+            if isinstance(value, _PLAIN):
+                found.append((path, key, value))
+                continue
+            try:
+                found.append((path, key, describe(value, {})))
+            except (Unshareable, RecursionError):
+                continue
+    return tuple(found)
 
 
 def settings_key(*objects: Any) -> tuple | None:
