@@ -352,6 +352,9 @@ def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     # the rate the schedule started from keeps its state and its base, as a resumed script passes it
     history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     assert history["lr"] == pytest.approx([0.005, 0.005])
+    # so does the current rate: nothing changes, and the schedule goes on
+    history = model.fit(*data, optimizer=optimizer, lr=0.005, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    assert history["lr"] == pytest.approx([0.0025, 0.0025])
 
 
 # -- CSVLogger --------------------------------------------------------------------------------------

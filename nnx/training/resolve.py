@@ -62,9 +62,10 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
 
 
 def _set_rate(optimizer: Optimizer, lr: float) -> None:
-    """Give a passed or kept optimizer the rate fit was given. Unless it is the rate a schedule started from
-    (a resumed script passes that one again), it is also the base of the next schedule, as it is for an
-    optimizer made by name: a schedule would otherwise put the old base's rate back at the next epoch."""
-    optimizer.lr = check.positive("lr", lr)
-    if optimizer.initial_lr is not None and optimizer.lr != optimizer.initial_lr:
+    """Give a passed or kept optimizer the rate fit was given. A new rate (neither its current one nor the one a
+    schedule started from, which a resumed script passes again) is also the base of the next schedule, as it is
+    for an optimizer made by name: a schedule would otherwise put the old base's rate back at the next epoch."""
+    lr = check.positive("lr", lr)
+    if lr not in (optimizer.lr, optimizer.initial_lr):
         optimizer.initial_lr = None
+    optimizer.lr = lr
