@@ -57,6 +57,7 @@ class Sequential(_Chain):
         self.stop_training = False
         self.distributed: Any = None  # the communicator of a data-parallel fit (rank 0 writes checkpoints)
         self.nested = False
+        self._weights_loaded = _provided is not None  # nesting would rebuild the model and drop them
         # independent streams of one seed: initial values, the shuffle, and dropout never share a state
         init_rng = host_rng((self.seed, 0))
         self.shuffle_rng = host_rng((self.seed, 1))
@@ -77,6 +78,11 @@ class Sequential(_Chain):
         if self.optimizer is not None or self.epochs_trained:
             raise ValueError("a trained Sequential cannot be placed inside another model: it would be rebuilt with "
                              "new weights there; nest a new Sequential and copy the weights with load_state_dict")
+        if self._weights_loaded:
+            raise ValueError("a Sequential whose weights were loaded (load_state_dict, nnx.load, to()) cannot be "
+                             "placed inside another model: it would be rebuilt with new weights there; nest a new "
+                             "Sequential and copy the weights into it with outer.layers[i].load_state_dict("
+                             "model.state_dict())")
         if input_shape is None:
             input_shape = self._given_input_shape
         elif self._given_input_shape is not None and tuple(input_shape) != self._given_input_shape:
@@ -132,6 +138,7 @@ class Sequential(_Chain):
             target.value = new_values[name]
             if isinstance(target, Parameter):
                 target.grad = None
+        self._weights_loaded = True
 
     def get_config(self) -> dict:
         """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""

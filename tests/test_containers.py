@@ -143,6 +143,20 @@ def test_a_trained_model_cannot_be_nested():
         nnx.Sequential(inner)
 
 
+def test_a_model_with_loaded_weights_cannot_be_nested(tmp_path):
+    """Nesting rebuilds a model with new weights: pretrained ones, loaded but never fit, were silently replaced."""
+    pretrained = nnx.Sequential(nnx.Dense(3, 2), seed=0)
+    encoder = nnx.Sequential(nnx.Dense(3, 2), seed=1)
+    encoder.load_state_dict(pretrained.state_dict())
+    pretrained.save(tmp_path / "encoder.npz")
+    for loaded in (encoder, nnx.load(tmp_path / "encoder.npz"), pretrained.to("numpy")):
+        with pytest.raises(ValueError, match=r"weights were loaded .* cannot be placed inside another model"):
+            nnx.Sequential(loaded, nnx.Dense(2, 1))
+    model = nnx.Sequential(nnx.Sequential(nnx.Dense(3, 2)), nnx.Dense(2, 1), seed=2)
+    model.layers[0].load_state_dict(pretrained.state_dict())  # the way the message points to
+    np.testing.assert_array_equal(model.state_dict()["0.0.weight"], pretrained.state_dict()["0.weight"])
+
+
 def test_add_layer_refuses_bad_names_and_objects():
     block = nnx.Layer()
     dense = nnx.Dense(2, 2)
