@@ -170,6 +170,9 @@ def test_batchnorm_errors(backend):
     with pytest.raises(ValueError, match="more than one sample"):
         model.forward(np.ones((1, 2)), training=True)
     assert model.predict(np.ones((1, 2))).shape == (1, 2)  # inference takes a single sample
+    # 9 rows in batches of 4 leave a last batch of one: the error says where it comes from and what to change
+    with pytest.raises(ValueError, match="batch of 1 .*choose a batch_size that does not leave one"):
+        model.fit(np.ones((9, 2)), np.ones((9, 2)), loss="mse", epochs=1, batch_size=4)
 
 
 def test_flatten_shapes(backend, dtype):

@@ -75,7 +75,9 @@ class BatchNorm(Layer):
             return (X - self.running_mean.value) * (inv * self.weight.value) + self.bias.value
         n = X.shape[0]
         if n < 2:
-            raise ValueError(f"BatchNorm in training needs more than one sample per batch, got a batch of {n}")
+            raise ValueError(f"BatchNorm in training needs more than one sample per batch, got a batch of {n} (in "
+                             "fit, the last batch holds the rows batch_size leaves over: choose a batch_size that "
+                             "does not leave one)")
         mean = xp.mean(X, axis=0)
         centered = X - mean
         var = xp.mean(centered * centered, axis=0)
