@@ -144,6 +144,20 @@ def test_every_optimizer_rule_gives_the_plain_loops_numbers(backend, dtype, opt_
     _assert_same(derived, plain, dtype)
 
 
+def test_a_schedule_reaches_the_rule_on_every_execution(backend, dtype):
+    """A schedule's rate reaches the rule each epoch, on the derived execution as on the plain one: both give the
+    numbers of one-epoch fits at the scheduled rates (a rate frozen into a program or a buffer would not)."""
+    runs = [_train(backend, dtype, "relu_ce", "adam", {"lr": 0.02}, fast=fast,
+                   callbacks=[nnx.callbacks.StepDecay(1, gamma=0.25)]) for fast in (True, False)]
+    assert runs[0][2]["lr"] == runs[1][2]["lr"] == pytest.approx([0.02, 0.005, 0.00125])
+    _assert_same(*runs, dtype)
+    model, opt, first = _train(backend, dtype, "relu_ce", "adam", {"lr": 0.02}, fast=True, epochs=1)
+    X, y = _data("classes")
+    losses = first["loss"] + [model.fit(X, y, lr=lr, epochs=1, batch_size=16)["loss"][0] for lr in (0.005, 0.00125)]
+    _assert_same(runs[0], (model, opt, runs[0][2]), dtype)
+    np.testing.assert_allclose(losses, runs[0][2]["loss"], **_tol(dtype))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_gives_the_plain_loops_numbers(backend, dtype, name):
     derived = _train(backend, dtype, name, ExecUserAdam, {"lr": 0.01}, fast=True, clip_norm=1.0)
