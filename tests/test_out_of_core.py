@@ -457,3 +457,29 @@ def test_validation_data_and_validation_split_together_are_refused(tmp_path):
         with pytest.raises(ValueError, match=r"validation_data or validation_split, not both"):
             m.fit(*data, loss="bce", validation_data=(Xv, yv), validation_split=0.2)
         assert m.epochs_trained == 0
+
+
+class EagerReader:
+    """A re-iterable whose ``__iter__`` starts a pass at once, as a seeded torch DataLoader draws from its
+    generator on ``iter()`` (an extra call shifts every later shuffle)."""
+
+    def __init__(self, batches):
+        self.batches, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_a_re_iterable_is_iterated_once_per_pass(backend, dtype):
+    """fit called iter() once more to tell a generator from a re-iterable: a seeded DataLoader then shuffled
+    otherwise than the same loader in a PyTorch loop."""
+    X, y = _data()
+    train, val = EagerReader(_batches(X, y, 50)), EagerReader(_batches(X, y, 75))
+    m = _model(backend, dtype)
+    m.fit(train, loss="bce", epochs=3, validation_data=val)
+    assert (train.passes, val.passes) == (3, 3)
+    m.evaluate(val)
+    inputs = EagerReader([b[0] for b in _batches(X, y, 50)])
+    m.predict(inputs)
+    assert (val.passes, inputs.passes) == (4, 1)

@@ -237,10 +237,11 @@ class IterableBatches:
 
     def __init__(self, data: Any, prepare: BatchPreparer, steps: int | None = None, prefetch: int = 1,
                  targets: bool = True, name: str = "X", steps_name: str = "steps") -> None:
-        try:
-            self.one_shot = iter(data) is data
-        except TypeError:
-            raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}") from None
+        if getattr(data, "__iter__", None) is None:
+            raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}")
+        # an iterator (a generator) is its own; asking a re-iterable for one here would start a pass
+        # (a seeded torch DataLoader draws from its generator on iter(), shifting every later shuffle)
+        self.one_shot = isinstance(data, Iterator)
         self.data, self.prepare, self.depth, self.targets, self.name = data, prepare, prefetch, targets, name
         self.limit, self.steps_name = steps, steps_name
         self.steps = steps if steps is not None or self.one_shot or not hasattr(data, "__len__") else len(data)
