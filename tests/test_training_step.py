@@ -510,6 +510,17 @@ def test_class_weight_equals_the_matching_sample_weight(be, task):
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("weight", [float("inf"), float("nan")])
+def test_a_class_weight_that_is_not_finite_is_refused_up_front(be, weight):
+    """inf passed the ">= 0" check and surfaced as a non-finite step that blamed the learning rate."""
+    X, _ = _data()
+    y = (X[:, 0] > 0).astype(float)
+    model = _model(be, out=1, head=nnx.Sigmoid)
+    with pytest.raises(ValueError, match=r"class_weight\[1\] must be a finite number >= 0"):
+        model.fit(X, y, loss="bce", epochs=1, class_weight={0: 1.0, 1: weight})
+    assert model.epochs_trained == 0
+
+
 # -- TrainStep.check itself ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -6,6 +6,7 @@ loss divides by that (`batch_weight`): combined so, batches give one call's valu
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any, cast
@@ -42,8 +43,9 @@ def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) 
     for key, weight in class_weight.items():
         if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_classes:  # pyright: ignore[reportOperatorIssue]
             raise ValueError(f"class_weight keys must be class indices 0..{n_classes - 1}, got {key!r}")
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not weight >= 0:  # pyright: ignore[reportOperatorIssue]
-            raise ValueError(f"class_weight[{key}] must be a number >= 0, got {weight!r}")
+        # inf would only show up as a non-finite training step (sample_weight is refused the same way)
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:  # pyright: ignore[reportOperatorIssue]
+            raise ValueError(f"class_weight[{key}] must be a finite number >= 0, got {weight!r}")
         table[int(key)] = float(weight)
     if isinstance(loss, CrossEntropy) and y.ndim == 1:
         classes = y
