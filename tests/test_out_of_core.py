@@ -483,3 +483,36 @@ def test_a_re_iterable_is_iterated_once_per_pass(backend, dtype):
     inputs = EagerReader([b[0] for b in _batches(X, y, 50)])
     m.predict(inputs)
     assert (val.passes, inputs.passes) == (4, 1)
+
+
+class CountingRows(SortedReadsOnly):
+    """An array-like that records the most rows one read asked for."""
+
+    def __init__(self, a):
+        super().__init__(a)
+        self.most = 0
+
+    def __getitem__(self, key):
+        block = super().__getitem__(key)
+        self.most = max(self.most, block.shape[0])
+        return block
+
+
+def test_predict_and_evaluate_read_host_data_in_batches_without_batch_size(backend, dtype, monkeypatch):
+    """Without batch_size, predict and evaluate read a memmap or array-like whole (the in-memory default,
+    one batch), which for data bigger than memory is what reading it batch by batch exists to avoid."""
+    from nnx.training import data
+
+    monkeypatch.setattr(data, "HOST_BATCH_BYTES", 20 * 4 * 8, raising=False)  # 20 rows of 4 float64 features
+    X, y = _data(150)
+    m = _model(backend, dtype)
+    Xs, ys = CountingRows(X), CountingRows(y)
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(m.backend.to_host(m.predict(Xs)), m.backend.to_host(m.predict(X)), atol=tol, rtol=0)
+    assert Xs.most == 20
+    got = m.evaluate(Xs, ys, metrics=["accuracy"])
+    want = m.evaluate(X, y, metrics=["accuracy"])
+    assert got["loss"] == pytest.approx(want["loss"], abs=tol) and got["accuracy"] == want["accuracy"]
+    assert Xs.most == ys.most == 20
+    m.predict(Xs, batch_size=150)  # a batch_size given is kept
+    assert Xs.most == 150

@@ -39,6 +39,9 @@ Window = Callable[[int], slice]
 # Bytes of training data above which an epoch gathers each shuffled batch instead of copying X once.
 COPY_LIMIT = 16 * 2**20
 
+# Bytes of one batch that predict and evaluate read from host data (a memmap, ...) when given no batch_size.
+HOST_BATCH_BYTES = 16 * 2**20
+
 
 def batch_slices(n_samples: int, batch_size: int) -> list[slice]:
     """Consecutive batches covering n_samples; the last may be smaller."""
@@ -132,6 +135,13 @@ def n_rows(data: Any, argname: str) -> int:
         return int(shape[0]) if shape is not None else len(data)
     except (TypeError, IndexError):
         raise TypeError(f"{argname} must be an array with a batch axis, got {type(data).__name__}") from None
+
+
+def host_batch_rows(data: Any, n: int) -> int:
+    """Rows of host array-like `data` (of `n` rows) in a batch of about `HOST_BATCH_BYTES`: what predict and
+    evaluate read at a time without a batch_size, so that data bigger than memory is never read whole."""
+    row = math.prod(int(d) for d in data.shape[1:]) * int(getattr(getattr(data, "dtype", None), "itemsize", 8))
+    return max(1, min(n, HOST_BATCH_BYTES // max(1, row)))
 
 
 def prefetch_depth(prefetch: Any) -> int:

@@ -18,11 +18,11 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
             check_finite: bool = True) -> Any:
     """Outputs for X in inference mode (dropout off), as an array on this model's backend.
 
-    X may also be a `np.memmap` or array-like read batch by batch (h5py, ...), or an iterable of
-    X batches or (X, ...) tuples (`steps` of them when given); `prefetch` prepares the next batch
-    in a background thread for those. `check_finite` refuses X holding NaN or inf with a
-    ValueError, as `fit` and `evaluate` do (one reduction and one host read per call or batch);
-    False skips it.
+    X may also be a `np.memmap` or array-like read batch by batch (h5py, ...; without `batch_size`, in
+    batches of about 16 MiB), or an iterable of X batches or (X, ...) tuples (`steps` of them when given);
+    `prefetch` prepares the next batch in a background thread for those. `check_finite` refuses X
+    holding NaN or inf with a ValueError, as `fit` and `evaluate` do (one reduction and one host read
+    per call or batch); False skips it.
     """
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
@@ -46,7 +46,8 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
 
     A dict of name -> float; it prints rounded to 4 significant digits, its values are not rounded.
 
-    X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...), or X alone an
+    X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...; without `batch_size`, in
+    batches of about 16 MiB), or X alone an
     iterable of (X, y) / (X, y, sample_weight) batches (`steps` of them when given).
     `check_finite` refuses X or y holding NaN or inf with a ValueError; False skips it. A loss that
     does not fit the model's outputs (see `fit`) raises ValueError.

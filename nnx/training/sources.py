@@ -13,7 +13,16 @@ from typing import Any
 from .. import _validate as check
 from ..backends.host import is_out_of_core
 from ..protocols import Model
-from .data import ArrayBatches, BatchPreparer, HostBatches, IterableBatches, is_batch_iterable, n_rows, prefetch_depth
+from .data import (
+    ArrayBatches,
+    BatchPreparer,
+    HostBatches,
+    IterableBatches,
+    host_batch_rows,
+    is_batch_iterable,
+    n_rows,
+    prefetch_depth,
+)
 from .evaluation import evaluate_arrays, evaluate_batches
 from .loss_fit import check_outputs
 
@@ -137,7 +146,9 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
         if steps is not None:
             raise ValueError("steps applies to an iterable of batches")
         n = n_rows(X, "X")
-        return HostBatches(model, X, y, sample_weight if targets else None, batch_size or n, False,
+        # without a batch_size, arrays are one batch; host data is read in batches of bounded size instead
+        rows = batch_size or host_batch_rows(X, n)
+        return HostBatches(model, X, y, sample_weight if targets else None, rows, False,
                            BatchPreparer(model, loss_fn, check_finite=check_finite), depth)
     if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
         if steps is not None:
