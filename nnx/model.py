@@ -241,7 +241,12 @@ class Sequential(_Chain):
             self._train_output_shape = tuple(Y.shape)  # what `backward` checks dY against
         return Y
 
-    __call__ = forward
+    def __call__(self, X: Any, training: bool = False) -> Any:
+        """`forward` on a caller's data: a nested model, called directly, prepares X as a standalone one does.
+
+        Inside its model it runs through `forward` on arrays already prepared at the outer boundary.
+        """
+        return self.forward(self.prepare_inputs(X) if self.nested else X, training)
 
     def forward_to_head(self, X: Any, n_layers: int, training: bool, runners: Sequence[Any] | None = None) -> Any:
         """The output of the first `n_layers` layers for a prepared batch (see `output_head`).

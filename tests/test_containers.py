@@ -283,6 +283,18 @@ def test_a_nested_model_saves_moves_and_copies_its_weights_on_its_own(backend, t
     np.testing.assert_array_equal(_host(model, model.state_dict()["2.0.weight"]),
                                   _host(fresh, fresh.state_dict()["0.weight"]))
 
+def test_calling_a_nested_model_prepares_its_input_as_a_standalone_one_does(backend):
+    """``model.layers[2](X)``, as torch's ``model[2](x)``: X moved to the backend and cast to the model's dtype."""
+    model = nested_sequential(backend, "float32")
+    inner = model.layers[2]
+    X = np.tile(_data(4)[0], 2)  # float64 NumPy data: a float32 model gave float64, and torch failed in matmul
+    out = inner(X)
+    assert out.dtype == inner.predict(X).dtype == model.backend.float_dtype("float32")
+    np.testing.assert_array_equal(_host(inner, out), _host(inner, inner.predict(X)))
+    with pytest.raises(ValueError, match=r"X has 3 features but the model expects 6"):
+        inner(X[:, :3])
+
+
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_containers_export_to_onnx(backend, dtype, kind, tmp_path):
     pytest.importorskip("onnx")
