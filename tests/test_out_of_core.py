@@ -516,3 +516,17 @@ def test_predict_and_evaluate_read_host_data_in_batches_without_batch_size(backe
     assert Xs.most == ys.most == 20
     m.predict(Xs, batch_size=150)  # a batch_size given is kept
     assert Xs.most == 150
+
+
+def test_predict_takes_list_batches_as_a_torch_dataloader_yields_them(backend, dtype):
+    """A DataLoader over a TensorDataset yields [X, y] lists (and [X] for X alone): fit and evaluate read
+    them, predict refused them as one ragged array (or took [X] for an array of one more axis)."""
+    X, y = _data(37)
+    m = _model(backend, dtype)
+    want = m.backend.to_host(m.predict(X))
+    tol = 1e-12 if dtype == "float64" else 1e-6
+    pairs = [[X[i:i + 8], y[i:i + 8]] for i in range(0, 37, 8)]
+    for source in (pairs, iter(pairs), [[b[0]] for b in pairs]):
+        np.testing.assert_allclose(m.backend.to_host(m.predict(source)), want, atol=tol, rtol=0)
+    rows = [list(X[i:i + 8]) for i in range(0, 37, 8)]  # a batch given as a list of rows is still one batch
+    np.testing.assert_allclose(m.backend.to_host(m.predict(iter(rows))), want, atol=tol, rtol=0)

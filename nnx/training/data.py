@@ -128,6 +128,20 @@ def is_batch_iterable(data: Any) -> bool:
     return hasattr(data, "__iter__")
 
 
+def batch_shaped(model: Model, a: Any) -> bool:
+    """Whether `a` is an array with one more axis than the model's samples (a batch of X), as far as it knows."""
+    ndim = getattr(a, "ndim", None)
+    if ndim is None:
+        return False
+    return ndim >= 2 if model.input_shape is None else ndim == len(model.input_shape) + 1
+
+
+def holds_inputs(model: Model, item: Any) -> bool:
+    """Whether a batch given to predict is an (X, ...) tuple or list, such as a torch DataLoader's [X, y],
+    rather than X itself (which may be a list of rows)."""
+    return isinstance(item, tuple) or (isinstance(item, list) and bool(item) and batch_shaped(model, item[0]))
+
+
 def n_rows(data: Any, argname: str) -> int:
     """Rows of a host array-like (its ``shape[0]``, else ``len``)."""
     shape = getattr(data, "shape", None)
@@ -240,7 +254,8 @@ class IterableBatches:
         prepare: the `BatchPreparer` every batch goes through.
         steps: batches per epoch; None runs until the iterable ends.
         prefetch: batches prepared ahead in a background thread (0: none).
-        targets: batches are (X, y) / (X, y, sample_weight); False: X or (X, ...) whose first item is used.
+        targets: batches are (X, y) / (X, y, sample_weight); False: X or (X, ...) whose first item is used
+            (a tuple, or a list whose first item is a batch of X, as a torch DataLoader yields).
         name: the argument's name in error messages ("X", "validation_data").
         steps_name: the argument that set `steps`, named when the iterable runs out before them.
     """
@@ -294,7 +309,7 @@ class IterableBatches:
 
     def _unpack(self, item: Any, where: str) -> tuple[Any, Any, Any]:
         if not self.targets:
-            return (item[0] if isinstance(item, tuple) else item), None, None
+            return (item[0] if holds_inputs(self.prepare.model, item) else item), None, None
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             got = f"a tuple of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
             raise TypeError(f"{where} must be a tuple (X, y) or (X, y, sample_weight), got {got}")

@@ -19,10 +19,10 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     """Outputs for X in inference mode (dropout off), as an array on this model's backend.
 
     X may also be a `np.memmap` or array-like read batch by batch (h5py, ...; without `batch_size`, in
-    batches of about 16 MiB), or an iterable of X batches or (X, ...) tuples (`steps` of them when given);
-    `prefetch` prepares the next batch in a background thread for those. `check_finite` refuses X
-    holding NaN or inf with a ValueError, as `fit` and `evaluate` do (one reduction and one host read
-    per call or batch); False skips it.
+    batches of about 16 MiB), or an iterable of X batches or (X, ...) tuples or lists, as a torch DataLoader
+    yields them (`steps` of them when given); `prefetch` prepares the next batch in a background thread
+    for those. `check_finite` refuses X holding NaN or inf with a ValueError, as `fit` and `evaluate` do
+    (one reduction and one host read per call or batch); False skips it.
     """
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)

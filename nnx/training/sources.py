@@ -18,6 +18,8 @@ from .data import (
     BatchPreparer,
     HostBatches,
     IterableBatches,
+    batch_shaped,
+    holds_inputs,
     host_batch_rows,
     is_batch_iterable,
     n_rows,
@@ -134,8 +136,8 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
                      steps: int | None, prefetch: Any, check_finite: bool = True) -> Any:
     """The batch source `evaluate` (loss_fn given) or `predict` (loss_fn None) reads, or None for in-memory arrays.
 
-    predict takes X batches or (X, ...) tuples; a list counts as batches when its items are tuples or arrays
-    of one more axis than a sample, else it is one array (a nested list), as before. `check_finite` refuses
+    predict takes X batches or (X, ...) tuples or lists; a list counts as batches when its items are those or
+    arrays of one more axis than a sample, else it is one array (a nested list), as before. `check_finite` refuses
     NaN/inf in every batch.
     """
     depth = prefetch_depth(prefetch)
@@ -163,12 +165,4 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
 def _list_of_batches(model: Model, X: Any) -> bool:
     if not isinstance(X, (list, tuple)):
         return True
-    if not X:
-        return False
-    first = X[0]
-    if isinstance(first, tuple):
-        return True
-    ndim = getattr(first, "ndim", None)
-    if ndim is None:
-        return False
-    return ndim >= 2 if model.input_shape is None else ndim == len(model.input_shape) + 1
+    return bool(X) and (holds_inputs(model, X[0]) or batch_shaped(model, X[0]))
