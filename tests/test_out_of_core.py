@@ -530,3 +530,22 @@ def test_predict_takes_list_batches_as_a_torch_dataloader_yields_them(backend, d
         np.testing.assert_allclose(m.backend.to_host(m.predict(source)), want, atol=tol, rtol=0)
     rows = [list(X[i:i + 8]) for i in range(0, 37, 8)]  # a batch given as a list of rows is still one batch
     np.testing.assert_allclose(m.backend.to_host(m.predict(iter(rows))), want, atol=tol, rtol=0)
+
+
+def test_shuffle_and_check_finite_must_be_bools(tmp_path):
+    """Keras's shuffle="batch" (shuffle in batch-sized chunks, for HDF5) shuffled every row here, and
+    check_finite="no" checked: a string where a flag belongs is refused, before any step."""
+    X, y = _data()
+    for data in ((X, y), (_memmap(tmp_path, "x.dat", X), y)):
+        m = _model("numpy", "float64")
+        with pytest.raises(TypeError, match=r"shuffle must be True or False, got 'batch'"):
+            m.fit(*data, loss="bce", shuffle="batch")
+        with pytest.raises(TypeError, match=r"check_finite must be True or False, got 'no'"):
+            m.fit(*data, loss="bce", check_finite="no")
+        assert m.epochs_trained == 0
+    m = _model("numpy", "float64")
+    with pytest.raises(TypeError, match=r"check_finite must be True or False, got None"):
+        m.predict(X, check_finite=None)
+    with pytest.raises(TypeError, match=r"check_finite must be True or False, got 'no'"):
+        m.evaluate(X, y, check_finite="no")
+    m.fit(X, y, loss="bce", shuffle=0, check_finite=1)  # 0 and 1 are flags, as elsewhere

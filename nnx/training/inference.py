@@ -26,6 +26,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     """
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
+    check_finite = check.flag("check_finite", check_finite)
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
     if source is not None:
         return predict_batches(model, source)
@@ -56,6 +57,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     look_at_outputs = check_loss_fits(model, loss_fn)
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
+    check_finite = check.flag("check_finite", check_finite)
     source = inference_source(model, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
     if source is not None:
         return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics, loss_fn), look_at_outputs))

@@ -132,6 +132,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
             check.positive_int(name, value)
+    # a string is a mistake (Keras's shuffle="batch" is not supported), not a truthy flag
+    shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
     depth = prefetch_depth(prefetch)
     batches, val_rows, validation_data, look_at_outputs = training_source(
         model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,
