@@ -549,3 +549,16 @@ def test_shuffle_and_check_finite_must_be_bools(tmp_path):
     with pytest.raises(TypeError, match=r"check_finite must be True or False, got 'no'"):
         m.evaluate(X, y, check_finite="no")
     m.fit(X, y, loss="bce", shuffle=0, check_finite=1)  # 0 and 1 are flags, as elsewhere
+
+
+def test_y_beside_an_iterable_and_a_memmap_without_y_are_named(tmp_path):
+    """A generator with y was cast to an array ("X must hold numbers, got dtype object"), and evaluate on a
+    memmap without y blamed its batches ("batch 0 has no targets")."""
+    X, y = _data()
+    m = _model("numpy", "float64")
+    for call in (lambda gen: m.fit(gen, y, loss="bce"), lambda gen: m.evaluate(gen, y)):
+        with pytest.raises(ValueError, match=r"y cannot be passed with an iterable of batches"):
+            call(b[0] for b in _batches(X, y, 16))
+    with pytest.raises(TypeError, match=r"y is required when X is an array"):
+        m.evaluate(_memmap(tmp_path, "x.dat", X))
+    assert m.epochs_trained == 0

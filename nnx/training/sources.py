@@ -42,6 +42,7 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         # one would be dropped without a word (Keras lets validation_data win; which one was meant is a guess)
         raise ValueError(f"pass validation_data or validation_split, not both: validation_split={validation_split} "
                          "would hold out rows of X while validation_data is given")
+    _refuse_y_beside_batches(X, y)
     val_rows = None
     batches: Any
     if y is None and is_batch_iterable(X):
@@ -89,6 +90,14 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
                                                                  training=False))
             look_at_outputs = False
     return batches, val_rows, validation_data, look_at_outputs
+
+
+def _refuse_y_beside_batches(X: Any, y: Any) -> None:
+    """A y given with X an iterable of batches (other than a list or tuple, which may be nested rows) would
+    be cast as part of one array and refused as "dtype object": name the mistake instead."""
+    if y is not None and is_batch_iterable(X) and not isinstance(X, (list, tuple)):
+        raise ValueError(f"y cannot be passed with an iterable of batches (X is a {type(X).__name__}); yield "
+                         "(X, y) or (X, y, sample_weight) batches instead")
 
 
 def _held_out(n: int, validation_split: float) -> int:
@@ -144,9 +153,13 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
     if steps is not None:
         check.positive_int("steps", steps)
     targets = loss_fn is not None
+    _refuse_y_beside_batches(X, y)
     if is_out_of_core(X):
         if steps is not None:
             raise ValueError("steps applies to an iterable of batches")
+        if targets and y is None:
+            raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
+                            "of (X, y) or (X, y, sample_weight) tuples")
         n = n_rows(X, "X")
         # without a batch_size, arrays are one batch; host data is read in batches of bounded size instead
         rows = batch_size or host_batch_rows(X, n)
