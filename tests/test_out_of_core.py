@@ -562,3 +562,13 @@ def test_y_beside_an_iterable_and_a_memmap_without_y_are_named(tmp_path):
     with pytest.raises(TypeError, match=r"y is required when X is an array"):
         m.evaluate(_memmap(tmp_path, "x.dat", X))
     assert m.epochs_trained == 0
+
+
+def test_validation_split_takes_a_numpy_float32(tmp_path):
+    """np.float32(0.2) (a fraction read from a config array) was refused as "must be in [0, 1), got 0.2"."""
+    X, y = _data()
+    for data in ((X, y), (_memmap(tmp_path, "x.dat", X), y)):
+        kw = dict(loss="bce", epochs=1, batch_size=16)
+        want = _model("numpy", "float64").fit(*data, validation_split=0.25, **kw)
+        got = _model("numpy", "float64").fit(*data, validation_split=np.float32(0.25), **kw)
+        assert got["val_loss"] == want["val_loss"]

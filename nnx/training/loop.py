@@ -9,6 +9,7 @@ it is applied, Ctrl-C ends the run between steps, and every callback's
 from __future__ import annotations
 
 import contextlib
+import numbers
 import warnings
 from typing import Any
 
@@ -127,8 +128,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         check.positive_int("chunk_batches", chunk_batches)
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
-    if not (isinstance(validation_split, (int, float)) and 0.0 <= validation_split < 1.0):
+    if not (isinstance(validation_split, numbers.Real) and 0.0 <= validation_split < 1.0):  # NumPy floats too
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    validation_split = float(validation_split)
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
             check.positive_int(name, value)
