@@ -572,3 +572,22 @@ def test_validation_split_takes_a_numpy_float32(tmp_path):
         want = _model("numpy", "float64").fit(*data, validation_split=0.25, **kw)
         got = _model("numpy", "float64").fit(*data, validation_split=np.float32(0.25), **kw)
         assert got["val_loss"] == want["val_loss"]
+
+
+class StaleReader:
+    """A re-iterable in name only: ``__iter__`` hands back one iterator, which a second pass finds spent."""
+
+    def __init__(self, batches):
+        self._it = iter(batches)
+
+    def __iter__(self):
+        return self._it
+
+
+def test_a_re_iterable_that_does_not_start_over_is_named():
+    """Its second pass said "X yielded no batches; at least one is needed", which the first pass belied."""
+    X, y = _data()
+    rec = Recorder()
+    with pytest.raises(ValueError, match=r"X yielded no batches for pass 2 \(the pass before got 10\).*__iter__"):
+        _model("numpy", "float64").fit(StaleReader(_batches(X, y, 16)), loss="bce", epochs=2, callbacks=[rec])
+    assert rec.batches == 10 and rec.ended

@@ -321,6 +321,9 @@ class IterableBatches:
                     f"for pass {epoch + 1} (the pass before got {last}). Pass a re-iterable (a list of batches, or "
                     "an object whose __iter__ starts over), or a generator that never ends with steps_per_epoch= "
                     "(validation_steps= for validation_data)")
+        if epoch > 0 and last:
+            return (f"{self.name} yielded no batches for pass {epoch + 1} (the pass before got {last}): its "
+                    "__iter__ must start over on every call, as a list's or a torch DataLoader's does")
         return f"{self.name} yielded no batches; at least one is needed"
 
 
