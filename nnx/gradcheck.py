@@ -49,27 +49,59 @@ def _norm_relative_error(analytic: Any, numeric: Any, noise: float = 0.0) -> flo
 
     `noise` is the rounding floor of one central difference; that much difference per entry
     is discounted, so a gradient that is exactly zero (say, softmax outputs into a loss that
-    is flat along them) scores 0 instead of |rounding noise| / |rounding noise| = 1.
+    is flat along them) scores 0 instead of |rounding noise| / |rounding noise| = 1. A gradient
+    that is not finite scores inf.
     """
     a = _host.asarray(analytic, dtype=_host.float64)
     n = _host.asarray(numeric, dtype=_host.float64)
     scale = float(_host.linalg.vector_norm(a) + _host.linalg.vector_norm(n))
+    if not math.isfinite(scale):  # a NaN or inf gradient: the worst error, never one that max() skips
+        return math.inf
     if scale == 0.0:
         return 0.0
     diff = float(_host.linalg.vector_norm(a - n)) - noise * math.sqrt(a.size)
     return max(diff, 0.0) / scale
 
 
+class GradientCheck(float):
+    """What `check_gradients` returns: the largest relative error (a float), and where each error is.
+
+    Attributes:
+        errors: array name -> its relative error: every parameter by its model name (``"1.weight"``)
+            and, when checked, ``"input"`` for dL/dX.
+        worst: the array with the largest error, with its layer (``"parameter '1.scale' of layer 1
+            (MyLayer)"``), so a wrong backward is found without a search.
+    """
+
+    errors: dict[str, float]
+    worst: str
+
+    def __new__(cls, errors: dict[str, float], where: dict[str, str]) -> GradientCheck:
+        name = max(errors, key=lambda k: errors[k], default=None)
+        result = super().__new__(cls, 0.0 if name is None else errors[name])
+        result.errors = errors
+        result.worst = "nothing (the model has no parameters)" if name is None else where[name]
+        return result
+
+
 def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 1e-6,
-                    inputs: bool = True) -> float:
+                    inputs: bool = True, sample_weight: Any = None) -> GradientCheck:
     """Largest relative error between backprop and central differences, in float64.
 
     Works on a float64 copy of `model` on its own backend; every parameter (and,
     with `inputs=True`, the input X) is checked, through the same loss path `fit`
     uses (a loss name read as `fit` reads it, a final Sigmoid/Softmax folded into it,
-    regularizer penalties and a fixed dropout mask included). The error per
+    regularizer penalties, `sample_weight` (one weight per row, as `fit` takes it) and a
+    fixed dropout mask included). The error per
     array is ||analytic - numeric|| / (||analytic|| + ||numeric||); below ~1e-6 is
-    correct, above ~1e-3 is a bug.
+    correct, above ~1e-3 is a bug. The result is a float that also names each array's
+    error (`GradientCheck.errors`) and the worst one with its layer (`GradientCheck.worst`).
+
+    The analytic gradients are those of a second backward pass, as in a second training
+    step: a backward that adds to the previous ``p.grad`` instead of replacing it is caught.
+    A parameter left without a gradient (``p.grad`` None) counts as a zero gradient, so one
+    the loss depends on scores 1; a NaN gradient scores inf; a gradient of the wrong shape,
+    or no dL/dX from the first layer, raises `ValueError` naming it.
     """
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
@@ -78,21 +110,30 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     loss_fn = checked.resolve_loss(loss)  # a name means what it means to fit ("ce" after Softmax: probabilities)
     X_d = checked.prepare_inputs(X)
     y_d = checked.prepare_targets(y, loss_fn, X_d.shape[0])
+    w_d = checked.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
     rng_state = checked.dropout_rng.get_state()
     buffers = [(b, b.value) for b in checked.buffers()]
+    layers = dict(checked.named_layers())
 
     def loss_at(X_now: Any) -> tuple[Any, Any]:
         checked.dropout_rng.set_state(rng_state)  # the same dropout mask at every evaluation
         for b, value in buffers:  # and the same running statistics, for layers whose training pass reads them
             b.value = value
-        value, _, dX = checked.loss_and_grads(X_now, y_d, loss_fn, need_dX=True)
+        value, _, dX = checked.loss_and_grads(X_now, y_d, loss_fn, sample_weight=w_d, need_dX=True)
         return value, dX
 
+    def owner(p: Parameter) -> str:
+        path = p.name.rpartition(".")[0]
+        layer = layers.get(path)
+        return f"parameter {p.name!r}" + ("" if layer is None else f" of layer {path} ({type(layer).__name__})")
+
+    loss_at(X_d)  # a first step: the second backward must give the same gradients, not twice them
     value, dX = loss_at(X_d)
     # f(x+eps) - f(x-eps) is only known to a few ulps of the loss: the difference quotient's floor.
     noise = 16 * 2.0**-52 * abs(backend.to_float(value)) / (2 * eps)
-    analytic = [(p, backend.to_host(p.grad)) for p in checked.parameters()]
-    worst = 0.0
+    analytic = [(p, _host_gradient(backend, p.grad, p.shape, owner(p))) for p in checked.parameters()]
+    errors: dict[str, float] = {}
+    where: dict[str, str] = {}
     for p, grad in analytic:
         original = p.value
 
@@ -102,9 +143,27 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
 
         numeric = numerical_gradient(value_with, backend.to_host(original), eps)
         p.value = original
-        worst = max(worst, _norm_relative_error(grad, numeric, noise))
+        errors[p.name], where[p.name] = _norm_relative_error(grad, numeric, noise), owner(p)
     if inputs:
+        if dX is None:
+            first = checked.layers[0]
+            raise ValueError(f"check_gradients: the model's backward gave no input gradient (dL/dX is None); "
+                             f"layer 0 ({type(first).__name__}) must return dX when need_dX is True, or pass "
+                             f"inputs=False to check the parameters only")
+        grad_X = _host_gradient(backend, dX, tuple(X_d.shape), "the input gradient dL/dX")
         numeric = numerical_gradient(lambda x: backend.to_float(loss_at(backend.asarray(x))[0]),
                                      backend.to_host(X_d), eps)
-        worst = max(worst, _norm_relative_error(backend.to_host(dX), numeric, noise))
-    return worst
+        errors["input"] = _norm_relative_error(grad_X, numeric, noise)
+        where["input"] = "the input gradient dL/dX"
+    return GradientCheck(errors, where)
+
+
+def _host_gradient(backend: Any, grad: Any, shape: tuple[int, ...], what: str) -> Any:
+    """A gradient as a float64 host array: None as zeros (no gradient), a wrong shape refused naming `what`."""
+    if grad is None:
+        return _host.zeros(shape, dtype=_host.float64)
+    got = tuple(grad.shape)
+    if got != shape:
+        raise ValueError(f"check_gradients: {what} has a gradient of shape {got}, expected {shape} "
+                         f"(the shape of what it is the gradient of)")
+    return _host.asarray(backend.to_host(grad), dtype=_host.float64)

@@ -1,0 +1,110 @@
+"""`nnx.check_gradients` is not fooled by a wrong backward: a missing, accumulated, NaN or misshapen gradient,
+or a missing input gradient, each shows as an error (or raises) naming the array, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+class GradcheckScaleShift(nnx.Layer):
+    """X * scale + shift with a correct backward; the subclasses below each break it one way."""
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", input_shape, init=1.5)
+        self.shift = self.add_parameter("shift", input_shape, init=0.3)
+
+    def forward(self, X, training=False):
+        if training:
+            self._X = X
+        return X * self.scale.value + self.shift.value
+
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.sum(dY * self._X, axis=0)
+        self.shift.grad = self.xp.sum(dY, axis=0)
+        return dY * self.scale.value
+
+
+class GradcheckForgetsShift(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.sum(dY * self._X, axis=0)
+        return dY * self.scale.value
+
+
+class GradcheckAccumulates(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        step = self.xp.sum(dY * self._X, axis=0)
+        self.scale.grad = step if self.scale.grad is None else self.scale.grad + step
+        self.shift.grad = self.xp.sum(dY, axis=0)
+        return dY * self.scale.value
+
+
+class GradcheckNaNGrad(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        dX = super().backward(dY, need_dX)
+        self.shift.grad = self.shift.grad * self.xp.nan
+        return dX
+
+
+class GradcheckKeepdims(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        dX = super().backward(dY, need_dX)
+        self.shift.grad = self.xp.sum(dY, axis=0, keepdims=True)
+        return dX
+
+
+class GradcheckNoDX(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        super().backward(dY, need_dX)
+        return None
+
+
+def _check(backend, layer, **kwargs):
+    rng = np.random.default_rng(0)
+    model = nnx.Sequential(layer, nnx.Dense(2, 2), backend=backend, dtype="float64", seed=0, input_shape=(2,))
+    return nnx.check_gradients(model, rng.standard_normal((4, 2)), rng.standard_normal((4, 2)), **kwargs)
+
+
+def test_a_right_backward_passes_and_each_array_has_its_error(backend):
+    result = _check(backend, GradcheckScaleShift())
+    assert result < 1e-6
+    assert set(result.errors) == {"0.scale", "0.shift", "1.weight", "1.bias", "input"}
+    assert max(result.errors.values()) == float(result)
+
+
+def test_a_parameter_left_without_gradient_is_caught_and_named(backend):
+    result = _check(backend, GradcheckForgetsShift())
+    assert result > 0.5  # None counts as a zero gradient, against a non-zero numeric one
+    assert "'0.shift'" in result.worst and "GradcheckForgetsShift" in result.worst
+
+
+def test_a_backward_that_accumulates_into_grad_is_caught(backend):
+    result = _check(backend, GradcheckAccumulates())
+    assert result > 0.1
+    assert "'0.scale'" in result.worst
+
+
+def test_a_nan_gradient_is_the_worst_error_not_skipped(backend):
+    result = _check(backend, GradcheckNaNGrad())
+    assert result == float("inf")
+    assert "'0.shift'" in result.worst
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_naming_it(backend):
+    with pytest.raises(ValueError, match=r"'0\.shift'.*shape \(1, 2\), expected \(2,\)"):
+        _check(backend, GradcheckKeepdims())
+
+
+def test_a_first_layer_that_returns_no_input_gradient_is_refused(backend):
+    with pytest.raises(ValueError, match="GradcheckNoDX.*inputs=False"):
+        _check(backend, GradcheckNoDX())
+    assert _check(backend, GradcheckNoDX(), inputs=False) < 1e-6
+
+
+def test_sample_weight_is_checked_as_fit_weights_the_loss(backend):
+    weights = np.array([0.0, 2.0, 0.5, 1.0])
+    assert _check(backend, GradcheckScaleShift(), sample_weight=weights) < 1e-6
+    with pytest.raises(ValueError, match="sample_weight"):
+        _check(backend, GradcheckScaleShift(), sample_weight=weights[:3])
