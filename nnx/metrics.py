@@ -51,15 +51,24 @@ def accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> An
     return _unless_nan(xp, y_pred, xp.mean(xp.astype(true == pred, y_pred.dtype)))
 
 
+def _count(xp: Any, mask: Any, dtype: Any) -> Any:
+    """How many rows are True in each column of `mask`, counted in integers and then cast to `dtype`.
+
+    A count kept in float32 stops at 2**24 = 16777216 where rows are added one after another (NumPy's axis-0
+    sum), which turned precision 0.375 into 0.42 at 19 million rows.
+    """
+    return xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=0), dtype)
+
+
 def _confusion_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
     """True positives, predicted positives and actual positives per class (the positive class for binary)."""
     true, pred, n_classes = _class_pairs(xp, y_true, y_pred, from_logits)
     dtype = y_pred.dtype
     device = array_device(y_pred)
     classes = xp.arange(1 if y_pred.shape[-1] == 1 else 0, n_classes, device=device)
-    true_hot = xp.astype(true[:, None] == classes, dtype)
-    pred_hot = xp.astype(pred[:, None] == classes, dtype)
-    return xp.sum(true_hot * pred_hot, axis=0), xp.sum(pred_hot, axis=0), xp.sum(true_hot, axis=0)
+    true_hot = true[:, None] == classes
+    pred_hot = pred[:, None] == classes
+    return _count(xp, true_hot & pred_hot, dtype), _count(xp, pred_hot, dtype), _count(xp, true_hot, dtype)
 
 
 def _safe_ratio(xp: Any, num: Any, den: Any) -> Any:
@@ -98,9 +107,9 @@ def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
 def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
     """True positives, predicted positives and actual positives per output, each output a yes/no label."""
     dtype = y_pred.dtype
-    true = xp.astype(xp.reshape(y_true, y_pred.shape) > 0.5, dtype)
-    pred = xp.astype(_binary_labels(xp, y_pred, from_logits), dtype)
-    return xp.sum(true * pred, axis=0), xp.sum(pred, axis=0), xp.sum(true, axis=0)
+    true = xp.reshape(y_true, y_pred.shape) > 0.5
+    pred = _binary_labels(xp, y_pred, from_logits)
+    return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
 
 
 def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
