@@ -73,6 +73,9 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
     if comm is not None and comm.rank != 0:
         return
     path = Path(path)
+    if path.is_dir():  # else the rename fails naming only the temporary file
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a checkpoint file; save to a file in it, "
+                                f"e.g. {str(path / 'model.npz')!r}")
     arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict().items()}
     training: dict[str, Any] = {
         "epochs_trained": model.epochs_trained,
@@ -158,7 +161,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        # save writes the path it is given, adding no suffix (np.savez adds ".npz"): point at the other spelling
+        other = path.with_suffix("") if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        hint = f"; there is {str(other)!r} (save writes exactly the path it is given)" if other.is_file() else ""
+        raise FileNotFoundError(f"{path}: no such checkpoint file{hint}")
     arrays = _read_npz(path)
     if CONFIG_KEY not in arrays:
         raise CheckpointError(f"{path}: not an nnx checkpoint (no {CONFIG_KEY} entry)")

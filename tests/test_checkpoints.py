@@ -208,6 +208,26 @@ def test_missing_file(tmp_path):
         nnx.load(tmp_path)
 
 
+def test_saving_to_a_folder_names_the_folder_not_a_temporary_file(tmp_path, monkeypatch):
+    model = _model()
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a checkpoint file; save to a file in it"):
+        model.save(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(IsADirectoryError, match=r"'\.' is a folder"):
+        model.save("")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_file_points_at_the_name_with_or_without_npz(tmp_path):
+    model = _model()
+    model.save(tmp_path / "model")  # written as given, like torch.save (np.savez would add .npz)
+    with pytest.raises(FileNotFoundError, match=r"model\.npz: no such checkpoint file; there is .*model'"):
+        nnx.load(tmp_path / "model.npz")
+    model.save(tmp_path / "other.npz")
+    with pytest.raises(FileNotFoundError, match=r"other: no such checkpoint file; there is .*other\.npz'"):
+        nnx.load(tmp_path / "other")
+
+
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.9])
 def test_truncated_file(good, keep):
     data = good.read_bytes()
