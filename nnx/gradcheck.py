@@ -76,12 +76,14 @@ class GradientCheck(float):
     errors: dict[str, float]
     worst: str
 
-    def __new__(cls, errors: dict[str, float], where: dict[str, str]) -> GradientCheck:
-        name = max(errors, key=lambda k: errors[k], default=None)
-        result = super().__new__(cls, 0.0 if name is None else errors[name])
-        result.errors = errors
-        result.worst = "nothing (the model has no parameters)" if name is None else where[name]
+    def __new__(cls, value: float, errors: dict[str, float] | None = None, worst: str = "") -> GradientCheck:
+        result = super().__new__(cls, value)
+        result.errors = dict(errors or {})
+        result.worst = worst
         return result
+
+    def __reduce__(self) -> tuple[Any, tuple[float, dict[str, float], str]]:
+        return type(self), (float(self), self.errors, self.worst)  # copied and pickled with its details
 
 
 def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 1e-6,
@@ -155,7 +157,10 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
                                      backend.to_host(X_d), eps)
         errors["input"] = _norm_relative_error(grad_X, numeric, noise)
         where["input"] = "the input gradient dL/dX"
-    return GradientCheck(errors, where)
+    worst = max(errors, key=lambda k: errors[k], default=None)
+    if worst is None:
+        return GradientCheck(0.0, errors, "nothing (the model has no parameters)")
+    return GradientCheck(errors[worst], errors, where[worst])
 
 
 def _host_gradient(backend: Any, grad: Any, shape: tuple[int, ...], what: str) -> Any:

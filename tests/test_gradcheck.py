@@ -3,6 +3,9 @@ or a missing input gradient, each shows as an error (or raises) naming the array
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -108,3 +111,9 @@ def test_sample_weight_is_checked_as_fit_weights_the_loss(backend):
     assert _check(backend, GradcheckScaleShift(), sample_weight=weights) < 1e-6
     with pytest.raises(ValueError, match="sample_weight"):
         _check(backend, GradcheckScaleShift(), sample_weight=weights[:3])
+
+
+def test_the_result_copies_and_pickles_with_its_details():
+    result = _check("numpy", GradcheckForgetsShift())
+    for again in (copy.deepcopy(result), pickle.loads(pickle.dumps(result))):
+        assert (float(again), again.errors, again.worst) == (float(result), result.errors, result.worst)
