@@ -329,7 +329,9 @@ class Backend:
             # read without a cast (class targets, the finite check), they become float32 and float64
             dtype = "float32" if host.dtype.itemsize < 4 else "float64"
         if dtype is not None or copy:
-            host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, copy=copy)
+            # C order: every library shares or gathers rows of C-ordered memory without copying all of it
+            # (NumPy's take copies a Fortran-ordered X whole to gather one batch; torch copies it to share it)
+            host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, order="C", copy=copy)
         return self.from_host(host)
 
     def _accepted(self) -> str:

@@ -40,7 +40,8 @@ def gather_rows(data: Any, rows: Any) -> np.ndarray:
     if isinstance(rows, slice):
         return _rows_read(data[rows])
     if isinstance(data, np.ndarray):
-        return _rows_read(np.take(data, rows, axis=0))
+        # indexing, not np.take: take copies a memmap that is not C-ordered whole (the file read for one batch)
+        return _rows_read(data[rows, ...])
     order = np.argsort(rows, kind="stable")
     block = _rows_read(data[rows[order]])
     out = np.empty_like(block)

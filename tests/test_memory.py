@@ -1,0 +1,98 @@
+"""Memory with large data: what fit, predict and evaluate allocate beside the data they are given.
+
+NumPy's allocations are traced by `tracemalloc`, so these tests measure them on the
+NumPy backend (and on torch where its arrays start as NumPy ones), with data of a few
+hundred KB and bounds relative to its size: a step's memory is its batch's, never the data's.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+from nnx.training import data as data_module
+
+
+def _model(d, width=8, backend="numpy", dtype="float64"):
+    return nnx.Sequential(nnx.Dense(d, width), nnx.ReLU(), nnx.Dense(width, 1), nnx.Sigmoid(),
+                          backend=backend, dtype=dtype, seed=0)
+
+
+def _data(n=4000, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    return X, (X[:, 0] > 0).astype(np.float64)
+
+
+class BatchPeaks(Callback):
+    """The traced peak between one batch's end and the next's, above what was held at the first: what reading
+    and running one step allocated."""
+
+    def __init__(self):
+        self.peaks, self.held = [], 0
+
+    def on_batch_end(self, batch, logs=None):
+        held, peak = tracemalloc.get_traced_memory()
+        if batch > 0:
+            self.peaks.append(peak - self.held)
+        tracemalloc.reset_peak()
+        self.held = held
+
+
+def _step_peaks(fit):
+    peaks = BatchPeaks()
+    tracemalloc.start()
+    try:
+        fit(peaks)
+    finally:
+        tracemalloc.stop()
+    assert peaks.peaks
+    return max(peaks.peaks)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_step_gathers_its_batch_not_the_whole_X_whatever_its_memory_order(monkeypatch, order):
+    # a Fortran-ordered X (pandas' to_numpy() of a float frame, X.T of a transposed array) made
+    # NumPy's take copy all of X to gather each shuffled batch: 1x the data per step, 100x slower
+    monkeypatch.setattr(data_module, "COPY_LIMIT", 0)  # each batch gathered from X, as for data above 16 MiB
+    X, y = _data()
+    X = np.asarray(X, order=order)
+    model = _model(X.shape[1])
+    peak = _step_peaks(lambda cb: model.fit(X, y, loss="bce", epochs=1, batch_size=64, callbacks=[cb]))
+    assert peak < 0.25 * X.nbytes, f"one step allocated {peak} bytes for {X.nbytes} bytes of X"
+
+
+def test_a_step_reads_its_batch_of_a_fortran_ordered_memmap_not_the_file(tmp_path):
+    # np.save of a Fortran-ordered array writes a Fortran-ordered file; np.load(mmap_mode="r") maps it so,
+    # and NumPy's take read the whole file into memory for every batch
+    X, y = _data()
+    np.save(tmp_path / "X.npy", np.asfortranarray(X))
+    mm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    assert isinstance(mm, np.memmap) and mm.flags.f_contiguous
+    model = _model(X.shape[1])
+    peak = _step_peaks(lambda cb: model.fit(mm, y, loss="bce", epochs=1, batch_size=64, prefetch=False,
+                                            callbacks=[cb]))
+    assert peak < 0.25 * X.nbytes, f"one step allocated {peak} bytes for a {X.nbytes}-byte memmap"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_fortran_ordered_X_is_cast_into_one_c_ordered_copy(backend):
+    # torch shares only C-ordered memory: the cast kept NumPy's order and torch then copied again (2x the data)
+    pytest.importorskip(backend)
+    X, _ = _data()
+    model = _model(X.shape[1], backend=backend, dtype="float32")
+    XF = np.asfortranarray(X)
+    tracemalloc.start()
+    try:
+        X_d = model.prepare_inputs(XF)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    host = model.backend.to_host(X_d)
+    np.testing.assert_array_equal(host, X.astype(np.float32))
+    assert host.flags.c_contiguous
+    assert peak < 1.2 * X.nbytes // 2, f"casting {X.nbytes // 2} bytes of float32 allocated {peak}"
