@@ -10,7 +10,7 @@ from typing import Any, cast
 from .backends import Backend, dtype_name, get_backend, host_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
-from .layers.containers import _Chain
+from .layers.containers import _Chain, raise_no_dX
 from .layers.parameter import Buffer, Parameter
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
@@ -282,6 +282,8 @@ class Sequential(_Chain):
         layers = self.layers if runners is None else runners
         for i in range(n_layers - 1, -1, -1):
             dY = layers[i].backward(dY, need_dX=need_dX or i > 0)
+            if dY is None and i > 0:
+                raise_no_dX(self.layers[i], self.layers[i - 1])  # named by the layers, not their kernels
         if self.regularizer is not None:
             for p in self.parameters():
                 if p.regularized and p.grad is not None:

@@ -117,3 +117,19 @@ def test_the_result_copies_and_pickles_with_its_details():
     result = _check("numpy", GradcheckForgetsShift())
     for again in (copy.deepcopy(result), pickle.loads(pickle.dumps(result))):
         assert (float(again), again.errors, again.worst) == (float(result), result.errors, result.worst)
+
+
+class GradcheckNoDXInside(GradcheckScaleShift):
+    def backward(self, dY, need_dX=True):
+        super().backward(dY, need_dX)
+        return None
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_layer_returning_no_dX_to_the_layer_before_it_is_named(backend, nested):
+    """Not a shape error from inside the layer before it (matmul of None)."""
+    inner = [nnx.Dense(2, 2), GradcheckNoDXInside()]
+    model = nnx.Sequential(*([nnx.Sequential(*inner)] if nested else inner), backend=backend, seed=0)
+    X = np.ones((3, 2))
+    with pytest.raises(TypeError, match=r"GradcheckNoDXInside\.backward returned None.*\(Dense\) needs dL/dX"):
+        model.fit(X, X, epochs=1, verbose=0)

@@ -14,6 +14,12 @@ from ..registry import CONFIG_KEY
 from .base import Layer, Shape, layer_from_config
 
 
+def raise_no_dX(layer: Layer, before: Layer) -> None:
+    """Raise naming `layer`, whose backward returned None where the layer `before` it needs dL/dX."""
+    raise TypeError(f"{type(layer).__name__}.backward returned None, but the layer before it "
+                    f"({type(before).__name__}) needs dL/dX: a backward must return dX whenever need_dX is True")
+
+
 class _Chain(Layer):
     """Layers applied in order; shapes are checked link by link when the chain is built."""
 
@@ -57,6 +63,8 @@ class _Chain(Layer):
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         for i in range(len(self.layers) - 1, -1, -1):
             dY = self.layers[i].backward(dY, need_dX=need_dX or i > 0)
+            if dY is None and i > 0:
+                raise_no_dX(self.layers[i], self.layers[i - 1])
         return dY
 
     def to_onnx(self, graph: Any, X: str) -> str:
