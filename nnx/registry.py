@@ -67,11 +67,14 @@ class Registry(Mapping):
 
     def add(self, name: str, entry: Any) -> None:
         """Register `entry` under `name`; a different class already there is refused, a redefinition replaces it."""
+        if not isinstance(name, str) or not name.strip():
+            # "" would be found by "  " (and a later "" replace it without a word); a number has no case to ignore
+            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         key = lookup_key(name)
         old = self._entries.get(key)
         if old is not None and old[1] is not entry and _origin(old[1]) != _origin(entry):
             raise ValueError(
-                f"a {self.kind} named {old[0]!r} is already registered ({_origin(old[1])}); give "
+                f"{_article(self.kind)} {self.kind} named {old[0]!r} is already registered ({_origin(old[1])}); give "
                 f"{_origin(entry)} another name so saved files can tell them apart"
             )
         # an alias that differs only in case ("mse" for "MSE") keeps the name first registered
@@ -231,6 +234,11 @@ def _python_number(value: Any) -> Any:
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
         return float(value)
     return value
+
+
+def _article(word: str) -> str:
+    """"a" or "an" before `word` ("an optimizer", "a layer")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _origin(entry: Any) -> str:

@@ -118,6 +118,20 @@ def test_two_different_classes_cannot_share_a_name():
         LOSSES.lookup("no_such_loss")
 
 
+@pytest.mark.parametrize("name", ["", "   ", 3, None])
+def test_a_metric_name_must_be_a_non_empty_string(name):
+    """An empty name was registered (and found by "  "); a number failed with AttributeError: 'int' ... 'strip'."""
+    with pytest.raises(TypeError, match="metric name must be a non-empty string"):
+        nnx.metrics.register_metric(name)(lambda xp, y_true, y_pred, from_logits: xp.mean(y_pred))
+    assert "" not in nnx.metrics.METRICS
+
+
+def test_a_name_clash_reads_as_english_for_every_kind():
+    with pytest.raises(ValueError, match="an optimizer named 'Adam' is already registered"):
+        class Adam(nnx.optim.Optimizer):  # noqa: F811 - the clash is the point
+            pass
+
+
 # -- one naming rule: "type" and the class name for every kind; files from before still load -----------------
 
 def test_every_kind_saves_its_class_name_under_type():
