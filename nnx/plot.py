@@ -93,8 +93,8 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
     Args:
         history: the `History` that `fit` returns, or a dict name -> list of values
             (``history.history``, Keras style).
-        metrics: names to draw (the ``val_`` partner is added when recorded); None draws
-            the loss and every recorded training metric.
+        metrics: names to draw (the ``val_`` partner is added when recorded; a ``val_`` name
+            draws its metric so); None draws the loss and every recorded training metric.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or not logs:
@@ -106,6 +106,9 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
         names = sorted(available, key=lambda k: (k != "loss", k == "lr"))
     else:
         names = [metrics] if isinstance(metrics, str) else list(metrics)
+        # "val_accuracy" (a key of history.history) draws that metric: its validation curve with its training one
+        names = [m[4:] if isinstance(m, str) and m.startswith("val_") and m[4:] in available else m for m in names]
+        names = list(dict.fromkeys(names))
         missing = [m for m in names if m not in available]
         if missing or not names:
             raise ValueError(f"history has no {missing}; recorded: {sorted(logs)}")
@@ -214,7 +217,7 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
         model: an `nnx.Sequential` (one sigmoid output or several class scores), or any object
             with `predict_proba` / `predict` taking a NumPy (n, 2) array, e.g. `nnx.sklearn.MLPClassifier`.
         X: the (n, 2) points to draw.
-        y: their labels (0/1, class indices, or the classifier's labels).
+        y: their labels (0/1, class indices, one-hot rows, or the classifier's labels).
         resolution: grid points per axis.
         margin: padding around the data, in data units.
         ax: draw into this Axes instead of a new figure.
@@ -227,6 +230,10 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
     y = np.asarray(y)
     if X.ndim != 2 or X.shape[1] != 2:
         raise ValueError(f"plot_decision_boundary needs X of shape (n, 2), got {X.shape}")
+    if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows (as categorical cross-entropy takes them): their classes
+        y = np.argmax(y, axis=1)
+    elif y.ndim > 1 and y.size != y.shape[0]:
+        raise ValueError(f"y must hold one label per sample (n,), (n, 1) or one-hot (n, k), got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has {y.shape[0]}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:

@@ -159,6 +159,28 @@ def test_plot_decision_boundary_multiclass_and_sklearn_style_models():
         plot.plot_decision_boundary(model, np.zeros((5, 3)), np.zeros(5))
 
 
+def test_plot_decision_boundary_takes_one_hot_labels_as_their_classes():
+    # one-hot y (as "ce" takes it) failed in matplotlib: "'c' argument has 90 elements ... size 30"
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 2))
+    labels = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    model = nnx.Sequential(nnx.Dense(2, 3), nnx.Softmax(), seed=0)
+    by_index = plot.plot_decision_boundary(model, X, labels, resolution=10)
+    one_hot = plot.plot_decision_boundary(model, X, np.eye(3)[labels], resolution=10)
+    np.testing.assert_array_equal(one_hot.axes[0].collections[-1].get_array(),
+                                  by_index.axes[0].collections[-1].get_array())
+    with pytest.raises(ValueError, match=r"one label per sample.*\(30, 1, 2\)"):
+        plot.plot_decision_boundary(model, X, np.zeros((30, 1, 2)))
+
+
+def test_plot_history_takes_a_val_name_as_its_metric():
+    # "val_accuracy" was refused with "history has no ['val_accuracy']; recorded: [..., 'val_accuracy', ...]"
+    history = {"loss": [1.0, 0.5], "accuracy": [0.5, 0.7], "val_loss": [1.1, 0.6], "val_accuracy": [0.4, 0.6]}
+    fig = plot.plot_history(history, ["val_accuracy", "accuracy"])
+    assert [ax.get_title() for ax in fig.axes] == ["accuracy"]
+    assert [line.get_label() for line in _curves(fig.axes[0])] == ["train", "validation"]
+
+
 def test_plot_decision_boundary_reads_a_logit_output_as_logits_whatever_its_range():
     # logits that all fell in [0, 1] were drawn as probabilities: a boundary at logit 0.5, where P is 0.62
     model = nnx.Sequential(nnx.Dense(2, 1), seed=0)
