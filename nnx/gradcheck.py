@@ -107,6 +107,11 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     """
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
+    try:
+        model.backend.asarray(_host.zeros((1,)), dtype="float64")
+    except Exception as exc:  # a float32-only device (Apple MPS, some accelerators): say what to do instead
+        raise ValueError(f"check_gradients computes in float64, which {model.backend.spec} cannot hold ({exc}); "
+                         f"check a copy on the host: nnx.check_gradients(model.to('numpy'), X, y, ...)") from exc
     checked = model.to(model.backend, dtype="float64")
     backend = checked.backend
     loss_fn = checked.resolve_loss(loss)  # a name means what it means to fit ("ce" after Softmax: probabilities)

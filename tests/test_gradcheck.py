@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nnx
+from nnx.backends import backend_status
 
 
 class GradcheckScaleShift(nnx.Layer):
@@ -133,3 +134,14 @@ def test_a_layer_returning_no_dX_to_the_layer_before_it_is_named(backend, nested
     X = np.ones((3, 2))
     with pytest.raises(TypeError, match=r"GradcheckNoDXInside\.backward returned None.*\(Dense\) needs dL/dX"):
         model.fit(X, X, epochs=1, verbose=0)
+
+
+def test_a_device_without_float64_is_refused_saying_what_to_do_instead():
+    # it failed deep in the copy with "layer 0: Device ... does not support dtype=float64"
+    spec = "array_api_strict:no_float64"
+    if not backend_status(spec)[0]:
+        pytest.skip(f"{spec} does not run here")
+    model = nnx.Sequential(nnx.Dense(2, 2), backend=spec, seed=0)
+    with pytest.raises(ValueError, match=r"computes in float64.*model\.to\('numpy'\)"):
+        nnx.check_gradients(model, np.ones((3, 2)), np.ones((3, 2)))
+    assert nnx.check_gradients(model.to("numpy"), np.ones((3, 2)), np.ones((3, 2))) < 1e-6
