@@ -34,13 +34,18 @@ def numerical_gradient(fn: Callable[[Any], float], x: Any, eps: float = 1e-6) ->
 
 
 def relative_error(analytic: Any, numeric: Any, floor: float = 1e-8) -> float:
-    """Largest elementwise |a - n| / max(|a| + |n|, floor): scale-free, safe where both vanish."""
+    """Largest elementwise |a - n| / max(|a| + |n|, floor): scale-free, safe where both vanish.
+
+    A NaN or inf in either scores inf, so ``err > tol`` flags it as ``err < tol`` does (a NaN would pass the first).
+    """
     a = _host.asarray(analytic, dtype=_host.float64)
     n = _host.asarray(numeric, dtype=_host.float64)
     if a.shape != n.shape:
         raise ValueError(f"gradient shapes differ: analytic {a.shape}, numeric {n.shape}")
     if a.size == 0:
         return 0.0
+    if not (bool(_host.all(_host.isfinite(a))) and bool(_host.all(_host.isfinite(n)))):
+        return math.inf
     return float(_host.max(_host.abs(a - n) / _host.maximum(_host.abs(a) + _host.abs(n), floor)))
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import nnx
 from nnx.backends import backend_status
+from nnx.gradcheck import relative_error
 
 
 class GradcheckScaleShift(nnx.Layer):
@@ -145,3 +146,12 @@ def test_a_device_without_float64_is_refused_saying_what_to_do_instead():
     with pytest.raises(ValueError, match=r"computes in float64.*model\.to\('numpy'\)"):
         nnx.check_gradients(model, np.ones((3, 2)), np.ones((3, 2)))
     assert nnx.check_gradients(model.to("numpy"), np.ones((3, 2)), np.ones((3, 2))) < 1e-6
+
+
+def test_relative_error_scores_a_nan_or_inf_as_inf():
+    # it returned NaN, and `relative_error(a, n) > 1e-3` is False for NaN: a NaN gradient passed that check
+    numeric = np.array([1.0, 2.0])
+    for bad in (np.nan, np.inf):
+        assert relative_error(np.array([1.0, bad]), numeric) == np.inf
+        assert relative_error(numeric, np.array([bad, 2.0])) == np.inf
+    assert relative_error(numeric, numeric) == 0.0
