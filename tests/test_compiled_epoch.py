@@ -249,3 +249,64 @@ def test_verbose_2_prints_the_mode(capsys):
     model = _model(True)
     model.fit(X, y, loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=2)
     assert "fit: epoch execution (compiled step)" in capsys.readouterr().out
+
+
+def test_a_model_error_at_one_batch_shape_leaves_the_plain_loops_weights():
+    # 65 rows in batches of 32 leave one row, which BatchNorm refuses in training: the plain loop applies the
+    # two full batches first, and so does an epoch whose program raised that error while it was traced
+    X, y = _data(65)
+    runs = []
+    for fast in (True, False):
+        model = _model(fast)
+        with pytest.raises(ValueError, match="batch of 1") as info:
+            model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=32)
+        runs.append((model, model.history, str(info.value)))
+    assert runs[0][2] == runs[1][2]
+    assert runs[0][0].optimizer.step_count == 2
+    _assert_same(runs[0][:2], runs[1][:2], 1e-12)
+
+
+class FailingSource:
+    """Batches of 16 rows, re-read each epoch; reading the `fail_at`-th batch of the fit raises OSError."""
+
+    def __init__(self, X, y, fail_at):
+        self.X, self.y, self.fail_at, self.read = X, y, fail_at, 0
+
+    def __iter__(self):
+        for i in range(0, len(self.X), 16):
+            self.read += 1
+            if self.read == self.fail_at:
+                raise OSError("the disk went away")
+            yield self.X[i:i + 16], self.y[i:i + 16]
+
+
+@pytest.mark.parametrize("diverging,fail_at", [(False, 8), (True, 4)])
+def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(diverging, fail_at):
+    # reading a batch fails: the per-step loop has trained on those before it, which a chunk of three batches
+    # still held (the 8th: epoch 2, batch 3); a batch refused before the failure (the 2nd, read before the 4th
+    # fails) is the error the plain loop raises, with the counters of the weights kept
+    X, y = _data()
+    y = np.eye(3)[y]
+    if diverging:
+        X = X.copy()
+        X[16:32, :] = 1e200  # the second batch's squared errors overflow: refused
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dropout(0.25), nnx.Dense(4, 3),
+                               backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
+        opt = nnx.optim.Adam(model.parameters(), lr=0.01)
+        with pytest.raises((OSError, FloatingPointError)) as info:
+            model.fit(FailingSource(X, y, fail_at), loss="mse", optimizer=opt, epochs=3, chunk_batches=3)
+        runs.append((model, model.history, type(info.value), str(info.value)))
+    assert runs[0][2:] == runs[1][2:]
+    assert runs[0][2] is (nnx.training.NonFiniteStep if diverging else OSError)
+    assert runs[0][0].optimizer.step_count == (1 if diverging else 7)
+    if not diverging:
+        _assert_same(runs[0][:2], runs[1][:2], 1e-12)
+        return
+    assert "epoch 1, batch 2" in runs[0][3]
+    a, b = runs[0][0], runs[1][0]  # (p.grad after a refused step is not part of the contract)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert (sa["step"], sa["param_steps"], sorted(sa["state"])) == (sb["step"], sb["param_steps"], sorted(sb["state"]))

@@ -323,6 +323,7 @@ class EpochProgram:
         key = ("arrays", batch, outputs, self.accumulate)
         program = self._program(key, lambda: self._arrays_fn(batch, outputs))
         counters, start = self._begin()
+        traced = self.compiles
         try:
             ints, losses, Z, targets = self._call(program, counters, batches.steps, batches.X, batches.y, batches.w,
                                                   perm)
@@ -334,6 +335,14 @@ class EpochProgram:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
             model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
             raise _NotTraced(batches, exc) from None
+        except Exception as exc:
+            if self.compiles == traced:
+                raise
+            # The model's code raised while the epoch was traced, at one batch shape (BatchNorm given a last batch
+            # of one row): the per-step loop applies the batches before that one and raises there, with those
+            # weights left; this epoch runs step by step to do the same
+            model.shuffle_rng.bit_generator.state = shuffled
+            raise _NotTraced(batches, exc, raised=True) from exc
         self.step.hold_verdict(ints, start)
         rows = [s.stop - s.start for s in batches.slices]
         return losses, rows, self._batch_weights(batches, perm, rows), Z, targets
@@ -389,7 +398,7 @@ class EpochProgram:
         source = batches.epoch()
         handed_over = False  # to the per-step loop, with the batches taken so far, when the first program fails
         try:
-            for b, item in enumerate(source):
+            for b, item in enumerate(_read(source, group, flush)):
                 if check_loss is not None and b == 0:
                     check_outputs(model, check_loss, model.forward_to_head(item[0], len(model.layers), training=False))
                 if limit is None:
@@ -405,7 +414,8 @@ class EpochProgram:
         finally:
             if not handed_over:
                 source.close()
-        step.hold_verdict(ints_now[0], start)
+            # also on an error: `run_epoch` reads what the programs that ran refused, and the counters follow
+            step.hold_verdict(ints_now[0], start)
         loss = losses[0] if len(losses) == 1 else xp.concat(losses)
         if not outputs:
             return loss, rows, weights, None, None
@@ -442,6 +452,13 @@ class EpochProgram:
             history.execution, history.execution_mode = train.execution, "step"
             history.execution_reason = str(exc)
             return per_step(_Begun(cb.callbacks), exc.batches)
+        except BaseException as exc:
+            # the source failed (or Ctrl-C landed) mid-epoch: a step refused before it is the run's first
+            # failure, as the per-step loop raises it when it happens; the counters follow the weights kept
+            refused = self.step.end_epoch()
+            if refused is not None:
+                raise non_finite(epoch, refused) from exc
+            raise
         try:
             refused = self.step.end_epoch(updates_on_device=self.accumulate > 1)
         finally:
@@ -460,10 +477,16 @@ class EpochProgram:
 class _NotTraced(Exception):
     """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
 
-    def __init__(self, batches: Any, cause: BaseException) -> None:
+    def __init__(self, batches: Any, cause: BaseException, raised: bool = False) -> None:
+        """`raised`: `cause` is an error of the model's code met while tracing, not a limit of tracing."""
         # nnx's own refusal says why; the compiler's errors all mean the code needs concrete values
-        super().__init__(str(cause) if isinstance(cause, TraceRefused) else "the model's code needs concrete values "
-                         "(it did not trace)")
+        if isinstance(cause, TraceRefused):
+            why = str(cause)
+        elif raised:
+            why = f"tracing the epoch raised {type(cause).__name__}: {cause}"
+        else:
+            why = "the model's code needs concrete values (it did not trace)"
+        super().__init__(why)
         self.batches = batches
 
 
@@ -482,14 +505,37 @@ class _Resumed:
 
     def __init__(self, taken: list[Any], source: Any) -> None:
         self.taken, self.source = taken, source
+        self.error: BaseException | None = None  # what reading the source after them raised, if it did
 
     def epoch(self) -> Any:
         """The batches, once; closing it closes the source."""
         try:
             yield from self.taken
+            if self.error is not None:
+                raise self.error
             yield from self.source
         finally:
             self.source.close()
+
+
+def _read(source: Any, group: list[Any], flush: Callable[[list[Any]], None]) -> Any:
+    """The batches of `source`; when reading one fails (or Ctrl-C lands), the batches read before it are
+    trained on first, as the per-step loop has trained on each before reading the next."""
+    iterator = iter(source)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            if group:
+                try:
+                    flush([])
+                except _NotTraced as handed:  # the per-step loop trains on them, then meets the same error
+                    handed.batches.error = exc
+                    raise
+            raise
+        yield item
 
 
 def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
