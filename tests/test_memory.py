@@ -96,3 +96,25 @@ def test_a_fortran_ordered_X_is_cast_into_one_c_ordered_copy(backend):
     np.testing.assert_array_equal(host, X.astype(np.float32))
     assert host.flags.c_contiguous
     assert peak < 1.2 * X.nbytes // 2, f"casting {X.nbytes // 2} bytes of float32 allocated {peak}"
+
+
+@pytest.mark.parametrize("how", ["validation_data", "validation_split"])
+def test_validation_runs_in_fits_batches_not_all_rows_at_once(how):
+    # the validation pass ran every held-out row through the model at once: each layer's activations of all of
+    # them (here 2000 rows x 256 units, 4 MB, beside 128 KB of data), what batch_size kept training from holding
+    X, y = _data(n=4000, d=8)
+    Xv, yv = X[2000:], y[2000:]
+    model = _model(8, width=256)
+    val = {"validation_split": 0.5} if how == "validation_split" else {"validation_data": (Xv, yv)}
+    X, y = (X, y) if how == "validation_split" else (X[:2000], y[:2000])
+    model.fit(X[:64], y[:64], loss="bce", epochs=1, batch_size=64)  # what a first fit allocates once
+    tracemalloc.start()
+    try:
+        history = model.fit(X, y, epochs=2, batch_size=50, **val)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    activations = 2000 * 256 * 8
+    assert peak < activations / 4, f"fit with {how} allocated {peak} bytes"
+    # the same loss as evaluating them at once, up to the rounding of the batches' mean
+    assert history["val_loss"][-1] == pytest.approx(model.evaluate(Xv, yv)["loss"], rel=1e-12)

@@ -86,7 +86,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             (a learning-rate schedule then decays from it).
         epochs: epochs to run in this call (counting continues in `epochs_trained`).
         batch_size: samples per step; None for full batch.
-        validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch.
+        validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch, in
+            batches of `batch_size` rows.
         validation_split: fraction in [0, 1) of the data (taken from the end) held out instead; as in Keras,
             the first ``floor(n * (1 - validation_split))`` rows train.
         metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
@@ -238,7 +239,16 @@ def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, gu
     With `check_loss` (a `Loss`), the first batch's outputs are checked to fit it before the first step.
     """
     with contextlib.closing(batches.epoch()) as source:  # closing stops a prefetch thread on any way out
-        return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
+        try:
+            return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
+        except BaseException as exc:
+            # Reading a batch failed (or Ctrl-C landed) mid-epoch. A check deferred on the device may hold a step
+            # refused before that: the run's first failure, which a check read at every step raises when it
+            # happens; reading it also puts the optimizer's counters back to the weights kept.
+            refused = step.end_epoch() if dp is None and not isinstance(exc, NonFiniteStep) else None
+            if refused is not None:
+                raise _non_finite(model.epochs_trained, refused) from exc
+            raise
 
 
 def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,

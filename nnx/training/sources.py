@@ -138,7 +138,12 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
     wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
     model.require_finite(Xv, "validation X", data[0])
     model.require_finite(yv, "validation y", data[1])
-    return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
+    if batch_size is None or Xv.shape[0] <= batch_size:
+        return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
+    # in fit's batches, as Keras validates: all rows at once would hold every layer's activations of all of them,
+    # what batch_size keeps training from holding (batch by batch, as validation data read from a memmap)
+    batches = ArrayBatches(model, Xv, yv, wv, batch_size, shuffle=False)
+    return lambda: evaluate_batches(model, batches, loss_fn, metric_fns)
 
 
 def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: Any, batch_size: int | None,
