@@ -403,6 +403,29 @@ def test_mean_with_sample_weight_over_batches_equals_one_call_over_the_rows(be):
     np.testing.assert_allclose(h_small["loss"], h_large["loss"], rtol=1e-9)
 
 
+
+@pytest.mark.parametrize("scale", [1e39, 1e38, 1e-44])
+def test_mean_with_sample_weight_beyond_float32_range_keeps_its_meaning(backend, scale):
+    """Only the weights' ratios count under "mean_with_sample_weight"; found in review: in a float32 model weights
+    of 1e39 were refused as not finite, 1e38 gave an epoch loss of NaN (a batch's sum of weights overflowed) and
+    1e-44 a loss of 0 under JAX (its CPU flushes float32 subnormals to 0)."""
+    X, y = _data(n=20)
+    w = np.linspace(0.5, 1.5, 20) * scale
+    loss = nnx.losses.MSE(reduction="mean_with_sample_weight")
+    model = _model(backend, "float32")
+    rows = (_host(backend, model.predict(X))[:, 0].astype(np.float64) - y) ** 2
+    expected = float(np.sum(w / w.max() * rows) / np.sum(w / w.max()))
+    assert model.evaluate(X, y, loss=loss, sample_weight=w)["loss"] == pytest.approx(expected, rel=1e-5)
+    history = model.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=1e-30, batch_size=5)
+    assert history["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_weights_beyond_float32_range_are_named_as_such(backend):
+    # found in review: finite float64 weights of 1e39 were refused as "must be finite" in a float32 model
+    X, y = _data(n=20)
+    with pytest.raises(ValueError, match="beyond the range of the model's dtype float32"):
+        _model(backend, "float32").fit(X, y, loss="mse", sample_weight=np.full(20, 1e39))
+
 # -- the on_gradients hook ---------------------------------------------------------------------
 
 class GradSpy(Callback):

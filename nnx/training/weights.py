@@ -11,6 +11,8 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, cast
 
+import array_api_compat
+
 from ..losses import CrossEntropy, Loss
 from ..protocols import Model
 from .inputs import all_true
@@ -22,16 +24,47 @@ def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mappin
     xp = model.xp
     w = None
     if sample_weight is not None:
+        if loss.reduction == "mean_with_sample_weight":
+            sample_weight = _ratios_in_range(sample_weight)
         w = model.backend.asarray(sample_weight, dtype=model.dtype, argname=argname)
         if tuple(w.shape) != (n_rows,):
             raise ValueError(f"{argname} must have shape ({n_rows},), one weight per sample, "
                              f"got {tuple(w.shape)}")
         if n_rows and not all_true(model, xp.isfinite(w) & (w >= 0)):
-            raise ValueError(f"{argname} must be finite and >= 0")
+            raise ValueError(f"{argname} must be finite and >= 0{_beyond_range(model, sample_weight)}")
     if class_weight is not None:
         cw = _class_weight_rows(model, class_weight, y, loss)
         w = cw if w is None else w * cw
     return w
+
+
+def _ratios_in_range(w: Any) -> Any:
+    """Weights of which only the ratios count (``mean_with_sample_weight``) scaled by a power of two, exactly, so
+    that the largest is 1 where it lies far from 1: cast to a float32 model, weights above its range turned inf
+    (and were refused as not finite), weights below it 0 or subnormal (a loss of 0 where a compiler flushes them).
+    Anything but an array of floats with a positive finite largest weight is left to the checks."""
+    if not array_api_compat.is_array_api_obj(w) or math.prod(w.shape) == 0:
+        return w
+    wxp = array_api_compat.array_namespace(w)
+    if not wxp.isdtype(w.dtype, "real floating"):
+        return w
+    largest = float(wxp.max(w))
+    if not 2.0**-64 <= largest <= 2.0**64 and 0 < largest < math.inf:
+        w = w * math.ldexp(1.0, max(-math.frexp(largest)[1], -1000))
+    return w
+
+
+def _beyond_range(model: Model, given: Any) -> str:
+    """For the error refusing weights: where finite weights became inf in the model's dtype, that they lie beyond it."""
+    if not array_api_compat.is_array_api_obj(given) or math.prod(given.shape) == 0:
+        return ""
+    wxp = array_api_compat.array_namespace(given)
+    if not wxp.isdtype(given.dtype, "real floating") or not bool(wxp.all(wxp.isfinite(given) & (given >= 0))):
+        return ""
+    top = float(model.xp.finfo(model.backend.float_dtype(model.dtype)).max)
+    return (f"; its weights (up to {float(wxp.max(given)):.4g}) lie beyond the range of the model's dtype "
+            f"{model.dtype} (+-{top:.4g}), which turns them into inf: scale them down, or use "
+            "reduction=\"mean_with_sample_weight\", where only their ratios count")
 
 
 def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) -> Any:
