@@ -280,11 +280,13 @@ class FailingSource:
             yield self.X[i:i + 16], self.y[i:i + 16]
 
 
-@pytest.mark.parametrize("diverging,fail_at", [(False, 8), (True, 4)])
-def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(diverging, fail_at):
+@pytest.mark.parametrize("diverging,fail_at,per_batch", [(False, 8, False), (True, 4, False), (True, 4, True)],
+                         ids=["chunks", "chunks_diverging", "compiled_steps_diverging"])
+def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(diverging, fail_at, per_batch):
     # reading a batch fails: the per-step loop has trained on those before it, which a chunk of three batches
     # still held (the 8th: epoch 2, batch 3); a batch refused before the failure (the 2nd, read before the 4th
-    # fails) is the error the plain loop raises, with the counters of the weights kept
+    # fails) is the error the plain loop raises, with the counters of the weights kept, also where compiled
+    # steps defer the check to the epoch's end (a callback with a per-batch hook)
     X, y = _data()
     y = np.eye(3)[y]
     if diverging:
@@ -296,7 +298,9 @@ def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(div
                                backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
         opt = nnx.optim.Adam(model.parameters(), lr=0.01)
         with pytest.raises((OSError, FloatingPointError)) as info:
-            model.fit(FailingSource(X, y, fail_at), loss="mse", optimizer=opt, epochs=3, chunk_batches=3)
+            model.fit(FailingSource(X, y, fail_at), loss="mse", optimizer=opt, epochs=3, chunk_batches=3,
+                      callbacks=[PerBatch()] if per_batch else None)
+        assert model.history.execution == ("compiled" if fast else "plain")
         runs.append((model, model.history, type(info.value), str(info.value)))
     assert runs[0][2:] == runs[1][2:]
     assert runs[0][2] is (nnx.training.NonFiniteStep if diverging else OSError)
