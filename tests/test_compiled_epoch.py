@@ -314,3 +314,27 @@ def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(div
         np.testing.assert_allclose(np.asarray(p.value), np.asarray(q.value), rtol=1e-12, atol=1e-15)
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     assert (sa["step"], sa["param_steps"], sorted(sa["state"])) == (sb["step"], sb["param_steps"], sorted(sb["state"]))
+
+
+class StopBefore(nnx.callbacks.Callback):
+    """Stops the fit in on_epoch_begin of epoch `epoch` (a time budget looked at between epochs)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("epoch,iterable", [(0, False), (1, True)], ids=["arrays", "iterable"])
+def test_a_fit_stopped_before_an_epochs_first_batch_trains_on_one_batch_as_the_plain_loop(epoch, iterable):
+    # the per-step loop looks at stop_training after each batch, as Keras does: the epoch trains on one batch
+    X, y = _data()
+    batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, N, 16)]
+    kw: dict[str, Any] = {"data": lambda X, y: batches} if iterable else {}
+    runs = [_fit(fast, callbacks=[StopBefore(epoch)], metrics=["accuracy"], **kw) for fast in (True, False)]
+    assert runs[0][1].execution_mode == ("chunks" if iterable else "epoch")
+    assert len(runs[0][1].history["loss"]) == epoch + 1
+    assert runs[0][0].optimizer.step_count == (5 if iterable else 3) * epoch + 1
+    _assert_same(runs[0], runs[1], 1e-12)

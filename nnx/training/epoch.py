@@ -423,17 +423,22 @@ class EpochProgram:
 
     def run_epoch(self, train: Any, batches: Any, cb: CallbackList, guard: Any, metric_fns: dict,
                   check_loss: Any, non_finite: Callable[[int, int], BaseException],
-                  per_step: Callable[[CallbackList, Any], dict], history: Any) -> dict[str, float]:
+                  per_step: Callable[..., dict], history: Any) -> dict[str, float]:
         """One epoch of `fit` (`train`: its `TrainStep`); returns the epoch's logs.
 
         Raises what `non_finite(epoch, batch)` makes for a refused step. When the first program
         cannot be traced (the model's code needs concrete values), the step runs plain from now
-        on and this epoch runs through ``per_step(callbacks, batches)`` over the same batches; when
-        the optimizer's state changed its keys, only this epoch does.
+        on and this epoch runs through ``per_step(callbacks, batches[, check_loss])`` over the same batches;
+        when the optimizer's state changed its keys, or a callback set ``model.stop_training`` before the
+        epoch's first batch (the per-step loop then trains on one batch), only this epoch does.
         """
         model = train.model
         epoch = model.epochs_trained
         cb.on_epoch_begin(epoch, {})
+        if model.stop_training:
+            # a callback stopped the fit before this epoch's first batch (a time budget checked in on_epoch_begin):
+            # the per-step loop looks at the flag after each batch, so it trains on one batch and stops, as Keras does
+            return per_step(_Begun(cb.callbacks), batches, check_loss)
         outputs = bool(metric_fns)
         self._guard = guard
         self._chunked = not isinstance(batches, ArrayBatches)

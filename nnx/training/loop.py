@@ -176,8 +176,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         for _ in range(epochs):
             check_loss = loss_fn if look_at_outputs else None
             if program is not None and not program.step.broken:
-                logs = program.run_epoch(step, batches, cb, guard, metric_fns, check_loss, _non_finite, lambda c, src: (
-                    _run_epoch(model, step, src, c, guard, metric_fns, dp)), history)
+                logs = program.run_epoch(
+                    step, batches, cb, guard, metric_fns, check_loss, _non_finite,
+                    lambda c, src, check=None: _run_epoch(model, step, src, c, guard, metric_fns, dp, check), history)
             else:
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
