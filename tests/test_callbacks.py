@@ -575,3 +575,29 @@ def test_auto_mode_refuses_a_name_it_cannot_read_the_direction_of():
                        ("binary_accuracy", "max"), ("r2", "max")):
         assert EarlyStopping(name).mode == mode
     ModelCheckpoint("m.npz", "val_auroc")  # saved every epoch: the direction is not used
+
+
+def test_keras_names_of_the_batch_hooks_are_called(backend, data):
+    # a callback written for Keras stops mid-epoch in on_train_batch_end; it was never called
+    class StopAtBatch(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.seen.append(("begin", batch))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seen.append(("end", batch))
+            if batch == 1:
+                self.model.stop_training = True
+
+    stop = StopAtBatch()
+    model = make_model(backend)
+    history = model.fit(*data, epochs=3, batch_size=BATCH, callbacks=[stop])
+    assert stop.seen == [("begin", 0), ("end", 0), ("begin", 1), ("end", 1)]
+    assert model.optimizer.step_count == 2 and len(history) == 1
+    with pytest.warns(UserWarning, match="on_test_end, which nnx never calls"):
+        type("Eval", (Callback,), {"on_test_end": lambda self, logs=None: None})
+    with pytest.raises(TypeError, match="both on_train_batch_end and on_batch_end"):
+        type("Both", (Callback,), {"on_train_batch_end": lambda self, b, logs=None: None,
+                                   "on_batch_end": lambda self, b, logs=None: None})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from ...protocols import Model
@@ -16,6 +17,22 @@ class Callback:
 
     model: Any = None  # a user's callback may call any public method of its model (predict, evaluate, ...)
     adds_logs: bool = False  # True: on_epoch_end writes into the logs, so it runs before the other callbacks'
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take Keras's names for the batch hooks: ``on_train_batch_begin``/``on_train_batch_end`` are
+        ``on_batch_begin``/``on_batch_end`` (Keras calls them so; a callback written for it would
+        otherwise never be called, and `fit` would not know it needs the host between batches)."""
+        super().__init_subclass__(**kwargs)
+        for keras, own in (("on_train_batch_begin", "on_batch_begin"), ("on_train_batch_end", "on_batch_end")):
+            if keras in vars(cls):
+                if own in vars(cls):
+                    raise TypeError(f"{cls.__name__} defines both {keras} and {own}, which are one hook; keep one")
+                setattr(cls, own, vars(cls)[keras])
+        ignored = sorted(name for name in vars(cls) if name.startswith(("on_test_", "on_predict_")))
+        if ignored:
+            warnings.warn(f"{cls.__name__} defines {', '.join(ignored)}, which nnx never calls (fit calls "
+                          "on_train_begin/end, on_epoch_begin/end, on_batch_begin/end, on_backward, on_gradients)",
+                          UserWarning, stacklevel=2)
 
     def set_model(self, model: Model) -> None:
         """Attach the model being trained."""
@@ -61,6 +78,22 @@ class CallbackList(Callback):
         for cb in self.callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take Keras's names for the batch hooks: ``on_train_batch_begin``/``on_train_batch_end`` are
+        ``on_batch_begin``/``on_batch_end`` (Keras calls them so; a callback written for it would
+        otherwise never be called, and `fit` would not know it needs the host between batches)."""
+        super().__init_subclass__(**kwargs)
+        for keras, own in (("on_train_batch_begin", "on_batch_begin"), ("on_train_batch_end", "on_batch_end")):
+            if keras in vars(cls):
+                if own in vars(cls):
+                    raise TypeError(f"{cls.__name__} defines both {keras} and {own}, which are one hook; keep one")
+                setattr(cls, own, vars(cls)[keras])
+        ignored = sorted(name for name in vars(cls) if name.startswith(("on_test_", "on_predict_")))
+        if ignored:
+            warnings.warn(f"{cls.__name__} defines {', '.join(ignored)}, which nnx never calls (fit calls "
+                          "on_train_begin/end, on_epoch_begin/end, on_batch_begin/end, on_backward, on_gradients)",
+                          UserWarning, stacklevel=2)
 
     def set_model(self, model: Model) -> None:
         for cb in self.callbacks:
