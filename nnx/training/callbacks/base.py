@@ -79,22 +79,6 @@ class CallbackList(Callback):
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Take Keras's names for the batch hooks: ``on_train_batch_begin``/``on_train_batch_end`` are
-        ``on_batch_begin``/``on_batch_end`` (Keras calls them so; a callback written for it would
-        otherwise never be called, and `fit` would not know it needs the host between batches)."""
-        super().__init_subclass__(**kwargs)
-        for keras, own in (("on_train_batch_begin", "on_batch_begin"), ("on_train_batch_end", "on_batch_end")):
-            if keras in vars(cls):
-                if own in vars(cls):
-                    raise TypeError(f"{cls.__name__} defines both {keras} and {own}, which are one hook; keep one")
-                setattr(cls, own, vars(cls)[keras])
-        ignored = sorted(name for name in vars(cls) if name.startswith(("on_test_", "on_predict_")))
-        if ignored:
-            warnings.warn(f"{cls.__name__} defines {', '.join(ignored)}, which nnx never calls (fit calls "
-                          "on_train_begin/end, on_epoch_begin/end, on_batch_begin/end, on_backward, on_gradients)",
-                          UserWarning, stacklevel=2)
-
     def set_model(self, model: Model) -> None:
         for cb in self.callbacks:
             cb.set_model(model)
