@@ -43,7 +43,10 @@ def _ratios_in_range(w: Any) -> Any:
     that the largest is 1 where it lies far from 1: cast to a float32 model, weights above its range turned inf
     (and were refused as not finite), weights below it 0 or subnormal (a loss of 0 where a compiler flushes them).
     Anything but an array of floats with a positive finite largest weight is left to the checks."""
-    if not array_api_compat.is_array_api_obj(w) or math.prod(w.shape) == 0:
+    if not array_api_compat.is_array_api_obj(w):
+        return w
+    w = cast(Any, w)  # is_array_api_obj narrowed it to a protocol without dtype and shape
+    if math.prod(w.shape) == 0:
         return w
     wxp = array_api_compat.array_namespace(w)
     if not wxp.isdtype(w.dtype, "real floating"):
@@ -56,7 +59,10 @@ def _ratios_in_range(w: Any) -> Any:
 
 def _beyond_range(model: Model, given: Any) -> str:
     """For the error refusing weights: where finite weights became inf in the model's dtype, that they lie beyond it."""
-    if not array_api_compat.is_array_api_obj(given) or math.prod(given.shape) == 0:
+    if not array_api_compat.is_array_api_obj(given):
+        return ""
+    given = cast(Any, given)
+    if math.prod(given.shape) == 0:
         return ""
     wxp = array_api_compat.array_namespace(given)
     if not wxp.isdtype(given.dtype, "real floating") or not bool(wxp.all(wxp.isfinite(given) & (given >= 0))):

@@ -28,7 +28,7 @@ class LearningRateScheduler(Callback):
 
     adds_logs = True
 
-    def __init__(self, schedule: Callable[[int, float], float], verbose: int = 0) -> None:
+    def __init__(self, schedule: Callable[[int, float], float] | Callable[[int], float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"schedule must be callable as (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
@@ -46,7 +46,8 @@ class LearningRateScheduler(Callback):
         if optimizer is None:
             raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
         old = float(optimizer.lr)
-        returned = self.schedule(epoch) if self._epoch_only else self.schedule(epoch, old)
+        schedule: Any = self.schedule  # of one argument or two, as `_takes_epoch_only` found
+        returned = schedule(epoch) if self._epoch_only else schedule(epoch, old)
         new = _rate(returned)
         if new is None:
             raise TypeError(f"learning-rate schedule {self.schedule!r} returned {returned!r} of type "
