@@ -194,3 +194,28 @@ def test_many_input_shapes_each_trace_once_and_give_the_op_by_op_numbers():
     for n, a, b in zip(sizes, first, reversed(again), strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, on_numpy.predict(X[:n]), rtol=1e-12)
+
+
+def test_the_settings_watch_reads_what_layer_settings_reads_after_every_kind_of_change():
+    """JAX's compiled step asks for the layers' settings every step through a `SettingsWatch`, which compares
+    plain values in place instead of describing every attribute: it must see each change `layer_settings` sees."""
+    model = nnx.Sequential(nnx.Dense(3, 4), Scaled(2.0), nnx.Dropout(0.1), nnx.Dense(4, 1), backend="jax")
+    watch = shared_programs.SettingsWatch()
+    first = watch.current(model)
+    assert first == shared_programs.layer_settings(model)
+    changes = [
+        lambda: setattr(model.layers[1], "factor", 3.0),  # a float
+        lambda: setattr(model.layers[2], "rate", 0.0),
+        lambda: setattr(model.layers[1], "factor", 3),  # the same number as an int
+        lambda: setattr(model.layers[1], "extra", "added"),  # an attribute added
+        lambda: setattr(model.layers[1], "sizes", [1, 2]),  # a list, then changed in place
+        lambda: model.layers[1].sizes.append(3),
+        lambda: delattr(model.layers[1], "sizes"),
+        lambda: setattr(model.layers[1], "factor", float("nan")),
+    ]
+    seen = [first]
+    for change in changes:
+        change()
+        assert watch.current(model) == shared_programs.layer_settings(model)
+        seen.append(watch.current(model))
+    assert all(repr(a) != repr(b) for a, b in zip(seen[:-1], seen[1:], strict=True))  # each change was seen

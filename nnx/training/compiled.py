@@ -42,6 +42,7 @@ from ..backends.base import TraceRefused
 from ..optim import check_rule_result
 from .shared_programs import (
     ById,
+    SettingsWatch,
     SharedProgram,
     Unshareable,
     config_key,
@@ -257,6 +258,7 @@ class CompiledStep:
         self.traces = 0
         self.broken = False
         self._draws: int | None = None
+        self._settings = SettingsWatch()
         self.rebind(loss, optimizer, transforms)
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.reset()
@@ -286,7 +288,7 @@ class CompiledStep:
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
         hyper-parameters (`hyper_constants`) and the layers' settings (`layer_settings`)."""
-        return hyper_constants(self.optimizer), layer_settings(self.model)
+        return hyper_constants(self.optimizer), self._settings.current(self.model)
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate

@@ -19,6 +19,7 @@ for it alone, as before. Each shared entry also keeps what tracing taught the ow
 from __future__ import annotations
 
 import types
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,8 +27,8 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SharedProgram", "Unshareable", "clear", "config_key", "definition", "describe",
-           "layer_settings", "settings_key"]
+__all__ = ["ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable", "clear", "config_key", "definition",
+           "describe", "layer_settings", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -64,6 +65,8 @@ _PLAIN = (type(None), bool, int, str, bytes)
 _BOOKKEEPING = frozenset({"_ran_training_forward"})
 # what every `Layer` keeps for its model (binding, tables of its arrays and sub-layers): set when it is built
 _LAYER_OWN = frozenset(vars(Layer()))
+# a layer's attributes that are not settings: sub-layers (which have their own paths), its arrays, tables of them
+_NOT_SETTINGS = (Layer, Parameter, Buffer, dict)
 
 
 def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = None) -> Any:
@@ -158,7 +161,7 @@ def layer_settings(model: Any) -> tuple:
     found = []
     for path, layer in model.named_layers():
         for key, value in vars(layer).items():
-            if key in _LAYER_OWN or value is None or isinstance(value, (Layer, Parameter, Buffer, dict)):
+            if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS):
                 continue  # None and arrays: caches between calls; parameters are inputs; sub-layers have their paths
             if isinstance(value, _PLAIN):
                 found.append((path, key, value))
@@ -168,6 +171,60 @@ def layer_settings(model: Any) -> tuple:
             except (Unshareable, RecursionError):
                 continue
     return tuple(found)
+
+
+_WATCHED = (type(None), int, float, str, bool, bytes)  # values a `SettingsWatch` compares in place
+_MISSING = object()
+
+
+class SettingsWatch:
+    """`layer_settings(model)`, re-read at a fraction of its cost where it is asked every step (JAX's compiled
+    step): each attribute holding None or an immutable plain value is compared in place with what it held, and
+    only a change there, an attribute added or removed, or a layer holding other settings reads them in full.
+    The layers are held weakly, as the compiled step holds its model.
+    """
+
+    def __init__(self) -> None:
+        self.value: tuple | None = None
+        self._layers: list[weakref.ref] = []
+        self._sizes: list[int] = []
+        self._watched: list[tuple[int, str, Any]] = []  # (layer index, attribute, value)
+        self._read_in_full = True
+
+    def current(self, model: Any) -> tuple:
+        """The layers' settings as they stand now (equal to ``layer_settings(model)``)."""
+        if self._read_in_full or self.value is None:
+            return self._refresh(model)
+        dicts = []
+        for ref in self._layers:
+            layer = ref()
+            if layer is None:
+                return self._refresh(model)
+            dicts.append(vars(layer))
+        if [len(d) for d in dicts] != self._sizes:
+            return self._refresh(model)
+        for i, key, value in self._watched:
+            now = dicts[i].get(key, _MISSING)
+            if now is not value and (type(now) is not type(value) or now != value):
+                return self._refresh(model)
+        return self.value
+
+    def _refresh(self, model: Any) -> tuple:
+        self.value = layer_settings(model)
+        layers = [layer for _, layer in model.named_layers()]
+        self._layers = [weakref.ref(layer) for layer in layers]
+        self._sizes = [len(vars(layer)) for layer in layers]
+        self._watched = [(i, key, value) for i, layer in enumerate(layers) for key, value in vars(layer).items()
+                         if type(value) in _WATCHED and key not in _LAYER_OWN]
+        # a setting of another kind (a tuple, a list changed in place) can only be told by describing it again
+        self._read_in_full = any(key not in _LAYER_OWN and type(value) not in _WATCHED
+                                 and not isinstance(value, _NOT_SETTINGS) and not _is_array(value)
+                                 for layer in layers for key, value in vars(layer).items())
+        return self.value
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def settings_key(*objects: Any) -> tuple | None:
