@@ -108,6 +108,31 @@ def test_batchnorm_uses_running_statistics(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_activation_tails_keep_relative_accuracy(dtype, tmp_path):
+    """Elementwise, with no floor: Softplus's and Sigmoid's tiny outputs at large negative inputs (a rate or
+    a probability whose log is taken later) are nnx's to full relative precision, not rounded to 0."""
+    lowest = {"float32": -100.0, "float64": -740.0}[dtype]
+    x = np.linspace(lowest, 40.0, 801)
+    for layer in (nnx.Softplus(), nnx.Sigmoid()):
+        model = nnx.Sequential(layer, dtype=dtype, input_shape=(x.size,))
+        path = tmp_path / f"{type(layer).__name__}.onnx"
+        model.to_onnx(path)
+        expected = np.asarray(model.predict(x[None]))
+        got = run_onnx(path, x[None], dtype)
+        err = np.abs(got - expected) / np.abs(expected)
+        assert np.all(expected > 0) and np.max(err) <= RTOL[dtype], \
+            f"{type(layer).__name__}: relative error {np.max(err):.3g} at x = {x[np.argmax(err[0])]:.4g}"
+
+
+def test_slope_set_as_an_int_exports(tmp_path):
+    """A LeakyReLU slope set after construction as an int (layer.alpha = 2) is a float attribute in the graph."""
+    model = nnx.Sequential(nnx.LeakyReLU(), dtype="float32", input_shape=(3,))
+    model.layers[0].alpha = 2
+    model.to_onnx(tmp_path / "m.onnx")
+    assert_matches(model, tmp_path / "m.onnx", np.array([[-1.5, 0.0, 2.0]]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_trained_classifier_on_real_data(dtype, tmp_path):
     datasets = pytest.importorskip("sklearn.datasets")
     X, y = datasets.load_breast_cancer(return_X_y=True)

@@ -118,7 +118,8 @@ class LeakyReLU(_Activation):
 
     def to_onnx(self, graph: Any, X: str) -> str:
         if graph.dtype == "float32":
-            return graph.add_node("LeakyRelu", [X], alpha=self.alpha)
+            # a float: an int slope (layer.alpha = 2) would make an INT attribute, which LeakyRelu refuses
+            return graph.add_node("LeakyRelu", [X], alpha=float(self.alpha))
         # LeakyRelu's alpha is a 32-bit attribute: a float64 model spells the op out with its exact slope
         positive = graph.add_node("Greater", [X, graph.add_initializer(0.0, "zero")])
         scaled = graph.add_node("Mul", [X, graph.add_initializer(self.alpha, "alpha")])
@@ -146,9 +147,19 @@ class Softplus(_Activation):
         return dY * act.sigmoid(X)
 
     def to_onnx(self, graph: Any, X: str) -> str:
-        # max(x, 0) + log(1 + exp(-|x|)), as forward computes it: no exp of a large positive number
+        # max(x, 0) + log1p(exp(-|x|)), as forward computes it: no exp of a large positive number. ONNX has
+        # no Log1p, and Log(1 + t) rounds t away below the dtype's epsilon (0 for x < -17 in float32, a
+        # relative error over 1e-5 from x < -5), so log1p(t) is log(u) * t / (u - 1) with u = 1 + t, which
+        # is exact to a few ulps, and t itself where u rounds to 1 (Goldberg, "What every computer
+        # scientist should know about floating-point arithmetic", theorem 4)
         tail = graph.add_node("Exp", [graph.add_node("Neg", [graph.add_node("Abs", [X])])])
-        log1p = graph.add_node("Log", [graph.add_node("Add", [graph.add_initializer(1.0, "one"), tail])])
+        one = graph.add_initializer(1.0, "one")
+        u = graph.add_node("Add", [one, tail])
+        u_minus_1 = graph.add_node("Sub", [u, one])
+        ratio = graph.add_node("Div", [tail, u_minus_1])  # inf or NaN where u - 1 is 0; Where drops it
+        rounded_away = graph.add_node("Equal", [u_minus_1, graph.add_initializer(0.0, "zero")])
+        log1p = graph.add_node("Where", [rounded_away, tail,
+                                         graph.add_node("Mul", [graph.add_node("Log", [u]), ratio])], name="Log1p")
         relu = graph.add_node("Relu", [X])
         return graph.add_node("Add", [relu, log1p], name="Softplus")
 
