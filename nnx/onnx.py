@@ -150,8 +150,14 @@ def _defined_by(cls: type, method: str) -> type | None:
 
 
 def _no_exporter(layer: Any) -> str | None:
-    """Why `layer`'s class cannot export its inference pass, or None when it can."""
+    """Why `layer` cannot export its inference pass, or None when it can."""
     cls = type(layer)
+    own = getattr(layer, "__dict__", {})
+    if "to_onnx" in own:  # an exporter set on the object itself goes with whatever forward it has
+        return None
+    if "forward" in own:  # as the training kernels honour it, predict runs this forward, not the class's
+        return (f"{cls.__name__}: its forward was replaced on the object, but its to_onnx is its class's, which "
+                "exports the class's forward")
     exporter = _defined_by(cls, "to_onnx")
     if exporter is None or exporter is Layer:
         return cls.__name__
@@ -165,7 +171,8 @@ def _no_exporter(layer: Any) -> str | None:
 
 def missing_exporters(model: Any) -> list[str]:
     """``"<path> (<why>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``), the model included, whose
-    class has no `to_onnx`, or has one only from a parent class whose `forward` it overrides."""
+    class has no `to_onnx`, or has one only from a parent class whose `forward` it overrides, or whose
+    `forward` was replaced on the object without a `to_onnx` of its own."""
     layers = [("model", model), *model.named_layers()]
     return [f"{path} ({why})" for path, layer in layers if (why := _no_exporter(layer)) is not None]
 

@@ -257,6 +257,21 @@ def test_subclass_overriding_forward_needs_its_own_exporter(tmp_path):
     assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
 
 
+def test_forward_replaced_on_the_object_needs_its_own_exporter(tmp_path):
+    """A forward set on one layer object (as the kernels honour) is refused, not exported as the class's graph."""
+    path = tmp_path / "m.onnx"
+    model = nnx.Sequential(nnx.Dense(4, 4), nnx.Tanh(), dtype="float64", seed=0)
+    tanh = model.layers[1]
+    tanh.forward = lambda X, training=False: 2.0 * nnx.activations.tanh(X)
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(Tanh: its forward was replaced on the object"):
+        model.to_onnx(path)
+    assert not path.exists()
+    tanh.to_onnx = lambda graph, X: graph.add_node("Mul", [graph.add_node("Tanh", [X]),
+                                                           graph.add_initializer(2.0, "two")])
+    model.to_onnx(path)
+    assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_custom_layer_with_the_guides_exporter_round_trips(guide_exporter, dtype, tmp_path):
     guide = guide_exporter
