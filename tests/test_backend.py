@@ -674,3 +674,22 @@ def test_asking_which_backends_run_leaves_jax_in_the_mode_it_was(scratch_registr
         assert jax.config.jax_enable_x64 and model.predict(np.ones((1, 2))).dtype == model.xp.float64
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_a_bfloat16_torch_tensor_comes_to_the_host_as_float32():
+    """NumPy has no bfloat16 (nor float8): torch's ``.numpy()`` refuses them, which made `to_host` fail with
+    torch's "unsupported ScalarType" for such y or sample_weight beside host X, in messages quoting
+    class indices, and in the scikit-learn estimators; float32 holds each of their values exactly."""
+    torch = pytest.importorskip("torch")
+    be = nnx.get_backend("torch")
+    values = torch.tensor([0.5, -3.0, 1e30, 7.0])
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        given = values.to(dtype)
+        host = be.to_host(given)
+        assert host.dtype == np.float32
+        np.testing.assert_array_equal(host, given.float().numpy())
+    model = nnx.Sequential(nnx.Dense(3, 2), backend="torch", dtype="float32", seed=0)
+    X = np.random.default_rng(0).standard_normal((4, 3))
+    with pytest.raises(ValueError, match=r"y has class indices in \[5, 6\] but the model has 2 outputs"):
+        model.fit(X, torch.tensor([5, 6, 5, 6], dtype=torch.bfloat16), loss="ce", epochs=1, verbose=0)
+

@@ -169,7 +169,12 @@ class TorchBackend(Backend):
         return torch.as_tensor(host, device=self.device)
 
     def _to_host(self, x: Any) -> np.ndarray:
-        return x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype.is_floating_point and x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.float()  # bfloat16 and float8 have no NumPy dtype (.numpy() refuses them); float32 holds them exactly
+        return x.numpy()
 
     def _move(self, x: Any) -> Any:
         return x.to(self.device)
