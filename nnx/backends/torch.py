@@ -128,6 +128,25 @@ class TorchBackend(Backend):
             raise BackendUnavailableError(f"backend 'torch:{label}': nnx runs torch on cpu, cuda or mps devices")
         return cls(xp, device, label)
 
+    def float_dtype(self, dtype: Any) -> Any:
+        """As `Backend.float_dtype`; float32 only while `torch.autocast` is off for this device type.
+
+        Autocast makes torch compute a float32 matrix product in its lower precision (bfloat16, float16), so a
+        float32 model would compute and return numbers of another precision than its own, and its gradients would
+        come out in that dtype. float64, which autocast leaves alone, runs under it.
+        """
+        import torch
+
+        resolved = super().float_dtype(dtype)
+        kind = self.device.type
+        if resolved == torch.float32 and torch.is_autocast_enabled(kind) and \
+                torch.get_autocast_dtype(kind) != torch.float32:
+            raise ValueError(f"torch.autocast is on for {kind!r} ({torch.get_autocast_dtype(kind)}): torch would "
+                             "compute this float32 model's matrix products in that lower precision, but an nnx "
+                             "model computes in its own dtype; call nnx outside torch.autocast (or inside "
+                             f"torch.autocast({kind!r}, enabled=False))")
+        return resolved
+
     @classmethod
     def devices(cls) -> list[str]:
         torch = importlib.import_module("torch")
