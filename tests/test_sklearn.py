@@ -169,6 +169,22 @@ def test_regressor_on_every_backend(backend, dtype):
     np.testing.assert_allclose(again.predict(X), reg.predict(X), rtol=1e-6, atol=1e-6)
 
 
+def test_pickled_estimator_continues_with_the_same_dropout_masks(backend):
+    # a copy (pickle, joblib, deepcopy) resumes the dropout stream where the original is, not from its seed
+    import copy
+
+    X, y = _blobs(classes=2)
+    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=2, dropout=0.3, random_state=0,
+                        backend=backend.spec).fit(X, y)
+    copies = [pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)]
+    for est in (clf, *copies):
+        est.partial_fit(X, y)
+    for again in copies:
+        assert again.loss_curve_ == clf.loss_curve_
+        for a, b in zip(again.coefs_, clf.coefs_, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 # -- what scikit-learn users rely on ---------------------------------------------------------------------
 
 def test_pipeline_gridsearch_and_clone():

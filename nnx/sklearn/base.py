@@ -410,6 +410,8 @@ class MLPBase(BaseEstimator):
                 "weights": {k: np.array(be.to_host(v)) for k, v in model.state_dict().items()},
                 "epochs_trained": model.epochs_trained,
                 "shuffle_rng": model.shuffle_rng.bit_generator.state,
+                # where dropout's masks are: a copy that trains on must not replay them from the seed
+                "dropout_rng": model.dropout_rng.get_state(),
                 "optimizer": None if optimizer is None else to_host_tree(optimizer.state_dict(), be),
             }
         return state
@@ -423,6 +425,9 @@ class MLPBase(BaseEstimator):
             model.load_state_dict(portable["weights"])
             model.epochs_trained = portable["epochs_trained"]
             model.shuffle_rng.bit_generator.state = portable["shuffle_rng"]
+            dropout_rng = portable.get("dropout_rng")  # absent from pickles made before it was kept
+            if dropout_rng is not None and model.dropout_rng.accepts(dropout_rng):
+                model.dropout_rng.set_state(dropout_rng)
             self.model_ = model
             self._optimizer_ = None
             if portable["optimizer"] is not None:
