@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +72,20 @@ class OnnxGraph:
         opset: the ONNX opset version being written (at least `MIN_OPSET`).
         prefix: the current layer's name prefix (``"3."``), as in its parameter names.
         backend: the model's `Backend` (to pull arrays to the host with ``backend.to_host``).
+
+    `array_names` maps ``id(parameter or buffer)`` to the name it is stored under: the
+    exported model's `state_dict` name, which for a nested model leaves out its path in
+    the outer one. An array not in it is stored under its own `name`.
     """
 
-    def __init__(self, dtype: str, opset: int, backend: Any) -> None:
+    def __init__(self, dtype: str, opset: int, backend: Any, array_names: Mapping[int, str] | None = None) -> None:
         self.dtype = dtype
         self.opset = opset
         self.backend = backend
         self.prefix = ""
+        # id(parameter or buffer) -> its name in the exported model's state_dict: a nested model's
+        # arrays carry their path in the outer model (``"2.0.weight"``), its state_dict does not
+        self._array_names = dict(array_names or {})
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._names: set[str] = {INPUT_NAME, OUTPUT_NAME}
@@ -100,8 +107,8 @@ class OnnxGraph:
         """Store a constant tensor in the graph and return its name.
 
         Args:
-            value: an `nnx.Parameter` or `nnx.Buffer` (stored under its own full name,
-                ``"0.weight"``), an array on the model's backend or on the host, or a
+            value: an `nnx.Parameter` or `nnx.Buffer` (stored under its `state_dict` name in the
+                exported model, ``"0.weight"``), an array on the model's backend or on the host, or a
                 Python number or nested list.
             name: the name hint (prefixed and made unique); by default the parameter's
                 name, else ``"const"``.
@@ -109,7 +116,8 @@ class OnnxGraph:
                 ``"int64"`` (shapes and axes that ops like Reshape take as inputs).
         """
         if isinstance(value, (Parameter, Buffer)):
-            unique = self._claim(value.name) if name is None else self.unique_name(name)
+            own = self._array_names.get(id(value), value.name)
+            unique = self._claim(own) if name is None else self.unique_name(name)
             value = value.value
         else:
             unique = self.unique_name(name or "const")
@@ -206,7 +214,9 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     opset = _check_opset(opset, onnx)
     helper = onnx.helper
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(model.dtype))
-    graph = OnnxGraph(model.dtype, opset, model.backend)
+    # names as the model's state_dict gives them, which for a nested model drop its path in the outer one
+    names = {id(a): name for name, a in model._arrays_by_name().items()}
+    graph = OnnxGraph(model.dtype, opset, model.backend, names)
     X = model.to_onnx(graph, INPUT_NAME)  # each layer adds its nodes, a container's under their paths
     graph.nodes.append(helper.make_node("Identity", [X], [OUTPUT_NAME], name="output"))
 

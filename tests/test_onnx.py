@@ -176,6 +176,19 @@ def test_dynamic_batch_and_names(tmp_path):
         assert_matches(model, path, rng.standard_normal((n, 6)))
 
 
+def test_nested_model_exports_under_its_own_state_dict_names(tmp_path):
+    """A model used as a layer exports standalone: initializers named as its state_dict names them."""
+    inner = nnx.Sequential(nnx.Dense(5, 3), nnx.BatchNorm(), nnx.Softmax())
+    outer = nnx.Sequential(nnx.Dense(4, 5), nnx.Tanh(), inner, seed=0)
+    train(outer, np.random.default_rng(0).standard_normal((32, 4)))
+    inner.to_onnx(tmp_path / "inner.onnx")
+    stored = {t.name for t in onnx.load(os.fspath(tmp_path / "inner.onnx")).graph.initializer}
+    assert set(inner.state_dict()) <= stored, sorted(stored)
+    assert_matches(inner, tmp_path / "inner.onnx", np.random.default_rng(1).standard_normal((7, 5)))
+    outer.to_onnx(tmp_path / "outer.onnx")  # the outer model's own names stay full paths
+    assert set(outer.state_dict()) <= {t.name for t in onnx.load(os.fspath(tmp_path / "outer.onnx")).graph.initializer}
+
+
 def test_opset_choice_and_bad_arguments(tmp_path):
     model = nnx.Sequential(nnx.Dense(4, 5), nnx.LayerNorm(), nnx.Sigmoid(), dtype="float64", seed=0)
     X = np.random.default_rng(0).standard_normal((6, 4))
