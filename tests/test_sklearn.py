@@ -185,6 +185,22 @@ def test_pickled_estimator_continues_with_the_same_dropout_masks(backend):
             np.testing.assert_array_equal(a, b)
 
 
+def test_a_backend_object_as_parameter_clones_and_pickles(backend):
+    # backend=nnx.get_backend(...) is as valid as its name; GridSearchCV clones it and n_jobs pickles it
+    import copy
+
+    X, y = _blobs(classes=2)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, backend=backend)
+    assert clone(clf).get_params()["backend"] == backend
+    assert pickle.loads(pickle.dumps(clf)).get_params()["backend"] == backend
+    clf.fit(X, y)
+    for again in (pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)):
+        assert again.backend == backend and again.model_.backend == backend
+        np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    slow = pickle.loads(pickle.dumps(clf.set_params(backend=backend.with_fastpath(False))))
+    assert slow.backend == backend and slow.backend.fastpath_enabled is False
+
+
 # -- what scikit-learn users rely on ---------------------------------------------------------------------
 
 def test_pipeline_gridsearch_and_clone():

@@ -211,6 +211,10 @@ class Backend:
     def __hash__(self) -> int:
         return hash((self.name, str(self.device)))
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Backend:
+        """The backend itself: shared like a device, and its namespace module cannot be copied."""
+        return self
+
     def on_device(self, device: Any) -> Backend:
         """This backend on another device of the same library."""
         other = copy.copy(self)

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 
 from .. import _validate as check
 from .. import layers as L
-from ..backends import get_backend
+from ..backends import Backend, get_backend
 from ..losses import MSE
 from ..model import Sequential
 from ..optim import get_optimizer, rebuild_optimizer
@@ -400,6 +400,8 @@ class MLPBase(BaseEstimator):
         optimizer = state.pop("_optimizer_", None)
         if isinstance(state.get("_fit_io"), tuple):
             state["_fit_io"] = "unknown"  # a namespace module does not pickle
+        if isinstance(state.get("backend"), Backend):  # backend=nnx.get_backend(...): it holds a module too
+            state["backend"] = _PickledBackend(state["backend"].spec, state["backend"].fastpath_enabled)
         if model is not None:
             be = model.backend
             if state.get("_best_state") is not None:
@@ -418,6 +420,8 @@ class MLPBase(BaseEstimator):
 
     def __setstate__(self, state: dict) -> None:
         portable = state.pop("_model_portable", None)
+        if isinstance(state.get("backend"), _PickledBackend):
+            state["backend"] = state["backend"].resolve()
         super().__setstate__(state)
         if portable is not None:
             backend = portable.get("backend", self.backend if self.backend is not None else "numpy")
@@ -440,6 +444,18 @@ class MLPBase(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
                                  "not stochastic.")
         return True
+
+
+class _PickledBackend:
+    """A `Backend` given as the `backend` parameter, pickled as its spec and fast-path setting."""
+
+    def __init__(self, spec: str, fastpath: bool) -> None:
+        self.spec = spec
+        self.fastpath = fastpath
+
+    def resolve(self) -> Backend:
+        backend = get_backend(self.spec)
+        return backend if backend.fastpath_enabled == self.fastpath else backend.with_fastpath(self.fastpath)
 
 
 class _LayerArrays(list):
