@@ -316,6 +316,20 @@ def test_warm_start_partial_fit_and_lbfgs():
         MLPClassifier(solver="lbfgs", dropout=0.5).fit(X, y)
 
 
+def test_weights_copied_from_a_fitted_estimator_are_not_tied_to_it():
+    # new.coefs_ = fitted.coefs_ on an unfitted estimator: editing or training `new` leaves `fitted` alone
+    X, y = _blobs(classes=2)
+    fitted = MLPClassifier(hidden_layer_sizes=(3,), max_iter=3, random_state=0).fit(X, y)
+    before = [w.copy() for w in fitted.coefs_]
+    new = MLPClassifier(hidden_layer_sizes=(3,), random_state=1)
+    new.coefs_, new.intercepts_ = fitted.coefs_, fitted.intercepts_
+    new.coefs_[0] = np.zeros((4, 3))
+    assert not np.any(new.coefs_[0])
+    new.partial_fit(X, y, classes=[0, 1])
+    for a, b in zip(fitted.coefs_, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("params, match", [
     ({"activation": "swish"}, "activation must be one of"),
     ({"solver": "newton"}, "solver must be one of"),

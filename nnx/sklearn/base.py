@@ -350,6 +350,8 @@ class MLPBase(BaseEstimator):
 
     def _assign(self, name: str, value: Any) -> None:
         if "model_" not in self.__dict__:
+            if isinstance(value, _LayerArrays):  # another estimator's view: its items would write into that network
+                value = list(value)
             self.__dict__["_assigned_" + name] = value  # kept as given: scikit-learn's tests fill it in item by item
             return
         arrays = list(value)
