@@ -44,6 +44,13 @@ def test_torch_messages_name_the_wheel_the_driver_and_the_device_index():
     assert "older than the CUDA 12.8" in cuda_unavailable("torch:cuda", "2.13.0", "12.8", (11, 8))
 
 
+def test_torch_cpu_wheel_message_removes_it_before_installing_the_cuda_one():
+    # found in review: with a CPU-only torch installed, `pip install torch --index-url .../cu128` answers
+    # "Requirement already satisfied" and changes nothing, so the line alone could not fix the error it ends
+    message = cuda_unavailable("torch:cuda", "2.13.0+cpu", None, None)
+    assert "whl/cu128, after pip uninstall -y torch" in message, message
+
+
 @pytest.mark.skipif(not HAS_JAX, reason="jax not installed")
 def test_jax_gpu_on_cpu_only_jax_names_the_cuda_extra():
     from nnx.backends.jax import cuda_plugin_installed, gpu_unavailable

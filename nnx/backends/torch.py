@@ -95,8 +95,10 @@ def namespace(torch: Any) -> types.ModuleType:
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
     """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA."""
     if built_cuda is None:
+        # `pip install torch --index-url ...` alone does nothing here: pip keeps the installed torch
         return (f"backend {spec!r} cannot run here: the installed torch {version} is a CPU-only build; "
-                f"install the CUDA build with: {torch_cuda_install(driver)}")
+                f"install the CUDA build with: {torch_cuda_install(driver)}, after pip uninstall -y torch "
+                f"(while a torch is installed, pip keeps it and installs nothing)")
     cause = gpu_cause(parse_cuda(built_cuda), driver)
     return f"backend {spec!r} cannot run here: torch {version} is built for CUDA {built_cuda}, but {cause}"
 
