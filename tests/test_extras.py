@@ -31,3 +31,11 @@ def test_nnx_sklearn_without_scikit_learn_names_the_extra():
             "try:\n    import nnx.sklearn\nexcept ImportError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert 'pip install "nnx-mlp[sklearn]"' in out.stdout, out.stdout + out.stderr
+
+
+def test_the_torch_requirements_file_called_cpu_reaches_the_cpu_wheels():
+    """backends/README.md calls requirements-torch.txt the CPU install; on Linux PyPI's torch wheel is the CUDA
+    build (several GB of NVIDIA libraries), so the file must point pip at torch's CPU index (found in review)."""
+    text = (ROOT / "backends" / "requirements-torch.txt").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines, lines
