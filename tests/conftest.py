@@ -173,7 +173,8 @@ def _keep_backend_cases(config, items, spec):
     """Deselect every test not parametrized with `spec` (a part of its parameter id, as in ``[torch:cuda-relu]``):
     what a GPU run asks for. Selected here rather than by passing ids, since each pytest-xdist worker collects
     on its own and would collect nothing, without a word, if one id were missing there."""
-    part = re.compile(rf"(^|-){re.escape(_case_id(spec))}(-|$)")
+    device = "" if ":" in spec else "(:[^-]*)?"  # a bare name keeps its library's device cases too (device1)
+    part = re.compile(rf"(^|-){re.escape(_case_id(spec))}{device}(-|$)")
     kept, dropped = [], []
     for item in items:
         (kept if hasattr(item, "callspec") and part.search(item.callspec.id) else dropped).append(item)

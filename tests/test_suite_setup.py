@@ -72,3 +72,18 @@ def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in() -> None:
             proc.wait()
     forward, backward = ids
     assert forward == backward, f"only in one order: {sorted(forward ^ backward)[:10]}"
+
+
+def test_only_backend_cases_keeps_every_device_case_of_the_backend() -> None:
+    """`NNX_TEST_ONLY_BACKEND_CASES=1 bash backends/run_tests.sh array_api_strict` selects its CPU and device1
+    cases; matching only the bare name dropped device1's, the run that catches a forgotten device= (found in
+    review)."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "NNX_TEST_BACKEND": "array_api_strict", "NNX_TEST_ONLY_BACKEND_CASES": "1"}
+    in_process = ["-n", "0"] if importlib.util.find_spec("xdist") else []
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *in_process, "-p", "no:cacheprovider",
+                          str(tests / "test_activations.py")], cwd=tests.parent, env=env, capture_output=True,
+                         text=True, timeout=120)
+    ids = [line for line in out.stdout.splitlines() if "::" in line]
+    assert any("[array_api_strict-" in i for i in ids), out.stdout[-2000:]
+    assert any("[array_api_strict:device1-" in i for i in ids), out.stdout[-2000:]
