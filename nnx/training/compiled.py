@@ -53,7 +53,7 @@ from .shared_programs import (
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
-           "compiled_step_of", "hyper_constants", "untraceable_reason"]
+           "compiled_step_of", "hyper_constants", "layer_attributes", "put_back_arrays", "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -180,6 +180,33 @@ def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None
                 attributes[key] = value.generator
             else:
                 attributes[key] = value
+
+
+def layer_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
+    """Every layer with a shallow copy of its attributes, for `put_back_arrays` after a trace."""
+    return [(layer, dict(vars(layer))) for _, layer in model.named_layers()]
+
+
+def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
+    """Rebind every layer attribute a trace set to something other than plain state (what a layer keeps for its
+    backward: traced arrays, which would escape the program) as `layer_attributes` found it.
+
+    The plain loop leaves the last batch's concrete arrays there; a program leaves the attributes as they were
+    before it was traced, never values that exist only inside it (a copy or a pickle of the model would fail).
+    """
+    for layer, old in before:
+        attributes = vars(layer)
+        for key in [k for k, v in attributes.items() if not isinstance(v, _PLAIN_STATE) and old.get(k, _GONE) is not v]:
+            if key in old:
+                attributes[key] = old[key]
+            else:
+                del attributes[key]
+        for key in old.keys() - attributes.keys():
+            if not isinstance(old[key], _PLAIN_STATE):  # a plain one deleted is a change `_changed_state` names
+                attributes[key] = old[key]
+
+
+_GONE = object()  # an attribute a layer did not have
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
@@ -430,6 +457,7 @@ class CompiledStep:
         saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
         draws_before = rng.draws
         state_before = python_state(model)
+        attributes_before = layer_attributes(model)
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = v, None
@@ -465,6 +493,7 @@ class CompiledStep:
             raise
         finally:
             self._put_back(saved)
+            put_back_arrays(attributes_before)
         changed = _changed_state(state_before, python_state(model))
         if changed is not None:
             _restore_state(model, state_before)  # the plain step that runs instead starts from where it was

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
+from .compiled import layer_attributes, put_back_arrays
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
@@ -103,6 +104,7 @@ class _Program:
     def _pure(self, values: tuple, bufs: tuple, *arrays: Any) -> Any:
         self.traces += 1
         saved = ([p.value for p in self.params], [b.value for b in self.buffers])
+        attributes = layer_attributes(self._model())
         try:
             for p, v in zip(self.params, values, strict=True):
                 p.value = v
@@ -114,3 +116,4 @@ class _Program:
                 p.value = v
             for b, v in zip(self.buffers, saved[1], strict=True):
                 b.value = v
+            put_back_arrays(attributes)  # what a layer kept of the traced pass must not escape it

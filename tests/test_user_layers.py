@@ -1,0 +1,40 @@
+"""Unusual but legitimate user layers, written from docs/custom_layers.md alone: copied, saved and moved."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+import nnx
+
+
+class KeepsItsInput(nnx.Layer):
+    """``X * scale`` that keeps its last training input and mask in attributes it never clears, as a user may."""
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", tuple(input_shape), init=1.5)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X, self.positive = X, X > 0  # left there after backward: the guide does not ask to clear them
+        return X * self.scale.value
+
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.sum(dY * self.X, axis=0)
+        return dY * self.scale.value
+
+
+def test_a_layer_keeping_its_training_arrays_copies_after_a_compiled_fit(backend, dtype):
+    """JAX's compiled step left the traced arrays a user's forward kept (`self.X`) in the layer: `copy.deepcopy` of
+    the trained model raised UnexpectedTracerError, and the attribute held a value that exists only in a program."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((24, 3)), rng.standard_normal((24, 1))
+    model = nnx.Sequential(nnx.Dense(3, 4), KeepsItsInput(), nnx.Dense(4, 1), backend=backend, dtype=dtype, seed=0)
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    model.predict(X)
+    twin = copy.deepcopy(model)
+    np.testing.assert_array_equal(backend.to_host(twin.predict(X)), backend.to_host(model.predict(X)))
+    kept = getattr(model.layers[1], "X", None)  # the plain loop's last batch, or as before the program
+    assert kept is None or kept.shape == (8, 4) and np.all(np.isfinite(backend.to_host(kept)))
+
