@@ -114,6 +114,17 @@ class Sequential(_Chain):
         xp = self.xp
         return {name: xp.asarray(a.value, copy=True) for name, a in self._arrays_by_name().items()}
 
+    def _require_float_arrays(self, what: str) -> None:
+        """TypeError naming a parameter or buffer a layer rebound to a non-float array (an integer counter): a file
+        and `to()` rebuild every array in the model's float dtype, so it would come back as floats, or not load."""
+        xp = self.xp
+        for name, a in self._arrays_by_name().items():
+            if not xp.isdtype(a.value.dtype, "real floating"):
+                kind = "buffer" if isinstance(a, Buffer) else "parameter"
+                raise TypeError(f"{kind} {name!r} holds {dtype_name(a.value.dtype)}, so the model cannot be {what}: "
+                                f"parameters and buffers are kept in the model's float dtype ({self.dtype}); keep a "
+                                "count in a float buffer (exact up to 2**24 in float32, 2**53 in float64)")
+
     def _arrays_by_name(self) -> dict[str, Parameter | Buffer]:
         """Every parameter and buffer by its name within this model (without a nested model's path)."""
         return {self._local_name(a.name): a for a in [*self.parameters(), *self.buffers()]}
@@ -189,6 +200,7 @@ class Sequential(_Chain):
         The random streams go along as a checkpoint keeps them: the shuffle always, dropout's where the
         other backend's stream is of the same kind (elsewhere its masks start from the model's seed).
         """
+        self._require_float_arrays("moved")
         host = {name: self.backend.to_host(v) for name, v in self.state_dict().items()}
         other = type(self).from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
                                        arrays=host)
@@ -213,6 +225,7 @@ class Sequential(_Chain):
         """
         from .io import save_model
 
+        self._require_float_arrays("saved")
         save_model(self.to(self.backend) if self.nested else self, path, include_optimizer=include_optimizer)
 
     def to_onnx(self, path: Any, opset: Any = 17) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 
 import nnx
 
@@ -38,3 +39,34 @@ def test_a_layer_keeping_its_training_arrays_copies_after_a_compiled_fit(backend
     kept = getattr(model.layers[1], "X", None)  # the plain loop's last batch, or as before the program
     assert kept is None or kept.shape == (8, 4) and np.all(np.isfinite(backend.to_host(kept)))
 
+
+class StepCounter(nnx.Layer):
+    """The identity that counts its training steps in an integer buffer it rebinds."""
+
+    def build(self, input_shape):
+        self.steps = self.add_buffer("steps", (), init="zeros")
+
+    def forward(self, X, training=False):
+        if training:
+            self.steps.value = self.xp.astype(self.steps.value, self.xp.int64) + 1
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_buffer_rebound_to_integers_is_refused_by_save_and_to(backend, tmp_path):
+    """A buffer rebound to an integer array was written to the file, which `nnx.load` then refused (the trained
+    model could not be read back), and `to()` turned it into floats without a word."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 3)), rng.standard_normal((16, 1))
+    # the plain loop keeps the integers (JAX's compiled step makes them floats, as its program's buffers are)
+    model = nnx.Sequential(nnx.Dense(3, 1), StepCounter(), backend=backend.with_fastpath(False), dtype="float64",
+                           seed=0)
+    model.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    path = tmp_path / "m.npz"
+    with pytest.raises(TypeError, match=r"buffer '1\.steps' holds int64.*float64"):
+        model.save(path)
+    assert not path.exists()
+    with pytest.raises(TypeError, match=r"buffer '1\.steps' holds int64"):
+        model.to("numpy")
