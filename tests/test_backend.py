@@ -77,6 +77,21 @@ def test_get_backend_strict_unknown_device_lists_devices():
         nnx.get_backend("array_api_strict:nodevice")
 
 
+def test_a_strict_device_without_int64_is_refused_up_front_and_not_listed():
+    """array_api_strict's ``no_x64`` device has no int64, which nnx uses for indices (the shuffle, class labels):
+    `python -m nnx` listed it and a float32 fit failed at its first shuffle, in array_api_strict's own words."""
+    import array_api_strict
+
+    info = array_api_strict.__array_namespace_info__()
+    lacking = [d for d in info.devices() if "int64" not in info.dtypes(device=d)]
+    if not lacking:
+        pytest.skip("this array_api_strict has no device without int64")
+    label = lacking[0]._device
+    with pytest.raises(nnx.backends.BackendUnavailableError, match=rf"{label}.*int64"):
+        nnx.get_backend(f"array_api_strict:{label}")
+    assert label not in type(nnx.get_backend("array_api_strict")).devices()
+
+
 def test_get_backend_numpy_rejects_other_devices():
     with pytest.raises(ValueError, match=r"numpy has only the 'cpu' device, got 'cuda'"):
         nnx.get_backend("numpy:cuda")

@@ -11,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .base import Backend, import_library
+from .base import Backend, BackendUnavailableError, import_library
+
+
+def _has_int64(xp: Any, device: Any) -> bool:
+    """Whether `device` holds int64 arrays (array_api_strict's ``no_x64`` test device does not)."""
+    return "int64" in xp.__array_namespace_info__().dtypes(device=device)
 
 
 class ArrayApiStrictBackend(Backend):
@@ -29,12 +34,17 @@ class ArrayApiStrictBackend(Backend):
         devices = {d._device: d for d in xp.__array_namespace_info__().devices()}
         if label not in devices:
             raise ValueError(f"array_api_strict has devices {sorted(devices)}, got {label!r}")
+        if not _has_int64(xp, devices[label]):
+            raise BackendUnavailableError(
+                f"array_api_strict's device {label!r} has no int64, which nnx uses for indices (the shuffle, class "
+                f"labels); use one of {cls.devices()}")
         return cls(xp, devices[label], label)
 
     @classmethod
     def devices(cls) -> list[str]:
+        """The devices nnx runs on (those with int64)."""
         xp = importlib.import_module("array_api_strict")
-        return [getattr(d, "_device", str(d)) for d in xp.__array_namespace_info__().devices()]
+        return [getattr(d, "_device", str(d)) for d in xp.__array_namespace_info__().devices() if _has_int64(xp, d)]
 
     def from_host(self, host: np.ndarray) -> Any:
         return self.xp.asarray(host, device=self.device)
