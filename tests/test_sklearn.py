@@ -24,6 +24,7 @@ from tally import write_counts  # noqa: E402
 
 import nnx  # noqa: E402
 from nnx.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+from nnx.sklearn.base import _PickledBackend  # noqa: E402
 
 # Short max_iter keeps these quick; that the optimizer "hasn't converged" is expected, not news.
 pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
@@ -199,6 +200,34 @@ def test_a_backend_object_as_parameter_clones_and_pickles(backend):
         np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
     slow = pickle.loads(pickle.dumps(clf.set_params(backend=backend.with_fastpath(False))))
     assert slow.backend == backend and slow.backend.fastpath_enabled is False
+
+
+def _unavailable_backend() -> str:
+    for spec in ("cupy", "torch:cuda", "jax:gpu"):
+        try:
+            nnx.get_backend(spec)
+        except nnx.BackendUnavailableError:
+            return spec
+        except ValueError:
+            continue
+    pytest.skip("every accelerator backend runs here: no pickle from an unavailable one to load")
+
+
+def test_an_estimator_fitted_where_its_backend_cannot_run_here_loads_on_the_host_with_a_warning():
+    # fitted on a GPU and unpickled without one: the network's NumPy weights load on the host, as skorch does
+    spec = _unavailable_backend()
+    X, y = _blobs(classes=2)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, y)
+    for param in (spec, _PickledBackend(spec, True)):
+        state = clf.__getstate__()
+        state["_model_portable"]["backend"], state["backend"] = spec, param
+        again = MLPClassifier.__new__(MLPClassifier)
+        with pytest.warns(UserWarning, match=f"fitted on backend '{spec}', which cannot run here"):
+            again.__setstate__(state)
+        np.testing.assert_allclose(again.predict_proba(X), clf.predict_proba(X), rtol=1e-12, atol=1e-15)
+        assert again.get_params()["backend"] == spec  # the parameter still says where it was fitted
+        with pytest.raises(nnx.BackendUnavailableError, match=spec):
+            again.fit(X, y)
 
 
 # -- what scikit-learn users rely on ---------------------------------------------------------------------

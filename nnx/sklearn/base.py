@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 
 from .. import _validate as check
 from .. import layers as L
-from ..backends import Backend, get_backend
+from ..backends import Backend, BackendUnavailableError, get_backend
 from ..losses import MSE
 from ..model import Sequential
 from ..optim import get_optimizer, rebuild_optimizer
@@ -423,10 +423,13 @@ class MLPBase(BaseEstimator):
     def __setstate__(self, state: dict) -> None:
         portable = state.pop("_model_portable", None)
         if isinstance(state.get("backend"), _PickledBackend):
-            state["backend"] = state["backend"].resolve()
+            try:
+                state["backend"] = state["backend"].resolve()
+            except BackendUnavailableError:
+                state["backend"] = state["backend"].spec  # as valid a parameter; a fit there says it cannot run
         super().__setstate__(state)
         if portable is not None:
-            backend = portable.get("backend", self.backend if self.backend is not None else "numpy")
+            backend = _loadable(portable.get("backend", self.backend if self.backend is not None else "numpy"))
             model = Sequential.from_config(portable["config"], backend=backend)
             model.load_state_dict(portable["weights"])
             model.epochs_trained = portable["epochs_trained"]
@@ -446,6 +449,25 @@ class MLPBase(BaseEstimator):
             raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is "
                                  "not stochastic.")
         return True
+
+
+def _loadable(spec: Any) -> Any:
+    """Where a pickled network loads: its own backend, or, where that cannot run (fitted on a GPU, unpickled
+    without one), the same library on the host (NumPy for CuPy), with a warning. Its weights travel as NumPy
+    arrays, so nothing is lost; only a fit asked of the unavailable backend fails."""
+    try:
+        get_backend(spec)
+        return spec
+    except BackendUnavailableError as exc:
+        reason = exc
+    library = str(spec).partition(":")[0]
+    try:
+        host_spec = get_backend(library).spec
+    except (BackendUnavailableError, ValueError):
+        host_spec = "numpy"
+    warnings.warn(f"this estimator's network was fitted on backend {spec!r}, which cannot run here ({reason}); "
+                  f"it is loaded on {host_spec!r} instead", UserWarning, stacklevel=3)
+    return host_spec
 
 
 class _PickledBackend:
