@@ -248,3 +248,37 @@ def test_a_program_compiled_at_another_precision_is_not_reused(monkeypatch):
     before = be.program_signature(args)
     monkeypatch.setattr(jax_adapter, "MATMUL_PRECISION", "bfloat16")
     assert be.program_signature(args) != before
+
+
+class CountingForwards(nnx.Layer):
+    """A user's layer that counts its training forwards in an integer buffer (the float one it built, rebound)."""
+
+    def build(self, input_shape):
+        self.seen = self.add_buffer("seen", ())
+
+    def forward(self, X, training=False):
+        if training:
+            self.seen.value = self.xp.astype(self.seen.value, self.xp.int64) + 1
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.parametrize("how", ["epoch", "step", "chunks", "accumulate"])
+def test_a_buffer_rebound_to_integers_keeps_its_dtype_and_count_as_in_the_plain_loop(how):
+    X, y = _data("mse")
+    kw: dict = {"step": {"callbacks": [nnx.callbacks.TerminateOnNaN()]}, "accumulate": {"accumulate": 2}}.get(how, {})
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 2), CountingForwards(), backend=nnx.get_backend("jax").with_fastpath(fast),
+                               dtype="float64", seed=0)
+        data = ([(X[i:i + BATCH], y[i:i + BATCH]) for i in range(0, N, BATCH)],) if how == "chunks" else (X, y)
+        history = model.fit(*data, loss="mse", optimizer="adam", epochs=2, batch_size=BATCH, verbose=0, **kw)
+        runs.append((model, history))
+    (compiled, history), (plain, _) = runs
+    assert history.execution == "compiled"
+    seen = compiled.buffers()[0].value
+    assert str(seen.dtype) == str(plain.buffers()[0].value.dtype) == "int64"
+    assert int(seen) == int(plain.buffers()[0].value) == 6
+    _assert_same(compiled, plain, 1e-12)

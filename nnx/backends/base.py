@@ -63,7 +63,8 @@ class TraceRefused(Exception):
 
 class CarryChanged(Exception):
     """Raised by `Backend.scan` when the body returns its carry in another structure than it took (an optimizer's
-    state gained or lost a key, after a callback changed a hyper-parameter): such an epoch runs step by step."""
+    state gained or lost a key, after a callback changed a hyper-parameter) or with another dtype or shape (a
+    layer rebinds a buffer to integers): such an epoch runs step by step."""
 
 
 class Backend:
@@ -261,7 +262,7 @@ class Backend:
         """``lax.scan``: `body(carry, x) -> (carry, y)` over the leading axis of `xs`, inside a compiled program.
 
         Returns the final carry and the stacked ``y``s; only where `can_compile`. Raises `CarryChanged` when
-        `body` returns its carry in another structure than it took.
+        `body` returns its carry in another structure, dtype or shape than it took.
         """
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 

@@ -189,6 +189,10 @@ class JaxBackend(Backend):
             out, _ = jax.eval_shape(body, carry, first)
             if jax.tree.structure(out) != jax.tree.structure(carry):
                 raise CarryChanged("the loop's carry changed structure in its body") from None
+            for before, after in zip(jax.tree.leaves(carry), jax.tree.leaves(out), strict=True):
+                if (tuple(before.shape), before.dtype) != (tuple(after.shape), after.dtype):
+                    raise CarryChanged(f"the loop's body changed a {before.dtype} {tuple(before.shape)} of its carry "
+                                       f"to {after.dtype} {tuple(after.shape)}") from None
             raise
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compiled import CARRY_COUNTER, CARRY_FIRST_BAD, CARRY_INDEX, CARRY_OK, CARRY_T, CompiledStep
+from .compiled import CARRY_COUNTER, CARRY_FIRST_BAD, CARRY_INDEX, CARRY_OK, CARRY_T, CompiledStep, kept_buffers
 from .transforms import inverse_total
 from .weights import batch_weight, counts_by_weight
 
@@ -64,7 +64,7 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, xp.zeros_like(acc[1]), acc[1]),
            xp.where(due, xp.zeros_like(acc[2]), acc[2]))
     if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: the refused step's forward counts
-        new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
+        new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
     first_bad = ints[CARRY_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[CARRY_FIRST_BAD])
     ints = xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad])
     return values, states, new_bufs, grads, value, Z, ints, acc

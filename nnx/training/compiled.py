@@ -53,7 +53,8 @@ from .shared_programs import (
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
-           "compiled_step_of", "hyper_constants", "layer_attributes", "put_back_arrays", "untraceable_reason"]
+           "compiled_step_of", "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays",
+           "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -207,6 +208,14 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
 
 
 _GONE = object()  # an attribute a layer did not have
+
+
+def kept_buffers(xp: Any, ok: Any, new: tuple, old: tuple) -> tuple:
+    """The buffers a step's forward left (`new`) where `ok`, else those it took (`old`), each in the dtype the
+    forward left it: a layer that rebinds a buffer to integers keeps integers, as in the plain loop (a bare
+    ``where`` would promote them to the float the buffer was built with)."""
+    return tuple(xp.where(ok, n, o if o.dtype == n.dtype else xp.astype(o, n.dtype))
+                 for n, o in zip(new, old, strict=True))
 
 
 def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], check_finite: bool) -> tuple:
@@ -563,7 +572,7 @@ class CompiledStep:
                             for k, arr in st.items()} for i, st in enumerate(new_states))
         # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
         # step's forward counts and later ones do not
-        new_bufs = tuple(xp.where(ok_in, new, old) for new, old in zip(new_bufs, bufs, strict=True))
+        new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
         first_bad = xp.where(ok_in & ~ok_now, index, carry[CARRY_FIRST_BAD])
         carry = xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad])
         return new_values, new_states, new_bufs, grads, value, Z, carry

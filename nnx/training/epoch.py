@@ -429,8 +429,9 @@ class EpochProgram:
         Raises what `non_finite(epoch, batch)` makes for a refused step. When the first program
         cannot be traced (the model's code needs concrete values), the step runs plain from now
         on and this epoch runs through ``per_step(callbacks, batches[, check_loss])`` over the same batches;
-        when the optimizer's state changed its keys, or a callback set ``model.stop_training`` before the
-        epoch's first batch (the per-step loop then trains on one batch), only this epoch does.
+        when the optimizer's state changed its keys (or a buffer its dtype), or a callback set
+        ``model.stop_training`` before the epoch's first batch (the per-step loop then trains on one batch),
+        only this epoch does.
         """
         model = train.model
         epoch = model.epochs_trained
@@ -497,11 +498,12 @@ class _NotTraced(Exception):
 
 class _StateChanged(_NotTraced):
     """The optimizer's state changed its keys (a callback turned a hyper-parameter such as amsgrad or momentum on or
-    off), which one program's loop cannot carry: this epoch runs step by step, each step compiled, and the next
-    epoch compiles its program for the new keys."""
+    off) or a step changed the dtype of what it carries (a layer rebinds a buffer to integers), which one program's
+    loop cannot carry: this epoch runs step by step, each step compiled, and the next epoch compiles its program for
+    the new carry."""
 
     def __init__(self, batches: Any) -> None:
-        Exception.__init__(self, "the optimizer's state changed its keys")
+        Exception.__init__(self, "the loop's carry changed")
         self.batches = batches
 
 
