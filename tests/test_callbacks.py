@@ -202,6 +202,18 @@ def test_terminate_on_nan_stops_at_the_bad_step(backend, dtype, data, capsys):
         make_model(backend, dtype).fit(*data, epochs=5, batch_size=BATCH, callbacks=[Poison(2, 1)])
 
 
+def test_terminate_on_nan_at_an_epochs_first_step_with_metrics(data):
+    """Stopped at the first step of an epoch, no batch of it is left to score: its metrics are NaN, where
+    fit failed on concatenating no outputs instead of stopping quietly."""
+    stop = TerminateOnNaN()
+    model = make_model()
+    history = model.fit(*data, epochs=3, batch_size=BATCH, metrics=["accuracy"],
+                        callbacks=[Poison(0, N // BATCH - 1), stop])
+    assert (stop.stopped_epoch, stop.stopped_batch) == (1, 0)
+    assert len(history) == 2 and math.isnan(history["loss"][1]) and math.isnan(history["accuracy"][1])
+    assert 0.0 <= history["accuracy"][0] <= 1.0
+
+
 # -- ModelCheckpoint ---------------------------------------------------------------------------
 
 def test_model_checkpoint_every_epoch_with_formatted_names(backend, dtype, data, tmp_path):

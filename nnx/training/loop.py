@@ -9,6 +9,7 @@ it is applied, Ctrl-C ends the run between steps, and every callback's
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import warnings
 from typing import Any
@@ -333,7 +334,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         dp.end_epoch()
         return dp.epoch_logs(values, counts, metric_fns, targets, outputs, step.from_logits)
     logs = {"loss": average(values, counts)}
-    if metric_fns:
+    if metric_fns and not outputs:  # stopped (TerminateOnNaN) at the epoch's first step: no batch to score
+        logs.update(dict.fromkeys(metric_fns, math.nan))
+    elif metric_fns:
         logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
                                         step.from_logits))
     return logs
