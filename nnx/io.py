@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
-from .backends import backend_name_of, backend_status, get_backend
+from .backends import backend_name_of, backend_status, get_backend, host_fallback
 from .losses import get_loss
 from .optim import Optimizer, rebuild_optimizer
 from .protocols import Model
@@ -245,9 +245,10 @@ def _choose_backend(path: Path, saved: str, backend: Any) -> Any:
     ok, why = backend_status(saved)
     if ok:
         return saved
-    warnings.warn(f"{path}: saved on {saved!r}, which cannot run here ({why}); loading on numpy",
+    fallback = host_fallback(saved)
+    warnings.warn(f"{path}: saved on {saved!r}, which cannot run here ({why}); loading on {fallback!r}",
                   stacklevel=3)
-    return "numpy"
+    return fallback
 
 
 def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: Any = None) -> Any:

@@ -124,6 +124,28 @@ def _rewrite(path, out, config=None, array=None):
     return out
 
 
+def test_a_file_saved_where_its_backend_cannot_run_here_loads_on_the_same_library_with_a_warning(tmp_path):
+    # saved on a GPU, loaded without one: the same library's host device (torch for torch:cuda), else numpy
+    candidates = {"cupy": "numpy", "torch:cuda": "torch", "jax:gpu": "jax"}
+    unavailable = [s for s in candidates if not nnx.backends.backend_status(s)[0]]
+    if not unavailable:
+        pytest.skip("every accelerator backend runs here")
+    X, y = _data()
+    model = _model("numpy")
+    model.fit(X, y, loss="mse", epochs=1, batch_size=8)
+    model.save(tmp_path / "host.npz")
+    for spec in unavailable:
+        def on_device(config, spec=spec):
+            config["model"]["backend"] = config["trained_on"] = spec
+            return config
+        path = _rewrite(tmp_path / "host.npz", tmp_path / "device.npz", config=on_device)
+        host = candidates[spec] if nnx.backends.backend_status(candidates[spec])[0] else "numpy"
+        with pytest.warns(UserWarning, match=rf"saved on '{spec}', which cannot run here .*; loading on '{host}"):
+            loaded = nnx.load(path)
+        assert loaded.backend.name == host
+        np.testing.assert_allclose(loaded.backend.to_host(loaded.predict(X)), model.predict(X), rtol=1e-12, atol=1e-15)
+
+
 # which parameters an optimizer updates, in which order
 OPTIMIZED = {
     "head_only": lambda model: model.layers[2].parameters(),  # fine-tuning the last layer

@@ -145,6 +145,15 @@ def _generic(xp: types.ModuleType, device: Any) -> Backend:
 
 
 
+def host_fallback(spec: str) -> str:
+    """Where what was made on backend `spec` goes when `spec` cannot run here (saved or pickled on a GPU,
+    loaded without one): the same library on its default device (``torch`` for ``torch:cuda``), else numpy."""
+    library = spec.partition(":")[0].strip().lower()
+    if library != spec.strip().lower() and backend_status(library)[0]:
+        return get_backend(library).spec
+    return "numpy"
+
+
 def backend_status(name: str) -> tuple[bool, str]:
     """Whether a backend imports and runs an operation here, and if not, why.
 

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 
 from .. import _validate as check
 from .. import layers as L
-from ..backends import Backend, BackendUnavailableError, get_backend
+from ..backends import Backend, BackendUnavailableError, get_backend, host_fallback
 from ..losses import MSE
 from ..model import Sequential
 from ..optim import get_optimizer, rebuild_optimizer
@@ -460,11 +460,7 @@ def _loadable(spec: Any) -> Any:
         return spec
     except BackendUnavailableError as exc:
         reason = exc
-    library = str(spec).partition(":")[0]
-    try:
-        host_spec = get_backend(library).spec
-    except (BackendUnavailableError, ValueError):
-        host_spec = "numpy"
+    host_spec = host_fallback(spec)
     warnings.warn(f"this estimator's network was fitted on backend {spec!r}, which cannot run here ({reason}); "
                   f"it is loaded on {host_spec!r} instead", UserWarning, stacklevel=3)
     return host_spec
