@@ -267,8 +267,18 @@ class Sequential(_Chain):
         `runners`, when given, run those layers instead: one per layer, each the layer itself or a
         kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`.
         """
-        for layer in self.layers[:n_layers] if runners is None else runners:
-            X = layer.forward(X, training)
+        running = self.layers[:n_layers] if runners is None else runners
+        passes = cast(BuildContext, self.context).forward_pass
+        if not training or passes.seen is not None:  # inference, or a nested model inside its holder's pass
+            for layer in running:
+                X = layer.forward(X, training)
+            return X
+        passes.seen = set()  # a training pass: each layer object may run once (see `nnx.layers.base.ForwardPass`)
+        try:
+            for layer in running:
+                X = layer.forward(X, training)
+        finally:
+            passes.seen = None
         return X
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:

@@ -366,3 +366,49 @@ def test_the_output_layer_is_found_inside_a_nested_model():
         model.resolve_loss(nnx.losses.BinaryCrossEntropy(from_logits=True))
     residual_last = nnx.Sequential(nnx.Dense(2, 2), nnx.Residual(nnx.Dense(2, 2), nnx.Sigmoid()), seed=0)
     assert type(residual_last.output_layer()) is nnx.Residual  # X + sigmoid(.) is not a probability
+
+
+# -- one layer object used twice in a forward ------------------------------------------------------------
+
+class DenseTwice(nnx.Layer):
+    """``d(tanh(d(X)))`` with one `Dense` object `d`: a shared layer, as Keras and PyTorch allow."""
+
+    def __init__(self, features: int, twice: bool = True) -> None:
+        super().__init__()
+        self.features = features
+        self.twice = twice
+        self.d = self.add_layer("d", nnx.Dense(features, features))
+        self.act = self.add_layer("act", nnx.Tanh())
+
+    def expected_input_shape(self):
+        return (self.features,)
+
+    def forward(self, X, training=False):
+        H = self.act.forward(self.d.forward(X, training), training)
+        return self.d.forward(H, training) if self.twice else H
+
+    def backward(self, dY, need_dX=True):
+        if self.twice:
+            dY = self.d.backward(dY)
+        return self.d.backward(self.act.backward(dY), need_dX)
+
+
+def test_a_layer_used_twice_in_one_training_forward_is_refused_by_name(backend):
+    """Each layer keeps one call's input for its backward, so a second use would give a wrong gradient (or a
+    bare AttributeError): the second training call is refused, naming the layer, on every execution path."""
+    rng = np.random.default_rng(4)
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 1))
+    model = nnx.Sequential(DenseTwice(3), nnx.Dense(3, 1), backend=backend, seed=0)
+    before = [_host(model, p.value) for p in model.parameters()]
+    model.predict(X)  # inference keeps nothing: a layer may run any number of times
+    message = r"Dense '0\.d' was called a second time with training=True in one forward pass"
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, y, loss="mse", epochs=1, batch_size=4, verbose=0)
+    for p, old in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(_host(model, p.value), old)
+    with pytest.raises(ValueError, match=message):
+        nnx.check_gradients(model, X[:4], y[:4], loss="mse")
+    model.layers[0].twice = False  # one use per layer: the same model trains, nothing left over from the refusal
+    model.fit(X, y, loss="mse", epochs=1, batch_size=4, verbose=0)
+    once = nnx.Sequential(DenseTwice(3, twice=False), nnx.Dense(3, 1), backend=backend, seed=0)
+    assert nnx.check_gradients(once, X[:4], y[:4], loss="mse") < 1e-6

@@ -74,6 +74,20 @@ class ExportGraph(Protocol):
         ...
 
 
+class ForwardPass:
+    """Which layers ran with ``training=True`` in the model's current training forward (None between passes).
+
+    One object is shared by every layer of a model (`BuildContext.child` passes it on). A layer keeps what
+    one call needs for its backward, so a second training call of the same object in one pass would
+    overwrite the first's and give a wrong gradient: `Layer.forward` refuses it while a pass is open.
+    """
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: set[int] | None = None  # ids of the layers that ran in the open pass
+
+
 class BuildContext:
     """What a model hands its layers when binding them: backend, dtype, random streams, names.
 
@@ -84,20 +98,23 @@ class BuildContext:
         rng: the model's device random stream for stochastic layers (dropout).
         prefix: prepended to parameter and buffer names (``"0."``).
         provided: host arrays by full name to use instead of initialising (a checkpoint), or None.
+        forward_pass: the model's `ForwardPass`, shared with its sub-layers; None makes a new one.
     """
 
     def __init__(self, backend: Any, dtype: str, init_rng: Any, rng: Any, prefix: str = "",
-                 provided: Mapping[str, Any] | None = None) -> None:
+                 provided: Mapping[str, Any] | None = None, forward_pass: ForwardPass | None = None) -> None:
         self.backend = backend
         self.dtype = dtype
         self.init_rng = init_rng
         self.rng = rng
         self.prefix = prefix
         self.provided = provided
+        self.forward_pass = ForwardPass() if forward_pass is None else forward_pass
 
     def child(self, name: str) -> BuildContext:
         """The context for a sub-layer called `name`: the same model, names prefixed ``<prefix><name>.``."""
-        return BuildContext(self.backend, self.dtype, self.init_rng, self.rng, f"{self.prefix}{name}.", self.provided)
+        return BuildContext(self.backend, self.dtype, self.init_rng, self.rng, f"{self.prefix}{name}.", self.provided,
+                            self.forward_pass)
 
     def initial_value(self, name: str, shape: Shape, init: Any) -> Any:
         """The array for a new parameter or buffer: from `provided` when loading, else from `init`."""
@@ -412,11 +429,30 @@ def _noting_training_forward(forward: Callable) -> Callable:
     def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
         if training:
             self._ran_training_forward = True
+            context = self.context
+            # in a model's training forward, each layer object runs once; a parent class's forward called
+            # through super() (wrapped too) is the same call
+            seen = None if context is None else context.forward_pass.seen
+            if seen is not None and type(self).forward is wrapper:
+                if id(self) in seen:
+                    _refuse_second_use(self)
+                seen.add(id(self))
         if args or kwargs:
             return forward(self, X, training, *args, **kwargs)
         return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
 
     return wrapper
+
+
+def _refuse_second_use(layer: Layer) -> None:
+    """ValueError naming `layer`, called a second time with ``training=True`` in one training forward."""
+    path = layer._require_context().prefix.rstrip(".")
+    raise ValueError(
+        f"{type(layer).__name__} {path!r} was called a second time with training=True in one forward pass: a "
+        "layer keeps what one call needs for its backward (its input, its activations), so the second call would "
+        "overwrite the first's and the gradient would be wrong. Use a separate layer object for each place it is "
+        "used, or, to share weights, write one layer whose forward applies them at every place and whose "
+        "backward adds up their gradients (a call with training=False keeps nothing and may repeat)")
 
 
 _NOT_GIVEN = object()  # backward's need_dX left to the layer's own default
