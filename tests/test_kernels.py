@@ -70,6 +70,28 @@ def test_kernels_run_only_where_declared():
         assert layer_runners([layer], torch_be if layer.backend.name == "torch" else layer.backend) == [layer]
 
 
+@pytest.mark.parametrize("method", ["forward", "backward"])
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_a_method_replaced_on_the_class_runs_as_written(backend_name, method, monkeypatch):
+    """A hook on `nnx.Dense` itself (a debugging patch) is what fit runs, as on the backends without kernels."""
+    original = getattr(nnx.Dense, method)
+
+    def frozen_weights(self, *args, **kwargs):  # the patched Dense trains nothing
+        out = original(self, *args, **kwargs)
+        if method == "backward":
+            self.weight.grad, self.bias.grad = self.weight.grad * 0.0, self.bias.grad * 0.0
+        return out
+
+    monkeypatch.setattr(nnx.Dense, method, frozen_weights)
+    model = nnx.Sequential(nnx.Dense(3, 2), nnx.ReLU(), backend=backend_name, seed=0)
+    assert layer_runners(model.layers[:1], model.backend) == model.layers[:1]
+    if method == "backward":
+        before = np.array(model.backend.to_host(model.layers[0].weight.value))
+        gen = np.random.default_rng(0)
+        model.fit(gen.normal(size=(8, 3)), gen.normal(size=(8, 2)), loss="mse", optimizer="sgd", epochs=1, verbose=0)
+        np.testing.assert_array_equal(model.backend.to_host(model.layers[0].weight.value), before)
+
+
 def test_a_torch_fit_runs_the_kernel_and_gives_the_plain_loops_numbers(torch_backend):
     gen = np.random.default_rng(1)
     X, y = gen.normal(size=(64, 5)), gen.integers(0, 3, 64)

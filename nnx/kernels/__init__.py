@@ -3,8 +3,9 @@
 A kernel is declared below for one exact class (a subclass may change the math, so it is
 not covered until declared itself) and one backend name, and is tested to give the
 portable code's numbers, NaN and inf included. The portable code stays the definition:
-everything undeclared, and every layer whose `forward` or `backward` was replaced on
-the object, runs its own code.
+everything undeclared, every layer whose `forward` or `backward` was replaced on the
+object, and every layer of a class whose `forward` or `backward` was replaced on the class
+since (a patch on `nnx.Dense` itself), runs its own code.
 
 A kernel runs one layer inside the training step (`nnx.training.step.TrainStep`). It is
 built once per step object around the layer and has the layer's ``forward(X, training)``
@@ -34,6 +35,10 @@ _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
 }
 
 
+# the passes each declared class had when its kernel was declared: the code the kernel gives the numbers of
+_DECLARED_PASSES: dict[type, tuple[Any, Any]] = {cls: (cls.forward, cls.backward) for cls, _ in _LAYER_KERNELS}
+
+
 def layer_runners(layers: Sequence[Any], backend: Any) -> list[Any]:
     """What runs each of `layers` in a training step on `backend`: its declared kernel, or the layer itself."""
     return [_runner(layer, backend.name) for layer in layers]
@@ -45,7 +50,9 @@ def gradient_writers(runners: Sequence[Any]) -> list[Any]:
 
 
 def _runner(layer: Any, backend_name: str) -> Any:
-    make = _LAYER_KERNELS.get((type(layer), backend_name))
-    if make is None or "forward" in vars(layer) or "backward" in vars(layer):
-        return layer  # undeclared, or its passes replaced on this object: they run as written
+    cls = type(layer)
+    make = _LAYER_KERNELS.get((cls, backend_name))
+    if make is None or "forward" in vars(layer) or "backward" in vars(layer) \
+            or _DECLARED_PASSES[cls] != (cls.forward, cls.backward):
+        return layer  # undeclared, or its passes replaced on this object or its class: they run as written
     return make(layer)
