@@ -127,3 +127,30 @@ def test_the_programs_do_not_keep_the_model_alive():
     del model
     gc.collect()
     assert alive() is None
+
+
+class NoisyAtInference(nnx.Layer):
+    """A user's layer that draws from the model's stream at inference too (Monte Carlo dropout)."""
+
+    def forward(self, X, training=False):
+        return X * (self.rng.uniform(tuple(X.shape), self.dtype) < 0.5)
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_pass_that_draws_random_numbers_draws_fresh_ones_each_call_as_op_by_op():
+    X, _, _ = _data()
+    outputs = {}
+    for fast in (True, False):
+        for seed in (1, 2):
+            model = nnx.Sequential(nnx.Dense(5, 3), NoisyAtInference(), dtype="float64", seed=seed,
+                                   backend=nnx.get_backend("jax").with_fastpath(fast))
+            calls = [np.asarray(model.backend.to_host(model.predict(X))) for _ in range(2)]
+            outputs[fast, seed] = calls, model.dropout_rng.counter
+    for seed in (1, 2):
+        (compiled, counter), (op_by_op, expected) = outputs[True, seed], outputs[False, seed]
+        assert counter == expected == 2
+        for a, b in zip(compiled, op_by_op, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+        assert not np.array_equal(compiled[0] != 0, compiled[1] != 0)  # a fresh mask each call

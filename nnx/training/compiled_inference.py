@@ -8,9 +8,10 @@ step is (`nnx.training.compiled`): the parameter and buffer values are the progr
 inputs, bound through ``p.value`` and ``b.value`` while tracing and put back after.
 
 Nothing changes for a model the compiler cannot take: where a layer's ``forward`` is
-replaced on the object (a hook that counts or raises) or its code needs concrete values
-(the first trace raises the adapter's ``trace_errors``), the pass runs op by op, as on
-every other backend, and gives the same numbers.
+replaced on the object (a hook that counts or raises), its code needs concrete values
+(the first trace raises the adapter's ``trace_errors``) or it draws from the model's
+random stream at inference (a program would draw the same numbers at every call), the
+pass runs op by op, as on every other backend, and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ..backends.base import TraceRefused
 from ..protocols import Model
 from .compiled import layer_attributes, put_back_arrays
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
@@ -103,15 +105,24 @@ class _Program:
 
     def _pure(self, values: tuple, bufs: tuple, *arrays: Any) -> Any:
         self.traces += 1
-        saved = ([p.value for p in self.params], [b.value for b in self.buffers])
-        attributes = layer_attributes(self._model())
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this inference program no longer exists")
+        rng = model.dropout_rng
+        saved = ([p.value for p in self.params], [b.value for b in self.buffers], rng.counter)
+        draws = rng.draws
+        attributes = layer_attributes(model)
         try:
             for p, v in zip(self.params, values, strict=True):
                 p.value = v
             for b, v in zip(self.buffers, bufs, strict=True):
                 b.value = v
-            return self.fn(self._model(), *arrays)
+            out = self.fn(model, *arrays)
+            if rng.draws != draws:
+                raise TraceRefused("the pass draws from the model's random stream, which a program would draw once")
+            return out
         finally:
+            rng.counter = saved[2]
             for p, v in zip(self.params, saved[0], strict=True):
                 p.value = v
             for b, v in zip(self.buffers, saved[1], strict=True):
