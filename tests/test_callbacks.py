@@ -397,6 +397,45 @@ def test_csv_logger_listed_before_the_scheduler_still_logs_lr(data, tmp_path):
     assert [float(r[2]) for r in rows[1:]] == history["lr"] == [0.1, 0.05, 0.025]
 
 
+def test_csv_logger_appending_with_new_names_adds_their_columns(data, tmp_path):
+    """A resumed fit with validation appended its rows under the old header: the val_ values were dropped."""
+    path = tmp_path / "log.csv"
+    model = make_model()
+    first = model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[CSVLogger(path)])
+    second = model.fit(*data, epochs=1, batch_size=BATCH, validation_data=data,
+                       callbacks=[CSVLogger(path, append=True)])
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows == [["epoch", "loss", "val_loss"], ["1", repr(first["loss"][0]), ""],
+                    ["2", repr(second["loss"][0]), repr(second["val_loss"][0])]]
+
+
+def test_csv_logger_writes_numpy_numbers_as_numbers(data, tmp_path):
+    class Score(Callback):
+        adds_logs = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs.update(auc=np.float64(0.75), f32=np.float32(0.5), n=np.int64(3))
+
+    path = tmp_path / "log.csv"
+    make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[Score(), CSVLogger(path)])
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows[0] == ["epoch", "loss", "auc", "f32", "n"] and rows[1][2:] == ["0.75", "0.5", "3"]
+
+
+def test_csv_logger_appends_after_a_row_cut_short(data, tmp_path):
+    """A run killed mid-write left a last line without its newline: the next row was glued onto it."""
+    path = tmp_path / "log.csv"
+    path.write_text("epoch,loss\n1,0.69\n2,0.6")
+    model = make_model()
+    model.epochs_trained = 2
+    history = model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[CSVLogger(path, append=True)])
+    assert path.read_text().splitlines() == ["epoch,loss", "1,0.69", "2,0.6", f"3,{history['loss'][0]!r}"]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # no temporary file left beside it
+    path.write_text("epoch;loss\n1;0.69\n")
+    with pytest.raises(ValueError, match="not a header starting with 'epoch' and separated by ','"):
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[CSVLogger(path, append=True)])
+
+
 # -- epochs as people count them ----------------------------------------------------------------------------
 
 def test_early_stopping_prints_the_epochs_its_attributes_index(data, capsys):
