@@ -16,7 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .compiled import CARRY_COUNTER, CARRY_FIRST_BAD, CARRY_INDEX, CARRY_OK, CARRY_T, CompiledStep, kept_buffers
+from .compiled import (
+    CARRY_COUNTER,
+    CARRY_FIRST_BAD,
+    CARRY_INDEX,
+    CARRY_OK,
+    CARRY_SEED,
+    CARRY_T,
+    CompiledStep,
+    kept_buffers,
+)
 from .transforms import inverse_total
 from .weights import batch_weight, counts_by_weight
 
@@ -51,7 +60,7 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     """One batch: gather its gradient, update on every k-th; returns `CompiledStep.pure`'s outputs and the carry."""
     xp = cs.xp
     t, counter, index = ints[CARRY_T], ints[CARRY_COUNTER], ints[CARRY_INDEX]
-    value, Z, grads, new_bufs, new_counter, ok_now = cs.gradients(values, bufs, counter, X, y, w)
+    value, Z, grads, new_bufs, new_counter, ok_now = cs.gradients(values, bufs, counter, ints[CARRY_SEED], X, y, w)
     rows = int(X.shape[0])
     weight = batch_weight(xp, cs.head, rows, w)
     sums, seen, count = acc
@@ -66,7 +75,7 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: the refused step's forward counts
         new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
     first_bad = ints[CARRY_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[CARRY_FIRST_BAD])
-    ints = xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad])
+    ints = xp.concat([xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad]), ints[CARRY_SEED:]])
     return values, states, new_bufs, grads, value, Z, ints, acc
 
 

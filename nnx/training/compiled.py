@@ -52,15 +52,17 @@ from .shared_programs import (
     settings_key,
 )
 
-__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_T", "CompiledStep", "compile_step",
+__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
+           "compile_step",
            "compiled_step_of", "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays",
            "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
-# epoch, whether every step of the epoch so far was finite (1/0) and the first that was not (-1). These are
-# their positions.
-CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD = range(5)
+# epoch, whether every step of the epoch so far was finite (1/0), the first that was not (-1), and the dropout
+# stream's seed (an input, not a constant: models of one definition and other seeds share their programs). These
+# are their positions.
+CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD, CARRY_SEED = range(6)
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -223,7 +225,7 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer),
             type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
-            tuple((type(t), config_key(t)) for t in transforms), model.dropout_rng.seed, bool(check_finite))
+            tuple((type(t), config_key(t)) for t in transforms), bool(check_finite))
 
 
 def hyper_constants(optimizer: Any) -> tuple:
@@ -367,9 +369,10 @@ class CompiledStep:
         return opt.step_count, list(opt.param_steps), set(opt.state)
 
     def start_carry(self, t: int, counter: int) -> Any:
-        """The carry an epoch's first step takes: update count `t`, dropout `counter`, nothing refused yet."""
+        """The carry an epoch's first step takes: update count `t`, dropout `counter`, nothing refused yet, the
+        dropout stream's seed."""
         xp = self.xp
-        return xp.asarray([t, counter, 0, 1, -1], dtype=xp.int64, device=self.backend.device)
+        return xp.asarray([t, counter, 0, 1, -1, self.rng.seed], dtype=xp.int64, device=self.backend.device)
 
     def hold_verdict(self, carry: Any, start: tuple) -> None:
         """Keep an epoch program's final carry for `end_epoch`; `start`: `host_counters` before the epoch."""
@@ -422,8 +425,9 @@ class CompiledStep:
         if self._index == 0:
             self._start = self.host_counters()
             self._carry = self.start_carry(t, counter)
-        elif (t, counter) != self._expect:  # something moved the host counters mid-epoch: send them
-            self._carry = xp.concat([self.start_carry(t, counter)[:2], self._carry[2:]])
+        elif (t, counter, self.rng.seed) != self._expect:  # something moved the host counters mid-epoch: send them
+            start = self.start_carry(t, counter)
+            self._carry = xp.concat([start[:CARRY_INDEX], self._carry[CARRY_INDEX:CARRY_SEED], start[CARRY_SEED:]])
         lr = opt.lr
         if lr != self._lr:
             self._lr, self._lr_device = lr, xp.asarray(lr, device=self.backend.device)  # weakly typed
@@ -444,7 +448,7 @@ class CompiledStep:
         opt.step_count += 1
         steps[:] = [s + 1 for s in steps]
         self.rng.counter += self._draws or 0
-        self._expect = (t + 1, self.rng.counter)
+        self._expect = (t + 1, self.rng.counter, self.rng.seed)
         if not read_check or not self.check_finite or int(self.backend.to_host(carry)[CARRY_OK]):
             return value, Z, True
         # refused, and a callback stops on it: the program kept every array; the counters follow
@@ -456,14 +460,14 @@ class CompiledStep:
         return value, Z, False
 
     # -- the step's stages, traced (each binds traced values through public attributes and puts them back) --
-    def gradients(self, values: tuple, bufs: tuple, counter: Any, X: Any, y: Any, w: Any) -> tuple:
+    def gradients(self, values: tuple, bufs: tuple, counter: Any, seed: Any, X: Any, y: Any, w: Any) -> tuple:
         """Forward, loss and backward: (loss incl. penalty, head outputs, gradients, buffers, dropout counter,
-        finite flag or None without the check)."""
+        finite flag or None without the check). The dropout stream draws from the traced `seed` and `counter`."""
         xp = self.xp
         self.traces += 1
         model, rng = self.model, self.rng
         params, buffers = self.params, self.buffers
-        saved = ([(p.value, p.grad) for p in params], [b.value for b in buffers], rng.counter)
+        saved = self._saved()
         draws_before = rng.draws
         state_before = python_state(model)
         attributes_before = layer_attributes(model)
@@ -472,7 +476,9 @@ class CompiledStep:
                 p.value, p.grad = v, None
             for b, v in zip(buffers, bufs, strict=True):
                 b.value = v
-            rng.counter = counter  # the stream draws from (seed, counter): a traced counter, fresh masks each step
+            # the stream draws from (seed, counter): a traced counter, fresh masks each step; a traced seed, one
+            # program for models of other seeds
+            rng.counter, rng.seed = counter, seed
             # forward + loss, backward: `nnx.training.TrainStep.forward_loss` and `backward`
             Z = model.forward_to_head(X, self.n_run, training=True)
             if w is None:
@@ -517,7 +523,7 @@ class CompiledStep:
         if not transforms:
             return grads
         params = self.params
-        saved = ([(p.value, p.grad) for p in params], [b.value for b in self.buffers], self.rng.counter)
+        saved = self._saved()
         try:
             for p, v, g in zip(params, values, grads, strict=True):
                 p.value, p.grad = v, g
@@ -543,12 +549,17 @@ class CompiledStep:
             check_rule_result(opt, p, v, new_value, st, new_state)
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)
 
+    def _saved(self) -> tuple:
+        """What tracing binds to traced values, as it stands, for `_put_back`."""
+        return ([(p.value, p.grad) for p in self.params], [b.value for b in self.buffers], self.rng.counter,
+                self.rng.seed)
+
     def _put_back(self, saved: tuple) -> None:
         for p, (v, g) in zip(self.params, saved[0], strict=True):
             p.value, p.grad = v, g
         for b, v in zip(self.buffers, saved[1], strict=True):
             b.value = v
-        self.rng.counter = saved[2]
+        self.rng.counter, self.rng.seed = saved[2], saved[3]
 
     # -- the traced function ------------------------------------------------------------------
     def pure(self, values: tuple, states: tuple, bufs: tuple, lr: Any, carry: Any, X: Any, y: Any, w: Any) -> tuple:
@@ -558,7 +569,8 @@ class CompiledStep:
         """
         xp = self.xp
         t, counter, index = carry[CARRY_T], carry[CARRY_COUNTER], carry[CARRY_INDEX]
-        value, Z, grads, new_bufs, new_counter, ok_now = self.gradients(values, bufs, counter, X, y, w)
+        seed = carry[CARRY_SEED]
+        value, Z, grads, new_bufs, new_counter, ok_now = self.gradients(values, bufs, counter, seed, X, y, w)
         grads = self.transformed(values, grads, int(X.shape[0]), self.transforms)
         new_values, new_states = self.updated(values, grads, states, t, lr)
         if ok_now is None:
@@ -574,5 +586,6 @@ class CompiledStep:
         # step's forward counts and later ones do not
         new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
         first_bad = xp.where(ok_in & ~ok_now, index, carry[CARRY_FIRST_BAD])
-        carry = xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad])
+        carry = xp.concat([xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad]),
+                           carry[CARRY_SEED:]])
         return new_values, new_states, new_bufs, grads, value, Z, carry

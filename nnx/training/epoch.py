@@ -227,13 +227,14 @@ class EpochProgram:
         def stacked(a: Any, full: int) -> Any:
             return None if a is None else xp.reshape(a[:full * batch, ...], (full, batch) + tuple(a.shape[1:]))
 
-        def epoch(values: tuple, states: tuple, bufs: tuple, lr: Any, t: Any, counter: Any, X: Any, y: Any, w: Any,
-                  perm: Any) -> tuple:
+        def epoch(values: tuple, states: tuple, bufs: tuple, lr: Any, t: Any, counter: Any, seed: Any, X: Any, y: Any,
+                  w: Any, perm: Any) -> tuple:
             self.compiles += 1
-            # the counters come in as two host ints (no host-to-device copy of a built vector): the step's
-            # carry (see `CompiledStep`) is made here
+            # the counters and the dropout seed come in as host ints (no host-to-device copy of a built vector):
+            # the step's carry (see `CompiledStep`) is made here
             ints = xp.stack([xp.astype(xp.asarray(t), xp.int64), xp.astype(xp.asarray(counter), xp.int64)]
-                            + [xp.asarray(v, dtype=xp.int64) for v in (0, 1, -1)])
+                            + [xp.asarray(v, dtype=xp.int64) for v in (0, 1, -1)]
+                            + [xp.astype(xp.asarray(seed), xp.int64)])
             if perm is not None:
                 X, y = xp.take(X, perm, axis=0), xp.take(y, perm, axis=0)
                 w = None if w is None else xp.take(w, perm, axis=0)
@@ -307,10 +308,10 @@ class EpochProgram:
             guard.end_step()
         return ints, losses, Z, targets
 
-    def _begin(self) -> tuple[tuple[int, int], tuple]:
-        """The update count and dropout counter an epoch starts from, and the host counters to roll back to."""
+    def _begin(self) -> tuple[tuple[int, int, int], tuple]:
+        """The update count, dropout counter and seed an epoch starts from, and the host counters to roll back to."""
         step = self.step
-        return (step.optimizer.param_steps[0] + 1, step.rng.counter), step.host_counters()
+        return (step.optimizer.param_steps[0] + 1, step.rng.counter, step.rng.seed), step.host_counters()
 
     def run_arrays(self, batches: ArrayBatches, outputs: bool) -> tuple[Any, list[int], list[Any], Any, Any]:
         """One epoch over device arrays; returns (losses, rows and `batch_weight` per step, outputs, targets)."""
@@ -361,7 +362,7 @@ class EpochProgram:
         step = self.step
         xp = step.xp
         model = step.model
-        (t, counter), start = self._begin()
+        (t, counter, _), start = self._begin()
         ints = step.start_carry(t, counter)  # carried from chunk to chunk
         losses, rows, weights, Zs, targets = [], [], [], [], []
         group: list[tuple[Any, Any, Any]] = []

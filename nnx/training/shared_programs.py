@@ -146,7 +146,8 @@ def definition(model: Any) -> tuple | None:
         regularizer = describe(model.regularizer, params)
     except (Unshareable, RecursionError):
         return None
-    return type(model), model.backend.spec, str(model.dtype), layers, regularizer, model.dropout_rng.seed
+    # not the dropout stream's seed: the programs take it as an input (`nnx.training.compiled.CARRY_SEED`)
+    return type(model), model.backend.spec, str(model.dtype), layers, regularizer
 
 
 def layer_settings(model: Any) -> tuple:
