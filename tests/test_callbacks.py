@@ -90,6 +90,26 @@ def test_callbacks_must_be_callback_instances(data):
         make_model().fit(*data, callbacks=[lambda epoch: None])
 
 
+def test_names_callbacks_add_may_be_monitored(data, tmp_path):
+    """The rate a scheduler logs, and a name a callback declares it adds, were refused as never recorded."""
+    class Score(Callback):
+        adds_logs = ("auc",)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["auc"] = [0.5, 0.7, 0.6][epoch]
+
+    path = tmp_path / "m-{epoch}-{lr:.0e}.npz"
+    stop = EarlyStopping("auc", patience=0, mode="max")
+    make_model().fit(*data, epochs=3, batch_size=BATCH,
+                     callbacks=[stop, ModelCheckpoint(path), StepDecay(1, gamma=0.1, initial_lr=0.1), Score()])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m-1-1e-01.npz", "m-2-1e-02.npz", "m-3-1e-03.npz"]
+    assert stop.best_epoch == 1 and stop.stopped_epoch == 2
+    Score.adds_logs = True  # names not declared: nothing can be checked up front
+    make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[EarlyStopping("auc", mode="max"), Score()])
+    with pytest.raises(ValueError, match="'auc'.*or set adds_logs = True on the callback that writes it"):
+        make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[EarlyStopping("auc", mode="max")])
+
+
 # -- EarlyStopping ----------------------------------------------------------------------------
 
 class Scripted(Callback):

@@ -18,6 +18,7 @@ from .. import _validate as check
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
+from .callbacks.monitor import added_names
 from .data import prefetch_depth
 from .epoch import plan
 from .evaluation import evaluate_batches
@@ -168,9 +169,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     try:
         if dp is not None:
             dp.begin(epochs)
-        # "metrics" and "validation" let callbacks reject a monitored name that will never be logged, up front
+        # "metrics", "validation" and "added" let callbacks reject a monitored name never logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
-                           "validation": val is not None})
+                           "validation": val is not None, "added": added_names(cbs)})
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None

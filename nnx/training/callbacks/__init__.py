@@ -1,7 +1,8 @@
 """Callbacks: hooks `fit` calls at train, epoch and batch boundaries.
 
 `fit` calls, in order: ``on_train_begin(logs)`` (logs: ``epochs``, ``steps``,
-``metrics`` and ``validation``), then per epoch ``on_epoch_begin``, per step
+``metrics``, ``validation`` and ``added``, the names callbacks add: see `recorded_names`), then per
+epoch ``on_epoch_begin``, per step
 ``on_batch_begin``/``on_batch_end`` (logs: ``loss`` as a 0-d array on the
 device, ``size``), with ``on_backward()`` (the batch's gradients, before the gradient
 transforms) and ``on_gradients(grads)`` (those the update applies) between them,
@@ -12,8 +13,8 @@ is recorded in the History), and ``on_train_end``, which runs on every exit (an 
 The ``epoch`` the hooks receive is an index counting from 0 over the model's whole
 training (``model.epochs_trained`` before the epoch); what is printed for people
 counts from 1 ("epoch 1" is the first), as the progress bar does.
-Callbacks that add entries to the epoch logs (``adds_logs = True``, e.g.
-`LearningRateScheduler`'s ``"lr"``) get ``on_epoch_end`` before the others, so a
+Callbacks that add entries to the epoch logs (``adds_logs = True``, or the tuple of names they add, as
+`LearningRateScheduler`'s ``("lr",)``) get ``on_epoch_end`` before the others, so a
 `CSVLogger` or `EarlyStopping` listed before them still sees those entries.
 
 Callbacks that watch a metric (`EarlyStopping`, `ModelCheckpoint`) check at the

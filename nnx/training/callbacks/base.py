@@ -16,7 +16,9 @@ class Callback:
     """
 
     model: Any = None  # a user's callback may call any public method of its model (predict, evaluate, ...)
-    adds_logs: bool = False  # True: on_epoch_end writes into the logs, so it runs before the other callbacks'
+    adds_logs: bool | tuple[str, ...] = False
+    """True, or the names it adds: on_epoch_end writes into the logs, so it runs before the other callbacks', and
+    a callback that monitors a name (`EarlyStopping`, a `ModelCheckpoint` path) takes one of them."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Take Keras's names for the batch hooks: ``on_train_batch_begin``/``on_train_batch_end`` are

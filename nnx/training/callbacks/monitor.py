@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import cast
+from collections.abc import Iterable
+from typing import Any, cast
 
 # Names whose larger values are better, and those whose smaller ones are, for mode="auto".
 _HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "r2", "auc")
@@ -17,6 +18,19 @@ def recorded_names(logs: dict | None) -> list[str] | None:
     names = ["loss", *logs["metrics"]]
     if logs.get("validation"):
         names += [f"val_{name}" for name in names]
+    added = logs.get("added", [])
+    return None if added is None else names + [name for name in added if name not in names]
+
+
+def added_names(callbacks: Iterable[Any]) -> list[str] | None:
+    """The epoch-log names `callbacks` add: those their ``adds_logs`` lists (None when one says only True)."""
+    names: list[str] = []
+    for cb in callbacks:
+        adds = getattr(cb, "adds_logs", False)
+        if adds is True:
+            return None
+        if adds:
+            names += [name for name in adds if name not in names]
     return names
 
 
@@ -30,7 +44,8 @@ def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
     if monitor.startswith("val_") and not logs.get("validation"):
         hint = " (val_ metrics need validation_data or validation_split in fit)"
     elif monitor not in ("loss", "val_loss") and monitor.removeprefix("val_") not in logs["metrics"]:
-        hint = f" (add {monitor.removeprefix('val_')!r} to fit's metrics)"
+        hint = (f" (add {monitor.removeprefix('val_')!r} to fit's metrics, or set adds_logs = True on the "
+                "callback that writes it into the epoch logs)")
     raise ValueError(f"{owner} monitors {monitor!r}, which this fit does not record{hint}; "
                      f"recorded: {names}")
 

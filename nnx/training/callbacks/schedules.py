@@ -26,7 +26,7 @@ class LearningRateScheduler(Callback):
     `CSVLogger`, wherever it is in the callbacks list) as ``"lr"``.
     """
 
-    adds_logs = True
+    adds_logs = ("lr",)
 
     def __init__(self, schedule: Callable[[int, float], float] | Callable[[int], float], verbose: int = 0) -> None:
         if not callable(schedule):
