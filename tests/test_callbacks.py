@@ -282,6 +282,18 @@ def test_model_checkpoint_save_freq(data, tmp_path):
     assert [p.split("/")[-1] for p in ckpt.saved] == ["m2.npz", "m4.npz"]
 
 
+def test_model_checkpoint_warns_when_save_freq_saves_no_epoch_of_the_fit(data, tmp_path):
+    """Keras counts an int save_freq in batches: save_freq=100 over 3 epochs wrote nothing, without a word."""
+    model = make_model()
+    with pytest.warns(UserWarning, match=r"save_freq=100 .*in epochs, not batches.*none of this fit's epochs 1-3"):
+        model.fit(*data, epochs=3, batch_size=BATCH, callbacks=[ModelCheckpoint(tmp_path / "m.npz", save_freq=100)])
+    assert not list(tmp_path.iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[ModelCheckpoint(tmp_path / "m.npz", save_freq=4)])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
 # -- learning-rate schedules ----------------------------------------------------------------------
 
 def test_schedules_formulas():

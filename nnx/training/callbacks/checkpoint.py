@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from typing import Any
 
 from .base import Callback
@@ -25,7 +26,8 @@ class ModelCheckpoint(Callback):
             holds the best model so far, also across a fit resumed from a checkpoint).
         mode: ``"min"``, ``"max"`` or ``"auto"``, as in `EarlyStopping` (read only with `save_best_only`).
         include_optimizer: also store optimizer state, so training can resume exactly.
-        save_freq: save every this many epochs (ignored with `save_best_only`).
+        save_freq: save every this many epochs (ignored with `save_best_only`); counted in epochs, not in
+            batches as Keras counts an int, so a fit none of whose epochs it saves warns.
         verbose: 1 prints a line per save.
 
     `saved` lists the paths written, in order; `best` is the best monitored value.
@@ -55,6 +57,14 @@ class ModelCheckpoint(Callback):
         if self.save_best_only:
             check_monitor("ModelCheckpoint", self.monitor, logs)
             self.best = self._best_so_far()
+        epochs = (logs or {}).get("epochs")
+        if not self.save_best_only and isinstance(epochs, int) and epochs > 0:
+            first, last = self.model.epochs_trained + 1, self.model.epochs_trained + epochs
+            if last // self.save_freq == (first - 1) // self.save_freq:
+                n = self.save_freq
+                warnings.warn(f"ModelCheckpoint save_freq={n} saves once every {n} epochs (it counts in epochs, "
+                              f"not batches as Keras does): none of this fit's epochs {first}-{last}",
+                              UserWarning, stacklevel=2)
         names = recorded_names(logs)
         if names is not None:
             try:  # a placeholder naming something never logged should fail now, not at the first save
