@@ -282,3 +282,32 @@ def test_the_sharded_update_names_a_rule_whose_state_is_not_shaped_like_the_para
     one = model.fit(X, y, batch_size=10, epochs=2, optimizer=CountingSGD(model.parameters())).history["loss"]
     for losses in run_ranks(2, lambda comm: run(comm, False)):
         np.testing.assert_allclose(losses, one, rtol=0, atol=TOL)
+
+
+# inf and NaN made on purpose by the row that overflows
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("kw", [dict(accumulate=2), dict(accumulate=2, shard=True), dict(check_finite=False),
+                                dict(metrics=["accuracy"], bad=5)],
+                         ids=["accumulating", "accumulating, sharded", "check_finite=False", "first batch, metrics"])
+def test_terminate_on_nan_stops_every_rank_where_one_process_stops(kw):
+    """TerminateOnNaN decides on the loss of its own rank's slice. While accumulating (the all-reduce waits for the
+    update) or with check_finite=False, only the rank holding the bad row stopped, and the ranks' collectives paired
+    up wrongly; stopped at the first batch with metrics, the ranks had no outputs to score and crashed."""
+    kw = dict(kw)
+    X, y = _data(40)
+    X[kw.pop("bad", 25)] = 1e308  # the step is not finite on the rank computing that row
+    shard = kw.pop("shard", False)
+
+    def run(comm=None):
+        model = _model()
+        hist = model.fit(X, y, batch_size=10, epochs=2, shuffle=False, optimizer="sgd",
+                         distributed=None if comm is None else dist.DataParallel(comm, shard),
+                         callbacks=[nnx.callbacks.TerminateOnNaN()], **kw)
+        return _host(model), hist.history
+
+    weights, history = run()
+    assert len(history["loss"]) == 1 and not np.isfinite(history["loss"][0])
+    for got_weights, got_history in run_ranks(2, run):
+        assert set(got_history) == set(history) and len(got_history["loss"]) == 1
+        for k, v in weights.items():
+            np.testing.assert_allclose(got_weights[k], v, rtol=0, atol=TOL, err_msg=k)

@@ -32,6 +32,7 @@ batch with weight 0, so its random streams advance as everyone else's.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -201,6 +202,11 @@ class DataParallelFit:
         model = self.model
         self.transform.poison_unless(model.xp.astype(ok, model.backend.float_dtype(model.dtype)))
 
+    def anywhere(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank: one all-reduce of one number (a decision one rank made on its own
+        slice, such as TerminateOnNaN's, that every rank must follow at the same batch)."""
+        return float(self.comm.allreduce(np.asarray([1.0 if flag else 0.0]), op="max")[0]) > 0.0
+
     def first_refused(self, batch: int) -> int:
         """The batch to name when the update due at `batch` is refused: the first any rank found not finite on its
         own (with accumulation, a batch before the update), else `batch`. A collective, on the refusal only."""
@@ -349,7 +355,10 @@ class DataParallelFit:
         total = sum(part[0] for part in everyone)
         n = sum(part[1] for part in everyone)
         logs = {"loss": total / n if n else everyone[0][2]}
-        if metric_fns:
+        if metric_fns and not any(z is not None for part in everyone for z in part[4]):
+            # stopped (TerminateOnNaN) at the epoch's first step: no batch to score, as in one process
+            logs.update(dict.fromkeys(metric_fns, math.nan))
+        elif metric_fns:
             # batch b's rows are rank 0's slice, then rank 1's, ...: the single-process order
             y_parts, z_parts = [], []
             for b in range(max(len(part[3]) for part in everyone)):

@@ -287,7 +287,14 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         if look:
             cb.on_backward()
         due = False
-        if dp is not None and step.check_finite:
+        if dp is not None and step.check_finite and handles_non_finite:
+            # the callback stops at the first step not finite on any rank, also while accumulating (no all-reduce
+            # until the update): every rank hears of it now, with one number, and stops at this batch
+            finite = not dp.anywhere(not finite)
+            if finite:
+                due = step.transform(weight)
+                finite = not due or dp.gradients_finite(step)
+        elif dp is not None and step.check_finite:
             # one collective per step: a rank's non-finite step poisons the gradient all-reduce, and
             # every rank then refuses the update (and raises) together
             if not finite:
@@ -319,6 +326,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             targets.append(yb if size else None)
         if batch_end:
             cb.on_batch_end(b, {"loss": value, "size": size})
+        if dp is not None and handles_non_finite and not step.check_finite:
+            # unchecked, TerminateOnNaN stops on its own rank's loss: every rank stops after this batch
+            model.stop_training = dp.anywhere(bool(model.stop_training))
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
     if step.flush():
