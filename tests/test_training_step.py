@@ -176,7 +176,7 @@ def test_divergence_keeps_the_last_finite_step(be, dtype, tmp_path, how, optimiz
     _assert_weights(_weights(model), snaps.weights[last])
     _assert_opt_state(_opt_state(model), snaps.opt[last])
     assert all(np.isfinite(w).all() for w in snaps.weights[last].values())
-    assert ends.ends == 1 and csv._rows is None, "every callback's on_train_end ran (the CSV logger let go of its rows)"
+    assert ends.ends == 1 and csv._file is None, "every callback's on_train_end ran (the CSV file is closed)"
     # fit continues from there at a lower learning rate, with the same optimizer and its state.
     steps = model.optimizer.step_count
     cont = Snapshots()
@@ -249,7 +249,7 @@ def test_on_train_end_runs_on_every_exit(be, dtype, tmp_path, exit_kind):
         with pytest.raises(expected):
             model.fit(X, y, **kwargs)
     assert (first.ends, raiser.ends, last.ends) == (1, 1, 1)
-    assert csv._rows is None  # let go at train end (it holds no file open between epochs)
+    assert csv._file is None
 
 
 @pytest.mark.parametrize("during", ["normal", "nonfinite"])
@@ -271,7 +271,7 @@ def test_a_failing_on_train_end_does_not_skip_the_others(be, dtype, tmp_path, du
                 pytest.warns(RuntimeWarning, match=r"on_train_end failed while fit was stopping .*cannot close"):
             fit()
     assert (first.ends, raiser.ends, last.ends) == (1, 1, 1)
-    assert csv._rows is None  # let go at train end (it holds no file open between epochs)
+    assert csv._file is None
 
 
 # -- clipping ----------------------------------------------------------------------------------
