@@ -338,3 +338,19 @@ def test_a_fit_stopped_before_an_epochs_first_batch_trains_on_one_batch_as_the_p
     assert len(runs[0][1].history["loss"]) == epoch + 1
     assert runs[0][0].optimizer.step_count == (5 if iterable else 3) * epoch + 1
     _assert_same(runs[0], runs[1], 1e-12)
+
+
+def test_a_shuffled_epoch_gathers_each_batch_instead_of_a_shuffled_copy_of_the_data():
+    """The epoch program takes each batch's rows from the data as it runs: no second, shuffled copy of X on the
+    device (which doubled the data's memory)."""
+    gen = np.random.default_rng(0)
+    X = gen.standard_normal((2048, 64))
+    model = nnx.Sequential(nnx.Dense(64, 4), nnx.Softmax(), backend="jax", dtype="float64", seed=0)
+    history = model.fit(X, gen.integers(0, 4, size=2048), loss="cross_entropy", optimizer="adam", epochs=1,
+                        batch_size=BATCH, verbose=0)
+    assert history.execution_mode == "epoch"
+    program = epoch_program_of(model)
+    assert program is not None
+    compiled = [c for shared in program._programs.values() for c in shared._programs.values()]
+    assert len(compiled) == 1
+    assert compiled[0].memory_analysis().temp_size_in_bytes < X.nbytes / 8

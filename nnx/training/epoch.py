@@ -7,10 +7,11 @@ rule, traced) becomes the body of a loop the compiler runs (``backend.scan``):
 
 - arrays already on the device (`ArrayBatches`): one program per epoch. The epoch's
   permutation is drawn on the host from the model's shuffle stream, exactly as every
-  other backend draws it, and passed in; the program gathers the rows, cuts the
-  batches, runs every step (dropout's counter, the finite check and the rollback
-  select carried on the device) and a partial last batch after the loop, in the same
-  program. The losses (and outputs, for metrics) come back once per epoch.
+  other backend draws it, and passed in; each step of the program gathers its batch's
+  rows from the data (never a shuffled copy of it, which would double its memory). It
+  runs every step (dropout's counter, the finite check and the rollback select carried
+  on the device) and a partial last batch after the loop, in the same program. The
+  losses (and outputs, for metrics) come back once per epoch.
 - data read batch by batch (memmaps, iterables): consecutive batches of one shape are
   stacked into chunks of k and each chunk runs as one program. k comes from a memory
   budget (`CHUNK_BUDGET` bytes of batches) unless ``fit(chunk_batches=k)`` sets it.
@@ -199,19 +200,23 @@ class EpochProgram:
         self.step.adopt_facts(counts, values)
 
     def _steps(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, Xs: Any, ys: Any,
-               ws: Any, outputs: bool) -> tuple:
-        """The scan of the traced step over stacked batches (leading axis: the step)."""
+               ws: Any, outputs: bool, rows: Any = None) -> tuple:
+        """The scan of the traced step over stacked batches (leading axis: the step); with `rows` (stacked row
+        indices), over the batches ``(Xs[r], ys[r], ws[r])`` gathered per step from the whole arrays."""
         xp, step = self.step.xp, self.step
 
         def body(carry: tuple, batch: tuple) -> tuple:
             vals, sts, bfs, _, its, acc = carry
+            if rows is not None:
+                (r,) = batch
+                batch = tuple(None if a is None else xp.take(a, r, axis=0) for a in (Xs, ys, ws))
             new_vals, new_sts, new_bfs, grads, value, Z, new_its, acc = self._one(vals, sts, bfs, lr, its, acc, *batch)
             return ((new_vals, tuple(dict(s) for s in new_sts), new_bfs, grads, new_its, acc),
                     (value, Z if outputs else None))
 
         zeros = tuple(xp.zeros_like(v) for v in values)
         carry = (values, tuple(dict(s) for s in states), bufs, zeros, ints, acc)
-        return step.backend.scan(body, carry, (Xs, ys, ws))
+        return step.backend.scan(body, carry, (Xs, ys, ws) if rows is None else (rows,))
 
     def _one(self, values: tuple, states: tuple, bufs: tuple, lr: Any, ints: Any, acc: tuple, X: Any, y: Any,
              w: Any) -> tuple:
@@ -235,32 +240,34 @@ class EpochProgram:
             ints = xp.stack([xp.astype(xp.asarray(t), xp.int64), xp.astype(xp.asarray(counter), xp.int64)]
                             + [xp.asarray(v, dtype=xp.int64) for v in (0, 1, -1)]
                             + [xp.astype(xp.asarray(seed), xp.int64)])
-            if perm is not None:
-                X, y = xp.take(X, perm, axis=0), xp.take(y, perm, axis=0)
-                w = None if w is None else xp.take(w, perm, axis=0)
             n = int(X.shape[0])
             full = n // batch
             losses, Zs = [], []
             grads: Any = None
             acc = () if self.accumulate == 1 else accumulated.start(step, values, w)
             if full:
+                # shuffled: each step gathers its batch's rows from the data (a shuffled copy would double it)
+                data, rows = ((X, y, w), stacked(perm, full)) if perm is not None else \
+                    ((stacked(X, full), stacked(y, full), stacked(w, full)), None)
                 (values, states, bufs, grads, ints, acc), (value, Z) = self._steps(
-                    values, states, bufs, lr, ints, acc, stacked(X, full), stacked(y, full), stacked(w, full), outputs)
+                    values, states, bufs, lr, ints, acc, *data, outputs, rows)
                 losses.append(value)
                 if outputs:
                     Zs.append(xp.reshape(Z, (full * batch,) + tuple(Z.shape[2:])))
             if n > full * batch:
                 rest = slice(full * batch, n)
-                values, states, bufs, grads, value, Z, ints, acc = self._one(
-                    values, states, bufs, lr, ints, acc, X[rest, ...], y[rest, ...],
-                    None if w is None else w[rest, ...])
+                last = [None if a is None else a[rest, ...] if perm is None else xp.take(a, perm[rest], axis=0)
+                        for a in (X, y, w)]
+                values, states, bufs, grads, value, Z, ints, acc = self._one(values, states, bufs, lr, ints, acc,
+                                                                             *last)
                 losses.append(xp.reshape(value, (1,)))
                 Zs.append(Z)
             if self.accumulate > 1:  # the epoch's last, shorter group of batches
                 values, states, grads, ints = accumulated.flush(step, values, states, grads, ints, acc, lr)
             loss = losses[0] if len(losses) == 1 else xp.concat(losses)
             Z_all = (Zs[0] if len(Zs) == 1 else xp.concat(Zs, axis=0)) if outputs else None
-            return values, states, bufs, grads, ints, loss, Z_all, y if outputs else None
+            targets = None if not outputs else y if perm is None else xp.take(y, perm, axis=0)
+            return values, states, bufs, grads, ints, loss, Z_all, targets
 
         return epoch
 
