@@ -188,6 +188,12 @@ def test_early_stopping_argument_checks():
         EarlyStopping(patience=-1)
     with pytest.raises(ValueError, match="mode"):
         EarlyStopping(mode="maximum")
+    # a NaN baseline is never beaten: training stopped after `patience` epochs, whatever the values
+    with pytest.raises(ValueError, match="EarlyStopping baseline must be a finite number, got nan"):
+        EarlyStopping(baseline=float("nan"))
+    with pytest.raises(TypeError, match="baseline must be a finite number.*of type str"):
+        EarlyStopping(baseline="0.5")
+    assert EarlyStopping(baseline=np.float32(0.5)).baseline == 0.5
 
 
 # -- TerminateOnNaN ----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 import sys
 from typing import Any, cast
 
+from ... import _validate as check
 from ...protocols import Model
 from .base import Callback
 from .monitor import check_monitor, improved, resolve_mode
@@ -49,7 +50,7 @@ class EarlyStopping(Callback):
         self.min_delta = abs(float(min_delta))
         self.mode = resolve_mode("EarlyStopping", mode, monitor)
         self.restore_best_weights = restore_best_weights
-        self.baseline = baseline
+        self.baseline = None if baseline is None else check.real("EarlyStopping baseline", baseline)
         self.verbose = verbose
         self._reset()
 
@@ -76,7 +77,7 @@ class EarlyStopping(Callback):
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
                 self.best_weights = _copy_state(self.model)
-            if self.baseline is None or improved(current, float(self.baseline), self.mode, self.min_delta):
+            if self.baseline is None or improved(current, self.baseline, self.mode, self.min_delta):
                 self.wait = 0
                 return
         self.wait += 1
