@@ -78,6 +78,16 @@ def test_accumulation_flushing_a_last_batch_smaller_than_the_world(shard):
         _assert_close(g, ref)
 
 
+class Rows:
+    """An array-like read batch by batch, as an h5py dataset is (`fit` then gathers each rank's rows)."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a, self.shape, self.dtype = a, a.shape, a.dtype
+
+    def __getitem__(self, rows):
+        return self.a[rows]
+
+
 def _on_rank(comm, rank: int, value, otherwise):
     return value if comm.rank == rank else otherwise
 
@@ -93,6 +103,20 @@ RANK_MISMATCHES = {
     "sample_weight": (lambda c: dict(sample_weight=_on_rank(c, 0, np.linspace(0, 2, 20), None)),
                       "weights as fit starts"),
     "shuffle": (lambda c: dict(shuffle=c.rank == 0), "data as fit starts"),
+    # as DDP users shard their data: every rank its own rows, as many on each
+    "a shard of X on each rank": (lambda c: dict(X=_data(40)[0][c.rank::2], y=_data(40)[1][c.rank::2]),
+                                  "data contents as fit starts"),
+    "a shard of an h5py-like X on each rank": (lambda c: dict(X=Rows(_data(40)[0][c.rank::2]),
+                                                              y=_data(40)[1][c.rank::2]),
+                                        "data contents as fit starts"),
+    "sample weights": (lambda c: dict(sample_weight=np.linspace(0, 2, 20) ** (c.rank + 1)),
+                       "data contents as fit starts"),
+    "class weights from each rank's own rows": (lambda c: dict(X=Rows(_data(20)[0]),
+                                                               class_weight={0: 1.0, 1: 1.0 + c.rank}),
+                                                "weights as fit starts"),
+    "a shard of validation_data on each rank": (
+        lambda c: dict(validation_data=(_data(40)[0][c.rank::2], _data(40)[1][c.rank::2])),
+        "validation data contents as fit starts"),
     "shard_update": (lambda c: dict(shard=c.rank == 0), "shard_update as fit starts"),
     "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),
     "EarlyStopping on rank 0 only": (

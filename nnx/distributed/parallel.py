@@ -31,6 +31,7 @@ batch with weight 0, so its random streams advance as everyone else's.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import backend_name_of, get_backend
+from ..backends.host import gather_rows, is_out_of_core
+from ..training.data import ArrayBatches, HostBatches
 from ..training.step import TrainStep
 from ..training.transforms import CallbackHook, CallbackLook, GradientTransform
 from ..training.weights import counts_by_weight
@@ -111,11 +115,66 @@ def _cut(a: Any, part: slice) -> Any:
     return None if a is None else a[part, ...]
 
 
+# the facts about the data, whose error says how to give it
+DATA_FACTS = ("data", "weights", "data contents", "validation data contents")
+# rows read from each array to tell whether the ranks hold the same data (spread over it, first and last included)
+DIGEST_ROWS = 16
+
+
+def _sampled_rows(a: Any, backend: Any) -> np.ndarray:
+    """`DIGEST_ROWS` rows of `a` spread over it, first and last included, on the host: a few rows read, whatever
+    the size of the data (a backend's array, a NumPy array, a memmap or an h5py-like array-like)."""
+    n = int(a.shape[0]) if hasattr(a, "shape") else len(a)
+    rows = np.unique(np.linspace(0, max(n - 1, 0), num=min(n, DIGEST_ROWS)).round().astype(np.int64))
+    if backend.owns(a):
+        return np.asarray(backend.to_host(backend.xp.take(a, backend.asarray(rows, argname="rows"), axis=0)))
+    if isinstance(a, np.ndarray) or is_out_of_core(a):
+        return np.asarray(gather_rows(a, rows))
+    host = get_backend(a).to_host(a) if backend_name_of(a) is not None else a
+    return np.asarray(host)[rows, ...]
+
+
+def _digest(arrays: Any, backend: Any) -> str:
+    """A digest of a few rows of each of `arrays` (None for an absent one): equal on ranks that hold the same data,
+    and almost surely not on ranks that each hold their own shard of it."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        host = np.ascontiguousarray(_sampled_rows(a, backend))
+        h.update(repr((host.dtype.str, host.shape)).encode())
+        h.update(host.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _data_digest(source: Any, backend: Any) -> str | None:
+    """The digest of the arrays `fit` cuts into batches; None for an iterable (its batches are compared by size)."""
+    if isinstance(source, (ArrayBatches, HostBatches)):
+        return _digest((source.X, source.y, source.w), backend)
+    return None
+
+
+def _validation_digest(validation_data: Any, backend: Any) -> str | None:
+    """The digest of validation_data given as arrays (X_val, y_val[, sample_weight]); None otherwise."""
+    if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and \
+            all(a is None or hasattr(a, "shape") for a in validation_data):
+        return _digest(validation_data, backend)
+    return None
+
+
 def _describe(t: GradientTransform) -> tuple:
     """A gradient transform as the ranks compare it: its class and its public numbers and names."""
     settings = sorted((k, v) for k, v in vars(t).items()
                       if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
     return (type(t).__name__, settings)
+
+
+def _class_weights(class_weight: Any) -> Any:
+    """`class_weight` as the ranks compare it (None, or its items as floats in class order)."""
+    if class_weight is None:
+        return None
+    return sorted((str(k), float(v)) for k, v in dict(class_weight).items())
 
 
 class DataParallel:
@@ -262,10 +321,10 @@ class DataParallelFit:
             self.local_weight = local
             self.transform.add_rows(local, total)
 
-    def begin(self, epochs: int) -> None:
+    def begin(self, epochs: int, validation_data: Any = None) -> None:
         """Check that every rank runs the same fit (`agree`), then start every rank from rank 0's weights, buffers
         and random streams."""
-        self.agree("as fit starts", self.facts(epochs))
+        self.agree("as fit starts", self.facts(epochs, validation_data))
         model, comm = self.model, self.comm
         for a in [*model.parameters(), *model.buffers()]:
             a.value = comm.broadcast(a.value, root=0)
@@ -273,9 +332,13 @@ class DataParallelFit:
         model.shuffle_rng.bit_generator.state = streams[0]
         model.dropout_rng.set_state(streams[1])
 
-    def facts(self, epochs: int) -> dict[str, Any]:
+    def facts(self, epochs: int, validation_data: Any = None) -> dict[str, Any]:
         """What every rank's fit must share, or the ranks' collectives would pair up wrongly (a hang, or
-        slices cut from batches of other sizes) or their weights drift apart without a word."""
+        slices cut from batches of other sizes) or their weights drift apart without a word.
+
+        The data's contents are compared by a digest of a few rows of each array: ranks that each hold their own
+        shard (as DistributedSampler hands out) would otherwise train on their slices of different batches, a
+        fraction of the data, without a word; validation_data alike, whose logs decide checkpoints and stops."""
         model, opt = self.model, self.model.optimizer
         source = getattr(self.batches, "source", None)
         prepare = getattr(source, "prepare", None)
@@ -292,7 +355,9 @@ class DataParallelFit:
             "data": (type(source).__name__, getattr(source, "n_samples", None), getattr(source, "steps", None),
                      None if not slices else slices[0].stop - slices[0].start, getattr(source, "shuffle", None)),
             "weights": (getattr(source, "w", None) is not None,
-                        getattr(prepare, "class_weight", None) is not None),
+                        _class_weights(getattr(prepare, "class_weight", None))),
+            "data contents": _data_digest(source, model.backend),
+            "validation data contents": _validation_digest(validation_data, model.backend),
             # callbacks' on_backward and on_gradients left out: one that only looks (GradientAnalyzer) may run on
             # rank 0 alone
             "gradient stage": [_describe(t) for t in self.transforms
@@ -308,8 +373,12 @@ class DataParallelFit:
             values = [part.get(name) for part in everyone]
             if any(v != values[0] for v in values):
                 told = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
-                raise ValueError(f"data-parallel fit: the ranks differ in {name} {what} ({told}). Every rank must "
-                                 "run the same fit: the same model, data, arguments, optimizer state and callbacks")
+                digest = " (a digest of a few rows of each array)" if name.endswith("contents") else ""
+                whole = (" Give every rank the whole data set, not its own shard: batch_size is the global batch, "
+                         "and fit cuts each batch between the ranks itself") if name in DATA_FACTS else ""
+                raise ValueError(f"data-parallel fit: the ranks differ in {name} {what}{digest} ({told}). Every rank "
+                                 "must run the same fit: the same model, data, arguments, optimizer state and "
+                                 f"callbacks.{whole}")
 
     def end_of_epoch(self, epoch: int) -> None:
         """After the epoch's callbacks: every rank must stop together and keep one learning rate (a callback that
