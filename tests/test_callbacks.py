@@ -155,6 +155,27 @@ def test_early_stopping_restores_best_weights(backend, dtype, data):
     assert not np.array_equal(restored["0.weight"], recorder.weights[-1]["0.weight"])
 
 
+def test_early_stopping_restores_only_weights_of_the_fit_it_ran_in(data, tmp_path):
+    """A fit that failed before its first epoch restored the best weights an earlier fit had recorded: the model
+    lost what it trained since, or took another model's weights."""
+    es = EarlyStopping("val_loss", patience=5, restore_best_weights=True)
+    model = make_model()
+    model.fit(*data, epochs=2, batch_size=BATCH, validation_data=data, callbacks=[es])
+    model.fit(*data, epochs=2, batch_size=BATCH)  # trains on without it
+    before = host_weights(model)
+    with pytest.raises(ValueError, match="'val_loss'"):  # no validation this time
+        model.fit(*data, epochs=2, batch_size=BATCH, callbacks=[es])
+    other = make_model()
+    other_before = host_weights(other)
+    with pytest.raises(ValueError, match="'val_accuracy'"):  # an earlier callback fails: es never began
+        other.fit(*data, epochs=2, batch_size=BATCH, validation_data=data,
+                  callbacks=[ModelCheckpoint(tmp_path / "m.npz", "val_accuracy", save_best_only=True), es])
+    for name, value in host_weights(model).items():
+        np.testing.assert_array_equal(value, before[name])
+    for name, value in host_weights(other).items():
+        np.testing.assert_array_equal(value, other_before[name])
+
+
 def test_early_stopping_resets_between_fits(data):
     es = EarlyStopping("loss", patience=0)
     model = make_model()

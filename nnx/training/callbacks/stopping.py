@@ -60,10 +60,12 @@ class EarlyStopping(Callback):
         self.best_epoch: int | None = None
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_weights: dict[str, Any] | None = None
+        self._running = False  # from a fit's on_train_begin to its on_train_end: the weights kept are its own
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        check_monitor("EarlyStopping", self.monitor, logs)
         self._reset()
+        check_monitor("EarlyStopping", self.monitor, logs)
+        self._running = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -89,7 +91,10 @@ class EarlyStopping(Callback):
                       f"stopping at epoch {epoch + 1}", flush=True)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        if self.restore_best_weights and self.best_weights is not None:
+        # a fit that failed before this callback began (another's on_train_begin raised) ends here too: the
+        # weights kept then are an earlier fit's, maybe of another model
+        running, self._running = self._running, False
+        if running and self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
             if self.verbose:
                 print(f"EarlyStopping: restored the weights of epoch {cast(int, self.best_epoch) + 1} "
