@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -10,6 +11,7 @@ from typing import Any, cast
 from .backends import Backend, dtype_name, get_backend, host_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
+from .layers.base import constructor_config
 from .layers.containers import _Chain, raise_no_dX
 from .layers.parameter import Buffer, Parameter
 from .losses import Loss
@@ -21,6 +23,9 @@ from .training.history import History
 from .training.loss_fit import RANGE_KEEPING
 
 Shape = tuple[int, ...]
+
+# what every model's config holds; any other constructor argument is a subclass's own
+_MODEL_KEYS = ("layers", "dtype", "seed", "regularizer", "backend", "input_shape")
 
 
 class Sequential(_Chain):
@@ -155,10 +160,13 @@ class Sequential(_Chain):
         """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""
         reg = None if self.regularizer is None else self.regularizer.get_config()
         shape = None if self._given_input_shape is None else list(self._given_input_shape)
+        # a subclass's own constructor arguments (`MLP(width=64)`), beside what every model's config holds
+        own = constructor_config(self, leave_out=_MODEL_KEYS)
         if self.nested:
-            return {**super().get_config(), "regularizer": reg, "input_shape": shape}
+            return {**own, "layers": [layer.get_config() for layer in self.layers], "regularizer": reg,
+                    "input_shape": shape}
         return {
-            "type": type(self).registered_name,
+            **own,
             "layers": [layer.get_config() for layer in self.layers],
             "dtype": self.dtype,
             "seed": self.seed,
@@ -176,19 +184,29 @@ class Sequential(_Chain):
         there, checked against the shapes it asks for, instead of initialising them.
         A config naming a subclass of `Sequential` (``"type"``) rebuilds that class;
         one without a type (older files) rebuilds `cls`. A layer's config (a nested model:
-        no backend) gives an unbuilt model, built by the model it joins.
+        no backend) gives an unbuilt model, built by the model it joins. A subclass gets its own
+        constructor arguments back, and the layers where its constructor takes them (``*layers``
+        or ``layers``); one whose constructor makes its own layers is rebuilt from its arguments.
         """
         if config.get("type") is not None:
             found = LAYERS.lookup(config["type"])
             if not (isinstance(found, type) and issubclass(found, Sequential)):
                 raise ValueError(f"a model config must name Sequential or a subclass of it, got {config['type']!r}")
             cls = found
-        layers = [layer_from_config(c) for c in config["layers"]]
-        return cls(*layers, backend=backend or config.get("backend", "numpy"),
-                   dtype=dtype or config.get("dtype", "float32"), seed=config.get("seed"),
-                   regularizer=get_regularizer(config.get("regularizer")),
-                   input_shape=config.get("input_shape"), _provided=arrays,
-                   _bind="backend" in config or backend is not None)
+        settings = dict(backend=backend or config.get("backend", "numpy"),
+                        dtype=dtype or config.get("dtype", "float32"), seed=config.get("seed"),
+                        regularizer=get_regularizer(config.get("regularizer")),
+                        input_shape=config.get("input_shape"), _provided=arrays,
+                        _bind="backend" in config or backend is not None)
+        if cls is not Sequential:  # a subclass's own constructor arguments
+            settings.update((k, v) for k, v in config.items() if k not in _MODEL_KEYS and k != "type")
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
+            return cls(*[layer_from_config(c) for c in config["layers"]], **settings)
+        if "layers" in parameters:
+            subclass: Any = cls  # one whose constructor names its layers argument
+            return subclass(layers=[layer_from_config(c) for c in config["layers"]], **settings)
+        return cls(**settings)  # a subclass that makes its own layers; `arrays` fills them by name
 
     def __repr__(self) -> str:
         return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"

@@ -246,3 +246,128 @@ def test_every_class_of_nnx_is_saved_under_a_name_that_loads_it():
             entry = registry[name]
             if isinstance(entry, type) and entry.__module__.startswith("nnx."):
                 assert registry[getattr(entry, attribute)] is entry, name
+
+
+# -- a subclass's own constructor arguments, where the built-in writes its config itself ---------------------
+
+class ScaledResidual(nnx.Residual):
+    """``X + scale * f(X)``: its `scale` must travel with the layers, or a copy predicts ``X + f(X)``."""
+
+    def __init__(self, *layers, scale=1.0):
+        super().__init__(*layers)
+        self.scale = scale
+
+    def forward(self, X, training=False):
+        return X + self.scale * (super().forward(X, training) - X)
+
+    def backward(self, dY, need_dX=True):
+        dX = super().backward(self.scale * dY, need_dX)
+        return dX - self.scale * dY + dY if need_dX else None
+
+
+class TanhBlock(nnx.Residual):
+    """A residual block that makes its own layers from a width: rebuilt from that width, not from layers."""
+
+    def __init__(self, features):
+        super().__init__(nnx.Dense(features, features), nnx.Tanh())
+        self.features = features
+
+
+class ListResidual(nnx.Residual):
+    """A residual block that takes its layers as one list, beside a setting of its own."""
+
+    def __init__(self, layers, note="kept"):
+        super().__init__(layers)
+        self.note = note
+
+
+class SlowBatchNorm(nnx.BatchNorm):
+    """BatchNorm with its momentum fixed and a setting of its own (not one of BatchNorm's arguments)."""
+
+    def __init__(self, num_features=None, gain=1.0):
+        super().__init__(num_features, momentum=0.01)
+        self.gain = gain
+
+    def forward(self, X, training=False):
+        return self.gain * super().forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        return super().backward(self.gain * dY, need_dX)
+
+
+class NoEpsLayerNorm(nnx.LayerNorm):
+    """LayerNorm with eps fixed and a setting of its own."""
+
+    def __init__(self, normalized_shape=None, gain=1.0):
+        super().__init__(normalized_shape, eps=1e-3)
+        self.gain = gain
+
+    def forward(self, X, training=False):
+        return self.gain * super().forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        return super().backward(self.gain * dY, need_dX)
+
+
+SUBCLASS_ARGUMENTS = {
+    "ScaledResidual": (lambda: ScaledResidual(nnx.Dense(4, 4), nnx.Tanh(), scale=0.25), {"scale": 0.25}),
+    "TanhBlock": (lambda: TanhBlock(4), {"features": 4}),
+    "ListResidual": (lambda: ListResidual([nnx.Dense(4, 4), nnx.Tanh()], note="x"), {"note": "x"}),
+    "SlowBatchNorm": (lambda: SlowBatchNorm(4, gain=2.0), {"num_features": 4, "gain": 2.0}),
+    "NoEpsLayerNorm": (lambda: NoEpsLayerNorm(4, gain=3.0), {"normalized_shape": [4], "gain": 3.0}),
+}
+
+
+@pytest.mark.parametrize("name", list(SUBCLASS_ARGUMENTS))
+def test_a_subclass_of_a_container_or_norm_layer_keeps_its_own_arguments(backend, name, tmp_path):
+    make, arguments = SUBCLASS_ARGUMENTS[name]
+    layer = make()
+    config = layer.get_config()
+    assert {k: config.get(k) for k in arguments} == arguments
+    model = nnx.Sequential(nnx.Dense(3, 4), layer, nnx.Dense(4, 2), backend=backend, dtype="float64", seed=0)
+    X = np.random.default_rng(7).standard_normal((8, 3))
+    model.fit(X, np.zeros((8, 2)), loss="mse", epochs=1, batch_size=4)
+    pred = _host(model, model.predict(X))
+    model.save(tmp_path / "m.npz")
+    for other in (nnx.load(tmp_path / "m.npz", backend=backend), model.to(backend)):
+        assert type(other.layers[1]) is type(layer)
+        assert other.layers[1].get_config() == layer.get_config()
+        np.testing.assert_allclose(_host(other, other.predict(X)), pred, rtol=1e-12, atol=1e-12)
+    assert nnx.check_gradients(model, X[:4], np.ones((4, 2)), loss="mse") < 1e-6
+
+
+class MLP(nnx.Sequential):
+    """A model class that makes its own layers from a width, as a Keras or PyTorch model class does."""
+
+    def __init__(self, width=4, **kwargs):
+        super().__init__(nnx.Dense(3, width), nnx.Tanh(), nnx.Dense(width, 2), **kwargs)
+        self.width = width
+
+
+class TaggedModel(nnx.Sequential):
+    """A model class that takes its layers and a setting of its own."""
+
+    def __init__(self, *layers, tag="none", **kwargs):
+        super().__init__(*layers, **kwargs)
+        self.tag = tag
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_sequential_subclass_keeps_its_own_arguments(backend, nested, tmp_path):
+    X = np.random.default_rng(8).standard_normal((6, 3))
+    models = [MLP(6, backend=backend, dtype="float64", seed=0),
+              TaggedModel(nnx.Dense(3, 2), tag="kept", backend=backend, dtype="float64", seed=0)]
+    for model in models:
+        if nested:
+            model = nnx.Sequential(type(model).from_config(model.get_config()), backend=backend, dtype="float64",
+                                   seed=0)
+        inner = model.layers[0] if nested else model
+        extra = {"width": 6} if isinstance(inner, MLP) else {"tag": "kept"}
+        assert {k: inner.get_config().get(k) for k in extra} == extra
+        pred = _host(model, model.predict(X))
+        model.save(tmp_path / "m.npz")
+        for other in (nnx.load(tmp_path / "m.npz", backend=backend), model.to(backend)):
+            other_inner = other.layers[0] if nested else other
+            assert type(other_inner) is type(inner)
+            assert {k: getattr(other_inner, k) for k in extra} == extra
+            np.testing.assert_array_equal(_host(other, other.predict(X)), pred)

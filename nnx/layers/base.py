@@ -404,9 +404,7 @@ class Layer:
         its config, which `nnx.regularizers.get_regularizer` takes back; NumPy numbers as
         Python ones); override it (and `from_config`) when one of them is not a JSON value.
         """
-        args = {key: _regularizer_config(value) for key, value in recorded_args(self).items()}
-        name = type(self).registered_name
-        return {CONFIG_KEY: name, **json_arguments(self, "layer", args, "override get_config() and from_config()")}
+        return constructor_config(self)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
@@ -415,6 +413,17 @@ class Layer:
 
     def __repr__(self) -> str:
         return config_repr(self)
+
+
+def constructor_config(layer: Layer, leave_out: Sequence[str] = ()) -> dict:
+    """`layer`'s registered name and the arguments it was constructed with, but `leave_out`: the default config.
+
+    A built-in that writes some of its config itself starts from this, so that a subclass's own
+    constructor arguments are saved too.
+    """
+    args = {key: _regularizer_config(value) for key, value in recorded_args(layer).items() if key not in leave_out}
+    name = type(layer).registered_name
+    return {CONFIG_KEY: name, **json_arguments(layer, "layer", args, "override get_config() and from_config()")}
 
 
 def _regularizer_config(value: Any) -> Any:

@@ -7,11 +7,12 @@ layer's weight ``"2.0.weight"``, as PyTorch does.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from ..registry import CONFIG_KEY
-from .base import Layer, Shape, layer_from_config
+from ..registry import CONFIG_KEY, config_type
+from .base import Layer, Shape, constructor_config, layer_from_config
 
 
 def raise_no_dX(layer: Layer, before: Layer) -> None:
@@ -80,11 +81,28 @@ class _Chain(Layer):
         return X
 
     def get_config(self) -> dict:
-        return {CONFIG_KEY: type(self).registered_name, "layers": [layer.get_config() for layer in self.layers]}
+        """The held layers' configs under ``"layers"``, beside a subclass's own constructor arguments."""
+        # a subclass taking its layers as one argument (`layers`) has them saved as configs, below
+        layers = [layer.get_config() for layer in self.layers]
+        return {**constructor_config(self, leave_out=("layers",)), "layers": layers}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
-        return cls(*_layers_from(config))
+        """A new chain from `get_config()` output: the layers go where the constructor takes them.
+
+        A subclass whose constructor makes its own layers (it takes no ``*layers`` and no
+        ``layers``) is rebuilt from its other arguments alone.
+        """
+        args = config_type(config, "layer")[1]
+        layers = _layers_from(args)
+        del args["layers"]
+        parameters = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
+            return cls(*layers, **args)
+        if "layers" in parameters:
+            subclass: Any = cls  # one whose constructor names its layers argument
+            return subclass(layers=layers, **args)
+        return cls(**args)
 
     def __repr__(self) -> str:
         inner = ",\n".join(repr(layer) for layer in self.layers).replace("\n", "\n  ")

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from .. import _validate as check
-from ..registry import CONFIG_KEY
-from .base import Layer, Shape
+from .base import Layer, Shape, constructor_config
 
 
 class BatchNorm(Layer):
@@ -117,9 +116,9 @@ class BatchNorm(Layer):
         return graph.add_node("BatchNormalization", inputs, epsilon=0.0)
 
     def get_config(self) -> dict:
-        # the resolved feature count, so a saved model rebuilds even where the input shape is unknown
-        return {CONFIG_KEY: type(self).registered_name, "num_features": self.num_features,
-                "momentum": self.momentum, "eps": self.eps}
+        # the constructor's arguments (a subclass's own too) with the live settings and the resolved feature
+        # count, so a saved model rebuilds even where the input shape is unknown
+        return _live(self, num_features=self.num_features, momentum=self.momentum, eps=self.eps)
 
 
 class LayerNorm(Layer):
@@ -231,4 +230,11 @@ class LayerNorm(Layer):
 
     def get_config(self) -> dict:
         shape = None if self.normalized_shape is None else list(self.normalized_shape)
-        return {CONFIG_KEY: type(self).registered_name, "normalized_shape": shape, "eps": self.eps}
+        return _live(self, normalized_shape=shape, eps=self.eps)
+
+
+def _live(layer: Layer, **settings: Any) -> dict:
+    """`layer`'s constructor config with each of `settings` its constructor took replaced by the live value."""
+    config = constructor_config(layer)
+    config.update((key, value) for key, value in settings.items() if key in config)
+    return config
