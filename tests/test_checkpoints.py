@@ -323,6 +323,22 @@ def test_saved_file_permissions_follow_umask_or_the_replaced_file(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux tells the umask in /proc")
+def test_saving_reads_the_umask_without_setting_it(tmp_path, monkeypatch):
+    """Setting the process-wide umask to 0, even for a moment, makes every file another thread creates then
+    world-writable: where the system tells the umask, saving only reads it."""
+    old = os.umask(0o027)
+    try:
+        def refuse(mask):
+            raise AssertionError("os.umask was called")
+
+        monkeypatch.setattr(os, "umask", refuse)
+        _model().save(tmp_path / "m.npz")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o640
+
 def test_a_long_file_name_saves_and_leaves_no_temporary_file(tmp_path):
     """A 250-byte name is valid (the limit is 255), so the temporary name beside it must be short."""
     path = tmp_path / ("m" * 246 + ".npz")
