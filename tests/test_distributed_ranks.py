@@ -126,6 +126,9 @@ RANK_MISMATCHES = {
                                   "learning rate after the callbacks of epoch 2"),
     "iterable batches": (lambda c: dict(X=[_data(10 + c.rank, seed=b) for b in range(2)], y=None, batch_size=None),
                          "other sizes this epoch"),
+    "an iterable of each rank's own batches": (
+        lambda c: dict(X=[_data(10, seed=2 * b + c.rank) for b in range(2)], y=None, batch_size=None),
+        "the ranks' iterables gave other batches"),
     "an iterable that ends early on one rank": (
         lambda c: dict(X=iter([_data(10, seed=b) for b in range(2 + c.rank)]), y=None, batch_size=None),
         "batch 2, rank 0: ended; rank 1: 10"),

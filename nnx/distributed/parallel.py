@@ -68,7 +68,8 @@ class ShardedBatches:
 
         A source that knows its batches' sizes (``slices``: arrays, memmaps) gathers only this
         rank's rows; an iterable's batches arrive whole and are cut here, each after the ranks agreed
-        that they all got it, of one size (`DataParallelFit.agree_on_batch`).
+        that they all got it, of one size (`DataParallelFit.agree_on_batch`), and the epoch's first
+        one after they agreed that they got the same rows (`DataParallelFit.agree_on_contents`).
         """
         slices = getattr(self.source, "slices", None)
         it = self.source.epoch(window=self.window) if slices is not None else self.source.epoch()
@@ -91,6 +92,8 @@ class ShardedBatches:
                 if not self.parallel.agree_on_batch(index, got):
                     return
                 assert isinstance(got, int)
+                if index == 0:
+                    self.parallel.agree_on_contents(Xb, yb, wb)
                 part = self.window(got)
                 self.parallel.batch(part.start, part.stop, got, self.local_rows(got), _cut(wb, part))
                 yield Xb[part, ...], _cut(yb, part), _cut(wb, part)
@@ -302,6 +305,19 @@ class DataParallelFit:
                              f"batch {index}, {told}); nothing of it was trained. Every rank must read the same "
                              "batches, as many on each")
         return True
+
+    def agree_on_contents(self, X: Any, y: Any, w: Any) -> None:
+        """Raise the same ValueError on every rank unless every rank's iterable gave this batch the same rows (a
+        digest of a few of them; one collective, at each epoch's first batch). Ranks reading their own shard
+        (DistributedSampler) or shuffling apart would otherwise each train on its slice of another batch: a
+        fraction of the data, without a word."""
+        everyone = self.comm.allgather_object(_digest((X, y, w), self.model.backend))
+        if any(d != everyone[0] for d in everyone):
+            told = "; ".join(f"rank {r}: {d}" for r, d in enumerate(everyone))
+            raise ValueError("data-parallel fit: the ranks' iterables gave other batches (a digest of a few rows of "
+                             f"the epoch's first batch, {told}). Every rank must read the same batches, whole: "
+                             "do not shard the data between the ranks (no DistributedSampler), and seed any "
+                             "shuffling or augmentation alike on every rank; fit cuts each batch between the ranks")
 
     def batch(self, start: int, stop: int, total: int, local: int, weights: Any = None) -> None:
         """Record the slice of the step about to run: rows `start`:`stop` of `total`, `local` of them this rank's
