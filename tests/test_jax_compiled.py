@@ -282,3 +282,30 @@ def test_a_buffer_rebound_to_integers_keeps_its_dtype_and_count_as_in_the_plain_
     assert str(seen.dtype) == str(plain.buffers()[0].value.dtype) == "int64"
     assert int(seen) == int(plain.buffers()[0].value) == 6
     _assert_same(compiled, plain, 1e-12)
+
+
+def test_a_precision_set_after_the_first_programs_traces_them_again_with_it():
+    """A program called again for the same shapes still sees a JAX setting the user changed since it was
+    compiled (a matmul precision, jax_debug_nans): it is traced again, as ``jax.jit`` would."""
+    import jax
+
+    seen = []
+
+    class PrecisionProbe(nnx.Dense):
+        def forward(self, X, training=False):
+            seen.append(jax.config.jax_default_matmul_precision)
+            return super().forward(X, training)
+
+    X, y = _data("mse")
+    model = nnx.Sequential(PrecisionProbe(6, 2), backend="jax", dtype="float32", seed=0)
+    model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=0)
+    model.predict(X)
+    assert set(seen) == {"float32"}
+    with jax.default_matmul_precision("bfloat16"):
+        model.predict(X)
+        model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=0)
+    # each program traced again: the inference pass and the epoch (its loop's body and its partial last batch)
+    assert seen.count("bfloat16") == seen.count("float32") == 3, seen
+    del seen[:]
+    model.predict(X)  # the user's setting is gone: the program of float32 products again, no trace
+    assert seen == []

@@ -253,6 +253,11 @@ class Backend:
         shapes and dtypes, raising TypeError for others (`nnx.training.shared_programs`); only where `can_compile`."""
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 
+    def program_settings(self) -> tuple:
+        """The library's settings that change what `compile` makes (a matrix-product precision, a debug
+        mode), as they stand: cheap to read, since a compiled program compares them at every call."""
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
     def program_signature(self, args: tuple) -> tuple:
         """What a program `compile` makes for `args` is specific to: the arguments' structure, shapes and
         dtypes, and the library's settings that change compiled code."""

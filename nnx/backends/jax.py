@@ -73,6 +73,17 @@ def _precise(fn: Any) -> Any:
     return traced
 
 
+@functools.cache
+def _setting_readers() -> tuple[Any, ...]:
+    """A function reading each of `_PROGRAM_SETTINGS` this JAX has: a setting with a context manager as an
+    attribute (it may differ per thread), the others by name. Found once: asking which exist costs microseconds,
+    and `JaxBackend.program_settings` is read at every call of a program."""
+    config = importlib.import_module("jax").config
+    known = config.values
+    return tuple(functools.partial(getattr, config, name) if hasattr(config, name) else
+                 functools.partial(config.read, name) for name in _PROGRAM_SETTINGS if name in known)
+
+
 def _input_type(leaf: Any) -> tuple:
     """What a compiled program needs of one input: an array's shape, dtype and weak typing; a Python number's type."""
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
@@ -170,15 +181,14 @@ class JaxBackend(Backend):
 
         return jax.jit(_precise(fn)).lower(*args).compile(**_options())
 
+    def program_settings(self) -> tuple:
+        settings = tuple(read() for read in _setting_readers())
+        return settings, MATMUL_PRECISION, tuple(sorted(COMPILER_OPTIONS.items())) if COMPILER_OPTIONS else ()
+
     def program_signature(self, args: tuple) -> tuple:
         jax = importlib.import_module("jax")
         leaves, structure = jax.tree_util.tree_flatten(args)
-        config = jax.config
-        # a setting with a context manager is read as an attribute (it may differ per thread), the others by name
-        settings = tuple(getattr(config, name) if hasattr(config, name) else config.read(name)
-                         for name in _PROGRAM_SETTINGS if name in config.values)
-        return (settings, MATMUL_PRECISION, tuple(sorted(COMPILER_OPTIONS.items())), structure,
-                tuple(map(_input_type, leaves)))
+        return self.program_settings(), structure, tuple(map(_input_type, leaves))
 
     def scan(self, body: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
         jax = importlib.import_module("jax")

@@ -282,10 +282,14 @@ class SharedProgram:
         self._programs: dict[tuple, Any] = {}  # this owner's programs by input signature, as ``jax.jit`` keeps them
         self._recent: list[Any] = []  # the last few of them, tried first: most calls repeat a recent shape
         self._own: Any = None  # the library's own jit of `fn`, once the definition cannot be shared
+        self._settings: tuple | None = None  # the backend's program settings the recent programs were taken under
 
     def __call__(self, *args: Any) -> Any:
         if self._own is not None:
             return self._own(*args)
+        settings = self.backend.program_settings()
+        if settings != self._settings:  # the user changed a setting (a precision): the recent programs are not it
+            self._settings, self._recent = settings, []
         for program in self._recent:
             try:
                 return program(*args)
