@@ -338,3 +338,26 @@ def test_terminate_on_nan_stops_every_rank_where_one_process_stops(kw):
         assert set(got_history) == set(history) and len(got_history["loss"]) == 1
         for k, v in weights.items():
             np.testing.assert_allclose(got_weights[k], v, rtol=0, atol=TOL, err_msg=k)
+
+
+@pytest.mark.parametrize("iterable", [False, True], ids=["arrays", "iterable"])
+def test_a_batchnorm_slice_of_one_row_is_refused_on_every_rank_naming_the_split(iterable):
+    """24 rows in batches of 10 on 3 ranks: the last batch of 4 gives slices of 2, 1 and 1 rows. One process trains
+    on it; BatchNorm on ranks 1 and 2 raised that the last batch_size leaves one row over, while rank 0 waited in
+    the all-reduce. Every rank now raises the same error naming the batch and the ranks, before training."""
+    X, y = _data(24)
+    data = dict(X=X, y=y, batch_size=10) if not iterable else \
+        dict(X=[(X[a:a + 10], y[a:a + 10]) for a in (0, 10, 20)], y=None, batch_size=None)
+
+    def rank(comm):
+        model = nnx.Sequential(nnx.Dense(4, 5), nnx.BatchNorm(5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(),
+                               dtype="float64", seed=3)
+        try:
+            model.fit(epochs=1, optimizer="sgd", distributed=comm, **data)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    errors = run_ranks(3, rank)
+    assert errors[0] is not None and errors == [errors[0]] * 3, errors
+    assert "batch 3 of 4 rows, cut between 3 ranks" in errors[0], errors[0]

@@ -41,6 +41,7 @@ import numpy as np
 
 from ..backends import backend_name_of, get_backend
 from ..backends.host import gather_rows, is_out_of_core
+from ..layers.normalization import BatchNorm
 from ..training.data import ArrayBatches, HostBatches
 from ..training.step import TrainStep
 from ..training.transforms import CallbackHook, CallbackLook, GradientTransform
@@ -75,6 +76,8 @@ class ShardedBatches:
         it = self.source.epoch(window=self.window) if slices is not None else self.source.epoch()
         try:
             if slices is not None:
+                for index, part in enumerate(slices):
+                    self.parallel.check_slices(index, part.stop - part.start)
                 for (Xb, yb, wb), part in zip(it, slices, strict=True):
                     total = part.stop - part.start
                     window = self.window(total)
@@ -92,6 +95,7 @@ class ShardedBatches:
                 if not self.parallel.agree_on_batch(index, got):
                     return
                 assert isinstance(got, int)
+                self.parallel.check_slices(index, got)
                 if index == 0:
                     self.parallel.agree_on_contents(Xb, yb, wb)
                 part = self.window(got)
@@ -234,6 +238,8 @@ class DataParallelFit:
         self.transforms: list[GradientTransform] = []
         self.check_finite = True
         self.is_root = comm.rank == 0
+        # the fewest rows a slice may hold in training: BatchNorm normalises each rank's slice by its own statistics
+        self.min_rows = 2 if any(isinstance(layer, BatchNorm) for _, layer in model.named_layers()) else 1
 
     def shard(self, batches: Any) -> ShardedBatches:
         """`batches` cut to this rank's slices."""
@@ -305,6 +311,18 @@ class DataParallelFit:
                              f"batch {index}, {told}); nothing of it was trained. Every rank must read the same "
                              "batches, as many on each")
         return True
+
+    def check_slices(self, index: int, total: int) -> None:
+        """The same ValueError on every rank where global batch `index` (`total` rows) leaves some rank a slice
+        too small to train on (BatchNorm: 1 row), instead of that rank alone raising while the others wait."""
+        size = self.comm.size
+        if self.min_rows < 2 or total // size >= self.min_rows:
+            return  # a slice of 0 rows runs a placeholder row, which counts for nothing
+        raise ValueError(f"data-parallel fit: batch {index + 1} of {total} rows, cut between {size} ranks, leaves a "
+                         f"rank a slice of {max(total // size, 1)} row; BatchNorm normalises each rank's slice by its "
+                         f"own statistics and needs at least {self.min_rows} rows in each. Give every batch (the last "
+                         f"holds the rows batch_size leaves over) at least {self.min_rows * size} rows, or use "
+                         "fewer ranks")
 
     def agree_on_contents(self, X: Any, y: Any, w: Any) -> None:
         """Raise the same ValueError on every rank unless every rank's iterable gave this batch the same rows (a
