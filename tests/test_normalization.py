@@ -242,6 +242,37 @@ def test_running_stats_follow_the_rule_during_fit(backend):
     np.testing.assert_allclose(s["0.running_var"], var, rtol=1e-12)
 
 
+def _buffers(model):
+    return [_host(model, b.value) for b in model.buffers()]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the inf that makes the step refused
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize(("accumulate", "deferred"), [(1, False), (2, False), (1, True)])
+def test_a_refused_step_leaves_the_running_statistics_of_the_last_finite_one(backend, dtype, accumulate, deferred,
+                                                                             monkeypatch):
+    """A step refused as non-finite applies nothing, its forward's batch statistics included: the model goes on
+    (a lower rate, evaluate, predict) from the last finite step, not with NaN running statistics for good.
+    `deferred`: the check kept on the device, as on an accelerator (its arrays said not to be in host memory);
+    on JAX the epoch is one compiled program either way."""
+    if deferred:
+        monkeypatch.setattr(type(backend), "arrays_on_host", property(lambda self: False))
+    rng = np.random.default_rng(6)
+    X, y = rng.standard_normal((24, 3)), rng.standard_normal((24, 1))
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.BatchNorm(4), nnx.Dense(4, 1), backend=backend, dtype=dtype, seed=0)
+    model.layers[0].weight.value = model.backend.asarray(np.full((3, 4), 4.0), dtype=model.dtype)
+    reference = model.to(backend)  # the same start, given only the batch before the bad one
+    settings = dict(loss="mse", optimizer="sgd", epochs=1, batch_size=4, shuffle=False, accumulate=accumulate)
+    reference.fit(X[:4], y[:4], **settings)
+    bad = X.copy()
+    bad[5] = 1e38 if dtype == "float32" else 1e308  # finite; four times it is not: an inf batch mean in batch 2
+    with pytest.raises(FloatingPointError, match=r"batch 2\b"):
+        model.fit(bad, y, **settings)
+    for got, want in zip(_buffers(model), _buffers(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.isfinite(_host(model, model.predict(X))).all()
+
+
 # -- saving, loading, moving, resuming -----------------------------------------------------
 
 def _bn_model(backend, seed=4):

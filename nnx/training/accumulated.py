@@ -72,8 +72,8 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     grads = tuple(xp.where(due, m, g) for m, g in zip(mean, grads, strict=True))  # as `p.grad` is left
     acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, xp.zeros_like(acc[1]), acc[1]),
            xp.where(due, xp.zeros_like(acc[2]), acc[2]))
-    if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: the refused step's forward counts
-        new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
+    if ok_now is not None:  # buffers as `CompiledStep.pure` leaves them: a refused step's forward does not count
+        new_bufs = kept_buffers(xp, keep, new_bufs, bufs)
     first_bad = ints[CARRY_FIRST_BAD] if ok_now is None else xp.where(ok_in & ~ok_now, index, ints[CARRY_FIRST_BAD])
     ints = xp.concat([xp.stack([t, new_counter, index + 1, xp.astype(keep, ints.dtype), first_bad]), ints[CARRY_SEED:]])
     return values, states, new_bufs, grads, value, Z, ints, acc

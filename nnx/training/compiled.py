@@ -582,9 +582,9 @@ class CompiledStep:
         new_values = tuple(xp.where(keep, new, old) for new, old in zip(new_values, values, strict=True))
         new_states = tuple({k: xp.where(keep, arr, states[i][k] if k in states[i] else xp.zeros_like(arr))
                             for k, arr in st.items()} for i, st in enumerate(new_states))
-        # buffers move in the forward pass, before the check: as the per-step check leaves them, the refused
-        # step's forward counts and later ones do not
-        new_bufs = kept_buffers(xp, ok_in, new_bufs, bufs)
+        # buffers move in the forward pass, before the check: as the per-step check leaves them, neither the
+        # refused step's forward nor a later one counts
+        new_bufs = kept_buffers(xp, keep, new_bufs, bufs)
         first_bad = xp.where(ok_in & ~ok_now, index, carry[CARRY_FIRST_BAD])
         carry = xp.concat([xp.stack([t + 1, new_counter, index + 1, xp.astype(keep, carry.dtype), first_bad]),
                            carry[CARRY_SEED:]])

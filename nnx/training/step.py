@@ -6,7 +6,7 @@
 Sigmoid/Softmax is folded into the loss) and fill ``p.grad``. Each transform may
 rebind ``p.grad`` or hold the update back (accumulation). `check` refuses a step whose loss or
 gradients are not finite *before* anything is updated, so a diverging run
-keeps the weights and optimizer state of its last finite step.
+keeps the weights, optimizer state and buffers of its last finite step.
 
 Where arrays live in host memory the check reads one number per step. On an
 accelerator it never makes the host wait: the verdict stays on the device,
@@ -32,9 +32,9 @@ import math
 from typing import Any
 
 from ..kernels import gradient_writers, layer_runners
-from ..layers.parameter import Parameter
+from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
-from .compiled import compile_step
+from .compiled import compile_step, kept_buffers
 from .flat import FlatUpdate, own_step
 from .transforms import GradientTransform
 
@@ -68,6 +68,9 @@ class TrainStep:
         self.transforms = list(transforms or [])
         self.check_finite = check_finite
         self.params: list[Parameter] = model.parameters()
+        self.buffers: list[Buffer] = model.buffers()
+        # (buffer, its value before this step's forward): a refused step's batch statistics do not count
+        self._buffers_before: list[tuple[Buffer, Any]] = []
         be = model.backend
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
@@ -125,6 +128,8 @@ class TrainStep:
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
+        if self.check_finite and self.buffers:  # the forward rebinds them (never writes in place): no copy
+            self._buffers_before = [(b, b.value) for b in self.buffers]
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
         if self.checked_inputs:
             value, self._dZ = self.head.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
@@ -173,14 +178,22 @@ class TrainStep:
         """
         if not self.check_finite:
             return True
+        before, self._buffers_before = self._buffers_before, []
         if self.deferred:
             index, self._steps = self._steps, self._steps + 1
             self._defer(value, index)
+            if before:  # the buffers this step's forward moved count only while every step so far was finite
+                olds = tuple(old for _, old in before)
+                kept = kept_buffers(self.model.xp, self._ok, tuple(b.value for b, _ in before), olds)
+                for (b, _), value_kept in zip(before, kept, strict=True):
+                    b.value = value_kept
             return not read or bool(self.model.backend.to_host(self._verdict))
         # a host number (arrays_on_host): reading it waits for nothing
-        if math.isfinite(self._total(value)):
+        if math.isfinite(self._total(value)) or self._all_finite(value):
             return True
-        return self._all_finite(value)
+        for b, old in before:  # refused: its forward's batch statistics are not kept either
+            b.value = old
+        return False
 
     @property
     def verdict(self) -> Any:
