@@ -237,9 +237,23 @@ def resolve_metrics(metrics: Any, loss: Any = None) -> dict[str, Metric]:
         if isinstance(item, str):
             key = item.lower()
             fn: Metric = METRICS.lookup(key)
-            resolved["accuracy" if key == "acc" else key] = _PER_LABEL.get(fn, fn) if per_label else fn
+            name, fn = "accuracy" if key == "acc" else key, _PER_LABEL.get(fn, fn) if per_label else fn
         elif isinstance(item, tuple) and len(item) == 2 and callable(item[1]):
-            resolved[str(item[0])] = item[1]
+            name, fn = str(item[0]), item[1]
         else:
             raise TypeError(f"metrics entries must be names or (name, function) pairs, got {item!r}")
+        _check_metric_name(name, resolved)
+        resolved[name] = fn
     return resolved
+
+
+def _check_metric_name(name: str, resolved: dict[str, Metric]) -> None:
+    """ValueError for a name whose value would replace another entry of the logs `fit` and `evaluate` return."""
+    if name == "loss":
+        raise ValueError("metric name 'loss' is reserved for the loss in the logs fit and evaluate return; "
+                         "name the metric otherwise")
+    if name.startswith("val_"):
+        raise ValueError(f"metric name {name!r} starts with 'val_', which fit's logs give the validation "
+                         "values; name the metric otherwise")
+    if name in resolved:
+        raise ValueError(f"metric {name!r} is given twice; one log entry would replace the other")

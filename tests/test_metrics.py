@@ -208,3 +208,21 @@ def test_class_counts_past_2_to_the_24_rows_in_float32():
     y_true[: n // 4] = False
     got = nnx.metrics.label_precision(np, y_true, np.ones((n, 2), np.float32))
     assert float(got) == pytest.approx(0.75, rel=1e-6)
+
+
+def test_a_metric_named_like_a_log_entry_or_twice_is_refused():
+    # found in review: a metric named "loss" replaced the loss in evaluate's result and fit's history (which
+    # EarlyStopping monitors), one named "val_x" collided with validation entries, and of two metrics of one
+    # name the first was dropped, all without a word
+    def fn(xp, y_true, y_pred, from_logits):
+        return xp.mean(y_pred)
+
+    for metrics, match in (([("loss", fn)], "'loss'.*reserved"), ([("val_loss", fn)], "'val_loss'.*val_"),
+                           (["mse", ("mse", fn)], "'mse'.*twice"), (["acc", "accuracy"], "'accuracy'.*twice")):
+        with pytest.raises(ValueError, match=match):
+            training.resolve_metrics(metrics)
+    rng = np.random.default_rng(0)
+    model = nnx.Sequential(nnx.Dense(2, 1), seed=0)
+    with pytest.raises(ValueError, match="'loss'.*reserved"):
+        model.evaluate(rng.normal(size=(4, 2)), rng.normal(size=(4, 1)), loss="mse", metrics=[("loss", fn)])
+
