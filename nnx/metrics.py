@@ -32,8 +32,9 @@ def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
 
 def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, int]:
     """Predicted and true class indices, and the number of classes."""
-    n_out = y_pred.shape[-1]
+    n_out = 1 if y_pred.ndim == 1 else y_pred.shape[-1]
     if n_out == 1:
+        y_pred = xp.reshape(y_pred, (-1, 1))  # (n,) outputs: one output, not one class per row
         pred = xp.astype(_binary_labels(xp, y_pred, from_logits)[:, 0], xp.int64)
         true = xp.astype(xp.reshape(y_true, (-1,)) > 0.5, xp.int64)
         return true, pred, 2
@@ -65,7 +66,8 @@ def _confusion_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> t
     true, pred, n_classes = _class_pairs(xp, y_true, y_pred, from_logits)
     dtype = y_pred.dtype
     device = array_device(y_pred)
-    classes = xp.arange(1 if y_pred.shape[-1] == 1 else 0, n_classes, device=device)
+    binary = y_pred.ndim == 1 or y_pred.shape[-1] == 1  # one output: only its positive class is scored
+    classes = xp.arange(1 if binary else 0, n_classes, device=device)
     true_hot = true[:, None] == classes
     pred_hot = pred[:, None] == classes
     return _count(xp, true_hot & pred_hot, dtype), _count(xp, pred_hot, dtype), _count(xp, true_hot, dtype)

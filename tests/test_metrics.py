@@ -226,3 +226,16 @@ def test_a_metric_named_like_a_log_entry_or_twice_is_refused():
     with pytest.raises(ValueError, match="'loss'.*reserved"):
         model.evaluate(rng.normal(size=(4, 2)), rng.normal(size=(4, 1)), loss="mse", metrics=[("loss", fn)])
 
+
+def test_class_metrics_of_one_dimensional_outputs_read_one_output(backend, dtype):
+    # found in review: outputs of shape (n,) (a user's last layer that drops the unit axis) were argmaxed over
+    # the rows as if each row were a class: accuracy 0.0 for 0.6, precision failing on a 0-d array
+    rng = np.random.default_rng(11)
+    true = rng.integers(0, 2, N)
+    prob = rng.random(N)
+    y_true, y_pred = backend.asarray(true.astype(float), dtype=dtype), backend.asarray(prob, dtype=dtype)
+    for name in CLASSIFICATION:
+        expected = _sk_classification(name, true, (prob > 0.5).astype(int), "binary")
+        got = _value(backend, name, y_true, y_pred)
+        assert got == pytest.approx(expected, abs=1e-6), name
+
