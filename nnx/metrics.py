@@ -179,8 +179,11 @@ def _by_output(xp: Any, x: Any) -> Any:
 
 
 def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
-    """Coefficient of determination, averaged uniformly over outputs (scikit-learn's default)."""
+    """Coefficient of determination, averaged uniformly over outputs (scikit-learn's default); NaN for one row."""
     y_true, y_pred = _regression_pair(xp, y_true, y_pred)
+    if y_pred.shape[0] < 2:
+        # one row has no variance to explain: undefined, NaN as scikit-learn gives (not a score of 0 or 1)
+        return xp.full((), math.nan, dtype=y_pred.dtype, device=array_device(y_pred))
     y_true, y_pred = _by_output(xp, y_true), _by_output(xp, y_pred)
     ss_res = xp.sum((y_true - y_pred) ** 2, axis=1)
     ss_tot = xp.sum((y_true - xp.mean(y_true, axis=1, keepdims=True)) ** 2, axis=1)

@@ -239,3 +239,9 @@ def test_class_metrics_of_one_dimensional_outputs_read_one_output(backend, dtype
         got = _value(backend, name, y_true, y_pred)
         assert got == pytest.approx(expected, abs=1e-6), name
 
+
+def test_r2_of_fewer_than_two_rows_is_nan_as_in_sklearn(backend, dtype):
+    # found in review: one row has no variance to explain; scikit-learn gives NaN, nnx gave 0.0 (or 1.0)
+    for pred in ([[0.5, 1.0]], [[1.0, 2.0]]):
+        got = _value(backend, "r2", backend.asarray([[1.0, 2.0]], dtype=dtype), backend.asarray(pred, dtype=dtype))
+        assert np.isnan(got)
