@@ -154,3 +154,34 @@ def test_a_pass_that_draws_random_numbers_draws_fresh_ones_each_call_as_op_by_op
         for a, b in zip(compiled, op_by_op, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12)
         assert not np.array_equal(compiled[0] != 0, compiled[1] != 0)  # a fresh mask each call
+
+
+class TracksInference(nnx.Layer):
+    """A user's layer that keeps, at inference, the largest input seen (a buffer) and how many batches it saw."""
+
+    def build(self, input_shape):
+        self.peak = self.add_buffer("peak", ())
+
+    def forward(self, X, training=False):
+        if not training:
+            self.peak.value = self.xp.maximum(self.peak.value, self.xp.max(X))
+            self.batches = getattr(self, "batches", 0) + 1
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_pass_that_updates_a_buffer_or_python_state_keeps_it_as_op_by_op():
+    X, _, _ = _data()
+    kept = {}
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 3), TracksInference(), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        outputs = [np.asarray(model.backend.to_host(model.predict(X * scale))) for scale in (1.0, 3.0, 1.0)]
+        kept[fast] = outputs, float(model.buffers()[0].value), model.layers[1].batches
+    (compiled, peak, batches), (op_by_op, expected_peak, expected_batches) = kept[True], kept[False]
+    assert peak == pytest.approx(expected_peak, rel=1e-12) and peak > 0
+    assert batches == expected_batches == 3
+    for a, b in zip(compiled, op_by_op, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -53,9 +53,8 @@ from .shared_programs import (
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
-           "compile_step",
-           "compiled_step_of", "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays",
-           "untraceable_reason"]
+           "changed_state", "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers", "layer_attributes",
+           "put_back_arrays", "python_state", "restore_state", "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -156,7 +155,7 @@ class _HostGenerator:
         return repr(self.state)
 
 
-def _changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
+def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
     """The first layer attribute a traced step changed, in words; None when none did."""
     for (path, old), (_, new) in zip(before, after, strict=True):
         for key in sorted(set(old) | set(new)):
@@ -169,7 +168,7 @@ def _changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[s
     return None
 
 
-def _restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
+def restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
     """Put every layer's plain attributes and host generators back as `python_state` found them (undoing a
     refused trace)."""
     for (_, old), (_, layer) in zip(before, model.named_layers(), strict=True):
@@ -205,7 +204,7 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
             else:
                 del attributes[key]
         for key in old.keys() - attributes.keys():
-            if not isinstance(old[key], _PLAIN_STATE):  # a plain one deleted is a change `_changed_state` names
+            if not isinstance(old[key], _PLAIN_STATE):  # a plain one deleted is a change `changed_state` names
                 attributes[key] = old[key]
 
 
@@ -504,14 +503,14 @@ class CompiledStep:
         except BaseException:
             # a trace given up half way (refused, or code that needs concrete values) ran the layers' Python
             # once: the plain step that runs instead starts from their attributes as they were
-            _restore_state(model, state_before)
+            restore_state(model, state_before)
             raise
         finally:
             self._put_back(saved)
             put_back_arrays(attributes_before)
-        changed = _changed_state(state_before, python_state(model))
+        changed = changed_state(state_before, python_state(model))
         if changed is not None:
-            _restore_state(model, state_before)  # the plain step that runs instead starts from where it was
+            restore_state(model, state_before)  # the plain step that runs instead starts from where it was
             raise TraceRefused(f"the step changes Python state a compiled program would not: {changed}")
         if self._draws is not None and self._draws != drawn:
             raise RuntimeError(f"the compiled step drew {drawn} dropout masks, a previous trace {self._draws}")

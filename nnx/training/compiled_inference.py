@@ -9,9 +9,10 @@ inputs, bound through ``p.value`` and ``b.value`` while tracing and put back aft
 
 Nothing changes for a model the compiler cannot take: where a layer's ``forward`` is
 replaced on the object (a hook that counts or raises), its code needs concrete values
-(the first trace raises the adapter's ``trace_errors``) or it draws from the model's
-random stream at inference (a program would draw the same numbers at every call), the
-pass runs op by op, as on every other backend, and gives the same numbers.
+(the first trace raises the adapter's ``trace_errors``), or it changes state at inference
+that a program would change once or not keep -- draws from the model's random stream
+(the same numbers at every call), rebinds a buffer, changes a plain Python attribute --
+the pass runs op by op, as on every other backend, and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
-from .compiled import layer_attributes, put_back_arrays
+from .compiled import changed_state, layer_attributes, put_back_arrays, python_state, restore_state
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
@@ -111,6 +112,7 @@ class _Program:
         rng = model.dropout_rng
         saved = ([p.value for p in self.params], [b.value for b in self.buffers], rng.counter)
         draws = rng.draws
+        state = python_state(model)
         attributes = layer_attributes(model)
         try:
             for p, v in zip(self.params, values, strict=True):
@@ -120,7 +122,16 @@ class _Program:
             out = self.fn(model, *arrays)
             if rng.draws != draws:
                 raise TraceRefused("the pass draws from the model's random stream, which a program would draw once")
+            rebound = [b.name for b, v in zip(self.buffers, bufs, strict=True) if b.value is not v]
+            if rebound:
+                raise TraceRefused(f"the pass rebinds the buffers {rebound}, which a program would not keep")
+            changed = changed_state(state, python_state(model))
+            if changed is not None:
+                raise TraceRefused(f"the pass changes Python state a program would change once: {changed}")
             return out
+        except BaseException:
+            restore_state(model, state)  # the op-by-op pass that runs instead starts from where it was
+            raise
         finally:
             rng.counter = saved[2]
             for p, v in zip(self.params, saved[0], strict=True):
