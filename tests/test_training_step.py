@@ -544,6 +544,29 @@ def test_a_class_weight_that_is_not_finite_is_refused_up_front(be, weight):
     assert model.epochs_trained == 0
 
 
+def test_class_weight_on_targets_without_one_class_per_row_is_refused(backend):
+    """Found in review: class_weight took the argmax of each target row, so multi-label 0/1 rows (a BCE loss on
+    several outputs) were weighed by their first label (a row of no labels as class 0), and regression
+    targets by their largest column or by whether they exceed 0.5, all without a word."""
+    X, _ = _data()
+    rng = np.random.default_rng(4)
+    labels = (rng.random((40, 3)) < 0.5).astype(float)
+    cases = [(3, nnx.Sigmoid, "bce", labels, "each output is a label of its own"),
+             (3, None, "mse", rng.normal(size=(40, 3)), "one-hot rows"),
+             (1, None, "mae", rng.normal(size=40), "0/1 labels")]
+    for out, head, loss, y, match in cases:
+        model = _model(backend, out=out, head=head)
+        with pytest.raises(ValueError, match=f"class_weight.*{match}"):
+            model.fit(X, y, loss=loss, epochs=1, class_weight={0: 2.0})
+        assert model.epochs_trained == 0
+    # class targets under a loss that is no cross-entropy keep their class weights
+    one_hot = np.eye(3)[rng.integers(0, 3, 40)]
+    a, b = _model(backend, out=3), _model(backend, out=3)
+    ha = a.fit(X, one_hot, loss="mse", epochs=1, batch_size=8, class_weight={1: 3.0})
+    hb = b.fit(X, one_hot, loss="mse", epochs=1, batch_size=8, sample_weight=np.where(one_hot[:, 1] == 1, 3.0, 1.0))
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
+
+
 # -- TrainStep.check itself ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import array_api_compat
 
-from ..losses import CrossEntropy, Loss
+from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
 from ..protocols import Model
 from .inputs import all_true
 
@@ -86,6 +86,11 @@ def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) 
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:  # pyright: ignore[reportOperatorIssue]
             raise ValueError(f"class_weight[{key}] must be a finite number >= 0, got {weight!r}")
         table[int(key)] = float(weight)
+    if isinstance(loss, BinaryCrossEntropy) and model.out_features != 1:
+        raise ValueError(f"class_weight weighs each row by its one class, but with a binary cross-entropy loss on "
+                         f"{model.out_features} outputs each output is a label of its own (multi-label targets), "
+                         "so a row has no one class; weigh the rows with sample_weight instead")
+    _require_class_targets(model, y, loss)
     if isinstance(loss, CrossEntropy) and y.ndim == 1:
         classes = y
     elif model.out_features == 1:
@@ -96,6 +101,25 @@ def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) 
         raise ValueError("class_weight needs class targets: indices, one-hot rows or 0/1 labels")
     weights = model.backend.asarray(table, dtype=model.dtype, argname="class_weight")
     return xp.take(weights, classes, axis=0)
+
+
+def _require_class_targets(model: Model, y: Any, loss: Loss) -> None:
+    """ValueError unless targets a loss other than cross-entropy reads hold one class per row: 0/1 labels for one
+    output, one-hot rows for several. (Cross-entropy's targets are class indices or class rows already, and
+    BCE's one output a probability of class 1.) Regression targets would be weighed by their largest column,
+    or by whether they exceed 0.5."""
+    if isinstance(loss, (CrossEntropy, BinaryCrossEntropy)) or not y.shape[0]:
+        return
+    xp = model.xp
+    zero_one = (y == 0) | (y == 1)
+    if model.out_features == 1:
+        if not all_true(model, zero_one):
+            raise ValueError(f"class_weight needs class targets, but {loss!r} on one output got targets that are "
+                             "not 0/1 labels; weigh the rows with sample_weight instead")
+        return
+    if y.ndim != 2 or not all_true(model, xp.all(zero_one, axis=1) & (xp.sum(y, axis=1) == 1)):
+        raise ValueError(f"class_weight needs class targets, but {loss!r} got targets that are not one-hot rows "
+                         "(one 1 per row, else 0); weigh the rows with sample_weight instead")
 
 
 def counts_by_weight(loss: Loss, w: Any) -> bool:
