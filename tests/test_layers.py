@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -208,6 +210,31 @@ def test_dense_shapes_and_forward(backend, dtype):
     expected = X.astype(dtype) @ backend.to_host(layer.weight.value) + np.arange(5.0)
     rtol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(backend.to_host(Y), expected, rtol=rtol, atol=rtol)
+
+
+class Doubling(nnx.Layer):
+    """Takes any sample shape: the model before a Dense does not know what reaches it."""
+
+    def forward(self, X, training=False):
+        return 2.0 * X
+
+    def backward(self, dY, need_dX=True):
+        return 2.0 * dY
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 3), (4, 5)], ids=["3d", "5_features"])
+def test_dense_refuses_input_it_was_not_built_for_by_name(backend, shape):
+    """A (batch, k, features) input would give (batch, k, out) outputs the model does not declare and, in a
+    backward, a weight gradient of the wrong shape; a wrong feature count a backend's own matmul error."""
+    model = nnx.Sequential(Doubling(), nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+    X = model.backend.asarray(np.ones(shape), dtype="float64")
+    message = rf"Dense\(3, 2\) takes input of shape \(batch, 3\) but gets {re.escape(str(shape))}"
+    with pytest.raises(ValueError, match=message):
+        model.predict(X)
+    with pytest.raises(ValueError, match=message):
+        model.forward(X, training=True)
+    with pytest.raises(ValueError, match=message):
+        model.fit(X, np.ones((4, 2)), epochs=1)
 
 
 @pytest.mark.parametrize("name, layer, ref", [

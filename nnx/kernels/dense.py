@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..layers.dense import check_input
+
 
 class DenseKernel:
     """Runs one `nnx.Dense` in a training step; a backend's kernel supplies `product` and `column_sum`.
@@ -36,6 +38,7 @@ class DenseKernel:
         raise NotImplementedError
 
     def forward(self, X: Any, training: bool = False) -> Any:
+        check_input(self.layer, X)
         if training:
             self._X = X
         return self.product(X, self.layer.weight.value) + self.layer.bias.value

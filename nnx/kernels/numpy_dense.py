@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..layers.dense import check_input
 from .dense import DenseKernel
 
 # float32 and float64, by `dtype.char` (`dtype.name` builds a string: 2 us, as much as a small product)
@@ -29,6 +30,7 @@ class NumpyDenseKernel(DenseKernel):
     """Runs one `nnx.Dense` in a training step on NumPy (see the module docstring)."""
 
     def forward(self, X: Any, training: bool = False) -> Any:
+        check_input(self.layer, X)
         if training:
             self._X = X
         Y, bias = self.product(X, self.layer.weight.value), self.layer.bias.value

@@ -48,6 +48,7 @@ class Dense(Layer):
         self.bias = self.add_parameter("bias", (self.out_features,), "zeros")
 
     def forward(self, X: Any, training: bool = False) -> Any:
+        check_input(self, X)
         if training:
             self._X = X
         return X @ self.weight.value + self.bias.value
@@ -70,3 +71,12 @@ class Dense(Layer):
         if "regularizer" in config:  # the live one: a regularizer set after construction is part of the model
             config["regularizer"] = None if self.regularizer is None else self.regularizer.get_config()
         return config
+
+
+def check_input(layer: Dense, X: Any) -> None:
+    """ValueError naming `layer` unless X is ``(batch, in_features)``: a 3-D X would broadcast through the product
+    into outputs the model does not declare (and a weight gradient of the wrong shape in backward)."""
+    if X.ndim != 2 or X.shape[1] != layer.in_features:
+        raise ValueError(f"Dense({layer.in_features}, {layer.out_features}) takes input of shape (batch, "
+                         f"{layer.in_features}) but gets {tuple(X.shape)}"
+                         + ("; put a Flatten before it" if X.ndim > 2 else ""))
