@@ -12,7 +12,16 @@ from typing import Any
 import array_api_compat
 
 from . import _validate as check
-from .registry import CONFIG_KEY, Registry, config_repr, config_type, register
+from .registry import (
+    CONFIG_KEY,
+    Registry,
+    config_repr,
+    config_type,
+    json_arguments,
+    recorded_args,
+    recording_init,
+    register,
+)
 
 __all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
 
@@ -49,7 +58,8 @@ class Regularizer:
 
     A subclass registers itself under its class name (or ``name=`` in its class
     statement), so ``get_regularizer("name")`` and saved models find it, in any case.
-    Override `get_config` to add the constructor arguments next to ``"type"``.
+    It remembers the arguments it was constructed with, as a loss does, so `get_config`
+    saves them with no code of its own as long as they are JSON values.
     """
 
     name = "Regularizer"
@@ -57,6 +67,8 @@ class Regularizer:
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = recording_init(cls.__init__)  # type: ignore[method-assign]
         # a `name = "..."` in the class body (how regularizers were named before ``name=``) still counts
         register(REGULARIZERS, cls, name if name is not None else cls.__dict__.get("name"), "name")
 
@@ -73,8 +85,16 @@ class Regularizer:
         return self.penalty(W)
 
     def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {CONFIG_KEY: self.name}
+        """The registered name under ``"type"`` beside the constructor arguments; ``get_regularizer(config)``
+        rebuilds it.
+
+        An argument the regularizer keeps as an attribute of the same name is written as that attribute
+        stands (``reg.l = 0.5`` after construction is saved, and JAX's compiled programs, keyed by the
+        config, see it). Override this when an argument is not a JSON value.
+        """
+        args = {key: vars(self).get(key, value) for key, value in recorded_args(self).items()}
+        fix = "override get_config() to write it as JSON values the constructor takes back"
+        return {CONFIG_KEY: self.name, **json_arguments(self, "regularizer", args, fix)}
 
     def __repr__(self) -> str:
         return config_repr(self)
@@ -102,10 +122,6 @@ class L1(Regularizer):
         xp = array_api_compat.array_namespace(W)
         return self.l * xp.sign(W)
 
-    def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {CONFIG_KEY: self.name, "l": self.l}
-
 
 class L2(Regularizer):
     """Ridge / weight-decay penalty ``l / 2 * sum(W**2)``; gradient ``l * W``.
@@ -131,10 +147,6 @@ class L2(Regularizer):
         """``l * W``."""
         return self.l * W
 
-    def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {CONFIG_KEY: self.name, "l": self.l}
-
 
 class ElasticNet(Regularizer):
     """Sum of `L1` and `L2`: ``l1 * sum(|W|) + l2 / 2 * sum(W**2)``.
@@ -159,10 +171,6 @@ class ElasticNet(Regularizer):
         """``l1 * sign(W) + l2 * W``."""
         xp = array_api_compat.array_namespace(W)
         return self.l1 * xp.sign(W) + self.l2 * W
-
-    def get_config(self) -> dict[str, Any]:
-        """A JSON-able description; ``get_regularizer(config)`` rebuilds the regularizer."""
-        return {CONFIG_KEY: self.name, "l1": self.l1, "l2": self.l2}
 
 
 REGULARIZERS.add("elastic_net", ElasticNet)
