@@ -412,3 +412,27 @@ def test_a_layer_used_twice_in_one_training_forward_is_refused_by_name(backend):
     model.fit(X, y, loss="mse", epochs=1, batch_size=4, verbose=0)
     once = nnx.Sequential(DenseTwice(3, twice=False), nnx.Dense(3, 1), backend=backend, seed=0)
     assert nnx.check_gradients(once, X[:4], y[:4], loss="mse") < 1e-6
+
+
+class Reapply(nnx.Layer):
+    """Applies a layer it was handed (not one it holds): the model's own first Dense, a second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other = None
+
+    def forward(self, X, training=False):
+        return self.other.forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        return self.other.backward(dY, need_dX)
+
+
+def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_a_kernel_runs_it(backend):
+    """On NumPy and torch fit runs a top-level Dense through its kernel: that call counts as the layer's."""
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 3))
+    model = nnx.Sequential(nnx.Dense(3, 3), Reapply(), backend=backend, seed=0)
+    model.layers[1].other = model.layers[0]
+    with pytest.raises(ValueError, match=r"Dense '0' was called a second time with training=True"):
+        model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..layers.base import note_training_call
 from ..layers.dense import check_input
 
 
@@ -40,6 +41,7 @@ class DenseKernel:
     def forward(self, X: Any, training: bool = False) -> Any:
         check_input(self.layer, X)
         if training:
+            note_training_call(self.layer)
             self._X = X
         return self.product(X, self.layer.weight.value) + self.layer.bias.value
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..layers.base import note_training_call
 from ..layers.dense import check_input
 from .dense import DenseKernel
 
@@ -32,6 +33,7 @@ class NumpyDenseKernel(DenseKernel):
     def forward(self, X: Any, training: bool = False) -> Any:
         check_input(self.layer, X)
         if training:
+            note_training_call(self.layer)
             self._X = X
         Y, bias = self.product(X, self.layer.weight.value), self.layer.bias.value
         if Y.dtype != bias.dtype or Y.shape[-1:] != bias.shape:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..layers.base import note_training_call
+
 
 class ReLUKernel:
     """Runs one `nnx.ReLU` in a training step on torch (see the module docstring)."""
@@ -30,6 +32,7 @@ class ReLUKernel:
             zero = self._zero = torch.zeros((), dtype=X.dtype, device=X.device)
         Y = torch.maximum(X, zero)
         if training:
+            note_training_call(self.layer)
             self._kept = Y
         return Y
 

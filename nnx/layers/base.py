@@ -438,19 +438,26 @@ def _noting_training_forward(forward: Callable) -> Callable:
     def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
         if training:
             self._ran_training_forward = True
-            context = self.context
-            # in a model's training forward, each layer object runs once; a parent class's forward called
-            # through super() (wrapped too) is the same call
-            seen = None if context is None else context.forward_pass.seen
-            if seen is not None and type(self).forward is wrapper:
-                if id(self) in seen:
-                    _refuse_second_use(self)
-                seen.add(id(self))
+            if type(self).forward is wrapper:  # a parent class's forward called through super() is the same call
+                note_training_call(self)
         if args or kwargs:
             return forward(self, X, training, *args, **kwargs)
         return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
 
     return wrapper
+
+
+def note_training_call(layer: Layer) -> None:
+    """Count a call of `layer` with ``training=True`` in its model's training forward; ValueError on a second.
+
+    `Layer.forward` calls it, and so does a kernel that runs the layer instead (`nnx.kernels`).
+    """
+    context = layer.context
+    seen = None if context is None else context.forward_pass.seen
+    if seen is not None:
+        if id(layer) in seen:
+            _refuse_second_use(layer)
+        seen.add(id(layer))
 
 
 def _refuse_second_use(layer: Layer) -> None:
