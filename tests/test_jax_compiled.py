@@ -309,3 +309,39 @@ def test_a_precision_set_after_the_first_programs_traces_them_again_with_it():
     del seen[:]
     model.predict(X)  # the user's setting is gone: the program of float32 products again, no trace
     assert seen == []
+
+
+class Masked(nnx.Layer):
+    """A user's layer holding a plain array attribute (a pruning mask) that the user rebinds between fits."""
+
+    def build(self, input_shape):
+        self.mask = self.backend.asarray(np.ones(input_shape))
+
+    def forward(self, X, training=False):
+        return X * self.mask
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.mask if need_dX else None
+
+
+@pytest.mark.parametrize("callbacks", [[], [nnx.callbacks.TerminateOnNaN()]], ids=["epoch", "step"])
+def test_an_array_attribute_rebound_after_compiling_is_read_anew(callbacks):
+    """A program reads a layer's array attribute as a constant: once the layer holds another array, the step and
+    the inference pass are traced again, as the plain loop reads the new one."""
+    X, y = _data("mse")
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 4), Masked(), nnx.Dense(4, 2), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        fit = {"loss": "mse", "optimizer": "adam", "batch_size": BATCH, "verbose": 0, "callbacks": callbacks}
+        model.fit(X, y, epochs=1, **fit)
+        before = np.asarray(model.predict(X))
+        model.layers[1].mask = model.backend.asarray(np.array([1.0, 0.0, 1.0, 0.0]))
+        after = np.asarray(model.predict(X))
+        history = model.fit(X, y, epochs=2, validation_data=(X, y), **fit)
+        runs.append((model, before, after, history))
+    (compiled, *outputs, history), (plain, *expected, plain_history) = runs
+    for got, want in zip(outputs, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    np.testing.assert_allclose(history["val_loss"], plain_history["val_loss"], rtol=1e-12)
+    _assert_same(compiled, plain, 1e-12)

@@ -53,8 +53,8 @@ from .shared_programs import (
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
-           "changed_state", "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers", "layer_attributes",
-           "put_back_arrays", "python_state", "restore_state", "untraceable_reason"]
+           "HeldArrays", "changed_state", "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers",
+           "layer_attributes", "put_back_arrays", "python_state", "restore_state", "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -211,6 +211,34 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
 _GONE = object()  # an attribute a layer did not have
 
 
+class HeldArrays:
+    """The arrays layers held while a program was traced and that the trace did not rebind (a mask, a table):
+    the program may have read them as constants, so it holds only while the layers hold those same arrays.
+
+    The plain loop reads the array a layer holds at each call; a user who rebinds one (``layer.mask = new``)
+    gets programs traced again (`moved`). Arrays a trace rebinds (what a layer keeps for its backward) are
+    values of the program, not constants.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[tuple[weakref.ref, str, Any]] = []
+
+    def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
+        """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
+        traced code ran, before `put_back_arrays`."""
+        self._held.extend((weakref.ref(layer), key, value) for layer, old in before for key, value in old.items()
+                          if hasattr(value, "shape") and hasattr(value, "dtype") and vars(layer).get(key) is value)
+
+    def moved(self) -> bool:
+        """Whether a layer now holds another array (or none) where a trace read one; forgets them if so."""
+        for ref, key, value in self._held:
+            layer = ref()
+            if layer is None or vars(layer).get(key, _GONE) is not value:
+                self._held = []
+                return True
+        return False
+
+
 def kept_buffers(xp: Any, ok: Any, new: tuple, old: tuple) -> tuple:
     """The buffers a step's forward left (`new`) where `ok`, else those it took (`old`), each in the dtype the
     forward left it: a layer that rebinds a buffer to integers keeps integers, as in the plain loop (a bare
@@ -296,8 +324,10 @@ class CompiledStep:
         self.broken = False
         self._draws: int | None = None
         self._settings = SettingsWatch()
-        self.rebind(loss, optimizer, transforms)
+        self._held = HeldArrays()
+        self._generation = 0  # how often the layers rebound an array the programs held (`HeldArrays`)
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
+        self.rebind(loss, optimizer, transforms)
         self.reset()
 
     @property
@@ -318,14 +348,21 @@ class CompiledStep:
         self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
+        generation = self._generation
         self._hyper_values = self.constants()
+        if self._generation != generation:  # a layer rebound an array the programs held since the last fit
+            self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
+            self.forget_draws()
         self._lr: float | None = None
         self._lr_device: Any = None
 
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
-        hyper-parameters (`hyper_constants`) and the layers' settings (`layer_settings`)."""
-        return hyper_constants(self.optimizer), self._settings.current(self.model)
+        hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`) and the arrays they
+        held when traced (`HeldArrays`)."""
+        if self._held.moved():
+            self._generation += 1
+        return hyper_constants(self.optimizer), self._settings.current(self.model), self._generation
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate
@@ -488,6 +525,7 @@ class CompiledStep:
             if penalty is not None:
                 value = value + penalty
             model.backward_from_head(dZ, self.n_run, need_dX=False)
+            self._held.note(attributes_before)
             new_counter = rng.counter
             drawn = rng.draws - draws_before  # a Python int: the same for every call of this program
             new_bufs = tuple(b.value for b in buffers)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
-from .compiled import changed_state, layer_attributes, put_back_arrays, python_state, restore_state
+from .compiled import HeldArrays, changed_state, layer_attributes, put_back_arrays, python_state, restore_state
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
@@ -87,6 +87,7 @@ class _Program:
         self.params, self.buffers = model.parameters(), model.buffers()
         self.key, self.fn = key, fn
         self.traces = 0
+        self._held = HeldArrays()
         self._jit = SharedProgram(model.backend, self._pure, self.definition, self)
 
     def definition(self) -> tuple | None:
@@ -102,6 +103,8 @@ class _Program:
         self.traces += counts.get("traces", 0)
 
     def __call__(self, *arrays: Any) -> Any:
+        if self._held.moved():  # a layer holds another array than the trace read: trace again
+            self._jit = SharedProgram(self._jit.backend, self._pure, self.definition, self)
         return self._jit(tuple(p.value for p in self.params), tuple(b.value for b in self.buffers), *arrays)
 
     def _pure(self, values: tuple, bufs: tuple, *arrays: Any) -> Any:
@@ -120,6 +123,7 @@ class _Program:
             for b, v in zip(self.buffers, bufs, strict=True):
                 b.value = v
             out = self.fn(model, *arrays)
+            self._held.note(attributes)
             if rng.draws != draws:
                 raise TraceRefused("the pass draws from the model's random stream, which a program would draw once")
             rebound = [b.name for b, v in zip(self.buffers, bufs, strict=True) if b.value is not v]
