@@ -234,11 +234,13 @@ class Loss:
     def get_config(self) -> dict[str, Any]:
         """The registered name under ``"type"`` beside the constructor arguments; ``get_loss(config)`` rebuilds it.
 
-        The arguments are those the loss was constructed with; override this when one of
-        them is not a JSON value. ``reduction`` is written only when it is not the default,
-        so configs and files from before stay as they were.
+        The arguments are those the loss was constructed with, each as the attribute of the
+        same name stands (``loss.delta = 0.1`` after construction is saved, and JAX's compiled
+        step, keyed by the config, trains with it); override this when one of them is not a
+        JSON value. ``reduction`` is written only when it is not the default, so configs and
+        files from before stay as they were.
         """
-        args = recorded_args(self)
+        args = {key: vars(self).get(key, value) for key, value in recorded_args(self).items()}
         if "reduction" in args:
             del args["reduction"]
             if self.reduction != "sum_over_batch_size":

@@ -299,3 +299,23 @@ def test_row_mean(backend):
         x = np.arange(math.prod(shape), dtype=np.float64).reshape(shape)
         got = backend.to_host(L.row_mean(xp, backend.asarray(x, dtype="float64")))
         np.testing.assert_allclose(got, x.reshape(4, -1).mean(axis=1), rtol=1e-15)
+
+
+def test_a_loss_setting_changed_between_fits_is_what_the_next_fit_uses(backend, rng):
+    # found in review: a loss's config held the arguments it was constructed with, and JAX's compiled step is
+    # keyed by that config, so after `loss.delta = 0.1` the next fit on JAX kept training (and reporting) the
+    # old delta; a saved model wrote it too
+    X = rng.normal(size=(16, 3))
+    y = 3 * X[:, :1]
+    loss = Huber(delta=1.0)
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    model.fit(X, y, loss=loss, optimizer="sgd", lr=1e-3, epochs=1, batch_size=None)
+    loss.delta = 0.1
+    assert loss.get_config() == {"type": "test_huber", "delta": 0.1}
+    before = backend.to_host(model.predict(X))
+    got = model.fit(X, y, loss=loss, optimizer="sgd", lr=1e-3, epochs=1, batch_size=None)["loss"][0]
+    d = np.abs(before - y)
+    assert got == pytest.approx(np.mean(np.where(d < 0.1, 0.5 * d * d, 0.1 * (d - 0.05))), rel=1e-12)
+    bce = L.BinaryCrossEntropy()
+    bce.from_logits = True
+    assert bce.get_config() == {"type": "BinaryCrossEntropy", "from_logits": True}
