@@ -295,6 +295,13 @@ class SlowBatchNorm(nnx.BatchNorm):
         return super().backward(self.gain * dY, need_dX)
 
 
+class PassThroughBatchNorm(nnx.BatchNorm):
+    """BatchNorm handing its arguments on as they come (``*args, **kwargs``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
 class NoEpsLayerNorm(nnx.LayerNorm):
     """LayerNorm with eps fixed and a setting of its own."""
 
@@ -314,6 +321,7 @@ SUBCLASS_ARGUMENTS = {
     "TanhBlock": (lambda: TanhBlock(4), {"features": 4}),
     "ListResidual": (lambda: ListResidual([nnx.Dense(4, 4), nnx.Tanh()], note="x"), {"note": "x"}),
     "SlowBatchNorm": (lambda: SlowBatchNorm(4, gain=2.0), {"num_features": 4, "gain": 2.0}),
+    "PassThroughBatchNorm": (lambda: PassThroughBatchNorm(4, momentum=0.2), {"num_features": 4, "momentum": 0.2}),
     "NoEpsLayerNorm": (lambda: NoEpsLayerNorm(4, gain=3.0), {"normalized_shape": [4], "gain": 3.0}),
 }
 

@@ -7,6 +7,7 @@ user's layer would be, and both have exact analytic backward passes.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, cast
 
 from .. import _validate as check
@@ -234,7 +235,10 @@ class LayerNorm(Layer):
 
 
 def _live(layer: Layer, **settings: Any) -> dict:
-    """`layer`'s constructor config with each of `settings` its constructor took replaced by the live value."""
+    """`layer`'s constructor config with the live value of each of `settings` its constructor takes (every one,
+    where it hands ``**kwargs`` on: a subclass passing ``*args`` through records no positional argument)."""
     config = constructor_config(layer)
-    config.update((key, value) for key, value in settings.items() if key in config)
+    parameters = inspect.signature(type(layer).__init__).parameters.values()
+    any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    config.update((key, value) for key, value in settings.items() if key in config or any_name)
     return config
