@@ -42,7 +42,7 @@ from .registry import (
     config_repr,
     config_type,
     json_arguments,
-    recorded_args,
+    live_arguments,
     recording_init,
     register,
 )
@@ -240,7 +240,7 @@ class Loss:
         JSON value. ``reduction`` is written only when it is not the default, so configs and
         files from before stay as they were.
         """
-        args = {key: vars(self).get(key, value) for key, value in recorded_args(self).items()}
+        args = live_arguments(self)
         if "reduction" in args:
             del args["reduction"]
             if self.reduction != "sum_over_batch_size":

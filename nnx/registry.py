@@ -201,6 +201,24 @@ def recorded_args(obj: Any) -> dict[str, Any]:
     return dict(obj.__dict__.get("_init_args", {}))
 
 
+def live_arguments(obj: Any) -> dict[str, Any]:
+    """`recorded_args`, each as the attribute of the same name now stands where that is a JSON value.
+
+    So a setting changed after construction (``loss.delta = 0.1``) is what a config writes, and what JAX's
+    programs, keyed by the config, are compiled for; an attribute kept in another form than the argument (an
+    array made from a list) leaves the argument as it was given.
+    """
+    args = recorded_args(obj)
+    for key in args:
+        if key in vars(obj):
+            try:
+                json.dumps(_python_number(vars(obj)[key]))
+            except (TypeError, ValueError):
+                continue
+            args[key] = vars(obj)[key]
+    return args
+
+
 def json_arguments(obj: Any, kind: str, args: Mapping[str, Any], fix: str) -> dict[str, Any]:
     """`args` as a config holds them (NumPy numbers as Python ones); TypeError naming one that is not JSON.
 

@@ -18,7 +18,7 @@ from .registry import (
     config_repr,
     config_type,
     json_arguments,
-    recorded_args,
+    live_arguments,
     recording_init,
     register,
 )
@@ -92,7 +92,7 @@ class Regularizer:
         stands (``reg.l = 0.5`` after construction is saved, and JAX's compiled programs, keyed by the
         config, see it). Override this when an argument is not a JSON value.
         """
-        args = {key: vars(self).get(key, value) for key, value in recorded_args(self).items()}
+        args = live_arguments(self)
         fix = "override get_config() to write it as JSON values the constructor takes back"
         return {CONFIG_KEY: self.name, **json_arguments(self, "regularizer", args, fix)}
 

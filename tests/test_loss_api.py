@@ -319,3 +319,14 @@ def test_a_loss_setting_changed_between_fits_is_what_the_next_fit_uses(backend, 
     bce = L.BinaryCrossEntropy()
     bce.from_logits = True
     assert bce.get_config() == {"type": "BinaryCrossEntropy", "from_logits": True}
+    # an attribute kept in another form than its argument (an array made from a list) leaves the argument as given
+
+    class Weighted(L.Loss, name="test_weighted_columns"):
+        def __init__(self, weights=(1.0, 2.0)) -> None:
+            super().__init__()
+            self.weights = np.asarray(weights, dtype=np.float64)
+
+    try:
+        assert Weighted([3.0, 4.0]).get_config() == {"type": "test_weighted_columns", "weights": [3.0, 4.0]}
+    finally:
+        L.LOSSES.remove("test_weighted_columns")
