@@ -11,7 +11,7 @@ registered by name with `register_metric`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from array_api_compat import device as array_device
@@ -232,6 +232,10 @@ def resolve_metrics(metrics: Any, loss: Any = None) -> dict[str, Metric]:
         return {}
     if isinstance(metrics, str):
         metrics = [metrics]
+    if isinstance(metrics, Mapping):
+        # iterating would give its keys alone: {"accuracy": my_fn} would score the built-in accuracy
+        raise TypeError("metrics must be a list of names or (name, function) pairs, got a dict; pass "
+                        "list(metrics.items()), e.g. [('accuracy', fn)]")
     try:
         metrics = list(metrics)
     except TypeError:

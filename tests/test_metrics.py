@@ -245,3 +245,12 @@ def test_r2_of_fewer_than_two_rows_is_nan_as_in_sklearn(backend, dtype):
     for pred in ([[0.5, 1.0]], [[1.0, 2.0]]):
         got = _value(backend, "r2", backend.asarray([[1.0, 2.0]], dtype=dtype), backend.asarray(pred, dtype=dtype))
         assert np.isnan(got)
+
+
+def test_metrics_given_as_a_dict_are_refused_not_read_as_names():
+    # found in review: a dict {"accuracy": my_fn} was read as its keys, so the built-in accuracy replaced my_fn
+    def fn(xp, y_true, y_pred, from_logits):
+        return xp.mean(y_pred)
+
+    with pytest.raises(TypeError, match=r"metrics must be a list.*dict.*\[\('accuracy', fn\)\]"):
+        training.resolve_metrics({"accuracy": fn})
