@@ -468,6 +468,8 @@ class CrossEntropy(Loss):
             whole = in_range if integer else in_range & (xp.floor(y_true) == y_true)
             if not _host_all(y_pred, xp.all(whole)):
                 # Failure path only: a second look to say which rule was broken.
+                if not integer and _host_all(y_pred, xp.any(xp.isnan(y_true))):
+                    raise ValueError("y_true class indices hold NaN: every row needs a class")
                 if not _host_all(y_pred, xp.all(in_range)):
                     raise ValueError(
                         f"y_true class indices must lie in [0, {n_classes}) for y_pred with {n_classes} classes"

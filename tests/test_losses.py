@@ -346,6 +346,14 @@ def test_ce_class_index_out_of_range(backend, from_logits):
         loss.gradient(backend.asarray(np.array([0.0, 1.0, 3.0]), dtype="float64"), logits)
 
 
+def test_ce_nan_class_targets_are_named_nan(backend):
+    # found in review: NaN class indices were refused as "must lie in [0, 3)", which sends a user looking for
+    # an out-of-range label instead of the missing one
+    logits = backend.asarray(np.zeros((3, 3)), dtype="float64")
+    with pytest.raises(ValueError, match="class indices hold NaN"):
+        L.CrossEntropy()(backend.asarray(np.array([0.0, np.nan, 2.0]), dtype="float64"), logits)
+
+
 def test_ce_non_integer_class_targets(backend):
     logits = backend.asarray(np.zeros((3, 3)), dtype="float64")
     with pytest.raises(ValueError, match="must be integers, got non-integer values"):
