@@ -5,7 +5,8 @@ With a binary cross-entropy loss, every output is a label of its own (multi-labe
 targets): `fit` and `evaluate` then score ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"``
 per label, as scikit-learn scores multi-label targets (see `resolve_metrics`).
 A user's metric is a function of the same signature, passed as ``(name, fn)`` or
-registered by name with `register_metric`.
+registered by name with `register_metric`. Metrics see no sample weights: `fit` and `evaluate`
+weigh the loss only, as Keras's ``metrics=`` (scikit-learn's scores without ``sample_weight``).
 """
 
 from __future__ import annotations

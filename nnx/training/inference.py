@@ -45,6 +45,9 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
              check_finite: bool = True) -> dict[str, float]:
     """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
 
+    Metrics are unweighted, as Keras's ``metrics=`` (not ``weighted_metrics=``): with `sample_weight`,
+    ``"mse"`` is the plain mean while the loss of an MSE model is the weighted one.
+
     A dict of name -> float; it prints rounded to 4 significant digits, its values are not rounded.
 
     X, y may also be host array-likes read batch by batch (`np.memmap`, h5py, ...; without `batch_size`, in

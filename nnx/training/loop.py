@@ -92,7 +92,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             batches of `batch_size` rows.
         validation_split: fraction in [0, 1) of the data (taken from the end) held out instead; as in Keras,
             the first ``floor(n * (1 - validation_split))`` rows train.
-        metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs.
+        metrics: names among `nnx.metrics.METRICS`, or (name, function) pairs; unweighted (sample_weight
+            and class_weight weigh the loss only, as Keras's ``metrics=``).
         callbacks: `nnx.callbacks.Callback` instances.
         verbose: 1 prints loss and metrics each epoch; 2 also says how the epochs run (`History.execution_mode`).
         shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
