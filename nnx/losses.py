@@ -417,7 +417,10 @@ class CrossEntropy(Loss):
     Args:
         from_logits: ``y_pred`` holds logits (a stable log-softmax is used; the
             default, like ``torch.nn.CrossEntropyLoss``) instead of probabilities,
-            which are clipped below at a per-dtype eps before the log.
+            which are clipped below at a per-dtype eps before the log; as in
+            `BinaryCrossEntropy`, the gradient is that of the formula at the
+            clipped p (``-t / (n eps)`` for n rows), not the 0 of the flat clipped value,
+            so a probability of exactly 0 for the true class is still pushed up.
         reduction: how ``sample_weight`` is averaged (see the module docstring).
 
     ``y_true`` is either integer class indices of shape ``(batch,)`` (or
