@@ -70,3 +70,42 @@ def test_a_buffer_rebound_to_integers_is_refused_by_save_and_to(backend, tmp_pat
     assert not path.exists()
     with pytest.raises(TypeError, match=r"buffer '1\.steps' holds int64"):
         model.to("numpy")
+
+
+class LazyScale(nnx.Layer):
+    """``X * scale`` that makes its parameter at the first call, where it sees X, as a Keras layer's lazy build."""
+
+    def forward(self, X, training=False):
+        if not hasattr(self, "scale"):
+            self.scale = self.add_parameter("scale", (X.shape[1],), init=1.5)
+        if training:
+            self.X = X
+        return X * self.scale.value
+
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.sum(dY * self.X, axis=0)
+        return dY * self.scale.value
+
+
+class LateBlock(nnx.Layer):
+    """A block adding its sub-layer at the first call."""
+
+    def forward(self, X, training=False):
+        if not hasattr(self, "inner"):
+            self.inner = self.add_layer("inner", nnx.Dense(3, 3))
+        return self.inner.forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        return self.inner.backward(dY, need_dX)
+
+
+@pytest.mark.parametrize("layer", [LazyScale, LateBlock])
+def test_arrays_made_after_the_layer_was_built_are_refused_by_name(backend, layer):
+    """A parameter made in forward joined the model after its optimizer: fit trained every other one and left it at
+    its initial value without a word (and JAX's compiled step failed on it with an AttributeError)."""
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 3))
+    model = nnx.Sequential(nnx.Dense(3, 3), layer(), backend=backend, seed=0)
+    with pytest.raises(RuntimeError, match=rf"{layer.__name__}\.add_(parameter|layer)\('(scale|inner)'\) after the "
+                                           r"layer was built: .* in build\(\)"):
+        model.fit(X, y, loss="mse", optimizer="sgd", epochs=1)

@@ -213,6 +213,7 @@ class Layer:
         self._layers: dict[str, Layer] = {}
         self._declared_layers: dict[str, tuple[Layer, Shape | None]] = {}
         self._ran_training_forward = False  # set by forward(X, training=True); backward needs it
+        self._building = False  # True while `attach` builds the layer: the only time arrays may be made
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Layer:
         """An independent copy (`copy.deepcopy`): its own arrays, sub-layers, optimizer state and random streams.
@@ -240,9 +241,13 @@ class Layer:
         self.input_shape = input_shape
         self._params, self._buffers, self._layers = {}, {}, {}
         self._ran_training_forward = False
-        for name, (layer, shape) in self._declared_layers.items():
-            self._attach_layer(name, layer, shape)
-        self.build(input_shape)
+        self._building = True
+        try:
+            for name, (layer, shape) in self._declared_layers.items():
+                self._attach_layer(name, layer, shape)
+            self.build(input_shape)
+        finally:
+            self._building = False
         self.output_sample_shape = output
         return output
 
@@ -280,7 +285,7 @@ class Layer:
             regularized: whether weight penalties (L1/L2) apply to it.
         """
         shape = self._new_name_and_shape(name, shape)
-        context = self._require_context()
+        context = self._require_building(f"add_parameter({name!r})")
         value = context.initial_value(name, shape, init)
         param = Parameter(context.prefix + name, value, regularized=regularized)
         self._params[name] = param
@@ -289,7 +294,7 @@ class Layer:
     def add_buffer(self, name: str, shape: Shape, init: Any = "zeros") -> Buffer:
         """Create an array that is saved, loaded and moved with the model but never trained (see `add_parameter`)."""
         shape = self._new_name_and_shape(name, shape)
-        context = self._require_context()
+        context = self._require_building(f"add_buffer({name!r})")
         value = context.initial_value(name, shape, init)
         buffer = Buffer(context.prefix + name, value)
         self._buffers[name] = buffer
@@ -319,12 +324,24 @@ class Layer:
         if self.context is None:
             self._declared_layers[name] = (layer, shape)
         else:
+            self._require_building(f"add_layer({name!r})")
             self._attach_layer(name, layer, shape)
         return layer
 
     def _attach_layer(self, name: str, layer: Layer, input_shape: Shape | None) -> None:
         layer.attach(self._require_context().child(name), input_shape)
         self._layers[name] = layer
+
+    def _require_building(self, call: str) -> BuildContext:
+        """The context while the layer is being built; RuntimeError naming `call` at any other time."""
+        context = self._require_context()
+        if not getattr(self, "_building", False):
+            raise RuntimeError(
+                f"{type(self).__name__}.{call} after the layer was built: parameters, buffers and sub-layers are made "
+                "in build(), which runs when the layer joins a model (its input_shape is the per-sample shape, or "
+                "None where the model does not know it: give the model input_shape=...), or sub-layers held in "
+                "__init__. One made later would be missed by the optimizer, which fit makes before the first batch")
+        return context
 
     def _require_context(self) -> BuildContext:
         if self.context is None:
