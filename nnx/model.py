@@ -286,8 +286,8 @@ class Sequential(_Chain):
         kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`.
         """
         running = self.layers[:n_layers] if runners is None else runners
-        passes = cast(BuildContext, self.context).forward_pass
-        if not training or passes.seen is not None:  # inference, or a nested model inside its holder's pass
+        passes = None if not training or self.context is None else self.context.forward_pass
+        if passes is None or passes.seen is not None:  # inference, or a nested model inside its holder's pass
             for layer in running:
                 X = layer.forward(X, training)
             return X
