@@ -345,3 +345,53 @@ def test_an_array_attribute_rebound_after_compiling_is_read_anew(callbacks):
         np.testing.assert_allclose(got, want, rtol=1e-12)
     np.testing.assert_allclose(history["val_loss"], plain_history["val_loss"], rtol=1e-12)
     _assert_same(compiled, plain, 1e-12)
+
+
+class AnnealedMSE(nnx.losses.MSE):
+    """A user's loss with a weight set outside its config, which a callback anneals (as a KL weight is)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = 1.0
+
+    def rows(self, xp, y_true, y_pred):
+        losses, grad = super().rows(xp, y_true, y_pred)
+        return losses * self.weight, grad * self.weight
+
+
+class Anneal(nnx.callbacks.Callback):
+    """Sets the loss's weight at each epoch: the fit runs each epoch as one program."""
+
+    def __init__(self, loss) -> None:
+        self.loss = loss
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.loss.weight = 1.0 + epoch
+
+
+class AnnealEachBatch(Anneal):
+    """Also after each batch: the fit runs step by step."""
+
+    def on_batch_end(self, batch, logs=None):
+        self.loss.weight += 0.5
+
+
+@pytest.mark.parametrize("per_batch", [False, True], ids=["epoch", "step"])
+def test_a_loss_attribute_changed_between_fits_or_by_a_callback_is_used_as_in_the_plain_loop(per_batch):
+    X, y = _data("mse")
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        opt = nnx.optim.SGD(model.parameters(), lr=0.01)
+        loss = AnnealedMSE()
+        first = model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=BATCH, verbose=0,
+                          callbacks=[(AnnealEachBatch if per_batch else Anneal)(loss)])
+        other = AnnealedMSE()
+        other.weight = 10.0  # a fresh loss, set outside its config
+        second = model.fit(X, y, loss=other, optimizer=opt, epochs=1, batch_size=BATCH, verbose=0)
+        runs.append((model, first["loss"] + second["loss"], first.execution_mode))
+    (compiled, losses, mode), (plain, expected, _) = runs
+    assert mode == ("step" if per_batch else "epoch")
+    np.testing.assert_allclose(losses, expected, rtol=1e-12)
+    _assert_same(compiled, plain, 1e-12)

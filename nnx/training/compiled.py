@@ -211,6 +211,30 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
 _GONE = object()  # an attribute a layer did not have
 
 
+class AttributeWatch:
+    """An object's description as a program holds it (`hyper_constants`' `_constant`), described again only when
+    one of its attributes is another object than before, or a dict or list of them changed: asked every step."""
+
+    def __init__(self) -> None:
+        self._obj: Any = None
+        self._items: list[tuple[str, Any, Any]] = []  # (attribute, value, a shallow copy of a dict or list)
+        self.value: Any = None
+
+    def current(self, obj: Any) -> Any:
+        """The description of `obj` as it stands now."""
+        attributes = getattr(obj, "__dict__", None)
+        if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
+                attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
+                for key, value, copy in self._items):
+            self._obj, self.value = obj, _constant(obj)
+            self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
+        return self.value
+
+
+def _shallow_copy(value: Any) -> Any:
+    return dict(value) if type(value) is dict else list(value) if type(value) is list else None
+
+
 class HeldArrays:
     """The arrays layers held while a program was traced and that the trace did not rebind (a mask, a table):
     the program may have read them as constants, so it holds only while the layers hold those same arrays.
@@ -326,6 +350,8 @@ class CompiledStep:
         self._settings = SettingsWatch()
         self._held = HeldArrays()
         self._generation = 0  # how often the layers rebound an array the programs held (`HeldArrays`)
+        self._head_watch = AttributeWatch()
+        self._hyper_values: tuple | None = None
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.rebind(loss, optimizer, transforms)
         self.reset()
@@ -344,13 +370,13 @@ class CompiledStep:
         return self._draws or 0
 
     def rebind(self, loss: Any, optimizer: Any, transforms: list[Any]) -> None:
-        """Use these (equally configured) objects from now on, e.g. those of a later fit."""
+        """Use these (equally configured) objects from now on, e.g. those of a later fit; the programs are traced
+        again where what they hold as constants (`constants`) changed since the last step."""
         self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
-        generation = self._generation
-        self._hyper_values = self.constants()
-        if self._generation != generation:  # a layer rebound an array the programs held since the last fit
+        before, self._hyper_values = self._hyper_values, self.constants()
+        if before is not None and before != self._hyper_values:
             self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
             self.forget_draws()
         self._lr: float | None = None
@@ -358,11 +384,12 @@ class CompiledStep:
 
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
-        hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`) and the arrays they
-        held when traced (`HeldArrays`)."""
+        hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`), the arrays they
+        held when traced (`HeldArrays`) and the loss's attributes (a weight a callback anneals)."""
         if self._held.moved():
             self._generation += 1
-        return hyper_constants(self.optimizer), self._settings.current(self.model), self._generation
+        return (hyper_constants(self.optimizer), self._settings.current(self.model), self._generation,
+                self._head_watch.current(self.head))
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate
