@@ -23,6 +23,8 @@ class Dropout(Layer):
     def forward(self, X: Any, training: bool = False) -> Any:
         if not training:
             return X  # keep the mask: an inference pass between forward and backward must not change the gradient
+        if not 0.0 <= self.rate < 1.0:  # one set after construction (NaN fails it too)
+            raise ValueError(f"Dropout rate must be a number in [0, 1) when it runs, got {self.rate!r}")
         if self.rate == 0.0:
             self._mask = None
             return X
