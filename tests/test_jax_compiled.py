@@ -395,3 +395,26 @@ def test_a_loss_attribute_changed_between_fits_or_by_a_callback_is_used_as_in_th
     assert mode == ("step" if per_batch else "epoch")
     np.testing.assert_allclose(losses, expected, rtol=1e-12)
     _assert_same(compiled, plain, 1e-12)
+
+
+class StrengthenPenalty(nnx.callbacks.Callback):
+    """Sets the model-level penalty's strength at each epoch (outside its config)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.regularizer.l = 0.5 * (epoch + 1)
+
+
+def test_a_model_penalty_changed_by_a_callback_is_used_as_in_the_plain_loop():
+    X, y = _data("mse")
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0, regularizer=nnx.regularizers.L2(0.01),
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        history = model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
+                            validation_data=(X, y), callbacks=[StrengthenPenalty()])
+        runs.append((model, history))
+    (compiled, history), (plain, expected) = runs
+    assert history.execution_mode == "epoch"
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
+    _assert_same(compiled, plain, 1e-12)

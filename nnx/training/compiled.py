@@ -52,9 +52,10 @@ from .shared_programs import (
     settings_key,
 )
 
-__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
-           "HeldArrays", "changed_state", "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers",
-           "layer_attributes", "put_back_arrays", "python_state", "restore_state", "untraceable_reason"]
+__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "AttributeWatch",
+           "CompiledStep", "HeldArrays", "changed_state", "compile_step", "compiled_step_of", "described",
+           "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays", "python_state", "restore_state",
+           "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -212,8 +213,9 @@ _GONE = object()  # an attribute a layer did not have
 
 
 class AttributeWatch:
-    """An object's description as a program holds it (`hyper_constants`' `_constant`), described again only when
-    one of its attributes is another object than before, or a dict or list of them changed: asked every step."""
+    """An object's description as a program holds it (`described`), described again only when
+    one of its attributes is another object than before, or a dict or list of them changed: asked every step.
+    None (no regularizer) is described as itself."""
 
     def __init__(self) -> None:
         self._obj: Any = None
@@ -226,7 +228,7 @@ class AttributeWatch:
         if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
                 for key, value, copy in self._items):
-            self._obj, self.value = obj, _constant(obj)
+            self._obj, self.value = obj, described(obj)
             self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
         return self.value
 
@@ -286,10 +288,10 @@ def hyper_constants(optimizer: Any) -> tuple:
     steps = optimizer.param_steps
     offsets = tuple(s - steps[0] for s in steps) if steps else ()
     settings = sorted(optimizer.rule_constants().items(), key=lambda item: item[0])
-    return (*[(k, _constant(v)) for k, v in settings], ("update count offsets", offsets))
+    return (*[(k, described(v)) for k, v in settings], ("update count offsets", offsets))
 
 
-def _constant(value: Any) -> Any:
+def described(value: Any) -> Any:
     """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity."""
     try:
         return describe(value, {})
@@ -350,7 +352,7 @@ class CompiledStep:
         self._settings = SettingsWatch()
         self._held = HeldArrays()
         self._generation = 0  # how often the layers rebound an array the programs held (`HeldArrays`)
-        self._head_watch = AttributeWatch()
+        self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
         self._hyper_values: tuple | None = None
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.rebind(loss, optimizer, transforms)
@@ -385,11 +387,12 @@ class CompiledStep:
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
         hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`), the arrays they
-        held when traced (`HeldArrays`) and the loss's attributes (a weight a callback anneals)."""
+        held when traced (`HeldArrays`), and the attributes of the loss and of the model's regularizer (a
+        weight or a strength a callback anneals)."""
         if self._held.moved():
             self._generation += 1
         return (hyper_constants(self.optimizer), self._settings.current(self.model), self._generation,
-                self._head_watch.current(self.head))
+                self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer))
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate

@@ -23,7 +23,15 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
-from .compiled import HeldArrays, changed_state, layer_attributes, put_back_arrays, python_state, restore_state
+from .compiled import (
+    HeldArrays,
+    changed_state,
+    described,
+    layer_attributes,
+    put_back_arrays,
+    python_state,
+    restore_state,
+)
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
@@ -33,9 +41,10 @@ _PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _model_signature(model: Model) -> tuple:
-    """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters."""
+    """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters, its
+    regularizer's attributes (a strength a callback changes is not in its config)."""
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
-            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer))
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), described(model.regularizer))
 
 
 def _compilable(model: Model) -> bool:
