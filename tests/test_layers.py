@@ -212,7 +212,7 @@ def test_dense_shapes_and_forward(backend, dtype):
     np.testing.assert_allclose(backend.to_host(Y), expected, rtol=rtol, atol=rtol)
 
 
-class Doubling(nnx.Layer):
+class TakesAnyShape(nnx.Layer):
     """Takes any sample shape: the model before a Dense does not know what reaches it."""
 
     def forward(self, X, training=False):
@@ -226,7 +226,7 @@ class Doubling(nnx.Layer):
 def test_dense_refuses_input_it_was_not_built_for_by_name(backend, shape):
     """A (batch, k, features) input would give (batch, k, out) outputs the model does not declare and, in a
     backward, a weight gradient of the wrong shape; a wrong feature count a backend's own matmul error."""
-    model = nnx.Sequential(Doubling(), nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+    model = nnx.Sequential(TakesAnyShape(), nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
     X = model.backend.asarray(np.ones(shape), dtype="float64")
     message = rf"Dense\(3, 2\) takes input of shape \(batch, 3\) but gets {re.escape(str(shape))}"
     with pytest.raises(ValueError, match=message):

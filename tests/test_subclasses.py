@@ -344,7 +344,7 @@ def test_a_subclass_of_a_container_or_norm_layer_keeps_its_own_arguments(backend
     assert nnx.check_gradients(model, X[:4], np.ones((4, 2)), loss="mse") < 1e-6
 
 
-class MLP(nnx.Sequential):
+class OwnLayersMLP(nnx.Sequential):
     """A model class that makes its own layers from a width, as a Keras or PyTorch model class does."""
 
     def __init__(self, width=4, **kwargs):
@@ -363,14 +363,14 @@ class TaggedModel(nnx.Sequential):
 @pytest.mark.parametrize("nested", [False, True])
 def test_a_sequential_subclass_keeps_its_own_arguments(backend, nested, tmp_path):
     X = np.random.default_rng(8).standard_normal((6, 3))
-    models = [MLP(6, backend=backend, dtype="float64", seed=0),
+    models = [OwnLayersMLP(6, backend=backend, dtype="float64", seed=0),
               TaggedModel(nnx.Dense(3, 2), tag="kept", backend=backend, dtype="float64", seed=0)]
     for model in models:
         if nested:
             model = nnx.Sequential(type(model).from_config(model.get_config()), backend=backend, dtype="float64",
                                    seed=0)
         inner = model.layers[0] if nested else model
-        extra = {"width": 6} if isinstance(inner, MLP) else {"tag": "kept"}
+        extra = {"width": 6} if isinstance(inner, OwnLayersMLP) else {"tag": "kept"}
         assert {k: inner.get_config().get(k) for k in extra} == extra
         pred = _host(model, model.predict(X))
         model.save(tmp_path / "m.npz")
