@@ -59,6 +59,20 @@ def test_backward_before_a_training_forward_raises_one_clear_error(backend, name
     assert tuple(layer.backward(X).shape) == (3, 4)
 
 
+@pytest.mark.parametrize("name", [name for name in BUILT_INS if name != "Identity"])  # Identity keeps nothing
+def test_a_second_backward_of_one_training_forward_raises_the_same_error(backend, name):
+    """Each training forward is backpropagated once, as the model's own backward says: a second backward gave a
+    bare AttributeError or TypeError (Dense, the activations), or, for Dropout, dY itself without the mask.
+    A container's error names the layer inside it that found nothing kept."""
+    layer = BUILT_INS[name]()
+    model = nnx.Sequential(nnx.Dense(4, 4), layer, backend=backend, dtype="float64", seed=0)
+    X = model.backend.asarray(np.ones((3, 4)), dtype="float64")
+    layer.forward(X, training=True)
+    layer.backward(X)
+    with pytest.raises(RuntimeError, match=r"\w+\.backward needs a forward\(X, training=True\) first.*once"):
+        layer.backward(X)
+
+
 def test_a_model_called_in_training_mode_may_backpropagate(backend):
     model = nnx.Sequential(nnx.Dense(4, 2), nnx.Tanh(), backend=backend, dtype="float64", seed=0)
     X = np.ones((3, 4))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layers.base import note_training_call
+from ..layers.base import note_training_call, nothing_kept
 from ..layers.dense import check_input
 
 
@@ -48,8 +48,7 @@ class DenseKernel:
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         X, self._X = self._X, None
         if X is None:
-            raise RuntimeError("Dense.backward needs a forward(X, training=True) first: backward uses what that "
-                               "forward keeps (training=False keeps nothing)")
+            raise nothing_kept(self.layer)
         layer, offered = self.layer, self.destinations or {}
         self.destinations = None  # an offer holds for one step
         weight, bias = layer.weight, layer.bias

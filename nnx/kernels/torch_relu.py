@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..layers.base import note_training_call
+from ..layers.base import note_training_call, nothing_kept
 
 
 class ReLUKernel:
@@ -39,6 +39,5 @@ class ReLUKernel:
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         kept, self._kept = self._kept, None
         if kept is None:
-            raise RuntimeError("ReLU.backward needs a forward(X, training=True) first: backward uses what that "
-                               "forward keeps (training=False keeps nothing)")
+            raise nothing_kept(self.layer)
         return self._torch.ops.aten.threshold_backward(dY, kept, 0.0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import _validate as check
 from .. import activations as act
-from .base import Layer
+from .base import Layer, nothing_kept
 
 
 class _Activation(Layer):
@@ -42,6 +42,8 @@ class Sigmoid(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         Y, self._cache = self._cache, None
+        if Y is None:
+            raise nothing_kept(self)
         return dY * (Y * (1.0 - Y))
 
     def to_onnx(self, graph: Any, X: str) -> str:
@@ -68,6 +70,8 @@ class Tanh(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         Y, self._cache = self._cache, None
+        if Y is None:
+            raise nothing_kept(self)
         return dY * (1.0 - Y * Y)
 
     def to_onnx(self, graph: Any, X: str) -> str:
@@ -87,6 +91,8 @@ class ReLU(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         Y, self._cache = self._cache, None
+        if Y is None:
+            raise nothing_kept(self)
         # zero where the output is <= 0, as torch's backward: where it is NaN (a NaN input) the gradient passes
         return self.xp.where(Y <= 0.0, 0.0, dY)
 
@@ -114,6 +120,8 @@ class LeakyReLU(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         X, self._cache = self._cache, None
+        if X is None:
+            raise nothing_kept(self)
         return self.xp.where(X > 0.0, dY, self.alpha * dY)
 
     def to_onnx(self, graph: Any, X: str) -> str:
@@ -144,6 +152,8 @@ class Softplus(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         X, self._cache = self._cache, None
+        if X is None:
+            raise nothing_kept(self)
         return dY * act.sigmoid(X)
 
     def to_onnx(self, graph: Any, X: str) -> str:
@@ -175,6 +185,8 @@ class Softmax(_Activation):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         Y, self._cache = self._cache, None
+        if Y is None:
+            raise nothing_kept(self)
         return act.softmax_vjp(Y, dY, axis=-1)
 
     def to_onnx(self, graph: Any, X: str) -> str:

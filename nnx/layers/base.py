@@ -488,6 +488,12 @@ def _refuse_second_use(layer: Layer) -> None:
         "backward adds up their gradients (a call with training=False keeps nothing and may repeat)")
 
 
+def nothing_kept(layer: Any) -> RuntimeError:
+    """The error of a built-in backward that finds nothing kept: no training forward came, or its backward ran."""
+    return RuntimeError(f"{type(layer).__name__}.backward needs a forward(X, training=True) first: backward uses what "
+                        "that forward keeps (training=False keeps nothing), once per training forward")
+
+
 _NOT_GIVEN = object()  # backward's need_dX left to the layer's own default
 
 

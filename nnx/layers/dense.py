@@ -7,7 +7,7 @@ from typing import Any
 from .. import _validate as check
 from ..init import get_initializer
 from ..regularizers import Regularizer, get_regularizer
-from .base import Layer, Shape
+from .base import Layer, Shape, nothing_kept
 
 
 class Dense(Layer):
@@ -54,6 +54,8 @@ class Dense(Layer):
         return X @ self.weight.value + self.bias.value
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        if self._X is None:
+            raise nothing_kept(self)
         W = self.weight.value
         grad_W = self._X.T @ dY
         if self.regularizer is not None:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _validate as check
-from .base import Layer
+from .base import Layer, nothing_kept
+
+
+class _NoMask:
+    """What a training forward at rate 0 keeps: nothing to mask (None is nothing kept). One object, copies too."""
+
+    def __reduce__(self) -> str:
+        return "_NO_MASK"  # copy.deepcopy and pickle give this object back, so `is` holds in a copied model
+
+
+_NO_MASK = _NoMask()
 
 
 class Dropout(Layer):
@@ -26,17 +36,18 @@ class Dropout(Layer):
         if not 0.0 <= self.rate < 1.0:  # one set after construction (NaN fails it too)
             raise ValueError(f"Dropout rate must be a number in [0, 1) when it runs, got {self.rate!r}")
         if self.rate == 0.0:
-            self._mask = None
+            self._mask = _NO_MASK
             return X
         self._mask = self.rng.uniform(tuple(X.shape), self.dtype) >= self.rate
         return self.xp.where(self._mask, X * (1.0 / (1.0 - self.rate)), 0.0)
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
-        if self._mask is None:
+        mask, self._mask = self._mask, None
+        if mask is None:
+            raise nothing_kept(self)
+        if mask is _NO_MASK:
             return dY
-        dX = self.xp.where(self._mask, dY * (1.0 / (1.0 - self.rate)), 0.0)
-        self._mask = None
-        return dX
+        return self.xp.where(mask, dY * (1.0 / (1.0 - self.rate)), 0.0)
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return X  # an inference graph: dropout is the identity

@@ -11,7 +11,7 @@ import inspect
 from typing import Any, cast
 
 from .. import _validate as check
-from .base import Layer, Shape, constructor_config
+from .base import Layer, Shape, constructor_config, nothing_kept
 
 
 class BatchNorm(Layer):
@@ -92,7 +92,7 @@ class BatchNorm(Layer):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         if self._cache is None:
-            raise RuntimeError("BatchNorm.backward needs a forward(X, training=True) first")
+            raise nothing_kept(self)
         xp = self.xp
         X_hat, inv = self._cache
         self._cache = None
@@ -194,7 +194,7 @@ class LayerNorm(Layer):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         if self._cache is None:
-            raise RuntimeError("LayerNorm.backward needs a forward(X, training=True) first")
+            raise nothing_kept(self)
         xp = self.xp
         X_hat, inv = self._cache
         self._cache = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import Layer, Shape
+from .base import Layer, Shape, nothing_kept
 
 
 class Flatten(Layer):
@@ -36,7 +36,7 @@ class Flatten(Layer):
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         if self._shape is None:
-            raise RuntimeError("Flatten.backward needs a forward(X, training=True) first")
+            raise nothing_kept(self)
         shape, self._shape = self._shape, None
         return self.xp.reshape(dY, shape) if need_dX else None
 
