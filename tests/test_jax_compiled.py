@@ -418,3 +418,40 @@ def test_a_model_penalty_changed_by_a_callback_is_used_as_in_the_plain_loop():
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
     _assert_same(compiled, plain, 1e-12)
+
+
+class ArrayWeightedMSE(nnx.losses.MSE):
+    """A user's loss holding an array (per-output weights) that a callback rebinds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights = np.ones(2)
+
+    def rows(self, xp, y_true, y_pred):
+        w = xp.asarray(self.weights, dtype=y_pred.dtype)
+        return xp.mean((y_pred - y_true) ** 2 * w, axis=1), 2 * (y_pred - y_true) * w / y_pred.size
+
+
+class Reweight(nnx.callbacks.Callback):
+    def __init__(self, loss) -> None:
+        self.loss = loss
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.loss.weights = np.array([1.0 + epoch, 0.5])
+
+
+def test_a_loss_array_a_callback_rebinds_is_used_as_in_the_plain_loop():
+    X, y = _data("mse")
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        loss = ArrayWeightedMSE()
+        history = model.fit(X, y, loss=loss, optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
+                            validation_data=(X, y), callbacks=[Reweight(loss)])
+        runs.append((model, history))
+    (compiled, history), (plain, expected) = runs
+    assert history.execution_mode == "epoch"
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
+    _assert_same(compiled, plain, 1e-12)

@@ -215,6 +215,7 @@ _GONE = object()  # an attribute a layer did not have
 class AttributeWatch:
     """An object's description as a program holds it (`described`), described again only when
     one of its attributes is another object than before, or a dict or list of them changed: asked every step.
+    An object `described` tells only by identity is told by its attributes' identities too (a rebound array).
     None (no regularizer) is described as itself."""
 
     def __init__(self) -> None:
@@ -230,6 +231,8 @@ class AttributeWatch:
                 for key, value, copy in self._items):
             self._obj, self.value = obj, described(obj)
             self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
+            if isinstance(self.value, ById):  # told by identity (it holds an array): its attributes by theirs
+                self.value = self.value, tuple((key, ById(value)) for key, value, _ in self._items)
         return self.value
 
 

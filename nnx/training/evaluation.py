@@ -35,7 +35,10 @@ def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
 def _head_key(head: Any) -> tuple:
     """The loss's class and attributes (its math's constants); the object itself where they are not plain."""
     settings = settings_key(head)
-    return settings if settings is not None else (ById(head),)
+    if settings is not None:
+        return settings
+    # told by identity (it holds an array): and by its attributes' identities, so a rebound array is seen
+    return ById(head), tuple((key, ById(value)) for key, value in getattr(head, "__dict__", {}).items())
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
