@@ -54,8 +54,8 @@ from .shared_programs import (
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "AttributeWatch",
            "CompiledStep", "HeldArrays", "changed_state", "compile_step", "compiled_step_of", "described",
-           "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays", "python_state", "restore_state",
-           "untraceable_reason"]
+           "described_with_attributes", "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays",
+           "python_state", "restore_state", "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -229,10 +229,8 @@ class AttributeWatch:
         if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
                 for key, value, copy in self._items):
-            self._obj, self.value = obj, described(obj)
+            self._obj, self.value = obj, described_with_attributes(obj)
             self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
-            if isinstance(self.value, ById):  # told by identity (it holds an array): its attributes by theirs
-                self.value = self.value, tuple((key, ById(value)) for key, value, _ in self._items)
         return self.value
 
 
@@ -300,6 +298,15 @@ def described(value: Any) -> Any:
         return describe(value, {})
     except (Unshareable, RecursionError):
         return ById(value)
+
+
+def described_with_attributes(obj: Any) -> Any:
+    """`described`, and for an object told by identity (it holds an array) its attributes' identities too: a
+    program holds the array it read, so rebinding it (``loss.weights = new``) is another program."""
+    value = described(obj)
+    if not isinstance(value, ById):
+        return value
+    return value, tuple((key, ById(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs

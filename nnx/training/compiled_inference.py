@@ -26,7 +26,7 @@ from ..protocols import Model
 from .compiled import (
     HeldArrays,
     changed_state,
-    described,
+    described_with_attributes,
     layer_attributes,
     put_back_arrays,
     python_state,
@@ -44,7 +44,8 @@ def _model_signature(model: Model) -> tuple:
     """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters, its
     regularizer's attributes (a strength a callback changes is not in its config)."""
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
-            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), described(model.regularizer))
+            tuple(map(id, model.parameters())), tuple(map(id, model.buffers())),
+            described_with_attributes(model.regularizer))
 
 
 def _compilable(model: Model) -> bool:

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
+from .compiled import described_with_attributes
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
-from .shared_programs import ById, settings_key
+from .shared_programs import ById
 from .weights import average, batch_weight, host_values
 
 
@@ -33,12 +34,9 @@ def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
 
 
 def _head_key(head: Any) -> tuple:
-    """The loss's class and attributes (its math's constants); the object itself where they are not plain."""
-    settings = settings_key(head)
-    if settings is not None:
-        return settings
-    # told by identity (it holds an array): and by its attributes' identities, so a rebound array is seen
-    return ById(head), tuple((key, ById(value)) for key, value in getattr(head, "__dict__", {}).items())
+    """The loss's class and attributes (its math's constants); where they are not plain, the object and its
+    attributes by identity (`described_with_attributes`)."""
+    return (described_with_attributes(head),)
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
