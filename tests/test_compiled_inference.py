@@ -185,3 +185,27 @@ def test_a_pass_that_updates_a_buffer_or_python_state_keeps_it_as_op_by_op():
     assert batches == expected_batches == 3
     for a, b in zip(compiled, op_by_op, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+class Above:
+    """A user's metric object with a setting changed between two evaluations."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def __call__(self, xp, y, Z, from_logits=False):
+        return xp.mean(xp.astype(Z > self.threshold, Z.dtype))
+
+
+def test_a_metric_objects_setting_changed_between_evaluations_is_used():
+    X, y, _ = _data()
+    results = {}
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(5, 1), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        metric = Above(0.0)
+        first = model.evaluate(X, y, loss="mse", metrics=[("above", metric)])["above"]
+        metric.threshold = 1e9
+        results[fast] = first, model.evaluate(X, y, loss="mse", metrics=[("above", metric)])["above"]
+    assert results[True] == results[False]
+    assert results[False][1] == 0.0 < results[False][0]

@@ -15,7 +15,6 @@ from .compiled import described_with_attributes
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
-from .shared_programs import ById
 from .weights import average, batch_weight, host_values
 
 
@@ -40,8 +39,9 @@ def _head_key(head: Any) -> tuple:
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
-    # by identity: a metric may be any callable, hashable or not; the key holds them, so no id is reused
-    return tuple((name, ById(fn)) for name, fn in metric_fns.items())
+    # a metric may be any callable, hashable or not: a function by identity (the key holds it, so no id is
+    # reused), an object of the user's by its attributes, so a setting changed between calls is another program
+    return tuple((name, described_with_attributes(fn)) for name, fn in metric_fns.items())
 
 
 def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
