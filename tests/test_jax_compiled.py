@@ -455,3 +455,31 @@ def test_a_loss_array_a_callback_rebinds_is_used_as_in_the_plain_loop():
     for key in ("loss", "val_loss"):
         np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
     _assert_same(compiled, plain, 1e-12)
+
+
+class Loosen(nnx.callbacks.Callback):
+    """Raises a gradient transform's clipping norm at each epoch."""
+
+    def __init__(self, transform) -> None:
+        self.transform = transform
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.transform.max_norm = 0.01 * 10**epoch
+
+
+def test_a_gradient_transform_setting_changed_by_a_callback_is_used_as_in_the_plain_loop():
+    from nnx.training.transforms import ClipByNorm
+
+    X, y = _data("mse")
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        clip = ClipByNorm(0.01)
+        history = model.fit(X, y * 5, loss="mse", optimizer="sgd", lr=0.1, epochs=3, batch_size=BATCH, verbose=0,
+                            gradient_transforms=[clip], callbacks=[Loosen(clip)])
+        runs.append((model, history))
+    (compiled, history), (plain, expected) = runs
+    assert history.execution_mode == "epoch"
+    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-12)
+    _assert_same(compiled, plain, 1e-12)

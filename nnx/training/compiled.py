@@ -387,6 +387,7 @@ class CompiledStep:
         self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
+        self._transform_watches = [AttributeWatch() for _ in self.transforms]
         before, self._hyper_values = self._hyper_values, self.constants()
         if before is not None and before != self._hyper_values:
             self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
@@ -397,12 +398,13 @@ class CompiledStep:
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
         hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`), the arrays they
-        held when traced (`HeldArrays`), and the attributes of the loss and of the model's regularizer (a
-        weight or a strength a callback anneals)."""
+        held when traced (`HeldArrays`), and the attributes of the loss, of the model's regularizer and of the
+        gradient transforms (a weight, a strength or a clipping norm a callback anneals)."""
         if self._held.moved():
             self._generation += 1
         return (hyper_constants(self.optimizer), self._settings.current(self.model), self._generation,
-                self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer))
+                self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer),
+                tuple(w.current(t) for w, t in zip(self._transform_watches, self.transforms, strict=True)))
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate
