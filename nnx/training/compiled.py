@@ -14,8 +14,11 @@ a user's included. Tracing binds traced values through public attributes only
 (``p.value``, ``b.value``, the dropout stream's ``counter``) and restores them
 afterwards; the optimizer is called through its rule, ``update(xp, value, grad,
 state, step, lr)``, with the learning rate and the update count as traced inputs,
-so a schedule never recompiles. Hyper-parameters, layer settings and the loss are
-constants of the program; when one changes, the step is traced again.
+so a schedule never recompiles; so is the dropout stream's seed, so models of other
+seeds share a program. Hyper-parameters, layer settings, the loss, the model's
+regularizer, the gradient transforms and the arrays a layer holds besides its
+parameters and buffers are constants of the program; when one changes (a callback
+may change any of them between steps), the step is traced again.
 
 What cannot be traced runs the plain stages instead: a method replaced on one
 object (a test's or a user's hook, which may count calls or raise), a gradient
