@@ -12,6 +12,9 @@ from .protocols import Model
 def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
     """Print a table of layers, their output shapes and parameter counts.
 
+    Once `fit` has an optimizer, trainable parameters are those it updates; any it leaves out
+    (an optimizer given a subset of ``model.parameters()``) are counted apart, as never trained.
+
     Args:
         print_fn: what receives the table as one string (default `print`; e.g. a logger's
             ``info``, or ``lines.append`` to keep it).
@@ -24,7 +27,12 @@ def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
         rows.append((f"{'  ' * path.count('.')}{path}: {type(layer).__name__}", shown, f"{count:,}"))
     widths = [max(len(r[c]) for r in rows) for c in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    total = sum(math.prod(p.shape) for p in model.parameters())
-    frozen = sum(math.prod(b.shape) for b in model.buffers())
-    lines.append(f"trainable parameters: {total:,}; buffers: {frozen:,}; {model.backend.spec}, {model.dtype}")
+    params = model.parameters()
+    trained = {id(p) for p in model.optimizer.params} if model.optimizer is not None else {id(p) for p in params}
+    total = sum(math.prod(p.shape) for p in params if id(p) in trained)
+    left_out = sum(math.prod(p.shape) for p in params if id(p) not in trained)
+    buffers = sum(math.prod(b.shape) for b in model.buffers())
+    untrained = f"; not trained (outside the optimizer): {left_out:,}" if left_out else ""
+    lines.append(f"trainable parameters: {total:,}{untrained}; buffers: {buffers:,}; {model.backend.spec}, "
+                 f"{model.dtype}")
     print_fn("\n".join(lines))

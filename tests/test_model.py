@@ -706,3 +706,15 @@ def test_check_gradients_reads_a_loss_name_as_fit_does(monkeypatch, last, name):
     assert nnx.check_gradients(model, X, y, loss=name, inputs=False) < 1e-6
     assert seen and all(loss.get_config() == model.resolve_loss(name).get_config() for loss in seen)
     assert not seen[0].from_logits
+
+
+def test_summary_counts_only_the_optimizers_parameters_as_trainable():
+    # found in review: with an optimizer over the first layer only, summary called all 26 parameters trainable
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 2), seed=0)
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    assert "trainable parameters: 26; buffers: 0" in lines[-1]
+    X, y = np.ones((4, 3)), np.zeros((4, 2))
+    model.fit(X, y, optimizer=nnx.optim.SGD(model.parameters()[:2], lr=0.1), epochs=1)
+    model.summary(print_fn=lines.append)
+    assert "trainable parameters: 16; not trained (outside the optimizer): 10; buffers: 0" in lines[-1]
