@@ -192,6 +192,20 @@ def test_a_nested_model_cannot_join_a_second_place():
         nnx.Sequential(nnx.Residual(twice), nnx.Residual(twice))
 
 
+
+def test_a_model_that_fails_to_build_leaves_its_layers_free():
+    # found in review: the layers built before the failing one stayed bound to the model that was never made,
+    # so building again from them said "already belongs to a model"
+    dense = nnx.Dense(4, 4)
+    with pytest.raises(ValueError, match=r"already held here"):
+        nnx.Sequential(dense, dense)
+    trained = nnx.Sequential(nnx.Dense(4, 2), seed=0)
+    trained.fit(np.ones((2, 4)), np.ones((2, 2)), epochs=1)
+    with pytest.raises(ValueError, match=r"a trained Sequential cannot be placed"):
+        nnx.Sequential(dense, nnx.Residual(nnx.Dense(4, 4)), trained)
+    model = nnx.Sequential(dense, nnx.Dense(4, 2), seed=0)
+    assert [p.name for p in model.parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
+
 # -- every backend: fit, gradients, save/load/to, ONNX ------------------------------------------------
 
 @pytest.mark.parametrize("kind", list(BUILDERS))

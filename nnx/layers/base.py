@@ -246,6 +246,9 @@ class Layer:
             for name, (layer, shape) in self._declared_layers.items():
                 self._attach_layer(name, layer, shape)
             self.build(input_shape)
+        except BaseException:
+            self.detach()  # the model is never made: the sub-layers built so far are free for another
+            raise
         finally:
             self._building = False
         self.output_sample_shape = output
