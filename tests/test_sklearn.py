@@ -426,6 +426,17 @@ def test_every_parameter_value_sklearn_accepts_is_accepted(Estimator, SkEstimato
     assert tried > 40
 
 
+@pytest.mark.parametrize("name, value", [("early_stopping", "no"), ("shuffle", "no"), ("warm_start", "yes"),
+                                         ("nesterovs_momentum", None), ("verbose", "yes"), ("verbose", -1)])
+def test_flags_sklearn_refuses_are_refused_not_read_as_truthy(name, value):
+    """early_stopping="no" used to turn early stopping on: bool("no") is True. scikit-learn refuses these."""
+    X, y = _blobs(n=30, classes=2)
+    with pytest.raises(ValueError, match=name):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, **{name: value}).fit(X, y)
+    for ok in (np.True_, False, 1) if name != "verbose" else (np.int64(2), True):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, **{name: ok}).fit(X, y)
+
+
 def test_signatures_follow_the_installed_sklearn():
     """The same parameters in the same positions as scikit-learn's (MLPRegressor(loss, hidden_layer_sizes, ...))."""
     import inspect

@@ -104,6 +104,12 @@ class MLPBase(BaseEstimator):
         for name in ("validation_fraction", "beta_1", "beta_2", "dropout"):
             check.probability(name, getattr(self, name))
         check.real("momentum", self.momentum, 0.0, 1.0)
+        # read as conditions: a string such as "no" would otherwise be true (np.bool_ is no Integral: as bool)
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            value = getattr(self, name)
+            check.flag(name, bool(value) if isinstance(value, np.bool_) else value)
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            check.integer("verbose (a bool or an int)", self.verbose, low=0)
         check.positive_int("max_iter", self.max_iter)
         check.positive_int("max_fun", self.max_fun)
         if self.n_iter_no_change != math.inf:
