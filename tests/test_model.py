@@ -718,3 +718,13 @@ def test_summary_counts_only_the_optimizers_parameters_as_trainable():
     model.fit(X, y, optimizer=nnx.optim.SGD(model.parameters()[:2], lr=0.1), epochs=1)
     model.summary(print_fn=lines.append)
     assert "trainable parameters: 16; not trained (outside the optimizer): 10; buffers: 0" in lines[-1]
+
+
+def test_to_given_a_torch_dtype_or_device_names_what_it_takes():
+    # found in review: model.to(torch.float64) or model.to(torch.device("cpu")) raised AttributeError from
+    # deep inside ("'torch.dtype' object has no attribute 'device'")
+    torch = pytest.importorskip("torch")
+    model = _small("numpy")
+    for wrong in (torch.float64, torch.device("cpu")):
+        with pytest.raises(TypeError, match=r"backend must be a name, namespace, array or Backend, got (dtype|device)"):
+            model.to(wrong)

@@ -113,8 +113,10 @@ def _from_namespace(module: types.ModuleType) -> Backend:
 
 def _from_array(x: Any) -> Backend:
     name = backend_name_of(x)
-    if name is None:
-        raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__}")
+    # a library's other objects (torch.float64, torch.device("cpu")) carry its module name but are no arrays
+    if name is None or not array_api_compat.is_array_api_obj(x):
+        raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__} {x!r} "
+                        "(a device goes in the name, \"torch:cuda\"; a model's dtype in dtype=)")
     device = array_api_compat.device(x)
     if name not in _ENTRIES:
         return _generic(array_api_compat.array_namespace(x), device)
