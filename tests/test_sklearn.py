@@ -345,6 +345,18 @@ def test_warm_start_partial_fit_and_lbfgs():
         MLPClassifier(solver="lbfgs", dropout=0.5).fit(X, y)
 
 
+@pytest.mark.parametrize("limit, advice, not_advice", [({"max_iter": 2}, "(max_iter=2)", "max_fun"),
+                                                       ({"max_fun": 3}, "(max_fun=3)", "max_iter")])
+def test_lbfgs_convergence_warning_names_the_limit_that_stopped_it(limit, advice, not_advice):
+    """Stopped by max_fun, the warning used to advise raising max_iter, which changes nothing."""
+    X, y = _blobs(n=40)
+    with pytest.warns(ConvergenceWarning) as record:
+        MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", random_state=0, **limit).fit(X, y.astype(float))
+    message = str(record[0].message)
+    assert message.startswith("lbfgs failed to converge after ") and advice in message
+    assert not_advice not in message
+
+
 def test_weights_copied_from_a_fitted_estimator_are_not_tied_to_it():
     # new.coefs_ = fitted.coefs_ on an unfitted estimator: editing or training `new` leaves `fitted` alone
     X, y = _blobs(classes=2)

@@ -308,6 +308,14 @@ class MLPTraining(MLPBase):
         self.loss_ = float(result.fun)
         model.loss = loss_fn
         if result.status != 0:
-            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}): "
-                          f"{result.message}. Increase the number of iterations (max_iter) or scale the data.",
-                          ConvergenceWarning, stacklevel=4)
+            # scikit-learn's text; the advice names the limit that stopped the run, if one did
+            message = f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n" \
+                      f"{result.message}\n"
+            if self.n_iter_ == self.max_iter:
+                message += f"\nIncrease the number of iterations to improve the convergence (max_iter={self.max_iter})."
+            elif int(result.nfev) >= self.max_fun:
+                message += ("\nIncrease the number of loss evaluations allowed to improve the convergence "
+                            f"(max_fun={self.max_fun}).")
+            message += ("\nYou might also want to scale the data as shown in:\n"
+                        "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
