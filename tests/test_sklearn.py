@@ -682,6 +682,19 @@ def test_bad_sample_weights_fail_naming_them(bad, match):
         pytest.fail("no split put the weighted row in the validation part")
 
 
+@pytest.mark.parametrize("alpha", [0.0, 1e-4])
+def test_a_minibatch_of_zero_weights_fails_naming_it(alpha):
+    """A batch whose weights sum to 0 has no per-batch mean (scikit-learn divides by 0 there too): it used to
+    raise a bare ZeroDivisionError from inside the training step."""
+    X, y_reg, y_clf, _ = _weighted_data()
+    w = np.ones(40)
+    w[5] = 0.0
+    for Estimator, y in ((MLPClassifier, y_clf), (MLPRegressor, y_reg)):
+        est = Estimator(hidden_layer_sizes=(3,), batch_size=1, max_iter=1, shuffle=False, alpha=alpha)
+        with pytest.raises(ValueError, match=r"sample weights of a mini-batch sum to zero.*batch_size=1"):
+            est.fit(X, y, sample_weight=w)
+
+
 def test_sample_weight_on_every_backend(backend, dtype):
     """Weighted rows equal repeated rows on every backend, NumPy weights in, NumPy out."""
     X, _, y, w = _weighted_data(seed=5, n=30)

@@ -181,6 +181,11 @@ class MLPTraining(MLPBase):
             for part in gen_batches(n, batch):
                 lo, hi = part.start, part.stop
                 divisor = float(hi - lo) if w_host is None else float(w_host[lo:hi].sum())
+                if divisor == 0.0:  # scikit-learn divides by it too, and fails there with ZeroDivisionError
+                    raise ValueError(
+                        f"The sample weights of a mini-batch sum to zero (batch_size={batch}, epoch {self.n_iter_ + 1}"
+                        "): its loss is the weighted mean over the batch, which has none. Use a larger batch_size, "
+                        "or leave the zero-weight rows out of the data.")
                 value, _ = step.forward_loss(X_e[lo:hi, ...], y_e[lo:hi, ...],
                                              None if w_e is None else w_e[lo:hi])
                 if value_scale != 1.0:
