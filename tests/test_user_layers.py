@@ -109,3 +109,21 @@ def test_arrays_made_after_the_layer_was_built_are_refused_by_name(backend, laye
     with pytest.raises(RuntimeError, match=rf"{layer.__name__}\.add_(parameter|layer)\('(scale|inner)'\) after the "
                                            r"layer was built: .* in build\(\)"):
         model.fit(X, y, loss="mse", optimizer="sgd", epochs=1)
+
+
+class InitByFunction(nnx.Layer):
+    """A weight drawn by one of `nnx.init`'s functions, passed as the function rather than its name."""
+
+    def build(self, input_shape):
+        self.weight = self.add_parameter("weight", (input_shape[0], 4), init=nnx.init.glorot_uniform)
+
+    def forward(self, X, training=False):
+        return X @ self.weight.value
+
+
+def test_an_nnx_init_function_passed_as_init_draws_as_its_name_does():
+    # found in review: add_parameter called it as init(rng, shape), the signature of a user's function, so
+    # nnx.init.glorot_uniform failed with "missing 1 required positional argument: 'fan_out'"
+    by_function = nnx.Sequential(nnx.Dense(2, 3), InitByFunction(), seed=4)
+    by_name = nnx.Sequential(nnx.Dense(2, 3), nnx.Dense(3, 4, init="glorot"), seed=4)
+    np.testing.assert_array_equal(by_function.state_dict()["1.weight"], by_name.state_dict()["1.weight"])

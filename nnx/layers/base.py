@@ -136,8 +136,9 @@ class BuildContext:
             return xp.ones(shape, dtype=dtype, device=device)
         if isinstance(init, numbers.Real) and not isinstance(init, bool):
             return xp.full(shape, float(init), dtype=dtype, device=device)
-        if isinstance(init, str):
-            fn = INITIALIZERS.get(init.lower())
+        # nnx.init's own functions take fans, not the (rng, shape) of a user's: given as functions, they draw as named
+        if isinstance(init, str) or any(init is known for known in INITIALIZERS.values()):
+            fn = INITIALIZERS.get(init.lower()) if isinstance(init, str) else init
             if fn is None:
                 raise ValueError(f"unknown init {init!r} for {full!r}; valid: zeros, ones, a number, a "
                                  f"callable (rng, shape) -> array, or one of {sorted(INITIALIZERS)}")
@@ -281,7 +282,7 @@ class Layer:
         Args:
             name: the attribute-like name (``"weight"``); unique within the layer.
             shape: its shape.
-            init: ``"zeros"``, ``"ones"``, a number, a name in `nnx.init.INITIALIZERS`
+            init: ``"zeros"``, ``"ones"``, a number, a name in `nnx.init.INITIALIZERS` or its function
                 (fans from the shape by `nnx.init.fans`, as Keras counts them), or
                 ``callable(rng, shape) -> array`` drawing from the host generator, so every
                 backend starts from the same numbers.
