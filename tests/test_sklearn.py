@@ -337,6 +337,8 @@ def test_warm_start_partial_fit_and_lbfgs():
     inc.partial_fit(X[y == 0], y[y == 0], classes=[0, 1, 2])
     inc.partial_fit(X, y)
     assert inc.n_iter_ == 1 and inc.t_ == 90 + np.sum(y == 0) and list(inc.classes_) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"^`classes=\[0, 1\]` is not the same .* was: \[0, 1, 2\]$"):
+        inc.partial_fit(X, y, classes=np.array([0, 1]))  # the labels as written, not as [np.int64(0), ...]
     assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
 
     lb = MLPClassifier(hidden_layer_sizes=(8,), solver="lbfgs", max_iter=100, random_state=0).fit(X, y)

@@ -158,8 +158,8 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
             self.classes_ = unique_labels(host(classes))
             self._multilabel = type_of_target(host(y)) == "multilabel-indicator"
         elif classes is not None and not np.array_equal(unique_labels(host(classes)), self.classes_):
-            raise ValueError(f"`classes={list(classes)}` is not the same as on last call to partial_fit, was: "
-                             f"{list(self.classes_)}")
+            raise ValueError(f"`classes={np.asarray(host(classes)).tolist()}` is not the same as on last call to "
+                             f"partial_fit, was: {self.classes_.tolist()}")
         return self._fit(X, y, sample_weight, incremental=True)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
