@@ -144,7 +144,8 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
             `history()` returns (name -> array of shape (steps, layers)).
         stats: which of "mean", "max", "norm" to draw, one panel each; weights (every parameter
             but the bias) are solid lines, biases dashed, one colour per layer with parameters.
-        layer_names: legend labels (default: the analyzer's `layer_names`, else "layer i").
+        layer_names: legend labels, one per layer with parameters (default: the analyzer's `layer_names`,
+            else "layer i").
 
     With an analyzer, its vanish/explode thresholds are drawn as grey lines and epoch
     boundaries as faint vertical lines.
@@ -165,6 +166,8 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
         raise ValueError("no gradient history yet: train with the GradientAnalyzer among the callbacks first")
     if layer_names is None:
         layer_names = cast(list[str], getattr(analyzer, "layer_names", None) or [f"layer {j}" for j in range(n_layers)])
+    elif len(layer_names) != n_layers:  # fewer would leave layers out of the figure, and the legend beside them
+        raise ValueError(f"layer_names has {len(layer_names)} names for {n_layers} layers with parameters")
     plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     fig, axes = _figure(len(stats), width=4.6, sharex=True)

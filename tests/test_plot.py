@@ -122,6 +122,19 @@ def test_plot_gradients_from_analyzer_and_from_arrays():
         plot.plot_gradients([1, 2, 3])
 
 
+
+def test_plot_gradients_refuses_a_name_per_layer_of_another_count():
+    # found in review: one name for two layers drew the first and left the second out without a word; three
+    # failed with numpy's IndexError
+    X, y = _xor()
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(), seed=0)
+    analyzer = GradientAnalyzer()
+    model.fit(X, y, epochs=1, callbacks=[analyzer])
+    for names in (["first"], ["a", "b", "c"]):
+        with pytest.raises(ValueError, match=rf"layer_names has {len(names)} names for 2 layers with parameters"):
+            plot.plot_gradients(analyzer, layer_names=names)
+    assert _curves(plot.plot_gradients(analyzer, layer_names=["in", "out"]).axes[0])[2].get_label() == "out weight"
+
 def test_plot_decision_boundary_xor(backend, dtype):
     X, y = _xor(n=32, seed=1)  # the shapes test_callbacks uses, so JAX reuses its compiled operations
     model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(),
