@@ -684,6 +684,24 @@ def test_bad_sample_weights_fail_naming_them(bad, match):
         pytest.fail("no split put the weighted row in the validation part")
 
 
+def test_a_validation_set_of_zero_weights_fails_naming_it():
+    """Every validation row weighted zero: no score to stop on. It used to fail in the first epoch's score with
+    the metric's "Sample weights must contain at least one non-zero number", which names no validation set."""
+    X, _, y_clf, _ = _weighted_data()
+    w = np.zeros(40)
+    w[::2] = 1.0
+    es = MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, early_stopping=True, validation_fraction=0.1)
+    for seed in range(60):
+        es.set_params(random_state=seed)
+        try:
+            es.fit(X, y_clf, sample_weight=w)
+        except ValueError as exc:
+            assert "sample weights of the validation set are all zero" in str(exc)
+            break
+    else:
+        pytest.fail("no split put only zero-weight rows in the validation part")
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1e-4])
 def test_a_minibatch_of_zero_weights_fails_naming_it(alpha):
     """A batch whose weights sum to 0 has no per-batch mean (scikit-learn divides by 0 there too): it used to

@@ -158,6 +158,10 @@ class MLPTraining(MLPBase):
                 raise ValueError("The sample weights of the training set are all zero; there is nothing to fit. "
                                  "Give some of them a non-zero weight or use a different random_state / "
                                  "validation_fraction.")
+            if w is not None and not np.any(validation[2]):
+                raise ValueError("The sample weights of the validation set are all zero; early stopping has no "
+                                 "score to follow. Give some of them a non-zero weight or use a different "
+                                 "random_state / validation_fraction.")
         n = X_d.shape[0]
         batch = self._batch(n)
         w_d = None if w is None else be.asarray(w, dtype=model.dtype, argname="sample_weight")
