@@ -728,3 +728,17 @@ def test_to_given_a_torch_dtype_or_device_names_what_it_takes():
     for wrong in (torch.float64, torch.device("cpu")):
         with pytest.raises(TypeError, match=r"backend must be a name, namespace, array or Backend, got (dtype|device)"):
             model.to(wrong)
+
+
+def test_pickling_a_model_says_how_to_save_and_copy_it():
+    # found in review: pickle.dumps(model) failed with "cannot pickle 'module' object", which names neither the
+    # model nor the way to keep one
+    import pickle
+
+    model = _small("numpy")
+    refused = r"on the numpy backend is not pickled: .* model\.save\(path\) and nnx\.load"
+    for bound in (model, model.layers[0]):
+        with pytest.raises(TypeError, match=refused):
+            pickle.dumps(bound)
+    layer = pickle.loads(pickle.dumps(nnx.Dense(3, 2)))  # a layer not yet in a model pickles as before
+    assert (layer.in_features, layer.out_features) == (3, 2)

@@ -231,6 +231,15 @@ class Layer:
         copied.__dict__.update({key: copy.deepcopy(value, memo) for key, value in vars(self).items()})
         return copied
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickle an unbound layer as any object; refuse one in a model, saying how to keep and copy it."""
+        backend = getattr(self, "backend", None)
+        if backend is not None:  # its backend holds the library's module, which pickle would name as the problem
+            raise TypeError(f"{type(self).__name__} on the {backend.spec} backend is not pickled: keep a model with "
+                            "model.save(path) and nnx.load(path) (no pickle), copy it in memory with "
+                            "copy.deepcopy(model), move it with model.to(backend)")
+        return super().__reduce_ex__(protocol)
+
     # -- binding to a model --------------------------------------------------------
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
         """Bind to a backend, build the arrays for per-sample `input_shape` (None: unknown); return the output shape."""
