@@ -37,28 +37,25 @@ and the host reads the verdict once per epoch.
 
 from __future__ import annotations
 
-import random
 import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
 from ..optim import check_rule_result
-from .shared_programs import (
-    ById,
-    SettingsWatch,
-    SharedProgram,
-    Unshareable,
-    config_key,
-    definition,
-    describe,
-    layer_settings,
-    settings_key,
+from .shared_programs import SettingsWatch, SharedProgram, config_key, definition, layer_settings, settings_key
+from .trace_state import (
+    AttributeWatch,
+    HeldArrays,
+    changed_state,
+    described,
+    layer_attributes,
+    put_back_arrays,
+    python_state,
+    restore_state,
 )
 
-__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "AttributeWatch",
-           "CompiledStep", "HeldArrays", "changed_state", "compile_step", "compiled_step_of", "described",
-           "described_with_attributes", "hyper_constants", "kept_buffers", "layer_attributes", "put_back_arrays",
-           "python_state", "restore_state", "untraceable_reason"]
+__all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
+           "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers", "untraceable_reason"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -101,174 +98,6 @@ def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[A
     return None
 
 
-_PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
-# what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
-_LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
-
-
-def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every layer's plain Python attributes (numbers, strings, flags, None) and the state of every host random
-    generator it keeps: what a traced step cannot carry."""
-    found = []
-    for path, layer in model.named_layers():
-        attributes = {}
-        for k, v in vars(layer).items():
-            if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
-                attributes[k] = v
-            else:
-                drawn = _HostGenerator.of(v)
-                if drawn is not None:
-                    attributes[k] = drawn
-        found.append((path, attributes))
-    return found
-
-
-class _HostGenerator:
-    """A host random generator a layer keeps (NumPy's Generator or RandomState, Python's random.Random), with
-    its state when `python_state` looked: a draw from it while traced would be one constant of the program."""
-
-    __slots__ = ("generator", "state")
-
-    def __init__(self, generator: Any, state: Any) -> None:
-        self.generator, self.state = generator, state
-
-    @classmethod
-    def of(cls, value: Any) -> _HostGenerator | None:
-        """`value` with its state if it is a host random generator, else None."""
-        if isinstance(value, random.Random):
-            return cls(value, value.getstate())
-        bit_generator = getattr(value, "bit_generator", None)  # NumPy's Generator
-        if bit_generator is not None and hasattr(bit_generator, "state"):
-            return cls(value, bit_generator.state)
-        if callable(getattr(value, "get_state", None)) and callable(getattr(value, "set_state", None)) \
-                and hasattr(value, "standard_normal"):  # NumPy's RandomState
-            return cls(value, value.get_state())
-        return None
-
-    def restore(self) -> None:
-        """Put the generator back in the state it had when looked at."""
-        generator = self.generator
-        if isinstance(generator, random.Random):
-            generator.setstate(self.state)
-        elif hasattr(generator, "bit_generator"):
-            generator.bit_generator.state = self.state
-        else:
-            generator.set_state(self.state)
-
-    def __repr__(self) -> str:
-        return repr(self.state)
-
-
-def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
-    """The first layer attribute a traced step changed, in words; None when none did."""
-    for (path, old), (_, new) in zip(before, after, strict=True):
-        for key in sorted(set(old) | set(new)):
-            # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
-            if repr(old.get(key)) != repr(new.get(key)):
-                if isinstance(old.get(key), _HostGenerator):
-                    return (f"layer {path!r} draws from its own random generator {key!r} on the host, which a "
-                            "program would draw once (use the model's stream, `self.rng`)")
-                return f"layer {path!r} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
-    return None
-
-
-def restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
-    """Put every layer's plain attributes and host generators back as `python_state` found them (undoing a
-    refused trace)."""
-    for (_, old), (_, layer) in zip(before, model.named_layers(), strict=True):
-        attributes = vars(layer)
-        for key in [k for k, v in attributes.items() if isinstance(v, _PLAIN_STATE) and k not in old
-                    and k not in _LAYER_BOOKKEEPING]:
-            del attributes[key]
-        for key, value in old.items():
-            if isinstance(value, _HostGenerator):
-                value.restore()
-                attributes[key] = value.generator
-            else:
-                attributes[key] = value
-
-
-def layer_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
-    """Every layer with a shallow copy of its attributes, for `put_back_arrays` after a trace."""
-    return [(layer, dict(vars(layer))) for _, layer in model.named_layers()]
-
-
-def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
-    """Rebind every layer attribute a trace set to something other than plain state (what a layer keeps for its
-    backward: traced arrays, which would escape the program) as `layer_attributes` found it.
-
-    The plain loop leaves the last batch's concrete arrays there; a program leaves the attributes as they were
-    before it was traced, never values that exist only inside it (a copy or a pickle of the model would fail).
-    """
-    for layer, old in before:
-        attributes = vars(layer)
-        for key in [k for k, v in attributes.items() if not isinstance(v, _PLAIN_STATE) and old.get(k, _GONE) is not v]:
-            if key in old:
-                attributes[key] = old[key]
-            else:
-                del attributes[key]
-        for key in old.keys() - attributes.keys():
-            if not isinstance(old[key], _PLAIN_STATE):  # a plain one deleted is a change `changed_state` names
-                attributes[key] = old[key]
-
-
-_GONE = object()  # an attribute a layer did not have
-
-
-class AttributeWatch:
-    """An object's description as a program holds it (`described`), described again only when
-    one of its attributes is another object than before, or a dict or list of them changed: asked every step.
-    An object `described` tells only by identity is told by its attributes' identities too (a rebound array).
-    None (no regularizer) is described as itself."""
-
-    def __init__(self) -> None:
-        self._obj: Any = None
-        self._items: list[tuple[str, Any, Any]] = []  # (attribute, value, a shallow copy of a dict or list)
-        self.value: Any = None
-
-    def current(self, obj: Any) -> Any:
-        """The description of `obj` as it stands now."""
-        attributes = getattr(obj, "__dict__", None)
-        if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
-                attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
-                for key, value, copy in self._items):
-            self._obj, self.value = obj, described_with_attributes(obj)
-            self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
-        return self.value
-
-
-def _shallow_copy(value: Any) -> Any:
-    return dict(value) if type(value) is dict else list(value) if type(value) is list else None
-
-
-class HeldArrays:
-    """The arrays layers held while a program was traced and that the trace did not rebind (a mask, a table):
-    the program may have read them as constants, so it holds only while the layers hold those same arrays.
-
-    The plain loop reads the array a layer holds at each call; a user who rebinds one (``layer.mask = new``)
-    gets programs traced again (`moved`). Arrays a trace rebinds (what a layer keeps for its backward) are
-    values of the program, not constants.
-    """
-
-    def __init__(self) -> None:
-        self._held: list[tuple[weakref.ref, str, Any]] = []
-
-    def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
-        """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
-        traced code ran, before `put_back_arrays`."""
-        self._held.extend((weakref.ref(layer), key, value) for layer, old in before for key, value in old.items()
-                          if hasattr(value, "shape") and hasattr(value, "dtype") and vars(layer).get(key) is value)
-
-    def moved(self) -> bool:
-        """Whether a layer now holds another array (or none) where a trace read one; forgets them if so."""
-        for ref, key, value in self._held:
-            layer = ref()
-            if layer is None or vars(layer).get(key, _GONE) is not value:
-                self._held = []
-                return True
-        return False
-
-
 def kept_buffers(xp: Any, ok: Any, new: tuple, old: tuple) -> tuple:
     """The buffers a step's forward left (`new`) where `ok`, else those it took (`old`), each in the dtype the
     forward left it: a layer that rebinds a buffer to integers keeps integers, as in the plain loop (a bare
@@ -293,23 +122,6 @@ def hyper_constants(optimizer: Any) -> tuple:
     offsets = tuple(s - steps[0] for s in steps) if steps else ()
     settings = sorted(optimizer.rule_constants().items(), key=lambda item: item[0])
     return (*[(k, described(v)) for k, v in settings], ("update count offsets", offsets))
-
-
-def described(value: Any) -> Any:
-    """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity."""
-    try:
-        return describe(value, {})
-    except (Unshareable, RecursionError):
-        return ById(value)
-
-
-def described_with_attributes(obj: Any) -> Any:
-    """`described`, and for an object told by identity (it holds an array) its attributes' identities too: a
-    program holds the array it read, so rebinding it (``loss.weights = new``) is another program."""
-    value = described(obj)
-    if not isinstance(value, ById):
-        return value
-    return value, tuple((key, ById(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
-from .compiled import (
+from .shared_programs import SharedProgram, config_key, definition, layer_settings
+from .trace_state import (
     HeldArrays,
     changed_state,
     described_with_attributes,
@@ -32,7 +33,6 @@ from .compiled import (
     python_state,
     restore_state,
 )
-from .shared_programs import SharedProgram, config_key, definition, layer_settings
 
 __all__ = ["inference_program"]
 

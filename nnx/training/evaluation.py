@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..protocols import Model
-from .compiled import described_with_attributes
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
+from .trace_state import described_with_attributes
 from .weights import average, batch_weight, host_values
 
 
