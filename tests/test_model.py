@@ -742,3 +742,4 @@ def test_pickling_a_model_says_how_to_save_and_copy_it():
             pickle.dumps(bound)
     layer = pickle.loads(pickle.dumps(nnx.Dense(3, 2)))  # a layer not yet in a model pickles as before
     assert (layer.in_features, layer.out_features) == (3, 2)
+    assert copy.copy(model).layers[0] is model.layers[0]  # and a shallow copy shares the layers, as before

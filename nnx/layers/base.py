@@ -231,6 +231,12 @@ class Layer:
         copied.__dict__.update({key: copy.deepcopy(value, memo) for key, value in vars(self).items()})
         return copied
 
+    def __copy__(self) -> Layer:
+        """A shallow copy (`copy.copy`), sharing the arrays and sub-layers, as without `__reduce_ex__` below."""
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(vars(self))
+        return copied
+
     def __reduce_ex__(self, protocol: Any) -> Any:
         """Pickle an unbound layer as any object; refuse one in a model, saying how to keep and copy it."""
         backend = getattr(self, "backend", None)
