@@ -139,7 +139,7 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    umask = os.umask(0)
+    umask = os.umask(0o077)  # elsewhere: set and put back, the most restrictive meanwhile (never world-writable)
     os.umask(umask)
     return umask
 
