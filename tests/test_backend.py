@@ -725,3 +725,20 @@ def test_a_float32_torch_model_refuses_to_run_under_torch_autocast():
             model.fit(X, X[:, :2], loss="mse", epochs=1, verbose=0)
         np.testing.assert_array_equal(model64.predict(X).numpy(), want.numpy())
     assert model.predict(X).dtype == torch.float32
+
+
+def test_a_float32_jax_model_trains_while_64_bit_mode_is_off():
+    """nnx's compiled programs carry int64 counters and the dropout seed (drawn below 2**63): with 64-bit mode
+    turned off after the backend loaded, fit of a float32 model (documented to need no 64-bit mode) failed with
+    JAX's OverflowError about an argument 'seed'; it runs op by op instead."""
+    jax = pytest.importorskip("jax")
+    nnx.get_backend("jax")  # loaded, as by an earlier model: loading turns the mode on
+    X = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        model = nnx.Sequential(nnx.Dense(3, 4), nnx.Dropout(0.25), nnx.Dense(4, 1), backend="jax", seed=0)
+        history = model.fit(X, X[:, :1], loss="mse", optimizer="sgd", lr=0.1, epochs=2, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(history["loss"])) and model.predict(X).dtype == model.xp.float32
+        assert "64-bit mode is off" in history.execution_reason
+    finally:
+        jax.config.update("jax_enable_x64", True)

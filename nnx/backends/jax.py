@@ -169,7 +169,9 @@ class JaxBackend(Backend):
 
     @property
     def can_compile(self) -> bool:
-        return True
+        """True while JAX's 64-bit mode is on: nnx's programs carry int64 counters and the dropout seed (drawn
+        below 2**63), which JAX cannot take with the mode off, so a float32 model then runs op by op."""
+        return bool(importlib.import_module("jax").config.jax_enable_x64)
 
     def jit(self, fn: Any) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
