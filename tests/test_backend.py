@@ -742,3 +742,17 @@ def test_a_float32_jax_model_trains_while_64_bit_mode_is_off():
         assert "64-bit mode is off" in history.execution_reason
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_big_endian_class_labels_are_read_as_their_values(backend):
+    """Data read from a big-endian file (FITS, a .npy written on another machine) has a non-native byte order:
+    X was cast to the model's dtype, but class labels, which are not cast, went to the library as they
+    were, which torch, JAX and array_api_strict refuse ("byte order different from the native byte order")."""
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    labels = (X[:, 0] > 0).astype(np.int64)
+    for y in (labels.astype(">i8"), labels.astype(">f8")):
+        model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+        native = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+        kwargs = dict(loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=4, shuffle=False, verbose=0)
+        assert model.fit(X, y, **kwargs)["loss"] == native.fit(X, labels, **kwargs)["loss"]
+        assert model.evaluate(X, y, metrics=["accuracy"]) == native.evaluate(X, labels, metrics=["accuracy"])

@@ -334,6 +334,10 @@ class Backend:
             hint = (f" (a DataFrame whose columns are of different kinds gives one; "
                     f"pass {argname}.to_numpy(dtype=float))" if host.dtype == object and hasattr(x, "iloc") else "")
             raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}{hint}")
+        if not host.dtype.isnative:
+            # read from a big-endian file (FITS, a .npy from another machine): torch, JAX and array_api_strict refuse
+            # another byte order, and arrays that are not cast (class labels) would reach them as they are
+            host = host.astype(host.dtype.newbyteorder("="))
         if dtype is None and host.dtype.kind == "f" and host.dtype.name not in FLOAT_DTYPES:
             # float16 and long double are no array-API dtypes (array_api_strict refuses both, torch long double):
             # read without a cast (class targets, the finite check), they become float32 and float64
