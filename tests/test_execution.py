@@ -424,3 +424,46 @@ def test_the_flat_update_in_slices_gives_one_calls_numbers_bit_for_bit(backend, 
     for i, entry in state_a["state"].items():
         for key, arr in entry.items():
             np.testing.assert_array_equal(model.backend.to_host(arr), model.backend.to_host(state_b["state"][i][key]))
+
+
+def _outcome(backend, dtype, fast, make, opt_factory, callbacks=()):
+    """What fit gives: the error's type and the parameters' dtypes, or the parameters and their dtypes."""
+    be = backend.with_fastpath(fast)
+    model = nnx.Sequential(*make(), backend=be, dtype=dtype, seed=3)
+    opt = opt_factory(model)
+    X, y = _data("classes")
+    try:
+        history = model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=2, batch_size=16,
+                            callbacks=list(callbacks))
+    except Exception as exc:  # noqa: BLE001 - the plain loop's error, whichever it is, must be every execution's
+        return type(exc).__name__, None, None
+    return history.execution, [str(p.value.dtype) for p in model.parameters()], \
+        [be.to_host(p.value) for p in model.parameters()]
+
+
+def _assert_same_outcome(backend, dtype, *args, **kwargs):
+    derived = _outcome(backend, dtype, True, *args, **kwargs)
+    plain = _outcome(backend, dtype, False, *args, **kwargs)
+    assert derived[1] == plain[1] and (derived[1] is not None or derived[0] == plain[0]), (derived[:2], plain[:2])
+    if plain[2] is not None:
+        for a, b in zip(derived[2], plain[2], strict=True):
+            np.testing.assert_allclose(a, b, **_tol(dtype))
+
+
+class SetAfterFirstEpoch(nnx.callbacks.Callback):
+    def __init__(self, **change):
+        self.change = change
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            for name, value in self.change.items():
+                setattr(self.model.optimizer, name, value)
+
+
+def test_a_hyper_parameter_set_to_a_numpy_float64_mid_fit_is_named_alike(backend):
+    """A float32 model whose momentum a user's callback sets to ``np.float64(0.9)`` (which promotes NumPy's float32
+    arrays to float64): every execution raises the plain loop's TypeError or gives its numbers; the flat update
+    checked the rule's dtypes once and then cast the float64 results back into its float32 buffers silently."""
+    _assert_same_outcome(backend, "float32", MODELS["relu_ce"][0],
+                         lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.5),
+                         callbacks=[SetAfterFirstEpoch(momentum=np.float64(0.9))])

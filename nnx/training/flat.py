@@ -123,9 +123,6 @@ class FlatUpdate:
         # False once the rule's state proved not shaped like the parameters (a 0-d count): no slice of a flat
         # buffer can hold it, so `Optimizer.step` runs every step, parameter by parameter
         self.suited = True
-        # whether the rule's results were checked (`check_rule_result`) since the buffers were laid out: their
-        # dtypes and shapes are fixed until then, and so are those the rule computes from them
-        self._rule_checked = False
         self.replay = replay.for_update(optimizer, backend, self.size)
 
     @property
@@ -174,7 +171,6 @@ class FlatUpdate:
 
     def _install_state(self) -> None:
         assert self.state is not None
-        self._rule_checked = False
         per_key = {k: self._views(flat) for k, flat in self.state.items()}
         self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
         self._state_keys = tuple(per_key)
@@ -276,9 +272,9 @@ class FlatUpdate:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
         xp = self.xp
         new_values, new_state = self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
-        if not self._rule_checked:  # once per layout: a step of a small network is a few dozen microseconds
-            check_rule_result(self.optimizer, "the parameters' flat buffer", values, new_values, state, new_state)
-            self._rule_checked = True
+        # every call, as `Optimizer.step` checks: a hyper-parameter set between steps (a NumPy float64 momentum)
+        # may promote the results, which the writes into the buffers would otherwise cast back silently
+        check_rule_result(self.optimizer, "the parameters' flat buffer", values, new_values, state, new_state)
         if keep is not None:
             new_values = xp.where(keep, new_values, values)
             # a key the rule adds (momentum switched on) has no old array: a refused step leaves zeros, as
