@@ -475,3 +475,56 @@ def test_a_window_of_rows_is_cut_from_the_whole_batch_draw(backend_name):
     assert part.get_state() == whole.get_state()
     part.rows = None
     assert tuple(part.uniform((3, 3), "float64").shape) == (3, 3)
+
+
+class _SetAfterFirstEpoch(nnx.callbacks.Callback):
+    """A user's schedule of a hyper-parameter that adds or drops optimizer state."""
+
+    def __init__(self, **change):
+        self.change = change
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            for name, value in self.change.items():
+                setattr(self.model.optimizer, name, value)
+
+
+@pytest.mark.parametrize("optimizer,kwargs,change", [
+    ("sgd", {"lr": 0.05, "dampening": 0.3}, {"momentum": 0.9}),
+    ("adam", {"lr": 0.01, "amsgrad": True}, {"amsgrad": False}),
+    ("rmsprop", {"lr": 0.01, "momentum": 0.5, "centered": True}, {"momentum": 0.0, "centered": False}),
+], ids=["sgd-momentum-on", "adam-amsgrad-off", "rmsprop-momentum-centered-off"])
+def test_the_sharded_update_follows_a_rule_whose_state_keys_change_mid_fit(optimizer, kwargs, change):
+    """Momentum switched on between epochs: the sharded update dropped the new buffer (every step then started
+    it again at the gradient: no momentum, silently); state switched off raised a bare KeyError."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+    runs = []
+    for shard in (False, True):
+        m = _tiny()
+        opt = nnx.optim.get_optimizer(optimizer, m.parameters(), **kwargs)
+        extra = {"distributed": dist.DataParallel(WorldOfOne(), shard_update=True)} if shard else {}
+        h = m.fit(X, y, epochs=3, batch_size=8, optimizer=opt, callbacks=[_SetAfterFirstEpoch(**change)], **extra)
+        runs.append((h, m, opt.state_dict()))
+    assert runs[1][0].execution == "sharded"
+    np.testing.assert_allclose(runs[0][0].history["loss"], runs[1][0].history["loss"], rtol=0, atol=1e-12)
+    for k, v in runs[0][1].state_dict().items():
+        np.testing.assert_allclose(v, runs[1][1].state_dict()[k], rtol=0, atol=1e-12, err_msg=k)
+    assert runs[0][2]["state"].keys() == runs[1][2]["state"].keys()
+    for i, entry in runs[0][2]["state"].items():
+        assert entry.keys() == runs[1][2]["state"][i].keys()
+        for key, arr in entry.items():
+            np.testing.assert_allclose(arr, runs[1][2]["state"][i][key], rtol=0, atol=1e-12, err_msg=key)
+
+
+def test_the_sharded_update_names_a_rule_that_changes_a_dtype():
+    """A float64 hyper-parameter on a float32 model (NumPy promotes): the plain loop's TypeError, not a silent cast."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+    for shard in (False, True):
+        m = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float32", seed=3)
+        opt = nnx.optim.SGD(m.parameters(), lr=0.05, momentum=0.5)
+        extra = {"distributed": dist.DataParallel(WorldOfOne(), shard_update=True)} if shard else {}
+        with pytest.raises(TypeError, match="SGD.update returned a new value of dtype float64"):
+            m.fit(X, y, epochs=2, batch_size=8, optimizer=opt,
+                  callbacks=[_SetAfterFirstEpoch(momentum=np.float64(0.9))], **extra)

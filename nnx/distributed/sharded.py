@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..layers.parameter import Parameter
+from ..optim import check_rule_result
 from ..training import replay
 from ..training.flat import offer_grads, taken_offer, write_in_place
 from ..training.transforms import GradientTransform
@@ -180,14 +181,20 @@ class ShardedUpdate(AverageGradients):
             values, state = self.values, self.state  # the slices were written in place
         else:
             new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
+            check_rule_result(opt, "this rank's slice of the parameters", old_values, new_values, old_state, new_state)
             if keep is not None:
                 new_values = xp.where(keep, new_values, old_values)
-                new_state = {k: xp.where(keep, arr, old_state[k]) for k, arr in new_state.items()}
+                # a key the rule adds (momentum switched on) has no old array: a refused step leaves zeros
+                new_state = {k: xp.where(keep, arr, old_state[k] if k in old_state else xp.zeros_like(arr))
+                             for k, arr in new_state.items()}
             values = self._put(self.values, new_values)
-            state = {k: self._put(arr, new_state[k]) for k, arr in self.state.items()}
+            # the state's keys are the rule's: a key it adds gets a new flat buffer, one it drops goes
+            state = {k: self._put(self.state[k] if k in self.state else xp.zeros_like(self.values), arr)
+                     for k, arr in new_state.items()}
         self.grad_shard = None
         values = self.comm.allgather(values, self.counts)
-        if values is not self.values or any(state[k] is not arr for k, arr in self.state.items()):
+        if values is not self.values or state.keys() != self.state.keys() or \
+                any(state[k] is not arr for k, arr in self.state.items()):
             self._install(values, state)  # immutable arrays (JAX): new buffers, new views
         opt.param_steps[:] = [t] * len(opt.param_steps)
         return True
