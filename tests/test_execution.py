@@ -467,3 +467,32 @@ def test_a_hyper_parameter_set_to_a_numpy_float64_mid_fit_is_named_alike(backend
     _assert_same_outcome(backend, "float32", MODELS["relu_ce"][0],
                          lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.5),
                          callbacks=[SetAfterFirstEpoch(momentum=np.float64(0.9))])
+
+
+class Float64Scale(nnx.Layer):
+    """A user's layer keeping its parameter in float64 whatever the model's dtype (a sensitive scale), casting
+    where it meets the activations."""
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", tuple(input_shape), "ones")
+        self.scale.value = self.xp.astype(self.scale.value, self.xp.float64)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X = X
+        return X * self.xp.astype(self.scale.value, X.dtype)
+
+    def backward(self, dY, need_dX=True):
+        self.scale.grad = self.xp.astype(self.xp.sum(dY * self.X, axis=0), self.xp.float64)
+        return dY * self.xp.astype(self.scale.value, dY.dtype) if need_dX else None
+
+
+@pytest.mark.parametrize("opt_name,kwargs", [("sgd", {"lr": 0.05, "momentum": 0.9}), ("adam", {"lr": 0.01})])
+def test_parameters_of_mixed_dtypes_keep_their_own(backend, opt_name, kwargs):
+    """A float32 model with a user's float64 parameter: each parameter is updated in its own dtype in every
+    execution (the flat update joined them into one float64 buffer, silently turning the model to float64)."""
+    _assert_same_outcome(backend, "float32", lambda: [nnx.Dense(6, 9), Float64Scale(), nnx.ReLU(), nnx.Dense(9, 3)],
+                         lambda m: optim.get_optimizer(opt_name, m.parameters(), **kwargs))

@@ -120,15 +120,15 @@ class FlatUpdate:
         self._grad_sources: list[Any] = []
         self._offered: tuple[Any, list[Any]] | None = None  # this step's offered buffer and its views
         self.mutable = True
-        # False once the rule's state proved not shaped like the parameters (a 0-d count): no slice of a flat
-        # buffer can hold it, so `Optimizer.step` runs every step, parameter by parameter
+        # False once the rule's state proved not shaped like the parameters (a 0-d count), or the parameters
+        # differ in dtype: no slice of one flat buffer can hold them, so `Optimizer.step` runs every step
         self.suited = True
         self.replay = replay.for_update(optimizer, backend, self.size)
 
     @property
     def execution(self) -> str:
-        """``"flat"``, or ``"plain"`` once the rule's state proved unsuited to flat buffers (every step then runs
-        `Optimizer.step`, parameter by parameter)."""
+        """``"flat"``, or ``"plain"`` once the rule's state or the parameters' dtypes proved unsuited to flat
+        buffers (every step then runs `Optimizer.step`, parameter by parameter)."""
         return "flat" if self.suited else "plain"
 
     # -- layout ---------------------------------------------------------------------------------
@@ -205,6 +205,11 @@ class FlatUpdate:
         never updated has none, as in the plain loop (and torch).
         """
         if self.values is None or not self._in_place():
+            dtype = self.optimizer.params[0].value.dtype
+            if any(p.value.dtype != dtype for p in self.optimizer.params):
+                # one buffer would promote them all to one dtype: each keeps its own, parameter by parameter
+                self.suited, self.values = False, None
+                return False
             self._gather_values()
             self.state = None
         if self.state is None and not self._gather_state(create_state):
