@@ -528,3 +528,15 @@ def test_the_sharded_update_names_a_rule_that_changes_a_dtype():
         with pytest.raises(TypeError, match="SGD.update returned a new value of dtype float64"):
             m.fit(X, y, epochs=2, batch_size=8, optimizer=opt,
                   callbacks=[_SetAfterFirstEpoch(momentum=np.float64(0.9))], **extra)
+
+
+def test_the_sharded_update_refuses_parameters_of_mixed_dtypes():
+    """One buffer joining a float32 model's parameters with a user's float64 one turned them all to float64."""
+    from test_execution import Float64Scale
+
+    m = nnx.Sequential(nnx.Dense(4, 5), Float64Scale(), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float32",
+                       seed=3)
+    with pytest.raises(ValueError, match=r"needs parameters of one dtype.*\['float32', 'float64'\]"):
+        m.fit(np.zeros((8, 4)), np.zeros(8), epochs=1, batch_size=8, optimizer="adam",
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+    assert {str(p.value.dtype) for p in m.parameters()} == {"float32", "float64"}

@@ -248,6 +248,11 @@ class ShardedUpdate(AverageGradients):
         opt, xp = self.optimizer, self.backend.xp
         values = self.values
         if values is None or any(p.value is not v for p, v in zip(opt.params, self.value_views, strict=True)):
+            dtypes = {str(p.value.dtype) for p in opt.params}
+            if len(dtypes) > 1:  # one buffer would promote them all to one dtype silently
+                raise ValueError(f"shard_update=True needs parameters of one dtype, to join them into one buffer; "
+                                 f"{type(opt).__name__}'s parameters have the dtypes {sorted(dtypes)}. "
+                                 "Use shard_update=False")
             values = xp.concat([xp.reshape(p.value, (-1,)) for p in opt.params])
             self.value_views = []
         elif self.state is not None and self._state_in_place():
