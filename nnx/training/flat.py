@@ -123,6 +123,9 @@ class FlatUpdate:
         # False once the rule's state proved not shaped like the parameters (a 0-d count), or the parameters
         # differ in dtype: no slice of one flat buffer can hold them, so `Optimizer.step` runs every step
         self.suited = True
+        # whether the rule's results were checked in full (`check_rule_result`) since the buffers were laid out:
+        # their shapes are fixed until then; a dtype may still change with a hyper-parameter set between steps
+        self._rule_checked = False
         self.replay = replay.for_update(optimizer, backend, self.size)
 
     @property
@@ -171,6 +174,7 @@ class FlatUpdate:
 
     def _install_state(self) -> None:
         assert self.state is not None
+        self._rule_checked = False
         per_key = {k: self._views(flat) for k, flat in self.state.items()}
         self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
         self._state_keys = tuple(per_key)
@@ -277,9 +281,12 @@ class FlatUpdate:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
         xp = self.xp
         new_values, new_state = self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
-        # every call, as `Optimizer.step` checks: a hyper-parameter set between steps (a NumPy float64 momentum)
-        # may promote the results, which the writes into the buffers would otherwise cast back silently
-        check_rule_result(self.optimizer, "the parameters' flat buffer", values, new_values, state, new_state)
+        # In full once per layout (a step of a small network is a few dozen microseconds), then the new values'
+        # dtype every call: a hyper-parameter set between steps (a NumPy float64 momentum) promotes them (and the
+        # state the rule computes them from), which the writes into the buffers would otherwise cast back silently
+        if not self._rule_checked or new_values.dtype != values.dtype:
+            check_rule_result(self.optimizer, "the parameters' flat buffer", values, new_values, state, new_state)
+            self._rule_checked = True
         if keep is not None:
             new_values = xp.where(keep, new_values, values)
             # a key the rule adds (momentum switched on) has no old array: a refused step leaves zeros, as
