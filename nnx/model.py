@@ -283,7 +283,8 @@ class Sequential(_Chain):
         """The output of the first `n_layers` layers for a prepared batch (see `output_head`).
 
         `runners`, when given, run those layers instead: one per layer, each the layer itself or a
-        kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`.
+        kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`;
+        the layers their kernels run count as called from the start of a training pass.
         """
         running = self.layers[:n_layers] if runners is None else runners
         passes = None if not training or self.context is None else self.context.forward_pass
@@ -291,7 +292,8 @@ class Sequential(_Chain):
             for layer in running:
                 X = layer.forward(X, training)
             return X
-        passes.seen = set()  # a training pass: each layer object may run once (see `nnx.layers.base.ForwardPass`)
+        # a training pass: each layer object may run once (see `nnx.layers.base.ForwardPass`)
+        passes.seen = set(getattr(runners, "kernel_layers", ()))
         try:
             for layer in running:
                 X = layer.forward(X, training)

@@ -25,7 +25,7 @@ from ..layers.dense import Dense
 from . import numpy_dense, torch_dense, torch_relu
 from .dense import DenseKernel
 
-__all__ = ["gradient_writers", "layer_runners"]
+__all__ = ["LayerRunners", "gradient_writers", "layer_runners"]
 
 # (exact layer class, backend name) -> the kernel's constructor, called with the layer
 _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
@@ -39,9 +39,23 @@ _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
 _DECLARED_PASSES: dict[type, tuple[Any, Any]] = {cls: (cls.forward, cls.backward) for cls, _ in _LAYER_KERNELS}
 
 
-def layer_runners(layers: Sequence[Any], backend: Any) -> list[Any]:
+class LayerRunners(list):
+    """What runs each layer in a training step (its kernel, or the layer itself), in the layers' order.
+
+    `kernel_layers` holds the ids of the layers a kernel runs: the model's training forward counts them as
+    called from its start (`nnx.layers.base.ForwardPass`), so that a second use of one is refused as for any
+    layer, without each kernel noting itself every step.
+    """
+
+    kernel_layers: frozenset[int] = frozenset()
+
+
+def layer_runners(layers: Sequence[Any], backend: Any) -> LayerRunners:
     """What runs each of `layers` in a training step on `backend`: its declared kernel, or the layer itself."""
-    return [_runner(layer, backend.name) for layer in layers]
+    runners = LayerRunners(_runner(layer, backend.name) for layer in layers)
+    runners.kernel_layers = frozenset(id(layer) for layer, runner in zip(layers, runners, strict=True)
+                                      if runner is not layer)
+    return runners
 
 
 def gradient_writers(runners: Sequence[Any]) -> list[Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layers.base import note_training_call
 from ..layers.dense import check_input
 from .dense import DenseKernel
 
@@ -39,7 +38,6 @@ class NumpyDenseKernel(DenseKernel):
             check_input(layer, X)
             Y = X @ W
         if training:
-            note_training_call(layer)
             self._X = X
         if Y.dtype != bias.dtype or Y.shape[-1:] != bias.shape:
             return Y + bias

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..layers.base import note_training_call, nothing_kept
+from ..layers.base import nothing_kept
 
 
 class ReLUKernel:
@@ -32,7 +32,6 @@ class ReLUKernel:
             zero = self._zero = torch.zeros((), dtype=X.dtype, device=X.device)
         Y = torch.maximum(X, zero)
         if training:
-            note_training_call(self.layer)
             self._kept = Y
         return Y
 

@@ -79,7 +79,8 @@ class ForwardPass:
 
     One object is shared by every layer of a model (`BuildContext.child` passes it on). A layer keeps what
     one call needs for its backward, so a second training call of the same object in one pass would
-    overwrite the first's and give a wrong gradient: `Layer.forward` refuses it while a pass is open.
+    overwrite the first's and give a wrong gradient: `Layer.forward` refuses it while a pass is open. The layers
+    a training step runs by their kernels (`nnx.kernels`) count as called from the pass's start.
     """
 
     __slots__ = ("seen",)
@@ -486,7 +487,7 @@ def _noting_training_forward(forward: Callable) -> Callable:
 def note_training_call(layer: Layer) -> None:
     """Count a call of `layer` with ``training=True`` in its model's training forward; ValueError on a second.
 
-    `Layer.forward` calls it, and so does a kernel that runs the layer instead (`nnx.kernels`).
+    `Layer.forward` calls it; a layer its kernel runs (`nnx.kernels`) is counted when the pass opens.
     """
     context = layer.context
     seen = None if context is None else context.forward_pass.seen
