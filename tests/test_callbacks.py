@@ -176,6 +176,23 @@ def test_early_stopping_restores_only_weights_of_the_fit_it_ran_in(data, tmp_pat
         np.testing.assert_array_equal(value, other_before[name])
 
 
+def test_early_stopping_leaves_a_failed_fit_at_its_last_finite_step(data):
+    """A fit that fails on a non-finite step says the model holds its last finite step's weights; restoring the
+    best epoch's on the way out contradicted that message (Keras leaves them as they were too)."""
+
+    class BlowUp(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.optimizer.lr = 1e300  # the next step's weights overflow the following step's loss
+
+    es = EarlyStopping("loss", patience=5, restore_best_weights=True)
+    model = nnx.Sequential(nnx.Dense(2, 1), backend="numpy", dtype="float64", seed=0)
+    with pytest.raises(FloatingPointError, match="last finite step"), np.errstate(over="ignore"):
+        model.fit(*data, loss="mse", optimizer="sgd", epochs=4, batch_size=BATCH, callbacks=[BlowUp(), es])
+    assert es.best_weights is not None
+    assert max(float(np.abs(v).max()) for v in host_weights(model).values()) > 1e200  # not the best epoch's
+
+
 def test_early_stopping_resets_between_fits(data):
     es = EarlyStopping("loss", patience=0)
     model = make_model()

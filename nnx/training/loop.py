@@ -215,7 +215,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
 def _train_end(cb: CallbackList, history: History, failing: bool) -> None:
     """Every callback's on_train_end; when fit is already failing, a callback's error must not hide fit's."""
     try:
-        cb.on_train_end({"history": history})
+        cb.on_train_end({"history": history, "failed": failing})
     except Exception as exc:
         if not failing:
             raise

@@ -44,7 +44,8 @@ class Callback:
         """Before the first epoch."""
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        """After the last epoch, also after an interrupt or early stop."""
+        """After the last epoch, also after an interrupt or early stop, and when fit fails: ``logs["failed"]``
+        is True then (the error is on its way to the caller)."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Before each epoch."""

@@ -94,7 +94,10 @@ class EarlyStopping(Callback):
         # a fit that failed before this callback began (another's on_train_begin raised) ends here too: the
         # weights kept then are an earlier fit's, maybe of another model
         running, self._running = self._running, False
-        if running and self.restore_best_weights and self.best_weights is not None:
+        # a fit failing (a non-finite step) leaves the model as its error says, at the last finite step, as Keras
+        # leaves it: restoring here would contradict that message
+        failed = bool((logs or {}).get("failed"))
+        if running and not failed and self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
             if self.verbose:
                 print(f"EarlyStopping: restored the weights of epoch {cast(int, self.best_epoch) + 1} "
