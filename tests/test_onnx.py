@@ -107,6 +107,20 @@ def test_batchnorm_uses_running_statistics(tmp_path):
     np.testing.assert_array_equal(stored["0.running_var"], [4.0, 0.25, 9.0])
 
 
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batchnorm_keeps_accuracy_when_the_mean_is_large_next_to_the_spread(dtype, tmp_path):
+    """Features around 1000 with unit spread: onnxruntime's BatchNormalization folds the mean into the bias
+    (x * s + (b - mean * s)), which cancels digits; the export subtracts the mean first, as forward does."""
+    model = nnx.Sequential(nnx.BatchNorm(4), dtype=dtype, seed=0)
+    rng = np.random.default_rng(3)
+    X = 1000.0 + rng.standard_normal((200, 4))
+    layer = model.layers[0]
+    layer.running_mean.value = model.backend.asarray(1000.0 + 0.01 * rng.standard_normal(4), dtype=dtype)
+    layer.running_var.value = model.backend.asarray(rng.uniform(0.5, 2.0, 4), dtype=dtype)
+    model.to_onnx(tmp_path / "bn.onnx")
+    assert_matches(model, tmp_path / "bn.onnx", X)
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_activation_tails_keep_relative_accuracy(dtype, tmp_path):
     """Elementwise, with no floor: Softplus's and Sigmoid's tiny outputs at large negative inputs (a rate or
