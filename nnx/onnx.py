@@ -231,7 +231,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
     proto = helper.make_model(body, opset_imports=imports, producer_name="nnx", producer_version=__version__,
                               doc_string=f"nnx Sequential ({model.dtype}) exported for inference")
     # the oldest IR version that carries this opset, so older runtimes can read the file
-    proto.ir_version = helper.find_min_ir_version_for(imports)
+    proto.ir_version = helper.find_min_ir_version_for(imports, ignore_unknown=True)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

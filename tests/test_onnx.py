@@ -299,6 +299,26 @@ def test_forward_replaced_on_the_object_needs_its_own_exporter(tmp_path):
     assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
 
 
+
+class ContribGelu(nnx.Layer):
+    """A layer exported through onnxruntime's contrib domain (add_node's `domain`); only its graph is checked."""
+
+    def forward(self, X, training=False):
+        return X
+
+    def to_onnx(self, graph, X):
+        return graph.add_node("Gelu", [X], domain="com.microsoft")
+
+
+def test_node_of_another_domain_exports(tmp_path):
+    """A custom layer's op in a non-standard domain (add_node(domain=...)) is written with that domain's opset
+    import, rather than failing in the IR version lookup with "Unsupported opset-version"."""
+    nnx.Sequential(ContribGelu(), input_shape=(3,)).to_onnx(tmp_path / "m.onnx")
+    proto = onnx.load(os.fspath(tmp_path / "m.onnx"))
+    assert {(o.domain, o.version) for o in proto.opset_import} == {("", 17), ("com.microsoft", 1)}
+    got = run_onnx(tmp_path / "m.onnx", np.array([[-1.0, 0.0, 2.0]]), "float32")
+    np.testing.assert_allclose(got, [[-0.15865525, 0.0, 1.9544997]], rtol=1e-5)
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_custom_layer_with_the_guides_exporter_round_trips(guide_exporter, dtype, tmp_path):
     guide = guide_exporter
