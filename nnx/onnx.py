@@ -163,24 +163,30 @@ def _no_exporter(layer: Any) -> str | None:
     own = getattr(layer, "__dict__", {})
     if "to_onnx" in own:  # an exporter set on the object itself goes with whatever forward it has
         return None
-    if "forward" in own:  # as the training kernels honour it, predict runs this forward, not the class's
-        return (f"{cls.__name__}: its forward was replaced on the object, but its to_onnx is its class's, which "
-                "exports the class's forward")
+    for method in _INFERENCE_PASSES:
+        if method in own:  # as the training kernels honour it, predict runs this one, not the class's
+            return (f"{cls.__name__}: its {method} was replaced on the object, but its to_onnx is its class's, "
+                    f"which exports the class's {method}")
     exporter = _defined_by(cls, "to_onnx")
     if exporter is None or exporter is Layer:
         return cls.__name__
-    forward = _defined_by(cls, "forward")
-    if forward is not None and forward is not exporter and issubclass(forward, exporter):
-        # an exporter written for another forward would export the parent's computation, silently
-        return (f"{cls.__name__}: its class overrides forward but inherits to_onnx from {exporter.__name__}, "
-                "which exports that class's forward")
+    for method in _INFERENCE_PASSES:
+        definer = _defined_by(cls, method)
+        if definer is not None and definer is not exporter and issubclass(definer, exporter):
+            # an exporter written for another pass would export the parent's computation, silently
+            return (f"{cls.__name__}: its class overrides {method} but inherits to_onnx from {exporter.__name__}, "
+                    f"which exports that class's {method}")
     return None
+
+
+# what predict runs of a layer: its forward, and a model's forward_to_head, through which its forward runs
+_INFERENCE_PASSES = ("forward", "forward_to_head")
 
 
 def missing_exporters(model: Any) -> list[str]:
     """``"<path> (<why>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``), the model included, whose
-    class has no `to_onnx`, or has one only from a parent class whose `forward` it overrides, or whose
-    `forward` was replaced on the object without a `to_onnx` of its own."""
+    class has no `to_onnx`, or has one only from a parent class whose `forward` (a model's `forward_to_head`)
+    it overrides, or whose `forward` was replaced on the object without a `to_onnx` of its own."""
     layers = [("model", model), *model.named_layers()]
     return [f"{path} ({why})" for path, layer in layers if (why := _no_exporter(layer)) is not None]
 

@@ -284,6 +284,23 @@ def test_subclass_overriding_forward_needs_its_own_exporter(tmp_path):
     assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
 
 
+class HalvedHeadModel(nnx.Sequential):
+    def forward_to_head(self, X, n_layers, training, runners=None):
+        return 0.5 * super().forward_to_head(X, n_layers, training, runners)
+
+
+def test_a_model_overriding_forward_to_head_needs_its_own_exporter(tmp_path):
+    """predict runs a model's forward_to_head: a subclass that overrides it exported its parent's graph silently."""
+    path = tmp_path / "m.onnx"
+    X = np.random.default_rng(0).standard_normal((5, 4))
+    model = HalvedHeadModel(nnx.Dense(4, 2), dtype="float64", seed=0)
+    plain = nnx.Sequential(nnx.Dense(4, 2), dtype="float64", seed=0)
+    np.testing.assert_allclose(model.predict(X), 0.5 * plain.predict(X))  # what an export would have to give
+    with pytest.raises(NotImplementedError, match=r"HalvedHeadModel.*overrides forward_to_head"):
+        model.to_onnx(path)
+    assert not path.exists()
+
+
 def test_forward_replaced_on_the_object_needs_its_own_exporter(tmp_path):
     """A forward set on one layer object (as the kernels honour) is refused, not exported as the class's graph."""
     path = tmp_path / "m.onnx"
