@@ -302,7 +302,7 @@ def test_a_transform_that_writes_into_the_gradients_in_place_is_honoured(backend
 
 
 class SwitchAfterFirstEpoch(nnx.callbacks.Callback):
-    """A user's schedule of a hyper-parameter that adds or drops optimizer state (momentum on, amsgrad off)."""
+    """A user's schedule of a hyper-parameter set after the first epoch (momentum on, amsgrad off, a NumPy float)."""
 
     def __init__(self, **change):
         self.change = change
@@ -450,23 +450,13 @@ def _assert_same_outcome(backend, dtype, *args, **kwargs):
             np.testing.assert_allclose(a, b, **_tol(dtype))
 
 
-class SetAfterFirstEpoch(nnx.callbacks.Callback):
-    def __init__(self, **change):
-        self.change = change
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            for name, value in self.change.items():
-                setattr(self.model.optimizer, name, value)
-
-
 def test_a_hyper_parameter_set_to_a_numpy_float64_mid_fit_is_named_alike(backend):
     """A float32 model whose momentum a user's callback sets to ``np.float64(0.9)`` (which promotes NumPy's float32
     arrays to float64): every execution raises the plain loop's TypeError or gives its numbers; the flat update
     checked the rule's dtypes once and then cast the float64 results back into its float32 buffers silently."""
     _assert_same_outcome(backend, "float32", MODELS["relu_ce"][0],
                          lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.5),
-                         callbacks=[SetAfterFirstEpoch(momentum=np.float64(0.9))])
+                         callbacks=[SwitchAfterFirstEpoch(momentum=np.float64(0.9))])
 
 
 class Float64Scale(nnx.Layer):

@@ -397,6 +397,17 @@ def test_a_loss_attribute_changed_between_fits_or_by_a_callback_is_used_as_in_th
     _assert_same(compiled, plain, 1e-12)
 
 
+def _compiled_against_plain(fit_one, keys=("loss", "val_loss")):
+    """`fit_one(backend)` -> (model, history) on JAX compiled and plain: the compiled fit runs whole epochs and
+    gives the plain loop's History and weights to 1e-12."""
+    (compiled, history), (plain, expected) = [fit_one(nnx.get_backend("jax").with_fastpath(fast))
+                                              for fast in (True, False)]
+    assert history.execution_mode == "epoch"
+    for key in keys:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
+    _assert_same(compiled, plain, 1e-12)
+
+
 class StrengthenPenalty(nnx.callbacks.Callback):
     """Sets the model-level penalty's strength at each epoch (outside its config)."""
 
@@ -406,18 +417,14 @@ class StrengthenPenalty(nnx.callbacks.Callback):
 
 def test_a_model_penalty_changed_by_a_callback_is_used_as_in_the_plain_loop():
     X, y = _data("mse")
-    runs = []
-    for fast in (True, False):
+
+    def fit_one(backend):
         model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0, regularizer=nnx.regularizers.L2(0.01),
-                               backend=nnx.get_backend("jax").with_fastpath(fast))
-        history = model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
-                            validation_data=(X, y), callbacks=[StrengthenPenalty()])
-        runs.append((model, history))
-    (compiled, history), (plain, expected) = runs
-    assert history.execution_mode == "epoch"
-    for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
-    _assert_same(compiled, plain, 1e-12)
+                               backend=backend)
+        return model, model.fit(X, y, loss="mse", optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
+                                validation_data=(X, y), callbacks=[StrengthenPenalty()])
+
+    _compiled_against_plain(fit_one)
 
 
 class ArrayWeightedMSE(nnx.losses.MSE):
@@ -442,19 +449,14 @@ class Reweight(nnx.callbacks.Callback):
 
 def test_a_loss_array_a_callback_rebinds_is_used_as_in_the_plain_loop():
     X, y = _data("mse")
-    runs = []
-    for fast in (True, False):
-        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0,
-                               backend=nnx.get_backend("jax").with_fastpath(fast))
+
+    def fit_one(backend):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0, backend=backend)
         loss = ArrayWeightedMSE()
-        history = model.fit(X, y, loss=loss, optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
-                            validation_data=(X, y), callbacks=[Reweight(loss)])
-        runs.append((model, history))
-    (compiled, history), (plain, expected) = runs
-    assert history.execution_mode == "epoch"
-    for key in ("loss", "val_loss"):
-        np.testing.assert_allclose(history[key], expected[key], rtol=1e-12, err_msg=key)
-    _assert_same(compiled, plain, 1e-12)
+        return model, model.fit(X, y, loss=loss, optimizer="sgd", lr=0.01, epochs=3, batch_size=BATCH, verbose=0,
+                                validation_data=(X, y), callbacks=[Reweight(loss)])
+
+    _compiled_against_plain(fit_one)
 
 
 class Loosen(nnx.callbacks.Callback):
@@ -471,15 +473,11 @@ def test_a_gradient_transform_setting_changed_by_a_callback_is_used_as_in_the_pl
     from nnx.training.transforms import ClipByNorm
 
     X, y = _data("mse")
-    runs = []
-    for fast in (True, False):
-        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0,
-                               backend=nnx.get_backend("jax").with_fastpath(fast))
+
+    def fit_one(backend):
+        model = nnx.Sequential(nnx.Dense(6, 2), dtype="float64", seed=0, backend=backend)
         clip = ClipByNorm(0.01)
-        history = model.fit(X, y * 5, loss="mse", optimizer="sgd", lr=0.1, epochs=3, batch_size=BATCH, verbose=0,
-                            gradient_transforms=[clip], callbacks=[Loosen(clip)])
-        runs.append((model, history))
-    (compiled, history), (plain, expected) = runs
-    assert history.execution_mode == "epoch"
-    np.testing.assert_allclose(history["loss"], expected["loss"], rtol=1e-12)
-    _assert_same(compiled, plain, 1e-12)
+        return model, model.fit(X, y * 5, loss="mse", optimizer="sgd", lr=0.1, epochs=3, batch_size=BATCH,
+                                verbose=0, gradient_transforms=[clip], callbacks=[Loosen(clip)])
+
+    _compiled_against_plain(fit_one, keys=("loss",))
