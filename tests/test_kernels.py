@@ -191,3 +191,25 @@ def test_a_gradient_kept_from_an_earlier_step_is_never_written(dense_backend, mo
     for step in kept:
         for grad, copy in step:
             np.testing.assert_array_equal(_host_bits(dense_backend, grad), copy)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (4, 1, 1), (1, 4, 3), (4, 3, 1)], ids=str)
+def test_dense_kernels_keep_nan_where_a_product_has_an_inner_dimension_of_one(dense_backend, dtype, shape):
+    """A batch of one row, one input feature or one output makes a product an outer product or a scaling,
+    for which NumPy's ``dot`` calls BLAS routines that skip a zero factor (NaN * 0 came out 0)."""
+    be = dense_backend
+    rows, k, m = shape
+    layer = nnx.Dense(k, m)
+    nnx.Sequential(layer, backend=be, dtype=dtype, seed=0)
+    (kernel,) = layer_runners([layer], be)
+    gen = np.random.default_rng(3)
+    for _ in range(10):
+        X, dY, W = (gen.choice(SPECIAL, size=s) for s in ((rows, k), (rows, m), (k, m)))
+        layer.weight.value = be.asarray(W, dtype=dtype)
+        X, dY = be.asarray(X, dtype=dtype), be.asarray(dY, dtype=dtype)
+        want = [layer.forward(X, training=True), layer.backward(dY), layer.weight.grad, layer.bias.grad]
+        got = [kernel.forward(X, training=True), kernel.backward(dY), layer.weight.grad, layer.bias.grad]
+        for g, w in zip(got, want, strict=True):
+            _same(_host_bits(be, g), _host_bits(be, w))

@@ -4,7 +4,11 @@ For two-dimensional float32 or float64 operands that BLAS reads as they lie (eac
 F-contiguous), ``@`` and ``dot`` call the same GEMM and give the same bits, but ``@`` goes
 through the matmul ufunc's machinery first: about 1.0-1.7 us a call on a small network's
 matrices against 0.4-0.8 us. Anything else (other dtypes or strides, more dimensions)
-takes ``@`` as the layer does. See `nnx.kernels.dense` for the offered gradients.
+takes ``@`` as the layer does, and so does a product over an inner dimension of one (one
+input feature, one output's ``dY @ W.T``, a one-row batch's ``X.T @ dY``): ``dot`` makes
+that an outer product or a scaling by a 1 x 1 operand with BLAS routines that skip a zero
+factor, so NaN * 0 came out 0 (and -0 as 0), where ``@`` multiplies every pair. See
+`nnx.kernels.dense` for the offered gradients.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ BLAS_TYPECODES = "fd"
 
 def _blas_ready(a: Any, b: Any) -> bool:
     """Whether ``a @ b`` is one GEMM on the arrays as they lie, so that ``a.dot(b)`` gives its bits."""
-    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.char not in BLAS_TYPECODES:
+    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.char not in BLAS_TYPECODES or a.shape[1] == 1:
         return False
     flags_a, flags_b = a.flags, b.flags
     return (flags_a.c_contiguous or flags_a.f_contiguous) and (flags_b.c_contiguous or flags_b.f_contiguous)
