@@ -810,7 +810,13 @@ def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = N
     hyperparams = state.get("hyperparams", {})
     if not isinstance(hyperparams, dict):
         raise TypeError(f"optimizer hyperparams must be an object, got {type(hyperparams).__name__}")
-    opt = cls(_named_params(state.get("param_names"), params), **_init_arguments(cls, hyperparams))
+    arguments = _init_arguments(cls, hyperparams)
+    rate = arguments.get("lr")
+    if isinstance(rate, numbers.Real) and not isinstance(rate, bool) and rate == 0:
+        # the `lr` setter takes 0 (a frozen phase) where constructors refuse it: build at any rate, and
+        # load_state_dict restores the saved 0 with the rest
+        arguments["lr"] = 1.0
+    opt = cls(_named_params(state.get("param_names"), params), **arguments)
     if source is not None:
         state = _state_to_host(state, source)
     opt.load_state_dict(state)

@@ -9,6 +9,7 @@ import array_api_compat
 import numpy as np
 import pytest
 
+import nnx
 from nnx.layers import Parameter
 from nnx.optim import (
     OPTIMIZERS,
@@ -490,3 +491,16 @@ def test_is_optimizer_subclass():
     for cls in OPTIMIZERS.values():
         assert issubclass(cls, Optimizer)
         assert cls.__doc__ and cls.step.__doc__
+
+
+def test_a_rate_set_to_zero_survives_save_and_load(backend, tmp_path):
+    """The `lr` setter takes 0 (a frozen phase, a warm-up's first epoch); the constructors refuse it, so rebuilding
+    the optimizer from a checkpoint (`nnx.load`, `model.to`) once refused the file the model had just written."""
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+    X, y = np.ones((4, 3)), np.zeros((4, 2))
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.1, epochs=1, batch_size=2, verbose=0)
+    model.optimizer.lr = 0.0
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz", backend=backend)
+    assert loaded.optimizer.lr == 0.0 and loaded.optimizer.state_dict()["step"] == 2
+    assert model.to(backend).optimizer.lr == 0.0
