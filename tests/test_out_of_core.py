@@ -591,3 +591,36 @@ def test_a_re_iterable_that_does_not_start_over_is_named():
     with pytest.raises(ValueError, match=r"X yielded no batches for pass 2 \(the pass before got 10\).*__iter__"):
         _model("numpy", "float64").fit(StaleReader(_batches(X, y, 16)), loss="bce", epochs=2, callbacks=[rec])
     assert rec.batches == 10 and rec.ended
+
+
+def _reused_buffers(X, y, size, w=None):
+    """A generator that fills the same arrays for every batch (as a loader with preallocated buffers does)."""
+    bx, by = np.empty((size, X.shape[1]), X.dtype), np.empty(size, y.dtype)
+    bw = None if w is None else np.empty(size, w.dtype)
+    for i in range(0, X.shape[0] - size + 1, size):
+        bx[:], by[:] = X[i:i + size], y[i:i + size]
+        if bw is None:
+            yield bx, by
+        else:
+            bw[:] = w[i:i + size]
+            yield bx, by, bw
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_generator_that_reuses_its_buffers_gives_the_batches_it_yielded(backend, dtype, prefetch):
+    """The prepared batch shared the generator's arrays on NumPy, torch and array_api_strict: the prefetch thread
+    refilled them while the step still read them, and the epoch's metrics read every batch's targets at the end,
+    all of them the last batch's by then."""
+    X, y = _data(n=144)
+    w = np.linspace(0.5, 2.0, X.shape[0])
+    a, b = _model(backend, dtype), _model(backend, dtype)
+    ha = a.fit(X, y, sample_weight=w, loss="bce", epochs=1, batch_size=16, shuffle=False, metrics=["accuracy"])
+    hb = b.fit(_reused_buffers(X, y, 16, w), loss="bce", epochs=1, metrics=["accuracy"], prefetch=prefetch)
+    _assert_same_weights(a, b, dtype)
+    assert hb["accuracy"] == ha["accuracy"]
+    want = a.evaluate(X, y, metrics=["accuracy"], sample_weight=w)
+    got = a.evaluate(_reused_buffers(X, y, 16, w), metrics=["accuracy"], prefetch=prefetch)
+    assert got["accuracy"] == want["accuracy"]
+    P = a.backend.to_host(a.predict(X))
+    got_P = a.backend.to_host(a.predict((bx for bx, _ in _reused_buffers(X, y, 16)), prefetch=prefetch))
+    np.testing.assert_allclose(got_P, P, atol=1e-12 if dtype == "float64" else 1e-6, rtol=0)

@@ -62,3 +62,34 @@ def host_companion(model: Model, data: Any, argname: str) -> Any:
     if model.backend.owns(data):
         return model.backend.to_host(data)
     return np.asarray(model.backend.to_host(model.backend.asarray(data, argname=argname)))
+
+
+def may_share_memory(prepared: Any, given: Any) -> bool:
+    """Whether `prepared` (`Backend.asarray` of `given`) may share memory with `given`: the same object, host
+    memory whose bounds overlap (a NumPy array, a CPU tensor), or two arrays that are not in host memory (a
+    device array and a view of it). Cheap: a bounds check, no element is read."""
+    if prepared is given:
+        return True
+    if not hasattr(given, "__dlpack__") and not hasattr(given, "__array__"):
+        return False  # a list or a scalar: asarray made new memory
+    a, b = _host_view(prepared), _host_view(given)
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(np.may_share_memory(a, b))
+
+
+def _host_view(x: Any) -> np.ndarray | None:
+    """`x`'s memory as a NumPy array without copying it, or None where it is not in host memory (or cannot say)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__"):  # a library's array: NumPy views it on the CPU, refuses it on a device
+        try:
+            return np.from_dlpack(x)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            return None
+    if hasattr(x, "__array__"):  # a pandas object, an array-like viewing its own buffer
+        try:
+            return np.asarray(x)
+        except (TypeError, ValueError):
+            return None
+    return None

@@ -28,9 +28,9 @@ import queue
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, cast
 
-from ..backends.host import gather_rows, host_companion
+from ..backends.host import gather_rows, host_companion, may_share_memory
 from ..protocols import Model
 
 # Which rows of a batch of n rows to keep: a data-parallel rank's slice (a pure function of n).
@@ -285,8 +285,8 @@ class IterableBatches:
             count = 0
             for count, item in enumerate(source, start=1):
                 where = f"batch {count - 1}" + (f" of {self.name}" if self.name != "X" else "")
-                X, y, w = self._unpack(item, where)
-                yield self.prepare(X, y, w, where)
+                given = self._unpack(item, where)
+                yield _detached(self.prepare.model, self.prepare(*given, where), given)
             self._last = count
             if count == 0:
                 raise ValueError(self._empty_message(epoch, last))
@@ -325,6 +325,16 @@ class IterableBatches:
             return (f"{self.name} yielded no batches for pass {epoch + 1} (the pass before got {last}): its "
                     "__iter__ must start over on every call, as a list's or a torch DataLoader's does")
         return f"{self.name} yielded no batches; at least one is needed"
+
+
+def _detached(model: Model, prepared: tuple[Any, Any, Any], given: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    """A prepared batch that shares no memory with the arrays the iterable yielded (copies only of those that
+    would): a generator may refill the same arrays for its next batch, which the prefetch thread asks for while
+    the step still reads this one, and the epoch's metrics read every batch's targets at its end."""
+    xp = model.xp
+    return cast(tuple[Any, Any, Any], tuple(
+        xp.asarray(a, copy=True) if a is not None and may_share_memory(a, g) else a
+        for a, g in zip(prepared, given, strict=True)))
 
 
 def _gather(data: Any, rows: Any) -> Any:
