@@ -118,6 +118,7 @@ class FlatUpdate:
         self._state_order: list[Any] = []  # every state view, parameter by parameter, key by key
         self.grads: Any = None  # this step's gathered gradients
         self._grad_sources: list[Any] = []
+        self._grads_offered = False  # whether `grads` is this step's offered buffer (`offer_grads`), taken whole
         self._offered: tuple[Any, list[Any]] | None = None  # this step's offered buffer and its views
         self.mutable = True
         # False once the rule's state proved not shaped like the parameters (a 0-d count), or the parameters
@@ -245,12 +246,13 @@ class FlatUpdate:
         offered, self._offered = self._offered, None
         taken = taken_offer(offered, grads)
         self.grads = self._concat(grads) if taken is None else taken
+        self._grads_offered = taken is not None
         self._grad_sources = grads
         return self.grads
 
     def forget_grads(self) -> None:
         """Drop the gradients gathered so far this step; `run` gathers what ``p.grad`` holds then."""
-        self.grads, self._grad_sources = None, []
+        self.grads, self._grad_sources, self._grads_offered = None, [], False
 
     def run(self, keep: Any = None) -> bool:
         """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False when
@@ -268,7 +270,8 @@ class FlatUpdate:
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
         if self.replay is not None and self.mutable and \
-                self.replay.apply(self.values, self.grads, self.state, t, opt.lr, keep=keep):
+                self.replay.apply(self.values, self.grads, self.state, t, opt.lr, keep=keep,
+                                  new_grads=self._grads_offered):
             pass  # the rule was replayed into the buffers
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)

@@ -204,19 +204,21 @@ class RuleReplay:
         return self._select is not None
 
     def apply(self, values: Any, grads: Any, state: dict[str, Any], step: int, lr: Any,
-              keep: Any = None) -> bool:
+              keep: Any = None, new_grads: bool = False) -> bool:
         """Write the rule's new values and state into `values` and `state`'s arrays in place, over slices of
         at most `piece` elements; False, with nothing written, where the rule cannot be replayed.
 
         `keep`, a 0-d boolean array (the deferred finite check), selects on the device between the rule's
         results and the arrays as they were, as ``xp.where(keep, new, old)`` would; None writes the results.
+        `new_grads` says `grads` is an array the caller made with ``xp.empty`` this step (the flat update's
+        offered buffer), which out= functions read: it is not tried as other gradients are.
         """
         if self.failed or (keep is not None and not self.selects):
             return False  # (a backend without an out= where still replays the steps it checks at once)
         keys = tuple(state)
         inputs = [values, grads, *[state[k] for k in keys]]
         try:
-            self._check_buffers(inputs)
+            self._check_buffers(inputs, new_grads)
             recording, outputs = self._record(inputs, keys, step, lr)
             key = (tuple(recording.ops), outputs, tuple(map(type, recording.consts)), keys,
                    tuple([x.dtype for x in inputs]), keep is None)
@@ -243,7 +245,7 @@ class RuleReplay:
                                f"the parameters hold a partial update: {exc}") from exc
         return True
 
-    def _check_buffers(self, inputs: list[Any]) -> None:
+    def _check_buffers(self, inputs: list[Any], new_grads: bool) -> None:
         """Unreplayable unless every array is 1-D of one length, the destinations take writes and every array
         is read and written by out= functions (torch refuses those on arrays that record gradients). Each new
         destination is tried once, the gradients every step, before anything is written: a destination with its
@@ -258,9 +260,10 @@ class RuleReplay:
                 x[...] = x  # a read-only (NumPy) or self-overlapping (torch's expand) array refuses this
                 times(x[:1], 1, out=x[:1])  # x * 1 is x, NaN and signed zeros included
             self._checked = dests
-        # only read, and new each step: tried every step (one element), and not held, so that the step's
-        # gradients are freed with the step
-        times(grads[:1], 1, out=self.xp.empty_like(grads[:1]))
+        # only read, and new each step: tried every step (one element) unless made by the caller with xp.empty,
+        # and not held, so that the step's gradients are freed with the step
+        if not new_grads:
+            times(grads[:1], 1, out=self.xp.empty_like(grads[:1]))
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, inputs: list[Any], keys: tuple[str, ...], step: int, lr: Any) -> tuple[_Recording, tuple]:
