@@ -445,6 +445,17 @@ def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     assert history["lr"] == pytest.approx([0.0025, 0.0025])
 
 
+def test_a_named_optimizer_kept_by_fit_takes_the_rate_given(data):
+    """fit(optimizer="sgd", lr=base) after a schedule decayed the rate keeps the optimizer's state, as a resumed
+    script needs; the rate is the one given, as fit(lr=base) sets it, not the decayed one left silently."""
+    model = make_model()
+    model.fit(*data, optimizer="sgd", lr=0.1, epochs=2, callbacks=[StepDecay(1, gamma=0.5)])
+    optimizer = model.optimizer
+    assert optimizer.lr == pytest.approx(0.05)
+    model.fit(*data, optimizer="sgd", lr=0.1, epochs=1)
+    assert model.optimizer is optimizer and optimizer.lr == 0.1 and optimizer.initial_lr == 0.1
+
+
 # -- CSVLogger --------------------------------------------------------------------------------------
 
 def test_csv_logger_writes_and_appends(data, tmp_path):

@@ -55,7 +55,10 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
     if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
             and (lr is None or lr in (current.lr, current.initial_lr)):
         # a second fit() call continues with the same optimizer state; so does a resumed one given the rate it
-        # started from, which a schedule has since decayed (the schedule goes on from `initial_lr`)
+        # started from, which a schedule has since decayed (the schedule goes on from `initial_lr`). The rate
+        # given is set, as for a kept optimizer: without a schedule the run goes on at it, not the decayed one
+        if lr is not None:
+            _set_rate(current, lr)
         return current
     kwargs = {} if lr is None else {"lr": lr}
     return get_optimizer(name, model.parameters(), **kwargs)
