@@ -468,3 +468,16 @@ def test_non_finite_training_loss_same_place_on_every_backend(backend):
             _diverging(be, "float64")
         messages.append(str(info.value))
     assert messages[0] == messages[1]
+
+
+def test_fit_with_check_finite_false_takes_non_finite_data(backend, dtype, tmp_path):
+    """docs/training.md: check_finite=False skips the NaN/inf check of the data in fit, evaluate and predict; fit
+    still refused X, y and validation data holding NaN (arrays, memmaps, iterables), whatever it was told."""
+    X, y = _data()
+    X[2, 1] = np.nan
+    mm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=X.dtype, shape=X.shape)
+    mm[:] = X
+    for args, kwargs in [((X, y), {}), ((mm, y), {}), (([(X, y)],), {}), ((X[3:], y[3:]), {"validation_data": (X, y)}),
+                         ((X[3:], y[3:]), {"validation_data": [(X, y)]})]:
+        history = _regressor(backend, dtype).fit(*args, epochs=1, batch_size=2, check_finite=False, **kwargs)
+        assert not np.isfinite(history["val_loss" if kwargs else "loss"][-1])

@@ -97,8 +97,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         callbacks: `nnx.callbacks.Callback` instances.
         verbose: 1 prints loss and metrics each epoch; 2 also says how the epochs run (`History.execution_mode`).
         shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
-        check_finite: refuse a step whose loss or gradients are NaN/inf, before it is applied,
-            with FloatingPointError naming epoch and batch.
+        check_finite: refuse data holding NaN/inf with a ValueError naming it, and a step whose loss or
+            gradients are NaN/inf, before it is applied, with FloatingPointError naming epoch and batch.
         sample_weight: per-sample weights (n,): each batch's loss is sum(w * per-sample loss) / rows,
             as in Keras.
         class_weight: {class index: weight}, multiplied into the sample weights.
@@ -143,7 +143,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     depth = prefetch_depth(prefetch)
     batches, val_rows, validation_data, look_at_outputs = training_source(
         model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,
-        steps_per_epoch, depth, look_at_outputs)
+        steps_per_epoch, depth, look_at_outputs, check_finite)
     dp = _data_parallel(model, distributed)
     if dp is not None:
         batches = dp.shard(batches)  # batch_size is the global batch; this rank computes its slice
@@ -151,7 +151,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     if val_rows is not None:
         val = lambda: evaluate_batches(model, val_rows, loss_fn, metric_fns)  # noqa: E731
     elif validation_data is not None:
-        val = validation_source(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth)
+        val = validation_source(model, validation_data, validation_steps, batch_size, loss_fn, metric_fns, depth,
+                                check_finite)
     model.loss = loss_fn
     opt = model.optimizer = model.resolve_optimizer(optimizer, lr)
     cbs = _callbacks(callbacks, verbose if dp is None or dp.is_root else 0, epochs)

@@ -31,12 +31,13 @@ from .loss_fit import check_outputs
 
 def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weight: Any, loss_fn: Any,
                     batch_size: int | None, shuffle: bool, validation_split: float, validation_data: Any,
-                    steps_per_epoch: int | None, depth: int, look_at_outputs: bool) -> tuple[Any, Any, Any, bool]:
+                    steps_per_epoch: int | None, depth: int, look_at_outputs: bool,
+                    check_finite: bool = True) -> tuple[Any, Any, Any, bool]:
     """What `fit` reads: (its batches, the held-out rows of host arrays or None, validation_data, look_at_outputs).
 
-    Arrays are prepared and checked here; `validation_split` holds rows out from the end (of arrays they
-    become `validation_data`); `look_at_outputs` stays True when the first batch's outputs must still be
-    checked to fit the loss (see `check_loss_fits`).
+    Arrays are prepared and checked here (for NaN and inf too, unless not `check_finite`); `validation_split`
+    holds rows out from the end (of arrays they become `validation_data`); `look_at_outputs` stays True when
+    the first batch's outputs must still be checked to fit the loss (see `check_loss_fits`).
     """
     if validation_split and validation_data is not None:
         # one would be dropped without a word (Keras lets validation_data win; which one was meant is a guess)
@@ -51,7 +52,7 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
                              "(X, y, sample_weight) batches instead")
         if validation_split:
             raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
-        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight), steps_per_epoch, depth,
+        batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight, check_finite), steps_per_epoch, depth,
                                   steps_name="steps_per_epoch")
     elif y is None:
         raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
@@ -63,10 +64,10 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         n = n_rows(X, "X")
         n_train = n - _held_out(n, validation_split)
         batches = HostBatches(model, X, y, sample_weight, batch_size or n, shuffle,
-                              BatchPreparer(model, loss_fn, class_weight), depth, rows=(0, n_train))
+                              BatchPreparer(model, loss_fn, class_weight, check_finite), depth, rows=(0, n_train))
         if n_train < n:  # scored with their sample weights, as Keras splits them (class_weight is for training)
             val_rows = HostBatches(model, X, y, sample_weight, batch_size or n, False,
-                                   BatchPreparer(model, loss_fn), depth, rows=(n_train, n))
+                                   BatchPreparer(model, loss_fn, check_finite=check_finite), depth, rows=(n_train, n))
     else:
         X_d = model.prepare_inputs(X)
         n = X_d.shape[0]
@@ -74,8 +75,9 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
             raise ValueError("X has 0 samples; fit needs at least one")
         y_d = model.prepare_targets(y, loss_fn, n)
         w_d = model.prepare_sample_weight(sample_weight, None, y_d, loss_fn, n)
-        model.require_finite(X_d, "X", X)
-        model.require_finite(y_d, "y", y)
+        if check_finite:
+            model.require_finite(X_d, "X", X)
+            model.require_finite(y_d, "y", y)
         if validation_split:
             # the held-out rows keep their sample weights, as Keras splits them; class_weight is for training
             n_val = _held_out(n, validation_split)
@@ -111,8 +113,9 @@ def _held_out(n: int, validation_split: float) -> int:
 
 
 def validation_source(model: Model, data: Any, steps: int | None, batch_size: int | None, loss_fn: Any,
-                metric_fns: dict, depth: int) -> Callable[[], dict[str, float]]:
-    """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs."""
+                      metric_fns: dict, depth: int, check_finite: bool = True) -> Callable[[], dict[str, float]]:
+    """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs;
+    NaN and inf in it are refused unless not `check_finite`."""
     arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
     looks_like_arrays = isinstance(data, tuple) and any(hasattr(item, "shape") for item in data)
     if looks_like_arrays and not arrays:
@@ -122,7 +125,8 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
         if not is_batch_iterable(data):
             raise TypeError("validation_data must be a pair (X_val, y_val), a triple (X_val, y_val, "
                             "sample_weight), or an iterable of such batches")
-        source = IterableBatches(data, BatchPreparer(model, loss_fn), steps, depth, name="validation_data",
+        source = IterableBatches(data, BatchPreparer(model, loss_fn, check_finite=check_finite), steps, depth,
+                                 name="validation_data",
                                  steps_name="validation_steps")
         return lambda: evaluate_batches(model, source, loss_fn, metric_fns)
     if steps is not None:
@@ -130,14 +134,15 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
     w = data[2] if len(data) == 3 else None
     if is_out_of_core(data[0]):
         n = n_rows(data[0], "validation X")
-        host = HostBatches(model, data[0], data[1], w, batch_size or n, False, BatchPreparer(model, loss_fn),
-                           depth, name="validation X")
+        host = HostBatches(model, data[0], data[1], w, batch_size or n, False,
+                           BatchPreparer(model, loss_fn, check_finite=check_finite), depth, name="validation X")
         return lambda: evaluate_batches(model, host, loss_fn, metric_fns)
     Xv = model.prepare_inputs(data[0], "validation X")
     yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
     wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
-    model.require_finite(Xv, "validation X", data[0])
-    model.require_finite(yv, "validation y", data[1])
+    if check_finite:
+        model.require_finite(Xv, "validation X", data[0])
+        model.require_finite(yv, "validation y", data[1])
     if batch_size is None or Xv.shape[0] <= batch_size:
         return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
     # in fit's batches, as Keras validates: all rows at once would hold every layer's activations of all of them,
