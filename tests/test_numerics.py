@@ -111,6 +111,23 @@ def test_deep_saturating_network_stays_finite(backend, test_dtype):
     np.testing.assert_allclose(Y.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("test_dtype", DTYPES)
+def test_dropout_propagates_nan_and_inf_in_dropped_units_as_torch(backend, test_dtype):
+    """Training dropout multiplies by the kept mask, as torch and Keras do: a dropped inf or NaN is NaN, not a
+    clean 0 that hides it; the backward likewise (a NaN gradient stays NaN)."""
+    model = nnx.Sequential(nnx.Dropout(0.5), backend=backend, dtype=test_dtype, input_shape=(64,), seed=0)
+    X = np.tile([np.inf, -np.inf, np.nan, 2.0], (2, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # inf * 0 in NumPy
+        Y = _host(model, model.forward(X, training=True))
+        dX = _host(model, model.backward(np.full(X.shape, np.nan)))
+    finite = X == 2.0
+    assert (finite & (Y == 0.0)).any() and (finite & (Y == 4.0)).any()  # both kinds among the finite inputs
+    assert not np.isfinite(Y[~finite]).any()  # inf kept is +-inf, dropped is NaN: none comes out finite
+    assert np.isnan(Y[np.isnan(X)]).all()
+    assert np.isnan(dX).all()
+
+
 # -- losses through the model: the fused heads are exact at extreme logits -----------------------
 
 @pytest.mark.parametrize("test_dtype", DTYPES)

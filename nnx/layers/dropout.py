@@ -38,8 +38,11 @@ class Dropout(Layer):
         if self.rate == 0.0:
             self._mask = _NO_MASK
             return X
-        self._mask = self.rng.uniform(tuple(X.shape), self.dtype) >= self.rate
-        return self.xp.where(self._mask, X * (1.0 / (1.0 - self.rate)), 0.0)
+        # the kept units' scale, 0 where dropped, multiplied in as torch and Keras do: a dropped inf or NaN
+        # gives NaN (as does a NaN gradient there), not a clean 0 that would hide it
+        kept = self.rng.uniform(tuple(X.shape), self.dtype) >= self.rate
+        self._mask = self.xp.astype(kept, X.dtype) * (1.0 / (1.0 - self.rate))
+        return X * self._mask
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         mask, self._mask = self._mask, None
@@ -47,7 +50,7 @@ class Dropout(Layer):
             raise nothing_kept(self)
         if mask is _NO_MASK:
             return dY
-        return self.xp.where(mask, dY * (1.0 / (1.0 - self.rate)), 0.0)
+        return dY * mask
 
     def to_onnx(self, graph: Any, X: str) -> str:
         return X  # an inference graph: dropout is the identity
