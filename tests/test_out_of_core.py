@@ -262,6 +262,17 @@ def test_nested_list_is_still_one_array():
     assert m.predict(X).shape == (2, 1)
 
 
+def test_rows_as_tuples_are_one_array_in_predict_as_in_fit_and_evaluate():
+    """A list of rows written as tuples was read as (X, ...) batches whose X was a number: "X of batch 0 must be
+    2-D", while fit and evaluate took the same rows as one array."""
+    m = _model("numpy", "float64")
+    rows = [(0.0, 1.0, 2.0, 3.0), (1.0, 0.0, 0.0, 1.0), (np.float64(2.0), 1.0, 0.5, 0.0)]
+    want = m.predict(np.array(rows, dtype=np.float64))
+    np.testing.assert_array_equal(m.predict(rows), want)
+    np.testing.assert_array_equal(m.predict(tuple(rows)), want)
+    assert m.evaluate(rows, [0.0, 1.0, 1.0], loss="bce")["loss"] == m.evaluate(np.array(rows), [0.0, 1.0, 1.0])["loss"]
+
+
 # -- (c) memory stays bounded -----------------------------------------------------------------------
 def _rss_anon_bytes():
     with open("/proc/self/status") as f:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import numbers
 import queue
 import threading
 import warnings
@@ -138,8 +139,10 @@ def batch_shaped(model: Model, a: Any) -> bool:
 
 def holds_inputs(model: Model, item: Any) -> bool:
     """Whether a batch given to predict is an (X, ...) tuple or list, such as a torch DataLoader's [X, y],
-    rather than X itself (which may be a list of rows)."""
-    return isinstance(item, tuple) or (isinstance(item, list) and bool(item) and batch_shaped(model, item[0]))
+    rather than X itself (which may be a list of rows, or a row written as a tuple of numbers)."""
+    if isinstance(item, tuple):
+        return bool(item) and not isinstance(item[0], numbers.Number) and getattr(item[0], "ndim", None) != 0
+    return isinstance(item, list) and bool(item) and batch_shaped(model, item[0])
 
 
 def n_rows(data: Any, argname: str) -> int:
