@@ -415,6 +415,24 @@ def test_scheduler_accepts_a_numpy_or_0d_rate_and_names_a_wrong_type(data):
         model.fit(*data, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: "0.1")])
 
 
+def test_scheduler_takes_a_warm_up_from_zero(data):
+    """A rate of 0 is a rate, as for Keras's LearningRateScheduler and torch's LambdaLR (a warm-up from 0): the
+    optimizer takes it and the epoch moves nothing. A built-in decay with no base but a 0 rate says so."""
+    model = make_model()
+    before = model.state_dict()
+    history = model.fit(*data, optimizer="sgd", lr=0.1, epochs=1,
+                        callbacks=[LearningRateScheduler(lambda epoch: 0.1 * epoch / 2 if epoch < 2 else 0.1)])
+    assert history["lr"] == [0.0]
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    history = model.fit(*data, epochs=2, callbacks=[LearningRateScheduler(lambda epoch: 0.1 * epoch / 2)])
+    assert history["lr"] == pytest.approx([0.05, 0.1])
+    model.optimizer.lr = 0.0
+    with pytest.raises(ValueError, match="initial_lr"):
+        model.fit(*data, epochs=1, callbacks=[StepDecay(2)])
+    assert CosineDecay(4, min_lr=0.0, initial_lr=1.0)(4, 1.0) == 0.0  # torch's default eta_min
+
+
 def test_scheduler_takes_a_keras_schedule_of_the_epoch_alone(data):
     """Keras's LearningRateScheduler also calls ``schedule(epoch)``; a callable taking neither form is refused
     when the callback is made, not with Python's argument-count error at the first epoch."""

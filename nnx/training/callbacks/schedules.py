@@ -17,7 +17,7 @@ class LearningRateScheduler(Callback):
     """Set the optimizer's learning rate at the start of every epoch.
 
     Args:
-        schedule: a callable ``(epoch, lr) -> new_lr`` (epoch counts from 0 over the model's
+        schedule: a callable ``(epoch, lr) -> new_lr >= 0`` (epoch counts from 0 over the model's
             whole training, lr is the current rate), e.g. one of `StepDecay`,
             `ExponentialDecay`, `CosineDecay`; or ``(epoch) -> new_lr``, which Keras also takes.
         verbose: 1 prints the rate when it changes.
@@ -52,9 +52,9 @@ class LearningRateScheduler(Callback):
         if new is None:
             raise TypeError(f"learning-rate schedule {self.schedule!r} returned {returned!r} of type "
                             f"{type(returned).__name__} at epoch {epoch + 1}; it must return a number")
-        if not math.isfinite(new) or new <= 0:
+        if not math.isfinite(new) or new < 0:  # 0 is a rate (a warm-up from 0), as for Keras and torch
             raise ValueError(f"learning-rate schedule {self.schedule!r} returned {returned!r} at epoch {epoch + 1}; "
-                             "it must return a finite number > 0")
+                             "it must return a finite number >= 0")
         optimizer.lr = new
         if self.verbose and new != old:
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
@@ -124,6 +124,9 @@ class Schedule(LearningRateScheduler):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             if optimizer.initial_lr is None:
+                if not lr > 0:  # every rate from a base of 0 is 0, and a checkpoint refuses that base
+                    raise ValueError(f"{type(self).__name__} has no base rate to decay from: the optimizer's rate "
+                                     f"is {lr!r}; give initial_lr=")
                 optimizer.initial_lr = float(lr)
             return optimizer.initial_lr
         if self._base is None:
@@ -188,7 +191,7 @@ class CosineDecay(Schedule):
 
     Args:
         decay_epochs: epochs to reach `min_lr`.
-        min_lr: the final rate (> 0, since optimizers reject a zero rate).
+        min_lr: the final rate (>= 0; torch's ``eta_min``).
         warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first.
         initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
     """
@@ -197,7 +200,7 @@ class CosineDecay(Schedule):
                  initial_lr: float | None = None) -> None:
         super().__init__(initial_lr)
         self.decay_epochs = check.positive_int("CosineDecay decay_epochs", decay_epochs)
-        self.min_lr = check.positive("CosineDecay min_lr", min_lr)
+        self.min_lr = check.non_negative("CosineDecay min_lr", min_lr)
         self.warmup_epochs = check.integer("CosineDecay warmup_epochs", warmup_epochs, low=0)
 
     def rate(self, epoch: int, base: float) -> float:
