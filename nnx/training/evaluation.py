@@ -62,20 +62,17 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
                     batch_size: int | None, look_at_outputs: bool = False) -> dict[str, float]:
     """Loss (penalty included, weighted when `w` is given) and metrics of prepared device arrays.
 
+    In batches of `batch_size` rows, the forward pass is one program per batch shape (two at most), and the
+    loss and metrics one call over all the outputs, so the value is that of all rows at once.
     `look_at_outputs`: check that the outputs fit `loss_fn` (see `check_loss_fits`) before using them.
     """
     if X.shape[0] == 0:
         raise ValueError("cannot evaluate on 0 samples")
     n_run, head, from_logits = model.output_head(loss_fn)
-    parts = tuple((s.start, s.stop) for s in batch_slices(X.shape[0], batch_size or X.shape[0]))
 
-    def outputs(m: Model, X: Any) -> Any:
-        outs = [m.forward_to_head(X[a:b, ...], n_run, training=False) for a, b in parts]
-        return outs[0] if len(outs) == 1 else m.xp.concat(outs, axis=0)
-
-    def scores(m: Model, X: Any, y: Any, w: Any) -> Any:
+    def scores(m: Model, y: Any, Z: Any, w: Any) -> Any:
         """The loss (penalty included) and then each metric, as one vector: one host transfer for all."""
-        xp, Z = m.xp, outputs(m, X)
+        xp = m.xp
         value = _head_loss(head, y, Z, w)
         penalty = m.penalty()
         if penalty is not None:
@@ -83,11 +80,23 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
         value = xp.reshape(xp.astype(value, Z.dtype), (1,))
         return xp.concat([value, _metric_vector(xp, metric_fns, y, Z, from_logits)]) if metric_fns else value
 
-    if look_at_outputs:  # an undecided model is never folded: Z are its outputs
-        Z = inference_program(model, ("outputs", n_run, parts), outputs)(X)
-        check_outputs(model, loss_fn, Z, "the data")
-    key = ("evaluate", n_run, parts, _head_key(head), _metrics_key(metric_fns), from_logits)
-    host = model.backend.to_host(inference_program(model, key, scores)(X, y, w))
+    key = (_head_key(head), _metrics_key(metric_fns), from_logits)
+    if batch_size is None or X.shape[0] <= batch_size:
+        if look_at_outputs:  # an undecided model is never folded: Z are its outputs
+            check_outputs(model, loss_fn, head_outputs(model, n_run)(X), "the data")
+        program = inference_program(model, ("evaluate", n_run, *key),
+                                    lambda m, X, y, w: scores(m, y, m.forward_to_head(X, n_run, training=False), w))
+        vector = program(X, y, w)
+    else:
+        # not one program tracing every batch's forward: that grows with the rows (200 batches of 32 compiled
+        # for seconds); each batch shape's forward is traced once, and the outputs scored together
+        forward = head_outputs(model, n_run)
+        outs = [forward(X[s, ...]) for s in batch_slices(X.shape[0], batch_size)]
+        Z = model.xp.concat(outs, axis=0)
+        if look_at_outputs:
+            check_outputs(model, loss_fn, Z, "the data")
+        vector = inference_program(model, ("evaluate outputs", n_run, *key), scores)(y, Z, w)
+    host = model.backend.to_host(vector)
     return {"loss": float(host[0]), **{name: float(v) for name, v in zip(metric_fns, host[1:], strict=True)}}
 
 
