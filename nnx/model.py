@@ -161,7 +161,7 @@ class Sequential(_Chain):
         reg = None if self.regularizer is None else self.regularizer.get_config()
         shape = None if self._given_input_shape is None else list(self._given_input_shape)
         # a subclass's own constructor arguments (`MLP(width=64)`), beside what every model's config holds
-        own = constructor_config(self, leave_out=_MODEL_KEYS)
+        own = constructor_config(self, leave_out=_MODEL_KEYS, positional_kept=True)  # *layers: saved below
         if self.nested:
             return {**own, "layers": [layer.get_config() for layer in self.layers], "regularizer": reg,
                     "input_shape": shape}

@@ -188,7 +188,10 @@ def recording_init(init: Callable) -> Callable:
             for key, param in list(signature.parameters.items())[1:]:
                 if param.kind is inspect.Parameter.VAR_KEYWORD:
                     recorded.update(bound.arguments.get(key, {}))
-                elif param.kind is not inspect.Parameter.VAR_POSITIONAL and not key.startswith("_"):
+                elif param.kind is inspect.Parameter.VAR_POSITIONAL:
+                    if bound.arguments.get(key):
+                        self.__dict__["_init_positional"] = key  # a config cannot pass these back (`json_arguments`)
+                elif not key.startswith("_"):
                     recorded[key] = bound.arguments[key]
             self.__dict__["_init_args"] = recorded
         init(self, *args, **kwargs)
@@ -219,11 +222,18 @@ def live_arguments(obj: Any) -> dict[str, Any]:
     return args
 
 
-def json_arguments(obj: Any, kind: str, args: Mapping[str, Any], fix: str) -> dict[str, Any]:
+def json_arguments(obj: Any, kind: str, args: Mapping[str, Any], fix: str,
+                   positional_kept: bool = False) -> dict[str, Any]:
     """`args` as a config holds them (NumPy numbers as Python ones); TypeError naming one that is not JSON.
 
-    `fix` tells the user what to override instead (``"override get_config()"``).
+    `fix` tells the user what to override instead (``"override get_config()"``). An object constructed
+    with values for a ``*args`` parameter is refused too (a config holds named arguments only, so it would
+    be rebuilt without them), unless the caller saves those itself (`positional_kept`: a container's layers).
     """
+    positional = obj.__dict__.get("_init_positional")
+    if positional is not None and not positional_kept:
+        raise TypeError(f"{type(obj).__name__} was constructed with values for *{positional}, which a config cannot "
+                        f"pass back (it holds named arguments only), so the {kind} cannot be saved or rebuilt; {fix}")
     plain = {key: _python_number(value) for key, value in args.items()}
     for key, value in plain.items():
         try:

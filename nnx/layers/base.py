@@ -452,15 +452,16 @@ class Layer:
         return config_repr(self)
 
 
-def constructor_config(layer: Layer, leave_out: Sequence[str] = ()) -> dict:
+def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_kept: bool = False) -> dict:
     """`layer`'s registered name and the arguments it was constructed with, but `leave_out`: the default config.
 
     A built-in that writes some of its config itself starts from this, so that a subclass's own
-    constructor arguments are saved too.
+    constructor arguments are saved too; `positional_kept` says it saves what ``*args`` took (a container's layers).
     """
     args = {key: _regularizer_config(value) for key, value in recorded_args(layer).items() if key not in leave_out}
     name = type(layer).registered_name
-    return {CONFIG_KEY: name, **json_arguments(layer, "layer", args, "override get_config() and from_config()")}
+    return {CONFIG_KEY: name, **json_arguments(layer, "layer", args, "override get_config() and from_config()",
+                                               positional_kept)}
 
 
 def _regularizer_config(value: Any) -> Any:

@@ -84,7 +84,7 @@ class _Chain(Layer):
         """The held layers' configs under ``"layers"``, beside a subclass's own constructor arguments."""
         # a subclass taking its layers as one argument (`layers`) has them saved as configs, below
         layers = [layer.get_config() for layer in self.layers]
-        return {**constructor_config(self, leave_out=("layers",)), "layers": layers}
+        return {**constructor_config(self, leave_out=("layers",), positional_kept=True), "layers": layers}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:

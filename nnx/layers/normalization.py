@@ -239,9 +239,10 @@ class LayerNorm(Layer):
 
 def _live(layer: Layer, **settings: Any) -> dict:
     """`layer`'s constructor config with the live value of each of `settings` its constructor takes (every one,
-    where it hands ``**kwargs`` on: a subclass passing ``*args`` through records no positional argument)."""
-    config = constructor_config(layer)
+    where it hands ``**kwargs`` on: a subclass passing ``*args`` through records no positional argument, and
+    the live settings stand for them)."""
     parameters = inspect.signature(type(layer).__init__).parameters.values()
     any_name = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    config = constructor_config(layer, positional_kept=any_name)
     config.update((key, value) for key, value in settings.items() if key in config or any_name)
     return config
