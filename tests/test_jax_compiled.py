@@ -481,3 +481,20 @@ def test_a_gradient_transform_setting_changed_by_a_callback_is_used_as_in_the_pl
                                 verbose=0, gradient_transforms=[clip], callbacks=[Loosen(clip)])
 
     _compiled_against_plain(fit_one, keys=("loss",))
+
+
+class _FreezeFirst(nnx.callbacks.Callback):
+    """Drops the first layer's gradients in on_backward (meant only to look): the plain loop freezes the layer."""
+
+    def on_backward(self):
+        for p in self.model.layers[0].parameters():
+            p.grad = None
+
+
+def test_a_gradient_rebound_in_on_backward_after_a_compiled_step_is_refused():
+    # found in review: the compiled step had applied the update before on_backward ran, so the layer the plain
+    # loop freezes trained on, without a word
+    with pytest.raises(RuntimeError, match=r"on_backward rebound the gradient of '0.weight', '0.bias'.*on_gradients"):
+        _train(True, lambda ps: nnx.optim.SGD(ps, lr=0.1), callbacks=[_FreezeFirst()])
+    model, history = _train(False, lambda ps: nnx.optim.SGD(ps, lr=0.1), callbacks=[_FreezeFirst()])
+    assert history.execution == "plain"

@@ -256,6 +256,23 @@ def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, gu
             raise
 
 
+def _look(cb: CallbackList, params: list, compiled: bool) -> None:
+    """The callbacks' ``on_backward``. After a compiled step, which has applied the update already, a gradient
+    rebound there (the only change JAX's immutable arrays allow) is refused: elsewhere it would change the
+    update, and here it would be ignored without a word."""
+    if not compiled:
+        cb.on_backward()
+        return
+    grads = [p.grad for p in params]
+    cb.on_backward()
+    changed = [p.name for p, g in zip(params, grads, strict=True) if p.grad is not g]
+    if changed:
+        raise RuntimeError(
+            f"a callback's on_backward rebound the gradient of {', '.join(map(repr, changed))}, but this fit runs "
+            "each step as one compiled program, which has applied the update already; on_backward is only to "
+            "look: change gradients with on_gradients (it returns replacements) or a gradient transform")
+
+
 def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
                  metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
     xp = model.xp
@@ -287,7 +304,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             step.backward()
             finite = step.check(value, read=handles_non_finite)
         if look:
-            cb.on_backward()
+            _look(cb, step.params, compiled)
         due = False
         if dp is not None and step.check_finite and handles_non_finite:
             # the callback stops at the first step not finite on any rank, also while accumulating (no all-reduce

@@ -62,7 +62,8 @@ class Callback:
     def on_backward(self) -> None:
         """After each batch's backward pass, before the gradient transforms (accumulation, the average across
         ranks, clipping, ``on_gradients``): every ``p.grad`` holds this batch's gradient (under data-parallel
-        training, of this rank's slice). Only to look: the transforms and the update read ``p.grad`` next.
+        training, of this rank's slice). Only to look: where each step is one compiled program (JAX), the update
+        has run already, and a gradient rebound here is refused; change gradients with `on_gradients`.
         """
 
     def on_gradients(self, grads: dict[str, Any]) -> dict[str, Any] | None:
