@@ -399,12 +399,11 @@ class BinaryCrossEntropy(Loss):
         scale = 1 / math.prod(y_pred.shape)
         if self.from_logits:
             # softplus(z) - y z and sigmoid(z) - y, sharing exp(-|z|): it lies in (0, 1], so nothing overflows.
-            # max(z, 0) - y z is taken as (1 - y) max(z, 0) - y min(z, 0), which is exactly 0 for a right hard
-            # label, so a confident right prediction's loss is log1p(e) to a few ulps instead of the rounding
-            # left after adding it to |z| and taking |z| off again
+            # max(z, 0) - y z is taken before log1p(e) is added: it is exactly 0 for a right hard label, so a
+            # confident right prediction's loss is log1p(e) to a few ulps instead of the rounding left after
+            # adding it to |z| and taking |z| off again
             e = xp.exp(-xp.abs(y_pred))
-            linear = (1 - y_true) * xp.maximum(y_pred, 0) - y_true * xp.minimum(y_pred, 0)
-            rows = row_mean(xp, linear + xp.log1p(e))
+            rows = row_mean(xp, (xp.maximum(y_pred, 0) - y_true * y_pred) + xp.log1p(e))
             probability = xp.where(y_pred >= 0, 1.0, e) / (1 + e)
             return rows, (probability - y_true) * scale
         eps = _clip_eps(xp, y_pred.dtype)
