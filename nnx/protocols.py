@@ -36,6 +36,8 @@ class Backend(Protocol):
     @property
     def can_compile(self) -> bool: ...
 
+    def compiler_off(self) -> str | None: ...  # why a library with a compiler does not compile now, else None
+
     @property
     def trace_errors(self) -> tuple[type[BaseException], ...]: ...
 

@@ -756,3 +756,24 @@ def test_big_endian_class_labels_are_read_as_their_values(backend):
         kwargs = dict(loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=4, shuffle=False, verbose=0)
         assert model.fit(X, y, **kwargs)["loss"] == native.fit(X, labels, **kwargs)["loss"]
         assert model.evaluate(X, y, metrics=["accuracy"]) == native.evaluate(X, labels, metrics=["accuracy"])
+
+
+def test_a_jax_model_trains_and_predicts_under_jax_disable_jit():
+    """``jax.disable_jit()``, JAX's own debugging switch, made fit and predict of a model that had compiled raise
+    JAX's "Disable jit is not supported in the AOT path"; they run op by op under it, with the same numbers."""
+    jax = pytest.importorskip("jax")
+    X = np.random.default_rng(0).standard_normal((16, 3))
+
+    def trained(debugging: bool):
+        model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 1), backend="jax", dtype="float64", seed=0)
+        model.fit(X, X[:, :1], loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=8, verbose=0)
+        if not debugging:
+            return model, model.fit(X, X[:, :1], epochs=1, batch_size=8, verbose=0), model.predict(X)
+        with jax.disable_jit():
+            return model, model.fit(X, X[:, :1], epochs=1, batch_size=8, verbose=0), model.predict(X)
+
+    _, compiled, want = trained(False)
+    _, history, got = trained(True)
+    assert "disable_jit" in history.execution_reason
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(history["loss"], compiled["loss"], rtol=1e-12)

@@ -244,6 +244,10 @@ class Backend:
         """Whether `jit` compiles a pure function of arrays into one program (JAX)."""
         return False
 
+    def compiler_off(self) -> str | None:
+        """Why `can_compile` is False for now where the library has a compiler (a setting of its own), else None."""
+        return None
+
     def jit(self, fn: Any) -> Any:
         """`fn`, a pure function of arrays (and tuples and dicts of them), compiled by the library."""
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")

@@ -169,9 +169,18 @@ class JaxBackend(Backend):
 
     @property
     def can_compile(self) -> bool:
-        """True while JAX's 64-bit mode is on: nnx's programs carry int64 counters and the dropout seed (drawn
-        below 2**63), which JAX cannot take with the mode off, so a float32 model then runs op by op."""
-        return bool(importlib.import_module("jax").config.jax_enable_x64)
+        """True while JAX's 64-bit mode is on and ``jax.disable_jit()`` is not: nnx's programs carry int64 counters
+        and the dropout seed (drawn below 2**63), which JAX cannot take with the mode off, and JAX refuses to run
+        a compiled program while jit is disabled (its debugging switch); a model then runs op by op."""
+        return self.compiler_off() is None
+
+    def compiler_off(self) -> str | None:
+        config = importlib.import_module("jax").config
+        if not config.jax_enable_x64:
+            return "while JAX's 64-bit mode is off"
+        if config.jax_disable_jit:
+            return "while jax.disable_jit() is on"
+        return None
 
     def jit(self, fn: Any) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it

@@ -96,9 +96,9 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
             k = transforms[0].steps
     if compiled is None:
         if not be.can_compile:
-            # JAX's adapter compiles only in 64-bit mode (`JaxBackend.can_compile`)
-            return "step", f"backend {be.spec!r} has no compiler" + \
-                (" while JAX's 64-bit mode is off" if be.name == "jax" else ""), None, 1
+            # JAX's adapter compiles only in 64-bit mode and outside jax.disable_jit() (`JaxBackend.can_compile`)
+            off = be.compiler_off()
+            return "step", f"backend {be.spec!r} has no compiler" + (f" {off}" if off else ""), None, 1
         if not be.fastpath_enabled:
             return "step", "derived executions are off (backend.with_fastpath(False))", None, 1
         why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms)
