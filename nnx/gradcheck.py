@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import get_backend
 from .layers.parameter import Parameter
+from .training.loss_fit import check_loss_fits, check_outputs
 
 _host = get_backend("numpy").xp
 
@@ -91,13 +92,14 @@ class GradientCheck(float):
         return type(self), (float(self), self.errors, self.worst)  # copied and pickled with its details
 
 
-def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 1e-6,
+def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1e-6,
                     inputs: bool = True, sample_weight: Any = None) -> GradientCheck:
     """Largest relative error between backprop and central differences, in float64.
 
     Works on a float64 copy of `model` on its own backend; every parameter (and,
     with `inputs=True`, the input X) is checked, through the same loss path `fit`
-    uses (a loss name read as `fit` reads it, a final Sigmoid/Softmax folded into it,
+    uses (a loss name read as `fit` reads it, None the loss `fit` would use: the model's last
+    one, else one picked from its output layer; a final Sigmoid/Softmax folded into it,
     regularizer penalties, `sample_weight` (one weight per row, as `fit` takes it) and a
     fixed dropout mask included). The error per
     array is ||analytic - numeric|| / (||analytic|| + ||numeric||); below ~1e-6 is
@@ -108,7 +110,9 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     step: a backward that adds to the previous ``p.grad`` instead of replacing it is caught.
     A parameter left without a gradient (``p.grad`` None) counts as a zero gradient, so one
     the loss depends on scores 1; a NaN gradient scores inf; a gradient of the wrong shape,
-    or no dL/dX from the first layer, raises `ValueError` naming it.
+    or no dL/dX from the first layer, raises `ValueError` naming it. So do NaN or inf in X or y,
+    and a loss that does not fit the model's outputs (BCE on an unbounded output), as `fit` refuses
+    them: either would score as a broken backward.
     """
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
@@ -120,9 +124,14 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = "mse", eps: float = 
     checked = model.to(model.backend, dtype="float64")
     backend = checked.backend
     loss_fn = checked.resolve_loss(loss)  # a name means what it means to fit ("ce" after Softmax: probabilities)
+    look_at_outputs = check_loss_fits(checked, loss_fn)
     X_d = checked.prepare_inputs(X)
     y_d = checked.prepare_targets(y, loss_fn, X_d.shape[0])
     w_d = checked.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
+    checked.require_finite(X_d, "X", X)
+    checked.require_finite(y_d, "y", y)
+    if look_at_outputs:  # a user's last layer: its outputs tell whether the loss can read them
+        check_outputs(checked, loss_fn, checked.forward_to_head(X_d, len(checked.layers), training=False), "the data")
     rng_state = checked.dropout_rng.get_state()
     buffers = [(b, b.value) for b in checked.buffers()]
     layers = dict(checked.named_layers())

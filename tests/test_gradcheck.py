@@ -155,3 +155,51 @@ def test_relative_error_scores_a_nan_or_inf_as_inf():
         assert relative_error(np.array([1.0, bad]), numeric) == np.inf
         assert relative_error(numeric, np.array([bad, 2.0])) == np.inf
     assert relative_error(numeric, numeric) == 0.0
+
+
+class GradcheckHalvedMSE(nnx.losses.MSE):
+    """A user's loss whose gradient is half the true one: check_gradients must see it."""
+
+    def rows(self, xp, y_true, y_pred):
+        value, grad = super().rows(xp, y_true, y_pred)
+        return value, 0.5 * grad
+
+
+def test_without_a_loss_the_loss_fit_used_is_checked(backend):
+    # the default was "mse" whatever the model trained with: a wrong gradient of the user's own loss passed
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 2)), rng.standard_normal((6, 2))
+    model = nnx.Sequential(nnx.Dense(2, 2), backend=backend, dtype="float64", seed=0)
+    model.fit(X, y, loss=GradcheckHalvedMSE(), optimizer="sgd", epochs=1, verbose=0)
+    assert nnx.check_gradients(model, X, y) > 0.1
+    assert nnx.check_gradients(model, X, y, "mse") < 1e-6
+    # never trained: what fit would pick, bce after a Sigmoid (0/1 targets)
+    binary = nnx.Sequential(nnx.Dense(2, 1), nnx.Sigmoid(), backend=backend, dtype="float64", seed=0)
+    labels = np.array([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])
+    assert nnx.check_gradients(binary, X, labels).errors == nnx.check_gradients(binary, X, labels, "bce").errors
+
+
+@pytest.mark.parametrize("where", ["X", "y"])
+def test_nan_in_the_data_is_refused_naming_it(backend, where):
+    # it returned inf, the score of a broken backward, for a NaN in the data
+    X, y = np.ones((3, 2)), np.ones((3, 2))
+    (X if where == "X" else y)[1, 0] = np.nan
+    model = nnx.Sequential(nnx.Dense(2, 2), backend=backend, seed=0)
+    with pytest.raises(ValueError, match=rf"^{where} contains NaN"):
+        nnx.check_gradients(model, X, y, "mse")
+
+
+class GradcheckUnbounded(GradcheckScaleShift):
+    """A user's last layer whose outputs are not probabilities."""
+
+
+def test_a_loss_that_does_not_fit_the_outputs_is_refused_as_fit_refuses_it(backend):
+    # BCE on a Dense output scored 1.0 and blamed the Dense bias, whose backward is right
+    X, y = np.array([[2.0, -3.0], [1.0, 4.0]]), np.array([[1.0], [0.0]])
+    model = nnx.Sequential(nnx.Dense(2, 1), backend=backend, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match="ends in Dense.*bce_with_logits"):
+        nnx.check_gradients(model, X, y, "bce")
+    assert nnx.check_gradients(model, X, y, "bce_with_logits") < 1e-6
+    custom = nnx.Sequential(nnx.Dense(2, 1), GradcheckUnbounded(), backend=backend, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match=r"outputs of the data range over"):
+        nnx.check_gradients(custom, X, y, "bce")
