@@ -10,6 +10,8 @@ is read from `History.execution`; nothing here reads private state.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from user_code import UserDense
@@ -486,3 +488,20 @@ def test_parameters_of_mixed_dtypes_keep_their_own(backend, opt_name, kwargs):
     execution (the flat update joined them into one float64 buffer, silently turning the model to float64)."""
     _assert_same_outcome(backend, "float32", lambda: [nnx.Dense(6, 9), Float64Scale(), nnx.ReLU(), nnx.Dense(9, 3)],
                          lambda m: optim.get_optimizer(opt_name, m.parameters(), **kwargs))
+
+
+@pytest.mark.parametrize("value", ["false", "Off"])
+def test_nnx_fastpath_off_is_honoured_in_any_spelling_and_when_set_after_the_backend_loaded(backend, monkeypatch,
+                                                                                            value):
+    """``NNX_FASTPATH`` was read once, when a backend first loaded, and only ``"0"`` turned the fast paths off:
+    ``false`` or ``off``, or ``os.environ["NNX_FASTPATH"] = "0"`` in a notebook that had made a model, were
+    ignored without a word. A value that is no switch is refused, naming the variable."""
+    assert backend.fastpath_enabled or os.environ.get("NNX_FASTPATH", "1").strip().lower() in ("0", "false")
+    monkeypatch.setenv("NNX_FASTPATH", value)
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, seed=0)
+    model.fit(X, X[:, :1], loss="mse", optimizer="adam", epochs=1, batch_size=4, verbose=0)
+    assert not backend.fastpath_enabled and model.history.execution == "plain", model.history.execution_reason
+    monkeypatch.setenv("NNX_FASTPATH", "fast")
+    with pytest.raises(ValueError, match="NNX_FASTPATH"):
+        backend.with_fastpath(True).fastpath_enabled  # noqa: B018

@@ -51,9 +51,19 @@ def namespace_with(module: types.ModuleType, **replaced: Any) -> types.ModuleTyp
     return xp
 
 
+_SWITCH_OFF, _SWITCH_ON = ("0", "false", "off", "no"), ("", "1", "true", "on", "yes")
+
+
 def fastpath_allowed() -> bool:
-    """False when the environment turns the fast paths off (``NNX_FASTPATH=0``)."""
-    return os.environ.get("NNX_FASTPATH", "1").strip() != "0"
+    """False when the environment turns the fast paths off (``NNX_FASTPATH=0``, or false, off, no).
+
+    Read when asked, not once when a backend loads, so that setting the variable in a running process
+    (``os.environ`` in a notebook) takes effect from the next fit; a value that is no switch is refused.
+    """
+    value = os.environ.get("NNX_FASTPATH", "1").strip().lower()
+    if value in _SWITCH_OFF or value in _SWITCH_ON:
+        return value not in _SWITCH_OFF
+    raise ValueError(f"NNX_FASTPATH must be 0 or 1 (or false/true, off/on, no/yes), got {value!r}")
 
 
 class TraceRefused(Exception):
@@ -92,7 +102,7 @@ class Backend:
         self.xp = xp
         self.device = device
         self.device_label = device_label
-        self._fastpath_on = bool(fastpath) and fastpath_allowed()
+        self._fastpath_on = bool(fastpath)
 
     # -- what an adapter provides ----------------------------------------------
     @classmethod
@@ -231,12 +241,12 @@ class Backend:
         compiles (`can_compile`), the whole step as one program. Every way gives the plain
         loop's numbers; `with_fastpath(False)` runs the plain loop, e.g. to compare.
         """
-        return self._fastpath_on
+        return self._fastpath_on and fastpath_allowed()
 
     def with_fastpath(self, enabled: bool) -> Backend:
         """This backend with derived executions on or off (see `fastpath_enabled`)."""
         other = copy.copy(self)
-        other._fastpath_on = bool(enabled) and fastpath_allowed()  # a copy of this object, of this class
+        other._fastpath_on = bool(enabled)  # a copy of this object, of this class
         return other
 
     @property
