@@ -33,11 +33,11 @@ _NO_DLPACK = (AttributeError, BufferError, NotImplementedError, RuntimeError, Ty
 
 #: the namespace's functions, dtypes and constants that nnx's own code calls (``xp.<name>``); a library of an
 #: older standard lacks some (``isdtype`` is 2022.12, ``maximum``, ``minimum`` and ``clip`` are 2023.12)
-NAMESPACE_NEEDS = ("abs", "all", "any", "arange", "argmax", "asarray", "astype", "broadcast_to", "clip", "concat",
-                   "empty", "empty_like", "exp", "finfo", "float32", "float64", "floor", "from_dlpack", "full",
-                   "full_like", "inf", "int64", "isdtype", "isfinite", "isnan", "log", "log1p", "matrix_transpose",
-                   "max", "maximum", "mean", "min", "minimum", "ones", "ones_like", "reshape", "round", "sign", "sqrt",
-                   "stack", "sum", "take", "tanh", "where", "zeros", "zeros_like")
+NAMESPACE_NEEDS = ("abs", "all", "any", "arange", "argmax", "asarray", "astype", "bool", "broadcast_to", "clip",
+                   "concat", "empty", "empty_like", "exp", "finfo", "float32", "float64", "floor", "from_dlpack",
+                   "full", "full_like", "inf", "int64", "isdtype", "isfinite", "isnan", "log", "log1p",
+                   "matrix_transpose", "max", "maximum", "mean", "min", "minimum", "ones", "ones_like", "reshape",
+                   "round", "sign", "sqrt", "stack", "sum", "take", "tanh", "where", "zeros", "zeros_like")
 # what nnx copes without (`GenericBackend.from_host` falls back to asarray)
 _OPTIONAL = ("from_dlpack",)
 
