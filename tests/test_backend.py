@@ -709,6 +709,22 @@ def test_a_bfloat16_torch_tensor_comes_to_the_host_as_float32():
         model.fit(X, torch.tensor([5, 6, 5, 6], dtype=torch.bfloat16), loss="ce", epochs=1, verbose=0)
 
 
+def test_a_numpy_array_of_ml_dtypes_bfloat16_or_float8_is_read_as_its_values(backend):
+    """``np.asarray`` of a JAX bfloat16 array is a NumPy array of ml_dtypes' bfloat16, which NumPy holds as an
+    opaque (void) dtype: it was refused as "X must hold numbers, got dtype bfloat16", though a bfloat16 torch or
+    JAX array is taken. float32 holds each such value exactly (int32 each of its int4's)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    X = np.array([[0.5, -3.0, 7.0], [1.5, 2.0, -0.25]])
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
+    want = backend.to_host(model.predict(X))
+    for dtype in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn):
+        np.testing.assert_array_equal(backend.to_host(model.predict(X.astype(dtype))), want)
+        assert backend.to_host(backend.asarray(X.astype(dtype))).dtype == np.float32
+    counts = np.array([[1, -3, 7], [0, 2, -8]])
+    np.testing.assert_array_equal(backend.to_host(model.predict(counts.astype(ml_dtypes.int4))),
+                                  backend.to_host(model.predict(counts)))
+
+
 def test_a_float32_torch_model_refuses_to_run_under_torch_autocast():
     """Autocast makes torch compute a float32 matrix product in bfloat16 (or float16): predict gave results off
     by about 1e-3 in float32 outputs and fit failed with a grad of dtype bfloat16, though a model computes in its

@@ -343,6 +343,10 @@ class Backend:
             host = np.asarray(x)
         except (ValueError, TypeError) as exc:  # ragged nesting, objects NumPy cannot make an array of
             raise TypeError(f"{argname} must be an array of numbers, got {type(x).__name__} ({exc})") from None
+        if host.dtype.kind == "V" and host.dtype.name.startswith(("bfloat", "float", "int", "uint")):
+            # ml_dtypes' bfloat16, float8 and int4 (np.asarray of a JAX array gives them), which NumPy holds as
+            # opaque void: no library takes them from NumPy, and float32 (int32) holds each value exactly
+            host = host.astype(np.float32 if "float" in host.dtype.name else np.int32)
         if host.dtype.kind not in "biuf":
             # pd.get_dummies puts bool columns beside float ones, which NumPy makes an object array
             hint = (f" (a DataFrame whose columns are of different kinds gives one; "
