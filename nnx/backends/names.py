@@ -14,8 +14,9 @@ import numpy as np
 
 FLOAT_DTYPES = ("float32", "float64")
 
-_DTYPE_NAMES = ("float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64",
-                "uint8", "uint16", "uint32", "uint64", "bool", "complex64", "complex128")
+# longest first, as `dtype_name` matches the end of a dtype's text: "uint8" ends with "int8", "bfloat16" with "float16"
+_DTYPE_NAMES = tuple(sorted(("float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8",
+                             "uint16", "uint32", "uint64", "bool", "complex64", "complex128"), key=len, reverse=True))
 
 # module name (of a namespace, or the top package of an array type) -> backend name
 _MODULES: dict[str, str] = {}
