@@ -417,3 +417,16 @@ def test_settings_set_after_construction_are_used_moved_and_saved(backend, tmp_p
         runs.append([backend.to_host(p.value) for p in model.parameters()])
     for derived, plain in zip(*runs, strict=True):
         np.testing.assert_allclose(derived, plain, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("layer", [lambda: nnx.Dense(3, 2), lambda: nnx.ReLU(), lambda: nnx.Flatten(),
+                                   lambda: nnx.BatchNorm(), lambda: nnx.LayerNorm()], ids=lambda f: type(f()).__name__)
+def test_a_layer_used_outside_a_model_says_so(layer):
+    """A layer called on its own, as torch's and Keras's are, failed with what its unbuilt state gave:
+    "'Dense' object has no attribute 'weight'", "'NoneType' object has no attribute 'maximum'", or BatchNorm's
+    "expects input of shape (batch, None)". The error now says the layer is not part of a model and how to
+    use it; a layer that computes without its model's backend (Sigmoid) still does."""
+    X = np.ones((4, 3))
+    with pytest.raises(RuntimeError, match=r"is not part of a model.*nnx\.Sequential"):
+        layer().forward(X)
+    np.testing.assert_allclose(nnx.Sigmoid().forward(np.zeros((2, 3))), 0.5)

@@ -478,11 +478,24 @@ def _noting_training_forward(forward: Callable) -> Callable:
             self._ran_training_forward = True
             if type(self).forward is wrapper:  # a parent class's forward called through super() is the same call
                 note_training_call(self)
-        if args or kwargs:
-            return forward(self, X, training, *args, **kwargs)
-        return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
+        try:
+            if args or kwargs:
+                return forward(self, X, training, *args, **kwargs)
+            return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
+        except Exception as exc:  # no cost until one is raised
+            if getattr(self, "context", True) is None:
+                raise _not_in_a_model(self) from exc  # what failed is the layer's unbuilt state, not X
+            raise
 
     return wrapper
+
+
+def _not_in_a_model(layer: Layer) -> RuntimeError:
+    """The error of a layer called on its own: it has no backend, dtype or arrays until a model builds it."""
+    return RuntimeError(
+        f"{type(layer).__name__} is not part of a model: a layer computes with the backend, dtype and arrays "
+        "that the model it joins gives it. Put it in nnx.Sequential(..., backend=...) and call the model, or call "
+        "model.layers[i].forward on an X prepared by model.prepare_inputs(X)")
 
 
 def note_training_call(layer: Layer) -> None:
