@@ -203,3 +203,18 @@ def test_a_loss_that_does_not_fit_the_outputs_is_refused_as_fit_refuses_it(backe
     custom = nnx.Sequential(nnx.Dense(2, 1), GradcheckUnbounded(), backend=backend, dtype="float64", seed=0)
     with pytest.raises(ValueError, match=r"outputs of the data range over"):
         nnx.check_gradients(custom, X, y, "bce")
+
+
+def test_a_kink_at_the_checked_point_is_not_a_wrong_gradient(backend):
+    # an all-zero row meets a zero bias: ReLU's input is exactly 0, where central differences give half its
+    # slope; a right backward scored ~2e-2 ("a bug", blaming the Dense bias). Any subgradient passes now
+    # (not the input's: X[0, k] moves every unit's input off 0 at once, where backprop's 0 is no subgradient)...
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 1))
+    X[0] = 0.0
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    assert nnx.check_gradients(model, X, y, "mse", inputs=False) < 1e-6
+    # ...and a gradient outside the one-sided slopes there is still caught
+    broken = nnx.Sequential(nnx.Dense(3, 4), GradcheckAccumulates(), nnx.ReLU(), nnx.Dense(4, 1),
+                            backend=backend, dtype="float64", seed=0)
+    assert nnx.check_gradients(broken, X, y, "mse").errors["1.scale"] > 1e-3
