@@ -212,15 +212,18 @@ class Sequential(_Chain):
         return super().__repr__() if self.nested else f"{super().__repr__()} on {self.backend.spec}, {self.dtype}"
 
     # -- moving and saving ------------------------------------------------------------
-    def to(self, backend: Any, dtype: Any = None) -> Sequential:
+    def to(self, backend: Any = None, dtype: Any = None) -> Sequential:
         """A copy of this model (weights, buffers, optimizer, training counters) on another backend or dtype.
+
+        `backend` None keeps this model's (``model.to(dtype="float64")``); `dtype` None keeps its dtype.
 
         The random streams go along as a checkpoint keeps them: the shuffle always, dropout's where the
         other backend's stream is of the same kind (elsewhere its masks start from the model's seed).
         """
         self._require_float_arrays("moved")
         host = {name: self.backend.to_host(v) for name, v in self.state_dict().items()}
-        other = type(self).from_config(self.get_config(), backend=get_backend(backend), dtype=dtype or self.dtype,
+        target = self.backend if backend is None else get_backend(backend)
+        other = type(self).from_config(self.get_config(), backend=target, dtype=dtype or self.dtype,
                                        arrays=host)
         other.epochs_trained = self.epochs_trained
         other.callback_state = copy.deepcopy(self.callback_state)

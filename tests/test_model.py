@@ -403,6 +403,18 @@ def test_a_float32_copy_of_optimizer_state_beyond_float32_is_refused(backend):
     assert model.to(backend).optimizer is not None  # float64 holds it
 
 
+def test_to_with_only_a_dtype_keeps_the_backend(backend):
+    """``model.to(dtype="float64")``, as torch's ``module.to(dtype=...)`` is written, raised TypeError for the
+    missing backend; it converts on the model's own backend, fast-path setting included."""
+    be = backend.with_fastpath(False)
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=be, dtype="float32", seed=0)
+    moved = model.to(dtype="float64")
+    assert moved.backend is be and moved.dtype == "float64"
+    X = np.ones((2, 3))
+    np.testing.assert_array_equal(backend.to_host(moved.predict(X)),
+                                  backend.to_host(model.to(be, dtype="float64").predict(X)))
+
+
 def test_to_the_same_backend_carries_the_dropout_stream(backend, dtype):
     # as a checkpoint does: the copy goes on with the masks the original would draw next, not from the seed again
     X, y, _ = _fit_data()
