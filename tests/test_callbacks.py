@@ -757,3 +757,32 @@ def test_keras_names_of_the_batch_hooks_are_called(backend, data):
     with pytest.raises(TypeError, match="both on_train_batch_end and on_batch_end"):
         type("Both", (Callback,), {"on_train_batch_end": lambda self, b, logs=None: None,
                                    "on_batch_end": lambda self, b, logs=None: None})
+
+
+class InfGradScale(nnx.Layer):
+    """X * scale whose backward gives one infinite gradient entry (a overflowed step)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", input_shape, init=lambda rng, shape: np.array([2.0, 1.0]))
+
+    def forward(self, X, training=False):
+        return X * self.scale.value
+
+    def backward(self, dY, need_dX=True):
+        g = self.xp.sum(dY, axis=0)
+        self.scale.grad = self.xp.where(self.scale.value > 1.5, self.xp.full_like(g, math.inf), g)
+        return dY * self.scale.value
+
+
+def test_gradient_analyzer_norm_of_an_infinite_gradient_is_inf_not_nan(backend):
+    # the norm scaled by max |g| divided inf by inf: NaN (and a numpy "invalid value" warning), as if
+    # the gradient were NaN, where it had only overflowed
+    model = nnx.Sequential(InfGradScale(), nnx.Dense(2, 1), backend=backend, dtype="float64", seed=0,
+                           input_shape=(2,))
+    analyzer = GradientAnalyzer(warn=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(np.ones((4, 2)), np.ones((4, 1)), optimizer=nnx.optim.SGD(model.parameters()[1:], lr=1e-3),
+                  epochs=1, batch_size=4, callbacks=[analyzer], verbose=0, check_finite=False)
+    stats = analyzer.history()
+    assert stats["weight_max"][0, 0] == np.inf and stats["weight_norm"][0, 0] == np.inf

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -210,8 +211,9 @@ def _grad_stats(xp: Any, grad: Any, value: Any) -> list[Any]:
         return [zero, zero, zero]
     a = xp.abs(grad)
     peak = xp.max(a)
-    # scaled by the max so the squares cannot overflow when gradients explode
-    scale = xp.where(peak > 0, peak, xp.ones_like(peak))
+    # scaled by the max so the squares cannot overflow when gradients explode; an infinite max is not a
+    # scale (inf / inf is NaN): unscaled, the norm of a gradient with an inf entry is inf, as it is
+    scale = xp.where((peak > 0) & (peak < math.inf), peak, xp.ones_like(peak))
     norm = peak * xp.sqrt(xp.sum((a / scale) ** 2))
     return [xp.mean(a), peak, norm]
 
