@@ -92,6 +92,21 @@ def _on_rank(comm, rank: int, value, otherwise):
     return value if comm.rank == rank else otherwise
 
 
+class LooksAtGradients(nnx.callbacks.Callback):
+    def on_gradients(self, grads):
+        return None
+
+
+class HalvesGradients(nnx.callbacks.Callback):
+    def on_gradients(self, grads):
+        return {name: g * 0.5 for name, g in grads.items()}
+
+
+class SetsMomentum(nnx.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.optimizer.momentum = 0.9
+
+
 # what a rank's fit may get wrong that the others do not: each made the ranks' collectives pair up wrongly (a hang,
 # or another rank's error), or trained silently on overlapping slices or with weights drifting apart
 RANK_MISMATCHES = {
@@ -118,6 +133,18 @@ RANK_MISMATCHES = {
         lambda c: dict(validation_data=(_data(40)[0][c.rank::2], _data(40)[1][c.rank::2])),
         "validation data contents as fit starts"),
     "shard_update": (lambda c: dict(shard=c.rank == 0), "shard_update as fit starts"),
+    # each rank scored its own metrics over every rank's outputs: Histories apart, or one rank's TypeError alone
+    "metrics on rank 0 only": (lambda c: dict(metrics=_on_rank(c, 0, ["accuracy"], None)), "metrics as fit starts"),
+    "other metrics": (lambda c: dict(metrics=_on_rank(c, 0, ["accuracy"], ["mse"])), "metrics as fit starts"),
+    # the sharded update refused the hook on rank 0 alone, as the fit was set up: rank 1 waited in the first collective
+    "a gradient hook on rank 0 only, sharded": (
+        lambda c: dict(shard=True, callbacks=_on_rank(c, 0, [LooksAtGradients()], [])),
+        "what refuses the sharded update as fit starts"),
+    # replacements applied on rank 0 alone: its weights drifted from the others' without a word
+    "gradients replaced on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [HalvesGradients()], [])),
+                                          "steps whose gradients on_gradients replaced after the callbacks of epoch 1"),
+    "momentum changed on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [SetsMomentum()], [])),
+                                        "optimizer hyper-parameters after the callbacks of epoch 1"),
     "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),
     "EarlyStopping on rank 0 only": (
         lambda c: dict(callbacks=[nnx.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=0)]

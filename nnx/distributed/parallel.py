@@ -237,6 +237,7 @@ class DataParallelFit:
         self.loss: Any = None
         self.transforms: list[GradientTransform] = []
         self.check_finite = True
+        self.refused: ValueError | None = None  # why the sharded update cannot run this fit (`train_step`)
         self.is_root = comm.rank == 0
         # the fewest rows a slice may hold in training: BatchNorm normalises each rank's slice by its own statistics
         self.min_rows = 2 if any(isinstance(layer, BatchNorm) for _, layer in model.named_layers()) else 1
@@ -254,7 +255,13 @@ class DataParallelFit:
         at = next(i for i, t in enumerate(transforms) if t is self.transform)
         sharded = self.transform
         assert isinstance(sharded, ShardedUpdate)
-        sharded.bind(optimizer, self.model.backend, transforms[at + 1:], check_finite)
+        try:
+            sharded.bind(optimizer, self.model.backend, transforms[at + 1:], check_finite)
+        except ValueError as exc:
+            # raised in `begin`, on every rank: a refusal on some ranks alone (a gradient hook given to rank 0 only)
+            # would leave the others waiting in the first collective. This step never runs.
+            self.refused = exc
+            return TrainStep(self.model, loss, optimizer, transforms, check_finite)
         return TrainStep(self.model, loss, optimizer, transforms[:at + 1], check_finite, flat_update=sharded)
 
     def poison(self, batch: int) -> None:
@@ -355,10 +362,12 @@ class DataParallelFit:
             self.local_weight = local
             self.transform.add_rows(local, total)
 
-    def begin(self, epochs: int, validation_data: Any = None) -> None:
+    def begin(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None) -> None:
         """Check that every rank runs the same fit (`agree`), then start every rank from rank 0's weights, buffers
-        and random streams."""
-        self.agree("as fit starts", self.facts(epochs, validation_data))
+        and random streams. `metrics`: the names of the metrics this rank's fit scores."""
+        self.agree("as fit starts", self.facts(epochs, validation_data, metrics))
+        if self.refused is not None:
+            raise self.refused  # on every rank alike: `agree` compared it
         model, comm = self.model, self.comm
         for a in [*model.parameters(), *model.buffers()]:
             a.value = comm.broadcast(a.value, root=0)
@@ -366,7 +375,7 @@ class DataParallelFit:
         model.shuffle_rng.bit_generator.state = streams[0]
         model.dropout_rng.set_state(streams[1])
 
-    def facts(self, epochs: int, validation_data: Any = None) -> dict[str, Any]:
+    def facts(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None) -> dict[str, Any]:
         """What every rank's fit must share, or the ranks' collectives would pair up wrongly (a hang, or
         slices cut from batches of other sizes) or their weights drift apart without a word.
 
@@ -384,6 +393,8 @@ class DataParallelFit:
             "epochs trained": model.epochs_trained,
             "epochs": epochs,
             "loss": repr(self.loss),
+            # every rank scores its metrics over every rank's outputs: other names would give Histories apart
+            "metrics": list(metrics or []),
             "optimizer": (type(opt).__name__, repr(sorted(opt.hyperparams.items()))),
             "optimizer steps and state": (opt.step_count, sorted((int(i), sorted(st)) for i, st in opt.state.items())),
             "data": (type(source).__name__, getattr(source, "n_samples", None), getattr(source, "steps", None),
@@ -398,6 +409,7 @@ class DataParallelFit:
                                if t is not self.transform and not isinstance(t, (CallbackHook, CallbackLook))],
             "check_finite": self.check_finite,
             "shard_update": self.shard_update,
+            "what refuses the sharded update": None if self.refused is None else str(self.refused),
         }
 
     def agree(self, what: str, facts: dict[str, Any]) -> None:
@@ -419,8 +431,12 @@ class DataParallelFit:
         ran on some ranks only, such as EarlyStopping or ReduceLROnPlateau, would leave the others waiting or
         training on other weights)."""
         opt = self.model.optimizer
+        hook = next((t for t in self.transforms if isinstance(t, CallbackHook)), None)
         self.agree(f"after the callbacks of epoch {epoch + 1}",
-                   {"stop_training": bool(self.model.stop_training), "learning rate": float(opt.lr)})
+                   {"stop_training": bool(self.model.stop_training), "learning rate": float(opt.lr),
+                    "optimizer hyper-parameters": repr(sorted((k, v) for k, v in opt.hyperparams.items() if k != "lr")),
+                    # a callback's on_gradients that replaced gradients on some ranks alone: their weights drifted
+                    "steps whose gradients on_gradients replaced": 0 if hook is None else hook.replaced})
 
     def end(self) -> None:
         """The dropout stream draws as asked again."""

@@ -170,7 +170,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
         if dp is not None:
-            dp.begin(epochs, validation_data if val_rows is None else None)
+            dp.begin(epochs, validation_data if val_rows is None else None, list(metric_fns))
         # "metrics", "validation" and "added" let callbacks reject a monitored name never logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None, "added": added_names(cbs)})

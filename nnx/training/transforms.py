@@ -217,12 +217,21 @@ class CallbackHook(_CallbackStage):
 
     hook = "on_gradients"
 
+    def __init__(self, callbacks: list[Any]) -> None:
+        super().__init__(callbacks)
+        #: steps at which a callback returned replacements (data-parallel ranks compare it: one rank's would drift)
+        self.replaced = 0
+
     def apply(self, params: list[Parameter], rows: int) -> bool:
         by_name = {p.name: p for p in params}
+        counted = False
         for cb in self._callbacks:
             replaced = cb.on_gradients({p.name: p.grad for p in params})
             if replaced is None:
                 continue
+            if not counted:
+                self.replaced += 1
+                counted = True
             if not isinstance(replaced, dict) or not set(replaced) <= set(by_name):
                 raise ValueError(f"{type(cb).__name__}.on_gradients must return None or a dict of parameter "
                                  f"name -> gradient, got {type(replaced).__name__}")
