@@ -348,9 +348,19 @@ class Backend:
             # opaque void: no library takes them from NumPy, and float32 (int32) holds each value exactly
             host = host.astype(np.float32 if "float" in host.dtype.name else np.int32)
         if host.dtype.kind not in "biuf":
-            # pd.get_dummies puts bool columns beside float ones, which NumPy makes an object array
-            hint = (f" (a DataFrame whose columns are of different kinds gives one; "
-                    f"pass {argname}.to_numpy(dtype=float))" if host.dtype == object and hasattr(x, "iloc") else "")
+            strings = host.dtype.kind in "US" or (
+                host.dtype == object and any(isinstance(v, (str, bytes)) for v in host.flat))
+            if strings:
+                # class names as read from a CSV (or a pandas column of them): say how to make them numbers
+                hint = (" (strings): encode class labels as indices 0..k-1 (classes, y = np.unique(labels, "
+                        "return_inverse=True); nnx.sklearn.MLPClassifier takes string labels as they are) and a "
+                        "categorical feature as one-hot columns")
+            elif host.dtype == object and hasattr(x, "iloc"):
+                # pd.get_dummies puts bool columns beside float ones, which NumPy makes an object array
+                hint = (f" (a DataFrame whose columns are of different kinds gives one; "
+                        f"pass {argname}.to_numpy(dtype=float))")
+            else:
+                hint = ""
             raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}{hint}")
         if not host.dtype.isnative:
             # read from a big-endian file (FITS, a .npy from another machine): torch, JAX and array_api_strict refuse

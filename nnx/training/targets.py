@@ -26,7 +26,8 @@ def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str 
     # training never checks values (check=False in the step), so check once here: targets outside
     # [0, 1] would make BCE unbounded below and training silently chase them
     if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, (y >= 0) & (y <= 1)):
-        raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN)")
+        raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN), "
+                         f"{_found_values(model.backend.to_host(y))}")
     # and a negative entry in a row of class probabilities would make cross-entropy unbounded below
     if isinstance(loss, CrossEntropy) and y.ndim == 2 and y.shape[0] and not all_true(model, y >= 0):
         raise ValueError(f"{argname} for cross-entropy must be class indices, or one-hot or probability rows "
@@ -116,5 +117,24 @@ def _output_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
         y = xp.reshape(y, (-1,))
     if y.ndim == 0 or (out is not None and tuple(y.shape[1:]) != out):
         want = str((n_rows, *out)) if out is not None else "(n, ...)"
-        raise ValueError(f"{argname} must have shape {want} to match the model's outputs, got {tuple(y.shape)}")
+        hint = ""
+        if out is not None and len(out) == 1 and out[0] > 1 and (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+            host = model.backend.to_host(y)
+            if host.size and (host == host.round()).all() and host.min() >= 0 and host.max() < out[0]:
+                # class indices given to a loss that reads one value per output ("mse", chosen after a Dense)
+                hint = f'; for class indices 0..{out[0] - 1} use loss="cross_entropy"'
+        raise ValueError(f"{argname} must have shape {want} to match the model's outputs, got {tuple(y.shape)}{hint}")
     return y
+
+
+def _found_values(host: Any) -> str:
+    """What BCE targets outside [0, 1] hold (a host array), for the message; labels 0..k-1 are pointed to
+    cross-entropy."""
+    if (host != host).any():  # NaN
+        return "got NaN"
+    low, high = host.min(), host.max()
+    found = f"got values in [{low:g}, {high:g}]"
+    if low >= 0 and high >= 2 and (host == host.round()).all():
+        found += (f'; for {int(high) + 1} classes labelled 0..{int(high)}, give the model {int(high) + 1} outputs '
+                  'and use loss="cross_entropy"')
+    return found

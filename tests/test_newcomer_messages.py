@@ -1,0 +1,55 @@
+"""The mistakes a newcomer makes first are refused with a message that says what to do instead.
+
+String class labels, labels 0..k-1 given to one sigmoid unit, class indices given to a model whose
+loss reads one value per output: each names what it found and the fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _data(n=6):
+    return np.random.default_rng(0).standard_normal((n, 3))
+
+
+def test_string_labels_say_how_to_encode_them(backend, dtype):
+    X = _data()
+    labels = np.array(["cat", "dog", "cat", "dog", "cat", "bird"])
+    model = nnx.Sequential(nnx.Dense(3, 3), backend=backend, dtype=dtype, seed=0)
+    hint = r"y must hold numbers, got dtype <U4 \(strings\): .*np\.unique\(labels, return_inverse=True\).*MLPClassifier"
+    with pytest.raises(TypeError, match=hint):
+        model.fit(X, labels, loss="cross_entropy")
+    with pytest.raises(TypeError, match=hint):
+        model.fit(X, list(labels), loss="cross_entropy")  # a list of strings, as read from a CSV
+    with pytest.raises(TypeError, match=hint.replace("dtype <U4", "dtype object")):
+        model.fit(X, labels.astype(object), loss="cross_entropy")  # a pandas column of strings
+    with pytest.raises(TypeError, match=r"X must hold numbers, got dtype <U1 \(strings\): .*one-hot"):
+        model.fit(np.full((6, 3), "a"), np.arange(6) % 3, loss="cross_entropy")
+
+
+def test_multiclass_labels_on_one_sigmoid_unit_point_to_cross_entropy(backend, dtype):
+    X = _data()
+    model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    with pytest.raises(ValueError, match=r"y for binary cross-entropy must lie in \[0, 1\] \(and not be NaN\), "
+                                         r"got values in \[0, 2\]; .*3 outputs.*loss=\"cross_entropy\""):
+        model.fit(X, np.arange(6) % 3)
+    with pytest.raises(ValueError, match=r"validation y for binary cross-entropy .* got values in \[-1, 1\]"):
+        model.fit(X, np.arange(6) % 2, validation_data=(X, np.arange(6) % 3 - 1.0))
+    with pytest.raises(ValueError, match=r"y for binary cross-entropy must lie in \[0, 1\] \(and not be NaN\), "
+                                         r"got NaN"):
+        model.fit(X, np.array([0, 1, np.nan, 1, 0, 1]), check_finite=False)
+
+
+def test_class_indices_for_a_loss_that_reads_one_value_per_output_point_to_cross_entropy(backend, dtype):
+    X = _data()
+    model = nnx.Sequential(nnx.Dense(3, 3), backend=backend, dtype=dtype, seed=0)  # three logits
+    for labels in (np.arange(6) % 3, (np.arange(6) % 3)[:, None]):
+        with pytest.raises(ValueError, match=r"y must have shape \(6, 3\) to match the model's outputs, got "
+                                             r"\(6,( 1)?\); for class indices 0\.\.2 use loss=\"cross_entropy\""):
+            model.fit(X, labels)  # no loss given: "mse"
+    with pytest.raises(ValueError, match=r"got \(6,\)$"):  # not labels: no hint
+        model.fit(X, np.linspace(0, 1, 6))
