@@ -403,6 +403,31 @@ def test_poisson_head_gradients_on_every_backend(backend):
     assert nnx.check_gradients(model, X, y, HalfPoissonDeviance()) < 1e-6
 
 
+def test_poisson_gradient_stays_finite_where_exp_underflows(backend):
+    """loss="poisson" steps along scikit-learn's (mu - y) / n w.r.t. the log of the mean: where exp underflows to
+    0 (a raw output of -200 in float32) that is -y / n, not (1 - y / 0) * 0 = NaN, which stopped the fit as diverged."""
+    X = np.ones((4, 2), dtype=np.float32)
+    y = np.array([1.0, 2.0, 0.5, 3.0])
+    fitted = []
+    for Estimator in (MLPRegressor, SkMLPRegressor):
+        kwargs = {"backend": backend.spec} if Estimator is MLPRegressor else {}
+        est = Estimator(loss="poisson", hidden_layer_sizes=(3,), solver="sgd", learning_rate_init=1e-3, momentum=0.0,
+                        shuffle=False, **kwargs)
+        est.coefs_ = [np.full((2, 3), 0.1, np.float32), np.full((3, 1), 0.1, np.float32)]
+        est.intercepts_ = [np.zeros(3, np.float32), np.array([-200.0], np.float32)]
+        if Estimator is SkMLPRegressor:  # scikit-learn continues assigned weights only with its bookkeeping set
+            est.n_layers_, est.out_activation_, est.n_outputs_, est.t_, est.n_iter_ = 3, "exp", 1, 0, 0
+            est.loss_curve_, est._no_improvement_count, est.best_loss_ = [], 0, np.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # scikit-learn's own y / 0 in its loss value
+            fitted.append(est.partial_fit(X, y))
+    ours, ref = fitted
+    assert ours.loss_ == ref.loss_ == np.inf  # the deviance of a zero mean, as scikit-learn reports it
+    for a, b in zip([*ours.coefs_, *ours.intercepts_], [*ref.coefs_, *ref.intercepts_], strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6)
+    assert ours.intercepts_[1][0] > -200.0  # the step raised the mean
+
+
 def test_regressor_refuses_an_unknown_loss():
     X, y = _blobs(n=20)
     with pytest.raises(ValueError, match=r"loss must be one of \['squared_error', 'poisson'\], got 'huber'"):

@@ -257,6 +257,10 @@ class MLPBase(BaseEstimator):
     def _loss(self, weighted: bool = False) -> Any:
         return MSE(reduction=reduction(weighted))
 
+    def _training_loss(self, weighted: bool = False) -> Any:
+        """The loss the training step takes: `_loss`, unless the output layer folds into it (see `output_head`)."""
+        return self._loss(weighted)
+
     def _scales(self) -> tuple[float, float]:
         """(scikit-learn's loss / nnx's loss, scikit-learn's gradient / nnx's gradient) for this output."""
         return 1.0, 1.0

@@ -64,19 +64,8 @@ class HalfPoissonDeviance(Loss):
 
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
         """``(l, g)``: the ``(n,)`` row losses (summed over outputs) and their mean's gradient w.r.t. ``y_pred``."""
-        if y_pred.ndim != 2:
-            raise ValueError(f"y_pred must have shape (n_samples, n_outputs), got {tuple(y_pred.shape)}")
-        y = get_backend(y_pred).asarray(y_true, dtype=y_pred.dtype, argname="y_true")
-        if y.ndim == 1:
-            y = xp.reshape(y, (-1, 1))
-        if tuple(y.shape) != tuple(y_pred.shape):
-            raise ValueError(f"y_true and y_pred must have the same shape, got y_true {tuple(y.shape)} and "
-                             f"y_pred {tuple(y_pred.shape)}")
-        # scipy's xlogy(y, y / mu): 0 where y == 0
-        positive = y > 0
-        ratio = xp.where(positive, y, xp.ones_like(y)) / y_pred
-        elements = xp.where(positive, y * xp.log(ratio), xp.zeros_like(y)) - y + y_pred
-        return xp.sum(elements, axis=1), (1.0 - y / y_pred) / y_pred.shape[0]
+        y = _targets(xp, y_true, y_pred)
+        return _deviance_rows(xp, y, y_pred), (1.0 - y / y_pred) / y_pred.shape[0]
 
     def _value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any, grad: bool) -> tuple[Any, Any]:
         xp = array_api_compat.array_namespace(y_pred)
@@ -91,3 +80,53 @@ class HalfPoissonDeviance(Loss):
             total = total + xp.astype(total == 0, total.dtype)  # a batch of zero weights counts 0, not 0/0
         # the mean's gradient times n is each row's own; weighted, row i counts w_i / total
         return xp.sum(w * rows) / total, (g * xp.reshape(w * (n / total), (n, 1)) if grad else None)
+
+
+class TrainingHalfPoissonDeviance(HalfPoissonDeviance, name="nnx.sklearn.training_half_poisson_deviance"):
+    """`HalfPoissonDeviance` as the estimator's training step takes it: folded into the `Exp` output layer.
+
+    Folded, the step computes the gradient w.r.t. the log of the mean, ``z``, as scikit-learn
+    does: ``(mu - y) / n``. Through the `Exp` layer it would be ``(1 - y / mu) / n * mu``: the
+    same number, except where ``mu = exp(z)`` underflows to 0 (``z`` below about -88 in
+    float32), where that is ``-inf * 0 = NaN`` and the fit diverges. Only training folds:
+    the fitted network's own loss stays `HalfPoissonDeviance`, so that metrics see means.
+    """
+
+    def fold_output_layer(self, layer: L.Layer) -> Loss | None:
+        """The loss of the inputs of `layer` (the network's last) where it is the `Exp` output, else None."""
+        return HalfPoissonDevianceOfLog(reduction=self.reduction) if type(layer) is Exp else None
+
+
+class HalfPoissonDevianceOfLog(HalfPoissonDeviance, name="nnx.sklearn.half_poisson_deviance_of_log"):
+    """`HalfPoissonDeviance` of ``mu = exp(z)`` given ``z``, the input of the `Exp` output layer.
+
+    The value is that of ``mu``, as scikit-learn computes it; the gradient w.r.t. ``z`` is
+    scikit-learn's ``(mu - y) / n``, finite where ``mu`` underflows to 0.
+    """
+
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        """``(l, g)``: the ``(n,)`` row losses of ``exp(y_pred)`` and their mean's gradient w.r.t. ``y_pred``."""
+        y = _targets(xp, y_true, y_pred)
+        mu = xp.exp(y_pred)
+        return _deviance_rows(xp, y, mu), (mu - y) / y_pred.shape[0]
+
+
+def _targets(xp: Any, y_true: Any, y_pred: Any) -> Any:
+    """``y_true`` shaped like the 2-D ``y_pred`` and in its dtype, or ValueError."""
+    if y_pred.ndim != 2:
+        raise ValueError(f"y_pred must have shape (n_samples, n_outputs), got {tuple(y_pred.shape)}")
+    y = get_backend(y_pred).asarray(y_true, dtype=y_pred.dtype, argname="y_true")
+    if y.ndim == 1:
+        y = xp.reshape(y, (-1, 1))
+    if tuple(y.shape) != tuple(y_pred.shape):
+        raise ValueError(f"y_true and y_pred must have the same shape, got y_true {tuple(y.shape)} and "
+                         f"y_pred {tuple(y_pred.shape)}")
+    return y
+
+
+def _deviance_rows(xp: Any, y: Any, mu: Any) -> Any:
+    """Row sums of ``y log(y / mu) - y + mu``, with scipy's ``xlogy``: 0 where ``y == 0``."""
+    positive = y > 0
+    ratio = xp.where(positive, y, xp.ones_like(y)) / mu
+    elements = xp.where(positive, y * xp.log(ratio), xp.zeros_like(y)) - y + mu
+    return xp.sum(elements, axis=1)

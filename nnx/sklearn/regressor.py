@@ -11,7 +11,7 @@ from sklearn.utils.metaestimators import available_if
 from .. import _validate as check
 from ..losses import MSE
 from .arrays import reduction
-from .poisson import HalfPoissonDeviance
+from .poisson import HalfPoissonDeviance, TrainingHalfPoissonDeviance
 from .training import MLPTraining
 
 _LOSSES = ("squared_error", "poisson")
@@ -80,6 +80,12 @@ class MLPRegressor(RegressorMixin, MLPTraining):
         if self.loss == "poisson":
             return HalfPoissonDeviance(reduction=reduction(weighted))
         return MSE(reduction=reduction(weighted))
+
+    def _training_loss(self, weighted: bool = False) -> Any:
+        # folded into the exp output: scikit-learn's gradient (mu - y) / n w.r.t. the log of the mean
+        if self.loss == "poisson":
+            return TrainingHalfPoissonDeviance(reduction=reduction(weighted))
+        return super()._training_loss(weighted)
 
     def _scales(self) -> tuple[float, float]:
         if self.loss == "poisson":

@@ -135,7 +135,7 @@ class MLPTraining(MLPBase):
         opt: Any = self._optimizer_
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
+        loss_fn = model.resolve_loss(self._training_loss(sample_weight is not None))
         y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
         w = sample_weight
         validation = None
@@ -168,7 +168,7 @@ class MLPTraining(MLPBase):
         value_scale, grad_scale = self._scales()
         objective = _SklearnObjective(grad_scale, self.alpha)
         step = TrainStep(model, loss_fn, opt, transforms=[objective], check_finite=False)
-        model.optimizer, model.loss = opt, loss_fn
+        model.optimizer, model.loss = opt, model.resolve_loss(self._loss(sample_weight is not None))
         weights = [p for p in model.parameters() if p.regularized]
         half_alpha = 0.5 * self.alpha
         sample_idx = np.arange(n)
@@ -207,9 +207,10 @@ class MLPTraining(MLPBase):
                 term = value * (hi - lo)
                 total = term if total is None else total + term
             loss = be.to_float(total) / n  # the one read per epoch
-            if not math.isfinite(loss) and validation is None:
+            if not math.isfinite(loss) and validation is None and not self._weights_finite():
                 # Without a validation set nothing can restore finite weights: scikit-learn would run on
                 # to max_iter and raise this same error on the final weights; it is raised now instead.
+                # (A loss can be inf with finite weights and gradients: Poisson's where exp underflows.)
                 raise ValueError(_NON_FINITE)
             self.n_iter_ += 1
             self.loss_ = loss
@@ -274,7 +275,7 @@ class MLPTraining(MLPBase):
 
         model = self.model_
         be, xp = model.backend, model.xp
-        loss_fn = model.resolve_loss(self._loss(sample_weight is not None))
+        loss_fn = model.resolve_loss(self._training_loss(sample_weight is not None))
         y_d = model.prepare_targets(y_model, loss_fn, X_d.shape[0])
         w_d = None if sample_weight is None else be.asarray(sample_weight, dtype=model.dtype,
                                                              argname="sample_weight")
@@ -315,7 +316,7 @@ class MLPTraining(MLPBase):
             raise ValueError(_NON_FINITE)
         self.n_iter_ = min(int(result.nit), self.max_iter)
         self.loss_ = float(result.fun)
-        model.loss = loss_fn
+        model.loss = model.resolve_loss(self._loss(sample_weight is not None))
         if result.status != 0:
             # scikit-learn's text; the advice names the limit that stopped the run, if one did
             message = f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n" \

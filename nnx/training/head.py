@@ -16,6 +16,8 @@ def output_head(model: Model, loss: Loss) -> tuple[int, Loss, bool]:
     computed from logits: exact where probabilities saturate, and one step cheaper. Only
     the model's last layer is folded: a layer after it (Dropout scales the probabilities
     in training) or around it (a nested model) is run, and the loss reads what it gives.
+    A loss may also fold the last layer itself: ``loss.fold_output_layer(layer)`` returns
+    the loss of that layer's inputs, or None (scikit-learn's Poisson loss and its exp output).
     """
     last = model.output_layer()
     if last is model.layers[-1]:
@@ -23,6 +25,10 @@ def output_head(model: Model, loss: Loss) -> tuple[int, Loss, bool]:
             return len(model.layers) - 1, BinaryCrossEntropy(from_logits=True, reduction=loss.reduction), True
         if type(last) is Softmax and type(loss) is CrossEntropy and not loss.from_logits:
             return len(model.layers) - 1, CrossEntropy(from_logits=True, reduction=loss.reduction), True
+        fold = getattr(loss, "fold_output_layer", None)
+        folded = fold(last) if fold is not None else None
+        if folded is not None:
+            return len(model.layers) - 1, folded, False
     from_logits = getattr(loss, "from_logits", False) and not isinstance(last, (Sigmoid, Softmax))
     return len(model.layers), loss, from_logits
 
