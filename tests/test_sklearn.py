@@ -428,6 +428,19 @@ def test_poisson_gradient_stays_finite_where_exp_underflows(backend):
     assert ours.intercepts_[1][0] > -200.0  # the step raised the mean
 
 
+def test_partial_fit_refuses_classes_that_miss_a_multilabel_column():
+    """scikit-learn refuses partial_fit(classes=[0, 1]) on three indicator columns; nnx fitted three outputs while
+    classes_ said two."""
+    from sklearn.datasets import make_multilabel_classification
+
+    X, Y = make_multilabel_classification(n_samples=20, n_classes=3, random_state=0)
+    for Estimator in (MLPClassifier, SkMLPClassifier):
+        with pytest.raises(ValueError, match=r"`y` has classes not in `self.classes_`"):
+            Estimator(hidden_layer_sizes=(3,)).partial_fit(X, Y, classes=[0, 1])
+    clf = MLPClassifier(hidden_layer_sizes=(3,), random_state=0).partial_fit(X, Y, classes=[0, 1, 2])
+    assert clf.classes_.tolist() == [0, 1, 2] and clf.predict_proba(X).shape == (20, 3)
+
+
 def test_regressor_refuses_an_unknown_loss():
     X, y = _blobs(n=20)
     with pytest.raises(ValueError, match=r"loss must be one of \['squared_error', 'poisson'\], got 'huber'"):

@@ -67,31 +67,30 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
             raise ValueError(f"Unknown label type: {kind!r}")
         # scikit-learn's rule: classes_ are (re)defined unless they exist and this call continues a fit
         define = not hasattr(self, "classes_") or not (self.warm_start or incremental)
-        if kind == "multilabel-indicator":
-            Y = np.asarray(y)
-            if define:
-                self.classes_ = np.arange(Y.shape[1])
-                self._multilabel = True
-            elif not getattr(self, "_multilabel", False):
-                raise ValueError(f"y is a multi-label indicator matrix but the estimator was fitted on the labels "
-                                 f"{self.classes_}")
-            elif "model_" in self.__dict__ and Y.shape[1] != self.n_outputs_:
-                raise ValueError(f"y has {Y.shape[1]} labels but the estimator was fitted on {self.n_outputs_}")
-            self.out_activation_ = "logistic"
-            return Y.astype(np.float64)
+        multilabel = kind == "multilabel-indicator"
         y = np.asarray(y)
-        found = unique_labels(y)
+        found = np.arange(y.shape[1]) if multilabel else unique_labels(y)  # a label per indicator column
         if define:
             self.classes_ = found
-            self._multilabel = False
-        elif getattr(self, "_multilabel", False):
+            self._multilabel = multilabel
+        elif multilabel and not getattr(self, "_multilabel", False):
+            raise ValueError(f"y is a multi-label indicator matrix but the estimator was fitted on the labels "
+                             f"{self.classes_}")
+        elif not multilabel and getattr(self, "_multilabel", False):
             raise ValueError("y is a label vector but the estimator was fitted on multi-label indicator targets")
+        elif multilabel and "model_" in self.__dict__ and y.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y.shape[1]} labels but the estimator was fitted on {self.n_outputs_}")
         elif self.warm_start and set(found) != set(self.classes_):
             raise ValueError("warm_start can only be used where `y` has the same classes as in the "
                              f"previous call to fit. Previously got {self.classes_}, `y` has {found}")
         elif np.setdiff1d(found, self.classes_).size:
+            # also for indicator columns: partial_fit(classes=[0, 1]) on three labels is refused, as scikit-learn
+            # refuses it, rather than leaving classes_ shorter than predict_proba's columns
             raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
                              f"'y' has {found}.")
+        if multilabel:
+            self.out_activation_ = "logistic"
+            return y.astype(np.float64)
         # one class (scikit-learn fits it: every target is its binarizer's 0) or two: one logistic unit
         self.out_activation_ = "logistic" if len(self.classes_) <= 2 else "softmax"
         index = np.searchsorted(self.classes_, y)
