@@ -388,3 +388,18 @@ def test_a_batchnorm_slice_of_one_row_is_refused_on_every_rank_naming_the_split(
     errors = run_ranks(3, rank)
     assert errors[0] is not None and errors == [errors[0]] * 3, errors
     assert "batch 3 of 4 rows, cut between 3 ranks" in errors[0], errors[0]
+
+
+def test_a_checkpoint_given_to_every_rank_says_saved_once(tmp_path, capsys):
+    """Rank 0 alone writes the file: the other ranks printed "saved" too, for a file they never wrote."""
+    X, y = _data(20)
+
+    def rank(comm):
+        checkpoint = nnx.callbacks.ModelCheckpoint(tmp_path / "m{epoch}.npz", monitor="loss", verbose=1)
+        _model().fit(X, y, batch_size=10, epochs=2, distributed=comm, callbacks=[checkpoint])
+        return checkpoint.saved
+
+    saved = run_ranks(2, rank)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "ModelCheckpoint" in line]
+    assert lines == [f"ModelCheckpoint: saved {tmp_path / f'm{e}.npz'}" for e in (1, 2)], lines
+    assert saved[0] == saved[1] == [str(tmp_path / f"m{e}.npz") for e in (1, 2)]  # every rank knows where they are

@@ -30,7 +30,8 @@ class ModelCheckpoint(Callback):
             batches as Keras counts an int, so a fit none of whose epochs it saves warns.
         verbose: 1 prints a line per save.
 
-    `saved` lists the paths written, in order; `best` is the best monitored value.
+    `saved` lists the paths written, in order (in a data-parallel `fit`, on every rank: those rank 0 wrote,
+    and only rank 0 prints them); `best` is the best monitored value.
 
     Before each save, the epoch's logs and the best so far go into ``model.callback_state``,
     which the file keeps and `nnx.load` restores. A later `fit` of the model, or of one
@@ -91,8 +92,9 @@ class ModelCheckpoint(Callback):
         path = self.filepath.format(epoch=epoch + 1, **logs)
         self._record(logs)
         self.model.save(path, include_optimizer=self.include_optimizer)
-        self.saved.append(path)
-        if self.verbose:
+        self.saved.append(path)  # on every rank of a data-parallel fit: where rank 0 wrote it
+        comm = getattr(self.model, "distributed", None)
+        if self.verbose and (comm is None or comm.rank == 0):  # the other ranks wrote nothing
             extra = f" ({self.monitor} = {self.best:.4g})" if self.save_best_only else ""
             print(f"ModelCheckpoint: saved {path}{extra}", flush=True)
 
