@@ -1,10 +1,13 @@
-"""The mistakes a newcomer makes first are refused with a message that says what to do instead.
+"""What a newcomer reads first says what happened and what to do.
 
 String class labels, labels 0..k-1 given to one sigmoid unit, class indices given to a model whose
-loss reads one value per output: each names what it found and the fix.
+loss reads one value per output: each is refused naming what it found and the fix. The progress
+lines of a second `fit` number the epochs as the callbacks and their files do.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
@@ -53,3 +56,21 @@ def test_class_indices_for_a_loss_that_reads_one_value_per_output_point_to_cross
             model.fit(X, labels)  # no loss given: "mse"
     with pytest.raises(ValueError, match=r"got \(6,\)$"):  # not labels: no hint
         model.fit(X, np.linspace(0, 1, 6))
+
+
+def test_progress_lines_of_a_second_fit_number_epochs_as_the_callbacks_do(tmp_path):
+    """A second fit continues the model's epoch count (history.epoch, CSVLogger, ModelCheckpoint's {epoch},
+    EarlyStopping's messages); its progress lines said "epoch 1/2" for the file written as epoch 3."""
+    X = _data(8)
+    y = (X[:, :1] > 0).astype(np.float32)
+    model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), seed=0)
+    model.fit(X, y, epochs=2)
+    out = io.StringIO()
+    history = model.fit(X, y, epochs=2, callbacks=[
+        nnx.callbacks.ProgressBar(use_tqdm=False, file=out),
+        nnx.callbacks.CSVLogger(str(tmp_path / "log.csv")),
+        nnx.callbacks.ModelCheckpoint(str(tmp_path / "m{epoch}.npz"), monitor="loss")])
+    assert [line.split(" - ")[0] for line in out.getvalue().splitlines()] == ["epoch 3/4", "epoch 4/4"]
+    assert [e + 1 for e in history.epoch] == [3, 4]
+    assert [row.split(",")[0] for row in (tmp_path / "log.csv").read_text().splitlines()[1:]] == ["3", "4"]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["m3.npz", "m4.npz"]

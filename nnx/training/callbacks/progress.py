@@ -19,7 +19,9 @@ class ProgressBar(Callback):
     """Live training progress: a tqdm bar per epoch on a terminal when tqdm is installed, else one line per epoch.
 
     Args:
-        epochs: epochs in this run (default: taken from fit).
+        epochs: epochs in this run (default: taken from fit). Epochs are numbered over the model's whole
+            training, as `history.epoch`, the other callbacks and their files number them: a second `fit(epochs=2)`
+            after two epochs shows "epoch 3/4" and "epoch 4/4".
         use_tqdm: True/False to force; None uses tqdm when it imports and writes to a terminal
             (into a pipe or a file a bar is redrawn as new lines, so one plain line per epoch is written).
         file: where to write (tqdm default: stderr; plain lines: stdout).
@@ -48,7 +50,8 @@ class ProgressBar(Callback):
         logs = logs or {}
         self._total_epochs = self.epochs if self.epochs is not None else logs.get("epochs")
         self._steps = logs.get("steps")
-        self._run_epoch = 0
+        self._first_epoch = self.model.epochs_trained  # a model trained before continues its count
+        self._epoch = self._first_epoch
         self._tqdm = None
         if self.use_tqdm or (self.use_tqdm is None and _is_terminal(self.file or sys.stderr)):
             try:
@@ -60,11 +63,11 @@ class ProgressBar(Callback):
                 self._tqdm = tqdm
 
     def _label(self) -> str:
-        total = f"/{self._total_epochs}" if self._total_epochs else ""
-        return f"epoch {self._run_epoch}{total}"
+        total = f"/{self._first_epoch + self._total_epochs}" if self._total_epochs else ""
+        return f"epoch {self._epoch + 1}{total}"
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._run_epoch += 1
+        self._epoch = epoch
         self._started = time.perf_counter()
         self._loss_sum: Any = None
         self._seen = 0
