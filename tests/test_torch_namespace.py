@@ -1,6 +1,6 @@
 """The torch adapter's namespace gives array_api_compat's results where it skips compat's wrappers.
 
-`maximum`, `minimum` and `matmul` go straight to torch where the operands already agree (a
+`maximum`, `minimum`, `where` and `matmul` go straight to torch where the operands already agree (a
 Python number beside a floating tensor, two tensors of one dtype); every result must be the
 one compat's own function gives: the same dtype, device and bits (NaN and signed zeros too).
 """
@@ -62,6 +62,21 @@ def test_maximum_and_minimum_give_compats_results(name):
         _same(getattr(xp, name)(x1, x2), want)
 
 
+def test_where_gives_compats_results():
+    xp = _xp()
+    for x1, x2 in _operand_pairs():
+        shape = (x1 if isinstance(x1, torch.Tensor) else x2).shape
+        condition = torch.arange(math.prod(shape)).reshape(shape) % 3 == 0
+        for a, b in ((x1, x2), (x2, x1)):
+            try:
+                want = compat.where(condition, a, b)
+            except (TypeError, RuntimeError) as exc:
+                with pytest.raises(type(exc)):
+                    xp.where(condition, a, b)
+                continue
+            _same(xp.where(condition, a, b), want)
+
+
 def test_a_number_kept_as_a_tensor_serves_autograd_after_inference_mode():
     """`maximum` and `minimum` keep the 0-d tensors they make of Python numbers; one first made under
     `torch.inference_mode` must still be usable where autograd records (an inference tensor is refused there)."""
@@ -102,7 +117,7 @@ def test_matmul_gives_compats_results():
 def test_every_other_name_is_compats_own_object():
     xp = _xp()
     assert xp.__name__ == compat.__name__
-    mine = {"maximum", "minimum", "matmul"}
+    mine = {"maximum", "minimum", "matmul", "where"}
     for name, value in vars(compat).items():
         if name not in mine and name not in ("__name__", "__doc__"):
             assert getattr(xp, name) is value, name

@@ -33,12 +33,13 @@ OUT_FUNCTIONS = ("abs", "sqrt", "exp", "expm1", "log", "log1p", "square", "negat
 
 
 def namespace(torch: Any) -> types.ModuleType:
-    """array_api_compat's torch namespace, with its `maximum`, `minimum` and `matmul` wrappers skipped where the
-    operands already agree.
+    """array_api_compat's torch namespace, with its `maximum`, `minimum`, `where` and `matmul` wrappers skipped where
+    the operands already agree.
 
     The wrappers promote types in Python: with a Python number, `maximum` makes it a tensor through
     compat's general `result_type` (8-14 us a call on a 32 x 16 array, against 3 us here), and `matmul`
-    converts two tensors of one dtype to that dtype (9 us against 3.4 us for a small product). Here a Python
+    converts two tensors of one dtype to that dtype (9 us against 3.4 us for a small product); torch's own `where`
+    makes a Python number a new 0-d tensor every call (an operation, and on a GPU a launch). Here a Python
     int or float beside a floating tensor becomes a 0-d tensor of that tensor's dtype and device, as
     compat makes it, and two tensors of one dtype go straight to torch, so every result is compat's
     (values, dtype, device); every other call, and every other name, is compat's own object.
@@ -88,8 +89,18 @@ def namespace(torch: Any) -> types.ModuleType:
         return compat.matmul(x1, x2, **kwargs)
 
     matmul.__doc__ = compat.matmul.__doc__
+
+    def where(condition: Any, x1: Any, x2: Any, /) -> Any:
+        if isinstance(condition, tensor):
+            if type(x2) in (int, float) and isinstance(x1, tensor) and x1.dtype.is_floating_point:
+                return torch.where(condition, x1, scalar(x2, x1))
+            if type(x1) in (int, float) and isinstance(x2, tensor) and x2.dtype.is_floating_point:
+                return torch.where(condition, scalar(x1, x2), x2)
+        return compat.where(condition, x1, x2)
+
+    where.__doc__ = compat.where.__doc__
     return namespace_with(compat, maximum=with_number(torch.maximum, compat.maximum),
-                          minimum=with_number(torch.minimum, compat.minimum), matmul=matmul)
+                          minimum=with_number(torch.minimum, compat.minimum), matmul=matmul, where=where)
 
 
 def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
