@@ -27,6 +27,7 @@ Layers and losses remember the arguments they were constructed with
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -89,8 +90,11 @@ class Registry(Mapping):
     def lookup(self, name: Any) -> Any:
         """The entry registered under `name`; an unknown name raises `UnknownNameError` saying how to register it."""
         if name not in self:
+            key = lookup_key(name) if isinstance(name, str) else None
+            close = difflib.get_close_matches(key, list(self._entries), n=1, cutoff=0.8) if key is not None else []
+            guess = f" (did you mean {self._entries[close[0]][0]!r}?)" if close else ""  # a typo's likely intent
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid names: {self.names()}. {self.how_to_register}"
+                f"unknown {self.kind} {name!r}; valid names: {self.names()}{guess}. {self.how_to_register}"
             )
         return self._entries[lookup_key(name)][1]
 

@@ -74,3 +74,16 @@ def test_progress_lines_of_a_second_fit_number_epochs_as_the_callbacks_do(tmp_pa
     assert [e + 1 for e in history.epoch] == [3, 4]
     assert [row.split(",")[0] for row in (tmp_path / "log.csv").read_text().splitlines()[1:]] == ["3", "4"]
     assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["m3.npz", "m4.npz"]
+
+
+def test_a_misspelt_name_is_answered_with_the_closest_valid_one():
+    X = _data()
+    model = nnx.Sequential(nnx.Dense(3, 1), seed=0)
+    with pytest.raises(ValueError, match=r"unknown loss 'mean_squared_eror'; valid names: \[.*\] "
+                                         r"\(did you mean 'mean_squared_error'\?\)\. "):
+        model.fit(X, X[:, 0], loss="mean_squared_eror")
+    with pytest.raises(ValueError, match=r"unknown optimizer 'adm'; valid names: \[.*\] \(did you mean 'Adam'\?\)"):
+        model.fit(X, X[:, 0], optimizer="adm")
+    for kind, name in (("loss", "hinge"), ("metric", "auc")):  # nothing close ('acc' is not AUC): no guess
+        with pytest.raises(ValueError, match=rf"unknown {kind} '{name}'; valid names: \[[^]]*\]\. "):
+            model.fit(X, X[:, 0], **{"loss" if kind == "loss" else "metrics": name if kind == "loss" else [name]})
