@@ -254,3 +254,25 @@ def test_metrics_given_as_a_dict_are_refused_not_read_as_names():
 
     with pytest.raises(TypeError, match=r"metrics must be a list.*dict.*\[\('accuracy', fn\)\]"):
         training.resolve_metrics({"accuracy": fn})
+
+
+def test_regression_metrics_of_a_classifier_score_what_predict_gives(backend, dtype):
+    # found in review: with a final Sigmoid (or Softmax) folded into the loss, metrics were given the logits,
+    # so fit's and evaluate's "mse" (a Brier score) scored logits against 0/1 labels
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(N, 4))
+    cases = [(nnx.Sigmoid(), 1, "bce", (X[:, 0] > 0).astype(np.float64)),
+             (nnx.Softmax(), 3, "cross_entropy", np.eye(3)[rng.integers(0, 3, N)])]  # one-hot rows, as mse reads
+    for head, outputs, loss, y in cases:
+        model = nnx.Sequential(nnx.Dense(4, outputs), head, backend=backend, dtype=dtype, seed=0)
+        opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+        opt.lr = 0.0  # the weights stay as they are, so fit's metrics are those of predict's outputs
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=1, batch_size=16, shuffle=False,
+                            metrics=["mse", "mae"], validation_data=(X, y))
+        P = backend.to_host(model.predict(X)).reshape(y.shape)
+        result = model.evaluate(X, y, metrics=["mse", "mae"], batch_size=16)
+        for name in ("mse", "mae"):
+            want = _sk_regression(name, y, P)
+            assert result[name] == pytest.approx(want, rel=1e-5), name
+            assert history[name][-1] == pytest.approx(want, rel=1e-5), name
+            assert history[f"val_{name}"][-1] == pytest.approx(want, rel=1e-5), name

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from ..layers import Sigmoid, Softmax
 from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
@@ -23,7 +24,19 @@ def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
     return inference_program(model, ("outputs", n_run), lambda m, X: m.forward_to_head(X, n_run, training=False))
 
 
-def _metric_vector(xp: Any, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> Any:
+def metric_outputs(model: Model, Z: Any, from_logits: bool) -> tuple[Any, bool]:
+    """What metrics read of head outputs `Z`: the model's outputs, as `predict` gives them, and whether those
+    are logits. A final Sigmoid or Softmax folded into the loss (`output_head`, the only case where it reports
+    logits beside such a last layer) is applied here, so a metric such as ``"mse"`` scores probabilities."""
+    last = model.layers[-1]
+    if from_logits and isinstance(last, (Sigmoid, Softmax)):
+        return last.forward(Z, training=False), False
+    return Z, from_logits
+
+
+def _metric_vector(m: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> Any:
+    xp = m.xp
+    Z, from_logits = metric_outputs(m, Z, from_logits)
     return xp.stack([xp.astype(fn(xp, y, Z, from_logits), Z.dtype) for fn in metric_fns.values()])
 
 
@@ -47,7 +60,7 @@ def _metrics_key(metric_fns: dict) -> tuple:
 def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
     """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
     vector = inference_program(model, ("metrics", _metrics_key(metric_fns), from_logits),
-                               lambda m, y, Z: _metric_vector(m.xp, metric_fns, y, Z, from_logits))
+                               lambda m, y, Z: _metric_vector(m, metric_fns, y, Z, from_logits))
     host = model.backend.to_host(vector(y, Z))
     return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
@@ -78,7 +91,7 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
         if penalty is not None:
             value = value + penalty
         value = xp.reshape(xp.astype(value, Z.dtype), (1,))
-        return xp.concat([value, _metric_vector(xp, metric_fns, y, Z, from_logits)]) if metric_fns else value
+        return xp.concat([value, _metric_vector(m, metric_fns, y, Z, from_logits)]) if metric_fns else value
 
     key = (_head_key(head), _metrics_key(metric_fns), from_logits)
     if batch_size is None or X.shape[0] <= batch_size:
