@@ -31,6 +31,24 @@ def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
     return xp.where(xp.any(xp.isnan(y_pred)), math.nan, score)
 
 
+def _unless_unclassed(xp: Any, y_true: Any, y_pred: Any, score: Any) -> Any:
+    """`_unless_nan`, and NaN where `y_true` holds something other than class labels: a 0/1 label for one output,
+    an index in [0, outputs) for several (one-hot or probability rows are read by their argmax, as Keras's
+    categorical accuracy reads them). Continuous targets (a regression's) have no classes: scikit-learn refuses
+    them, and a threshold at 0.5 would file them under two classes that only look like a score."""
+    n_out = 1 if y_pred.ndim == 1 else y_pred.shape[-1]
+    score = _unless_nan(xp, y_pred, score)
+    if xp.isdtype(y_true.dtype, "bool") or (n_out > 1 and y_true.ndim == 2 and y_true.shape[-1] == n_out):
+        return score
+    if n_out == 1:
+        other = (y_true != 0) & (y_true != 1)
+    else:
+        other = (y_true < 0) | (y_true >= n_out)
+        if xp.isdtype(y_true.dtype, "real floating"):
+            other = other | (xp.floor(y_true) != y_true)
+    return xp.where(xp.any(other), math.nan, score)
+
+
 def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, int]:
     """Predicted and true class indices, and the number of classes."""
     n_out = 1 if y_pred.ndim == 1 else y_pred.shape[-1]
@@ -50,7 +68,7 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
 def accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose predicted class (threshold 0.5, or argmax) is right."""
     true, pred, _ = _class_pairs(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, xp.mean(xp.astype(true == pred, y_pred.dtype)))
+    return _unless_unclassed(xp, y_true, y_pred, xp.mean(xp.astype(true == pred, y_pred.dtype)))
 
 
 def _count(xp: Any, mask: Any, dtype: Any) -> Any:
@@ -92,19 +110,20 @@ def _macro(xp: Any, per_class: Any, predicted: Any, actual: Any) -> Any:
 def precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual))
+    return _unless_unclassed(xp, y_true, y_pred, _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual))
 
 
 def recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual))
+    return _unless_unclassed(xp, y_true, y_pred, _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual))
 
 
 def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _macro(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual), predicted, actual))
+    per_class = _safe_ratio(xp, 2.0 * tp, predicted + actual)
+    return _unless_unclassed(xp, y_true, y_pred, _macro(xp, per_class, predicted, actual))
 
 
 def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:

@@ -276,3 +276,19 @@ def test_regression_metrics_of_a_classifier_score_what_predict_gives(backend, dt
             assert result[name] == pytest.approx(want, rel=1e-5), name
             assert history[name][-1] == pytest.approx(want, rel=1e-5), name
             assert history[f"val_{name}"][-1] == pytest.approx(want, rel=1e-5), name
+
+
+def test_class_metrics_of_continuous_targets_are_nan(backend, dtype):
+    # found in review: metrics=["accuracy"] on a regression model filed continuous targets under 0/1 by a 0.5
+    # threshold and reported 0.7, where scikit-learn refuses such targets (and Keras's exact match gives ~0)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(N, 3))
+    y = X @ np.array([0.5, -1.0, 0.25])
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype=dtype, seed=0)
+    result = model.evaluate(X, y, metrics=list(CLASSIFICATION) + ["mse"])
+    assert all(np.isnan(result[name]) for name in CLASSIFICATION) and np.isfinite(result["mse"])
+    outputs = backend.asarray(rng.normal(size=(N, 3)), dtype=dtype)
+    for bad in (np.full(N, 1.5), np.full(N, 3.0), np.full(N, -1.0)):  # not an index of the 3 outputs
+        assert np.isnan(_value(backend, "accuracy", backend.asarray(bad, dtype=dtype), outputs))
+    labels = backend.asarray(rng.integers(0, 3, N).astype(np.float64), dtype=dtype)  # indices stored as floats
+    assert np.isfinite(_value(backend, "f1", labels, outputs))
