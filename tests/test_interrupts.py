@@ -510,3 +510,48 @@ def test_sigint_during_checkpoint_write(tmp_path, monkeypatch):
     assert history.interrupted
     assert _tmp_leftovers(tmp_path) == []
     assert nnx.load(path).epochs_trained == 2
+
+
+class _Scores(Callback):
+    """Logs a chosen 'score' per epoch (counted over the model's whole training), for a checkpoint to monitor."""
+
+    adds_logs = ("score",)
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.scores[epoch]
+
+
+@pytest.mark.parametrize("exc_type", [OSError, KeyboardInterrupt])
+def test_a_failed_best_only_save_does_not_count_as_the_best(tmp_path, monkeypatch, exc_type):
+    """A best-only save that fails leaves the model's recorded best at the file's: a later fit saves a model
+    better than the file's, though not better than the epoch whose write failed (found in review)."""
+    ModelCheckpoint = _checkpoint_class()
+    X, y = _data()
+    model = _model("numpy")
+    path = tmp_path / "best.npz"
+    import nnx.io
+
+    real_save = nnx.io.save_model
+
+    def save_model(target, *args, **kwargs):
+        if target.epochs_trained == 2:  # epoch 2, the best so far, fails to reach the disk
+            raise exc_type("disk full (injected)")
+        return real_save(target, *args, **kwargs)
+
+    scores = [3.0, 1.0, 2.0]
+
+    def callbacks():
+        return [_Scores(scores), ModelCheckpoint(path, monitor="score", mode="min", save_best_only=True)]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nnx.io, "save_model", save_model)
+        try:
+            model.fit(X, y, loss="bce", epochs=2, batch_size=8, callbacks=callbacks())
+        except OSError:
+            pass
+    assert nnx.load(path).epochs_trained == 1
+    model.fit(X, y, loss="bce", epochs=1, batch_size=8, callbacks=callbacks())
+    assert nnx.load(path).epochs_trained == 3, "epoch 3 beats the file's epoch 1, yet was not saved"

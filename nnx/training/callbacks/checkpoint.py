@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
@@ -79,6 +80,7 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
+        best = self.best
         if self.save_best_only:
             if self.monitor not in logs:
                 raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the epoch logs; "
@@ -90,8 +92,19 @@ class ModelCheckpoint(Callback):
         elif (epoch + 1) % self.save_freq:
             return
         path = self.filepath.format(epoch=epoch + 1, **logs)
+        recorded = copy.deepcopy(self.model.callback_state.get(STATE_KEY))
         self._record(logs)
-        self.model.save(path, include_optimizer=self.include_optimizer)
+        try:
+            self.model.save(path, include_optimizer=self.include_optimizer)
+        except BaseException:
+            # a file never written is no best: else a later fit of this model would overwrite the best file only
+            # with a model better than one that is on no disk
+            self.best = best
+            if recorded is None:
+                self.model.callback_state.pop(STATE_KEY, None)
+            else:
+                self.model.callback_state[STATE_KEY] = recorded
+            raise
         self.saved.append(path)  # on every rank of a data-parallel fit: where rank 0 wrote it
         comm = getattr(self.model, "distributed", None)
         if self.verbose and (comm is None or comm.rank == 0):  # the other ranks wrote nothing
