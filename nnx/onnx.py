@@ -157,38 +157,46 @@ def _defined_by(cls: type, method: str) -> type | None:
     return next((c for c in cls.__mro__ if method in vars(c)), None)
 
 
-def _no_exporter(layer: Any) -> str | None:
-    """Why `layer` cannot export its inference pass, or None when it can."""
+# what predict runs of a layer: its forward, and a model's forward_to_head, through which its forward runs;
+# of the exported model itself also predict and the input preparation it calls first
+_INFERENCE_PASSES = ("forward", "forward_to_head")
+_MODEL_PASSES = (*_INFERENCE_PASSES, "predict", "prepare_inputs")
+
+
+def _no_exporter(layer: Any, passes: Sequence[str] = _INFERENCE_PASSES) -> str | None:
+    """Why `layer` cannot export its inference pass, or None when it can; `passes` are the methods whose
+    computation the export must reproduce (what predict runs of the layer)."""
     cls = type(layer)
     own = getattr(layer, "__dict__", {})
     if "to_onnx" in own:  # an exporter set on the object itself goes with whatever forward it has
         return None
-    for method in _INFERENCE_PASSES:
+    for method in passes:
         if method in own:  # as the training kernels honour it, predict runs this one, not the class's
             return (f"{cls.__name__}: its {method} was replaced on the object, but its to_onnx is its class's, "
                     f"which exports the class's {method}")
     exporter = _defined_by(cls, "to_onnx")
     if exporter is None or exporter is Layer:
         return cls.__name__
-    for method in _INFERENCE_PASSES:
+    mro = cls.__mro__
+    for method in passes:
         definer = _defined_by(cls, method)
-        if definer is not None and definer is not exporter and issubclass(definer, exporter):
-            # an exporter written for another pass would export the parent's computation, silently
-            return (f"{cls.__name__}: its class overrides {method} but inherits to_onnx from {exporter.__name__}, "
-                    f"which exports that class's {method}")
+        # a definer ahead of the exporter in the MRO (the class itself, a subclass of the exporter's class or a
+        # mixin listed before it) replaces the pass the exporter was written for: it would export that, silently
+        if definer is not None and mro.index(definer) < mro.index(exporter):
+            where = "" if definer is cls else f" (from {definer.__name__})"
+            return (f"{cls.__name__}: its class overrides {method}{where} but inherits to_onnx from "
+                    f"{exporter.__name__}, which exports that class's {method}")
     return None
-
-
-# what predict runs of a layer: its forward, and a model's forward_to_head, through which its forward runs
-_INFERENCE_PASSES = ("forward", "forward_to_head")
 
 
 def missing_exporters(model: Any) -> list[str]:
     """``"<path> (<why>)"`` for each layer in `model`'s tree (``"2.0 (MyLayer)"``), the model included, whose
-    class has no `to_onnx`, or has one only from a parent class whose `forward` (a model's `forward_to_head`)
-    it overrides, or whose `forward` was replaced on the object without a `to_onnx` of its own."""
-    layers = [("model", model), *model.named_layers()]
-    return [f"{path} ({why})" for path, layer in layers if (why := _no_exporter(layer)) is not None]
+    class has no `to_onnx`, or has one only from a class after the one whose `forward` (a model's
+    `forward_to_head`; of `model` itself also `predict` and `prepare_inputs`) it runs, or whose `forward` was
+    replaced on the object without a `to_onnx` of its own."""
+    found = [("model", _no_exporter(model, _MODEL_PASSES))]
+    found += [(path, _no_exporter(layer)) for path, layer in model.named_layers()]
+    return [f"{path} ({why})" for path, why in found if why is not None]
 
 
 def _check_opset(opset: Any, onnx: Any) -> int:

@@ -316,6 +316,47 @@ def test_forward_replaced_on_the_object_needs_its_own_exporter(tmp_path):
     assert_matches(model, path, np.random.default_rng(0).standard_normal((5, 4)))
 
 
+class Doubling:
+    """A mixin whose forward doubles the output of the class after it in the MRO."""
+
+    def forward(self, X, training=False):
+        return 2.0 * super().forward(X, training)
+
+
+class DoubledTanh(Doubling, nnx.Tanh):
+    """forward from the mixin, to_onnx from Tanh: the exporter would write plain Tanh."""
+
+
+class TenfoldPredictModel(nnx.Sequential):
+    def predict(self, X, *args, **kwargs):
+        return 10.0 * super().predict(X, *args, **kwargs)
+
+
+class HalvedInputModel(nnx.Sequential):
+    def prepare_inputs(self, X, argname="X"):
+        return 0.5 * super().prepare_inputs(X, argname)
+
+
+def test_forward_from_a_mixin_needs_its_own_exporter(tmp_path):
+    """A forward from a mixin listed before the exporter's class in the MRO was exported as that class's graph."""
+    path = tmp_path / "m.onnx"
+    model = nnx.Sequential(DoubledTanh(), dtype="float64", input_shape=(4,))
+    with pytest.raises(NotImplementedError, match=r"layer 0 \(DoubledTanh: .*forward.*Doubling.*Tanh"):
+        model.to_onnx(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("cls", [TenfoldPredictModel, HalvedInputModel])
+def test_a_model_overriding_predict_or_prepare_inputs_needs_its_own_exporter(cls, tmp_path):
+    """predict (and the input preparation it runs) of a model subclass is what an export must compute."""
+    path = tmp_path / "m.onnx"
+    model = cls(nnx.Dense(4, 2), dtype="float64", seed=0)
+    with pytest.raises(NotImplementedError, match=rf"model \({cls.__name__}: .*overrides"):
+        model.to_onnx(path)
+    assert not path.exists()
+
+
+
 
 class ContribGelu(nnx.Layer):
     """A layer exported through onnxruntime's contrib domain (add_node's `domain`); only its graph is checked."""
