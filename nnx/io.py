@@ -101,8 +101,12 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
 def write_atomically(path: Path, write: Any) -> None:
     """Call ``write(binary handle)`` on a temporary file beside `path`, then rename it into place.
 
-    An interrupted or failed write never replaces a good file with a broken one.
+    An interrupted or failed write never replaces a good file with a broken one. A `path` that is a
+    symbolic link writes the file it points at, as ``open(path, "wb")`` would; renaming onto the link
+    itself would put a file in its place and leave its target as it was.
     """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # a short name of its own: `path.name` plus a suffix could pass the 255-byte limit that `path.name` meets
     fd, tmp_name = tempfile.mkstemp(prefix=".nnx-", suffix=".tmp", dir=path.parent)

@@ -370,3 +370,26 @@ def test_a_torch_generator_state_from_another_device_type_is_not_restored(tmp_pa
     loaded = nnx.load(tmp_path / "gpu.npz", backend="torch")
     np.testing.assert_array_equal(loaded.backend.to_host(loaded.parameters()[0].value),
                                   model.backend.to_host(model.parameters()[0].value))
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+def test_saving_through_a_symbolic_link_updates_the_file_it_points_at(tmp_path):
+    """`latest.npz -> runs/model.npz`: a save writes the file the link names, as open() would, and the link
+    stays a link (found in review: the rename replaced the link with a file, the target kept the old model)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    target, link = runs / "model.npz", tmp_path / "latest.npz"
+    _model().save(target)
+    os.symlink(target, link)
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, loss="mse", epochs=2)
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert nnx.load(target).epochs_trained == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.npz", "runs"]
+    assert [p.name for p in runs.iterdir()] == ["model.npz"]
+    dangling = tmp_path / "next.npz"  # a link to a file not written yet: the file is created where it points
+    os.symlink(runs / "next.npz", dangling)
+    model.save(dangling)
+    assert dangling.is_symlink() and nnx.load(runs / "next.npz").epochs_trained == 2
