@@ -199,6 +199,15 @@ def missing_exporters(model: Any) -> list[str]:
     return [f"{path} ({why})" for path, why in found if why is not None]
 
 
+def _shape_lost_at(model: Any) -> str:
+    """Which layer of `model` (known input shape) gives an unknown output shape, and what to do about it."""
+    for path, layer in model.named_layers():
+        if layer.input_shape is not None and layer.output_sample_shape is None and not layer.named_layers():
+            return (f"layer {path} ({type(layer).__name__}) gets samples of shape {tuple(layer.input_shape)} but "
+                    f"its output_shape returns None; make it return the shape of one output sample")
+    return "a layer's output_shape returns None; make it return the shape of one output sample"
+
+
 def _check_opset(opset: Any, onnx: Any) -> int:
     newest = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or not MIN_OPSET <= int(opset) <= newest:
@@ -221,9 +230,12 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
             f"cannot export to ONNX: layer {which} has no ONNX exporter of its own. Give the class a "
             f"`to_onnx(self, graph, X) -> str` method that adds its inference nodes and returns the output's "
             f"name; see {GUIDE}")
-    if model.input_shape is None or model.output_sample_shape is None:
+    if model.input_shape is None:
         raise ValueError("cannot export to ONNX a model that does not know its sample shapes (an ONNX graph's input "
                          "and output need them); build it with Sequential(..., input_shape=<one sample's shape>)")
+    if model.output_sample_shape is None:
+        raise ValueError(f"cannot export to ONNX a model whose output's sample shape is unknown (the ONNX graph's "
+                         f"output needs it): {_shape_lost_at(model)}")
     onnx = _import_onnx()
     opset = _check_opset(opset, onnx)
     helper = onnx.helper
@@ -259,6 +271,9 @@ def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> N
     comm = getattr(model, "distributed", None)
     if comm is not None and comm.rank != 0:
         return
+    if Path(path).is_dir():  # else the rename fails naming only the temporary file, as in `save`
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not a file; export to a file in it, "
+                                f"e.g. {os.fspath(Path(path) / 'model.onnx')!r}")
     proto = build_model(model, opset)
     if proto.ByteSize() >= 2**31:
         raise ValueError("the model is too large for a single ONNX file (protobuf's 2 GiB limit)")

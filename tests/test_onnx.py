@@ -216,6 +216,35 @@ def test_opset_choice_and_bad_arguments(tmp_path):
     assert not (tmp_path / "old.onnx").exists()
 
 
+def test_a_folder_as_the_path_is_named(tmp_path):
+    """As `save` does: the rename's own error named only the temporary file beside the folder."""
+    model = nnx.Sequential(nnx.Dense(3, 2), seed=0)
+    with pytest.raises(IsADirectoryError, match=r"is a folder.*model\.onnx"):
+        model.to_onnx(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and not any(p.name.endswith(".tmp") for p in tmp_path.parent.iterdir())
+
+
+class SumOfFeatures(nnx.Layer):
+    """A layer that does not declare its output's sample shape (output_shape returns None)."""
+
+    def forward(self, X, training=False):
+        return self.xp.sum(X, axis=1, keepdims=True)
+
+    def output_shape(self, input_shape):
+        return None
+
+    def to_onnx(self, graph, X):
+        return graph.add_node("ReduceSum", [X, graph.add_initializer([1], "axes", dtype="int64")])
+
+
+def test_an_unknown_output_shape_names_the_layer_not_input_shape(tmp_path):
+    """The input's shape is known (Dense(4, 3)): the error said to give input_shape, which cannot help."""
+    model = nnx.Sequential(nnx.Dense(4, 3), SumOfFeatures(), seed=0)
+    with pytest.raises(ValueError, match=r"output.*layer 1 \(SumOfFeatures\).*output_shape") as info:
+        model.to_onnx(tmp_path / "m.onnx")
+    assert "input_shape=" not in str(info.value)
+
+
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "custom_layers.md"
 
 
