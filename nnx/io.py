@@ -336,6 +336,8 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
             model.optimizer = optimizer
     except CheckpointError:
         raise
+    except UnknownNameError as exc:  # a sound file naming a loss or optimizer class not imported here
+        raise CheckpointError(f"{path}: {exc}") from exc
     # RuntimeError: torch rejects a malformed generator state with it.
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"{path}: training state is malformed ({type(exc).__name__}: {exc})") from exc

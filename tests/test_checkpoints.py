@@ -393,3 +393,28 @@ def test_saving_through_a_symbolic_link_updates_the_file_it_points_at(tmp_path):
     os.symlink(runs / "next.npz", dangling)
     model.save(dangling)
     assert dangling.is_symlink() and nnx.load(runs / "next.npz").epochs_trained == 2
+
+
+class KeptOptimizer(nnx.optim.SGD, name="test_checkpoints.KeptOptimizer"):
+    """An optimizer of the user's own, registered under its class name when defined."""
+
+
+@pytest.mark.parametrize("what", ["loss", "optimizer"])
+def test_a_file_naming_an_unregistered_loss_or_optimizer_says_so_not_that_it_is_malformed(tmp_path, what):
+    """The file is sound; the class is not known in this process (found in review: it read 'training state is
+    malformed')."""
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, loss=nnx.losses.MAE() if what == "loss" else "mse", epochs=1,
+              optimizer=KeptOptimizer(model.parameters(), lr=0.01))
+    model.save(tmp_path / "m.npz")
+    registry, name = ((nnx.losses.LOSSES, "MAE") if what == "loss"
+                      else (nnx.optim.OPTIMIZERS, "test_checkpoints.KeptOptimizer"))
+    entry = registry.remove(name)
+    try:
+        with pytest.raises(CheckpointError) as info:
+            nnx.load(tmp_path / "m.npz")
+    finally:
+        registry.add(name, entry)
+    assert f"unknown {what} {name!r}" in str(info.value) and "import" in str(info.value)
+    assert "malformed" not in str(info.value)
