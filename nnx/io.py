@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -107,9 +108,18 @@ def write_atomically(path: Path, write: Any) -> None:
     """
     if path.is_symlink():
         path = Path(os.path.realpath(path))
+    if path.exists() and not os.access(path, os.W_OK):
+        # the rename would replace it regardless, where open() and torch.save refuse
+        raise PermissionError(errno.EACCES, f"{str(path)!r} is write-protected, so it is not replaced; make it "
+                              "writable (chmod u+w) or write to another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a short name of its own: `path.name` plus a suffix could pass the 255-byte limit that `path.name` meets
-    fd, tmp_name = tempfile.mkstemp(prefix=".nnx-", suffix=".tmp", dir=path.parent)
+    try:
+        # a short name of its own: `path.name` plus a suffix could pass the 255-byte limit that `path.name` meets
+        fd, tmp_name = tempfile.mkstemp(prefix=".nnx-", suffix=".tmp", dir=path.parent)
+    except PermissionError as exc:  # else the error names only the temporary file
+        raise PermissionError(exc.errno, f"cannot write {str(path)!r}: its folder {str(path.parent)!r} is not "
+                              "writable (a save writes a temporary file there and renames it into place, so "
+                              "that a failed write never leaves a broken file)") from None
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would,
         # or keep the mode of the file it replaces

@@ -418,3 +418,39 @@ def test_a_file_naming_an_unregistered_loss_or_optimizer_says_so_not_that_it_is_
         registry.add(name, entry)
     assert f"unknown {what} {name!r}" in str(info.value) and "import" in str(info.value)
     assert "malformed" not in str(info.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_a_write_protected_checkpoint_is_not_replaced(tmp_path, monkeypatch):
+    """`chmod a-w best.npz` keeps a file, as open(path, "wb") and torch.save refuse to write it (found in review:
+    the rename replaced it regardless, a protected best model lost without a word)."""
+    path = tmp_path / "best.npz"
+    _model().save(path)
+    before = path.read_bytes()
+    path.chmod(0o444)
+    real_access = os.access
+    # root may write anything; the test runs as the user whom the mode protects against
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(path) and mode & os.W_OK
+                        else real_access(p, mode, **kw))
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, loss="mse", epochs=1)
+    with pytest.raises(PermissionError, match=r"best\.npz.*write-protected"):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.npz"]
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path, monkeypatch):
+    """A read-only folder: the error names it and why a save writes there, not a '.nnx-....tmp' the user never
+    asked for (found in review)."""
+    import nnx.io
+
+    def refuse(prefix="", suffix="", dir=None):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "abc123" + suffix))
+
+    monkeypatch.setattr(nnx.io.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        _model().save(tmp_path / "model.npz")
+    message = str(info.value)
+    assert str(tmp_path) in message and "model.npz" in message and ".nnx-" not in message
