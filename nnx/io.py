@@ -78,6 +78,7 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         raise IsADirectoryError(f"{str(path)!r} is a folder, not a checkpoint file; save to a file in it, "
                                 f"e.g. {str(path / 'model.npz')!r}")
     arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict().items()}
+    _require_json(model.callback_state, "model.callback_state")
     training: dict[str, Any] = {
         "epochs_trained": model.epochs_trained,
         "loss": None if model.loss is None else model.loss.get_config(),
@@ -97,6 +98,23 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
     }
     arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
     write_atomically(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _require_json(tree: Any, where: str) -> None:
+    """TypeError naming the first part of `tree` that JSON would not give back as it is: a key that is not a
+    string (JSON makes ``3`` ``"3"``, so a lookup by 3 misses after loading) or a value of another type."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: key {key!r} is of type {type(key).__name__}; checkpoints keep this state "
+                                f"as JSON, whose keys are strings, so it would load as {str(key)!r}: use str keys")
+            _require_json(value, f"{where}[{key!r}]")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            _require_json(value, f"{where}[{i}]")
+    elif tree is not None and not isinstance(tree, (str, int, float)):
+        raise TypeError(f"{where} is {tree!r} of type {type(tree).__name__}; a checkpoint keeps this state as JSON: "
+                        "use str, int, float, bool, None, lists and dicts (float(x) for a NumPy number)")
 
 
 def write_atomically(path: Path, write: Any) -> None:

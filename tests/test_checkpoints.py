@@ -454,3 +454,16 @@ def test_a_folder_that_cannot_be_written_is_named_not_a_temporary_file(tmp_path,
         _model().save(tmp_path / "model.npz")
     message = str(info.value)
     assert str(tmp_path) in message and "model.npz" in message and ".nnx-" not in message
+
+
+@pytest.mark.parametrize(("state", "where"), [({"MyCallback": {3: 0.5}}, r"\['MyCallback'\]: key 3"),
+                                              ({"MyCallback": {"best": np.float32(0.5)}},
+                                               r"\['MyCallback'\]\['best'\].*float32")])
+def test_callback_state_that_would_not_load_as_saved_is_refused_by_name(tmp_path, state, where):
+    """JSON makes an int key a string, so a callback's state keyed by epoch loaded with other keys and was not
+    found; a NumPy float32 failed with json's message naming no place (found in review)."""
+    model = _model()
+    model.callback_state.update(state)
+    with pytest.raises(TypeError, match=r"model\.callback_state" + where):
+        model.save(tmp_path / "m.npz")
+    assert list(tmp_path.iterdir()) == []
