@@ -326,6 +326,15 @@ def test_model_checkpoint_save_freq(data, tmp_path):
     assert [p.split("/")[-1] for p in ckpt.saved] == ["m2.npz", "m4.npz"]
 
 
+def test_model_checkpoint_takes_kerass_save_freq_epoch(data, tmp_path):
+    # found in review: Keras's default save_freq="epoch" was refused
+    ckpt = ModelCheckpoint(tmp_path / "m{epoch}.npz", save_freq="epoch")
+    make_model().fit(*data, epochs=2, callbacks=[ckpt])
+    assert [p.split("/")[-1] for p in ckpt.saved] == ["m1.npz", "m2.npz"]
+    with pytest.raises(ValueError, match="int >= 1 \\(epochs\\) or 'epoch', got 'batch'"):
+        ModelCheckpoint(tmp_path / "m.npz", save_freq="batch")
+
+
 def test_model_checkpoint_warns_when_save_freq_saves_no_epoch_of_the_fit(data, tmp_path):
     """Keras counts an int save_freq in batches: save_freq=100 over 3 epochs wrote nothing, without a word."""
     model = make_model()

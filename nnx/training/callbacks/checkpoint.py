@@ -28,7 +28,8 @@ class ModelCheckpoint(Callback):
         mode: ``"min"``, ``"max"`` or ``"auto"``, as in `EarlyStopping` (read only with `save_best_only`).
         include_optimizer: also store optimizer state, so training can resume exactly.
         save_freq: save every this many epochs (ignored with `save_best_only`); counted in epochs, not in
-            batches as Keras counts an int, so a fit none of whose epochs it saves warns.
+            batches as Keras counts an int, so a fit none of whose epochs it saves warns. ``"epoch"``
+            (Keras's default) is 1.
         verbose: 1 prints a line per save.
 
     `saved` lists the paths written, in order (in a data-parallel `fit`, on every rank: those rank 0 wrote,
@@ -42,9 +43,12 @@ class ModelCheckpoint(Callback):
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
-                 mode: str = "auto", include_optimizer: bool = True, save_freq: int = 1, verbose: int = 0) -> None:
+                 mode: str = "auto", include_optimizer: bool = True, save_freq: int | str = 1,
+                 verbose: int = 0) -> None:
+        if save_freq == "epoch":
+            save_freq = 1
         if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
-            raise ValueError(f"ModelCheckpoint save_freq must be an int >= 1, got {save_freq!r}")
+            raise ValueError(f"ModelCheckpoint save_freq must be an int >= 1 (epochs) or 'epoch', got {save_freq!r}")
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.save_best_only = save_best_only
