@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from launchers import needs_mpi, run_job, tool
+from user_code import SetAfterFirstEpoch
 
 import nnx
 from nnx import distributed as dist
@@ -477,18 +478,6 @@ def test_a_window_of_rows_is_cut_from_the_whole_batch_draw(backend_name):
     assert tuple(part.uniform((3, 3), "float64").shape) == (3, 3)
 
 
-class _SetAfterFirstEpoch(nnx.callbacks.Callback):
-    """A user's schedule of a hyper-parameter that adds or drops optimizer state."""
-
-    def __init__(self, **change):
-        self.change = change
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            for name, value in self.change.items():
-                setattr(self.model.optimizer, name, value)
-
-
 @pytest.mark.parametrize("optimizer,kwargs,change", [
     ("sgd", {"lr": 0.05, "dampening": 0.3}, {"momentum": 0.9}),
     ("adam", {"lr": 0.01, "amsgrad": True}, {"amsgrad": False}),
@@ -504,7 +493,7 @@ def test_the_sharded_update_follows_a_rule_whose_state_keys_change_mid_fit(optim
         m = _tiny()
         opt = nnx.optim.get_optimizer(optimizer, m.parameters(), **kwargs)
         extra = {"distributed": dist.DataParallel(WorldOfOne(), shard_update=True)} if shard else {}
-        h = m.fit(X, y, epochs=3, batch_size=8, optimizer=opt, callbacks=[_SetAfterFirstEpoch(**change)], **extra)
+        h = m.fit(X, y, epochs=3, batch_size=8, optimizer=opt, callbacks=[SetAfterFirstEpoch(**change)], **extra)
         runs.append((h, m, opt.state_dict()))
     assert runs[1][0].execution == "sharded"
     np.testing.assert_allclose(runs[0][0].history["loss"], runs[1][0].history["loss"], rtol=0, atol=1e-12)
@@ -527,7 +516,7 @@ def test_the_sharded_update_names_a_rule_that_changes_a_dtype():
         extra = {"distributed": dist.DataParallel(WorldOfOne(), shard_update=True)} if shard else {}
         with pytest.raises(TypeError, match="SGD.update returned a new value of dtype float64"):
             m.fit(X, y, epochs=2, batch_size=8, optimizer=opt,
-                  callbacks=[_SetAfterFirstEpoch(momentum=np.float64(0.9))], **extra)
+                  callbacks=[SetAfterFirstEpoch(momentum=np.float64(0.9))], **extra)
 
 
 def test_the_sharded_update_refuses_parameters_of_mixed_dtypes():

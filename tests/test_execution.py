@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import pytest
-from user_code import UserDense
+from user_code import SetAfterFirstEpoch, UserDense
 
 import nnx
 from nnx import optim
@@ -303,18 +303,6 @@ def test_a_transform_that_writes_into_the_gradients_in_place_is_honoured(backend
     _assert_same(*runs, dtype)
 
 
-class SwitchAfterFirstEpoch(nnx.callbacks.Callback):
-    """A user's schedule of a hyper-parameter set after the first epoch (momentum on, amsgrad off, a NumPy float)."""
-
-    def __init__(self, **change):
-        self.change = change
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            for name, value in self.change.items():
-                setattr(self.model.optimizer, name, value)
-
-
 @pytest.mark.parametrize("opt_name,kwargs,change", [
     ("sgd", {"lr": 0.05, "dampening": 0.3}, {"momentum": 0.9}),  # torch starts the new buffer at the gradient
     ("adam", {"lr": 0.01, "amsgrad": True}, {"amsgrad": False}),
@@ -323,7 +311,7 @@ class SwitchAfterFirstEpoch(nnx.callbacks.Callback):
 def test_a_hyper_parameter_that_changes_the_state_keys_mid_fit(backend, dtype, opt_name, kwargs, change):
     """Every execution follows the plain loop when a callback turns optimizer state on or off between epochs
     (JAX's epoch program cannot carry the change: that epoch runs step by step, the next compiles again)."""
-    runs = [_train(backend, dtype, "relu_ce", opt_name, kwargs, fast=fast, callbacks=[SwitchAfterFirstEpoch(**change)])
+    runs = [_train(backend, dtype, "relu_ce", opt_name, kwargs, fast=fast, callbacks=[SetAfterFirstEpoch(**change)])
             for fast in (True, False)]
     assert runs[0][2].execution == _derived(backend)
     _assert_same(*runs, dtype)
@@ -458,7 +446,7 @@ def test_a_hyper_parameter_set_to_a_numpy_float64_mid_fit_is_named_alike(backend
     checked the rule's dtypes once and then cast the float64 results back into its float32 buffers silently."""
     _assert_same_outcome(backend, "float32", MODELS["relu_ce"][0],
                          lambda m: optim.SGD(m.parameters(), lr=0.05, momentum=0.5),
-                         callbacks=[SwitchAfterFirstEpoch(momentum=np.float64(0.9))])
+                         callbacks=[SetAfterFirstEpoch(momentum=np.float64(0.9))])
 
 
 class Float64Scale(nnx.Layer):

@@ -1,4 +1,4 @@
-"""A user's layer as the tests that compare executions use it: written with the public API only."""
+"""A user's layer and callback as the tests that compare executions use them: written with the public API only."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ class UserDense(nnx.Layer):
 
     def get_config(self):
         return {"type": "UserDense", "in_features": self.in_features, "out_features": self.out_features}
+
+
+class SetAfterFirstEpoch(nnx.callbacks.Callback):
+    """A user's schedule of a hyper-parameter set after the first epoch (momentum on, amsgrad off, a NumPy float)."""
+
+    def __init__(self, **change):
+        self.change = change
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            for name, value in self.change.items():
+                setattr(self.model.optimizer, name, value)
