@@ -206,6 +206,26 @@ def test_a_model_that_fails_to_build_leaves_its_layers_free():
     model = nnx.Sequential(dense, nnx.Dense(4, 2), seed=0)
     assert [p.name for p in model.parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias"]
 
+def test_a_containers_layers_cannot_be_changed_after_it_is_built(tmp_path):
+    """Found in review: `model.layers.pop()` (Keras's `model.pop()`) ran one layer fewer while the popped layer's
+    weights stayed in parameters(), state_dict() and the saved file, which then did not load; the model kept the
+    old output shape. The held layers are fixed when the container is built."""
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Residual(nnx.Dense(4, 4)), nnx.Dense(4, 4), seed=0)
+    for container in (model, model.layers[2]):
+        with pytest.raises((AttributeError, TypeError)):
+            container.layers.pop()
+        with pytest.raises((AttributeError, TypeError)):
+            container.layers.append(nnx.Dense(4, 4))
+        with pytest.raises(TypeError):
+            container.layers[-1] = nnx.Dense(4, 4)
+        with pytest.raises(TypeError):
+            del container.layers[-1]
+    assert len(model.layers) == 4 and len(model.layers[2].layers) == 1
+    model.fit(np.ones((5, 3)), np.zeros((5, 4)), loss="mse", epochs=1)
+    model.save(tmp_path / "m.npz")
+    assert list(nnx.load(tmp_path / "m.npz").state_dict()) == list(model.state_dict())
+
+
 # -- every backend: fit, gradients, save/load/to, ONNX ------------------------------------------------
 
 @pytest.mark.parametrize("kind", list(BUILDERS))

@@ -21,6 +21,24 @@ def raise_no_dX(layer: Layer, before: Layer) -> None:
                     f"({type(before).__name__}) needs dL/dX: a backward must return dX whenever need_dX is True")
 
 
+class HeldLayers(tuple):
+    """A container's layers, fixed when it is built: a tuple whose list-style edits raise a `TypeError` saying so.
+
+    A layer taken out or put in after the build would not leave or join the container's parameters,
+    state dict and config (which the saved file must match), nor change its output shape.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a container's layers are fixed when it is built: a layer removed or added afterwards would "
+                        "stay in (or be missing from) its parameters, state_dict and saved config; build a new "
+                        "model from new layer objects and copy the weights it keeps with load_state_dict")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+
 class _Chain(Layer):
     """Layers applied in order; shapes are checked link by link when the chain is built."""
 
@@ -33,7 +51,7 @@ class _Chain(Layer):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} must be an nnx Layer, got {type(layer).__name__}")
-        self.layers: list[Layer] = list(layers)
+        self.layers: tuple[Layer, ...] = HeldLayers(layers)
 
     def expected_input_shape(self) -> Shape | None:
         return self.layers[0].expected_input_shape()
