@@ -470,3 +470,22 @@ def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_a_kernel
     model.layers[1].other = model.layers[0]
     with pytest.raises(ValueError, match=r"Dense '0' was called a second time with training=True"):
         model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=4)
+
+
+def test_freezing_a_layer_keras_style_is_refused_and_the_optimizer_subset_freezes_it():
+    """Found in review: `layer.trainable = False` (Keras) was a plain attribute nnx never read, so the "frozen"
+    layer, nested or not, trained on. nnx trains what its optimizer holds: setting False now says so, and an
+    optimizer built on a subset leaves the rest, inside containers too, unchanged."""
+    model = nested_sequential("numpy", "float64")
+    for layer in (model.layers[0], model.layers[2], model.layers[2].layers[0]):
+        assert layer.trainable
+        layer.trainable = True  # what every layer is: allowed
+        with pytest.raises(ValueError, match=r"trainable = False .* optimizer"):
+            layer.trainable = False
+    frozen = model.layers[2]
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    opt = nnx.optim.Adam([p for p in model.parameters() if all(p is not q for q in frozen.parameters())], lr=0.01)
+    X, y = _data()
+    model.fit(X, y, loss="mse", optimizer=opt, epochs=2)
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) == k.startswith("2.") for k in before)
