@@ -419,6 +419,19 @@ def test_settings_set_after_construction_are_used_moved_and_saved(backend, tmp_p
         np.testing.assert_allclose(derived, plain, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize(("cls", "name"), [(nnx.BatchNorm, "momentum"), (nnx.BatchNorm, "eps"), (nnx.LayerNorm, "eps"),
+                                          (nnx.Dropout, "rate"), (nnx.LeakyReLU, "alpha")],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_a_numpy_setting_set_after_construction_saves_as_a_float(cls, name, tmp_path):
+    """A setting set on the layer from a NumPy float32 after construction is saved as a Python float: a BatchNorm
+    momentum or a BatchNorm/LayerNorm eps failed the save with "Object of type float32 is not JSON serializable"."""
+    model = nnx.Sequential(nnx.Dense(3, 4), cls(), backend="numpy", dtype="float32", seed=0)
+    setattr(model.layers[1], name, np.float32(0.25))
+    model.save(tmp_path / "m.npz")
+    value = getattr(nnx.load(tmp_path / "m.npz").layers[1], name)
+    assert type(value) is float and value == 0.25
+
+
 @pytest.mark.parametrize("layer", [lambda: nnx.Dense(3, 2), lambda: nnx.ReLU(), lambda: nnx.Flatten(),
                                    lambda: nnx.BatchNorm(), lambda: nnx.LayerNorm()], ids=lambda f: type(f()).__name__)
 def test_a_layer_used_outside_a_model_says_so(layer):

@@ -121,8 +121,9 @@ class BatchNorm(Layer):
 
     def get_config(self) -> dict:
         # the constructor's arguments (a subclass's own too) with the live settings and the resolved feature
-        # count, so a saved model rebuilds even where the input shape is unknown
-        return _live(self, num_features=self.num_features, momentum=self.momentum, eps=self.eps)
+        # count, so a saved model rebuilds even where the input shape is unknown; floats, as the constructor
+        # keeps them: a NumPy float32 set after construction is no JSON value
+        return _live(self, num_features=self.num_features, momentum=float(self.momentum), eps=float(self.eps))
 
 
 class LayerNorm(Layer):
@@ -234,7 +235,7 @@ class LayerNorm(Layer):
 
     def get_config(self) -> dict:
         shape = None if self.normalized_shape is None else list(self.normalized_shape)
-        return _live(self, normalized_shape=shape, eps=self.eps)
+        return _live(self, normalized_shape=shape, eps=float(self.eps))
 
 
 def _live(layer: Layer, **settings: Any) -> dict:
