@@ -155,6 +155,16 @@ def test_batchnorm_train_and_inference(backend, dtype):
         assert b.value.dtype == backend.float_dtype(dtype)
 
 
+def test_batchnorm_takes_momentum_and_eps_by_name_only():
+    """torch's order is BatchNorm1d(num_features, eps, momentum), nnx's was (num_features, momentum, eps): a
+    torch user's BatchNorm(16, 1e-3) trained with momentum 1e-3 and eps 1e-5 without a word. Both are now
+    keyword-only, so the positional call is a TypeError."""
+    with pytest.raises(TypeError):
+        nnx.BatchNorm(16, 1e-3)
+    layer = nnx.BatchNorm(16, eps=1e-3, momentum=0.2)
+    assert (layer.eps, layer.momentum) == (1e-3, 0.2)
+
+
 def test_batchnorm_errors(backend):
     with pytest.raises(ValueError, match="needs num_features"):
         nnx.Sequential(nnx.Flatten(), nnx.BatchNorm(), backend=backend)

@@ -25,13 +25,16 @@ class BatchNorm(Layer):
     zeros, and neither is regularized. ``running_mean`` and ``running_var`` are buffers:
     saved, loaded and moved with the model, never trained.
 
+    ``momentum`` is torch's (Keras's ``momentum=0.99`` is ``momentum=0.01`` here). It and ``eps``
+    are keyword-only: torch's positional order is ``(num_features, eps, momentum)``.
+
     Args:
         num_features: features per sample; None takes it from the input shape.
         momentum: weight of the newest batch in the running estimates, in [0, 1].
         eps: added to the variance before the square root, > 0.
     """
 
-    def __init__(self, num_features: int | None = None, momentum: float = 0.1, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int | None = None, *, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_features = None if num_features is None else check.positive_int("num_features", num_features)
         self.momentum = check.real("BatchNorm momentum", momentum, 0.0, 1.0)
