@@ -207,10 +207,13 @@ def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     y_true, y_pred = _by_output(xp, y_true), _by_output(xp, y_pred)
     ss_res = xp.sum((y_true - y_pred) ** 2, axis=1)
     ss_tot = xp.sum((y_true - xp.mean(y_true, axis=1, keepdims=True)) ** 2, axis=1)
-    # A constant target scores 1 when predicted exactly and 0 otherwise, as in scikit-learn.
+    # A constant target scores 1 when predicted exactly and 0 otherwise, as in scikit-learn. Constant is told by
+    # its values, not by ss_tot == 0: the mean of equal values may round (0.1 seven times in float32), leaving an
+    # ss_tot of ~1e-15 that turned a prediction 0.01 off into r2 = -1.8e12.
     # (the standard's where takes at most one Python scalar, hence the array for the inner one)
     exact = xp.astype(ss_res == 0, ss_res.dtype)
-    per_output = xp.where(ss_tot > 0, 1.0 - ss_res / xp.where(ss_tot > 0, ss_tot, 1.0), exact)
+    varies = (xp.max(y_true, axis=1) > xp.min(y_true, axis=1)) & (ss_tot > 0)
+    per_output = xp.where(varies, 1.0 - ss_res / xp.where(varies, ss_tot, 1.0), exact)
     return xp.mean(per_output)
 
 

@@ -110,6 +110,21 @@ def test_r2_constant_target_matches_sklearn(backend, dtype):
         assert got == pytest.approx(expected, abs=1e-6)
 
 
+def test_r2_of_a_constant_target_is_0_or_1_whatever_the_rounding_of_its_mean(backend, dtype):
+    # found in review: a constant column's mean rounds (0.1 seven times in float32 averages to 0.1 + 1 ulp), so
+    # its sum of squares about the mean was ~1e-15 instead of 0 and r2 scored 1 - ss_res / 1e-15 = -1.8e12 for a
+    # prediction 0.01 off, swamping the other outputs' average; at 1e5 over 12345 rows it read 0.889 instead of 0.
+    # (scikit-learn's own test of the sum against 0 has the same flaw, in float64 too: 0.7 ten times gives -4e27)
+    for value, rows in ((0.1, 7), (0.7, 10), (100000.1, 12345)):
+        true = np.full((rows, 2), value)
+        true[:, 1] = np.linspace(0.0, 1.0, rows)
+        for exact, pred in ((1.0, true.copy()), (0.0, true + 0.01)):
+            # scored per output, as scikit-learn defines it for a constant target: 1 if predicted exactly, else 0
+            expected = (exact + _sklearn_metrics().r2_score(true[:, 1], pred[:, 1])) / 2
+            got = _value(backend, "r2", backend.asarray(true, dtype=dtype), backend.asarray(pred, dtype=dtype))
+            assert got == pytest.approx(expected, abs=1e-3), (value, rows, pred[0])
+
+
 def test_fit_and_evaluate_report_metrics_by_name(backend, dtype):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(N, 4))
