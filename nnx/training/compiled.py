@@ -257,9 +257,9 @@ class CompiledStep:
         self._start: tuple | None = None
 
     def host_counters(self) -> tuple:
-        """The optimizer's host counters now, as `hold_verdict` takes them to roll back to."""
+        """The optimizer's host counters and the dropout counter now, as `hold_verdict` takes them to roll back to."""
         opt = self.optimizer
-        return opt.step_count, list(opt.param_steps), set(opt.state)
+        return opt.step_count, list(opt.param_steps), set(opt.state), self.rng.counter
 
     def start_carry(self, t: int, counter: int) -> Any:
         """The carry an epoch's first step takes: update count `t`, dropout `counter`, nothing refused yet, the
@@ -287,12 +287,17 @@ class CompiledStep:
             self._restore(start, int(host[CARRY_T]) - (start[1][0] + 1))
         elif first >= 0:
             self._restore(start, first)
+        if first >= 0:
+            # The plain loop stops at the refused step, after its forward drew its masks; the program ran the
+            # epoch's later steps too. The stream goes on from where the plain one stopped, so a fit continued
+            # after the error draws the masks it would.
+            self.rng.counter = start[3] + self.draws_per_step * (first + 1)
         return first if first >= 0 else None
 
     def _restore(self, start: tuple, updates: int) -> None:
         """The optimizer's host counters as after `updates` steps from `start` (the device kept those arrays)."""
         opt = self.optimizer
-        count, param_steps, had_state = start
+        count, param_steps, had_state, _ = start
         opt.step_count = count + updates
         opt.param_steps[:] = [s + updates for s in param_steps]
         if updates == 0:
