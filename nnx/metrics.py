@@ -25,6 +25,21 @@ def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
     return y_pred > (0.0 if from_logits else 0.5)
 
 
+def _like_outputs(xp: Any, y_true: Any, y_pred: Any) -> Any:
+    """`y_true` in `y_pred`'s shape, or ValueError unless it holds as many rows, each of as many values.
+
+    ``(n,)`` against ``(n, 1)`` (and back) is how fit passes one output's targets; anything else reshaped would
+    be scored scrambled: targets transposed or flattened (scikit-learn and the losses refuse them).
+    """
+    t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
+    if t_shape == p_shape:
+        return y_true
+    if not t_shape or t_shape[0] != p_shape[0] or math.prod(t_shape) != math.prod(p_shape):
+        raise ValueError(f"y_true must hold one row per row of y_pred, shaped like it: got y_true {t_shape} "
+                         f"for y_pred {p_shape} (as many rows and values per row are reshaped; others are not)")
+    return xp.reshape(y_true, p_shape)
+
+
 def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
     """`score`, or NaN where an output is NaN: such an output has no class (a threshold would file it under
     class 0, an argmax under whatever index the backend picks), so the score would only look like one."""
@@ -55,13 +70,13 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
     if n_out == 1:
         y_pred = xp.reshape(y_pred, (-1, 1))  # (n,) outputs: one output, not one class per row
         pred = xp.astype(_binary_labels(xp, y_pred, from_logits)[:, 0], xp.int64)
-        true = xp.astype(xp.reshape(y_true, (-1,)) > 0.5, xp.int64)
+        true = xp.astype(_like_outputs(xp, y_true, y_pred)[:, 0] > 0.5, xp.int64)
         return true, pred, 2
     pred = xp.argmax(y_pred, axis=-1)
     if y_true.ndim == 2 and y_true.shape[-1] == n_out:
         true = xp.argmax(y_true, axis=-1)  # one-hot rows
-    else:
-        true = xp.astype(xp.reshape(y_true, (-1,)), pred.dtype)  # class indices, (n,) or (n, 1)
+    else:  # class indices, (n,) or (n, 1)
+        true = xp.astype(_like_outputs(xp, y_true, y_pred[:, :1])[:, 0], pred.dtype)
     return true, pred, n_out
 
 
@@ -129,14 +144,14 @@ def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
 def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
     """True positives, predicted positives and actual positives per output, each output a yes/no label."""
     dtype = y_pred.dtype
-    true = xp.reshape(y_true, y_pred.shape) > 0.5
+    true = _like_outputs(xp, y_true, y_pred) > 0.5
     pred = _binary_labels(xp, y_pred, from_logits)
     return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
 
 
 def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
-    true = xp.reshape(y_true, y_pred.shape) > 0.5
+    true = _like_outputs(xp, y_true, y_pred) > 0.5
     right = xp.all(true == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
     return _unless_nan(xp, y_pred, xp.mean(xp.astype(right, y_pred.dtype)))
 
@@ -165,7 +180,7 @@ def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> An
 
 
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
-    return xp.reshape(y_true, y_pred.shape), y_pred
+    return _like_outputs(xp, y_true, y_pred), y_pred
 
 
 def mse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:

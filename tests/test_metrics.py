@@ -307,3 +307,36 @@ def test_class_metrics_of_continuous_targets_are_nan(backend, dtype):
         assert np.isnan(_value(backend, "accuracy", backend.asarray(bad, dtype=dtype), outputs))
     labels = backend.asarray(rng.integers(0, 3, N).astype(np.float64), dtype=dtype)  # indices stored as floats
     assert np.isfinite(_value(backend, "f1", labels, outputs))
+
+
+def test_targets_of_other_rows_than_the_outputs_are_refused_not_reshaped(backend, dtype):
+    # found in review: the metrics reshaped y_true to y_pred's shape whatever it was, so targets given transposed
+    # ((outputs, n) for (n, outputs)) or flat ((n * outputs,)) were scored, scrambled, without a word (r2 -0.9
+    # for 1.0 on a perfect prediction); scikit-learn refuses them, and the losses do
+    rng = np.random.default_rng(8)
+    pred = rng.normal(size=(6, 3))
+    y_pred = backend.asarray(pred, dtype=dtype)
+    labels = (pred > 0).astype(float)
+    for wrong in (pred.T, pred.reshape(-1), pred[:3]):
+        y_true = backend.asarray(wrong, dtype=dtype)
+        for name in REGRESSION:
+            with pytest.raises(ValueError, match=r"y_true.*rows"):
+                _value(backend, name, y_true, y_pred)
+    for wrong in (labels.T, labels.reshape(-1)):
+        for fn in (nnx.metrics.label_accuracy, nnx.metrics.label_precision, nnx.metrics.label_recall,
+                   nnx.metrics.label_f1):
+            with pytest.raises(ValueError, match=r"y_true.*rows"):
+                fn(backend.xp, backend.asarray(wrong, dtype=dtype), y_pred)
+    # one output: a row of n labels is not n rows of one
+    one = backend.asarray(pred[:, :1], dtype=dtype)
+    for name in CLASSIFICATION + REGRESSION:
+        with pytest.raises(ValueError, match=r"y_true.*rows"):
+            _value(backend, name, backend.asarray(np.ones((1, 6)), dtype=dtype), one)
+    # what fit passes stays accepted: (n,) against (n, 1), (n, 1) against (n,), class indices as (n,) or (n, 1)
+    flat_true = backend.asarray((pred[:, 0] > 0).astype(float), dtype=dtype)
+    for name in CLASSIFICATION + REGRESSION:
+        _value(backend, name, flat_true, one)
+        _value(backend, name, backend.xp.reshape(flat_true, (6, 1)), backend.xp.reshape(one, (6,)))
+    for indices in (backend.asarray(np.arange(6) % 3), backend.asarray((np.arange(6) % 3)[:, None])):
+        for name in CLASSIFICATION:
+            _value(backend, name, indices, y_pred)
