@@ -196,7 +196,7 @@ def mae(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
 
 
 def rmse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
-    """Root mean squared error over all elements."""
+    """Root of the mean squared error over all elements (Keras's), not scikit-learn's mean of per-output roots."""
     return xp.sqrt(mse(xp, y_true, y_pred))
 
 
