@@ -285,9 +285,10 @@ class Sequential(_Chain):
     def forward_to_head(self, X: Any, n_layers: int, training: bool, runners: Sequence[Any] | None = None) -> Any:
         """The output of the first `n_layers` layers for a prepared batch (see `output_head`).
 
-        `runners`, when given, run those layers instead: one per layer, each the layer itself or a
-        kernel declared for it (`nnx.kernels.layer_runners`), with the layer's `forward` and `backward`;
-        the layers their kernels run count as called from the start of a training pass.
+        `runners`, when given, run those layers instead: one per layer, each a kernel declared for it,
+        its class's own passes, or the layer itself (`nnx.kernels.layer_runners`), with the layer's
+        `forward` and `backward`; the layers they run past the wrappers count as called from the start
+        of a training pass.
         """
         running = self.layers[:n_layers] if runners is None else runners
         passes = None if not training or self.context is None else self.context.forward_pass
@@ -295,8 +296,8 @@ class Sequential(_Chain):
             for layer in running:
                 X = layer.forward(X, training)
             return X
-        # a training pass: each layer object may run once (see `nnx.layers.base.ForwardPass`)
-        passes.seen = set(getattr(runners, "kernel_layers", ()))
+        # a training pass: each layer object may run once (see `nnx.layers.passes.ForwardPass`)
+        passes.seen = set(getattr(runners, "counted_layers", ()))
         try:
             for layer in running:
                 X = layer.forward(X, training)

@@ -462,13 +462,16 @@ class Reapply(nnx.Layer):
         return self.other.backward(dY, need_dX)
 
 
-def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_a_kernel_runs_it(backend):
-    """On NumPy and torch fit runs a top-level Dense through its kernel: that call counts as the layer's."""
+@pytest.mark.parametrize("first", [lambda: nnx.Dense(3, 3), nnx.Tanh], ids=["Dense", "Tanh"])
+def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_the_step_runs_it(backend, first):
+    """On NumPy and torch fit runs a top-level Dense through its kernel, and an undeclared layer (Tanh) through
+    its class's plain passes: that call counts as the layer's, and a second use is refused all the same."""
     rng = np.random.default_rng(5)
     X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 3))
-    model = nnx.Sequential(nnx.Dense(3, 3), Reapply(), backend=backend, seed=0)
+    model = nnx.Sequential(first(), Reapply(), nnx.Dense(3, 3), backend=backend, seed=0)
     model.layers[1].other = model.layers[0]
-    with pytest.raises(ValueError, match=r"Dense '0' was called a second time with training=True"):
+    name = type(model.layers[0]).__name__
+    with pytest.raises(ValueError, match=rf"{name} '0' was called a second time with training=True"):
         model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=4)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.kernels import layer_runners
+from nnx.kernels import OwnPasses, layer_runners
 
 torch = pytest.importorskip("torch")
 
@@ -62,12 +62,37 @@ class MyReLU(nnx.ReLU):
 
 
 def test_kernels_run_only_where_declared():
+    """An undeclared layer runs its class's own passes (past `Layer`'s wrappers); one whose passes were replaced
+    on the object runs as written, wrappers included."""
     torch_be = nnx.get_backend("torch")
     plain = [_layer(nnx.ReLU, "numpy"), _layer(MyReLU, "torch"), _layer(nnx.Tanh, "torch")]
     replaced = _layer(nnx.ReLU, "torch")
     replaced.forward = lambda X, training=False: X  # a user's hook on this object runs as written
-    for layer in plain + [replaced]:
-        assert layer_runners([layer], torch_be if layer.backend.name == "torch" else layer.backend) == [layer]
+    for layer in plain:
+        (runner,) = layer_runners([layer], layer.backend)
+        assert isinstance(runner, OwnPasses) and runner.layer is layer
+        own = nnx.ReLU if isinstance(layer, nnx.ReLU) else nnx.Tanh  # MyReLU inherits ReLU's passes
+        assert runner.forward.__func__ is own.forward.__wrapped__  # the class's code, past `Layer`'s wrapper
+    assert layer_runners([replaced], torch_be) == [replaced]
+
+
+@pytest.mark.parametrize("method", ["forward", "backward"])
+def test_an_undeclared_layers_pass_patched_on_its_class_runs_as_written(method, monkeypatch):
+    """A patch on a class without a kernel (here Tanh) is what fit runs, not the class's pass as first made."""
+    calls = []
+    original = getattr(nnx.Tanh, method)
+
+    def counted(self, *args, **kwargs):
+        calls.append(method)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(nnx.Tanh, method, counted)
+    model = nnx.Sequential(nnx.Dense(3, 2), nnx.Tanh(), backend="numpy", seed=0)
+    assert layer_runners(model.layers[1:], model.backend) == list(model.layers[1:])
+    gen = np.random.default_rng(0)
+    model.fit(gen.normal(size=(8, 3)), gen.normal(size=(8, 2)), loss="mse", optimizer="sgd", epochs=1,
+              batch_size=4, verbose=0)
+    assert calls == [method] * 2
 
 
 @pytest.mark.parametrize("method", ["forward", "backward"])
@@ -84,7 +109,7 @@ def test_a_method_replaced_on_the_class_runs_as_written(backend_name, method, mo
 
     monkeypatch.setattr(nnx.Dense, method, frozen_weights)
     model = nnx.Sequential(nnx.Dense(3, 2), nnx.ReLU(), backend=backend_name, seed=0)
-    assert layer_runners(model.layers[:1], model.backend) == model.layers[:1]
+    assert layer_runners(model.layers[:1], model.backend) == list(model.layers[:1])
     if method == "backward":
         before = np.array(model.backend.to_host(model.layers[0].weight.value))
         gen = np.random.default_rng(0)

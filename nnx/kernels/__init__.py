@@ -22,10 +22,11 @@ from typing import Any
 
 from ..layers.activation import ReLU
 from ..layers.dense import Dense
+from ..layers.passes import note_training_forward, plain_passes
 from . import numpy_dense, torch_dense, torch_relu
 from .dense import DenseKernel
 
-__all__ = ["LayerRunners", "gradient_writers", "layer_runners"]
+__all__ = ["LayerRunners", "OwnPasses", "gradient_writers", "layer_runners"]
 
 # (exact layer class, backend name) -> the kernel's constructor, called with the layer
 _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
@@ -40,21 +41,40 @@ _DECLARED_PASSES: dict[type, tuple[Any, Any]] = {cls: (cls.forward, cls.backward
 
 
 class LayerRunners(list):
-    """What runs each layer in a training step (its kernel, or the layer itself), in the layers' order.
+    """What runs each layer in a training step (its kernel, its plain passes, or the layer itself), in order.
 
-    `kernel_layers` holds the ids of the layers a kernel runs: the model's training forward counts them as
-    called from its start (`nnx.layers.base.ForwardPass`), so that a second use of one is refused as for any
-    layer, without each kernel noting itself every step.
+    `counted_layers` holds the ids of the layers whose kernel or plain passes (`OwnPasses`) run them: the
+    model's training forward counts them as called from its start (`nnx.layers.passes.ForwardPass`), so that a
+    second use of one is refused as for any layer, without each noting itself every step.
     """
 
-    kernel_layers: frozenset[int] = frozenset()
+    counted_layers: frozenset[int] = frozenset()
+
+    def note_training_forward(self) -> None:
+        """Note a training forward on each layer run past its wrappers (`OwnPasses`): the step calls it before its
+        first forward, as the wrappers would note each call (`nnx.layers.passes.note_training_forward`)."""
+        for runner in self:
+            if isinstance(runner, OwnPasses):
+                note_training_forward(runner.layer)
+
+
+class OwnPasses:
+    """Runs an undeclared layer in a training step with the forward and backward its class defines, past the
+    wrappers `Layer` puts around them for calls from anywhere (`nnx.layers.passes.plain_passes`): the layer's own
+    code, a user's included, without about 1 us a layer a step of bookkeeping."""
+
+    __slots__ = ("layer", "forward", "backward")
+
+    def __init__(self, layer: Any, forward: Callable, backward: Callable) -> None:
+        self.layer, self.forward, self.backward = layer, forward, backward
 
 
 def layer_runners(layers: Sequence[Any], backend: Any) -> LayerRunners:
-    """What runs each of `layers` in a training step on `backend`: its declared kernel, or the layer itself."""
+    """What runs each of `layers` in a training step on `backend`: its declared kernel, its class's plain
+    passes, or the layer itself (passes replaced on the object or patched on the class)."""
     runners = LayerRunners(_runner(layer, backend.name) for layer in layers)
-    runners.kernel_layers = frozenset(id(layer) for layer, runner in zip(layers, runners, strict=True)
-                                      if runner is not layer)
+    runners.counted_layers = frozenset(id(layer) for layer, runner in zip(layers, runners, strict=True)
+                                       if runner is not layer)
     return runners
 
 
@@ -66,7 +86,9 @@ def gradient_writers(runners: Sequence[Any]) -> list[Any]:
 def _runner(layer: Any, backend_name: str) -> Any:
     cls = type(layer)
     make = _LAYER_KERNELS.get((cls, backend_name))
-    if make is None or "forward" in vars(layer) or "backward" in vars(layer) \
-            or _DECLARED_PASSES[cls] != (cls.forward, cls.backward):
-        return layer  # undeclared, or its passes replaced on this object or its class: they run as written
+    passes = plain_passes(layer)
+    if passes is None:
+        return layer  # its passes replaced on this object or its class: they run as written, wrappers included
+    if make is None or _DECLARED_PASSES[cls] != (cls.forward, cls.backward):
+        return OwnPasses(layer, *passes)  # undeclared, or its class's passes patched since the kernel was declared
     return make(layer)

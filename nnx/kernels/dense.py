@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layers.base import nothing_kept
 from ..layers.dense import check_input
+from ..layers.passes import nothing_kept
 
 
 class DenseKernel:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..layers.base import nothing_kept
+from ..layers.passes import nothing_kept
 
 
 class ReLUKernel:

@@ -13,7 +13,8 @@ from typing import Any
 
 from .. import _validate as check
 from .. import activations as act
-from .base import Layer, nothing_kept
+from .base import Layer
+from .passes import nothing_kept
 
 
 class _Activation(Layer):

@@ -16,10 +16,9 @@ long as those arguments are JSON values.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import array_api_compat
@@ -37,6 +36,7 @@ from ..registry import (
 )
 from ..regularizers import Regularizer
 from .parameter import Buffer, Parameter
+from .passes import ForwardPass, wrap_backward, wrap_forward
 
 LAYERS = Registry(
     "layer",
@@ -72,21 +72,6 @@ class ExportGraph(Protocol):
                  domain: str = "", **attributes: Any) -> Any:
         """Add one operator and return its output's name (a tuple of names for several outputs)."""
         ...
-
-
-class ForwardPass:
-    """Which layers ran with ``training=True`` in the model's current training forward (None between passes).
-
-    One object is shared by every layer of a model (`BuildContext.child` passes it on). A layer keeps what
-    one call needs for its backward, so a second training call of the same object in one pass would
-    overwrite the first's and give a wrong gradient: `Layer.forward` refuses it while a pass is open. The layers
-    a training step runs by their kernels (`nnx.kernels`) count as called from the pass's start.
-    """
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen: set[int] | None = None  # ids of the layers that ran in the open pass
 
 
 class BuildContext:
@@ -211,11 +196,11 @@ class Layer:
         # every layer's backward, a user's included, fails the same clear way before a training forward
         if "forward" in cls.__dict__:
             plain = cls.__dict__["forward"]
-            cls.forward = _noting_training_forward(plain)  # type: ignore[method-assign]
+            cls.forward = wrap_forward(plain)  # type: ignore[method-assign]
             if cls.__dict__.get("__call__") is plain:  # `__call__ = forward` in the class body
                 cls.__call__ = cls.forward  # type: ignore[method-assign]
         if "backward" in cls.__dict__:
-            cls.backward = _needing_training_forward(cls.backward)  # type: ignore[method-assign]
+            cls.backward = wrap_backward(cls.backward)  # type: ignore[method-assign]
         register(LAYERS, cls, name, "registered_name")
 
     def __init__(self) -> None:
@@ -482,85 +467,6 @@ def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_k
 def _regularizer_config(value: Any) -> Any:
     """A constructor argument as saved: a regularizer as its config (`get_regularizer` takes it back)."""
     return value.get_config() if isinstance(value, Regularizer) else value
-
-
-def _noting_training_forward(forward: Callable) -> Callable:
-    """Wrap a layer's forward so that a call with ``training=True`` is remembered for `backward`."""
-
-    @functools.wraps(forward)
-    def wrapper(self: Layer, X: Any, training: bool = False, *args: Any, **kwargs: Any) -> Any:
-        if training:
-            self._ran_training_forward = True
-            if type(self).forward is wrapper:  # a parent class's forward called through super() is the same call
-                note_training_call(self)
-        try:
-            if args or kwargs:
-                return forward(self, X, training, *args, **kwargs)
-            return forward(self, X, training)  # a plain call: unpacking empty *args/**kwargs costs ~0.5 us a layer
-        except Exception as exc:  # no cost until one is raised
-            if getattr(self, "context", True) is None:
-                raise _not_in_a_model(self) from exc  # what failed is the layer's unbuilt state, not X
-            raise
-
-    return wrapper
-
-
-def _not_in_a_model(layer: Layer) -> RuntimeError:
-    """The error of a layer called on its own: it has no backend, dtype or arrays until a model builds it."""
-    return RuntimeError(
-        f"{type(layer).__name__} is not part of a model: a layer computes with the backend, dtype and arrays "
-        "that the model it joins gives it. Put it in nnx.Sequential(..., backend=...) and call the model, or call "
-        "model.layers[i].forward on an X prepared by model.prepare_inputs(X)")
-
-
-def note_training_call(layer: Layer) -> None:
-    """Count a call of `layer` with ``training=True`` in its model's training forward; ValueError on a second.
-
-    `Layer.forward` calls it; a layer its kernel runs (`nnx.kernels`) is counted when the pass opens.
-    """
-    context = layer.context
-    seen = None if context is None else context.forward_pass.seen
-    if seen is not None:
-        if id(layer) in seen:
-            _refuse_second_use(layer)
-        seen.add(id(layer))
-
-
-def _refuse_second_use(layer: Layer) -> None:
-    """ValueError naming `layer`, called a second time with ``training=True`` in one training forward."""
-    path = layer._require_context().prefix.rstrip(".")
-    raise ValueError(
-        f"{type(layer).__name__} {path!r} was called a second time with training=True in one forward pass: a "
-        "layer keeps what one call needs for its backward (its input, its activations), so the second call would "
-        "overwrite the first's and the gradient would be wrong. Use a separate layer object for each place it is "
-        "used, or, to share weights, write one layer whose forward applies them at every place and whose "
-        "backward adds up their gradients (a call with training=False keeps nothing and may repeat)")
-
-
-def nothing_kept(layer: Any) -> RuntimeError:
-    """The error of a built-in backward that finds nothing kept: no training forward came, or its backward ran."""
-    return RuntimeError(f"{type(layer).__name__}.backward needs a forward(X, training=True) first: backward uses what "
-                        "that forward keeps (training=False keeps nothing), once per training forward")
-
-
-_NOT_GIVEN = object()  # backward's need_dX left to the layer's own default
-
-
-def _needing_training_forward(backward: Callable) -> Callable:
-    """Wrap a layer's backward so that it raises one clear error when no training forward came before it."""
-
-    @functools.wraps(backward)
-    def wrapper(self: Layer, dY: Any, need_dX: Any = _NOT_GIVEN, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(self, "_ran_training_forward", False):
-            raise RuntimeError(f"{type(self).__name__}.backward needs a forward(X, training=True) first: backward "
-                               "uses what that forward keeps (training=False keeps nothing)")
-        if need_dX is _NOT_GIVEN:
-            return backward(self, dY, *args, **kwargs)
-        if args or kwargs:
-            return backward(self, dY, need_dX, *args, **kwargs)
-        return backward(self, dY, need_dX)  # a plain call, as in forward's wrapper
-
-    return wrapper
 
 
 def layer_from_config(config: Any) -> Layer:

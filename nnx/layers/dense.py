@@ -7,7 +7,8 @@ from typing import Any
 from .. import _validate as check
 from ..init import get_initializer
 from ..regularizers import Regularizer, get_regularizer
-from .base import Layer, Shape, nothing_kept
+from .base import Layer, Shape
+from .passes import nothing_kept
 
 
 class Dense(Layer):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _validate as check
-from .base import Layer, nothing_kept
+from .base import Layer
+from .passes import nothing_kept
 
 
 class _NoMask:

@@ -11,7 +11,8 @@ import inspect
 from typing import Any, cast
 
 from .. import _validate as check
-from .base import Layer, Shape, constructor_config, nothing_kept
+from .base import Layer, Shape, constructor_config
+from .passes import nothing_kept
 
 
 class BatchNorm(Layer):

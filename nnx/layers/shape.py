@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import Layer, Shape, nothing_kept
+from .base import Layer, Shape
+from .passes import nothing_kept
 
 
 class Flatten(Layer):

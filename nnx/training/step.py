@@ -130,6 +130,8 @@ class TrainStep:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
         if self.check_finite and self.buffers:  # the forward rebinds them (never writes in place): no copy
             self._buffers_before = [(b, b.value) for b in self.buffers]
+        if not self.checked_inputs and self.runners is not None:  # the first batch
+            self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
         if self.checked_inputs:
             value, self._dZ = self.head.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
