@@ -1,6 +1,7 @@
 """Metrics `fit` and `evaluate` report: each maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
 
-y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape.
+y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape; the
+regression metrics (mse, mae, rmse, r2) read class indices as one-hot rows, as a cross-entropy loss does.
 With a binary cross-entropy loss, every output is a label of its own (multi-label indicator
 targets): `fit` and `evaluate` then score ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"``
 per label, as scikit-learn scores multi-label targets (see `resolve_metrics`).
@@ -180,6 +181,13 @@ def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> An
 
 
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+    """`y_true` in `y_pred`'s shape and dtype: class indices (one per row, for several outputs) as one-hot rows,
+    which is how a cross-entropy loss reads them, so that they score as one-hot targets do."""
+    n_out = 1 if y_pred.ndim < 2 else y_pred.shape[-1]
+    if y_pred.ndim == 2 and n_out > 1 and tuple(y_true.shape) in ((y_pred.shape[0],), (y_pred.shape[0], 1)):
+        classes = xp.arange(n_out, dtype=y_pred.dtype, device=array_device(y_pred))
+        indices = xp.reshape(xp.astype(y_true, y_pred.dtype), (y_pred.shape[0], 1))
+        return xp.astype(indices == classes, y_pred.dtype), y_pred
     return _like_outputs(xp, y_true, y_pred), y_pred
 
 

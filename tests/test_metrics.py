@@ -340,3 +340,18 @@ def test_targets_of_other_rows_than_the_outputs_are_refused_not_reshaped(backend
     for indices in (backend.asarray(np.arange(6) % 3), backend.asarray((np.arange(6) % 3)[:, None])):
         for name in CLASSIFICATION:
             _value(backend, name, indices, y_pred)
+
+
+def test_regression_metrics_read_class_indices_as_the_one_hot_rows_they_stand_for(backend):
+    # found in review: with a cross-entropy loss, class indices and one-hot rows train, evaluate and score the same
+    # (docs/training.md), but "mse" (and mae, rmse, r2) refused indices (n,) against (n, classes) outputs
+    rng = np.random.default_rng(9)
+    X, labels = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+    one_hot = np.eye(3)[labels]
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.Softmax(), backend=backend, dtype="float64", seed=0)
+    by_rows = model.evaluate(X, one_hot, loss="ce", metrics=list(REGRESSION))
+    for y in (labels, labels.reshape(-1, 1), labels.astype(float)):
+        got = model.evaluate(X, y, loss="ce", metrics=list(REGRESSION))
+        assert got == pytest.approx(by_rows, rel=1e-12)
+    history = model.fit(X, labels, loss="ce", metrics=["mse"], epochs=1, batch_size=8, verbose=0).history
+    assert np.isfinite(history["mse"][0])
