@@ -114,13 +114,15 @@ class L1(Regularizer):
     def penalty(self, W: Any) -> Any:
         """``l * sum(|W|)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
-        return self.l * xp.sum(xp.abs(W))
+        # each strength as a Python float: a NumPy float64 set after construction would make a float32 model's
+        # penalty and gradients float64 (NumPy's scalars keep their dtype; Python's take the array's)
+        return float(self.l) * xp.sum(xp.abs(W))
 
     @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l * sign(W)``."""
         xp = array_api_compat.array_namespace(W)
-        return self.l * xp.sign(W)
+        return float(self.l) * xp.sign(W)
 
 
 class L2(Regularizer):
@@ -140,12 +142,12 @@ class L2(Regularizer):
     def penalty(self, W: Any) -> Any:
         """``l / 2 * sum(W**2)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
-        return (self.l / 2) * xp.sum(W * W)
+        return (float(self.l) / 2) * xp.sum(W * W)
 
     @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l * W``."""
-        return self.l * W
+        return float(self.l) * W
 
 
 class ElasticNet(Regularizer):
@@ -164,13 +166,13 @@ class ElasticNet(Regularizer):
     def penalty(self, W: Any) -> Any:
         """``l1 * sum(|W|) + l2 / 2 * sum(W**2)`` as a 0-d array."""
         xp = array_api_compat.array_namespace(W)
-        return self.l1 * xp.sum(xp.abs(W)) + (self.l2 / 2) * xp.sum(W * W)
+        return float(self.l1) * xp.sum(xp.abs(W)) + (float(self.l2) / 2) * xp.sum(W * W)
 
     @_weights_arg
     def gradient(self, W: Any) -> Any:
         """``l1 * sign(W) + l2 * W``."""
         xp = array_api_compat.array_namespace(W)
-        return self.l1 * xp.sign(W) + self.l2 * W
+        return float(self.l1) * xp.sign(W) + float(self.l2) * W
 
 
 REGULARIZERS.add("elastic_net", ElasticNet)

@@ -443,3 +443,44 @@ def test_a_layer_used_outside_a_model_says_so(layer):
     with pytest.raises(RuntimeError, match=r"is not part of a model.*nnx\.Sequential"):
         layer().forward(X)
     np.testing.assert_allclose(nnx.Sigmoid().forward(np.zeros((2, 3))), 0.5)
+
+
+SETTINGS_SET_LATER = [
+    (lambda: nnx.Dropout(0.2), "rate", 0.3),
+    (lambda: nnx.LeakyReLU(0.1), "alpha", 0.2),
+    (lambda: nnx.BatchNorm(4), "momentum", 0.2),
+    (lambda: nnx.BatchNorm(4), "eps", 1e-3),
+    (lambda: nnx.LayerNorm(4), "eps", 1e-3),
+]
+
+
+@pytest.mark.parametrize("make, name, value", SETTINGS_SET_LATER, ids=["Dropout.rate", "LeakyReLU.alpha",
+                                                                       "BatchNorm.momentum", "BatchNorm.eps",
+                                                                       "LayerNorm.eps"])
+def test_a_numpy_float64_setting_set_later_keeps_a_float32_model_float32(backend, make, name, value):
+    # found in review: NumPy's scalars keep their dtype, so a rate or an eps set from a NumPy schedule made a
+    # float32 model's masks, outputs and running statistics float64 on NumPy (the numbers unchanged)
+    layer = make()
+    model = nnx.Sequential(nnx.Dense(3, 4), layer, nnx.Dense(4, 1), backend=backend, dtype="float32", seed=0)
+    setattr(layer, name, np.float64(value))
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
+    model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=8, verbose=0)
+    assert {nnx.backends.dtype_name(v.dtype) for v in model.state_dict().values()} == {"float32"}
+    assert nnx.backends.dtype_name(model.predict(X).dtype) == "float32"
+
+
+@pytest.mark.parametrize("make", [lambda: L1(0.01), lambda: L2(0.01), lambda: ElasticNet(0.01, 0.01)],
+                         ids=["L1", "L2", "ElasticNet"])
+def test_a_numpy_float64_strength_set_later_keeps_a_float32_model_training(backend, make):
+    # found in review: a NumPy float64 strength made the gradients float64, and fit failed naming the parameter's
+    # gradient dtype, not the regularizer
+    reg = make()
+    for attr in [a for a in ("l", "l1", "l2") if hasattr(reg, a)]:
+        setattr(reg, attr, np.float64(0.02))
+    model = nnx.Sequential(nnx.Dense(3, 4, regularizer=reg), nnx.Dense(4, 1), backend=backend, dtype="float32",
+                           seed=0)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
+    model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=8, verbose=0)
+    assert {nnx.backends.dtype_name(v.dtype) for v in model.state_dict().values()} == {"float32"}

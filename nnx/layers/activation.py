@@ -117,13 +117,15 @@ class LeakyReLU(_Activation):
     def forward(self, X: Any, training: bool = False) -> Any:
         if training:
             self._cache = X
-        return act.leaky_relu(X, self.alpha)
+        # float(): a NumPy float64 set after construction would make a float32 model's arrays float64 (NumPy's
+        # scalars keep their dtype; Python's take the array's)
+        return act.leaky_relu(X, float(self.alpha))
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
         X, self._cache = self._cache, None
         if X is None:
             raise nothing_kept(self)
-        return self.xp.where(X > 0.0, dY, self.alpha * dY)
+        return self.xp.where(X > 0.0, dY, float(self.alpha) * dY)
 
     def to_onnx(self, graph: Any, X: str) -> str:
         if graph.dtype == "float32":

@@ -34,15 +34,18 @@ class Dropout(Layer):
     def forward(self, X: Any, training: bool = False) -> Any:
         if not training:
             return X  # keep the mask: an inference pass between forward and backward must not change the gradient
-        if not 0.0 <= self.rate < 1.0:  # one set after construction (NaN fails it too)
-            raise ValueError(f"Dropout rate must be a number in [0, 1) when it runs, got {self.rate!r}")
-        if self.rate == 0.0:
+        rate = self.rate
+        if not 0.0 <= rate < 1.0:  # one set after construction (NaN fails it too)
+            raise ValueError(f"Dropout rate must be a number in [0, 1) when it runs, got {rate!r}")
+        # a Python float: a NumPy float64 set after construction would make a float32 model's mask float64
+        rate = float(rate)
+        if rate == 0.0:
             self._mask = _NO_MASK
             return X
         # the kept units' scale, 0 where dropped, multiplied in as torch and Keras do: a dropped inf or NaN
         # gives NaN (as does a NaN gradient there), not a clean 0 that would hide it
-        kept = self.rng.uniform(tuple(X.shape), self.dtype) >= self.rate
-        self._mask = self.xp.astype(kept, X.dtype) * (1.0 / (1.0 - self.rate))
+        kept = self.rng.uniform(tuple(X.shape), self.dtype) >= rate
+        self._mask = self.xp.astype(kept, X.dtype) * (1.0 / (1.0 - rate))
         return X * self._mask
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:

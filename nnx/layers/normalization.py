@@ -74,8 +74,11 @@ class BatchNorm(Layer):
         if X.ndim != 2 or X.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm({self.num_features}) expects input of shape (batch, {self.num_features}), "
                              f"got {tuple(X.shape)}")
+        # the settings as Python floats: a NumPy float64 set after construction would make a float32 model's
+        # outputs and running statistics float64 (NumPy's scalars keep their dtype; Python's take the array's)
+        eps = float(self.eps)
         if not training:
-            inv = 1.0 / xp.sqrt(self.running_var.value + self.eps)
+            inv = 1.0 / xp.sqrt(self.running_var.value + eps)
             return (X - self.running_mean.value) * (inv * self.weight.value) + self.bias.value
         n = X.shape[0]
         if n < 2:
@@ -85,9 +88,9 @@ class BatchNorm(Layer):
         mean = xp.mean(X, axis=0)
         centered = X - mean
         var = xp.mean(centered * centered, axis=0)
-        inv = 1.0 / xp.sqrt(var + self.eps)
+        inv = 1.0 / xp.sqrt(var + eps)
         X_hat = centered * inv
-        m = self.momentum
+        m = float(self.momentum)
         # rebinding, never writing in place: JAX arrays are immutable, and a held state_dict must not change
         self.running_mean.value = (1.0 - m) * self.running_mean.value + m * mean
         self.running_var.value = (1.0 - m) * self.running_var.value + (m * n / (n - 1)) * var
@@ -194,7 +197,7 @@ class LayerNorm(Layer):
         mean = xp.mean(X, axis=axes, keepdims=True)
         centered = X - mean
         var = xp.mean(centered * centered, axis=axes, keepdims=True)
-        inv = 1.0 / xp.sqrt(var + self.eps)
+        inv = 1.0 / xp.sqrt(var + float(self.eps))  # a Python float, as BatchNorm's (see there)
         X_hat = centered * inv
         if training:
             self._cache = (X_hat, inv)
