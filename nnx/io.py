@@ -18,6 +18,7 @@ import numpy as np
 
 from ._version import __version__
 from .backends import backend_name_of, backend_status, get_backend, host_fallback
+from .layers import layer_from_config
 from .losses import get_loss
 from .optim import Optimizer, rebuild_optimizer
 from .protocols import Model
@@ -77,11 +78,14 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
     if path.is_dir():  # else the rename fails naming only the temporary file
         raise IsADirectoryError(f"{str(path)!r} is a folder, not a checkpoint file; save to a file in it, "
                                 f"e.g. {str(path / 'model.npz')!r}")
+    model_config = model.get_config()
+    loss_config = None if model.loss is None else model.loss.get_config()
+    _require_rebuildable(model_config, loss_config)
     arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict().items()}
     _require_json(model.callback_state, "model.callback_state")
     training: dict[str, Any] = {
         "epochs_trained": model.epochs_trained,
-        "loss": None if model.loss is None else model.loss.get_config(),
+        "loss": loss_config,
         "shuffle_rng": model.shuffle_rng.bit_generator.state,
         "dropout_rng": model.dropout_rng.get_state(),
         "callbacks": model.callback_state,
@@ -92,12 +96,25 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "nnx_version": __version__,
-        "model": model.get_config(),
+        "model": model_config,
         "trained_on": model.backend.spec,
         "training": training,
     }
     arrays[CONFIG_KEY] = np.frombuffer(json.dumps(config).encode("utf-8"), dtype=np.uint8)
     write_atomically(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _require_rebuildable(model_config: dict, loss_config: dict | None) -> None:
+    """ValueError unless the layers and the loss rebuild from their configs, as `load_model` rebuilds them: a
+    setting changed after construction to a value its constructor refuses (a BatchNorm momentum of 1.5) would
+    otherwise be written into a file that never loads. Only the objects are made, not their arrays."""
+    try:
+        layer_from_config(model_config)
+        if loss_config is not None:
+            get_loss(loss_config)
+    except ValueError as exc:
+        raise ValueError(f"not saved: the file would not load, since {exc}; set it back to a value the "
+                         "constructor takes") from exc
 
 
 def _require_json(tree: Any, where: str) -> None:

@@ -467,3 +467,26 @@ def test_callback_state_that_would_not_load_as_saved_is_refused_by_name(tmp_path
     with pytest.raises(TypeError, match=r"model\.callback_state" + where):
         model.save(tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", ["BatchNorm.momentum", "LeakyReLU.alpha", "loss.reduction"])
+def test_a_setting_its_constructor_refuses_is_not_saved_into_a_file_that_never_loads(tmp_path, change):
+    # found in review: a setting changed after construction to a value the constructor refuses (a BatchNorm
+    # momentum of 1.5) was written as it stood, and nnx.load then refused the file: the checkpoint was lost
+    norm, leaky = nnx.BatchNorm(4), nnx.LeakyReLU(0.1)
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Sequential(norm, leaky), nnx.Dense(4, 1), backend="numpy", seed=0)
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(16, 3)), rng.normal(size=(16, 1)), loss="mse", epochs=1, batch_size=8)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    before = path.read_bytes()
+    if change == "BatchNorm.momentum":
+        norm.momentum = 1.5
+    elif change == "LeakyReLU.alpha":
+        leaky.alpha = -0.1
+    else:
+        model.loss.reduction = "mean_of_everything"
+    with pytest.raises(ValueError, match="not saved: the file would not load"):
+        model.save(path)
+    assert path.read_bytes() == before  # the last good checkpoint stays
+    nnx.load(path)
