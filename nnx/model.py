@@ -34,7 +34,8 @@ class Sequential(_Chain):
     Args:
         *layers: `Layer` instances (or one list of them), containers included.
         backend: anything `nnx.get_backend` accepts: ``"numpy"``, ``"cupy:1"``, a namespace, an array.
-        dtype: ``"float32"`` (default) or ``"float64"``; inputs are cast once at the boundary.
+        dtype: ``"float32"`` (default; ``None`` means it too) or ``"float64"``; inputs are cast once at the
+            boundary.
         seed: seeds initialisation, shuffling and dropout, each from its own stream; None draws one.
         regularizer: a penalty applied to every regularized weight (biases are never penalised).
         input_shape: the shape of one sample, e.g. ``(28, 28)``; by default the first layer's
@@ -50,6 +51,8 @@ class Sequential(_Chain):
                  input_shape: Any = None, _provided: Mapping[str, Any] | None = None, _bind: bool = True) -> None:
         super().__init__(*layers)
         model_backend: Backend = get_backend(backend)
+        if dtype is None:  # the default, as None means in torch and in `to`/`load` (np.dtype(None) is float64)
+            dtype = "float32"
         model_backend.float_dtype(dtype)  # rejects integer and unknown dtypes with a clear message
         self.seed = inputs.model_seed(seed)
         self.regularizer = get_regularizer(regularizer)

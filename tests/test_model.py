@@ -221,6 +221,15 @@ def test_default_dtype_float32_and_float64_on_request(backend):
     assert all(p.value.dtype == backend.xp.float32 for p in m32.parameters())
 
 
+def test_dtype_none_is_the_default_float32_not_numpys_float64(backend):
+    """``dtype=None`` (a wrapper passing its own optional argument on) made a float64 model: the name was read
+    through ``np.dtype(None)``, NumPy's float64, though nnx's default is float32 and ``None`` means the default
+    (or the dtype kept) everywhere else in nnx, as in torch (``model.to(dtype=None)``, ``nnx.load(dtype=None)``)."""
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype=None, seed=0)
+    assert model.dtype == "float32"
+    assert all(p.value.dtype == backend.xp.float32 for p in model.parameters())
+    assert model.predict(np.zeros((1, 3))).dtype == backend.xp.float32
+
 def test_backward_fills_grads_including_regularizers(backend):
     """p.grad after model.backward is the gradient of loss + penalty (layer and model regularizers)."""
     from nnx.gradcheck import numerical_gradient

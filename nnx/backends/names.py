@@ -55,6 +55,8 @@ def dtype_name(dtype: Any) -> str:
     """Canonical name (``"float32"``) for a dtype given as a string, NumPy dtype or namespace dtype."""
     if isinstance(dtype, str):
         return dtype
+    if dtype is None:  # np.dtype(None) would name NumPy's default, float64: None names no dtype
+        return "None"
     text = str(dtype)
     for name in _DTYPE_NAMES:
         if text.endswith(name) or text.endswith(f"'{name}'>") or text == f"dtype('{name}')":
