@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -356,7 +357,7 @@ class Optimizer:
             for name, arr in entry.items():
                 like = template[name]
                 argname = f"state_dict state {name!r} for {label}"
-                arr = backend.asarray(arr, dtype=dtype_name(like.dtype), argname=argname)
+                arr = _as_state_dtype(backend, arr, like.dtype, argname)
                 if tuple(arr.shape) != tuple(like.shape):
                     raise ValueError(
                         f"state_dict state {name!r} for {label} has shape {tuple(arr.shape)}, "
@@ -374,6 +375,31 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({len(self.params)} params, {args})"
+
+
+def _as_state_dtype(backend: Backend, arr: Any, dtype: Any, argname: str) -> Any:
+    """`arr` on `backend` in `dtype`, the dtype `init_state` gives that state array.
+
+    A float state is cast as every float array is. An integer or bool state (a rule's count) keeps its dtype:
+    `Backend.asarray` casts only to the model's float dtypes, and a value the cast would change (0.5, NaN, a
+    count past the dtype's range) is refused rather than truncated or wrapped.
+    """
+    xp = backend.xp
+    if xp.isdtype(dtype, "real floating"):
+        return backend.asarray(arr, dtype=dtype_name(dtype), argname=argname)
+    arr = backend.asarray(arr, argname=argname)
+    if arr.dtype == dtype:
+        return arr
+    with warnings.catch_warnings():  # NumPy warns of the invalid casts that the comparison below refuses
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cast = xp.astype(arr, dtype)
+        exact = not xp.isdtype(arr.dtype, "real floating") or bool(xp.all(xp.isfinite(arr)))
+        exact = exact and bool(xp.all(xp.astype(cast, arr.dtype) == arr))
+    if not exact:
+        raise ValueError(f"{argname} must hold {dtype_name(dtype)} values, as the optimizer's init_state makes it; "
+                         f"got {dtype_name(arr.dtype)} values it cannot hold exactly (non-integer, NaN or inf, or "
+                         "out of its range)")
+    return cast
 
 
 def _dtype_and_shape(x: Any) -> tuple[Any, tuple[int, ...]] | None:

@@ -504,3 +504,45 @@ def test_a_rate_set_to_zero_survives_save_and_load(backend, tmp_path):
     loaded = nnx.load(tmp_path / "m.npz", backend=backend)
     assert loaded.optimizer.lr == 0.0 and loaded.optimizer.state_dict()["step"] == 2
     assert model.to(backend).optimizer.lr == 0.0
+
+
+class _CountingSGD(Optimizer, name="tests.counting_sgd"):
+    """SGD that counts, per element, the steps whose gradient was positive: an integer state, as optax's count."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, lr)
+
+    def init_state(self, xp, value):
+        return {"ups": xp.zeros(value.shape, dtype=xp.int32, device=array_api_compat.device(value))}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad, {"ups": state["ups"] + xp.astype(grad > 0, xp.int32)}
+
+
+def test_an_integer_state_survives_state_dict_save_load_and_to(backend, tmp_path):
+    """`init_state` may hold integer arrays (a count), and `fit` trained with them; but loading the state back
+    cast every array through the model's float dtypes, so `load_state_dict`, `nnx.load` and `model.to` failed
+    with "dtype must be one of ('float32', 'float64'), got 'int32'", naming no array. An integer state keeps its
+    dtype and its counts, and a float snapshot given for it is refused, naming the array, not truncated."""
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, seed=0)
+    X = np.random.default_rng(0).standard_normal((8, 3))
+    opt = _CountingSGD(model.parameters())
+    model.fit(X, np.zeros((8, 2)), loss="mse", optimizer=opt, epochs=2, batch_size=4, verbose=0)
+    snapshot = opt.state_dict()
+    ups = {k: model.backend.to_host(v["ups"]) for k, v in snapshot["state"].items()}
+    assert all(u.dtype == np.int32 and u.max() > 0 for u in ups.values())
+
+    opt.load_state_dict(snapshot)
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz", backend=backend)
+    wider = model.to(dtype="float64")
+    for other in (opt, loaded.optimizer, wider.optimizer):
+        for i, state in other.state.items():
+            got = nnx.get_backend(state["ups"]).to_host(state["ups"])
+            assert got.dtype == np.int32
+            np.testing.assert_array_equal(got, ups[str(i)])
+    bad = {**snapshot, "state": {k: {"ups": u + 0.5} for k, u in ups.items()}}
+    with pytest.raises(ValueError, match=r"state_dict state 'ups' for parameter 0 .*int32.*non-integer"):
+        opt.load_state_dict(bad)
