@@ -492,3 +492,83 @@ def test_freezing_a_layer_keras_style_is_refused_and_the_optimizer_subset_freeze
     model.fit(X, y, loss="mse", optimizer=opt, epochs=2)
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) == k.startswith("2.") for k in before)
+
+
+class ScaledWrapper(nnx.Layer):
+    """A wrapper of a layer it is given (as Keras's TimeDistributed is): ``scale * inner(X)``."""
+
+    def __init__(self, inner, scale=2.0):
+        super().__init__()
+        self.inner = self.add_layer("inner", inner)
+        self.scale = scale
+
+    def forward(self, X, training=False):
+        return self.inner.forward(X, training) * self.scale
+
+    def backward(self, dY, need_dX=True):
+        return self.inner.backward(dY * self.scale, need_dX)
+
+    def output_shape(self, input_shape):
+        return self.inner.output_shape(input_shape)
+
+
+class Summed(nnx.Layer):
+    """The sum of the branches it is given as a list."""
+
+    def __init__(self, branches):
+        super().__init__()
+        self.branches = [self.add_layer(f"b{i}", b) for i, b in enumerate(branches)]
+
+    def forward(self, X, training=False):
+        return sum(b.forward(X, training) for b in self.branches)
+
+    def backward(self, dY, need_dX=True):
+        dXs = [b.backward(dY, need_dX) for b in self.branches]
+        return sum(dXs) if need_dX else None
+
+    def output_shape(self, input_shape):
+        return self.branches[0].output_shape(input_shape)
+
+
+def test_a_layer_given_to_a_blocks_constructor_saves_moves_and_is_checked_like_any(backend, tmp_path):
+    # found in review: a wrapper taking the layer it wraps (ScaledWrapper(nnx.Dense(4, 2))) could not be saved, moved
+    # with to() or gradient-checked (which copies the model): its argument was a layer, not a JSON value
+    model = nnx.Sequential(nnx.Dense(3, 4), ScaledWrapper(nnx.Sequential(nnx.Dense(4, 4), nnx.Tanh()), scale=0.5),
+                           Summed([nnx.Dense(4, 2), ScaledWrapper(nnx.Dense(4, 2))]), backend=backend, dtype="float64",
+                           seed=0)
+    X, y = _data()
+    model.fit(X, y, loss="mse", epochs=1, batch_size=16, verbose=0)
+    want = _host(model, model.predict(X))
+    path = tmp_path / "block.npz"
+    model.save(path)
+    loaded = nnx.load(path)
+    assert [type(layer).__name__ for layer in loaded.layers] == ["Dense", "ScaledWrapper", "Summed"]
+    np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), want)
+    moved = model.to("array_api_strict" if model.backend.name == "numpy" else "numpy")
+    np.testing.assert_allclose(_host(moved, moved.predict(X)), want, rtol=1e-12, atol=1e-12)
+    assert nnx.check_gradients(model, X[:6], np.ones((6, 2)), loss="mse") < 1e-6
+
+
+class Reuses(nnx.Layer):
+    """Refers to a layer of the model without holding it."""
+
+    def __init__(self, other):
+        super().__init__()
+        self.other = other
+
+    def forward(self, X, training=False):
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+    def output_shape(self, input_shape):
+        return input_shape
+
+
+def test_a_layer_argument_the_block_does_not_hold_is_not_saved_as_a_copy(tmp_path):
+    """A copy built from its config would be a second layer with weights of its own: refused, as before."""
+    first = nnx.Dense(3, 3)
+    model = nnx.Sequential(first, Reuses(first), backend="numpy", seed=0)
+    with pytest.raises(TypeError, match=r"constructor argument other=.* is not a JSON value"):
+        model.save(tmp_path / "m.npz")

@@ -445,8 +445,8 @@ class Layer:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Layer:
-        """A new, unbuilt layer from `get_config()` output."""
-        return cls(**config_type(config, "layer")[1])
+        """A new, unbuilt layer from `get_config()` output (sub-layers passed as arguments are rebuilt too)."""
+        return cls(**{key: _argument_value(value) for key, value in config_type(config, "layer")[1].items()})
 
     def __repr__(self) -> str:
         return config_repr(self)
@@ -458,15 +458,39 @@ def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_k
     A built-in that writes some of its config itself starts from this, so that a subclass's own
     constructor arguments are saved too; `positional_kept` says it saves what ``*args`` took (a container's layers).
     """
-    args = {key: _regularizer_config(value) for key, value in recorded_args(layer).items() if key not in leave_out}
+    args = {key: _argument_config(layer, value) for key, value in recorded_args(layer).items()
+            if key not in leave_out}
     name = type(layer).registered_name
     return {CONFIG_KEY: name, **json_arguments(layer, "layer", args, "override get_config() and from_config()",
                                                positional_kept)}
 
 
-def _regularizer_config(value: Any) -> Any:
-    """A constructor argument as saved: a regularizer as its config (`get_regularizer` takes it back)."""
-    return value.get_config() if isinstance(value, Regularizer) else value
+# the key of a saved argument that was a sub-layer (or a list of them) the layer holds: {LAYER_ARGUMENT: config}
+LAYER_ARGUMENT = "nnx_layer"
+
+
+def _argument_config(layer: Layer, value: Any) -> Any:
+    """A constructor argument as saved: a regularizer as its config (`get_regularizer` takes it back); a layer,
+    or a list or tuple of layers, that `layer` holds (`add_layer` in its constructor, as a wrapper of a given
+    layer does) as their configs under `LAYER_ARGUMENT`, which `from_config` rebuilds. A layer it does not hold
+    (a reference to another part of the model) is left as it is, and refused as not JSON: a copy built from
+    its config would be a second layer with weights of its own."""
+    if isinstance(value, Regularizer):
+        return value.get_config()
+    items = [value] if isinstance(value, Layer) else value if isinstance(value, (list, tuple)) else []
+    held = [sub for sub, _ in layer._declared_layers.values()]
+    if not items or not all(any(item is sub for sub in held) for item in items):
+        return value
+    configs = [item.get_config() for item in items]
+    return {LAYER_ARGUMENT: configs[0] if isinstance(value, Layer) else configs}
+
+
+def _argument_value(value: Any) -> Any:
+    """A saved constructor argument as the constructor takes it: sub-layers (`_argument_config`) rebuilt."""
+    if not isinstance(value, Mapping) or set(value) != {LAYER_ARGUMENT}:
+        return value
+    saved = value[LAYER_ARGUMENT]
+    return [layer_from_config(c) for c in saved] if isinstance(saved, list) else layer_from_config(saved)
 
 
 def layer_from_config(config: Any) -> Layer:
