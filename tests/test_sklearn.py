@@ -391,6 +391,18 @@ def test_bad_parameters_fail_in_fit_naming_them(params, match):
         clf.fit(X, y)
 
 
+def test_dtype_given_as_a_dtype_object_is_taken_as_nnx_sequential_takes_it():
+    """``dtype=np.float32`` (how scikit-learn's own ``check_array(dtype=...)`` is written) was refused with
+    "dtype must be None (the data's), 'float32' or 'float64'", though ``nnx.Sequential`` takes it and every
+    dtype object of the two; refusals stay the same for the dtypes neither takes."""
+    X, y = _blobs(n=20)
+    for given, name in ((np.float32, "float32"), (np.dtype("float64"), "float64")):
+        clf = MLPClassifier(hidden_layer_sizes=(3,), max_iter=3, dtype=given).fit(X, y)
+        assert clf.model_.dtype == name and clf.coefs_[0].dtype == np.dtype(name)
+        clf.set_params(warm_start=True).fit(X, y)  # the fitted network matches the dtype it was asked for
+    with pytest.raises(ValueError, match="dtype must be None \\(the data's\\), 'float32' or 'float64', got "):
+        MLPClassifier(dtype=np.float16).fit(X, y)
+
 def test_poisson_head_gradients_on_every_backend(backend):
     """The exp output layer and the half Poisson deviance of loss="poisson": backprop equals central differences."""
     from nnx.sklearn.poisson import Exp, HalfPoissonDeviance

@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_consistent_length, check_is_fitted, c
 
 from .. import _validate as check
 from .. import layers as L
-from ..backends import Backend, BackendUnavailableError, get_backend, host_fallback
+from ..backends import Backend, BackendUnavailableError, dtype_name, get_backend, host_fallback
 from ..losses import MSE
 from ..model import Sequential
 from ..optim import get_optimizer, rebuild_optimizer
@@ -44,7 +44,7 @@ class MLPBase(BaseEstimator):
                  warm_start: bool = False, momentum: float = 0.9, nesterovs_momentum: bool = True,
                  early_stopping: bool = False, validation_fraction: float = 0.1, beta_1: float = 0.9,
                  beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: Any = 10, max_fun: int = 15000,
-                 backend: Any = None, dtype: str | None = None, dropout: float = 0.0) -> None:
+                 backend: Any = None, dtype: Any = None, dropout: float = 0.0) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -118,7 +118,8 @@ class MLPBase(BaseEstimator):
                                               and not isinstance(self.batch_size, bool)
                                               and cast(int, self.batch_size) >= 1)):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {self.batch_size!r}")
-        if self.dtype not in (None, "float32", "float64"):
+        if self.dtype is not None and dtype_name(self.dtype) not in ("float32", "float64"):
+            # as nnx.Sequential takes it: a name or a dtype object (np.float32, torch.float64)
             raise ValueError(f"dtype must be None (the data's), 'float32' or 'float64', got {self.dtype!r}")
         if self.solver == "lbfgs" and self.dropout > 0:
             raise ValueError("dropout needs a stochastic solver; 'lbfgs' needs a deterministic objective")
@@ -162,7 +163,8 @@ class MLPBase(BaseEstimator):
         `assigned`: take `coefs_` and `intercepts_` as the user set them on the unfitted estimator
         (scikit-learn continues from those in `partial_fit` and warm starts) and draw nothing.
         """
-        dtype = self.dtype or ("float32" if str(X.dtype).endswith("float32") else "float64")
+        dtype = dtype_name(self.dtype) if self.dtype is not None \
+            else "float32" if str(X.dtype).endswith("float32") else "float64"
         backend = self.backend if self.backend is not None else (get_backend(X) if io is not None else "numpy")
         act = L.ACTIVATIONS[self.activation]
         units = [X.shape[1], *self._hidden_sizes(), n_outputs]
@@ -215,7 +217,7 @@ class MLPBase(BaseEstimator):
         if self.backend is not None:
             fitted["backend"], wanted["backend"] = self.model_.backend, get_backend(self.backend)
         if self.dtype is not None:
-            fitted["dtype"], wanted["dtype"] = self.model_.dtype, self.dtype
+            fitted["dtype"], wanted["dtype"] = self.model_.dtype, dtype_name(self.dtype)
         for name, value in fitted.items():
             if value != wanted[name]:
                 was = next(n for n in HIDDEN_ACTIVATIONS if L.ACTIVATIONS[n] is value) if name == "activation" \

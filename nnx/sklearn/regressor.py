@@ -37,7 +37,7 @@ class MLPRegressor(RegressorMixin, MLPTraining):
                  verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
                  nesterovs_momentum: bool = True, early_stopping: bool = False, validation_fraction: float = 0.1,
                  beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-8, n_iter_no_change: Any = 10,
-                 max_fun: int = 15000, backend: Any = None, dtype: str | None = None, dropout: float = 0.0) -> None:
+                 max_fun: int = 15000, backend: Any = None, dtype: Any = None, dropout: float = 0.0) -> None:
         super().__init__(
             hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
