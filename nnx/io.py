@@ -81,7 +81,9 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
     model_config = model.get_config()
     loss_config = None if model.loss is None else model.loss.get_config()
     _require_rebuildable(model_config, loss_config)
-    arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict().items()}
+    # the arrays themselves, not snapshots: they are written before anything can update them, and a copy of
+    # every weight and state array would double what the model and its optimizer hold (torch.save copies none)
+    arrays = {PARAM_PREFIX + name: model.backend.to_host(v) for name, v in model.state_dict(copy=False).items()}
     _require_json(model.callback_state, "model.callback_state")
     training: dict[str, Any] = {
         "epochs_trained": model.epochs_trained,
@@ -91,7 +93,8 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         "callbacks": model.callback_state,
     }
     if include_optimizer and model.optimizer is not None:
-        training["optimizer"] = _to_json_tree(model.optimizer.state_dict(), arrays, STATE_PREFIX + "optimizer/")
+        training["optimizer"] = _to_json_tree(model.optimizer.state_dict(copy=False), arrays,
+                                              STATE_PREFIX + "optimizer/")
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -107,9 +110,11 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
 def _require_rebuildable(model_config: dict, loss_config: dict | None) -> None:
     """ValueError unless the layers and the loss rebuild from their configs, as `load_model` rebuilds them: a
     setting changed after construction to a value its constructor refuses (a BatchNorm momentum of 1.5) would
-    otherwise be written into a file that never loads. Only the objects are made, not their arrays."""
+    otherwise be written into a file that never loads. Only the objects are made, not their arrays: a config
+    without a backend is a layer's, whose model is not built (a built one would initialise a second copy of
+    every weight, as much memory again as the model for as long as the check runs)."""
     try:
-        layer_from_config(model_config)
+        layer_from_config({key: value for key, value in model_config.items() if key != "backend"})
         if loss_config is not None:
             get_loss(loss_config)
     except ValueError as exc:

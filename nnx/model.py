@@ -113,14 +113,17 @@ class Sequential(_Chain):
         return self.output_sample_shape[-1] if self.output_sample_shape else None
 
     # -- state --------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """Name -> a copy of every parameter and buffer (``"0.weight"``, ``"1.running_mean"``), on this backend.
 
         Copies on every backend: a held state dict never follows later training. Names are within
         this model: a nested one's are those a standalone copy of it has (torch's ``model[2].state_dict()``).
+        ``copy=False`` gives the arrays the model holds, as torch's ``state_dict()`` does: for reading them at
+        once (writing a file), without a second copy of every weight in memory; the next update may change them.
         """
         xp = self.xp
-        return {name: xp.asarray(a.value, copy=True) for name, a in self._arrays_by_name().items()}
+        return {name: xp.asarray(a.value, copy=True) if copy else a.value
+                for name, a in self._arrays_by_name().items()}
 
     def _require_float_arrays(self, what: str) -> None:
         """TypeError naming a parameter or buffer a layer rebound to a non-float array (an integer counter): a file
@@ -224,7 +227,8 @@ class Sequential(_Chain):
         other backend's stream is of the same kind (elsewhere its masks start from the model's seed).
         """
         self._require_float_arrays("moved")
-        host = {name: self.backend.to_host(v) for name, v in self.state_dict().items()}
+        # the arrays themselves: building the other model copies each (a snapshot first would hold a second copy)
+        host = {name: self.backend.to_host(v) for name, v in self.state_dict(copy=False).items()}
         target = self.backend if backend is None else get_backend(backend)
         other = type(self).from_config(self.get_config(), backend=target, dtype=dtype or self.dtype,
                                        arrays=host)
@@ -237,7 +241,7 @@ class Sequential(_Chain):
             other.dropout_rng.set_state(dropout_state)
         if self.optimizer is not None:
             _require_state_in_range(self.optimizer, self.backend, other.dtype)
-            state = self.optimizer.state_dict()
+            state = self.optimizer.state_dict(copy=False)  # rebuilding copies each array
             state["param_names"] = [self._local_name(name) for name in state["param_names"]]
             other.optimizer = rebuild_optimizer(state, other.parameters(), self.backend)
         return other

@@ -241,8 +241,11 @@ class Optimizer:
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, copy: bool = True) -> dict[str, Any]:
         """A snapshot: type, hyper-parameters, step count, schedule base (`initial_lr`), copies of the state arrays.
+
+        ``copy=False`` gives the state arrays themselves, as torch's ``state_dict()`` does: for reading them at
+        once (writing a file), without a second copy of the state in memory; the next step may change them.
 
         ``"state"`` and ``"param_steps"`` are indexed by position in `params`;
         ``"param_names"`` names the parameter at each position (``"2.weight"``), so a
@@ -259,7 +262,8 @@ class Optimizer:
             "param_steps": list(self.param_steps),
             "initial_lr": self.initial_lr,
             # Copies, so the snapshot does not follow later in-place updates on NumPy/torch.
-            "state": {str(i): {k: _copy(v) for k, v in st.items()} for i, st in sorted(self.state.items())},
+            "state": {str(i): {k: _copy(v) if copy else v for k, v in st.items()}
+                      for i, st in sorted(self.state.items())},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -118,3 +118,54 @@ def test_validation_runs_in_fits_batches_not_all_rows_at_once(how):
     assert peak < activations / 4, f"fit with {how} allocated {peak} bytes"
     # the same loss as evaluating them at once, up to the rounding of the batches' mean
     assert history["val_loss"][-1] == pytest.approx(model.evaluate(Xv, yv)["loss"], rel=1e-12)
+
+
+def _wide_trained(width=300):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, width))
+    model = nnx.Sequential(nnx.Dense(width, width), nnx.ReLU(), nnx.Dense(width, width), nnx.ReLU(),
+                           nnx.Dense(width, 1), backend="numpy", dtype="float64", seed=0)
+    model.fit(X, X[:, :1], loss="mse", optimizer="adam", epochs=1, batch_size=64)
+    params = sum(int(p.value.size) * p.value.itemsize for p in model.parameters())
+    return model, params
+
+
+def _peak(call):
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return tracemalloc.get_traced_memory()[1] - held, result
+    finally:
+        tracemalloc.stop()
+
+
+def test_saving_writes_the_arrays_without_copying_them_all_first(tmp_path):
+    # save copied every weight and every optimizer state array (state_dict snapshots) before writing the first:
+    # a second model plus optimizer in memory (3.5x the weights with Adam), where torch.save holds no copy
+    model, params = _wide_trained()
+    model.save(tmp_path / "warm.npz")  # imports and first-call caches out of the way
+    peak, _ = _peak(lambda: model.save(tmp_path / "m.npz"))
+    assert peak < 1.5 * params, f"save held {peak / params:.2f}x the weights' bytes"
+    loaded = nnx.load(tmp_path / "m.npz")
+    for a, b in zip(model.parameters(), loaded.parameters(), strict=True):
+        np.testing.assert_array_equal(a.value, b.value)
+    for i, entry in model.optimizer.state.items():
+        for k, v in entry.items():
+            np.testing.assert_array_equal(v, loaded.optimizer.state[i][k])
+
+
+def test_moving_a_model_copies_each_array_once():
+    # to() took a state_dict (a copy of every weight, and of the optimizer's state) and then built the new
+    # model from it (another copy): 1x the weights and 2x the Adam state more than the new model itself
+    model, params = _wide_trained()
+    model.to(dtype="float64")
+    peak, other = _peak(lambda: model.to(dtype="float64"))
+    assert peak < 4.5 * params, f"to() held {peak / params:.2f}x the weights' bytes (the new model holds 3x)"
+    for a, b in zip(model.parameters(), other.parameters(), strict=True):
+        np.testing.assert_array_equal(a.value, b.value)
+        assert not np.shares_memory(a.value, b.value)
+    for i, entry in model.optimizer.state.items():
+        for k, v in entry.items():
+            np.testing.assert_array_equal(v, other.optimizer.state[i][k])
+            assert not np.shares_memory(v, other.optimizer.state[i][k])
