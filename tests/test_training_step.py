@@ -544,6 +544,19 @@ def test_a_class_weight_that_is_not_finite_is_refused_up_front(be, weight):
     assert model.epochs_trained == 0
 
 
+def test_a_class_weight_beyond_a_float32_models_range_is_refused_up_front(backend):
+    """A finite class weight of 1e39 passed the check, turned inf in the cast to the float32 model, and surfaced
+    as a non-finite step that blamed the learning rate (a sample_weight of 1e39 is refused, naming the range)."""
+    X, _ = _data()
+    y = (X[:, 0] > 0).astype(float)
+    model = nnx.Sequential(nnx.Dense(X.shape[1], 1), nnx.Sigmoid(), backend=backend, seed=0)
+    with pytest.raises(ValueError, match=r"class_weight\[1\] \(1e\+39\) lies beyond the range of the model's "
+                                         r"dtype float32"):
+        model.fit(X, y, loss="bce", epochs=1, verbose=0, class_weight={0: 1.0, 1: 1e39})
+    assert model.epochs_trained == 0
+    wide = nnx.Sequential(nnx.Dense(X.shape[1], 1), nnx.Sigmoid(), backend=backend, dtype="float64", seed=0)
+    wide.fit(X, y, loss="bce", epochs=1, verbose=0, class_weight={0: 1.0, 1: 1e39})  # float64 holds it
+
 def test_class_weight_on_targets_without_one_class_per_row_is_refused(backend):
     """Found in review: class_weight took the argmax of each target row, so multi-label 0/1 rows (a BCE loss on
     several outputs) were weighed by their first label (a row of no labels as class 0), and regression

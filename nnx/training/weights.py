@@ -79,12 +79,16 @@ def _class_weight_rows(model: Model, class_weight: Mapping, y: Any, loss: Loss) 
         raise TypeError(f"class_weight must be a dict of class -> weight, got {type(class_weight).__name__}")
     n_classes = 2 if model.out_features == 1 else cast(int, model.out_features)
     table = [1.0] * n_classes
+    top = float(xp.finfo(model.backend.float_dtype(model.dtype)).max)
     for key, weight in class_weight.items():
         if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not 0 <= key < n_classes:  # pyright: ignore[reportOperatorIssue]
             raise ValueError(f"class_weight keys must be class indices 0..{n_classes - 1}, got {key!r}")
         # inf would only show up as a non-finite training step (sample_weight is refused the same way)
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:  # pyright: ignore[reportOperatorIssue]
             raise ValueError(f"class_weight[{key}] must be a finite number >= 0, got {weight!r}")
+        if float(weight) > top:  # finite here, inf in the model's dtype: the same non-finite step as inf itself
+            raise ValueError(f"class_weight[{key}] ({float(weight):.4g}) lies beyond the range of the model's dtype "
+                             f"{model.dtype} (+-{top:.4g}), which turns it into inf: scale the weights down")
         table[int(key)] = float(weight)
     if isinstance(loss, BinaryCrossEntropy) and model.out_features != 1:
         raise ValueError(f"class_weight weighs each row by its one class, but with a binary cross-entropy loss on "
