@@ -169,3 +169,21 @@ def test_moving_a_model_copies_each_array_once():
         for k, v in entry.items():
             np.testing.assert_array_equal(v, other.optimizer.state[i][k])
             assert not np.shares_memory(v, other.optimizer.state[i][k])
+
+
+def test_keeping_the_best_weights_copies_them_once():
+    # EarlyStopping(restore_best_weights=True) copied the state_dict it took, itself a copy of every weight:
+    # 2x the weights at each improvement where one copy is what it keeps
+    from nnx.callbacks import EarlyStopping
+
+    model, params = _wide_trained()
+    stop = EarlyStopping("loss", patience=2, restore_best_weights=True)
+    stop.set_model(model)
+    stop.on_train_begin({})
+    stop.on_epoch_end(0, {"loss": 2.0})
+    peak, _ = _peak(lambda: stop.on_epoch_end(1, {"loss": 1.0}))
+    assert peak < 1.5 * params, f"keeping the best weights held {peak / params:.2f}x their bytes"
+    for p in model.parameters():
+        kept = stop.best_weights[p.name]
+        np.testing.assert_array_equal(kept, p.value)
+        assert not np.shares_memory(kept, p.value)

@@ -116,8 +116,7 @@ class MLPTraining(MLPBase):
         return self
 
     def _copy_state(self) -> dict[str, Any]:
-        xp = self.model_.xp
-        return {k: xp.asarray(v, copy=True) for k, v in self.model_.state_dict().items()}
+        return self.model_.state_dict(copy=True)  # copies already: a second copy would hold the weights twice
 
     def _weights_finite(self) -> bool:
         model = self.model_

@@ -13,9 +13,9 @@ from .monitor import check_monitor, improved, resolve_mode
 
 
 def _copy_state(model: Model) -> dict[str, Any]:
-    """Device-side copies of the weights: optimizers update in place on some backends."""
-    xp = model.xp
-    return {name: xp.asarray(value, copy=True) for name, value in model.state_dict().items()}
+    """Device-side copies of the weights (optimizers update in place on some backends): `state_dict` copies each
+    array, and copying its copies again would hold the weights twice more at each improvement, not once."""
+    return model.state_dict(copy=True)
 
 
 class EarlyStopping(Callback):
