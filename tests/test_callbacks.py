@@ -90,6 +90,32 @@ def test_callbacks_must_be_callback_instances(data):
         make_model().fit(*data, callbacks=[lambda epoch: None])
 
 
+def test_the_same_callback_listed_twice_is_refused(data, tmp_path):
+    """Each hook ran twice per event: an EarlyStopping counted every epoch twice towards its patience (stopping
+    after half of it) and a CSVLogger wrote every row twice, without a word."""
+    stop = EarlyStopping("loss", patience=4)
+    with pytest.raises(ValueError, match="EarlyStopping.*twice"):
+        make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[stop, stop])
+    log = CSVLogger(tmp_path / "log.csv")
+    with pytest.raises(ValueError, match="CSVLogger.*twice"):
+        make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[log, nnx.callbacks.CallbackList([log])])
+
+
+def test_a_callback_list_inside_the_callbacks_is_flattened(data):
+    """A `CallbackList` given as a callback (or as fit's callbacks, which Keras takes) hid its members from what
+    fit asks of each callback: their on_gradients was never called, so a clipping callback did nothing."""
+    class Zero(Callback):
+        def on_gradients(self, grads):
+            return {name: g * 0.0 for name, g in grads.items()}
+
+    for callbacks in ([nnx.callbacks.CallbackList([Zero()])], nnx.callbacks.CallbackList([Zero()])):
+        model = make_model()
+        before = {k: np.array(v) for k, v in model.state_dict().items()}
+        model.fit(*data, epochs=1, batch_size=BATCH, optimizer="sgd", lr=0.1, callbacks=callbacks)
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[name])
+
+
 def test_names_callbacks_add_may_be_monitored(data, tmp_path):
     """The rate a scheduler logs, and a name a callback declares it adds, were refused as never recorded."""
     class Score(Callback):

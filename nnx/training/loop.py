@@ -57,10 +57,15 @@ def build_transforms(clip_norm: float | None, clip_value: float | None, accumula
 
 
 def _callbacks(callbacks: Any, verbose: int, epochs: int) -> list[Callback]:
+    """The fit's callbacks as one flat list (a `CallbackList`, given or inside the list, gives its members), with
+    the progress bar `verbose` asks for."""
+    if isinstance(callbacks, CallbackList):  # Keras's fit takes one too
+        callbacks = callbacks.callbacks
     try:
         cbs = list(callbacks or [])
     except TypeError:
         raise TypeError(f"callbacks must be a list of nnx.callbacks.Callback, got {type(callbacks).__name__}") from None
+    cbs = CallbackList(cbs).callbacks  # checked and flat, before the gradient stage and the plan read them
     if verbose and not any(isinstance(cb, ProgressBar) for cb in cbs):
         cbs.append(ProgressBar(epochs))
     return cbs

@@ -75,13 +75,23 @@ class Callback:
 
 
 class CallbackList(Callback):
-    """Fans each hook out to a list of callbacks, in order."""
+    """Fans each hook out to a list of callbacks, in order.
+
+    A `CallbackList` among them is replaced by its members, so what `fit` asks of each callback (its
+    ``on_gradients``, ``adds_logs``, ``handles_non_finite``) reaches them. One object listed twice is refused:
+    every hook would run twice per event (an `EarlyStopping` would count each epoch twice towards its patience).
+    """
 
     def __init__(self, callbacks: list[Callback] | None = None) -> None:
-        self.callbacks = list(callbacks or [])
-        for cb in self.callbacks:
+        self.callbacks: list[Callback] = []
+        for cb in callbacks or []:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be nnx.callbacks.Callback instances, got {type(cb).__name__}")
+            for member in cb.callbacks if isinstance(cb, CallbackList) else [cb]:
+                if any(member is seen for seen in self.callbacks):
+                    raise ValueError(f"callbacks lists the same {type(member).__name__} object twice, so each of its "
+                                     "hooks would run twice per event; list it once")
+                self.callbacks.append(member)
 
     def set_model(self, model: Model) -> None:
         for cb in self.callbacks:
