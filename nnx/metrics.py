@@ -27,18 +27,19 @@ def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
 
 
 def _like_outputs(xp: Any, y_true: Any, y_pred: Any) -> Any:
-    """`y_true` in `y_pred`'s shape, or ValueError unless it holds as many rows, each of as many values.
+    """`y_true` in `y_pred`'s shape and dtype, or ValueError unless it holds as many rows, each of as many values.
 
     ``(n,)`` against ``(n, 1)`` (and back) is how fit passes one output's targets; anything else reshaped would
-    be scored scrambled: targets transposed or flattened (scikit-learn and the losses refuse them).
+    be scored scrambled: targets transposed or flattened (scikit-learn and the losses refuse them). Bool or
+    integer labels are cast: the array API mixes no dtype kinds (array_api_strict refuses ``labels > 0.5``).
     """
     t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
-    if t_shape == p_shape:
-        return y_true
-    if not t_shape or t_shape[0] != p_shape[0] or math.prod(t_shape) != math.prod(p_shape):
-        raise ValueError(f"y_true must hold one row per row of y_pred, shaped like it: got y_true {t_shape} "
-                         f"for y_pred {p_shape} (as many rows and values per row are reshaped; others are not)")
-    return xp.reshape(y_true, p_shape)
+    if t_shape != p_shape:
+        if not t_shape or t_shape[0] != p_shape[0] or math.prod(t_shape) != math.prod(p_shape):
+            raise ValueError(f"y_true must hold one row per row of y_pred, shaped like it: got y_true {t_shape} "
+                             f"for y_pred {p_shape} (as many rows and values per row are reshaped; others are not)")
+        y_true = xp.reshape(y_true, p_shape)
+    return y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)
 
 
 def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
@@ -75,7 +76,7 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
         return true, pred, 2
     pred = xp.argmax(y_pred, axis=-1)
     if y_true.ndim == 2 and y_true.shape[-1] == n_out:
-        true = xp.argmax(y_true, axis=-1)  # one-hot rows
+        true = xp.argmax(_like_outputs(xp, y_true, y_pred), axis=-1)  # one-hot rows (bool ones too)
     else:  # class indices, (n,) or (n, 1)
         true = xp.astype(_like_outputs(xp, y_true, y_pred[:, :1])[:, 0], pred.dtype)
     return true, pred, n_out
