@@ -333,6 +333,25 @@ def test_model_checkpoint_best_only(data, tmp_path):
         np.testing.assert_array_equal(value, recorder.weights[3][name])
 
 
+def test_model_checkpoint_best_only_that_saves_nothing_after_an_earlier_fit_warns(data, tmp_path):
+    """A new ModelCheckpoint on a model trained before (fine-tuning it on other data) starts from the best its
+    earlier fit recorded, and so may write no file at all; that was silent, where Keras's would save the
+    first epoch."""
+    model = make_model()
+    model.fit(*data, epochs=2, validation_data=data,
+              callbacks=[Scripted("val_loss", [0.5, 0.3]), ModelCheckpoint(tmp_path / "pre.npz", save_best_only=True)])
+    tuned = ModelCheckpoint(tmp_path / "tuned.npz", save_best_only=True)
+    with pytest.warns(UserWarning, match=r"saved nothing.*val_loss.*0\.3.*earlier fit.*callback_state\.clear"):
+        model.fit(*data, epochs=2, validation_data=data, callbacks=[Scripted("val_loss", [9, 9, 0.8, 0.9]), tuned])
+    assert tuned.saved == [] and not (tmp_path / "tuned.npz").exists()
+    with warnings.catch_warnings():  # one that saves, or starts from nothing, says nothing
+        warnings.simplefilter("error")
+        model.fit(*data, epochs=1, validation_data=data, callbacks=[Scripted("val_loss", [0] * 5), tuned])
+        make_model().fit(*data, epochs=1, validation_data=data,
+                         callbacks=[Scripted("val_loss", [math.nan]), ModelCheckpoint(tmp_path / "n.npz",
+                                                                                      save_best_only=True)])
+
+
 def test_model_checkpoint_best_only_reused_on_a_fresh_model_starts_from_nothing(data, tmp_path):
     """The best so far belongs to the model (its callback_state), not to the callback object: a callback
     reused for a new model must save that model's best, not wait for it to beat the previous model."""

@@ -39,7 +39,8 @@ class ModelCheckpoint(Callback):
     which the file keeps and `nnx.load` restores. A later `fit` of the model, or of one
     loaded from any of its checkpoints, starts `best` from there, so a resumed run keeps the
     best file of the uninterrupted one (whatever the order of the checkpoints that write the
-    files). A fresh model starts from nothing.
+    files). A fresh model starts from nothing. A fit that so writes nothing to a fixed filepath that does
+    not exist (fine-tuning into a new file) warns; ``model.callback_state.clear()`` starts anew.
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
@@ -60,9 +61,12 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
 
     def on_train_begin(self, logs: dict | None = None) -> None:
+        self._inherited: float | None = None  # a best recorded by an earlier fit of the model
+        self._saves = len(self.saved)
         if self.save_best_only:
             check_monitor("ModelCheckpoint", self.monitor, logs)
             self.best = self._best_so_far()
+            self._inherited = self.best if math.isfinite(self.best) else None
         epochs = (logs or {}).get("epochs")
         if not self.save_best_only and isinstance(epochs, int) and epochs > 0:
             first, last = self.model.epochs_trained + 1, self.model.epochs_trained + epochs
@@ -114,6 +118,23 @@ class ModelCheckpoint(Callback):
         if self.verbose and (comm is None or comm.rank == 0):  # the other ranks wrote nothing
             extra = f" ({self.monitor} = {self.best:.4g})" if self.save_best_only else ""
             print(f"ModelCheckpoint: saved {path}{extra}", flush=True)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        # a fit that beat nothing recorded before it writes no file: right when resuming (the file holds the
+        # best), a surprise when fine-tuning into a new file, which then does not exist: that is said, with the
+        # way to start anew (a path with placeholders names no one file to look for)
+        logs = logs or {}
+        history = logs.get("history")
+        ran = history is None or len(history) > 0
+        comm = getattr(self.model, "distributed", None)
+        if (getattr(self, "_inherited", None) is not None and len(self.saved) == getattr(self, "_saves", 0)
+                and ran and not logs.get("failed") and (comm is None or comm.rank == 0)
+                and "{" not in self.filepath and not os.path.exists(self.filepath)):
+            warnings.warn(f"ModelCheckpoint saved nothing, and {self.filepath!r} does not exist: no epoch of this "
+                          f"fit beat {self.monitor} = {self._inherited:.6g}, the best an earlier fit of this model "
+                          "recorded (kept in model.callback_state and its checkpoints, so a resumed run keeps its "
+                          "best file); call model.callback_state.clear() before fit to start anew",
+                          UserWarning, stacklevel=2)
 
     @property
     def _best_key(self) -> str:
