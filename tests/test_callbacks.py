@@ -116,6 +116,23 @@ def test_a_callback_list_inside_the_callbacks_is_flattened(data):
             np.testing.assert_array_equal(value, before[name])
 
 
+def test_on_train_end_logs_hold_the_last_epochs_logs(data):
+    """Keras hands on_train_end the last epoch's logs; here they held only history and failed, so a callback
+    written for Keras (``logs.get("val_loss")``) read None without a word."""
+    class Last(Callback):
+        def on_train_end(self, logs=None):
+            self.logs = dict(logs)
+
+    last = Last()
+    history = make_model().fit(*data, epochs=2, batch_size=BATCH, validation_data=data, metrics=["accuracy"],
+                               callbacks=[last, StepDecay(1, initial_lr=0.1)])
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        assert last.logs[key] == history[key][-1]
+    assert last.logs["history"] is history and last.logs["failed"] is False
+    make_model().fit(*data, epochs=0, callbacks=[last])  # no epoch ran: no epoch logs
+    assert set(last.logs) == {"history", "failed"}
+
+
 def test_names_callbacks_add_may_be_monitored(data, tmp_path):
     """The rate a scheduler logs, and a name a callback declares it adds, were refused as never recorded."""
     class Score(Callback):

@@ -172,6 +172,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     history.execution = step.execution
     program = plan(history, step, batches, cbs, dp, chunk_batches, verbose)  # whole epochs as programs, or None
     failing = False
+    last_logs: dict[str, Any] = {}  # the last epoch's logs, which on_train_end gets, as in Keras
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
         if dp is not None:
@@ -198,6 +199,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             model.epochs_trained += 1
             cb.on_epoch_end(epoch, logs)
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
+            last_logs = logs
             if dp is not None:
                 dp.end_of_epoch(epoch)  # every rank stops together, at one learning rate
             if model.stop_training:
@@ -214,14 +216,15 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         guard.uninstall()
         if dp is not None:
             dp.end()
-        _train_end(cb, history, failing)
+        _train_end(cb, history, failing, last_logs)
     return history
 
 
-def _train_end(cb: CallbackList, history: History, failing: bool) -> None:
-    """Every callback's on_train_end; when fit is already failing, a callback's error must not hide fit's."""
+def _train_end(cb: CallbackList, history: History, failing: bool, last_logs: dict[str, Any]) -> None:
+    """Every callback's on_train_end, given the last epoch's logs with the history and whether fit is failing;
+    when it is, a callback's error must not hide fit's."""
     try:
-        cb.on_train_end({"history": history, "failed": failing})
+        cb.on_train_end({**last_logs, "history": history, "failed": failing})
     except Exception as exc:
         if not failing:
             raise

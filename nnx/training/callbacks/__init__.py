@@ -7,7 +7,8 @@ epoch ``on_epoch_begin``, per step
 device, ``size``), with ``on_backward()`` (the batch's gradients, before the gradient
 transforms) and ``on_gradients(grads)`` (those the update applies) between them,
 ``on_epoch_end`` (logs: floats; what a callback adds to them
-is recorded in the History), and ``on_train_end``, which runs on every exit (an error or Ctrl-C included). Setting
+is recorded in the History), and ``on_train_end`` (logs: the last epoch's, ``history`` and ``failed``), which
+runs on every exit (an error or Ctrl-C included). Setting
 ``model.stop_training = True`` stops after the current step.
 
 The ``epoch`` the hooks receive is an index counting from 0 over the model's whole

@@ -45,7 +45,8 @@ class Callback:
 
     def on_train_end(self, logs: dict | None = None) -> None:
         """After the last epoch, also after an interrupt or early stop, and when fit fails: ``logs["failed"]``
-        is True then (the error is on its way to the caller)."""
+        is True then (the error is on its way to the caller). `logs` holds the last finished epoch's logs (as in
+        Keras), ``"history"`` (the fit's `History`) and ``"failed"``."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Before each epoch."""
