@@ -359,6 +359,10 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
             model.require_finite(model.backend.asarray(arr), f"array {PARAM_PREFIX + name!r}")
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+    # the model holds its own copies: the file's weights go now, not after the optimizer's state is rebuilt
+    for name in state:
+        del arrays[PARAM_PREFIX + name]
+    del state
     training = config.get("training", {})
     if not isinstance(training, dict):
         raise CheckpointError(f"{path}: training state must be a JSON object, got {type(training).__name__}")
