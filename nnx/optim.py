@@ -538,7 +538,15 @@ class SGD(Optimizer):
             buf = g  # momentum switched on after steps without it: torch starts a new buffer at the gradient
         else:
             # torch starts the buffer at the gradient itself: no dampening on the first step (the buffer is 0 then)
-            fresh = g if self.dampening == 0 else (1.0 - self.dampening * (step > 1)) * g
+            if self.dampening == 0:
+                fresh = g
+            else:
+                after_first = step > 1
+                if not isinstance(after_first, bool):
+                    # a step array (a compiler's or a user's): the array API multiplies no bool by a float, and
+                    # NumPy and torch would make that product float64 and float32, whatever g's dtype
+                    after_first = xp.astype(after_first, g.dtype)
+                fresh = (1.0 - self.dampening * after_first) * g
             buf = mu * previous + fresh
         g = g + mu * buf if self.nesterov else buf
         return value - lr * g, {"momentum_buffer": buf}

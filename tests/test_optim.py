@@ -281,6 +281,34 @@ def test_dtype_and_device_preserved(backend, dtype, name):
             assert a.dtype == target
 
 
+RULE_CASES = [(cls, kwargs) for cls, _, kwargs in TORCH_CASES] + [
+    (Momentum, {"lr": 0.05, "momentum": 0.9}), (Lion, {"lr": 0.01, "weight_decay": 0.1})]
+
+
+@pytest.mark.parametrize("cls, kwargs", RULE_CASES, ids=lambda c: c.__name__ if isinstance(c, type) else
+                         "-".join(f"{k}={v}" for k, v in c.items()))
+def test_rule_called_directly_takes_the_step_and_rate_as_arrays(backend, dtype, cls, kwargs):
+    """`update(xp, value, grad, state, step, lr)` with `step` and `lr` as 0-d arrays of the value's dtype (how a
+    compiler traces them, and how a user's own loop may hold them) gives the numbers of Python-number arguments
+    in the value's dtype, on every namespace: no bool times float (the array API refuses it, NumPy promotes it)."""
+    opt = cls(_params(backend, dtype=dtype), **kwargs)
+    value = backend.asarray(INIT["w"], dtype=dtype)
+    xp, device = backend.xp, array_api_compat.device(value)
+    target = backend.float_dtype(dtype)
+    plain, traced = (value, opt.init_state(xp, value)), (value, opt.init_state(xp, value))
+    for t in range(1, 4):
+        grad = backend.asarray(_grad("w", backend.to_host(plain[0]), t), dtype=dtype)
+        plain = opt.update(xp, plain[0], grad, plain[1], t, opt.lr)
+        step, lr = (xp.asarray(x, dtype=target, device=device) for x in (float(t), opt.lr))
+        traced = opt.update(xp, traced[0], grad, traced[1], step, lr)
+        for got, want in [(traced[0], plain[0]), *((traced[1][k], plain[1][k]) for k in plain[1])]:
+            assert got.dtype == target
+            assert str(array_api_compat.device(got)) == str(device)
+            # a float32 step rounds Adam's bias corrections (beta ** step) to float32: a few ulps of the values
+            tol = 1e-5 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(backend.to_host(got), backend.to_host(want), rtol=tol, atol=tol)
+
+
 def test_zero_grad_and_skipped_params(backend):
     params = _params(backend)
     opt = Adam(params, lr=0.1)
