@@ -2,6 +2,8 @@
 
 y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape; the
 regression metrics (mse, mae, rmse, r2) read class indices as one-hot rows, as a cross-entropy loss does.
+Called directly, a metric takes a NumPy ``y_true`` beside another library's ``y_pred`` and moves it there,
+as the losses do.
 With a binary cross-entropy loss, every output is a label of its own (multi-label indicator
 targets): `fit` and `evaluate` then score ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"``
 per label, as scikit-learn scores multi-label targets (see `resolve_metrics`).
@@ -12,14 +14,32 @@ weigh the loss only, as Keras's ``metrics=`` (scikit-learn's scores without ``sa
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from array_api_compat import device as array_device
+from array_api_compat import is_array_api_obj, is_jax_array
 
+from .backends import get_backend
 from .losses import BinaryCrossEntropy
 from .registry import Registry
+
+
+def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
+    """`metric` taking ``y_true`` as the losses take it: a NumPy array (or a list) beside another library's outputs
+    is moved to their backend and device; an array of a third library raises `TypeError` naming both.
+
+    Arrays of the outputs' own type (what `fit` and `evaluate` pass) go through untouched. JAX's functions take
+    NumPy arrays as they are, and a traced output has no backend to move anything to.
+    """
+    @functools.wraps(metric)
+    def scored(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
+        if type(y_true) is not type(y_pred) and not (is_jax_array(y_pred) and is_array_api_obj(y_true)):
+            y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
+        return metric(xp, y_true, y_pred, from_logits)
+    return scored
 
 
 def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
@@ -82,6 +102,7 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
     return true, pred, n_out
 
 
+@_host_targets
 def accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose predicted class (threshold 0.5, or argmax) is right."""
     true, pred, _ = _class_pairs(xp, y_true, y_pred, from_logits)
@@ -124,18 +145,21 @@ def _macro(xp: Any, per_class: Any, predicted: Any, actual: Any) -> Any:
     return xp.sum(per_class * present) / xp.maximum(xp.sum(present), xp.ones_like(xp.sum(present)))
 
 
+@_host_targets
 def precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
     return _unless_unclassed(xp, y_true, y_pred, _macro(xp, _safe_ratio(xp, tp, predicted), predicted, actual))
 
 
+@_host_targets
 def recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
     return _unless_unclassed(xp, y_true, y_pred, _macro(xp, _safe_ratio(xp, tp, actual), predicted, actual))
 
 
+@_host_targets
 def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of the positive class (binary) or its macro average over classes."""
     tp, predicted, actual = _confusion_counts(xp, y_true, y_pred, from_logits)
@@ -151,6 +175,7 @@ def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple
     return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
 
 
+@_host_targets
 def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
     true = _like_outputs(xp, y_true, y_pred) > 0.5
@@ -163,18 +188,21 @@ def _label_mean(xp: Any, per_label: Any) -> Any:
     return xp.mean(xp.reshape(per_label, (-1,)))
 
 
+@_host_targets
 def label_precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of each label (output thresholded at 0.5), averaged over the labels."""
     tp, predicted, _ = _label_counts(xp, y_true, y_pred, from_logits)
     return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, predicted)))
 
 
+@_host_targets
 def label_recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of each label (output thresholded at 0.5), averaged over the labels."""
     tp, _, actual = _label_counts(xp, y_true, y_pred, from_logits)
     return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, actual)))
 
 
+@_host_targets
 def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of each label (output thresholded at 0.5), averaged over the labels."""
     tp, predicted, actual = _label_counts(xp, y_true, y_pred, from_logits)
@@ -192,18 +220,21 @@ def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     return _like_outputs(xp, y_true, y_pred), y_pred
 
 
+@_host_targets
 def mse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Mean squared error over all elements."""
     y_true, y_pred = _regression_pair(xp, y_true, y_pred)
     return xp.mean((y_pred - y_true) ** 2)
 
 
+@_host_targets
 def mae(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Mean absolute error over all elements."""
     y_true, y_pred = _regression_pair(xp, y_true, y_pred)
     return xp.mean(xp.abs(y_pred - y_true))
 
 
+@_host_targets
 def rmse(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Root of the mean squared error over all elements (Keras's), not scikit-learn's mean of per-output roots."""
     return xp.sqrt(mse(xp, y_true, y_pred))
@@ -222,6 +253,7 @@ def _by_output(xp: Any, x: Any) -> Any:
     return xp.reshape(xp.reshape(xp.matrix_transpose(columns), (-1,)), (columns.shape[1], n))
 
 
+@_host_targets
 def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Coefficient of determination, averaged uniformly over outputs (scikit-learn's default); NaN for one row."""
     y_true, y_pred = _regression_pair(xp, y_true, y_pred)
