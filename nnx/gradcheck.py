@@ -11,16 +11,27 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from .backends import get_backend
+from .backends import backend_name_of, get_backend
 from .layers.parameter import Parameter
 from .training.loss_fit import check_loss_fits, check_outputs
 
 _host = get_backend("numpy").xp
 
 
+def _on_host(x: Any) -> Any:
+    """`x` as the host reads it: an array of another backend (on any device) through its adapter; NumPy arrays,
+    lists and numbers as they are."""
+    if isinstance(x, (list, tuple, numbers.Number)) or backend_name_of(x) in (None, "numpy"):
+        return x
+    return get_backend(x).to_host(x)
+
+
 def numerical_gradient(fn: Callable[[Any], float], x: Any, eps: float = 1e-6) -> Any:
-    """Central-difference gradient of a scalar function of a float64 host array."""
-    up, down = _shifted_values(fn, x, eps)
+    """Central-difference gradient of a scalar function, as a float64 host array shaped like `x`.
+
+    `fn` is called with float64 host arrays; `x` may be an array of any backend, read on the host.
+    """
+    up, down = _shifted_values(fn, _on_host(x), eps)
     return (up - down) / (2 * eps)
 
 
@@ -81,9 +92,10 @@ def relative_error(analytic: Any, numeric: Any, floor: float = 1e-8) -> float:
     """Largest elementwise |a - n| / max(|a| + |n|, floor): scale-free, safe where both vanish.
 
     A NaN or inf in either scores inf, so ``err > tol`` flags it as ``err < tol`` does (a NaN would pass the first).
+    Either may be an array of any backend (a backward's gradient as it returned it), read on the host.
     """
-    a = _host.asarray(analytic, dtype=_host.float64)
-    n = _host.asarray(numeric, dtype=_host.float64)
+    a = _host.asarray(_on_host(analytic), dtype=_host.float64)
+    n = _host.asarray(_on_host(numeric), dtype=_host.float64)
     if a.shape != n.shape:
         raise ValueError(f"gradient shapes differ: analytic {a.shape}, numeric {n.shape}")
     if a.size == 0:

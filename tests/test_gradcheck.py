@@ -11,7 +11,7 @@ import pytest
 
 import nnx
 from nnx.backends import backend_status
-from nnx.gradcheck import relative_error
+from nnx.gradcheck import numerical_gradient, relative_error
 
 
 class GradcheckScaleShift(nnx.Layer):
@@ -218,3 +218,17 @@ def test_a_kink_at_the_checked_point_is_not_a_wrong_gradient(backend):
     broken = nnx.Sequential(nnx.Dense(3, 4), GradcheckAccumulates(), nnx.ReLU(), nnx.Dense(4, 1),
                             backend=backend, dtype="float64", seed=0)
     assert nnx.check_gradients(broken, X, y, "mse").errors["1.scale"] > 1e-3
+
+
+def test_relative_error_and_numerical_gradient_take_arrays_of_every_backend(backend, dtype):
+    # found in review: a researcher checking a hand-written gradient compares it, as the backward returned it,
+    # with `numerical_gradient`: relative_error read its arguments with NumPy's asarray, which refuses an array
+    # on another device (array_api_strict's device1 here, torch:cuda or CuPy on a GPU)
+    W = np.linspace(-1.0, 2.0, 6).reshape(2, 3)
+    on_device = backend.asarray(W, dtype=dtype)
+    numeric = numerical_gradient(lambda w: float(np.sum(w**3)), on_device)
+    assert isinstance(numeric, np.ndarray) and numeric.dtype == np.float64
+    np.testing.assert_allclose(numeric, 3 * backend.to_host(on_device).astype(np.float64) ** 2, rtol=1e-6)
+    analytic = backend.asarray(3 * W**2, dtype=dtype)
+    assert relative_error(analytic, numeric) == relative_error(backend.to_host(analytic), numeric)
+    assert relative_error(numeric, analytic) < (1e-6 if dtype == "float32" else 1e-9)
