@@ -148,7 +148,13 @@ class Optimizer:
 
     def update(self, xp: Any, value: Any, grad: Any, state: dict[str, Any], step: Any,
                lr: Any) -> tuple[Any, dict[str, Any]]:
-        """``(new value, new state)`` after the `step`-th update (from 1) with learning rate `lr`; pure."""
+        """``(new value, new state)`` after the `step`-th update (from 1) with learning rate `lr`; pure.
+
+        `step` and `lr` are Python numbers when nnx calls the rule step by step, and 0-d float arrays under a
+        compiler (JAX's compiled step traces them, weakly typed as Python floats are): a rule mixes them with
+        `value`'s arrays as numbers. An integer `step` array (as optax keeps its count) is neither: a caller of
+        the rule casts it to a float first, since the array API mixes no dtype kinds.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement update(xp, value, grad, state, step, lr)")
 
     @classmethod
