@@ -159,6 +159,18 @@ RANK_MISMATCHES = {
     "an iterable that ends early on one rank": (
         lambda c: dict(X=iter([_data(10, seed=b) for b in range(2 + c.rank)]), y=None, batch_size=None),
         "batch 2, rank 0: ended; rank 1: 10"),
+    # models alike in their parameters' shapes but not in what they compute: each rank's gradient came from another
+    # function, averaged without a word
+    "another activation on one rank": (lambda c: dict(layers=_on_rank(c, 1, [nnx.Tanh()], [nnx.ReLU()])),
+                                       "layers as fit starts (layer 1, rank 0: ReLU {}; rank 1: Tanh {})"),
+    "another dropout rate on one rank": (
+        lambda c: dict(layers=[nnx.ReLU(), nnx.Dropout(_on_rank(c, 1, 0.5, 0.2))]),
+        "layers as fit starts (layer 2, rank 0: Dropout {'rate': 0.2}; rank 1: Dropout {'rate': 0.5})"),
+    "a dropout layer on one rank only": (
+        lambda c: dict(layers=[nnx.ReLU(), *_on_rank(c, 1, [nnx.Dropout(0.5)], [])]),
+        "layers as fit starts (layer 2, rank 0: Dense"),
+    "a model regularizer on one rank only": (lambda c: dict(regularizer=_on_rank(c, 0, "l2", None)),
+                                             "regularizer as fit starts"),
 }
 
 
@@ -172,8 +184,8 @@ def test_ranks_running_different_fits_raise_the_same_error_everywhere(case):
     def rank(comm):
         kw = dict(X=_data(20)[0], y=_data(20)[1], batch_size=10, epochs=3, optimizer="sgd", lr=0.1)
         kw.update(make(comm))
-        model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(),
-                               dtype=kw.pop("dtype", "float64"), seed=3)
+        model = nnx.Sequential(nnx.Dense(4, 5), *kw.pop("layers", [nnx.ReLU()]), nnx.Dense(5, 1), nnx.Sigmoid(),
+                               dtype=kw.pop("dtype", "float64"), seed=3, regularizer=kw.pop("regularizer", None))
         if kw.pop("resumed", False):
             model.fit(kw["X"], kw["y"], epochs=1, optimizer="sgd")
         shard = kw.pop("shard", False)

@@ -177,6 +177,28 @@ def _describe(t: GradientTransform) -> tuple:
     return (type(t).__name__, settings)
 
 
+def _layers(model: Any) -> list[tuple[str, str]]:
+    """The model's layers as the ranks compare them: each one's path and its class with its settings (``get_config``
+    less the registered name). Models alike in their parameters' shapes may still compute other functions (another
+    activation, another dropout rate, a layer more without parameters), and their gradients would be averaged."""
+    described = []
+    for path, layer in model.named_layers():
+        try:
+            config = {k: v for k, v in layer.get_config().items() if k != "type"}
+        except Exception:  # noqa: BLE001 - a user's get_config that fails here fails in save too; compare the class
+            config = {}
+        described.append((path, f"{type(layer).__qualname__} {config}"))
+    return described
+
+
+def _first_difference(values: list[Any]) -> str:
+    """Where the ranks' lists of (path, description) first differ: that entry on each rank (``ended`` past its end)."""
+    at = next(i for i in itertools.count() if any(i >= len(v) or v[i] != values[0][i] for v in values))
+    path = next((v[at][0] for v in values if at < len(v)), str(at))
+    return f"layer {path}, " + "; ".join(f"rank {r}: {v[at][1] if at < len(v) else 'no such layer'}"
+                                         for r, v in enumerate(values))
+
+
 def _class_weights(class_weight: Any) -> Any:
     """`class_weight` as the ranks compare it (None, or its items as floats in class order)."""
     if class_weight is None:
@@ -390,6 +412,8 @@ class DataParallelFit:
             "backend": model.backend.name,
             "dtype": str(model.dtype),
             "parameter shapes": [tuple(int(d) for d in p.shape) for p in model.parameters()],
+            "layers": _layers(model),
+            "regularizer": None if model.regularizer is None else model.regularizer.get_config(),
             "epochs trained": model.epochs_trained,
             "epochs": epochs,
             "loss": repr(self.loss),
@@ -418,7 +442,8 @@ class DataParallelFit:
         for name in facts:
             values = [part.get(name) for part in everyone]
             if any(v != values[0] for v in values):
-                told = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+                told = _first_difference(values) if name == "layers" else \
+                    "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
                 digest = " (a digest of a few rows of each array)" if name.endswith("contents") else ""
                 whole = (" Give every rank the whole data set, not its own shard: batch_size is the global batch, "
                          "and fit cuts each batch between the ranks itself") if name in DATA_FACTS else ""
