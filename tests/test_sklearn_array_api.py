@@ -198,3 +198,24 @@ def test_array_api_strict_second_device_stays_there():
         pred = clf.predict(Xs)
     assert proba.device == device and pred.device == device and proba.dtype == xps.float32
     assert clf.model_.backend.name == "array_api_strict"
+
+
+@child_only
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_a_copied_estimator_keeps_the_namespace_and_device_of_its_fit(how):
+    """Pickled or deep-copied, the estimator still answers in its fit's namespace, as scikit-learn's own do."""
+    import copy
+    import pickle
+
+    import sklearn
+
+    from nnx.sklearn import MLPClassifier
+
+    torch, X, y, Xt, yt = _torch_data()
+    with sklearn.config_context(array_api_dispatch=True):
+        clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(Xt, yt)
+        twin = pickle.loads(pickle.dumps(clf)) if how == "pickle" else copy.deepcopy(clf)
+        assert all(isinstance(c, torch.Tensor) for c in twin.coefs_ + twin.intercepts_)
+        assert torch.equal(twin.predict_proba(Xt), clf.predict_proba(Xt))
+        with pytest.raises(ValueError, match=r"MLPClassifier.predict\(\) must use the same namespace"):
+            twin.predict(X)  # NumPy in, after a torch fit: refused, as before the copy

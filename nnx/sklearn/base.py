@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import operator
+import pickle
 import warnings
 from typing import Any, cast
 
+import array_api_compat
 import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator
@@ -412,8 +415,8 @@ class MLPBase(BaseEstimator):
         state = dict(super().__getstate__())
         model = state.pop("model_", None)
         optimizer = state.pop("_optimizer_", None)
-        if isinstance(state.get("_fit_io"), tuple):
-            state["_fit_io"] = "unknown"  # a namespace module does not pickle
+        if isinstance(state.get("_fit_io"), tuple):  # a namespace module does not pickle: it travels by name
+            state["_fit_io"] = _PickledIO(*state["_fit_io"])
         if isinstance(state.get("backend"), Backend):  # backend=nnx.get_backend(...): it holds a module too
             state["backend"] = _PickledBackend(state["backend"].spec, state["backend"].fastpath_enabled)
         if model is not None:
@@ -439,6 +442,8 @@ class MLPBase(BaseEstimator):
                 state["backend"] = state["backend"].resolve()
             except BackendUnavailableError:
                 state["backend"] = state["backend"].spec  # as valid a parameter; a fit there says it cannot run
+        if isinstance(state.get("_fit_io"), _PickledIO):
+            state["_fit_io"] = state["_fit_io"].resolve()
         super().__setstate__(state)
         if portable is not None:
             backend = _loadable(portable.get("backend", self.backend if self.backend is not None else "numpy"))
@@ -488,6 +493,33 @@ class _PickledBackend:
     def resolve(self) -> Backend:
         backend = get_backend(self.spec)
         return backend if backend.fastpath_enabled == self.fastpath else backend.with_fastpath(self.fastpath)
+
+
+class _PickledIO:
+    """The (namespace, device) of an array-API fit, pickled as the namespace's module name and the device.
+
+    Restored, the estimator answers in that namespace and on that device again (`coefs_`, `predict`), and still
+    refuses inputs from another, as scikit-learn's own estimators do after a copy.
+    """
+
+    def __init__(self, xp: Any, device: Any) -> None:
+        self.namespace = xp.__name__
+        self.device_name = str(device)
+        try:  # torch's and array_api_strict's devices pickle; JAX's do not, and are found again by name
+            self.device = pickle.loads(pickle.dumps(device))
+        except Exception:
+            self.device = None
+
+    def resolve(self) -> Any:
+        """(namespace, device) again, or "unknown" where that namespace or device cannot be found here."""
+        try:
+            xp = importlib.import_module(self.namespace)
+        except ImportError:
+            return "unknown"
+        if self.device is not None:
+            return xp, self.device
+        default = array_api_compat.device(xp.asarray(0))
+        return (xp, default) if str(default) == self.device_name else "unknown"
 
 
 class _LayerArrays(list):
