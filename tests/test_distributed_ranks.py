@@ -415,3 +415,37 @@ def test_a_checkpoint_given_to_every_rank_says_saved_once(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "ModelCheckpoint" in line]
     assert lines == [f"ModelCheckpoint: saved {tmp_path / f'm{e}.npz'}" for e in (1, 2)], lines
     assert saved[0] == saved[1] == [str(tmp_path / f"m{e}.npz") for e in (1, 2)]  # every rank knows where they are
+
+
+class BatchGate(nnx.Layer):
+    """Stochastic depth as a user writes it: one draw per batch decides whether the whole batch passes."""
+
+    def forward(self, X, training=False):
+        if not training:
+            return X
+        self.keep = self.xp.astype(self.rng.uniform((1,), self.dtype) < 0.5, X.dtype)
+        return X * self.keep
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.keep
+
+
+def test_a_draw_cut_as_rows_on_some_ranks_alone_is_refused_on_every_rank():
+    """Batches of 4 on 3 ranks leave slices of 2, 1 and 1 rows: the gate's draw of shape (1,) was taken for a draw
+    of a 1-row slice on ranks 1 and 2 (cut from a draw of the batch's 4 rows) and not on rank 0, so the ranks' random
+    streams parted and each trained with other gates, while their weights stayed equal: wrong without a word."""
+    X, y = _data(12)
+    errors = []
+
+    def rank(comm):
+        model = nnx.Sequential(nnx.Dense(4, 5), BatchGate(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float64", seed=0)
+        try:
+            model.fit(X, y, loss="bce", optimizer="sgd", epochs=2, batch_size=4, distributed=comm)
+        except ValueError as exc:
+            errors.append(str(exc))
+            return
+        errors.append(None)
+
+    run_ranks(3, rank)
+    assert len(set(errors)) == 1 and errors[0] is not None, errors
+    assert "random stream after the callbacks of epoch 1" in errors[0] and "first axis" in errors[0], errors[0]

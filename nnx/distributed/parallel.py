@@ -124,6 +124,13 @@ def _cut(a: Any, part: slice) -> Any:
 
 # the facts about the data, whose error says how to give it
 DATA_FACTS = ("data", "weights", "data contents", "validation data contents")
+# what the ranks drew from the model's random stream (`DeviceRNG.rows`) and how they came apart
+STREAM_HINT = (" Each rank draws the whole batch's random numbers and keeps its rows: a draw whose first axis has "
+               "as many entries as this rank's rows is cut from a draw of the batch's rows. A layer's draw whose "
+               "first axis is not the batch's rows (one number per batch, a mask shaped like a weight) is cut where "
+               "it matches some rank's rows alone. Draw one number per batch as a 0-d array "
+               "(self.rng.uniform((), dtype)), which is never cut; train a layer that draws other shapes in one "
+               "process")
 # rows read from each array to tell whether the ranks hold the same data (spread over it, first and last included)
 DIGEST_ROWS = 16
 
@@ -168,6 +175,11 @@ def _validation_digest(validation_data: Any, backend: Any) -> str | None:
             all(a is None or hasattr(a, "shape") for a in validation_data):
         return _digest(validation_data, backend)
     return None
+
+
+def _stream_digest(rng: Any) -> str:
+    """A digest of a random stream's state (a generator's state may be thousands of numbers)."""
+    return hashlib.sha256(repr(rng.get_state()).encode()).hexdigest()[:16]
 
 
 def _describe(t: GradientTransform) -> tuple:
@@ -446,7 +458,8 @@ class DataParallelFit:
                     "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
                 digest = " (a digest of a few rows of each array)" if name.endswith("contents") else ""
                 whole = (" Give every rank the whole data set, not its own shard: batch_size is the global batch, "
-                         "and fit cuts each batch between the ranks itself") if name in DATA_FACTS else ""
+                         "and fit cuts each batch between the ranks itself") if name in DATA_FACTS else \
+                    STREAM_HINT if name == "random stream" else ""
                 raise ValueError(f"data-parallel fit: the ranks differ in {name} {what}{digest} ({told}). Every rank "
                                  "must run the same fit: the same model, data, arguments, optimizer state and "
                                  f"callbacks.{whole}")
@@ -461,7 +474,9 @@ class DataParallelFit:
                    {"stop_training": bool(self.model.stop_training), "learning rate": float(opt.lr),
                     "optimizer hyper-parameters": repr(sorted((k, v) for k, v in opt.hyperparams.items() if k != "lr")),
                     # a callback's on_gradients that replaced gradients on some ranks alone: their weights drifted
-                    "steps whose gradients on_gradients replaced": 0 if hook is None else hook.replaced})
+                    "steps whose gradients on_gradients replaced": 0 if hook is None else hook.replaced,
+                    # every rank drew every batch's numbers whole: a stream apart trained on other masks
+                    "random stream": _stream_digest(self.model.dropout_rng)})
 
     def end(self) -> None:
         """The dropout stream draws as asked again."""
