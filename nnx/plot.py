@@ -143,7 +143,8 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
         analyzer_or_history: a `nnx.callbacks.GradientAnalyzer` after training, or the dict its
             `history()` returns (name -> array of shape (steps, layers)).
         stats: which of "mean", "max", "norm" to draw, one panel each; weights (every parameter
-            but the bias) are solid lines, biases dashed, one colour per layer with parameters.
+            but the bias) are solid lines, biases dashed, one colour per layer with parameters (a layer
+            whose only parameter is a bias: one dashed line).
         layer_names: legend labels, one per layer with parameters (default: the analyzer's `layer_names`,
             else "layer i").
 
@@ -172,21 +173,24 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     fig, axes = _figure(len(stats), width=4.6, sharex=True)
     x = np.arange(1, steps + 1)
-    # a layer without a bias (known from the analyzer) gets no dashed line and no legend entry for one
+    # what each layer's columns hold (known from the analyzer): a layer without a bias gets no dashed line and no
+    # legend entry for one; a layer whose only parameter is a bias has it in the weight columns, drawn dashed as "bias"
     owned = getattr(analyzer, "parameter_names", None) or []
-    has_bias = [j >= len(owned) or any(n.rsplit(".", 1)[-1] == "bias" for n in owned[j])
-                for j in range(len(layer_names))]
+    is_bias = [[n.rsplit(".", 1)[-1] == "bias" for n in names] for names in owned]
+    has_bias = [j >= len(owned) or any(is_bias[j]) for j in range(len(layer_names))]
+    bias_only = [j < len(owned) and bool(is_bias[j]) and all(is_bias[j]) for j in range(len(layer_names))]
     for ax, stat in zip(axes, stats, strict=True):
         for j, name in enumerate(layer_names):
             color = colors[j % len(colors)]
             for kind, style in (("weight", "-"), ("bias", "--")):
-                if kind == "bias" and not has_bias[j]:
+                if kind == "bias" and (bias_only[j] or not has_bias[j]):
                     continue
                 values = np.asarray(hist[f"{kind}_{stat}"], dtype=float)[:, j]
                 # zeros (a dead layer) cannot be drawn on a log axis; leave gaps instead
                 shown = np.where(values > 0, values, np.nan)
-                ax.plot(x, shown, style, color=color, linewidth=1.2,
-                        label=f"{name} {kind}" if kind == "weight" else f"{name} bias")
+                shown_as = "bias" if bias_only[j] else kind
+                ax.plot(x, shown, "--" if bias_only[j] else style, color=color, linewidth=1.2,
+                        label=f"{name} {shown_as}")
         if analyzer is not None:
             ax.axhline(analyzer.explode_threshold, color="0.5", linestyle=":", linewidth=1)
             if stat == "mean":

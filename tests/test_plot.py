@@ -203,3 +203,30 @@ def test_plot_decision_boundary_reads_a_logit_output_as_logits_whatever_its_rang
     fig = plot.plot_decision_boundary(model, X, np.ones(20), resolution=20)
     boundary = fig.axes[0].collections[1]  # the P = 0.5 contour: nowhere in view, P > 0.57 everywhere
     assert [float(v) for v in boundary.levels] == [0.5] and all(len(p.vertices) == 0 for p in boundary.get_paths())
+
+
+class _Offset(nnx.Layer):
+    """A learned per-feature offset: a layer whose one parameter is named ``bias``."""
+
+    def build(self, input_shape):
+        self.bias = self.add_parameter("bias", input_shape, init="zeros")
+
+    def forward(self, X, training=False):
+        return X + self.bias.value
+
+    def backward(self, dY, need_dX=True):
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        return dY
+
+
+def test_plot_gradients_labels_a_bias_only_layer_by_what_its_curve_shows():
+    # found in review: a layer whose only parameter is a bias has its statistics in the analyzer's weight columns
+    # (its bias columns are zeros), yet the figure labelled that curve "weight" and drew an empty "bias" line
+    X, y = _xor()
+    model = nnx.Sequential(nnx.Dense(2, 4), nnx.Tanh(), _Offset(), nnx.Dense(4, 1), nnx.Sigmoid(), seed=0)
+    analyzer = GradientAnalyzer(warn=False)
+    model.fit(X, y, epochs=1, batch_size=16, callbacks=[analyzer])
+    assert analyzer.parameter_names[1] == ["2.bias"]
+    labels = [line.get_label() for line in _curves(analyzer.plot(stats="mean").axes[0])]
+    assert labels == ["0:Dense(2, 4) weight", "0:Dense(2, 4) bias", "2:_Offset(4) bias",
+                      "3:Dense(4, 1) weight", "3:Dense(4, 1) bias"]
