@@ -635,3 +635,14 @@ def test_a_generator_that_reuses_its_buffers_gives_the_batches_it_yielded(backen
     P = a.backend.to_host(a.predict(X))
     got_P = a.backend.to_host(a.predict((bx for bx, _ in _reused_buffers(X, y, 16)), prefetch=prefetch))
     np.testing.assert_allclose(got_P, P, atol=1e-12 if dtype == "float64" else 1e-6, rtol=0)
+
+
+def test_validation_steps_without_validation_data_is_refused():
+    """validation_steps with no validation at all was dropped without a word (a validation pass forgotten)."""
+    X, y = _data()
+    m = _model("numpy", "float64")
+    with pytest.raises(ValueError, match=r"validation_steps=2 .* no validation_data"):
+        m.fit(X, y, loss="bce", validation_steps=2)
+    with pytest.raises(ValueError, match=r"validation_steps=2 .* no validation_data"):
+        m.fit(_batches(X, y, 50), loss="bce", steps_per_epoch=2, validation_steps=2)
+    assert m.epochs_trained == 0

@@ -143,6 +143,11 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
             check.positive_int(name, value)
+    if validation_steps is not None and validation_data is None:
+        # no pass would read it (Keras ignores it too); a validation_data forgotten must not pass unnoticed
+        held_out = " (validation_split holds out arrays, read in full)" if validation_split else ""
+        raise ValueError(f"validation_steps={validation_steps} was given but no validation_data{held_out}: it is "
+                         "the number of batches read from validation_data given as an iterable of batches")
     # a string is a mistake (Keras's shuffle="batch" is not supported), not a truthy flag
     shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
     depth = prefetch_depth(prefetch)
