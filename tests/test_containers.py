@@ -572,3 +572,6 @@ def test_a_layer_argument_the_block_does_not_hold_is_not_saved_as_a_copy(tmp_pat
     model = nnx.Sequential(first, Reuses(first), backend="numpy", seed=0)
     with pytest.raises(TypeError, match=r"constructor argument other=.* is not a JSON value"):
         model.save(tmp_path / "m.npz")
+    # found in review: the message only said to override get_config, not that a layer held with add_layer is saved
+    with pytest.raises(TypeError, match=r"a layer Reuses does not hold.*self\.add_layer\(name, layer\)"):
+        model.save(tmp_path / "m.npz")

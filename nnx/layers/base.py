@@ -480,6 +480,13 @@ def _argument_config(layer: Layer, value: Any) -> Any:
     items = [value] if isinstance(value, Layer) else value if isinstance(value, (list, tuple)) else []
     held = [sub for sub, _ in layer._declared_layers.values()]
     if not items or not all(any(item is sub for sub in held) for item in items):
+        if items and all(isinstance(item, Layer) for item in items):
+            key = next((k for k, v in recorded_args(layer).items() if v is value), "?")
+            raise TypeError(f"{type(layer).__name__}: constructor argument {key}={value!r} is not a JSON value: it is "
+                            f"a layer {type(layer).__name__} does not hold, and a copy built from its config would be "
+                            f"a second layer with weights of its own. To save the layer with the block, hold it with "
+                            f"self.add_layer(name, layer) in __init__; for a reference, override get_config() and "
+                            f"from_config()")
         return value
     configs = [item.get_config() for item in items]
     return {LAYER_ARGUMENT: configs[0] if isinstance(value, Layer) else configs}
