@@ -20,6 +20,7 @@ Under MPI every job first checks the collectives themselves against sums worked 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -93,6 +94,18 @@ def run_fit(backend: str, kind: str, args: dict, comm=None, **extra):
     return model, hist
 
 
+def shared_references(comm, fits: dict) -> dict:
+    """The one-process reference fits, each run by one rank (rank r the r-th, the (r + size)-th, ...) and shared:
+    every rank would work out the same numbers, and the job's ranks share the machine's cores. Each comes back
+    as (its `weights`, its History)."""
+    mine = {name: (weights(model), hist) for i, (name, fit) in enumerate(fits.items()) if i % comm.size == comm.rank
+            for model, hist in [fit()]}
+    shared: dict = {}
+    for part in comm.allgather_object(mine):
+        shared.update(part)
+    return shared
+
+
 def weights(model) -> dict[str, np.ndarray]:
     return {k: np.asarray(model.backend.to_host(v), dtype=np.float64) for k, v in model.state_dict().items()}
 
@@ -123,8 +136,9 @@ def digest(w: dict[str, np.ndarray]) -> str:
 
 
 def compare(model, hist, ref, ref_hist, trained_only: bool = False) -> dict:
-    """How far a distributed fit is from its reference; `trained_only` leaves out buffers and validation."""
-    a, b = weights(model), weights(ref)
+    """How far a distributed fit is from its reference (a model, or its `weights`); `trained_only` leaves out
+    buffers and validation."""
+    a, b = weights(model), ref if isinstance(ref, dict) else weights(ref)
     names = [k for k in a if not (trained_only and "running" in k)]
     param_diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in names)
     keys = sorted(k for k in set(hist.history) | set(ref_hist.history) if not (trained_only and "val_" in k))
@@ -321,9 +335,13 @@ def main() -> None:
         if not backend_status(backend)[0]:
             results["scenarios"][f"{backend}/skipped"] = {"skipped": True}
             continue
+        bn_ref = dict(BATCHNORM, batch_size=10, accumulate=comm.size)
+        refs = shared_references(comm, {
+            **{name: functools.partial(run_fit, backend, kind, args) for name, (kind, args) in SCENARIOS.items()},
+            "batchnorm": functools.partial(run_fit, backend, "batchnorm", bn_ref)})
         for name, (kind, args) in SCENARIOS.items():
             model, hist = run_fit(backend, kind, args, comm)
-            ref, ref_hist = run_fit(backend, kind, args)
+            ref, ref_hist = refs[name]
             results["scenarios"][f"{backend}/{name}"] = compare(model, hist, ref, ref_hist)
             # the same fit with the update sharded: against one process, and against the all-reduce run
             shard, shard_hist = run_fit(backend, kind, args, sharded(comm))
@@ -335,7 +353,7 @@ def main() -> None:
             if backend in KERNEL_BACKENDS and name == OFFERED_SCENARIO:
                 results["scenarios"][f"{backend}/sharded_offered"] = sharded_with_offers(backend, kind, args, comm)
         model, hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10 * comm.size), comm)
-        ref, ref_hist = run_fit(backend, "batchnorm", dict(BATCHNORM, batch_size=10, accumulate=comm.size))
+        ref, ref_hist = refs["batchnorm"]
         results["scenarios"][f"{backend}/sgd_batchnorm_per_slice"] = compare(model, hist, ref, ref_hist, True)
         if backend not in opts.controls.split(","):
             continue
@@ -346,7 +364,7 @@ def main() -> None:
             model, hist = run_fit(backend, *SCENARIOS["sgd_momentum_dropout_clipnorm"], comm)
         finally:
             AverageGradients.apply = original
-        ref, ref_hist = run_fit(backend, *SCENARIOS["sgd_momentum_dropout_clipnorm"])
+        ref, ref_hist = refs["sgd_momentum_dropout_clipnorm"]
         results["scenarios"][f"{backend}/negative_control"] = compare(model, hist, ref, ref_hist)
         # early stopping: identical logs make every rank stop at the same epoch as one process would
         stop = dict(SCENARIOS["adam_l2_clipvalue_accumulate"][1], epochs=30)
@@ -357,9 +375,9 @@ def main() -> None:
         results["scenarios"][f"{backend}/early_stopping"] = compare(model, hist, ref, ref_hist)
         # mean_with_sample_weight with weights that fall unevenly on the ranks: each rank's gradient is weighed by its
         # slice's sum of weights, all-reduced and sharded
+        ref, ref_hist = weighted_fit(backend)
         for label, how in (("unsharded", comm), ("sharded", sharded(comm))):
             model, hist = weighted_fit(backend, how)
-            ref, ref_hist = weighted_fit(backend)
             results["scenarios"][f"{backend}/mean_with_sample_weight_{label}"] = compare(model, hist, ref, ref_hist)
         for source in SOURCES:
             model, hist = fit_from(backend, source, comm)
