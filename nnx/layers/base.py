@@ -155,6 +155,21 @@ class BuildContext:
                              f"model's dtype float64")
 
 
+def _require_finite_start(context: BuildContext, full: str, value: Any) -> None:
+    """ValueError naming `full` when a new parameter holds NaN or inf (build time only, one host read).
+
+    An initializer with a bad argument (a negative gain under NumPy's sqrt, a constant of NaN) draws
+    NaN without raising; such a model predicted NaN and `fit` blamed its first step's learning rate.
+    Buffers are not checked: a running minimum may well start at +inf.
+    """
+    xp = context.backend.xp
+    if bool(context.backend.to_host(xp.all(xp.isfinite(value)))):
+        return
+    raise ValueError(f"the initial value of parameter {full!r} holds NaN or inf in {context.dtype}: check its "
+                     f"initializer's arguments (a negative gain or scale under a square root, a NaN constant, "
+                     f"values beyond the range of {context.dtype})")
+
+
 class Layer:
     """One step of a `Sequential` model: `forward` maps X to Y, `backward` maps dY to dX.
 
@@ -307,6 +322,8 @@ class Layer:
         shape = self._new_name_and_shape(name, shape)
         context = self._require_building(f"add_parameter({name!r})")
         value = context.initial_value(name, shape, init)
+        if context.provided is None:  # a checkpoint's arrays are checked where the file is read
+            _require_finite_start(context, context.prefix + name, value)
         param = Parameter(context.prefix + name, value, regularized=regularized)
         self._params[name] = param
         return param

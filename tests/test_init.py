@@ -1,0 +1,73 @@
+"""Initial values: a trained parameter never starts as NaN or inf without a word.
+
+A user's initializer with a bad argument (a negative gain under a square root) draws NaN on
+the host without raising; the model then predicted NaN and `fit` blamed the learning rate at
+its first step. The parameter is refused where it is created, naming it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _negative_gain_init(rng, shape):
+    gain = -2.0  # a typo'd sign: NumPy's sqrt gives NaN (a warning), and normal(0, NaN) draws NaN
+    with np.errstate(invalid="ignore"):
+        return rng.normal(0.0, np.sqrt(gain / shape[0]), size=shape)
+
+
+class InitScale(nnx.Layer):
+    """X * scale, its scale drawn by `init`."""
+
+    def __init__(self, init="ones"):
+        super().__init__()
+        self.init = init
+
+    def build(self, input_shape):
+        self.scale = self.add_parameter("scale", input_shape, init=self.init)
+
+    def forward(self, X, training=False):
+        return X * self.scale.value
+
+
+@pytest.mark.parametrize("init", [float("nan"), math.inf, -math.inf, _negative_gain_init],
+                         ids=["nan", "inf", "-inf", "negative-gain"])
+def test_non_finite_initial_parameter_is_refused_naming_it(backend, dtype, init):
+    with pytest.raises(ValueError, match=r"'0\.scale'.*NaN or inf"):
+        nnx.Sequential(InitScale(init), backend=backend, dtype=dtype, seed=0, input_shape=(3,))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_initial_value_beyond_float32_is_refused():
+    def huge(rng, shape):
+        return np.full(shape, 1e39)  # finite in float64, inf once cast to the model's float32
+
+    with pytest.raises(ValueError, match=r"'0\.scale'.*NaN or inf"):
+        nnx.Sequential(InitScale(huge), seed=0, input_shape=(3,))
+    model = nnx.Sequential(InitScale(huge), seed=0, input_shape=(3,), dtype="float64")
+    assert float(np.asarray(model.layers[0].scale.value)[0]) == 1e39
+
+
+def test_buffers_may_start_infinite():
+    """A buffer is state, not a weight: a running minimum starting at +inf is a sentinel, kept as given."""
+
+    class RunningMin(nnx.Layer):
+        def build(self, input_shape):
+            self.low = self.add_buffer("low", input_shape, init=math.inf)
+
+        def forward(self, X, training=False):
+            return X
+
+    model = nnx.Sequential(RunningMin(), seed=0, input_shape=(2,))
+    assert np.all(np.isinf(np.asarray(model.layers[0].low.value)))
+
+
+def test_finite_initial_values_still_build(backend, dtype):
+    model = nnx.Sequential(InitScale(0.5), nnx.Dense(3, 2, init="glorot"), backend=backend, dtype=dtype, seed=0,
+                           input_shape=(3,))
+    assert np.all(np.asarray(model.backend.to_host(model.layers[0].scale.value)) == 0.5)
