@@ -102,8 +102,14 @@ class BuildContext:
         return BuildContext(self.backend, self.dtype, self.init_rng, self.rng, f"{self.prefix}{name}.", self.provided,
                             self.forward_pass)
 
-    def initial_value(self, name: str, shape: Shape, init: Any) -> Any:
-        """The array for a new parameter or buffer: from `provided` when loading, else from `init`."""
+    def initial_value(self, name: str, shape: Shape, init: Any, finite: bool = False) -> Any:
+        """The array for a new parameter or buffer: from `provided` when loading, else from `init`.
+
+        `finite` (a parameter's) refuses an initial value with NaN or inf, or beyond the model's dtype: an
+        initializer with a bad argument (a negative gain under a square root, a NaN constant) draws NaN without
+        raising, and such a model predicted NaN while `fit` blamed its first step's learning rate. A buffer may
+        start at +inf (a running minimum); a checkpoint's arrays are checked where the file is read.
+        """
         full = self.prefix + name
         if self.provided is not None:
             host = self.provided.get(full)
@@ -121,6 +127,8 @@ class BuildContext:
         if init == "ones":
             return xp.ones(shape, dtype=dtype, device=device)
         if isinstance(init, numbers.Real) and not isinstance(init, bool):
+            if finite:
+                self._require_finite_start(full, float(init))
             return xp.full(shape, float(init), dtype=dtype, device=device)
         # nnx.init's own functions take fans, not the (rng, shape) of a user's: given as functions, they draw as named
         if isinstance(init, str) or any(init is known for known in INITIALIZERS.values()):
@@ -140,7 +148,22 @@ class BuildContext:
         if tuple(value.shape) != shape:  # reshaped, a transposed draw would land scrambled
             raise ValueError(f"init of {full!r} returned shape {tuple(value.shape)}, but the parameter has shape "
                              f"{shape}")
+        if finite and math.prod(shape):
+            # read where the draw is: the host array itself (a reduction on the device would compile one program per
+            # new shape on JAX, about 5x a small model's build), or a host copy of anything else
+            drawn = host if array_api_compat.is_array_api_obj(host) else self.backend.to_host(value)
+            hxp = array_api_compat.array_namespace(drawn)
+            self._require_finite_start(full, float(hxp.max(hxp.abs(drawn))))
         return value
+
+    def _require_finite_start(self, full: str, largest: float) -> None:
+        """ValueError naming parameter `full` unless its largest magnitude is finite in the model's dtype."""
+        limit = float(self.backend.xp.finfo(self.backend.float_dtype(self.dtype)).max)
+        if abs(largest) <= limit:  # False for NaN too
+            return
+        raise ValueError(f"the initial value of parameter {full!r} holds NaN or inf in {self.dtype}: check its "
+                         f"initializer's arguments (a negative gain or scale under a square root, a NaN constant, "
+                         f"values beyond the range of {self.dtype}, +-{limit:.4g})")
 
     def _require_in_range(self, full: str, host: Any) -> None:
         """ValueError when a wider float array (float64 into a float32 model) holds finite values its cast makes inf."""
@@ -153,21 +176,6 @@ class BuildContext:
             raise ValueError(f"the saved array {full!r} has values up to {largest:.4g}, beyond the range of "
                              f"{self.dtype} (+-{float(finfo.max):.4g}), which would turn them into inf; keep the "
                              f"model's dtype float64")
-
-
-def _require_finite_start(context: BuildContext, full: str, value: Any) -> None:
-    """ValueError naming `full` when a new parameter holds NaN or inf (build time only, one host read).
-
-    An initializer with a bad argument (a negative gain under NumPy's sqrt, a constant of NaN) draws
-    NaN without raising; such a model predicted NaN and `fit` blamed its first step's learning rate.
-    Buffers are not checked: a running minimum may well start at +inf.
-    """
-    xp = context.backend.xp
-    if bool(context.backend.to_host(xp.all(xp.isfinite(value)))):
-        return
-    raise ValueError(f"the initial value of parameter {full!r} holds NaN or inf in {context.dtype}: check its "
-                     f"initializer's arguments (a negative gain or scale under a square root, a NaN constant, "
-                     f"values beyond the range of {context.dtype})")
 
 
 class Layer:
@@ -321,9 +329,7 @@ class Layer:
         """
         shape = self._new_name_and_shape(name, shape)
         context = self._require_building(f"add_parameter({name!r})")
-        value = context.initial_value(name, shape, init)
-        if context.provided is None:  # a checkpoint's arrays are checked where the file is read
-            _require_finite_start(context, context.prefix + name, value)
+        value = context.initial_value(name, shape, init, finite=True)
         param = Parameter(context.prefix + name, value, regularized=regularized)
         self._params[name] = param
         return param
