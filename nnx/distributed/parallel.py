@@ -123,7 +123,7 @@ def _cut(a: Any, part: slice) -> Any:
 
 
 # the facts about the data, whose error says how to give it
-DATA_FACTS = ("data", "weights", "data contents", "validation data contents")
+DATA_FACTS = ("data", "weights", "data contents", "validation data contents", "validation")
 # what the ranks drew from the model's random stream (`DeviceRNG.rows`) and how they came apart
 STREAM_HINT = (" Each rank draws the whole batch's random numbers and keeps its rows: a draw whose first axis has "
                "as many entries as this rank's rows is cut from a draw of the batch's rows. A layer's draw whose "
@@ -133,6 +133,8 @@ STREAM_HINT = (" Each rank draws the whole batch's random numbers and keeps its 
                "process")
 # rows read from each array to tell whether the ranks hold the same data (spread over it, first and last included)
 DIGEST_ROWS = 16
+# how far two ranks' validation logs may differ (rounding on a device) and still be the same validation
+VALIDATION_RTOL = 1e-6
 
 
 def _sampled_rows(a: Any, backend: Any) -> np.ndarray:
@@ -169,12 +171,32 @@ def _data_digest(source: Any, backend: Any) -> str | None:
     return None
 
 
+def _validation_arrays(validation_data: Any) -> bool:
+    """Whether validation_data is arrays (X_val, y_val[, sample_weight]) in a tuple or a list, as `fit` reads it."""
+    return isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3) and \
+        all(a is None or hasattr(a, "shape") for a in validation_data)
+
+
 def _validation_digest(validation_data: Any, backend: Any) -> str | None:
     """The digest of validation_data given as arrays (X_val, y_val[, sample_weight]); None otherwise."""
-    if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and \
-            all(a is None or hasattr(a, "shape") for a in validation_data):
-        return _digest(validation_data, backend)
-    return None
+    return _digest(validation_data, backend) if _validation_arrays(validation_data) else None
+
+
+def _validation_kind(validation_data: Any, steps: int | None) -> tuple[str | None, int | None]:
+    """How validation_data is given, as the ranks compare it: None, "arrays" or "iterable", with validation_steps."""
+    if validation_data is None:
+        return None, steps
+    return ("arrays" if _validation_arrays(validation_data) else "iterable"), steps
+
+
+def _same_log(a: Any, b: Any) -> bool:
+    """Whether two ranks' values of one validation log agree: equal, both NaN, or within rounding (a device's
+    reductions need not give the same last bits twice)."""
+    if not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+        return a == b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=VALIDATION_RTOL, abs_tol=1e-12)
 
 
 def _stream_digest(rng: Any) -> str:
@@ -272,6 +294,7 @@ class DataParallelFit:
         self.transforms: list[GradientTransform] = []
         self.check_finite = True
         self.refused: ValueError | None = None  # why the sharded update cannot run this fit (`train_step`)
+        self.validation_kind: str | None = None  # how validation_data is given (`begin`)
         self.is_root = comm.rank == 0
         # the fewest rows a slice may hold in training: BatchNorm normalises each rank's slice by its own statistics
         self.min_rows = 2 if any(isinstance(layer, BatchNorm) for _, layer in model.named_layers()) else 1
@@ -396,10 +419,13 @@ class DataParallelFit:
             self.local_weight = local
             self.transform.add_rows(local, total)
 
-    def begin(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None) -> None:
+    def begin(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None,
+              validation_steps: int | None = None) -> None:
         """Check that every rank runs the same fit (`agree`), then start every rank from rank 0's weights, buffers
         and random streams. `metrics`: the names of the metrics this rank's fit scores."""
-        self.agree("as fit starts", self.facts(epochs, validation_data, metrics))
+        facts = self.facts(epochs, validation_data, metrics, validation_steps)
+        self.validation_kind = facts["validation"][0]
+        self.agree("as fit starts", facts)
         if self.refused is not None:
             raise self.refused  # on every rank alike: `agree` compared it
         model, comm = self.model, self.comm
@@ -409,7 +435,8 @@ class DataParallelFit:
         model.shuffle_rng.bit_generator.state = streams[0]
         model.dropout_rng.set_state(streams[1])
 
-    def facts(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None) -> dict[str, Any]:
+    def facts(self, epochs: int, validation_data: Any = None, metrics: list[str] | None = None,
+              validation_steps: int | None = None) -> dict[str, Any]:
         """What every rank's fit must share, or the ranks' collectives would pair up wrongly (a hang, or
         slices cut from batches of other sizes) or their weights drift apart without a word.
 
@@ -439,6 +466,8 @@ class DataParallelFit:
                         _class_weights(getattr(prepare, "class_weight", None))),
             "data contents": _data_digest(source, model.backend),
             "validation data contents": _validation_digest(validation_data, model.backend),
+            # an iterable's batches are compared by the logs they give (`agree_on_validation`)
+            "validation": _validation_kind(validation_data, validation_steps),
             # callbacks' on_backward and on_gradients left out: one that only looks (GradientAnalyzer) may run on
             # rank 0 alone
             "gradient stage": [_describe(t) for t in self.transforms
@@ -463,6 +492,28 @@ class DataParallelFit:
                 raise ValueError(f"data-parallel fit: the ranks differ in {name} {what}{digest} ({told}). Every rank "
                                  "must run the same fit: the same model, data, arguments, optimizer state and "
                                  f"callbacks.{whole}")
+
+    def agree_on_validation(self, epoch: int, logs: dict[str, Any]) -> dict[str, Any]:
+        """Validation_data given as an iterable: rank 0's validation logs of this epoch on every rank, or the same
+        ValueError on every rank where the ranks' logs differ (one collective an epoch, before the callbacks read
+        them). Arrays were compared by a digest as fit started; their logs are returned as they are.
+
+        Every rank validates on the whole validation data: ranks that each read their own shard of an iterable (as
+        DistributedSampler hands out) would each log, and rank 0 checkpoint by, their own val_loss, and their
+        Histories would part without a word.
+        """
+        if self.validation_kind != "iterable":
+            return logs
+        everyone = self.comm.allgather_object(logs)
+        first = everyone[0]
+        for part in everyone[1:]:
+            if part.keys() != first.keys() or not all(_same_log(part[k], first[k]) for k in first):
+                told = "; ".join(f"rank {q}: {({f'val_{k}': v for k, v in sorted(p.items())})}"
+                                 for q, p in enumerate(everyone))
+                raise ValueError(f"data-parallel fit: the ranks' validation logs differ after epoch {epoch + 1} "
+                                 f"({told}). Every rank must validate on the same, whole validation data: give every "
+                                 "rank the same validation_data (and validation_steps), not its own shard")
+        return dict(first)
 
     def end_of_epoch(self, epoch: int) -> None:
         """After the epoch's callbacks: every rank must stop together and keep one learning rate (a callback that

@@ -181,7 +181,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
         if dp is not None:
-            dp.begin(epochs, validation_data if val_rows is None else None, list(metric_fns))
+            dp.begin(epochs, validation_data if val_rows is None else None, list(metric_fns), validation_steps)
         # "metrics", "validation" and "added" let callbacks reject a monitored name never logged, up front
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None, "added": added_names(cbs)})
@@ -198,9 +198,10 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
             look_at_outputs = False
-            if val is not None:
-                logs.update({f"val_{k}": v for k, v in val().items()})
             epoch = model.epochs_trained
+            if val is not None:
+                val_logs = val() if dp is None else dp.agree_on_validation(epoch, val())
+                logs.update({f"val_{k}": v for k, v in val_logs.items()})
             model.epochs_trained += 1
             cb.on_epoch_end(epoch, logs)
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
