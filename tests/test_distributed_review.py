@@ -66,3 +66,23 @@ def test_the_same_validation_iterable_on_every_rank_gives_one_history():
         for k in one:
             np.testing.assert_allclose(got[k], one[k], rtol=0, atol=1e-12, err_msg=k)
 
+
+def test_what_fit_and_its_callbacks_print_is_printed_once(capsys):
+    """verbose=2's line, a ProgressBar given to every rank, EarlyStopping's and LearningRateScheduler's messages:
+    every rank printed them, so a job of N ranks printed each N times (ModelCheckpoint's already printed once)."""
+    X, y = _data(20)
+
+    def rank(comm):
+        callbacks = [nnx.callbacks.ProgressBar(use_tqdm=False),
+                     nnx.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5, verbose=1),
+                     nnx.callbacks.EarlyStopping(monitor="loss", min_delta=10.0, patience=0, verbose=1,
+                                                 restore_best_weights=True)]
+        _model().fit(X, y, batch_size=10, epochs=3, optimizer="sgd", verbose=2, distributed=comm,
+                     callbacks=callbacks)
+
+    run_ranks(2, rank)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)), lines
+    assert any(line.startswith("fit: ") for line in lines) and any(line.startswith("epoch 2/3") for line in lines)
+    assert sum(line.startswith("EarlyStopping") for line in lines) == 2, lines
+    assert sum(line.startswith("LearningRateScheduler") for line in lines) == 2, lines

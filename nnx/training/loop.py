@@ -165,7 +165,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                                 check_finite)
     model.loss = loss_fn
     opt = model.optimizer = model.resolve_optimizer(optimizer, lr)
-    cbs = _callbacks(callbacks, verbose if dp is None or dp.is_root else 0, epochs)
+    verbose = verbose if dp is None or dp.is_root else 0  # every rank would print the same: rank 0 prints
+    cbs = _callbacks(callbacks, verbose, epochs)
     extra = gradient_transforms if dp is None else [dp.transform, *(gradient_transforms or [])]
     transforms = build_transforms(clip_norm, clip_value, accumulate, extra, cbs)
     cb = CallbackList(cbs)

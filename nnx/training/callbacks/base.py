@@ -8,6 +8,13 @@ from typing import Any
 from ...protocols import Model
 
 
+def prints_here(model: Any) -> bool:
+    """Whether this process prints what a callback reports: False on the ranks other than 0 of a data-parallel fit,
+    whose every rank reports the same (as they write files, rank 0 alone prints)."""
+    comm = getattr(model, "distributed", None)
+    return comm is None or comm.rank == 0
+
+
 class Callback:
     """Base class: override any hook. `self.model` is set before training starts.
 

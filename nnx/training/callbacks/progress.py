@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..history import format_value
-from .base import Callback
+from .base import Callback, prints_here
 
 
 def _format_logs(logs: dict) -> str:
@@ -45,6 +45,7 @@ class ProgressBar(Callback):
         self.refresh_interval = float(refresh_interval)
         self._tqdm: Any = None
         self._bar: Any = None
+        self._shown = True
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -53,6 +54,9 @@ class ProgressBar(Callback):
         self._first_epoch = self.model.epochs_trained  # a model trained before continues its count
         self._epoch = self._first_epoch
         self._tqdm = None
+        self._shown = prints_here(self.model)  # rank 0 alone draws a data-parallel fit's progress
+        if not self._shown:
+            return
         if self.use_tqdm or (self.use_tqdm is None and _is_terminal(self.file or sys.stderr)):
             try:
                 from tqdm.auto import tqdm
@@ -93,6 +97,8 @@ class ProgressBar(Callback):
             self._bar.set_postfix_str(f"loss: {mean:.4g}", refresh=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._shown:
+            return
         text = _format_logs(logs or {})
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)

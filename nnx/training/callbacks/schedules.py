@@ -10,7 +10,7 @@ from typing import Any
 
 from ... import _validate as check
 from ...protocols import Model
-from .base import Callback
+from .base import Callback, prints_here
 
 
 class LearningRateScheduler(Callback):
@@ -56,7 +56,7 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"learning-rate schedule {self.schedule!r} returned {returned!r} at epoch {epoch + 1}; "
                              "it must return a finite number >= 0")
         optimizer.lr = new
-        if self.verbose and new != old:
+        if self.verbose and new != old and prints_here(self.model):
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from ... import _validate as check
 from ...protocols import Model
-from .base import Callback
+from .base import Callback, prints_here
 from .monitor import check_monitor, improved, resolve_mode
 
 
@@ -86,7 +86,7 @@ class EarlyStopping(Callback):
         if self.wait >= max(self.patience, 1):
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.verbose:
+            if self.verbose and prints_here(self.model):
                 print(f"EarlyStopping: {self.monitor} did not improve for {self.wait} epoch(s); "
                       f"stopping at epoch {epoch + 1}", flush=True)
 
@@ -99,7 +99,7 @@ class EarlyStopping(Callback):
         failed = bool((logs or {}).get("failed"))
         if running and not failed and self.restore_best_weights and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
-            if self.verbose:
+            if self.verbose and prints_here(self.model):
                 print(f"EarlyStopping: restored the weights of epoch {cast(int, self.best_epoch) + 1} "
                       f"({self.monitor} = {self.best:.4g})", flush=True)
 
