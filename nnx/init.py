@@ -85,6 +85,19 @@ INITIALIZERS: dict[str, Initializer] = {
 
 def get_initializer(name: str) -> Initializer:
     """Look up an initializer by name; unknown names raise ValueError listing the valid ones."""
-    if not isinstance(name, str) or name.lower() not in INITIALIZERS:
-        raise ValueError(f"unknown init {name!r}; valid names: {sorted(INITIALIZERS)}")
-    return INITIALIZERS[name.lower()]
+    return INITIALIZERS[initializer_name(name).lower()]
+
+
+def initializer_name(init: Any) -> str:
+    """The name under which `init` is saved: a name in `INITIALIZERS` (any case, kept as given), or the name of
+    one of the functions above given itself (``nnx.init.he_uniform``); anything else raises ValueError listing
+    the names."""
+    if isinstance(init, str) and init.lower() in INITIALIZERS:
+        return init
+    names = [name for name, fn in INITIALIZERS.items() if fn is init]
+    if names:  # the function's own name where it is registered under it ("he_normal", not "he")
+        return getattr(init, "__name__", "") if getattr(init, "__name__", "") in names else names[0]
+    hint = ("; a function of your own (rng, shape) -> array is taken by Layer.add_parameter(init=...) in a layer "
+            "of your own") if callable(init) else ""
+    raise ValueError(f"unknown init {init!r}; valid: one of nnx.init's functions or its name, {sorted(INITIALIZERS)}"
+                     f"{hint}")

@@ -71,3 +71,20 @@ def test_finite_initial_values_still_build(backend, dtype):
     model = nnx.Sequential(InitScale(0.5), nnx.Dense(3, 2, init="glorot"), backend=backend, dtype=dtype, seed=0,
                            input_shape=(3,))
     assert np.all(np.asarray(model.backend.to_host(model.layers[0].scale.value)) == 0.5)
+
+
+def test_dense_takes_nnx_inits_own_functions_and_saves_their_names(tmp_path):
+    """Dense(init=nnx.init.he_uniform), as Keras takes an initializer object, was refused as an "unknown init"
+    although add_parameter takes the same function; it is saved by its name, so the file loads anywhere."""
+    by_function = nnx.Sequential(nnx.Dense(3, 4, init=nnx.init.he_uniform), seed=1, input_shape=(3,))
+    by_name = nnx.Sequential(nnx.Dense(3, 4, init="he_uniform"), seed=1, input_shape=(3,))
+    assert by_function.layers[0].get_config() == by_name.layers[0].get_config()
+    np.testing.assert_array_equal(np.asarray(by_function.layers[0].weight.value),
+                                  np.asarray(by_name.layers[0].weight.value))
+    by_function.save(tmp_path / "m.npz")
+    assert nnx.load(tmp_path / "m.npz").layers[0].init == "he_uniform"
+    assert nnx.Dense(3, 4, init="Glorot").init == "Glorot"  # a name is kept as given
+    with pytest.raises(ValueError, match=r"add_parameter"):
+        nnx.Dense(3, 4, init=lambda rng, shape: rng.normal(size=shape))
+    with pytest.raises(ValueError, match=r"unknown init 'glorotx'"):
+        nnx.Dense(3, 4, init="glorotx")

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _validate as check
-from ..init import get_initializer
+from ..init import Initializer, initializer_name
+from ..registry import recorded_args
 from ..regularizers import Regularizer, get_regularizer
-from .base import Layer, Shape
+from .base import Layer, Shape, constructor_config
 from .passes import nothing_kept
 
 
@@ -17,17 +18,17 @@ class Dense(Layer):
     Args:
         in_features: size of each input sample.
         out_features: size of each output sample.
-        init: weight initializer name (see `nnx.init.INITIALIZERS`); biases start at zero.
+        init: weight initializer: a name in `nnx.init.INITIALIZERS` or one of `nnx.init`'s functions
+            (``nnx.init.he_uniform``); biases start at zero.
         regularizer: penalty on this layer's weight (`nnx.regularizers`), or None.
     """
 
-    def __init__(self, in_features: int, out_features: int, init: str = "he",
+    def __init__(self, in_features: int, out_features: int, init: str | Initializer = "he",
                  regularizer: Regularizer | str | None = None) -> None:
         super().__init__()
         self.in_features = check.positive_int("in_features", in_features)
         self.out_features = check.positive_int("out_features", out_features)
-        get_initializer(init)
-        self.init = init
+        self.init = initializer_name(init)  # saved in the config by name
         self.regularizer = get_regularizer(regularizer)
         self._X: Any = None
 
@@ -70,7 +71,10 @@ class Dense(Layer):
         return graph.add_node("Gemm", [X, graph.add_initializer(self.weight), graph.add_initializer(self.bias)])
 
     def get_config(self) -> dict:
-        config = super().get_config()
+        # init by name: one of nnx.init's functions given itself is saved as the name it is registered under
+        config = constructor_config(self, leave_out=("init",))
+        if "init" in recorded_args(self):
+            config["init"] = self.init
         if "regularizer" in config:  # the live one: a regularizer set after construction is part of the model
             config["regularizer"] = None if self.regularizer is None else self.regularizer.get_config()
         return config
