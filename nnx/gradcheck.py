@@ -181,7 +181,11 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
     except Exception as exc:  # a float32-only device (Apple MPS, some accelerators): say what to do instead
         raise ValueError(f"check_gradients computes in float64, which {model.backend.spec} cannot hold ({exc}); "
                          f"check a copy on the host: nnx.check_gradients(model.to('numpy'), X, y, ...)") from exc
-    checked = model.to(model.backend, dtype="float64")
+    try:
+        checked = model.to(model.backend, dtype="float64")
+    except TypeError as exc:  # a layer whose config cannot rebuild it: say why the check needs one
+        raise TypeError(f"check_gradients works on a float64 copy of the model, rebuilt from its layers' configs: "
+                        f"{exc}") from exc
     backend = checked.backend
     loss_fn = checked.resolve_loss(loss)  # a name means what it means to fit ("ce" after Softmax: probabilities)
     look_at_outputs = check_loss_fits(checked, loss_fn)
