@@ -37,8 +37,15 @@ def import_library(module: str, backend: str, install: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        # Only the library itself missing is "not installed"; an installed one can fail too (a CuPy wheel without
+        # its CUDA libraries, a missing dependency), and then installing it is not what is needed.
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module:
+            raise BackendUnavailableError(
+                f"backend {backend!r} cannot run here: {module} is not installed ({exc}); install it with: {install}"
+            ) from exc
         raise BackendUnavailableError(
-            f"backend {backend!r} cannot run here: {module} is not installed ({exc}); install it with: {install}"
+            f"backend {backend!r} cannot run here: {module} is installed but fails to import ({exc}); "
+            f"reinstall it with: {install}"
         ) from exc
 
 

@@ -1,0 +1,39 @@
+"""What a backend that cannot run says about its install: the messages that name a fix must name the right one."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import nnx
+from nnx.backends.base import import_library
+
+
+def _installed_but_broken(tmp_path, monkeypatch, name: str, body: str) -> None:
+    """A package `name` that is on the path (installed) and raises while importing, as a wheel without its
+    shared libraries does (CuPy: "CuPy is not correctly installed ... libcudart.so.12: cannot open ...")."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+@pytest.mark.parametrize("body", [
+    "raise ImportError('CuPy is not correctly installed: libcudart.so.12: cannot open shared object file')",
+    "import nnx_no_such_dependency_of_it",  # a dependency of the library is missing, not the library
+])
+def test_an_installed_library_that_fails_to_import_is_not_called_missing(tmp_path, monkeypatch, body):
+    _installed_but_broken(tmp_path, monkeypatch, "nnx_broken_lib", body)
+    with pytest.raises(nnx.BackendUnavailableError) as info:
+        import_library("nnx_broken_lib", "broken", 'pip install "nnx-mlp[broken]"')
+    message = str(info.value)
+    assert "not installed" not in message, message
+    assert "nnx_broken_lib is installed but fails to import" in message, message
+    assert "nnx_no_such_dependency_of_it" in message or "libcudart" in message, message  # the library's own words
+
+
+def test_a_library_that_is_not_there_is_called_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nnx_absent_lib", None)
+    with pytest.raises(nnx.BackendUnavailableError, match=r"nnx_absent_lib is not installed .*install it with: pip"):
+        import_library("nnx_absent_lib", "absent", "pip install nnx-absent-lib")
