@@ -76,13 +76,31 @@ BACKEND_CASES = [
 ]
 
 
-def _selected_cases():
-    only = os.environ.get("NNX_TEST_BACKEND")
+def _test_backend():
+    """NNX_TEST_BACKEND with its library part lower-cased (backend names are case-insensitive); None when unset."""
+    only = os.environ.get("NNX_TEST_BACKEND", "").strip()
     if not only:
+        return None
+    library, colon, device = only.partition(":")
+    return library.lower() + colon + device
+
+
+def _selected_cases():
+    only = _test_backend()
+    if only is None:
         return BACKEND_CASES
-    if ":" in only and not only.startswith("generic:"):  # a device spec ("torch:cuda", "jax:gpu"): its library's dtype
-        return [(only, dtype) for spec, dtype in BACKEND_CASES if spec == only.split(":")[0]]
-    return [case for case in BACKEND_CASES if case[0].split(":")[0] == only]
+    library, _, device = only.partition(":")
+    if library == "generic" and device:  # "generic:array_api_strict", or another module through the generic adapter
+        selected = [(only, dtype) for spec, dtype in BACKEND_CASES if spec.partition(":")[0] == "generic"]
+    elif device:  # a device spec ("torch:cuda", "jax:gpu"): its library's dtype
+        selected = [(only, dtype) for spec, dtype in BACKEND_CASES if spec == library]
+    else:
+        selected = [case for case in BACKEND_CASES if case[0].partition(":")[0] == library]
+    if not selected:  # every backend test would skip as "got empty parameter set", and the run would pass
+        libraries = ", ".join(dict.fromkeys(spec.partition(":")[0] for spec, _ in BACKEND_CASES))
+        raise pytest.UsageError(f"NNX_TEST_BACKEND={os.environ['NNX_TEST_BACKEND']!r} selects no backend case; "
+                                f"valid: {libraries}, one of them with a device (torch:cuda), or generic:<module>")
+    return selected
 
 
 def _case_id(spec: str) -> str:
@@ -164,7 +182,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"))
-    only = os.environ.get("NNX_TEST_BACKEND") if os.environ.get("NNX_TEST_ONLY_BACKEND_CASES") == "1" else None
+    only = _test_backend() if os.environ.get("NNX_TEST_ONLY_BACKEND_CASES") == "1" else None
     if only:
         _keep_backend_cases(config, items, only)
 
