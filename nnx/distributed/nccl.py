@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..backends import backend_name_of
+from ..backends.nvidia import CUPY_INSTALL
 from .comm import Communicator, SingleProcess, check_counts, check_op, offsets
 from .local import gpu_for_rank, import_mpi
 
@@ -143,5 +144,5 @@ def _cupyx_distributed(need_mpi: bool) -> Any:
     try:
         from cupyx import distributed as cdist  # pyright: ignore[reportMissingImports]  # optional GPU library
     except ImportError as exc:
-        raise ImportError(f"the NCCL engine needs CuPy ({exc}): pip install \"nnx-mlp[cupy12]\"") from exc
+        raise ImportError(f"the NCCL engine needs CuPy ({exc}): {CUPY_INSTALL}") from exc
     return cdist
