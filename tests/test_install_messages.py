@@ -37,3 +37,14 @@ def test_a_library_that_is_not_there_is_called_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "nnx_absent_lib", None)
     with pytest.raises(nnx.BackendUnavailableError, match=r"nnx_absent_lib is not installed .*install it with: pip"):
         import_library("nnx_absent_lib", "absent", "pip install nnx-absent-lib")
+
+
+def test_a_rocm_torch_without_a_gpu_is_not_called_a_cpu_only_build():
+    # ROCm builds of torch run "torch:cuda" on AMD GPUs and have torch.version.cuda None, as CPU-only ones do:
+    # telling that user to uninstall torch for a CUDA wheel would be the wrong fix
+    from nnx.backends.torch import cuda_unavailable
+
+    message = cuda_unavailable("torch:cuda", "2.13.0+rocm6.4", None, None, hip="6.4.43482")
+    assert "CPU-only" not in message and "pip uninstall" not in message, message
+    assert "ROCm" in message and "AMD GPU" in message, message
+    assert "CPU-only build" in cuda_unavailable("torch:cuda", "2.13.0+cpu", None, None, hip=None)

@@ -103,8 +103,15 @@ def namespace(torch: Any) -> types.ModuleType:
                           minimum=with_number(torch.minimum, compat.minimum), matmul=matmul, where=where)
 
 
-def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None) -> str:
-    """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA."""
+def cuda_unavailable(spec: str, version: str, built_cuda: str | None, driver: tuple[int, int] | None,
+                     hip: str | None = None) -> str:
+    """Why `spec` cannot run: a CPU-only torch wheel, no driver or GPU, or a driver older than the wheel's CUDA.
+
+    `hip` is ``torch.version.hip``: a ROCm build (``torch.cuda`` runs AMD GPUs there) has no CUDA version either,
+    but is no CPU-only build, and a CUDA wheel is not its fix."""
+    if hip:
+        return (f"backend {spec!r} cannot run here: torch {version} is a ROCm build (HIP {hip}) and sees no AMD GPU "
+                "(check rocm-smi)")
     if built_cuda is None:
         # `pip install torch --index-url ...` alone does nothing here: pip keeps the installed torch
         return (f"backend {spec!r} cannot run here: the installed torch {version} is a CPU-only build; "
@@ -131,7 +138,7 @@ class TorchBackend(Backend):
             raise ValueError(f"backend 'torch:{label}' names no torch device: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(cuda_unavailable(f"torch:{label}", torch.__version__, torch.version.cuda,
-                                                           driver_cuda_version()))
+                                                           driver_cuda_version(), getattr(torch.version, "hip", None)))
         if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
             raise BackendUnavailableError(f"backend 'torch:{label}' cannot run here: "
                                           f"{torch.cuda.device_count()} CUDA device(s) found")
