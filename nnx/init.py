@@ -99,5 +99,5 @@ def initializer_name(init: Any) -> str:
         return getattr(init, "__name__", "") if getattr(init, "__name__", "") in names else names[0]
     hint = ("; a function of your own (rng, shape) -> array is taken by Layer.add_parameter(init=...) in a layer "
             "of your own") if callable(init) else ""
-    raise ValueError(f"unknown init {init!r}; valid: one of nnx.init's functions or its name, {sorted(INITIALIZERS)}"
-                     f"{hint}")
+    raise ValueError(f"unknown init {init!r}; valid names: {sorted(INITIALIZERS)}, or nnx.init's function of one of "
+                     f"them{hint}")
