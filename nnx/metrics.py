@@ -36,7 +36,10 @@ def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
     """
     @functools.wraps(metric)
     def scored(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
-        if type(y_true) is not type(y_pred) and not (is_jax_array(y_pred) and is_array_api_obj(y_true)):
+        # NumPy's strings, objects and dates too (a NumPy y_true beside NumPy or JAX outputs skips the move): the
+        # move refuses them by name, where the arithmetic below would fail on "could not convert string to float"
+        if (type(y_true) is not type(y_pred) and not (is_jax_array(y_pred) and is_array_api_obj(y_true))) \
+                or getattr(getattr(y_true, "dtype", None), "kind", "f") not in "biufV":
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
         return metric(xp, y_true, y_pred, from_logits)
     return scored
@@ -216,7 +219,9 @@ def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
     if y_pred.ndim == 2 and n_out > 1 and tuple(y_true.shape) in ((y_pred.shape[0],), (y_pred.shape[0], 1)):
         classes = xp.arange(n_out, dtype=y_pred.dtype, device=array_device(y_pred))
         indices = xp.reshape(xp.astype(y_true, y_pred.dtype), (y_pred.shape[0], 1))
-        return xp.astype(indices == classes, y_pred.dtype), y_pred
+        # an index that is no class (cross-entropy refuses it) would be a row of zeros, scored as a target: NaN
+        is_class = (indices >= 0) & (indices < n_out) & (xp.floor(indices) == indices)
+        return xp.where(is_class, xp.astype(indices == classes, y_pred.dtype), math.nan), y_pred
     return _like_outputs(xp, y_true, y_pred), y_pred
 
 
@@ -270,7 +275,8 @@ def r2(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     exact = xp.astype(ss_res == 0, ss_res.dtype)
     varies = (xp.max(y_true, axis=1) > xp.min(y_true, axis=1)) & (ss_tot > 0)
     per_output = xp.where(varies, 1.0 - ss_res / xp.where(varies, ss_tot, 1.0), exact)
-    return xp.mean(per_output)
+    # a NaN (a target that is no class, a NaN output) fails both comparisons above, which would score it 0 or 1
+    return xp.mean(xp.where(xp.isnan(ss_res), math.nan, per_output))
 
 
 Metric = Callable[..., Any]
