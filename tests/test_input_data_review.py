@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import nnx
 from nnx import metrics as M
 
 REGRESSION_METRICS = ["mse", "mae", "rmse", "r2"]
@@ -50,3 +51,22 @@ def test_r2_of_a_nan_output_for_a_constant_target_is_nan(backend_case):
     backend, dtype = backend_case
     y_pred = backend.asarray(np.array([[1.0], [math.nan], [1.0]]), dtype=dtype)
     assert math.isnan(float(backend.to_host(M.r2(backend.xp, np.ones(3), y_pred))))
+
+
+def test_weights_given_as_strings_are_not_told_to_encode_class_labels():
+    """The hint for strings is about class labels and categorical features; weights read as text are neither."""
+    X, y = np.zeros((4, 3)), np.zeros(4)
+    model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), seed=0)
+    with pytest.raises(TypeError, match=r"sample_weight must hold numbers, got dtype <U3 \(strings\): pass "
+                                        r"the weights as numbers$"):
+        model.fit(X, y, sample_weight=np.array(["1.0"] * 4))
+
+
+def test_a_dataframe_of_nullable_integer_columns_is_named_in_the_hint():
+    """Two Int64 columns make NumPy an object array, though no two columns differ in kind: the hint says so."""
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame({c: pd.array([1, 2, 3, 4], dtype="Int64") for c in "abc"})
+    model = nnx.Sequential(nnx.Dense(3, 1), seed=0)
+    with pytest.raises(TypeError, match=r"to_numpy\(dtype=float\)\), and so do columns of pandas' nullable dtypes"):
+        model.predict(X)
+    assert np.allclose(model.predict(X.to_numpy(dtype=float)), model.predict(np.arange(1.0, 5.0)[:, None] * [1, 1, 1]))

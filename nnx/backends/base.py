@@ -357,15 +357,18 @@ class Backend:
         if host.dtype.kind not in "biuf":
             strings = host.dtype.kind in "US" or (
                 host.dtype == object and any(isinstance(v, (str, bytes)) for v in host.flat))
-            if strings:
+            if strings and "weight" in argname:  # weights as text: no class labels to encode
+                hint = " (strings): pass the weights as numbers"
+            elif strings:
                 # class names as read from a CSV (or a pandas column of them): say how to make them numbers
                 hint = (" (strings): encode class labels as indices 0..k-1 (classes, y = np.unique(labels, "
                         "return_inverse=True); nnx.sklearn.MLPClassifier takes string labels as they are) and a "
                         "categorical feature as one-hot columns")
             elif host.dtype == object and hasattr(x, "iloc"):
                 # pd.get_dummies puts bool columns beside float ones, which NumPy makes an object array
-                hint = (f" (a DataFrame whose columns are of different kinds gives one; "
-                        f"pass {argname}.to_numpy(dtype=float))")
+                # and so do several columns of pandas' nullable dtypes (Int64, Float64, boolean)
+                hint = (f" (a DataFrame whose columns are of different kinds gives one; pass {argname}.to_numpy("
+                        "dtype=float)), and so do columns of pandas' nullable dtypes (Int64, Float64, boolean)")
             else:
                 hint = ""
             raise TypeError(f"{argname} must hold {_numbers(host.dtype.kind == 'c')}, got dtype {host.dtype}{hint}")
