@@ -65,6 +65,15 @@ class Regularizer:
     name = "Regularizer"
     """The name the class is registered and saved under (`nnx.registry`): its class name, or ``name=``."""
 
+    strengths: tuple[str, ...] = ()
+    """The attributes that hold a strength: each must be a finite number >= 0 whenever it is set, after construction
+    too (``reg.l = -0.1`` from a callback would otherwise reward large weights, the loss falling below 0)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.strengths:  # only when a setting changes: no work in a training step
+            value = check.non_negative(name, value)
+        object.__setattr__(self, name, value)
+
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
@@ -107,8 +116,10 @@ class L1(Regularizer):
         l: strength, finite and >= 0.
     """
 
+    strengths = ("l",)
+
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = check.non_negative("l", l)
+        self.l = l
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -135,8 +146,10 @@ class L2(Regularizer):
         l: strength, finite and >= 0.
     """
 
+    strengths = ("l",)
+
     def __init__(self, l: float = DEFAULT_STRENGTH) -> None:
-        self.l = check.non_negative("l", l)
+        self.l = l
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
@@ -158,9 +171,11 @@ class ElasticNet(Regularizer):
         l2: L2 strength, finite and >= 0.
     """
 
+    strengths = ("l1", "l2")
+
     def __init__(self, l1: float = DEFAULT_STRENGTH, l2: float = DEFAULT_STRENGTH) -> None:
-        self.l1 = check.non_negative("l1", l1)
-        self.l2 = check.non_negative("l2", l2)
+        self.l1 = l1
+        self.l2 = l2
 
     @_weights_arg
     def penalty(self, W: Any) -> Any:
