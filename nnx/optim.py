@@ -238,6 +238,14 @@ class Optimizer:
             xp = self._xps[i] = array_api_compat.array_namespace(self.params[i].value)
         return xp
 
+    def check_hyperparams(self) -> None:
+        """ValueError unless the hyper-parameters are values the constructor takes: one set after construction
+        (``opt.momentum = 1.5``) is checked here, by `fit` as it starts and by `state_dict`, never in a step."""
+        try:
+            self._check(self.hyperparams)
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__} hyper-parameter changed to a value it refuses: {exc}") from None
+
     @property
     def hyperparams(self) -> dict[str, Any]:
         """The current hyper-parameters as JSON-serialisable Python values."""
@@ -258,8 +266,9 @@ class Optimizer:
         model's optimizer over some of its parameters, or in another order, can be
         rebuilt over the same ones (`rebuild_optimizer`). ``"param_steps"`` holds each
         parameter's own update count (they differ from ``"step"`` only for parameters
-        that were skipped for lack of a gradient).
+        that were skipped for lack of a gradient). A hyper-parameter out of range is refused (`check_hyperparams`).
         """
+        self.check_hyperparams()  # else a saved snapshot that load_state_dict refuses
         return {
             CONFIG_KEY: type(self).registered_name,
             "hyperparams": self.hyperparams,

@@ -45,11 +45,13 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
             raise ValueError("optimizer was built on another model's parameters; pass model.parameters()")
         if lr is not None:
             _set_rate(optimizer, lr)
+        optimizer.check_hyperparams()  # one set after construction (opt.momentum = 1.5) is refused before a step
         return optimizer
     current = model.optimizer
     if current is not None and optimizer is None:
         if lr is not None:
             _set_rate(current, lr)
+        current.check_hyperparams()
         return current
     name = "adam" if optimizer is None else optimizer
     if isinstance(name, str) and current is not None and name in OPTIMIZERS and type(current) is OPTIMIZERS[name] \
@@ -59,6 +61,7 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         # given is set, as for a kept optimizer: without a schedule the run goes on at it, not the decayed one
         if lr is not None:
             _set_rate(current, lr)
+        current.check_hyperparams()
         return current
     kwargs = {} if lr is None else {"lr": lr}
     return get_optimizer(name, model.parameters(), **kwargs)
