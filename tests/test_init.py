@@ -94,7 +94,7 @@ def test_a_layer_that_cannot_be_rebuilt_says_why_check_gradients_needs_it():
     """check_gradients checks a float64 copy rebuilt from the configs: a layer constructed with a function was
     refused with a message about saving only (found in review)."""
 
-    class Scaled(nnx.Layer):
+    class DoubledWithAFunction(nnx.Layer):
         def __init__(self, fn=None):
             super().__init__()
             self.fn = fn
@@ -105,7 +105,7 @@ def test_a_layer_that_cannot_be_rebuilt_says_why_check_gradients_needs_it():
         def backward(self, dY, need_dX=True):
             return dY * 2.0
 
-    model = nnx.Sequential(nnx.Dense(2, 1), Scaled(fn=abs), seed=0, input_shape=(2,))
+    model = nnx.Sequential(nnx.Dense(2, 1), DoubledWithAFunction(fn=abs), seed=0, input_shape=(2,))
     X, y = np.ones((3, 2)), np.ones((3, 1))
     with pytest.raises(TypeError, match=r"check_gradients works on a float64 copy.*fn=<built-in function abs>"):
         nnx.check_gradients(model, X, y, loss="mse")
