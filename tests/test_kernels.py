@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.kernels import OwnPasses, layer_runners
+from nnx.kernels import OwnPasses, head_runner, layer_runners
 
 torch = pytest.importorskip("torch")
 
@@ -238,3 +238,70 @@ def test_dense_kernels_keep_nan_where_a_product_has_an_inner_dimension_of_one(de
         got = [kernel.forward(X, training=True), kernel.backward(dY), layer.weight.grad, layer.bias.grad]
         for g, w in zip(got, want, strict=True):
             _same(_host_bits(be, g), _host_bits(be, w))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_torch_bce_head_kernel_gives_the_loss_value_bit_for_bit_and_its_gradient_to_an_ulp(torch_backend, dtype,
+                                                                                          outputs):
+    loss = nnx.losses.BinaryCrossEntropy(from_logits=True)
+    kernel = head_runner(loss, torch_backend)
+    assert kernel is not loss
+    gen = np.random.default_rng(2)
+    n = len(SPECIAL)
+    Z = gen.normal(size=(n * 3, outputs)) * 4
+    Z[:n, 0] = SPECIAL  # every special logit against a hard 0, a hard 1 and a soft label
+    Y = gen.uniform(size=Z.shape)
+    Y[:, 0] = np.repeat([0.0, 1.0, 0.3], n)
+    for rows in (slice(None), slice(n, None)):  # with the special logits (a NaN value), and all finite
+        z, y = (torch.tensor(a[rows], dtype=getattr(torch, dtype), device=torch_backend.device) for a in (Z, Y))
+        value, grad = kernel.value_and_grad_prepared(torch_backend.xp, y, z)
+        want_value, want_grad = loss.value_and_grad_prepared(torch_backend.xp, y, z)
+        _same(value, want_value)
+        got, want = (np.asarray(g.cpu()) for g in (grad, want_grad))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))  # NaN where NaN, inf where inf
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        ulp = np.finfo(got.dtype).eps * max(1, outputs)
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=4 * ulp, atol=ulp / got.size)
+    weights = torch.ones(z.shape[0], dtype=z.dtype, device=z.device)  # a weighted batch runs the loss's own code
+    _same(kernel.value_and_grad_prepared(torch_backend.xp, y, z, weights)[1],
+          loss.value_and_grad_prepared(torch_backend.xp, y, z, weights)[1])
+
+
+def test_the_bce_head_kernel_runs_only_for_the_declared_class_and_unpatched_methods(monkeypatch):
+    be = nnx.get_backend("torch")
+    loss = nnx.losses.BinaryCrossEntropy(from_logits=True)
+    assert head_runner(loss, nnx.get_backend("numpy")) is loss  # declared for torch alone
+    mse = nnx.losses.get_loss("mse")
+    assert head_runner(mse, be) is mse  # undeclared
+
+    class MyBCE(nnx.losses.BinaryCrossEntropy, name="my_bce_for_the_kernel_test"):
+        pass
+
+    assert head_runner(MyBCE(from_logits=True), be).__class__ is MyBCE  # a subclass may change the math
+    own = nnx.losses.BinaryCrossEntropy(from_logits=True)
+    own.rows = lambda xp, y_true, y_pred: nnx.losses.BinaryCrossEntropy.rows(own, xp, y_true, y_pred)
+    assert head_runner(own, be) is own  # replaced on the object
+    monkeypatch.setattr(nnx.losses.BinaryCrossEntropy, "prepare", nnx.losses.BinaryCrossEntropy.prepare)
+    assert head_runner(loss, be) is not loss  # the same function put back is the declared code
+    monkeypatch.setattr(nnx.losses.BinaryCrossEntropy, "rows", lambda self, xp, y_true, y_pred: None)
+    assert head_runner(loss, be) is loss  # replaced on the class since the declaration
+
+
+def test_a_torch_fit_with_the_bce_head_kernel_gives_the_plain_loops_numbers(torch_backend):
+    gen = np.random.default_rng(4)
+    X, y = gen.normal(size=(64, 5)), gen.integers(0, 2, 64)
+
+    def fit(backend):
+        model = nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(), backend=backend,
+                               dtype="float64", seed=5)
+        history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=3, batch_size=16, verbose=0)
+        return model, history
+
+    be = torch_backend
+    derived, history = fit(be)
+    plain, plain_history = fit(be.with_fastpath(False))
+    np.testing.assert_allclose(history["loss"], plain_history["loss"], rtol=1e-12)
+    for a, b in zip(derived.parameters(), plain.parameters(), strict=True):
+        np.testing.assert_allclose(be.to_host(a.value), be.to_host(b.value), rtol=1e-12, atol=1e-14)

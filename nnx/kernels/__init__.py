@@ -7,6 +7,9 @@ everything undeclared, every layer whose `forward` or `backward` was replaced on
 object, and every layer of a class whose `forward` or `backward` was replaced on the class
 since (a patch on `nnx.Dense` itself), runs its own code.
 
+A head kernel (`head_runner`) computes the training step's loss head for one exact loss class in the
+same way, standing for the loss's ``rows``, ``prepare`` and ``value_and_grad_prepared`` as declared.
+
 A kernel runs one layer inside the training step (`nnx.training.step.TrainStep`). It is
 built once per step object around the layer and has the layer's ``forward(X, training)``
 and ``backward(dY, need_dX)``; it reads only the layer's public attributes, writes only
@@ -23,10 +26,11 @@ from typing import Any
 from ..layers.activation import ReLU
 from ..layers.dense import Dense
 from ..layers.passes import note_training_forward, plain_passes
-from . import numpy_dense, torch_dense, torch_relu
+from ..losses import BinaryCrossEntropy
+from . import numpy_dense, torch_bce, torch_dense, torch_relu
 from .dense import DenseKernel
 
-__all__ = ["LayerRunners", "OwnPasses", "gradient_writers", "layer_runners"]
+__all__ = ["LayerRunners", "OwnPasses", "gradient_writers", "head_runner", "layer_runners"]
 
 # (exact layer class, backend name) -> the kernel's constructor, called with the layer
 _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
@@ -38,6 +42,15 @@ _LAYER_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
 
 # the passes each declared class had when its kernel was declared: the code the kernel gives the numbers of
 _DECLARED_PASSES: dict[type, tuple[Any, Any]] = {cls: (cls.forward, cls.backward) for cls, _ in _LAYER_KERNELS}
+
+# (exact loss class, backend name) -> the kernel of the training step's loss head, called with the loss
+_HEAD_KERNELS: dict[tuple[type, str], Callable[[Any], Any]] = {
+    (BinaryCrossEntropy, "torch"): torch_bce.BCELogitsHeadKernel,
+}
+# the methods a head kernel stands for: the class's own as declared, none replaced on the object
+_HEAD_METHODS = ("rows", "prepare", "value_and_grad_prepared")
+_DECLARED_HEADS: dict[type, tuple[Any, ...]] = {
+    cls: tuple(getattr(cls, name) for name in _HEAD_METHODS) for cls, _ in _HEAD_KERNELS}
 
 
 class LayerRunners(list):
@@ -76,6 +89,17 @@ def layer_runners(layers: Sequence[Any], backend: Any) -> LayerRunners:
     runners.counted_layers = frozenset(id(layer) for layer, runner in zip(layers, runners, strict=True)
                                        if runner is not layer)
     return runners
+
+
+def head_runner(loss: Any, backend: Any) -> Any:
+    """What computes a training step's loss head on `backend`: the kernel declared for the loss's exact class, or
+    the loss itself (undeclared, a method replaced on the class since the declaration or on the object)."""
+    cls = type(loss)
+    make = _HEAD_KERNELS.get((cls, backend.name))
+    if make is None or _DECLARED_HEADS[cls] != tuple(getattr(cls, name) for name in _HEAD_METHODS) \
+            or any(name in vars(loss) for name in _HEAD_METHODS):
+        return loss
+    return make(loss)
 
 
 def gradient_writers(runners: Sequence[Any]) -> list[Any]:

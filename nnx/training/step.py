@@ -23,7 +23,9 @@ declarations, never from their classes, and every way gives the plain loop's num
   flat gradient buffer that update gathers;
 - otherwise `Optimizer.step` updates parameter by parameter.
 Outside a compiled step, a layer with a kernel declared for its exact class on this
-backend (`nnx.kernels`) is run by that kernel, which gives the layer's own numbers.
+backend (`nnx.kernels`) is run by that kernel, which gives the layer's own numbers, and so is
+a loss head with one (binary cross-entropy from logits on torch: its value bit for bit, its
+gradient to an ulp).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..kernels import gradient_writers, layer_runners
+from ..kernels import gradient_writers, head_runner, layer_runners
 from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step, kept_buffers
@@ -80,6 +82,8 @@ class TrainStep:
         if isinstance(self.flat, FlatUpdate):
             self.flat.lay_out(create_state=False)  # now, while no gradients are held
         self.n_run, self.head, self.from_logits = model.output_head(loss)
+        # what computes the head after the first batch: a kernel declared for the loss's class here, or the loss
+        self.head_kernel = head_runner(self.head, be) if be.fastpath_enabled else self.head
         # the layers up to the head, each run by a kernel declared for it on this backend (`nnx.kernels`) or itself
         self.runners = layer_runners(model.layers[:self.n_run], be) if be.fastpath_enabled else None
         # the kernels among them that write their gradients where the flat update offers (no gathering then)
@@ -134,7 +138,7 @@ class TrainStep:
             self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
         if self.checked_inputs:
-            value, self._dZ = self.head.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
+            value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         else:  # the first batch goes through every input check; the data source prepares the rest alike
             self.checked_inputs = True
             value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
