@@ -88,9 +88,10 @@ def relu(x: Any) -> Any:
 
 
 def relu_derivative(x: Any) -> Any:
-    """Derivative of `relu`: 1 where x > 0, else 0 (0 at the kink, like PyTorch)."""
+    """Derivative of `relu`: 0 where x <= 0, else 1 (0 at the kink and 1 at NaN, like PyTorch and `nnx.ReLU`)."""
     xp = _ns(x)
-    return xp.astype(x > 0, x.dtype)
+    # not `x > 0`: torch's backward (and nnx.ReLU's) zeroes only where x <= 0, so a NaN input passes the gradient
+    return xp.astype(~(x <= 0), x.dtype)
 
 
 def leaky_relu(x: Any, alpha: float = 0.01) -> Any:
