@@ -40,6 +40,7 @@ from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
 from .shared_programs import SharedProgram
+from .targets import joined_targets
 from .transforms import Accumulate
 from .weights import average, batch_weight, counts_by_weight, host_values
 
@@ -429,7 +430,7 @@ class EpochProgram:
         loss = losses[0] if len(losses) == 1 else xp.concat(losses)
         if not outputs:
             return loss, rows, weights, None, None
-        return loss, rows, weights, xp.concat(Zs, axis=0), xp.concat(targets, axis=0)
+        return loss, rows, weights, xp.concat(Zs, axis=0), joined_targets(model, targets)
 
     def run_epoch(self, train: Any, batches: Any, cb: CallbackList, guard: Any, metric_fns: dict,
                   check_loss: Any, non_finite: Callable[[int, int], BaseException],

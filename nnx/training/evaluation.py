@@ -15,6 +15,7 @@ from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
+from .targets import joined_targets
 from .trace_state import described_with_attributes
 from .weights import average, batch_weight, host_values
 
@@ -147,7 +148,7 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
     penalty = _penalty(model)
     result = {"loss": value if penalty is None else value + penalty}
     if metric_fns:
-        result.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
+        result.update(model.metric_values(metric_fns, joined_targets(model, targets), xp.concat(outputs, axis=0),
                                           from_logits))
     return result
 

@@ -27,6 +27,7 @@ from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
 from .sources import training_source, validation_source
 from .step import NonFiniteStep, TrainStep
+from .targets import joined_targets
 from .transforms import Accumulate, CallbackHook, CallbackLook, ClipByNorm, ClipByValue, GradientTransform
 from .weights import average, batch_weight, host_values
 
@@ -382,7 +383,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     if metric_fns and not outputs:  # stopped (TerminateOnNaN) at the epoch's first step: no batch to score
         logs.update(dict.fromkeys(metric_fns, math.nan))
     elif metric_fns:
-        logs.update(model.metric_values(metric_fns, xp.concat(targets, axis=0), xp.concat(outputs, axis=0),
+        logs.update(model.metric_values(metric_fns, joined_targets(model, targets), xp.concat(outputs, axis=0),
                                         step.from_logits))
     return logs
 

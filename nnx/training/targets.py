@@ -138,3 +138,20 @@ def _found_values(host: Any) -> str:
         found += (f'; for {int(high) + 1} classes labelled 0..{int(high)}, give the model {int(high) + 1} outputs '
                   'and use loss="cross_entropy"')
     return found
+
+
+def joined_targets(model: Model, targets: list[Any]) -> Any:
+    """The prepared targets of several batches as one array, for the metrics of all their rows.
+
+    Cross-entropy reads class indices and one-hot rows alike, so one batch may bring either: where they are
+    mixed, the indices become one-hot rows of the others' width and dtype, which every metric scores alike.
+    """
+    xp = model.xp
+    rows = [t for t in targets if t.ndim == 2]
+    if not rows or len(rows) == len(targets) or not all(xp.isdtype(t.dtype, "integral") for t in targets
+                                                          if t.ndim == 1):
+        return xp.concat(targets, axis=0)
+    width, dtype = rows[0].shape[1], rows[0].dtype
+    classes = xp.arange(width, device=model.backend.device)
+    return xp.concat([t if t.ndim == 2 else xp.astype(xp.reshape(t, (-1, 1)) == xp.astype(classes, t.dtype), dtype)
+                      for t in targets], axis=0)
