@@ -25,6 +25,7 @@ from .evaluation import evaluate_batches
 from .history import History
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
+from .resolve import require_valid_settings
 from .sources import training_source, validation_source
 from .step import NonFiniteStep, TrainStep
 from .targets import joined_targets
@@ -152,6 +153,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     # a string is a mistake (Keras's shuffle="batch" is not supported), not a truthy flag
     shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
     depth = prefetch_depth(prefetch)
+    require_valid_settings(model)  # a BatchNorm momentum set to 1.5 since construction is refused before any step
     batches, val_rows, validation_data, look_at_outputs = training_source(
         model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,
         steps_per_epoch, depth, look_at_outputs, check_finite)

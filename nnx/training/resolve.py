@@ -6,7 +6,7 @@ import warnings
 from typing import Any, cast
 
 from .. import _validate as check
-from ..layers import Sigmoid, Softmax
+from ..layers import Sigmoid, Softmax, layer_from_config
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from ..optim import OPTIMIZERS, Optimizer, get_optimizer
 from ..protocols import Model
@@ -32,6 +32,22 @@ def resolve_loss(model: Model, loss: Any) -> Loss:
                       f"{type(last).__name__}, so they are probabilities; pass from_logits=False",
                       stacklevel=3)
     return resolved
+
+
+def require_valid_settings(model: Model) -> None:
+    """ValueError as `fit` starts when a layer's setting, changed after construction, holds a value its constructor
+    refuses (a BatchNorm momentum of 1.5 corrupts the running statistics without a word): the layers are rebuilt
+    from their configs, objects only with no arrays, as `save` checks them. A layer whose config is not JSON (a
+    constructor argument that is a function) cannot be rebuilt this way and is left to check its own settings."""
+    try:
+        config = model.get_config()
+    except TypeError:
+        return
+    try:
+        layer_from_config({key: value for key, value in config.items() if key != "backend"})
+    except ValueError as exc:
+        raise ValueError(f"{exc}: a layer setting changed after construction holds a value its constructor "
+                         "refuses; set it back to one the constructor takes") from exc
 
 
 def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimizer:

@@ -1,0 +1,50 @@
+"""A layer setting changed after construction to a value its constructor refuses is refused as fit starts.
+
+`save` refused such a model (its file would never load), but `fit` trained it: a BatchNorm momentum of 1.5
+corrupted the running statistics without a word (found in review).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+@pytest.mark.parametrize("layer, name, value", [
+    (lambda: nnx.BatchNorm(4), "momentum", 1.5),
+    (lambda: nnx.BatchNorm(4), "momentum", math.nan),
+    (lambda: nnx.BatchNorm(4), "eps", -1e-5),
+    (lambda: nnx.LayerNorm(4), "eps", -1e-5),
+    (lambda: nnx.LeakyReLU(), "alpha", -0.1),
+    (lambda: nnx.Dropout(0.2), "rate", 1.0),
+], ids=["bn-momentum", "bn-momentum-nan", "bn-eps", "ln-eps", "leaky-alpha", "dropout-rate"])
+def test_a_setting_its_constructor_refuses_is_refused_before_the_first_step(layer, name, value):
+    model = nnx.Sequential(nnx.Dense(3, 4), layer(), nnx.Dense(4, 1), seed=0, dtype="float64")
+    before = [np.array(p.value, copy=True) for p in model.parameters()]
+    setattr(model.layers[1], name, value)
+    X, y = np.random.default_rng(0).normal(size=(16, 3)), np.zeros(16)
+    with pytest.raises(ValueError, match=rf"{name}.*changed after construction"):
+        model.fit(X, y, loss="mse", epochs=1, batch_size=8, verbose=0)
+    for p, old in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(np.asarray(p.value), old)  # not a step was taken
+
+
+def test_a_layer_whose_config_is_not_json_still_trains():
+    class Doubled(nnx.Layer, name="DoubledForTheSettingsTest"):
+        def __init__(self, fn=None):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, X, training=False):
+            return X * 2.0
+
+        def backward(self, dY, need_dX=True):
+            return dY * 2.0
+
+    model = nnx.Sequential(nnx.Dense(3, 1), Doubled(fn=abs), seed=0, dtype="float64")
+    history = model.fit(np.ones((8, 3)), np.ones(8), loss="mse", epochs=1, verbose=0)
+    assert len(history["loss"]) == 1
