@@ -20,7 +20,7 @@ from ._version import __version__
 from .backends import backend_name_of, backend_status, get_backend, host_fallback
 from .layers import layer_from_config
 from .losses import get_loss
-from .optim import Optimizer, rebuild_optimizer
+from .optim import Optimizer, init_arguments, rebuild_optimizer
 from .protocols import Model
 from .registry import UnknownNameError
 
@@ -93,8 +93,12 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         "callbacks": model.callback_state,
     }
     if include_optimizer and model.optimizer is not None:
-        training["optimizer"] = _to_json_tree(model.optimizer.state_dict(copy=False), arrays,
-                                              STATE_PREFIX + "optimizer/")
+        state = model.optimizer.state_dict(copy=False)
+        try:  # an __init__ argument it does not keep as a hyper-parameter: the file would not load
+            init_arguments(type(model.optimizer), state.get("hyperparams", {}))
+        except TypeError as exc:
+            raise TypeError(f"not saved: the file would not load, since {exc}") from exc
+        training["optimizer"] = _to_json_tree(state, arrays, STATE_PREFIX + "optimizer/")
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -863,7 +863,7 @@ def rebuild_optimizer(state: dict, params: list[Any], source: Backend | None = N
     hyperparams = state.get("hyperparams", {})
     if not isinstance(hyperparams, dict):
         raise TypeError(f"optimizer hyperparams must be an object, got {type(hyperparams).__name__}")
-    arguments = _init_arguments(cls, hyperparams)
+    arguments = init_arguments(cls, hyperparams)
     rate = arguments.get("lr")
     if isinstance(rate, numbers.Real) and not isinstance(rate, bool) and rate == 0:
         # the `lr` setter takes 0 (a frozen phase) where constructors refuse it: build at any rate, and
@@ -888,7 +888,7 @@ def _named_params(names: Any, params: list[Any]) -> list[Any]:
     return [by_name[name] for name in names]
 
 
-def _init_arguments(cls: type[Optimizer], hyperparams: dict[str, Any]) -> dict[str, Any]:
+def init_arguments(cls: type[Optimizer], hyperparams: dict[str, Any]) -> dict[str, Any]:
     """The saved hyper-parameters that ``cls.__init__`` accepts by keyword, after its `params`.
 
     A required argument that is not among them (one the optimizer does not keep as a

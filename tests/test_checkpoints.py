@@ -490,3 +490,24 @@ def test_a_setting_its_constructor_refuses_is_not_saved_into_a_file_that_never_l
         model.save(path)
     assert path.read_bytes() == before  # the last good checkpoint stays
     nnx.load(path)
+
+
+def test_an_optimizer_that_could_not_be_rebuilt_is_not_saved(tmp_path):
+    """A user's optimizer whose __init__ needs an argument it does not keep as a hyper-parameter was saved without
+    a word, and only nnx.load (or to()) failed: the file was written but never loaded (found in review)."""
+
+    class Halving(nnx.optim.SGD, name="HalvingForTheSaveTest"):
+        def __init__(self, params, factor, lr=0.1):
+            super().__init__(params, lr=lr * factor)
+
+    model = nnx.Sequential(nnx.Dense(2, 1), seed=0, dtype="float64")
+    model.fit(np.ones((4, 2)), np.ones(4), loss="mse", epochs=1, verbose=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    good = path.read_bytes()
+    model.optimizer = Halving(model.parameters(), factor=0.5)
+    with pytest.raises(TypeError, match=r"not saved: the file would not load.*needs \['factor'\]"):
+        model.save(path)
+    assert path.read_bytes() == good  # the last good file stays
+    model.save(path, include_optimizer=False)  # the weights alone are saved
+    assert nnx.load(path).optimizer is None
