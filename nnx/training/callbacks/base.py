@@ -65,7 +65,9 @@ class Callback:
         """Before each training step."""
 
     def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        """After each optimizer step; parameter gradients are still in place."""
+        """After each batch's step. Under ``accumulate=k`` the optimizer updates only after every k-th batch: ``p.grad``
+        then holds the gradient the update applied (their mean, clipped), and after the batches between updates that
+        batch's own gradient (an epoch's partial group is applied after its last ``on_batch_end``)."""
 
     def on_backward(self) -> None:
         """After each batch's backward pass, before the gradient transforms (accumulation, the average across
