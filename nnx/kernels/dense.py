@@ -4,7 +4,7 @@ From `nnx.training.replay.MIN_ELEMENTS` parameters on, the flat update (and the 
 across ranks) offers, each step, a view per parameter of one new flat buffer
 (`nnx.training.flat.offer_grads`). A
 kernel writes each gradient there (a product or a sum with ``out=``), and the step needs no
-copy to gather them: on the large network (6.3M parameters) that copy is 25 MiB a step and,
+copy to gather them: on the large network (6.3M parameters) that copy is 24 MiB a step and,
 while it runs, a second copy of every gradient in memory. The buffer is new each step, so
 a ``p.grad`` kept from an earlier step is never written. Without an offer, each gradient is
 a new array, as the layer makes it.
