@@ -165,10 +165,12 @@ def write_atomically(path: Path, write: Any) -> None:
                               "writable (a save writes a temporary file there and renames it into place, so "
                               "that a failed write never leaves a broken file)") from None
     try:
-        # mkstemp makes the file private (0600); give it the mode a plain open() would,
-        # or keep the mode of the file it replaces
-        os.chmod(tmp_name, _file_mode(path))
+        # the descriptor is owned by the handle first, so that any failure below (chmod refused on a file
+        # system without modes included) closes it: else each failed save would leak one, deleted but open
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file private (0600); give it the mode a plain open() would,
+            # or keep the mode of the file it replaces
+            os.chmod(tmp_name, _file_mode(path))
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
