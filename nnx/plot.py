@@ -9,9 +9,10 @@ with ``fig.savefig("out.png")`` and release it with ``matplotlib.pyplot.close(fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -46,6 +47,18 @@ def _figure(n_panels: int, width: float = 4.2, height: float = 3.4, sharex: bool
     return fig, list(axes[0])
 
 
+@contextlib.contextmanager
+def _closed_on_error(fig: Any, owned: bool = True) -> Iterator[None]:
+    """Close `fig` (when this call made it) if drawing it fails: pyplot keeps every figure it made until
+    ``plt.close``, and one never handed back to the caller could not be closed but by ``plt.close("all")``."""
+    try:
+        yield
+    except BaseException:
+        if owned:
+            _pyplot().close(fig)
+        raise
+
+
 # -- activations ----------------------------------------------------------------------------
 
 def plot_activations(names: Sequence[str] = ("sigmoid", "tanh", "relu", "leaky_relu"),
@@ -69,19 +82,20 @@ def plot_activations(names: Sequence[str] = ("sigmoid", "tanh", "relu", "leaky_r
         raise ValueError(f"x_range must be (low, high) with low < high, got {x_range!r}")
     x = np.linspace(low, high, num)
     fig, (ax_f, ax_d) = _figure(2)
-    for name in names:
-        cls = elementwise[name]
-        fn, deriv = cast(Callable[..., Any], cls.function), cast(Callable[..., Any], cls.derivative)
-        line, = ax_f.plot(x, np.asarray(fn(x)), label=name)
-        ax_d.plot(x, np.asarray(deriv(x)), color=line.get_color(), label=f"{name}'")
-    ax_f.set(title="activation", xlabel="x", ylabel="f(x)")
-    ax_d.set(title="derivative", xlabel="x", ylabel="f'(x)")
-    for ax in (ax_f, ax_d):
-        ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
-        ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    with _closed_on_error(fig):
+        for name in names:
+            cls = elementwise[name]
+            fn, deriv = cast(Callable[..., Any], cls.function), cast(Callable[..., Any], cls.derivative)
+            line, = ax_f.plot(x, np.asarray(fn(x)), label=name)
+            ax_d.plot(x, np.asarray(deriv(x)), color=line.get_color(), label=f"{name}'")
+        ax_f.set(title="activation", xlabel="x", ylabel="f(x)")
+        ax_d.set(title="derivative", xlabel="x", ylabel="f'(x)")
+        for ax in (ax_f, ax_d):
+            ax.axhline(0.0, color="0.8", linewidth=0.8, zorder=0)
+            ax.axvline(0.0, color="0.8", linewidth=0.8, zorder=0)
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
     return fig
 
 
@@ -113,20 +127,21 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
         if missing or not names:
             raise ValueError(f"history has no {missing}; recorded: {sorted(logs)}")
     fig, axes = _figure(len(names), sharex=True)
-    for ax, name in zip(axes, names, strict=True):
-        for key, style, label in ((name, "-", "train"), (f"val_{name}", "--", "validation")):
-            if key not in logs:
-                continue
-            values = np.asarray(logs[key], dtype=float)
-            x = np.asarray(epochs) + 1 if epochs is not None and len(epochs) == values.size \
-                else np.arange(1, values.size + 1)
-            ax.plot(x, values, style, marker="." if values.size < 30 else None, label=label)
-        ax.set(title=name, xlabel="epoch")
-        if name == "lr":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
+    with _closed_on_error(fig):
+        for ax, name in zip(axes, names, strict=True):
+            for key, style, label in ((name, "-", "train"), (f"val_{name}", "--", "validation")):
+                if key not in logs:
+                    continue
+                values = np.asarray(logs[key], dtype=float)
+                x = np.asarray(epochs) + 1 if epochs is not None and len(epochs) == values.size \
+                    else np.arange(1, values.size + 1)
+                ax.plot(x, values, style, marker="." if values.size < 30 else None, label=label)
+            ax.set(title=name, xlabel="epoch")
+            if name == "lr":
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
     return fig
 
 
@@ -171,7 +186,6 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
         raise ValueError(f"layer_names has {len(layer_names)} names for {n_layers} layers with parameters")
     plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    fig, axes = _figure(len(stats), width=4.6, sharex=True)
     x = np.arange(1, steps + 1)
     # what each layer's columns hold (known from the analyzer): a layer without a bias gets no dashed line and no
     # legend entry for one; a layer whose only parameter is a bias has it in the weight columns, drawn dashed as "bias"
@@ -179,28 +193,30 @@ def plot_gradients(analyzer_or_history: Any, stats: Sequence[str] = ("mean", "ma
     is_bias = [[n.rsplit(".", 1)[-1] == "bias" for n in names] for names in owned]
     has_bias = [j >= len(owned) or any(is_bias[j]) for j in range(len(layer_names))]
     bias_only = [j < len(owned) and bool(is_bias[j]) and all(is_bias[j]) for j in range(len(layer_names))]
-    for ax, stat in zip(axes, stats, strict=True):
-        for j, name in enumerate(layer_names):
-            color = colors[j % len(colors)]
-            for kind, style in (("weight", "-"), ("bias", "--")):
-                if kind == "bias" and (bias_only[j] or not has_bias[j]):
-                    continue
-                values = np.asarray(hist[f"{kind}_{stat}"], dtype=float)[:, j]
-                # zeros (a dead layer) cannot be drawn on a log axis; leave gaps instead
-                shown = np.where(values > 0, values, np.nan)
-                shown_as = "bias" if bias_only[j] else kind
-                ax.plot(x, shown, "--" if bias_only[j] else style, color=color, linewidth=1.2,
-                        label=f"{name} {shown_as}")
-        if analyzer is not None:
-            ax.axhline(analyzer.explode_threshold, color="0.5", linestyle=":", linewidth=1)
-            if stat == "mean":
-                ax.axhline(analyzer.vanish_threshold, color="0.5", linestyle=":", linewidth=1)
-            _epoch_lines(ax, getattr(analyzer, "step_epochs", []))
-        ax.set_yscale("log")
-        ax.set(title=_STAT_TITLES[stat], xlabel="step")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
+    fig, axes = _figure(len(stats), width=4.6, sharex=True)
+    with _closed_on_error(fig):
+        for ax, stat in zip(axes, stats, strict=True):
+            for j, name in enumerate(layer_names):
+                color = colors[j % len(colors)]
+                for kind, style in (("weight", "-"), ("bias", "--")):
+                    if kind == "bias" and (bias_only[j] or not has_bias[j]):
+                        continue
+                    values = np.asarray(hist[f"{kind}_{stat}"], dtype=float)[:, j]
+                    # zeros (a dead layer) cannot be drawn on a log axis; leave gaps instead
+                    shown = np.where(values > 0, values, np.nan)
+                    shown_as = "bias" if bias_only[j] else kind
+                    ax.plot(x, shown, "--" if bias_only[j] else style, color=color, linewidth=1.2,
+                            label=f"{name} {shown_as}")
+            if analyzer is not None:
+                ax.axhline(analyzer.explode_threshold, color="0.5", linestyle=":", linewidth=1)
+                if stat == "mean":
+                    ax.axhline(analyzer.vanish_threshold, color="0.5", linestyle=":", linewidth=1)
+                _epoch_lines(ax, getattr(analyzer, "step_epochs", []))
+            ax.set_yscale("log")
+            ax.set(title=_STAT_TITLES[stat], xlabel="step")
+            ax.grid(alpha=0.3, which="both")
+        axes[0].legend(fontsize="small")
+        fig.tight_layout()
     return fig
 
 
@@ -250,24 +266,26 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
     grid = np.column_stack([gx.ravel(), gy.ravel()])
     scores, classes = _scores(model, grid)
 
-    if ax is None:
+    owned = ax is None  # a figure the caller gave stays open whatever happens: it is theirs
+    if owned:
         fig, (ax,) = _figure(1, width=5.0, height=4.4)
     else:
         fig = ax.figure
-    if scores.shape[1] == 1:
-        prob = scores[:, 0].reshape(gx.shape)
-        filled = ax.contourf(gx, gy, prob, levels=np.linspace(0.0, 1.0, 11), cmap="RdBu_r", alpha=0.6)
-        ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.2)
-        fig.colorbar(filled, ax=ax, label="P(class 1)")
-        color_index = _label_index(y, classes)
-        ax.scatter(X[:, 0], X[:, 1], c=color_index, cmap="RdBu_r", vmin=0, vmax=1, edgecolors="k", s=22)
-    else:
-        k = scores.shape[1]
-        region = scores.argmax(axis=1).reshape(gx.shape)
-        ax.contourf(gx, gy, region, levels=np.arange(k + 1) - 0.5, cmap="tab10", vmin=0, vmax=9, alpha=0.35)
-        ax.scatter(X[:, 0], X[:, 1], c=_label_index(y, classes), cmap="tab10", vmin=0, vmax=9,
-                   edgecolors="k", s=22)
-    ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x1", ylabel="x2", title="decision boundary")
+    with _closed_on_error(fig, owned):
+        if scores.shape[1] == 1:
+            prob = scores[:, 0].reshape(gx.shape)
+            filled = ax.contourf(gx, gy, prob, levels=np.linspace(0.0, 1.0, 11), cmap="RdBu_r", alpha=0.6)
+            ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.2)
+            fig.colorbar(filled, ax=ax, label="P(class 1)")
+            color_index = _label_index(y, classes)
+            ax.scatter(X[:, 0], X[:, 1], c=color_index, cmap="RdBu_r", vmin=0, vmax=1, edgecolors="k", s=22)
+        else:
+            k = scores.shape[1]
+            region = scores.argmax(axis=1).reshape(gx.shape)
+            ax.contourf(gx, gy, region, levels=np.arange(k + 1) - 0.5, cmap="tab10", vmin=0, vmax=9, alpha=0.35)
+            ax.scatter(X[:, 0], X[:, 1], c=_label_index(y, classes), cmap="tab10", vmin=0, vmax=9,
+                       edgecolors="k", s=22)
+        ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x1", ylabel="x2", title="decision boundary")
     return fig
 
 

@@ -146,3 +146,33 @@ def test_no_prefetch_thread_outlives_a_source_that_fails(call):
     for thread in _prefetch_threads():
         thread.join(1.0)
     assert not _prefetch_threads()
+
+
+@pytest.mark.parametrize("mistake", ["gradients-without-bias-columns", "history-of-text", "scores-of-no-class",
+                                     "decision-boundary-in-given-axes"])
+def test_a_plot_that_fails_leaves_no_figure_open(mistake):
+    """pyplot keeps every figure it made until plt.close: one made by a call that then raised was never
+    handed back, so it stayed open (memory, and the 'more than 20 figures' warning) with no way to close it."""
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from nnx import plot
+
+    class NoClasses:
+        def predict(self, grid):
+            return np.zeros((len(grid), 0))
+
+    given = plt.subplots()[0] if mistake == "decision-boundary-in-given-axes" else None
+    before = set(plt.get_fignums())
+    with pytest.raises((KeyError, ValueError)):
+        if mistake == "gradients-without-bias-columns":
+            plot.plot_gradients({f"weight_{s}": np.ones((3, 2)) for s in ("mean", "max", "norm")})
+        elif mistake == "history-of-text":
+            plot.plot_history({"loss": ["high", "low"]})
+        elif mistake == "scores-of-no-class":
+            plot.plot_decision_boundary(NoClasses(), np.zeros((4, 2)), np.zeros(4))
+        else:
+            plot.plot_decision_boundary(NoClasses(), np.zeros((4, 2)), np.zeros(4), ax=given.axes[0])
+    try:
+        assert set(plt.get_fignums()) == before  # a figure the caller gave stays theirs, open
+    finally:
+        if given is not None:
+            plt.close(given)
