@@ -293,4 +293,6 @@ class TorchRNG(DeviceRNG):
 
         super().set_state(state)
         if "torch" in state:
-            self._gen.set_state(torch.tensor(state["torch"], dtype=torch.uint8))
+            # a generator takes its state as a CPU tensor, whatever device it draws on and whatever default
+            # device the user set (``torch.set_default_device("cuda")`` would put a tensor made without one there)
+            self._gen.set_state(torch.tensor(state["torch"], dtype=torch.uint8, device="cpu"))

@@ -1,0 +1,45 @@
+"""nnx and the process it runs in: what a user set globally must not change nnx, and nnx must not change it.
+
+nnx is imported into research code that uses NumPy, torch and JAX directly. Each test here sets one of
+those libraries' process-wide settings the way such code does, and puts it back whatever happens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _xy(n: int = 32, d: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d))
+    return X, (X[:, :1] > 0).astype(float)
+
+
+@pytest.fixture
+def torch_default_device():
+    """Set torch's default device for a test (as ``torch.set_default_device("cuda")`` does on a GPU machine)
+    and put the CPU back afterwards. "meta" stands in for "cuda" here: a tensor made without ``device=``
+    lands off the CPU in both cases, and "meta" exists on every machine."""
+    torch = pytest.importorskip("torch")
+    try:
+        yield torch.set_default_device
+    finally:
+        torch.set_default_device(None)
+
+
+def test_torch_model_loads_and_moves_under_a_users_default_device(tmp_path, torch_default_device):
+    X, y = _xy()
+    model = nnx.Sequential(nnx.Dense(5, 4), nnx.Dropout(0.2), nnx.Dense(4, 1), backend="torch", seed=0)
+    model.fit(X, y, loss="mse", epochs=1, batch_size=8, verbose=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    torch_default_device("meta")
+    loaded = nnx.load(path, backend="torch")
+    moved = model.to("torch")
+    np.testing.assert_array_equal(np.asarray(loaded.predict(X).cpu()), np.asarray(model.predict(X).cpu()))
+    np.testing.assert_array_equal(np.asarray(moved.predict(X).cpu()), np.asarray(model.predict(X).cpu()))
+    # the float64 copy check_gradients builds restores the random streams too
+    assert nnx.check_gradients(model, X[:4], y[:4], "mse") < 1e-5
