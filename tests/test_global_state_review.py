@@ -43,3 +43,23 @@ def test_torch_model_loads_and_moves_under_a_users_default_device(tmp_path, torc
     np.testing.assert_array_equal(np.asarray(moved.predict(X).cpu()), np.asarray(model.predict(X).cpu()))
     # the float64 copy check_gradients builds restores the random streams too
     assert nnx.check_gradients(model, X[:4], y[:4], "mse") < 1e-5
+
+
+def test_bare_jax_backend_is_the_users_default_jax_device():
+    # "jax" is JAX's default device, as "cupy" is CuPy's current GPU: a device the user chose with
+    # jax.default_device (or jax.config.update("jax_default_device", ...)) is the one a model goes to,
+    # not the first device listed. (One CPU device here; the label shows which device was asked for.)
+    jax = pytest.importorskip("jax")
+    from nnx.backends.jax import JaxBackend
+
+    device = jax.devices()[-1]
+    label = f"{device.platform}:{jax.devices(device.platform).index(device)}"
+    first = nnx.get_backend("jax")  # the bare name cached before a default device is set
+    assert first.spec == "jax" and JaxBackend.default_label() is None
+    with jax.default_device(device):
+        assert JaxBackend.default_label() == label
+        be = nnx.get_backend("jax")
+        assert be.device == device and be.spec == f"jax:{label}"
+    with jax.default_device(device.platform):  # a platform's name: its first device
+        assert JaxBackend.default_label() == device.platform
+    assert nnx.get_backend("jax") is first

@@ -92,7 +92,7 @@ def _input_type(leaf: Any) -> tuple:
 
 
 class JaxBackend(Backend):
-    """jax.numpy on one device (``"jax"``: the default device, ``"jax:cpu"``, ``"jax:gpu:1"``)."""
+    """jax.numpy on one device (``"jax"``: JAX's default device (`default_label`), ``"jax:cpu"``, ``"jax:gpu:1"``)."""
 
     name = "jax"
     distributions = ("jax",)
@@ -119,6 +119,24 @@ class JaxBackend(Backend):
             raise BackendUnavailableError(f"backend 'jax:{label}' cannot run here: {len(devices)} "
                                           f"{platform or 'default'} device(s) found")
         return cls(xp, devices[int(index or 0)], label)
+
+    @classmethod
+    def default_label(cls) -> str | None:
+        """``"jax"`` is JAX's default device: the one ``jax.default_device(...)`` or the ``jax_default_device``
+        setting names where the user set one (a platform's name: its first device); None, JAX's first device,
+        where nothing is set.
+
+        Read on every call, as CuPy's current GPU is, so a model built inside ``with jax.default_device(d):``
+        lives on ``d``, as the user's own arrays made there do.
+        """
+        try:
+            jax = importlib.import_module("jax")
+            chosen = jax.config.jax_default_device
+            if chosen is None or isinstance(chosen, str):
+                return (chosen or "").strip().lower() or None
+            return f"{chosen.platform}:{jax.devices(chosen.platform).index(chosen)}"
+        except Exception:  # no JAX, or a device it no longer lists: `load` says why
+            return None
 
     @classmethod
     def devices(cls) -> list[str]:

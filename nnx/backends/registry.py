@@ -76,7 +76,7 @@ def get_backend(spec: Any = "numpy") -> Backend:
         return _from_array(spec)
     key = spec.strip()
     backend = _CACHE.get(key)
-    if backend is not None:
+    if backend is not None and (":" in key or not _follows_default(type(backend))):
         return backend
     name, _, label = key.partition(":")
     name = name.lower()  # "NumPy", "Torch:cuda": names are case-insensitive, device labels and modules are not
@@ -100,6 +100,11 @@ def get_backend(spec: Any = "numpy") -> Backend:
     if current is None:
         _CACHE[key] = backend
     return backend
+
+
+def _follows_default(adapter: type[Backend]) -> bool:
+    """Whether a bare name of `adapter` may mean another device later (it has a `Backend.default_label`)."""
+    return adapter.default_label.__func__ is not Backend.default_label.__func__
 
 
 def _from_namespace(module: types.ModuleType) -> Backend:
