@@ -3,7 +3,8 @@
 matplotlib is imported only when a function here runs (install the ``plot`` extra).
 Without a display (no ``DISPLAY``/``WAYLAND_DISPLAY`` on Linux, or ``MPLBACKEND``
 unset in CI), the non-interactive Agg backend is selected before pyplot loads,
-so every function works headless. Each returns the matplotlib ``Figure``; save it
+so every function works headless; a backend the user chose (``matplotlib.use``,
+a matplotlibrc) is kept. Each returns the matplotlib ``Figure``; save it
 with ``fig.savefig("out.png")`` and release it with ``matplotlib.pyplot.close(fig)``.
 """
 
@@ -28,11 +29,21 @@ def _pyplot() -> Any:
         import matplotlib
     except ImportError as exc:
         raise ImportError("nnx.plot needs matplotlib: pip install 'nnx-mlp[plot]'") from exc
-    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and _headless():
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and _headless() \
+            and not _backend_chosen(matplotlib):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _backend_chosen(matplotlib: Any) -> bool:
+    """Whether a backend was chosen (``matplotlib.use``, a matplotlibrc), rather than left for matplotlib to pick:
+    a chosen one ("pgf", "svg", a user's own) decides how the user's figures are written and is left alone."""
+    try:
+        return matplotlib.get_backend(auto_select=False) is not None  # matplotlib >= 3.10
+    except TypeError:  # older: the unresolved setting is a sentinel object
+        return matplotlib.rcParams._get("backend") is not matplotlib.rcsetup._auto_backend_sentinel
 
 
 def _headless() -> bool:

@@ -6,10 +6,17 @@ those libraries' process-wide settings the way such code does, and puts it back 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import nnx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _xy(n: int = 32, d: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -63,3 +70,18 @@ def test_bare_jax_backend_is_the_users_default_jax_device():
     with jax.default_device(device.platform):  # a platform's name: its first device
         assert JaxBackend.default_label() == device.platform
     assert nnx.get_backend("jax") is first
+
+
+def test_plot_keeps_a_matplotlib_backend_the_user_chose_without_a_display(tmp_path):
+    # matplotlib.use("pgf") or "svg" at the top of a script decides how every later figure is written;
+    # nnx.plot picks Agg only where nothing was chosen and there is no display, never over the user's choice.
+    pytest.importorskip("matplotlib")
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    script = ("import matplotlib; matplotlib.use('svg')\n"
+              "from nnx import plot\n"
+              f"plot.plot_activations(num=5).savefig({str(tmp_path / 'a.svg')!r})\n"
+              "print(matplotlib.get_backend())\n")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().lower() == "svg"
