@@ -142,6 +142,8 @@ class TrainStep:
         else:  # the first batch goes through every input check; the data source prepares the rest alike
             self.checked_inputs = True
             value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
+            if self.head_kernel is not self.head:  # checked; its numbers from the kernel, as every later batch's
+                value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         penalty = self.model.penalty() if self.penalized else None
         if penalty is not None:
             value = value + penalty
