@@ -281,13 +281,17 @@ def test_dropout_zero_rate_is_identity_in_training(backend, dtype):
 @pytest.mark.parametrize("rate", [1.0, -0.5, 1.5, float("nan")])
 def test_dropout_refuses_a_rate_set_outside_0_1_after_construction(backend, rate):
     """The constructor checks the rate, a rate set later was used as it came: 1.0 divided by zero, and -0.5 or 1.5
-    scaled every unit by 1/1.5 or -2 without a word."""
+    scaled every unit by 1/1.5 or -2 without a word. fit refuses it before its first step (it rebuilds the layers
+    from their configs as it starts), and a training forward outside fit refuses it when it runs."""
     model = nnx.Sequential(nnx.Dense(3, 2), nnx.Dropout(0.5), backend=backend, seed=0)
     model.layers[1].rate = rate
     X = np.ones((4, 3))
     model.predict(X)  # inference ignores the rate
-    with pytest.raises(ValueError, match=r"Dropout rate must be a number in \[0, 1\) when it runs, got"):
+    with pytest.raises(ValueError, match=r"Dropout rate must be a finite number in \[0, 1\), got .*changed after "
+                                         r"construction"):
         model.fit(X, np.ones((4, 2)), epochs=1)
+    with pytest.raises(ValueError, match=r"Dropout rate must be a number in \[0, 1\) when it runs, got"):
+        model.layers[1].forward(backend.asarray(np.ones((4, 2))), training=True)
 
 
 @pytest.mark.parametrize("rate", [0.2, 0.5, 0.8])

@@ -159,15 +159,21 @@ def test_an_optimizer_subclass_that_fixes_some_settings_loads_moves_and_resumes(
                                        atol=1e-10, err_msg=k)
 
 
-def test_an_optimizer_whose_init_needs_an_unsaved_argument_is_refused_by_name(tmp_path):
+def test_an_optimizer_whose_init_needs_an_unsaved_argument_is_refused_by_name(tmp_path, monkeypatch):
     model = nnx.Sequential(nnx.Dense(3, 1), seed=0)
     X = np.random.default_rng(3).standard_normal((8, 3))
     model.fit(X, X[:, :1], optimizer=ScaledSGD(model.parameters(), scale=2.0), epochs=1)
-    model.save(tmp_path / "m.npz")
-    with pytest.raises(nnx.io.CheckpointError, match=r"m\.npz: .*ScaledSGD.*'scale'"):
-        nnx.load(tmp_path / "m.npz")
+    with pytest.raises(TypeError, match=r"not saved: .*ScaledSGD.*'scale'"):  # a file that would never load
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
     with pytest.raises(TypeError, match=r"ScaledSGD.*'scale'"):
         model.to("numpy")
+    # such a file written all the same (by a version before save checked it) is refused by name as it loads
+    monkeypatch.setattr(nnx.io, "init_arguments", lambda cls, hyperparams: hyperparams)
+    model.save(tmp_path / "m.npz")
+    monkeypatch.undo()
+    with pytest.raises(nnx.io.CheckpointError, match=r"m\.npz: .*ScaledSGD.*'scale'"):
+        nnx.load(tmp_path / "m.npz")
 
 
 # -- a class whose name starts with "_" is not registered: it must not be saved under its parent's name ----------
