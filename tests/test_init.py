@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from user_code import DoubledWithAFunction
 
 import nnx
 
@@ -93,18 +94,6 @@ def test_dense_takes_nnx_inits_own_functions_and_saves_their_names(tmp_path):
 def test_a_layer_that_cannot_be_rebuilt_says_why_check_gradients_needs_it():
     """check_gradients checks a float64 copy rebuilt from the configs: a layer constructed with a function was
     refused with a message about saving only (found in review)."""
-
-    class DoubledWithAFunction(nnx.Layer):
-        def __init__(self, fn=None):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, X, training=False):
-            return X * 2.0
-
-        def backward(self, dY, need_dX=True):
-            return dY * 2.0
-
     model = nnx.Sequential(nnx.Dense(2, 1), DoubledWithAFunction(fn=abs), seed=0, input_shape=(2,))
     X, y = np.ones((3, 2)), np.ones((3, 1))
     with pytest.raises(TypeError, match=r"check_gradients works on a float64 copy.*fn=<built-in function abs>"):

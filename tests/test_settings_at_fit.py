@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from user_code import DoubledWithAFunction
 
 import nnx
 
@@ -34,17 +35,6 @@ def test_a_setting_its_constructor_refuses_is_refused_before_the_first_step(laye
 
 
 def test_a_layer_whose_config_is_not_json_still_trains():
-    class Doubled(nnx.Layer, name="DoubledForTheSettingsTest"):
-        def __init__(self, fn=None):
-            super().__init__()
-            self.fn = fn
-
-        def forward(self, X, training=False):
-            return X * 2.0
-
-        def backward(self, dY, need_dX=True):
-            return dY * 2.0
-
-    model = nnx.Sequential(nnx.Dense(3, 1), Doubled(fn=abs), seed=0, dtype="float64")
+    model = nnx.Sequential(nnx.Dense(3, 1), DoubledWithAFunction(fn=abs), seed=0, dtype="float64")
     history = model.fit(np.ones((8, 3)), np.ones(8), loss="mse", epochs=1, verbose=0)
     assert len(history["loss"]) == 1

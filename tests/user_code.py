@@ -46,3 +46,17 @@ class SetAfterFirstEpoch(nnx.callbacks.Callback):
         if epoch == 1:
             for name, value in self.change.items():
                 setattr(self.model.optimizer, name, value)
+
+
+class DoubledWithAFunction(nnx.Layer):
+    """``2 X``, constructed with a function (``fn``): its config is not JSON, so it cannot be rebuilt from one."""
+
+    def __init__(self, fn=None):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, X, training=False):
+        return X * 2.0
+
+    def backward(self, dY, need_dX=True):
+        return dY * 2.0
