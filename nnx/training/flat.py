@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import repeat
-from operator import is_
+from operator import is_, itemgetter
 from typing import Any
 
 from ..optim import Optimizer, check_rule_result
@@ -115,7 +115,9 @@ class FlatUpdate:
         self.state: dict[str, Any] | None = None  # the flat state buffers, once the rule made state
         self.state_views: list[dict[str, Any]] = []
         self._state_keys: tuple[str, ...] = ()
-        self._state_order: list[Any] = []  # every state view, parameter by parameter, key by key
+        self._by_key: list[tuple[Any, list[Any]]] = []  # (a getter of one key, its views): what `_in_place` checks
+        self._entry_lens: list[int] = []  # how many keys each state entry holds
+        self._indices = list(range(len(params)))
         self.grads: Any = None  # this step's gathered gradients
         self._grad_sources: list[Any] = []
         self._grads_offered = False  # whether `grads` is this step's offered buffer (`offer_grads`), taken whole
@@ -179,26 +181,34 @@ class FlatUpdate:
         per_key = {k: self._views(flat) for k, flat in self.state.items()}
         self.state_views = [{k: views[i] for k, views in per_key.items()} for i in range(len(self.shapes))]
         self._state_keys = tuple(per_key)
-        self._state_order = [views[k] for views in self.state_views for k in self._state_keys]
+        self._by_key = [(itemgetter(k), views) for k, views in per_key.items()]
+        self._entry_lens = [len(per_key)] * len(self.shapes)
         opt = self.optimizer
         opt.state = {i: dict(views) for i, views in enumerate(self.state_views)}
 
     def _in_place(self) -> bool:
-        """Whether the objects still hold this layout's views (nothing was rebound since the last step)."""
+        """Whether the objects still hold this layout's views (nothing was rebound since the last step).
+
+        It runs every step, so it compares by identity in C-level passes over the parameters, one per list:
+        every ``p.value`` is its view, and every ``optimizer.state[i]`` holds exactly this layout's keys, each
+        bound to its view.
+        """
         opt = self.optimizer
         if not all(map(is_, [p.value for p in opt.params], self.value_views)):
             return False
         if self.state is None:
             return True
-        keys, n_keys = self._state_keys, len(self._state_keys)
+        state, indices = opt.state, self._indices
         try:
-            entries = [opt.state[i] for i in range(len(self.shapes))]
-            if [len(entry) for entry in entries].count(n_keys) != len(entries):
+            entries = list(state.values()) if list(state) == indices else [state[i] for i in indices]
+            if list(map(len, entries)) != self._entry_lens:  # a key added or removed
                 return False
-            held = [entry[k] for entry in entries for k in keys]
+            for get, views in self._by_key:
+                if not all(map(is_, map(get, entries), views)):
+                    return False
         except KeyError:
             return False
-        return all(map(is_, held, self._state_order))
+        return True
 
     def lay_out(self, create_state: bool = True) -> bool:
         """Gather the values and the optimizer's state into the flat buffers where the objects no longer hold
@@ -276,8 +286,9 @@ class FlatUpdate:
         elif not (self.piece and self.size > self.piece and self._run_in_pieces(t, keep)):
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
-        self.forget_grads()
-        opt.param_steps[:] = [t] * len(opt.param_steps)
+        self.grads, self._grad_sources, self._grads_offered = None, [], False  # `forget_grads`
+        steps = opt.param_steps
+        steps[:] = [t] * len(steps)
         return True
 
     def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:
@@ -326,17 +337,18 @@ class FlatUpdate:
 
     def _store(self, new_values: Any, new_state: dict[str, Any]) -> None:
         """Write the rule's results into the flat buffers (rebinding the views where arrays are immutable)."""
-        assert self.state is not None
-        if self.mutable and set(new_state) == set(self.state):
-            ok = new_values is self.values or write_in_place(self.values, new_values)
-            if ok:
+        state = self.state
+        assert state is not None
+        if self.mutable and new_state.keys() == state.keys():
+            try:  # `write_in_place`, inline: a step of a small network is a few dozen microseconds
+                if new_values is not self.values:
+                    self.values[...] = new_values
                 for k, arr in new_state.items():
-                    if arr is not self.state[k] and not write_in_place(self.state[k], arr):
-                        ok = False
-                        break
-            if ok:
+                    if arr is not state[k]:
+                        state[k][...] = arr
                 return
-            self.mutable = False
+            except (TypeError, ValueError, AttributeError, NotImplementedError):
+                self.mutable = False  # the library's arrays are immutable
         self.values, self.state = new_values, dict(new_state)
         self.value_views = self._views(self.values)
         for p, view in zip(self.optimizer.params, self.value_views, strict=True):
