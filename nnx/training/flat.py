@@ -235,11 +235,16 @@ class FlatUpdate:
     # -- the step -------------------------------------------------------------------------------
     def applies(self) -> bool:
         """Whether this step can run flat: every parameter has a gradient and the same update count."""
+        return self._grads_if_applies() is not None
+
+    def _grads_if_applies(self) -> list[Any] | None:
+        """Every ``p.grad`` where this step can run flat (`applies`), else None."""
         opt = self.optimizer
         steps = opt.param_steps
         if not self.suited or steps and steps.count(steps[0]) != len(steps):
-            return False
-        return not any(map(is_, [p.grad for p in opt.params], repeat(None)))
+            return None
+        grads = [p.grad for p in opt.params]
+        return None if any(map(is_, grads, repeat(None))) else grads
 
     def offer_grads(self) -> dict[Any, Any] | None:
         """Where this step's gradients may be written (the module's `offer_grads`); None under `replay.MIN_ELEMENTS`
@@ -251,8 +256,16 @@ class FlatUpdate:
 
     def gather_grads(self) -> Any:
         """This step's gradients as one new flat array, kept for `run` while ``p.grad`` stays the same."""
+        return self._gather([p.grad for p in self.optimizer.params])
+
+    def gather_if_applies(self) -> Any:
+        """`gather_grads` where `applies`, else None: one pass over the gradients for both, as the finite check
+        asks them every step."""
+        grads = self._grads_if_applies()
+        return None if grads is None else self._gather(grads)
+
+    def _gather(self, grads: list[Any]) -> Any:
         self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
-        grads = [p.grad for p in self.optimizer.params]
         offered, self._offered = self._offered, None
         taken = taken_offer(offered, grads)
         self.grads = self._concat(grads) if taken is None else taken
@@ -265,18 +278,27 @@ class FlatUpdate:
         self.grads, self._grad_sources, self._grads_offered = None, [], False
 
     def run(self, keep: Any = None) -> bool:
-        """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False when
-        the optimizer's state has holes (some parameters have state, others not) and nothing was done.
+        """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False, with
+        nothing done, where `applies` is False or the optimizer's state has holes (some parameters have state,
+        others not). It checks what `applies` says itself, in the pass over the gradients it makes anyway.
 
         `keep`, a 0-d device flag (the deferred finite check), selects on the device between
         the rule's results and the buffers as they were; None applies the step.
         """
         opt = self.optimizer
+        steps = opt.param_steps
+        if not self.suited or steps and steps.count(steps[0]) != len(steps):
+            return False
+        grads = [p.grad for p in opt.params]
+        # the gradients the finite check gathered are none of them None: only others are looked at again
+        gathered = self.grads is not None and all(map(is_, grads, self._grad_sources))
+        if not gathered and any(map(is_, grads, repeat(None))):
+            return False
         if not self.lay_out():
             return False  # the per-parameter loop runs this step; the layout is tried again next time
-        if self.grads is None or not all(map(is_, [p.grad for p in opt.params], self._grad_sources)):
-            self.gather_grads()
-        t = opt.param_steps[0] + 1
+        if not gathered:
+            self._gather(grads)
+        t = steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
         if self.replay is not None and self.mutable and \
@@ -287,7 +309,6 @@ class FlatUpdate:
             new_values, new_state = self._rule(self.values, self.grads, self.state, t, keep)
             self._store(new_values, new_state)
         self.grads, self._grad_sources, self._grads_offered = None, [], False  # `forget_grads`
-        steps = opt.param_steps
         steps[:] = [t] * len(steps)
         return True
 

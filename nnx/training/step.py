@@ -220,8 +220,12 @@ class TrainStep:
         """`value` plus the sum of every gradient: finite exactly when all are, barring overflow."""
         xp = self.model.xp
         flat = self.flat
-        if flat is not None and flat.applies():
-            return value + xp.sum(flat.gather_grads())
+        if isinstance(flat, FlatUpdate):
+            grads = flat.gather_if_applies()  # `applies` and `gather_grads` in one pass
+        else:
+            grads = flat.gather_grads() if flat is not None and flat.applies() else None
+        if grads is not None:
+            return value + xp.sum(grads)
         total = value
         for p in self.params:
             if p.grad is not None:
@@ -306,7 +310,8 @@ class TrainStep:
         flat = self.flat
         if keep is not None:
             self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(opt.state)))
-        if flat is not None and flat.applies() and flat.run(keep):
+        # `FlatUpdate.run` checks what `applies` says itself, in the pass over the gradients it makes anyway
+        if flat is not None and (isinstance(flat, FlatUpdate) or flat.applies()) and flat.run(keep):
             return  # with `keep`, it selected on the device between the rule's results and the buffers
         if keep is None:
             opt.step()
