@@ -177,7 +177,7 @@ class HeldArrays:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
         traced code ran, before `put_back_arrays`."""
         self._held.extend((weakref.ref(layer), key, value) for layer, old in before for key, value in old.items()
-                          if hasattr(value, "shape") and hasattr(value, "dtype") and vars(layer).get(key) is value)
+                          if _is_array(value) and vars(layer).get(key) is value)
 
     def moved(self) -> bool:
         """Whether a layer now holds another array (or none) where a trace read one; forgets them if so."""
@@ -204,3 +204,9 @@ def described_with_attributes(obj: Any) -> Any:
     if not isinstance(value, ById):
         return value
     return value, tuple((key, ById(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
+
+
+def _is_array(value: Any) -> bool:
+    """Whether `value` is an array (its type has a shape and a dtype): not a namespace module such as ``xp``,
+    whose ``shape`` and ``dtype`` are functions."""
+    return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
