@@ -497,6 +497,8 @@ def test_an_optimizer_that_could_not_be_rebuilt_is_not_saved(tmp_path):
     a word, and only nnx.load (or to()) failed: the file was written but never loaded (found in review)."""
 
     class Halving(nnx.optim.SGD, name="HalvingForTheSaveTest"):
+        """SGD at `factor` times the rate, which it does not keep: it cannot be rebuilt from its config."""
+
         def __init__(self, params, factor, lr=0.1):
             super().__init__(params, lr=lr * factor)
 
