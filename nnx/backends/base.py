@@ -204,6 +204,11 @@ class Backend:
         """
         return None
 
+    def tape(self) -> Any:
+        """A new `nnx.backends.recording.Tape` for this library's arrays, or None where its arrays do not tell
+        what is done to them: the training step records its passes once on one and replays them (NumPy)."""
+        return None
+
     @property
     def arrays_on_host(self) -> bool:
         """Whether arrays live in host memory, so reading a number from one waits for no device.

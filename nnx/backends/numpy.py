@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .base import Backend, namespace_with
+from .recording import Tape
 
 # A rule's temporaries over a slice this size stay under glibc's mmap threshold (128 KiB), so the
 # allocator reuses them instead of mapping fresh pages: 6x faster for Adam over 235k parameters.
@@ -109,3 +110,7 @@ class NumpyBackend(Backend):
     def out_functions(self) -> dict[str, Any]:
         ufuncs = {name: fn for name, fn in vars(np).items() if isinstance(fn, np.ufunc) and fn.nout == 1}
         return {**ufuncs, **{op: getattr(np, name) for op, name in OPERATOR_UFUNCS.items()}}
+
+    def tape(self) -> Tape:
+        # np.where is replayed as the namespace's where, which the recorded code called (equal, faster when large)
+        return Tape(where=self.xp.where)
