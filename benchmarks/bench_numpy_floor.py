@@ -13,7 +13,9 @@ that no rearrangement of that Python can go below without running fewer or cheap
 
 From `nnx.training.replay.MIN_ELEMENTS` parameters on, nnx runs other operations (the rule replayed
 into its buffers, gradients written where the update reads them), so the bare step is the small
-shape's only.
+shape's only. From its third step nnx replays its recorded passes (`nnx.training.recorded`): the
+forward, the loss and the backward then run in `forward_loss`, and its "backward" stage only binds
+the gradients, so the table also gives the three stages together.
 
     python benchmarks/bench_numpy_floor.py [--rounds 25] [--steps 200]
 """
@@ -151,6 +153,8 @@ def report(rounds: int, steps: int) -> None:
     for s, stage in enumerate(STAGES):
         a, b = medians["nnx"][s], medians["bare"][s]
         print(f"| {stage} | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
+    a, b = sum(medians["nnx"][:2]), sum(medians["bare"][:2])
+    print(f"| forward+loss+backward | {a:.1f} | {b:.1f} | {a - b:+.1f} |")
     a, b = sum(medians["nnx"]), sum(medians["bare"])
     print(f"| step | {a:.1f} | {b:.1f} | {a - b:+.1f} ({a / b:.2f}x) |")
     # the same steps over the same batches: the same operations leave the same bits

@@ -176,7 +176,7 @@ def test_bench_numpy_floor_runs_nnx_operations_bit_for_bit(monkeypatch, capsys):
     bench.main()
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and line.count("|") == 5]
-    assert [row.split("|")[1].strip() for row in rows[1:]] == [*bench.STAGES, "step"], out
+    assert [row.split("|")[1].strip() for row in rows[1:]] == [*bench.STAGES, "forward+loss+backward", "step"], out
     assert "final weights: the same bits in both" in out
 
 

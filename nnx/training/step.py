@@ -38,6 +38,7 @@ from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step, kept_buffers
 from .flat import FlatUpdate, own_step
+from .recorded import recorded_passes
 from .transforms import GradientTransform
 
 
@@ -89,10 +90,14 @@ class TrainStep:
         # the kernels among them that write their gradients where the flat update offers (no gathering then)
         self.grad_writers = gradient_writers(self.runners) if self.flat is not None and self.runners else []
         self._dZ: Any = None
+        self._replayed_grads: list[Any] | None = None  # the gradients the replayed passes made, for `backward`
         self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
         self.penalized = model.penalty() is not None
+        # the passes recorded from the model's own code and replayed, where the backend's arrays can be noted
+        self.recorded = recorded_passes(model, self.runners or [], self.head_kernel) \
+            if self.compiled is None and be.fastpath_enabled and be.tape() is not None else None
         on_host = model.backend.arrays_on_host
         self.deferred = check_finite and (not on_host if defer_check is None else bool(defer_check))
         self._steps = 0  # steps checked this epoch
@@ -134,6 +139,10 @@ class TrainStep:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
         if self.check_finite and self.buffers:  # the forward rebinds them (never writes in place): no copy
             self._buffers_before = [(b, b.value) for b in self.buffers]
+        if self.checked_inputs and self.recorded is not None:
+            replayed = self._replay(X, y, sample_weight)
+            if replayed is not None:
+                return replayed
         if not self.checked_inputs and self.runners is not None:  # the first batch
             self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
@@ -144,13 +153,46 @@ class TrainStep:
             value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
             if self.head_kernel is not self.head:  # checked; its numbers from the kernel, as every later batch's
                 value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
+        return self._with_penalty(value), Z
+
+    def _with_penalty(self, value: Any) -> Any:
         penalty = self.model.penalty() if self.penalized else None
-        if penalty is not None:
-            value = value + penalty
+        return value if penalty is None else value + penalty
+
+    def _passes(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any]:
+        """Forward, loss head, penalty and backward of a later batch as the stages run them: what
+        `RecordedPasses` records."""
+        Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
+        value, dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
+        value = self._with_penalty(value)
+        self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)
+        return value, Z
+
+    def _replay(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any] | None:
+        """The recorded passes on this batch (`nnx.training.recorded`); None where they run plainly instead.
+
+        Last step's gradients go first, as `backward` clears them, so that the offered buffer the gradients
+        are written into may reuse their memory; `backward` binds the new ones."""
+        assert self.recorded is not None
+        for p in self.params:
+            p.grad = None
+        offer = self.flat.offer_grads() if self.flat is not None else None
+        destinations = None if offer is None else [offer[p] for p in self.params]
+        replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [])
+        if replayed is None:
+            return None
+        value, Z, self._replayed_grads, new_buffers = replayed
+        for b, new in zip(self.buffers, new_buffers, strict=True):
+            b.value = new
         return value, Z
 
     def backward(self) -> None:
         """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
+        if self._replayed_grads is not None:
+            for p, grad in zip(self.params, self._replayed_grads, strict=True):
+                p.grad = grad
+            self._replayed_grads = None
+            return
         if self._dZ is not None:
             dZ, self._dZ = self._dZ, None
             # last step's gradients go first, as torch's zero_grad does: a parameter the backward leaves alone

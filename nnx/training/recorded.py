@@ -1,0 +1,255 @@
+"""The training step's passes, recorded once from the model's own code and replayed as straight-line code.
+
+On a backend whose arrays tell what is done to them (NumPy: `Backend.tape`), the forward,
+the loss head, the penalty and the backward of a step run once on noted arrays
+(`nnx.backends.recording`): the step is the real one, and the operations it ran are written
+out as one Python function that later steps call instead. The function runs the same
+calls in the same order (so the same bits, NaN and inf included), with none of the Python
+around them (layer objects, the loss's dispatch, shape checks that held) and with every
+temporary written into a buffer allocated once. A small network's step spends more time in
+that Python than in its arithmetic.
+
+It is derived from the code, not declared, so a user's layer or loss gets it as a built-in
+does. A recording is replayed only while what it read besides the arrays stays as it was:
+the batch's shapes, dtypes and strides, the parameters' and buffers' (by identity, else
+their shapes, dtypes and strides), the layers' settings (`SettingsWatch`), the arrays they
+hold (`HeldArrays`), and the attributes of the loss and of the model's regularizer; any
+change records the passes again. Passes that read an array's value in Python, draw random
+numbers, change a layer's Python state or fail while recorded are not replayed: that step
+was still the real one (or, on an error, runs again plainly), and later steps run plainly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from operator import is_
+from typing import Any
+
+from ..backends.recording import Noted
+from .shared_programs import SettingsWatch
+from .trace_state import AttributeWatch, HeldArrays, changed_state, layer_attributes, python_state, restore_state
+
+__all__ = ["RecordedPasses", "code_key", "recorded_passes"]
+
+# The most memory one recording's buffers may hold between steps. Replaying pays where a step's arrays are small
+# and the Python around each operation costs as much as the operation (a 30-16-8-1 network at batch 32: 1.5
+# KiB each); from about 100 KiB an array the operations dwarf it (784-256-128-1 at batch 128 gained nothing).
+MAX_SCRATCH_BYTES = 1 << 20
+MAX_RECORDINGS = 4  # batch layouts kept (a fit has two: its batches and a smaller last one)
+# Recordings made beyond the first few before the passes run plainly, unless each was replayed this many times on
+# average: a setting a callback changes every batch would otherwise record (about 1 ms) every step.
+MAX_UNPAID, REPLAYS_TO_PAY = 8, 4
+
+
+def _layout(x: Any) -> tuple | None:
+    """What a recording holds of an input besides its values (None for no input)."""
+    return None if x is None else (x.shape, x.dtype, x.strides)
+
+
+class _Recording:
+    """One recorded structure: its function and what it was recorded from."""
+
+    __slots__ = ("function", "settings", "held", "values", "value_layouts", "buffer_layouts")
+
+    def __init__(self, function: Callable, settings: tuple, held: HeldArrays, values: list[Any],
+                 buffers: list[Any]) -> None:
+        self.function, self.settings, self.held = function, settings, held
+        self.values = values  # the parameters' arrays recorded from (checked by identity first)
+        self.value_layouts = [_layout(v) for v in values]
+        self.buffer_layouts = [_layout(b) for b in buffers]
+
+    def holds(self, settings: tuple, values: list[Any], buffers: list[Any]) -> bool:
+        """Whether this is the code the passes would run now, on parameters `values` and `buffers`."""
+        then = self.settings
+        if not (settings[0] is then[0] and settings[1] is then[1] and settings[2] is then[2]) \
+                and settings != then or self.held.moved():
+            return False
+        if not all(map(is_, values, self.values)):
+            if [_layout(v) for v in values] != self.value_layouts:
+                return False
+            self.values = values
+        return not buffers or [_layout(b.value) for b in buffers] == self.buffer_layouts
+
+
+# the methods of a loss the passes run (`nnx.losses.Loss`): one replaced on the class is other code
+LOSS_METHODS = ("value_and_grad_prepared", "prepare", "rows")
+
+
+def code_key(runners: list[Any], head: Any) -> tuple:
+    """Which code the passes run: each layer's runner (a kernel's class, else its forward and backward functions)
+    and the loss head's class and methods. A recording holds for this code only (a class patched between fits
+    runs other operations)."""
+    def function(f: Any) -> Any:
+        # weakly: a function replaced on a layer object may close over the model the cache must not keep alive
+        f = getattr(f, "__func__", f)
+        return None if f is None else weakref.ref(f)
+    layers = tuple((type(r), function(getattr(r, "forward", None)), function(getattr(r, "backward", None)))
+                   for r in runners)
+    return layers, type(head), tuple(function(getattr(type(head), name, None)) for name in LOSS_METHODS)
+
+
+# the recorded passes of each model, kept while it lives: a fit per epoch (or a later fit) replays at once
+_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def recorded_passes(model: Any, runners: list[Any], head: Any) -> RecordedPasses:
+    """The recorded passes kept for `model`, for a training step that runs `runners` and `head`; its recordings
+    are kept where that is the same code (`code_key`)."""
+    found = _PASSES.get(model)
+    key = code_key(runners, head)
+    if found is None or found.code != key:
+        found = _PASSES[model] = RecordedPasses(model, runners, head)
+    else:
+        found.head = head
+    return found
+
+
+class RecordedPasses:
+    """Forward, loss head, penalty and backward of a training step, replayed where recorded (module docstring).
+
+    Args:
+        model: the model the step trains.
+        runners: what runs each layer in the step (`nnx.kernels.layer_runners`).
+        head: the loss whose attributes the passes read.
+
+    It is kept per model (`recorded_passes`) and holds nothing that holds the model: the model weakly, the
+    step's own objects (its passes, its kernels) only while a step runs.
+    """
+
+    def __init__(self, model: Any, runners: list[Any], head: Any) -> None:
+        self._model = weakref.ref(model)
+        self.head = head
+        self.code = code_key(runners, head)
+        self.params, self.buffers = model.parameters(), model.buffers()
+        self.refusal: str | None = None  # why the passes run plainly from now on, in words
+        self._recordings: dict[tuple, _Recording] = {}
+        self._made = self._replayed = 0  # recordings made and replayed (`MAX_UNPAID`)
+        self._settings = SettingsWatch()
+        self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
+
+    @property
+    def model(self) -> Any:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of these recorded passes no longer exists")
+        return model
+
+    def run(self, X: Any, y: Any, sample_weight: Any, destinations: list[Any] | None,
+            passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any]) -> tuple | None:
+        """The passes on this batch: (loss, head outputs, gradients, new buffer values), or None where they are
+        to run plainly instead (nothing was changed then). The gradients are not bound to ``p.grad`` and the
+        parameters' values are untouched; a gradient is written into its `destinations` entry where the line
+        making it can (a new array otherwise).
+
+        `passes` runs them plainly on ``(X, y, sample_weight)`` as the step does (filling ``p.grad``, rebinding
+        buffers; returns the loss incl. penalty and the head outputs): it is what is recorded. `runners` run the
+        layers in it (their kernels may keep arrays between the forward and the backward)."""
+        if self.refusal is not None:
+            return None
+        key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
+        model = self.model
+        regularizer = model.regularizer
+        settings = (self._settings.current(model), self._head_watch.current(self.head),
+                    None if regularizer is None else self._penalty_watch.current(regularizer))
+        values = [p.value for p in self.params]
+        recording = self._recordings.get(key)
+        if recording is None or not recording.holds(settings, values, self.buffers):
+            return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
+        self._replayed += 1
+        inputs = (X, y) if sample_weight is None else (X, y, sample_weight)
+        buffers = [b.value for b in self.buffers] if self.buffers else []
+        results = recording.function(*inputs, *values, *buffers, *(destinations or ()))
+        n = len(values)
+        return results[0], results[1], results[2:2 + n], results[2 + n:]
+
+    # -- recording --------------------------------------------------------------------------------------
+    def _record(self, key: tuple, settings: tuple, batch: tuple, given: bool, passes: Callable,
+                runners: list[Any]) -> tuple | None:
+        """Run the passes on noted arrays and keep their function; the results, or None after an error."""
+        X, y, sample_weight = batch
+        model, params, buffers = self.model, self.params, self.buffers
+        self._made += 1
+        if self._made > MAX_UNPAID and self._replayed < REPLAYS_TO_PAY * self._made:
+            self.refusal = f"recorded {self._made} times for {self._replayed} replays: what they read keeps changing"
+            return None
+        tape = model.backend.tape()
+        rng = model.dropout_rng
+        draws, rng_state = rng.draws, rng.get_state()
+        state_before = python_state(model)
+        attributes_before = layer_attributes(model)
+        values, grads_before = [p.value for p in params], [p.grad for p in params]
+        buffers_before = [b.value for b in buffers]
+        noted_X, noted_y = tape.note(X), tape.note(y)
+        noted_w = None if sample_weight is None else tape.note(sample_weight)
+        try:
+            for p, v in zip(params, values, strict=True):
+                p.value, p.grad = tape.note(v), None
+            for b, v in zip(buffers, buffers_before, strict=True):
+                b.value = tape.note(v)
+            value, Z = passes(noted_X, noted_y, noted_w)
+            grads = [p.grad for p in params]
+            new_buffers = [b.value for b in buffers]
+        except Exception:
+            # the layers' Python ran half a step on noted arrays: the plain step starts from where they were
+            self.refusal = "the passes raised while recorded"
+            restore_state(model, state_before)
+            rng.set_state(rng_state)
+            rng.draws = draws
+            for b, v in zip(buffers, buffers_before, strict=True):
+                b.value = v
+            return None
+        finally:
+            for p, v, g in zip(params, values, grads_before, strict=True):
+                p.value, p.grad = v, g
+            _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners))
+        held = HeldArrays()
+        held.note(attributes_before)
+        changed = changed_state(state_before, python_state(model))
+        if changed is not None:
+            tape.refuse(f"the passes change Python state: {changed}")
+        if rng.draws != draws:
+            tape.refuse("the passes draw random numbers")
+        outputs = [value, Z, *grads, *new_buffers]
+        if tape.refusal is None:
+            try:
+                destinations = tuple(range(2, 2 + len(params))) if given else ()
+                function = tape.compile(outputs, destinations, MAX_SCRATCH_BYTES)
+            except ValueError as exc:
+                tape.refuse(str(exc))
+            else:
+                if len(self._recordings) >= MAX_RECORDINGS:
+                    self._recordings.clear()
+                self._recordings[key] = _Recording(function, settings, held, values, buffers_before)
+        self.refusal = tape.refusal
+        value, Z, *rest = [_real(x) for x in outputs]
+        n = len(params)
+        for b, v in zip(buffers, rest[n:], strict=True):
+            b.value = v
+        return value, Z, rest[:n], rest[n:]
+
+
+def _unwrap_kept(holders: list[Any]) -> None:
+    """Put the real arrays where layers and their kernels keep noted ones (what a backward reads): the plain step
+    leaves the last batch's arrays there."""
+    for holder in holders:
+        attributes = getattr(holder, "__dict__", None)
+        if attributes is None:
+            continue
+        for k, v in list(attributes.items()):
+            real = _real(v)
+            if real is not v:
+                attributes[k] = real
+
+
+def _real(x: Any) -> Any:
+    """`x` with the noted arrays in it (also in a tuple, list or dict) replaced by their real arrays."""
+    if type(x) is Noted:
+        return x.array
+    if type(x) in (tuple, list):
+        items = [_real(item) for item in x]
+        return x if all(a is b for a, b in zip(items, x, strict=True)) else type(x)(items)
+    if type(x) is dict:
+        items = {k: _real(v) for k, v in x.items()}
+        return x if all(items[k] is v for k, v in x.items()) else items
+    return x

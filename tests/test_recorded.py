@@ -1,0 +1,358 @@
+"""The recorded passes (`nnx.training.recorded`): where replayed, a fit gives the plain passes' numbers bit for bit.
+
+Each fit runs twice in one test: as it runs, and with the backend's `tape` capability switched off (the plain
+passes, everything else the same). Weights, history (metrics read every batch's head outputs, so a head output
+overwritten by a later step would show) and gradients are compared byte for byte. Only backends with the
+capability take part (NumPy); elsewhere there is nothing to compare.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from user_code import UserDense
+
+import nnx
+from nnx.training import recorded
+from nnx.training.step import TrainStep
+
+
+@pytest.fixture
+def recording_backend(backend):
+    if backend.tape() is None:
+        pytest.skip(f"{backend.name}'s arrays do not tell what is done to them: nothing is recorded")
+    return backend
+
+
+class Counts:
+    """How often the passes were recorded, replayed, and refused, over one fit."""
+
+    def __init__(self, monkeypatch):
+        self.recorded = self.replayed = 0
+        self.refusals: list[str] = []
+        run, record = recorded.RecordedPasses.run, recorded.RecordedPasses._record
+        counts = self
+
+        def counting_run(passes, *args):
+            before = counts.recorded
+            out = run(passes, *args)
+            if out is not None and counts.recorded == before:
+                counts.replayed += 1
+            return out
+
+        def counting_record(passes, *args):
+            counts.recorded += 1
+            out = record(passes, *args)
+            if passes.refusal is not None:
+                counts.refusals.append(passes.refusal)
+            return out
+        monkeypatch.setattr(recorded.RecordedPasses, "run", counting_run)
+        monkeypatch.setattr(recorded.RecordedPasses, "_record", counting_record)
+
+
+def _bits(x):
+    a = np.asarray(x)
+    return a.dtype.str, a.shape, a.tobytes()
+
+
+def _fit_twice(monkeypatch, backend, build, fit_args, data):
+    """(fit with the recorded passes, counts), (fit with the plain passes): each a (weights, history) pair."""
+    results = []
+    counts = None
+    for plain in (False, True):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(backend), "tape", lambda self: None)
+            else:
+                counts = Counts(m)
+            model = build(backend)
+            history = model.fit(*data, **fit_args)
+            weights = [_bits(backend.to_host(p.value)) for p in model.parameters()]
+            weights += [_bits(backend.to_host(b.value)) for b in model.buffers()]
+            results.append((weights, {k: [_bits(v) for v in vs] for k, vs in history.history.items()}))
+    return results[0], results[1], counts
+
+
+def _data(rng, n, features, outputs=1, kind="binary", dtype="float64"):
+    X = rng.standard_normal((n, features)).astype(dtype)
+    if kind == "binary":
+        y = (rng.random((n, outputs)) < 0.5).astype(dtype)
+    elif kind == "classes":
+        y = rng.integers(0, outputs, n)
+    else:
+        y = rng.standard_normal((n, outputs)).astype(dtype)
+    return X, y
+
+
+def _dense_relu(sizes, head=None):
+    def build(backend, dtype="float64"):
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nnx.Dense(a, b), nnx.ReLU()]
+        layers = layers[:-1] + ([head()] if head is not None else [])
+        return nnx.Sequential(*layers, backend=backend, dtype=dtype, seed=3)
+    return build
+
+
+CASES = {
+    # name: (build, fit arguments, data kind, outputs)
+    "bce logits, sgd momentum": (_dense_relu((6, 8, 5, 1)), dict(loss="bce_with_logits", optimizer="sgd", lr=0.1,
+                                                                    metrics=["accuracy"]), "binary", 1),
+    "sigmoid head, bce, adam": (_dense_relu((6, 8, 1), nnx.Sigmoid), dict(loss="bce", optimizer="adam"), "binary", 1),
+    "softmax, cross-entropy, class indices": (_dense_relu((6, 8, 3), nnx.Softmax),
+                                              dict(loss="cross_entropy", optimizer="rmsprop",
+                                                   metrics=["accuracy"]), "classes", 3),
+    "mse, two outputs, adamw": (_dense_relu((6, 8, 2)), dict(loss="mse", optimizer="adamw"), "regression", 2),
+    "mae": (_dense_relu((6, 4, 1)), dict(loss="mae", optimizer="sgd"), "regression", 1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_fit_replays_the_plain_passes_bit_for_bit(monkeypatch, recording_backend, rng, case):
+    build, fit_args, kind, outputs = CASES[case]
+    data = _data(rng, 50, 6, outputs, kind)  # batches of 16, 16, 16 and 2 rows: two recorded layouts
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(fit_args, epochs=3, batch_size=16), data)
+    assert got == plain
+    assert counts.refusals == []
+    assert counts.replayed >= 3 * 4 - 1 - 2  # all but the first batch and one recording per layout
+
+
+def _normalised(backend):
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.LeakyReLU(0.1), nnx.Dense(8, 6), nnx.LayerNorm(6),
+                           nnx.Tanh(), nnx.Dense(6, 1, regularizer=nnx.regularizers.L2(0.01)),
+                           backend=backend, dtype="float64", seed=5)
+    return model
+
+
+def _user_layers(backend):
+    return nnx.Sequential(UserDense(5, 7), nnx.Softplus(), UserDense(7, 1), backend=backend, dtype="float64",
+                          seed=6)
+
+
+class HalfSquared(nnx.losses.Loss):
+    """A user's loss through the public API: half the squared error per row."""
+
+    name = "half_squared_test_recorded"
+
+    def rows(self, xp, y_true, y_pred):
+        diff = y_pred - y_true
+        n_out = math.prod(y_pred.shape[1:])
+        return xp.sum(diff * diff, axis=1) / (2 * n_out), diff / math.prod(y_pred.shape)
+
+
+@pytest.mark.parametrize("build, loss", [(_normalised, "mse"), (_user_layers, HalfSquared())],
+                         ids=["buffers, penalty, normalisation", "user layers and loss"])
+def test_buffers_penalties_and_user_code_replay_bit_for_bit(monkeypatch, recording_backend, rng, build, loss):
+    X, y = _data(rng, 40, 5, 1, "regression")
+    w = rng.random(40)
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss=loss, optimizer="adam", epochs=2, batch_size=8), (X, y))
+    assert got == plain and counts.refusals == [] and counts.replayed > 0
+    got, plain, _ = _fit_twice(monkeypatch, recording_backend, build,
+                               dict(loss=loss, optimizer="sgd", epochs=2, batch_size=8, sample_weight=w), (X, y))
+    assert got == plain
+
+
+def test_float32_and_nan_inputs_give_the_plain_bits(monkeypatch, recording_backend, rng):
+    """NaN and inf flow through the replayed lines as through the plain passes (an unchecked fit)."""
+    X, y = _data(rng, 48, 6, 1, "binary", dtype="float32")
+    X[20, 2], X[30, 1] = np.nan, np.inf
+    build = _dense_relu((6, 8, 1))
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, lambda be: build(be, "float32"),
+                                    dict(loss="bce_with_logits", optimizer="sgd", epochs=2, batch_size=8,
+                                         check_finite=False, shuffle=False), (X, y))
+    assert got == plain and counts.replayed > 0
+
+
+class _SlopeSchedule(nnx.callbacks.Callback):
+    """Changes a layer's setting and the loss's between batches: each change is another recorded structure."""
+
+    def on_batch_begin(self, batch, logs=None):
+        self.model.layers[1].negative_slope = 0.05 * (batch % 3)
+
+
+def test_a_setting_changed_between_batches_records_again(monkeypatch, recording_backend, rng):
+    def build(backend):
+        return nnx.Sequential(nnx.Dense(4, 6), nnx.LeakyReLU(0.1), nnx.Dense(6, 1), backend=backend,
+                              dtype="float64", seed=1)
+    X, y = _data(rng, 64, 4, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", epochs=1, batch_size=8,
+                                         callbacks=[_SlopeSchedule()]), (X, y))
+    assert got == plain
+    assert counts.recorded >= 3  # one per slope at least: a stale recording would have kept the first slope
+
+
+class ReadsAValue(nnx.Layer):
+    """A layer that branches on its input's values in Python: its recording cannot stand for another batch."""
+
+    def forward(self, X, training=False):
+        return X * 2.0 if float(self.xp.max(X)) > 1.0 else X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+class CountsCalls(nnx.Layer):
+    """A layer whose Python state changes every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, X, training=False):
+        self.calls += 1
+        return X * 1.0
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+class RefusesForeignArrays(nnx.Layer):
+    """A layer that checks its input's type as a library might: the recording's stand-ins fail it."""
+
+    def forward(self, X, training=False):
+        if type(X) is not type(self.xp.asarray(0.0)):
+            raise TypeError("not an array of mine")
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.parametrize("layer, why", [(ReadsAValue, "value read in Python"), (CountsCalls, "Python state"),
+                                        (nnx.Dropout, "random numbers"), (RefusesForeignArrays, "raised")])
+def test_passes_that_cannot_be_replayed_run_plainly(monkeypatch, recording_backend, rng, layer, why):
+    def build(backend):
+        middle = layer(0.3) if layer is nnx.Dropout else layer()
+        return nnx.Sequential(nnx.Dense(4, 6), middle, nnx.Dense(6, 1), backend=backend, dtype="float64", seed=2)
+    X, y = _data(rng, 40, 4, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", epochs=2, batch_size=8), (X, y))
+    assert got == plain
+    assert counts.replayed == 0 and counts.recorded == 1 and why in counts.refusals[0]
+
+
+def test_outputs_and_gradients_are_new_arrays_every_step(recording_backend, rng):
+    """What leaves a replayed step (head outputs, gradients) is never a buffer the next step writes again."""
+    model = _dense_relu((6, 8, 1))(recording_backend)
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+    step = TrainStep(model, model.resolve_loss("bce_with_logits"), opt)
+    X, y = _data(rng, 64, 6, 1, "binary")
+    kept = []
+    for k in range(4):
+        value, Z = step.forward_loss(X[16 * k:16 * k + 16], y[16 * k:16 * k + 16])
+        step.backward()
+        kept.append((Z, np.array(Z), [(p.grad, np.array(p.grad)) for p in model.parameters()]))
+        assert step.check(value)
+        step.update()
+    assert len(step.recorded._recordings) == 1 and step.recorded.refusal is None
+    for Z, Z_then, grads in kept:
+        assert np.array_equal(Z, Z_then)
+        assert all(np.array_equal(g, g_then) for g, g_then in grads)
+    assert len({id(Z) for Z, _, _ in kept}) == 4
+
+
+def test_a_large_network_writes_its_gradients_into_the_offered_buffer(monkeypatch, recording_backend, rng):
+    """From `replay.MIN_ELEMENTS` parameters the flat update offers one buffer; replayed gradients are its views."""
+    build = _dense_relu((400, 400, 1))
+    X, y = _data(rng, 24, 400, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", optimizer="adam", epochs=1, batch_size=8), (X, y))
+    assert got == plain and counts.replayed == 1
+    model = build(recording_backend)
+    step = TrainStep(model, model.resolve_loss("bce_with_logits"), nnx.optim.Adam(model.parameters()))
+    for k in range(3):
+        step.forward_loss(X[8 * k:8 * k + 8], y[8 * k:8 * k + 8])
+        step.backward()
+    owners = {id(p.grad.base) for p in model.parameters()}
+    assert len(owners) == 1 and all(p.grad.base is not None for p in model.parameters())
+
+
+class ScaledByATable(nnx.Layer):
+    """Multiplies by an array it holds (not a parameter): a callback may rebind it between batches."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.table = None
+
+    def build(self, input_shape):
+        self.table = self.xp.ones((self.width,), dtype=self.xp.float64)
+
+    def forward(self, X, training=False):
+        return X * self.table
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.table
+
+
+class _RebindsTheTable(nnx.callbacks.Callback):
+    def on_batch_begin(self, batch, logs=None):
+        layer = self.model.layers[1]
+        if batch == 2:
+            layer.table = layer.table * 3.0  # another array: the recording read the first one
+        if batch == 4:
+            layer.table[...] = 0.5  # written in place: read as it stands, by every call
+
+
+def test_an_array_a_layer_holds_is_read_as_the_plain_passes_read_it(monkeypatch, recording_backend, rng):
+    def build(backend):
+        return nnx.Sequential(nnx.Dense(4, 3), ScaledByATable(3), nnx.Dense(3, 1), backend=backend,
+                              dtype="float64", seed=4)
+    X, y = _data(rng, 64, 4, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", epochs=1, batch_size=8, shuffle=False,
+                                         callbacks=[_RebindsTheTable()]), (X, y))
+    assert got == plain
+    assert counts.recorded == 2 and counts.replayed >= 4
+
+
+def test_a_loss_method_patched_between_fits_is_recorded_again(monkeypatch, recording_backend, rng):
+    """The second fit runs a patched `rows`: a recording of the first fit's code would replay the old one."""
+    X, y = _data(rng, 32, 4, 1, "regression")
+    rows = nnx.losses.MSE.rows
+
+    def doubled(self, xp, y_true, y_pred):
+        value, grad = rows(self, xp, y_true, y_pred)
+        return 2.0 * value, 2.0 * grad
+
+    def fits(plain):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(recording_backend), "tape", lambda self: None)
+            model = nnx.Sequential(nnx.Dense(4, 1), backend=recording_backend, dtype="float64", seed=0)
+            model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=8)
+            m.setattr(nnx.losses.MSE, "rows", doubled)
+            model.fit(X, y, epochs=1, batch_size=8)
+            return [_bits(p.value) for p in model.parameters()]
+
+    assert fits(plain=False) == fits(plain=True)
+
+
+def test_the_recordings_kept_per_model_do_not_keep_it_alive(recording_backend, rng):
+    import gc
+    import weakref
+
+    X, y = _data(rng, 32, 4, 1, "binary")
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.ReLU(), nnx.Dense(3, 1), backend=recording_backend, seed=0)
+    model.fit(X, y, loss="bce_with_logits", epochs=2, batch_size=8)
+    assert recorded._PASSES[model]._recordings
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
+def test_steps_whose_arrays_are_large_run_plainly(monkeypatch, recording_backend, rng):
+    """Recording pays where the Python around each operation costs as much as the operation: a step whose buffers
+    would hold more than `MAX_SCRATCH_BYTES` is not replayed (nor its buffers kept)."""
+    monkeypatch.setattr(recorded, "MAX_SCRATCH_BYTES", 4096)
+    build = _dense_relu((6, 64, 1))
+    X, y = _data(rng, 48, 6, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", epochs=1, batch_size=16), (X, y))
+    assert got == plain and counts.replayed == 0 and "bytes" in counts.refusals[0]
