@@ -223,15 +223,19 @@ class Tape:
 
     def _escaping(self, outputs: list[int]) -> set[int]:
         """The outputs and every node they may share memory with: each is made anew by every call."""
-        made_by = {op.result: op for op in self.ops if op.result is not None}
+        # every line that gives a node, not only the last: ``g = m.T; g *= 2`` gives g twice, and only the first
+        # line reads what g is a view of (m)
+        made_by: dict[int, list[_Op]] = {}
+        for op in self.ops:
+            if op.result is not None:
+                made_by.setdefault(op.result, []).append(op)
         escaping, todo = set(), list(outputs)
         while todo:
             i = todo.pop()
             if i in escaping:
                 continue
             escaping.add(i)
-            op = made_by.get(i)
-            if op is not None:
+            for op in made_by.get(i, ()):
                 todo.extend(r for r in op.reads if np.may_share_memory(self.arrays[i], self.arrays[r]))
         return escaping
 
