@@ -190,14 +190,17 @@ class RecordedPasses:
             value, Z = passes(noted_X, noted_y, noted_w)
             grads = [p.grad for p in params]
             new_buffers = [b.value for b in buffers]
-        except Exception:
-            # the layers' Python ran half a step on noted arrays: the plain step starts from where they were
-            self.refusal = "the passes raised while recorded"
+        except BaseException as exc:
+            # the layers' Python ran half a step on noted arrays: the plain step starts from where they were, and
+            # an interrupt (Ctrl-C) leaves the model's own arrays, never noted ones, in its buffers
             restore_state(model, state_before)
             rng.set_state(rng_state)
             rng.draws = draws
             for b, v in zip(buffers, buffers_before, strict=True):
                 b.value = v
+            if not isinstance(exc, Exception):
+                raise
+            self.refusal = "the passes raised while recorded"
             return None
         finally:
             for p, v, g in zip(params, values, grads_before, strict=True):
