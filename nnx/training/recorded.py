@@ -27,7 +27,9 @@ from operator import is_
 from typing import Any
 
 from ..backends.recording import Noted
-from .shared_programs import SettingsWatch
+from ..layers.base import Layer
+from ..layers.parameter import Buffer, Parameter
+from .shared_programs import SettingsWatch, Unshareable, describe
 from .trace_state import AttributeWatch, HeldArrays, changed_state, layer_attributes, python_state, restore_state
 
 __all__ = ["RecordedPasses", "code_key", "recorded_passes"]
@@ -47,14 +49,87 @@ def _layout(x: Any) -> tuple | None:
     return None if x is None else (x.shape, x.dtype, x.strides)
 
 
+# what every `Layer` keeps for its model, and the arguments it was constructed with (its config): no pass reads them
+_LAYER_OWN = frozenset(vars(Layer())) | {"_init_args"}
+_GONE = object()
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
+
+
+def _contents(value: Any) -> Any:
+    """A shallow copy of a list or dict (its items by identity), else None."""
+    return list(value) if type(value) is list else dict(value) if type(value) is dict else None
+
+
+def _same_contents(value: Any, contents: Any) -> bool:
+    if len(value) != len(contents):
+        return False
+    if type(contents) is list:
+        return all(map(is_, value, contents))
+    return all(value.get(k, _GONE) is v for k, v in contents.items())
+
+
+def _containers(model: Any) -> list[tuple[Any, str, Any, Any]]:
+    """Every list and dict a layer keeps (besides `Layer`'s own), with a shallow copy of it."""
+    return [(layer, key, value, _contents(value)) for _, layer in model.named_layers()
+            for key, value in vars(layer).items() if key not in _LAYER_OWN and type(value) in (list, dict)]
+
+
+def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
+    """The first list or dict of `_containers` that the passes changed other than by rebinding arrays in it (a
+    cache), in words: Python state a replay would not change."""
+    for layer, key, value, contents in before:
+        if vars(layer).get(key, _GONE) is not value:
+            continue  # rebound: a cache made anew by each call
+        if type(value) is dict:
+            same_keys = value.keys() == contents.keys()
+            pairs = [(value[k], contents[k]) for k in contents] if same_keys else []
+        else:
+            same_keys = len(value) == len(contents)
+            pairs = list(zip(value, contents, strict=False))
+        if not same_keys or any(now is not then and not (_is_array(now) and _is_array(then)) for now, then in pairs):
+            return f"the passes change the {type(value).__name__} {key!r} of a {type(layer).__name__}"
+    return None
+
+
+def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
+    """The layer attributes the passes may read that `layer_settings` does not describe (a dict, a NumPy ufunc, an
+    object holding an array), each with what it holds where it is a list or a dict: a replay holds while each is
+    the same object, holding the same items. Arrays, sub-layers and parameters are watched otherwise."""
+    found = []
+    for _, layer in model.named_layers():
+        for key, value in vars(layer).items():
+            if key in _LAYER_OWN or value is None or _is_array(value) or isinstance(value, (Layer, Parameter, Buffer)):
+                continue
+            if type(value) is not dict:
+                try:
+                    describe(value, {})
+                    continue  # a setting: `SettingsWatch` compares it
+                except (Unshareable, RecursionError):
+                    pass
+            found.append((weakref.ref(layer), key, value, _contents(value)))
+    return found
+
+
+def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any]]) -> bool:
+    for ref, key, value, contents in opaque:
+        layer = ref()
+        if layer is None or vars(layer).get(key, _GONE) is not value \
+                or contents is not None and not _same_contents(value, contents):
+            return True
+    return False
+
+
 class _Recording:
     """One recorded structure: its function and what it was recorded from."""
 
-    __slots__ = ("function", "settings", "held", "values", "value_layouts", "buffer_layouts")
+    __slots__ = ("function", "settings", "held", "opaque", "values", "value_layouts", "buffer_layouts")
 
-    def __init__(self, function: Callable, settings: tuple, held: HeldArrays, values: list[Any],
+    def __init__(self, function: Callable, settings: tuple, held: HeldArrays, opaque: list, values: list[Any],
                  buffers: list[Any]) -> None:
-        self.function, self.settings, self.held = function, settings, held
+        self.function, self.settings, self.held, self.opaque = function, settings, held, opaque
         self.values = values  # the parameters' arrays recorded from (checked by identity first)
         self.value_layouts = [_layout(v) for v in values]
         self.buffer_layouts = [_layout(b) for b in buffers]
@@ -63,7 +138,7 @@ class _Recording:
         """Whether this is the code the passes would run now, on parameters `values` and `buffers`."""
         then = self.settings
         if not (settings[0] is then[0] and settings[1] is then[1] and settings[2] is then[2]) \
-                and settings != then or self.held.moved():
+                and settings != then or self.held.moved() or self.opaque and _opaque_moved(self.opaque):
             return False
         if not all(map(is_, values, self.values)):
             if [_layout(v) for v in values] != self.value_layouts:
@@ -178,6 +253,7 @@ class RecordedPasses:
         draws, rng_state = rng.draws, rng.get_state()
         state_before = python_state(model)
         attributes_before = layer_attributes(model)
+        containers_before = _containers(model)
         values, grads_before = [p.value for p in params], [p.grad for p in params]
         buffers_before = [b.value for b in buffers]
         noted_X, noted_y = tape.note(X), tape.note(y)
@@ -209,6 +285,8 @@ class RecordedPasses:
         held = HeldArrays()
         held.note(attributes_before)
         changed = changed_state(state_before, python_state(model))
+        if changed is None:
+            changed = _changed_containers(containers_before)
         if changed is not None:
             tape.refuse(f"the passes change Python state: {changed}")
         if rng.draws != draws:
@@ -223,7 +301,8 @@ class RecordedPasses:
             else:
                 if len(self._recordings) >= MAX_RECORDINGS:
                     self._recordings.clear()
-                self._recordings[key] = _Recording(function, settings, held, values, buffers_before)
+                self._recordings[key] = _Recording(function, settings, held, _opaque(model), values,
+                                                  buffers_before)
         self.refusal = tape.refusal
         value, Z, *rest = [_real(x) for x in outputs]
         n = len(params)
@@ -241,7 +320,13 @@ def _unwrap_kept(holders: list[Any]) -> None:
             continue
         for k, v in list(attributes.items()):
             real = _real(v)
-            if real is not v:
+            if real is v:
+                continue
+            if type(v) is list:  # the list or dict the layer keeps, as the plain passes leave it (not a copy)
+                v[:] = real
+            elif type(v) is dict:
+                v.update(real)
+            else:
                 attributes[k] = real
 
 
