@@ -30,7 +30,15 @@ from ..backends.recording import Noted
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .shared_programs import SettingsWatch, Unshareable, describe
-from .trace_state import AttributeWatch, HeldArrays, changed_state, layer_attributes, python_state, restore_state
+from .trace_state import (
+    AttributeWatch,
+    HeldArrays,
+    changed_state,
+    is_array,
+    layer_attributes,
+    python_state,
+    restore_state,
+)
 
 __all__ = ["RecordedPasses", "code_key", "recorded_passes"]
 
@@ -52,10 +60,6 @@ def _layout(x: Any) -> tuple | None:
 # what every `Layer` keeps for its model, and the arguments it was constructed with (its config): no pass reads them
 _LAYER_OWN = frozenset(vars(Layer())) | {"_init_args"}
 _GONE = object()
-
-
-def _is_array(value: Any) -> bool:
-    return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
 
 
 def _contents(value: Any) -> Any:
@@ -89,7 +93,7 @@ def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
         else:
             same_keys = len(value) == len(contents)
             pairs = list(zip(value, contents, strict=False))
-        if not same_keys or any(now is not then and not (_is_array(now) and _is_array(then)) for now, then in pairs):
+        if not same_keys or any(now is not then and not (is_array(now) and is_array(then)) for now, then in pairs):
             return f"the passes change the {type(value).__name__} {key!r} of a {type(layer).__name__}"
     return None
 
@@ -101,7 +105,7 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
     found = []
     for _, layer in model.named_layers():
         for key, value in vars(layer).items():
-            if key in _LAYER_OWN or value is None or _is_array(value) or isinstance(value, (Layer, Parameter, Buffer)):
+            if key in _LAYER_OWN or value is None or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)):
                 continue
             if type(value) is not dict:
                 try:

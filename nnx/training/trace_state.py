@@ -18,7 +18,7 @@ from typing import Any
 
 from .shared_programs import ById, Unshareable, describe
 
-__all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes",
+__all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes", "is_array",
            "layer_attributes", "put_back_arrays", "python_state", "restore_state"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
@@ -177,7 +177,7 @@ class HeldArrays:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
         traced code ran, before `put_back_arrays`."""
         self._held.extend((weakref.ref(layer), key, value) for layer, old in before for key, value in old.items()
-                          if _is_array(value) and vars(layer).get(key) is value)
+                          if is_array(value) and vars(layer).get(key) is value)
 
     def moved(self) -> bool:
         """Whether a layer now holds another array (or none) where a trace read one; forgets them if so."""
@@ -206,7 +206,7 @@ def described_with_attributes(obj: Any) -> Any:
     return value, tuple((key, ById(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
 
 
-def _is_array(value: Any) -> bool:
+def is_array(value: Any) -> bool:
     """Whether `value` is an array (its type has a shape and a dtype): not a namespace module such as ``xp``,
     whose ``shape`` and ``dtype`` are functions."""
     return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
