@@ -356,3 +356,38 @@ def test_steps_whose_arrays_are_large_run_plainly(monkeypatch, recording_backend
     got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
                                     dict(loss="bce_with_logits", epochs=1, batch_size=16), (X, y))
     assert got == plain and counts.replayed == 0 and "bytes" in counts.refusals[0]
+
+
+class ScaledByAnExponent(nnx.Layer):
+    """Scales by ``exp`` of an array it holds: what the passes compute from that array alone involves no input."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.width = width
+        self.log_scale = None
+
+    def build(self, input_shape):
+        self.log_scale = self.xp.zeros((self.width,), dtype=self.xp.float64)
+
+    def forward(self, X, training=False):
+        return X * self.xp.exp(self.log_scale)
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.xp.exp(self.log_scale)
+
+
+class _WritesTheExponent(nnx.callbacks.Callback):
+    def on_batch_begin(self, batch, logs=None):
+        self.model.layers[1].log_scale[...] = 0.1 * batch  # in place: the same array, new values
+
+
+def test_what_is_computed_from_a_held_array_alone_follows_writes_into_it(monkeypatch, recording_backend, rng):
+    def build(backend):
+        return nnx.Sequential(nnx.Dense(4, 3), ScaledByAnExponent(3), nnx.Dense(3, 1), backend=backend,
+                              dtype="float64", seed=4)
+    X, y = _data(rng, 64, 4, 1, "binary")
+    got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
+                                    dict(loss="bce_with_logits", epochs=1, batch_size=8, shuffle=False,
+                                         callbacks=[_WritesTheExponent()]), (X, y))
+    assert got == plain
+    assert counts.recorded == 1 and counts.replayed == 6

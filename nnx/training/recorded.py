@@ -129,11 +129,15 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any]]) -> bool:
 class _Recording:
     """One recorded structure: its function and what it was recorded from."""
 
-    __slots__ = ("function", "settings", "held", "opaque", "values", "value_layouts", "buffer_layouts")
+    __slots__ = ("function", "settings", "held", "opaque", "kept", "values", "value_layouts", "buffer_layouts")
 
-    def __init__(self, function: Callable, settings: tuple, held: HeldArrays, opaque: list, values: list[Any],
-                 buffers: list[Any]) -> None:
+    def __init__(self, function: Callable, settings: tuple, held: HeldArrays, opaque: list,
+                 kept: list[tuple[Any, str]], values: list[Any], buffers: list[Any]) -> None:
         self.function, self.settings, self.held, self.opaque = function, settings, held, opaque
+        # (the layer, weakly, and the attribute) of each array a layer holds (not a parameter or buffer), an input
+        # of the function: it reads them as they stand at each call, as the plain passes do (a callback may write
+        # into one in place, and what the passes compute from it alone is computed again)
+        self.kept = kept
         self.values = values  # the parameters' arrays recorded from (checked by identity first)
         self.value_layouts = [_layout(v) for v in values]
         self.buffer_layouts = [_layout(b) for b in buffers]
@@ -238,7 +242,9 @@ class RecordedPasses:
         self._replayed += 1
         inputs = (X, y) if sample_weight is None else (X, y, sample_weight)
         buffers = [b.value for b in self.buffers] if self.buffers else []
-        results = recording.function(*inputs, *values, *buffers, *(destinations or ()))
+        # (each layer is alive and still holds the array it did: `holds` checked that with `HeldArrays`)
+        kept = [vars(ref()).get(key) for ref, key in recording.kept] if recording.kept else []
+        results = recording.function(*inputs, *values, *buffers, *kept, *(destinations or ()))
         n = len(values)
         return results[0], results[1], results[2:2 + n], results[2 + n:]
 
@@ -262,11 +268,19 @@ class RecordedPasses:
         buffers_before = [b.value for b in buffers]
         noted_X, noted_y = tape.note(X), tape.note(y)
         noted_w = None if sample_weight is None else tape.note(sample_weight)
+        # the arrays layers hold besides parameters and buffers (a table, a mask): inputs, not constants, so that
+        # what the passes compute from them alone is recorded too
+        kept = [(layer, name, value) for _, layer in model.named_layers() for name, value in vars(layer).items()
+                if is_array(value)]
+        noted_kept: list[Any] = []
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = tape.note(v), None
             for b, v in zip(buffers, buffers_before, strict=True):
                 b.value = tape.note(v)
+            for layer, name, v in kept:
+                noted_kept.append(tape.note(v))
+                vars(layer)[name] = noted_kept[-1]
             value, Z = passes(noted_X, noted_y, noted_w)
             grads = [p.grad for p in params]
             new_buffers = [b.value for b in buffers]
@@ -285,6 +299,9 @@ class RecordedPasses:
         finally:
             for p, v, g in zip(params, values, grads_before, strict=True):
                 p.value, p.grad = v, g
+            for (layer, name, v), noted in zip(kept, noted_kept, strict=False):
+                if vars(layer).get(name) is noted:  # not rebound by the passes (a cache): the layer's own again
+                    vars(layer)[name] = v
             _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners))
         held = HeldArrays()
         held.note(attributes_before)
@@ -305,8 +322,9 @@ class RecordedPasses:
             else:
                 if len(self._recordings) >= MAX_RECORDINGS:
                     self._recordings.clear()
-                self._recordings[key] = _Recording(function, settings, held, _opaque(model), values,
-                                                  buffers_before)
+                self._recordings[key] = _Recording(function, settings, held, _opaque(model),
+                                                   [(weakref.ref(layer), name) for layer, name, _ in kept], values,
+                                                   buffers_before)
         self.refusal = tape.refusal
         value, Z, *rest = [_real(x) for x in outputs]
         n = len(params)
