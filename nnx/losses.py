@@ -226,6 +226,11 @@ class Loss:
         """
         return self._reduce(xp, self.prepare(xp, y_true, y_pred, False), y_pred, sample_weight)
 
+    def check_inputs(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> None:
+        """Raise as `value_and_grad` would for these inputs (types, dtypes, shapes; values with `check`), without
+        computing the loss: a training step whose outputs were computed otherwise checks a fit's first batch so."""
+        self._inputs(y_true, y_pred, check, sample_weight)
+
     def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
         """Row i's loss l_i for every row, shape ``(n,)``; the loss's value is their mean."""
         xp, y_true, y_pred, _ = self._inputs(y_true, y_pred, check, None)

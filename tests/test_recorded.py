@@ -391,3 +391,33 @@ def test_what_is_computed_from_a_held_array_alone_follows_writes_into_it(monkeyp
                                          callbacks=[_WritesTheExponent()]), (X, y))
     assert got == plain
     assert counts.recorded == 1 and counts.replayed == 6
+
+
+def test_a_later_fits_first_batch_replays_after_its_input_checks(monkeypatch, recording_backend, rng):
+    """A fit's first batch is never recorded (its inputs are checked first), but replays what an earlier fit of
+    the model recorded, and still goes through the checks: a fit per epoch pays no plain first step."""
+    X, y = _data(rng, 48, 6, 1, "binary")
+    results, checks = [], []
+    check = nnx.losses.Loss.check_inputs
+
+    def counted_check(self, *args, **kwargs):
+        checks.append(1)
+        return check(self, *args, **kwargs)
+
+    for plain in (False, True):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(recording_backend), "tape", lambda self: None)
+            else:
+                counts = Counts(m)
+            model = _dense_relu((6, 8, 1))(recording_backend)
+            for _ in range(3):
+                model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=1, batch_size=16, shuffle=False)
+            results.append([_bits(p.value) for p in model.parameters()])
+            if not plain:
+                m.setattr(nnx.losses.BinaryCrossEntropy, "check_inputs", counted_check)
+                model.fit(X, y, epochs=1, batch_size=16, shuffle=False)
+                assert checks == [1]  # the replayed first batch's
+    assert results[0] == results[1]
+    # the first fit's first batch ran plainly and its second was recorded; every later batch replayed
+    assert counts.recorded == 1 and counts.replayed == 1 + 3 + 3 + 3

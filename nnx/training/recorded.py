@@ -219,7 +219,8 @@ class RecordedPasses:
         return model
 
     def run(self, X: Any, y: Any, sample_weight: Any, destinations: list[Any] | None,
-            passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any]) -> tuple | None:
+            passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any],
+            record: bool = True) -> tuple | None:
         """The passes on this batch: (loss, head outputs, gradients, new buffer values), or None where they are
         to run plainly instead (nothing was changed then). The gradients are not bound to ``p.grad`` and the
         parameters' values are untouched; a gradient is written into its `destinations` entry where the line
@@ -227,7 +228,8 @@ class RecordedPasses:
 
         `passes` runs them plainly on ``(X, y, sample_weight)`` as the step does (filling ``p.grad``, rebinding
         buffers; returns the loss incl. penalty and the head outputs): it is what is recorded. `runners` run the
-        layers in it (their kernels may keep arrays between the forward and the backward)."""
+        layers in it (their kernels may keep arrays between the forward and the backward). Without `record`, a
+        batch that nothing recorded holds for runs plainly (None) instead of being recorded."""
         if self.refusal is not None:
             return None
         key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
@@ -238,6 +240,8 @@ class RecordedPasses:
         values = [p.value for p in self.params]
         recording = self._recordings.get(key)
         if recording is None or not recording.holds(settings, values, self.buffers):
+            if not record:
+                return None
             return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
         self._replayed += 1
         inputs = (X, y) if sample_weight is None else (X, y, sample_weight)

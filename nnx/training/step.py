@@ -139,9 +139,13 @@ class TrainStep:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
         if self.check_finite and self.buffers:  # the forward rebinds them (never writes in place): no copy
             self._buffers_before = [(b, b.value) for b in self.buffers]
-        if self.checked_inputs and self.recorded is not None:
-            replayed = self._replay(X, y, sample_weight)
+        if self.recorded is not None:
+            # a fit's first batch replays only what an earlier fit of this model recorded (no recording is made
+            # before the inputs were checked), and then goes through the input checks on its own head outputs
+            replayed = self._replay(X, y, sample_weight, record=self.checked_inputs)
             if replayed is not None:
+                if not self.checked_inputs:
+                    self._check_first_batch(y, replayed[1], sample_weight)
                 return replayed
         if not self.checked_inputs and self.runners is not None:  # the first batch
             self.runners.note_training_forward()
@@ -154,6 +158,14 @@ class TrainStep:
             if self.head_kernel is not self.head:  # checked; its numbers from the kernel, as every later batch's
                 value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         return self._with_penalty(value), Z
+
+    def _check_first_batch(self, y: Any, Z: Any, sample_weight: Any) -> None:
+        """What the plain passes check of a fit's first batch, on replayed head outputs `Z`: the loss's input
+        checks (its numbers are the replay's, which are the checked loss's), and the layers noted as run."""
+        self.checked_inputs = True
+        if self.runners is not None:
+            self.runners.note_training_forward()
+        self.head.check_inputs(y, Z, sample_weight, check=False)
 
     def _with_penalty(self, value: Any) -> Any:
         penalty = self.model.penalty() if self.penalized else None
@@ -168,8 +180,9 @@ class TrainStep:
         self.model.backward_from_head(dZ, self.n_run, need_dX=False, runners=self.runners)
         return value, Z
 
-    def _replay(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any] | None:
-        """The recorded passes on this batch (`nnx.training.recorded`); None where they run plainly instead.
+    def _replay(self, X: Any, y: Any, sample_weight: Any, record: bool) -> tuple[Any, Any] | None:
+        """The recorded passes on this batch (`nnx.training.recorded`); None where they run plainly instead
+        (without `record`, also where nothing recorded holds for it).
 
         Last step's gradients go first, as `backward` clears them, so that the offered buffer the gradients
         are written into may reuse their memory; `backward` binds the new ones."""
@@ -178,7 +191,7 @@ class TrainStep:
             p.grad = None
         offer = self.flat.offer_grads() if self.flat is not None else None
         destinations = None if offer is None else [offer[p] for p in self.params]
-        replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [])
+        replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [], record)
         if replayed is None:
             return None
         value, Z, self._replayed_grads, new_buffers = replayed
