@@ -218,12 +218,15 @@ class RecordedPasses:
             raise RuntimeError("the model of these recorded passes no longer exists")
         return model
 
-    def run(self, X: Any, y: Any, sample_weight: Any, destinations: list[Any] | None,
+    def run(self, X: Any, y: Any, sample_weight: Any, destinations: Callable[[], list[Any] | None] | None,
             passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any],
             record: bool = True) -> tuple | None:
         """The passes on this batch: (loss, head outputs, gradients, new buffer values), or None where they are
-        to run plainly instead (nothing was changed then). The gradients are not bound to ``p.grad`` and the
-        parameters' values are untouched; a gradient is written into its `destinations` entry where the line
+        to run plainly instead (nothing was changed then, ``p.grad`` included: a plain step that raises in its
+        forward leaves the last step's gradients). The gradients are not bound to ``p.grad`` and the
+        parameters' values are untouched. A replay clears ``p.grad`` first, as the plain backward does, and
+        then asks `destinations` for the arrays to write the gradients into, or None (after the clearing, so
+        that the buffer offered may reuse their memory); a gradient is written into its entry where the line
         making it can (a new array otherwise).
 
         `passes` runs them plainly on ``(X, y, sample_weight)`` as the step does (filling ``p.grad``, rebinding
@@ -244,11 +247,19 @@ class RecordedPasses:
                 return None
             return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
         self._replayed += 1
+        if destinations is not None:
+            for p in self.params:
+                p.grad = None
+            offered = destinations()
+            if offered is None:  # the update stopped offering a buffer (rare): new arrays, as the plain backward's
+                offered = [model.xp.empty_like(v) for v in values]
+        else:
+            offered = ()
         inputs = (X, y) if sample_weight is None else (X, y, sample_weight)
         buffers = [b.value for b in self.buffers] if self.buffers else []
         # (each layer is alive and still holds the array it did: `holds` checked that with `HeldArrays`)
         kept = [vars(ref()).get(key) for ref, key in recording.kept] if recording.kept else []
-        results = recording.function(*inputs, *values, *buffers, *kept, *(destinations or ()))
+        results = recording.function(*inputs, *values, *buffers, *kept, *offered)
         n = len(values)
         return results[0], results[1], results[2:2 + n], results[2 + n:]
 

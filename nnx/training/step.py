@@ -91,6 +91,8 @@ class TrainStep:
         self.grad_writers = gradient_writers(self.runners) if self.flat is not None and self.runners else []
         self._dZ: Any = None
         self._replayed_grads: list[Any] | None = None  # the gradients the replayed passes made, for `backward`
+        # whether the update offers buffers for the gradients (`_destinations`); None: not asked yet
+        self._offering: bool | None = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
@@ -184,13 +186,15 @@ class TrainStep:
         """The recorded passes on this batch (`nnx.training.recorded`); None where they run plainly instead
         (without `record`, also where nothing recorded holds for it).
 
-        Last step's gradients go first, as `backward` clears them, so that the offered buffer the gradients
-        are written into may reuse their memory; `backward` binds the new ones."""
+        A replay clears last step's gradients first, as `backward` does, so that the offered buffer the
+        gradients are written into may reuse their memory (`_destinations`); `backward` binds the new ones.
+        Where the passes run plainly instead, the gradients stay until the plain backward clears them: a
+        forward that raises leaves them, as the plain step does."""
         assert self.recorded is not None
-        for p in self.params:
-            p.grad = None
-        offer = self.flat.offer_grads() if self.flat is not None else None
-        destinations = None if offer is None else [offer[p] for p in self.params]
+        offering = self._offering
+        if offering is None:  # the first batch: whether the update offers buffers at all (it keeps to that)
+            offering = self._offering = self.flat is not None and self.flat.offer_grads() is not None
+        destinations = self._destinations if offering else None
         replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [], record)
         if replayed is None:
             return None
@@ -198,6 +202,16 @@ class TrainStep:
         for b, new in zip(self.buffers, new_buffers, strict=True):
             b.value = new
         return value, Z
+
+    def _destinations(self) -> list[Any] | None:
+        """Where the flat update offers each parameter's gradient be written, or None (asked after ``p.grad``
+        was cleared, so that the buffer may reuse their memory)."""
+        assert self.flat is not None
+        offer = self.flat.offer_grads()
+        if offer is None:  # it offers none from now on (too few parameters, or buffers found immutable)
+            self._offering = False
+            return None
+        return [offer[p] for p in self.params]
 
     def backward(self) -> None:
         """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
