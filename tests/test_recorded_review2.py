@@ -5,7 +5,7 @@ model holds afterwards bit for bit, gradients included."""
 from __future__ import annotations
 
 import pytest
-from test_recorded import _bits, _data
+from test_recorded import Counts, _bits, _data
 
 import nnx
 
@@ -74,3 +74,27 @@ def test_a_later_fits_first_batch_that_raises_leaves_the_gradients(monkeypatch, 
     assert plain[0] is not None and "BatchNorm" in plain[0]
     assert got == plain
 
+
+def test_a_fit_that_raised_in_the_model_does_not_stop_later_fits_replaying(monkeypatch, recording_backend, rng):
+    """The model's own error (a one-row BatchNorm batch) raised while the passes were recorded: that says nothing
+    of whether they can be replayed, so the next fit, with a batch size that fits, replays them again."""
+    X, y = _data(rng, 17, 6, 1, "binary")
+    model = _batchnorm(recording_backend)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=1, batch_size=8, shuffle=False)
+    counts = Counts(monkeypatch)
+    model.fit(X[:16], y[:16], epochs=3, batch_size=8)
+    assert counts.replayed >= 4
+
+
+def test_a_recording_does_not_keep_parameter_arrays_the_model_let_go(recording_backend, rng):
+    import gc
+    import weakref
+
+    X, y = _data(rng, 32, 6, 1, "binary")
+    model = _batchnorm(recording_backend)
+    model.fit(X, y, loss="bce_with_logits", epochs=2, batch_size=8)
+    old = [weakref.ref(p.value) for p in model.parameters()]
+    model.load_state_dict({k: v.copy() for k, v in model.state_dict().items()})
+    gc.collect()
+    assert all(ref() is None for ref in old)

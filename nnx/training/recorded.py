@@ -138,7 +138,9 @@ class _Recording:
         # of the function: it reads them as they stand at each call, as the plain passes do (a callback may write
         # into one in place, and what the passes compute from it alone is computed again)
         self.kept = kept
-        self.values = values  # the parameters' arrays recorded from (checked by identity first)
+        # the parameters' arrays last seen (checked by identity first), weakly: an older flat buffer of the
+        # parameters (a fit lays out its own) is not kept alive by a recording
+        self.values = [weakref.ref(v) for v in values]
         self.value_layouts = [_layout(v) for v in values]
         self.buffer_layouts = [_layout(b) for b in buffers]
 
@@ -148,10 +150,10 @@ class _Recording:
         if not (settings[0] is then[0] and settings[1] is then[1] and settings[2] is then[2]) \
                 and settings != then or self.held.moved() or self.opaque and _opaque_moved(self.opaque):
             return False
-        if not all(map(is_, values, self.values)):
+        if not all(map(is_, values, [ref() for ref in self.values])):
             if [_layout(v) for v in values] != self.value_layouts:
                 return False
-            self.values = values
+            self.values = [weakref.ref(v) for v in values]
         return not buffers or [_layout(b.value) for b in buffers] == self.buffer_layouts
 
 
@@ -185,6 +187,8 @@ def recorded_passes(model: Any, runners: list[Any], head: Any) -> RecordedPasses
         found = _PASSES[model] = RecordedPasses(model, runners, head)
     else:
         found.head = head
+        if found.raised:  # the model's own error (a batch it refuses) says nothing of the next fit's
+            found.refusal, found.raised = None, False
     return found
 
 
@@ -206,6 +210,9 @@ class RecordedPasses:
         self.code = code_key(runners, head)
         self.params, self.buffers = model.parameters(), model.buffers()
         self.refusal: str | None = None  # why the passes run plainly from now on, in words
+        # whether that is an error the passes raised while recorded: the next training step tries again (each try
+        # counts against `MAX_UNPAID`)
+        self.raised = False
         self._recordings: dict[tuple, _Recording] = {}
         self._made = self._replayed = 0  # recordings made and replayed (`MAX_UNPAID`)
         self._settings = SettingsWatch()
@@ -309,7 +316,7 @@ class RecordedPasses:
                 b.value = v
             if not isinstance(exc, Exception):
                 raise
-            self.refusal = "the passes raised while recorded"
+            self.refusal, self.raised = "the passes raised while recorded", True
             return None
         finally:
             for p, v, g in zip(params, values, grads_before, strict=True):
