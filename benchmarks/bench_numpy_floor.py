@@ -105,7 +105,7 @@ def _bare(initial: list[Any]) -> tuple[Any, list[Any]]:
             if i:
                 dY = xp.where(kept[2 * i - 1] > 0.0, dY.dot(weights[i].T), 0.0)
         t2 = time.perf_counter_ns()
-        g = np.concatenate([a.reshape(-1) for a in grads])
+        g = np.concatenate(grads, axis=None)
         if not math.isfinite(value + xp.sum(g)):
             raise FloatingPointError("the bare step went non-finite")
         t3 = time.perf_counter_ns()
