@@ -42,6 +42,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..optim import check_rule_result
+from .per_model import PerModel
 from .shared_programs import SettingsWatch, SharedProgram, config_key, definition, layer_settings, settings_key
 from .trace_state import (
     AttributeWatch,
@@ -125,7 +126,7 @@ def hyper_constants(optimizer: Any) -> tuple:
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STEPS = PerModel()
 
 
 def compiled_step_of(model: Any) -> CompiledStep | None:

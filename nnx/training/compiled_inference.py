@@ -23,6 +23,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
+from .per_model import PerModel
 from .shared_programs import SharedProgram, config_key, definition, layer_settings
 from .trace_state import (
     HeldArrays,
@@ -37,7 +38,7 @@ from .trace_state import (
 __all__ = ["inference_program"]
 
 # per model: (the model's signature, {what the program computes: the compiled program, or None once it failed})
-_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PROGRAMS = PerModel()
 
 
 def _model_signature(model: Model) -> tuple:

@@ -29,7 +29,6 @@ itself, distributed training, accumulation over data read batch by batch.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from .callbacks import Callback, CallbackList
 from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
+from .per_model import PerModel
 from .shared_programs import SharedProgram
 from .targets import joined_targets
 from .transforms import Accumulate
@@ -137,7 +137,7 @@ class _Begun(CallbackList):
 
 
 # one program set per model, kept while its compiled step is the model's
-_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PROGRAMS = PerModel()
 
 
 def epoch_program_of(model: Any) -> EpochProgram | None:

@@ -29,6 +29,7 @@ from typing import Any
 from ..backends.recording import Noted
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
+from .per_model import PerModel
 from .shared_programs import SettingsWatch, Unshareable, describe
 from .trace_state import (
     AttributeWatch,
@@ -175,7 +176,7 @@ def code_key(runners: list[Any], head: Any) -> tuple:
 
 
 # the recorded passes of each model, kept while it lives: a fit per epoch (or a later fit) replays at once
-_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PASSES = PerModel()
 
 
 def recorded_passes(model: Any, runners: list[Any], head: Any) -> RecordedPasses:
