@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Noted", "Tape"]
+__all__ = ["Noted", "Tape", "real"]
 
 # Attributes that describe an array without its values: read from the real array, not noted. A branch on one of
 # them holds for every call whose inputs match the recorded ones in shape, dtype and strides (the caller's check).
@@ -132,7 +132,7 @@ class Tape:
         `out_call` may compute a fresh result into a buffer (``out=``) when replayed; `text` renders a Python
         operator (``"{0} + {1}"``); `method` names the method of ``args[0]`` that `call` calls.
         """
-        result = call(*_real(args), **_real(kwargs))
+        result = call(*real(args), **real(kwargs))
         written = "out" in kwargs
         refs = self._arg(args)
         ref_kwargs = {k: self._arg(v, written=k == "out") for k, v in kwargs.items()}
@@ -240,14 +240,17 @@ class Tape:
         return escaping
 
 
-def _real(x: Any) -> Any:
-    """`x` with every `Noted` in it replaced by its real array."""
+def real(x: Any) -> Any:
+    """`x` with every `Noted` in it (also in a tuple, list or dict) replaced by its real array; `x` itself where
+    it holds none."""
     if type(x) is Noted:
         return x.array
     if type(x) in (tuple, list):
-        return type(x)(_real(item) for item in x)
+        items = [real(item) for item in x]
+        return x if all(a is b for a, b in zip(items, x, strict=True)) else type(x)(items)
     if type(x) is dict:
-        return {k: _real(v) for k, v in x.items()}
+        items = {k: real(v) for k, v in x.items()}
+        return x if all(items[k] is v for k, v in x.items()) else items
     return x
 
 

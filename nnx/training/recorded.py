@@ -26,7 +26,7 @@ from collections.abc import Callable
 from operator import is_
 from typing import Any
 
-from ..backends.recording import Noted
+from ..backends.recording import real
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .per_model import PerModel
@@ -39,6 +39,7 @@ from .trace_state import (
     layer_attributes,
     python_state,
     restore_state,
+    shallow_copy,
 )
 
 __all__ = ["RecordedPasses", "code_key", "recorded_passes"]
@@ -63,11 +64,6 @@ _LAYER_OWN = frozenset(vars(Layer())) | {"_init_args"}
 _GONE = object()
 
 
-def _contents(value: Any) -> Any:
-    """A shallow copy of a list or dict (its items by identity), else None."""
-    return list(value) if type(value) is list else dict(value) if type(value) is dict else None
-
-
 def _same_contents(value: Any, contents: Any) -> bool:
     if len(value) != len(contents):
         return False
@@ -78,7 +74,7 @@ def _same_contents(value: Any, contents: Any) -> bool:
 
 def _containers(model: Any) -> list[tuple[Any, str, Any, Any]]:
     """Every list and dict a layer keeps (besides `Layer`'s own), with a shallow copy of it."""
-    return [(layer, key, value, _contents(value)) for _, layer in model.named_layers()
+    return [(layer, key, value, shallow_copy(value)) for _, layer in model.named_layers()
             for key, value in vars(layer).items() if key not in _LAYER_OWN and type(value) in (list, dict)]
 
 
@@ -114,7 +110,7 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
                     continue  # a setting: `SettingsWatch` compares it
                 except (Unshareable, RecursionError):
                     pass
-            found.append((weakref.ref(layer), key, value, _contents(value)))
+            found.append((weakref.ref(layer), key, value, shallow_copy(value)))
     return found
 
 
@@ -349,7 +345,7 @@ class RecordedPasses:
                                                    [(weakref.ref(layer), name) for layer, name, _ in kept], values,
                                                    buffers_before)
         self.refusal = tape.refusal
-        value, Z, *rest = [_real(x) for x in outputs]
+        value, Z, *rest = [real(x) for x in outputs]
         n = len(params)
         for b, v in zip(buffers, rest[n:], strict=True):
             b.value = v
@@ -364,25 +360,12 @@ def _unwrap_kept(holders: list[Any]) -> None:
         if attributes is None:
             continue
         for k, v in list(attributes.items()):
-            real = _real(v)
-            if real is v:
+            unwrapped = real(v)
+            if unwrapped is v:
                 continue
             if type(v) is list:  # the list or dict the layer keeps, as the plain passes leave it (not a copy)
-                v[:] = real
+                v[:] = unwrapped
             elif type(v) is dict:
-                v.update(real)
+                v.update(unwrapped)
             else:
-                attributes[k] = real
-
-
-def _real(x: Any) -> Any:
-    """`x` with the noted arrays in it (also in a tuple, list or dict) replaced by their real arrays."""
-    if type(x) is Noted:
-        return x.array
-    if type(x) in (tuple, list):
-        items = [_real(item) for item in x]
-        return x if all(a is b for a, b in zip(items, x, strict=True)) else type(x)(items)
-    if type(x) is dict:
-        items = {k: _real(v) for k, v in x.items()}
-        return x if all(items[k] is v for k, v in x.items()) else items
-    return x
+                attributes[k] = unwrapped

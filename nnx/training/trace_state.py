@@ -19,7 +19,7 @@ from typing import Any
 from .shared_programs import ById, Unshareable, describe
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes", "is_array",
-           "layer_attributes", "put_back_arrays", "python_state", "restore_state"]
+           "layer_attributes", "put_back_arrays", "python_state", "restore_state", "shallow_copy"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
@@ -153,11 +153,12 @@ class AttributeWatch:
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
                 for key, value, copy in self._items):
             self._obj, self.value = obj, described_with_attributes(obj)
-            self._items = [(key, value, _shallow_copy(value)) for key, value in (attributes or {}).items()]
+            self._items = [(key, value, shallow_copy(value)) for key, value in (attributes or {}).items()]
         return self.value
 
 
-def _shallow_copy(value: Any) -> Any:
+def shallow_copy(value: Any) -> Any:
+    """A shallow copy of a list or dict (its items by identity), else None."""
     return dict(value) if type(value) is dict else list(value) if type(value) is list else None
 
 
