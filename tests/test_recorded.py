@@ -274,21 +274,27 @@ def test_a_large_network_writes_its_gradients_into_the_offered_buffer(monkeypatc
 
 
 class ScaledByATable(nnx.Layer):
-    """Multiplies by an array it holds (not a parameter): a callback may rebind it between batches."""
+    """Multiplies by an array it holds (not a parameter), or by its ``exp`` (`through_exp`: computed from that
+    array alone, with no input): a callback may rebind the array, or write into it, between batches."""
 
-    def __init__(self, width):
+    def __init__(self, width, through_exp=False):
         super().__init__()
-        self.width = width
+        self.width, self.through_exp = width, through_exp
         self.table = None
 
     def build(self, input_shape):
-        self.table = self.xp.ones((self.width,), dtype=self.xp.float64)
+        self.table = self.xp.zeros((self.width,), dtype=self.xp.float64)
+        if not self.through_exp:
+            self.table = self.table + 1.0
+
+    def _scale(self):
+        return self.xp.exp(self.table) if self.through_exp else self.table
 
     def forward(self, X, training=False):
-        return X * self.table
+        return X * self._scale()
 
     def backward(self, dY, need_dX=True):
-        return dY * self.table
+        return dY * self._scale()
 
 
 class _RebindsTheTable(nnx.callbacks.Callback):
@@ -359,32 +365,14 @@ def test_steps_whose_arrays_are_large_run_plainly(monkeypatch, recording_backend
     assert got == plain and counts.replayed == 0 and "bytes" in counts.refusals[0]
 
 
-class ScaledByAnExponent(nnx.Layer):
-    """Scales by ``exp`` of an array it holds: what the passes compute from that array alone involves no input."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.width = width
-        self.log_scale = None
-
-    def build(self, input_shape):
-        self.log_scale = self.xp.zeros((self.width,), dtype=self.xp.float64)
-
-    def forward(self, X, training=False):
-        return X * self.xp.exp(self.log_scale)
-
-    def backward(self, dY, need_dX=True):
-        return dY * self.xp.exp(self.log_scale)
-
-
 class _WritesTheExponent(nnx.callbacks.Callback):
     def on_batch_begin(self, batch, logs=None):
-        self.model.layers[1].log_scale[...] = 0.1 * batch  # in place: the same array, new values
+        self.model.layers[1].table[...] = 0.1 * batch  # in place: the same array, new values
 
 
 def test_what_is_computed_from_a_held_array_alone_follows_writes_into_it(monkeypatch, recording_backend, rng):
     def build(backend):
-        return nnx.Sequential(nnx.Dense(4, 3), ScaledByAnExponent(3), nnx.Dense(3, 1), backend=backend,
+        return nnx.Sequential(nnx.Dense(4, 3), ScaledByATable(3, through_exp=True), nnx.Dense(3, 1), backend=backend,
                               dtype="float64", seed=4)
     X, y = _data(rng, 64, 4, 1, "binary")
     got, plain, counts = _fit_twice(monkeypatch, recording_backend, build,
