@@ -156,8 +156,10 @@ class TrainStep:
             value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         else:  # the first batch goes through every input check; the data source prepares the rest alike
             self.checked_inputs = True
-            value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
-            if self.head_kernel is not self.head:  # checked; its numbers from the kernel, as every later batch's
+            if self.head_kernel is self.head:
+                value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
+            else:  # checked as the loss checks; its numbers from the kernel, as every later batch's
+                self.head.check_inputs(y, Z, sample_weight, check=False)
                 value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         return self._with_penalty(value), Z
 
