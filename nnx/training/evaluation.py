@@ -144,7 +144,7 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
             if metric_fns:
                 outputs.append(Z)
                 targets.append(yb)
-    value = average(*host_values(model, xp.stack(values), weights))
+    value = average(*host_values(model, values, weights))
     penalty = _penalty(model)
     result = {"loss": value if penalty is None else value + penalty}
     if metric_fns:

@@ -377,7 +377,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     refused = step.end_epoch()  # a deferred (on-device) check is read here, once per epoch
     if refused is not None:
         raise _non_finite(epoch, refused)
-    values, counts = host_values(model, xp.stack(losses), weights)
+    values, counts = host_values(model, losses, weights)
     if dp is not None:
         dp.end_epoch()
         return dp.epoch_logs(values, counts, metric_fns, targets, outputs, step.from_logits)

@@ -140,8 +140,15 @@ def batch_weight(xp: Any, loss: Loss, rows: int, w: Any) -> Any:
 
 
 def host_values(model: Model, values: Any, weights: list[Any]) -> tuple[list[float], list[float]]:
-    """Batch values (a 1-D device array) and their `batch_weight`s as host numbers, read in one transfer."""
+    """Batch values (a 1-D array, or a list of 0-d arrays) and their `batch_weight`s as host numbers, read in one
+    transfer from a device."""
     xp = model.xp
+    if isinstance(values, list):
+        if model.backend.arrays_on_host:
+            # nothing to wait for: each is read where it lies (an epoch of 16 batches on NumPy: 0.5 us against
+            # the stack's 10)
+            return [float(v) for v in values], [float(w) for w in weights]
+        values = xp.stack(values)
     on_device = [w for w in weights if not isinstance(w, int)]
     host = [float(v) for v in model.backend.to_host(xp.concat([values, xp.stack(on_device)]) if on_device else values)]
     n = int(values.shape[0])
