@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any, cast
 
@@ -10,6 +11,10 @@ from ..layers import Sigmoid, Softmax, layer_from_config
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss, get_loss
 from ..optim import OPTIMIZERS, Optimizer, get_optimizer
 from ..protocols import Model
+from .per_model import PerModel
+
+# each model's config as text when it last passed `require_valid_settings`: a fit per epoch rebuilds no layers
+_CHECKED_CONFIGS = PerModel()
 
 
 def resolve_loss(model: Model, loss: Any) -> Loss:
@@ -43,11 +48,20 @@ def require_valid_settings(model: Model) -> None:
         config = model.get_config()
     except TypeError:
         return
+    # as text, so that a list a layer keeps (and may change in place) is compared as it stood when checked
+    try:
+        text: str | None = json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None
+    if text is not None and _CHECKED_CONFIGS.get(model) == text:
+        return  # the settings it was checked with: the constructors would refuse nothing new
     try:
         layer_from_config({key: value for key, value in config.items() if key != "backend"})
     except ValueError as exc:
         raise ValueError(f"{exc}: a layer setting changed after construction holds a value its constructor "
                          "refuses; set it back to one the constructor takes") from exc
+    if text is not None:
+        _CHECKED_CONFIGS[model] = text
 
 
 def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimizer:
