@@ -27,8 +27,7 @@ class InterruptGuard:
         """Take over SIGINT if this is the main thread; elsewhere do nothing."""
         if threading.current_thread() is threading.main_thread():
             try:
-                self._previous = signal.getsignal(signal.SIGINT)
-                signal.signal(signal.SIGINT, self._handle)
+                self._previous = signal.signal(signal.SIGINT, self._handle)  # returns the handler it replaces
                 self._installed = True
             except (ValueError, OSError):  # an embedding that does not let Python own signals
                 self._installed = False
