@@ -34,7 +34,9 @@ def test_bench_train_tiny(tmp_path):
         assert set(variant["shapes"]) == {"tiny_bce", "tiny_ce"}
         for shape in variant["shapes"].values():
             results = shape["results"]
-            assert shape["nnx_syncs_per_epoch"] == 1, "one host sync per epoch: the reported loss"
+            # NumPy's arrays are in host memory: the steps read nothing through Backend.to_host, and neither does
+            # the epoch's loss, read where it lies (on a device that is the epoch's one transfer)
+            assert shape["nnx_syncs_per_epoch"] == 0, "no Backend.to_host in a NumPy epoch"
             if "torch" in results:
                 # same initial weights, same batches: the two must have done the same training
                 assert results["torch"]["loss"] == pytest.approx(results["nnx"]["loss"], rel=1e-3)
