@@ -104,6 +104,14 @@ class NumpyBackend(Backend):
         # NumPy flattens each (in C order) itself: 1.7 against 2.1 us with a reshape each, for six small arrays
         return np.concatenate(arrays, axis=None)
 
+    def finite_probe(self, x: Any) -> Any:
+        # x's dot product with itself, which BLAS runs in SIMD, where NumPy's float32 sum is a pairwise loop (8
+        # against 38 us for a medium network's 235k gradients); a square overflows where a sum would not (|x| over
+        # 1.8e19 in float32), which the caller's element-by-element confirmation then tells from NaN and inf
+        if x.ndim == 1 and x.dtype in (np.float32, np.float64):
+            return x.dot(x)
+        return np.sum(x)
+
     def update_piece(self, dtype: Any) -> int:
         return UPDATE_PIECE_BYTES // np.dtype(dtype).itemsize
 

@@ -252,7 +252,8 @@ class TrainStep:
         The sum of the gradients is finite when none of their elements is NaN or infinite,
         unless finite gradients overflow it, so a non-finite sum is confirmed element by
         element before a step is refused. With the flat update, the one flat gradient
-        buffer it gathers is summed at once. `read` reads a deferred verdict now, for a
+        buffer it gathers is probed at once (`Backend.finite_probe`: the sum, or on NumPy
+        the buffer's dot product with itself). `read` reads a deferred verdict now, for a
         callback that handles non-finite steps itself (`TerminateOnNaN` stops quietly).
         """
         if not self.check_finite:
@@ -296,7 +297,7 @@ class TrainStep:
         else:
             grads = flat.gather_grads() if flat is not None and flat.applies() else None
         if grads is not None:
-            return value + xp.sum(grads)
+            return value + self.model.backend.finite_probe(grads)
         total = value
         for p in self.params:
             if p.grad is not None:

@@ -1,0 +1,60 @@
+"""`Backend.finite_probe`: the one number a step's finite check reads over the flat gradients.
+
+It is finite when every element is, and NaN or infinite when one is not. It may also overflow
+for large finite elements (on NumPy it is the buffer's dot product with itself, whose squares
+overflow from about 1.8e19 in float32), so the step confirms a non-finite probe element by
+element before it refuses anything: a step with huge but finite gradients is applied.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nnx
+
+# the huge-gradient run overflows on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+
+
+@pytest.mark.parametrize("size", [1, 7, 641, 5000])
+@pytest.mark.parametrize("float_dtype", ["float32", "float64"])
+def test_the_probe_is_finite_exactly_when_every_element_is(backend, size, float_dtype):
+    values = np.random.default_rng(size).normal(size=size).astype(float_dtype)
+    x = backend.asarray(values, dtype=float_dtype)
+    assert math.isfinite(backend.to_float(backend.finite_probe(x)))
+    for bad in (math.nan, math.inf, -math.inf):
+        for where in {0, size // 2, size - 1}:
+            poisoned = values.copy()
+            poisoned[where] = bad
+            probe = backend.finite_probe(backend.asarray(poisoned, dtype=float_dtype))
+            assert not math.isfinite(backend.to_float(probe)), (bad, where)
+
+
+def _huge_gradient_fit(backend, fast: bool) -> tuple[list[np.ndarray], list[float], str]:
+    """One float32 fit whose gradients are about 1e20: finite, though their squares overflow."""
+    be = backend.with_fastpath(fast) if fast != backend.fastpath_enabled else backend
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=be, dtype="float32", seed=0)
+    X = np.full((8, 3), 1e10)
+    y = np.zeros(8)
+    history = model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=1e-30), epochs=2,
+                        batch_size=4, shuffle=False, verbose=0)
+    grads = [np.asarray(be.to_host(p.grad)) for p in model.parameters()]
+    assert any(np.abs(g).max() > 1.9e19 for g in grads)  # large enough that their squares overflow float32
+    assert all(np.isfinite(g).all() for g in grads)
+    return [np.array(be.to_host(p.value), copy=True) for p in model.parameters()], history["loss"], history.execution
+
+
+def test_a_step_with_huge_finite_gradients_is_applied(backend):
+    initial = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float32", seed=0)
+    before = [np.array(backend.to_host(p.value), copy=True) for p in initial.parameters()]
+    weights, losses, execution = _huge_gradient_fit(backend, backend.fastpath_enabled)
+    assert all(math.isfinite(v) for v in losses)
+    assert any(not np.array_equal(w, b) for w, b in zip(weights, before, strict=True))  # the steps were applied
+    if execution == "flat":  # the flat update's probe and the per-parameter sums give the same steps
+        plain_weights, plain_losses, _ = _huge_gradient_fit(backend, False)
+        assert plain_losses == losses
+        for w, p in zip(weights, plain_weights, strict=True):
+            np.testing.assert_array_equal(w, p)
