@@ -192,5 +192,6 @@ def test_bench_against_times_each_checkout_in_its_own_process(capsys):
     bench.main([str(ROOT), "--shape", "tiny_bce", "--processes", "1", "--epochs", "2"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| this checkout |") or line.startswith(f"| {ROOT} |")]
-    assert len(rows) == 2 and all(len(row.split("|")) == 6 for row in rows), out
+    assert len(rows) == 2 and all(len(row.split("|")) == 7 for row in rows), out
     assert f"this checkout / {ROOT}: " in out
+    assert f"whole fit calls, this checkout / {ROOT}: " in out
