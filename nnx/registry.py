@@ -219,7 +219,8 @@ def live_arguments(obj: Any) -> dict[str, Any]:
     for key in args:
         if key in vars(obj):
             try:
-                json.dumps(_python_number(vars(obj)[key]))
+                if type(vars(obj)[key]) not in _JSON_SCALARS:
+                    json.dumps(_python_number(vars(obj)[key]))
             except (TypeError, ValueError):
                 continue
             args[key] = vars(obj)[key]
@@ -240,6 +241,8 @@ def json_arguments(obj: Any, kind: str, args: Mapping[str, Any], fix: str,
                         f"pass back (it holds named arguments only), so the {kind} cannot be saved or rebuilt; {fix}")
     plain = {key: _python_number(value) for key, value in args.items()}
     for key, value in plain.items():
+        if type(value) in _JSON_SCALARS:
+            continue
         try:
             json.dumps(value)
         except (TypeError, ValueError):
@@ -259,8 +262,14 @@ def config_repr(obj: Any) -> str:
     return f"{type(obj).__name__}({args})"
 
 
+# what JSON writes as it is (floats' NaN and infinities included): `json.dumps` refuses none, so none is tried
+_JSON_SCALARS = frozenset({type(None), bool, int, float, str})
+
+
 def _python_number(value: Any) -> Any:
     """A NumPy integer or float as the Python number (JSON writes only those); anything else as it is."""
+    if type(value) in _JSON_SCALARS:
+        return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, float)):
