@@ -1,4 +1,5 @@
-"""What the training code keeps per object (a model's programs and recorded passes, an optimizer's buffers).
+"""What the training code keeps per model object (its compiled programs, its recorded passes), by identity;
+also per optimizer (the flat buffers its update laid out).
 
 A `weakref.WeakKeyDictionary` finds a key by ``==``: a model class that defines ``__eq__``
 (two models of one config compare equal) would share one model's programs with another,
