@@ -1,5 +1,4 @@
-"""What the training code keeps per model object (its compiled programs, its recorded passes), by identity;
-also per optimizer (the flat buffers its update laid out).
+"""What the training code keeps per model object (its compiled programs, its recorded passes), by identity.
 
 A `weakref.WeakKeyDictionary` finds a key by ``==``: a model class that defines ``__eq__``
 (two models of one config compare equal) would share one model's programs with another,
