@@ -184,9 +184,10 @@ class Backend:
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
     def finite_probe(self, x: Any) -> Any:
-        """A 0-d array of 1-D `x`'s dtype that is finite when every element of `x` is, and NaN or infinite when one
-        is not; it may also overflow for large finite elements (a caller confirms a non-finite probe element by
-        element). The training step's finite check reads one a step over the flat gradients: the sum here."""
+        """One number of 1-D `x`'s dtype (a 0-d array, or the library's scalar) that is finite when every element of
+        `x` is, and NaN or infinite when one is not; it may also overflow for large finite elements (a caller
+        confirms a non-finite probe element by element). The training step's finite check reads one a step over
+        the flat gradients: the sum here."""
         return self.xp.sum(x)
 
     def update_piece(self, dtype: Any) -> int | None:
