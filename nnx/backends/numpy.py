@@ -107,9 +107,12 @@ class NumpyBackend(Backend):
     def finite_probe(self, x: Any) -> Any:
         # x's dot product with itself, which BLAS runs in SIMD, where NumPy's float32 sum is a pairwise loop (8
         # against 38 us for a medium network's 235k gradients); a square overflows where a sum would not (|x| over
-        # 1.8e19 in float32), which the caller's element-by-element confirmation then tells from NaN and inf
+        # 1.8e19 in float32), which the caller's element-by-element confirmation then tells from NaN and inf.
+        # `np.vdot`, not `x.dot`: the same BLAS product, but `dot` reports that overflow as a floating-point error
+        # (a warning every step of a fit with large finite gradients, and under np.errstate(over="raise") a bare
+        # FloatingPointError on a step that is applied); vdot reports none, for 0.15 us more a call
         if x.ndim == 1 and x.dtype in (np.float32, np.float64):
-            return x.dot(x)
+            return np.vdot(x, x)
         return np.sum(x)
 
     def update_piece(self, dtype: Any) -> int:
