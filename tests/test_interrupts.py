@@ -267,6 +267,29 @@ def test_sigint_handler_is_restored(backend):
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_sigint_handler_installed_from_c_is_left_in_place(monkeypatch):
+    # signal.getsignal gives None for a handler Python did not install; none can be put back in its place
+    import types
+
+    from nnx.training import interrupts
+
+    calls = []
+
+    def install(signum, handler):
+        if handler is None:
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
+        calls.append(handler)
+        return None
+
+    fake = types.SimpleNamespace(SIGINT=signal.SIGINT, SIG_IGN=signal.SIG_IGN, getsignal=lambda signum: None,
+                                 signal=install)
+    monkeypatch.setattr(interrupts, "signal", fake)
+    X, y = _data()
+    history = _model("numpy").fit(X, y, loss="bce", epochs=2, batch_size=8)
+    assert len(history["loss"]) == 2
+    assert calls == []  # the C handler was never replaced
+
+
 def test_custom_sigint_handler_still_sees_the_signal():
     calls = []
 

@@ -27,7 +27,12 @@ class InterruptGuard:
         """Take over SIGINT if this is the main thread; elsewhere do nothing."""
         if threading.current_thread() is threading.main_thread():
             try:
-                self._previous = signal.signal(signal.SIGINT, self._handle)  # returns the handler it replaces
+                previous = signal.getsignal(signal.SIGINT)
+                if previous is None:
+                    # a handler installed from C, which Python cannot put back: it keeps SIGINT, steps unguarded
+                    return self
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
                 self._installed = True
             except (ValueError, OSError):  # an embedding that does not let Python own signals
                 self._installed = False
