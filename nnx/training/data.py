@@ -60,6 +60,10 @@ class ArrayBatches:
         shuffle: draw a new permutation each epoch (the same on every backend).
     """
 
+    # reading a batch runs the library's and the backend's code only, none of the user's (a training step may then
+    # follow the last one without looking again at what only such code could change: `TrainStep.back_to_back`)
+    library_only = True
+
     def __init__(self, model: Model, X: Any, y: Any, sample_weight: Any, batch_size: int, shuffle: bool) -> None:
         self.model = model
         self.X, self.y, self.w = X, y, sample_weight

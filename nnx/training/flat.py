@@ -129,6 +129,7 @@ class FlatUpdate:
         # whether the rule's results were checked in full (`check_rule_result`) since the buffers were laid out:
         # their shapes are fixed until then; a dtype may still change with a hyper-parameter set between steps
         self._rule_checked = False
+        self._ran = False  # whether the last `run` updated flat, leaving the objects bound to this layout's views
         self.replay = replay.for_update(optimizer, backend, self.size)
 
     @property
@@ -277,16 +278,19 @@ class FlatUpdate:
         """Drop the gradients gathered so far this step; `run` gathers what ``p.grad`` holds then."""
         self.grads, self._grad_sources, self._grads_offered = None, [], False
 
-    def run(self, keep: Any = None) -> bool:
+    def run(self, keep: Any = None, back_to_back: bool = False) -> bool:
         """Apply the rule once to the flat buffers and count the step as `Optimizer.step` does; False, with
         nothing done, where `applies` is False or the optimizer's state has holes (some parameters have state,
         others not). It checks what `applies` says itself, in the pass over the gradients it makes anyway.
 
         `keep`, a 0-d device flag (the deferred finite check), selects on the device between
-        the rule's results and the buffers as they were; None applies the step.
+        the rule's results and the buffers as they were; None applies the step. `back_to_back`: no code but
+        the library's ran since the last step (`TrainStep.back_to_back`), so where that one ran here, the
+        parameters and the optimizer's state are still bound to this layout's views, unchecked.
         """
         opt = self.optimizer
         steps = opt.param_steps
+        ran, self._ran = self._ran, False
         if not self.suited or steps and steps.count(steps[0]) != len(steps):
             return False
         grads = [p.grad for p in opt.params]
@@ -294,7 +298,7 @@ class FlatUpdate:
         gathered = self.grads is not None and all(map(is_, grads, self._grad_sources))
         if not gathered and any(map(is_, grads, repeat(None))):
             return False
-        if not self.lay_out():
+        if not (back_to_back and ran) and not self.lay_out():
             return False  # the per-parameter loop runs this step; the layout is tried again next time
         if not gathered:
             self._gather(grads)
@@ -310,6 +314,7 @@ class FlatUpdate:
             self._store(new_values, new_state)
         self.grads, self._grad_sources, self._grads_offered = None, [], False  # `forget_grads`
         steps[:] = [t] * len(steps)
+        self._ran = True
         return True
 
     def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:

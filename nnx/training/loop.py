@@ -263,7 +263,8 @@ def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, gu
     """
     with contextlib.closing(batches.epoch()) as source:  # closing stops a prefetch thread on any way out
         try:
-            return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss)
+            return _epoch_steps(model, step, source, cb, guard, metric_fns, dp, check_loss,
+                                getattr(batches, "library_only", False))
         except BaseException as exc:
             # Reading a batch failed (or Ctrl-C landed) mid-epoch. A check deferred on the device may hold a step
             # refused before that: the run's first failure, which a check read at every step raises when it
@@ -292,13 +293,18 @@ def _look(cb: CallbackList, params: list, compiled: bool) -> None:
 
 
 def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, guard: InterruptGuard,
-                 metric_fns: dict, dp: Any = None, check_loss: Any = None) -> dict[str, float]:
+                 metric_fns: dict, dp: Any = None, check_loss: Any = None,
+                 library_only: bool = False) -> dict[str, float]:
+    """The epoch's steps over `source`; `library_only`: reading a batch from it runs none of the user's code."""
     xp = model.xp
     handles_non_finite = any(getattr(c, "handles_non_finite", False) for c in cb.callbacks)
     batch_begin, batch_end = cb.uses("on_batch_begin"), cb.uses("on_batch_end")
     # without gradient transforms, p.grad after the step is the batch's gradient: on_backward is called here
     # (with them, `CallbackLook` calls it before the first, and the step may still be one compiled program)
     look = cb.uses("on_backward") and not any(isinstance(t, CallbackLook) for t in step.transforms)
+    # with no per-batch hook, no gradient transform and batches the library reads itself, no code of the user's
+    # runs between two steps of this epoch: each after the first follows its last back to back
+    unobserved = library_only and dp is None and not (batch_begin or batch_end or look or step.transforms)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, weights, outputs, targets = [], [], [], []
@@ -318,6 +324,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
             guard.end_step()
         else:
+            step.back_to_back = unobserved and b > 0
             value, Z = step.forward_loss(Xb, yb, wb)
             step.backward()
             finite = step.check(value, read=handles_non_finite)
@@ -368,6 +375,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             model.stop_training = dp.anywhere(bool(model.stop_training))
         if model.stop_training:
             break  # a callback (e.g. TerminateOnNaN) stops mid-epoch
+    step.back_to_back = False
     if step.flush():
         if dp is not None and step.check_finite and not dp.gradients_finite(step):
             raise _non_finite(epoch, dp.first_refused(len(losses) - 1))

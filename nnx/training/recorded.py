@@ -147,6 +147,11 @@ class _Recording:
         if not (settings[0] is then[0] and settings[1] is then[1] and settings[2] is then[2]) \
                 and settings != then or self.held.moved() or self.opaque and _opaque_moved(self.opaque):
             return False
+        return self.arrays_hold(values, buffers)
+
+    def arrays_hold(self, values: list[Any], buffers: list[Any]) -> bool:
+        """Whether parameters `values` and `buffers` are the arrays this was recorded for (by identity, else by
+        their shapes, dtypes and strides)."""
         if not all(map(is_, values, [ref() for ref in self.values])):
             if [_layout(v) for v in values] != self.value_layouts:
                 return False
@@ -211,6 +216,7 @@ class RecordedPasses:
         # counts against `MAX_UNPAID`)
         self.raised = False
         self._recordings: dict[tuple, _Recording] = {}
+        self._last: tuple[tuple, _Recording] | None = None  # (batch key, recording) of the last call, if it replayed
         self._made = self._replayed = 0  # recordings made and replayed (`MAX_UNPAID`)
         self._settings = SettingsWatch()
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
@@ -224,7 +230,7 @@ class RecordedPasses:
 
     def run(self, X: Any, y: Any, sample_weight: Any, destinations: Callable[[], list[Any] | None] | None,
             passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any],
-            record: bool = True) -> tuple | None:
+            record: bool = True, back_to_back: bool = False) -> tuple | None:
         """The passes on this batch: (loss, head outputs, gradients, new buffer values), or None where they are
         to run plainly instead (nothing was changed then, ``p.grad`` included: a plain step that raises in its
         forward leaves the last step's gradients). The gradients are not bound to ``p.grad`` and the
@@ -236,20 +242,29 @@ class RecordedPasses:
         `passes` runs them plainly on ``(X, y, sample_weight)`` as the step does (filling ``p.grad``, rebinding
         buffers; returns the loss incl. penalty and the head outputs): it is what is recorded. `runners` run the
         layers in it (their kernels may keep arrays between the forward and the backward). Without `record`, a
-        batch that nothing recorded holds for runs plainly (None) instead of being recorded."""
+        batch that nothing recorded holds for runs plainly (None) instead of being recorded.
+
+        `back_to_back`: none of the user's code ran since the last call (`TrainStep.back_to_back`). Where that
+        call replayed a recording for a batch laid out as this one, nothing the watches look at can have
+        changed, and only the arrays are checked again (the optimizer's own step may have rebound them)."""
         if self.refusal is not None:
             return None
         key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
         model = self.model
-        regularizer = model.regularizer
-        settings = (self._settings.current(model), self._head_watch.current(self.head),
-                    None if regularizer is None else self._penalty_watch.current(regularizer))
         values = [p.value for p in self.params]
-        recording = self._recordings.get(key)
-        if recording is None or not recording.holds(settings, values, self.buffers):
-            if not record:
-                return None
-            return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
+        last, self._last = self._last, None
+        if back_to_back and last is not None and last[0] == key and last[1].arrays_hold(values, self.buffers):
+            recording = last[1]
+        else:
+            regularizer = model.regularizer
+            settings = (self._settings.current(model), self._head_watch.current(self.head),
+                        None if regularizer is None else self._penalty_watch.current(regularizer))
+            recording = self._recordings.get(key)
+            if recording is None or not recording.holds(settings, values, self.buffers):
+                if not record:
+                    return None
+                return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
+        self._last = key, recording
         self._replayed += 1
         if destinations is not None:
             for p in self.params:

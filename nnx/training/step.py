@@ -94,6 +94,11 @@ class TrainStep:
         # whether the update offers buffers for the gradients (`_destinations`); None: not asked yet
         self._offering: bool | None = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
+        # Set by the caller: this step follows the last one back to back, with none of the user's code run since
+        # (no callback, transform or data source of theirs), so nothing it can rebind or change (a layer's
+        # setting, a parameter, the optimizer's state) was. What only such code could change is then not looked
+        # at again: the recorded passes' watches, and the flat update's check that its views are still bound.
+        self.back_to_back = False
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
         self.penalized = model.penalty() is not None
@@ -197,7 +202,8 @@ class TrainStep:
         if offering is None:  # the first batch: whether the update offers buffers at all (it keeps to that)
             offering = self._offering = self.flat is not None and self.flat.offer_grads() is not None
         destinations = self._destinations if offering else None
-        replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [], record)
+        replayed = self.recorded.run(X, y, sample_weight, destinations, self._passes, self.runners or [], record,
+                                     self.back_to_back)
         if replayed is None:
             return None
         value, Z, self._replayed_grads, new_buffers = replayed
@@ -383,7 +389,11 @@ class TrainStep:
         if keep is not None:
             self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(opt.state)))
         # `FlatUpdate.run` checks what `applies` says itself, in the pass over the gradients it makes anyway
-        if flat is not None and (isinstance(flat, FlatUpdate) or flat.applies()) and flat.run(keep):
+        if isinstance(flat, FlatUpdate):
+            ran = flat.run(keep, self.back_to_back)
+        else:
+            ran = flat is not None and flat.applies() and flat.run(keep)
+        if ran:
             return  # with `keep`, it selected on the device between the rule's results and the buffers
         if keep is None:
             opt.step()
