@@ -388,6 +388,9 @@ class CompiledStep:
             if penalty is not None:
                 value = value + penalty
             model.backward_from_head(dZ, self.n_run, need_dX=False)
+            rebound = [p.name for p, v in zip(params, values, strict=True) if p.value is not v]
+            if rebound:  # (a layer constraining its weight in its forward): the update starts from the new value
+                raise TraceRefused(f"the step rebinds the value of {', '.join(map(repr, rebound))}")
             self._held.note(attributes_before)
             new_counter = rng.counter
             drawn = rng.draws - draws_before  # a Python int: the same for every call of this program

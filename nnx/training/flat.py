@@ -187,6 +187,10 @@ class FlatUpdate:
         opt = self.optimizer
         opt.state = {i: dict(views) for i, views in enumerate(self.state_views)}
 
+    def _values_bound(self) -> bool:
+        """Whether every ``p.value`` is still its view of the flat value buffer."""
+        return all(map(is_, [p.value for p in self.optimizer.params], self.value_views))
+
     def _in_place(self) -> bool:
         """Whether the objects still hold this layout's views (nothing was rebound since the last step).
 
@@ -194,12 +198,11 @@ class FlatUpdate:
         every ``p.value`` is its view, and every ``optimizer.state[i]`` holds exactly this layout's keys, each
         bound to its view.
         """
-        opt = self.optimizer
-        if not all(map(is_, [p.value for p in opt.params], self.value_views)):
+        if not self._values_bound():
             return False
         if self.state is None:
             return True
-        state, indices = opt.state, self._indices
+        state, indices = self.optimizer.state, self._indices
         try:
             entries = list(state.values()) if list(state) == indices else [state[i] for i in indices]
             if list(map(len, entries)) != self._entry_lens:  # a key added or removed
@@ -284,9 +287,10 @@ class FlatUpdate:
         others not). It checks what `applies` says itself, in the pass over the gradients it makes anyway.
 
         `keep`, a 0-d device flag (the deferred finite check), selects on the device between
-        the rule's results and the buffers as they were; None applies the step. `back_to_back`: no code but
-        the library's ran since the last step (`TrainStep.back_to_back`), so where that one ran here, the
-        parameters and the optimizer's state are still bound to this layout's views, unchecked.
+        the rule's results and the buffers as they were; None applies the step. `back_to_back`: none of the
+        user's code ran between the last step and this one (`TrainStep.back_to_back`), so where that one ran
+        here, the optimizer's state is still bound to this layout's views, unchecked. The parameters' values
+        are checked still: a layer's own code may rebind one in this step's passes.
         """
         opt = self.optimizer
         steps = opt.param_steps
@@ -298,7 +302,7 @@ class FlatUpdate:
         gathered = self.grads is not None and all(map(is_, grads, self._grad_sources))
         if not gathered and any(map(is_, grads, repeat(None))):
             return False
-        if not (back_to_back and ran) and not self.lay_out():
+        if not (back_to_back and ran and self._values_bound()) and not self.lay_out():
             return False  # the per-parameter loop runs this step; the layout is tried again next time
         if not gathered:
             self._gather(grads)

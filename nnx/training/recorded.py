@@ -307,9 +307,10 @@ class RecordedPasses:
         kept = [(layer, name, value) for _, layer in model.named_layers() for name, value in vars(layer).items()
                 if is_array(value)]
         noted_kept: list[Any] = []
+        noted_values = [tape.note(v) for v in values]
         try:
-            for p, v in zip(params, values, strict=True):
-                p.value, p.grad = tape.note(v), None
+            for p, v in zip(params, noted_values, strict=True):
+                p.value, p.grad = v, None
             for b, v in zip(buffers, buffers_before, strict=True):
                 b.value = tape.note(v)
             for layer, name, v in kept:
@@ -318,6 +319,8 @@ class RecordedPasses:
             value, Z = passes(noted_X, noted_y, noted_w)
             grads = [p.grad for p in params]
             new_buffers = [b.value for b in buffers]
+            # a value the passes rebound (a layer that constrains its weight in its forward), as the step leaves it
+            rebound = [(p, p.value) for p, v in zip(params, noted_values, strict=True) if p.value is not v]
         except BaseException as exc:
             # the layers' Python ran half a step on noted arrays: the plain step starts from where they were, and
             # an interrupt (Ctrl-C) leaves the model's own arrays, never noted ones, in its buffers
@@ -337,6 +340,10 @@ class RecordedPasses:
                 if vars(layer).get(name) is noted:  # not rebound by the passes (a cache): the layer's own again
                     vars(layer)[name] = v
             _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners))
+        for p, v in rebound:  # the plain step's, which the update starts from; a replay would not rebind it
+            p.value = real(v)
+        if rebound:
+            tape.refuse(f"the passes rebind the value of {', '.join(repr(p.name) for p, _ in rebound)}")
         held = HeldArrays()
         held.note(attributes_before)
         changed = changed_state(state_before, python_state(model))

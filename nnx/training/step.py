@@ -94,10 +94,11 @@ class TrainStep:
         # whether the update offers buffers for the gradients (`_destinations`); None: not asked yet
         self._offering: bool | None = None
         self.checked_inputs = False  # whether a batch went through the loss's input checks
-        # Set by the caller: this step follows the last one back to back, with none of the user's code run since
-        # (no callback, transform or data source of theirs), so nothing it can rebind or change (a layer's
-        # setting, a parameter, the optimizer's state) was. What only such code could change is then not looked
-        # at again: the recorded passes' watches, and the flat update's check that its views are still bound.
+        # Set by the caller: this step follows the last one back to back, with none of the user's code run between
+        # them (no callback, transform or data source of theirs), so nothing it could change (a layer's setting,
+        # the optimizer's state) was. What only such code could change is then not looked at again: the recorded
+        # passes' watches (a replay runs none of the layers' code) and the optimizer's state being bound to the
+        # flat update's views.
         self.back_to_back = False
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
