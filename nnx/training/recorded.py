@@ -228,6 +228,11 @@ class RecordedPasses:
             raise RuntimeError("the model of these recorded passes no longer exists")
         return model
 
+    @property
+    def replayed(self) -> bool:
+        """Whether the last call replayed a recording (it ran none of the layers', loss's or regularizer's code)."""
+        return self._last is not None
+
     def run(self, X: Any, y: Any, sample_weight: Any, destinations: Callable[[], list[Any] | None] | None,
             passes: Callable[[Any, Any, Any], tuple[Any, Any]], runners: list[Any],
             record: bool = True, back_to_back: bool = False) -> tuple | None:

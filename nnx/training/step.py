@@ -100,6 +100,10 @@ class TrainStep:
         # passes' watches (a replay runs none of the layers' code) and the optimizer's state being bound to the
         # flat update's views.
         self.back_to_back = False
+        # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
+        # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
+        # update still looks at the state's binding back to back
+        self.own_passes = _own_passes(model, loss)
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
         self.penalized = model.penalty() is not None
@@ -391,7 +395,7 @@ class TrainStep:
             self._updates.append((self._steps - 1, opt.step_count, list(opt.param_steps), set(opt.state)))
         # `FlatUpdate.run` checks what `applies` says itself, in the pass over the gradients it makes anyway
         if isinstance(flat, FlatUpdate):
-            ran = flat.run(keep, self.back_to_back)
+            ran = flat.run(keep, self.back_to_back and (self.own_passes or self._replayed_last()))
         else:
             ran = flat is not None and flat.applies() and flat.run(keep)
         if ran:
@@ -411,6 +415,10 @@ class TrainStep:
                 old = saved.get(i, {}).get(key)
                 entry[key] = xp.where(keep, arr, xp.zeros_like(arr) if old is None else old)
 
+    def _replayed_last(self) -> bool:
+        """Whether this step's passes were replayed (none of the layers', loss's or regularizers' code ran)."""
+        return self.recorded is not None and self.recorded.replayed
+
     def flush(self) -> bool:
         """End of epoch: held-back gradients go through the later transforms; True when an update is due."""
         for i, t in enumerate(self.transforms):
@@ -428,3 +436,16 @@ class TrainStep:
         if self.compiled is not None:
             self.compiled.reset()
 
+
+# what of an object's own the passes may call, replaced on the object
+_PASS_METHODS = ("forward", "backward", "value_and_grad", "value_and_grad_prepared", "prepare", "rows", "penalty",
+                 "gradient")
+
+
+def _own_passes(model: Model, loss: Any) -> bool:
+    """Whether the passes of a step run nnx's code only: the model, each layer, the loss and every regularizer
+    are of nnx's classes, none with a method replaced on the object."""
+    objects = [model, loss, *(layer for _, layer in model.named_layers())]
+    objects += [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
+    return all(type(obj).__module__.startswith("nnx.") and not any(name in getattr(obj, "__dict__", {})
+                                                                  for name in _PASS_METHODS) for obj in objects)
