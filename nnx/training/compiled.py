@@ -41,7 +41,7 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
-from ..optim import check_rule_result
+from ..optim import Optimizer, check_rule_result
 from .per_model import PerModel
 from .shared_programs import SettingsWatch, SharedProgram, config_key, definition, layer_settings, settings_key
 from .trace_state import (
@@ -83,6 +83,9 @@ def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[A
     """Why the step of these objects cannot be one program, in words; None when it can."""
     if _replaced(optimizer, _HOOKABLE["optimizer"]):
         return f"a method of the optimizer {type(optimizer).__name__} is replaced on the object"
+    if isinstance(optimizer, Optimizer) and type(optimizer).step is not Optimizer.step:
+        # the program stands in for `Optimizer.step` (the rule on every parameter); an override may do more
+        return f"the optimizer {type(optimizer).__name__} overrides step"
     if _replaced(loss, _HOOKABLE["loss"]):
         return f"a method of the loss {type(loss).__name__} is replaced on the object"
     for path, layer in model.named_layers():

@@ -437,9 +437,10 @@ class TrainStep:
             self.compiled.reset()
 
 
-# what of an object's own the passes may call, replaced on the object
+# what of an object's own the passes may call, replaced on the object (an activation's `function` and `derivative`
+# are the functions its forward and backward call)
 _PASS_METHODS = ("forward", "backward", "value_and_grad", "value_and_grad_prepared", "prepare", "rows", "penalty",
-                 "gradient")
+                 "gradient", "function", "derivative")
 
 
 def _own_passes(model: Model, loss: Any) -> bool:
