@@ -86,6 +86,9 @@ class FlatUpdate:
     Args:
         optimizer: an optimizer whose class declares ``elementwise = True``.
         backend: the parameters' backend (its namespace, and how it joins arrays into one).
+        own_gradients: the gradients come from nnx's own layers (`TrainStep.own_passes`), each shaped as its
+            parameter by construction: `Optimizer.check_grads` runs only where the gathered buffer's length or
+            dtype is not the parameters' (to name the one), not on every gathering.
 
     `applies` says whether this step can run flat (every parameter has a gradient, all were
     updated equally often, and the rule's state is shaped like the parameters, as `init_state`
@@ -94,8 +97,9 @@ class FlatUpdate:
     is how many elements the rule sees per call; None means all of them in one call.
     """
 
-    def __init__(self, optimizer: Any, backend: Any) -> None:
+    def __init__(self, optimizer: Any, backend: Any, own_gradients: bool = False) -> None:
         self.optimizer = optimizer
+        self.own_gradients = own_gradients
         self.backend, self.xp = backend, backend.xp
         self._concat = backend.concat_flat
         self.piece: int | None = None  # elements of the flat buffers the rule sees at once (None: all)
@@ -269,10 +273,14 @@ class FlatUpdate:
         return None if grads is None else self._gather(grads)
 
     def _gather(self, grads: list[Any]) -> Any:
-        self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
+        if not self.own_gradients:
+            self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
         offered, self._offered = self._offered, None
         taken = taken_offer(offered, grads)
-        self.grads = self._concat(grads) if taken is None else taken
+        flat, values = self._concat(grads) if taken is None else taken, self.values
+        self.grads = flat
+        if self.own_gradients and (values is None or flat.dtype != values.dtype or flat.shape[0] != self.size):
+            self.optimizer.check_grads()  # a gradient of another dtype (promoted by the concat) or size: which
         self._grads_offered = taken is not None
         self._grad_sources = grads
         return self.grads

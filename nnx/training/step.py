@@ -78,8 +78,12 @@ class TrainStep:
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
             and own_step(optimizer)
+        # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
+        # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
+        # update still looks at the state's binding back to back; nnx's own make gradients shaped as their parameters
+        self.own_passes = _own_passes(model, loss)
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
-            FlatUpdate(optimizer, be) if derive_flat else None)
+            FlatUpdate(optimizer, be, own_gradients=self.own_passes) if derive_flat else None)
         if isinstance(self.flat, FlatUpdate):
             self.flat.lay_out(create_state=False)  # now, while no gradients are held
         self.n_run, self.head, self.from_logits = model.output_head(loss)
@@ -100,10 +104,6 @@ class TrainStep:
         # passes' watches (a replay runs none of the layers' code) and the optimizer's state being bound to the
         # flat update's views.
         self.back_to_back = False
-        # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
-        # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
-        # update still looks at the state's binding back to back
-        self.own_passes = _own_passes(model, loss)
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
         self.penalized = model.penalty() is not None
