@@ -439,8 +439,8 @@ class TrainStep:
 
 # what of an object's own the passes may call, replaced on the object (an activation's `function` and `derivative`
 # are the functions its forward and backward call)
-_PASS_METHODS = ("forward", "backward", "value_and_grad", "value_and_grad_prepared", "prepare", "rows", "penalty",
-                 "gradient", "function", "derivative")
+_PASS_METHODS = frozenset({"forward", "backward", "value_and_grad", "value_and_grad_prepared", "prepare", "rows",
+                           "penalty", "gradient", "function", "derivative"})
 
 
 def _own_passes(model: Model, loss: Any) -> bool:
@@ -448,5 +448,5 @@ def _own_passes(model: Model, loss: Any) -> bool:
     are of nnx's classes, none with a method replaced on the object."""
     objects = [model, loss, *(layer for _, layer in model.named_layers())]
     objects += [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
-    return all(type(obj).__module__.startswith("nnx.") and not any(name in getattr(obj, "__dict__", {})
-                                                                  for name in _PASS_METHODS) for obj in objects)
+    return all(type(obj).__module__.startswith("nnx.") and _PASS_METHODS.isdisjoint(getattr(obj, "__dict__", ()))
+               for obj in objects)
