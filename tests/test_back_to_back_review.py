@@ -111,7 +111,7 @@ def test_an_optimizer_state_entry_a_loss_rebinds_inside_the_step_is_updated_from
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
-class Scale(nnx.Layer):
+class PureScale(nnx.Layer):
     """A user's layer with no side effects: its passes are recorded and replayed on NumPy."""
 
     def __init__(self, factor):
@@ -150,7 +150,7 @@ def test_replayed_passes_of_a_users_layer_still_skip_the_state_check_back_to_bac
         return original(self)
     monkeypatch.setattr(flat.FlatUpdate, "_in_place", counted)
     per_epoch = PerEpoch(counter)
-    model = nnx.Sequential(nnx.Dense(5, 6), Scale(0.5), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(),
+    model = nnx.Sequential(nnx.Dense(5, 6), PureScale(0.5), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(),
                            backend=backend, dtype="float64", seed=3)
     X, y = _data(rng)
     model.fit(X, y, loss="bce", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=3,
