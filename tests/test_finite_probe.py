@@ -58,3 +58,15 @@ def test_a_step_with_huge_finite_gradients_is_applied(backend):
         assert plain_losses == losses
         for w, p in zip(weights, plain_weights, strict=True):
             np.testing.assert_array_equal(w, p)
+
+
+def test_a_finite_loss_and_probe_are_read_apart_and_never_overflow_into_a_warning():
+    """A loss of 2e38 and a probe of about 2e38 in float32 are both finite; added, they overflowed, which NumPy
+    reports (a warning, or under ``np.errstate(over="raise")`` a bare FloatingPointError on a step to apply)."""
+    model = nnx.Sequential(nnx.Dense(1, 1), backend="numpy", dtype="float32", seed=0)
+    step = nnx.training.TrainStep(model, model.resolve_loss("mse"), nnx.optim.SGD(model.parameters(), lr=0.1))
+    weight, bias = model.layers[0].weight, model.layers[0].bias
+    weight.grad = np.full((1, 1), 1.4e19, dtype=np.float32)  # its square: 1.96e38, finite
+    bias.grad = np.zeros((1,), dtype=np.float32)
+    with np.errstate(over="raise"):
+        assert step.check(np.asarray(2e38, dtype=np.float32))

@@ -225,6 +225,16 @@ class TorchBackend(Backend):
         # it in Python); 4.2 against 5.9 us for a small network's six gradients
         return torch.cat([torch.flatten(a) for a in arrays])
 
+    def finite_probe(self, x: Any) -> Any:
+        import torch
+
+        # x's dot product with itself: one BLAS call at less dispatch than torch.sum (0.7 against 1.1 us for a small
+        # network's 641 gradients); a square overflows where a sum would not (|x| over 1.8e19 in float32), which the
+        # caller's element-by-element confirmation then tells from NaN and inf
+        if x.ndim == 1 and x.dtype in (torch.float32, torch.float64):
+            return torch.dot(x, x)
+        return super().finite_probe(x)
+
     @property
     def arrays_on_host(self) -> bool:
         return self.device.type == "cpu"

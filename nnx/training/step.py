@@ -264,8 +264,10 @@ class TrainStep:
         unless finite gradients overflow it, so a non-finite sum is confirmed element by
         element before a step is refused. With the flat update, the one flat gradient
         buffer it gathers is probed at once (`Backend.finite_probe`: the sum, or on NumPy
-        the buffer's dot product with itself). `read` reads a deferred verdict now, for a
-        callback that handles non-finite steps itself (`TerminateOnNaN` stops quietly).
+        and torch the buffer's dot product with itself). The loss and that probe are read
+        apart, so that two finite numbers never overflow into a confirmation. `read` reads a
+        deferred verdict now, for a callback that handles non-finite steps itself
+        (`TerminateOnNaN` stops quietly).
         """
         if not self.check_finite:
             return True
@@ -279,9 +281,11 @@ class TrainStep:
                 for (b, _), value_kept in zip(before, kept, strict=True):
                     b.value = value_kept
             return not read or bool(self.model.backend.to_host(self._verdict))
-        # a host number (arrays_on_host): reading it waits for nothing
-        if math.isfinite(self._total(value)) or self._all_finite(value):
-            return True
+        # host numbers (arrays_on_host): reading them waits for nothing
+        if math.isfinite(value):
+            probe = self._probe()
+            if probe is None or math.isfinite(probe) or self._all_finite(value):
+                return True
         for b, old in before:  # refused: its forward's batch statistics are not kept either
             b.value = old
         return False
@@ -294,25 +298,25 @@ class TrainStep:
     def gradients_finite(self) -> bool:
         """Whether every gradient is finite, read now (data-parallel training asks after the all-reduce)."""
         be = self.model.backend
-        zero = self.model.xp.asarray(0.0, device=be.device)
-        if math.isfinite(float(be.to_host(self._total(zero)))):
+        probe = self._probe()
+        if probe is None or math.isfinite(float(be.to_host(probe))):
             return True
         return all(bool(be.to_host(flag)) for flag in self._finite_flags(None))
 
-    def _total(self, value: Any) -> Any:
-        """`value` plus the sum of every gradient: finite exactly when all are, barring overflow."""
-        xp = self.model.xp
+    def _probe(self) -> Any:
+        """One number finite exactly when every gradient is, barring overflow (None without gradients): the
+        backend's `finite_probe` over the flat update's gathered buffer, else the sum of every gradient."""
         flat = self.flat
         if isinstance(flat, FlatUpdate):
             grads = flat.gather_if_applies()  # `applies` and `gather_grads` in one pass
         else:
             grads = flat.gather_grads() if flat is not None and flat.applies() else None
         if grads is not None:
-            return value + self.model.backend.finite_probe(grads)
-        total = value
+            return self.model.backend.finite_probe(grads)
+        xp, total = self.model.xp, None
         for p in self.params:
             if p.grad is not None:
-                total = total + xp.sum(p.grad)
+                total = xp.sum(p.grad) if total is None else total + xp.sum(p.grad)
         return total
 
     def _finite_flags(self, value: Any) -> list[Any]:
