@@ -275,17 +275,18 @@ def _run_epoch(model: Model, step: TrainStep, batches: Any, cb: CallbackList, gu
             raise
 
 
-def _look(cb: CallbackList, params: list, compiled: bool) -> None:
+def _look(cb: CallbackList, step: TrainStep, compiled: bool) -> None:
     """The callbacks' ``on_backward``. After a compiled step, which has applied the update already, a gradient
-    rebound there (the only change JAX's immutable arrays allow) is refused: elsewhere it would change the
-    update, and here it would be ignored without a word."""
-    if not compiled:
-        cb.on_backward()
-        return
+    rebound there (the only change JAX's immutable arrays allow) is refused: elsewhere it changes the update,
+    and is checked against its parameter now (the flat update gathers the gradients of nnx's own layers
+    unchecked, and a transposed one of the same size would pass its concatenation)."""
+    params = step.params
     grads = [p.grad for p in params]
     cb.on_backward()
     changed = [p.name for p, g in zip(params, grads, strict=True) if p.grad is not g]
-    if changed:
+    if changed and not compiled:
+        step.optimizer.check_grads()
+    elif changed:
         raise RuntimeError(
             f"a callback's on_backward rebound the gradient of {', '.join(map(repr, changed))}, but this fit runs "
             "each step as one compiled program, which has applied the update already; on_backward is only to "
@@ -329,7 +330,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             step.backward()
             finite = step.check(value, read=handles_non_finite)
         if look:
-            _look(cb, step.params, compiled)
+            _look(cb, step, compiled)
         due = False
         if dp is not None and step.check_finite and handles_non_finite:
             # the callback stops at the first step not finite on any rank, also while accumulating (no all-reduce

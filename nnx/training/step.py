@@ -39,7 +39,7 @@ from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step, kept_buffers
 from .flat import FlatUpdate, own_step
 from .recorded import recorded_passes
-from .transforms import GradientTransform
+from .transforms import CallbackLook, GradientTransform
 
 
 class NonFiniteStep(FloatingPointError):
@@ -82,8 +82,11 @@ class TrainStep:
         # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
         # update still looks at the state's binding back to back; nnx's own make gradients shaped as their parameters
         self.own_passes = _own_passes(model, loss)
+        # the update gathers the gradients those passes made unchecked only where no code of the user's rebinds one
+        # after them (a transform or a callback's on_backward of theirs may make one of the same size, transposed)
+        own_gradients = self.own_passes and all(map(_own_transform, self.transforms))
         self.flat: FlatExecution | None = flat_update if flat_update is not None else (
-            FlatUpdate(optimizer, be, own_gradients=self.own_passes) if derive_flat else None)
+            FlatUpdate(optimizer, be, own_gradients=own_gradients) if derive_flat else None)
         if isinstance(self.flat, FlatUpdate):
             self.flat.lay_out(create_state=False)  # now, while no gradients are held
         self.n_run, self.head, self.from_logits = model.output_head(loss)
@@ -454,3 +457,13 @@ def _own_passes(model: Model, loss: Any) -> bool:
     objects += [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
     return all(type(obj).__module__.startswith("nnx.") and _PASS_METHODS.isdisjoint(getattr(obj, "__dict__", ()))
                for obj in objects)
+
+
+def _own_transform(transform: GradientTransform) -> bool:
+    """Whether a gradient transform runs nnx's code only, which leaves each gradient shaped as its parameter: of
+    nnx's classes, and the callbacks whose on_backward `CallbackLook` calls too (`CallbackHook` checks what a
+    callback's on_gradients returns itself)."""
+    if not type(transform).__module__.startswith("nnx."):
+        return False
+    return not isinstance(transform, CallbackLook) or all(type(cb).__module__.startswith("nnx.")
+                                                          for cb in transform.callbacks)

@@ -194,6 +194,11 @@ class _CallbackStage(GradientTransform):
         """Whether any callback overrides the hook (otherwise `fit` leaves the stage out)."""
         return bool(self._callbacks)
 
+    @property
+    def callbacks(self) -> list[Any]:
+        """The callbacks this stage calls."""
+        return list(self._callbacks)
+
 
 class CallbackLook(_CallbackStage):
     """Calls every callback's ``on_backward()`` while ``p.grad`` holds the batch's gradient, before the other
