@@ -68,3 +68,40 @@ def test_nnx_own_transforms_and_callbacks_keep_the_gradients_unchecked(monkeypat
     if history.execution != "flat":
         pytest.skip(f"the step runs {history.execution!r} on {backend.name}, not with the flat update")
     assert calls[0] == 0
+
+
+class ShrinkAfterStep(nnx.optim.SGD):
+    """A user's SGD with a constraint after the update: every weight times 0.9."""
+
+    def step(self):
+        super().step()
+        for p in self.params:
+            p.value = p.value * 0.9
+
+
+@pytest.mark.parametrize("replaced", ["class", "object"])
+def test_the_sharded_update_refuses_an_optimizer_whose_step_is_not_optimizer_step(replaced):
+    """The sharded update (ZeRO-1) stands in for `Optimizer.step` as the flat update and JAX's compiled step do: it
+    ran the rule on its slice and skipped the user's step, training other weights than the plain loop without a
+    word. It now refuses, as it refuses a rule that is not elementwise."""
+    from nnx import distributed as dist
+
+    class WorldOfOne(dist.SingleProcess):
+        engine = "test"  # `fit` runs the data-parallel stages in this process
+
+    X, y = _data()
+    model = nnx.Sequential(nnx.Dense(4, 3), backend="numpy", dtype="float64", seed=0)
+    if replaced == "class":
+        opt = ShrinkAfterStep(model.parameters(), lr=0.1)
+    else:
+        opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+        plain_step = opt.step
+
+        def step():  # a hook replacing the step on the object
+            plain_step()
+            for p in opt.params:
+                p.value = p.value * 0.9
+        opt.step = step
+    with pytest.raises(ValueError, match="step"):
+        model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=8,
+                  distributed=dist.DataParallel(WorldOfOne(), shard_update=True))

@@ -30,7 +30,7 @@ import numpy as np
 from ..layers.parameter import Parameter
 from ..optim import check_rule_result
 from ..training import replay
-from ..training.flat import offer_grads, taken_offer, write_in_place
+from ..training.flat import offer_grads, own_step, taken_offer, write_in_place
 from ..training.transforms import GradientTransform
 from .average import AverageGradients, rank_rows
 from .comm import Communicator, offsets
@@ -79,6 +79,13 @@ class ShardedUpdate(AverageGradients):
             raise ValueError(f"shard_update=True needs an optimizer whose rule is elementwise; "
                              f"{type(optimizer).__name__} declares elementwise = False. Use "
                              f"DataParallel(comm, shard_update=False) (the all-reduce) for it")
+        if not own_step(optimizer):
+            # the slices are updated by the rule alone, in place of `Optimizer.step`: a step of the user's would be
+            # skipped without a word (a constraint after the update), where the all-reduce runs it as written
+            raise ValueError(f"shard_update=True runs the optimizer's rule on each rank's slice in place of "
+                             f"Optimizer.step, but the step of {type(optimizer).__name__} is its own (overridden "
+                             f"by its class or replaced on the object). Use DataParallel(comm, shard_update=False) "
+                             f"(the all-reduce) for it")
         for t in later:
             if not getattr(t, "shardable", False):
                 raise ValueError(f"shard_update=True cannot run {type(t).__name__} after the gradient average: "
