@@ -70,3 +70,22 @@ def test_a_finite_loss_and_probe_are_read_apart_and_never_overflow_into_a_warnin
     bias.grad = np.zeros((1,), dtype=np.float32)
     with np.errstate(over="raise"):
         assert step.check(np.asarray(2e38, dtype=np.float32))
+
+
+@pytest.mark.parametrize("case", ["numpy, plain stages", "numpy, a rule not elementwise", "array_api_strict, flat"])
+def test_gradients_near_the_float32_maximum_pass_the_check_without_a_floating_point_error(case):
+    """Each gradient is finite (3e38 in float32); their sum is not. The check of the flat update on NumPy and torch
+    probes with a product that reports nothing; elsewhere a sum overflowed, which NumPy reported as a warning, and
+    under ``np.errstate(over="raise")`` as a bare FloatingPointError on a step to apply."""
+    backend = nnx.get_backend(case.partition(",")[0])
+    if case.endswith("plain stages"):
+        backend = backend.with_fastpath(False)
+    model = nnx.Sequential(nnx.Dense(2, 1), backend=backend, dtype="float32", seed=0)
+    opt = nnx.optim.SGD(model.parameters(), lr=0.1)
+    if case.endswith("not elementwise"):
+        opt.elementwise = False
+    step = nnx.training.TrainStep(model, model.resolve_loss("mse"), opt)
+    for p in model.parameters():
+        p.grad = backend.asarray(np.full(tuple(p.value.shape), 3e38, dtype=np.float32), dtype="float32")
+    with np.errstate(over="raise"):
+        assert step.check(backend.asarray(1.0, dtype="float32"))

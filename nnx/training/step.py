@@ -285,10 +285,8 @@ class TrainStep:
                     b.value = value_kept
             return not read or bool(self.model.backend.to_host(self._verdict))
         # host numbers (arrays_on_host): reading them waits for nothing
-        if math.isfinite(value):
-            probe = self._probe()
-            if probe is None or math.isfinite(probe) or self._all_finite(value):
-                return True
+        if math.isfinite(value) and (all(map(math.isfinite, self._probes())) or self._all_finite(value)):
+            return True
         for b, old in before:  # refused: its forward's batch statistics are not kept either
             b.value = old
         return False
@@ -301,26 +299,24 @@ class TrainStep:
     def gradients_finite(self) -> bool:
         """Whether every gradient is finite, read now (data-parallel training asks after the all-reduce)."""
         be = self.model.backend
-        probe = self._probe()
-        if probe is None or math.isfinite(float(be.to_host(probe))):
+        if all(math.isfinite(float(be.to_host(probe))) for probe in self._probes()):
             return True
         return all(bool(be.to_host(flag)) for flag in self._finite_flags(None))
 
-    def _probe(self) -> Any:
-        """One number finite exactly when every gradient is, barring overflow (None without gradients): the
-        backend's `finite_probe` over the flat update's gathered buffer, else the sum of every gradient."""
+    def _probes(self) -> list[Any]:
+        """Numbers each finite exactly when every gradient is, barring overflow: the backend's `finite_probe` over
+        the flat update's gathered buffer, else one per gradient, read one by one (their sum could overflow where
+        none of them does, and NumPy reports that as a floating-point error)."""
+        be = self.model.backend
         flat = self.flat
         if isinstance(flat, FlatUpdate):
             grads = flat.gather_if_applies()  # `applies` and `gather_grads` in one pass
         else:
             grads = flat.gather_grads() if flat is not None and flat.applies() else None
         if grads is not None:
-            return self.model.backend.finite_probe(grads)
-        xp, total = self.model.xp, None
-        for p in self.params:
-            if p.grad is not None:
-                total = xp.sum(p.grad) if total is None else total + xp.sum(p.grad)
-        return total
+            return [be.finite_probe(grads)]
+        xp = self.model.xp
+        return [be.finite_probe(xp.reshape(p.grad, (-1,))) for p in self.params if p.grad is not None]
 
     def _finite_flags(self, value: Any) -> list[Any]:
         """One device flag per array: `value` (unless None) and every gradient."""
