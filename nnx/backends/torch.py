@@ -225,6 +225,12 @@ class TorchBackend(Backend):
         # it in Python); 4.2 against 5.9 us for a small network's six gradients
         return torch.cat([torch.flatten(a) for a in arrays])
 
+    def split_rows(self, x: Any, sizes: list[int]) -> list[Any]:
+        import torch
+
+        # one call for the epoch's batches, the same views as slicing each (7.7 against 15.6 us for 15 batches)
+        return list(torch.split(x, sizes, dim=0))
+
     def finite_probe(self, x: Any) -> Any:
         import torch
 
