@@ -74,6 +74,7 @@ class ShrinkAfterStep(nnx.optim.SGD):
     """A user's SGD with a constraint after the update: every weight times 0.9."""
 
     def step(self):
+        """The update, then every weight times 0.9."""
         super().step()
         for p in self.params:
             p.value = p.value * 0.9
