@@ -299,7 +299,11 @@ class TrainStep:
     def gradients_finite(self) -> bool:
         """Whether every gradient is finite, read now (data-parallel training asks after the all-reduce)."""
         be = self.model.backend
-        if all(math.isfinite(float(be.to_host(probe))) for probe in self._probes()):
+        probes = self._probes()
+        # from a device, one transfer whatever the number of probes (one per gradient without the flat update)
+        stack = len(probes) > 1 and not be.arrays_on_host and len({p.dtype for p in probes}) == 1
+        read = be.to_host(self.model.xp.stack(probes)) if stack else [be.to_host(p) for p in probes]
+        if all(math.isfinite(float(probe)) for probe in read):
             return True
         return all(bool(be.to_host(flag)) for flag in self._finite_flags(None))
 
