@@ -266,8 +266,9 @@ class TrainStep:
         The sum of the gradients is finite when none of their elements is NaN or infinite,
         unless finite gradients overflow it, so a non-finite sum is confirmed element by
         element before a step is refused. With the flat update, the one flat gradient
-        buffer it gathers is probed at once (`Backend.finite_probe`: the sum, or on NumPy
-        and torch the buffer's dot product with itself). The loss and that probe are read
+        buffer it gathers is probed at once (`Backend.finite_probe`: the sum by default, the
+        buffer's dot product with itself on NumPy and torch, its largest magnitude on
+        array_api_strict); otherwise each gradient is probed. The loss and the probes are read
         apart, so that two finite numbers never overflow into a confirmation. `read` reads a
         deferred verdict now, for a callback that handles non-finite steps itself
         (`TerminateOnNaN` stops quietly).
