@@ -97,7 +97,10 @@ class AverageGradients(GradientTransform):
         start = 0
         for p in grads:
             stop = start + int(np.prod(p.shape))
-            p.grad = xp.reshape(flat[start:stop], p.shape)
+            grad = xp.reshape(flat[start:stop], p.shape)
+            # the concatenation promotes gradients of mixed dtypes (a user's float64 parameter in a float32 model)
+            # to one: each gets its own back, as its parameter and the single-process step have it
+            p.grad = grad if grad.dtype == p.grad.dtype else xp.astype(grad, p.grad.dtype)
             start = stop
         return True
 
