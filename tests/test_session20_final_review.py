@@ -60,3 +60,36 @@ def test_the_gradient_all_reduce_keeps_each_gradients_dtype(backend, elementwise
         assert str(q.value.dtype) == str(p.value.dtype), p.name
         np.testing.assert_allclose(np.asarray(backend.to_host(q.value)), np.asarray(backend.to_host(p.value)),
                                    rtol=1e-6, atol=1e-7, err_msg=p.name)
+
+
+class FinalReviewSlopeSGD(nnx.optim.SGD):
+    """SGD whose own step also sets a layer's slope once, after its third update (a schedule written into the
+    optimizer): code of the user's that runs between two steps of an epoch, after the update."""
+
+    def __init__(self, params, lr, layer):
+        """SGD at rate `lr`, setting `layer`'s slope after the third update."""
+        super().__init__(params, lr)
+        self.layer = layer
+
+    def step(self):
+        """The SGD update, then the slope once the third update is done."""
+        super().step()
+        if self.step_count == 3:
+            self.layer.alpha = 0.05
+
+
+def test_a_setting_an_optimizers_own_step_changes_is_seen_at_the_next_step(backend, rng):
+    """On NumPy the passes are replayed, and back to back a replay followed the last without looking at the
+    layers' settings: a slope an overridden `step` set (the user's code between two steps) was ignored."""
+    X = rng.standard_normal((48, 5))
+    y = (X[:, :1] > 0).astype("float64")
+
+    def run(be):
+        model = nnx.Sequential(nnx.Dense(5, 6), nnx.LeakyReLU(0.3), nnx.Dense(6, 1), nnx.Sigmoid(), backend=be,
+                               dtype="float64", seed=3)
+        opt = FinalReviewSlopeSGD(model.parameters(), 0.1, model.layers[1])
+        model.fit(X, y, loss="bce", optimizer=opt, epochs=2, batch_size=8)
+        return [np.asarray(be.to_host(p.value)) for p in model.parameters()]
+
+    for got, plain in zip(run(backend), run(backend.with_fastpath(False)), strict=True):
+        np.testing.assert_allclose(got, plain, rtol=1e-12, atol=1e-14)

@@ -22,6 +22,7 @@ from .callbacks.monitor import added_names
 from .data import prefetch_depth
 from .epoch import plan
 from .evaluation import evaluate_batches
+from .flat import own_step
 from .history import History
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
@@ -303,9 +304,11 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     # without gradient transforms, p.grad after the step is the batch's gradient: on_backward is called here
     # (with them, `CallbackLook` calls it before the first, and the step may still be one compiled program)
     look = cb.uses("on_backward") and not any(isinstance(t, CallbackLook) for t in step.transforms)
-    # with no per-batch hook, no gradient transform and batches the library reads itself, no code of the user's
-    # runs between two steps of this epoch: each after the first follows its last back to back
-    unobserved = library_only and dp is None and not (batch_begin or batch_end or look or step.transforms)
+    # with no per-batch hook, no gradient transform, batches the library reads itself and the optimizer's step
+    # nnx's (an overridden one runs after each update, and may set a layer's setting), no code of the user's runs
+    # between two steps of this epoch: each after the first follows its last back to back
+    unobserved = library_only and dp is None and not (batch_begin or batch_end or look or step.transforms) \
+        and own_step(step.optimizer)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
     losses, weights, outputs, targets = [], [], [], []
