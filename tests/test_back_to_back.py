@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from user_code import PerEpoch, counted_calls
 
 import nnx
 from nnx.training import flat, shared_programs
@@ -27,33 +28,10 @@ def _model(backend, seed=3):
                           backend=backend, dtype="float64", seed=seed)
 
 
-class PerEpoch(nnx.callbacks.Callback):
-    """How often `counter[0]` grew in each epoch (an epoch-level hook only: the steps still run back to back)."""
-
-    def __init__(self, counter):
-        super().__init__()
-        self.counter, self.seen, self.per_epoch = counter, 0, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.per_epoch.append(self.counter[0] - self.seen)
-        self.seen = self.counter[0]
-
-
-def _counting(monkeypatch, cls, name):
-    counter = [0]
-    original = getattr(cls, name)
-
-    def counted(self, *args, **kwargs):
-        counter[0] += 1
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(cls, name, counted)
-    return counter
-
-
 def test_the_recorded_passes_read_the_settings_once_an_epoch_and_layout(monkeypatch, backend, rng):
     if backend.tape() is None:
         pytest.skip(f"{backend.name}'s arrays do not tell what is done to them: nothing is recorded")
-    counter = _counting(monkeypatch, shared_programs.SettingsWatch, "current")
+    counter = counted_calls(monkeypatch, shared_programs.SettingsWatch, "current")
     per_epoch = PerEpoch(counter)
     model = _model(backend)
     # batches of 16, 16, 16 and 2 rows: the first batch of an epoch and the smaller last one read the settings
@@ -62,7 +40,7 @@ def test_the_recorded_passes_read_the_settings_once_an_epoch_and_layout(monkeypa
 
 
 def test_the_flat_update_checks_its_views_once_an_epoch(monkeypatch, backend, rng):
-    counter = _counting(monkeypatch, flat.FlatUpdate, "_in_place")
+    counter = counted_calls(monkeypatch, flat.FlatUpdate, "_in_place")
     per_epoch = PerEpoch(counter)
     model = _model(backend)
     history = model.fit(*_data(rng), loss="bce", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),

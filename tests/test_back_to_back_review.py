@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from user_code import PerEpoch, counted_calls
 
 import nnx
 
@@ -128,27 +129,11 @@ class PureScale(nnx.Layer):
         return dY * self.factor
 
 
-class PerEpoch(nnx.callbacks.Callback):
-    def __init__(self, counter):
-        super().__init__()
-        self.counter, self.seen, self.per_epoch = counter, 0, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.per_epoch.append(self.counter[0] - self.seen)
-        self.seen = self.counter[0]
-
-
 def test_replayed_passes_of_a_users_layer_still_skip_the_state_check_back_to_back(monkeypatch, rng):
     from nnx.training import flat
 
     backend = nnx.get_backend("numpy")
-    counter = [0]
-    original = flat.FlatUpdate._in_place
-
-    def counted(self):
-        counter[0] += 1
-        return original(self)
-    monkeypatch.setattr(flat.FlatUpdate, "_in_place", counted)
+    counter = counted_calls(monkeypatch, flat.FlatUpdate, "_in_place")
     per_epoch = PerEpoch(counter)
     model = nnx.Sequential(nnx.Dense(5, 6), PureScale(0.5), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(),
                            backend=backend, dtype="float64", seed=3)

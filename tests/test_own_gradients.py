@@ -6,26 +6,15 @@ A user's layer's gradients are checked at every step, as before."""
 from __future__ import annotations
 
 import pytest
-from user_code import UserDense
+from user_code import UserDense, counted_calls
 
 import nnx
 from nnx.training.flat import FlatUpdate
 
 
-def _counting_checks(monkeypatch):
-    calls = [0]
-    original = nnx.optim.Optimizer.check_grads
-
-    def counted(self):
-        calls[0] += 1
-        return original(self)
-    monkeypatch.setattr(nnx.optim.Optimizer, "check_grads", counted)
-    return calls
-
-
 @pytest.mark.parametrize("first", [nnx.Dense, UserDense], ids=["built-in layers", "a user's layer"])
 def test_gradients_are_checked_at_every_step_where_a_users_layer_makes_them(monkeypatch, backend, rng, first):
-    calls = _counting_checks(monkeypatch)
+    calls = counted_calls(monkeypatch, nnx.optim.Optimizer, "check_grads")
     model = nnx.Sequential(first(4, 5), nnx.ReLU(), nnx.Dense(5, 1), backend=backend, dtype="float64", seed=1)
     X, y = rng.standard_normal((32, 4)), rng.standard_normal((32, 1))
     history = model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 import pytest
+from user_code import counted_calls
 
 import nnx
 from nnx.training import GradientTransform
@@ -54,13 +55,7 @@ def test_a_gradient_a_users_code_rebinds_after_nnx_own_passes_is_still_checked(b
 
 def test_nnx_own_transforms_and_callbacks_keep_the_gradients_unchecked(monkeypatch, backend):
     """ClipByNorm, accumulation and GradientAnalyzer's on_backward leave each gradient shaped as its parameter."""
-    calls = [0]
-    original = nnx.optim.Optimizer.check_grads
-
-    def counted(self):
-        calls[0] += 1
-        return original(self)
-    monkeypatch.setattr(nnx.optim.Optimizer, "check_grads", counted)
+    calls = counted_calls(monkeypatch, nnx.optim.Optimizer, "check_grads")
     X, y = _data()
     model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype="float64", seed=0)
     history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=4, clip_norm=1.0, accumulate=2,

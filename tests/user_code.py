@@ -1,4 +1,5 @@
-"""A user's layer and callback as the tests that compare executions use them: written with the public API only."""
+"""A user's layer and callback as the tests that compare executions use them: written with the public API only;
+and the call counter the tests that count a step's checks share."""
 
 from __future__ import annotations
 
@@ -60,3 +61,27 @@ class DoubledWithAFunction(nnx.Layer):
 
     def backward(self, dY, need_dX=True):
         return dY * 2.0
+
+
+def counted_calls(monkeypatch: Any, cls: type, name: str) -> list[int]:
+    """Count the calls of method `name` of `cls` for the test (in a one-element list, read as it grows)."""
+    counter = [0]
+    original = getattr(cls, name)
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counter[0] += 1
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(cls, name, counted)
+    return counter
+
+
+class PerEpoch(nnx.callbacks.Callback):
+    """How often `counter[0]` grew in each epoch (an epoch-level hook only: the steps still run back to back)."""
+
+    def __init__(self, counter: list[int]) -> None:
+        super().__init__()
+        self.counter, self.seen, self.per_epoch = counter, 0, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.per_epoch.append(self.counter[0] - self.seen)
+        self.seen = self.counter[0]
