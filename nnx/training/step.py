@@ -451,20 +451,21 @@ _PASS_METHODS = frozenset({"forward", "backward", "value_and_grad", "value_and_g
                            "penalty", "gradient", "function", "derivative"})
 
 
+def _of_nnx(obj: Any) -> bool:
+    """Whether `obj` is of one of nnx's own classes (a user's subclass is not)."""
+    return type(obj).__module__.startswith("nnx.")
+
+
 def _own_passes(model: Model, loss: Any) -> bool:
     """Whether the passes of a step run nnx's code only: the model, each layer, the loss and every regularizer
     are of nnx's classes, none with a method replaced on the object."""
     objects = [model, loss, *(layer for _, layer in model.named_layers())]
     objects += [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
-    return all(type(obj).__module__.startswith("nnx.") and _PASS_METHODS.isdisjoint(getattr(obj, "__dict__", ()))
-               for obj in objects)
+    return all(_of_nnx(obj) and _PASS_METHODS.isdisjoint(getattr(obj, "__dict__", ())) for obj in objects)
 
 
 def _own_transform(transform: GradientTransform) -> bool:
     """Whether a gradient transform runs nnx's code only, which leaves each gradient shaped as its parameter: of
     nnx's classes, and the callbacks whose on_backward `CallbackLook` calls too (`CallbackHook` checks what a
     callback's on_gradients returns itself)."""
-    if not type(transform).__module__.startswith("nnx."):
-        return False
-    return not isinstance(transform, CallbackLook) or all(type(cb).__module__.startswith("nnx.")
-                                                          for cb in transform.callbacks)
+    return _of_nnx(transform) and (not isinstance(transform, CallbackLook) or all(map(_of_nnx, transform.callbacks)))
