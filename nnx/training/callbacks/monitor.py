@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 from typing import Any, cast
 
+from ...metrics import resolve_metrics
+
 # Names whose larger values are better, and those whose smaller ones are, for mode="auto".
 _HIGHER_IS_BETTER = ("acc", "accuracy", "precision", "recall", "f1", "r2", "auc")
 _LOWER_IS_BETTER = ("loss", "mse", "mae", "rmse")
@@ -41,13 +43,27 @@ def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
         return
     logs = cast(dict, logs)  # names were found, so there are logs
     hint = ""
-    if monitor.startswith("val_") and not logs.get("validation"):
+    prefix = "val_" if monitor.startswith("val_") else ""
+    renamed = _recorded_as(monitor.removeprefix("val_"))
+    if renamed is not None and prefix + renamed in names:
+        # a metric fit records under its own name (metrics=["acc"] as "accuracy", where Keras logs "acc")
+        hint = f" ({monitor.removeprefix('val_')!r} is recorded as {renamed!r}: monitor {prefix + renamed!r})"
+    elif prefix and not logs.get("validation"):
         hint = " (val_ metrics need validation_data or validation_split in fit)"
     elif monitor not in ("loss", "val_loss") and monitor.removeprefix("val_") not in logs["metrics"]:
         hint = (f" (add {monitor.removeprefix('val_')!r} to fit's metrics, or set adds_logs = True on the "
                 "callback that writes it into the epoch logs)")
     raise ValueError(f"{owner} monitors {monitor!r}, which this fit does not record{hint}; "
                      f"recorded: {names}")
+
+
+def _recorded_as(name: str) -> str | None:
+    """The name `fit` records metric `name` under when that differs from `name` (``"acc"``: ``"accuracy"``)."""
+    try:
+        recorded = next(iter(resolve_metrics([name])))
+    except Exception:  # noqa: BLE001 - not a metric name fit knows: nothing to suggest
+        return None
+    return recorded if recorded != name else None
 
 
 def resolve_mode(owner: str, mode: str, monitor: str, used: bool = True) -> str:
