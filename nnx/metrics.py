@@ -7,6 +7,8 @@ as the losses do.
 With a binary cross-entropy loss, every output is a label of its own (multi-label indicator
 targets): `fit` and `evaluate` then score ``"accuracy"``, ``"precision"``, ``"recall"`` and ``"f1"``
 per label, as scikit-learn scores multi-label targets (see `resolve_metrics`).
+The class and label metrics are NaN where y_true holds no class or 0/1 label, where an output is NaN, and
+on no rows: scikit-learn refuses these, and a number there would only look like a score.
 A user's metric is a function of the same signature, passed as ``(name, fn)`` or
 registered by name with `register_metric`. Metrics see no sample weights: `fit` and `evaluate`
 weigh the loss only, as Keras's ``metrics=`` (scikit-learn's scores without ``sample_weight``).
@@ -67,8 +69,21 @@ def _like_outputs(xp: Any, y_true: Any, y_pred: Any) -> Any:
 
 def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:
     """`score`, or NaN where an output is NaN: such an output has no class (a threshold would file it under
-    class 0, an argmax under whatever index the backend picks), so the score would only look like one."""
+    class 0, an argmax under whatever index the backend picks), so the score would only look like one.
+    NaN for no rows too: precision, recall and f1 of nothing came out 0 (scikit-learn refuses empty input),
+    where accuracy, the mean of nothing, is NaN."""
+    if y_pred.shape[0] == 0:
+        return score * math.nan
     return xp.where(xp.any(xp.isnan(y_pred)), math.nan, score)
+
+
+def _unless_unlabelled(xp: Any, true: Any, y_pred: Any, score: Any) -> Any:
+    """`_unless_nan`, and NaN where `true` (y_true in y_pred's shape) holds anything but 0/1 labels: a threshold
+    at 0.5 would file other targets under two labels that only look like a score (as `_unless_unclassed`)."""
+    score = _unless_nan(xp, y_pred, score)
+    if xp.isdtype(true.dtype, "bool"):
+        return score
+    return xp.where(xp.any((true != 0) & (true != 1)), math.nan, score)
 
 
 def _unless_unclassed(xp: Any, y_true: Any, y_pred: Any, score: Any) -> Any:
@@ -170,10 +185,11 @@ def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     return _unless_unclassed(xp, y_true, y_pred, _macro(xp, per_class, predicted, actual))
 
 
-def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
-    """True positives, predicted positives and actual positives per output, each output a yes/no label."""
+def _label_counts(xp: Any, true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
+    """True positives, predicted positives and actual positives per output, each output a yes/no label; `true`
+    is y_true in y_pred's shape (`_like_outputs`)."""
     dtype = y_pred.dtype
-    true = _like_outputs(xp, y_true, y_pred) > 0.5
+    true = true > 0.5
     pred = _binary_labels(xp, y_pred, from_logits)
     return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
 
@@ -181,9 +197,9 @@ def _label_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple
 @_host_targets
 def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
-    true = _like_outputs(xp, y_true, y_pred) > 0.5
-    right = xp.all(true == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
-    return _unless_nan(xp, y_pred, xp.mean(xp.astype(right, y_pred.dtype)))
+    true = _like_outputs(xp, y_true, y_pred)
+    right = xp.all((true > 0.5) == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
+    return _unless_unlabelled(xp, true, y_pred, xp.mean(xp.astype(right, y_pred.dtype)))
 
 
 def _label_mean(xp: Any, per_label: Any) -> Any:
@@ -194,22 +210,25 @@ def _label_mean(xp: Any, per_label: Any) -> Any:
 @_host_targets
 def label_precision(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Precision of each label (output thresholded at 0.5), averaged over the labels."""
-    tp, predicted, _ = _label_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, predicted)))
+    true = _like_outputs(xp, y_true, y_pred)
+    tp, predicted, _ = _label_counts(xp, true, y_pred, from_logits)
+    return _unless_unlabelled(xp, true, y_pred, _label_mean(xp, _safe_ratio(xp, tp, predicted)))
 
 
 @_host_targets
 def label_recall(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Recall of each label (output thresholded at 0.5), averaged over the labels."""
-    tp, _, actual = _label_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, tp, actual)))
+    true = _like_outputs(xp, y_true, y_pred)
+    tp, _, actual = _label_counts(xp, true, y_pred, from_logits)
+    return _unless_unlabelled(xp, true, y_pred, _label_mean(xp, _safe_ratio(xp, tp, actual)))
 
 
 @_host_targets
 def label_f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """F1 score of each label (output thresholded at 0.5), averaged over the labels."""
-    tp, predicted, actual = _label_counts(xp, y_true, y_pred, from_logits)
-    return _unless_nan(xp, y_pred, _label_mean(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual)))
+    true = _like_outputs(xp, y_true, y_pred)
+    tp, predicted, actual = _label_counts(xp, true, y_pred, from_logits)
+    return _unless_unlabelled(xp, true, y_pred, _label_mean(xp, _safe_ratio(xp, 2.0 * tp, predicted + actual)))
 
 
 def _regression_pair(xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:

@@ -1,0 +1,64 @@
+"""Session 21 review of saving and loading, ONNX export and metrics: each test failed before its fix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx import metrics as M
+
+CLASS_METRICS = (M.accuracy, M.precision, M.recall, M.f1)
+LABEL_METRICS = (M.label_accuracy, M.label_precision, M.label_recall, M.label_f1)
+
+
+def _score(backend, fn, y_true, y_pred):
+    return float(backend.to_host(fn(backend.xp, y_true, y_pred)))
+
+
+def test_class_and_label_metrics_of_no_rows_are_nan(backend, dtype):
+    # found in review: on 0 rows, accuracy gave NaN (the mean of nothing) but precision, recall and f1 gave 0.0,
+    # a score that only looks like one (scikit-learn refuses empty input); every built-in metric is now NaN there
+    for outputs, targets in ((np.zeros((0, 3)), np.zeros((0,))), (np.zeros((0, 1)), np.zeros((0, 1)))):
+        y_pred = backend.asarray(outputs, dtype=dtype)
+        for fn in CLASS_METRICS:
+            assert math.isnan(_score(backend, fn, backend.asarray(targets, dtype=dtype), y_pred)), fn.__name__
+    y_pred = backend.asarray(np.zeros((0, 3)), dtype=dtype)
+    for fn in LABEL_METRICS:
+        assert math.isnan(_score(backend, fn, backend.asarray(np.zeros((0, 3)), dtype=dtype), y_pred)), fn.__name__
+
+
+def test_label_metrics_of_targets_that_are_no_labels_are_nan(backend, dtype):
+    # found in review: the per-label metrics (what "accuracy", "precision", ... score with a BCE loss) filed any
+    # target under 0/1 by a 0.5 threshold: y_true 7 or -1 scored label accuracy 1.0, where the class metrics give
+    # NaN for targets that are no class (and scikit-learn refuses them)
+    rng = np.random.default_rng(3)
+    y_pred = backend.asarray(rng.uniform(size=(6, 2)), dtype=dtype)
+    labels = (rng.uniform(size=(6, 2)) > 0.5).astype(np.float64)
+    for fn in LABEL_METRICS:
+        assert math.isfinite(_score(backend, fn, backend.asarray(labels, dtype=dtype), y_pred)), fn.__name__
+        assert math.isfinite(_score(backend, fn, labels > 0.5, y_pred)), fn.__name__  # bool labels
+        for bad in (7.0, -1.0, 0.3):
+            wrong = labels.copy()
+            wrong[2, 1] = bad
+            got = _score(backend, fn, backend.asarray(wrong, dtype=dtype), y_pred)
+            assert math.isnan(got), (fn.__name__, bad, got)
+    # the one-output class metrics already say so: the two agree
+    one = backend.asarray(rng.uniform(size=(6, 1)), dtype=dtype)
+    for fn in (M.accuracy, M.label_accuracy):
+        assert math.isnan(_score(backend, fn, backend.asarray(np.full((6, 1), 7.0), dtype=dtype), one))
+
+
+def test_evaluate_with_bce_labels_still_scores(backend, dtype):
+    # the fix above leaves 0/1 targets of a BCE model scored per label, as scikit-learn's multi-label scores
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(40, 4))
+    Y = (rng.uniform(size=(40, 3)) < 0.5).astype(np.float64)
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    result = model.evaluate(X, Y, loss="bce", metrics=["accuracy", "f1"])
+    P = (backend.to_host(model.predict(X)) > 0.5).astype(int)
+    assert result["accuracy"] == pytest.approx(skm.accuracy_score(Y, P), rel=1e-5)
+    assert result["f1"] == pytest.approx(skm.f1_score(Y, P, average="macro", zero_division=0), rel=1e-5)
