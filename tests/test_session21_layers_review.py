@@ -127,3 +127,18 @@ def test_batchnorm_in_fit_trains_as_torch_batchnorm1d(backend: Any) -> None:
     np.testing.assert_allclose(got["1.running_var"], ref[1].running_var.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(_host(model, model.predict(X)), ref(torch.from_numpy(X)).detach().numpy(),
                                rtol=1e-9, atol=1e-11)
+
+
+def test_torch_attribute_names_of_dropout_and_leaky_relu_set_the_layer(backend: Any) -> None:
+    # a torch dropout schedule sets `module.p` (LeakyReLU's slope is `negative_slope`, in Keras 3 too); on nnx's
+    # layers those were new attributes nothing read, so training went on at the old rate without a word
+    X = np.ones((64, 8))
+    model = nnx.Sequential(nnx.Dense(8, 8), nnx.Dropout(0.5), nnx.LeakyReLU(0.1), backend=backend,
+                           dtype="float64", seed=0)
+    dropout, leaky = model.layers[1], model.layers[2]
+    assert (dropout.p, leaky.negative_slope) == (0.5, 0.1)
+    dropout.p, leaky.negative_slope = 0.0, 0.25
+    assert (dropout.rate, leaky.alpha) == (0.0, 0.25)
+    H = model.layers[0].forward(model.backend.asarray(X), training=True)
+    np.testing.assert_array_equal(_host(model, dropout.forward(H, training=True)), _host(model, H))
+    assert dropout.get_config()["rate"] == 0.0 and leaky.get_config()["alpha"] == 0.25

@@ -114,6 +114,15 @@ class LeakyReLU(_Activation):
         super().__init__()
         self.alpha = check.non_negative("LeakyReLU alpha", alpha)
 
+    @property
+    def negative_slope(self) -> float:
+        """torch's (and Keras 3's) name for `alpha`: the same setting, so code that sets it changes the slope."""
+        return self.alpha
+
+    @negative_slope.setter
+    def negative_slope(self, value: float) -> None:
+        self.alpha = value
+
     def forward(self, X: Any, training: bool = False) -> Any:
         if training:
             self._cache = X

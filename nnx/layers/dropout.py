@@ -31,6 +31,15 @@ class Dropout(Layer):
         self.rate = check.probability("Dropout rate", rate)
         self._mask: Any = None
 
+    @property
+    def p(self) -> float:
+        """torch's name for `rate` (``nn.Dropout.p``, which a torch dropout schedule sets): the same setting."""
+        return self.rate
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.rate = value
+
     def forward(self, X: Any, training: bool = False) -> Any:
         if not training:
             return X  # keep the mask: an inference pass between forward and backward must not change the gradient
