@@ -88,13 +88,18 @@ def _unless_unlabelled(xp: Any, true: Any, y_pred: Any, score: Any) -> Any:
 
 def _unless_unclassed(xp: Any, y_true: Any, y_pred: Any, score: Any) -> Any:
     """`_unless_nan`, and NaN where `y_true` holds something other than class labels: a 0/1 label for one output,
-    an index in [0, outputs) for several (one-hot or probability rows are read by their argmax, as Keras's
-    categorical accuracy reads them). Continuous targets (a regression's) have no classes: scikit-learn refuses
-    them, and a threshold at 0.5 would file them under two classes that only look like a score."""
+    an index in [0, outputs) for several (one-hot or probability rows, entries >= 0 as cross-entropy takes them,
+    are read by their argmax, as Keras's categorical accuracy reads them). Continuous targets (a regression's)
+    have no classes: scikit-learn refuses them, and a threshold at 0.5 would file them under two classes that
+    only look like a score."""
     n_out = 1 if y_pred.ndim == 1 else y_pred.shape[-1]
     score = _unless_nan(xp, y_pred, score)
-    if xp.isdtype(y_true.dtype, "bool") or (n_out > 1 and y_true.ndim == 2 and y_true.shape[-1] == n_out):
+    if xp.isdtype(y_true.dtype, "bool"):
         return score
+    if n_out > 1 and y_true.ndim == 2 and y_true.shape[-1] == n_out:
+        # rows of class weights, as cross-entropy takes them: a negative entry (a regression's targets, which
+        # cross-entropy refuses) or a NaN makes a row no class distribution, whose argmax would only look like one
+        return xp.where(xp.any(~(y_true >= 0)), math.nan, score)
     if n_out == 1:
         other = (y_true != 0) & (y_true != 1)
     else:

@@ -62,3 +62,27 @@ def test_evaluate_with_bce_labels_still_scores(backend, dtype):
     P = (backend.to_host(model.predict(X)) > 0.5).astype(int)
     assert result["accuracy"] == pytest.approx(skm.accuracy_score(Y, P), rel=1e-5)
     assert result["f1"] == pytest.approx(skm.f1_score(Y, P, average="macro", zero_division=0), rel=1e-5)
+
+
+def test_class_metrics_of_rows_that_are_no_class_distribution_are_nan(backend, dtype):
+    # found in review: metrics=["accuracy"] on a regression model of several outputs read its continuous targets,
+    # negative ones included, as probability rows by their argmax and reported 0.43 (f1 0.42); one output gave NaN,
+    # as scikit-learn refuses such targets. Rows with a negative entry, which cross-entropy refuses as targets, are
+    # now NaN too; one-hot and probability rows (cross-entropy's) still score by their argmax
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(30, 3))
+    Y = X @ rng.normal(size=(3, 2))
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype=dtype, seed=0)
+    result = model.evaluate(X, Y, loss="mse", metrics=["accuracy", "precision", "recall", "f1", "mse"])
+    assert all(math.isnan(result[name]) for name in ("accuracy", "precision", "recall", "f1")), result
+    assert math.isfinite(result["mse"])
+    outputs = backend.asarray(rng.normal(size=(6, 3)), dtype=dtype)
+    onehot = np.eye(3)[rng.integers(0, 3, 6)]
+    smooth = onehot * 0.9 + 0.1 / 3
+    for fn in CLASS_METRICS:
+        assert math.isfinite(_score(backend, fn, backend.asarray(onehot, dtype=dtype), outputs)), fn.__name__
+        assert math.isfinite(_score(backend, fn, backend.asarray(smooth, dtype=dtype), outputs)), fn.__name__
+        for bad in (-0.5, math.nan):
+            wrong = onehot.copy()
+            wrong[1, 2] = bad
+            assert math.isnan(_score(backend, fn, backend.asarray(wrong, dtype=dtype), outputs)), (fn.__name__, bad)
