@@ -113,10 +113,11 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
     """Predicted and true class indices, and the number of classes."""
     n_out = 1 if y_pred.ndim == 1 else y_pred.shape[-1]
     if n_out == 1:
-        y_pred = xp.reshape(y_pred, (-1, 1))  # (n,) outputs: one output, not one class per row
-        pred = xp.astype(_binary_labels(xp, y_pred, from_logits)[:, 0], xp.int64)
-        true = xp.astype(_like_outputs(xp, y_true, y_pred)[:, 0] > 0.5, xp.int64)
-        return true, pred, 2
+        # y_true checked against the outputs' own rows, then both flattened ((n,) outputs: one output, not one
+        # class per row): flattened first, outputs of shape (n, 2, 1) took targets of 2n rows
+        true = xp.reshape(_like_outputs(xp, y_true, y_pred), (-1,))
+        pred = xp.astype(_binary_labels(xp, xp.reshape(y_pred, (-1,)), from_logits), xp.int64)
+        return xp.astype(true > 0.5, xp.int64), pred, 2
     pred = xp.argmax(y_pred, axis=-1)
     if y_true.ndim == 2 and y_true.shape[-1] == n_out:
         true = xp.argmax(_like_outputs(xp, y_true, y_pred), axis=-1)  # one-hot rows (bool ones too)

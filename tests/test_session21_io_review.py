@@ -86,3 +86,18 @@ def test_class_metrics_of_rows_that_are_no_class_distribution_are_nan(backend, d
             wrong = onehot.copy()
             wrong[1, 2] = bad
             assert math.isnan(_score(backend, fn, backend.asarray(wrong, dtype=dtype), outputs)), (fn.__name__, bad)
+
+
+def test_one_output_class_metrics_check_rows_against_the_outputs_own(backend, dtype):
+    # found in review: outputs of shape (n, 2, 1) were flattened to 2n rows before y_true was checked against them,
+    # so targets of 2n rows (another data set's) were scored without a word, while the targets of the outputs' own
+    # shape were refused, the error naming a y_pred shape (8, 1) the caller never passed
+    rng = np.random.default_rng(7)
+    outputs = rng.uniform(size=(4, 2, 1))
+    y_pred = backend.asarray(outputs, dtype=dtype)
+    for fn in CLASS_METRICS:
+        with pytest.raises(ValueError, match=r"y_true .*\(8,\) for y_pred \(4, 2, 1\)"):
+            fn(backend.xp, backend.asarray(rng.integers(0, 2, 8).astype(np.float64), dtype=dtype), y_pred)
+    labels = (rng.uniform(size=(4, 2, 1)) > 0.5).astype(np.float64)
+    want = np.mean((outputs > 0.5) == (labels > 0.5))
+    assert _score(backend, M.accuracy, backend.asarray(labels, dtype=dtype), y_pred) == pytest.approx(want)
