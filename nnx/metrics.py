@@ -52,7 +52,7 @@ def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
 
 
 def _like_outputs(xp: Any, y_true: Any, y_pred: Any) -> Any:
-    """`y_true` in `y_pred`'s shape and dtype, or ValueError unless it holds as many rows, each of as many values.
+    """`y_true` in `y_pred`'s shape and dtype, or ValueError unless its shape differs at most in trailing 1s.
 
     ``(n,)`` against ``(n, 1)`` (and back) is how fit passes one output's targets; anything else reshaped would
     be scored scrambled: targets transposed or flattened (scikit-learn and the losses refuse them). Bool or
@@ -60,11 +60,21 @@ def _like_outputs(xp: Any, y_true: Any, y_pred: Any) -> Any:
     """
     t_shape, p_shape = tuple(y_true.shape), tuple(y_pred.shape)
     if t_shape != p_shape:
-        if not t_shape or t_shape[0] != p_shape[0] or math.prod(t_shape) != math.prod(p_shape):
+        # only trailing axes of length 1 may differ: any other reshape of as many values (per-sample targets
+        # transposed, (n, 3, 2) for (n, 2, 3)) scrambles them, and the losses refuse it
+        if not t_shape or _without_trailing_ones(t_shape) != _without_trailing_ones(p_shape):
             raise ValueError(f"y_true must hold one row per row of y_pred, shaped like it: got y_true {t_shape} "
-                             f"for y_pred {p_shape} (as many rows and values per row are reshaped; others are not)")
+                             f"for y_pred {p_shape} (rows may differ only in trailing axes of length 1, as (n,) "
+                             "for (n, 1))")
         y_true = xp.reshape(y_true, p_shape)
     return y_true if y_true.dtype == y_pred.dtype else xp.astype(y_true, y_pred.dtype)
+
+
+def _without_trailing_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """`shape` without its trailing axes of length 1, the first (rows) kept."""
+    while len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
 
 
 def _unless_nan(xp: Any, y_pred: Any, score: Any) -> Any:

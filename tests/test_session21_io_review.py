@@ -101,3 +101,22 @@ def test_one_output_class_metrics_check_rows_against_the_outputs_own(backend, dt
     labels = (rng.uniform(size=(4, 2, 1)) > 0.5).astype(np.float64)
     want = np.mean((outputs > 0.5) == (labels > 0.5))
     assert _score(backend, M.accuracy, backend.asarray(labels, dtype=dtype), y_pred) == pytest.approx(want)
+
+
+def test_metric_targets_of_another_sample_shape_are_refused_not_reshaped(backend, dtype):
+    # found in review: the metrics reshaped y_true to y_pred's shape whenever the rows and the number of values
+    # agreed, so per-sample targets given transposed ((n, 3, 2) for outputs (n, 2, 3)) were scored scrambled without
+    # a word (the losses refuse them); only trailing axes of length 1 ((n,) for (n, 1), and back) are reshaped now
+    rng = np.random.default_rng(9)
+    outputs = rng.normal(size=(4, 2, 3))
+    y_pred = backend.asarray(outputs, dtype=dtype)
+    for wrong in (np.swapaxes(outputs, 1, 2), outputs.reshape(4, 6)):
+        y_true = backend.asarray(wrong, dtype=dtype)
+        for fn in (M.mse, M.mae, M.rmse, M.r2, *LABEL_METRICS):
+            with pytest.raises(ValueError, match=r"y_true.*rows"):
+                fn(backend.xp, y_true, y_pred)
+    # what fit passes for one output, and its reverse, still go through
+    column = backend.asarray(rng.normal(size=(5, 1)), dtype=dtype)
+    flat = backend.asarray(rng.normal(size=(5,)), dtype=dtype)
+    assert math.isfinite(_score(backend, M.mse, flat, column)) and math.isfinite(_score(backend, M.mse, column, flat))
+    assert math.isfinite(_score(backend, M.r2, backend.asarray(rng.normal(size=(5, 1, 1)), dtype=dtype), flat))
