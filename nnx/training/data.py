@@ -254,7 +254,8 @@ class HostBatches:
 
 
 class IterableBatches:
-    """Batches from an iterable: re-iterated each epoch, or continued where it stopped if it is one-shot.
+    """Batches from an iterable: re-iterated each epoch, or continued where it stopped if it is one-shot
+    (or with `continues` and a `steps` limit).
 
     Args:
         data: a list or re-iterable of batches, or a one-shot iterator (a generator).
@@ -265,10 +266,13 @@ class IterableBatches:
             (a tuple, or a list whose first item is a batch of X, as a torch DataLoader yields).
         name: the argument's name in error messages ("X", "validation_data").
         steps_name: the argument that set `steps`, named when the iterable runs out before them.
+        continues: with `steps`, an epoch continues the pass of a re-iterable where the last one stopped, and a
+            new pass starts once one has ended, as Keras's ``steps_per_epoch`` reads a dataset: every batch is
+            trained on, where restarting each epoch would read only the first `steps` batches of every pass.
     """
 
     def __init__(self, data: Any, prepare: BatchPreparer, steps: int | None = None, prefetch: int = 1,
-                 targets: bool = True, name: str = "X", steps_name: str = "steps") -> None:
+                 targets: bool = True, name: str = "X", steps_name: str = "steps", continues: bool = False) -> None:
         if getattr(data, "__iter__", None) is None:
             raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}")
         # an iterator (a generator) is its own; asking a re-iterable for one here would start a pass
@@ -279,26 +283,48 @@ class IterableBatches:
         self.steps = steps if steps is not None or self.one_shot or not hasattr(data, "__len__") else len(data)
         self._epoch = 0
         self._last: int | None = None  # batches the previous epoch got
+        # the pass of a re-iterable an epoch continues (`continues`), or None where the next epoch starts one
+        self._pass: Iterator[Any] | None = None
+        self._continues = continues and steps is not None and not self.one_shot
 
     def epoch(self) -> Iterator[tuple[Any, Any, Any]]:
-        """This epoch's batches: the iterable afresh, or the one-shot iterator from where it stopped."""
+        """This epoch's batches: the iterable afresh, or the one-shot iterator (or the pass it `continues`) from
+        where it stopped."""
         epoch, last = self._epoch, self._last
         self._epoch += 1
-        source = self.data if self.one_shot else iter(self.data)
+        continued = self._continues and self._pass is not None
+        source: Iterator[Any] = self.data if self.one_shot else iter(self.data) if not continued else \
+            cast(Iterator[Any], self._pass)
+        if self._continues:
+            self._pass = source
         if self.limit is not None:
             source = itertools.islice(source, self.limit)
 
         def produce() -> Iterator[tuple[Any, Any, Any]]:
             count = 0
-            for count, item in enumerate(source, start=1):
+            for count, item in enumerate(self._continued(source, continued), start=1):
                 where = f"batch {count - 1}" + (f" of {self.name}" if self.name != "X" else "")
                 given = self._unpack(item, where)
                 yield _detached(self.prepare.model, self.prepare(*given, where), given)
             self._last = count
+            if self._continues and count < cast(int, self.limit):
+                self._pass = None  # this pass has ended: the next epoch starts a new one
             if count == 0:
                 raise ValueError(self._empty_message(epoch, last))
 
         return self._counted(prefetched(produce(), self.depth))
+
+    def _continued(self, source: Iterator[Any], continued: bool) -> Iterator[Any]:
+        """`source`; where it continues a pass that ended exactly with the last epoch (it yields nothing), a new
+        pass instead."""
+        first = next(source, _NOTHING)
+        if first is _NOTHING and continued:
+            self._pass = iter(self.data)
+            source = itertools.islice(self._pass, cast(int, self.limit))
+            first = next(source, _NOTHING)
+        if first is not _NOTHING:
+            yield first
+            yield from source
 
     def _counted(self, items: Generator[Any, None, None]) -> Iterator[Any]:
         """`items`, with a warning (in the consumer's thread) when they end before the `limit` asked for:
@@ -308,6 +334,12 @@ class IterableBatches:
             for count, item in enumerate(items, start=1):  # noqa: B007 - count is read after the loop
                 yield item
         if self.limit is not None and count < self.limit:
+            if self._continues:
+                warnings.warn(f"{self.name} ran out after {count} of the {self.limit} batches {self.steps_name} "
+                              "asks for (each epoch continues the pass where the last one stopped, as in Keras; "
+                              f"the next starts a new pass); this epoch used {count}. Give an iterable whose "
+                              f"batches per pass are a multiple of {self.steps_name}", UserWarning, stacklevel=2)
+                return
             one_shot = " (a one-shot iterator continues where the last pass stopped)" if self.one_shot else ""
             warnings.warn(f"{self.name} ran out after {count} of the {self.limit} batches {self.steps_name} asks "
                           f"for{one_shot}; this pass used {count}. Give an iterable that holds at least "
@@ -332,6 +364,9 @@ class IterableBatches:
             return (f"{self.name} yielded no batches for pass {epoch + 1} (the pass before got {last}): its "
                     "__iter__ must start over on every call, as a list's or a torch DataLoader's does")
         return f"{self.name} yielded no batches; at least one is needed"
+
+
+_NOTHING = object()  # what `next` gives for an exhausted iterator in `IterableBatches._continued`
 
 
 def _detached(model: Model, prepared: tuple[Any, Any, Any], given: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:

@@ -118,7 +118,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         gradient_transforms: extra `nnx.training.GradientTransform` stages, run after accumulation
             and before clipping (distributed training adds its all-reduce here).
         steps_per_epoch: with X an iterable of (X, y[, sample_weight]) batches (y None): batches per
-            epoch; a generator then continues where it stopped, a list is re-read each epoch.
+            epoch; the next epoch continues where it stopped (as Keras reads a dataset), and a list or
+            other re-iterable starts a new pass once one has ended.
             X may also be a `np.memmap` or array-like read batch by batch (h5py, ...).
         validation_steps: batches per validation pass when validation_data is an iterable of batches.
         prefetch: prepare the next batch from a memmap or iterable in a background thread while

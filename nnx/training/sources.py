@@ -53,7 +53,7 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         if validation_split:
             raise ValueError("validation_split needs arrays; with an iterable of batches pass validation_data")
         batches = IterableBatches(X, BatchPreparer(model, loss_fn, class_weight, check_finite), steps_per_epoch, depth,
-                                  steps_name="steps_per_epoch")
+                                  steps_name="steps_per_epoch", continues=True)
     elif y is None:
         raise TypeError("y is required when X is an array; to train from batches pass X as an iterable "
                         "(a list or a generator) of (X, y) or (X, y, sample_weight) tuples")
