@@ -6,12 +6,13 @@ from typing import Any
 
 import array_api_compat
 import numpy as np
+from scipy.sparse import csr_matrix
 from sklearn.base import ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 
 from ..losses import BinaryCrossEntropy, CrossEntropy
-from .arrays import host, reduction
+from .arrays import dense, host, reduction
 from .training import MLPTraining
 
 
@@ -68,11 +69,13 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
         # scikit-learn's rule: classes_ are (re)defined unless they exist and this call continues a fit
         define = not hasattr(self, "classes_") or not (self.warm_start or incremental)
         multilabel = kind == "multilabel-indicator"
-        y = np.asarray(y)
+        sparse = hasattr(y, "toarray")  # a sparse indicator matrix, which scikit-learn's LabelBinarizer takes
+        y = np.asarray(dense(y))
         found = np.arange(y.shape[1]) if multilabel else unique_labels(y)  # a label per indicator column
         if define:
             self.classes_ = found
             self._multilabel = multilabel
+            self._sparse_labels = sparse and multilabel  # predicted back as a sparse matrix, as scikit-learn does
         elif multilabel and not getattr(self, "_multilabel", False):
             raise ValueError(f"y is a multi-label indicator matrix but the estimator was fitted on the labels "
                              f"{self.classes_}")
@@ -172,8 +175,14 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
         return float(accuracy_score(host(y), host(self.predict(X)), sample_weight=host(sample_weight)))
 
     def predict(self, X: Any) -> Any:
-        """Predicted labels (or label indicators for multi-label targets): NumPy, or X's kind under dispatch."""
-        return self._labels(self._forward(X, "predict"))
+        """Predicted labels (or label indicators for multi-label targets): NumPy, or X's kind under dispatch.
+
+        Fitted on a sparse indicator matrix, the indicators come back as a SciPy CSR matrix, as in scikit-learn.
+        """
+        labels = self._labels(self._forward(X, "predict"))
+        if getattr(self, "_sparse_labels", False) and isinstance(labels, np.ndarray):
+            return csr_matrix(labels)
+        return labels
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities, shape (n_samples, n_classes), columns in `classes_` order."""

@@ -10,7 +10,7 @@ from sklearn.utils.metaestimators import available_if
 
 from .. import _validate as check
 from ..losses import MSE
-from .arrays import reduction
+from .arrays import dense, reduction
 from .poisson import HalfPoissonDeviance, TrainingHalfPoissonDeviance
 from .training import MLPTraining
 
@@ -57,7 +57,7 @@ class MLPRegressor(RegressorMixin, MLPTraining):
         check.one_of("loss", self.loss, _LOSSES)
 
     def _encode_targets(self, y: Any, first: bool, incremental: bool) -> Any:
-        y = np.asarray(y, dtype=np.float64)
+        y = np.asarray(dense(y), dtype=np.float64)
         if self.loss == "poisson" and y.size and not np.min(y) >= 0:
             raise ValueError(f"loss='poisson' needs targets y >= 0, got a minimum of {np.min(y)}")
         output = _OUTPUT[self.loss]

@@ -13,7 +13,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
 from ..training import GradientTransform, TrainStep
-from .arrays import check_sample_weight, host, io_of
+from .arrays import check_sample_weight, dense, host, io_of
 from .base import MLPBase
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class MLPTraining(MLPBase):
         if sample_weight is not None:
             sample_weight = check_sample_weight(host(sample_weight), X.shape[0])
         y_model = self._encode_targets(y, first=first, incremental=incremental)
+        y = dense(y)  # a sparse indicator matrix (multi-label y): early stopping scores its rows
         if X.shape[0] < 1:
             raise ValueError("fit needs at least one sample")
         rs = check_random_state(self.random_state)  # afresh on every call, as scikit-learn does
