@@ -66,6 +66,10 @@ def test_sparse_multilabel_targets_in_partial_fit_follow_sklearn():
         ours.partial_fit(X[part], sp.csr_matrix(Y[part]), classes=[0, 1, 2])
         ref.partial_fit(X[part], sp.csr_matrix(Y[part]), classes=[0, 1, 2])
     _assert_same(ours, ref)
+    # the first call's targets were sparse: so are the predictions, as in scikit-learn
+    predicted, expected = ours.predict(X), ref.predict(X)
+    assert sp.issparse(predicted) and sp.issparse(expected)
+    np.testing.assert_array_equal(predicted.toarray(), expected.toarray())
 
 
 @pytest.mark.parametrize("learning_rate", ["invscaling", "adaptive"])

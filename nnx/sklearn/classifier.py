@@ -159,6 +159,7 @@ class MLPClassifier(ClassifierMixin, MLPTraining):
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             self.classes_ = unique_labels(host(classes))
             self._multilabel = type_of_target(host(y)) == "multilabel-indicator"
+            self._sparse_labels = self._multilabel and hasattr(y, "toarray")  # as scikit-learn's binarizer keeps it
         elif classes is not None and not np.array_equal(unique_labels(host(classes)), self.classes_):
             raise ValueError(f"`classes={np.asarray(host(classes)).tolist()}` is not the same as on last call to "
                              f"partial_fit, was: {self.classes_.tolist()}")
