@@ -110,3 +110,17 @@ def test_steps_per_epoch_not_dividing_a_pass_ends_the_epoch_at_the_pass_end_with
     with pytest.warns(UserWarning, match=r"ran out after 1 of the 2 batches steps_per_epoch.*continues the pass"):
         m.fit(Tagged(batches), loss="bce", epochs=3, steps_per_epoch=2, callbacks=[seen], prefetch=False)
     assert seen.per_epoch == [2, 1, 2] and order == [0, 1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("loss", [nnx.losses.CrossEntropy(from_logits=False), nnx.losses.BinaryCrossEntropy()])
+def test_probability_losses_refuse_a_softplus_output_up_front(loss):
+    """Softplus's outputs lie in (0, inf), not [0, 1]: a loss reading them as probabilities is refused before
+    training, as after a Dense or a ReLU. Looking at the first batch let it through (softplus of small logits
+    is about 0.7), and cross-entropy then pushed every output up without bound, its loss falling below 0."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(32, 4)) * 0.1
+    outputs = 3 if isinstance(loss, nnx.losses.CrossEntropy) else 1
+    y = rng.integers(0, outputs if outputs > 1 else 2, 32).astype(np.float64)
+    m = nnx.Sequential(nnx.Dense(4, outputs), nnx.Softplus(), seed=0)
+    with pytest.raises(ValueError, match="ends in Softplus, whose outputs are not bounded to"):
+        m.fit(X, y, loss=loss, epochs=1)

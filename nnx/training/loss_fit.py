@@ -11,13 +11,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..layers import BatchNorm, Dense, Dropout, Flatten, Identity, LayerNorm, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from ..layers import (
+    BatchNorm,
+    Dense,
+    Dropout,
+    Flatten,
+    Identity,
+    LayerNorm,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+)
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
 from ..protocols import Model
 
 # exact types: a subclass may change what its forward returns, so its outputs are looked at instead
 PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
-UNBOUNDED_OUTPUTS = (Dense, Identity, ReLU, LeakyReLU, Tanh, BatchNorm, LayerNorm)
+UNBOUNDED_OUTPUTS = (Dense, Identity, ReLU, LeakyReLU, Softplus, Tanh, BatchNorm, LayerNorm)
 RANGE_KEEPING = (Dropout, Flatten, Identity)
 """Layers that pass on the range of the layer before at inference; `Sequential.output_layer` looks past them."""
 
