@@ -124,3 +124,111 @@ def test_probability_losses_refuse_a_softplus_output_up_front(loss):
     m = nnx.Sequential(nnx.Dense(4, outputs), nnx.Softplus(), seed=0)
     with pytest.raises(ValueError, match="ends in Softplus, whose outputs are not bounded to"):
         m.fit(X, y, loss=loss, epochs=1)
+
+
+# -- guards (passed as found) -------------------------------------------------------------------------------------
+
+def _host(backend, a):
+    return np.asarray(backend.to_host(a))
+
+
+@pytest.mark.parametrize("reduction", nnx.losses.REDUCTIONS)
+def test_weighted_losses_match_torch_value_and_autograd(backend, reduction):
+    """Every built-in loss, weighted with a zero weight among the rows, against torch.nn.functional's
+    per-row losses weighted as Keras documents (sum(w l) / n, or / sum(w)) and torch's autograd."""
+    rng = np.random.default_rng(1)
+    z, t = rng.normal(size=(7, 3)), rng.uniform(size=(7, 3))
+    idx, w = rng.integers(0, 3, 7), rng.uniform(0, 4, 7)
+    w[2] = 0.0
+    L = nnx.losses
+    cases = [
+        (L.MSE(reduction=reduction), t, z, lambda p, t: F.mse_loss(p, t, reduction="none").mean(1)),
+        (L.MAE(reduction=reduction), t, z, lambda p, t: F.l1_loss(p, t, reduction="none").mean(1)),
+        (L.BinaryCrossEntropy(from_logits=True, reduction=reduction), t, z,
+         lambda p, t: F.binary_cross_entropy_with_logits(p, t, reduction="none").mean(1)),
+        (L.BinaryCrossEntropy(reduction=reduction), t, 1 / (1 + np.exp(-z)),
+         lambda p, t: F.binary_cross_entropy(p, t, reduction="none").mean(1)),
+        (L.CrossEntropy(reduction=reduction), idx, z, lambda p, t: F.cross_entropy(p, t, reduction="none")),
+        (L.CrossEntropy(reduction=reduction), t / t.sum(1, keepdims=True), z,
+         lambda p, t: F.cross_entropy(p, t, reduction="none")),
+        (L.CrossEntropy(from_logits=False, reduction=reduction), idx, np.exp(z) / np.exp(z).sum(1, keepdims=True),
+         lambda p, t: F.nll_loss(torch.log(p), t, reduction="none")),
+    ]
+    for loss, target, pred, rows in cases:
+        p, tw = torch.tensor(pred, requires_grad=True), torch.tensor(w)
+        expected = (rows(p, torch.tensor(target)) * tw).sum() / (7 if reduction == "sum_over_batch_size" else tw.sum())
+        expected.backward()
+        value, grad = loss.value_and_grad(backend.asarray(target), backend.asarray(pred), backend.asarray(w))
+        assert abs(float(_host(backend, value)) - expected.item()) < 1e-12, loss
+        np.testing.assert_allclose(_host(backend, grad), p.grad.numpy(), rtol=0, atol=1e-12, err_msg=repr(loss))
+
+
+def test_history_and_validation_split_match_keras_rows_and_weights(backend):
+    """validation_split holds out the last n - floor(n (1 - split)) rows before shuffling, scored with their
+    sample weights and without class_weight; History's loss is sum(w l) / rows over batches of unequal size
+    (sum(w l) / sum(w) under mean_with_sample_weight) plus the penalty, its val_ values those of the held-out
+    rows. With a negligible learning rate the weights do not move, so torch scores the same model."""
+    rng = np.random.default_rng(0)
+    n = 23
+    X, y = rng.normal(size=(n, 4)), rng.integers(0, 3, n)
+    w = rng.uniform(0.1, 3, n)
+    class_weight = {0: 1.0, 1: 2.5, 2: 0.5}
+    n_train = int(np.floor(n * 0.75))  # 17: six rows held out, not five
+    for reduction in nnx.losses.REDUCTIONS:
+        m = nnx.Sequential(nnx.Dense(4, 3, regularizer=nnx.regularizers.L2(0.5)), seed=1, backend=backend,
+                           dtype="float64")
+        h = m.fit(X, y, loss=nnx.losses.CrossEntropy(reduction=reduction), optimizer="sgd", lr=1e-300,
+                  batch_size=5, epochs=1, sample_weight=w, class_weight=class_weight, validation_split=0.25,
+                  metrics=["accuracy"])
+        P = torch.tensor(_host(backend, m.predict(X)))
+        W = _host(backend, m.state_dict()["0.weight"])
+        penalty = 0.25 * (W ** 2).sum()
+        rows = F.cross_entropy(P, torch.tensor(y), reduction="none").numpy()
+        wt = w[:n_train] * np.array([class_weight[int(c)] for c in y[:n_train]])
+        wv = w[n_train:]
+        if reduction == "sum_over_batch_size":
+            loss, val = (rows[:n_train] * wt).sum() / n_train, (rows[n_train:] * wv).sum() / (n - n_train)
+        else:
+            loss, val = (rows[:n_train] * wt).sum() / wt.sum(), (rows[n_train:] * wv).sum() / wv.sum()
+        right = P.argmax(1).numpy() == y
+        np.testing.assert_allclose(h["loss"], [loss + penalty], rtol=1e-12)
+        np.testing.assert_allclose(h["val_loss"], [val + penalty], rtol=1e-12)
+        assert h["accuracy"] == [right[:n_train].mean()] and h["val_accuracy"] == [right[n_train:].mean()]
+
+
+def test_regularizers_and_weighted_partial_batches_follow_torch_sgd(backend):
+    """Dense and model-wide penalties (L1 at weights of exactly 0, ElasticNet, L2 as l/2 sum W**2) on weights,
+    never biases, with sample weights and a last partial batch: fit's SGD trajectory and History equal torch's
+    autograd of the documented formulas."""
+    rng = np.random.default_rng(0)
+    n = 23
+    X, y, w = rng.normal(size=(n, 4)), rng.normal(size=(n, 2)), rng.uniform(0.1, 3, n)
+    R = nnx.regularizers
+    for reg, model_reg, reduction in [(R.ElasticNet(0.05, 0.3), None, "sum_over_batch_size"),
+                                      (R.L1(0.1), R.L2(0.2), "mean_with_sample_weight")]:
+        m = nnx.Sequential(nnx.Dense(4, 2, regularizer=reg), seed=1, backend=backend, dtype="float64",
+                           regularizer=model_reg)
+        if isinstance(reg, R.L1):  # L1's gradient at W = 0 is 0, as torch's abs
+            m.load_state_dict({k: np.zeros(_host(backend, v).shape) for k, v in m.state_dict().items()})
+        Wt, bt = (torch.tensor(_host(backend, m.state_dict()[k]), requires_grad=True) for k in ("0.weight", "0.bias"))
+        h = m.fit(X, y, loss=nnx.losses.MSE(reduction=reduction), optimizer="sgd", lr=0.1, batch_size=5,
+                  epochs=2, shuffle=False, sample_weight=w)
+        opt, history = torch.optim.SGD([Wt, bt], lr=0.1), []
+        for _ in range(2):
+            total = 0.0
+            for s in range(0, n, 5):
+                xb, yb, wb = (torch.tensor(a[s:s + 5]) for a in (X, y, w))
+                count = len(xb) if reduction == "sum_over_batch_size" else wb.sum()
+                value = (((xb @ Wt + bt - yb) ** 2).mean(1) * wb).sum() / count
+                if isinstance(reg, R.L1):
+                    value = value + 0.1 * Wt.abs().sum() + 0.1 * (Wt ** 2).sum()
+                else:
+                    value = value + 0.05 * Wt.abs().sum() + 0.15 * (Wt ** 2).sum()
+                opt.zero_grad()
+                value.backward()
+                opt.step()
+                total += value.item() * float(count)
+            history.append(total / (n if reduction == "sum_over_batch_size" else w.sum()))
+        np.testing.assert_allclose(h["loss"], history, rtol=1e-12)
+        np.testing.assert_allclose(_host(backend, m.state_dict()["0.weight"]), Wt.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(_host(backend, m.state_dict()["0.bias"]), bt.detach().numpy(), atol=1e-12)
