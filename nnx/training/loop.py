@@ -95,7 +95,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         lr: learning rate for an optimizer created by name, or a new rate for the one passed or kept
             (a learning-rate schedule then decays from it).
         epochs: epochs to run in this call (counting continues in `epochs_trained`).
-        batch_size: samples per step; None for full batch.
+        batch_size: samples per step; None for full batch. With X an iterable of batches, each step trains
+            on a batch as it comes; `batch_size` then sets only the batches of array `validation_data`.
         validation_data: (X_val, y_val) or (X_val, y_val, sample_weight) evaluated after each epoch, in
             batches of `batch_size` rows.
         validation_split: fraction in [0, 1) of the data (taken from the end) held out instead; as in Keras,
