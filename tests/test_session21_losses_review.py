@@ -232,3 +232,15 @@ def test_regularizers_and_weighted_partial_batches_follow_torch_sgd(backend):
         np.testing.assert_allclose(h["loss"], history, rtol=1e-12)
         np.testing.assert_allclose(_host(backend, m.state_dict()["0.weight"]), Wt.detach().numpy(), atol=1e-12)
         np.testing.assert_allclose(_host(backend, m.state_dict()["0.bias"]), bt.detach().numpy(), atol=1e-12)
+
+
+def test_a_float32_validation_split_holds_out_the_rows_of_the_fraction_it_prints_as():
+    """np.float32(0.2) (a split read from a float32 config or array) held out 5 of 20 rows: widened to float64 it
+    is 0.20000000298, and floor(20 * 0.79999999702) is 15. It is the fraction 0.2 that it prints as, and Keras,
+    computing in float32, holds out 4."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 3)), rng.normal(size=20)
+    for split in (0.2, np.float32(0.2), np.float64(0.2)):
+        m = nnx.Sequential(nnx.Dense(3, 1), seed=0)
+        m.fit(X, y, loss="mse", optimizer="sgd", lr=1e-30, batch_size=None, validation_split=split, epochs=1)
+        assert m.history["val_loss"][0] == pytest.approx(m.evaluate(X[16:], y[16:])["loss"], rel=1e-6), split

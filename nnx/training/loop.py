@@ -144,7 +144,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         check.positive_int("batch_size", batch_size)
     if not (isinstance(validation_split, numbers.Real) and 0.0 <= validation_split < 1.0):  # NumPy floats too
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    validation_split = float(validation_split)
+    validation_split = _as_fraction(validation_split)
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
             check.positive_int(name, value)
@@ -231,6 +231,16 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             dp.end()
         _train_end(cb, history, failing, last_logs)
     return history
+
+
+def _as_fraction(value: numbers.Real) -> float:
+    """`value` as the Python float of the decimal it prints as: NumPy's float32 0.2 widened is 0.20000000298, and
+    the split of 20 rows then holds out 5 (floor(20 * 0.79999999702) = 15 train), where 0.2 (and Keras, computing
+    in float32) holds out 4. A Python float or a float64 prints as itself, so it is unchanged."""
+    try:
+        return float(str(value))
+    except ValueError:  # a Fraction prints as "1/5"
+        return float(value)
 
 
 def _train_end(cb: CallbackList, history: History, failing: bool, last_logs: dict[str, Any]) -> None:
