@@ -233,6 +233,13 @@ def _first_difference(values: list[Any]) -> str:
                                          for r, v in enumerate(values))
 
 
+def _updated_parameters(model: Any, optimizer: Any) -> list[str]:
+    """The names of the parameters `optimizer` updates, as the ranks compare them (its position for one that is
+    not the model's)."""
+    mine = {id(p) for p in model.parameters()}
+    return [str(p.name) if id(p) in mine else f"#{i} (not the model's)" for i, p in enumerate(optimizer.params)]
+
+
 def _class_weights(class_weight: Any) -> Any:
     """`class_weight` as the ranks compare it (None, or its items as floats in class order)."""
     if class_weight is None:
@@ -460,6 +467,9 @@ class DataParallelFit:
             "metrics": list(metrics or []),
             "optimizer": (type(opt).__name__, repr(sorted(opt.hyperparams.items()))),
             "optimizer steps and state": (opt.step_count, sorted((int(i), sorted(st)) for i, st in opt.state.items())),
+            # a layer frozen on some ranks alone (left out of their optimizer): every rank averages the same
+            # gradients, but each updates its own parameters and the weights part without a word
+            "parameters the optimizer updates": _updated_parameters(model, opt),
             "data": (type(source).__name__, getattr(source, "n_samples", None), getattr(source, "steps", None),
                      None if not slices else slices[0].stop - slices[0].start, getattr(source, "shuffle", None)),
             "weights": (getattr(source, "w", None) is not None,
