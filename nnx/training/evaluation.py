@@ -25,19 +25,28 @@ def head_outputs(model: Model, n_run: int) -> Callable[[Any], Any]:
     return inference_program(model, ("outputs", n_run), lambda m, X: m.forward_to_head(X, n_run, training=False))
 
 
-def metric_outputs(model: Model, Z: Any, from_logits: bool) -> tuple[Any, bool]:
+def metric_outputs(model: Model, Z: Any, from_logits: bool, folded: bool | None = None) -> tuple[Any, bool]:
     """What metrics read of head outputs `Z`: the model's outputs, as `predict` gives them, and whether those
-    are logits. A final Sigmoid or Softmax folded into the loss (`output_head`, the only case where it reports
-    logits beside such a last layer) is applied here, so a metric such as ``"mse"`` scores probabilities."""
+    are logits. A last layer folded into the loss (`output_head`: a final Sigmoid or Softmax, the only case where
+    it reports logits beside such a last layer, or a layer a loss folds itself with ``fold_output_layer``) is
+    applied here, so a metric such as ``"mse"`` scores the outputs. `folded` says whether the head folded it;
+    None reads that from `from_logits` (right for nnx's own folds, not for a loss's)."""
     last = model.layers[-1]
-    if from_logits and isinstance(last, (Sigmoid, Softmax)):
+    if folded is None:
+        folded = from_logits and isinstance(last, (Sigmoid, Softmax))
+    if folded:
         return last.forward(Z, training=False), False
     return Z, from_logits
 
 
-def _metric_vector(m: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> Any:
+def folds_last_layer(model: Model, loss: Any) -> bool | None:
+    """Whether the head of `loss` leaves out the model's last layer (folded into the loss); None without a loss."""
+    return None if loss is None else model.output_head(loss)[0] < len(model.layers)
+
+
+def _metric_vector(m: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool, folded: bool | None) -> Any:
     xp = m.xp
-    Z, from_logits = metric_outputs(m, Z, from_logits)
+    Z, from_logits = metric_outputs(m, Z, from_logits, folded)
     return xp.stack([xp.astype(fn(xp, y, Z, from_logits), Z.dtype) for fn in metric_fns.values()])
 
 
@@ -58,10 +67,16 @@ def _metrics_key(metric_fns: dict) -> tuple:
     return tuple((name, described_with_attributes(fn)) for name, fn in metric_fns.items())
 
 
-def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool) -> dict[str, float]:
-    """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all)."""
-    vector = inference_program(model, ("metrics", _metrics_key(metric_fns), from_logits),
-                               lambda m, y, Z: _metric_vector(m, metric_fns, y, Z, from_logits))
+def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool,
+                  loss: Any = None) -> dict[str, float]:
+    """Each metric of head outputs `Z` against `y`, as Python floats (one host transfer for all).
+
+    `loss` is the loss whose head gave `Z` (None: the model's, which `fit` sets), which tells whether `Z` are the
+    inputs of a last layer the loss folded.
+    """
+    folded = folds_last_layer(model, model.loss if loss is None else loss)
+    vector = inference_program(model, ("metrics", _metrics_key(metric_fns), from_logits, folded),
+                               lambda m, y, Z: _metric_vector(m, metric_fns, y, Z, from_logits, folded))
     host = model.backend.to_host(vector(y, Z))
     return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
@@ -92,7 +107,8 @@ def evaluate_arrays(model: Model, X: Any, y: Any, w: Any, loss_fn: Any, metric_f
         if penalty is not None:
             value = value + penalty
         value = xp.reshape(xp.astype(value, Z.dtype), (1,))
-        return xp.concat([value, _metric_vector(m, metric_fns, y, Z, from_logits)]) if metric_fns else value
+        folded = n_run < len(m.layers)
+        return xp.concat([value, _metric_vector(m, metric_fns, y, Z, from_logits, folded)]) if metric_fns else value
 
     key = (_head_key(head), _metrics_key(metric_fns), from_logits)
     if batch_size is None or X.shape[0] <= batch_size:
@@ -149,7 +165,7 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
     result = {"loss": value if penalty is None else value + penalty}
     if metric_fns:
         result.update(model.metric_values(metric_fns, joined_targets(model, targets), xp.concat(outputs, axis=0),
-                                          from_logits))
+                                          from_logits, loss_fn))
     return result
 
 

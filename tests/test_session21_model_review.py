@@ -1,0 +1,57 @@
+"""Session 21 review of the model's public API outside `fit` (predict, evaluate, state, copies, summary, gradient
+checks), as a PyTorch / Keras user meets it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _host(model: nnx.Sequential, a: Any) -> np.ndarray:
+    return np.asarray(model.backend.to_host(a), dtype=np.float64)
+
+
+class Session21MSEOfSoftplusInput(nnx.losses.MSE):
+    """MSE of softplus(z), given z: what a loss folding a final Softplus computes from that layer's inputs."""
+
+    def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
+        softplus = xp.log1p(xp.exp(y_pred))
+        rows, grad = super().rows(xp, y_true, softplus)
+        return rows, grad / (1 + xp.exp(-y_pred))
+
+
+class Session21FoldsSoftplusMSE(nnx.losses.MSE):
+    """MSE that folds a final Softplus into itself (`fold_output_layer`, the loss's hook for its output layer)."""
+
+    def fold_output_layer(self, layer: Any) -> Any:
+        return Session21MSEOfSoftplusInput() if type(layer) is nnx.Softplus else None
+
+
+def test_metrics_of_a_loss_that_folds_the_output_layer_score_the_outputs(backend: Any) -> None:
+    # A loss may fold the model's last layer (`fold_output_layer`): the loss then reads that layer's inputs, but the
+    # metrics must still score the outputs `predict` gives, as they do for a Sigmoid folded into BCE. They scored the
+    # inputs of the Softplus instead: mse 1.0 where the outputs' is 0.46, in evaluate and in fit's history alike
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 4))
+    y = np.abs(X[:, :1])
+    model = nnx.Sequential(nnx.Dense(4, 1), nnx.Softplus(), backend=backend, dtype="float64", seed=0)
+    P = _host(model, model.predict(X))
+    mse, mae = float(np.mean((P - y) ** 2)), float(np.mean(np.abs(P - y)))
+    for batch_size in (None, 8):
+        logs = model.evaluate(X, y, loss=Session21FoldsSoftplusMSE(), metrics=["mse", "mae"], batch_size=batch_size)
+        assert logs["loss"] == pytest.approx(mse, rel=1e-9)
+        assert logs["mse"] == pytest.approx(mse, rel=1e-9)
+        assert logs["mae"] == pytest.approx(mae, rel=1e-9)
+    batches = [(X[:8], y[:8]), (X[8:], y[8:])]
+    logs = model.evaluate(batches, loss=Session21FoldsSoftplusMSE(), metrics=["mse", "mae"])
+    assert logs["mse"] == pytest.approx(mse, rel=1e-9)
+    assert logs["mae"] == pytest.approx(mae, rel=1e-9)
+    # fit: the metrics of the epoch (weights before and after differ by a step of 1e-300) and of validation
+    history = model.fit(X, y, loss=Session21FoldsSoftplusMSE(), optimizer=nnx.optim.SGD(model.parameters(), 1e-300),
+                        epochs=1, batch_size=8, metrics=["mae"], validation_data=(X, y), verbose=0)
+    assert history.history["mae"][0] == pytest.approx(mae, rel=1e-9)
+    assert history.history["val_mae"][0] == pytest.approx(mae, rel=1e-9)
