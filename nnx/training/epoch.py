@@ -50,7 +50,7 @@ CHUNK_BUDGET = 64 * 2**20
 """Bytes of stacked batches one chunk program may take on the device (data read batch by batch)."""
 
 # per-batch hooks that need the host between steps; a callback may declare `batch_hooks_display_only`
-# (a progress bar), which then only sees whole epochs
+# (a progress bar): its on_batch_end then only sees whole epochs (`_display_only`)
 _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 
 MODES = ("epoch", "chunks", "step")
@@ -60,16 +60,29 @@ def _overrides(cb: Any, hook: str) -> bool:
     return getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
 
 
+def _display_only(cb: Any, hook: str) -> bool:
+    """Whether `cb`'s `hook` only draws: ``batch_hooks_display_only`` is declared on the object, or on the class
+    that defines the hook or one below it. A subclass of a progress bar that overrides a per-batch hook without
+    declaring the flag again inherits the flag, not the promise (its hook may set the rate or stop the fit)."""
+    if not getattr(cb, "batch_hooks_display_only", False):
+        return False
+    if "batch_hooks_display_only" in getattr(cb, "__dict__", {}):
+        return True
+    mro = type(cb).__mro__
+    declared = next(i for i, k in enumerate(mro) if "batch_hooks_display_only" in vars(k))
+    defined = next((i for i, k in enumerate(mro) if hook in vars(k)), len(mro))
+    return declared <= defined
+
+
 def per_batch_reason(callbacks: list[Any]) -> str | None:
     """Why these callbacks need the host between batches, or None."""
     for cb in callbacks:
         name = type(cb).__name__
         if getattr(cb, "handles_non_finite", False):
             return f"callback {name} handles non-finite steps itself, batch by batch"
-        if getattr(cb, "batch_hooks_display_only", False):
-            continue
         for hook in _BATCH_HOOKS:
-            if _overrides(cb, hook):
+            # only on_batch_end is handed the epoch's batches after the program (`_replay`)
+            if _overrides(cb, hook) and not (hook == "on_batch_end" and _display_only(cb, hook)):
                 return f"callback {name} overrides {hook}"
     return None
 
@@ -558,8 +571,7 @@ def _read(source: Any, group: list[Any], flush: Callable[[list[Any]], None]) -> 
 
 def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
     """The epoch's batches, after its program, to callbacks whose per-batch hook only draws (a progress bar)."""
-    display = [cb for cb in callbacks
-               if getattr(cb, "batch_hooks_display_only", False) and _overrides(cb, "on_batch_end")]
+    display = [cb for cb in callbacks if _overrides(cb, "on_batch_end") and _display_only(cb, "on_batch_end")]
     for b, (size, value) in enumerate(zip(rows, losses, strict=True)) if display else ():
         for cb in display:
             cb.on_batch_end(b, {"loss": float(value), "size": size})
