@@ -197,3 +197,29 @@ def test_float32_accumulate_partial_batch_and_class_weight():
     a, b = _fit_both(_bn, lambda m: {**BASE, "optimizer": "sgd", "lr": 0.1, "accumulate": 2,
                                      "class_weight": {0: 0.5, 1: 2.0}}, dtype="float32")
     _assert_same(a, b, dtype="float32")
+
+
+# -- a regularizer a callback adds during the fit -----------------------------------------------------------------
+
+class S21JaxModelPenalty(Callback):
+    """Turns the model-wide penalty on after a first epoch without it, then changes it."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.regularizer = (None, nnx.regularizers.L1(0.1), nnx.regularizers.L2(0.3))[epoch]
+
+
+class S21JaxLayerPenalty(Callback):
+    """The same through the first layer's own regularizer."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.layers[0].regularizer = (None, nnx.regularizers.L1(0.1), nnx.regularizers.L2(0.3))[epoch]
+
+
+@pytest.mark.parametrize("callback", [S21JaxModelPenalty, S21JaxLayerPenalty])
+def test_regularizer_added_by_a_callback_is_in_the_reported_loss(callback):
+    # The plain loop decided once per fit whether any penalty applies: one added by a callback after the first
+    # epoch trained the weights (its gradient is in the backward) but was left out of History's loss, which
+    # JAX's epoch program reported with it (0.69 where it was 2.64)
+    a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": "sgd", "lr": 0.1, "callbacks": [callback()],
+                                      "validation_data": _data(2)})
+    _assert_same(a, b)

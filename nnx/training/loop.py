@@ -323,6 +323,10 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         and own_step(step.optimizer)
     epoch = model.epochs_trained
     cb.on_epoch_begin(epoch, {})
+    if not step.penalized:
+        # a callback may have added a regularizer (a penalty turned on after a warm-up): the backward applies its
+        # gradient, so the reported loss includes it, as a compiled epoch's does (looked at once an epoch)
+        step.penalized = model.penalty() is not None
     losses, weights, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
