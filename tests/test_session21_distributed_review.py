@@ -5,10 +5,15 @@ regularizers, equal to one process; and what each rank must share to train one m
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
+from launchers import needs_mpi, run_job, tool
 from threaded_ranks import run_ranks
 
 import nnx
@@ -197,3 +202,67 @@ def test_ranks_whose_optimizers_update_other_parameters_raise_the_same_error_eve
     got = run_ranks(2, rank)
     assert got[0] == got[1] and "parameters the optimizer updates" in got[0], got
     assert "2.weight" in got[0] and "0.weight" in got[0], got[0]
+
+
+FAILING_RANK = """
+import numpy as np
+import nnx
+from nnx import distributed as dist
+
+comm = dist.init()
+X = np.random.default_rng(0).normal(size=(20, 3))
+y = (X[:, 0] > 0).astype(np.float64)
+
+
+class FailsOnRank1(nnx.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if comm.rank == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+
+
+model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), dtype="float64", seed=0)
+model.fit(X, y, epochs=3, batch_size=5, distributed=comm, callbacks=[FailsOnRank1()])
+print("rank", comm.rank, "finished")
+"""
+
+
+@pytest.mark.slow  # starts an MPI job
+@needs_mpi
+def test_a_rank_that_raises_under_plain_python_ends_the_mpi_job(tmp_path):
+    """`mpiexec -n 2 python script.py` (not ``-m mpi4py``): rank 1's exception ended rank 1, and rank 0 waited in
+    its next collective forever (the job ran until a 30 s time limit killed it). The MPI communicator now aborts
+    the job when an exception ends a rank's script, after its traceback."""
+    script = tmp_path / "fails.py"
+    script.write_text(FAILING_RANK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    try:
+        proc = run_job([tool("mpiexec"), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=90, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank waited in a collective after rank 1 raised: the job hung")
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "rank 1 failed on purpose" in proc.stderr, proc.stderr[-3000:]
+    assert "finished" not in proc.stdout, proc.stdout
+
+
+def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeypatch):
+    from nnx.distributed.mpi import abort_on_uncaught
+
+    calls = []
+
+    class FakeMPI:
+        Is_initialized = staticmethod(lambda: True)
+        Is_finalized = staticmethod(lambda: False)
+
+    class FakeComm:
+        def Abort(self, code):
+            calls.append(("abort", code))
+
+    monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(("printed", a[0])))
+    abort_on_uncaught(FakeMPI, FakeComm())
+    hook = sys.excepthook
+    abort_on_uncaught(FakeMPI, FakeComm())
+    assert sys.excepthook is hook  # not wrapped twice by a second communicator
+    hook(RuntimeError, RuntimeError("x"), None)
+    assert calls == [("printed", RuntimeError), ("abort", 1)]

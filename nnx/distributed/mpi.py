@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ class MPICommunicator(Communicator):
         self._nccl: Any = None
         self._ring = Ring(self.comm)
         self.local_rank, self.local_size = local_placement(mpi_comm=self.comm)
+        if self.size > 1:
+            abort_on_uncaught(MPI, self.comm)
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:
         counts = even_counts(buf.size, self.size)
@@ -93,3 +96,28 @@ class MPICommunicator(Communicator):
 
     def allgather_object(self, obj: Any) -> list[Any]:
         return self.comm.allgather(obj)
+
+
+def abort_on_uncaught(MPI: Any, comm: Any) -> None:
+    """Make an exception that ends this rank's script abort the whole MPI job, after its traceback is printed.
+
+    Without it the other ranks wait forever in their next collective (a rank that raises, under
+    ``mpiexec -n 2 python script.py``, left the job hanging until a time limit killed it); ``python -m
+    mpi4py script.py`` does the same for an exception and also for ``sys.exit`` with an error. The hook
+    runs only when the interpreter is about to exit on an uncaught exception, so a caught one changes
+    nothing; the hook that was installed before (a user's, or Python's) still prints first.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "nnx_aborts_mpi", False):
+        return
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        try:
+            previous(kind, value, tb)
+        finally:
+            sys.stderr.flush()
+            if MPI.Is_initialized() and not MPI.Is_finalized():
+                comm.Abort(1)
+
+    hook.nnx_aborts_mpi = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
