@@ -55,3 +55,36 @@ def test_metrics_of_a_loss_that_folds_the_output_layer_score_the_outputs(backend
                         epochs=1, batch_size=8, metrics=["mae"], validation_data=(X, y), verbose=0)
     assert history.history["mae"][0] == pytest.approx(mae, rel=1e-9)
     assert history.history["val_mae"][0] == pytest.approx(mae, rel=1e-9)
+
+
+def test_a_parameter_rebound_to_another_dtype_is_named_by_predict(backend: Any) -> None:
+    # Weights copied in as torch users do (`layer.weight.data = w`; here `p.value = np.load(...)`, float64 by
+    # NumPy's default) into a float32 model: NumPy and JAX then predicted float64 outputs without a word (torch
+    # fails in its own matmul). predict now names the parameter, its dtype and the model's, and says how to assign
+    dtype, other = "float32", "float64"
+    X = np.random.default_rng(0).normal(size=(6, 4))
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.BatchNorm(3), nnx.Dense(3, 1), backend=backend, dtype=dtype, seed=0)
+    for array in (model.layers[0].weight, model.layers[1].running_mean):
+        kept = array.value
+        array.value = model.backend.asarray(np.ones(kept.shape), dtype=other)
+        kind = "parameter" if isinstance(array, nnx.Parameter) else "buffer"
+        for batch_size in (None, 4):
+            for data in (X, [X[:3], X[3:]]):
+                try:
+                    out = model.predict(data, batch_size=None if isinstance(data, list) else batch_size)
+                except RuntimeError:
+                    assert model.backend.spec.startswith("torch")  # torch's matmul refuses mixed dtypes itself
+                    continue
+                except TypeError as exc:
+                    assert f"in {other}, but the model's dtype is {dtype}: {kind} '{array.name}' holds {other}" \
+                        in str(exc)
+                    continue
+                pytest.fail(f"predict gave {out.dtype} outputs from a {dtype} model")
+        array.value = kept
+    # the way the message gives is right: the predictions of the weights loaded through load_state_dict
+    model.layers[0].weight.value = model.backend.asarray(np.ones((4, 3)), dtype=model.dtype)
+    expected = _host(model, model.predict(X))
+    state = {k: _host(model, v) for k, v in model.state_dict().items()}
+    fresh = nnx.Sequential(nnx.Dense(4, 3), nnx.BatchNorm(3), nnx.Dense(3, 1), backend=backend, dtype=dtype, seed=1)
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(_host(fresh, fresh.predict(X)), expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _validate as check
+from ..backends import dtype_name
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .data import batch_slices
@@ -28,8 +29,13 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
         check.positive_int("batch_size", batch_size)
     check_finite = check.flag("check_finite", check_finite)
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
-    if source is not None:
-        return predict_batches(model, source)
+    out = predict_batches(model, source) if source is not None else _predict_arrays(model, X, batch_size, check_finite)
+    if out.dtype != model.backend.float_dtype(model.dtype) and model.xp.isdtype(out.dtype, "real floating"):
+        _raise_for_outputs_in_another_dtype(model, out.dtype)
+    return out
+
+
+def _predict_arrays(model: Model, X: Any, batch_size: int | None, check_finite: bool) -> Any:
     X_d = model.prepare_inputs(X)
     if check_finite:
         model.require_finite(X_d, "X", X)  # NaN in, NaN out would look like a prediction
@@ -38,6 +44,24 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
         return forward(X_d)
     parts = [forward(X_d[s, ...]) for s in batch_slices(X_d.shape[0], batch_size)]
     return model.xp.concat(parts, axis=0)
+
+
+def _raise_for_outputs_in_another_dtype(model: Model, got: Any) -> None:
+    """TypeError for outputs in float dtype `got`, not the model's: naming a parameter or buffer rebound to it.
+
+    ``p.value = np.load(...)`` (NumPy's float64) in a float32 model made NumPy and JAX predict float64 outputs
+    without a word (torch fails in its matmul). A user's layer may keep a parameter in another dtype on purpose
+    and cast where it meets the activations: only outputs in another dtype are laid to such an array.
+    """
+    expected = model.backend.float_dtype(model.dtype)
+    what = f"predict's outputs came out in {dtype_name(got)}, but the model's dtype is {model.dtype}"
+    for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
+        for a in arrays:
+            if a.value.dtype != expected and model.xp.isdtype(a.value.dtype, "real floating"):
+                raise TypeError(f"{what}: {kind} {a.name!r} holds {dtype_name(a.value.dtype)}; assign values in the "
+                                f"model's dtype ({kind}.value = model.backend.asarray(w, dtype=model.dtype)), or copy "
+                                f"them with model.load_state_dict, which casts")
+    raise TypeError(f"{what}: a layer's forward computes in another dtype; cast where it meets the activations")
 
 
 def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
