@@ -266,3 +266,55 @@ def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeyp
     assert sys.excepthook is hook  # not wrapped twice by a second communicator
     hook(RuntimeError, RuntimeError("x"), None)
     assert calls == [("printed", RuntimeError), ("abort", 1)]
+
+
+class _Node:
+    """A fake mpi4py communicator of 4 ranks on one host, each bound by the launcher to its own 8 cores."""
+
+    def __init__(self, rank: int = 1, size: int = 4) -> None:
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Split_type(self, kind):
+        return self
+
+    def Free(self):
+        pass
+
+    def allgather(self, obj):
+        return [list(range(8 * r, 8 * r + 8)) for r in range(self.size)]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity masks here")
+@pytest.mark.parametrize("shared", [False, True], ids=["bound", "one mask"])
+def test_ranks_a_launcher_bound_to_their_own_cores_keep_them(monkeypatch, shared):
+    """`srun -n 4 --cpus-per-task=8` (or mpiexec --bind-to) binds each rank to its own 8 cores of a 32-core host:
+    each rank's affinity mask holds 8 cores, and init divided those 8 among the 4 ranks again, leaving each rank 2
+    threads on 8 cores of its own (a quarter of the CPU it was given, without a word). Ranks that share one mask
+    (a job's cgroup) still split it."""
+    pytest.importorskip("mpi4py")
+    from nnx.distributed import launch, local
+    from nnx.distributed.mpi import MPICommunicator
+
+    node = _Node()
+    if shared:
+        node.allgather = lambda obj: [list(range(8))] * 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8, 16)) if not shared else set(range(8)))
+    monkeypatch.setattr(launch, "launched_by_mpi", lambda: True)
+    monkeypatch.setattr(launch, "_torch_group_ready", lambda: False)
+    monkeypatch.setattr(launch, "MPICommunicator", lambda: MPICommunicator(node))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr("threadpoolctl.threadpool_limits", lambda limits: None)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    for var in local.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    comm = dist.init()
+    assert (comm.rank, comm.size, comm.local_size) == (1, 4, 4)
+    assert os.environ["OMP_NUM_THREADS"] == ("2" if shared else "8")

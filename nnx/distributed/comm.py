@@ -96,6 +96,8 @@ class Communicator:
     rank: int = 0
     size: int = 1
     engine: str = "single"
+    #: this rank's share of its host's cores where the engine knows the ranks' affinity masks (MPI), else None
+    host_threads: int | None = None
     #: this rank's index among the ranks on its host, and how many ranks its host runs
     local_rank: int = 0
     local_size: int = 1

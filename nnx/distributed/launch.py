@@ -29,14 +29,15 @@ def init(engine: str | None = None) -> Communicator:
             "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
 
     Under a launcher, each rank's BLAS and OpenMP threads are limited to its share of the host's
-    cores (``cores // ranks on the host``, at least 1), unless the thread variables are set
+    cores (``cores // ranks on the host``, at least 1; under MPI, the cores the host's ranks may run on
+    together, and no more than its own affinity mask holds), unless the thread variables are set
     (`nnx.distributed.local.limit_threads`).
     """
     if engine not in (None, "mpi", "torch", "nccl", "single"):
         raise ValueError(f"engine must be None, 'mpi', 'torch', 'nccl' or 'single', got {engine!r}")
     comm = _pick(engine)
     if not isinstance(comm, SingleProcess):
-        limit_threads(comm.local_size)
+        limit_threads(comm.local_size, threads=comm.host_threads)
     return comm
 
 

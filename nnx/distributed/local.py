@@ -63,16 +63,45 @@ def threads_per_rank(cores: int, local_size: int) -> int:
     return max(1, cores // max(1, local_size))
 
 
-def limit_threads(local_size: int, env: MutableMapping[str, str] = os.environ, cores: int | None = None) -> int | None:
+def share_of_masks(mine: set[int], everyone: list[set[int]]) -> int:
+    """This rank's threads from the CPU affinity masks of the ranks on its host (its own among them): the cores they
+    may run on together divided among them, and no more than its own mask holds; at least 1.
+
+    Ranks a launcher bound each to cores of its own (``srun --cpus-per-task``, ``mpiexec --bind-to``) keep all
+    of theirs; ranks that share one mask (a job's cgroup, no binding) split it.
+    """
+    together = set(mine).union(*everyone)
+    return max(1, min(len(mine), len(together) // max(1, len(everyone))))
+
+
+def node_threads(mpi_comm: Any) -> int | None:
+    """This rank's share of its host's cores under MPI, from the affinity masks of the ranks on the host (a
+    collective of the shared-memory split); None where the OS has no affinity masks."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is None:
+        return None
+    mine = set(affinity(0))
+    node = mpi_comm.Split_type(import_mpi().COMM_TYPE_SHARED)
+    try:
+        everyone = [set(mask) for mask in node.allgather(sorted(mine))]
+    finally:
+        node.Free()
+    return share_of_masks(mine, everyone)
+
+
+def limit_threads(local_size: int, env: MutableMapping[str, str] = os.environ, cores: int | None = None,
+                  threads: int | None = None) -> int | None:
     """Limit this rank's BLAS and OpenMP threads to its share of the host; the limit, or None when left alone.
 
+    `threads`: this rank's share where the engine worked it out from the ranks' affinity masks (`node_threads`);
+    else `cores` (default: this process's) divided by `local_size`.
     Left alone: one rank on the host (it may use every core), or a thread variable set by the
     user (`THREAD_VARS`). Otherwise the variables are set, for libraries that start their
     pools later, and the pools already running are limited (threadpoolctl, torch).
     """
     if local_size <= 1 or any(var in env for var in THREAD_VARS):
         return None
-    n = threads_per_rank(host_cores() if cores is None else cores, local_size)
+    n = threads if threads is not None else threads_per_rank(host_cores() if cores is None else cores, local_size)
     for var in THREAD_VARS:
         env[var] = str(n)
     try:

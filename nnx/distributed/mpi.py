@@ -9,7 +9,7 @@ import numpy as np
 
 from ..backends import backend_name_of
 from .comm import Communicator, offsets
-from .local import import_mpi, local_placement
+from .local import import_mpi, local_placement, node_threads
 from .nccl import NCCLCommunicator
 from .ring import Ring, even_counts
 
@@ -37,6 +37,8 @@ class MPICommunicator(Communicator):
         self._ring = Ring(self.comm)
         self.local_rank, self.local_size = local_placement(mpi_comm=self.comm)
         if self.size > 1:
+            # ranks a launcher bound to cores of their own keep them; ranks sharing a mask split it (`init`)
+            self.host_threads = node_threads(self.comm)
             abort_on_uncaught(MPI, self.comm)
 
     def _host_allreduce(self, buf: np.ndarray, op: str) -> None:

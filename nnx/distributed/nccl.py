@@ -31,6 +31,7 @@ class NCCLCommunicator(Communicator):
         self.host = SingleProcess() if host is None else host
         self.rank, self.size = self.host.rank, self.host.size
         self.local_rank, self.local_size = self.host.local_rank, self.host.local_size
+        self.host_threads = self.host.host_threads
         over_mpi = self.host.engine == "mpi"
         cdist = _cupyx_distributed(need_mpi=over_mpi)
         cupy = importlib.import_module("cupy")
