@@ -318,3 +318,19 @@ def test_ranks_a_launcher_bound_to_their_own_cores_keep_them(monkeypatch, shared
     comm = dist.init()
     assert (comm.rank, comm.size, comm.local_size) == (1, 4, 4)
     assert os.environ["OMP_NUM_THREADS"] == ("2" if shared else "8")
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_every_rule_replayed_into_uneven_slices_on_three_ranks_equals_one_process(optimizer, monkeypatch):
+    """From `replay.MIN_ELEMENTS` parameters (here: any) each rank's slice is updated by the replayed rule: amsgrad's
+    running maximum, Lion's sign, centered RMSprop and the rest, on slices of 13/12/12 elements with dropout and
+    clip_value, equal to one process to 1e-12."""
+    from nnx.training import replay
+
+    monkeypatch.setattr(replay, "MIN_ELEMENTS", 0)
+    replayed = []
+    real_apply = replay.RuleReplay.apply
+    monkeypatch.setattr(replay.RuleReplay, "apply", lambda self, *args, **kwargs: replayed.append(
+        real_apply(self, *args, **kwargs)) or replayed[-1])
+    _equal_to_one_process(3, _fit_with(optimizer, shard=True, dropout=True, clip_value=0.05))
+    assert replayed and all(replayed)
