@@ -27,20 +27,77 @@ _LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
 
 
 def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every layer's plain Python attributes (numbers, strings, flags, None) and the state of every host random
-    generator it keeps: what a traced step cannot carry."""
+    """Every layer's plain Python attributes (numbers, strings, flags, None), the items of every dict or list of
+    plain values it keeps, and the state of every host random generator it keeps: what a traced step cannot
+    carry."""
     found = []
     for path, layer in model.named_layers():
         attributes = {}
         for k, v in vars(layer).items():
             if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
                 attributes[k] = v
+            elif type(v) in (dict, list) and k not in _LAYER_TABLES:
+                held = _Container.of(v)
+                if held is not None:
+                    attributes[k] = held
             else:
                 drawn = _HostGenerator.of(v)
                 if drawn is not None:
                     attributes[k] = drawn
         found.append((path, attributes))
     return found
+
+
+# what every `Layer` keeps of its parameters, buffers and sub-layers: tables, never the step's state
+_LAYER_TABLES = frozenset({"_params", "_buffers", "_layers", "_declared_layers"})
+
+
+def _plain_copy(value: Any, depth: int = 0) -> Any:
+    """A copy of a dict or list (nested) whose items are all plain values, else `_NOT_PLAIN`."""
+    if isinstance(value, _PLAIN_STATE):
+        return value
+    if depth > 8:
+        return _NOT_PLAIN
+    if type(value) is list:
+        items = [_plain_copy(v, depth + 1) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if type(value) is dict:
+        pairs = [(k, _plain_copy(v, depth + 1)) for k, v in value.items()]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN or not isinstance(k, _PLAIN_STATE) for k, v in pairs) \
+            else dict(pairs)
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+class _Container:
+    """A dict or list of plain values a layer keeps (a call count in ``self.stats["calls"]``, the batch sizes it
+    saw), with a copy of its items when `python_state` looked: a program would change it once, when traced, where
+    the plain loop changes it at every step (`changed_state` names one changed in place)."""
+
+    __slots__ = ("container", "items")
+
+    def __init__(self, container: Any, items: Any) -> None:
+        self.container, self.items = container, items
+
+    @classmethod
+    def of(cls, value: Any) -> _Container | None:
+        """`value` with a copy of its items if they are all plain, else None."""
+        items = _plain_copy(value)
+        return None if items is _NOT_PLAIN else cls(value, items)
+
+    def restore(self) -> None:
+        """Put the container's items back as they were when looked at (in place: the layer keeps its object)."""
+        items = _plain_copy(self.items)
+        if type(self.container) is dict:
+            self.container.clear()
+            self.container.update(items)
+        else:
+            self.container[:] = items
+
+    def __repr__(self) -> str:
+        return repr(self.items)
 
 
 class _HostGenerator:
@@ -83,6 +140,14 @@ def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[st
     """The first layer attribute a traced step changed, in words; None when none did."""
     for (path, old), (_, new) in zip(before, after, strict=True):
         for key in sorted(set(old) | set(new)):
+            was, now = old.get(key), new.get(key)
+            if isinstance(was, _Container) or isinstance(now, _Container):
+                # a dict or list changed in place is state (a count, a log); one made or rebound by the call, or
+                # that now holds arrays, is what a layer keeps for its backward
+                if not (isinstance(was, _Container) and isinstance(now, _Container)
+                        and was.container is now.container) or repr(was) == repr(now):
+                    continue
+                return f"layer {path!r} changed the items of its attribute {key!r} ({was!r} -> {now!r})"
             # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
             if repr(old.get(key)) != repr(new.get(key)):
                 if isinstance(old.get(key), _HostGenerator):
@@ -104,6 +169,9 @@ def restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
             if isinstance(value, _HostGenerator):
                 value.restore()
                 attributes[key] = value.generator
+            elif isinstance(value, _Container):
+                value.restore()
+                attributes[key] = value.container
             else:
                 attributes[key] = value
 
