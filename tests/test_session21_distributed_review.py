@@ -334,3 +334,39 @@ def test_every_rule_replayed_into_uneven_slices_on_three_ranks_equals_one_proces
         real_apply(self, *args, **kwargs)) or replayed[-1])
     _equal_to_one_process(3, _fit_with(optimizer, shard=True, dropout=True, clip_value=0.05))
     assert replayed and all(replayed)
+
+
+def _no_mpi():
+    raise ImportError('MPI needs mpi4py (No module named mpi4py): pip install "nnx-mlp[mpi]"')
+
+
+@pytest.mark.parametrize("env, single", [
+    # sbatch runs the batch script as task 0 of the job: `python train.py` in it is one process, without srun
+    ({"SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}, True),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, True),
+    ({"PMI_RANK": "0", "PMI_SIZE": "1"}, True),
+    # a launcher that started several ranks: without MPI they could not train together, so the error stands
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "8"}, False),
+    ({"PMI_RANK": "0", "PMI_SIZE": "2"}, False),
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}, False),
+])
+def test_a_one_process_job_under_slurm_without_mpi4py_runs_alone(monkeypatch, env, single):
+    """A single-process script in an sbatch job (`python train.py`, no srun) sees SLURM_PROCID, so init took it for
+    an MPI launch and raised an ImportError telling the user to install mpi4py, where the documented promise is a
+    single-process communicator for a script started without a launcher (the same with an mpi4py that finds no MPI
+    library). A launcher's world of one without MPI is now that single process; a world of several still raises."""
+    from nnx.distributed import comm as comm_module
+    from nnx.distributed import launch
+
+    for name in (*comm_module.MPI_ENV, "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_STEP_NUM_TASKS", "PMI_SIZE",
+                 "OMPI_COMM_WORLD_SIZE", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(launch, "_torch_group_ready", lambda: False)
+    monkeypatch.setattr(launch, "MPICommunicator", _no_mpi)
+    if single:
+        assert isinstance(dist.init(), dist.SingleProcess)
+    else:
+        with pytest.raises(ImportError, match="mpi4py"):
+            dist.init()

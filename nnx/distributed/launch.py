@@ -25,8 +25,10 @@ def init(engine: str | None = None) -> Communicator:
         engine: None picks: torch.distributed when its group is initialised (or the job was started
             by torchrun, which initialises it: gloo for CPU tensors, plus NCCL for CUDA tensors with
             each rank bound to GPU ``LOCAL_RANK`` when the host has a GPU per rank), the MPI world
-            when a launcher started more than one process, else `SingleProcess`. "mpi", "torch",
-            "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or "single" force one.
+            when a launcher started more than one process, else `SingleProcess` (also where a launcher's
+            variables name a world of one and mpi4py or its MPI library is missing: a script in an sbatch
+            job). "mpi", "torch", "nccl" (CuPy's NCCL, over MPI when launched by one, else world size 1) or
+            "single" force one.
 
     Under a launcher, each rank's BLAS and OpenMP threads are limited to its share of the host's
     cores (``cores // ranks on the host``, at least 1; under MPI, the cores the host's ranks may run on
@@ -54,10 +56,27 @@ def _pick(engine: str | None) -> Communicator:
     if _torch_group_ready():
         return TorchCommunicator()
     if launched_by_mpi():
-        comm = MPICommunicator()
+        try:
+            comm = MPICommunicator()
+        except ImportError:
+            # a launcher's world of one needs no MPI: sbatch runs its script as task 0 (SLURM_PROCID=0), and
+            # `python train.py` there is one process. Several ranks could not train together without it.
+            if launcher_world_size() > 1:
+                raise
+            return SingleProcess()
         if comm.size > 1:
             return comm
     return SingleProcess()
+
+
+# variables in which a launcher names how many processes it started: PMI (MPICH, Intel MPI), Open MPI, Slurm
+WORLD_SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
+
+
+def launcher_world_size() -> int:
+    """How many processes the launcher's variables say it started (the most any names); 1 where none says."""
+    sizes = [int(v) for v in (os.environ.get(name, "").strip() for name in WORLD_SIZE_ENV) if v.isdigit()]
+    return max(sizes, default=1)
 
 
 def _torch_group_ready() -> bool:
