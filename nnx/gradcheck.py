@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import backend_name_of, get_backend
 from .layers.parameter import Parameter
+from .training.inference import require_forward_run
 from .training.loss_fit import check_loss_fits, check_outputs
 
 _host = get_backend("numpy").xp
@@ -176,6 +177,7 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
     """
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
+    require_forward_run(model, "check_gradients")
     try:
         model.backend.asarray(_host.zeros((1,)), dtype="float64")
     except Exception as exc:  # a float32-only device (Apple MPS, some accelerators): say what to do instead

@@ -88,3 +88,40 @@ def test_a_parameter_rebound_to_another_dtype_is_named_by_predict(backend: Any) 
     fresh = nnx.Sequential(nnx.Dense(4, 3), nnx.BatchNorm(3), nnx.Dense(3, 1), backend=backend, dtype=dtype, seed=1)
     fresh.load_state_dict(state)
     np.testing.assert_array_equal(_host(fresh, fresh.predict(X)), expected)
+
+
+class Session21DoubledModel(nnx.Sequential):
+    """A model subclass overriding forward, as torch users write `nn.Module.forward`."""
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        return 2.0 * super().forward(X, training)
+
+
+class Session21HalvedHeadModel(nnx.Sequential):
+    """A model subclass changing its outputs where predict and fit run them: forward_to_head."""
+
+    def forward_to_head(self, X: Any, n_layers: int, training: bool, runners: Any = None) -> Any:
+        return 0.5 * super().forward_to_head(X, n_layers, training, runners)
+
+
+def test_a_model_whose_forward_is_overridden_is_refused_where_forward_is_not_run(backend: Any) -> None:
+    # model(X) ran the subclass's forward (twice the outputs) while predict, evaluate and check_gradients ran the
+    # layers through forward_to_head and gave the plain model's numbers without a word. They now refuse it, naming
+    # forward_to_head, which they do run (and which a subclass may override: the second model)
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    y = X[:, :1]
+    model = Session21DoubledModel(nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    for call in (lambda: model.predict(X), lambda: model.evaluate(X, y), lambda: nnx.check_gradients(model, X, y)):
+        with pytest.raises(TypeError, match="Session21DoubledModel overrides forward.*forward_to_head"):
+            call()
+    plain = nnx.Sequential(nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    plain.layers[0].forward = lambda X, training=False: 3.0 * nnx.Dense.forward(plain.layers[0], X, training)
+    np.testing.assert_allclose(_host(plain, plain.predict(X)), _host(plain, plain(X)))  # a layer's own: run
+    plain.forward = lambda X, training=False: X  # on the model object itself
+    with pytest.raises(TypeError, match="forward was replaced on the object"):
+        plain.predict(X)
+    halved = Session21HalvedHeadModel(nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    np.testing.assert_allclose(_host(halved, halved.predict(X)), _host(halved, halved(X)))
+    assert np.isfinite(halved.evaluate(X, y)["loss"])
+    # run as written: its backward is the plain model's, which the check finds (half the outputs, whole gradients)
+    assert float(nnx.check_gradients(halved, X, y)) > 0.1

@@ -15,6 +15,29 @@ from .loss_fit import check_loss_fits
 from .sources import inference_source
 
 
+def require_forward_run(model: Model, what: str) -> None:
+    """TypeError when `model`'s own forward, which `what` would not run, is not the one that computes its outputs.
+
+    predict, evaluate, fit and gradient checks run the layers through ``forward_to_head`` (a loss may fold the last
+    layer), never the model's ``forward``: a subclass overriding forward (as torch's ``nn.Module.forward`` is
+    written), or a forward set on the object, changed ``model(X)`` while these gave the plain model's numbers.
+    A class overriding ``forward_to_head`` as well, or only it, is run as written.
+    """
+    cls = type(model)
+    if "forward" in vars(model):
+        where = "its forward was replaced on the object"
+    else:
+        mro = cls.__mro__
+        forward = next(c for c in mro if "forward" in vars(c))
+        head = next(c for c in mro if "forward_to_head" in vars(c))
+        if mro.index(forward) >= mro.index(head):
+            return
+        where = f"{cls.__name__} overrides forward" + ("" if forward is cls else f" (in {forward.__name__})")
+    raise TypeError(f"{where}, which {what} does not run: predict, evaluate, fit and check_gradients run the layers "
+                    f"through forward_to_head(X, n_layers, training), so that a loss can fold the last layer; put "
+                    f"the change in an override of forward_to_head (or in a layer of the model)")
+
+
 def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
             check_finite: bool = True) -> Any:
     """Outputs for X in inference mode (dropout off), as an array on this model's backend.
@@ -28,6 +51,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
     check_finite = check.flag("check_finite", check_finite)
+    require_forward_run(model, "predict")
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
     out = predict_batches(model, source) if source is not None else _predict_arrays(model, X, batch_size, check_finite)
     if out.dtype != model.backend.float_dtype(model.dtype) and model.xp.isdtype(out.dtype, "real floating"):
@@ -80,6 +104,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     `check_finite` refuses X or y holding NaN or inf with a ValueError; False skips it. A loss that
     does not fit the model's outputs (see `fit`) raises ValueError.
     """
+    require_forward_run(model, "evaluate")
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)
     if batch_size is not None:
