@@ -314,7 +314,8 @@ def test_ranks_a_launcher_bound_to_their_own_cores_keep_them(monkeypatch, shared
     if torch is not None:
         monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     for var in local.THREAD_VARS:
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "1")  # recorded, so what init sets is taken back after the test
+        monkeypatch.delenv(var)
     comm = dist.init()
     assert (comm.rank, comm.size, comm.local_size) == (1, 4, 4)
     assert os.environ["OMP_NUM_THREADS"] == ("2" if shared else "8")
