@@ -3,6 +3,7 @@ checks), as a PyTorch / Keras user meets it."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -125,3 +126,37 @@ def test_a_model_whose_forward_is_overridden_is_refused_where_forward_is_not_run
     assert np.isfinite(halved.evaluate(X, y)["loss"])
     # run as written: its backward is the plain model's, which the check finds (half the outputs, whole gradients)
     assert float(nnx.check_gradients(halved, X, y)) > 0.1
+
+
+def test_inference_is_in_eval_mode_and_copies_are_independent(backend: Any, dtype: str) -> None:
+    # guards (passed as found): predict, model(X) and evaluate, whole or in batches (a partial last one), give the
+    # eval-mode numbers computed by hand (BatchNorm's running statistics, dropout off) and leave the running
+    # statistics alone; a deep copy trains on its own arrays and optimizer state, and goes on as the original does
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, 4))
+    y = (X[:, :1] > 0) * 1.0
+    model = nnx.Sequential(nnx.Dense(4, 8), nnx.BatchNorm(8), nnx.ReLU(), nnx.Dropout(0.5), nnx.Dense(8, 1),
+                           nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    model.fit(X, y, optimizer="adam", epochs=2, batch_size=6, verbose=0)
+    h = lambda a: _host(model, a)  # noqa: E731
+    bn = model.layers[1]
+    mean, var = h(bn.running_mean.value), h(bn.running_var.value)
+    H = X @ h(model.layers[0].weight.value) + h(model.layers[0].bias.value)
+    H = np.maximum((H - mean) / np.sqrt(var + bn.eps) * h(bn.weight.value) + h(bn.bias.value), 0)
+    P = 1 / (1 + np.exp(-(H @ h(model.layers[4].weight.value) + h(model.layers[4].bias.value))))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for out in (model.predict(X), model.predict(X, batch_size=3), model(X), model.predict([X[:7], X[7:]])):
+        np.testing.assert_allclose(h(out), P, rtol=tol, atol=tol)
+    bce = float(np.mean(-(y * np.log(P) + (1 - y) * np.log(1 - P))))
+    batches = [(X[:7], y[:7]), (X[7:], y[7:])]
+    for logs in (model.evaluate(X, y), model.evaluate(X, y, batch_size=5), model.evaluate(batches)):
+        assert logs["loss"] == pytest.approx(bce, rel=10 * tol)
+    np.testing.assert_array_equal(h(bn.running_mean.value), mean)
+    np.testing.assert_array_equal(h(bn.running_var.value), var)
+    twin = copy.deepcopy(model)
+    weight = h(model.layers[0].weight.value)
+    twin.fit(X, y, epochs=2, batch_size=6, verbose=0)
+    np.testing.assert_array_equal(h(model.layers[0].weight.value), weight)  # the original did not move
+    assert not np.array_equal(_host(twin, twin.layers[0].weight.value), weight)
+    model.fit(X, y, epochs=2, batch_size=6, verbose=0)
+    np.testing.assert_array_equal(h(model.predict(X)), _host(twin, twin.predict(X)))
