@@ -13,7 +13,8 @@ def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
     """Print a table of layers, their output shapes and parameter counts.
 
     Once `fit` has an optimizer, trainable parameters are those it updates; any it leaves out
-    (an optimizer given a subset of ``model.parameters()``) are counted apart, as never trained.
+    (an optimizer given a subset of ``model.parameters()``) are counted apart, as never trained. A model
+    nested in another is trained by that one's optimizer: its own table counts its parameters and points there.
 
     Args:
         print_fn: what receives the table as one string (default `print`; e.g. a logger's
@@ -33,6 +34,9 @@ def summary(model: Model, print_fn: Callable[[str], Any] = print) -> None:
     left_out = sum(math.prod(p.shape) for p in params if id(p) not in trained)
     buffers = sum(math.prod(b.shape) for b in model.buffers())
     untrained = f"; not trained (outside the optimizer): {left_out:,}" if left_out else ""
-    lines.append(f"trainable parameters: {total:,}{untrained}; buffers: {buffers:,}; {model.backend.spec}, "
-                 f"{model.dtype}")
+    counted = f"trainable parameters: {total:,}{untrained}"
+    if getattr(model, "nested", False) and model.optimizer is None:
+        # the optimizer of the model holding this one decides, and may leave these out: not known from here
+        counted = f"parameters: {total:,} (trained as the model holding this one decides: see its summary)"
+    lines.append(f"{counted}; buffers: {buffers:,}; {model.backend.spec}, {model.dtype}")
     print_fn("\n".join(lines))

@@ -160,3 +160,19 @@ def test_inference_is_in_eval_mode_and_copies_are_independent(backend: Any, dtyp
     assert not np.array_equal(_host(twin, twin.layers[0].weight.value), weight)
     model.fit(X, y, epochs=2, batch_size=6, verbose=0)
     np.testing.assert_array_equal(h(model.predict(X)), _host(twin, twin.predict(X)))
+
+
+def test_summary_of_a_nested_model_does_not_call_frozen_parameters_trainable() -> None:
+    # A model nested in another is trained by its holder's optimizer: with that optimizer built on other layers
+    # only, inner.summary() still said "trainable parameters: 16" where none of them is trained
+    X = np.random.default_rng(0).normal(size=(8, 4))
+    inner = nnx.Sequential(nnx.Dense(3, 3), nnx.Dense(3, 1))
+    model = nnx.Sequential(nnx.Dense(4, 3), inner, seed=0)
+    model.fit(X, X[:, :1], optimizer=nnx.optim.Adam(model.layers[0].parameters()), epochs=1, verbose=0)
+    lines: list[str] = []
+    model.summary(print_fn=lines.append)
+    assert "trainable parameters: 15; not trained (outside the optimizer): 16;" in lines[-1]
+    model.layers[1].summary(print_fn=lines.append)
+    last = lines[-1].splitlines()[-1]
+    assert "trainable parameters: 16" not in last
+    assert last.startswith("parameters: 16 (trained as the model holding this one decides: see its summary)")
