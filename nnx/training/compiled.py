@@ -50,8 +50,10 @@ from .trace_state import (
     changed_state,
     described,
     layer_attributes,
+    objects_state,
     put_back_arrays,
     python_state,
+    restore_objects,
     restore_state,
 )
 
@@ -372,6 +374,9 @@ class CompiledStep:
         saved = self._saved()
         draws_before = rng.draws
         state_before = python_state(model)
+        # a loss's code runs once per trace too: a count it keeps (a curriculum's weight) would change once
+        others = [("the loss", self.head)]
+        others_before = objects_state(others)
         attributes_before = layer_attributes(model)
         try:
             for p, v in zip(params, values, strict=True):
@@ -411,13 +416,16 @@ class CompiledStep:
             # a trace given up half way (refused, or code that needs concrete values) ran the layers' Python
             # once: the plain step that runs instead starts from their attributes as they were
             restore_state(model, state_before)
+            restore_objects(others, others_before)
             raise
         finally:
             self._put_back(saved)
             put_back_arrays(attributes_before)
-        changed = changed_state(state_before, python_state(model))
+        changed = changed_state(state_before, python_state(model)) or changed_state(others_before,
+                                                                                    objects_state(others))
         if changed is not None:
             restore_state(model, state_before)  # the plain step that runs instead starts from where it was
+            restore_objects(others, others_before)
             raise TraceRefused(f"the step changes Python state a compiled program would not: {changed}")
         if self._draws is not None and self._draws != drawn:
             raise RuntimeError(f"the compiled step drew {drawn} dropout masks, a previous trace {self._draws}")

@@ -19,7 +19,8 @@ from typing import Any
 from .shared_programs import ById, Unshareable, describe
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes", "is_array",
-           "layer_attributes", "put_back_arrays", "python_state", "restore_state", "shallow_copy"]
+           "layer_attributes", "objects_state", "put_back_arrays", "python_state", "restore_objects", "restore_state",
+           "shallow_copy"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
@@ -30,8 +31,14 @@ def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
     """Every layer's plain Python attributes (numbers, strings, flags, None), the items of every dict or list of
     plain values it keeps, and the state of every host random generator it keeps: what a traced step cannot
     carry."""
+    return objects_state(model.named_layers())
+
+
+def objects_state(named: Any) -> list[tuple[str, dict[str, Any]]]:
+    """`python_state` of (path, object) pairs: a model's layers, or others a step's code runs (a loss, whose
+    path is its description, such as ``"the loss"``)."""
     found = []
-    for path, layer in model.named_layers():
+    for path, layer in named:
         attributes = {}
         for k, v in vars(layer).items():
             if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
@@ -139,6 +146,7 @@ class _HostGenerator:
 def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
     """The first layer attribute a traced step changed, in words; None when none did."""
     for (path, old), (_, new) in zip(before, after, strict=True):
+        where = path if path.startswith("the ") else f"layer {path!r}"  # (`objects_state` names the others)
         for key in sorted(set(old) | set(new)):
             was, now = old.get(key), new.get(key)
             if isinstance(was, _Container) or isinstance(now, _Container):
@@ -147,20 +155,25 @@ def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[st
                 if not (isinstance(was, _Container) and isinstance(now, _Container)
                         and was.container is now.container) or repr(was) == repr(now):
                     continue
-                return f"layer {path!r} changed the items of its attribute {key!r} ({was!r} -> {now!r})"
+                return f"{where} changed the items of its attribute {key!r} ({was!r} -> {now!r})"
             # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
             if repr(old.get(key)) != repr(new.get(key)):
                 if isinstance(old.get(key), _HostGenerator):
-                    return (f"layer {path!r} draws from its own random generator {key!r} on the host, which a "
+                    return (f"{where} draws from its own random generator {key!r} on the host, which a "
                             "program would draw once (use the model's stream, `self.rng`)")
-                return f"layer {path!r} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
+                return f"{where} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
     return None
 
 
 def restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
     """Put every layer's plain attributes and host generators back as `python_state` found them (undoing a
     refused trace)."""
-    for (_, old), (_, layer) in zip(before, model.named_layers(), strict=True):
+    restore_objects(model.named_layers(), before)
+
+
+def restore_objects(named: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
+    """`restore_state` of (path, object) pairs, as `objects_state` found them."""
+    for (_, old), (_, layer) in zip(before, named, strict=True):
         attributes = vars(layer)
         for key in [k for k, v in attributes.items() if isinstance(v, _PLAIN_STATE) and k not in old
                     and k not in _LAYER_BOOKKEEPING]:
