@@ -195,7 +195,18 @@ class Optimizer:
                                 f"not an array like its value ({type(v).__name__})")
             if g.shape != v.shape or g.dtype != v.dtype:
                 raise ValueError(f"the grad of parameter {getattr(p, 'name', '?')!r} has shape {tuple(g.shape)} "
-                                 f"and dtype {g.dtype}; its value has shape {tuple(v.shape)} and dtype {v.dtype}")
+                                 f"and dtype {g.dtype}; its value has shape {tuple(v.shape)} and dtype {v.dtype}"
+                                 + self._promoted_by(g.dtype, v.dtype))
+
+    def _promoted_by(self, dtype: Any, own: Any) -> str:
+        """Words naming the parameters whose values hold `dtype` where a gradient of that dtype was found for a
+        parameter of dtype `own`: an array of another dtype assigned to one of them promotes every gradient
+        computed with it, and the first gradient checked is seldom that parameter's own."""
+        names = [repr(getattr(q, "name", "?")) for q in self.params if q.value.dtype == dtype and q.value.dtype != own]
+        if not names:
+            return ""
+        return (f"; {', '.join(names)} holds {dtype}, which promotes the gradients computed with it: assign it an "
+                f"array of its model's dtype ({own})")
 
     def zero_grad(self) -> None:
         """Set every parameter's `grad` to None (torch's ``set_to_none=True``)."""

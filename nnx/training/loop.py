@@ -24,6 +24,7 @@ from .epoch import plan
 from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History
+from .inference import require_forward_run
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
 from .resolve import require_valid_settings
@@ -133,6 +134,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         chunk_batches: on a backend with a compiler, batches per compiled program when the data is
             read batch by batch (memmap, iterable); default from a memory budget (docs/training.md).
     """
+    require_forward_run(model, "fit")  # it trains through forward_to_head, as predict and evaluate run
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics, loss_fn)
