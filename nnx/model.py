@@ -395,8 +395,9 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
     if isinstance(layer, Sequential) and layer.regularizer is not None:
         enclosing = (layer.regularizer, *enclosing)  # a model's regularizer covers every weight inside it
     own = () if isinstance(layer, Sequential) or layer.regularizer is None else (layer.regularizer,)
+    regularizers = (*own, *enclosing)  # none for most layers: their parameters are then not listed at all
     terms = [reg.penalty(p.value) for p in layer.parameters(recurse=False) if p.regularized
-             for reg in (*own, *enclosing)]
+             for reg in regularizers] if regularizers else []
     for _, sub in layer.named_layers(recurse=False):
         terms += _penalty_terms(sub, enclosing)
     return terms
