@@ -259,6 +259,7 @@ def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeyp
         def Abort(self, code):
             calls.append(("abort", code))
 
+    monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)  # plain python, not the mpi4py runner
     monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(("printed", a[0])))
     abort_on_uncaught(FakeMPI, FakeComm())
     hook = sys.excepthook

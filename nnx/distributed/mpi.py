@@ -107,11 +107,13 @@ def abort_on_uncaught(MPI: Any, comm: Any) -> None:
     ``mpiexec -n 2 python script.py``, left the job hanging until a time limit killed it); ``python -m
     mpi4py script.py`` does the same for an exception and also for ``sys.exit`` with an error. The hook
     runs only when the interpreter is about to exit on an uncaught exception, so a caught one changes
-    nothing; the hook that was installed before (a user's, or Python's) still prints first.
+    nothing; the hook that was installed before (a user's, or Python's) still prints first. Under ``-m mpi4py``
+    it is not installed: the runner re-raises into the hook, which would abort before the launcher forwarded the
+    traceback (a CI run lost it), where the runner itself aborts later, at exit.
     """
     previous = sys.excepthook
-    if getattr(previous, "nnx_aborts_mpi", False):
-        return
+    if getattr(previous, "nnx_aborts_mpi", False) or "mpi4py.run" in sys.modules:
+        return  # installed already; or run by ``python -m mpi4py``, which aborts at exit itself, as it documents
 
     def hook(kind: Any, value: Any, tb: Any) -> None:
         try:
