@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -112,7 +113,7 @@ def abort_on_uncaught(MPI: Any, comm: Any) -> None:
     traceback (a CI run lost it), where the runner itself aborts later, at exit.
     """
     previous = sys.excepthook
-    if getattr(previous, "nnx_aborts_mpi", False) or "mpi4py.run" in sys.modules:
+    if getattr(previous, "nnx_aborts_mpi", False) or _run_by_mpi4py():
         return  # installed already; or run by ``python -m mpi4py``, which aborts at exit itself, as it documents
 
     def hook(kind: Any, value: Any, tb: Any) -> None:
@@ -125,3 +126,17 @@ def abort_on_uncaught(MPI: Any, comm: Any) -> None:
 
     hook.nnx_aborts_mpi = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def _run_by_mpi4py() -> bool:
+    """Whether mpi4py's runner runs this script: ``python -m mpi4py`` imports ``mpi4py.run``, but ``python -m
+    mpi4py.run`` (the spelling its main documents) runs that module as ``__main__``, where only the main thread's
+    frames tell (their module's spec is named ``mpi4py.run``). Once per communicator."""
+    if "mpi4py.run" in sys.modules:
+        return True
+    frame = sys._current_frames().get(threading.main_thread().ident or -1)
+    while frame is not None:
+        if getattr(frame.f_globals.get("__spec__"), "name", None) == "mpi4py.run":
+            return True
+        frame = frame.f_back
+    return False
