@@ -19,7 +19,11 @@ class Dense(Layer):
         in_features: size of each input sample.
         out_features: size of each output sample.
         init: weight initializer: a name in `nnx.init.INITIALIZERS` or one of `nnx.init`'s functions
-            (``nnx.init.he_uniform``); biases start at zero.
+            (``nnx.init.he_uniform``); biases start at zero. The default ``"he"`` is He normal,
+            N(0, 2 / in_features), as ``torch.nn.init.kaiming_normal_`` draws it: not the default of
+            torch's ``nn.Linear`` (uniform within +-1/sqrt(in_features), bias too) nor of Keras's
+            ``Dense`` (``"glorot_uniform"``). ``"normal"`` is N(0, 0.01^2), not torch's N(0, 1) nor
+            Keras's N(0, 0.05^2).
         regularizer: penalty on this layer's weight (`nnx.regularizers`), or None.
     """
 
