@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+
+import nnx
+from nnx.backends import backend_status
 
 _HOOK_PROBE = textwrap.dedent("""
     import sys
@@ -44,3 +49,68 @@ def test_plain_python_still_gets_the_abort_hook() -> None:
     done = subprocess.run([sys.executable, "-c", _HOOK_PROBE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "installed"
+
+
+# -- Python state kept in a dict subclass (fad50b4, 55b8fc5 took only exact dicts and lists) -----------------------
+
+
+
+class S21SecondCountedLayer(nnx.Layer):
+    """Counts its training calls in a Counter (or a defaultdict) and scales by them: its numbers depend on it."""
+
+    def __init__(self, kind: str = "counter") -> None:
+        super().__init__()
+        self.kind = kind
+        self.stats = collections.Counter() if kind == "counter" else collections.defaultdict(int)
+
+    def forward(self, X, training: bool = False):
+        if training:
+            self.stats["calls"] += 1
+        return X * (1.0 / (1 + self.stats["calls"]))
+
+    def backward(self, dY, need_dX: bool = True):
+        return dY * (1.0 / (1 + self.stats["calls"]))
+
+
+class S21SecondCountingLoss(nnx.losses.Loss):
+    """A squared error whose weight falls with the batches it scored, counted in a defaultdict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = collections.defaultdict(int)
+
+    def rows(self, xp, y_true, y_pred):
+        self.seen["batches"] += 1
+        scale = 1.0 / self.seen["batches"]
+        d = y_pred - y_true
+        return scale * xp.sum(d * d, axis=1), 2.0 * scale * d
+
+
+def _counted_backends() -> list[str]:
+    return ["numpy"] + (["jax"] if backend_status("jax")[0] else [])
+
+
+@pytest.mark.parametrize("backend", _counted_backends())
+@pytest.mark.parametrize("kind", ["counter", "defaultdict"])
+def test_layer_state_kept_in_a_dict_subclass_changes_every_step(backend: str, kind: str) -> None:
+    """The trace and the recorded replay looked only at containers of type exactly dict or list: a count kept in a
+    Counter or a defaultdict (the usual ways to count in Python) changed only when the step was traced or recorded
+    ({'calls': 3} after 9 batches on NumPy, 2 on JAX), and the layer scaling by it trained other weights."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((45, 5))
+    y = (X[:, 0] > 0).astype(np.float64)
+    model = nnx.Sequential(nnx.Dense(5, 8), S21SecondCountedLayer(kind), nnx.Dense(8, 1), nnx.Sigmoid(),
+                           backend=backend, dtype="float64", seed=7)
+    model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=3, batch_size=16, verbose=0)
+    assert model.layers[1].stats["calls"] == 9
+
+
+@pytest.mark.parametrize("backend", _counted_backends())
+def test_loss_state_kept_in_a_defaultdict_changes_every_step(backend: str) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((45, 5))
+    y = X[:, :2] @ np.array([[1.0, -0.5], [0.3, 2.0]])
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 2), backend=backend, dtype="float64", seed=7)
+    loss = S21SecondCountingLoss()
+    model.fit(X, y, loss=loss, optimizer="sgd", lr=0.01, epochs=3, batch_size=16, verbose=0)
+    assert loss.seen["batches"] == 9

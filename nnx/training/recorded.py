@@ -75,7 +75,7 @@ def _same_contents(value: Any, contents: Any) -> bool:
 def _containers(model: Any) -> list[tuple[Any, str, Any, Any]]:
     """Every list and dict a layer keeps (besides `Layer`'s own), with a shallow copy of it."""
     return [(layer, key, value, shallow_copy(value)) for _, layer in model.named_layers()
-            for key, value in vars(layer).items() if key not in _LAYER_OWN and type(value) in (list, dict)]
+            for key, value in vars(layer).items() if key not in _LAYER_OWN and isinstance(value, (list, dict))]
 
 
 def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
@@ -84,7 +84,7 @@ def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
     for layer, key, value, contents in before:
         if vars(layer).get(key, _GONE) is not value:
             continue  # rebound: a cache made anew by each call
-        if type(value) is dict:
+        if isinstance(value, dict):
             same_keys = value.keys() == contents.keys()
             pairs = [(value[k], contents[k]) for k in contents] if same_keys else []
         else:

@@ -43,7 +43,7 @@ def objects_state(named: Any) -> list[tuple[str, dict[str, Any]]]:
         for k, v in vars(layer).items():
             if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
                 attributes[k] = v
-            elif type(v) in (dict, list) and k not in _LAYER_TABLES:
+            elif isinstance(v, (dict, list)) and k not in _LAYER_TABLES:  # a Counter, a defaultdict too
                 held = _Container.of(v)
                 if held is not None:
                     attributes[k] = held
@@ -65,10 +65,10 @@ def _plain_copy(value: Any, depth: int = 0) -> Any:
         return value
     if depth > 8:
         return _NOT_PLAIN
-    if type(value) is list:
+    if isinstance(value, list):
         items = [_plain_copy(v, depth + 1) for v in value]
         return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
-    if type(value) is dict:
+    if isinstance(value, dict):
         pairs = [(k, _plain_copy(v, depth + 1)) for k, v in value.items()]
         return _NOT_PLAIN if any(v is _NOT_PLAIN or not isinstance(k, _PLAIN_STATE) for k, v in pairs) \
             else dict(pairs)
@@ -97,7 +97,7 @@ class _Container:
     def restore(self) -> None:
         """Put the container's items back as they were when looked at (in place: the layer keeps its object)."""
         items = _plain_copy(self.items)
-        if type(self.container) is dict:
+        if isinstance(self.container, dict):
             self.container.clear()
             self.container.update(items)
         else:
@@ -239,8 +239,9 @@ class AttributeWatch:
 
 
 def shallow_copy(value: Any) -> Any:
-    """A shallow copy of a list or dict (its items by identity), else None."""
-    return dict(value) if type(value) is dict else list(value) if type(value) is list else None
+    """A shallow copy of a list or dict (its items by identity), a subclass's (a Counter, a defaultdict) as a plain one,
+    else None."""
+    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else None
 
 
 class HeldArrays:
