@@ -6,7 +6,7 @@ the update. The result equals one process training on the same global batches (u
 so a run on 1, 2 or 8 ranks prints the same losses. Rank 0 prints, saves the checkpoint and the figure.
 
     python examples/16_data_parallel.py [--quick]                      # one process
-    mpiexec -n 2 python -m mpi4py examples/16_data_parallel.py         # a laptop (pip install "nnx-mlp[mpi]" mpich)
+    mpiexec -n 2 python -m mpi4py examples/16_data_parallel.py         # a laptop (pip install ".[mpi]" mpich)
     srun -n 8 python -m mpi4py examples/16_data_parallel.py            # a Slurm allocation
     torchrun --nproc_per_node=2 examples/16_data_parallel.py --backend torch   # torch.distributed (gloo / NCCL)
 """
