@@ -191,6 +191,11 @@ class TorchBackend(Backend):
         if isinstance(x, torch.Tensor):
             if x.device.type == "meta":
                 raise ValueError(f"{argname} is a torch tensor on the 'meta' device, which holds no values")
+            if x.is_nested:  # before the layout: a jagged one is no sparse tensor, and has no to_dense
+                raise TypeError(f"{argname} is a nested torch tensor (rows of different lengths); nnx takes one "
+                                "array of samples: pad it (torch.nested.to_padded_tensor) or pass its rows stacked")
+            if type(x) is not torch.Tensor and isinstance(x, _masked_tensor_type(torch)):
+                x = _unmasked(x, argname)
             if x.layout != torch.strided:  # some operations take it, others fail inside torch
                 raise TypeError(f"{argname} is a sparse torch tensor ({x.layout}); nnx computes on dense arrays: "
                                 f"pass {argname}.to_dense()")
@@ -265,6 +270,26 @@ class TorchBackend(Backend):
             import torch
 
             torch.cuda.synchronize(self.device)
+
+
+def _masked_tensor_type(torch: Any) -> type:
+    """``torch.masked.MaskedTensor`` (a prototype; a type nothing is an instance of where torch lacks it)."""
+    masked = getattr(torch, "masked", None)
+    return getattr(masked, "MaskedTensor", type(None))
+
+
+def _unmasked(x: Any, argname: str) -> Any:
+    """A MaskedTensor's values where none is masked; else ValueError, as for a NumPy masked array.
+
+    Its values under the mask are not data (often whatever the tensor held), and torch's operations on it fail
+    deep inside the masked library (a reduction's missing argument) or read it without the mask.
+    """
+    hidden = int((~x.get_mask()).sum())
+    if hidden:
+        entries = "entry" if hidden == 1 else "entries"
+        raise ValueError(f"{argname} is a masked torch tensor with {hidden} masked {entries}, "
+                         f"whose values are not data; fill them ({argname}.to_tensor(value)) or leave those rows out")
+    return x.get_data()
 
 
 # the size of a torch generator's state by device type, for files that did not record the type
