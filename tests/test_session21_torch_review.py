@@ -165,3 +165,26 @@ def test_torch_nested_tensors_are_refused_by_name():
     nested = torch.nested.nested_tensor([torch.randn(2, 5), torch.randn(3, 5)], layout=torch.jagged)
     with pytest.raises(TypeError, match=r"X is a nested torch tensor.*to_padded_tensor"):
         _model("torch").predict(nested)
+
+
+def test_weights_loaded_from_transposed_torch_views_compute_as_contiguous_ones_bit_for_bit(tmp_path):
+    """``linear.weight.T`` (what the shape error advises) is a column-major view: kept so, the model's products
+    ran on another layout than after a save and load, and its predictions moved in the last bit (a (4, 5) batch
+    through Dense(5, 3))."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 3)
+    views = {"0.weight": linear.weight.T, "0.bias": linear.bias}
+    data = torch.randn(4, 5)
+    models = []
+    for state in (views, {k: v.detach().contiguous().clone() for k, v in views.items()}):
+        model = nnx.Sequential(nnx.Dense(5, 3), backend="torch", seed=0)
+        model.load_state_dict(state)
+        models.append(model)
+    assert all(p.value.is_contiguous() for p in models[0].parameters())
+    models[0].save(tmp_path / "m.npz")
+    reloaded = nnx.load(tmp_path / "m.npz", backend="torch")
+    for other in (models[1], reloaded):
+        assert torch.equal(models[0].predict(data), other.predict(data))
+    with torch.no_grad():
+        linear.weight.mul_(2)  # the model holds its own copy, not the user's tensor
+    assert torch.equal(models[0].predict(data), models[1].predict(data))

@@ -185,6 +185,7 @@ class TorchBackend(Backend):
         ``nn.Parameter``) would otherwise make torch record every operation on it: weights updated from
         it would turn into non-leaf tensors carrying the graph of every step, and outputs would hold it.
         A tensor on the 'meta' device has shape and dtype but no values to read; a sparse one is refused.
+        A copy (`copy=True`, what a parameter holds) is row-major whatever the strides of `x`.
         """
         import torch
 
@@ -201,6 +202,10 @@ class TorchBackend(Backend):
                                 f"pass {argname}.to_dense()")
             if x.requires_grad:
                 x = x.detach()
+            if copy and not x.is_contiguous():
+                # a copy is kept (a parameter): torch's clone and casts keep a view's strides, and a weight held
+                # column-major (``linear.weight.T``) gave products other bits than the same numbers saved and loaded
+                x, copy = x.contiguous(), False  # already a new tensor: not copied twice
         return super().asarray(x, dtype=dtype, argname=argname, copy=copy)
 
     def from_host(self, host: np.ndarray) -> Any:
