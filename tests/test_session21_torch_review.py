@@ -188,3 +188,14 @@ def test_weights_loaded_from_transposed_torch_views_compute_as_contiguous_ones_b
     with torch.no_grad():
         linear.weight.mul_(2)  # the model holds its own copy, not the user's tensor
     assert torch.equal(models[0].predict(data), models[1].predict(data))
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_parameter_rebound_to_float64_in_a_float32_torch_model_is_named_as_on_numpy(index):
+    """NumPy's step names the parameter; torch's matmul said only 'expected m1 and m2 to have the same dtype'."""
+    model = _model("torch")
+    model.parameters()[index].value = torch.zeros(tuple(model.parameters()[index].value.shape), dtype=torch.float64)
+    name = model.parameters()[index].name
+    with pytest.raises(TypeError, match=rf"mixes float.*{name!r} float64.*than the model's \(float32\)"
+                       if index == 0 else r"mixes float64 and float32.*than the model's \(float32\)"):
+        model.fit(X, Y_BIN, loss="mse", epochs=1, verbose=0)

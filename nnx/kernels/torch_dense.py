@@ -39,10 +39,20 @@ class TorchDenseKernel(DenseKernel):
         # `torch.mm`: what `@` runs for two matrices (a Dense's products always are), without its dispatch on
         # the operands' dimensions, which costs a small network's step about 1.5 us
         if a.dtype != b.dtype:
-            return a @ b  # torch's own error for mixed dtypes
+            raise self._mixed_dtypes(a, b)
         if not _writable(out, a):
             return self._torch.mm(a, b)
         return self._torch.mm(a, b, out=out)
+
+    def _mixed_dtypes(self, a: Any, b: Any) -> TypeError:
+        """torch's matmul refuses two dtypes ("expected m1 and m2 to have the same dtype"), naming no parameter;
+        the usual cause is a parameter rebound to an array of another dtype, here or in an earlier layer."""
+        held = ", ".join(f"{p.name!r} {str(p.value.dtype).removeprefix('torch.')}" for p in self.layer.parameters())
+        return TypeError(f"a {type(self.layer).__name__} layer's product mixes {str(a.dtype).removeprefix('torch.')} "
+                         f"and {str(b.dtype).removeprefix('torch.')} (its parameters: {held}): a parameter of the "
+                         f"model holds another dtype than the model's ({self.layer.dtype}); assign values in the "
+                         "model's dtype (parameter.value = model.backend.asarray(w, dtype=model.dtype)), or copy "
+                         "them with model.load_state_dict, which casts")
 
     def column_sum(self, dY: Any, out: Any = None) -> Any:
         if not _writable(out, dY):
