@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,11 @@ def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
         if (type(y_true) is not type(y_pred) and not (is_jax_array(y_pred) and is_array_api_obj(y_true))) \
                 or getattr(getattr(y_true, "dtype", None), "kind", "f") not in "biufV":
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
+        if tuple(getattr(y_pred, "shape", ()))[:1] == (0,):
+            # NaN, the score of no rows, is the answer: NumPy would also warn of the means of nothing behind it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return metric(xp, y_true, y_pred, from_logits)
         return metric(xp, y_true, y_pred, from_logits)
     return scored
 
