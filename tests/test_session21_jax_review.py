@@ -15,6 +15,7 @@ import io
 
 import numpy as np
 import pytest
+from user_code import CallCounting
 
 import nnx
 from nnx.backends import backend_status
@@ -227,22 +228,6 @@ def test_regularizer_added_by_a_callback_is_in_the_reported_loss(callback):
 
 # -- a user's layer that keeps Python state in a dict or a list ---------------------------------------------------
 
-class S21JaxCallCount(nnx.Layer):
-    """Counts its training calls in a dict and scales by them: its numbers depend on that state."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stats = {"calls": 0}
-
-    def forward(self, X, training: bool = False):
-        if training:
-            self.stats["calls"] += 1
-        return X * (1.0 / (1 + self.stats["calls"]))
-
-    def backward(self, dY, need_dX: bool = True):
-        return dY * (1.0 / (1 + self.stats["calls"]))
-
-
 class S21JaxBatchSizes(nnx.Layer):
     """Logs the size of every training batch it sees in a list."""
 
@@ -264,7 +249,7 @@ def test_layer_state_kept_in_a_dict_or_list_changes_every_step():
     # changed once per trace inside the program ({"calls": 2} after 9 steps, sizes [16, 13, 16, 13, ...]) and
     # the weights of the counting layer went their own way. Such a layer now runs the plain stages.
     def layers():
-        return [nnx.Dense(5, 8), S21JaxCallCount(), S21JaxBatchSizes(), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid()]
+        return [nnx.Dense(5, 8), CallCounting(), S21JaxBatchSizes(), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid()]
 
     a, b = _fit_both(layers, lambda m: {**BASE, "optimizer": "sgd", "lr": 0.1})
     _assert_same(a, b)

@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from user_code import CallCounting
 
 import nnx
 from nnx.backends import backend_status
@@ -55,23 +56,6 @@ def test_plain_python_still_gets_the_abort_hook() -> None:
 
 
 
-class S21SecondCountedLayer(nnx.Layer):
-    """Counts its training calls in a Counter (or a defaultdict) and scales by them: its numbers depend on it."""
-
-    def __init__(self, kind: str = "counter") -> None:
-        super().__init__()
-        self.kind = kind
-        self.stats = collections.Counter() if kind == "counter" else collections.defaultdict(int)
-
-    def forward(self, X, training: bool = False):
-        if training:
-            self.stats["calls"] += 1
-        return X * (1.0 / (1 + self.stats["calls"]))
-
-    def backward(self, dY, need_dX: bool = True):
-        return dY * (1.0 / (1 + self.stats["calls"]))
-
-
 class S21SecondCountingLoss(nnx.losses.Loss):
     """A squared error whose weight falls with the batches it scored, counted in a defaultdict."""
 
@@ -99,7 +83,7 @@ def test_layer_state_kept_in_a_dict_subclass_changes_every_step(backend: str, ki
     rng = np.random.default_rng(0)
     X = rng.standard_normal((45, 5))
     y = (X[:, 0] > 0).astype(np.float64)
-    model = nnx.Sequential(nnx.Dense(5, 8), S21SecondCountedLayer(kind), nnx.Dense(8, 1), nnx.Sigmoid(),
+    model = nnx.Sequential(nnx.Dense(5, 8), CallCounting(kind), nnx.Dense(8, 1), nnx.Sigmoid(),
                            backend=backend, dtype="float64", seed=7)
     model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=3, batch_size=16, verbose=0)
     assert model.layers[1].stats["calls"] == 9

@@ -3,6 +3,7 @@ and the call counter the tests that count a step's checks share."""
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import nnx
@@ -61,6 +62,25 @@ class DoubledWithAFunction(nnx.Layer):
 
     def backward(self, dY, need_dX=True):
         return dY * 2.0
+
+
+class CallCounting(nnx.Layer):
+    """Counts its training calls in ``stats["calls"]`` (a dict, a Counter or a defaultdict, by `kind`) and scales by
+    ``1 / (1 + calls)``: its numbers depend on Python state a compiled or replayed step must not freeze."""
+
+    def __init__(self, kind: str = "dict") -> None:
+        super().__init__()
+        self.kind = kind
+        self.stats = {"dict": lambda: {"calls": 0}, "counter": collections.Counter,
+                      "defaultdict": lambda: collections.defaultdict(int)}[kind]()
+
+    def forward(self, X, training=False):
+        if training:
+            self.stats["calls"] += 1
+        return X * (1.0 / (1 + self.stats["calls"]))
+
+    def backward(self, dY, need_dX=True):
+        return dY * (1.0 / (1 + self.stats["calls"]))
 
 
 def counted_calls(monkeypatch: Any, cls: type, name: str) -> list[int]:
