@@ -134,6 +134,8 @@ def _run_by_mpi4py() -> bool:
     frames tell (their module's spec is named ``mpi4py.run``). Once per communicator."""
     if "mpi4py.run" in sys.modules:
         return True
+    # sys._current_frames is documented (sys module), underscore and all: the only way to read the main thread's
+    # stack from whichever thread builds the communicator
     frame = sys._current_frames().get(threading.main_thread().ident or -1)
     while frame is not None:
         if getattr(frame.f_globals.get("__spec__"), "name", None) == "mpi4py.run":
