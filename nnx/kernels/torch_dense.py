@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..layers.parameter import in_model_dtype
 from .dense import DenseKernel
 
 # where torch's allocators start a new tensor's memory, by device type (CUDA's caching allocator: 512)
@@ -50,9 +51,7 @@ class TorchDenseKernel(DenseKernel):
         held = ", ".join(f"{p.name!r} {str(p.value.dtype).removeprefix('torch.')}" for p in self.layer.parameters())
         return TypeError(f"a {type(self.layer).__name__} layer's product mixes {str(a.dtype).removeprefix('torch.')} "
                          f"and {str(b.dtype).removeprefix('torch.')} (its parameters: {held}): a parameter of the "
-                         f"model holds another dtype than the model's ({self.layer.dtype}); assign values in the "
-                         "model's dtype (parameter.value = model.backend.asarray(w, dtype=model.dtype)), or copy "
-                         "them with model.load_state_dict, which casts")
+                         f"model holds another dtype than the model's ({self.layer.dtype}); {in_model_dtype()}")
 
     def column_sum(self, dY: Any, out: Any = None) -> Any:
         if not _writable(out, dY):

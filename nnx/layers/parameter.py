@@ -5,6 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
+def in_model_dtype(kind: str = "parameter") -> str:
+    """How to give a `kind` (parameter or buffer) of another dtype the model's: the fix every error that finds one
+    names."""
+    return (f"assign values in the model's dtype ({kind}.value = model.backend.asarray(w, dtype=model.dtype)), or "
+            "copy them with model.load_state_dict, which casts")
+
+
 class Parameter:
     """A named trainable array (`value`) and the gradient of the loss w.r.t. it (`grad`).
 

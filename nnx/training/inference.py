@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import _validate as check
 from ..backends import dtype_name
+from ..layers.parameter import in_model_dtype
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .data import batch_slices
@@ -82,9 +83,7 @@ def _raise_for_outputs_in_another_dtype(model: Model, got: Any) -> None:
     for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for a in arrays:
             if a.value.dtype != expected and model.xp.isdtype(a.value.dtype, "real floating"):
-                raise TypeError(f"{what}: {kind} {a.name!r} holds {dtype_name(a.value.dtype)}; assign values in the "
-                                f"model's dtype ({kind}.value = model.backend.asarray(w, dtype=model.dtype)), or copy "
-                                f"them with model.load_state_dict, which casts")
+                raise TypeError(f"{what}: {kind} {a.name!r} holds {dtype_name(a.value.dtype)}; {in_model_dtype(kind)}")
     raise TypeError(f"{what}: a layer's forward computes in another dtype; cast where it meets the activations")
 
 
