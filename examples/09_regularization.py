@@ -5,7 +5,10 @@ the noise: its training loss keeps falling while the loss on fresh validation
 data turns back up. Three cures, each trained from the same start:
 
   L2       adds l/2 * sum(W**2) to the loss: every step shrinks the weights a little
-  L1       adds l * sum(|W|): pushes small weights to exactly zero
+  L1       adds l * sum(|W|): its gradient l * sign(W) pulls every weight towards zero
+           with the same force, so the weights the data does not need end up tiny; a
+           gradient step lands next to zero, not on it (none is exactly 0 here), so for
+           exact zeros, threshold the weights after training
   dropout  zeroes a random half of the hidden units at every training step, so no
            unit can rely on a few others (inference uses them all)
 
