@@ -156,7 +156,16 @@ def write_atomically(path: Path, write: Any) -> None:
         # the rename would replace it regardless, where open() and torch.save refuse
         raise PermissionError(errno.EACCES, f"{str(path)!r} is write-protected, so it is not replaced; make it "
                               "writable (chmod u+w) or write to another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # a file where a folder of the path should be: mkdir says only "File exists", which reads as if the
+        # destination itself were in the way
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a "
+                                 "folder") from None
     try:
         # a short name of its own: `path.name` plus a suffix could pass the 255-byte limit that `path.name` meets
         fd, tmp_name = tempfile.mkstemp(prefix=".nnx-", suffix=".tmp", dir=path.parent)
