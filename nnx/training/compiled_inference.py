@@ -78,13 +78,21 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
     if program is None:
         return lambda *arrays: fn(model, *arrays)
 
+    failed = False
+
     def run(*arrays: Any) -> Any:
+        # a pass calls `run` once per batch: after its first trace failed, the later batches run op by op too
+        # (tracing again, the program would count a second trace and take the refusal for the model's error)
+        nonlocal failed
+        if failed:
+            return fn(model, *arrays)
         try:
             return program(*arrays)
         except model.backend.trace_errors:
             if program.traces > 1:
                 raise  # it traced before: the error is the model's own
             programs[key] = None
+            failed = True
             return fn(model, *arrays)
 
     return run
