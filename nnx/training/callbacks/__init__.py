@@ -28,6 +28,7 @@ from .checkpoint import ModelCheckpoint
 from .csv_logger import CSVLogger
 from .gradients import GRADIENT_STATS, GradientAnalyzer
 from .monitor import check_monitor, recorded_names
+from .plateau import ReduceLROnPlateau
 from .progress import ProgressBar
 from .schedules import CosineDecay, ExponentialDecay, LearningRateScheduler, Schedule, StepDecay
 from .stopping import EarlyStopping, TerminateOnNaN
@@ -35,5 +36,5 @@ from .stopping import EarlyStopping, TerminateOnNaN
 __all__ = [
     "Callback", "CallbackList", "CSVLogger", "CosineDecay", "EarlyStopping", "ExponentialDecay",
     "GRADIENT_STATS", "GradientAnalyzer", "LearningRateScheduler", "ModelCheckpoint", "ProgressBar",
-    "Schedule", "StepDecay", "TerminateOnNaN", "check_monitor", "recorded_names",
+    "ReduceLROnPlateau", "Schedule", "StepDecay", "TerminateOnNaN", "check_monitor", "recorded_names",
 ]
