@@ -481,3 +481,23 @@ def test_fit_with_check_finite_false_takes_non_finite_data(backend, dtype, tmp_p
                          ((X[3:], y[3:]), {"validation_data": [(X, y)]})]:
         history = _regressor(backend, dtype).fit(*args, epochs=1, batch_size=2, check_finite=False, **kwargs)
         assert not np.isfinite(history["val_loss" if kwargs else "loss"][-1])
+
+
+# Data as users hand it over (pandas, strings): the hints name what the data holds.
+def test_weights_given_as_strings_are_not_told_to_encode_class_labels():
+    """The hint for strings is about class labels and categorical features; weights read as text are neither."""
+    X, y = np.zeros((4, 3)), np.zeros(4)
+    model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), seed=0)
+    with pytest.raises(TypeError, match=r"sample_weight must hold numbers, got dtype <U3 \(strings\): pass "
+                                        r"the weights as numbers$"):
+        model.fit(X, y, sample_weight=np.array(["1.0"] * 4))
+
+
+def test_a_dataframe_of_nullable_integer_columns_is_named_in_the_hint():
+    """Two Int64 columns make NumPy an object array, though no two columns differ in kind: the hint says so."""
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame({c: pd.array([1, 2, 3, 4], dtype="Int64") for c in "abc"})
+    model = nnx.Sequential(nnx.Dense(3, 1), seed=0)
+    with pytest.raises(TypeError, match=r"to_numpy\(dtype=float\)\), and so do columns of pandas' nullable dtypes"):
+        model.predict(X)
+    assert np.allclose(model.predict(X.to_numpy(dtype=float)), model.predict(np.arange(1.0, 5.0)[:, None] * [1, 1, 1]))

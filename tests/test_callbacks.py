@@ -6,6 +6,7 @@ import io
 import math
 import re
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -862,3 +863,153 @@ def test_gradient_analyzer_norm_of_an_infinite_gradient_is_inf_not_nan(backend):
                   epochs=1, batch_size=4, callbacks=[analyzer], verbose=0, check_finite=False)
     stats = analyzer.history()
     assert stats["weight_max"][0, 0] == np.inf and stats["weight_norm"][0, 0] == np.inf
+
+
+# Callbacks as a PyTorch / Keras user meets them: monitored names, schedules across a resumed fit, restored BatchNorm
+# statistics.
+def _data(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3))
+    return X, (X[:, :1] > 0).astype(float)
+
+
+@pytest.mark.parametrize(("metric", "monitor", "recorded"), [
+    ("acc", "val_acc", "val_accuracy"), ("Accuracy", "val_Accuracy", "val_accuracy"), ("acc", "acc", "accuracy")])
+def test_monitor_of_a_metric_recorded_under_another_name_says_that_name(metric: str, monitor: str,
+                                                                        recorded: str, tmp_path: Any) -> None:
+    # Keras logs metrics=["acc"] as "acc", so Keras code monitors "val_acc"; nnx records it as "accuracy". The
+    # error said "add 'acc' to fit's metrics", which the user had done: it must name what is recorded instead
+    X, y = _data()
+    for callback in (nnx.callbacks.EarlyStopping(monitor, mode="max"),
+                     nnx.callbacks.ModelCheckpoint(str(tmp_path / "m.npz"), monitor=monitor, save_best_only=True,
+                                                   mode="max")):
+        model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), seed=0)
+        with pytest.raises(ValueError, match=f"is recorded as .*: monitor '{recorded}'") as info:
+            model.fit(X, y, loss="bce", epochs=1, metrics=[metric], validation_split=0.25, callbacks=[callback])
+        assert "add '" not in str(info.value)
+
+
+def _host(model: Any, value: Any) -> np.ndarray:
+    return np.array(model.backend.to_host(value))  # a writable copy (JAX's host view is read-only)
+
+
+_SCHEDULES = {
+    "StepLR": (lambda: nnx.callbacks.StepDecay(2, 0.5), lambda o, t: t.optim.lr_scheduler.StepLR(o, 2, 0.5)),
+    "ExponentialLR": (lambda: nnx.callbacks.ExponentialDecay(0.8),
+                      lambda o, t: t.optim.lr_scheduler.ExponentialLR(o, 0.8)),
+    "CosineAnnealingLR": (lambda: nnx.callbacks.CosineDecay(5, min_lr=1e-3),
+                          lambda o, t: t.optim.lr_scheduler.CosineAnnealingLR(o, 5, eta_min=1e-3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SCHEDULES))
+def test_schedules_give_torch_rates_and_weights_across_a_resumed_fit(backend: Any, name: str) -> None:
+    # torch steps its scheduler after each epoch, so epoch e trains at f(e); a second fit goes on counting
+    torch = pytest.importorskip("torch")
+    ours, theirs = _SCHEDULES[name]
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(32, 3)), rng.normal(size=(32, 1))
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    ref = torch.nn.Linear(3, 1, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(_host(model, model.state_dict()["0.weight"]).T.copy()))
+        ref.bias.copy_(torch.from_numpy(_host(model, model.state_dict()["0.bias"])))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.5)
+    scheduler, rates = theirs(opt, torch), []
+    for _ in range(5):
+        rates.append(opt.param_groups[0]["lr"])
+        for i in range(0, 32, 8):
+            opt.zero_grad()
+            ((ref(torch.from_numpy(X[i:i + 8])) - torch.from_numpy(y[i:i + 8])) ** 2).mean().backward()
+            opt.step()
+        scheduler.step()
+    first = model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.5), epochs=3,
+                      batch_size=8, shuffle=False, callbacks=[ours()])
+    second = model.fit(X, y, epochs=2, batch_size=8, shuffle=False, callbacks=[ours()])
+    np.testing.assert_allclose(first.history["lr"] + second.history["lr"], rates, rtol=1e-12)
+    np.testing.assert_allclose(_host(model, model.state_dict()["0.weight"]), ref.weight.detach().numpy().T,
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_restore_best_weights_restores_batchnorm_running_statistics(backend: Any) -> None:
+    # the best epoch's buffers come back with its weights, as a torch state_dict snapshot would hold them
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(64, 5)) * 3 + 2
+    y = (X[:, :1] > 2).astype(float)
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(),
+                           backend=backend, dtype="float64", seed=1)
+    snapshots = []
+
+    class SnapshotsForRestoreReview(nnx.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            snapshots.append({k: _host(model, v).copy() for k, v in model.state_dict().items()})
+
+    stop = nnx.callbacks.EarlyStopping("val_loss", patience=2, restore_best_weights=True)
+    history = model.fit(X, y, loss="bce", optimizer="sgd", lr=2.0, epochs=25, batch_size=16,
+                        validation_data=(X[:16] + rng.normal(size=(16, 5)), y[:16]),
+                        callbacks=[SnapshotsForRestoreReview(), stop])
+    assert stop.best_epoch is not None and stop.best_epoch < len(history) - 1  # a later epoch was worse
+    best = snapshots[stop.best_epoch]
+    final = {k: _host(model, v) for k, v in model.state_dict().items()}
+    assert {"1.running_mean", "1.running_var"} <= set(final)
+    for key, value in final.items():
+        np.testing.assert_array_equal(value, best[key], err_msg=key)
+
+
+# GradientAnalyzer's rows against each batch's own gradients.
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_gradient_analyzer_rows_are_each_batchs_unclipped_gradients(backend):
+    if backend == "jax":
+        pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 1))
+
+    def make():
+        return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 1), seed=3, backend=backend, dtype="float64")
+
+    model, analyzer = make(), nnx.GradientAnalyzer(warn=False)
+    lr, clip = 0.1, 1e-3
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=lr, epochs=2, batch_size=4, shuffle=False,
+              callbacks=[analyzer], clip_norm=clip)
+    got = np.stack([analyzer.history()[k] for k in nnx.callbacks.GRADIENT_STATS], axis=-1)
+
+    # the same run by hand: each batch's gradient from loss_and_grads, then the clipped SGD step
+    ref_model = make()
+    loss = ref_model.resolve_loss("mse")
+    host = ref_model.backend.to_host
+    expected = []
+    for _ in range(2):
+        for start in range(0, 12, 4):
+            xb = ref_model.prepare_inputs(X[start:start + 4])
+            yb = ref_model.prepare_targets(y[start:start + 4], loss, 4)
+            ref_model.loss_and_grads(xb, yb, loss)
+            row = []
+            for index in (0, 2):
+                for p in (ref_model.layers[index].weight, ref_model.layers[index].bias):
+                    g = np.asarray(host(p.grad))
+                    row.append([np.abs(g).mean(), np.abs(g).max(), np.linalg.norm(g)])
+            expected.append([row[0] + row[1], row[2] + row[3]])
+            params = list(ref_model.parameters())
+            total = math.sqrt(sum(float((np.asarray(host(p.grad)) ** 2).sum()) for p in params))
+            scale = min(1.0, clip / total)
+            for p in params:
+                p.value = p.value - lr * scale * p.grad
+    np.testing.assert_allclose(got, np.array(expected), rtol=1e-7, atol=1e-12)
+    assert analyzer.step_epochs == [0, 0, 0, 1, 1, 1]
+    assert analyzer.layer_names == ["0:Dense(3, 5)", "2:Dense(5, 1)"]
+
+
+def test_gradient_analyzer_norm_survives_float32_overflow_and_keeps_inf():
+    xp = nnx.get_backend("numpy").xp
+    from nnx.training.callbacks.gradients import _grad_stats
+
+    big = np.full((4, 4), 1e30, dtype=np.float32)  # the squares overflow float32
+    mean, peak, norm = (float(v) for v in _grad_stats(xp, big, big))
+    assert (mean, peak) == (pytest.approx(1e30, rel=1e-6), pytest.approx(1e30, rel=1e-6))
+    assert norm == pytest.approx(4e30, rel=1e-6)
+    with_inf = big.copy()
+    with_inf[0, 0] = np.inf
+    with np.errstate(over="ignore"):  # unscaled, the other squares overflow too: the norm is inf either way
+        assert float(_grad_stats(xp, with_inf, with_inf)[2]) == math.inf
+    zero = np.zeros((3,), dtype=np.float32)
+    assert [float(v) for v in _grad_stats(xp, zero, zero)] == [0.0, 0.0, 0.0]

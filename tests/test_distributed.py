@@ -11,8 +11,11 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -529,3 +532,269 @@ def test_the_sharded_update_refuses_parameters_of_mixed_dtypes():
         m.fit(np.zeros((8, 4)), np.zeros(8), epochs=1, batch_size=8, optimizer="adam",
               distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
     assert {str(p.value.dtype) for p in m.parameters()} == {"float32", "float64"}
+
+
+class OneProcessEngine(dist.SingleProcess):
+    """A single process that `fit` treats as a real engine, so the data-parallel stages run in this process."""
+
+    engine = "test"
+
+
+class Float64Gain(nnx.Layer):
+    """A user's layer keeping its gain in float64 whatever the model's dtype, cast where it meets the activations."""
+
+    def build(self, input_shape):
+        self.gain = self.add_parameter("gain", tuple(input_shape), "ones")
+        self.gain.value = self.xp.astype(self.gain.value, self.xp.float64)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, X, training=False):
+        if training:
+            self.X = X
+        return X * self.xp.astype(self.gain.value, X.dtype)
+
+    def backward(self, dY, need_dX=True):
+        self.gain.grad = self.xp.astype(self.xp.sum(dY * self.X, axis=0), self.xp.float64)
+        return dY * self.xp.astype(self.gain.value, dY.dtype) if need_dX else None
+
+
+@pytest.mark.parametrize("elementwise", [True, False], ids=["elementwise", "not elementwise"])
+def test_the_gradient_all_reduce_keeps_each_gradients_dtype(backend, elementwise):
+    """A float32 model with a user's float64 parameter trains in one process; with data parallelism the
+    all-reduce concatenated the gradients into one float64 buffer and handed float64 gradients back to the
+    float32 parameters, which the optimizer then refused, blaming the parameter's gradient."""
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = (X[:, 0] > 0).astype(float)
+
+    def run(be, distributed):
+        model = nnx.Sequential(nnx.Dense(4, 5), Float64Gain(), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(),
+                               backend=be, dtype="float32", seed=3)
+        model(np.zeros((1, 4)))
+        opt = nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+        opt.elementwise = elementwise
+        extra = {"distributed": dist.DataParallel(OneProcessEngine(), shard_update=False)} if distributed else {}
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=opt, **extra)
+        return model
+
+    plain, parallel = run(backend.with_fastpath(False), False), run(backend, True)
+    for p, q in zip(plain.parameters(), parallel.parameters(), strict=True):
+        assert str(q.value.dtype) == str(p.value.dtype), p.name
+        np.testing.assert_allclose(np.asarray(backend.to_host(q.value)), np.asarray(backend.to_host(p.value)),
+                                   rtol=1e-6, atol=1e-7, err_msg=p.name)
+
+
+def test_the_abort_hook_is_left_to_the_mpi4py_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under ``python -m mpi4py`` the runner aborts the job itself, at exit, after the traceback was printed; the
+    # hook of e850873 (for plain ``python script.py``) ran first there and aborted at once, and a CI run lost the
+    # failing rank's traceback (tests/test_distributed.py's three-rank fault job): it is not installed there
+    from nnx.distributed.mpi import abort_on_uncaught
+
+    class FakeMPI:
+        Is_initialized = staticmethod(lambda: True)
+        Is_finalized = staticmethod(lambda: False)
+
+    class FakeComm:
+        def Abort(self, code: int) -> None:
+            raise AssertionError("aborted")
+
+    def printing(*args: Any) -> None:
+        pass
+
+    monkeypatch.setattr(sys, "excepthook", printing)
+    monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+    abort_on_uncaught(FakeMPI, FakeComm())
+    assert sys.excepthook is printing
+
+
+_HOOK_PROBE = textwrap.dedent("""
+    import sys
+    from nnx.distributed.mpi import abort_on_uncaught
+
+    class FakeMPI:
+        Is_initialized = staticmethod(lambda: True)
+        Is_finalized = staticmethod(lambda: False)
+
+    class FakeComm:
+        def Abort(self, code):
+            raise AssertionError("aborted")
+
+    before = sys.excepthook
+    abort_on_uncaught(FakeMPI, FakeComm())
+    print("left alone" if sys.excepthook is before else "installed")
+""")
+
+
+@pytest.mark.parametrize("runner", ["mpi4py", "mpi4py.run"])
+def test_the_abort_hook_is_left_to_either_spelling_of_the_mpi4py_runner(runner: str) -> None:
+    """a5abd39 left the abort hook to ``python -m mpi4py``'s runner (it aborts at exit itself, after the launcher
+    forwarded the traceback) by looking for ``mpi4py.run`` in sys.modules; ``python -m mpi4py.run script.py``, the
+    spelling the runner's own main documents, runs that module as ``__main__``, so the name is not there, the hook
+    was installed and aborted the job before the failing rank's traceback was forwarded."""
+    pytest.importorskip("mpi4py")
+    done = subprocess.run([sys.executable, "-m", runner, "-c", _HOOK_PROBE], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "left alone"
+
+
+def test_plain_python_still_gets_the_abort_hook() -> None:
+    pytest.importorskip("mpi4py")
+    done = subprocess.run([sys.executable, "-c", _HOOK_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "installed"
+
+
+FAILING_RANK = """
+import numpy as np
+import nnx
+from nnx import distributed as dist
+
+comm = dist.init()
+X = np.random.default_rng(0).normal(size=(20, 3))
+y = (X[:, 0] > 0).astype(np.float64)
+
+
+class FailsOnRank1(nnx.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if comm.rank == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+
+
+model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), dtype="float64", seed=0)
+model.fit(X, y, epochs=3, batch_size=5, distributed=comm, callbacks=[FailsOnRank1()])
+print("rank", comm.rank, "finished")
+"""
+
+
+@pytest.mark.slow  # starts an MPI job
+@needs_mpi
+def test_a_rank_that_raises_under_plain_python_ends_the_mpi_job(tmp_path):
+    """`mpiexec -n 2 python script.py` (not ``-m mpi4py``): rank 1's exception ended rank 1, and rank 0 waited in
+    its next collective forever (the job ran until a 30 s time limit killed it). The MPI communicator now aborts
+    the job when an exception ends a rank's script, after its traceback."""
+    script = tmp_path / "fails.py"
+    script.write_text(FAILING_RANK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]))
+    try:
+        proc = run_job([tool("mpiexec"), "-n", "2", sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=90, env=env, cwd=tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the other rank waited in a collective after rank 1 raised: the job hung")
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "rank 1 failed on purpose" in proc.stderr, proc.stderr[-3000:]
+    assert "finished" not in proc.stdout, proc.stdout
+
+
+def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeypatch):
+    from nnx.distributed.mpi import abort_on_uncaught
+
+    calls = []
+
+    class FakeMPI:
+        Is_initialized = staticmethod(lambda: True)
+        Is_finalized = staticmethod(lambda: False)
+
+    class FakeComm:
+        def Abort(self, code):
+            calls.append(("abort", code))
+
+    monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)  # plain python, not the mpi4py runner
+    monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(("printed", a[0])))
+    abort_on_uncaught(FakeMPI, FakeComm())
+    hook = sys.excepthook
+    abort_on_uncaught(FakeMPI, FakeComm())
+    assert sys.excepthook is hook  # not wrapped twice by a second communicator
+    hook(RuntimeError, RuntimeError("x"), None)
+    assert calls == [("printed", RuntimeError), ("abort", 1)]
+
+
+class _Node:
+    """A fake mpi4py communicator of 4 ranks on one host, each bound by the launcher to its own 8 cores."""
+
+    def __init__(self, rank: int = 1, size: int = 4) -> None:
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+    def Split_type(self, kind):
+        return self
+
+    def Free(self):
+        pass
+
+    def allgather(self, obj):
+        return [list(range(8 * r, 8 * r + 8)) for r in range(self.size)]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity masks here")
+@pytest.mark.parametrize("shared", [False, True], ids=["bound", "one mask"])
+def test_ranks_a_launcher_bound_to_their_own_cores_keep_them(monkeypatch, shared):
+    """`srun -n 4 --cpus-per-task=8` (or mpiexec --bind-to) binds each rank to its own 8 cores of a 32-core host:
+    each rank's affinity mask holds 8 cores, and init divided those 8 among the 4 ranks again, leaving each rank 2
+    threads on 8 cores of its own (a quarter of the CPU it was given, without a word). Ranks that share one mask
+    (a job's cgroup) still split it."""
+    pytest.importorskip("mpi4py")
+    from nnx.distributed import launch, local
+    from nnx.distributed.mpi import MPICommunicator
+
+    node = _Node()
+    if shared:
+        node.allgather = lambda obj: [list(range(8))] * 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8, 16)) if not shared else set(range(8)))
+    monkeypatch.setattr(launch, "launched_by_mpi", lambda: True)
+    monkeypatch.setattr(launch, "_torch_group_ready", lambda: False)
+    monkeypatch.setattr(launch, "MPICommunicator", lambda: MPICommunicator(node))
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr("threadpoolctl.threadpool_limits", lambda limits: None)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    for var in local.THREAD_VARS:
+        monkeypatch.setenv(var, "1")  # recorded, so what init sets is taken back after the test
+        monkeypatch.delenv(var)
+    comm = dist.init()
+    assert (comm.rank, comm.size, comm.local_size) == (1, 4, 4)
+    assert os.environ["OMP_NUM_THREADS"] == ("2" if shared else "8")
+
+
+def _no_mpi():
+    raise ImportError('MPI needs mpi4py (No module named mpi4py): pip install "nnx-mlp[mpi]"')
+
+
+@pytest.mark.parametrize("env, single", [
+    # sbatch runs the batch script as task 0 of the job: `python train.py` in it is one process, without srun
+    ({"SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}, True),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, True),
+    ({"PMI_RANK": "0", "PMI_SIZE": "1"}, True),
+    # a launcher that started several ranks: without MPI they could not train together, so the error stands
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "8"}, False),
+    ({"PMI_RANK": "0", "PMI_SIZE": "2"}, False),
+    ({"OMPI_COMM_WORLD_RANK": "0", "OMPI_COMM_WORLD_SIZE": "4"}, False),
+])
+def test_a_one_process_job_under_slurm_without_mpi4py_runs_alone(monkeypatch, env, single):
+    """A single-process script in an sbatch job (`python train.py`, no srun) sees SLURM_PROCID, so init took it for
+    an MPI launch and raised an ImportError telling the user to install mpi4py, where the documented promise is a
+    single-process communicator for a script started without a launcher (the same with an mpi4py that finds no MPI
+    library). A launcher's world of one without MPI is now that single process; a world of several still raises."""
+    from nnx.distributed import comm as comm_module
+    from nnx.distributed import launch
+
+    for name in (*comm_module.MPI_ENV, "SLURM_NTASKS", "SLURM_NPROCS", "SLURM_STEP_NUM_TASKS", "PMI_SIZE",
+                 "OMPI_COMM_WORLD_SIZE", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(launch, "_torch_group_ready", lambda: False)
+    monkeypatch.setattr(launch, "MPICommunicator", _no_mpi)
+    if single:
+        assert isinstance(dist.init(), dist.SingleProcess)
+    else:
+        with pytest.raises(ImportError, match="mpi4py"):
+            dist.init()

@@ -17,6 +17,7 @@ import pytest
 
 import nnx
 from nnx import activations as A
+from nnx import activations as act
 
 DTYPES = ["float32", "float64"]
 
@@ -174,3 +175,45 @@ def test_layernorm_constant_and_non_finite_rows_match_torch(backend, test_dtype)
     _same(Y, ref(torch.tensor(x.astype(np.float64))).detach().numpy(), rtol, "forward")
     np.testing.assert_array_equal(Y[:2], 0.0)
     _same(dX, t.grad.numpy(), rtol, "backward")
+
+
+# Activation layers at extreme inputs against torch.
+EXTREMES = [-np.inf, -1e30, -1e4, -100.0, -20.0, -1e-30, -0.0, 0.0, 1e-30, 20.0, 100.0, 1e4, 1e30, np.inf, np.nan]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "relu", "leaky_relu", "softplus"])
+def test_activation_layers_agree_with_torch_at_extreme_inputs(name, dtype):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    reference = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu,
+                 "leaky_relu": lambda t: F.leaky_relu(t, 0.01), "softplus": F.softplus}[name]
+    x = np.array(EXTREMES, dtype=dtype)[None, :]
+    model = nnx.Sequential(nnx.layers.ACTIVATIONS[name](), dtype=dtype, input_shape=(x.shape[1],))
+    layer = model.layers[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value warnings either
+        Y = layer.forward(x, training=True)
+        dX = layer.backward(np.ones_like(x))
+        f, d = layer.function(x), layer.derivative(x)
+    t = torch.tensor(x, requires_grad=True)
+    ty = reference(t)
+    ty.backward(torch.ones_like(ty))
+    ry, rg = ty.detach().numpy(), t.grad.numpy()
+    tiny = float(np.finfo(dtype).tiny)  # nnx keeps subnormal tails torch rounds to 0, and accurate sech^2 tails
+    for ours in (Y, f):
+        np.testing.assert_allclose(ours, ry, rtol=1e-6, atol=tiny)
+        assert np.array_equal(np.isnan(ours), np.isnan(ry))
+    for ours in (dX, d):
+        np.testing.assert_allclose(ours, rg, rtol=1e-6, atol=1e-8)
+        assert np.array_equal(np.isnan(ours), np.isnan(rg))
+
+
+def test_softmax_rows_with_infinities_are_nan_where_torch_is():
+    torch = pytest.importorskip("torch")
+    x = np.array([[0.0, 1.0], [-np.inf, 0.0], [np.inf, 0.0], [np.nan, 0.0], [-np.inf, -np.inf], [1e30, -1e30]])
+    with np.errstate(invalid="ignore"):
+        ours = act.softmax(x)
+    ref = torch.softmax(torch.tensor(x), -1).numpy()
+    np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=0)
+    assert np.array_equal(np.isnan(ours), np.isnan(ref))

@@ -14,6 +14,7 @@ import pytest
 from user_code import DoubledWithAFunction
 
 import nnx
+from nnx import init
 
 
 def _negative_gain_init(rng, shape):
@@ -98,3 +99,65 @@ def test_a_layer_that_cannot_be_rebuilt_says_why_check_gradients_needs_it():
     X, y = np.ones((3, 2)), np.ones((3, 1))
     with pytest.raises(TypeError, match=r"check_gradients works on a float64 copy.*fn=<built-in function abs>"):
         nnx.check_gradients(model, X, y, loss="mse")
+
+
+# Initializers against their formulas and torch.nn.init.
+# name -> (normal or uniform, std or limit as a function of (fan_in, fan_out))
+FORMULAS = {
+    "he_normal": ("normal", lambda i, o: math.sqrt(2.0 / i)),
+    "he_uniform": ("uniform", lambda i, o: math.sqrt(6.0 / i)),
+    "glorot_uniform": ("uniform", lambda i, o: math.sqrt(6.0 / (i + o))),
+    "glorot_normal": ("normal", lambda i, o: math.sqrt(2.0 / (i + o))),
+    "lecun": ("normal", lambda i, o: math.sqrt(1.0 / i)),
+    "normal": ("normal", lambda i, o: 0.01),
+    "standard_normal": ("normal", lambda i, o: 1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORMULAS))
+def test_each_initializer_draws_its_documented_distribution(name):
+    kind, scale = FORMULAS[name]
+    fan_in, fan_out = 300, 700
+    w = init.get_initializer(name)(np.random.default_rng(0), fan_in, fan_out)
+    assert w.shape == (fan_in, fan_out) and w.dtype == np.float64
+    expected = scale(fan_in, fan_out)
+    assert abs(w.mean()) < 0.01 * expected
+    if kind == "normal":
+        assert w.std() == pytest.approx(expected, rel=0.01)
+        assert np.abs(w).max() > 3.5 * expected  # not truncated: torch's kaiming_normal_ / xavier_normal_
+    else:
+        assert np.abs(w).max() <= expected and np.abs(w).max() > 0.999 * expected
+        assert w.std() == pytest.approx(expected / math.sqrt(3.0), rel=0.01)
+
+
+@pytest.mark.parametrize(("in_features", "out_features"), [(1000, 10), (10, 1000)])
+def test_dense_counts_fan_in_as_its_input_features_as_torch_does(in_features, out_features):
+    """torch.nn.init.kaiming_uniform_ on a Linear weight (out, in) takes fan_in = in: nnx's (in, out) must too."""
+    model = nnx.Sequential(nnx.Dense(in_features, out_features, init="he_uniform"), seed=0, dtype="float64")
+    w = np.asarray(model.state_dict()["0.weight"])
+    limit = math.sqrt(6.0 / in_features)
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+    assert not np.any(model.state_dict()["0.bias"])
+    he = np.asarray(nnx.Sequential(nnx.Dense(in_features, out_features), seed=0,
+                                   dtype="float64").state_dict()["0.weight"])
+    assert he.std() == pytest.approx(math.sqrt(2.0 / in_features), rel=0.05)  # the default is He normal
+
+
+def test_fans_count_as_torch_and_keras_do():
+    assert init.fans((3, 5)) == (3, 5)
+    assert init.fans((3, 3, 16, 32)) == (3 * 3 * 16, 3 * 3 * 32)  # (kh, kw, in, out)
+    assert init.fans((7,)) == (7, 7)
+    assert init.fans(()) == (1, 1)
+
+
+def test_same_seed_same_weights_on_every_backend_and_dtype():
+    pytest.importorskip("torch")
+
+    def arrays(**kwargs):
+        model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 2, init="glorot"), seed=5, **kwargs)
+        return {k: np.asarray(model.backend.to_host(v)) for k, v in model.state_dict().items()}
+
+    base, wide, other = arrays(), arrays(dtype="float64"), arrays(backend="torch")
+    for key, value in base.items():
+        assert np.array_equal(value, other[key])
+        assert np.array_equal(value, wide[key].astype(np.float32))  # float32 is the float64 draw, rounded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -488,3 +489,22 @@ def test_a_numpy_float64_strength_set_later_keeps_a_float32_model_training(backe
     X, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
     model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=8, verbose=0)
     assert {nnx.backends.dtype_name(v.dtype) for v in model.state_dict().values()} == {"float32"}
+
+
+def test_torch_attribute_names_of_dropout_and_leaky_relu_set_the_layer(backend: Any) -> None:
+    # a torch dropout schedule sets `module.p` (LeakyReLU's slope is `negative_slope`, in Keras 3 too); on nnx's
+    # layers those were new attributes nothing read, so training went on at the old rate without a word
+    X = np.ones((64, 8))
+    model = nnx.Sequential(nnx.Dense(8, 8), nnx.Dropout(0.5), nnx.LeakyReLU(0.1), backend=backend,
+                           dtype="float64", seed=0)
+    dropout, leaky = model.layers[1], model.layers[2]
+    assert (dropout.p, leaky.negative_slope) == (0.5, 0.1)
+    dropout.p, leaky.negative_slope = 0.0, 0.25
+    assert (dropout.rate, leaky.alpha) == (0.0, 0.25)
+    H = model.layers[0].forward(model.backend.asarray(X), training=True)
+    np.testing.assert_array_equal(_writable_host(model, dropout.forward(H, training=True)), _writable_host(model, H))
+    assert dropout.get_config()["rate"] == 0.0 and leaky.get_config()["alpha"] == 0.25
+
+
+def _writable_host(model: Any, value: Any) -> np.ndarray:
+    return np.array(model.backend.to_host(value))  # a writable copy (JAX's host view is read-only)

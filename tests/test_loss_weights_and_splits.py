@@ -1,4 +1,4 @@
-"""Session 21 review of the losses, regularizers and the arguments of fit that shape what is trained on.
+"""The losses, regularizers and the arguments of fit that shape what is trained on.
 
 Each test compares with what a PyTorch or Keras user expects: torch.nn.functional's losses and autograd
 for the numbers, Keras's documented rules for sample_weight, class_weight, validation_split and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -350,3 +352,37 @@ def test_resume_with_batchnorm_is_exact(backend, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=TOL, err_msg=k)
+
+
+def test_batchnorm_in_fit_trains_as_torch_batchnorm1d(backend: Any) -> None:
+    # train-mode batch statistics, torch's momentum and unbiased running variance, eval-mode predictions
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(40, 5)) * 3 + 2, rng.normal(size=(40, 1))
+    model = nnx.Sequential(nnx.Dense(5, 4), nnx.BatchNorm(4, momentum=0.2), nnx.Tanh(), nnx.Dense(4, 1),
+                           backend=backend, dtype="float64", seed=1)
+    state = {k: torch.from_numpy(_writable_host(model, v).copy()) for k, v in model.state_dict().items()}
+    ref = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4, momentum=0.2), torch.nn.Tanh(),
+                              torch.nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        for i in (0, 3):
+            ref[i].weight.copy_(state[f"{i}.weight"].T)
+            ref[i].bias.copy_(state[f"{i}.bias"])
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(3):
+        for i in range(0, 40, 8):
+            opt.zero_grad()
+            ((ref(torch.from_numpy(X[i:i + 8])) - torch.from_numpy(y[i:i + 8])) ** 2).mean().backward()
+            opt.step()
+    ref.eval()
+    model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=3,
+              batch_size=8, shuffle=False)
+    got = {k: _writable_host(model, v) for k, v in model.state_dict().items()}
+    np.testing.assert_allclose(got["1.running_mean"], ref[1].running_mean.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["1.running_var"], ref[1].running_var.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_writable_host(model, model.predict(X)), ref(torch.from_numpy(X)).detach().numpy(),
+                               rtol=1e-9, atol=1e-11)
+
+
+def _writable_host(model: Any, value: Any) -> np.ndarray:
+    return np.array(model.backend.to_host(value))  # a writable copy (JAX's host view is read-only)

@@ -5,10 +5,13 @@ A user's layer's gradients are checked at every step, as before."""
 
 from __future__ import annotations
 
+import array_api_compat
+import numpy as np
 import pytest
 from user_code import UserDense, counted_calls
 
 import nnx
+from nnx.training import GradientTransform
 from nnx.training.flat import FlatUpdate
 
 
@@ -40,3 +43,58 @@ def test_a_wrong_gradient_of_nnx_own_layers_is_still_refused_by_name(backend, wr
         bias.grad = xp.zeros((3,), dtype=xp.float32, device=backend.device)
     with pytest.raises(ValueError, match=bias.name):
         flat.gather_grads()
+
+
+# A user's gradient transform or on_backward may rebind a gradient after nnx's own passes: such a gradient is checked,
+# while nnx's own transforms and callbacks leave the gradients unchecked (each case also on the plain loop).
+def _transposed(params):
+    for p in params:
+        if p.grad is not None and p.grad.ndim == 2:
+            xp = array_api_compat.array_namespace(p.grad)
+            p.grad = xp.permute_dims(p.grad, (1, 0))  # the same size, the wrong shape
+
+
+class TransposeGradients(GradientTransform):
+    """A user's transform with a bug: each weight's gradient transposed."""
+
+    def apply(self, params, rows):
+        _transposed(params)
+        return True
+
+
+class TransposeOnBackward(nnx.callbacks.Callback):
+    """A user's callback with the same bug, in on_backward (which the plain loop's update then reads)."""
+
+    def on_backward(self):
+        _transposed(self.model.parameters())
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((16, 4)), rng.standard_normal((16, 3))
+
+
+@pytest.mark.parametrize("how", ["gradient_transforms", "on_backward", "on_backward with clip_norm"])
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
+def test_a_gradient_a_users_code_rebinds_after_nnx_own_passes_is_still_checked(backend, how, fast):
+    """nnx's layers make gradients shaped as their parameters, but a user's transform or on_backward may rebind one
+    after the passes: a transposed gradient of the same size was concatenated into the flat update unchecked."""
+    be = backend.with_fastpath(fast)
+    X, y = _data()
+    model = nnx.Sequential(nnx.Dense(4, 3), backend=be, dtype="float64", seed=0)
+    kwargs: dict = {"gradient_transforms": [TransposeGradients()]} if how == "gradient_transforms" else \
+        {"callbacks": [TransposeOnBackward()], **({"clip_norm": 1e9} if "clip" in how else {})}
+    with pytest.raises((ValueError, RuntimeError), match="0.weight"):
+        model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=8, **kwargs)
+
+
+def test_nnx_own_transforms_and_callbacks_keep_the_gradients_unchecked(monkeypatch, backend):
+    """ClipByNorm, accumulation and GradientAnalyzer's on_backward leave each gradient shaped as its parameter."""
+    calls = counted_calls(monkeypatch, nnx.optim.Optimizer, "check_grads")
+    X, y = _data()
+    model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype="float64", seed=0)
+    history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=4, clip_norm=1.0, accumulate=2,
+                        callbacks=[nnx.callbacks.GradientAnalyzer()])
+    if history.execution != "flat":
+        pytest.skip(f"the step runs {history.execution!r} on {backend.name}, not with the flat update")
+    assert calls[0] == 0

@@ -8,13 +8,16 @@ capability take part (NumPy); elsewhere there is nothing to compare.
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
 import pytest
-from user_code import UserDense
+from user_code import CallCounting, UserDense
 
 import nnx
+from nnx.backends import backend_status
+from nnx.backends.recording import Noted, Tape
 from nnx.training import recorded
 from nnx.training.step import TrainStep
 
@@ -410,3 +413,269 @@ def test_a_later_fits_first_batch_replays_after_its_input_checks(monkeypatch, re
     assert results[0] == results[1]
     # the first fit's first batch ran plainly and its second was recorded; every later batch replayed
     assert counts.recorded == 1 and counts.replayed == 1 + 3 + 3 + 3
+
+
+# State a layer or loss keeps in a Counter or defaultdict changes every step: the trace and the recorded replay look
+# into containers of any dict or list type.
+class BatchCountingLoss(nnx.losses.Loss):
+    """A squared error whose weight falls with the batches it scored, counted in a defaultdict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = collections.defaultdict(int)
+
+    def rows(self, xp, y_true, y_pred):
+        self.seen["batches"] += 1
+        scale = 1.0 / self.seen["batches"]
+        d = y_pred - y_true
+        return scale * xp.sum(d * d, axis=1), 2.0 * scale * d
+
+
+def _counted_backends() -> list[str]:
+    return ["numpy"] + (["jax"] if backend_status("jax")[0] else [])
+
+
+@pytest.mark.parametrize("backend", _counted_backends())
+@pytest.mark.parametrize("kind", ["counter", "defaultdict"])
+def test_layer_state_kept_in_a_dict_subclass_changes_every_step(backend: str, kind: str) -> None:
+    """The trace and the recorded replay looked only at containers of type exactly dict or list: a count kept in a
+    Counter or a defaultdict (the usual ways to count in Python) changed only when the step was traced or recorded
+    ({'calls': 3} after 9 batches on NumPy, 2 on JAX), and the layer scaling by it trained other weights."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((45, 5))
+    y = (X[:, 0] > 0).astype(np.float64)
+    model = nnx.Sequential(nnx.Dense(5, 8), CallCounting(kind), nnx.Dense(8, 1), nnx.Sigmoid(),
+                           backend=backend, dtype="float64", seed=7)
+    model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=3, batch_size=16, verbose=0)
+    assert model.layers[1].stats["calls"] == 9
+
+
+@pytest.mark.parametrize("backend", _counted_backends())
+def test_loss_state_kept_in_a_defaultdict_changes_every_step(backend: str) -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((45, 5))
+    y = X[:, :2] @ np.array([[1.0, -0.5], [0.3, 2.0]])
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 2), backend=backend, dtype="float64", seed=7)
+    loss = BatchCountingLoss()
+    model.fit(X, y, loss=loss, optimizer="sgd", lr=0.01, epochs=3, batch_size=16, verbose=0)
+    assert loss.seen["batches"] == 9
+
+
+# Ways a replay could differ from the plain passes: each compares with the plain passes (the backend's tape switched
+# off) or checks what a replayed step must leave.
+def test_a_view_of_a_result_written_in_place_leaves_as_a_new_array():
+    """``g = (a @ b).T; g *= 2``: the output is a view of the product, so the product must be made anew by every
+    call, not written into a buffer the next call overwrites."""
+    tape = Tape()
+    a, b = tape.note(np.arange(6.0).reshape(2, 3)), tape.note(np.ones((3, 2)))
+    g = (a @ b).T
+    g *= 2.0
+    replayed = tape.compile([g])
+    first = replayed(np.arange(6.0).reshape(2, 3), np.ones((3, 2)))[0]
+    kept = first.copy()
+    replayed(np.arange(6.0).reshape(2, 3) * 10, np.ones((3, 2)))
+    assert np.array_equal(first, kept)
+
+
+class Applies(nnx.Layer):
+    """Applies a function it holds (a NumPy ufunc: not a setting `layer_settings` can describe)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, X, training=False):
+        return self.fn(X)
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_function_a_layer_holds_swapped_between_fits_is_recorded_again(monkeypatch, recording_backend, rng):
+    X, y = _data(rng, 32, 4, 1, "binary")
+
+    def fits(plain):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(recording_backend), "tape", lambda self: None)
+            model = nnx.Sequential(nnx.Dense(4, 3), Applies(np.tanh), nnx.Dense(3, 1), backend=recording_backend,
+                                   dtype="float64", seed=0)
+            model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=1, batch_size=8)
+            model.layers[1].fn = np.sin
+            model.fit(X, y, epochs=1, batch_size=8)
+            return [_bits(p.value) for p in model.parameters()]
+
+    assert fits(plain=False) == fits(plain=True)
+
+
+class ScaledByADict(nnx.Layer):
+    """Keeps a setting in a dict (`layer_settings` passes dicts over: a layer's tables)."""
+
+    def __init__(self):
+        super().__init__()
+        self.options = {"scale": 2.0}
+
+    def forward(self, X, training=False):
+        return X * self.options["scale"]
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.options["scale"]
+
+
+class _ScaleSchedule(nnx.callbacks.Callback):
+    def on_batch_begin(self, batch, logs=None):
+        self.model.layers[1].options["scale"] = 1.0 + batch % 3
+
+
+def test_a_setting_kept_in_a_dict_changed_between_batches_records_again(monkeypatch, recording_backend, rng):
+    def build(backend):
+        return nnx.Sequential(nnx.Dense(4, 3), ScaledByADict(), nnx.Dense(3, 1), backend=backend, dtype="float64",
+                              seed=0)
+    X, y = _data(rng, 64, 4, 1, "binary")
+    got, plain, _ = _fit_twice(monkeypatch, recording_backend, build,
+                               dict(loss="bce_with_logits", epochs=1, batch_size=8, callbacks=[_ScaleSchedule()]),
+                               (X, y))
+    assert got == plain
+
+
+class KeepsEveryOutput(nnx.Layer):
+    """Appends each training forward's output to a list it keeps: Python state a replay would not change."""
+
+    def __init__(self):
+        super().__init__()
+        self.outputs = []
+
+    def forward(self, X, training=False):
+        Y = X * 1.0
+        if training:
+            self.outputs.append(Y)
+        return Y
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_layer_appending_to_a_list_it_keeps_is_not_replayed(monkeypatch, recording_backend, rng):
+    X, y = _data(rng, 64, 4, 1, "binary")
+    kept = []
+    for plain in (False, True):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(recording_backend), "tape", lambda self: None)
+            layer = KeepsEveryOutput()
+            outputs = layer.outputs
+            model = nnx.Sequential(nnx.Dense(4, 3), layer, nnx.Dense(3, 1), backend=recording_backend,
+                                   dtype="float64", seed=0)
+            model.fit(X, y, loss="bce_with_logits", epochs=1, batch_size=8, shuffle=False)
+            assert layer.outputs is outputs  # the list the layer keeps, as the plain passes leave it
+            assert all(type(Y) is np.ndarray for Y in outputs)
+            kept.append([_bits(Y) for Y in outputs])
+    assert kept[0] == kept[1]
+
+
+class InterruptedWhileRecorded(nnx.Layer):
+    """Stands for Ctrl-C pressed while the passes are recorded (fit stops and returns; the model is used on)."""
+
+    def forward(self, X, training=False):
+        if type(X) is Noted:
+            raise KeyboardInterrupt
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_an_interrupt_while_recorded_leaves_the_models_own_arrays(recording_backend, rng):
+    X, y = _data(rng, 64, 4, 1, "binary")
+    model = nnx.Sequential(nnx.Dense(4, 3), nnx.BatchNorm(3), InterruptedWhileRecorded(), nnx.Dense(3, 1),
+                           backend=recording_backend, dtype="float64", seed=0)
+    history = model.fit(X, y, loss="bce_with_logits", epochs=1, batch_size=8)  # fit hands back what it has
+    assert history.interrupted
+    assert all(type(b.value) is np.ndarray for b in model.buffers())
+    assert all(type(p.value) is np.ndarray for p in model.parameters())
+    model.predict(X)  # and the model still runs
+
+
+# A step that fails, and what a failed step leaves: each case runs as it runs and with the backend's tape switched off
+# (the plain passes), and compares what the model holds afterwards bit for bit, gradients included.
+def _batchnorm(backend):
+    return nnx.Sequential(nnx.Dense(6, 4), nnx.BatchNorm(4), nnx.ReLU(), nnx.Dense(4, 1), backend=backend,
+                          dtype="float64", seed=3)
+
+
+def _held(model):
+    """Everything a user can read off the model after a fit: weights, buffers and each p.grad."""
+    return ([_bits(p.value) for p in model.parameters()] + [_bits(b.value) for b in model.buffers()]
+            + [None if p.grad is None else _bits(p.grad) for p in model.parameters()])
+
+
+def _both(monkeypatch, backend, fits):
+    """`fits(model)` -> list of outcomes, run with the recorded passes and with the plain ones."""
+    results = []
+    for plain in (False, True):
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(type(backend), "tape", lambda self: None)
+            model = _batchnorm(backend)
+            results.append(fits(model) + [_held(model)])
+    return results
+
+
+def _raises(fit):
+    try:
+        fit()
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_a_step_that_raises_leaves_the_gradients_the_plain_passes_leave(monkeypatch, recording_backend, rng):
+    """The last batch holds one row, which BatchNorm refuses in training: the fit raises there, plainly and while
+    the passes are recorded alike, and p.grad still holds the last step's gradients (the plain step raised in its
+    forward, before its backward cleared them), not None."""
+    X, y = _data(rng, 17, 6, 1, "binary")
+
+    def fits(model):
+        return [_raises(lambda: model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=1, batch_size=8,
+                                          shuffle=False))]
+    got, plain = _both(monkeypatch, recording_backend, fits)
+    assert plain[0] is not None and "BatchNorm" in plain[0]
+    assert got == plain
+
+
+def test_a_later_fits_first_batch_that_raises_leaves_the_gradients(monkeypatch, recording_backend, rng):
+    """A later fit whose first batch (one row) BatchNorm refuses: nothing recorded holds for it, so it runs plainly
+    and raises; the gradients of the earlier fit's last step are still there, as plainly."""
+    X, y = _data(rng, 16, 6, 1, "binary")
+
+    def fits(model):
+        model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=2, batch_size=8, shuffle=False)
+        return [_raises(lambda: model.fit(X[:1], y[:1], epochs=1, batch_size=8))]
+    got, plain = _both(monkeypatch, recording_backend, fits)
+    assert plain[0] is not None and "BatchNorm" in plain[0]
+    assert got == plain
+
+
+def test_a_fit_that_raised_in_the_model_does_not_stop_later_fits_replaying(monkeypatch, recording_backend, rng):
+    """The model's own error (a one-row BatchNorm batch) raised while the passes were recorded: that says nothing
+    of whether they can be replayed, so the next fit, with a batch size that fits, replays them again."""
+    X, y = _data(rng, 17, 6, 1, "binary")
+    model = _batchnorm(recording_backend)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        model.fit(X, y, loss="bce_with_logits", optimizer="sgd", epochs=1, batch_size=8, shuffle=False)
+    counts = Counts(monkeypatch)
+    model.fit(X[:16], y[:16], epochs=3, batch_size=8)
+    assert counts.replayed >= 4
+
+
+def test_a_recording_does_not_keep_parameter_arrays_the_model_let_go(recording_backend, rng):
+    import gc
+    import weakref
+
+    X, y = _data(rng, 32, 6, 1, "binary")
+    model = _batchnorm(recording_backend)
+    model.fit(X, y, loss="bce_with_logits", epochs=2, batch_size=8)
+    old = [weakref.ref(p.value) for p in model.parameters()]
+    model.load_state_dict({k: v.copy() for k, v in model.state_dict().items()})
+    gc.collect()
+    assert all(ref() is None for ref in old)
