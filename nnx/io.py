@@ -260,9 +260,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an nnx checkpoint (format {config.get('format')!r})"
                               if isinstance(config, dict) else f"{path}: config is not a JSON object")
-    version = config.get("format_version", 0)
+    if "format_version" not in config:
+        raise CheckpointError(f"{path}: its config has no format_version (every nnx checkpoint has one)")
+    version = config["format_version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"{path}: format_version must be an int, got {version!r}")
+    if version < 1:  # 1 is the first format nnx wrote: any other number is no file of nnx's
+        raise CheckpointError(f"{path}: format_version {version} is not one nnx writes (1 to {FORMAT_VERSION})")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer nnx (format {config['format_version']}); upgrade nnx")
     return config, arrays

@@ -163,6 +163,18 @@ def _with_config(path, change, out):
     return out
 
 
+@pytest.mark.parametrize("version", [0, -1, None])
+def test_a_format_version_no_nnx_wrote_is_refused(saved, tmp_path, version):
+    def change(config):
+        if version is None:
+            del config["format_version"]
+        else:
+            config["format_version"] = version
+    path = _with_config(saved, change, tmp_path / "odd.npz")
+    with pytest.raises(CheckpointError, match="format_version"):
+        nnx.load(path)
+
+
 @pytest.mark.parametrize("cut", [0.1, 0.5, 0.99])
 def test_a_truncated_checkpoint_is_refused_as_truncated(saved, tmp_path, cut):
     data = saved.read_bytes()
