@@ -818,7 +818,8 @@ def test_metrics_of_a_loss_that_folds_the_output_layer_score_the_outputs(backend
 def test_a_parameter_rebound_to_another_dtype_is_named_by_predict(backend: Any) -> None:
     # Weights copied in as torch users do (`layer.weight.data = w`; here `p.value = np.load(...)`, float64 by
     # NumPy's default) into a float32 model: NumPy and JAX then predicted float64 outputs without a word (torch
-    # fails in its own matmul). predict now names the parameter, its dtype and the model's, and says how to assign
+    # failed in its own matmul, naming no parameter). predict now names the parameter, its dtype and the model's, and
+    # says how to assign
     dtype, other = "float32", "float64"
     X = np.random.default_rng(0).normal(size=(6, 4))
     model = nnx.Sequential(nnx.Dense(4, 3), nnx.BatchNorm(3), nnx.Dense(3, 1), backend=backend, dtype=dtype, seed=0)
@@ -830,14 +831,17 @@ def test_a_parameter_rebound_to_another_dtype_is_named_by_predict(backend: Any) 
             for data in (X, [X[:3], X[3:]]):
                 try:
                     out = model.predict(data, batch_size=None if isinstance(data, list) else batch_size)
-                except RuntimeError:
-                    assert model.backend.spec.startswith("torch")  # torch's matmul refuses mixed dtypes itself
-                    continue
-                except TypeError as exc:
-                    assert f"in {other}, but the model's dtype is {dtype}: {kind} '{array.name}' holds {other}" \
-                        in str(exc)
+                except TypeError as exc:  # torch's matmul refuses mixed dtypes in its own words: named here too
+                    assert f"{kind} '{array.name}' holds {other} in a {dtype} model" in str(exc)
                     continue
                 pytest.fail(f"predict gave {out.dtype} outputs from a {dtype} model")
+        if kind == "parameter":  # evaluate names it too where the forward fails (torch); elsewhere it computes
+            try:
+                model.evaluate(X, X[:, :1], loss="mse")
+            except TypeError as exc:
+                assert model.backend.spec.startswith("torch")
+                assert "evaluate failed (RuntimeError: " in str(exc)
+                assert f"a likely cause: {kind} '{array.name}' holds {other} in a {dtype} model" in str(exc)
         array.value = kept
     # the way the message gives is right: the predictions of the weights loaded through load_state_dict
     model.layers[0].weight.value = model.backend.asarray(np.ones((4, 3)), dtype=model.dtype)

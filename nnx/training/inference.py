@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from .. import _validate as check
 from ..backends import dtype_name
+from ..layers.base import require_own_arrays
 from ..layers.parameter import in_model_dtype
 from ..metrics import resolve_metrics
 from ..protocols import Model
@@ -24,6 +27,7 @@ def require_forward_run(model: Model, what: str) -> None:
     written), or a forward set on the object, changed ``model(X)`` while these gave the plain model's numbers.
     A class overriding ``forward_to_head`` as well, or only it, is run as written.
     """
+    require_own_arrays(model)  # type: ignore[arg-type]  # a tied or hand-made array: numbers nothing trains
     cls = type(model)
     if "forward" in vars(model):
         where = "its forward was replaced on the object"
@@ -54,9 +58,16 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     check_finite = check.flag("check_finite", check_finite)
     require_forward_run(model, "predict")
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
-    out = predict_batches(model, source) if source is not None else _predict_arrays(model, X, batch_size, check_finite)
+    if source is not None:
+        with _rebound_named(model, "predict"):
+            out = predict_batches(model, source)
+    else:
+        out = _predict_arrays(model, X, batch_size, check_finite)
     if out.dtype != model.backend.float_dtype(model.dtype) and model.xp.isdtype(out.dtype, "real floating"):
-        _raise_for_outputs_in_another_dtype(model, out.dtype)
+        _raise_if_rebound(model, f"predict's outputs came out in {dtype_name(out.dtype)}")
+        raise TypeError(f"predict's outputs came out in {dtype_name(out.dtype)}, but the model's dtype is "
+                        f"{model.dtype}: a layer's forward computes in another dtype; cast where it meets the "
+                        "activations")
     return out
 
 
@@ -65,26 +76,40 @@ def _predict_arrays(model: Model, X: Any, batch_size: int | None, check_finite: 
     if check_finite:
         model.require_finite(X_d, "X", X)  # NaN in, NaN out would look like a prediction
     forward = head_outputs(model, len(model.layers))
-    if batch_size is None or X_d.shape[0] <= batch_size:
-        return forward(X_d)
-    parts = [forward(X_d[s, ...]) for s in batch_slices(X_d.shape[0], batch_size)]
+    with _rebound_named(model, "predict"):
+        if batch_size is None or X_d.shape[0] <= batch_size:
+            return forward(X_d)
+        parts = [forward(X_d[s, ...]) for s in batch_slices(X_d.shape[0], batch_size)]
     return model.xp.concat(parts, axis=0)
 
 
-def _raise_for_outputs_in_another_dtype(model: Model, got: Any) -> None:
-    """TypeError for outputs in float dtype `got`, not the model's: naming a parameter or buffer rebound to it.
+@contextlib.contextmanager
+def _rebound_named(model: Model, what: str) -> Iterator[None]:
+    """A forward that fails with a parameter or buffer in another dtype than the model's names that array as the
+    likely cause: torch refuses operands of two dtypes in its own words (``expected m1 and m2 to have the same
+    dtype``), naming none. The error itself is kept in the message (a layer may hold such an array on purpose)."""
+    try:
+        yield
+    except (RuntimeError, TypeError) as exc:
+        _raise_if_rebound(model, f"{what} failed ({type(exc).__name__}: {exc}); a likely cause", exc)
+        raise
+
+
+def _raise_if_rebound(model: Model, what: str, cause: BaseException | None = None) -> None:
+    """TypeError saying `what`, naming the first float parameter or buffer in a dtype other than the model's; nothing
+    where there is none.
 
     ``p.value = np.load(...)`` (NumPy's float64) in a float32 model made NumPy and JAX predict float64 outputs
-    without a word (torch fails in its matmul). A user's layer may keep a parameter in another dtype on purpose
-    and cast where it meets the activations: only outputs in another dtype are laid to such an array.
+    without a word, and torch fail in its matmul with its own message, naming no parameter. A user's layer may keep
+    a parameter in another dtype on purpose and cast where it meets the activations: only outputs in another dtype,
+    or a failed forward, are laid to such an array.
     """
     expected = model.backend.float_dtype(model.dtype)
-    what = f"predict's outputs came out in {dtype_name(got)}, but the model's dtype is {model.dtype}"
     for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for a in arrays:
             if a.value.dtype != expected and model.xp.isdtype(a.value.dtype, "real floating"):
-                raise TypeError(f"{what}: {kind} {a.name!r} holds {dtype_name(a.value.dtype)}; {in_model_dtype(kind)}")
-    raise TypeError(f"{what}: a layer's forward computes in another dtype; cast where it meets the activations")
+                raise TypeError(f"{what}: {kind} {a.name!r} holds {dtype_name(a.value.dtype)} in a {model.dtype} "
+                                f"model; {in_model_dtype(kind)}") from cause
 
 
 def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any = None, batch_size: int | None = None,
@@ -111,7 +136,8 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     check_finite = check.flag("check_finite", check_finite)
     source = inference_source(model, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
     if source is not None:
-        return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics, loss_fn), look_at_outputs))
+        with _rebound_named(model, "evaluate"):
+            return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics, loss_fn), look_at_outputs))
     if y is None:
         raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                         "of (X, y) or (X, y, sample_weight) tuples")
@@ -121,5 +147,6 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     if check_finite:
         model.require_finite(X_d, "X", X)  # a NaN loss from NaN data would look like a result
         model.require_finite(y_d, "y", y)
-    return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics, loss_fn), batch_size,
-                                look_at_outputs))
+    with _rebound_named(model, "evaluate"):
+        return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics, loss_fn), batch_size,
+                                    look_at_outputs))
