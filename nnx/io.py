@@ -74,10 +74,7 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
     comm = getattr(model, "distributed", None)
     if comm is not None and comm.rank != 0:
         return
-    path = Path(path)
-    if path.is_dir():  # else the rename fails naming only the temporary file
-        raise IsADirectoryError(f"{str(path)!r} is a folder, not a checkpoint file; save to a file in it, "
-                                f"e.g. {str(path / 'model.npz')!r}")
+    path = file_destination(path, "a checkpoint file", "save", "model.npz")
     model_config = model.get_config()
     loss_config = None if model.loss is None else model.loss.get_config()
     _require_rebuildable(model_config, loss_config)
@@ -141,6 +138,20 @@ def _require_json(tree: Any, where: str) -> None:
     elif tree is not None and not isinstance(tree, (str, int, float)):
         raise TypeError(f"{where} is {tree!r} of type {type(tree).__name__}; a checkpoint keeps this state as JSON: "
                         "use str, int, float, bool, None, lists and dicts (float(x) for a NumPy number)")
+
+
+def file_destination(path: str | os.PathLike, kind: str, verb: str, example: str) -> Path:
+    """`path` as a `Path`, or IsADirectoryError when it names a folder: one that exists, or one spelled with a
+    trailing separator (``"exports/"``), which `Path` drops, so the write would make a file of the folder's name
+    where ``open(path, "wb")`` refuses."""
+    given = os.fspath(path)
+    folder = Path(given)
+    trailing = isinstance(given, str) and given.endswith((os.sep, os.altsep or os.sep))
+    if trailing or folder.is_dir():  # else the rename fails naming only the temporary file
+        shown = given if trailing else str(folder)
+        raise IsADirectoryError(f"{shown!r} is a folder, not {kind}; {verb} to a file in it, "
+                                f"e.g. {str(folder / example)!r}")
+    return folder
 
 
 def write_atomically(path: Path, write: Any) -> None:

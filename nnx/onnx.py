@@ -21,13 +21,12 @@ from __future__ import annotations
 import numbers
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._version import __version__
-from .io import write_atomically
+from .io import file_destination, write_atomically
 from .layers.base import Layer
 from .layers.parameter import Buffer, Parameter
 
@@ -271,11 +270,9 @@ def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> N
     comm = getattr(model, "distributed", None)
     if comm is not None and comm.rank != 0:
         return
-    if Path(path).is_dir():  # else the rename fails naming only the temporary file, as in `save`
-        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder, not a file; export to a file in it, "
-                                f"e.g. {os.fspath(Path(path) / 'model.onnx')!r}")
+    path = file_destination(path, "a file", "export", "model.onnx")
     proto = build_model(model, opset)
     if proto.ByteSize() >= 2**31:
         raise ValueError("the model is too large for a single ONNX file (protobuf's 2 GiB limit)")
     data = proto.SerializeToString()
-    write_atomically(Path(path), lambda handle: handle.write(data))
+    write_atomically(path, lambda handle: handle.write(data))

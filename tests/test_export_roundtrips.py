@@ -207,3 +207,12 @@ def test_weights_and_optimizer_state_cross_backends_bit_for_bit(source, dtype, t
         for i, entry in opt["state"].items():
             for key, value in entry.items():
                 assert np.array_equal(host(loaded, got["state"][i][key]), host(model, value)), (target, i, key)
+
+
+@pytest.mark.parametrize("what", ["save", "to_onnx"])
+def test_a_path_ending_in_a_separator_is_a_folder_not_a_file_name(what, tmp_path):
+    # open("exports/", "wb") and torch.save refuse it; writing a file named "exports" would surprise
+    model = nnx.Sequential(nnx.Dense(3, 2), seed=0)
+    with pytest.raises(IsADirectoryError, match="folder"):
+        getattr(model, what)(os.fspath(tmp_path / "exports") + os.sep)
+    assert not (tmp_path / "exports").exists()
