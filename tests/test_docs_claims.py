@@ -131,3 +131,22 @@ def test_custom_layers_config_fragment_saves_loads_and_moves(tmp_path):
     for other in (nnx.load(tmp_path / "m.npz"), model.to("numpy", dtype="float64")):
         assert other.layers[1].activation is activations["tanh"]
         np.testing.assert_allclose(other.backend.to_host(other.predict(X)), model.predict(X), rtol=1e-6)
+
+
+@pytest.mark.parametrize("package", ["nnx", "nnx.callbacks", "nnx.optim", "nnx.losses", "nnx.regularizers",
+                                     "nnx.sklearn", "nnx.distributed"])
+def test_every_public_class_is_in_the_api_reference(package):
+    """docs/api is written by mkdocstrings from `::: module` lines: a new module needs its line."""
+    targets = set()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        targets |= set(re.findall(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), re.M))
+    module = importlib.import_module(package)
+    missing = []
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if not (isinstance(obj, type) or callable(obj)) or not hasattr(obj, "__module__"):
+            continue
+        path = f"{obj.__module__}.{obj.__qualname__}"
+        if obj.__module__ not in targets and not any(path == t or path.startswith(t + ".") for t in targets):
+            missing.append(f"{package}.{name} ({obj.__module__})")
+    assert not missing, f"not on any docs/api page (add a '::: module' line): {missing}"
