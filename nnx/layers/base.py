@@ -475,6 +475,40 @@ class Layer:
         return config_repr(self)
 
 
+def require_own_arrays(model: Any) -> None:
+    """ValueError naming a layer attribute that holds a `Parameter` or `Buffer` from outside the layer's own tree.
+
+    Torch ties two parameters with ``decoder.weight = encoder.weight`` and adds their gradients. Here such an
+    attribute made the layer compute with another layer's array while its own, unused, was the one its model
+    trained, saved and moved, and its backward overwrote the other layer's gradient; a `Parameter` built by hand
+    (not by `add_parameter`) was neither trained nor saved. Read where a model is run (fit, predict, evaluate, a
+    gradient check), never inside a step.
+    """
+    for path, layer in [("", model), *model.named_layers()]:
+        own: set[int] | None = None
+        for attribute, value in vars(layer).items():
+            if not isinstance(value, (Parameter, Buffer)):
+                continue
+            if own is None:  # the layer's arrays and its sub-layers' (a block may keep `self.w = self.inner.weight`)
+                own = {id(a) for a in [*layer.parameters(), *layer.buffers()]}
+            if id(value) in own:
+                continue
+            where = f"layer {path} ({type(layer).__name__})" if path else type(layer).__name__
+            kind = "parameter" if isinstance(value, Parameter) else "buffer"
+            replaced = layer._params.get(attribute) or layer._buffers.get(attribute)
+            if replaced is not None:
+                why = (f"it replaced its own {replaced.name!r}, which is still what the model trains, saves and moves, "
+                       f"while the layer computes with the other; nnx does not tie arrays as torch's "
+                       f"`a.weight = b.weight` does (its backward would overwrite the other layer's gradient). To "
+                       f"share a weight, write one layer that applies it in both places; to copy values, use "
+                       f"load_state_dict")
+            else:
+                why = (f"a {kind} the layer did not make with add_{kind} in build() (or hold through a sub-layer) "
+                       f"is not in model.parameters()/buffers(): it would never be trained, saved or moved")
+            raise ValueError(f"{where}: attribute {attribute!r} holds the {kind} {value.name!r}, not one of its own: "
+                             f"{why}")
+
+
 def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_kept: bool = False) -> dict:
     """`layer`'s registered name and the arguments it was constructed with, but `leave_out`: the default config.
 

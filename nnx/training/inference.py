@@ -27,7 +27,7 @@ def require_forward_run(model: Model, what: str) -> None:
     written), or a forward set on the object, changed ``model(X)`` while these gave the plain model's numbers.
     A class overriding ``forward_to_head`` as well, or only it, is run as written.
     """
-    require_own_arrays(model)  # type: ignore[arg-type]  # a tied or hand-made array: numbers nothing trains
+    require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
     cls = type(model)
     if "forward" in vars(model):
         where = "its forward was replaced on the object"
