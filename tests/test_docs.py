@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 COVERED_ELSEWHERE = {
-    "docs/distributed.md": "it needs a launcher (mpiexec, torchrun); tests/test_distributed.py runs "
-                           "data-parallel fit under one",
+    "docs/distributed.md": "its fragments use the reader's model and data: tests/test_docs_claims.py runs them "
+                           "in one process, and tests/test_distributed.py runs data-parallel fit under a launcher",
 }
 GPU_SPECS = ("cupy", "torch:cuda", "jax:gpu")
 FENCE = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
