@@ -100,3 +100,128 @@ def test_a_block_may_keep_its_sub_layers_arrays_as_attributes(backend: Any) -> N
     X = np.random.default_rng(0).normal(size=(10, 3))
     model.fit(X, X[:, :1], loss="mse", epochs=1, verbose=0)
     assert np.isfinite(host(model, model.predict(X))).all()
+
+
+def data(n: int = 40, features: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, features)) * 3 + 1, rng.normal(size=(n, 1))
+
+
+def arrays(model: Any) -> dict[str, np.ndarray]:
+    return {name: host(model, value).copy() for name, value in model.state_dict().items()}
+
+
+def test_batchnorm_fit_with_validation_matches_torch_and_inference_leaves_the_statistics(backend: Any) -> None:
+    torch = pytest.importorskip("torch")
+    X, y = data()
+    Xv, yv = data(12, seed=1)
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8, momentum=0.2), nnx.ReLU(), nnx.Dense(8, 1),
+                           backend=backend, dtype="float64", seed=1)
+    start = arrays(model)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8, momentum=0.2), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 1)).double()
+    with torch.no_grad():
+        for i in (0, 3):
+            net[i].weight.copy_(torch.from_numpy(start[f"{i}.weight"].T))
+            net[i].bias.copy_(torch.from_numpy(start[f"{i}.bias"]))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=2,
+              batch_size=10, shuffle=False, validation_data=(Xv, yv), verbose=0)
+    for _ in range(2):
+        net.train()
+        for i in range(0, 40, 10):
+            opt.zero_grad()
+            loss = ((net(torch.from_numpy(X[i:i + 10])) - torch.from_numpy(y[i:i + 10])) ** 2).mean()
+            loss.backward()
+            opt.step()
+        net.eval()
+        with torch.no_grad():
+            net(torch.from_numpy(Xv))  # torch's validation pass in eval mode: the statistics stay
+    trained = arrays(model)
+    np.testing.assert_allclose(trained["1.running_mean"], net[1].running_mean.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(trained["1.running_var"], net[1].running_var.numpy(), rtol=1e-10, atol=1e-12)
+    model.evaluate(Xv, yv)
+    Y = host(model, model.predict(Xv))
+    model(Xv)
+    after = arrays(model)
+    assert all(np.array_equal(after[k], trained[k]) for k in trained)
+    with torch.no_grad():
+        np.testing.assert_allclose(Y, net(torch.from_numpy(Xv)).numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adam"])
+def test_parameters_left_out_of_the_optimizer_stay_put_and_stay_out_after_copies(backend: Any, optimizer: str,
+                                                                                 tmp_path: Any) -> None:
+    import copy
+
+    X, y = data()
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.ReLU(),
+                           nnx.Sequential(nnx.Dense(8, 4), nnx.Tanh()), nnx.Dense(4, 1),
+                           backend=backend, dtype="float64", seed=1, regularizer=nnx.regularizers.L2(0.1))
+    frozen = [*model.layers[0].parameters(), *model.layers[3].parameters()]
+    kept = [p for p in model.parameters() if all(p is not q for q in frozen)]
+    make = {"sgd": lambda ps: nnx.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=0.1),
+            "adamw": lambda ps: nnx.optim.AdamW(ps, lr=0.05, weight_decay=0.1),
+            "adam": lambda ps: nnx.optim.Adam(ps, lr=0.05, weight_decay=0.1)}[optimizer]
+    names = {"0.weight", "0.bias", "3.0.weight", "3.0.bias"}
+    before = arrays(model)
+    model.fit(X, y, loss="mse", optimizer=make(kept), epochs=1, batch_size=10, verbose=0)
+    model.save(tmp_path / "m.npz")
+    for other in (model, copy.deepcopy(model), model.to(backend), nnx.load(tmp_path / "m.npz", backend=backend)):
+        other.fit(X, y, epochs=1, batch_size=10, verbose=0)
+        after = arrays(other)
+        assert {k for k in before if np.array_equal(before[k], after[k])} == names
+
+
+def test_nested_state_dict_round_trips_and_load_errors_name_the_keys(backend: Any) -> None:
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.Dropout(0.5), nnx.Residual(nnx.Dense(8, 8), nnx.BatchNorm(8)),
+                           nnx.Sequential(nnx.Dense(8, 4), nnx.Tanh()), nnx.Dense(4, 1),
+                           backend=backend, dtype="float64", seed=1)
+    X, y = data()
+    model.fit(X, y, loss="mse", epochs=1, batch_size=10, verbose=0)
+    state = arrays(model)
+    assert set(state) == {"0.weight", "0.bias", "2.0.weight", "2.0.bias", "2.1.weight", "2.1.bias",
+                          "2.1.running_mean", "2.1.running_var", "3.0.weight", "3.0.bias", "4.weight", "4.bias"}
+    assert set(arrays(model.layers[3])) == {"0.weight", "0.bias"}
+    other = nnx.Sequential(nnx.Dense(5, 8), nnx.Dropout(0.5), nnx.Residual(nnx.Dense(8, 8), nnx.BatchNorm(8)),
+                           nnx.Sequential(nnx.Dense(8, 4), nnx.Tanh()), nnx.Dense(4, 1),
+                           backend=backend, dtype="float64", seed=2)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(host(other, other.predict(X)), host(model, model.predict(X)))
+    with pytest.raises(ValueError, match=r"2\.0\.weight.*\(8, 9\).*\(8, 8\)"):
+        other.load_state_dict({**state, "2.0.weight": np.zeros((8, 9))})
+    renamed = {("2.1.running_varx" if k == "2.1.running_var" else k): v for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"missing \['2\.1\.running_var'\], unexpected \['2\.1\.running_varx'\]"):
+        other.load_state_dict(renamed)
+    np.testing.assert_array_equal(host(other, other.predict(X)), host(model, model.predict(X)))  # nothing half-loaded
+
+
+def test_dropout_trains_in_fit_and_is_off_in_validation_evaluate_and_predict(backend: Any) -> None:
+    X, y = data()
+
+    def model(rate: float) -> Any:
+        return nnx.Sequential(nnx.Dense(5, 8), nnx.Dropout(rate), nnx.Tanh(), nnx.Dense(8, 1), backend=backend,
+                              dtype="float64", seed=1)
+
+    dropped, plain = model(0.5), model(0.0)
+    history = dropped.fit(X, y, loss="mse", epochs=2, batch_size=10, validation_data=(X, y), verbose=0)
+    plain.fit(X, y, loss="mse", epochs=2, batch_size=10, verbose=0)
+    assert not np.allclose(arrays(dropped)["0.weight"], arrays(plain)["0.weight"])
+    Y = host(dropped, dropped.predict(X))
+    np.testing.assert_array_equal(Y, host(dropped, dropped.predict(X)))
+    assert history.history["val_loss"][-1] == pytest.approx(float(np.mean((Y - y) ** 2)), rel=1e-12)
+    assert float(dropped.evaluate(X, y)["loss"]) == pytest.approx(float(np.mean((Y - y) ** 2)), rel=1e-12)
+
+
+def test_a_copy_or_move_on_the_same_backend_trains_on_as_the_original(backend: Any) -> None:
+    import copy
+
+    X, y = data()
+    model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.Dropout(0.3), nnx.Tanh(), nnx.Dense(8, 1),
+                           backend=backend, dtype="float64", seed=1)
+    model.fit(X, y, loss="mse", optimizer="adam", epochs=1, batch_size=10, verbose=0)
+    moved, copied = model.to(backend), copy.deepcopy(model)
+    for other in (model, moved, copied):
+        other.fit(X, y, epochs=1, batch_size=10, verbose=0)
+    for other in (moved, copied):
+        assert all(np.array_equal(v, arrays(model)[k]) for k, v in arrays(other).items())
