@@ -66,7 +66,7 @@ def test_torch_style_weight_tying_is_refused_by_name(call: str) -> None:
 
 def test_a_parameter_made_without_add_parameter_is_refused_by_name() -> None:
     # a Parameter built by hand is neither trained nor saved: the layer computes with an array nothing updates
-    class Scale(nnx.Layer):
+    class HandMadeScale(nnx.Layer):
         def build(self, input_shape: Any) -> None:
             self.scale = nnx.Parameter("scale", self.backend.asarray(np.ones(4), dtype=self.dtype))
 
@@ -76,13 +76,13 @@ def test_a_parameter_made_without_add_parameter_is_refused_by_name() -> None:
         def backward(self, dY: Any, need_dX: bool = True) -> Any:
             return dY * self.scale.value
 
-    model = nnx.Sequential(nnx.Dense(4, 4), Scale(), dtype="float64")
-    with pytest.raises(ValueError, match=r"layer 1 \(Scale\).*'scale'.*add_parameter"):
+    model = nnx.Sequential(nnx.Dense(4, 4), HandMadeScale(), dtype="float64")
+    with pytest.raises(ValueError, match=r"layer 1 \(HandMadeScale\).*'scale'.*add_parameter"):
         model.fit(np.ones((8, 4)), np.ones((8, 4)), loss="mse", epochs=1, verbose=0)
 
 
 def test_a_block_may_keep_its_sub_layers_arrays_as_attributes(backend: Any) -> None:
-    class Block(nnx.Layer):
+    class AttributeReferenceBlock(nnx.Layer):
         def __init__(self) -> None:
             super().__init__()
             self.inner = self.add_layer("inner", nnx.Dense(4, 4))
@@ -96,7 +96,8 @@ def test_a_block_may_keep_its_sub_layers_arrays_as_attributes(backend: Any) -> N
         def backward(self, dY: Any, need_dX: bool = True) -> Any:
             return self.inner.backward(dY, need_dX)
 
-    model = nnx.Sequential(nnx.Dense(3, 4), Block(), nnx.Dense(4, 1), backend=backend, dtype="float64", seed=0)
+    model = nnx.Sequential(nnx.Dense(3, 4), AttributeReferenceBlock(), nnx.Dense(4, 1), backend=backend,
+                           dtype="float64", seed=0)
     X = np.random.default_rng(0).normal(size=(10, 3))
     model.fit(X, X[:, :1], loss="mse", epochs=1, verbose=0)
     assert np.isfinite(host(model, model.predict(X))).all()
@@ -225,3 +226,22 @@ def test_a_copy_or_move_on_the_same_backend_trains_on_as_the_original(backend: A
         other.fit(X, y, epochs=1, batch_size=10, verbose=0)
     for other in (moved, copied):
         assert all(np.array_equal(v, arrays(model)[k]) for k, v in arrays(other).items())
+
+
+def test_a_sub_layer_kept_as_a_plain_attribute_is_named_with_add_layer_as_the_fix() -> None:
+    # torch registers a module assigned to an attribute; here it is never built, and the error said to put the
+    # layer in a Sequential, which a block's author had done with the block
+    class PlainAttributeBlock(nnx.Layer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nnx.Dense(4, 4)
+
+        def forward(self, X: Any, training: bool = False) -> Any:
+            return self.inner.forward(X, training)
+
+        def backward(self, dY: Any, need_dX: bool = True) -> Any:
+            return self.inner.backward(dY, need_dX)
+
+    model = nnx.Sequential(nnx.Dense(5, 4), PlainAttributeBlock(), nnx.Dense(4, 1), dtype="float64")
+    with pytest.raises(RuntimeError, match=r"Dense is not part of a model.*self\.add_layer\(name, layer\)"):
+        model.predict(np.ones((2, 5)))

@@ -86,7 +86,9 @@ def _not_in_a_model(layer: Any) -> RuntimeError:
     return RuntimeError(
         f"{type(layer).__name__} is not part of a model: a layer computes with the backend, dtype and arrays "
         "that the model it joins gives it. Put it in nnx.Sequential(..., backend=...) and call the model, or call "
-        "model.layers[i].forward on an X prepared by model.prepare_inputs(X)")
+        "model.layers[i].forward on an X prepared by model.prepare_inputs(X). A block's sub-layer joins the model "
+        "through self.add_layer(name, layer) in the block's __init__ or build: kept as a plain attribute (which "
+        "torch registers) it is never built, and its arrays are not in model.parameters()")
 
 
 def _note_training_call(layer: Any) -> None:
