@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from .backends import backend_name_of, get_backend
+from .layers.base import require_own_arrays
 from .layers.parameter import Parameter
 from .training.inference import require_forward_run
 from .training.loss_fit import check_loss_fits, check_outputs
@@ -106,6 +108,15 @@ def relative_error(analytic: Any, numeric: Any, floor: float = 1e-8) -> float:
     return float(_host.max(_host.abs(a - n) / _host.maximum(_host.abs(a) + _host.abs(n), floor)))
 
 
+def _below_resolution(analytic: Any, numeric: Any, noise: float) -> bool:
+    """Whether a gradient is nonzero but lies, analytic and numeric alike, within the central differences'
+    rounding floor (`noise` per entry): there any backward of that size scores 0, a wrong one as well."""
+    a = _host.asarray(analytic, dtype=_host.float64)
+    n = _host.asarray(numeric, dtype=_host.float64)
+    size = max(float(_host.linalg.vector_norm(a)), float(_host.linalg.vector_norm(n)))
+    return 0.0 < size <= noise * math.sqrt(a.size)
+
+
 def _norm_relative_error(analytic: Any, numeric: Any, noise: float = 0.0) -> float:
     """||a - n|| / (||a|| + ||n||): robust where individual entries are ~0 (dead units, tiny weights).
 
@@ -133,19 +144,24 @@ class GradientCheck(float):
             and, when checked, ``"input"`` for dL/dX.
         worst: the array with the largest error, with its layer (``"parameter '1.scale' of layer 1
             (MyLayer)"``), so a wrong backward is found without a search.
+        unresolved: the names of the arrays whose gradient, analytic and numeric, is below what central
+            differences resolve at this loss value (a vanished gradient): their error of 0 says nothing.
     """
 
     errors: dict[str, float]
     worst: str
+    unresolved: list[str]
 
-    def __new__(cls, value: float, errors: dict[str, float] | None = None, worst: str = "") -> GradientCheck:
+    def __new__(cls, value: float, errors: dict[str, float] | None = None, worst: str = "",
+                unresolved: list[str] | None = None) -> GradientCheck:
         result = super().__new__(cls, value)
         result.errors = dict(errors or {})
         result.worst = worst
+        result.unresolved = list(unresolved or [])
         return result
 
-    def __reduce__(self) -> tuple[Any, tuple[float, dict[str, float], str]]:
-        return type(self), (float(self), self.errors, self.worst)  # copied and pickled with its details
+    def __reduce__(self) -> tuple[Any, tuple[float, dict[str, float], str, list[str]]]:
+        return type(self), (float(self), self.errors, self.worst, self.unresolved)  # copied and pickled with them
 
 
 def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1e-6,
@@ -166,6 +182,9 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
     several ReLU inputs off 0 at once has no subgradient backprop can give: it still scores.
     The result is a float that also names each array's
     error (`GradientCheck.errors`) and the worst one with its layer (`GradientCheck.worst`).
+    An array whose gradient is nonzero but below what the central differences resolve at this loss
+    value (a vanished gradient, as deep in a sigmoid stack) scores 0 whatever its backward gives: it
+    is listed in `GradientCheck.unresolved`, with a `RuntimeWarning` naming it.
 
     The analytic gradients are those of a second backward pass, as in a second training
     step: a backward that adds to the previous ``p.grad`` instead of replacing it is caught.
@@ -178,6 +197,7 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
     require_forward_run(model, "check_gradients")
+    require_own_arrays(model)  # a tied or hand-made array: a gradient nothing would apply
     try:
         model.backend.asarray(_host.zeros((1,)), dtype="float64")
     except Exception as exc:  # a float32-only device (Apple MPS, some accelerators): say what to do instead
@@ -222,6 +242,8 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
     analytic = [(p, _host_gradient(backend, p.grad, p.shape, owner(p))) for p in checked.parameters()]
     errors: dict[str, float] = {}
     where: dict[str, str] = {}
+    unresolved: list[str] = []
+    norms: dict[str, float] = {}
     for p, grad in analytic:
         original = p.value
 
@@ -232,6 +254,9 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
         numeric = _kink_aware_slope(value_with, backend.to_host(original), at, grad, eps)
         p.value = original
         errors[p.name], where[p.name] = _norm_relative_error(grad, numeric, noise), owner(p)
+        norms[p.name] = float(_host.linalg.vector_norm(grad))
+        if _below_resolution(grad, numeric, noise):
+            unresolved.append(p.name)
     if inputs:
         if dX is None:
             first = checked.layers[0]
@@ -243,10 +268,23 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
                                     backend.to_host(X_d), at, grad_X, eps)
         errors["input"] = _norm_relative_error(grad_X, numeric, noise)
         where["input"] = "the input gradient dL/dX"
+        norms["input"] = float(_host.linalg.vector_norm(grad_X))
+        if _below_resolution(grad_X, numeric, noise):
+            unresolved.append("input")
+    # a gradient at rounding level of the largest one is a zero (a bias before BatchNorm), not a vanished one
+    zero = 16 * 2.0**-52 * max(norms.values(), default=0.0)
+    unresolved = [k for k in unresolved if norms[k] > zero]
+    if unresolved:
+        # a vanished gradient (a deep sigmoid stack at init): a backward off by any factor there scores 0 too
+        warnings.warn(f"check_gradients: the gradients of {', '.join(where[k] for k in unresolved)} are below what "
+                      f"central differences resolve at this loss value ({at:.3g}: about {noise:.1g} per entry), "
+                      f"so their error of 0 says nothing about their backward; check that layer where its "
+                      f"gradient is larger (a shallower model, other weights or inputs)", RuntimeWarning,
+                      stacklevel=2)
     worst = max(errors, key=lambda k: errors[k], default=None)
     if worst is None:
         return GradientCheck(0.0, errors, "nothing (the model has no parameters)")
-    return GradientCheck(errors[worst], errors, where[worst])
+    return GradientCheck(errors[worst], errors, where[worst], unresolved)
 
 
 def _host_gradient(backend: Any, grad: Any, shape: tuple[int, ...], what: str) -> Any:

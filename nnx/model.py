@@ -11,7 +11,7 @@ from typing import Any, cast
 from .backends import Backend, dtype_name, get_backend, host_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
-from .layers.base import constructor_config
+from .layers.base import constructor_config, require_own_arrays
 from .layers.containers import _Chain, raise_no_dX
 from .layers.parameter import Buffer, Parameter
 from .losses import Loss
@@ -254,6 +254,7 @@ class Sequential(_Chain):
         from .io import save_model
 
         self._require_float_arrays("saved")
+        require_own_arrays(self)  # a tied or hand-made array: the file would hold another than the layer computes with
         save_model(self.to(self.backend) if self.nested else self, path, include_optimizer=include_optimizer)
 
     def to_onnx(self, path: Any, opset: Any = 17) -> Any:

@@ -481,13 +481,16 @@ def require_own_arrays(model: Any) -> None:
     Torch ties two parameters with ``decoder.weight = encoder.weight`` and adds their gradients. Here such an
     attribute made the layer compute with another layer's array while its own, unused, was the one its model
     trained, saved and moved, and its backward overwrote the other layer's gradient; a `Parameter` built by hand
-    (not by `add_parameter`) was neither trained nor saved. Read where a model is run (fit, predict, evaluate, a
-    gradient check), never inside a step.
+    (not by `add_parameter`) was neither trained nor saved. Read by fit, check_gradients and save, never inside a
+    step; predict and evaluate compute what the layers compute and are left unchecked (a walk of every layer's
+    attributes would about double a small predict).
     """
     for path, layer in [("", model), *model.named_layers()]:
         own: set[int] | None = None
+        params, buffers = layer._params, layer._buffers
         for attribute, value in vars(layer).items():
-            if not isinstance(value, (Parameter, Buffer)):
+            if not isinstance(value, (Parameter, Buffer)) or params.get(attribute) is value \
+                    or buffers.get(attribute) is value:  # (the common case, without listing the tree's arrays)
                 continue
             if own is None:  # the layer's arrays and its sub-layers' (a block may keep `self.w = self.inner.weight`)
                 own = {id(a) for a in [*layer.parameters(), *layer.buffers()]}
@@ -495,7 +498,7 @@ def require_own_arrays(model: Any) -> None:
                 continue
             where = f"layer {path} ({type(layer).__name__})" if path else type(layer).__name__
             kind = "parameter" if isinstance(value, Parameter) else "buffer"
-            replaced = layer._params.get(attribute) or layer._buffers.get(attribute)
+            replaced = params.get(attribute) or buffers.get(attribute)
             if replaced is not None:
                 why = (f"it replaced its own {replaced.name!r}, which is still what the model trains, saves and moves, "
                        f"while the layer computes with the other; nnx does not tie arrays as torch's "

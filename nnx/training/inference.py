@@ -8,7 +8,6 @@ from typing import Any
 
 from .. import _validate as check
 from ..backends import dtype_name
-from ..layers.base import require_own_arrays
 from ..layers.parameter import in_model_dtype
 from ..metrics import resolve_metrics
 from ..protocols import Model
@@ -27,7 +26,6 @@ def require_forward_run(model: Model, what: str) -> None:
     written), or a forward set on the object, changed ``model(X)`` while these gave the plain model's numbers.
     A class overriding ``forward_to_head`` as well, or only it, is run as written.
     """
-    require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
     cls = type(model)
     if "forward" in vars(model):
         where = "its forward was replaced on the object"

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from .. import _validate as check
+from ..layers.base import require_own_arrays
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
@@ -135,6 +136,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             read batch by batch (memmap, iterable); default from a memory budget (docs/training.md).
     """
     require_forward_run(model, "fit")  # it trains through forward_to_head, as predict and evaluate run
+    require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics, loss_fn)
