@@ -26,7 +26,7 @@ from .compiled import (
     CompiledStep,
     kept_buffers,
 )
-from .transforms import inverse_total
+from .transforms import inverse_total, weightless_mean
 from .weights import batch_weight, counts_by_weight
 
 __all__ = ["flush", "start", "step"]
@@ -40,15 +40,20 @@ def start(cs: CompiledStep, values: tuple, w: Any) -> tuple:
 
 
 def _apply(cs: CompiledStep, values: tuple, states: tuple, acc: tuple, rows: int, t: Any, lr: Any,
-           go: Any) -> tuple:
-    """The gathered mean through the later transforms and the rule, kept where `go`: (values, states, t, mean)."""
+           go: Any, last: tuple) -> tuple:
+    """The gathered mean through the later transforms and the rule, kept where `go`: (values, states, t, mean).
+    `last` is the gradient of the group's last batch."""
     xp = cs.xp
     sums, seen, _ = acc
     # `Accumulate.flush` scales by 1.0 / rows as a Python float, which meets the gradients in their dtype,
-    # or by `inverse_total` of the weights
-    scale = xp.astype(1.0 / xp.astype(seen, xp.float64), values[0].dtype) if xp.isdtype(seen.dtype, "integral") \
-        else inverse_total(seen)
-    mean = cs.transformed(values, tuple(s * scale for s in sums), rows, cs.transforms)
+    # or by `inverse_total` of the weights (and takes the last gradient where they sum to 0)
+    if xp.isdtype(seen.dtype, "integral"):
+        scale = xp.astype(1.0 / xp.astype(seen, xp.float64), values[0].dtype)
+        mean = tuple(s * scale for s in sums)
+    else:
+        scale = inverse_total(seen)
+        mean = tuple(weightless_mean(s * scale, g, seen) for s, g in zip(sums, last, strict=True))
+    mean = cs.transformed(values, mean, rows, cs.transforms)
     new_values, new_states = cs.updated(values, mean, states, t, lr)
     values = tuple(xp.where(go, new, old) for new, old in zip(new_values, values, strict=True))
     states = tuple({k: xp.where(go, arr, states[i][k]) for k, arr in st.items()} for i, st in enumerate(new_states))
@@ -68,7 +73,7 @@ def step(cs: CompiledStep, k: int, values: tuple, states: tuple, bufs: tuple, lr
     due = acc[2] == k
     ok_in = ints[CARRY_OK] != 0
     keep = ok_in if ok_now is None else ok_in & ok_now
-    values, states, t, mean = _apply(cs, values, states, acc, rows, t, lr, due & keep)
+    values, states, t, mean = _apply(cs, values, states, acc, rows, t, lr, due & keep, grads)
     grads = tuple(xp.where(due, m, g) for m, g in zip(mean, grads, strict=True))  # as `p.grad` is left
     acc = (tuple(xp.where(due, xp.zeros_like(s), s) for s in acc[0]), xp.where(due, xp.zeros_like(acc[1]), acc[1]),
            xp.where(due, xp.zeros_like(acc[2]), acc[2]))
@@ -83,6 +88,7 @@ def flush(cs: CompiledStep, values: tuple, states: tuple, grads: tuple, ints: An
     """The end of the epoch: apply what was gathered since the last update; (values, states, grads, ints)."""
     xp = cs.xp
     pending = acc[2] > 0
-    values, states, t, mean = _apply(cs, values, states, acc, 0, ints[CARRY_T], lr, pending & (ints[CARRY_OK] != 0))
+    values, states, t, mean = _apply(cs, values, states, acc, 0, ints[CARRY_T], lr, pending & (ints[CARRY_OK] != 0),
+                                     grads)
     grads = tuple(xp.where(pending, m, g) for m, g in zip(mean, grads, strict=True))
     return values, states, grads, xp.concat([xp.reshape(t, (1,)), ints[1:]])

@@ -157,8 +157,14 @@ class Accumulate(GradientTransform):
         if self._sums is None:
             return False
         scale = inverse_total(self._rows)
-        for p, s in zip(params, self._sums, strict=True):
-            p.grad = None if s is None else s * scale
+        if isinstance(self._rows, int):
+            for p, s in zip(params, self._sums, strict=True):
+                p.grad = None if s is None else s * scale
+        else:
+            # weights that sum to 0 leave every batch of the group only its regularizers' gradient, the same for
+            # each (the parameters did not move), which one call over all the rows gives too: the last batch's
+            for p, s in zip(params, self._sums, strict=True):
+                p.grad = None if s is None else weightless_mean(s * scale, p.grad, self._rows)
         self.reset()
         return True
 
@@ -179,6 +185,15 @@ def inverse_total(total: Any) -> Any:
         return 1.0 / total if total else 0.0
     xp = array_api_compat.array_namespace(total)
     return xp.astype(total != 0, total.dtype) / (total + xp.astype(total == 0, total.dtype))
+
+
+def weightless_mean(mean: Any, last: Any, total: Any) -> Any:
+    """`mean`, a group's gradient weighted by the batches' sums of weights (a 0-d array `total` in all), or where
+    those sum to 0, `last`, the group's last gradient (the regularizers' alone, as every batch of the group has)."""
+    if last is None:
+        return mean
+    xp = array_api_compat.array_namespace(mean)
+    return xp.where(total == 0, last, mean)
 
 
 class _CallbackStage(GradientTransform):
