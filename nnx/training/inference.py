@@ -14,6 +14,7 @@ from ..protocols import Model
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, head_outputs, predict_batches
 from .history import Logs
+from .inputs import require_backend_state
 from .loss_fit import check_loss_fits
 from .sources import inference_source
 
@@ -88,7 +89,7 @@ def _rebound_named(model: Model, what: str) -> Iterator[None]:
     dtype``), naming none. The error itself is kept in the message (a layer may hold such an array on purpose)."""
     try:
         yield
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:  # AttributeError: a list where an array belongs
         _raise_if_rebound(model, f"{what} failed ({type(exc).__name__}: {exc}); a likely cause", exc)
         raise
 
@@ -102,6 +103,7 @@ def _raise_if_rebound(model: Model, what: str, cause: BaseException | None = Non
     a parameter in another dtype on purpose and cast where it meets the activations: only outputs in another dtype,
     or a failed forward, are laid to such an array.
     """
+    require_backend_state(model, what)  # a list or another library's array has no dtype to compare
     expected = model.backend.float_dtype(model.dtype)
     for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for a in arrays:

@@ -8,6 +8,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from ..backends import backend_name_of
+from ..backends.names import article
+from ..layers.parameter import in_model_dtype
 from ..protocols import Model
 
 
@@ -30,6 +33,29 @@ def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
         raise ValueError(f"{argname} has samples of shape {tuple(X.shape[1:])} but the model expects "
                          f"{model.input_shape}")
     return X
+
+
+def require_backend_state(model: Model, what: str) -> None:
+    """TypeError naming the first parameter or buffer whose value is no array of the model's backend and device.
+
+    ``p.value = np.load(...)`` on a torch model, a list, or a tensor on a NumPy model failed deep inside a layer or
+    the optimizer (torch even blamed "float32 and float32"). Once per call, never in a step: a type and device look
+    per array.
+    """
+    backend = model.backend
+    for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
+        for a in arrays:
+            value = a.value
+            if not backend.owns(value):
+                other = backend_name_of(value)
+                got = f"{article(other)} array" if other else f"a {type(value).__name__}"
+            elif not hasattr(value, "dtype") or (
+                    hasattr(value, "device") and str(value.device) != str(backend.device)):
+                got = f"an array on device {value.device}"  # owns() holds: NumPy's arrays always have a dtype
+            else:
+                continue
+            raise TypeError(f"{what}: {kind} {a.name!r} holds {got}, but the model runs on the {backend.spec} backend; "
+                            f"{in_model_dtype(kind)}")
 
 
 def require_finite(model: Model, arr: Any, argname: str, given: Any = None) -> None:

@@ -1,0 +1,105 @@
+"""Arrays from other libraries and of unusual kinds at nnx's boundaries (fit, predict, losses, metrics, parameters):
+the same numbers as a float NumPy array, or an error naming the problem, never a silently wrong result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+ALL = nnx.available_backends()
+
+
+def _model(backend: str, dtype: str = "float64") -> nnx.Sequential:
+    return nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), backend=backend, dtype=dtype, seed=0)
+
+
+def _data(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 3))
+    return X, (X @ np.array([1.0, -2.0, 0.5]))[:, None]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_unusual_numpy_inputs_predict_as_the_float_array_does(backend: str) -> None:
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    X, _ = _data()
+    model = _model(backend)
+    host = model.backend.to_host
+    base = host(model.predict(X))
+    readonly = X.copy()
+    readonly.flags.writeable = False
+    with pytest.warns(PendingDeprecationWarning):
+        matrix = np.matrix(X)
+    for given in (np.flip(X, 0)[::-1], np.asfortranarray(X), readonly, matrix, np.ma.masked_array(X), X.tolist()):
+        np.testing.assert_array_equal(host(model.predict(given)), base)
+    for given in (X.astype(np.float16), X.astype(ml_dtypes.bfloat16)):  # cast up exactly, then computed in float64
+        np.testing.assert_allclose(host(model.predict(given)), host(model.predict(given.astype(np.float64))))
+    assert str(model.predict(X > 0).dtype).endswith("float64")
+    with pytest.raises(TypeError, match="real numbers.*complex128"):
+        model.predict(X.astype(complex))
+    with pytest.raises(ValueError, match=r"2-D.*\(24, 3, 1\)"):
+        model.predict(X[..., None])
+    with pytest.raises(ValueError, match=r"2-D.*\(3,\)"):
+        model.predict(X[0])
+    with pytest.raises(ValueError, match="masked entr"):
+        model.predict(np.ma.masked_array(X, mask=X > 1))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_fit_leaves_the_callers_arrays_as_they_were(backend: str) -> None:
+    X, y = _data()
+    Xc, yc, w = X.copy(), y.copy(), np.ones(len(y))
+    _model(backend).fit(Xc, yc, sample_weight=w, epochs=2, batch_size=5, loss="mse", verbose=0, validation_split=0.25)
+    np.testing.assert_array_equal(Xc, X)
+    np.testing.assert_array_equal(yc, y)
+    np.testing.assert_array_equal(w, np.ones(len(y)))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_a_torch_tensor_is_refused_by_name_or_read_without_its_graph(backend: str) -> None:
+    torch = pytest.importorskip("torch")
+    X, _ = _data()
+    model = _model(backend)
+    t = torch.tensor(X, requires_grad=True).flip(0)
+    if backend != "torch":
+        with pytest.raises(TypeError, match=f"torch array but this model runs on the {backend} backend"):
+            model.predict(t)
+        return
+    out = model.predict(t)
+    assert not out.requires_grad
+    np.testing.assert_array_equal(out.numpy(), model.predict(np.flip(X, 0)).numpy())
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("kind", ["list", "host", "foreign"])
+def test_a_parameter_assigned_an_array_of_another_kind_is_named(backend: str, kind: str) -> None:
+    """``p.value = np.load(...)`` on a torch model, a list, or a tensor on a NumPy model: fit and predict name the
+    parameter and the backend, instead of failing deep in a layer (or, for torch, blaming two equal dtypes)."""
+    X, y = _data()
+    model = _model(backend)
+    p = model.parameters()[0]
+    shape = tuple(p.value.shape)
+    if kind == "list":
+        value = np.zeros(shape).tolist()
+    elif kind == "host":
+        if backend == "numpy":
+            pytest.skip("a NumPy array is the numpy backend's own")
+        value = np.zeros(shape)
+    else:
+        torch = pytest.importorskip("torch")
+        if backend == "torch":
+            pytest.skip("a tensor is the torch backend's own")
+        value = torch.zeros(shape)
+    p.value = value
+    with pytest.raises(TypeError, match=f"parameter '0.weight' holds .* {backend} backend"):
+        model.fit(X, y, epochs=1, loss="mse", verbose=0)
+    try:  # NumPy's matmul takes a list: the right numbers, and predict checks no parameter before it runs
+        out = model.backend.to_host(model.predict(X))
+    except TypeError as exc:
+        assert "parameter '0.weight' holds" in str(exc) and f"{backend} backend" in str(exc)
+    else:
+        same = _model(backend)
+        same.parameters()[0].value = same.backend.asarray(np.zeros(shape), dtype=same.dtype)
+        np.testing.assert_allclose(out, same.backend.to_host(same.predict(X)))
