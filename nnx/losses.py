@@ -36,6 +36,7 @@ import array_api_compat
 
 from . import _validate as check
 from .backends import backend_name_of, get_backend, loaded_namespace
+from .backends.names import is_host_subclass
 from .registry import (
     CONFIG_KEY,
     Registry,
@@ -288,6 +289,10 @@ class Loss:
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
         # the loaded backend adapter's namespace, as the training step's later batches use: array_api_compat's
         # torch `maximum(x, 0)` copies the 0 from host memory, which torch:cuda waits for (seen on an H200)
+        if is_host_subclass(y_pred):
+            # NumPy's masked operators skip masked entries (a mean of the rest), a matrix's * multiplies matrices:
+            # read as a plain array, which refuses masked entries by name
+            y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
         xp = loaded_namespace(y_pred)
         y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):

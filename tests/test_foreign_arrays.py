@@ -103,3 +103,14 @@ def test_a_parameter_assigned_an_array_of_another_kind_is_named(backend: str, ki
         same = _model(backend)
         same.parameters()[0].value = same.backend.asarray(np.zeros(shape), dtype=same.dtype)
         np.testing.assert_allclose(out, same.backend.to_host(same.predict(X)))
+
+
+def test_a_loss_reads_a_masked_prediction_by_name_not_by_its_unmasked_part() -> None:
+    """NumPy's masked arithmetic skips masked entries, so MSE of a masked y_pred was the mean of the rest: a silently
+    other number. As every input, a masked array with masked entries is refused; one without any is read as is."""
+    X, y = _data()
+    p = _model("numpy").predict(X)
+    mse = nnx.losses.MSE()
+    with pytest.raises(ValueError, match="y_pred is a masked array"):
+        mse(y, np.ma.masked_array(p, mask=p > 0.5))
+    assert float(mse(y, np.ma.masked_array(p))) == float(mse(y, p))

@@ -46,6 +46,11 @@ def backend_name_of(x: Any) -> str | None:
     return None
 
 
+def is_host_subclass(x: Any) -> bool:
+    """Whether `x` is a subclass of NumPy's array (a masked array, a matrix), whose operators are not an array's."""
+    return isinstance(x, np.ndarray) and type(x) is not np.ndarray
+
+
 def is_scipy_sparse(x: Any) -> bool:
     """Whether `x` is a scipy.sparse matrix or array (told by its module: scipy is not imported for it)."""
     return type(x).__module__.startswith("scipy.sparse")
