@@ -13,6 +13,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
 from ..training import GradientTransform, TrainStep
+from ..training import data as batch_data
 from .arrays import check_sample_weight, dense, host, io_of
 from .base import MLPBase
 
@@ -172,13 +173,17 @@ class MLPTraining(MLPBase):
         weights = [p for p in model.parameters() if p.regularized]
         half_alpha = 0.5 * self.alpha
         sample_idx = np.arange(n)
+        # a shuffled copy of a big X would hold it twice: gather each batch's rows instead, as scikit-learn
+        # (X[sample_idx[batch_slice]]) and `fit` (`ArrayBatches`) do; a small X is copied once an epoch
+        gather = self.shuffle and not batch_data.copy_fits(xp, X_d)
         self.n_iter_ = 0  # scikit-learn counts the epochs of this call only (t_ keeps counting samples)
         for _ in range(self.max_iter):
             X_e, y_e, w_e, w_host = X_d, y_d, w_d, w
             if self.shuffle:
                 sample_idx = sk_shuffle(sample_idx, random_state=rs)
                 perm = be.asarray(sample_idx)
-                X_e, y_e = xp.take(X_d, perm, axis=0), xp.take(y_d, perm, axis=0)
+                X_e = perm if gather else xp.take(X_d, perm, axis=0)
+                y_e = xp.take(y_d, perm, axis=0)
                 if w is not None:
                     w_e, w_host = xp.take(w_d, perm, axis=0), w[sample_idx]
             total = None
@@ -190,7 +195,8 @@ class MLPTraining(MLPBase):
                         f"The sample weights of a mini-batch sum to zero (batch_size={batch}, epoch {self.n_iter_ + 1}"
                         "): its loss is the weighted mean over the batch, which has none. Use a larger batch_size, "
                         "or leave the zero-weight rows out of the data.")
-                value, _ = step.forward_loss(X_e[lo:hi, ...], y_e[lo:hi, ...],
+                X_b = xp.take(X_d, X_e[lo:hi], axis=0) if gather else X_e[lo:hi, ...]
+                value, _ = step.forward_loss(X_b, y_e[lo:hi, ...],
                                              None if w_e is None else w_e[lo:hi])
                 if value_scale != 1.0:
                     value = value * value_scale

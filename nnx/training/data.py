@@ -49,6 +49,12 @@ def batch_slices(n_samples: int, batch_size: int) -> list[slice]:
     return [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
 
 
+def copy_fits(xp: Any, X: Any) -> bool:
+    """Whether float array `X` is small enough (`COPY_LIMIT`) that an epoch may copy it whole in shuffled order;
+    above it each shuffled batch is gathered from X, so that training never holds X twice."""
+    return int(X.shape[0]) * math.prod(X.shape[1:]) * xp.finfo(X.dtype).bits // 8 <= COPY_LIMIT
+
+
 class ArrayBatches:
     """Batches of arrays already on the model's device, reshuffled every epoch.
 
@@ -71,8 +77,7 @@ class ArrayBatches:
         self.slices = batch_slices(self.n_samples, batch_size)
         self.steps = len(self.slices)
         self.shuffle = shuffle
-        xp = model.xp
-        small = self.n_samples * math.prod(X.shape[1:]) * xp.finfo(X.dtype).bits // 8 <= COPY_LIMIT
+        small = copy_fits(model.xp, X)
         # A shuffled copy of a big X would double what training holds in memory: gather each batch instead.
         self._gather = shuffle and not small
         # Cutting every batch at once (`Backend.split_rows`) holds the epoch's batches together: small data only.

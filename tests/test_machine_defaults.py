@@ -1,0 +1,122 @@
+"""What nnx does around training and inference, outside the step: copies of the data, compiled programs, threads.
+
+Counts of copies, compiles and settings, never timings, so these hold on a busy machine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.training import data as data_module
+
+
+def _xy(n: int = 300, features: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, features)).astype(np.float32)
+    return X, (X[:, 0] - 0.5 * X[:, 1]).astype(np.float32)
+
+
+def _full_gathers(monkeypatch, rows: int, features: int) -> list[tuple[int, ...]]:
+    """Calls of the numpy backend's ``xp.take`` that gather all `rows` rows of a (rows, features) X."""
+    seen: list[tuple[int, ...]] = []
+    xp = nnx.get_backend("numpy").xp
+    take = xp.take
+
+    def counting(a, indices, *args, **kwargs):
+        out = take(a, indices, *args, **kwargs)
+        if getattr(a, "ndim", 0) == 2 and a.shape[1] == features and out.shape[0] == rows:
+            seen.append(out.shape)
+        return out
+
+    monkeypatch.setattr(xp, "take", counting)
+    return seen
+
+
+def test_sklearn_estimator_gathers_each_batch_of_a_big_X_instead_of_copying_it_every_epoch(monkeypatch):
+    # scikit-learn's MLP gathers X[sample_idx[batch]] per batch; nnx.sklearn took all of X in shuffled order
+    # every epoch, holding a big X twice, where fit (ArrayBatches) gathers batches above COPY_LIMIT
+    pytest.importorskip("sklearn")
+    from nnx.sklearn import MLPRegressor
+
+    X, y = _xy()
+    limit_16_mib = data_module.COPY_LIMIT
+
+    def run(limit: int, count: bool) -> tuple[list[float], list]:
+        monkeypatch.setattr(data_module, "COPY_LIMIT", limit)
+        est = MLPRegressor(hidden_layer_sizes=(8,), max_iter=3, batch_size=64, random_state=0, backend="numpy",
+                           tol=0.0)
+        with pytest.warns(Warning):  # ConvergenceWarning after max_iter
+            with monkeypatch.context() as m:
+                seen = _full_gathers(m, X.shape[0], X.shape[1]) if count else []
+                est.fit(X, y)
+        return list(est.loss_curve_), seen
+
+    copied, _ = run(limit_16_mib, False)
+    gathered, seen = run(0, True)  # as for X above 16 MiB
+    assert seen == [], f"X gathered whole {len(seen)} times in 3 epochs"
+    _, seen = run(limit_16_mib, True)
+    assert len(seen) == 3  # a small X is still copied once an epoch (contiguous batches), as fit does
+    assert gathered == copied  # the same rows in the same order: the same numbers
+
+
+def test_fit_and_predict_leave_thread_settings_alone_in_one_process():
+    # thread limits are for ranks sharing a host (distributed); a single process keeps every core
+    torch = pytest.importorskip("torch")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import os
+
+    before = (torch.get_num_threads(), [p["num_threads"] for p in threadpoolctl.threadpool_info()],
+              {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")})
+    X, y = _xy(100)
+    for name in ("numpy", "torch"):
+        model = nnx.Sequential(nnx.Dense(7, 8), nnx.ReLU(), nnx.Dense(8, 1), backend=name, seed=0)
+        model.fit(X, y, loss="mse", epochs=1, batch_size=32, validation_data=(X, y))
+        model.predict(X)
+    after = (torch.get_num_threads(), [p["num_threads"] for p in threadpoolctl.threadpool_info()],
+             {k: v for k, v in os.environ.items() if k.endswith("_NUM_THREADS")})
+    assert after == before
+
+
+def test_float32_numpy_data_is_not_copied_to_train_or_predict_on_numpy():
+    X, y = _xy(50)
+    model = nnx.Sequential(nnx.Dense(7, 4), nnx.ReLU(), nnx.Dense(4, 1), backend="numpy", seed=0)
+    assert np.shares_memory(model.prepare_inputs(X), X)
+
+
+class _Compiles(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Finished XLA compilation"):
+            self.count += 1
+
+
+def test_jax_fit_predict_and_evaluate_compile_nothing_when_called_again_on_the_same_shapes():
+    jax = pytest.importorskip("jax")
+    X, y = _xy(100)
+    model = nnx.Sequential(nnx.Dense(7, 8), nnx.ReLU(), nnx.Dense(8, 1), backend="jax", seed=0)
+    kwargs = dict(loss="mse", epochs=2, batch_size=32, validation_data=(X[:50], y[:50]), metrics=["mae"])
+    model.fit(X, y, **kwargs)
+    model.predict(X, batch_size=32)
+    model.evaluate(X, y, batch_size=32)
+    handler, logger = _Compiles(), logging.getLogger("jax")
+    level = logger.level
+    old = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        model.fit(X, y, **kwargs)
+        model.predict(X, batch_size=32)
+        model.evaluate(X, y, batch_size=32)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        jax.config.update("jax_log_compiles", old)
+    assert handler.count == 0, f"{handler.count} programs compiled again for the same shapes"
