@@ -316,6 +316,11 @@ class Backend:
             raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {label!r}")
         return getattr(self.xp, label)
 
+    def is_traced(self, x: Any) -> bool:
+        """Whether `x` is a value being traced by its library's compiler (a JAX tracer inside the user's own
+        ``jax.jit``), which has no numbers to read on the host."""
+        return False
+
     # -- moving data ----------------------------------------------------------
     def owns(self, x: Any) -> bool:
         """Whether `x` is an array of this backend's library."""

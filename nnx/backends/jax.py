@@ -240,6 +240,9 @@ class JaxBackend(Backend):
         return (errors.ConcretizationTypeError, errors.TracerArrayConversionError,
                 errors.TracerIntegerConversionError, errors.TracerBoolConversionError, TraceRefused)
 
+    def is_traced(self, x: Any) -> bool:
+        return isinstance(x, importlib.import_module("jax.core").Tracer)
+
     def rng(self, seed: int) -> JaxRNG:
         return JaxRNG(self, seed)
 

@@ -14,7 +14,7 @@ from ..protocols import Model
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, head_outputs, predict_batches
 from .history import Logs
-from .inputs import require_backend_state
+from .inputs import require_backend_state, require_untraced
 from .loss_fit import check_loss_fits
 from .sources import inference_source
 
@@ -56,6 +56,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
         check.positive_int("batch_size", batch_size)
     check_finite = check.flag("check_finite", check_finite)
     require_forward_run(model, "predict")
+    require_untraced(model, "predict", X)
     source = inference_source(model, X, None, None, None, batch_size, steps, prefetch, check_finite)
     if source is not None:
         with _rebound_named(model, "predict"):
@@ -129,6 +130,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     does not fit the model's outputs (see `fit`) raises ValueError.
     """
     require_forward_run(model, "evaluate")
+    require_untraced(model, "evaluate", X, y, sample_weight)
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)
     if batch_size is not None:

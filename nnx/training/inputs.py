@@ -35,6 +35,17 @@ def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
     return X
 
 
+def require_untraced(model: Model, what: str, *arrays: Any) -> None:
+    """TypeError where data given to `what` (fit, predict, evaluate) is being traced (inside the user's own
+    ``jax.jit``): these read their data on the host and compile programs of their own, and failed with the
+    library's conversion error deep inside; the model's own call is what traced code runs."""
+    for x in arrays:
+        if model.backend.is_traced(x):
+            raise TypeError(f"{what} cannot run inside traced code (jax.jit, jax.grad, jax.vmap): it reads its data "
+                            f"on the host and compiles its own programs; there, call the model itself, model(X) "
+                            f"(model(X, training=True) for training mode), and a loss on its outputs")
+
+
 def require_backend_state(model: Model, what: str) -> None:
     """TypeError naming the first parameter or buffer whose value is no array of the model's backend and device.
 

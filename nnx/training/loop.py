@@ -26,7 +26,7 @@ from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History
 from .inference import require_forward_run
-from .inputs import require_backend_state
+from .inputs import require_backend_state, require_untraced
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
 from .resolve import require_valid_settings
@@ -138,6 +138,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     """
     require_forward_run(model, "fit")  # it trains through forward_to_head, as predict and evaluate run
     require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
+    require_untraced(model, "fit", X, y, sample_weight)
     require_backend_state(model, "fit")  # p.value = np.load(...) on a torch model: named here, not deep in a layer
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
