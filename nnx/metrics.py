@@ -23,26 +23,33 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from array_api_compat import device as array_device
-from array_api_compat import is_array_api_obj, is_jax_array
+from array_api_compat import is_array_api_obj, is_jax_array, is_numpy_array
 
 from .backends import get_backend
+from .backends.names import is_host_subclass
 from .losses import BinaryCrossEntropy
 from .registry import Registry
 
 
 def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
-    """`metric` taking ``y_true`` as the losses take it: a NumPy array (or a list) beside another library's outputs
-    is moved to their backend and device; an array of a third library raises `TypeError` naming both.
+    """`metric` reading its inputs as the losses read them: a NumPy array (or a list) beside another library's
+    outputs, or one of their own library on another device, is moved to their backend and device; an array of a
+    third library raises `TypeError` naming both. A NumPy subclass (masked array, matrix) is read as a plain
+    array, which refuses masked entries by name; a y_pred that is no array is refused by name.
 
-    Arrays of the outputs' own type (what `fit` and `evaluate` pass) go through untouched. JAX's functions take
-    NumPy arrays as they are, and a traced output has no backend to move anything to.
+    Arrays of the outputs' own type on their device (what `fit` and `evaluate` pass) go through untouched. JAX's
+    functions take NumPy arrays as they are, and a traced output has no backend to move anything to.
     """
     @functools.wraps(metric)
     def scored(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
-        # NumPy's strings, objects and dates too (a NumPy y_true beside NumPy or JAX outputs skips the move): the
-        # move refuses them by name, where the arithmetic below would fail on "could not convert string to float"
-        if (type(y_true) is not type(y_pred) and not (is_jax_array(y_pred) and is_array_api_obj(y_true))) \
-                or getattr(getattr(y_true, "dtype", None), "kind", "f") not in "biufV":
+        if is_host_subclass(y_pred):
+            # NumPy's masked operators skip masked entries (a score of the rest), a matrix's ** is a matrix power:
+            # read as a plain array, which refuses masked entries by name (before the check below: array_api_compat
+            # takes no matrix for an array)
+            y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
+        if not is_array_api_obj(y_pred):
+            raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
+        if _moved(y_true, y_pred):
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
         if tuple(getattr(y_pred, "shape", ()))[:1] == (0,):
             # NaN, the score of no rows, is the answer: NumPy would also warn of the means of nothing behind it
@@ -51,6 +58,23 @@ def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
                 return metric(xp, y_true, y_pred, from_logits)
         return metric(xp, y_true, y_pred, from_logits)
     return scored
+
+
+def _moved(y_true: Any, y_pred: Any) -> bool:
+    """Whether `y_true` must go through y_pred's `Backend.asarray` before a metric computes with it."""
+    if getattr(getattr(y_true, "dtype", None), "kind", "f") not in "biufV":
+        # NumPy's strings, objects and dates (beside NumPy or JAX outputs too): the move refuses them by name,
+        # where the arithmetic would fail on "could not convert string to float"
+        return True
+    if is_jax_array(y_pred):
+        # JAX takes NumPy arrays as they are (a masked one or a matrix is moved, to be read as a plain array); an
+        # array of a third library is moved, which names both
+        return not (is_jax_array(y_true) or is_numpy_array(y_true)) or is_host_subclass(y_true)
+    if type(y_true) is not type(y_pred):
+        return True
+    # one library, two devices (torch's cpu and cuda, array_api_strict's Device("device1")): moved, as a loss does,
+    # where the arithmetic would fail on the library's own "two different devices"
+    return not is_numpy_array(y_pred) and str(array_device(y_true)) != str(array_device(y_pred))
 
 
 def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
