@@ -63,6 +63,8 @@ class Backend(Protocol):
 
     def owns(self, x: Any) -> bool: ...
 
+    def is_traced(self, x: Any) -> bool: ...
+
 
 class Model(Protocol):
     """A model as training, inference, checkpoints and callbacks use it (`nnx.Sequential` is one)."""
