@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import types
 from typing import Any
 
 from ..history import format_value
@@ -54,10 +55,9 @@ class ProgressBar(Callback):
         self._first_epoch = self.model.epochs_trained  # a model trained before continues its count
         self._epoch = self._first_epoch
         self._tqdm = None
+        vars(self).pop("on_batch_end", None)  # a fit before drew no bar: this one may
         self._shown = prints_here(self.model)  # rank 0 alone draws a data-parallel fit's progress
-        if not self._shown:
-            return
-        if self.use_tqdm or (self.use_tqdm is None and _is_terminal(self.file or sys.stderr)):
+        if self._shown and (self.use_tqdm or (self.use_tqdm is None and _is_terminal(self.file or sys.stderr))):
             try:
                 from tqdm.auto import tqdm
             except ImportError:
@@ -65,6 +65,11 @@ class ProgressBar(Callback):
                     raise
             else:
                 self._tqdm = tqdm
+        if self._tqdm is None and type(self).on_batch_end is ProgressBar.on_batch_end:
+            # no bar to move: this fit sees no per-batch hook here (`CallbackList.uses`), so its steps are not
+            # interrupted by a call that does nothing, and run back to back as without a ProgressBar (a
+            # subclass's own on_batch_end is kept)
+            self.on_batch_end = types.MethodType(Callback.on_batch_end, self)
 
     def _label(self) -> str:
         total = f"/{self._first_epoch + self._total_epochs}" if self._total_epochs else ""
