@@ -285,14 +285,15 @@ class Loss:
         return rows, g
 
     def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
+        if is_host_subclass(y_pred):
+            # NumPy's masked operators skip masked entries (a mean of the rest), a matrix's * multiplies matrices
+            # (and array_api_compat counts no matrix an array): read as a plain array, which refuses masked
+            # entries by name
+            y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
         # the loaded backend adapter's namespace, as the training step's later batches use: array_api_compat's
         # torch `maximum(x, 0)` copies the 0 from host memory, which torch:cuda waits for (seen on an H200)
-        if is_host_subclass(y_pred):
-            # NumPy's masked operators skip masked entries (a mean of the rest), a matrix's * multiplies matrices:
-            # read as a plain array, which refuses masked entries by name
-            y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
         xp = loaded_namespace(y_pred)
         y_pred = cast(Any, y_pred)  # is_array_api_obj narrowed it to a protocol without dtype and shape
         if not xp.isdtype(y_pred.dtype, "real floating"):
@@ -301,6 +302,7 @@ class Loss:
             raise ValueError("a loss needs y_pred with a leading row axis (one row per sample), got a 0-d y_pred")
         if (
             not array_api_compat.is_array_api_obj(y_true)
+            or is_host_subclass(y_true)  # masked (its entries skipped, as y_pred's) or a matrix: as y_pred above
             or backend_name_of(y_true) != backend_name_of(y_pred)
             or str(array_api_compat.device(y_true)) != str(array_api_compat.device(y_pred))
         ):

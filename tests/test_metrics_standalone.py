@@ -136,6 +136,7 @@ def test_masked_entries_are_refused_by_name_as_the_losses_refuse_them(name, whic
             nnx.losses.MSE()(*args)
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")  # NumPy, of np.matrix itself
 @pytest.mark.parametrize("name", ALL)
 def test_unmasked_masked_arrays_and_matrices_score_as_their_plain_values(name):
     """A matrix failed (its ** is a matrix power, and get_backend refused it); a mask hiding nothing is data."""
