@@ -85,7 +85,7 @@ def test_the_opset_asked_for_is_the_one_declared(tmp_path):
         assert_serves_like_predict(model, tmp_path / f"{opset}.onnx", np.ones((2, 3)))
 
 
-class Doubling(nnx.Layer):
+class UnexportedDoubling(nnx.Layer):
     """A user's layer with no exporter."""
 
     def forward(self, X, training=False):
@@ -96,9 +96,9 @@ class Doubling(nnx.Layer):
 
 
 def test_a_users_layer_without_an_exporter_is_named_and_nothing_is_written(tmp_path):
-    model = nnx.Sequential(nnx.Dense(3, 3), Doubling(), seed=0)
+    model = nnx.Sequential(nnx.Dense(3, 3), UnexportedDoubling(), seed=0)
     path = tmp_path / "sub" / "model.onnx"
-    with pytest.raises(NotImplementedError, match=r"layer 1 \(Doubling\)"):
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(UnexportedDoubling\)"):
         model.to_onnx(path)
     assert not path.parent.exists()
 
