@@ -54,6 +54,7 @@ def require_backend_state(model: Model, what: str) -> None:
     per array.
     """
     backend = model.backend
+    placed: list[str] = []  # the device name the backend's own arrays report, read only where a name differs
     for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for a in arrays:
             value = a.value
@@ -61,12 +62,22 @@ def require_backend_state(model: Model, what: str) -> None:
                 other = backend_name_of(value)
                 got = f"{article(other)} array" if other else f"a {type(value).__name__}"
             elif not hasattr(value, "dtype") or (
-                    hasattr(value, "device") and str(value.device) != str(backend.device)):
+                    hasattr(value, "device") and str(value.device) != str(backend.device)
+                    and str(value.device) != _placed_device(backend, placed)):
                 got = f"an array on device {value.device}"  # owns() holds: NumPy's arrays always have a dtype
             else:
                 continue
             raise TypeError(f"{what}: {kind} {a.name!r} holds {got}, but the model runs on the {backend.spec} backend; "
                             f"{in_model_dtype(kind)}")
+
+
+def _placed_device(backend: Any, placed: list[str]) -> str:
+    """The name of the device an array the backend makes reports, kept in `placed`: a device may be named otherwise
+    than its arrays name it (torch's ``"cuda"``, ``"mps"`` or ``"cpu:0"`` put tensors on ``cuda:0``, ``mps:0``,
+    ``cpu``), so the model's own arrays are compared with one it made, not with the name it was given."""
+    if not placed:
+        placed.append(str(getattr(backend.asarray(0.0), "device", backend.device)))
+    return placed[0]
 
 
 def require_finite(model: Model, arr: Any, argname: str, given: Any = None) -> None:
