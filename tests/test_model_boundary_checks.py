@@ -28,6 +28,20 @@ def test_a_torch_device_spelled_with_an_index_is_not_taken_for_another_device(tm
     nnx.load(tmp_path / "m.npz", backend="torch:cpu:0").fit(X, y, loss="mse", epochs=1, verbose=0)
 
 
+def test_a_layer_holding_another_layers_parameter_is_told_it_is_that_layers(backend: Any) -> None:
+    # the refusal said the parameter "is not in model.parameters(): it would never be trained", which is false for
+    # another layer's weight: it is trained, as that layer's, and this layer's backward would overwrite its gradient
+    X, y = small_data()
+    model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
+    model.layers[1].encoder_weight = model.layers[0].weight
+    with pytest.raises(ValueError) as info:
+        model.fit(X, y, loss="mse", epochs=1, verbose=0)
+    message = str(info.value)
+    assert "layer 1 (Dense)" in message and "'encoder_weight'" in message and "'0.weight'" in message
+    assert "layer 0" in message.split("'0.weight'", 1)[1]
+    assert "never be trained" not in message and "add_parameter" not in message
+
+
 def test_a_parameter_on_another_device_of_the_same_library_is_still_refused() -> None:
     xp = pytest.importorskip("array_api_strict")
     model = nnx.Sequential(nnx.Dense(4, 1), backend="array_api_strict", seed=0)

@@ -505,11 +505,24 @@ def require_own_arrays(model: Any) -> None:
                        f"`a.weight = b.weight` does (its backward would overwrite the other layer's gradient). To "
                        f"share a weight, write one layer that applies it in both places; to copy values, use "
                        f"load_state_dict")
+            elif (owner := _owner_of(model, value)) is not None:
+                why = (f"it is {owner}'s {kind}, trained, saved and moved as that layer's; nnx does not share arrays "
+                       f"between layers as torch's `a.weight = b.weight` does (a layer computing with another's "
+                       f"{kind} would overwrite that layer's gradient in its backward). To share a weight, "
+                       f"write one layer that applies it in both places")
             else:
                 why = (f"a {kind} the layer did not make with add_{kind} in build() (or hold through a sub-layer) "
                        f"is not in model.parameters()/buffers(): it would never be trained, saved or moved")
             raise ValueError(f"{where}: attribute {attribute!r} holds the {kind} {value.name!r}, not one of its own: "
                              f"{why}")
+
+
+def _owner_of(model: Any, value: Any) -> str | None:
+    """``"layer <path> (<class>)"`` (``"the model"``) for the layer of `model` that made `value`; None for none."""
+    for path, layer in [("", model), *model.named_layers()]:
+        if any(a is value for a in (*layer._params.values(), *layer._buffers.values())):
+            return f"layer {path} ({type(layer).__name__})" if path else "the model"
+    return None
 
 
 def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_kept: bool = False) -> dict:
