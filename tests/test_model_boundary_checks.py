@@ -48,3 +48,30 @@ def test_a_parameter_on_another_device_of_the_same_library_is_still_refused() ->
     model.parameters()[0].value = xp.asarray(np.zeros((4, 1), "float32"), device=xp.Device("device1"))
     with pytest.raises(TypeError, match=r"'0\.weight' holds an array on device .*device1"):
         model.fit(*small_data(), loss="mse", epochs=1, verbose=0)
+
+
+class KeptInFloat64Scale(nnx.Layer):
+    """Keeps its scale in float64 on purpose and casts it where it meets the activations."""
+
+    def build(self, input_shape: Any) -> None:
+        self.scale = self.add_parameter("scale", (input_shape[-1],), "ones")
+        self.scale.value = self.xp.astype(self.scale.value, self.xp.float64)
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        return X * self.xp.astype(self.scale.value, X.dtype)
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        return dY * self.xp.astype(self.scale.value, dY.dtype)
+
+
+def test_a_bad_metrics_entry_is_not_laid_to_a_parameter_kept_in_another_dtype(backend: Any) -> None:
+    # evaluate resolved its metrics inside the guard that names a rebound parameter as the likely cause of a failed
+    # forward: a metrics entry of the wrong kind was reported as caused by the float64 scale the layer keeps on purpose
+    X, y = small_data()
+    model = nnx.Sequential(nnx.Dense(4, 4), KeptInFloat64Scale(), nnx.Dense(4, 1), backend=backend, dtype="float32",
+                           seed=0)
+    assert np.isfinite(model.evaluate(X, y, loss="mse")["loss"])  # the layer itself works
+    for given in (X, [(X, y)]):
+        with pytest.raises(TypeError) as info:
+            model.evaluate(given, y if given is X else None, loss="mse", metrics=[object()])
+        assert str(info.value).startswith("metrics entries must be"), str(info.value)

@@ -133,13 +133,14 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     require_untraced(model, "evaluate", X, y, sample_weight)
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)
+    metric_fns = resolve_metrics(metrics, loss_fn)  # up front, as fit: outside the guard that blames rebound arrays
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)
     check_finite = check.flag("check_finite", check_finite)
     source = inference_source(model, X, y, sample_weight, loss_fn, batch_size, steps, prefetch, check_finite)
     if source is not None:
         with _rebound_named(model, "evaluate"):
-            return Logs(evaluate_batches(model, source, loss_fn, resolve_metrics(metrics, loss_fn), look_at_outputs))
+            return Logs(evaluate_batches(model, source, loss_fn, metric_fns, look_at_outputs))
     if y is None:
         raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                         "of (X, y) or (X, y, sample_weight) tuples")
@@ -150,5 +151,4 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
         model.require_finite(X_d, "X", X)  # a NaN loss from NaN data would look like a result
         model.require_finite(y_d, "y", y)
     with _rebound_named(model, "evaluate"):
-        return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, resolve_metrics(metrics, loss_fn), batch_size,
-                                    look_at_outputs))
+        return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, metric_fns, batch_size, look_at_outputs))
