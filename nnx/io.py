@@ -142,11 +142,12 @@ def _require_json(tree: Any, where: str) -> None:
 
 def file_destination(path: str | os.PathLike, kind: str, verb: str, example: str) -> Path:
     """`path` as a `Path`, or IsADirectoryError when it names a folder: one that exists, or one spelled with a
-    trailing separator (``"exports/"``), which `Path` drops, so the write would make a file of the folder's name
-    where ``open(path, "wb")`` refuses."""
+    trailing separator (``"exports/"``) or a last component ``.`` or ``..``, which `Path` drops (or resolves), so the
+    write would make a file of the folder's name where ``open(path, "wb")`` refuses."""
     given = os.fspath(path)
     folder = Path(given)
-    trailing = isinstance(given, str) and given.endswith((os.sep, os.altsep or os.sep))
+    trailing = isinstance(given, str) and (given.endswith((os.sep, os.altsep or os.sep))
+                                           or os.path.basename(given) in (".", ".."))
     if trailing or folder.is_dir():  # else the rename fails naming only the temporary file
         shown = given if trailing else str(folder)
         raise IsADirectoryError(f"{shown!r} is a folder, not {kind}; {verb} to a file in it, "

@@ -75,3 +75,16 @@ def test_a_bad_metrics_entry_is_not_laid_to_a_parameter_kept_in_another_dtype(ba
         with pytest.raises(TypeError) as info:
             model.evaluate(given, y if given is X else None, loss="mse", metrics=[object()])
         assert str(info.value).startswith("metrics entries must be"), str(info.value)
+
+
+@pytest.mark.parametrize("write", ["save", "to_onnx"])
+def test_a_path_ending_in_a_dot_component_is_a_folder_not_a_file_name(write: str, tmp_path: Any) -> None:
+    # Path("ck/.") is Path("ck"), as Path("ck/") is: 87ca639 refused the trailing separator, but "ck/." still wrote
+    # a file named ck where open("ck/.", "wb") refuses
+    if write == "to_onnx":
+        pytest.importorskip("onnx")
+    model = nnx.Sequential(nnx.Dense(2, 1), seed=0)
+    for name in ("ck/.", "ck/sub/.."):
+        with pytest.raises(IsADirectoryError, match="is a folder"):
+            getattr(model, write)(f"{tmp_path}/{name}")
+    assert list(tmp_path.iterdir()) == []
