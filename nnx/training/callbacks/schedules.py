@@ -56,12 +56,18 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"learning-rate schedule {self.schedule!r} returned {returned!r} at epoch {epoch + 1}; "
                              "it must return a finite number >= 0")
         optimizer.lr = new
+        self._epoch_rate = float(optimizer.lr)
         if self.verbose and new != old and prints_here(self.model):
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None and getattr(self.model, "optimizer", None) is not None:
-            logs["lr"] = float(self.model.optimizer.lr)
+        # the rate set for this epoch, not the optimizer's now: a callback whose on_epoch_end ran before this one
+        # (ReduceLROnPlateau listed first) may already have set the next epoch's
+        rate = getattr(self, "_epoch_rate", None)
+        if rate is None and getattr(self.model, "optimizer", None) is not None:
+            rate = float(self.model.optimizer.lr)
+        if logs is not None and rate is not None:
+            logs["lr"] = rate
 
 
 def _takes_epoch_only(schedule: Callable[..., Any]) -> bool:
