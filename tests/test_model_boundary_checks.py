@@ -88,3 +88,17 @@ def test_a_path_ending_in_a_dot_component_is_a_folder_not_a_file_name(write: str
         with pytest.raises(IsADirectoryError, match="is a folder"):
             getattr(model, write)(f"{tmp_path}/{name}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batches_of_traced_arrays_are_refused_by_name_as_a_traced_array_is() -> None:
+    # 011cdd4 named a tracer given as X; a list of traced batches (X as an iterable, as a DataLoader's) still failed
+    # with JAX's "Argument of type DynamicJaxprTracer is not a valid JAX type"
+    jax = pytest.importorskip("jax")
+    model = nnx.Sequential(nnx.Dense(4, 1), backend="jax", seed=0)
+    X, y = small_data()
+    for call in (lambda x: model.predict([x]), lambda x: model.predict((x,)),
+                 lambda x: model.evaluate([(x, x[:, :1])], loss="mse")):
+        with pytest.raises(TypeError, match="cannot run inside traced code"):
+            jax.jit(call)(jax.numpy.asarray(X))
+    assert model.predict([X, X]).shape == (32, 1)  # batches of arrays and lists of rows still run
+    assert model.predict(X.tolist()).shape == (16, 1)

@@ -40,6 +40,8 @@ def require_untraced(model: Model, what: str, *arrays: Any) -> None:
     ``jax.jit``): these read their data on the host and compile programs of their own, and failed with the
     library's conversion error deep inside; the model's own call is what traced code runs."""
     for x in arrays:
+        while isinstance(x, (list, tuple)) and x:  # batches, or (X, y) pairs: their first array tells
+            x = x[0]
         if model.backend.is_traced(x):
             raise TypeError(f"{what} cannot run inside traced code (jax.jit, jax.grad, jax.vmap): it reads its data "
                             f"on the host and compiles its own programs; there, call the model itself, model(X) "
