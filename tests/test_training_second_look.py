@@ -195,3 +195,23 @@ def test_the_logged_rate_is_the_one_the_epoch_trained_with_whatever_the_callback
                                       callbacks=[ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0,
                                                                    min_delta=1e9), StepDecay(10)])
     assert history.history["lr"] == [0.01, 0.01, 0.01]
+
+
+def test_a_schedule_that_decays_from_the_current_rate_keeps_the_reductions_without_a_warning(backend):
+    """Keras's own LearningRateScheduler example, ``lambda epoch, lr: lr * exp(-0.1)``, decays from the rate it is
+    given, so ReduceLROnPlateau's reductions carry on under it: no warning that the schedule undoes them."""
+    X, y = _xy()
+    decay = math.exp(-0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = _model(backend).fit(
+            X, y, loss="mse", optimizer="sgd", lr=0.01, epochs=4, batch_size=16,
+            callbacks=[LearningRateScheduler(lambda epoch, lr: lr * decay),
+                       ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)])
+    expected, rate = [], 0.01
+    for epoch in range(4):
+        rate *= decay
+        expected.append(rate)
+        if epoch >= 1:  # every epoch after the first is a plateau
+            rate *= 0.5
+    np.testing.assert_allclose(history.history["lr"], expected, rtol=1e-12)

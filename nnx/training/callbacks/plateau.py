@@ -27,7 +27,8 @@ class ReduceLROnPlateau(Callback):
     The rate of each epoch goes into the epoch logs as ``"lr"`` (the one it trained with, before a reduction
     at its end). Like `EarlyStopping`, each `fit` starts its patience, best and cooldown anew; the reduced rate
     itself is the optimizer's, so a later `fit` or a checkpoint keeps it. A learning-rate schedule in the same
-    `fit` sets the rate at every epoch from its own formula and so would undo each reduction: that warns.
+    `fit` that sets the rate at every epoch from its own formula (a `StepDecay`) raises it back and so undoes each
+    reduction: that warns. One that decays from the rate it is given (``lambda epoch, lr: lr * 0.9``) keeps them.
     """
 
     adds_logs = ("lr",)
@@ -63,7 +64,9 @@ class ReduceLROnPlateau(Callback):
             raise ValueError("ReduceLROnPlateau needs the model's optimizer; it is set by fit")
         lr = float(optimizer.lr)
         logs["lr"] = lr
-        if self._set is not None and lr != self._set:
+        # raised back above the reduced rate: a schedule that decays from the rate it is given (Keras's
+        # ``lr * exp(-0.1)``) keeps the reductions and lowers the rate further, which is no conflict
+        if self._set is not None and lr > self._set:
             warnings.warn(f"ReduceLROnPlateau lowered the learning rate to {self._set:.4g}, but epoch {epoch + 1} "
                           f"trained at {lr:.4g}: another callback (a learning-rate schedule) sets the rate every "
                           "epoch and undoes the reductions; use one of them", UserWarning, stacklevel=2)
