@@ -34,7 +34,9 @@ def _executions():
 EXECUTIONS = _executions()
 
 
-def _data(n=23, seed=0):
+def _data(n=20, seed=0):
+    """20 rows: batches of 5 are all one shape, so JAX compiles one step; the tests of an uneven last batch or a
+    partial group of micro-batches ask for 23 rows."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 4))
     y = X @ rng.standard_normal((4, 2)) + 0.3 * rng.standard_normal((n, 2))
@@ -132,7 +134,7 @@ def test_clipping_matches_torch_clip_grad(backend, fast, clip):
 @pytest.mark.parametrize("k", [2, 3])
 def test_accumulation_with_uneven_last_batch_and_sample_weight_matches_torch(backend, fast, k):
     """23 rows in batches of 5: the last batch has 3 rows, and the last group is partial for k=3 (5 batches)."""
-    X, y = _data()
+    X, y = _data(23)
     sw = np.linspace(0.2, 2.0, len(X))
     model = _model(backend, fast)
     net = _twin(model)
@@ -192,7 +194,7 @@ def test_lr_changed_between_fits_and_a_new_optimizer_match_torch(backend, fast):
         group["lr"] = 0.02
     _torch_epochs(net, topt, X, y, 1, 5)
     _assert_same(model, net)
-    assert model.optimizer.step_count == topt.state[next(iter(net.parameters()))]["step"].item() == 15
+    assert model.optimizer.step_count == topt.state[next(iter(net.parameters()))]["step"].item() == 12
     # switching optimizers: a new one starts from fresh state, as a new torch optimizer does
     _fit(model, fast, X, y, optimizer="sgd", lr=0.05, epochs=1, batch_size=5)
     _torch_epochs(net, torch.optim.SGD(net.parameters(), lr=0.05), X, y, 1, 5)
@@ -200,7 +202,7 @@ def test_lr_changed_between_fits_and_a_new_optimizer_match_torch(backend, fast):
     _fit(model, fast, X, y, optimizer="adam", lr=0.01, epochs=1, batch_size=5)
     _torch_epochs(net, torch.optim.Adam(net.parameters(), lr=0.01), X, y, 1, 5)
     _assert_same(model, net)
-    assert model.optimizer.step_count == 5
+    assert model.optimizer.step_count == 4
 
 
 @pytest.mark.parametrize("backend,fast", EXECUTIONS)
@@ -224,7 +226,7 @@ def test_state_dict_round_trip_resumes_as_torch_does(backend, fast, name, kwargs
     fresh.load_state_dict(saved_weights)
     opt = getattr(optim, name)(fresh.parameters(), **{**kwargs, "lr": 0.5})  # the saved rate comes back
     opt.load_state_dict(saved_opt)
-    assert opt.lr == kwargs["lr"] and opt.step_count == 10
+    assert opt.lr == kwargs["lr"] and opt.step_count == 8
     _fit(fresh, fast, X, y, loss="mse", optimizer=opt, epochs=2, batch_size=5)
     topt2 = getattr(torch.optim, name)(net.parameters(), **{**kwargs, "lr": 0.5})
     topt2.load_state_dict(tsaved)
@@ -236,7 +238,7 @@ def test_state_dict_round_trip_resumes_as_torch_does(backend, fast, name, kwargs
 def test_accumulation_under_mean_with_sample_weight_matches_one_large_batch(backend, fast):
     """Under ``mean_with_sample_weight`` a group of micro-batches is one batch whose loss is sum(w*l) / sum(w)
     over the group: torch users divide each micro-batch's weighted sum by the group's sum of weights."""
-    X, y = _data()
+    X, y = _data(23)
     sw = np.linspace(0.0, 2.0, len(X))
     model = _model(backend, fast)
     net = _twin(model)
@@ -260,7 +262,7 @@ def test_accumulation_under_mean_with_sample_weight_matches_one_large_batch(back
 
 @pytest.mark.parametrize("backend,fast", EXECUTIONS)
 def test_step_decay_across_fits_matches_torch_step_lr(backend, fast):
-    X, y = _data()
+    X, y = _data(23)  # 5 batches in groups of 2: the last group is partial
     model = _model(backend, fast)
     net = _twin(model)
     topt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.5)
@@ -305,7 +307,7 @@ def test_hyperparameters_changed_between_fits_take_effect_as_in_torch(backend, f
 def test_clip_norm_with_an_optimizer_over_some_parameters(backend, fast):
     """The norm is over every gradient backward computed (torch's ``clip_grad_norm_(model.parameters())``), the
     update moves only the optimizer's parameters: the others keep their values on every execution."""
-    X, y = _data()
+    X, y = _data(23)
     model = _model(backend, fast)
     net = _twin(model)
     first = _host(model)
