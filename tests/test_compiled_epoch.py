@@ -59,8 +59,8 @@ def _model(fast: bool, dtype: str = "float64", first: Any = None, reg: bool = Tr
 
 
 def _fit(fast: bool, dtype: str = "float64", optimizer: Any = None, first: Any = None, epochs: int = 3,
-         data: Any = None, **kw):
-    X, y = _data()
+         data: Any = None, n: int = N, **kw):
+    X, y = _data(n)
     model = _model(fast, dtype, first() if first else None)
     opt = (optimizer or (lambda ps: nnx.optim.Adam(ps, lr=0.01)))(model.parameters())
     if data is not None:
@@ -116,8 +116,11 @@ def test_an_epoch_program_gives_the_step_by_step_numbers_float64():
 ], ids=["sgd_nesterov", "rmsprop", "lion"])
 def test_an_epoch_program_gives_the_step_by_step_numbers_float32(optimizer):
     # (every optimizer in float64 against the plain loop: tests/test_jax_compiled.py, now run as epoch programs)
-    a = _fit(True, "float32", optimizer, clip_value=0.1)
-    b = _fit(False, "float32", optimizer, clip_value=0.1)
+    # 64 rows, two full batches (one step shape to compile; the partial last batch is the float64 test's), over
+    # two epochs (the state carried from one epoch program into the next)
+    kw = {"clip_value": 0.1, "epochs": 2, "n": 2 * BATCH}
+    a = _fit(True, "float32", optimizer, **kw)
+    b = _fit(False, "float32", optimizer, **kw)
     assert a[1].execution_mode == "epoch"
     _assert_same(a, b, 1e-5)
 
