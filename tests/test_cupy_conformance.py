@@ -68,6 +68,8 @@ def standin(monkeypatch):
     from_array = registry._from_array
     monkeypatch.setattr(registry, "_from_array", lambda x: _backend(xp, cupy_standin.Device.current)
                         if isinstance(x, cupy_standin.StandinArray) else from_array(x))
+    # and a CuPy backend owns a stand-in array as it owns a CuPy array (`backend_name_of` sees a NumPy subclass)
+    monkeypatch.setattr(CupyBackend, "owns", lambda self, x: isinstance(x, cupy_standin.StandinArray))
     return modules, xp
 
 
