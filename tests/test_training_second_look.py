@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from user_code import keras_plateau_rates
 
 import nnx
 from nnx import losses, metrics
@@ -24,24 +25,6 @@ def _xy(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _model(backend, **kwargs):
     return nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 1), backend=backend, seed=0, **kwargs)
-
-
-def _keras_rates(values, lr, factor, patience, cooldown, min_lr, min_delta):
-    """Keras's ReduceLROnPlateau.on_epoch_end (mode min) written out: the rate each epoch trained with."""
-    best, wait, cool, rates = math.inf, 0, 0, []
-    for current in values:
-        rates.append(lr)
-        if cool > 0:
-            cool -= 1
-            wait = 0
-        if current < best - min_delta:
-            best, wait = current, 0
-        elif cool <= 0:
-            wait += 1
-            if wait >= patience and lr > np.float32(min_lr):
-                lr = max(lr * factor, min_lr)
-                cool, wait = cooldown, 0
-    return rates
 
 
 class _Optimizer:
@@ -67,7 +50,7 @@ def test_reduce_lr_on_plateau_counts_as_keras_on_random_plateaus(patience, coold
         logs = {"loss": value}
         cb.on_epoch_end(epoch, logs)
         rates.append(logs["lr"])
-    assert rates == _keras_rates(values, 0.1, 0.5, patience, cooldown, min_lr, 0.05)
+    assert rates == keras_plateau_rates(values, 0.1, 0.5, patience, cooldown, min_lr, min_delta=0.05)
 
 
 def test_reduced_rates_train_as_the_same_rates_set_by_a_schedule(backend):

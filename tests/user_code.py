@@ -4,7 +4,10 @@ and the call counter the tests that count a step's checks share."""
 from __future__ import annotations
 
 import collections
+import math
 from typing import Any
+
+import numpy as np
 
 import nnx
 
@@ -105,3 +108,23 @@ class PerEpoch(nnx.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.per_epoch.append(self.counter[0] - self.seen)
         self.seen = self.counter[0]
+
+
+def keras_plateau_rates(values: Any, lr: float, factor: float, patience: int, cooldown: int, min_lr: float,
+                        min_delta: float) -> list[float]:
+    """Keras's ReduceLROnPlateau.on_epoch_end (mode min), written out: the rate each epoch trains with, for the
+    monitored `values` (Keras compares the rate with min_lr in float32)."""
+    best, wait, cool, rates = math.inf, 0, 0, []
+    for current in values:
+        rates.append(lr)
+        if cool > 0:
+            cool -= 1
+            wait = 0
+        if current < best - min_delta:
+            best, wait = current, 0
+        elif cool <= 0:
+            wait += 1
+            if wait >= patience and lr > np.float32(min_lr):
+                lr = max(lr * factor, min_lr)
+                cool, wait = cooldown, 0
+    return rates
