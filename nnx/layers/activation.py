@@ -30,6 +30,30 @@ class _Activation(Layer):
         self._cache: Any = None
 
 
+class _WithTheLayersSlope:
+    """A function of `nnx.activations` taking a slope: on the class, the plain function (default slope, for the
+    activation table and `plot_activations`); on a layer, that function with the layer's `alpha` as it is when
+    called, so ``layer.function(x)`` is what the layer computes (it was the default slope, 0.01, whatever the
+    layer's)."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # a callable itself, as the declared attribute is
+        return self.function(*args, **kwargs)
+
+    def __get__(self, layer: Any, owner: Any = None) -> Callable[..., Any]:
+        function = self.function
+        if layer is None:
+            return function
+
+        def with_the_layers_slope(x: Any) -> Any:
+            return function(x, float(layer.alpha))
+
+        with_the_layers_slope.__doc__ = function.__doc__
+        return with_the_layers_slope
+
+
 class Sigmoid(_Activation):
     """Logistic sigmoid, 1 / (1 + exp(-x)), computed without overflow."""
 
@@ -108,7 +132,7 @@ class LeakyReLU(_Activation):
         alpha: slope for negative inputs, >= 0.
     """
 
-    function, derivative = staticmethod(act.leaky_relu), staticmethod(act.leaky_relu_derivative)
+    function, derivative = _WithTheLayersSlope(act.leaky_relu), _WithTheLayersSlope(act.leaky_relu_derivative)
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
