@@ -36,7 +36,7 @@ import array_api_compat
 
 from . import _validate as check
 from .backends import backend_name_of, get_backend, loaded_namespace
-from .backends.names import is_host_subclass
+from .backends.names import in_other_byte_order, is_host_subclass
 from .registry import (
     CONFIG_KEY,
     Registry,
@@ -285,10 +285,11 @@ class Loss:
         return rows, g
 
     def _inputs(self, y_true: Any, y_pred: Any, check: bool, sample_weight: Any) -> tuple[Any, Any, Any, Any]:
-        if is_host_subclass(y_pred):
+        if is_host_subclass(y_pred) or in_other_byte_order(y_pred):
             # NumPy's masked operators skip masked entries (a mean of the rest), a matrix's * multiplies matrices
             # (and array_api_compat counts no matrix an array): read as a plain array, which refuses masked
-            # entries by name
+            # entries by name. A big-endian y_pred (``>f8``) is read in the native order: the loss's rows come
+            # out native, and the dtype check on them blamed the loss ("rows must return >f8, got float64")
             y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
         if not array_api_compat.is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")

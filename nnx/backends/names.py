@@ -51,6 +51,13 @@ def is_host_subclass(x: Any) -> bool:
     return isinstance(x, np.ndarray) and type(x) is not np.ndarray
 
 
+def in_other_byte_order(x: Any) -> bool:
+    """Whether `x` is a NumPy array in the other byte order than the machine's (read from a big-endian file):
+    arithmetic on it gives arrays in the native order, whose dtype then differs from its own (``>f8`` is not
+    ``float64``) though they hold the same kind of number."""
+    return isinstance(x, np.ndarray) and not x.dtype.isnative
+
+
 def is_scipy_sparse(x: Any) -> bool:
     """Whether `x` is a scipy.sparse matrix or array (told by its module: scipy is not imported for it)."""
     return type(x).__module__.startswith("scipy.sparse")

@@ -1,0 +1,28 @@
+"""Arrays a researcher has at hand, given to nnx as they are: big-endian data read from a file, unusual dtypes, views
+and odd shapes, at the entry points called directly (losses, metrics) and through the model. The same numbers as a
+plain native float array, or an error naming the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnx import losses
+
+
+@pytest.mark.parametrize("loss", [losses.MSE(), losses.MAE(), losses.BinaryCrossEntropy(), losses.CrossEntropy()],
+                         ids=repr)
+@pytest.mark.parametrize("order", [">f8", ">f4"])
+def test_a_loss_reads_big_endian_predictions_as_native_ones(loss: losses.Loss, order: str) -> None:
+    """A prediction read from a big-endian file was refused with an error blaming the loss's own `rows` ("must
+    return arrays of y_pred's dtype >f8, got float64")."""
+    y_pred = np.random.default_rng(0).uniform(0.1, 0.9, size=(5, 3))
+    y_true = np.array([0, 2, 1, 1, 0]) if isinstance(loss, losses.CrossEntropy) else np.round(y_pred)
+    native = y_pred.astype(order[1:])
+    big = y_pred.astype(order)
+    value, grad = loss.value_and_grad(y_true, big)
+    want_value, want_grad = loss.value_and_grad(y_true, native)
+    assert value.dtype == want_value.dtype and grad.dtype == want_grad.dtype
+    np.testing.assert_array_equal(value, want_value)
+    np.testing.assert_array_equal(grad, want_grad)
+    np.testing.assert_array_equal(loss(y_true, big, sample_weight=np.ones(5, ">f8")), want_value)
