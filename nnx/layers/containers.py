@@ -30,7 +30,8 @@ class HeldLayers(tuple):
 
     __slots__ = ()
 
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    def _refuse(*args: Any, **kwargs: Any) -> Any:
         raise TypeError("a container's layers are fixed when it is built: a layer removed or added afterwards would "
                         "stay in (or be missing from) its parameters, state_dict and saved config; build a new "
                         "model from new layer objects and copy the weights it keeps with load_state_dict")
@@ -39,8 +40,28 @@ class HeldLayers(tuple):
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
 
+class _FixedLayers:
+    """The ``layers`` attribute of a container: set once, in its constructor; a later assignment or ``del`` raises.
+
+    ``model.layers = (model.layers[0], model.layers[2])`` ran the new stack in predict and fit while the left-out
+    layer stayed built, its arrays in parameters() and the checkpoint, so `save` wrote a file `nnx.load` refused and
+    `to()` failed. Only ``__set__`` is defined: a read finds the instance's own value, at a plain attribute's cost
+    (the forward pass reads it), while every write comes here.
+    """
+
+    def __set__(self, container: Any, layers: Any) -> None:
+        if "layers" in vars(container):
+            HeldLayers._refuse()
+        vars(container)["layers"] = layers
+
+    def __delete__(self, container: Any) -> None:
+        HeldLayers._refuse()
+
+
 class _Chain(Layer):
     """Layers applied in order; shapes are checked link by link when the chain is built."""
+
+    layers: tuple[Layer, ...]  # a `_FixedLayers`, set on the class below its body
 
     def __init__(self, *layers: Layer) -> None:
         super().__init__()
@@ -51,7 +72,7 @@ class _Chain(Layer):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} must be an nnx Layer, got {type(layer).__name__}")
-        self.layers: tuple[Layer, ...] = HeldLayers(layers)
+        self.layers = HeldLayers(layers)
 
     def expected_input_shape(self) -> Shape | None:
         return self.layers[0].expected_input_shape()
@@ -125,6 +146,10 @@ class _Chain(Layer):
     def __repr__(self) -> str:
         inner = ",\n".join(repr(layer) for layer in self.layers).replace("\n", "\n  ")
         return f"{type(self).__name__}(\n  {inner}\n)"
+
+
+# set here, not in the class body, so type checkers read `layers` as the tuple it holds on every instance
+setattr(_Chain, "layers", _FixedLayers())  # noqa: B010
 
 
 def _layers_from(config: Mapping[str, Any]) -> list[Layer]:

@@ -1,0 +1,44 @@
+"""Models that hold models: Sequential inside Sequential inside a user's block, and what walks them.
+
+Reviewed the way a PyTorch or Keras user nests and freezes: changing a container after it is built,
+training and inference mode reaching every nested layer, summaries, frozen parts, checkpoints into a
+model of another nesting, and the tools (save/load, ONNX, gradient check) on the nested tree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _data(n=16, features=3, outputs=1, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, features))
+    return X, np.tanh(X @ rng.standard_normal((features, outputs)))
+
+
+def _host(model, value):
+    return np.array(model.backend.to_host(value))
+
+
+def test_reassigning_a_containers_layers_is_refused_before_it_writes_an_unloadable_file(tmp_path):
+    """Found in review: ``model.layers = (model.layers[0], model.layers[2])`` (dropping a layer torch-style) ran
+    the new stack in predict and fit, while the dropped layer stayed built and its arrays stayed in parameters()
+    and the checkpoint: `save` wrote a file that `nnx.load` then refused, and `to()` failed. Like the list-style
+    edits, the assignment (and ``del``) now raises at once, inside nested containers too."""
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Sequential(nnx.Dense(4, 4), nnx.Tanh()),
+                           nnx.Dense(4, 1), seed=0)
+    for container in (model, model.layers[2]):
+        kept = container.layers
+        with pytest.raises(TypeError, match=r"layers are fixed when it is built"):
+            container.layers = (kept[0], kept[-1])
+        with pytest.raises(TypeError, match=r"layers are fixed when it is built"):
+            del container.layers
+        assert container.layers is kept
+    X, y = _data()
+    model.fit(X, y, loss="mse", epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = nnx.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), _host(model, model.predict(X)))
