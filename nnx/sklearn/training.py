@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils import shuffle as sk_shuffle
 
-from ..training import GradientTransform, TrainStep
+from ..training import GradientTransform, InterruptGuard, TrainStep
 from ..training import data as batch_data
 from .arrays import check_sample_weight, dense, host, io_of
 from .base import MLPBase
@@ -177,78 +177,89 @@ class MLPTraining(MLPBase):
         # (X[sample_idx[batch_slice]]) and `fit` (`ArrayBatches`) do; a small X is copied once an epoch
         gather = self.shuffle and not batch_data.copy_fits(xp, X_d)
         self.n_iter_ = 0  # scikit-learn counts the epochs of this call only (t_ keeps counting samples)
-        for _ in range(self.max_iter):
-            X_e, y_e, w_e, w_host = X_d, y_d, w_d, w
-            if self.shuffle:
-                sample_idx = sk_shuffle(sample_idx, random_state=rs)
-                perm = be.asarray(sample_idx)
-                X_e = perm if gather else xp.take(X_d, perm, axis=0)
-                y_e = xp.take(y_d, perm, axis=0)
-                if w is not None:
-                    w_e, w_host = xp.take(w_d, perm, axis=0), w[sample_idx]
-            total = None
-            for part in gen_batches(n, batch):
-                lo, hi = part.start, part.stop
-                divisor = float(hi - lo) if w_host is None else float(w_host[lo:hi].sum())
-                if divisor == 0.0:  # scikit-learn divides by it too, and fails there with ZeroDivisionError
-                    raise ValueError(
-                        f"The sample weights of a mini-batch sum to zero (batch_size={batch}, epoch {self.n_iter_ + 1}"
-                        "): its loss is the weighted mean over the batch, which has none. Use a larger batch_size, "
-                        "or leave the zero-weight rows out of the data.")
-                X_b = xp.take(X_d, X_e[lo:hi], axis=0) if gather else X_e[lo:hi, ...]
-                value, _ = step.forward_loss(X_b, y_e[lo:hi, ...],
-                                             None if w_e is None else w_e[lo:hi])
-                if value_scale != 1.0:
-                    value = value * value_scale
-                if half_alpha:
-                    squares: Any = None
-                    for p in weights:  # from the weights before this step, as scikit-learn's loss is
-                        s = xp.sum(p.value * p.value)
-                        squares = s if squares is None else squares + s
-                    value = value + half_alpha * squares / divisor
-                step.backward()
-                objective.divisor = divisor
-                step.transform(hi - lo)
-                step.update()
-                term = value * (hi - lo)
-                total = term if total is None else total + term
-            loss = be.to_float(total) / n  # the one read per epoch
-            if not math.isfinite(loss) and validation is None and not self._weights_finite():
-                # Without a validation set nothing can restore finite weights: scikit-learn would run on
-                # to max_iter and raise this same error on the final weights; it is raised now instead.
-                # (A loss can be inf with finite weights and gradients: Poisson's where exp underflows.)
-                raise ValueError(_NON_FINITE)
-            self.n_iter_ += 1
-            self.loss_ = loss
-            self.t_ += n
-            self.loss_curve_.append(loss)
-            if self.verbose:
-                print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-            self._update_no_improvement_count(validation)
-            if self.solver == "sgd" and self.learning_rate == "invscaling":
-                opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = "Validation score" if validation is not None else "Training loss"
-                msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
-                       "consecutive epochs.")
-                if self.solver == "sgd" and self.learning_rate == "adaptive":
-                    if opt.lr <= 1e-6:
+        # scikit-learn catches Ctrl-C between epochs' steps, warns and keeps the model so far (the best
+        # validation epoch's weights with early stopping); the guard defers one that lands inside an update
+        guard = InterruptGuard().install()
+        try:
+            for _ in range(self.max_iter):
+                X_e, y_e, w_e, w_host = X_d, y_d, w_d, w
+                if self.shuffle:
+                    sample_idx = sk_shuffle(sample_idx, random_state=rs)
+                    perm = be.asarray(sample_idx)
+                    X_e = perm if gather else xp.take(X_d, perm, axis=0)
+                    y_e = xp.take(y_d, perm, axis=0)
+                    if w is not None:
+                        w_e, w_host = xp.take(w_d, perm, axis=0), w[sample_idx]
+                total = None
+                for part in gen_batches(n, batch):
+                    lo, hi = part.start, part.stop
+                    divisor = float(hi - lo) if w_host is None else float(w_host[lo:hi].sum())
+                    if divisor == 0.0:  # scikit-learn divides by it too, and fails there with ZeroDivisionError
+                        raise ValueError(
+                            f"The sample weights of a mini-batch sum to zero (batch_size={batch}, epoch "
+                            f"{self.n_iter_ + 1}): its loss is the weighted mean over the batch, which has none. "
+                            "Use a larger batch_size, or leave the zero-weight rows out of the data.")
+                    X_b = xp.take(X_d, X_e[lo:hi], axis=0) if gather else X_e[lo:hi, ...]
+                    value, _ = step.forward_loss(X_b, y_e[lo:hi, ...],
+                                                 None if w_e is None else w_e[lo:hi])
+                    if value_scale != 1.0:
+                        value = value * value_scale
+                    if half_alpha:
+                        squares: Any = None
+                        for p in weights:  # from the weights before this step, as scikit-learn's loss is
+                            s = xp.sum(p.value * p.value)
+                            squares = s if squares is None else squares + s
+                        value = value + half_alpha * squares / divisor
+                    step.backward()
+                    objective.divisor = divisor
+                    step.transform(hi - lo)
+                    guard.in_step = True  # Ctrl-C inside the update waits until every parameter has it
+                    step.update()
+                    guard.end_step()
+                    term = value * (hi - lo)
+                    total = term if total is None else total + term
+                loss = be.to_float(total) / n  # the one read per epoch
+                if not math.isfinite(loss) and validation is None and not self._weights_finite():
+                    # Without a validation set nothing can restore finite weights: scikit-learn would run on
+                    # to max_iter and raise this same error on the final weights; it is raised now instead.
+                    # (A loss can be inf with finite weights and gradients: Poisson's where exp underflows.)
+                    raise ValueError(_NON_FINITE)
+                self.n_iter_ += 1
+                self.loss_ = loss
+                self.t_ += n
+                self.loss_curve_.append(loss)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+                self._update_no_improvement_count(validation)
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if validation is not None else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
+                           "consecutive epochs.")
+                    if self.solver == "sgd" and self.learning_rate == "adaptive":
+                        if opt.lr <= 1e-6:
+                            if self.verbose:
+                                print(f"{msg} Learning rate too small. Stopping.")
+                            break
+                        opt.lr = opt.lr / 5.0
+                        self._no_improvement_count = 0
                         if self.verbose:
-                            print(f"{msg} Learning rate too small. Stopping.")
+                            print(f"{msg} Setting learning rate to {opt.lr:f}")
+                    else:
+                        if self.verbose:
+                            print(f"{msg} Stopping.")
                         break
-                    opt.lr = opt.lr / 5.0
-                    self._no_improvement_count = 0
-                    if self.verbose:
-                        print(f"{msg} Setting learning rate to {opt.lr:f}")
-                else:
-                    if self.verbose:
-                        print(f"{msg} Stopping.")
+                if incremental:
                     break
-            if incremental:
-                break
-            if self.n_iter_ == self.max_iter:
-                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                              "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=4)
+        except KeyboardInterrupt:
+            step.reset()
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=4)
+        finally:
+            guard.uninstall()
         best = getattr(self, "_best_state", None)
         if self.early_stopping and best is not None:
             model.load_state_dict(best)  # copied in: the kept best must not follow later training
