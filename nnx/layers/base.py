@@ -122,9 +122,12 @@ class BuildContext:
             return self.backend.asarray(host, dtype=self.dtype, argname=full, copy=True)
         xp, device = self.backend.xp, self.backend.device
         dtype = self.backend.float_dtype(self.dtype)
-        if init == "zeros":
+        # a string test before `==`: an array given as init would compare elementwise (NumPy's "truth value ...
+        # is ambiguous", naming neither init nor the parameter)
+        named = isinstance(init, str)
+        if named and init == "zeros":
             return xp.zeros(shape, dtype=dtype, device=device)
-        if init == "ones":
+        if named and init == "ones":
             return xp.ones(shape, dtype=dtype, device=device)
         if isinstance(init, numbers.Real) and not isinstance(init, bool):
             if finite:
@@ -142,8 +145,10 @@ class BuildContext:
         elif callable(init):
             host = init(self.init_rng, shape)
         else:
+            given = ("; to start from given values, pass init=lambda rng, shape: values (a host array of that "
+                     "shape)") if hasattr(init, "shape") else ""
             raise TypeError(f"init for {full!r} must be a name, a number or a callable (rng, shape) -> array, "
-                            f"got {type(init).__name__}")
+                            f"got {type(init).__name__}{given}")
         value = self.backend.asarray(host, dtype=self.dtype, argname=f"init of {full!r}", copy=True)
         if tuple(value.shape) != shape:  # reshaped, a transposed draw would land scrambled
             raise ValueError(f"init of {full!r} returned shape {tuple(value.shape)}, but the parameter has shape "
