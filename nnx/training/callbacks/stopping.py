@@ -31,6 +31,9 @@ class EarlyStopping(Callback):
         baseline: a value the monitored quantity must beat within `patience` epochs; epochs that
             do not beat it count towards `patience` even when they improve on the best so far.
         verbose: 1 prints a line when stopping.
+        start_from_epoch: epochs to wait before monitoring, as Keras's (a warm-up in which no improvement is
+            expected): an epoch whose index (0-based, counted over the model's whole training as the hooks and
+            `History.epoch` count it) is below it is neither a best nor counts towards `patience`.
 
     After training, `stopped_epoch` is the index of the epoch at which it stopped (None
     if it did not), `best` the best value and `best_epoch` the index of its epoch. Both
@@ -40,7 +43,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
                  mode: str = "auto", restore_best_weights: bool = False, baseline: float | None = None,
-                 verbose: int = 0) -> None:
+                 verbose: int = 0, start_from_epoch: int = 0) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
             raise ValueError(f"EarlyStopping patience must be an int >= 0, got {patience!r}")
         if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
@@ -52,6 +55,7 @@ class EarlyStopping(Callback):
         self.restore_best_weights = restore_best_weights
         self.baseline = None if baseline is None else check.real("EarlyStopping baseline", baseline)
         self.verbose = verbose
+        self.start_from_epoch = check.integer("EarlyStopping start_from_epoch", start_from_epoch, low=0)
         self._reset()
 
     def _reset(self) -> None:
@@ -72,6 +76,8 @@ class EarlyStopping(Callback):
         if self.monitor not in logs:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in the epoch logs; "
                              f"logged: {sorted(logs)}")
+        if epoch < self.start_from_epoch:
+            return  # the warm-up: not monitored
         current = float(logs[self.monitor])
         if improved(current, self.best, self.mode, self.min_delta):
             # the best epoch is kept whether or not it beats the baseline, as Keras keeps it: with a
