@@ -85,3 +85,18 @@ def test_a_real_sigint_in_fit_is_caught_and_the_handler_given_back(monkeypatch):
         warnings.simplefilter("error")
         clf.partial_fit(X, y)  # the estimator goes on as after any fit
     assert clf.t_ == 4 * X.shape[0]
+
+
+def test_ctrl_c_in_partial_fit_keeps_the_estimator_as_sklearn_does(monkeypatch):
+    X, y = _blobs()
+    params = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=0.05, random_state=0)
+    fitted = []
+    for cls in (MLPClassifier, SkMLPClassifier):
+        est = cls(**params).partial_fit(X, y, classes=[0, 1, 2])
+        _interrupt_at(monkeypatch, cls, 1, _raise_keyboard_interrupt)
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            est.partial_fit(X, y)
+        monkeypatch.undo()
+        est.partial_fit(X, y)  # and it goes on from there, the optimizer's state kept
+        fitted.append(est)
+    _same_fit(*fitted)
