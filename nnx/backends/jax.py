@@ -271,6 +271,22 @@ class JaxRNG(DeviceRNG):
     def _draw(self, shape: tuple[int, ...], label: str) -> Any:
         jax = importlib.import_module("jax")  # the library: pyright would take this adapter for it
 
-        key = jax.random.fold_in(jax.random.PRNGKey(self.seed), self.counter)
+        key = jax.random.fold_in(_key(jax, self.seed), self.counter)
         with jax.default_device(self.backend.device):
             return jax.random.uniform(key, shape, dtype=getattr(self.backend.xp, label))
+
+
+def _key(jax: Any, seed: Any) -> Any:
+    """JAX's key for `seed` (up to 64 bits) as 64-bit mode makes it, also with the mode off.
+
+    A float32 model runs op by op with the mode off, where ``PRNGKey`` keeps only the low 32 bits of a Python
+    int: the dropout seed (drawn below 2**63) would give other masks than the same model seed gives with it on.
+    A traced seed is a compiled program's, which runs in 64-bit mode only.
+    """
+    if jax.config.jax_enable_x64 or not isinstance(seed, int):
+        return jax.random.PRNGKey(seed)
+    wide = getattr(jax, "enable_x64", None)  # a config state, whose truth JAX refuses; older JAX's is experimental
+    if wide is None:
+        wide = importlib.import_module("jax.experimental").enable_x64
+    with wide(True):
+        return jax.random.PRNGKey(seed)
