@@ -93,7 +93,7 @@ def _copy(x: Any) -> Any:
 # what an optimizer keeps beside its settings: parameters, their state, update counts, caches and the rate
 # (an argument of the rule), and a schedule's base rate
 _BOOKKEEPING = frozenset({"params", "state", "step_count", "param_steps", "_xps", "_hyper_names", "_lr", "_traced_lr",
-                          "initial_lr"})
+                          "initial_lr", "scheduled_lr"})
 
 
 # -- base class ------------------------------------------------------------------
@@ -122,6 +122,11 @@ class Optimizer:
     initial_lr: float | None = None
     """The rate a learning-rate schedule decays from (torch's ``initial_lr``): set by the first schedule that
     runs on this optimizer, and kept by `state_dict`, so a resumed fit's schedule decays from it again."""
+
+    scheduled_lr: float | None = None
+    """The rate a learning-rate schedule last set (or the rate `load_state_dict` restored beside an `initial_lr`).
+    A fit whose `lr` is another finds it set by hand since (``opt.lr = 0.02`` between fits, as a torch user
+    sets a param group's rate): its schedule decays from that rate, not from the old `initial_lr`."""
 
     def __init__(self, params: Iterable[Any], lr: float, **hyperparams: Any) -> None:
         self.params: list[Any] = _param_list(params)
@@ -359,6 +364,7 @@ class Optimizer:
         else:
             self.param_steps = [int(s) for s in param_steps]
         self.initial_lr = initial_lr
+        self.scheduled_lr = self.lr if initial_lr is not None else None  # the saved rate is the schedule's
         self.state = new_state
         self._xps = [None] * n
 

@@ -41,11 +41,21 @@ class LearningRateScheduler(Callback):
         if isinstance(self.schedule, Callback) and self.schedule is not self:
             self.schedule.set_model(model)
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._first_epoch = True
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is None:
             raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
         old = float(optimizer.lr)
+        if getattr(self, "_first_epoch", False):
+            self._first_epoch = False
+            # a rate set by hand since a schedule last set one (opt.lr = 0.02 between fits, or by a callback as this
+            # fit began) is the base of this fit's schedule, as fit(lr=0.02) makes it: decaying from the old
+            # `initial_lr` would put a rate the user replaced back, higher than the one set, without a word
+            if optimizer.scheduled_lr is not None and old != optimizer.scheduled_lr:
+                optimizer.initial_lr = None
         schedule: Any = self.schedule  # of one argument or two, as `_takes_epoch_only` found
         returned = schedule(epoch) if self._epoch_only else schedule(epoch, old)
         new = _rate(returned)
@@ -56,7 +66,7 @@ class LearningRateScheduler(Callback):
             raise ValueError(f"learning-rate schedule {self.schedule!r} returned {returned!r} at epoch {epoch + 1}; "
                              "it must return a finite number >= 0")
         optimizer.lr = new
-        self._epoch_rate = float(optimizer.lr)
+        self._epoch_rate = optimizer.scheduled_lr = float(optimizer.lr)
         if self.verbose and new != old and prints_here(self.model):
             print(f"LearningRateScheduler: epoch {epoch + 1}, lr {old:.4g} -> {float(new):.4g}", flush=True)
 
@@ -111,8 +121,9 @@ class Schedule(LearningRateScheduler):
     The base rate is `initial_lr` when given. Else, in `fit`, it is the optimizer's
     `initial_lr`: its rate when a schedule first ran on it, kept in its state and so in
     checkpoints, as torch keeps it; a later `fit`, or one resumed from a checkpoint, decays
-    from the same base as one uninterrupted run. Called by hand, outside `fit`, the base is
-    the first rate it is given.
+    from the same base as one uninterrupted run. A rate set by hand since a schedule last set
+    one (``opt.lr = 0.02`` between fits) is the base of the next fit's schedule instead, as
+    ``fit(lr=0.02)`` makes it. Called by hand, outside `fit`, the base is the first rate it is given.
     """
 
     def __init__(self, initial_lr: float | None = None, verbose: int = 0) -> None:
