@@ -26,7 +26,9 @@ class BatchNorm(Layer):
     zeros, and neither is regularized. ``running_mean`` and ``running_var`` are buffers:
     saved, loaded and moved with the model, never trained.
 
-    ``momentum`` is torch's (Keras's ``momentum=0.99`` is ``momentum=0.01`` here). It and ``eps``
+    ``momentum`` is torch's: Keras's ``momentum=0.99`` moves the running mean as ``momentum=0.01``
+    here does, but Keras keeps the biased batch variance in its moving variance (larger here by
+    ``n/(n-1)`` per batch of ``n``) and defaults to ``epsilon=1e-3``. ``momentum`` and ``eps``
     are keyword-only: torch's positional order is ``(num_features, eps, momentum)``.
 
     Args:
