@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import nnx
 from nnx import losses
 
 
@@ -26,3 +27,24 @@ def test_a_loss_reads_big_endian_predictions_as_native_ones(loss: losses.Loss, o
     np.testing.assert_array_equal(value, want_value)
     np.testing.assert_array_equal(grad, want_grad)
     np.testing.assert_array_equal(loss(y_true, big, sample_weight=np.ones(5, ">f8")), want_value)
+
+
+def _rows(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    X = np.random.default_rng(1).normal(size=(n, 3))
+    return X, (X @ np.array([1.0, -2.0, 0.5]))[:, None]
+
+
+@pytest.mark.filterwarnings("error")
+def test_weights_of_which_only_ratios_count_are_read_as_data_as_other_weights_are() -> None:
+    """With ``reduction="mean_with_sample_weight"`` the weights were read before the backend's checks: a torch
+    tensor that requires grad made torch warn ("Converting a tensor with requires_grad=True to a scalar"), and one on
+    the 'meta' device failed inside torch ("item() cannot be called on meta tensors") instead of being named."""
+    torch = pytest.importorskip("torch")
+    X, y = _rows()
+    w = np.random.default_rng(2).uniform(0.5, 2.0, size=12)
+    loss = losses.MSE(reduction="mean_with_sample_weight")
+    model = nnx.Sequential(nnx.Dense(3, 1), backend="torch", dtype="float64", seed=0)
+    want = model.evaluate(X, y, sample_weight=w, loss=loss)
+    assert model.evaluate(X, y, sample_weight=torch.tensor(w, requires_grad=True), loss=loss) == want
+    with pytest.raises(ValueError, match="sample_weight is a torch tensor on the 'meta' device"):
+        model.evaluate(X, y, sample_weight=torch.empty(12, device="meta"), loss=loss)

@@ -25,7 +25,9 @@ def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mappin
     w = None
     if sample_weight is not None:
         if loss.reduction == "mean_with_sample_weight":
-            sample_weight = _ratios_in_range(sample_weight)
+            # read as data first, as the cast below reads it: a torch tensor's autograd history and the 'meta'
+            # device are the backend's to handle (torch warned, or failed on `item()`, in the scaling's max)
+            sample_weight = _ratios_in_range(model.backend.asarray(sample_weight, argname=argname))
         w = model.backend.asarray(sample_weight, dtype=model.dtype, argname=argname)
         if tuple(w.shape) != (n_rows,):
             raise ValueError(f"{argname} must have shape ({n_rows},), one weight per sample, "
