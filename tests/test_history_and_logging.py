@@ -183,3 +183,16 @@ def test_gradient_analyzer_records_the_mse_gradient_computed_by_hand_unclipped()
     for name, value in expected.items():
         assert stats[name] == pytest.approx(value, rel=1e-12), name
     assert analyzer.step_epochs == [0] and analyzer.layer_names == ["0:Dense(3, 1)"]
+
+
+def test_early_stopping_takes_numpy_numbers_as_reduce_lr_on_plateau_does():
+    """patience from np.arange and a float32 min_delta were refused as 'must be an int >= 0, got np.int64(3)' and
+    'must be a finite number, got np.float32(0.01)', which they are."""
+    stop = EarlyStopping("loss", patience=np.int64(3), min_delta=np.float32(-0.25))
+    assert (stop.patience, stop.min_delta) == (3, 0.25) and type(stop.patience) is int
+    with pytest.raises(ValueError, match="EarlyStopping patience must be >= 0"):
+        EarlyStopping(patience=-1)
+    with pytest.raises(TypeError, match="EarlyStopping patience must be an int"):
+        EarlyStopping(patience=2.0)
+    with pytest.raises(ValueError, match="EarlyStopping min_delta must be a finite number"):
+        EarlyStopping(min_delta=math.inf)

@@ -44,13 +44,10 @@ class EarlyStopping(Callback):
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
                  mode: str = "auto", restore_best_weights: bool = False, baseline: float | None = None,
                  verbose: int = 0, start_from_epoch: int = 0) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping patience must be an int >= 0, got {patience!r}")
-        if not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
-            raise ValueError(f"EarlyStopping min_delta must be a finite number, got {min_delta!r}")
+        # NumPy numbers too (a grid from np.arange or a float32 config), as ReduceLROnPlateau takes them
+        self.patience = check.integer("EarlyStopping patience", patience, low=0)
+        self.min_delta = abs(check.real("EarlyStopping min_delta", min_delta))
         self.monitor = monitor
-        self.patience = patience
-        self.min_delta = abs(float(min_delta))
         self.mode = resolve_mode("EarlyStopping", mode, monitor)
         self.restore_best_weights = restore_best_weights
         self.baseline = None if baseline is None else check.real("EarlyStopping baseline", baseline)
