@@ -48,3 +48,6 @@ def test_weights_of_which_only_ratios_count_are_read_as_data_as_other_weights_ar
     assert model.evaluate(X, y, sample_weight=torch.tensor(w, requires_grad=True), loss=loss) == want
     with pytest.raises(ValueError, match="sample_weight is a torch tensor on the 'meta' device"):
         model.evaluate(X, y, sample_weight=torch.empty(12, device="meta"), loss=loss)
+    with pytest.raises(ValueError, match="beyond the range of the model's dtype float32"):
+        nnx.Sequential(nnx.Dense(3, 1), backend="torch", seed=0).evaluate(
+            X, y, sample_weight=torch.tensor(w * 1e300, requires_grad=True), loss="mse")

@@ -63,7 +63,7 @@ def _beyond_range(model: Model, given: Any) -> str:
     """For the error refusing weights: where finite weights became inf in the model's dtype, that they lie beyond it."""
     if not array_api_compat.is_array_api_obj(given):
         return ""
-    given = cast(Any, given)
+    given = cast(Any, model.backend.asarray(given))  # as the cast read it: a torch tensor without its autograd history
     if math.prod(given.shape) == 0:
         return ""
     wxp = array_api_compat.array_namespace(given)
