@@ -196,3 +196,9 @@ def test_early_stopping_takes_numpy_numbers_as_reduce_lr_on_plateau_does():
         EarlyStopping(patience=2.0)
     with pytest.raises(ValueError, match="EarlyStopping min_delta must be a finite number"):
         EarlyStopping(min_delta=math.inf)
+
+
+def test_checkpoint_save_freq_takes_a_numpy_integer(tmp_path):
+    checkpoint = ModelCheckpoint(tmp_path / "m{epoch}.npz", save_freq=np.int64(2))
+    regression().fit(X, Y, loss="mse", epochs=4, batch_size=10, callbacks=[checkpoint])
+    assert [p.rsplit("/", 1)[-1] for p in checkpoint.saved] == ["m2.npz", "m4.npz"]

@@ -48,8 +48,9 @@ class ModelCheckpoint(Callback):
                  verbose: int = 0) -> None:
         if save_freq == "epoch":
             save_freq = 1
-        if isinstance(save_freq, bool) or not isinstance(save_freq, int) or save_freq < 1:
+        if isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral) or int(save_freq) < 1:
             raise ValueError(f"ModelCheckpoint save_freq must be an int >= 1 (epochs) or 'epoch', got {save_freq!r}")
+        save_freq = int(save_freq)  # a NumPy integer (from np.arange) too
         self.filepath = os.fspath(filepath)
         self.monitor = monitor
         self.save_best_only = save_best_only
