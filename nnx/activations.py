@@ -45,9 +45,21 @@ def _ns(*arrays: Any) -> Any:
         kind = type(arrays[0])
         xp = _NAMESPACE_OF_TYPE.get(kind)
         if xp is None:
+            if _matrix_or_masked(kind):  # never cached: looked at on this path only, at no cost to arrays
+                raise TypeError(f"activation functions take plain arrays, got a {kind.__module__}.{kind.__name__}, "
+                                "whose operators are not an array's (a matrix's * multiplies matrices, so a "
+                                "derivative came out wrong; a masked array's where drops its mask): pass "
+                                "np.asarray(x), or x.filled(value) for a masked one")
             xp = _NAMESPACE_OF_TYPE[kind] = array_api_compat.array_namespace(arrays[0])
         return xp
     return array_api_compat.array_namespace(*arrays)
+
+
+def _matrix_or_masked(kind: type) -> bool:
+    """Whether `kind` is (or subclasses) NumPy's matrix or masked array, told without importing NumPy here. Other
+    subclasses (a memmap, an array type standing in for another library's) keep an array's operators."""
+    return any(base.__module__.startswith("numpy") and base.__name__ in ("matrix", "MaskedArray")
+               for base in kind.__mro__)
 
 
 def sigmoid(x: Any) -> Any:

@@ -51,3 +51,23 @@ def test_weights_of_which_only_ratios_count_are_read_as_data_as_other_weights_ar
     with pytest.raises(ValueError, match="beyond the range of the model's dtype float32"):
         nnx.Sequential(nnx.Dense(3, 1), backend="torch", seed=0).evaluate(
             X, y, sample_weight=torch.tensor(w * 1e300, requires_grad=True), loss="mse")
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+@pytest.mark.parametrize("name", ["sigmoid_derivative", "tanh_derivative", "sigmoid", "relu"])
+def test_activation_functions_refuse_numpy_subclasses_whose_operators_are_not_an_arrays(name: str) -> None:
+    """``tanh_derivative(np.matrix(x))`` multiplied matrices where it meant elements and returned other numbers
+    than for the same plain array; a masked array's values under the mask were read as data."""
+    x = np.random.default_rng(3).normal(size=(3, 3))
+    fn = getattr(nnx.activations, name)
+    for given in (np.matrix(x), np.ma.masked_array(x, mask=x > 1)):
+        with pytest.raises(TypeError, match=f"plain arrays, got a numpy.*{type(given).__name__}.*np.asarray"):
+            fn(given)
+    np.testing.assert_array_equal(fn(x), fn(x.copy()))
+
+
+def test_activation_functions_take_a_memory_map_as_the_array_it_is(tmp_path) -> None:
+    x = np.random.default_rng(3).normal(size=(3, 3))
+    mapped = np.memmap(tmp_path / "x.dat", dtype=x.dtype, mode="w+", shape=x.shape)
+    mapped[:] = x
+    np.testing.assert_array_equal(nnx.activations.tanh_derivative(mapped), nnx.activations.tanh_derivative(x))
