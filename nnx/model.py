@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -78,6 +79,7 @@ class Sequential(_Chain):
         super().attach(context, self._given_input_shape or self.expected_input_shape())
         for layer in (self, *(sub for _, sub in self.named_layers())):
             cast(BuildContext, layer.context).provided = None  # a loaded model does not keep the file's arrays
+        self._initial_arrays = _InitialArrays(self)  # nesting refuses a model whose arrays were set since
 
     def attach(self, context: BuildContext, input_shape: Shape | None) -> Shape | None:
         """Rebuild this model as a layer of another: its backend, dtype and streams; new arrays named by path."""
@@ -91,6 +93,14 @@ class Sequential(_Chain):
                              "placed inside another model: it would be rebuilt with new weights there; nest a new "
                              "Sequential and copy the weights into it with outer.layers[i].load_state_dict("
                              "model.state_dict())")
+        initial = getattr(self, "_initial_arrays", None)
+        changed = None if initial is None else initial.first_rebound(self)
+        if changed is not None:
+            raise ValueError(f"a Sequential whose {changed!r} was set after it was built cannot be placed inside "
+                             "another model: it would be rebuilt with new weights there, dropping the values set; "
+                             "nest a new Sequential and set them (or copy them with outer.layers[i]."
+                             "load_state_dict(model.state_dict())) once the outer model is built")
+        self._initial_arrays = None
         if input_shape is None:
             input_shape = self._given_input_shape
         elif self._given_input_shape is not None and tuple(input_shape) != self._given_input_shape:
@@ -381,6 +391,43 @@ class Sequential(_Chain):
     def data_parallel(self, distributed: Any) -> DataParallelFit:
         """A fit's data-parallel parts over `distributed`; here, so `nnx.training` never imports `nnx.distributed`."""
         return DataParallelFit(self, distributed)
+
+
+class _InitialArrays:
+    """Weak references to the arrays a standalone model was built with, to tell whether any was set since.
+
+    A model built on its own and then placed inside another is rebuilt there with new weights, so pretrained values
+    given with ``layer.weight.value = W`` were dropped without a word (`load_state_dict` and `nnx.load` were
+    refused already). Weak references hold no array alive; a deep copy refers to its own copies, so a copy of an
+    untouched model nests as the original does. An edit in place (``value[...] = W``) is not seen.
+    """
+
+    def __init__(self, model: Sequential) -> None:
+        self.refs = [(a.name, _ref(a.value)) for a in (*model.parameters(), *model.buffers())]
+
+    def first_rebound(self, model: Sequential) -> str | None:
+        """The name of the first parameter or buffer whose array is not the one it was built with, or None."""
+        arrays = [*model.parameters(), *model.buffers()]
+        for (name, ref), a in zip(self.refs, arrays, strict=False):
+            if (ref() if callable(ref) else ref) is not a.value:
+                return name
+        return None
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _InitialArrays:
+        copied = _InitialArrays.__new__(_InitialArrays)
+        copied.refs = []
+        for name, ref in self.refs:
+            array = ref() if callable(ref) else ref
+            copied.refs.append((name, None if array is None else _ref(copy.deepcopy(array, memo))))
+        return copied
+
+
+def _ref(array: Any) -> Any:
+    """A weak reference to `array`, or `array` itself for a type without them (held, as the model holds it)."""
+    try:
+        return weakref.ref(array)
+    except TypeError:
+        return array
 
 
 def _last_first(model: Sequential) -> list[Layer]:

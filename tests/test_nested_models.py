@@ -7,6 +7,8 @@ model of another nesting, and the tools (save/load, ONNX, gradient check) on the
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,27 @@ def test_reassigning_a_containers_layers_is_refused_before_it_writes_an_unloadab
     model.save(tmp_path / "m.npz")
     loaded = nnx.load(tmp_path / "m.npz")
     np.testing.assert_array_equal(_host(loaded, loaded.predict(X)), _host(model, model.predict(X)))
+
+
+def test_a_model_given_pretrained_values_by_hand_is_not_nested_and_silently_reinitialised(backend):
+    """Found in review: values set with ``enc.layers[0].weight.value = W`` (a pretrained encoder, set by hand as
+    Keras's set_weights or torch's ``weight.copy_`` would) were dropped without a word when `enc` was then placed
+    in a model, which rebuilds it with new weights; load_state_dict and nnx.load were refused there already. A
+    model left as built, or a deep copy of one (torch's clones of a block), still nests."""
+    X, _ = _data(features=4)
+    enc = nnx.Sequential(nnx.Dense(4, 2), nnx.BatchNorm(2), backend=backend, seed=0)
+    enc.predict(X)  # inference leaves every array as built
+    clones = [copy.deepcopy(enc) for _ in range(2)]
+    enc.layers[0].weight.value = enc.backend.asarray(np.full((4, 2), 0.5), dtype=enc.dtype)
+    with pytest.raises(ValueError, match=r"'0\.weight' was set after it was built cannot be placed inside"):
+        nnx.Sequential(enc, nnx.Dense(2, 1), backend=backend, seed=0)
+    with pytest.raises(ValueError, match=r"'0\.weight' was set after it was built"):
+        nnx.Sequential(copy.deepcopy(enc), backend=backend, seed=0)
+    model = nnx.Sequential(clones[0], nnx.Dense(2, 4), clones[1], backend=backend, seed=1)
+    assert [p.name for p in model.parameters()][:2] == ["0.0.weight", "0.0.bias"]
+    assert model.predict(X).shape == (16, 2)
+    # a BatchNorm that ran a training forward by hand has new running statistics: they would be lost too
+    stats = nnx.Sequential(nnx.BatchNorm(4), backend=backend, seed=0)
+    stats.forward(X, training=True)
+    with pytest.raises(ValueError, match=r"'0\.running_mean' was set after it was built"):
+        nnx.Sequential(stats, backend=backend)
