@@ -68,3 +68,27 @@ def test_a_model_given_pretrained_values_by_hand_is_not_nested_and_silently_rein
     stats.forward(X, training=True)
     with pytest.raises(ValueError, match=r"'0\.running_mean' was set after it was built"):
         nnx.Sequential(stats, backend=backend)
+
+
+def test_a_frozen_nested_layers_regularizer_adds_a_constant_and_moves_nothing():
+    """As docs/training.md says: a layer frozen by leaving it out of the optimizer keeps its weights, while its
+    regularizer's penalty stays in the reported loss (Keras 3 counts trainable weights only); its BatchNorm
+    statistics follow the data in training mode, as torch's do with only requires_grad off."""
+    X, y = _data()
+    model = nnx.Sequential(nnx.Sequential(nnx.Dense(3, 4, regularizer="l2"), nnx.BatchNorm(4)), nnx.Dense(4, 1),
+                           dtype="float64", seed=0)
+    frozen = model.layers[0]
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    opt = nnx.optim.SGD([p for p in model.parameters() if all(p is not q for q in frozen.parameters())], lr=0.05)
+    history = model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=16, verbose=0)
+    after = model.state_dict()
+    for name in ("0.0.weight", "0.0.bias", "0.1.weight", "0.1.bias"):
+        np.testing.assert_array_equal(after[name], before[name])
+    assert not np.array_equal(after["0.1.running_mean"], before["0.1.running_mean"])
+    assert not np.array_equal(after["1.weight"], before["1.weight"])
+    penalty = float(nnx.regularizers.get_regularizer("l2").penalty(before["0.0.weight"]))
+    # the one batch's reported loss, before its step: the data loss of the training forward plus the frozen penalty
+    model.load_state_dict(before)
+    data = float(nnx.losses.MSE()(model.prepare_targets(y, nnx.losses.MSE(), 16), model.forward(X, training=True)))
+    assert penalty > 1e-6 * data  # far above the tolerance below
+    assert np.isclose(history.history["loss"][0], data + penalty, rtol=1e-9)
