@@ -353,6 +353,8 @@ class Optimizer:
             setattr(self, name, value)
         try:
             new_state = self._loaded_state(state_dict["state"])
+            if names is not None:  # after the arrays' checks, whose errors say more where shapes differ too
+                _require_same_parameters(names, [getattr(p, "name", None) for p in self.params])
         except BaseException:
             for name, value in saved_hp.items():
                 setattr(self, name, value)
@@ -487,6 +489,35 @@ def _described(dtype_and_shape: tuple[Any, tuple[int, ...]] | None, x: Any) -> s
         return f"of type {type(x).__name__}"
     dtype, shape = dtype_and_shape
     return f"of dtype {dtype_name(dtype)} and shape {shape}"
+
+
+def _require_same_parameters(saved: list[str | None], own: list[str | None]) -> None:
+    """ValueError where a snapshot's parameter names are not this optimizer's, position by position.
+
+    The state is kept by position: a snapshot of an optimizer over other parameters (a model nested otherwise, or
+    frozen otherwise) of the same shapes loaded each one's moments into another parameter without a word. Names
+    that differ by one path prefix throughout (a nested model's ``"2.0.weight"``, its standalone copy's
+    ``"0.weight"``) are the same parameters.
+    """
+    named = [(i, a, b) for i, (a, b) in enumerate(zip(saved, own, strict=True)) if a is not None and b is not None]
+    first = next(((a, b) for _, a, b in named if a != b), None)
+    if first is None:
+        return
+    longer, shorter = sorted(first, key=len, reverse=True)
+    prefix = longer[:len(longer) - len(shorter)] if longer.endswith(shorter) else ""
+    if prefix.endswith("."):  # every name one prefix longer on the same side: the same parameters, nested
+        def same(a: str, b: str) -> bool:
+            return (a == prefix + b) if longer == first[0] else (b == prefix + a)
+    else:
+        def same(a: str, b: str) -> bool:
+            return a == b
+    i = next((i for i, a, b in named if not same(a, b)), None)
+    if i is None:
+        return
+    raise ValueError(f"state_dict is for other parameters: its parameter {i} is {saved[i]!r}, this optimizer's is "
+                     f"{own[i]!r} (the model nested or frozen otherwise?); the state is kept by position, so it "
+                     f"would train each parameter with another's moments. Build the optimizer over the parameters "
+                     f"the snapshot names, in its order")
 
 
 def _param_names(names: Any) -> list[str | None] | None:

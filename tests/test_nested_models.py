@@ -92,3 +92,40 @@ def test_a_frozen_nested_layers_regularizer_adds_a_constant_and_moves_nothing():
     data = float(nnx.losses.MSE()(model.prepare_targets(y, nnx.losses.MSE(), 16), model.forward(X, training=True)))
     assert penalty > 1e-6 * data  # far above the tolerance below
     assert np.isclose(history.history["loss"][0], data + penalty, rtol=1e-9)
+
+
+def test_an_optimizer_state_for_other_parameters_of_the_same_shapes_is_refused_by_name():
+    """Found in review: `Optimizer.load_state_dict` kept the state by position and checked only the number of
+    parameters (and each state's shape), though the snapshot names them: Adam's moments of a model frozen otherwise,
+    or nested otherwise, loaded into other parameters of the same shapes without a word. The names must now agree;
+    a nested model's state loads into its standalone copy's optimizer (names one path prefix apart)."""
+    X, y = _data(features=4, outputs=4)
+
+    def trained(model, params):
+        opt = nnx.optim.Adam(params, lr=0.01)
+        model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=16, verbose=0)
+        return opt
+
+    model = nnx.Sequential(nnx.Dense(4, 4), nnx.Tanh(), nnx.Dense(4, 4), nnx.Dense(4, 4), seed=0)
+    first_two = trained(model, model.parameters()[:4]).state_dict()  # layer 2 and 3 frozen
+    other = nnx.Sequential(nnx.Dense(4, 4), nnx.Tanh(), nnx.Dense(4, 4), nnx.Dense(4, 4), seed=0)
+    opt = nnx.optim.Adam(other.parameters()[:2] + other.parameters()[4:], lr=0.01)  # layer 2 frozen instead
+    with pytest.raises(ValueError, match=r"its parameter 2 is '2\.weight', this optimizer's is '3\.weight'"):
+        opt.load_state_dict(first_two)
+    assert opt.step_count == 0 and not opt.state
+    opt = nnx.optim.Adam(other.parameters()[:4], lr=0.01)
+    opt.load_state_dict(first_two)  # the same parameters: loads
+    assert opt.step_count == 1
+    # nested otherwise: "0.0.weight" could be "0.weight" one level down, but "1.0.weight" is not "1.weight"
+    nested = nnx.Sequential(nnx.Sequential(nnx.Dense(4, 4)), nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 4)),
+                            seed=0)
+    state = trained(nested, nested.parameters()).state_dict()
+    flat = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 4), nnx.Dense(4, 4), seed=0)
+    with pytest.raises(ValueError, match=r"its parameter 2 is '1\.0\.weight', this optimizer's is '1\.weight'"):
+        nnx.optim.Adam(flat.parameters(), lr=0.01).load_state_dict(state)
+    # a nested model's own optimizer state into a standalone copy of that model: one prefix apart, loads
+    inner = nested.layers[1]
+    inner_state = trained(inner, inner.parameters()).state_dict()
+    assert inner_state["param_names"][0] == "1.0.weight"
+    alone = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 4), seed=0)
+    nnx.optim.Adam(alone.parameters(), lr=0.01).load_state_dict(inner_state)
