@@ -99,14 +99,15 @@ class JitRunner:
     def __init__(self, name: str, X: Any, y: Any, initial: list[Any]) -> None:
         import jax
         import jax.numpy as jnp
-        import numpy as np
+
+        from nnx.backends import stream_rng
 
         sizes, self.n, self.batch, loss = SHAPES[name]
         self.jax, self.jnp = jax, jnp
         self.params = [jnp.asarray(a) for a in initial]
         self.velocity = [jnp.zeros_like(p) for p in self.params]
         self.X, self.y = jnp.asarray(X), jnp.asarray(y)
-        self.rng = np.random.default_rng((SEED, 1))  # nnx's shuffle stream: the same batches in the same order
+        self.rng = stream_rng(SEED, 1)  # nnx's shuffle stream: the same batches in the same order
         n_layers = len(self.params) // 2
 
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:

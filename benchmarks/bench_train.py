@@ -287,7 +287,7 @@ class TorchRunner:
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.device)
         yt = np.asarray(y, dtype=np.float32).reshape(-1, 1) if shape.loss == "bce" else np.asarray(y, np.int64)
         self.y = torch.from_numpy(yt).to(self.device)
-        self.rng = np.random.default_rng((SEED, 1))  # nnx's shuffle stream: the same batches in the same order
+        self.rng = nnx.backends.stream_rng(SEED, 1)  # nnx's shuffle stream: the same batches in the same order
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -360,7 +360,7 @@ class JaxRunner:
         self.first = True
         self.X = put(np.asarray(X, dtype=np.float32))
         self.y = put(np.asarray(y, dtype=np.float32).reshape(-1, 1) if shape.loss == "bce" else np.asarray(y, np.int32))
-        self.rng = np.random.default_rng((SEED, 1))
+        self.rng = nnx.backends.stream_rng(SEED, 1)
         bce = shape.loss == "bce"
 
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:

@@ -9,7 +9,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from .backends import Backend, dtype_name, get_backend, host_rng
+from .backends import Backend, dtype_name, get_backend, stream_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
 from .layers.base import constructor_config, require_own_arrays
@@ -68,9 +68,9 @@ class Sequential(_Chain):
         self.nested = False
         self._weights_loaded = _provided is not None  # nesting would rebuild the model and drop them
         # independent streams of one seed: initial values, the shuffle, and dropout never share a state
-        init_rng = host_rng((self.seed, 0))
-        self.shuffle_rng = host_rng((self.seed, 1))
-        self.dropout_rng = model_backend.rng(int(host_rng((self.seed, 2)).integers(2**63)))
+        init_rng = stream_rng(self.seed, 0)
+        self.shuffle_rng = stream_rng(self.seed, 1)
+        self.dropout_rng = model_backend.rng(int(stream_rng(self.seed, 2).integers(2**63)))
         # only a shape the caller gave is part of the config; one taken from the first layer follows that layer
         self._given_input_shape = None if input_shape is None else inputs.sample_shape(input_shape)
         if not _bind:

@@ -1,7 +1,8 @@
 """Seeds and random streams as a PyTorch or Keras user relies on them.
 
 One seed gives the same weights and dropout masks, whatever else runs in the process and whatever JAX's
-64-bit mode is; inference, other models and the global NumPy and torch generators neither advance nor are
+64-bit mode is; the streams are independent of NumPy's generator of the same seed, which a user's data is
+often drawn from; inference, other models and the global NumPy and torch generators neither advance nor are
 advanced by a model's streams; `shuffle=False` keeps the row order; `validation_split` trains as the same rows
 given with `validation_data` would.
 """
@@ -64,6 +65,20 @@ def test_same_seed_same_weights_and_masks_whatever_ran_between():
     b = _model()
     _assert_same_weights(a, b)
     np.testing.assert_array_equal(a.forward(X, training=True), b.forward(X, training=True))
+
+
+def test_initial_weights_are_no_copy_of_data_drawn_with_the_same_seed():
+    """``default_rng((seed, 0))`` is ``default_rng(seed)`` (NumPy drops trailing zero words of a seed), so weights
+    drawn from it were a scaled copy of ``np.random.default_rng(seed).standard_normal(...)``, the data of a user
+    (and of the docs' examples) who seeds both with 0: each stream is now spawned from the seed."""
+    data = np.random.default_rng(0).standard_normal((3, 6))
+    model = nnx.Sequential(nnx.Dense(3, 6, init="he_normal"), backend="numpy", seed=0, dtype="float64")
+    w = model.layers[0].weight.value
+    correlation = np.corrcoef(np.ravel(w), np.ravel(data))[0, 1]
+    assert abs(correlation) < 0.9, correlation  # it was exactly 1
+    shuffles = [nnx.Sequential(nnx.Dense(3, 1), backend="numpy", seed=0).shuffle_rng.permutation(50) for _ in "ab"]
+    np.testing.assert_array_equal(*shuffles)  # still one seed's streams
+    assert not np.array_equal(shuffles[0], np.random.default_rng(0).permutation(50))
 
 
 def test_inference_and_other_models_leave_training_as_it_was():

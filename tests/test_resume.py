@@ -234,13 +234,14 @@ def test_an_optimizer_state_from_before_initial_lr_loads():
 
 
 def _overfitting(backend):
-    """A model and data whose validation loss falls, rises and falls again, not as low: 1.38 2.16 2.58 2.11 1.78."""
+    """A model and data whose validation loss is lowest after the first epoch, rises, then falls again, not as low:
+    1.39 1.91 2.22 1.84 1.59 1.66 (the model's seed picked for that curve)."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 10))
     y = X[:, :1] + rng.standard_normal((40, 1))
     X_val = rng.standard_normal((200, 10))
     y_val = X_val[:, :1] + rng.standard_normal((200, 1))
-    model = nnx.Sequential(nnx.Dense(10, 64), nnx.Tanh(), nnx.Dense(64, 1), backend=backend, dtype="float64", seed=0)
+    model = nnx.Sequential(nnx.Dense(10, 64), nnx.Tanh(), nnx.Dense(64, 1), backend=backend, dtype="float64", seed=8)
     return model, X, y, dict(optimizer="adam", lr=0.03, batch_size=8, validation_data=(X_val, y_val))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import nnx
-from nnx.backends import host_rng
+from nnx.backends import host_rng, stream_rng
 
 
 def _model(backend, dtype, fast, dropout=0.0):
@@ -48,8 +48,9 @@ def test_init_shuffle_and_dropout_streams_are_independent(backend):
     seed, n = 3, 256
     model = nnx.Sequential(nnx.Dense(4, 64), nnx.Dropout(0.5), backend=backend, dtype="float64", seed=seed)
     draws = np.asarray(backend.to_host(model.dropout_rng.uniform((n,), "float64"))).ravel()
-    for start in ((seed, 0), (seed, 1), seed):  # the init stream, the shuffle stream, the bare seed
-        assert not np.allclose(draws, host_rng(start).random(n)), start
+    starts = {"init": stream_rng(seed, 0), "shuffle": stream_rng(seed, 1), "bare seed": host_rng(seed)}
+    for name, start in starts.items():
+        assert not np.allclose(draws, start.random(n)), name
     bare = np.asarray(backend.to_host(backend.rng(seed).uniform((n,), "float64"))).ravel()
     assert not np.allclose(draws, bare), "the dropout stream is the device stream of the bare seed"
     assert not np.allclose(model.shuffle_rng.random(n), draws)

@@ -26,10 +26,10 @@ from .registry import (
     loaded_namespace,
     register_backend,
 )
-from .rng import DeviceRNG, host_rng
+from .rng import DeviceRNG, host_rng, stream_rng
 
 __all__ = [
     "BACKEND_NAMES", "Backend", "BackendUnavailableError", "DeviceRNG", "available_backends", "backend_name_of",
     "backend_status", "dtype_name", "generic_backend", "get_backend", "host_fallback", "host_rng", "loaded_namespace",
-    "register_backend",
+    "register_backend", "stream_rng",
 ]

@@ -21,6 +21,16 @@ def host_rng(seed: int | Sequence[int] | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def stream_rng(seed: int, stream: int) -> np.random.Generator:
+    """Stream `stream` of a model's `seed`: ``SeedSequence(seed).spawn(...)[stream]``, independent of the others and
+    of ``np.random.default_rng(seed)`` itself, which a user's data often comes from.
+
+    ``default_rng((seed, 0))`` is not: NumPy ignores trailing zero words of the entropy, so it is
+    ``default_rng(seed)``, and weights drawn from it would be a scaled copy of data drawn from that generator.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+
+
 class DeviceRNG:
     """Uniform random numbers on a backend's device, with a JSON-serialisable state.
 
