@@ -48,6 +48,19 @@ def test_leaky_relu_layers_function_and_derivative_use_its_slope(alpha):
     assert nnx.ReLU().function is A.relu
 
 
+
+def test_leaky_relu_layers_function_still_takes_a_slope_given_to_it():
+    """Before the layer bound its own slope, ``layer.function`` was `nnx.activations.leaky_relu` itself, so code
+    that passed the slope (``layer.function(x, layer.alpha)``, the way around the default-slope bug, or another
+    one to compare) ran; binding the slope must not turn that call into a TypeError. A slope given is the one used,
+    as the plain function takes it; without one the layer's live slope is."""
+    layer = nnx.LeakyReLU(0.2)
+    x = np.array([-1.0, 2.0])
+    np.testing.assert_array_equal(layer.function(x, 0.2), A.leaky_relu(x, 0.2))
+    np.testing.assert_array_equal(layer.function(x, alpha=0.5), [-0.5, 2.0])
+    np.testing.assert_array_equal(layer.derivative(x, 0.3), [0.3, 1.0])
+    np.testing.assert_array_equal(layer.function(x), [-0.2, 2.0])
+
 # -- initializers against torch.nn.init ------------------------------------------------------------------
 
 class InitVsTorchKernel(nnx.Layer):

@@ -34,7 +34,7 @@ class _WithTheLayersSlope:
     """A function of `nnx.activations` taking a slope: on the class, the plain function (default slope, for the
     activation table and `plot_activations`); on a layer, that function with the layer's `alpha` as it is when
     called, so ``layer.function(x)`` is what the layer computes (it was the default slope, 0.01, whatever the
-    layer's)."""
+    layer's). A slope passed (``layer.function(x, 0.2)``, as the plain function takes it) is used instead."""
 
     def __init__(self, function: Callable[..., Any]) -> None:
         self.function = function
@@ -47,8 +47,9 @@ class _WithTheLayersSlope:
         if layer is None:
             return function
 
-        def with_the_layers_slope(x: Any) -> Any:
-            return function(x, float(layer.alpha))
+        def with_the_layers_slope(x: Any, alpha: float | None = None) -> Any:
+            # a slope given is used, as the plain function (what this attribute was) takes one
+            return function(x, float(layer.alpha) if alpha is None else alpha)
 
         with_the_layers_slope.__doc__ = function.__doc__
         return with_the_layers_slope
