@@ -47,9 +47,9 @@ def _pick(engine: str | None) -> Communicator:
     if engine == "single":
         return SingleProcess()
     if engine == "mpi":
-        return MPICommunicator()
+        return _mpi_world()
     if engine == "nccl":
-        return NCCLCommunicator(MPICommunicator() if launched_by_mpi() else None)
+        return NCCLCommunicator(_mpi_world() if launched_by_mpi() else None)
     if engine == "torch":
         _torch_group_ready()  # initialises the group under torchrun
         return TorchCommunicator()
@@ -57,7 +57,7 @@ def _pick(engine: str | None) -> Communicator:
         return TorchCommunicator()
     if launched_by_mpi():
         try:
-            comm = MPICommunicator()
+            comm = _mpi_world()
         except ImportError:
             # a launcher's world of one needs no MPI: sbatch runs its script as task 0 (SLURM_PROCID=0), and
             # `python train.py` there is one process. Several ranks could not train together without it.
@@ -71,6 +71,29 @@ def _pick(engine: str | None) -> Communicator:
 
 # variables in which a launcher names how many processes it started: PMI (MPICH, Intel MPI), Open MPI, Slurm
 WORLD_SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS")
+# those of them that name the processes of this launch itself: sbatch runs its script once, as task 0, with the
+# allocation's SLURM_NTASKS, where srun sets SLURM_STEP_NUM_TASKS
+STEP_SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def _mpi_world() -> MPICommunicator:
+    """The MPI world; a RuntimeError where the launcher started several processes and MPI sees a world of one.
+
+    That is an mpiexec (or srun) of one MPI library starting a script whose mpi4py loads another, or one
+    built without the launcher's PMI: every rank initialises as a singleton. Taken for a single process,
+    each rank would train the whole model alone, as rank 0, and write the same checkpoint, without a word.
+    """
+    comm = MPICommunicator()
+    told = {name: os.environ[name] for name in STEP_SIZE_ENV if os.environ.get(name, "").strip().isdigit()}
+    started = max((int(v) for v in told.values()), default=1)
+    if comm.size == 1 and started > 1:
+        named = ", ".join(f"{k}={v}" for k, v in told.items())
+        raise RuntimeError(f"the launcher started {started} processes ({named}), but MPI sees a world of 1 in "
+                           "each: mpi4py loads another MPI library than the launcher's (or one without its PMI), "
+                           "so the ranks cannot reach each other and would each train alone. Start the job with "
+                           "the mpiexec of the MPI that mpi4py uses (python -c \"from mpi4py import MPI; "
+                           "print(MPI.Get_library_version())\"), or rebuild mpi4py against the cluster's MPI")
+    return comm
 
 
 def launcher_world_size() -> int:
