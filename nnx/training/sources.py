@@ -116,7 +116,10 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
                       metric_fns: dict, depth: int, check_finite: bool = True) -> Callable[[], dict[str, float]]:
     """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs;
     NaN and inf in it are refused unless not `check_finite`."""
-    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple)
+    # two or three batches, as tuples or as lists [X, y] (list(loader) of a torch DataLoader), are batches, as fit
+    # and evaluate read them; a pair of arrays, or of nested-list rows, is arrays
+    arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple) \
+        and not (isinstance(data[0], list) and len(data[0]) in (2, 3) and holds_inputs(model, data[0]))
     looks_like_arrays = isinstance(data, tuple) and any(hasattr(item, "shape") for item in data)
     if looks_like_arrays and not arrays:
         raise TypeError(f"validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight), "

@@ -1,0 +1,72 @@
+"""What fit, evaluate and predict accept as data beyond plain arrays, as PyTorch and Keras users pass it.
+
+tests/test_out_of_core.py covers memmaps, generators, steps_per_epoch and iterables of (X, y) tuples; here: the
+habits that fall between them (batches as lists, as a torch DataLoader yields them, a torch Dataset of samples,
+an indexable object of batches), and the numbers History records from batches of unequal sizes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+
+
+def _model(backend="numpy", seed=3):
+    return nnx.Sequential(nnx.Dense(4, 6), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(),
+                          backend=backend, dtype="float64", seed=seed)
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    return X, (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.float64)
+
+
+def _as_lists(X, y, size):
+    """Batches as a torch DataLoader yields them: lists [X, y]."""
+    return [[X[i:i + size], y[i:i + size]] for i in range(0, X.shape[0], size)]
+
+
+class _BatchLosses(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.seen.append((float(logs["loss"]), logs["size"]))
+
+
+def test_epoch_loss_weighs_batches_of_unequal_sizes_by_their_rows(backend):
+    """A 5-row batch beside a 30-row one counts for 5 rows in History's loss, the last batch once (as Keras's
+    epoch loss, a mean over the samples): the per-batch losses the callback saw, weighted by rows."""
+    X, y = _data(45)
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.2, 2.0, size=45)
+    cuts = [0, 5, 35, 45]
+    batches = [(X[a:b], y[a:b], w[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    seen = _BatchLosses()
+    history = _model(backend).fit(batches, loss="bce", epochs=1, optimizer="sgd", lr=1e-3, callbacks=[seen])
+    assert [s for _, s in seen.seen] == [5, 30, 10]
+    want = sum(v * s for v, s in seen.seen) / 45
+    assert history["loss"][0] == pytest.approx(want, rel=1e-12)
+    # without a callback (JAX runs the epoch as compiled chunks) the same number
+    assert _model(backend).fit(batches, loss="bce", epochs=1, optimizer="sgd", lr=1e-3)["loss"][0] == \
+        pytest.approx(want, rel=1e-12)
+
+
+def test_validation_data_as_a_short_list_of_list_batches_is_batches():
+    """list(loader) of a torch DataLoader with 2 or 3 batches: [[X0, y0], [X1, y1]] is two batches, as fit and
+    evaluate read it, not a pair (X_val=[X0, y0], y_val=[X1, y1]) refused as 'validation X must be an array'."""
+    X, y = _data(60)
+    kw = dict(loss="bce", epochs=1, batch_size=60, shuffle=False)
+    want = _model().fit(X, y, validation_data=(X, y), **kw)["val_loss"]
+    for size in (30, 20):  # two and three batches
+        for data in (_as_lists(X, y, size), tuple(_as_lists(X, y, size))):
+            got = _model().fit(X, y, validation_data=data, **kw)["val_loss"]
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+    # a pair of arrays given as a list, and nested-list rows, are still arrays
+    np.testing.assert_allclose(_model().fit(X, y, validation_data=[X, y], **kw)["val_loss"], want, rtol=1e-12)
+    np.testing.assert_allclose(_model().fit(X, y, validation_data=(X.tolist(), y.tolist()), **kw)["val_loss"],
+                               want, rtol=1e-12)
