@@ -124,7 +124,8 @@ class Optimizer:
     runs on this optimizer, and kept by `state_dict`, so a resumed fit's schedule decays from it again."""
 
     scheduled_lr: float | None = None
-    """The rate a learning-rate schedule last set (or the rate `load_state_dict` restored beside an `initial_lr`).
+    """The rate a learning-rate schedule (or `ReduceLROnPlateau`) last set, or the rate `load_state_dict` restored
+    beside an `initial_lr`; a snapshot taken after a rate set by hand since keeps no `initial_lr`.
     A fit whose `lr` is another finds it set by hand since (``opt.lr = 0.02`` between fits, as a torch user
     sets a param group's rate): its schedule decays from that rate, not from the old `initial_lr`."""
 
@@ -291,7 +292,9 @@ class Optimizer:
             "step": self.step_count,
             "param_names": [getattr(p, "name", None) for p in self.params],
             "param_steps": list(self.param_steps),
-            "initial_lr": self.initial_lr,
+            # a rate set by hand since a schedule last set one is the next schedule's base (`scheduled_lr`): the
+            # snapshot then keeps no old base, so a loaded optimizer goes on from that rate as this one would
+            "initial_lr": None if self.scheduled_lr is not None and self.lr != self.scheduled_lr else self.initial_lr,
             # Copies, so the snapshot does not follow later in-place updates on NumPy/torch.
             "state": {str(i): {k: _copy(v) if copy else v for k, v in st.items()}
                       for i, st in sorted(self.state.items())},

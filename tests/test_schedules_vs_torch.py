@@ -186,3 +186,41 @@ def test_decays_follow_keras_formulas_per_epoch_and_past_their_end() -> None:
         history = model.fit(X, Y, loss="mse", optimizer="sgd", lr=0.1, epochs=epochs, batch_size=16,
                             callbacks=[schedule])
         np.testing.assert_allclose(history["lr"], expected, rtol=1e-12, err_msg=repr(schedule))
+
+
+def test_a_rate_set_by_hand_before_a_snapshot_is_the_base_after_loading_it() -> None:
+    """``opt.lr = 0.02`` after a StepDecay fit, then the optimizer saved and loaded (a checkpoint between two
+    sessions): the next schedule decays from 0.02, as it does when the same optimizer goes on in memory. The
+    snapshot took the hand-set rate for the one the schedule last set, so the loaded run put 0.1's rates back."""
+    rates = []
+    for through_snapshot in (False, True):
+        model = _model()
+        _fit(model, 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)
+        model.optimizer.lr = 0.02
+        optimizer = model.optimizer
+        if through_snapshot:
+            optimizer = nnx.optim.SGD(model.parameters(), lr=1.0)
+            optimizer.load_state_dict(model.optimizer.state_dict())
+        rates.append(_fit(model, 2, [StepDecay(2, 0.5)], optimizer=optimizer)["lr"])
+    assert rates[0] == pytest.approx([0.01, 0.01])
+    assert rates[1] == pytest.approx(rates[0])
+
+
+def test_a_plateau_reduction_at_a_fits_end_is_no_hand_set_base_for_the_next() -> None:
+    """StepDecay beside ReduceLROnPlateau (which warns that the schedule undoes the reductions): a reduction at the
+    last epoch of a fit is the schedule's to undo at the next epoch, in a second fit as in one run. Taken for a rate
+    set by hand, it made the next fit's schedule decay from the already decayed and reduced rate (0.0125 * 0.125)."""
+    import warnings
+
+    def run(splits: list[int]) -> list[float]:
+        model = _model()
+        plateau = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)  # reduces every epoch
+        out: list[float] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for i, epochs in enumerate(splits):
+                kwargs: dict[str, Any] = {"optimizer": "sgd", "lr": 0.1} if i == 0 else {}
+                out += _fit(model, epochs, [StepDecay(1, 0.5), plateau], **kwargs)["lr"]
+        return out
+
+    assert run([3, 2]) == pytest.approx(run([5]))

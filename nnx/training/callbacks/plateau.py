@@ -89,6 +89,9 @@ class ReduceLROnPlateau(Callback):
             return
         new = max(lr * self.factor, self.min_lr)
         optimizer.lr = new
+        # a callback's rate, not one set by hand: a schedule in the next fit goes on from its base and undoes it, as
+        # in this fit (`Optimizer.scheduled_lr`), rather than decaying again from the reduced, decayed rate
+        optimizer.scheduled_lr = float(optimizer.lr)
         self._set = new
         self.reductions.append((epoch, new))
         self.cooldown_counter, self.wait = self.cooldown, 0
