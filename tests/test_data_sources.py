@@ -70,3 +70,51 @@ def test_validation_data_as_a_short_list_of_list_batches_is_batches():
     np.testing.assert_allclose(_model().fit(X, y, validation_data=[X, y], **kw)["val_loss"], want, rtol=1e-12)
     np.testing.assert_allclose(_model().fit(X, y, validation_data=(X.tolist(), y.tolist()), **kw)["val_loss"],
                                want, rtol=1e-12)
+
+
+class SampleDataset:
+    """A torch-style map-style dataset: one sample per index, `__len__`, no `__iter__` and no shape."""
+
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __len__(self):
+        return self.X.shape[0]
+
+    def __getitem__(self, i):
+        return self.X[i], self.y[i]
+
+
+def test_a_dataset_of_samples_is_named_not_taken_for_an_array():
+    """fit(TensorDataset(...)) said 'y is required when X is an array', predict(dataset) failed inside the cast
+    (torch: AttributeError 'no attribute dtype'): the object is named with the DataLoader that batches it."""
+    X, y = _data()
+    ds, m = SampleDataset(X, y), _model()
+    match = r"X is a SampleDataset, indexed by position .*DataLoader\(dataset, batch_size=\.\.\.\)"
+    with pytest.raises(TypeError, match=match):
+        m.fit(ds, loss="bce", epochs=1)
+    with pytest.raises(TypeError, match=match):
+        m.evaluate(ds)
+    with pytest.raises(TypeError, match=match):
+        m.predict(ds)
+    with pytest.raises(TypeError, match=r"validation_data is a SampleDataset, indexed by position"):
+        m.fit(X, y, validation_data=ds, loss="bce", epochs=1)
+
+
+def test_a_torch_tensor_dataset_is_named_and_its_dataloader_trains():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X, y = _data()
+    ds = TensorDataset(torch.tensor(X), torch.tensor(y))
+    m = _model("torch")
+    for call in (lambda: m.fit(ds, loss="bce", epochs=1), lambda: m.predict(ds), lambda: m.evaluate(ds)):
+        with pytest.raises(TypeError, match=r"X is a TensorDataset, indexed by position .*DataLoader"):
+            call()
+    # the DataLoader's [X, y] lists train as the same (X, y) tuples, for fit, evaluate and predict alike
+    want = _model("torch").fit([(X[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)], loss="bce", epochs=2)
+    got = m.fit(DataLoader(ds, batch_size=16), loss="bce", epochs=2, validation_data=DataLoader(ds, batch_size=32))
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-12)
+    np.testing.assert_allclose(m.backend.to_host(m.predict(DataLoader(ds, batch_size=16))),
+                               m.backend.to_host(m.predict(X)), rtol=0, atol=1e-12)
+    assert m.evaluate(DataLoader(ds, batch_size=16))["loss"] == pytest.approx(got["val_loss"][-1], rel=1e-12)

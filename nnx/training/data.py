@@ -138,6 +138,22 @@ def is_batch_iterable(data: Any) -> bool:
     return hasattr(data, "__iter__")
 
 
+def refuse_indexed_dataset(data: Any, argname: str) -> None:
+    """TypeError for an object read by position (``__getitem__`` and ``__len__``) that is neither an array (no
+    ``shape``, no array interface) nor iterable: a torch ``Dataset`` (``TensorDataset``) of samples, or an indexable
+    sequence of batches. It was taken for an array and refused for a missing y (or failed inside the cast); whether
+    its items are samples or batches only its author knows."""
+    if data is None or isinstance(data, (list, tuple, str, bytes)) or hasattr(data, "shape") \
+            or hasattr(data, "__iter__") or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return
+    if any(hasattr(data, a) for a in ("__array__", "__array_interface__", "__dlpack__", "__cuda_array_interface__")):
+        return
+    raise TypeError(f"{argname} is a {type(data).__name__}, indexed by position but neither an array (it has no "
+                    "shape) nor an iterable of batches (it has no __iter__): wrap a dataset of samples (a torch "
+                    "Dataset such as TensorDataset) in a torch.utils.data.DataLoader(dataset, batch_size=...), which "
+                    "yields (X, y) batches; give a sequence of batches an __iter__, or pass a list of them")
+
+
 def batch_shaped(model: Model, a: Any) -> bool:
     """Whether `a` is an array with one more axis than the model's samples (a batch of X), as far as it knows."""
     ndim = getattr(a, "ndim", None)
