@@ -36,7 +36,7 @@ import array_api_compat
 
 from . import _validate as check
 from .backends import backend_name_of, get_backend, loaded_namespace
-from .backends.names import in_other_byte_order, is_host_subclass
+from .backends.names import article, in_other_byte_order, is_host_subclass
 from .registry import (
     CONFIG_KEY,
     Registry,
@@ -90,6 +90,19 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
     # still below 1 in `dtype` (so log(1 - p) and 1 / (p (1 - p)) stay finite),
     # small enough not to bias the loss: 1.19e-7 in float32, 1e-15 in float64.
     return max(float(xp.finfo(dtype).eps), 1e-15)
+
+
+def _refuse_swapped(y_true: Any, y_pred: Any) -> None:
+    """TypeError when y_pred is a NumPy array and y_true one of another library: most often a model's output
+    passed first, in torch's ``loss(input, target)`` order. The backend's own message blamed a model that
+    "runs on the numpy backend", which no model in the call does."""
+    other = backend_name_of(y_true) if array_api_compat.is_array_api_obj(y_true) else None
+    if other is None or other == "numpy" or backend_name_of(y_pred) != "numpy":
+        return
+    raise TypeError(f"y_true is {article(other)} array but y_pred is a NumPy array: a loss is called as "
+                    f"loss(y_true, y_pred), the model's output second (Keras's order; torch's loss(input, target) "
+                    f"is the reverse). Otherwise a loss computes on y_pred's backend: pass both as NumPy arrays, "
+                    f"or y_pred as {article(other)} array")
 
 
 def _normalized(xp: Any, w: Any, n: int) -> Any:
@@ -309,6 +322,7 @@ class Loss:
         ):
             # NumPy arrays, lists and scalars are moved to y_pred's backend and
             # device; an array of another non-NumPy library raises TypeError.
+            _refuse_swapped(y_true, y_pred)
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
         y_true = cast(Any, y_true)
         if not xp.isdtype(y_true.dtype, ("bool", "integral", "real floating")):
