@@ -118,3 +118,30 @@ def test_a_torch_tensor_dataset_is_named_and_its_dataloader_trains():
     np.testing.assert_allclose(m.backend.to_host(m.predict(DataLoader(ds, batch_size=16))),
                                m.backend.to_host(m.predict(X)), rtol=0, atol=1e-12)
     assert m.evaluate(DataLoader(ds, batch_size=16))["loss"] == pytest.approx(got["val_loss"][-1], rel=1e-12)
+
+
+class StreamLoader:
+    """As a torch DataLoader over an IterableDataset: re-iterable, with a __len__ that raises TypeError."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        raise TypeError("object of type 'Stream' has no len()")
+
+
+def test_a_loader_whose_len_raises_is_read_to_its_end():
+    """A DataLoader over a torch IterableDataset has __len__, which raises TypeError: fit, evaluate, predict and
+    validation_data failed with it before reading a batch; its passes are read until they end, as a generator's."""
+    X, y = _data()
+    batches = [(X[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)]
+    m = _model()
+    want = _model().fit(batches, loss="bce", epochs=2, validation_data=batches)
+    got = m.fit(StreamLoader(batches), loss="bce", epochs=2, validation_data=StreamLoader(batches))
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-12)
+    np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=1e-12)
+    assert m.evaluate(StreamLoader(batches))["loss"] == pytest.approx(got["val_loss"][-1], rel=1e-12)
+    np.testing.assert_allclose(m.predict(StreamLoader([b[0] for b in batches])), m.predict(X), rtol=0, atol=1e-12)

@@ -301,7 +301,7 @@ class IterableBatches:
         self.one_shot = isinstance(data, Iterator)
         self.data, self.prepare, self.depth, self.targets, self.name = data, prepare, prefetch, targets, name
         self.limit, self.steps_name = steps, steps_name
-        self.steps = steps if steps is not None or self.one_shot or not hasattr(data, "__len__") else len(data)
+        self.steps = steps if steps is not None or self.one_shot else _length(data)
         self._epoch = 0
         self._last: int | None = None  # batches the previous epoch got
         # the pass of a re-iterable an epoch continues (`continues`), or None where the next epoch starts one
@@ -385,6 +385,15 @@ class IterableBatches:
             return (f"{self.name} yielded no batches for pass {epoch + 1} (the pass before got {last}): its "
                     "__iter__ must start over on every call, as a list's or a torch DataLoader's does")
         return f"{self.name} yielded no batches; at least one is needed"
+
+
+def _length(data: Any) -> int | None:
+    """``len(data)``, or None where it has none: a torch DataLoader over an IterableDataset has a ``__len__`` that
+    raises TypeError, and its passes are read to their end, as a generator's."""
+    try:
+        return len(data)
+    except TypeError:
+        return None
 
 
 _NOTHING = object()  # what `next` gives for an exhausted iterator in `IterableBatches._continued`
