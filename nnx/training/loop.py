@@ -108,7 +108,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             and class_weight weigh the loss only, as Keras's ``metrics=``).
         callbacks: `nnx.callbacks.Callback` instances.
         verbose: 1 prints loss and metrics each epoch; 2 also says how the epochs run (`History.execution_mode`).
-        shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend).
+        shuffle: reshuffle every epoch with the model's host RNG (same batches on every backend); a memmap or
+            other host array-like too. An iterable of batches is read in its own order, as Keras ignores
+            shuffle for generators: shuffle in it (a torch ``DataLoader(..., shuffle=True)``).
         check_finite: refuse data holding NaN/inf with a ValueError naming it, and a step whose loss or
             gradients are NaN/inf, before it is applied, with FloatingPointError naming epoch and batch.
         sample_weight: per-sample weights (n,): each batch's loss is sum(w * per-sample loss) / rows,
