@@ -145,3 +145,14 @@ def test_a_loader_whose_len_raises_is_read_to_its_end():
     np.testing.assert_allclose(got["val_loss"], want["val_loss"], rtol=1e-12)
     assert m.evaluate(StreamLoader(batches))["loss"] == pytest.approx(got["val_loss"][-1], rel=1e-12)
     np.testing.assert_allclose(m.predict(StreamLoader([b[0] for b in batches])), m.predict(X), rtol=0, atol=1e-12)
+
+
+def test_arrays_given_in_one_argument_are_named():
+    """fit((X, y)) or evaluate([X, y]), as a torch user holds a dataset, reads an iterable of two batches, X and
+    y: the error says that arrays go in as two arguments."""
+    X, y = _data()
+    m = _model()
+    for call in (lambda: m.fit((X, y), loss="bce"), lambda: m.fit([X, y], loss="bce"), lambda: m.evaluate([X, y])):
+        with pytest.raises(TypeError, match=r"batch 0 must be a tuple \(X, y\).*got ndarray of shape \(40, 4\); "
+                                             r"arrays go in as two arguments, fit\(X, y\)"):
+            call()

@@ -372,7 +372,10 @@ class IterableBatches:
             return (item[0] if holds_inputs(self.prepare.model, item) else item), None, None
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             got = f"a tuple of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
-            raise TypeError(f"{where} must be a tuple (X, y) or (X, y, sample_weight), got {got}")
+            # fit((X, y)) or evaluate([X, y]), arrays in one argument, is read as an iterable of two batches
+            hint = (f" of shape {tuple(item.shape)}; arrays go in as two arguments, fit(X, y) or evaluate(X, y), "
+                    "and an iterable yields batches") if hasattr(item, "shape") else ""
+            raise TypeError(f"{where} must be a tuple (X, y) or (X, y, sample_weight), got {got}{hint}")
         return item[0], item[1], item[2] if len(item) == 3 else None
 
     def _empty_message(self, epoch: int, last: int | None) -> str:
