@@ -373,8 +373,9 @@ class IterableBatches:
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             got = f"a tuple of {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
             # fit((X, y)) or evaluate([X, y]), arrays in one argument, is read as an iterable of two batches
-            hint = (f" of shape {tuple(item.shape)}; arrays go in as two arguments, fit(X, y) or evaluate(X, y), "
-                    "and an iterable yields batches") if hasattr(item, "shape") else ""
+            shape = getattr(item, "shape", None)
+            hint = "" if shape is None else (f" of shape {tuple(shape)}; arrays go in as two arguments, fit(X, y) or "
+                                             "evaluate(X, y), and an iterable yields batches")
             raise TypeError(f"{where} must be a tuple (X, y) or (X, y, sample_weight), got {got}{hint}")
         return item[0], item[1], item[2] if len(item) == 3 else None
 
