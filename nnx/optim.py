@@ -175,6 +175,7 @@ class Optimizer:
         self.check_grads()
         self.step_count += 1
         steps, state = self.param_steps, self.state
+        t = 0  # stays 0 when no parameter had a gradient
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
@@ -188,6 +189,17 @@ class Optimizer:
             check_rule_result(self, p, p.value, new_value, current, new_state)
             p.value, state[i] = new_value, new_state
             steps[i] = t
+        if not t and self.params:
+            self._warn_no_gradient()
+
+    def _warn_no_gradient(self) -> None:
+        """Warn that a step moved nothing: most often the optimizer holds another model's parameters."""
+        # torch moves a module in place, so its optimizer follows; nnx's `to()`, `nnx.load` and nesting make new
+        # parameters, and a loop's backward filled theirs while this step found none of its own with a gradient
+        warnings.warn(f"{type(self).__name__}.step() found no gradient in any of its {len(self.params)} parameters, "
+                      "so nothing moved: call model.backward(dY) after a forward(X, training=True) first. An "
+                      "optimizer built before model.to(), nnx.load or placing the model inside another holds the "
+                      "original model's parameters: build it from the new model's parameters()", stacklevel=3)
 
     def check_grads(self) -> None:
         """Raise unless every gradient is an array like its value: checked before any parameter moves, so a

@@ -7,6 +7,8 @@ backward, and when a second backward follows (it overwrites `p.grad`, as the doc
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -195,3 +197,28 @@ def test_a_model_output_passed_first_names_the_argument_order(quick, data, loss)
             call(out, y)
         assert "model runs on" not in str(info.value)
     np.testing.assert_allclose(float(loss_fn(y, out)), float(loss_fn(backend.asarray(y, dtype="float64"), out)))
+
+
+@pytest.mark.parametrize("rebuild", ["to", "nest"])
+def test_a_step_that_finds_no_gradient_warns_instead_of_training_nothing(data, rebuild):
+    """An optimizer built before `model.to()` (or before its model was nested, which rebuilds it) holds the old
+    model's parameters: torch moves a module in place, nnx returns a new model, so a torch user's loop ran
+    backward on the new model and stepped the old one's, training nothing without a word."""
+    X, y = data
+    model = _model("numpy")
+    opt = nnx.optim.Adam(model.parameters(), lr=0.1)
+    if rebuild == "to":
+        model = model.to("numpy")
+    else:
+        model = nnx.Sequential(model, backend="numpy", dtype="float64", seed=3)
+    before = _host(model)
+    loss_fn = nnx.losses.BinaryCrossEntropy()
+    with pytest.warns(UserWarning, match=r"no gradient in any of its 4 parameters.*to\(\)"):
+        _nnx_step(model, opt, loss_fn, X, y)
+    for name, value in _host(model).items():
+        np.testing.assert_array_equal(value, before[name])
+    opt = nnx.optim.Adam(model.parameters(), lr=0.1)  # built after: it trains, with no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _nnx_step(model, opt, loss_fn, X, y)
+    assert not np.array_equal(_host(model)[next(iter(before))], before[next(iter(before))])

@@ -323,7 +323,8 @@ def test_zero_grad_and_skipped_params(backend):
     opt.zero_grad()
     assert all(p.grad is None for p in params)
     before = _host(backend, params)
-    opt.step()  # no gradients: nothing moves
+    with pytest.warns(UserWarning, match="no gradient in any of its 2 parameters"):
+        opt.step()  # no gradients: nothing moves, and a warning says so
     after = _host(backend, params)
     for name in SHAPES:
         np.testing.assert_array_equal(after[name], before[name])
