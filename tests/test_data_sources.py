@@ -156,3 +156,21 @@ def test_arrays_given_in_one_argument_are_named():
         with pytest.raises(TypeError, match=r"batch 0 must be a tuple \(X, y\).*got ndarray of shape \(40, 4\); "
                                              r"arrays go in as two arguments, fit\(X, y\)"):
             call()
+
+
+def test_a_generator_function_passed_uncalled_is_named():
+    """fit(gen) for fit(gen()): it was 'y is required when X is an array', evaluate's 'steps applies to an
+    iterable of batches', predict's 'X must hold numbers, got dtype object'."""
+    X, y = _data()
+
+    def batches():
+        while True:
+            yield X[:8], y[:8]
+
+    m = _model()
+    match = r"is a function \(batches\), not data: pass what it returns, batches\(\)"
+    for call in (lambda: m.fit(batches, loss="bce", steps_per_epoch=2), lambda: m.evaluate(batches, steps=2),
+                 lambda: m.predict(batches), lambda: m.fit(X, y, validation_data=batches, validation_steps=1)):
+        with pytest.raises(TypeError, match=match):
+            call()
+    assert len(m.fit(batches(), loss="bce", steps_per_epoch=2, epochs=2)["loss"]) == 2

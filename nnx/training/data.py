@@ -138,20 +138,26 @@ def is_batch_iterable(data: Any) -> bool:
     return hasattr(data, "__iter__")
 
 
-def refuse_indexed_dataset(data: Any, argname: str) -> None:
-    """TypeError for an object read by position (``__getitem__`` and ``__len__``) that is neither an array (no
-    ``shape``, no array interface) nor iterable: a torch ``Dataset`` (``TensorDataset``) of samples, or an indexable
-    sequence of batches. It was taken for an array and refused for a missing y (or failed inside the cast); whether
-    its items are samples or batches only its author knows."""
+def refuse_unreadable(data: Any, argname: str) -> None:
+    """TypeError for data that is neither an array nor an iterable of batches but was taken for an array (and refused
+    for a missing y, or failed inside the cast): a function, such as a generator function passed uncalled, and an
+    object read by position (``__getitem__`` and ``__len__``) without a shape or an array interface: a torch
+    ``Dataset`` (``TensorDataset``) of samples, or an indexable sequence of batches, whose items are samples or
+    batches as only its author knows."""
     if data is None or isinstance(data, (list, tuple, str, bytes)) or hasattr(data, "shape") \
-            or hasattr(data, "__iter__") or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+            or hasattr(data, "__iter__"):
         return
     if any(hasattr(data, a) for a in ("__array__", "__array_interface__", "__dlpack__", "__cuda_array_interface__")):
         return
-    raise TypeError(f"{argname} is a {type(data).__name__}, indexed by position but neither an array (it has no "
-                    "shape) nor an iterable of batches (it has no __iter__): wrap a dataset of samples (a torch "
-                    "Dataset such as TensorDataset) in a torch.utils.data.DataLoader(dataset, batch_size=...), which "
-                    "yields (X, y) batches; give a sequence of batches an __iter__, or pass a list of them")
+    if callable(data):
+        name = getattr(data, "__name__", type(data).__name__)
+        raise TypeError(f"{argname} is a function ({name}), not data: pass what it returns, {name}() (a generator "
+                        "function called gives the generator of batches)")
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        raise TypeError(f"{argname} is a {type(data).__name__}, indexed by position but neither an array (it has no "
+                        "shape) nor an iterable of batches (it has no __iter__): wrap a dataset of samples (a torch "
+                        "Dataset such as TensorDataset) in a torch.utils.data.DataLoader(dataset, batch_size=...), "
+                        "which yields (X, y) batches; give a sequence of batches an __iter__, or pass a list of them")
 
 
 def batch_shaped(model: Model, a: Any) -> bool:
