@@ -222,3 +222,26 @@ def test_a_step_that_finds_no_gradient_warns_instead_of_training_nothing(data, r
         warnings.simplefilter("error")
         _nnx_step(model, opt, loss_fn, X, y)
     assert not np.array_equal(_host(model)[next(iter(before))], before[next(iter(before))])
+
+
+def test_an_optimizer_a_manual_loop_assigns_to_the_model_goes_on_in_its_copies(data, tmp_path):
+    """getting_started: `save`/`nnx.load` and `to()` carry `model.optimizer`, also one a loop by hand assigned, and
+    the copy's `optimizer` goes on where the original's stands: the same next steps, Adam's moments included."""
+    X, y = data
+    model = _model("numpy")
+    opt = nnx.optim.Adam(model.parameters(), lr=0.1)
+    loss_fn = nnx.losses.BinaryCrossEntropy()
+    for _ in range(2):
+        _nnx_step(model, opt, loss_fn, X, y)
+    model.optimizer = opt
+    model.save(tmp_path / "m.npz")
+    copies = [nnx.load(tmp_path / "m.npz"), model.to("numpy")]
+    for _ in range(2):
+        _nnx_step(model, opt, loss_fn, X, y)
+        for copy in copies:
+            assert copy.optimizer is not None and copy.optimizer is not opt
+            _nnx_step(copy, copy.optimizer, loss_fn, X, y)
+    for copy in copies:
+        assert copy.optimizer.step_count == opt.step_count == 4
+        for name, value in _host(copy).items():
+            np.testing.assert_array_equal(value, _host(model)[name])
