@@ -337,7 +337,11 @@ class Sequential(_Chain):
             raise RuntimeError("backward needs a forward(X, training=True) first; each such forward is "
                                "backpropagated once (training=False keeps nothing to backpropagate)")
         if tuple(dY.shape) != expected:
-            raise ValueError(f"dY has shape {tuple(dY.shape)} but the last forward's output has shape {expected}")
+            # a 0-d dY is most often the loss itself, from torch's `loss.backward()` habit
+            hint = ("; backward takes the gradient of the loss w.r.t. the output, loss_fn.gradient(y, out), not the "
+                    "loss's value (nnx has no autograd)") if dY.ndim == 0 else ""
+            raise ValueError(f"dY has shape {tuple(dY.shape)} but the last forward's output has shape {expected}"
+                             f"{hint}")
         self._train_output_shape = None
         return self.backward_from_head(dY, len(self.layers), need_dX)
 

@@ -245,3 +245,18 @@ def test_an_optimizer_a_manual_loop_assigns_to_the_model_goes_on_in_its_copies(d
         assert copy.optimizer.step_count == opt.step_count == 4
         for name, value in _host(copy).items():
             np.testing.assert_array_equal(value, _host(model)[name])
+
+
+def test_the_loss_value_passed_to_backward_says_backward_takes_its_gradient(data):
+    """torch's ``loss.backward()`` habit, ``model.backward(loss_fn(y, out))``: the error says backward takes the
+    gradient of the loss w.r.t. the output (``loss_fn.gradient(y, out)``), not only that the shapes differ."""
+    X, y = data
+    model = _model("numpy")
+    loss_fn = nnx.losses.BinaryCrossEntropy()
+    out = model.forward(X, training=True)
+    with pytest.raises(ValueError, match=r"loss_fn\.gradient\(y, out\)"):
+        model.backward(loss_fn(y, out))
+    model.forward(X, training=True)
+    with pytest.raises(ValueError, match=r"shape \(12,\) but the last forward's output has shape \(12, 1\)") as info:
+        model.backward(np.ones(N))
+    assert "gradient(y, out)" not in str(info.value)
