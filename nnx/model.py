@@ -171,6 +171,11 @@ class Sequential(_Chain):
             if isinstance(target, Parameter):
                 target.grad = None
         self._weights_loaded = True
+        if getattr(self, "_train_output_shape", None) is not None:
+            # the pending forward's activations belong to the old weights: a backward through the new ones would be
+            # a gradient of neither (torch refuses it too, the in-place copy having changed the weights' version)
+            self._train_output_shape = None
+            self._forward_dropped_by = "load_state_dict"
 
     def get_config(self) -> dict:
         """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""
@@ -291,6 +296,7 @@ class Sequential(_Chain):
         Y = self.forward_to_head(self.prepare_inputs(X), len(self.layers), training)
         if training:
             self._train_output_shape = tuple(Y.shape)  # what `backward` checks dY against
+            self._forward_dropped_by = None
         return Y
 
     def __call__(self, X: Any, training: bool = False) -> Any:
@@ -334,6 +340,10 @@ class Sequential(_Chain):
         dY = self.backend.asarray(dY, dtype=self.dtype, argname="dY")
         expected = getattr(self, "_train_output_shape", None)
         if expected is None:
+            if getattr(self, "_forward_dropped_by", None):
+                raise RuntimeError(f"{self._forward_dropped_by} replaced the weights after the last forward(X, "
+                                   "training=True), whose activations belong to the old ones: run the forward again "
+                                   "before backward")
             raise RuntimeError("backward needs a forward(X, training=True) first; each such forward is "
                                "backpropagated once (training=False keeps nothing to backpropagate)")
         if tuple(dY.shape) != expected:

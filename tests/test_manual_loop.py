@@ -260,3 +260,25 @@ def test_the_loss_value_passed_to_backward_says_backward_takes_its_gradient(data
     with pytest.raises(ValueError, match=r"shape \(12,\) but the last forward's output has shape \(12, 1\)") as info:
         model.backward(np.ones(N))
     assert "gradient(y, out)" not in str(info.value)
+
+
+def test_load_state_dict_between_a_forward_and_its_backward_is_refused(data):
+    """torch refuses a backward after ``load_state_dict`` changed the weights its forward used (the in-place copy
+    bumps their version); nnx backpropagated the old forward's activations through the new weights, a gradient of
+    neither. The next training forward backpropagates as usual."""
+    X, y = data
+    model = _model("numpy")
+    loss_fn = nnx.losses.BinaryCrossEntropy()
+    start = model.state_dict()
+    out = model.forward(X, training=True)
+    model.load_state_dict({k: v * 0.5 for k, v in start.items()})
+    with pytest.raises(RuntimeError, match="load_state_dict"):
+        model.backward(loss_fn.gradient(y, out))
+    out = model.forward(X, training=True)
+    model.backward(loss_fn.gradient(y, out))
+    assert all(p.grad is not None for p in model.parameters())
+    model.forward(X, training=True)
+    with pytest.raises(RuntimeError, match=r"needs a forward\(X, training=True\) first") as info:
+        model.backward(loss_fn.gradient(y, out))
+        model.backward(loss_fn.gradient(y, out))
+    assert "load_state_dict" not in str(info.value)
