@@ -48,18 +48,14 @@ def test_workers_do_not_start_workers_of_their_own(tmp_path: Path) -> None:
     assert parents.read_text().split() == [str(outer.pid)], output
 
 
-def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in() -> None:
-    """Each pytest-xdist worker collects the ids it is given on its own; an id that exists only after some
-    other module was imported (a parametrization over a registry that test modules add to) is missing
-    there, and the workers then collect nothing at all, without an error (seen on a GPU machine)."""
-    tests = Path(__file__).resolve().parent
-    files = sorted(str(f) for f in tests.glob("test_*.py"))
-    env = {**os.environ, "NNX_TEST_BACKEND": "numpy"}  # one backend case: the ids' other parts are what count
+def _collect_ids(orders: list[list[str]], env: dict[str, str]) -> list[set[str]]:
+    """The test ids of a `pytest --collect-only` of each module order, the processes side by side."""
+    root = Path(__file__).resolve().parent.parent
     in_process = ["-n", "0"] if importlib.util.find_spec("xdist") else []
     collections = [subprocess.Popen([sys.executable, "-m", "pytest", "--collect-only", "-q", *in_process, "-p",
-                                     "no:cacheprovider", *order], cwd=tests.parent, env=env,
+                                     "no:cacheprovider", *order], cwd=root, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                   for order in (files, files[::-1])]
+                   for order in orders]
     ids = []
     try:
         for proc in collections:
@@ -70,7 +66,40 @@ def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in() -> None:
         for proc in collections:
             proc.kill()  # nothing, where it has ended
             proc.wait()
-    forward, backward = ids
+    return ids
+
+
+def _collected_the_whole_folder(session: pytest.Session, files: list[str]) -> bool:
+    """Whether this session was given the tests folder (the full run, and each of its pytest-xdist workers) and
+    collected its modules in name order, as pytest does, so in the order of `files` (those skipped at import
+    among them, without a test)."""
+    if [str(Path(arg).resolve()) for arg in session.config.args] != [str(Path(__file__).resolve().parent)]:
+        return False
+    paths = [str(item.path) for item in session.items]
+    order = list(dict.fromkeys(paths))
+    runs = sum(1 for i, path in enumerate(paths) if i == 0 or paths[i - 1] != path)  # each module's tests together
+    return runs == len(order) and order == sorted(order) and set(order) <= set(files)
+
+
+def test_test_ids_do_not_depend_on_the_order_modules_are_collected_in(request: pytest.FixtureRequest) -> None:
+    """Each pytest-xdist worker collects the ids it is given on its own; an id that exists only after some
+    other module was imported (a parametrization over a registry that test modules add to) is missing
+    there, and the workers then collect nothing at all, without an error (seen on a GPU machine).
+
+    Where this session collected the whole folder (the full run, in each worker), its ids are the name order's,
+    and one process collects the modules in the reverse order; where they differ (the session may have deselected
+    some, with -k or --lf), a process collecting in name order is what the reverse order is compared with."""
+    tests = Path(__file__).resolve().parent
+    files = sorted(str(f) for f in tests.glob("test_*.py"))
+    if not _collected_the_whole_folder(request.session, files):
+        env = {**os.environ, "NNX_TEST_BACKEND": "numpy"}  # one backend case: the ids' other parts are what count
+        forward, backward = _collect_ids([files, files[::-1]], env)
+    else:
+        env = dict(os.environ)  # the session's backend cases: its ids are compared as they are
+        (backward,) = _collect_ids([files[::-1]], env)
+        forward = {item.nodeid for item in request.session.items}
+        if forward != backward:  # the session's own selection (-k, --lf), or the bug: a process in name order tells
+            (forward,) = _collect_ids([files], env)
     assert forward == backward, f"only in one order: {sorted(forward ^ backward)[:10]}"
 
 
