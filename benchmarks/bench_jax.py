@@ -100,14 +100,14 @@ class JitRunner:
         import jax
         import jax.numpy as jnp
 
-        from nnx.backends import stream_rng
+        import nnx
 
         sizes, self.n, self.batch, loss = SHAPES[name]
         self.jax, self.jnp = jax, jnp
         self.params = [jnp.asarray(a) for a in initial]
         self.velocity = [jnp.zeros_like(p) for p in self.params]
         self.X, self.y = jnp.asarray(X), jnp.asarray(y)
-        self.rng = stream_rng(SEED, 1)  # nnx's shuffle stream: the same batches in the same order
+        self.rng = nnx.Sequential(nnx.Dense(1, 1), seed=SEED).shuffle_rng  # nnx's batches, in its order
         n_layers = len(self.params) // 2
 
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:

@@ -99,6 +99,12 @@ LARGE_GEMM_TARGET, IMPORT_TARGET_S, MEMORY_TARGET = 1.05, 0.15, 1.3
 
 # -- data ---------------------------------------------------------------------------------------------
 
+def nnx_shuffle_stream() -> Any:
+    """The shuffle stream of an nnx model of seed SEED, so a hand-written loop draws nnx's batches: taken from a
+    model, since `bench_against.py` runs this script against older checkouts, which derived the stream otherwise."""
+    return nnx.Sequential(nnx.Dense(1, 1), seed=SEED).shuffle_rng
+
+
 def make_data(shape: Shape, seed: int = SEED) -> tuple[Any, Any, str]:
     """(X float32, y, description). The small shape is the breast-cancer data when scikit-learn has it."""
     import numpy as np
@@ -287,7 +293,7 @@ class TorchRunner:
         self.X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(self.device)
         yt = np.asarray(y, dtype=np.float32).reshape(-1, 1) if shape.loss == "bce" else np.asarray(y, np.int64)
         self.y = torch.from_numpy(yt).to(self.device)
-        self.rng = nnx.backends.stream_rng(SEED, 1)  # nnx's shuffle stream: the same batches in the same order
+        self.rng = nnx_shuffle_stream()  # the same batches in the same order as nnx
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -360,7 +366,7 @@ class JaxRunner:
         self.first = True
         self.X = put(np.asarray(X, dtype=np.float32))
         self.y = put(np.asarray(y, dtype=np.float32).reshape(-1, 1) if shape.loss == "bce" else np.asarray(y, np.int32))
-        self.rng = nnx.backends.stream_rng(SEED, 1)
+        self.rng = nnx_shuffle_stream()
         bce = shape.loss == "bce"
 
         def loss_fn(params: list[Any], xb: Any, yb: Any) -> Any:
