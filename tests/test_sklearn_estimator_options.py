@@ -72,8 +72,17 @@ def test_ctrl_c_in_fit_returns_the_model_so_far_as_sklearn_does(monkeypatch, ear
     np.testing.assert_allclose(ours.predict_proba(X), ref.predict_proba(X), rtol=1e-6)
 
 
+@pytest.fixture
+def ctrl_c_raises_keyboard_interrupt():
+    """Python's own Ctrl-C handling, as in an interactive run: a suite started in the background by a
+    non-interactive shell (CI's) inherits SIGINT ignored, and the SIGINT the test sends would never arrive."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGINT") or os.name == "nt", reason="needs POSIX signals")
-def test_a_real_sigint_in_fit_is_caught_and_the_handler_given_back(monkeypatch):
+def test_a_real_sigint_in_fit_is_caught_and_the_handler_given_back(monkeypatch, ctrl_c_raises_keyboard_interrupt):
     X, y = _blobs()
     before = signal.getsignal(signal.SIGINT)
     _interrupt_at(monkeypatch, MLPClassifier, 3, lambda: os.kill(os.getpid(), signal.SIGINT))
