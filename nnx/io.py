@@ -140,11 +140,23 @@ def _require_json(tree: Any, where: str) -> None:
                         "use str, int, float, bool, None, lists and dicts (float(x) for a NumPy number)")
 
 
+def file_name(path: Any, verb: str) -> str:
+    """`path` as a str: ``~`` expanded (as the shell, Keras and pandas do: else a save makes a folder named ``~`` in
+    the working directory and the file is not where the user looks), a bytes path decoded as `open` would.
+    TypeError for anything else, an open file or `io.BytesIO` included: nnx writes a file by name, beside which it
+    puts the temporary file it renames into place, and reads one by name."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{verb} takes a file name (str or pathlib.Path), got {type(path).__name__}; nnx saves and "
+                        "loads by name, not through an open file object (a save writes a temporary file beside "
+                        "its destination and renames it into place): give the path of the file")
+    return os.path.expanduser(os.fsdecode(path))
+
+
 def file_destination(path: str | os.PathLike, kind: str, verb: str, example: str) -> Path:
     """`path` as a `Path`, or IsADirectoryError when it names a folder: one that exists, or one spelled with a
     trailing separator (``"exports/"``) or a last component ``.`` or ``..``, which `Path` drops (or resolves), so the
     write would make a file of the folder's name where ``open(path, "wb")`` refuses."""
-    given = os.fspath(path)
+    given = file_name(path, verb)
     folder = Path(given)
     trailing = isinstance(given, str) and (given.endswith((os.sep, os.altsep or os.sep))
                                            or os.path.basename(given) in (".", ".."))
@@ -251,7 +263,7 @@ def _remove_quietly(name: str) -> None:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     """The config and arrays of a checkpoint, validated as data only (nothing is unpickled or run)."""
-    path = Path(path)
+    path = Path(file_name(path, "load"))
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
@@ -259,7 +271,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         other = path.with_suffix("") if path.suffix == ".npz" else path.with_name(path.name + ".npz")
         hint = f"; there is {str(other)!r} (save writes exactly the path it is given)" if other.is_file() else ""
         raise FileNotFoundError(f"{path}: no such checkpoint file{hint}")
-    arrays = _read_npz(path)
+    try:
+        arrays = _read_npz(path)
+    except CheckpointError as exc:
+        found = _foreign_format(path)
+        if found is None:
+            raise
+        what, advice = found
+        raise CheckpointError(f"{path}: not a readable nnx checkpoint: this is {what}; nnx.load reads only the .npz "
+                              f"files Model.save writes (and never unpickles){advice}") from exc
     if CONFIG_KEY not in arrays:
         raise CheckpointError(f"{path}: not an nnx checkpoint (no {CONFIG_KEY} entry)")
     raw = arrays.pop(CONFIG_KEY)
@@ -282,6 +302,35 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer nnx (format {config['format_version']}); upgrade nnx")
     return config, arrays
+
+
+def _foreign_format(path: Path) -> tuple[str, str] | None:
+    """What a file that is no .npz checkpoint is, and what to do with it, told by its first bytes or its zip
+    entries' names (None when unknown): a PyTorch or Keras file, HDF5, a pickle, one .npy array or safetensors.
+    Only names and magic numbers are read, nothing is unpickled or decompressed."""
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(9)
+        if head[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+            if any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
+                return ("a PyTorch file (torch.save)", "; to use its weights, load it with torch.load and pass "
+                        "them, as NumPy arrays, to model.load_state_dict")
+            if "config.json" in names and any(name.endswith(".weights.h5") for name in names):
+                return "a Keras model (model.save to .keras)", ""
+            return None
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, struct.error):
+        return None
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "an HDF5 file (a Keras .h5 model or weights, or other HDF5 data)", ""
+    if head[:6] == b"\x93NUMPY":
+        return "a single NumPy array (np.save)", ""
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle (pickle.dump, or torch.save's legacy format)", ""
+    if len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < 1 << 30:
+        return "a safetensors file", ""
+    return None
 
 
 # Everything the zip and .npy readers can raise on a damaged or hostile file.
@@ -356,7 +405,7 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
     layer checks the file's arrays against the shapes it asks for before anything is allocated,
     so a few bytes of JSON naming a huge layer cannot make `load` allocate terabytes.
     """
-    path = Path(path)
+    path = Path(file_name(path, "load"))
     if backend is not None:
         backend = get_backend(backend)  # the caller's mistake, reported as such before the file is read
     if dtype is not None:

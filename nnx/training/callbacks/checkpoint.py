@@ -9,6 +9,7 @@ import os
 import warnings
 from typing import Any
 
+from ...io import file_name
 from .base import Callback
 from .monitor import check_monitor, improved, recorded_names, resolve_mode
 
@@ -51,7 +52,7 @@ class ModelCheckpoint(Callback):
         if isinstance(save_freq, bool) or not isinstance(save_freq, numbers.Integral) or int(save_freq) < 1:
             raise ValueError(f"ModelCheckpoint save_freq must be an int >= 1 (epochs) or 'epoch', got {save_freq!r}")
         save_freq = int(save_freq)  # a NumPy integer (from np.arange) too
-        self.filepath = os.fspath(filepath)
+        self.filepath = file_name(filepath, "ModelCheckpoint")  # ~ expanded, as save expands it
         self.monitor = monitor
         self.save_best_only = save_best_only
         self.mode = resolve_mode("ModelCheckpoint", mode, monitor, used=save_best_only)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ...io import write_atomically
+from ...io import file_name, write_atomically
 from .base import Callback
 
 
@@ -30,7 +30,7 @@ class CSVLogger(Callback):
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
-        self.path = Path(path)
+        self.path = Path(file_name(path, "CSVLogger"))  # ~ expanded, as save expands it
         self.append = append
         self.separator = separator
         self.keys: list[str] = []
