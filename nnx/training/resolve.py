@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import warnings
 from typing import Any, cast
 
@@ -25,6 +26,12 @@ def resolve_loss(model: Model, loss: Any) -> Loss:
             return model.loss
         loss = "bce" if isinstance(last, Sigmoid) else CrossEntropy(from_logits=False) \
             if isinstance(last, Softmax) else "mse"
+    if isinstance(loss, numbers.Number) and not isinstance(loss, bool):
+        # Keras's order, fit(x, y, batch_size, epochs) and evaluate(x, y, batch_size): the number is not a loss
+        raise TypeError(f"loss must be a Loss, a Loss class, a name or a config dict, got {type(loss).__name__} "
+                        f"{loss!r}: fit(X, y, loss, optimizer, lr, epochs, batch_size, ...) and evaluate(X, y, loss, "
+                        "metrics, batch_size, ...) take the loss third, where Keras takes batch_size; pass "
+                        "batch_size= and epochs= by keyword")
     resolved = get_loss(loss)
     pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
     if pair is not None and type(resolved) is pair and cast(Any, resolved).from_logits:
