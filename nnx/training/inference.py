@@ -42,7 +42,7 @@ def require_forward_run(model: Model, what: str) -> None:
                     f"the change in an override of forward_to_head (or in a layer of the model)")
 
 
-def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | None = None, prefetch: Any = True,
+def predict(model: Model, X: Any, batch_size: int | None = None, *, steps: int | None = None, prefetch: Any = True,
             check_finite: bool = True) -> Any:
     """Outputs for X in inference mode (dropout off), as an array on this model's backend.
 
@@ -51,6 +51,9 @@ def predict(model: Model, X: Any, batch_size: int | None = None, steps: int | No
     yields them (`steps` of them when given); `prefetch` prepares the next batch in a background thread
     for those. `check_finite` refuses X holding NaN or inf with a ValueError, as `fit` and `evaluate` do
     (one reduction and one host read per call or batch); False skips it.
+
+    Arguments after `batch_size` are keyword-only: Keras's third is ``verbose``, which read as `steps` cut an
+    iterable short without a word (``predict(loader, 32, 1)`` gave the first batch's outputs only).
     """
     if batch_size is not None:
         check.positive_int("batch_size", batch_size)

@@ -1,0 +1,85 @@
+"""The Model API as a Keras user drives it: Keras's argument orders, names and habits either work as in Keras or
+fail with an error that says what nnx takes, never a silent non-result or an error about something else."""
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+def _data():
+    X = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+    return X, (X[:, 0] > 0).astype("float32")
+
+
+def _model(seed=0):
+    return nnx.Sequential(nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 1), nnx.Sigmoid(), seed=seed)
+
+
+def test_keras_positional_batch_size_and_epochs_are_named_as_the_mistake():
+    # Keras: fit(x, y, batch_size, epochs) and evaluate(x, y, batch_size); nnx's third argument is the loss
+    X, y = _data()
+    model = _model()
+    with pytest.raises(TypeError, match="batch_size"):
+        model.fit(X, y, 32, 10)
+    with pytest.raises(TypeError, match="batch_size"):
+        model.evaluate(X, y, 32)
+    assert model.epochs_trained == 0 and model.optimizer is None
+
+
+def test_predict_with_keras_positional_verbose_is_refused_not_read_as_steps():
+    # Keras: predict(x, batch_size, verbose); read as steps=1, an iterable of batches gave its first batch only
+    X, _ = _data()
+    model = _model()
+    with pytest.raises(TypeError):
+        model.predict([X[:4], X[4:8], X[8:]], 4, 1)
+    with pytest.raises(TypeError):
+        model.predict(X, 4, 0)
+    assert model.predict([X[:4], X[4:8], X[8:]], 4).shape == (12, 1)
+    assert model.predict([X[:4], X[4:8], X[8:]], steps=2).shape == (8, 1)
+
+
+def test_keras_only_keywords_raise_rather_than_being_ignored():
+    X, y = _data()
+    model = _model()
+    for kwargs in ({"initial_epoch": 1}, {"validation_freq": 2}, {"workers": 2}, {"use_multiprocessing": True},
+                   {"x": X}):
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            model.fit(**({"X": X} if "x" not in kwargs else {}), y=y, **kwargs)
+    with pytest.raises(TypeError, match="verbose"):
+        model.predict(X, verbose=0)
+    with pytest.raises(TypeError, match="return_dict"):
+        model.evaluate(X, y, return_dict=True)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(X, y, steps_per_epoch=2)
+    assert model.epochs_trained == 0
+
+
+def test_history_and_epochs_zero_as_keras_keeps_them():
+    X, y = _data()
+    model = _model()
+    assert model.fit(X, y, epochs=2).epoch == [0, 1]
+    again = model.fit(X, y, epochs=1, validation_split=0.25)
+    assert again.epoch == [2] and sorted(again.history) == ["loss", "val_loss"] and model.history is again
+    none = model.fit(X, y, epochs=0)
+    assert none.epoch == [] and none.history == {} and model.epochs_trained == 3
+
+
+def test_state_dict_is_a_copy_and_load_state_dict_copies_in():
+    model = _model()
+    before = model.predict(np.ones((1, 3), "float32"))
+    state = model.state_dict()
+    state["0.weight"][...] = 7.0
+    np.testing.assert_array_equal(model.predict(np.ones((1, 3), "float32")), before)
+    other = _model(seed=1)
+    given = {k: np.array(v) for k, v in _model().state_dict().items()}
+    other.load_state_dict(given)
+    given["0.weight"][...] = 7.0
+    np.testing.assert_array_equal(other.predict(np.ones((1, 3), "float32")), before)
+
+
+def test_class_weight_leaves_classes_not_named_at_one_as_keras():
+    X, y = _data()
+    weighted = _model().fit(X, y, class_weight={1: 2.0}, shuffle=False).history["loss"]
+    by_rows = _model().fit(X, y, sample_weight=np.where(y == 1, 2.0, 1.0), shuffle=False).history["loss"]
+    np.testing.assert_allclose(weighted, by_rows, rtol=1e-6)
