@@ -134,8 +134,11 @@ class TorchBackend(Backend):
         xp = namespace(torch)
         try:
             device = torch.device(label or "cpu")
-        except RuntimeError as exc:  # torch's message lists the device types it knows
-            raise ValueError(f"backend 'torch:{label}' names no torch device: {exc}") from None
+        except RuntimeError as exc:  # torch's message lists the device types it knows, not the spellings nnx takes
+            raise ValueError(f"backend 'torch:{label}' names no torch device ({exc}); write 'torch:cpu', "
+                             "'torch:cuda', 'torch:cuda:N' (N a GPU number) or 'torch:mps'") from None
+        if device.type == "cpu" and device.index not in (None, 0):  # torch puts tensors on "cpu" whatever the index
+            raise BackendUnavailableError(f"backend 'torch:{label}' cannot run here: 1 cpu device (write 'torch:cpu')")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(cuda_unavailable(f"torch:{label}", torch.__version__, torch.version.cuda,
                                                            driver_cuda_version(), getattr(torch.version, "hip", None)))
