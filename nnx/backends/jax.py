@@ -103,6 +103,7 @@ class JaxBackend(Backend):
         jax = import_library("jax", cls.name, 'pip install "nnx-mlp[jax]"')
         jax.config.update("jax_enable_x64", True)
         xp = importlib.import_module("jax.numpy")
+        label = label.lower() if label else label  # JAX's platform names are lower case: "jax:GPU" means "jax:gpu"
         platform, _, index = (label or "").partition(":")
         if index and not index.isdigit():
             raise ValueError(f"backend 'jax:{label}': the device index must be a number, got {index!r}")
