@@ -24,6 +24,8 @@ _ENTRIES: dict[str, type[Backend] | str] = {}
 _ALIASES: dict[str, str] = {}
 _CACHE: dict[str, Backend] = {}
 _GENERIC_CACHE: dict[tuple[str, str], Backend] = {}  # (namespace module name, device) -> generic adapter
+# what a torch or JAX user may pass as the backend when they mean a device
+_DEVICE_WORDS = ("cpu", "cuda", "gpu", "mps", "tpu", "rocm", "xpu", "metal")
 
 
 def register_backend(name: str, adapter: type[Backend] | str, aliases: tuple[str, ...] = (),
@@ -82,6 +84,10 @@ def get_backend(spec: Any = "numpy") -> Backend:
     name = name.lower()  # "NumPy", "Torch:cuda": names are case-insensitive, device labels and modules are not
     name = _ALIASES.get(name, name)
     if name != GENERIC and name not in _ENTRIES:
+        if name in _DEVICE_WORDS:  # "cuda", as torch spells a device: the library goes first
+            raise ValueError(f"{key.partition(':')[0]!r} is a device, not a backend: name the library, then the "
+                             "device, as in 'torch:cuda', 'torch:cuda:1', 'jax:gpu', 'cupy' or 'numpy' (the CPU); "
+                             f"backends: {list(_ENTRIES)}")
         raise ValueError(f"unknown backend {spec!r}; valid names: {list(_ENTRIES)} "
                          f"(or '{GENERIC}:<module>' for another array API library)")
     try:
@@ -120,13 +126,30 @@ def _from_array(x: Any) -> Backend:
     name = backend_name_of(x)
     # a library's other objects (torch.float64, torch.device("cpu")) carry its module name but are no arrays
     if name is None or not array_api_compat.is_array_api_obj(x):
-        raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__} {x!r} "
-                        "(a device goes in the name, \"torch:cuda\"; a model's dtype in dtype=)")
+        spelled = _device_spec(x)
+        hint = (f"for this device write backend={spelled!r}" if spelled else
+                "a device goes in the name, \"torch:cuda\"; a model's dtype in dtype=")
+        raise TypeError(f"backend must be a name, namespace, array or Backend, got {type(x).__name__} {x!r} ({hint})")
     device = array_api_compat.device(x)
     if name not in _ENTRIES:
         return _generic(array_api_compat.array_namespace(x), device)
     backend = get_backend(name)
     return backend if str(device) == str(backend.device) else backend.on_device(device)
+
+
+def _device_spec(x: Any) -> str | None:
+    """The backend spec naming device object `x` (a ``torch.device``, a JAX ``Device``); None for anything else."""
+    module = type(x).__module__.split(".")[0]
+    try:
+        if module == "torch" and type(x).__name__ == "device":
+            return f"torch:{x}"
+        if module in ("jax", "jaxlib") and hasattr(x, "platform"):
+            import jax  # already imported: the device came from it
+
+            return f"jax:{x.platform}:{jax.devices(x.platform).index(x)}"
+    except Exception:  # a device JAX no longer lists: the generic hint
+        return None
+    return None
 
 
 def loaded_namespace(x: Any) -> Any:
