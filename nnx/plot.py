@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -124,7 +125,7 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or not logs:
         raise ValueError("history must be a History or a non-empty dict of name -> per-epoch values")
-    epochs = getattr(history, "epoch", None)
+    longest = max((len(v) for v in logs.values() if hasattr(v, "__len__")), default=0)
     available = [k for k in logs if not k.startswith("val_")]
     available += [k[4:] for k in logs if k.startswith("val_") and k[4:] not in available]
     if metrics is None:
@@ -144,8 +145,7 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
                 if key not in logs:
                     continue
                 values = np.asarray(logs[key], dtype=float)
-                x = np.asarray(epochs) + 1 if epochs is not None and len(epochs) == values.size \
-                    else np.arange(1, values.size + 1)
+                x = _epoch_axis(history, key, values.size, longest)
                 ax.plot(x, values, style, marker="." if values.size < 30 else None, label=label)
             ax.set(title=name, xlabel="epoch")
             if name == "lr":
@@ -154,6 +154,21 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
             ax.legend()
         fig.tight_layout()
     return fig
+
+
+def _epoch_axis(history: Any, key: str, size: int, longest: int) -> np.ndarray:
+    """The 1-based epochs of `key`'s values: those it was logged in (a `History` knows them: a key a callback
+    adds on some epochs only, a run resumed at a later epoch), else 1..size."""
+    epochs_of = getattr(history, "epochs_of", None)
+    if callable(epochs_of):
+        logged = np.asarray(epochs_of(key))
+        if logged.size == size:
+            return logged + 1
+    elif size != longest:  # a plain dict says nothing of which epochs a shorter list belongs to
+        warnings.warn(f"plot_history: {key!r} has {size} values where other keys have {longest}; they are drawn "
+                      f"at epochs 1..{size}, which may not be the epochs they were logged in (pass the History "
+                      "that fit returned: it knows them)", stacklevel=3)
+    return np.arange(1, size + 1)
 
 
 # -- gradients ---------------------------------------------------------------------------------------

@@ -37,11 +37,14 @@ class History:
     ``"flat"``: one optimizer update over flat buffers, or ``"plain"``); `execution_mode` how the
     epochs ran (``"epoch"``: each one compiled program, ``"chunks"``: chunks of batches as programs,
     ``"step"``: step by step) and `execution_reason` why.
+    `epochs_of(key)` lists the epochs a key was logged in: a key a callback adds on some epochs only
+    has fewer values than `epoch`, and its i-th value belongs to ``epochs_of(key)[i]``.
     """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {}
         self.epoch: list[int] = []
+        self._key_epochs: dict[str, list[int]] = {}
         self.interrupted = False
         self.execution = "plain"
         self.execution_mode = "step"
@@ -52,6 +55,12 @@ class History:
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+            self._key_epochs.setdefault(key, []).append(epoch)
+
+    def epochs_of(self, key: str) -> list[int]:
+        """The epochs `key` was logged in, one per value of ``history[key]``."""
+        self[key]  # noqa: B018 -- the KeyError that names what was recorded
+        return list(self._key_epochs[key])
 
     def __getitem__(self, key: str) -> list[float]:
         if key not in self.history:
