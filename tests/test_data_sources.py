@@ -175,3 +175,56 @@ def test_a_generator_function_passed_uncalled_is_named():
         with pytest.raises(TypeError, match=match):
             call()
     assert len(m.fit(batches(), loss="bce", steps_per_epoch=2, epochs=2)["loss"]) == 2
+
+
+class KerasStyleBatches:
+    """A Keras ``Sequence`` / ``PyDataset`` written without Keras: ``__len__`` batches read by position, reshuffled
+    in ``on_epoch_end``; slicing past the end gives empty batches, never an IndexError."""
+
+    def __init__(self, X, y, size, iterable=False):
+        self.X, self.y, self.size = X, y, size
+        self.order = np.arange(X.shape[0])
+        self.calls: list[str] = []
+        if iterable:  # a Keras 2 Sequence also iterates over its items
+            self.__class__ = type("IterableKerasStyleBatches", (KerasStyleBatches,),
+                                  {"__iter__": lambda s: (s[i] for i in range(len(s)))})
+
+    def __len__(self):
+        return -(-self.X.shape[0] // self.size)
+
+    def __getitem__(self, i):
+        rows = self.order[i * self.size:(i + 1) * self.size]
+        return self.X[rows], self.y[rows]
+
+    def on_epoch_begin(self):
+        self.calls.append("begin")
+
+    def on_epoch_end(self):
+        self.calls.append("end")
+        self.order = np.random.default_rng(len(self.calls)).permutation(self.order)
+
+
+@pytest.mark.parametrize("iterable", [False, True], ids=["read-by-position", "with-iter"])
+def test_a_keras_style_sequence_trains_and_its_epoch_hooks_run_as_keras_calls_them(iterable):
+    """A Keras Sequence's on_epoch_end (where it reshuffles) was never called, so every epoch read the first
+    order, without a word; one without __iter__ was refused. Each pass now runs between on_epoch_begin and
+    on_epoch_end, for training and validation alike, and equals training on the batches the hooks made."""
+    X, y = _data(30)
+    seq, val = KerasStyleBatches(X, y, 8, iterable), KerasStyleBatches(X[:10], y[:10], 5, iterable)
+    seen = []
+
+    class Orders(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append([seq[i] for i in range(len(seq))])
+
+    model = _model()
+    history = model.fit(seq, loss="bce", epochs=3, optimizer="sgd", lr=0.1, validation_data=val,
+                        callbacks=[Orders()])
+    assert seq.calls == ["begin", "end"] * 3 and val.calls == ["begin", "end"] * 3
+    assert len(history["val_loss"]) == 3
+    assert not np.array_equal(seen[0][0][0], seen[1][0][0])  # the hook's reshuffle reached the next epoch
+    twin = _model()  # plain SGD keeps no state between fits: one fit per epoch on the batches the hooks made
+    for batches in seen:
+        twin.fit(batches, loss="bce", epochs=1, optimizer="sgd", lr=0.1)
+    assert np.array_equal(twin.predict(X), model.predict(X))
+    assert np.array_equal(model.predict(KerasStyleBatches(X, y, 8, iterable)), model.predict(X))

@@ -37,7 +37,7 @@ OTHER_LIBRARIES = {
     "Sqrt", "Sub", "Where",
     # scikit-learn, Keras, PyTorch, NumPy and MPI names the pages compare with
     "AdamOptimizer", "SGDOptimizer", "RandomState", "BinaryAccuracy", "RootMeanSquaredError",
-    "TimeDistributed", "DataLoader", "DistributedSampler", "Linear", "Allgatherv", "Allreduce",
+    "TimeDistributed", "DataLoader", "DistributedSampler", "Linear", "Allgatherv", "Allreduce", "PyDataset",
     "Reduce_scatter",
     # a class of the reader's that docs/custom_layers.md imagines in a sentence
     "Scaled",

@@ -132,10 +132,28 @@ def _within(part: slice, window: Window) -> slice:
 
 # -- what kind of data is it -------------------------------------------------------------------
 def is_batch_iterable(data: Any) -> bool:
-    """Whether `data` (given without y) is an iterable of batches rather than one array."""
+    """Whether `data` (given without y) is an iterable of batches rather than one array: something with
+    ``__iter__``, or a Keras-style sequence of batches (`is_batch_sequence`)."""
     if data is None or hasattr(data, "shape") or isinstance(data, (str, bytes)):
         return False
-    return hasattr(data, "__iter__")
+    return hasattr(data, "__iter__") or is_batch_sequence(data)
+
+
+def is_batch_sequence(data: Any) -> bool:
+    """Whether `data` is read by position as a Keras ``Sequence`` or ``PyDataset`` is: ``__len__`` batches, each
+    ``data[i]``, with an ``on_epoch_end`` (or ``on_epoch_begin``) hook, and no ``__iter__`` of its own. Keras's
+    contract says its items are whole batches; a torch ``Dataset`` of samples has no such hook."""
+    if hasattr(data, "__iter__") or not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return False
+    return any(callable(getattr(data, hook, None)) for hook in ("on_epoch_end", "on_epoch_begin"))
+
+
+def _new_pass(data: Any) -> Iterator[Any]:
+    """A pass over a re-iterable: its own iterator, or a batch sequence's items 0 to ``len - 1`` (Python's
+    fallback iteration would read on until an IndexError, which slicing past the end never raises)."""
+    if is_batch_sequence(data):
+        return (data[i] for i in range(len(data)))
+    return iter(data)
 
 
 def refuse_unreadable(data: Any, argname: str) -> None:
@@ -145,7 +163,7 @@ def refuse_unreadable(data: Any, argname: str) -> None:
     ``Dataset`` (``TensorDataset``) of samples, or an indexable sequence of batches, whose items are samples or
     batches as only its author knows."""
     if data is None or isinstance(data, (list, tuple, str, bytes)) or hasattr(data, "shape") \
-            or hasattr(data, "__iter__"):
+            or hasattr(data, "__iter__") or is_batch_sequence(data):
         return
     if any(hasattr(data, a) for a in ("__array__", "__array_interface__", "__dlpack__", "__cuda_array_interface__")):
         return
@@ -157,7 +175,8 @@ def refuse_unreadable(data: Any, argname: str) -> None:
         raise TypeError(f"{argname} is a {type(data).__name__}, indexed by position but neither an array (it has no "
                         "shape) nor an iterable of batches (it has no __iter__): wrap a dataset of samples (a torch "
                         "Dataset such as TensorDataset) in a torch.utils.data.DataLoader(dataset, batch_size=...), "
-                        "which yields (X, y) batches; give a sequence of batches an __iter__, or pass a list of them")
+                        "which yields (X, y) batches; give a sequence of batches an __iter__ (or, as a Keras "
+                        "Sequence has, an on_epoch_end method), or pass a list of them")
 
 
 def batch_shaped(model: Model, a: Any) -> bool:
@@ -300,7 +319,7 @@ class IterableBatches:
 
     def __init__(self, data: Any, prepare: BatchPreparer, steps: int | None = None, prefetch: int = 1,
                  targets: bool = True, name: str = "X", steps_name: str = "steps", continues: bool = False) -> None:
-        if getattr(data, "__iter__", None) is None:
+        if getattr(data, "__iter__", None) is None and not is_batch_sequence(data):
             raise TypeError(f"{name} must be an array or an iterable of batches, got {type(data).__name__}")
         # an iterator (a generator) is its own; asking a re-iterable for one here would start a pass
         # (a seeded torch DataLoader draws from its generator on iter(), shifting every later shuffle)
@@ -320,7 +339,8 @@ class IterableBatches:
         epoch, last = self._epoch, self._last
         self._epoch += 1
         continued = self._continues and self._pass is not None
-        source: Iterator[Any] = self.data if self.one_shot else iter(self.data) if not continued else \
+        self._hook("on_epoch_begin")
+        source: Iterator[Any] = self.data if self.one_shot else _new_pass(self.data) if not continued else \
             cast(Iterator[Any], self._pass)
         if self._continues:
             self._pass = source
@@ -346,7 +366,7 @@ class IterableBatches:
         pass instead."""
         first = next(source, _NOTHING)
         if first is _NOTHING and continued:
-            self._pass = iter(self.data)
+            self._pass = _new_pass(self.data)
             source = itertools.islice(self._pass, cast(int, self.limit))
             first = next(source, _NOTHING)
         if first is not _NOTHING:
@@ -360,6 +380,7 @@ class IterableBatches:
         with contextlib.closing(items):  # closing this generator stops the prefetch thread at once
             for count, item in enumerate(items, start=1):  # noqa: B007 - count is read after the loop
                 yield item
+        self._hook("on_epoch_end")
         if self.limit is not None and count < self.limit:
             if self._continues:
                 warnings.warn(f"{self.name} ran out after {count} of the {self.limit} batches {self.steps_name} "
@@ -372,6 +393,14 @@ class IterableBatches:
                           f"for{one_shot}; this pass used {count}. Give an iterable that holds at least "
                           f"{self.steps_name} batches per pass, or a smaller {self.steps_name}",
                           UserWarning, stacklevel=2)
+
+    def _hook(self, name: str) -> None:
+        """Call the re-iterable's own ``on_epoch_begin`` / ``on_epoch_end`` around each pass an epoch reads, as Keras
+        calls a ``keras.utils.Sequence``'s or ``PyDataset``'s (which reshuffle their indices there); an iterator's
+        are not called (a generator has none, and a one-shot iterator has no passes)."""
+        hook = None if self.one_shot else getattr(self.data, name, None)
+        if callable(hook):
+            hook()
 
     def _unpack(self, item: Any, where: str) -> tuple[Any, Any, Any]:
         if not self.targets:
