@@ -562,11 +562,13 @@ class SGD(Optimizer):
         lr: learning rate (> 0).
         momentum: momentum factor in [0, 1).
         dampening: dampening of the momentum in [0, 1].
-        nesterov: use Nesterov momentum (needs momentum > 0 and dampening == 0).
         weight_decay: L2 penalty coefficient (>= 0): ``weight_decay * p`` is added to the gradient of every
             parameter, biases included, and is not in the reported loss (`nnx.regularizers.L2` skips biases
             and is; docs/training.md).
-        maximize: ascend instead of descend.
+        nesterov: use Nesterov momentum (needs momentum > 0 and dampening == 0).
+        maximize: ascend instead of descend (keyword only).
+
+    The arguments come in torch's order, so ``SGD(params, 0.1, 0.9, 0, 1e-4, True)`` means what it means there.
     """
 
     elementwise = True
@@ -578,10 +580,11 @@ class SGD(Optimizer):
     weight_decay: float
     maximize: bool
 
+    # torch's order: a positional weight decay of 1 was taken for nesterov=True, and one of 1e-4 was refused as it
     def __init__(self, params: Iterable[Any], lr: float = 0.01, momentum: float = 0.0, dampening: float = 0.0,
-                 nesterov: bool = False, weight_decay: float = 0.0, maximize: bool = False) -> None:
-        super().__init__(params, lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                         weight_decay=weight_decay, maximize=maximize)
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> None:
+        super().__init__(params, lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov, maximize=maximize)
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
