@@ -274,7 +274,7 @@ bench_run() {  # spec, shapes (comma list): one bench_train.py process into $OUT
   mkdir -p "$dir"
   secs=$(budget 60)
   [ $((BENCH_END - $(elapsed))) -lt "$secs" ] && secs=$((BENCH_END - $(elapsed)))
-  if [ $DRY = 1 ]; then size=(--tiny --repeats 2 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
+  if [ $DRY = 1 ]; then size=(--tiny --repeats 1 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
   run_for "$secs" "$PY" benchmarks/bench_train.py "${size[@]}" --shapes "$shapes" --backend "$spec" \
     --frameworks "nnx,$peer" "${extra[@]}" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
     --import-runs 0 --out "$dir" > "$dir/bench.log" 2>&1
@@ -321,7 +321,7 @@ else
   contenders="nnx_epoch,nnx_step"
   [ "$TORCH_READY" -gt 0 ] && contenders+=",torch"
   if [ $DRY = 1 ]; then
-    epoch_args=(--device cpu --torch-device cpu --shapes tiny --repeats 2 --epochs 2)
+    epoch_args=(--device cpu --torch-device cpu --shapes tiny --repeats 1 --epochs 1)
   else
     epoch_args=(--device gpu --torch-device cuda --shapes small,medium,large --repeats "$REPEATS")
   fi
