@@ -1,5 +1,7 @@
 """Metrics `fit` and `evaluate` report: each maps (xp, y_true, y_pred, from_logits) to a 0-d array on the device.
 
+y_pred is the model's outputs (probabilities or logits) in a real floating dtype: predicted labels, bool or
+integer as scikit-learn's scores take them, raise `TypeError` naming their dtype.
 y_true is either class indices ((n,) or (n, 1)) for multi-class outputs or has y_pred's shape; the
 regression metrics (mse, mae, rmse, r2) read class indices as one-hot rows, as a cross-entropy loss does.
 Called directly, a metric takes a NumPy ``y_true`` beside another library's ``y_pred`` and moves it there,
@@ -20,7 +22,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from array_api_compat import device as array_device
 from array_api_compat import is_array_api_obj, is_jax_array, is_numpy_array
@@ -49,6 +51,12 @@ def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
             y_pred = get_backend("numpy").asarray(y_pred, argname="y_pred")
         if not is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
+        dtype = cast(Any, y_pred).dtype  # is_array_api_obj narrowed it to a protocol without dtype
+        if not xp.isdtype(dtype, "real floating"):
+            # predicted labels (scikit-learn's f1_score(y_true, labels)) are no outputs: bool ones were counted in
+            # bool (f1 2.0), integer class indices read as one output thresholded at 0.5 (NaN)
+            raise TypeError(f"y_pred must have a real floating dtype (the model's outputs: probabilities or logits, "
+                            f"not predicted labels), got {dtype}")
         if _moved(y_true, y_pred):
             y_true = get_backend(y_pred).asarray(y_true, argname="y_true")
         if tuple(getattr(y_pred, "shape", ()))[:1] == (0,):
