@@ -235,6 +235,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         failing = True
         raise
     finally:
+        model.history = history  # a fit a callback ran inside this one (its epochs are counted) set its own
         guard.uninstall()
         if dp is not None:
             dp.end()
