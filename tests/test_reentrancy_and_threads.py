@@ -118,6 +118,23 @@ def test_a_change_made_by_a_callback_mid_epoch_is_the_change_made_between_two_fi
     assert _same(inside, between)
 
 
+@pytest.mark.parametrize("what", ["loss", "optimizer"])
+def test_a_loss_or_optimizer_set_by_a_callback_mid_fit_is_said_not_silently_ignored(what):
+    def swap(m):
+        if what == "loss":
+            m.loss = nnx.losses.MSE()
+        else:
+            m.optimizer = nnx.optim.SGD(m.parameters(), lr=0.5)
+
+    swapped, plain = _model("numpy"), _model("numpy")
+    with pytest.warns(RuntimeWarning, match=rf"model\.{what} was set while fit was running.*next call to fit"):
+        _fit(swapped, X, Y, loss="bce_with_logits", optimizer="adam", epochs=2, callbacks=[ReentChange(swap)])
+    _fit(plain, X, Y, loss="bce_with_logits", optimizer="adam", epochs=2)
+    assert _same(swapped, plain)  # this fit went on with what it started with, as the warning says
+    assert getattr(swapped, what) is not getattr(plain, what)  # and the next one takes the new one
+    assert type(swapped.loss if what == "loss" else swapped.optimizer).__name__ in ("MSE", "SGD")
+
+
 class ReentStop(nnx.callbacks.Callback):
     def __init__(self):
         self.batches = []

@@ -192,7 +192,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         dp.train_step(loss_fn, opt, transforms, check_finite)
     history.execution = step.execution
     program = plan(history, step, batches, cbs, dp, chunk_batches, verbose)  # whole epochs as programs, or None
-    failing = False
+    failing = swapped = False
     last_logs: dict[str, Any] = {}  # the last epoch's logs, which on_train_end gets, as in Keras
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
     try:
@@ -220,6 +220,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             model.epochs_trained += 1
             cb.on_epoch_end(epoch, logs)
+            swapped = swapped or _swapped_in_fit(model, loss_fn, opt)
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
             last_logs = logs
             if dp is not None:
@@ -241,6 +242,21 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             dp.end()
         _train_end(cb, history, failing, last_logs)
     return history
+
+
+def _swapped_in_fit(model: Model, loss_fn: Any, opt: Any) -> bool:
+    """Whether a callback (or a fit it ran) rebound ``model.loss`` or ``model.optimizer`` in this fit, which the steps
+    (and their recorded or compiled programs) hold from its start: warned once, as the change takes effect only at
+    the next fit. Read once an epoch, outside the steps."""
+    held = (("loss", loss_fn), ("optimizer", opt))
+    names = [f"model.{name}" for name, value in held if getattr(model, name) is not value]
+    if names:
+        warnings.warn(f"{' and '.join(names)} was set while fit was running (by a callback?): this fit goes on "
+                      "training with the one it started with, and the new one is used from the next call to fit. To "
+                      "switch mid-training, set model.stop_training = True and call fit again (fit(loss=..., "
+                      "optimizer=...)); to change the learning rate of the running fit, set model.optimizer.lr",
+                      RuntimeWarning, stacklevel=3)
+    return bool(names)
 
 
 def _as_fraction(value: numbers.Real) -> float:
