@@ -28,6 +28,7 @@ import numpy as np
 from ._version import __version__
 from .io import file_destination, write_atomically
 from .layers.base import Layer
+from .layers.containers import _Chain
 from .layers.parameter import Buffer, Parameter
 
 __all__ = ["BATCH_DIM", "DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "OnnxGraph", "build_model",
@@ -257,8 +258,43 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
                               doc_string=f"nnx Sequential ({model.dtype}) exported for inference")
     # the oldest IR version that carries this opset, so older runtimes can read the file
     proto.ir_version = helper.find_min_ir_version_for(imports, ignore_unknown=True)
-    onnx.checker.check_model(proto, full_check=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        # the declared shapes come from the layers' output_shape: one that is not what the layer computes made
+        # onnx's shape inference fail naming only a node of the graph (often the last, "output")
+        wrong = _declared_shape_wrong(model)
+        if wrong is None:
+            raise
+        raise ValueError(f"cannot export to ONNX: {wrong}, and the graph declares the shapes output_shape gives; "
+                         f"make it return the shape of one output sample (onnx: {str(exc).strip()})") from exc
     return proto
+
+
+def _declared_shape_wrong(model: Any) -> str | None:
+    """The first layer of `model` whose inference output on one sample of zeros is not shaped as its
+    `output_sample_shape` says, described; None when every layer's is (or when that pass itself fails)."""
+
+    def walk(layers: Sequence[Any], X: Any, prefix: str) -> str | None:
+        for i, layer in enumerate(layers):
+            path = f"{prefix}{i}"
+            if isinstance(layer, _Chain):  # Sequential, Residual: their layers first, applied to X in order
+                found = walk(layer.layers, X, f"{path}.")
+                if found is not None:
+                    return found
+            Y = layer.forward(X, False)
+            declared = layer.output_sample_shape
+            if declared is not None and tuple(Y.shape[1:]) != tuple(declared):
+                return (f"layer {path} ({type(layer).__name__}) declares output samples of shape {tuple(declared)} "
+                        f"(its output_shape) but computes samples of shape {tuple(Y.shape[1:])}")
+            X = Y
+        return None
+
+    try:
+        X = model.prepare_inputs(np.zeros((1, *model.input_shape)))
+        return walk(model.layers, X, "")
+    except Exception:  # noqa: BLE001 - a diagnosis only: the export's own error is raised instead
+        return None
 
 
 def export(model: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
