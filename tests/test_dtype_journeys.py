@@ -25,3 +25,23 @@ def test_a_metric_refuses_predicted_labels_for_outputs_by_naming_their_dtype(nam
     # the outputs themselves score as before
     probs = np.array([0.1, 0.9, 0.4, 0.2, 0.8], np.float32)
     assert float(metrics.recall(np, y_true, probs)) == pytest.approx(2 / 3)
+
+
+@pytest.mark.filterwarnings("error")
+def test_float64_values_beyond_float32_are_refused_by_the_value_error_alone():
+    # pytest's filterwarnings=error (or python -W error) is common in users' projects: NumPy's "overflow
+    # encountered in cast", warned from inside nnx before its own check, was what they got instead of the
+    # ValueError that names the argument and the range
+    import nnx
+
+    X, y = np.ones((4, 2)), np.ones((4, 1))
+    X[0, 0] = 1e300
+    model = nnx.Sequential(nnx.Dense(2, 1), backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"^X has values beyond the range of the model's dtype float32"):
+        model.fit(X, y, loss="mse", epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"^X has values beyond the range"):
+        model.predict(X)
+    state = {k: np.asarray(v, dtype=np.float64) for k, v in model.state_dict().items()}
+    state["0.weight"][0, 0] = -1e300
+    with pytest.raises(ValueError, match=r"state_dict\['0.weight'\] has values beyond the range"):
+        model.load_state_dict(state)

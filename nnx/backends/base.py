@@ -400,7 +400,14 @@ class Backend:
         if dtype is not None or copy:
             # C order: every library shares or gathers rows of C-ordered memory without copying all of it
             # (NumPy's take copies a Fortran-ordered X whole to gather one batch; torch copies it to share it)
-            host = host.astype(dtype_name(dtype) if dtype is not None else host.dtype, order="C", copy=copy)
+            target = dtype_name(dtype) if dtype is not None else host.dtype
+            if host.dtype.kind == "f" and np.dtype(target).itemsize < host.dtype.itemsize:
+                # a finite float64 beyond float32's range becomes inf: the callers' check names the argument and
+                # the range, where NumPy's own "overflow encountered in cast" (an error under -W error) would not
+                with np.errstate(over="ignore"):
+                    host = host.astype(target, order="C", copy=copy)
+            else:
+                host = host.astype(target, order="C", copy=copy)
         return self.from_host(host)
 
     def _accepted(self) -> str:
