@@ -119,6 +119,15 @@ class Optimizer:
     """State arrays that never hold a negative value (averages or sums of squares): `load_state_dict` refuses a snapshot
     where one does, since the rule's square root of it would turn the parameters to NaN at the next step."""
 
+    kept_state: tuple[str, ...] = ()
+    """State arrays the rule keeps, untouched, while the setting that uses them is off, and goes on from when it is on
+    again, as torch keeps them (a momentum buffer while momentum is 0): `load_state_dict` takes a snapshot holding
+    them beside the arrays `init_state` makes under its settings. Each is shaped like its parameter."""
+
+    started_state: tuple[str, ...] = ()
+    """State arrays the rule starts itself where a parameter's state lacks them (SGD's momentum buffer, which torch
+    starts at the gradient at the first step with momentum): `load_state_dict` takes a snapshot without them."""
+
     initial_lr: float | None = None
     """The rate a learning-rate schedule decays from (torch's ``initial_lr``): set by the first schedule that
     runs on this optimizer, and kept by `state_dict`, so a resumed fit's schedule decays from it again."""
@@ -401,14 +410,16 @@ class Optimizer:
             if not isinstance(entry, dict):
                 raise TypeError(f"state_dict state for {label} must be a dict of arrays, got {type(entry).__name__}")
             template = self.init_state(self._xp(i), p.value)
-            if set(entry) != set(template):
-                raise ValueError(
-                    f"state_dict state for {label} must have the arrays {sorted(template)}, got {sorted(entry)}"
-                )
+            required = set(template) - set(self.started_state)
+            if not required <= set(entry) <= set(template) | set(self.kept_state):
+                kept = sorted(set(self.kept_state) - required)
+                maybe = f" (and may have {kept})" if kept else ""
+                raise ValueError(f"state_dict state for {label} must have the arrays {sorted(required)}{maybe}, "
+                                 f"got {sorted(entry)}")
             backend = get_backend(p.value)
             arrays = {}
             for name, arr in entry.items():
-                like = template[name]
+                like = template.get(name, p.value)  # a kept array its settings do not use now
                 argname = f"state_dict state {name!r} for {label}"
                 arr = _as_state_dtype(backend, arr, like.dtype, argname)
                 if tuple(arr.shape) != tuple(like.shape):
@@ -572,6 +583,7 @@ class SGD(Optimizer):
     """
 
     elementwise = True
+    kept_state = started_state = ("momentum_buffer",)  # kept while momentum is 0, started at the gradient
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     momentum: float
@@ -677,6 +689,7 @@ class Adam(Optimizer):
 
     elementwise = True
     nonnegative_state = ("exp_avg_sq", "max_exp_avg_sq")
+    kept_state = ("max_exp_avg_sq",)  # kept while amsgrad is off, as torch keeps it, and used again when on
     decoupled_weight_decay = False
     """AdamW sets this: decay the weights directly instead of adding the decay to the gradient."""
 
@@ -721,6 +734,8 @@ class Adam(Optimizer):
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
             v = new["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
+        elif "max_exp_avg_sq" in state:
+            new["max_exp_avg_sq"] = state["max_exp_avg_sq"]  # AMSGrad off: kept for when it is on again, as in torch
         # torch's documented form; ** 0.5 rather than math.sqrt, so a traced step works too
         bias2_sqrt = (1.0 - beta2**step) ** 0.5
         step_size = lr / (1.0 - beta1**step)
@@ -761,6 +776,7 @@ class RMSprop(Optimizer):
 
     elementwise = True
     nonnegative_state = ("square_avg",)
+    kept_state = ("momentum_buffer", "grad_avg")  # each kept while its setting is off, as torch keeps it
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     alpha: float
@@ -805,10 +821,14 @@ class RMSprop(Optimizer):
             ga = new["grad_avg"] = ga + (1.0 - alpha) * (g - ga)
             avg = xp.sqrt(sq - ga * ga) + self.eps
         else:
+            if "grad_avg" in state:  # centered off: kept for when it is on again, as in torch
+                new["grad_avg"] = state["grad_avg"]
             avg = xp.sqrt(sq) + self.eps
         if self.momentum > 0:
             buf = new["momentum_buffer"] = self.momentum * state["momentum_buffer"] + g / avg
             return value - lr * buf, new
+        if "momentum_buffer" in state:  # momentum 0: kept for when it is on again, as in torch
+            new["momentum_buffer"] = state["momentum_buffer"]
         return value - (lr * g) / avg, new
 
 
