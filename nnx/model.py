@@ -17,7 +17,7 @@ from .layers.containers import _Chain, raise_no_dX
 from .layers.parameter import Buffer, Parameter
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
-from .regularizers import Regularizer, get_regularizer
+from .regularizers import Regularizer, get_regularizer, require_regularizer
 from .summary import summary as layer_table
 from .training import evaluation, head, inference, inputs, loop, resolve, targets, weights
 from .training.history import History
@@ -179,7 +179,8 @@ class Sequential(_Chain):
 
     def get_config(self) -> dict:
         """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""
-        reg = None if self.regularizer is None else self.regularizer.get_config()
+        reg = require_regularizer("the model's regularizer", self.regularizer)
+        reg = None if reg is None else reg.get_config()
         shape = None if self._given_input_shape is None else list(self._given_input_shape)
         # a subclass's own constructor arguments (`MLP(width=64)`), beside what every model's config holds
         own = constructor_config(self, leave_out=_MODEL_KEYS, positional_kept=True)  # *layers: saved below
@@ -458,11 +459,23 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
         enclosing = (layer.regularizer, *enclosing)  # a model's regularizer covers every weight inside it
     own = () if isinstance(layer, Sequential) or layer.regularizer is None else (layer.regularizer,)
     regularizers = (*own, *enclosing)  # none for most layers: their parameters are then not listed at all
-    terms = [reg.penalty(p.value) for p in layer.parameters(recurse=False) if p.regularized
-             for reg in regularizers] if regularizers else []
+    try:
+        terms = [reg.penalty(p.value) for p in layer.parameters(recurse=False) if p.regularized
+                 for reg in regularizers] if regularizers else []
+    except AttributeError:  # only when it failed: no work in a training step
+        _require_regularizers(layer, own, enclosing)
+        raise
     for _, sub in layer.named_layers(recurse=False):
         terms += _penalty_terms(sub, enclosing)
     return terms
+
+
+def _require_regularizers(layer: Layer, own: tuple[Any, ...], enclosing: tuple[Any, ...]) -> None:
+    """TypeError naming the attribute when one of the regularizers is no `Regularizer` (see `require_regularizer`)."""
+    for reg in own:
+        require_regularizer(f"{type(layer).__name__}.regularizer", reg)
+    for reg in enclosing:
+        require_regularizer("the model's regularizer", reg)
 
 
 def _require_state_in_range(optimizer: Optimizer, backend: Backend, dtype: str) -> None:

@@ -23,7 +23,8 @@ from .registry import (
     register,
 )
 
-__all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer"]
+__all__ = ["DEFAULT_STRENGTH", "ElasticNet", "L1", "L2", "REGULARIZERS", "Regularizer", "get_regularizer",
+           "require_regularizer"]
 
 DEFAULT_STRENGTH = 1e-4
 """Strength used when a regularizer is given by name (``"l2"``) or class, without arguments."""
@@ -208,6 +209,22 @@ def get_regularizer(spec: Any) -> Regularizer | None:
         f"regularizer must be None, a Regularizer, a Regularizer class, a name or a config dict, "
         f"got {type(spec).__name__}"
     )
+
+
+def require_regularizer(where: str, reg: Any) -> Regularizer | None:
+    """`reg` when it is None or a `Regularizer`; else a TypeError naming `where` (the attribute that holds it).
+
+    The constructors take a name or a class (`get_regularizer`); an attribute set afterwards
+    (``layer.regularizer = "l2"``, ``model.regularizer = 0.01``) is used as it is, and without this
+    failed as an AttributeError of a str from inside the loss.
+    """
+    if reg is None or isinstance(reg, Regularizer):
+        return reg
+    fix = f"nnx.regularizers.get_regularizer({reg!r})" if isinstance(reg, (str, dict, type)) else \
+        "a Regularizer with that strength, e.g. nnx.regularizers.L2(0.01)"
+    raise TypeError(f"{where} must be a Regularizer (nnx.regularizers) or None, got {reg!r} of type "
+                    f"{type(reg).__name__}: the constructors take a name, an attribute set later takes the object; "
+                    f"set {fix}")
 
 
 def _by_name(name: str, kwargs: dict[str, Any]) -> Regularizer:

@@ -188,3 +188,18 @@ def test_dropout_after_batchnorm_is_identity_at_inference_and_inverted_in_traini
     # the BatchNorm's training forward normalises by the batch: compare with that, unit by unit
     batch = np.asarray(without.forward(X, training=True))
     np.testing.assert_allclose(trained[kept], batch[kept] * 4.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["layer", "model"])
+@pytest.mark.parametrize("value", ["l2", 0.01])
+def test_a_regularizer_set_as_a_name_or_number_after_construction_is_refused_by_name(where, value):
+    """The constructors take a name (``regularizer="l2"``); the attribute set later did not say what was wrong
+    (an AttributeError "'str' object has no attribute 'penalty'" from inside evaluate and fit)."""
+    model = _model()
+    target = model.layers[0] if where == "layer" else model
+    target.regularizer = value
+    message = rf"regularizer must be a Regularizer .*got {value!r} of type .*: the constructors take a name"
+    with pytest.raises(TypeError, match=message):
+        model.evaluate(X, Y, loss="mse")
+    with pytest.raises(TypeError, match=r"regularizer must be a Regularizer"):
+        model.fit(X, Y, loss="mse", epochs=1, verbose=0)

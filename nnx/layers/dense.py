@@ -7,7 +7,7 @@ from typing import Any
 from .. import _validate as check
 from ..init import Initializer, initializer_name
 from ..registry import recorded_args
-from ..regularizers import Regularizer, get_regularizer
+from ..regularizers import Regularizer, get_regularizer, require_regularizer
 from .base import Layer, Shape, constructor_config
 from .passes import nothing_kept
 
@@ -80,7 +80,8 @@ class Dense(Layer):
         if "init" in recorded_args(self):
             config["init"] = self.init
         if "regularizer" in config:  # the live one: a regularizer set after construction is part of the model
-            config["regularizer"] = None if self.regularizer is None else self.regularizer.get_config()
+            reg = require_regularizer(f"{type(self).__name__}.regularizer", self.regularizer)
+            config["regularizer"] = None if reg is None else reg.get_config()
         return config
 
 
