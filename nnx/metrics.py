@@ -190,10 +190,16 @@ def _count(xp: Any, mask: Any, dtype: Any) -> Any:
     return xp.astype(xp.sum(xp.astype(mask, xp.int64), axis=0), dtype)
 
 
+def _count_dtype(xp: Any, dtype: Any) -> Any:
+    """`dtype`, or float32 for a narrower float (float16, bfloat16), which holds counts exactly only up to 2048
+    (256): precision at 5001 rows was off by 1e-3."""
+    return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+
+
 def _confusion_counts(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
     """True positives, predicted positives and actual positives per class (the positive class for binary)."""
     true, pred, n_classes = _class_pairs(xp, y_true, y_pred, from_logits)
-    dtype = y_pred.dtype
+    dtype = _count_dtype(xp, y_pred.dtype)
     device = array_device(y_pred)
     binary = y_pred.ndim == 1 or y_pred.shape[-1] == 1  # one output: only its positive class is scored
     classes = xp.arange(1 if binary else 0, n_classes, device=device)
@@ -242,7 +248,7 @@ def f1(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
 def _label_counts(xp: Any, true: Any, y_pred: Any, from_logits: bool) -> tuple[Any, Any, Any]:
     """True positives, predicted positives and actual positives per output, each output a yes/no label; `true`
     is y_true in y_pred's shape (`_like_outputs`)."""
-    dtype = y_pred.dtype
+    dtype = _count_dtype(xp, y_pred.dtype)
     true = true > 0.5
     pred = _binary_labels(xp, y_pred, from_logits)
     return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
