@@ -290,3 +290,58 @@ def test_two_models_of_one_definition_trained_in_turns_each_train_as_alone(backe
         _fit(alone, X, Y, loss="bce_with_logits", epochs=1, shuffle=True)
         _fit(alone, X, Y, epochs=1, shuffle=True)
         assert _same(turned, alone)
+
+
+_ARMED, _TRACING, _GO = threading.Event(), threading.Event(), threading.Event()
+
+
+class ReentSlowTrace(nnx.Layer):
+    """Identity whose first traced call (JAX compiling a new input shape) waits, so that another thread's predict
+    runs while the program's trace has the model's parameters bound to its placeholders."""
+
+    def forward(self, X, training=False):
+        traced = type(X).__module__.startswith("jax") and "Tracer" in type(X).__name__
+        if traced and _ARMED.is_set() and not _TRACING.is_set():
+            _TRACING.set()
+            _GO.wait(timeout=10)
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_jax_predict_beside_another_threads_first_compile_reads_the_weights_not_the_trace():
+    """A JAX predict compiling a new shape binds the model's parameters to the trace's placeholders while it
+    traces: another thread's predict at that moment passed those placeholders on as the weights (and a second
+    trace would save and restore them in place of the weights). Programs of one model now trace one at a time,
+    and a call waits while one traces."""
+    model = nnx.Sequential(nnx.Dense(3, 5), ReentSlowTrace(), nnx.Dense(5, 1), backend="jax", dtype="float64",
+                           seed=3)
+    reference = nnx.Sequential(nnx.Dense(3, 5), nnx.Identity(), nnx.Dense(5, 1), dtype="float64")
+    reference.load_state_dict({k: _host(model, v) for k, v in model.state_dict().items()})
+    model.predict(X[:4])  # compiled for 4 rows before the slow trace is armed
+    _ARMED.set()
+    got, errors = {}, []
+
+    def run(name, rows):
+        try:
+            got[name] = _host(model, model.predict(X[:rows]))
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append((name, exc))
+
+    tracer = threading.Thread(target=run, args=("new shape", 7))
+    tracer.start()
+    assert _TRACING.wait(timeout=30)
+    other = threading.Thread(target=run, args=("compiled shape", 4))
+    other.start()
+    other.join(timeout=0.2)
+    _GO.set()
+    for t in (tracer, other):
+        t.join(timeout=30)
+    assert not tracer.is_alive() and not other.is_alive()
+    assert not errors, errors
+    np.testing.assert_allclose(got["compiled shape"], _host(reference, reference.predict(X[:4])), rtol=1e-12)
+    np.testing.assert_allclose(got["new shape"], _host(reference, reference.predict(X[:7])), rtol=1e-12)
+    assert all(type(v).__module__.startswith("jax") and "Tracer" not in type(v).__name__
+               for v in model.state_dict().values())

@@ -13,10 +13,15 @@ replaced on the object (a hook that counts or raises), its code needs concrete v
 that a program would change once or not keep -- draws from the model's random stream
 (the same numbers at every call), rebinds a buffer, changes a plain Python attribute --
 the pass runs op by op, as on every other backend, and gives the same numbers.
+
+A model's passes run one at a time across threads (`_lock_of`): while a program traces, the
+model's parameters are bound to its placeholders, which another thread's pass must not read as
+the weights, nor a second trace save and put back in their place.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +44,17 @@ __all__ = ["inference_program"]
 
 # per model: (the model's signature, {what the program computes: the compiled program, or None once it failed})
 _PROGRAMS = PerModel()
+_LOCKS = PerModel()  # per model: the lock its compiled passes run under
+_MAKING_LOCK = threading.Lock()
+
+
+def _lock_of(model: Model) -> threading.RLock:
+    """The lock `model`'s compiled passes run under (re-entrant: a callback's predict inside a pass)."""
+    with _MAKING_LOCK:  # two threads must not each make one for the same model
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.RLock()
+        return lock
 
 
 def _model_signature(model: Model) -> tuple:
@@ -79,21 +95,23 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
         return lambda *arrays: fn(model, *arrays)
 
     failed = False
+    lock = _lock_of(model)
 
     def run(*arrays: Any) -> Any:
         # a pass calls `run` once per batch: after its first trace failed, the later batches run op by op too
         # (tracing again, the program would count a second trace and take the refusal for the model's error)
         nonlocal failed
-        if failed:
-            return fn(model, *arrays)
-        try:
-            return program(*arrays)
-        except model.backend.trace_errors:
-            if program.traces > 1:
-                raise  # it traced before: the error is the model's own
-            programs[key] = None
-            failed = True
-            return fn(model, *arrays)
+        with lock:
+            if failed:
+                return fn(model, *arrays)
+            try:
+                return program(*arrays)
+            except model.backend.trace_errors:
+                if program.traces > 1:
+                    raise  # it traced before: the error is the model's own
+                programs[key] = None
+                failed = True
+                return fn(model, *arrays)
 
     return run
 
