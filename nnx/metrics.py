@@ -24,8 +24,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from array_api_compat import array_namespace, is_array_api_obj, is_jax_array, is_numpy_array
 from array_api_compat import device as array_device
-from array_api_compat import is_array_api_obj, is_jax_array, is_numpy_array
 
 from .backends import get_backend
 from .backends.names import is_host_subclass
@@ -52,7 +52,9 @@ def _host_targets(metric: Callable[..., Any]) -> Callable[..., Any]:
         if not is_array_api_obj(y_pred):
             raise TypeError(f"y_pred must be an array, got {type(y_pred).__name__}")
         dtype = cast(Any, y_pred).dtype  # is_array_api_obj narrowed it to a protocol without dtype
-        if not xp.isdtype(dtype, "real floating"):
+        # the standard's isdtype; a bare `torch` module passed as xp has none (mse and mae worked with it)
+        isdtype = xp.isdtype if hasattr(xp, "isdtype") else array_namespace(y_pred).isdtype
+        if not isdtype(dtype, "real floating"):
             # predicted labels (scikit-learn's f1_score(y_true, labels)) are no outputs: bool ones were counted in
             # bool (f1 2.0), integer class indices read as one output thresholded at 0.5 (NaN)
             raise TypeError(f"y_pred must have a real floating dtype (the model's outputs: probabilities or logits, "

@@ -131,3 +131,12 @@ def test_half_precision_outputs_are_counted_exactly(name):
     assert float(getattr(metrics, name)(np, y_true, probs)) == pytest.approx(want, rel=1e-6)
     by_label = getattr(metrics, f"label_{name}")(np, y_true[:, None], probs[:, None])
     assert float(by_label) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_bare_torch_module_as_xp_still_scores_mse_and_refuses_labels_by_dtype():
+    # the dtype check on y_pred must not ask the bare module for isdtype, which torch does not have
+    torch = pytest.importorskip("torch")
+    y_true, y_pred = torch.tensor([[1.0], [2.0]]), torch.tensor([[1.5], [2.0]])
+    assert float(metrics.mse(torch, y_true, y_pred)) == pytest.approx(0.125)
+    with pytest.raises(TypeError, match="y_pred must have a real floating dtype.*int64"):
+        metrics.mse(torch, y_true, torch.tensor([[1], [2]]))
