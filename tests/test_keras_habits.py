@@ -42,8 +42,7 @@ def test_predict_with_keras_positional_verbose_is_refused_not_read_as_steps():
 def test_keras_only_keywords_raise_rather_than_being_ignored():
     X, y = _data()
     model = _model()
-    for kwargs in ({"initial_epoch": 1}, {"validation_freq": 2}, {"workers": 2}, {"use_multiprocessing": True},
-                   {"x": X}):
+    for kwargs in ({"initial_epoch": 1}, {"workers": 2}, {"use_multiprocessing": True}, {"x": X}):
         with pytest.raises(TypeError, match=next(iter(kwargs))):
             model.fit(**({"X": X} if "x" not in kwargs else {}), y=y, **kwargs)
     with pytest.raises(TypeError, match="verbose"):
@@ -83,3 +82,52 @@ def test_class_weight_leaves_classes_not_named_at_one_as_keras():
     weighted = _model().fit(X, y, class_weight={1: 2.0}, shuffle=False).history["loss"]
     by_rows = _model().fit(X, y, sample_weight=np.where(y == 1, 2.0, 1.0), shuffle=False).history["loss"]
     np.testing.assert_allclose(weighted, by_rows, rtol=1e-6)
+
+
+def test_validation_freq_validates_every_nth_epoch_counted_across_fits_as_keras():
+    """Keras's validation_freq=2 was a TypeError; it now validates after epochs 2, 4, ... of the model's count
+    (which goes on across fits, as Keras's from initial_epoch), with the numbers of validating every epoch."""
+    X, y = _data()
+    Xv, yv = X[:5] + 0.1, y[:5]
+    every, some = _model(), _model()
+    every.fit(X, y, loss="bce", epochs=7, batch_size=4, validation_data=(Xv, yv), shuffle=False)
+    history = some.fit(X, y, loss="bce", epochs=4, batch_size=4, validation_data=(Xv, yv), shuffle=False,
+                       validation_freq=np.int64(2))
+    assert history.epochs_of("val_loss") == [1, 3] and history.epochs_of("loss") == [0, 1, 2, 3]
+    later = some.fit(X, y, epochs=3, batch_size=4, validation_data=(Xv, yv), shuffle=False, validation_freq=2)
+    assert later.epochs_of("val_loss") == [5]  # epochs 5 to 7 of the model: the 6th validates
+    assert history["val_loss"] + later["val_loss"] == [every.history["val_loss"][i] for i in (1, 3, 5)]
+    assert np.array_equal(some.predict(X), every.predict(X))  # validating changes nothing in training
+
+
+def test_callbacks_monitoring_a_validation_value_skip_the_epochs_between_validations(tmp_path):
+    """EarlyStopping, ModelCheckpoint(save_best_only) and ReduceLROnPlateau said val_loss 'is not in the epoch
+    logs' on an epoch fit did not validate; they skip it, as Keras's do (patience counts validated epochs)."""
+    from nnx.callbacks import EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+
+    X, y = _data()
+    seen = []
+
+    class Seen(nnx.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, "val_loss" in logs))
+
+    stop = EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)  # nothing improves by 10
+    plateau = ReduceLROnPlateau(monitor="val_loss", patience=1, factor=0.5, min_delta=10.0)
+    model = _model()
+    best = ModelCheckpoint(str(tmp_path / "best_{epoch}.npz"), save_best_only=True)
+    history = model.fit(X, y, loss="bce", optimizer="sgd", lr=0.1, epochs=9, batch_size=4,
+                        validation_split=0.25, validation_freq=3, callbacks=[stop, plateau, best, Seen()])
+    # validated after epochs 3 and 6: the first sets the best, the second exhausts a patience of one
+    assert [e for e, validated in seen if validated] == [2, 5] and len(history.epoch) == 6
+    assert stop.best_epoch == 2 and model.optimizer.lr == 0.05
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved[0] == "best_3.npz" and set(saved) <= {"best_3.npz", "best_6.npz"}  # at validations only
+
+
+def test_validation_freq_without_validation_or_below_one_is_refused():
+    X, y = _data()
+    with pytest.raises(ValueError, match="validation_freq=2 .* no validation_data"):
+        _model().fit(X, y, loss="bce", validation_freq=2)
+    with pytest.raises(ValueError, match="validation_freq"):
+        _model().fit(X, y, loss="bce", validation_split=0.25, validation_freq=0)

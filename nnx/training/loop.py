@@ -84,7 +84,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         class_weight: dict | None = None, clip_norm: float | None = None, clip_value: float | None = None,
         accumulate: int = 1, gradient_transforms: list[GradientTransform] | None = None,
         steps_per_epoch: int | None = None, validation_steps: int | None = None, prefetch: Any = True,
-        distributed: Any = None, chunk_batches: int | None = None) -> History:
+        distributed: Any = None, chunk_batches: int | None = None, validation_freq: int = 1) -> History:
     """Mini-batch training; returns a `History` of per-epoch loss and metrics.
 
     Args:
@@ -137,6 +137,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             update across the ranks (ZeRO-1).
         chunk_batches: on a backend with a compiler, batches per compiled program when the data is
             read batch by batch (memmap, iterable); default from a memory budget (docs/training.md).
+        validation_freq: validate after every `validation_freq`-th epoch only, counted as `epochs_trained`
+            counts (across fits), as Keras's ``validation_freq`` counts from ``initial_epoch``: the epochs
+            between log no ``val_`` values, and callbacks monitoring one skip them.
     """
     require_forward_run(model, "fit")  # it trains through forward_to_head, as predict and evaluate run
     require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
@@ -157,6 +160,10 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
         if value is not None:
             check.positive_int(name, value)
+    validation_freq = check.positive_int("validation_freq", validation_freq)
+    if validation_freq != 1 and validation_data is None and not validation_split:
+        raise ValueError(f"validation_freq={validation_freq} was given but no validation_data or validation_split: "
+                         "it says after which epochs to validate")
     if validation_steps is not None and validation_data is None:
         # no pass would read it (Keras ignores it too); a validation_data forgotten must not pass unnoticed
         held_out = " (validation_split holds out arrays, read in full)" if validation_split else ""
@@ -215,7 +222,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
             look_at_outputs = False
             epoch = model.epochs_trained
-            if val is not None:
+            if val is not None and (epoch + 1) % validation_freq == 0:
                 val_logs = val() if dp is None else dp.agree_on_validation(epoch, val())
                 logs.update({f"val_{k}": v for k, v in val_logs.items()})
             model.epochs_trained += 1

@@ -11,7 +11,7 @@ from typing import Any
 
 from ...io import file_name
 from .base import Callback
-from .monitor import check_monitor, improved, recorded_names, resolve_mode
+from .monitor import check_monitor, improved, not_validated, recorded_names, resolve_mode
 
 STATE_KEY = "ModelCheckpoint"
 """Where checkpoints keep their state in ``model.callback_state``: the last saved epoch's logs, the bests so far."""
@@ -93,6 +93,8 @@ class ModelCheckpoint(Callback):
         best = self.best
         if self.save_best_only:
             if self.monitor not in logs:
+                if not_validated(self.monitor, logs):
+                    return  # an epoch between validations (validation_freq)
                 raise ValueError(f"ModelCheckpoint monitors {self.monitor!r}, which is not in the epoch logs; "
                                  f"logged: {sorted(logs)}")
             current = float(logs[self.monitor])

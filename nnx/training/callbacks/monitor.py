@@ -57,6 +57,12 @@ def check_monitor(owner: str, monitor: str, logs: dict | None) -> None:
                      f"recorded: {names}")
 
 
+def not_validated(monitor: str, logs: dict) -> bool:
+    """Whether `monitor` is a validation name and this epoch did not validate (``fit(validation_freq=...)``: no
+    ``val_loss`` in its logs): a callback monitoring it skips the epoch, as Keras's do."""
+    return monitor.startswith("val_") and "val_loss" not in logs
+
+
 def _recorded_as(name: str) -> str | None:
     """The name `fit` records metric `name` under when that differs from `name` (``"acc"``: ``"accuracy"``)."""
     try:

@@ -7,7 +7,7 @@ import warnings
 
 from ... import _validate as check
 from .base import Callback, prints_here
-from .monitor import check_monitor, improved, resolve_mode
+from .monitor import check_monitor, improved, not_validated, resolve_mode
 
 
 class ReduceLROnPlateau(Callback):
@@ -72,6 +72,8 @@ class ReduceLROnPlateau(Callback):
                           "epoch and undoes the reductions; use one of them", UserWarning, stacklevel=2)
         self._set = None
         if self.monitor not in logs:
+            if not_validated(self.monitor, logs):
+                return  # an epoch between validations (validation_freq)
             raise ValueError(f"ReduceLROnPlateau monitors {self.monitor!r}, which is not in the epoch logs; "
                              f"logged: {sorted(logs)}")
         current = float(logs[self.monitor])

@@ -9,7 +9,7 @@ from typing import Any, cast
 from ... import _validate as check
 from ...protocols import Model
 from .base import Callback, prints_here
-from .monitor import check_monitor, improved, resolve_mode
+from .monitor import check_monitor, improved, not_validated, resolve_mode
 
 
 def _copy_state(model: Model) -> dict[str, Any]:
@@ -71,6 +71,8 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         if self.monitor not in logs:
+            if not_validated(self.monitor, logs):
+                return  # an epoch between validations (validation_freq)
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not in the epoch logs; "
                              f"logged: {sorted(logs)}")
         if epoch < self.start_from_epoch:
