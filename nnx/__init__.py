@@ -42,8 +42,10 @@ __all__ = [
 def load(path, backend=None, dtype=None) -> Sequential:
     """Rebuild a model saved with `Sequential.save`, with its optimizer (if saved), random streams and counters.
 
-    `backend` defaults to the one it was saved from (numpy, with a warning, where that one cannot
-    run here); `dtype` (``"float32"`` or ``"float64"``) casts it, else it keeps the saved dtype.
+    `backend` defaults to the one it was saved from; where that one cannot run here (saved on
+    ``"torch:cuda"``, loaded without a GPU) it loads, with a warning naming both, on the same library's
+    default device (``"torch"``), or on numpy where that library cannot run either (CuPy);
+    `dtype` (``"float32"`` or ``"float64"``) casts it, else it keeps the saved dtype.
     A damaged or foreign file raises `nnx.io.CheckpointError`; nothing in it is unpickled.
     """
     return load_model(path, Sequential.from_config, backend=backend, dtype=dtype)
