@@ -23,7 +23,8 @@ from .rng import DeviceRNG
 _PLATFORMS = ("cpu", "gpu", "cuda", "rocm", "tpu", "metal")
 _CUDA_PLUGINS = {12: "jax_cuda12_plugin", 13: "jax_cuda13_plugin"}
 # XLA options for the programs nnx compiles (`JaxBackend.jit`, `JaxBackend.compile`): an option's name without
-# its "--" and its value, e.g. {"xla_cpu_use_fusion_emitters": False} to compile small CPU programs faster.
+# its "--" and its value, e.g. {"xla_cpu_use_fusion_emitters": False} to compile small CPU programs faster
+# (jaxlib before 0.11 only: 0.11 removed that option).
 # Empty: XLA's defaults. A program compiled under other options is never reused (see `program_signature`).
 COMPILER_OPTIONS: dict[str, Any] = {}
 #: the precision of the matrix products in nnx's programs (`JaxBackend.jit`, `JaxBackend.compile`), where
