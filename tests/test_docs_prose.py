@@ -177,3 +177,18 @@ def test_torch_outputs_passed_first_beside_numpy_targets_are_refused_naming_the_
     out = torch.tensor([[0.2], [0.7]])
     with pytest.raises(TypeError, match=r"loss\(y_true, y_pred\)"):
         nnx.losses.BinaryCrossEntropy()(out, y)
+
+
+def test_cosine_decay_follows_its_docstrings_formula_with_the_epochs_counted_after_the_warm_up():
+    import math
+
+    doc = callbacks.CosineDecay.__doc__ or ""
+    assert "t = epoch - warmup_epochs" in doc
+    schedule = callbacks.CosineDecay(decay_epochs=10, min_lr=0.01, warmup_epochs=4, initial_lr=1.0)
+    for epoch in range(20):
+        if epoch < 4:
+            expected = (epoch + 1) / 4
+        else:
+            t = epoch - 4
+            expected = 0.01 + (1.0 - 0.01) * (1 + math.cos(math.pi * min(t, 10) / 10)) / 2
+        assert schedule(epoch, 1.0) == pytest.approx(expected, rel=1e-12), epoch

@@ -204,12 +204,14 @@ class ExponentialDecay(Schedule):
 class CosineDecay(Schedule):
     """Cosine annealing from the base rate to `min_lr` over `decay_epochs`, then `min_lr`.
 
-    ``min_lr + (base - min_lr) * (1 + cos(pi * min(epoch, decay_epochs) / decay_epochs)) / 2``
+    ``min_lr + (base - min_lr) * (1 + cos(pi * min(t, decay_epochs) / decay_epochs)) / 2``, where
+    ``t = epoch - warmup_epochs`` counts the epochs after the warm-up (``epoch`` itself without one).
 
     Args:
-        decay_epochs: epochs to reach `min_lr`.
+        decay_epochs: epochs to reach `min_lr`, counted after the warm-up (as Keras's ``decay_steps``).
         min_lr: the final rate (>= 0; torch's ``eta_min``).
-        warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first.
+        warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first; the epoch after
+            them trains at base.
         initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
     """
 
