@@ -29,7 +29,7 @@ from typing import Any
 from ..backends.base import TraceRefused
 from ..protocols import Model
 from .per_model import PerModel
-from .shared_programs import SharedProgram, config_key, definition, layer_settings
+from .shared_programs import SharedProgram, code_of, config_key, definition, layer_settings
 from .trace_state import (
     HeldArrays,
     changed_state,
@@ -59,10 +59,11 @@ def _lock_of(model: Model) -> threading.RLock:
 
 def _model_signature(model: Model) -> tuple:
     """What a program of `model` closes over besides its inputs: its layers, their settings, its parameters, its
-    regularizer's attributes (a strength a callback changes is not in its config)."""
+    regularizer's attributes (a strength a callback changes is not in its config), and the code of its layers' classes
+    (a class's ``forward`` patched since runs other operations)."""
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())),
-            described_with_attributes(model.regularizer))
+            described_with_attributes(model.regularizer), code_of(model))
 
 
 def _compilable(model: Model) -> bool:

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable", "clear", "config_key", "definition",
-           "describe", "layer_settings", "settings_key"]
+__all__ = ["ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable", "clear", "code_of", "config_key",
+           "definition", "describe", "layer_settings", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -130,6 +130,23 @@ def _attributes_are_its_state(cls: type) -> bool:
     return True
 
 
+# the methods a traced program runs of each class, which a patch on the class (``nnx.Dense.forward = ...``) replaces
+_LAYER_CODE = ("forward", "backward")
+LOSS_CODE = ("value_and_grad", "value_and_grad_prepared", "prepare", "rows")
+
+
+def code_of(model: Any, loss: Any = None) -> tuple:
+    """The functions a program of `model` (and `loss`) runs as their classes hold them now: each layer's ``forward``
+    and ``backward``, the model's own, and the loss's methods. A class's method replaced after a program was traced
+    (a monkeypatch between fits) is other code: the program traced from the old one must not run for it.
+
+    A layer's class is part of `definition` by identity, which its methods replaced in place do not change.
+    """
+    objects = (model, *(layer for _, layer in model.named_layers()))
+    layers = tuple(getattr(type(obj), name, None) for obj in objects for name in _LAYER_CODE)
+    return layers if loss is None else (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE))
+
+
 def definition(model: Any) -> tuple | None:
     """The model's definition as a program sees it, or None where it cannot be told from plain settings.
 
@@ -147,7 +164,7 @@ def definition(model: Any) -> tuple | None:
     except (Unshareable, RecursionError):
         return None
     # not the dropout stream's seed: the programs take it as an input (`nnx.training.compiled.CARRY_SEED`)
-    return type(model), model.backend.spec, str(model.dtype), layers, regularizer
+    return type(model), model.backend.spec, str(model.dtype), layers, regularizer, code_of(model)
 
 
 def layer_settings(model: Any) -> tuple:

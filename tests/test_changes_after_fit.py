@@ -1,0 +1,96 @@
+"""A model changed after a fit (a class's method patched, a setting, a copy) computes as a model built that way does.
+
+nnx keeps per model (and, on JAX, per definition across models) what a training step or a predict derived
+from the model's code: recorded passes, kernels, compiled programs. Each is compared here with the same
+model on the backend with those derivations off (``with_fastpath(False)``), which runs the layers' code as
+it stands at every call: on NumPy, whose op-by-op passes are the definition the others are tested against
+(JAX's op by op would compile each operation once more, for seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+
+X = np.random.default_rng(0).normal(size=(16, 3))
+Y = np.random.default_rng(1).normal(size=(16, 1))
+
+
+class SurgScaled(nnx.Layer):
+    """``X * factor``: a user's elementwise layer, whose methods a test replaces on the class."""
+
+    def __init__(self, factor: float = 1.5) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, X, training=False):
+        return X * self.factor
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.factor
+
+
+class SurgMSE(nnx.losses.MSE):
+    """Mean squared error under a name of its own, whose `rows` a test replaces on the class."""
+
+
+def _model(backend="numpy", fast: bool = True, seed: int = 0) -> nnx.Sequential:
+    be = nnx.get_backend(backend).with_fastpath(fast)
+    return nnx.Sequential(nnx.Dense(3, 2), SurgScaled(), nnx.Dense(2, 1), backend=be, dtype="float64", seed=seed)
+
+
+def _fit(model, loss="mse") -> None:
+    model.fit(X, Y, loss=loss, optimizer="sgd", lr=0.1, epochs=1, batch_size=8, shuffle=False, verbose=0)
+
+
+def _host(model, array) -> np.ndarray:
+    return np.asarray(model.backend.to_host(array))
+
+
+def _assert_same(model, plain) -> None:
+    np.testing.assert_allclose(_host(model, model.predict(X)), _host(plain, plain.predict(X)), rtol=0, atol=1e-12)
+    for (name, a), (_, b) in zip(model.state_dict().items(), plain.state_dict().items(), strict=True):
+        np.testing.assert_allclose(_host(model, a), _host(plain, b), rtol=0, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_a_layer_class_patched_after_a_fit_runs_its_new_code_in_that_model_and_in_a_new_one(backend, monkeypatch):
+    pytest.importorskip(backend)
+    model, plain = _model(backend), _model(fast=False)
+    _fit(model), _fit(plain)
+    model.predict(X)  # the compiled inference program too, on JAX
+
+    def forward(self, X, training=False):
+        return X * self.factor * self.factor
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.factor * self.factor
+
+    monkeypatch.setattr(SurgScaled, "forward", forward)
+    monkeypatch.setattr(SurgScaled, "backward", backward)
+    _assert_same(model, plain)  # the predict of the patched code, not the program traced before
+    _fit(model), _fit(plain)
+    _assert_same(model, plain)
+    # a new model of the same definition must not take the programs the first one compiled from the old code
+    fresh, fresh_plain = _model(backend), _model(fast=False)
+    _fit(fresh), _fit(fresh_plain)
+    _assert_same(fresh, fresh_plain)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_a_loss_class_patched_after_a_fit_trains_with_its_new_code(backend, monkeypatch):
+    pytest.importorskip(backend)
+    model, plain = _model(backend), _model(fast=False)
+    _fit(model, SurgMSE()), _fit(plain, SurgMSE())
+    rows = SurgMSE.rows
+
+    def doubled(self, xp, y_true, y_pred):
+        value, grad = rows(self, xp, y_true, y_pred)
+        return 2.0 * value, 2.0 * grad
+
+    monkeypatch.setattr(SurgMSE, "rows", doubled)
+    _fit(model, SurgMSE()), _fit(plain, SurgMSE())
+    _assert_same(model, plain)
+
