@@ -368,7 +368,8 @@ def check_seed(seed, plain=True):
     return description
 
 
-SEEDS = [21, 192]  # (rich draws: a user's layer, loss and rule; a NaN mid-epoch; about 430 seeds ran clean outside pytest)
+# rich draws (a user's layer, loss and rule; a NaN mid-epoch); about 430 seeds ran clean outside pytest
+SEEDS = [21, 192]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
