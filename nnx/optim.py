@@ -16,8 +16,9 @@ update across ranks are all ordinary callers of `update`. A rule that declares
 ``elementwise = True`` (each output element reads only the same element of its
 inputs) may be applied to any slice of the parameters, e.g. their concatenation.
 
-The built-in rules are the update rules `torch.optim` documents; Lion is written
-with the public API only, as a user's optimizer would be.
+The built-in rules are the update rules `torch.optim` documents, except the tutorial's `Momentum`
+(``v = mu*v - lr*g``, which torch's momentum SGD matches only while the rate is constant) and Lion
+(which torch lacks), written with the public API only, as a user's optimizer would be.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Iterable, Iterator
+from copy import deepcopy
 from typing import Any
 
 import array_api_compat
@@ -268,6 +270,21 @@ class Optimizer:
             yield
         finally:
             del self._traced_lr
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Optimizer:
+        """An independent copy (`copy.deepcopy`, of it or of its model): its own parameters and state.
+
+        The array namespaces `step` looked up for the parameters are modules, which cannot be copied: the copy
+        shares them, as a copied layer shares its backend's (a model trained by calling ``optimizer.step()``
+        raised "cannot pickle 'module' object" when copied).
+        """
+        for xp in self._xps:
+            if xp is not None:
+                memo.setdefault(id(xp), xp)
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update({key: deepcopy(value, memo) for key, value in vars(self).items()})
+        return copied
 
     def _xp(self, i: int) -> Any:
         # array_namespace costs about a microsecond per call; look it up once per parameter.

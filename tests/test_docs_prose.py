@@ -192,3 +192,21 @@ def test_cosine_decay_follows_its_docstrings_formula_with_the_epochs_counted_aft
             t = epoch - 4
             expected = 0.01 + (1.0 - 0.01) * (1 + math.cos(math.pi * min(t, 10) / 10)) / 2
         assert schedule(epoch, 1.0) == pytest.approx(expected, rel=1e-12), epoch
+
+
+def test_momentum_equals_torchs_momentum_sgd_only_while_the_rate_is_constant_as_the_readme_says():
+    assert "equals torch's momentum SGD only while the rate is constant" in README
+    value = np.array([1.0])
+    opt_param = nnx.Parameter("w", value.copy())
+    opt = nnx.optim.Momentum([opt_param], lr=0.1, momentum=0.9)
+    v = np.zeros(1)  # torch's SGD(momentum=0.9): buf = mu * buf + g; p -= lr * buf
+    theirs = value.copy()
+    for i, lr in enumerate([0.1, 0.1, 0.05]):
+        g = np.array([1.0 + i])
+        opt.lr = lr
+        opt_param.grad = g
+        opt.step()
+        v = 0.9 * v + g
+        theirs = theirs - lr * v
+        same = np.allclose(opt_param.value, theirs, rtol=0, atol=1e-12)
+        assert same == (i < 2), (i, opt_param.value, theirs)
