@@ -9,6 +9,8 @@ it stands at every call: on NumPy, whose op-by-op passes are the definition the 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,22 @@ def test_a_loss_class_patched_after_a_fit_trains_with_its_new_code(backend, monk
     _fit(model, SurgMSE()), _fit(plain, SurgMSE())
     _assert_same(model, plain)
 
+
+@pytest.mark.parametrize("by", ["optimizer.step", "fit on a backend with its fast paths off"])
+def test_a_model_whose_optimizer_stepped_plainly_deep_copies_and_both_train_on(by):
+    # the plain `Optimizer.step` (a PyTorch-style loop, or any fit without the flat update) keeps the array
+    # namespaces it looked up, modules, which copy.deepcopy cannot copy: it raised "cannot pickle 'module' object"
+    model, twin = _model(fast=by == "optimizer.step"), _model(fast=False)
+    _fit(model), _fit(twin)
+    if by == "optimizer.step":
+        for m in (model, twin):
+            Z = m.forward(m.backend.asarray(X, dtype=m.dtype), training=True)
+            m.backward((Z - m.backend.asarray(Y, dtype=m.dtype)) / len(X))
+            m.optimizer.step()
+    copied, copied_twin = copy.deepcopy(model), copy.deepcopy(twin)
+    for m in (model, twin, copied, copied_twin):
+        _fit(m)
+    _fit(copied), _fit(copied_twin)
+    _assert_same(model, twin)
+    _assert_same(copied, copied_twin)
+    assert not np.array_equal(_host(model, model.predict(X)), _host(copied, copied.predict(X)))
