@@ -34,7 +34,8 @@ class History:
 
     `epoch` lists the epoch indices trained; `interrupted` is True when the run
     was stopped by Ctrl-C; `execution` says how the training step ran (``"compiled"``,
-    ``"flat"``: one optimizer update over flat buffers, or ``"plain"``); `execution_mode` how the
+    ``"flat"``: one optimizer update over flat buffers, ``"sharded"``: that update split across the ranks of a
+    data-parallel fit with ``shard_update=True``, or ``"plain"``); `execution_mode` how the
     epochs ran (``"epoch"``: each one compiled program, ``"chunks"``: chunks of batches as programs,
     ``"step"``: step by step) and `execution_reason` why.
     `epochs_of(key)` lists the epochs a key was logged in: a key a callback adds on some epochs only
