@@ -27,7 +27,7 @@ import numpy as np
 
 from ._version import __version__
 from .io import file_destination, write_atomically
-from .layers.base import Layer
+from .layers.base import Layer, require_own_arrays
 from .layers.containers import _Chain
 from .layers.parameter import Buffer, Parameter
 
@@ -223,6 +223,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
         NotImplementedError: a layer's class has no ONNX exporter (the message names it).
         ImportError: the onnx package is not installed.
     """
+    require_own_arrays(model)  # a tied array: the file would name it after one layer only, not as state_dict does
     missing = missing_exporters(model)
     if missing:
         which = ", ".join(missing)

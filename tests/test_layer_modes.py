@@ -48,7 +48,7 @@ def tied_model(backend: Any) -> Any:
                           dtype="float64", seed=1)
 
 
-@pytest.mark.parametrize("call", ["fit", "check_gradients", "save"])
+@pytest.mark.parametrize("call", ["fit", "check_gradients", "save", "to_onnx"])
 def test_torch_style_weight_tying_is_refused_by_name(call: str, tmp_path: Any) -> None:
     # `decoder.weight = encoder.weight` ties two torch parameters (their gradients add up). Here the layer read the
     # other layer's array while its own, unused, was what the optimizer, state_dict and files held, and its backward
@@ -59,7 +59,9 @@ def test_torch_style_weight_tying_is_refused_by_name(call: str, tmp_path: Any) -
     model.layers[0].weight = model.layers[2].weight
     run = {"fit": lambda: model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=10, verbose=0),
            "check_gradients": lambda: nnx.check_gradients(model, X, y, "mse"),
-           "save": lambda: model.save(tmp_path / "tied.npz")}[call]
+           "save": lambda: model.save(tmp_path / "tied.npz"),
+           # the file named the tied array after one of its layers ("0.weight_1"), not as state_dict names it
+           "to_onnx": lambda: model.to_onnx(tmp_path / "tied.onnx")}[call]
     with pytest.raises(ValueError, match=r"layer 0 \(Dense\).*'weight'.*'2\.weight'"):
         run()
 

@@ -486,9 +486,9 @@ def require_own_arrays(model: Any) -> None:
     Torch ties two parameters with ``decoder.weight = encoder.weight`` and adds their gradients. Here such an
     attribute made the layer compute with another layer's array while its own, unused, was the one its model
     trained, saved and moved, and its backward overwrote the other layer's gradient; a `Parameter` built by hand
-    (not by `add_parameter`) was neither trained nor saved. Read by fit, check_gradients and save, never inside a
-    step; predict and evaluate compute what the layers compute and are left unchecked (a walk of every layer's
-    attributes would about double a small predict).
+    (not by `add_parameter`) was neither trained nor saved. Read by fit, check_gradients, save and ONNX export,
+    never inside a step; predict and evaluate compute what the layers compute and are left unchecked (a walk of
+    every layer's attributes would about double a small predict).
     """
     for path, layer in [("", model), *model.named_layers()]:
         own: set[int] | None = None
