@@ -149,11 +149,21 @@ def plot_history(history: Any, metrics: Sequence[str] | None = None) -> Any:
                 ax.plot(x, values, style, marker="." if values.size < 30 else None, label=label)
             ax.set(title=name, xlabel="epoch")
             if name == "lr":
-                ax.set_yscale("log")
+                _rate_scale(ax, np.asarray(logs[name], dtype=float))
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
     return fig
+
+
+def _rate_scale(ax: Any, rates: Any) -> None:
+    """A log axis for learning rates; symmetric-log, linear below the smallest positive rate, where one is 0 (a
+    warm-up from 0), which a log axis would not draw."""
+    positive = rates[rates > 0]
+    if positive.size == rates.size:
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
 
 
 def _epoch_axis(history: Any, key: str, size: int, longest: int) -> np.ndarray:

@@ -46,6 +46,15 @@ def test_plot_history_draws_a_key_logged_on_some_epochs_at_those_epochs(plot):
         plot.plot_history(history.history, "probe")
 
 
+def test_plot_history_draws_a_learning_rate_of_zero(plot):
+    """A warm-up from lr 0 vanished from the lr panel (a log axis cannot show 0); the axis is then symmetric-log,
+    linear below the smallest positive rate, so every epoch is drawn."""
+    history = {"loss": [1.0, 0.8, 0.7, 0.6], "lr": [0.0, 0.01, 0.001, 1e-4]}
+    ax = plot.plot_history(history, "lr").axes[0]
+    assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] <= 0.0
+    assert plot.plot_history({"loss": [1.0], "lr": [0.01]}, "lr").axes[0].get_yscale() == "log"
+
+
 class SummaryAndPlotsScale(nnx.Layer):
     """A user's layer with one parameter and one buffer."""
 
