@@ -115,3 +115,25 @@ def test_a_model_whose_optimizer_stepped_plainly_deep_copies_and_both_train_on(b
     _assert_same(model, twin)
     _assert_same(copied, copied_twin)
     assert not np.array_equal(_host(model, model.predict(X)), _host(copied, copied.predict(X)))
+
+
+class SurgSGD(nnx.optim.SGD):
+    """SGD under a name of its own, whose `update` a test replaces on the class."""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_an_optimizer_class_patched_after_a_fit_updates_with_its_new_rule(backend, monkeypatch):
+    pytest.importorskip(backend)
+    model, plain = _model(backend), _model(fast=False)
+    for m in (model, plain):
+        m.optimizer = SurgSGD(m.parameters(), lr=0.1)
+        m.fit(X, Y, loss="mse", epochs=1, batch_size=8, shuffle=False, verbose=0)
+    update = SurgSGD.update
+
+    def doubled(self, xp, value, grad, state, step, lr):
+        return update(self, xp, value, 2.0 * grad, state, step, lr)
+
+    monkeypatch.setattr(SurgSGD, "update", doubled)
+    for m in (model, plain):
+        m.fit(X, Y, loss="mse", epochs=1, batch_size=8, shuffle=False, verbose=0)
+    _assert_same(model, plain)

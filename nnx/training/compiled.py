@@ -125,7 +125,7 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer),
             type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
-            tuple((type(t), config_key(t)) for t in transforms), bool(check_finite), code_of(model, loss))
+            tuple((type(t), config_key(t)) for t in transforms), bool(check_finite), code_of(model, loss, optimizer))
 
 
 def hyper_constants(optimizer: Any) -> tuple:
@@ -247,7 +247,7 @@ class CompiledStep:
         settings = settings_key(self.head, self.transforms, type(self.optimizer), hyper_constants(self.optimizer))
         if model is None or settings is None:
             return None
-        return model, self.n_run, settings, self.check_finite, code_of(self.model, self.head)
+        return model, self.n_run, settings, self.check_finite, code_of(self.model, self.head, self.optimizer)
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
         """What tracing the step teaches: how often it was traced, the dropout masks one step draws."""

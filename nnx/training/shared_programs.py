@@ -133,18 +133,23 @@ def _attributes_are_its_state(cls: type) -> bool:
 # the methods a traced program runs of each class, which a patch on the class (``nnx.Dense.forward = ...``) replaces
 _LAYER_CODE = ("forward", "backward")
 LOSS_CODE = ("value_and_grad", "value_and_grad_prepared", "prepare", "rows")
+_OPTIMIZER_CODE = ("update", "init_state")
 
 
-def code_of(model: Any, loss: Any = None) -> tuple:
-    """The functions a program of `model` (and `loss`) runs as their classes hold them now: each layer's ``forward``
-    and ``backward``, the model's own, and the loss's methods. A class's method replaced after a program was traced
-    (a monkeypatch between fits) is other code: the program traced from the old one must not run for it.
+def code_of(model: Any, loss: Any = None, optimizer: Any = None) -> tuple:
+    """The functions a program of `model` (and `loss`, `optimizer`) runs as their classes hold them now: each
+    layer's ``forward`` and ``backward``, the model's own, the loss's methods and the optimizer's rule. A class's
+    method replaced after a program was traced (a monkeypatch between fits) is other code: the program traced from
+    the old one must not run for it.
 
     A layer's class is part of `definition` by identity, which its methods replaced in place do not change.
     """
     objects = (model, *(layer for _, layer in model.named_layers()))
     layers = tuple(getattr(type(obj), name, None) for obj in objects for name in _LAYER_CODE)
-    return layers if loss is None else (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE))
+    if loss is None and optimizer is None:
+        return layers
+    return (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE),
+            tuple(getattr(type(optimizer), name, None) for name in _OPTIMIZER_CODE))
 
 
 def definition(model: Any) -> tuple | None:
