@@ -7,8 +7,9 @@ import inspect
 import math
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
+from ._validate import flag as check_flag
 from .backends import Backend, dtype_name, get_backend, stream_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
@@ -27,6 +28,13 @@ Shape = tuple[int, ...]
 
 # what every model's config holds; any other constructor argument is a subclass's own
 _MODEL_KEYS = ("layers", "dtype", "seed", "regularizer", "backend", "input_shape")
+
+
+class LoadedKeys(NamedTuple):
+    """What `Sequential.load_state_dict` did not match, as torch's ``load_state_dict`` returns it."""
+
+    missing_keys: list[str]  # the model's arrays the state lacked (kept as they were; strict=False only)
+    unexpected_keys: list[str]  # the state's names the model has no array for (left out; strict=False only)
 
 
 class Sequential(_Chain):
@@ -155,27 +163,37 @@ class Sequential(_Chain):
         prefix = cast(BuildContext, self.context).prefix
         return name[len(prefix):] if isinstance(name, str) and name.startswith(prefix) else name
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Copy arrays (NumPy or this backend's) into parameters and buffers, checking names, shapes and values."""
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadedKeys:
+        """Copy arrays (NumPy or this backend's) into parameters and buffers, checking names, shapes and values.
+
+        With ``strict=False`` (torch's partial load, e.g. a pretrained body under a new head) the model's arrays
+        that `state` lacks keep their values and names in `state` the model lacks are left out; shapes and
+        values are checked all the same. Returns the names of both, as torch's ``(missing_keys,
+        unexpected_keys)``.
+        """
         if not isinstance(state, Mapping):
             raise TypeError(f"state_dict must be a dict of name -> array, got {type(state).__name__}")
+        strict = check_flag("strict", strict)
         targets = self._arrays_by_name()
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets), key=repr)
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected}")
+        if strict and (missing or unexpected):
+            raise ValueError(f"state_dict does not match the model: missing {missing}, unexpected {unexpected} "
+                             "(strict=False loads the arrays whose names match)")
+        targets = {name: target for name, target in targets.items() if name in state}
         new_values = inputs.state_values(self, state, targets)
         # all checked before any is assigned, so a bad entry never leaves a half-loaded model
         for name, target in targets.items():
             target.value = new_values[name]
             if isinstance(target, Parameter):
                 target.grad = None
-        self._weights_loaded = True
+        self._weights_loaded = self._weights_loaded or bool(targets)
         if getattr(self, "_train_output_shape", None) is not None:
             # the pending forward's activations belong to the old weights: a backward through the new ones would be
             # a gradient of neither (torch refuses it too, the in-place copy having changed the weights' version)
             self._train_output_shape = None
             self._forward_dropped_by = "load_state_dict"
+        return LoadedKeys(missing, unexpected)
 
     def get_config(self) -> dict:
         """JSON-serialisable description that rebuilds the architecture (as a layer: no backend, dtype or seed)."""

@@ -129,3 +129,29 @@ def test_an_optimizer_state_for_other_parameters_of_the_same_shapes_is_refused_b
     assert inner_state["param_names"][0] == "1.0.weight"
     alone = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 4), seed=0)
     nnx.optim.Adam(alone.parameters(), lr=0.01).load_state_dict(inner_state)
+
+
+def test_load_state_dict_strict_false_loads_a_pretrained_body_under_a_new_head_as_torch(backend):
+    """torch's ``load_state_dict(pretrained, strict=False)`` was a TypeError: a body's weights under a new head
+    had to be copied name by name. The names that match load (shapes and values still checked), the others keep
+    their values, and torch's (missing_keys, unexpected_keys) come back."""
+    X, y = _data(outputs=2)
+    pretrained = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), dtype="float64", seed=1)
+    pretrained.fit(X, y[:, :1], loss="mse", epochs=2, batch_size=8)
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2), backend=backend, dtype="float64", seed=2)
+    head = {k: _host(model, v) for k, v in model.state_dict().items() if k.startswith("2.")}
+    state = {k: v for k, v in pretrained.state_dict().items() if k.startswith("0.")}
+    state["extra.weight"] = np.ones(3)
+    with pytest.raises(ValueError, match=r"missing \['2.bias', '2.weight'\], unexpected \['extra.weight'\].*strict"):
+        model.load_state_dict(state)
+    result = model.load_state_dict(state, strict=False)
+    assert result == (["2.bias", "2.weight"], ["extra.weight"]) and result.missing_keys == ["2.bias", "2.weight"]
+    got = {k: _host(model, v) for k, v in model.state_dict().items()}
+    for k in ("0.weight", "0.bias"):
+        np.testing.assert_array_equal(got[k], _host(pretrained, pretrained.state_dict()[k]))
+    for k, v in head.items():
+        np.testing.assert_array_equal(got[k], v)
+    with pytest.raises(ValueError, match=r"state_dict\['0.weight'\] has shape \(4, 3\)"):
+        model.load_state_dict({"0.weight": np.ones((4, 3))}, strict=False)  # a shape is checked all the same
+    assert model.load_state_dict(pretrained.state_dict() | head) == ([], [])
+    model.fit(X, y, loss="mse", epochs=1, batch_size=8)  # the loaded model trains
