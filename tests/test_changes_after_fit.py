@@ -137,3 +137,24 @@ def test_an_optimizer_class_patched_after_a_fit_updates_with_its_new_rule(backen
     for m in (model, plain):
         m.fit(X, Y, loss="mse", epochs=1, batch_size=8, shuffle=False, verbose=0)
     _assert_same(model, plain)
+
+
+class SurgL2(nnx.regularizers.L2):
+    """L2 under a name of its own, whose penalty and gradient a test replaces on the class."""
+
+
+@pytest.mark.parametrize("backend, where", [("numpy", "model"), ("numpy", "layer"), ("jax", "layer")])
+def test_a_regularizer_class_patched_after_a_fit_trains_with_its_new_penalty(backend, where, monkeypatch):
+    pytest.importorskip(backend)
+    model, plain = _model(backend), _model(fast=False)
+    for m in (model, plain):
+        if where == "model":
+            m.regularizer = SurgL2(0.1)
+        else:
+            m.layers[0].regularizer = SurgL2(0.1)
+        _fit(m)
+    penalty, gradient = SurgL2.penalty, SurgL2.gradient
+    monkeypatch.setattr(SurgL2, "penalty", lambda self, W: 3.0 * penalty(self, W))
+    monkeypatch.setattr(SurgL2, "gradient", lambda self, W: 3.0 * gradient(self, W))
+    _fit(model), _fit(plain)
+    _assert_same(model, plain)

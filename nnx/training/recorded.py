@@ -30,7 +30,7 @@ from ..backends.recording import real
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .per_model import PerModel
-from .shared_programs import SettingsWatch, Unshareable, describe
+from .shared_programs import REGULARIZER_CODE, SettingsWatch, Unshareable, describe, regularizers_of
 from .trace_state import (
     AttributeWatch,
     HeldArrays,
@@ -163,17 +163,20 @@ class _Recording:
 LOSS_METHODS = ("value_and_grad_prepared", "prepare", "rows")
 
 
-def code_key(runners: list[Any], head: Any) -> tuple:
-    """Which code the passes run: each layer's runner (a kernel's class, else its forward and backward functions)
-    and the loss head's class and methods. A recording holds for this code only (a class patched between fits
-    runs other operations)."""
+def code_key(runners: list[Any], head: Any, model: Any = None) -> tuple:
+    """Which code the passes run: each layer's runner (a kernel's class, else its forward and backward functions),
+    the loss head's class and methods, and the class and methods of each regularizer of `model`. A recording holds
+    for this code only (a class patched between fits runs other operations)."""
     def function(f: Any) -> Any:
         # weakly: a function replaced on a layer object may close over the model the cache must not keep alive
         f = getattr(f, "__func__", f)
         return None if f is None else weakref.ref(f)
     layers = tuple((type(r), function(getattr(r, "forward", None)), function(getattr(r, "backward", None)))
                    for r in runners)
-    return layers, type(head), tuple(function(getattr(type(head), name, None)) for name in LOSS_METHODS)
+    regularizers = () if model is None else tuple(
+        (type(reg), *(function(getattr(type(reg), name, None)) for name in REGULARIZER_CODE))
+        for reg in regularizers_of(model))
+    return layers, type(head), tuple(function(getattr(type(head), name, None)) for name in LOSS_METHODS), regularizers
 
 
 # the recorded passes of each model, kept while it lives: a fit per epoch (or a later fit) replays at once
@@ -184,7 +187,7 @@ def recorded_passes(model: Any, runners: list[Any], head: Any) -> RecordedPasses
     """The recorded passes kept for `model`, for a training step that runs `runners` and `head`; its recordings
     are kept where that is the same code (`code_key`)."""
     found = _PASSES.get(model)
-    key = code_key(runners, head)
+    key = code_key(runners, head, model)
     if found is None or found.code != key:
         found = _PASSES[model] = RecordedPasses(model, runners, head)
     else:
@@ -209,7 +212,7 @@ class RecordedPasses:
     def __init__(self, model: Any, runners: list[Any], head: Any) -> None:
         self._model = weakref.ref(model)
         self.head = head
-        self.code = code_key(runners, head)
+        self.code = code_key(runners, head, model)
         self.params, self.buffers = model.parameters(), model.buffers()
         self.refusal: str | None = None  # why the passes run plainly from now on, in words
         # whether that is an error the passes raised while recorded: the next training step tries again (each try

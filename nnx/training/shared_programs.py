@@ -134,18 +134,27 @@ def _attributes_are_its_state(cls: type) -> bool:
 _LAYER_CODE = ("forward", "backward")
 LOSS_CODE = ("value_and_grad", "value_and_grad_prepared", "prepare", "rows")
 _OPTIMIZER_CODE = ("update", "init_state")
+REGULARIZER_CODE = ("penalty", "gradient", "__call__")
+
+
+def regularizers_of(model: Any) -> list[Any]:
+    """The regularizers the model's penalty applies: its own and each layer's (a nested model's included)."""
+    objects = (model, *(layer for _, layer in model.named_layers()))
+    return [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
 
 
 def code_of(model: Any, loss: Any = None, optimizer: Any = None) -> tuple:
     """The functions a program of `model` (and `loss`, `optimizer`) runs as their classes hold them now: each
-    layer's ``forward`` and ``backward``, the model's own, the loss's methods and the optimizer's rule. A class's
+    layer's ``forward`` and ``backward``, the model's own, its regularizers' penalty and gradient, the loss's methods
+    and the optimizer's rule. A class's
     method replaced after a program was traced (a monkeypatch between fits) is other code: the program traced from
     the old one must not run for it.
 
     A layer's class is part of `definition` by identity, which its methods replaced in place do not change.
     """
     objects = (model, *(layer for _, layer in model.named_layers()))
-    layers = tuple(getattr(type(obj), name, None) for obj in objects for name in _LAYER_CODE)
+    layers = tuple(getattr(type(obj), name, None) for obj in objects for name in _LAYER_CODE) + tuple(
+        getattr(type(reg), name, None) for reg in regularizers_of(model) for name in REGULARIZER_CODE)
     if loss is None and optimizer is None:
         return layers
     return (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE),
