@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from .backends import backend_name_of, get_backend
 from .layers import ACTIVATIONS, Sigmoid, Softmax
 
 __all__ = ["plot_activations", "plot_decision_boundary", "plot_gradients", "plot_history"]
@@ -285,8 +286,8 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
     is a probability after a final Sigmoid, logits where the model's loss reads logits, else judged
     by its range); multi-class models by the predicted class.
     """
-    X = np.asarray(X, dtype=float)
-    y = np.asarray(y)
+    X = np.asarray(_on_host(X), dtype=float)
+    y = np.asarray(_on_host(y))
     if X.ndim != 2 or X.shape[1] != 2:
         raise ValueError(f"plot_decision_boundary needs X of shape (n, 2), got {X.shape}")
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows (as categorical cross-entropy takes them): their classes
@@ -323,6 +324,15 @@ def plot_decision_boundary(model: Any, X: Any, y: Any, resolution: int = 200, ma
                        edgecolors="k", s=22)
         ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x1", ylabel="x2", title="decision boundary")
     return fig
+
+
+def _on_host(a: Any) -> Any:
+    """A library's array as NumPy, through its backend: NumPy refuses to read device memory itself (a CUDA tensor's
+    ``np.asarray`` raises "can't convert cuda:0 device type tensor to numpy", a CuPy array's "Implicit conversion to
+    a NumPy array is not allowed"), and a model trained on a GPU is plotted with the data it was trained on."""
+    if backend_name_of(a) in (None, "numpy"):
+        return a
+    return get_backend(a).to_host(a)
 
 
 def _scores(model: Any, grid: np.ndarray) -> tuple[np.ndarray, Any]:
