@@ -86,6 +86,7 @@ def test_a_loss_class_patched_after_a_fit_trains_with_its_new_code(backend, monk
     pytest.importorskip(backend)
     model, plain = _model(backend), _model(fast=False)
     _fit(model, SurgMSE()), _fit(plain, SurgMSE())
+    model.evaluate(X, Y, loss=SurgMSE())
     rows = SurgMSE.rows
 
     def doubled(self, xp, y_true, y_pred):
@@ -93,6 +94,8 @@ def test_a_loss_class_patched_after_a_fit_trains_with_its_new_code(backend, monk
         return 2.0 * value, 2.0 * grad
 
     monkeypatch.setattr(SurgMSE, "rows", doubled)
+    # evaluate's program (JAX) computes the loss too: the patched one, as the op-by-op evaluate does
+    assert model.evaluate(X, Y, loss=SurgMSE()) == pytest.approx(plain.evaluate(X, Y, loss=SurgMSE()), rel=1e-12)
     _fit(model, SurgMSE()), _fit(plain, SurgMSE())
     _assert_same(model, plain)
 

@@ -15,6 +15,7 @@ from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
+from .shared_programs import LOSS_CODE
 from .targets import joined_targets
 from .trace_state import described_with_attributes
 from .weights import average, batch_weight, host_values
@@ -57,8 +58,9 @@ def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
 
 def _head_key(head: Any) -> tuple:
     """The loss's class and attributes (its math's constants); where they are not plain, the object and its
-    attributes by identity (`described_with_attributes`)."""
-    return (described_with_attributes(head),)
+    attributes by identity (`described_with_attributes`); and its class's methods as they are now (one patched
+    since is other code than the program traced)."""
+    return described_with_attributes(head), tuple(getattr(type(head), name, None) for name in LOSS_CODE)
 
 
 def _metrics_key(metric_fns: dict) -> tuple:

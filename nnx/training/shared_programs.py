@@ -27,8 +27,9 @@ from typing import Any, Protocol
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
 
-__all__ = ["ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable", "clear", "code_of", "config_key",
-           "definition", "describe", "layer_settings", "settings_key"]
+__all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
+           "clear", "code_of", "config_key", "definition", "describe", "layer_settings", "regularizers_of",
+           "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
