@@ -88,6 +88,7 @@ def save_model(model: Model, path: str | os.PathLike, include_optimizer: bool = 
         "shuffle_rng": model.shuffle_rng.bit_generator.state,
         "dropout_rng": model.dropout_rng.get_state(),
         "callbacks": model.callback_state,
+        "feature_names": None if model.feature_names_in_ is None else list(model.feature_names_in_),
     }
     if include_optimizer and model.optimizer is not None:
         state = model.optimizer.state_dict(copy=False)
@@ -461,6 +462,11 @@ def load_model(path: str | os.PathLike, build: Any, backend: Any = None, dtype: 
             if not isinstance(training["callbacks"], dict):
                 raise TypeError(f"callback state must be an object, got {type(training['callbacks']).__name__}")
             model.callback_state = training["callbacks"]
+        names = training.get("feature_names")
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise TypeError(f"feature names must be a list of strings, got {names!r}")
+            model.feature_names_in_ = tuple(names)
         if "optimizer" in training:
             state = _from_json_tree(training["optimizer"], arrays, str(path))
             if not isinstance(state, dict):

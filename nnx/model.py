@@ -71,6 +71,8 @@ class Sequential(_Chain):
         self.epochs_trained = 0
         # what callbacks keep for a later fit (ModelCheckpoint's best so far), JSON; checkpoints hold it
         self.callback_state: dict[str, Any] = {}
+        # the column names of the data frame it was first fit on (scikit-learn's name): a later frame's are checked
+        self.feature_names_in_: tuple[str, ...] | None = None
         self.stop_training = False
         self.distributed: Any = None  # the communicator of a data-parallel fit (rank 0 writes checkpoints)
         self.nested = False
@@ -268,6 +270,7 @@ class Sequential(_Chain):
                                        arrays=host)
         other.epochs_trained = self.epochs_trained
         other.callback_state = copy.deepcopy(self.callback_state)
+        other.feature_names_in_ = self.feature_names_in_
         other.loss = self.loss
         other.shuffle_rng.bit_generator.state = self.shuffle_rng.bit_generator.state
         dropout_state = self.dropout_rng.get_state()

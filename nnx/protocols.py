@@ -74,6 +74,7 @@ class Model(Protocol):
     history: Any  # the `History` of the last fit, or None
     epochs_trained: int
     callback_state: dict[str, Any]  # JSON state callbacks keep with the model for a later or resumed fit
+    feature_names_in_: tuple[str, ...] | None  # the column names of the data frame it was first fit on
     stop_training: bool
     distributed: Any  # the communicator of a data-parallel fit, or None
 

@@ -20,7 +20,10 @@ def all_true(model: Model, condition: Any) -> bool:
 
 
 def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
-    """`X` on the model's backend in its dtype, checked against the model's sample shape."""
+    """`X` on the model's backend in its dtype, checked against the model's sample shape (and a data frame's
+    columns against those it was fit on)."""
+    if model.feature_names_in_ is not None:
+        require_fit_columns(model, X, argname)
     X = model.backend.asarray(X, dtype=model.dtype, argname=argname)
     flat = model.input_shape is not None and len(model.input_shape) == 1
     if X.ndim < 2 or (flat and X.ndim != 2):
@@ -33,6 +36,34 @@ def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
         raise ValueError(f"{argname} has samples of shape {tuple(X.shape[1:])} but the model expects "
                          f"{model.input_shape}")
     return X
+
+
+def column_names(X: Any) -> tuple[str, ...] | None:
+    """The column names of a data frame (pandas, polars, ...); None for an array, or where a name is not a string
+    (a frame with the default integer columns names nothing, as scikit-learn reads it)."""
+    columns = getattr(X, "columns", None)
+    if columns is None or isinstance(columns, str) or not hasattr(columns, "__iter__"):
+        return None
+    names = tuple(columns)
+    return names if names and all(isinstance(name, str) for name in names) else None
+
+
+def require_fit_columns(model: Model, X: Any, argname: str) -> None:
+    """ValueError where `X` is a data frame whose column names are not those the model was fit on, in that order
+    (``model.feature_names_in_``, as scikit-learn keeps them): its values are read by position, so columns in
+    another order gave other numbers without a word. An array, or a frame without string names, passes."""
+    names = model.feature_names_in_
+    given = column_names(X)
+    if names is None or given is None or given == names:
+        return
+    if sorted(given) == sorted(names):
+        raise ValueError(f"{argname} has the columns the model was fit on in another order, {list(given)}; it was "
+                         f"fit on {list(names)}, and columns are read by position: select them in that order, "
+                         f"{argname}[{list(names)}]")
+    unknown = [name for name in given if name not in names]
+    missing = [name for name in names if name not in given]
+    detail = f"columns {unknown} not among those" if unknown else f"no columns {missing} of those"
+    raise ValueError(f"{argname} has {detail} the model was fit on, {list(names)}; columns are read by position")
 
 
 def require_untraced(model: Model, what: str, *arrays: Any) -> None:

@@ -26,7 +26,7 @@ from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History
 from .inference import require_forward_run
-from .inputs import require_backend_state, require_untraced
+from .inputs import column_names, require_backend_state, require_untraced
 from .interrupts import InterruptGuard
 from .loss_fit import check_loss_fits, check_outputs
 from .resolve import require_valid_settings
@@ -173,9 +173,19 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
     depth = prefetch_depth(prefetch)
     require_valid_settings(model)  # a BatchNorm momentum set to 1.5 since construction is refused before any step
-    batches, val_rows, validation_data, look_at_outputs = training_source(
-        model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split, validation_data,
-        steps_per_epoch, depth, look_at_outputs, check_finite)
+    # a data frame's column names, kept from the first fit on one, are what later data frames are checked against
+    # (validation data included); a fit refused while reading its data keeps none
+    recorded = model.feature_names_in_ is None and column_names(X) is not None
+    if recorded:
+        model.feature_names_in_ = column_names(X)
+    try:
+        batches, val_rows, validation_data, look_at_outputs = training_source(
+            model, X, y, sample_weight, class_weight, loss_fn, batch_size, shuffle, validation_split,
+            validation_data, steps_per_epoch, depth, look_at_outputs, check_finite)
+    except BaseException:
+        if recorded:
+            model.feature_names_in_ = None
+        raise
     dp = _data_parallel(model, distributed)
     if dp is not None:
         batches = dp.shard(batches)  # batch_size is the global batch; this rank computes its slice
