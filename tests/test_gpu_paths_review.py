@@ -63,3 +63,24 @@ def test_plot_decision_boundary_reads_device_data_through_its_backend():
         np.testing.assert_allclose(np.asarray(points), X)
     finally:
         plt.close("all")
+
+
+def test_a_torch_group_made_without_a_backend_name_reduces_cuda_tensors_where_they_are(monkeypatch):
+    """``torch.distributed.init_process_group()`` without a backend (torchrun scripts often call it so) names its
+    backend "undefined": torch 2.13 picks one for the machine's accelerator, NCCL alone on a GPU machine
+    ("cuda:nccl", no gloo). TorchCommunicator read "undefined" as gloo: a CPU-only group, to which it handed the
+    CUDA gradients' host copies, which an NCCL-only group refuses ("No backend type associated with device type
+    cpu"). It now reads the group's configuration, as torch built it for a CUDA machine (its own BackendConfig)."""
+    import torch.distributed as tdist
+    from torch.distributed import distributed_c10d as c10d
+
+    from nnx.distributed import TorchCommunicator
+
+    monkeypatch.setattr(torch._C, "_get_accelerator", lambda: torch.device("cuda"))
+    config = str(c10d.BackendConfig(c10d.Backend("undefined")))  # torch's own choice on a CUDA machine
+    assert config == "cuda:nccl", config
+    for name, value in (("is_initialized", True), ("get_rank", 0), ("get_world_size", 2),
+                        ("get_backend", c10d.Backend("undefined")), ("get_backend_config", config)):
+        monkeypatch.setattr(tdist, name, lambda *a, value=value, **k: value)
+    comm = TorchCommunicator()
+    assert not comm._ready(torch.ones(3)), "a CPU tensor handed to an NCCL-only group"

@@ -288,6 +288,10 @@ class TorchCommunicator(Communicator):
         self.rank = tdist.get_rank()
         self.size = tdist.get_world_size()
         self.group_backend = str(tdist.get_backend())
+        if self.group_backend == "undefined" and hasattr(tdist, "get_backend_config"):
+            # init_process_group() without a backend: torch chose one per device type, which its configuration
+            # names ("cuda:nccl" alone on a GPU machine in torch 2.13, "cpu:gloo" on a CPU one)
+            self.group_backend = str(tdist.get_backend_config())
         self._devices = group_devices(self.group_backend)  # the tensor device types the group reduces in place
         self.local_rank, self.local_size = local_placement()
         self._ops = {"sum": tdist.ReduceOp.SUM, "max": tdist.ReduceOp.MAX, "min": tdist.ReduceOp.MIN}
