@@ -98,12 +98,15 @@ def test_evaluate_loss_is_the_row_weighted_loss_of_all_rows_for_any_batch_size(b
 
 def test_evaluate_without_data_rows_or_a_fit(rng):
     """0 rows are refused by name; a model never fit is scored with the loss its output layer implies (BCE after a
-    Sigmoid), the same number as naming that loss."""
+    Sigmoid), the same number as naming that loss; after a fit, with that fit's loss and no metrics unless given."""
     model = _model()
     X, y = _data(rng)
     with pytest.raises(ValueError, match="0 samples"):
         model.evaluate(X[:0], y[:0])
     assert model.evaluate(X, y) == model.evaluate(X, y, loss="bce")
+    model.fit(X, y, loss="mse", epochs=1, metrics=["accuracy"])  # no compile: fit's metrics are not evaluate's
+    assert list(model.evaluate(X, y)) == ["loss"]
+    assert model.evaluate(X, y)["loss"] == model.evaluate(X, y, loss="mse")["loss"]
 
 
 def test_torch_tensors_that_require_grad_and_no_grad_blocks():

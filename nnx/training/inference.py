@@ -121,6 +121,10 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
              check_finite: bool = True) -> dict[str, float]:
     """Loss (with the regularization penalty, as `fit` reports it; weighted by `sample_weight`) and metrics.
 
+    `loss` None is the last fit's loss, or for a model never fit the one `fit` would pick from the output layer
+    (``"bce"`` after a Sigmoid, cross-entropy after a Softmax, else ``"mse"``). `metrics` are only those passed
+    here, not the ones of the last fit (there is no ``compile``).
+
     Metrics are unweighted, as Keras's ``metrics=`` (not ``weighted_metrics=``): with `sample_weight`,
     ``"mse"`` is the plain mean while the loss of an MSE model is the weighted one.
 
