@@ -58,8 +58,8 @@ def require_fit_columns(model: Model, X: Any, argname: str) -> None:
         return
     if sorted(given) == sorted(names):
         raise ValueError(f"{argname} has the columns the model was fit on in another order, {list(given)}; it was "
-                         f"fit on {list(names)}, and columns are read by position: select them in that order, "
-                         f"{argname}[{list(names)}]")
+                         f"fit on {list(names)}, and columns are read by position: select them in that order "
+                         f"(frame[{list(names)}])")
     unknown = [name for name in given if name not in names]
     missing = [name for name in names if name not in given]
     detail = f"columns {unknown} not among those" if unknown else f"no columns {missing} of those"
