@@ -66,6 +66,11 @@ def test_predict_is_the_same_for_every_layout_kind_and_batch_size(rng):
     for batch_size in (1, 3, 20, 64):
         np.testing.assert_allclose(model.predict(X, batch_size=batch_size), expected, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(model(X), expected)
+    holed = X.copy()
+    holed[0, 0] = np.nan  # model(X) is the bare forward, checking nothing (docs/training.md); predict refuses it
+    assert np.isnan(model(holed)[0]).all() and not np.isnan(model(holed)[1:]).any()
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict(holed)
     batches = (X[i:i + 6] for i in range(0, 20, 6))  # 6, 6, 6, 2
     np.testing.assert_array_equal(model.predict(batches), expected)
     pairs = ((X[i:i + 6], y[i:i + 6]) for i in range(0, 20, 6))
