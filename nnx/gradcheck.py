@@ -14,7 +14,7 @@ from typing import Any
 
 from .backends import backend_name_of, get_backend
 from .layers.base import require_own_arrays
-from .layers.parameter import Parameter
+from .layers.parameter import Parameter, require_built_shapes
 from .training.inference import require_forward_run
 from .training.loss_fit import check_loss_fits, check_outputs
 
@@ -198,6 +198,7 @@ def check_gradients(model: Any, X: Any, y: Any, loss: Any = None, eps: float = 1
         raise ValueError(f"eps must be a finite number > 0 (the finite-difference step), got {eps!r}")
     require_forward_run(model, "check_gradients")
     require_own_arrays(model)  # a tied or hand-made array: a gradient nothing would apply
+    require_built_shapes(model, "check_gradients")
     try:
         model.backend.asarray(_host.zeros((1,)), dtype="float64")
     except Exception as exc:  # a float32-only device (Apple MPS, some accelerators): say what to do instead

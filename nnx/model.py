@@ -15,7 +15,7 @@ from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
 from .layers.base import constructor_config, require_own_arrays
 from .layers.containers import _Chain, raise_no_dX
-from .layers.parameter import Buffer, Parameter
+from .layers.parameter import Buffer, Parameter, require_built_shapes
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer
 from .regularizers import Regularizer, get_regularizer, require_regularizer
@@ -292,6 +292,7 @@ class Sequential(_Chain):
 
         self._require_float_arrays("saved")
         require_own_arrays(self)  # a tied or hand-made array: the file would hold another than the layer computes with
+        require_built_shapes(self, "save")  # a file nnx.load would refuse
         save_model(self.to(self.backend) if self.nested else self, path, include_optimizer=include_optimizer)
 
     def to_onnx(self, path: Any, opset: Any = 17) -> Any:

@@ -29,7 +29,7 @@ from ._version import __version__
 from .io import file_destination, write_atomically
 from .layers.base import Layer, require_own_arrays
 from .layers.containers import _Chain
-from .layers.parameter import Buffer, Parameter
+from .layers.parameter import Buffer, Parameter, require_built_shapes
 
 __all__ = ["BATCH_DIM", "DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "OnnxGraph", "build_model",
            "export", "missing_exporters"]
@@ -224,6 +224,7 @@ def build_model(model: Any, opset: int = DEFAULT_OPSET) -> Any:
         ImportError: the onnx package is not installed.
     """
     require_own_arrays(model)  # a tied array: the file would name it after one layer only, not as state_dict does
+    require_built_shapes(model, "ONNX export")
     missing = missing_exporters(model)
     if missing:
         which = ", ".join(missing)

@@ -161,3 +161,27 @@ def test_a_regularizer_class_patched_after_a_fit_trains_with_its_new_penalty(bac
     monkeypatch.setattr(SurgL2, "gradient", lambda self, W: 3.0 * gradient(self, W))
     _fit(model), _fit(plain)
     _assert_same(model, plain)
+
+
+def test_a_parameter_given_a_value_of_another_shape_is_refused_by_fit_save_and_export(tmp_path):
+    """``model.layers[2].weight.value = w`` of shape (4, 2) for a Dense(4, 1) made predict return two columns
+    without a word and save write a file nnx.load refused: fit, save, the gradient check and export name it."""
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), dtype="float64", seed=0)
+    model.fit(X, Y, loss="mse", epochs=1, batch_size=8)
+    last = model.layers[2]
+    last.weight.value, last.bias.value = np.ones((4, 2)), np.zeros(2)
+    match = r"parameter '2.weight' holds an array of shape \(4, 2\), but its layer made it with shape \(4, 1\)"
+    with pytest.raises(ValueError, match="fit: " + match):
+        model.fit(X, Y, epochs=1)
+    with pytest.raises(ValueError, match="save: " + match):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises(ValueError, match="check_gradients: " + match):
+        nnx.check_gradients(model, X[:2], Y[:2], "mse")
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match="ONNX export: " + match):
+        model.to_onnx(tmp_path / "m.onnx")
+    last.weight.value, last.bias.value = np.full((4, 1), 0.5), np.zeros(1)  # the built shapes again: all is well
+    model.fit(X, Y, epochs=1)
+    model.save(tmp_path / "m.npz")
+    assert np.array_equal(nnx.load(tmp_path / "m.npz").predict(X), model.predict(X))

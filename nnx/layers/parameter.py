@@ -21,15 +21,20 @@ class Parameter:
         grad: the gradient, same shape and backend as ``value``; ``None`` until
             a backward pass fills it.
         regularized: whether weight penalties apply (weights yes, biases no).
+
+    `built_shape` is the shape its layer made it with: a value of another shape assigned since is refused
+    by fit, save and export (`require_built_shapes`), where it would train, predict or write
+    what the layer's config cannot rebuild.
     """
 
-    __slots__ = ("name", "value", "grad", "regularized")
+    __slots__ = ("name", "value", "grad", "regularized", "built_shape")
 
     def __init__(self, name: str, value: Any, grad: Any = None, regularized: bool = False) -> None:
         self.name = name
         self.value = value
         self.grad = grad
         self.regularized = regularized
+        self.built_shape = tuple(value.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,11 +53,12 @@ class Buffer:
     updates one by rebinding ``buffer.value`` (JAX arrays are immutable).
     """
 
-    __slots__ = ("name", "value")
+    __slots__ = ("name", "value", "built_shape")
 
     def __init__(self, name: str, value: Any) -> None:
         self.name = name
         self.value = value
+        self.built_shape = tuple(value.shape)  # as a `Parameter`'s
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -61,3 +67,20 @@ class Buffer:
 
     def __repr__(self) -> str:
         return f"Buffer({self.name!r}, shape={self.shape})"
+
+
+def require_built_shapes(model: Any, what: str) -> None:
+    """ValueError naming a parameter or buffer whose value is not of the shape its layer made it with.
+
+    ``layer.weight.value = w`` of another shape made predict return other columns without a word and save write a
+    file that `nnx.load` refuses (the config rebuilds the layer's own shapes). Read once per fit, save, gradient
+    check or export, never inside a step: one shape compare per array.
+    """
+    for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
+        for a in arrays:
+            shape = getattr(a.value, "shape", None)
+            if shape is not None and tuple(shape) != a.built_shape:
+                raise ValueError(f"{what}: {kind} {a.name!r} holds an array of shape {tuple(shape)}, but its layer "
+                                 f"made it with shape {a.built_shape}, which the layer computes with and its config "
+                                 "rebuilds; assign values of that shape (load_state_dict checks them), or build a "
+                                 "layer of the new size")
