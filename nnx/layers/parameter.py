@@ -73,14 +73,19 @@ def require_built_shapes(model: Any, what: str) -> None:
     """ValueError naming a parameter or buffer whose value is not of the shape its layer made it with.
 
     ``layer.weight.value = w`` of another shape made predict return other columns without a word and save write a
-    file that `nnx.load` refuses (the config rebuilds the layer's own shapes). Read once per fit, save, gradient
-    check or export, never inside a step: one shape compare per array.
+    file that `nnx.load` refuses (the config rebuilds the layer's own shapes). Read once per save, gradient check
+    or export (fit checks each array in the walk it makes anyway), never inside a step.
     """
     for kind, arrays in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for a in arrays:
-            shape = getattr(a.value, "shape", None)
-            if shape is not None and tuple(shape) != a.built_shape:
-                raise ValueError(f"{what}: {kind} {a.name!r} holds an array of shape {tuple(shape)}, but its layer "
-                                 f"made it with shape {a.built_shape}, which the layer computes with and its config "
-                                 "rebuilds; assign values of that shape (load_state_dict checks them), or build a "
-                                 "layer of the new size")
+            require_built_shape(kind, a, what)
+
+
+def require_built_shape(kind: str, a: Parameter | Buffer, what: str) -> None:
+    """`require_built_shapes` for one array `a` (a `kind`: parameter or buffer)."""
+    shape = getattr(a.value, "shape", None)
+    if shape is not None and tuple(shape) != a.built_shape:
+        raise ValueError(f"{what}: {kind} {a.name!r} holds an array of shape {tuple(shape)}, but its layer made it "
+                         f"with shape {a.built_shape}, which the layer computes with and its config rebuilds; "
+                         "assign values of that shape (load_state_dict checks them), or build a layer of the new "
+                         "size")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..backends import backend_name_of
 from ..backends.names import article
-from ..layers.parameter import in_model_dtype
+from ..layers.parameter import in_model_dtype, require_built_shape
 from ..protocols import Model
 
 
@@ -84,7 +84,7 @@ def require_backend_state(model: Model, what: str) -> None:
 
     ``p.value = np.load(...)`` on a torch model, a list, or a tensor on a NumPy model failed deep inside a layer or
     the optimizer (torch even blamed "float32 and float32"). Once per call, never in a step: a type and device look
-    per array.
+    per array, and its shape against the one its layer made it with (`require_built_shape`: a ValueError).
     """
     backend = model.backend
     placed: list[str] = []  # the device name the backend's own arrays report, read only where a name differs
@@ -99,6 +99,7 @@ def require_backend_state(model: Model, what: str) -> None:
                     and str(value.device) != _placed_device(backend, placed)):
                 got = f"an array on device {value.device}"  # owns() holds: NumPy's arrays always have a dtype
             else:
+                require_built_shape(kind, a, what)
                 continue
             raise TypeError(f"{what}: {kind} {a.name!r} holds {got}, but the model runs on the {backend.spec} backend; "
                             f"{in_model_dtype(kind)}")

@@ -16,7 +16,6 @@ from typing import Any
 
 from .. import _validate as check
 from ..layers.base import require_own_arrays
-from ..layers.parameter import require_built_shapes
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
@@ -144,7 +143,6 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     """
     require_forward_run(model, "fit")  # it trains through forward_to_head, as predict and evaluate run
     require_own_arrays(model)  # a tied or hand-made array: numbers nothing trains
-    require_built_shapes(model, "fit")
     require_untraced(model, "fit", X, y, sample_weight)
     require_backend_state(model, "fit")  # p.value = np.load(...) on a torch model: named here, not deep in a layer
     loss_fn = model.resolve_loss(loss)
