@@ -345,3 +345,82 @@ def test_a_jax_predict_beside_another_threads_first_compile_reads_the_weights_no
     np.testing.assert_allclose(got["new shape"], _host(reference, reference.predict(X[:7])), rtol=1e-12)
     assert all(type(v).__module__.startswith("jax") and "Tracer" not in type(v).__name__
                for v in model.state_dict().values())
+
+
+_FIT_ARMED, _FIT_TRACING, _FIT_GO = threading.Event(), threading.Event(), threading.Event()
+
+
+class ReentSlowFitTrace(nnx.Layer):
+    """Identity whose first traced call once armed waits (its own events): a trace of a predict or of a fit's step
+    is held open while another thread fits or predicts."""
+
+    def forward(self, X, training=False):
+        traced = type(X).__module__.startswith("jax") and "Tracer" in type(X).__name__
+        if traced and _FIT_ARMED.is_set() and not _FIT_TRACING.is_set():
+            _FIT_TRACING.set()
+            _FIT_GO.wait(timeout=10)
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def _in_threads(first, second):
+    """Run `first` in a thread until its trace waits, then `second` in another; let the trace go once `second` had
+    time to run into it. Returns the errors either raised."""
+    errors = []
+
+    def guarded(fn):
+        def run():
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 -- reported by the caller
+                errors.append(exc)
+        return run
+
+    for event in (_FIT_TRACING, _FIT_GO):
+        event.clear()
+    _FIT_ARMED.set()
+    threads = [threading.Thread(target=guarded(first))]
+    threads[0].start()
+    assert _FIT_TRACING.wait(timeout=30)
+    threads.append(threading.Thread(target=guarded(second)))
+    threads[1].start()
+    threads[1].join(timeout=0.2)
+    _FIT_GO.set()
+    for t in threads:
+        t.join(timeout=30)
+    _FIT_ARMED.clear()
+    assert not any(t.is_alive() for t in threads)
+    return errors
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+def test_a_jax_fit_beside_another_threads_trace_trains_from_the_weights_not_the_placeholders():
+    """The per-model lock (cc2c21f) kept one predict from reading another's trace placeholders, but a fit's steps
+    read the same parameters: a fit while another thread's predict traced a new shape failed with 'DynamicJaxprTracer
+    is not a valid JAX type', and a predict while a fit's step traced read the step's placeholders. Both now wait for
+    the trace (a predict that would trace while another thread fits runs op by op instead), and train and predict
+    what they do one after the other."""
+    def make():
+        return nnx.Sequential(nnx.Dense(3, 5), ReentSlowFitTrace(), nnx.Dense(5, 1), backend="jax", dtype="float64",
+                              seed=3)
+    model, twin = make(), make()
+    for m in (model, twin):
+        _fit(m, X, Y, epochs=1)
+        m.predict(X[:4])
+    got = {}  # (the twin shares the model's programs: it traces nothing first)
+    errors = _in_threads(lambda: got.setdefault("new shape", _host(model, model.predict(X[:7]))),
+                         lambda: _fit(model, X, Y, epochs=1))
+    assert not errors, errors
+    np.testing.assert_allclose(got["new shape"], _host(twin, twin.predict(X[:7])), rtol=1e-12)
+    _fit(twin, X, Y, epochs=1)
+    # and a predict while the fit's step traces (a batch size not compiled before)
+    errors = _in_threads(lambda: _fit(model, X, Y, epochs=1, batch_size=16),
+                         lambda: got.setdefault("compiled shape", _host(model, model.predict(X[:4]))))
+    assert not errors, errors
+    assert np.isfinite(got["compiled shape"]).all()
+    _fit(twin, X, Y, epochs=1, batch_size=16)
+    for name, value in twin.state_dict().items():
+        np.testing.assert_allclose(_host(model, model.state_dict()[name]), _host(twin, value), rtol=1e-12,
+                                   err_msg=name)

@@ -42,6 +42,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..optim import Optimizer, check_rule_result
+from .compiled_inference import model_lock
 from .per_model import PerModel
 from .shared_programs import (
     SettingsWatch,
@@ -374,7 +375,14 @@ class CompiledStep:
     # -- the step's stages, traced (each binds traced values through public attributes and puts them back) --
     def gradients(self, values: tuple, bufs: tuple, counter: Any, seed: Any, X: Any, y: Any, w: Any) -> tuple:
         """Forward, loss and backward: (loss incl. penalty, head outputs, gradients, buffers, dropout counter,
-        finite flag or None without the check). The dropout stream draws from the traced `seed` and `counter`."""
+        finite flag or None without the check). The dropout stream draws from the traced `seed` and `counter`.
+
+        Under the model's lock (`model_lock`), as its inference passes run: while the parameters are bound to this
+        trace's placeholders, another thread's predict must not read them as the weights. Only while tracing."""
+        with model_lock(self.model):
+            return self._gradients(values, bufs, counter, seed, X, y, w)
+
+    def _gradients(self, values: tuple, bufs: tuple, counter: Any, seed: Any, X: Any, y: Any, w: Any) -> tuple:
         xp = self.xp
         self.traces += 1
         model, rng = self.model, self.rng
@@ -445,6 +453,10 @@ class CompiledStep:
         if not transforms:
             return grads
         params = self.params
+        with model_lock(self.model):  # as `gradients`: the parameters are bound to placeholders meanwhile
+            return self._transformed(params, values, grads, rows, transforms)
+
+    def _transformed(self, params: list[Any], values: tuple, grads: tuple, rows: int, transforms: list[Any]) -> tuple:
         saved = self._saved()
         try:
             for p, v, g in zip(params, values, grads, strict=True):

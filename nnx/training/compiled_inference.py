@@ -14,9 +14,11 @@ that a program would change once or not keep -- draws from the model's random st
 (the same numbers at every call), rebinds a buffer, changes a plain Python attribute --
 the pass runs op by op, as on every other backend, and gives the same numbers.
 
-A model's passes run one at a time across threads (`_lock_of`): while a program traces, the
+A model's passes run one at a time across threads (`model_lock`): while a program traces, the
 model's parameters are bound to its placeholders, which another thread's pass must not read as
-the weights, nor a second trace save and put back in their place.
+the weights, nor a second trace save and put back in their place. A fit's step traces under the
+same lock (`nnx.training.compiled`), and while a fit trains the model (`fit_started`), another
+thread's pass that would trace runs op by op instead: the fit's steps read the parameters unlocked.
 """
 
 from __future__ import annotations
@@ -40,21 +42,47 @@ from .trace_state import (
     restore_state,
 )
 
-__all__ = ["inference_program"]
+__all__ = ["fit_ended", "fit_started", "inference_program", "model_lock"]
 
 # per model: (the model's signature, {what the program computes: the compiled program, or None once it failed})
 _PROGRAMS = PerModel()
-_LOCKS = PerModel()  # per model: the lock its compiled passes run under
+_LOCKS = PerModel()  # per model: the lock its compiled passes and traces run under
 _MAKING_LOCK = threading.Lock()
+_FITTING = PerModel()  # per model: the thread whose fit trains it
 
 
-def _lock_of(model: Model) -> threading.RLock:
-    """The lock `model`'s compiled passes run under (re-entrant: a callback's predict inside a pass)."""
+def model_lock(model: Model) -> threading.RLock:
+    """The lock `model`'s compiled passes and its fit's traces run under (re-entrant: a callback's predict inside
+    a pass)."""
     with _MAKING_LOCK:  # two threads must not each make one for the same model
         lock = _LOCKS.get(model)
         if lock is None:
             lock = _LOCKS[model] = threading.RLock()
         return lock
+
+
+class _FitRunning(Exception):
+    """A pass would trace while another thread's fit trains the model: it runs op by op instead."""
+
+
+def fit_started(model: Model) -> Any:
+    """Mark `model` as trained by this thread's fit, once per fit (never per step); returns what `fit_ended` puts
+    back (a fit run by a callback inside another). The fit's steps read the parameters without the lock, so
+    another thread's pass must not bind them to a trace's placeholders meanwhile: one tracing already waits out
+    here, a later one runs op by op."""
+    if not model.backend.can_compile:
+        return None
+    previous = _FITTING.get(model)
+    _FITTING[model] = threading.get_ident()
+    with model_lock(model):  # a trace in flight puts the weights back before the first step reads them
+        pass
+    return previous
+
+
+def fit_ended(model: Model, previous: Any) -> None:
+    """Undo `fit_started` (`previous`: what it returned)."""
+    if model.backend.can_compile:
+        _FITTING[model] = previous
 
 
 def _model_signature(model: Model) -> tuple:
@@ -96,7 +124,7 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
         return lambda *arrays: fn(model, *arrays)
 
     failed = False
-    lock = _lock_of(model)
+    lock = model_lock(model)
 
     def run(*arrays: Any) -> Any:
         # a pass calls `run` once per batch: after its first trace failed, the later batches run op by op too
@@ -107,6 +135,8 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
                 return fn(model, *arrays)
             try:
                 return program(*arrays)
+            except _FitRunning:  # this call alone: the next traces once the fit is over
+                return fn(model, *arrays)
             except model.backend.trace_errors:
                 if program.traces > 1:
                     raise  # it traced before: the error is the model's own
@@ -146,10 +176,13 @@ class _Program:
         return self._jit(tuple(p.value for p in self.params), tuple(b.value for b in self.buffers), *arrays)
 
     def _pure(self, values: tuple, bufs: tuple, *arrays: Any) -> Any:
-        self.traces += 1
         model = self._model()
         if model is None:
             raise RuntimeError("the model of this inference program no longer exists")
+        fitting = _FITTING.get(model)
+        if fitting is not None and fitting != threading.get_ident():
+            raise _FitRunning  # binding the parameters to placeholders would hand them to the fit's next step
+        self.traces += 1
         rng = model.dropout_rng
         saved = ([p.value for p in self.params], [b.value for b in self.buffers], rng.counter)
         draws = rng.draws

@@ -20,6 +20,7 @@ from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
 from .callbacks.monitor import added_names
+from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
 from .epoch import plan
 from .evaluation import evaluate_batches
@@ -212,6 +213,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     failing = swapped = False
     last_logs: dict[str, Any] = {}  # the last epoch's logs, which on_train_end gets, as in Keras
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
+    fitting = fit_started(model)  # another thread's predict must not trace while the steps read the parameters
     try:
         if dp is not None:
             dp.begin(epochs, validation_data if val_rows is None else None, list(metric_fns), validation_steps)
@@ -254,6 +256,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         raise
     finally:
         model.history = history  # a fit a callback ran inside this one (its epochs are counted) set its own
+        fit_ended(model, fitting)
         guard.uninstall()
         if dp is not None:
             dp.end()
