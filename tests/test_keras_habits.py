@@ -1,6 +1,8 @@
 """The Model API as a Keras user drives it: Keras's argument orders, names and habits either work as in Keras or
 fail with an error that says what nnx takes, never a silent non-result or an error about something else."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,27 @@ def test_callbacks_monitoring_a_validation_value_skip_the_epochs_between_validat
     assert stop.best_epoch == 2 and model.optimizer.lr == 0.05
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert saved[0] == "best_3.npz" and set(saved) <= {"best_3.npz", "best_6.npz"}  # at validations only
+
+
+def test_a_checkpoint_path_naming_a_validation_value_saves_at_the_validated_epochs_only(tmp_path):
+    """ModelCheckpoint("m_{epoch}_{val_loss:.3f}.npz") saving every epoch beside validation_freq=2 stopped the fit
+    with a bare KeyError 'val_loss' at the first epoch that did not validate; an epoch without the value the path
+    names saves nothing, as save_best_only's monitor skips it (5a91252). A path naming only what every epoch logs
+    still saves every epoch."""
+    from nnx.callbacks import ModelCheckpoint
+
+    X, y = _data()
+    named = ModelCheckpoint(str(tmp_path / "m_{epoch}_{val_loss:.3f}.npz"))
+    best_by_loss = ModelCheckpoint(str(tmp_path / "b_{epoch}_{val_loss:.3f}.npz"), monitor="loss", save_best_only=True)
+    every = ModelCheckpoint(str(tmp_path / "e_{epoch}.npz"))
+    history = _model().fit(X, y, loss="bce", epochs=4, batch_size=4, validation_split=0.25, validation_freq=2,
+                           callbacks=[named, best_by_loss, every])
+    assert [os.path.basename(p).split("_")[1] for p in named.saved] == ["2", "4"]
+    assert named.saved[-1].endswith(f"m_4_{history['val_loss'][-1]:.3f}.npz")
+    assert len(every.saved) == 4
+    # the best by loss is kept among the epochs it could name: its best is the last one it saved
+    assert all("_2_" in p or "_4_" in p for p in best_by_loss.saved) and best_by_loss.saved
+    assert best_by_loss.best == history["loss"][-1]
 
 
 def test_validation_freq_without_validation_or_below_one_is_refused():

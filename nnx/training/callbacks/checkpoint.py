@@ -22,7 +22,8 @@ class ModelCheckpoint(Callback):
 
     Args:
         filepath: where to write; may hold ``{epoch}`` (1-based) and any epoch-log name,
-            e.g. ``"ckpt/model-{epoch:03d}-{val_loss:.3f}.npz"``.
+            e.g. ``"ckpt/model-{epoch:03d}-{val_loss:.3f}.npz"``; one naming a ``val_`` value saves nothing
+            at an epoch that did not validate (``fit(validation_freq=n)``).
         monitor: the quantity that decides "best" when `save_best_only`.
         save_best_only: only save when `monitor` improved (then a fixed filepath always
             holds the best model so far, also across a fit resumed from a checkpoint).
@@ -100,10 +101,16 @@ class ModelCheckpoint(Callback):
             current = float(logs[self.monitor])
             if not improved(current, self.best, self.mode, 0.0):
                 return
-            self.best = current
         elif (epoch + 1) % self.save_freq:
             return
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as exc:
+            if not_validated(str(exc.args[0]), logs):
+                return  # the path names a validation value an epoch between validations (validation_freq) lacks
+            raise
+        if self.save_best_only:
+            self.best = current
         recorded = copy.deepcopy(self.model.callback_state.get(STATE_KEY))
         self._record(logs)
         try:
