@@ -295,15 +295,20 @@ def test_two_models_of_one_definition_trained_in_turns_each_train_as_alone(backe
 _ARMED, _TRACING, _GO = threading.Event(), threading.Event(), threading.Event()
 
 
+def _hold_first_trace(X, armed, tracing, go):
+    """Once `armed`, the first call with a JAX tracer (a program being traced) sets `tracing` and waits for `go`."""
+    traced = type(X).__module__.startswith("jax") and "Tracer" in type(X).__name__
+    if traced and armed.is_set() and not tracing.is_set():
+        tracing.set()
+        go.wait(timeout=10)
+
+
 class ReentSlowTrace(nnx.Layer):
     """Identity whose first traced call (JAX compiling a new input shape) waits, so that another thread's predict
     runs while the program's trace has the model's parameters bound to its placeholders."""
 
     def forward(self, X, training=False):
-        traced = type(X).__module__.startswith("jax") and "Tracer" in type(X).__name__
-        if traced and _ARMED.is_set() and not _TRACING.is_set():
-            _TRACING.set()
-            _GO.wait(timeout=10)
+        _hold_first_trace(X, _ARMED, _TRACING, _GO)
         return X
 
     def backward(self, dY, need_dX=True):
@@ -355,10 +360,7 @@ class ReentSlowFitTrace(nnx.Layer):
     is held open while another thread fits or predicts."""
 
     def forward(self, X, training=False):
-        traced = type(X).__module__.startswith("jax") and "Tracer" in type(X).__name__
-        if traced and _FIT_ARMED.is_set() and not _FIT_TRACING.is_set():
-            _FIT_TRACING.set()
-            _FIT_GO.wait(timeout=10)
+        _hold_first_trace(X, _FIT_ARMED, _FIT_TRACING, _FIT_GO)
         return X
 
     def backward(self, dY, need_dX=True):
