@@ -30,7 +30,7 @@ from ..backends.recording import real
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .per_model import PerModel
-from .shared_programs import REGULARIZER_CODE, SettingsWatch, Unshareable, describe, regularizers_of
+from .shared_programs import LOSS_CODE, REGULARIZER_CODE, SettingsWatch, Unshareable, describe, regularizers_of
 from .trace_state import (
     AttributeWatch,
     HeldArrays,
@@ -159,10 +159,6 @@ class _Recording:
         return not buffers or [_layout(b.value) for b in buffers] == self.buffer_layouts
 
 
-# the methods of a loss the passes run (`nnx.losses.Loss`): one replaced on the class is other code
-LOSS_METHODS = ("value_and_grad_prepared", "prepare", "rows")
-
-
 def code_key(runners: list[Any], head: Any, model: Any = None) -> tuple:
     """Which code the passes run: each layer's runner (a kernel's class, else its forward and backward functions),
     the loss head's class and methods, and the class and methods of each regularizer of `model`. A recording holds
@@ -176,7 +172,7 @@ def code_key(runners: list[Any], head: Any, model: Any = None) -> tuple:
     regularizers = () if model is None else tuple(
         (type(reg), *(function(getattr(type(reg), name, None)) for name in REGULARIZER_CODE))
         for reg in regularizers_of(model))
-    return layers, type(head), tuple(function(getattr(type(head), name, None)) for name in LOSS_METHODS), regularizers
+    return layers, type(head), tuple(function(getattr(type(head), name, None)) for name in LOSS_CODE), regularizers
 
 
 # the recorded passes of each model, kept while it lives: a fit per epoch (or a later fit) replays at once
