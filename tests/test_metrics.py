@@ -43,8 +43,9 @@ def _value(backend, name, y_true, y_pred, from_logits=False):
     return backend.to_float(out)
 
 
-# Each test loops over cases inside instead of parametrizing them: the shapes stay the same,
-# so JAX compiles each operation once per test instead of once per case.
+# Each test loops over cases inside instead of parametrizing them, and the tests share N rows and 1 or 3 outputs
+# where the shape is not what they test: JAX compiles each operation once per (shape, dtype) and process, so a
+# test that scores the shapes of an earlier one compiles (almost) nothing.
 N = 40
 
 
@@ -67,16 +68,16 @@ def test_binary_metrics_match_sklearn(backend, dtype):
 
 
 def test_multiclass_metrics_match_sklearn_macro(backend, dtype):
-    k = 5
+    k = 3
     for seed in range(4):
         rng = np.random.default_rng(100 + seed)
         true = rng.integers(0, k, N)
         scores = rng.normal(size=(N, k))
         if seed >= 2:
-            true[true == 4] = 0  # a class nobody has...
-            scores[:, 4] = -10.0  # ...and nobody predicts: macro averages leave it out, as scikit-learn does
+            true[true == 2] = 0  # a class nobody has...
+            scores[:, 2] = -10.0  # ...and nobody predicts: macro averages leave it out, as scikit-learn does
         if seed == 3:
-            scores[:, 3] = 10.0  # one class predicted always: precision's zero_division cases
+            scores[:, 1] = 10.0  # one class predicted always: precision's zero_division cases
         pred = scores.argmax(axis=1)
         y_scores = backend.asarray(scores, dtype=dtype)
         for name in CLASSIFICATION:
@@ -104,8 +105,9 @@ def test_regression_metrics_match_sklearn(backend, dtype):
 
 
 def test_r2_constant_target_matches_sklearn(backend, dtype):
-    true = np.array([[2.0, 1.0], [2.0, 2.0], [2.0, 3.0]])
-    for pred in (true.copy(), true + np.array([[0.5, 0.0]])):
+    true = np.random.default_rng(2).normal(size=(N, 3))
+    true[:, 0] = 2.0
+    for pred in (true.copy(), true + np.array([[0.5, 0.0, 0.0]])):
         expected = _sklearn_metrics().r2_score(true, pred)
         got = _value(backend, "r2", backend.asarray(true, dtype=dtype), backend.asarray(pred, dtype=dtype))
         assert got == pytest.approx(expected, abs=1e-6)
@@ -315,10 +317,10 @@ def test_targets_of_other_rows_than_the_outputs_are_refused_not_reshaped(backend
     # ((outputs, n) for (n, outputs)) or flat ((n * outputs,)) were scored, scrambled, without a word (r2 -0.9
     # for 1.0 on a perfect prediction); scikit-learn refuses them, and the losses do
     rng = np.random.default_rng(8)
-    pred = rng.normal(size=(6, 3))
+    pred = rng.normal(size=(N, 3))
     y_pred = backend.asarray(pred, dtype=dtype)
     labels = (pred > 0).astype(float)
-    for wrong in (pred.T, pred.reshape(-1), pred[:3]):
+    for wrong in (pred.T, pred.reshape(-1), pred[: N // 2]):
         y_true = backend.asarray(wrong, dtype=dtype)
         for name in REGRESSION:
             with pytest.raises(ValueError, match=r"y_true.*rows"):
@@ -332,13 +334,13 @@ def test_targets_of_other_rows_than_the_outputs_are_refused_not_reshaped(backend
     one = backend.asarray(pred[:, :1], dtype=dtype)
     for name in CLASSIFICATION + REGRESSION:
         with pytest.raises(ValueError, match=r"y_true.*rows"):
-            _value(backend, name, backend.asarray(np.ones((1, 6)), dtype=dtype), one)
+            _value(backend, name, backend.asarray(np.ones((1, N)), dtype=dtype), one)
     # what fit passes stays accepted: (n,) against (n, 1), (n, 1) against (n,), class indices as (n,) or (n, 1)
     flat_true = backend.asarray((pred[:, 0] > 0).astype(float), dtype=dtype)
     for name in CLASSIFICATION + REGRESSION:
         _value(backend, name, flat_true, one)
-        _value(backend, name, backend.xp.reshape(flat_true, (6, 1)), backend.xp.reshape(one, (6,)))
-    for indices in (backend.asarray(np.arange(6) % 3), backend.asarray((np.arange(6) % 3)[:, None])):
+        _value(backend, name, backend.xp.reshape(flat_true, (N, 1)), backend.xp.reshape(one, (N,)))
+    for indices in (backend.asarray(np.arange(N) % 3), backend.asarray((np.arange(N) % 3)[:, None])):
         for name in CLASSIFICATION:
             _value(backend, name, indices, y_pred)
 
@@ -347,7 +349,7 @@ def test_regression_metrics_read_class_indices_as_the_one_hot_rows_they_stand_fo
     # found in review: with a cross-entropy loss, class indices and one-hot rows train, evaluate and score the same
     # (docs/training.md), but "mse" (and mae, rmse, r2) refused indices (n,) against (n, classes) outputs
     rng = np.random.default_rng(9)
-    X, labels = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+    X, labels = rng.normal(size=(N, 4)), rng.integers(0, 3, N)
     one_hot = np.eye(3)[labels]
     model = nnx.Sequential(nnx.Dense(4, 3), nnx.Softmax(), backend=backend, dtype="float64", seed=0)
     by_rows = model.evaluate(X, one_hot, loss="ce", metrics=list(REGRESSION))
@@ -361,14 +363,15 @@ def test_regression_metrics_read_class_indices_as_the_one_hot_rows_they_stand_fo
 LABEL_METRICS = ("label_accuracy", "label_precision", "label_recall", "label_f1")
 
 
-def test_bool_and_integer_targets_score_as_their_float_values_on_every_namespace(backend):
+def test_bool_and_integer_targets_score_as_their_float_values_on_every_namespace(backend, dtype):
     # found in review: called directly, the metrics compared bool or integer labels with 0.5 and subtracted them
     # from float outputs, which the array API does not define (array_api_strict refused every such call)
     rng = np.random.default_rng(10)
-    one, three = rng.random((8, 1)).astype(np.float32), rng.random((8, 3)).astype(np.float32)
-    labels, indices = rng.integers(0, 2, (8, 1)), rng.integers(0, 3, 8)
-    # bool and integer labels of one output (as a column and flat), integer indices, bool one-hot rows; each
-    # metric call compiles its operations for the new shapes on JAX, so the cases are few
+    # outputs in the case's float dtype (float32 on array_api_strict's device1) and of the module's shapes: on JAX
+    # the float operations are then those the tests above compiled, and only the casts of the labels are new
+    one, three = rng.random((N, 1)).astype(dtype), rng.random((N, 3)).astype(dtype)
+    labels, indices = rng.integers(0, 2, (N, 1)), rng.integers(0, 3, N)
+    # bool and integer labels of one output (as a column and flat), integer indices, bool one-hot rows
     cases = [(labels.astype(bool), one, CLASSIFICATION + REGRESSION + LABEL_METRICS),
              (labels[:, 0], one, CLASSIFICATION + REGRESSION),
              (indices, three, CLASSIFICATION + REGRESSION),
@@ -378,7 +381,7 @@ def test_bool_and_integer_targets_score_as_their_float_values_on_every_namespace
         for name in names:
             fn = getattr(nnx.metrics, name)
             got = float(backend.to_host(fn(xp, xp.asarray(y_true), xp.asarray(y_pred))))
-            want = float(fn(np, y_true.astype(np.float32), y_pred))
+            want = float(fn(np, y_true.astype(dtype), y_pred))
             assert got == pytest.approx(want, rel=1e-6, nan_ok=True), (name, y_true.dtype, y_true.shape)
 
 
@@ -387,8 +390,8 @@ def test_numpy_targets_are_moved_to_the_outputs_backend_as_the_losses_move_them(
     # held-out labels beside a model's predictions), every metric failed inside with an AttributeError or a
     # TypeError of the library's, where the losses take NumPy targets and move them to y_pred's device
     rng = np.random.default_rng(11)
-    one, three = rng.random((8, 1)), rng.random((8, 3))
-    labels, indices = rng.integers(0, 2, (8, 1)), rng.integers(0, 3, 8)
+    one, three = rng.random((N, 1)), rng.random((N, 3))
+    labels, indices = rng.integers(0, 2, (N, 1)), rng.integers(0, 3, N)
     cases = [(labels.astype(bool), one, CLASSIFICATION + REGRESSION + LABEL_METRICS),
              (indices, three, CLASSIFICATION + REGRESSION),
              (np.eye(3)[indices], three, CLASSIFICATION + REGRESSION + LABEL_METRICS)]
