@@ -149,17 +149,18 @@ def test_mae_gradient_sign_zero(backend):
 
 
 def test_column_targets_are_reshaped_not_broadcast(backend, dtype, rng):
-    y = rng.uniform(size=(5,))
-    p = rng.uniform(0.1, 0.9, size=(5, 1))
+    # N rows, as test_rows_of_1d_and_3d_predictions: JAX compiles each operation once per shape
+    y = rng.uniform(size=(N,))
+    p = rng.uniform(0.1, 0.9, size=(N, 1))
     for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(), L.BinaryCrossEntropy(from_logits=True)):
         flat_v, flat_g = loss.value_and_grad(backend.asarray(y, dtype=dtype), backend.asarray(p, dtype=dtype))
         col_v, col_g = loss.value_and_grad(backend.asarray(y[:, None], dtype=dtype), backend.asarray(p, dtype=dtype))
-        assert tuple(flat_g.shape) == (5, 1)
+        assert tuple(flat_g.shape) == (N, 1)
         assert backend.to_float(flat_v) == backend.to_float(col_v)
         np.testing.assert_array_equal(backend.to_host(flat_g), backend.to_host(col_g))
         # and the other way round: (n, 1) targets against (n,) predictions
         v, g = loss.value_and_grad(backend.asarray(y[:, None], dtype=dtype), backend.asarray(p[:, 0], dtype=dtype))
-        assert tuple(g.shape) == (5,)
+        assert tuple(g.shape) == (N,)
         assert backend.to_float(v) == backend.to_float(col_v)
 
 
@@ -607,20 +608,20 @@ def test_unit_weights_equal_the_unweighted_loss(backend, rng):
 
 
 def test_rows_of_1d_and_3d_predictions(backend, rng):
-    w = np.array([1.0, 0.0, 2.0])
-    for shape in ((3,), (3, 1), (3, 2, 4)):
+    w = np.array([1.0, 0.0, 2.0, 0.5])
+    for shape in ((N,), (N, 1), (N, 2, 4)):
         y, p = rng.normal(size=shape), rng.normal(size=shape)
         for loss in (L.MSE(), L.MAE(), L.BinaryCrossEntropy(from_logits=True)):
             yb = backend.asarray(np.clip(y, 0, 1) if isinstance(loss, L.BinaryCrossEntropy) else y, dtype="float64")
             pb = backend.asarray(p, dtype="float64")
             rows = backend.to_host(loss.per_sample(yb, pb))
-            assert rows.shape == (3,)
+            assert rows.shape == (N,)
             np.testing.assert_allclose(rows.mean(), backend.to_float(loss(yb, pb)), rtol=1e-13)
-            np.testing.assert_allclose(backend.to_float(loss(yb, pb, w)), (w * rows).sum() / 3, rtol=1e-13)
+            np.testing.assert_allclose(backend.to_float(loss(yb, pb, w)), (w * rows).sum() / N, rtol=1e-13)
     # (n,) targets against (n, 1) predictions: one weight per row, not per element of a broadcast
-    y, p = rng.normal(size=(3,)), rng.normal(size=(3, 1))
+    y, p = rng.normal(size=(N,)), rng.normal(size=(N, 1))
     g = backend.to_host(L.MSE().gradient(backend.asarray(y, dtype="float64"), backend.asarray(p, dtype="float64"), w))
-    np.testing.assert_allclose(g[:, 0], 2 * w * (p[:, 0] - y) / 3, rtol=1e-13)
+    np.testing.assert_allclose(g[:, 0], 2 * w * (p[:, 0] - y) / N, rtol=1e-13)
 
 
 def test_bad_sample_weights_name_the_argument(backend):
