@@ -961,15 +961,16 @@ def test_restore_best_weights_restores_batchnorm_running_statistics(backend: Any
 def test_gradient_analyzer_rows_are_each_batchs_unclipped_gradients(backend):
     if backend == "jax":
         pytest.importorskip("jax")
+    # the file's data shape, batch size and model layout (make_model), which JAX has compiled already
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(12, 3)), rng.normal(size=(12, 1))
+    X, y = rng.normal(size=(N, 2)), rng.normal(size=(N, 1))
 
     def make():
-        return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 1), seed=3, backend=backend, dtype="float64")
+        return make_model(backend)
 
     model, analyzer = make(), nnx.GradientAnalyzer(warn=False)
     lr, clip = 0.1, 1e-3
-    model.fit(X, y, loss="mse", optimizer="sgd", lr=lr, epochs=2, batch_size=4, shuffle=False,
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=lr, epochs=2, batch_size=BATCH, shuffle=False,
               callbacks=[analyzer], clip_norm=clip)
     got = np.stack([analyzer.history()[k] for k in nnx.callbacks.GRADIENT_STATS], axis=-1)
 
@@ -979,9 +980,9 @@ def test_gradient_analyzer_rows_are_each_batchs_unclipped_gradients(backend):
     host = ref_model.backend.to_host
     expected = []
     for _ in range(2):
-        for start in range(0, 12, 4):
-            xb = ref_model.prepare_inputs(X[start:start + 4])
-            yb = ref_model.prepare_targets(y[start:start + 4], loss, 4)
+        for start in range(0, N, BATCH):
+            xb = ref_model.prepare_inputs(X[start:start + BATCH])
+            yb = ref_model.prepare_targets(y[start:start + BATCH], loss, BATCH)
             ref_model.loss_and_grads(xb, yb, loss)
             row = []
             for index in (0, 2):
@@ -995,8 +996,8 @@ def test_gradient_analyzer_rows_are_each_batchs_unclipped_gradients(backend):
             for p in params:
                 p.value = p.value - lr * scale * p.grad
     np.testing.assert_allclose(got, np.array(expected), rtol=1e-7, atol=1e-12)
-    assert analyzer.step_epochs == [0, 0, 0, 1, 1, 1]
-    assert analyzer.layer_names == ["0:Dense(3, 5)", "2:Dense(5, 1)"]
+    assert analyzer.step_epochs == [0] * (N // BATCH) + [1] * (N // BATCH)
+    assert analyzer.layer_names == ["0:Dense(2, 4)", "2:Dense(4, 1)"]
 
 
 def test_gradient_analyzer_norm_survives_float32_overflow_and_keeps_inf():
