@@ -153,7 +153,8 @@ def test_prepare_encodes_targets_and_the_result_equals_the_built_in(backend, dty
 def test_a_user_loss_whose_prepare_encodes_class_indices_trains_as_the_built_in(backend, dtype, rng):
     """The docs put target encoding in `prepare`: fit hands such a loss y as given (here class indices, not
     the outputs' shape), and it trains and evaluates as the built-in cross-entropy does."""
-    X, y = rng.normal(size=(20, 4)), rng.integers(0, 3, 20)
+    # 32 rows: validation_split=0.25 leaves 24 to train on, three full batches of 8 (one step shape for JAX)
+    X, y = rng.normal(size=(32, 4)), rng.integers(0, 3, 32)
     tol = 1e-5 if dtype == "float32" else 1e-12
     results = []
     for loss, target in ((L.CrossEntropy(), y), (SparseLogits(), y), (SparseLogits(), y[:, None].astype(float))):
@@ -166,10 +167,10 @@ def test_a_user_loss_whose_prepare_encodes_class_indices_trains_as_the_built_in(
             np.testing.assert_allclose(history[key], want, rtol=tol, err_msg=key)
         assert value == pytest.approx(results[0][1], rel=tol)
     model = nnx.Sequential(nnx.Dense(4, 3), backend=backend, dtype=dtype, seed=0)
-    with pytest.raises(ValueError, match=r"y_true for test_sparse_logits must be class indices of shape \(20,\)"):
+    with pytest.raises(ValueError, match=r"y_true for test_sparse_logits must be class indices of shape \(32,\)"):
         model.fit(X, np.eye(3)[y], loss=SparseLogits(), batch_size=8)  # the loss's own check, before training
-    with pytest.raises(ValueError, match=r"X has 20 samples but y has 19"):
-        model.fit(X, y[:19], loss=SparseLogits())
+    with pytest.raises(ValueError, match=r"X has 32 samples but y has 31"):
+        model.fit(X, y[:31], loss=SparseLogits())
     # fit checks the targets' values once with the loss's own prepare(check=True), as it does a built-in's
     with pytest.raises(ValueError, match="class index out of range"):
         model.fit(X, np.where(y == 2, 5, y), loss=SparseLogits(), batch_size=8)
