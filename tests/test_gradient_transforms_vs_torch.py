@@ -307,7 +307,7 @@ def test_hyperparameters_changed_between_fits_take_effect_as_in_torch(backend, f
 def test_clip_norm_with_an_optimizer_over_some_parameters(backend, fast):
     """The norm is over every gradient backward computed (torch's ``clip_grad_norm_(model.parameters())``), the
     update moves only the optimizer's parameters: the others keep their values on every execution."""
-    X, y = _data(23)
+    X, y = _data()  # whole batches and groups: JAX, stepping batch by batch here, compiles one step
     model = _model(backend, fast)
     net = _twin(model)
     first = _host(model)
