@@ -577,3 +577,26 @@ def test_a_layer_argument_the_block_does_not_hold_is_not_saved_as_a_copy(tmp_pat
     # found in review: the message only said to override get_config, not that a layer held with add_layer is saved
     with pytest.raises(TypeError, match=r"a layer Reuses does not hold.*self\.add_layer\(name, layer\)"):
         model.save(tmp_path / "m.npz")
+
+
+class _PerBatch(nnx.callbacks.Callback):
+    """A per-batch hook: the per-step path on every backend."""
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+def test_a_nested_sequential_with_dropout_compiles_its_jax_step_once_per_batch_shape():
+    """Found in review: the inner Sequential holds its model's dropout stream, which was read as one of its
+    settings; each draw changed it, so the per-step path traced and compiled the step again at every step."""
+    ok, why = nnx.backends.backend_status("jax")
+    if not ok:
+        pytest.skip(f"jax not available: {why}")
+    from nnx.training.compiled import compiled_step_of
+
+    model = nnx.Sequential(nnx.Dense(4, 6), nnx.Sequential(nnx.Dense(6, 5), nnx.Tanh(), nnx.Dropout(0.2)),
+                           nnx.Dense(5, 1), backend="jax", dtype="float64", seed=0)
+    X = np.random.default_rng(0).standard_normal((48, 4))
+    model.fit(X, X[:, :1], loss="mse", optimizer="sgd", epochs=2, batch_size=16, callbacks=[_PerBatch()], verbose=0)
+    step = compiled_step_of(model)
+    assert step is not None and step.traces == 1, "one batch shape, one trace"

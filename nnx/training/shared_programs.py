@@ -194,8 +194,9 @@ def layer_settings(model: Any) -> tuple:
     found = []
     for path, layer in model.named_layers():
         for key, value in vars(layer).items():
-            if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS):
-                continue  # None and arrays: caches between calls; parameters are inputs; sub-layers have their paths
+            if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS) or value is model.dropout_rng:
+                continue  # None and arrays: caches between calls; parameters are inputs; sub-layers have their paths;
+                # the dropout stream a nested Sequential shares with its model: its seed and counter are inputs
             if isinstance(value, _PLAIN):
                 found.append((path, key, value))
                 continue
@@ -252,6 +253,7 @@ class SettingsWatch:
         # a setting of another kind (a tuple, a list changed in place) can only be told by describing it again
         self._read_in_full = any(key not in _LAYER_OWN and type(value) not in _WATCHED
                                  and not isinstance(value, _NOT_SETTINGS) and not _is_array(value)
+                                 and value is not model.dropout_rng
                                  for layer in layers for key, value in vars(layer).items())
         return self.value
 
