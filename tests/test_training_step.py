@@ -278,10 +278,10 @@ def test_a_failing_on_train_end_does_not_skip_the_others(be, dtype, tmp_path, du
 
 def _one_sgd_step(be, clip: dict):
     """(weights before, gradients, weights after one full-batch SGD step of fit with `clip`)."""
-    X, y = _data(n=24)
+    X, y = _data()
     model = _model(be, "float64")
     loss = model.resolve_loss("mse")
-    model.loss_and_grads(model.prepare_inputs(X), model.prepare_targets(y, loss, 24), loss)
+    model.loss_and_grads(model.prepare_inputs(X), model.prepare_targets(y, loss, len(X)), loss)
     grads = {p.name: _host(be, p.grad) for p in model.parameters()}
     before = _weights(model)
     model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.5), epochs=1, batch_size=None,
@@ -350,8 +350,10 @@ OPTS = {
 
 # each layout (groups that divide the epoch, a short last group, a partial last batch in a last group of mixed
 # sizes) with an optimizer with state of one kind (momentum) or two (Adam); the partial last batch with both.
-# Batches of 4 in groups of 3 throughout, as in the test below: on JAX each new batch shape compiles the ops anew
-@pytest.mark.parametrize(("opt", "n", "b", "k"), [("sgd_momentum", 48, 4, 3), ("adam", 40, 4, 3), ("adam", 45, 4, 3),
+# Batches of 4 throughout, as in the test below, over the module's 40 rows where the layout allows: on JAX each
+# new batch or data shape compiles the ops (and the epoch program) anew. Groups of 2 divide the 40 rows' 10
+# batches, and their larger batch of 8 is the rest of the module's (its programs are compiled already).
+@pytest.mark.parametrize(("opt", "n", "b", "k"), [("sgd_momentum", 40, 4, 2), ("adam", 40, 4, 3), ("adam", 45, 4, 3),
                                                   ("sgd_momentum", 45, 4, 3)])
 def test_accumulate_equals_a_larger_batch(be, opt, n, b, k):
     X, y = _data(n=n)
@@ -383,22 +385,22 @@ def test_mean_with_sample_weight_over_batches_equals_one_call_over_the_rows(be):
     batches combine weighted by those sums: evaluate over batches equals one call over all the rows,
     accumulate=k equals the k-times-larger batch (a group whose weights are all 0 included), and fit's epoch
     loss at a vanishing step is the one call's value."""
-    X, y = _data(n=20)
-    w = np.array([0.0] * 10 + [5.0] * 5 + [1e-3] * 5)
+    X, y = _data()  # the module's 40 rows and batches of 8 (groups of 2: 16), whose shapes JAX compiled already
+    w = np.array([0.0] * 16 + [5.0] * 8 + [1e-3] * 16)
     loss = nnx.losses.MSE(reduction="mean_with_sample_weight")
     model = _model(be)
     one_call = be.to_float(loss(y, model.predict(X), sample_weight=w))
     assert model.evaluate(X, y, loss=loss, sample_weight=w)["loss"] == pytest.approx(one_call, rel=1e-12)
-    batches = [(X[i:i + 5], y[i:i + 5], w[i:i + 5]) for i in range(0, 20, 5)]
+    batches = [(X[i:i + 8], y[i:i + 8], w[i:i + 8]) for i in range(0, 40, 8)]
     assert model.evaluate(batches, loss=loss)["loss"] == pytest.approx(one_call, rel=1e-12)
     for data in ((X, y), (batches, None)):  # arrays, and batches read one by one (chunks of them under JAX)
         history = _model(be).fit(*data, loss=loss, sample_weight=w if data[1] is not None else None,
-                                 optimizer="sgd", lr=1e-15, batch_size=5)
+                                 optimizer="sgd", lr=1e-15, batch_size=8)
         assert history["loss"][0] == pytest.approx(one_call, rel=1e-9)
     small, large = _model(be), _model(be)
-    h_small = small.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=5,
+    h_small = small.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=8,
                         accumulate=2, shuffle=False)
-    h_large = large.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=10,
+    h_large = large.fit(X, y, loss=loss, sample_weight=w, optimizer="sgd", lr=0.05, epochs=2, batch_size=16,
                         shuffle=False)
     _assert_weights(_weights(small), _weights(large), TOL)
     np.testing.assert_allclose(h_small["loss"], h_large["loss"], rtol=1e-9)
@@ -501,8 +503,8 @@ def test_weight_two_is_a_duplicated_row_rescaled_by_rows(be):
     """Keras: loss = sum(w_i l_i) / n. Weight 2 on row 0 vs row 0 twice (n + 1 rows): the same
     numerator, so with full batches the weighted loss and gradient are (n + 1) / n times the duplicated
     ones, and SGD at lr equals SGD at lr * (n + 1) / n on the duplicated data."""
-    X, y = _data(n=20)
-    n = 20
+    X, y = _data()  # the module's 40 rows: one full batch of them is compiled already
+    n = len(X)
     w = np.ones(n)
     w[0] = 2
     Xd, yd = np.concatenate([X, X[:1]]), np.concatenate([y, y[:1]])
