@@ -115,9 +115,9 @@ def test_sklearn_gathered_batches_give_the_copied_epochs_numbers(backend, monkey
     from nnx.sklearn import MLPClassifier, MLPRegressor
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(120, 6))
+    X = rng.normal(size=(72, 6))  # batches of 32 and a short one, with and without the validation split's rows
     y = X[:, 0] - X[:, 1]
-    sw = rng.uniform(0.5, 2.0, 120)
+    sw = rng.uniform(0.5, 2.0, 72)
 
     def curves(limit):
         monkeypatch.setattr(data_module, "COPY_LIMIT", limit)
@@ -137,14 +137,16 @@ def test_sklearn_gathered_batches_give_the_copied_epochs_numbers(backend, monkey
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_ordinary_models_leave_no_gradient_unresolved(backend, dtype):
+    # check_gradients perturbs every parameter and input entry in turn: 8 rows and 5 hidden units keep that count
+    # (and the time) small
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(16, 6)), rng.normal(size=(16, 2))
+    X, y = rng.normal(size=(8, 6)), rng.normal(size=(8, 2))
     cases = [
-        (nnx.Sequential(nnx.Dense(6, 8), nnx.BatchNorm(8), nnx.ReLU(), nnx.Dense(8, 2), backend=backend,
+        (nnx.Sequential(nnx.Dense(6, 5), nnx.BatchNorm(5), nnx.ReLU(), nnx.Dense(5, 2), backend=backend,
                         dtype=dtype, seed=0), "mse", y),
-        (nnx.Sequential(nnx.Dense(6, 8), nnx.Tanh(), nnx.Dense(8, 3), backend=backend, dtype=dtype, seed=0), "ce",
-         rng.integers(0, 3, 16)),
-        (nnx.Sequential(nnx.Dense(6, 8), nnx.Tanh(), nnx.Dense(8, 2), backend=backend, dtype=dtype, seed=0), "mse",
+        (nnx.Sequential(nnx.Dense(6, 5), nnx.Tanh(), nnx.Dense(5, 3), backend=backend, dtype=dtype, seed=0), "ce",
+         rng.integers(0, 3, 8)),
+        (nnx.Sequential(nnx.Dense(6, 5), nnx.Tanh(), nnx.Dense(5, 2), backend=backend, dtype=dtype, seed=0), "mse",
          y * 1e3),
     ]
     for model, loss, target in cases:
