@@ -193,8 +193,10 @@ def test_float32_updates_are_the_plain_loops_to_float_tolerance(backend):
     make, loss, kind = MODELS["relu_ce"]
     start = [backend.to_host(p.value) for p in nnx.Sequential(*make(), backend=backend, dtype="float32",
                                                                seed=3).parameters()]
-    runs = [_train(backend, "float32", "relu_ce", "adam", {"lr": 0.01, "betas": (0.9, 0.99999)}, fast=fast, epochs=1)
-            for fast in (True, False)]
+    # 32 rows, two full batches: the updates' rounding is the property, not the short last batch (one shape less
+    # for JAX to compile in float32, which no other test here uses)
+    runs = [_train(backend, "float32", "relu_ce", "adam", {"lr": 0.01, "betas": (0.9, 0.99999)}, fast=fast, epochs=1,
+                   n=32) for fast in (True, False)]
     for a, b, s0 in zip(runs[0][0].parameters(), runs[1][0].parameters(), start, strict=True):
         np.testing.assert_allclose(backend.to_host(a.value) - s0, backend.to_host(b.value) - s0, rtol=2e-5, atol=1e-7)
 
