@@ -23,10 +23,15 @@ from nnx.backends import backend_status
 from nnx.training.epoch import epoch_program_of
 
 ok, why = backend_status("jax")
-# the compiled numbers as users get them: with the XLA optimisations the rest of the suite turns off
-pytestmark = [pytest.mark.skipif(not ok, reason=f"jax not available: {why}"), pytest.mark.usefixtures("jax_optimized")]
+pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+# The tests that compare a compiled program's numbers with the plain loop's (or look at its memory) take XLA's
+# optimisations, which the rest of the suite turns off: the programs as users compile them. The tests of behaviour
+# (compile counts, the mode and its reason, what is printed, a fit that fell back to the plain loop) do not: an
+# optimised compile costs 2-5x more.
+AS_USERS_COMPILE = pytest.mark.usefixtures("jax_optimized")
 
 N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
+FULL = 64  # two full batches of 32 (four of 16): one step shape to compile, where the partial batch is not the point
 
 
 def _data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +100,7 @@ def _assert_same(a, b, tol: float) -> None:
         np.testing.assert_allclose(ha.history[key], hb.history[key], rtol=tol, atol=tol)
 
 
+@AS_USERS_COMPILE
 def test_an_epoch_program_gives_the_step_by_step_numbers_float64():
     # dropout, BatchNorm, L2, clipping, sample weights, metrics, a partial last batch and a user's layer,
     # against the plain loop and against the compiled step run batch by batch
@@ -110,6 +116,7 @@ def test_an_epoch_program_gives_the_step_by_step_numbers_float64():
     _assert_same(epoch, per_step, 1e-12)
 
 
+@AS_USERS_COMPILE
 def test_chunks_of_batches_from_a_memmap_and_an_iterable(tmp_path):
     X, y = _data()
     Xm = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float64, shape=X.shape)
@@ -123,16 +130,17 @@ def test_chunks_of_batches_from_a_memmap_and_an_iterable(tmp_path):
                             metrics=["accuracy"], **kw)
         assert history.execution_mode == "chunks", history.execution_reason
         _assert_same((model, history), plain, 1e-12)
-    # an iterable of batches (of the memmap's shapes, so the programs above serve: the compiles are the time of
-    # this test): two of 32 rows make a chunk, the 6 rows of another shape one of their own
+    # an iterable of batches (of the memmap's shapes, with the same metrics, so the programs above serve: the
+    # compiles are the time of this test): two of 32 rows make a chunk, the 6 rows of another shape one of their own
     batches = [(X[i:i + BATCH], y[i:i + BATCH]) for i in range(0, N, BATCH)]
-    a = _fit(True, data=lambda X, y: batches, chunk_batches=2)
+    a = _fit(True, data=lambda X, y: batches, chunk_batches=2, metrics=["accuracy"])
     assert a[1].execution_mode == "chunks"
-    _assert_same(a, _fit(False, data=lambda X, y: batches), 1e-12)
+    _assert_same(a, _fit(False, data=lambda X, y: batches, metrics=["accuracy"]), 1e-12)
 
 
+@AS_USERS_COMPILE
 def test_divergence_raises_at_the_same_epoch_and_batch_with_the_same_weights():
-    X, y = _data()
+    X, y = _data(FULL)
     results = []
     for fast in (True, False):
         model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dense(4, 3),
@@ -153,6 +161,7 @@ def test_divergence_raises_at_the_same_epoch_and_batch_with_the_same_weights():
 _PLAIN_REFUSED: dict = {}  # (accumulate, shuffle) -> the plain loop's ((model, history), message)
 
 
+@AS_USERS_COMPILE
 @pytest.mark.parametrize("per_batch,accumulate,shuffle", [
     (False, 1, False), (False, 3, False), (False, 1, True), (True, 1, False), (True, 3, False)],
     ids=["epoch-1", "epoch-3", "epoch-shuffled", "step-1", "step-3"])
@@ -160,16 +169,18 @@ def test_a_refused_step_leaves_the_dropout_stream_where_the_plain_loop_does(accu
     # the plain loop stops at the refused batch, whose forward drew its masks; a compiled epoch (or a per-step
     # program read once per epoch) ran the later batches too: the stream must go on from where the plain one
     # stopped, or a fit continued after the error (at a lower rate, as it suggests) draws other masks
-    X, y = _data()
-    w = np.ones(N)
-    w[40:56] = 1e308  # the batches holding two of these rows (unshuffled: the third) overflow the loss
+    X, y = _data(FULL)
+    w = np.ones(FULL)
+    w[40:56] = 1e308  # the batches holding two of these rows (unshuffled: the third of four) overflow the loss
+    fit = {"loss": "cross_entropy", "batch_size": 16, "accumulate": accumulate, "shuffle": shuffle}
 
     def run(fast):
         model = _model(fast)
         with pytest.raises(FloatingPointError) as info:
-            model.fit(X, y, loss="cross_entropy", optimizer="adam", epochs=2, batch_size=16, sample_weight=w,
-                      accumulate=accumulate, shuffle=shuffle, callbacks=[PerBatch()] if per_batch else [])
-        history = model.fit(X, y, optimizer="adam", lr=1e-3, epochs=1, batch_size=16)  # the masks it draws
+            model.fit(X, y, optimizer="adam", epochs=2, sample_weight=w, callbacks=[PerBatch()] if per_batch else [],
+                      **fit)
+        # the masks it draws, as an epoch (the error's program, or for step-* that of epoch-*, with finite weights)
+        history = model.fit(X, y, optimizer="adam", lr=1e-3, epochs=1, sample_weight=np.ones(FULL), **fit)
         return (model, history), str(info.value)
 
     # the plain loop's run does not depend on per_batch (PerBatch does nothing): computed once per module
@@ -206,12 +217,13 @@ def test_one_compile_per_layout_and_batch_shape_never_per_epoch():
      "Look overrides on_gradients"),
 ], ids=["analyzer", "terminate_on_nan", "on_gradients"])
 def test_fallback_to_per_step_is_automatic_and_says_why(make, named):
-    X, y = _data()
+    X, y = _data(FULL)
     model = _model(True)
     history = model.fit(X, y, loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=BATCH, callbacks=[make()])
     assert history.execution_mode == "step" and named in history.execution_reason
 
 
+@AS_USERS_COMPILE
 def test_accumulation_inside_the_epoch_program():
     # 70 rows in batches of 16: updates after batches 2 and 4, and the fifth (6 rows) applied at the epoch's end
     kw = {"accumulate": 2, "clip_norm": 0.5, "sample_weight": np.linspace(0.2, 2.0, N), "batch_size": 16}
@@ -226,8 +238,9 @@ def test_accumulation_inside_the_epoch_program():
     _assert_same(runs[0], runs[1], 1e-12)
 
 
+@AS_USERS_COMPILE
 def test_accumulation_refuses_a_diverging_step_like_the_plain_loop():
-    X, y = _data()
+    X, y = _data(FULL)
     results = []
     for fast in (True, False):
         model = nnx.Sequential(nnx.Dense(5, 4), nnx.ReLU(), nnx.Dense(4, 3),
@@ -265,12 +278,13 @@ def test_untraceable_code_runs_step_by_step_with_the_same_numbers(tmp_path):
 
 
 def test_verbose_2_prints_the_mode(capsys):
-    X, y = _data()
+    X, y = _data(FULL)
     model = _model(True)
     model.fit(X, y, loss="cross_entropy", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=2)
     assert "fit: epoch execution (compiled step)" in capsys.readouterr().out
 
 
+@AS_USERS_COMPILE
 def test_a_model_error_at_one_batch_shape_leaves_the_plain_loops_weights():
     # 65 rows in batches of 32 leave one row, which BatchNorm refuses in training: the plain loop applies the
     # two full batches first, and so does an epoch whose program raised that error while it was traced
@@ -300,14 +314,16 @@ class FailingSource:
             yield self.X[i:i + 16], self.y[i:i + 16]
 
 
+@AS_USERS_COMPILE
 @pytest.mark.parametrize("diverging,fail_at,per_batch", [(False, 8, False), (True, 4, False), (True, 4, True)],
                          ids=["chunks", "chunks_diverging", "compiled_steps_diverging"])
 def test_a_source_failing_mid_epoch_leaves_the_plain_loops_weights_and_error(diverging, fail_at, per_batch):
     # reading a batch fails: the per-step loop has trained on those before it, which a chunk of three batches
-    # still held (the 8th: epoch 2, batch 3); a batch refused before the failure (the 2nd, read before the 4th
+    # still held (the 8th: epoch 2, batch 4); a batch refused before the failure (the 2nd, read before the 4th
     # fails) is the error the plain loop raises, with the counters of the weights kept, also where compiled
-    # steps defer the check to the epoch's end (a callback with a per-batch hook)
-    X, y = _data()
+    # steps defer the check to the epoch's end (a callback with a per-batch hook). 64 rows: four batches of 16
+    # an epoch, chunks of three and one, one batch shape.
+    X, y = _data(FULL)
     y = np.eye(3)[y]
     if diverging:
         X = X.copy()
@@ -347,6 +363,7 @@ class StopBefore(nnx.callbacks.Callback):
             self.model.stop_training = True
 
 
+@AS_USERS_COMPILE
 @pytest.mark.parametrize("epoch,iterable", [(0, False), (1, True)], ids=["arrays", "iterable"])
 def test_a_fit_stopped_before_an_epochs_first_batch_trains_on_one_batch_as_the_plain_loop(epoch, iterable):
     # the per-step loop looks at stop_training after each batch, as Keras does: the epoch trains on one batch
@@ -360,6 +377,7 @@ def test_a_fit_stopped_before_an_epochs_first_batch_trains_on_one_batch_as_the_p
     _assert_same(runs[0], runs[1], 1e-12)
 
 
+@AS_USERS_COMPILE
 def test_a_shuffled_epoch_gathers_each_batch_instead_of_a_shuffled_copy_of_the_data():
     """The epoch program takes each batch's rows from the data as it runs: no second, shuffled copy of X on the
     device (which doubled the data's memory)."""
