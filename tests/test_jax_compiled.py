@@ -23,10 +23,12 @@ ok, why = backend_status("jax")
 pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
 
 N, BATCH = 70, 32  # three steps an epoch, the last one a partial batch of 6
-FULL = 64  # two full batches: one step shape to compile, where the partial batch is not what a case is about
+# two full batches: one step shape to compile (and, op by op, each primitive once), where the partial batch is not
+# what a case is about; the cases about it take N
+FULL = 64
 
 
-def _data(kind: str, n: int = N, seed: int = 0):
+def _data(kind: str, n: int = FULL, seed: int = 0):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 6))
     if kind == "bce":
@@ -47,7 +49,7 @@ def _model(fast: bool, head: str, dtype: str, reg: bool = True, layer: type = nn
     return nnx.Sequential(*layers, backend=be, dtype=dtype, seed=3)
 
 
-def _train(fast: bool, optimizer, head: str = "bce", dtype: str = "float64", epochs: int = 3, n: int = N, **fit):
+def _train(fast: bool, optimizer, head: str = "bce", dtype: str = "float64", epochs: int = 3, n: int = FULL, **fit):
     X, y = _data(head, n)
     model = _model(fast, head, dtype)
     opt = optimizer(model.parameters())
@@ -123,16 +125,16 @@ FLOAT32_OPTIMIZERS = {
                                             ("ce", "lion")])
 def test_compiled_equals_uncompiled_float32_heads(head, optimizer):
     make = FLOAT32_OPTIMIZERS.get(optimizer) or OPTIMIZERS[optimizer]
-    a, ha = _train(True, make, head=head, dtype="float32", clip_value=0.1, n=FULL)
+    a, ha = _train(True, make, head=head, dtype="float32", clip_value=0.1)
     assert ha.execution_mode == "epoch"
-    b, hb = _train(False, make, head=head, dtype="float32", clip_value=0.1, n=FULL)
+    b, hb = _train(False, make, head=head, dtype="float32", clip_value=0.1)
     assert a.parameters()[0].value.dtype == b.parameters()[0].value.dtype
     _assert_same(a, b, 1e-5)
     np.testing.assert_allclose(ha.history["loss"], hb.history["loss"], rtol=1e-5)
 
 
 def test_compilations_bounded_across_epochs_and_fits():
-    X, y = _data("bce")
+    X, y = _data("bce", N)
     model = _model(True, "bce", "float32")
     opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     schedule = nnx.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * 0.9**epoch)
@@ -152,8 +154,8 @@ def test_divergence_refused_like_the_uncompiled_path():
     for fast in (True, False):
         model = _model(fast, "mse", "float64", reg=False)
         opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        # 38 rows: a full batch and a partial one of 6, the shapes of the second fit's (no third to compile)
-        model.fit(X[:38], y[:38], loss="mse", optimizer=opt, epochs=1, batch_size=BATCH, shuffle=False)
+        # one full batch: the batch shape of the second fit's (no other to compile)
+        model.fit(X[:BATCH], y[:BATCH], loss="mse", optimizer=opt, epochs=1, batch_size=BATCH, shuffle=False)
         with pytest.raises(FloatingPointError) as info:
             model.fit(X, y, loss="mse", optimizer=opt, epochs=2, batch_size=BATCH, shuffle=False)
         results.append((model, str(info.value)))
@@ -288,7 +290,7 @@ class CountingForwards(nnx.Layer):
 
 @pytest.mark.parametrize("how", ["epoch", "step", "chunks", "accumulate"])
 def test_a_buffer_rebound_to_integers_keeps_its_dtype_and_count_as_in_the_plain_loop(how):
-    X, y = _data("mse")
+    X, y = _data("mse", N)  # with the partial batch: the count of its forwards, its accumulation group
     kw: dict = {"step": {"callbacks": [nnx.callbacks.TerminateOnNaN()]}, "accumulate": {"accumulate": 2}}.get(how, {})
     runs = []
     for fast in (True, False):
@@ -317,7 +319,7 @@ def test_a_precision_set_after_the_first_programs_traces_them_again_with_it():
             seen.append(jax.config.jax_default_matmul_precision)
             return super().forward(X, training)
 
-    X, y = _data("mse")
+    X, y = _data("mse", N)
     model = nnx.Sequential(PrecisionProbe(6, 2), backend="jax", dtype="float32", seed=0)
     model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=0)
     model.predict(X)
