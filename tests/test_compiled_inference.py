@@ -15,7 +15,7 @@ from nnx.training import compiled_inference
 pytest.importorskip("jax")
 
 
-def _data(rows=40, features=5, classes=3):
+def _data(rows=32, features=5, classes=3):  # two batches of 16: one batch shape to compile
     gen = np.random.default_rng(0)
     X = gen.normal(size=(rows, features))
     return X, gen.integers(0, classes, size=rows), gen.uniform(0.5, 2.0, size=rows)
@@ -43,11 +43,11 @@ def test_compiled_inference_gives_the_op_by_op_numbers(dtype, rtol):
     X, y, w = _data()
     model = _model("jax", dtype)
     history = model.fit(X, y, loss="cross_entropy", optimizer="adam", lr=0.05, epochs=1, batch_size=16,
-                        metrics=["accuracy"], validation_data=(X[:8], y[:8]), verbose=0)
+                        metrics=["accuracy"], validation_data=(X[:16], y[:16]), verbose=0)
     reference = _op_by_op_copy(model)
 
     def batches(with_weights):
-        return [(X[i:i + 16], y[i:i + 16]) + ((w[i:i + 16],) if with_weights else ()) for i in range(0, 40, 16)]
+        return [(X[i:i + 16], y[i:i + 16]) + ((w[i:i + 16],) if with_weights else ()) for i in range(0, len(X), 16)]
 
     for m in (model, reference):
         assert m.backend.fastpath_enabled == (m is model)
@@ -56,8 +56,8 @@ def test_compiled_inference_gives_the_op_by_op_numbers(dtype, rtol):
         got, want = (m.evaluate(loss="cross_entropy", metrics=["accuracy"], **kwargs) for m in (model, reference))
         assert got["loss"] == pytest.approx(want["loss"], rel=rtol) and got["accuracy"] == want["accuracy"]
     # the last epoch's validation ran on these weights, in the program evaluate uses
-    assert history["val_loss"][-1] == model.evaluate(X[:8], y[:8], loss="cross_entropy")["loss"]
-    assert history["val_loss"][-1] == pytest.approx(reference.evaluate(X[:8], y[:8], loss="cross_entropy")["loss"],
+    assert history["val_loss"][-1] == model.evaluate(X[:16], y[:16], loss="cross_entropy")["loss"]
+    assert history["val_loss"][-1] == pytest.approx(reference.evaluate(X[:16], y[:16], loss="cross_entropy")["loss"],
                                                     rel=rtol)
     for got, want in ((model.predict(X, batch_size=16), reference.predict(X, batch_size=16)),
                       (model.predict(batches(False)), reference.predict(batches(False)))):
