@@ -93,6 +93,16 @@ def test_a_model_of_the_same_definition_takes_the_programs_without_tracing():
     assert epoch_program_of(second).compiles == epoch_program_of(first).compiles
 
 
+def test_a_layer_built_from_other_constructor_arguments_to_the_same_settings_takes_the_programs():
+    """``BatchNorm()`` takes its width from the layer before; a loaded model's config says ``BatchNorm(6)``. Found in
+    review: the arguments as given were part of the programs' key, so a loaded model traced everything again."""
+    shared_programs.clear()
+    _fit(_model(nnx.BatchNorm(), Scaled(2.0)))
+    traced = Scaled.calls
+    _fit(_model(nnx.BatchNorm(6), Scaled(2.0)))
+    assert Scaled.calls == traced
+
+
 def test_the_dropout_stream_goes_on_after_a_taken_program():
     """The masks a step draws are known without a trace: later epochs draw new masks, as the first model's do."""
     shared_programs.clear()

@@ -62,8 +62,10 @@ class ById:
 
 
 _PLAIN = (type(None), bool, int, str, bytes)
-# what `Layer` notes for its own checks between calls: not a setting, and a trace never reads it
-_BOOKKEEPING = frozenset({"_ran_training_forward"})
+# what `Layer` notes for its own checks between calls, and the constructor's arguments as given (kept for its
+# config: ``BatchNorm()`` and the ``BatchNorm(8)`` a loaded model is built with are one layer once built): not
+# settings, and a trace never reads them
+_BOOKKEEPING = frozenset({"_ran_training_forward", "_init_args", "_init_positional"})
 # what every `Layer` keeps for its model (binding, tables of its arrays and sub-layers): set when it is built
 _LAYER_OWN = frozenset(vars(Layer()))
 # a layer's attributes that are not settings: sub-layers (which have their own paths), its arrays, tables of them
