@@ -110,13 +110,18 @@ def test_resume_matches_uninterrupted_run(backend, tmp_path, task, opt_name):
         np.testing.assert_allclose(hist["val_loss"], full_hist["val_loss"][k:], rtol=0, atol=TOL)
 
 
-def test_resume_twice_and_by_optimizer_name(backend, tmp_path):
-    """Two interruptions in one run; the resumed fit names its optimizer again (state continues)."""
+def _uninterrupted_binary_run(backend):
+    """The binary model trained EPOCHS epochs in one fit with Adam at lr 0.02: (X, y, fit arguments, model)."""
     X, y = _data("binary")
     kwargs = _fit_kwargs("binary", X, y)
     full = _model(backend, "binary")
     full.fit(X, y, optimizer="adam", lr=0.02, epochs=EPOCHS, **kwargs)
+    return X, y, kwargs, full
 
+
+def test_resume_twice_and_by_optimizer_name(backend, tmp_path):
+    """Two interruptions in one run; the resumed fit names its optimizer again (state continues)."""
+    X, y, kwargs, full = _uninterrupted_binary_run(backend)
     model = _model(backend, "binary")
     model.fit(X, y, optimizer="adam", lr=0.02, epochs=2, **kwargs)
     model.save(tmp_path / "a.npz")
@@ -132,10 +137,7 @@ def test_resume_twice_and_by_optimizer_name(backend, tmp_path):
 def test_resume_in_memory_equals_split_fit_calls(backend):
     """fit(epochs=a) then fit(epochs=b) on one model is fit(epochs=a+b): counters and RNGs carry over."""
     # the binary model and optimizer of the test above: on JAX its programs are compiled already
-    X, y = _data("binary")
-    kwargs = _fit_kwargs("binary", X, y)
-    full = _model(backend, "binary")
-    full.fit(X, y, optimizer="adam", lr=0.02, epochs=EPOCHS, **kwargs)
+    X, y, kwargs, full = _uninterrupted_binary_run(backend)
     split = _model(backend, "binary")
     split.fit(X, y, optimizer="adam", lr=0.02, epochs=2, **kwargs)
     split.fit(X, y, optimizer="adam", lr=0.02, epochs=EPOCHS - 2, **kwargs)
