@@ -197,7 +197,7 @@ def weighted_fit(backend: str, comm=None):
     w = np.random.default_rng(5).uniform(0.0, 3.0, size=len(X))
     w[:40] *= 0.05
     w[60:70] = 0.0
-    loss = nnx.losses.CrossEntropy(reduction="mean_with_sample_weight")
+    loss = nnx.losses.CrossEntropy(from_logits=False, reduction="mean_with_sample_weight")  # the model ends in Softmax
     return model, model.fit(X, y, loss=loss, sample_weight=w, optimizer="adam", lr=0.01, batch_size=20, epochs=2,
                             accumulate=2, shuffle=False, metrics=["accuracy"], distributed=comm)
 
