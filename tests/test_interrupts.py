@@ -55,12 +55,10 @@ def _data(n: int = 48):
     return X, (X[:, :1] - X[:, 1:2] > 0).astype(float)
 
 
-def _model(backend, depth: int = 3, seed: int = 5) -> nnx.Sequential:
-    layers = [nnx.Dense(5, 6), nnx.Tanh()]
-    for _ in range(depth - 2):
-        layers += [nnx.Dense(6, 6), nnx.ReLU(), nnx.Dropout(0.1)]
-    layers += [nnx.Dense(6, 1), nnx.Sigmoid()]
-    return nnx.Sequential(*layers, backend=backend, dtype="float64", seed=seed)
+def _model(backend, seed: int = 5) -> nnx.Sequential:
+    """The module's one model: on JAX each test after the first of an optimizer reuses its compiled programs."""
+    return nnx.Sequential(nnx.Dense(5, 6), nnx.Tanh(), nnx.Dense(6, 6), nnx.ReLU(), nnx.Dropout(0.1), nnx.Dense(6, 1),
+                          nnx.Sigmoid(), backend=backend, dtype="float64", seed=seed)
 
 
 def _host(model) -> list[np.ndarray]:
@@ -77,12 +75,27 @@ class Recorder(Callback):
         self.after_step.append(_host(self.model))
 
 
-def _reference(backend, optimizer, epochs, **kw) -> list[list[np.ndarray]]:
+def _reference(backend, optimizer, epochs, **fit) -> list[list[np.ndarray]]:
     X, y = _data()
-    model = _model(backend, **kw)
+    model = _model(backend)
     rec = Recorder()
-    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=epochs, batch_size=8, callbacks=[rec])
-    return rec.after_step
+    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=epochs, batch_size=8, callbacks=[rec], **fit)
+    return rec.after_step  # indexed by batch: with `accumulate`, not by update
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """``reference(backend, optimizer, **fit)``: the 2-epoch `_reference` run, made once per module for each
+    backend, optimizer and fit arguments; the tests only read it (it was run again by each of their cases)."""
+    runs: dict = {}
+
+    def run(backend, optimizer, **fit) -> list[list[np.ndarray]]:
+        key = (backend, optimizer, tuple(sorted(fit.items())))
+        if key not in runs:
+            runs[key] = _reference(backend, optimizer, epochs=2, **fit)
+        return runs[key]
+
+    return run
 
 
 def _assert_weights(model, expected: list[np.ndarray], exact: bool = True) -> None:
@@ -110,9 +123,9 @@ class RaiseAt(Callback):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_keyboard_interrupt_from_callback(backend, optimizer):
+def test_keyboard_interrupt_from_callback(backend, optimizer, reference):
     _fault("KeyboardInterrupt in on_batch_end")
-    ref = _reference(backend, optimizer, epochs=3)
+    ref = reference(backend, optimizer)
     X, y = _data()
     model = _model(backend)
     history = model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=3, batch_size=8,
@@ -127,9 +140,9 @@ def test_keyboard_interrupt_from_callback(backend, optimizer):
     assert not more.interrupted and model.epochs_trained == 2
 
 
-def test_keyboard_interrupt_at_epoch_end(backend):
+def test_keyboard_interrupt_at_epoch_end(backend, reference):
     _fault("KeyboardInterrupt in on_epoch_end")
-    ref = _reference(backend, "adam", epochs=2)
+    ref = reference(backend, "adam")
     X, y = _data()
     model = _model(backend)
     history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=3, batch_size=8,
@@ -163,12 +176,12 @@ OPTIMIZERS = {"adam": lambda ps: nnx.optim.Adam(ps, lr=0.05), "sgd": lambda ps: 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("before_param", [0, 3])
 @pytest.mark.parametrize("hooked", ["before_first_step", "after_first_epoch"])
-def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, before_param, hooked):
+def test_sigint_in_the_middle_of_an_optimizer_step(backend, optimizer, before_param, hooked, reference):
     """A SIGINT inside the step: the step still completes for every parameter (and the step
     counters), then fit returns interrupted. Hooking after the first epoch keeps a backend's
     fused flat update (the numpy fast path) in play; hooking before forces per-parameter updates."""
     _fault("SIGINT inside optimizer step")
-    ref = _reference(backend, optimizer, epochs=2)
+    ref = reference(backend, optimizer)
     X, y = _data()
     model = _model(backend)
     opt = OPTIMIZERS[optimizer](model.parameters())
@@ -205,23 +218,14 @@ class SigintAt(Callback):
 ACCUMULATE = 3  # 6 batches of 8 per epoch: 2 updates
 
 
-def _accumulated_reference(backend, optimizer, epochs, **fit) -> list[list[np.ndarray]]:
-    X, y = _data()
-    model = _model(backend)
-    rec = Recorder()
-    model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=epochs, batch_size=8, accumulate=ACCUMULATE,
-              callbacks=[rec], **fit)
-    return rec.after_step  # indexed by batch, not by update
-
-
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("at", [2, 4, 5, 11])
-def test_sigint_mid_accumulation_never_applies_half_a_step(backend, optimizer, at):
+def test_sigint_mid_accumulation_never_applies_half_a_step(backend, optimizer, at, reference):
     """Interrupted after some of the k batches of an update (at=2, 5, 11: after k-1 of k): the batches
     gathered so far are dropped, the weights are the last completed update's, and the next fit starts
     a fresh accumulation."""
     _fault("SIGINT mid-accumulation")
-    ref = _accumulated_reference(backend, optimizer, epochs=2, clip_norm=0.5)
+    ref = reference(backend, optimizer, accumulate=ACCUMULATE, clip_norm=0.5)
     X, y = _data()
     model = _model(backend)
     history = model.fit(X, y, loss="bce", optimizer=optimizer, lr=0.05, epochs=2, batch_size=8,
@@ -240,10 +244,10 @@ def test_sigint_mid_accumulation_never_applies_half_a_step(backend, optimizer, a
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_sigint_inside_an_accumulated_update(backend, optimizer):
+def test_sigint_inside_an_accumulated_update(backend, optimizer, reference):
     """A SIGINT inside the optimizer step of an accumulated update: that update completes, then fit stops."""
     _fault("SIGINT inside an accumulated update")
-    ref = _accumulated_reference(backend, optimizer, epochs=2)
+    ref = reference(backend, optimizer, accumulate=ACCUMULATE)
     X, y = _data()
     model = _model(backend)
     opt = OPTIMIZERS[optimizer](model.parameters())
@@ -348,15 +352,18 @@ class SigintAfter(Callback):
 
 
 def test_sigint_from_a_timer_thread_lands_between_steps(backend):
-    """Real Ctrl-C at arbitrary moments: the weights always equal those after some whole step."""
+    """Real Ctrl-C at arbitrary moments: the weights always equal those after some whole step.
+
+    The module's model, not a deeper one: the share of a step spent updating parameters, where a Ctrl-C would
+    split an update, does not grow with depth, and on JAX a model of its own cost two programs (about 7 s)."""
     X, y = _data()
     gen = np.random.default_rng(0)
     stopped = []  # (trial, steps taken, the weights then)
     for trial in range(6):
         _fault("SIGINT from a timer thread")
-        model = _model(backend, depth=6)
+        model = _model(backend)
         model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=1, batch_size=8)  # warm up (JIT etc.)
-        ctrl_c = SigintAfter(float(gen.uniform(0.005, 0.15)))
+        ctrl_c = SigintAfter(float(gen.uniform(0.005, 0.1)))  # from inside the first epoch to many epochs in
         try:
             history = model.fit(X, y, epochs=5000, batch_size=8, callbacks=[ctrl_c])
         finally:
@@ -366,7 +373,7 @@ def test_sigint_from_a_timer_thread_lands_between_steps(backend):
         assert model.optimizer.param_steps == [steps] * len(model.parameters()), trial
         stopped.append((trial, steps, _host(model)))
     # one reference run long enough for every trial, not one more each time a trial got further
-    ref = _reference(backend, "adam", epochs=max(steps for _, steps, _ in stopped) // 6 + 2, depth=6)
+    ref = _reference(backend, "adam", epochs=max(steps for _, steps, _ in stopped) // 6 + 2)
     for trial, steps, weights in stopped:
         for got, want in zip(weights, ref[steps - 1], strict=True):
             np.testing.assert_array_equal(got, want, err_msg=f"trial {trial}")
