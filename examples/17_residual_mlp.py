@@ -47,7 +47,7 @@ losses, first_epoch = {}, {}
 for name, residual in (("plain", False), ("residual", True)):
     model = network(residual)
     analyzer = GradientAnalyzer(warn=False)  # the table below says it; warnings would repeat it
-    history = model.fit(X, y, loss="mse", optimizer="adam", lr=3e-3, epochs=10 if args.quick else 40,
+    history = model.fit(X, y, loss="mse", optimizer="adam", lr=3e-3, epochs=5 if args.quick else 40,
                         batch_size=32, callbacks=[analyzer])
     losses[name] = history["loss"]
     steps = -(-X.shape[0] // 32)
