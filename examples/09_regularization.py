@@ -27,7 +27,7 @@ args = parse_args(__doc__)
 
 X_train, y_train = make_moons(n_samples=60, noise=0.35, random_state=2)
 X_val, y_val = make_moons(n_samples=500, noise=0.35, random_state=3)
-epochs = 30 if args.quick else 400
+epochs = 15 if args.quick else 400
 bce = nnx.losses.BinaryCrossEntropy()
 
 
