@@ -174,8 +174,8 @@ def test_pickled_estimator_continues_with_the_same_dropout_masks(backend):
     # a copy (pickle, joblib, deepcopy) resumes the dropout stream where the original is, not from its seed
     import copy
 
-    X, y = _blobs(classes=2)
-    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=2, dropout=0.3, random_state=0,
+    X, y = _blobs(classes=2)  # with 8 hidden units, the data and first layer of the other backend tests (JAX)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, dropout=0.3, random_state=0,
                         backend=backend.spec).fit(X, y)
     copies = [pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)]
     for est in (clf, *copies):
@@ -190,8 +190,8 @@ def test_a_backend_object_as_parameter_clones_and_pickles(backend):
     # backend=nnx.get_backend(...) is as valid as its name; GridSearchCV clones it and n_jobs pickles it
     import copy
 
-    X, y = _blobs(classes=2)
-    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, backend=backend)
+    X, y = _blobs(classes=2)  # with 8 hidden units, the data and first layer of the other backend tests (JAX)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, backend=backend)
     assert clone(clf).get_params()["backend"] == backend
     assert pickle.loads(pickle.dumps(clf)).get_params()["backend"] == backend
     clf.fit(X, y)
@@ -767,11 +767,14 @@ def test_a_minibatch_of_zero_weights_fails_naming_it(alpha):
 
 def test_sample_weight_on_every_backend(backend, dtype):
     """Weighted rows equal repeated rows on every backend, NumPy weights in, NumPy out."""
-    X, _, y, w = _weighted_data(seed=5, n=30)
+    X, y = _blobs()
+    # weights 0, 1 and 2, thirty rows each: the repeated rows are as many as the weighted ones, and X and the
+    # network are test_classifier_on_every_backend's, so JAX compiles the network's operations for one shape
+    w = np.random.default_rng(5).permutation(np.repeat([0, 1, 2], 30))
     # L-BFGS (weights on the device, the loss called directly) where float64 makes it comparable, else Adam
     # (weights through model.fit); see test_sample_weight_equals_repetition
     solver, tol = ("lbfgs", 1e-9) if dtype == "float64" else ("adam", 2e-4)
-    params = dict(hidden_layer_sizes=(5,), solver=solver, max_iter=15, learning_rate_init=0.01, random_state=0,
+    params = dict(hidden_layer_sizes=(8,), solver=solver, max_iter=15, learning_rate_init=0.01, random_state=0,
                   backend=backend.spec, dtype=dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
