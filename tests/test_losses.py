@@ -198,8 +198,9 @@ def test_ce_float_labels_holding_integers(backend, rng):
 def test_ce_on_probabilities_reads_scaled_ones_as_they_are(backend):
     """A Softmax followed by Dropout gives, in training, probabilities scaled by 1/(1-rate) (some above 1) or
     zeroed: the loss is -sum(t log p) of exactly those (only p below eps is clipped), with its exact gradient."""
-    p = np.array([[1.25, 0.0, 0.5], [0.2, 1.6, 0.0], [0.0, 0.4, 1.1]])
-    t = np.array([[0.7, 0.1, 0.2], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5]])
+    # (N, C), as the cross-entropy cases: JAX compiles the loss's operations once for both
+    p = np.array([[1.25, 0.0, 0.5], [0.2, 1.6, 0.0], [0.0, 0.4, 1.1], [0.3, 0.0, 0.9]])
+    t = np.array([[0.7, 0.1, 0.2], [0.0, 1.0, 0.0], [0.2, 0.3, 0.5], [0.4, 0.0, 0.6]])
     loss = L.CrossEntropy(from_logits=False)
     yt, yp = backend.asarray(t, dtype="float64"), backend.asarray(p, dtype="float64")
     expected = -(t * np.log(np.maximum(p, 1e-15))).sum(axis=1).mean()
@@ -218,14 +219,16 @@ def test_ce_on_probabilities_reads_scaled_ones_as_they_are(backend):
 @pytest.mark.parametrize("test_dtype", ["float32", "float64"])
 def test_bce_from_logits_exact_at_extreme_logits(backend, test_dtype):
     loss = L.BinaryCrossEntropy(from_logits=True)
-    z = np.array([1000.0, -1000.0, 1e4, -1e4, 1000.0, -1000.0])
-    y = np.array([0.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    # (N, 2), the bce_logits case's shape: JAX compiles the loss's operations once for both
+    z = np.array([[1000.0, -1000.0], [1e4, -1e4], [1000.0, -1000.0], [1e4, -1e4]])
+    y = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
     value, grad = _quietly(loss.value_and_grad, backend.asarray(y, dtype=test_dtype),
                            backend.asarray(z, dtype=test_dtype))
-    # Per element: 1000, 1000, 1e4, 1e4, 0, 0 (to rounding).
-    np.testing.assert_allclose(backend.to_float(value), (2000.0 + 2e4) / 6, rtol=1e-6 if test_dtype == "float32"
+    # Per element: 1000, 1000, 1e4, 1e4, then four right predictions of 0 (to rounding).
+    np.testing.assert_allclose(backend.to_float(value), (2000.0 + 2e4) / 8, rtol=1e-6 if test_dtype == "float32"
                                else 1e-14)
-    np.testing.assert_allclose(backend.to_host(grad), np.array([1, -1, 1, -1, 0, 0]) / 6, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(backend.to_host(grad), np.array([[1, -1], [1, -1], [0, 0], [0, 0]]) / 8, rtol=1e-6,
+                               atol=0)
 
     single = loss(backend.asarray(np.array([0.0]), dtype=test_dtype), backend.asarray(np.array([1000.0]),
                                                                                       dtype=test_dtype))
@@ -273,8 +276,9 @@ def test_ce_from_logits_with_masked_classes(backend, test_dtype):
     (while the gradient stayed finite), so fit stopped on a loss that is finite; a target on it costs inf."""
     torch, F = _torch()
     inf = np.inf
-    logits = np.array([[0.0, -inf, 1.0], [2.0, 0.0, -inf]])
-    labels = np.array([0, 1])
+    # (N, C) and N labels, as the cross-entropy cases: JAX compiles the loss's operations once for both
+    logits = np.array([[0.0, -inf, 1.0], [2.0, 0.0, -inf], [-inf, 3.0, 0.5], [1.0, 1.0, 1.0]])
+    labels = np.array([0, 1, 1, 2])
     z = torch.tensor(logits, requires_grad=True)
     expected = F.cross_entropy(z, torch.tensor(labels))
     expected_grad, = torch.autograd.grad(expected, z)
@@ -283,11 +287,12 @@ def test_ce_from_logits_with_masked_classes(backend, test_dtype):
         value, grad = _quietly(L.CrossEntropy().value_and_grad, y_true, backend.asarray(logits, dtype=test_dtype))
         assert backend.to_float(value) == pytest.approx(expected.item(), rel=tol)
         np.testing.assert_allclose(backend.to_host(grad), expected_grad.numpy(), rtol=tol, atol=tol)
-    on_masked = _quietly(L.CrossEntropy(), backend.asarray(np.array([1])),
-                         backend.asarray(logits[:1], dtype=test_dtype))
+    on_masked = _quietly(L.CrossEntropy(), backend.asarray(np.array([1, 1, 1, 2])),  # the first row's target
+                         backend.asarray(logits, dtype=test_dtype))
     assert backend.to_float(on_masked) == inf
-    nan_row = _quietly(L.CrossEntropy(), backend.asarray(np.array([0])),
-                       backend.asarray(np.array([[np.nan, 0.0, 1.0]]), dtype=test_dtype))
+    with_nan = logits.copy()
+    with_nan[0] = [np.nan, 0.0, 1.0]
+    nan_row = _quietly(L.CrossEntropy(), backend.asarray(labels), backend.asarray(with_nan, dtype=test_dtype))
     assert np.isnan(backend.to_float(nan_row))
 
 
@@ -352,31 +357,31 @@ def test_ce_shape_mismatch(backend):
 
 @pytest.mark.parametrize("from_logits", [True, False])
 def test_ce_class_index_out_of_range(backend, from_logits):
-    logits = backend.asarray(np.full((3, 3), 1 / 3), dtype="float64")
+    logits = backend.asarray(np.full((N, C), 1 / 3), dtype="float64")  # (N, C) as the cases: one compile on JAX
     loss = L.CrossEntropy(from_logits=from_logits)
-    for bad in ([0, 1, 3], [0, -1, 2]):
+    for bad in ([0, 1, 3, 2], [0, -1, 2, 1]):
         with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\)"):
             loss(backend.asarray(np.array(bad)), logits)
         with pytest.raises(ValueError, match=r"\[0, 3\)"):
             loss.value_and_grad(backend.asarray(np.array(bad)), logits)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        loss.gradient(backend.asarray(np.array([0.0, 1.0, 3.0]), dtype="float64"), logits)
+        loss.gradient(backend.asarray(np.array([0.0, 1.0, 3.0, 2.0]), dtype="float64"), logits)
 
 
 def test_ce_nan_class_targets_are_named_nan(backend):
     # found in review: NaN class indices were refused as "must lie in [0, 3)", which sends a user looking for
     # an out-of-range label instead of the missing one
-    logits = backend.asarray(np.zeros((3, 3)), dtype="float64")
+    logits = backend.asarray(np.zeros((N, C)), dtype="float64")
     with pytest.raises(ValueError, match="class indices hold NaN"):
-        L.CrossEntropy()(backend.asarray(np.array([0.0, np.nan, 2.0]), dtype="float64"), logits)
+        L.CrossEntropy()(backend.asarray(np.array([0.0, np.nan, 2.0, 1.0]), dtype="float64"), logits)
 
 
 def test_ce_non_integer_class_targets(backend):
-    logits = backend.asarray(np.zeros((3, 3)), dtype="float64")
+    logits = backend.asarray(np.zeros((N, C)), dtype="float64")
     with pytest.raises(ValueError, match="must be integers, got non-integer values"):
-        L.CrossEntropy()(backend.asarray(np.array([0.0, 1.5, 2.0]), dtype="float64"), logits)
+        L.CrossEntropy()(backend.asarray(np.array([0.0, 1.5, 2.0, 1.0]), dtype="float64"), logits)
     with pytest.raises(ValueError, match="must be integers, got dtype"):
-        L.CrossEntropy()(backend.asarray(np.array([True, False, True])), logits)
+        L.CrossEntropy()(backend.asarray(np.array([True, False, True, False])), logits)
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -399,8 +404,8 @@ def test_ce_narrow_integer_class_targets(backend, rng, from_logits):
 @pytest.mark.parametrize("from_logits", [True, False])
 def test_bce_targets_outside_unit_interval(backend, from_logits):
     loss = L.BinaryCrossEntropy(from_logits=from_logits)
-    yp = backend.asarray(np.full((3, 1), 0.5), dtype="float64")
-    for bad in ([0.0, 1.5, 1.0], [0.0, -0.1, 1.0], [0.0, np.nan, 1.0]):
+    yp = backend.asarray(np.full((N, 1), 0.5), dtype="float64")  # (N, 1) as the column-target tests
+    for bad in ([0.0, 1.5, 1.0, 0.5], [0.0, -0.1, 1.0, 0.5], [0.0, np.nan, 1.0, 0.5]):
         yt = backend.asarray(np.array(bad)[:, None], dtype="float64")
         with pytest.raises(ValueError, match=r"y_true .*\[0, 1\]"):
             loss(yt, yp)
@@ -415,22 +420,24 @@ def test_probability_predictions_outside_their_range(backend):
     loss (torch's binary_cross_entropy refuses such inputs); cross-entropy on probabilities did the same with a
     negative one (above 1 stays accepted: Dropout after Softmax). Refused when checking; NaN propagates."""
     bce, ce = L.BinaryCrossEntropy(), L.CrossEntropy(from_logits=False)
-    yt = backend.asarray(np.array([[0.0], [1.0], [1.0]]), dtype="float64")
+    # (N, 1) and (N, C), shapes the other tests use: JAX compiles the checks' operations once
+    yt = backend.asarray(np.array([[0.0], [1.0], [1.0], [0.0]]), dtype="float64")
     for bad in (1.5, -0.1, np.inf, -np.inf):
-        yp = backend.asarray(np.array([[0.5], [bad], [0.9]]), dtype="float64")
+        yp = backend.asarray(np.array([[0.5], [bad], [0.9], [0.2]]), dtype="float64")
         for call in (bce, bce.gradient, bce.value_and_grad):
             with pytest.raises(ValueError, match=r"^y_pred for binary cross-entropy .* \[0, 1\]"):
                 call(yt, yp)
         assert np.isfinite(float(backend.to_host(bce(yt, yp, check=False))))  # the unchecked path reads no values
-    nan = backend.asarray(np.array([[0.5], [np.nan], [0.9]]), dtype="float64")
+    nan = backend.asarray(np.array([[0.5], [np.nan], [0.9], [0.2]]), dtype="float64")
     assert np.isnan(float(backend.to_host(bce(yt, nan))))
-    labels = backend.asarray(np.array([0, 1]))
+    labels = backend.asarray(np.array([0, 1, 2, 2]))
+    rest = [[0.2, 0.3, 0.5], [0.1, 0.1, 0.8]]
     for bad in (-0.1, -np.inf):
-        yp = backend.asarray(np.array([[0.5, 0.5], [bad, 1.1]]), dtype="float64")
+        yp = backend.asarray(np.array([[0.5, 0.25, 0.25], [bad, 1.1, 0.0], *rest]), dtype="float64")
         for call in (ce, ce.gradient, ce.value_and_grad):
             with pytest.raises(ValueError, match=r"^y_pred for cross-entropy .* >= 0"):
                 call(labels, yp)
-    ce(labels, backend.asarray(np.array([[0.5, 0.5], [0.0, 1.25]]), dtype="float64"))
+    ce(labels, backend.asarray(np.array([[0.5, 0.25, 0.25], [0.0, 1.25, 0.0], *rest]), dtype="float64"))
 
 
 @pytest.mark.parametrize("from_logits", [True, False])
@@ -438,20 +445,21 @@ def test_ce_target_rows_with_negative_entries(backend, from_logits):
     """A row like [-1, 1, 0] makes cross-entropy unbounded below; such rows (and NaN) are refused where BCE
     refuses targets outside [0, 1]. Rows that do not sum to 1 (weights folded in) stay accepted."""
     loss = L.CrossEntropy(from_logits=from_logits)
-    yp = backend.asarray(np.full((2, 3), 1 / 3), dtype="float64")
-    for bad in ([[-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[0.0, 1.0, 0.0], [np.nan, 0.0, 1.0]]):
+    yp = backend.asarray(np.full((N, C), 1 / 3), dtype="float64")  # (N, C) as the cases: one compile on JAX
+    rest = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    for bad in ([[-1.0, 1.0, 0.0], [0.0, 0.0, 1.0], *rest], [[0.0, 1.0, 0.0], [np.nan, 0.0, 1.0], *rest]):
         yt = backend.asarray(np.array(bad), dtype="float64")
         for call in (loss, loss.gradient, loss.value_and_grad):
             with pytest.raises(ValueError, match=r"^y_true for cross-entropy must be .* entries >= 0 \(and not NaN\)"):
                 call(yt, yp)
         loss(yt, yp, check=False)  # the unchecked path reads no values
-    loss(backend.asarray(np.array([[0.0, 2.0, 0.5], [0.0, 0.0, 1.0]]), dtype="float64"), yp)
+    loss(backend.asarray(np.array([[0.0, 2.0, 0.5], [0.0, 0.0, 1.0], *rest]), dtype="float64"), yp)
 
 
 def test_check_false_skips_value_checks(backend):
     # The unchecked path reads no values (no device sync), so bad values pass silently.
-    yp = backend.asarray(np.full((2, 1), 0.5), dtype="float64")
-    L.BinaryCrossEntropy().value_and_grad(backend.asarray(np.array([[2.0], [0.0]]), dtype="float64"), yp,
+    yp = backend.asarray(np.full((N, 1), 0.5), dtype="float64")
+    L.BinaryCrossEntropy().value_and_grad(backend.asarray(np.array([[2.0], [0.0], [0.5], [1.0]]), dtype="float64"), yp,
                                           check=False)
 
 
@@ -714,13 +722,13 @@ def test_mean_with_sample_weight(backend, rng):
 @pytest.mark.parametrize("test_dtype", ["float32", "float64"])
 def test_mean_with_sample_weight_of_extreme_weights(backend, test_dtype, rng):
     """Equal weights give the plain mean however large (their sum overflows) or small (subnormal) they are."""
-    y, p = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    y, p = rng.normal(size=(N, 2)), rng.normal(size=(N, 2))  # the mse case's shape: one compile on JAX
     yb, pb = backend.asarray(y, dtype=test_dtype), backend.asarray(p, dtype=test_dtype)
     loss = L.MSE(reduction="mean_with_sample_weight")
     plain_v, plain_g = (backend.to_host(a) for a in loss.value_and_grad(yb, pb))
     finfo = np.finfo(test_dtype)
     for weight in (float(finfo.max) / 2, float(finfo.smallest_subnormal) * 2):
-        w = backend.asarray(np.full(4, weight), dtype=test_dtype)
+        w = backend.asarray(np.full(N, weight), dtype=test_dtype)
         if not np.all(backend.to_host(w / w) == 1):
             continue  # the backend's arithmetic cannot say w / w = 1 (XLA on a CPU flushes subnormals to 0)
         v, g = _quietly(loss.value_and_grad, yb, pb, w)
