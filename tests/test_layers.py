@@ -34,7 +34,10 @@ def _build(layer, backend, dtype="float64", seed=0, input_shape=None):
 # -- model-level checks: each layer inside a small model, through nnx.check_gradients -------------
 
 def _model_cases():
-    """(id, layers factory, loss, target kind)."""
+    """(id, layers factory, loss, target kind).
+
+    One hidden width (4) and, in the tests below, one batch (6 rows of 3 features): on JAX each operation compiles
+    once per shape, so the cases share their Dense layers' compiled operations."""
     return [
         ("dense", lambda: [nnx.Dense(3, 2)], "mse", "reg"),
         ("dense-l1", lambda: [nnx.Dense(3, 4, regularizer=L1(0.05)), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
@@ -44,15 +47,15 @@ def _model_cases():
         ("sigmoid", lambda: [nnx.Dense(3, 4), nnx.Sigmoid(), nnx.Dense(4, 2)], "mse", "reg"),
         ("sigmoid-bce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid()], "bce", "binary"),
         ("tanh", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
-        ("relu", lambda: [nnx.Dense(3, 5), nnx.ReLU(), nnx.Dense(5, 2)], "mse", "reg"),
-        ("leaky_relu", lambda: [nnx.Dense(3, 5), nnx.LeakyReLU(0.1), nnx.Dense(5, 2)], "mse", "reg"),
+        ("relu", lambda: [nnx.Dense(3, 4), nnx.ReLU(), nnx.Dense(4, 2)], "mse", "reg"),
+        ("leaky_relu", lambda: [nnx.Dense(3, 4), nnx.LeakyReLU(0.1), nnx.Dense(4, 2)], "mse", "reg"),
         ("softmax-mse", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3), nnx.Softmax()], "mse", "reg3"),
         ("softmax-ce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3), nnx.Softmax()],
          nnx.losses.CrossEntropy(from_logits=False), "classes3"),
         ("logits-ce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 3)], "cross_entropy", "classes3"),
         ("logits-bce", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1)], "bce_with_logits", "binary"),
         ("identity", lambda: [nnx.Dense(3, 4), nnx.Identity(), nnx.Dense(4, 2), nnx.Identity()], "mse", "reg"),
-        ("dropout", lambda: [nnx.Dense(3, 6), nnx.Tanh(), nnx.Dropout(0.5), nnx.Dense(6, 2)], "mse", "reg"),
+        ("dropout", lambda: [nnx.Dense(3, 4), nnx.Tanh(), nnx.Dropout(0.5), nnx.Dense(4, 2)], "mse", "reg"),
         ("deep-mixed", lambda: [nnx.Dense(3, 4, init="glorot"), nnx.Sigmoid(), nnx.Dropout(0.3),
                                 nnx.Dense(4, 4), nnx.LeakyReLU(0.2), nnx.Dense(4, 1)], "mae", "reg1"),
         ("batchnorm", lambda: [nnx.Dense(3, 4), nnx.BatchNorm(), nnx.Tanh(), nnx.Dense(4, 2)], "mse", "reg"),
@@ -88,7 +91,7 @@ def test_check_gradients_model_wide_regularizer(backend):
     model = nnx.Sequential(nnx.Dense(3, 4, regularizer=L1(0.02)), nnx.ReLU(), nnx.Dense(4, 2),
                            backend=backend, dtype="float64", seed=4, regularizer=L2(0.5))
     rng = np.random.default_rng(2)
-    err = nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2)), "mse")
+    err = nnx.check_gradients(model, rng.standard_normal((6, 3)), rng.standard_normal((6, 2)), "mse")
     assert err < TOL
 
 
@@ -109,7 +112,7 @@ def test_check_gradients_float32_model_checked_in_float64(backend):
                            dtype="float32", seed=0)
     before = {k: backend.to_host(v).copy() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
-    err = nnx.check_gradients(model, rng.standard_normal((4, 3)), rng.standard_normal((4, 1)))
+    err = nnx.check_gradients(model, rng.standard_normal((6, 3)), rng.standard_normal((6, 1)))
     assert err < TOL
     assert model.dtype == "float32"  # the check works on a float64 copy
     for k, v in model.state_dict().items():
@@ -149,8 +152,8 @@ def test_layer_gradients_against_finite_differences(backend, case):
     rng = np.random.default_rng(7)
     for p in layer.parameters():  # away from the ones/zeros a norm layer starts at, so every term is tested
         p.value = backend.asarray(rng.standard_normal(p.shape), dtype="float64")
-    X_host = rng.standard_normal((5, 3))
-    out_shape = (5, 4) if isinstance(layer, nnx.Dense) else (5, 3)
+    X_host = rng.standard_normal((6, 3))  # the model-level checks' batch: one compile per operation on JAX
+    out_shape = (6, 4) if isinstance(layer, nnx.Dense) else (6, 3)
     G = backend.asarray(rng.standard_normal(out_shape), dtype="float64")
     rng_state = layer.rng.get_state() if isinstance(layer, nnx.Dropout) else None
 
@@ -165,7 +168,7 @@ def test_layer_gradients_against_finite_differences(backend, case):
     X = backend.asarray(X_host, dtype="float64")
     loss(X)
     dX = layer.backward(G)
-    assert tuple(dX.shape) == (5, 3)
+    assert tuple(dX.shape) == (6, 3)
     assert backend.owns(dX)
     analytic = [(p, backend.to_host(p.grad)) for p in layer.parameters()]
 
@@ -404,12 +407,13 @@ def test_settings_set_after_construction_are_used_moved_and_saved(backend, tmp_p
     run (a compiled program too), and that `to()` and save/load keep. Their configs held the constructor's
     values, so JAX kept running the program compiled before the change, and copies went back to the old ones."""
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 4))
+    # the gradient checks' 6 rows of 3 features, in one batch: on JAX the plain run's operations compile once
+    X, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 4))
     runs = []
     for fast in (True, False):
         model = nnx.Sequential(nnx.Dense(3, 4), nnx.LeakyReLU(0.1), nnx.Dropout(0.3),
                                backend=backend.with_fastpath(fast), dtype="float64", seed=0)
-        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=4, verbose=0)
+        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=6, verbose=0)
         model.predict(X)  # programs compiled with the first settings
         model.layers[1].alpha, model.layers[2].rate = 0.9, 0.0
         W, b = (backend.to_host(p.value) for p in model.layers[0].parameters())
@@ -418,7 +422,7 @@ def test_settings_set_after_construction_are_used_moved_and_saved(backend, tmp_p
         model.save(tmp_path / "m.npz")
         for copy in (model.to(backend), nnx.load(tmp_path / "m.npz")):
             assert (copy.layers[1].alpha, copy.layers[2].rate) == (0.9, 0.0)
-        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=4, verbose=0)
+        model.fit(X, y, loss="mse", optimizer="sgd", lr=0.1, epochs=1, batch_size=6, verbose=0)
         runs.append([backend.to_host(p.value) for p in model.parameters()])
     for derived, plain in zip(*runs, strict=True):
         np.testing.assert_allclose(derived, plain, rtol=1e-12, atol=1e-14)
