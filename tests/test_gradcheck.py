@@ -79,6 +79,31 @@ def test_a_right_backward_passes_and_each_array_has_its_error(backend):
     assert max(result.errors.values()) == float(result)
 
 
+class GradcheckCountsPasses(GradcheckScaleShift):
+    """Counts its training forwards and its backwards (the check works on a copy: the counts are the class's)."""
+
+    passes = {"forward": 0, "backward": 0}
+
+    def forward(self, X, training=False):
+        if training:
+            type(self).passes["forward"] += 1
+        return super().forward(X, training)
+
+    def backward(self, dY, need_dX=True):
+        type(self).passes["backward"] += 1
+        return super().backward(dY, need_dX)
+
+
+def test_the_finite_differences_run_forwards_only():
+    # the analytic gradients are two backward passes' (the second is checked); the two shifted losses of each
+    # checked entry (2 + 2 + 4 + 2 parameter entries, 8 input entries) are forwards alone: a backward there is
+    # thrown away
+    GradcheckCountsPasses.passes = {"forward": 0, "backward": 0}
+    assert _check("numpy", GradcheckCountsPasses()) < 1e-6
+    assert GradcheckCountsPasses.passes["backward"] == 2
+    assert GradcheckCountsPasses.passes["forward"] >= 2 + 2 * (2 + 2 + 4 + 2 + 8)
+
+
 def test_a_parameter_left_without_gradient_is_caught_and_named(backend):
     result = _check(backend, GradcheckForgetsShift())
     assert result > 0.5  # None counts as a zero gradient, against a non-zero numeric one

@@ -40,6 +40,19 @@ def loss_and_grads(model: Model, X: Any, y: Any, loss: Loss, sample_weight: Any 
     The portable path, for tools that need the plain gradient (gradient checks, L-BFGS).
     """
     n_run, head, _ = model.output_head(loss)
+    value, Z, dZ = forward_and_loss(model, X, y, n_run, head, sample_weight)
+    dX = model.backward_from_head(dZ, n_run, need_dX)
+    return value, Z, dX
+
+
+def forward_and_loss(model: Model, X: Any, y: Any, n_run: int, head: Loss,
+                     sample_weight: Any = None) -> tuple[Any, Any, Any]:
+    """(loss incl. penalty, head outputs, dL/dZ) of one training-mode forward through the first `n_run` layers,
+    read by `head` (both as `output_head` gives them): `loss_and_grads` before its backward.
+
+    Alone, it is what a finite difference evaluates: the same operations, so the same bits, without the backward
+    and without working out the head again for each evaluation.
+    """
     Z = model.forward_to_head(X, n_run, training=True)
     if sample_weight is None:
         value, dZ = head.value_and_grad(y, Z, check=False)
@@ -48,5 +61,4 @@ def loss_and_grads(model: Model, X: Any, y: Any, loss: Loss, sample_weight: Any 
     reg = model.penalty()
     if reg is not None:
         value = value + reg
-    dX = model.backward_from_head(dZ, n_run, need_dX)
-    return value, Z, dX
+    return value, Z, dZ
