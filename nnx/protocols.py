@@ -53,6 +53,8 @@ class Backend(Protocol):
 
     def split_rows(self, x: Array, sizes: list[int]) -> list[Array]: ...
 
+    def take_rows(self, x: Array, rows: Array) -> Array: ...  # rows at indices nnx made, each in range
+
     def finite_probe(self, x: Array) -> Array: ...  # finite when every element of 1-D x is (the sum, or cheaper)
 
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...

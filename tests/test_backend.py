@@ -498,6 +498,19 @@ def test_split_rows_equals_slicing(backend, dtype):
         np.testing.assert_array_equal(backend.to_host(block), host[start:stop].astype(dtype))
 
 
+def test_take_rows_gathers_the_rows_indexing_would(backend, dtype):
+    """`Backend.take_rows` (JAX's take without its per-index range check) gives the rows of a permutation, and of
+    a part of one, as NumPy's indexing does, NaN and inf rows included; targets and weights of other dtypes too."""
+    host = np.arange(7 * 3, dtype=np.float64).reshape(7, 3)
+    host[2, 1], host[5, 0] = np.nan, -np.inf
+    perm = np.array([6, 0, 5, 2, 1, 4, 3])
+    x, rows = backend.asarray(host, dtype=dtype), backend.asarray(perm, argname="permutation")
+    for picked, want in ((rows, perm), (rows[2:5], perm[2:5]), (rows[6:], perm[6:])):
+        np.testing.assert_array_equal(backend.to_host(backend.take_rows(x, picked)), host[want].astype(dtype))
+    labels = backend.asarray(np.arange(7) % 3, argname="y")
+    np.testing.assert_array_equal(backend.to_host(backend.take_rows(labels, rows)), (np.arange(7) % 3)[perm])
+
+
 @pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "uint8", "float16", "float32", "float64"])
 def test_numpy_adapters_sum_is_numpys_sum(dtype):
     """The NumPy adapter's namespace sums with the ufunc reduction: the same values, dtypes and shapes as np.sum."""

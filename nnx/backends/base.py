@@ -178,6 +178,11 @@ class Backend:
             start += size
         return out
 
+    def take_rows(self, x: Any, rows: Any) -> Any:
+        """`x`'s rows at the integer indices `rows`, which nnx made itself (an epoch's permutation, a batch's part
+        of it), so each one is in range. Batches are gathered with it."""
+        return self.xp.take(x, rows, axis=0)
+
     def concat_flat(self, arrays: list[Any]) -> Any:
         """The arrays raveled and joined into one new 1-D array (the flat-buffer update gathers with it)."""
         xp = self.xp

@@ -85,23 +85,23 @@ class ArrayBatches:
 
     def epoch(self, window: Window | None = None) -> Iterator[tuple[Any, Any, Any]]:
         """This epoch's batches, in order; `window` keeps only those rows of each (a data-parallel rank's slice)."""
-        xp, be = self.model.xp, self.model.backend
+        be = self.model.backend
         X, y, w = self.X, self.y, self.w
         parts = self.slices if window is None else [_within(part, window) for part in self.slices]
         perm = None
         if self.shuffle:
             perm = be.asarray(self.model.shuffle_rng.permutation(self.n_samples), argname="permutation")
             if not self._gather:
-                X = xp.take(X, perm, axis=0)
-            y = None if y is None else xp.take(y, perm, axis=0)
-            w = None if w is None else xp.take(w, perm, axis=0)
+                X = be.take_rows(X, perm)
+            y = None if y is None else be.take_rows(y, perm)
+            w = None if w is None else be.take_rows(w, perm)
         # where the parts cover the rows in order, every batch is cut at once (`Backend.split_rows`);
         # X only when small, since its batches are then held together
         covered = window is None
         rows = self._pieces(perm if self._gather else X, parts, covered and (self._gather or self._split))
         ys, ws = self._pieces(y, parts, covered), self._pieces(w, parts, covered)
         for b in range(len(parts)):
-            Xb = xp.take(self.X, rows[b], axis=0) if self._gather else rows[b]
+            Xb = be.take_rows(self.X, rows[b]) if self._gather else rows[b]
             yield Xb, None if ys is None else ys[b], None if ws is None else ws[b]
 
     def _pieces(self, a: Any, parts: list[slice], at_once: bool) -> Any:

@@ -225,7 +225,7 @@ class EpochProgram:
             vals, sts, bfs, _, its, acc = carry
             if rows is not None:
                 (r,) = batch
-                batch = tuple(None if a is None else xp.take(a, r, axis=0) for a in (Xs, ys, ws))
+                batch = tuple(None if a is None else step.backend.take_rows(a, r) for a in (Xs, ys, ws))
             new_vals, new_sts, new_bfs, grads, value, Z, new_its, acc = self._one(vals, sts, bfs, lr, its, acc, *batch)
             return ((new_vals, tuple(dict(s) for s in new_sts), new_bfs, grads, new_its, acc),
                     (value, Z if outputs else None))
@@ -272,7 +272,7 @@ class EpochProgram:
                     Zs.append(xp.reshape(Z, (full * batch,) + tuple(Z.shape[2:])))
             if n > full * batch:
                 rest = slice(full * batch, n)
-                last = [None if a is None else a[rest, ...] if perm is None else xp.take(a, perm[rest], axis=0)
+                last = [None if a is None else a[rest, ...] if perm is None else step.backend.take_rows(a, perm[rest])
                         for a in (X, y, w)]
                 values, states, bufs, grads, value, Z, ints, acc = self._one(values, states, bufs, lr, ints, acc,
                                                                              *last)
@@ -282,7 +282,7 @@ class EpochProgram:
                 values, states, grads, ints = accumulated.flush(step, values, states, grads, ints, acc, lr)
             loss = losses[0] if len(losses) == 1 else xp.concat(losses)
             Z_all = (Zs[0] if len(Zs) == 1 else xp.concat(Zs, axis=0)) if outputs else None
-            targets = None if not outputs else y if perm is None else xp.take(y, perm, axis=0)
+            targets = None if not outputs else y if perm is None else step.backend.take_rows(y, perm)
             return values, states, bufs, grads, ints, loss, Z_all, targets
 
         return epoch
@@ -377,7 +377,7 @@ class EpochProgram:
         if not counts_by_weight(step.head, batches.w):
             return list(rows)
         xp = step.xp
-        w = batches.w if perm is None else xp.take(batches.w, perm, axis=0)
+        w = batches.w if perm is None else step.backend.take_rows(batches.w, perm)
         return [batch_weight(xp, step.head, r, w[s, ...]) for r, s in zip(rows, batches.slices, strict=True)]
 
     def run_chunks(self, batches: Any, outputs: bool, check_loss: Any) -> tuple[Any, list[int], list[Any], Any, Any]:
