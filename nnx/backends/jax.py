@@ -261,7 +261,7 @@ class JaxBackend(Backend):
     def take_rows(self, x: Any, rows: Any) -> Any:
         # JAX's take checks every index and fills the rows of those out of range by default: a comparison, a
         # reduction and a select in each gather of a program's step. nnx's indices are in range, and "clip" gathers
-        # the same rows without them (an epoch program of a small network compiles about 12% faster).
+        # the same rows without them (a small network's epoch programs: 5-16% less XLA compile time, the same run time).
         jnp = importlib.import_module("jax.numpy")
         return jnp.take(x, rows, axis=0, mode="clip")
 
