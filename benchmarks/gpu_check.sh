@@ -12,9 +12,10 @@
 #   step                                                                      timeout each   step at most
 #   0  driver: nvidia-smi, the CUDA major it runs                                     10            10
 #   1  installs, each only when missing and pip reaches an index (or WHEELHOUSE=dir):
+#        nnx's requirement array-api-compat, and array-api-strict for step 5's tests   30
 #        cupy:  pip install ".[cupy12]"  (cupy-cuda12x[ctk] + nvidia-nccl-cu12)       120
 #        torch: pip install torch --index-url https://download.pytorch.org/whl/cu128  150
-#        jax:   pip install "jax[cuda12]"  (jax[cuda13], cupy13, cu130 for a CUDA 13 driver)  120   390
+#        jax:   pip install "jax[cuda12]"  (jax[cuda13], cupy13, cu130 for a CUDA 13 driver)  120   450
 #   2  probe per backend (cupy, torch:cuda, jax:gpu): an elementwise kernel, a matmul
 #      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
 #   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
@@ -32,6 +33,9 @@
 #
 # Results land in $OUT (default benchmarks/gpu_results/): summary.txt, RESULTS.md, tests_*.log,
 # bench_*/, dp_*.log. Not in a dry run, RESULTS.md's section replaces "## GPU check" in benchmarks/RESULTS.md.
+# A machine with no package index but a GPU stack installed (CUDA builds of CuPy, torch and JAX) still lacks
+# nnx's own requirement; fetch the pure-Python wheels where pip works and pass their folder as WHEELHOUSE:
+#   python -m pip download --no-deps -d wheels "array-api-compat>=1.11" "array-api-strict>=2.3"
 # Environment: PYTHON (default python3), OUT, TOTAL, WHEELHOUSE, REPEATS (timed epochs, default 3),
 # TEST_WORKERS (default 8), TEST_FILES and TEST_ARGS (narrow step 5), STEPS (which of the steps after the probes
 # run, default "benchmark epochs profile parallel tests"; e.g. STEPS=tests gives step 5 the whole budget).
@@ -168,16 +172,20 @@ works() {  # spec -> exit 0 when nnx runs a sum on it
   timeout -k 5 60 "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" \
     >/dev/null 2>&1
 }
+imports() {  # module -> exit 0 when it imports
+  timeout -k 5 60 "$PY" -c "import $1" >/dev/null 2>&1
+}
 PIP=("$PY" -m pip install -q)
 [ -n "${WHEELHOUSE:-}" ] && PIP+=(--no-index --find-links "$WHEELHOUSE")
-install() {  # name, spec, timeout, pip arguments...
-  local name=$1 spec=$2 secs=$3; shift 3
+install() {  # name, check (works:SPEC or imports:MODULE), timeout, pip arguments...
+  local name=$1 secs=$3 probe=${2%%:*} subject=${2#*:}
+  shift 3
   if [ $DRY = 1 ]; then
-    record "install" "$name: would run, unless $spec works: pip install $*"
+    record "install" "$name: would run, unless $subject $probe: pip install $*"
     return
   fi
   if [ "$(left)" -lt 10 ]; then record "install" "$name: SKIPPED (out of time)"; return; fi
-  if works "$spec"; then record "install" "$name: already works"; return; fi
+  if "$probe" "$subject"; then record "install" "$name: already works"; return; fi
   if [ -z "${WHEELHOUSE:-}" ] && ! timeout 15 "$PY" -m pip download -q --no-deps -d "$OUT/pip-probe" pip \
       >/dev/null 2>&1; then
     record "install" "$name: not installed, and pip reaches no index (set WHEELHOUSE=dir of wheels)"
@@ -185,11 +193,14 @@ install() {  # name, spec, timeout, pip arguments...
   fi
   run_for "$(budget "$secs")" "${PIP[@]}" "$@" > "$OUT/install_$name.log" 2>&1
   local rc=$?
-  record "install" "$name: pip $(outcome $rc)$(works "$spec" && echo ', works now' || echo ', still not usable')"
+  record "install" "$name: pip $(outcome $rc)$("$probe" "$subject" && echo ', works now' || echo ', still not usable')"
 }
-install cupy "${SPECS%% *}" 120 -e ".[${CUPY_EXTRA}]"
-install torch torch:cuda 150 torch --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}"
-install jax jax:gpu 120 "jax[${JAX_EXTRA}]"
+# first what `import nnx` needs (every later check imports it), then the test suite's reference namespace
+install array-api-compat imports:array_api_compat 30 "array-api-compat>=1.11"
+install array-api-strict imports:array_api_strict 30 "array-api-strict>=2.3"
+install cupy "works:${SPECS%% *}" 120 -e ".[${CUPY_EXTRA}]"
+install torch works:torch:cuda 150 torch --index-url "https://download.pytorch.org/whl/${TORCH_INDEX}"
+install jax works:jax:gpu 120 "jax[${JAX_EXTRA}]"
 STEP=""
 
 # -- 2. probes: real work on each backend ----------------------------------------------------------------------

@@ -74,7 +74,10 @@ def test_gpu_check_dry_run(tmp_path):
     steps = [line.split()[0] for line in summary.splitlines()[1:] if line and not line.startswith("(")]
     order = ["driver", "install", "probe", "benchmark", "epochs", "profile", "parallel", "tests", "end"]
     assert [s for i, s in enumerate(steps) if i == 0 or steps[i - 1] != s] == order, steps
-    assert all("would run" in row for row in _rows(summary, "install"))
+    install = _rows(summary, "install")
+    assert all("would run" in row for row in install)
+    # nnx's own requirement first: every later check imports nnx
+    assert [row.split(":")[0] for row in install] == ["array-api-compat", "array-api-strict", "cupy", "torch", "jax"]
     assert any("pip install jax[cuda12]" in row for row in _rows(summary, "install"))
     assert all("kernel, 1024x1024 matmul and dropout draw match NumPy" in row for row in _rows(summary, "probe"))
     bench = _rows(summary, "benchmark")
@@ -94,6 +97,18 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(tests) == 1 and tests[0].startswith("torch: 1 collected; ok: 1 passed"), summary
     assert "all passed" in _rows(summary, "end")[0]
     assert (tmp_path / "RESULTS.md").exists()
+
+
+def test_gpu_check_installs_the_requirements_pyproject_names():
+    """The GPU check installs nnx's requirement and the tests' array-api-strict with pyproject's own bounds."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    wanted = [r for r in project["dependencies"] + project["optional-dependencies"]["test"]
+              if r.startswith("array-api-")]
+    assert len(wanted) == 2, wanted
+    for requirement in wanted:
+        assert f'"{requirement}"' in script, requirement
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
