@@ -339,17 +339,18 @@ class Sequential(_Chain):
         """
         running = self.layers[:n_layers] if runners is None else runners
         passes = None if not training or self.context is None else self.context.forward_pass
-        if passes is None or passes.seen is not None:  # inference, or a nested model inside its holder's pass
-            for layer in running:
-                X = layer.forward(X, training)
-            return X
-        # a training pass: each layer object may run once (see `nnx.layers.passes.ForwardPass`)
-        passes.seen = set(getattr(runners, "counted_layers", ()))
-        try:
-            for layer in running:
-                X = layer.forward(X, training)
-        finally:
-            passes.seen = None
+        with self.backend.eager_scope():  # op by op, as compiled (JAX on a GPU: full float32 products)
+            if passes is None or passes.seen is not None:  # inference, or a nested model inside its holder's pass
+                for layer in running:
+                    X = layer.forward(X, training)
+                return X
+            # a training pass: each layer object may run once (see `nnx.layers.passes.ForwardPass`)
+            passes.seen = set(getattr(runners, "counted_layers", ()))
+            try:
+                for layer in running:
+                    X = layer.forward(X, training)
+            finally:
+                passes.seen = None
         return X
 
     def backward(self, dY: Any, need_dX: bool = True) -> Any:
@@ -382,10 +383,11 @@ class Sequential(_Chain):
         """Backpropagate through the first `n_layers` layers (or the `runners` of `forward_to_head`),
         adding the model-wide regularizer's gradient."""
         layers = self.layers if runners is None else runners
-        for i in range(n_layers - 1, -1, -1):
-            dY = layers[i].backward(dY, need_dX=need_dX or i > 0)
-            if dY is None and i > 0:
-                raise_no_dX(self.layers[i], self.layers[i - 1])  # named by the layers, not their kernels
+        with self.backend.eager_scope():
+            for i in range(n_layers - 1, -1, -1):
+                dY = layers[i].backward(dY, need_dX=need_dX or i > 0)
+                if dY is None and i > 0:
+                    raise_no_dX(self.layers[i], self.layers[i - 1])  # named by the layers, not their kernels
         if self.regularizer is not None:
             for p in self.parameters():
                 if p.regularized and p.grad is not None:

@@ -55,6 +55,8 @@ class Backend(Protocol):
 
     def take_rows(self, x: Array, rows: Array) -> Array: ...  # rows at indices nnx made, each in range
 
+    def eager_scope(self) -> Any: ...  # a context for layers run op by op: they compute as compiled programs do
+
     def finite_probe(self, x: Array) -> Array: ...  # finite when every element of 1-D x is (the sum, or cheaper)
 
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...

@@ -263,6 +263,58 @@ def test_a_compiled_fit_traces_the_models_products_at_float32():
     assert seen and set(seen) == {"float32"}, seen
 
 
+def test_layers_run_op_by_op_on_a_gpu_multiply_in_full_float32_unless_the_user_sets_a_precision():
+    """model(X), forward, backward and a step that is not compiled run the layers op by op; on a GPU JAX's default
+    would round their float32 products (TensorFloat-32), so they would differ from predict and the compiled step."""
+    import copy
+    import types
+
+    import jax
+
+    cpu = nnx.get_backend("jax")
+    gpu = copy.copy(cpu)
+    gpu.device = types.SimpleNamespace(platform="gpu")  # what decides it: a CPU computes float32 in full anyway
+    assert jax.config.jax_default_matmul_precision is None
+    with cpu.eager_scope():
+        assert jax.config.jax_default_matmul_precision is None
+    with gpu.eager_scope():
+        assert jax.config.jax_default_matmul_precision == "float32"
+    assert jax.config.jax_default_matmul_precision is None
+    with jax.default_matmul_precision("tensorfloat32"), gpu.eager_scope():
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"  # the user's is kept
+
+
+def test_every_op_by_op_pass_runs_in_the_backends_eager_scope(monkeypatch):
+    """The layers' forward and backward, called by the user or by a step that is not compiled, run inside
+    `Backend.eager_scope` (made to set the precision here, as it does on a GPU); nothing outside them does."""
+    import jax
+
+    from nnx.backends.jax import JaxBackend
+
+    monkeypatch.setattr(JaxBackend, "eager_scope", lambda self: jax.default_matmul_precision("float32"))
+    seen = []
+
+    class ScopeProbe(nnx.Dense):
+        def forward(self, X, training=False):
+            seen.append(("forward", jax.config.jax_default_matmul_precision))
+            return super().forward(X, training)
+
+        def backward(self, dY, need_dX=True):
+            seen.append(("backward", jax.config.jax_default_matmul_precision))
+            return super().backward(dY, need_dX)
+
+    X, y = _data("bce")
+    model = nnx.Sequential(ScopeProbe(6, 4), nnx.ReLU(), nnx.Dense(4, 1), nnx.Sigmoid(),
+                           backend=nnx.get_backend("jax").with_fastpath(False), dtype="float32", seed=0)
+    model(X)
+    out = model.forward(X, training=True)
+    model.backward(model.backend.xp.ones_like(out))
+    model.fit(X, y, loss="bce", optimizer="sgd", epochs=1, batch_size=FULL, verbose=0)  # one step, op by op
+    assert [kind for kind, _ in seen] == ["forward", "forward", "backward", "forward", "backward"], seen
+    assert {precision for _, precision in seen} == {"float32"}, seen
+    assert jax.config.jax_default_matmul_precision is None
+
+
 def test_a_program_compiled_at_another_precision_is_not_reused(monkeypatch):
     from nnx.backends import jax as jax_adapter
 

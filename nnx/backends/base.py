@@ -10,6 +10,7 @@ checks (dtypes, foreign arrays, device moves) live here once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
@@ -21,6 +22,8 @@ import numpy as np
 
 from .names import FLOAT_DTYPES, article, backend_name_of, dtype_name, is_scipy_sparse
 from .rng import DeviceRNG, HostRNG
+
+_NO_SCOPE = contextlib.nullcontext()  # `Backend.eager_scope` where nothing needs setting
 
 
 def _numbers(complex_given: bool) -> str:
@@ -194,6 +197,11 @@ class Backend:
         confirms a non-finite probe element by element). The training step's finite check reads one a step over
         the flat gradients: the sum here."""
         return self.xp.sum(x)
+
+    def eager_scope(self) -> contextlib.AbstractContextManager:
+        """The context nnx runs a model's layers in when it runs them op by op (`model(X)`, `forward`, `backward`,
+        a step that is not compiled), so that they compute as the programs `compile` makes do; nothing here."""
+        return _NO_SCOPE
 
     def update_piece(self, dtype: Any) -> int | None:
         """How many elements of a flat buffer an elementwise optimizer rule should see at once; None: all.

@@ -2,7 +2,8 @@
 
 JAX is put in 64-bit mode when the backend loads, since nnx models carry an explicit
 dtype and JAX would otherwise turn float64 into float32 without a word. The programs nnx
-compiles multiply float32 matrices in full float32 (`MATMUL_PRECISION`). The library is
+compiles, and a model's layers run op by op on a GPU (`JaxBackend.eager_scope`), multiply float32
+matrices in full float32 (`MATMUL_PRECISION`). The library is
 imported only inside functions (``import jax`` here is the library: imports are absolute).
 """
 
@@ -27,7 +28,8 @@ _CUDA_PLUGINS = {12: "jax_cuda12_plugin", 13: "jax_cuda13_plugin"}
 # (jaxlib before 0.11 only: 0.11 removed that option).
 # Empty: XLA's defaults. A program compiled under other options is never reused (see `program_signature`).
 COMPILER_OPTIONS: dict[str, Any] = {}
-#: the precision of the matrix products in nnx's programs (`JaxBackend.jit`, `JaxBackend.compile`), where
+#: the precision of the matrix products in nnx's programs (`JaxBackend.jit`, `JaxBackend.compile`) and its layers
+#: run op by op on a GPU (`JaxBackend.eager_scope`), where
 #: ``jax_default_matmul_precision`` is unset: full float32, as torch (without allow_tf32) and CuPy compute them.
 #: JAX's own default lets a GPU round float32 operands to TensorFloat-32: on an H200 a 1024 x 1024 product was
 #: off by 2.8e-4 relative, against 4.6e-7 at float32. A precision the user sets is theirs and is kept.
@@ -186,6 +188,17 @@ class JaxBackend(Backend):
     @property
     def arrays_on_host(self) -> bool:
         return self.device.platform == "cpu"
+
+    def eager_scope(self) -> Any:
+        # JAX's default lets a GPU or TPU round float32 products (TensorFloat-32, bfloat16 passes), where nnx's programs
+        # ask for full float32 (`MATMUL_PRECISION`): model(X) would then differ from predict, and a step run op by
+        # op from the compiled one, by about 1e-4. A CPU computes in full either way, and a precision the user set is
+        # kept. Only the layers' passes run in it: the settings a compiled program compares (`program_settings`)
+        # are those outside.
+        jax = importlib.import_module("jax")
+        if self.device.platform == "cpu" or jax.config.jax_default_matmul_precision is not None:
+            return super().eager_scope()
+        return jax.default_matmul_precision(MATMUL_PRECISION)
 
     @property
     def can_compile(self) -> bool:
