@@ -226,10 +226,16 @@ def test_predict_equals_forward_in_inference_mode(backend, dtype):
         forward = model.backend.to_host(model.forward(X, training=False))
         predicted = model.backend.to_host(model.predict(X))
         assert predicted.shape == (n, arch["n_out"])
-        np.testing.assert_array_equal(predicted, forward)
+        tol = 1e-5 if dtype == "float32" else 1e-12
+        if model.backend.can_compile:
+            # predict runs one compiled program, forward op by op: the compiler may fuse a product and the add
+            # after it into one rounding (seen: a 1 -> 3 Dense's X @ W + b, 1 ulp in float64), so the two agree
+            # to the tolerance of every compiled-against-op-by-op comparison here (tests/test_compiled_inference.py)
+            np.testing.assert_allclose(predicted, forward, rtol=tol, atol=tol)
+        else:  # the same operations in the same order
+            np.testing.assert_array_equal(predicted, forward)
         # Inference is deterministic (dropout off) and batching does not change the answer.
         np.testing.assert_array_equal(model.backend.to_host(model.predict(X)), predicted)
-        tol = 1e-5 if dtype == "float32" else 1e-12
         np.testing.assert_allclose(model.backend.to_host(model.predict(X, batch_size=batch)), predicted,
                                    rtol=tol, atol=tol)
         if n and not trained:
