@@ -689,6 +689,7 @@ def test_a_rank_that_raises_under_plain_python_ends_the_mpi_job(tmp_path):
 
 
 def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeypatch):
+    from nnx.distributed import mpi
     from nnx.distributed.mpi import abort_on_uncaught
 
     calls = []
@@ -703,6 +704,7 @@ def test_the_abort_hook_prints_the_traceback_first_and_is_installed_once(monkeyp
 
     monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)  # plain python, not the mpi4py runner
     monkeypatch.setattr(sys, "excepthook", lambda *a: calls.append(("printed", a[0])))
+    monkeypatch.setattr(mpi, "ABORT_GRACE_S", 0.0)  # the launcher's time to forward the traceback: none here
     abort_on_uncaught(FakeMPI, FakeComm())
     hook = sys.excepthook
     abort_on_uncaught(FakeMPI, FakeComm())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,12 @@ class MPICommunicator(Communicator):
         return self.comm.allgather(obj)
 
 
+# Seconds a rank ending on an uncaught exception waits, its traceback written, before it aborts the job: the
+# launcher forwards a rank's output asynchronously, and an abort tears its forwarding down, so MPICH's mpiexec
+# dropped the last lines of the traceback (the error itself) in a loaded CI run.
+ABORT_GRACE_S = 1.0
+
+
 def abort_on_uncaught(MPI: Any, comm: Any) -> None:
     """Make an exception that ends this rank's script abort the whole MPI job, after its traceback is printed.
 
@@ -108,7 +115,8 @@ def abort_on_uncaught(MPI: Any, comm: Any) -> None:
     ``mpiexec -n 2 python script.py``, left the job hanging until a time limit killed it); ``python -m
     mpi4py script.py`` does the same for an exception and also for ``sys.exit`` with an error. The hook
     runs only when the interpreter is about to exit on an uncaught exception, so a caught one changes
-    nothing; the hook that was installed before (a user's, or Python's) still prints first. Under ``-m mpi4py``
+    nothing; the hook that was installed before (a user's, or Python's) still prints first, and the launcher is
+    given `ABORT_GRACE_S` to forward it. Under ``-m mpi4py``
     it is not installed: the runner re-raises into the hook, which would abort before the launcher forwarded the
     traceback (a CI run lost it), where the runner itself aborts later, at exit.
     """
@@ -122,6 +130,7 @@ def abort_on_uncaught(MPI: Any, comm: Any) -> None:
         finally:
             sys.stderr.flush()
             if MPI.Is_initialized() and not MPI.Is_finalized():
+                time.sleep(ABORT_GRACE_S)  # the job is ending anyway: its error reaches the user first
                 comm.Abort(1)
 
     hook.nnx_aborts_mpi = True  # type: ignore[attr-defined]
