@@ -55,6 +55,39 @@ def test_a_step_refused_by_the_compiler_leaves_the_layers_python_state_as_it_was
     _assert_same(*runs, dtype)
 
 
+class ScaledByLargest(nnx.Layer):
+    """``X * s`` with ``s`` chosen in Python from the batch's largest value: the step needs concrete values, so
+    JAX's first trace fails and the plain stages run."""
+
+    def forward(self, X, training=False):
+        self.s = 0.5 if float(self.xp.max(X)) > 1.0 else 2.0
+        return X * self.s
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.s
+
+
+class EveryBatch(nnx.callbacks.Callback):
+    """Does nothing, after every batch: the fit runs step by step (each step compiled, on JAX), not whole epochs."""
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize("layer", [EveryOtherBias, ScaledByLargest])
+def test_a_step_whose_first_trace_fails_under_a_batch_callback_still_updates(backend, dtype, layer):
+    """With a batch callback JAX compiles step by step; a first trace that was refused (or needed concrete values)
+    ran that batch's forward and backward plainly, but the loop, having asked for a compiled step, skipped the
+    batch's update: the first batch trained nothing, silently."""
+    def layers():
+        if layer is ScaledByLargest:
+            return [nnx.Dense(6, 9), nnx.ReLU(), ScaledByLargest(), nnx.Dense(9, 3)]
+        return [EveryOtherBias(6, 9), nnx.ReLU(), nnx.Dense(9, 3)]
+    runs = [_train(backend, dtype, fast, lambda ps: optim.SGD(ps, lr=0.1), layers=layers, epochs=1,
+                   callbacks=[EveryBatch()]) for fast in (True, False)]
+    _assert_same(*runs, dtype)
+
+
 class RateFromAttribute(optim.Optimizer):
     """SGD whose rule reads ``self.lr`` rather than its `lr` argument, and keeps `scale` as a plain attribute
     (not passed to ``Optimizer.__init__`` as a hyper-parameter)."""

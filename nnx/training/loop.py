@@ -389,6 +389,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             guard.in_step = True
             value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
             guard.end_step()
+            # a first trace refused ran only this batch's forward and backward plainly: its transforms and
+            # update are still to run below, as a plain step's (else the batch's update was dropped)
+            compiled = step.compiled is not None
         else:
             step.back_to_back = unobserved and b > 0
             value, Z = step.forward_loss(Xb, yb, wb)

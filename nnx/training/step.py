@@ -132,7 +132,9 @@ class TrainStep:
 
         Returns (loss incl. penalty, head outputs, finite). The check is deferred as on an
         accelerator (`end_epoch` reads it); `read_check` reads this step's verdict now, for a
-        callback that handles non-finite steps itself. A refused step updates nothing.
+        callback that handles non-finite steps itself. A refused step updates nothing. Where the first trace
+        fails, this batch's forward and backward run plainly and `compiled` becomes None: the caller then
+        transforms and updates as after the plain stages.
         """
         compiled = self.compiled
         if compiled is None:
@@ -148,7 +150,7 @@ class TrainStep:
             self._steps -= 1
             value, Z = self.forward_loss(X, y, sample_weight)
             self.backward()
-            return value, Z, self.check(value)
+            return value, Z, self.check(value, read=read_check)
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
