@@ -1,6 +1,6 @@
 """Data-parallel scaling on CPUs: 1 rank x 1 thread, 2 ranks x 1 thread (mpiexec), 1 rank x 2 threads.
 
-    python benchmarks/bench_distributed.py [--epochs 3]
+    python benchmarks/bench_distributed.py [--epochs 3] [--backend jax]
     python benchmarks/bench_distributed.py --sharded [--repeat 3]    # ZeRO-1 against the all-reduce, batch 128 and 512
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py --components   # its parts: rule, collectives
     python benchmarks/bench_distributed.py --engine nccl --backend cupy     # one GPU, NCCL world of one
@@ -159,11 +159,12 @@ def components(reps: int = 200) -> None:
             print(f"| {name} | {1e3 * float(np.median(times)):.3f} | {1e3 * min(times):.3f} |", flush=True)
 
 
-def run(ranks: int, threads: int, epochs: int, batch: int = BATCH, shard: bool = False) -> dict:
+def run(ranks: int, threads: int, epochs: int, batch: int = BATCH, shard: bool = False,
+        backend: str = "numpy") -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs), "--batch", str(batch),
+    cmd = [sys.executable, __file__, "--worker", "--epochs", str(epochs), "--batch", str(batch), "--backend", backend,
            *(["--shard"] if shard else [])]
     if ranks > 1:
         mpiexec = BIN / "mpiexec"
@@ -181,7 +182,8 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--engine", default=None, help="force an engine (nccl, torch) in a single run")
-    parser.add_argument("--backend", default="numpy", help="the model's backend in a single run (cupy, torch:cuda)")
+    parser.add_argument("--backend", default="numpy", help="the model's backend (jax; in a single run also cupy, "
+                        "torch:cuda)")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"global batch (default {BATCH}, the medium shape's)")
     parser.add_argument("--steps", type=int, default=STEPS, help=f"steps of batch {BATCH} per epoch (default {STEPS})")
     parser.add_argument("--shard", action="store_true", help=argparse.SUPPRESS)
@@ -198,13 +200,15 @@ def main() -> None:
     if args.sharded:
         sharded_comparison(args.epochs, args.repeat)
         return
-    batch = args.batch
-    rows = [run(1, 1, args.epochs, batch), run(2, 1, args.epochs, batch), run(1, 2, args.epochs, batch)]
-    half = run(1, 1, args.epochs, batch // 2)  # what each of 2 ranks computes, alone and with no communication
+    batch, backend = args.batch, args.backend
+    rows = [run(1, 1, args.epochs, batch, backend=backend), run(2, 1, args.epochs, batch, backend=backend),
+            run(1, 2, args.epochs, batch, backend=backend)]
+    # what each of 2 ranks computes, alone and with no communication
+    half = run(1, 1, args.epochs, batch // 2, backend=backend)
     base = rows[0]["samples_per_s"]
     coretype = os.environ.get("OPENBLAS_CORETYPE")
-    print(f"OPENBLAS_CORETYPE={coretype or 'unset'}; medium {'-'.join(map(str, SHAPE))}, float32, SGD momentum, "
-          f"global batch {batch}, {BATCH * STEPS // batch} steps/epoch, {args.epochs} timed epochs")
+    print(f"OPENBLAS_CORETYPE={coretype or 'unset'}; {backend}, medium {'-'.join(map(str, SHAPE))}, float32, "
+          f"SGD momentum, global batch {batch}, {BATCH * STEPS // batch} steps/epoch, {args.epochs} timed epochs")
     print("| ranks x threads | samples/s | vs 1x1 | step (ms) | all-reduce per step (ms) | finite check (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
