@@ -94,6 +94,10 @@ def _check_equivalence(ranks: list[dict], backends: list[str]) -> None:
     for backend in backends:
         for name in EQUIVALENCE:
             _check_same(ranks, f"{backend}/{name}")
+            # on a backend that compiles, each rank's forward, loss and backward ran as one program: what matched
+            # one process above is that program (`nnx.training.compiled_passes`)
+            compiled = "run as one compiled program" in ranks[0]["scenarios"][f"{backend}/{name}"]["reason"]
+            assert compiled == (backend == "jax"), (backend, name, ranks[0]["scenarios"][f"{backend}/{name}"])
 
 
 def _check_same(ranks: list[dict], key: str) -> None:
@@ -115,6 +119,7 @@ def _check_sharded(ranks: list[dict], backends: list[str]) -> None:
             for r in ranks:
                 got = r["scenarios"][key]
                 assert got["execution"] == "sharded", (key, got["execution"])
+                assert ("run as one compiled program" in got["reason"]) == (backend == "jax"), (key, got["reason"])
                 assert got["vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["vs_unsharded"])
                 assert got["state_vs_unsharded"] <= SHARD_TOL, (key, r["rank"], got["state_vs_unsharded"])
         if backend in ("numpy", "torch"):

@@ -23,8 +23,8 @@ def _data(n: int, seed: int = 0, classes: int = 1):
     return X, np.abs(X[:, 0] * 2).astype(np.int64) % classes
 
 
-def _model(classes: int = 1, dropout: bool = False, backend: str = "numpy") -> nnx.Sequential:
-    layers = [nnx.Dense(4, 6, regularizer=nnx.regularizers.L2(1e-2)), nnx.Tanh()]
+def _model(classes: int = 1, dropout: bool = False, backend: str = "numpy", extra: tuple = ()) -> nnx.Sequential:
+    layers = [nnx.Dense(4, 6, regularizer=nnx.regularizers.L2(1e-2)), nnx.Tanh(), *extra]
     if dropout:
         layers.append(nnx.Dropout(0.3))
     layers.append(nnx.Dense(6, classes))
@@ -215,3 +215,43 @@ def test_every_rule_replayed_into_uneven_slices_on_three_ranks_equals_one_proces
     assert replayed and all(replayed)
 
 
+
+
+class CountsCalls(nnx.Layer):
+    """A user's activation that counts its calls in a Python attribute: no compiled program can keep the count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, X, training=False):
+        self.calls += 1
+        self._X = X
+        return X * 0.5
+
+    def backward(self, dY, need_dX=True):
+        return dY * 0.5
+
+
+@pytest.mark.parametrize("user_layer", [False, True], ids=["built-ins", "untraceable user layer"])
+@pytest.mark.parametrize("shard", [False, True], ids=["all-reduce", "sharded"])
+def test_jax_ranks_run_their_passes_as_one_program_with_one_processs_numbers(shard, user_layer):
+    """A JAX data-parallel step cannot be one compiled program (the all-reduce runs on the host between the backward
+    and the update), so each rank's forward, loss and backward are (`nnx.training.compiled_passes`): with dropout's
+    windows of rows, penalties and uneven last slices, 3 ranks equal one process. A layer whose code cannot be
+    traced leaves them to the plain passes, with the same numbers, and `execution_reason` says which ran."""
+    if "jax" not in nnx.available_backends():
+        pytest.skip("jax not installed")
+    X, y = _data(23)
+
+    def fit(comm):
+        model = _model(dropout=True, backend="jax", extra=(CountsCalls(),) if user_layer else ())
+        opt = OPTIMIZERS["adam amsgrad"](model.parameters())
+        d = None if comm is None else dist.DataParallel(comm, shard_update=shard)
+        hist = model.fit(X, y, optimizer=opt, epochs=2, batch_size=7, distributed=d)
+        if comm is not None:
+            assert ("run as one compiled program" in hist.execution_reason) != user_layer, hist.execution_reason
+        return ({k: model.backend.to_host(v) for k, v in model.state_dict().items()}, hist.history,
+                model.optimizer.state_dict())
+    # one process runs each epoch as one program: another program of other shapes, rounded apart
+    _equal_to_one_process(3, fit, tol=1e-10)

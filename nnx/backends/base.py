@@ -191,6 +191,12 @@ class Backend:
         xp = self.xp
         return xp.concat([xp.reshape(a, (-1,)) for a in arrays])
 
+    def split_flat(self, flat: Any, bounds: list[tuple[int, int]], shapes: list[tuple[int, ...]]) -> list[Any]:
+        """1-D `flat` cut at `bounds` (start, stop) into arrays of `shapes`: views where the library has them (the
+        flat update writes through them), else new arrays. The flat update and the gradient all-reduce cut so."""
+        xp = self.xp
+        return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
+
     def finite_probe(self, x: Any) -> Any:
         """One number of 1-D `x`'s dtype (a 0-d array, or the library's scalar) that is finite when every element of
         `x` is, and NaN or infinite when one is not; it may also overflow for large finite elements (a caller

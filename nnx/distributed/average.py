@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
+from ..backends import get_backend
 from ..layers.parameter import Parameter
 from ..training.transforms import GradientTransform
 from .comm import Communicator
@@ -24,6 +25,8 @@ class AverageGradients(GradientTransform):
 
     Args:
         comm: the `Communicator` across which gradients are averaged.
+        backend: the model's `Backend`, which joins and cuts the gradients (`concat_flat`, `split_flat`); by default
+            the one of the gradients' library.
 
     The batch source tells it each batch's local and global row counts (`add_rows`); when the
     update is due it scales this rank's gradients by its share of the rows and all-reduces them
@@ -33,8 +36,9 @@ class AverageGradients(GradientTransform):
     0 the shares are by rows.
     """
 
-    def __init__(self, comm: Communicator) -> None:
+    def __init__(self, comm: Communicator, backend: Any = None) -> None:
         self.comm = comm
+        self.backend = backend
         self._local_rows = 0
         self._global_rows = 0
         self._local_weight: Any = None  # this rank's sum of weights since the last update (a 0-d array), or None
@@ -91,17 +95,17 @@ class AverageGradients(GradientTransform):
         grads = [p for p in params if p.grad is not None]
         if not grads or share is None:
             return True
-        xp = array_api_compat.array_namespace(grads[0].grad)
-        flat = xp.concat([xp.reshape(p.grad, (-1,)) for p in grads]) * share
-        flat = self.comm.allreduce(flat)
-        start = 0
+        backend = self.backend if self.backend is not None else get_backend(grads[0].grad)
+        flat = self.comm.allreduce(backend.concat_flat([p.grad for p in grads]) * share)
+        bounds, shapes, start = [], [], 0
         for p in grads:
-            stop = start + int(np.prod(p.shape))
-            grad = xp.reshape(flat[start:stop], p.shape)
+            shapes.append(tuple(int(d) for d in p.shape))
+            bounds.append((start, start + math.prod(shapes[-1])))
+            start = bounds[-1][1]
+        for p, grad in zip(grads, backend.split_flat(flat, bounds, shapes), strict=True):
             # the concatenation promotes gradients of mixed dtypes (a user's float64 parameter in a float32 model)
             # to one: each gets its own back, as its parameter and the single-process step have it
-            p.grad = grad if grad.dtype == p.grad.dtype else xp.astype(grad, p.grad.dtype)
-            start = stop
+            p.grad = grad if grad.dtype == p.grad.dtype else backend.xp.astype(grad, p.grad.dtype)
         return True
 
     def reset(self) -> None:

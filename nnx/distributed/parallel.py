@@ -290,7 +290,8 @@ class DataParallelFit:
         self.model = model
         self.comm = comm = distributed.comm
         self.shard_update = distributed.shard_update
-        self.transform: AverageGradients = ShardedUpdate(comm) if self.shard_update else AverageGradients(comm)
+        self.transform: AverageGradients = ShardedUpdate(comm) if self.shard_update else \
+            AverageGradients(comm, model.backend)
         self.local_rows = 0
         self.local_weight: Any = 0  # what this rank's slice of the batch counts for (`batch`)
         self.totals: list[int] = []  # this epoch's global batch sizes, as this rank's source gave them
@@ -315,7 +316,7 @@ class DataParallelFit:
         """The fit's `TrainStep`; sharded, the transforms after the average run on each rank's slice inside it."""
         self.loss, self.transforms, self.check_finite = loss, list(transforms), check_finite
         if not self.shard_update:
-            return TrainStep(self.model, loss, optimizer, transforms, check_finite)
+            return TrainStep(self.model, loss, optimizer, transforms, check_finite, compile_passes=True)
         at = next(i for i, t in enumerate(transforms) if t is self.transform)
         sharded = self.transform
         assert isinstance(sharded, ShardedUpdate)
@@ -326,7 +327,8 @@ class DataParallelFit:
             # would leave the others waiting in the first collective. This step never runs.
             self.refused = exc
             return TrainStep(self.model, loss, optimizer, transforms, check_finite)
-        return TrainStep(self.model, loss, optimizer, transforms[:at + 1], check_finite, flat_update=sharded)
+        return TrainStep(self.model, loss, optimizer, transforms[:at + 1], check_finite, flat_update=sharded,
+                         compile_passes=True)
 
     def poison(self, batch: int) -> None:
         """This rank's step at `batch` was not finite: the next all-reduce carries that to every rank."""

@@ -225,8 +225,7 @@ class ShardedUpdate(AverageGradients):
         return xp.concat([flat[:a], xp.astype(part, flat.dtype), flat[b:]])
 
     def _views(self, flat: Any) -> list[Any]:
-        xp = self.backend.xp
-        return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(self.bounds, self.shapes, strict=True)]
+        return self.backend.split_flat(flat, self.bounds, self.shapes)
 
     def _install(self, values: Any, state: dict[str, Any]) -> None:
         """Bind the parameters and the optimizer's state to views of these flat buffers."""

@@ -44,7 +44,7 @@ from .targets import joined_targets
 from .transforms import Accumulate
 from .weights import average, batch_weight, counts_by_weight, host_values
 
-__all__ = ["CHUNK_BUDGET", "EpochProgram", "epoch_program_of", "mode_of", "plan"]
+__all__ = ["CHUNK_BUDGET", "EpochProgram", "distributed_reason", "epoch_program_of", "mode_of", "plan"]
 
 CHUNK_BUDGET = 64 * 2**20
 """Bytes of stacked batches one chunk program may take on the device (data read batch by batch)."""
@@ -97,7 +97,7 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
     model = step.model
     be = model.backend
     if distributed is not None:
-        return "step", "distributed training runs step by step (the gradient all-reduce sits between batches)", None, 1
+        return "step", distributed_reason(step), None, 1
     compiled, k = step.compiled, 1
     transforms = step.transforms
     if compiled is None and be.can_compile and be.fastpath_enabled and transforms and \
@@ -123,6 +123,15 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
     if isinstance(batches, ArrayBatches):
         return "epoch", "each epoch is one compiled program (shuffle, steps, finite check on the device)", compiled, k
     return "chunks", "data read batch by batch: chunks of k batches, each one compiled program", compiled, k
+
+
+def distributed_reason(step: Any) -> str:
+    """Why a data-parallel fit runs step by step, and whether its passes run as one program (`TrainStep.passes`,
+    dropped where the model's code could not be traced)."""
+    why = "distributed training runs step by step (the gradient all-reduce sits between batches)"
+    if step.passes is not None:
+        why += "; each batch's forward, loss and backward run as one compiled program"
+    return why
 
 
 def plan(history: Any, step: Any, batches: Any, callbacks: list[Any], distributed: Any,

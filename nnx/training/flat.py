@@ -144,8 +144,7 @@ class FlatUpdate:
 
     # -- layout ---------------------------------------------------------------------------------
     def _views(self, flat: Any) -> list[Any]:
-        xp = self.xp
-        return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(self.bounds, self.shapes, strict=True)]
+        return self.backend.split_flat(flat, self.bounds, self.shapes)
 
     def _gather_values(self) -> None:
         params = self.optimizer.params

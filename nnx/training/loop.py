@@ -22,7 +22,7 @@ from .callbacks import Callback, CallbackList, ProgressBar
 from .callbacks.monitor import added_names
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
-from .epoch import plan
+from .epoch import distributed_reason, plan
 from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History
@@ -232,6 +232,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             else:
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
+                if dp is not None:  # (the passes' program given up for code that cannot be traced)
+                    history.execution_reason = distributed_reason(step)
             look_at_outputs = False
             epoch = model.epochs_trained
             if val is not None and (epoch + 1) % validation_freq == 0:

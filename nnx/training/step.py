@@ -36,7 +36,8 @@ from typing import Any
 from ..kernels import gradient_writers, head_runner, layer_runners
 from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
-from .compiled import compile_step, kept_buffers
+from .compiled import compile_step, kept_buffers, traceable
+from .compiled_passes import compiled_passes
 from .flat import FlatUpdate, own_step
 from .recorded import recorded_passes
 from .transforms import CallbackLook, GradientTransform
@@ -60,11 +61,14 @@ class TrainStep:
         flat_update: the update over flat buffers to use instead of deriving one (the sharded update
             across ranks, `nnx.distributed.ShardedUpdate`); it has `FlatUpdate`'s `applies`, `offer_grads`,
             `gather_grads`, `run`.
+        compile_passes: where the whole step cannot be one compiled program (a data-parallel step, whose
+            all-reduce runs between the backward and the update) but the backend compiles, run each batch's
+            forward, loss and backward as one (`nnx.training.compiled_passes`) from the second batch on.
     """
 
     def __init__(self, model: Model, loss: Any, optimizer: Any, transforms: list[GradientTransform] | None = None,
                  check_finite: bool = True, defer_check: bool | None = None,
-                 flat_update: FlatExecution | None = None) -> None:
+                 flat_update: FlatExecution | None = None, compile_passes: bool = False) -> None:
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -76,6 +80,8 @@ class TrainStep:
         self._buffers_before: list[tuple[Buffer, Any]] = []
         be = model.backend
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
+        self.passes = compiled_passes(model, loss, optimizer) if compile_passes and self.compiled is None \
+            and be.fastpath_enabled and be.can_compile and traceable(model, loss, optimizer, []) else None
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
             and own_step(optimizer)
         # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
@@ -164,6 +170,10 @@ class TrainStep:
                 if not self.checked_inputs:
                     self._check_first_batch(y, replayed[1], sample_weight)
                 return replayed
+        if self.passes is not None and self.checked_inputs:
+            passed = self._compiled_passes(X, y, sample_weight)
+            if passed is not None:
+                return passed
         if not self.checked_inputs and self.runners is not None:  # the first batch
             self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
@@ -218,6 +228,25 @@ class TrainStep:
             return None
         value, Z, self._replayed_grads, new_buffers = replayed
         for b, new in zip(self.buffers, new_buffers, strict=True):
+            b.value = new
+        return value, Z
+
+    def _compiled_passes(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any] | None:
+        """The passes on this batch as one compiled program (`passes`): (loss incl. penalty, head outputs), with
+        the gradients kept for `backward` and the buffers rebound; None where the model's code cannot be traced
+        (the plain passes then run, this batch and the rest of the fit)."""
+        passes = self.passes
+        assert passes is not None
+        try:
+            value, Z, grads, bufs = passes(X, y, sample_weight)
+        except self.model.backend.trace_errors:
+            if passes.traces > 1:
+                raise  # it traced before: this is the model's own error, not a limit of tracing
+            passes.broken = True
+            self.passes = None
+            return None
+        self._replayed_grads = list(grads)
+        for b, new in zip(self.buffers, bufs, strict=True):
             b.value = new
         return value, Z
 

@@ -151,7 +151,8 @@ def compare(model, hist, ref, ref_hist, trained_only: bool = False) -> dict:
         if u.size:
             hist_diff = max(hist_diff, float(np.max(np.abs(u - v))))
     return {"param_diff": param_diff, "hist_diff": hist_diff, "digest": digest(a),
-            "history": {k: list(map(float, v)) for k, v in hist.history.items()}, "epochs": len(hist.epoch)}
+            "history": {k: list(map(float, v)) for k, v in hist.history.items()}, "epochs": len(hist.epoch),
+            "reason": hist.execution_reason}
 
 
 class HostRows:
