@@ -217,7 +217,7 @@ def test_every_rule_replayed_into_uneven_slices_on_three_ranks_equals_one_proces
 
 
 
-class CountsCalls(nnx.Layer):
+class PassCounter(nnx.Layer):
     """A user's activation that counts its calls in a Python attribute: no compiled program can keep the count."""
 
     def __init__(self) -> None:
@@ -245,7 +245,7 @@ def test_jax_ranks_run_their_passes_as_one_program_with_one_processs_numbers(sha
     X, y = _data(23)
 
     def fit(comm):
-        model = _model(dropout=True, backend="jax", extra=(CountsCalls(),) if user_layer else ())
+        model = _model(dropout=True, backend="jax", extra=(PassCounter(),) if user_layer else ())
         opt = OPTIMIZERS["adam amsgrad"](model.parameters())
         d = None if comm is None else dist.DataParallel(comm, shard_update=shard)
         hist = model.fit(X, y, optimizer=opt, epochs=2, batch_size=7, distributed=d)
