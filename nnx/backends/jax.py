@@ -87,23 +87,6 @@ def _setting_readers() -> tuple[Any, ...]:
                  functools.partial(config.read, name) for name in _PROGRAM_SETTINGS if name in known)
 
 
-@functools.cache
-def _flat_programs() -> tuple[Any, Any]:
-    """`concat_flat` and `split_flat` as compiled programs, one per layout: run op by op, JAX dispatches each
-    reshape and slice on its own (about 0.1 ms each on a CPU), two per parameter, several times a data-parallel
-    step. Data movement only: the same values as op by op."""
-    jax = importlib.import_module("jax")
-    jnp = importlib.import_module("jax.numpy")
-
-    def concat(arrays: tuple) -> Any:
-        return jnp.concat([jnp.reshape(a, (-1,)) for a in arrays])
-
-    def split(flat: Any, bounds: tuple, shapes: tuple) -> list[Any]:
-        return [jnp.reshape(flat[a:b], shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
-
-    return jax.jit(concat), jax.jit(split, static_argnums=(1, 2))
-
-
 def _input_type(leaf: Any) -> tuple:
     """What a compiled program needs of one input: an array's shape, dtype and weak typing; a Python number's type."""
     if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
@@ -217,12 +200,21 @@ class JaxBackend(Backend):
             return super().eager_scope()
         return jax.default_matmul_precision(MATMUL_PRECISION)
 
+    @functools.cached_property
+    def _flat_programs(self) -> tuple[Any, Any]:
+        # the base class's `concat_flat` and `split_flat`, each one compiled program per layout: run op by op, JAX
+        # dispatches every reshape and slice on its own (about 0.1 ms each on a CPU), two per parameter, several
+        # times a data-parallel step. Data movement only: the same values. They read only this object's namespace,
+        # which a copy on another device (`on_device`, `with_fastpath`) shares with it.
+        jax = importlib.import_module("jax")
+        return (jax.jit(functools.partial(Backend.concat_flat, self)),
+                jax.jit(functools.partial(Backend.split_flat, self), static_argnums=(1, 2)))
+
     def concat_flat(self, arrays: list[Any]) -> Any:
-        return _flat_programs()[0](tuple(arrays))
+        return self._flat_programs[0](tuple(arrays))
 
     def split_flat(self, flat: Any, bounds: list[tuple[int, int]], shapes: list[tuple[int, ...]]) -> list[Any]:
-        return list(_flat_programs()[1](flat, tuple((int(a), int(b)) for a, b in bounds),
-                                        tuple(tuple(int(d) for d in shape) for shape in shapes)))
+        return self._flat_programs[1](flat, tuple(bounds), tuple(shapes))
 
     @property
     def can_compile(self) -> bool:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import array_api_compat
 
 from ..backends import get_backend
 from ..layers.parameter import Parameter
+from ..training.flat import flat_layout
 from ..training.transforms import GradientTransform
 from .comm import Communicator
 
@@ -97,11 +97,7 @@ class AverageGradients(GradientTransform):
             return True
         backend = self.backend if self.backend is not None else get_backend(grads[0].grad)
         flat = self.comm.allreduce(backend.concat_flat([p.grad for p in grads]) * share)
-        bounds, shapes, start = [], [], 0
-        for p in grads:
-            shapes.append(tuple(int(d) for d in p.shape))
-            bounds.append((start, start + math.prod(shapes[-1])))
-            start = bounds[-1][1]
+        shapes, bounds, _ = flat_layout(grads)
         for p, grad in zip(grads, backend.split_flat(flat, bounds, shapes), strict=True):
             # the concatenation promotes gradients of mixed dtypes (a user's float64 parameter in a float32 model)
             # to one: each gets its own back, as its parameter and the single-process step have it

@@ -30,7 +30,7 @@ import numpy as np
 from ..layers.parameter import Parameter
 from ..optim import check_rule_result
 from ..training import replay
-from ..training.flat import offer_grads, own_step, taken_offer, write_in_place
+from ..training.flat import flat_layout, offer_grads, own_step, taken_offer, write_in_place
 from ..training.transforms import GradientTransform
 from .average import AverageGradients, rank_rows
 from .comm import Communicator, offsets
@@ -93,14 +93,8 @@ class ShardedUpdate(AverageGradients):
                                  "(shardable transforms: clip_norm, clip_value). Use shard_update=False with it")
         self.optimizer, self.backend, self.later = optimizer, backend, list(later)
         self.check_finite = check_finite
-        self.shapes = [tuple(p.value.shape) for p in optimizer.params]
-        self.bounds = []
-        start = 0
-        for shape in self.shapes:
-            size = math.prod(int(d) for d in shape)
-            self.bounds.append((start, start + size))
-            start += size
-        ranks = [rank_rows(start, r, self.comm.size) for r in range(self.comm.size)]
+        self.shapes, self.bounds, size = flat_layout([p.value for p in optimizer.params])
+        ranks = [rank_rows(size, r, self.comm.size) for r in range(self.comm.size)]
         self.counts = [b - a for a, b in ranks]
         self.start, self.stop = ranks[self.comm.rank]
         self.values, self.state = None, None

@@ -51,6 +51,20 @@ def write_in_place(target: Any, source: Any) -> bool:
     return True
 
 
+def flat_layout(arrays: list[Any]) -> tuple[list[tuple[int, ...]], list[tuple[int, int]], int]:
+    """The shapes of `arrays` (parameters or gradients), the (start, stop) of each in their concatenation, and its
+    size: how `Backend.concat_flat` joins them and `Backend.split_flat` cuts them back."""
+    shapes = [tuple(int(d) for d in a.shape) for a in arrays]
+    bounds, start = [], 0
+    for shape in shapes:
+        size = 1
+        for d in shape:
+            size *= d
+        bounds.append((start, start + size))
+        start += size
+    return shapes, bounds, start
+
+
 def offer_grads(params: list[Any], size: int, views_of: Callable[[Any], list[Any]],
                 backend: Any) -> tuple[Any, list[Any]] | None:
     """A new flat buffer of `size` elements for this step's gradients, and `views_of` it, one per parameter;
@@ -103,17 +117,7 @@ class FlatUpdate:
         self.backend, self.xp = backend, backend.xp
         self._concat = backend.concat_flat
         self.piece: int | None = None  # elements of the flat buffers the rule sees at once (None: all)
-        params = optimizer.params
-        self.shapes = [tuple(p.value.shape) for p in params]
-        self.bounds: list[tuple[int, int]] = []
-        start = 0
-        for p in params:
-            size = 1
-            for d in p.value.shape:
-                size *= int(d)
-            self.bounds.append((start, start + size))
-            start += size
-        self.size = start
+        self.shapes, self.bounds, self.size = flat_layout([p.value for p in optimizer.params])
         self.values: Any = None  # the flat value buffer, once gathered
         self.value_views: list[Any] = []
         self.state: dict[str, Any] | None = None  # the flat state buffers, once the rule made state
@@ -121,7 +125,7 @@ class FlatUpdate:
         self._state_keys: tuple[str, ...] = ()
         self._by_key: list[tuple[Any, list[Any]]] = []  # (a getter of one key, its views): what `_in_place` checks
         self._entry_lens: list[int] = []  # how many keys each state entry holds
-        self._indices = list(range(len(params)))
+        self._indices = list(range(len(self.shapes)))
         self.grads: Any = None  # this step's gathered gradients
         self._grad_sources: list[Any] = []
         self._grads_offered = False  # whether `grads` is this step's offered buffer (`offer_grads`), taken whole
