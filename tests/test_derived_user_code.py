@@ -269,3 +269,59 @@ def test_a_layer_setting_changed_between_calls_is_what_the_next_program_uses(bac
         runs.append(((model, opt, history), predicted))
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5 if dtype == "float32" else 1e-12)
     _assert_same(runs[0][0], runs[1][0], dtype)
+
+
+SHIFT = 0.0  # a module global `OutsideSettings` reads; `ChangeOutsideSettings` and the test set it
+
+
+class OutsideSettings(nnx.Layer):
+    """``X * scale + SHIFT``, where `scale` is a class attribute no instance shadows and `SHIFT` a module global;
+    `forwards` counts the Python calls of its forward, in a class attribute its own code writes."""
+
+    scale = 1.0
+    forwards = 0
+
+    def forward(self, X, training=False):
+        type(self).forwards += 1
+        return X * self.scale + SHIFT
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.scale
+
+
+def _set_outside(scale, shift):
+    global SHIFT
+    OutsideSettings.scale, SHIFT = scale, shift
+
+
+class ChangeOutsideSettings(nnx.callbacks.Callback):
+    """Doubles the class's scale and raises the global shift after every epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        _set_outside(OutsideSettings.scale * 2.0, SHIFT + 0.25)
+
+
+def test_a_class_attribute_or_global_the_layer_reads_is_a_setting_and_its_own_counter_is_not(backend, dtype):
+    """NumPy's recorded passes and JAX's programs held the values a layer's code read from its class or module as
+    constants of their first recording or trace: changed by a callback, between fits, or before a new model of the
+    same classes was built (which takes JAX's shared programs), they went unseen. A class attribute the layer's own
+    code writes (a call counter) is its state, not a setting: watching it would trace every step again."""
+    layers = lambda: [nnx.Dense(6, 9), nnx.Tanh(), OutsideSettings(), nnx.Dense(9, 3)]  # noqa: E731
+    runs, forwards = [], []
+    for fast in (True, False):
+        _set_outside(1.0, 0.0)
+        OutsideSettings.forwards = 0
+        model, opt, history = _train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01), layers=layers,
+                                     epochs=2, callbacks=[ChangeOutsideSettings()])
+        forwards.append(OutsideSettings.forwards)
+        _set_outside(0.5, -0.1)
+        predicted = backend.to_host(model.predict(_data()[0]))
+        model.fit(*_data(), loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
+        _set_outside(3.0, 0.2)
+        later = _train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01), layers=layers, epochs=1)
+        runs.append(((model, opt, history), predicted, later))
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5 if dtype == "float32" else 1e-12)
+    _assert_same(runs[0][0], runs[1][0], dtype)
+    _assert_same(runs[0][2], runs[1][2], dtype)
+    if backend.can_compile or backend.tape() is not None:  # traced or recorded once per setting, not every step
+        assert forwards[0] < forwards[1] == 6, forwards

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
+from .outside_settings import PLAIN_VALUES, outside_settings
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
            "clear", "code_of", "config_key", "definition", "describe", "layer_settings", "regularizers_of",
@@ -142,7 +143,7 @@ REGULARIZER_CODE = ("penalty", "gradient", "__call__")
 
 def regularizers_of(model: Any) -> list[Any]:
     """The regularizers the model's penalty applies: its own and each layer's (a nested model's included)."""
-    objects = (model, *(layer for _, layer in model.named_layers()))
+    objects = _model_and_layers(model)
     return [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
 
 
@@ -155,13 +156,22 @@ def code_of(model: Any, loss: Any = None, optimizer: Any = None) -> tuple:
 
     A layer's class is part of `definition` by identity, which its methods replaced in place do not change.
     """
-    objects = (model, *(layer for _, layer in model.named_layers()))
+    objects = _model_and_layers(model)
     layers = tuple(getattr(type(obj), name, None) for obj in objects for name in _LAYER_CODE) + tuple(
         getattr(type(reg), name, None) for reg in regularizers_of(model) for name in REGULARIZER_CODE)
     if loss is None and optimizer is None:
         return layers
     return (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE),
             tuple(getattr(type(optimizer), name, None) for name in _OPTIMIZER_CODE))
+
+
+def _model_and_layers(model: Any) -> tuple[Any, ...]:
+    return model, *(layer for _, layer in model.named_layers())
+
+
+def _outside(model: Any) -> list[tuple[Any, str, Any]]:
+    """`outside_settings` of the model and its layers, described as `layer_settings` lists them."""
+    return [(owner, name, describe(value, {})) for owner, name, _, value in outside_settings(_model_and_layers(model))]
 
 
 def definition(model: Any) -> tuple | None:
@@ -181,7 +191,8 @@ def definition(model: Any) -> tuple | None:
     except (Unshareable, RecursionError):
         return None
     # not the dropout stream's seed: the programs take it as an input (`nnx.training.compiled.CARRY_SEED`)
-    return type(model), model.backend.spec, str(model.dtype), layers, regularizer, code_of(model)
+    return (type(model), model.backend.spec, str(model.dtype), layers, regularizer, code_of(model),
+            tuple(_outside(model)))
 
 
 def layer_settings(model: Any) -> tuple:
@@ -191,7 +202,8 @@ def layer_settings(model: Any) -> tuple:
 
     A program holds them fixed, so a setting changed after it was compiled needs another program; a config
     may not show the change (a user's layer keeps its settings in plain attributes, its config the
-    constructor's arguments).
+    constructor's arguments). The plain class attributes and module globals a user's class reads come last
+    (`nnx.training.outside_settings`).
     """
     found = []
     for path, layer in model.named_layers():
@@ -206,10 +218,10 @@ def layer_settings(model: Any) -> tuple:
                 found.append((path, key, describe(value, {})))
             except (Unshareable, RecursionError):
                 continue
-    return tuple(found)
+    return (*found, *_outside(model))
 
 
-_WATCHED = (type(None), int, float, str, bool, bytes)  # values a `SettingsWatch` compares in place
+_WATCHED = PLAIN_VALUES  # values a `SettingsWatch` compares in place
 _MISSING = object()
 
 
@@ -225,6 +237,7 @@ class SettingsWatch:
         self._layers: list[weakref.ref] = []
         self._sizes: list[int] = []
         self._watched: list[tuple[int, str, Any]] = []  # (layer index, attribute, value)
+        self._outside: list[tuple[Any, str, Any]] = []  # (class or module namespace, name, value)
         self._read_in_full = True
 
     def current(self, model: Any) -> tuple:
@@ -243,6 +256,10 @@ class SettingsWatch:
             now = dicts[i].get(key, _MISSING)
             if now is not value and (type(now) is not type(value) or now != value):
                 return self._refresh(model)
+        for namespace, key, value in self._outside:
+            now = namespace.get(key, _MISSING)
+            if now is not value and (type(now) is not type(value) or now != value):
+                return self._refresh(model)
         return self.value
 
     def _refresh(self, model: Any) -> tuple:
@@ -252,6 +269,8 @@ class SettingsWatch:
         self._sizes = [len(vars(layer)) for layer in layers]
         self._watched = [(i, key, value) for i, layer in enumerate(layers) for key, value in vars(layer).items()
                          if type(value) in _WATCHED and key not in _LAYER_OWN]
+        self._outside = [(namespace, name, value)
+                         for _, name, namespace, value in outside_settings(_model_and_layers(model))]
         # a setting of another kind (a tuple, a list changed in place) can only be told by describing it again
         self._read_in_full = any(key not in _LAYER_OWN and type(value) not in _WATCHED
                                  and not isinstance(value, _NOT_SETTINGS) and not _is_array(value)

@@ -1,0 +1,118 @@
+"""The settings a user's layer keeps outside its instance: plain class attributes and module globals its code reads.
+
+A recorded (NumPy) or compiled (JAX) program holds every value its code reads as a constant. The
+layers' own attributes are compared before each step (`nnx.training.shared_programs.SettingsWatch`);
+this finds the rest that a class written by a user may read as a setting:
+
+- a plain class attribute (a number, a string, a flag, None, or a tuple of them) that no instance
+  attribute shadows, read as ``self.k`` or ``type(self).k``;
+- a module global of such a value that the class's methods load by name.
+
+A list or dict changed in place, and what a helper function the methods call reads, are not seen.
+
+What the class's own code assigns (``type(self).calls += 1``, a ``global`` counter) is its running
+state, not a setting: a trace runs that code, so watching it would trace again at every step. Those
+names are passed over, as are nnx's own classes (their settings live on the instance).
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import inspect
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["PLAIN_VALUES", "is_plain", "outside_settings"]
+
+PLAIN_VALUES = (type(None), int, float, str, bool, bytes)  # values a watch compares in place
+
+
+def is_plain(value: Any) -> bool:
+    """Whether `value` is one of `PLAIN_VALUES`, or a tuple or frozenset of such: a value equality tells apart."""
+    if type(value) in (tuple, frozenset):
+        return all(is_plain(item) for item in value)
+    return type(value) in PLAIN_VALUES
+
+
+def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str, Any], Any]]:
+    """``(owner, name, namespace, value)`` for each plain value the user classes of `objects` read from their class
+    or module: `owner` is the class (a class attribute) or the module's name (a global), `namespace` the mapping
+    that holds the value now (``cls.__dict__`` or the module's globals), so ``namespace.get(name)`` re-reads it.
+
+    Each value is listed once, however many of `objects` share its class or module.
+    """
+    found: list[tuple[Any, str, Mapping[str, Any], Any]] = []
+    seen: set[tuple[int, str]] = set()
+    for obj in objects:
+        mro = type(obj).__mro__
+        user = [cls for cls in mro if _is_users(cls)]
+        if not user:
+            continue
+        own = vars(obj) if hasattr(obj, "__dict__") else {}
+        written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)))
+        resolved: set[str] = set(own)
+        for cls in mro:
+            namespace = cls.__dict__
+            if cls in user:
+                for name, value in namespace.items():
+                    if name in resolved or name in written or name.startswith("__") or not is_plain(value):
+                        continue
+                    if (id(namespace), name) not in seen:
+                        seen.add((id(namespace), name))
+                        found.append((cls, name, namespace, value))
+            resolved.update(namespace)
+        for module_globals, name in loaded:
+            value = module_globals.get(name, _MISSING)
+            if is_plain(value) and not name.startswith("__") and (id(module_globals), name) not in seen:
+                seen.add((id(module_globals), name))
+                found.append((module_globals.get("__name__"), name, module_globals, value))
+    return found
+
+
+_MISSING = object()
+
+
+def _is_users(cls: type) -> bool:
+    """Whether `cls` is a class of the user's (not nnx's, not Python's own)."""
+    module = cls.__module__ or ""
+    return cls is not object and module != "builtins" and module != "nnx" and not module.startswith("nnx.")
+
+
+@functools.lru_cache(maxsize=1024)
+def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[dict, str], ...]]:
+    """(attribute and global names the functions assign or delete, (globals, name) of each global they load and do
+    not assign). Read once per set of functions: a method replaced later (a patch) is another function."""
+    written: set[str] = set()
+    loaded: dict[tuple[int, str], tuple[dict[str, Any], str]] = {}
+    for function in functions:
+        for code in _codes(function.__code__):
+            for instruction in dis.get_instructions(code):
+                if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL"):
+                    written.add(instruction.argval)
+                elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                    name = instruction.argval
+                    loaded.setdefault((id(function.__globals__), name), (function.__globals__, name))
+    return frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
+
+
+def _functions(cls: type) -> list[types.FunctionType]:
+    """The Python functions a class defines: its methods, static and class methods, and properties' accessors,
+    each as its author wrote it (unwrapped: `Layer` wraps a subclass's ``forward`` in a check of its own)."""
+    found = []
+    for member in vars(cls).values():
+        if isinstance(member, (staticmethod, classmethod)):
+            member = member.__func__
+        candidates = (member.fget, member.fset, member.fdel) if isinstance(member, property) else (member,)
+        found.extend(inspect.unwrap(c) for c in candidates if isinstance(c, types.FunctionType))
+    return [function for function in found if isinstance(function, types.FunctionType)]
+
+
+def _codes(code: types.CodeType) -> list[types.CodeType]:
+    """`code` and every code object nested in it (comprehensions, inner functions, lambdas)."""
+    found = [code]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_codes(const))
+    return found
