@@ -325,3 +325,57 @@ def test_a_class_attribute_or_global_the_layer_reads_is_a_setting_and_its_own_co
     _assert_same(runs[0][2], runs[1][2], dtype)
     if backend.can_compile or backend.tape() is not None:  # traced or recorded once per setting, not every step
         assert forwards[0] < forwards[1] == 6, forwards
+
+
+class WeightedHalfSquares(nnx.losses.Loss):
+    """Half the squared error per row times `weight`, a class attribute."""
+
+    weight = 1.0
+
+    def rows(self, xp, y_true, y_pred):
+        diff = y_pred - y_true
+        return self.weight * 0.5 * xp.sum(diff * diff, axis=1), self.weight * diff / y_pred.shape[0]
+
+
+class ScaledStepSGD(optim.Optimizer):
+    """SGD whose step is scaled by `scale`, a class attribute."""
+
+    elementwise = True
+    scale = 1.0
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * self.scale * grad, state
+
+
+class ChangeClassSettings(nnx.callbacks.Callback):
+    """Doubles the loss's weight and halves the optimizer's scale after every epoch, on their classes."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        WeightedHalfSquares.weight *= 2.0
+        ScaledStepSGD.scale *= 0.5
+
+
+def _train_regression(backend, dtype, fast, epochs, callbacks=()):
+    model = nnx.Sequential(nnx.Dense(6, 4), nnx.Tanh(), nnx.Dense(4, 1), backend=backend.with_fastpath(fast),
+                           dtype=dtype, seed=3)
+    X = _data()[0]
+    opt = ScaledStepSGD(model.parameters(), lr=0.05)
+    history = model.fit(X, X[:, :1] - X[:, 1:2], loss=WeightedHalfSquares(), optimizer=opt, epochs=epochs,
+                        batch_size=16, callbacks=list(callbacks))
+    return model, opt, history
+
+
+def test_a_class_attribute_a_loss_or_an_optimizer_reads_is_a_setting(backend, dtype):
+    """The same held for a user's loss and optimizer: a weight or a scale kept on their class, changed by a callback,
+    between fits or before a new model was built, was a constant of the first program."""
+    runs = []
+    for fast in (True, False):
+        WeightedHalfSquares.weight, ScaledStepSGD.scale = 1.0, 1.0
+        model, opt, history = _train_regression(backend, dtype, fast, 2, [ChangeClassSettings()])
+        WeightedHalfSquares.weight, ScaledStepSGD.scale = 3.0, 2.0
+        X = _data()[0]
+        model.fit(X, X[:, :1] - X[:, 1:2], loss=WeightedHalfSquares(), optimizer=opt, epochs=1, batch_size=16)
+        WeightedHalfSquares.weight, ScaledStepSGD.scale = 0.5, 4.0
+        runs.append(((model, opt, history), _train_regression(backend, dtype, fast, 1)))
+    _assert_same(runs[0][0], runs[1][0], dtype)
+    _assert_same(runs[0][1], runs[1][1], dtype)

@@ -43,6 +43,7 @@ from typing import Any
 from ..backends.base import TraceRefused
 from ..optim import Optimizer, check_rule_result
 from .compiled_inference import model_lock
+from .outside_settings import OutsideWatch, outside_key
 from .per_model import PerModel
 from .shared_programs import (
     SettingsWatch,
@@ -126,7 +127,8 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
     return (tuple(map(id, model.layers)), tuple(config_key(layer) for layer in model.layers), layer_settings(model),
             tuple(map(id, model.parameters())), tuple(map(id, model.buffers())), config_key(model.regularizer),
             type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
-            tuple((type(t), config_key(t)) for t in transforms), bool(check_finite), code_of(model, loss, optimizer))
+            tuple((type(t), config_key(t)) for t in transforms), bool(check_finite), code_of(model, loss, optimizer),
+            outside_key((loss, optimizer, *transforms)))
 
 
 def hyper_constants(optimizer: Any) -> tuple:
@@ -193,6 +195,7 @@ class CompiledStep:
         self._held = HeldArrays()
         self._generation = 0  # how often the layers rebound an array the programs held (`HeldArrays`)
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
+        self._rule_outside = OutsideWatch()  # what the optimizer's class reads from its class or module
         self._hyper_values: tuple | None = None
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.rebind(loss, optimizer, transforms)
@@ -218,6 +221,7 @@ class CompiledStep:
         self.optimizer = optimizer
         self.transforms = list(transforms)
         self._transform_watches = [AttributeWatch() for _ in self.transforms]
+        self._rule_outside.read((optimizer,))
         before, self._hyper_values = self._hyper_values, self.constants()
         if before is not None and before != self._hyper_values:
             self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
@@ -227,12 +231,15 @@ class CompiledStep:
 
     def constants(self) -> tuple:
         """What a callback may change between steps that the programs hold as constants: the optimizer's
-        hyper-parameters (`hyper_constants`), the layers' settings (`layer_settings`), the arrays they
+        hyper-parameters (`hyper_constants`) and what its class reads from its class or module
+        (`nnx.training.outside_settings`), the layers' settings (`layer_settings`), the arrays they
         held when traced (`HeldArrays`), and the attributes of the loss, of the model's regularizer and of the
         gradient transforms (a weight, a strength or a clipping norm a callback anneals)."""
         if self._held.moved():
             self._generation += 1
-        return (hyper_constants(self.optimizer), self._settings.current(self.model), self._generation,
+        rule_outside = self._rule_outside.read((self.optimizer,)) if self._rule_outside.changed() \
+            else self._rule_outside.value
+        return ((hyper_constants(self.optimizer), rule_outside), self._settings.current(self.model), self._generation,
                 self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer),
                 tuple(w.current(t) for w, t in zip(self._transform_watches, self.transforms, strict=True)))
 
@@ -248,7 +255,8 @@ class CompiledStep:
         settings = settings_key(self.head, self.transforms, type(self.optimizer), hyper_constants(self.optimizer))
         if model is None or settings is None:
             return None
-        return model, self.n_run, settings, self.check_finite, code_of(self.model, self.head, self.optimizer)
+        return (model, self.n_run, settings, self.check_finite, code_of(self.model, self.head, self.optimizer),
+                outside_key((self.head, self.optimizer, *self.transforms)))
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
         """What tracing the step teaches: how often it was traced, the dropout masks one step draws."""

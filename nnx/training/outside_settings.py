@@ -2,7 +2,8 @@
 
 A recorded (NumPy) or compiled (JAX) program holds every value its code reads as a constant. The
 layers' own attributes are compared before each step (`nnx.training.shared_programs.SettingsWatch`);
-this finds the rest that a class written by a user may read as a setting:
+this finds the rest that a class written by a user (a layer, a loss, a regularizer, an optimizer's
+rule, a gradient transform) may read as a setting:
 
 - a plain class attribute (a number, a string, a flag, None, or a tuple of them) that no instance
   attribute shadows, read as ``self.k`` or ``type(self).k``;
@@ -24,7 +25,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["PLAIN_VALUES", "is_plain", "outside_settings"]
+__all__ = ["PLAIN_VALUES", "OutsideWatch", "is_plain", "outside_key", "outside_settings"]
 
 PLAIN_VALUES = (type(None), int, float, str, bool, bytes)  # values a watch compares in place
 
@@ -72,6 +73,45 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
 
 
 _MISSING = object()
+
+
+def outside_key(objects: Iterable[Any]) -> tuple:
+    """`outside_settings` of `objects` as a hashable key: ``(owner, name, value)``, a float by its repr (so -0.0
+    is not 0.0, and NaN equals itself)."""
+    return tuple((owner, name, _key(value)) for owner, name, _, value in outside_settings(objects))
+
+
+def _key(value: Any) -> Any:
+    if type(value) is float:
+        return float, repr(value)
+    if type(value) in (tuple, frozenset):
+        return type(value), tuple(_key(item) for item in value)
+    return value
+
+
+class OutsideWatch:
+    """`outside_key` of some objects, kept with where each value lives, so that a check every step compares each
+    value in place (`changed`) and reads the key in full (`read`) only after one changed. It holds no object:
+    the caller reads again when its objects are others."""
+
+    def __init__(self) -> None:
+        self.value: tuple = ()
+        self._entries: list[tuple[Mapping[str, Any], str, Any]] = []
+
+    def read(self, objects: Iterable[Any]) -> tuple:
+        """The key of `objects` as it stands now, kept as `value`."""
+        found = outside_settings(objects)
+        self._entries = [(namespace, name, value) for _, name, namespace, value in found]
+        self.value = tuple((owner, name, _key(value)) for owner, name, _, value in found)
+        return self.value
+
+    def changed(self) -> bool:
+        """Whether a value read last changed since (or is gone)."""
+        for namespace, name, value in self._entries:
+            now = namespace.get(name, _MISSING)
+            if now is not value and (type(now) is not type(value) or now != value):
+                return True
+        return False
 
 
 def _is_users(cls: type) -> bool:

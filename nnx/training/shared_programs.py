@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
-from .outside_settings import PLAIN_VALUES, outside_settings
+from .outside_settings import PLAIN_VALUES, OutsideWatch, outside_key
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
            "clear", "code_of", "config_key", "definition", "describe", "layer_settings", "regularizers_of",
@@ -169,9 +169,9 @@ def _model_and_layers(model: Any) -> tuple[Any, ...]:
     return model, *(layer for _, layer in model.named_layers())
 
 
-def _outside(model: Any) -> list[tuple[Any, str, Any]]:
-    """`outside_settings` of the model and its layers, described as `layer_settings` lists them."""
-    return [(owner, name, describe(value, {})) for owner, name, _, value in outside_settings(_model_and_layers(model))]
+def _reads_settings(model: Any) -> tuple[Any, ...]:
+    """The model's objects whose classes' code its programs run: it, its layers and their regularizers."""
+    return (*_model_and_layers(model), *regularizers_of(model))
 
 
 def definition(model: Any) -> tuple | None:
@@ -192,7 +192,7 @@ def definition(model: Any) -> tuple | None:
         return None
     # not the dropout stream's seed: the programs take it as an input (`nnx.training.compiled.CARRY_SEED`)
     return (type(model), model.backend.spec, str(model.dtype), layers, regularizer, code_of(model),
-            tuple(_outside(model)))
+            outside_key(_reads_settings(model)))
 
 
 def layer_settings(model: Any) -> tuple:
@@ -205,6 +205,11 @@ def layer_settings(model: Any) -> tuple:
     constructor's arguments). The plain class attributes and module globals a user's class reads come last
     (`nnx.training.outside_settings`).
     """
+    return (*_own_settings(model), *outside_key(_reads_settings(model)))
+
+
+def _own_settings(model: Any) -> list[tuple[str, str, Any]]:
+    """The settings `layer_settings` lists from the layers' own attributes."""
     found = []
     for path, layer in model.named_layers():
         for key, value in vars(layer).items():
@@ -218,7 +223,7 @@ def layer_settings(model: Any) -> tuple:
                 found.append((path, key, describe(value, {})))
             except (Unshareable, RecursionError):
                 continue
-    return (*found, *_outside(model))
+    return found
 
 
 _WATCHED = PLAIN_VALUES  # values a `SettingsWatch` compares in place
@@ -237,7 +242,7 @@ class SettingsWatch:
         self._layers: list[weakref.ref] = []
         self._sizes: list[int] = []
         self._watched: list[tuple[int, str, Any]] = []  # (layer index, attribute, value)
-        self._outside: list[tuple[Any, str, Any]] = []  # (class or module namespace, name, value)
+        self._outside = OutsideWatch()  # the plain values the layers' classes read from their class or module
         self._read_in_full = True
 
     def current(self, model: Any) -> tuple:
@@ -256,21 +261,17 @@ class SettingsWatch:
             now = dicts[i].get(key, _MISSING)
             if now is not value and (type(now) is not type(value) or now != value):
                 return self._refresh(model)
-        for namespace, key, value in self._outside:
-            now = namespace.get(key, _MISSING)
-            if now is not value and (type(now) is not type(value) or now != value):
-                return self._refresh(model)
+        if self._outside.changed():
+            return self._refresh(model)
         return self.value
 
     def _refresh(self, model: Any) -> tuple:
-        self.value = layer_settings(model)
+        self.value = (*_own_settings(model), *self._outside.read(_reads_settings(model)))
         layers = [layer for _, layer in model.named_layers()]
         self._layers = [weakref.ref(layer) for layer in layers]
         self._sizes = [len(vars(layer)) for layer in layers]
         self._watched = [(i, key, value) for i, layer in enumerate(layers) for key, value in vars(layer).items()
                          if type(value) in _WATCHED and key not in _LAYER_OWN]
-        self._outside = [(namespace, name, value)
-                         for _, name, namespace, value in outside_settings(_model_and_layers(model))]
         # a setting of another kind (a tuple, a list changed in place) can only be told by describing it again
         self._read_in_full = any(key not in _LAYER_OWN and type(value) not in _WATCHED
                                  and not isinstance(value, _NOT_SETTINGS) and not _is_array(value)

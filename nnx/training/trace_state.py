@@ -16,6 +16,7 @@ import random
 import weakref
 from typing import Any
 
+from .outside_settings import OutsideWatch
 from .shared_programs import ById, Unshareable, describe
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes", "is_array",
@@ -220,11 +221,13 @@ class AttributeWatch:
     """An object's description as a program holds it (`described`), described again only when
     one of its attributes is another object than before, or a dict or list of them changed: asked every step.
     An object `described` tells only by identity is told by its attributes' identities too (a rebound array).
-    None (no regularizer) is described as itself."""
+    None (no regularizer) is described as itself. The plain values a user's class reads from its class or
+    module (`nnx.training.outside_settings`) are part of the description."""
 
     def __init__(self) -> None:
         self._obj: Any = None
         self._items: list[tuple[str, Any, Any]] = []  # (attribute, value, a shallow copy of a dict or list)
+        self._outside = OutsideWatch()
         self.value: Any = None
 
     def current(self, obj: Any) -> Any:
@@ -232,8 +235,9 @@ class AttributeWatch:
         attributes = getattr(obj, "__dict__", None)
         if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
-                for key, value, copy in self._items):
-            self._obj, self.value = obj, described_with_attributes(obj)
+                for key, value, copy in self._items) or self._outside.changed():
+            outside = self._outside.read((obj,))
+            self._obj, self.value = obj, (described_with_attributes(obj), *outside)
             self._items = [(key, value, shallow_copy(value)) for key, value in (attributes or {}).items()]
         return self.value
 
