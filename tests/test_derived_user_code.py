@@ -274,16 +274,21 @@ def test_a_layer_setting_changed_between_calls_is_what_the_next_program_uses(bac
 SHIFT = 0.0  # a module global `OutsideSettings` reads; `ChangeOutsideSettings` and the test set it
 
 
+def _plus_shift(X):
+    return X + SHIFT
+
+
 class OutsideSettings(nnx.Layer):
-    """``X * scale + SHIFT``, where `scale` is a class attribute no instance shadows and `SHIFT` a module global;
-    `forwards` counts the Python calls of its forward, in a class attribute its own code writes."""
+    """``X * scale + SHIFT``, where `scale` is a class attribute no instance shadows and `SHIFT` a module global
+    that a helper function reads; `forwards` counts the Python calls of its forward, in a class attribute its own
+    code writes."""
 
     scale = 1.0
     forwards = 0
 
     def forward(self, X, training=False):
         type(self).forwards += 1
-        return X * self.scale + SHIFT
+        return _plus_shift(X * self.scale)
 
     def backward(self, dY, need_dX=True):
         return dY * self.scale
@@ -295,10 +300,14 @@ def _set_outside(scale, shift):
 
 
 class ChangeOutsideSettings(nnx.callbacks.Callback):
-    """Doubles the class's scale and raises the global shift after every epoch."""
+    """Doubles the class's scale after even epochs and raises the global shift after odd ones: one at a time, so
+    that a change of one does not hide that the other went unseen."""
 
     def on_epoch_end(self, epoch, logs=None):
-        _set_outside(OutsideSettings.scale * 2.0, SHIFT + 0.25)
+        if epoch % 2:
+            _set_outside(OutsideSettings.scale, SHIFT + 0.25)
+        else:
+            _set_outside(OutsideSettings.scale * 2.0, SHIFT)
 
 
 def test_a_class_attribute_or_global_the_layer_reads_is_a_setting_and_its_own_counter_is_not(backend, dtype):
@@ -312,19 +321,19 @@ def test_a_class_attribute_or_global_the_layer_reads_is_a_setting_and_its_own_co
         _set_outside(1.0, 0.0)
         OutsideSettings.forwards = 0
         model, opt, history = _train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01), layers=layers,
-                                     epochs=2, callbacks=[ChangeOutsideSettings()])
+                                     epochs=3, callbacks=[ChangeOutsideSettings()])
         forwards.append(OutsideSettings.forwards)
-        _set_outside(0.5, -0.1)
+        _set_outside(OutsideSettings.scale, -0.1)
         predicted = backend.to_host(model.predict(_data()[0]))
         model.fit(*_data(), loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
-        _set_outside(3.0, 0.2)
+        _set_outside(3.0, SHIFT)
         later = _train(backend, dtype, fast, lambda ps: optim.Adam(ps, lr=0.01), layers=layers, epochs=1)
         runs.append(((model, opt, history), predicted, later))
     np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-5 if dtype == "float32" else 1e-12)
     _assert_same(runs[0][0], runs[1][0], dtype)
     _assert_same(runs[0][2], runs[1][2], dtype)
     if backend.can_compile or backend.tape() is not None:  # traced or recorded once per setting, not every step
-        assert forwards[0] < forwards[1] == 6, forwards
+        assert forwards[0] < forwards[1] == 9, forwards
 
 
 class WeightedHalfSquares(nnx.losses.Loss):
@@ -348,11 +357,14 @@ class ScaledStepSGD(optim.Optimizer):
 
 
 class ChangeClassSettings(nnx.callbacks.Callback):
-    """Doubles the loss's weight and halves the optimizer's scale after every epoch, on their classes."""
+    """Doubles the loss's weight after even epochs and halves the optimizer's scale after odd ones, on their
+    classes: one at a time, as `ChangeOutsideSettings`."""
 
     def on_epoch_end(self, epoch, logs=None):
-        WeightedHalfSquares.weight *= 2.0
-        ScaledStepSGD.scale *= 0.5
+        if epoch % 2:
+            ScaledStepSGD.scale *= 0.5
+        else:
+            WeightedHalfSquares.weight *= 2.0
 
 
 def _train_regression(backend, dtype, fast, epochs, callbacks=()):
@@ -371,11 +383,11 @@ def test_a_class_attribute_a_loss_or_an_optimizer_reads_is_a_setting(backend, dt
     runs = []
     for fast in (True, False):
         WeightedHalfSquares.weight, ScaledStepSGD.scale = 1.0, 1.0
-        model, opt, history = _train_regression(backend, dtype, fast, 2, [ChangeClassSettings()])
-        WeightedHalfSquares.weight, ScaledStepSGD.scale = 3.0, 2.0
+        model, opt, history = _train_regression(backend, dtype, fast, 3, [ChangeClassSettings()])
+        WeightedHalfSquares.weight = 3.0
         X = _data()[0]
         model.fit(X, X[:, :1] - X[:, 1:2], loss=WeightedHalfSquares(), optimizer=opt, epochs=1, batch_size=16)
-        WeightedHalfSquares.weight, ScaledStepSGD.scale = 0.5, 4.0
+        ScaledStepSGD.scale = 4.0
         runs.append(((model, opt, history), _train_regression(backend, dtype, fast, 1)))
     _assert_same(runs[0][0], runs[1][0], dtype)
     _assert_same(runs[0][1], runs[1][1], dtype)

@@ -9,7 +9,8 @@ rule, a gradient transform) may read as a setting:
   attribute shadows, read as ``self.k`` or ``type(self).k``;
 - a module global of such a value that the class's methods load by name.
 
-A list or dict changed in place, and what a helper function the methods call reads, are not seen.
+So is what a function of the same module that the methods call by name reads (a helper beside the class).
+A list or dict changed in place, and what a function of another module reads, are not seen.
 
 What the class's own code assigns (``type(self).calls += 1``, a ``global`` counter) is its running
 state, not a setting: a trace runs that code, so watching it would trace again at every step. Those
@@ -123,17 +124,27 @@ def _is_users(cls: type) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[dict, str], ...]]:
     """(attribute and global names the functions assign or delete, (globals, name) of each global they load and do
-    not assign). Read once per set of functions: a method replaced later (a patch) is another function."""
+    not assign). The module functions they call by a global name, from their own modules (a helper beside the
+    class), are read too, and theirs in turn. Read once per set of functions: a method replaced later (a patch)
+    is another function."""
+    modules = {function.__module__ for function in functions}
     written: set[str] = set()
     loaded: dict[tuple[int, str], tuple[dict[str, Any], str]] = {}
-    for function in functions:
+    pending, seen = list(functions), set(functions)
+    while pending:
+        function = pending.pop()
+        namespace = function.__globals__
         for code in _codes(function.__code__):
             for instruction in dis.get_instructions(code):
                 if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL"):
                     written.add(instruction.argval)
                 elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                     name = instruction.argval
-                    loaded.setdefault((id(function.__globals__), name), (function.__globals__, name))
+                    loaded.setdefault((id(namespace), name), (namespace, name))
+                    helper = namespace.get(name)
+                    if isinstance(helper, types.FunctionType) and helper.__module__ in modules and helper not in seen:
+                        seen.add(helper)
+                        pending.append(helper)
     return frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
 
 
