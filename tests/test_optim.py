@@ -25,7 +25,9 @@ from nnx.optim import (
 )
 from nnx.regularizers import L1, L2, ElasticNet
 
-STEPS = 60
+# 30 steps: momentum builds up, Adam's bias corrections still act, and amsgrad's max exceeds the running
+# average on some elements in every amsgrad case (a few dozen element-steps each).
+STEPS = 30
 SHAPES = {"w": (4, 3), "b": (3,)}
 
 
@@ -223,17 +225,17 @@ def test_state_dict_round_trip(backend, case, to_host):
     skip = lambda name, t: name == "b" and t == 2  # noqa: E731 (unequal per-parameter step counts)
     params = _params(backend)
     opt = cls(params, **kwargs)
-    for t in range(1, 21):
+    for t in range(1, 11):
         _set_grads(backend, params, t, skip)
         opt.step()
     sd = opt.state_dict()
     saved_values = _host(backend, params)
     json.dumps({k: v for k, v in sd.items() if k != "state"})  # everything but the arrays is JSON
-    assert sd["type"] == cls.__name__ and sd["step"] == 20
+    assert sd["type"] == cls.__name__ and sd["step"] == 10
     if to_host:
         sd["state"] = {i: {k: backend.to_host(v) for k, v in st.items()} for i, st in sd["state"].items()}
     # Continue the original first: the snapshot must not follow its in-place updates.
-    for t in range(21, 41):
+    for t in range(11, 21):
         _set_grads(backend, params, t)
         opt.step()
     expected = _host(backend, params)
@@ -243,7 +245,7 @@ def test_state_dict_round_trip(backend, case, to_host):
     snapshot = {i: {k: _np(backend, v).copy() for k, v in st.items()} for i, st in sd["state"].items()}
     opt2.load_state_dict(sd)
     assert opt2.hyperparams == opt.hyperparams and isinstance(opt2.lr, float)
-    for t in range(21, 41):
+    for t in range(11, 21):
         _set_grads(backend, fresh, t)
         opt2.step()
     got = _host(backend, fresh)
@@ -253,7 +255,7 @@ def test_state_dict_round_trip(backend, case, to_host):
     for i, st in sd["state"].items():
         for k, v in st.items():
             np.testing.assert_array_equal(_np(backend, v), snapshot[i][k])
-    assert opt2.state_dict()["step"] == 40
+    assert opt2.state_dict()["step"] == 20
 
 
 # nnx's own optimizers. Not the registry as collection finds it: test modules register optimizers of their own
@@ -526,9 +528,10 @@ def test_is_optimizer_subclass():
 def test_a_rate_set_to_zero_survives_save_and_load(backend, tmp_path):
     """The `lr` setter takes 0 (a frozen phase, a warm-up's first epoch); the constructors refuse it, so rebuilding
     the optimizer from a checkpoint (`nnx.load`, `model.to`) once refused the file the model had just written."""
-    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, dtype="float64", seed=0)
-    X, y = np.ones((4, 3)), np.zeros((4, 2))
-    model.fit(X, y, loss="mse", optimizer="adam", lr=0.1, epochs=1, batch_size=2, verbose=0)
+    # the integer-state test's model and data shapes (8 rows, batches of 4): JAX compiles no op shapes of its own
+    model = nnx.Sequential(nnx.Dense(3, 2), backend=backend, seed=0)
+    X, y = np.ones((8, 3)), np.zeros((8, 2))
+    model.fit(X, y, loss="mse", optimizer="adam", lr=0.1, epochs=1, batch_size=4, verbose=0)
     model.optimizer.lr = 0.0
     model.save(tmp_path / "m.npz")
     loaded = nnx.load(tmp_path / "m.npz", backend=backend)
