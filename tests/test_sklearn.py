@@ -174,7 +174,7 @@ def test_pickled_estimator_continues_with_the_same_dropout_masks(backend):
     # a copy (pickle, joblib, deepcopy) resumes the dropout stream where the original is, not from its seed
     import copy
 
-    X, y = _blobs(classes=2)  # with 8 hidden units, the data and first layer of the other backend tests (JAX)
+    X, y = _blobs()  # with 8 hidden units, the classifier test's data and network: no JAX op shapes of its own
     clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, dropout=0.3, random_state=0,
                         backend=backend.spec).fit(X, y)
     copies = [pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)]
@@ -190,7 +190,7 @@ def test_a_backend_object_as_parameter_clones_and_pickles(backend):
     # backend=nnx.get_backend(...) is as valid as its name; GridSearchCV clones it and n_jobs pickles it
     import copy
 
-    X, y = _blobs(classes=2)  # with 8 hidden units, the data and first layer of the other backend tests (JAX)
+    X, y = _blobs()  # with 8 hidden units, the classifier test's data and network: no JAX op shapes of its own
     clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, random_state=0, backend=backend)
     assert clone(clf).get_params()["backend"] == backend
     assert pickle.loads(pickle.dumps(clf)).get_params()["backend"] == backend
