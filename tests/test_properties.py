@@ -117,8 +117,8 @@ def architectures(draw, backend, max_params: int | None = None):
         widths.append(draw(_widths(backend, 1, cap)))
         if budget is not None:
             budget -= (widths[-2] + 1) * widths[-1]
-    if budget is not None and budget < (widths[-1] + 1) * n_out:
-        widths[-1] = 1  # keep the last layer affordable too
+    if budget is not None and depth > 1 and budget < (widths[-1] + 1) * n_out:
+        widths[-1] = 1  # keep the last layer affordable too (its input is a hidden width; never the model's input)
     widths.append(n_out)
     layers = []
     for i in range(depth):
