@@ -39,7 +39,10 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
-    env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    # one XLA thread per rank, added to the suite's flags (conftest: XLA's classic code generator, which compiles
+    # the ranks' many small JAX programs in about 60% of the time); replacing them made the 2-rank job ~1.6x slower
+    threads = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {threads}".strip()
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     env.pop("NNX_FASTPATH", None)
     return env
@@ -570,7 +573,7 @@ def test_the_gradient_all_reduce_keeps_each_gradients_dtype(backend, elementwise
     """A float32 model with a user's float64 parameter trains in one process; with data parallelism the
     all-reduce concatenated the gradients into one float64 buffer and handed float64 gradients back to the
     float32 parameters, which the optimizer then refused, blaming the parameter's gradient."""
-    X = np.random.default_rng(0).normal(size=(30, 4))
+    X = np.random.default_rng(0).normal(size=(32, 4))  # whole batches of 8: one JAX program less
     y = (X[:, 0] > 0).astype(float)
 
     def run(be, distributed):
