@@ -179,8 +179,11 @@ def test_sharded_update_on_three_ranks_equals_the_all_reduce(three_ranks):
 @pytest.mark.parametrize("size", [2, 3])
 def test_a_sharded_step_not_finite_on_one_rank_is_refused_with_the_whole_state_kept(two_ranks, three_ranks, size):
     """Every rank raises at the same batch; the optimizer state is whole and that of the last finite step."""
-    ranks = two_ranks[1] if size == 2 else _ranks(three_ranks[0], 3)
-    got = [r["scenarios"]["numpy/sharded_one_rank_not_finite"] for r in ranks]
+    _check_sharded_refusal(two_ranks[1] if size == 2 else _ranks(three_ranks[0], 3), "numpy")
+
+
+def _check_sharded_refusal(ranks, backend):
+    got = [r["scenarios"][f"{backend}/sharded_one_rank_not_finite"] for r in ranks]
     assert all(g["raised"] is not None and "at epoch 2, batch 3;" in g["raised"] for g in got), got
     assert all(g["state_diff"] <= SHARD_TOL and g["steps"][0] == g["steps"][1] for g in got), got
     assert len({g["digest"] for g in got}) == 1
@@ -215,8 +218,11 @@ def test_three_ranks_equal_one_process_and_resume_from_two(three_ranks):
 @pytest.mark.parametrize("source", ["gathered", "host", "iterable"])
 def test_every_batch_source_gives_the_one_process_result(two_ranks, source):
     """Arrays gathered per batch and host array-likes read only each rank's rows; iterables are cut per rank."""
-    ranks = two_ranks[1]
-    key = f"numpy/source_{source}"
+    _check_source(two_ranks[1], "numpy", source)
+
+
+def _check_source(ranks, backend, source):
+    key = f"{backend}/source_{source}"
     for r in ranks:
         assert r["scenarios"][key]["param_diff"] <= TOL and r["scenarios"][key]["hist_diff"] <= TOL, (r["rank"], key)
     assert len({r["scenarios"][key]["digest"] for r in ranks}) == 1, key
@@ -245,15 +251,22 @@ def test_negative_control_without_allreduce_differs(two_ranks):
 @needs_mpi
 def test_a_step_not_finite_on_one_rank_is_refused_by_every_rank(two_ranks):
     """The poisoned all-reduce carries one rank's non-finite step to all: they raise together, no extra collective."""
-    messages = [r["scenarios"]["numpy/one_rank_not_finite"]["raised"] for r in two_ranks[1]]
+    _check_refusal(two_ranks[1], "numpy")
+
+
+def _check_refusal(ranks, backend):
+    messages = [r["scenarios"][f"{backend}/one_rank_not_finite"]["raised"] for r in ranks]
     assert all(m is not None and "at epoch 2, batch 3;" in m for m in messages), messages
 
 
 @pytest.mark.slow  # starts MPI or torchrun jobs
 @needs_mpi
 def test_early_stopping_stops_every_rank_together(two_ranks):
-    ranks = two_ranks[1]
-    got = [r["scenarios"]["numpy/early_stopping"] for r in ranks]
+    _check_early_stopping(two_ranks[1], "numpy")
+
+
+def _check_early_stopping(ranks, backend):
+    got = [r["scenarios"][f"{backend}/early_stopping"] for r in ranks]
     assert 1 < got[0]["epochs"] < 30  # it did stop early
     assert all(g["epochs"] == got[0]["epochs"] and g["history"] == got[0]["history"] for g in got)
     assert got[0]["hist_diff"] <= TOL  # at the epoch a single process stops
@@ -296,6 +309,12 @@ def test_torchrun_gloo_equals_one_process(tmp_path):
     for how in ("unsharded", "sharded"):
         _check_same(ranks, f"torch/mean_with_sample_weight_{how}")
     assert all(r["scenarios"]["torch/negative_control"]["param_diff"] > 1e-3 for r in ranks)
+    # what the MPI job checks of its control backend, checked of this one's (the torch engine's collectives)
+    for source in ("gathered", "host", "iterable"):
+        _check_source(ranks, "torch", source)
+    _check_refusal(ranks, "torch")
+    _check_sharded_refusal(ranks, "torch")
+    _check_early_stopping(ranks, "torch")
 
 
 TAKES_DOWN_ITS_GROUP = """
