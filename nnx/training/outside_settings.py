@@ -48,32 +48,45 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
     found: list[tuple[Any, str, Mapping[str, Any], Any]] = []
     seen: set[tuple[int, str]] = set()
     for obj in objects:
-        mro = type(obj).__mro__
-        user = [cls for cls in mro if _is_users(cls)]
+        user = [cls for cls in type(obj).__mro__ if _is_users(cls)]
         if not user:
             continue
-        own = vars(obj) if hasattr(obj, "__dict__") else {}
         written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)))
-        resolved: set[str] = set(own)
-        for cls in mro:
-            namespace = cls.__dict__
-            if cls in user:
-                for name, value in namespace.items():
-                    if name in resolved or name in written or name.startswith("__") or not is_plain(value):
-                        continue
-                    if (id(namespace), name) not in seen:
-                        seen.add((id(namespace), name))
-                        found.append((cls, name, namespace, value))
-            resolved.update(namespace)
-        for module_globals, name in loaded:
-            value = module_globals.get(name, _MISSING)
-            if is_plain(value) and not name.startswith("__") and (id(module_globals), name) not in seen:
-                seen.add((id(module_globals), name))
-                found.append((module_globals.get("__name__"), name, module_globals, value))
+        for owner, name, namespace, value in (*_class_settings(obj, user, written), *_global_settings(loaded)):
+            if (id(namespace), name) not in seen:
+                seen.add((id(namespace), name))
+                found.append((owner, name, namespace, value))
+    return found
+
+
+def _class_settings(obj: Any, user: list[type], written: frozenset[str]) -> list[tuple[Any, str, Mapping, Any]]:
+    """The plain class attributes of `obj` that its user classes define, as attribute lookup on `obj` finds them
+    (not shadowed by an instance attribute or a class before it in the MRO), but those their code assigns."""
+    found = []
+    resolved = set(vars(obj)) if hasattr(obj, "__dict__") else set()
+    for cls in type(obj).__mro__:
+        namespace = cls.__dict__
+        if cls in user:
+            found.extend((cls, name, namespace, value) for name, value in namespace.items()
+                         if name not in resolved and name not in written and name not in _REGISTRY_NAMES
+                         and not name.startswith("__") and is_plain(value))
+        resolved.update(namespace)
+    return found
+
+
+def _global_settings(loaded: tuple[tuple[dict, str], ...]) -> list[tuple[Any, str, Mapping, Any]]:
+    """The globals among `loaded` ((module globals, name) pairs) that hold a plain value now."""
+    found = []
+    for module_globals, name in loaded:
+        value = module_globals.get(name, _MISSING)
+        if is_plain(value) and not name.startswith("__"):
+            found.append((module_globals.get("__name__"), name, module_globals, value))
     return found
 
 
 _MISSING = object()
+# what nnx's registry writes on each class it registers (`nnx.registry.register`): the name a file saves it under
+_REGISTRY_NAMES = frozenset({"registered_name"})
 
 
 def outside_key(objects: Iterable[Any]) -> tuple:
