@@ -243,10 +243,13 @@ def test_bce_from_logits_keeps_relative_precision_on_right_confident_predictions
     """A right prediction's loss is log1p(exp(-|z|)) to a few ulps: max(z, 0) - y z + log1p(..) added the small term
     to z and took z off again for a label of 1, which left its rounding (0 or 1e-6 for 3e-7 at z = 15 in float32,
     0 at z = 100 in float64; torch's is exact there)."""
-    z = np.array([5.0, 10.0, 15.0, 20.0, 40.0, 100.0, 700.0])
+    z = np.array([5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 100.0, 700.0])
     z, y = np.concatenate([z, -z]), np.concatenate([np.ones_like(z), np.zeros_like(z)])
-    got = backend.to_host(L.BinaryCrossEntropy(from_logits=True).per_sample(
-        backend.asarray(y, dtype=test_dtype), backend.asarray(z, dtype=test_dtype)))
+    # N at a time, the (N,) of the column tests: JAX compiles the loss's operations once for both
+    loss = L.BinaryCrossEntropy(from_logits=True)
+    got = np.concatenate([backend.to_host(loss.per_sample(backend.asarray(y_part, dtype=test_dtype),
+                                                          backend.asarray(z_part, dtype=test_dtype)))
+                          for y_part, z_part in zip(y.reshape(-1, N), z.reshape(-1, N), strict=True)])
     want = np.log1p(np.exp(-np.abs(z)))  # in float64, to 1 ulp
     tiny = float(np.finfo(test_dtype).smallest_normal)
     normal = want > tiny  # below the normal numbers a flushing backend (JAX) may give 0
@@ -313,8 +316,9 @@ def test_bce_on_exact_zero_and_one_probabilities(backend, test_dtype):
 
 @pytest.mark.parametrize("test_dtype", ["float32", "float64"])
 def test_ce_on_zero_probabilities_finite(backend, test_dtype):
-    p = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0]])
-    value, grad = _quietly(L.CrossEntropy(from_logits=False).value_and_grad, backend.asarray(np.array([0, 1])),
+    # (N, C) and N labels, as the cross-entropy cases: JAX compiles the loss's operations once for both
+    p = np.array([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.25, 0.0, 0.75]])
+    value, grad = _quietly(L.CrossEntropy(from_logits=False).value_and_grad, backend.asarray(np.array([0, 1, 2, 1])),
                            backend.asarray(p, dtype=test_dtype))
     assert np.isfinite(backend.to_float(value)) and np.all(np.isfinite(backend.to_host(grad)))
 
@@ -755,23 +759,29 @@ def test_ce_class_indices_give_the_one_hot_rows_numbers_bit_for_bit(backend, dty
     # class indices run a shorter formula than one-hot rows (fewer operations a step): the same bits, NaN where
     # NaN, inf where inf, a -inf logit of another class never read, and a certain row's loss -0.0 as torch's
     rng = np.random.default_rng(3)
-    logits = rng.normal(scale=30.0, size=(12, 4))
-    logits[1, 2] = logits[2, 3] = -np.inf
-    logits[3, 1], logits[4, 3] = np.inf, np.nan
-    logits[5] = [0.0, -500.0, -600.0, -700.0]
-    labels = np.array([0, 2, 0, 1, 3, 0, 1, 2, 3, 0, 1, 2])
-    z = backend.asarray(logits, dtype=dtype)
+    logits = rng.normal(scale=30.0, size=(12, C))
+    logits[1, 2] = logits[2, 2] = -np.inf
+    logits[3, 1], logits[4, 2] = np.inf, np.nan
+    logits[5] = [0.0, -500.0, -600.0]
+    labels = np.array([0, 2, 0, 1, 2, 0, 1, 2, 1, 0, 1, 2])
     loss = L.CrossEntropy()
+
+    def rows_and_gradient(one_hot: bool) -> list[np.ndarray]:
+        # N rows at a time: the (N, C) of the cross-entropy cases, whose operations JAX compiled already
+        losses, grads = [], []
+        for rows in np.split(np.arange(12), 12 // N):
+            y_true = backend.asarray(np.eye(C)[labels[rows]], dtype=dtype) if one_hot else backend.asarray(labels[rows])
+            z = backend.asarray(logits[rows], dtype=dtype)
+            losses.append(np.asarray(backend.to_host(loss.per_sample(y_true, z, check=False))))
+            grads.append(np.asarray(backend.to_host(loss.gradient(y_true, z, check=False))))
+        return [np.concatenate(losses), np.concatenate(grads)]
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        got = [loss.per_sample(backend.asarray(labels), z, check=False),
-               loss.gradient(backend.asarray(labels), z, check=False)]
-        want = [loss.per_sample(backend.asarray(np.eye(4)[labels], dtype=dtype), z, check=False),
-                loss.gradient(backend.asarray(np.eye(4)[labels], dtype=dtype), z, check=False)]
+        got, want = rows_and_gradient(one_hot=False), rows_and_gradient(one_hot=True)
     for g, w in zip(got, want, strict=True):
-        g, w = np.asarray(backend.to_host(g)), np.asarray(backend.to_host(w))
         np.testing.assert_array_equal(g, w)
         numbers = ~np.isnan(w)
         np.testing.assert_array_equal(np.signbit(g[numbers]), np.signbit(w[numbers]))
-    rows = np.asarray(backend.to_host(got[0]))
+    rows = got[0]
     assert rows[1] == np.inf and np.isfinite(rows[2]) and np.signbit(rows[5]) and rows[5] == 0
