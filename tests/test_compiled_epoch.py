@@ -172,7 +172,8 @@ def test_a_refused_step_leaves_the_dropout_stream_where_the_plain_loop_does(accu
     X, y = _data(FULL)
     w = np.ones(FULL)
     w[40:56] = 1e308  # the batches holding two of these rows (unshuffled: the third of four) overflow the loss
-    fit = {"loss": "cross_entropy", "batch_size": 16, "accumulate": accumulate, "shuffle": shuffle}
+    # (clipped: the accumulation test's fit is epoch-3's, whose program serves it)
+    fit = {"loss": "cross_entropy", "batch_size": 16, "accumulate": accumulate, "shuffle": shuffle, "clip_norm": 0.5}
 
     def run(fast):
         model = _model(fast)
@@ -225,16 +226,19 @@ def test_fallback_to_per_step_is_automatic_and_says_why(make, named):
 
 @AS_USERS_COMPILE
 def test_accumulation_inside_the_epoch_program():
-    # 70 rows in batches of 16: updates after batches 2 and 4, and the fifth (6 rows) applied at the epoch's end
-    kw = {"accumulate": 2, "clip_norm": 0.5, "sample_weight": np.linspace(0.2, 2.0, N), "batch_size": 16}
-    X, y = _data()
+    # 64 rows in batches of 16, three to an update: updates after batch 3, and the fourth (a group of one) applied
+    # at the epoch's end. Unshuffled and clipped, as the refused-step test's epoch-3 case: its program serves
+    # (the partial batch in an accumulation group: test_jax_compiled_settings.py, test_jax_compiled.py)
+    kw = {"accumulate": 3, "clip_norm": 0.5, "sample_weight": np.linspace(0.2, 2.0, FULL), "batch_size": 16,
+          "shuffle": False}
+    X, y = _data(FULL)
     runs = []
     for fast in (True, False):
         model = _model(fast)
         opt = nnx.optim.Adam(model.parameters(), lr=0.01)
         runs.append((model, model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, **kw)))
     assert runs[0][1].execution_mode == "epoch" and runs[0][1].execution == "compiled"
-    assert runs[0][0].optimizer.step_count == 9
+    assert runs[0][0].optimizer.step_count == 6
     _assert_same(runs[0], runs[1], 1e-12)
 
 
@@ -247,7 +251,8 @@ def test_accumulation_refuses_a_diverging_step_like_the_plain_loop():
                                backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
         opt = nnx.optim.SGD(model.parameters(), lr=1e200, momentum=0.9)
         with pytest.raises(FloatingPointError) as info:
-            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=8, accumulate=2)
+            # batches of 16, as the divergence test's (its plain loop's operations serve): batch 3 is refused
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=3, batch_size=16, accumulate=2)
         results.append((model, str(info.value)))
     (a, msg_a), (b, msg_b) = results
     assert msg_a == msg_b
