@@ -149,15 +149,16 @@ def test_compilations_bounded_across_epochs_and_fits():
 
 def test_divergence_refused_like_the_uncompiled_path():
     X, y = _data("mse")
-    y[40:] *= 1e200  # the squared error of the second batch on overflows
+    over = y.copy()
+    over[40:] *= 1e200  # the squared error of the second batch on overflows
     results = []
     for fast in (True, False):
         model = _model(fast, "mse", "float64", reg=False)
         opt = nnx.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        # one full batch: the batch shape of the second fit's (no other to compile)
-        model.fit(X[:BATCH], y[:BATCH], loss="mse", optimizer=opt, epochs=1, batch_size=BATCH, shuffle=False)
+        # an epoch on finite targets first: the second fit's shapes, so its epoch program serves that fit
+        model.fit(X, y, loss="mse", optimizer=opt, epochs=1, batch_size=BATCH, shuffle=False)
         with pytest.raises(FloatingPointError) as info:
-            model.fit(X, y, loss="mse", optimizer=opt, epochs=2, batch_size=BATCH, shuffle=False)
+            model.fit(X, over, loss="mse", optimizer=opt, epochs=2, batch_size=BATCH, shuffle=False)
         results.append((model, str(info.value)))
     (a, msg_a), (b, msg_b) = results
     assert "epoch 2, batch 2" in msg_a and msg_a == msg_b
@@ -303,13 +304,14 @@ def test_every_op_by_op_pass_runs_in_the_backends_eager_scope(monkeypatch):
             seen.append(("backward", jax.config.jax_default_matmul_precision))
             return super().backward(dY, need_dX)
 
-    X, y = _data("bce")
-    model = nnx.Sequential(ScopeProbe(6, 4), nnx.ReLU(), nnx.Dense(4, 1), nnx.Sigmoid(),
+    # one batch through the widths of the float32 bce head's model: its plain loop's operations serve
+    X, y = _data("bce", BATCH)
+    model = nnx.Sequential(ScopeProbe(6, 8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(),
                            backend=nnx.get_backend("jax").with_fastpath(False), dtype="float32", seed=0)
     model(X)
     out = model.forward(X, training=True)
     model.backward(model.backend.xp.ones_like(out))
-    model.fit(X, y, loss="bce", optimizer="sgd", epochs=1, batch_size=FULL, verbose=0)  # one step, op by op
+    model.fit(X, y, loss="bce", optimizer="sgd", epochs=1, batch_size=BATCH, verbose=0)  # one step, op by op
     assert [kind for kind, _ in seen] == ["forward", "forward", "backward", "forward", "backward"], seen
     assert {precision for _, precision in seen} == {"float32"}, seen
     assert jax.config.jax_default_matmul_precision is None
@@ -406,12 +408,13 @@ def test_an_array_attribute_rebound_after_compiling_is_read_anew(callbacks):
     X, y = _data("mse")
     runs = []
     for fast in (True, False):
-        model = nnx.Sequential(nnx.Dense(6, 4), Masked(), nnx.Dense(4, 2), dtype="float64", seed=0,
+        # the widths of the float64 mse head's model (its plain loop's operations serve)
+        model = nnx.Sequential(nnx.Dense(6, 8), Masked(), nnx.Dense(8, 2), dtype="float64", seed=0,
                                backend=nnx.get_backend("jax").with_fastpath(fast))
         fit = {"loss": "mse", "optimizer": "adam", "batch_size": BATCH, "verbose": 0, "callbacks": callbacks}
         model.fit(X, y, epochs=1, **fit)
         before = np.asarray(model.predict(X))
-        model.layers[1].mask = model.backend.asarray(np.array([1.0, 0.0, 1.0, 0.0]))
+        model.layers[1].mask = model.backend.asarray(np.array([1.0, 0.0] * 4))
         after = np.asarray(model.predict(X))
         history = model.fit(X, y, epochs=2, validation_data=(X, y), **fit)
         runs.append((model, before, after, history))
