@@ -237,9 +237,8 @@ class CompiledStep:
         gradient transforms (a weight, a strength or a clipping norm a callback anneals)."""
         if self._held.moved():
             self._generation += 1
-        rule_outside = self._rule_outside.read((self.optimizer,)) if self._rule_outside.changed() \
-            else self._rule_outside.value
-        return ((hyper_constants(self.optimizer), rule_outside), self._settings.current(self.model), self._generation,
+        rule = (hyper_constants(self.optimizer), self._rule_outside.current((self.optimizer,)))
+        return (rule, self._settings.current(self.model), self._generation,
                 self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer),
                 tuple(w.current(t) for w, t in zip(self._transform_watches, self.transforms, strict=True)))
 

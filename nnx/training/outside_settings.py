@@ -92,7 +92,11 @@ _REGISTRY_NAMES = frozenset({"registered_name"})
 def outside_key(objects: Iterable[Any]) -> tuple:
     """`outside_settings` of `objects` as a hashable key: ``(owner, name, value)``, a float by its repr (so -0.0
     is not 0.0, and NaN equals itself)."""
-    return tuple((owner, name, _key(value)) for owner, name, _, value in outside_settings(objects))
+    return _keyed(outside_settings(objects))
+
+
+def _keyed(found: list[tuple[Any, str, Mapping[str, Any], Any]]) -> tuple:
+    return tuple((owner, name, _key(value)) for owner, name, _, value in found)
 
 
 def _key(value: Any) -> Any:
@@ -116,16 +120,21 @@ class OutsideWatch:
         """The key of `objects` as it stands now, kept as `value`."""
         found = outside_settings(objects)
         self._entries = [(namespace, name, value) for _, name, namespace, value in found]
-        self.value = tuple((owner, name, _key(value)) for owner, name, _, value in found)
+        self.value = _keyed(found)
         return self.value
 
     def changed(self) -> bool:
         """Whether a value read last changed since (or is gone)."""
+        # a loop, not any() over a generator: asked every step
         for namespace, name, value in self._entries:
             now = namespace.get(name, _MISSING)
             if now is not value and (type(now) is not type(value) or now != value):
                 return True
         return False
+
+    def current(self, objects: Iterable[Any]) -> tuple:
+        """The key of `objects`, the objects last read, read again only where a value changed."""
+        return self.read(objects) if self.changed() else self.value
 
 
 def _is_users(cls: type) -> bool:

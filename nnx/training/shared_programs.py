@@ -143,7 +143,10 @@ REGULARIZER_CODE = ("penalty", "gradient", "__call__")
 
 def regularizers_of(model: Any) -> list[Any]:
     """The regularizers the model's penalty applies: its own and each layer's (a nested model's included)."""
-    objects = _model_and_layers(model)
+    return _regularizers_among(_model_and_layers(model))
+
+
+def _regularizers_among(objects: tuple[Any, ...]) -> list[Any]:
     return [reg for obj in objects if (reg := getattr(obj, "regularizer", None)) is not None]
 
 
@@ -171,7 +174,8 @@ def _model_and_layers(model: Any) -> tuple[Any, ...]:
 
 def _reads_settings(model: Any) -> tuple[Any, ...]:
     """The model's objects whose classes' code its programs run: it, its layers and their regularizers."""
-    return (*_model_and_layers(model), *regularizers_of(model))
+    objects = _model_and_layers(model)
+    return (*objects, *_regularizers_among(objects))
 
 
 def definition(model: Any) -> tuple | None:
