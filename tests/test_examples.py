@@ -10,12 +10,15 @@ run the README gives a new user starts a fresh `python`, as everywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,14 +47,16 @@ def _fresh(script: str, args: list[str], out: Path) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=ENV, cwd=EXAMPLES.parent)
 
 
-def _forked(requests: dict[tuple[str, str], tuple[list[str], Path]], logs: Path, folder: Path = EXAMPLES,
-            preload: list[str] = SHARED_IMPORTS, timeout_s: int = TIMEOUT_S) -> dict[tuple[str, str], Future]:
-    """Start `forked_scripts.py` on every (script in `folder`, backend) -> (args, out) request; a future of each
-    one's result, as `subprocess.run` gives it."""
+@contextlib.contextmanager
+def _forked(requests: dict[tuple[str, str], tuple[list[str], Path]], logs: Path, jobs: int, folder: Path = EXAMPLES,
+            preload: list[str] = SHARED_IMPORTS, timeout_s: int = TIMEOUT_S) -> Iterator[dict[tuple[str, str], Future]]:
+    """Start `forked_scripts.py` on every (script in `folder`, backend) -> (args, out) request, `jobs` at a time;
+    a future of each one's result, as `subprocess.run` gives it. On leaving, the server and the scripts it still
+    runs (a test that stopped early) are ended."""
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("forked_scripts.py")), "--jobs", str(os.cpu_count() or 2),
+        [sys.executable, str(Path(__file__).with_name("forked_scripts.py")), "--jobs", str(jobs),
          "--error-on", "RuntimeWarning", *preload],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=EXAMPLES.parent,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=EXAMPLES.parent, start_new_session=True,
         env=dict(ENV, PYTHONPATH=os.pathsep.join([str(EXAMPLES.parent), *filter(None, [ENV.get("PYTHONPATH")])])))
     futures, by_id = {}, {}
     for i, ((script, backend), (args, out)) in enumerate(requests.items()):
@@ -62,17 +67,24 @@ def _forked(requests: dict[tuple[str, str], tuple[list[str], Path]], logs: Path,
     server.stdin.close()
 
     def collect() -> None:
-        for line in server.stdout:
-            reply = json.loads(line)
-            cmd, stdout, stderr, future = by_id.pop(reply["id"])
-            future.set_result(subprocess.CompletedProcess(cmd, reply["returncode"], stdout.read_text(),
-                                                          stderr.read_text()))
-        code = server.wait()
-        for cmd, _, _, future in by_id.values():  # the server itself failed: every run it still owed fails
-            future.set_result(subprocess.CompletedProcess(cmd, code, "", f"forked_scripts.py exited with {code}"))
+        try:
+            for line in server.stdout:
+                reply = json.loads(line)
+                cmd, stdout, stderr, future = by_id.pop(reply["id"])
+                future.set_result(subprocess.CompletedProcess(cmd, reply["returncode"], stdout.read_text(),
+                                                              stderr.read_text()))
+        finally:  # the server failed (or was ended): every run it still owed fails, none waits forever
+            code = server.wait()
+            for cmd, _, _, future in by_id.values():
+                future.set_result(subprocess.CompletedProcess(cmd, code, "", f"forked_scripts.py exited with {code}"))
 
     threading.Thread(target=collect, daemon=True).start()
-    return futures
+    try:
+        yield futures
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)  # its session: the server and the scripts forked from it
+        server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +104,19 @@ def runs(request, tmp_path_factory):
                                        tmp_path_factory.mktemp(f"{script[:2]}_{backend}"))
         elif item.name == "test_breast_cancer_full_run_reaches_96_percent":
             full.append(("10_breast_cancer.py", "full"))
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    cpus = os.cpu_count() or 2
+    pool = ThreadPoolExecutor(max_workers=cpus)
     jobs = {}
     for key in full:  # the longest run, started first
         out = tmp_path_factory.mktemp("10_full")
         jobs[key] = (pool.submit(_fresh, key[0], [], out), out)
-    if FORKS and quick:
-        futures = _forked(quick, tmp_path_factory.mktemp("forked_logs"))
-        jobs.update({key: (futures[key], out) for key, (_, out) in quick.items()})
-    else:
-        jobs.update({key: (pool.submit(_fresh, key[0], args, out), out) for key, (args, out) in quick.items()})
-    yield jobs
+    with contextlib.ExitStack() as stack:
+        if FORKS and quick:
+            forked = stack.enter_context(_forked(quick, tmp_path_factory.mktemp("forked_logs"), jobs=cpus))
+            jobs.update({key: (forked[key], out) for key, (_, out) in quick.items()})
+        else:
+            jobs.update({key: (pool.submit(_fresh, key[0], args, out), out) for key, (args, out) in quick.items()})
+        yield jobs
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -165,9 +179,9 @@ def test_the_fork_server_ends_each_script_as_a_fresh_python_would(tmp_path):
                "warns": "import numpy as np\nnp.float64(1e308) * 10\n", "hangs": "import time\ntime.sleep(30)\n"}
     for name, text in scripts.items():
         (tmp_path / f"{name}.py").write_text(text)
-    futures = _forked({(f"{name}.py", "numpy"): ([], tmp_path) for name in scripts}, tmp_path, folder=tmp_path,
-                      preload=["numpy"], timeout_s=2)
-    done = {script[:-3]: future.result(timeout=60) for (script, _), future in futures.items()}
+    with _forked({(f"{name}.py", "numpy"): ([], tmp_path) for name in scripts}, tmp_path, jobs=len(scripts),
+                 folder=tmp_path, preload=["numpy"], timeout_s=2) as futures:
+        done = {script[:-3]: future.result(timeout=60) for (script, _), future in futures.items()}
     assert done["ok"].returncode == 0
     assert done["ok"].stdout.splitlines() == [f"__main__ {tmp_path / 'ok.py'}", "at exit"]
     assert done["exits"].returncode == 3
