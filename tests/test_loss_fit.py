@@ -22,7 +22,9 @@ class Scale(nnx.Layer):
         return dY * self.factor
 
 
-def _data(rng, n=64):
+# One data shape for the module (32 rows of 4 features, the default batch of 32: one batch an epoch, whose shape is
+# the evaluated data's): on JAX each operation compiles once per shape, and each epoch program once per batch shape
+def _data(rng, n=32):
     X = rng.standard_normal((n, 4))
     return X, (X[:, 0] > 0).astype(np.int64)
 
@@ -69,7 +71,7 @@ def test_bce_on_an_unbounded_output_is_refused_from_the_layer_type(backend, dtyp
 
 
 def test_probability_cross_entropy_on_logits_is_refused(backend, dtype, rng):
-    X, y = rng.standard_normal((30, 4)), rng.integers(0, 3, 30)
+    X, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
     model = _model(backend, dtype, nnx.Dense(8, 3))
     with pytest.raises(ValueError, match=r"ends in Dense.*nnx.Softmax\(\).*from_logits=True"):
         model.fit(X, y, loss=nnx.losses.CrossEntropy(from_logits=False))
@@ -84,7 +86,7 @@ def test_a_users_output_layer_is_judged_by_its_first_batch(backend, dtype, rng):
         model.fit(X, y, loss="bce", batch_size=16)
     assert _unchanged(model, before)
     with pytest.raises(ValueError, match="outputs of the first batch range over"):  # batches read one by one
-        model.fit([(X[:32], y[:32]), (X[32:], y[32:])], loss="bce")
+        model.fit([(X[:16], y[:16]), (X[16:], y[16:])], loss="bce")
     assert _unchanged(model, before)
     with pytest.raises(ValueError, match="outputs of the data range over"):
         model.evaluate(X, y, loss="bce")
@@ -112,7 +114,7 @@ def test_a_softmax_before_range_keeping_layers_gives_probabilities(backend, dtyp
     """Softmax then Dropout/Identity/Flatten (also inside a nested model): loss="ce" and loss=None both read
     the outputs as probabilities, as without the tail, and the loss reads the model's actual outputs (in
     training Dropout's scaled ones), never a softmax of probabilities."""
-    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    X, y = rng.standard_normal((32, 4)), rng.integers(0, 3, 32)
     model = _model(backend, dtype, nnx.Dense(8, 3), *TAILS[tail]())
     probabilities = nnx.losses.CrossEntropy(from_logits=False).get_config()
     assert type(model.output_layer()) is nnx.Softmax
@@ -120,15 +122,15 @@ def test_a_softmax_before_range_keeping_layers_gives_probabilities(backend, dtyp
     assert model.resolve_loss("ce").get_config() == probabilities
     with pytest.warns(UserWarning, match="treats the outputs as logits, but the model ends in Softmax"):
         model.resolve_loss(nnx.losses.CrossEntropy(from_logits=True))
-    history = model.fit(X, y, loss="ce", epochs=2, batch_size=8)
+    history = model.fit(X, y, loss="ce", epochs=2)
     assert model.loss.get_config() == probabilities and np.isfinite(history.history["loss"]).all()
     tol = 1e-5 if dtype == "float32" else 1e-12
     true_ce = model.backend.to_float(nnx.losses.CrossEntropy(from_logits=False)(y, model.predict(X)))
     assert model.evaluate(X, y)["loss"] == pytest.approx(true_ce, rel=tol)
     # training: the loss of the outputs the model gave (Dropout's zeros and 1/(1-rate) scaling included)
     X_d, loss = model.prepare_inputs(X), model.loss
-    value, Z, _ = model.loss_and_grads(X_d, model.prepare_targets(y, loss, 40), loss)
-    assert tuple(Z.shape) == (40, 3)
+    value, Z, _ = model.loss_and_grads(X_d, model.prepare_targets(y, loss, 32), loss)
+    assert tuple(Z.shape) == (32, 3)
     assert model.backend.to_float(value) == pytest.approx(model.backend.to_float(loss(y, Z)), rel=tol)
     if tail in ("Dropout", "nested"):
         assert np.any(model.backend.to_host(Z) == 0)
