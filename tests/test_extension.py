@@ -172,13 +172,14 @@ def test_custom_blocks_train_with_fit(guide, name):
 
 
 def test_the_guides_block_trains_checks_saves_moves_and_exports(backend, guide, tmp_path):
-    X, y = _data(48)
-    model = nnx.Sequential(nnx.Dense(3, 6), guide.GatedResidual(6), nnx.Dense(6, 2), backend=backend,
+    # the module's widths (3 -> 5 -> 2), rows (6 for gradients, 24 in batches of 8) and so its JAX operations
+    X, y = _data()
+    model = nnx.Sequential(nnx.Dense(3, 5), guide.GatedResidual(5), nnx.Dense(5, 2), backend=backend,
                            dtype="float64", seed=0)
     assert "1.gate.0.weight" in model.state_dict()
     rng = np.random.default_rng(5)
-    assert nnx.check_gradients(model, rng.standard_normal((5, 3)), rng.standard_normal((5, 2))) < 1e-6
-    hist = model.fit(X, y, optimizer="adam", lr=0.02, epochs=20, batch_size=16)
+    assert nnx.check_gradients(model, rng.standard_normal((6, 3)), rng.standard_normal((6, 2))) < 1e-6
+    hist = model.fit(X, y, optimizer="adam", lr=0.02, epochs=20, batch_size=8)
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     pred = _host(model, model.predict(X))
     model.save(tmp_path / "block.npz")
