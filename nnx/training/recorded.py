@@ -95,10 +95,20 @@ def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
     return None
 
 
+def _items_of(value: Any) -> Any:
+    """What `_opaque` compares of an attribute: a list or dict itself, the attributes of another object that keeps
+    them in a ``__dict__`` (a per-layer regularizer of the user's holding an array, a config object), else None."""
+    if isinstance(value, (list, dict)):
+        return value
+    attributes = getattr(value, "__dict__", None)
+    return attributes if type(attributes) is dict else None
+
+
 def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
     """The layer attributes the passes may read that `layer_settings` does not describe (a dict, a NumPy ufunc, an
-    object holding an array), each with what it holds where it is a list or a dict: a replay holds while each is
-    the same object, holding the same items. Arrays, sub-layers and parameters are watched otherwise."""
+    object holding an array), each with what it holds (`_items_of`): a replay holds while each is the same object,
+    holding the same items (a setting changed on such an object, ``layer.regularizer.l = 0.1``, records again).
+    Arrays, sub-layers and parameters are watched otherwise."""
     found = []
     for _, layer in model.named_layers():
         for key, value in vars(layer).items():
@@ -110,7 +120,7 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
                     continue  # a setting: `SettingsWatch` compares it
                 except (Unshareable, RecursionError):
                     pass
-            found.append((weakref.ref(layer), key, value, shallow_copy(value)))
+            found.append((weakref.ref(layer), key, value, shallow_copy(_items_of(value))))
     return found
 
 
@@ -118,7 +128,7 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any]]) -> bool:
     for ref, key, value, contents in opaque:
         layer = ref()
         if layer is None or vars(layer).get(key, _GONE) is not value \
-                or contents is not None and not _same_contents(value, contents):
+                or contents is not None and not _same_contents(_items_of(value), contents):
             return True
     return False
 
@@ -325,6 +335,12 @@ class RecordedPasses:
             new_buffers = [b.value for b in buffers]
             # a value the passes rebound (a layer that constrains its weight in its forward), as the step leaves it
             rebound = [(p, p.value) for p, v in zip(params, noted_values, strict=True) if p.value is not v]
+            # an array a layer kept that the passes read and then rebound is state carried from step to step (the
+            # last batch's input, a running mean that is no buffer): a replay would read the recorded one forever
+            read = {i for op in tape.ops for i in op.reads}
+            carried = [f"a {type(layer).__name__} reads and rebinds its array {name!r}"
+                       for (layer, name, _), noted in zip(kept, noted_kept, strict=True)
+                       if vars(layer).get(name) is not noted and noted.index in read]
         except BaseException as exc:
             # the layers' Python ran half a step on noted arrays: the plain step starts from where they were, and
             # an interrupt (Ctrl-C) leaves the model's own arrays, never noted ones, in its buffers
@@ -352,7 +368,7 @@ class RecordedPasses:
         held.note(attributes_before)
         changed = changed_state(state_before, python_state(model))
         if changed is None:
-            changed = _changed_containers(containers_before)
+            changed = carried[0] if carried else _changed_containers(containers_before)
         if changed is not None:
             tape.refuse(f"the passes change Python state: {changed}")
         if rng.draws != draws:
