@@ -192,7 +192,7 @@ class CompiledStep:
         self.broken = False
         self._draws: int | None = None
         self._settings = SettingsWatch()
-        self._held = HeldArrays()
+        self._held = HeldArrays(by_contents=True)
         self._generation = 0  # how often the layers rebound an array the programs held (`HeldArrays`)
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
         self._rule_outside = OutsideWatch()  # what the optimizer's class reads from its class or module

@@ -155,7 +155,7 @@ class _Program:
         self.params, self.buffers = model.parameters(), model.buffers()
         self.key, self.fn = key, fn
         self.traces = 0
-        self._held = HeldArrays()
+        self._held = HeldArrays(by_contents=True)
         self._jit = SharedProgram(model.backend, self._pure, self.definition, self)
 
     def definition(self) -> tuple | None:

@@ -9,7 +9,9 @@ rule, a gradient transform) may read as a setting:
   attribute shadows, read as ``self.k`` or ``type(self).k``;
 - a module global of such a value that the class's methods load by name.
 
-So is what a function of the same module that the methods call by name reads (a helper beside the class).
+So is what a function of the same module that the methods call by name reads (a helper beside the class), an
+attribute the methods read of a module they name (``cfg.SCALE`` after ``import cfg``), and a variable of an
+enclosing function the methods read (a class defined inside a function, reading its variable: a closure).
 A list or dict changed in place, and what a function of another module reads, are not seen.
 
 What the class's own code assigns (``type(self).calls += 1``, a ``global`` counter) is its running
@@ -74,14 +76,32 @@ def _class_settings(obj: Any, user: list[type], written: frozenset[str]) -> list
     return found
 
 
-def _global_settings(loaded: tuple[tuple[dict, str], ...]) -> list[tuple[Any, str, Mapping, Any]]:
-    """The globals among `loaded` ((module globals, name) pairs) that hold a plain value now."""
+def _global_settings(loaded: tuple[tuple[Any, str], ...]) -> list[tuple[Any, str, Mapping, Any]]:
+    """The values among `loaded` ((namespace, name) pairs: a module's globals, or a `_Closure`) that are plain now."""
     found = []
     for module_globals, name in loaded:
         value = module_globals.get(name, _MISSING)
         if is_plain(value) and not name.startswith("__"):
             found.append((module_globals.get("__name__"), name, module_globals, value))
     return found
+
+
+class _Closure:
+    """A closure cell the methods read, as a mapping of its one variable: ``get`` re-reads it as a module's globals
+    are re-read (an empty cell reads as missing)."""
+
+    __slots__ = ("cell", "name")
+
+    def __init__(self, cell: types.CellType, name: str) -> None:
+        self.cell, self.name = cell, name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key != self.name:
+            return default
+        try:
+            return self.cell.cell_contents
+        except ValueError:
+            return default
 
 
 _MISSING = object()
@@ -144,29 +164,42 @@ def _is_users(cls: type) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[dict, str], ...]]:
-    """(attribute and global names the functions assign or delete, (globals, name) of each global they load and do
-    not assign). The module functions they call by a global name, from their own modules (a helper beside the
-    class), are read too, and theirs in turn. Read once per set of functions: a method replaced later (a patch)
-    is another function."""
+def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[Any, str], ...]]:
+    """(attribute, global and closure variable names the functions assign or delete, (namespace, name) of each
+    global, attribute of a module global and closure variable they load and do not assign: the namespace a mapping
+    whose ``get`` re-reads it). The module functions they call by a global name, from their own modules (a helper
+    beside the class), are read too, and theirs in turn. Read once per set of functions: a method replaced later (a
+    patch) is another function."""
     modules = {function.__module__ for function in functions}
     written: set[str] = set()
-    loaded: dict[tuple[int, str], tuple[dict[str, Any], str]] = {}
+    loaded: dict[tuple[int, str], tuple[Any, str]] = {}
     pending, seen = list(functions), set(functions)
     while pending:
         function = pending.pop()
         namespace = function.__globals__
+        # the enclosing function's variables this one reads (not its own, which its inner functions share)
+        cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
         for code in _codes(function.__code__):
+            module = None  # the module a LOAD_GLOBAL just put on the stack, whose attribute may come next
             for instruction in dis.get_instructions(code):
-                if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL"):
-                    written.add(instruction.argval)
+                name = instruction.argval
+                if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL",
+                                          "STORE_DEREF", "DELETE_DEREF"):
+                    written.add(name)
+                elif instruction.opname == "LOAD_ATTR" and module is not None:
+                    loaded.setdefault((id(module.__dict__), name), (module.__dict__, name))
+                elif instruction.opname in ("LOAD_DEREF", "LOAD_CLASSDEREF") and name in cells:
+                    cell = cells[name]
+                    loaded.setdefault((id(cell), name), (_Closure(cell, name), name))
                 elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                    name = instruction.argval
                     loaded.setdefault((id(namespace), name), (namespace, name))
                     helper = namespace.get(name)
                     if isinstance(helper, types.FunctionType) and helper.__module__ in modules and helper not in seen:
                         seen.add(helper)
                         pending.append(helper)
+                    module = helper if isinstance(helper, types.ModuleType) else None
+                    continue
+                module = None
     return frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
 
 

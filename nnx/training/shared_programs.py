@@ -112,26 +112,40 @@ def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = N
     spec = getattr(value, "spec", None)
     if isinstance(spec, str) and hasattr(value, "xp"):  # a Backend
         return "backend", spec
-    if _attributes_are_its_state(type(value)):  # a loss, a regularizer, a gradient transform
-        return type(value), describe(vars(value), params, seen)
+    state = _state(value)
+    if state is not None:  # a loss, a regularizer, a gradient transform, a config object a layer keeps
+        return type(value), describe(state, params, seen)
     raise Unshareable(f"a {type(value).__name__} held by the model")
 
 
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a `class` statement (not one written in C)
 
 
-def _attributes_are_its_state(cls: type) -> bool:
-    """Whether an instance of `cls` keeps all it knows in its ``__dict__``: a Python class without slots.
+def _state(value: Any) -> dict[str, Any] | None:
+    """All an object knows, where it keeps it in sight: its ``__dict__`` and its slots (by their names in its
+    class, ``_C__x`` for a private ``__x``; an unset one is left out), for an instance of Python classes or of
+    ``types.SimpleNamespace`` (whose state is its ``__dict__``); None otherwise.
 
-    A class written in C (``functools.partial``, a bound method) keeps its state out of sight.
+    A class written in C (``functools.partial``, a bound method) keeps its state out of sight. Slots and a
+    namespace are read too: a config object ``self.cfg`` whose setting a callback changes is a setting changed.
     """
-    for klass in cls.__mro__[:-1]:  # all but `object`
+    slots = []
+    for klass in type(value).__mro__[:-1]:  # all but `object`
+        if klass is types.SimpleNamespace:
+            continue
         own = klass.__dict__
-        if not klass.__flags__ & _HEAP_TYPE or own.get("__slots__"):
-            return False
+        if not klass.__flags__ & _HEAP_TYPE:
+            return None
         if "__new__" in own and not isinstance(own["__new__"], staticmethod):  # a constructor written in C
-            return False
-    return True
+            return None
+        slots += [(name, member) for name, member in own.items() if isinstance(member, types.MemberDescriptorType)]
+    state = dict(vars(value)) if hasattr(value, "__dict__") else {}
+    for name, member in slots:
+        try:
+            state[f"slot {name}"] = member.__get__(value, type(value))
+        except AttributeError:  # a slot never set
+            continue
+    return state
 
 
 # the methods a traced program runs of each class, which a patch on the class (``nnx.Dense.forward = ...``) replaces

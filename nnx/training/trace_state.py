@@ -13,15 +13,16 @@ escapes into the objects.
 from __future__ import annotations
 
 import random
+import types
 import weakref
 from typing import Any
 
-from .outside_settings import OutsideWatch
+from .outside_settings import OutsideWatch, is_plain
 from .shared_programs import ById, Unshareable, describe
 
-__all__ = ["AttributeWatch", "HeldArrays", "changed_state", "described", "described_with_attributes", "is_array",
-           "layer_attributes", "objects_state", "put_back_arrays", "python_state", "restore_objects", "restore_state",
-           "shallow_copy"]
+__all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "described", "described_with_attributes",
+           "is_array", "layer_attributes", "objects_state", "put_back_arrays", "python_state", "restore_objects",
+           "restore_state", "shallow_copy"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
@@ -226,20 +227,40 @@ class AttributeWatch:
 
     def __init__(self) -> None:
         self._obj: Any = None
-        self._items: list[tuple[str, Any, Any]] = []  # (attribute, value, a shallow copy of a dict or list)
+        # (attribute, value, a shallow copy of a dict or list, the bytes of an array that can be written in place)
+        self._items: list[tuple[str, Any, Any, bytes | None]] = []
         self._outside = OutsideWatch()
+        self._in_full = True  # an attribute holds an object whose own attributes may change: described each time
         self.value: Any = None
 
     def current(self, obj: Any) -> Any:
         """The description of `obj` as it stands now."""
         attributes = getattr(obj, "__dict__", None)
-        if obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
+        if self._in_full or obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
-                for key, value, copy in self._items) or self._outside.changed():
+                or (held is not None and contents(value) != held)
+                for key, value, copy, held in self._items) or self._outside.changed():
             outside = self._outside.read((obj,))
             self._obj, self.value = obj, (described_with_attributes(obj), *outside)
-            self._items = [(key, value, shallow_copy(value)) for key, value in (attributes or {}).items()]
+            self._items = [(key, value, shallow_copy(value), contents(value))
+                           for key, value in (attributes or {}).items()]
+            # a config object the loss keeps (``self.cfg.weight``, changed by a callback) is the same object after
+            # the change: only describing it again tells
+            self._in_full = any(not _told_by_identity(value) for value in (attributes or {}).values())
         return self.value
+
+
+def _told_by_identity(value: Any, depth: int = 0) -> bool:
+    """Whether a change of `value` makes it another object, or a dict or list of such that `AttributeWatch` copies:
+    a plain value, an array (by identity and bytes), a class, a function or a module."""
+    if is_plain(value) or is_array(value) or isinstance(value, (type, types.FunctionType,
+                                                                types.BuiltinFunctionType, types.ModuleType)):
+        return True
+    if depth == 0 and isinstance(value, dict):
+        return all(is_plain(k) and _told_by_identity(v, 1) for k, v in value.items())
+    if depth == 0 and isinstance(value, list):
+        return all(_told_by_identity(v, 1) for v in value)
+    return False
 
 
 def shallow_copy(value: Any) -> Any:
@@ -257,31 +278,50 @@ class HeldArrays:
     values of the program, not constants.
     """
 
-    def __init__(self) -> None:
-        self._held: list[tuple[weakref.ref, str, Any]] = []
+    def __init__(self, by_contents: bool = False) -> None:
+        # with `by_contents`, the bytes of each array that can be written in place (a NumPy array): a program holds
+        # the values it read as constants, where the plain loop reads what a callback wrote into it since
+        self._by_contents = by_contents
+        self._held: list[tuple[weakref.ref, str, Any, bytes | None]] = []
 
     def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
         traced code ran, before `put_back_arrays`."""
-        self._held.extend((weakref.ref(layer), key, value) for layer, old in before for key, value in old.items()
+        self._held.extend((weakref.ref(layer), key, value, contents(value) if self._by_contents else None)
+                          for layer, old in before for key, value in old.items()
                           if is_array(value) and vars(layer).get(key) is value)
 
     def moved(self) -> bool:
-        """Whether a layer now holds another array (or none) where a trace read one; forgets them if so."""
-        for ref, key, value in self._held:
+        """Whether a layer now holds another array (or none) where a trace read one, or (`by_contents`) other
+        values in it; forgets them if so."""
+        for ref, key, value, held in self._held:
             layer = ref()
-            if layer is None or vars(layer).get(key, _GONE) is not value:
+            if layer is None or vars(layer).get(key, _GONE) is not value \
+                    or held is not None and contents(value) != held:
                 self._held = []
                 return True
         return False
 
 
 def described(value: Any) -> Any:
-    """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity."""
+    """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity (and
+    an array that can be written in place by its bytes too: a program holds the values it read)."""
     try:
         return describe(value, {})
     except (Unshareable, RecursionError):
-        return ById(value)
+        held = contents(value)
+        return ById(value) if held is None else (ById(value), held)
+
+
+def contents(value: Any) -> bytes | None:
+    """A copy of the bytes of an array that can be written in place (a NumPy array, whose ``flags.writeable`` says
+    so), else None: an immutable array (JAX's) is told by identity alone, and nothing is read from a device."""
+    if not is_array(value) or not getattr(getattr(value, "flags", None), "writeable", False):
+        return None
+    try:
+        return memoryview(value).tobytes()
+    except (TypeError, ValueError, BufferError):  # no buffer (an object array): told by identity alone
+        return None
 
 
 def described_with_attributes(obj: Any) -> Any:
@@ -290,7 +330,7 @@ def described_with_attributes(obj: Any) -> Any:
     value = described(obj)
     if not isinstance(value, ById):
         return value
-    return value, tuple((key, ById(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
+    return value, tuple((key, ById(attr), contents(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
 
 
 def is_array(value: Any) -> bool:
