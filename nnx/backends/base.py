@@ -323,6 +323,15 @@ class Backend:
         """
         raise NotImplementedError(f"backend {self.spec!r} has no compiler")
 
+    def inputs_read(self, fn: Any, arrays: list[Any]) -> list[bool]:
+        """Which of `arrays` `fn(*arrays)` reads, found by tracing it on stand-ins of their shapes and dtypes (its
+        Python runs once more; it may close over values of a trace in progress); only where `can_compile`.
+
+        A compiled step asks it of the arrays a user's layer rebinds while traced: one it read first is state it
+        carries from step to step (which a program would not carry), one it did not is a cache for its backward.
+        """
+        raise NotImplementedError(f"backend {self.spec!r} has no compiler")
+
     trace_errors: tuple[type[BaseException], ...] = (TraceRefused,)
     """What the library raises when traced code needs a concrete value (an ``if`` on an array, ``float(x)``),
     and `TraceRefused`."""

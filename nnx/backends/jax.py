@@ -265,6 +265,19 @@ class JaxBackend(Backend):
                                        f"to {after.dtype} {tuple(after.shape)}") from None
             raise
 
+    def inputs_read(self, fn: Any, arrays: list[Any]) -> list[bool]:
+        jax = importlib.import_module("jax")
+        stand_ins = [jax.ShapeDtypeStruct(tuple(a.shape), a.dtype) for a in arrays]
+        jaxpr = jax.make_jaxpr(fn)(*stand_ins).jaxpr
+        position = {id(v): i for i, v in enumerate(jaxpr.invars)}  # by identity: a literal is not hashable
+        read = [False] * len(arrays)
+        for operands in [eqn.invars for eqn in jaxpr.eqns] + [jaxpr.outvars]:
+            for v in operands:
+                i = position.get(id(v))
+                if i is not None:
+                    read[i] = True
+        return read
+
     @property
     def trace_errors(self) -> tuple[type[BaseException], ...]:  # pyright: ignore[reportIncompatibleVariableOverride]
         errors = importlib.import_module("jax.errors")
