@@ -256,3 +256,75 @@ def test_a_setting_of_a_config_object_changed_in_place_by_a_callback_is_read_ane
         out.append((model, history))
     assert out[0][1].execution_mode == "epoch"
     _assert_same(*out)
+
+
+class _ColumnL2(nnx.regularizers.Regularizer):
+    """A user's per-layer L2 scaled by a NumPy array it keeps (nnx cannot describe it: the layer holds it as is)."""
+
+    def __init__(self) -> None:
+        self.l, self.columns = 0.05, np.ones(1)
+
+    def penalty(self, W):
+        xp = nnx.get_backend(W).xp
+        return 0.5 * self.l * xp.sum(W * W * self.columns)
+
+    def gradient(self, W):
+        return W * (self.columns * self.l)
+
+
+class DiffScaleByDictTable(nnx.Layer):
+    """Multiplies by ``1 + tables["s"]``, a NumPy array kept in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables = {"s": np.ones(3)}
+
+    def forward(self, X, training=False):
+        return X * (self.tables["s"] + 1.0)
+
+    def backward(self, dY, need_dX=True):
+        return dY * (self.tables["s"] + 1.0)
+
+
+_TABLE = np.ones(3)  # a module global a layer reads
+
+
+class DiffScaleByGlobalTable(nnx.Layer):
+    """Multiplies by ``1 + _TABLE``, a NumPy array in its module."""
+
+    def forward(self, X, training=False):
+        return X * (_TABLE + 1.0)
+
+    def backward(self, dY, need_dX=True):
+        return dY * (_TABLE + 1.0)
+
+
+@pytest.mark.parametrize("where", ["dict", "regularizer", "global", "regularizer strength"])
+def test_a_numpy_array_a_layer_reads_one_level_down_written_in_place_by_a_callback_is_read_anew(where):
+    """An array in a layer's dict or on the regularizer object a layer holds was not watched, nor one in a module:
+    the programs kept what they computed from it (``1 + table``) when traced. Nor was a float on that regularizer
+    (``regularizer.l *= 4``): the layer holds an object nnx cannot describe, whose attributes went unseen."""
+    X, y = _data()
+    out = []
+    for fast in (True, False):
+        _TABLE[...] = 1.0
+        be = nnx.get_backend("jax").with_fastpath(fast)
+        middle = DiffScaleByGlobalTable() if where == "global" else DiffScaleByDictTable()
+        regularizer = _ColumnL2()
+        model = nnx.Sequential(nnx.Dense(3, 3, regularizer=regularizer), middle, nnx.Dense(3, 1), backend=be,
+                               dtype="float64", seed=1)
+        table = {"dict": middle.tables["s"] if where == "dict" else None, "global": _TABLE}.get(
+            where, regularizer.columns)
+
+        def change(epoch, table=table, regularizer=regularizer):
+            if where == "regularizer strength":
+                regularizer.l *= 4.0
+            else:
+                table[...] = 0.5 + epoch
+
+        history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=3, batch_size=8, verbose=0,
+                            callbacks=[_EachEpoch(change)])
+        out.append((model, history))
+    _TABLE[...] = 1.0
+    assert out[0][1].execution_mode == "epoch"
+    _assert_same(*out)

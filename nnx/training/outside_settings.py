@@ -7,7 +7,10 @@ rule, a gradient transform) may read as a setting:
 
 - a plain class attribute (a number, a string, a flag, None, or a tuple of them) that no instance
   attribute shadows, read as ``self.k`` or ``type(self).k``;
-- a module global of such a value that the class's methods load by name.
+- a module global of such a value that the class's methods load by name;
+- an array in either place (a table the code reads): by identity, and a NumPy array by its bytes too, so that
+  writing into it in place (``TABLE[...] *= 2``) is a change. A large one costs a copy of its bytes at each
+  check (rare: this runs only where the watches run, not between back-to-back steps).
 
 So is what a function of the same module that the methods call by name reads (a helper beside the class), an
 attribute the methods read of a module they name (``cfg.SCALE`` after ``import cfg``), and a variable of an
@@ -28,7 +31,7 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["PLAIN_VALUES", "OutsideWatch", "is_plain", "outside_key", "outside_settings"]
+__all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "outside_key", "outside_settings"]
 
 PLAIN_VALUES = (type(None), int, float, str, bool, bytes)  # values a watch compares in place
 
@@ -38,6 +41,29 @@ def is_plain(value: Any) -> bool:
     if type(value) in (tuple, frozenset):
         return all(is_plain(item) for item in value)
     return type(value) in PLAIN_VALUES
+
+
+def is_array(value: Any) -> bool:
+    """Whether `value` is an array (its type has a shape and a dtype): not a namespace module such as ``xp``,
+    whose ``shape`` and ``dtype`` are functions."""
+    return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
+
+
+def contents(value: Any) -> bytes | None:
+    """A copy of the bytes of an array that can be written in place (a NumPy array, whose ``flags.writeable`` says
+    so), else None: an immutable array (JAX's) is told by identity alone, and nothing is read from a device."""
+    if not is_array(value) or not getattr(getattr(value, "flags", None), "writeable", False):
+        return None
+    try:
+        return memoryview(value).tobytes()
+    except (TypeError, ValueError, BufferError):  # no buffer (an object array): told by identity alone
+        return None
+
+
+def _is_setting(value: Any) -> bool:
+    """Whether a watch compares `value` read from a class or a module: a plain value, or an array (a table written
+    in place, ``TABLE[...] *= 2``, by its identity and bytes; rebinding a JAX array, by its identity)."""
+    return is_plain(value) or is_array(value)
 
 
 def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str, Any], Any]]:
@@ -71,7 +97,7 @@ def _class_settings(obj: Any, user: list[type], written: frozenset[str]) -> list
         if cls in user:
             found.extend((cls, name, namespace, value) for name, value in namespace.items()
                          if name not in resolved and name not in written and name not in _REGISTRY_NAMES
-                         and not name.startswith("__") and is_plain(value))
+                         and not name.startswith("__") and _is_setting(value))
         resolved.update(namespace)
     return found
 
@@ -81,7 +107,7 @@ def _global_settings(loaded: tuple[tuple[Any, str], ...]) -> list[tuple[Any, str
     found = []
     for module_globals, name in loaded:
         value = module_globals.get(name, _MISSING)
-        if is_plain(value) and not name.startswith("__"):
+        if _is_setting(value) and not name.startswith("__"):
             found.append((module_globals.get("__name__"), name, module_globals, value))
     return found
 
@@ -120,6 +146,8 @@ def _keyed(found: list[tuple[Any, str, Mapping[str, Any], Any]]) -> tuple:
 
 
 def _key(value: Any) -> Any:
+    if is_array(value):  # by identity, layout and bytes: a program holds the values it read
+        return "array", id(value), str(value.dtype), tuple(value.shape), contents(value)
     if type(value) is float:
         return float, repr(value)
     if type(value) in (tuple, frozenset):
@@ -134,21 +162,25 @@ class OutsideWatch:
 
     def __init__(self) -> None:
         self.value: tuple = ()
-        self._entries: list[tuple[Mapping[str, Any], str, Any]] = []
+        # (namespace, name, value, the bytes of an array that can be written in place, else None)
+        self._entries: list[tuple[Mapping[str, Any], str, Any, bytes | None]] = []
 
     def read(self, objects: Iterable[Any]) -> tuple:
         """The key of `objects` as it stands now, kept as `value`."""
         found = outside_settings(objects)
-        self._entries = [(namespace, name, value) for _, name, namespace, value in found]
+        self._entries = [(namespace, name, value, contents(value)) for _, name, namespace, value in found]
         self.value = _keyed(found)
         return self.value
 
     def changed(self) -> bool:
-        """Whether a value read last changed since (or is gone)."""
+        """Whether a value read last changed since (or is gone), or an array read last holds other bytes."""
         # a loop, not any() over a generator: asked every step
-        for namespace, name, value in self._entries:
+        for namespace, name, value, held in self._entries:
             now = namespace.get(name, _MISSING)
-            if now is not value and (type(now) is not type(value) or now != value):
+            if now is value:
+                if held is not None and contents(value) != held:
+                    return True
+            elif held is not None or type(now) is not type(value) or now != value:
                 return True
         return False
 

@@ -35,6 +35,7 @@ from .trace_state import (
     AttributeWatch,
     HeldArrays,
     changed_state,
+    contents,
     is_array,
     layer_attributes,
     python_state,
@@ -81,15 +82,15 @@ def _containers(model: Any) -> list[tuple[Any, str, Any, Any]]:
 def _changed_containers(before: list[tuple[Any, str, Any, Any]]) -> str | None:
     """The first list or dict of `_containers` that the passes changed other than by rebinding arrays in it (a
     cache), in words: Python state a replay would not change."""
-    for layer, key, value, contents in before:
+    for layer, key, value, copy in before:
         if vars(layer).get(key, _GONE) is not value:
             continue  # rebound: a cache made anew by each call
         if isinstance(value, dict):
-            same_keys = value.keys() == contents.keys()
-            pairs = [(value[k], contents[k]) for k in contents] if same_keys else []
+            same_keys = value.keys() == copy.keys()
+            pairs = [(value[k], copy[k]) for k in copy] if same_keys else []
         else:
-            same_keys = len(value) == len(contents)
-            pairs = list(zip(value, contents, strict=False))
+            same_keys = len(value) == len(copy)
+            pairs = list(zip(value, copy, strict=False))
         if not same_keys or any(now is not then and not (is_array(now) and is_array(then)) for now, then in pairs):
             return f"the passes change the {type(value).__name__} {key!r} of a {type(layer).__name__}"
     return None
@@ -104,11 +105,13 @@ def _items_of(value: Any) -> Any:
     return attributes if type(attributes) is dict else None
 
 
-def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
+def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes]]]:
     """The layer attributes the passes may read that `layer_settings` does not describe (a dict, a NumPy ufunc, an
     object holding an array), each with what it holds (`_items_of`): a replay holds while each is the same object,
-    holding the same items (a setting changed on such an object, ``layer.regularizer.l = 0.1``, records again).
-    Arrays, sub-layers and parameters are watched otherwise."""
+    holding the same items (a setting changed on such an object, ``layer.regularizer.l = 0.1``, records again), and
+    while each NumPy array among an object's items holds the same bytes (``layer.regularizer.columns[...] = ...``:
+    what the passes computed from it is a constant of the recording). The arrays in a plain list or dict are inputs
+    of the recording instead (`_container_items`). Arrays, sub-layers and parameters are watched otherwise."""
     found = []
     for _, layer in model.named_layers():
         for key, value in vars(layer).items():
@@ -120,31 +123,69 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any]]:
                     continue  # a setting: `SettingsWatch` compares it
                 except (Unshareable, RecursionError):
                     pass
-            found.append((weakref.ref(layer), key, value, shallow_copy(_items_of(value))))
+            items = _items_of(value)
+            # (a large array is compared too: rare, and compared only where the watches run, not back to back)
+            held = {} if items is None or type(items) is not dict or type(value) is dict else {
+                k: b for k, b in ((k, contents(v)) for k, v in items.items()) if b is not None}
+            found.append((weakref.ref(layer), key, value, shallow_copy(items), held))
     return found
 
 
-def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any]]) -> bool:
-    for ref, key, value, contents in opaque:
+def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes]]]) -> bool:
+    for ref, key, value, copy, held in opaque:
         layer = ref()
         if layer is None or vars(layer).get(key, _GONE) is not value \
-                or contents is not None and not _same_contents(_items_of(value), contents):
+                or copy is not None and not _same_contents(_items_of(value), copy):
             return True
+        if held:
+            items = _items_of(value)
+            if any(contents(items[k]) != b for k, b in held.items()):
+                return True
     return False
+
+
+def _container_items(model: Any) -> list[tuple[Any, str, Any, Any, Any]]:
+    """(layer, attribute, container, key, array) for each array in a plain list or dict a user's layer keeps (one
+    level down): inputs of a recording, as the arrays a layer holds itself are (`RecordedPasses._record`). nnx's own
+    layers keep none there (a nested model's tables are no pass's)."""
+    return [(layer, name, container, key, value) for _, layer in model.named_layers()
+            if not type(layer).__module__.startswith("nnx.")
+            for name, container in vars(layer).items() if name not in _LAYER_OWN and type(container) in (list, dict)
+            for key, value in (container.items() if type(container) is dict else enumerate(container))
+            if is_array(value)]
+
+
+def _in_slot(layer: Any, name: str, key: Any) -> Any:
+    """What a layer's list or dict attribute `name` holds at `key` now, or `_GONE`."""
+    return _at(vars(layer).get(name), key)
+
+
+def _at(container: Any, key: Any) -> Any:
+    """What a list or dict holds at `key` now, or `_GONE`."""
+    if type(container) is dict:
+        return container.get(key, _GONE)
+    if type(container) is list and type(key) is int and key < len(container):
+        return container[key]
+    return _GONE
 
 
 class _Recording:
     """One recorded structure: its function and what it was recorded from."""
 
-    __slots__ = ("function", "settings", "held", "opaque", "kept", "values", "value_layouts", "buffer_layouts")
+    __slots__ = ("function", "settings", "held", "opaque", "kept", "items", "values", "value_layouts",
+                 "buffer_layouts")
 
     def __init__(self, function: Callable, settings: tuple, held: HeldArrays, opaque: list,
-                 kept: list[tuple[Any, str]], values: list[Any], buffers: list[Any]) -> None:
+                 kept: list[tuple[Any, str]], items: list[tuple[Any, str, Any]], values: list[Any],
+                 buffers: list[Any]) -> None:
         self.function, self.settings, self.held, self.opaque = function, settings, held, opaque
         # (the layer, weakly, and the attribute) of each array a layer holds (not a parameter or buffer), an input
         # of the function: it reads them as they stand at each call, as the plain passes do (a callback may write
         # into one in place, and what the passes compute from it alone is computed again)
         self.kept = kept
+        # (the layer, weakly, the attribute and the key) of each array in a list or dict a layer keeps: inputs after
+        # those of `kept`, for the same reason
+        self.items = items
         # the parameters' arrays last seen (checked by identity first), weakly: an older flat buffer of the
         # parameters (a fit lays out its own) is not kept alive by a recording
         self.values = [weakref.ref(v) for v in values]
@@ -292,6 +333,8 @@ class RecordedPasses:
         buffers = [b.value for b in self.buffers] if self.buffers else []
         # (each layer is alive and still holds the array it did: `holds` checked that with `HeldArrays`)
         kept = [vars(ref()).get(key) for ref, key in recording.kept] if recording.kept else []
+        if recording.items:  # (an item the passes rebound, the recorded function does not read: None if gone)
+            kept += [None if (v := _in_slot(ref(), name, k)) is _GONE else v for ref, name, k in recording.items]
         results = recording.function(*inputs, *values, *buffers, *kept, *offered)
         n = len(values)
         return results[0], results[1], results[2:2 + n], results[2 + n:]
@@ -321,6 +364,11 @@ class RecordedPasses:
         kept = [(layer, name, value) for _, layer in model.named_layers() for name, value in vars(layer).items()
                 if is_array(value)]
         noted_kept: list[Any] = []
+        # the arrays in the lists and dicts layers keep: inputs too, so that a replay reads what a callback wrote into
+        # one, and so that one the passes read before rebinding it (a running mean in ``self.stats["mu"]``) is told
+        # from a cache (written in the forward, read in the backward)
+        items = _container_items(model)
+        noted_items: list[Any] = []
         noted_values = [tape.note(v) for v in values]
         try:
             for p, v in zip(params, noted_values, strict=True):
@@ -330,6 +378,9 @@ class RecordedPasses:
             for layer, name, v in kept:
                 noted_kept.append(tape.note(v))
                 vars(layer)[name] = noted_kept[-1]
+            for _, _, container, k, v in items:
+                noted_items.append(tape.note(v))
+                container[k] = noted_items[-1]
             value, Z = passes(noted_X, noted_y, noted_w)
             grads = [p.grad for p in params]
             new_buffers = [b.value for b in buffers]
@@ -341,6 +392,9 @@ class RecordedPasses:
             carried = [f"a {type(layer).__name__} reads and rebinds its array {name!r}"
                        for (layer, name, _), noted in zip(kept, noted_kept, strict=True)
                        if vars(layer).get(name) is not noted and noted.index in read]
+            carried += [f"a {type(layer).__name__} reads and rebinds the array at {k!r} in its {name!r}"
+                        for (layer, name, _, k, _), noted in zip(items, noted_items, strict=True)
+                        if noted.index in read and _in_slot(layer, name, k) is not noted]
         except BaseException as exc:
             # the layers' Python ran half a step on noted arrays: the plain step starts from where they were, and
             # an interrupt (Ctrl-C) leaves the model's own arrays, never noted ones, in its buffers
@@ -359,6 +413,9 @@ class RecordedPasses:
             for (layer, name, v), noted in zip(kept, noted_kept, strict=False):
                 if vars(layer).get(name) is noted:  # not rebound by the passes (a cache): the layer's own again
                     vars(layer)[name] = v
+            for (_, _, container, k, v), noted in zip(items, noted_items, strict=False):
+                if _at(container, k) is noted:  # (in the container the layer held, whether or not it still does)
+                    container[k] = v
             _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners))
         for p, v in rebound:  # the plain step's, which the update starts from; a replay would not rebind it
             p.value = real(v)
@@ -384,8 +441,9 @@ class RecordedPasses:
                 if len(self._recordings) >= MAX_RECORDINGS:
                     self._recordings.clear()
                 self._recordings[key] = _Recording(function, settings, held, _opaque(model),
-                                                   [(weakref.ref(layer), name) for layer, name, _ in kept], values,
-                                                   buffers_before)
+                                                   [(weakref.ref(layer), name) for layer, name, _ in kept],
+                                                   [(weakref.ref(layer), name, k) for layer, name, _, k, _ in items],
+                                                   values, buffers_before)
         self.refusal = tape.refusal
         value, Z, *rest = [real(x) for x in outputs]
         n = len(params)

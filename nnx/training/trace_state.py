@@ -17,7 +17,9 @@ import types
 import weakref
 from typing import Any
 
-from .outside_settings import OutsideWatch, is_plain
+from ..layers.base import Layer
+from ..layers.parameter import Buffer, Parameter
+from .outside_settings import OutsideWatch, contents, is_array, is_plain
 from .shared_programs import ById, Unshareable, describe
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "described", "described_with_attributes",
@@ -192,8 +194,70 @@ def restore_objects(named: Any, before: list[tuple[str, dict[str, Any]]]) -> Non
 
 
 def layer_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
-    """Every layer with a shallow copy of its attributes, for `put_back_arrays` after a trace."""
-    return [(layer, dict(vars(layer))) for _, layer in model.named_layers()]
+    """Every layer with a shallow copy of its attributes, for `put_back_arrays` and `HeldArrays.note` after a trace;
+    each pair also keeps the items one level inside those attributes (`_LayerAttributes.inner`): in an object of
+    the user's a layer holds (a per-layer regularizer), and in a user's layer's dicts and lists (nnx's own layers
+    keep no setting in one: a nested model's are its fit's tables)."""
+    found: list[tuple[Any, dict[str, Any]]] = []
+    for _, layer in model.named_layers():
+        attributes = dict(vars(layer))
+        entry = _LayerAttributes((layer, attributes))
+        own = _nnx_own(layer)
+        for key, value in attributes.items():
+            if key not in _LAYER_OWN and not (own and isinstance(value, (dict, list))):
+                items = _inner_items(value)
+                if items:
+                    entry.inner[key] = items
+        found.append(entry)
+    return found
+
+
+class _LayerAttributes(tuple):
+    """A pair of `layer_attributes`, (layer, a shallow copy of its attributes), with `inner`: `_inner_items` of each
+    attribute that has some, by attribute name (what `HeldArrays` notes one level down)."""
+
+    def __init__(self, pair: tuple[Any, dict[str, Any]]) -> None:
+        super().__init__()
+        self.inner: dict[str, dict[Any, Any]] = {}
+
+
+# what every `Layer` keeps for its model, and the arguments it was built with: no pass reads them as settings
+_LAYER_OWN = frozenset(vars(Layer())) | {"_init_args", "_init_positional"}
+
+
+def _inner_items(value: Any) -> dict[Any, Any] | None:
+    """The items one level inside a layer's attribute that a program may hold as constants, by key (a list's by
+    index): a dict's or a list's, or the attributes of an object of the user's class that keeps them in a
+    ``__dict__`` and that `describe` cannot tell (a per-layer regularizer or a config object holding a NumPy array;
+    one it can tell is a setting `SettingsWatch` compares). None for anything else (a plain value, an array, a
+    layer, an object of nnx's own such as the model's random stream)."""
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return dict(enumerate(value))
+    if is_plain(value) or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)) or _nnx_own(value):
+        return None
+    attributes = getattr(value, "__dict__", None)
+    if type(attributes) is not dict:
+        return None
+    try:
+        describe(value, {})
+        return None
+    except (Unshareable, RecursionError):
+        return dict(attributes)
+
+
+def _nnx_own(obj: Any) -> bool:
+    return (type(obj).__module__ or "").startswith("nnx.")
+
+
+def _item(container: Any, key: Any) -> Any:
+    """What `container` (as `_inner_items` reads it) holds at `key` now, or `_GONE`."""
+    if isinstance(container, dict):
+        return container.get(key, _GONE)
+    if isinstance(container, list):
+        return container[key] if key < len(container) else _GONE
+    return vars(container).get(key, _GONE)
 
 
 def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -279,25 +343,42 @@ class HeldArrays:
     """
 
     def __init__(self, by_contents: bool = False) -> None:
-        # with `by_contents`, the bytes of each array that can be written in place (a NumPy array): a program holds
-        # the values it read as constants, where the plain loop reads what a callback wrote into it since
+        # with `by_contents` (for programs, which hold the values they read as constants, where the plain loop reads
+        # them at each step): the bytes of each array that can be written in place (a NumPy array), and each item
+        # one level inside a layer's dict, list or indescribable object (`_inner_items`) too, by identity and bytes:
+        # ``layer.tables["s"][...] *= 2`` or ``layer.regularizer.columns[...] = ...`` by a callback. Arrays over
+        # 1 MiB are compared too: a layer holding one outside its parameters is rare, and this runs only where
+        # the watches run (not between back-to-back steps)
         self._by_contents = by_contents
-        self._held: list[tuple[weakref.ref, str, Any, bytes | None]] = []
+        # (layer, attribute, None or the container an item is in, its key, value, bytes or None)
+        self._held: list[tuple[weakref.ref, str, Any, Any, Any, bytes | None]] = []
 
     def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
         traced code ran, before `put_back_arrays`."""
-        self._held.extend((weakref.ref(layer), key, value, contents(value) if self._by_contents else None)
-                          for layer, old in before for key, value in old.items()
-                          if is_array(value) and vars(layer).get(key) is value)
+        by_contents = self._by_contents
+        for entry in before:
+            layer, old = entry
+            inner = getattr(entry, "inner", {})
+            attributes, ref = vars(layer), weakref.ref(layer)
+            for key, value in old.items():
+                if attributes.get(key, _GONE) is not value:
+                    continue
+                if is_array(value):
+                    self._held.append((ref, key, None, None, value, contents(value) if by_contents else None))
+                elif by_contents and key in inner:
+                    self._held.extend((ref, key, value, k, item, contents(item)) for k, item in inner[key].items()
+                                      if _item(value, k) is item)
 
     def moved(self) -> bool:
         """Whether a layer now holds another array (or none) where a trace read one, or (`by_contents`) other
-        values in it; forgets them if so."""
-        for ref, key, value, held in self._held:
+        values in it or another item one level inside an attribute; forgets them if so."""
+        for ref, key, container, k, value, held in self._held:
             layer = ref()
-            if layer is None or vars(layer).get(key, _GONE) is not value \
-                    or held is not None and contents(value) != held:
+            now = _GONE if layer is None else vars(layer).get(key, _GONE)
+            if container is not None:
+                now = _item(container, k) if now is container else _GONE
+            if now is not value or held is not None and contents(value) != held:
                 self._held = []
                 return True
         return False
@@ -313,17 +394,6 @@ def described(value: Any) -> Any:
         return ById(value) if held is None else (ById(value), held)
 
 
-def contents(value: Any) -> bytes | None:
-    """A copy of the bytes of an array that can be written in place (a NumPy array, whose ``flags.writeable`` says
-    so), else None: an immutable array (JAX's) is told by identity alone, and nothing is read from a device."""
-    if not is_array(value) or not getattr(getattr(value, "flags", None), "writeable", False):
-        return None
-    try:
-        return memoryview(value).tobytes()
-    except (TypeError, ValueError, BufferError):  # no buffer (an object array): told by identity alone
-        return None
-
-
 def described_with_attributes(obj: Any) -> Any:
     """`described`, and for an object told by identity (it holds an array) its attributes' identities too: a
     program holds the array it read, so rebinding it (``loss.weights = new``) is another program."""
@@ -331,9 +401,3 @@ def described_with_attributes(obj: Any) -> Any:
     if not isinstance(value, ById):
         return value
     return value, tuple((key, ById(attr), contents(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
-
-
-def is_array(value: Any) -> bool:
-    """Whether `value` is an array (its type has a shape and a dtype): not a namespace module such as ``xp``,
-    whose ``shape`` and ``dtype`` are functions."""
-    return hasattr(type(value), "shape") and hasattr(type(value), "dtype")
