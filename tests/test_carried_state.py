@@ -5,6 +5,8 @@ compiles. Float64, to 1e-12."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -61,19 +63,49 @@ class CachedScale(nnx.Layer):
         return dY * 2.0 + 0.0 * self.X
 
 
-def _fit(backend, layer, epochs=3):
+class RunningScaledMSE(nnx.losses.Loss):
+    """MSE weighted by a running mean of the squared error, kept by the loss as a plain attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = None
+
+    def rows(self, xp, y_true, y_pred):
+        d = y_pred - y_true
+        s = xp.mean(d * d)
+        self.scale = s if self.scale is None else 0.9 * self.scale + 0.1 * s
+        w = 1.0 / (1.0 + self.scale)
+        return xp.mean(w * d * d, axis=1), 2.0 * w * d / d.shape[1]
+
+
+class CachedInDict(nnx.Layer):
+    """Keeps its input in a dict for the backward, in inference too (a cache, whatever the mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = {}
+
+    def forward(self, X, training=False):
+        self.cache["X"] = X
+        return X * 2.0
+
+    def backward(self, dY, need_dX=True):
+        return dY * 2.0 + 0.0 * self.cache["X"]
+
+
+def _fit(backend, layer, epochs=3, loss="mse"):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((24, 4)), rng.standard_normal((24, 2))
     model = nnx.Sequential(nnx.Dense(4, 5), layer, nnx.Tanh(), nnx.Dense(5, 2), backend=backend, dtype="float64",
                            seed=1)
-    history = model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.05), epochs=epochs,
+    history = model.fit(X, y, loss=loss, optimizer=nnx.optim.SGD(model.parameters(), lr=0.05), epochs=epochs,
                         batch_size=8, shuffle=False)
     return model, history
 
 
-def _same_training(backend, make_layer):
-    fast, history = _fit(backend, make_layer())
-    plain, plain_history = _fit(backend.with_fastpath(False), make_layer())
+def _same_training(backend, make_layer, make_loss=lambda: "mse"):
+    fast, history = _fit(backend, make_layer(), loss=make_loss())
+    plain, plain_history = _fit(backend.with_fastpath(False), make_layer(), loss=make_loss())
     for p, q in zip(fast.parameters(), plain.parameters(), strict=True):
         np.testing.assert_allclose(backend.to_host(p.value), backend.to_host(q.value), rtol=TOL, atol=TOL)
     np.testing.assert_allclose(history.history["loss"], plain_history.history["loss"], rtol=TOL, atol=TOL)
@@ -99,3 +131,21 @@ def test_jax_runs_a_step_carrying_state_in_an_attribute_or_a_dict_plainly_and_sa
 def test_jax_still_compiles_a_layer_whose_rebound_array_is_a_cache():
     _, _, history = _same_training(nnx.get_backend("jax"), CachedScale)
     assert history.execution == "compiled", (history.execution, history.execution_reason)
+
+
+def test_a_loss_keeping_a_running_array_trains_as_the_plain_loop(backend):
+    fast, plain, _ = _same_training(backend, CachedScale, RunningScaledMSE)
+    np.testing.assert_allclose(float(backend.to_host(fast.loss.scale)), float(backend.to_host(plain.loss.scale)),
+                               rtol=TOL, atol=TOL)
+
+
+def test_a_cache_in_a_dict_holds_the_backends_arrays_after_fit_and_predict(backend, tmp_path):
+    """A compiled pass once left its traced values in the dict (JAX): copying or saving the model then failed."""
+    layer = CachedInDict()
+    model, _ = _fit(backend, layer, epochs=1)
+    model.predict(np.ones((3, 4)))
+    model.evaluate(np.ones((3, 4)), np.ones((3, 2)), loss="mse")
+    cached = layer.cache.get("X")
+    assert cached is None or backend.owns(cached), type(cached)
+    copy.deepcopy(model)
+    model.save(tmp_path / "cached.npz")

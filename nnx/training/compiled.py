@@ -63,6 +63,7 @@ from .trace_state import (
     changed_state,
     described,
     layer_attributes,
+    object_attributes,
     objects_state,
     put_back_arrays,
     python_state,
@@ -84,13 +85,13 @@ CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD, CARRY_SEED = ran
 _GONE = object()  # a slot that held nothing
 
 
-def _user_slots(model: Any) -> list[tuple[Any, str, Any, Any]]:
-    """Where each layer of a user's class keeps a value, with the value: (layer, attribute, None, value) for an
-    attribute and (layer, attribute, key, value) for an item of a dict or list attribute. nnx's own layers are left
-    out: what they rebind in a step is a cache for their backward."""
+def _user_slots(objects: list[Any]) -> list[tuple[Any, str, Any, Any]]:
+    """Where each of `objects` (layers, a loss) of a user's class keeps a value, with the value: (object, attribute,
+    None, value) for an attribute and (object, attribute, key, value) for an item of a dict or list attribute. nnx's
+    own are left out: what they rebind in a step is a cache for their backward."""
     found: list[tuple[Any, str, Any, Any]] = []
-    for _, layer in model.named_layers():
-        if type(layer).__module__.startswith("nnx."):
+    for layer in objects:
+        if type(layer).__module__.startswith("nnx.") or not isinstance(getattr(layer, "__dict__", None), dict):
             continue
         for name, value in vars(layer).items():
             found.append((layer, name, None, value))
@@ -461,7 +462,9 @@ class CompiledStep:
         others = [("the loss", self.head)]
         others_before = objects_state(others)
         attributes_before = layer_attributes(model)
-        slots_before = {_slot_key(slot): slot[3] for slot in _user_slots(model)}
+        # the loss's arrays too: one it rebinds (a running value it keeps) must not leave a traced value in it
+        head_attributes = object_attributes([self.head])
+        slots_before = {_slot_key(slot): slot[3] for slot in _user_slots(self._runs())}
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = v, None
@@ -509,6 +512,7 @@ class CompiledStep:
         finally:
             self._put_back(saved)
             put_back_arrays(attributes_before)
+            put_back_arrays(head_attributes)
         changed = changed_state(state_before, python_state(model)) or changed_state(others_before,
                                                                                     objects_state(others))
         if changed is not None:
@@ -520,24 +524,29 @@ class CompiledStep:
         self._draws = drawn
         return value, Z, grads, new_bufs, new_counter, ok_now
 
+    def _runs(self) -> list[Any]:
+        """The objects whose code the traced passes run and which keep what they like: the layers and the loss."""
+        return [*(layer for _, layer in self.model.named_layers()), self.head]
+
     def _carried(self, slots_before: dict[tuple, Any], X: Any, y: Any, w: Any, others: list) -> list[str]:
-        """The arrays a user's layer rebound in this trace that it read first, in words (none: each is a cache).
+        """The arrays a user's layer or loss rebound in this trace that it read first, in words (none: each is a
+        cache).
 
         The plain loop leaves each rebound array in its layer for the next step; a program reads what the layer held
         when traced, every step. Where the rebound array is a cache (``self.X = X`` for the backward), the next step
         never reads it and that is the same; where it is a running value (``self.mu = 0.9 * self.mu + ...``), the
         program would start every step from the traced one. The passes are traced once more with each rebound array
         a stand-in (`Backend.inputs_read`), and everything they touched is put back afterwards. nnx's own layers
-        keep caches only, so only a user's layer costs this second trace."""
-        rebound = [slot for slot in _user_slots(self.model)
+        keep caches only, so only a user's layer or loss costs this second trace."""
+        rebound = [slot for slot in _user_slots(self._runs())
                    if self.backend.is_traced(slot[3]) and slots_before.get(_slot_key(slot), _GONE) is not slot[3]]
         if not rebound:
             return []
         model, params, buffers = self.model, self.params, self.buffers
         saved, draws = self._saved(), self.rng.draws
         state, others_state = python_state(model), objects_state(others)
-        attributes = [(layer, dict(vars(layer)), {k: shallow_copy(v) for k, v in vars(layer).items()})
-                      for _, layer in model.named_layers()]
+        attributes = [(obj, dict(vars(obj)), {k: shallow_copy(v) for k, v in vars(obj).items()})
+                      for obj in self._runs()]
         kept_in_place: list[bool] = []
 
         def passes(*stand_ins: Any) -> tuple:

@@ -38,7 +38,9 @@ from .trace_state import (
     contents,
     is_array,
     layer_attributes,
+    objects_state,
     python_state,
+    restore_objects,
     restore_state,
     shallow_copy,
 )
@@ -369,6 +371,9 @@ class RecordedPasses:
         # from a cache (written in the forward, read in the backward)
         items = _container_items(model)
         noted_items: list[Any] = []
+        # the loss's own attributes: what its code sets in a step (a running value, a count) a replay would not set
+        head = self.head
+        head_before, head_state = dict(vars(head)), objects_state([("the loss", head)])
         noted_values = [tape.note(v) for v in values]
         try:
             for p, v in zip(params, noted_values, strict=True):
@@ -395,10 +400,13 @@ class RecordedPasses:
             carried += [f"a {type(layer).__name__} reads and rebinds the array at {k!r} in its {name!r}"
                         for (layer, name, _, k, _), noted in zip(items, noted_items, strict=True)
                         if noted.index in read and _in_slot(layer, name, k) is not noted]
+            carried += [f"the loss ({type(head).__name__}) sets its attribute {name!r}"
+                        for name, v in vars(head).items() if head_before.get(name, _GONE) is not v]
         except BaseException as exc:
             # the layers' Python ran half a step on noted arrays: the plain step starts from where they were, and
             # an interrupt (Ctrl-C) leaves the model's own arrays, never noted ones, in its buffers
             restore_state(model, state_before)
+            restore_objects([("the loss", head)], head_state)
             rng.set_state(rng_state)
             rng.draws = draws
             for b, v in zip(buffers, buffers_before, strict=True):
@@ -416,14 +424,15 @@ class RecordedPasses:
             for (_, _, container, k, v), noted in zip(items, noted_items, strict=False):
                 if _at(container, k) is noted:  # (in the container the layer held, whether or not it still does)
                     container[k] = v
-            _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners))
+            _unwrap_kept([layer for _, layer in model.named_layers()] + list(runners) + [head])
         for p, v in rebound:  # the plain step's, which the update starts from; a replay would not rebind it
             p.value = real(v)
         if rebound:
             tape.refuse(f"the passes rebind the value of {', '.join(repr(p.name) for p, _ in rebound)}")
         held = HeldArrays()
         held.note(attributes_before)
-        changed = changed_state(state_before, python_state(model))
+        changed = changed_state(state_before, python_state(model)) or changed_state(
+            head_state, objects_state([("the loss", head)]))
         if changed is None:
             changed = carried[0] if carried else _changed_containers(containers_before)
         if changed is not None:

@@ -23,8 +23,8 @@ from .outside_settings import OutsideWatch, contents, is_array, is_plain
 from .shared_programs import ById, Unshareable, describe
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "described", "described_with_attributes",
-           "is_array", "layer_attributes", "objects_state", "put_back_arrays", "python_state", "restore_objects",
-           "restore_state", "shallow_copy"]
+           "is_array", "layer_attributes", "object_attributes", "objects_state", "put_back_arrays", "python_state",
+           "restore_objects", "restore_state", "shallow_copy"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
@@ -198,15 +198,20 @@ def layer_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
     each pair also keeps the items one level inside those attributes (`_LayerAttributes.inner`): in an object of
     the user's a layer holds (a per-layer regularizer), and in a user's layer's dicts and lists (nnx's own layers
     keep no setting in one: a nested model's are its fit's tables)."""
+    return object_attributes([layer for _, layer in model.named_layers()])
+
+
+def object_attributes(objects: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """`layer_attributes` of any objects whose code a trace runs (the layers, a loss)."""
     found: list[tuple[Any, dict[str, Any]]] = []
-    for _, layer in model.named_layers():
+    for layer in objects:
         attributes = dict(vars(layer))
         entry = _LayerAttributes((layer, attributes))
         own = _nnx_own(layer)
         for key, value in attributes.items():
             if key not in _LAYER_OWN and not (own and isinstance(value, (dict, list))):
                 items = _inner_items(value)
-                if items:
+                if items is not None:  # an empty dict too: what a trace puts in it must not stay there
                     entry.inner[key] = items
         found.append(entry)
     return found
@@ -267,16 +272,31 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
     The plain loop leaves the last batch's concrete arrays there; a program leaves the attributes as they were
     before it was traced, never values that exist only inside it (a copy or a pickle of the model would fail).
     """
-    for layer, old in before:
-        attributes = vars(layer)
-        for key in [k for k, v in attributes.items() if not isinstance(v, _PLAIN_STATE) and old.get(k, _GONE) is not v]:
-            if key in old:
-                attributes[key] = old[key]
-            else:
-                del attributes[key]
-        for key in old.keys() - attributes.keys():
-            if not isinstance(old[key], _PLAIN_STATE):  # a plain one deleted is a change `changed_state` names
-                attributes[key] = old[key]
+    for entry in before:
+        layer, old = entry
+        _put_back(vars(layer), old)
+        # and what the trace set in a dict or list the layer still holds (``self.cache["X"] = X``)
+        for key, items in getattr(entry, "inner", {}).items():
+            container = old.get(key)
+            if isinstance(container, dict) and vars(layer).get(key) is container:
+                _put_back(container, items)
+            elif isinstance(container, list) and vars(layer).get(key) is container and any(
+                    not isinstance(v, _PLAIN_STATE) and items.get(i, _GONE) is not v for i, v in enumerate(container)):
+                container[:] = [items[i] for i in range(len(items))]
+
+
+def _put_back(now: dict[Any, Any], old: dict[Any, Any]) -> None:
+    """Rebind the entries of `now` that are no plain value and not as in `old` to what `old` holds (removing those
+    `old` lacks), and restore such entries `old` has and `now` lost; a plain one changed is a change `changed_state`
+    names."""
+    for key in [k for k, v in now.items() if not isinstance(v, _PLAIN_STATE) and old.get(k, _GONE) is not v]:
+        if key in old:
+            now[key] = old[key]
+        else:
+            del now[key]
+    for key in old.keys() - now.keys():
+        if not isinstance(old[key], _PLAIN_STATE):
+            now[key] = old[key]
 
 
 _GONE = object()  # an attribute a layer did not have
