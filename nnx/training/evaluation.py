@@ -15,6 +15,7 @@ from ..protocols import Model
 from .compiled_inference import inference_program
 from .data import batch_slices
 from .loss_fit import check_outputs
+from .outside_settings import outside_key
 from .shared_programs import LOSS_CODE
 from .targets import joined_targets
 from .trace_state import described_with_attributes
@@ -58,15 +59,19 @@ def _head_loss(head: Any, y: Any, Z: Any, w: Any) -> Any:
 
 def _head_key(head: Any) -> tuple:
     """The loss's class and attributes (its math's constants); where they are not plain, the object and its
-    attributes by identity (`described_with_attributes`); and its class's methods as they are now (one patched
-    since is other code than the program traced)."""
-    return described_with_attributes(head), tuple(getattr(type(head), name, None) for name in LOSS_CODE)
+    attributes by identity (`described_with_attributes`); its class's methods as they are now (one patched
+    since is other code than the program traced); and the class attributes and module globals a user's loss
+    reads (`outside_key`: ``SCALE`` changed by a callback between validations)."""
+    return (described_with_attributes(head), tuple(getattr(type(head), name, None) for name in LOSS_CODE),
+            outside_key((head,)))
 
 
 def _metrics_key(metric_fns: dict) -> tuple:
     # a metric may be any callable, hashable or not: a function by identity (the key holds it, so no id is
-    # reused), an object of the user's by its attributes, so a setting changed between calls is another program
-    return tuple((name, described_with_attributes(fn)) for name, fn in metric_fns.items())
+    # reused), an object of the user's by its attributes, so a setting changed between calls is another program;
+    # and the globals and closure variables a user's metric reads (`outside_key`), which the program holds too
+    return (tuple((name, described_with_attributes(fn)) for name, fn in metric_fns.items()),
+            outside_key(metric_fns.values()))
 
 
 def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: bool,

@@ -3,7 +3,7 @@
 A recorded (NumPy) or compiled (JAX) program holds every value its code reads as a constant. The
 layers' own attributes are compared before each step (`nnx.training.shared_programs.SettingsWatch`);
 this finds the rest that a class written by a user (a layer, a loss, a regularizer, an optimizer's
-rule, a gradient transform) may read as a setting:
+rule, a gradient transform), or a function of the user's (a metric), may read as a setting:
 
 - a plain class attribute (a number, a string, a flag, None, or a tuple of them) that no instance
   attribute shadows, read as ``self.k`` or ``type(self).k``;
@@ -76,11 +76,19 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
     found: list[tuple[Any, str, Mapping[str, Any], Any]] = []
     seen: set[tuple[int, str]] = set()
     for obj in objects:
-        user = [cls for cls in type(obj).__mro__ if _is_users(cls)]
-        if not user:
-            continue
-        written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)))
-        for owner, name, namespace, value in (*_class_settings(obj, user, written), *_global_settings(loaded)):
+        if isinstance(obj, types.FunctionType):
+            # a user's function (a metric given as a (name, function) pair): the globals and closure variables it
+            # reads, which a program holds as constants where the plain loop reads them at each call
+            if not _is_users_module(obj.__module__):
+                continue
+            settings = _global_settings(_code_facts((obj,))[1])
+        else:
+            user = [cls for cls in type(obj).__mro__ if _is_users(cls)]
+            if not user:
+                continue
+            written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)))
+            settings = [*_class_settings(obj, user, written), *_global_settings(loaded)]
+        for owner, name, namespace, value in settings:
             if (id(namespace), name) not in seen:
                 seen.add((id(namespace), name))
                 found.append((owner, name, namespace, value))
@@ -191,8 +199,13 @@ class OutsideWatch:
 
 def _is_users(cls: type) -> bool:
     """Whether `cls` is a class of the user's (not nnx's, not Python's own)."""
-    module = cls.__module__ or ""
-    return cls is not object and module != "builtins" and module != "nnx" and not module.startswith("nnx.")
+    return cls is not object and _is_users_module(cls.__module__)
+
+
+def _is_users_module(module: str | None) -> bool:
+    """Whether a class or function of `module` is the user's (not nnx's, not Python's own)."""
+    module = module or ""
+    return module != "builtins" and module != "nnx" and not module.startswith("nnx.")
 
 
 @functools.lru_cache(maxsize=1024)
