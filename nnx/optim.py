@@ -706,7 +706,9 @@ class Adam(Optimizer):
 
     elementwise = True
     nonnegative_state = ("exp_avg_sq", "max_exp_avg_sq")
-    kept_state = ("max_exp_avg_sq",)  # kept while amsgrad is off, as torch keeps it, and used again when on
+    # kept while amsgrad is off, as torch keeps it, and used again when on; started by the rule where amsgrad is
+    # switched on after steps without it (not a `started_state`: a snapshot taken with amsgrad on holds it)
+    kept_state = ("max_exp_avg_sq",)
     decoupled_weight_decay = False
     """AdamW sets this: decay the weights directly instead of adding the decay to the gradient."""
 
@@ -750,7 +752,11 @@ class Adam(Optimizer):
         v = beta2 * state["exp_avg_sq"] + (1.0 - beta2) * (g * g)
         new = {"exp_avg": m, "exp_avg_sq": v}
         if self.amsgrad:
-            v = new["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
+            # switched on after steps without it, the running maximum starts where one kept from zeros would be
+            # (torch raises a KeyError there); the second moment is never negative, so that is this step's own
+            # (an array of its own, not the second moment's: the flat update writes each state array in place)
+            previous = state.get("max_exp_avg_sq")
+            v = new["max_exp_avg_sq"] = xp.maximum(v if previous is None else previous, v)
         elif "max_exp_avg_sq" in state:
             new["max_exp_avg_sq"] = state["max_exp_avg_sq"]  # AMSGrad off: kept for when it is on again, as in torch
         # torch's documented form; ** 0.5 rather than math.sqrt, so a traced step works too
@@ -793,7 +799,9 @@ class RMSprop(Optimizer):
 
     elementwise = True
     nonnegative_state = ("square_avg",)
-    kept_state = ("momentum_buffer", "grad_avg")  # each kept while its setting is off, as torch keeps it
+    # each kept while its setting is off, as torch keeps it; started by the rule, as from zeros, where its setting
+    # is switched on after steps without it (torch raises a KeyError there), though a snapshot must hold it
+    kept_state = ("momentum_buffer", "grad_avg")
 
     # hyper-parameters, set by Optimizer.__init__ (declared here for type checkers)
     alpha: float
@@ -834,15 +842,16 @@ class RMSprop(Optimizer):
         sq = alpha * state["square_avg"] + (1.0 - alpha) * (g * g)
         new = {"square_avg": sq}
         if self.centered:
-            ga = state["grad_avg"]
-            ga = new["grad_avg"] = ga + (1.0 - alpha) * (g - ga)
+            ga = state.get("grad_avg")
+            ga = new["grad_avg"] = (1.0 - alpha) * g if ga is None else ga + (1.0 - alpha) * (g - ga)
             avg = xp.sqrt(sq - ga * ga) + self.eps
         else:
             if "grad_avg" in state:  # centered off: kept for when it is on again, as in torch
                 new["grad_avg"] = state["grad_avg"]
             avg = xp.sqrt(sq) + self.eps
         if self.momentum > 0:
-            buf = new["momentum_buffer"] = self.momentum * state["momentum_buffer"] + g / avg
+            buf = state.get("momentum_buffer")
+            buf = new["momentum_buffer"] = g / avg if buf is None else self.momentum * buf + g / avg
             return value - lr * buf, new
         if "momentum_buffer" in state:  # momentum 0: kept for when it is on again, as in torch
             new["momentum_buffer"] = state["momentum_buffer"]

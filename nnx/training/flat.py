@@ -51,6 +51,17 @@ def write_in_place(target: Any, source: Any) -> bool:
     return True
 
 
+def _unshared(xp: Any, values: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with each array its own: a rule may return one array for two keys (a state started as another, or as
+    the new values), which the plain loop rebinds harmlessly, but whose buffer the flat update would write twice."""
+    unshared: dict[str, Any] = {}
+    for key, arr in state.items():
+        if arr is values or any(arr is other for other in unshared.values()):
+            arr = xp.asarray(arr, copy=True)
+        unshared[key] = arr
+    return unshared
+
+
 def flat_layout(arrays: list[Any]) -> tuple[list[tuple[int, ...]], list[tuple[int, int]], int]:
     """The shapes of `arrays` (parameters or gradients), the (start, stop) of each in their concatenation, and its
     size: how `Backend.concat_flat` joins them and `Backend.split_flat` cuts them back."""
@@ -390,7 +401,7 @@ class FlatUpdate:
                 return
             except (TypeError, ValueError, AttributeError, NotImplementedError):
                 self.mutable = False  # the library's arrays are immutable
-        self.values, self.state = new_values, dict(new_state)
+        self.values, self.state = new_values, _unshared(self.xp, new_values, new_state)
         self.value_views = self._views(self.values)
         for p, view in zip(self.optimizer.params, self.value_views, strict=True):
             p.value = view
