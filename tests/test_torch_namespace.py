@@ -338,3 +338,19 @@ def test_a_parameter_rebound_to_float64_in_a_float32_torch_model_is_named_as_on_
     with pytest.raises(TypeError, match=rf"mixes float.*{name!r} float64.*than the model's \(float32\)"
                        if index == 0 else r"mixes float64 and float32.*than the model's \(float32\)"):
         model.fit(X, Y_BIN, loss="mse", epochs=1, verbose=0)
+
+
+def test_a_users_layer_computing_in_float64_before_a_torch_dense_is_not_blamed_on_the_dense():
+    """The Dense's own parameters are float32: the message says the other dtype came in, not that they hold it."""
+
+    class InFloat64(nnx.Layer):
+        def forward(self, X, training=False):
+            return self.xp.astype(X, self.xp.float64)
+
+        def backward(self, dY, need_dX=True):
+            return dY
+
+    model = nnx.Sequential(InFloat64(), nnx.Dense(X.shape[1], 3), nnx.Dense(3, 1), backend="torch", seed=0)
+    with pytest.raises(TypeError, match=r"mixes float64 and float32.*parameters are the model's dtype.*came from "
+                                        r"an earlier layer"):
+        model.fit(X, Y_BIN, loss="mse", epochs=1, verbose=0)

@@ -48,10 +48,17 @@ class TorchDenseKernel(DenseKernel):
     def _mixed_dtypes(self, a: Any, b: Any) -> TypeError:
         """torch's matmul refuses two dtypes ("expected m1 and m2 to have the same dtype"), naming no parameter;
         the usual cause is a parameter rebound to an array of another dtype, here or in an earlier layer."""
-        held = ", ".join(f"{p.name!r} {str(p.value.dtype).removeprefix('torch.')}" for p in self.layer.parameters())
-        return TypeError(f"a {type(self.layer).__name__} layer's product mixes {str(a.dtype).removeprefix('torch.')} "
-                         f"and {str(b.dtype).removeprefix('torch.')} (its parameters: {held}): a parameter of the "
-                         f"model holds another dtype than the model's ({self.layer.dtype}); {in_model_dtype()}")
+        params = self.layer.parameters()
+        held = ", ".join(f"{p.name!r} {str(p.value.dtype).removeprefix('torch.')}" for p in params)
+        mixed = (f"a {type(self.layer).__name__} layer's product mixes {str(a.dtype).removeprefix('torch.')} and "
+                 f"{str(b.dtype).removeprefix('torch.')} (its parameters: {held})")
+        if all(str(p.value.dtype).removeprefix("torch.") == str(self.layer.dtype) for p in params):
+            # its own parameters are the model's: what differs came in (a layer of the user's computing in another)
+            return TypeError(f"{mixed}: its parameters are the model's dtype, so the other came from an earlier "
+                             "layer, where a parameter holds another dtype than the model's "
+                             f"({self.layer.dtype}) or a layer of yours computes in another; {in_model_dtype()}")
+        return TypeError(f"{mixed}: a parameter of the model holds another dtype than the model's "
+                         f"({self.layer.dtype}); {in_model_dtype()}")
 
     def column_sum(self, dY: Any, out: Any = None) -> Any:
         if not _writable(out, dY):
