@@ -39,12 +39,12 @@ and the host reads the verdict once per epoch.
 
 from __future__ import annotations
 
-import operator
 import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
 from ..optim import Optimizer, check_rule_result
+from .carried import carried_state, rebound_slots, slots_now
 from .compiled_inference import model_lock
 from .outside_settings import OutsideWatch, outside_key
 from .per_model import PerModel
@@ -69,7 +69,6 @@ from .trace_state import (
     python_state,
     restore_objects,
     restore_state,
-    shallow_copy,
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
@@ -81,62 +80,6 @@ __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY
 # stream's seed (an input, not a constant: models of one definition and other seeds share their programs). These
 # are their positions.
 CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD, CARRY_SEED = range(6)
-
-_GONE = object()  # a slot that held nothing
-
-
-def _user_slots(objects: list[Any]) -> list[tuple[Any, str, Any, Any]]:
-    """Where each of `objects` (layers, a loss) of a user's class keeps a value, with the value: (object, attribute,
-    None, value) for an attribute and (object, attribute, key, value) for an item of a dict or list attribute. nnx's
-    own are left out: what they rebind in a step is a cache for their backward."""
-    found: list[tuple[Any, str, Any, Any]] = []
-    for layer in objects:
-        if type(layer).__module__.startswith("nnx.") or not isinstance(getattr(layer, "__dict__", None), dict):
-            continue
-        for name, value in vars(layer).items():
-            found.append((layer, name, None, value))
-            if isinstance(value, dict):
-                found += [(layer, name, ("item", key), item) for key, item in value.items()]
-            elif isinstance(value, list):
-                found += [(layer, name, ("item", i), item) for i, item in enumerate(value)]
-    return found
-
-
-def _slot_key(slot: tuple[Any, str, Any, Any]) -> tuple:
-    return id(slot[0]), slot[1], slot[2]
-
-
-def _get_slot(slot: tuple[Any, str, Any, Any]) -> Any:
-    layer, name, item, _ = slot
-    value = vars(layer).get(name, _GONE)
-    if item is None or value is _GONE:
-        return value
-    try:
-        return value[item[1]]
-    except (KeyError, IndexError, TypeError):
-        return _GONE
-
-
-def _set_slot(slot: tuple[Any, str, Any, Any], value: Any) -> None:
-    layer, name, item, _ = slot
-    if item is None:
-        vars(layer)[name] = value
-    else:
-        vars(layer)[name][item[1]] = value
-
-
-def _slot_name(slot: tuple[Any, str, Any, Any]) -> str:
-    return repr(slot[1]) if slot[2] is None else f"{slot[1]!r}[{slot[2][1]!r}]"
-
-
-def _refill(container: Any, items: Any) -> None:
-    """Put a dict's or list's items back as `shallow_copy` found them, in the same object."""
-    if isinstance(container, dict):
-        container.clear()
-        container.update(items)
-    else:
-        container[:] = items
-
 
 # methods whose replacement on one object (not its class) keeps that object out of a compiled program
 _HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
@@ -464,7 +407,7 @@ class CompiledStep:
         attributes_before = layer_attributes(model)
         # the loss's arrays too: one it rebinds (a running value it keeps) must not leave a traced value in it
         head_attributes = object_attributes([self.head])
-        slots_before = {_slot_key(slot): slot[3] for slot in _user_slots(self._runs())}
+        slots_before = slots_now(self._runs())
         try:
             for p, v in zip(params, values, strict=True):
                 p.value, p.grad = v, None
@@ -530,28 +473,15 @@ class CompiledStep:
 
     def _carried(self, slots_before: dict[tuple, Any], X: Any, y: Any, w: Any, others: list) -> list[str]:
         """The arrays a user's layer or loss rebound in this trace that it read first, in words (none: each is a
-        cache).
-
-        The plain loop leaves each rebound array in its layer for the next step; a program reads what the layer held
-        when traced, every step. Where the rebound array is a cache (``self.X = X`` for the backward), the next step
-        never reads it and that is the same; where it is a running value (``self.mu = 0.9 * self.mu + ...``), the
-        program would start every step from the traced one. The passes are traced once more with each rebound array
-        a stand-in (`Backend.inputs_read`), and everything they touched is put back afterwards. nnx's own layers
-        keep caches only, so only a user's layer or loss costs this second trace."""
-        rebound = [slot for slot in _user_slots(self._runs())
-                   if self.backend.is_traced(slot[3]) and slots_before.get(_slot_key(slot), _GONE) is not slot[3]]
+        cache for its backward): state a program would not carry (`nnx.training.carried`)."""
+        rebound = rebound_slots(self._runs(), slots_before, self.backend.is_traced)
         if not rebound:
             return []
         model, params, buffers = self.model, self.params, self.buffers
         saved, draws = self._saved(), self.rng.draws
         state, others_state = python_state(model), objects_state(others)
-        attributes = [(obj, dict(vars(obj)), {k: shallow_copy(v) for k, v in vars(obj).items()})
-                      for obj in self._runs()]
-        kept_in_place: list[bool] = []
 
-        def passes(*stand_ins: Any) -> tuple:
-            for slot, stand_in in zip(rebound, stand_ins, strict=True):
-                _set_slot(slot, stand_in)
+        def passes() -> tuple:
             Z = model.forward_to_head(X, self.n_run, training=True)
             if w is None:
                 value, dZ = self.head.value_and_grad(y, Z, check=False)
@@ -559,27 +489,15 @@ class CompiledStep:
                 value, dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=w)
             penalty = model.penalty()
             model.backward_from_head(dZ, self.n_run, need_dX=False)
-            now = [_get_slot(slot) for slot in rebound]
-            kept_in_place.extend(map(operator.is_, now, stand_ins))
-            return value, penalty, Z, tuple(p.grad for p in params), tuple(b.value for b in buffers), tuple(now)
+            return value, penalty, Z, tuple(p.grad for p in params), tuple(b.value for b in buffers)
 
         try:
-            read = self.backend.inputs_read(passes, [slot[3] for slot in rebound])
-        except Exception as exc:  # noqa: BLE001 - whatever the second trace met, the plain step tells no lie
-            return [f"a layer's rebound arrays could not be told apart from state it carries ({exc!r})"]
+            return carried_state(self.backend, rebound, passes, self._runs())
         finally:
-            for layer, before, contents in attributes:
-                vars(layer).clear()
-                vars(layer).update(before)
-                for key, items in contents.items():
-                    if items is not None:
-                        _refill(before[key], items)
             restore_state(model, state)
             restore_objects(others, others_state)
             self._put_back(saved)
             self.rng.draws = draws
-        return [f"a {type(slot[0]).__name__} reads and rebinds the array it keeps in {_slot_name(slot)}"
-                for slot, was_read, kept in zip(rebound, read, kept_in_place, strict=True) if was_read and not kept]
 
     def transformed(self, values: tuple, grads: tuple, rows: int, transforms: list[Any]) -> tuple:
         """`grads` through the traceable gradient transforms (clipping, ...)."""
