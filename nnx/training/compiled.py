@@ -28,7 +28,7 @@ layer whose code needs concrete values (the first trace raises the adapter's
 ``trace_errors``; the step then runs plain for good), and a layer whose step
 changes a plain Python attribute (a counter, a flag) or draws from a host random
 generator it keeps, and a user's layer that reads an array it keeps and then rebinds it
-(a running value outside a buffer, `CompiledStep._carried`): a program would run that
+(a running value outside a buffer, `nnx.training.carried`): a program would run that
 code once, when traced, so the first trace raises `TraceRefused` instead (and puts those
 attributes back as they were).
 

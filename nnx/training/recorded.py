@@ -148,8 +148,8 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes
 
 def _container_items(model: Any) -> list[tuple[Any, str, Any, Any, Any]]:
     """(layer, attribute, container, key, array) for each array in a plain list or dict a user's layer keeps (one
-    level down): inputs of a recording, as the arrays a layer holds itself are (`RecordedPasses._record`). nnx's own
-    layers keep none there (a nested model's tables are no pass's)."""
+    level down): inputs of a recording, as the arrays a layer holds itself are (when `RecordedPasses` records).
+    nnx's own layers keep none there (a nested model's tables are no pass's)."""
     return [(layer, name, container, key, value) for _, layer in model.named_layers()
             if not type(layer).__module__.startswith("nnx.")
             for name, container in vars(layer).items() if name not in _LAYER_OWN and type(container) in (list, dict)
