@@ -262,12 +262,14 @@ class CompiledStep:
                 outside_key((self.head, self.optimizer, *self.transforms)))
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
-        """What tracing the step teaches: how often it was traced, the dropout masks one step draws."""
-        return {"traces": self.traces}, {"draws": self._draws}
+        """What tracing the step teaches: how often it was traced, the dropout masks one step draws, the attributes
+        it found None that its program needs None still (`HeldArrays.unset`)."""
+        return {"traces": self.traces}, {"draws": self._draws, "unset": self._held.unset()}
 
     def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
-        """Take a program traced from an equally defined model (its trace count and dropout draws)."""
+        """Take a program traced from an equally defined model (its trace count, dropout draws and what it holds)."""
         self.traces += counts.get("traces", 0)
+        self._held.adopt(values.get("unset", ()), [layer for _, layer in self.model.named_layers()])
         draws = values.get("draws")
         if draws is not None:
             if self._draws is not None and self._draws != draws:

@@ -165,10 +165,13 @@ class _Program:
         return None if held is None else (held, self.key)
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
-        return {"traces": self.traces}, {}
+        return {"traces": self.traces}, {"unset": self._held.unset()}
 
     def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
         self.traces += counts.get("traces", 0)
+        model = self._model()
+        if model is not None:  # (it is: the program is taken for one of its calls)
+            self._held.adopt(values.get("unset", ()), [layer for _, layer in model.named_layers()])
 
     def __call__(self, *arrays: Any) -> Any:
         if self._held.moved():  # a layer holds another array than the trace read: trace again

@@ -372,15 +372,22 @@ class HeldArrays:
         self._by_contents = by_contents
         # (layer, attribute, None or the container an item is in, its key, value, bytes or None)
         self._held: list[tuple[weakref.ref, str, Any, Any, Any, bytes | None]] = []
+        # (position in `before`, attribute, whether it was missing) of `_unset_by_trace`: what a model of the same
+        # definition that takes the program without tracing it (`SharedProgram`) must watch too (`adopt`)
+        self._unset: list[tuple[int, str, bool]] = []
 
     def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
         traced code ran, before `put_back_arrays`."""
         by_contents = self._by_contents
-        for entry in before:
+        for position, entry in enumerate(before):
             layer, old = entry
             inner = getattr(entry, "inner", {})
             attributes, ref = vars(layer), weakref.ref(layer)
+            if by_contents:
+                for key in _unset_by_trace(old, attributes):
+                    self._unset.append((position, key, key not in old))
+                    self._held.append((ref, key, None, None, old.get(key, _GONE), None))
             for key, value in old.items():
                 if attributes.get(key, _GONE) is not value:
                     continue
@@ -399,9 +406,31 @@ class HeldArrays:
             if container is not None:
                 now = _item(container, k) if now is container else _GONE
             if now is not value or held is not None and contents(value) != held:
-                self._held = []
+                self._held, self._unset = [], []
                 return True
         return False
+
+    def unset(self) -> tuple[tuple[int, str, bool], ...]:
+        """What `note` found of `_unset_by_trace`, by layer position: a trace fact (`ProgramOwner.trace_facts`)."""
+        return tuple(self._unset)
+
+    def adopt(self, unset: tuple[tuple[int, str, bool], ...], layers: list[Any]) -> None:
+        """Watch `unset` (another owner's `unset`) on `layers`, as `layer_attributes` lists them: this owner takes
+        that owner's program, traced with those attributes None or missing, without tracing it."""
+        for position, key, missing in unset:
+            self._unset.append((position, key, missing))
+            self._held.append((weakref.ref(layers[position]), key, None, None, _GONE if missing else None, None))
+
+
+def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The attributes that held None (or were missing) before a trace and that it set to an array or an object.
+
+    `put_back_arrays` puts them back as they were, and the program took the branch for None (``if self.t is None:
+    self.t = ones(...)``); the plain loop reads the array a callback, a fit or the user sets there later, so the
+    program holds only while the attribute is None (or missing) still.
+    """
+    return [key for key, value in now.items()
+            if not isinstance(value, _PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
 
 
 def described(value: Any) -> Any:
