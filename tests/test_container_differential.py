@@ -95,3 +95,31 @@ def test_predict_reads_a_table_set_after_a_predict_made_it():
             dict(model.named_layers())["1.inner"].table = model.backend.asarray(np.full(3, 0.5))
             preds.append(np.asarray(model.predict(X)))
         np.testing.assert_allclose(preds[0], preds[1], rtol=TOL, atol=TOL)
+
+
+class ContCallCount(nnx.Layer):
+    """Scales by 1 + 0.01 * the number of forward calls, counted in an array it keeps (not a Buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = None
+
+    def forward(self, X, training=False):
+        if self.calls is None:
+            self.calls = self.xp.zeros((), dtype=X.dtype)
+        self.calls = self.calls + 1.0
+        return X * (1.0 + 0.01 * self.calls)
+
+    def backward(self, dY, need_dX=True):
+        return dY * (1.0 + 0.01 * self.calls)
+
+
+@jax_only
+def test_a_count_a_layer_carries_at_inference_goes_on_as_in_the_plain_pass():
+    X, _ = _data()
+    preds = []
+    for fast in (True, False):
+        be = nnx.get_backend("jax").with_fastpath(fast)
+        model = nnx.Sequential(nnx.Dense(3, 3), ContBlock(ContCallCount()), backend=be, dtype="float64", seed=1)
+        preds.append(np.stack([np.asarray(model.predict(X)) for _ in range(3)]))
+    np.testing.assert_allclose(preds[0], preds[1], rtol=TOL, atol=TOL)

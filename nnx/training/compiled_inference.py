@@ -30,6 +30,7 @@ from typing import Any
 
 from ..backends.base import TraceRefused
 from ..protocols import Model
+from .carried import carried_state, rebound_slots, slots_now
 from .per_model import PerModel
 from .shared_programs import SharedProgram, code_of, config_key, definition, layer_settings
 from .trace_state import (
@@ -191,12 +192,20 @@ class _Program:
         draws = rng.draws
         state = python_state(model)
         attributes = layer_attributes(model)
+        layers = [layer for _, layer in model.named_layers()]
+        slots = slots_now(layers)
         try:
             for p, v in zip(self.params, values, strict=True):
                 p.value = v
             for b, v in zip(self.buffers, bufs, strict=True):
                 b.value = v
             out = self.fn(model, *arrays)
+            rebound = rebound_slots(layers, slots, model.backend.is_traced)
+            # a user's layer that reads and rebinds an array it keeps at inference (a count, a running value): the
+            # program would start every call from the traced one, where the plain pass carries it
+            carried = rebound and carried_state(self._jit.backend, rebound, lambda: (self.fn(model, *arrays),), layers)
+            if carried:
+                raise TraceRefused(f"{carried[0]} at inference: state a program would not carry")
             self._held.note(attributes)
             if rng.draws != draws:
                 raise TraceRefused("the pass draws from the model's random stream, which a program would draw once")
