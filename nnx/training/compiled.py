@@ -510,15 +510,36 @@ class CompiledStep:
             return self._transformed(params, values, grads, rows, transforms)
 
     def _transformed(self, params: list[Any], values: tuple, grads: tuple, rows: int, transforms: list[Any]) -> tuple:
+        # A user's transform declared traceable runs once per trace: one that keeps state between steps (an EMA of
+        # the gradients, a count) or holds an update back (returns False) would have the program start every step
+        # from the traced state and update anyway, where the plain loop carries it; such a step runs plainly.
+        objs = [t for t in transforms if not type(t).__module__.startswith("nnx.")]
+        users = [(f"the gradient transform {type(t).__name__}", t) for t in objs]
+        state_before, attributes, slots_before = objects_state(users), object_attributes(objs), slots_now(objs)
         saved = self._saved()
         try:
             for p, v, g in zip(params, values, grads, strict=True):
                 p.value, p.grad = v, g
             for transform in transforms:
-                transform.apply(params, rows)
-            return tuple(p.grad for p in params)
+                if not transform.apply(params, rows):
+                    raise TraceRefused(f"the gradient transform {type(transform).__name__} held an update back, "
+                                       "which a compiled program would not")
+            rebound = rebound_slots(objs, slots_before, self.backend.is_traced)
+            if rebound:
+                raise TraceRefused(f"the gradient transform {type(rebound[0][0]).__name__} keeps "
+                                   f"{rebound[0][1]!r} from step to step, which a compiled program would not carry")
+            grads = tuple(p.grad for p in params)
+        except BaseException:
+            restore_objects(users, state_before)
+            raise
         finally:
             self._put_back(saved)
+            put_back_arrays(attributes)
+        changed = changed_state(state_before, objects_state(users))
+        if changed is not None:
+            restore_objects(users, state_before)
+            raise TraceRefused(f"the step changes Python state a compiled program would not: {changed}")
+        return grads
 
     def updated(self, values: tuple, grads: tuple, states: tuple, t: Any, lr: Any) -> tuple[tuple, tuple]:
         """The optimizer's own rule on every parameter: (new values, new states)."""
