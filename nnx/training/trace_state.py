@@ -372,9 +372,10 @@ class HeldArrays:
         self._by_contents = by_contents
         # (layer, attribute, None or the container an item is in, its key, value, bytes or None)
         self._held: list[tuple[weakref.ref, str, Any, Any, Any, bytes | None]] = []
-        # (position in `before`, attribute, whether it was missing) of `_unset_by_trace`: what a model of the same
-        # definition that takes the program without tracing it (`SharedProgram`) must watch too (`adopt`)
-        self._unset: list[tuple[int, str, bool]] = []
+        # what a model of the same definition that takes the program without tracing it (`SharedProgram`) must watch
+        # too (`adopt`), by position in `before`: ("unset", position, attribute, whether it was missing) of
+        # `_unset_by_trace`, ("item", position, attribute, key) of an item one level inside an attribute
+        self._unset: list[tuple[str, int, str, Any]] = []
 
     def note(self, before: list[tuple[Any, dict[str, Any]]]) -> None:
         """Note the arrays of `layer_attributes` (taken before the trace) the layers still hold: call it after the
@@ -386,7 +387,7 @@ class HeldArrays:
             attributes, ref = vars(layer), weakref.ref(layer)
             if by_contents:
                 for key in _unset_by_trace(old, attributes):
-                    self._unset.append((position, key, key not in old))
+                    self._unset.append(("unset", position, key, key not in old))
                     self._held.append((ref, key, None, None, old.get(key, _GONE), None))
             for key, value in old.items():
                 if attributes.get(key, _GONE) is not value:
@@ -394,8 +395,10 @@ class HeldArrays:
                 if is_array(value):
                     self._held.append((ref, key, None, None, value, contents(value) if by_contents else None))
                 elif by_contents and key in inner:
-                    self._held.extend((ref, key, value, k, item, contents(item)) for k, item in inner[key].items()
-                                      if _item(value, k) is item)
+                    for k, item in inner[key].items():
+                        if _item(value, k) is item:
+                            self._held.append((ref, key, value, k, item, contents(item)))
+                            self._unset.append(("item", position, key, k))
 
     def moved(self) -> bool:
         """Whether a layer now holds another array (or none) where a trace read one, or (`by_contents`) other
@@ -410,16 +413,28 @@ class HeldArrays:
                 return True
         return False
 
-    def unset(self) -> tuple[tuple[int, str, bool], ...]:
-        """What `note` found of `_unset_by_trace`, by layer position: a trace fact (`ProgramOwner.trace_facts`)."""
+    def unset(self) -> tuple[tuple[str, int, str, Any], ...]:
+        """What `note` found of `_unset_by_trace` and the items one level inside it watches, by layer position: a
+        trace fact (`ProgramOwner.trace_facts`)."""
         return tuple(self._unset)
 
-    def adopt(self, unset: tuple[tuple[int, str, bool], ...], layers: list[Any]) -> None:
-        """Watch `unset` (another owner's `unset`) on `layers`, as `layer_attributes` lists them: this owner takes
-        that owner's program, traced with those attributes None or missing, without tracing it."""
-        for position, key, missing in unset:
-            self._unset.append((position, key, missing))
-            self._held.append((weakref.ref(layers[position]), key, None, None, _GONE if missing else None, None))
+    def adopt(self, unset: tuple[tuple[str, int, str, Any], ...], layers: list[Any]) -> None:
+        """Watch `unset` (another owner's `unset`, or this owner's from an earlier trace) on `layers`, as
+        `layer_attributes` lists them: this owner takes that program without tracing it. The items one level
+        inside (``self.cfg["k"]``) are watched as `layers` hold them now (the program's key described them): else,
+        after `moved` forgot them, a program taken again from the table held while a callback changed one."""
+        for kind, position, key, detail in unset:
+            self._unset.append((kind, position, key, detail))
+            ref = weakref.ref(layers[position])
+            if kind == "unset":
+                self._held.append((ref, key, None, None, _GONE if detail else None, None))
+                continue
+            container = vars(layers[position]).get(key, _GONE)
+            if container is _GONE:  # (the key described it: not met) watched as an attribute that came back
+                self._held.append((ref, key, None, None, _GONE, None))
+                continue
+            item = _item(container, detail)
+            self._held.append((ref, key, container, detail, item, contents(item)))
 
 
 def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
