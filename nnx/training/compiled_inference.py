@@ -38,8 +38,11 @@ from .trace_state import (
     changed_state,
     described_with_attributes,
     layer_attributes,
+    object_attributes,
+    objects_state,
     put_back_arrays,
     python_state,
+    restore_objects,
     restore_state,
 )
 
@@ -103,13 +106,14 @@ def _compilable(model: Model) -> bool:
     return not any("forward" in vars(layer) for _, layer in model.named_layers())
 
 
-def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Callable[..., Any]:
+def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects: tuple = ()) -> Callable[..., Any]:
     """``fn(model, *arrays)``, which computes from `model` in inference mode, as a function of the arrays:
     one compiled program where the backend compiles, else `fn` op by op.
 
     `key` names what `fn` computes, its settings included: one program is kept per model and key, and
     compiled once per input shape. `fn` must not hold the model itself (it is kept while the model lives).
-    A program whose trace fails is not tried again.
+    A program whose trace fails is not tried again. `objects`: others of the user's whose code `fn` runs (a
+    metric object), watched as the layers are for state they carry from call to call.
     """
     if not _compilable(model):
         return lambda *arrays: fn(model, *arrays)
@@ -119,7 +123,7 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
         held = _PROGRAMS[model] = (signature, {})
     programs = held[1]
     if key not in programs:
-        programs[key] = _Program(model, key, fn)
+        programs[key] = _Program(model, key, fn, objects)
     program = programs[key]
     if program is None:
         return lambda *arrays: fn(model, *arrays)
@@ -151,10 +155,10 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any]) -> Calla
 class _Program:
     """`fn` compiled with the model's parameter and buffer values as inputs."""
 
-    def __init__(self, model: Model, key: tuple, fn: Callable[..., Any]) -> None:
+    def __init__(self, model: Model, key: tuple, fn: Callable[..., Any], objects: tuple = ()) -> None:
         self._model = weakref.ref(model)  # kept per model: a strong reference would keep it alive
         self.params, self.buffers = model.parameters(), model.buffers()
-        self.key, self.fn = key, fn
+        self.key, self.fn, self.objects = key, fn, objects
         self.traces = 0
         self._held = HeldArrays(by_contents=True)
         self._jit = SharedProgram(model.backend, self._pure, self.definition, self)
@@ -191,8 +195,10 @@ class _Program:
         saved = ([p.value for p in self.params], [b.value for b in self.buffers], rng.counter)
         draws = rng.draws
         state = python_state(model)
-        attributes = layer_attributes(model)
-        layers = [layer for _, layer in model.named_layers()]
+        others = [(f"the {type(obj).__name__} object", obj) for obj in self.objects]
+        others_state = objects_state(others)
+        attributes = layer_attributes(model) + object_attributes(list(self.objects))
+        layers = [layer for _, layer in model.named_layers()] + list(self.objects)
         slots = slots_now(layers)
         try:
             for p, v in zip(self.params, values, strict=True):
@@ -212,12 +218,14 @@ class _Program:
             rebound = [b.name for b, v in zip(self.buffers, bufs, strict=True) if b.value is not v]
             if rebound:
                 raise TraceRefused(f"the pass rebinds the buffers {rebound}, which a program would not keep")
-            changed = changed_state(state, python_state(model))
+            changed = changed_state(state, python_state(model)) or changed_state(others_state, objects_state(others))
             if changed is not None:
                 raise TraceRefused(f"the pass changes Python state a program would change once: {changed}")
             return out
-        except BaseException:
+        except BaseException as error:
             restore_state(model, state)  # the op-by-op pass that runs instead starts from where it was
+            if isinstance(error, model.backend.trace_errors):  # (a metric's own error leaves what it did, as plainly)
+                restore_objects(others, others_state)
             raise
         finally:
             rng.counter = saved[2]

@@ -7,6 +7,7 @@ compiled programs where the backend compiles (JAX), and op by op elsewhere.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +84,8 @@ def metric_values(model: Model, metric_fns: dict, y: Any, Z: Any, from_logits: b
     """
     folded = folds_last_layer(model, model.loss if loss is None else loss)
     vector = inference_program(model, ("metrics", _metrics_key(metric_fns), from_logits, folded),
-                               lambda m, y, Z: _metric_vector(m, metric_fns, y, Z, from_logits, folded))
+                               lambda m, y, Z: _metric_vector(m, metric_fns, y, Z, from_logits, folded),
+                               tuple(fn for fn in metric_fns.values() if not isinstance(fn, types.FunctionType)))
     host = model.backend.to_host(vector(y, Z))
     return {name: float(v) for name, v in zip(metric_fns, host, strict=True)}
 
