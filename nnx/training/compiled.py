@@ -418,16 +418,7 @@ class CompiledStep:
             # the stream draws from (seed, counter): a traced counter, fresh masks each step; a traced seed, one
             # program for models of other seeds
             rng.counter, rng.seed = counter, seed
-            # forward + loss, backward: `nnx.training.TrainStep.forward_loss` and `backward`
-            Z = model.forward_to_head(X, self.n_run, training=True)
-            if w is None:
-                value, dZ = self.head.value_and_grad(y, Z, check=False)
-            else:
-                value, dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=w)
-            penalty = model.penalty()
-            if penalty is not None:
-                value = value + penalty
-            model.backward_from_head(dZ, self.n_run, need_dX=False)
+            value, Z = self._passes(X, y, w)
             rebound = [p.name for p, v in zip(params, values, strict=True) if p.value is not v]
             if rebound:  # (a layer constraining its weight in its forward): the update starts from the new value
                 raise TraceRefused(f"the step rebinds the value of {', '.join(map(repr, rebound))}")
@@ -469,6 +460,21 @@ class CompiledStep:
         self._draws = drawn
         return value, Z, grads, new_bufs, new_counter, ok_now
 
+    def _passes(self, X: Any, y: Any, w: Any) -> tuple[Any, Any]:
+        """Forward, loss (with the penalty) and backward on what the model holds, as `nnx.training.TrainStep`'s
+        `forward_loss` and `backward` run them: (loss, head outputs), the gradients left in ``p.grad``."""
+        model = self.model
+        Z = model.forward_to_head(X, self.n_run, training=True)
+        if w is None:
+            value, dZ = self.head.value_and_grad(y, Z, check=False)
+        else:
+            value, dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=w)
+        penalty = model.penalty()
+        if penalty is not None:
+            value = value + penalty
+        model.backward_from_head(dZ, self.n_run, need_dX=False)
+        return value, Z
+
     def _runs(self) -> list[Any]:
         """The objects whose code the traced passes run and which keep what they like: the layers and the loss."""
         return [*(layer for _, layer in self.model.named_layers()), self.head]
@@ -484,14 +490,8 @@ class CompiledStep:
         state, others_state = python_state(model), objects_state(others)
 
         def passes() -> tuple:
-            Z = model.forward_to_head(X, self.n_run, training=True)
-            if w is None:
-                value, dZ = self.head.value_and_grad(y, Z, check=False)
-            else:
-                value, dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=w)
-            penalty = model.penalty()
-            model.backward_from_head(dZ, self.n_run, need_dX=False)
-            return value, penalty, Z, tuple(p.grad for p in params), tuple(b.value for b in buffers)
+            value, Z = self._passes(X, y, w)
+            return value, Z, tuple(p.grad for p in params), tuple(b.value for b in buffers)
 
         try:
             return carried_state(self.backend, rebound, passes, self._runs())
