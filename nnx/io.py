@@ -321,7 +321,7 @@ def _foreign_format(path: Path) -> tuple[str, str] | None:
             if "config.json" in names and any(name.endswith(".weights.h5") for name in names):
                 return "a Keras model (model.save to .keras)", ""
             return None
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, struct.error):
+    except _READ_ERRORS:  # a damaged zip (a newer zip version, say): reported as what it is, unreadable
         return None
     if head[:8] == b"\x89HDF\r\n\x1a\n":
         return "an HDF5 file (a Keras .h5 model or weights, or other HDF5 data)", ""

@@ -216,6 +216,17 @@ def test_zip_entry_that_is_not_npy(tmp_path, good_file):
     _refused(path)
 
 
+def test_zip_needing_a_newer_zip_version(tmp_path, good_file):
+    # A flipped byte in a central-directory record's "version needed to extract" makes zipfile raise
+    # NotImplementedError: both the reader and the foreign-format probe must report it as an unreadable checkpoint.
+    data = bytearray(good_file.read_bytes())
+    record = data.index(b"PK\x01\x02")
+    data[record + 6:record + 8] = (64).to_bytes(2, "little")  # version 6.4, above what zipfile reads
+    path = tmp_path / "newzip.npz"
+    path.write_bytes(bytes(data))
+    _refused(path, "zip file version")
+
+
 def test_truncated_zip_at_every_cut(tmp_path, good_file):
     data = good_file.read_bytes()
     cuts = sorted(set(np.linspace(0, len(data) - 1, 40, dtype=int).tolist()))
