@@ -20,12 +20,15 @@ if "NNX_TEST_TMPDIR" not in os.environ:
     tempfile.tempdir = None  # tempfile reads TMPDIR again
 
 # JAX compiles one program per model layout; the suite builds many small models with the same
-# layouts, so each test process keeps JAX's compilation cache on disk for its run and compiles each
-# program once. Set before JAX is imported; a cache the caller configured is left alone.
+# layouts, in both pytest-xdist workers and in subprocesses, so the run keeps JAX's compilation cache
+# on disk and compiles each whole-epoch or optimized program once. Only programs that took 0.1 s or more
+# to compile are written: an eager op or a small step compiles in 10-40 ms, and writing it (about 2.5 ms)
+# and reading it back cost more than compiling it again (JAX's own count of the time saved was negative
+# with every program written). Set before JAX is imported; a cache the caller configured is left alone.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _jax_cache = tempfile.mkdtemp(prefix="nnx-test-jax-cache-")
     atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=_jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=_jax_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 # Most of the suite's JAX time is XLA compiling small programs, each run a few times; XLA's optimising
