@@ -95,8 +95,9 @@ class CachedInDict(nnx.Layer):
 
 def _fit(backend, layer, epochs=3, loss="mse"):
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((24, 4)), rng.standard_normal((24, 2))
-    model = nnx.Sequential(nnx.Dense(4, 5), layer, nnx.Tanh(), nnx.Dense(5, 2), backend=backend, dtype="float64",
+    # one width and one batch shape throughout: JAX compiles the plain loop's ops once per shape
+    X, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 4))
+    model = nnx.Sequential(nnx.Dense(4, 4), layer, nnx.Tanh(), nnx.Dense(4, 4), backend=backend, dtype="float64",
                            seed=1)
     history = model.fit(X, y, loss=loss, optimizer=nnx.optim.SGD(model.parameters(), lr=0.05), epochs=epochs,
                         batch_size=8, shuffle=False)
@@ -143,8 +144,8 @@ def test_a_cache_in_a_dict_holds_the_backends_arrays_after_fit_and_predict(backe
     """A compiled pass once left its traced values in the dict (JAX): copying or saving the model then failed."""
     layer = CachedInDict()
     model, _ = _fit(backend, layer, epochs=1)
-    model.predict(np.ones((3, 4)))
-    model.evaluate(np.ones((3, 4)), np.ones((3, 2)), loss="mse")
+    model.predict(np.ones((8, 4)))
+    model.evaluate(np.ones((8, 4)), np.ones((8, 4)), loss="mse")
     cached = layer.cache.get("X")
     assert cached is None or backend.owns(cached), type(cached)
     copy.deepcopy(model)

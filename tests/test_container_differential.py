@@ -76,7 +76,7 @@ def test_a_table_a_layer_made_when_none_and_a_callback_sets_is_read_by_the_compi
         fits = []
         for fast in (True, False):
             model = _model(fast)
-            history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=3, batch_size=4, verbose=0,
+            history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=4, verbose=0,
                                 callbacks=[_SetTable()])
             fits.append((history.history["loss"], [np.asarray(p.value) for p in model.parameters()]))
         assert fits[0][0] == pytest.approx(fits[1][0], rel=TOL, abs=TOL)

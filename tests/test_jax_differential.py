@@ -98,14 +98,13 @@ def test_a_numpy_array_written_in_place_by_a_callback_is_read_anew(holder):
     X, y = _data()
 
     def fit(model):
-        loss = DiffWeightedMSE() if holder == "loss" else "mse"
-        opt = DiffScaledSGD(model.parameters())
+        loss, opt = DiffWeightedMSE(), DiffScaledSGD(model.parameters())  # one first program for all three holders
         held = {"layer": model.layers[1], "loss": loss, "optimizer": opt}[holder]
 
         def change(epoch):
             held.factor[...] = 0.5 + epoch
 
-        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=3, batch_size=8, verbose=0,
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=8, verbose=0,
                             callbacks=[_EachEpoch(change)])
         if holder == "layer":
             history.predicted = np.asarray(model.predict(X))
@@ -171,7 +170,7 @@ def test_a_setting_read_from_a_module_attribute_or_a_closure_changed_by_a_callba
         set_scale(1.0)
         be = nnx.get_backend("jax").with_fastpath(fast)
         model = nnx.Sequential(nnx.Dense(3, 3), layer(), nnx.Dense(3, 1), backend=be, dtype="float64", seed=1)
-        history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=3, batch_size=8, verbose=0,
+        history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=8, verbose=0,
                             callbacks=[_EachEpoch(lambda epoch: set_scale(0.5 + epoch))])
         history.predicted = np.asarray(model.predict(X))
         out.append((model, history))
@@ -251,7 +250,7 @@ def test_a_setting_of_a_config_object_changed_in_place_by_a_callback_is_read_ane
         def change(epoch, held=held):
             held.cfg.k = 0.5 + epoch
 
-        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=3, batch_size=8, verbose=0,
+        history = model.fit(X, y, loss=loss, optimizer=opt, epochs=2, batch_size=8, verbose=0,
                             callbacks=[_EachEpoch(change)])
         out.append((model, history))
     assert out[0][1].execution_mode == "epoch"
@@ -322,7 +321,7 @@ def test_a_numpy_array_a_layer_reads_one_level_down_written_in_place_by_a_callba
             else:
                 table[...] = 0.5 + epoch
 
-        history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=3, batch_size=8, verbose=0,
+        history = model.fit(X, y, loss="mse", optimizer="sgd", epochs=2, batch_size=8, verbose=0,
                             callbacks=[_EachEpoch(change)])
         out.append((model, history))
     _TABLE[...] = 1.0

@@ -47,10 +47,12 @@ class TwinMomentum(nnx.optim.Optimizer):
 
 def _train(backend, make_optimizer, settings):
     rng = np.random.default_rng(0)
-    X, y = rng.standard_normal((24, 5)), rng.standard_normal((24, 2))
-    model = nnx.Sequential(nnx.Dense(5, 6), nnx.Tanh(), nnx.Dense(6, 2), backend=backend, dtype="float64", seed=1)
+    # two steps an epoch: the first after the switch starts the state, the second reads it; one layer shape for
+    # both Dense layers, so the plain loop's ops (JAX compiles each per shape) serve all parameters
+    X, y = rng.standard_normal((16, 2)), rng.standard_normal((16, 2))
+    model = nnx.Sequential(nnx.Dense(2, 2), nnx.Tanh(), nnx.Dense(2, 2), backend=backend, dtype="float64", seed=1)
     optimizer = make_optimizer(model.parameters())
-    history = model.fit(X, y, loss="mse", optimizer=optimizer, epochs=3, batch_size=8, shuffle=False,
+    history = model.fit(X, y, loss="mse", optimizer=optimizer, epochs=2, batch_size=8, shuffle=False,
                         callbacks=[SwitchOn(optimizer, **settings)])
     return model, optimizer, history
 

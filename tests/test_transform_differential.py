@@ -43,14 +43,18 @@ class SkipEveryThird(GradientTransform):
         return self.n % 3 != 0
 
 
+def _data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(24, 2))  # 2-2-2 layers: two parameter shapes for JAX to compile the plain loop's ops for
+    return X, (X > 0).astype(float)
+
+
 @pytest.mark.parametrize(("make", "accumulate"), [(EmaOfGradients, 1), (EmaOfGradients, 2), (SkipEveryThird, 1)])
 def test_stateful_traceable_transform_trains_as_the_plain_loop(make, accumulate):
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(24, 3))
-    y = (X[:, :1] > 0).astype(float)
+    X, y = _data()
     results = []
     for fast in (True, False):
-        model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 1), nnx.Sigmoid(),
+        model = nnx.Sequential(nnx.Dense(2, 2), nnx.Tanh(), nnx.Dense(2, 2), nnx.Sigmoid(),
                                backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
         transform = make()
         history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.05, epochs=2, batch_size=8,
@@ -77,12 +81,10 @@ class RunningMeanMetric:
 
 
 def test_metric_object_with_a_running_array_scores_as_the_plain_loop():
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(20, 3))
-    y = X @ rng.normal(size=(3, 2))
+    X, y = _data()  # the shapes of the transforms' test: JAX compiled the plain loop's ops for them there
     results = []
     for fast in (True, False):
-        model = nnx.Sequential(nnx.Dense(3, 4), nnx.Tanh(), nnx.Dense(4, 2),
+        model = nnx.Sequential(nnx.Dense(2, 2), nnx.Tanh(), nnx.Dense(2, 2),
                                backend=nnx.get_backend("jax").with_fastpath(fast), dtype="float64", seed=1)
         metric = RunningMeanMetric()
         history = model.fit(X, y, loss="mse", optimizer="adam", epochs=2, batch_size=8, metrics=[("run", metric)])
