@@ -353,24 +353,23 @@ def test_accumulated_group_whose_weights_sum_to_zero_keeps_the_penalty_gradient(
     """Under ``mean_with_sample_weight`` a batch whose weights sum to 0 has no data gradient, but its regularizer's
     gradient is still there (one call over those rows gives it): k accumulated batches give it too, as one batch
     k times larger does, rather than a zero gradient."""
-    X, y = _data(n=20)
-    sw = np.ones(20)
+    X, y = _data(23)
+    # batches of 5 in groups of 2: a first group whose weights are all 0, and the epoch's last, partial group (its
+    # one batch of 3 rows, applied at the flush) with weights all 0 too; the large batches of 10 are those groups
+    sw = np.ones(23)
     sw[:10] = 0.0
+    sw[20:] = 0.0
 
-    def trained(**kwargs):
+    def trained(name, execution, **kwargs):
         model = nnx.Sequential(nnx.Dense(4, 6), nnx.Tanh(), nnx.Dense(6, 2), dtype="float64", seed=0,
-                               backend=nnx.get_backend(backend).with_fastpath(fast is not False),
+                               backend=nnx.get_backend(name).with_fastpath(execution is not False),
                                regularizer=nnx.regularizers.L2(0.5))
-        _fit(model, fast, X, y, loss=nnx.losses.MSE(reduction="mean_with_sample_weight"), sample_weight=sw,
+        _fit(model, execution, X, y, loss=nnx.losses.MSE(reduction="mean_with_sample_weight"), sample_weight=sw,
              optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.5), epochs=2, **kwargs)
         return _host(model)
 
-    large, accumulated = trained(batch_size=10), trained(batch_size=5, accumulate=2)
-    for name, value in large.items():
-        np.testing.assert_allclose(accumulated[name], value, **TOL, err_msg=name)
-    # the epoch's last, partial group, applied at the flush: batches of 5 in groups of 3 are those of 15 then 5
-    sw[:] = 1.0
-    sw[15:] = 0.0
-    large, accumulated = trained(batch_size=15), trained(batch_size=5, accumulate=3)
+    # the larger batches on NumPy (the same seed gives every backend the same initial weights): no program of theirs
+    # to compile on JAX
+    large, accumulated = trained("numpy", True, batch_size=10), trained(backend, fast, batch_size=5, accumulate=2)
     for name, value in large.items():
         np.testing.assert_allclose(accumulated[name], value, **TOL, err_msg=name)
