@@ -45,7 +45,7 @@ def _data(n: int = 40, d: int = 4, seed: int = 0):
 
 
 def _model(backend, dtype: str = "float64", seed: int = 3, out: int = 1, head=None) -> nnx.Sequential:
-    layers = [nnx.Dense(4, 8), nnx.ReLU(), nnx.Dense(8, 6), nnx.Tanh(), nnx.Dense(6, out)]
+    layers = [nnx.Dense(4, 6), nnx.Tanh(), nnx.Dense(6, out)]
     if head is not None:
         layers.append(head())
     return nnx.Sequential(*layers, backend=backend, dtype=dtype, seed=seed)
