@@ -97,7 +97,7 @@ def test_fit_validation_and_metrics_read_globals_a_callback_changes():
         SCALE, THRESHOLD = 1.0, 0.0
         model = _model(fast)
         history = model.fit(X, y, loss=MoreGlobalMSE(), optimizer=nnx.optim.SGD(model.parameters(), lr=0.05),
-                            epochs=2, batch_size=9, validation_split=0.25, metrics=[("t", more_threshold_accuracy)],
+                            epochs=2, batch_size=6, validation_split=0.25, metrics=[("t", more_threshold_accuracy)],
                             callbacks=[MoreSetGlobals()])
         histories.append(history.history)
     _close(*histories)
