@@ -20,7 +20,7 @@
 #      and a dropout draw, each checked against NumPy; CuPy also loads NCCL          30            90
 #   3  benchmarks, small -> medium -> large -> wide, nnx against each library's
 #      native loop (bench_train.py), one process per shape and backend                60           200
-#      (--dry-run: one process per backend for both tiny shapes)
+#      (--dry-run: one process for every backend and both tiny shapes)
 #   3b compiled epochs (bench_epoch.py): nnx on jax:gpu, each epoch one program, against nnx per step
 #      and a torch CUDA eager loop, at small, medium and large                              90            90
 #   3c one profiled epoch of nnx and of native torch at large, per torch/CuPy spec
@@ -150,6 +150,9 @@ if [ $DRY = 1 ]; then
   CUDA_MAJOR=12
   record "driver" "dry run (assumed CUDA 12)"
   SPECS="numpy torch jax"   # stand-ins for cupy, torch:cuda, jax:gpu
+  # one thread a process, as bench_train.py's --threads 1: at tiny size a second one only spins, and on a CPU
+  # (the test suite runs this beside its own workers) it spins on a core that other work needs
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 else
   if ! command -v nvidia-smi >/dev/null 2>&1; then
     record "driver" "nvidia-smi not found: this script needs an NVIDIA GPU (use --dry-run elsewhere)"
@@ -274,37 +277,73 @@ BENCH_SPECS=$READY
 wants benchmark || { BENCH_SPECS=""; not_asked benchmark; }
 BENCH_END=$(( $(elapsed) + 200 ))
 wants benchmark && [ -z "${BENCH_SPECS// /}" ] && record "benchmark" "none: no backend passed its probe"
-bench_run() {  # spec, shapes (comma list): one bench_train.py process into $OUT/bench_<spec>_<shapes>; rc 0 when it wrote
-  local spec=$1 shapes=$2 dir secs rc peer extra size
+bench_args() {  # spec, shapes (comma list): bench_train.py's arguments for them into ARGS, its folder into DIR
+  local spec=$1 shapes=$2 peer extra size
   case $spec in
     cupy|numpy) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
     torch*) peer=torch; extra=(--torch-device "$([ $DRY = 1 ] && echo cpu || echo cuda)") ;;
     jax*) peer=jax; extra=(--jax-device "$([ $DRY = 1 ] && echo cpu || echo gpu)") ;;
   esac
-  dir="$OUT/bench_${spec//:/-}_${shapes//,/-}"
-  mkdir -p "$dir"
+  DIR="$OUT/bench_${spec//:/-}_${shapes//,/-}"
+  mkdir -p "$DIR"
+  if [ $DRY = 1 ]; then size=(--tiny --repeats 1 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
+  ARGS=("${size[@]}" --shapes "$shapes" --backend "$spec" --frameworks "nnx,$peer" "${extra[@]}" --check-sync
+        --no-unset --no-memory --no-sweep --no-ablation --import-runs 0 --out "$DIR")
+}
+bench_secs() {  # the seconds a benchmark process may take: its own timeout, within the step's
+  local secs
   secs=$(budget 60)
   [ $((BENCH_END - $(elapsed))) -lt "$secs" ] && secs=$((BENCH_END - $(elapsed)))
-  if [ $DRY = 1 ]; then size=(--tiny --repeats 1 --no-gemm); else size=(--repeats "$REPEATS" --threads "$(nproc)"); fi
-  run_for "$secs" "$PY" benchmarks/bench_train.py "${size[@]}" --shapes "$shapes" --backend "$spec" \
-    --frameworks "nnx,$peer" "${extra[@]}" --check-sync --no-unset --no-memory --no-sweep --no-ablation \
-    --import-runs 0 --out "$dir" > "$dir/bench.log" 2>&1
+  echo "$secs"
+}
+bench_run() {  # spec, shapes (comma list): one bench_train.py process into $OUT/bench_<spec>_<shapes>; rc 0 when it wrote
+  local spec=$1 shapes=$2 rc
+  bench_args "$spec" "$shapes"
+  run_for "$(bench_secs)" "$PY" benchmarks/bench_train.py "${ARGS[@]}" > "$DIR/bench.log" 2>&1
   rc=$?
   if [ $rc != 0 ]; then
-    record "benchmark" "$spec $shapes: $(outcome $rc), see $dir/bench.log"
+    record "benchmark" "$spec $shapes: $(outcome $rc), see $DIR/bench.log"
     [ $rc = 125 ] || FAILED=1
   fi
   return $rc
 }
 if [ $DRY = 1 ]; then
-  # one process per backend for both tiny shapes (a process is seconds of imports, the epochs milliseconds);
-  # the rows still go shape by shape, as in the real run
-  DONE=""
-  for spec in $BENCH_SPECS; do bench_run "$spec" "${SHAPES// /,}" && DONE+=" $spec"; done
+  # one process for every backend and both tiny shapes (a process is seconds of imports, the epochs milliseconds):
+  # bench_train.py's main once per backend, each into its own folder; the rows still go shape by shape, as in the
+  # real run
+  groups=() specs=""
+  for spec in $BENCH_SPECS; do
+    bench_args "$spec" "${SHAPES// /,}"
+    rm -f "$DIR/results.json"
+    groups+=("${ARGS[@]}" ::)
+    specs+="${specs:+ }$spec"
+  done
+  log="$OUT/bench_dry-run.log"
+  if [ ${#groups[@]} -gt 0 ]; then
+    run_for "$(bench_secs)" "$PY" - "${groups[@]}" > "$log" 2>&1 <<'EOF'
+import sys
+
+sys.path.insert(0, "benchmarks")
+import bench_train  # noqa: E402
+
+args, rc = sys.argv[1:], 0
+while args:
+    cut = args.index("::")
+    rc = bench_train.main(args[:cut]) or rc
+    args = args[cut + 1:]
+sys.exit(rc)
+EOF
+    rc=$?
+    if [ $rc != 0 ]; then
+      record "benchmark" "$specs ${SHAPES// /,}: $(outcome $rc), see $log"
+      [ $rc = 125 ] || FAILED=1
+    fi
+  fi
   for shape in $SHAPES; do
-    for spec in $DONE; do
-      while IFS= read -r row; do record "benchmark" "ok: $row"; done \
-        < <(bench_table "$OUT/bench_${spec//:/-}_${SHAPES// /-}" "$shape")
+    for spec in $BENCH_SPECS; do
+      dir="$OUT/bench_${spec//:/-}_${SHAPES// /-}"
+      [ -f "$dir/results.json" ] || continue
+      while IFS= read -r row; do record "benchmark" "ok: $row"; done < <(bench_table "$dir" "$shape")
     done
   done
 else
