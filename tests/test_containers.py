@@ -50,15 +50,17 @@ class GatedSkip(nnx.Layer):
         return graph.add_node("Add", [X, product])
 
 
+# Every builder's hidden layers are 5 wide (3 features in, 2 out): few parameters for check_gradients to perturb
+# one by one, and one set of shapes for JAX to compile its ops for across the file's tests.
 def residual_mlp(backend, dtype, depth=3, seed=0, **kwargs):
-    blocks = [nnx.Residual(nnx.Dense(8, 8), nnx.Tanh()) for _ in range(depth)]
-    return nnx.Sequential(nnx.Dense(3, 8), *blocks, nnx.Dense(8, 2), backend=backend, dtype=dtype, seed=seed,
+    blocks = [nnx.Residual(nnx.Dense(5, 5), nnx.Tanh()) for _ in range(depth)]
+    return nnx.Sequential(nnx.Dense(3, 5), *blocks, nnx.Dense(5, 2), backend=backend, dtype=dtype, seed=seed,
                           **kwargs)
 
 
 def nested_sequential(backend, dtype, seed=0, **kwargs):
-    inner = nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh(), nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh()))
-    return nnx.Sequential(nnx.Dense(3, 6), nnx.Tanh(), inner, nnx.Dense(6, 2), backend=backend, dtype=dtype,
+    inner = nnx.Sequential(nnx.Dense(5, 5), nnx.Tanh(), nnx.Sequential(nnx.Dense(5, 5), nnx.Tanh()))
+    return nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), inner, nnx.Dense(5, 2), backend=backend, dtype=dtype,
                           seed=seed, **kwargs)
 
 
@@ -119,7 +121,7 @@ def test_summary_shows_each_sub_layer_by_path():
     residual_mlp("numpy", "float32", depth=1).summary(print_fn=lines.append)
     text = "\n".join(lines)
     assert "1: Residual" in text and "  1.0: Dense" in text and "  1.1: Tanh" in text
-    assert "trainable parameters: 122;" in text  # 3*8+8 + 8*8+8 + 8*2+2
+    assert "trainable parameters: 62;" in text  # 3*5+5 + 5*5+5 + 5*2+2
 
 
 # -- shape checks and misuse -------------------------------------------------------------------------
@@ -240,7 +242,7 @@ def test_containers_train_with_fit(backend, dtype, kind):
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_containers_pass_check_gradients(backend, kind):
     rng = np.random.default_rng(0)
-    # two residual blocks in a row nest as three do, at 194 parameters for 266: each one costs two forward passes
+    # two residual blocks in a row nest as three do, at 92 parameters for 122: each one costs two forward passes
     depth = {"depth": 2} if kind == "residual_mlp" else {}
     model = BUILDERS[kind](backend, "float64", regularizer=nnx.regularizers.L2(0.1), **depth)
     _randomize(model, rng)
@@ -250,8 +252,8 @@ def test_containers_pass_check_gradients(backend, kind):
 
 def test_a_nested_models_regularizer_counts_in_loss_and_gradient(backend):
     rng = np.random.default_rng(1)
-    inner = nnx.Sequential(nnx.Dense(4, 4, regularizer="l1"), nnx.Tanh(), regularizer=nnx.regularizers.L2(0.3))
-    model = nnx.Sequential(nnx.Dense(3, 4), inner, nnx.Dense(4, 2), backend=backend, dtype="float64", seed=0)
+    inner = nnx.Sequential(nnx.Dense(5, 5, regularizer="l1"), nnx.Tanh(), regularizer=nnx.regularizers.L2(0.3))
+    model = nnx.Sequential(nnx.Dense(3, 5), inner, nnx.Dense(5, 2), backend=backend, dtype="float64", seed=0)
     _randomize(model, rng)
     W = _host(model, model.layers[1].layers[0].weight.value)
     expected = 0.3 / 2 * np.sum(W**2) + 1e-4 * np.sum(np.abs(W))
@@ -301,13 +303,13 @@ def test_containers_survive_save_load_to(backend, dtype, kind, tmp_path):
 
 def test_a_nested_model_saves_moves_and_copies_its_weights_on_its_own(backend, tmp_path):
     """As torch's ``model[2].state_dict()``: a nested model's arrays are named within it, so it round-trips alone."""
-    X = np.tile(_data()[0], 2)  # six features, as the nested model takes
+    X = np.tile(_data()[0], 2)[:, :5]  # five features, as the nested model takes
     model = nested_sequential(backend, "float64")
     inner = model.layers[2]
     pred = _host(inner, inner.predict(X))
     names = ["0.weight", "0.bias", "2.0.weight", "2.0.bias"]
     assert list(inner.state_dict()) == names
-    fresh = nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh(), nnx.Sequential(nnx.Dense(6, 6), nnx.Tanh()),
+    fresh = nnx.Sequential(nnx.Dense(5, 5), nnx.Tanh(), nnx.Sequential(nnx.Dense(5, 5), nnx.Tanh()),
                            backend=backend, dtype="float64")
     fresh.load_state_dict(inner.state_dict())
     inner.save(tmp_path / "inner.npz")  # it wrote a file that no load could read
@@ -324,7 +326,7 @@ def test_calling_a_nested_model_prepares_its_input_as_a_standalone_one_does(back
     """``model.layers[2](X)``, as torch's ``model[2](x)``: X moved to the backend and cast to the model's dtype."""
     model = nested_sequential(backend, "float32")
     inner = model.layers[2]
-    X = np.tile(_data(4)[0], 2)  # float64 NumPy data: a float32 model gave float64, and torch failed in matmul
+    X = np.tile(_data(4)[0], 2)[:, :5]  # float64 NumPy data: a float32 model gave float64, and torch failed in matmul
     out = inner(X)
     assert out.dtype == inner.predict(X).dtype == model.backend.float_dtype("float32")
     if backend.can_compile:
@@ -333,7 +335,7 @@ def test_calling_a_nested_model_prepares_its_input_as_a_standalone_one_does(back
         np.testing.assert_allclose(_host(inner, out), _host(inner, inner.predict(X)), rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_array_equal(_host(inner, out), _host(inner, inner.predict(X)))
-    with pytest.raises(ValueError, match=r"X has 3 features but the model expects 6"):
+    with pytest.raises(ValueError, match=r"X has 3 features but the model expects 5"):
         inner(X[:, :3])
 
 
