@@ -493,7 +493,7 @@ def _classifier(backend, dtype, seed=0):
 
 def test_history_records_loss_metrics_and_validation(backend, dtype):
     X, _, y = _fit_data()
-    Xv, yv = X[:7] + 0.1, y[:7]
+    Xv, yv = X[:5] + 0.1, y[:5]  # one batch's rows: validation and evaluate run the batches' inference shape
     model = _classifier(backend, dtype)
     history = model.fit(X, y, loss="cross_entropy", epochs=3, batch_size=5, metrics=["accuracy", "f1"],
                         validation_data=(Xv, yv))
@@ -922,10 +922,13 @@ def test_inference_is_in_eval_mode_and_copies_are_independent(backend: Any, dtyp
     H = np.maximum((H - mean) / np.sqrt(var + bn.eps) * h(bn.weight.value) + h(bn.bias.value), 0)
     P = 1 / (1 + np.exp(-(H @ h(model.layers[4].weight.value) + h(model.layers[4].bias.value))))
     tol = 1e-5 if dtype == "float32" else 1e-12
-    for out in (model.predict(X), model.predict(X, batch_size=3), model(X), model.predict([X[:7], X[7:]])):
+    # batches of 5 (a partial last one of 1) for predict and evaluate, by batch_size and as lists: two inference
+    # shapes besides the whole 16 rows, each compiled once on JAX
+    parts = [slice(0, 5), slice(5, 10), slice(10, 15), slice(15, 16)]
+    for out in (model.predict(X), model.predict(X, batch_size=5), model(X), model.predict([X[s] for s in parts])):
         np.testing.assert_allclose(h(out), P, rtol=tol, atol=tol)
     bce = float(np.mean(-(y * np.log(P) + (1 - y) * np.log(1 - P))))
-    batches = [(X[:7], y[:7]), (X[7:], y[7:])]
+    batches = [(X[s], y[s]) for s in parts]
     for logs in (model.evaluate(X, y), model.evaluate(X, y, batch_size=5), model.evaluate(batches)):
         assert logs["loss"] == pytest.approx(bce, rel=10 * tol)
     np.testing.assert_array_equal(h(bn.running_mean.value), mean)
