@@ -97,8 +97,10 @@ def test_a_users_output_layer_is_judged_by_its_first_batch(backend, dtype, rng):
 
 def test_fitting_losses_pass_untouched(backend, dtype, rng):
     X, y = _data(rng)
+    # three classes (two of them in y), as the tests below: the logits' layout trains as theirs does, JAX's
+    # programs for it compiled once
     for layers, loss in (([nnx.Dense(8, 1), nnx.Sigmoid()], "bce"), ([nnx.Dense(8, 1)], "mse"),
-                         ([nnx.Dense(8, 2), nnx.Softmax()], None), ([nnx.Dense(8, 2)], "cross_entropy")):
+                         ([nnx.Dense(8, 3), nnx.Softmax()], None), ([nnx.Dense(8, 3)], "cross_entropy")):
         model = _model(backend, dtype, *layers)
         model.fit(X, y if loss != "mse" else y.astype(float), loss=loss, epochs=1)
 
