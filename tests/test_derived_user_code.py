@@ -368,7 +368,7 @@ class ChangeClassSettings(nnx.callbacks.Callback):
 
 
 def _train_regression(backend, dtype, fast, epochs, callbacks=()):
-    model = nnx.Sequential(nnx.Dense(6, 4), nnx.Tanh(), nnx.Dense(4, 1), backend=backend.with_fastpath(fast),
+    model = nnx.Sequential(nnx.Dense(6, 9), nnx.Tanh(), nnx.Dense(9, 1), backend=backend.with_fastpath(fast),
                            dtype=dtype, seed=3)
     X = _data()[0]
     opt = ScaledStepSGD(model.parameters(), lr=0.05)
