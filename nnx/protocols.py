@@ -61,6 +61,9 @@ class Backend(Protocol):
 
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...
 
+    # fn(xp, *arrays, **settings) as one call (one program on JAX)
+    def fused(self, fn: Callable[..., Any], static: tuple[str, ...] = ()) -> Callable[..., Any]: ...
+
     def tape(self) -> Any: ...  # a new recording of operations on its arrays (nnx.backends.recording), or None
 
     def float_dtype(self, dtype: Any) -> Any: ...

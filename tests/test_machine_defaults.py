@@ -122,6 +122,43 @@ def test_jax_fit_predict_and_evaluate_compile_nothing_when_called_again_on_the_s
     assert handler.count == 0, f"{handler.count} programs compiled again for the same shapes"
 
 
+class _CompiledNames(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.names: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Compiling jit("):
+            self.names.append(message[len("Compiling jit("):message.index(")")])
+
+
+def test_jax_fit_checks_and_splits_its_data_in_one_program_each_and_checks_held_out_rows_once():
+    # run op by op, JAX compiles every operation as a program of its own for each new shape (about 25 ms on a
+    # CPU): fit's check of BCE targets (>= 0, <= 1, and, all), the split of validation_split (a slice per array
+    # and part) and the same checks again on the held-out rows made about 20 programs on a first fit
+    jax = pytest.importorskip("jax")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(233, 7)).astype(np.float32)  # a row count no other test of this process fits
+    y = (X[:, 0] > 0).astype(np.float32)
+    model = nnx.Sequential(nnx.Dense(7, 8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(), backend="jax", seed=0)
+    handler, logger = _CompiledNames(), logging.getLogger("jax")
+    level, old = logger.level, jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        model.fit(X, y, loss="bce", epochs=1, batch_size=32, validation_split=0.2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        jax.config.update("jax_log_compiles", old)
+    single_ops = {"greater_equal", "less_equal", "bitwise_and", "_reduce_all", "dynamic_slice", "slice"}
+    assert not single_ops & set(handler.names), handler.names
+    assert handler.names.count("_in_unit_interval") == 1  # all of y, once: the held-out rows are part of it
+    assert handler.names.count("_split_rows") == 1
+
+
 def test_progress_lines_without_a_terminal_add_no_per_batch_hook_to_the_steps(monkeypatch):
     # verbose=1 into a log or a notebook (no terminal) prints one line per epoch and draws no bar, yet its
     # on_batch_end made fit call a hook after every step and give up running steps back to back (numpy:

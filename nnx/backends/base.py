@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
@@ -196,6 +198,13 @@ class Backend:
         flat update writes through them), else new arrays. The flat update and the gradient all-reduce cut so."""
         xp = self.xp
         return [xp.reshape(flat[a:b], shape) for (a, b), shape in zip(bounds, shapes, strict=True)]
+
+    def fused(self, fn: Callable[..., Any], static: tuple[str, ...] = ()) -> Callable[..., Any]:
+        """`fn(xp, *arrays, **settings)`, a small pure function of arrays (a check of fit's data, a split of its
+        rows), as one call: here `fn` on this namespace. A library that compiles every eager op as a program of
+        its own, once per shape (JAX), runs it as one program instead, `static` naming the keyword settings the
+        program is specific to; `fn` must then be a module-level function, since its programs are kept by it."""
+        return functools.partial(fn, self.xp)
 
     def finite_probe(self, x: Any) -> Any:
         """One number of 1-D `x`'s dtype (a 0-d array, or the library's scalar) that is finite when every element of

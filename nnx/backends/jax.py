@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -209,6 +210,19 @@ class JaxBackend(Backend):
         jax = importlib.import_module("jax")
         return (jax.jit(functools.partial(Backend.concat_flat, self)),
                 jax.jit(functools.partial(Backend.split_flat, self), static_argnums=(1, 2)))
+
+    @functools.cached_property
+    def _fused_programs(self) -> dict[Any, Any]:
+        # `fused`'s programs, one per function: eager, each op of a check compiles for every new shape (about 25 ms
+        # on a CPU), and fit's first call at a new shape ran some twenty such ops
+        return {}
+
+    def fused(self, fn: Callable[..., Any], static: tuple[str, ...] = ()) -> Callable[..., Any]:
+        program = self._fused_programs.get(fn)
+        if program is None:
+            jax = importlib.import_module("jax")
+            program = self._fused_programs[fn] = jax.jit(functools.partial(fn, self.xp), static_argnames=static)
+        return program
 
     def concat_flat(self, arrays: list[Any]) -> Any:
         return self._flat_programs[0](tuple(arrays))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..backends import backend_name_of
@@ -14,9 +14,16 @@ from ..layers.parameter import in_model_dtype, require_built_shape
 from ..protocols import Model
 
 
-def all_true(model: Model, condition: Any) -> bool:
-    """Whether every element of a boolean array on the model's backend is true (one host read)."""
-    return bool(model.backend.to_host(model.xp.all(condition)))
+def all_true(model: Model, predicate: Callable[..., Any], *arrays: Any, **settings: Any) -> bool:
+    """`predicate(xp, *arrays, **settings)`, a module-level function giving one boolean (a 0-d array) on the
+    model's backend, read on the host: one call (one program on JAX, see `Backend.fused`) and one read."""
+    check = model.backend.fused(predicate, tuple(settings))
+    return bool(model.backend.to_host(check(*arrays, **settings)))
+
+
+def all_finite(xp: Any, x: Any) -> Any:
+    """Whether every element of `x` is finite (an `all_true` predicate)."""
+    return xp.all(xp.isfinite(x))
 
 
 def prepare_inputs(model: Model, X: Any, argname: str = "X") -> Any:
@@ -127,7 +134,7 @@ def require_finite(model: Model, arr: Any, argname: str, given: Any = None) -> N
     xp = model.xp
     if not xp.isdtype(arr.dtype, "real floating"):
         return
-    if math.isfinite(float(model.backend.to_host(xp.sum(arr)))) or all_true(model, xp.isfinite(arr)):
+    if math.isfinite(float(model.backend.to_host(xp.sum(arr)))) or all_true(model, all_finite, arr):
         return
     if given is not None and _finite_before_the_cast(model, given, arr):
         raise ValueError(f"{argname} has values beyond the range of the model's dtype {model.dtype} "
@@ -141,7 +148,7 @@ def _finite_before_the_cast(model: Model, given: Any, arr: Any) -> bool:
     xp = model.xp
     source = model.backend.asarray(given)
     return xp.isdtype(source.dtype, "real floating") and source.dtype != arr.dtype \
-        and all_true(model, xp.isfinite(source))
+        and all_true(model, all_finite, source)
 
 
 def state_values(model: Model, state: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, Any]:

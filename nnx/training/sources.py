@@ -82,10 +82,9 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
             model.require_finite(y_d, "y", y)
         if validation_split:
             # the held-out rows keep their sample weights, as Keras splits them; class_weight is for training
-            n_val = _held_out(n, validation_split)
-            validation_data = tuple(a[n - n_val:, ...] for a in (X_d, y_d, w_d) if a is not None)
-            X_d, y_d, n = X_d[:n - n_val, ...], y_d[:n - n_val, ...], n - n_val
-            w_d = None if w_d is None else w_d[:n, ...]
+            n -= _held_out(n, validation_split)
+            (X_d, y_d, w_d), held = model.backend.fused(_split_rows, ("at",))((X_d, y_d, w_d), at=n)
+            validation_data = HeldOut(a for a in held if a is not None)
         if class_weight is not None:
             w_d = model.prepare_sample_weight(w_d, class_weight, y_d, loss_fn, n)
         batches = ArrayBatches(model, X_d, y_d, w_d, batch_size or n, shuffle)
@@ -102,6 +101,19 @@ def _refuse_y_beside_batches(X: Any, y: Any) -> None:
     if y is not None and is_batch_iterable(X) and not isinstance(X, (list, tuple)):
         raise ValueError(f"y cannot be passed with an iterable of batches (X is a {type(X).__name__}); yield "
                          "(X, y) or (X, y, sample_weight) batches instead")
+
+
+class HeldOut(tuple):
+    """The rows `validation_split` held out, (X, y) or (X, y, sample_weight): arrays `fit` prepared and checked
+    already, which its validation reads as they are."""
+
+    __slots__ = ()
+
+
+def _split_rows(xp: Any, arrays: tuple[Any, ...], at: int) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """`arrays` (None stays None) cut before row `at`: (the rows above, the rows from `at` on)."""
+    return (tuple(None if a is None else a[:at, ...] for a in arrays),
+            tuple(None if a is None else a[at:, ...] for a in arrays))
 
 
 def _held_out(n: int, validation_split: float) -> int:
@@ -143,12 +155,15 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
         host = HostBatches(model, data[0], data[1], w, batch_size or n, False,
                            BatchPreparer(model, loss_fn, check_finite=check_finite), depth, name="validation X")
         return lambda: evaluate_batches(model, host, loss_fn, metric_fns)
-    Xv = model.prepare_inputs(data[0], "validation X")
-    yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
-    wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
-    if check_finite:
-        model.require_finite(Xv, "validation X", data[0])
-        model.require_finite(yv, "validation y", data[1])
+    if isinstance(data, HeldOut):
+        Xv, yv, wv = data[0], data[1], w
+    else:
+        Xv = model.prepare_inputs(data[0], "validation X")
+        yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
+        wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
+        if check_finite:
+            model.require_finite(Xv, "validation X", data[0])
+            model.require_finite(yv, "validation y", data[1])
     if batch_size is None or Xv.shape[0] <= batch_size:
         return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
     # in fit's batches, as Keras validates: all rows at once would hold every layer's activations of all of them,

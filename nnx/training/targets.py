@@ -25,11 +25,11 @@ def prepare_targets(model: Model, y: Any, loss: Loss, n_rows: int, argname: str 
         _check_with_own_prepare(model, y, loss)
     # training never checks values (check=False in the step), so check once here: targets outside
     # [0, 1] would make BCE unbounded below and training silently chase them
-    if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, (y >= 0) & (y <= 1)):
+    if isinstance(loss, BinaryCrossEntropy) and y.shape[0] and not all_true(model, _in_unit_interval, y):
         raise ValueError(f"{argname} for binary cross-entropy must lie in [0, 1] (and not be NaN), "
                          f"{_found_values(model.backend.to_host(y))}")
     # and a negative entry in a row of class probabilities would make cross-entropy unbounded below
-    if isinstance(loss, CrossEntropy) and y.ndim == 2 and y.shape[0] and not all_true(model, y >= 0):
+    if isinstance(loss, CrossEntropy) and y.ndim == 2 and y.shape[0] and not all_true(model, _non_negative, y):
         raise ValueError(f"{argname} for cross-entropy must be class indices, or one-hot or probability rows "
                          "with entries >= 0 (and not NaN): a negative entry makes the loss unbounded below")
     return y
@@ -80,12 +80,13 @@ def _class_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
     n_classes = cast(int, model.out_features)  # known once the model is built
     given = y
     if xp.isdtype(y.dtype, "real floating"):
-        if not all_true(model, xp.isfinite(y)):  # inf would become a meaningless index in the message below
+        # checked before the cast, all in one call: a float beyond int64's range has no defined int64
+        finite, whole, in_range = (bool(fact) for fact in model.backend.to_host(
+            model.backend.fused(_float_index_facts, ("n_classes",))(y, n_classes=n_classes)))
+        if not finite:  # inf would become a meaningless index in the message below
             raise ValueError(f"{argname} holds class indices but has NaN or infinite values")
-        if not all_true(model, y == xp.round(y)):
+        if not whole:
             raise ValueError(f"{argname} holds class indices but has non-integer values")
-        # checked before the cast: a float beyond int64's range has no defined int64
-        in_range = all_true(model, (y >= 0) & (y < n_classes))
         if in_range:
             y = xp.astype(y, xp.int64)
     elif not xp.isdtype(y.dtype, "integral"):
@@ -95,12 +96,32 @@ def _class_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
             # torch reads uint8/bool index tensors as masks (and compares no uint64); a uint64 index beyond
             # int64 turns negative here, so the check refuses it
             y = xp.astype(y, xp.int64)
-        in_range = all_true(model, (y >= 0) & (y < n_classes))
+        in_range = all_true(model, _indices_below, y, n_classes=n_classes)
     if y.shape[0] and not in_range:
         host = model.backend.to_host(given)  # the values as given, for the message
         raise ValueError(f"{argname} has class indices in [{int(host.min())}, {int(host.max())}] but the model has "
                          f"{n_classes} outputs (valid: 0..{n_classes - 1})")
     return y
+
+
+def _in_unit_interval(xp: Any, y: Any) -> Any:
+    """Whether every element of `y` lies in [0, 1] (NaN does not): binary cross-entropy's targets."""
+    return xp.all((y >= 0) & (y <= 1))
+
+
+def _non_negative(xp: Any, y: Any) -> Any:
+    """Whether every element of `y` is >= 0 (NaN is not): rows of class probabilities."""
+    return xp.all(y >= 0)
+
+
+def _indices_below(xp: Any, y: Any, n_classes: int) -> Any:
+    """Whether every class index in `y` lies in 0..n_classes-1."""
+    return xp.all((y >= 0) & (y < n_classes))
+
+
+def _float_index_facts(xp: Any, y: Any, n_classes: int) -> Any:
+    """Of class indices given as floats: whether all are finite, whole numbers, and in 0..n_classes-1."""
+    return xp.stack([xp.all(xp.isfinite(y)), xp.all(y == xp.round(y)), _indices_below(xp, y, n_classes)])
 
 
 def _output_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:

@@ -21,7 +21,6 @@ from .inputs import all_true
 def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mapping | None, y: Any, loss: Loss,
                           n_rows: int, argname: str = "sample_weight") -> Any:
     """Per-row weights on the model's backend (None when neither is given): `sample_weight` times `class_weight[y]`."""
-    xp = model.xp
     w = None
     if sample_weight is not None:
         if loss.reduction == "mean_with_sample_weight":
@@ -32,7 +31,7 @@ def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mappin
         if tuple(w.shape) != (n_rows,):
             raise ValueError(f"{argname} must have shape ({n_rows},), one weight per sample, "
                              f"got {tuple(w.shape)}")
-        if n_rows and not all_true(model, xp.isfinite(w) & (w >= 0)):
+        if n_rows and not all_true(model, _finite_non_negative, w):
             raise ValueError(f"{argname} must be finite and >= 0{_beyond_range(model, sample_weight)}")
     if class_weight is not None:
         cw = _class_weight_rows(model, class_weight, y, loss)
@@ -116,16 +115,29 @@ def _require_class_targets(model: Model, y: Any, loss: Loss) -> None:
     or by whether they exceed 0.5."""
     if isinstance(loss, (CrossEntropy, BinaryCrossEntropy)) or not y.shape[0]:
         return
-    xp = model.xp
-    zero_one = (y == 0) | (y == 1)
     if model.out_features == 1:
-        if not all_true(model, zero_one):
+        if not all_true(model, _zero_one, y):
             raise ValueError(f"class_weight needs class targets, but {loss!r} on one output got targets that are "
                              "not 0/1 labels; weigh the rows with sample_weight instead")
         return
-    if y.ndim != 2 or not all_true(model, xp.all(zero_one, axis=1) & (xp.sum(y, axis=1) == 1)):
+    if y.ndim != 2 or not all_true(model, _one_hot_rows, y):
         raise ValueError(f"class_weight needs class targets, but {loss!r} got targets that are not one-hot rows "
                          "(one 1 per row, else 0); weigh the rows with sample_weight instead")
+
+
+def _finite_non_negative(xp: Any, w: Any) -> Any:
+    """Whether every weight in `w` is finite and >= 0."""
+    return xp.all(xp.isfinite(w) & (w >= 0))
+
+
+def _zero_one(xp: Any, y: Any) -> Any:
+    """Whether every element of `y` is 0 or 1."""
+    return xp.all((y == 0) | (y == 1))
+
+
+def _one_hot_rows(xp: Any, y: Any) -> Any:
+    """Whether every row of 2-D `y` is one-hot: one 1, else 0."""
+    return xp.all(xp.all((y == 0) | (y == 1), axis=1) & (xp.sum(y, axis=1) == 1))
 
 
 def counts_by_weight(loss: Loss, w: Any) -> bool:
