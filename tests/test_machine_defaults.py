@@ -135,8 +135,9 @@ class _CompiledNames(logging.Handler):
 
 def test_jax_fit_checks_and_splits_its_data_in_one_program_each_and_checks_held_out_rows_once():
     # run op by op, JAX compiles every operation as a program of its own for each new shape (about 25 ms on a
-    # CPU): fit's check of BCE targets (>= 0, <= 1, and, all), the split of validation_split (a slice per array
-    # and part) and the same checks again on the held-out rows made about 20 programs on a first fit
+    # CPU): fit's check of BCE targets (>= 0, <= 1, and, all), its finite checks (a sum per array), the split
+    # of validation_split (a slice per array and part) and the same checks again on the held-out rows made
+    # about 20 programs on a first fit
     jax = pytest.importorskip("jax")
     rng = np.random.default_rng(1)
     X = rng.normal(size=(233, 7)).astype(np.float32)  # a row count no other test of this process fits
@@ -153,9 +154,11 @@ def test_jax_fit_checks_and_splits_its_data_in_one_program_each_and_checks_held_
         logger.removeHandler(handler)
         logger.setLevel(level)
         jax.config.update("jax_log_compiles", old)
-    single_ops = {"greater_equal", "less_equal", "bitwise_and", "_reduce_all", "dynamic_slice", "slice"}
+    single_ops = {"greater_equal", "less_equal", "bitwise_and", "_reduce_all", "_reduce_sum", "dynamic_slice",
+                  "slice"}
     assert not single_ops & set(handler.names), handler.names
-    assert handler.names.count("_in_unit_interval") == 1  # all of y, once: the held-out rows are part of it
+    # all of X and y, once: the held-out rows are part of them
+    assert handler.names.count("_in_unit_interval") == handler.names.count("_sums") == 1
     assert handler.names.count("_split_rows") == 1
 
 

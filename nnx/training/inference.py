@@ -14,7 +14,7 @@ from ..protocols import Model
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, head_outputs, predict_batches
 from .history import Logs
-from .inputs import require_backend_state, require_untraced
+from .inputs import require_all_finite, require_backend_state, require_untraced
 from .loss_fit import check_loss_fits
 from .sources import inference_source
 
@@ -154,8 +154,7 @@ def evaluate(model: Model, X: Any, y: Any = None, loss: Any = None, metrics: Any
     X_d = model.prepare_inputs(X)
     y_d = model.prepare_targets(y, loss_fn, X_d.shape[0])
     w_d = model.prepare_sample_weight(sample_weight, None, y_d, loss_fn, X_d.shape[0])
-    if check_finite:
-        model.require_finite(X_d, "X", X)  # a NaN loss from NaN data would look like a result
-        model.require_finite(y_d, "y", y)
+    if check_finite:  # a NaN loss from NaN data would look like a result
+        require_all_finite(model, (X_d, "X", X), (y_d, "y", y))
     with _rebound_named(model, "evaluate"):
         return Logs(evaluate_arrays(model, X_d, y_d, w_d, loss_fn, metric_fns, batch_size, look_at_outputs))

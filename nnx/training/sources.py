@@ -27,6 +27,7 @@ from .data import (
     refuse_unreadable,
 )
 from .evaluation import evaluate_arrays, evaluate_batches
+from .inputs import require_all_finite
 from .loss_fit import check_outputs
 
 
@@ -78,8 +79,7 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         y_d = model.prepare_targets(y, loss_fn, n)
         w_d = model.prepare_sample_weight(sample_weight, None, y_d, loss_fn, n)
         if check_finite:
-            model.require_finite(X_d, "X", X)
-            model.require_finite(y_d, "y", y)
+            require_all_finite(model, (X_d, "X", X), (y_d, "y", y))
         if validation_split:
             # the held-out rows keep their sample weights, as Keras splits them; class_weight is for training
             n -= _held_out(n, validation_split)
@@ -162,8 +162,7 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
         yv = model.prepare_targets(data[1], loss_fn, Xv.shape[0], "validation y", "validation X")
         wv = model.prepare_sample_weight(w, None, yv, loss_fn, Xv.shape[0], "validation sample_weight")
         if check_finite:
-            model.require_finite(Xv, "validation X", data[0])
-            model.require_finite(yv, "validation y", data[1])
+            require_all_finite(model, (Xv, "validation X", data[0]), (yv, "validation y", data[1]))
     if batch_size is None or Xv.shape[0] <= batch_size:
         return lambda: evaluate_arrays(model, Xv, yv, wv, loss_fn, metric_fns, None)
     # in fit's batches, as Keras validates: all rows at once would hold every layer's activations of all of them,
