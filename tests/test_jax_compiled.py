@@ -327,6 +327,31 @@ def test_a_program_compiled_at_another_precision_is_not_reused(monkeypatch):
     assert be.program_signature(args) != before
 
 
+def test_a_program_that_returns_no_array_is_not_compiled_and_still_refuses_other_shapes():
+    # a model without regularizers has no penalty: evaluate's program for it returned None, yet XLA compiled it
+    # (about 0.1 s on a CPU, on every first evaluate of a model)
+    jax = pytest.importorskip("jax")
+    be = nnx.get_backend("jax")
+    traced = []
+
+    def penalty_free(values):
+        traced.append(len(values))
+        return None, ()
+
+    args = ((be.asarray(np.ones((3, 2), np.float32)),),)
+    program = be.compile(penalty_free, args)
+    assert not isinstance(program, jax.stages.Compiled)
+    assert program(*args) == (None, ()) and traced == [1]  # traced once, and not run again
+    with pytest.raises(TypeError):
+        program((be.asarray(np.ones((4, 2), np.float32)),))
+
+    def printing(values):  # an effect: compiled, so that it happens on every call
+        jax.debug.print("{}", values[0].sum())
+
+    assert isinstance(be.compile(printing, args), jax.stages.Compiled)
+    assert isinstance(be.compile(lambda values: values[0] * 2, args), jax.stages.Compiled)
+
+
 class CountingForwards(nnx.Layer):
     """A user's layer that counts its training forwards in an integer buffer (the float one it built, rebound)."""
 
