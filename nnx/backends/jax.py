@@ -333,17 +333,17 @@ class JaxBackend(Backend):
 
 
 class _NothingComputed:
-    """`JaxBackend.compile`'s program for a function that returns no array and has no effect: its result, made
-    anew each call, for arguments of the structure, shapes and dtypes it was traced for (TypeError for others,
-    as a compiled program raises)."""
+    """`JaxBackend.compile`'s program for a function that returns no array and has no effect: its result (the
+    output's `structure`, which has no leaves), made anew each call, for arguments of the structure, shapes and
+    dtypes it was traced for (TypeError for others, as a compiled program raises)."""
 
-    def __init__(self, backend: JaxBackend, result: Any, args: tuple) -> None:
-        self.backend, self.result, self.signature = backend, result, backend.program_signature(args)
+    def __init__(self, backend: JaxBackend, structure: Any, args: tuple) -> None:
+        self.backend, self.structure, self.signature = backend, structure, backend.program_signature(args)
 
     def __call__(self, *args: Any) -> Any:
         if self.backend.program_signature(args) != self.signature:
             raise TypeError("arguments of another structure, shape or dtype than the program was traced for")
-        return importlib.import_module("jax").tree_util.tree_unflatten(self.result, [])
+        return importlib.import_module("jax").tree_util.tree_unflatten(self.structure, [])  # (None, (), ...)
 
 
 class JaxRNG(DeviceRNG):
