@@ -445,7 +445,7 @@ class Optimizer:
                         f"expected {tuple(like.shape)}"
                     )
                 # finite negatives: NaN and inf are the finite check's to name (`nnx.load` runs it on every state)
-                if name in self.nonnegative_state and bool(backend.xp.any((arr < 0) & (arr > -math.inf))):
+                if name in self.nonnegative_state and bool(backend.fused(_any_finite_negative)(arr)):
                     raise ValueError(f"{argname} holds negative values; it accumulates squares, "
                                      "so the snapshot is corrupt or not from this optimizer")
                 # asarray may share memory with the caller's array; the copy keeps the snapshot independent.
@@ -573,6 +573,11 @@ def _param_names(names: Any) -> list[str | None] | None:
     if not isinstance(names, (list, tuple)) or not all(n is None or isinstance(n, str) for n in names):
         raise TypeError(f"state_dict param_names must be a list of parameter names, got {names!r}")
     return list(names)
+
+
+def _any_finite_negative(xp: Any, arr: Any) -> Any:
+    """Whether `arr` holds a finite negative value (a 0-d boolean; one program on JAX, see `Backend.fused`)."""
+    return xp.any((arr < 0) & (arr > -math.inf))
 
 
 def _zeros(xp: Any, value: Any, *keys: str) -> dict[str, Any]:
