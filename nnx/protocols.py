@@ -57,6 +57,8 @@ class Backend(Protocol):
 
     def eager_scope(self) -> Any: ...  # a context for layers run op by op: they compute as compiled programs do
 
+    def sums_finite(self, arrays: Sequence[Array]) -> bool: ...  # each float array's sum finite, in one call
+
     def finite_probe(self, x: Array) -> Array: ...  # finite when every element of 1-D x is (the sum, or cheaper)
 
     def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]: ...

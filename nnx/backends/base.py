@@ -14,9 +14,10 @@ import contextlib
 import copy
 import functools
 import importlib
+import math
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import array_api_compat
@@ -35,6 +36,11 @@ def _numbers(complex_given: bool) -> str:
 
 class BackendUnavailableError(RuntimeError):
     """A backend was asked for that cannot run on this machine."""
+
+
+def _sums(xp: Any, arrays: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The sum of each array (`Backend.sums_finite`)."""
+    return tuple(xp.sum(a) for a in arrays)
 
 
 def import_library(module: str, backend: str, install: str) -> Any:
@@ -205,6 +211,15 @@ class Backend:
         its own, once per shape (JAX), runs it as one program instead, `static` naming the keyword settings the
         program is specific to; `fn` must then be a module-level function, since its programs are kept by it."""
         return functools.partial(fn, self.xp)
+
+    def sums_finite(self, arrays: Sequence[Any]) -> bool:
+        """Whether the sum of each floating-point array is finite, all computed in one call (`fused`) and each read.
+
+        An array's sum is finite when every element is, unless finite elements overflow it: True answers for the
+        data, and False asks for a look element by element (`nnx.training.inputs.require_finite` names the array).
+        """
+        floats = tuple(a for a in arrays if self.xp.isdtype(a.dtype, "real floating"))
+        return not floats or all(math.isfinite(self.to_float(total)) for total in self.fused(_sums)(floats))
 
     def finite_probe(self, x: Any) -> Any:
         """One number of 1-D `x`'s dtype (a 0-d array, or the library's scalar) that is finite when every element of

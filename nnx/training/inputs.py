@@ -144,19 +144,12 @@ def require_finite(model: Model, arr: Any, argname: str, given: Any = None) -> N
 
 
 def require_all_finite(model: Model, *checked: tuple[Any, str, Any]) -> None:
-    """`require_finite` of each (array, argname, given) in turn, where the sums of all are computed in one call
-    (one program on JAX, where op by op each sum compiles for every new shape) and read before anything else."""
-    floats = tuple(arr for arr, _, _ in checked if model.xp.isdtype(arr.dtype, "real floating"))
-    if not floats or all(math.isfinite(model.backend.to_float(total))
-                         for total in model.backend.fused(_sums)(floats)):
-        return
-    for arr, argname, given in checked:
-        require_finite(model, arr, argname, given)
-
-
-def _sums(xp: Any, arrays: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The sum of each array: finite where every element is, barring overflow (see `require_finite`)."""
-    return tuple(xp.sum(a) for a in arrays)
+    """`require_finite` of each (array, argname, given) in turn, after one look at all of them whose sums are
+    computed in one call (`Backend.sums_finite`: one program on JAX, where op by op each sum compiles for every
+    new shape): only where a sum is not finite are the arrays looked at one by one."""
+    if not model.backend.sums_finite([arr for arr, _, _ in checked]):
+        for arr, argname, given in checked:
+            require_finite(model, arr, argname, given)
 
 
 def _finite_before_the_cast(model: Model, given: Any, arr: Any) -> bool:

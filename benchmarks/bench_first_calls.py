@@ -1,34 +1,39 @@
-"""A model's first `fit` on JAX, compiles included, in this checkout and in another, in alternated processes.
+"""A model's first calls on JAX (fit, evaluate, load), compiles included, here and in another checkout, in
+alternated processes.
 
-The first `fit` at a new data shape pays for JAX's compiles: the epoch or step program, the evaluation
+The first call at a new data shape pays for JAX's compiles: the epoch or step program, the evaluation
 programs, and every operation nnx runs op by op on the data (its checks, the validation split), which JAX
 compiles as a program of its own for each new shape. Each process imports nnx from one checkout, then times
-one first `fit(epochs=2)` per case, each at a row count of its own (so nothing is compiled yet for it); the
-processes alternate between the checkouts, and each case's figure is the median over processes.
+each case once, each at a row count of its own (so nothing is compiled yet for it); the processes alternate
+between the checkouts, and each case's figure is the median over processes.
 
     git worktree add --detach ../nnx-base HEAD~1
-    python benchmarks/bench_first_fit.py ../nnx-base [--processes 5]
+    python benchmarks/bench_first_calls.py ../nnx-base [--processes 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: (name, rows, loss, fit's keywords): rows differ per case, so that no case reuses another's compiles
-CASES = (("bce", 300, "bce", {}),
-         ("bce, validation_split=0.2", 310, "bce", {"validation_split": 0.2}),
-         ("mse, validation_split=0.2", 320, "mse", {"validation_split": 0.2}))
+FITS = (("fit, bce", 300, "bce", {}),
+        ("fit, bce, validation_split=0.2", 310, "bce", {"validation_split": 0.2}),
+        ("fit, mse, validation_split=0.2", 320, "mse", {"validation_split": 0.2}))
+CASES = [name for name, *_ in FITS] + ["evaluate, bce, after the fit", "load, Adam's state (30-16-8-1)"]
 
 
 def child(tree: Path) -> dict[str, float]:
-    """In this process: nnx from `tree`, each case's first fit in seconds."""
+    """In this process: nnx from `tree`, each case's first call in seconds."""
     sys.path.insert(0, str(tree))
     import numpy as np
 
@@ -37,15 +42,34 @@ def child(tree: Path) -> dict[str, float]:
     if not Path(nnx.__file__).resolve().is_relative_to(tree):
         raise SystemExit(f"imported nnx from {nnx.__file__}, not from {tree}")
     rng = np.random.default_rng(0)
-    seconds = {}
-    for name, rows, loss, kwargs in CASES:
+    seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        seconds[name] = time.perf_counter() - start
+
+    for name, rows, loss, kwargs in FITS:
         X = rng.standard_normal((rows, 7)).astype(np.float32)
         y = (rng.random(rows) < 0.5).astype(np.float32)
         layers = [nnx.Dense(7, 8), nnx.ReLU(), nnx.Dense(8, 1)] + ([nnx.Sigmoid()] if loss == "bce" else [])
         model = nnx.Sequential(*layers, backend="jax", dtype="float32", seed=0)
-        start = time.perf_counter()
-        model.fit(X, y, loss=loss, optimizer="sgd", epochs=2, batch_size=32, **kwargs)
-        seconds[name] = time.perf_counter() - start
+        with timed(name):
+            model.fit(X, y, loss=loss, optimizer="sgd", epochs=2, batch_size=32, **kwargs)
+        if name == FITS[0][0]:
+            with timed(CASES[3]):
+                model.evaluate(X[:133], y[:133])
+    # a checkpoint of a model of shapes nothing above compiled, written in this process, read back by nnx.load
+    saved = nnx.Sequential(nnx.Dense(30, 16), nnx.ReLU(), nnx.Dense(16, 8), nnx.ReLU(), nnx.Dense(8, 1),
+                           backend="numpy", dtype="float32", seed=0)
+    X = rng.standard_normal((64, 30)).astype(np.float32)
+    saved.fit(X, X[:, :1], loss="mse", optimizer="adam", epochs=1)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.npz"
+        saved.save(path)
+        with timed(CASES[4]):
+            nnx.load(path, backend="jax")
     return seconds
 
 
@@ -70,11 +94,11 @@ def main(argv: list[str] | None = None) -> None:
             if res.returncode != 0:
                 raise SystemExit(f"the process for {tree} failed:\n{res.stderr[-3000:]}")
             runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
-    print(f"first fit(epochs=2) on JAX, 7-8-1 MLP, batch 32: seconds, median of {args.processes} processes "
-          "per checkout, alternated")
+    print(f"first calls on JAX (fit(epochs=2) of a 7-8-1 MLP, batch 32): seconds, median of {args.processes} "
+          "processes per checkout, alternated")
     print(f"| case | this checkout | {args.other} | ratio |")
     print("|---|---:|---:|---:|")
-    for name, *_ in CASES:
+    for name in CASES:
         mine, theirs = (statistics.median(run[name] for run in rows) for rows in runs.values())
         print(f"| {name} | {mine:.3f} | {theirs:.3f} | {mine / theirs:.2f}x |")
 
