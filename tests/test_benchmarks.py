@@ -214,3 +214,17 @@ def test_bench_against_times_each_checkout_in_its_own_process(capsys):
     assert len(rows) == 2 and all(len(row.split("|")) == 7 for row in rows), out
     assert f"this checkout / {ROOT}: " in out
     assert f"whole fit calls, this checkout / {ROOT}: " in out
+
+
+@pytest.mark.slow  # two fresh interpreters, each compiling a few JAX programs
+def test_bench_first_calls_times_every_case_in_each_checkouts_own_process(capsys):
+    """A run against this very checkout: one row per case, each with both checkouts' seconds and their ratio."""
+    pytest.importorskip("jax")
+    spec = importlib.util.spec_from_file_location("bench_first_calls", ROOT / "benchmarks" / "bench_first_calls.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main([str(ROOT), "--processes", "1"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert set(bench.CASES) <= set(rows), out
+    assert all(rows[case].rstrip().endswith("x |") and len(rows[case].split("|")) == 6 for case in bench.CASES), out
