@@ -168,7 +168,7 @@ class MLPTraining(MLPBase):
         w_d = None if w is None else be.asarray(w, dtype=model.dtype, argname="sample_weight")
         value_scale, grad_scale = self._scales()
         objective = _SklearnObjective(grad_scale, self.alpha)
-        step = TrainStep(model, loss_fn, opt, transforms=[objective], check_finite=False)
+        step = TrainStep(model, loss_fn, opt, transforms=[objective], check_finite=False, compile_passes=True)
         model.optimizer, model.loss = opt, model.resolve_loss(self._loss(sample_weight is not None))
         weights = [p for p in model.parameters() if p.regularized]
         half_alpha = 0.5 * self.alpha
