@@ -498,6 +498,31 @@ def test_split_rows_equals_slicing(backend, dtype):
         np.testing.assert_array_equal(backend.to_host(block), host[start:stop].astype(dtype))
 
 
+def test_concat_flat_joins_as_numpy_does_and_split_flat_cuts_back(backend, dtype):
+    """`Backend.concat_flat` (slice writes into one buffer on JAX) joins raveled arrays as NumPy's concatenate does,
+    NaN, inf and -0.0 bit for bit, promoting mixed dtypes as a concatenation does; `split_flat` gives them back."""
+    rng = np.random.default_rng(0)
+    shapes = [(5, 4), (4,), (4, 3), (1,), (3, 1), ()]
+    hosts = [rng.normal(size=s).astype(dtype) for s in shapes]
+    hosts[0][1, 2], hosts[2][0, 0], hosts[3][0], hosts[1][2] = np.nan, np.inf, -np.inf, -0.0
+    arrays = [backend.asarray(h, dtype=dtype) for h in hosts]
+    flat = backend.concat_flat(arrays)
+    want = np.concatenate([h.reshape(-1) for h in hosts])
+    got = backend.to_host(flat)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    bounds, start = [], 0
+    for h in hosts:
+        bounds.append((start, start + h.size))
+        start += h.size
+    for piece, h in zip(backend.split_flat(flat, bounds, shapes), hosts, strict=True):
+        np.testing.assert_array_equal(backend.to_host(piece), h)
+    if dtype == "float32":  # a user's float64 parameter beside float32 ones: joined in float64, as xp.concat does
+        mixed = backend.concat_flat([arrays[0], backend.asarray(hosts[1], dtype="float64")])
+        assert names.dtype_name(mixed.dtype) == "float64"
+        np.testing.assert_array_equal(backend.to_host(mixed), want[:24].astype(np.float64))
+
+
 def test_take_rows_gathers_the_rows_indexing_would(backend, dtype):
     """`Backend.take_rows` (JAX's take without its per-index range check) gives the rows of a permutation, and of
     a part of one, as NumPy's indexing does, NaN and inf rows included; targets and weights of other dtypes too."""

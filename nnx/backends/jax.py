@@ -53,6 +53,24 @@ def gpu_unavailable(spec: str, error: Exception, plugin: int | None, driver: tup
     return f"backend {spec!r} cannot run here: {gpu_cause((plugin, 0), driver)} (JAX says: {error})"
 
 
+def _joined_by_slice_writes(arrays: tuple[Any, ...]) -> Any:
+    """`Backend.concat_flat` as a program of slice writes into one new buffer, in the dtype a concatenation
+    promotes to: XLA's CPU concatenate of the medium network's six gradients (235,146 elements) took 575 us,
+    the same data written slice by slice 47 us, about NumPy's concatenate (jaxlib 0.10, one thread)."""
+    jnp = importlib.import_module("jax.numpy")
+    lax = importlib.import_module("jax.lax")
+    if not arrays:
+        return jnp.concat(arrays)  # refused as a concatenation of nothing is
+    dtype = jnp.result_type(*arrays)
+    pieces = [jnp.reshape(a, (-1,)).astype(dtype) for a in arrays]
+    flat = jnp.empty((sum(piece.shape[0] for piece in pieces),), dtype=dtype)
+    start = 0
+    for piece in pieces:
+        flat = lax.dynamic_update_slice(flat, piece, (start,))
+        start += piece.shape[0]
+    return flat
+
+
 def _options() -> dict[str, Any]:
     """The keyword that passes `COMPILER_OPTIONS` to ``jax.jit`` or ``compile``; none while it is empty."""
     return {"compiler_options": dict(COMPILER_OPTIONS)} if COMPILER_OPTIONS else {}
@@ -203,12 +221,12 @@ class JaxBackend(Backend):
 
     @functools.cached_property
     def _flat_programs(self) -> tuple[Any, Any]:
-        # the base class's `concat_flat` and `split_flat`, each one compiled program per layout: run op by op, JAX
-        # dispatches every reshape and slice on its own (about 0.1 ms each on a CPU), two per parameter, several
-        # times a data-parallel step. Data movement only: the same values. They read only this object's namespace,
-        # which a copy on another device (`on_device`, `with_fastpath`) shares with it.
+        # `concat_flat` (by slice writes) and the base class's `split_flat`, each one compiled program per layout: op
+        # by op, JAX dispatches every reshape and slice on its own (about 0.1 ms each on a CPU), two per parameter,
+        # several times a data-parallel step. Data movement only: the same values. They read only this object's
+        # namespace, which a copy on another device (`on_device`, `with_fastpath`) shares with it.
         jax = importlib.import_module("jax")
-        return (jax.jit(functools.partial(Backend.concat_flat, self)),
+        return (jax.jit(_joined_by_slice_writes),
                 jax.jit(functools.partial(Backend.split_flat, self), static_argnums=(1, 2)))
 
     @functools.cached_property
