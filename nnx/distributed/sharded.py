@@ -150,10 +150,9 @@ class ShardedUpdate(AverageGradients):
             if g is None:
                 raise ValueError(f"shard_update=True needs a gradient for every parameter; {p.name!r} has none")
         opt.check_grads()
-        xp = self.backend.xp
         offered, self._offered = self._offered, None
         self._offered_taken = taken = taken_offer(offered, grads)
-        self._local = xp.concat([xp.reshape(g, (-1,)) for g in grads]) if taken is None else taken
+        self._local = self.backend.concat_flat(grads) if taken is None else taken
         self._sources = grads
         return self._local
 
@@ -253,7 +252,7 @@ class ShardedUpdate(AverageGradients):
                 raise ValueError(f"shard_update=True needs parameters of one dtype, to join them into one buffer; "
                                  f"{type(opt).__name__}'s parameters have the dtypes {sorted(dtypes)}. "
                                  "Use shard_update=False")
-            values = xp.concat([xp.reshape(p.value, (-1,)) for p in opt.params])
+            values = self.backend.concat_flat([p.value for p in opt.params])
             self.value_views = []
         elif self.state is not None and self._state_in_place():
             return
@@ -265,7 +264,7 @@ class ShardedUpdate(AverageGradients):
         elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
             for i, p in enumerate(opt.params):
                 self._require_shaped(opt.state[i], tuple(p.value.shape), repr(p.name))
-            state = {k: xp.concat([xp.reshape(opt.state[i][k], (-1,)) for i in range(n)]) for k in opt.state[0]}
+            state = {k: self.backend.concat_flat([opt.state[i][k] for i in range(n)]) for k in opt.state[0]}
         else:
             raise ValueError("shard_update=True needs optimizer state for every parameter or for none; "
                              f"this optimizer has state for parameters {have} of {n}")
