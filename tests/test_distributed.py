@@ -612,6 +612,79 @@ def test_the_gradient_all_reduce_keeps_each_gradients_dtype(backend, elementwise
                                    rtol=1e-6, atol=1e-7, err_msg=p.name)
 
 
+class HalveInPlace(nnx.training.GradientTransform):
+    """A user's stage after the all-reduce that halves ``p.grad`` by writing into it, where arrays take writes."""
+
+    def apply(self, params, rows):
+        for p in params:
+            p.grad[...] = p.grad * 0.5
+        return True
+
+
+class HalveAnew(nnx.training.GradientTransform):
+    """The same halving, binding new arrays to ``p.grad``."""
+
+    def apply(self, params, rows):
+        for p in params:
+            p.grad = p.grad * 0.5
+        return True
+
+
+def test_the_flat_update_takes_the_all_reduced_gradients_without_joining_them_again(backend, monkeypatch):
+    """The all-reduce joins the gradients into one array and cuts them back into ``p.grad``; the finite check
+    after it and the flat update read that array as their gathered gradients, instead of a third join of the
+    same numbers (three joins of 235,146 gradients a step on JAX took 1.6 ms of 5)."""
+    from nnx.training.flat import FlatUpdate
+
+    joined, read = [], []
+    take = dist.AverageGradients.take_joined
+
+    def taken(self):
+        out = take(self)
+        joined.append(None if out is None else out[0])
+        return out
+
+    run = FlatUpdate.run
+
+    def update(self, *args, **kwargs):
+        read.append(self.grads is not None and self.grads is joined[-1])
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(dist.AverageGradients, "take_joined", taken)
+    monkeypatch.setattr(FlatUpdate, "run", update)
+    X = np.random.default_rng(0).normal(size=(32, 4))
+    y = (X[:, 0] > 0).astype(float)
+    model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), backend=backend, seed=3)
+    opt = nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+    model.fit(X, y, epochs=2, batch_size=8, optimizer=opt,
+              distributed=dist.DataParallel(OneProcessEngine(), shard_update=False))
+    assert read and all(read), read
+
+
+@pytest.mark.parametrize("stage", [HalveInPlace, HalveAnew], ids=["in place", "new arrays"])
+def test_a_stage_after_the_all_reduce_that_changes_the_gradients_is_what_the_update_reads(backend, stage):
+    """A gradient transform after the all-reduce that writes into ``p.grad`` (where the library's arrays take
+    writes) or binds new arrays: the data-parallel fit equals one process with the same stage, so the update
+    read the halved gradients, not the all-reduce's array as it was."""
+    if stage is HalveInPlace and backend.name == "jax":
+        pytest.skip("JAX arrays take no writes")
+    X = np.random.default_rng(0).normal(size=(32, 4))
+    y = (X[:, 0] > 0).astype(float)
+
+    def run(be, distributed):
+        model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), backend=be,
+                               dtype="float64", seed=3)
+        opt = nnx.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)
+        extra = {"distributed": dist.DataParallel(OneProcessEngine(), shard_update=False)} if distributed else {}
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=opt, gradient_transforms=[stage()], **extra)
+        return model
+
+    plain, parallel = run(backend.with_fastpath(False), False), run(backend, True)
+    for p, q in zip(plain.parameters(), parallel.parameters(), strict=True):
+        np.testing.assert_allclose(np.asarray(backend.to_host(q.value)), np.asarray(backend.to_host(p.value)),
+                                   rtol=1e-12, atol=1e-14, err_msg=p.name)
+
+
 def test_the_abort_hook_is_left_to_the_mpi4py_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     # Under ``python -m mpi4py`` the runner aborts the job itself, at exit, after the traceback was printed; the
     # hook of e850873 (for plain ``python script.py``) ran first there and aborted at once, and a CI run lost the

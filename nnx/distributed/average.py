@@ -44,6 +44,7 @@ class AverageGradients(GradientTransform):
         self._local_weight: Any = None  # this rank's sum of weights since the last update (a 0-d array), or None
         self._poisoned = False
         self._device_ok: Any = None  # the deferred finite check's flag as 1.0 or 0.0 (a 0-d array), or None
+        self._joined: tuple[Any, list[Any]] | None = None  # the last all-reduce's result and its pieces (`take_joined`)
 
     def poison(self) -> None:
         """This rank's step was not finite: the next all-reduce hands NaN to every rank (no extra collective)."""
@@ -91,6 +92,7 @@ class AverageGradients(GradientTransform):
         return xp.where(some, by_weight, xp.full_like(weight, local / total))
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
+        self._joined = None
         share = self.take_share()
         grads = [p for p in params if p.grad is not None]
         if not grads or share is None:
@@ -102,9 +104,15 @@ class AverageGradients(GradientTransform):
             # the concatenation promotes gradients of mixed dtypes (a user's float64 parameter in a float32 model)
             # to one: each gets its own back, as its parameter and the single-process step have it
             p.grad = grad if grad.dtype == p.grad.dtype else backend.xp.astype(grad, p.grad.dtype)
+        self._joined = flat, [p.grad for p in grads]
         return True
 
+    def take_joined(self) -> tuple[Any, list[Any]] | None:
+        joined, self._joined = self._joined, None
+        return joined
+
     def reset(self) -> None:
+        self._joined = None
         self._local_rows = self._global_rows = 0
         self._local_weight = None
         self._poisoned = False

@@ -141,6 +141,7 @@ class FlatUpdate:
         self._grad_sources: list[Any] = []
         self._grads_offered = False  # whether `grads` is this step's offered buffer (`offer_grads`), taken whole
         self._offered: tuple[Any, list[Any]] | None = None  # this step's offered buffer and its views
+        self._offered_new = False  # whether `_offered` is `offer_grads`'s (made empty), not `adopt_grads`'s
         self.mutable = True
         # False once the rule's state proved not shaped like the parameters (a 0-d count), or the parameters
         # differ in dtype: no slice of one flat buffer can hold them, so `Optimizer.step` runs every step
@@ -274,7 +275,17 @@ class FlatUpdate:
         if self.replay is None or not self.mutable:
             return None
         self._offered = offer_grads(self.optimizer.params, self.size, self._views, self.backend)
+        self._offered_new = True
         return None if self._offered is None else dict(zip(self.optimizer.params, self._offered[1], strict=True))
+
+    def adopt_grads(self, flat: Any, pieces: list[Any]) -> None:
+        """Take 1-D `flat`, cut into `pieces` (`GradientTransform.take_joined`: the all-reduce's result), as this
+        step's gathered gradients where ``p.grad`` of every parameter, in the optimizer's order, is its piece
+        when they are gathered; they are joined as usual otherwise. A piece is a view of `flat` where the arrays
+        can be written (`Backend.split_flat`, as the flat update's own views), so a write into ``p.grad`` in place
+        is in `flat` too."""
+        if len(pieces) == len(self.shapes) and tuple(flat.shape) == (self.size,):
+            self._offered, self._offered_new = (flat, list(pieces)), False
 
     def gather_grads(self) -> Any:
         """This step's gradients as one new flat array, kept for `run` while ``p.grad`` stays the same."""
@@ -295,7 +306,7 @@ class FlatUpdate:
         self.grads = flat
         if self.own_gradients and (values is None or flat.dtype != values.dtype or flat.shape[0] != self.size):
             self.optimizer.check_grads()  # a gradient of another dtype (promoted by the concat) or size: which
-        self._grads_offered = taken is not None
+        self._grads_offered = taken is not None and self._offered_new
         self._grad_sources = grads
         return self.grads
 

@@ -285,10 +285,14 @@ class TrainStep:
         for t in self.transforms:
             if not t.apply(self.params, rows):
                 return False
+        joined = [j for t in self.transforms if (j := t.take_joined()) is not None]
         if self.transforms and isinstance(self.flat, FlatUpdate):
             # the finite check gathered the gradients before the transforms, and one (a user's, or a callback's
-            # on_gradients) may have written into p.grad in place: the update gathers what p.grad holds now
+            # on_gradients) may have written into p.grad in place: the update gathers what p.grad holds now, or
+            # takes the flat array a transform cut them from (the all-reduce's) while they are still its pieces
             self.flat.forget_grads()
+            if joined:
+                self.flat.adopt_grads(*joined[-1])
         return True
 
     def check(self, value: Any, read: bool = False) -> bool:

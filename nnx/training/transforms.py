@@ -53,6 +53,12 @@ class GradientTransform:
         """End of epoch: put any held-back gradients into ``p.grad`` and return True to apply them."""
         return False
 
+    def take_joined(self) -> tuple[Any, list[Any]] | None:
+        """The flat array the last `apply` joined the gradients into and the arrays it cut from it into ``p.grad``,
+        forgotten here; None by default. The flat-buffer update takes that array as this step's gathered
+        gradients while every ``p.grad`` is still its piece, instead of joining them once more."""
+        return None
+
     def reset(self) -> None:
         """Forget held-back gradients (a new fit, or after a failed step)."""
 
