@@ -282,3 +282,60 @@ def test_replayed_passes_of_a_users_layer_still_skip_the_state_check_back_to_bac
               batch_size=16, callbacks=[per_epoch])
     # the epoch's first step, and the smaller last batch's until its layout was recorded (epoch 0)
     assert per_epoch.per_epoch[1:] == [1, 1]
+
+
+class ScaledBCE(nnx.losses.BinaryCrossEntropy):
+    """A user's loss with a scale set outside its config: a new object each fit, as ``loss="bce"`` makes."""
+
+    def __init__(self, scale=1.0):
+        super().__init__()
+        self.scale = scale
+        self.notes = {"scale": scale}
+
+    def rows(self, xp, y_true, y_pred):
+        losses, grad = super().rows(xp, y_true, y_pred)
+        return losses * self.scale, grad * self.scale
+
+
+@pytest.mark.parametrize("second", [1.0, 2.0, -0.0], ids=["equal", "other scale", "negative zero"])
+def test_a_new_loss_of_a_later_fit_is_used_as_it_is(backend, rng, second):
+    """Each fit gets a new loss object; one equal to the last fit's (the same class and plain settings) keeps the
+    recorded and compiled passes, and one that differs in a setting, even only as -0.0 from 0.0 does, is
+    used with its own: the numbers equal the plain loop's."""
+    X, y = _data(rng, n=48)
+
+    def run(be):
+        model = _model(be)
+        opt = nnx.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for scale in (1.0, second, 0.0, second):
+            model.fit(X, y, loss=ScaledBCE(scale), optimizer=opt, epochs=1, batch_size=16, shuffle=False)
+        return [np.asarray(be.to_host(p.value)) for p in model.parameters()]
+
+    for a, b in zip(run(backend), run(backend.with_fastpath(False)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_the_watch_of_a_loss_describes_a_new_equal_object_as_the_last_and_any_other_anew():
+    """`AttributeWatch` (the object's description, then the outside values its class reads) gives a new object
+    of the last one's class with equal plain attributes the last one's description without describing it again;
+    a setting told apart by `described` (-0.0, a float for an int, a dict's entry), an array attribute or another
+    class is described anew."""
+    from nnx.training.trace_state import AttributeWatch, described_with_attributes
+
+    watch = AttributeWatch()
+    first = watch.current(ScaledBCE(1.0))
+    assert watch.current(ScaledBCE(1.0)) is first
+    for other in (ScaledBCE(2.0), ScaledBCE(1), ScaledBCE(-0.0), ScaledBCE(0.0)):
+        assert watch.current(other)[0] == described_with_attributes(other)
+        assert watch.current(other) != first
+    changed = ScaledBCE(1.0)
+    changed.notes["scale"] = 3.0
+    watch.current(ScaledBCE(1.0))
+    assert watch.current(changed)[0] == described_with_attributes(changed) != first[0]
+    held = ScaledBCE(1.0)
+    held.table = np.ones(3)
+    watch.current(held)
+    again = ScaledBCE(1.0)
+    again.table = np.zeros(3)
+    assert watch.current(again)[0] == described_with_attributes(again) != watch.current(held)[0]
+    assert watch.current(nnx.losses.MSE())[0] == described_with_attributes(nnx.losses.MSE())

@@ -320,6 +320,11 @@ class AttributeWatch:
     def current(self, obj: Any) -> Any:
         """The description of `obj` as it stands now."""
         attributes = getattr(obj, "__dict__", None)
+        if obj is not self._obj and self._like_last(obj, attributes):
+            # another object of the same class holding equal plain values (``loss="bce"`` makes a new loss each
+            # fit): the same description; its own attributes are watched from here on
+            self._obj = obj
+            self._items = [(key, value, shallow_copy(value), None) for key, value in attributes.items()]
         if self._in_full or obj is not self._obj or attributes is None or len(attributes) != len(self._items) or any(
                 attributes.get(key, _GONE) is not value or (copy is not None and value != copy)
                 or (held is not None and contents(value) != held)
@@ -332,6 +337,41 @@ class AttributeWatch:
             # the change: only describing it again tells
             self._in_full = any(not _told_by_identity(value) for value in (attributes or {}).values())
         return self.value
+
+
+    def _like_last(self, obj: Any, attributes: dict[str, Any] | None) -> bool:
+        """Whether `obj` is described as the object last described: of its class (which keeps no slots), with the
+        same attributes, each the same object or an equal plain value (a dict or list of them), no array among
+        them, and nothing outside changed."""
+        last = self._obj
+        if self._in_full or last is None or type(obj) is not type(last) or attributes is None \
+                or len(attributes) != len(self._items) or _has_slots(type(obj)):
+            return False
+        for key, value, _, held in self._items:
+            if held is not None or not _equal_plain(attributes.get(key, _GONE), value):
+                return False
+        return not self._outside.changed()
+
+
+def _has_slots(cls: type) -> bool:
+    """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them)."""
+    return any("__slots__" in vars(klass) for klass in cls.__mro__[:-1])
+
+
+def _equal_plain(a: Any, b: Any) -> bool:
+    """Whether `a` is `b`, or both are plain values of one type that `described` tells as equal (a float by its
+    repr: -0.0 is not 0.0), or dicts, lists or tuples of such."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_equal_plain(a[k], b[k]) for k in a)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(map(_equal_plain, a, b))
+    if type(a) in (float, complex):
+        return repr(a) == repr(b)
+    return type(a) in (bool, int, str, bytes) and a == b
 
 
 def _told_by_identity(value: Any, depth: int = 0) -> bool:
