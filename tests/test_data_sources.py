@@ -7,6 +7,8 @@ an indexable object of batches), and the numbers History records from batches of
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -228,3 +230,32 @@ def test_a_keras_style_sequence_trains_and_its_epoch_hooks_run_as_keras_calls_th
         twin.fit(batches, loss="bce", epochs=1, optimizer="sgd", lr=0.1)
     assert np.array_equal(twin.predict(X), model.predict(X))
     assert np.array_equal(model.predict(KerasStyleBatches(X, y, 8, iterable)), model.predict(X))
+
+
+@pytest.mark.parametrize("shuffle", [False, True], ids=["in order", "shuffled"])
+@pytest.mark.parametrize("ranks, rank", [(2, 0), (2, 1), (3, 2), (7, 6), (9, 8)])
+def test_a_ranks_window_of_each_batch_is_the_rows_slicing_gives(backend, shuffle, ranks, rank):
+    """A data-parallel rank's rows of each batch (`ArrayBatches.epoch(window=...)`), cut in one operation with the
+    other ranks' rows between them, are the rows that slicing the whole batch gives, including the empty share of
+    a rank past a small last batch's rows and a window that ends at the last row."""
+    from nnx.distributed import rank_rows
+    from nnx.training.data import ArrayBatches
+
+    host_X = np.arange(23 * 3, dtype=np.float64).reshape(23, 3)
+    host_y, host_w = np.arange(23) % 2, np.linspace(0.5, 1.5, 23)
+    model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float64", seed=0)
+    source = ArrayBatches(model, backend.asarray(host_X), backend.asarray(host_y), backend.asarray(host_w),
+                          batch_size=8, shuffle=shuffle)
+    perm = copy.deepcopy(model.shuffle_rng).permutation(23) if shuffle else np.arange(23)  # the epoch's own draw
+
+    def window(total):
+        return slice(*rank_rows(total, rank, ranks))
+
+    batches = list(source.epoch(window=window))
+    assert len(batches) == 3
+    for (Xb, yb, wb), start in zip(batches, (0, 8, 16), strict=True):
+        total = min(8, 23 - start)
+        rows = perm[start:start + total][window(total)]
+        np.testing.assert_array_equal(backend.to_host(Xb), host_X[rows])
+        np.testing.assert_array_equal(backend.to_host(yb), host_y[rows])
+        np.testing.assert_array_equal(backend.to_host(wb), host_w[rows])

@@ -95,23 +95,33 @@ class ArrayBatches:
                 X = be.take_rows(X, perm)
             y = None if y is None else be.take_rows(y, perm)
             w = None if w is None else be.take_rows(w, perm)
-        # where the parts cover the rows in order, every batch is cut at once (`Backend.split_rows`);
-        # X only when small, since its batches are then held together
-        covered = window is None
-        rows = self._pieces(perm if self._gather else X, parts, covered and (self._gather or self._split))
-        ys, ws = self._pieces(y, parts, covered), self._pieces(w, parts, covered)
+        # every batch is cut at once (`Backend.split_rows`; a data-parallel rank's slices with the rows between
+        # them); X only when small, since its batches (and those rows) are then held together
+        rows = self._pieces(perm if self._gather else X, parts, self._gather or self._split)
+        ys, ws = self._pieces(y, parts, True), self._pieces(w, parts, True)
         for b in range(len(parts)):
             Xb = be.take_rows(self.X, rows[b]) if self._gather else rows[b]
             yield Xb, None if ys is None else ys[b], None if ws is None else ws[b]
 
     def _pieces(self, a: Any, parts: list[slice], at_once: bool) -> Any:
-        """`a`'s rows of each part, indexed by batch (None for None): cut in one operation where
-        allowed, else sliced part by part when asked for."""
+        """`a`'s rows of each part (in order, not overlapping), indexed by batch (None for None): cut in one
+        operation where allowed, with the rows no part takes as pieces of their own, else sliced part by part
+        when asked for."""
         if a is None:
             return None
-        if at_once:
-            return self.model.backend.split_rows(a, [part.stop - part.start for part in parts])
-        return _LazyRows(a, parts)
+        if not at_once:
+            return _LazyRows(a, parts)
+        sizes, kept, at = [], [], 0
+        for part in parts:
+            if part.start > at:
+                sizes.append(part.start - at)
+            kept.append(len(sizes))
+            sizes.append(part.stop - part.start)
+            at = part.stop
+        if at < int(a.shape[0]):
+            sizes.append(int(a.shape[0]) - at)
+        pieces = self.model.backend.split_rows(a, sizes)
+        return pieces if len(kept) == len(sizes) else [pieces[i] for i in kept]
 
 
 class _LazyRows:
