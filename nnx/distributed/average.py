@@ -98,7 +98,12 @@ class AverageGradients(GradientTransform):
         if not grads or share is None:
             return True
         backend = self.backend if self.backend is not None else get_backend(grads[0].grad)
-        flat = self.comm.allreduce(backend.concat_flat([p.grad for p in grads]) * share)
+        flat = backend.concat_flat([p.grad for p in grads])
+        if not isinstance(share, float) or share != 1.0:  # a share of the weights is a 0-d array
+            # in place where the library's arrays take writes (the concatenation is a fresh array): a second new
+            # buffer a step cost the medium network's step at batch 512 about 0.1 ms in page faults on NumPy
+            flat *= share
+        flat = self.comm.allreduce(flat)
         shapes, bounds, _ = flat_layout(grads)
         for p, grad in zip(grads, backend.split_flat(flat, bounds, shapes), strict=True):
             # the concatenation promotes gradients of mixed dtypes (a user's float64 parameter in a float32 model)
