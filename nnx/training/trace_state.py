@@ -320,7 +320,7 @@ class AttributeWatch:
     def current(self, obj: Any) -> Any:
         """The description of `obj` as it stands now."""
         attributes = getattr(obj, "__dict__", None)
-        if obj is not self._obj and self._like_last(obj, attributes):
+        if attributes is not None and obj is not self._obj and self._like_last(obj, attributes):
             # another object of the same class holding equal plain values (``loss="bce"`` makes a new loss each
             # fit): the same description; its own attributes are watched from here on
             self._obj = obj
@@ -339,13 +339,13 @@ class AttributeWatch:
         return self.value
 
 
-    def _like_last(self, obj: Any, attributes: dict[str, Any] | None) -> bool:
+    def _like_last(self, obj: Any, attributes: dict[str, Any]) -> bool:
         """Whether `obj` is described as the object last described: of its class (which keeps no slots), with the
         same attributes, each the same object or an equal plain value (a dict or list of them), no array among
         them, and nothing outside changed."""
         last = self._obj
-        if self._in_full or last is None or type(obj) is not type(last) or attributes is None \
-                or len(attributes) != len(self._items) or _has_slots(type(obj)):
+        if self._in_full or last is None or type(obj) is not type(last) or len(attributes) != len(self._items) \
+                or _has_slots(type(obj)):
             return False
         for key, value, _, held in self._items:
             if held is not None or not _equal_plain(attributes.get(key, _GONE), value):
