@@ -30,7 +30,7 @@ from .outside_settings import PLAIN_VALUES, OutsideWatch, outside_key
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
            "clear", "code_of", "config_key", "definition", "describe", "layer_settings", "regularizers_of",
-           "settings_key"]
+           "rule_code", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -179,7 +179,12 @@ def code_of(model: Any, loss: Any = None, optimizer: Any = None) -> tuple:
     if loss is None and optimizer is None:
         return layers
     return (layers, tuple(getattr(type(loss), name, None) for name in LOSS_CODE),
-            tuple(getattr(type(optimizer), name, None) for name in _OPTIMIZER_CODE))
+            rule_code(optimizer))
+
+
+def rule_code(optimizer: Any) -> tuple:
+    """The optimizer's rule as its class holds it now (`code_of`'s part for it)."""
+    return tuple(getattr(type(optimizer), name, None) for name in _OPTIMIZER_CODE)
 
 
 def _model_and_layers(model: Any) -> tuple[Any, ...]:
