@@ -20,7 +20,8 @@ into views of a new flat buffer offered for the step (`offer_grads`), which then
 no gathering.
 
 Where the backend writes into given arrays (`Backend.out_functions`), the rule is
-replayed into the buffers (`nnx.training.replay`) instead of being called on them.
+replayed into the buffers (`nnx.training.replay`) instead of being called on them; where
+it compiles (JAX), the rule runs as one program traced from it (`CompiledRule`).
 """
 
 from __future__ import annotations
