@@ -159,3 +159,27 @@ def test_a_rule_a_program_cannot_stand_for_runs_op_by_op(cls, monkeypatch):
     _assert_same(plain, compiled)
     if cls is CountingSGD:  # one call a step, as the flat update runs it op by op; the trace's count undone
         assert opt.calls == 6 and plain_opt.calls == 6 * 4  # (the plain loop calls it once per parameter)
+
+
+def test_a_rule_replaced_on_the_object_runs_as_written_every_step(monkeypatch):
+    """A hook on the optimizer object (a SIGINT test's, a user's logging) must run at every step, as it does in the
+    plain loop and the compiled step leaves it to: no program is traced from it."""
+    counts = _counting(monkeypatch)
+    jax = nnx.get_backend("jax")
+    seen = []
+
+    def make(ps):
+        opt = nnx.optim.SGD(ps, lr=0.1, momentum=0.9)
+        rule = opt.update
+
+        def update(xp, value, grad, state, step, lr):
+            seen.append(step)
+            return rule(xp, value, grad, state, step, lr)
+
+        opt.update = update
+        return opt
+
+    compiled, _, _ = _fit(jax, make)
+    assert seen == [1, 2, 3, 4, 5, 6] and counts["compiled"] == 0 and counts["eager"] == 6, (seen, counts)
+    plain, _, _ = _fit(jax.with_fastpath(False), make)
+    _assert_same(plain, compiled)

@@ -259,7 +259,10 @@ def test_sigint_inside_an_accumulated_update(backend, optimizer, reference):
     history = model.fit(X, y, loss="bce", optimizer=opt, epochs=2, batch_size=8, accumulate=ACCUMULATE)
     assert history.interrupted
     assert opt.step_count == 3 and opt.param_steps == [3] * len(model.parameters())
-    _assert_weights(model, ref[3 * ACCUMULATE - 1])
+    # As above: where the backend compiles (JAX), the reference's update ran the rule as a compiled program
+    # (`nnx.training.flat.CompiledRule`) and the hooked optimizer's runs op by op: equal to rounding
+    compiled = (backend.can_compile and backend.fastpath_enabled)
+    _assert_weights(model, ref[3 * ACCUMULATE - 1], exact=not compiled)
 
 
 def test_sigint_handler_is_restored(backend):
