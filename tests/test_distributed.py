@@ -661,6 +661,42 @@ def test_the_flat_update_takes_the_all_reduced_gradients_without_joining_them_ag
     assert read and all(read), read
 
 
+class HoldEveryOther(nnx.training.GradientTransform):
+    """A user's stage after the all-reduce that holds every other update back (its own accumulation)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def apply(self, params, rows):
+        self.calls += 1
+        return self.calls % 2 == 0
+
+
+def test_the_all_reduced_array_is_given_up_in_its_own_step_even_when_the_update_is_held_back(monkeypatch):
+    """The average keeps its joined array only until the step takes it (`take_joined`), also in a step whose update
+    a later stage holds back: kept past it, it would hold a second copy of every gradient between steps."""
+    events = []
+    apply, take = dist.AverageGradients.apply, dist.AverageGradients.take_joined
+
+    def applied(self, params, rows):
+        events.append("joined")
+        return apply(self, params, rows)
+
+    def taken(self):
+        out = take(self)
+        events.append("taken" if out is not None else "nothing")
+        return out
+
+    monkeypatch.setattr(dist.AverageGradients, "apply", applied)
+    monkeypatch.setattr(dist.AverageGradients, "take_joined", taken)
+    X = np.random.default_rng(0).normal(size=(32, 4))
+    y = (X[:, 0] > 0).astype(float)
+    model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), seed=3)
+    model.fit(X, y, epochs=1, batch_size=8, optimizer="sgd", lr=0.1, gradient_transforms=[HoldEveryOther()],
+              distributed=dist.DataParallel(OneProcessEngine(), shard_update=False))
+    assert events == ["joined", "taken"] * 4, events  # each step: joined by the average, then taken by the step
+
+
 @pytest.mark.parametrize("stage", [HalveInPlace, HalveAnew], ids=["in place", "new arrays"])
 def test_a_stage_after_the_all_reduce_that_changes_the_gradients_is_what_the_update_reads(backend, stage):
     """A gradient transform after the all-reduce that writes into ``p.grad`` (where the library's arrays take

@@ -467,15 +467,24 @@ class CompiledRule:
             out = self._program(values, grads, state, t * 1.0, opt.lr)
         except be.trace_errors:
             out = None
-        now = vars(opt)
-        if out is None or now.keys() != before.keys() or any(now[k] is not v for k, v in before.items()):
+        except BaseException:
+            self._put_back(before)  # a trace that raised may have left traced values on the optimizer
+            raise
+        if self._put_back(before) or out is None:
             # it cannot be traced, or tracing it changed the optimizer (a count it keeps, a value it notes): a
             # program would not do that at every step, as the rule does, so the rule runs as written from now on
-            now.clear()
-            now.update(before)
             self.broken = True
             return None
         return out
+
+    def _put_back(self, before: dict[str, Any]) -> bool:
+        """Put the optimizer's attributes back as `before` holds them; whether any had changed."""
+        now = vars(self.optimizer)
+        if now.keys() == before.keys() and all(now[k] is v for k, v in before.items()):
+            return False
+        now.clear()
+        now.update(before)
+        return True
 
     def _pure(self, values: Any, grads: Any, state: dict[str, Any], t: Any, lr: Any) -> tuple[Any, dict[str, Any]]:
         opt = self.optimizer

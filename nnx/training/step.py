@@ -282,10 +282,11 @@ class TrainStep:
 
     def transform(self, rows: int) -> bool:
         """Run the gradient transforms; False when one holds the update back (accumulating)."""
-        for t in self.transforms:
-            if not t.apply(self.params, rows):
-                return False
+        due = all(t.apply(self.params, rows) for t in self.transforms)  # up to the first that holds it back
+        # taken whether or not the update is due, so that no transform keeps a joined array past its step
         joined = [j for t in self.transforms if (j := t.take_joined()) is not None]
+        if not due:
+            return False
         if self.transforms and isinstance(self.flat, FlatUpdate):
             # the finite check gathered the gradients before the transforms, and one (a user's, or a callback's
             # on_gradients) may have written into p.grad in place: the update gathers what p.grad holds now, or
