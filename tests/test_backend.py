@@ -498,11 +498,13 @@ def test_split_rows_equals_slicing(backend, dtype):
         np.testing.assert_array_equal(backend.to_host(block), host[start:stop].astype(dtype))
 
 
-def test_concat_flat_joins_as_numpy_does_and_split_flat_cuts_back(backend, dtype):
-    """`Backend.concat_flat` (slice writes into one buffer on JAX) joins raveled arrays as NumPy's concatenate does,
-    NaN, inf and -0.0 bit for bit, promoting mixed dtypes as a concatenation does; `split_flat` gives them back."""
+@pytest.mark.parametrize("repeats", [1, 2], ids=["6 pieces", "12 pieces"])
+def test_concat_flat_joins_as_numpy_does_and_split_flat_cuts_back(backend, dtype, repeats):
+    """`Backend.concat_flat` (on a JAX CPU, a few pieces written slice by slice into one buffer, more concatenated)
+    joins raveled arrays as NumPy's concatenate does, NaN, inf and -0.0 bit for bit, promoting mixed dtypes as a
+    concatenation does; `split_flat` gives them back."""
     rng = np.random.default_rng(0)
-    shapes = [(5, 4), (4,), (4, 3), (1,), (3, 1), ()]
+    shapes = [(5, 4), (4,), (4, 3), (1,), (3, 1), ()] * repeats
     hosts = [rng.normal(size=s).astype(dtype) for s in shapes]
     hosts[0][1, 2], hosts[2][0, 0], hosts[3][0], hosts[1][2] = np.nan, np.inf, -np.inf, -0.0
     arrays = [backend.asarray(h, dtype=dtype) for h in hosts]

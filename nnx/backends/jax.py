@@ -53,14 +53,21 @@ def gpu_unavailable(spec: str, error: Exception, plugin: int | None, driver: tup
     return f"backend {spec!r} cannot run here: {gpu_cause((plugin, 0), driver)} (JAX says: {error})"
 
 
-def _joined_by_slice_writes(arrays: tuple[Any, ...]) -> Any:
-    """`Backend.concat_flat` as a program of slice writes into one new buffer, in the dtype a concatenation
-    promotes to: XLA's CPU concatenate of the medium network's six gradients (235,146 elements) took 575 us,
-    the same data written slice by slice 47 us, about NumPy's concatenate (jaxlib 0.10, one thread)."""
+SLICE_WRITES_UP_TO = 8  # pieces a CPU join writes slice by slice; more are concatenated (see `_joined_on_cpu`)
+
+
+def _joined_on_cpu(arrays: tuple[Any, ...]) -> Any:
+    """`Backend.concat_flat` for a CPU: a few pieces written slice by slice into one new buffer, in the dtype a
+    concatenation promotes to; more concatenated, as elsewhere.
+
+    XLA's CPU concatenate of raveled pieces ran 3-7x a copy's time (the reshape of a matrix fused into it): the
+    medium network's six gradients (235,146 elements) took 327-575 us against 91 us slice by slice. Each slice
+    write passes over the whole buffer, though, so from some twenty pieces the concatenate wins (twenty pieces of
+    256 x 256 and 256: 413 against 825 us; jaxlib 0.10, one thread)."""
     jnp = importlib.import_module("jax.numpy")
     lax = importlib.import_module("jax.lax")
-    if not arrays:
-        return jnp.concat(arrays)  # refused as a concatenation of nothing is
+    if not arrays or len(arrays) > SLICE_WRITES_UP_TO:
+        return jnp.concat([jnp.reshape(a, (-1,)) for a in arrays])  # (nothing to join is refused as jnp refuses it)
     dtype = jnp.result_type(*arrays)
     pieces = [jnp.reshape(a, (-1,)).astype(dtype) for a in arrays]
     flat = jnp.empty((sum(piece.shape[0] for piece in pieces),), dtype=dtype)
@@ -221,13 +228,13 @@ class JaxBackend(Backend):
 
     @functools.cached_property
     def _flat_programs(self) -> tuple[Any, Any]:
-        # `concat_flat` (by slice writes) and the base class's `split_flat`, each one compiled program per layout: op
+        # `concat_flat` (on a CPU `_joined_on_cpu`) and `split_flat`, each one compiled program per layout: op
         # by op, JAX dispatches every reshape and slice on its own (about 0.1 ms each on a CPU), two per parameter,
         # several times a data-parallel step. Data movement only: the same values. They read only this object's
         # namespace, which a copy on another device (`on_device`, `with_fastpath`) shares with it.
         jax = importlib.import_module("jax")
-        return (jax.jit(_joined_by_slice_writes),
-                jax.jit(functools.partial(Backend.split_flat, self), static_argnums=(1, 2)))
+        join = _joined_on_cpu if self.device.platform == "cpu" else functools.partial(Backend.concat_flat, self)
+        return jax.jit(join), jax.jit(functools.partial(Backend.split_flat, self), static_argnums=(1, 2))
 
     @functools.cached_property
     def _fused_programs(self) -> dict[Any, Any]:
