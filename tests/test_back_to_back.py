@@ -332,6 +332,13 @@ def test_the_watch_of_a_loss_describes_a_new_equal_object_as_the_last_and_any_ot
     changed.notes["scale"] = 3.0
     watch.current(ScaledBCE(1.0))
     assert watch.current(changed)[0] == described_with_attributes(changed) != first[0]
+    # the last object's dict changed in place after it was described, and a new object equal to it now: described
+    # anew (the last description is of the dict as it was)
+    last = ScaledBCE(1.0)
+    described_last = watch.current(last)
+    last.notes["scale"] = 3.0
+    assert watch.current(changed) is not described_last
+    assert watch.current(changed)[0] == described_with_attributes(changed)
     held = ScaledBCE(1.0)
     held.table = np.ones(3)
     watch.current(held)

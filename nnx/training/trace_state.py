@@ -341,14 +341,15 @@ class AttributeWatch:
 
     def _like_last(self, obj: Any, attributes: dict[str, Any]) -> bool:
         """Whether `obj` is described as the object last described: of its class (which keeps no slots), with the
-        same attributes, each the same object or an equal plain value (a dict or list of them), no array among
-        them, and nothing outside changed."""
+        same attributes, each the same object or an equal plain value (a dict or list of them, as they were when
+        described), no array among them, and nothing outside changed."""
         last = self._obj
         if self._in_full or last is None or type(obj) is not type(last) or len(attributes) != len(self._items) \
                 or _has_slots(type(obj)):
             return False
-        for key, value, _, held in self._items:
-            if held is not None or not _equal_plain(attributes.get(key, _GONE), value):
+        for key, value, copy, held in self._items:
+            # a dict or list against its copy made when it was described: the last object's may have changed since
+            if held is not None or not _equal_plain(attributes.get(key, _GONE), value if copy is None else copy):
                 return False
         return not self._outside.changed()
 
