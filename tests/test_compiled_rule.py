@@ -183,3 +183,81 @@ def test_a_rule_replaced_on_the_object_runs_as_written_every_step(monkeypatch):
     assert seen == [1, 2, 3, 4, 5, 6] and counts["compiled"] == 0 and counts["eager"] == 6, (seen, counts)
     plain, _, _ = _fit(jax.with_fastpath(False), make)
     _assert_same(plain, compiled)
+
+
+class LoggingSGD(nnx.optim.SGD):
+    """An elementwise rule that notes each update count in a list it keeps: a trace would note a traced value once."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.log = []
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.log.append(step)
+        return super().update(xp, value, grad, state, step, lr)
+
+
+def test_a_rule_that_changes_what_the_optimizer_holds_in_place_runs_op_by_op_with_nothing_traced_left(monkeypatch):
+    counts = _counting(monkeypatch)
+    jax = nnx.get_backend("jax")
+    compiled, opt, _ = _fit(jax, lambda ps: LoggingSGD(ps, lr=0.1, momentum=0.9))
+    assert counts["eager"] == 6 and opt.log == [1, 2, 3, 4, 5, 6], (counts, opt.log)  # the trace's entry undone
+    plain, _, _ = _fit(jax.with_fastpath(False), lambda ps: LoggingSGD(ps, lr=0.1, momentum=0.9))
+    _assert_same(plain, compiled)
+
+
+class MomentumEachBatch(nnx.callbacks.Callback):
+    """A cyclical momentum set before every batch: a constant of the program that changes every step."""
+
+    def __init__(self, opt):
+        self.opt, self.batches = opt, 0
+
+    def on_batch_begin(self, batch, logs=None):
+        self.batches += 1
+        self.opt.momentum = 0.5 + 0.05 * (self.batches % 7)
+
+
+def test_a_hyper_parameter_set_every_step_stops_compiling_after_a_few_programs(monkeypatch):
+    counts = _counting(monkeypatch)
+    jax = nnx.get_backend("jax")
+
+    def run(be):
+        model, opt, _ = _fit(be, lambda ps: nnx.optim.SGD(ps, lr=0.1, momentum=0.9), epochs=0)
+        _fit(be, None, epochs=3, callbacks=[MomentumEachBatch(opt)], model=model, opt=opt)
+        return model
+
+    compiled = run(jax)
+    assert counts["program"] == flat.CompiledRule.MAX_PROGRAMS and counts["eager"] == 9 - counts["program"], counts
+    _assert_same(run(jax.with_fastpath(False)), compiled)
+
+
+def test_equal_optimizers_on_two_jax_devices_each_get_a_program_of_their_own():
+    """The programs are shared by definition and input shapes, which two devices have alike: the device is part
+    of the definition, or the second model's rule ran a program compiled for the first device (a crash)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, nnx
+        from nnx import distributed as dist
+        class OneProcess(dist.SingleProcess):
+            engine = "test"
+        def run(spec, parallel=True):
+            be = nnx.get_backend(spec) if parallel else nnx.get_backend(spec).with_fastpath(False)
+            X = np.random.default_rng(0).standard_normal((48, 5)); y = (X[:, 0] > X[:, 1]).astype(float)
+            m = nnx.Sequential(nnx.Dense(5, 6), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(), backend=be,
+                               dtype="float64", seed=3)
+            extra = {"distributed": dist.DataParallel(OneProcess(), shard_update=False)} if parallel else {}
+            m.fit(X, y, loss="bce", optimizer=nnx.optim.Adam(m.parameters(), lr=0.01), epochs=2, batch_size=16,
+                  shuffle=False, **extra)
+            return [np.asarray(p.value) for p in m.parameters()]
+        run("jax:cpu:0")
+        got, want = run("jax:cpu:1"), run("jax:cpu:1", parallel=False)
+        print(max(float(np.abs(a - b).max()) for a, b in zip(got, want)))
+    """)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) < 1e-12, out.stdout

@@ -435,9 +435,13 @@ class CompiledRule:
     as the compiled step traces it (`nnx.training.compiled`), and it holds the rest as constants: the
     hyper-parameters and the settings the rule reads (`hyper_constants`), the plain values its class reads from
     its class or module, and the rule's code. A change to any of them takes another program. Programs are shared
-    with the flat updates of equal optimizers (`nnx.training.shared_programs`), so a later fit compiles nothing.
-    A rule that cannot be traced runs op by op from then on.
+    with the flat updates of equal optimizers on the same device (`nnx.training.shared_programs`), so a later fit
+    compiles nothing. The rule runs op by op from then on where it cannot be traced, where tracing it changed the
+    optimizer (what it changed is put back), and where its constants changed `MAX_PROGRAMS` times (a schedule
+    setting one every step would compile a program every step).
     """
+
+    MAX_PROGRAMS = 4
 
     def __init__(self, optimizer: Any, backend: Any) -> None:
         self.optimizer, self.backend = optimizer, backend
@@ -445,6 +449,8 @@ class CompiledRule:
         self._outside = OutsideWatch()
         self._constants: tuple | None = None
         self._program: SharedProgram | None = None
+        self._programs = 0  # programs taken so far, one per change of the constants
+        self._traces = 0
 
     def run(self, values: Any, grads: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]] | None:
         """The rule's (new values, new state) from its program, or None where it runs op by op."""
@@ -457,10 +463,15 @@ class CompiledRule:
             return None
         constants = (hyper_constants(opt), self._outside.current((opt,)), rule_code(opt))
         if constants != self._constants or self._program is None:
+            self._programs += 1
+            if self._programs > self.MAX_PROGRAMS:
+                self.broken = True
+                return None
             self._constants = constants
-            definition = ("flat rule", type(opt), *constants)
+            definition = ("flat rule", be.spec, type(opt), *constants)
             self._program = SharedProgram(be, self._pure, lambda: definition, self)
-        before = dict(vars(opt))
+        before = _Snapshot(opt)
+        traces = self._traces
         try:
             # the count and the rate as Python numbers (weakly typed, as the eager rule gets them): a device copy of
             # a number made with ``device=`` took 0.13 ms, longer than the program over 235,146 elements
@@ -468,25 +479,17 @@ class CompiledRule:
         except be.trace_errors:
             out = None
         except BaseException:
-            self._put_back(before)  # a trace that raised may have left traced values on the optimizer
+            before.put_back()  # a trace that raised may have left traced values on the optimizer
             raise
-        if self._put_back(before) or out is None:
-            # it cannot be traced, or tracing it changed the optimizer (a count it keeps, a value it notes): a
-            # program would not do that at every step, as the rule does, so the rule runs as written from now on
+        if self._traces != traces and (before.put_back() or hyper_constants(opt) != constants[0]):
+            out = None  # tracing it changed the optimizer (a count it keeps, a value it notes)
+        if out is None:
+            # a program would not do at every step what the rule does: it runs as written from now on
             self.broken = True
-            return None
         return out
 
-    def _put_back(self, before: dict[str, Any]) -> bool:
-        """Put the optimizer's attributes back as `before` holds them; whether any had changed."""
-        now = vars(self.optimizer)
-        if now.keys() == before.keys() and all(now[k] is v for k, v in before.items()):
-            return False
-        now.clear()
-        now.update(before)
-        return True
-
     def _pure(self, values: Any, grads: Any, state: dict[str, Any], t: Any, lr: Any) -> tuple[Any, dict[str, Any]]:
+        self._traces += 1
         opt = self.optimizer
         # the update count as a float, as the compiled step gives it: the rule's arithmetic on it and on Python
         # floats (Adam's beta2 ** t) runs in double precision, as on the host
@@ -498,3 +501,38 @@ class CompiledRule:
 
     def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
         """Nothing to take: see `trace_facts`."""
+
+
+class _Snapshot:
+    """An object's attributes, and the items of those that are lists or dicts, as they were: to tell and undo what
+    a trace of its code changed."""
+
+    def __init__(self, obj: Any) -> None:
+        self.attributes = vars(obj)
+        self.before = dict(self.attributes)
+        self.items = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self.before.items()
+                      if isinstance(v, (list, dict))}
+
+    def put_back(self) -> bool:
+        """Restore what changed; whether anything had."""
+        now, before = self.attributes, self.before
+        changed = now.keys() != before.keys() or any(now.get(k) is not v for k, v in before.items())
+        if changed:
+            now.clear()
+            now.update(before)
+        for key, items in self.items.items():
+            container = before[key]
+            same = len(container) == len(items) and (
+                all(map(is_, container, items)) if isinstance(items, list)
+                else all(container.get(k, _MISSING) is v for k, v in items.items()))
+            if not same:
+                changed = True
+                if isinstance(items, list):
+                    container[:] = items
+                else:
+                    container.clear()
+                    container.update(items)
+        return changed
+
+
+_MISSING = object()
