@@ -289,7 +289,9 @@ class FlatUpdate:
         when they are gathered; they are joined as usual otherwise. A piece is a view of `flat` where the arrays
         can be written (`Backend.split_flat`, as the flat update's own views), so a write into ``p.grad`` in place
         is in `flat` too."""
-        if len(pieces) == len(self.shapes) and tuple(flat.shape) == (self.size,):
+        # (a piece cast back from the dtype the join promoted it to is not in `flat` as it is)
+        if len(pieces) == len(self.shapes) and tuple(flat.shape) == (self.size,) and \
+                all(piece.dtype == flat.dtype for piece in pieces):
             self._offered, self._offered_new = (flat, list(pieces)), False
 
     def gather_grads(self) -> Any:
