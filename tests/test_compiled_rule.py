@@ -1,4 +1,4 @@
-"""The flat update's rule as one compiled program on JAX (`nnx.training.flat.CompiledRule`).
+"""The flat update's rule as one compiled program on JAX (`nnx.training.compiled_rule.CompiledRule`).
 
 Where a JAX fit runs step by step with the flat update (data parallelism, scikit-learn's estimators, a model
 whose step cannot be compiled whole), the optimizer's rule over the flat buffers runs as one program traced
@@ -15,7 +15,7 @@ import pytest
 import nnx
 from nnx import distributed as dist
 from nnx.backends import backend_status
-from nnx.training import flat
+from nnx.training import compiled_rule
 
 ok, why = backend_status("jax")
 pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
@@ -54,7 +54,7 @@ def _assert_same(a, b):
 def _counting(monkeypatch):
     """How often the rule's program was compiled and called, and how often the rule ran op by op."""
     counts = {"compiled": 0, "program": 0, "eager": 0}
-    run, compile_ = flat.CompiledRule.run, nnx.get_backend("jax").compile
+    run, compile_ = compiled_rule.CompiledRule.run, nnx.get_backend("jax").compile
 
     def counted_run(self, *args):
         out = run(self, *args)
@@ -62,10 +62,10 @@ def _counting(monkeypatch):
         return out
 
     def counted_compile(fn, args):
-        counts["compiled"] += getattr(fn, "__func__", None) is flat.CompiledRule._pure
+        counts["compiled"] += getattr(fn, "__func__", None) is compiled_rule.CompiledRule._pure
         return compile_(fn, args)
 
-    monkeypatch.setattr(flat.CompiledRule, "run", counted_run)
+    monkeypatch.setattr(compiled_rule.CompiledRule, "run", counted_run)
     monkeypatch.setattr(nnx.get_backend("jax"), "compile", counted_compile)
     return counts
 
@@ -227,7 +227,8 @@ def test_a_hyper_parameter_set_every_step_stops_compiling_after_a_few_programs(m
         return model
 
     compiled = run(jax)
-    assert counts["program"] == flat.CompiledRule.MAX_PROGRAMS and counts["eager"] == 9 - counts["program"], counts
+    most = compiled_rule.CompiledRule.MAX_PROGRAMS
+    assert counts["program"] == most and counts["eager"] == 9 - most, counts
     _assert_same(run(jax.with_fastpath(False)), compiled)
 
 

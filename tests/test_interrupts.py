@@ -260,7 +260,7 @@ def test_sigint_inside_an_accumulated_update(backend, optimizer, reference):
     assert history.interrupted
     assert opt.step_count == 3 and opt.param_steps == [3] * len(model.parameters())
     # As above: where the backend compiles (JAX), the reference's update ran the rule as a compiled program
-    # (`nnx.training.flat.CompiledRule`) and the hooked optimizer's runs op by op: equal to rounding
+    # (`nnx.training.compiled_rule.CompiledRule`) and the hooked optimizer's runs op by op: equal to rounding
     compiled = (backend.can_compile and backend.fastpath_enabled)
     _assert_weights(model, ref[3 * ACCUMULATE - 1], exact=not compiled)
 
