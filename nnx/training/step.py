@@ -282,12 +282,14 @@ class TrainStep:
 
     def transform(self, rows: int) -> bool:
         """Run the gradient transforms; False when one holds the update back (accumulating)."""
+        if not self.transforms:  # (every step of a plain fit: no generator made for nothing)
+            return True
         due = all(t.apply(self.params, rows) for t in self.transforms)  # up to the first that holds it back
         # taken whether or not the update is due, so that no transform keeps a joined array past its step
         joined = [j for t in self.transforms if (j := t.take_joined()) is not None]
         if not due:
             return False
-        if self.transforms and isinstance(self.flat, FlatUpdate):
+        if isinstance(self.flat, FlatUpdate):
             # the finite check gathered the gradients before the transforms, and one (a user's, or a callback's
             # on_gradients) may have written into p.grad in place: the update gathers what p.grad holds now, or
             # takes the flat array a transform cut them from (the all-reduce's) while they are still its pieces
