@@ -97,20 +97,23 @@ class ArrayBatches:
             w = None if w is None else be.take_rows(w, perm)
         # every batch is cut at once (`Backend.split_rows`; a data-parallel rank's slices with the rows between
         # them); X only when small, since its batches (and those rows) are then held together
-        rows = self._pieces(perm if self._gather else X, parts, self._gather or self._split)
-        ys, ws = self._pieces(y, parts, True), self._pieces(w, parts, True)
+        covered = window is None  # the parts cover the rows in order
+        rows = self._pieces(perm if self._gather else X, parts, self._gather or self._split, covered)
+        ys, ws = self._pieces(y, parts, True, covered), self._pieces(w, parts, True, covered)
         for b in range(len(parts)):
             Xb = be.take_rows(self.X, rows[b]) if self._gather else rows[b]
             yield Xb, None if ys is None else ys[b], None if ws is None else ws[b]
 
-    def _pieces(self, a: Any, parts: list[slice], at_once: bool) -> Any:
-        """`a`'s rows of each part (in order, not overlapping), indexed by batch (None for None): cut in one
-        operation where allowed, with the rows no part takes as pieces of their own, else sliced part by part
-        when asked for."""
+    def _pieces(self, a: Any, parts: list[slice], at_once: bool, covered: bool) -> Any:
+        """`a`'s rows of each part (in order, not overlapping; `covered`: all the rows), indexed by batch (None for
+        None): cut in one operation where allowed, with the rows no part takes as pieces of their own, else sliced
+        part by part when asked for."""
         if a is None:
             return None
         if not at_once:
             return _LazyRows(a, parts)
+        if covered:
+            return self.model.backend.split_rows(a, [part.stop - part.start for part in parts])
         sizes, kept, at = [], [], 0
         for part in parts:
             if part.start > at:
