@@ -262,3 +262,42 @@ def test_equal_optimizers_on_two_jax_devices_each_get_a_program_of_their_own():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert float(out.stdout.split()[-1]) < 1e-12, out.stdout
+
+
+class NestedLogSGD(nnx.optim.SGD):
+    """An elementwise rule that notes each count inside a dict of lists, and in a set, on the optimizer."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.log = {"steps": []}
+        self.seen = set()
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.log["steps"].append(step)
+        self.seen.add(step)
+        return super().update(xp, value, grad, state, step, lr)
+
+
+def test_a_rule_that_changes_what_the_optimizer_holds_deep_down_is_traced_on_a_copy_and_runs_op_by_op(monkeypatch):
+    """The trace runs on a copy of the optimizer: a set it adds a traced value to (which would raise) and a list
+    inside a dict are the copy's, the user's object holds the op-by-op counts only, and no later fit of an equal
+    optimizer takes a program traced from it (the first fit's trace found it impure)."""
+    counts = _counting(monkeypatch)
+    jax = nnx.get_backend("jax")
+    for fit in range(2):
+        compiled, opt, _ = _fit(jax, lambda ps: NestedLogSGD(ps, lr=0.1, momentum=0.9))
+        assert opt.log == {"steps": [1, 2, 3, 4, 5, 6]} and opt.seen == {1, 2, 3, 4, 5, 6}, (fit, opt.log, opt.seen)
+        assert counts["program"] == 0 and counts["eager"] == 6 * (fit + 1), (fit, counts)
+    plain, _, _ = _fit(jax.with_fastpath(False), lambda ps: NestedLogSGD(ps, lr=0.1, momentum=0.9))
+    _assert_same(plain, compiled)
+
+
+def test_an_equal_optimizer_of_a_later_fit_does_not_take_a_program_its_rule_proved_unfit_for(monkeypatch):
+    """The counting rule's trace is found impure in the first fit; the program stays out of the shared table, so a
+    fresh, equal optimizer of a later fit runs op by op too, with the first fit's numbers."""
+    counts = _counting(monkeypatch)
+    jax = nnx.get_backend("jax")
+    first, opt1, _ = _fit(jax, lambda ps: CountingSGD(ps, lr=0.1, momentum=0.9))
+    second, opt2, _ = _fit(jax, lambda ps: CountingSGD(ps, lr=0.1, momentum=0.9))
+    assert counts["program"] == 0 and opt1.calls == opt2.calls == 6, (counts, opt1.calls, opt2.calls)
+    _assert_same(first, second)

@@ -8,12 +8,13 @@ runs as one program, shared with the flat updates of equal optimizers (`nnx.trai
 
 from __future__ import annotations
 
+import copy
 from operator import is_
 from typing import Any
 
 from .compiled import hyper_constants
 from .outside_settings import OutsideWatch
-from .shared_programs import SharedProgram, rule_code
+from .shared_programs import SharedProgram, forget, rule_code
 
 __all__ = ["CompiledRule"]
 
@@ -27,9 +28,13 @@ class CompiledRule:
     hyper-parameters and the settings the rule reads (`hyper_constants`), the plain values its class reads from
     its class or module, and the rule's code. A change to any of them takes another program. Programs are shared
     with the flat updates of equal optimizers on the same device (`nnx.training.shared_programs`), so a later fit
-    compiles nothing. The rule runs op by op from then on where it cannot be traced, where tracing it changed the
-    optimizer (what it changed is put back), and where its constants changed `MAX_PROGRAMS` times (a schedule
-    setting one every step would compile a program every step).
+    compiles nothing.
+
+    The rule is traced on a copy of the optimizer (its settings copied deeply, its parameters and state shared),
+    so a trace leaves the user's object as it was. The rule runs op by op from then on where the rule is replaced
+    on the object, where its trace raised or changed the copy (a count or a log it keeps: a program would not do
+    that at every step, as the rule does; no equal optimizer takes that program either), and where its constants
+    changed `MAX_PROGRAMS` times (a schedule setting one every step would compile a program every step).
     """
 
     MAX_PROGRAMS = 4
@@ -39,9 +44,10 @@ class CompiledRule:
         self.broken = False
         self._outside = OutsideWatch()
         self._constants: tuple | None = None
+        self._definition: tuple | None = None
         self._program: SharedProgram | None = None
         self._programs = 0  # programs taken so far, one per change of the constants
-        self._traces = 0
+        self._impure = False  # whether the last trace changed the optimizer's copy
 
     def run(self, values: Any, grads: Any, state: dict[str, Any], t: int) -> tuple[Any, dict[str, Any]] | None:
         """The rule's (new values, new state) from its program, or None where it runs op by op."""
@@ -59,33 +65,44 @@ class CompiledRule:
                 self.broken = True
                 return None
             self._constants = constants
-            definition = ("flat rule", be.spec, type(opt), *constants)
+            definition = self._definition = ("flat rule", be.spec, type(opt), *constants)
             self._program = SharedProgram(be, self._pure, lambda: definition, self)
-        before = _Snapshot(opt)
-        traces = self._traces
+        before = _Snapshot(opt)  # what the rule must not change of the object (its parameters, state, counts)
         try:
             # the count and the rate as Python numbers (weakly typed, as the eager rule gets them): a device copy of
             # a number made with ``device=`` took 0.13 ms, longer than the program over 235,146 elements
             out = self._program(values, grads, state, t * 1.0, opt.lr)
-        except be.trace_errors:
+        except Exception:
+            if not self._impure:  # the program's own failure, not a trace that found the rule impure
+                before.put_back()
+                raise
             out = None
-        except BaseException:
-            before.put_back()  # a trace that raised may have left traced values on the optimizer
-            raise
-        if self._traces != traces and (before.put_back() or hyper_constants(opt) != constants[0]):
-            out = None  # tracing it changed the optimizer (a count it keeps, a value it notes)
+        if before.put_back() or self._impure:
+            out = None
         if out is None:
-            # a program would not do at every step what the rule does: it runs as written from now on
             self.broken = True
+            assert self._definition is not None
+            forget(self._definition)
         return out
 
     def _pure(self, values: Any, grads: Any, state: dict[str, Any], t: Any, lr: Any) -> tuple[Any, dict[str, Any]]:
-        self._traces += 1
         opt = self.optimizer
+        # on a copy whose settings are its own, so that what the trace does to them stays there and is seen
+        shadow = copy.copy(opt)
+        for key, value in opt.rule_constants().items():
+            vars(shadow)[key] = copy.deepcopy(value)
+        described, held = hyper_constants(shadow), _Snapshot(shadow)
         # the update count as a float, as the compiled step gives it: the rule's arithmetic on it and on Python
         # floats (Adam's beta2 ** t) runs in double precision, as on the host
-        with opt.rate_for_tracing(lr):
-            return opt.update(self.backend.xp, values, grads, state, t, lr)
+        try:
+            with shadow.rate_for_tracing(lr):
+                return shadow.update(self.backend.xp, values, grads, state, t, lr)
+        except Exception:
+            self._impure = True  # it cannot be traced: it runs as written, where a real error says what it is
+            raise
+        finally:
+            if held.put_back() or hyper_constants(shadow) != described:
+                self._impure = True
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
         return {}, {}  # a rule draws nothing and counts nothing
@@ -95,14 +112,14 @@ class CompiledRule:
 
 
 class _Snapshot:
-    """An object's attributes, and the items of those that are lists or dicts, as they were: to tell and undo what
-    a trace of its code changed."""
+    """An object's attributes, and the items of those that are lists, dicts or sets, as they were: to tell and undo
+    what code run on it changed."""
 
     def __init__(self, obj: Any) -> None:
         self.attributes = vars(obj)
         self.before = dict(self.attributes)
-        self.items = {k: (list(v) if isinstance(v, list) else dict(v)) for k, v in self.before.items()
-                      if isinstance(v, (list, dict))}
+        self.items = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.before.items()
+                      if isinstance(v, (list, dict, set))}
 
     def put_back(self) -> bool:
         """Restore what changed; whether anything had."""
@@ -113,16 +130,19 @@ class _Snapshot:
             now.update(before)
         for key, items in self.items.items():
             container = before[key]
-            same = len(container) == len(items) and (
-                all(map(is_, container, items)) if isinstance(items, list)
-                else all(container.get(k, _MISSING) is v for k, v in items.items()))
-            if not same:
-                changed = True
-                if isinstance(items, list):
-                    container[:] = items
-                else:
+            if isinstance(container, dict) and isinstance(items, dict):
+                if len(container) != len(items) or any(container.get(k, _MISSING) is not v for k, v in items.items()):
+                    changed = True
                     container.clear()
                     container.update(items)
+            elif isinstance(container, set):
+                if len(container) != len(items) or not all(any(x is y for y in container) for x in items):
+                    changed = True
+                    container.clear()
+                    container.update(items)
+            elif len(container) != len(items) or not all(map(is_, container, items)):
+                changed = True
+                container[:] = items
         return changed
 
 

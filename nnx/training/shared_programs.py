@@ -29,8 +29,8 @@ from ..layers.parameter import Buffer, Parameter
 from .outside_settings import PLAIN_VALUES, OutsideWatch, outside_key
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
-           "clear", "code_of", "config_key", "definition", "describe", "layer_settings", "regularizers_of",
-           "rule_code", "settings_key"]
+           "clear", "code_of", "config_key", "definition", "describe", "forget", "layer_settings",
+           "regularizers_of", "rule_code", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
@@ -41,6 +41,12 @@ RECENT = 4  # programs an owner tries by calling them before it looks its inputs
 def clear() -> None:
     """Forget every shared program (each model compiles its own again, e.g. to compare)."""
     _TABLE.clear()
+
+
+def forget(owner_key: tuple) -> None:
+    """Forget the programs shared under one definition: its trace proved that no program may stand for it."""
+    for key in [key for key in _TABLE if key[1] == owner_key]:
+        del _TABLE[key]
 
 
 class Unshareable(Exception):
