@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import types
 import warnings
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
@@ -96,6 +97,20 @@ def _copy(x: Any) -> Any:
 # (an argument of the rule), and a schedule's base rate
 _BOOKKEEPING = frozenset({"params", "state", "step_count", "param_steps", "_xps", "_hyper_names", "_lr", "_traced_lr",
                           "initial_lr", "scheduled_lr"})
+
+
+def slot_values(obj: Any) -> dict[str, Any]:
+    """The values of the slots `obj`'s classes declare (``__slots__``, by their names in the class: ``_C__x`` for a
+    private ``__x``), each that is set: a subclass's setting kept there is one `vars` does not show."""
+    found: dict[str, Any] = {}
+    for klass in type(obj).__mro__[:-1]:
+        for name, member in vars(klass).items():
+            if isinstance(member, types.MemberDescriptorType) and name not in found:
+                try:
+                    found[name] = member.__get__(obj, type(obj))
+                except AttributeError:  # never set
+                    continue
+    return found
 
 
 # -- base class ------------------------------------------------------------------
@@ -257,9 +272,12 @@ class Optimizer:
 
     def rule_constants(self) -> dict[str, Any]:
         """What `update` may read of this optimizer besides its arguments: the hyper-parameters but `lr` (an
-        argument) and any other attribute, such as a setting a subclass keeps itself; not the parameters, their
-        state or the update counts. A compiled program holds these as constants, traced again when one changes."""
-        return {k: v for k, v in vars(self).items() if k not in _BOOKKEEPING}
+        argument) and any other attribute, such as a setting a subclass keeps itself (in its ``__slots__`` too); not
+        the parameters, their state or the update counts. A compiled program holds these as constants, traced again
+        when one changes."""
+        settings = {k: v for k, v in vars(self).items() if k not in _BOOKKEEPING}
+        settings.update((name, value) for name, value in slot_values(self).items() if name not in _BOOKKEEPING)
+        return settings
 
     @contextlib.contextmanager
     def rate_for_tracing(self, lr: Any) -> Iterator[None]:
@@ -284,6 +302,8 @@ class Optimizer:
         copied = type(self).__new__(type(self))
         memo[id(self)] = copied
         copied.__dict__.update({key: deepcopy(value, memo) for key, value in vars(self).items()})
+        for name, value in slot_values(self).items():  # a subclass's slots: no __dict__ holds them
+            setattr(copied, name, deepcopy(value, memo))
         return copied
 
     def _xp(self, i: int) -> Any:

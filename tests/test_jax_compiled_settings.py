@@ -283,3 +283,81 @@ def test_loss_that_keeps_python_state_runs_every_step():
         out.append((model, history))
     _assert_same(*out)
     assert "the loss changed its attribute 'calls'" in out[1][1].execution_reason
+
+
+class JaxFitSlotsSGD(nnx.optim.Optimizer):
+    """A user's pure rule whose setting lives in a slot, where `vars` does not show it."""
+
+    __slots__ = ("scale",)
+    elementwise = True
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.scale = 1.0
+
+    def init_state(self, xp, value):
+        return {}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * self.scale * grad, state
+
+
+class JaxFitListSGD(JaxFitScaledSGD):
+    """A user's pure rule whose setting is an array held in a list, replaced or written in place between epochs."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.scales = [np.array(1.0)]
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * float(self.scales[0]) * grad, state
+
+
+class JaxFitListScale(Callback):
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        scale = (1.0, 0.1, 3.0)[epoch]
+        if self.in_place:
+            self.model.optimizer.scales[0][...] = scale
+        else:
+            self.model.optimizer.scales[0] = np.array(scale)
+
+
+@pytest.mark.parametrize("setting", ["slot", "list item replaced", "list item written in place"])
+def test_a_rule_setting_out_of_vars_plain_sight_changed_between_epochs_traces_again(setting):
+    # Both were constants of the program that no change was seen in: the first epoch's scale trained all three
+    def fit(model):
+        if setting == "slot":
+            return {**BASE, "optimizer": JaxFitSlotsSGD(model.parameters()), "callbacks": [JaxFitScale()]}
+        return {**BASE, "optimizer": JaxFitListSGD(model.parameters()),
+                "callbacks": [JaxFitListScale(in_place=setting.endswith("in place"))]}
+
+    a, b = _fit_both(_mlp, fit)
+    _assert_same(a, b)
+    assert b[1].execution_mode == "epoch"
+
+
+class JaxFitCountingSGD(JaxFitScaledSGD):
+    """A user's rule that keeps the last update count and a count of its calls on the optimizer."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.calls, self.last = 0, None
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.calls += 1
+        self.last = step
+        return super().update(xp, value, grad, state, step, lr)
+
+
+def test_a_rule_that_changes_its_optimizer_runs_every_step_and_leaves_no_traced_value():
+    # Traced once, it counted one call and left a tracer in `last`, where the plain loop counts one per parameter
+    # and step (9 steps, 4 parameters)
+    a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": JaxFitCountingSGD(m.parameters())}, base="jax-plain")
+    _assert_same(a, b)
+    (m0, _), (m1, h1) = a, b
+    assert m1.optimizer.calls == m0.optimizer.calls == 36 and m1.optimizer.last == m0.optimizer.last == 9
+    assert "changes what the optimizer holds" in h1.execution_reason

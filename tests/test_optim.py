@@ -641,3 +641,25 @@ def test_a_valid_setting_changed_after_construction_is_saved_and_loaded():
     other = SGD([Parameter("w", np.ones(3))], lr=0.1, momentum=0.9)
     other.load_state_dict(opt.state_dict())
     assert other.momentum == 0.5 and other.nesterov is True
+
+
+class _SlotsSGD(SGD):
+    """A subclass keeping its own setting, and a private one, in slots."""
+
+    __slots__ = ("scale", "__note")
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.scale = [np.array(2.0)]
+        self.__note = "kept"
+
+
+def test_a_setting_kept_in_a_slot_is_a_rule_constant_and_copied_deeply():
+    import copy
+
+    opt = _SlotsSGD([Parameter("w", np.zeros(3))], lr=0.1)
+    constants = opt.rule_constants()
+    assert constants["scale"] is opt.scale and constants["_SlotsSGD__note"] == "kept"
+    copied = copy.deepcopy(opt)  # (it copied the __dict__ only: the copy had no scale)
+    assert copied.scale[0] is not opt.scale[0] and float(copied.scale[0]) == 2.0
+    assert copied.rule_constants()["_SlotsSGD__note"] == "kept"

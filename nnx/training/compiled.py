@@ -48,6 +48,7 @@ from .carried import carried_state, rebound_slots, slots_now
 from .compiled_inference import model_lock
 from .outside_settings import OutsideWatch, outside_key
 from .per_model import PerModel
+from .rule_trace import RuleTrace, hyper_constants
 from .shared_programs import (
     SettingsWatch,
     SharedProgram,
@@ -61,7 +62,6 @@ from .trace_state import (
     AttributeWatch,
     HeldArrays,
     changed_state,
-    described,
     layer_attributes,
     object_attributes,
     objects_state,
@@ -133,16 +133,6 @@ def signature(model: Any, loss: Any, optimizer: Any, transforms: list[Any], chec
             type(loss), config_key(loss), type(optimizer), hyper_constants(optimizer),
             tuple((type(t), config_key(t)) for t in transforms), bool(check_finite), code_of(model, loss, optimizer),
             outside_key((loss, optimizer, *transforms)))
-
-
-def hyper_constants(optimizer: Any) -> tuple:
-    """What of the optimizer the programs hold as constants: whatever its rule may read of it but lr (its
-    hyper-parameters and any setting a subclass keeps as a plain attribute, `Optimizer.rule_constants`), and how
-    far each parameter's update count is from the first's (0, unless some were updated without the others)."""
-    steps = optimizer.param_steps
-    offsets = tuple(s - steps[0] for s in steps) if steps else ()
-    settings = sorted(optimizer.rule_constants().items(), key=lambda item: item[0])
-    return (*[(k, described(v)) for k, v in settings], ("update count offsets", offsets))
 
 
 # one compiled step per model, kept while the model lives, so a later fit reuses its programs
@@ -550,9 +540,20 @@ class CompiledStep:
         # the rule's arithmetic on it and on Python floats (Adam's beta2 ** t) runs in double precision, as on
         # the host, and meets the parameters in their dtype as a Python number does (a count in the parameters'
         # dtype rounded float32 Adam's bias corrections).
-        with opt.rate_for_tracing(lr):  # a rule that reads self.lr gets the program's rate too, not a constant
-            updated = [opt.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
-                       for v, g, st, s in zip(values, grads, states, steps, strict=True)]
+        # traced on a copy of the optimizer (`nnx.training.rule_trace`): a rule that changes what its optimizer
+        # holds (a count, a log) would do so once here, with traced values, where the plain loop does it every step
+        trace = RuleTrace(opt)
+        rule = trace.shadow
+        try:
+            with rule.rate_for_tracing(lr):  # a rule that reads self.lr gets the program's rate too, not a constant
+                updated = [rule.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
+                           for v, g, st, s in zip(values, grads, states, steps, strict=True)]
+        finally:
+            changed = trace.changed()
+        if changed:
+            raise TraceRefused(f"the rule of {type(opt).__name__} changes what the optimizer holds (an attribute it "
+                               "sets, a list it appends to), which a compiled program would do once: its steps run "
+                               "plainly")
         for p, v, st, (new_value, new_state) in zip(self.params, values, states, updated, strict=True):
             check_rule_result(opt, p, v, new_value, st, new_state)
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)

@@ -8,12 +8,10 @@ runs as one program, shared with the flat updates of equal optimizers (`nnx.trai
 
 from __future__ import annotations
 
-import copy
-from operator import is_
 from typing import Any
 
-from .compiled import hyper_constants
 from .outside_settings import OutsideWatch
+from .rule_trace import RuleTrace, hyper_constants
 from .shared_programs import SharedProgram, forget, rule_code
 
 __all__ = ["CompiledRule"]
@@ -86,12 +84,9 @@ class CompiledRule:
         return out
 
     def _pure(self, values: Any, grads: Any, state: dict[str, Any], t: Any, lr: Any) -> tuple[Any, dict[str, Any]]:
-        opt = self.optimizer
         # on a copy whose settings are its own, so that what the trace does to them stays there and is seen
-        shadow = copy.copy(opt)
-        for key, value in opt.rule_constants().items():
-            vars(shadow)[key] = copy.deepcopy(value)
-        described, held = hyper_constants(shadow), _Snapshot(shadow)
+        trace = RuleTrace(self.optimizer)
+        shadow = trace.shadow
         # the update count as a float, as the compiled step gives it: the rule's arithmetic on it and on Python
         # floats (Adam's beta2 ** t) runs in double precision, as on the host
         try:
@@ -101,7 +96,7 @@ class CompiledRule:
             self._impure = True  # it cannot be traced: it runs as written, where a real error says what it is
             raise
         finally:
-            if held.put_back() or hyper_constants(shadow) != described:
+            if trace.changed():
                 self._impure = True
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
@@ -110,40 +105,3 @@ class CompiledRule:
     def adopt_facts(self, counts: dict[str, int], values: dict[str, Any]) -> None:
         """Nothing to take: see `trace_facts`."""
 
-
-class _Snapshot:
-    """An object's attributes, and the items of those that are lists, dicts or sets, as they were: to tell and undo
-    what code run on it changed."""
-
-    def __init__(self, obj: Any) -> None:
-        self.attributes = vars(obj)
-        self.before = dict(self.attributes)
-        self.items = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in self.before.items()
-                      if isinstance(v, (list, dict, set))}
-
-    def put_back(self) -> bool:
-        """Restore what changed; whether anything had."""
-        now, before = self.attributes, self.before
-        changed = now.keys() != before.keys() or any(now.get(k) is not v for k, v in before.items())
-        if changed:
-            now.clear()
-            now.update(before)
-        for key, items in self.items.items():
-            container = before[key]
-            if isinstance(container, dict) and isinstance(items, dict):
-                if len(container) != len(items) or any(container.get(k, _MISSING) is not v for k, v in items.items()):
-                    changed = True
-                    container.clear()
-                    container.update(items)
-            elif isinstance(container, set):
-                if len(container) != len(items) or not all(any(x is y for y in container) for x in items):
-                    changed = True
-                    container.clear()
-                    container.update(items)
-            elif len(container) != len(items) or not all(map(is_, container, items)):
-                changed = True
-                container[:] = items
-        return changed
-
-
-_MISSING = object()

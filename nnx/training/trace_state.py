@@ -29,6 +29,8 @@ __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "describ
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
 _LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
+# how deep `described` goes into nested lists, tuples and dicts holding arrays before it tells one by identity
+MAX_DESCRIBED_DEPTH = 8
 
 
 def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -489,12 +491,18 @@ def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if not isinstance(value, _PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
 
 
-def described(value: Any) -> Any:
+def described(value: Any, depth: int = 0) -> Any:
     """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity (and
-    an array that can be written in place by its bytes too: a program holds the values it read)."""
+    an array that can be written in place by its bytes too: a program holds the values it read). A list, tuple or
+    dict holding an array is described item by item, so that an item replaced or written in place
+    (``opt.scales[0] = ...``) is a change, as the array itself held directly would be."""
     try:
         return describe(value, {})
     except (Unshareable, RecursionError):
+        if type(value) in (list, tuple, dict) and depth < MAX_DESCRIBED_DEPTH:
+            if type(value) is dict:
+                return dict, tuple((described(k, depth + 1), described(v, depth + 1)) for k, v in value.items())
+            return type(value), tuple(described(item, depth + 1) for item in value)
         held = contents(value)
         return ById(value) if held is None else (ById(value), held)
 
