@@ -235,6 +235,12 @@ class ScaledBySetting(nnx.Layer):
         return dY * self.scale
 
 
+class ScaledBySlot(ScaledBySetting):
+    """The same layer keeping its setting in a slot, which an object's ``__dict__`` does not show."""
+
+    __slots__ = ("scale",)
+
+
 class ChangeSettings(nnx.callbacks.Callback):
     """Doubles the user layer's scale and turns dropout off, after every batch or epoch."""
 
@@ -253,12 +259,14 @@ class ChangeSettings(nnx.callbacks.Callback):
         self._change()
 
 
+@pytest.mark.parametrize("scaled", [ScaledBySetting, ScaledBySlot], ids=["attribute", "slot"])
 @pytest.mark.parametrize("per_batch", [False, True], ids=["epochs", "batches"])
-def test_a_layer_setting_changed_between_calls_is_what_the_next_program_uses(backend, dtype, per_batch):
+def test_a_layer_setting_changed_between_calls_is_what_the_next_program_uses(backend, dtype, per_batch, scaled):
     """A compiled program held a layer's plain settings as constants of its first trace, and was kept while the
     layer's config stayed the same: a user's layer keeps its settings outside its config, so a setting changed by
-    a callback, or between two fits or predicts, was ignored (and a step without dropout still counted a mask)."""
-    layers = lambda: [nnx.Dense(6, 9), nnx.Tanh(), ScaledBySetting(1.0), nnx.Dropout(0.4), nnx.Dense(9, 3)]  # noqa: E731
+    a callback, or between two fits or predicts, was ignored (and a step without dropout still counted a mask).
+    A setting in a slot went unseen by the watches (NumPy's replay too): such a layer's steps run plainly."""
+    layers = lambda: [nnx.Dense(6, 9), nnx.Tanh(), scaled(1.0), nnx.Dropout(0.4), nnx.Dense(9, 3)]  # noqa: E731
     runs = []
     for fast in (True, False):
         model, opt, history = _train(backend, dtype, fast, lambda ps: optim.SGD(ps, lr=0.01), layers=layers,

@@ -69,6 +69,7 @@ from .trace_state import (
     python_state,
     restore_objects,
     restore_state,
+    slotted_reason,
 )
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
@@ -115,7 +116,7 @@ def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[A
     params = model.parameters()
     if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
         return "the optimizer does not update exactly the model's parameters, each once"
-    return None
+    return slotted_reason(model, loss)
 
 
 def kept_buffers(xp: Any, ok: Any, new: tuple, old: tuple) -> tuple:

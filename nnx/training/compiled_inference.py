@@ -44,6 +44,7 @@ from .trace_state import (
     python_state,
     restore_objects,
     restore_state,
+    slotted_reason,
 )
 
 __all__ = ["fit_ended", "fit_started", "inference_program", "model_lock"]
@@ -103,7 +104,7 @@ def _compilable(model: Model) -> bool:
     if not (be.fastpath_enabled and be.can_compile):
         return False
     # a forward replaced on one object (a test's or a user's hook) must run each call, not once while tracing
-    return not any("forward" in vars(layer) for _, layer in model.named_layers())
+    return not any("forward" in vars(layer) for _, layer in model.named_layers()) and slotted_reason(model) is None
 
 
 def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects: tuple = ()) -> Callable[..., Any]:

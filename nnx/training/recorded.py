@@ -43,6 +43,7 @@ from .trace_state import (
     restore_objects,
     restore_state,
     shallow_copy,
+    slotted_reason,
 )
 
 __all__ = ["RecordedPasses", "code_key", "recorded_passes"]
@@ -263,7 +264,7 @@ class RecordedPasses:
         self.head = head
         self.code = code_key(runners, head, model)
         self.params, self.buffers = model.parameters(), model.buffers()
-        self.refusal: str | None = None  # why the passes run plainly from now on, in words
+        self.refusal: str | None = slotted_reason(model, head)  # why the passes run plainly from now on, in words
         # whether that is an error the passes raised while recorded: the next training step tries again (each try
         # counts against `MAX_UNPAID`)
         self.raised = False

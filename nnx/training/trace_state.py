@@ -20,11 +20,11 @@ from typing import Any
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .outside_settings import OutsideWatch, contents, is_array, is_plain
-from .shared_programs import ById, Unshareable, describe
+from .shared_programs import ById, Unshareable, describe, regularizers_of
 
 __all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "described", "described_with_attributes",
            "is_array", "layer_attributes", "object_attributes", "objects_state", "put_back_arrays", "python_state",
-           "restore_objects", "restore_state", "shallow_copy"]
+           "restore_objects", "restore_state", "shallow_copy", "slotted_reason"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
@@ -358,7 +358,21 @@ class AttributeWatch:
 
 def _has_slots(cls: type) -> bool:
     """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them)."""
-    return any("__slots__" in vars(klass) for klass in cls.__mro__[:-1])
+    return any(isinstance(member, types.MemberDescriptorType) for klass in cls.__mro__[:-1]
+               for member in vars(klass).values())
+
+
+def slotted_reason(model: Any, *others: Any) -> str | None:
+    """Why a step or pass that runs the code of `model`'s layers, its regularizers and `others` (a loss) once and
+    watches their attributes cannot stand for them, in words: one keeps attributes in ``__slots__``, which the
+    watches (settings, Python state, arrays held) do not read; None where none does."""
+    objects = [(f"layer {path!r}", layer) for path, layer in model.named_layers()]
+    objects += [(f"the regularizer {type(reg).__name__}", reg) for reg in regularizers_of(model)]
+    objects += [(f"the loss {type(obj).__name__}", obj) for obj in others if obj is not None]
+    for what, obj in objects:
+        if _has_slots(type(obj)):
+            return f"{what} keeps attributes in __slots__, where the watches of its settings and state do not look"
+    return None
 
 
 def _equal_plain(a: Any, b: Any) -> bool:
