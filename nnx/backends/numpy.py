@@ -62,6 +62,11 @@ def _select_against_zero(condition: Any, x1: Any, x2: Any) -> Any:
     return mask.view(x.dtype)
 
 
+def plain_where(condition: Any) -> bool:
+    """Whether `where` above is ``np.where`` itself for a condition laid out as `condition` (a small one)."""
+    return type(condition) is not np.ndarray or condition.size < BITWISE_SELECT_MIN
+
+
 # the ufunc each Python operator on an ndarray calls
 OPERATOR_UFUNCS = {"+": "add", "-": "subtract", "*": "multiply", "/": "divide", ">": "greater",
                    ">=": "greater_equal", "<": "less", "<=": "less_equal", "==": "equal", "!=": "not_equal",
@@ -123,5 +128,6 @@ class NumpyBackend(Backend):
         return {**ufuncs, **{op: getattr(np, name) for op, name in OPERATOR_UFUNCS.items()}}
 
     def tape(self) -> Tape:
-        # np.where is replayed as the namespace's where, which the recorded code called (equal, faster when large)
-        return Tape(where=self.xp.where)
+        # np.where is replayed as the namespace's where, which the recorded code called (equal, faster when large),
+        # or as np.where itself where the condition is too small for the bitwise select
+        return Tape(where=self.xp.where, where_is_plain=plain_where)
