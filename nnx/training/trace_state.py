@@ -357,9 +357,16 @@ class AttributeWatch:
 
 
 def _has_slots(cls: type) -> bool:
-    """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them)."""
-    return any(isinstance(member, types.MemberDescriptorType) for klass in cls.__mro__[:-1]
-               for member in vars(klass).values())
+    """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them).
+    A class's slots are fixed when it is made, so the answer is kept (asked every fit, it took 2 us)."""
+    found = _SLOTTED.get(cls)
+    if found is None:
+        found = _SLOTTED[cls] = any(isinstance(member, types.MemberDescriptorType) for klass in cls.__mro__[:-1]
+                                    for member in vars(klass).values())
+    return found
+
+
+_SLOTTED: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
 
 
 def slotted_reason(model: Any, *others: Any) -> str | None:
