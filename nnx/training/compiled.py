@@ -542,19 +542,11 @@ class CompiledStep:
         # the host, and meets the parameters in their dtype as a Python number does (a count in the parameters'
         # dtype rounded float32 Adam's bias corrections).
         # traced on a copy of the optimizer (`nnx.training.rule_trace`): a rule that changes what its optimizer
-        # holds (a count, a log) would do so once here, with traced values, where the plain loop does it every step
-        trace = RuleTrace(opt)
-        rule = trace.shadow
-        try:
-            with rule.rate_for_tracing(lr):  # a rule that reads self.lr gets the program's rate too, not a constant
-                updated = [rule.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
-                           for v, g, st, s in zip(values, grads, states, steps, strict=True)]
-        finally:
-            changed = trace.changed()
-        if changed:
-            raise TraceRefused(f"the rule of {type(opt).__name__} changes what the optimizer holds (an attribute it "
-                               "sets, a list it appends to), which a compiled program would do once: its steps run "
-                               "plainly")
+        # holds (a count, a log) would do so once here, with traced values, where the plain loop does it every step;
+        # a rule that reads self.lr gets the program's rate too, not a constant
+        with RuleTrace(opt) as rule, rule.rate_for_tracing(lr):
+            updated = [rule.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
+                       for v, g, st, s in zip(values, grads, states, steps, strict=True)]
         for p, v, st, (new_value, new_state) in zip(self.params, values, states, updated, strict=True):
             check_rule_result(opt, p, v, new_value, st, new_state)
         return tuple(u[0] for u in updated), tuple(u[1] for u in updated)

@@ -84,20 +84,16 @@ class CompiledRule:
         return out
 
     def _pure(self, values: Any, grads: Any, state: dict[str, Any], t: Any, lr: Any) -> tuple[Any, dict[str, Any]]:
-        # on a copy whose settings are its own, so that what the trace does to them stays there and is seen
-        trace = RuleTrace(self.optimizer)
-        shadow = trace.shadow
-        # the update count as a float, as the compiled step gives it: the rule's arithmetic on it and on Python
-        # floats (Adam's beta2 ** t) runs in double precision, as on the host
+        # on a copy whose settings are its own, so that what the trace does to them stays there and is seen (it
+        # raises then); the update count as a float, as the compiled step gives it: the rule's arithmetic on it and
+        # on Python floats (Adam's beta2 ** t) runs in double precision, as on the host
         try:
-            with shadow.rate_for_tracing(lr):
+            with RuleTrace(self.optimizer) as shadow, shadow.rate_for_tracing(lr):
                 return shadow.update(self.backend.xp, values, grads, state, t, lr)
         except Exception:
-            self._impure = True  # it cannot be traced: it runs as written, where a real error says what it is
+            # it cannot be traced, or changed the copy: it runs as written, where a real error says what it is
+            self._impure = True
             raise
-        finally:
-            if trace.changed():
-                self._impure = True
 
     def trace_facts(self) -> tuple[dict[str, int], dict[str, Any]]:
         return {}, {}  # a rule draws nothing and counts nothing

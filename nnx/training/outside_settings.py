@@ -12,7 +12,8 @@ rule, a gradient transform), or a function of the user's (a metric), may read as
   writing into it in place (``TABLE[...] *= 2``) is a change. A large one costs a copy of its bytes at each
   check (rare: this runs only where the watches run, not between back-to-back steps).
 
-So is what a function of the same module that the methods call by name reads (a helper beside the class), an
+So is what a function the object keeps as an attribute reads (``self.fn``), what a function of the same module
+that the methods call by name reads (a helper beside the class), an
 attribute the methods read of a module they name (``cfg.SCALE`` after ``import cfg``), and a variable of an
 enclosing function the methods read (a class defined inside a function, reading its variable: a closure).
 A list or dict changed in place, and what a function of another module reads, are not seen.
@@ -31,7 +32,8 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "outside_key", "outside_settings"]
+__all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "is_scalar", "outside_key",
+           "outside_settings"]
 
 PLAIN_VALUES = (type(None), int, float, str, bool, bytes)  # values a watch compares in place
 
@@ -41,6 +43,12 @@ def is_plain(value: Any) -> bool:
     if type(value) in (tuple, frozenset):
         return all(is_plain(item) for item in value)
     return type(value) in PLAIN_VALUES
+
+
+def is_scalar(value: Any) -> bool:
+    """Whether `value` is a NumPy scalar (``np.float32(0.5)``, ``np.bool_(True)``): an immutable value, told by its
+    type and value, though its type has a shape and a dtype as an array's does."""
+    return any(cls.__name__ == "generic" and cls.__module__ == "numpy" for cls in type(value).__mro__[1:])
 
 
 def is_array(value: Any) -> bool:
@@ -84,9 +92,13 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
             settings = _global_settings(_code_facts((obj,))[1])
         else:
             user = [cls for cls in type(obj).__mro__ if _is_users(cls)]
-            if not user:
+            # the methods, and a function of the user's the object keeps as an attribute (``self.fn``, nnx's own
+            # layers too): what it reads of its module or closure is a setting as much as what a method reads
+            held = tuple(v for v in getattr(obj, "__dict__", {}).values()
+                         if isinstance(v, types.FunctionType) and _is_users_module(v.__module__))
+            if not user and not held:
                 continue
-            written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)))
+            written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)) + held)
             settings = [*_class_settings(obj, user, written), *_global_settings(loaded)]
         for owner, name, namespace, value in settings:
             if (id(namespace), name) not in seen:

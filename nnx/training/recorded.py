@@ -35,7 +35,7 @@ from .trace_state import (
     AttributeWatch,
     HeldArrays,
     changed_state,
-    contents,
+    described,
     is_array,
     layer_attributes,
     objects_state,
@@ -68,12 +68,12 @@ _LAYER_OWN = frozenset(vars(Layer())) | {"_init_args"}
 _GONE = object()
 
 
-def _same_contents(value: Any, contents: Any) -> bool:
-    if len(value) != len(contents):
+def _same_contents(value: Any, copy: Any) -> bool:
+    if len(value) != len(copy):
         return False
-    if type(contents) is list:
-        return all(map(is_, value, contents))
-    return all(value.get(k, _GONE) is v for k, v in contents.items())
+    if type(copy) is list:
+        return all(map(is_, value, copy))
+    return all(value.get(k, _GONE) is v for k, v in copy.items())
 
 
 def _containers(model: Any) -> list[tuple[Any, str, Any, Any]]:
@@ -108,33 +108,34 @@ def _items_of(value: Any) -> Any:
     return attributes if type(attributes) is dict else None
 
 
-def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes]]]:
-    """The layer attributes the passes may read that `layer_settings` does not describe (a dict, a NumPy ufunc, an
-    object holding an array), each with what it holds (`_items_of`): a replay holds while each is the same object,
-    holding the same items (a setting changed on such an object, ``layer.regularizer.l = 0.1``, records again), and
-    while each NumPy array among an object's items holds the same bytes (``layer.regularizer.columns[...] = ...``:
-    what the passes computed from it is a constant of the recording). The arrays in a plain list or dict are inputs
+def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]]]:
+    """The layer attributes the passes may read that `layer_settings` does not describe (a dict holding an array, a
+    NumPy ufunc, an object holding an array), each with what it holds (`_items_of`): a replay holds while each is
+    the same object, holding the same items (a setting changed on such an object, ``layer.regularizer.l = 0.1``,
+    records again), and while each NumPy array among an object's items, or in a list or dict among them, holds the
+    same bytes (``layer.regularizer.columns[...] = ...``: what the passes computed from it is a constant of the
+    recording). The arrays in a plain list or dict are inputs
     of the recording instead (`_container_items`). Arrays, sub-layers and parameters are watched otherwise."""
     found = []
     for _, layer in model.named_layers():
         for key, value in vars(layer).items():
             if key in _LAYER_OWN or value is None or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)):
                 continue
-            if type(value) is not dict:
-                try:
-                    describe(value, {})
-                    continue  # a setting: `SettingsWatch` compares it
-                except (Unshareable, RecursionError):
-                    pass
+            try:
+                describe(value, {})
+                continue  # a setting (a dict of plain values too): `SettingsWatch` compares it
+            except (Unshareable, RecursionError):
+                pass
             items = _items_of(value)
-            # (a large array is compared too: rare, and compared only where the watches run, not back to back)
+            # what an object's attributes hold, as `described` tells it: an array's bytes, in a list or dict too (a
+            # large array is compared too: rare, and compared only where the watches run, not back to back)
             held = {} if items is None or type(items) is not dict or type(value) is dict else {
-                k: b for k, b in ((k, contents(v)) for k, v in items.items()) if b is not None}
+                k: described(v) for k, v in items.items()}
             found.append((weakref.ref(layer), key, value, shallow_copy(items), held))
     return found
 
 
-def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes]]]) -> bool:
+def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]]]) -> bool:
     for ref, key, value, copy, held in opaque:
         layer = ref()
         if layer is None or vars(layer).get(key, _GONE) is not value \
@@ -142,7 +143,7 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, bytes
             return True
         if held:
             items = _items_of(value)
-            if any(contents(items[k]) != b for k, b in held.items()):
+            if any(described(items[k]) != b for k, b in held.items()):
                 return True
     return False
 

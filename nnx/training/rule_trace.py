@@ -13,6 +13,7 @@ import copy
 from operator import is_
 from typing import Any
 
+from ..backends.base import TraceRefused
 from ..optim import slot_values
 from .trace_state import described
 
@@ -30,11 +31,12 @@ def hyper_constants(optimizer: Any) -> tuple:
 
 
 class RuleTrace:
-    """A copy of `optimizer` to trace its rule on (`shadow`): its settings are deep copies, its parameters, state and
-    counts are the object's own. `changed` puts back what the trace changed of those and tells whether it changed
-    anything, the copied settings included."""
+    """A copy of `optimizer` to trace its rule on (`shadow`, what ``with`` gives): its settings are deep copies, its
+    parameters, state and counts are the object's own. Leaving the block puts back what the trace changed of those,
+    and raises `TraceRefused` where it changed anything, the copied settings included."""
 
     def __init__(self, optimizer: Any) -> None:
+        self._name = type(optimizer).__name__
         shadow = self.shadow = copy.copy(optimizer)
         in_dict = vars(shadow)
         for key, value in optimizer.rule_constants().items():
@@ -45,10 +47,14 @@ class RuleTrace:
         self._described = hyper_constants(shadow)
         self._held = _Snapshot(shadow)
 
-    def changed(self) -> bool:
-        """Whether the trace changed the copy (after putting back what it shares with the optimizer)."""
-        changed = self._held.put_back()
-        return hyper_constants(self.shadow) != self._described or changed
+    def __enter__(self) -> Any:
+        return self.shadow
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        changed = self._held.put_back()  # (also where the rule raised: the object is left as it was)
+        if kind is None and (changed or hyper_constants(self.shadow) != self._described):
+            raise TraceRefused(f"the rule of {self._name} changes what the optimizer holds (an attribute it sets, a "
+                               "list it appends to), which a compiled program would do once: it runs op by op")
 
 
 class _Snapshot:

@@ -18,6 +18,7 @@ for it alone, as before. Each shared entry also keeps what tracing taught the ow
 
 from __future__ import annotations
 
+import functools
 import types
 import weakref
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 from ..layers.base import BuildContext, Layer
 from ..layers.parameter import Buffer, Parameter
-from .outside_settings import PLAIN_VALUES, OutsideWatch, outside_key
+from .outside_settings import PLAIN_VALUES, OutsideWatch, is_scalar, outside_key
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
            "clear", "code_of", "config_key", "definition", "describe", "forget", "layer_settings",
@@ -89,8 +90,13 @@ def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = N
         return type(value), value
     if isinstance(value, ById):  # already described by identity (`nnx.training.compiled.hyper_constants`)
         return value
-    if isinstance(value, (float, complex)):
-        return type(value), repr(value)  # repr: keeps -0.0 apart from 0.0 and makes NaN equal to itself
+    if isinstance(value, (float, complex)) or is_scalar(value):
+        # repr: keeps -0.0 apart from 0.0 and makes NaN equal to itself; a NumPy scalar (``np.float32(0.5)``) is such
+        # a value, though its type has a shape and a dtype
+        return type(value), repr(value)
+    if isinstance(value, functools.partial):  # a class written in C: its function and arguments by hand
+        return functools.partial, describe(value.func, params, seen), describe(value.args, params, seen), \
+            describe(value.keywords, params, seen)
     if isinstance(value, (Parameter, Buffer)):
         position = params.get(id(value))
         if position is None:
@@ -239,23 +245,38 @@ def layer_settings(model: Any) -> tuple:
 
 def _own_settings(model: Any) -> list[tuple[str, str, Any]]:
     """The settings `layer_settings` lists from the layers' own attributes."""
+    return [(path, key, description) for path, layer in model.named_layers()
+            for key, _, description in _settings_of(layer, model)]
+
+
+def _settings_of(layer: Any, model: Any) -> list[tuple[str, Any, Any]]:
+    """(attribute, value, description) of each setting among `layer`'s attributes: what `describe` tells, but None,
+    arrays, parameters, buffers, sub-layers (they have paths of their own), the dropout stream a nested Sequential
+    shares with its model (its seed and counter are inputs) and dicts holding anything else than plain values (the
+    tables of arrays a layer keeps between its passes); a dict of plain values, nested too, is a setting."""
     found = []
-    for path, layer in model.named_layers():
-        for key, value in vars(layer).items():
-            if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS) or value is model.dropout_rng:
-                continue  # None and arrays: caches between calls; parameters are inputs; sub-layers have their paths;
-                # the dropout stream a nested Sequential shares with its model: its seed and counter are inputs
-            if isinstance(value, _PLAIN):
-                found.append((path, key, value))
-                continue
-            try:
-                found.append((path, key, describe(value, {})))
-            except (Unshareable, RecursionError):
-                continue
+    for key, value in vars(layer).items():
+        if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS) and not isinstance(value, dict) \
+                or value is model.dropout_rng:
+            continue
+        if isinstance(value, _PLAIN):
+            found.append((key, value, value))
+            continue
+        try:
+            found.append((key, value, describe(value, {})))
+        except (Unshareable, RecursionError):
+            continue
     return found
 
 
-_WATCHED = PLAIN_VALUES  # values a `SettingsWatch` compares in place
+_WATCHED = PLAIN_VALUES  # values a `SettingsWatch` compares in place, besides NumPy scalars
+
+
+def _compared_in_place(value: Any) -> bool:
+    """Whether a `SettingsWatch` compares `value` in place: a plain value, or a NumPy scalar."""
+    return type(value) in _WATCHED or is_scalar(value)
+
+
 _MISSING = object()
 
 
@@ -295,22 +316,19 @@ class SettingsWatch:
         return self.value
 
     def _refresh(self, model: Any) -> tuple:
-        self.value = (*_own_settings(model), *self._outside.read(_reads_settings(model)))
-        layers = [layer for _, layer in model.named_layers()]
+        named = model.named_layers()
+        found = [(path, _settings_of(layer, model)) for path, layer in named]
+        self.value = (*[(path, key, description) for path, settings in found for key, _, description in settings],
+                      *self._outside.read(_reads_settings(model)))
+        layers = [layer for _, layer in named]
         self._layers = [weakref.ref(layer) for layer in layers]
         self._sizes = [len(vars(layer)) for layer in layers]
         self._watched = [(i, key, value) for i, layer in enumerate(layers) for key, value in vars(layer).items()
-                         if type(value) in _WATCHED and key not in _LAYER_OWN]
-        # a setting of another kind (a tuple, a list changed in place) can only be told by describing it again
-        self._read_in_full = any(key not in _LAYER_OWN and type(value) not in _WATCHED
-                                 and not isinstance(value, _NOT_SETTINGS) and not _is_array(value)
-                                 and value is not model.dropout_rng
-                                 for layer in layers for key, value in vars(layer).items())
+                         if _compared_in_place(value) and key not in _LAYER_OWN]
+        # a setting of another kind (a tuple, a list or dict changed in place) can only be told by describing it
+        # again
+        self._read_in_full = any(not _compared_in_place(value) for _, settings in found for _, value, _ in settings)
         return self.value
-
-
-def _is_array(value: Any) -> bool:
-    return hasattr(value, "shape") and hasattr(value, "dtype")
 
 
 def settings_key(*objects: Any) -> tuple | None:

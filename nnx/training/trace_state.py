@@ -234,7 +234,8 @@ _LAYER_OWN = frozenset(vars(Layer())) | {"_init_args", "_init_positional"}
 
 def _inner_items(value: Any) -> dict[Any, Any] | None:
     """The items one level inside a layer's attribute that a program may hold as constants, by key (a list's by
-    index): a dict's or a list's, or the attributes of an object of the user's class that keeps them in a
+    index): a dict's, a list's or a tuple's holding an array, or the attributes of an object of the user's class that
+    keeps them in a
     ``__dict__`` and that `describe` cannot tell (a per-layer regularizer or a config object holding a NumPy array;
     one it can tell is a setting `SettingsWatch` compares). None for anything else (a plain value, an array, a
     layer, an object of nnx's own such as the model's random stream)."""
@@ -244,6 +245,8 @@ def _inner_items(value: Any) -> dict[Any, Any] | None:
         return dict(enumerate(value))
     if is_plain(value) or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)) or _nnx_own(value):
         return None
+    if isinstance(value, tuple):  # one holding an array (a plain one is a setting)
+        return dict(enumerate(value))
     attributes = getattr(value, "__dict__", None)
     if type(attributes) is not dict:
         return None
@@ -262,9 +265,15 @@ def _item(container: Any, key: Any) -> Any:
     """What `container` (as `_inner_items` reads it) holds at `key` now, or `_GONE`."""
     if isinstance(container, dict):
         return container.get(key, _GONE)
-    if isinstance(container, list):
+    if isinstance(container, (list, tuple)):
         return container[key] if key < len(container) else _GONE
     return vars(container).get(key, _GONE)
+
+
+def _deep_contents(item: Any) -> Any:
+    """What `HeldArrays` compares of an item inside an attribute besides its identity: an array's bytes, or for a
+    list, tuple or dict the description of what it holds (an array in it written in place is a change)."""
+    return described(item) if type(item) in (list, tuple, dict) else contents(item)
 
 
 def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -461,7 +470,7 @@ class HeldArrays:
                 elif by_contents and key in inner:
                     for k, item in inner[key].items():
                         if _item(value, k) is item:
-                            self._held.append((ref, key, value, k, item, contents(item)))
+                            self._held.append((ref, key, value, k, item, _deep_contents(item)))
                             self._unset.append(("item", position, key, k))
 
     def moved(self) -> bool:
@@ -472,7 +481,8 @@ class HeldArrays:
             now = _GONE if layer is None else vars(layer).get(key, _GONE)
             if container is not None:
                 now = _item(container, k) if now is container else _GONE
-            if now is not value or held is not None and contents(value) != held:
+            if now is not value or held is not None and (contents(value) if container is None else
+                                                         _deep_contents(value)) != held:
                 self._held, self._unset = [], []
                 return True
         return False
@@ -534,4 +544,5 @@ def described_with_attributes(obj: Any) -> Any:
     value = described(obj)
     if not isinstance(value, ById):
         return value
-    return value, tuple((key, ById(attr), contents(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
+    # each attribute as `described` tells it: an array in a list or dict it keeps by its bytes too
+    return value, tuple((key, ById(attr), described(attr)) for key, attr in getattr(obj, "__dict__", {}).items())

@@ -1,0 +1,228 @@
+"""Settings a callback changes where only a thorough watch sees them: each fit must match the plain loop's.
+
+NumPy's recorded passes and JAX's compiled programs hold what a layer, a loss, a regularizer or an
+optimizer's rule reads as constants, and must record or compile again when any of it changes. Each
+test trains a model with the fast paths on and one with them off (`Backend.with_fastpath(False)`)
+while a callback changes such a setting, and compares the weights. Each case here once trained
+silently on the first value.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.callbacks import Callback
+
+X = np.random.default_rng(0).standard_normal((48, 5))
+Y = (X[:, 0] + X[:, 1] > 0).astype(np.float64)
+
+
+def _assert_fast_is_plain(backend, make_model, fit_kwargs):
+    """Fit `make_model(backend)` three epochs with ``fit_kwargs()``, fast and plain; the weights must agree."""
+    weights = []
+    for be in (backend, backend.with_fastpath(False)):
+        model = make_model(be)
+        model.fit(X, Y, epochs=3, batch_size=16, verbose=0, **fit_kwargs(model))
+        weights.append([np.asarray(be.to_host(p.value)) for p in model.parameters()])
+    for fast, plain in zip(*weights, strict=True):
+        np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+class WatchedScaled(nnx.Layer):
+    """``X * s``, where `s` is read from an attribute by `scale` (a subclass says where)."""
+
+    def __init__(self, held):
+        super().__init__()
+        self.held = held
+
+    def scale(self):
+        return self.held
+
+    def forward(self, X, training=False):
+        return X * self.scale()
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.scale()
+
+
+class WatchedScalarScaled(WatchedScaled):
+    def scale(self):
+        return float(self.held)  # (array_api_strict multiplies no NumPy scalar)
+
+
+class WatchedNestedScaled(WatchedScaled):
+    def scale(self):
+        return self.held["inner"]["s"]
+
+
+class WatchedCalledScaled(WatchedScaled):
+    def scale(self):
+        return self.held()
+
+
+class WatchedTupleScaled(WatchedScaled):
+    def scale(self):
+        return float(self.held[1][0])
+
+
+def _model(middle=tuple, regularizer=None, first_regularizer=None):
+    """A maker of models with the layers ``middle()`` makes after the first Dense (new ones for each model)."""
+    def make(be):
+        return nnx.Sequential(nnx.Dense(5, 8, regularizer=first_regularizer), *middle(), nnx.Tanh(), nnx.Dense(8, 1),
+                              nnx.Sigmoid(), backend=be, dtype="float64", seed=7, regularizer=regularizer)
+    return make
+
+
+class Every(Callback):
+    """Calls `change(model, i)` before every epoch, or every batch, with a count of the calls."""
+
+    def __init__(self, change, per_batch=False):
+        super().__init__()
+        self.change, self.per_batch, self.calls = change, per_batch, 0
+
+    def _call(self):
+        self.change(self.model, self.calls)
+        self.calls += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self.per_batch:
+            self._call()
+
+    def on_batch_begin(self, batch, logs=None):
+        if self.per_batch:
+            self._call()
+
+
+@pytest.mark.parametrize("kind", [np.float64, np.float32], ids=["float64", "float32"])
+def test_a_numpy_scalar_setting_that_comes_back_to_an_earlier_value(backend, kind):
+    # JAX took a program traced for an earlier value from its table, and saw no later change
+    def change(model, i):
+        model.layers[1].held = kind((0.5, 1.5)[i % 2])
+
+    _assert_fast_is_plain(backend, _model(lambda: [WatchedScalarScaled(kind(0.5))]),
+                          lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change, True)]})
+
+
+def test_a_setting_two_levels_down_in_a_dict_changed_in_place(backend):
+    def change(model, epoch):
+        model.layers[1].held["inner"]["s"] = 0.5 + epoch
+
+    _assert_fast_is_plain(backend, _model(lambda: [WatchedNestedScaled({"inner": {"s": 0.5}})]),
+                          lambda m: {"loss": "bce", "optimizer": "adam", "lr": 0.01, "callbacks": [Every(change)]})
+
+
+def _half(x, by):
+    return x * by
+
+
+def test_a_partial_rebound_and_an_array_in_a_tuple_written_in_place(backend):
+    def change(model, epoch):
+        model.layers[1].held = functools.partial(_half, 0.5 + epoch, 1.0)
+        model.layers[2].held[1][0] = 0.25 + epoch
+
+    def middle():
+        return WatchedCalledScaled(functools.partial(_half, 0.5, 1.0)), WatchedTupleScaled(("s", np.array([0.25])))
+
+    _assert_fast_is_plain(backend, _model(middle),
+                          lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]})
+
+
+class WatchedListWeightedMSE(nnx.losses.Loss):
+    """A squared error weighted by an array the loss keeps in a list."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        self.weights = weights
+
+    def rows(self, xp, y_true, y_pred):
+        w = float(self.weights[0][0])
+        d = y_pred - y_true
+        return nnx.losses.row_mean(xp, w * d * d), w * d * (2 / math.prod(y_pred.shape))
+
+
+def test_a_loss_array_kept_in_a_list_written_in_place(backend):
+    def change(model, epoch):
+        loss.weights[0][0] = 1.0 + epoch
+
+    loss = WatchedListWeightedMSE([np.array([1.0])])
+    _assert_fast_is_plain(backend, _model(), lambda m: {"loss": loss, "optimizer": "sgd", "lr": 0.1,
+                                                        "callbacks": [Every(change)]})
+    loss.weights[0][0] = 1.0
+
+
+class WatchedListL2(nnx.regularizers.Regularizer):
+    """L2 whose strength is an array kept in a list."""
+
+    def __init__(self, strength=None):
+        self.strength = strength
+
+    def penalty(self, W):
+        return float(self.strength[0]) * nnx.backends.get_backend(W).xp.sum(W * W)
+
+    def gradient(self, W):
+        return 2 * float(self.strength[0]) * W
+
+
+@pytest.mark.parametrize("where", ["layer", "model"])
+def test_a_regularizer_strength_in_a_list_written_in_place(backend, where):
+    def change(model, epoch):
+        reg = model.regularizer if where == "model" else model.layers[0].regularizer
+        reg.strength[0][()] = (0.01, 0.2, 0.5)[epoch]
+
+    def make(be):
+        reg = WatchedListL2([np.array(0.01)])
+        return _model(**({"regularizer": reg} if where == "model" else {"first_regularizer": reg}))(be)
+
+    _assert_fast_is_plain(backend, make,
+                          lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.05, "callbacks": [Every(change)]})
+
+
+SCALE = 0.5  # read by `_global_scale`, a function a layer, a loss and an optimizer keep as an attribute
+
+
+def _global_scale():
+    return SCALE
+
+
+class WatchedCalledSGD(nnx.optim.Optimizer):
+    """Plain gradient descent scaled by what a function it keeps returns."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05, fn=None):
+        super().__init__(params, lr)
+        self.fn = fn
+
+    def init_state(self, xp, value):
+        return {}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * self.fn() * grad, state
+
+
+class WatchedCalledMSE(WatchedListWeightedMSE):
+    def rows(self, xp, y_true, y_pred):
+        d = y_pred - y_true
+        w = self.weights()
+        return nnx.losses.row_mean(xp, w * d * d), w * d * (2 / math.prod(y_pred.shape))
+
+
+@pytest.mark.parametrize("reader", ["layer", "loss", "optimizer"])
+def test_a_global_read_by_a_function_kept_as_an_attribute(backend, reader, monkeypatch):
+    def change(model, epoch):
+        monkeypatch.setattr(sys.modules[__name__], "SCALE", 0.5 + epoch)
+
+    def fit_kwargs(model):
+        monkeypatch.setattr(sys.modules[__name__], "SCALE", 0.5)
+        return {"loss": WatchedCalledMSE(_global_scale) if reader == "loss" else "bce", "lr": 0.05,
+                "optimizer": WatchedCalledSGD(model.parameters(), fn=_global_scale) if reader == "optimizer" else "sgd",
+                "callbacks": [Every(change)]}
+
+    _assert_fast_is_plain(backend, _model(lambda: [WatchedCalledScaled(_global_scale)] if reader == "layer" else []),
+                          fit_kwargs)
