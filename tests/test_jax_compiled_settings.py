@@ -12,6 +12,7 @@ own generator, so a model with Dropout is compared with JAX's own plain loop
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -361,3 +362,36 @@ def test_a_rule_that_changes_its_optimizer_runs_every_step_and_leaves_no_traced_
     (m0, _), (m1, h1) = a, b
     assert m1.optimizer.calls == m0.optimizer.calls == 36 and m1.optimizer.last == m0.optimizer.last == 9
     assert "changes what the optimizer holds" in h1.execution_reason
+
+
+class JaxFitLockedSGD(JaxFitScaledSGD):
+    """A user's pure rule whose optimizer holds what cannot be deep-copied (a lock) and a table it reads, and whose
+    ``__copy__`` gives the object itself."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.lock = threading.Lock()
+        self.table = np.array([1.0])
+
+    def __copy__(self):
+        return self
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * float(self.table[0]) * grad, state
+
+
+def test_a_rule_traced_on_a_copy_keeps_the_optimizers_own_objects_and_compiles_with_a_lock_among_them():
+    # the lock's deep copy raised, and the whole fit ran step by step; a __copy__ returning the object itself had the
+    # trace's copies written into it, so the user's table was no longer the optimizer's
+    made, tables = [], []
+
+    def fit(model):
+        made.append(JaxFitLockedSGD(model.parameters()))
+        tables.append(made[-1].table)  # as the optimizer is made, before its fit
+        return {**BASE, "optimizer": made[-1]}
+
+    a, b = _fit_both(_mlp, fit)
+    _assert_same(a, b)
+    model, history = b
+    assert history.execution_mode == "epoch", history.execution_reason
+    assert model.optimizer is made[-1] and model.optimizer.table is tables[-1]

@@ -226,3 +226,57 @@ def test_a_global_read_by_a_function_kept_as_an_attribute(backend, reader, monke
 
     _assert_fast_is_plain(backend, _model(lambda: [WatchedCalledScaled(_global_scale)] if reader == "layer" else []),
                           fit_kwargs)
+
+
+# -- what the watches must not see as a change: each would record or trace again at every step --------------
+
+FORWARDS: list[int] = []  # one entry per run of `WatchedLogging.forward`'s Python (a recording or a trace)
+
+
+class WatchedLogging(nnx.Layer):
+    """Reads an array it keeps in a dict, beside a log a callback appends to at every batch (never read here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables = {"w": np.full(8, 1.5), "log": []}  # (an array of the model's backend: NumPy and JAX take it)
+
+    def forward(self, X, training=False):
+        FORWARDS.append(1)
+        return X * self.tables["w"]
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.tables["w"]
+
+
+class LogEachBatch(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        tables = getattr(self.model.layers[1], "tables", None)
+        if tables is not None:
+            tables["log"].append(batch)
+
+
+@pytest.mark.parametrize("name", ["numpy", "jax"])
+def test_a_log_beside_an_array_in_a_dict_is_no_change_and_plain_layers_are_not_read_in_full(name, monkeypatch):
+    # the log made every step record (NumPy) or trace (JAX) again; and the constructor's arguments every layer
+    # keeps counted as a setting read in full at every step (a step with a per-batch callback took twice as long)
+    from nnx.backends import backend_status
+    from nnx.training import shared_programs
+
+    if not backend_status(name)[0]:
+        pytest.skip(f"{name} is not available")
+    refreshes = []
+    refresh = shared_programs.SettingsWatch._refresh
+
+    def counted(watch, model):
+        refreshes.append(1)
+        return refresh(watch, model)
+
+    monkeypatch.setattr(shared_programs.SettingsWatch, "_refresh", counted)
+    FORWARDS.clear()
+    model = _model(lambda: [WatchedLogging()])(nnx.get_backend(name))
+    model.fit(X, Y, loss="bce", optimizer="sgd", epochs=3, batch_size=16, verbose=0, callbacks=[LogEachBatch()])
+    assert len(FORWARDS) <= 2, len(FORWARDS)  # (NumPy: the first batch plainly, the second recorded)
+    refreshes.clear()
+    plain = _model()(nnx.get_backend(name))
+    plain.fit(X, Y, loss="bce", optimizer="sgd", epochs=3, batch_size=16, verbose=0, callbacks=[LogEachBatch()])
+    assert len(refreshes) <= 2, len(refreshes)

@@ -34,8 +34,8 @@ from .shared_programs import LOSS_CODE, REGULARIZER_CODE, SettingsWatch, Unshare
 from .trace_state import (
     AttributeWatch,
     HeldArrays,
+    arrays_within,
     changed_state,
-    described,
     is_array,
     layer_attributes,
     objects_state,
@@ -127,10 +127,10 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]
             except (Unshareable, RecursionError):
                 pass
             items = _items_of(value)
-            # what an object's attributes hold, as `described` tells it: an array's bytes, in a list or dict too (a
-            # large array is compared too: rare, and compared only where the watches run, not back to back)
+            # the arrays among an object's attributes, in a list or dict there too, by their bytes (a large array is
+            # compared too: rare, and compared only where the watches run, not back to back)
             held = {} if items is None or type(items) is not dict or type(value) is dict else {
-                k: described(v) for k, v in items.items()}
+                k: arrays_within(v) for k, v in items.items()}
             found.append((weakref.ref(layer), key, value, shallow_copy(items), held))
     return found
 
@@ -143,7 +143,7 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]]
             return True
         if held:
             items = _items_of(value)
-            if any(described(items[k]) != b for k, b in held.items()):
+            if any(arrays_within(items[k]) != b for k, b in held.items()):
                 return True
     return False
 

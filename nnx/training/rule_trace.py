@@ -37,13 +37,23 @@ class RuleTrace:
 
     def __init__(self, optimizer: Any) -> None:
         self._name = type(optimizer).__name__
-        shadow = self.shadow = copy.copy(optimizer)
+        shadow = copy.copy(optimizer)
+        if shadow is optimizer:  # a class whose __copy__ gives the object itself: copied by hand
+            shadow = object.__new__(type(optimizer))
+            vars(shadow).update(vars(optimizer))
+            for name, value in slot_values(optimizer).items():
+                setattr(shadow, name, value)
+        self.shadow = shadow
         in_dict = vars(shadow)
         for key, value in optimizer.rule_constants().items():
+            try:
+                value = copy.deepcopy(value)
+            except Exception:  # noqa: BLE001 - a lock, a generator: shared, and told by identity as before
+                continue
             if key in in_dict:
-                in_dict[key] = copy.deepcopy(value)
+                in_dict[key] = value
             else:  # a slot
-                setattr(shadow, key, copy.deepcopy(value))
+                setattr(shadow, key, value)
         self._described = hyper_constants(shadow)
         self._held = _Snapshot(shadow)
 

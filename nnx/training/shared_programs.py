@@ -253,11 +253,12 @@ def _settings_of(layer: Any, model: Any) -> list[tuple[str, Any, Any]]:
     """(attribute, value, description) of each setting among `layer`'s attributes: what `describe` tells, but None,
     arrays, parameters, buffers, sub-layers (they have paths of their own), the dropout stream a nested Sequential
     shares with its model (its seed and counter are inputs) and dicts holding anything else than plain values (the
-    tables of arrays a layer keeps between its passes); a dict of plain values, nested too, is a setting."""
+    tables of arrays a layer keeps between its passes) and `Layer`'s bookkeeping (the constructor's arguments); a
+    dict of plain values, nested too, is a setting."""
     found = []
     for key, value in vars(layer).items():
-        if key in _LAYER_OWN or value is None or isinstance(value, _NOT_SETTINGS) and not isinstance(value, dict) \
-                or value is model.dropout_rng:
+        if key in _LAYER_OWN or key in _BOOKKEEPING or value is None \
+                or isinstance(value, _NOT_SETTINGS) and not isinstance(value, dict) or value is model.dropout_rng:
             continue
         if isinstance(value, _PLAIN):
             found.append((key, value, value))

@@ -22,14 +22,14 @@ from ..layers.parameter import Buffer, Parameter
 from .outside_settings import OutsideWatch, contents, is_array, is_plain
 from .shared_programs import ById, Unshareable, describe, regularizers_of
 
-__all__ = ["AttributeWatch", "HeldArrays", "changed_state", "contents", "described", "described_with_attributes",
-           "is_array", "layer_attributes", "object_attributes", "objects_state", "put_back_arrays", "python_state",
-           "restore_objects", "restore_state", "shallow_copy", "slotted_reason"]
+__all__ = ["AttributeWatch", "HeldArrays", "arrays_within", "changed_state", "contents", "described",
+           "described_with_attributes", "is_array", "layer_attributes", "object_attributes", "objects_state",
+           "put_back_arrays", "python_state", "restore_objects", "restore_state", "shallow_copy", "slotted_reason"]
 
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
 _LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
-# how deep `described` goes into nested lists, tuples and dicts holding arrays before it tells one by identity
+# how deep `arrays_within` looks into nested lists, tuples and dicts
 MAX_DESCRIBED_DEPTH = 8
 
 
@@ -270,10 +270,16 @@ def _item(container: Any, key: Any) -> Any:
     return vars(container).get(key, _GONE)
 
 
-def _deep_contents(item: Any) -> Any:
-    """What `HeldArrays` compares of an item inside an attribute besides its identity: an array's bytes, or for a
-    list, tuple or dict the description of what it holds (an array in it written in place is a change)."""
-    return described(item) if type(item) in (list, tuple, dict) else contents(item)
+def arrays_within(value: Any, depth: int = 0) -> tuple:
+    """(identity, bytes or None) of `value` if it is an array, else of each array inside it where it is a list,
+    tuple or dict (nested): what a program may hold as a constant in it. Plain values beside them are not
+    compared (a log the code does not read, appended to at every batch, would otherwise trace again each step)."""
+    if is_array(value):
+        return ((ById(value), contents(value)),)
+    if type(value) in (list, tuple, dict) and depth < MAX_DESCRIBED_DEPTH:
+        items = value.values() if type(value) is dict else value
+        return tuple(found for item in items for found in arrays_within(item, depth + 1))
+    return ()
 
 
 def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -443,8 +449,9 @@ class HeldArrays:
         # 1 MiB are compared too: a layer holding one outside its parameters is rare, and this runs only where
         # the watches run (not between back-to-back steps)
         self._by_contents = by_contents
-        # (layer, attribute, None or the container an item is in, its key, value, bytes or None)
-        self._held: list[tuple[weakref.ref, str, Any, Any, Any, bytes | None]] = []
+        # (layer, attribute, None or the container an item is in, its key, value, and for an attribute its bytes or
+        # None, for an item `arrays_within` it)
+        self._held: list[tuple[weakref.ref, str, Any, Any, Any, Any]] = []
         # what a model of the same definition that takes the program without tracing it (`SharedProgram`) must watch
         # too (`adopt`), by position in `before`: ("unset", position, attribute, whether it was missing) of
         # `_unset_by_trace`, ("item", position, attribute, key) of an item one level inside an attribute
@@ -470,7 +477,7 @@ class HeldArrays:
                 elif by_contents and key in inner:
                     for k, item in inner[key].items():
                         if _item(value, k) is item:
-                            self._held.append((ref, key, value, k, item, _deep_contents(item)))
+                            self._held.append((ref, key, value, k, item, arrays_within(item)))
                             self._unset.append(("item", position, key, k))
 
     def moved(self) -> bool:
@@ -482,7 +489,7 @@ class HeldArrays:
             if container is not None:
                 now = _item(container, k) if now is container else _GONE
             if now is not value or held is not None and (contents(value) if container is None else
-                                                         _deep_contents(value)) != held:
+                                                         arrays_within(value)) != held:
                 self._held, self._unset = [], []
                 return True
         return False
@@ -522,18 +529,16 @@ def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if not isinstance(value, _PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
 
 
-def described(value: Any, depth: int = 0) -> Any:
+def described(value: Any) -> Any:
     """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity (and
     an array that can be written in place by its bytes too: a program holds the values it read). A list, tuple or
-    dict holding an array is described item by item, so that an item replaced or written in place
-    (``opt.scales[0] = ...``) is a change, as the array itself held directly would be."""
+    dict holding an array is told by its identity and the arrays in it (`arrays_within`), so that one replaced or
+    written in place (``opt.scales[0] = ...``) is a change, as the array itself held directly would be."""
     try:
         return describe(value, {})
     except (Unshareable, RecursionError):
-        if type(value) in (list, tuple, dict) and depth < MAX_DESCRIBED_DEPTH:
-            if type(value) is dict:
-                return dict, tuple((described(k, depth + 1), described(v, depth + 1)) for k, v in value.items())
-            return type(value), tuple(described(item, depth + 1) for item in value)
+        if type(value) in (list, tuple, dict):
+            return ById(value), arrays_within(value)
         held = contents(value)
         return ById(value) if held is None else (ById(value), held)
 
@@ -544,5 +549,5 @@ def described_with_attributes(obj: Any) -> Any:
     value = described(obj)
     if not isinstance(value, ById):
         return value
-    # each attribute as `described` tells it: an array in a list or dict it keeps by its bytes too
-    return value, tuple((key, ById(attr), described(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
+    # each attribute by identity, and the arrays in it by their bytes too (in a list or dict it keeps as well)
+    return value, tuple((key, ById(attr), arrays_within(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
