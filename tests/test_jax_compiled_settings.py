@@ -11,6 +11,7 @@ own generator, so a model with Dropout is compared with JAX's own plain loop
 
 from __future__ import annotations
 
+import collections
 import io
 import threading
 
@@ -395,3 +396,54 @@ def test_a_rule_traced_on_a_copy_keeps_the_optimizers_own_objects_and_compiles_w
     model, history = b
     assert history.execution_mode == "epoch", history.execution_reason
     assert model.optimizer is made[-1] and model.optimizer.table is tables[-1]
+
+
+class JaxFitHeldSGD(JaxFitScaledSGD):
+    """A user's pure rule scaled by the first item of a container it keeps (`held`)."""
+
+    def __init__(self, params, held, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.held = held
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * self.held[0] * grad, state
+
+
+class JaxFitSetHeld(Callback):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.held[0] = (1.0, 0.1, 3.0)[epoch]
+
+
+@pytest.mark.parametrize("held", [lambda: [1.0, np.ones(1)], lambda: collections.deque([1.0])],
+                         ids=["beside an array", "deque"])
+def test_an_optimizer_setting_in_a_container_changed_in_place_traces_again(held):
+    # told by the container's identity (and the array in it), or not at all (a deque): the first value trained on
+    a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": JaxFitHeldSGD(m.parameters(), held()),
+                                      "callbacks": [JaxFitSetHeld()]})
+    _assert_same(a, b)
+
+
+class JaxFitLockedCount:
+    """What cannot be deep-copied (a lock), with a count the rule keeps in it."""
+
+    def __init__(self) -> None:
+        self.lock, self.n = threading.Lock(), 0
+
+
+class JaxFitLockCountingSGD(JaxFitScaledSGD):
+    """A user's rule that counts its calls in a setting that cannot be deep-copied."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.stats = JaxFitLockedCount()
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.stats.n += 1
+        return super().update(xp, value, grad, state, step, lr)
+
+
+def test_a_rule_counting_in_a_setting_it_shares_with_the_trace_counts_as_the_plain_loop_does():
+    # the setting cannot be copied, so the trace runs on it: its count went up by the traces too
+    a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": JaxFitLockCountingSGD(m.parameters())}, base="jax-plain")
+    _assert_same(a, b)
+    assert b[0].optimizer.stats.n == a[0].optimizer.stats.n == 36

@@ -32,8 +32,9 @@ def hyper_constants(optimizer: Any) -> tuple:
 
 class RuleTrace:
     """A copy of `optimizer` to trace its rule on (`shadow`, what ``with`` gives): its settings are deep copies, its
-    parameters, state and counts are the object's own. Leaving the block puts back what the trace changed of those,
-    and raises `TraceRefused` where it changed anything, the copied settings included."""
+    parameters, state and counts are the object's own, and so is a setting that cannot be copied (one holding a
+    lock). Leaving the block puts back what the trace changed of those (an uncopied setting's own attributes
+    too), and raises `TraceRefused` where it changed anything, the copied settings included."""
 
     def __init__(self, optimizer: Any) -> None:
         self._name = type(optimizer).__name__
@@ -45,23 +46,27 @@ class RuleTrace:
                 setattr(shadow, name, value)
         self.shadow = shadow
         in_dict = vars(shadow)
+        shared = []
         for key, value in optimizer.rule_constants().items():
             try:
                 value = copy.deepcopy(value)
-            except Exception:  # noqa: BLE001 - a lock, a generator: shared, and told by identity as before
+            except Exception:  # noqa: BLE001 - one holding a lock or a generator: shared, its attributes watched
+                if hasattr(value, "__dict__"):
+                    shared.append(_Snapshot(value))
                 continue
             if key in in_dict:
                 in_dict[key] = value
             else:  # a slot
                 setattr(shadow, key, value)
         self._described = hyper_constants(shadow)
-        self._held = _Snapshot(shadow)
+        self._held = [_Snapshot(shadow), *shared]
 
     def __enter__(self) -> Any:
         return self.shadow
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        changed = self._held.put_back()  # (also where the rule raised: the object is left as it was)
+        # (also where the rule raised: the objects are left as they were)
+        changed = any([snapshot.put_back() for snapshot in self._held])
         if kind is None and (changed or hyper_constants(self.shadow) != self._described):
             raise TraceRefused(f"the rule of {self._name} changes what the optimizer holds (an attribute it sets, a "
                                "list it appends to), which a compiled program would do once: it runs op by op")

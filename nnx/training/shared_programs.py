@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import types
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -103,7 +103,7 @@ def describe(value: Any, params: dict[int, int], seen: dict[int, int] | None = N
             raise Unshareable(f"{value!r} is not one of the model's own")
         return type(value), position, getattr(value, "regularized", None)
     seen = {} if seen is None else seen
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, (tuple, list, deque)):
         return type(value), tuple(describe(v, params, seen) for v in value)
     if isinstance(value, dict):
         return dict, tuple((describe(k, params, seen), describe(v, params, seen)) for k, v in value.items())

@@ -29,7 +29,7 @@ __all__ = ["AttributeWatch", "HeldArrays", "arrays_within", "changed_state", "co
 _PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
 # what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
 _LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
-# how deep `arrays_within` looks into nested lists, tuples and dicts
+# how deep `arrays_within` and `described` look into nested lists, tuples and dicts
 MAX_DESCRIBED_DEPTH = 8
 
 
@@ -529,16 +529,19 @@ def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if not isinstance(value, _PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
 
 
-def described(value: Any) -> Any:
+def described(value: Any, depth: int = 0) -> Any:
     """`value` as a program may hold it, comparable and hashable: described by its contents, else by identity (and
     an array that can be written in place by its bytes too: a program holds the values it read). A list, tuple or
-    dict holding an array is told by its identity and the arrays in it (`arrays_within`), so that one replaced or
-    written in place (``opt.scales[0] = ...``) is a change, as the array itself held directly would be."""
+    dict holding an array is described item by item, so that a value beside the array changed in place, or the
+    array replaced or written in place (``opt.scales[0] = ...``), is a change, as either held directly would be.
+    An optimizer's settings are told so (`hyper_constants`): its rule may read any of them."""
     try:
         return describe(value, {})
     except (Unshareable, RecursionError):
-        if type(value) in (list, tuple, dict):
-            return ById(value), arrays_within(value)
+        if type(value) in (list, tuple, dict) and depth < MAX_DESCRIBED_DEPTH:
+            if type(value) is dict:
+                return dict, tuple((described(k, depth + 1), described(v, depth + 1)) for k, v in value.items())
+            return type(value), tuple(described(item, depth + 1) for item in value)
         held = contents(value)
         return ById(value) if held is None else (ById(value), held)
 
