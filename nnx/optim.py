@@ -29,6 +29,7 @@ import math
 import numbers
 import types
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from typing import Any
@@ -103,14 +104,29 @@ def slot_values(obj: Any) -> dict[str, Any]:
     """The values of the slots `obj`'s classes declare (``__slots__``, by their names in the class: ``_C__x`` for a
     private ``__x``), each that is set: a subclass's setting kept there is one `vars` does not show."""
     found: dict[str, Any] = {}
-    for klass in type(obj).__mro__[:-1]:
-        for name, member in vars(klass).items():
-            if isinstance(member, types.MemberDescriptorType) and name not in found:
-                try:
-                    found[name] = member.__get__(obj, type(obj))
-                except AttributeError:  # never set
-                    continue
+    for name, member in _slot_members(type(obj)):
+        try:
+            found[name] = member.__get__(obj, type(obj))
+        except AttributeError:  # never set
+            continue
     return found
+
+
+def _slot_members(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, descriptor) of each slot `cls` and its bases declare, first found first; kept per class (a class's
+    slots are fixed when it is made, and a fit asks several times)."""
+    members = _SLOT_MEMBERS.get(cls)
+    if members is None:
+        seen: dict[str, Any] = {}
+        for klass in cls.__mro__[:-1]:
+            for name, member in vars(klass).items():
+                if isinstance(member, types.MemberDescriptorType) and name not in seen:
+                    seen[name] = member
+        members = _SLOT_MEMBERS[cls] = tuple(seen.items())
+    return members
+
+
+_SLOT_MEMBERS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = weakref.WeakKeyDictionary()
 
 
 # -- base class ------------------------------------------------------------------

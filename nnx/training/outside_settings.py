@@ -95,7 +95,7 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
             # the methods, and a function of the user's the object keeps as an attribute (``self.fn``, nnx's own
             # layers too): what it reads of its module or closure is a setting as much as what a method reads
             held = tuple(v for v in getattr(obj, "__dict__", {}).values()
-                         if isinstance(v, types.FunctionType) and _is_users_module(v.__module__))
+                         if type(v) is types.FunctionType and _is_users_module(v.__module__))
             if not user and not held:
                 continue
             written, loaded = _code_facts(tuple(f for cls in user for f in _functions(cls)) + held)
