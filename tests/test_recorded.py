@@ -477,6 +477,26 @@ def test_a_view_of_a_result_written_in_place_leaves_as_a_new_array():
     assert np.array_equal(first, kept)
 
 
+@pytest.mark.parametrize("size", [16, 8192], ids=["below the bitwise select", "bitwise select"])
+def test_a_select_and_a_reshape_replay_as_the_namespace_runs_them(size):
+    """A small condition's select is replayed as ``np.where`` itself, a large one's as the namespace's where (a
+    bitwise select), and ``np.reshape`` as the array's method: the same bits, NaN payloads and signed zeros
+    included."""
+    xp = nnx.get_backend("numpy").xp
+    tape = nnx.get_backend("numpy").tape()
+    x = np.array([np.nan, -0.0, 0.0, -1.5, 2.0, np.inf, -np.inf, 3.0] * (size // 8)).reshape(-1, 8)
+    noted = tape.note(x)
+    selected = xp.where(noted > 0, noted, 0.0)
+    flat = xp.reshape(xp.where(noted <= 0, 0.0, noted), (size,))
+    replayed = tape.compile([selected, flat])
+    assert ".reshape(" in replayed.source
+    assert any(f is np.where for f in replayed.__globals__.values()) == (size < 4096)
+    y = x[::-1].copy()
+    got = replayed(y)
+    for out, want in zip(got, [np.where(y > 0, y, 0.0), np.where(y <= 0, 0.0, y).reshape(size)], strict=True):
+        assert out.tobytes() == want.tobytes()
+
+
 class Applies(nnx.Layer):
     """Applies a function it holds (a NumPy ufunc: not a setting `layer_settings` can describe)."""
 
