@@ -280,3 +280,31 @@ def test_a_log_beside_an_array_in_a_dict_is_no_change_and_plain_layers_are_not_r
     plain = _model()(nnx.get_backend(name))
     plain.fit(X, Y, loss="bce", optimizer="sgd", epochs=3, batch_size=16, verbose=0, callbacks=[LogEachBatch()])
     assert len(refreshes) <= 2, len(refreshes)
+
+
+class WatchedMixedMSE(WatchedListWeightedMSE):
+    """A squared error scaled by a plain value the loss keeps beside an array in one dict."""
+
+    def rows(self, xp, y_true, y_pred):
+        d = y_pred - y_true
+        w = self.weights["s"] * float(self.weights["w"][0])
+        return nnx.losses.row_mean(xp, w * d * d), w * d * (2 / math.prod(y_pred.shape))
+
+
+class WatchedMixedScaled(WatchedScaled):
+    def scale(self):
+        inner = self.held["inner"]
+        return inner["s"] * float(inner["w"][0])  # (array_api_strict multiplies no NumPy array)
+
+
+def test_a_plain_value_beside_an_array_in_a_container_changed_in_place(backend):
+    # told by the container's identity and the array's bytes, the value beside the array went unseen
+    def change(model, epoch):
+        loss.weights["s"] = 1.0 + epoch
+        model.layers[1].held["inner"]["s"] = 0.5 + epoch
+
+    loss = WatchedMixedMSE({"s": 1.0, "w": np.array([1.0])})
+    make = _model(lambda: [WatchedMixedScaled({"inner": {"s": 0.5, "w": np.ones(1)}})])
+    _assert_fast_is_plain(backend, make, lambda m: {"loss": loss, "optimizer": "sgd", "lr": 0.1,
+                                                    "callbacks": [Every(change)]})
+    loss.weights["s"] = 1.0

@@ -127,8 +127,8 @@ def _opaque(model: Any) -> list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]
             except (Unshareable, RecursionError):
                 pass
             items = _items_of(value)
-            # the arrays among an object's attributes, in a list or dict there too, by their bytes (a large array is
-            # compared too: rare, and compared only where the watches run, not back to back)
+            # the arrays among an object's attributes by their bytes, and what a list or dict there holds beside one
+            # (`arrays_within`; a large array is compared too: rare, and only where the watches run, not back to back)
             held = {} if items is None or type(items) is not dict or type(value) is dict else {
                 k: arrays_within(v) for k, v in items.items()}
             found.append((weakref.ref(layer), key, value, shallow_copy(items), held))

@@ -271,15 +271,35 @@ def _item(container: Any, key: Any) -> Any:
 
 
 def arrays_within(value: Any, depth: int = 0) -> tuple:
-    """(identity, bytes or None) of `value` if it is an array, else of each array inside it where it is a list,
-    tuple or dict (nested): what a program may hold as a constant in it. Plain values beside them are not
-    compared (a log the code does not read, appended to at every batch, would otherwise trace again each step)."""
+    """What a program may hold as constants inside `value`: (identity, bytes or None) of an array, and for a list,
+    tuple or dict that holds an array (nested too) each item's: an array's, a plain value's (a setting beside the
+    array, by value), those of a container holding an array in turn, and anything else's identity. A container
+    holding no array gives nothing: it is told by its identity where it is held (a log the code never reads,
+    appended to at every batch, would otherwise trace again at each step)."""
     if is_array(value):
         return ((ById(value), contents(value)),)
-    if type(value) in (list, tuple, dict) and depth < MAX_DESCRIBED_DEPTH:
-        items = value.values() if type(value) is dict else value
-        return tuple(found for item in items for found in arrays_within(item, depth + 1))
-    return ()
+    if depth >= MAX_DESCRIBED_DEPTH or type(value) not in (list, tuple, dict) or not _holds_array(value, depth):
+        return ()
+    items = value.items() if type(value) is dict else enumerate(value)
+    return tuple((key, _constant_within(item, depth + 1)) for key, item in items)
+
+
+def _constant_within(item: Any, depth: int) -> Any:
+    if is_array(item) or type(item) in (list, tuple, dict) and _holds_array(item, depth):
+        return arrays_within(item, depth)
+    if is_plain(item):
+        return type(item), repr(item)  # repr: -0.0 is not 0.0, and NaN equals itself
+    return ById(item)
+
+
+def _holds_array(value: Any, depth: int) -> bool:
+    """Whether a list, tuple or dict holds an array, nested up to `MAX_DESCRIBED_DEPTH`."""
+    if is_array(value):
+        return True
+    if depth >= MAX_DESCRIBED_DEPTH or type(value) not in (list, tuple, dict):
+        return False
+    items = value.values() if type(value) is dict else value
+    return any(_holds_array(item, depth + 1) for item in items)
 
 
 def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -552,5 +572,5 @@ def described_with_attributes(obj: Any) -> Any:
     value = described(obj)
     if not isinstance(value, ById):
         return value
-    # each attribute by identity, and the arrays in it by their bytes too (in a list or dict it keeps as well)
+    # each attribute by identity, and what a list or dict it keeps holds beside an array (`arrays_within`)
     return value, tuple((key, ById(attr), arrays_within(attr)) for key, attr in getattr(obj, "__dict__", {}).items())
