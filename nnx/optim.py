@@ -27,9 +27,7 @@ import contextlib
 import inspect
 import math
 import numbers
-import types
 import warnings
-import weakref
 from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from typing import Any
@@ -37,6 +35,7 @@ from typing import Any
 import array_api_compat
 
 from . import _validate as check
+from ._slots import slot_values
 from .backends import Backend, dtype_name, get_backend
 from .registry import CONFIG_KEY, Registry, lookup_key, register
 
@@ -98,35 +97,6 @@ def _copy(x: Any) -> Any:
 # (an argument of the rule), and a schedule's base rate
 _BOOKKEEPING = frozenset({"params", "state", "step_count", "param_steps", "_xps", "_hyper_names", "_lr", "_traced_lr",
                           "initial_lr", "scheduled_lr"})
-
-
-def slot_values(obj: Any) -> dict[str, Any]:
-    """The values of the slots `obj`'s classes declare (``__slots__``, by their names in the class: ``_C__x`` for a
-    private ``__x``), each that is set: a subclass's setting kept there is one `vars` does not show."""
-    found: dict[str, Any] = {}
-    for name, member in _slot_members(type(obj)):
-        try:
-            found[name] = member.__get__(obj, type(obj))
-        except AttributeError:  # never set
-            continue
-    return found
-
-
-def _slot_members(cls: type) -> tuple[tuple[str, Any], ...]:
-    """(name, descriptor) of each slot `cls` and its bases declare, first found first; kept per class (a class's
-    slots are fixed when it is made, and a fit asks several times)."""
-    members = _SLOT_MEMBERS.get(cls)
-    if members is None:
-        seen: dict[str, Any] = {}
-        for klass in cls.__mro__[:-1]:
-            for name, member in vars(klass).items():
-                if isinstance(member, types.MemberDescriptorType) and name not in seen:
-                    seen[name] = member
-        members = _SLOT_MEMBERS[cls] = tuple(seen.items())
-    return members
-
-
-_SLOT_MEMBERS: weakref.WeakKeyDictionary[type, tuple[tuple[str, Any], ...]] = weakref.WeakKeyDictionary()
 
 
 # -- base class ------------------------------------------------------------------

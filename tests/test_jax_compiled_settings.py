@@ -287,21 +287,10 @@ def test_loss_that_keeps_python_state_runs_every_step():
     assert "the loss changed its attribute 'calls'" in out[1][1].execution_reason
 
 
-class JaxFitSlotsSGD(nnx.optim.Optimizer):
-    """A user's pure rule whose setting lives in a slot, where `vars` does not show it."""
+class JaxFitSlotsSGD(JaxFitScaledSGD):
+    """The same rule with its setting in a slot, where `vars` does not show it."""
 
     __slots__ = ("scale",)
-    elementwise = True
-
-    def __init__(self, params, lr: float = 0.1) -> None:
-        super().__init__(params, lr)
-        self.scale = 1.0
-
-    def init_state(self, xp, value):
-        return {}
-
-    def update(self, xp, value, grad, state, step, lr):
-        return value - lr * self.scale * grad, state
 
 
 class JaxFitListSGD(JaxFitScaledSGD):

@@ -13,8 +13,8 @@ import copy
 from operator import is_
 from typing import Any
 
+from .._slots import slot_values
 from ..backends.base import TraceRefused
-from ..optim import slot_values
 from .trace_state import described
 
 __all__ = ["RuleTrace", "hyper_constants"]

@@ -17,6 +17,7 @@ import types
 import weakref
 from typing import Any
 
+from .._slots import slot_members
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .outside_settings import OutsideWatch, contents, is_array, is_plain
@@ -392,16 +393,8 @@ class AttributeWatch:
 
 
 def _has_slots(cls: type) -> bool:
-    """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them).
-    A class's slots are fixed when it is made, so the answer is kept (asked every fit, it took 2 us)."""
-    found = _SLOTTED.get(cls)
-    if found is None:
-        found = _SLOTTED[cls] = any(isinstance(member, types.MemberDescriptorType) for klass in cls.__mro__[:-1]
-                                    for member in vars(klass).values())
-    return found
-
-
-_SLOTTED: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+    """Whether a class keeps state in slots (`described` reads them; an object's ``__dict__`` does not show them)."""
+    return bool(slot_members(cls))
 
 
 def slotted_reason(model: Any, *others: Any) -> str | None:
