@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from user_code import PerEpoch, counted_calls
+from user_code import PerEpoch, UserDense, counted_calls
 
 import nnx
 from nnx.training import flat, shared_programs
@@ -346,3 +346,116 @@ def test_the_watch_of_a_loss_describes_a_new_equal_object_as_the_last_and_any_ot
     again.table = np.zeros(3)
     assert watch.current(again)[0] == described_with_attributes(again) != watch.current(held)[0]
     assert watch.current(nnx.losses.MSE())[0] == described_with_attributes(nnx.losses.MSE())
+
+
+# -- a step back to back in one call (`TrainStep.again`) ----------------------------------------------------------
+
+
+class HalfSquaredB2B(nnx.losses.Loss):
+    """A user's loss through the public API: half the squared error per row."""
+
+    name = "half_squared_test_back_to_back"
+
+    def rows(self, xp, y_true, y_pred):
+        diff = y_pred - y_true
+        return xp.sum(diff * diff, axis=1) / 2, diff / y_pred.shape[0]
+
+
+def _counted_again(monkeypatch, off=False):
+    """Count the steps `TrainStep.again` ran (or, `off`, make it run none: every step then runs the stages)."""
+    from nnx.training.step import TrainStep
+
+    taken = []
+    again = TrainStep.again
+
+    def counting(step, *args, **kwargs):
+        out = None if off else again(step, *args, **kwargs)
+        taken.append(out is not None and (out[2] or "not finite"))
+        return out
+    monkeypatch.setattr(TrainStep, "again", counting)
+    return taken
+
+
+def _state_bits(model, opt):
+    arrays = [p.value for p in model.parameters()] + [b.value for b in model.buffers()]
+    arrays += [a for entry in opt.state.values() for a in entry.values()]
+    host = [np.asarray(model.backend.to_host(a)) for a in arrays]
+    return [(a.dtype.str, a.shape, a.tobytes()) for a in host], opt.step_count, list(opt.param_steps)
+
+
+B2B_CASES = {
+    "sgd momentum, bce": (lambda be: _model(be), "bce", lambda ps: nnx.optim.SGD(ps, lr=0.1, momentum=0.9), False),
+    "adam, batch norm, L2, sample weights": (
+        lambda be: nnx.Sequential(nnx.Dense(5, 6, regularizer=nnx.regularizers.L2(0.01)), nnx.BatchNorm(6),
+                                  nnx.Tanh(), nnx.Dense(6, 1), backend=be, dtype="float64", seed=4),
+        "mse", lambda ps: nnx.optim.Adam(ps, lr=0.01), True),
+    "user layers and loss, rmsprop": (
+        lambda be: nnx.Sequential(UserDense(5, 7), nnx.Softplus(), UserDense(7, 1), backend=be, dtype="float64",
+                                  seed=6),
+        HalfSquaredB2B(), lambda ps: nnx.optim.RMSprop(ps, lr=0.01, momentum=0.5), False),
+}
+
+
+def _b2b_fit(monkeypatch, backend, case, X, y, off, **fit_args):
+    build, loss, make_opt, weighted = B2B_CASES[case]
+    with monkeypatch.context() as patch:
+        taken = _counted_again(patch, off)
+        model = build(backend)
+        opt = make_opt(model.parameters())
+        w = np.linspace(0.5, 1.5, len(X)) if weighted else None
+        error = None
+        try:
+            model.fit(X, y, loss=loss, optimizer=opt, epochs=3, batch_size=8, sample_weight=w, shuffle=False,
+                      **fit_args)
+        except nnx.training.NonFiniteStep as exc:
+            error = str(exc)
+        return _state_bits(model, opt), error, taken
+
+
+@pytest.mark.parametrize("case", list(B2B_CASES))
+def test_a_step_back_to_back_in_one_call_gives_the_stages_numbers_bit_for_bit(monkeypatch, backend, rng, case):
+    X, y = _data(rng, n=44)  # batches of 8 and a last one of 4: the last runs the stages
+    got, error, taken = _b2b_fit(monkeypatch, backend, case, X, y, off=False)
+    staged, staged_error, _ = _b2b_fit(monkeypatch, backend, case, X, y, off=True)
+    assert error is None and staged_error is None
+    assert got == staged
+    if backend.tape() is not None:  # every later epoch's 2nd to 5th steps (the 1st and the smaller 6th run the stages)
+        assert taken.count(True) >= 2 * 4
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings, the same in both fits
+@pytest.mark.parametrize("case", list(B2B_CASES))
+@pytest.mark.parametrize("check_finite", [True, False], ids=["checked", "unchecked"])
+def test_a_non_finite_step_back_to_back_is_refused_or_applied_as_by_the_stages(monkeypatch, backend, rng, case,
+                                                                             check_finite):
+    X, y = _data(rng, n=44)
+    X[8 * 3 + 3] = 1e308  # from the fourth batch of the first epoch on, the steps overflow
+    got, error, taken = _b2b_fit(monkeypatch, backend, case, X, y, off=False, check_finite=check_finite)
+    staged, staged_error, _ = _b2b_fit(monkeypatch, backend, case, X, y, off=True, check_finite=check_finite)
+    assert got == staged  # (NaN's bits included: the same operations ran)
+    assert error == staged_error
+    if check_finite:
+        assert "at epoch 1, batch 4;" in error
+    if check_finite and backend.tape() is not None:
+        assert taken[-1] == "not finite"  # met in one call, then refused as the stages refuse it
+
+
+def test_finite_gradients_whose_probe_overflows_are_applied_back_to_back(monkeypatch, backend, rng):
+    """The probe (the gradients' dot product with themselves on NumPy) overflows for float32 gradients near 1e20;
+    the check then confirms them finite element by element, and the step is applied as the stages apply it."""
+    X = (rng.standard_normal((40, 3)) * 1e10).astype("float32")
+    y = (rng.standard_normal((40, 1)) * 1e10).astype("float32")
+
+    def fit(off):
+        with monkeypatch.context() as patch:
+            taken = _counted_again(patch, off)
+            model = nnx.Sequential(nnx.Dense(3, 1), backend=backend, dtype="float32", seed=2)
+            opt = nnx.optim.SGD(model.parameters(), lr=1e-25)
+            model.fit(X, y, loss="mse", optimizer=opt, epochs=2, batch_size=8)
+            return _state_bits(model, opt), taken.count(True)
+
+    (got, count, _), taken = fit(False)
+    (staged, staged_count, _), _ = fit(True)
+    assert got == staged and count == staged_count == 10
+    if backend.tape() is not None:
+        assert taken >= 4

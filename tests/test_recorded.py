@@ -35,15 +35,12 @@ class Counts:
     def __init__(self, monkeypatch):
         self.recorded = self.replayed = 0
         self.refusals: list[str] = []
-        run, record = recorded.RecordedPasses.run, recorded.RecordedPasses._record
+        replay, record = recorded.RecordedPasses._replay, recorded.RecordedPasses._record
         counts = self
 
-        def counting_run(passes, *args):
-            before = counts.recorded
-            out = run(passes, *args)
-            if out is not None and counts.recorded == before:
-                counts.replayed += 1
-            return out
+        def counting_replay(passes, *args):  # every replay, from `run` or back to back from `again`
+            counts.replayed += 1
+            return replay(passes, *args)
 
         def counting_record(passes, *args):
             counts.recorded += 1
@@ -51,7 +48,7 @@ class Counts:
             if passes.refusal is not None:
                 counts.refusals.append(passes.refusal)
             return out
-        monkeypatch.setattr(recorded.RecordedPasses, "run", counting_run)
+        monkeypatch.setattr(recorded.RecordedPasses, "_replay", counting_replay)
         monkeypatch.setattr(recorded.RecordedPasses, "_record", counting_record)
 
 

@@ -153,7 +153,9 @@ class FlatUpdate:
         self._rule_checked = False
         self._ran = False  # whether the last `run` updated flat, leaving the objects bound to this layout's views
         self.replay = replay.for_update(optimizer, backend, self.size)
-        self._compiled_rule = CompiledRule(optimizer, backend)
+        # (a library without a compiler, now or later, runs the rule op by op: not asked every step)
+        compiler = backend.can_compile or backend.compiler_off() is not None
+        self._compiled_rule = CompiledRule(optimizer, backend) if compiler else None
 
     @property
     def execution(self) -> str:
@@ -294,15 +296,17 @@ class FlatUpdate:
 
     def gather_grads(self) -> Any:
         """This step's gradients as one new flat array, kept for `run` while ``p.grad`` stays the same."""
-        return self._gather([p.grad for p in self.optimizer.params])
+        return self.gather([p.grad for p in self.optimizer.params])
 
     def gather_if_applies(self) -> Any:
         """`gather_grads` where `applies`, else None: one pass over the gradients for both, as the finite check
         asks them every step."""
         grads = self._grads_if_applies()
-        return None if grads is None else self._gather(grads)
+        return None if grads is None else self.gather(grads)
 
-    def _gather(self, grads: list[Any]) -> Any:
+    def gather(self, grads: list[Any]) -> Any:
+        """`grads`, every parameter's gradient in the optimizer's order (none None), as `gather_grads` gathers
+        them."""
         if not self.own_gradients:
             self.optimizer.check_grads()  # a wrong shape of the same size would otherwise slip through the concat
         offered, self._offered = self._offered, None
@@ -343,7 +347,25 @@ class FlatUpdate:
         if not (back_to_back and ran and self._values_bound()) and not self.lay_out():
             return False  # the per-parameter loop runs this step; the layout is tried again next time
         if not gathered:
-            self._gather(grads)
+            self.gather(grads)
+        self._apply(keep)
+        return True
+
+    def holds(self, values: list[Any]) -> bool:
+        """Whether the last `run` updated here, and `values` (every ``p.value``) are still its views: a step back
+        to back with it (none of the user's code ran since) may then `gather` its gradients and `apply_gathered`,
+        as `run` would, without looking at the bindings again."""
+        steps = self.optimizer.param_steps
+        return self._ran and all(map(is_, values, self.value_views)) and steps.count(steps[0]) == len(steps)
+
+    def apply_gathered(self) -> None:
+        """`run` of a step `holds` said follows the last back to back, whose gradients `gather` gathered."""
+        self._ran = False
+        self._apply(None)
+
+    def _apply(self, keep: Any) -> None:
+        opt = self.optimizer
+        steps = opt.param_steps
         t = steps[0] + 1
         assert self.state is not None
         opt.step_count += 1  # counted before the rule runs, as `Optimizer.step` counts it
@@ -357,12 +379,11 @@ class FlatUpdate:
         self.grads, self._grad_sources, self._grads_offered = None, [], False  # `forget_grads`
         steps[:] = [t] * len(steps)
         self._ran = True
-        return True
 
     def _rule(self, values: Any, grads: Any, state: dict[str, Any], t: int, keep: Any) -> tuple[Any, dict]:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
         xp = self.xp
-        compiled = self._compiled_rule.run(values, grads, state, t)
+        compiled = None if self._compiled_rule is None else self._compiled_rule.run(values, grads, state, t)
         new_values, new_state = compiled if compiled is not None else \
             self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
         # In full once per layout (a step of a small network is a few dozen microseconds), then the new values'

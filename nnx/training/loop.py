@@ -387,18 +387,26 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         # every stage in one compiled call, which updates only a finite step; read each batch, since a first
         # trace that fails runs that batch's stages plainly and leaves the rest of the fit to them
         compiled = step.compiled is not None
+        applied = False  # whether the update is done (one compiled call, or a replay back to back)
         if compiled:
             guard.in_step = True
             value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
             guard.end_step()
             # a first trace refused ran only this batch's forward and backward plainly: its transforms and
             # update are still to run below, as a plain step's (else the batch's update was dropped)
-            compiled = step.compiled is not None
+            compiled = applied = step.compiled is not None
         else:
-            step.back_to_back = unobserved and b > 0
-            value, Z = step.forward_loss(Xb, yb, wb)
-            step.backward()
-            finite = step.check(value, read=handles_non_finite)
+            step.back_to_back = again = unobserved and b > 0
+            if again:  # every stage in one call where the last step's recording and update hold (tens of us)
+                guard.in_step = True
+                again = step.again(Xb, yb, wb, read_check=handles_non_finite)
+                guard.end_step()
+            if again:
+                value, Z, finite, applied = again
+            else:
+                value, Z = step.forward_loss(Xb, yb, wb)
+                step.backward()
+                finite = step.check(value, read=handles_non_finite)
         if look:
             _look(cb, step, compiled)
         due = False
@@ -418,7 +426,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
                 dp.poison_unless(step.verdict)
             due = step.transform(weight)
             finite = not due or dp.gradients_finite(step)
-        elif finite and not compiled:
+        elif finite and not applied:
             due = step.transform(weight)
         if not finite and handles_non_finite:
             # a callback that stops on NaN (TerminateOnNaN) sees the bad loss; nothing is updated

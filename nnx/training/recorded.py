@@ -323,8 +323,6 @@ class RecordedPasses:
                 if not record:
                     return None
                 return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
-        self._last = key, recording
-        self._replayed += 1
         if destinations is not None:
             for p in self.params:
                 p.grad = None
@@ -333,6 +331,22 @@ class RecordedPasses:
                 offered = [model.xp.empty_like(v) for v in values]
         else:
             offered = ()
+        return self._replay(key, recording, X, y, sample_weight, values, offered)
+
+    def again(self, X: Any, y: Any, sample_weight: Any, values: list[Any]) -> tuple | None:
+        """`run` of a batch back to back with the last call (none of the user's code ran since), which replayed a
+        recording without offered buffers: that recording again where this batch is laid out as that one's and
+        the parameters' arrays are `values` (as `run` returns), else None with nothing done."""
+        last = self._last
+        if last is None or last[0] != (_layout(X), _layout(y), _layout(sample_weight), False) or \
+                not last[1].arrays_hold(values, self.buffers):
+            return None
+        return self._replay(last[0], last[1], X, y, sample_weight, values, ())
+
+    def _replay(self, key: tuple, recording: _Recording, X: Any, y: Any, sample_weight: Any, values: list[Any],
+                offered: Any) -> tuple:
+        self._last = key, recording
+        self._replayed += 1
         inputs = (X, y) if sample_weight is None else (X, y, sample_weight)
         buffers = [b.value for b in self.buffers] if self.buffers else []
         # (each layer is alive and still holds the array it did: `holds` checked that with `HeldArrays`)

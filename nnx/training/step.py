@@ -31,6 +31,8 @@ gradient to an ulp).
 from __future__ import annotations
 
 import math
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 from ..kernels import gradient_writers, head_runner, layer_runners
@@ -157,6 +159,37 @@ class TrainStep:
             value, Z = self.forward_loss(X, y, sample_weight)
             self.backward()
             return value, Z, self.check(value, read=read_check)
+
+    def again(self, X: Any, y: Any, sample_weight: Any = None,
+              read_check: bool = False) -> tuple[Any, Any, bool, bool] | None:
+        """The stages of a batch back to back with the last (`back_to_back`) in one call, where the last one's
+        passes were replayed and its update ran flat: that recording again, the check and the update, with only
+        what the library's own update may have changed looked at again (the parameters' arrays; the batch's
+        layout). Returns (loss incl. penalty, head outputs, finite, applied); None, with nothing done, where that
+        does not hold, and the stages run instead. Where the probe is not finite (or a gradient is missing), it
+        returns `check`'s verdict unapplied, and the caller goes on as after the stages' `check`."""
+        flat, recorded = self.flat, self.recorded
+        if recorded is None or self.deferred or self._offering or not isinstance(flat, FlatUpdate):
+            return None
+        values = [p.value for p in self.params]
+        if not flat.holds(values) or (replayed := recorded.again(X, y, sample_weight, values)) is None:
+            return None
+        value, Z, grads, new_buffers = replayed
+        if self.check_finite and self.buffers:  # as `forward_loss` keeps them, for a refusal
+            self._buffers_before = [(b, b.value) for b in self.buffers]
+        for b, new in zip(self.buffers, new_buffers, strict=True):
+            b.value = new
+        for p, grad in zip(self.params, grads, strict=True):
+            p.grad = grad
+        if any(map(is_, grads, repeat(None))):  # a parameter left without a gradient: `update` updates the rest
+            return value, Z, self.check(value, read=read_check), False
+        gathered = flat.gather(grads)
+        if self.check_finite and not (math.isfinite(value) and
+                                      math.isfinite(self.model.backend.finite_probe(gathered))):
+            return value, Z, self.check(value, read=read_check), False
+        self._buffers_before = []
+        flat.apply_gathered()
+        return value, Z, True, True
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """Training-mode forward to the loss head; returns (loss incl. penalty, head outputs)."""
