@@ -271,6 +271,8 @@ class RecordedPasses:
         self.raised = False
         self._recordings: dict[tuple, _Recording] = {}
         self._last: tuple[tuple, _Recording] | None = None  # (batch key, recording) of the last call, if it replayed
+        # what the watches read when that chain of replays began (a replay back to back with the last reads none)
+        self._settings_seen: tuple = ()
         self._made = self._replayed = 0  # recordings made and replayed (`MAX_UNPAID`)
         self._settings = SettingsWatch()
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
@@ -304,8 +306,9 @@ class RecordedPasses:
         batch that nothing recorded holds for runs plainly (None) instead of being recorded.
 
         `back_to_back`: none of the user's code ran since the last call (`TrainStep.back_to_back`). Where that
-        call replayed a recording for a batch laid out as this one, nothing the watches look at can have
-        changed, and only the arrays are checked again (the optimizer's own step may have rebound them)."""
+        call replayed a recording, nothing the watches look at can have changed: for a batch laid out as that
+        one's, only the arrays are checked again (the optimizer's own step may have rebound them); for another
+        layout, its recording is checked against what the watches read when the replays began."""
         if self.refusal is not None:
             return None
         key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
@@ -315,9 +318,13 @@ class RecordedPasses:
         if back_to_back and last is not None and last[0] == key and last[1].arrays_hold(values, self.buffers):
             recording = last[1]
         else:
-            regularizer = model.regularizer
-            settings = (self._settings.current(model), self._head_watch.current(self.head),
-                        None if regularizer is None else self._penalty_watch.current(regularizer))
+            if back_to_back and last is not None:
+                settings = self._settings_seen
+            else:
+                regularizer = model.regularizer
+                settings = self._settings_seen = (
+                    self._settings.current(model), self._head_watch.current(self.head),
+                    None if regularizer is None else self._penalty_watch.current(regularizer))
             recording = self._recordings.get(key)
             if recording is None or not recording.holds(settings, values, self.buffers):
                 if not record:
@@ -335,13 +342,21 @@ class RecordedPasses:
 
     def again(self, X: Any, y: Any, sample_weight: Any, values: list[Any]) -> tuple | None:
         """`run` of a batch back to back with the last call (none of the user's code ran since), which replayed a
-        recording without offered buffers: that recording again where this batch is laid out as that one's and
-        the parameters' arrays are `values` (as `run` returns), else None with nothing done."""
+        recording without offered buffers: that recording again where this batch is laid out as that one's, or
+        the one for this layout where it holds as `run` would find (on the parameters' arrays `values`); it
+        returns as `run` does, else None with nothing done."""
         last = self._last
-        if last is None or last[0] != (_layout(X), _layout(y), _layout(sample_weight), False) or \
-                not last[1].arrays_hold(values, self.buffers):
+        if last is None:
             return None
-        return self._replay(last[0], last[1], X, y, sample_weight, values, ())
+        key = (_layout(X), _layout(y), _layout(sample_weight), False)
+        if last[0] == key:
+            if not last[1].arrays_hold(values, self.buffers):
+                return None
+            return self._replay(key, last[1], X, y, sample_weight, values, ())
+        recording = self._recordings.get(key)
+        if recording is None or not recording.holds(self._settings_seen, values, self.buffers):
+            return None
+        return self._replay(key, recording, X, y, sample_weight, values, ())
 
     def _replay(self, key: tuple, recording: _Recording, X: Any, y: Any, sample_weight: Any, values: list[Any],
                 offered: Any) -> tuple:
