@@ -169,7 +169,7 @@ class TrainStep:
         does not hold, and the stages run instead. Where the probe is not finite (or a gradient is missing), it
         returns `check`'s verdict unapplied, and the caller goes on as after the stages' `check`."""
         flat, recorded = self.flat, self.recorded
-        if recorded is None or self.deferred or self._offering or not isinstance(flat, FlatUpdate):
+        if recorded is None or self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
             return None
         values = [p.value for p in self.params]
         if not flat.holds(values) or (replayed := recorded.again(X, y, sample_weight, values)) is None:
