@@ -492,3 +492,51 @@ def test_a_smaller_last_batch_back_to_back_is_checked_against_the_epochs_setting
         # them; the 3rd to 5th run in one call; the smaller last one's recording (of the last epoch's slope) no
         # longer holds: it records again, as the stages do
         assert taken[5:] == [False, True, True, True, False] * 2
+
+
+FROZEN = {
+    "the last layer frozen": lambda model: model.layers[0].parameters(),
+    "the first layer frozen": lambda model: model.layers[2].parameters(),
+}
+
+
+@pytest.mark.parametrize("frozen", list(FROZEN))
+def test_an_optimizer_over_some_of_the_parameters_trains_as_the_stages_and_the_plain_loop(monkeypatch, backend, rng,
+                                                                                          frozen):
+    """A frozen layer's parameters are left out of the optimizer: the update gathers only the others' gradients
+    (a step in one call gathered every parameter's, and a rule over the wrong length raised mid-fit)."""
+    X, y = _data(rng, n=44)
+
+    def fit(b, off=False):
+        with monkeypatch.context() as patch:
+            taken = _counted_again(patch, off)
+            model = _model(b)
+            opt = nnx.optim.SGD(FROZEN[frozen](model), lr=0.1, momentum=0.9)
+            model.fit(X, y, loss="bce", optimizer=opt, epochs=3, batch_size=8, shuffle=False)
+            return _state_bits(model, opt), taken
+
+    (got, count, steps), taken = fit(backend)
+    assert (got, count, steps) == fit(backend, off=True)[0]
+    assert count == 18 and steps == [18, 18]
+    plain = fit(backend.with_fastpath(False))[0][0]  # the plain loop: nothing derived, nothing skipped
+    for (_, _, a), (_, _, b) in zip(got, plain, strict=True):
+        np.testing.assert_allclose(np.frombuffer(a), np.frombuffer(b), rtol=1e-12, atol=1e-14)
+    if backend.tape() is not None:
+        assert taken.count(True) >= 2 * 4
+
+
+def test_a_frozen_layer_beside_an_update_that_offers_gradient_buffers_trains_as_the_plain_loop(backend, rng):
+    """From 131,072 updated parameters the flat update offers a buffer the replayed passes write the gradients
+    into; a frozen layer's gradient has no place there and is a new array (a KeyError before)."""
+    X = rng.standard_normal((12, 370))
+    y = (rng.random((12, 1)) < 0.5).astype("float64")
+
+    def fit(b):
+        model = nnx.Sequential(nnx.Dense(370, 360), nnx.Tanh(), nnx.Dense(360, 1), nnx.Sigmoid(), backend=b,
+                               dtype="float64", seed=1)
+        opt = nnx.optim.Adam(model.layers[0].parameters(), lr=1e-3)
+        model.fit(X, y, loss="bce", optimizer=opt, epochs=2, batch_size=4, shuffle=False)
+        return [np.asarray(b.to_host(p.value)) for p in model.parameters()]
+
+    for a, b in zip(fit(backend), fit(backend.with_fastpath(False)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -351,12 +351,12 @@ class FlatUpdate:
         self._apply(keep)
         return True
 
-    def holds(self, values: list[Any]) -> bool:
-        """Whether the last `run` updated here, and `values` (every ``p.value``) are still its views: a step back
-        to back with it (none of the user's code ran since) may then `gather` its gradients and `apply_gathered`,
-        as `run` would, without looking at the bindings again."""
+    def holds(self) -> bool:
+        """Whether the last `run` updated here, and every parameter's value is still its view: a step back to back
+        with it (none of the user's code ran since) may then `gather` its gradients and `apply_gathered`, as `run`
+        would, without looking at the bindings again."""
         steps = self.optimizer.param_steps
-        return self._ran and all(map(is_, values, self.value_views)) and steps.count(steps[0]) == len(steps)
+        return self._ran and self._values_bound() and steps.count(steps[0]) == len(steps)
 
     def apply_gathered(self) -> None:
         """`run` of a step `holds` said follows the last back to back, whose gradients `gather` gathered."""

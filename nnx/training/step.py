@@ -77,6 +77,8 @@ class TrainStep:
         self.transforms = list(transforms or [])
         self.check_finite = check_finite
         self.params: list[Parameter] = model.parameters()
+        # whether the optimizer updates every parameter, in the model's order (none frozen)
+        self.trains_all = len(optimizer.params) == len(self.params) and all(map(is_, optimizer.params, self.params))
         self.buffers: list[Buffer] = model.buffers()
         # (buffer, its value before this step's forward): a refused step's batch statistics do not count
         self._buffers_before: list[tuple[Buffer, Any]] = []
@@ -171,8 +173,10 @@ class TrainStep:
         flat, recorded = self.flat, self.recorded
         if recorded is None or self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
             return None
-        values = [p.value for p in self.params]
-        if not flat.holds(values) or (replayed := recorded.again(X, y, sample_weight, values)) is None:
+        if not flat.holds():
+            return None
+        replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params])
+        if replayed is None:
             return None
         value, Z, grads, new_buffers = replayed
         if self.check_finite and self.buffers:  # as `forward_loss` keeps them, for a refusal
@@ -181,9 +185,11 @@ class TrainStep:
             b.value = new
         for p, grad in zip(self.params, grads, strict=True):
             p.grad = grad
-        if any(map(is_, grads, repeat(None))):  # a parameter left without a gradient: `update` updates the rest
+        # the optimizer's parameters (a frozen layer's are not among them)
+        trained = grads if self.trains_all else [p.grad for p in self.optimizer.params]
+        if any(map(is_, trained, repeat(None))):  # a parameter left without a gradient: `update` updates the rest
             return value, Z, self.check(value, read=read_check), False
-        gathered = flat.gather(grads)
+        gathered = flat.gather(trained)
         if self.check_finite and not (math.isfinite(value) and
                                       math.isfinite(self.model.backend.finite_probe(gathered))):
             return value, Z, self.check(value, read=read_check), False
@@ -291,7 +297,8 @@ class TrainStep:
         if offer is None:  # it offers none from now on (too few parameters, or buffers found immutable)
             self._offering = False
             return None
-        return [offer[p] for p in self.params]
+        # (a parameter the optimizer does not update, a frozen layer's, gets a new array, as the plain backward's)
+        return [offer[p] if p in offer else self.model.xp.empty_like(p.value) for p in self.params]
 
     def backward(self) -> None:
         """Fill ``p.grad`` with the gradient of the loss `forward_loss` returned."""
