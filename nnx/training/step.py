@@ -165,26 +165,36 @@ class TrainStep:
     def again(self, X: Any, y: Any, sample_weight: Any = None,
               read_check: bool = False) -> tuple[Any, Any, bool, bool] | None:
         """The stages of a batch back to back with the last (`back_to_back`) in one call, where the last one's
-        passes were replayed and its update ran flat: that recording again, the check and the update, with only
-        what the library's own update may have changed looked at again (the parameters' arrays; the batch's
-        layout). Returns (loss incl. penalty, head outputs, finite, applied); None, with nothing done, where that
-        does not hold, and the stages run instead. Where the probe is not finite (or a gradient is missing), it
-        returns `check`'s verdict unapplied, and the caller goes on as after the stages' `check`."""
+        update ran flat: the passes (the last one's recording again, else nnx's own layers and loss as the stages
+        run them), the check and the update, with only what the library's own code may have changed looked at
+        again (the parameters' arrays; the batch's layout). Returns (loss incl. penalty, head outputs, finite,
+        applied); None, with nothing done, where that does not hold, and the stages run instead. Where the probe
+        is not finite, a gradient is missing or the passes rebound a parameter, it returns `check`'s verdict
+        unapplied, and the caller goes on as after the stages' `check`."""
         flat, recorded = self.flat, self.recorded
-        if recorded is None or self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
+        if self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
             return None
-        if not flat.holds():
+        if recorded is not None and recorded.refusal is None:
+            if not flat.holds():
+                return None
+            replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params])
+            if replayed is None:
+                return None
+            value, Z, grads, new_buffers = replayed
+            if self.check_finite and self.buffers:  # as `forward_loss` keeps them, for a refusal
+                self._buffers_before = [(b, b.value) for b in self.buffers]
+            for b, new in zip(self.buffers, new_buffers, strict=True):
+                b.value = new
+            for p, grad in zip(self.params, grads, strict=True):
+                p.grad = grad
+        elif self.own_passes:  # (a user's layer may rebind the optimizer's state: the stages look at it again)
+            value, Z = self.forward_loss(X, y, sample_weight)
+            self.backward()
+            if not flat.holds():
+                return value, Z, self.check(value, read=read_check), False
+            grads = [p.grad for p in self.params]
+        else:
             return None
-        replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params])
-        if replayed is None:
-            return None
-        value, Z, grads, new_buffers = replayed
-        if self.check_finite and self.buffers:  # as `forward_loss` keeps them, for a refusal
-            self._buffers_before = [(b, b.value) for b in self.buffers]
-        for b, new in zip(self.buffers, new_buffers, strict=True):
-            b.value = new
-        for p, grad in zip(self.params, grads, strict=True):
-            p.grad = grad
         # the optimizer's parameters (a frozen layer's are not among them)
         trained = grads if self.trains_all else [p.grad for p in self.optimizer.params]
         if any(map(is_, trained, repeat(None))):  # a parameter left without a gradient: `update` updates the rest
