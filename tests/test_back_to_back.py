@@ -362,10 +362,9 @@ class HalfSquaredB2B(nnx.losses.Loss):
         return xp.sum(diff * diff, axis=1) / 2, diff / y_pred.shape[0]
 
 
-def _in_one_call(backend, own=True):
-    """Whether a step back to back runs in one call here: its passes replayed (where the arrays can be noted), or
-    nnx's own layers and loss (`own`) run as the stages run them (not where the whole step is compiled)."""
-    return backend.tape() is not None or own and not backend.can_compile
+def _in_one_call(backend):
+    """Whether a step back to back runs in one call here: not where the whole step is compiled."""
+    return not backend.can_compile
 
 
 def _counted_again(monkeypatch, off=False):
@@ -427,7 +426,7 @@ def test_a_step_back_to_back_in_one_call_gives_the_stages_numbers_bit_for_bit(mo
     assert error is None and staged_error is None
     assert got == staged
     # at least every later epoch's 2nd to 5th steps (replayed, the 1st and the smaller 6th run the stages)
-    if _in_one_call(backend, own=not case.startswith("user")):
+    if _in_one_call(backend):
         assert taken.count(True) >= 2 * 4
 
 
@@ -444,7 +443,7 @@ def test_a_non_finite_step_back_to_back_is_refused_or_applied_as_by_the_stages(m
     assert error == staged_error
     if check_finite:
         assert "at epoch 1, batch 4;" in error
-    if check_finite and _in_one_call(backend, own=not case.startswith("user")):
+    if check_finite and _in_one_call(backend):
         assert taken[-1] == "not finite"  # met in one call, then refused as the stages refuse it
 
 

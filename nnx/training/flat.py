@@ -351,12 +351,14 @@ class FlatUpdate:
         self._apply(keep)
         return True
 
-    def holds(self) -> bool:
-        """Whether the last `run` updated here, and every parameter's value is still its view: a step back to back
-        with it (none of the user's code ran since) may then `gather` its gradients and `apply_gathered`, as `run`
-        would, without looking at the bindings again."""
+    def holds(self, state: bool = False) -> bool:
+        """Whether the last `run` updated here, and every parameter's value is still its view (with `state`, and
+        the optimizer's state its views, as after a user's code ran in the passes): a step back to back with it
+        (none of the user's code ran since) may then `gather` its gradients and `apply_gathered`, as `run` would,
+        without looking at the bindings again."""
         steps = self.optimizer.param_steps
-        return self._ran and self._values_bound() and steps.count(steps[0]) == len(steps)
+        return self._ran and (self._in_place() if state else self._values_bound()) and \
+            steps.count(steps[0]) == len(steps)
 
     def apply_gathered(self) -> None:
         """`run` of a step `holds` said follows the last back to back, whose gradients `gather` gathered."""

@@ -165,12 +165,13 @@ class TrainStep:
     def again(self, X: Any, y: Any, sample_weight: Any = None,
               read_check: bool = False) -> tuple[Any, Any, bool, bool] | None:
         """The stages of a batch back to back with the last (`back_to_back`) in one call, where the last one's
-        update ran flat: the passes (the last one's recording again, else nnx's own layers and loss as the stages
-        run them), the check and the update, with only what the library's own code may have changed looked at
-        again (the parameters' arrays; the batch's layout). Returns (loss incl. penalty, head outputs, finite,
-        applied); None, with nothing done, where that does not hold, and the stages run instead. Where the probe
-        is not finite, a gradient is missing or the passes rebound a parameter, it returns `check`'s verdict
-        unapplied, and the caller goes on as after the stages' `check`."""
+        update ran flat: the passes (the last one's recording again, else the layers and loss as the stages run
+        them), the check and the update. Only what the library's own code or the passes may have changed is looked
+        at again: the batch's layout and the parameters' arrays, and after a user's layer or loss ran, the
+        optimizer's state. Returns (loss incl. penalty, head outputs, finite, applied); None, with nothing done,
+        where that does not hold, and the stages run instead. Where the probe is not finite, a gradient is missing
+        or the passes rebound a parameter, it returns `check`'s verdict unapplied, and the caller goes on as after
+        the stages' `check`."""
         flat, recorded = self.flat, self.recorded
         if self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
             return None
@@ -187,14 +188,13 @@ class TrainStep:
                 b.value = new
             for p, grad in zip(self.params, grads, strict=True):
                 p.grad = grad
-        elif self.own_passes:  # (a user's layer may rebind the optimizer's state: the stages look at it again)
+        else:
             value, Z = self.forward_loss(X, y, sample_weight)
             self.backward()
-            if not flat.holds():
+            # (a user's layer or loss may rebind an entry of the optimizer's state: looked at as the stages do)
+            if not flat.holds(state=not self.own_passes):
                 return value, Z, self.check(value, read=read_check), False
             grads = [p.grad for p in self.params]
-        else:
-            return None
         # the optimizer's parameters (a frozen layer's are not among them)
         trained = grads if self.trains_all else [p.grad for p in self.optimizer.params]
         if any(map(is_, trained, repeat(None))):  # a parameter left without a gradient: `update` updates the rest
