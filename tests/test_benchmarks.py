@@ -202,18 +202,20 @@ def test_bench_numpy_floor_runs_nnx_operations_bit_for_bit(monkeypatch, capsys):
 
 
 @pytest.mark.slow  # two fresh interpreters
-def test_bench_against_times_each_checkout_in_its_own_process(capsys):
+@pytest.mark.parametrize("in_one_fit", [False, True], ids=["a fit call each", "in one fit"])
+def test_bench_against_times_each_checkout_in_its_own_process(capsys, in_one_fit):
     """A tiny run against this very checkout: each process imports nnx from its tree, one row per tree."""
     pytest.importorskip("torch")
     spec = importlib.util.spec_from_file_location("bench_against", ROOT / "benchmarks" / "bench_against.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main([str(ROOT), "--shape", "tiny_bce", "--processes", "1", "--epochs", "2"])
+    bench.main([str(ROOT), "--shape", "tiny_bce", "--processes", "1", "--epochs", "2"] +
+               (["--in-one-fit"] if in_one_fit else []))
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| this checkout |") or line.startswith(f"| {ROOT} |")]
     assert len(rows) == 2 and all(len(row.split("|")) == 7 for row in rows), out
     assert f"this checkout / {ROOT}: " in out
-    assert f"whole fit calls, this checkout / {ROOT}: " in out
+    assert (f"whole fit calls, this checkout / {ROOT}: " in out) is not in_one_fit
 
 
 @pytest.mark.slow  # two fresh interpreters, each compiling a few JAX programs
