@@ -155,6 +155,41 @@ def test_keyboard_interrupt_at_epoch_end(backend, reference):
     _assert_weights(model, ref[11])
 
 
+class SignalInForward(nnx.Layer):
+    """A user's pass-through layer that sends a real SIGINT to this process during its `at`-th training forward."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, X, training=False):
+        if training:
+            self.calls += 1
+            if self.calls == self.at:
+                os.kill(os.getpid(), signal.SIGINT)  # Python raises it at the next bytecode, in this forward
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_sigint_in_a_forward_stops_before_that_steps_update(backend, reference):
+    """Ctrl-C in the forward of a step that follows the last back to back (no per-batch callback): the step in
+    one call (`TrainStep.again`) holds it back during its update only, so the fit stops before the update."""
+    if backend.can_compile:
+        pytest.skip("the step is one compiled program: the layer's Python runs only while it is traced")
+    _fault("SIGINT in a training forward")
+    ref = reference(backend, "sgd")
+    X, y = _data()
+    layers = _model(backend).layers
+    model = nnx.Sequential(SignalInForward(9), *(type(layer).from_config(layer.get_config()) for layer in layers),
+                           backend=backend, dtype="float64", seed=5)  # step 9 = batch 3 of epoch 2
+    history = model.fit(X, y, loss="bce", optimizer="sgd", lr=0.05, epochs=3, batch_size=8)
+    assert history.interrupted
+    assert model.optimizer.step_count == 8
+    _assert_weights(model, ref[7])
+
+
 def _signal_inside_step(opt, model, at_step: int, before_param: int = 0):
     """Replace the optimizer's rule on this object so that a real SIGINT arrives inside step `at_step`, just
     before parameter `before_param` is updated (parameters before it already are). Where the rule runs once

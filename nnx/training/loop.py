@@ -396,11 +396,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             # update are still to run below, as a plain step's (else the batch's update was dropped)
             compiled = applied = step.compiled is not None
         else:
-            step.back_to_back = again = unobserved and b > 0
-            if again:  # every stage in one call where the last step's recording and update hold (tens of us)
-                guard.in_step = True
-                again = step.again(Xb, yb, wb, read_check=handles_non_finite)
-                guard.end_step()
+            step.back_to_back = unobserved and b > 0
+            # every stage in one call where the last step's update ran flat (and on NumPy, its recording holds)
+            again = step.again(Xb, yb, wb, read_check=handles_non_finite, guard=guard) if step.back_to_back else None
             if again:
                 value, Z, finite, applied = again
             else:

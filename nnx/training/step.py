@@ -162,8 +162,8 @@ class TrainStep:
             self.backward()
             return value, Z, self.check(value, read=read_check)
 
-    def again(self, X: Any, y: Any, sample_weight: Any = None,
-              read_check: bool = False) -> tuple[Any, Any, bool, bool] | None:
+    def again(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
+              guard: Any = None) -> tuple[Any, Any, bool, bool] | None:
         """The stages of a batch back to back with the last (`back_to_back`) in one call, where the last one's
         update ran flat: the passes (the last one's recording again, else the layers and loss as the stages run
         them), the check and the update. Only what the library's own code or the passes may have changed is looked
@@ -171,7 +171,8 @@ class TrainStep:
         optimizer's state. Returns (loss incl. penalty, head outputs, finite, applied); None, with nothing done,
         where that does not hold, and the stages run instead. Where the probe is not finite, a gradient is missing
         or the passes rebound a parameter, it returns `check`'s verdict unapplied, and the caller goes on as after
-        the stages' `check`."""
+        the stages' `check`. `guard`, an `InterruptGuard`, holds a Ctrl-C back during the update only, as the
+        caller holds it around `update`: one in the passes stops the fit before the step is applied."""
         flat, recorded = self.flat, self.recorded
         if self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
             return None
@@ -204,7 +205,11 @@ class TrainStep:
                                       math.isfinite(self.model.backend.finite_probe(gathered))):
             return value, Z, self.check(value, read=read_check), False
         self._buffers_before = []
+        if guard is not None:
+            guard.in_step = True
         flat.apply_gathered()
+        if guard is not None:
+            guard.end_step()
         return value, Z, True, True
 
     def forward_loss(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any]:
