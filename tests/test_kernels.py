@@ -242,8 +242,7 @@ def test_dense_kernels_keep_nan_where_a_product_has_an_inner_dimension_of_one(de
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("outputs", [1, 3])
-def test_torch_bce_head_kernel_gives_the_loss_value_bit_for_bit_and_its_gradient_to_an_ulp(torch_backend, dtype,
-                                                                                          outputs):
+def test_torch_bce_head_kernel_gives_the_loss_value_and_gradient_bit_for_bit(torch_backend, dtype, outputs):
     loss = nnx.losses.BinaryCrossEntropy(from_logits=True)
     kernel = head_runner(loss, torch_backend)
     assert kernel is not loss
@@ -258,12 +257,7 @@ def test_torch_bce_head_kernel_gives_the_loss_value_bit_for_bit_and_its_gradient
         value, grad = kernel.value_and_grad_prepared(torch_backend.xp, y, z)
         want_value, want_grad = loss.value_and_grad_prepared(torch_backend.xp, y, z)
         _same(value, want_value)
-        got, want = (np.asarray(g.cpu()) for g in (grad, want_grad))
-        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))  # NaN where NaN, inf where inf
-        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
-        ulp = np.finfo(got.dtype).eps * max(1, outputs)
-        finite = np.isfinite(want)
-        np.testing.assert_allclose(got[finite], want[finite], rtol=4 * ulp, atol=ulp / got.size)
+        _same(grad, want_grad)  # (an ulp off was 0.05 off after a fit: the fit test below)
     weights = torch.ones(z.shape[0], dtype=z.dtype, device=z.device)  # a weighted batch runs the loss's own code
     _same(kernel.value_and_grad_prepared(torch_backend.xp, y, z, weights)[1],
           loss.value_and_grad_prepared(torch_backend.xp, y, z, weights)[1])
@@ -289,19 +283,23 @@ def test_the_bce_head_kernel_runs_only_for_the_declared_class_and_unpatched_meth
     assert head_runner(loss, be) is loss  # replaced on the class since the declaration
 
 
-def test_a_torch_fit_with_the_bce_head_kernel_gives_the_plain_loops_numbers(torch_backend):
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_torch_fit_with_the_bce_head_kernel_gives_the_plain_loops_numbers_bit_for_bit(torch_backend, dtype):
+    """A Dense before a BatchNorm has a bias whose true gradient is 0: what is left is rounding, which Adam scales
+    up to its rate. A head gradient an ulp off the loss's (torch.sigmoid's) left that bias 0.05 off the plain
+    loop's after this float32 fit."""
     gen = np.random.default_rng(4)
     X, y = gen.normal(size=(64, 5)), gen.integers(0, 2, 64)
 
     def fit(backend):
-        model = nnx.Sequential(nnx.Dense(5, 8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(), backend=backend,
-                               dtype="float64", seed=5)
-        history = model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=3, batch_size=16, verbose=0)
+        model = nnx.Sequential(nnx.Dense(5, 8), nnx.BatchNorm(8), nnx.ReLU(), nnx.Dense(8, 1), nnx.Sigmoid(),
+                               backend=backend, dtype=dtype, seed=5)
+        history = model.fit(X, y, loss="bce", optimizer="adamw", lr=0.01, epochs=3, batch_size=16, verbose=0)
         return model, history
 
     be = torch_backend
     derived, history = fit(be)
     plain, plain_history = fit(be.with_fastpath(False))
-    np.testing.assert_allclose(history["loss"], plain_history["loss"], rtol=1e-12)
-    for a, b in zip(derived.parameters(), plain.parameters(), strict=True):
-        np.testing.assert_allclose(be.to_host(a.value), be.to_host(b.value), rtol=1e-12, atol=1e-14)
+    assert history["loss"] == plain_history["loss"]
+    for a, b in zip(derived.parameters() + derived.buffers(), plain.parameters() + plain.buffers(), strict=True):
+        _same(a.value, b.value)

@@ -24,8 +24,7 @@ declarations, never from their classes, and every way gives the plain loop's num
 - otherwise `Optimizer.step` updates parameter by parameter.
 Outside a compiled step, a layer with a kernel declared for its exact class on this
 backend (`nnx.kernels`) is run by that kernel, which gives the layer's own numbers, and so is
-a loss head with one (binary cross-entropy from logits on torch: its value bit for bit, its
-gradient to an ulp).
+a loss head with one (binary cross-entropy from logits on torch: the loss's numbers bit for bit).
 """
 
 from __future__ import annotations
