@@ -2,12 +2,10 @@
 
 The portable loss runs each operation through the array-API namespace, whose own cost per call is
 most of a 32-row head on torch. This kernel makes the very same torch calls, in the same order, on
-the same operands: the row losses, the mean and the gradient ``(where(z >= 0, 1, e) / (1 + e) - y)
-/ n`` with ``e = exp(-|z|)``. So its value and gradient are the loss's own bit for bit, NaN and inf
-included. (``torch.sigmoid`` would be one kernel for the probability instead of three, but it
-rounds once where the formula rounds three times: a gradient an ulp off, which Adam turned into
-0.05 on the bias of a Dense before a BatchNorm, whose true gradient is 0, over a 3-epoch float32
-fit.) A weighted batch runs the loss's own code.
+the same operands, the loss's ``sigmoid`` included (torch's namespace has one): its value and
+gradient are the loss's own bit for bit, NaN and inf included. (An ulp off is not enough: with a
+Dense before a BatchNorm, whose bias has a true gradient of 0, Adam scaled one to 0.05 over a
+3-epoch float32 fit.) A weighted batch runs the loss's own code.
 """
 
 from __future__ import annotations
@@ -27,20 +25,16 @@ class BCELogitsHeadKernel:
         # the library itself: this kernel is declared for the torch backend only, which has imported it
         self._torch = importlib.import_module("torch")
         self._zero: Any = None  # a 0-d zero of the logits' dtype and device
-        self._one: Any = None  # and a one
 
     def value_and_grad_prepared(self, xp: Any, y_true: Any, y_pred: Any, sample_weight: Any = None) -> tuple[Any, Any]:
         """The loss's `value_and_grad_prepared`, bit for bit (module docstring)."""
         loss = self.loss
         if sample_weight is not None or not loss.from_logits:
             return loss.value_and_grad_prepared(xp, y_true, y_pred, sample_weight)
-        torch, zero, one = self._torch, self._zero, self._one
+        torch, zero = self._torch, self._zero
         z, y = y_pred, loss.prepare(xp, y_true, y_pred, False)
         if zero is None or zero.dtype != z.dtype or zero.device != z.device:
             zero = self._zero = torch.zeros((), dtype=z.dtype, device=z.device)
-            one = self._one = torch.ones((), dtype=z.dtype, device=z.device)
         # BinaryCrossEntropy.rows, operation for operation
-        e = torch.exp(-torch.abs(z))
-        rows = row_mean(xp, (torch.maximum(z, zero) - y * z) + torch.log1p(e))
-        probability = torch.where(z >= 0, one, e) / (1 + e)
-        return torch.sum(rows) / z.shape[0], (probability - y) * (1 / math.prod(z.shape))
+        rows = row_mean(xp, (torch.maximum(z, zero) - y * z) + torch.log1p(torch.exp(-torch.abs(z))))
+        return torch.sum(rows) / z.shape[0], (torch.sigmoid(z) - y) * (1 / math.prod(z.shape))
