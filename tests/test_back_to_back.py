@@ -548,3 +548,26 @@ def test_a_frozen_layer_beside_an_update_that_offers_gradient_buffers_trains_as_
 
     for a, b in zip(fit(backend), fit(backend.with_fastpath(False)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_step_back_to_back_that_writes_its_gradients_where_the_update_offers_gives_the_stages_numbers(
+        monkeypatch, backend, rng):
+    """From 131,072 parameters the flat update offers a new buffer each step, which the replayed passes (or a
+    Dense kernel) write the gradients into; a step in one call takes it too."""
+    X = rng.standard_normal((20, 370))
+    y = (rng.random((20, 1)) < 0.5).astype("float64")
+
+    def fit(off):
+        with monkeypatch.context() as patch:
+            taken = _counted_again(patch, off)
+            model = nnx.Sequential(nnx.Dense(370, 360), nnx.Tanh(), nnx.Dense(360, 1), nnx.Sigmoid(), backend=backend,
+                                   dtype="float64", seed=1)
+            opt = nnx.optim.Adam(model.parameters(), lr=1e-3)
+            model.fit(X, y, loss="bce", optimizer=opt, epochs=2, batch_size=4, shuffle=False)
+            return _state_bits(model, opt), taken
+
+    (got, count, _), taken = fit(False)
+    (staged, staged_count, _), _ = fit(True)
+    assert got == staged and count == staged_count == 10
+    if _in_one_call(backend):
+        assert taken.count(True) >= 4

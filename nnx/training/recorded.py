@@ -330,36 +330,37 @@ class RecordedPasses:
                 if not record:
                     return None
                 return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
+        return self._replay(key, recording, X, y, sample_weight, values, destinations)
+
+    def again(self, X: Any, y: Any, sample_weight: Any, values: list[Any],
+              destinations: Callable[[], list[Any] | None] | None = None) -> tuple | None:
+        """`run` of a batch back to back with the last call (none of the user's code ran since), which replayed a
+        recording: that recording again where this batch is laid out as that one's, or the one for this layout
+        where it holds as `run` would find (on the parameters' arrays `values`, with `destinations` as `run`
+        takes them); it returns as `run` does, else None with nothing done."""
+        last = self._last
+        if last is None:
+            return None
+        key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
+        if last[0] == key:
+            if not last[1].arrays_hold(values, self.buffers):
+                return None
+            return self._replay(key, last[1], X, y, sample_weight, values, destinations)
+        recording = self._recordings.get(key)
+        if recording is None or not recording.holds(self._settings_seen, values, self.buffers):
+            return None
+        return self._replay(key, recording, X, y, sample_weight, values, destinations)
+
+    def _replay(self, key: tuple, recording: _Recording, X: Any, y: Any, sample_weight: Any, values: list[Any],
+                destinations: Callable[[], list[Any] | None] | None) -> tuple:
         if destinations is not None:
             for p in self.params:
                 p.grad = None
             offered = destinations()
             if offered is None:  # the update stopped offering a buffer (rare): new arrays, as the plain backward's
-                offered = [model.xp.empty_like(v) for v in values]
+                offered = [self.model.xp.empty_like(v) for v in values]
         else:
             offered = ()
-        return self._replay(key, recording, X, y, sample_weight, values, offered)
-
-    def again(self, X: Any, y: Any, sample_weight: Any, values: list[Any]) -> tuple | None:
-        """`run` of a batch back to back with the last call (none of the user's code ran since), which replayed a
-        recording without offered buffers: that recording again where this batch is laid out as that one's, or
-        the one for this layout where it holds as `run` would find (on the parameters' arrays `values`); it
-        returns as `run` does, else None with nothing done."""
-        last = self._last
-        if last is None:
-            return None
-        key = (_layout(X), _layout(y), _layout(sample_weight), False)
-        if last[0] == key:
-            if not last[1].arrays_hold(values, self.buffers):
-                return None
-            return self._replay(key, last[1], X, y, sample_weight, values, ())
-        recording = self._recordings.get(key)
-        if recording is None or not recording.holds(self._settings_seen, values, self.buffers):
-            return None
-        return self._replay(key, recording, X, y, sample_weight, values, ())
-
-    def _replay(self, key: tuple, recording: _Recording, X: Any, y: Any, sample_weight: Any, values: list[Any],
-                offered: Any) -> tuple:
         self._last = key, recording
         self._replayed += 1
         inputs = (X, y) if sample_weight is None else (X, y, sample_weight)

@@ -173,12 +173,13 @@ class TrainStep:
         the stages' `check`. `guard`, an `InterruptGuard`, holds a Ctrl-C back during the update only, as the
         caller holds it around `update`: one in the passes stops the fit before the step is applied."""
         flat, recorded = self.flat, self.recorded
-        if self.deferred or self._offering or self.transforms or not isinstance(flat, FlatUpdate):
+        if self.deferred or self.transforms or not isinstance(flat, FlatUpdate):
             return None
         if recorded is not None and recorded.refusal is None:
             if not flat.holds():
                 return None
-            replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params])
+            replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params],
+                                      self._destinations if self._offering else None)
             if replayed is None:
                 return None
             value, Z, grads, new_buffers = replayed
