@@ -312,7 +312,6 @@ class RecordedPasses:
         if self.refusal is not None:
             return None
         key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
-        model = self.model
         values = [p.value for p in self.params]
         last, self._last = self._last, None
         if back_to_back and last is not None and last[0] == key and last[1].arrays_hold(values, self.buffers):
@@ -321,6 +320,7 @@ class RecordedPasses:
             if back_to_back and last is not None:
                 settings = self._settings_seen
             else:
+                model = self.model
                 regularizer = model.regularizer
                 settings = self._settings_seen = (
                     self._settings.current(model), self._head_watch.current(self.head),
@@ -330,25 +330,6 @@ class RecordedPasses:
                 if not record:
                     return None
                 return self._record(key, settings, (X, y, sample_weight), destinations is not None, passes, runners)
-        return self._replay(key, recording, X, y, sample_weight, values, destinations)
-
-    def again(self, X: Any, y: Any, sample_weight: Any, values: list[Any],
-              destinations: Callable[[], list[Any] | None] | None = None) -> tuple | None:
-        """`run` of a batch back to back with the last call (none of the user's code ran since), which replayed a
-        recording: that recording again where this batch is laid out as that one's, or the one for this layout
-        where it holds as `run` would find (on the parameters' arrays `values`, with `destinations` as `run`
-        takes them); it returns as `run` does, else None with nothing done."""
-        last = self._last
-        if last is None:
-            return None
-        key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
-        if last[0] == key:
-            if not last[1].arrays_hold(values, self.buffers):
-                return None
-            return self._replay(key, last[1], X, y, sample_weight, values, destinations)
-        recording = self._recordings.get(key)
-        if recording is None or not recording.holds(self._settings_seen, values, self.buffers):
-            return None
         return self._replay(key, recording, X, y, sample_weight, values, destinations)
 
     def _replay(self, key: tuple, recording: _Recording, X: Any, y: Any, sample_weight: Any, values: list[Any],

@@ -176,10 +176,11 @@ class TrainStep:
         if self.deferred or self.transforms or not isinstance(flat, FlatUpdate):
             return None
         if recorded is not None and recorded.refusal is None:
-            if not flat.holds():
+            if not (recorded.replayed and flat.holds()):
                 return None
-            replayed = recorded.again(X, y, sample_weight, [p.value for p in self.params],
-                                      self._destinations if self._offering else None)
+            # back to back after a replay: the watches are not read again, and nothing is recorded here
+            replayed = recorded.run(X, y, sample_weight, self._destinations if self._offering else None, self._passes,
+                                    self.runners or [], False, True)  # (record nothing, back to back)
             if replayed is None:
                 return None
             value, Z, grads, new_buffers = replayed
