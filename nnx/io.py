@@ -262,8 +262,9 @@ def _remove_quietly(name: str) -> None:
         pass
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """The config and arrays of a checkpoint, validated as data only (nothing is unpickled or run)."""
+def read_checkpoint(path: str | os.PathLike, config_only: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """The config and arrays of a checkpoint, validated as data only (nothing is unpickled or run); with
+    `config_only`, no array is read (the dict is empty): what the file records, at the cost of its config."""
     path = Path(file_name(path, "load"))
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a checkpoint file")
@@ -273,7 +274,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         hint = f"; there is {str(other)!r} (save writes exactly the path it is given)" if other.is_file() else ""
         raise FileNotFoundError(f"{path}: no such checkpoint file{hint}")
     try:
-        arrays = _read_npz(path)
+        arrays = _read_npz(path, {CONFIG_KEY} if config_only else None)
     except CheckpointError as exc:
         found = _foreign_format(path)
         if found is None:
@@ -339,8 +340,8 @@ _READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplemente
                 ValueError, KeyError, OverflowError, SyntaxError, struct.error, UnicodeDecodeError)
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz, read as plain data.
+def _read_npz(path: Path, only: set[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (those named in `only`, where given), read as plain data.
 
     Unlike `np.load`, every entry must be a .npy of a non-object dtype, and its header
     must not claim more bytes than the entry holds, so a hostile file can neither
@@ -354,6 +355,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 if not name.endswith(".npy"):
                     raise CheckpointError(f"{path}: entry {name!r} is not a .npy array")
                 key = name[:-4]
+                if only is not None and key not in only:
+                    continue
                 if key in arrays:
                     raise CheckpointError(f"{path}: entry {name!r} appears twice")
                 with zf.open(info) as fp:

@@ -370,6 +370,34 @@ def test_model_checkpoint_best_only_that_saves_nothing_after_an_earlier_fit_warn
                                                                                       save_best_only=True)])
 
 
+def test_model_checkpoint_best_only_that_saves_nothing_over_another_runs_file_warns(data, tmp_path):
+    """Fine-tuning into a path where another run left a file: the inherited best is never beaten, and the file
+    stayed what that run wrote without a word (the warning looked only for a missing file). A resumed run whose
+    file holds the model's best stays silent."""
+    model = make_model()
+    model.fit(*data, epochs=2, validation_data=data,
+              callbacks=[Scripted("val_loss", [0.5, 0.3]), ModelCheckpoint(tmp_path / "pre.npz", save_best_only=True)])
+    plain, scored = tmp_path / "plain.npz", tmp_path / "scored.npz"
+    make_model().save(plain)  # a file of another model, with no checkpoint record
+    make_model().fit(*data, epochs=1, validation_data=data,
+                     callbacks=[Scripted("val_loss", [0.7]), ModelCheckpoint(scored, save_best_only=True)])
+    for path, found in [(plain, "records no such best"), (scored, r"whose best is val_loss = 0\.7")]:
+        before = path.read_bytes()
+        tuned = ModelCheckpoint(path, save_best_only=True)
+        with pytest.warns(UserWarning, match=rf"saved nothing.*{found}.*left as it was.*val_loss = 0\.3.*clear"):
+            model.fit(*data, epochs=2, validation_data=data,
+                      callbacks=[Scripted("val_loss", [9] * model.epochs_trained + [0.9, 0.8]), tuned])
+        assert tuned.saved == [] and path.read_bytes() == before
+    resumed = nnx.load(tmp_path / "pre.npz")
+    before = (tmp_path / "pre.npz").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed.fit(*data, epochs=2, validation_data=data,
+                    callbacks=[Scripted("val_loss", [9, 9, 0.9, 0.8]),
+                               ModelCheckpoint(tmp_path / "pre.npz", save_best_only=True)])
+    assert (tmp_path / "pre.npz").read_bytes() == before
+
+
 def test_model_checkpoint_best_only_reused_on_a_fresh_model_starts_from_nothing(data, tmp_path):
     """The best so far belongs to the model (its callback_state), not to the callback object: a callback
     reused for a new model must save that model's best, not wait for it to beat the previous model."""

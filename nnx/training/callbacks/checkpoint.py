@@ -9,7 +9,7 @@ import os
 import warnings
 from typing import Any
 
-from ...io import file_name
+from ...io import file_name, read_checkpoint
 from .base import Callback
 from .monitor import check_monitor, improved, not_validated, recorded_names, resolve_mode
 
@@ -41,8 +41,9 @@ class ModelCheckpoint(Callback):
     which the file keeps and `nnx.load` restores. A later `fit` of the model, or of one
     loaded from any of its checkpoints, starts `best` from there, so a resumed run keeps the
     best file of the uninterrupted one (whatever the order of the checkpoints that write the
-    files). A fresh model starts from nothing. A fit that so writes nothing to a fixed filepath that does
-    not exist (fine-tuning into a new file) warns; ``model.callback_state.clear()`` starts anew.
+    files). A fresh model starts from nothing. A fit that so writes nothing to a fixed filepath warns where
+    no file there holds that best: none exists (fine-tuning into a new file), or one another run left
+    does; ``model.callback_state.clear()`` starts anew.
     """
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
@@ -132,20 +133,41 @@ class ModelCheckpoint(Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         # a fit that beat nothing recorded before it writes no file: right when resuming (the file holds the
-        # best), a surprise when fine-tuning into a new file, which then does not exist: that is said, with the
-        # way to start anew (a path with placeholders names no one file to look for)
+        # best), a surprise when fine-tuning into a new file, which then does not exist, or into a path a file of
+        # another run holds, which is then left as it was: either is said, with the way to start anew (a path with
+        # placeholders names no one file to look for)
         logs = logs or {}
         history = logs.get("history")
         ran = history is None or len(history) > 0
         comm = getattr(self.model, "distributed", None)
-        if (getattr(self, "_inherited", None) is not None and len(self.saved) == getattr(self, "_saves", 0)
-                and ran and not logs.get("failed") and (comm is None or comm.rank == 0)
-                and "{" not in self.filepath and not os.path.exists(self.filepath)):
-            warnings.warn(f"ModelCheckpoint saved nothing, and {self.filepath!r} does not exist: no epoch of this "
-                          f"fit beat {self.monitor} = {self._inherited:.6g}, the best an earlier fit of this model "
-                          "recorded (kept in model.callback_state and its checkpoints, so a resumed run keeps its "
-                          "best file); call model.callback_state.clear() before fit to start anew",
-                          UserWarning, stacklevel=2)
+        inherited = getattr(self, "_inherited", None)
+        if (inherited is None or len(self.saved) != getattr(self, "_saves", 0) or not ran or logs.get("failed")
+                or (comm is not None and comm.rank != 0) or "{" in self.filepath):
+            return
+        if not os.path.exists(self.filepath):
+            found = "does not exist"
+        else:
+            held = self._best_in_file()
+            if held == inherited:
+                return  # the file holds this model's best: a resumed run that found no better one
+            found = ("holds a checkpoint that records no such best" if held is None or not math.isfinite(held)
+                     else f"holds a checkpoint whose best is {self.monitor} = {held:.6g}") + \
+                ", so not this model's best (a file another run left?), and is left as it was"
+        warnings.warn(f"ModelCheckpoint saved nothing, and {self.filepath!r} {found}: no epoch of this fit beat "
+                      f"{self.monitor} = {inherited:.6g}, the best an earlier fit of this model recorded (kept in "
+                      "model.callback_state and its checkpoints, so a resumed run keeps its best file); call "
+                      "model.callback_state.clear() before fit to start anew", UserWarning, stacklevel=2)
+
+    def _best_in_file(self) -> float | None:
+        """The best the file at `filepath` records for this callback, as `_best_so_far` reads the model's; None
+        where it is no nnx checkpoint or records none."""
+        try:
+            config, _ = read_checkpoint(self.filepath, config_only=True)
+            training = config.get("training")
+            recorded = training.get("callbacks") if isinstance(training, dict) else None
+            return self._best_in(recorded) if isinstance(recorded, dict) else None
+        except (OSError, ValueError):  # (CheckpointError is a ValueError)
+            return None
 
     @property
     def _best_key(self) -> str:
@@ -167,7 +189,11 @@ class ModelCheckpoint(Callback):
         fit does not count: that may have been another model (every best it saved for this one
         is recorded in the model).
         """
-        state = _recorded(self.model.callback_state, STATE_KEY)
+        return self._best_in(self.model.callback_state)
+
+    def _best_in(self, callback_state: dict) -> float:
+        """`_best_so_far` of recorded callback state (the model's, or a checkpoint file's)."""
+        state = _recorded(callback_state, STATE_KEY)
         best = math.inf if self.mode == "min" else -math.inf
         for value in (_recorded(state, "bests").get(self._best_key), _recorded(state, "logs").get(self.monitor)):
             if value is None:

@@ -29,7 +29,9 @@ class EarlyStopping(Callback):
             loss/mse/mae/rmse; another name, a custom metric's, needs ``"min"`` or ``"max"``).
         restore_best_weights: when training ends, put back the weights of the best epoch.
         baseline: a value the monitored quantity must beat within `patience` epochs; epochs that
-            do not beat it count towards `patience` even when they improve on the best so far.
+            do not beat it count towards `patience` even when they improve on the best so far, so training
+            stops after `patience` epochs (one with patience 0) that all miss it, improving or not, as Keras
+            documents it. (Keras 3's code differs: it never stops at an epoch that improves, nor after the first.)
         verbose: 1 prints a line when stopping.
         start_from_epoch: epochs to wait before monitoring, as Keras's (a warm-up in which no improvement is
             expected): an epoch whose index (0-based, counted over the model's whole training as the hooks and
