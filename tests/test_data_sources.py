@@ -90,10 +90,12 @@ class SampleDataset:
 
 def test_a_dataset_of_samples_is_named_not_taken_for_an_array():
     """fit(TensorDataset(...)) said 'y is required when X is an array', predict(dataset) failed inside the cast
-    (torch: AttributeError 'no attribute dtype'): the object is named with the DataLoader that batches it."""
+    (torch: AttributeError 'no attribute dtype'): the object is named, with a way to batch it that this model
+    takes (a torch DataLoader yields torch tensors, which a NumPy model refuses: it used to be advised here)."""
     X, y = _data()
     ds, m = SampleDataset(X, y), _model()
-    match = r"X is a SampleDataset, indexed by position .*DataLoader\(dataset, batch_size=\.\.\.\)"
+    match = r"X is a SampleDataset, indexed by position .*yielding \(X, y\) batches as NumPy arrays \(.*only a model " \
+            r"on backend='torch'"
     with pytest.raises(TypeError, match=match):
         m.fit(ds, loss="bce", epochs=1)
     with pytest.raises(TypeError, match=match):
@@ -112,7 +114,8 @@ def test_a_torch_tensor_dataset_is_named_and_its_dataloader_trains():
     ds = TensorDataset(torch.tensor(X), torch.tensor(y))
     m = _model("torch")
     for call in (lambda: m.fit(ds, loss="bce", epochs=1), lambda: m.predict(ds), lambda: m.evaluate(ds)):
-        with pytest.raises(TypeError, match=r"X is a TensorDataset, indexed by position .*DataLoader"):
+        with pytest.raises(TypeError, match=r"X is a TensorDataset, indexed by position .*DataLoader\(dataset, "
+                                            r"batch_size=\.\.\.\), which yields"):
             call()
     # the DataLoader's [X, y] lists train as the same (X, y) tuples, for fit, evaluate and predict alike
     want = _model("torch").fit([(X[i:i + 16], y[i:i + 16]) for i in range(0, 40, 16)], loss="bce", epochs=2)

@@ -169,12 +169,13 @@ def _new_pass(data: Any) -> Iterator[Any]:
     return iter(data)
 
 
-def refuse_unreadable(data: Any, argname: str) -> None:
+def refuse_unreadable(data: Any, argname: str, backend_spec: str) -> None:
     """TypeError for data that is neither an array nor an iterable of batches but was taken for an array (and refused
     for a missing y, or failed inside the cast): a function, such as a generator function passed uncalled, and an
     object read by position (``__getitem__`` and ``__len__``) without a shape or an array interface: a torch
     ``Dataset`` (``TensorDataset``) of samples, or an indexable sequence of batches, whose items are samples or
-    batches as only its author knows."""
+    batches as only its author knows. `backend_spec`, the model's backend: a torch ``DataLoader``, which batches such
+    a dataset, yields torch tensors, which only a model on torch takes."""
     if data is None or isinstance(data, (list, tuple, str, bytes)) or hasattr(data, "shape") \
             or hasattr(data, "__iter__") or is_batch_sequence(data):
         return
@@ -185,11 +186,16 @@ def refuse_unreadable(data: Any, argname: str) -> None:
         raise TypeError(f"{argname} is a function ({name}), not data: pass what it returns, {name}() (a generator "
                         "function called gives the generator of batches)")
     if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        batching = ("wrap a dataset of samples (a torch Dataset such as TensorDataset) in a "
+                    "torch.utils.data.DataLoader(dataset, batch_size=...), which yields (X, y) batches"
+                    if backend_spec.partition(":")[0] == "torch" else
+                    "iterate a dataset of samples in batches yourself, yielding (X, y) batches as NumPy arrays"
+                    f"{'' if backend_spec == 'numpy' else f' or {backend_spec} arrays'} (a torch DataLoader yields "
+                    "torch tensors, which only a model on backend='torch' takes)")
         raise TypeError(f"{argname} is a {type(data).__name__}, indexed by position but neither an array (it has no "
-                        "shape) nor an iterable of batches (it has no __iter__): wrap a dataset of samples (a torch "
-                        "Dataset such as TensorDataset) in a torch.utils.data.DataLoader(dataset, batch_size=...), "
-                        "which yields (X, y) batches; give a sequence of batches an __iter__ (or, as a Keras "
-                        "Sequence has, an on_epoch_end method), or pass a list of them")
+                        f"shape) nor an iterable of batches (it has no __iter__): {batching}; give a sequence of "
+                        "batches an __iter__ (or, as a Keras Sequence has, an on_epoch_end method), or pass a list "
+                        "of them")
 
 
 def batch_shaped(model: Model, a: Any) -> bool:

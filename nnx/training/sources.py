@@ -45,7 +45,7 @@ def training_source(model: Model, X: Any, y: Any, sample_weight: Any, class_weig
         # one would be dropped without a word (Keras lets validation_data win; which one was meant is a guess)
         raise ValueError(f"pass validation_data or validation_split, not both: validation_split={validation_split} "
                          "would hold out rows of X while validation_data is given")
-    refuse_unreadable(X, "X")
+    refuse_unreadable(X, "X", model.backend.spec)
     _refuse_y_beside_batches(X, y)
     val_rows = None
     batches: Any
@@ -130,7 +130,7 @@ def validation_source(model: Model, data: Any, steps: int | None, batch_size: in
                       metric_fns: dict, depth: int, check_finite: bool = True) -> Callable[[], dict[str, float]]:
     """What validation_data means (arrays, host arrays, or an iterable of batches) as a callable giving the logs;
     NaN and inf in it are refused unless not `check_finite`."""
-    refuse_unreadable(data, "validation_data")
+    refuse_unreadable(data, "validation_data", model.backend.spec)
     # two or three batches, as tuples or as lists [X, y] (list(loader) of a torch DataLoader), are batches, as fit
     # and evaluate read them; a pair of arrays, or of nested-list rows, is arrays
     arrays = isinstance(data, (tuple, list)) and len(data) in (2, 3) and not isinstance(data[0], tuple) \
@@ -183,7 +183,7 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
     if steps is not None:
         check.positive_int("steps", steps)
     targets = loss_fn is not None
-    refuse_unreadable(X, "X")
+    refuse_unreadable(X, "X", model.backend.spec)
     _refuse_y_beside_batches(X, y)
     if is_out_of_core(X):
         if steps is not None:
