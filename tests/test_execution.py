@@ -369,6 +369,70 @@ def test_a_non_finite_step_is_refused_alike(backend, dtype):
         np.testing.assert_allclose(a, b, **_tol(dtype))
 
 
+class _SmallBatchRefusingLoss(nnx.losses.Loss):
+    """A user's MSE that refuses a batch of under 16 rows (as the plain loop raises it: after the forward)."""
+
+    def rows(self, xp, y_true, y_pred):
+        if y_pred.shape[0] < 16:
+            raise ValueError("this loss takes batches of 16 rows or more")
+        d = y_pred - y_true
+        return xp.mean(d * d, axis=1), d * (2 / (y_pred.shape[0] * y_pred.shape[1]))
+
+
+class _PerBatchHook(nnx.callbacks.Callback):
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize("rows", [100, 10], ids=["at-the-last-batch", "at-the-first"])
+def test_an_error_of_the_models_code_leaves_what_the_plain_loop_leaves(backend, dtype, rows):
+    """JAX's step compiled batch by batch (a per-batch hook) met the loss's error while tracing a new batch shape
+    and put the buffers back: BatchNorm's running mean missed that batch's forward, which the plain loop's error
+    leaves moved (the whole-epoch program already ran such an epoch step by step)."""
+    X, y = _data("regression", n=rows)
+    outcomes = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 8), nnx.Tanh(), nnx.BatchNorm(8), nnx.Dense(8, 3),
+                               backend=backend.with_fastpath(fast), dtype=dtype, seed=0)
+        with pytest.raises(ValueError, match="batches of 16 rows or more"):
+            model.fit(X, y, loss=_SmallBatchRefusingLoss(), optimizer="adam", epochs=1, batch_size=16,
+                      callbacks=[_PerBatchHook()])
+        outcomes.append(({k: model.backend.to_host(v) for k, v in model.state_dict().items()},
+                         model.optimizer.step_count))
+    assert outcomes[0][1] == outcomes[1][1] == (6 if rows == 100 else 0)
+    for k, value in outcomes[0][0].items():
+        np.testing.assert_allclose(value, outcomes[1][0][k], **_tol(dtype), err_msg=k)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_an_error_while_tracing_after_a_refused_step_leaves_that_step_to_report(backend):
+    """The compiled step checked on the device: after a step it refused, the model's error at a new batch shape
+    is raised as it is, with nothing run plainly (the plain loop stopped at the refused step, and its buffers are
+    those kept), and the epoch's verdict still names the refused step."""
+    if not backend.can_compile:
+        pytest.skip("only a backend that compiles runs the step as one program")
+    from nnx.training.step import TrainStep
+
+    X, y = _data("regression", n=36)
+    model = nnx.Sequential(nnx.Dense(6, 8), nnx.ReLU(), nnx.BatchNorm(8), nnx.Dense(8, 3), backend=backend,
+                           dtype="float64", seed=0)
+    loss = _SmallBatchRefusingLoss()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    step = TrainStep(model, loss, opt)
+    assert step.compiled is not None
+    step.run(X[:16], y[:16])
+    opt.lr = 1e300
+    step.run(X[16:32], y[16:32])  # applied: the weights become huge
+    step.run(X[:16], y[:16])  # overflows: refused on the device, unread
+    kept = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="batches of 16 rows or more"):
+        step.run(X[32:], y[32:])
+    for k, value in model.state_dict().items():
+        np.testing.assert_array_equal(model.backend.to_host(value), kept[k], err_msg=k)
+    assert step.end_epoch() == 2
+
+
 def test_kept_parameter_and_grad_arrays_follow_the_documented_semantics(backend, dtype):
     """``state_dict`` returns copies; a kept ``p.grad`` never changes later (the flat update gathers fresh ones)."""
     model, opt, _ = _train(backend, dtype, "relu_ce", "adam", {"lr": 0.01}, fast=True, epochs=1)

@@ -280,6 +280,12 @@ class CompiledStep:
         opt = self.optimizer
         return opt.step_count, list(opt.param_steps), set(opt.state), self.rng.counter
 
+    def refused_so_far(self) -> bool:
+        """Whether a step of this epoch's so far was refused (one read of the flag the device keeps)."""
+        if self._carry is None or not self.check_finite:
+            return False
+        return not int(self.backend.to_host(self._carry)[CARRY_OK])
+
     def start_carry(self, t: int, counter: int) -> Any:
         """The carry an epoch's first step takes: update count `t`, dropout `counter`, nothing refused yet, the
         dropout stream's seed."""

@@ -149,17 +149,25 @@ class TrainStep:
         if compiled is None:
             raise RuntimeError("TrainStep.run needs a compiled step (execution 'compiled'); run the stages instead")
         self._steps += 1
+        traces = compiled.traces
         try:
             return compiled(X, y, sample_weight, read_check and self.check_finite)
         except self.model.backend.trace_errors:
             if compiled.traces > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
-            compiled.broken = True  # the model's code needs concrete values: the plain stages run
-            self.compiled = None
-            self._steps -= 1
-            value, Z = self.forward_loss(X, y, sample_weight)
-            self.backward()
-            return value, Z, self.check(value, read=read_check)
+        except Exception:
+            # The model's code raised while traced for this batch's shape (a loss refusing a last batch that small),
+            # which left nothing changed. The plain stages run it instead: they raise the same error and leave what
+            # the plain loop leaves (a BatchNorm's statistics moved by the forward). Not after a step this epoch
+            # refused: the plain loop stopped at that one, and the error goes to the loop, which raises that refusal
+            if compiled.traces == traces or compiled.refused_so_far():
+                raise
+        compiled.broken = True  # the model's code needs concrete values, or raised: the plain stages run
+        self.compiled = None
+        self._steps -= 1
+        value, Z = self.forward_loss(X, y, sample_weight)
+        self.backward()
+        return value, Z, self.check(value, read=read_check)
 
     def again(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
               guard: Any = None) -> tuple[Any, Any, bool, bool] | None:
