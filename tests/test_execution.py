@@ -433,6 +433,36 @@ def test_an_error_while_tracing_after_a_refused_step_leaves_that_step_to_report(
     assert step.end_epoch() == 2
 
 
+class _DrawnBatches(nnx.callbacks.Callback):
+    """A progress bar's kind of callback: its on_batch_end only draws, so a whole epoch may be one program."""
+
+    batch_hooks_display_only = True
+
+    def __init__(self):
+        self.drawn = []
+
+    def on_batch_end(self, batch, logs=None):
+        self.drawn.append((batch, logs["size"]))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_refused_epoch_draws_the_batches_before_the_refused_one(backend, dtype):
+    """A whole-epoch program hands its batches to a progress bar after it runs; an epoch ending in a refused step
+    handed none, where the plain loop draws each batch before the refused one."""
+    X, y = _data("regression", n=60)
+    y[37] = 1e300 if dtype == "float64" else 1e30  # batch 3 (0-based 2) overflows its squared error
+    drawn = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 3), backend=backend.with_fastpath(fast), dtype=dtype, seed=0)
+        bar = _DrawnBatches()
+        with pytest.raises(FloatingPointError, match="epoch 2, batch 3"):
+            model.fit(X[:32], y[:32], loss="mse", epochs=1, batch_size=16, callbacks=[bar])
+            model.fit(X, y, loss="mse", epochs=1, batch_size=16, shuffle=False, callbacks=[bar])
+        drawn.append(bar.drawn)
+    assert drawn[0] == drawn[1] == [(0, 16), (1, 16), (0, 16), (1, 16)]
+
+
 def test_kept_parameter_and_grad_arrays_follow_the_documented_semantics(backend, dtype):
     """``state_dict`` returns copies; a kept ``p.grad`` never changes later (the flat update gathers fresh ones)."""
     model, opt, _ = _train(backend, dtype, "relu_ce", "adam", {"lr": 0.01}, fast=True, epochs=1)

@@ -504,6 +504,8 @@ class EpochProgram:
             if not self._chunked:
                 guard.end_step()  # a Ctrl-C during the program lands here, with the counters matching the weights
         if refused is not None:
+            # the per-step loop draws the batches before the refused one (a progress bar): so they are here
+            _replay(cb.callbacks, rows[:refused], host_values(model, losses, weights)[0][:refused])
             raise non_finite(epoch, refused)
         host, host_weights = host_values(model, losses, weights)
         _replay(cb.callbacks, rows, host)
