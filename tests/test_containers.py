@@ -8,6 +8,7 @@ same predictions, and exports to ONNX with the outputs of `predict`.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -483,6 +484,26 @@ def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_the_step
     name = type(model.layers[0]).__name__
     with pytest.raises(ValueError, match=rf"{name} '0' was called a second time with training=True"):
         model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=4)
+
+
+def test_torchs_training_flag_is_refused_not_ignored():
+    """Found in review: `bn.training = False` (torch's `.eval()`) was a plain attribute nnx never read, so fit ran
+    the BatchNorm in training mode and its running statistics moved without a word. Setting it now says how nnx
+    chooses the mode, and reading it finds no such attribute; momentum 0.0 keeps the statistics as they are."""
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.BatchNorm(4), nnx.Dense(4, 1), dtype="float64", seed=0)
+    bn = model.layers[1]
+    for obj in (bn, model):
+        for value in (False, True):
+            with pytest.raises(ValueError, match=r"training = (False|True) sets no mode .*momentum to 0\.0"):
+                obj.training = value
+        with pytest.raises(AttributeError, match="has no training attribute: fit runs"):
+            obj.training  # noqa: B018 - reading it is the test
+        assert not hasattr(obj, "training")
+    X = np.random.default_rng(0).standard_normal((32, 3)) * 3 + 2
+    before = np.array(bn.running_mean.value)
+    bn.momentum = 0.0
+    model.fit(X, X[:, :1], loss="mse", epochs=2, batch_size=8)
+    np.testing.assert_array_equal(bn.running_mean.value, before)
 
 
 def test_freezing_a_layer_keras_style_is_refused_and_the_optimizer_subset_freezes_it():

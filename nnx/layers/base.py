@@ -35,6 +35,7 @@ from ..registry import (
     register,
 )
 from ..regularizers import Regularizer
+from .other_flags import OtherLibrariesFlags
 from .parameter import Buffer, Parameter
 from .passes import ForwardPass, wrap_backward, wrap_forward
 
@@ -183,7 +184,8 @@ class BuildContext:
                              f"model's dtype float64")
 
 
-class Layer:
+
+class Layer(OtherLibrariesFlags):
     """One step of a `Sequential` model: `forward` maps X to Y, `backward` maps dY to dX.
 
     To write a layer, subclass this, create arrays in `build` with `add_parameter`
@@ -201,21 +203,6 @@ class Layer:
 
     registered_name: str = "Layer"
     regularizer: Any = None
-
-    @property
-    def trainable(self) -> bool:
-        """True: nnx trains the parameters its optimizer holds, so a layer is frozen by leaving them out of it."""
-        return True
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        # Keras's `layer.trainable = False`, as a plain attribute nnx never read, froze nothing
-        if not value:  # True is what every layer is
-            raise ValueError(
-                f"{type(self).__name__}.trainable = False is not how nnx freezes a layer: fit trains the parameters "
-                "its optimizer holds, so build the optimizer on the others, e.g. nnx.optim.Adam([p for p in "
-                "model.parameters() if all(p is not q for q in frozen.parameters())]), and pass it to fit; "
-                "model.summary() counts the parameters left out as not trained")
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
