@@ -506,6 +506,27 @@ def test_torchs_training_flag_is_refused_not_ignored():
     np.testing.assert_array_equal(bn.running_mean.value, before)
 
 
+def test_a_new_optimizer_by_name_after_a_frozen_subset_says_it_trains_them():
+    """Found in review: after fitting with an optimizer on a subset (a frozen layer), fit(optimizer="adam",
+    lr=<another rate>), a rate lowered for fine-tuning, made a new Adam over every parameter: the frozen layer
+    trained on without a word. It is said now; the same name and rate keep the optimizer, subset and all."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((32, 3)), rng.standard_normal((32, 2))
+    model = nnx.Sequential(nnx.Dense(3, 4), nnx.Dense(4, 2), dtype="float64", seed=0)
+    model.fit(X, y, loss="mse", optimizer=nnx.optim.Adam(model.layers[1].parameters(), lr=1e-2), epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(X, y, optimizer="adam", lr=1e-2, epochs=1)  # kept: nothing to say
+    assert len(model.optimizer.params) == 2
+    with pytest.warns(UserWarning, match=r"new optimizer over all .* left 2 of them out \(0\.weight, 0\.bias\): "
+                                         r"they train from now on"):
+        model.fit(X, y, optimizer="adam", lr=1e-3, epochs=1)
+    assert len(model.optimizer.params) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(X, y, optimizer="sgd", epochs=1)  # the last one held them all
+
+
 def test_freezing_a_layer_keras_style_is_refused_and_the_optimizer_subset_freezes_it():
     """Found in review: `layer.trainable = False` (Keras) was a plain attribute nnx never read, so the "frozen"
     layer, nested or not, trained on. nnx trains what its optimizer holds: setting False now says so, and an

@@ -101,7 +101,17 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         current.check_hyperparams()
         return current
     kwargs = {} if lr is None else {"lr": lr}
-    return get_optimizer(name, model.parameters(), **kwargs)
+    params = model.parameters()
+    if current is not None:
+        held = {id(p) for p in current.params}
+        left_out = [p.name for p in params if id(p) not in held]
+        if left_out:
+            # the last optimizer held a subset (a frozen layer): a new one made by name holds every parameter
+            warnings.warn(f"fit(optimizer={name!r}) makes a new optimizer over all of the model's parameters, and "
+                          f"the last one left {len(left_out)} of them out ({', '.join(left_out[:4])}"
+                          f"{', ...' if len(left_out) > 4 else ''}): they train from now on. To keep them frozen, "
+                          "pass an optimizer built on the others", UserWarning, stacklevel=3)
+    return get_optimizer(name, params, **kwargs)
 
 
 def _set_rate(optimizer: Optimizer, lr: float) -> None:
