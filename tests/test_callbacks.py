@@ -765,6 +765,30 @@ def test_gradient_analyzer_warns_of_exploding_gradients_that_clipping_caps(data)
                          callbacks=[GradientAnalyzer(vanish_threshold=1e-30, explode_threshold=1e-5)])
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_gradient_analyzer_keeps_the_row_of_the_step_fit_refuses(backend, data):
+    """Found in review: where fit raises at a step that is not finite (the default), it raised before that
+    batch's on_batch_end, so the analyzer dropped the one row that explodes and never warned "not finite", the
+    case it is there for; a callback that stops on it (TerminateOnNaN) kept it."""
+    X = np.array(data[0], dtype="float64")
+    y = X[:, :1].copy()
+    X[BATCH * 2:BATCH * 3] = 1e200  # the third batch's squared error overflows
+    for stop in (False, True):
+        model = nnx.Sequential(nnx.Dense(2, 4), nnx.ReLU(), nnx.Dense(4, 1), backend=backend.with_fastpath(False),
+                               dtype="float64", seed=0)
+        analyzer = GradientAnalyzer(explode_threshold=1e6)
+        callbacks = [analyzer] + ([nnx.callbacks.TerminateOnNaN()] if stop else [])
+        with pytest.warns(RuntimeWarning, match="exploding at epoch 1: max \\|gradient\\| = (nan|inf)"):
+            if stop:
+                model.fit(X, y, loss="mse", epochs=1, batch_size=BATCH, shuffle=False, callbacks=callbacks)
+            else:
+                with pytest.raises(FloatingPointError, match="epoch 1, batch 3"):
+                    model.fit(X, y, loss="mse", epochs=1, batch_size=BATCH, shuffle=False, callbacks=callbacks)
+        assert analyzer.steps == 3 and analyzer.step_epochs == [0, 0, 0]
+        assert not np.isfinite(analyzer.history()["weight_max"][2]).all()
+
+
 def test_gradient_analyzer_moves_to_host_once_per_epoch(backend, dtype, data, monkeypatch):
     be = make_model(backend, dtype).backend
     calls = []

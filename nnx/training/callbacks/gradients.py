@@ -115,7 +115,13 @@ class GradientAnalyzer(Callback):
         self._flush(epoch)
 
     def on_train_end(self, logs: dict | None = None) -> None:
-        self._flush(getattr(self, "_epoch", 0))  # steps of an epoch cut short by Ctrl-C
+        if self._batch is not None and (logs or {}).get("failed"):
+            # the step fit refused (not finite) ran its backward, and fit raised before its on_batch_end: its row
+            # is kept (the one that explodes), as a callback stopping on it (TerminateOnNaN) keeps it
+            self._pending.append(self._batch)
+            self._pending_epochs.append(self._epoch)
+        self._batch = None
+        self._flush(getattr(self, "_epoch", 0))  # steps of an epoch cut short by Ctrl-C or an error
 
     def _flush(self, epoch: int) -> None:
         if not self._pending:
