@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the test suite against one backend: bash backends/run_tests.sh torch [pytest args...]
-# Tests that take the `backend` fixture run only on that backend; backend-free tests run too.
+# Tests that take the `backend` fixture, or list backends themselves, run only on that backend; backend-free tests
+# run too.
 set -euo pipefail
 if [ $# -lt 1 ]; then
   echo "usage: $0 numpy|array_api_strict|torch|jax|cupy|generic [pytest args...]" >&2

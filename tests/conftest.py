@@ -66,7 +66,7 @@ from nnx.backends import backend_status  # noqa: E402
 
 # (spec, the dtype tests use by default there). array_api_strict runs twice: float64 on
 # its CPU device, float32 on a second device, which catches a creation call without device=.
-# It runs a third time through the generic adapter (DLPack, host RNG, no fast path), as a
+# It runs a third time through the generic adapter (DLPack, host RNG, no kernels), as a
 # library nnx has no adapter for would.
 BACKEND_CASES = [
     ("numpy", "float64"),
@@ -185,9 +185,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"))
             item.add_marker(pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning"))
-    only = _test_backend() if os.environ.get("NNX_TEST_ONLY_BACKEND_CASES") == "1" else None
-    if only:
+    only = _test_backend()
+    if only and os.environ.get("NNX_TEST_ONLY_BACKEND_CASES") == "1":
         _keep_backend_cases(config, items, only)
+    elif only:
+        _drop_other_backends_cases(config, items, only)
+
+
+# the libraries of BACKEND_CASES, as a test's parameter id names them (a test may list backends itself)
+_LIBRARIES = sorted({spec.partition(":")[0] for spec, _ in BACKEND_CASES} | {"array_api_strict"})
+
+
+def _drop_other_backends_cases(config, items, spec):
+    """Deselect the tests parametrized with other backends only: those that list backends themselves
+    (``parametrize("backend", ["numpy", "torch"])``) besides the `backend` fixture's cases. Tests that name no
+    backend run as usual."""
+    library = spec.partition(":")[0]
+    named = re.compile(rf"(^|-)({'|'.join(map(re.escape, _LIBRARIES))})(:[^-]*)?(?=-|$)")
+    kept, dropped = [], []
+    for item in items:
+        found = {m.group(2) for m in named.finditer(item.callspec.id)} if hasattr(item, "callspec") else set()
+        (dropped if found and library not in found else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _keep_backend_cases(config, items, spec):
