@@ -9,7 +9,8 @@ adapter by itself for a namespace module or an array that no adapter claims.
 Everything goes through the standard: host arrays come in with ``xp.from_dlpack`` and go
 out with ``np.from_dlpack`` (each falling back to ``asarray`` where a library cannot
 exchange), dropout draws from a host PCG64 stream moved to the device, DLPack says
-whether the device is the host, there is no fast path and nothing to synchronise.
+whether the device is the host, and there is nothing to synchronise. No kernel (`nnx.kernels`) is declared for
+it and its passes are not recorded: the flat update, which any backend gets, is its one derived execution.
 """
 
 from __future__ import annotations
