@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -572,6 +573,32 @@ def test_a_torch_tensor_that_requires_grad_does_not_pull_autograd_into_the_model
     model.load_state_dict({k: torch.nn.Parameter(v + 1.0) for k, v in model.state_dict().items()})
     assert all(p.value.requires_grad is False and p.value.grad_fn is None for p in model.parameters())
     model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, verbose=0)  # in-place updates of plain tensors
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_a_weight_assigned_from_a_torch_parameter_is_read_as_data(fast):
+    """Found in review: ``p.value = linear.weight.T`` (porting a torch weight) bypassed `asarray`'s detach, so every
+    update made the parameters non-leaf tensors carrying the graph of every step: memory grew each epoch, and
+    predict's outputs, state_dict and deepcopy failed as tensors that require grad. fit now reads it as data."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((32, 5)), rng.standard_normal((32, 1))
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 4, dtype=torch.float64)
+    runs = []
+    for ported in (linear.weight.T, linear.weight.detach().T.clone()):
+        model = nnx.Sequential(nnx.Dense(5, 4), nnx.Tanh(), nnx.Dense(4, 1),
+                               backend=nnx.get_backend("torch").with_fastpath(fast), dtype="float64", seed=0)
+        model.layers[0].weight.value = ported
+        model.fit(X, y, loss="mse", optimizer="adam", epochs=3, batch_size=8)
+        assert all(not p.value.requires_grad and p.value.grad_fn is None for p in model.parameters())
+        assert not any(v.requires_grad for v in model.state_dict().values())
+        out = model.predict(X)
+        assert not out.requires_grad
+        copy.deepcopy(model)
+        runs.append(out.numpy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert linear.weight.grad is None
 
 
 def test_a_torch_tensor_on_the_meta_device_is_refused_by_name():

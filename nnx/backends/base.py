@@ -378,6 +378,11 @@ class Backend:
         """Whether `x` is an array of this backend's library."""
         return backend_name_of(x) == self.name
 
+    def as_data(self, x: Any) -> Any:
+        """`x`, an array of this backend, as plain data: itself, where the library keeps nothing else with it (torch
+        drops a tensor's autograd history)."""
+        return x
+
     def asarray(self, x: Any, dtype: Any = None, argname: str = "X", copy: bool = False) -> Any:
         """Put `x` on this backend, cast to `dtype` when given (else NumPy's float16 and long double become
         float32 and float64, which every library has).

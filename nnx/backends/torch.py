@@ -211,6 +211,10 @@ class TorchBackend(Backend):
                 x, copy = x.contiguous(), False  # already a new tensor: not copied twice
         return super().asarray(x, dtype=dtype, argname=argname, copy=copy)
 
+    def as_data(self, x: Any) -> Any:
+        # a tensor that requires grad (``p.value = linear.weight.T``) would make torch record every step's update
+        return x.detach() if getattr(x, "requires_grad", False) else x
+
     def from_host(self, host: np.ndarray) -> Any:
         import torch
 

@@ -87,7 +87,8 @@ def require_untraced(model: Model, what: str, *arrays: Any) -> None:
 
 
 def require_backend_state(model: Model, what: str) -> None:
-    """TypeError naming the first parameter or buffer whose value is no array of the model's backend and device.
+    """TypeError naming the first parameter or buffer whose value is no array of the model's backend and device;
+    one that is rebound to it as plain data (a torch tensor that requires grad: `Backend.as_data`).
 
     ``p.value = np.load(...)`` on a torch model, a list, or a tensor on a NumPy model failed deep inside a layer or
     the optimizer (torch even blamed "float32 and float32"). Once per call, never in a step: a type and device look
@@ -107,6 +108,9 @@ def require_backend_state(model: Model, what: str) -> None:
                 got = f"an array on device {value.device}"  # owns() holds: NumPy's arrays always have a dtype
             else:
                 require_built_shape(kind, a, what)
+                data = backend.as_data(value)
+                if data is not value:  # read as data, as `asarray` reads what load_state_dict is given
+                    a.value = data
                 continue
             raise TypeError(f"{what}: {kind} {a.name!r} holds {got}, but the model runs on the {backend.spec} backend; "
                             f"{in_model_dtype(kind)}")
