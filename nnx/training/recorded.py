@@ -36,6 +36,7 @@ from .trace_state import (
     HeldArrays,
     arrays_within,
     changed_state,
+    held_object_attributes,
     is_array,
     layer_attributes,
     objects_state,
@@ -149,12 +150,14 @@ def _opaque_moved(opaque: list[tuple[weakref.ref, str, Any, Any, dict[Any, Any]]
 
 
 def _container_items(model: Any) -> list[tuple[Any, str, Any, Any, Any]]:
-    """(layer, attribute, container, key, array) for each array in a plain list or dict a user's layer keeps (one
-    level down): inputs of a recording, as the arrays a layer holds itself are (when `RecordedPasses` records).
+    """(layer, attribute, container, key, array) for each array in a plain list or dict a user's layer keeps, or
+    among the attributes of an object of theirs it keeps (the container is then that object's ``__dict__``), one
+    level down: inputs of a recording, as the arrays a layer holds itself are (when `RecordedPasses` records).
     nnx's own layers keep none there (a nested model's tables are no pass's)."""
     return [(layer, name, container, key, value) for _, layer in model.named_layers()
             if not type(layer).__module__.startswith("nnx.")
-            for name, container in vars(layer).items() if name not in _LAYER_OWN and type(container) in (list, dict)
+            for name, held in vars(layer).items() if name not in _LAYER_OWN
+            if (container := held if type(held) in (list, dict) else held_object_attributes(held)) is not None
             for key, value in (container.items() if type(container) is dict else enumerate(container))
             if is_array(value)]
 
@@ -165,12 +168,13 @@ def _in_slot(layer: Any, name: str, key: Any) -> Any:
 
 
 def _at(container: Any, key: Any) -> Any:
-    """What a list or dict holds at `key` now, or `_GONE`."""
+    """What a list or dict (or an object of the user's, as its attributes) holds at `key` now, or `_GONE`."""
     if type(container) is dict:
         return container.get(key, _GONE)
     if type(container) is list and type(key) is int and key < len(container):
         return container[key]
-    return _GONE
+    attributes = held_object_attributes(container)
+    return _GONE if attributes is None or type(key) is not str else attributes.get(key, _GONE)
 
 
 class _Recording:
@@ -482,6 +486,10 @@ def _unwrap_kept(holders: list[Any]) -> None:
         if attributes is None:
             continue
         for k, v in list(attributes.items()):
+            inner = held_object_attributes(v)
+            if inner is not None:  # an object of the user's the layer keeps: its attributes, in place
+                inner.update({name: real(x) for name, x in inner.items() if real(x) is not x})
+                continue
             unwrapped = real(v)
             if unwrapped is v:
                 continue

@@ -4,15 +4,13 @@ A compiled program (`nnx.training.compiled`, `nnx.training.compiled_inference`) 
 layers' own code once, while traced, and holds what that code read as constants: layer
 settings, plain Python attributes, arrays a layer keeps besides its parameters and buffers,
 the loss and the regularizer. This module describes those (`described`, `AttributeWatch`,
-`HeldArrays`) so that a change traces the program again, and takes and restores the layers'
-Python state around a trace (`python_state`, `changed_state`, `restore_state`,
-`layer_attributes`, `put_back_arrays`), so that nothing that exists only inside a program
-escapes into the objects.
+`HeldArrays`) so that a change traces the program again, and puts back the arrays a trace left in the layers
+(`layer_attributes`, `put_back_arrays`), so that nothing that exists only inside a program escapes into the
+objects. The layers' plain Python state around a trace is `nnx.training.python_state`'s, re-exported here.
 """
 
 from __future__ import annotations
 
-import random
 import types
 import weakref
 from typing import Any
@@ -21,179 +19,25 @@ from .._slots import slot_members
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
 from .outside_settings import OutsideWatch, contents, is_array, is_plain
+from .python_state import (
+    PLAIN_STATE,
+    changed_state,
+    held_object_attributes,
+    nnx_own,
+    objects_state,
+    python_state,
+    restore_objects,
+    restore_state,
+)
 from .shared_programs import ById, Unshareable, describe, regularizers_of
 
 __all__ = ["AttributeWatch", "HeldArrays", "arrays_within", "changed_state", "contents", "described",
-           "described_with_attributes", "is_array", "layer_attributes", "object_attributes", "objects_state",
-           "put_back_arrays", "python_state", "restore_objects", "restore_state", "shallow_copy", "slotted_reason"]
+           "described_with_attributes", "held_object_attributes", "is_array", "layer_attributes", "object_attributes",
+           "objects_state", "put_back_arrays", "python_state", "restore_objects", "restore_state", "shallow_copy",
+           "slotted_reason"]
 
-_PLAIN_STATE = (type(None), bool, int, float, complex, str, bytes)
-# what `Layer` notes for its own checks between calls (True once a training forward ran): not the step's state
-_LAYER_BOOKKEEPING = frozenset({"_ran_training_forward"})
 # how deep `arrays_within` and `described` look into nested lists, tuples and dicts
 MAX_DESCRIBED_DEPTH = 8
-
-
-def python_state(model: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every layer's plain Python attributes (numbers, strings, flags, None), the items of every dict or list of
-    plain values it keeps, and the state of every host random generator it keeps: what a traced step cannot
-    carry."""
-    return objects_state(model.named_layers())
-
-
-def objects_state(named: Any) -> list[tuple[str, dict[str, Any]]]:
-    """`python_state` of (path, object) pairs: a model's layers, or others a step's code runs (a loss, whose
-    path is its description, such as ``"the loss"``)."""
-    found = []
-    for path, layer in named:
-        attributes = {}
-        for k, v in vars(layer).items():
-            if isinstance(v, _PLAIN_STATE) and k not in _LAYER_BOOKKEEPING:
-                attributes[k] = v
-            elif isinstance(v, (dict, list)) and k not in _LAYER_TABLES:  # a Counter, a defaultdict too
-                held = _Container.of(v)
-                if held is not None:
-                    attributes[k] = held
-            else:
-                drawn = _HostGenerator.of(v)
-                if drawn is not None:
-                    attributes[k] = drawn
-        found.append((path, attributes))
-    return found
-
-
-# what every `Layer` keeps of its parameters, buffers and sub-layers: tables, never the step's state
-_LAYER_TABLES = frozenset({"_params", "_buffers", "_layers", "_declared_layers"})
-
-
-def _plain_copy(value: Any, depth: int = 0) -> Any:
-    """A copy of a dict or list (nested) whose items are all plain values, else `_NOT_PLAIN`."""
-    if isinstance(value, _PLAIN_STATE):
-        return value
-    if depth > 8:
-        return _NOT_PLAIN
-    if isinstance(value, list):
-        items = [_plain_copy(v, depth + 1) for v in value]
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
-    if isinstance(value, dict):
-        pairs = [(k, _plain_copy(v, depth + 1)) for k, v in value.items()]
-        return _NOT_PLAIN if any(v is _NOT_PLAIN or not isinstance(k, _PLAIN_STATE) for k, v in pairs) \
-            else dict(pairs)
-    return _NOT_PLAIN
-
-
-_NOT_PLAIN = object()
-
-
-class _Container:
-    """A dict or list of plain values a layer keeps (a call count in ``self.stats["calls"]``, the batch sizes it
-    saw), with a copy of its items when `python_state` looked: a program would change it once, when traced, where
-    the plain loop changes it at every step (`changed_state` names one changed in place)."""
-
-    __slots__ = ("container", "items")
-
-    def __init__(self, container: Any, items: Any) -> None:
-        self.container, self.items = container, items
-
-    @classmethod
-    def of(cls, value: Any) -> _Container | None:
-        """`value` with a copy of its items if they are all plain, else None."""
-        items = _plain_copy(value)
-        return None if items is _NOT_PLAIN else cls(value, items)
-
-    def restore(self) -> None:
-        """Put the container's items back as they were when looked at (in place: the layer keeps its object)."""
-        items = _plain_copy(self.items)
-        if isinstance(self.container, dict):
-            self.container.clear()
-            self.container.update(items)
-        else:
-            self.container[:] = items
-
-    def __repr__(self) -> str:
-        return repr(self.items)
-
-
-class _HostGenerator:
-    """A host random generator a layer keeps (NumPy's Generator or RandomState, Python's random.Random), with
-    its state when `python_state` looked: a draw from it while traced would be one constant of the program."""
-
-    __slots__ = ("generator", "state")
-
-    def __init__(self, generator: Any, state: Any) -> None:
-        self.generator, self.state = generator, state
-
-    @classmethod
-    def of(cls, value: Any) -> _HostGenerator | None:
-        """`value` with its state if it is a host random generator, else None."""
-        if isinstance(value, random.Random):
-            return cls(value, value.getstate())
-        bit_generator = getattr(value, "bit_generator", None)  # NumPy's Generator
-        if bit_generator is not None and hasattr(bit_generator, "state"):
-            return cls(value, bit_generator.state)
-        if callable(getattr(value, "get_state", None)) and callable(getattr(value, "set_state", None)) \
-                and hasattr(value, "standard_normal"):  # NumPy's RandomState
-            return cls(value, value.get_state())
-        return None
-
-    def restore(self) -> None:
-        """Put the generator back in the state it had when looked at."""
-        generator = self.generator
-        if isinstance(generator, random.Random):
-            generator.setstate(self.state)
-        elif hasattr(generator, "bit_generator"):
-            generator.bit_generator.state = self.state
-        else:
-            generator.set_state(self.state)
-
-    def __repr__(self) -> str:
-        return repr(self.state)
-
-
-def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[str, dict[str, Any]]]) -> str | None:
-    """The first layer attribute a traced step changed, in words; None when none did."""
-    for (path, old), (_, new) in zip(before, after, strict=True):
-        where = path if path.startswith("the ") else f"layer {path!r}"  # (`objects_state` names the others)
-        for key in sorted(set(old) | set(new)):
-            was, now = old.get(key), new.get(key)
-            if isinstance(was, _Container) or isinstance(now, _Container):
-                # a dict or list changed in place is state (a count, a log); one made or rebound by the call, or
-                # that now holds arrays, is what a layer keeps for its backward
-                if not (isinstance(was, _Container) and isinstance(now, _Container)
-                        and was.container is now.container) or repr(was) == repr(now):
-                    continue
-                return f"{where} changed the items of its attribute {key!r} ({was!r} -> {now!r})"
-            # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
-            if repr(old.get(key)) != repr(new.get(key)):
-                if isinstance(old.get(key), _HostGenerator):
-                    return (f"{where} draws from its own random generator {key!r} on the host, which a "
-                            "program would draw once (use the model's stream, `self.rng`)")
-                return f"{where} changed its attribute {key!r} ({old.get(key)!r} -> {new.get(key)!r})"
-    return None
-
-
-def restore_state(model: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
-    """Put every layer's plain attributes and host generators back as `python_state` found them (undoing a
-    refused trace)."""
-    restore_objects(model.named_layers(), before)
-
-
-def restore_objects(named: Any, before: list[tuple[str, dict[str, Any]]]) -> None:
-    """`restore_state` of (path, object) pairs, as `objects_state` found them."""
-    for (_, old), (_, layer) in zip(before, named, strict=True):
-        attributes = vars(layer)
-        for key in [k for k, v in attributes.items() if isinstance(v, _PLAIN_STATE) and k not in old
-                    and k not in _LAYER_BOOKKEEPING]:
-            del attributes[key]
-        for key, value in old.items():
-            if isinstance(value, _HostGenerator):
-                value.restore()
-                attributes[key] = value.generator
-            elif isinstance(value, _Container):
-                value.restore()
-                attributes[key] = value.container
-            else:
-                attributes[key] = value
 
 
 def layer_attributes(model: Any) -> list[tuple[Any, dict[str, Any]]]:
@@ -210,7 +54,7 @@ def object_attributes(objects: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
     for layer in objects:
         attributes = dict(vars(layer))
         entry = _LayerAttributes((layer, attributes))
-        own = _nnx_own(layer)
+        own = nnx_own(layer)
         for key, value in attributes.items():
             if key not in _LAYER_OWN and not (own and isinstance(value, (dict, list))):
                 items = _inner_items(value)
@@ -244,7 +88,7 @@ def _inner_items(value: Any) -> dict[Any, Any] | None:
         return dict(value)
     if isinstance(value, list):
         return dict(enumerate(value))
-    if is_plain(value) or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)) or _nnx_own(value):
+    if is_plain(value) or is_array(value) or isinstance(value, (Layer, Parameter, Buffer)) or nnx_own(value):
         return None
     if isinstance(value, tuple):  # one holding an array (a plain one is a setting)
         return dict(enumerate(value))
@@ -256,10 +100,6 @@ def _inner_items(value: Any) -> dict[Any, Any] | None:
         return None
     except (Unshareable, RecursionError):
         return dict(attributes)
-
-
-def _nnx_own(obj: Any) -> bool:
-    return (type(obj).__module__ or "").startswith("nnx.")
 
 
 def _item(container: Any, key: Any) -> Any:
@@ -319,7 +159,7 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
             if isinstance(container, dict) and vars(layer).get(key) is container:
                 _put_back(container, items)
             elif isinstance(container, list) and vars(layer).get(key) is container and any(
-                    not isinstance(v, _PLAIN_STATE) and items.get(i, _GONE) is not v for i, v in enumerate(container)):
+                    not isinstance(v, PLAIN_STATE) and items.get(i, _GONE) is not v for i, v in enumerate(container)):
                 container[:] = [items[i] for i in range(len(items))]
 
 
@@ -327,13 +167,13 @@ def _put_back(now: dict[Any, Any], old: dict[Any, Any]) -> None:
     """Rebind the entries of `now` that are no plain value and not as in `old` to what `old` holds (removing those
     `old` lacks), and restore such entries `old` has and `now` lost; a plain one changed is a change `changed_state`
     names."""
-    for key in [k for k, v in now.items() if not isinstance(v, _PLAIN_STATE) and old.get(k, _GONE) is not v]:
+    for key in [k for k, v in now.items() if not isinstance(v, PLAIN_STATE) and old.get(k, _GONE) is not v]:
         if key in old:
             now[key] = old[key]
         else:
             del now[key]
     for key in old.keys() - now.keys():
-        if not isinstance(old[key], _PLAIN_STATE):
+        if not isinstance(old[key], PLAIN_STATE):
             now[key] = old[key]
 
 
@@ -400,13 +240,30 @@ def _has_slots(cls: type) -> bool:
 def slotted_reason(model: Any, *others: Any) -> str | None:
     """Why a step or pass that runs the code of `model`'s layers, its regularizers and `others` (a loss) once and
     watches their attributes cannot stand for them, in words: one keeps attributes in ``__slots__``, which the
-    watches (settings, Python state, arrays held) do not read; None where none does."""
+    watches (settings, Python state, arrays held) do not read, or keeps an iterator, whose position no watch can
+    compare; None where none does."""
     objects = [(f"layer {path!r}", layer) for path, layer in model.named_layers()]
     objects += [(f"the regularizer {type(reg).__name__}", reg) for reg in regularizers_of(model)]
     objects += [(f"the loss {type(obj).__name__}", obj) for obj in others if obj is not None]
     for what, obj in objects:
         if _has_slots(type(obj)):
             return f"{what} keeps attributes in __slots__, where the watches of its settings and state do not look"
+        iterator = _iterator_in(obj)
+        if iterator is not None:
+            return (f"{what} keeps an iterator in {iterator!r}, whose position its code may advance in a step: a "
+                    "recording or a program would advance it once, where the plain loop advances it at every step")
+    return None
+
+
+def _iterator_in(obj: Any) -> str | None:
+    """Where `obj` keeps an iterator (a generator, ``itertools.count``): as an attribute, an item of a list or dict
+    attribute, or an attribute of an object of the user's it keeps; None where it keeps none."""
+    for name, value in getattr(obj, "__dict__", {}).items():
+        inner = value if type(value) is dict else dict(enumerate(value)) if type(value) is list else \
+            held_object_attributes(value) or {}
+        for where, held in [(name, value), *((f"{name}[{k!r}]", v) for k, v in inner.items())]:
+            if hasattr(type(held), "__next__") and not is_array(held):
+                return where
     return None
 
 
@@ -539,7 +396,7 @@ def _unset_by_trace(old: dict[str, Any], now: dict[str, Any]) -> list[str]:
     program holds only while the attribute is None (or missing) still.
     """
     return [key for key, value in now.items()
-            if not isinstance(value, _PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
+            if not isinstance(value, PLAIN_STATE) and (old.get(key, _GONE) is None or key not in old)]
 
 
 def described(value: Any, depth: int = 0) -> Any:

@@ -1,0 +1,95 @@
+"""State a user's layer keeps in Python outside its own attributes, lists and dicts, which its code changes in a
+step: every execution gives the plain loop's numbers (found in review: the recorded passes and JAX's programs ran
+that code once, so such state moved once where the plain loop moves it at every step)."""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import numpy as np
+import pytest
+
+import nnx
+
+
+class HeldCounter(nnx.Layer):
+    """Counts its training steps in an object it keeps, and scales by the count."""
+
+    def __init__(self):
+        super().__init__()
+        self.h = types.SimpleNamespace(n=0)
+
+    def forward(self, X, training=False):
+        if training:
+            self.h.n += 1
+        self._k = 1.0 + 0.01 * self.h.n
+        return X * self._k
+
+    def backward(self, dY, need_dX=True):
+        return dY * self._k
+
+
+class HeldRunningMean(nnx.Layer):
+    """Centres by a running mean kept as an array in an object it keeps, read and rebound each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.h = types.SimpleNamespace(mu=None)
+
+    def forward(self, X, training=False):
+        if self.h.mu is None:
+            self.h.mu = self.xp.zeros(X.shape[1:], dtype=X.dtype, device=X.device)
+        if training:
+            self.h.mu = 0.5 * self.h.mu + 0.5 * self.xp.mean(X, axis=0)
+        return X - self.h.mu
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+class IteratedWarmup(nnx.Layer):
+    """Scales up over its first ten training steps, counted by an iterator it advances."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = itertools.count(1)
+
+    def forward(self, X, training=False):
+        k = next(self.steps) if training else 10
+        self._s = self.xp.asarray(min(1.0, 0.1 * k), dtype=X.dtype, device=X.device)
+        return X * self._s
+
+    def backward(self, dY, need_dX=True):
+        return dY * self._s
+
+
+def _fit(backend, make, fast):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((32, 4)), rng.standard_normal((32, 2))
+    layer = make()
+    model = nnx.Sequential(nnx.Dense(4, 4), layer, nnx.Dense(4, 2), backend=backend.with_fastpath(fast),
+                           dtype="float64", seed=0)
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=0.05, epochs=3, batch_size=8)
+    return [model.backend.to_host(p.value) for p in model.parameters()], layer
+
+
+@pytest.mark.parametrize("make", [HeldCounter, IteratedWarmup], ids=["counter-in-a-held-object", "iterator"])
+def test_python_state_a_layer_advances_each_step_gives_the_plain_numbers(backend, make):
+    (fast, fast_layer), (plain, plain_layer) = _fit(backend, make, True), _fit(backend, make, False)
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    if make is HeldCounter:
+        assert fast_layer.h.n == plain_layer.h.n == 12
+    else:
+        assert next(fast_layer.steps) == next(plain_layer.steps) == 13
+
+
+def test_an_array_a_layer_carries_in_a_held_object_gives_the_plain_numbers(backend):
+    """NumPy's recording took the running mean as a constant of the replay."""
+    (fast, fast_layer), (plain, plain_layer) = _fit(backend, HeldRunningMean, True), _fit(backend, HeldRunningMean,
+                                                                                         False)
+    for a, b in zip(fast, plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fast_layer.backend.to_host(fast_layer.h.mu),
+                               plain_layer.backend.to_host(plain_layer.h.mu), rtol=1e-12)
