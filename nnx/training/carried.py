@@ -11,7 +11,8 @@ the step then runs plainly (`nnx.training.compiled`). nnx's own layers and losse
 only a user's object costs the second trace.
 
 A slot is where an object keeps a value: ``(object, attribute, None, value)``, or
-``(object, attribute, ("item", key), value)`` for an item of a dict or list attribute.
+``(object, attribute, ("item", key), value)`` for an item of a dict or list attribute, or
+``(object, attribute, ("attr", name), value)`` for an attribute of an object of the user's it keeps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..backends.base import Backend
+from .python_state import held_object_attributes
 from .trace_state import shallow_copy
 
 __all__ = ["carried_state", "rebound_slots", "slots_now"]
@@ -41,7 +43,15 @@ def _user_slots(objects: list[Any]) -> list[Slot]:
                 found += [(obj, name, ("item", key), item) for key, item in value.items()]
             elif isinstance(value, list):
                 found += [(obj, name, ("item", i), item) for i, item in enumerate(value)]
+            elif (held := held_object_attributes(value)) is not None:
+                found += [(obj, name, ("attr", key), item) for key, item in held.items()]
     return found
+
+
+def _held_objects(objects: list[Any]) -> list[Any]:
+    """The objects of the user's that `objects` keep (whose attributes are slots too)."""
+    return [value for obj in objects for value in getattr(obj, "__dict__", {}).values()
+            if held_object_attributes(value) is not None]
 
 
 def _key(slot: Slot) -> tuple:
@@ -64,6 +74,9 @@ def _get(slot: Slot) -> Any:
     value = vars(obj).get(name, _GONE)
     if item is None or value is _GONE:
         return value
+    if item[0] == "attr":
+        held = held_object_attributes(value)
+        return _GONE if held is None else held.get(item[1], _GONE)
     try:
         return value[item[1]]
     except (KeyError, IndexError, TypeError):
@@ -74,12 +87,16 @@ def _set(slot: Slot, value: Any) -> None:
     obj, name, item, _ = slot
     if item is None:
         vars(obj)[name] = value
+    elif item[0] == "attr":
+        vars(vars(obj)[name])[item[1]] = value
     else:
         vars(obj)[name][item[1]] = value
 
 
 def _name(slot: Slot) -> str:
-    return repr(slot[1]) if slot[2] is None else f"{slot[1]!r}[{slot[2][1]!r}]"
+    if slot[2] is None:
+        return repr(slot[1])
+    return f"{slot[1]!r}.{slot[2][1]}" if slot[2][0] == "attr" else f"{slot[1]!r}[{slot[2][1]!r}]"
 
 
 def _refill(container: Any, items: Any) -> None:
@@ -98,7 +115,8 @@ def carried_state(backend: Backend, rebound: list[Slot], passes: Callable[[], tu
     traced once more with each rebound slot bound to a stand-in. The attributes of `objects` (and the items of their
     dicts and lists) are put back afterwards; the caller puts back what else the passes touch (the parameters'
     values and gradients, the random stream, plain state)."""
-    attributes = [(obj, dict(vars(obj)), {k: shallow_copy(v) for k, v in vars(obj).items()}) for obj in objects]
+    attributes = [(obj, dict(vars(obj)), {k: shallow_copy(v) for k, v in vars(obj).items()})
+                  for obj in [*objects, *_held_objects(objects)]]
     kept_in_place: list[bool] = []
 
     def with_stand_ins(*stand_ins: Any) -> tuple:

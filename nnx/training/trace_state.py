@@ -60,17 +60,21 @@ def object_attributes(objects: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
                 items = _inner_items(value)
                 if items is not None:  # an empty dict too: what a trace puts in it must not stay there
                     entry.inner[key] = items
+                elif (held := held_object_attributes(value)) is not None:
+                    entry.held[key] = dict(held)  # what a trace sets there is put back, as in the layer itself
         found.append(entry)
     return found
 
 
 class _LayerAttributes(tuple):
     """A pair of `layer_attributes`, (layer, a shallow copy of its attributes), with `inner`: `_inner_items` of each
-    attribute that has some, by attribute name (what `HeldArrays` notes one level down)."""
+    attribute that has some, by attribute name (what `HeldArrays` notes one level down), and `held`: a shallow copy
+    of the attributes of each other object of the user's the layer keeps (what `put_back_arrays` puts back)."""
 
     def __init__(self, pair: tuple[Any, dict[str, Any]]) -> None:
         super().__init__()
         self.inner: dict[str, dict[Any, Any]] = {}
+        self.held: dict[str, dict[str, Any]] = {}
 
 
 # what every `Layer` keeps for its model, and the arguments it was built with: no pass reads them as settings
@@ -161,6 +165,11 @@ def put_back_arrays(before: list[tuple[Any, dict[str, Any]]]) -> None:
             elif isinstance(container, list) and vars(layer).get(key) is container and any(
                     not isinstance(v, PLAIN_STATE) and items.get(i, _GONE) is not v for i, v in enumerate(container)):
                 container[:] = [items[i] for i in range(len(items))]
+            elif held_object_attributes(container) is not None and vars(layer).get(key) is container:
+                _put_back(vars(container), items)
+        for key, held in getattr(entry, "held", {}).items():  # an object of the user's the layer keeps
+            if vars(layer).get(key) is old.get(key):
+                _put_back(vars(old[key]), held)
 
 
 def _put_back(now: dict[Any, Any], old: dict[Any, Any]) -> None:
