@@ -860,3 +860,29 @@ def test_a_jax_model_trains_and_predicts_under_jax_disable_jit():
     assert "disable_jit" in history.execution_reason
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(history["loss"], compiled["loss"], rtol=1e-12)
+
+
+def test_a_layer_that_leaves_the_backend_is_named_not_blamed_on_the_loss():
+    """Found in review: a user's layer calling np.tanh on array_api_strict arrays returns a NumPy array; fit then
+    said the loss was given its arguments in the wrong order, and predict failed inside a dtype comparison. Both
+    now say that a layer computes with another library."""
+    pytest.importorskip("array_api_strict")
+
+    class NumpyTanh(nnx.Layer):
+        def forward(self, X, training=False):
+            self._T = np.tanh(X)
+            return self._T
+
+        def backward(self, dY, need_dX=True):
+            return dY * (1 - self._T ** 2)
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 2))
+    for spec in ("array_api_strict", "generic:array_api_strict"):
+        model = nnx.Sequential(nnx.Dense(4, 4), NumpyTanh(), backend=spec, dtype="float64", seed=0)
+        match = r"outputs are a numpy array, but the model runs on the .*array_api_strict backend: a layer's forward " \
+                r"computes with another library \(such as np\.tanh where self\.xp\.tanh belongs\)"
+        with pytest.raises(TypeError, match="fit: the model's " + match):
+            model.fit(X, y[:, :1].repeat(4, axis=1), loss="mse", epochs=1)
+        with pytest.raises(TypeError, match="predict: the model's " + match):
+            model.predict(X)

@@ -14,7 +14,7 @@ from ..protocols import Model
 from .data import batch_slices
 from .evaluation import evaluate_arrays, evaluate_batches, head_outputs, predict_batches
 from .history import Logs
-from .inputs import require_all_finite, require_backend_state, require_untraced
+from .inputs import require_all_finite, require_backend_state, require_own_outputs, require_untraced
 from .loss_fit import check_loss_fits
 from .sources import inference_source
 
@@ -66,6 +66,7 @@ def predict(model: Model, X: Any, batch_size: int | None = None, *, steps: int |
             out = predict_batches(model, source)
     else:
         out = _predict_arrays(model, X, batch_size, check_finite)
+    require_own_outputs(model, out, "predict")
     if out.dtype != model.backend.float_dtype(model.dtype) and model.xp.isdtype(out.dtype, "real floating"):
         _raise_if_rebound(model, f"predict's outputs came out in {dtype_name(out.dtype)}")
         raise TypeError(f"predict's outputs came out in {dtype_name(out.dtype)}, but the model's dtype is "

@@ -116,6 +116,19 @@ def require_backend_state(model: Model, what: str) -> None:
                             f"{in_model_dtype(kind)}")
 
 
+def require_own_outputs(model: Model, out: Any, what: str) -> None:
+    """TypeError where the model's outputs `out` are no array of its backend: a layer computed with another library
+    (``np.tanh`` where ``self.xp.tanh`` belongs), which left the backend without a word, and the error came later,
+    in another's words (a loss blaming its arguments' order, a dtype comparison)."""
+    if model.backend.owns(out):
+        return
+    other = backend_name_of(out)
+    got = f"{article(other)} array" if other else f"a {type(out).__name__}"
+    raise TypeError(f"{what}: the model's outputs are {got}, but the model runs on the {model.backend.spec} backend: "
+                    "a layer's forward computes with another library (such as np.tanh where self.xp.tanh belongs); "
+                    "write its math with self.xp")
+
+
 def _placed_device(backend: Any, placed: list[str]) -> str:
     """The name of the device an array the backend makes reports, kept in `placed`: a device may be named otherwise
     than its arrays name it (torch's ``"cuda"``, ``"mps"`` or ``"cpu:0"`` put tensors on ``cuda:0``, ``mps:0``,

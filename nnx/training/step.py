@@ -40,6 +40,7 @@ from ..protocols import CompiledExecution, FlatExecution, Model
 from .compiled import compile_step, kept_buffers, traceable
 from .compiled_passes import compiled_passes
 from .flat import FlatUpdate, own_step
+from .inputs import require_own_outputs
 from .recorded import recorded_passes
 from .transforms import CallbackLook, GradientTransform
 
@@ -240,6 +241,8 @@ class TrainStep:
         if not self.checked_inputs and self.runners is not None:  # the first batch
             self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
+        if not self.checked_inputs:  # the first batch: outputs the loss would take for another library's
+            require_own_outputs(self.model, Z, "fit")
         if self.checked_inputs:
             value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         else:  # the first batch goes through every input check; the data source prepares the rest alike
