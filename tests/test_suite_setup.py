@@ -108,29 +108,30 @@ def test_only_backend_cases_keeps_every_device_case_of_the_backend() -> None:
     """`NNX_TEST_ONLY_BACKEND_CASES=1 bash backends/run_tests.sh array_api_strict` selects its CPU and device1
     cases; matching only the bare name dropped device1's, the run that catches a forgotten device= (found in
     review)."""
-    tests = Path(__file__).resolve().parent
-    env = {**os.environ, "NNX_TEST_BACKEND": "array_api_strict", "NNX_TEST_ONLY_BACKEND_CASES": "1"}
-    in_process = ["-n", "0"] if importlib.util.find_spec("xdist") else []
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *in_process, "-p", "no:cacheprovider",
-                          str(tests / "test_activations.py")], cwd=tests.parent, env=env, capture_output=True,
-                         text=True, timeout=120)
-    ids = [line for line in out.stdout.splitlines() if "::" in line]
-    assert any("[array_api_strict-" in i for i in ids), out.stdout[-2000:]
-    assert any("[array_api_strict:device1-" in i for i in ids), out.stdout[-2000:]
+    ids, out = _one_backends_ids("test_activations.py", "array_api_strict", only_its_cases=True)
+    assert any("[array_api_strict-" in i for i in ids), out
+    assert any("[array_api_strict:device1-" in i for i in ids), out
 
 
 def test_one_backends_run_leaves_out_tests_listing_only_other_backends() -> None:
     """`bash backends/run_tests.sh numpy` (NNX_TEST_BACKEND=numpy) narrowed only the `backend` fixture: a test that
     lists its backends itself (``parametrize("backend", ["numpy", "torch", "jax"])``) still ran on torch and JAX
     (found in review). Those cases are left out now; a test naming no backend, and this backend's, still run."""
+    ids, out = _one_backends_ids("test_changes_after_fit.py", "numpy", only_its_cases=False)
+    assert any("[numpy" in i for i in ids), out
+    assert not [i for i in ids if "[torch" in i or "[jax" in i or "-torch" in i or "-jax" in i], out
+    assert any("[" not in i for i in ids), "the tests that name no backend run too"
+
+
+def _one_backends_ids(module: str, backend: str, only_its_cases: bool) -> tuple[list[str], str]:
+    """The test ids `pytest --collect-only` of one module gives with NNX_TEST_BACKEND set (and
+    NNX_TEST_ONLY_BACKEND_CASES, where `only_its_cases`), and the end of its output for a failing assert."""
     tests = Path(__file__).resolve().parent
-    env = {**os.environ, "NNX_TEST_BACKEND": "numpy"}
+    env = {**os.environ, "NNX_TEST_BACKEND": backend}
     env.pop("NNX_TEST_ONLY_BACKEND_CASES", None)
+    if only_its_cases:
+        env["NNX_TEST_ONLY_BACKEND_CASES"] = "1"
     in_process = ["-n", "0"] if importlib.util.find_spec("xdist") else []
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *in_process, "-p", "no:cacheprovider",
-                          str(tests / "test_changes_after_fit.py")], cwd=tests.parent, env=env, capture_output=True,
-                         text=True, timeout=120)
-    ids = [line for line in out.stdout.splitlines() if "::" in line]
-    assert any("[numpy" in i for i in ids), out.stdout[-2000:]
-    assert not [i for i in ids if "[torch" in i or "[jax" in i or "-torch" in i or "-jax" in i], out.stdout[-2000:]
-    assert any("[" not in i for i in ids), "the tests that name no backend run too"
+                          str(tests / module)], cwd=tests.parent, env=env, capture_output=True, text=True, timeout=120)
+    return [line for line in out.stdout.splitlines() if "::" in line], out.stdout[-2000:]
