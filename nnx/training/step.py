@@ -241,11 +241,10 @@ class TrainStep:
         if not self.checked_inputs and self.runners is not None:  # the first batch
             self.runners.note_training_forward()
         Z = self.model.forward_to_head(X, self.n_run, training=True, runners=self.runners)
-        if not self.checked_inputs:  # the first batch: outputs the loss would take for another library's
-            require_own_outputs(self.model, Z, "fit")
         if self.checked_inputs:
             value, self._dZ = self.head_kernel.value_and_grad_prepared(self.model.xp, y, Z, sample_weight)
         else:  # the first batch goes through every input check; the data source prepares the rest alike
+            require_own_outputs(self.model, Z, "fit")  # outputs of another library the loss would blame on its order
             self.checked_inputs = True
             if self.head_kernel is self.head:
                 value, self._dZ = self.head.value_and_grad(y, Z, check=False, sample_weight=sample_weight)
