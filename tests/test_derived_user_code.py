@@ -191,6 +191,64 @@ def test_a_rule_that_changes_an_arrays_dtype_is_named_in_every_execution(backend
     assert messages[0] == messages[1]
 
 
+class NormalizedSGD(optim.Optimizer):
+    """SGD on each parameter's gradient divided by its norm: a rule that reads across elements, declared elementwise."""
+
+    elementwise = True
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr)
+
+    def init_state(self, xp, value):
+        return {}
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad / (xp.sqrt(xp.sum(grad * grad)) + 1e-12), state
+
+
+class PerParameterNormalizedSGD(NormalizedSGD):
+    """The same rule, declared as it is: each parameter updated on its own."""
+
+    elementwise = False
+
+
+class BoundedSGD(NormalizedSGD):
+    """An elementwise rule with a reduction along an axis of its own: each element still reads only itself."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        larger = xp.max(xp.stack([xp.abs(grad), xp.abs(value)]), axis=0)
+        return value - lr * grad / (1.0 + larger), state
+
+
+@pytest.mark.parametrize("width", [9, 22_000], ids=["small", "replayed"])
+def test_a_rule_declared_elementwise_that_reads_across_elements_is_named_in_every_execution(backend, width):
+    """Over the flat buffer (all parameters concatenated) the norm mixed the parameters, and the weights differed
+    from the plain loop's without a word; the replayed rule (from 131,072 parameters) refused it and called it
+    plainly, with the same mix. Now the first call of the rule in every execution raises, naming the call, before
+    anything is written."""
+    def layers():
+        return [nnx.Dense(6, width), nnx.ReLU(), nnx.Dense(width, 3)]
+
+    for fast in (True, False):
+        model = nnx.Sequential(*layers(), backend=backend.with_fastpath(fast), dtype="float64", seed=3)
+        before = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+        with pytest.raises(TypeError, match=r"NormalizedSGD declares elementwise = True, but its update calls "
+                                            r"xp\.sum .* Set elementwise = False on NormalizedSGD"):
+            model.fit(*_data(), loss="cross_entropy", optimizer=NormalizedSGD(model.parameters()), epochs=1,
+                      batch_size=16)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(model.backend.to_host(value), before[key], err_msg=key)
+    if width > 9:
+        return
+    # declared as it is, the rule trains parameter by parameter; a reduction along an axis of its own is no mix
+    runs = [_train(backend, "float64", fast, PerParameterNormalizedSGD) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")
+    runs = [_train(backend, "float64", fast, BoundedSGD) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "flat")
+
+
 class HostNoise(nnx.Layer):
     """Gaussian noise in training, drawn from a NumPy generator the layer keeps (not the model's stream)."""
 

@@ -478,6 +478,19 @@ def test_sharded_update_refuses_a_rule_that_is_not_elementwise():
               distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
 
 
+def test_sharded_update_names_a_rule_declared_elementwise_that_reads_across_elements():
+    """On a rank's slice of the flat buffer a norm mixes parameters: the first call says so, before writing."""
+    from test_derived_user_code import NormalizedSGD
+
+    m = _tiny()
+    before = {k: np.array(v) for k, v in m.state_dict().items()}
+    with pytest.raises(TypeError, match=r"NormalizedSGD declares elementwise = True, but its update calls xp\.sum"):
+        m.fit(np.ones((4, 4)), np.ones(4), optimizer=NormalizedSGD(m.parameters()),
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+    for key, value in m.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
 def test_sharded_update_refuses_a_transform_that_needs_whole_gradients():
     class Hook(nnx.callbacks.Callback):
         def on_gradients(self, grads):

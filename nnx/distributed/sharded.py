@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..elementwise_check import watched
 from ..layers.parameter import Parameter
 from ..optim import check_rule_result
 from ..training import replay
@@ -67,6 +68,7 @@ class ShardedUpdate(AverageGradients):
         self.mutable = True
         self.grad_shard: Any = None  # this step's slice of the averaged, transformed gradient
         self.replay: replay.RuleReplay | None = None  # the rule replayed into the slices (`nnx.training.replay`)
+        self.rule_checked = False  # whether the rule ran once on `watched` xp (`nnx.elementwise_check`)
         self.shard: tuple[Any, dict[str, Any]] = (None, {})  # this rank's slices of the value and state buffers
         self._local: Any = None  # this step's own gradients, concatenated
         self._sources: list[Any] = []
@@ -99,6 +101,7 @@ class ShardedUpdate(AverageGradients):
         self.start, self.stop = ranks[self.comm.rank]
         self.values, self.state = None, None
         self.replay = replay.for_update(optimizer, backend, self.stop - self.start)
+        self.rule_checked = False
 
     # -- the gradient stage ---------------------------------------------------------------------
     def apply(self, params: list[Parameter], rows: int) -> bool:
@@ -180,7 +183,9 @@ class ShardedUpdate(AverageGradients):
                 self.replay.apply(old_values, self.grad_shard, old_state, t, opt.lr, keep=keep):
             values, state = self.values, self.state  # the slices were written in place
         else:
-            new_values, new_state = opt.update(xp, old_values, self.grad_shard, old_state, t, opt.lr)
+            new_values, new_state = opt.update(xp if self.rule_checked else watched(opt, xp, old_values), old_values,
+                                               self.grad_shard, old_state, t, opt.lr)
+            self.rule_checked = True
             check_rule_result(opt, "this rank's slice of the parameters", old_values, new_values, old_state, new_state)
             if keep is not None:
                 new_values = xp.where(keep, new_values, old_values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..elementwise_check import watched
 from .outside_settings import OutsideWatch
 from .rule_trace import RuleTrace, hyper_constants
 from .shared_programs import SharedProgram, forget, rule_code
@@ -89,7 +90,7 @@ class CompiledRule:
         # on Python floats (Adam's beta2 ** t) runs in double precision, as on the host
         try:
             with RuleTrace(self.optimizer) as shadow, shadow.rate_for_tracing(lr):
-                return shadow.update(self.backend.xp, values, grads, state, t, lr)
+                return shadow.update(watched(self.optimizer, self.backend.xp, values), values, grads, state, t, lr)
         except Exception:
             # it cannot be traced, or changed the copy: it runs as written, where a real error says what it is
             self._impure = True

@@ -31,6 +31,7 @@ from itertools import repeat
 from operator import is_, itemgetter
 from typing import Any
 
+from ..elementwise_check import watched
 from ..optim import Optimizer, check_rule_result
 from . import replay
 from .compiled_rule import CompiledRule
@@ -386,8 +387,10 @@ class FlatUpdate:
         """The optimizer's rule on these (slices of the) buffers; with `keep`, the old arrays where it is False."""
         xp = self.xp
         compiled = None if self._compiled_rule is None else self._compiled_rule.run(values, grads, state, t)
+        # the first call per layout holds the rule to its `elementwise`: across elements, flat buffers mix parameters
         new_values, new_state = compiled if compiled is not None else \
-            self.optimizer.update(xp, values, grads, state, t, self.optimizer.lr)
+            self.optimizer.update(xp if self._rule_checked else watched(self.optimizer, xp, values), values, grads,
+                                  state, t, self.optimizer.lr)
         # In full once per layout (a step of a small network is a few dozen microseconds), then the new values'
         # dtype every call: a hyper-parameter set between steps (a NumPy float64 momentum) promotes them (and the
         # state the rule computes them from), which the writes into the buffers would otherwise cast back silently
