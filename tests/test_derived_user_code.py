@@ -7,8 +7,11 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
+from numpy.random import standard_normal
 from test_execution import _assert_same  # weights, buffers, loss history and optimizer state
 
 import nnx
@@ -277,6 +280,52 @@ def test_a_layer_drawing_from_its_own_host_generator_gets_fresh_draws_every_step
     _assert_same(*runs, dtype)
     if backend.can_compile:
         assert "random generator 'generator'" in runs[0][2].execution_reason
+
+
+MODULE_GENERATOR = np.random.default_rng(5)
+
+
+class OutsideNoise(nnx.Layer):
+    """Noise in training from a host generator the layer does not keep: NumPy's global one, one at module level, a
+    function imported from ``numpy.random``, or Python's global one."""
+
+    def __init__(self, source="numpy"):
+        super().__init__()
+        self.source = source
+
+    def forward(self, X, training=False):
+        if not training:
+            return X
+        shape = tuple(X.shape)
+        if self.source == "python":
+            return X * (1.0 + 0.1 * random.gauss(0.0, 1.0))
+        noise = np.random.standard_normal(shape) if self.source == "numpy" else \
+            MODULE_GENERATOR.standard_normal(shape) if self.source == "module" else standard_normal(shape)
+        return X + 0.5 * self.backend.asarray(noise, dtype=self.dtype)
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+@pytest.mark.parametrize("source", ["numpy", "module", "imported", "python"])
+def test_a_layer_drawing_from_a_generator_outside_it_gets_fresh_draws_every_step(backend, dtype, source):
+    """The recorded passes (NumPy) and JAX's programs drew from NumPy's or Python's global generator, or one at
+    module level, once, and replayed that noise at every step; now such a layer runs plainly, from the generator's
+    state before the recording or the trace."""
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(nnx.Dense(6, 9), OutsideNoise(source), nnx.ReLU(), nnx.Dense(9, 3),
+                               backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+        opt = optim.SGD(model.parameters(), lr=0.05)
+        np.random.seed(0), random.seed(0)
+        MODULE_GENERATOR.bit_generator.state = np.random.default_rng(5).bit_generator.state
+        history = model.fit(*_data(), loss="cross_entropy", optimizer=opt, epochs=3, batch_size=16)
+        runs.append((model, opt, history))
+    _assert_same(*runs, dtype)
+    # (a function imported from numpy.random draws from NumPy's global generator, named once)
+    name = {"module": "MODULE_GENERATOR", "python": "random"}.get(source, "numpy.random")
+    assert f"from the random generator {name!r} on the host" in (runs[0][2].execution_reason or "") \
+        or not backend.can_compile
 
 
 class ScaledBySetting(nnx.Layer):

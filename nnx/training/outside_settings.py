@@ -28,12 +28,13 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
+import random
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "is_scalar", "outside_key",
-           "outside_settings"]
+__all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "is_scalar", "outside_generators",
+           "outside_key", "outside_settings"]
 
 PLAIN_VALUES = (type(None), int, float, str, bool, bytes)  # values a watch compares in place
 
@@ -105,6 +106,36 @@ def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str
                 seen.add((id(namespace), name))
                 found.append((owner, name, namespace, value))
     return found
+
+
+def outside_generators(obj: Any) -> list[tuple[str, Any]]:
+    """``(name, generator)`` for each host random generator the code of `obj`'s user classes reads outside the
+    instance: one at module level (``GEN.normal()``), NumPy's global one (``np.random.normal``, a function imported
+    from ``numpy.random``) and Python's (``random.random()``). `python_state` compares them around a trace or a
+    recording, which would draw from them once where the plain loop draws at every step."""
+    user = [cls for cls in type(obj).__mro__ if _is_users(cls)]
+    if not user:
+        return []
+    found: list[tuple[str, Any]] = []
+    for namespace, name in _code_facts(tuple(f for cls in user for f in _functions(cls)))[1]:
+        value = namespace.get(name)
+        if isinstance(value, types.ModuleType) and value.__name__ in ("numpy.random", "random"):
+            # the global generator behind the module's functions, which are its bound methods
+            name, value = value.__name__, getattr(value, "random", None)
+        if isinstance(value, types.BuiltinMethodType | types.MethodType):
+            value = getattr(value, "__self__", None)  # a function imported from either module: its generator
+        if _is_host_generator(value) and all(value is not g for _, g in found):
+            found.append((name, value))
+    return found
+
+
+def _is_host_generator(value: Any) -> bool:
+    """Whether `value` is a host random generator (Python's ``random.Random``, NumPy's Generator or RandomState),
+    told by type: nothing is imported, and no attribute of an arbitrary object is read."""
+    if isinstance(value, random.Random):
+        return True
+    kind = type(value)
+    return (kind.__module__ or "").startswith("numpy.random") and kind.__name__ in ("Generator", "RandomState")
 
 
 def _class_settings(obj: Any, user: list[type], written: frozenset[str]) -> list[tuple[Any, str, Mapping, Any]]:

@@ -1,7 +1,8 @@
 """The Python state a layer's code keeps besides its arrays, compared and put back around a trace or a recording.
 
-Taken before a step runs the code once: plain attributes, dicts and lists of plain values, host random generators,
-and the plain attributes of objects of the user's a layer keeps. A program or a replay would change such state
+Taken before a step runs the code once: plain attributes, dicts and lists of plain values, host random generators
+(those a layer keeps, and those its code reads outside it: `outside_generators`), and the plain attributes of
+objects of the user's a layer keeps. A program or a replay would change such state
 once, where the plain loop changes it at every step."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..layers.base import Layer
 from ..layers.parameter import Buffer, Parameter
-from .outside_settings import is_array, is_plain
+from .outside_settings import is_array, is_plain, outside_generators
 
 __all__ = ["PLAIN_STATE", "changed_state", "held_object_attributes", "nnx_own", "objects_state", "python_state",
            "restore_objects", "restore_state"]
@@ -45,6 +46,10 @@ def objects_state(named: Any) -> list[tuple[str, dict[str, Any]]]:
                 drawn = _HostGenerator.of(v) or _HeldObject.of(v)
                 if drawn is not None:
                     attributes[k] = drawn
+        for name, generator in outside_generators(layer):
+            outside = _OutsideGenerator.of(generator)
+            if outside is not None:
+                attributes[f"<{name}>"] = outside  # keyed apart from any attribute's name
         found.append((path, attributes))
     return found
 
@@ -137,6 +142,13 @@ class _HostGenerator:
         return repr(self.state)
 
 
+class _OutsideGenerator(_HostGenerator):
+    """A host random generator the layer's code reads outside the instance (`outside_generators`): compared and put
+    back as one it keeps, but not an attribute of the layer."""
+
+    __slots__ = ()
+
+
 def held_object_attributes(value: Any) -> dict[str, Any] | None:
     """The attributes (its ``__dict__`` itself) of an object of the user's that a layer keeps, whose code may keep
     state there (a ``types.SimpleNamespace``, a small class of theirs); None for anything else: a plain value, an
@@ -219,6 +231,9 @@ def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[st
                 return f"{where} changed the items of its attribute {key!r} ({was!r} -> {now!r})"
             # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
             if repr(old.get(key)) != repr(new.get(key)):
+                if isinstance(old.get(key), _OutsideGenerator):
+                    return (f"{where} draws from the random generator {key.strip('<>')!r} on the host, outside "
+                            "the layer, which a program would draw once (use the model's stream, `self.rng`)")
                 if isinstance(old.get(key), _HostGenerator):
                     return (f"{where} draws from its own random generator {key!r} on the host, which a "
                             "program would draw once (use the model's stream, `self.rng`)")
@@ -240,7 +255,9 @@ def restore_objects(named: Any, before: list[tuple[str, dict[str, Any]]]) -> Non
                     and k not in _LAYER_BOOKKEEPING]:
             del attributes[key]
         for key, value in old.items():
-            if isinstance(value, _HostGenerator):
+            if isinstance(value, _OutsideGenerator):
+                value.restore()  # (not the layer's attribute)
+            elif isinstance(value, _HostGenerator):
                 value.restore()
                 attributes[key] = value.generator
             elif isinstance(value, _HeldObject):
