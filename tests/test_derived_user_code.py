@@ -328,6 +328,46 @@ def test_a_layer_drawing_from_a_generator_outside_it_gets_fresh_draws_every_step
         or not backend.can_compile
 
 
+class DenseList(nnx.Layer):
+    """A user's block applying, in order, the Dense layers it lists in `items` (all of them held)."""
+
+    def __init__(self, n=2):
+        super().__init__()
+        self.items = [self.add_layer(str(i), nnx.Dense(6, 6)) for i in range(n)]
+
+    def forward(self, X, training=False):
+        for layer in self.items:
+            X = layer.forward(X, training)
+        return X
+
+    def backward(self, dY, need_dX=True):
+        for layer in reversed(self.items):
+            dY = layer.backward(dY)
+        return dY
+
+
+@pytest.mark.parametrize("source", ["arrays", "batches"])
+def test_a_sub_layer_dropped_between_fits_stays_as_it_is(backend, dtype, source):
+    """On JAX, the second fit's epoch program found the dropped layer's parameters without a gradient, and its
+    refusal escaped as an internal TraceRefused, since an earlier fit had traced; the epoch now runs step by step
+    (as it does where the layer is dropped before the first fit), and the dropped layer stays as it is."""
+    X, y = _data()
+    data = {"arrays": (X, y), "batches": ([(X[i:i + 16], y[i:i + 16]) for i in range(0, 48, 16)],)}[source]
+    runs = []
+    for fast in (True, False):
+        model = nnx.Sequential(DenseList(), nnx.Dense(6, 3), backend=backend.with_fastpath(fast), dtype=dtype, seed=3)
+        model.fit(*data, loss="cross_entropy", optimizer="adam", epochs=1, batch_size=16)
+        dropped = model.layers[0].items.pop()
+        kept = {p.name: backend.to_host(p.value) for p in dropped.parameters()}
+        history = model.fit(*data, epochs=2, batch_size=16)
+        for p in dropped.parameters():
+            np.testing.assert_array_equal(backend.to_host(p.value), kept[p.name], err_msg=p.name)
+        runs.append((model, model.optimizer, history))
+    _assert_same(*runs, dtype)
+    if backend.can_compile:
+        assert "leaves 0.1.weight, 0.1.bias without a gradient" in runs[0][2].execution_reason
+
+
 class ScaledBySetting(nnx.Layer):
     """A user's layer with a plain setting, ``X * scale``: its config is the constructor's argument."""
 

@@ -364,8 +364,7 @@ class EpochProgram:
             model.shuffle_rng.bit_generator.state = shuffled
             raise _StateChanged(batches) from None
         except model.backend.trace_errors as exc:
-            if self.compiles > 1:
-                raise  # it traced before: this is the model's own error, not a limit of tracing
+            # (after a program of an earlier fit too: a sub-layer dropped since leaves parameters without gradients)
             model.shuffle_rng.bit_generator.state = shuffled  # the per-step epoch draws the same permutation
             raise _NotTraced(batches, exc) from None
         except Exception as exc:
@@ -407,7 +406,6 @@ class EpochProgram:
             """Run the group; `taken`: the batch after it, already taken from the source."""
             stack = [None if group[0][j] is None else xp.stack([item[j] for item in group]) for j in range(3)]
             program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs))
-            first = self.compiles == 0
             try:
                 out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
             except CarryChanged:
@@ -415,8 +413,8 @@ class EpochProgram:
                     raise  # the state's keys changed inside the epoch, with no callback between its programs
                 raise _StateChanged(_Resumed(group + taken, source)) from None
             except model.backend.trace_errors as exc:
-                if not first:
-                    raise  # it traced before: this is the model's own error, not a limit of tracing
+                if losses:
+                    raise  # chunks of this epoch ran: the step-by-step loop cannot take the rest over
                 raise _NotTraced(_Resumed(group + taken, source), exc) from None
             ints_now[0] = out
             losses.append(loss)
