@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .backends import backend_name_of, get_backend
-from .layers.base import require_own_arrays
+from .layers.own_arrays import require_own_arrays
 from .layers.parameter import Parameter, require_built_shapes
 from .training.head import forward_and_loss
 from .training.inference import require_forward_run

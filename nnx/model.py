@@ -13,8 +13,9 @@ from ._validate import flag as check_flag
 from .backends import Backend, dtype_name, get_backend, stream_rng
 from .distributed.parallel import DataParallelFit
 from .layers import LAYERS, BuildContext, Layer, layer_from_config
-from .layers.base import constructor_config, require_own_arrays
+from .layers.base import constructor_config
 from .layers.containers import _Chain, raise_no_dX
+from .layers.own_arrays import require_own_arrays
 from .layers.parameter import Buffer, Parameter, require_built_shapes
 from .losses import Loss
 from .optim import Optimizer, rebuild_optimizer

@@ -27,8 +27,9 @@ import numpy as np
 
 from ._version import __version__
 from .io import file_destination, write_atomically
-from .layers.base import Layer, require_own_arrays
+from .layers.base import Layer
 from .layers.containers import _Chain
+from .layers.own_arrays import require_own_arrays
 from .layers.parameter import Buffer, Parameter, require_built_shapes
 
 __all__ = ["BATCH_DIM", "DEFAULT_OPSET", "INPUT_NAME", "MIN_OPSET", "OUTPUT_NAME", "OnnxGraph", "build_model",

@@ -8,6 +8,7 @@ same predictions, and exports to ONNX with the outputs of `predict`.
 from __future__ import annotations
 
 import json
+import types
 import warnings
 import zipfile
 
@@ -460,29 +461,38 @@ def test_a_layer_used_twice_in_one_training_forward_is_refused_by_name(backend):
 
 
 class Reapply(nnx.Layer):
-    """Applies a layer it was handed (not one it holds): the model's own first Dense, a second time."""
+    """Applies a layer it was handed (not one it holds): the model's own first Dense, a second time. It keeps the
+    layer in an attribute, or out of fit's sight, in an object of its own."""
 
     def __init__(self) -> None:
         super().__init__()
         self.other = None
+        self.kept = types.SimpleNamespace(layer=None)
 
     def forward(self, X, training=False):
-        return self.other.forward(X, training)
+        return (self.other or self.kept.layer).forward(X, training)
 
     def backward(self, dY, need_dX=True):
-        return self.other.backward(dY, need_dX)
+        return (self.other or self.kept.layer).backward(dY, need_dX)
 
 
+@pytest.mark.parametrize("kept", ["attribute", "object"])
 @pytest.mark.parametrize("first", [lambda: nnx.Dense(3, 3), nnx.Tanh], ids=["Dense", "Tanh"])
-def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_the_step_runs_it(backend, first):
+def test_a_layer_of_the_model_applied_again_by_another_is_refused_where_the_step_runs_it(backend, first, kept):
     """On NumPy and torch fit runs a top-level Dense through its kernel, and an undeclared layer (Tanh) through
-    its class's plain passes: that call counts as the layer's, and a second use is refused all the same."""
+    its class's plain passes: that call counts as the layer's, and a second use is refused all the same. A layer
+    kept in an attribute is refused before any step, as another part of the model."""
     rng = np.random.default_rng(5)
     X, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 3))
     model = nnx.Sequential(first(), Reapply(), nnx.Dense(3, 3), backend=backend, seed=0)
-    model.layers[1].other = model.layers[0]
     name = type(model.layers[0]).__name__
-    with pytest.raises(ValueError, match=rf"{name} '0' was called a second time with training=True"):
+    if kept == "attribute":
+        model.layers[1].other = model.layers[0]
+        message = rf"attribute 'other' holds layer 0 \({name}\), another part of the model"
+    else:
+        model.layers[1].kept.layer = model.layers[0]
+        message = rf"{name} '0' was called a second time with training=True"
+    with pytest.raises(ValueError, match=message):
         model.fit(X, y, loss="mse", optimizer="sgd", epochs=1, batch_size=4)
 
 
@@ -621,14 +631,19 @@ class Reuses(nnx.Layer):
 
 
 def test_a_layer_argument_the_block_does_not_hold_is_not_saved_as_a_copy(tmp_path):
-    """A copy built from its config would be a second layer with weights of its own: refused, as before."""
+    """A copy built from its config would be a second layer with weights of its own: refused, as before. Saving
+    refuses the reference itself first (a layer computing with another part of the model is not trained as torch
+    trains it), and the config, asked directly, still says why it cannot hold the layer."""
     first = nnx.Dense(3, 3)
     model = nnx.Sequential(first, Reuses(first), backend="numpy", seed=0)
-    with pytest.raises(TypeError, match=r"constructor argument other=.* is not a JSON value"):
+    with pytest.raises(ValueError, match=r"attribute 'other' holds layer 0 \(Dense\), another part of the model"):
         model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises(TypeError, match=r"constructor argument other=.* is not a JSON value"):
+        model.get_config()
     # found in review: the message only said to override get_config, not that a layer held with add_layer is saved
     with pytest.raises(TypeError, match=r"a layer Reuses does not hold.*self\.add_layer\(name, layer\)"):
-        model.save(tmp_path / "m.npz")
+        model.layers[1].get_config()
 
 
 class _PerBatch(nnx.callbacks.Callback):

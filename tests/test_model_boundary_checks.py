@@ -42,6 +42,97 @@ def test_a_layer_holding_another_layers_parameter_is_told_it_is_that_layers(back
     assert "never be trained" not in message and "add_parameter" not in message
 
 
+class TiedDecoder(nnx.Layer):
+    """torch-style tying by reference: ``H @ encoder.weight.T + bias``, adding its share of the encoder's gradient."""
+
+    def __init__(self, encoder: Any) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def output_shape(self, input_shape: Any) -> tuple[int, ...]:
+        return (self.encoder.in_features,)
+
+    def build(self, input_shape: Any) -> None:
+        self.bias = self.add_parameter("bias", (self.encoder.in_features,))
+
+    def forward(self, H: Any, training: bool = False) -> Any:
+        if training:
+            self.H = H
+        return H @ self.xp.matrix_transpose(self.encoder.weight.value) + self.bias.value
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        W = self.encoder.weight
+        self.bias.grad = self.xp.sum(dY, axis=0)
+        share = self.xp.matrix_transpose(dY) @ self.H
+        W.grad = share if W.grad is None else W.grad + share
+        return dY @ W.value
+
+
+@pytest.mark.parametrize("kept", ["layer", "parameter in a list", "layer in a dict"])
+def test_a_layer_holding_another_part_of_the_model_by_reference_is_refused(backend: Any, kept: str,
+                                                                           tmp_path: Any) -> None:
+    # Only a parameter kept directly was refused. A decoder computing with `self.encoder.weight` (torch's tying)
+    # trained without a word, 0.2 off torch's weights after 3 epochs: the encoder's backward, which runs after the
+    # decoder's, sets the weight's gradient and drops the decoder's share. A parameter in a list did the same, and
+    # a layer in a dict that was not part of the model was never trained or saved.
+    X, y = small_data()
+    if kept == "layer":
+        encoder = nnx.Dense(4, 3)
+        model = nnx.Sequential(encoder, nnx.Tanh(), TiedDecoder(encoder), backend=backend, dtype="float64", seed=0,
+                               input_shape=(4,))
+        expected = r"layer 2 \(TiedDecoder\): attribute 'encoder' holds layer 0 \(Dense\), another part of the model"
+        y = X
+    elif kept == "parameter in a list":
+        model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
+        model.layers[1].tied = [model.layers[0].weight]
+        expected = r"layer 1 \(Dense\): attribute 'tied\[0\]' holds the parameter '0\.weight'.* layer 0 \(Dense\)'s"
+    else:
+        model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
+        model.layers[1].helpers = {"f": nnx.Dense(4, 4)}
+        expected = r"attribute \"helpers\['f'\]\" holds a Dense that is not part of the model .*self\.add_layer"
+    before = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+    for refused in (lambda: model.fit(X, y, loss="mse", epochs=1, verbose=0),
+                    lambda: nnx.check_gradients(model, X[:4], y[:4], loss="mse"),
+                    lambda: model.save(tmp_path / "m.npz")):
+        with pytest.raises(ValueError, match=expected):
+            refused()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(model.backend.to_host(value), before[key], err_msg=key)
+    assert not (tmp_path / "m.npz").exists()
+
+
+class Pair(nnx.Layer):
+    """A block applying two Dense layers it holds, kept in a tuple and a dict besides (its own: no refusal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = self.add_layer("first", nnx.Dense(4, 4)), self.add_layer("second", nnx.Dense(4, 4))
+        self.order = (self.first, self.second)
+        self.by_name: dict[str, Any] = {"first": self.first}
+
+    def build(self, input_shape: Any) -> None:
+        self.by_name["weight"] = self.first.weight  # (built before this block's build)
+
+    def forward(self, X: Any, training: bool = False) -> Any:
+        for layer in self.order:
+            X = layer.forward(X, training)
+        return X
+
+    def backward(self, dY: Any, need_dX: bool = True) -> Any:
+        for layer in reversed(self.order):
+            dY = layer.backward(dY)
+        return dY
+
+
+def test_a_block_keeping_its_own_sub_layers_and_their_arrays_in_containers_trains(backend: Any,
+                                                                                   tmp_path: Any) -> None:
+    X, y = small_data()
+    model = nnx.Sequential(Pair(), nnx.Dense(4, 1), backend=backend, seed=0)
+    model.fit(X, y, loss="mse", epochs=1, verbose=0)
+    nnx.check_gradients(model, X[:4], y[:4], loss="mse")
+    model.save(tmp_path / "m.npz")
+
+
 def test_a_parameter_on_another_device_of_the_same_library_is_still_refused() -> None:
     xp = pytest.importorskip("array_api_strict")
     model = nnx.Sequential(nnx.Dense(4, 1), backend="array_api_strict", seed=0)

@@ -467,56 +467,6 @@ class Layer(OtherLibrariesFlags):
         return config_repr(self)
 
 
-def require_own_arrays(model: Any) -> None:
-    """ValueError naming a layer attribute that holds a `Parameter` or `Buffer` from outside the layer's own tree.
-
-    Torch ties two parameters with ``decoder.weight = encoder.weight`` and adds their gradients. Here such an
-    attribute made the layer compute with another layer's array while its own, unused, was the one its model
-    trained, saved and moved, and its backward overwrote the other layer's gradient; a `Parameter` built by hand
-    (not by `add_parameter`) was neither trained nor saved. Read by fit, check_gradients, save and ONNX export,
-    never inside a step; predict and evaluate compute what the layers compute and are left unchecked (a walk of
-    every layer's attributes would about double a small predict).
-    """
-    for path, layer in [("", model), *model.named_layers()]:
-        own: set[int] | None = None
-        params, buffers = layer._params, layer._buffers
-        for attribute, value in vars(layer).items():
-            if not isinstance(value, (Parameter, Buffer)) or params.get(attribute) is value \
-                    or buffers.get(attribute) is value:  # (the common case, without listing the tree's arrays)
-                continue
-            if own is None:  # the layer's arrays and its sub-layers' (a block may keep `self.w = self.inner.weight`)
-                own = {id(a) for a in [*layer.parameters(), *layer.buffers()]}
-            if id(value) in own:
-                continue
-            where = f"layer {path} ({type(layer).__name__})" if path else type(layer).__name__
-            kind = "parameter" if isinstance(value, Parameter) else "buffer"
-            replaced = params.get(attribute) or buffers.get(attribute)
-            if replaced is not None:
-                why = (f"it replaced its own {replaced.name!r}, which is still what the model trains, saves and moves, "
-                       f"while the layer computes with the other; nnx does not tie arrays as torch's "
-                       f"`a.weight = b.weight` does (its backward would overwrite the other layer's gradient). To "
-                       f"share a weight, write one layer that applies it in both places; to copy values, use "
-                       f"load_state_dict")
-            elif (owner := _owner_of(model, value)) is not None:
-                why = (f"it is {owner}'s {kind}, trained, saved and moved as that layer's; nnx does not share arrays "
-                       f"between layers as torch's `a.weight = b.weight` does (a layer computing with another's "
-                       f"{kind} would overwrite that layer's gradient in its backward). To share a weight, "
-                       f"write one layer that applies it in both places")
-            else:
-                why = (f"a {kind} the layer did not make with add_{kind} in build() (or hold through a sub-layer) "
-                       f"is not in model.parameters()/buffers(): it would never be trained, saved or moved")
-            raise ValueError(f"{where}: attribute {attribute!r} holds the {kind} {value.name!r}, not one of its own: "
-                             f"{why}")
-
-
-def _owner_of(model: Any, value: Any) -> str | None:
-    """``"layer <path> (<class>)"`` (``"the model"``) for the layer of `model` that made `value`; None for none."""
-    for path, layer in [("", model), *model.named_layers()]:
-        if any(a is value for a in (*layer._params.values(), *layer._buffers.values())):
-            return f"layer {path} ({type(layer).__name__})" if path else "the model"
-    return None
-
-
 def constructor_config(layer: Layer, leave_out: Sequence[str] = (), positional_kept: bool = False) -> dict:
     """`layer`'s registered name and the arguments it was constructed with, but `leave_out`: the default config.
 

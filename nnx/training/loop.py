@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 from .. import _validate as check
-from ..layers.base import require_own_arrays
+from ..layers.own_arrays import require_own_arrays
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
