@@ -656,7 +656,7 @@ def test_a_masked_array_with_masked_entries_is_refused_not_read_under_its_mask(b
         def __getitem__(self, rows):
             return masked[rows]
 
-    for given, argname in ((masked, "X"), (Dataset(), "X of batch 0")):
+    for given, argname in ((masked, "X"), (Dataset(), "X of batch 1")):
         with pytest.raises(ValueError, match=rf"{argname} is a masked array with 1 masked entry"):
             model.predict(given)
     with pytest.raises(ValueError, match=r"y is a masked array with 1 masked entry"):

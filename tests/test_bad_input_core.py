@@ -255,7 +255,7 @@ def test_data_that_overflows_the_models_dtype_says_so(backend):
         model.fit(X, big_y)
     with pytest.raises(ValueError, match=message.format("validation X")):
         model.fit(X, y, validation_data=(big_X, y))
-    with pytest.raises(ValueError, match=message.format("X of batch 0")):
+    with pytest.raises(ValueError, match=message.format("X of batch 1")):
         model.fit([(big_X, y)])
     with pytest.raises(ValueError, match=message.format("X")):
         model.evaluate(big_X, y)
@@ -320,7 +320,7 @@ def test_negative_class_probabilities_are_refused_before_training(backend, dtype
         model.evaluate(X, bad, loss="cross_entropy")
     for k, v in _host_state(model).items():
         np.testing.assert_array_equal(v, before[k])  # rejected before any step
-    with pytest.raises(ValueError, match=message.replace("y for", "y of batch 1 for")):  # batches as they come
+    with pytest.raises(ValueError, match=message.replace("y for", "y of batch 2 for")):  # batches as they come
         model.fit([(X[:3], Y[:3]), (X[3:], bad[3:] - 2 * Y[3:])], loss="cross_entropy")
 
 

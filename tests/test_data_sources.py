@@ -159,7 +159,7 @@ def test_arrays_given_in_one_argument_are_named():
     X, y = _data()
     m = _model()
     for call in (lambda: m.fit((X, y), loss="bce"), lambda: m.fit([X, y], loss="bce"), lambda: m.evaluate([X, y])):
-        with pytest.raises(TypeError, match=r"batch 0 must be a tuple \(X, y\).*got ndarray of shape \(40, 4\); "
+        with pytest.raises(TypeError, match=r"batch 1 must be a tuple \(X, y\).*got ndarray of shape \(40, 4\); "
                                              r"arrays go in as two arguments, fit\(X, y\)"):
             call()
 

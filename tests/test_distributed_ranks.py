@@ -158,7 +158,7 @@ RANK_MISMATCHES = {
         "the ranks' iterables gave other batches"),
     "an iterable that ends early on one rank": (
         lambda c: dict(X=iter([_data(10, seed=b) for b in range(2 + c.rank)]), y=None, batch_size=None),
-        "batch 2, rank 0: ended; rank 1: 10"),
+        "batch 3, rank 0: ended; rank 1: 10"),
     # models alike in their parameters' shapes but not in what they compute: each rank's gradient came from another
     # function, averaged without a word
     "another activation on one rank": (lambda c: dict(layers=_on_rank(c, 1, [nnx.Tanh()], [nnx.ReLU()])),
@@ -220,7 +220,7 @@ def test_a_rank_whose_batches_fail_to_read_stops_every_rank():
 
     (kind0, msg0), (kind1, msg1) = run_ranks(2, rank)
     assert (kind0, kind1) == ("RuntimeError", "OSError") and msg1 == "disk gone"
-    assert "rank 1 failed reading batch 1" in msg0 and "disk gone" in msg0, msg0
+    assert "rank 1 failed reading batch 2" in msg0 and "disk gone" in msg0, msg0
 
 
 def test_a_csv_log_given_to_every_rank_is_written_once(tmp_path):

@@ -348,7 +348,7 @@ def test_mismatched_rows_in_a_batch(prefetch):
     X, y = _data()
     batches = _batches(X, y, 16)
     batches[1] = (batches[1][0], batches[1][1][:-1])
-    with pytest.raises(ValueError, match=r"X of batch 1 has 16 samples but y of batch 1 has 15"):
+    with pytest.raises(ValueError, match=r"X of batch 2 has 16 samples but y of batch 2 has 15"):
         _model("numpy", "float64").fit(batches, loss="bce", prefetch=prefetch)
     assert _no_prefetch_threads()
 
@@ -360,11 +360,11 @@ def test_generator_with_wrong_shapes():
         yield X[:16], y[:16]
         yield X[16:32, :3], y[16:32]
 
-    with pytest.raises(ValueError, match=r"X of batch 1 has 3 features but the model expects 4"):
+    with pytest.raises(ValueError, match=r"X of batch 2 has 3 features but the model expects 4"):
         _model("numpy", "float64").fit(gen(), loss="bce")
-    with pytest.raises(TypeError, match=r"batch 0 must be a tuple \(X, y\) or \(X, y, sample_weight\)"):
+    with pytest.raises(TypeError, match=r"batch 1 must be a tuple \(X, y\) or \(X, y, sample_weight\)"):
         _model("numpy", "float64").fit(iter([X[:16]]), loss="bce")
-    with pytest.raises(ValueError, match=r"y of batch 0 for binary cross-entropy must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"y of batch 1 for binary cross-entropy must lie in \[0, 1\]"):
         _model("numpy", "float64").fit([(X[:16], y[:16] + 3)], loss="bce")
 
 

@@ -32,6 +32,6 @@ def test_predict_checks_every_batch_read_one_by_one(backend, dtype, rng):
     model = _model(backend, dtype)
     good, bad = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
     bad[0, 0] = np.nan
-    with pytest.raises(ValueError, match="X of batch 1 contains NaN or inf"):
+    with pytest.raises(ValueError, match="X of batch 2 contains NaN or inf"):
         model.predict([good, bad], prefetch=False)
     assert model.predict([good, bad], prefetch=False, check_finite=False).shape == (8, 2)

@@ -374,14 +374,14 @@ class DataParallelFit:
         failed = [(r, part) for r, part in enumerate(everyone) if isinstance(part, str)]
         if failed:
             rank, error = failed[0]
-            raise RuntimeError(f"data-parallel fit: rank {rank} failed reading batch {index} of its data ({error}); "
-                               "every rank stops")
+            raise RuntimeError(f"data-parallel fit: rank {rank} failed reading batch {index + 1} of its data "
+                               f"({error}); every rank stops")
         if all(part is None for part in everyone):
             return False
         if any(part != everyone[0] for part in everyone):
             told = "; ".join(f"rank {r}: {'ended' if part is None else part}" for r, part in enumerate(everyone))
             raise ValueError(f"data-parallel fit: the ranks' batches had other sizes this epoch (global rows of "
-                             f"batch {index}, {told}); nothing of it was trained. Every rank must read the same "
+                             f"batch {index + 1}, {told}); nothing of it was trained. Every rank must read the same "
                              "batches, as many on each")
         return True
 

@@ -313,7 +313,7 @@ class HostBatches:
             for b, part in enumerate(parts):
                 rows = slice(part.start + self.start, part.stop + self.start) if perm is None else perm[part]
                 yield self.prepare(gather_rows(self.X, rows), _gather(self.y, rows), _gather(self.w, rows),
-                                   f"batch {b}")
+                                   f"batch {b + 1}")  # counted from 1, as every message counts
 
         return prefetched(produce(), self.depth)
 
@@ -369,7 +369,7 @@ class IterableBatches:
         def produce() -> Iterator[tuple[Any, Any, Any]]:
             count = 0
             for count, item in enumerate(self._continued(source, continued), start=1):
-                where = f"batch {count - 1}" + (f" of {self.name}" if self.name != "X" else "")
+                where = f"batch {count}" + (f" of {self.name}" if self.name != "X" else "")
                 given = self._unpack(item, where)
                 yield _detached(self.prepare.model, self.prepare(*given, where), given)
             self._last = count
