@@ -47,6 +47,20 @@ def test_multiclass_labels_on_one_sigmoid_unit_point_to_cross_entropy(backend, d
         model.fit(X, np.array([0, 1, np.nan, 1, 0, 1]), check_finite=False)
 
 
+@pytest.mark.parametrize("y, hint", [
+    ([0, 1, 2, 3, 1, 0], r'for 4 classes labelled 0\.\.3, give the model 4 outputs and use loss="cross_entropy"'),
+    ([-1, 1, 1, -1, 1, -1], r"for labels -1 and 1, give 0 and 1 \(\(y \+ 1\) / 2\)"),
+    ([0, 1, 0, 1, 0, 1e6], r"for a regression's targets, end the model without the Sigmoid and use loss=\"mse\""),
+    ([0.5, 2.5, 1.0, 0.0, 0.25, 3.75], r"for a regression's targets, end the model without the Sigmoid"),
+])
+def test_binary_cross_entropy_targets_out_of_range_are_told_what_they_look_like(backend, dtype, y, hint):
+    # Found in review: any whole-numbered targets were taken for class labels, so a count of a million asked for
+    # "1000001 outputs" (and uint64's largest for 18446744073709551617), and -1/1 labels for 2 classes
+    model = nnx.Sequential(nnx.Dense(3, 1), nnx.Sigmoid(), backend=backend, dtype=dtype, seed=0)
+    with pytest.raises(ValueError, match=r"y for binary cross-entropy must lie in \[0, 1\] .*; " + hint):
+        model.fit(_data(), np.array(y, dtype="float64"))
+
+
 def test_class_indices_for_a_loss_that_reads_one_value_per_output_point_to_cross_entropy(backend, dtype):
     X = _data()
     model = nnx.Sequential(nnx.Dense(3, 3), backend=backend, dtype=dtype, seed=0)  # three logits

@@ -148,17 +148,24 @@ def _output_targets(model: Model, y: Any, n_rows: int, argname: str) -> Any:
     return y
 
 
+# the most classes the BCE target message takes whole-numbered targets for: larger ones are rather counts or amounts
+_MOST_HINTED_CLASSES = 1000
+
+
 def _found_values(host: Any) -> str:
-    """What BCE targets outside [0, 1] hold (a host array), for the message; labels 0..k-1 are pointed to
-    cross-entropy."""
+    """What BCE targets outside [0, 1] hold (a host array), for the message, with what they most likely are:
+    labels -1 and 1, labels 0..k-1 (cross-entropy), or a regression's targets."""
     if (host != host).any():  # NaN
         return "got NaN"
     low, high = host.min(), host.max()
     found = f"got values in [{low:g}, {high:g}]"
-    if low >= 0 and high >= 2 and (host == host.round()).all():
-        found += (f'; for {int(high) + 1} classes labelled 0..{int(high)}, give the model {int(high) + 1} outputs '
-                  'and use loss="cross_entropy"')
-    return found
+    whole = bool((host == host.round()).all())
+    if whole and ((host == -1) | (host == 1)).all():
+        return found + "; for labels -1 and 1, give 0 and 1 ((y + 1) / 2)"
+    if whole and low >= 0 and high < _MOST_HINTED_CLASSES:
+        return found + (f'; for {int(high) + 1} classes labelled 0..{int(high)}, give the model {int(high) + 1} '
+                        'outputs and use loss="cross_entropy"')
+    return found + '; for a regression\'s targets, end the model without the Sigmoid and use loss="mse"'
 
 
 def joined_targets(model: Model, targets: list[Any]) -> Any:
