@@ -93,12 +93,17 @@ def _clip_eps(xp: Any, dtype: Any) -> float:
 
 
 def _refuse_swapped(y_true: Any, y_pred: Any) -> None:
-    """TypeError when y_pred is a NumPy array and y_true one of another library: most often a model's output
-    passed first, in torch's ``loss(input, target)`` order. The backend's own message blamed a model that
-    "runs on the numpy backend", which no model in the call does."""
+    """TypeError when y_true is an array of another library than y_pred's, and not NumPy's (which a loss moves):
+    with y_pred a NumPy array, most often a model's output passed first, in torch's ``loss(input, target)`` order.
+    The backend's own message blamed a model that "runs on" y_pred's backend, which no model in the call does."""
     other = backend_name_of(y_true) if array_api_compat.is_array_api_obj(y_true) else None
-    if other is None or other == "numpy" or backend_name_of(y_pred) != "numpy":
+    mine = backend_name_of(y_pred)
+    if other is None or other == "numpy" or other == mine:
         return
+    if mine != "numpy":
+        raise TypeError(f"y_true is {article(other)} array but y_pred is {article(mine)} array: a loss computes on "
+                        f"y_pred's library, and takes y_true from it or as a NumPy array; pass y_true as "
+                        f"{article(mine)} array")
     raise TypeError(f"y_true is {article(other)} array but y_pred is a NumPy array: a loss is called as "
                     f"loss(y_true, y_pred), the model's output second (Keras's order; torch's loss(input, target) "
                     f"is the reverse). Otherwise a loss computes on y_pred's backend: pass both as NumPy arrays, "

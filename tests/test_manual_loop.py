@@ -199,6 +199,20 @@ def test_a_model_output_passed_first_names_the_argument_order(quick, data, loss)
     np.testing.assert_allclose(float(loss_fn(y, out)), float(loss_fn(backend.asarray(y, dtype="float64"), out)))
 
 
+def test_a_loss_given_arrays_of_two_other_libraries_names_both_not_a_model():
+    """Found in review: jax targets with a torch y_pred were told that "this model runs on the torch backend" and
+    to call model.to('jax'), where no model is in the call."""
+    torch, jnp = pytest.importorskip("torch"), pytest.importorskip("jax.numpy")
+    for y_true, y_pred, mine in ((jnp.zeros(3), torch.zeros(3, dtype=torch.float64), "torch"),
+                                 (torch.zeros(3), jnp.zeros(3), "jax")):
+        for call in (nnx.losses.MSE(), nnx.losses.MSE().gradient):
+            expected = rf"y_true is an? \w+ array but y_pred is an? {mine} array: a loss computes on y_pred's " \
+                       rf"library.*pass y_true as an? {mine} array"
+            with pytest.raises(TypeError, match=expected) as info:
+                call(y_true, y_pred)
+            assert "model" not in str(info.value)
+
+
 @pytest.mark.parametrize("rebuild", ["to", "nest"])
 def test_a_step_that_finds_no_gradient_warns_instead_of_training_nothing(data, rebuild):
     """An optimizer built before `model.to()` (or before its model was nested, which rebuilds it) holds the old
