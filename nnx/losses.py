@@ -97,7 +97,7 @@ def _refuse_swapped(y_true: Any, y_pred: Any) -> None:
     with y_pred a NumPy array, most often a model's output passed first, in torch's ``loss(input, target)`` order.
     The backend's own message blamed a model that "runs on" y_pred's backend, which no model in the call does."""
     other = backend_name_of(y_true) if array_api_compat.is_array_api_obj(y_true) else None
-    mine = backend_name_of(y_pred)
+    mine = backend_name_of(y_pred) or "numpy"  # (y_pred is an array: checked before)
     if other is None or other == "numpy" or other == mine:
         return
     if mine != "numpy":
