@@ -454,6 +454,33 @@ def test_weights_beyond_float32_range_are_named_as_such(backend):
     with pytest.raises(ValueError, match="beyond the range of the model's dtype float32"):
         _model(backend, "float32").fit(X, y, loss="mse", sample_weight=np.full(20, 1e39))
 
+def test_weights_below_float32_range_are_named_not_trained_on_as_zeros(backend):
+    # found in review: weights of 1e-320 became 0 in a float32 model, the loss 0.0 and nothing trained, without a
+    # word (weights given as 0 stay Keras's: a loss of 0)
+    X, y = _data(n=20)
+    model = _model(backend, "float32")
+    before = {k: _host(backend, v) for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"sample_weight became 0 in the model's dtype float32: its weights \(up "
+                                         r"to 1e-320\) lie below its range .*mean_with_sample_weight"):
+        model.fit(X, y, loss="mse", sample_weight=np.full(20, 1e-320))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(_host(backend, v), before[k])
+    assert model.fit(X, y, loss="mse", sample_weight=np.zeros(20), epochs=1)["loss"] == [0.0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_subnormal_weights_of_which_only_the_ratios_count_train_as_their_ratios(backend, dtype):
+    # found in review: scaling weights of 1e-320 up overflowed math.ldexp (2**1063 is no double), and JAX's CPU
+    # flushed them to 0 before the scaling
+    X, y = _data(n=20)
+    w = np.where(np.arange(20) < 5, 2e-320, 1e-320)
+    loss = nnx.losses.MSE(reduction="mean_with_sample_weight")
+    tiny = _model(backend, dtype).fit(X, y, loss=loss, sample_weight=w, epochs=2, optimizer="sgd")["loss"]
+    scaled = w * 2.0**1000 * 2.0**60  # the same ratios, exactly
+    ratios = _model(backend, dtype).fit(X, y, loss=loss, sample_weight=scaled, epochs=2, optimizer="sgd")["loss"]
+    assert tiny == ratios
+
+
 # -- the on_gradients hook ---------------------------------------------------------------------
 
 class GradSpy(Callback):

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import array_api_compat
 
+from ..backends.names import backend_name_of
 from ..losses import BinaryCrossEntropy, CrossEntropy, Loss
 from ..protocols import Model
 from .inputs import all_true
@@ -25,14 +26,19 @@ def prepare_sample_weight(model: Model, sample_weight: Any, class_weight: Mappin
     if sample_weight is not None:
         if loss.reduction == "mean_with_sample_weight":
             # read as data first, as the cast below reads it: a torch tensor's autograd history and the 'meta'
-            # device are the backend's to handle (torch warned, or failed on `item()`, in the scaling's max)
-            sample_weight = _ratios_in_range(model.backend.asarray(sample_weight, argname=argname))
+            # device are the backend's to handle (torch warned, or failed on `item()`, in the scaling's max); a
+            # NumPy array is scaled as it is, since JAX's CPU flushes subnormal weights to 0 before any scaling
+            sample_weight = _ratios_in_range(sample_weight if backend_name_of(sample_weight) == "numpy" else
+                                             model.backend.asarray(sample_weight, argname=argname))
         w = model.backend.asarray(sample_weight, dtype=model.dtype, argname=argname)
         if tuple(w.shape) != (n_rows,):
             raise ValueError(f"{argname} must have shape ({n_rows},), one weight per sample, "
                              f"got {tuple(w.shape)}")
-        if n_rows and not all_true(model, _finite_non_negative, w):
-            raise ValueError(f"{argname} must be finite and >= 0{_beyond_range(model, sample_weight)}")
+        # one read in the common case: every weight finite and >= 0, and some positive
+        if n_rows and not all_true(model, _finite_non_negative_some_positive, w):
+            if not all_true(model, _finite_non_negative, w):
+                raise ValueError(f"{argname} must be finite and >= 0{_beyond_range(model, sample_weight)}")
+            _refuse_underflow(model, sample_weight, argname)  # all 0: as given (Keras's), or by the cast
     if class_weight is not None:
         cw = _class_weight_rows(model, class_weight, y, loss)
         w = cw if w is None else w * cw
@@ -54,8 +60,24 @@ def _ratios_in_range(w: Any) -> Any:
         return w
     largest = float(wxp.max(w))
     if not 2.0**-64 <= largest <= 2.0**64 and 0 < largest < math.inf:
-        w = w * math.ldexp(1.0, max(-math.frexp(largest)[1], -1000))
+        shift = max(-math.frexp(largest)[1], -1000)
+        if shift > 1000:  # a subnormal largest weight: 2**shift itself lies beyond a double, so two exact steps
+            w, shift = w * math.ldexp(1.0, 1000), shift - 1000
+        w = w * math.ldexp(1.0, shift)
     return w
+
+
+def _refuse_underflow(model: Model, given: Any, argname: str) -> None:
+    """ValueError where weights the cast made all 0 held a positive one: a loss of 0, and no step moving anything."""
+    # as the cast read it, in the dtype it was given (a NumPy array as it is: JAX's CPU flushes subnormals to 0)
+    given = cast(Any, given if backend_name_of(given) == "numpy" else model.backend.asarray(given))
+    largest = float(array_api_compat.array_namespace(given).max(given))
+    if largest > 0:
+        tiny = float(model.xp.finfo(model.backend.float_dtype(model.dtype)).smallest_normal)
+        raise ValueError(f"{argname} became 0 in the model's dtype {model.dtype}: its weights (up to {largest:.4g}) "
+                         f"lie below its range (smallest normal {tiny:.4g}), so the loss would be 0 and nothing would "
+                         "train; scale them up, or use reduction=\"mean_with_sample_weight\", where only their "
+                         "ratios count")
 
 
 def _beyond_range(model: Model, given: Any) -> str:
@@ -123,6 +145,11 @@ def _require_class_targets(model: Model, y: Any, loss: Loss) -> None:
     if y.ndim != 2 or not all_true(model, _one_hot_rows, y):
         raise ValueError(f"class_weight needs class targets, but {loss!r} got targets that are not one-hot rows "
                          "(one 1 per row, else 0); weigh the rows with sample_weight instead")
+
+
+def _finite_non_negative_some_positive(xp: Any, w: Any) -> Any:
+    """Whether every weight in `w` is finite and >= 0, and one is > 0."""
+    return xp.all(xp.isfinite(w) & (w >= 0)) & xp.any(w > 0)
 
 
 def _finite_non_negative(xp: Any, w: Any) -> Any:
