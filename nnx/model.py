@@ -402,6 +402,10 @@ class Sequential(_Chain):
             total = term if total is None else total + term
         return total
 
+    def penalizes(self) -> bool:
+        """Whether `penalty` has a term: a regularizer covers a regularized weight (read without computing it)."""
+        return _penalizes(self, False)
+
     def output_layer(self) -> Layer:
         """The layer that sets the range of the model's outputs, which decides how a loss reads them.
 
@@ -493,6 +497,15 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
     for _, sub in layer.named_layers(recurse=False):
         terms += _penalty_terms(sub, enclosing)
     return terms
+
+
+def _penalizes(layer: Layer, enclosed: bool) -> bool:
+    """Whether `_penalty_terms` of `layer` (inside a model with a regularizer, where `enclosed`) has one."""
+    enclosed = enclosed or (isinstance(layer, Sequential) and layer.regularizer is not None)
+    own = not isinstance(layer, Sequential) and layer.regularizer is not None
+    if (own or enclosed) and any(p.regularized for p in layer.parameters(recurse=False)):
+        return True
+    return any(_penalizes(sub, enclosed) for _, sub in layer.named_layers(recurse=False))
 
 
 def _require_regularizers(layer: Layer, own: tuple[Any, ...], enclosing: tuple[Any, ...]) -> None:

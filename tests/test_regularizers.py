@@ -188,3 +188,47 @@ def test_a_subclass_of_a_built_in_regularizer_saves_its_own_arguments():
         assert R.get_regularizer(config).shift == 2.0
     finally:
         R.REGULARIZERS.remove("test_Shifted")
+
+
+class _PenaltyFrom(nnx.callbacks.Callback):
+    """Turns an L2 penalty on at one batch of the first epoch (a warm-up), on the model or on its first layer."""
+
+    def __init__(self, hook, on_layer):
+        self.hook, self.on_layer = hook, on_layer
+
+    def _turn_on(self):
+        owner = self.model.layers[0] if self.on_layer else self.model
+        if owner.regularizer is None:
+            owner.regularizer = nnx.regularizers.L2(10.0)
+
+    def on_batch_begin(self, batch, logs=None):
+        if self.hook == "on_batch_begin" and batch == 2:
+            self._turn_on()
+
+    def on_batch_end(self, batch, logs=None):
+        if self.hook == "on_batch_end" and batch == 1:
+            self._turn_on()
+
+
+@pytest.mark.parametrize("on_layer", [False, True], ids=["model", "layer"])
+@pytest.mark.parametrize("hook", ["on_batch_begin", "on_batch_end"])
+def test_a_penalty_turned_on_within_an_epoch_is_in_the_loss_from_the_next_step(backend, hook, on_layer):
+    # Found in review: the penalty's gradient applied from that step on, but the reported loss left it out for the
+    # rest of the epoch (torch) or of the fit (NumPy's recorded passes, made before the step knew of it)
+    rng = np.random.default_rng(8)
+    X, y = rng.standard_normal((8, 2)), rng.standard_normal((8, 1))
+    model = nnx.Sequential(nnx.Dense(2, 1), seed=0, dtype="float64", backend=backend)
+    W, b = (np.array(backend.to_host(model.state_dict()[k]), dtype=np.float64) for k in ("0.weight", "0.bias"))
+    history = model.fit(X, y, loss="mse", optimizer=nnx.optim.SGD(model.parameters(), lr=0.01), epochs=3,
+                        batch_size=2, shuffle=False, callbacks=[_PenaltyFrom(hook, on_layer)])
+    expected = []
+    for epoch in range(3):
+        losses = []
+        for i in range(0, 8, 2):
+            penalized = epoch > 0 or i >= 4
+            r = X[i:i + 2] @ W + b - y[i:i + 2]
+            losses.append(np.mean(r**2) + (5.0 * np.sum(W**2) if penalized else 0.0))
+            W, b = W - 0.01 * (X[i:i + 2].T @ r + (10.0 * W if penalized else 0.0)), b - 0.01 * r.sum(0)
+        expected.append(np.mean(losses))
+    np.testing.assert_allclose(history["loss"], expected, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_host(model.state_dict()["0.weight"]), W, rtol=1e-12)

@@ -373,8 +373,9 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
     cb.on_epoch_begin(epoch, {})
     if not step.penalized:
         # a callback may have added a regularizer (a penalty turned on after a warm-up): the backward applies its
-        # gradient, so the reported loss includes it, as a compiled epoch's does (looked at once an epoch)
-        step.penalized = model.penalty() is not None
+        # gradient, so the reported loss includes it, as a compiled epoch's does (looked at again before each
+        # step that a per-batch hook may have changed it for)
+        step.penalized = model.penalizes()
     losses, weights, outputs, targets = [], [], [], []
     for b, (Xb, yb, wb) in enumerate(source):
         size = int(Xb.shape[0]) if dp is None else dp.local_rows  # rows of this rank's slice (0: a placeholder)
@@ -384,6 +385,8 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
             check_outputs(model, check_loss, model.forward_to_head(Xb, len(model.layers), training=False))
         if batch_begin:
             cb.on_batch_begin(b, {"size": size})
+        if (batch_begin or batch_end) and not step.penalized:
+            step.penalized = model.penalizes()  # (before the passes are recorded, which hold it)
         # every stage in one compiled call, which updates only a finite step; read each batch, since a first
         # trace that fails runs that batch's stages plainly and leaves the rest of the fit to them
         compiled = step.compiled is not None

@@ -119,7 +119,7 @@ class TrainStep:
         self.back_to_back = False
         # whether any regularizer applies: walking the layer tree for it every step costs more than a small
         # network's arithmetic (a fit's model and regularizers stay as they are for its duration)
-        self.penalized = model.penalty() is not None
+        self.penalized = model.penalizes()
         # the passes recorded from the model's own code and replayed, where the backend's arrays can be noted
         self.recorded = recorded_passes(model, self.runners or [], self.head_kernel) \
             if self.compiled is None and be.fastpath_enabled and be.tape() is not None else None
