@@ -328,6 +328,37 @@ def test_a_layer_drawing_from_a_generator_outside_it_gets_fresh_draws_every_step
         or not backend.can_compile
 
 
+SYSTEM_RANDOM = random.SystemRandom()
+
+
+class TaggedScale(nnx.Layer):
+    """Draws only when made: a name from the system's entropy, a scale from NumPy's global generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.tag = f"scale-{SYSTEM_RANDOM.randrange(10**6)}"
+        self.scale = float(np.random.uniform(0.5, 1.5))
+
+    def forward(self, X, training=False):
+        return X * self.scale
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.scale
+
+
+def test_a_layer_drawing_only_when_made_keeps_every_execution(backend, dtype):
+    """Found in review: a module-level SystemRandom the constructor reads crashed fit on NumPy (it has no state to
+    compare) and left JAX step by step; a generator whose state is unchanged costs no repr of it (1.3 ms a
+    recording for NumPy's global one)."""
+    def layers():
+        np.random.seed(1)  # the same scale for both runs
+        return [nnx.Dense(6, 9), TaggedScale(), nnx.ReLU(), nnx.Dense(9, 3)]
+
+    runs = [_train(backend, dtype, fast, lambda ps: optim.SGD(ps, lr=0.05), layers=layers) for fast in (True, False)]
+    _assert_same(*runs, dtype)
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "flat")
+
+
 class DenseList(nnx.Layer):
     """A user's block applying, in order, the Dense layers it lists in `items` (all of them held)."""
 

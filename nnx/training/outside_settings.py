@@ -133,7 +133,7 @@ def _is_host_generator(value: Any) -> bool:
     """Whether `value` is a host random generator (Python's ``random.Random``, NumPy's Generator or RandomState),
     told by type: nothing is imported, and no attribute of an arbitrary object is read."""
     if isinstance(value, random.Random):
-        return True
+        return not isinstance(value, random.SystemRandom)  # (which has no state: it draws from the system)
     kind = type(value)
     return (kind.__module__ or "").startswith("numpy.random") and kind.__name__ in ("Generator", "RandomState")
 
