@@ -254,3 +254,33 @@ def test_the_settings_watch_reads_what_layer_settings_reads_after_every_kind_of_
         assert watch.current(model) == shared_programs.layer_settings(model)
         seen.append(watch.current(model))
     assert all(repr(a) != repr(b) for a, b in zip(seen[:-1], seen[1:], strict=True))  # each change was seen
+
+
+def test_a_live_models_programs_are_bounded_and_it_trains_the_same(monkeypatch):
+    """Found in review: each SharedProgram kept every program it compiled (one per input signature) and each model
+    an epoch program per batch size, as long as it lived: a server predicting on ever new row counts grew 1.8 MiB a
+    size, a notebook fitting with ever new batch sizes 4.3 MiB. Both now drop the least recently used, and a layout
+    dropped is compiled again (or taken from the table) with the same numbers."""
+    monkeypatch.setattr(shared_programs, "OWN_PROGRAMS", 3)
+    gc.collect()
+    before = {id(p) for p in gc.get_objects() if type(p) is shared_programs.SharedProgram}  # (other tests' models)
+    monkeypatch.setattr(nnx.training.epoch, "MAX_LAYOUTS", 2)
+    X, y = _data()
+    model, again = _model(), _model()
+    for batch_size in (8, 5, 7, 8):
+        model.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=batch_size, verbose=0)
+    for batch_size in (8, 5, 7, 8):
+        again.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=batch_size, verbose=0)
+    assert len(epoch_program_of(model)._programs) == 2
+    for rows in range(1, 9):
+        model.predict(X[:rows])
+    held = [p for p in gc.get_objects() if type(p) is shared_programs.SharedProgram and id(p) not in before]
+    assert held and max(len(p._programs) for p in held) <= 3
+    shared_programs.clear()  # the table's programs too: the first layout is compiled again
+    fresh = _model()
+    for batch_size in (8, 5, 7, 8):
+        fresh.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=batch_size, verbose=0)
+    np.testing.assert_allclose(np.asarray(model.predict(X[:6])), np.asarray(fresh.predict(X[:6])), rtol=0, atol=0)
+    for key, value in _weights(model).items():
+        np.testing.assert_array_equal(value, _weights(again)[key], err_msg=key)
+        np.testing.assert_array_equal(value, _weights(fresh)[key], err_msg=key)

@@ -54,6 +54,9 @@ CHUNK_BUDGET = 64 * 2**20
 _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 
 MODES = ("epoch", "chunks", "step")
+# epoch layouts (batch size, outputs kept, accumulation) a model keeps programs for, least recently used dropped
+# first: a notebook fitting with ever new batch sizes held a program for each (4.3 MiB for a small MLP)
+MAX_LAYOUTS = 8
 
 
 def _overrides(cb: Any, hook: str) -> bool:
@@ -203,10 +206,12 @@ class EpochProgram:
             self._programs.clear()
             self._hyper = hyper
             self.step.forget_draws()
-        program = self._programs.get(key)
+        program = self._programs.pop(key, None)
         if program is None:
-            program = self._programs[key] = SharedProgram(self.step.backend, make(), lambda: self._definition(key),
-                                                          self)
+            program = SharedProgram(self.step.backend, make(), lambda: self._definition(key), self)
+        self._programs[key] = program  # (most recent last)
+        if len(self._programs) > MAX_LAYOUTS:
+            del self._programs[next(iter(self._programs))]
         return program
 
     def _definition(self, key: tuple) -> tuple | None:

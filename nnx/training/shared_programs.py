@@ -35,8 +35,12 @@ __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWat
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
 _TABLE: OrderedDict[tuple, tuple[Any, dict, dict]] = OrderedDict()
-TABLE_SIZE = 512  # programs kept, least recently used dropped first
+# programs the table keeps for every model, least recently used dropped first (a small MLP's took 1-4 MiB each)
+TABLE_SIZE = 128
 RECENT = 4  # programs an owner tries by calling them before it looks its inputs' signature up
+# programs one owner keeps by input signature, least recently used dropped first: a server predicting on ever new
+# row counts (1.8 MiB a program) or a notebook fitting with ever new batch sizes held every one while the model lived
+OWN_PROGRAMS = 32
 
 
 def clear() -> None:
@@ -383,7 +387,8 @@ class SharedProgram:
     def __init__(self, backend: Any, fn: Callable[..., Any], key: Callable[[], tuple | None],
                  owner: ProgramOwner) -> None:
         self.backend, self.fn, self.key, self.owner = backend, fn, key, owner
-        self._programs: dict[tuple, Any] = {}  # this owner's programs by input signature, as ``jax.jit`` keeps them
+        self._programs: OrderedDict[tuple, Any] = OrderedDict()  # this owner's programs by input signature, at most
+        # `OWN_PROGRAMS` (``jax.jit`` keeps its own by signature too)
         self._recent: list[Any] = []  # the last few of them, tried first: most calls repeat a recent shape
         self._own: Any = None  # the library's own jit of `fn`, once the definition cannot be shared
         self._settings: tuple | None = None  # the backend's program settings the recent programs were taken under
@@ -406,6 +411,10 @@ class SharedProgram:
             if program is self._own:
                 return program(*args)
             self._programs[signature] = program
+            if len(self._programs) > OWN_PROGRAMS:
+                self._programs.popitem(last=False)
+        else:
+            self._programs.move_to_end(signature)
         self._recent = [program] + [p for p in self._recent if p is not program][:RECENT - 1]
         return program(*args)
 
