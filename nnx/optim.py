@@ -37,7 +37,6 @@ import array_api_compat
 from . import _validate as check
 from ._slots import slot_values
 from .backends import Backend, dtype_name, get_backend
-from .elementwise_check import watched
 from .registry import CONFIG_KEY, Registry, lookup_key, register
 
 OPTIMIZERS = Registry(
@@ -198,8 +197,6 @@ class Optimizer:
             if current is None:
                 current = self.init_state(xp, p.value)
             t = steps[i] + 1
-            if t == 1:  # a parameter's first update holds the rule to its `elementwise` (`nnx.elementwise_check`)
-                xp = watched(self, xp, p.value)
             new_value, new_state = self.update(xp, p.value, g, current, t, self._lr)
             check_rule_result(self, p, p.value, new_value, current, new_state)
             p.value, state[i] = new_value, new_state

@@ -215,41 +215,65 @@ class PerParameterNormalizedSGD(NormalizedSGD):
     elementwise = False
 
 
-class BoundedSGD(NormalizedSGD):
-    """An elementwise rule with a reduction along an axis of its own: each element still reads only itself."""
-
-    def update(self, xp, value, grad, state, step, lr):
-        larger = xp.max(xp.stack([xp.abs(grad), xp.abs(value)]), axis=0)
-        return value - lr * grad / (1.0 + larger), state
-
-
 @pytest.mark.parametrize("width", [9, 22_000], ids=["small", "replayed"])
-def test_a_rule_declared_elementwise_that_reads_across_elements_is_named_in_every_execution(backend, width):
+def test_a_rule_declared_elementwise_that_reads_across_elements_is_named_over_flat_buffers(backend, width):
     """Over the flat buffer (all parameters concatenated) the norm mixed the parameters, and the weights differed
     from the plain loop's without a word; the replayed rule (from 131,072 parameters) refused it and called it
-    plainly, with the same mix. Now the first call of the rule in every execution raises, naming the call, before
-    anything is written."""
+    plainly, with the same mix. Now the rule's first call over the buffer raises, naming the call, before anything
+    is written; run parameter by parameter (the plain loop, JAX's compiled step) it trains as it is."""
     def layers():
         return [nnx.Dense(6, width), nnx.ReLU(), nnx.Dense(width, 3)]
 
-    for fast in (True, False):
-        model = nnx.Sequential(*layers(), backend=backend.with_fastpath(fast), dtype="float64", seed=3)
-        before = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
-        with pytest.raises(TypeError, match=r"NormalizedSGD declares elementwise = True, but its update calls "
-                                            r"xp\.sum .* Set elementwise = False on NormalizedSGD"):
-            model.fit(*_data(), loss="cross_entropy", optimizer=NormalizedSGD(model.parameters()), epochs=1,
-                      batch_size=16)
-        for key, value in model.state_dict().items():
-            np.testing.assert_array_equal(model.backend.to_host(value), before[key], err_msg=key)
+    model = nnx.Sequential(*layers(), backend=backend, dtype="float64", seed=3)
+    before = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
+    if backend.can_compile:  # parameter by parameter: the plain loop's numbers
+        runs = [_train(backend, "float64", fast, NormalizedSGD, layers, epochs=1) for fast in (True, False)]
+        _assert_same(*runs, "float64")
+        return
+    with pytest.raises(TypeError, match=r"NormalizedSGD declares elementwise = True, but its update calls "
+                                        r"xp\.sum across the elements .* Set elementwise = False on NormalizedSGD"):
+        model.fit(*_data(), loss="cross_entropy", optimizer=NormalizedSGD(model.parameters()), epochs=1,
+                  batch_size=16)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(model.backend.to_host(value), before[key], err_msg=key)
     if width > 9:
         return
-    # declared as it is, the rule trains parameter by parameter; a reduction along an axis of its own is no mix
-    runs = [_train(backend, "float64", fast, PerParameterNormalizedSGD) for fast in (True, False)]
+    plain = _train(backend, "float64", False, NormalizedSGD, layers, epochs=1)
+    # declared as it is, the rule trains parameter by parameter, to the plain loop's numbers
+    _assert_same(_train(backend, "float64", True, PerParameterNormalizedSGD, layers, epochs=1), plain, "float64")
+
+
+class TableSGD(NormalizedSGD):
+    """Elementwise rules that call functions reading across elements, but not across the buffer's: a reduction along
+    an axis of their own, the largest of a constant pair, a fixed codebook searched and taken from, a guard."""
+
+    def __init__(self, params, lr=0.05, kind="stacked"):
+        super().__init__(params, lr)
+        self.kind = kind
+
+    def update(self, xp, value, grad, state, step, lr):
+        if self.kind == "stacked":
+            return value - lr * grad / (1.0 + xp.max(xp.stack([xp.abs(grad), xp.abs(value)]), axis=0)), state
+        if self.kind == "guard" and not bool(xp.all(xp.isfinite(grad))):
+            raise FloatingPointError("a gradient that is not finite")
+        if self.kind == "codebook":
+            grid = xp.asarray([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=value.dtype, device=value.device)
+            new = value - lr * grad
+            at = xp.clip(xp.searchsorted(grid, xp.reshape(new, (-1,))), 0, 4)
+            snapped = xp.reshape(xp.take(grid, at), new.shape)
+            return 0.9 * new + 0.1 * snapped, state
+        return value - lr * grad, state
+
+
+@pytest.mark.parametrize("kind", ["stacked", "guard", "codebook"])
+def test_an_elementwise_rule_reading_across_other_arrays_trains_over_flat_buffers(backend, kind):
+    runs = [_train(backend, "float64", fast, lambda ps: TableSGD(ps, kind=kind)) for fast in (True, False)]
     _assert_same(*runs, "float64")
-    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")
-    runs = [_train(backend, "float64", fast, BoundedSGD) for fast in (True, False)]
-    _assert_same(*runs, "float64")
-    assert runs[0][2].execution == ("compiled" if backend.can_compile else "flat")
+    if backend.can_compile:
+        # (a traced array has no `.device`, and a guard reads its value: such a rule runs op by op on JAX)
+        assert runs[0][2].execution == "compiled" or kind != "stacked"
+    else:
+        assert runs[0][2].execution == "flat"
 
 
 class HostNoise(nnx.Layer):

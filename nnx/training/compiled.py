@@ -43,7 +43,6 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
-from ..elementwise_check import watched
 from ..optim import Optimizer, check_rule_result
 from .carried import carried_state, rebound_slots, slots_now
 from .compiled_inference import model_lock
@@ -552,7 +551,7 @@ class CompiledStep:
         # holds (a count, a log) would do so once here, with traced values, where the plain loop does it every step;
         # a rule that reads self.lr gets the program's rate too, not a constant
         with RuleTrace(opt) as rule, rule.rate_for_tracing(lr):
-            updated = [rule.update(watched(opt, self.xp, v), v, g, st, (t + (s - steps[0])) * 1.0, lr)
+            updated = [rule.update(self.xp, v, g, st, (t + (s - steps[0])) * 1.0, lr)
                        for v, g, st, s in zip(values, grads, states, steps, strict=True)]
         for p, v, st, (new_value, new_state) in zip(self.params, values, states, updated, strict=True):
             check_rule_result(opt, p, v, new_value, st, new_state)
