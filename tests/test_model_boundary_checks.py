@@ -68,7 +68,7 @@ class TiedDecoder(nnx.Layer):
         return dY @ W.value
 
 
-@pytest.mark.parametrize("kept", ["layer", "parameter in a list", "layer in a dict"])
+@pytest.mark.parametrize("kept", ["layer", "parameter in a list", "layer in a dict", "the model"])
 def test_a_layer_holding_another_part_of_the_model_by_reference_is_refused(backend: Any, kept: str,
                                                                            tmp_path: Any) -> None:
     # Only a parameter kept directly was refused. A decoder computing with `self.encoder.weight` (torch's tying)
@@ -86,10 +86,14 @@ def test_a_layer_holding_another_part_of_the_model_by_reference_is_refused(backe
         model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
         model.layers[1].tied = [model.layers[0].weight]
         expected = r"layer 1 \(Dense\): attribute 'tied\[0\]' holds the parameter '0\.weight'.* layer 0 \(Dense\)'s"
-    else:
+    elif kept == "layer in a dict":
         model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
-        model.layers[1].helpers = {"f": nnx.Dense(4, 4)}
-        expected = r"attribute \"helpers\['f'\]\" holds a Dense that is not part of the model .*self\.add_layer"
+        model.layers[1].helpers = {"f": nnx.Sequential(nnx.Dense(4, 4), backend=backend, seed=0, input_shape=(4,))}
+        expected = r"attribute \"helpers\['f'\]\" holds a Sequential that is not part of the model .*self\.add_layer"
+    else:  # (it said "a Sequential that is not part of the model")
+        model = nnx.Sequential(nnx.Dense(4, 4), nnx.Dense(4, 1), backend=backend, seed=0)
+        model.layers[1].owner = model
+        expected = r"layer 1 \(Dense\): attribute 'owner' holds the model itself"
     before = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
     for refused in (lambda: model.fit(X, y, loss="mse", epochs=1, verbose=0),
                     lambda: nnx.check_gradients(model, X[:4], y[:4], loss="mse"),
@@ -131,6 +135,15 @@ def test_a_block_keeping_its_own_sub_layers_and_their_arrays_in_containers_train
     model.fit(X, y, loss="mse", epochs=1, verbose=0)
     nnx.check_gradients(model, X[:4], y[:4], loss="mse")
     model.save(tmp_path / "m.npz")
+
+
+def test_a_layer_keeping_a_layer_without_arrays_by_reference_trains(backend: Any) -> None:
+    # an activation of the model kept to read (no parameter a gradient could miss) is no tie; found in review
+    X, y = small_data()
+    act = nnx.Tanh()
+    model = nnx.Sequential(nnx.Dense(4, 4), act, nnx.Dense(4, 1), backend=backend, seed=0)
+    model.layers[2].activation_before = act
+    model.fit(X, y, loss="mse", epochs=1, verbose=0)
 
 
 def test_a_parameter_on_another_device_of_the_same_library_is_still_refused() -> None:
