@@ -500,9 +500,14 @@ def _penalty_terms(layer: Layer, enclosing: tuple[Regularizer, ...]) -> list[Any
 
 
 def _penalizes(layer: Layer, enclosed: bool) -> bool:
-    """Whether `_penalty_terms` of `layer` (inside a model with a regularizer, where `enclosed`) has one."""
-    enclosed = enclosed or (isinstance(layer, Sequential) and layer.regularizer is not None)
-    own = not isinstance(layer, Sequential) and layer.regularizer is not None
+    """Whether `_penalty_terms` of `layer` (inside a model with a regularizer, where `enclosed`) has one; TypeError
+    naming a regularizer that is none (a name set as the attribute), as computing the terms raises."""
+    model = isinstance(layer, Sequential)
+    if layer.regularizer is not None and not isinstance(layer.regularizer, Regularizer):
+        require_regularizer("the model's regularizer" if model else f"{type(layer).__name__}.regularizer",
+                            layer.regularizer)
+    enclosed = enclosed or (model and layer.regularizer is not None)
+    own = not model and layer.regularizer is not None
     if (own or enclosed) and any(p.regularized for p in layer.parameters(recurse=False)):
         return True
     return any(_penalizes(sub, enclosed) for _, sub in layer.named_layers(recurse=False))
