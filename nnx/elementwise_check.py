@@ -23,17 +23,28 @@ __all__ = ["CROSS_ELEMENT", "watched"]
 
 # functions whose result element reads other elements of their first argument: the standard's reductions, scans,
 # searching, sorting and reordering, and the common ones of NumPy, torch and JAX's namespaces (also in `linalg`
-# and `fft`, where every function does). A guard such as ``bool(xp.all(xp.isfinite(g)))`` mixes no numbers.
+# and `fft`, where every function does). A guard ``bool(xp.all(xp.isfinite(g)))`` reads across elements too: over
+# the buffer it stops every parameter's update, where parameter by parameter it stops the later ones only.
 CROSS_ELEMENT = frozenset({
     "sum", "prod", "mean", "std", "var", "max", "min", "cumulative_sum", "cumulative_prod", "diff", "argmax",
-    "argmin", "sort", "argsort", "unique_all", "unique_counts", "unique_inverse", "unique_values", "flip", "roll",
-    "searchsorted", "take", "take_along_axis",
-    "amax", "amin", "nansum", "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "median", "nanmedian",
-    "average", "ptp", "percentile", "quantile", "cumsum", "cumprod", "logsumexp", "norm", "trace",
+    "argmin", "all", "any", "count_nonzero", "nonzero", "sort", "argsort", "unique_all", "unique_counts",
+    "unique_inverse", "unique_values", "flip", "roll", "searchsorted", "take", "take_along_axis",
+    "amax", "amin", "nansum", "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "nanargmax",
+    "nanargmin", "median", "nanmedian", "average", "ptp", "percentile", "quantile", "cumsum", "cumprod",
+    "logsumexp", "logcumsumexp", "cummax", "cummin", "norm", "trace", "unique", "partition", "argpartition",
+    "std_mean", "var_mean", "aminmax", "topk", "kthvalue", "mode", "histogram", "histc", "bincount", "vdot",
 })
-# products: each operand is read across
+# reductions over the axes they are given (``axis=``, or the second positional argument): over axes of one
+# element only (``xp.sum(g[..., None], axis=-1)``) they read no other element
+AXIS_REDUCTIONS = frozenset({
+    "sum", "prod", "mean", "std", "var", "max", "min", "all", "any", "count_nonzero", "amax", "amin", "nansum",
+    "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "median", "nanmedian", "logsumexp",
+})
+# products: each operand is read across (einsum: unless its subscripts contract nothing)
 CROSS_ELEMENT_PRODUCTS = frozenset({"matmul", "tensordot", "vecdot", "dot", "inner", "outer", "einsum", "kron"})
 CROSS_ELEMENT_NAMESPACES = frozenset({"linalg", "fft"})
+# the keywords a reduction's data goes by in NumPy, torch and the standard
+DATA_KEYWORDS = ("x", "a", "input", "x1")
 
 
 def watched(optimizer: Any, xp: Any, buffer: Any) -> Any:
@@ -64,19 +75,52 @@ class _WatchedNamespace:
         return value
 
     def _checked(self, function: Any, name: str, operands: int | None) -> Any:
-        """`function`, raising where one of its first `operands` arguments (None: every one) is as large as the
-        buffer: the data it reads across (a table it searches or takes from is the first; the indices are not)."""
+        """`function`, raising where it reads across the elements of an array as large as the buffer: the first of
+        its arguments, or every one (`operands` None: a product)."""
         rule, size = self._rule, self._size
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            for arg in args[:operands]:
-                shape = getattr(arg, "shape", None)
-                if shape is not None and None not in shape and math.prod(shape) == size:
-                    raise TypeError(
-                        f"{rule} declares elementwise = True, but its update calls xp.{name} across the elements of "
-                        f"the array it updates ({size} elements): fit runs an elementwise rule once over all "
-                        "parameters concatenated, where that call would mix them and give other numbers than "
-                        f"parameter by parameter. Set elementwise = False on {rule} (each parameter is then updated "
-                        "on its own), or compute with elementwise functions only")
+            if _mixes(name, size, args, kwargs, operands):
+                raise TypeError(
+                    f"{rule} declares elementwise = True, but its update calls xp.{name} across the elements of the "
+                    f"array it updates ({size} elements): fit runs an elementwise rule once over all parameters "
+                    "concatenated, where that call would mix them and give other numbers than parameter by "
+                    f"parameter. Set elementwise = False on {rule} (each parameter is then updated on its own), or "
+                    "compute with elementwise functions only")
             return function(*args, **kwargs)
         return call
+
+
+def _size(x: Any) -> int | None:
+    shape = getattr(x, "shape", None)
+    return None if shape is None or None in shape else math.prod(shape)
+
+
+def _mixes(name: str, size: int, args: tuple, kwargs: dict[str, Any], operands: int | None) -> bool:
+    """Whether the call reads across the elements of an array of `size` elements among its data."""
+    if operands is None:  # a product
+        if name.endswith("einsum") and args and isinstance(args[0], str) and _contracts_nothing(args[0]):
+            return False
+        return any(_size(x) == size for x in (*args, *kwargs.values()))
+    data = [*args[:operands], *[kwargs[k] for k in DATA_KEYWORDS if k in kwargs]]
+    big = [x for x in data if _size(x) == size]
+    if not big:
+        return False
+    if name in AXIS_REDUCTIONS:
+        axis = kwargs.get("axis", kwargs.get("dim", args[1] if len(args) > 1 and operands == 1 else None))
+        if axis is not None and not isinstance(axis, bool):
+            shape = tuple(big[0].shape)
+            axes = (axis,) if isinstance(axis, int) else tuple(axis)
+            return math.prod(shape[a] for a in axes) > 1
+    return True
+
+
+def _contracts_nothing(subscripts: str) -> bool:
+    """Whether explicit einsum `subscripts` give every operand the output's indices, each once: an elementwise
+    product (``"...,...->..."``, ``"ij,ij->ij"``), where no element reads another."""
+    if "->" not in subscripts:
+        return False
+    inputs, output = subscripts.replace(" ", "").split("->")
+    output = output.replace("...", ".")
+    return all(sorted(operand.replace("...", ".")) == sorted(output) and len(set(output)) == len(output)
+               for operand in inputs.split(","))

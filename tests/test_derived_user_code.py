@@ -243,9 +243,26 @@ def test_a_rule_declared_elementwise_that_reads_across_elements_is_named_over_fl
     _assert_same(_train(backend, "float64", True, PerParameterNormalizedSGD, layers, epochs=1), plain, "float64")
 
 
+class DampedSGD(NormalizedSGD):
+    """Halves every step once any gradient element passes 1: a rule reading across elements (``xp.any``)."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad * xp.where(xp.any(xp.abs(grad) > 1.0), 0.5, 1.0), state
+
+
+def test_a_rule_reading_across_elements_with_any_is_named_over_flat_buffers(backend):
+    """Found in review of a3568ee: xp.any, xp.all and xp.count_nonzero had been let through as guards, and mixed
+    the parameters over the flat buffer without a word."""
+    if backend.can_compile:
+        pytest.skip("JAX's compiled step runs the rule parameter by parameter: its own numbers")
+    model = nnx.Sequential(nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), backend=backend, dtype="float64", seed=3)
+    with pytest.raises(TypeError, match=r"DampedSGD declares elementwise = True, but its update calls xp\.any"):
+        model.fit(*_data(), loss="cross_entropy", optimizer=DampedSGD(model.parameters()), epochs=1, batch_size=16)
+
+
 class TableSGD(NormalizedSGD):
     """Elementwise rules that call functions reading across elements, but not across the buffer's: a reduction along
-    an axis of their own, the largest of a constant pair, a fixed codebook searched and taken from, a guard."""
+    an axis of their own (of two elements, of one), a fixed codebook searched and taken from."""
 
     def __init__(self, params, lr=0.05, kind="stacked"):
         super().__init__(params, lr)
@@ -254,8 +271,8 @@ class TableSGD(NormalizedSGD):
     def update(self, xp, value, grad, state, step, lr):
         if self.kind == "stacked":
             return value - lr * grad / (1.0 + xp.max(xp.stack([xp.abs(grad), xp.abs(value)]), axis=0)), state
-        if self.kind == "guard" and not bool(xp.all(xp.isfinite(grad))):
-            raise FloatingPointError("a gradient that is not finite")
+        if self.kind == "new axis":
+            return value - lr * xp.sum(grad[..., None], axis=-1), state
         if self.kind == "codebook":
             grid = xp.asarray([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=value.dtype, device=value.device)
             new = value - lr * grad
@@ -265,13 +282,13 @@ class TableSGD(NormalizedSGD):
         return value - lr * grad, state
 
 
-@pytest.mark.parametrize("kind", ["stacked", "guard", "codebook"])
+@pytest.mark.parametrize("kind", ["stacked", "new axis", "codebook"])
 def test_an_elementwise_rule_reading_across_other_arrays_trains_over_flat_buffers(backend, kind):
     runs = [_train(backend, "float64", fast, lambda ps: TableSGD(ps, kind=kind)) for fast in (True, False)]
     _assert_same(*runs, "float64")
     if backend.can_compile:
-        # (a traced array has no `.device`, and a guard reads its value: such a rule runs op by op on JAX)
-        assert runs[0][2].execution == "compiled" or kind != "stacked"
+        # (a traced array has no `.device`: the codebook's rule runs op by op on JAX)
+        assert runs[0][2].execution == "compiled" or kind == "codebook"
     else:
         assert runs[0][2].execution == "flat"
 
