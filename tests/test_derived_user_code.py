@@ -400,6 +400,39 @@ def test_a_layer_drawing_only_when_made_keeps_every_execution(backend, dtype):
     assert runs[0][2].execution == ("compiled" if backend.can_compile else "flat")
 
 
+SYSTEM_DRAWS: list[float] = []  # (a log outside the layer: one it kept would be Python state of its own)
+
+
+class SystemNoise(nnx.Layer):
+    """Adds a number drawn from the system's entropy (no state) at every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.source = SYSTEM_RANDOM
+
+    def forward(self, X, training=False):
+        if not training:
+            return X
+        SYSTEM_DRAWS.append(self.source.random())
+        return X + SYSTEM_DRAWS[-1]
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+def test_a_layer_drawing_from_the_systems_entropy_draws_at_every_step(backend):
+    """Found in review of f380904: a SystemRandom (no state to compare) was passed over, so NumPy's recording and
+    JAX's program drew from it once and added that number at every step. It now counts as drawn from whenever
+    looked at, and the layer runs its own code every step."""
+    SYSTEM_DRAWS.clear()
+    model = nnx.Sequential(nnx.Dense(6, 3), SystemNoise(), backend=backend, dtype="float64", seed=3)
+    X = _data()[0]
+    history = model.fit(X, X[:, :3], loss="mse", optimizer="sgd", epochs=2, batch_size=16, shuffle=False, verbose=0)
+    assert len(set(SYSTEM_DRAWS)) >= 6  # 2 epochs of 3 batches, each its own draw
+    if backend.can_compile:
+        assert "draws from its own random generator 'source'" in history.execution_reason
+
+
 class DenseList(nnx.Layer):
     """A user's block applying, in order, the Dense layers it lists in `items` (all of them held)."""
 

@@ -284,3 +284,14 @@ def test_a_live_models_programs_are_bounded_and_it_trains_the_same(monkeypatch):
     for key, value in _weights(model).items():
         np.testing.assert_array_equal(value, _weights(again)[key], err_msg=key)
         np.testing.assert_array_equal(value, _weights(fresh)[key], err_msg=key)
+
+
+def test_a_layout_dropped_and_taken_again_from_the_table_counts_no_trace(monkeypatch):
+    """Found in review of e557858: a program a model had dropped and took back from the table added its trace counts
+    again, so `compiles` (documented as the traces) counted 24 where 14 programs were traced."""
+    monkeypatch.setattr(nnx.training.epoch, "MAX_LAYOUTS", 2)
+    X, y = _data()
+    model = _model()
+    for batch_size in (8, 5, 7) * 2:
+        model.fit(X, y, loss="bce", optimizer="adam", epochs=1, batch_size=batch_size, verbose=0)
+    assert epoch_program_of(model).compiles == 3

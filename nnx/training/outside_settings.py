@@ -117,7 +117,9 @@ def outside_generators(obj: Any) -> list[tuple[str, Any]]:
     if not user:
         return []
     found: list[tuple[str, Any]] = []
-    for namespace, name in _code_facts(tuple(f for cls in user for f in _functions(cls)))[1]:
+    # (what the constructor and `build` draw, once, is no step's: a name drawn from a SystemRandom)
+    stepping = tuple(f for cls in user for f in _functions(cls) if f.__name__ not in ("__init__", "build"))
+    for namespace, name in _code_facts(stepping)[1]:
         value = namespace.get(name)
         if isinstance(value, types.ModuleType) and value.__name__ in ("numpy.random", "random"):
             # the global generator behind the module's functions, which are its bound methods
@@ -133,7 +135,7 @@ def _is_host_generator(value: Any) -> bool:
     """Whether `value` is a host random generator (Python's ``random.Random``, NumPy's Generator or RandomState),
     told by type: nothing is imported, and no attribute of an arbitrary object is read."""
     if isinstance(value, random.Random):
-        return not isinstance(value, random.SystemRandom)  # (which has no state: it draws from the system)
+        return True
     kind = type(value)
     return (kind.__module__ or "").startswith("numpy.random") and kind.__name__ in ("Generator", "RandomState")
 

@@ -118,10 +118,10 @@ class _HostGenerator:
 
     @classmethod
     def of(cls, value: Any) -> _HostGenerator | None:
-        """`value` with its state if it is a host random generator, else None (also for Python's SystemRandom,
-        which draws from the system and has no state: nothing a program would hold)."""
+        """`value` with its state if it is a host random generator, else None. Python's SystemRandom draws from the
+        system and has no state: it counts as drawn from whenever it is looked at again (`same_state`)."""
         if isinstance(value, random.SystemRandom):
-            return None
+            return cls(value, None)
         if isinstance(value, random.Random):
             return cls(value, value.getstate())
         bit_generator = getattr(value, "bit_generator", None)  # NumPy's Generator
@@ -133,8 +133,10 @@ class _HostGenerator:
         return None
 
     def restore(self) -> None:
-        """Put the generator back in the state it had when looked at."""
+        """Put the generator back in the state it had when looked at (a SystemRandom has none to put back)."""
         generator = self.generator
+        if self.state is None:
+            return
         if isinstance(generator, random.Random):
             generator.setstate(self.state)
         elif hasattr(generator, "bit_generator"):
@@ -143,8 +145,9 @@ class _HostGenerator:
             generator.set_state(self.state)
 
     def same_state(self, other: _HostGenerator) -> bool:
-        """Whether `other` (the same generator, looked at later) has the state this one had."""
-        return self.key == other.key
+        """Whether `other` (the same generator, looked at later) has the state this one had: never for one without
+        a state, whose draws nothing can tell."""
+        return self.state is not None and self.key == other.key
 
     def __repr__(self) -> str:
         return repr(self.state)

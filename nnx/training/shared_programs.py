@@ -41,6 +41,9 @@ RECENT = 4  # programs an owner tries by calling them before it looks its inputs
 # programs one owner keeps by input signature, least recently used dropped first: a server predicting on ever new
 # row counts (1.8 MiB a program) or a notebook fitting with ever new batch sizes held every one while the model lived
 OWN_PROGRAMS = 32
+# the table keys of the programs each owner took or traced, at most TAKEN_KEPT: one taken again adds no trace counts
+_TAKEN: weakref.WeakKeyDictionary[Any, set[tuple]] = weakref.WeakKeyDictionary()
+TAKEN_KEPT = 4096
 
 
 def clear() -> None:
@@ -426,10 +429,17 @@ class SharedProgram:
             return self._own
         key = (signature, owner_key)
         entry = _TABLE.get(key)
+        # a program its owner had before, dropped since (here, or with this object by the owner's own bound): its
+        # trace counts are counted already
+        taken = _TAKEN.setdefault(self.owner, set())
+        taken_before = key in taken
+        if len(taken) >= TAKEN_KEPT:
+            taken.clear()
+        taken.add(key)
         if entry is not None:
             _TABLE.move_to_end(key)
             program, counts, values = entry
-            self.owner.adopt_facts(counts, values)
+            self.owner.adopt_facts({k: 0 for k in counts} if taken_before else counts, values)
             return program
         counts_before, _ = self.owner.trace_facts()
         program = self.backend.compile(self.fn, args)
