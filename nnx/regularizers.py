@@ -165,7 +165,8 @@ class L2(Regularizer):
 
 
 class ElasticNet(Regularizer):
-    """Sum of `L1` and `L2`: ``l1 * sum(|W|) + l2 / 2 * sum(W**2)``.
+    """Sum of `L1` and `L2`: ``l1 * sum(|W|) + l2 / 2 * sum(W**2)``. Keras's ``L1L2(l1, l2)`` has no ``/ 2`` on its
+    L2 term: its ``l2`` is this class's ``l2 / 2``, as for `L2`.
 
     Args:
         l1: L1 strength, finite and >= 0.

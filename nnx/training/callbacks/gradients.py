@@ -18,7 +18,8 @@ GRADIENT_STATS = ("weight_mean", "weight_max", "weight_norm", "bias_mean", "bias
 class GradientAnalyzer(Callback):
     """Per layer with parameters and per step: mean |g|, max |g| and L2 norm of its weight and bias gradients.
 
-    Each step's statistics are of the gradients backward computed for that batch, before
+    Each step's statistics are of the gradients backward computed for that batch (the loss's and
+    the regularizers' penalty's; an optimizer's ``weight_decay`` is the update's, not counted), before
     the gradient transforms: not clipped (``clip_norm``/``clip_value`` would hide the
     explosions it is there to show), one row per batch under ``accumulate`` (not the mean the
     update applies), and under data-parallel training the rank's own slice of the batch.
