@@ -430,7 +430,7 @@ def test_a_layer_drawing_from_the_systems_entropy_draws_at_every_step(backend):
     history = model.fit(X, X[:, :3], loss="mse", optimizer="sgd", epochs=2, batch_size=16, shuffle=False, verbose=0)
     assert len(set(SYSTEM_DRAWS)) >= 6  # 2 epochs of 3 batches, each its own draw
     if backend.can_compile:
-        assert "draws from its own random generator 'source'" in history.execution_reason
+        assert "reads the SystemRandom 'source'" in history.execution_reason
 
 
 class DenseList(nnx.Layer):

@@ -262,6 +262,11 @@ def changed_state(before: list[tuple[str, dict[str, Any]]], after: list[tuple[st
                 drawn = True
             # an attribute first set to None is a cache made on the first call; repr: NaN equals NaN
             if drawn or repr(old.get(key)) != repr(new.get(key)):
+                if drawn and isinstance(was, _HostGenerator) and was.state is None:
+                    name = key.strip("<>")
+                    return (f"{where} reads the SystemRandom {name!r}, whose draws leave no state to compare: a "
+                            "program would hold one draw, so its steps run as written (the model's stream, "
+                            "`self.rng`, compiles)")
                 if isinstance(old.get(key), _OutsideGenerator):
                     return (f"{where} draws from the random generator {key.strip('<>')!r} on the host, outside "
                             "the layer, which a program would draw once (use the model's stream, `self.rng`)")
