@@ -9,7 +9,10 @@ across elements, given the buffer's values (an array as large as the buffer) as 
 costs nothing more; a rule run parameter by parameter (`Optimizer.step`, JAX's compiled step) gives its own
 numbers whatever it reads, and is left as it is.
 
-What is not seen: a NumPy method such as ``grad.sum()``, the ``@`` operator, a namespace the rule finds itself
+An array holding the buffer's elements is one as large as the buffer or a multiple of it (a stack or a concatenation
+of it); a reduction along an axis of its own (of one element, or one keeping an axis of the buffer's length whole)
+reads each element on its own. What is not seen: indexing (``grad[0]``, ``grad[::-1]``), a NumPy method such as
+``grad.sum()``, the ``@`` operator, an outer product made by broadcasting, a namespace the rule finds itself
 (``array_api_compat.array_namespace(grad)``), and a call made only after the first step. On the first call the
 rule's ``xp`` is this object, not the module, so ``xp is np`` is false there.
 """
@@ -17,6 +20,7 @@ rule's ``xp`` is this object, not the module, so ``xp is np`` is false there.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 __all__ = ["CROSS_ELEMENT", "watched"]
@@ -96,23 +100,37 @@ def _size(x: Any) -> int | None:
     return None if shape is None or None in shape else math.prod(shape)
 
 
+def _holds_buffer(x: Any, size: int) -> bool:
+    """Whether `x` may hold the buffer's elements: as many, or a multiple (a stack or concatenation of them)."""
+    n = _size(x)
+    return n is not None and n >= size and n % size == 0
+
+
 def _mixes(name: str, size: int, args: tuple, kwargs: dict[str, Any], operands: int | None) -> bool:
-    """Whether the call reads across the elements of an array of `size` elements among its data."""
+    """Whether the call reads across the elements of an array holding the buffer's elements, among its data."""
     if operands is None:  # a product
         if name.endswith("einsum") and args and isinstance(args[0], str) and _contracts_nothing(args[0]):
             return False
-        return any(_size(x) == size for x in (*args, *kwargs.values()))
+        return any(_holds_buffer(x, size) for x in (*args, *kwargs.values()))
     data = [*args[:operands], *[kwargs[k] for k in DATA_KEYWORDS if k in kwargs]]
-    big = [x for x in data if _size(x) == size]
-    if not big:
+    held = [x for x in data if _holds_buffer(x, size)]
+    if not held:
         return False
-    if name in AXIS_REDUCTIONS:
-        axis = kwargs.get("axis", kwargs.get("dim", args[1] if len(args) > 1 and operands == 1 else None))
-        if axis is not None and not isinstance(axis, bool):
-            shape = tuple(big[0].shape)
-            axes = (axis,) if isinstance(axis, int) else tuple(axis)
-            return math.prod(shape[a] for a in axes) > 1
-    return True
+    axis = kwargs.get("axis", kwargs.get("dim"))
+    if axis is None and name in AXIS_REDUCTIONS and len(args) > 1 and operands == 1:
+        axis = args[1]
+    if axis is None or isinstance(axis, bool):
+        return True  # over every element (or an axis the function defaults to): taken as across the buffer
+    shape = tuple(held[0].shape)
+    try:
+        axes = {operator.index(a) % len(shape) for a in (axis if isinstance(axis, (tuple, list)) else (axis,))}
+    except (TypeError, ZeroDivisionError):
+        return True
+    if math.prod(shape[a] for a in axes) == 1:
+        return False  # axes of one element: no element reads another
+    # an axis of the buffer's length kept whole (a stack of it and other arrays reduced along the stack) reads across
+    # the stacked arrays only, each element of the buffer on its own
+    return not any(shape[a] == size for a in range(len(shape)) if a not in axes)
 
 
 def _contracts_nothing(subscripts: str) -> bool:

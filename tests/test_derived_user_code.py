@@ -250,6 +250,29 @@ class DampedSGD(NormalizedSGD):
         return value - lr * grad * xp.where(xp.any(xp.abs(grad) > 1.0), 0.5, 1.0), state
 
 
+class StackedNormSGD(NormalizedSGD):
+    """Normalises by a sum over a stack or a concatenation of the gradient: arrays twice the buffer's size."""
+
+    def __init__(self, params, lr=0.05, kind="stack"):
+        super().__init__(params, lr)
+        self.kind = kind
+
+    def update(self, xp, value, grad, state, step, lr):
+        doubled = xp.stack([grad, grad]) if self.kind == "stack" else xp.concat([grad, grad])
+        return value - lr * grad / (1.0 + xp.sum(doubled * doubled)), state
+
+
+@pytest.mark.parametrize("kind", ["stack", "concat"])
+def test_a_rule_reading_across_a_stack_of_the_buffer_is_named(backend, kind):
+    """Found in review of cf3cd20: only arrays exactly as large as the buffer were looked at."""
+    if backend.can_compile:
+        pytest.skip("JAX's compiled step runs the rule parameter by parameter: its own numbers")
+    model = nnx.Sequential(nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), backend=backend, dtype="float64", seed=3)
+    with pytest.raises(TypeError, match=r"StackedNormSGD declares elementwise = True, but its update calls xp\.sum"):
+        model.fit(*_data(), loss="cross_entropy", optimizer=StackedNormSGD(model.parameters(), kind=kind), epochs=1,
+                  batch_size=16)
+
+
 def test_a_rule_reading_across_elements_with_any_is_named_over_flat_buffers(backend):
     """Found in review of a3568ee: xp.any, xp.all and xp.count_nonzero had been let through as guards, and mixed
     the parameters over the flat buffer without a word."""
@@ -273,6 +296,9 @@ class TableSGD(NormalizedSGD):
             return value - lr * grad / (1.0 + xp.max(xp.stack([xp.abs(grad), xp.abs(value)]), axis=0)), state
         if self.kind == "new axis":
             return value - lr * xp.sum(grad[..., None], axis=-1), state
+        if self.kind == "sorted pair":  # each element's larger of |grad| and |value|, along the stack's last axis
+            pair = xp.sort(xp.stack([xp.abs(grad), xp.abs(value)], axis=-1), axis=-1)
+            return value - lr * grad / (1.0 + pair[..., 1]), state
         if self.kind == "codebook":
             grid = xp.asarray([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=value.dtype, device=value.device)
             new = value - lr * grad
@@ -282,7 +308,7 @@ class TableSGD(NormalizedSGD):
         return value - lr * grad, state
 
 
-@pytest.mark.parametrize("kind", ["stacked", "new axis", "codebook"])
+@pytest.mark.parametrize("kind", ["stacked", "new axis", "sorted pair", "codebook"])
 def test_an_elementwise_rule_reading_across_other_arrays_trains_over_flat_buffers(backend, kind):
     runs = [_train(backend, "float64", fast, lambda ps: TableSGD(ps, kind=kind)) for fast in (True, False)]
     _assert_same(*runs, "float64")
