@@ -677,3 +677,52 @@ def test_a_class_attribute_a_loss_or_an_optimizer_reads_is_a_setting(backend, dt
         runs.append(((model, opt, history), _train_regression(backend, dtype, fast, 1)))
     _assert_same(runs[0][0], runs[1][0], dtype)
     _assert_same(runs[0][1], runs[1][1], dtype)
+
+
+def _identity(a):
+    return a
+
+
+def _doubled(a):
+    return 2.0 * a
+
+
+class BodySGD(optim.SGD):
+    """SGD on ``body(grad)``, a function its class holds."""
+
+    elementwise = True
+    body = staticmethod(_identity)
+
+    def update(self, xp, value, grad, state, step, lr):
+        return super().update(xp, value, self.body(grad), state, step, lr)
+
+
+class BodyLayer(nnx.Layer):
+    """``act(X)`` forward and ``act(dY)`` backward, with a function its class holds."""
+
+    act = staticmethod(_identity)
+
+    def forward(self, X, training=False):
+        return self.act(X)
+
+    def backward(self, dY, need_dX=True):
+        return self.act(dY)
+
+
+@pytest.mark.parametrize("owner", [BodySGD, BodyLayer], ids=["optimizer", "layer"])
+def test_a_function_a_class_holds_replaced_between_fits_is_what_the_next_fit_runs(backend, dtype, owner):
+    """Found in review: NumPy's recorded passes and JAX's programs held the old function (0.38 off the plain loop's
+    weights for the layer, 0.08 for the optimizer on JAX); a class attribute was watched only for plain values."""
+    name = "body" if owner is BodySGD else "act"
+    runs = []
+    try:
+        for fast in (True, False):
+            setattr(owner, name, staticmethod(_identity))
+            model, opt, _ = _train(backend, dtype, fast, lambda ps: BodySGD(ps, lr=0.05), epochs=1,
+                                   layers=lambda: [nnx.Dense(6, 9), BodyLayer(), nnx.Dense(9, 3)])
+            setattr(owner, name, staticmethod(_doubled))
+            X, y = _data()
+            runs.append((model, opt, model.fit(X, y, epochs=2, batch_size=16)))
+    finally:
+        setattr(owner, name, staticmethod(_identity))
+    _assert_same(*runs, dtype)

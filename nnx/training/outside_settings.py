@@ -10,7 +10,9 @@ rule, a gradient transform), or a function of the user's (a metric), may read as
 - a module global of such a value that the class's methods load by name;
 - an array in either place (a table the code reads): by identity, and a NumPy array by its bytes too, so that
   writing into it in place (``TABLE[...] *= 2``) is a change. A large one costs a copy of its bytes at each
-  check (rare: this runs only where the watches run, not between back-to-back steps).
+  check (rare: this runs only where the watches run, not between back-to-back steps);
+- a function in either place (a method, a ``staticmethod`` the code calls as ``self.body(g)``, a helper of the
+  module): by identity, so that one replaced between calls is a change.
 
 So is what a function the object keeps as an attribute reads (``self.fn``), what a function of the same module
 that the methods call by name reads (a helper beside the class), an
@@ -69,10 +71,16 @@ def contents(value: Any) -> bytes | None:
         return None
 
 
+# functions a class or module holds: compared by identity, so that one replaced between calls (``Rule.body =
+# staticmethod(other)``, a helper rebound in its module) is another setting, where programs held the old one
+_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, staticmethod, classmethod)
+
+
 def _is_setting(value: Any) -> bool:
-    """Whether a watch compares `value` read from a class or a module: a plain value, or an array (a table written
-    in place, ``TABLE[...] *= 2``, by its identity and bytes; rebinding a JAX array, by its identity)."""
-    return is_plain(value) or is_array(value)
+    """Whether a watch compares `value` read from a class or a module: a plain value, an array (a table written
+    in place, ``TABLE[...] *= 2``, by its identity and bytes; rebinding a JAX array, by its identity), or a function
+    (by its identity)."""
+    return is_plain(value) or is_array(value) or isinstance(value, _FUNCTIONS)
 
 
 def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str, Any], Any]]:
