@@ -36,7 +36,7 @@ def require_own_arrays(model: Any) -> None:
     """
     for path, layer in [("", model), *model.named_layers()]:
         own: set[int] | None = None
-        params, buffers = layer._params, layer._buffers
+        params, buffers = layer._params, layer._buffers  # Layer's own tables by attribute (this package's)
         for attribute, value in vars(layer).items():
             if type(value) in _PLAIN or attribute in _BOOKKEEPING or params.get(attribute) is value \
                     or buffers.get(attribute) is value:
@@ -48,7 +48,7 @@ def require_own_arrays(model: Any) -> None:
             else:
                 continue
             for label, item in held:
-                if isinstance(item, Layer) and (any(item is sub for sub in layer._layers.values())
+                if isinstance(item, Layer) and (any(item is sub for _, sub in layer.named_layers(recurse=False))
                                                 or not (item.parameters() or item.buffers())):
                     # its own sub-layer (a container's list: no tree listed); or one without arrays (an activation
                     # kept to call, which raises there if it is no part of the model), which no gradient can miss
@@ -91,7 +91,7 @@ def _not_own(model: Any, layer: Layer, attribute: str, value: Any) -> str:
                 "with self.add_layer(name, layer) in __init__")
     kind = "parameter" if isinstance(value, Parameter) else "buffer"
     head = f"holds the {kind} {value.name!r}, not one of its own: "
-    replaced = layer._params.get(attribute) or layer._buffers.get(attribute)
+    replaced = layer._params.get(attribute) or layer._buffers.get(attribute)  # (Layer's tables, as above)
     if replaced is not None:
         return head + (f"it replaced its own {replaced.name!r}, which is still what the model trains, saves and "
                        f"moves, while the layer computes with the other; nnx does not tie arrays as torch's "
