@@ -44,6 +44,8 @@ AXIS_REDUCTIONS = frozenset({
     "sum", "prod", "mean", "std", "var", "max", "min", "all", "any", "count_nonzero", "amax", "amin", "nansum",
     "nanmean", "nanmax", "nanmin", "nanprod", "nanstd", "nanvar", "median", "nanmedian", "logsumexp",
 })
+# functions reading a table at the positions they are given: the table is the data read across
+TABLE_FUNCTIONS = frozenset({"searchsorted", "take", "take_along_axis"})
 # products: each operand is read across (einsum: unless its subscripts contract nothing)
 CROSS_ELEMENT_PRODUCTS = frozenset({"matmul", "tensordot", "vecdot", "dot", "inner", "outer", "einsum", "kron"})
 CROSS_ELEMENT_NAMESPACES = frozenset({"linalg", "fft"})
@@ -113,7 +115,9 @@ def _mixes(name: str, size: int, args: tuple, kwargs: dict[str, Any], operands: 
             return False
         return any(_holds_buffer(x, size) for x in (*args, *kwargs.values()))
     data = [*args[:operands], *[kwargs[k] for k in DATA_KEYWORDS if k in kwargs]]
-    held = [x for x in data if _holds_buffer(x, size)]
+    # a table searched or taken from is the buffer only at its size: a fixed grid of 256 entries is no stack of a
+    # buffer of 128 parameters
+    held = [x for x in data if (_size(x) == size if name in TABLE_FUNCTIONS else _holds_buffer(x, size))]
     if not held:
         return False
     axis = kwargs.get("axis", kwargs.get("dim"))
