@@ -109,3 +109,18 @@ def test_ctrl_c_in_partial_fit_keeps_the_estimator_as_sklearn_does(monkeypatch):
         est.partial_fit(X, y)  # and it goes on from there, the optimizer's state kept
         fitted.append(est)
     _same_fit(*fitted)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_a_torch_tensor_of_bfloat16_or_with_gradients_is_read_as_its_backend_reads_it():
+    """Found in review: without array-API dispatch, scikit-learn's own conversion of a bfloat16 tensor failed with
+    torch's "Got unsupported ScalarType BFloat16" (and one that records gradients could not become NumPy), where the
+    docs say nnx casts bfloat16 torch arrays. X is now read on the host as its nnx backend reads it."""
+    torch = pytest.importorskip("torch")
+    X, y = make_blobs(n_samples=40, centers=2, n_features=3, random_state=0)
+    X = X.astype(np.float32)
+    as_bf16 = torch.tensor(X).bfloat16()
+    want = MLPClassifier(max_iter=5, random_state=0).fit(as_bf16.float().numpy(), y)
+    for given in (as_bf16, torch.tensor(as_bf16.float().numpy(), requires_grad=True)):
+        got = MLPClassifier(max_iter=5, random_state=0).fit(given, y)
+        np.testing.assert_array_equal(got.predict_proba(given), want.predict_proba(as_bf16.float().numpy()))

@@ -133,6 +133,10 @@ class MLPBase(BaseEstimator):
     def _validate_X(self, X: Any, reset: bool, y: Any = "no_validation") -> Any:
         """X validated (kept in its namespace under array-API dispatch, else NumPy), and y as NumPy."""
         io = io_of(X)
+        if io is None:
+            # another library's array read on the host as its nnx backend reads it (torch's bfloat16 as float32,
+            # which NumPy has no dtype for: scikit-learn's own conversion failed there, "unsupported ScalarType")
+            X = host(X)
         dtype = (np.float64, np.float32) if io is None else (io[0].float64, io[0].float32)
         kwargs: dict[str, Any] = dict(accept_sparse=True, dtype=dtype, reset=reset)
         if isinstance(y, str) and y == "no_validation":
