@@ -80,7 +80,7 @@ def _not_own(model: Any, layer: Layer, attribute: str, value: Any) -> str:
         return ("holds the model itself: a layer computing with the model's parameters adds gradients to them that "
                 "their own layers' backward overwrites. Keep what the layer needs of it (a number, a shape) instead")
     if isinstance(value, Layer):
-        owner = next((f"layer {p} ({type(sub).__name__})" for p, sub in model.named_layers() if sub is value), None)
+        owner = _owner_of(model, value)
         if owner is not None:
             return (f"holds {owner}, another part of the model, not one of its own sub-layers: what it computes "
                     f"with that layer's parameters is not trained as torch trains it, since that layer's backward "
@@ -109,8 +109,9 @@ def _not_own(model: Any, layer: Layer, attribute: str, value: Any) -> str:
 
 
 def _owner_of(model: Any, value: Any) -> str | None:
-    """``"layer <path> (<class>)"`` (``"the model"``) for the layer of `model` that made `value`; None for none."""
+    """``"layer <path> (<class>)"`` (``"the model"``) for the layer of `model` that is `value` or made it (a
+    parameter, a buffer); None for none."""
     for path, layer in [("", model), *model.named_layers()]:
-        if any(a is value for a in (*layer._params.values(), *layer._buffers.values())):
+        if layer is value or any(a is value for a in (*layer._params.values(), *layer._buffers.values())):
             return f"layer {path} ({type(layer).__name__})" if path else "the model"
     return None
