@@ -4,7 +4,7 @@ A rule declared elementwise may run once over all parameters concatenated (`nnx.
 rank's shard of them (`nnx.distributed.sharded`). There a sum, a norm or a maximum over the array it is given
 mixes parameters, and the numbers differ from the rule's parameter by parameter, without a word. So the first
 call of the rule over such a buffer gets `watched` ``xp``: the namespace itself, except that a function reading
-across elements, given the buffer's values (an array as large as the buffer) as the data it reads across, raises
+across elements, given the buffer's values (an array holding them) as the data it reads across, raises
 `TypeError` naming the rule and the call, before anything is written. Later calls get ``xp`` itself, so a step
 costs nothing more; a rule run parameter by parameter (`Optimizer.step`, JAX's compiled step) gives its own
 numbers whatever it reads, and is left as it is.
@@ -81,8 +81,8 @@ class _WatchedNamespace:
         return value
 
     def _checked(self, function: Any, name: str, operands: int | None) -> Any:
-        """`function`, raising where it reads across the elements of an array as large as the buffer: the first of
-        its arguments, or every one (`operands` None: a product)."""
+        """`function`, raising where it reads across the elements of an array holding the buffer's (`_mixes`): its
+        first argument, or every one (`operands` None: a product)."""
         rule, size = self._rule, self._size
 
         def call(*args: Any, **kwargs: Any) -> Any:
