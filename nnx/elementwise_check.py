@@ -12,18 +12,29 @@ numbers whatever it reads, and is left as it is.
 An array holding the buffer's elements is one as large as the buffer or a multiple of it (a stack or a concatenation
 of it); a reduction along an axis of its own (of one element, or one keeping an axis of the buffer's length whole)
 reads each element on its own. What is not seen: indexing (``grad[0]``, ``grad[::-1]``), a NumPy method such as
-``grad.sum()``, the ``@`` operator, an outer product made by broadcasting, a namespace the rule finds itself
+``grad.sum()``, an outer product made by broadcasting, a namespace the rule finds itself
 (``array_api_compat.array_namespace(grad)``), and a call made only after the first step. On the first call the
 rule's ``xp`` is this object, not the module, so ``xp is np`` is false there.
+
+A rule that reads its arrays' shape (``value.ndim``, to decay matrices only) or uses ``@`` would see the buffer's
+shape there, not a parameter's: `shape_dependence` finds that in its code. The flat update then compares its first
+step with the rule's results parameter by parameter, and runs parameter by parameter where they differ; a sharded
+update refuses such a rule.
 """
 
 from __future__ import annotations
 
+import dis
+import functools
+import inspect
 import math
 import operator
+import types
 from typing import Any
 
-__all__ = ["CROSS_ELEMENT", "watched"]
+from ._bytecode import nested_codes
+
+__all__ = ["CROSS_ELEMENT", "SHAPE_ATTRIBUTES", "shape_dependence", "watched"]
 
 # functions whose result element reads other elements of their first argument: the standard's reductions, scans,
 # searching, sorting and reordering, and the common ones of NumPy, torch and JAX's namespaces (also in `linalg`
@@ -51,6 +62,9 @@ CROSS_ELEMENT_PRODUCTS = frozenset({"matmul", "tensordot", "vecdot", "dot", "inn
 CROSS_ELEMENT_NAMESPACES = frozenset({"linalg", "fft"})
 # the keywords a reduction's data goes by in NumPy, torch and the standard
 DATA_KEYWORDS = ("x", "a", "input", "x1")
+# an array's attributes that tell its shape: over a flat buffer or a shard they are the buffer's, not the
+# parameter's (a rule decaying matrices only, ``if value.ndim > 1``, would decay nothing there)
+SHAPE_ATTRIBUTES = frozenset({"shape", "ndim", "size", "T", "mT"})
 
 
 def watched(optimizer: Any, xp: Any, buffer: Any) -> Any:
@@ -146,3 +160,74 @@ def _contracts_nothing(subscripts: str) -> bool:
     output = output.replace("...", ".")
     return all(sorted(operand.replace("...", ".")) == sorted(output) and len(set(output)) == len(output)
                for operand in inputs.split(","))
+
+
+def shape_dependence(optimizer: Any) -> str | None:
+    """What in `optimizer`'s rule depends on the shape of the arrays it is given, or None: an attribute of
+    `SHAPE_ATTRIBUTES` read (``value.ndim``) or the ``@`` operator, in its ``update``, the methods it calls on
+    ``self`` or through ``super()`` and its module's functions it calls.
+
+    Over flat buffers or a shard the shape is the buffer's, not a parameter's. Read from the code (once per class and
+    function), since the first call over the buffer would already give other numbers: the flat update compares that
+    call with the rule parameter by parameter, and a sharded update refuses such a rule."""
+    update = inspect.unwrap(getattr(optimizer.update, "__func__", optimizer.update))
+    if not isinstance(update, types.FunctionType):
+        return None
+    return _shape_reads(type(optimizer), update)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape_reads(cls: type, update: types.FunctionType) -> str | None:
+    pending, seen = [(update, True)], {update}
+
+    def follow(helper: Any, method: bool) -> None:
+        is_static = isinstance(helper, staticmethod)
+        helper = inspect.unwrap(getattr(helper, "__func__", helper))
+        if isinstance(helper, types.FunctionType) and helper not in seen:
+            seen.add(helper)
+            pending.append((helper, method and not is_static))
+
+    while pending:
+        function, method = pending.pop(0)
+        code = function.__code__
+        this = code.co_varnames[0] if method and code.co_argcount else None  # ``self``, in a method
+        for nested in nested_codes(code):
+            loaded = None  # the variable the previous instruction loaded, if any
+            after_super = False  # whether a ``super()`` came before this attribute
+            for instruction in dis.get_instructions(nested):
+                name, opname = instruction.argval, instruction.opname
+                if opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR"):
+                    if after_super or opname == "LOAD_SUPER_ATTR":
+                        follow(_inherited(cls, function, name), True)
+                    elif loaded == this and this is not None:
+                        follow(inspect.getattr_static(cls, name, None), True)  # a method of its own, read in turn
+                    elif name in SHAPE_ATTRIBUTES:
+                        return f"{function.__qualname__} reads .{name} of an array"
+                    after_super = False
+                elif opname == "BINARY_MATRIX_MULTIPLY" or opname == "BINARY_OP" and "@" in instruction.argrepr:
+                    return f"{function.__qualname__} multiplies with @"
+                elif opname == "LOAD_GLOBAL":
+                    helper = function.__globals__.get(name)
+                    after_super = name == "super" and helper is None  # the builtin, not shadowed
+                    if getattr(helper, "__module__", None) == function.__module__:
+                        follow(helper, False)
+                loaded = _loaded_variable(instruction)
+    return None
+
+
+def _inherited(cls: type, function: types.FunctionType, name: str) -> Any:
+    """What ``super().name`` finds in `function`, a method of `cls` or of a class it inherits from."""
+    mro = cls.__mro__
+    owner = next((i for i, c in enumerate(mro)
+                  if any(inspect.unwrap(getattr(v, "__func__", v)) is function for v in vars(c).values())), None)
+    if owner is None:
+        return None
+    return next((vars(c)[name] for c in mro[owner + 1:] if name in vars(c)), None)
+
+
+def _loaded_variable(instruction: dis.Instruction) -> str | None:
+    """The local or closure variable `instruction` leaves on top of the stack (the last of a pair), or None."""
+    if instruction.opname.startswith("LOAD_FAST") or instruction.opname == "LOAD_DEREF":
+        name = instruction.argval
+        return name[-1] if isinstance(name, tuple) else name
+    return None

@@ -7,6 +7,7 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -281,6 +282,76 @@ def test_a_rule_reading_across_elements_with_any_is_named_over_flat_buffers(back
     model = nnx.Sequential(nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), backend=backend, dtype="float64", seed=3)
     with pytest.raises(TypeError, match=r"DampedSGD declares elementwise = True, but its update calls xp\.any"):
         model.fit(*_data(), loss="cross_entropy", optimizer=DampedSGD(model.parameters()), epochs=1, batch_size=16)
+
+
+def _decay_rate(value, rate):
+    """A helper beside the rule: decay for matrices, none for vectors (biases), as AdamW setups often do."""
+    return rate if value.ndim > 1 else 0.0
+
+
+class ShapedSGD(NormalizedSGD):
+    """Rules declared elementwise that read their arrays' shape: each element reads only itself, but over the flat
+    buffer the shape is the buffer's, one vector of every parameter."""
+
+    def __init__(self, params, lr=0.05, kind="ndim"):
+        super().__init__(params, lr)
+        self.kind, self.size = kind, 3.0  # `self.size` is a setting of its own, not an array's size
+
+    def _decayed(self, value, grad):
+        return grad + 0.5 * value if value.ndim > 1 else grad
+
+    def update(self, xp, value, grad, state, step, lr):
+        if self.kind == "ndim":  # in a method it calls
+            return value - lr * self._decayed(value, grad), state
+        if self.kind == "module helper":
+            return value - lr * (grad + _decay_rate(value, 0.5) * value), state
+        return value - lr * grad / math.sqrt(value.shape[0] * self.size), state
+
+
+@pytest.mark.parametrize("kind", ["ndim", "module helper", "shape"])
+def test_an_elementwise_rule_reading_its_arrays_shape_runs_per_parameter(backend, kind):
+    """Over the flat buffer ``value.ndim`` was 1 for every parameter, so a rule decaying matrices only decayed
+    nothing, and one scaled by ``value.shape[0]`` scaled by the buffer's length: 0.39 off the plain loop's weights on
+    NumPy and torch without a word. Read from the rule's code, such a rule now runs parameter by parameter."""
+    runs = [_train(backend, "float64", fast, lambda ps: ShapedSGD(ps, kind=kind)) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")
+
+
+def test_shape_dependence_reads_the_rules_code():
+    from nnx.elementwise_check import shape_dependence
+
+    params = nnx.Sequential(nnx.Dense(2, 2)).parameters()
+    for name, cls in optim.OPTIMIZERS.items():  # nnx's own rules keep their speed
+        if cls.__module__.startswith("nnx."):
+            assert shape_dependence(cls(params, lr=0.1)) is None, name
+    assert shape_dependence(NormalizedSGD(params)) is None
+    assert shape_dependence(ShapedSGD(params)) == "ShapedSGD.update reads .shape of an array"
+
+    class DecayedSGD(ShapedSGD):  # found in the method its update calls (``self.size`` is no array's)
+        def update(self, xp, value, grad, state, step, lr):
+            return value - lr * self._decayed(value, grad) / self.size, state
+
+    assert shape_dependence(DecayedSGD(params)) == "ShapedSGD._decayed reads .ndim of an array"
+
+    class Matrices(NormalizedSGD):
+        def update(self, xp, value, grad, state, step, lr):
+            return value - lr * (grad @ xp.eye(grad.shape[-1])), state
+
+    class Preconditioned(Matrices):  # through super(), from a subclass's own update
+        def update(self, xp, value, grad, state, step, lr):
+            return super().update(xp, value, grad, state, step, 2 * lr)
+
+    assert shape_dependence(Matrices(params)) is not None
+    assert "Matrices.update" in shape_dependence(Preconditioned(params))
+
+    class Zeros(NormalizedSGD):
+        def update(self, xp, value, grad, state, step, lr):
+            return value - lr * (grad + xp.zeros(value.shape, dtype=value.dtype)), state
+
+    # the shape read only to make an array of it: the flat update is given up, never a number
+    assert shape_dependence(Zeros(params)) == "test_shape_dependence_reads_the_rules_code.<locals>.Zeros.update " \
+        "reads .shape of an array"
 
 
 class TableSGD(NormalizedSGD):

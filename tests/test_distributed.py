@@ -491,6 +491,17 @@ def test_sharded_update_names_a_rule_declared_elementwise_that_reads_across_elem
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
+def test_sharded_update_refuses_a_rule_that_reads_its_arrays_shape():
+    """On a rank's slice ``value.ndim`` is the slice's: a rule decaying matrices only would decay nothing."""
+    from test_derived_user_code import ShapedSGD
+
+    m = _tiny()
+    with pytest.raises(ValueError, match=r"ShapedSGD\.update reads \.shape of an array: there it would see the "
+                                         r"slice's shape.*shard_update=False"):
+        m.fit(np.ones((4, 4)), np.ones(4), optimizer=ShapedSGD(m.parameters()),
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+
+
 def test_sharded_update_refuses_a_transform_that_needs_whole_gradients():
     class Hook(nnx.callbacks.Callback):
         def on_gradients(self, grads):

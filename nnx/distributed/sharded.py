@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..elementwise_check import watched
+from ..elementwise_check import shape_dependence, watched
 from ..layers.parameter import Parameter
 from ..optim import check_rule_result
 from ..training import replay
@@ -88,6 +88,11 @@ class ShardedUpdate(AverageGradients):
                              f"Optimizer.step, but the step of {type(optimizer).__name__} is its own (overridden "
                              f"by its class or replaced on the object). Use DataParallel(comm, shard_update=False) "
                              f"(the all-reduce) for it")
+        depends = shape_dependence(optimizer)
+        if depends is not None:
+            raise ValueError(f"shard_update=True runs the optimizer's rule on each rank's slice of all parameters "
+                             f"concatenated, but {depends}: there it would see the slice's shape, not a parameter's. "
+                             f"Use DataParallel(comm, shard_update=False) (the all-reduce) for it")
         for t in later:
             if not getattr(t, "shardable", False):
                 raise ValueError(f"shard_update=True cannot run {type(t).__name__} after the gradient average: "

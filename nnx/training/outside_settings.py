@@ -35,6 +35,8 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._bytecode import nested_codes
+
 __all__ = ["PLAIN_VALUES", "OutsideWatch", "contents", "is_array", "is_plain", "is_scalar", "outside_generators",
            "outside_key", "outside_settings"]
 
@@ -277,7 +279,7 @@ def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[st
         namespace = function.__globals__
         # the enclosing function's variables this one reads (not its own, which its inner functions share)
         cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
-        for code in _codes(function.__code__):
+        for code in nested_codes(function.__code__):
             module = None  # the module a LOAD_GLOBAL just put on the stack, whose attribute may come next
             for instruction in dis.get_instructions(code):
                 name = instruction.argval
@@ -311,12 +313,3 @@ def _functions(cls: type) -> list[types.FunctionType]:
         candidates = (member.fget, member.fset, member.fdel) if isinstance(member, property) else (member,)
         found.extend(inspect.unwrap(c) for c in candidates if isinstance(c, types.FunctionType))
     return [function for function in found if isinstance(function, types.FunctionType)]
-
-
-def _codes(code: types.CodeType) -> list[types.CodeType]:
-    """`code` and every code object nested in it (comprehensions, inner functions, lambdas)."""
-    found = [code]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            found.extend(_codes(const))
-    return found
