@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import re
 import warnings
@@ -347,6 +348,27 @@ def test_optimizer_from_another_model():
     other = _regressor()
     with pytest.raises(ValueError, match=r"optimizer was built on another model's parameters"):
         _regressor().fit(X, y, optimizer=nnx.optim.SGD(other.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("how", ["another model's", "a copy of its own", "kept by name"])
+def test_model_optimizer_from_another_model_is_refused(how):
+    """Found in review: set as `model.optimizer` (torch's habit of keeping the optimizer after moving the model:
+    `moved.optimizer = model.optimizer`), an optimizer over another model's parameters, or over copies of this
+    one's, was stepped by fit without a word: the model fit stayed as it was and the other one moved."""
+    X, y = _data()
+    a = _regressor()
+    a.fit(X, y, optimizer="adam", lr=0.01, epochs=1)
+    b = copy.deepcopy(a)
+    b.optimizer = copy.deepcopy(b.optimizer) if how == "a copy of its own" else a.optimizer
+    before = {k: np.array(v) for k, v in a.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model\.optimizer was built on another model's parameters .* build it on "
+                                         r"model\.parameters\(\)"):
+        b.fit(X, y, epochs=1, **({"optimizer": "adam"} if how == "kept by name" else {}))
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no word of parameters left out: none of these were in it)
+        b.fit(X, y, epochs=1, optimizer="sgd")  # a new one made by name is built on its own parameters
 
 
 def test_unknown_metric_lists_valid_ones():

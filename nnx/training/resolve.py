@@ -77,15 +77,16 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
     `lr` is the rate of an optimizer made by name, or the new rate of the one given or kept.
     """
     if isinstance(optimizer, Optimizer):
-        mine = {id(p) for p in model.parameters()}
-        if not {id(p) for p in optimizer.params} <= mine:
-            raise ValueError("optimizer was built on another model's parameters; pass model.parameters()")
+        _require_own(model, optimizer, "optimizer")
         if lr is not None:
             _set_rate(optimizer, lr)
         optimizer.check_hyperparams()  # one set after construction (opt.momentum = 1.5) is refused before a step
         return optimizer
     current = model.optimizer
     if current is not None and optimizer is None:
+        # one set as `model.optimizer` may be another model's (the one this was moved or copied from): fit would
+        # step its parameters, or copies belonging to no model, and leave this one as it was
+        _require_own(model, current, "model.optimizer")
         if lr is not None:
             _set_rate(current, lr)
         current.check_hyperparams()
@@ -96,6 +97,7 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
         # a second fit() call continues with the same optimizer state; so does a resumed one given the rate it
         # started from, which a schedule has since decayed (the schedule goes on from `initial_lr`). The rate
         # given is set, as for a kept optimizer: without a schedule the run goes on at it, not the decayed one
+        _require_own(model, current, "model.optimizer")
         if lr is not None:
             _set_rate(current, lr)
         current.check_hyperparams()
@@ -105,13 +107,21 @@ def resolve_optimizer(model: Model, optimizer: Any, lr: float | None) -> Optimiz
     if current is not None:
         held = {id(p) for p in current.params}
         left_out = [p.name for p in params if id(p) not in held]
-        if left_out:
+        if left_out and len(left_out) < len(params):  # (one of another model's holds none of these)
             # the last optimizer held a subset (a frozen layer): a new one made by name holds every parameter
             warnings.warn(f"fit(optimizer={name!r}) makes a new optimizer over all of the model's parameters, and "
                           f"the last one left {len(left_out)} of them out ({', '.join(left_out[:4])}"
                           f"{', ...' if len(left_out) > 4 else ''}): they train from now on. To keep them frozen, "
                           "pass an optimizer built on the others", UserWarning, stacklevel=3)
     return get_optimizer(name, params, **kwargs)
+
+
+def _require_own(model: Model, optimizer: Optimizer, label: str) -> None:
+    """ValueError where `optimizer` updates parameters that are not `model`'s."""
+    mine = {id(p) for p in model.parameters()}
+    if not {id(p) for p in optimizer.params} <= mine:
+        raise ValueError(f"{label} was built on another model's parameters (a copy of the model, or the model it "
+                         "was moved or loaded from, has its own); build it on model.parameters()")
 
 
 def _set_rate(optimizer: Optimizer, lr: float) -> None:
