@@ -8,7 +8,9 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -755,6 +757,48 @@ def test_asking_which_backends_run_leaves_jax_in_the_mode_it_was(scratch_registr
         model = nnx.Sequential(nnx.Dense(2, 1), backend="jax", dtype="float64", seed=0)  # loading it does
         assert jax.config.jax_enable_x64 and model.predict(np.ones((1, 2))).dtype == model.xp.float64
     finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def test_a_backend_asked_for_while_another_thread_tries_it_keeps_its_mode(scratch_registry, monkeypatch):
+    """Found in review: backend_status loaded JAX to try it and then put 64-bit mode back off, while a thread that
+    asked for the backend in between had been handed that very one: its float64 arrays came out float32. A thread
+    asking now waits for the check to end, and loads its own."""
+    jax = pytest.importorskip("jax")
+    from nnx.backends.jax import JaxBackend
+
+    for key in [k for k in registry._CACHE if k.partition(":")[0] == "jax"]:
+        del registry._CACHE[key]  # as in a process where no model has used JAX yet
+    checking, asked = threading.Event(), threading.Event()
+    test_sum = JaxBackend.to_float
+
+    def held_open(self, x):  # the check's test sum, held until the other thread has asked (or 0.5 s)
+        checking.set()
+        asked.wait(0.5)
+        return test_sum(self, x)
+
+    monkeypatch.setattr(JaxBackend, "to_float", held_open)
+    jax.config.update("jax_enable_x64", False)
+    try:
+        status = threading.Thread(target=backend_status, args=("jax",))
+        status.start()
+        assert checking.wait(10)
+        dtypes = []
+
+        def user():
+            backend = nnx.get_backend("jax")
+            asked.set()
+            status.join()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (JAX warns where it truncates float64)
+                dtypes.append(str(backend.xp.asarray([1.0], dtype=backend.xp.float64).dtype))
+
+        thread = threading.Thread(target=user)
+        thread.start()
+        thread.join(10)
+        assert dtypes == ["float64"]
+    finally:
+        asked.set()
         jax.config.update("jax_enable_x64", True)
 
 

@@ -9,6 +9,7 @@ backend is first asked for.
 from __future__ import annotations
 
 import importlib
+import threading
 import types
 from typing import Any
 
@@ -23,6 +24,9 @@ from .names import backend_for_module, backend_name_of, claim_modules
 _ENTRIES: dict[str, type[Backend] | str] = {}
 _ALIASES: dict[str, str] = {}
 _CACHE: dict[str, Backend] = {}
+# held while a backend is looked up or loaded, and while `backend_status` tries one and puts the library's settings
+# back: a thread asking for JAX meanwhile would get the backend it loaded, then lose its 64-bit mode
+_LOADING = threading.RLock()
 _GENERIC_CACHE: dict[tuple[str, str], Backend] = {}  # (namespace module name, device) -> generic adapter
 # what a torch or JAX user may pass as the backend when they mean a device
 _DEVICE_WORDS = ("cpu", "cuda", "gpu", "mps", "tpu", "rocm", "xpu", "metal")
@@ -72,6 +76,12 @@ def get_backend(spec: Any = "numpy") -> Backend:
     """
     if isinstance(spec, Backend):
         return spec
+    with _LOADING:
+        return _resolve(spec)
+
+
+def _resolve(spec: Any) -> Backend:
+    """`get_backend` of anything but a `Backend`."""
     if isinstance(spec, types.ModuleType):
         return _from_namespace(spec)
     if not isinstance(spec, str):
@@ -190,6 +200,12 @@ def backend_status(name: str) -> tuple[bool, str]:
     Trying a backend that is not loaded yet leaves it unloaded, and the library's process-wide settings
     as they were (loading JAX's turns on its 64-bit mode): asking changes nothing.
     """
+    with _LOADING:
+        return _status(name)
+
+
+def _status(name: str) -> tuple[bool, str]:
+    """`backend_status`, under the lock."""
     adapter = _adapter_of(name)
     before, cached = (adapter.process_settings(), set(_CACHE)) if adapter is not None else (None, set())
     try:

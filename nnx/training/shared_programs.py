@@ -19,6 +19,7 @@ for it alone, as before. Each shared entry also keeps what tracing taught the ow
 from __future__ import annotations
 
 import functools
+import threading
 import types
 import weakref
 from collections import OrderedDict, deque
@@ -44,17 +45,21 @@ OWN_PROGRAMS = 32
 # the table keys of the programs each owner took or traced, at most TAKEN_KEPT: one taken again adds no trace counts
 _TAKEN: weakref.WeakKeyDictionary[Any, set[tuple]] = weakref.WeakKeyDictionary()
 TAKEN_KEPT = 4096
+# held while the table or the taken keys change (never while a program compiles): models fit in threads share them
+_LOCK = threading.Lock()
 
 
 def clear() -> None:
     """Forget every shared program (each model compiles its own again, e.g. to compare)."""
-    _TABLE.clear()
+    with _LOCK:
+        _TABLE.clear()
 
 
 def forget(owner_key: tuple) -> None:
     """Forget the programs shared under one definition: its trace proved that no program may stand for it."""
-    for key in [key for key in _TABLE if key[1] == owner_key]:
-        del _TABLE[key]
+    with _LOCK:
+        for key in [key for key in _TABLE if key[1] == owner_key]:
+            del _TABLE[key]
 
 
 class Unshareable(Exception):
@@ -428,16 +433,18 @@ class SharedProgram:
             self._own = self.backend.jit(self.fn)
             return self._own
         key = (signature, owner_key)
-        entry = _TABLE.get(key)
-        # a program its owner had before, dropped since (here, or with this object by the owner's own bound): its
-        # trace counts are counted already
-        taken = _TAKEN.setdefault(self.owner, set())
-        taken_before = key in taken
-        if len(taken) >= TAKEN_KEPT:
-            taken.clear()
-        taken.add(key)
+        with _LOCK:
+            entry = _TABLE.get(key)
+            if entry is not None:
+                _TABLE.move_to_end(key)
+            # a program its owner had before, dropped since (here, or with this object by the owner's own bound):
+            # its trace counts are counted already
+            taken = _TAKEN.setdefault(self.owner, set())
+            taken_before = key in taken
+            if len(taken) >= TAKEN_KEPT:
+                taken.clear()
+            taken.add(key)
         if entry is not None:
-            _TABLE.move_to_end(key)
             program, counts, values = entry
             self.owner.adopt_facts({k: 0 for k in counts} if taken_before else counts, values)
             return program
@@ -445,7 +452,8 @@ class SharedProgram:
         program = self.backend.compile(self.fn, args)
         counts_after, values = self.owner.trace_facts()
         counts = {k: counts_after[k] - counts_before[k] for k in counts_after}
-        _TABLE[key] = (program, counts, values)
-        while len(_TABLE) > TABLE_SIZE:
-            _TABLE.popitem(last=False)
+        with _LOCK:
+            _TABLE[key] = (program, counts, values)
+            while len(_TABLE) > TABLE_SIZE:
+                _TABLE.popitem(last=False)
         return program
