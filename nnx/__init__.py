@@ -4,6 +4,10 @@ The same model code trains on NumPy, CuPy, PyTorch, JAX or array_api_strict;
 the backend is chosen per model when it is constructed.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from . import activations, callbacks, init, losses, metrics, optim, regularizers, training
 from ._version import __version__
 from .backends import Backend, BackendUnavailableError, available_backends, get_backend
@@ -31,6 +35,9 @@ from .model import Sequential
 from .training import History
 from .training.callbacks import GradientAnalyzer
 
+if TYPE_CHECKING:
+    import os
+
 __all__ = [
     "Backend", "BackendUnavailableError", "BatchNorm", "Buffer", "Dense", "Dropout", "Flatten", "GradientAnalyzer",
     "History", "Identity", "Layer", "LayerNorm", "LeakyReLU", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid",
@@ -39,7 +46,8 @@ __all__ = [
 ]
 
 
-def load(path, backend=None, dtype=None) -> Sequential:
+def load(path: str | os.PathLike[str], backend: str | Backend | None = None,
+         dtype: str | None = None) -> Sequential:
     """Rebuild a model saved with `Sequential.save`, with its optimizer (if saved), random streams and counters.
 
     `backend` defaults to the one it was saved from; where that one cannot run here (saved on

@@ -87,7 +87,7 @@ def _moved(y_true: Any, y_pred: Any) -> bool:
     return not is_numpy_array(y_pred) and str(array_device(y_true)) != str(array_device(y_pred))
 
 
-def _binary_labels(xp: Any, y_pred: Any, from_logits: bool) -> Any:
+def _binary_labels(y_pred: Any, from_logits: bool) -> Any:
     return y_pred > (0.0 if from_logits else 0.5)
 
 
@@ -166,7 +166,7 @@ def _class_pairs(xp: Any, y_true: Any, y_pred: Any, from_logits: bool) -> tuple[
         # y_true checked against the outputs' own rows, then both flattened ((n,) outputs: one output, not one
         # class per row): flattened first, outputs of shape (n, 2, 1) took targets of 2n rows
         true = xp.reshape(_like_outputs(xp, y_true, y_pred), (-1,))
-        pred = xp.astype(_binary_labels(xp, xp.reshape(y_pred, (-1,)), from_logits), xp.int64)
+        pred = xp.astype(_binary_labels(xp.reshape(y_pred, (-1,)), from_logits), xp.int64)
         return xp.astype(true > 0.5, xp.int64), pred, 2
     pred = xp.argmax(y_pred, axis=-1)
     if y_true.ndim == 2 and y_true.shape[-1] == n_out:
@@ -252,7 +252,7 @@ def _label_counts(xp: Any, true: Any, y_pred: Any, from_logits: bool) -> tuple[A
     is y_true in y_pred's shape (`_like_outputs`)."""
     dtype = _count_dtype(xp, y_pred.dtype)
     true = true > 0.5
-    pred = _binary_labels(xp, y_pred, from_logits)
+    pred = _binary_labels(y_pred, from_logits)
     return _count(xp, true & pred, dtype), _count(xp, pred, dtype), _count(xp, true, dtype)
 
 
@@ -260,7 +260,7 @@ def _label_counts(xp: Any, true: Any, y_pred: Any, from_logits: bool) -> tuple[A
 def label_accuracy(xp: Any, y_true: Any, y_pred: Any, from_logits: bool = False) -> Any:
     """Fraction of samples whose every label (output thresholded at 0.5) is right: scikit-learn's subset accuracy."""
     true = _like_outputs(xp, y_true, y_pred)
-    right = xp.all((true > 0.5) == _binary_labels(xp, y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
+    right = xp.all((true > 0.5) == _binary_labels(y_pred, from_logits), axis=tuple(range(1, y_pred.ndim)))
     return _unless_unlabelled(xp, true, y_pred, xp.mean(xp.astype(right, y_pred.dtype)))
 
 

@@ -32,11 +32,11 @@ class DenseKernel:
 
     def product(self, a: Any, b: Any, out: Any = None) -> Any:
         """``a @ b`` with the layer's bits, written into `out` when given and suitable."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement product(a, b, out=None)")
 
     def column_sum(self, dY: Any, out: Any = None) -> Any:
         """``xp.sum(dY, axis=0)`` with the layer's bits, written into `out` when given and suitable."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement column_sum(dY, out=None)")
 
     def forward(self, X: Any, training: bool = False) -> Any:
         check_input(self.layer, X)

@@ -493,7 +493,7 @@ def _argument_config(layer: Layer, value: Any) -> Any:
     if isinstance(value, Regularizer):
         return value.get_config()
     items = [value] if isinstance(value, Layer) else value if isinstance(value, (list, tuple)) else []
-    held = [sub for sub, _ in layer._declared_layers.values()]
+    held = [sub for sub, _ in layer._declared_layers.values()]  # (Layer's table, in this module)
     if not items or not all(any(item is sub for sub in held) for item in items):
         if items and all(isinstance(item, Layer) for item in items):
             key = next((k for k, v in recorded_args(layer).items() if v is value), "?")

@@ -112,6 +112,7 @@ def _owner_of(model: Any, value: Any) -> str | None:
     """``"layer <path> (<class>)"`` (``"the model"``) for the layer of `model` that is `value` or made it (a
     parameter, a buffer); None for none."""
     for path, layer in [("", model), *model.named_layers()]:
+        # (Layer's tables, as above: `parameters()` would walk the sub-layers of every layer again)
         if layer is value or any(a is value for a in (*layer._params.values(), *layer._buffers.values())):
             return f"layer {path} ({type(layer).__name__})" if path else "the model"
     return None

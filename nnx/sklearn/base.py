@@ -538,6 +538,7 @@ class _LayerArrays(list):
         if isinstance(index, slice):
             raise TypeError(f"assign {self._name}[i] one layer at a time, or the whole {self._name} list")
         i = operator.index(index)
+        # (the estimator's own helpers, in this module: this list is its view of coefs_ or intercepts_)
         self._owner._set_layer_array(self._name, i, value)
         super().__setitem__(i, self._owner._arrays(self._name)[i])
 

@@ -53,7 +53,6 @@ CHUNK_BUDGET = 64 * 2**20
 # (a progress bar): its on_batch_end then only sees whole epochs (`_display_only`)
 _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 
-MODES = ("epoch", "chunks", "step")
 # epoch layouts (batch size, outputs kept, accumulation) a model keeps programs for, least recently used dropped
 # first: a notebook fitting with ever new batch sizes held a program for each (4.3 MiB for a small MLP)
 MAX_LAYOUTS = 8

@@ -187,7 +187,8 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
     _refuse_y_beside_batches(X, y)
     if is_out_of_core(X):
         if steps is not None:
-            raise ValueError("steps applies to an iterable of batches")
+            raise ValueError(f"steps={steps} counts batches of an iterable X, but X is an array: drop steps (every "
+                             "row is read)")
         if targets and y is None:
             raise TypeError("y is required when X is an array; to evaluate batches pass X as an iterable "
                             "of (X, y) or (X, y, sample_weight) tuples")
@@ -198,7 +199,8 @@ def inference_source(model: Model, X: Any, y: Any, sample_weight: Any, loss_fn: 
                            BatchPreparer(model, loss_fn, check_finite=check_finite), depth)
     if y is not None or not is_batch_iterable(X) or (not targets and not _list_of_batches(model, X)):
         if steps is not None:
-            raise ValueError("steps applies to an iterable of batches")
+            raise ValueError(f"steps={steps} counts batches of an iterable X, but X is an array: drop steps (every "
+                             "row is read)")
         return None
     if sample_weight is not None:
         raise ValueError("sample_weight cannot be passed with an iterable of batches; yield "

@@ -39,7 +39,7 @@ class GradientTransform:
 
     def apply(self, params: list[Parameter], rows: int) -> bool:
         """Transform the gradients in place of ``p.grad``; return False to skip this step's update."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement apply(params, rows) -> bool")
 
     def apply_flat(self, xp: Any, grad: Any, total: Any) -> Any:
         """This transform on `grad`, one flat slice of all gradients concatenated; returns the new slice.

@@ -152,7 +152,7 @@ class Schedule(LearningRateScheduler):
 
     def rate(self, epoch: int, base: float) -> float:
         """The rate for `epoch` given the base rate."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement rate(epoch, base) -> float")
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
