@@ -415,6 +415,21 @@ def test_poisson_head_gradients_on_every_backend(backend):
     assert nnx.check_gradients(model, X, y, HalfPoissonDeviance()) < 1e-6
 
 
+def test_poisson_loss_called_and_trained_is_one_formula():
+    """From a readability review: the half Poisson deviance had a weighted mean of its own for `__call__`,
+    `gradient` and `value_and_grad`, beside the base class's, which the training step uses: two formulas for one
+    loss, an ulp apart, and without the base class's input checks. It now writes `rows` only."""
+    from nnx.sklearn.poisson import HalfPoissonDeviance
+
+    rng = np.random.default_rng(0)
+    y, mu, w = rng.poisson(2, (7, 2)).astype(float), rng.random((7, 2)) + 0.1, rng.random(7)
+    loss = HalfPoissonDeviance(reduction="mean_with_sample_weight")
+    value, grad = loss.value_and_grad_prepared(np, y, mu, w)
+    assert loss(y, mu, w) == value and np.array_equal(loss.gradient(y, mu, w), grad)
+    with pytest.raises(ValueError, match="sample_weight must be finite, got NaN"):  # the base class's checks
+        loss(y, mu, np.full(7, np.nan))
+
+
 def test_poisson_gradient_stays_finite_where_exp_underflows(backend):
     """loss="poisson" steps along scikit-learn's (mu - y) / n w.r.t. the log of the mean: where exp underflows to
     0 (a raw output of -200 in float32) that is -y / n, not (1 - y / 0) * 0 = NaN, which stopped the fit as diverged."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import array_api_compat
-
 from .. import layers as L
 from ..backends import get_backend
 from ..losses import Loss
@@ -44,42 +42,10 @@ class HalfPoissonDeviance(Loss):
 
     name = "nnx.sklearn.half_poisson_deviance"
 
-    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
-        """The loss, a 0-d array on ``y_pred``'s device."""
-        return self._value_and_grad(y_true, y_pred, sample_weight, grad=False)[0]
-
-    def gradient(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *, check: bool = True) -> Any:
-        """Gradient of the loss w.r.t. ``y_pred``, shaped like ``y_pred``."""
-        return self._value_and_grad(y_true, y_pred, sample_weight, grad=True)[1]
-
-    def value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any = None, *,
-                       check: bool = True) -> tuple[Any, Any]:
-        """``(value, gradient)`` in one pass."""
-        return self._value_and_grad(y_true, y_pred, sample_weight, grad=True)
-
-    def per_sample(self, y_true: Any, y_pred: Any, *, check: bool = True) -> Any:
-        """Row i's loss, summed over outputs, shape ``(n,)``."""
-        xp = array_api_compat.array_namespace(y_pred)
-        return self.rows(xp, y_true, y_pred)[0]
-
     def rows(self, xp: Any, y_true: Any, y_pred: Any) -> tuple[Any, Any]:
         """``(l, g)``: the ``(n,)`` row losses (summed over outputs) and their mean's gradient w.r.t. ``y_pred``."""
         y = _targets(xp, y_true, y_pred)
         return _deviance_rows(xp, y, y_pred), (1.0 - y / y_pred) / y_pred.shape[0]
-
-    def _value_and_grad(self, y_true: Any, y_pred: Any, sample_weight: Any, grad: bool) -> tuple[Any, Any]:
-        xp = array_api_compat.array_namespace(y_pred)
-        rows, g = self.rows(xp, y_true, y_pred)
-        n = y_pred.shape[0]
-        if sample_weight is None:
-            return xp.sum(rows) / n, (g if grad else None)
-        w = get_backend(y_pred).asarray(sample_weight, dtype=y_pred.dtype, argname="sample_weight")
-        total: Any = n
-        if self.reduction == "mean_with_sample_weight":
-            total = xp.sum(w)
-            total = total + xp.astype(total == 0, total.dtype)  # a batch of zero weights counts 0, not 0/0
-        # the mean's gradient times n is each row's own; weighted, row i counts w_i / total
-        return xp.sum(w * rows) / total, (g * xp.reshape(w * (n / total), (n, 1)) if grad else None)
 
 
 class TrainingHalfPoissonDeviance(HalfPoissonDeviance, name="nnx.sklearn.training_half_poisson_deviance"):
