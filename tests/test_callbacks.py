@@ -117,6 +117,18 @@ def test_a_callback_list_inside_the_callbacks_is_flattened(data):
             np.testing.assert_array_equal(value, before[name])
 
 
+@pytest.mark.parametrize("hook", ["on_gradients", "on_backward", "on_batch_end"])
+def test_a_hook_set_on_the_callback_object_is_called(data, hook):
+    """Found in a readability review: which hooks a callback has was asked three ways, and the gradient stages
+    looked at its class only, so ``cb.on_gradients = fn`` set on the object was never called (on_backward and
+    on_batch_end were): a clipping hook did nothing without a word."""
+    calls = []
+    cb = Callback()
+    setattr(cb, hook, lambda *args, **kwargs: calls.append(hook))
+    make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[cb])
+    assert calls == [hook] * -(-len(data[0]) // BATCH)
+
+
 def test_on_train_end_logs_hold_the_last_epochs_logs(data):
     """Keras hands on_train_end the last epoch's logs; here they held only history and failed, so a callback
     written for Keras (``logs.get("val_loss")``) read None without a word."""

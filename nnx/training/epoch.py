@@ -34,7 +34,8 @@ from typing import Any
 
 from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
-from .callbacks import Callback, CallbackList
+from .callbacks import CallbackList
+from .callbacks.base import overrides
 from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
@@ -56,10 +57,6 @@ _BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 # epoch layouts (batch size, outputs kept, accumulation) a model keeps programs for, least recently used dropped
 # first: a notebook fitting with ever new batch sizes held a program for each (4.3 MiB for a small MLP)
 MAX_LAYOUTS = 8
-
-
-def _overrides(cb: Any, hook: str) -> bool:
-    return getattr(getattr(cb, hook), "__func__", None) is not getattr(Callback, hook)
 
 
 def _display_only(cb: Any, hook: str) -> bool:
@@ -84,7 +81,7 @@ def per_batch_reason(callbacks: list[Any]) -> str | None:
             return f"callback {name} handles non-finite steps itself, batch by batch"
         for hook in _BATCH_HOOKS:
             # only on_batch_end is handed the epoch's batches after the program (`_replay`)
-            if _overrides(cb, hook) and not (hook == "on_batch_end" and _display_only(cb, hook)):
+            if overrides(cb, hook) and not (hook == "on_batch_end" and _display_only(cb, hook)):
                 return f"callback {name} overrides {hook}"
     return None
 
@@ -584,7 +581,7 @@ def _read(source: Any, group: list[Any], flush: Callable[[list[Any]], None]) -> 
 
 def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
     """The epoch's batches, after its program, to callbacks whose per-batch hook only draws (a progress bar)."""
-    display = [cb for cb in callbacks if _overrides(cb, "on_batch_end") and _display_only(cb, "on_batch_end")]
+    display = [cb for cb in callbacks if overrides(cb, "on_batch_end") and _display_only(cb, "on_batch_end")]
     for b, (size, value) in enumerate(zip(rows, losses, strict=True)) if display else ():
         for cb in display:
             cb.on_batch_end(b, {"loss": float(value), "size": size})

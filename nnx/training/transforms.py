@@ -16,7 +16,7 @@ import array_api_compat
 
 from .. import _validate as check
 from ..layers.parameter import Parameter
-from .callbacks import Callback
+from .callbacks.base import overrides
 
 
 class GradientTransform:
@@ -203,13 +203,12 @@ def weightless_mean(mean: Any, last: Any, total: Any) -> Any:
 
 
 class _CallbackStage(GradientTransform):
-    """A stage that calls the callbacks whose class overrides the `Callback` method named `hook`."""
+    """A stage that calls the callbacks with a `hook` of their own (`overrides`: their class's, or set on them)."""
 
     hook = ""
 
     def __init__(self, callbacks: list[Any]) -> None:
-        base = getattr(Callback, self.hook)
-        self._callbacks = [cb for cb in callbacks if getattr(type(cb), self.hook, base) is not base]
+        self._callbacks = [cb for cb in callbacks if overrides(cb, self.hook)]
 
     def active(self) -> bool:
         """Whether any callback overrides the hook (otherwise `fit` leaves the stage out)."""

@@ -84,6 +84,12 @@ class Callback:
         return None
 
 
+def overrides(cb: Any, hook: str) -> bool:
+    """Whether `cb` has a `hook` of its own: its class's override, or a function set on the object."""
+    own = getattr(cb, hook)
+    return getattr(own, "__func__", own) is not getattr(Callback, hook)
+
+
 class CallbackList(Callback):
     """Fans each hook out to a list of callbacks, in order.
 
@@ -109,8 +115,7 @@ class CallbackList(Callback):
 
     def uses(self, hook: str) -> bool:
         """Whether any callback here overrides `hook` (fit skips building logs for a per-batch hook nobody uses)."""
-        base = getattr(Callback, hook)
-        return any(getattr(getattr(cb, hook), "__func__", None) is not base for cb in self.callbacks)
+        return any(overrides(cb, hook) for cb in self.callbacks)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         for cb in self.callbacks:
