@@ -126,7 +126,8 @@ def worker(epochs: int, engine: str | None = None, backend: str = "numpy", batch
                           "samples_per_s": epochs * n / elapsed, "step_ms": 1e3 * elapsed / steps,
                           "allreduce_ms": 1e3 * timers["allreduce"] / steps,
                           "check_ms": 1e3 * timers["check"] / steps, "shard": shard,
-                          # a step back to back with the last runs its update inside one call (`TrainStep.again`),
+                          # a step back to back with the last runs its update inside one call
+                          # (`TrainStep.run_back_to_back`),
                           # which this does not time: the share of steps whose update stage ran on its own
                           "update_share": timers["update_calls"] / steps,
                           **{f"{k}_ms": 1e3 * timers[k] / steps for k in ("reduce_scatter", "allgather", "update")}}))

@@ -349,7 +349,7 @@ def test_the_watch_of_a_loss_describes_a_new_equal_object_as_the_last_and_any_ot
     assert watch.current(nnx.losses.MSE())[0] == described_with_attributes(nnx.losses.MSE())
 
 
-# -- a step back to back in one call (`TrainStep.again`) ----------------------------------------------------------
+# -- a step back to back in one call (`TrainStep.run_back_to_back`) ----------------------------------------------------
 
 
 class HalfSquaredB2B(nnx.losses.Loss):
@@ -368,17 +368,18 @@ def _in_one_call(backend):
 
 
 def _counted_again(monkeypatch, off=False):
-    """Count the steps `TrainStep.again` ran (or, `off`, make it run none: every step then runs the stages)."""
+    """Count the steps `TrainStep.run_back_to_back` ran (or, `off`, make it run none: every step then runs the
+    stages)."""
     from nnx.training.step import TrainStep
 
     taken = []
-    again = TrainStep.again
+    again = TrainStep.run_back_to_back
 
     def counting(step, *args, **kwargs):
         out = None if off else again(step, *args, **kwargs)
         taken.append(out is not None and (out[2] or "not finite"))
         return out
-    monkeypatch.setattr(TrainStep, "again", counting)
+    monkeypatch.setattr(TrainStep, "run_back_to_back", counting)
     return taken
 
 

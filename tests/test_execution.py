@@ -421,13 +421,13 @@ def test_an_error_while_tracing_after_a_refused_step_leaves_that_step_to_report(
     opt = optim.SGD(model.parameters(), lr=0.1)
     step = TrainStep(model, loss, opt)
     assert step.compiled is not None
-    step.run(X[:16], y[:16])
+    step.run_compiled(X[:16], y[:16])
     opt.lr = 1e300
-    step.run(X[16:32], y[16:32])  # applied: the weights become huge
-    step.run(X[:16], y[:16])  # overflows: refused on the device, unread
+    step.run_compiled(X[16:32], y[16:32])  # applied: the weights become huge
+    step.run_compiled(X[:16], y[:16])  # overflows: refused on the device, unread
     kept = {k: model.backend.to_host(v) for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="batches of 16 rows or more"):
-        step.run(X[32:], y[32:])
+        step.run_compiled(X[32:], y[32:])
     for k, value in model.state_dict().items():
         np.testing.assert_array_equal(model.backend.to_host(value), kept[k], err_msg=k)
     assert step.end_epoch() == 2

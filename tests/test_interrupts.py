@@ -175,7 +175,7 @@ class SignalInForward(nnx.Layer):
 
 def test_sigint_in_a_forward_stops_before_that_steps_update(backend, reference):
     """Ctrl-C in the forward of a step that follows the last back to back (no per-batch callback): the step in
-    one call (`TrainStep.again`) holds it back during its update only, so the fit stops before the update."""
+    one call (`TrainStep.run_back_to_back`) holds it back during its update only, so the fit stops before the update."""
     if backend.can_compile:
         pytest.skip("the step is one compiled program: the layer's Python runs only while it is traced")
     _fault("SIGINT in a training forward")

@@ -38,7 +38,7 @@ class Counts:
         replay, record = recorded.RecordedPasses._replay, recorded.RecordedPasses._record
         counts = self
 
-        def counting_replay(passes, *args):  # every replay, from `run` or back to back from `again`
+        def counting_replay(passes, *args):  # every replay, from `run` or back to back from `run_back_to_back`
             counts.replayed += 1
             return replay(passes, *args)
 

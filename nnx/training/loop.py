@@ -393,7 +393,7 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         applied = False  # whether the update is done (one compiled call, or a replay back to back)
         if compiled:
             guard.in_step = True
-            value, Z, finite = step.run(Xb, yb, wb, read_check=handles_non_finite)
+            value, Z, finite = step.run_compiled(Xb, yb, wb, read_check=handles_non_finite)
             guard.end_step()
             # a first trace refused ran only this batch's forward and backward plainly: its transforms and
             # update are still to run below, as a plain step's (else the batch's update was dropped)
@@ -401,9 +401,10 @@ def _epoch_steps(model: Model, step: TrainStep, source: Any, cb: CallbackList, g
         else:
             step.back_to_back = unobserved and b > 0
             # every stage in one call where the last step's update ran flat (and on NumPy, its recording holds)
-            again = step.again(Xb, yb, wb, read_check=handles_non_finite, guard=guard) if step.back_to_back else None
-            if again:
-                value, Z, finite, applied = again
+            whole = step.run_back_to_back(Xb, yb, wb, read_check=handles_non_finite, guard=guard) \
+                if step.back_to_back else None
+            if whole:
+                value, Z, finite, applied = whole
             else:
                 value, Z = step.forward_loss(Xb, yb, wb)
                 step.backward()

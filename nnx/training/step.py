@@ -16,7 +16,7 @@ on the device), and `end_epoch` reads the verdict once, with the epoch's losses.
 How the stages run is derived from the backend's capabilities and the objects'
 declarations, never from their classes, and every way gives the plain loop's numbers:
 - on a backend with a compiler (JAX), the whole step is one compiled program traced
-  from the model's own code (`nnx.training.compiled`); `run` does every stage in one
+  from the model's own code (`nnx.training.compiled`); `run_compiled` does every stage in one
   call, with the check deferred in the same way;
 - elsewhere, an optimizer whose rule is ``elementwise`` updates all parameters in one
   call over flat buffers (`nnx.training.flat`), and the finite check sums the one
@@ -137,7 +137,8 @@ class TrainStep:
         return "compiled" if self.compiled is not None else self.flat.execution if self.flat is not None else "plain"
 
     # -- stages ------------------------------------------------------------------------------
-    def run(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False) -> tuple[Any, Any, bool]:
+    def run_compiled(self, X: Any, y: Any, sample_weight: Any = None,
+                     read_check: bool = False) -> tuple[Any, Any, bool]:
         """Every stage in one call of the compiled step (only where `compiled` is not None).
 
         Returns (loss incl. penalty, head outputs, finite). The check is deferred as on an
@@ -148,7 +149,8 @@ class TrainStep:
         """
         compiled = self.compiled
         if compiled is None:
-            raise RuntimeError("TrainStep.run needs a compiled step (execution 'compiled'); run the stages instead")
+            raise RuntimeError("TrainStep.run_compiled needs a compiled step (execution 'compiled'); run the stages "
+                               "instead")
         self._steps += 1
         traces = compiled.traces
         try:
@@ -170,7 +172,7 @@ class TrainStep:
         self.backward()
         return value, Z, self.check(value, read=read_check)
 
-    def again(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
+    def run_back_to_back(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
               guard: Any = None) -> tuple[Any, Any, bool, bool] | None:
         """The stages of a batch back to back with the last (`back_to_back`) in one call, where the last one's
         update ran flat: the passes (the last one's recording again, else the layers and loss as the stages run
