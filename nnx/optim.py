@@ -178,7 +178,8 @@ class Optimizer:
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         # Zero passes here (a schedule may anneal to it); constructors reject it. Other hyper-parameters
-        # pass unchanged: a subclass validates its own by overriding this.
+        # pass unchanged: a subclass validates its own by overriding this, starting from ``super()._check(hp)``
+        # (so that a subclass of a built-in keeps the built-in's checks).
         return {**hp, "lr": check.non_negative("lr", hp["lr"])}
 
     # -- public API -------------------------------------------------------------
@@ -629,7 +630,7 @@ class SGD(Optimizer):
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         out = {
-            **Optimizer._check(hp),
+            **super()._check(hp),
             "momentum": check.probability("momentum", hp["momentum"]),
             "dampening": check.real("dampening", hp["dampening"], 0.0, 1.0),
             "nesterov": check.flag("nesterov", hp["nesterov"]),
@@ -692,7 +693,7 @@ class Momentum(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "momentum": check.probability("momentum", hp["momentum"])}
+        return {**super()._check(hp), "momentum": check.probability("momentum", hp["momentum"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
         return _zeros(xp, value, "velocity")
@@ -736,7 +737,7 @@ class Adam(Optimizer):
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
-            **Optimizer._check(hp),
+            **super()._check(hp),
             "betas": _betas(hp["betas"]),
             # eps = 0 divides 0 by 0 wherever a gradient entry has always been 0 (a dead unit): NaN
             "eps": check.positive("eps", hp["eps"]),
@@ -829,7 +830,7 @@ class RMSprop(Optimizer):
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
-            **Optimizer._check(hp),
+            **super()._check(hp),
             "alpha": check.probability("alpha", hp["alpha"]),
             "eps": check.positive("eps", hp["eps"]),
             "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
@@ -898,7 +899,7 @@ class Adagrad(Optimizer):
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         return {
-            **Optimizer._check(hp),
+            **super()._check(hp),
             "lr_decay": check.non_negative("lr_decay", hp["lr_decay"]),
             "weight_decay": check.non_negative("weight_decay", hp["weight_decay"]),
             "initial_accumulator_value": check.non_negative("initial_accumulator_value",
@@ -942,7 +943,7 @@ class Lion(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "beta1": check.probability("beta1", hp["beta1"]),
+        return {**super()._check(hp), "beta1": check.probability("beta1", hp["beta1"]),
                 "beta2": check.probability("beta2", hp["beta2"]),
                 "weight_decay": check.non_negative("weight_decay", hp["weight_decay"])}
 

@@ -32,7 +32,7 @@ class SklearnSGD(Optimizer):
 
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return {**Optimizer._check(hp), "momentum": check.real("momentum", hp["momentum"], 0.0, 1.0),
+        return {**super()._check(hp), "momentum": check.real("momentum", hp["momentum"], 0.0, 1.0),
                 "nesterov": check.flag("nesterov", hp["nesterov"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
@@ -73,7 +73,7 @@ class SklearnAdam(Optimizer):
     @classmethod
     def _check(cls, hp: dict[str, Any]) -> dict[str, Any]:
         b1, b2 = hp["betas"]
-        return {**Optimizer._check(hp), "betas": (check.probability("betas[0]", b1), check.probability("betas[1]", b2)),
+        return {**super()._check(hp), "betas": (check.probability("betas[0]", b1), check.probability("betas[1]", b2)),
                 "eps": check.positive("eps", hp["eps"])}
 
     def init_state(self, xp: Any, value: Any) -> dict[str, Any]:
