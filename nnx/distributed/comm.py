@@ -37,6 +37,7 @@ TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID",)
 
 
 def check_op(op: str) -> str:
+    """`op` if it names a reduction a communicator runs (`OPS`), else ValueError."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     return op
@@ -52,6 +53,7 @@ def offsets(counts: list[int]) -> list[int]:
 
 
 def check_counts(x: Any, counts: Any, size: int) -> list[int]:
+    """`counts` as ints, one per rank, where they cut the flat `x` into `size` parts; else ValueError."""
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) != 1:
         raise ValueError(f"x must be a flat (1-D) array, got shape {shape}")
