@@ -149,30 +149,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
     loss_fn = model.resolve_loss(loss)
     look_at_outputs = check_loss_fits(model, loss_fn)  # a loss that cannot fit the outputs is refused up front
     metric_fns = resolve_metrics(metrics, loss_fn)
-    check.integer("epochs", epochs, low=0)
-    check.integer("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
-    if chunk_batches is not None:
-        check.positive_int("chunk_batches", chunk_batches)
-    if batch_size is not None:
-        check.positive_int("batch_size", batch_size)
-    if not (isinstance(validation_split, numbers.Real) and 0.0 <= validation_split < 1.0):  # NumPy floats too
-        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    validation_split = _as_fraction(validation_split)
-    for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
-        if value is not None:
-            check.positive_int(name, value)
-    validation_freq = check.positive_int("validation_freq", validation_freq)
-    if validation_freq != 1 and validation_data is None and not validation_split:
-        raise ValueError(f"validation_freq={validation_freq} was given but no validation_data or validation_split: "
-                         "it says after which epochs to validate")
-    if validation_steps is not None and validation_data is None:
-        # no pass would read it (Keras ignores it too); a validation_data forgotten must not pass unnoticed
-        held_out = " (validation_split holds out arrays, read in full)" if validation_split else ""
-        raise ValueError(f"validation_steps={validation_steps} was given but no validation_data{held_out}: it is "
-                         "the number of batches read from validation_data given as an iterable of batches")
-    # a string is a mistake (Keras's shuffle="batch" is not supported), not a truthy flag
-    shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
-    depth = prefetch_depth(prefetch)
+    validation_split, validation_freq, shuffle, check_finite, depth = _checked_arguments(
+        epochs, verbose, chunk_batches, batch_size, validation_split, steps_per_epoch, validation_steps,
+        validation_freq, validation_data, shuffle, check_finite, prefetch)
     require_valid_settings(model)  # a BatchNorm momentum set to 1.5 since construction is refused before any step
     # a data frame's column names, kept from the first fit on one, are what later data frames are checked against
     # (validation data included); a fit refused while reading its data keeps none
@@ -264,6 +243,38 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             dp.end()
         _train_end(cb, history, failing, last_logs)
     return history
+
+
+def _checked_arguments(epochs: Any, verbose: Any, chunk_batches: Any, batch_size: Any, validation_split: float,
+                       steps_per_epoch: Any, validation_steps: Any, validation_freq: Any, validation_data: Any,
+                       shuffle: Any, check_finite: Any, prefetch: Any) -> tuple[float, int, bool, bool, int]:
+    """`fit`'s settings checked before anything is read, each refused by name: (validation_split as a fraction,
+    validation_freq, shuffle, check_finite, the prefetch depth)."""
+    check.integer("epochs", epochs, low=0)
+    check.integer("verbose", int(verbose) if isinstance(verbose, bool) else verbose, low=0)
+    if chunk_batches is not None:
+        check.positive_int("chunk_batches", chunk_batches)
+    if batch_size is not None:
+        check.positive_int("batch_size", batch_size)
+    if not (isinstance(validation_split, numbers.Real) and 0.0 <= validation_split < 1.0):  # NumPy floats too
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    validation_split = _as_fraction(validation_split)
+    for name, value in (("steps_per_epoch", steps_per_epoch), ("validation_steps", validation_steps)):
+        if value is not None:
+            check.positive_int(name, value)
+    validation_freq = check.positive_int("validation_freq", validation_freq)
+    if validation_freq != 1 and validation_data is None and not validation_split:
+        raise ValueError(f"validation_freq={validation_freq} was given but no validation_data or validation_split: "
+                         "it says after which epochs to validate")
+    if validation_steps is not None and validation_data is None:
+        # no pass would read it (Keras ignores it too); a validation_data forgotten must not pass unnoticed
+        held_out = " (validation_split holds out arrays, read in full)" if validation_split else ""
+        raise ValueError(f"validation_steps={validation_steps} was given but no validation_data{held_out}: it is "
+                         "the number of batches read from validation_data given as an iterable of batches")
+    # a string is a mistake (Keras's shuffle="batch" is not supported), not a truthy flag
+    shuffle, check_finite = check.flag("shuffle", shuffle), check.flag("check_finite", check_finite)
+    depth = prefetch_depth(prefetch)
+    return validation_split, validation_freq, shuffle, check_finite, depth
 
 
 def _swapped_in_fit(model: Model, loss_fn: Any, opt: Any) -> bool:
