@@ -76,3 +76,48 @@ def test_floors_follow_the_imports_and_refuse_a_circle(tmp_path):
     (package / "low.py").write_text('"""Low."""\nfrom .top import x\n', encoding="utf-8")
     with pytest.raises(SystemExit, match="import circle"):
         gen.floors(package)
+
+
+# The modules that may import an array library themselves, each for a job on the host or in one library's own
+# code (docs/architecture.md, "Array libraries stay in their adapters"); everything else computes with `xp`.
+LIBRARY_IMPORTS = {
+    "backends/": "the adapters: each wraps its library",
+    "__main__.py": "`python -m nnx info` reports NumPy's BLAS",
+    "io.py": "files hold host copies of the arrays",
+    "onnx.py": "ONNX initializers are host arrays",
+    "plot.py": "matplotlib plots host arrays",
+    "distributed/": "MPI and NCCL exchange host or library buffers; torchrun's process group is torch's",
+    "sklearn/": "scikit-learn's estimators take and give NumPy arrays",
+    "kernels/torch_": "kernels declared for torch alone",
+}
+LIBRARIES = ("numpy", "cupy", "torch", "jax")
+
+
+def _library_imports(path: Path) -> set[str]:
+    """The array libraries a module imports: import statements anywhere, and ``importlib.import_module("torch")``."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == \
+                "import_module" and node.args and isinstance(node.args[0], ast.Constant):
+            names = [str(node.args[0].value)]
+        found.update(name.split(".")[0] for name in names if name.split(".")[0] in LIBRARIES)
+    return found
+
+
+def test_array_libraries_are_imported_only_where_the_architecture_says():
+    package = ROOT / "nnx"
+    strays = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        libraries = _library_imports(path)
+        if libraries and not any(relative.startswith(prefix) for prefix in LIBRARY_IMPORTS):
+            strays.append(f"nnx/{relative}: {sorted(libraries)}")
+    assert not strays, "modules importing an array library outside the adapters and the host-side modules:\n" + \
+        "\n".join(strays)
