@@ -319,6 +319,8 @@ def test_an_elementwise_rule_reading_its_arrays_shape_runs_per_parameter(backend
 
 
 def test_shape_dependence_reads_the_rules_code():
+    from user_code import matrix_decay
+
     from nnx.elementwise_check import shape_dependence
 
     params = nnx.Sequential(nnx.Dense(2, 2)).parameters()
@@ -342,8 +344,45 @@ def test_shape_dependence_reads_the_rules_code():
         def update(self, xp, value, grad, state, step, lr):
             return super().update(xp, value, grad, state, step, 2 * lr)
 
+    class Explicit(Matrices):  # super(Cls, self), as Python 2 wrote it
+        def update(self, xp, value, grad, state, step, lr):
+            return super(Explicit, self).update(xp, value, grad, state, step, 2 * lr)  # noqa: UP008
+
     assert shape_dependence(Matrices(params)) is not None
     assert "Matrices.update" in shape_dependence(Preconditioned(params))
+    assert "Matrices.update" in shape_dependence(Explicit(params))
+
+    # found in review: spellings the first reading missed, each 0.18-0.39 off the plain loop's weights
+    class Spelled(NormalizedSGD):
+        def __init__(self, params, spelling):
+            super().__init__(params)
+            self.spelling = spelling
+
+        @staticmethod
+        def _rate(value):
+            return 0.5 if value.ndim > 1 else 0.0
+
+        def update(self, xp, value, grad, state, step, lr):
+            if self.spelling == "len":
+                return value - lr * grad / len(value), state
+            if self.spelling == "other module":
+                return value - lr * (grad + matrix_decay(value, 0.5) * value), state
+            if self.spelling == "type(self)":
+                return value - lr * (grad + type(self)._rate(value) * value), state
+            if self.spelling == "getattr":
+                return value - lr * grad * getattr(value, "ndim"), state  # noqa: B009
+            return value - lr * grad * value.dim(), state  # torch's method
+
+    for spelling in ("len", "other module", "type(self)", "getattr", "dim"):
+        assert shape_dependence(Spelled(params, spelling)) is not None, spelling
+
+    class Static(NormalizedSGD):  # an update with no self: its first argument is xp
+        @staticmethod
+        def update(xp, value, grad, state, step, lr):
+            return value - lr * grad * value.ndim, state
+
+    assert shape_dependence(Static(params)) == "test_shape_dependence_reads_the_rules_code.<locals>.Static.update " \
+        "reads .ndim of an array"
 
     class Zeros(NormalizedSGD):
         def update(self, xp, value, grad, state, step, lr):
@@ -352,6 +391,31 @@ def test_shape_dependence_reads_the_rules_code():
     # the shape read only to make an array of it: the flat update is given up, never a number
     assert shape_dependence(Zeros(params)) == "test_shape_dependence_reads_the_rules_code.<locals>.Zeros.update " \
         "reads .shape of an array"
+
+
+class SwitchedDecaySGD(ShapedSGD):
+    """Decays matrices only, from a rate a callback switches on after the first epoch: over flat buffers the first
+    steps agree with the per-parameter rule, and the later ones do not."""
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr)
+        self.rate = 0.0
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + self.rate * value if value.ndim > 1 else grad), state
+
+
+class SwitchDecayOn(nnx.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.optimizer.rate = 0.5
+
+
+def test_a_rule_whose_shape_dependence_shows_late_runs_per_parameter(backend):
+    """Found in review: the flat update compared the rule's first step with its results parameter by parameter, and
+    a decay switched on later (or a warm-up) then ran over the flat buffer, 0.27 off the plain loop's weights."""
+    runs = [_train(backend, "float64", fast, SwitchedDecaySGD, callbacks=[SwitchDecayOn()]) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")
 
 
 class TableSGD(NormalizedSGD):
@@ -370,14 +434,19 @@ class TableSGD(NormalizedSGD):
         if self.kind == "sorted pair":  # each element's larger of |grad| and |value|, along the stack's last axis
             pair = xp.sort(xp.stack([xp.abs(grad), xp.abs(value)], axis=-1), axis=-1)
             return value - lr * grad / (1.0 + pair[..., 1]), state
-        if self.kind == "codebook":
-            # `entries` values: 186 is twice the model's 93 parameters, and still a table, not a stack of them
-            grid = xp.linspace(-1.0, 1.0, self.entries, dtype=value.dtype, device=value.device)
-            new = value - lr * grad
-            at = xp.clip(xp.searchsorted(grid, xp.reshape(new, (-1,))), 0, self.entries - 1)
-            snapped = xp.reshape(xp.take(grid, at), new.shape)
-            return 0.9 * new + 0.1 * snapped, state
         return value - lr * grad, state
+
+
+class CodebookSGD(TableSGD):
+    """Snaps a tenth of each step to a fixed codebook: searched over the flattened values, reshaped back."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        # `entries` values: 186 is twice the model's 93 parameters, and still a table, not a stack of them
+        grid = xp.linspace(-1.0, 1.0, self.entries, dtype=value.dtype, device=value.device)
+        new = value - lr * grad
+        at = xp.clip(xp.searchsorted(grid, xp.reshape(new, (-1,))), 0, self.entries - 1)
+        snapped = xp.reshape(xp.take(grid, at), new.shape)
+        return 0.9 * new + 0.1 * snapped, state
 
 
 @pytest.mark.parametrize("kind", ["stacked", "new axis", "sorted pair", "codebook", "codebook of twice the size"])
@@ -385,14 +454,15 @@ def test_an_elementwise_rule_reading_across_other_arrays_trains_over_flat_buffer
     # (found in review of bd129ad: a codebook of a multiple of the buffer's size was taken for a stack of it)
     entries = 186 if kind == "codebook of twice the size" else 5
     kind = kind.split(" of ")[0]
-    runs = [_train(backend, "float64", fast, lambda ps: TableSGD(ps, kind=kind, entries=entries))
-            for fast in (True, False)]
+    rule = CodebookSGD if kind == "codebook" else TableSGD
+    runs = [_train(backend, "float64", fast, lambda ps: rule(ps, kind=kind, entries=entries)) for fast in (True, False)]
     _assert_same(*runs, "float64")
     if backend.can_compile:
         # (a traced array has no `.device`: the codebook's rule runs op by op on JAX)
         assert runs[0][2].execution == "compiled" or kind == "codebook"
     else:
-        assert runs[0][2].execution == "flat"
+        # (the codebook reshapes back to ``new.shape``: a rule reading its arrays' shape runs parameter by parameter)
+        assert runs[0][2].execution == ("plain" if kind == "codebook" else "flat")
 
 
 class HostNoise(nnx.Layer):

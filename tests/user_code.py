@@ -128,3 +128,8 @@ def keras_plateau_rates(values: Any, lr: float, factor: float, patience: int, co
                 lr = max(lr * factor, min_lr)
                 cool, wait = cooldown, 0
     return rates
+
+
+def matrix_decay(value: Any, rate: float) -> float:
+    """A helper a user's optimizer rule calls from another module: decay for matrices, none for vectors."""
+    return rate if value.ndim > 1 else 0.0

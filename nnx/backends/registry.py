@@ -24,9 +24,11 @@ from .names import backend_for_module, backend_name_of, claim_modules
 _ENTRIES: dict[str, type[Backend] | str] = {}
 _ALIASES: dict[str, str] = {}
 _CACHE: dict[str, Backend] = {}
-# held while a backend is looked up or loaded, and while `backend_status` tries one and puts the library's settings
-# back: a thread asking for JAX meanwhile would get the backend it loaded, then lose its 64-bit mode
-_LOADING = threading.RLock()
+# one per library, held while one of its backends is looked up or loaded, and while `backend_status` tries it and
+# puts the library's settings back: a thread asking for JAX meanwhile would get the backend the check loaded, then
+# lose its 64-bit mode. Other libraries' lookups never wait for that check
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
 _GENERIC_CACHE: dict[tuple[str, str], Backend] = {}  # (namespace module name, device) -> generic adapter
 # what a torch or JAX user may pass as the backend when they mean a device
 _DEVICE_WORDS = ("cpu", "cuda", "gpu", "mps", "tpu", "rocm", "xpu", "metal")
@@ -76,16 +78,24 @@ def get_backend(spec: Any = "numpy") -> Backend:
     """
     if isinstance(spec, Backend):
         return spec
-    with _LOADING:
-        return _resolve(spec)
-
-
-def _resolve(spec: Any) -> Backend:
-    """`get_backend` of anything but a `Backend`."""
     if isinstance(spec, types.ModuleType):
         return _from_namespace(spec)
     if not isinstance(spec, str):
         return _from_array(spec)
+    with _library_lock(spec):
+        return _by_name(spec)
+
+
+def _library_lock(spec: str) -> threading.RLock:
+    """The lock of the library a backend spec names (``"torch"`` for ``"Torch:cuda"``)."""
+    name = spec.strip().partition(":")[0].lower()
+    name = _ALIASES.get(name, name)
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(name, threading.RLock())
+
+
+def _by_name(spec: str) -> Backend:
+    """`get_backend` of a name, under its library's lock."""
     key = spec.strip()
     backend = _CACHE.get(key)
     if backend is not None and (":" in key or not _follows_default(type(backend))):
@@ -200,7 +210,7 @@ def backend_status(name: str) -> tuple[bool, str]:
     Trying a backend that is not loaded yet leaves it unloaded, and the library's process-wide settings
     as they were (loading JAX's turns on its 64-bit mode): asking changes nothing.
     """
-    with _LOADING:
+    with _library_lock(name):
         return _status(name)
 
 

@@ -31,7 +31,7 @@ from itertools import repeat
 from operator import is_, itemgetter
 from typing import Any
 
-from ..elementwise_check import shape_dependence, watched
+from ..elementwise_check import watched
 from ..optim import Optimizer, check_rule_result
 from . import replay
 from .compiled_rule import CompiledRule
@@ -102,16 +102,6 @@ def taken_offer(offered: tuple[Any, list[Any]] | None, grads: list[Any]) -> Any:
     return offered[0]
 
 
-def _same(xp: Any, a: Any, b: Any) -> bool:
-    """Whether two arrays hold the same values, NaN where the other has NaN."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    equal = a == b
-    if xp.isdtype(a.dtype, ("real floating", "complex floating")):
-        equal = equal | (xp.isnan(a) & xp.isnan(b))
-    return bool(xp.all(equal))
-
-
 def _shape(x: Any) -> tuple[int, ...] | None:
     """The shape of an array (None for a Python number), as a tuple of ints."""
     shape = getattr(x, "shape", None)
@@ -163,9 +153,6 @@ class FlatUpdate:
         # their shapes are fixed until then; a dtype may still change with a hyper-parameter set between steps
         self._rule_checked = False
         self._ran = False  # whether the last `run` updated flat, leaving the objects bound to this layout's views
-        # a rule reading its arrays' shape (`shape_dependence`) sees the buffer's here: its first flat step is compared
-        # with its results parameter by parameter, and where they differ every step runs `Optimizer.step`
-        self._compare = shape_dependence(optimizer) is not None
         self.replay = replay.for_update(optimizer, backend, self.size)
         # (a library without a compiler, now or later, runs the rule op by op: not asked every step)
         compiler = backend.can_compile or backend.compiler_off() is not None
@@ -362,26 +349,8 @@ class FlatUpdate:
             return False  # the per-parameter loop runs this step; the layout is tried again next time
         if not gathered:
             self.gather(grads)
-        if self._compare and not self._agrees_per_parameter(steps[0] + 1):
-            self.suited = False
-            self.forget_grads()
-            return False  # nothing written: `Optimizer.step` runs this step and every later one
-        self._compare = False
         self._apply(keep)
         return True
-
-    def _agrees_per_parameter(self, t: int) -> bool:
-        """Whether the rule gives the same bits over the flat buffers as over each parameter's views (new values and
-        state alike), for a rule reading its arrays' shape; nothing is written."""
-        opt, xp = self.optimizer, self.xp
-        assert self.state is not None
-        values, state = opt.update(watched(opt, xp, self.values), self.values, self.grads, self.state, t, opt.lr)
-        pieces = [opt.update(xp, v, g, s, t, opt.lr)
-                  for v, g, s in zip(self.value_views, self._views(self.grads), self.state_views, strict=True)]
-        if any(set(piece_state) != set(state) for _, piece_state in pieces):
-            return False
-        joined = [self._concat([v for v, _ in pieces]), *(self._concat([s[k] for _, s in pieces]) for k in state)]
-        return all(_same(xp, a, b) for a, b in zip([values, *state.values()], joined, strict=True))
 
     def holds(self, state: bool = False) -> bool:
         """Whether the last `run` updated here, and every parameter's value is still its view (with `state`, and

@@ -34,6 +34,7 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
+from ..elementwise_check import shape_dependence
 from ..kernels import gradient_writers, head_runner, layer_runners
 from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
@@ -86,8 +87,9 @@ class TrainStep:
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
         self.passes = compiled_passes(model, loss, optimizer) if compile_passes and self.compiled is None \
             and be.fastpath_enabled and be.can_compile and traceable(model, loss, optimizer, []) else None
+        # (a rule reading its arrays' shape would see the flat buffer's: `shape_dependence`)
         derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
-            and own_step(optimizer)
+            and own_step(optimizer) and shape_dependence(optimizer) is None
         # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
         # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
         # update still looks at the state's binding back to back; nnx's own make gradients shaped as their parameters
