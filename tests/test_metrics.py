@@ -69,7 +69,7 @@ def test_binary_metrics_match_sklearn(backend, dtype):
 
 def test_multiclass_metrics_match_sklearn_macro(backend, dtype):
     k = 3
-    for seed in range(4):
+    for seed in range(5):
         rng = np.random.default_rng(100 + seed)
         true = rng.integers(0, k, N)
         scores = rng.normal(size=(N, k))
@@ -78,6 +78,8 @@ def test_multiclass_metrics_match_sklearn_macro(backend, dtype):
             scores[:, 2] = -10.0  # ...and nobody predicts: macro averages leave it out, as scikit-learn does
         if seed == 3:
             scores[:, 1] = 10.0  # one class predicted always: precision's zero_division cases
+        if seed == 4:  # (found by mutation: a class predicted that nobody has counts, as scikit-learn counts it)
+            scores[rng.random(N) < 0.2, 2] = 10.0
         pred = scores.argmax(axis=1)
         y_scores = backend.asarray(scores, dtype=dtype)
         for name in CLASSIFICATION:

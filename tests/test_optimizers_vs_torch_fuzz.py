@@ -193,6 +193,22 @@ def test_sgd_momentum_switched_on_loads_before_its_first_step_and_after_a_skippe
         pair.step(t, "skip")
 
 
+@pytest.mark.parametrize("switched", [("momentum", 0.9, "momentum_buffer"), ("centered", True, "grad_avg")],
+                         ids=lambda v: v[0])
+def test_rmsprop_momentum_or_centering_switched_on_starts_from_zeros(switched):
+    """Found by mutation testing: switched on after steps without it, RMSprop's momentum buffer (or centered
+    average) starts as torch's would from zeros, which torch itself cannot do (it made none, and raises KeyError):
+    here its state is given the zeros, and the two go on together."""
+    name, value, buffer = switched
+    pair = _Pair(RMSprop, "RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.0, "centered": False})
+    for t in range(1, 10):
+        if t == 4:
+            pair.set(name, value)
+            for tp in pair.tparams:
+                pair.topt.state[tp][buffer] = torch.zeros_like(tp)
+        pair.step(t, where=f"({name} {'on' if t >= 4 else 'off'})")
+
+
 @pytest.mark.parametrize("cls, kwargs", [
     (SGD, {"lr": 0.03, "momentum": 0.8, "dampening": 0.2, "weight_decay": 0.1}),
     (SGD, {"lr": 0.03, "momentum": 0.9, "nesterov": True, "maximize": True}),

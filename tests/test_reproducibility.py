@@ -125,6 +125,52 @@ def test_shuffle_false_trains_on_rows_in_order_whatever_the_seed():
     assert a.shuffle_rng.bit_generator.state == _model(seed=0).shuffle_rng.bit_generator.state
 
 
+class _SeenRows(nnx.Layer):
+    """Keeps the first column of each training batch it sees (a row's index), and passes X on."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, X, training=False):
+        if training:
+            self.seen.append(np.asarray(self.backend.to_host(X))[:, 0].copy())
+        return X
+
+    def backward(self, dY, need_dX=True):
+        return dY
+
+
+class _SeenTargets(nnx.losses.Loss):
+    """Half squared error, keeping each batch's targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def rows(self, xp, y_true, y_pred):
+        self.seen.append(np.asarray(y_true)[:, 0].copy())
+        diff = y_pred - y_true
+        return 0.5 * xp.sum(diff * diff, axis=1), diff / y_pred.shape[0]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_shuffled_batch_keeps_each_rows_target(shuffle):
+    """Found by mutation testing: a shuffle that permuted X but not y was caught only by a clip_norm test. Each
+    batch's rows here carry their index in X and y alike."""
+    n = 23
+    index = np.arange(n, dtype=float)[:, None]
+    seen, loss = _SeenRows(), _SeenTargets()
+    model = nnx.Sequential(seen, nnx.Dense(1, 1), backend=nnx.get_backend("numpy").with_fastpath(False),
+                           dtype="float64", seed=0)
+    model.fit(index, index, loss=loss, epochs=2, batch_size=5, shuffle=shuffle, optimizer="sgd", lr=1e-4)
+    assert len(seen.seen) == len(loss.seen) == 2 * 5
+    for rows, targets in zip(seen.seen, loss.seen, strict=True):
+        np.testing.assert_array_equal(rows, targets)
+    epoch = np.concatenate(seen.seen[:5])
+    assert sorted(epoch) == list(range(n)) and (epoch.tolist() != list(range(n))) == shuffle
+
+
 def test_validation_split_trains_as_the_head_rows_with_the_tail_as_validation_data():
     a, b = _model(), _model()
     ha = a.fit(X, Y, epochs=2, validation_split=0.25, **FIT)
