@@ -17,24 +17,17 @@ reads each element on its own. What is not seen: indexing (``grad[0]``, ``grad[:
 rule's ``xp`` is this object, not the module, so ``xp is np`` is false there.
 
 A rule that reads its arrays' shape (``value.ndim``, to decay matrices only) or uses ``@`` would see the buffer's
-shape there, not a parameter's: `shape_dependence` finds that in its code, and such a rule is updated parameter by
+shape there, not a parameter's: `nnx.shape_reads` finds that in its code, and such a rule is updated parameter by
 parameter instead (a sharded update refuses it).
 """
 
 from __future__ import annotations
 
-import dis
-import functools
-import inspect
 import math
 import operator
-import sysconfig
-import types
 from typing import Any
 
-from ._bytecode import nested_codes
-
-__all__ = ["CROSS_ELEMENT", "SHAPE_ATTRIBUTES", "shape_dependence", "watched"]
+__all__ = ["CROSS_ELEMENT", "watched"]
 
 # functions whose result element reads other elements of their first argument: the standard's reductions, scans,
 # searching, sorting and reordering, and the common ones of NumPy, torch and JAX's namespaces (also in `linalg`
@@ -62,10 +55,6 @@ CROSS_ELEMENT_PRODUCTS = frozenset({"matmul", "tensordot", "vecdot", "dot", "inn
 CROSS_ELEMENT_NAMESPACES = frozenset({"linalg", "fft"})
 # the keywords a reduction's data goes by in NumPy, torch and the standard
 DATA_KEYWORDS = ("x", "a", "input", "x1")
-# an array's attributes that tell its shape: over a flat buffer or a shard they are the buffer's, not the
-# parameter's (a rule decaying matrices only, ``if value.ndim > 1``, would decay nothing there)
-SHAPE_ATTRIBUTES = frozenset({"shape", "ndim", "size", "T", "mT", "dim", "numel"})  # (torch's methods too)
-_STDLIB = sysconfig.get_paths()["stdlib"]
 
 
 def watched(optimizer: Any, xp: Any, buffer: Any) -> Any:
@@ -161,111 +150,3 @@ def _contracts_nothing(subscripts: str) -> bool:
     output = output.replace("...", ".")
     return all(sorted(operand.replace("...", ".")) == sorted(output) and len(set(output)) == len(output)
                for operand in inputs.split(","))
-
-
-def shape_dependence(optimizer: Any) -> str | None:
-    """What in `optimizer`'s rule may depend on the shape of the arrays it is given, or None: an attribute or method
-    of `SHAPE_ATTRIBUTES` read (``value.ndim``, ``getattr(value, "ndim")``, torch's ``value.dim()``), ``len()`` or
-    the ``@`` operator, in its ``update``, in the methods of its class it calls (through ``self``, ``type(self)``
-    or ``super()``) and in the functions of the user's modules it calls, in turn.
-
-    Over flat buffers or a shard the shape is the buffer's, not a parameter's, and a rule reading it may give other
-    numbers there at any step (a decay of matrices only, switched on by a callback). So such a rule is updated
-    parameter by parameter, and a sharded update refuses it, whatever it declares: read from the code, once per
-    class and function. A read that changes nothing (``xp.zeros(value.shape)``) costs the flat update's speed."""
-    cls = type(optimizer)
-    on_object = "update" in getattr(optimizer, "__dict__", {})
-    method = not on_object and not isinstance(inspect.getattr_static(cls, "update", None), staticmethod)
-    update = inspect.unwrap(getattr(optimizer.update, "__func__", optimizer.update))
-    if not isinstance(update, types.FunctionType):
-        return None
-    return _shape_reads(cls, update, method)
-
-
-@functools.lru_cache(maxsize=256)
-def _shape_reads(cls: type, update: types.FunctionType, method: bool) -> str | None:
-    pending, seen = [(update, method)], {update}
-
-    def follow(helper: Any, method: bool) -> None:
-        is_static = isinstance(helper, staticmethod)
-        helper = inspect.unwrap(getattr(helper, "__func__", helper))
-        if isinstance(helper, types.FunctionType) and helper not in seen and not _library_code(helper):
-            seen.add(helper)
-            pending.append((helper, method and not is_static))
-
-    while pending:
-        function, method = pending.pop(0)
-        code = function.__code__
-        this = code.co_varnames[0] if method and code.co_argcount else None  # ``self``, in a method
-        found = _shape_read_in(cls, function, this, follow)
-        if found is not None:
-            return f"{function.__qualname__} {found}"
-    return None
-
-
-def _shape_read_in(cls: type, function: types.FunctionType, this: str | None, follow: Any) -> str | None:
-    """What `function`'s code reads of an array's shape, or None; the functions it calls are handed to `follow`."""
-    namespace = function.__globals__
-    named: set[str] = set()  # the names of `SHAPE_ATTRIBUTES` it holds as strings
-    reads_by_name = False  # whether it calls the builtin getattr
-    for nested in nested_codes(function.__code__):
-        loaded = None  # the variable the previous instruction loaded, if any
-        module: Any = None  # the module a global just loaded, whose function may come next
-        after_super = False  # whether a ``super(...)`` came before this attribute
-        for instruction in dis.get_instructions(nested):
-            name, opname = instruction.argval, instruction.opname
-            if opname in ("LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR"):
-                if after_super or opname == "LOAD_SUPER_ATTR":
-                    follow(_inherited(cls, function, name), True)
-                else:
-                    # a method of its class, however reached (``self.f``, ``type(self).f``, ``cls.f``)
-                    follow(inspect.getattr_static(cls, name, None), True)
-                    if module is not None:
-                        follow(getattr(module, name, None), False)
-                    if name in SHAPE_ATTRIBUTES and (loaded != this or this is None):
-                        return f"reads .{name} of an array"
-                after_super = False
-            elif opname == "LOAD_CONST" and isinstance(name, str) and name in SHAPE_ATTRIBUTES:
-                named.add(name)
-            elif opname in ("BINARY_MATRIX_MULTIPLY", "INPLACE_MATRIX_MULTIPLY") or \
-                    opname == "BINARY_OP" and "@" in instruction.argrepr:
-                return "multiplies with @"
-            elif opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                helper = namespace.get(name)
-                builtin = name not in namespace
-                if builtin and name == "len":
-                    return "calls len() (of an array?)"
-                reads_by_name = reads_by_name or builtin and name == "getattr"
-                after_super = after_super or builtin and name == "super"
-                follow(helper, False)
-            module = namespace.get(name) if opname in ("LOAD_GLOBAL", "LOAD_NAME") and \
-                isinstance(namespace.get(name), types.ModuleType) else None
-            loaded = _loaded_variable(instruction)
-    if reads_by_name and named:
-        return f"calls getattr with {sorted(named)[0]!r}"
-    return None
-
-
-def _library_code(function: types.FunctionType) -> bool:
-    """Whether `function` is an installed library's or Python's own (not read: its code is not the rule's)."""
-    filename = function.__code__.co_filename
-    return any(part in filename for part in ("site-packages", "dist-packages")) or \
-        filename.startswith(_STDLIB) or filename.startswith("<frozen")
-
-
-def _inherited(cls: type, function: types.FunctionType, name: str) -> Any:
-    """What ``super().name`` finds in `function`, a method of `cls` or of a class it inherits from."""
-    mro = cls.__mro__
-    owner = next((i for i, c in enumerate(mro)
-                  if any(inspect.unwrap(getattr(v, "__func__", v)) is function for v in vars(c).values())), None)
-    if owner is None:
-        return None
-    return next((vars(c)[name] for c in mro[owner + 1:] if name in vars(c)), None)
-
-
-def _loaded_variable(instruction: dis.Instruction) -> str | None:
-    """The local or closure variable `instruction` leaves on top of the stack (the last of a pair), or None."""
-    if instruction.opname.startswith("LOAD_FAST") or instruction.opname == "LOAD_DEREF":
-        name = instruction.argval
-        return name[-1] if isinstance(name, tuple) else name
-    return None

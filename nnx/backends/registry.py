@@ -218,8 +218,9 @@ def _status(name: str) -> tuple[bool, str]:
     """`backend_status`, under the lock."""
     adapter = _adapter_of(name)
     before, cached = (adapter.process_settings(), set(_CACHE)) if adapter is not None else (None, set())
+    loaded: Backend | None = None
     try:
-        be = get_backend(name)
+        be = loaded = get_backend(name)
         xp = be.xp
         total = xp.sum(xp.ones((4,), dtype=xp.float32, device=be.device))
         if be.to_float(total) != 4.0:
@@ -228,8 +229,11 @@ def _status(name: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {exc}"
     finally:
         if adapter is not None and adapter.process_settings() != before:
-            for key in set(_CACHE) - cached:  # what this call loaded, which would run without those settings
-                del _CACHE[key]
+            # what this call loaded, which would run without those settings (not what another thread loaded
+            # meanwhile of another library, under that library's lock)
+            for key in set(_CACHE) - cached:
+                if _CACHE[key] is loaded:
+                    del _CACHE[key]
             adapter.restore_process_settings(before)
     return True, "ok"
 

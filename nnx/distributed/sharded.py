@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from ..elementwise_check import shape_dependence, watched
+from ..elementwise_check import watched
 from ..layers.parameter import Parameter
 from ..optim import check_rule_result
+from ..shape_reads import shape_dependence
 from ..training import replay
 from ..training.flat import flat_layout, offer_grads, own_step, taken_offer, write_in_place
 from ..training.transforms import GradientTransform

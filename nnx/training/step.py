@@ -34,10 +34,10 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
-from ..elementwise_check import shape_dependence
 from ..kernels import gradient_writers, head_runner, layer_runners
 from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
+from ..shape_reads import shape_dependence
 from .compiled import compile_step, kept_buffers, traceable
 from .compiled_passes import compiled_passes
 from .flat import FlatUpdate, own_step
