@@ -192,6 +192,24 @@ def test_a_refused_step_leaves_the_dropout_stream_where_the_plain_loop_does(accu
     _assert_same(a, b, 1e-12)
 
 
+@AS_USERS_COMPILE
+@pytest.mark.parametrize("mode", ["epoch", "chunks", "step"])
+def test_dropout_masks_move_on_without_the_finite_check(mode):
+    """Found by mutation testing: no test ran JAX's compiled step with dropout and check_finite=False, where the
+    program carries the dropout counter on its own (a counter left behind drew one epoch's masks at every step,
+    0.35 off the plain loop's weights, and went unseen)."""
+    kw: dict[str, Any] = {"check_finite": False}
+    if mode == "chunks":
+        X, y = _data()
+        batches = [(X[i:i + BATCH], y[i:i + BATCH]) for i in range(0, N, BATCH)]
+        kw.update(data=lambda X, y: batches, chunk_batches=2, steps_per_epoch=len(batches))
+    elif mode == "step":
+        kw["callbacks"] = [PerBatch()]
+    compiled = _fit(True, **kw)
+    assert compiled[1].execution == "compiled" and compiled[1].execution_mode == mode, compiled[1].execution_reason
+    _assert_same(compiled, _fit(False, **kw), 1e-12)
+
+
 def test_one_compile_per_layout_and_batch_shape_never_per_epoch():
     X, y = _data()
     model = _model(True, "float32")

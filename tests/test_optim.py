@@ -522,7 +522,8 @@ def test_load_state_dict_withoutparam_steps(backend):
 def test_is_optimizer_subclass():
     for cls in OPTIMIZERS.values():
         assert issubclass(cls, Optimizer)
-        assert cls.__doc__ and cls.step.__doc__
+        if cls.__module__.startswith("nnx."):  # (other tests register optimizers of their own in this process)
+            assert cls.__doc__ and cls.step.__doc__, cls
 
 
 def test_a_rate_set_to_zero_survives_save_and_load(backend, tmp_path):

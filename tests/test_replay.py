@@ -140,9 +140,12 @@ def test_a_replayed_rule_writes_the_plain_calls_bits(backend, dtype, rule, piece
 @pytest.mark.parametrize("rule", [r for r in RULES if _ids(r) in ("adam-weight_decay=0.001", "sgd", "OneResultTwice",
                                                                     "ScalarsOnTheLeft")], ids=_ids)
 @pytest.mark.parametrize("verdict", [True, False], ids=["kept", "refused"])
-def test_a_deferred_verdict_selects_as_the_plain_where_does(backend, dtype, rule, verdict):
+@pytest.mark.parametrize("after_unchecked", [False, True], ids=["first", "after-a-step-without-verdict"])
+def test_a_deferred_verdict_selects_as_the_plain_where_does(backend, dtype, rule, verdict, after_unchecked):
     """With the deferred finite check's 0-d flag, each result or the old array is written, as
-    ``xp.where(keep, new, old)`` would; where the backend cannot select in place, nothing is written."""
+    ``xp.where(keep, new, old)`` would; where the backend cannot select in place, nothing is written. (Found by
+    mutation testing: the same replay's plan for a step without a verdict must not serve one with it, where a
+    refused step would be written.)"""
     out = backend.out_functions()
     if out is None:
         return
@@ -156,9 +159,12 @@ def test_a_deferred_verdict_selects_as_the_plain_where_does(backend, dtype, rule
     new_value, new_state = opt.update(xp, value, grad, state, 1, opt.lr)
     plain_value = xp.where(keep, new_value, value)
     plain_state = {k: xp.where(keep, arr, state[k]) for k, arr in new_state.items()}
+    replay = RuleReplay(opt, xp, out)
+    if after_unchecked:  # a step checked at once, on copies: its plan is the replay's before the verdict's
+        replay.apply(_copy(backend, value), grad, {k: _copy(backend, arr) for k, arr in state.items()}, 1, opt.lr)
     written_value = _copy(backend, value)
     written_state = {k: _copy(backend, arr) for k, arr in state.items()}
-    applied = RuleReplay(opt, xp, out).apply(written_value, grad, written_state, 1, opt.lr, keep=keep)
+    applied = replay.apply(written_value, grad, written_state, 1, opt.lr, keep=keep)
     if "where" not in out:  # NumPy: no out= where (and its flat update never defers the check)
         assert not applied
         plain_value, plain_state = value, state

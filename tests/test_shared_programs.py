@@ -128,6 +128,23 @@ def test_a_different_plain_setting_is_a_different_program():
     np.testing.assert_allclose(other.backend.to_host(other.predict(X)), on_numpy.predict(X), rtol=1e-12)
 
 
+def test_models_clipped_differently_compile_programs_of_their_own():
+    """Found by mutation testing: with the gradient transforms left out of the shared programs' key, a model
+    clipped at another norm took the first one's program (2.7 off the plain loop); only a torch comparison
+    caught that, by chance. Each fit here equals the plain loop's."""
+    shared_programs.clear()
+    X, y = _data()
+    for clip in (0.05, 5.0):
+        fits = []
+        for fast in (True, False):
+            model = nnx.Sequential(nnx.Dense(4, 6), nnx.Tanh(), nnx.Dense(6, 1), nnx.Sigmoid(), dtype="float64",
+                                   seed=5, backend=nnx.get_backend("jax").with_fastpath(fast))
+            model.fit(X, y, loss="bce", optimizer="sgd", lr=0.5, epochs=2, batch_size=8, clip_norm=clip)
+            fits.append(_weights(model))
+        for name, value in fits[1].items():
+            np.testing.assert_allclose(fits[0][name], value, rtol=1e-12, atol=1e-14, err_msg=f"{name} at {clip}")
+
+
 def test_a_layer_holding_an_array_keeps_its_programs_to_itself():
     shared_programs.clear()
     X, _ = _data()

@@ -143,6 +143,27 @@ def test_issue_case_torch_tensors_fit_and_predict_as_torch():
 
 
 @child_only
+def test_binary_probabilities_under_dispatch_are_the_numpy_fits():
+    """Found by mutation testing: only three classes were fit under dispatch, so a binary classifier's two
+    probability columns swapped (0.81 off) went unseen. Columns follow `classes_`, as the NumPy fit's do."""
+    import sklearn
+    from sklearn.datasets import make_classification
+
+    from nnx.sklearn import MLPClassifier
+
+    torch = pytest.importorskip("torch")
+    X, y = make_classification(n_samples=60, n_features=5, random_state=1)
+    labels = np.array(["no", "yes"])[y]  # string classes: the columns' order is classes_', not the codes'
+    with sklearn.config_context(array_api_dispatch=True):
+        clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=20, random_state=0).fit(torch.asarray(X), labels)
+        proba, log_proba = clf.predict_proba(torch.asarray(X)), clf.predict_log_proba(torch.asarray(X))
+    ref = MLPClassifier(hidden_layer_sizes=(6,), max_iter=20, random_state=0).fit(X, labels)
+    assert list(clf.classes_) == list(ref.classes_) == ["no", "yes"]
+    np.testing.assert_allclose(proba.numpy(), ref.predict_proba(X), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(log_proba.numpy(), ref.predict_log_proba(X), rtol=1e-9, atol=1e-12)
+
+
+@child_only
 def test_pipeline_standard_scaler_then_classifier_on_torch():
     import sklearn
     from sklearn.pipeline import make_pipeline
