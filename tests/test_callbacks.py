@@ -129,6 +129,19 @@ def test_a_hook_set_on_the_callback_object_is_called(data, hook):
     assert calls == [hook] * -(-len(data[0]) // BATCH)
 
 
+def test_a_hook_set_to_something_not_callable_is_named_before_any_step(data):
+    """Found in review: ``cb.on_gradients = None`` (meant to switch the hook off) failed mid-step with Python's bare
+    "'NoneType' object is not callable"."""
+    cb = Callback()
+    cb.on_gradients = None
+    model = make_model()
+    before = {k: np.array(v) for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"Callback\.on_gradients is None, not a function"):
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[cb])
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
 def test_on_train_end_logs_hold_the_last_epochs_logs(data):
     """Keras hands on_train_end the last epoch's logs; here they held only history and failed, so a callback
     written for Keras (``logs.get("val_loss")``) read None without a word."""

@@ -85,8 +85,12 @@ class Callback:
 
 
 def overrides(cb: Any, hook: str) -> bool:
-    """Whether `cb` has a `hook` of its own: its class's override, or a function set on the object."""
+    """Whether `cb` has a `hook` of its own: its class's override, or a function set on the object; TypeError
+    where what it has there cannot be called (``cb.on_gradients = None``), before any step."""
     own = getattr(cb, hook)
+    if not callable(own):
+        raise TypeError(f"{type(cb).__name__}.{hook} is {own!r}, not a function: set it to a function, or delete "
+                        f"the attribute to leave the hook to {type(cb).__name__}'s class")
     return getattr(own, "__func__", own) is not getattr(Callback, hook)
 
 
