@@ -502,6 +502,24 @@ def test_sharded_update_refuses_a_rule_that_reads_its_arrays_shape():
               distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
 
 
+def test_sharded_update_makes_the_initial_state_parameter_by_parameter():
+    """Found in review: joined, init_state saw one flat array; an accumulator started by the parameter's ndim
+    started at 0 everywhere, and momentum kept for matrices only was kept for none."""
+    from test_derived_user_code import ShapedStartSGD
+
+    X, y = np.random.default_rng(0).normal(size=(16, 4)), np.arange(16.0) % 2
+    models = [_tiny(), _tiny()]
+    for model, shard in zip(models, (True, False), strict=True):
+        model.fit(X, y, epochs=2, batch_size=8, optimizer=ShapedStartSGD(model.parameters()),
+                  distributed=dist.DataParallel(WorldOfOne(), shard_update=shard))
+    for k, v in models[1].state_dict().items():
+        np.testing.assert_allclose(models[0].state_dict()[k], v, rtol=0, atol=1e-12, err_msg=k)
+    m = _tiny()
+    with pytest.raises(ValueError, match=r"ShapedStartSGD\.init_state makes other keys for some"):
+        m.fit(X, y, optimizer=ShapedStartSGD(m.parameters(), kind="keys"),
+              distributed=dist.DataParallel(WorldOfOne(), shard_update=True))
+
+
 def test_sharded_update_refuses_a_transform_that_needs_whole_gradients():
     class Hook(nnx.callbacks.Callback):
         def on_gradients(self, grads):

@@ -269,13 +269,17 @@ class ShardedUpdate(AverageGradients):
             return
         n = len(opt.params)
         have = [i for i in range(n) if i in opt.state]
-        if not have:
-            state = opt.init_state(xp, values)
-            self._require_shaped(state, (int(values.shape[0]),), "the parameters joined")
-        elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
-            for i, p in enumerate(opt.params):
-                self._require_shaped(opt.state[i], tuple(p.value.shape), repr(p.name))
-            state = {k: self.backend.concat_flat([opt.state[i][k] for i in range(n)]) for k in opt.state[0]}
+        # made parameter by parameter, as the plain loop makes them (joined, `init_state` would see the joined shape)
+        states = [opt.init_state(xp, p.value) for p in opt.params] if not have else \
+            [opt.state[i] for i in range(n)] if len(have) == n else None
+        if states is not None and len({tuple(state) for state in states}) == 1:
+            for state, p in zip(states, opt.params, strict=True):
+                self._require_shaped(state, tuple(p.value.shape), repr(p.name))
+            state = {k: self.backend.concat_flat([states[i][k] for i in range(n)]) for k in states[0]}
+        elif states is not None and not have:
+            raise ValueError(f"shard_update=True needs an optimizer whose state holds the same arrays for every "
+                             f"parameter, to join them; {type(opt).__name__}.init_state makes other keys for some. "
+                             "Use shard_update=False")
         else:
             raise ValueError("shard_update=True needs optimizer state for every parameter or for none; "
                              f"this optimizer has state for parameters {have} of {n}")

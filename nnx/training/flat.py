@@ -185,19 +185,24 @@ class FlatUpdate:
         if not have:
             if not create:
                 return True
-            state = opt.init_state(xp, self.values)
-            if not all(_shape(arr) == (self.size,) for arr in state.values()):
-                self.suited = False
-                return False
-            self.state = state
-        elif len(have) == n and len({tuple(opt.state[i]) for i in range(n)}) == 1:
-            keys = tuple(opt.state[0])
-            if not all(_shape(opt.state[i][k]) == self.shapes[i] for i in range(n) for k in keys):
-                self.suited = False
-                return False
-            self.state = {k: self._concat([opt.state[i][k] for i in range(n)]) for k in keys}
+            # made parameter by parameter, as the plain loop makes them: over the flat buffer `init_state` would see
+            # the buffer's shape (momentum kept for matrices only, an accumulator started by a parameter's ndim)
+            states = [opt.init_state(xp, view) for view in self.value_views]
+        elif len(have) == n:
+            states = [opt.state[i] for i in range(n)]
         else:
             return False  # some parameters have state and others not: the per-parameter loop handles that
+        if len({tuple(state) for state in states}) == 1:
+            keys = tuple(states[0])
+            if not all(_shape(states[i][k]) == self.shapes[i] for i in range(n) for k in keys):
+                self.suited = False
+                return False
+            self.state = {k: self._concat([states[i][k] for i in range(n)]) for k in keys}
+        elif not have:
+            self.suited = False  # the rule keeps other state for some parameters: no flat buffer holds that
+            return False
+        else:
+            return False  # the parameters' states hold other keys: the per-parameter loop handles that
         self._install_state()
         return True
 
