@@ -7,9 +7,12 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 
 from __future__ import annotations
 
+import gc
 import math
 import random
+import sys
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -458,16 +461,6 @@ def test_shape_dependence_reads_the_rules_code():
 
     # found in review of 95a82ef: a rule reaching the read through what the object holds, a partial, a callable
     # object, a closure, a table or another class (each 0.39 off the plain loop's weights when missed)
-    class Masked(NormalizedSGD):
-        """Decays where a mask function it holds says (optax's decay_mask)."""
-
-        def __init__(self, params, mask):
-            super().__init__(params)
-            self.mask = mask
-
-        def update(self, xp, value, grad, state, step, lr):
-            return value - lr * (grad + 0.5 * self.mask(value) * value), state
-
     class Wrapper(NormalizedSGD):
         """Hands the step to an optimizer it holds (Lookahead's way)."""
 
@@ -539,6 +532,144 @@ def test_an_initial_state_shaped_by_its_parameter_is_made_parameter_by_parameter
     _assert_same(*runs, "float64")
     if not backend.can_compile:  # keys that differ between parameters cannot be joined: parameter by parameter
         assert runs[0][2].execution == ("flat" if kind == "start" else "plain")
+
+
+class _Policy:
+    """A strategy object of the user's, holding the decision in a method."""
+
+    def rate(self, value):
+        return 0.5 if value.ndim > 1 else 0.0
+
+
+POLICY = _Policy()
+RULES = [_rate]  # a table of functions, in a module global
+
+
+class ByHeldObject(NormalizedSGD):
+    """Asks a policy object it holds."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.policy = _Policy()
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + self.policy.rate(value) * value), state
+
+
+class ByGlobalObject(NormalizedSGD):
+    """Asks a policy object at module level."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + POLICY.rate(value) * value), state
+
+
+class ByDefault(NormalizedSGD):
+    """Takes its helper as a default argument."""
+
+    def update(self, xp, value, grad, state, step, lr, rate=_rate):
+        return value - lr * (grad + rate(value) * value), state
+
+
+class ByLocalImport(NormalizedSGD):
+    """Imports its helper inside update."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        from user_code import matrix_decay as decay
+
+        return value - lr * (grad + decay(value, 0.5) * value), state
+
+
+class ByTable(NormalizedSGD):
+    """Takes its helper from a table of functions."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + RULES[0](value) * value), state
+
+
+class ByOwnTable(NormalizedSGD):
+    """Takes its helper from a table its class keeps."""
+
+    rules = (_rate,)
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + self.rules[0](value) * value), state
+
+
+class ByDunder(NormalizedSGD):
+    """Scales by value.__len__()."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad / value.__len__(), state
+
+
+def _no_decay(value):
+    return 0.0
+
+
+class ByRedefinable(NormalizedSGD):
+    """Decays by a module helper that a notebook may define again."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + _helper(value) * value), state
+
+
+_helper = _no_decay
+
+
+def test_shape_reads_reached_through_objects_imports_defaults_and_tables():
+    """Found in review of 61b9e2c: each of these ran over the flat buffer, 0.01-0.26 off the plain loop's weights."""
+    from nnx.shape_reads import shape_dependence
+
+    params = nnx.Sequential(nnx.Dense(2, 2)).parameters()
+    for cls in (ByHeldObject, ByGlobalObject, ByDefault, ByLocalImport, ByTable, ByOwnTable, ByDunder):
+        assert shape_dependence(cls(params)) is not None, cls.__name__
+
+
+def test_a_helper_defined_again_is_read_again(monkeypatch):
+    """Found in review: the reading was kept for the class, so a helper defined again in a notebook (now reading
+    the shape) still counted as none: 0.084 off the plain loop's weights."""
+    from nnx.shape_reads import shape_dependence
+
+    params = nnx.Sequential(nnx.Dense(2, 2)).parameters()
+    assert shape_dependence(ByRedefinable(params)) is None
+    monkeypatch.setattr(sys.modules[__name__], "_helper", _rate)
+    assert shape_dependence(ByRedefinable(params)) == "_rate reads .ndim of an array"
+    monkeypatch.setattr(ByRedefinable, "update", ByLen.update)  # a method replaced on the class
+    assert shape_dependence(ByRedefinable(params)) is not None
+
+
+class _RaisingProxy:
+    """A lazy proxy whose attributes raise outside its context (werkzeug's LocalProxy)."""
+
+    def __getattr__(self, name):
+        raise RuntimeError("working outside of the context")
+
+
+def test_what_an_optimizer_holds_is_read_without_keeping_it_alive_or_failing():
+    """Found in review: a mask function made per optimizer was kept by the cache with everything it closes over
+    (3 models of 3 stayed alive), and a held proxy whose attributes raise made fit fail."""
+    X, y = _data()
+    kept = []
+    for _ in range(3):
+        model = nnx.Sequential(nnx.Dense(6, 3), dtype="float64", seed=0)
+        opt = Masked(model.parameters(), lambda v, model=model: 1.0)
+        opt.proxy = _RaisingProxy()
+        model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=1, batch_size=16)
+        kept.append(weakref.ref(model))
+        del model, opt
+    gc.collect()
+    assert not any(ref() is not None for ref in kept)
+
+
+class Masked(NormalizedSGD):
+    """Decays where a mask function it holds says (optax's decay_mask)."""
+
+    def __init__(self, params, mask):
+        super().__init__(params)
+        self.mask = mask
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + 0.5 * self.mask(value) * value), state
 
 
 class SwitchedDecaySGD(ShapedSGD):
