@@ -64,7 +64,10 @@ def shape_dependence(optimizer: Any, _seen: frozenset[int] = frozenset()) -> str
     update, method = _function_of(_static(optimizer, "update"), bound=not on_object)
     if update is None:
         return None
-    found = _cached_reads(cls, update, method)
+    # nnx's own classes read no shape (tests/test_derived_user_code.py holds them to that); a subclass of the
+    # user's is read, since it may change what their rule calls
+    own = _package(cls.__module__) == _package(update.__module__) == "nnx"
+    found = None if own else _cached_reads(cls, update, method)
     if found is not None:
         return found
     for held in _held(optimizer):  # a mask function set on the object, a wrapped optimizer, a policy object
@@ -92,9 +95,10 @@ def _held(optimizer: Any) -> Iterator[Any]:
     except TypeError:  # no __dict__ (slots)
         return
     for value in [*values, *(item for v in values for item in _contents(v))]:
-        if isinstance(value, type):
-            continue
-        if callable(value) or _is_optimizer(value) or _users(type(value)):
+        # functions, and objects of the user's classes (a callable object, an optimizer, a policy): nnx's own
+        # (the parameters, a built-in optimizer) and the libraries' read no shape of the rule's
+        if isinstance(value, (types.FunctionType, types.MethodType, functools.partial)) or \
+                not isinstance(value, type) and _users(type(value)):
             yield value
 
 
@@ -135,7 +139,7 @@ def _function_of(obj: Any, bound: bool) -> tuple[types.FunctionType | None, bool
                 pass
             return (obj, method) if isinstance(obj, types.FunctionType) else (None, False)
         elif callable(obj) and not isinstance(obj, type):
-            obj, method = inspect.getattr_static(type(obj), "__call__", None), True
+            obj, method = _static(type(obj), "__call__"), True
         else:
             return None, False
     return None, False
@@ -312,11 +316,22 @@ def _variable(instruction: dis.Instruction) -> str | None:
 
 
 def _static(owner: Any, name: str) -> Any:
-    """``inspect.getattr_static(owner, name)``, None where that raises (a metaclass's odd ``__dict__``)."""
+    """`name` as the ``__dict__`` of `owner` (an object, then its class) or of the classes it inherits from holds
+    it, without running any code of the object's (``__getattr__``, a property); None where none does. Faster than
+    ``inspect.getattr_static``, which a fit asks about every name a rule's reading resolved."""
     try:
-        return inspect.getattr_static(owner, name, None)
+        if not isinstance(owner, type):
+            own = getattr(owner, "__dict__", None)
+            if isinstance(own, dict) and name in own:
+                return own[name]
+            owner = type(owner)
+        for cls in owner.__mro__:
+            found = cls.__dict__.get(name, _MISSING)
+            if found is not _MISSING:
+                return found
     except Exception:  # a class of the user's may raise anything here: nothing is read
         return None
+    return None
 
 
 def _attribute(module: Any, name: str) -> Any:
