@@ -210,6 +210,15 @@ def test_early_stopping_rule(data, values, patience, min_delta, mode, stop_at, b
     assert es.best == values[best_epoch]
 
 
+def test_early_stopping_baseline_counts_min_delta_as_keras():
+    """Found by mutation testing: Keras's baseline is beaten only by more than min_delta; a baseline compared
+    without it went unseen. 0.95 does not beat 1.0 by 0.1: with patience 1 the fit stops at once."""
+    X, y = np.random.default_rng(0).normal(size=(16, 2)), np.zeros(16)
+    es = EarlyStopping("loss", baseline=1.0, min_delta=0.1, patience=1)
+    make_model().fit(X, y, epochs=4, batch_size=BATCH, callbacks=[Scripted("loss", [0.95, 0.94, 0.93, 0.92]), es])
+    assert es.stopped_epoch == 0
+
+
 def test_early_stopping_restores_best_weights(backend, dtype, data):
     values = [0.9, 0.5, 0.7, 0.8, 0.6, 0.6]  # best at epoch 1
     recorder = Recorder()
@@ -1091,3 +1100,14 @@ def test_gradient_analyzer_norm_survives_float32_overflow_and_keeps_inf():
         assert float(_grad_stats(xp, with_inf, with_inf)[2]) == math.inf
     zero = np.zeros((3,), dtype=np.float32)
     assert [float(v) for v in _grad_stats(xp, zero, zero)] == [0.0, 0.0, 0.0]
+
+
+def test_a_failed_best_checkpoint_leaves_no_best_behind(data, tmp_path):
+    """Found by mutation testing: after a save that failed, `best` still held the epoch's value (no test looked),
+    so the callback said a model better than any on disk had been kept."""
+    (tmp_path / "taken").write_text("a file where the checkpoint's folder should be")
+    cb = ModelCheckpoint(str(tmp_path / "taken" / "best"), monitor="loss", save_best_only=True)
+    with pytest.raises(OSError):
+        make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[cb])
+    assert cb.best == math.inf and cb.saved == []
+

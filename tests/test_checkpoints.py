@@ -513,3 +513,19 @@ def test_an_optimizer_that_could_not_be_rebuilt_is_not_saved(tmp_path):
     assert path.read_bytes() == good  # the last good file stays
     model.save(path, include_optimizer=False)  # the weights alone are saved
     assert nnx.load(path).optimizer is None
+
+
+def test_a_fortran_ordered_weight_comes_back_as_it_was(tmp_path):
+    """Found by mutation testing: NumPy writes a Fortran-ordered array (a torch Linear's weight transposed,
+    ``np.asfortranarray(W)``) with fortran_order=True; read as C order, its values came back scrambled, without
+    an error, and no test held a weight set by hand in that order."""
+    model = _model()
+    weight = model.layers[0].weight
+    weight.value = np.asfortranarray(np.arange(np.prod(weight.shape), dtype=np.float64).reshape(weight.shape) / 7)
+    X = _data()[0]
+    model.save(tmp_path / "m")
+    loaded = nnx.load(tmp_path / "m")
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
+    np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
+

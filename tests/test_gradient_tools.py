@@ -154,3 +154,17 @@ def test_gradient_analyzer_alone_records_what_the_per_step_loop_records_and_trai
         np.testing.assert_allclose(alone[name], looped[name], rtol=1e-12, atol=0)
     for name in w_alone:
         np.testing.assert_allclose(w_alone[name], w_looped[name], rtol=1e-12, atol=1e-15)
+
+
+def test_an_exploding_bias_gradient_is_reported():
+    """Found by mutation testing: the explosion check read the bias gradients' mean for their peak (no test had
+    a bias gradient beyond the threshold with a weight gradient under it), so such an explosion went unreported."""
+    rng = np.random.default_rng(0)
+    X = 1e-4 * rng.normal(size=(16, 4))
+    y = np.zeros((16, 4))
+    y[:4, 0] = 1e4  # the bias gradients: 1250 for output 0 (their mean 312); the weights, about 0.1
+    analyzer = nnx.GradientAnalyzer(explode_threshold=1e3, warn=False)
+    model = nnx.Sequential(nnx.Dense(4, 4), dtype="float64", seed=0)
+    model.fit(X, y, loss="mse", optimizer="sgd", lr=1e-9, epochs=1, batch_size=16, callbacks=[analyzer])
+    assert [e["kind"] for e in analyzer.events] == ["exploding"]
+

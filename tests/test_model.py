@@ -986,3 +986,28 @@ def test_a_gradient_promoted_by_another_parameter_names_that_parameter() -> None
     weight.value = np.asarray(weight.value, dtype=np.float64)
     with pytest.raises(ValueError, match=r"(?s)'0\.bias'.*'0\.weight' holds float64"):
         model.fit(X, X[:, :1], loss="mse", optimizer="sgd", epochs=1)
+
+
+def test_to_copies_what_callbacks_keep(tmp_path):
+    """Found by mutation testing: a to() that dropped `callback_state` went unseen, and with it ModelCheckpoint's
+    best so far: the copy's next worse epoch overwrote the best file."""
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.random.default_rng(1).normal(size=(20, 2))
+    model = nnx.Sequential(nnx.Dense(3, 2), dtype="float32", seed=0)
+    best = nnx.callbacks.ModelCheckpoint(str(tmp_path / "best"), monitor="loss", save_best_only=True)
+    model.fit(X, y, loss="mse", epochs=2, callbacks=[best])
+    moved = model.to(dtype="float64")
+    assert moved.callback_state == model.callback_state != {}
+    moved.callback_state["edited"] = 1  # a copy: the original's stays as it was
+    assert "edited" not in model.callback_state
+
+
+def test_load_state_dict_copies_the_arrays_it_is_given():
+    """Found by mutation testing: with the dtype already the model's, the caller's NumPy array itself became the
+    weight (no test looked), so editing it later changed the model."""
+    model = nnx.Sequential(nnx.Dense(3, 2), dtype="float32", seed=0)
+    source = {k: np.ones_like(v) for k, v in model.state_dict().items()}
+    model.load_state_dict(source)
+    source["0.weight"][:] = 7.0
+    assert not np.shares_memory(model.layers[0].weight.value, source["0.weight"])
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], np.ones((3, 2), np.float32))
+

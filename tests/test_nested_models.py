@@ -155,3 +155,21 @@ def test_load_state_dict_strict_false_loads_a_pretrained_body_under_a_new_head_a
         model.load_state_dict({"0.weight": np.ones((4, 3))}, strict=False)  # a shape is checked all the same
     assert model.load_state_dict(pretrained.state_dict() | head) == ([], [])
     model.fit(X, y, loss="mse", epochs=1, batch_size=8)  # the loaded model trains
+
+
+def test_a_nested_models_weights_carry_both_its_penalty_and_the_outer_ones():
+    """Found by mutation testing: an inner model with a regularizer of its own inside one with another penalizes
+    its weights by both; a penalty() that kept the inner one only (0.246 where 0.431 is right) went unseen, and
+    the loss evaluate reports then disagreed with the gradient backward applies."""
+    X, y = _data(outputs=3)
+    inner = nnx.Sequential(nnx.Dense(3, 3), regularizer=nnx.regularizers.L2(0.1))
+    model = nnx.Sequential(inner, nnx.Tanh(), nnx.Dense(3, 3), regularizer=nnx.regularizers.L2(0.1),
+                           dtype="float64", seed=0)
+    inner_w, outer_w = (np.asarray(model.layers[i].layers[0].weight.value if i == 0 else model.layers[i].weight.value)
+                        for i in (0, 2))
+    expected = 2 * 0.5 * 0.1 * float(np.sum(inner_w ** 2)) + 0.5 * 0.1 * float(np.sum(outer_w ** 2))
+    assert float(model.penalty()) == pytest.approx(expected, rel=1e-12)
+    mse = float(nnx.losses.get_loss("mse")(y, model.predict(X)))
+    assert model.evaluate(X, y, loss="mse")["loss"] == pytest.approx(mse + expected, rel=1e-12)
+    assert nnx.check_gradients(model, X, y, "mse") < 1e-6
+
