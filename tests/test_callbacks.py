@@ -745,6 +745,32 @@ def test_progress_tqdm_shows_live_loss_without_syncing_each_step(backend, dtype,
     assert len(calls) == 0  # the display never refreshed, so the host never waited on a step's loss
 
 
+def test_progress_live_loss_is_the_row_weighted_mean_of_the_batches(data, monkeypatch):
+    """Found by mutation testing: a live loss summed over rows but divided by the number of batches (32x too
+    large here) went unseen. At the epoch's last batch it is the epoch's loss."""
+    tqdm_auto = pytest.importorskip("tqdm.auto")
+    shown: list[str] = []
+
+    class Bar:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix_str(self, text, refresh=True):
+            if refresh:  # the live loss (the epoch's logs are set at its end without a refresh)
+                shown.append(text)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm_auto, "tqdm", Bar)
+    history = make_model().fit(*data, epochs=1, batch_size=BATCH,
+                               callbacks=[ProgressBar(use_tqdm=True, file=io.StringIO(), refresh_interval=0.0)])
+    assert shown[-1] == f"loss: {history['loss'][0]:.4g}"
+
+
 # -- GradientAnalyzer -----------------------------------------------------------------------------------
 
 def test_gradient_analyzer_statistics_match_the_gradients(backend, dtype, data):
