@@ -8,19 +8,18 @@ bytecode for such reads, so that such a rule is updated parameter by parameter (
 whatever it declares.
 
 What is read: ``update`` (a function, a ``functools.partial`` of one, a callable object's ``__call__``) and, in
-turn, every Python function it may reach that is not an array library's, nnx's or Python's own: the methods of
-its class (``self.f``, ``type(self).f``, ``super().f``, a table of functions it keeps); what the object holds (a
-mask function, a wrapped optimizer's rule, an object of the user's and its class's methods, small lists and dicts
-of those); the functions of the modules, classes and objects it reads as globals or imports, along dotted chains;
-the functions it closes over (a decorator's wrapped function) and its default arguments. What counts as a read of
-the shape: an attribute or method of `SHAPE_NAMES` of anything but the optimizer's own settings (``value.ndim``,
-``value.dim()``, ``np.ndim(value)``, ``case object(ndim=2)``; not ``self.size`` or ``self.cfg.size``), ``len()``
-of or iteration over ``update``'s value or gradient, ``getattr(x, "ndim")``, a global function of such a name
-(``from numpy import ndim``) and ``@``. A read that changes nothing (``xp.zeros(value.shape)``) costs the flat
-update's speed, never a number. Not seen: an array kept on the optimizer and read from there (``self.last =
-value``, then ``self.last.ndim``), ``len()`` of or iteration over another array (a state array, a helper's
-argument), code made at run time (``exec``), a name given as a string (``operator.attrgetter("ndim")``) and C
-functions.
+turn, every Python function it may reach that is not an array library's, nnx's or Python's own: the methods of its
+class (``self.f``, ``type(self).f``, ``super().f``, a table of functions it keeps); what the object holds (a mask
+function, a wrapped optimizer's rule, an object of the user's and its class's methods, small lists and dicts of
+those); the functions of the modules, classes and objects it reads as globals or imports, along dotted chains; the
+functions it closes over (a decorator's wrapped function) and its default arguments. What counts as a read of the
+shape: an attribute or method of `SHAPE_NAMES` of anything but the optimizer's own settings (``value.ndim``,
+``value.dim()``, ``np.ndim(value)``, ``case object(ndim=2)``; not ``self.size`` or ``self.cfg.size``), ``len()`` of
+or iteration over ``update``'s value or gradient or a helper's argument, ``getattr(x, "ndim")``, a global function
+of such a name (``from numpy import ndim``) and ``@``. A read that changes nothing (``xp.zeros(value.shape)``) costs
+the flat update's speed, never a number. Not seen: an array kept on the optimizer and read from there (``self.last =
+value``, then ``self.last.ndim``), ``len()`` of or iteration over another array (a state array), code made at run
+time (``exec``), a name given as a string (``operator.attrgetter("ndim")``) and C functions.
 """
 
 from __future__ import annotations
@@ -211,10 +210,11 @@ def _read_in(cls: type, function: types.FunctionType, method: bool, follow: Call
     code = function.__code__
     positional = code.co_varnames[:code.co_argcount]
     this = positional[0] if method and positional else None  # ``self``, in a method
-    # the arrays whose len() or iteration counts: update's value and grad (after self and xp); a helper's arguments
-    # are more often settings (betas, milestones) than arrays
+    # the arrays whose len() or iteration counts: update's value and grad (after self and xp), and every argument of
+    # a helper, which may be given them (a helper iterating over settings, betas or milestones, costs the flat
+    # update's speed, never a number)
     first = 1 if this else 0
-    arrays = set(positional[first + 1:first + 3]) if function.__name__ == "update" else set()
+    arrays = set(positional[first + 1:first + 3]) if function.__name__ == "update" else set(positional[first:])
     namespace = function.__globals__
     for cell in function.__closure__ or ():  # what it closes over: a decorator's wrapped function
         contents = note(lambda cell=cell: _cell(cell))

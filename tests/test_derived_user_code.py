@@ -402,7 +402,19 @@ class ByAlias(NormalizedSGD):
         return value - lr * (grad + (0.5 if numpy_ndim(value) > 1 else 0.0) * value), state
 
 
-SPELLED = (ByLen, ByOtherModule, ByTypeOfSelf, ByGetattr, ByTorchMethod, ByOtherClass, ByDecorated, ByAlias)
+def _rows_scale(g):
+    return 0.5 if len(g) > 5 else 1.0
+
+
+class ByHelperLen(NormalizedSGD):
+    """Scales by a helper taking len() of the gradient (found in review of 790e64b: 0.03 off when unseen)."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad * _rows_scale(grad), state
+
+
+SPELLED = (ByLen, ByOtherModule, ByTypeOfSelf, ByGetattr, ByTorchMethod, ByOtherClass, ByDecorated, ByAlias,
+           ByHelperLen)
 
 
 def test_shape_dependence_reads_the_rules_code():
