@@ -127,3 +127,28 @@ def test_an_nnx_init_function_passed_as_init_draws_as_its_name_does():
     by_function = nnx.Sequential(nnx.Dense(2, 3), InitByFunction(), seed=4)
     by_name = nnx.Sequential(nnx.Dense(2, 3), nnx.Dense(3, 4, init="glorot"), seed=4)
     np.testing.assert_array_equal(by_function.state_dict()["1.weight"], by_name.state_dict()["1.weight"])
+
+
+class ScaledBlock(nnx.Layer):
+    """A block with a parameter of its own beside a sub-layer (made first in its constructor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = self.add_layer("inner", nnx.Dense(3, 3))
+
+    def build(self, input_shape):
+        self.gain = self.add_parameter("gain", (3,), "ones")
+
+    def forward(self, X, training=False):
+        return self.inner.forward(X, training) * self.gain.value
+
+    def backward(self, dY, need_dX=True):
+        raise NotImplementedError  # (only the listing is looked at)
+
+
+def test_a_blocks_own_parameters_are_listed_before_its_sub_layers_as_torch_lists_them():
+    """Found by mutation testing: the order parameters() lists a block's own parameters and its sub-layers' in
+    (torch's named_parameters: the module's own first) had no test."""
+    model = nnx.Sequential(ScaledBlock(), input_shape=(3,), seed=0)
+    assert [p.name for p in model.parameters()] == ["0.gain", "0.inner.weight", "0.inner.bias"]
+
