@@ -97,25 +97,13 @@ def test_a_replaced_forward_runs_at_every_call():
     assert not _programs(model)
 
 
-class TimesItsSetting(nnx.Layer):
-    """A user's layer multiplying by a plain setting it keeps."""
-
-    def __init__(self, scale=2.0):
-        super().__init__()
-        self.scale = scale
-
-    def forward(self, X, training=False):
-        return X * self.scale
-
-    def backward(self, dY, need_dX=True):
-        return dY * self.scale
-
-
 def test_a_users_layer_setting_changed_after_predict_is_used():
     """Found by mutation testing: no test changed a user's layer setting between two predicts, so a program key
     without the layers' settings (the first program kept serving: 1.0 where 2.5 is right) went unseen."""
+    from test_derived_user_code import ScaledBySetting
+
     X, _, _ = _data()
-    model = nnx.Sequential(nnx.Dense(5, 3), TimesItsSetting(), backend="jax", dtype="float64", seed=0)
+    model = nnx.Sequential(nnx.Dense(5, 3), ScaledBySetting(2.0), backend="jax", dtype="float64", seed=0)
     first = np.asarray(model.predict(X))
     model.layers[1].scale = 5.0
     np.testing.assert_allclose(np.asarray(model.predict(X)), 2.5 * first, rtol=1e-12)
