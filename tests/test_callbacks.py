@@ -1137,3 +1137,23 @@ def test_a_failed_best_checkpoint_leaves_no_best_behind(data, tmp_path):
         make_model().fit(*data, epochs=1, batch_size=BATCH, callbacks=[cb])
     assert cb.best == math.inf and cb.saved == []
 
+
+
+@pytest.mark.parametrize("hook", ["on_batch_begin", "on_batch_end", "on_backward", "on_gradients"])
+def test_a_hook_set_in_on_train_begin_is_refused_not_skipped(backend, data, hook):
+    """Found in review: the gradient stage and the plan are built from the hooks the callbacks have before
+    ``on_train_begin``, so an ``on_gradients`` set there was never called (on JAX's compiled epochs, no per-batch
+    hook was) and a clipping hook did nothing without a word."""
+
+    class SetsItsHookLate(Callback):
+        """Gives itself a per-batch hook as training begins."""
+
+        def on_train_begin(self, logs=None):
+            setattr(self, hook, lambda *args, **kwargs: None)
+
+    model = make_model(backend)
+    before = host_weights(model)
+    with pytest.raises(TypeError, match=f"SetsItsHookLate set {hook} in on_train_begin"):
+        model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[SetsItsHookLate()])
+    for key, value in host_weights(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)

@@ -86,6 +86,26 @@ def per_batch_reason(callbacks: list[Any]) -> str | None:
     return None
 
 
+def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
+    """The per-batch hooks each callback has, with ``handles_non_finite`` where it says so: what `fit` builds its
+    gradient stage and chooses how its epochs run from, before ``on_train_begin``."""
+    return [frozenset({h for h in _BATCH_HOOKS if overrides(cb, h)}
+                      | ({"handles_non_finite"} if getattr(cb, "handles_non_finite", False) else set()))
+            for cb in callbacks]
+
+
+def require_hooks_kept(callbacks: list[Any], before: list[frozenset[str]]) -> None:
+    """TypeError where a callback gained a per-batch hook in ``on_train_begin`` (`before`: `hooks_of` them ahead
+    of it): the gradient stage and the plan were already built without it, so it would never be called."""
+    for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True):
+        gained = sorted(has - had)
+        if gained:
+            raise TypeError(f"{type(cb).__name__} set {gained[0]} in on_train_begin, after fit had built its steps "
+                            "from the callbacks' hooks, and a hook missing then is skipped (on_gradients always, "
+                            "every per-batch hook in JAX's compiled epochs): define it on the class, or set it on "
+                            "the object before fit")
+
+
 def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> tuple[str, str, Any, int]:
     """How `fit` runs its epochs: ``("epoch" | "chunks" | "step", why, compiled step, batches per update)``.
 

@@ -22,7 +22,7 @@ from .callbacks import Callback, CallbackList, ProgressBar
 from .callbacks.monitor import added_names
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
-from .epoch import distributed_reason, plan
+from .epoch import distributed_reason, hooks_of, plan, require_hooks_kept
 from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History
@@ -197,8 +197,10 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         if dp is not None:
             dp.begin(epochs, validation_data if val_rows is None else None, list(metric_fns), validation_steps)
         # "metrics", "validation" and "added" let callbacks reject a monitored name never logged, up front
+        hooks = hooks_of(cbs)
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None, "added": added_names(cbs)})
+        require_hooks_kept(cbs, hooks)
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None
