@@ -35,7 +35,7 @@ from typing import Any
 from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import CallbackList
-from .callbacks.base import overrides
+from .callbacks.base import BATCH_HOOKS, overrides
 from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
@@ -49,10 +49,6 @@ __all__ = ["CHUNK_BUDGET", "EpochProgram", "distributed_reason", "epoch_program_
 
 CHUNK_BUDGET = 64 * 2**20
 """Bytes of stacked batches one chunk program may take on the device (data read batch by batch)."""
-
-# per-batch hooks that need the host between steps; a callback may declare `batch_hooks_display_only`
-# (a progress bar): its on_batch_end then only sees whole epochs (`_display_only`)
-_BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
 
 # epoch layouts (batch size, outputs kept, accumulation) a model keeps programs for, least recently used dropped
 # first: a notebook fitting with ever new batch sizes held a program for each (4.3 MiB for a small MLP)
@@ -74,36 +70,17 @@ def _display_only(cb: Any, hook: str) -> bool:
 
 
 def per_batch_reason(callbacks: list[Any]) -> str | None:
-    """Why these callbacks need the host between batches, or None."""
+    """Why these callbacks need the host between batches, or None. A callback may declare
+    `batch_hooks_display_only` (a progress bar): its on_batch_end then only sees whole epochs (`_display_only`)."""
     for cb in callbacks:
         name = type(cb).__name__
         if getattr(cb, "handles_non_finite", False):
             return f"callback {name} handles non-finite steps itself, batch by batch"
-        for hook in _BATCH_HOOKS:
+        for hook in BATCH_HOOKS:
             # only on_batch_end is handed the epoch's batches after the program (`_replay`)
             if overrides(cb, hook) and not (hook == "on_batch_end" and _display_only(cb, hook)):
                 return f"callback {name} overrides {hook}"
     return None
-
-
-def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
-    """The per-batch hooks each callback has, with ``handles_non_finite`` where it says so: what `fit` builds its
-    gradient stage and chooses how its epochs run from, before ``on_train_begin``."""
-    return [frozenset({h for h in _BATCH_HOOKS if overrides(cb, h)}
-                      | ({"handles_non_finite"} if getattr(cb, "handles_non_finite", False) else set()))
-            for cb in callbacks]
-
-
-def require_hooks_kept(callbacks: list[Any], before: list[frozenset[str]]) -> None:
-    """TypeError where a callback gained a per-batch hook in ``on_train_begin`` (`before`: `hooks_of` them ahead
-    of it): the gradient stage and the plan were already built without it, so it would never be called."""
-    for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True):
-        gained = sorted(has - had)
-        if gained:
-            raise TypeError(f"{type(cb).__name__} set {gained[0]} in on_train_begin, after fit had built its steps "
-                            "from the callbacks' hooks, and a hook missing then is skipped (on_gradients always, "
-                            "every per-batch hook in JAX's compiled epochs): define it on the class, or set it on "
-                            "the object before fit")
 
 
 def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> tuple[str, str, Any, int]:

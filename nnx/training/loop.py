@@ -19,10 +19,11 @@ from ..layers.own_arrays import require_own_arrays
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
+from .callbacks.base import hooks_of, require_hooks_kept
 from .callbacks.monitor import added_names
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
-from .epoch import distributed_reason, hooks_of, plan, require_hooks_kept
+from .epoch import distributed_reason, plan
 from .evaluation import evaluate_batches
 from .flat import own_step
 from .history import History

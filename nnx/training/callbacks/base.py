@@ -84,6 +84,10 @@ class Callback:
         return None
 
 
+# the hooks called between a fit's batches: where a callback has one, the batches' program waits for the host
+BATCH_HOOKS = ("on_batch_begin", "on_batch_end", "on_backward", "on_gradients")
+
+
 def overrides(cb: Any, hook: str) -> bool:
     """Whether `cb` has a `hook` of its own: its class's override, or a function set on the object; TypeError
     where what it has there cannot be called (``cb.on_gradients = None``), before any step."""
@@ -92,6 +96,26 @@ def overrides(cb: Any, hook: str) -> bool:
         raise TypeError(f"{type(cb).__name__}.{hook} is {own!r}, not a function: set it to a function, or delete "
                         f"the attribute to leave the hook to {type(cb).__name__}'s class")
     return getattr(own, "__func__", own) is not getattr(Callback, hook)
+
+
+def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
+    """The per-batch hooks each callback has, with ``handles_non_finite`` where it says so: what `fit` builds its
+    gradient stage and chooses how its epochs run from, before ``on_train_begin``."""
+    return [frozenset({h for h in BATCH_HOOKS if overrides(cb, h)}
+                      | ({"handles_non_finite"} if getattr(cb, "handles_non_finite", False) else set()))
+            for cb in callbacks]
+
+
+def require_hooks_kept(callbacks: list[Any], before: list[frozenset[str]]) -> None:
+    """TypeError where a callback gained a per-batch hook in ``on_train_begin`` (`before`: `hooks_of` them ahead
+    of it): the gradient stage and the plan were already built without it, so it would never be called."""
+    for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True):
+        gained = sorted(has - had)
+        if gained:
+            raise TypeError(f"{type(cb).__name__} set {gained[0]} in on_train_begin, after fit had built its steps "
+                            "from the callbacks' hooks, and a hook missing then is skipped (on_gradients always, "
+                            "every per-batch hook in JAX's compiled epochs): define it on the class, or set it on "
+                            "the object before fit")
 
 
 class CallbackList(Callback):
