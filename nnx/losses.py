@@ -558,8 +558,9 @@ _ALIASES: dict[str, Callable[..., Loss]] = {
     "bce_with_logits": functools.partial(BinaryCrossEntropy, from_logits=True),
     "cross_entropy": CrossEntropy,
     "ce": CrossEntropy,
-    "categorical_crossentropy": CrossEntropy,
-    "sparse_categorical_crossentropy": CrossEntropy,
+    # Keras's names keep Keras's default, probabilities (`fit` reads a model's logits by them all the same)
+    "categorical_crossentropy": functools.partial(CrossEntropy, from_logits=False),
+    "sparse_categorical_crossentropy": functools.partial(CrossEntropy, from_logits=False),
 }
 for _alias, _factory in _ALIASES.items():
     LOSSES.add(_alias, _factory)

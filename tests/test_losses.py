@@ -486,7 +486,7 @@ def test_non_floating_predictions_raise_type_error(backend):
     ("bce", L.BinaryCrossEntropy, False), ("binary_crossentropy", L.BinaryCrossEntropy, False),
     ("Binary_Cross_Entropy", L.BinaryCrossEntropy, False), ("bce_with_logits", L.BinaryCrossEntropy, True),
     ("cross_entropy", L.CrossEntropy, True), ("CE", L.CrossEntropy, True),
-    ("categorical_crossentropy", L.CrossEntropy, True), ("sparse_categorical_crossentropy", L.CrossEntropy, True),
+    ("categorical_crossentropy", L.CrossEntropy, False), ("sparse_categorical_crossentropy", L.CrossEntropy, False),
 ])
 def test_get_loss_by_name(name, cls, from_logits):
     loss = L.get_loss(name)

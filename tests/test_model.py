@@ -635,6 +635,24 @@ def test_loss_names_read_a_softmax_output_as_probabilities(backend, dtype, name)
     assert isinstance(model.loss, CrossEntropy) and not model.loss.from_logits
 
 
+@pytest.mark.parametrize("name", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_keras_loss_names_read_probabilities_alone_and_a_models_logits_in_fit(backend, name):
+    """Found in a docs review: Keras's names made a loss that read logits, so called on its own on probabilities
+    (Keras's default for them) it gave another number without a word. In `fit` a name follows the model: a model
+    ending elsewhere than a Softmax gives logits, as "ce" reads them."""
+    X, _, y = _even_data()
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    targets = np.array([0, 1]) if name.startswith("sparse") else np.eye(3)[[0, 1]]
+    alone = float(backend.to_host(nnx.losses.get_loss(name)(backend.asarray(targets), backend.asarray(probs))))
+    assert alone == pytest.approx(-np.mean(np.log([0.7, 0.8])), rel=1e-12)
+    histories = []
+    for loss in (name, "ce"):
+        model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 3), backend=backend, dtype="float64", seed=0)
+        histories.append(model.fit(X, y, loss=loss, epochs=2, batch_size=5).history["loss"])
+        assert isinstance(model.loss, CrossEntropy) and model.loss.from_logits
+    assert histories[0] == histories[1]
+
+
 @pytest.mark.parametrize("name", ["bce", "bce_with_logits"])
 def test_loss_names_read_a_sigmoid_output_as_probabilities(backend, dtype, name):
     X, _, y = _fit_data()

@@ -33,6 +33,11 @@ def resolve_loss(model: Model, loss: Any) -> Loss:
                         "metrics, batch_size, ...) take the loss third, where Keras takes batch_size; pass "
                         "batch_size= and epochs= by keyword")
     resolved = get_loss(loss)
+    if isinstance(loss, str) and type(resolved) is CrossEntropy and not resolved.from_logits \
+            and not isinstance(last, Softmax):
+        # Keras's "categorical_crossentropy" means probabilities; a model ending elsewhere gives logits, which a
+        # name follows as it follows a Softmax below (an instance says what it reads, and is refused if wrong)
+        return CrossEntropy(from_logits=True)
     pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
     if pair is not None and type(resolved) is pair and cast(Any, resolved).from_logits:
         # The output layer already gives probabilities; reading them as logits would apply the
