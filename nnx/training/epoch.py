@@ -35,7 +35,7 @@ from typing import Any
 from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import CallbackList
-from .callbacks.base import BATCH_HOOKS, overrides
+from .callbacks.base import BATCH_HOOKS, display_only, overrides
 from .compiled import CompiledStep, compile_step, untraceable_reason
 from .data import ArrayBatches
 from .loss_fit import check_outputs
@@ -55,30 +55,16 @@ CHUNK_BUDGET = 64 * 2**20
 MAX_LAYOUTS = 8
 
 
-def _display_only(cb: Any, hook: str) -> bool:
-    """Whether `cb`'s `hook` only draws: ``batch_hooks_display_only`` is declared on the object, or on the class
-    that defines the hook or one below it. A subclass of a progress bar that overrides a per-batch hook without
-    declaring the flag again inherits the flag, not the promise (its hook may set the rate or stop the fit)."""
-    if not getattr(cb, "batch_hooks_display_only", False):
-        return False
-    if "batch_hooks_display_only" in getattr(cb, "__dict__", {}):
-        return True
-    mro = type(cb).__mro__
-    declared = next(i for i, k in enumerate(mro) if "batch_hooks_display_only" in vars(k))
-    defined = next((i for i, k in enumerate(mro) if hook in vars(k)), len(mro))
-    return declared <= defined
-
-
 def per_batch_reason(callbacks: list[Any]) -> str | None:
     """Why these callbacks need the host between batches, or None. A callback may declare
-    `batch_hooks_display_only` (a progress bar): its on_batch_end then only sees whole epochs (`_display_only`)."""
+    `batch_hooksdisplay_only` (a progress bar): its on_batch_end then only sees whole epochs (`display_only`)."""
     for cb in callbacks:
         name = type(cb).__name__
         if getattr(cb, "handles_non_finite", False):
             return f"callback {name} handles non-finite steps itself, batch by batch"
         for hook in BATCH_HOOKS:
             # only on_batch_end is handed the epoch's batches after the program (`_replay`)
-            if overrides(cb, hook) and not (hook == "on_batch_end" and _display_only(cb, hook)):
+            if overrides(cb, hook) and not (hook == "on_batch_end" and display_only(cb, hook)):
                 return f"callback {name} overrides {hook}"
     return None
 
@@ -578,7 +564,7 @@ def _read(source: Any, group: list[Any], flush: Callable[[list[Any]], None]) -> 
 
 def _replay(callbacks: list[Any], rows: list[int], losses: Any) -> None:
     """The epoch's batches, after its program, to callbacks whose per-batch hook only draws (a progress bar)."""
-    display = [cb for cb in callbacks if overrides(cb, "on_batch_end") and _display_only(cb, "on_batch_end")]
+    display = [cb for cb in callbacks if overrides(cb, "on_batch_end") and display_only(cb, "on_batch_end")]
     for b, (size, value) in enumerate(zip(rows, losses, strict=True)) if display else ():
         for cb in display:
             cb.on_batch_end(b, {"loss": float(value), "size": size})

@@ -98,10 +98,26 @@ def overrides(cb: Any, hook: str) -> bool:
     return getattr(own, "__func__", own) is not getattr(Callback, hook)
 
 
+def display_only(cb: Any, hook: str) -> bool:
+    """Whether `cb`'s `hook` only draws: ``batch_hooks_display_only`` is declared on the object, or on the class
+    that defines the hook or one below it. A subclass of a progress bar that overrides a per-batch hook without
+    declaring the flag again inherits the flag, not the promise (its hook may set the rate or stop the fit)."""
+    if not getattr(cb, "batch_hooks_display_only", False):
+        return False
+    if "batch_hooks_display_only" in getattr(cb, "__dict__", {}):
+        return True
+    mro = type(cb).__mro__
+    declared = next(i for i, k in enumerate(mro) if "batch_hooks_display_only" in vars(k))
+    defined = next((i for i, k in enumerate(mro) if hook in vars(k)), len(mro))
+    return declared <= defined
+
+
 def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
     """The per-batch hooks each callback has, with ``handles_non_finite`` where it says so: what `fit` builds its
-    gradient stage and chooses how its epochs run from, before ``on_train_begin``."""
-    return [frozenset({h for h in BATCH_HOOKS if overrides(cb, h)}
+    gradient stage and chooses how its epochs run from, before ``on_train_begin``. An on_batch_end that only draws
+    is left out: a compiled epoch hands it its batches afterwards (a `ProgressBar` sets its own as a fit begins)."""
+    return [frozenset({h for h in BATCH_HOOKS if overrides(cb, h)
+                       and not (h == "on_batch_end" and display_only(cb, h))}
                       | ({"handles_non_finite"} if getattr(cb, "handles_non_finite", False) else set()))
             for cb in callbacks]
 
