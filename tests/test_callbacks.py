@@ -587,14 +587,19 @@ def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     model = make_model()
     model.fit(*data, optimizer="sgd", lr=0.1, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     optimizer = {"kept": None, "passed": model.optimizer, "by name": "sgd"}[how]
-    history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    with pytest.warns(UserWarning, match=r"new base rate 0.02 is 0.01 from this fit's first epoch.*start_epoch=2"):
+        history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     assert history["lr"] == pytest.approx([0.01, 0.01])  # epochs 3 and 4 of the model: 0.02 * 0.5
     # the rate the schedule started from keeps its state and its base, as a resumed script passes it
     history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     assert history["lr"] == pytest.approx([0.005, 0.005])
-    # so does the current rate: nothing changes, and the schedule goes on
-    history = model.fit(*data, optimizer=optimizer, lr=0.005, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
-    assert history["lr"] == pytest.approx([0.0025, 0.0025])
+    # the rate it decayed to is a new base (found in review: asking for it decayed from the old base, faster than
+    # asking for less), and so is a lower one
+    for lr in (0.005, 0.004):
+        first = model.epochs_trained
+        with pytest.warns(UserWarning, match="new base rate"):
+            history = model.fit(*data, optimizer=optimizer, lr=lr, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+        assert history["lr"] == pytest.approx([lr * 0.5 ** (e // 2) for e in (first, first + 1)])
 
 
 def test_a_named_optimizer_kept_by_fit_takes_the_rate_given(data):

@@ -7,6 +7,7 @@ after an optimizer state restored. The History's ``"lr"`` must be the rate those
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -20,6 +21,11 @@ RNG = np.random.default_rng(7)
 X = RNG.normal(size=(16, 3))
 Y = RNG.normal(size=(16, 1))
 BATCH = 8  # two steps an epoch, in order (shuffle=False)
+
+
+def warns_of_new_base() -> Any:
+    """The warning a schedule gives where it starts from a new base past its epoch 0 (it counts the model's)."""
+    return pytest.warns(UserWarning, match="counts the model's epochs")
 
 
 def _model(backend: str = "numpy") -> nnx.Sequential:
@@ -97,14 +103,17 @@ def test_a_rate_set_by_hand_between_fits_is_the_base_of_the_next_schedule() -> N
     start = _weights(model)
     first = _fit(model, 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)
     model.optimizer.lr = 0.02
-    second = _fit(model, 2, [StepDecay(2, 0.5)])
+    with warns_of_new_base():  # (a torch scheduler made now would start at its epoch 0, as start_epoch=2 does)
+        second = _fit(model, 2, [StepDecay(2, 0.5)])
     third = _fit(model, 2, [StepDecay(2, 0.5)])
     assert first["lr"] + second["lr"] + third["lr"] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.005, 0.005])
     _assert_trained_at(model, start, _per_step([0.1, 0.1, 0.01, 0.01, 0.005, 0.005]))
     # the same through fit(lr=...), which already did so
     other = _model()
     _fit(other, 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)
-    assert _fit(other, 2, [StepDecay(2, 0.5)], lr=0.02)["lr"] == pytest.approx([0.01, 0.01])
+    with warns_of_new_base():
+        assert _fit(other, 2, [StepDecay(2, 0.5)], lr=0.02)["lr"] == pytest.approx([0.01, 0.01])
+    assert _fit(_model(), 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)["lr"] == [0.1, 0.1]
 
 
 def test_a_rate_set_by_a_callback_as_the_fit_begins_is_the_schedules_base() -> None:
@@ -117,7 +126,8 @@ def test_a_rate_set_by_a_callback_as_the_fit_begins_is_the_schedules_base() -> N
 
     model = _model()
     _fit(model, 2, [ExponentialDecay(0.5)], optimizer="sgd", lr=0.1)
-    history = _fit(model, 3, [SchedulesReviewRestart(), ExponentialDecay(0.5)])
+    with warns_of_new_base():
+        history = _fit(model, 3, [SchedulesReviewRestart(), ExponentialDecay(0.5)])
     assert history["lr"] == pytest.approx([0.04 * 0.5**2, 0.04 * 0.5**3, 0.04 * 0.5**4])
 
 
@@ -136,7 +146,8 @@ def test_a_restored_optimizer_state_goes_on_with_its_schedule(hand_set: float | 
     assert "scheduled_lr" not in restored.rule_constants()  # bookkeeping: a compiled program never retraces on it
     if hand_set is not None:
         restored.lr = hand_set
-    history = _fit(model, 2, [StepDecay(1, 0.5)], optimizer=restored)
+    with warns_of_new_base() if hand_set is not None else contextlib.nullcontext():
+        history = _fit(model, 2, [StepDecay(1, 0.5)], optimizer=restored)
     base = 0.1 if hand_set is None else hand_set
     assert history["lr"] == pytest.approx([base * 0.25, base * 0.125])
     _assert_trained_at(model, start, _per_step([0.1, 0.05, base * 0.25, base * 0.125]))
@@ -201,7 +212,8 @@ def test_a_rate_set_by_hand_before_a_snapshot_is_the_base_after_loading_it() -> 
         if through_snapshot:
             optimizer = nnx.optim.SGD(model.parameters(), lr=1.0)
             optimizer.load_state_dict(model.optimizer.state_dict())
-        rates.append(_fit(model, 2, [StepDecay(2, 0.5)], optimizer=optimizer)["lr"])
+        with warns_of_new_base():
+            rates.append(_fit(model, 2, [StepDecay(2, 0.5)], optimizer=optimizer)["lr"])
     assert rates[0] == pytest.approx([0.01, 0.01])
     assert rates[1] == pytest.approx(rates[0])
 
@@ -224,3 +236,36 @@ def test_a_plateau_reduction_at_a_fits_end_is_no_hand_set_base_for_the_next() ->
         return out
 
     assert run([3, 2]) == pytest.approx(run([5]))
+
+
+def test_a_new_schedule_for_a_later_phase_starts_at_start_epoch_as_torchs() -> None:
+    """Found in review: a CosineDecay for a fine-tuning fit after 10 epochs counted the model's epochs, so it was
+    past its end from the first epoch and trained at min_lr throughout without a word. Without start_epoch it now
+    warns; with start_epoch=model.epochs_trained it gives the rates of a torch CosineAnnealingLR made then."""
+    torch = pytest.importorskip("torch")
+    model = _model()
+    _fit(model, 10, [], optimizer="sgd", lr=0.1)
+    with warns_of_new_base():
+        assert _fit(model, 2, [CosineDecay(5)], lr=0.01)["lr"] == [0.0, 0.0]
+    model = _model()
+    _fit(model, 10, [], optimizer="sgd", lr=0.1)
+    start = _weights(model)
+    history = _fit(model, 6, [CosineDecay(5, start_epoch=model.epochs_trained)], lr=0.01)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # eta_min 0, as CosineDecay's min_lr
+    expected = []
+    for _ in range(5):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    assert history["lr"] == pytest.approx([*expected, 0.0], rel=1e-12, abs=1e-18)  # then min_lr, as Keras holds it
+    _assert_trained_at(model, start, _per_step(history["lr"]))
+
+
+def test_a_cosine_min_lr_above_its_base_is_refused() -> None:
+    """Found in review: CosineDecay's min_lr (1e-6 by default then) above a small base made the "decay" raise the
+    rate, to twice the base at 5e-7."""
+    model = _model()
+    with pytest.raises(ValueError, match=r"min_lr=1e-06 is above its base rate 5e-07"):
+        _fit(model, 2, [CosineDecay(4, min_lr=1e-6)], optimizer="sgd", lr=5e-7)
+    assert CosineDecay(4).min_lr == 0.0

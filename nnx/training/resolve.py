@@ -130,10 +130,11 @@ def _require_own(model: Model, optimizer: Optimizer, label: str) -> None:
 
 
 def _set_rate(optimizer: Optimizer, lr: float) -> None:
-    """Give a passed or kept optimizer the rate fit was given. A new rate (neither its current one nor the one a
-    schedule started from, which a resumed script passes again) is also the base of the next schedule, as it is
-    for an optimizer made by name: a schedule would otherwise put the old base's rate back at the next epoch."""
+    """Give a passed or kept optimizer the rate fit was given. A rate other than the one a schedule started from
+    (which a resumed script passes again) is also the base of the next schedule, as it is for an optimizer made by
+    name: a schedule would otherwise put the old base's rate back at the next epoch. The rate a schedule decayed
+    to is no exception: asking for it would otherwise decay from the old base, faster than asking for less."""
     lr = check.positive("lr", lr)
-    if lr not in (optimizer.lr, optimizer.initial_lr):
+    if lr != optimizer.initial_lr:
         optimizer.initial_lr = None
     optimizer.lr = lr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,9 @@ class LearningRateScheduler(Callback):
             self._first_epoch = False
             # a rate set by hand since a schedule last set one (opt.lr = 0.02 between fits, or by a callback as this
             # fit began) is the base of this fit's schedule, as fit(lr=0.02) makes it: decaying from the old
-            # `initial_lr` would put a rate the user replaced back, higher than the one set, without a word
-            if optimizer.scheduled_lr is not None and old != optimizer.scheduled_lr:
+            # `initial_lr` would put a rate the user replaced back, higher than the one set, without a word. The
+            # old base set again (a resumed script's fit(lr=base)) is that base still
+            if optimizer.scheduled_lr is not None and old not in (optimizer.scheduled_lr, optimizer.initial_lr):
                 optimizer.initial_lr = None
         schedule: Any = self.schedule  # of one argument or two, as `_takes_epoch_only` found
         returned = schedule(epoch) if self._epoch_only else schedule(epoch, old)
@@ -124,15 +126,30 @@ class Schedule(LearningRateScheduler):
     from the same base as one uninterrupted run. A rate set by hand since a schedule last set
     one (``opt.lr = 0.02`` between fits) is the base of the next fit's schedule instead, as
     ``fit(lr=0.02)`` makes it. Called by hand, outside `fit`, the base is the first rate it is given.
+
+    The epochs counted are the model's (`epochs_trained`, across fits), so a resumed run goes on
+    where it stopped. A new schedule for a later phase of training (fine-tuning with a fresh
+    cosine) counts from ``start_epoch=model.epochs_trained``; where one starts from a new base
+    past its epoch 0 without it, a warning says so (torch's and Keras's would start at the base).
     """
 
-    def __init__(self, initial_lr: float | None = None, verbose: int = 0) -> None:
+    def __init__(self, initial_lr: float | None = None, verbose: int = 0, start_epoch: int = 0) -> None:
         super().__init__(self, verbose)
         self.initial_lr = None if initial_lr is None else check.positive("initial_lr", initial_lr)
+        self.start_epoch = check.integer("start_epoch", start_epoch, low=0)
         self._base: float | None = None  # the first rate given, for calls by hand
 
     def __call__(self, epoch: int, lr: float) -> float:
-        return self.rate(epoch, self._base_rate(lr))
+        new_base = self.initial_lr is None and getattr(getattr(self.model, "optimizer", None), "initial_lr", 0) \
+            is None
+        base = self._base_rate(lr)
+        t = max(epoch - self.start_epoch, 0)
+        if new_base and t > 0:
+            warnings.warn(f"{type(self).__name__}'s new base rate {base:.4g} is {self.rate(t, base):.4g} from this "
+                          f"fit's first epoch: a schedule counts the model's epochs ({epoch} before this fit), so it "
+                          f"starts at its epoch {t}. For a new schedule from this fit on, pass start_epoch={epoch}",
+                          UserWarning, stacklevel=2)
+        return self.rate(t, base)
 
     def _base_rate(self, lr: float) -> float:
         """`initial_lr`, else the optimizer's (set to `lr` when none is yet), else the first `lr` seen."""
@@ -168,10 +185,12 @@ class StepDecay(Schedule):
         step_size: epochs between drops.
         gamma: the factor applied at each drop.
         initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
+        start_epoch: the model epoch counted as the schedule's first (see `Schedule`).
     """
 
-    def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None) -> None:
-        super().__init__(initial_lr)
+    def __init__(self, step_size: int, gamma: float = 0.1, initial_lr: float | None = None,
+                 start_epoch: int = 0) -> None:
+        super().__init__(initial_lr, start_epoch=start_epoch)
         self.step_size = check.positive_int("StepDecay step_size", step_size)
         self.gamma = check.positive("StepDecay gamma", gamma)
 
@@ -187,11 +206,12 @@ class ExponentialDecay(Schedule):
         decay_epochs: epochs over which the rate is multiplied by `decay_rate`.
         staircase: decay in whole steps instead of continuously.
         initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
+        start_epoch: the model epoch counted as the schedule's first (see `Schedule`).
     """
 
     def __init__(self, decay_rate: float, decay_epochs: float = 1, staircase: bool = False,
-                 initial_lr: float | None = None) -> None:
-        super().__init__(initial_lr)
+                 initial_lr: float | None = None, start_epoch: int = 0) -> None:
+        super().__init__(initial_lr, start_epoch=start_epoch)
         self.decay_rate = check.positive("ExponentialDecay decay_rate", decay_rate)
         self.decay_epochs = check.positive("ExponentialDecay decay_epochs", decay_epochs)
         self.staircase = check.flag("ExponentialDecay staircase", staircase)
@@ -209,20 +229,25 @@ class CosineDecay(Schedule):
 
     Args:
         decay_epochs: epochs to reach `min_lr`, counted after the warm-up (as Keras's ``decay_steps``).
-        min_lr: the final rate (>= 0; torch's ``eta_min``).
+        min_lr: the final rate (>= 0, at most the base; torch's ``eta_min`` and Keras's ``alpha * base``, both
+            0 by default).
         warmup_epochs: epochs of linear warm-up from base/warmup_epochs to base first; the epoch after
             them trains at base.
         initial_lr: the base rate (default: the optimizer's `initial_lr`; see `Schedule`).
+        start_epoch: the model epoch counted as the schedule's first (see `Schedule`).
     """
 
-    def __init__(self, decay_epochs: int, min_lr: float = 1e-6, warmup_epochs: int = 0,
-                 initial_lr: float | None = None) -> None:
-        super().__init__(initial_lr)
+    def __init__(self, decay_epochs: int, min_lr: float = 0.0, warmup_epochs: int = 0,
+                 initial_lr: float | None = None, start_epoch: int = 0) -> None:
+        super().__init__(initial_lr, start_epoch=start_epoch)
         self.decay_epochs = check.positive_int("CosineDecay decay_epochs", decay_epochs)
         self.min_lr = check.non_negative("CosineDecay min_lr", min_lr)
         self.warmup_epochs = check.integer("CosineDecay warmup_epochs", warmup_epochs, low=0)
 
     def rate(self, epoch: int, base: float) -> float:
+        if self.min_lr > base:
+            raise ValueError(f"CosineDecay min_lr={self.min_lr!r} is above its base rate {base!r}: the decay would "
+                             "raise the rate; give a min_lr at most the base")
         if epoch < self.warmup_epochs:
             return base * (epoch + 1) / self.warmup_epochs
         t = min(epoch - self.warmup_epochs, self.decay_epochs) / self.decay_epochs
