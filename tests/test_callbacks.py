@@ -587,8 +587,7 @@ def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     model = make_model()
     model.fit(*data, optimizer="sgd", lr=0.1, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     optimizer = {"kept": None, "passed": model.optimizer, "by name": "sgd"}[how]
-    with pytest.warns(UserWarning, match=r"new base rate 0.02 is 0.01 from this fit's first epoch.*start_epoch=2"):
-        history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+    history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
     assert history["lr"] == pytest.approx([0.01, 0.01])  # epochs 3 and 4 of the model: 0.02 * 0.5
     # the rate the schedule started from keeps its state and its base, as a resumed script passes it
     history = model.fit(*data, optimizer=optimizer, lr=0.02, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
@@ -597,8 +596,7 @@ def test_a_new_lr_given_to_fit_is_the_base_of_the_schedule(data, how):
     # asking for less), and so is a lower one
     for lr in (0.005, 0.004):
         first = model.epochs_trained
-        with pytest.warns(UserWarning, match="new base rate"):
-            history = model.fit(*data, optimizer=optimizer, lr=lr, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
+        history = model.fit(*data, optimizer=optimizer, lr=lr, epochs=2, callbacks=[StepDecay(2, gamma=0.5)])
         assert history["lr"] == pytest.approx([lr * 0.5 ** (e // 2) for e in (first, first + 1)])
 
 
@@ -1145,20 +1143,26 @@ def test_a_failed_best_checkpoint_leaves_no_best_behind(data, tmp_path):
 
 
 @pytest.mark.parametrize("hook", ["on_batch_begin", "on_batch_end", "on_backward", "on_gradients"])
-def test_a_hook_set_in_on_train_begin_is_refused_not_skipped(backend, data, hook):
+def test_a_hook_set_in_on_train_begin_is_called_or_refused_never_skipped(backend, data, hook):
     """Found in review: the gradient stage and the plan are built from the hooks the callbacks have before
     ``on_train_begin``, so an ``on_gradients`` set there was never called (on JAX's compiled epochs, no per-batch
-    hook was) and a clipping hook did nothing without a word."""
+    hook was) and a clipping hook did nothing without a word. Such a hook is refused now; the others, looked for
+    each epoch, are called as before (not refused: that broke working code on NumPy and torch)."""
+    calls = []
 
     class SetsItsHookLate(Callback):
         """Gives itself a per-batch hook as training begins."""
 
         def on_train_begin(self, logs=None):
-            setattr(self, hook, lambda *args, **kwargs: None)
+            setattr(self, hook, lambda *args, **kwargs: calls.append(hook))
 
     model = make_model(backend)
     before = host_weights(model)
-    with pytest.raises(TypeError, match=f"SetsItsHookLate set {hook} in on_train_begin"):
+    if hook == "on_gradients" or backend.can_compile:
+        with pytest.raises(TypeError, match=f"SetsItsHookLate set {hook} in on_train_begin.*would never call it"):
+            model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[SetsItsHookLate()])
+        for key, value in host_weights(model).items():
+            np.testing.assert_array_equal(value, before[key], err_msg=key)
+    else:
         model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[SetsItsHookLate()])
-    for key, value in host_weights(model).items():
-        np.testing.assert_array_equal(value, before[key], err_msg=key)
+        assert calls == [hook] * -(-len(data[0]) // BATCH)

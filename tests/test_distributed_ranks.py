@@ -102,6 +102,13 @@ class HalvesGradients(nnx.callbacks.Callback):
         return {name: g * 0.5 for name, g in grads.items()}
 
 
+class SetsAGradientHookLate(nnx.callbacks.Callback):
+    """Gives itself an on_gradients as training begins, too late for the gradient stage."""
+
+    def on_train_begin(self, logs=None):
+        self.on_gradients = lambda grads: None
+
+
 class SetsMomentum(nnx.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.model.optimizer.momentum = 0.9
@@ -143,6 +150,11 @@ RANK_MISMATCHES = {
     # replacements applied on rank 0 alone: its weights drifted from the others' without a word
     "gradients replaced on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [HalvesGradients()], [])),
                                           "steps whose gradients on_gradients replaced after the callbacks of epoch 1"),
+    # refused on rank 0 alone (a hook fit would skip): rank 1 waited in the first collective
+    "a gradient hook set in on_train_begin on rank 0 only": (
+        lambda c: dict(callbacks=_on_rank(c, 0, [SetsAGradientHookLate()], [])),
+        "per-batch hooks set too late to be called in on_train_begin (rank 0: [('SetsAGradientHookLate', "
+        "'on_gradients')]; rank 1: [])"),
     "momentum changed on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [SetsMomentum()], [])),
                                         "optimizer hyper-parameters after the callbacks of epoch 1"),
     "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),

@@ -57,7 +57,7 @@ MAX_LAYOUTS = 8
 
 def per_batch_reason(callbacks: list[Any]) -> str | None:
     """Why these callbacks need the host between batches, or None. A callback may declare
-    `batch_hooksdisplay_only` (a progress bar): its on_batch_end then only sees whole epochs (`display_only`)."""
+    `batch_hooks_display_only` (a progress bar): its on_batch_end then only sees whole epochs (`display_only`)."""
     for cb in callbacks:
         name = type(cb).__name__
         if getattr(cb, "handles_non_finite", False):

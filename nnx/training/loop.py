@@ -19,7 +19,7 @@ from ..layers.own_arrays import require_own_arrays
 from ..metrics import resolve_metrics
 from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
-from .callbacks.base import hooks_of, require_hooks_kept
+from .callbacks.base import hooks_of, hooks_skipped, refuse_skipped_hooks
 from .callbacks.monitor import added_names
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
@@ -201,7 +201,10 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         hooks = hooks_of(cbs)
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None, "added": added_names(cbs)})
-        require_hooks_kept(cbs, hooks)
+        skipped = hooks_skipped(cbs, hooks, program is not None)
+        if dp is not None:  # one rank's refusal alone would leave the others waiting in the first collective
+            dp.agree("in on_train_begin", {"per-batch hooks set too late to be called": skipped})
+        refuse_skipped_hooks(skipped)
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None

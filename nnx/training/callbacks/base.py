@@ -122,16 +122,24 @@ def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
             for cb in callbacks]
 
 
-def require_hooks_kept(callbacks: list[Any], before: list[frozenset[str]]) -> None:
-    """TypeError where a callback gained a per-batch hook in ``on_train_begin`` (`before`: `hooks_of` them ahead
-    of it): the gradient stage and the plan were already built without it, so it would never be called."""
-    for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True):
-        gained = sorted(has - had)
-        if gained:
-            raise TypeError(f"{type(cb).__name__} set {gained[0]} in on_train_begin, after fit had built its steps "
-                            "from the callbacks' hooks, and a hook missing then is skipped (on_gradients always, "
-                            "every per-batch hook in JAX's compiled epochs): define it on the class, or set it on "
-                            "the object before fit")
+def hooks_skipped(callbacks: list[Any], before: list[frozenset[str]], compiled: bool) -> list[tuple[str, str]]:
+    """(callback, hook) for each per-batch hook a callback gained in ``on_train_begin`` (`before`: `hooks_of` them
+    ahead of it) that this fit would never call: ``on_gradients`` (the gradient stage was built without it), and
+    with `compiled` epochs (one program each, planned before) every one. The others are looked for each epoch."""
+    return [(type(cb).__name__, hook)
+            for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True)
+            for hook in sorted(has - had) if compiled or hook == "on_gradients"]
+
+
+def refuse_skipped_hooks(skipped: list[tuple[str, str]]) -> None:
+    """TypeError naming the first of `hooks_skipped`, where there is one."""
+    if skipped:
+        name, hook = skipped[0]
+        why = "the gradient stage was built without it" if hook == "on_gradients" else \
+            "this fit runs its epochs as compiled programs, planned without it"
+        raise TypeError(f"{name} set {hook} in on_train_begin, after fit had built its steps from the hooks the "
+                        f"callbacks had, so this fit would never call it ({why}): give the callback the hook before "
+                        "fit, on its class or on the object")
 
 
 class CallbackList(Callback):
