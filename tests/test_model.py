@@ -646,11 +646,11 @@ def test_keras_loss_names_read_probabilities_alone_and_a_models_logits_in_fit(ba
     alone = float(backend.to_host(nnx.losses.get_loss(name)(backend.asarray(targets), backend.asarray(probs))))
     assert alone == pytest.approx(-np.mean(np.log([0.7, 0.8])), rel=1e-12)
     histories = []
-    for loss in (name, "ce"):
+    for loss in (name, {"type": name}, "ce"):  # a config naming no from_logits is read as the name
         model = nnx.Sequential(nnx.Dense(3, 5), nnx.Tanh(), nnx.Dense(5, 3), backend=backend, dtype="float64", seed=0)
         histories.append(model.fit(X, y, loss=loss, epochs=2, batch_size=5).history["loss"])
         assert isinstance(model.loss, CrossEntropy) and model.loss.from_logits
-    assert histories[0] == histories[1]
+    assert histories[0] == histories[1] == histories[2]
 
 
 @pytest.mark.parametrize("name", ["bce", "bce_with_logits"])

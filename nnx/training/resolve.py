@@ -33,18 +33,19 @@ def resolve_loss(model: Model, loss: Any) -> Loss:
                         "metrics, batch_size, ...) take the loss third, where Keras takes batch_size; pass "
                         "batch_size= and epochs= by keyword")
     resolved = get_loss(loss)
-    if isinstance(loss, str) and type(resolved) is CrossEntropy and not resolved.from_logits \
-            and not isinstance(last, Softmax):
+    # a name, or a config naming no from_logits, follows the model; an instance says what it reads
+    named = isinstance(loss, str) or (isinstance(loss, dict) and "from_logits" not in loss)
+    if named and type(resolved) is CrossEntropy and not resolved.from_logits and not isinstance(last, Softmax):
         # Keras's "categorical_crossentropy" means probabilities; a model ending elsewhere gives logits, which a
-        # name follows as it follows a Softmax below (an instance says what it reads, and is refused if wrong)
-        return CrossEntropy(from_logits=True)
+        # name follows as it follows a Softmax below (an instance reading probabilities there is refused)
+        return CrossEntropy(from_logits=True, reduction=resolved.reduction)
     pair = {Softmax: CrossEntropy, Sigmoid: BinaryCrossEntropy}.get(type(last))
     if pair is not None and type(resolved) is pair and cast(Any, resolved).from_logits:
         # The output layer already gives probabilities; reading them as logits would apply the
         # activation twice. A name follows the model (Keras's "categorical_crossentropy" means
         # probabilities); an explicit from_logits=True instance is kept, with a warning as Keras gives.
-        if isinstance(loss, str):
-            return pair(from_logits=False)
+        if named:
+            return pair(from_logits=False, reduction=resolved.reduction)
         warnings.warn(f"{resolved!r} treats the outputs as logits, but the model ends in "
                       f"{type(last).__name__}, so they are probabilities; pass from_logits=False",
                       stacklevel=3)
