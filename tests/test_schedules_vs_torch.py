@@ -7,7 +7,6 @@ after an optimizer state restored. The History's ``"lr"`` must be the rate those
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -21,11 +20,6 @@ RNG = np.random.default_rng(7)
 X = RNG.normal(size=(16, 3))
 Y = RNG.normal(size=(16, 1))
 BATCH = 8  # two steps an epoch, in order (shuffle=False)
-
-
-def warns_of_new_base() -> Any:
-    """The warning a schedule gives where it starts from a new base past its epoch 0 (it counts the model's)."""
-    return pytest.warns(UserWarning, match="counts the model's epochs")
 
 
 def _model(backend: str = "numpy") -> nnx.Sequential:
@@ -103,17 +97,14 @@ def test_a_rate_set_by_hand_between_fits_is_the_base_of_the_next_schedule() -> N
     start = _weights(model)
     first = _fit(model, 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)
     model.optimizer.lr = 0.02
-    with warns_of_new_base():  # (a torch scheduler made now would start at its epoch 0, as start_epoch=2 does)
-        second = _fit(model, 2, [StepDecay(2, 0.5)])
+    second = _fit(model, 2, [StepDecay(2, 0.5)])
     third = _fit(model, 2, [StepDecay(2, 0.5)])
     assert first["lr"] + second["lr"] + third["lr"] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.005, 0.005])
     _assert_trained_at(model, start, _per_step([0.1, 0.1, 0.01, 0.01, 0.005, 0.005]))
     # the same through fit(lr=...), which already did so
     other = _model()
     _fit(other, 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)
-    with warns_of_new_base():
-        assert _fit(other, 2, [StepDecay(2, 0.5)], lr=0.02)["lr"] == pytest.approx([0.01, 0.01])
-    assert _fit(_model(), 2, [StepDecay(2, 0.5)], optimizer="sgd", lr=0.1)["lr"] == [0.1, 0.1]
+    assert _fit(other, 2, [StepDecay(2, 0.5)], lr=0.02)["lr"] == pytest.approx([0.01, 0.01])
 
 
 def test_a_rate_set_by_a_callback_as_the_fit_begins_is_the_schedules_base() -> None:
@@ -126,8 +117,7 @@ def test_a_rate_set_by_a_callback_as_the_fit_begins_is_the_schedules_base() -> N
 
     model = _model()
     _fit(model, 2, [ExponentialDecay(0.5)], optimizer="sgd", lr=0.1)
-    with warns_of_new_base():
-        history = _fit(model, 3, [SchedulesReviewRestart(), ExponentialDecay(0.5)])
+    history = _fit(model, 3, [SchedulesReviewRestart(), ExponentialDecay(0.5)])
     assert history["lr"] == pytest.approx([0.04 * 0.5**2, 0.04 * 0.5**3, 0.04 * 0.5**4])
 
 
@@ -146,8 +136,7 @@ def test_a_restored_optimizer_state_goes_on_with_its_schedule(hand_set: float | 
     assert "scheduled_lr" not in restored.rule_constants()  # bookkeeping: a compiled program never retraces on it
     if hand_set is not None:
         restored.lr = hand_set
-    with warns_of_new_base() if hand_set is not None else contextlib.nullcontext():
-        history = _fit(model, 2, [StepDecay(1, 0.5)], optimizer=restored)
+    history = _fit(model, 2, [StepDecay(1, 0.5)], optimizer=restored)
     base = 0.1 if hand_set is None else hand_set
     assert history["lr"] == pytest.approx([base * 0.25, base * 0.125])
     _assert_trained_at(model, start, _per_step([0.1, 0.05, base * 0.25, base * 0.125]))
@@ -212,8 +201,7 @@ def test_a_rate_set_by_hand_before_a_snapshot_is_the_base_after_loading_it() -> 
         if through_snapshot:
             optimizer = nnx.optim.SGD(model.parameters(), lr=1.0)
             optimizer.load_state_dict(model.optimizer.state_dict())
-        with warns_of_new_base():
-            rates.append(_fit(model, 2, [StepDecay(2, 0.5)], optimizer=optimizer)["lr"])
+        rates.append(_fit(model, 2, [StepDecay(2, 0.5)], optimizer=optimizer)["lr"])
     assert rates[0] == pytest.approx([0.01, 0.01])
     assert rates[1] == pytest.approx(rates[0])
 
@@ -240,17 +228,21 @@ def test_a_plateau_reduction_at_a_fits_end_is_no_hand_set_base_for_the_next() ->
 
 def test_a_new_schedule_for_a_later_phase_starts_at_start_epoch_as_torchs() -> None:
     """Found in review: a CosineDecay for a fine-tuning fit after 10 epochs counted the model's epochs, so it was
-    past its end from the first epoch and trained at min_lr throughout without a word. Without start_epoch it now
-    warns; with start_epoch=model.epochs_trained it gives the rates of a torch CosineAnnealingLR made then."""
+    past its end from the first epoch and trained at min_lr throughout without a word. Past its end at rate 0 it
+    warns (with or without a new rate, a schedule before it, or initial_lr); with start_epoch=10 it gives the
+    rates of a torch CosineAnnealingLR made then."""
     torch = pytest.importorskip("torch")
-    model = _model()
-    _fit(model, 10, [], optimizer="sgd", lr=0.1)
-    with warns_of_new_base():
-        assert _fit(model, 2, [CosineDecay(5)], lr=0.01)["lr"] == [0.0, 0.0]
+    for before, cosine in (([], CosineDecay(5)), ([StepDecay(2)], CosineDecay(5)),
+                           ([], CosineDecay(5, initial_lr=0.01))):
+        model = _model()
+        _fit(model, 10, before, optimizer="sgd", lr=0.1)
+        with pytest.warns(UserWarning, match=r"past its end\), so every epoch of this fit trains at rate 0; .* "
+                                             r"start_epoch=10"):
+            assert _fit(model, 2, [cosine], lr=0.01)["lr"] == [0.0, 0.0]
     model = _model()
     _fit(model, 10, [], optimizer="sgd", lr=0.1)
     start = _weights(model)
-    history = _fit(model, 6, [CosineDecay(5, start_epoch=model.epochs_trained)], lr=0.01)
+    history = _fit(model, 6, [CosineDecay(5, start_epoch=10)], lr=0.01)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)  # eta_min 0, as CosineDecay's min_lr
     expected = []

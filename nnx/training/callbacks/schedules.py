@@ -50,7 +50,8 @@ class LearningRateScheduler(Callback):
         if optimizer is None:
             raise ValueError("LearningRateScheduler needs the model's optimizer; it is set by fit")
         old = float(optimizer.lr)
-        if getattr(self, "_first_epoch", False):
+        first = getattr(self, "_first_epoch", False)
+        if first:
             self._first_epoch = False
             # a rate set by hand since a schedule last set one (opt.lr = 0.02 between fits, or by a callback as this
             # fit began) is the base of this fit's schedule, as fit(lr=0.02) makes it: decaying from the old
@@ -58,6 +59,10 @@ class LearningRateScheduler(Callback):
             # old base set again (a resumed script's fit(lr=base)) is that base still
             if optimizer.scheduled_lr is not None and old not in (optimizer.scheduled_lr, optimizer.initial_lr):
                 optimizer.initial_lr = None
+        if first and isinstance(self.schedule, Schedule) and self.schedule.ended_at_zero(epoch):
+            warnings.warn(f"{self.schedule!r} ended before this fit began (at the model's epoch {epoch}, counted "
+                          "across fits, it is past its end), so every epoch of this fit trains at rate 0; for a new "
+                          f"schedule from here, pass start_epoch={epoch}", UserWarning, stacklevel=2)
         schedule: Any = self.schedule  # of one argument or two, as `_takes_epoch_only` found
         returned = schedule(epoch) if self._epoch_only else schedule(epoch, old)
         new = _rate(returned)
@@ -129,8 +134,9 @@ class Schedule(LearningRateScheduler):
 
     The epochs counted are the model's (`epochs_trained`, across fits), so a resumed run goes on
     where it stopped. A new schedule for a later phase of training (fine-tuning with a fresh
-    cosine) counts from ``start_epoch=model.epochs_trained``; where one starts from a new base
-    past its epoch 0 without it, a warning says so (torch's and Keras's would start at the base).
+    cosine after 10 epochs) passes the model epoch it starts at, ``start_epoch=10``, as a number
+    (a resumed script passes the same), and starts at its own epoch 0 there, as a torch
+    scheduler made then does. A fit that a decay past its end would run at rate 0 throughout warns.
     """
 
     def __init__(self, initial_lr: float | None = None, verbose: int = 0, start_epoch: int = 0) -> None:
@@ -140,16 +146,11 @@ class Schedule(LearningRateScheduler):
         self._base: float | None = None  # the first rate given, for calls by hand
 
     def __call__(self, epoch: int, lr: float) -> float:
-        new_base = self.initial_lr is None and getattr(getattr(self.model, "optimizer", None), "initial_lr", 0) \
-            is None
-        base = self._base_rate(lr)
-        t = max(epoch - self.start_epoch, 0)
-        if new_base and t > 0:
-            warnings.warn(f"{type(self).__name__}'s new base rate {base:.4g} is {self.rate(t, base):.4g} from this "
-                          f"fit's first epoch: a schedule counts the model's epochs ({epoch} before this fit), so it "
-                          f"starts at its epoch {t}. For a new schedule from this fit on, pass start_epoch={epoch}",
-                          UserWarning, stacklevel=2)
-        return self.rate(t, base)
+        return self.rate(max(epoch - self.start_epoch, 0), self._base_rate(lr))
+
+    def ended_at_zero(self, epoch: int) -> bool:
+        """Whether every epoch from the model's `epoch` on trains at rate 0 (a decay past its end, to 0)."""
+        return False
 
     def _base_rate(self, lr: float) -> float:
         """`initial_lr`, else the optimizer's (set to `lr` when none is yet), else the first `lr` seen."""
@@ -243,6 +244,9 @@ class CosineDecay(Schedule):
         self.decay_epochs = check.positive_int("CosineDecay decay_epochs", decay_epochs)
         self.min_lr = check.non_negative("CosineDecay min_lr", min_lr)
         self.warmup_epochs = check.integer("CosineDecay warmup_epochs", warmup_epochs, low=0)
+
+    def ended_at_zero(self, epoch: int) -> bool:
+        return self.min_lr == 0 and epoch - self.start_epoch >= self.warmup_epochs + self.decay_epochs
 
     def rate(self, epoch: int, base: float) -> float:
         if self.min_lr > base:
