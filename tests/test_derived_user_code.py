@@ -14,6 +14,7 @@ import sys
 import types
 import weakref
 
+import array_api_compat
 import numpy as np
 import pytest
 from numpy import ndim as numpy_ndim
@@ -1061,6 +1062,58 @@ def test_a_class_attribute_or_global_the_layer_reads_is_a_setting_and_its_own_co
     _assert_same(runs[0][2], runs[1][2], dtype)
     if backend.can_compile or backend.tape() is not None:  # traced or recorded once per setting, not every step
         assert forwards[0] < forwards[1] == 9, forwards
+
+
+class SignOfZero(nnx.Layer):
+    """Multiplies by the sign of `zero`, a class attribute 0.0 or -0.0 (copysign tells them apart)."""
+
+    zero = 0.0
+
+    def forward(self, X, training=False):
+        self._sign = math.copysign(1.0, type(self).zero)
+        return X * self._sign
+
+    def backward(self, dY, need_dX=True):
+        return dY * self._sign
+
+
+class SignedL2(nnx.regularizers.Regularizer):
+    """L2 at 0.05, its sign that of ``signs[0]``, a list the regularizer keeps (0.0 or -0.0)."""
+
+    def __init__(self):
+        self.signs = [0.0]
+
+    def penalty(self, W):
+        return math.copysign(0.025, self.signs[0]) * array_api_compat.array_namespace(W).sum(W * W)
+
+    def gradient(self, W):
+        return W * math.copysign(0.05, self.signs[0])
+
+
+class NegatesZeros(nnx.callbacks.Callback):
+    """Turns the layer's class attribute and the regularizer's list entry from 0.0 to -0.0 after the first
+    epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        SignOfZero.zero = -0.0
+        self.model.regularizer.signs[0] = -0.0
+
+
+def test_a_setting_turned_from_0_to_minus_0_is_a_change(backend, dtype):
+    """Found by mutation testing: the watches compared a class attribute or a global with ``!=``, and a list a
+    regularizer keeps with its copy so, where -0.0 equals 0.0, so a setting turned to -0.0 by a callback went unseen by
+    JAX's program (0.116 off the plain loop's weights), though a program's key tells them apart."""
+    runs = []
+    for fast in (True, False):
+        SignOfZero.zero = 0.0
+        model = nnx.Sequential(nnx.Dense(6, 4), SignOfZero(), nnx.Dense(4, 1), backend=backend.with_fastpath(fast),
+                               dtype=dtype, seed=3, regularizer=SignedL2())
+        X = _data()[0]
+        opt = optim.SGD(model.parameters(), lr=0.05)
+        history = model.fit(X, X[:, :1], loss="mse", optimizer=opt, epochs=3, batch_size=16,
+                            callbacks=[NegatesZeros()])
+        runs.append((model, opt, history))
+    _assert_same(runs[0], runs[1], dtype)
 
 
 class WeightedHalfSquares(nnx.losses.Loss):

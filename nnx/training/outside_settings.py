@@ -243,7 +243,7 @@ class OutsideWatch:
             if now is value:
                 if held is not None and contents(value) != held:
                     return True
-            elif held is not None or type(now) is not type(value) or now != value:
+            elif held is not None or type(now) is not type(value) or _key(now) != _key(value):  # -0.0 is not 0.0
                 return True
         return False
 
