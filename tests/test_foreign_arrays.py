@@ -135,3 +135,28 @@ def test_a_loss_refuses_masked_targets_and_reads_a_matrix_prediction_as_an_array
         matrices = np.asmatrix(true), np.asmatrix(pred)
     assert float(nnx.losses.MSE()(true, matrices[1])) == plain
     assert float(nnx.losses.MSE()(matrices[0], pred)) == plain
+
+
+def _aligned_copy(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """`a` copied into a buffer aligned to `align` bytes (where JAX's device_put on the CPU shares the memory)."""
+    raw = np.empty(a.nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_a_buffer_refilled_after_predict_or_asarray_returned_changes_nothing(backend) -> None:
+    """Found in review: on JAX, device_put of an aligned NumPy array shares its memory on the CPU (or copies it
+    later), so a caller refilling its buffer after predict returned changed the prediction it held, in 5 of 5
+    calls, and an array made by ``backend.asarray``; the backend now copies what it is handed first."""
+    model = _model(backend)
+    X = _data()[0]
+    reference = np.asarray(model.backend.to_host(model.predict(X.copy())))
+    buffer = _aligned_copy(X)
+    predicted = model.predict(buffer)
+    made = model.backend.asarray(buffer)  # (NumPy's and torch's share a NumPy array's memory, as asarray does)
+    buffer[...] = 0.0
+    np.testing.assert_array_equal(model.backend.to_host(predicted), reference)
+    if model.backend.name == "jax":  # its arrays cannot change
+        np.testing.assert_array_equal(model.backend.to_host(made), X)
