@@ -144,7 +144,8 @@ def evaluate_batches(model: Model, batches: Any, loss_fn: Any, metric_fns: dict,
     """Loss (penalty included) and metrics over a batch source: the mean of the batch losses, weighted.
 
     Each batch's loss is a mean over its rows (weighted ones with Keras's meaning, sum(w * loss) / rows),
-    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once; under
+    so weighting by rows gives the value `evaluate_arrays` computes on all rows at once, up to rounding (the
+    batches' sums are added in another order, and one batch's mean is multiplied back by its rows); under
     ``mean_with_sample_weight`` a batch divides by its sum of weights, which is then what it counts for
     (`batch_weight`).
     Metrics see every batch's outputs and targets together, as they do for arrays.
