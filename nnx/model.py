@@ -140,7 +140,9 @@ class Sequential(_Chain):
         Copies on every backend: a held state dict never follows later training. Names are within
         this model: a nested one's are those a standalone copy of it has (torch's ``model[2].state_dict()``).
         ``copy=False`` gives the arrays the model holds, as torch's ``state_dict()`` does: for reading them at
-        once (writing a file), without a second copy of every weight in memory; the next update may change them.
+        once (writing a file), without a second copy of every weight in memory. Unlike torch's, they are no live
+        view: the next update may write into them (NumPy and torch, within a fit) or replace them (every fit,
+        and every step on JAX), so one held across steps may show the weights of neither.
         """
         xp = self.xp
         return {name: xp.asarray(a.value, copy=True) if copy else a.value
