@@ -4,6 +4,7 @@ the weights as inputs (never constants), and op by op wherever the compiler cann
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
 import numpy as np
@@ -250,3 +251,167 @@ def test_evaluate_in_batches_traces_one_forward_per_batch_shape():
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-12) and got["accuracy"] == want["accuracy"]
     whole = model.evaluate(X, y, loss="cross_entropy", metrics=["accuracy"], sample_weight=w)
     assert got["loss"] == pytest.approx(whole["loss"], rel=1e-12) and got["accuracy"] == whole["accuracy"]
+
+
+# -- settings outside a layer changed between two predicts (found by mutation testing) -----------------------------
+
+class Mut4FrozenScale(nnx.Layer):
+    """Scales by the largest value of a frozenset kept as a class attribute."""
+
+    SCALES = frozenset({2.0})
+
+    def forward(self, X, training=False):
+        return X * max(self.SCALES)
+
+    def backward(self, dY, need_dX=True):
+        return dY * max(self.SCALES)
+
+
+class Mut4SignedScale(nnx.Layer):
+    """Multiplies by the sign of a class attribute (``copysign``: 0.0 gives +1, -0.0 gives -1)."""
+
+    ZERO = 0.0
+
+    def forward(self, X, training=False):
+        xp = self.xp
+        return X * xp.copysign(xp.ones_like(X), xp.asarray(self.ZERO, dtype=X.dtype))
+
+    def backward(self, dY, need_dX=True):
+        raise NotImplementedError
+
+
+def _closure_scaled():
+    """A layer class made in a function, reading that function's variable `scale`, and a setter of the variable."""
+    scale = 2.0
+
+    class Mut4ClosureScaled(nnx.Layer):
+        """Scales by a variable of the function that made its class (a closure cell)."""
+
+        def forward(self, X, training=False):
+            return X * scale
+
+        def backward(self, dY, need_dX=True):
+            return dY * scale
+
+    def set_scale(value):
+        nonlocal scale
+        scale = value
+
+    return Mut4ClosureScaled, set_scale
+
+
+Mut4ClosureScaled, _set_closure_scale = _closure_scaled()
+
+LAMBDA_SCALE = 2.0  # a module global `Mut4LambdaScaled` reads only inside a lambda
+
+
+class Mut4LambdaScaled(nnx.Layer):
+    """Scales by a module global read only inside a lambda of its forward (a code object nested in forward's)."""
+
+    def forward(self, X, training=False):
+        scaled = lambda: LAMBDA_SCALE  # noqa: E731
+        return X * scaled()
+
+    def backward(self, dY, need_dX=True):  # (predict only: a read here would be watched on its own)
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("kind", ["frozenset", "negative zero", "closure", "global in a lambda"])
+def test_a_setting_outside_the_layer_changed_between_predicts_is_used(kind, monkeypatch):
+    """Found by mutation testing: a class attribute holding a frozenset, a float class attribute going from 0.0 to
+    -0.0 (equal, but not the same setting), a closure variable of the function that made the layer's class, and a
+    module global read only inside a lambda were each unwatched or told apart too coarsely: the second predict on JAX
+    reused the first program and gave the first setting's numbers."""
+    layer, change, ratio = {
+        "frozenset": (Mut4FrozenScale, lambda: monkeypatch.setattr(Mut4FrozenScale, "SCALES", frozenset({3.0})), 1.5),
+        "negative zero": (Mut4SignedScale, lambda: monkeypatch.setattr(Mut4SignedScale, "ZERO", -0.0), -1.0),
+        "closure": (Mut4ClosureScaled, lambda: _set_closure_scale(3.0), 1.5),
+        "global in a lambda": (Mut4LambdaScaled,
+                               lambda: monkeypatch.setattr(sys.modules[__name__], "LAMBDA_SCALE", 3.0), 1.5),
+    }[kind]
+    X, _, _ = _data()
+    model = nnx.Sequential(nnx.Dense(5, 3), layer(), backend="jax", dtype="float64", seed=0)
+    try:
+        first = np.asarray(model.predict(X))
+        change()
+        np.testing.assert_allclose(np.asarray(model.predict(X)), ratio * first, rtol=1e-12)
+    finally:
+        _set_closure_scale(2.0)
+    assert _programs(model)  # compiled, not op by op
+
+
+ABOVE_THRESHOLD = 0.0  # a module global `_above_threshold` reads
+
+
+def _above_threshold(xp, y, Z, from_logits=False):
+    """A user's metric function reading a module global."""
+    return xp.mean(xp.astype(Z > ABOVE_THRESHOLD, Z.dtype))
+
+
+def test_a_global_a_metric_function_reads_changed_between_evaluations_is_used(monkeypatch):
+    """Found by mutation testing: the module globals a user's metric function reads were not among the settings of
+    the evaluate program, so a threshold changed between two evaluations on JAX kept scoring with the first one."""
+    X, y, _ = _data()
+    results = {}
+    for fast in (True, False):
+        monkeypatch.setattr(sys.modules[__name__], "ABOVE_THRESHOLD", 0.0)
+        model = nnx.Sequential(nnx.Dense(5, 1), dtype="float64", seed=0,
+                               backend=nnx.get_backend("jax").with_fastpath(fast))
+        first = model.evaluate(X, y, loss="mse", metrics=[("above", _above_threshold)])["above"]
+        monkeypatch.setattr(sys.modules[__name__], "ABOVE_THRESHOLD", 1e9)
+        results[fast] = first, model.evaluate(X, y, loss="mse", metrics=[("above", _above_threshold)])["above"]
+    assert results[True] == results[False]
+    assert results[False][1] == 0.0 < results[False][0]
+
+
+class Mut4HeldMask(nnx.Layer):
+    """Multiplies by a NumPy mask it holds (neither a parameter nor a buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask = np.ones(3)
+
+    def forward(self, X, training=False):
+        return X * self.backend.asarray(self.mask, dtype=X.dtype)
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.backend.asarray(self.mask, dtype=dY.dtype)
+
+
+def test_a_held_array_rebound_then_written_in_place_between_predicts_is_used():
+    """Found by mutation testing: with the check for a held array the layer rebinds off, the program traced for the
+    first mask kept serving, and the predicts on JAX after the mask was rebound (or then written in place) gave the
+    first mask's numbers."""
+    X, _, _ = _data()
+    model = nnx.Sequential(nnx.Dense(5, 3), Mut4HeldMask(), backend="jax", dtype="float64", seed=0)
+    first = np.asarray(model.predict(X))
+    model.layers[1].mask = np.full(3, 2.0)  # rebound
+    np.testing.assert_allclose(np.asarray(model.predict(X)), 2.0 * first, rtol=1e-12)
+    model.layers[1].mask[...] = 3.0  # written in place
+    np.testing.assert_allclose(np.asarray(model.predict(X)), 3.0 * first, rtol=1e-12)
+
+
+class Mut4LazyTable(nnx.Layer):
+    """Makes its table of ones at its first call when none was given (``if self.table is None``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = None
+
+    def forward(self, X, training=False):
+        if self.table is None:
+            self.table = self.xp.ones(X.shape[1:], dtype=X.dtype)
+        return X * self.table
+
+    def backward(self, dY, need_dX=True):
+        return dY * self.table
+
+
+def test_a_table_a_layer_makes_at_its_first_call_then_set_by_the_user_is_used():
+    """Found by mutation testing: the program took the ``is None`` branch of its trace; a table the user set there
+    afterwards was read by the op-by-op pass but the program kept making its ones (2.0 times off)."""
+    X, _, _ = _data()
+    model = nnx.Sequential(nnx.Dense(5, 3), Mut4LazyTable(), backend="jax", dtype="float64", seed=0)
+    first = np.asarray(model.predict(X))
+    model.layers[1].table = model.backend.asarray(np.full(3, 2.0))
+    np.testing.assert_allclose(np.asarray(model.predict(X)), 2.0 * first, rtol=1e-12)

@@ -7,6 +7,7 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import random
@@ -1220,3 +1221,111 @@ def test_a_function_a_class_holds_replaced_between_fits_is_what_the_next_fit_run
     finally:
         setattr(owner, name, staticmethod(_identity))
     _assert_same(*runs, dtype)
+
+
+class Mut4LinalgNormSGD(NormalizedSGD):
+    """Divides by ``xp.linalg.vector_norm(grad)``: reads across elements through the linalg namespace."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad / (xp.linalg.vector_norm(grad) + 1e-12), state
+
+
+def test_a_rule_reading_across_elements_through_xp_linalg_is_named_over_flat_buffers(backend):
+    """Found by mutation testing: only functions of `xp` itself were checked, not those of its ``linalg`` (and ``fft``)
+    namespaces, so an elementwise rule dividing by ``xp.linalg.vector_norm(grad)`` trained over the flat buffer with
+    the norm of all parameters mixed, other weights than the plain loop's without a word."""
+    if backend.can_compile:
+        pytest.skip("JAX's compiled step runs the rule parameter by parameter: its own numbers")
+    model = nnx.Sequential(nnx.Dense(6, 9), nnx.ReLU(), nnx.Dense(9, 3), backend=backend, dtype="float64", seed=3)
+    with pytest.raises(TypeError, match=r"Mut4LinalgNormSGD declares elementwise = True, but its update calls "
+                                        r"xp\.linalg\.vector_norm"):
+        model.fit(*_data(), loss="cross_entropy", optimizer=Mut4LinalgNormSGD(model.parameters()), epochs=1,
+                  batch_size=16)
+
+
+class Mut4PositionalAxisSGD(NormalizedSGD):
+    """Sums along a new axis of one element, given positionally (``xp.nansum(g[..., None], -1)``): elementwise."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * xp.nansum(grad[..., None], -1), state
+
+
+def test_an_elementwise_rule_reducing_along_a_positional_axis_of_one_element_trains_over_flat_buffers(backend):
+    """Found by mutation testing: an axis given as the second positional argument was not read, so the sum along a
+    new axis of one element was taken as one over every element and the rule was refused over the flat buffer (a
+    TypeError where the plain loop trains). (The array API's own reductions take the axis by keyword only: NumPy's
+    and torch's ``nansum`` take it positionally.)"""
+    if not hasattr(backend.xp, "nansum"):
+        pytest.skip(f"{backend.name}'s namespace has no nansum")
+    runs = [_train(backend, "float64", fast, Mut4PositionalAxisSGD) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "flat")
+
+
+def _mut4_decay_mask(value, rate):
+    """Decay for matrices only, at `rate` (`Mut4ByPartial` holds it as a ``functools.partial``)."""
+    return rate if value.ndim > 1 else 0.0
+
+
+class Mut4ByMatch(NormalizedSGD):
+    """Decays matrices, told by ``case object(ndim=2)``."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        match value:
+            case object(ndim=2):
+                return value - lr * (grad + 0.5 * value), state
+            case _:
+                return value - lr * grad, state
+
+
+class Mut4ByLenOfGrad(NormalizedSGD):
+    """Divides by len(grad) (the second array of update's, after value)."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * grad / len(grad), state
+
+
+class Mut4ByIterGrad(NormalizedSGD):
+    """Divides by the count of a loop over the gradient (its first axis)."""
+
+    def update(self, xp, value, grad, state, step, lr):
+        n = 0
+        for _ in grad:
+            n += 1
+        return value - lr * grad / n, state
+
+
+class Mut4ByPartial(NormalizedSGD):
+    """Decays matrices, by a ``functools.partial`` of a module helper it holds (optax's decay_mask)."""
+
+    def __init__(self, params, lr=0.05):
+        super().__init__(params, lr)
+        self.mask = functools.partial(_mut4_decay_mask, rate=0.5)
+
+    def update(self, xp, value, grad, state, step, lr):
+        return value - lr * (grad + self.mask(value) * value), state
+
+
+@pytest.mark.parametrize("rule, read", [
+    (Mut4ByMatch, "Mut4ByMatch.update matches an array's shape"),
+    (Mut4ByLenOfGrad, "Mut4ByLenOfGrad.update calls len() of an array"),
+    (Mut4ByIterGrad, "Mut4ByIterGrad.update iterates over an array"),
+    (Mut4ByPartial, "_mut4_decay_mask reads .ndim of an array"),
+], ids=["match class", "len of grad", "iterating grad", "held partial"])
+def test_a_shape_read_by_match_len_or_loop_over_grad_or_a_held_partial_runs_per_parameter(backend, rule, read):
+    """Found by mutation testing: ``case object(ndim=2)``, ``len(grad)``, ``for _ in grad`` and a held
+    ``functools.partial`` of a helper reading ``value.ndim`` each had one reading of the rule's code alone seeing
+    them; missed, the rule ran over the flat buffer, where every parameter is one vector (0.05-0.4 off the plain
+    loop's weights)."""
+    from nnx.shape_reads import shape_dependence
+
+    assert shape_dependence(rule(nnx.Sequential(nnx.Dense(2, 2)).parameters())) == read
+    if rule in (Mut4ByLenOfGrad, Mut4ByIterGrad):
+        probe = backend.asarray(np.zeros(2))
+        try:
+            len(probe), next(iter(probe))
+        except TypeError:
+            pytest.skip(f"{backend.name}'s arrays have no len() and refuse iteration (array-api-strict)")
+    runs = [_train(backend, "float64", fast, rule) for fast in (True, False)]
+    _assert_same(*runs, "float64")
+    assert runs[0][2].execution == ("compiled" if backend.can_compile else "plain")

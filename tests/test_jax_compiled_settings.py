@@ -436,3 +436,62 @@ def test_a_rule_counting_in_a_setting_it_shares_with_the_trace_counts_as_the_pla
     a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": JaxFitLockCountingSGD(m.parameters())}, base="jax-plain")
     _assert_same(a, b)
     assert b[0].optimizer.stats.n == a[0].optimizer.stats.n == 36
+
+
+def test_adam_steps_per_parameter_loaded_between_fits_are_used():
+    """Found by mutation testing: after ``load_state_dict`` gave one parameter more updates than the others (a resumed
+    optimizer), the compiled step dropped the parameters' step offsets from the first one's, so Adam's bias correction
+    differed from the plain loop's."""
+    def fit(model):
+        return {**BASE, "epochs": 1, "optimizer": nnx.optim.Adam(model.parameters(), lr=0.01)}
+
+    def between(model):
+        state = model.optimizer.state_dict()
+        state["param_steps"] = [s + (6 if i == 0 else 0) for i, s in enumerate(state["param_steps"])]
+        model.optimizer.load_state_dict(state)
+
+    a, b = _fit_both(_mlp, fit, between=between, second=lambda m: {**BASE, "epochs": 1, "optimizer": m.optimizer})
+    _assert_same(a, b)
+    assert a[0].optimizer.state_dict()["param_steps"] == b[0].optimizer.state_dict()["param_steps"]
+
+
+class Mut4LoggingSGD(JaxFitScaledSGD):
+    """A user's rule that notes each call in a list in a dict it keeps, and divides its step by how many it noted."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.log = {"steps": []}
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.log["steps"].append(1)
+        return super().update(xp, value, grad, state, step, lr / len(self.log["steps"]))
+
+
+class Mut4ListCount:
+    """What cannot be deep-copied (a lock), with a count the rule keeps in a list in it (same length, item replaced)."""
+
+    def __init__(self) -> None:
+        self.lock, self.n = threading.Lock(), [0]
+
+
+class Mut4ListCountingSGD(JaxFitScaledSGD):
+    """A user's rule that counts its calls in a list of a setting that cannot be deep-copied, and divides by it."""
+
+    def __init__(self, params, lr: float = 0.1) -> None:
+        super().__init__(params, lr)
+        self.box = Mut4ListCount()
+
+    def update(self, xp, value, grad, state, step, lr):
+        self.box.n[0] += 1
+        return super().update(xp, value, grad, state, step, lr / self.box.n[0])
+
+
+@pytest.mark.parametrize("rule", [Mut4LoggingSGD, Mut4ListCountingSGD], ids=["log in a dict", "count in a held list"])
+def test_a_rule_counting_in_a_list_it_holds_counts_as_the_plain_loop_does(rule):
+    """Found by mutation testing: a rule appending to a list in a dict its optimizer keeps, or replacing the item of a
+    list in an object shared with the trace (it cannot be copied), was not seen to change what the optimizer holds:
+    the compiled step ran the rule's Python once per trace, and its count and its steps left the plain loop's."""
+    a, b = _fit_both(_mlp, lambda m: {**BASE, "optimizer": rule(m.parameters())}, base="jax-plain")
+    _assert_same(a, b)
+    counts = [len(m.optimizer.log["steps"]) if rule is Mut4LoggingSGD else m.optimizer.box.n[0] for m, _ in (a, b)]
+    assert counts == [36, 36]

@@ -639,6 +639,20 @@ def test_class_weight_on_targets_without_one_class_per_row_is_refused(backend):
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-12)
 
 
+@pytest.mark.parametrize("rows", ["multi-hot", "all zero"])
+def test_class_weight_on_zero_one_rows_without_exactly_one_class_is_refused(backend, rows):
+    """Found by mutation testing: rows of 0s and 1s were taken as one-hot without counting their 1s, so multi-label
+    rows (weighed by their first label) or rows of no label (weighed as class 0) trained under an MSE loss on three
+    outputs without a word."""
+    X, _ = _data()
+    pair = {"multi-hot": [[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]], "all zero": [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]}[rows]
+    y = np.tile(np.array(pair), (20, 1))  # 0/1 rows, half of them without exactly one 1
+    model = _model(backend, out=3)
+    with pytest.raises(ValueError, match="class_weight.*not one-hot rows"):
+        model.fit(X, y, loss="mse", epochs=1, batch_size=8, class_weight={0: 1.0, 1: 5.0})
+    assert model.epochs_trained == 0
+
+
 # -- TrainStep.check itself ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -308,3 +308,106 @@ def test_a_plain_value_beside_an_array_in_a_container_changed_in_place(backend):
     _assert_fast_is_plain(backend, make, lambda m: {"loss": loss, "optimizer": "sgd", "lr": 0.1,
                                                     "callbacks": [Every(change)]})
     loss.weights["s"] = 1.0
+
+
+# -- found by mutation testing: each of these trained on the first value with one watch taken away ------------------
+
+MUT4_TABLE = np.ones(8)  # a module-level table `Mut4GlobalTableScaled` reads; `Every` callbacks write it in place
+
+
+class Mut4GlobalTableScaled(nnx.Layer):
+    """Scales each feature by a module-level NumPy table (a setting outside the instance)."""
+
+    def forward(self, X, training=False):
+        self._t = self.backend.asarray(MUT4_TABLE, dtype=X.dtype)
+        return X * self._t
+
+    def backward(self, dY, need_dX=True):
+        return dY * self._t
+
+
+def test_a_module_level_table_written_in_place(backend):
+    """Found by mutation testing: a module global holding a NumPy array was told by its identity only, so a callback
+    writing into it between epochs (``TABLE[...] = 1.0 + epoch``) left JAX's programs training on the first values."""
+    def change(model, epoch):
+        MUT4_TABLE[...] = 1.0 + epoch
+
+    def fit_kwargs(model):
+        MUT4_TABLE[...] = 1.0
+        return {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]}
+
+    try:
+        _assert_fast_is_plain(backend, _model(lambda: [Mut4GlobalTableScaled()]), fit_kwargs)
+    finally:
+        MUT4_TABLE[...] = 1.0
+
+
+class Mut4PlainListL2(nnx.regularizers.Regularizer):
+    """L2 whose strength is a plain float it keeps in a list it makes (``[0.01]``: not a constructor argument, which
+    the regularizer's config would hold too)."""
+
+    def __init__(self, strength=0.01):
+        self.strength = [strength]
+
+    def _s(self):
+        return self.strength[0]
+
+    def penalty(self, W):
+        return self._s() * nnx.backends.get_backend(W).xp.sum(W * W)
+
+    def gradient(self, W):
+        return 2 * self._s() * W
+
+
+class Mut4NestedDictL2(Mut4PlainListL2):
+    """The same L2 with its strength two dicts down (``{"s": {"v": 0.01}}``)."""
+
+    def __init__(self, strength=0.01):
+        self.strength = {"s": {"v": strength}}
+
+    def _s(self):
+        return self.strength["s"]["v"]
+
+
+class Mut4OnEpochBegin(Callback):
+    """Calls `change(model, epoch)` before every epoch, with no per-batch hook: JAX runs whole epochs as programs."""
+
+    def __init__(self, change):
+        super().__init__()
+        self.change = change
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.change(self.model, epoch)
+
+
+@pytest.mark.parametrize("held", ["list", "dict of a dict"])
+def test_a_regularizer_plain_strength_in_a_container_changed_in_place(backend, held):
+    """Found by mutation testing: a plain float in a list, or two dicts down, that a user's regularizer reads was
+    compared by the container's identity only (the list), or the nested dict was taken as told by identity: a
+    callback raising the strength before each epoch left NumPy's recording and JAX's epoch programs training on the
+    first strength."""
+    def change(model, epoch):
+        strength = (0.01, 0.2, 0.5)[epoch]
+        if held == "list":
+            model.regularizer.strength[0] = strength
+        else:
+            model.regularizer.strength["s"]["v"] = strength
+
+    def make(be):
+        return _model(regularizer=Mut4PlainListL2() if held == "list" else Mut4NestedDictL2())(be)
+
+    _assert_fast_is_plain(backend, make, lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.05,
+                                                    "callbacks": [Mut4OnEpochBegin(change)]})
+
+
+def test_a_regularizer_swapped_for_another_class_with_the_same_settings(backend):
+    """Found by mutation testing: ``L2(0.05)`` and ``L1(0.05)`` hold the same attributes; told apart by them alone,
+    a callback swapping one for the other after the first epoch went unseen, and NumPy's recording and JAX's epoch
+    programs kept the L2 penalty."""
+    def change(model, epoch):
+        if epoch == 1:
+            model.regularizer = nnx.regularizers.L1(0.05)
+
+    _assert_fast_is_plain(backend, _model(regularizer=nnx.regularizers.L2(0.05)),
+                          lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.05,
+                                     "callbacks": [Mut4OnEpochBegin(change)]})
