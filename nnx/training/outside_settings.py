@@ -218,6 +218,13 @@ def _key(value: Any) -> Any:
     return value
 
 
+def _told_apart(now: Any) -> bool:
+    """Whether a value equal to the one read, but another object, may still key another program: a zero (-0.0 is
+    not 0.0), or a tuple or frozenset, whose floats `_key` reads by their repr. Others rebound to an equal value
+    (a float set again each step) cost one comparison."""
+    return (type(now) is float and now == 0.0) or type(now) in (tuple, frozenset)
+
+
 class OutsideWatch:
     """`outside_key` of some objects, kept with where each value lives, so that a check every step compares each
     value in place (`changed`) and reads the key in full (`read`) only after one changed. It holds no object:
@@ -243,7 +250,7 @@ class OutsideWatch:
             if now is value:
                 if held is not None and contents(value) != held:
                     return True
-            elif held is not None or type(now) is not type(value) or _key(now) != _key(value):  # -0.0 is not 0.0
+            elif held is not None or type(now) is not type(value) or now != value or _told_apart(now):
                 return True
         return False
 
