@@ -1166,3 +1166,26 @@ def test_a_hook_set_in_on_train_begin_is_called_or_refused_never_skipped(backend
     else:
         model.fit(*data, epochs=1, batch_size=BATCH, callbacks=[SetsItsHookLate()])
         assert calls == [hook] * -(-len(data[0]) // BATCH)
+
+
+def test_an_on_backward_set_in_on_train_begin_beside_one_the_gradient_stage_calls_is_refused(backend, data):
+    """Found in review: with a gradient stage (clipping here) and a callback that has on_backward from the start,
+    on_backward runs as the stage's first step, over the callbacks found before on_train_begin, so one a callback
+    set there was never called, where alone (called by the loop each step) it is."""
+
+    class LooksFromTheStart(Callback):
+        """Has on_backward on its class."""
+
+        def on_backward(self):
+            pass
+
+    class LooksFromTrainBegin(Callback):
+        """Gives itself on_backward as training begins."""
+
+        def on_train_begin(self, logs=None):
+            self.on_backward = lambda: None
+
+    model = make_model(backend)
+    with pytest.raises(TypeError, match="LooksFromTrainBegin set on_backward in on_train_begin.*would never call"):
+        model.fit(*data, epochs=1, batch_size=BATCH, clip_norm=1.0,
+                  callbacks=[LooksFromTheStart(), LooksFromTrainBegin()])

@@ -155,6 +155,10 @@ RANK_MISMATCHES = {
         lambda c: dict(callbacks=_on_rank(c, 0, [SetsAGradientHookLate()], [])),
         "per-batch hooks set too late to be called in on_train_begin (rank 0: [('SetsAGradientHookLate', "
         "'on_gradients')]; rank 1: [])"),
+    # the steps of a rank handling non-finite steps run other collectives: "message truncated" under MPI
+    "TerminateOnNaN on rank 0 only": (
+        lambda c: dict(callbacks=_on_rank(c, 0, [nnx.callbacks.TerminateOnNaN()], [])),
+        "callbacks that handle non-finite steps in on_train_begin (rank 0: ['TerminateOnNaN']; rank 1: [])"),
     "momentum changed on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [SetsMomentum()], [])),
                                         "optimizer hyper-parameters after the callbacks of epoch 1"),
     "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),

@@ -201,10 +201,17 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         hooks = hooks_of(cbs)
         cb.on_train_begin({"epochs": epochs, "steps": batches.steps, "metrics": list(metric_fns),
                            "validation": val is not None, "added": added_names(cbs)})
-        skipped = hooks_skipped(cbs, hooks, program is not None)
-        if dp is not None:  # one rank's refusal alone would leave the others waiting in the first collective
-            dp.agree("in on_train_begin", {"per-batch hooks set too late to be called": skipped})
-        refuse_skipped_hooks(skipped)
+        compiled = program is not None
+        looked = any(isinstance(t, CallbackLook) for t in transforms)  # on_backward called as the stage's first
+        staged = frozenset({"on_gradients", "on_backward"} if looked else {"on_gradients"})
+        skipped = hooks_skipped(cbs, hooks, compiled, staged)
+        if dp is not None:
+            # one rank's refusal alone would leave the others waiting in the first collective; a callback handling
+            # non-finite steps on some ranks alone would pair other collectives up at every step
+            handling = [type(c).__name__ for c in cbs if getattr(c, "handles_non_finite", False)]
+            dp.agree("in on_train_begin", {"per-batch hooks set too late to be called": skipped,
+                                           "callbacks that handle non-finite steps": handling})
+        refuse_skipped_hooks(skipped, compiled)
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None

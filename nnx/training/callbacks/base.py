@@ -122,21 +122,23 @@ def hooks_of(callbacks: list[Any]) -> list[frozenset[str]]:
             for cb in callbacks]
 
 
-def hooks_skipped(callbacks: list[Any], before: list[frozenset[str]], compiled: bool) -> list[tuple[str, str]]:
+def hooks_skipped(callbacks: list[Any], before: list[frozenset[str]], compiled: bool,
+                  staged: frozenset[str]) -> list[tuple[str, str]]:
     """(callback, hook) for each per-batch hook a callback gained in ``on_train_begin`` (`before`: `hooks_of` them
-    ahead of it) that this fit would never call: ``on_gradients`` (the gradient stage was built without it), and
-    with `compiled` epochs (one program each, planned before) every one. The others are looked for each epoch."""
+    ahead of it) that this fit would never call: those the gradient stage calls from a list made before (`staged`:
+    ``on_gradients``, and ``on_backward`` where it runs as the stage's first step), and with `compiled` epochs (one
+    program each, planned before) every one. The others are looked for each epoch."""
     return [(type(cb).__name__, hook)
             for cb, had, has in zip(callbacks, before, hooks_of(callbacks), strict=True)
-            for hook in sorted(has - had) if compiled or hook == "on_gradients"]
+            for hook in sorted(has - had) if compiled or hook in staged]
 
 
-def refuse_skipped_hooks(skipped: list[tuple[str, str]]) -> None:
+def refuse_skipped_hooks(skipped: list[tuple[str, str]], compiled: bool) -> None:
     """TypeError naming the first of `hooks_skipped`, where there is one."""
     if skipped:
         name, hook = skipped[0]
-        why = "the gradient stage was built without it" if hook == "on_gradients" else \
-            "this fit runs its epochs as compiled programs, planned without it"
+        why = "this fit runs its epochs as compiled programs, planned without it" if compiled else \
+            "the gradient stage calls the callbacks it found before"
         raise TypeError(f"{name} set {hook} in on_train_begin, after fit had built its steps from the hooks the "
                         f"callbacks had, so this fit would never call it ({why}): give the callback the hook before "
                         "fit, on its class or on the object")
