@@ -1117,6 +1117,55 @@ def test_a_setting_turned_from_0_to_minus_0_is_a_change(backend, dtype):
     _assert_same(runs[0], runs[1], dtype)
 
 
+TABLE = np.ones(3)  # a module global `ReadsATable` reads; `RebindsTheTable` replaces it, read-only, each batch
+SIGN_ZERO = np.float64(0.0)  # a NumPy scalar the same layer reads; the callback flips its sign each batch
+
+
+def _read_only(values):
+    table = np.array(values, dtype=np.float64)
+    table.flags.writeable = False
+    return table
+
+
+class ReadsATable(nnx.Layer):
+    """Scales its input by `TABLE` and by the sign of `SIGN_ZERO`, both module globals."""
+
+    def forward(self, X, training=False):
+        self._scale = self.xp.asarray(TABLE * math.copysign(1.0, float(SIGN_ZERO)), dtype=X.dtype,
+                                      device=array_api_compat.device(X))
+        return X * self._scale
+
+    def backward(self, dY, need_dX=True):
+        return dY * self._scale
+
+
+class RebindsTheTable(nnx.callbacks.Callback):
+    """After each batch: a new read-only `TABLE`, and `SIGN_ZERO` turned between 0.0 and -0.0."""
+
+    def on_batch_end(self, batch, logs=None):
+        global TABLE, SIGN_ZERO
+        TABLE = _read_only([1.0, 2.0, 3.0 + batch])
+        SIGN_ZERO = np.float64(-0.0 if batch % 2 == 0 else 0.0)
+
+
+def test_a_global_array_or_numpy_scalar_rebound_during_a_fit_is_a_change(backend, dtype):
+    """Found in review of fe69c15: the watch of class attributes and globals compared an array or a NumPy scalar
+    rebound to another object with ``!=``: a read-only table made fit fail ("truth value of an array is
+    ambiguous"), and np.float64(-0.0) for 0.0 went unseen by NumPy's recording and JAX's program."""
+    global TABLE, SIGN_ZERO
+    X = _data()[0][:, :3]
+    runs = []
+    for fast in (True, False):
+        TABLE, SIGN_ZERO = _read_only([1.0, 2.0, 3.0]), np.float64(0.0)
+        model = nnx.Sequential(ReadsATable(), nnx.Dense(3, 1), backend=backend.with_fastpath(fast), dtype=dtype,
+                               seed=3)
+        opt = optim.SGD(model.parameters(), lr=0.01)
+        history = model.fit(X, X.sum(axis=1, keepdims=True), loss="mse", optimizer=opt, epochs=2, batch_size=16,
+                            callbacks=[RebindsTheTable()])
+        runs.append((model, opt, history))
+    _assert_same(runs[0], runs[1], dtype)
+
+
 class WeightedHalfSquares(nnx.losses.Loss):
     """Half the squared error per row times `weight`, a class attribute."""
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
+import math
 import random
 import types
 from collections.abc import Iterable, Mapping
@@ -218,11 +219,17 @@ def _key(value: Any) -> Any:
     return value
 
 
-def _told_apart(now: Any) -> bool:
-    """Whether a value equal to the one read, but another object, may still key another program: a zero (-0.0 is
-    not 0.0), or a tuple or frozenset, whose floats `_key` reads by their repr. Others rebound to an equal value
-    (a float set again each step) cost one comparison."""
-    return (type(now) is float and now == 0.0) or type(now) in (tuple, frozenset)
+def _differs(now: Any, value: Any) -> bool:
+    """Whether `now`, another object of `value`'s type, keys another program than `value` (`_key`). A float set
+    again each step costs a comparison or two (-0.0 is not 0.0, NaN is NaN); an array or a NumPy scalar, told by
+    identity, always differs."""
+    if type(now) is float:
+        if now != value:
+            return not (now != now and value != value)
+        return now == 0.0 and math.copysign(1.0, now) != math.copysign(1.0, value)
+    if type(now) in PLAIN_VALUES:
+        return now != value
+    return _key(now) != _key(value)
 
 
 class OutsideWatch:
@@ -250,7 +257,7 @@ class OutsideWatch:
             if now is value:
                 if held is not None and contents(value) != held:
                     return True
-            elif held is not None or type(now) is not type(value) or now != value or _told_apart(now):
+            elif held is not None or type(now) is not type(value) or _differs(now, value):
                 return True
         return False
 
