@@ -109,6 +109,13 @@ class SetsAGradientHookLate(nnx.callbacks.Callback):
         self.on_gradients = lambda grads: None
 
 
+class HandlesNonFiniteFromEpoch2(nnx.callbacks.Callback):
+    """Takes non-finite steps itself from the second epoch on (which changes the collectives of each step)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.handles_non_finite = True
+
+
 class SetsMomentum(nnx.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.model.optimizer.momentum = 0.9
@@ -158,7 +165,10 @@ RANK_MISMATCHES = {
     # the steps of a rank handling non-finite steps run other collectives: "message truncated" under MPI
     "TerminateOnNaN on rank 0 only": (
         lambda c: dict(callbacks=_on_rank(c, 0, [nnx.callbacks.TerminateOnNaN()], [])),
-        "callbacks that handle non-finite steps in on_train_begin (rank 0: ['TerminateOnNaN']; rank 1: [])"),
+        "whether a callback handles non-finite steps in on_train_begin (rank 0: True; rank 1: False)"),
+    "a callback handling non-finite steps from epoch 2 on rank 0 only": (
+        lambda c: dict(callbacks=_on_rank(c, 0, [HandlesNonFiniteFromEpoch2()], [])),
+        "whether a callback handles non-finite steps after the callbacks of epoch 1 (rank 0: True; rank 1: False)"),
     "momentum changed on rank 0 only": (lambda c: dict(callbacks=_on_rank(c, 0, [SetsMomentum()], [])),
                                         "optimizer hyper-parameters after the callbacks of epoch 1"),
     "resumed on rank 0 only": (lambda c: dict(resumed=c.rank == 0), "epochs trained as fit starts"),

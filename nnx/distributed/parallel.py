@@ -527,10 +527,11 @@ class DataParallelFit:
                                  "rank the same validation_data (and validation_steps), not its own shard")
         return dict(first)
 
-    def end_of_epoch(self, epoch: int) -> None:
+    def end_of_epoch(self, epoch: int, handles_non_finite: bool) -> None:
         """After the epoch's callbacks: every rank must stop together and keep one learning rate (a callback that
         ran on some ranks only, such as EarlyStopping or ReduceLROnPlateau, would leave the others waiting or
-        training on other weights)."""
+        training on other weights), and run the same collectives at each step (`handles_non_finite`: whether a
+        callback takes non-finite steps itself, which a callback may have switched on some ranks alone)."""
         opt = self.model.optimizer
         hook = next((t for t in self.transforms if isinstance(t, CallbackHook)), None)
         self.agree(f"after the callbacks of epoch {epoch + 1}",
@@ -539,7 +540,8 @@ class DataParallelFit:
                     # a callback's on_gradients that replaced gradients on some ranks alone: their weights drifted
                     "steps whose gradients on_gradients replaced": 0 if hook is None else hook.replaced,
                     # every rank drew every batch's numbers whole: a stream apart trained on other masks
-                    "random stream": _stream_digest(self.model.dropout_rng)})
+                    "random stream": _stream_digest(self.model.dropout_rng),
+                    "whether a callback handles non-finite steps": handles_non_finite})
 
     def end(self) -> None:
         """The dropout stream draws as asked again."""

@@ -208,9 +208,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         if dp is not None:
             # one rank's refusal alone would leave the others waiting in the first collective; a callback handling
             # non-finite steps on some ranks alone would pair other collectives up at every step
-            handling = [type(c).__name__ for c in cbs if getattr(c, "handles_non_finite", False)]
             dp.agree("in on_train_begin", {"per-batch hooks set too late to be called": skipped,
-                                           "callbacks that handle non-finite steps": handling})
+                                           "whether a callback handles non-finite steps": _handles_non_finite(cbs)})
         refuse_skipped_hooks(skipped, compiled)
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
@@ -237,7 +236,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
             last_logs = logs
             if dp is not None:
-                dp.end_of_epoch(epoch)  # every rank stops together, at one learning rate
+                dp.end_of_epoch(epoch, _handles_non_finite(cbs))  # every rank stops together, at one rate
             if model.stop_training:
                 break
     except KeyboardInterrupt:
@@ -256,6 +255,11 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             dp.end()
         _train_end(cb, history, failing, last_logs)
     return history
+
+
+def _handles_non_finite(callbacks: list[Callback]) -> bool:
+    """Whether a callback takes non-finite steps itself: each step then runs other collectives across ranks."""
+    return any(getattr(cb, "handles_non_finite", False) for cb in callbacks)
 
 
 def _checked_arguments(epochs: Any, verbose: Any, chunk_batches: Any, batch_size: Any, validation_split: float,
