@@ -7,6 +7,8 @@ replayed rule, JAX's compiled step and epochs) and one with them off
 
 from __future__ import annotations
 
+import decimal
+import enum
 import functools
 import gc
 import math
@@ -1164,6 +1166,66 @@ def test_a_global_array_or_numpy_scalar_rebound_during_a_fit_is_a_change(backend
                             callbacks=[RebindsTheTable()])
         runs.append((model, opt, history))
     _assert_same(runs[0], runs[1], dtype)
+
+
+class TwoScales(enum.Enum):
+    """A setting kept as an enum member."""
+
+    ONE = 1.0
+    TWO = 2.0
+
+
+# (the value before, the value a callback alternates with it, what the layer scales by): each a module global
+# that `ScalesByAGlobal` reads, of a kind the watches once skipped or keyed as another kind's equal
+GLOBAL_KINDS = {
+    "enum member": (TwoScales.ONE, TwoScales.TWO, lambda g: g.value),
+    "Decimal": (decimal.Decimal(1), decimal.Decimal(2), float),
+    "complex -0j": (complex(1, 0.0), complex(1, -0.0), lambda g: math.copysign(1.0, g.imag)),
+    "True for 1": (1, True, lambda g: 2.0 if type(g) is bool else 1.0),
+    "(True,) for (1,)": ((1,), (True,), lambda g: 2.0 if type(g[0]) is bool else 1.0),
+}
+SCALE_SETTING, SCALE_OF = None, None
+
+
+class ScalesByAGlobal(nnx.Layer):
+    """Scales its input by ``SCALE_OF(SCALE_SETTING)``, both module globals."""
+
+    def forward(self, X, training=False):
+        return X * SCALE_OF(SCALE_SETTING)
+
+    def backward(self, dY, need_dX=True):
+        return dY * SCALE_OF(SCALE_SETTING)
+
+
+class AlternatesTheGlobal(nnx.callbacks.Callback):
+    """Sets `SCALE_SETTING` to one value or the other after each batch."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+    def on_batch_end(self, batch, logs=None):
+        global SCALE_SETTING
+        SCALE_SETTING = self.second if batch % 2 == 0 else self.first
+
+
+@pytest.mark.parametrize("kind", list(GLOBAL_KINDS))
+def test_a_global_setting_of_another_kind_changed_during_a_fit_is_a_change(backend, kind):
+    """Found in review: complex numbers, Decimals, Fractions, enum members and subclasses of int or str were no
+    settings at all, and True keyed as 1 (alone or in a tuple), so NumPy's recording and JAX's program kept the
+    value they first read where the plain loop read the new one."""
+    global SCALE_SETTING, SCALE_OF
+    first, second, SCALE_OF = GLOBAL_KINDS[kind]
+    X = _data()[0][:, :3]
+    runs = []
+    for fast in (True, False):
+        SCALE_SETTING = first
+        model = nnx.Sequential(ScalesByAGlobal(), nnx.Dense(3, 1), backend=backend.with_fastpath(fast),
+                               dtype="float64", seed=3)
+        opt = optim.SGD(model.parameters(), lr=0.01)
+        history = model.fit(X, X.sum(axis=1, keepdims=True), loss="mse", optimizer=opt, epochs=2, batch_size=16,
+                            callbacks=[AlternatesTheGlobal(first, second)])
+        runs.append((model, opt, history))
+    _assert_same(runs[0], runs[1], "float64")
 
 
 class WeightedHalfSquares(nnx.losses.Loss):

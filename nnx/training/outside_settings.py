@@ -28,9 +28,11 @@ names are passed over, as are nnx's own classes (their settings live on the inst
 from __future__ import annotations
 
 import dis
+import enum
 import functools
 import inspect
 import math
+import numbers
 import random
 import types
 from collections.abc import Iterable, Mapping
@@ -79,11 +81,23 @@ def contents(value: Any) -> bytes | None:
 _FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, staticmethod, classmethod)
 
 
+# values of other kinds a class or module keeps as settings: compared by type and repr (`_key`), which tells
+# apart what their == may not (an IntEnum member from its int, -0j from 0j, Decimal("-0") from Decimal("0"))
+_OTHER_VALUES = (numbers.Number, str, bytes, enum.Enum)
+
+
+def _is_value(value: Any) -> bool:
+    """Whether `value` is a plain value, another number, string or enum member, or a tuple or frozenset of those."""
+    if type(value) in (tuple, frozenset):
+        return all(_is_value(item) for item in value)
+    return is_plain(value) or (isinstance(value, _OTHER_VALUES) and not is_array(value))
+
+
 def _is_setting(value: Any) -> bool:
-    """Whether a watch compares `value` read from a class or a module: a plain value, an array (a table written
-    in place, ``TABLE[...] *= 2``, by its identity and bytes; rebinding a JAX array, by its identity), or a function
-    (by its identity)."""
-    return is_plain(value) or is_array(value) or isinstance(value, _FUNCTIONS)
+    """Whether a watch compares `value` read from a class or a module: a value (`_is_value`), an array (a table
+    written in place, ``TABLE[...] *= 2``, by its identity and bytes; rebinding a JAX array, by its identity), or a
+    function (by its identity)."""
+    return _is_value(value) or is_array(value) or isinstance(value, _FUNCTIONS)
 
 
 def outside_settings(objects: Iterable[Any]) -> list[tuple[Any, str, Mapping[str, Any], Any]]:
@@ -214,8 +228,12 @@ def _key(value: Any) -> Any:
         return "array", id(value), str(value.dtype), tuple(value.shape), contents(value)
     if type(value) is float:
         return float, repr(value)
+    if type(value) is bool:  # True == 1 and hashes alike, but code may branch on the type
+        return bool, value
     if type(value) in (tuple, frozenset):
         return type(value), tuple(_key(item) for item in value)
+    if type(value) not in PLAIN_VALUES and isinstance(value, _OTHER_VALUES):
+        return type(value), repr(value)
     return value
 
 
