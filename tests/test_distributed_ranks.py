@@ -548,3 +548,20 @@ def test_what_fit_and_its_callbacks_print_is_printed_once(capsys):
     assert any(line.startswith("fit: ") for line in lines) and any(line.startswith("epoch 2/3") for line in lines)
     assert sum(line.startswith("EarlyStopping") for line in lines) == 2, lines
     assert sum(line.startswith("LearningRateScheduler") for line in lines) == 2, lines
+
+
+def test_a_non_finite_handler_switched_on_one_rank_after_the_last_epoch_is_no_mismatch():
+    """Found in review: the ranks compared whether a callback handles non-finite steps after every epoch, the
+    last too, so a flag one rank switched when no step was left refused a fit that had already finished."""
+    epochs = []
+
+    def rank(comm):
+        model = nnx.Sequential(nnx.Dense(4, 5), nnx.ReLU(), nnx.Dense(5, 1), nnx.Sigmoid(), dtype="float64", seed=3)
+        X, y = _data(20)
+        history = model.fit(X, y, batch_size=10, epochs=1, optimizer="sgd", lr=0.1,
+                            distributed=dist.DataParallel(comm),
+                            callbacks=_on_rank(comm, 0, [HandlesNonFiniteFromEpoch2()], []))
+        epochs.append(len(history["loss"]))
+
+    run_ranks(2, rank)
+    assert epochs == [1, 1]

@@ -527,11 +527,12 @@ class DataParallelFit:
                                  "rank the same validation_data (and validation_steps), not its own shard")
         return dict(first)
 
-    def end_of_epoch(self, epoch: int, handles_non_finite: bool) -> None:
+    def end_of_epoch(self, epoch: int, handles_non_finite: bool | None) -> None:
         """After the epoch's callbacks: every rank must stop together and keep one learning rate (a callback that
         ran on some ranks only, such as EarlyStopping or ReduceLROnPlateau, would leave the others waiting or
         training on other weights), and run the same collectives at each step (`handles_non_finite`: whether a
-        callback takes non-finite steps itself, which a callback may have switched on some ranks alone)."""
+        callback takes non-finite steps itself, which a callback may have switched on some ranks alone; None
+        where no epoch follows)."""
         opt = self.model.optimizer
         hook = next((t for t in self.transforms if isinstance(t, CallbackHook)), None)
         self.agree(f"after the callbacks of epoch {epoch + 1}",

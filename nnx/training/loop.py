@@ -214,7 +214,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         # batches read one by one are looked at in the first step, before it is applied; with several
         # ranks each sees another slice and a one-sided refusal would leave the others waiting, so not there
         look_at_outputs = look_at_outputs and dp is None
-        for _ in range(epochs):
+        for run in range(epochs):
             check_loss = loss_fn if look_at_outputs else None
             if program is not None and not program.step.broken:
                 logs = program.run_epoch(
@@ -236,7 +236,9 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             history.append(epoch, logs)  # after the callbacks, so what they add (e.g. "lr") is recorded
             last_logs = logs
             if dp is not None:
-                dp.end_of_epoch(epoch, _handles_non_finite(cbs))  # every rank stops together, at one rate
+                # every rank stops together, at one rate; and runs one kind of step in an epoch still to come
+                more = run + 1 < epochs and not model.stop_training
+                dp.end_of_epoch(epoch, _handles_non_finite(cbs) if more else None)
             if model.stop_training:
                 break
     except KeyboardInterrupt:
