@@ -9,6 +9,8 @@ import weakref
 
 import numpy as np
 import pytest
+from test_container_differential import ContLazyTable  # makes its table at its first call
+from test_jax_differential import _scale_by_closure  # a layer class reading a closure variable
 
 import nnx
 from nnx.training import compiled_inference
@@ -280,28 +282,6 @@ class Mut4SignedScale(nnx.Layer):
         raise NotImplementedError
 
 
-def _closure_scaled():
-    """A layer class made in a function, reading that function's variable `scale`, and a setter of the variable."""
-    scale = 2.0
-
-    class Mut4ClosureScaled(nnx.Layer):
-        """Scales by a variable of the function that made its class (a closure cell)."""
-
-        def forward(self, X, training=False):
-            return X * scale
-
-        def backward(self, dY, need_dX=True):
-            return dY * scale
-
-    def set_scale(value):
-        nonlocal scale
-        scale = value
-
-    return Mut4ClosureScaled, set_scale
-
-
-Mut4ClosureScaled, _set_closure_scale = _closure_scaled()
-
 LAMBDA_SCALE = 2.0  # a module global `Mut4LambdaScaled` reads only inside a lambda
 
 
@@ -322,21 +302,19 @@ def test_a_setting_outside_the_layer_changed_between_predicts_is_used(kind, monk
     -0.0 (equal, but not the same setting), a closure variable of the function that made the layer's class, and a
     module global read only inside a lambda were each unwatched or told apart too coarsely: the second predict on JAX
     reused the first program and gave the first setting's numbers."""
+    closure_scaled, set_closure_scale = _scale_by_closure()  # its own variable, 1.0 at first
     layer, change, ratio = {
         "frozenset": (Mut4FrozenScale, lambda: monkeypatch.setattr(Mut4FrozenScale, "SCALES", frozenset({3.0})), 1.5),
         "negative zero": (Mut4SignedScale, lambda: monkeypatch.setattr(Mut4SignedScale, "ZERO", -0.0), -1.0),
-        "closure": (Mut4ClosureScaled, lambda: _set_closure_scale(3.0), 1.5),
+        "closure": (closure_scaled, lambda: set_closure_scale(1.5), 1.5),
         "global in a lambda": (Mut4LambdaScaled,
                                lambda: monkeypatch.setattr(sys.modules[__name__], "LAMBDA_SCALE", 3.0), 1.5),
     }[kind]
     X, _, _ = _data()
     model = nnx.Sequential(nnx.Dense(5, 3), layer(), backend="jax", dtype="float64", seed=0)
-    try:
-        first = np.asarray(model.predict(X))
-        change()
-        np.testing.assert_allclose(np.asarray(model.predict(X)), ratio * first, rtol=1e-12)
-    finally:
-        _set_closure_scale(2.0)
+    first = np.asarray(model.predict(X))
+    change()
+    np.testing.assert_allclose(np.asarray(model.predict(X)), ratio * first, rtol=1e-12)
     assert _programs(model)  # compiled, not op by op
 
 
@@ -391,27 +369,11 @@ def test_a_held_array_rebound_then_written_in_place_between_predicts_is_used():
     np.testing.assert_allclose(np.asarray(model.predict(X)), 3.0 * first, rtol=1e-12)
 
 
-class Mut4LazyTable(nnx.Layer):
-    """Makes its table of ones at its first call when none was given (``if self.table is None``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.table = None
-
-    def forward(self, X, training=False):
-        if self.table is None:
-            self.table = self.xp.ones(X.shape[1:], dtype=X.dtype)
-        return X * self.table
-
-    def backward(self, dY, need_dX=True):
-        return dY * self.table
-
-
 def test_a_table_a_layer_makes_at_its_first_call_then_set_by_the_user_is_used():
     """Found by mutation testing: the program took the ``is None`` branch of its trace; a table the user set there
     afterwards was read by the op-by-op pass but the program kept making its ones (2.0 times off)."""
     X, _, _ = _data()
-    model = nnx.Sequential(nnx.Dense(5, 3), Mut4LazyTable(), backend="jax", dtype="float64", seed=0)
+    model = nnx.Sequential(nnx.Dense(5, 3), ContLazyTable(), backend="jax", dtype="float64", seed=0)
     first = np.asarray(model.predict(X))
     model.layers[1].table = model.backend.asarray(np.full(3, 2.0))
     np.testing.assert_allclose(np.asarray(model.predict(X)), 2.0 * first, rtol=1e-12)
