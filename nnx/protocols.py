@@ -174,6 +174,15 @@ class CompiledExecution(Protocol):
     traces: int  # how often the program was traced
     broken: bool  # set when the model's code cannot be traced: the plain stages run instead
 
+    @property
+    def resting(self) -> bool:
+        """Whether its settings change too often for programs to pay: the plain stages run meanwhile."""
+        ...
+
+    def rest(self) -> None: ...
+
+    def wake(self) -> bool: ...
+
     def __call__(self, X: Array, y: Array, sample_weight: Array = None,
                  read_check: bool = False) -> tuple[Array, Array, bool]: ...
 

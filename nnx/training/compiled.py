@@ -18,7 +18,10 @@ so a schedule never recompiles; so is the dropout stream's seed, so models of ot
 seeds share a program. Hyper-parameters, layer settings, the loss, the model's
 regularizer, the gradient transforms and the arrays a layer holds besides its
 parameters and buffers are constants of the program; when one changes (a callback
-may change any of them between steps), the step is traced again.
+may change any of them between steps), the step is traced again. Where they change
+faster than the programs pay for their compiles (`nnx.training.churn`: a callback
+annealing a layer's setting every batch, or every epoch of a few batches), the step
+runs the plain stages until they hold still again.
 
 What cannot be traced runs the plain stages instead: a method replaced on one
 object (a test's or a user's hook, which may count calls or raise), a gradient
@@ -43,8 +46,9 @@ import weakref
 from typing import Any
 
 from ..backends.base import TraceRefused
-from ..optim import Optimizer, check_rule_result
+from ..optim import check_rule_result
 from .carried import carried_state, rebound_slots, slots_now
+from .churn import churn_of
 from .compiled_inference import model_lock
 from .outside_settings import OutsideWatch, outside_key
 from .per_model import PerModel
@@ -69,11 +73,11 @@ from .trace_state import (
     python_state,
     restore_objects,
     restore_state,
-    slotted_reason,
 )
+from .traceable import traceable
 
 __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY_SEED", "CARRY_T", "CompiledStep",
-           "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers", "untraceable_reason"]
+           "compile_step", "compiled_step_of", "hyper_constants", "kept_buffers"]
 
 # The step's small integers travel as one int64 vector, the carry (each 0-d input or output of a program costs
 # about as much as a small matmul on a CPU): the update count t, the dropout counter, the step's index in the
@@ -81,43 +85,6 @@ __all__ = ["CARRY_COUNTER", "CARRY_FIRST_BAD", "CARRY_INDEX", "CARRY_OK", "CARRY
 # stream's seed (an input, not a constant: models of one definition and other seeds share their programs). These
 # are their positions.
 CARRY_T, CARRY_COUNTER, CARRY_INDEX, CARRY_OK, CARRY_FIRST_BAD, CARRY_SEED = range(6)
-
-# methods whose replacement on one object (not its class) keeps that object out of a compiled program
-_HOOKABLE = {"optimizer": ("step", "update", "init_state"), "loss": ("value_and_grad",),
-             "layer": ("forward", "backward")}
-
-
-def _replaced(obj: Any, names: tuple[str, ...]) -> bool:
-    return any(name in getattr(obj, "__dict__", {}) for name in names)
-
-
-def traceable(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> bool:
-    """Whether the step of these objects can be one program (see the module docstring)."""
-    return untraceable_reason(model, loss, optimizer, transforms) is None
-
-
-def untraceable_reason(model: Any, loss: Any, optimizer: Any, transforms: list[Any]) -> str | None:
-    """Why the step of these objects cannot be one program, in words; None when it can."""
-    if _replaced(optimizer, _HOOKABLE["optimizer"]):
-        return f"a method of the optimizer {type(optimizer).__name__} is replaced on the object"
-    if isinstance(optimizer, Optimizer) and type(optimizer).step is not Optimizer.step:
-        # the program stands in for `Optimizer.step` (the rule on every parameter); an override may do more
-        return f"the optimizer {type(optimizer).__name__} overrides step"
-    if _replaced(loss, _HOOKABLE["loss"]):
-        return f"a method of the loss {type(loss).__name__} is replaced on the object"
-    for path, layer in model.named_layers():
-        if _replaced(layer, _HOOKABLE["layer"]):
-            return f"forward or backward of layer {path!r} ({type(layer).__name__}) is replaced on the object"
-    for t in transforms:
-        if not getattr(t, "traceable", False):
-            return f"the gradient transform {type(t).__name__} keeps host state or calls back between batches"
-    if not getattr(model.dropout_rng, "traceable_counter", False):
-        return "the dropout stream's draws are not a function of its counter"
-    params = model.parameters()
-    if not params or len({id(p) for p in params}) != len(params) or list(optimizer.params) != params:
-        return "the optimizer does not update exactly the model's parameters, each once"
-    return slotted_reason(model, loss)
-
 
 def kept_buffers(xp: Any, ok: Any, new: tuple, old: tuple) -> tuple:
     """The buffers a step's forward left (`new`) where `ok`, else those it took (`old`), each in the dtype the
@@ -192,6 +159,7 @@ class CompiledStep:
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
         self._rule_outside = OutsideWatch()  # what the optimizer's class reads from its class or module
         self._hyper_values: tuple | None = None
+        self._churn = churn_of(model)  # programs made again for changed constants (kept per model)
         self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
         self.rebind(loss, optimizer, transforms)
         self.reset()
@@ -211,16 +179,13 @@ class CompiledStep:
 
     def rebind(self, loss: Any, optimizer: Any, transforms: list[Any]) -> None:
         """Use these (equally configured) objects from now on, e.g. those of a later fit; the programs are traced
-        again where what they hold as constants (`constants`) changed since the last step."""
+        again where what they hold as constants (`constants`) changed since the last step (the next step finds
+        that, as it finds a change a callback made)."""
         self.n_run, self.head, _ = self.model.output_head(loss)
         self.optimizer = optimizer
         self.transforms = list(transforms)
         self._transform_watches = [AttributeWatch() for _ in self.transforms]
         self._rule_outside.read((optimizer,))
-        before, self._hyper_values = self._hyper_values, self.constants()
-        if before is not None and before != self._hyper_values:
-            self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
-            self.forget_draws()
         self._lr: float | None = None
         self._lr_device: Any = None
 
@@ -236,6 +201,31 @@ class CompiledStep:
         return (rule, self._settings.current(self.model), self._generation,
                 self._head_watch.current(self.head), self._penalty_watch.current(self.model.regularizer),
                 tuple(w.current(t) for w, t in zip(self._transform_watches, self.transforms, strict=True)))
+
+    @property
+    def resting(self) -> bool:
+        """Whether the plain stages run while the settings change too often for programs to pay (`rest`)."""
+        return self._churn.resting is not None
+
+    def program_for(self, constants: tuple, refusable: bool = True) -> None:
+        """Note a program for `constants` (`constants()`) about to be made or taken; `SettingsChurn` where they
+        change too often for that to pay (`nnx.training.churn`), unless a step of this epoch was refused or the
+        program cannot be given up now (not `refusable`)."""
+        self._churn.program_for(constants, refusable, self.refused_so_far)
+
+    def ran(self, steps: int) -> None:
+        """Count steps a program ran."""
+        self._churn.steps_run += steps
+
+    def rest(self) -> None:
+        """Stop running programs after `SettingsChurn`, until the settings hold still (`wake`). The epoch's verdict
+        so far is dropped: no step of it was refused."""
+        self.reset()
+        self._churn.rest(self.constants(), self.optimizer.step_count)
+
+    def wake(self) -> bool:
+        """As an epoch or a fit starts: whether the programs run (not resting, or the settings held still)."""
+        return self._churn.resting is None or self._churn.wake(self.constants(), self.optimizer.step_count)
 
     def forget_draws(self) -> None:
         """Let the next trace say how many dropout masks a step draws: a changed setting may change it (a rate
@@ -338,10 +328,14 @@ class CompiledStep:
         """
         opt, xp = self.optimizer, self.xp
         hyper = self.constants()
-        if hyper != self._hyper_values:  # a callback changed a hyper-parameter or layer setting the program holds
+        if hyper != self._hyper_values:
+            # the first step, or a callback (or the caller, between fits) changed a hyper-parameter or layer setting
+            # the program holds
+            self.program_for(hyper)
+            if self._hyper_values is not None:
+                self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
+                self.forget_draws()
             self._hyper_values = hyper
-            self._jit = SharedProgram(self.backend, self.pure, self.definition, self)
-            self.forget_draws()
         params = self.params
         steps = opt.param_steps
         t, counter = steps[0] + 1, self.rng.counter
@@ -362,6 +356,7 @@ class CompiledStep:
         values, new_states, bufs, grads, value, Z, carry = out
         self._carry = carry
         self._index += 1
+        self._churn.steps_run += 1
         for p, v, g in zip(params, values, grads, strict=True):
             p.value, p.grad = v, g
         for b, v in zip(self.buffers, bufs, strict=True):

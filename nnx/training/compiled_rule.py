@@ -55,7 +55,7 @@ class CompiledRule:
             return None
         if "update" in vars(opt) or "init_state" in vars(opt):
             # the rule replaced on the object (a hook that acts as it runs): it runs as written, every step, as
-            # the compiled step leaves it too (`nnx.training.compiled.untraceable_reason`)
+            # the compiled step leaves it too (`nnx.training.traceable.untraceable_reason`)
             return None
         constants = (hyper_constants(opt), self._outside.current((opt,)), rule_code(opt))
         if constants != self._constants or self._program is None:

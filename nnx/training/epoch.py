@@ -36,12 +36,14 @@ from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import CallbackList
 from .callbacks.base import BATCH_HOOKS, display_only, overrides
-from .compiled import CompiledStep, compile_step, untraceable_reason
+from .churn import SettingsChurn
+from .compiled import CompiledStep, compile_step
 from .data import ArrayBatches
 from .loss_fit import check_outputs
 from .per_model import PerModel
 from .shared_programs import SharedProgram
 from .targets import joined_targets
+from .traceable import untraceable_reason
 from .transforms import Accumulate
 from .weights import average, batch_weight, counts_by_weight, host_values
 
@@ -178,10 +180,16 @@ class EpochProgram:
         self._guard: Any = None  # the fit's `InterruptGuard`, set by `run_epoch`
         self._chunked = False  # whether this epoch runs chunks (else one program)
 
+    def awake(self) -> bool:
+        """As an epoch starts: whether it runs as a program (the step traces, and does not rest, or woke)."""
+        return not self.step.broken and self.step.wake()
+
     # -- the programs ----------------------------------------------------------------------------
-    def _program(self, key: tuple, make: Callable[[], Any]) -> Any:
+    def _program(self, key: tuple, make: Callable[[], Any], refusable: bool = True) -> Any:
+        """The program `key`, made by `make` where new (`SettingsChurn`: `CompiledStep.program_for`)."""
         hyper = self.step.constants()
         if hyper != self._hyper:  # a callback changed a hyper-parameter or layer setting the programs hold
+            self.step.program_for(hyper, refusable)
             self._programs.clear()
             self._hyper = hyper
             self.step.forget_draws()
@@ -333,12 +341,15 @@ class EpochProgram:
         """One epoch over device arrays; returns (losses, rows and `batch_weight` per step, outputs, targets)."""
         model = batches.model
         batch = batches.slices[0].stop - batches.slices[0].start
+        key = ("arrays", batch, outputs, self.accumulate)
+        try:
+            program = self._program(key, lambda: self._arrays_fn(batch, outputs))
+        except SettingsChurn as exc:
+            raise _NotTraced(batches, exc) from None  # (before the permutation: the per-step epoch draws it)
         perm = None
         shuffled = model.shuffle_rng.bit_generator.state
         if batches.shuffle:  # the permutation every backend draws, from the model's shuffle stream
             perm = model.backend.asarray(model.shuffle_rng.permutation(batches.n_samples), argname="permutation")
-        key = ("arrays", batch, outputs, self.accumulate)
-        program = self._program(key, lambda: self._arrays_fn(batch, outputs))
         counters, start = self._begin()
         traced = self.compiles
         try:
@@ -360,6 +371,7 @@ class EpochProgram:
             model.shuffle_rng.bit_generator.state = shuffled
             raise _NotTraced(batches, exc, raised=True) from exc
         self.step.hold_verdict(ints, start)
+        self.step.ran(batches.steps)
         rows = [s.stop - s.start for s in batches.slices]
         return losses, rows, self._batch_weights(batches, perm, rows), Z, targets
 
@@ -389,7 +401,10 @@ class EpochProgram:
         def flush(taken: list[tuple[Any, Any, Any]]) -> None:
             """Run the group; `taken`: the batch after it, already taken from the source."""
             stack = [None if group[0][j] is None else xp.stack([item[j] for item in group]) for j in range(3)]
-            program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs))
+            try:
+                program = self._program(("chunk", outputs), lambda: self._chunk_fn(outputs), refusable=not losses)
+            except SettingsChurn as exc:
+                raise _NotTraced(_Resumed(group + taken, source), exc) from None
             try:
                 out, loss, Z, _ = self._call(program, (ints_now[0],), len(group), *stack)
             except CarryChanged:
@@ -401,6 +416,7 @@ class EpochProgram:
                     raise  # chunks of this epoch ran: the step-by-step loop cannot take the rest over
                 raise _NotTraced(_Resumed(group + taken, source), exc) from None
             ints_now[0] = out
+            step.ran(len(group))
             losses.append(loss)
             rows.extend(int(item[0].shape[0]) for item in group)
             weights.extend(batch_weight(xp, step.head, int(X.shape[0]), w) for X, _, w in group)
@@ -467,6 +483,11 @@ class EpochProgram:
             self.step.reset()
             return per_step(_Begun(cb.callbacks), exc.batches)
         except _NotTraced as exc:
+            if exc.churned:  # the plain stages run until the settings hold still (`awake`)
+                self.step.rest()
+                if train.compiled is self.step:  # (not with accumulation, whose steps are no compiled step's)
+                    train.resting, train.compiled = self.step, None
+                return per_step(_Begun(cb.callbacks), exc.batches)
             self.step.broken = True
             train.compiled = None
             self.step.reset()
@@ -498,7 +519,8 @@ class EpochProgram:
 
 
 class _NotTraced(Exception):
-    """The first program could not be traced; `batches` gives this epoch's batches to the per-step loop."""
+    """The first program could not be traced, or its settings change too often for programs to pay (`churned`:
+    `SettingsChurn`); `batches` gives this epoch's batches to the per-step loop."""
 
     def __init__(self, batches: Any, cause: BaseException, raised: bool = False) -> None:
         """`raised`: `cause` is an error of the model's code met while tracing, not a limit of tracing."""
@@ -511,6 +533,7 @@ class _NotTraced(Exception):
             why = "the model's code needs concrete values (it did not trace)"
         super().__init__(why)
         self.batches = batches
+        self.churned = isinstance(cause, SettingsChurn)
 
 
 class _StateChanged(_NotTraced):

@@ -216,7 +216,8 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         look_at_outputs = look_at_outputs and dp is None
         for run in range(epochs):
             check_loss = loss_fn if look_at_outputs else None
-            if program is not None and not program.step.broken:
+            step.wake()
+            if program is not None and program.awake():
                 logs = program.run_epoch(
                     step, batches, cb, guard, metric_fns, check_loss, _non_finite,
                     lambda c, src, check=None: _run_epoch(model, step, src, c, guard, metric_fns, dp, check), history)

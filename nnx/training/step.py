@@ -38,11 +38,13 @@ from ..kernels import gradient_writers, head_runner, layer_runners
 from ..layers.parameter import Buffer, Parameter
 from ..protocols import CompiledExecution, FlatExecution, Model
 from ..shape_reads import shape_dependence
-from .compiled import compile_step, kept_buffers, traceable
+from .churn import SettingsChurn
+from .compiled import compile_step, kept_buffers
 from .compiled_passes import compiled_passes
 from .flat import FlatUpdate, own_step
 from .inputs import require_own_outputs
 from .recorded import recorded_passes
+from .traceable import traceable
 from .transforms import CallbackLook, GradientTransform
 
 
@@ -85,11 +87,16 @@ class TrainStep:
         self._buffers_before: list[tuple[Buffer, Any]] = []
         be = model.backend
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
+        # the compiled step while its settings change too often for its programs to pay (`wake`); the plain stages
+        # run meanwhile, each parameter updated by the rule as written (no flat buffers to keep in step with it)
+        self.resting: CompiledExecution | None = None
+        if self.compiled is not None and not self.compiled.wake():
+            self.resting, self.compiled = self.compiled, None
         self.passes = compiled_passes(model, loss, optimizer) if compile_passes and self.compiled is None \
             and be.fastpath_enabled and be.can_compile and traceable(model, loss, optimizer, []) else None
         # (a rule reading its arrays' shape would see the flat buffer's: `shape_dependence`)
-        derive_flat = self.compiled is None and be.fastpath_enabled and getattr(optimizer, "elementwise", False) \
-            and own_step(optimizer) and shape_dependence(optimizer) is None
+        derive_flat = self.compiled is None and self.resting is None and be.fastpath_enabled \
+            and getattr(optimizer, "elementwise", False) and own_step(optimizer) and shape_dependence(optimizer) is None
         # whether the passes run nnx's code only (every layer, the loss, the regularizers): a user's may do anything
         # inside a step, such as rebind an entry of the optimizer's state, so where it runs (not replayed) the flat
         # update still looks at the state's binding back to back; nnx's own make gradients shaped as their parameters
@@ -146,8 +153,9 @@ class TrainStep:
         Returns (loss incl. penalty, head outputs, finite). The check is deferred as on an
         accelerator (`end_epoch` reads it); `read_check` reads this step's verdict now, for a
         callback that handles non-finite steps itself. A refused step updates nothing. Where the first trace
-        fails, this batch's forward and backward run plainly and `compiled` becomes None: the caller then
-        transforms and updates as after the plain stages.
+        fails, or where its settings changed too often for compiling to pay (`SettingsChurn`), this batch's forward
+        and backward run plainly and `compiled` becomes None: the caller then transforms and updates as after the
+        plain stages.
         """
         compiled = self.compiled
         if compiled is None:
@@ -157,6 +165,9 @@ class TrainStep:
         traces = compiled.traces
         try:
             return compiled(X, y, sample_weight, read_check and self.check_finite)
+        except SettingsChurn:  # (raised before anything changed, with no step of this epoch refused)
+            compiled.rest()
+            self.resting = compiled
         except self.model.backend.trace_errors:
             if compiled.traces > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
@@ -167,12 +178,18 @@ class TrainStep:
             # refused: the plain loop stopped at that one, and the error goes to the loop, which raises that refusal
             if compiled.traces == traces or compiled.refused_so_far():
                 raise
-        compiled.broken = True  # the model's code needs concrete values, or raised: the plain stages run
-        self.compiled = None
+        if self.resting is not compiled:
+            compiled.broken = True  # the model's code needs concrete values, or raised
+        self.compiled = None  # the plain stages run (until the settings hold still, where they changed too often)
         self._steps -= 1
         value, Z = self.forward_loss(X, y, sample_weight)
         self.backward()
         return value, Z, self.check(value, read=read_check)
+
+    def wake(self) -> None:
+        """As an epoch starts: the compiled step runs again where its settings held still while it rested."""
+        if self.resting is not None and self.resting.wake():
+            self.compiled, self.resting = self.resting, None
 
     def run_back_to_back(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
               guard: Any = None) -> tuple[Any, Any, bool, bool] | None:

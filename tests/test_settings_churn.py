@@ -1,0 +1,157 @@
+"""JAX's compiled programs where a callback changes a setting they hold faster than a program pays for its compile.
+
+A program holds the layers' settings as constants and is compiled again when one changes. A callback annealing a
+setting every batch compiled a program every step (242x the plain loop at a small MLP), one changing it every
+epoch of a few batches a program every epoch. After `MAX_UNPAID` such compiles whose programs ran fewer than
+`STEPS_TO_PAY` steps each, the steps run the plain stages until the settings hold still for `STEPS_TO_PAY` steps.
+The numbers stay the plain loop's throughout (NumPy's, the same batches), and a step refused before the switch is
+still the error the fit raises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nnx
+from nnx.backends import backend_status
+from nnx.callbacks import Callback
+from nnx.training import shared_programs
+from nnx.training.churn import MAX_UNPAID, STEPS_TO_PAY
+from nnx.training.compiled import CompiledStep, compiled_step_of
+
+ok, why = backend_status("jax")
+pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+
+BATCH = 16
+
+
+class ChurnEachBatch(Callback):
+    """Anneals the LeakyReLU's slope before every batch (a new value each time)."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.changes += 1
+        self.model.layers[1].alpha = 0.1 + 1e-3 * self.changes
+
+
+class ChurnEachEpoch(Callback):
+    """Anneals the LeakyReLU's slope as each of the first `until` epochs begins, then leaves it."""
+
+    def __init__(self, until: int = 10**9) -> None:
+        self.until = until
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch < self.until:
+            self.model.layers[1].alpha = 0.1 + 1e-3 * epoch
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """How often a step was traced (a program compiled for it, alone or inside an epoch's), over every compiled step
+    of every model the test makes: [count]."""
+    count = [0]
+    gradients = CompiledStep._gradients
+    shared_programs.clear()  # (programs other tests compiled for equal settings are taken without a trace)
+
+    def counted(self, *args):
+        count[0] += 1
+        return gradients(self, *args)
+
+    monkeypatch.setattr(CompiledStep, "_gradients", counted)
+    return count
+
+
+def _data(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, 5))
+    return X, (X[:, 0] - X[:, 1] > 0).astype(np.float64)
+
+
+def _model(backend: str) -> nnx.Sequential:
+    return nnx.Sequential(nnx.Dense(5, 8), nnx.LeakyReLU(0.1), nnx.Dense(8, 1), nnx.Sigmoid(), backend=backend,
+                          dtype="float64", seed=3)
+
+
+def _fit(backend: str, X, y, callback: Callback, epochs: int) -> nnx.Sequential:
+    model = _model(backend)
+    model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=epochs, batch_size=BATCH, callbacks=[callback])
+    return model
+
+
+def _assert_same(a: nnx.Sequential, b: nnx.Sequential) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        np.testing.assert_allclose(np.asarray(q.value), np.asarray(p.value), rtol=1e-10, atol=1e-12, err_msg=p.name)
+
+
+def test_a_setting_changed_every_batch_compiles_a_bounded_number_of_programs(traces):
+    X, y = _data(6 * BATCH)  # 6 steps an epoch, 18 changes
+    plain = _fit("numpy", X, y, ChurnEachBatch(), epochs=3)
+    model = _fit("jax", X, y, ChurnEachBatch(), epochs=3)
+    _assert_same(plain, model)
+    assert traces[0] == MAX_UNPAID + 1  # was 18: one program a step
+    step = compiled_step_of(model)
+    assert step is not None and step.resting  # still changing: the plain stages run
+
+
+def test_a_setting_changed_every_epoch_of_few_batches_stops_compiling_epoch_programs(traces):
+    X, y = _data(3 * BATCH)
+    plain = _fit("numpy", X, y, ChurnEachEpoch(), epochs=12)
+    model = _fit("jax", X, y, ChurnEachEpoch(), epochs=12)
+    _assert_same(plain, model)
+    assert traces[0] == MAX_UNPAID + 1  # was 12
+    step = compiled_step_of(model)
+    assert step is not None and step.resting
+
+
+def test_programs_run_again_once_the_settings_hold_still(traces):
+    """A warm-up that anneals a setting over its first epochs, then leaves it: compiled again after STEPS_TO_PAY
+    still steps, for the rest of the fit, and for the next fit."""
+    per_epoch = 25
+    X, y = _data(per_epoch * BATCH)
+    still_epochs = -(-STEPS_TO_PAY // per_epoch)
+    epochs = MAX_UNPAID + 2 + 1 + still_epochs + 2  # churn, one more change while resting, still, compiled again
+    plain = _fit("numpy", X, y, ChurnEachEpoch(until=MAX_UNPAID + 3), epochs=epochs)
+    model = _fit("jax", X, y, ChurnEachEpoch(until=MAX_UNPAID + 3), epochs=epochs)
+    _assert_same(plain, model)
+    step = compiled_step_of(model)
+    assert step is not None and not step.resting
+    assert traces[0] == MAX_UNPAID + 2  # one program again, for the settings that held still
+    history = model.fit(X, y, loss="bce", optimizer=model.optimizer, epochs=2, batch_size=BATCH)
+    plain.fit(X, y, loss="bce", optimizer=plain.optimizer, epochs=2, batch_size=BATCH)
+    _assert_same(plain, model)
+    assert history.execution_mode == "epoch" and traces[0] == MAX_UNPAID + 2  # nothing changed: no trace
+
+
+def test_fits_of_one_epoch_with_a_setting_changed_between_them_stop_compiling(traces):
+    X, y = _data(3 * BATCH)
+    models = {name: _model(name) for name in ("numpy", "jax")}
+    for fit in range(3 * MAX_UNPAID):
+        for model in models.values():
+            model.layers[1].alpha = 0.1 + 1e-3 * fit
+            model.fit(X, y, loss="bce", optimizer=model.optimizer or "adam", lr=0.01, epochs=1, batch_size=BATCH)
+    _assert_same(models["numpy"], models["jax"])
+    assert traces[0] == MAX_UNPAID + 1  # was one a fit
+    step = compiled_step_of(models["jax"])
+    assert step is not None and step.resting
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_step_refused_before_the_switch_is_still_the_error_the_fit_raises():
+    """The compiled steps keep their verdict on the device until the epoch ends: a switch to the plain stages after
+    a refused step must not drop it (the plain loop stopped at that step)."""
+    X, y = _data(8 * BATCH)
+    y[3 * BATCH + 2] = 1e200  # in the fourth batch, before the fifth change would stop the compiling: its square
+    # overflows
+    errors, models = [], []
+    for name in ("numpy", "jax"):
+        model = _model(name)
+        with pytest.raises(nnx.training.NonFiniteStep) as info:
+            model.fit(X, y, loss="mse", optimizer="adam", lr=0.01, epochs=1, batch_size=BATCH, shuffle=False,
+                      callbacks=[ChurnEachBatch()])
+        errors.append(str(info.value))
+        models.append(model)
+    assert errors[0] == errors[1] and "batch 4" in errors[0]
+    _assert_same(*models)
