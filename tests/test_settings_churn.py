@@ -1,11 +1,11 @@
-"""JAX's compiled programs where a callback changes a setting they hold faster than a program pays for its compile.
+"""Derived executions where a callback changes a setting they hold faster than making them again pays.
 
-A program holds the layers' settings as constants and is compiled again when one changes. A callback annealing a
-setting every batch compiled a program every step (242x the plain loop at a small MLP), one changing it every
-epoch of a few batches a program every epoch. After `MAX_UNPAID` such compiles whose programs ran fewer than
-`STEPS_TO_PAY` steps each, the steps run the plain stages until the settings hold still for `STEPS_TO_PAY` steps.
-The numbers stay the plain loop's throughout (NumPy's, the same batches), and a step refused before the switch is
-still the error the fit raises.
+JAX's compiled programs hold the layers' settings as constants and are compiled again when one changes; NumPy's
+recorded passes are recorded again. A callback annealing a setting every batch compiled a program every step on
+JAX (242x the plain loop at a small MLP), one changing it every epoch of a few batches a program every epoch, and
+NumPy recorded every epoch (1.4x the plain loop). After a few such programs or recordings that did not pay, the
+plain stages run until the settings hold still long enough to pay again. The numbers stay the plain loop's
+throughout (NumPy's, the same batches), and a step refused before the switch is still the error the fit raises.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import pytest
 import nnx
 from nnx.backends import backend_status
 from nnx.callbacks import Callback
-from nnx.training import shared_programs
+from nnx.training import recorded, shared_programs
 from nnx.training.churn import MAX_UNPAID, STEPS_TO_PAY
 from nnx.training.compiled import CompiledStep, compiled_step_of
 
 ok, why = backend_status("jax")
-pytestmark = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
+needs_jax = pytest.mark.skipif(not ok, reason=f"jax not available: {why}")
 
 BATCH = 16
 
@@ -86,6 +86,7 @@ def _assert_same(a: nnx.Sequential, b: nnx.Sequential) -> None:
         np.testing.assert_allclose(np.asarray(q.value), np.asarray(p.value), rtol=1e-10, atol=1e-12, err_msg=p.name)
 
 
+@needs_jax
 def test_a_setting_changed_every_batch_compiles_a_bounded_number_of_programs(traces):
     X, y = _data(6 * BATCH)  # 6 steps an epoch, 18 changes
     plain = _fit("numpy", X, y, ChurnEachBatch(), epochs=3)
@@ -96,6 +97,7 @@ def test_a_setting_changed_every_batch_compiles_a_bounded_number_of_programs(tra
     assert step is not None and step.resting  # still changing: the plain stages run
 
 
+@needs_jax
 def test_a_setting_changed_every_epoch_of_few_batches_stops_compiling_epoch_programs(traces):
     X, y = _data(3 * BATCH)
     plain = _fit("numpy", X, y, ChurnEachEpoch(), epochs=12)
@@ -106,6 +108,7 @@ def test_a_setting_changed_every_epoch_of_few_batches_stops_compiling_epoch_prog
     assert step is not None and step.resting
 
 
+@needs_jax
 def test_programs_run_again_once_the_settings_hold_still(traces):
     """A warm-up that anneals a setting over its first epochs, then leaves it: compiled again after STEPS_TO_PAY
     still steps, for the rest of the fit, and for the next fit."""
@@ -125,6 +128,7 @@ def test_programs_run_again_once_the_settings_hold_still(traces):
     assert history.execution_mode == "epoch" and traces[0] == MAX_UNPAID + 2  # nothing changed: no trace
 
 
+@needs_jax
 def test_fits_of_one_epoch_with_a_setting_changed_between_them_stop_compiling(traces):
     X, y = _data(3 * BATCH)
     models = {name: _model(name) for name in ("numpy", "jax")}
@@ -138,6 +142,7 @@ def test_fits_of_one_epoch_with_a_setting_changed_between_them_stop_compiling(tr
     assert step is not None and step.resting
 
 
+@needs_jax
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_a_step_refused_before_the_switch_is_still_the_error_the_fit_raises():
     """The compiled steps keep their verdict on the device until the epoch ends: a switch to the plain stages after
@@ -155,3 +160,39 @@ def test_a_step_refused_before_the_switch_is_still_the_error_the_fit_raises():
         models.append(model)
     assert errors[0] == errors[1] and "batch 4" in errors[0]
     _assert_same(*models)
+
+
+@pytest.fixture
+def recordings(monkeypatch):
+    """How often NumPy's passes were recorded, over every model the test makes: [count]."""
+    count = [0]
+    record = recorded.RecordedPasses._record
+
+    def counted(self, *args):
+        made = record(self, *args)
+        count[0] += made is not None
+        return made
+
+    monkeypatch.setattr(recorded.RecordedPasses, "_record", counted)
+    return count
+
+
+def test_numpy_records_a_setting_changed_every_epoch_of_few_batches_a_bounded_number_of_times(recordings):
+    X, y = _data(6 * BATCH)  # 5 replays a recording, under what pays
+    plain = _fit(nnx.get_backend("numpy").with_fastpath(False), X, y, ChurnEachEpoch(), epochs=20)
+    model = _fit("numpy", X, y, ChurnEachEpoch(), epochs=20)
+    _assert_same(plain, model)
+    assert recordings[0] == recorded.MAX_UNPAID  # was 20: one an epoch
+
+
+def test_numpy_records_again_once_the_settings_hold_still(recordings):
+    X, y = _data(6 * BATCH)
+    until = recorded.MAX_UNPAID + 2
+    still_epochs = -(-recorded.REPLAYS_TO_PAY // 6)
+    plain = _fit(nnx.get_backend("numpy").with_fastpath(False), X, y, ChurnEachEpoch(until), epochs=until + 1)
+    model = _fit("numpy", X, y, ChurnEachEpoch(until), epochs=until + 1)
+    assert recordings[0] == recorded.MAX_UNPAID  # refused, still changing
+    for m in (plain, model):
+        m.fit(X, y, loss="bce", optimizer=m.optimizer, epochs=still_epochs + 2, batch_size=BATCH)
+    _assert_same(plain, model)
+    assert recordings[0] == recorded.MAX_UNPAID + 1  # recorded once more, for the settings that held still
