@@ -142,6 +142,33 @@ def test_fits_of_one_epoch_with_a_setting_changed_between_them_stop_compiling(tr
     assert step is not None and step.resting
 
 
+class ToggleEachEpoch(Callback):
+    """Switches the LeakyReLU's slope between two values as each epoch begins."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.layers[1].alpha = 0.2 if epoch % 2 else 0.1
+
+
+class ToggleEachBatch(Callback):
+    """Switches the LeakyReLU's slope between two values before every batch."""
+
+    def on_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.model.layers[1].alpha = 0.2 if batch % 2 else 0.1
+
+
+@needs_jax
+@pytest.mark.parametrize("toggle", [ToggleEachEpoch, ToggleEachBatch])
+def test_a_setting_toggled_between_two_values_keeps_its_two_programs(traces, toggle):
+    """Both programs are kept once compiled: taking one again compiles nothing, so nothing is given up."""
+    X, y = _data(3 * BATCH)
+    plain = _fit("numpy", X, y, toggle(), epochs=12)
+    model = _fit("jax", X, y, toggle(), epochs=12)
+    _assert_same(plain, model)
+    assert traces[0] == 2
+    step = compiled_step_of(model)
+    assert step is not None and not step.resting
+
+
 @needs_jax
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_a_step_refused_before_the_switch_is_still_the_error_the_fit_raises():

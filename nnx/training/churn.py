@@ -43,13 +43,15 @@ class Churn:
         self.resting: tuple | None = None
         self.still = self.looked = 0
 
-    def program_for(self, constants: tuple, refusable: bool, refused_so_far: Callable[[], bool]) -> None:
-        """Count a program made for `constants` where they differ from the last program's; `SettingsChurn` where
-        they changed more than `MAX_UNPAID` times and the programs ran fewer than `STEPS_TO_PAY` steps each on
-        average, unless a step of this epoch was refused (the plain loop stopped there: the epoch's end raises it)
-        or the program cannot be given up now (not `refusable`)."""
+    def program_for(self, constants: tuple, refusable: bool, refused_so_far: Callable[[], bool],
+                    known: Callable[[], bool]) -> None:
+        """Count a program made for `constants` where they differ from the last program's and it is not `known`
+        (compiled before, and kept: a setting toggled between two values compiles nothing after the first two);
+        `SettingsChurn` where they changed more than `MAX_UNPAID` times and the programs ran fewer than
+        `STEPS_TO_PAY` steps each on average, unless a step of this epoch was refused (the plain loop stopped
+        there: the epoch's end raises it) or the program cannot be given up now (not `refusable`)."""
         last, self.last = self.last, constants
-        if last is None or last == constants:
+        if last is None or last == constants or known():
             return
         self.remade += 1
         if refusable and self.remade > MAX_UNPAID and self.steps_run < STEPS_TO_PAY * self.remade \

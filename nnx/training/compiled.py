@@ -43,6 +43,7 @@ and the host reads the verdict once per epoch.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ..backends.base import TraceRefused
@@ -59,6 +60,7 @@ from .shared_programs import (
     code_of,
     config_key,
     definition,
+    known,
     layer_settings,
     settings_key,
 )
@@ -207,11 +209,13 @@ class CompiledStep:
         """Whether the plain stages run while the settings change too often for programs to pay (`rest`)."""
         return self._churn.resting is not None
 
-    def program_for(self, constants: tuple, refusable: bool = True) -> None:
-        """Note a program for `constants` (`constants()`) about to be made or taken; `SettingsChurn` where they
-        change too often for that to pay (`nnx.training.churn`), unless a step of this epoch was refused or the
-        program cannot be given up now (not `refusable`)."""
-        self._churn.program_for(constants, refusable, self.refused_so_far)
+    def program_for(self, constants: tuple, refusable: bool = True,
+                    definition: Callable[[], tuple | None] | None = None) -> None:
+        """Note a program for `constants` (`constants()`) of `definition` (the step's own by default) about to be
+        made or taken; `SettingsChurn` where they change too often for that to pay (`nnx.training.churn`), unless a
+        step of this epoch was refused or the program cannot be given up now (not `refusable`)."""
+        defined = definition or self.definition
+        self._churn.program_for(constants, refusable, self.refused_so_far, lambda: known(defined()))
 
     def ran(self, steps: int) -> None:
         """Count steps a program ran."""

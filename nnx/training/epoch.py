@@ -189,7 +189,7 @@ class EpochProgram:
         """The program `key`, made by `make` where new (`SettingsChurn`: `CompiledStep.program_for`)."""
         hyper = self.step.constants()
         if hyper != self._hyper:  # a callback changed a hyper-parameter or layer setting the programs hold
-            self.step.program_for(hyper, refusable)
+            self.step.program_for(hyper, refusable, lambda: self._definition(key))
             self._programs.clear()
             self._hyper = hyper
             self.step.forget_draws()

@@ -31,7 +31,7 @@ from ..layers.parameter import Buffer, Parameter
 from .outside_settings import PLAIN_VALUES, OutsideWatch, is_scalar, outside_key
 
 __all__ = ["LOSS_CODE", "REGULARIZER_CODE", "ById", "ProgramOwner", "SettingsWatch", "SharedProgram", "Unshareable",
-           "clear", "code_of", "config_key", "definition", "describe", "forget", "layer_settings",
+           "clear", "code_of", "config_key", "definition", "describe", "forget", "known", "layer_settings",
            "regularizers_of", "rule_code", "settings_key"]
 
 # (the backend's program signature, the owner's definition key) -> (program, trace counts, trace values)
@@ -53,6 +53,14 @@ def clear() -> None:
     """Forget every shared program (each model compiles its own again, e.g. to compare)."""
     with _LOCK:
         _TABLE.clear()
+
+
+def known(owner_key: tuple | None) -> bool:
+    """Whether the table holds a program of this definition (for some inputs): taking it again compiles nothing."""
+    if owner_key is None:
+        return False
+    with _LOCK:
+        return any(key[1] == owner_key for key in _TABLE)
 
 
 def forget(owner_key: tuple) -> None:
