@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threaded_ranks import run_ranks
 
 import nnx
 from nnx.backends import backend_status
@@ -187,6 +188,28 @@ def test_a_step_refused_before_the_switch_is_still_the_error_the_fit_raises():
         models.append(model)
     assert errors[0] == errors[1] and "batch 4" in errors[0]
     _assert_same(*models)
+
+
+@needs_jax
+def test_data_parallel_passes_of_a_setting_changed_every_batch_compile_a_bounded_number_of_programs(traces):
+    """Two threaded ranks run each batch's passes as one program between their all-reduces
+    (`nnx.training.compiled_passes`); a setting changed every batch compiled them every step on each rank."""
+    X, y = _data(6 * BATCH)
+
+    def fit(backend):
+        def rank(comm):
+            model = _model(backend)
+            model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=3, batch_size=2 * BATCH, distributed=comm,
+                      callbacks=[ChurnEachBatch()])
+            return model
+        return run_ranks(2, rank)
+
+    plain = fit(nnx.get_backend("jax").with_fastpath(False))
+    traces[0] = 0
+    ranks = fit("jax")
+    for model in ranks:
+        _assert_same(plain[0], model)
+    assert traces[0] == 2 * (MAX_UNPAID + 1)  # was 16: one program a step on each rank after its first
 
 
 @pytest.fixture

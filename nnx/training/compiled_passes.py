@@ -10,7 +10,8 @@ the gradient transforms, the finite check and the update stay the step's own.
 
 A program holds the layers', the loss's and the regularizer's settings as constants, and the
 dropout stream's window of rows (`DeviceRNG.rows`: each rank's slice of the whole batch's masks);
-a change to any of them takes another program. The dropout counter and seed are its inputs. As
+a change to any of them takes another program (where they change too often for that to pay, the
+plain passes run until they hold still: `nnx.training.churn`). The dropout counter and seed are its inputs. As
 the compiled step's, the programs are kept per model for its later fits and shared with equally
 defined models (`nnx.training.shared_programs`).
 """
@@ -49,6 +50,19 @@ class CompiledPasses:
     def traces(self) -> int:
         return self._tracer.traces
 
+    @property
+    def resting(self) -> bool:
+        """Whether the plain passes run while the settings change too often for programs to pay."""
+        return self._tracer.resting
+
+    def rest(self) -> None:
+        """Run the plain passes after `SettingsChurn`, until the settings hold still (`wake`)."""
+        self._tracer.rest()
+
+    def wake(self) -> bool:
+        """As an epoch starts: whether the programs run (not resting, or the settings held still)."""
+        return self._tracer.wake()
+
     def rebind(self, loss: Any, optimizer: Any) -> None:
         """Use these (equally configured) objects of a later fit."""
         self._tracer.rebind(loss, optimizer, [])
@@ -60,6 +74,7 @@ class CompiledPasses:
         constants = (tracer.constants()[1:], rng.rows)
         program = self._program
         if program is None or constants != self._constants:
+            tracer.program_for(constants, definition=self._definition)  # (`SettingsChurn`: the plain passes run)
             self._constants = constants
             tracer.forget_draws()  # a changed setting may change how many masks a step draws (a rate set to 0)
             program = self._program = SharedProgram(tracer.backend, self._passes, self._definition, tracer)
@@ -71,6 +86,7 @@ class CompiledPasses:
                                                  tuple(b.value for b in tracer.buffers), *self._device, X, y,
                                                  sample_weight)
         rng.counter += tracer.draws_per_step
+        tracer.ran(1)
         self._host, self._device = (rng.counter, rng.seed), (counter, self._device[1])
         return value, Z, grads, bufs
 

@@ -87,8 +87,7 @@ class TrainStep:
         self._buffers_before: list[tuple[Buffer, Any]] = []
         be = model.backend
         self.compiled: CompiledExecution | None = compile_step(model, loss, optimizer, self.transforms, check_finite)
-        # the compiled step while its settings change too often for its programs to pay (`wake`); the plain stages
-        # run meanwhile, each parameter updated by the rule as written (no flat buffers to keep in step with it)
+        # the compiled step while its settings change too often to pay (`wake`): the plain stages run, no flat update
         self.resting: CompiledExecution | None = None
         if self.compiled is not None and not self.compiled.wake():
             self.resting, self.compiled = self.compiled, None
@@ -187,9 +186,11 @@ class TrainStep:
         return value, Z, self.check(value, read=read_check)
 
     def wake(self) -> None:
-        """As an epoch starts: the compiled step runs again where its settings held still while it rested."""
+        """As an epoch starts: the compiled step or passes run again where their settings held still meanwhile."""
         if self.resting is not None and self.resting.wake():
             self.compiled, self.resting = self.resting, None
+        if self.passes is not None:
+            self.passes.wake()
 
     def run_back_to_back(self, X: Any, y: Any, sample_weight: Any = None, read_check: bool = False,
               guard: Any = None) -> tuple[Any, Any, bool, bool] | None:
@@ -255,7 +256,7 @@ class TrainStep:
                 if not self.checked_inputs:
                     self._check_first_batch(y, replayed[1], sample_weight)
                 return replayed
-        if self.passes is not None and self.checked_inputs:
+        if self.passes is not None and self.checked_inputs and not self.passes.resting:
             passed = self._compiled_passes(X, y, sample_weight)
             if passed is not None:
                 return passed
@@ -320,11 +321,14 @@ class TrainStep:
     def _compiled_passes(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any] | None:
         """The passes on this batch as one compiled program (`passes`): (loss incl. penalty, head outputs), with
         the gradients kept for `backward` and the buffers rebound; None where the model's code cannot be traced
-        (the plain passes then run, this batch and the rest of the fit)."""
+        (the plain passes then run, this batch and the rest of the fit) or its settings change too often."""
         passes = self.passes
         assert passes is not None
         try:
             value, Z, grads, bufs = passes(X, y, sample_weight)
+        except SettingsChurn:
+            passes.rest()  # the plain passes run until the settings hold still (`wake`)
+            return None
         except self.model.backend.trace_errors:
             if passes.traces > 1:
                 raise  # it traced before: this is the model's own error, not a limit of tracing
