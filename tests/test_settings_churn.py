@@ -17,7 +17,7 @@ from threaded_ranks import run_ranks
 import nnx
 from nnx.backends import backend_status
 from nnx.callbacks import Callback
-from nnx.training import recorded, shared_programs
+from nnx.training import compiled_inference, recorded, shared_programs
 from nnx.training.churn import MAX_UNPAID, STEPS_TO_PAY
 from nnx.training.compiled import CompiledStep, compiled_step_of
 
@@ -210,6 +210,30 @@ def test_data_parallel_passes_of_a_setting_changed_every_batch_compile_a_bounded
     for model in ranks:
         _assert_same(plain[0], model)
     assert traces[0] == 2 * (MAX_UNPAID + 1)  # was 16: one program a step on each rank after its first
+
+
+@needs_jax
+def test_validation_of_a_setting_changed_every_epoch_compiles_a_bounded_number_of_programs(monkeypatch):
+    """The validation pass is a program of its own (`nnx.training.compiled_inference`), keyed by the settings too:
+    it compiled every epoch where the training steps had stopped compiling."""
+    inference = compiled_inference._Program
+    count, pure = [0], inference._pure
+
+    def counted(self, *args):
+        count[0] += 1
+        return pure(self, *args)
+
+    monkeypatch.setattr(inference, "_pure", counted)
+    shared_programs.clear()
+    X, y = _data(3 * BATCH)
+    histories = []
+    for backend in ("numpy", "jax"):
+        model = _model(backend)
+        histories.append(model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=16, batch_size=BATCH,
+                                   validation_data=_data(BATCH), metrics=["accuracy"], callbacks=[ChurnEachEpoch()]))
+    np.testing.assert_allclose(histories[1].history["val_loss"], histories[0].history["val_loss"], rtol=1e-10)
+    assert histories[1].history["val_accuracy"] == histories[0].history["val_accuracy"]
+    assert 0 < count[0] <= 2 * (MAX_UNPAID + 1)  # was 32: the loss's and the metrics' programs, every epoch
 
 
 @pytest.fixture

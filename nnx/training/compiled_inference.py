@@ -12,7 +12,9 @@ replaced on the object (a hook that counts or raises), its code needs concrete v
 (the first trace raises the adapter's ``trace_errors``), or it changes state at inference
 that a program would change once or not keep -- draws from the model's random stream
 (the same numbers at every call), rebinds a buffer, changes a plain Python attribute --
-the pass runs op by op, as on every other backend, and gives the same numbers.
+the pass runs op by op, as on every other backend, and gives the same numbers. So does it while
+the model's settings change too often for programs to pay (`nnx.training.churn`: a setting a
+callback changes every epoch compiled the validation pass every epoch), until they hold still.
 
 A model's passes run one at a time across threads (`model_lock`): while a program traces, the
 model's parameters are bound to its placeholders, which another thread's pass must not read as
@@ -31,8 +33,9 @@ from typing import Any
 from ..backends.base import TraceRefused
 from ..protocols import Model
 from .carried import carried_state, rebound_slots, slots_now
+from .churn import Churn, SettingsChurn
 from .per_model import PerModel
-from .shared_programs import SharedProgram, code_of, config_key, definition, layer_settings
+from .shared_programs import SharedProgram, code_of, config_key, definition, known, layer_settings
 from .trace_state import (
     HeldArrays,
     changed_state,
@@ -54,6 +57,8 @@ _PROGRAMS = PerModel()
 _LOCKS = PerModel()  # per model: the lock its compiled passes and traces run under
 _MAKING_LOCK = threading.Lock()
 _FITTING = PerModel()  # per model: the thread whose fit trains it
+# per model: its programs made again for changed settings (`Churn`, each pass a step), and its passes so far
+_CHURN = PerModel()
 
 
 def model_lock(model: Model) -> threading.RLock:
@@ -119,6 +124,8 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
     if not _compilable(model):
         return lambda *arrays: fn(model, *arrays)
     signature = _model_signature(model)
+    if _resting(model, signature, key):
+        return lambda *arrays: fn(model, *arrays)
     held = _PROGRAMS.get(model)
     if held is None or held[0] != signature:
         held = _PROGRAMS[model] = (signature, {})
@@ -151,6 +158,23 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
                 return fn(model, *arrays)
 
     return run
+
+
+def _resting(model: Model, signature: tuple, key: tuple) -> bool:
+    """Whether this pass runs op by op because the model's settings change too often for its programs to pay."""
+    found = _CHURN.get(model)
+    if found is None:
+        found = _CHURN[model] = [Churn(), 0]
+    churn, found[1] = found[0], found[1] + 1
+    if churn.resting is None:
+        try:
+            churn.program_for(signature, True, lambda: False, lambda: known((definition(model), key)))
+        except SettingsChurn:
+            churn.rest(signature, found[1])
+            return True
+        churn.steps_run += 1
+        return False
+    return not churn.wake(signature, found[1])
 
 
 class _Program:
