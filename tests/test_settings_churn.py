@@ -236,6 +236,24 @@ def test_validation_of_a_setting_changed_every_epoch_compiles_a_bounded_number_o
     assert 0 < count[0] <= 2 * (MAX_UNPAID + 1)  # was 32: the loss's and the metrics' programs, every epoch
 
 
+@needs_jax
+def test_validation_compiles_again_once_the_settings_hold_still_for_enough_batches():
+    """A warm-up that anneals a setting over its first epochs: the validation passes run op by op meanwhile, and
+    compile again once the settings held still for as many of their batches as a program takes to pay."""
+    X, y = _data(3 * BATCH)
+    validation = _data(2 * STEPS_TO_PAY)  # evaluated in batches of the fit's size: 12 a pass
+    until = MAX_UNPAID + 2
+    histories, models = [], []
+    for backend in ("numpy", "jax"):
+        model = _model(backend)
+        histories.append(model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=until + 12, batch_size=BATCH,
+                                   validation_data=validation, callbacks=[ChurnEachEpoch(until)]))
+        models.append(model)
+    np.testing.assert_allclose(histories[1].history["val_loss"], histories[0].history["val_loss"], rtol=1e-10)
+    churn = compiled_inference._CHURN.get(models[1])
+    assert churn is not None and churn[0].remade > 0 and churn[0].resting is None
+
+
 @pytest.fixture
 def recordings(monkeypatch):
     """How often NumPy's passes were recorded, over every model the test makes: [count]."""
@@ -270,3 +288,15 @@ def test_numpy_records_again_once_the_settings_hold_still(recordings):
         m.fit(X, y, loss="bce", optimizer=m.optimizer, epochs=still_epochs + 2, batch_size=BATCH)
     _assert_same(plain, model)
     assert recordings[0] == recorded.MAX_UNPAID + 1  # recorded once more, for the settings that held still
+
+
+def test_numpy_batch_sizes_that_keep_changing_are_not_recorded_again_and_again(recordings):
+    """More batch layouts than the recordings kept, settings unchanged: refused once, as before, not recorded again
+    each time the settings held still for a while (the layouts would evict the recordings again)."""
+    X, y = _data(10 * BATCH)
+    sizes = (16, 20, 25, 35, 15)
+    model = _model("numpy")
+    for fit in range(60):
+        model.fit(X, y, loss="bce", optimizer=model.optimizer or "adam", lr=0.01, epochs=1,
+                  batch_size=sizes[fit % len(sizes)])
+    assert recordings[0] == recorded.MAX_UNPAID

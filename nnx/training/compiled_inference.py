@@ -57,7 +57,8 @@ _PROGRAMS = PerModel()
 _LOCKS = PerModel()  # per model: the lock its compiled passes and traces run under
 _MAKING_LOCK = threading.Lock()
 _FITTING = PerModel()  # per model: the thread whose fit trains it
-# per model: its programs made again for changed settings (`Churn`, each pass a step), and its passes so far
+# per model: its programs made again for changed settings (`Churn`, each batch of a pass a step), and its batches
+# run op by op
 _CHURN = PerModel()
 
 
@@ -124,8 +125,15 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
     if not _compilable(model):
         return lambda *arrays: fn(model, *arrays)
     signature = _model_signature(model)
-    if _resting(model, signature, key):
-        return lambda *arrays: fn(model, *arrays)
+    found = _CHURN.get(model)
+    if found is None:
+        found = _CHURN[model] = [Churn(), 0]
+    churn = found[0]
+    if _resting(model, found, signature, key):
+        def op_by_op(*arrays: Any) -> Any:
+            found[1] += 1  # (a batch, counted towards `Churn.wake`)
+            return fn(model, *arrays)
+        return op_by_op
     held = _PROGRAMS.get(model)
     if held is None or held[0] != signature:
         held = _PROGRAMS[model] = (signature, {})
@@ -147,7 +155,9 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
             if failed:
                 return fn(model, *arrays)
             try:
-                return program(*arrays)
+                out = program(*arrays)
+                churn.steps_run += 1
+                return out
             except _FitRunning:  # this call alone: the next traces once the fit is over
                 return fn(model, *arrays)
             except model.backend.trace_errors:
@@ -160,19 +170,16 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
     return run
 
 
-def _resting(model: Model, signature: tuple, key: tuple) -> bool:
-    """Whether this pass runs op by op because the model's settings change too often for its programs to pay."""
-    found = _CHURN.get(model)
-    if found is None:
-        found = _CHURN[model] = [Churn(), 0]
-    churn, found[1] = found[0], found[1] + 1
+def _resting(model: Model, found: list, signature: tuple, key: tuple) -> bool:
+    """Whether this pass runs op by op because the model's settings change too often for its programs to pay
+    (`found`: the model's `Churn` and its batches run op by op, the steps it counts)."""
+    churn = found[0]
     if churn.resting is None:
         try:
             churn.program_for(signature, True, lambda: False, lambda: known((definition(model), key)))
         except SettingsChurn:
             churn.rest(signature, found[1])
             return True
-        churn.steps_run += 1
         return False
     return not churn.wake(signature, found[1])
 

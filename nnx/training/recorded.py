@@ -281,9 +281,10 @@ class RecordedPasses:
         # what the watches read when that chain of replays began (a replay back to back with the last reads none)
         self._settings_seen: tuple = ()
         self._made = self._replayed = 0  # recordings made and replayed (`MAX_UNPAID`)
-        # refused for that: what the watches read when last looked (None otherwise), and the steps since it changed
+        # refused for that: what the watches read when last looked (None otherwise), the steps since it changed and
+        # their batch layouts
         self._resting: tuple | None = None
-        self._still = 0
+        self._still, self._still_layouts = 0, set()
         self._settings = SettingsWatch()
         self._head_watch, self._penalty_watch = AttributeWatch(), AttributeWatch()
 
@@ -319,9 +320,9 @@ class RecordedPasses:
         call replayed a recording, nothing the watches look at can have changed: for a batch laid out as that
         one's, only the arrays are checked again (the optimizer's own step may have rebound them); for another
         layout, its recording is checked against what the watches read when the replays began."""
-        if self.refusal is not None and (self._resting is None or not self._woke()):
-            return None
         key = (_layout(X), _layout(y), _layout(sample_weight), destinations is not None)
+        if self.refusal is not None and (self._resting is None or not self._woke(key)):
+            return None
         values = [p.value for p in self.params]
         last, self._last = self._last, None
         if back_to_back and last is not None and last[0] == key and last[1].arrays_hold(values, self.buffers):
@@ -344,11 +345,17 @@ class RecordedPasses:
         return (self._settings.current(self.model), self._head_watch.current(self.head),
                 None if regularizer is None else self._penalty_watch.current(regularizer))
 
-    def _woke(self) -> bool:
+    def _woke(self, key: tuple) -> bool:
         """While refused for recording too often: whether what the watches read held still for `REPLAYS_TO_PAY`
-        steps, so that recording pays again. The first recording then is free, and one after it must have paid."""
+        steps of at most `MAX_RECORDINGS` batch layouts (`key`: this batch's), so that recording pays again (batch
+        sizes that keep changing would evict their recordings as a changing setting makes them stale). The first
+        recording then is free, and one after it must have paid."""
         now = self._watched()
-        self._still = self._still + 1 if now == self._resting else 0
+        if now == self._resting:
+            self._still += 1
+            self._still_layouts.add(key)
+        if now != self._resting or len(self._still_layouts) > MAX_RECORDINGS:
+            self._still, self._still_layouts = 0, {key}
         self._resting = now
         if self._still < REPLAYS_TO_PAY:
             return False
@@ -388,7 +395,7 @@ class RecordedPasses:
         if self._made > MAX_UNPAID and self._replayed < REPLAYS_TO_PAY * self._made:
             self.refusal = (f"recorded {self._made} times for {self._replayed} replays: what they read keeps "
                             f"changing (recorded again once it holds still for {REPLAYS_TO_PAY} steps)")
-            self._resting, self._still = settings, 0
+            self._resting, self._still, self._still_layouts = settings, 0, {key}
             return None
         tape = model.backend.tape()
         rng = model.dropout_rng
