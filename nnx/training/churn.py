@@ -3,8 +3,9 @@
 A compiled program (`nnx.training.compiled`) holds the layers', the loss's and the optimizer's settings as
 constants, and is compiled again when a callback changes one. Where they change faster than a program pays for
 its compile -- a callback annealing a setting every batch, or every epoch of a few batches -- the steps run the
-plain stages instead, until the settings hold still again. Counted per model, across the compiled steps that a
-setting changed between fits makes.
+plain stages instead, until the settings have held still long enough; the programs are taken up again where the
+caller looks (`Churn.wake`: as an epoch or a fit starts, as an inference pass starts). Counted per model, across the
+compiled steps that a setting changed between fits makes.
 """
 
 from __future__ import annotations
