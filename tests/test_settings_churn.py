@@ -251,7 +251,7 @@ def test_validation_compiles_again_once_the_settings_hold_still_for_enough_batch
         models.append(model)
     np.testing.assert_allclose(histories[1].history["val_loss"], histories[0].history["val_loss"], rtol=1e-10)
     churn = compiled_inference._CHURN.get(models[1])
-    assert churn is not None and churn[0].remade > 0 and churn[0].resting is None
+    assert churn is not None and churn.remade > 0 and churn.resting is None
 
 
 @pytest.fixture

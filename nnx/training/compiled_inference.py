@@ -57,9 +57,7 @@ _PROGRAMS = PerModel()
 _LOCKS = PerModel()  # per model: the lock its compiled passes and traces run under
 _MAKING_LOCK = threading.Lock()
 _FITTING = PerModel()  # per model: the thread whose fit trains it
-# per model: its programs made again for changed settings (`Churn`, each batch of a pass a step), and its batches
-# run op by op
-_CHURN = PerModel()
+_CHURN = PerModel()  # per model: its `_PassChurn`
 
 
 def model_lock(model: Model) -> threading.RLock:
@@ -125,13 +123,12 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
     if not _compilable(model):
         return lambda *arrays: fn(model, *arrays)
     signature = _model_signature(model)
-    found = _CHURN.get(model)
-    if found is None:
-        found = _CHURN[model] = [Churn(), 0]
-    churn = found[0]
-    if _resting(model, found, signature, key):
+    churn = _CHURN.get(model)
+    if churn is None:
+        churn = _CHURN[model] = _PassChurn()
+    if churn.resting_now(model, signature, key):
         def op_by_op(*arrays: Any) -> Any:
-            found[1] += 1  # (a batch, counted towards `Churn.wake`)
+            churn.plain_batches += 1
             return fn(model, *arrays)
         return op_by_op
     held = _PROGRAMS.get(model)
@@ -170,18 +167,26 @@ def inference_program(model: Model, key: tuple, fn: Callable[..., Any], objects:
     return run
 
 
-def _resting(model: Model, found: list, signature: tuple, key: tuple) -> bool:
-    """Whether this pass runs op by op because the model's settings change too often for its programs to pay
-    (`found`: the model's `Churn` and its batches run op by op, the steps it counts)."""
-    churn = found[0]
-    if churn.resting is None:
-        try:
-            churn.program_for(signature, True, lambda: False, lambda: known((definition(model), key)))
-        except SettingsChurn:
-            churn.rest(signature, found[1])
-            return True
-        return False
-    return not churn.wake(signature, found[1])
+class _PassChurn(Churn):
+    """A model's inference programs made again for changed settings, each batch of a pass a step, and the batches
+    its passes ran op by op (what `Churn.wake` counts)."""
+
+    __slots__ = ("plain_batches",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain_batches = 0
+
+    def resting_now(self, model: Model, signature: tuple, key: tuple) -> bool:
+        """Whether this pass (`key`) runs op by op because the settings change too often for programs to pay."""
+        if self.resting is None:
+            try:
+                self.program_for(signature, True, lambda: False, lambda: known((definition(model), key)))
+            except SettingsChurn:
+                self.rest(signature, self.plain_batches)
+                return True
+            return False
+        return not self.wake(signature, self.plain_batches)
 
 
 class _Program:
