@@ -8,6 +8,8 @@
 #
 # Time budget, in seconds. New work starts only while the run is under TOTAL (default 540); a command
 # gets the smaller of its own timeout and what is left, and one that would get under 10 s is skipped.
+# The steps' maxima add up past TOTAL: each later step gets what the earlier ones left (installs and their
+# checks included), and the tests what is left at the end.
 #
 #   step                                                                      timeout each   step at most
 #   0  driver: nvidia-smi, the CUDA major it runs                                     10            10
@@ -27,7 +29,8 @@
 #      (benchmarks/profile_step.py: wall time, GPU kernel time, the top kernels)         45            90
 #   4  data parallel on one GPU: CuPy NCCL world of 1; torchrun 1 rank (cpu:gloo,cuda:nccl,
 #      NCCL all-reduce on the GPU); torchrun 2 ranks sharing the GPU (gloo: one GPU cannot
-#      hold two NCCL ranks, so their CUDA tensors are staged through the host)       60           150
+#      hold two NCCL ranks, so their CUDA tensors are staged through the host); the
+#      sharded update (--shard) on the NCCL world of 1 and on the 2 torchrun ranks   60           300
 #   5  the backend-parametrized tests only, per GPU spec (a file that does not collect is
 #      named, with the last import it finished, and the others run)              what is left
 #
@@ -171,12 +174,12 @@ STEP=""
 
 # -- 1. installs -----------------------------------------------------------------------------------------------
 STEP="install"
-works() {  # spec -> exit 0 when nnx runs a sum on it
-  timeout -k 5 60 "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" \
+works() {  # spec -> exit 0 when nnx runs a sum on it (within a minute, or what is left of the run)
+  run_for "$(budget 60)" "$PY" -c "import sys, nnx.backends as b; sys.exit(0 if b.backend_status('$1')[0] else 3)" \
     >/dev/null 2>&1
 }
-imports() {  # module -> exit 0 when it imports
-  timeout -k 5 60 "$PY" -c "import $1" >/dev/null 2>&1
+imports() {  # module -> exit 0 when it imports (within a minute, or what is left of the run)
+  run_for "$(budget 60)" "$PY" -c "import $1" >/dev/null 2>&1
 }
 PIP=("$PY" -m pip install -q)
 [ -n "${WHEELHOUSE:-}" ] && PIP+=(--no-index --find-links "$WHEELHOUSE")
@@ -189,7 +192,7 @@ install() {  # name, check (works:SPEC or imports:MODULE), timeout, pip argument
   fi
   if [ "$(left)" -lt 10 ]; then record "install" "$name: SKIPPED (out of time)"; return; fi
   if "$probe" "$subject"; then record "install" "$name: already works"; return; fi
-  if [ -z "${WHEELHOUSE:-}" ] && ! timeout 15 "$PY" -m pip download -q --no-deps -d "$OUT/pip-probe" pip \
+  if [ -z "${WHEELHOUSE:-}" ] && ! run_for "$(budget 15)" "$PY" -m pip download -q --no-deps -d "$OUT/pip-probe" pip \
       >/dev/null 2>&1; then
     record "install" "$name: not installed, and pip reaches no index (set WHEELHOUSE=dir of wheels)"
     return
@@ -442,9 +445,15 @@ elif [ $DRY = 1 ]; then
     --backend torch --epochs 1 --steps 4
   dp_run "torchrun-2-gloo" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
     --backend torch --epochs 1 --steps 4
+  dp_run "torchrun-2-gloo-sharded" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py \
+    --engine torch --backend torch --epochs 1 --steps 4 --shard
 else
   case " $READY " in
-    *" cupy "*) dp_run "cupy-nccl-1" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 2 ;;
+    *" cupy "*)
+      dp_run "cupy-nccl-1" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 2
+      # the sharded update (ZeRO-1): NCCL's reduce-scatter and all-gather of a padded flat buffer
+      dp_run "cupy-nccl-1-sharded" "$PY" benchmarks/bench_distributed.py --engine nccl --backend cupy --epochs 1 \
+        --shard ;;
     *) record "parallel" "cupy-nccl-1: skipped (cupy did not pass its probe)" ;;
   esac
   case " $READY " in
@@ -452,7 +461,9 @@ else
       dp_run "torchrun-1-nccl" "$TORCHRUN" --standalone --nproc_per_node=1 benchmarks/bench_distributed.py --engine torch \
         --backend torch:cuda --epochs 2
       dp_run "torchrun-2-gloo" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py --engine torch \
-        --backend torch:cuda --epochs 1 ;;
+        --backend torch:cuda --epochs 1
+      dp_run "torchrun-2-gloo-sharded" "$TORCHRUN" --standalone --nproc_per_node=2 benchmarks/bench_distributed.py \
+        --engine torch --backend torch:cuda --epochs 1 --shard ;;
     *) record "parallel" "torchrun: skipped (torch:cuda did not pass its probe)" ;;
   esac
 fi

@@ -96,7 +96,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert [row.split(":")[1].strip() for row in profile] == ["nnx", "torch"], profile
     assert all("ms wall (profiled)" in row and "6 steps" in row for row in profile), profile
     parallel = _rows(summary, "parallel")
-    assert len(parallel) == 3 and all('"ranks"' in row for row in parallel), parallel
+    assert len(parallel) == 4 and all('"ranks"' in row for row in parallel), parallel
+    assert parallel[-1].startswith("torchrun-2-gloo-sharded:") and '"shard": true' in parallel[-1], parallel
     tests = _rows(summary, "tests")
     assert len(tests) == 1 and tests[0].startswith("torch: 1 collected; ok: 1 passed"), summary
     assert "all passed" in _rows(summary, "end")[0]
