@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -23,12 +24,12 @@ X = np.random.default_rng(0).standard_normal((48, 5))
 Y = (X[:, 0] + X[:, 1] > 0).astype(np.float64)
 
 
-def _assert_fast_is_plain(backend, make_model, fit_kwargs):
-    """Fit `make_model(backend)` three epochs with ``fit_kwargs()``, fast and plain; the weights must agree."""
+def _assert_fast_is_plain(backend, make_model, fit_kwargs, epochs=3):
+    """Fit `make_model(backend)` `epochs` epochs with ``fit_kwargs()``, fast and plain; the weights must agree."""
     weights = []
     for be in (backend, backend.with_fastpath(False)):
         model = make_model(be)
-        model.fit(X, Y, epochs=3, batch_size=16, verbose=0, **fit_kwargs(model))
+        model.fit(X, Y, epochs=epochs, batch_size=16, verbose=0, **fit_kwargs(model))
         weights.append([np.asarray(be.to_host(p.value)) for p in model.parameters()])
     for fast, plain in zip(*weights, strict=True):
         np.testing.assert_allclose(fast, plain, rtol=1e-12, atol=1e-12)
@@ -411,3 +412,76 @@ def test_a_regularizer_swapped_for_another_class_with_the_same_settings(backend)
     _assert_fast_is_plain(backend, _model(regularizer=nnx.regularizers.L2(0.05)),
                           lambda m: {"loss": "bce", "optimizer": "sgd", "lr": 0.05,
                                      "callbacks": [Mut4OnEpochBegin(change)]})
+
+
+# -- names rebound to other code: what the new code reads is watched from then on ----------------------------
+
+OTHER_SCALE = 1.0
+
+
+def _first_helper(X):
+    return X * 1.5
+
+
+def _other_helper(X):
+    return X * OTHER_SCALE
+
+
+WATCHED_HELPER = _first_helper
+SETTINGS_A, SETTINGS_B = types.ModuleType("nnx_test_settings_a"), types.ModuleType("nnx_test_settings_b")
+SETTINGS_A.SCALE, SETTINGS_B.SCALE = 1.0, 3.0
+WATCHED_SETTINGS = SETTINGS_A
+
+
+class HelperScaled(nnx.Layer):
+    """Scales by a helper of its module that it calls by a global name, which a callback rebinds."""
+
+    def forward(self, X, training=False):
+        return WATCHED_HELPER(X)
+
+    def backward(self, dY, need_dX=True):
+        return WATCHED_HELPER(dY)
+
+
+class ModuleScaled(nnx.Layer):
+    """Scales by ``WATCHED_SETTINGS.SCALE``, an attribute of the module its global name holds."""
+
+    def forward(self, X, training=False):
+        return X * WATCHED_SETTINGS.SCALE
+
+    def backward(self, dY, need_dX=True):
+        return dY * WATCHED_SETTINGS.SCALE
+
+
+def test_a_global_read_by_a_helper_the_layer_was_rebound_to(backend, monkeypatch):
+    """Found by review: what a helper reads was learnt once per class, from the helper its name held then; rebound
+    to another helper (seen), a change of a global only the new helper reads was not, and NumPy's recording and
+    JAX's programs trained on with the first value."""
+    module = sys.modules[__name__]
+
+    def change(model, epoch):
+        if epoch == 1:
+            monkeypatch.setattr(module, "WATCHED_HELPER", _other_helper)
+        elif epoch >= 2:
+            monkeypatch.setattr(module, "OTHER_SCALE", 1.0 + epoch)
+
+    def fit_kwargs(model):
+        monkeypatch.setattr(module, "WATCHED_HELPER", _first_helper)
+        monkeypatch.setattr(module, "OTHER_SCALE", 1.0)
+        return {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]}
+
+    _assert_fast_is_plain(backend, _model(lambda: [HelperScaled()]), fit_kwargs, epochs=4)
+
+
+def test_a_module_name_rebound_to_another_module(backend, monkeypatch):
+    """Found by review: ``cfg.SCALE`` was watched in the module ``cfg`` named first; ``cfg = other`` was no change."""
+    module = sys.modules[__name__]
+
+    def change(model, epoch):
+        monkeypatch.setattr(module, "WATCHED_SETTINGS", SETTINGS_B if epoch else SETTINGS_A)
+
+    def fit_kwargs(model):
+        monkeypatch.setattr(module, "WATCHED_SETTINGS", SETTINGS_A)
+        return {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]}
+
+    _assert_fast_is_plain(backend, _model(lambda: [ModuleScaled()]), fit_kwargs)

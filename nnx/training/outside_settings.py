@@ -17,7 +17,9 @@ rule, a gradient transform), or a function of the user's (a metric), may read as
 So is what a function the object keeps as an attribute reads (``self.fn``), what a function of the same module
 that the methods call by name reads (a helper beside the class), an
 attribute the methods read of a module they name (``cfg.SCALE`` after ``import cfg``), and a variable of an
-enclosing function the methods read (a class defined inside a function, reading its variable: a closure).
+enclosing function the methods read (a class defined inside a function, reading its variable: a closure). Names
+are followed to what they hold at each reading: a helper or a module name rebound since is a change, and what
+the new one reads is watched from then on.
 A list or dict changed in place, and what a function of another module reads, are not seen.
 
 What the class's own code assigns (``type(self).calls += 1``, a ``global`` counter) is its running
@@ -181,11 +183,12 @@ def _class_settings(obj: Any, user: list[type], written: frozenset[str]) -> list
 
 
 def _global_settings(loaded: tuple[tuple[Any, str], ...]) -> list[tuple[Any, str, Mapping, Any]]:
-    """The values among `loaded` ((namespace, name) pairs: a module's globals, or a `_Closure`) that are plain now."""
+    """The values among `loaded` ((namespace, name) pairs: a module's globals, or a `_Closure`) that are settings
+    now, and the modules a name holds (by identity: ``cfg = other_module`` changes what ``cfg.SCALE`` reads)."""
     found = []
     for module_globals, name in loaded:
         value = module_globals.get(name, _MISSING)
-        if _is_setting(value) and not name.startswith("__"):
+        if (_is_setting(value) or isinstance(value, types.ModuleType)) and not name.startswith("__"):
             found.append((module_globals.get("__name__"), name, module_globals, value))
     return found
 
@@ -295,13 +298,13 @@ def _is_users_module(module: str | None) -> bool:
     return module != "builtins" and module != "nnx" and not module.startswith("nnx.")
 
 
-@functools.lru_cache(maxsize=1024)
 def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[Any, str], ...]]:
     """(attribute, global and closure variable names the functions assign or delete, (namespace, name) of each
     global, attribute of a module global and closure variable they load and do not assign: the namespace a mapping
     whose ``get`` re-reads it). The module functions they call by a global name, from their own modules (a helper
-    beside the class), are read too, and theirs in turn. Read once per set of functions: a method replaced later (a
-    patch) is another function."""
+    beside the class), are read too, and theirs in turn. Each function's code is read once (`_reads_of`); the
+    names are resolved here, at each call, so that a helper or a module rebound since (``helper = other``) is
+    followed to what its name holds now."""
     modules = {function.__module__ for function in functions}
     written: set[str] = set()
     loaded: dict[tuple[int, str], tuple[Any, str]] = {}
@@ -311,28 +314,52 @@ def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[st
         namespace = function.__globals__
         # the enclosing function's variables this one reads (not its own, which its inner functions share)
         cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
-        for code in nested_codes(function.__code__):
-            module = None  # the module a LOAD_GLOBAL just put on the stack, whose attribute may come next
-            for instruction in dis.get_instructions(code):
-                name = instruction.argval
-                if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL",
-                                          "STORE_DEREF", "DELETE_DEREF"):
-                    written.add(name)
-                elif instruction.opname == "LOAD_ATTR" and module is not None:
-                    loaded.setdefault((id(module.__dict__), name), (module.__dict__, name))
-                elif instruction.opname in ("LOAD_DEREF", "LOAD_CLASSDEREF") and name in cells:
-                    cell = cells[name]
-                    loaded.setdefault((id(cell), name), (_Closure(cell, name), name))
-                elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
-                    loaded.setdefault((id(namespace), name), (namespace, name))
-                    helper = namespace.get(name)
-                    if isinstance(helper, types.FunctionType) and helper.__module__ in modules and helper not in seen:
-                        seen.add(helper)
-                        pending.append(helper)
-                    module = helper if isinstance(helper, types.ModuleType) else None
-                    continue
-                module = None
+        assigned, reads = _reads_of(function)
+        written |= assigned
+        for kind, name, attribute in reads:
+            if kind is _GLOBAL:
+                loaded.setdefault((id(namespace), name), (namespace, name))
+                helper = namespace.get(name)
+                if isinstance(helper, types.FunctionType) and helper.__module__ in modules and helper not in seen:
+                    seen.add(helper)
+                    pending.append(helper)
+            elif kind is _MODULE_ATTRIBUTE:
+                module = namespace.get(name)
+                if isinstance(module, types.ModuleType):
+                    loaded.setdefault((id(module.__dict__), attribute), (module.__dict__, attribute))
+            elif name in cells:
+                loaded.setdefault((id(cells[name]), name), (_Closure(cells[name], name), name))
     return frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
+
+
+# what `_reads_of` lists a function's code reading: a global name; an attribute of a global name (``cfg.SCALE``,
+# the name's attribute where it holds a module); a variable of an enclosing function
+_GLOBAL, _MODULE_ATTRIBUTE, _CLOSURE = "global", "module attribute", "closure"
+
+
+@functools.lru_cache(maxsize=4096)
+def _reads_of(function: types.FunctionType) -> tuple[frozenset[str], tuple[tuple[str, str, str], ...]]:
+    """(the attribute, global and closure variable names `function`'s code assigns or deletes, ``(kind, name,
+    attribute)`` of each name it loads, in order): what its bytecode says, whatever the names hold now."""
+    written: set[str] = set()
+    reads: dict[tuple[str, str, str], None] = {}
+    for code in nested_codes(function.__code__):
+        after_global = None  # the global name a LOAD_GLOBAL just loaded, whose attribute may come next
+        for instruction in dis.get_instructions(code):
+            name = instruction.argval
+            if instruction.opname in ("STORE_ATTR", "DELETE_ATTR", "STORE_GLOBAL", "DELETE_GLOBAL",
+                                      "STORE_DEREF", "DELETE_DEREF"):
+                written.add(name)
+            elif instruction.opname == "LOAD_ATTR" and after_global is not None:
+                reads[_MODULE_ATTRIBUTE, after_global, name] = None
+            elif instruction.opname in ("LOAD_DEREF", "LOAD_CLASSDEREF"):
+                reads[_CLOSURE, name, ""] = None
+            elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                reads[_GLOBAL, name, ""] = None
+                after_global = name
+                continue
+            after_global = None
+    return frozenset(written), tuple(reads)
 
 
 def _functions(cls: type) -> list[types.FunctionType]:
