@@ -143,6 +143,30 @@ def test_fits_of_one_epoch_with_a_setting_changed_between_them_stop_compiling(tr
     assert step is not None and step.resting
 
 
+@needs_jax
+def test_fits_that_each_bring_a_new_optimizer_compile_again_once_the_settings_hold_still(traces):
+    """Found by review: waking counted the optimizer's updates since the last look, and each fit's new optimizer
+    counts from 0, so one-epoch fits each given a new optimizer rested for good (6x a compiled fit). While resting,
+    the fit also said its model did not trace."""
+    X, y = _data(4 * BATCH)
+    models = {name: _model(name) for name in ("numpy", "jax")}
+    histories = {}
+    for fit in range(MAX_UNPAID + 2):  # a setting changed between fits: the steps rest
+        for name, model in models.items():
+            model.layers[1].alpha = 0.1 + 1e-3 * fit
+            histories[name] = model.fit(X, y, loss="bce", optimizer=nnx.optim.Adam(model.parameters(), lr=0.01),
+                                        epochs=1, batch_size=BATCH)
+    assert compiled_step_of(models["jax"]).resting
+    assert "too often" in histories["jax"].execution_reason, histories["jax"].execution_reason
+    still_fits = -(-STEPS_TO_PAY // 4)  # 4 updates a fit
+    for _ in range(still_fits + 1):  # (the fit after the still ones wakes)
+        for name, model in models.items():
+            histories[name] = model.fit(X, y, loss="bce", optimizer=nnx.optim.Adam(model.parameters(), lr=0.01),
+                                        epochs=1, batch_size=BATCH)
+    _assert_same(models["numpy"], models["jax"])
+    assert histories["jax"].execution == "compiled", histories["jax"].execution_reason
+
+
 class ToggleEachEpoch(Callback):
     """Switches the LeakyReLU's slope between two values as each epoch begins."""
 

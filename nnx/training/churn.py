@@ -16,7 +16,7 @@ from typing import Any
 from ..backends.base import TraceRefused
 from .per_model import PerModel
 
-__all__ = ["MAX_UNPAID", "STEPS_TO_PAY", "Churn", "SettingsChurn", "churn_of"]
+__all__ = ["MAX_UNPAID", "RESTING", "STEPS_TO_PAY", "Churn", "SettingsChurn", "churn_of", "count_still"]
 
 # Programs made again for changed constants before the steps run the plain stages, unless the programs ran this
 # many steps each on average; they are compiled again once the constants held still for that many steps. A small
@@ -24,6 +24,9 @@ __all__ = ["MAX_UNPAID", "STEPS_TO_PAY", "Churn", "SettingsChurn", "churn_of"]
 # and 2.4 ms op by op: a program pays back after about 100 steps. A setting a callback changed every batch compiled
 # a program every step (242x the plain loop), one changed every epoch of 16 batches one every epoch (16x).
 MAX_UNPAID, STEPS_TO_PAY = 4, 100
+# why a fit runs step by step while its programs rest (`History.execution_reason`)
+RESTING = ("the settings its programs hold changed too often for compiling to pay: the steps run op by op until "
+           f"they hold still for {STEPS_TO_PAY} updates")
 
 
 class SettingsChurn(TraceRefused):
@@ -67,15 +70,21 @@ class Churn:
         """Run the plain stages until the constants hold still (`wake`); `updates`: the optimizer's count now."""
         self.resting, self.still, self.looked = constants, 0, updates
 
+    def count(self, updates: int) -> None:
+        """As an epoch ends while resting: its updates (the optimizer's count now, against the last look) count
+        toward waking. A later fit's optimizer counts from its own start, so each fit's last epoch is counted
+        here, with the optimizer that made it (`wake` drops the count where the constants changed meanwhile)."""
+        self.still += max(0, updates - self.looked)
+        self.looked = updates
+
     def wake(self, constants: tuple, updates: int) -> bool:
         """Looked at as an epoch (or a fit) starts while resting, with the optimizer's update count now: whether the
         constants held still for the last `STEPS_TO_PAY` updates, so that a program for them pays again. The
         programs run from then on: the first is free, and a change after it must have paid at once."""
         if constants != self.resting:
-            self.resting, self.still = constants, 0
+            self.resting, self.still, self.looked = constants, 0, updates
         else:
-            self.still += max(0, updates - self.looked)  # (another optimizer, of a later fit, may count from 0)
-        self.looked = updates
+            self.count(updates)  # (an optimizer of a later fit counts from 0: nothing more ran since the last end)
         if self.still < STEPS_TO_PAY:
             return False
         self.resting = None
@@ -92,3 +101,10 @@ def churn_of(model: Any) -> Churn:
     if churn is None:
         churn = _CHURN[model] = Churn()
     return churn
+
+
+def count_still(model: Any, optimizer: Any) -> None:
+    """As an epoch of `model` ends: where its programs rest, the updates `optimizer` made count toward waking."""
+    churn = _CHURN.get(model)
+    if churn is not None and churn.resting is not None:
+        churn.count(optimizer.step_count)

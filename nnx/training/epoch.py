@@ -36,7 +36,7 @@ from ..backends.base import CarryChanged, TraceRefused
 from . import accumulated
 from .callbacks import CallbackList
 from .callbacks.base import BATCH_HOOKS, display_only, overrides
-from .churn import SettingsChurn
+from .churn import RESTING, SettingsChurn
 from .compiled import CompiledStep, compile_step
 from .data import ArrayBatches
 from .loss_fit import check_outputs
@@ -99,7 +99,8 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
             return "step", f"backend {be.spec!r} has no compiler" + (f" {off}" if off else ""), None, 1
         if not be.fastpath_enabled:
             return "step", "derived executions are off (backend.with_fastpath(False))", None, 1
-        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms)
+        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms) \
+            or (RESTING if step.resting is not None else None)  # (its settings change too often: `churn`)
         return "step", why or "the model's code needs concrete values (it did not trace)", None, 1
     why = per_batch_reason(callbacks)
     if why is not None:
@@ -110,8 +111,7 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
 
 
 def distributed_reason(step: Any) -> str:
-    """Why a data-parallel fit runs step by step, and whether its passes run as one program (`TrainStep.passes`,
-    dropped where the model's code could not be traced)."""
+    """Why a data-parallel fit runs step by step, and whether its passes run as one program (`TrainStep.passes`)."""
     why = "distributed training runs step by step (the gradient all-reduce sits between batches)"
     if step.passes is not None:
         why += "; each batch's forward, loss and backward run as one compiled program"
@@ -487,12 +487,12 @@ class EpochProgram:
                 self.step.rest()
                 if train.compiled is self.step:  # (not with accumulation, whose steps are no compiled step's)
                     train.resting, train.compiled = self.step, None
-                return per_step(_Begun(cb.callbacks), exc.batches)
-            self.step.broken = True
-            train.compiled = None
-            self.step.reset()
+            else:
+                self.step.broken = True
+                train.compiled = None
+                self.step.reset()
             history.execution, history.execution_mode = train.execution, "step"
-            history.execution_reason = str(exc)
+            history.execution_reason = RESTING if exc.churned else str(exc)
             return per_step(_Begun(cb.callbacks), exc.batches)
         except BaseException as exc:
             # the source failed (or Ctrl-C landed) mid-epoch: a step refused before it is the run's first

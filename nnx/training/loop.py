@@ -21,6 +21,7 @@ from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
 from .callbacks.base import hooks_of, hooks_skipped, refuse_skipped_hooks
 from .callbacks.monitor import added_names
+from .churn import count_still
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
 from .epoch import distributed_reason, plan
@@ -226,6 +227,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
                 if dp is not None:  # (the passes' program given up for code that cannot be traced)
                     history.execution_reason = distributed_reason(step)
+            count_still(model, opt)  # (resting programs: a later fit's optimizer counts its updates from 0)
             look_at_outputs = False
             epoch = model.epochs_trained
             if val is not None and (epoch + 1) % validation_freq == 0:
