@@ -485,3 +485,30 @@ def test_a_module_name_rebound_to_another_module(backend, monkeypatch):
         return {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]}
 
     _assert_fast_is_plain(backend, _model(lambda: [ModuleScaled()]), fit_kwargs)
+
+
+class WatchedConfig:
+    """Settings a layer reads from a class of the user's, by its global name (``WatchedConfig.SCALE``)."""
+
+    SCALE = 1.0
+
+
+class ConfigScaled(nnx.Layer):
+    def forward(self, X, training=False):
+        return X * WatchedConfig.SCALE
+
+    def backward(self, dY, need_dX=True):
+        return dY * WatchedConfig.SCALE
+
+
+def test_a_class_attribute_read_through_the_classs_global_name(backend, monkeypatch):
+    """Found by review: ``Config.SCALE`` (a class global, where ``cfg.SCALE`` of a module was watched) changed by a
+    callback was not seen, and NumPy's recording and JAX's programs trained on the first value."""
+    def change(model, epoch):
+        monkeypatch.setattr(WatchedConfig, "SCALE", 1.0 + epoch)
+
+    def fit_kwargs(model):
+        monkeypatch.setattr(WatchedConfig, "SCALE", 1.0)
+        return {"loss": "bce", "optimizer": "sgd", "lr": 0.1, "callbacks": [Every(change)]}
+
+    _assert_fast_is_plain(backend, _model(lambda: [ConfigScaled()]), fit_kwargs)

@@ -15,12 +15,13 @@ rule, a gradient transform), or a function of the user's (a metric), may read as
   module): by identity, so that one replaced between calls is a change.
 
 So is what a function the object keeps as an attribute reads (``self.fn``), what a function of the same module
-that the methods call by name reads (a helper beside the class), an
-attribute the methods read of a module they name (``cfg.SCALE`` after ``import cfg``), and a variable of an
+that the methods call by name reads (a helper beside the class), an attribute the methods read of a module or of
+a class of the user's they name (``cfg.SCALE`` after ``import cfg``, ``Config.SCALE``), and a variable of an
 enclosing function the methods read (a class defined inside a function, reading its variable: a closure). Names
 are followed to what they hold at each reading: a helper or a module name rebound since is a change, and what
-the new one reads is watched from then on.
-A list or dict changed in place, and what a function of another module reads, are not seen.
+the new one reads is watched from then on. Not seen: a list or dict changed in place (``OPS["scale"] = f``), an
+attribute two names down (``pkg.sub.SCALE``), a module or class held in an attribute (``self.cfg.SCALE``), and
+what a function of another module reads.
 
 What the class's own code assigns (``type(self).calls += 1``, a ``global`` counter) is its running
 state, not a setting: a trace runs that code, so watching it would trace again at every step. Those
@@ -300,14 +301,40 @@ def _is_users_module(module: str | None) -> bool:
 
 def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[str], tuple[tuple[Any, str], ...]]:
     """(attribute, global and closure variable names the functions assign or delete, (namespace, name) of each
-    global, attribute of a module global and closure variable they load and do not assign: the namespace a mapping
-    whose ``get`` re-reads it). The module functions they call by a global name, from their own modules (a helper
-    beside the class), are read too, and theirs in turn. Each function's code is read once (`_reads_of`); the
-    names are resolved here, at each call, so that a helper or a module rebound since (``helper = other``) is
-    followed to what its name holds now."""
+    global, attribute of a module global or of a user's class global and closure variable they load and do not
+    assign: the namespace a mapping whose ``get`` re-reads it). The module functions they call by a global name,
+    from their own modules (a helper beside the class), are read too, and theirs in turn. Kept per set of functions
+    while each global name they load holds the function, module or class it held (`_steering`), so that a helper or
+    a module rebound since (``helper = other``) is followed to what its name holds now."""
+    kept = _FACTS.get(functions)
+    if kept is not None and all(_steering(namespace.get(name)) is held for namespace, name, held in kept[1]):
+        return kept[0]
+    facts, steered_by = _read_facts(functions)
+    _FACTS.pop(functions, None)
+    _FACTS[functions] = facts, steered_by
+    if len(_FACTS) > MAX_KEPT_FACTS:
+        del _FACTS[next(iter(_FACTS))]
+    return facts
+
+
+# sets of functions -> (their `_code_facts`, (namespace, global name, `_steering` of its value) for each global they
+# load), most recently read last
+_FACTS: dict[tuple, tuple[tuple, tuple]] = {}
+MAX_KEPT_FACTS = 1024
+
+
+def _steering(value: Any) -> Any:
+    """What of a global's value steers the reading of code that loads it: a function (followed as a helper), a
+    module or a class (whose attributes are read); None for anything else."""
+    return value if isinstance(value, (types.FunctionType, types.ModuleType, type)) else None
+
+
+def _read_facts(functions: tuple[types.FunctionType, ...]) -> tuple[tuple, tuple]:
+    """`_code_facts` of `functions` as their globals stand now, and what steered it (`_FACTS`)."""
     modules = {function.__module__ for function in functions}
     written: set[str] = set()
     loaded: dict[tuple[int, str], tuple[Any, str]] = {}
+    steered_by: dict[tuple[int, str], tuple[Any, str, Any]] = {}
     pending, seen = list(functions), set(functions)
     while pending:
         function = pending.pop()
@@ -317,19 +344,22 @@ def _code_facts(functions: tuple[types.FunctionType, ...]) -> tuple[frozenset[st
         assigned, reads = _reads_of(function)
         written |= assigned
         for kind, name, attribute in reads:
+            if kind is _CLOSURE:
+                if name in cells:
+                    loaded.setdefault((id(cells[name]), name), (_Closure(cells[name], name), name))
+                continue
+            value = namespace.get(name)
+            steered_by.setdefault((id(namespace), name), (namespace, name, _steering(value)))
             if kind is _GLOBAL:
                 loaded.setdefault((id(namespace), name), (namespace, name))
-                helper = namespace.get(name)
-                if isinstance(helper, types.FunctionType) and helper.__module__ in modules and helper not in seen:
-                    seen.add(helper)
-                    pending.append(helper)
-            elif kind is _MODULE_ATTRIBUTE:
-                module = namespace.get(name)
-                if isinstance(module, types.ModuleType):
-                    loaded.setdefault((id(module.__dict__), attribute), (module.__dict__, attribute))
-            elif name in cells:
-                loaded.setdefault((id(cells[name]), name), (_Closure(cells[name], name), name))
-    return frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
+                if isinstance(value, types.FunctionType) and value.__module__ in modules and value not in seen:
+                    seen.add(value)
+                    pending.append(value)
+            elif isinstance(value, types.ModuleType) or isinstance(value, type) and _is_users(value):
+                # (``cfg.SCALE``, ``Config.SCALE``: a class's ``__dict__`` is a new proxy at each reading)
+                loaded.setdefault((id(value), attribute), (value.__dict__, attribute))
+    facts = frozenset(written), tuple(pair for pair in loaded.values() if pair[1] not in written)
+    return facts, tuple(steered_by.values())
 
 
 # what `_reads_of` lists a function's code reading: a global name; an attribute of a global name (``cfg.SCALE``,
