@@ -82,7 +82,7 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
     be = model.backend
     if distributed is not None:
         return "step", distributed_reason(step), None, 1
-    compiled, k = step.compiled, 1
+    compiled, k = step.compiled or step.resting, 1  # (a resting step's program runs once it wakes: `churn`)
     transforms = step.transforms
     if compiled is None and be.can_compile and be.fastpath_enabled and transforms and \
             isinstance(transforms[0], Accumulate) and untraceable_reason(model, step.loss, step.optimizer,
@@ -99,8 +99,7 @@ def mode_of(step: Any, batches: Any, callbacks: list[Any], distributed: Any) -> 
             return "step", f"backend {be.spec!r} has no compiler" + (f" {off}" if off else ""), None, 1
         if not be.fastpath_enabled:
             return "step", "derived executions are off (backend.with_fastpath(False))", None, 1
-        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms) \
-            or (RESTING if step.resting is not None else None)  # (its settings change too often: `churn`)
+        why = per_batch_reason(callbacks) or untraceable_reason(model, step.loss, step.optimizer, transforms)
         return "step", why or "the model's code needs concrete values (it did not trace)", None, 1
     why = per_batch_reason(callbacks)
     if why is not None:
@@ -114,7 +113,8 @@ def distributed_reason(step: Any) -> str:
     """Why a data-parallel fit runs step by step, and whether its passes run as one program (`TrainStep.passes`)."""
     why = "distributed training runs step by step (the gradient all-reduce sits between batches)"
     if step.passes is not None:
-        why += "; each batch's forward, loss and backward run as one compiled program"
+        why += f"; {RESTING}" if step.passes.resting else \
+            "; each batch's forward, loss and backward run as one compiled program"
     return why
 
 

@@ -21,7 +21,7 @@ from ..protocols import Model
 from .callbacks import Callback, CallbackList, ProgressBar
 from .callbacks.base import hooks_of, hooks_skipped, refuse_skipped_hooks
 from .callbacks.monitor import added_names
-from .churn import count_still
+from .churn import RESTING, count_still
 from .compiled_inference import fit_ended, fit_started
 from .data import prefetch_depth
 from .epoch import distributed_reason, plan
@@ -191,6 +191,7 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
         dp.train_step(loss_fn, opt, transforms, check_finite)
     history.execution = step.execution
     program = plan(history, step, batches, cbs, dp, chunk_batches, verbose)  # whole epochs as programs, or None
+    planned = history.execution_mode, history.execution_reason  # (an epoch run otherwise says so in `history`)
     failing = swapped = False
     last_logs: dict[str, Any] = {}  # the last epoch's logs, which on_train_end gets, as in Keras
     guard = InterruptGuard().install()  # Ctrl-C never lands between two parameters' updates
@@ -219,14 +220,17 @@ def fit(model: Model, X: Any, y: Any = None, loss: Any = None, optimizer: Any = 
             check_loss = loss_fn if look_at_outputs else None
             step.wake()
             if program is not None and program.awake():
+                history.execution, (history.execution_mode, history.execution_reason) = "compiled", planned
                 logs = program.run_epoch(
                     step, batches, cb, guard, metric_fns, check_loss, _non_finite,
                     lambda c, src, check=None: _run_epoch(model, step, src, c, guard, metric_fns, dp, check), history)
             else:
                 logs = _run_epoch(model, step, batches, cb, guard, metric_fns, dp, check_loss)
                 history.execution = step.execution  # what the steps proved (a rule's state unsuited to flat buffers)
-                if dp is not None:  # (the passes' program given up for code that cannot be traced)
+                if dp is not None:  # (the passes' program given up for code that cannot be traced, or resting)
                     history.execution_reason = distributed_reason(step)
+                elif step.resting is not None or program is not None and program.step.resting:
+                    history.execution_mode, history.execution_reason = "step", RESTING
             count_still(model, opt)  # (resting programs: a later fit's optimizer counts its updates from 0)
             look_at_outputs = False
             epoch = model.epochs_trained
