@@ -326,3 +326,25 @@ def test_numpy_batch_sizes_within_the_layouts_kept_wake_the_recording_again(reco
         model.fit(X, y, loss="bce", optimizer=model.optimizer or "adam", lr=0.01, epochs=1,
                   batch_size=sizes[fit % len(sizes)])
     assert recordings[0] == recorded.MAX_UNPAID + len(sizes)  # refused while changing, then one a layout again
+
+
+def test_numpy_recordings_that_pay_are_replayed_at_every_change(recordings, monkeypatch):
+    """A setting changed every epoch of more than `REPLAYS_TO_PAY` batches: each recording pays, and every batch but
+    the recorded one replays. (Mutant: the replays not counted, which refused recording after `MAX_UNPAID` and ran
+    `REPLAYS_TO_PAY` batches of each later epoch plainly before recording again.)"""
+    monkeypatch.setattr(recorded, "REPLAYS_TO_PAY", 4)
+    replays = [0]
+    replay = recorded.RecordedPasses._replay
+
+    def counted(self, *args):
+        replays[0] += 1
+        return replay(self, *args)
+
+    monkeypatch.setattr(recorded.RecordedPasses, "_replay", counted)
+    epochs, per_epoch = recorded.MAX_UNPAID + 4, 8
+    X, y = _data(per_epoch * BATCH)
+    model = _model("numpy")
+    model.fit(X, y, loss="bce", optimizer="adam", lr=0.01, epochs=epochs, batch_size=BATCH,
+              callbacks=[Anneal(lambda e: True)])
+    # (the fit's first batch runs plainly, with its input checks, and the second is recorded)
+    assert (recordings[0], replays[0]) == (epochs, epochs * (per_epoch - 1) - 1)
