@@ -39,8 +39,8 @@ OTHER_LIBRARIES = {
     "AdamOptimizer", "SGDOptimizer", "RandomState", "BinaryAccuracy", "RootMeanSquaredError",
     "TimeDistributed", "DataLoader", "DistributedSampler", "Linear", "Allgatherv", "Allreduce", "PyDataset",
     "Reduce_scatter",
-    # a class of the reader's that docs/custom_layers.md imagines in a sentence
-    "Scaled",
+    # classes of the reader's that docs/custom_layers.md imagines in a sentence
+    "Scaled", "Config",
 }
 
 
